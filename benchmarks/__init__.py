@@ -1,0 +1,1 @@
+"""Benchmarks: the stack's round trips against a floor measured in the same run."""

@@ -1,0 +1,113 @@
+"""The floor: a pure-pyzmq relay with the stack's sockets, payload sizes and hop counts.
+
+Three roles, as in the stack: a client DEALER (the VP), a relay ROUTER (the hypervisor) and
+an echo DEALER (the worker).  The relay does nothing but route: a frame from a "4-hop"
+client goes to the echo peer and the echo's answer back to the client (VP → hv → worker →
+hv → VP); a frame from a "2-hop" client is answered by the relay itself (VP → hv → VP).
+Each hop sends a pre-built frame of the size the stack's message on that hop has, so the
+difference between the stack and this floor is the stack's own work: decoding, checking,
+dispatching, stamping and encoding.
+
+    python -m benchmarks.floor relay ENDPOINT
+    python -m benchmarks.floor echo ENDPOINT
+"""
+
+from __future__ import annotations
+
+import sys
+from time import perf_counter_ns
+
+import zmq
+
+from proto import messages as m
+
+# A stamp as perf_counter_ns gives it on a host that has been up a while: 9 bytes packed.
+_T = 10**13
+
+
+def hop_frames() -> dict[str, bytes]:
+    """The stack's frames on each hop, at their real sizes."""
+    return {
+        "io_intercept": m.IoPortIntercept(1, 0x3FF, 1, False, 0, (_T,)).encode(),
+        "io_notify": m.IoNotify(1, 0, 0x3FF, 1, False, 0, (_T,) * 3).encode(),
+        "io_complete": m.IoComplete(1, 0x41, (_T,) * 5).encode(),
+        "io_resume": m.VpResume(1, 0, 0x41, 0, 0, 0, b"", (_T,) * 7).encode(),
+        "cpuid_intercept": m.CpuidIntercept(1, 0x40000001, 0, (_T,)).encode(),
+        "cpuid_resume": m.VpResume(1, 0, 0x31237648, 0, 0, 0, b"", (_T,) * 3).encode(),
+    }
+
+
+def _socket(kind: int) -> zmq.Socket:
+    s = zmq.Context.instance().socket(kind)
+    s.setsockopt(zmq.LINGER, 0)
+    return s
+
+
+def relay(endpoint: str) -> None:
+    f = hop_frames()
+    sock = _socket(zmq.ROUTER)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    sock.bind(endpoint)
+    print("READY", flush=True)
+    roles: dict[bytes, bytes] = {}
+    echo = None
+    notify, resume4, resume2 = f["io_notify"], f["io_resume"], f["cpuid_resume"]
+    pending = []  # clients waiting for the echo, in order (one request in flight each)
+    while True:
+        ident, frame = sock.recv_multipart()
+        role = roles.get(ident)
+        if role is None:
+            roles[ident] = frame  # the first frame of a peer names its role
+            if frame == b"echo":
+                echo = ident
+            elif frame == b"stop":
+                return
+            continue
+        if role == b"hop4":
+            pending.append(ident)
+            sock.send_multipart((echo, notify))
+        elif role == b"echo":
+            sock.send_multipart((pending.pop(0), resume4))
+        else:
+            sock.send_multipart((ident, resume2))
+
+
+def echo(endpoint: str) -> None:
+    complete = hop_frames()["io_complete"]
+    sock = _socket(zmq.DEALER)
+    sock.connect(endpoint)
+    sock.send(b"echo")
+    while True:
+        sock.recv()
+        sock.send(complete)
+
+
+class FloorClient:
+    """The VP's side: times each round trip as the VP does."""
+
+    def __init__(self, endpoint: str, hops: int) -> None:
+        f = hop_frames()
+        self.frame = f["io_intercept"] if hops == 4 else f["cpuid_intercept"]
+        self.sock = _socket(zmq.DEALER)
+        self.sock.connect(endpoint)
+        self.sock.send(b"hop4" if hops == 4 else b"hop2")
+
+    def measure(self, n: int, warmup: int = 200) -> list[int]:
+        send, recv, poll, frame = self.sock.send, self.sock.recv, self.sock.poll, self.frame
+        out = []
+        for i in range(n + warmup):
+            t0 = perf_counter_ns()
+            send(frame)
+            if not poll(5000):
+                raise TimeoutError("the floor relay did not answer within 5 s")
+            recv()
+            if i >= warmup:
+                out.append(perf_counter_ns() - t0)
+        return out
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+
+if __name__ == "__main__":
+    {"relay": relay, "echo": echo}[sys.argv[1]](sys.argv[2])

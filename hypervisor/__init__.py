@@ -1,0 +1,1 @@
+"""The hypervisor microkernel: partitions, intercept and hypercall dispatch, telemetry."""

@@ -1,0 +1,44 @@
+"""``python -m hypervisor --endpoint ENDPOINT``; the run secret comes in HVSTACK_SECRET.
+
+The secret is passed in the environment, not on the command line, where any user's ``ps``
+would show it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+
+from hypervisor.service import Hypervisor
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m hypervisor")
+    ap.add_argument("--endpoint", required=True, help="ZeroMQ endpoint to bind (ipc:// or tcp://)")
+    ap.add_argument("--log-level", default="INFO")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s hypervisor %(levelname)s %(message)s")
+    secret = os.environ.get("HVSTACK_SECRET")
+    if not secret:
+        print("python -m hypervisor: HVSTACK_SECRET is not set", file=sys.stderr)
+        return 2
+    hv = Hypervisor(args.endpoint, secret)
+
+    def stop(signum, frame):
+        hv.running = False
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    # The launcher reads this line to learn the endpoint actually bound (tcp port 0).
+    print(f"READY {hv.endpoint}", flush=True)
+    hv.serve()
+    logging.info("hypervisor stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

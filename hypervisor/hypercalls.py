@@ -1,0 +1,258 @@
+"""Hypercall dispatch: decode the TLFS hypercall input value, check it, run the handler.
+
+Checks in the order that keeps state from leaking (TLFS: ACCESS_DENIED takes priority over
+the other errors): unknown call code → INVALID_HYPERCALL_CODE; missing privilege →
+ACCESS_DENIED; reserved bits, a variable header or rep count where the call takes none, a
+rep start index not below the rep count, or a fast call whose input does not fit in
+registers → INVALID_HYPERCALL_INPUT; a call this hypervisor does not implement →
+INVALID_HYPERCALL_CODE; then the handler, which returns an HV_STATUS and output bytes.
+
+The result value is the TLFS one: bits 15:0 the status, bits 43:32 the reps completed.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Callable
+
+from proto.codes import (
+    FAST_INPUT_BYTES,
+    HypercallCode as C,
+    HypercallInput,
+    HvPartitionProperty,
+    HvPartitionState,
+    HvPrivilege,
+    HvStatus,
+    result_value,
+)
+
+from hypervisor.partitions import MAX_VPS_PER_PARTITION, ROOT_PARTITION_ID, Partition, PartitionTable, Vp
+
+@dataclass
+class Caller:
+    """Who is calling: a child VP, or the root partition (``partition`` None)."""
+
+    partition: Partition | None
+    vp: Vp | None
+    privileges: int
+
+
+Result = tuple[int, bytes]  # (HV_STATUS, output block)
+Handler = Callable[["Hypercalls", Caller, HypercallInput, bytes], Result]
+
+
+@dataclass(frozen=True)
+class CallSpec:
+    privilege: int  # HvPrivilege bits the caller must hold (0: any partition)
+    rep: bool = False
+    handler: Handler | None = None  # None: known to the TLFS, not implemented here
+
+
+_ROOT = HvPrivilege.CreatePartitions
+# Every TLFS call code we know, with the privilege it needs; handlers are added below.
+SPECS: dict[int, CallSpec] = {
+    C.HvCallSwitchVirtualAddressSpace: CallSpec(0),
+    C.HvCallFlushVirtualAddressSpace: CallSpec(0),
+    C.HvCallFlushVirtualAddressList: CallSpec(0, rep=True),
+    C.HvCallNotifyLongSpinWait: CallSpec(0),
+    C.HvCallSendSyntheticClusterIpi: CallSpec(0),
+    C.HvCallFlushVirtualAddressSpaceEx: CallSpec(0),
+    C.HvCallFlushVirtualAddressListEx: CallSpec(0, rep=True),
+    C.HvCallSendSyntheticClusterIpiEx: CallSpec(0),
+    C.HvCallCreatePartition: CallSpec(_ROOT),
+    C.HvCallInitializePartition: CallSpec(_ROOT),
+    C.HvCallFinalizePartition: CallSpec(_ROOT),
+    C.HvCallDeletePartition: CallSpec(_ROOT),
+    C.HvCallGetPartitionProperty: CallSpec(_ROOT),
+    C.HvCallSetPartitionProperty: CallSpec(_ROOT),
+    C.HvCallGetPartitionId: CallSpec(HvPrivilege.AccessPartitionId),
+    C.HvCallDepositMemory: CallSpec(HvPrivilege.AccessMemoryPool, rep=True),
+    C.HvCallWithdrawMemory: CallSpec(HvPrivilege.AccessMemoryPool, rep=True),
+    C.HvCallMapGpaPages: CallSpec(_ROOT, rep=True),
+    C.HvCallUnmapGpaPages: CallSpec(_ROOT, rep=True),
+    C.HvCallInstallIntercept: CallSpec(_ROOT),
+    C.HvCallCreateVp: CallSpec(_ROOT),
+    C.HvCallDeleteVp: CallSpec(_ROOT),
+    C.HvCallGetVpRegisters: CallSpec(_ROOT, rep=True),
+    C.HvCallSetVpRegisters: CallSpec(_ROOT, rep=True),
+    C.HvCallTranslateVirtualAddress: CallSpec(0),
+    C.HvCallPostMessage: CallSpec(HvPrivilege.PostMessages),
+    C.HvCallSignalEvent: CallSpec(HvPrivilege.SignalEvents),
+    C.HvCallRegisterInterceptResult: CallSpec(_ROOT),
+    C.HvCallAssertVirtualInterrupt: CallSpec(_ROOT),
+    C.HvCallCreatePort: CallSpec(HvPrivilege.CreatePort),
+    C.HvCallConnectPort: CallSpec(HvPrivilege.ConnectPort),
+    C.HvCallStartVirtualProcessor: CallSpec(_ROOT),
+    C.HvCallSignalEventDirect: CallSpec(HvPrivilege.SignalEvents),
+    C.HvCallPostMessageDirect: CallSpec(HvPrivilege.PostMessages),
+}
+
+_U64 = struct.Struct("<Q")
+# HvCallSetPartitionProperty / GetPartitionProperty: PartitionId u64, PropertyCode u32,
+# padding u32, PropertyValue u64 (set only).
+_PROPERTY = struct.Struct("<QII")
+# HvCallCreateVp: PartitionId u64, VpIndex u32 (then padding, proximity, flags).
+_CREATE_VP = struct.Struct("<QI")
+# HvCallNotifyLongSpinWait: SpinCount u32 (fast: in RDX).
+_SPIN_COUNT = struct.Struct("<I")
+
+S = HvStatus
+
+
+class Hypercalls:
+    """The dispatcher, bound to the partition table it manages."""
+
+    def __init__(self, table: PartitionTable) -> None:
+        self.table = table
+        self.counts: dict[int, int] = {}
+        self.failures: dict[str, int] = {}
+
+    def dispatch(self, caller: Caller, control: int, data: bytes) -> tuple[int, bytes]:
+        """Returns (result value for RAX, output block)."""
+        hc = HypercallInput.parse(control)
+        self.counts[hc.code] = self.counts.get(hc.code, 0) + 1
+        status, out, reps = self._run(caller, hc, data)
+        if status != S.HV_STATUS_SUCCESS:
+            name = S(status).name
+            self.failures[name] = self.failures.get(name, 0) + 1
+        return result_value(status, reps), out
+
+    def _run(self, caller: Caller, hc: HypercallInput, data: bytes) -> tuple[int, bytes, int]:
+        spec = SPECS.get(hc.code)
+        if spec is None:
+            return S.HV_STATUS_INVALID_HYPERCALL_CODE, b"", 0
+        if spec.privilege and not caller.privileges & spec.privilege:
+            return S.HV_STATUS_ACCESS_DENIED, b"", 0
+        if hc.reserved or hc.var_header_qwords:
+            return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b"", 0
+        if spec.rep:
+            if hc.rep_start >= hc.rep_count:
+                return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b"", 0
+        elif hc.rep_count or hc.rep_start:
+            return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b"", 0
+        if hc.fast and len(data) > FAST_INPUT_BYTES:
+            return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b"", 0
+        handler = HANDLERS.get(hc.code)
+        if handler is None:
+            return S.HV_STATUS_INVALID_HYPERCALL_CODE, b"", 0
+        status, out = handler(self, caller, hc, data)
+        return status, out, (hc.rep_count - hc.rep_start if spec.rep and status == S.HV_STATUS_SUCCESS else 0)
+
+    # -- handlers ---------------------------------------------------------------------
+
+    def _partition(self, data: bytes, layout: struct.Struct = _U64):
+        """Unpack ``layout`` (which starts with a PartitionId) and find the partition."""
+        if len(data) < layout.size:
+            return S.HV_STATUS_INVALID_HYPERCALL_INPUT, None, ()
+        fields = layout.unpack_from(data)
+        part = self.table.get(fields[0])
+        if part is None:
+            return S.HV_STATUS_INVALID_PARTITION_ID, None, fields
+        return S.HV_STATUS_SUCCESS, part, fields
+
+    def create_partition(self, caller, hc, data) -> Result:
+        # The TLFS input (flags, proximity, compatibility version, feature banks) selects
+        # processor features this emulation does not have; it is accepted and not used.
+        part = self.table.create()
+        return S.HV_STATUS_SUCCESS, _U64.pack(part.id)
+
+    def initialize_partition(self, caller, hc, data) -> Result:
+        status, part, _ = self._partition(data)
+        if part is None:
+            return status, b""
+        if part.state is not HvPartitionState.CREATED:
+            return S.HV_STATUS_INVALID_PARTITION_STATE, b""
+        part.state = HvPartitionState.INITIALIZED
+        return S.HV_STATUS_SUCCESS, b""
+
+    def finalize_partition(self, caller, hc, data) -> Result:
+        status, part, _ = self._partition(data)
+        if part is None:
+            return status, b""
+        part.state = HvPartitionState.FINALIZED
+        return S.HV_STATUS_SUCCESS, b""
+
+    def delete_partition(self, caller, hc, data) -> Result:
+        status, part, _ = self._partition(data)
+        if part is None:
+            return status, b""
+        if part.state is not HvPartitionState.FINALIZED:
+            return S.HV_STATUS_INVALID_PARTITION_STATE, b""
+        self.table.delete(part.id)
+        return S.HV_STATUS_SUCCESS, b""
+
+    def set_partition_property(self, caller, hc, data) -> Result:
+        status, part, fields = self._partition(data, _PROPERTY)
+        if part is None:
+            return status, b""
+        if len(data) < _PROPERTY.size + 8:
+            return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b""
+        (value,) = _U64.unpack_from(data, _PROPERTY.size)
+        code = fields[1]
+        if part.state is not HvPartitionState.CREATED:
+            # Privileges and enlightenments are fixed once the partition is initialized.
+            return S.HV_STATUS_INVALID_PARTITION_STATE, b""
+        if code == HvPartitionProperty.HvPartitionPropertyPrivilegeFlags:
+            part.privileges = value
+        elif code == HvPartitionProperty.HvPartitionPropertyEnlightenmentRecommendations:
+            if value >> 32:
+                return S.HV_STATUS_PROPERTY_VALUE_OUT_OF_RANGE, b""
+            part.recommendations = value
+        elif code == HvPartitionProperty.HvPartitionPropertySpinRetryCount:
+            if value >> 32:
+                return S.HV_STATUS_PROPERTY_VALUE_OUT_OF_RANGE, b""
+            part.spin_retry = value
+        else:
+            return S.HV_STATUS_UNKNOWN_PROPERTY, b""
+        return S.HV_STATUS_SUCCESS, b""
+
+    def get_partition_property(self, caller, hc, data) -> Result:
+        status, part, fields = self._partition(data, _PROPERTY)
+        if part is None:
+            return status, b""
+        values = {
+            HvPartitionProperty.HvPartitionPropertyPrivilegeFlags: part.privileges,
+            HvPartitionProperty.HvPartitionPropertyEnlightenmentRecommendations: part.recommendations,
+            HvPartitionProperty.HvPartitionPropertySpinRetryCount: part.spin_retry,
+        }
+        if fields[1] not in values:
+            return S.HV_STATUS_UNKNOWN_PROPERTY, b""
+        return S.HV_STATUS_SUCCESS, _U64.pack(values[fields[1]])
+
+    def get_partition_id(self, caller, hc, data) -> Result:
+        pid = caller.partition.id if caller.partition else ROOT_PARTITION_ID
+        return S.HV_STATUS_SUCCESS, _U64.pack(pid)
+
+    def create_vp(self, caller, hc, data) -> Result:
+        status, part, fields = self._partition(data, _CREATE_VP)
+        if part is None:
+            return status, b""
+        index = fields[1]
+        if part.state is not HvPartitionState.INITIALIZED:
+            return S.HV_STATUS_INVALID_PARTITION_STATE, b""
+        # VPs are created in order, as the root does; a gap or a repeat is a bad index.
+        if index != len(part.vps) or index >= MAX_VPS_PER_PARTITION:
+            return S.HV_STATUS_INVALID_VP_INDEX, b""
+        part.vps.append(Vp(index))
+        return S.HV_STATUS_SUCCESS, b""
+
+    def notify_long_spin_wait(self, caller, hc, data) -> Result:
+        # TLFS: advisory, always succeeds.  Without a scheduler there is nobody to yield to;
+        # the call is still a full hypercall round trip, which is what is measured.
+        if len(data) < _SPIN_COUNT.size:
+            return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b""
+        return S.HV_STATUS_SUCCESS, b""
+
+
+HANDLERS: dict[int, Handler] = {
+    C.HvCallCreatePartition: Hypercalls.create_partition,
+    C.HvCallInitializePartition: Hypercalls.initialize_partition,
+    C.HvCallFinalizePartition: Hypercalls.finalize_partition,
+    C.HvCallDeletePartition: Hypercalls.delete_partition,
+    C.HvCallSetPartitionProperty: Hypercalls.set_partition_property,
+    C.HvCallGetPartitionProperty: Hypercalls.get_partition_property,
+    C.HvCallGetPartitionId: Hypercalls.get_partition_id,
+    C.HvCallCreateVp: Hypercalls.create_vp,
+    C.HvCallNotifyLongSpinWait: Hypercalls.notify_long_spin_wait,
+}

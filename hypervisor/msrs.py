@@ -1,0 +1,54 @@
+"""Synthetic MSRs handled in the hypervisor (TLFS §hypercall interface, §timers).
+
+An MSR the partition has no privilege for, or one this hypervisor does not implement, is a
+#GP, as on Hyper-V.  Results are ``(fault, value)`` with ``fault`` an X86Exception.
+"""
+
+from __future__ import annotations
+
+from proto.codes import HvMsr, HvPrivilege, X86Exception
+
+from hypervisor.partitions import Partition
+
+GP = X86Exception.GP
+OK = X86Exception.NONE
+
+# HV_X64_MSR_HYPERCALL: bit 0 enable, bit 1 locked, bits 63:12 GPFN of the hypercall page.
+HYPERCALL_ENABLE = 1 << 0
+HYPERCALL_LOCKED = 1 << 1
+HYPERCALL_WRITABLE = ~((1 << 12) - 1) & 0xFFFFFFFFFFFFFFFF | HYPERCALL_ENABLE | HYPERCALL_LOCKED
+
+
+def rdmsr(part: Partition, vp_index: int, msr: int) -> tuple[int, int]:
+    priv = part.privileges
+    if msr == HvMsr.HV_X64_MSR_GUEST_OS_ID and priv & HvPrivilege.AccessHypercallMsrs:
+        return OK, part.guest_os_id
+    if msr == HvMsr.HV_X64_MSR_HYPERCALL and priv & HvPrivilege.AccessHypercallMsrs:
+        return OK, part.hypercall_msr
+    if msr == HvMsr.HV_X64_MSR_VP_INDEX and priv & HvPrivilege.AccessVpIndex:
+        return OK, vp_index
+    if msr == HvMsr.HV_X64_MSR_TIME_REF_COUNT and priv & HvPrivilege.AccessPartitionReferenceCounter:
+        return OK, part.reference_time_100ns()
+    return GP, 0
+
+
+def wrmsr(part: Partition, vp_index: int, msr: int, value: int) -> int:
+    """Returns the fault to inject (X86Exception.NONE when the write took)."""
+    priv = part.privileges
+    if msr == HvMsr.HV_X64_MSR_GUEST_OS_ID and priv & HvPrivilege.AccessHypercallMsrs:
+        part.guest_os_id = value
+        if value == 0:
+            # TLFS: clearing the guest OS ID disables the hypercall page.
+            part.hypercall_msr &= ~HYPERCALL_ENABLE
+        return OK
+    if msr == HvMsr.HV_X64_MSR_HYPERCALL and priv & HvPrivilege.AccessHypercallMsrs:
+        if part.hypercall_msr & HYPERCALL_LOCKED:
+            return OK  # locked: writes are ignored until reset
+        value &= HYPERCALL_WRITABLE
+        if part.guest_os_id == 0:
+            # TLFS: the hypercall page cannot be enabled before the guest identifies itself.
+            value &= ~HYPERCALL_ENABLE
+        part.hypercall_msr = value
+        return OK
+    # VP_INDEX and TIME_REF_COUNT are read-only; everything else is not ours.
+    return GP

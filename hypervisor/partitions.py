@@ -1,0 +1,91 @@
+"""The partition table: partitions, their VPs and the state each is in."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+from proto.codes import HV_SPIN_RETRY_NEVER, HvPartitionState
+from proto.stats import PathStats
+
+# The partition ID of the root; children are numbered from 1 (HV_PARTITION_ID_SELF is not
+# a real ID, so 0 is never handed out to a child).
+ROOT_PARTITION_ID = 0
+MAX_VPS_PER_PARTITION = 64
+
+
+class VpState(enum.Enum):
+    CREATED = "created"  # exists, no thread has said hello yet
+    RUNNING = "running"  # executing guest code
+    INTERCEPT = "intercept"  # suspended until its intercept completes
+    HALTED = "halted"  # executed HLT; waits for an interrupt
+
+
+EXIT_REASONS = ("io_port", "unclaimed_io", "cpuid", "msr", "hypercall", "halt")
+
+
+@dataclass
+class Vp:
+    index: int
+    state: VpState = VpState.CREATED
+    peer: bytes | None = None  # ZeroMQ identity of the VP thread, once bound
+    exits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EXIT_REASONS, 0))
+    faults: int = 0
+    halt_seq: int | None = None  # the HLT intercept waiting for a wake-up
+    stats: dict[str, PathStats] = field(default_factory=dict)  # last vp_stats, decoded
+
+
+@dataclass
+class Partition:
+    id: int
+    state: HvPartitionState = HvPartitionState.CREATED
+    privileges: int = 0
+    recommendations: int = 0
+    spin_retry: int = HV_SPIN_RETRY_NEVER
+    created_ns: int = field(default_factory=time.monotonic_ns)
+    vps: list[Vp] = field(default_factory=list)
+    worker: bytes | None = None
+    port_owner: dict[int, bytes] = field(default_factory=dict)
+    ranges: list[tuple[int, int]] = field(default_factory=list)
+    # Partition-wide synthetic MSRs (TLFS: GUEST_OS_ID and HYPERCALL are per partition).
+    guest_os_id: int = 0
+    hypercall_msr: int = 0
+    console_watchers: set[bytes] = field(default_factory=set)
+    unclaimed_reads: int = 0
+    unclaimed_writes: int = 0
+    worker_timeouts: int = 0
+
+    @property
+    def hypercalls_enabled(self) -> bool:
+        return bool(self.hypercall_msr & 1)
+
+    def reference_time_100ns(self) -> int:
+        return (time.monotonic_ns() - self.created_ns) // 100
+
+
+class PartitionTable:
+    """Partitions by ID.  IDs are never reused within one hypervisor's life."""
+
+    def __init__(self) -> None:
+        self._parts: dict[int, Partition] = {}
+        self._next_id = 1
+
+    def create(self) -> Partition:
+        part = Partition(self._next_id)
+        self._parts[part.id] = part
+        self._next_id += 1
+        return part
+
+    def get(self, partition_id: int) -> Partition | None:
+        return self._parts.get(partition_id)
+
+    def delete(self, partition_id: int) -> None:
+        part = self._parts.pop(partition_id)
+        part.state = HvPartitionState.DELETED
+
+    def __iter__(self):
+        return iter(list(self._parts.values()))
+
+    def __len__(self) -> int:
+        return len(self._parts)

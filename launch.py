@@ -1,0 +1,1028 @@
+#!/usr/bin/env python3
+"""hvstack's launcher: the root partition's management service, and the attach commands.
+
+    python launch.py                       run the embedded default topology
+    python launch.py run configs/X.toml    run a topology file
+    python launch.py bench [--json]        round trips against a pure-pyzmq floor
+    python launch.py ls                    live runs
+    python launch.py status RUN            partitions, VPs, counters, processes
+    python launch.py stop RUN              end a run cleanly
+    python launch.py io RUN PARTITION OP…  execute instructions on a VP's behalf
+
+A run starts the hypervisor, creates each partition through root-only hypercalls, starts
+its worker, then the partition itself; it ends when every VP has halted after its
+workloads, on Ctrl-C, on `stop`, or when any of its processes dies — and then every process
+of the run is gone and ``manifest.json`` in the run directory says how it ended.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psutil
+
+from proto import auth
+from proto.client import ConsoleWatcher, HypercallFailed, RootClient
+from proto.codes import (
+    HV_CHILD_ENLIGHTENED_PRIVILEGES,
+    HV_SPIN_RETRY_NEVER,
+    HvMsr,
+    HvPrivilege,
+    HvRecommendation,
+    HvStatus,
+    HypercallCode,
+    X86Exception,
+    control_value,
+)
+from proto.errors import ConfigError, HvstackError, PeerTimeout, Refused
+from proto.messages import IO_OPS
+from proto.stats import EMULATED_STAGES, HANDLED_STAGES, PathStats
+from proto.transport import ipc_endpoint
+
+REPO = Path(__file__).resolve().parent
+
+# ======================================================================================
+# Topology
+# ======================================================================================
+
+DEFAULT_TOPOLOGY = """\
+# The embedded default topology: two partitions on two logical processors, one offered
+# the enlightenments and one without, each with COM1.
+[run]
+name = "default"
+duration_s = 3.0
+logical_processors = 2
+transport = "ipc"
+
+[[partition]]
+name = "enlightened"
+vps = 2
+memory_mb = 16
+enlightenments = ["hypercall", "vp_index", "reference_counter"]
+recommendations = ["relaxed_timing"]
+spin_retry = 0xFFF
+workloads = ["serial", "portio", "cpuid", "msr", "hypercall"]
+
+  [[partition.device]]
+  type = "uart16550"
+  base = 0x3F8
+  irq = 4
+
+[[partition]]
+name = "legacy"
+vps = 2
+memory_mb = 16
+enlightenments = []
+workloads = ["serial", "portio", "cpuid", "msr", "hypercall"]
+
+  [[partition.device]]
+  type = "uart16550"
+  base = 0x3F8
+  irq = 4
+"""
+
+ENLIGHTENMENTS = {
+    "hypercall": HvPrivilege.AccessHypercallMsrs,
+    "vp_index": HvPrivilege.AccessVpIndex,
+    "reference_counter": HvPrivilege.AccessPartitionReferenceCounter,
+}
+assert sum(ENLIGHTENMENTS.values()) == HV_CHILD_ENLIGHTENED_PRIVILEGES
+RECOMMENDATIONS = {
+    "address_space_switch_hypercall": HvRecommendation.UseHypercallForAddressSpaceSwitch,
+    "local_flush_hypercall": HvRecommendation.UseHypercallForLocalFlush,
+    "remote_flush_hypercall": HvRecommendation.UseHypercallForRemoteFlush,
+    "apic_msrs": HvRecommendation.UseApicMsrs,
+    "relaxed_timing": HvRecommendation.UseRelaxedTiming,
+}
+WORKLOADS = ("serial", "portio", "cpuid", "msr", "hypercall")
+DEVICE_KEYS = {"uart16550": {"type", "base", "irq", "name"}}
+NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+@dataclass
+class PartitionConfig:
+    name: str
+    vps: int
+    memory_mb: int
+    enlightenments: list[str]
+    recommendations: list[str]
+    spin_retry: int
+    workloads: list[str]
+    devices: list[dict]
+
+    @property
+    def privileges(self) -> int:
+        return sum(int(ENLIGHTENMENTS[e]) for e in self.enlightenments)
+
+    @property
+    def recommendation_bits(self) -> int:
+        return sum(int(RECOMMENDATIONS[r]) for r in self.recommendations)
+
+
+@dataclass
+class Topology:
+    source: str
+    name: str
+    duration_s: float
+    logical_processors: int
+    transport: str
+    partitions: list[PartitionConfig]
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source, "name": self.name, "duration_s": self.duration_s,
+            "logical_processors": self.logical_processors, "transport": self.transport,
+            "partitions": [p.__dict__ for p in self.partitions],
+        }
+
+
+class _Locator:
+    """Finds the line of ``key`` in table ``[table]`` (the n-th ``[[table]]``) of a TOML text,
+    so a config error can name it; tomllib keeps no positions."""
+
+    def __init__(self, text: str) -> None:
+        self.lines = text.splitlines()
+
+    def line_of(self, table: str, index: int | None, key: str | None) -> int | None:
+        header_line, seen, inside = None, -1, table == ""
+        for no, raw in enumerate(self.lines, 1):
+            line = raw.strip()
+            m = re.match(r"^\[\[?\s*([A-Za-z0-9_.-]+)\s*\]\]?", line)
+            if m:
+                if m.group(1) == table:
+                    seen += 1
+                    inside = index is None or seen == index
+                    if inside:
+                        header_line = no
+                elif not m.group(1).startswith(table + ".") or not inside:
+                    inside = False
+                continue
+            if inside and key and re.match(rf"^{re.escape(key)}\s*=", line):
+                return no
+        return header_line
+
+
+def _config_error(path: str, loc: _Locator, table: str, index: int | None, key: str | None, why: str):
+    line = loc.line_of(table, index, key)
+    where = f"{path}:{line}" if line else path
+    label = f"[{table}]" if index is None else f"[[{table}]] #{index + 1}"
+    if table == "":
+        label = "top level"
+    return ConfigError(f"{where}: {label} {key + ': ' if key else ''}{why}")
+
+
+def load_topology(text: str, source: str) -> Topology:
+    """Parse and check a topology; every problem names the file, line and key."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from e
+    loc = _Locator(text)
+
+    def err(table, index, key, why):
+        return _config_error(source, loc, table, index, key, why)
+
+    def check_keys(d, allowed, table, index):
+        for k in d:
+            if k not in allowed:
+                raise err(table, index, k, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+
+    def get(d, key, kind, table, index, default=None, required=False):
+        if key not in d:
+            if required:
+                raise err(table, index, None, f"missing key {key!r}")
+            return default
+        v = d[key]
+        ok = isinstance(v, kind) and not (kind is int and isinstance(v, bool))
+        if kind is float and isinstance(v, int) and not isinstance(v, bool):
+            v, ok = float(v), True
+        if not ok:
+            names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            raise err(table, index, key, f"expected {names}, got {type(v).__name__} {v!r}")
+        return v
+
+    check_keys(data, {"run", "partition"}, "", None, )
+    run = data.get("run", {})
+    if not isinstance(run, dict):
+        raise err("", None, "run", "must be a table")
+    check_keys(run, {"name", "duration_s", "logical_processors", "transport"}, "run", None)
+    name = get(run, "name", str, "run", None, "run")
+    if not NAME_RE.match(name):
+        raise err("run", None, "name", f"{name!r} must be lowercase letters, digits, - or _ (≤32)")
+    duration = get(run, "duration_s", float, "run", None, 3.0)
+    if not 0 <= duration <= 86400:
+        raise err("run", None, "duration_s", f"{duration} is outside 0..86400 (0 runs until stopped)")
+    lps = get(run, "logical_processors", int, "run", None, 2)
+    if not 1 <= lps <= 64:
+        raise err("run", None, "logical_processors", f"{lps} is outside 1..64")
+    transport = get(run, "transport", str, "run", None, "ipc")
+    if transport not in ("ipc", "tcp"):
+        raise err("run", None, "transport", f"{transport!r} is not 'ipc' or 'tcp'")
+
+    raw_parts = data.get("partition", [])
+    if not isinstance(raw_parts, list) or not raw_parts:
+        raise err("", None, None, "at least one [[partition]] is needed")
+    parts: list[PartitionConfig] = []
+    names = set()
+    for i, p in enumerate(raw_parts):
+        t = "partition"
+        check_keys(p, {"name", "vps", "memory_mb", "enlightenments", "recommendations", "spin_retry",
+                       "workloads", "device"}, t, i)
+        pname = get(p, "name", str, t, i, required=True)
+        if not NAME_RE.match(pname):
+            raise err(t, i, "name", f"{pname!r} must be lowercase letters, digits, - or _ (≤32)")
+        if pname in names:
+            raise err(t, i, "name", f"{pname!r} is used by another partition")
+        names.add(pname)
+        vps = get(p, "vps", int, t, i, 1)
+        if not 1 <= vps <= 64:
+            raise err(t, i, "vps", f"{vps} is outside 1..64")
+        mem = get(p, "memory_mb", int, t, i, 16)
+        if not 1 <= mem <= 4096:
+            raise err(t, i, "memory_mb", f"{mem} is outside 1..4096")
+        enl = get(p, "enlightenments", list, t, i, [])
+        for e in enl:
+            if e not in ENLIGHTENMENTS:
+                raise err(t, i, "enlightenments", f"unknown {e!r} (known: {', '.join(ENLIGHTENMENTS)})")
+        rec = get(p, "recommendations", list, t, i, [])
+        for r in rec:
+            if r not in RECOMMENDATIONS:
+                raise err(t, i, "recommendations", f"unknown {r!r} (known: {', '.join(RECOMMENDATIONS)})")
+        spin = get(p, "spin_retry", int, t, i, HV_SPIN_RETRY_NEVER)
+        if not 0 <= spin <= 0xFFFFFFFF:
+            raise err(t, i, "spin_retry", f"{spin} is not a 32-bit count")
+        wls = get(p, "workloads", list, t, i, ["serial"])
+        for w in wls:
+            if w not in WORKLOADS:
+                raise err(t, i, "workloads", f"unknown {w!r} (known: {', '.join(WORKLOADS)})")
+        devices = []
+        raw_devs = p.get("device", [])
+        if not isinstance(raw_devs, list):
+            raise err(t, i, "device", "must be an array of tables ([[partition.device]])")
+        for j, d in enumerate(raw_devs):
+            dt = "partition.device"
+            kind = get(d, "type", str, dt, None, required=True)
+            if kind not in DEVICE_KEYS:
+                raise err(dt, None, "type", f"unknown device {kind!r} (known: {', '.join(DEVICE_KEYS)})")
+            for k in d:
+                if k not in DEVICE_KEYS[kind]:
+                    raise err(dt, None, k, f"{kind} has no setting {k!r}")
+            for k in ("base", "irq"):
+                if k in d and (not isinstance(d[k], int) or isinstance(d[k], bool) or not 0 <= d[k] <= 0xFFFF):
+                    raise err(dt, None, k, f"{d[k]!r} is not a port/IRQ number")
+            devices.append(dict(d))
+        parts.append(PartitionConfig(pname, vps, mem, list(enl), list(rec), spin, list(wls), devices))
+    return Topology(source, name, duration, lps, transport, parts)
+
+
+def read_topology(path: str) -> Topology:
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
+    return load_topology(text, path)
+
+
+# ======================================================================================
+# Run directories
+# ======================================================================================
+
+
+def runs_root() -> Path:
+    """Where run directories live: $HVSTACK_RUN_DIR, else a per-user directory."""
+    base = os.environ.get("HVSTACK_RUN_DIR")
+    if base:
+        return Path(base)
+    return Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp") / f"hvstack-{os.getuid()}"
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        p = psutil.Process(pid)
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+@dataclass
+class RunDir:
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / "manifest.json"
+
+    def manifest(self) -> dict:
+        try:
+            return json.loads(self.manifest_path.read_text())
+        except (OSError, ValueError) as e:
+            raise HvstackError(f"run {self.name}: cannot read its manifest: {e}") from e
+
+    def secret(self) -> str:
+        return (self.path / "secret").read_text().strip()
+
+    def is_live(self) -> bool:
+        try:
+            man = self.manifest()
+        except HvstackError:
+            return False
+        return man.get("state") == "running" and pid_alive(man.get("launcher_pid"))
+
+
+def new_run_dir(topology_name: str) -> RunDir:
+    root = runs_root()
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = root / f"{topology_name}-{stamp}-{os.urandom(2).hex()}"
+    path.mkdir(mode=0o700)
+    (path / "logs").mkdir(mode=0o700)
+    return RunDir(path)
+
+
+def find_run(ref: str) -> RunDir:
+    """A run by path, by name, or by a unique prefix of its name."""
+    p = Path(ref)
+    if (p / "manifest.json").exists():
+        return RunDir(p.resolve())
+    root = runs_root()
+    if (root / ref / "manifest.json").exists():
+        return RunDir(root / ref)
+    matches = sorted(d for d in root.glob(f"{ref}*") if (d / "manifest.json").exists()) if root.exists() else []
+    live = [d for d in matches if RunDir(d).is_live()]
+    if len(live) == 1 or (len(matches) == 1):
+        return RunDir((live or matches)[0])
+    if not matches:
+        raise HvstackError(f"no run {ref!r} in {root} (see `python launch.py ls`)")
+    raise HvstackError(f"{ref!r} matches {len(matches)} runs: {', '.join(d.name for d in matches[:5])}")
+
+
+def live_run(ref: str) -> tuple[RunDir, dict]:
+    run = find_run(ref)
+    man = run.manifest()
+    if not run.is_live():
+        how = man.get("ended", {}).get("reason", "its launcher is gone")
+        raise HvstackError(f"run {run.name} is not running ({how})")
+    return run, man
+
+
+# ======================================================================================
+# Processes
+# ======================================================================================
+
+PR_SET_PDEATHSIG = 1
+STOP_GRACE_S = 3.0
+HV_READY_TIMEOUT_S = 10.0
+WORKER_READY_TIMEOUT_S = 10.0
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGKILL if the launcher dies, even by SIGKILL, so
+    no process of a run outlives it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+@dataclass
+class Proc:
+    role: str  # hypervisor | worker | partition
+    name: str
+    popen: subprocess.Popen
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+
+def spawn(role: str, name: str, module: str, args: list[str], env_extra: dict, run: RunDir,
+          stdout=subprocess.DEVNULL) -> Proc:
+    log_path = run.path / "logs" / f"{role}-{name}.log" if role != "hypervisor" else run.path / "logs" / "hypervisor.log"
+    env = dict(os.environ)
+    env.update(env_extra)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    log = open(log_path, "ab")
+    try:
+        popen = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=env,
+                                 stdin=subprocess.DEVNULL, stdout=stdout, stderr=log,
+                                 preexec_fn=_die_with_parent, start_new_session=True)
+    finally:
+        log.close()
+    return Proc(role, name, popen, log_path)
+
+
+def stop_procs(procs: list[Proc], grace_s: float = STOP_GRACE_S) -> dict[str, int | None]:
+    """SIGTERM, wait, SIGKILL (as trio does); returns each process's exit status."""
+    for p in procs:
+        if p.popen.poll() is None:
+            try:
+                p.popen.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        try:
+            p.popen.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.popen.kill()
+            p.popen.wait(5)
+    return {f"{p.role}:{p.name}": p.popen.returncode for p in procs}
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+# ======================================================================================
+# A run
+# ======================================================================================
+
+
+class RunEnded(Exception):
+    def __init__(self, reason: str, exit_code: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.exit_code = exit_code
+
+
+@dataclass
+class Run:
+    topology: Topology
+    out: "Output"
+    duration_s: float | None = None  # None: the topology's
+    run: RunDir = field(init=False)
+    procs: list[Proc] = field(default_factory=list)
+    partition_ids: dict[str, int] = field(default_factory=dict)
+    endpoint: str = ""
+    secret: str = field(default_factory=auth.new_secret)
+    root: RootClient | None = None
+    watcher: ConsoleWatcher | None = None
+    final_status: dict | None = None
+    _stop_reason: str | None = None
+    _console_partial: dict = field(default_factory=dict)
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.run = new_run_dir(self.topology.name)
+        secret_path = self.run.path / "secret"
+        secret_path.write_text(self.secret)
+        secret_path.chmod(0o600)
+        self._manifest_update(state="starting")
+        if self.topology.transport == "ipc":
+            endpoint = ipc_endpoint(str(self.run.path / "hv.sock"))
+        else:
+            endpoint = "tcp://127.0.0.1:0"
+        hv = spawn("hypervisor", "hv", "hypervisor", ["--endpoint", endpoint], {"HVSTACK_SECRET": self.secret},
+                   self.run, stdout=subprocess.PIPE)
+        self.procs.append(hv)
+        self.endpoint = self._await_ready(hv)
+        self.root = RootClient(self.endpoint, self.secret)
+        for pc in self.topology.partitions:
+            pid = self.root.create_partition(pc.privileges, pc.recommendation_bits, pc.spin_retry, pc.vps)
+            self.partition_ids[pc.name] = pid
+        self._manifest_update()
+        self.watcher = ConsoleWatcher(self.endpoint, self.secret, list(self.partition_ids.values()))
+        duration = self.topology.duration_s if self.duration_s is None else self.duration_s
+        for pc in self.topology.partitions:
+            pid = self.partition_ids[pc.name]
+            token = auth.peer_token(self.secret, "worker", pid)
+            spec = {"endpoint": self.endpoint, "partition_id": pid, "name": pc.name,
+                    "console_path": str(self.run.path / f"console-{pc.name}.log"), "devices": pc.devices}
+            spec_path = self.run.path / f"worker-{pc.name}.json"
+            write_json(spec_path, spec)
+            self.procs.append(spawn("worker", pc.name, "worker", ["--spec", str(spec_path)],
+                                    {"HVSTACK_TOKEN": token}, self.run))
+        self._manifest_update()
+        self._await_workers()
+        for pc in self.topology.partitions:
+            pid = self.partition_ids[pc.name]
+            token = auth.peer_token(self.secret, "vp", pid)
+            spec = {"endpoint": self.endpoint, "partition_id": pid, "name": pc.name, "vps": pc.vps,
+                    "memory_mb": pc.memory_mb, "workloads": pc.workloads,
+                    # 0 means "until stopped": the guest runs its workloads for a day.
+                    "duration_s": duration if duration > 0 else 86400.0}
+            spec_path = self.run.path / f"partition-{pc.name}.json"
+            write_json(spec_path, spec)
+            self.procs.append(spawn("partition", pc.name, "partitions", ["--spec", str(spec_path)],
+                                    {"HVSTACK_TOKEN": token}, self.run))
+        self._manifest_update(state="running")
+
+    def _await_ready(self, hv: Proc) -> str:
+        deadline = time.monotonic() + HV_READY_TIMEOUT_S
+        line = b""
+        while time.monotonic() < deadline:
+            if hv.popen.poll() is not None:
+                raise RunEnded(f"hypervisor {describe_exit(hv.popen.returncode)} at start "
+                               f"(see {hv.log_path})", 1)
+            ready, _, _ = select.select([hv.popen.stdout], [], [], 0.1)
+            if ready:
+                line = hv.popen.stdout.readline()
+                if line.startswith(b"READY "):
+                    hv.popen.stdout.close()
+                    return line.split()[1].decode()
+        raise RunEnded(f"hypervisor not ready in {HV_READY_TIMEOUT_S} s (see {hv.log_path})", 1)
+
+    def _await_workers(self) -> None:
+        deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
+        while True:
+            self._check_procs()
+            status = self.root.status()
+            if all(p["worker"] and p["ranges"] for p in status["partitions"]):
+                return
+            if time.monotonic() > deadline:
+                raise RunEnded(f"workers not ready in {WORKER_READY_TIMEOUT_S} s", 1)
+            time.sleep(0.05)
+
+    def _check_procs(self) -> None:
+        for p in self.procs:
+            code = p.popen.poll()
+            if code is not None:
+                raise RunEnded(f"{p.role} {p.name} (pid {p.pid}) {describe_exit(code)}", 1)
+
+    def request_stop(self, reason: str) -> None:
+        self._stop_reason = reason
+
+    def supervise(self, wait_for_halt: bool) -> dict:
+        """Until the guests are done (all VPs halted), a stop request, or a death."""
+        grace = (self.duration_s if self.duration_s is not None else self.topology.duration_s) + 20
+        deadline = time.monotonic() + grace if wait_for_halt else None
+        next_status = 0.0
+        while True:
+            self._pump_console(100)
+            if self._stop_reason:
+                raise RunEnded(self._stop_reason, 130 if "SIGINT" in self._stop_reason else 0)
+            self._check_procs()
+            if wait_for_halt and time.monotonic() >= next_status:
+                next_status = time.monotonic() + 0.25
+                status = self.root.status()
+                vps = [vp for p in status["partitions"] for vp in p["vps"]]
+                if vps and all(vp["state"] == "halted" for vp in vps):
+                    self._pump_console(50)
+                    return status
+                if time.monotonic() > deadline:
+                    raise RunEnded(f"guests did not finish within {grace:.0f} s", 1)
+
+    def _pump_console(self, timeout_ms: int) -> None:
+        if self.watcher is None:
+            time.sleep(timeout_ms / 1000)
+            return
+        names = {v: k for k, v in self.partition_ids.items()}
+        for pid, data in self.watcher.poll(timeout_ms):
+            buf = self._console_partial.get(pid, b"") + data
+            *lines, rest = buf.split(b"\n")
+            self._console_partial[pid] = rest
+            for line in lines:
+                self.out.console(names.get(pid, str(pid)), line.rstrip(b"\r").decode(errors="replace"))
+
+    def finish(self, reason: str, exit_code: int) -> None:
+        """Stop every process (partitions, then workers, then the hypervisor) and record why."""
+        if self.root is not None and self.final_status is None:
+            try:
+                self.final_status = self.root.status()
+            except (HvstackError, OSError):
+                pass
+        for c in (self.watcher, self.root):
+            if c is not None:
+                c.close()
+        order = {"partition": 0, "worker": 1, "hypervisor": 2}
+        exits: dict = {}
+        for stage in range(3):
+            exits.update(stop_procs([p for p in self.procs if order[p.role] == stage]))
+        left = [p.pid for p in self.procs if pid_alive(p.pid)]
+        self._manifest_update(state="ended", ended={
+            "reason": reason, "exit_code": exit_code, "at": datetime.now(timezone.utc).isoformat(),
+            "exits": {k: describe_exit(v) for k, v in exits.items()}, "left_running": left})
+
+    def _manifest_update(self, **changes) -> None:
+        path = self.run.manifest_path
+        man = json.loads(path.read_text()) if path.exists() else {
+            "name": self.run.name, "created": datetime.now(timezone.utc).isoformat(),
+            "launcher_pid": os.getpid(), "config": self.topology.to_dict()}
+        man.update({
+            "endpoint": self.endpoint,
+            "processes": {f"{p.role}:{p.name}": {"pid": p.pid, "log": str(p.log_path)} for p in self.procs},
+            "partitions": {name: {"id": pid, "console": str(self.run.path / f"console-{name}.log")}
+                           for name, pid in self.partition_ids.items()},
+        })
+        man.update(changes)
+        write_json(path, man)
+
+
+def execute(topology: Topology, out: "Output", duration_s: float | None = None,
+            wait_for_halt: bool = True) -> tuple[Run, str, int]:
+    """Start a run, supervise it, end it; returns (run, reason, exit code).  Ctrl-C and
+    SIGTERM end the run the same way as a dead process does: every process goes."""
+    run = Run(topology, out, duration_s)
+
+    def on_signal(signum, frame):
+        name = signal.Signals(signum).name
+        stop_file = run.run.path / "stop-requested" if hasattr(run, "run") else None
+        who = stop_file.read_text().strip() if stop_file is not None and stop_file.exists() else ""
+        run.request_stop(f"{name}{' from ' + who if who else ''}")
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    reason, code = "guests finished their workloads", 0
+    try:
+        try:
+            run.start()
+            out.started(run)
+            run.final_status = run.supervise(wait_for_halt and (duration_s or topology.duration_s) > 0)
+        except RunEnded as e:
+            reason, code = e.reason, e.exit_code
+        except (HvstackError, OSError) as e:
+            reason, code = f"launcher error: {e}", 1
+        finally:
+            if hasattr(run, "run"):
+                if run._stop_reason and code == 0 and reason.startswith("guests"):
+                    reason = run._stop_reason
+                run.finish(reason, code)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    return run, reason, code
+
+
+# ======================================================================================
+# Output
+# ======================================================================================
+
+PATH_ORDER = ("io_port", "io_unclaimed", "cpuid", "msr", "hypercall")
+PATH_LABEL = {
+    "io_port": "emulated port I/O (worker)",
+    "io_unclaimed": "unclaimed port I/O (hv)",
+    "cpuid": "CPUID intercept (hv)",
+    "msr": "synthetic MSR (hv)",
+    "hypercall": "hypercall (hv)",
+}
+
+
+def us(ns: float) -> str:
+    return f"{ns / 1000:.1f}"
+
+
+def table(headers: list[str], rows: list[list[str]], align: str | None = None) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    align = align or "l" + "r" * (len(headers) - 1)
+
+    def fmt(row):
+        return "  ".join(str(c).ljust(w) if a == "l" else str(c).rjust(w)
+                         for c, w, a in zip(row, widths, align))
+
+    return "\n".join([fmt(headers), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)])
+
+
+def path_rows(paths: dict) -> list[list[str]]:
+    rows = []
+    for name in sorted(paths, key=lambda n: PATH_ORDER.index(n) if n in PATH_ORDER else 99):
+        st = PathStats.from_wire(paths[name])
+        t = st.total
+        rows.append([PATH_LABEL.get(name, name), str(t.n), us(t.percentile(50)), us(t.percentile(99)), us(t.hi)])
+    return rows
+
+
+def stage_rows(paths: dict, path: str = "io_port") -> list[list[str]]:
+    if path not in paths:
+        return []
+    st = PathStats.from_wire(paths[path])
+    names = EMULATED_STAGES if len(st.stages) == len(EMULATED_STAGES) else HANDLED_STAGES
+    total_mean = st.total.mean or 1
+    rows = []
+    for name, h in zip(names, st.stages):
+        rows.append([name, us(h.mean), us(h.percentile(50)), us(h.percentile(99)), f"{100 * h.mean / total_mean:.0f}%"])
+    rows.append(["total", us(st.total.mean), us(st.total.percentile(50)), us(st.total.percentile(99)), "100%"])
+    return rows
+
+
+class Output:
+    def __init__(self, stream=sys.stdout) -> None:
+        self.stream = stream
+
+    def print(self, text: str = "") -> None:
+        print(text, file=self.stream, flush=True)
+
+    def started(self, run: Run) -> None:
+        self.print(f"run {run.run.name}: {len(run.topology.partitions)} partition(s), "
+                   f"{run.topology.logical_processors} LPs — directory {run.run.path}")
+
+    def console(self, partition: str, line: str) -> None:
+        self.print(f"  {partition:>12} | {line}")
+
+    def report(self, run: Run, status: dict | None) -> None:
+        if not status:
+            return
+        names = {v: k for k, v in run.partition_ids.items()}
+        for p in status["partitions"]:
+            name = names.get(p["id"], str(p["id"]))
+            exits = {}
+            for vp in p["vps"]:
+                for k, v in vp["exits"].items():
+                    exits[k] = exits.get(k, 0) + v
+            self.print()
+            self.print(f"partition {name} (id {p['id']}, {len(p['vps'])} VPs, privileges {p['privileges']:#x}, "
+                       f"hypercall page {'on' if p['hypercalls_enabled'] else 'off'})")
+            self.print("  exits: " + ", ".join(f"{k} {v}" for k, v in exits.items() if v))
+            rows = path_rows(p["paths"])
+            if rows:
+                self.print(_indent(table(["path", "count", "p50 µs", "p99 µs", "max µs"], rows)))
+            srows = stage_rows(p["paths"])
+            if srows:
+                self.print("  emulated port I/O, per stage:")
+                self.print(_indent(table(["stage", "mean µs", "p50 µs", "p99 µs", "share"], srows), 4))
+
+
+def _indent(text: str, n: int = 2) -> str:
+    return "\n".join(" " * n + line for line in text.splitlines())
+
+
+# ======================================================================================
+# Commands
+# ======================================================================================
+
+
+def cmd_run(args) -> int:
+    try:
+        topology = read_topology(args.config) if args.config else load_topology(DEFAULT_TOPOLOGY, "<default>")
+    except ConfigError as e:
+        print(f"launch.py: {e}", file=sys.stderr)
+        return ConfigError.exit_code
+    out = Output()
+    run, reason, code = execute(topology, out, args.duration)
+    out.report(run, run.final_status)
+    out.print()
+    out.print(f"run {run.run.name} ended: {reason}" if hasattr(run, "run") else f"run failed: {reason}")
+    return code
+
+
+def cmd_ls(args) -> int:
+    root = runs_root()
+    runs = sorted((d for d in root.glob("*") if (d / "manifest.json").exists()), key=lambda d: d.stat().st_mtime) \
+        if root.exists() else []
+    rows = []
+    for d in runs:
+        rd = RunDir(d)
+        live = rd.is_live()
+        if not live and not args.all:
+            continue
+        man = rd.manifest()
+        rows.append([rd.name, "running" if live else man.get("ended", {}).get("reason", man.get("state", "?")),
+                     str(man.get("launcher_pid", "")), ", ".join(man.get("partitions", {}))])
+    if not rows:
+        print(f"no {'runs' if args.all else 'live runs'} in {root}")
+        return 0
+    print(table(["run", "state", "launcher", "partitions"], rows, "llrl"))
+    return 0
+
+
+def process_rows(man: dict) -> list[list[str]]:
+    rows = []
+    procs = {"launcher": {"pid": man.get("launcher_pid")}, **man.get("processes", {})}
+    handles = {}
+    for name, info in procs.items():
+        try:
+            h = psutil.Process(info["pid"])
+            h.cpu_percent(None)
+            handles[name] = h
+        except (psutil.Error, TypeError):
+            handles[name] = None
+    time.sleep(0.2)
+    for name, info in procs.items():
+        h = handles[name]
+        if h is None:
+            rows.append([name, str(info.get("pid")), "gone", "", ""])
+            continue
+        try:
+            with h.oneshot():
+                rows.append([name, str(h.pid), f"{h.cpu_percent(None):.0f}%",
+                             f"{h.memory_info().rss / 2**20:.1f} MiB", str(h.num_threads())])
+        except psutil.Error:
+            rows.append([name, str(info.get("pid")), "gone", "", ""])
+    return rows
+
+
+def cmd_status(args) -> int:
+    run, man = live_run(args.run)
+    with RootClient(man["endpoint"], run.secret()) as root:
+        status = root.status()
+    procs = process_rows(man)
+    if args.json:
+        print(json.dumps({"run": run.name, "hypervisor": {k: v for k, v in status.items() if k != "partitions"},
+                          "partitions": status["partitions"], "names": man.get("partitions", {}),
+                          "processes": procs}, indent=2))
+        return 0
+    names = {v["id"]: k for k, v in man.get("partitions", {}).items()}
+    print(f"run {run.name}: hypervisor up {status['uptime_s']:.1f} s, {status['peers']} peers, "
+          f"{status['counters']['messages']} messages, {status['counters']['malformed']} malformed, "
+          f"{status['counters']['refused_hellos']} refused hellos")
+    for p in status["partitions"]:
+        print(f"\npartition {names.get(p['id'], p['id'])} (id {p['id']}): {p['state']}, "
+              f"worker {'up' if p['worker'] else 'missing'}, unclaimed I/O {p['unclaimed_reads']}r/"
+              f"{p['unclaimed_writes']}w, worker timeouts {p['worker_timeouts']}")
+        rows = [[str(vp["index"]), vp["state"], *(str(vp["exits"][k]) for k in vp["exits"]), str(vp["faults"])]
+                for vp in p["vps"]]
+        if p["vps"]:
+            print(_indent(table(["vp", "state", *p["vps"][0]["exits"].keys(), "faults"], rows, "ll" + "r" * 7)))
+        prow = path_rows(p["paths"])
+        if prow:
+            print(_indent(table(["path", "count", "p50 µs", "p99 µs", "max µs"], prow)))
+    print()
+    print(table(["process", "pid", "CPU", "RSS", "threads"], procs, "lrrrr"))
+    return 0
+
+
+def cmd_stop(args) -> int:
+    run = find_run(args.run)
+    man = run.manifest()
+    if not run.is_live():
+        print(f"run {run.name} is not running ({man.get('ended', {}).get('reason', 'launcher gone')})")
+        return 1
+    (run.path / "stop-requested").write_text(f"launch.py stop (pid {os.getpid()})")
+    os.kill(man["launcher_pid"], signal.SIGTERM)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        man = run.manifest()
+        if man.get("state") == "ended":
+            print(f"run {run.name} ended: {man['ended']['reason']}")
+            return 0
+        time.sleep(0.1)
+    print(f"run {run.name} did not end within {args.timeout} s", file=sys.stderr)
+    return 1
+
+
+def parse_number(token: str) -> int:
+    try:
+        return int(token, 0)
+    except ValueError:
+        pass
+    for enum in (HvMsr, HypercallCode):
+        if token in enum.__members__:
+            return int(enum[token])
+    raise ValueError(f"{token!r} is not a number or a TLFS name")
+
+
+IO_ARITY = {"inb": 1, "inw": 1, "inl": 1, "outb": 2, "outw": 2, "outl": 2, "cpuid": (1, 2),
+            "rdmsr": 1, "wrmsr": 2, "hypercall": (1, 2)}
+
+
+def parse_ops(tokens: list[str]) -> list[tuple[str, list[str]]]:
+    """Split ``inb 0x3fd outb 0x3ff 0x41 …`` into operations."""
+    ops, i = [], 0
+    while i < len(tokens):
+        op = tokens[i]
+        if op not in IO_ARITY:
+            raise ValueError(f"unknown operation {op!r} (known: {', '.join(IO_OPS)})")
+        j = i + 1
+        while j < len(tokens) and tokens[j] not in IO_ARITY:
+            j += 1
+        operands = tokens[i + 1:j]
+        arity = IO_ARITY[op]
+        lo, hi = arity if isinstance(arity, tuple) else (arity, arity)
+        if not lo <= len(operands) <= hi:
+            raise ValueError(f"{op} takes {lo}{'–' + str(hi) if hi != lo else ''} operand(s), got {len(operands)}")
+        ops.append((op, operands))
+        i = j
+    return ops
+
+
+def run_op(root: RootClient, partition: int, vp: int, op: str, operands: list[str]) -> str:
+    if op == "hypercall":
+        control = parse_number(operands[0])
+        if operands[0] in HypercallCode.__members__:
+            control = control_value(control)
+        data = bytes.fromhex(operands[1]) if len(operands) > 1 else b""
+        r = root.io(partition, vp, op, control, 0, data)
+    else:
+        nums = [parse_number(t) for t in operands]
+        a = nums[0]
+        b = nums[1] if len(nums) > 1 else 0
+        r = root.io(partition, vp, op, a, b)
+    if r.fault:
+        return f"FAULT #{X86Exception(r.fault).name}"
+    if op.startswith("in"):
+        return f"OK {r.rax:#x}"
+    if op == "cpuid":
+        return f"OK eax={r.rax:#010x} ebx={r.rbx:#010x} ecx={r.rcx:#010x} edx={r.rdx:#010x}"
+    if op == "rdmsr":
+        return f"OK {(r.rdx << 32) | r.rax:#x}"
+    if op == "hypercall":
+        status = r.rax & 0xFFFF
+        try:
+            sname = HvStatus(status).name
+        except ValueError:
+            sname = f"{status:#x}"
+        reps = (r.rax >> 32) & 0xFFF
+        return f"OK {sname} reps={reps}" + (f" output={r.output.hex()}" if r.output else "")
+    return "OK"
+
+
+def cmd_io(args) -> int:
+    run, man = live_run(args.run)
+    parts = man.get("partitions", {})
+    if args.partition not in parts:
+        print(f"launch.py io: run {run.name} has no partition {args.partition!r} "
+              f"(it has {', '.join(parts)})", file=sys.stderr)
+        return 2
+    tokens = args.ops or [t for line in sys.stdin for t in line.split("#")[0].split()]
+    try:
+        ops = parse_ops(tokens)
+    except ValueError as e:
+        print(f"launch.py io: {e}", file=sys.stderr)
+        return 2
+    failed = 0
+    with RootClient(man["endpoint"], run.secret()) as root:
+        for op, operands in ops:
+            try:
+                print(run_op(root, parts[args.partition]["id"], args.vp, op, operands), flush=True)
+            except (ValueError, Refused) as e:
+                print(f"ERR {e}", flush=True)
+                failed += 1
+    return 1 if failed else 0
+
+
+def cmd_bench(args) -> int:
+    from benchmarks.bench import run_bench
+
+    return run_bench(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="launch.py", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd")
+    p = sub.add_parser("run", help="run a topology file (default: the embedded topology)")
+    p.add_argument("config", nargs="?")
+    p.add_argument("--duration", type=float, help="seconds of workloads (0: until stopped)")
+    p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("ls", help="list live runs")
+    p.add_argument("--all", action="store_true", help="include ended runs")
+    p.set_defaults(fn=cmd_ls)
+    p = sub.add_parser("status", help="a live run's partitions, VPs, counters, processes")
+    p.add_argument("run")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_status)
+    p = sub.add_parser("stop", help="end a live run cleanly")
+    p.add_argument("run")
+    p.add_argument("--timeout", type=float, default=15.0)
+    p.set_defaults(fn=cmd_stop)
+    p = sub.add_parser("io", help="execute instructions on behalf of a VP (like QEMU's qtest)")
+    p.add_argument("run")
+    p.add_argument("partition")
+    p.add_argument("ops", nargs=argparse.REMAINDER,
+                   help="inb|inw|inl PORT, outb|outw|outl PORT VALUE, cpuid LEAF [SUBLEAF], rdmsr MSR, "
+                        "wrmsr MSR VALUE, hypercall CONTROL|NAME [INPUT_HEX]; none: read them from stdin")
+    p.add_argument("--vp", type=int, default=0)
+    p.set_defaults(fn=cmd_io)
+    p = sub.add_parser("bench", help="round trips of each path against a pure-pyzmq floor")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--duration", type=float, default=4.0, help="seconds of guest workloads")
+    p.add_argument("--samples", type=int, default=5000, help="round trips per floor")
+    p.set_defaults(fn=cmd_bench)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv = ["run", *argv]  # no command: run the default topology
+    args = ap.parse_args(argv)
+    try:
+        return args.fn(args)
+    except HvstackError as e:
+        print(f"launch.py {args.cmd}: {e}", file=sys.stderr)
+        return 1
+    except (PeerTimeout, HypercallFailed) as e:
+        print(f"launch.py {args.cmd}: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,1 @@
+"""A child partition: its VPs (one thread each), its RAM, the guest kernel."""

@@ -1,0 +1,207 @@
+"""A virtual processor as guest code sees it: an instruction-level API.
+
+Instructions that real hardware would intercept (IN/OUT, CPUID, RDMSR/WRMSR, the hypercall,
+HLT) are a real message round trip to the hypervisor over this VP's own DEALER; RAM access
+and PAUSE are not.  Each round trip is timed from the stamps the hops appended, and recorded
+by path in histograms that are sent to the hypervisor now and then (``vp_stats``) — never
+inside a measured round trip.
+
+An exception the hypervisor injects (#GP for an MSR the partition may not touch, #UD for a
+hypercall without the hypercall page) is raised in the guest as :class:`GuestFault`.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from time import perf_counter_ns
+
+from proto import messages as m
+from proto.codes import HvStatus, X86Exception, control_value
+from proto.errors import PeerTimeout, Refused
+from proto.stats import PathStats
+from proto.transport import Dealer
+
+# How long an exit may take before the hypervisor is presumed gone.  The hypervisor itself
+# completes an intercept whose worker does not answer within 2 s, so this is generous.
+EXIT_TIMEOUT_MS = 10_000
+# HLT waits in slices this long, so a stopping partition is noticed.
+HALT_SLICE_MS = 200
+STATS_INTERVAL_NS = 250_000_000
+
+# Path names, as `status`, the tables and `bench` show them.
+PATH_IO = "io_port"  # emulated in the worker: 4 hops
+PATH_IO_UNCLAIMED = "io_unclaimed"  # no device: the hypervisor answers all-ones, 2 hops
+PATH_CPUID = "cpuid"
+PATH_MSR = "msr"
+PATH_HYPERCALL = "hypercall"
+
+
+class GuestFault(Exception):
+    """The instruction faulted; ``vector`` is the x86 exception the guest takes."""
+
+    def __init__(self, vector: int, what: str) -> None:
+        super().__init__(f"{X86Exception(vector).name} on {what}")
+        self.vector = vector
+
+
+class VpStopped(Exception):
+    """The partition is stopping; guest code unwinds."""
+
+
+class VpLost(Exception):
+    """The hypervisor stopped answering."""
+
+
+class Vp:
+    def __init__(self, dealer: Dealer, index: int, ram: bytearray, stop: threading.Event) -> None:
+        self.index = index
+        self.ram = ram
+        self.stop = stop
+        self._dealer = dealer
+        self._send = dealer.send
+        self._recv = dealer.recv
+        self._seq = 0
+        self.paths: dict[str, PathStats] = {}
+        self.exits = 0
+        self.pauses = 0
+        self._next_stats = perf_counter_ns() + STATS_INTERVAL_NS
+
+    # -- the round trip -----------------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        self._seq = seq = (self._seq + 1) & 0xFFFFFFFF
+        return seq
+
+    def _exit(self, frame: bytes, seq: int, timeout_ms: int = EXIT_TIMEOUT_MS) -> m.VpResume:
+        if self.stop.is_set():
+            raise VpStopped()
+        self._send(frame)
+        while True:
+            try:
+                raw = self._recv(timeout_ms)
+            except PeerTimeout as e:
+                raise VpLost(f"VP {self.index}: no resume from the hypervisor in {timeout_ms} ms") from e
+            t_resume = perf_counter_ns()
+            msg = m.decode(raw)
+            if msg.__class__ is m.VpResume and msg.seq == seq:
+                break
+            if msg.__class__ is m.ErrorReply:
+                raise Refused(msg.code, msg.message)
+            # Anything else is a late answer to an earlier exit; it cannot be ours.
+        self.exits += 1
+        stamps = msg.stamps + (t_resume,)
+        if len(stamps) > 2:
+            path = self._path_of(frame, len(stamps))
+            stats = self.paths.get(path)
+            if stats is None:
+                stats = self.paths[path] = PathStats()
+            stats.record(stamps)
+        if t_resume >= self._next_stats:
+            self.flush_stats()
+        if msg.fault:
+            raise GuestFault(msg.fault, self._describe(frame))
+        return msg
+
+    _PATH_BY_TYPE = {
+        m.CpuidIntercept.TYPE: PATH_CPUID,
+        m.MsrIntercept.TYPE: PATH_MSR,
+        m.HypercallIntercept.TYPE: PATH_HYPERCALL,
+    }
+
+    def _path_of(self, frame: bytes, n_stamps: int) -> str:
+        # The message type id is the second byte of the msgpack array (fixarray, then a
+        # positive fixint): no need to decode our own frame again.
+        kind = frame[1]
+        if kind == m.IoPortIntercept.TYPE:
+            return PATH_IO if n_stamps == 8 else PATH_IO_UNCLAIMED
+        return self._PATH_BY_TYPE.get(kind, "other")
+
+    @staticmethod
+    def _describe(frame: bytes) -> str:
+        return m.decode(frame).NAME
+
+    def flush_stats(self) -> None:
+        self._next_stats = perf_counter_ns() + STATS_INTERVAL_NS
+        self._send(m.VpStats({p: s.to_wire() for p, s in self.paths.items()}).encode())
+
+    # -- port I/O -------------------------------------------------------------------------
+
+    def _in(self, port: int, size: int) -> int:
+        seq = self._next_seq()
+        return self._exit(m.IoPortIntercept(seq, port, size, False, 0, (perf_counter_ns(),)).encode(), seq).rax
+
+    def _out(self, port: int, size: int, value: int) -> None:
+        seq = self._next_seq()
+        self._exit(m.IoPortIntercept(seq, port, size, True, value, (perf_counter_ns(),)).encode(), seq)
+
+    def inb(self, port: int) -> int:
+        return self._in(port, 1)
+
+    def inw(self, port: int) -> int:
+        return self._in(port, 2)
+
+    def inl(self, port: int) -> int:
+        return self._in(port, 4)
+
+    def outb(self, port: int, value: int) -> None:
+        self._out(port, 1, value & 0xFF)
+
+    def outw(self, port: int, value: int) -> None:
+        self._out(port, 2, value & 0xFFFF)
+
+    def outl(self, port: int, value: int) -> None:
+        self._out(port, 4, value & 0xFFFFFFFF)
+
+    # -- CPUID, MSRs, hypercalls ------------------------------------------------------------
+
+    def cpuid(self, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
+        seq = self._next_seq()
+        r = self._exit(m.CpuidIntercept(seq, leaf, subleaf, (perf_counter_ns(),)).encode(), seq)
+        return r.rax, r.rbx, r.rcx, r.rdx
+
+    def rdmsr(self, msr: int) -> int:
+        seq = self._next_seq()
+        r = self._exit(m.MsrIntercept(seq, msr, False, 0, (perf_counter_ns(),)).encode(), seq)
+        return (r.rdx << 32) | r.rax
+
+    def wrmsr(self, msr: int, value: int) -> None:
+        seq = self._next_seq()
+        self._exit(m.MsrIntercept(seq, msr, True, value, (perf_counter_ns(),)).encode(), seq)
+
+    def hypercall_raw(self, control: int, data: bytes = b"") -> tuple[int, bytes]:
+        """The hypercall instruction: RCX = ``control``; returns (RAX, output block)."""
+        seq = self._next_seq()
+        r = self._exit(m.HypercallIntercept(seq, control, data, (perf_counter_ns(),)).encode(), seq)
+        return r.rax, r.output
+
+    def hypercall(self, code: int, data: bytes = b"", fast: bool = False, rep_count: int = 0,
+                  rep_start: int = 0) -> tuple[HvStatus, int, bytes]:
+        """Returns (status, reps completed, output)."""
+        rax, out = self.hypercall_raw(control_value(code, fast, rep_count, rep_start), data)
+        return HvStatus(rax & 0xFFFF), (rax >> 32) & 0xFFF, out
+
+    # -- HLT, PAUSE, RAM --------------------------------------------------------------------
+
+    def hlt(self) -> None:
+        """Wait for an interrupt.  Nothing interrupts a VP yet, so this returns only when
+        the hypervisor resumes the VP; a stopping partition raises VpStopped."""
+        seq = self._next_seq()
+        self.flush_stats()
+        self._send(m.HaltIntercept(seq, (perf_counter_ns(),)).encode())
+        while not self.stop.is_set():
+            if self._dealer.wait(HALT_SLICE_MS):
+                msg = m.decode(self._recv(0))
+                if msg.__class__ is m.VpResume and msg.seq == seq:
+                    return
+        raise VpStopped()
+
+    def pause(self) -> None:
+        """PAUSE: a spin-loop hint, not intercepted (no pause-loop exiting here)."""
+        self.pauses += 1
+
+    def read_u32(self, gpa: int) -> int:
+        return struct.unpack_from("<I", self.ram, gpa)[0]
+
+    def write_u32(self, gpa: int, value: int) -> None:
+        struct.pack_into("<I", self.ram, gpa, value)

@@ -1,0 +1,116 @@
+"""The root partition's client of the hypervisor: what launch.py and attach commands use.
+
+It speaks for the root (the run secret proves it), so it can create partitions through
+root-only hypercalls, read status, push console input and execute single instructions on a
+child VP's behalf.
+"""
+
+from __future__ import annotations
+
+import struct
+from time import perf_counter_ns
+
+from proto import messages as m
+from proto.codes import HvPartitionProperty, HvStatus, HypercallCode, control_value
+from proto.errors import HvstackError, Refused
+from proto.transport import Dealer, connect
+
+
+class HypercallFailed(HvstackError):
+    def __init__(self, code: int, status: int) -> None:
+        try:
+            name = HvStatus(status).name
+        except ValueError:
+            name = f"{status:#x}"
+        try:
+            call = HypercallCode(code).name
+        except ValueError:
+            call = f"{code:#x}"
+        super().__init__(f"{call} failed: {name}")
+        self.status = status
+
+
+class RootClient:
+    def __init__(self, endpoint: str, secret: str, timeout_ms: int = 5000) -> None:
+        self.timeout_ms = timeout_ms
+        self.dealer: Dealer = connect(endpoint, "root", 0, 0, secret=secret, timeout_ms=timeout_ms)
+        self._seq = 0
+
+    def close(self) -> None:
+        self.dealer.close()
+
+    def __enter__(self) -> "RootClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) & 0xFFFFFFFF
+        return self._seq
+
+    # -- hypercalls as the root partition ----------------------------------------------------
+
+    def hypercall(self, code: int, data: bytes = b"") -> bytes:
+        """A simple root hypercall; raises HypercallFailed unless it succeeds."""
+        reply = self.dealer.request(
+            m.HypercallIntercept(self._next_seq(), control_value(code), data, (perf_counter_ns(),)),
+            self.timeout_ms)
+        status = reply.rax & 0xFFFF
+        if status != HvStatus.HV_STATUS_SUCCESS:
+            raise HypercallFailed(code, status)
+        return reply.output
+
+    def create_partition(self, privileges: int, recommendations: int, spin_retry: int, vps: int) -> int:
+        """TLFS host flow: create, set properties, initialize, create the VPs."""
+        out = self.hypercall(HypercallCode.HvCallCreatePartition, bytes(56))
+        (pid,) = struct.unpack_from("<Q", out)
+        for prop, value in (
+            (HvPartitionProperty.HvPartitionPropertyPrivilegeFlags, privileges),
+            (HvPartitionProperty.HvPartitionPropertyEnlightenmentRecommendations, recommendations),
+            (HvPartitionProperty.HvPartitionPropertySpinRetryCount, spin_retry),
+        ):
+            self.hypercall(HypercallCode.HvCallSetPartitionProperty, struct.pack("<QIIQ", pid, prop, 0, value))
+        self.hypercall(HypercallCode.HvCallInitializePartition, struct.pack("<Q", pid))
+        for i in range(vps):
+            self.hypercall(HypercallCode.HvCallCreateVp, struct.pack("<QI4xQQ", pid, i, 0, 0))
+        return pid
+
+    # -- attach -------------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        return self.dealer.request(m.StatusRequest(), self.timeout_ms).status
+
+    def io(self, partition: int, vp: int, op: str, a: int = 0, b: int = 0, data: bytes = b"") -> m.VpResume:
+        """One instruction on behalf of ``vp``; the resume it would have got."""
+        reply = self.dealer.request(m.IoRequest(self._next_seq(), partition, vp, op, a, b, data),
+                                    self.timeout_ms)
+        if not isinstance(reply, m.VpResume):
+            raise Refused("UNEXPECTED", f"expected vp_resume, got {reply.NAME}")
+        return reply
+
+    def console_push(self, partition: int, data: bytes) -> None:
+        self.dealer.request(m.ConsolePush(partition, data), self.timeout_ms)
+
+
+class ConsoleWatcher:
+    """A separate connection that receives ``console_data`` events for some partitions."""
+
+    def __init__(self, endpoint: str, secret: str, partitions: list[int]) -> None:
+        self.dealer = connect(endpoint, "root", 0, 0, secret=secret)
+        for pid in partitions:
+            self.dealer.request(m.ConsoleSubscribe(pid))
+
+    def poll(self, timeout_ms: int) -> list[tuple[int, bytes]]:
+        """Console bytes that arrived within ``timeout_ms``, as (partition, data) pairs."""
+        out = []
+        if not self.dealer.wait(timeout_ms):
+            return out
+        while self.dealer.wait(0):
+            msg = m.decode(self.dealer.recv(0))
+            if isinstance(msg, m.ConsoleData):
+                out.append((msg.partition, msg.data))
+        return out
+
+    def close(self) -> None:
+        self.dealer.close()

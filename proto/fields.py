@@ -1,0 +1,118 @@
+"""Field types of wire messages: each checks a decoded value and returns it (or raises).
+
+A check returns the value to store, so a type can normalise (a msgpack array arrives as a
+tuple).  Checks are plain callables because they run on the hot path: a handful of them per
+intercept, each a type test and a range test.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+Check = Callable[[Any], Any]
+
+
+class FieldError(ValueError):
+    """A value that does not fit its field; the decoder names the message and field."""
+
+
+def uint(bits: int) -> Check:
+    top = (1 << bits) - 1
+
+    def check(v: Any) -> int:
+        # bool is an int subclass; a True where a port belongs is a bug on the sender's side.
+        if type(v) is not int:
+            raise FieldError(f"expected u{bits}, got {type(v).__name__}")
+        if not 0 <= v <= top:
+            raise FieldError(f"{v} is outside u{bits}")
+        return v
+
+    check.__name__ = f"u{bits}"
+    return check
+
+
+U8, U16, U32, U64 = uint(8), uint(16), uint(32), uint(64)
+
+
+def boolean(v: Any) -> bool:
+    if type(v) is not bool:
+        raise FieldError(f"expected bool, got {type(v).__name__}")
+    return v
+
+
+def one_of(*choices: Any) -> Check:
+    allowed = frozenset(choices)
+
+    def check(v: Any) -> Any:
+        if type(v) not in (int, str) or v not in allowed:
+            raise FieldError(f"{v!r} is not one of {sorted(allowed, key=str)}")
+        return v
+
+    return check
+
+
+def text(max_len: int) -> Check:
+    def check(v: Any) -> str:
+        if type(v) is not str:
+            raise FieldError(f"expected str, got {type(v).__name__}")
+        if len(v) > max_len:
+            raise FieldError(f"string of {len(v)} characters, at most {max_len}")
+        return v
+
+    return check
+
+
+def blob(max_len: int) -> Check:
+    def check(v: Any) -> bytes:
+        if type(v) is not bytes:
+            raise FieldError(f"expected bytes, got {type(v).__name__}")
+        if len(v) > max_len:
+            raise FieldError(f"{len(v)} bytes, at most {max_len}")
+        return v
+
+    return check
+
+
+MAX_STAMPS = 16
+
+
+def stamps(v: Any) -> tuple:
+    """``perf_counter_ns`` stamps appended at each hop; at most :data:`MAX_STAMPS`."""
+    if type(v) is not tuple and type(v) is not list:
+        raise FieldError(f"expected an array of stamps, got {type(v).__name__}")
+    if len(v) > MAX_STAMPS:
+        raise FieldError(f"{len(v)} stamps, at most {MAX_STAMPS}")
+    for s in v:
+        if type(s) is not int or s < 0:
+            raise FieldError(f"stamp {s!r} is not a non-negative integer")
+    return tuple(v)
+
+
+def port_ranges(v: Any) -> tuple:
+    """``[[base, count], …]`` with every range inside the 64 KiB I/O space."""
+    if type(v) is not tuple and type(v) is not list:
+        raise FieldError(f"expected an array of [base, count], got {type(v).__name__}")
+    if len(v) > 256:
+        raise FieldError(f"{len(v)} ranges, at most 256")
+    out = []
+    for r in v:
+        if type(r) not in (tuple, list) or len(r) != 2:
+            raise FieldError(f"range {r!r} is not [base, count]")
+        base, count = U16(r[0]), U32(r[1])
+        if count < 1 or base + count > 0x10000:
+            raise FieldError(f"range {base:#x}+{count} is outside the I/O space")
+        out.append((base, count))
+    return tuple(out)
+
+
+def mapping(max_items: int) -> Check:
+    """A free-form map (telemetry, status); only its shape is checked here."""
+
+    def check(v: Any) -> dict:
+        if type(v) is not dict:
+            raise FieldError(f"expected a map, got {type(v).__name__}")
+        if len(v) > max_items:
+            raise FieldError(f"{len(v)} entries, at most {max_items}")
+        return v
+
+    return check

@@ -1,0 +1,407 @@
+"""Every message hvstack's processes exchange, one definition each, and the codec.
+
+On the wire a message is one msgpack array ``[type_id, field1, field2, …]`` in one ZeroMQ
+frame (a ROUTER adds the routing frame in front).  Arrays rather than maps keep the intercept
+messages small and quick to pack; the field names live here, once.  :func:`decode` is the
+only way bytes become a message: malformed bytes, unknown types, missing or extra fields and
+out-of-range values each raise their own :class:`~proto.errors.ProtocolError`.
+
+Naming: ``<action>_request`` / ``_reply`` pairs; events are nouns (``io_notify``); intercepts
+carry the TLFS message they stand for in their docstring.
+
+Every message on a measured path carries ``stamps``: ``time.perf_counter_ns()`` taken at each
+hop and appended by that hop.  The originator derives the stages from consecutive stamps.
+"""
+
+import operator
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+import msgpack
+
+from proto.errors import InvalidField, MalformedMessage, UnknownMessageType
+from proto.fields import (
+    U8,
+    U16,
+    U32,
+    U64,
+    FieldError,
+    blob,
+    boolean,
+    mapping,
+    one_of,
+    port_ranges,
+    stamps,
+    text,
+)
+
+PROTOCOL_VERSION = 1
+# A frame larger than this is refused before msgpack looks at it: the biggest legitimate
+# messages are status replies and console output, far below.
+MAX_FRAME_BYTES = 1 << 20
+# One page: TLFS hypercall parameter blocks must not cross a page.
+HV_PAGE_SIZE = 4096
+
+ROLES = ("root", "worker", "vp")
+ACCESS_SIZES = (1, 2, 4)
+IO_OPS = ("inb", "inw", "inl", "outb", "outw", "outl", "cpuid", "rdmsr", "wrmsr", "hypercall")
+
+REGISTRY: dict[int, type] = {}
+BY_NAME: dict[str, type] = {}
+
+
+class Message:
+    """Base of every message; ``TYPE`` and ``NAME`` are set by :func:`message`."""
+
+    __slots__ = ()
+    TYPE: ClassVar[int]
+    NAME: ClassVar[str]
+
+    def encode(self) -> bytes:
+        return _PACK(self._wire())
+
+    def _wire(self) -> tuple:  # replaced per class by @message
+        raise NotImplementedError
+
+
+def message(type_id: int, name: str):
+    """Register a message class; duplicate ids or names are a programming error."""
+
+    def wrap(cls):
+        if type_id in REGISTRY or name in BY_NAME:
+            raise RuntimeError(f"message {type_id}/{name} is defined twice")
+        cls = dataclass(slots=True)(cls)
+        names = tuple(f.name for f in fields(cls))
+        cls.TYPE, cls.NAME = type_id, name
+        cls.FIELD_NAMES = names
+        cls.CHECKS = tuple(f.type for f in fields(cls))
+        if len(names) == 0:
+            cls._wire = lambda self: (type_id,)
+        elif len(names) == 1:
+            get1 = operator.attrgetter(names[0])
+            cls._wire = lambda self: (type_id, get1(self))
+        else:
+            getn = operator.attrgetter(*names)
+            cls._wire = lambda self: (type_id, *getn(self))
+        REGISTRY[type_id] = cls
+        BY_NAME[name] = cls
+        return cls
+
+    return wrap
+
+
+_PACK = msgpack.Packer(use_bin_type=True).pack
+
+
+def encode(msg: Message) -> bytes:
+    return _PACK(msg._wire())
+
+
+def decode(frame: bytes) -> Message:
+    """Bytes → message, or a typed :class:`~proto.errors.ProtocolError`."""
+    if len(frame) > MAX_FRAME_BYTES:
+        raise MalformedMessage(f"frame of {len(frame)} bytes, at most {MAX_FRAME_BYTES}")
+    try:
+        obj = msgpack.unpackb(frame, use_list=False, raw=False, strict_map_key=False)
+    except Exception as e:  # msgpack raises many kinds; all mean the same to us
+        raise MalformedMessage(f"not a msgpack value: {e}") from e
+    if type(obj) is not tuple or not obj:
+        raise MalformedMessage(f"expected a non-empty array, got {type(obj).__name__}")
+    cls = REGISTRY.get(obj[0]) if type(obj[0]) is int else None
+    if cls is None:
+        raise UnknownMessageType(f"unknown message type {obj[0]!r}")
+    checks = cls.CHECKS
+    if len(obj) != len(checks) + 1:
+        have, want = len(obj) - 1, len(checks)
+        what = "missing" if have < want else "extra"
+        field = cls.FIELD_NAMES[have] if have < want else f"#{want}"
+        raise InvalidField(cls.NAME, field, f"{what} field ({have} given, {want} expected)")
+    try:
+        values = [check(v) for check, v in zip(checks, obj[1:])]
+    except FieldError as e:
+        bad = next(i for i, (c, v) in enumerate(zip(checks, obj[1:])) if _fails(c, v))
+        raise InvalidField(cls.NAME, cls.FIELD_NAMES[bad], str(e)) from e
+    return cls(*values)
+
+
+def _fails(check, value) -> bool:
+    try:
+        check(value)
+    except FieldError:
+        return True
+    return False
+
+
+# ---------------------------------------------------------------------------------------
+# Connection set-up and generic replies
+# ---------------------------------------------------------------------------------------
+
+
+@message(1, "hello")
+class Hello(Message):
+    """Opens every connection.  ``token`` proves the role: the run secret for ``root``,
+    a per-partition token derived from it for ``worker`` and ``vp``."""
+
+    version: U16
+    role: one_of(*ROLES)
+    partition: U64
+    vp: U32
+    pid: U32
+    session: text(64)
+    token: text(128)
+
+
+@message(2, "hello_reply")
+class HelloReply(Message):
+    """The hypervisor's answer: the name it bound this peer to, and its own session."""
+
+    peer: text(64)
+    session: text(64)
+
+
+@message(3, "error_reply")
+class ErrorReply(Message):
+    """A request could not be served.  ``code`` is from :data:`ERROR_CODES`."""
+
+    ref_type: U16
+    code: text(32)
+    message: text(512)
+
+
+@message(4, "ack")
+class Ack(Message):
+    """A request without a result was carried out."""
+
+    ref_type: U16
+
+
+ERROR_CODES = (
+    "MALFORMED",  # not a message at all
+    "UNKNOWN_TYPE",
+    "VERSION_MISMATCH",
+    "INVALID_FIELD",
+    "NOT_AUTHENTICATED",  # no hello yet, or a bad token
+    "NOT_PERMITTED",  # this role may not send this message
+    "UNKNOWN_PARTITION",
+    "UNKNOWN_VP",
+    "CONFLICT",  # e.g. an intercept range another worker owns
+    "STALE",  # a completion for a request that is not pending
+)
+
+# ---------------------------------------------------------------------------------------
+# VP → hypervisor: intercepts (the instruction a VP cannot complete by itself)
+# ---------------------------------------------------------------------------------------
+
+
+@message(10, "io_port_intercept")
+class IoPortIntercept(Message):
+    """IN/OUT — HvMessageTypeX64IoPortIntercept.  ``value`` is AL/AX/EAX on a write."""
+
+    seq: U32
+    port: U16
+    size: one_of(*ACCESS_SIZES)
+    write: boolean
+    value: U32
+    stamps: stamps
+
+
+@message(11, "cpuid_intercept")
+class CpuidIntercept(Message):
+    """CPUID — HvMessageTypeX64CpuidIntercept (EAX = leaf, ECX = subleaf)."""
+
+    seq: U32
+    leaf: U32
+    subleaf: U32
+    stamps: stamps
+
+
+@message(12, "msr_intercept")
+class MsrIntercept(Message):
+    """RDMSR/WRMSR — HvMessageTypeX64MsrIntercept (ECX = msr, EDX:EAX = value)."""
+
+    seq: U32
+    msr: U32
+    write: boolean
+    value: U64
+    stamps: stamps
+
+
+@message(13, "hypercall_intercept")
+class HypercallIntercept(Message):
+    """A hypercall: ``control`` is the TLFS hypercall input value (RCX); ``input`` the
+    parameter block (the page at RDX for a memory call, RDX:R8 for a fast one)."""
+
+    seq: U32
+    control: U64
+    input: blob(HV_PAGE_SIZE)
+    stamps: stamps
+
+
+@message(14, "halt_intercept")
+class HaltIntercept(Message):
+    """HLT — HvMessageTypeX64Halt.  The VP stays suspended until something wakes it."""
+
+    seq: U32
+    stamps: stamps
+
+
+@message(15, "vp_resume")
+class VpResume(Message):
+    """Completes an intercept: the registers the instruction sets, or an exception to
+    inject instead (``fault`` is an :class:`~proto.codes.X86Exception`).  ``output`` is a
+    hypercall's output parameter block."""
+
+    seq: U32
+    fault: U8
+    rax: U64
+    rbx: U64
+    rcx: U64
+    rdx: U64
+    output: blob(HV_PAGE_SIZE)
+    stamps: stamps
+
+
+@message(16, "vp_stats")
+class VpStats(Message):
+    """Cumulative latency histograms of one VP, by path (see :mod:`proto.stats`); sent
+    now and then, never answered, so it costs the measured paths nothing."""
+
+    paths: mapping(64)
+
+
+# ---------------------------------------------------------------------------------------
+# Worker ↔ hypervisor
+# ---------------------------------------------------------------------------------------
+
+
+@message(20, "install_intercept")
+class InstallIntercept(Message):
+    """The worker claims port ranges of its partition (the HvCallInstallIntercept idea)."""
+
+    ranges: port_ranges
+
+
+@message(21, "io_notify")
+class IoNotify(Message):
+    """Hypervisor → worker: emulate this port access for ``vp``; answer with ``ref``."""
+
+    ref: U32
+    vp: U32
+    port: U16
+    size: one_of(*ACCESS_SIZES)
+    write: boolean
+    value: U32
+    stamps: stamps
+
+
+@message(22, "io_complete")
+class IoComplete(Message):
+    """Worker → hypervisor: the access ``ref`` is done; ``value`` is what a read returns."""
+
+    ref: U32
+    value: U32
+    stamps: stamps
+
+
+@message(23, "console_output")
+class ConsoleOutput(Message):
+    """Worker → hypervisor: bytes the guest's UART transmitted, for live watchers."""
+
+    data: blob(1 << 16)
+
+
+@message(24, "console_input")
+class ConsoleInput(Message):
+    """Hypervisor → worker: bytes for the UART's receive FIFO."""
+
+    data: blob(HV_PAGE_SIZE)
+
+
+# ---------------------------------------------------------------------------------------
+# Root (launch.py and the commands that attach to a run) → hypervisor
+# ---------------------------------------------------------------------------------------
+
+
+@message(30, "status_request")
+class StatusRequest(Message):
+    """Partitions, VP states, counters and latency statistics."""
+
+
+@message(31, "status_reply")
+class StatusReply(Message):
+    status: mapping(64)
+
+
+@message(32, "io_request")
+class IoRequest(Message):
+    """Execute one instruction on behalf of ``vp`` of ``partition``, as QEMU's qtest does.
+    ``a``/``b`` are the operands (port and value, leaf and subleaf, msr and value, or the
+    hypercall input value); the reply is the :class:`VpResume` the VP would have got."""
+
+    seq: U32
+    partition: U64
+    vp: U32
+    op: one_of(*IO_OPS)
+    a: U64
+    b: U64
+    input: blob(HV_PAGE_SIZE)
+
+
+@message(33, "console_subscribe")
+class ConsoleSubscribe(Message):
+    """Send me ``console_data`` for this partition from now on."""
+
+    partition: U64
+
+
+@message(34, "console_data")
+class ConsoleData(Message):
+    """Hypervisor → subscribed root peers: guest console bytes."""
+
+    partition: U64
+    data: blob(1 << 16)
+
+
+@message(35, "console_push")
+class ConsolePush(Message):
+    """Root → hypervisor: bytes for a partition's UART receive FIFO."""
+
+    partition: U64
+    data: blob(HV_PAGE_SIZE)
+
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "MAX_FRAME_BYTES",
+    "HV_PAGE_SIZE",
+    "ROLES",
+    "IO_OPS",
+    "ERROR_CODES",
+    "REGISTRY",
+    "BY_NAME",
+    "Message",
+    "encode",
+    "decode",
+    "Hello",
+    "HelloReply",
+    "ErrorReply",
+    "Ack",
+    "IoPortIntercept",
+    "CpuidIntercept",
+    "MsrIntercept",
+    "HypercallIntercept",
+    "HaltIntercept",
+    "VpResume",
+    "VpStats",
+    "InstallIntercept",
+    "IoNotify",
+    "IoComplete",
+    "ConsoleOutput",
+    "ConsoleInput",
+    "StatusRequest",
+    "StatusReply",
+    "IoRequest",
+    "ConsoleSubscribe",
+    "ConsoleData",
+    "ConsolePush",
+]

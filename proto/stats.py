@@ -1,0 +1,139 @@
+"""Latency histograms that travel on the wire (in ``vp_stats`` and ``status_reply``).
+
+A log-linear histogram: values below 64 ns have a bucket each; above, every power of two is
+split into 64 buckets, so a bucket is at most 1/64 (1.6 %) wide.  Recording is an integer
+``bit_length`` and a dict increment — cheap enough to do for every stage of every round
+trip — and histograms merge by adding counts, so per-VP histograms sum to per-partition ones.
+Percentiles are read as the upper edge of the bucket holding the rank, so they never
+understate a latency.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SUB_BUCKET_BITS = 6
+SUB_BUCKETS = 1 << SUB_BUCKET_BITS
+
+
+def bucket_of(ns: int) -> int:
+    if ns < SUB_BUCKETS:
+        return ns if ns > 0 else 0
+    shift = ns.bit_length() - SUB_BUCKET_BITS - 1
+    return ((shift + 1) << SUB_BUCKET_BITS) + ((ns >> shift) - SUB_BUCKETS)
+
+
+def bucket_upper(b: int) -> int:
+    """The largest value that falls in bucket ``b``."""
+    if b < SUB_BUCKETS:
+        return b
+    shift = (b >> SUB_BUCKET_BITS) - 1
+    mantissa = (b & (SUB_BUCKETS - 1)) + SUB_BUCKETS
+    return ((mantissa + 1) << shift) - 1
+
+
+@dataclass
+class Histogram:
+    """Counts by bucket, plus the exact count, sum, min and max."""
+
+    counts: dict[int, int] = field(default_factory=dict)
+    n: int = 0
+    total: int = 0
+    lo: int = 0
+    hi: int = 0
+
+    def record(self, ns: int) -> None:
+        b = bucket_of(ns)
+        c = self.counts
+        c[b] = c.get(b, 0) + 1
+        if self.n == 0 or ns < self.lo:
+            self.lo = ns
+        if ns > self.hi:
+            self.hi = ns
+        self.n += 1
+        self.total += ns
+
+    def merge(self, other: "Histogram") -> None:
+        if other.n == 0:
+            return
+        for b, k in other.counts.items():
+            self.counts[b] = self.counts.get(b, 0) + k
+        self.lo = other.lo if self.n == 0 else min(self.lo, other.lo)
+        self.hi = max(self.hi, other.hi)
+        self.n += other.n
+        self.total += other.total
+
+    def percentile(self, p: float) -> int:
+        """The value at percentile ``p`` (0–100), 0 for an empty histogram."""
+        if self.n == 0:
+            return 0
+        rank = max(1, -(-self.n * p // 100))  # ceil, at least the first sample
+        seen = 0
+        for b in sorted(self.counts):
+            seen += self.counts[b]
+            if seen >= rank:
+                return min(bucket_upper(b), self.hi)
+        return self.hi
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.n if self.n else 0.0
+
+    def to_wire(self) -> dict:
+        return {"c": self.counts, "n": self.n, "s": self.total, "lo": self.lo, "hi": self.hi}
+
+    @classmethod
+    def from_wire(cls, d: dict) -> "Histogram":
+        try:
+            counts = {int(b): int(k) for b, k in d["c"].items()}
+            return cls(counts, int(d["n"]), int(d["s"]), int(d["lo"]), int(d["hi"]))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"not a histogram: {e}") from e
+
+
+@dataclass
+class PathStats:
+    """One measured path: the total round trip and each stage between consecutive stamps."""
+
+    total: Histogram = field(default_factory=Histogram)
+    stages: list[Histogram] = field(default_factory=list)
+
+    def record(self, stamps) -> None:
+        """Record one round trip from its stamps (at least two)."""
+        self.total.record(stamps[-1] - stamps[0])
+        stages = self.stages
+        n = len(stamps) - 1
+        if len(stages) < n:
+            stages.extend(Histogram() for _ in range(n - len(stages)))
+        for i in range(n):
+            stages[i].record(stamps[i + 1] - stamps[i])
+
+    def merge(self, other: "PathStats") -> None:
+        self.total.merge(other.total)
+        if len(self.stages) < len(other.stages):
+            self.stages.extend(Histogram() for _ in range(len(other.stages) - len(self.stages)))
+        for mine, theirs in zip(self.stages, other.stages):
+            mine.merge(theirs)
+
+    def to_wire(self) -> dict:
+        return {"t": self.total.to_wire(), "st": [h.to_wire() for h in self.stages]}
+
+    @classmethod
+    def from_wire(cls, d: dict) -> "PathStats":
+        try:
+            return cls(Histogram.from_wire(d["t"]), [Histogram.from_wire(h) for h in d["st"]])
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"not path stats: {e}") from e
+
+
+# Stage names of each measured path, in stamp order (see DESIGN.md, "The round trip").
+EMULATED_STAGES = (
+    "guest→hv",
+    "hv dispatch",
+    "hv→worker",
+    "worker emulate",
+    "worker→hv",
+    "hv complete",
+    "hv→guest",
+)
+HANDLED_STAGES = ("guest→hv", "hv handle", "hv→guest")

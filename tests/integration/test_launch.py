@@ -1,0 +1,78 @@
+"""launch.py as a user runs it: the default topology, configs, bad configs, bench."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.support import REPO, launch, short_run_root
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_default_topology_runs_and_prints_banners_and_tables():
+    root = short_run_root()
+    r = launch("--duration", "1", run_root=root)
+    assert r.returncode == 0, r.stderr + r.stdout
+    out = r.stdout
+    assert out.count("hvstack guest kernel") == 2
+    assert "partition enlightened" in out and "partition legacy" in out
+    for label in ("emulated port I/O (worker)", "CPUID intercept (hv)", "hypercall (hv)", "synthetic MSR (hv)"):
+        assert label in out
+    assert "hv dispatch" in out and "worker emulate" in out
+    assert "ended: guests finished their workloads" in out
+    run = next(Path(root).glob("default-*"))
+    assert (run.stat().st_mode & 0o777) == 0o700
+    man = json.loads((run / "manifest.json").read_text())
+    assert man["state"] == "ended" and man["ended"]["exit_code"] == 0 and man["ended"]["left_running"] == []
+
+
+def test_every_shipped_config_is_valid():
+    from launch import read_topology
+
+    configs = sorted((REPO / "configs").glob("*.toml"))
+    assert len(configs) >= 2
+    for c in configs:
+        read_topology(str(c))
+
+
+@pytest.mark.parametrize("text, where, what", [
+    ("[run]\nduration_s = 'soon'\n[[partition]]\nname='a'\n", ":2:", "duration_s: expected float"),
+    ("[run]\n[[partition]]\nname = 'a'\nvps = 0\n", ":4:", "vps: 0 is outside 1..64"),
+    ("[[partition]]\nname = 'a'\n\n[[partition]]\nname = 'b'\nworkloads = ['dance']\n", ":6:", "unknown 'dance'"),
+    ("[[partition]]\nname = 'a'\ncolour = 'red'\n", ":3:", "colour: unknown key"),
+    ("[[partition]]\nname = 'a'\n[[partition.device]]\ntype = 'sb16'\n", ":4:", "unknown device 'sb16'"),
+    ("[run]\nname = 'x'\n", "", "at least one [[partition]]"),
+    ("[run\n", "", "not valid TOML"),
+])
+def test_a_bad_config_names_file_line_and_key_and_exits_2(tmp_path, text, where, what):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    r = launch("run", str(cfg), run_root=short_run_root())
+    assert r.returncode == 2
+    assert str(cfg) in r.stderr and what in r.stderr and where in r.stderr, r.stderr
+
+
+def test_a_missing_config_file_is_a_config_error():
+    r = launch("run", "configs/nope.toml", run_root=short_run_root())
+    assert r.returncode == 2 and "configs/nope.toml: cannot read" in r.stderr
+
+
+def test_bench_reports_each_path_beside_its_floor_as_json():
+    r = launch("bench", "--json", "--duration", "1.5", "--samples", "1000", run_root=short_run_root(), timeout=120)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert set(result["paths"]) == {"io_port", "cpuid", "hypercall"}
+    io = result["paths"]["io_port"]
+    assert io["hops"] == 4 and result["paths"]["cpuid"]["hops"] == 2
+    for p in result["paths"].values():
+        assert p["samples"] > 100 and p["floor_p50_us"] > 0 and p["p50_us"] > 0
+        assert p["ratio_p50"] == pytest.approx(p["p50_us"] / p["floor_p50_us"], rel=0.01)
+
+
+def test_configs_default_is_the_embedded_default():
+    from launch import DEFAULT_TOPOLOGY
+
+    assert (REPO / "configs" / "default.toml").read_text() == DEFAULT_TOPOLOGY

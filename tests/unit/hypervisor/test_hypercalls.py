@@ -1,0 +1,150 @@
+"""Hypercall input decoding and the TLFS status codes for bad input."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from proto.codes import (
+    HV_CHILD_ENLIGHTENED_PRIVILEGES,
+    HV_ROOT_PRIVILEGES,
+    HvPartitionProperty,
+    HvPartitionState,
+    HvStatus,
+    HypercallCode as C,
+    HypercallInput,
+    control_value,
+)
+from hypervisor.hypercalls import Caller, Hypercalls
+from hypervisor.partitions import PartitionTable
+
+S = HvStatus
+
+
+@pytest.fixture
+def hc():
+    return Hypercalls(PartitionTable())
+
+
+def root():
+    return Caller(None, None, HV_ROOT_PRIVILEGES)
+
+
+def child(hc):
+    part = hc.table.create()
+    part.privileges = HV_CHILD_ENLIGHTENED_PRIVILEGES
+    return Caller(part, None, part.privileges)
+
+
+def status(result: int) -> S:
+    return S(result & 0xFFFF)
+
+
+def call(hc, caller, control, data=b""):
+    result, out = hc.dispatch(caller, control, data)
+    return status(result), (result >> 32) & 0xFFF, out
+
+
+def test_input_value_fields_decode_as_the_tlfs_lays_them_out():
+    control = 0x0003 | 1 << 16 | 5 << 32 | 2 << 48
+    h = HypercallInput.parse(control)
+    assert (h.code, h.fast, h.rep_count, h.rep_start, h.reserved, h.var_header_qwords) == (3, True, 5, 2, 0, 0)
+    assert control_value(3, fast=True, rep_count=5, rep_start=2) == control
+
+
+def test_unknown_call_code_is_invalid_hypercall_code(hc):
+    assert call(hc, root(), 0x7777)[0] == S.HV_STATUS_INVALID_HYPERCALL_CODE
+    assert call(hc, child(hc), 0x0000)[0] == S.HV_STATUS_INVALID_HYPERCALL_CODE
+
+
+@pytest.mark.parametrize("code", [C.HvCallCreatePartition, C.HvCallSetPartitionProperty, C.HvCallCreateVp,
+                                  C.HvCallMapGpaPages, C.HvCallGetVpRegisters, C.HvCallGetPartitionId])
+def test_a_child_calling_a_root_only_call_is_denied(hc, code):
+    rep = 1 if code in (C.HvCallMapGpaPages, C.HvCallGetVpRegisters) else 0
+    assert call(hc, child(hc), control_value(code, rep_count=rep))[0] == S.HV_STATUS_ACCESS_DENIED
+
+
+def test_access_denied_takes_priority_over_bad_input(hc):
+    bad = control_value(C.HvCallCreatePartition) | 1 << 31  # reserved bit too
+    assert call(hc, child(hc), bad)[0] == S.HV_STATUS_ACCESS_DENIED
+
+
+@pytest.mark.parametrize("bit", [27, 31, 44, 47, 60, 63])
+def test_reserved_bits_set_are_invalid_input(hc, bit):
+    control = control_value(C.HvCallNotifyLongSpinWait, fast=True) | 1 << bit
+    assert call(hc, child(hc), control, b"\x01\0\0\0")[0] == S.HV_STATUS_INVALID_HYPERCALL_INPUT
+
+
+def test_rep_start_index_beyond_rep_count_is_invalid_input(hc):
+    control = control_value(C.HvCallFlushVirtualAddressList, rep_count=2, rep_start=2)
+    assert call(hc, child(hc), control)[0] == S.HV_STATUS_INVALID_HYPERCALL_INPUT
+
+
+def test_a_rep_count_on_a_simple_call_is_invalid_input(hc):
+    control = control_value(C.HvCallNotifyLongSpinWait, fast=True, rep_count=1)
+    assert call(hc, child(hc), control, b"\x01\0\0\0")[0] == S.HV_STATUS_INVALID_HYPERCALL_INPUT
+
+
+def test_a_variable_header_where_none_is_taken_is_invalid_input(hc):
+    control = control_value(C.HvCallNotifyLongSpinWait, fast=True, var_header_qwords=1)
+    assert call(hc, child(hc), control, b"\x01\0\0\0")[0] == S.HV_STATUS_INVALID_HYPERCALL_INPUT
+
+
+def test_fast_input_larger_than_two_registers_is_invalid_input(hc):
+    control = control_value(C.HvCallNotifyLongSpinWait, fast=True)
+    assert call(hc, child(hc), control, bytes(17))[0] == S.HV_STATUS_INVALID_HYPERCALL_INPUT
+
+
+def test_notify_long_spin_wait_always_succeeds(hc):
+    control = control_value(C.HvCallNotifyLongSpinWait, fast=True)
+    assert call(hc, child(hc), control, struct.pack("<I", 100))[0] == S.HV_STATUS_SUCCESS
+
+
+def test_a_known_call_this_hypervisor_lacks_is_invalid_code_not_a_crash(hc):
+    assert call(hc, child(hc), control_value(C.HvCallSwitchVirtualAddressSpace))[0] \
+        == S.HV_STATUS_INVALID_HYPERCALL_CODE
+
+
+def test_root_builds_a_partition_by_the_tlfs_host_flow(hc):
+    st, _, out = call(hc, root(), control_value(C.HvCallCreatePartition), bytes(56))
+    assert st == S.HV_STATUS_SUCCESS
+    (pid,) = struct.unpack("<Q", out)
+    prop = struct.pack("<QIIQ", pid, HvPartitionProperty.HvPartitionPropertyPrivilegeFlags, 0, 0x60)
+    assert call(hc, root(), control_value(C.HvCallSetPartitionProperty), prop)[0] == S.HV_STATUS_SUCCESS
+    # A VP before InitializePartition is refused: wrong state.
+    vp0 = struct.pack("<QI4xQQ", pid, 0, 0, 0)
+    assert call(hc, root(), control_value(C.HvCallCreateVp), vp0)[0] == S.HV_STATUS_INVALID_PARTITION_STATE
+    assert call(hc, root(), control_value(C.HvCallInitializePartition), struct.pack("<Q", pid))[0] \
+        == S.HV_STATUS_SUCCESS
+    assert call(hc, root(), control_value(C.HvCallCreateVp), vp0)[0] == S.HV_STATUS_SUCCESS
+    # VP indexes come in order: a gap is refused.
+    vp5 = struct.pack("<QI4xQQ", pid, 5, 0, 0)
+    assert call(hc, root(), control_value(C.HvCallCreateVp), vp5)[0] == S.HV_STATUS_INVALID_VP_INDEX
+    # Properties are fixed once initialized.
+    assert call(hc, root(), control_value(C.HvCallSetPartitionProperty), prop)[0] \
+        == S.HV_STATUS_INVALID_PARTITION_STATE
+    part = hc.table.get(pid)
+    assert part.state is HvPartitionState.INITIALIZED and part.privileges == 0x60 and len(part.vps) == 1
+
+
+def test_a_partition_id_that_does_not_exist_is_invalid_partition_id(hc):
+    assert call(hc, root(), control_value(C.HvCallInitializePartition), struct.pack("<Q", 99))[0] \
+        == S.HV_STATUS_INVALID_PARTITION_ID
+
+
+def test_an_input_block_too_short_for_the_call_is_invalid_input(hc):
+    assert call(hc, root(), control_value(C.HvCallInitializePartition), b"\x01")[0] \
+        == S.HV_STATUS_INVALID_HYPERCALL_INPUT
+
+
+def test_unknown_property_is_reported(hc):
+    pid = hc.table.create().id
+    prop = struct.pack("<QIIQ", pid, 0x12345, 0, 1)
+    assert call(hc, root(), control_value(C.HvCallSetPartitionProperty), prop)[0] == S.HV_STATUS_UNKNOWN_PROPERTY
+
+
+def test_failures_are_counted_by_status(hc):
+    call(hc, child(hc), 0x7777)
+    call(hc, child(hc), control_value(C.HvCallCreatePartition))
+    assert hc.failures == {"HV_STATUS_INVALID_HYPERCALL_CODE": 1, "HV_STATUS_ACCESS_DENIED": 1}

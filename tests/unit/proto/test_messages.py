@@ -1,0 +1,129 @@
+"""Every message round-trips; malformed frames give typed errors, never anything else."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from proto import messages as m
+from proto.errors import InvalidField, MalformedMessage, ProtocolError, UnknownMessageType
+
+T = 1_234_567_890_123
+
+EXAMPLES = {
+    m.Hello: m.Hello(m.PROTOCOL_VERSION, "vp", 3, 1, 4242, "ab12", "f" * 40),
+    m.HelloReply: m.HelloReply("vp:3:1", "cd34"),
+    m.ErrorReply: m.ErrorReply(10, "NOT_PERMITTED", "a worker may not send io_port_intercept"),
+    m.Ack: m.Ack(20),
+    m.IoPortIntercept: m.IoPortIntercept(7, 0x3F8, 1, True, 0x41, (T,)),
+    m.CpuidIntercept: m.CpuidIntercept(8, 0x40000000, 0, (T,)),
+    m.MsrIntercept: m.MsrIntercept(9, 0x40000002, False, 0, (T,)),
+    m.HypercallIntercept: m.HypercallIntercept(10, 0x10008, b"\x01\x00\x00\x00", (T,)),
+    m.HaltIntercept: m.HaltIntercept(11, (T,)),
+    m.VpResume: m.VpResume(7, 0, 0x41, 1, 2, 2**64 - 1, b"out", (T, T + 1, T + 2)),
+    m.VpStats: m.VpStats({"io_port": {"t": {"c": {100: 1}, "n": 1, "s": 100, "lo": 100, "hi": 100}, "st": []}}),
+    m.InstallIntercept: m.InstallIntercept(((0x3F8, 8), (0x60, 1))),
+    m.IoNotify: m.IoNotify(1, 0, 0x3FD, 1, False, 0, (T, T, T)),
+    m.IoComplete: m.IoComplete(1, 0x60, (T,) * 5),
+    m.ConsoleOutput: m.ConsoleOutput(b"hello\r\n"),
+    m.ConsoleInput: m.ConsoleInput(b"x"),
+    m.StatusRequest: m.StatusRequest(),
+    m.StatusReply: m.StatusReply({"pid": 1, "partitions": []}),
+    m.IoRequest: m.IoRequest(1, 2, 0, "outb", 0x3FF, 0x41, b""),
+    m.ConsoleSubscribe: m.ConsoleSubscribe(1),
+    m.ConsoleData: m.ConsoleData(1, b"hi"),
+    m.ConsolePush: m.ConsolePush(1, b"ls\r"),
+}
+
+
+def test_every_registered_message_has_an_example():
+    assert set(EXAMPLES) == set(m.REGISTRY.values())
+
+
+@pytest.mark.parametrize("cls", list(m.REGISTRY.values()), ids=lambda c: c.NAME)
+def test_message_round_trips(cls):
+    msg = EXAMPLES[cls]
+    back = m.decode(msg.encode())
+    assert type(back) is cls
+    # Arrays inside free-form maps come back as tuples, so compare the bytes they encode to.
+    assert back.encode() == msg.encode()
+    if not any(isinstance(getattr(msg, f), dict) for f in cls.FIELD_NAMES):
+        assert back == msg
+
+
+def test_wire_format_is_an_array_of_type_then_fields():
+    frame = m.IoPortIntercept(1, 0x3F8, 1, True, 0x41, (5,)).encode()
+    assert frame == bytes([0x97, 10, 1, 0xCD, 0x03, 0xF8, 1, 0xC3, 0x41, 0x91, 5])
+
+
+@pytest.mark.parametrize("garbage", [b"", b"\xc1", b"\xff\xff\xff", b"hello world", bytes(range(256))])
+def test_garbage_bytes_are_malformed(garbage):
+    with pytest.raises(ProtocolError):
+        m.decode(garbage)
+
+
+@pytest.mark.parametrize("value", [42, "text", {"type": 10}, [], b"bytes"])
+def test_a_value_that_is_not_a_non_empty_array_is_malformed(value):
+    with pytest.raises(MalformedMessage):
+        m.decode(msgpack.packb(value))
+
+
+def test_an_oversized_frame_is_refused_before_decoding():
+    with pytest.raises(MalformedMessage, match="at most"):
+        m.decode(b"\x00" * (m.MAX_FRAME_BYTES + 1))
+
+
+@pytest.mark.parametrize("type_id", [0, 9, 99, 255, "io_port_intercept", None, 1.5])
+def test_unknown_type_is_its_own_error(type_id):
+    with pytest.raises(UnknownMessageType):
+        m.decode(msgpack.packb([type_id, 1, 2]))
+
+
+def test_missing_field_is_named():
+    with pytest.raises(InvalidField) as e:
+        m.decode(msgpack.packb([10, 1, 0x3F8, 1, True, 0]))
+    assert e.value.field == "stamps" and "missing" in e.value.reason
+
+
+def test_extra_field_is_refused():
+    with pytest.raises(InvalidField, match="extra"):
+        m.decode(msgpack.packb([10, 1, 0x3F8, 1, True, 0, [1], "surplus"]))
+
+
+@pytest.mark.parametrize("fields, bad", [
+    ([1, 0x10000, 1, True, 0, [1]], "port"),          # port out of range
+    ([1, 0x3F8, 3, True, 0, [1]], "size"),            # size not 1/2/4
+    ([1, 0x3F8, 1, 1, 0, [1]], "write"),              # int where a bool belongs
+    ([1, "0x3f8", 1, True, 0, [1]], "port"),          # string where a number belongs
+    ([-1, 0x3F8, 1, True, 0, [1]], "seq"),            # negative
+    ([1, 0x3F8, 1, True, 2**32, [1]], "value"),       # value beyond u32
+    ([1, 0x3F8, 1, True, 0, [1] * 17], "stamps"),     # too many stamps
+    ([1, 0x3F8, 1, True, 0, ["x"]], "stamps"),        # a stamp that is not a number
+    ([True, 0x3F8, 1, True, 0, [1]], "seq"),          # bool where an int belongs
+])
+def test_wrong_types_and_ranges_name_the_field(fields, bad):
+    with pytest.raises(InvalidField) as e:
+        m.decode(msgpack.packb([10, *fields]))
+    assert e.value.field == bad
+
+
+def test_hello_role_must_be_known():
+    with pytest.raises(InvalidField) as e:
+        m.decode(msgpack.packb([1, 1, "admin", 0, 0, 1, "s", "t"]))
+    assert e.value.field == "role"
+
+
+def test_port_ranges_must_stay_in_the_io_space():
+    with pytest.raises(InvalidField):
+        m.decode(msgpack.packb([20, [[0xFFF0, 0x20]]]))
+    with pytest.raises(InvalidField):
+        m.decode(msgpack.packb([20, [[0x3F8, 0]]]))
+
+
+def test_hypercall_input_is_at_most_one_page():
+    with pytest.raises(InvalidField):
+        m.decode(msgpack.packb([13, 1, 0, b"\x00" * 4097, [1]], use_bin_type=True))
+
+
+def test_message_ids_and_names_are_unique():
+    assert len({c.NAME for c in m.REGISTRY.values()}) == len(m.REGISTRY)

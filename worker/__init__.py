@@ -1,0 +1,1 @@
+"""The VM worker process (vmwp): one partition's emulated devices."""

@@ -1,0 +1,748 @@
+"""An ATA hard disk, device 0 on the primary IDE channel, PIO data transfers only.
+
+Registers (ATA/ATAPI-6 section 7), at ``command_base`` (0x1F0) + offset and ``control_port``
+(0x3F6)::
+
+    +0 data (16-bit; 32-bit also accepted, as the PIIX splits it in two 16-bit cycles)
+    +1 error (read) / features (write)      +2 sector count
+    +3 LBA low   +4 LBA mid   +5 LBA high    +6 device
+    +7 status (read) / command (write)       0x3F6 alternate status (read) / device control (write)
+
+The sector count, LBA and features registers are two-deep FIFOs: every write pushes the old
+value into the "previous" slot, which 48-bit commands read as the high-order bytes and which
+reads return while device control HOB is set.
+
+Policies (where the spec leaves a choice, or where this model is simpler than a drive):
+
+* Only device 0 exists.  With DEV=1 selected, device 0 answers as ATA-6 9.16.1 ("Device 0
+  only configurations") says: status and alternate status read 00h (and that read does not
+  acknowledge device 0's interrupt), every other register reads and writes as if device 0
+  were selected, and commands are ignored except EXECUTE DEVICE DIAGNOSTIC, which device 0
+  runs.  INTRQ is driven only while device 0 is selected (an unselected device leaves it
+  in high impedance, which the PC sees as low).
+* Commands finish synchronously, so BSY is only ever seen during a software reset.  A
+  command written while BSY, or while DRQ (a transfer is in progress), is ignored and
+  counted in ``stats.ignored_commands`` (the spec calls the result indeterminate).
+* DRQ blocks are one sector (READ/WRITE MULTIPLE are not supported: word 47 reports 0).
+  PIO data-in interrupts for every block and not at the end; PIO data-out does not
+  interrupt for the first block, does for every further block and at completion
+  (ATA-6 9.7 and 9.8 protocols).
+* The range is checked before any data moves: a command that would touch a sector past the
+  end fails with IDNF and transfers nothing.  The taskfile is not rewritten with the failing
+  or last address.
+* A host I/O error reading the image is UNC; writing it, or fsync failing, is DF+ABRT.
+* Write cache is reported supported and enabled: each full sector is pwrite()n to the image
+  (the OS page cache, so it survives the worker being killed) and FLUSH CACHE (EXT) is
+  os.fsync().  With the write cache disabled by SET FEATURES 82h, every write command is
+  fsync()ed before it completes.
+* CHS addressing (device LBA bit clear) is honoured for the 28-bit commands through the
+  current translation, which INITIALIZE DEVICE PARAMETERS sets.  A software reset keeps
+  the translation and SET FEATURES settings; ``reset()`` (power-on / hardware reset)
+  restores the defaults.
+* The data port read while no data-in transfer is active returns all-ones, and a write while
+  no data-out transfer is active is dropped; both count in ``stats.idle_data_accesses``.
+  A 32-bit access with only 2 bytes left in the block transfers those 2 bytes; the missing
+  high half reads as zero / is dropped.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+
+from worker.devices.base import DeviceStats, IoError, IrqLine, PortRange, all_ones
+
+SECTOR_SIZE = 512
+LBA28_MAX_SECTORS = 0x0FFFFFFF  # IDENTIFY words 60-61 saturate here (ATA-6 6.2.1)
+
+# Status register (ATA-6 7.15.6).
+STATUS_BSY = 0x80
+STATUS_DRDY = 0x40
+STATUS_DF = 0x20
+STATUS_DSC = 0x10  # obsolete in ATA-6, but BIOSes and old drivers still wait for it
+STATUS_DRQ = 0x08
+STATUS_ERR = 0x01
+STATUS_READY = STATUS_DRDY | STATUS_DSC
+
+# Error register (ATA-6 7.9.6).
+ERROR_UNC = 0x40
+ERROR_IDNF = 0x10
+ERROR_ABRT = 0x04
+DIAGNOSTIC_PASSED = 0x01  # diagnostic code: device 0 passed, device 1 absent
+
+# Device register (ATA-6 7.8).
+DEVICE_LBA = 0x40
+DEVICE_DEV = 0x10
+DEVICE_HEAD_MASK = 0x0F
+
+# Device control register (ATA-6 7.7).
+CONTROL_HOB = 0x80
+CONTROL_SRST = 0x04
+CONTROL_NIEN = 0x02
+CONTROL_MASK = CONTROL_HOB | CONTROL_SRST | CONTROL_NIEN
+
+# Commands.
+CMD_READ_SECTORS = 0x20
+CMD_READ_SECTORS_EXT = 0x24
+CMD_WRITE_SECTORS = 0x30
+CMD_WRITE_SECTORS_EXT = 0x34
+CMD_EXECUTE_DEVICE_DIAGNOSTIC = 0x90
+CMD_INITIALIZE_DEVICE_PARAMETERS = 0x91
+CMD_FLUSH_CACHE = 0xE7
+CMD_FLUSH_CACHE_EXT = 0xEA
+CMD_IDENTIFY_DEVICE = 0xEC
+CMD_SET_FEATURES = 0xEF
+
+# SET FEATURES subcommands (features register).
+FEATURE_ENABLE_WRITE_CACHE = 0x02
+FEATURE_SET_TRANSFER_MODE = 0x03
+FEATURE_DISABLE_READ_LOOK_AHEAD = 0x55
+FEATURE_DISABLE_REVERT_TO_DEFAULTS = 0x66
+FEATURE_DISABLE_WRITE_CACHE = 0x82
+FEATURE_ENABLE_READ_LOOK_AHEAD = 0xAA
+FEATURE_ENABLE_REVERT_TO_DEFAULTS = 0xCC
+
+# Transfer direction of the current DRQ block.
+XFER_NONE = 0
+XFER_IN = 1  # device to host: READ SECTOR(S), IDENTIFY DEVICE
+XFER_OUT = 2  # host to device: WRITE SECTOR(S)
+
+# Register offsets from the command block base.
+REG_DATA = 0
+REG_ERROR_FEATURES = 1
+REG_SECTOR_COUNT = 2
+REG_LBA_LOW = 3
+REG_LBA_MID = 4
+REG_LBA_HIGH = 5
+REG_DEVICE = 6
+REG_STATUS_COMMAND = 7
+
+SAVE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class AtaDiskConfig:
+    """Fixed configuration.  ``size_bytes`` is used only when the image has to be created."""
+
+    image_path: str
+    size_bytes: int = 64 * 1024 * 1024
+    model: str = "hvstack ATA disk"
+    serial: str = "HVS00000001"
+    firmware: str = "1.0"
+    command_base: int = 0x1F0
+    control_port: int = 0x3F6
+    irq: int = 14
+    name: str = "ata0"
+
+    def __post_init__(self) -> None:
+        if self.size_bytes <= 0 or self.size_bytes % SECTOR_SIZE:
+            raise ValueError(f"size_bytes {self.size_bytes} is not a positive multiple of {SECTOR_SIZE}")
+        for label, text, limit in (("model", self.model, 40), ("serial", self.serial, 20),
+                                   ("firmware", self.firmware, 8)):
+            # IDENTIFY strings are fixed-width, space-padded ASCII.
+            if len(text) > limit or not all(0x20 <= ord(ch) <= 0x7E for ch in text):
+                raise ValueError(f"{label} {text!r} must be at most {limit} printable ASCII characters")
+        PortRange(self.command_base, 8)
+        PortRange(self.control_port, 1)
+
+
+@dataclass
+class AtaStats(DeviceStats):
+    sectors_read: int = 0
+    sectors_written: int = 0
+    flushes: int = 0
+    errors: int = 0  # commands that ended with ERR set
+    ignored_commands: int = 0
+    idle_data_accesses: int = 0
+    commands: dict[int, int] = field(default_factory=dict)  # opcode -> times executed
+
+
+@dataclass
+class AtaState:
+    """Everything a guest can observe.  Defaults are the state after a reset (with the
+    signature of an ATA device in the taskfile) except the CHS translation, which depends
+    on the capacity and is filled in by the device."""
+
+    features: int = 0
+    features_hob: int = 0
+    sector_count: int = 1
+    sector_count_hob: int = 0
+    lba_low: int = 1
+    lba_low_hob: int = 0
+    lba_mid: int = 0
+    lba_mid_hob: int = 0
+    lba_high: int = 0
+    lba_high_hob: int = 0
+    device: int = 0
+    control: int = 0
+    status: int = STATUS_READY
+    error: int = DIAGNOSTIC_PASSED
+    intrq_pending: bool = False
+    in_reset: bool = False  # SRST set, waiting for the host to clear it
+    transfer: int = XFER_NONE
+    command: int = 0  # the command owning the current transfer
+    buffer: bytearray = field(default_factory=lambda: bytearray(SECTOR_SIZE))
+    pos: int = 0  # next byte of ``buffer`` the host reads or writes
+    lba: int = 0  # the sector in ``buffer``
+    remaining: int = 0  # sectors still to transfer after the one in ``buffer``
+    cylinders: int = 1
+    heads: int = 1
+    sectors_per_track: int = 1
+    write_cache: bool = True
+    read_look_ahead: bool = True
+
+
+# Saved integer fields and their valid ranges; booleans and the buffer are checked apart.
+_SAVED_INT_RANGES: dict[str, tuple[int, int]] = {
+    "features": (0, 0xFF), "features_hob": (0, 0xFF),
+    "sector_count": (0, 0xFF), "sector_count_hob": (0, 0xFF),
+    "lba_low": (0, 0xFF), "lba_low_hob": (0, 0xFF),
+    "lba_mid": (0, 0xFF), "lba_mid_hob": (0, 0xFF),
+    "lba_high": (0, 0xFF), "lba_high_hob": (0, 0xFF),
+    "device": (0, 0xFF), "control": (0, CONTROL_MASK),
+    "status": (0, 0xFF), "error": (0, 0xFF),
+    "transfer": (XFER_NONE, XFER_OUT), "command": (0, 0xFF),
+    "pos": (0, SECTOR_SIZE - 1), "lba": (0, (1 << 48) - 1), "remaining": (0, 0xFFFF),
+    "cylinders": (1, 0xFFFF), "heads": (1, 16), "sectors_per_track": (1, 0xFF),
+}
+_SAVED_BOOLS = ("intrq_pending", "in_reset", "write_cache", "read_look_ahead")
+
+
+def default_geometry(sectors: int) -> tuple[int, int, int]:
+    """The default CHS translation (cylinders, heads, sectors per track): 16 heads of 63
+    sectors with cylinders capped at 16383, as ATA-6 6.2.1 asks of disks over 8.4 GB;
+    tiny images get fewer heads and sectors so there is at least one cylinder."""
+    spt = min(63, sectors)
+    heads = max(1, min(16, sectors // spt))
+    return min(sectors // (heads * spt), 16383), heads, spt
+
+
+def ata_string_words(text: str, word_count: int) -> list[int]:
+    """An IDENTIFY string: space padded, two characters a word, the first in the high byte."""
+    raw = text.ljust(2 * word_count).encode("ascii")
+    return [(raw[2 * i] << 8) | raw[2 * i + 1] for i in range(word_count)]
+
+
+def _open_image(config: AtaDiskConfig) -> int:
+    """Open (creating it sparse if absent) the raw image; returns the descriptor."""
+    flags = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(config.image_path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        fd = os.open(config.image_path, flags)
+    else:
+        try:
+            os.ftruncate(fd, config.size_bytes)  # sparse: no blocks allocated
+        except BaseException:
+            os.close(fd)
+            raise
+    size = os.fstat(fd).st_size
+    if size == 0 or size % SECTOR_SIZE:
+        os.close(fd)
+        raise ValueError(f"disk image {config.image_path}: size {size} bytes is not a positive "
+                         f"multiple of {SECTOR_SIZE}")
+    return fd
+
+
+class AtaDisk:
+    """ATA device 0 on one IDE channel, backed by a raw image file."""
+
+    def __init__(self, irq_line: IrqLine, config: AtaDiskConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self._irq = irq_line
+        self._irq_level = False
+        self._fd = _open_image(config)
+        self.capacity = os.fstat(self._fd).st_size // SECTOR_SIZE  # in sectors
+        self._default_geometry = default_geometry(self.capacity)
+        self.stats = AtaStats()
+        self._data_port = config.command_base + REG_DATA
+        self._handlers = {
+            CMD_READ_SECTORS: self._cmd_read,
+            CMD_READ_SECTORS_EXT: self._cmd_read,
+            CMD_WRITE_SECTORS: self._cmd_write,
+            CMD_WRITE_SECTORS_EXT: self._cmd_write,
+            CMD_EXECUTE_DEVICE_DIAGNOSTIC: self._cmd_execute_device_diagnostic,
+            CMD_INITIALIZE_DEVICE_PARAMETERS: self._cmd_initialize_device_parameters,
+            CMD_FLUSH_CACHE: self._cmd_flush_cache,
+            CMD_FLUSH_CACHE_EXT: self._cmd_flush_cache,
+            CMD_IDENTIFY_DEVICE: self._cmd_identify_device,
+            CMD_SET_FEATURES: self._cmd_set_features,
+        }
+        self._state = self._power_on_state()
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def close(self) -> None:
+        """Close the image.  Data already written is in the page cache; nothing is pending."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _power_on_state(self) -> AtaState:
+        cylinders, heads, spt = self._default_geometry
+        return AtaState(cylinders=cylinders, heads=heads, sectors_per_track=spt)
+
+    def reset(self) -> None:
+        """Power-on / hardware reset: every setting back to its default."""
+        self._state = self._power_on_state()
+        self._update_irq()
+
+    def poll(self, now_ns: int) -> int | None:
+        return None  # commands complete synchronously
+
+    def port_ranges(self) -> list[PortRange]:
+        return [PortRange(self.config.command_base, 8), PortRange(self.config.control_port, 1)]
+
+    @property
+    def irq_level(self) -> bool:
+        return self._irq_level
+
+    # ----------------------------------------------------------------- port I/O
+
+    def io_read(self, port: int, size: int) -> int | IoError:
+        s = self._state
+        if port == self._data_port and s.transfer == XFER_IN and (size == 2 or size == 4):
+            # Fast path, 256 times a sector: a word that is not the last of its block
+            # changes nothing but the buffer position, so the IRQ level cannot change.
+            pos = s.pos
+            end = pos + size
+            if end < SECTOR_SIZE:
+                s.pos = end
+                self.stats.reads += 1
+                buf = s.buffer
+                if size == 2:
+                    return buf[pos] | (buf[pos + 1] << 8)
+                return buf[pos] | (buf[pos + 1] << 8) | (buf[pos + 2] << 16) | (buf[pos + 3] << 24)
+        if port == self._data_port:
+            if size != 2 and size != 4:
+                self.stats.missed_reads += 1
+                return IoError.INVALID_ACCESS_SIZE
+            value = self._read_data(s, size)
+        else:
+            offset = port - self.config.command_base
+            if 0 < offset <= REG_STATUS_COMMAND or port == self.config.control_port:
+                if size != 1:
+                    self.stats.missed_reads += 1
+                    return IoError.INVALID_ACCESS_SIZE
+                if port == self.config.control_port:
+                    value = 0 if s.device & DEVICE_DEV else s.status  # alternate status
+                else:
+                    value = self._read_register(s, offset)
+            else:
+                self.stats.missed_reads += 1
+                return IoError.INVALID_REGISTER
+        self.stats.reads += 1
+        self._update_irq()
+        return value
+
+    def io_write(self, port: int, size: int, value: int) -> IoError | None:
+        s = self._state
+        if port == self._data_port and s.transfer == XFER_OUT and (size == 2 or size == 4):
+            pos = s.pos
+            end = pos + size
+            if end < SECTOR_SIZE:  # fast path, as in io_read
+                s.pos = end
+                s.control &= ~CONTROL_HOB  # a write to any command block register clears HOB
+                self.stats.writes += 1
+                buf = s.buffer
+                buf[pos] = value & 0xFF
+                buf[pos + 1] = (value >> 8) & 0xFF
+                if size == 4:
+                    buf[pos + 2] = (value >> 16) & 0xFF
+                    buf[pos + 3] = (value >> 24) & 0xFF
+                return None
+        if port == self._data_port:
+            if size != 2 and size != 4:
+                self.stats.missed_writes += 1
+                return IoError.INVALID_ACCESS_SIZE
+            s.control &= ~CONTROL_HOB  # a write to any command block register clears HOB
+            self._write_data(s, size, value)
+        else:
+            offset = port - self.config.command_base
+            if 0 < offset <= REG_STATUS_COMMAND or port == self.config.control_port:
+                if size != 1:
+                    self.stats.missed_writes += 1
+                    return IoError.INVALID_ACCESS_SIZE
+                if port == self.config.control_port:
+                    self._write_device_control(s, value & 0xFF)
+                else:
+                    s.control &= ~CONTROL_HOB
+                    self._write_register(s, offset, value & 0xFF)
+            else:
+                self.stats.missed_writes += 1
+                return IoError.INVALID_REGISTER
+        self.stats.writes += 1
+        self._update_irq()
+        return None
+
+    def _read_data(self, s: AtaState, size: int) -> int:
+        if s.transfer != XFER_IN:
+            self.stats.idle_data_accesses += 1
+            return all_ones(size)
+        buf = s.buffer
+        pos = s.pos
+        end = pos + size
+        if end <= SECTOR_SIZE:
+            if size == 2:
+                value = buf[pos] | (buf[pos + 1] << 8)
+            else:
+                value = buf[pos] | (buf[pos + 1] << 8) | (buf[pos + 2] << 16) | (buf[pos + 3] << 24)
+        else:  # a dword straddling the end of the block: the missing bytes read as zero
+            value = int.from_bytes(buf[pos:], "little")
+            end = SECTOR_SIZE
+        s.pos = end
+        if end == SECTOR_SIZE:
+            self._data_in_block_done(s)
+        return value
+
+    def _write_data(self, s: AtaState, size: int, value: int) -> None:
+        if s.transfer != XFER_OUT:
+            self.stats.idle_data_accesses += 1
+            return
+        buf = s.buffer
+        pos = s.pos
+        end = min(pos + size, SECTOR_SIZE)  # bytes past the end of the block are dropped
+        while pos < end:
+            buf[pos] = value & 0xFF
+            value >>= 8
+            pos += 1
+        s.pos = end
+        if end == SECTOR_SIZE:
+            self._data_out_block_done(s)
+
+    def _read_register(self, s: AtaState, offset: int) -> int:
+        hob = s.control & CONTROL_HOB
+        if offset == REG_ERROR_FEATURES:
+            return s.error
+        if offset == REG_SECTOR_COUNT:
+            return s.sector_count_hob if hob else s.sector_count
+        if offset == REG_LBA_LOW:
+            return s.lba_low_hob if hob else s.lba_low
+        if offset == REG_LBA_MID:
+            return s.lba_mid_hob if hob else s.lba_mid
+        if offset == REG_LBA_HIGH:
+            return s.lba_high_hob if hob else s.lba_high
+        if offset == REG_DEVICE:
+            return s.device
+        # Status: device 1 is absent, so it reads 00h and device 0's interrupt stays pending.
+        if s.device & DEVICE_DEV:
+            return 0
+        s.intrq_pending = False  # reading status acknowledges the interrupt
+        return s.status
+
+    def _write_register(self, s: AtaState, offset: int, value: int) -> None:
+        if offset == REG_ERROR_FEATURES:
+            s.features_hob, s.features = s.features, value
+        elif offset == REG_SECTOR_COUNT:
+            s.sector_count_hob, s.sector_count = s.sector_count, value
+        elif offset == REG_LBA_LOW:
+            s.lba_low_hob, s.lba_low = s.lba_low, value
+        elif offset == REG_LBA_MID:
+            s.lba_mid_hob, s.lba_mid = s.lba_mid, value
+        elif offset == REG_LBA_HIGH:
+            s.lba_high_hob, s.lba_high = s.lba_high, value
+        elif offset == REG_DEVICE:
+            s.device = value
+        else:
+            self._write_command(s, value)
+
+    def _write_device_control(self, s: AtaState, value: int) -> None:
+        s.control = value & CONTROL_MASK
+        if value & CONTROL_SRST:
+            if not s.in_reset:  # SRST 0 -> 1: abandon everything and show BSY
+                s.in_reset = True
+                s.status = STATUS_BSY
+                s.transfer = XFER_NONE
+                s.pos = 0
+                s.intrq_pending = False
+        elif s.in_reset:  # SRST 1 -> 0: the reset completes, without an interrupt
+            s.in_reset = False
+            self._set_signature(s)
+            s.error = DIAGNOSTIC_PASSED
+            s.status = STATUS_READY
+
+    def _update_irq(self) -> None:
+        s = self._state
+        level = s.intrq_pending and not (s.control & CONTROL_NIEN) and not (s.device & DEVICE_DEV)
+        if level != self._irq_level:
+            self._irq_level = level
+            self._irq.set_level(level)
+
+    # ----------------------------------------------------------------- commands
+
+    def _write_command(self, s: AtaState, opcode: int) -> None:
+        if s.device & DEVICE_DEV and opcode != CMD_EXECUTE_DEVICE_DIAGNOSTIC:
+            self.stats.ignored_commands += 1  # addressed to the absent device 1
+            return
+        if s.status & STATUS_BSY or s.transfer != XFER_NONE:
+            self.stats.ignored_commands += 1
+            return
+        s.intrq_pending = False  # writing the command register clears a pending interrupt
+        self.stats.commands[opcode] = self.stats.commands.get(opcode, 0) + 1
+        s.error = 0
+        handler = self._handlers.get(opcode)
+        if handler is None:
+            self._fail(s, ERROR_ABRT)
+        else:
+            handler(s, opcode)
+
+    def _complete(self, s: AtaState) -> None:
+        s.transfer = XFER_NONE
+        s.pos = 0
+        s.status = STATUS_READY
+        s.intrq_pending = True
+
+    def _fail(self, s: AtaState, error: int, status: int = STATUS_DRDY | STATUS_ERR) -> None:
+        s.transfer = XFER_NONE
+        s.pos = 0
+        s.error = error
+        s.status = status
+        s.intrq_pending = True
+        self.stats.errors += 1
+
+    def _start_block(self, s: AtaState, transfer: int, interrupt: bool) -> None:
+        s.transfer = transfer
+        s.pos = 0
+        s.status = STATUS_READY | STATUS_DRQ
+        s.intrq_pending = interrupt
+
+    def _set_signature(self, s: AtaState) -> None:
+        """The ATA device signature a reset or diagnostic leaves in the taskfile."""
+        s.sector_count, s.lba_low, s.lba_mid, s.lba_high, s.device = 1, 1, 0, 0, 0
+        s.sector_count_hob = s.lba_low_hob = s.lba_mid_hob = s.lba_high_hob = 0
+
+    def _decode_range(self, s: AtaState, ext: bool) -> tuple[int, int] | None:
+        """(first LBA, sector count) of a read/write, or None if any sector is out of range."""
+        if ext:
+            lba = ((s.lba_high_hob << 40) | (s.lba_mid_hob << 32) | (s.lba_low_hob << 24)
+                   | (s.lba_high << 16) | (s.lba_mid << 8) | s.lba_low)
+            count = ((s.sector_count_hob << 8) | s.sector_count) or 65536
+            limit = self.capacity
+        else:
+            count = s.sector_count or 256
+            if s.device & DEVICE_LBA:
+                lba = (((s.device & DEVICE_HEAD_MASK) << 24) | (s.lba_high << 16)
+                       | (s.lba_mid << 8) | s.lba_low)
+                limit = min(self.capacity, LBA28_MAX_SECTORS)
+            else:
+                cylinder = (s.lba_high << 8) | s.lba_mid
+                head = s.device & DEVICE_HEAD_MASK
+                sector = s.lba_low
+                if not (cylinder < s.cylinders and head < s.heads and 1 <= sector <= s.sectors_per_track):
+                    return None
+                lba = (cylinder * s.heads + head) * s.sectors_per_track + sector - 1
+                limit = s.cylinders * s.heads * s.sectors_per_track
+        if lba + count > limit:
+            return None
+        return lba, count
+
+    def _cmd_read(self, s: AtaState, opcode: int) -> None:
+        span = self._decode_range(s, opcode == CMD_READ_SECTORS_EXT)
+        if span is None:
+            self._fail(s, ERROR_IDNF)
+            return
+        s.command = opcode
+        s.lba, count = span
+        s.remaining = count - 1
+        if self._load_sector(s):
+            self._start_block(s, XFER_IN, interrupt=True)
+
+    def _cmd_write(self, s: AtaState, opcode: int) -> None:
+        span = self._decode_range(s, opcode == CMD_WRITE_SECTORS_EXT)
+        if span is None:
+            self._fail(s, ERROR_IDNF)
+            return
+        s.command = opcode
+        s.lba, count = span
+        s.remaining = count - 1
+        self._start_block(s, XFER_OUT, interrupt=False)  # no interrupt before the first block
+
+    def _load_sector(self, s: AtaState) -> bool:
+        try:
+            got = os.preadv(self._fd, [s.buffer], s.lba * SECTOR_SIZE)
+        except OSError:
+            got = -1
+        if got != SECTOR_SIZE:  # an I/O error, or the image shrank under us
+            self._fail(s, ERROR_UNC)
+            return False
+        self.stats.sectors_read += 1
+        return True
+
+    def _data_in_block_done(self, s: AtaState) -> None:
+        if s.remaining == 0:
+            s.transfer = XFER_NONE  # PIO data-in: no interrupt after the last block
+            s.pos = 0
+            s.status = STATUS_READY
+            return
+        s.remaining -= 1
+        s.lba += 1
+        if self._load_sector(s):
+            self._start_block(s, XFER_IN, interrupt=True)
+
+    def _data_out_block_done(self, s: AtaState) -> None:
+        try:
+            written = os.pwrite(self._fd, s.buffer, s.lba * SECTOR_SIZE)
+        except OSError:
+            written = -1
+        if written != SECTOR_SIZE:
+            self._fail(s, ERROR_ABRT, STATUS_DRDY | STATUS_DF | STATUS_ERR)
+            return
+        self.stats.sectors_written += 1
+        if s.remaining:
+            s.remaining -= 1
+            s.lba += 1
+            self._start_block(s, XFER_OUT, interrupt=True)
+            return
+        if not s.write_cache and not self._fsync(s):
+            return
+        self._complete(s)
+
+    def _fsync(self, s: AtaState) -> bool:
+        try:
+            os.fsync(self._fd)
+        except OSError:
+            self._fail(s, ERROR_ABRT, STATUS_DRDY | STATUS_DF | STATUS_ERR)
+            return False
+        self.stats.flushes += 1
+        return True
+
+    def _cmd_flush_cache(self, s: AtaState, opcode: int) -> None:
+        if self._fsync(s):
+            self._complete(s)
+
+    def _cmd_identify_device(self, s: AtaState, opcode: int) -> None:
+        words = self.identify_words()
+        buf = s.buffer
+        for i, word in enumerate(words):
+            buf[2 * i] = word & 0xFF
+            buf[2 * i + 1] = word >> 8
+        s.command = opcode
+        s.lba = 0
+        s.remaining = 0
+        self._start_block(s, XFER_IN, interrupt=True)
+
+    def _cmd_set_features(self, s: AtaState, opcode: int) -> None:
+        feature = s.features
+        if feature == FEATURE_ENABLE_WRITE_CACHE:
+            s.write_cache = True
+        elif feature == FEATURE_DISABLE_WRITE_CACHE:
+            s.write_cache = False
+        elif feature == FEATURE_ENABLE_READ_LOOK_AHEAD:
+            s.read_look_ahead = True
+        elif feature == FEATURE_DISABLE_READ_LOOK_AHEAD:
+            s.read_look_ahead = False
+        elif feature in (FEATURE_DISABLE_REVERT_TO_DEFAULTS, FEATURE_ENABLE_REVERT_TO_DEFAULTS):
+            pass  # settings already survive a software reset
+        elif feature == FEATURE_SET_TRANSFER_MODE:
+            mode = s.sector_count
+            # PIO default (00h/01h) or PIO flow control modes 0-4 (08h-0Ch); no DMA here.
+            if not (mode in (0x00, 0x01) or 0x08 <= mode <= 0x0C):
+                self._fail(s, ERROR_ABRT)
+                return
+        else:
+            self._fail(s, ERROR_ABRT)
+            return
+        self._complete(s)
+
+    def _cmd_initialize_device_parameters(self, s: AtaState, opcode: int) -> None:
+        spt = s.sector_count
+        heads = (s.device & DEVICE_HEAD_MASK) + 1
+        cylinders = min(self.capacity // (heads * spt), 0xFFFF) if spt else 0
+        if cylinders == 0:  # no usable translation: keep the old one
+            self._fail(s, ERROR_ABRT)
+            return
+        s.cylinders, s.heads, s.sectors_per_track = cylinders, heads, spt
+        self._complete(s)
+
+    def _cmd_execute_device_diagnostic(self, s: AtaState, opcode: int) -> None:
+        self._set_signature(s)  # also clears DEV: device 0 is selected again
+        s.error = DIAGNOSTIC_PASSED
+        self._complete(s)
+
+    def identify_words(self) -> list[int]:
+        """The 256 IDENTIFY DEVICE words (ATA/ATAPI-6 8.15), for the current settings."""
+        s = self._state
+        cfg = self.config
+        w = [0] * 256
+        cylinders, heads, spt = self._default_geometry
+        w[0] = 0x0040  # ATA device, fixed (bit 6, obsolete but still reported)
+        w[1], w[3], w[6] = cylinders, heads, spt
+        w[10:20] = ata_string_words(cfg.serial, 10)
+        w[23:27] = ata_string_words(cfg.firmware, 4)
+        w[27:47] = ata_string_words(cfg.model, 20)
+        w[47] = 0x8000  # READ/WRITE MULTIPLE: no sectors per block (not supported)
+        w[49] = 0x0A00  # bit 11 IORDY supported, bit 9 LBA supported; no DMA
+        w[50] = 0x4000  # bit 14 shall be one
+        w[51] = 0x0200  # obsolete PIO timing mode 2
+        w[53] = 0x0007  # words 54-58, 64-70 and 88 are valid
+        w[54], w[55], w[56] = s.cylinders, s.heads, s.sectors_per_track
+        current = s.cylinders * s.heads * s.sectors_per_track
+        w[57], w[58] = current & 0xFFFF, current >> 16
+        lba28 = min(self.capacity, LBA28_MAX_SECTORS)
+        w[60], w[61] = lba28 & 0xFFFF, lba28 >> 16
+        w[64] = 0x0003  # PIO modes 3 and 4
+        w[67] = 120  # minimum PIO cycle time without flow control, ns
+        w[68] = 120  # minimum PIO cycle time with IORDY, ns
+        w[80] = 0x0078  # supports ATA-3, ATA/ATAPI-4, -5 and -6
+        w[81] = 0x0000  # minor version not reported
+        w[82] = 0x0060  # bit 6 read look-ahead, bit 5 write cache
+        w[83] = 0x7400  # bit 14 one, 13 FLUSH CACHE EXT, 12 FLUSH CACHE, 10 48-bit address
+        w[84] = 0x4000
+        w[85] = (0x0040 if s.read_look_ahead else 0) | (0x0020 if s.write_cache else 0)
+        w[86] = 0x3400  # enabled: FLUSH CACHE EXT, FLUSH CACHE, 48-bit address
+        w[87] = 0x4000
+        w[88] = 0x0000  # no Ultra DMA
+        for i in range(4):  # 48-bit capacity, words 100-103, least significant first
+            w[100 + i] = (self.capacity >> (16 * i)) & 0xFFFF
+        # Word 255: signature A5h in the low byte, and a high byte making all 512 bytes sum to 0.
+        total = sum((word & 0xFF) + (word >> 8) for word in w[:255]) + 0xA5
+        w[255] = (((-total) & 0xFF) << 8) | 0xA5
+        return w
+
+    # ----------------------------------------------------------------- snapshot
+
+    def save(self) -> dict:
+        s = self._state
+        saved: dict = {"version": SAVE_VERSION}
+        for f in fields(AtaState):
+            value = getattr(s, f.name)
+            saved[f.name] = bytes(value) if isinstance(value, bytearray) else value
+        return saved
+
+    def restore(self, saved: dict) -> None:
+        """Replace the taskfile and transfer state; validates everything first (ValueError).
+        The image contents are not part of the snapshot."""
+        if not isinstance(saved, dict):
+            raise ValueError("ATA snapshot must be a dict")
+        if saved.get("version") != SAVE_VERSION:
+            raise ValueError(f"ATA snapshot version {saved.get('version')!r} is not {SAVE_VERSION}")
+        expected = {f.name for f in fields(AtaState)} | {"version"}
+        if set(saved) != expected:
+            raise ValueError(f"ATA snapshot keys differ: missing {sorted(expected - set(saved))}, "
+                             f"unknown {sorted(set(saved) - expected, key=str)}")
+        for name, (low, high) in _SAVED_INT_RANGES.items():
+            value = saved[name]
+            if type(value) is not int or not low <= value <= high:
+                raise ValueError(f"ATA snapshot {name}={value!r} is not an int in {low}..{high}")
+        for name in _SAVED_BOOLS:
+            if type(saved[name]) is not bool:
+                raise ValueError(f"ATA snapshot {name}={saved[name]!r} is not a bool")
+        buffer = saved["buffer"]
+        if not isinstance(buffer, (bytes, bytearray)) or len(buffer) != SECTOR_SIZE:
+            raise ValueError(f"ATA snapshot buffer must be {SECTOR_SIZE} bytes")
+        if saved["cylinders"] * saved["heads"] * saved["sectors_per_track"] > self.capacity:
+            raise ValueError("ATA snapshot CHS translation exceeds the image capacity")
+        transfer, command = saved["transfer"], saved["command"]
+        if transfer == XFER_IN and command not in (CMD_READ_SECTORS, CMD_READ_SECTORS_EXT,
+                                                   CMD_IDENTIFY_DEVICE):
+            raise ValueError(f"ATA snapshot: data-in transfer for command {command:#x}")
+        if transfer == XFER_OUT and command not in (CMD_WRITE_SECTORS, CMD_WRITE_SECTORS_EXT):
+            raise ValueError(f"ATA snapshot: data-out transfer for command {command:#x}")
+        if transfer != XFER_NONE and command != CMD_IDENTIFY_DEVICE:
+            if saved["lba"] + saved["remaining"] >= self.capacity:
+                raise ValueError("ATA snapshot transfer runs past the end of the image")
+        values = {name: saved[name] for name in expected if name != "version"}
+        values["buffer"] = bytearray(buffer)
+        self._state = AtaState(**values)
+        self._update_irq()

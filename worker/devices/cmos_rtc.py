@@ -1,0 +1,758 @@
+"""The CMOS real-time clock of a PC/AT: a Motorola MC146818A (Dallas DS12887/DS12C887) at
+ports 0x70 (index, bit 7 = NMI disable) and 0x71 (data), interrupting on IRQ8.
+
+Register map (index written to 0x70, value through 0x71)::
+
+    0x00 seconds     0x01 alarm seconds   0x02 minutes   0x03 alarm minutes
+    0x04 hours       0x05 alarm hours     0x06 day of week (1 = Sunday)
+    0x07 day of month 0x08 month          0x09 year (00-99)
+    0x0A register A  UIP | DV2-DV0 | RS3-RS0
+    0x0B register B  SET | PIE | AIE | UIE | SQWE | DM | 24/12 | DSE
+    0x0C register C  IRQF | PF | AF | UF   (read-only; a read clears it)
+    0x0D register D  VRT                   (read-only)
+    0x0E-0x7F        114 bytes of battery-backed RAM, except 0x32: the century (DS12C887)
+
+How time is kept.  No register is ticked by a timer.  While the clock counts (divider
+DV = 010 and SET = 0) the time is a number of seconds since 1970-01-01 in the guest's
+calendar, anchored to a moment of the :class:`Clock`: ``rtc_s`` at ``rtc_ns``, and the
+registers are rendered from it on every read.  Updates happen at the divider chain's second
+boundaries ``divider_ns + k * 1 s``; the periodic ticks are taps of the same 32.768 kHz chain.
+Every access first catches up with the clock (``_advance``): it sets PF, UF and AF if a tick,
+an update or a matching update happened since the last access, so nothing needs a timer
+except the wake-up ``poll()`` reports for an enabled interrupt.
+
+While the clock is stopped (SET = 1, or the divider is off or held in reset) the eight time
+registers are plain bytes (``held``), exactly what the guest wrote; they are decoded back into
+seconds when counting resumes.  Out-of-range values are normalised arithmetically then
+(e.g. the 31st of February is the 3rd of March), where the chip's behaviour is undefined.
+
+Policies (where the datasheet leaves room, or a VM differs from a board):
+
+* The clock starts from ``wall_clock()`` (POSIX seconds, read as UTC: pass a callable that
+  adds an offset for a local-time RTC).  Only the NVRAM is kept across restarts, not the time.
+* Changing DM or 24/12 while counting re-renders the time in the new format (the chip would
+  leave the old bytes in place); the alarm bytes are never converted.
+* DSE is stored but the 1980s US daylight-saving jumps are not made.  SQWE is stored; the SQW
+  pin is connected to nothing on a PC.
+* ``reset()`` is the chip's RESET pin (a partition reset), not a power cycle: the battery keeps
+  time, NVRAM, register A and the SET/DM/24/12/DSE bits; PIE, AIE, UIE, SQWE and the flags clear.
+* NVRAM persistence: the file is always exactly 114 bytes.  It is created (or rewritten whole,
+  on ``restore``) by writing a temporary file in the same directory, fsync and ``os.replace``;
+  a guest write of a changed byte is a one-byte ``os.pwrite`` at its offset.  A one-byte write
+  cannot be torn and never changes the size, so the file is a valid image whenever the process
+  dies; it is not fsynced per byte, so a host crash may lose the last writes, as a CMOS battery
+  failure would.  The byte for index 0x32 in the file is unused (the century is clock state).
+* ``save()`` is relative to the moment of saving (time, phase within the second);
+  ``restore()`` anchors it to the clock's present, so the guest's time does not jump by however
+  long the state sat on disk and no clock origin is shared between processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Callable
+
+from worker.devices.base import Clock, DeviceStats, IoError, IrqLine, PortRange
+
+log = logging.getLogger(__name__)
+
+SAVE_VERSION = 1
+
+# Register indices.
+REG_SECONDS = 0x00
+REG_ALARM_SECONDS = 0x01
+REG_MINUTES = 0x02
+REG_ALARM_MINUTES = 0x03
+REG_HOURS = 0x04
+REG_ALARM_HOURS = 0x05
+REG_DAY_OF_WEEK = 0x06
+REG_DAY_OF_MONTH = 0x07
+REG_MONTH = 0x08
+REG_YEAR = 0x09
+REG_A = 0x0A
+REG_B = 0x0B
+REG_C = 0x0C
+REG_D = 0x0D
+REG_CENTURY = 0x32
+
+NVRAM_FIRST = 0x0E
+NVRAM_SIZE = 0x80 - NVRAM_FIRST  # 114 bytes
+
+# Register A.
+REG_A_UIP = 0x80
+REG_A_DV_MASK = 0x70
+REG_A_DV_32768 = 0x20  # DV2-DV0 = 010: the only pattern that keeps time
+REG_A_RS_MASK = 0x0F
+
+# Register B.
+REG_B_SET = 0x80
+REG_B_PIE = 0x40
+REG_B_AIE = 0x20
+REG_B_UIE = 0x10
+REG_B_SQWE = 0x08
+REG_B_DM = 0x04  # 1 = binary, 0 = BCD
+REG_B_24H = 0x02  # 1 = 24-hour, 0 = 12-hour
+REG_B_DSE = 0x01
+
+# Register C.
+REG_C_IRQF = 0x80
+REG_C_PF = 0x40
+REG_C_AF = 0x20
+REG_C_UF = 0x10
+
+# Register D.
+REG_D_VRT = 0x80
+
+HOURS_PM = 0x80  # bit 7 of the hours bytes in 12-hour mode
+ALARM_DONT_CARE = 0xC0  # an alarm byte 11xxxxxx matches any value
+
+# Power-on values a BIOS would program: 32.768 kHz time base, 1024 Hz rate; BCD, 24-hour.
+REG_A_DEFAULT = REG_A_DV_32768 | 0x06
+REG_B_DEFAULT = REG_B_24H
+
+NS_PER_S = 1_000_000_000
+TIMEBASE_HZ = 32_768
+# UIP rises this long before an update (tBUC = 244 us: 8 cycles of the 32.768 kHz base).
+UIP_LEAD_NS = 8 * NS_PER_S // TIMEBASE_HZ
+# Leaving divider reset (DV = 11x) puts the chain half-way through a second.
+DIVIDER_RESTART_NS = NS_PER_S // 2
+
+SECONDS_PER_DAY = 86_400
+
+# Slots of the time registers in ``held``, in register order.
+TIME_SLOTS = {
+    REG_SECONDS: 0,
+    REG_MINUTES: 1,
+    REG_HOURS: 2,
+    REG_DAY_OF_WEEK: 3,
+    REG_DAY_OF_MONTH: 4,
+    REG_MONTH: 5,
+    REG_YEAR: 6,
+    REG_CENTURY: 7,
+}
+
+
+# --- calendar arithmetic (proleptic Gregorian, any year; Howard Hinnant's algorithms) ---
+
+
+def days_from_civil(year: int, month: int, day: int) -> int:
+    """Days since 1970-01-01.  ``month`` may be outside 1..12 and ``day`` outside the month:
+    both are carried over, which is how out-of-range register values are normalised."""
+    year += (month - 1) // 12
+    month = (month - 1) % 12 + 1
+    y = year - (1 if month <= 2 else 0)
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146_097 + doe - 719_468 + (day - 1)
+
+
+def civil_from_days(days: int) -> tuple[int, int, int]:
+    """(year, month, day) of a count of days since 1970-01-01."""
+    z = days + 719_468
+    era = z // 146_097
+    doe = z - era * 146_097
+    yoe = (doe - doe // 1460 + doe // 36_524 - doe // 146_096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = mp + 3 if mp < 10 else mp - 9
+    year = yoe + era * 400 + (1 if month <= 2 else 0)
+    return year, month, day
+
+
+def _weekday(days: int) -> int:
+    """0 = Sunday for a count of days since 1970-01-01 (a Thursday)."""
+    return (days + 4) % 7
+
+
+# --- configuration and state ---
+
+
+@dataclass(frozen=True)
+class CmosRtcConfig:
+    base: int = 0x70
+    irq: int = 8
+    nvram_path: str | None = None  # None: NVRAM lives only as long as the device
+
+
+def _default_held() -> list[int]:
+    return [0] * len(TIME_SLOTS)
+
+
+def _default_nvram() -> bytearray:
+    return bytearray(NVRAM_SIZE)
+
+
+@dataclass
+class CmosRtcState:
+    index: int = 0
+    nmi_disabled: bool = False
+    reg_a: int = REG_A_DEFAULT  # without UIP, which is computed
+    reg_b: int = REG_B_DEFAULT
+    flags: int = 0  # PF | AF | UF of register C; IRQF is computed
+    alarm_seconds: int = 0
+    alarm_minutes: int = 0
+    alarm_hours: int = 0
+    # While counting: the RTC showed ``rtc_s`` at clock time ``rtc_ns``, a second boundary.
+    rtc_s: int = 0
+    rtc_ns: int = 0
+    # Clock time of one second boundary of the divider chain (all others are 1 s apart).
+    divider_ns: int = 0
+    # Clock time up to which ticks, updates and alarms have been turned into flags.
+    last_ns: int = 0
+    # Day-of-week register minus the true weekday, mod 7 (the guest may set any weekday).
+    dow_offset: int = 0
+    # The time registers as raw bytes while the clock is stopped (see TIME_SLOTS).
+    held: list[int] = field(default_factory=_default_held)
+    nvram: bytearray = field(default_factory=_default_nvram)
+
+
+class CmosRtc:
+    """MC146818A RTC + 114 bytes of NVRAM.
+
+    ``clock`` is monotonic time for the interrupts and UIP; ``wall_clock()`` returns the
+    host's current time as POSIX seconds and is read once, to start the clock.
+    """
+
+    name = "cmos_rtc"
+
+    def __init__(
+        self,
+        config: CmosRtcConfig,
+        irq_line: IrqLine,
+        clock: Clock,
+        wall_clock: Callable[[], float | int],
+    ) -> None:
+        self.config = config
+        self.irq_line = irq_line
+        self.clock = clock
+        self.stats = DeviceStats()
+        self.nvram_persist_errors = 0
+        self._ports = PortRange(config.base, 2)
+        self.state = CmosRtcState()
+        self._start_clock(wall_clock())
+        if config.nvram_path is not None:
+            self._load_or_create_nvram(config.nvram_path)
+        self._irq_level = False
+        self.irq_line.set_level(False)
+
+    # --- the Device interface ---
+
+    def port_ranges(self) -> list[PortRange]:
+        return [self._ports]
+
+    def io_read(self, port: int, size: int) -> int | IoError:
+        if port not in self._ports:
+            self.stats.missed_reads += 1
+            return IoError.INVALID_REGISTER
+        if size != 1:
+            self.stats.missed_reads += 1
+            return IoError.INVALID_ACCESS_SIZE
+        self.stats.reads += 1
+        if port == self._ports.base:
+            # The index register is write-only; nothing drives the bus on a read.
+            return 0xFF
+        now = self._now()
+        self._advance(now)
+        value = self._read_register(self.state.index, now)
+        self._update_irq()
+        return value
+
+    def io_write(self, port: int, size: int, value: int) -> IoError | None:
+        if port not in self._ports:
+            self.stats.missed_writes += 1
+            return IoError.INVALID_REGISTER
+        if size != 1:
+            self.stats.missed_writes += 1
+            return IoError.INVALID_ACCESS_SIZE
+        self.stats.writes += 1
+        value &= 0xFF
+        if port == self._ports.base:
+            # Bit 7 is the NMI mask on the board, not part of the RTC's 7-bit address.
+            self.state.nmi_disabled = bool(value & 0x80)
+            self.state.index = value & 0x7F
+            return None
+        now = self._now()
+        self._advance(now)
+        self._write_register(self.state.index, value, now)
+        self._update_irq()
+        return None
+
+    def reset(self) -> None:
+        """The RESET pin: a partition reset.  Time, NVRAM and the format bits survive."""
+        now = self._now()
+        self._advance(now)
+        s = self.state
+        s.reg_b &= ~(REG_B_PIE | REG_B_AIE | REG_B_UIE | REG_B_SQWE)
+        s.flags = 0
+        s.index = 0
+        s.nmi_disabled = False
+        self._update_irq()
+
+    def poll(self, now_ns: int) -> int | None:
+        """Catch up to ``now_ns``; return when the next enabled interrupt event is due."""
+        now = max(now_ns, self.state.last_ns)
+        self._advance(now)
+        self._update_irq()
+        s = self.state
+        deadlines = []
+        if s.reg_b & REG_B_PIE:
+            tick = self._next_periodic_ns(now)
+            if tick is not None:
+                deadlines.append(tick)
+        if self._counting() and s.reg_b & (REG_B_UIE | REG_B_AIE):
+            next_update_ns = self._boundary_at_or_before(now) + NS_PER_S
+            if s.reg_b & REG_B_UIE:
+                deadlines.append(next_update_ns)
+            if s.reg_b & REG_B_AIE:
+                alarm_s = self._next_alarm_after(self._time_s(now))
+                if alarm_s is not None:
+                    deadlines.append(next_update_ns + (alarm_s - self._time_s(now) - 1) * NS_PER_S)
+        return min(deadlines) if deadlines else None
+
+    def save(self) -> dict:
+        now = self._now()
+        self._advance(now)
+        s = self.state
+        return {
+            "version": SAVE_VERSION,
+            "index": s.index,
+            "nmi_disabled": s.nmi_disabled,
+            "reg_a": s.reg_a,
+            "reg_b": s.reg_b,
+            "flags": s.flags,
+            "alarm": [s.alarm_seconds, s.alarm_minutes, s.alarm_hours],
+            "time_s": self._time_s(now),
+            "divider_phase_ns": (now - s.divider_ns) % NS_PER_S,
+            "dow_offset": s.dow_offset,
+            "held": list(s.held),
+            "nvram": bytes(s.nvram),
+        }
+
+    def restore(self, saved: dict) -> None:
+        new = _validated_state(saved)  # raises ValueError before anything is replaced
+        now = self._now()
+        # Re-anchor the saved relative times to this clock's present.
+        new.divider_ns = now - saved["divider_phase_ns"]
+        new.rtc_s = saved["time_s"]
+        new.rtc_ns = new.divider_ns
+        new.last_ns = now
+        self.state = new
+        if self.config.nvram_path is not None:
+            self._persist_all()
+        self._irq_level = self._irq_wanted()
+        self.irq_line.set_level(self._irq_level)
+
+    # --- host-side helpers for the worker ---
+
+    @property
+    def nmi_disabled(self) -> bool:
+        return self.state.nmi_disabled
+
+    @property
+    def nvram(self) -> bytes:
+        """A copy of the 114 NVRAM bytes (index 0x0E is offset 0)."""
+        return bytes(self.state.nvram)
+
+    def write_nvram(self, index: int, data: bytes) -> None:
+        """Host-side write of CMOS bytes starting at register ``index`` (e.g. the memory size
+        a BIOS reads at 0x30/0x31); persisted like guest writes."""
+        if index < NVRAM_FIRST or index + len(data) > 0x80:
+            raise ValueError(f"CMOS bytes {index:#x}+{len(data)} are outside 0x0e..0x7f")
+        now = self._now()
+        self._advance(now)
+        for i, byte in enumerate(data):
+            self._write_register(index + i, byte & 0xFF, now)  # 0x32 goes to the century
+        self._update_irq()
+
+    # --- registers ---
+
+    def _read_register(self, index: int, now: int) -> int:
+        s = self.state
+        if index in TIME_SLOTS:
+            return self._time_registers(now)[TIME_SLOTS[index]]
+        if index == REG_ALARM_SECONDS:
+            return s.alarm_seconds
+        if index == REG_ALARM_MINUTES:
+            return s.alarm_minutes
+        if index == REG_ALARM_HOURS:
+            return s.alarm_hours
+        if index == REG_A:
+            return s.reg_a | (REG_A_UIP if self._update_in_progress(now) else 0)
+        if index == REG_B:
+            return s.reg_b
+        if index == REG_C:
+            value = s.flags | (REG_C_IRQF if self._irq_wanted() else 0)
+            s.flags = 0  # all flags clear on a read; the caller lowers IRQ8
+            return value
+        if index == REG_D:
+            return REG_D_VRT  # the battery is never flat
+        return s.nvram[index - NVRAM_FIRST]
+
+    def _write_register(self, index: int, value: int, now: int) -> None:
+        s = self.state
+        if index in TIME_SLOTS:
+            self._write_time_register(TIME_SLOTS[index], value, now)
+        elif index == REG_ALARM_SECONDS:
+            s.alarm_seconds = value
+        elif index == REG_ALARM_MINUTES:
+            s.alarm_minutes = value
+        elif index == REG_ALARM_HOURS:
+            s.alarm_hours = value
+        elif index == REG_A:
+            self._write_control(value & ~REG_A_UIP, s.reg_b, now)  # UIP is read-only
+        elif index == REG_B:
+            if value & REG_B_SET and not s.reg_b & REG_B_SET:
+                value &= ~REG_B_UIE  # "the SET bit going high clears the UIE bit"
+            self._write_control(s.reg_a, value, now)
+        elif index in (REG_C, REG_D):
+            pass  # read-only
+        else:
+            self._write_nvram_byte(index, value)
+
+    def _write_control(self, reg_a: int, reg_b: int, now: int) -> None:
+        """Write registers A and B, stopping or starting the clock as DV and SET say."""
+        s = self.state
+        was_counting = self._counting()
+        divider_was_on = self._divider_on()
+        if was_counting:
+            # Freeze the time in the format it is shown in now, as the chip's bytes would be.
+            s.held = self._render(self._time_s(now))
+        s.reg_a = reg_a
+        s.reg_b = reg_b
+        if self._divider_on() and not divider_was_on:
+            # Leaving reset (or oscillator off): "the next update occurs 500 ms" later.
+            s.divider_ns = now - DIVIDER_RESTART_NS
+        if self._counting() and not was_counting:
+            s.rtc_s, s.dow_offset = self._decode(s.held)
+            s.rtc_ns = self._boundary_at_or_before(now)
+
+    def _write_time_register(self, slot: int, value: int, now: int) -> None:
+        s = self.state
+        if not self._counting():
+            s.held[slot] = value
+            return
+        # Writing one register while the clock runs: the others keep their values, the
+        # sub-second phase is untouched, and counting goes on from the new time.
+        raw = self._render(self._time_s(now))
+        raw[slot] = value
+        s.rtc_s, s.dow_offset = self._decode(raw)
+        s.rtc_ns = self._boundary_at_or_before(now)
+
+    def _time_registers(self, now: int) -> list[int]:
+        if self._counting():
+            return self._render(self._time_s(now))
+        return list(self.state.held)
+
+    # --- time keeping ---
+
+    def _now(self) -> int:
+        # The clock never goes back, but a stale poll(now_ns) may have run ahead of it.
+        return max(self.clock.now_ns(), self.state.last_ns)
+
+    def _start_clock(self, wall: float | int) -> None:
+        # Split before scaling: x - floor(x) is exact for a float, wall * 1e9 is not.
+        seconds = math.floor(wall)
+        into_second_ns = round((wall - seconds) * NS_PER_S)
+        if into_second_ns >= NS_PER_S:  # 0.9999999999 rounds up to the next second
+            seconds, into_second_ns = seconds + 1, into_second_ns - NS_PER_S
+        now = self.clock.now_ns()
+        s = self.state
+        # Align the divider's seconds with the host's, so updates come when its seconds turn.
+        s.divider_ns = now - into_second_ns
+        s.rtc_s = seconds
+        s.rtc_ns = s.divider_ns
+        s.last_ns = now
+
+    def _divider_on(self) -> bool:
+        return self.state.reg_a & REG_A_DV_MASK == REG_A_DV_32768
+
+    def _counting(self) -> bool:
+        return self._divider_on() and not self.state.reg_b & REG_B_SET
+
+    def _time_s(self, t: int) -> int:
+        s = self.state
+        if not self._counting():
+            return s.rtc_s
+        return s.rtc_s + (t - s.rtc_ns) // NS_PER_S
+
+    def _boundary_at_or_before(self, t: int) -> int:
+        d = self.state.divider_ns
+        return d + (t - d) // NS_PER_S * NS_PER_S
+
+    def _update_in_progress(self, now: int) -> bool:
+        if not self._counting():
+            return False  # SET clears UIP; a stopped divider makes no updates
+        return (now - self.state.divider_ns) % NS_PER_S >= NS_PER_S - UIP_LEAD_NS
+
+    def _periodic_cycles(self) -> int | None:
+        """Periodic interrupt period in 32.768 kHz cycles, None when RS = 0 or no divider."""
+        rs = self.state.reg_a & REG_A_RS_MASK
+        if rs == 0 or not self._divider_on():
+            return None
+        if rs <= 2:
+            rs += 7  # RS 1 and 2 repeat the 256 Hz and 128 Hz taps of RS 8 and 9
+        return 1 << (rs - 1)
+
+    def _periodic_ticks(self, t: int, period: int) -> int:
+        """How many periodic ticks the chain has made by clock time ``t``."""
+        cycles = (t - self.state.divider_ns) * TIMEBASE_HZ // NS_PER_S
+        return cycles // period
+
+    def _next_periodic_ns(self, now: int) -> int | None:
+        period = self._periodic_cycles()
+        if period is None:
+            return None
+        n = self._periodic_ticks(now, period) + 1
+        # First ns at which n * period cycles have elapsed (ceil division).
+        return self.state.divider_ns + -(-n * period * NS_PER_S // TIMEBASE_HZ)
+
+    def _advance(self, now: int) -> None:
+        """Turn what happened in (last_ns, now] into PF, UF and AF."""
+        s = self.state
+        if now <= s.last_ns:
+            return
+        period = self._periodic_cycles()
+        if period is not None and self._periodic_ticks(now, period) > self._periodic_ticks(
+            s.last_ns, period
+        ):
+            s.flags |= REG_C_PF  # set whatever PIE says; PIE only gates IRQF
+        if self._counting():
+            before, after = self._time_s(s.last_ns), self._time_s(now)
+            if after > before:
+                s.flags |= REG_C_UF
+                alarm = self._next_alarm_after(before)
+                if alarm is not None and alarm <= after:
+                    s.flags |= REG_C_AF
+        s.last_ns = now
+
+    # --- alarm ---
+
+    def _next_alarm_after(self, t: int) -> int | None:
+        """First RTC second after ``t`` whose hours, minutes and seconds bytes match the alarm
+        bytes (11xxxxxx matching anything), or None if no time of day can match."""
+        s = self.state
+        binary = bool(s.reg_b & REG_B_DM)
+        hours = [h for h in range(24) if _alarm_matches(s.alarm_hours, self._encode_hours(h))]
+        minutes = [m for m in range(60) if _alarm_matches(s.alarm_minutes, _encode(m, binary))]
+        seconds = [x for x in range(60) if _alarm_matches(s.alarm_seconds, _encode(x, binary))]
+        if not (hours and minutes and seconds):
+            return None
+        day_start = t - t % SECONDS_PER_DAY
+        time_of_day = t % SECONDS_PER_DAY
+        now_minute = time_of_day // 60
+        for h in hours:
+            if h < now_minute // 60:
+                continue
+            for m in minutes:
+                if h * 60 + m < now_minute:
+                    continue
+                for x in seconds:
+                    candidate = h * 3600 + m * 60 + x
+                    if candidate > time_of_day:
+                        return day_start + candidate
+        # Nothing later today: the first match of tomorrow.
+        return day_start + SECONDS_PER_DAY + hours[0] * 3600 + minutes[0] * 60 + seconds[0]
+
+    # --- register encoding ---
+
+    def _encode_hours(self, hour: int) -> int:
+        s = self.state
+        binary = bool(s.reg_b & REG_B_DM)
+        if s.reg_b & REG_B_24H:
+            return _encode(hour, binary)
+        # 12-hour mode: 12, 1 .. 11 with PM in bit 7 (midnight is 12 AM, noon 12 PM).
+        return _encode(hour % 12 or 12, binary) | (HOURS_PM if hour >= 12 else 0)
+
+    def _decode_hours(self, byte: int) -> int:
+        s = self.state
+        binary = bool(s.reg_b & REG_B_DM)
+        if s.reg_b & REG_B_24H:
+            return _decode(byte, binary)
+        return _decode(byte & ~HOURS_PM, binary) % 12 + (12 if byte & HOURS_PM else 0)
+
+    def _render(self, t: int) -> list[int]:
+        """The time registers (TIME_SLOTS order) showing RTC second ``t``."""
+        s = self.state
+        binary = bool(s.reg_b & REG_B_DM)
+        days, time_of_day = divmod(t, SECONDS_PER_DAY)
+        year, month, day = civil_from_days(days)
+        year %= 10_000  # century and year registers hold 0..99 each
+        return [
+            _encode(time_of_day % 60, binary),
+            _encode(time_of_day // 60 % 60, binary),
+            self._encode_hours(time_of_day // 3600),
+            _encode((_weekday(days) + s.dow_offset) % 7 + 1, binary),
+            _encode(day, binary),
+            _encode(month, binary),
+            _encode(year % 100, binary),
+            _encode(year // 100, binary),
+        ]
+
+    def _decode(self, raw: list[int]) -> tuple[int, int]:
+        """(RTC seconds, day-of-week offset) from time register bytes."""
+        binary = bool(self.state.reg_b & REG_B_DM)
+        seconds, minutes, _, dow, day, month, year, century = (_decode(b, binary) for b in raw)
+        hours = self._decode_hours(raw[TIME_SLOTS[REG_HOURS]])
+        days = days_from_civil(century * 100 + year, month, day)
+        t = days * SECONDS_PER_DAY + hours * 3600 + minutes * 60 + seconds
+        # Keep the day-of-week register as written, whatever the date says.
+        dow_offset = (dow - 1 - _weekday(t // SECONDS_PER_DAY)) % 7
+        return t, dow_offset
+
+    # --- IRQ ---
+
+    def _irq_wanted(self) -> bool:
+        s = self.state
+        enabled = (
+            (REG_C_PF if s.reg_b & REG_B_PIE else 0)
+            | (REG_C_AF if s.reg_b & REG_B_AIE else 0)
+            | (REG_C_UF if s.reg_b & REG_B_UIE else 0)
+        )
+        return bool(s.flags & enabled)  # IRQF = PF.PIE + AF.AIE + UF.UIE
+
+    def _update_irq(self) -> None:
+        level = self._irq_wanted()
+        if level != self._irq_level:
+            self._irq_level = level
+            self.irq_line.set_level(level)
+
+    # --- NVRAM persistence ---
+
+    def _write_nvram_byte(self, index: int, value: int) -> None:
+        offset = index - NVRAM_FIRST
+        if self.state.nvram[offset] == value:
+            return  # BIOSes rewrite the same bytes often; spare the syscalls
+        self.state.nvram[offset] = value
+        if self.config.nvram_path is None:
+            return
+        try:
+            fd = os.open(self.config.nvram_path, os.O_WRONLY)
+            try:
+                os.pwrite(fd, bytes([value]), offset)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            log.warning(
+                "NVRAM byte write to %s failed (%s); rewriting the file", self.config.nvram_path, e
+            )
+            self._persist_all()
+
+    def _load_or_create_nvram(self, path: str) -> None:
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size != NVRAM_SIZE:
+                    raise ValueError(
+                        f"CMOS NVRAM file {path!r} holds {size} bytes, expected {NVRAM_SIZE}"
+                    )
+                data = f.read()
+        except FileNotFoundError:
+            # First start: create the image now, so a bad path shows at configuration time.
+            _atomic_write(path, bytes(self.state.nvram))
+            return
+        self.state.nvram = bytearray(data)
+
+    def _persist_all(self) -> None:
+        assert self.config.nvram_path is not None
+        try:
+            _atomic_write(self.config.nvram_path, bytes(self.state.nvram))
+        except OSError as e:
+            # A host I/O failure is not the guest's fault: keep running on the RAM copy.
+            self.nvram_persist_errors += 1
+            log.error("cannot persist CMOS NVRAM to %s: %s", self.config.nvram_path, e)
+
+
+def _encode(value: int, binary: bool) -> int:
+    if binary:
+        return value & 0xFF
+    return (value // 10 % 10) << 4 | value % 10
+
+
+def _decode(byte: int, binary: bool) -> int:
+    if binary:
+        return byte
+    return (byte >> 4) * 10 + (byte & 0x0F)  # invalid digits are taken at face value
+
+
+def _alarm_matches(alarm: int, value: int) -> bool:
+    return alarm & ALARM_DONT_CARE == ALARM_DONT_CARE or alarm == value
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so a crash leaves the old or the new file, never half."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _validated_state(saved: dict) -> CmosRtcState:
+    """A new state from ``save()`` output; ValueError on anything malformed."""
+    if not isinstance(saved, dict):
+        raise ValueError("CMOS RTC saved state is not a dict")
+    if saved.get("version") != SAVE_VERSION:
+        raise ValueError(
+            f"CMOS RTC saved state version {saved.get('version')!r} is not {SAVE_VERSION}"
+        )
+
+    def integer(key: str, lo: int | None = None, hi: int | None = None) -> int:
+        value = saved.get(key)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"CMOS RTC saved {key!r} is not an integer: {value!r}")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise ValueError(f"CMOS RTC saved {key!r} = {value} is outside {lo}..{hi}")
+        return value
+
+    def byte_list(key: str, length: int) -> list[int]:
+        value = saved.get(key)
+        if (
+            not isinstance(value, (list, tuple))
+            or len(value) != length
+            or not all(
+                isinstance(b, int) and not isinstance(b, bool) and 0 <= b <= 0xFF for b in value
+            )
+        ):
+            raise ValueError(f"CMOS RTC saved {key!r} is not {length} bytes: {value!r}")
+        return list(value)
+
+    if not isinstance(saved.get("nmi_disabled"), bool):
+        raise ValueError("CMOS RTC saved 'nmi_disabled' is not a bool")
+    nvram = saved.get("nvram")
+    if not isinstance(nvram, (bytes, bytearray)) or len(nvram) != NVRAM_SIZE:
+        raise ValueError(f"CMOS RTC saved 'nvram' is not {NVRAM_SIZE} bytes")
+    flags = integer("flags", 0, 0xFF)
+    if flags & ~(REG_C_PF | REG_C_AF | REG_C_UF):
+        raise ValueError(f"CMOS RTC saved 'flags' {flags:#x} has bits other than PF, AF, UF")
+    alarm = byte_list("alarm", 3)
+    integer("time_s")
+    integer("divider_phase_ns", 0, NS_PER_S - 1)
+    return CmosRtcState(
+        index=integer("index", 0, 0x7F),
+        nmi_disabled=saved["nmi_disabled"],
+        reg_a=integer("reg_a", 0, 0x7F),
+        reg_b=integer("reg_b", 0, 0xFF),
+        flags=flags,
+        alarm_seconds=alarm[0],
+        alarm_minutes=alarm[1],
+        alarm_hours=alarm[2],
+        dow_offset=integer("dow_offset", 0, 6),
+        held=byte_list("held", len(TIME_SLOTS)),
+        nvram=bytearray(nvram),
+    )

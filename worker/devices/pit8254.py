@@ -1,0 +1,666 @@
+"""The Intel 8254 programmable interval timer of a PC (ports 0x40-0x43), plus port 0x61.
+
+Names follow the 8254 datasheet: CR (count register, what the guest writes), CE (counting
+element, what counts down), OL (output latch, the latched count), the status byte, OUT,
+GATE, NULL COUNT, and modes 0-5.  Mode bits 110 and 111 are accepted as modes 2 and 3.
+
+Wiring on a PC: channel 0 OUT drives IRQ0 and its GATE is tied high; channel 1 (the old DRAM
+refresh timer) has its GATE tied high and OUT connected to nothing; channel 2 GATE is port
+0x61 bit 0 and its OUT is read back in port 0x61 bit 5 and drives the speaker (with bit 1).
+
+Time.  The input clock is 1.193182 MHz.  Nothing is stepped: every channel describes its OUT
+waveform and CE as a closed-form function of the tick number ("segment": an origin tick plus
+the count in use), and state is brought up to date lazily, on every port access and in
+``poll(now_ns)``.  The tick number is ``(now_ns - epoch_ns) * 1193182 // 10**9`` from a fixed
+epoch, in integers, so no fraction of a tick is ever lost however often or rarely the device
+is looked at.  A count written between clock pulses is loaded on the next pulse (tick + 1),
+as the datasheet says.
+
+IRQ0 delivery policy ("coalesce", the equivalent of QEMU's ``lost_tick_policy=discard``):
+the line follows OUT while ``poll`` is called at the deadlines it returns.  When a poll comes
+late and several OUT periods have gone by, one rising edge is delivered (the line is lowered
+first if it was high, then raised) and the other periods are counted in
+``counters.missed_ticks``; they are not re-injected.  Catching up (KVM's reinject, QEMU's
+``delay``) would need to know when the guest acknowledged each tick, which the PIT cannot see
+(the 8259 latches one edge in IRR however many arrive).  If the late edge's OUT has already
+fallen again (mode 3's low half) the line is held high until the next rising edge, because a
+real 8259A drops a request whose input falls before INTA and the edge would be lost.
+
+Port 0x61 (PIIX "NMI status and control") is answered here when ``Pit8254Config.port61`` is
+set, because its live bits are PIT signals: bit 0 GATE2 (R/W), bit 1 speaker data enable
+(R/W), bits 2-3 SERR#/IOCHK# NMI enables (R/W, stored only), bit 4 refresh toggle (RO, flips
+every 18 PIT clocks, about 15 us, as derived from the virtual clock), bit 5 OUT2 (RO),
+bits 6-7 NMI sources (RO, always 0: nothing here raises NMIs).  With ``port61=False`` another
+device owns the port and uses :meth:`Pit8254.set_gate` and :meth:`Pit8254.output`.
+
+Reading port 0x43: the datasheet lists A1,A0=11 with RD as "No-Operation (3-State)": nothing
+drives the bus, so the read returns ``IoError.INVALID_REGISTER`` and the bus supplies 0xFF.
+
+Power-on state (undefined on the chip): every channel in mode 0, LSB-then-MSB, binary, no
+count, OUT low; GATE2 low.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from worker.devices.base import Clock, DeviceStats, IoError, IrqLine, PortRange
+
+SAVE_VERSION = 1
+
+PIT_HZ = 1_193_182
+NS_PER_S = 1_000_000_000
+
+COUNTER_PORT = 0x40  # 0x40-0x42: counters 0-2
+CONTROL_PORT = 0x43
+PORT61 = 0x61
+
+# Control word RW1,RW0
+RW_LATCH = 0  # counter latch command
+RW_LSB = 1
+RW_MSB = 2
+RW_LSB_MSB = 3
+
+# Port 0x61 bits
+P61_GATE2 = 0x01
+P61_SPEAKER = 0x02
+P61_WRITABLE = 0x0F
+P61_REFRESH = 0x10
+P61_OUT2 = 0x20
+REFRESH_TICKS = 18  # channel 1's classic refresh count: 18 clocks = 15.09 us
+
+# What the counting element is doing.
+IDLE = "idle"  # not counting; CE and OUT frozen (no count, or stopped by a write or GATE)
+SUSPENDED = "suspended"  # mode 0/4 with GATE low: frozen, resumes where it was on GATE high
+ONESHOT = "oneshot"  # modes 0, 1, 4, 5: CE counts down from `n` at `origin`, OUT acts once
+PERIODIC = "periodic"  # modes 2, 3: period `n` clocks starting at `origin`
+SEGMENTS = (IDLE, SUSPENDED, ONESHOT, PERIODIC)
+
+
+@dataclass(frozen=True)
+class Pit8254Config:
+    name: str = "pit"
+    port61: bool = True  # answer port 0x61 (see module docstring)
+    input_hz: int = PIT_HZ
+
+    def __post_init__(self) -> None:
+        if self.input_hz <= 0:
+            raise ValueError("input_hz must be positive")
+
+
+@dataclass
+class PitCounters:
+    """Metrics, not guest state (not saved)."""
+
+    irq0_edges: int = 0  # rising edges driven on the IRQ0 line
+    missed_ticks: int = 0  # channel 0 rising edges coalesced into another one
+
+
+def to_bcd(value: int) -> int:
+    """0..9999 as four BCD digits."""
+    return sum(((value // 10**i) % 10) << (4 * i) for i in range(4))
+
+
+def from_bcd(raw: int) -> int:
+    """Four BCD digits as a number; digits above 9 are taken at face value, as a counter would."""
+    return sum(((raw >> (4 * i)) & 0xF) * 10**i for i in range(4))
+
+
+@dataclass
+class ChannelState:
+    """One counter.  Ticks are absolute PIT clock numbers since the device's epoch."""
+
+    # Control word
+    rw: int = RW_LSB_MSB
+    mode: int = 0  # M2..M0 as written
+    bcd: bool = False
+    # CR and the byte flip-flops
+    cr: int = 0
+    cr_valid: bool = False  # a whole initial count was written since the control word
+    null_count: bool = True  # CR written but not yet loaded into CE
+    cr_lsb: int = 0
+    write_msb_next: bool = False
+    read_msb_next: bool = False
+    count_latch: int | None = None  # OL holding a latched count
+    status_latch: int | None = None
+    gate: bool = True
+    # The counting element
+    segment: str = IDLE
+    origin: int = 0
+    n: int = 0  # ONESHOT: CE at origin (0 means the full modulus); PERIODIC: period
+    fired: bool = False  # ONESHOT/SUSPENDED: the terminal count was reached before origin
+    idle_ce: int = 0  # IDLE/SUSPENDED: frozen CE
+    idle_out: bool = False  # IDLE/SUSPENDED: frozen OUT
+    load_tick: int | None = None  # the clock pulse at which CR is copied into CE
+    load_into_low: bool = False  # mode 3: that load starts a low half-cycle
+    # Edge accounting: OUT as of last_tick
+    last_tick: int = 0
+    out: bool = False
+
+    # --- decoded -------------------------------------------------------------------------
+    @property
+    def op_mode(self) -> int:
+        return self.mode - 4 if self.mode >= 6 else self.mode
+
+    @property
+    def modulus(self) -> int:
+        return 10_000 if self.bcd else 0x10000
+
+    def initial_count(self) -> int:
+        """CR as a number of clocks: 0 means the full 65536 (10000 in BCD)."""
+        value = from_bcd(self.cr) % 10_000 if self.bcd else self.cr
+        return value or self.modulus
+
+    def status(self) -> int:
+        return (
+            (0x80 if self.out else 0)
+            | (0x40 if self.null_count else 0)
+            | (self.rw << 4)
+            | (self.mode << 1)
+            | (1 if self.bcd else 0)
+        )
+
+    # --- the waveform as a function of the tick -----------------------------------------
+    def _terminal(self) -> int:
+        return self.origin + (self.n or self.modulus)
+
+    def out_at(self, t: int) -> bool:
+        if self.segment in (IDLE, SUSPENDED):
+            return self.idle_out
+        if self.segment == ONESHOT:
+            if self.fired:
+                return True
+            if self.op_mode in (0, 1):
+                return t >= self._terminal()  # high at terminal count and stays high
+            return t != self._terminal()  # modes 4, 5: low for one clock at terminal count
+        phase = (t - self.origin) % self.n
+        if self.op_mode == 2:
+            return phase != self.n - 1  # low for the one clock when CE is 1
+        return phase < (self.n + 1) // 2  # mode 3: high for ceil(n/2), low for floor(n/2)
+
+    def ce_at(self, t: int) -> int:
+        if self.segment in (IDLE, SUSPENDED):
+            return self.idle_ce
+        if self.segment == ONESHOT:
+            return (self.n - (t - self.origin)) % self.modulus  # keeps wrapping after 0
+        phase = (t - self.origin) % self.n
+        if self.op_mode == 2:
+            return (self.n - phase) % self.modulus
+        # Mode 3 counts by two each half-cycle, from n (even) or n - 1 (odd n: the datasheet
+        # loads "initial count minus one" and holds the expired count one extra clock in the
+        # high half).
+        half = (self.n + 1) // 2
+        step = phase if phase < half else phase - half
+        return ((self.n & ~1) - 2 * step) % self.modulus
+
+    def rising_edges(self, after: int, upto: int) -> int:
+        """Rising edges of OUT at ticks in (after, upto], within the current segment."""
+        if upto <= after or self.segment in (IDLE, SUSPENDED):
+            return 0
+        if self.segment == ONESHOT:
+            if self.fired:
+                return 0
+            rise = self._terminal() + (0 if self.op_mode in (0, 1) else 1)
+            return 1 if after < rise <= upto else 0
+        if self.n < 2:
+            return 0  # count 1 is illegal in modes 2 and 3: OUT never toggles here
+        after = max(after, self.origin)
+        # A period starts (OUT rises) at origin + k*n for k >= 1.
+        return (upto - self.origin) // self.n - (after - self.origin) // self.n
+
+    def next_change(self, t: int) -> int | None:
+        """The first tick after t at which OUT changes, within the current segment."""
+        if self.segment in (IDLE, SUSPENDED):
+            return None
+        if self.segment == ONESHOT:
+            if self.fired:
+                return None
+            terminal = self._terminal()
+            if self.op_mode in (0, 1):
+                return terminal if terminal > t else None
+            if t < terminal:
+                return terminal
+            return terminal + 1 if t == terminal else None
+        if self.n < 2:
+            return None
+        phase = (t - self.origin) % self.n
+        if self.op_mode == 2:
+            return t + (self.n - 1 - phase) if phase < self.n - 1 else t + 1
+        half = (self.n + 1) // 2
+        return t + (half - phase) if phase < half else t + (self.n - phase)
+
+    # --- state changes -------------------------------------------------------------------
+    def freeze(self, t: int, segment: str = IDLE) -> None:
+        """Stop the counting element at tick t, keeping CE and OUT."""
+        fired = self.segment == ONESHOT and (self.fired or t >= self._terminal())
+        if self.segment == SUSPENDED:
+            fired = self.fired
+        ce, out = self.ce_at(t), self.out_at(t)
+        if self.op_mode in (4, 5) and fired:
+            out = True  # a strobe cut short by GATE ends now rather than one clock later
+        self.segment, self.idle_ce, self.idle_out, self.fired = segment, ce, out, fired
+
+    def load(self, t: int) -> None:
+        """Copy CR into CE at clock pulse t (the datasheet's "loaded on the next CLK pulse")."""
+        count = self.initial_count()
+        self.null_count = False
+        self.load_tick = None
+        self.fired = False
+        mode = self.op_mode
+        if mode in (0, 4) and not self.gate:
+            # Loaded, but counting waits for GATE.
+            self.segment, self.idle_ce, self.idle_out = SUSPENDED, count % self.modulus, mode == 4
+        elif mode in (2, 3) and not self.gate:
+            self.segment, self.idle_ce, self.idle_out = IDLE, count % self.modulus, True
+        elif mode in (2, 3):
+            self.segment, self.n = PERIODIC, count
+            # A mode 3 reload at the end of a high half starts a low half: place the origin
+            # half a period back so the closed form lands in the low half.
+            self.origin = t - (count + 1) // 2 if mode == 3 and self.load_into_low else t
+        else:
+            self.segment, self.origin, self.n = ONESHOT, t, count % self.modulus
+        self.load_into_low = False
+
+    def advance(self, to: int) -> int:
+        """Bring OUT accounting up to tick ``to``; returns the rising edges seen on the way."""
+        edges = 0
+        while self.load_tick is not None and self.load_tick <= to:
+            at = self.load_tick
+            edges += self.rising_edges(self.last_tick, at - 1)
+            before = self.out_at(at - 1)
+            self.load(at)
+            self.out = self.out_at(at)
+            if self.out and not before:
+                edges += 1
+            self.last_tick = at
+        edges += self.rising_edges(self.last_tick, to)
+        self.last_tick = to
+        self.out = self.out_at(to)
+        return edges
+
+    def settle(self, t: int) -> int:
+        """After an immediate change at tick t: 1 if OUT rose, else 0."""
+        out = self.out_at(t)
+        rose = out and not self.out
+        self.out = out
+        return 1 if rose else 0
+
+    def next_boundary(self, t: int) -> tuple[int, bool]:
+        """When a periodic counter picks up a new CR: (tick, starts a low half)."""
+        phase = (t - self.origin) % self.n
+        if self.op_mode == 2:
+            return t - phase + self.n, False  # end of the current period
+        half = (self.n + 1) // 2
+        if phase < half:
+            return t - phase + half, True  # end of the current high half
+        return t - phase + self.n, False
+
+
+class Pit8254:
+    """Three 8254 counters at 0x40-0x43, channel 0 wired to IRQ0, plus port 0x61."""
+
+    def __init__(self, config: Pit8254Config, irq0: IrqLine, clock: Clock) -> None:
+        self.config = config
+        self.name = self.config.name
+        self._irq0 = irq0
+        self._clock = clock
+        self.stats = DeviceStats()
+        self.counters = PitCounters()
+        self._power_on()
+
+    # --- wiring --------------------------------------------------------------------------
+    def port_ranges(self) -> list[PortRange]:
+        ranges = [PortRange(COUNTER_PORT, 4)]
+        if self.config.port61:
+            ranges.append(PortRange(PORT61, 1))
+        return ranges
+
+    def set_gate(self, channel: int, high: bool) -> None:
+        """Drive GATE of channel 2 (0 and 1 are tied high on a PC)."""
+        if channel != 2:
+            raise ValueError("only channel 2 has a GATE input that can change")
+        now = self._catch_up(self._clock.now_ns())
+        self._port61 = (self._port61 & ~P61_GATE2) | (P61_GATE2 if high else 0)
+        self._set_gate(2, high, now)
+
+    def output(self, channel: int) -> bool:
+        """OUT of a channel now."""
+        if channel not in (0, 1, 2):
+            raise ValueError(f"channel {channel} is not 0..2")
+        self._catch_up(self._clock.now_ns())
+        return self.channels[channel].out
+
+    @property
+    def irq0_level(self) -> bool:
+        return self._irq_level
+
+    # --- port I/O ------------------------------------------------------------------------
+    def io_read(self, port: int, size: int) -> int | IoError:
+        if size != 1:
+            self.stats.missed_reads += 1
+            return IoError.INVALID_ACCESS_SIZE
+        if COUNTER_PORT <= port < CONTROL_PORT:
+            now = self._catch_up(self._clock.now_ns())
+            value = self._read_counter(self.channels[port - COUNTER_PORT], now)
+        elif port == PORT61 and self.config.port61:
+            now = self._catch_up(self._clock.now_ns())
+            refresh = P61_REFRESH if (now // REFRESH_TICKS) & 1 else 0
+            out2 = P61_OUT2 if self.channels[2].out else 0
+            value = (self._port61 & P61_WRITABLE) | refresh | out2
+        else:
+            # Includes 0x43: the control word register cannot be read (bus floats).
+            self.stats.missed_reads += 1
+            return IoError.INVALID_REGISTER
+        self.stats.reads += 1
+        return value
+
+    def io_write(self, port: int, size: int, value: int) -> IoError | None:
+        if size != 1:
+            self.stats.missed_writes += 1
+            return IoError.INVALID_ACCESS_SIZE
+        value &= 0xFF
+        if COUNTER_PORT <= port < CONTROL_PORT:
+            now = self._catch_up(self._clock.now_ns())
+            channel = port - COUNTER_PORT
+            self._write_counter(self.channels[channel], value, now)
+            self._settle(channel, now)
+        elif port == CONTROL_PORT:
+            now = self._catch_up(self._clock.now_ns())
+            self._write_control(value, now)
+        elif port == PORT61 and self.config.port61:
+            now = self._catch_up(self._clock.now_ns())
+            self._port61 = value & P61_WRITABLE
+            self._set_gate(2, bool(value & P61_GATE2), now)
+        else:
+            self.stats.missed_writes += 1
+            return IoError.INVALID_REGISTER
+        self.stats.writes += 1
+        return None
+
+    def poll(self, now_ns: int) -> int | None:
+        """Catch up with ``now_ns``, drive IRQ0, return when channel 0's OUT next changes."""
+        self._catch_up(now_ns)
+        ch0 = self.channels[0]
+        deadline = ch0.next_change(ch0.last_tick)
+        if ch0.load_tick is not None and (deadline is None or ch0.load_tick < deadline):
+            deadline = ch0.load_tick  # a pending load may change OUT (mode 1) or the period
+        return None if deadline is None else self._ns_of_tick(deadline)
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def reset(self) -> None:
+        self._power_on()
+
+    def save(self) -> dict:
+        now_ns = self._clock.now_ns()
+        self._catch_up(now_ns)
+        return {
+            "version": SAVE_VERSION,
+            # Time since the epoch; restore puts the epoch this far before its own now, so the
+            # PIT continues from the same tick and phase (time stands still while saved).
+            "elapsed_ns": max(now_ns - self._epoch_ns, self._elapsed_floor()),
+            "port61": self._port61,
+            "irq_level": self._irq_level,
+            "irq_held": self._irq_held,
+            "channels": [_channel_to_dict(ch) for ch in self.channels],
+        }
+
+    def restore(self, saved: dict) -> None:
+        if not isinstance(saved, dict):
+            raise ValueError("PIT saved state is not a dict")
+        if saved.get("version") != SAVE_VERSION:
+            raise ValueError(f"PIT saved state version {saved.get('version')!r} is unknown")
+        expected = {"version", "elapsed_ns", "port61", "irq_level", "irq_held", "channels"}
+        if set(saved) != expected:
+            raise ValueError(f"PIT saved state has keys {sorted(saved)}")
+        elapsed = saved["elapsed_ns"]
+        if type(elapsed) is not int or elapsed < 0:
+            raise ValueError("PIT saved state: elapsed_ns is not a non-negative int")
+        port61 = saved["port61"]
+        if type(port61) is not int or port61 & ~P61_WRITABLE:
+            raise ValueError("PIT saved state: port61 is not 4 bits")
+        for key in ("irq_level", "irq_held"):
+            if not isinstance(saved[key], bool):
+                raise ValueError(f"PIT saved state: {key} is not a bool")
+        chans = saved["channels"]
+        if not isinstance(chans, list) or len(chans) != 3:
+            raise ValueError("PIT saved state: channels is not a list of 3")
+        tick = elapsed * self.config.input_hz // NS_PER_S
+        channels = [_channel_from_dict(c, i, tick) for i, c in enumerate(chans)]
+        if channels[0].gate is not True or channels[1].gate is not True:
+            raise ValueError("PIT saved state: channels 0 and 1 have GATE tied high")
+        if channels[2].gate != bool(port61 & P61_GATE2):
+            raise ValueError("PIT saved state: GATE2 disagrees with port 0x61 bit 0")
+        # Validated: replace everything at once.
+        self._epoch_ns = self._clock.now_ns() - elapsed
+        self._tick = tick
+        self.channels = channels
+        self._port61 = port61
+        self._irq_held = saved["irq_held"]
+        self._drive_irq0(saved["irq_level"], force=True)
+
+    # --- internals -----------------------------------------------------------------------
+    def _power_on(self) -> None:
+        self._epoch_ns = self._clock.now_ns()
+        self._tick = 0
+        self.channels = [ChannelState(), ChannelState(), ChannelState(gate=False)]
+        self._port61 = 0  # GATE2 low, speaker off
+        self._irq_held = False
+        self._irq_level = False
+        self._drive_irq0(False, force=True)
+
+    def _tick_of(self, now_ns: int) -> int:
+        return (now_ns - self._epoch_ns) * self.config.input_hz // NS_PER_S
+
+    def _ns_of_tick(self, tick: int) -> int:
+        """The first ns at which ``tick`` has happened (inverse of _tick_of, rounded up)."""
+        hz = self.config.input_hz
+        return self._epoch_ns + (tick * NS_PER_S + hz - 1) // hz
+
+    def _elapsed_floor(self) -> int:
+        """Smallest elapsed ns that maps to the current tick (the clock may have stepped back)."""
+        return self._ns_of_tick(self._tick) - self._epoch_ns
+
+    def _catch_up(self, now_ns: int) -> int:
+        """Advance every channel to now; drive IRQ0.  Returns the current tick."""
+        # Never go back in time, whatever the caller's clock says.
+        self._tick = max(self._tick, self._tick_of(now_ns))
+        for index, channel in enumerate(self.channels):
+            edges = channel.advance(self._tick)
+            if index == 0:
+                self._deliver_irq0(edges)
+        return self._tick
+
+    def _settle(self, index: int, now: int) -> None:
+        """After a write changed a channel at tick ``now``: account an immediate OUT change."""
+        edges = self.channels[index].settle(now)
+        if index == 0:
+            self._irq_held = False  # the guest reprogrammed the counter: OUT rules again
+            self._deliver_irq0(edges)
+
+    def _deliver_irq0(self, edges: int) -> None:
+        out = self.channels[0].out
+        if edges:
+            self.counters.irq0_edges += 1
+            self.counters.missed_ticks += edges - 1
+            if self._irq_level:
+                self._drive_irq0(False)  # make room for a rising edge the PIC can latch
+            self._drive_irq0(True)
+            self._irq_held = not out  # OUT already fell: hold the request (module docstring)
+        elif not self._irq_held:
+            self._drive_irq0(out)
+
+    def _drive_irq0(self, level: bool, force: bool = False) -> None:
+        if force or level != self._irq_level:
+            self._irq_level = level
+            self._irq0.set_level(level)
+
+    def _write_control(self, value: int, now: int) -> None:
+        select = value >> 6
+        if select == 3:
+            # Read-back command: D5 = /COUNT, D4 = /STATUS, D3..D1 = counters 2..0.
+            for index in range(3):
+                if value & (2 << index):
+                    channel = self.channels[index]
+                    if not value & 0x10 and channel.status_latch is None:
+                        channel.status_latch = channel.status()
+                    if not value & 0x20:
+                        self._latch_count(channel, now)
+            return
+        channel = self.channels[select]
+        rw = (value >> 4) & 3
+        if rw == RW_LATCH:
+            self._latch_count(channel, now)
+            return
+        # A control word resets the counter's logic; OUT goes to its initial level at once
+        # (low in mode 0, high in the others) and the counter waits for a count.
+        channel.freeze(now)
+        channel.rw, channel.mode, channel.bcd = rw, (value >> 1) & 7, bool(value & 1)
+        channel.cr_valid = False
+        channel.null_count = True
+        channel.write_msb_next = channel.read_msb_next = False
+        channel.count_latch = channel.status_latch = None
+        channel.load_tick = None
+        channel.load_into_low = False
+        channel.fired = False
+        channel.idle_out = channel.op_mode != 0
+        self._settle(select, now)
+
+    @staticmethod
+    def _latch_count(channel: ChannelState, now: int) -> None:
+        if channel.count_latch is None:  # a second latch before the read is ignored
+            ce = channel.ce_at(now)
+            channel.count_latch = to_bcd(ce) if channel.bcd else ce
+
+    @staticmethod
+    def _read_counter(channel: ChannelState, now: int) -> int:
+        if channel.status_latch is not None:  # a latched status is read before the count
+            value, channel.status_latch = channel.status_latch, None
+            return value
+        if channel.count_latch is not None:
+            count = channel.count_latch
+        else:
+            ce = channel.ce_at(now)
+            count = to_bcd(ce) if channel.bcd else ce
+        if channel.rw == RW_LSB:
+            channel.count_latch = None
+            return count & 0xFF
+        if channel.rw == RW_MSB:
+            channel.count_latch = None
+            return count >> 8
+        if not channel.read_msb_next:
+            channel.read_msb_next = True
+            return count & 0xFF
+        channel.read_msb_next = False
+        channel.count_latch = None  # released once both bytes are read
+        return count >> 8
+
+    @staticmethod
+    def _write_counter(channel: ChannelState, value: int, now: int) -> None:
+        mode = channel.op_mode
+        if channel.rw == RW_LSB:
+            channel.cr = value
+        elif channel.rw == RW_MSB:
+            channel.cr = value << 8
+        elif not channel.write_msb_next:
+            channel.cr_lsb = value
+            channel.write_msb_next = True
+            if mode == 0:
+                # Mode 0: writing the first byte stops counting and sets OUT low at once.
+                channel.freeze(now)
+                channel.idle_out = False
+                channel.load_tick = None
+            return
+        else:
+            channel.cr = channel.cr_lsb | (value << 8)
+            channel.write_msb_next = False
+        channel.cr_valid = True
+        channel.null_count = True
+        if mode == 0:
+            channel.freeze(now)
+            channel.idle_out = False
+            channel.load_tick = now + 1
+        elif mode == 4:
+            channel.load_tick = now + 1  # counting goes on until the new count is loaded
+        elif mode in (2, 3):
+            if channel.segment == PERIODIC:
+                # The current period (mode 3: half-cycle) is finished with the old count.
+                channel.load_tick, channel.load_into_low = channel.next_boundary(now)
+            elif channel.gate:
+                channel.load_tick, channel.load_into_low = now + 1, False
+        # Modes 1 and 5: the count waits for a GATE trigger.
+
+    def _set_gate(self, index: int, high: bool, now: int) -> None:
+        channel = self.channels[index]
+        if high == channel.gate:
+            return
+        channel.gate = high
+        mode = channel.op_mode
+        if not high:
+            if mode in (0, 4) and channel.segment == ONESHOT:
+                channel.freeze(now, SUSPENDED)  # counting pauses; OUT unaffected
+            elif mode in (2, 3):
+                if channel.segment == PERIODIC:
+                    channel.freeze(now)
+                channel.load_tick = None
+                channel.idle_out = True  # GATE low forces OUT high at once
+        else:
+            if mode in (0, 4) and channel.segment == SUSPENDED:
+                channel.segment, channel.origin, channel.n = ONESHOT, now, channel.idle_ce
+            elif mode in (1, 2, 3, 5) and channel.cr_valid:
+                # A trigger: CR is (re)loaded on the next clock pulse.
+                channel.load_tick, channel.load_into_low = now + 1, False
+        self._settle(index, now)
+
+
+_CHANNEL_FIELDS = [f.name for f in fields(ChannelState)]
+
+
+def _channel_to_dict(channel: ChannelState) -> dict:
+    return {name: getattr(channel, name) for name in _CHANNEL_FIELDS}
+
+
+def _channel_from_dict(saved: object, index: int, tick: int) -> ChannelState:
+    where = f"PIT saved state: channel {index}"
+    if not isinstance(saved, dict) or set(saved) != set(_CHANNEL_FIELDS):
+        raise ValueError(f"{where} does not have the fields {_CHANNEL_FIELDS}")
+
+    def check_int(name: str, low: int | None, high: int | None, optional: bool = False) -> None:
+        value = saved[name]
+        if optional and value is None:
+            return
+        if type(value) is not int or (low is not None and value < low) or (
+            high is not None and value > high
+        ):
+            raise ValueError(f"{where}: {name}={value!r} is out of range")
+
+    for name in ("bcd", "cr_valid", "null_count", "write_msb_next", "read_msb_next", "gate",
+                 "fired", "idle_out", "load_into_low", "out"):
+        if not isinstance(saved[name], bool):
+            raise ValueError(f"{where}: {name} is not a bool")
+    modulus = 10_000 if saved["bcd"] else 0x10000
+    check_int("rw", RW_LSB, RW_LSB_MSB)
+    check_int("mode", 0, 7)
+    check_int("cr", 0, 0xFFFF)
+    check_int("cr_lsb", 0, 0xFF)
+    check_int("count_latch", 0, 0xFFFF, optional=True)
+    check_int("status_latch", 0, 0xFF, optional=True)
+    check_int("origin", None, None)
+    check_int("idle_ce", 0, modulus - 1)
+    check_int("last_tick", 0, tick)
+    check_int("load_tick", saved["last_tick"] + 1 if type(saved["last_tick"]) is int else 0,
+              None, optional=True)
+    segment = saved["segment"]
+    if segment not in SEGMENTS:
+        raise ValueError(f"{where}: segment={segment!r}")
+    if segment == PERIODIC:
+        check_int("n", 1, modulus)
+    else:
+        check_int("n", 0, modulus - 1)
+    channel = ChannelState(**saved)
+    if segment == PERIODIC and channel.op_mode not in (2, 3):
+        raise ValueError(f"{where}: a periodic segment in mode {channel.mode}")
+    if segment in (ONESHOT, SUSPENDED) and channel.op_mode not in (0, 1, 4, 5):
+        raise ValueError(f"{where}: a one-shot segment in mode {channel.mode}")
+    if channel.out != channel.out_at(channel.last_tick):
+        raise ValueError(f"{where}: OUT disagrees with the counting state")
+    return channel

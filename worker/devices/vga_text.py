@@ -1,0 +1,344 @@
+"""VGA colour text mode: the 80x25 text buffer at 0xB8000 and the CRT controller registers
+that place the screen and the cursor in it.
+
+Memory: the 32 KiB window 0xB8000-0xBFFFF, two bytes a cell (character, then attribute).
+Ports: CRTC index/data 0x3D4/0x3D5, input status 1 at 0x3DA, misc output (write 0x3C2,
+read 0x3CC; a read of 0x3C2 is input status 0).
+
+Policies:
+
+* The screen is always 80x25 with a row pitch of 80 cells; the CRTC timing and geometry
+  registers (0x00-0x09, 0x10-0x18) are stored and read back but do not reshape it.  The
+  start address (0x0C/0x0D) and cursor location (0x0E/0x0F) are cell indexes; the display
+  wraps around the 32 KiB window, so start addresses near its end scroll into its start.
+* Power-on is the state a BIOS leaves in mode 3: the standard mode-3 CRTC values, misc
+  output 67h, and every cell a space in light grey on black (20h, 07h).
+* The cursor is visible unless cursor start bit 5 (cursor disable) is set, the cursor start
+  scan line is below its end scan line (VGA draws no cursor then), or it lies outside the
+  displayed 80x25 cells; ``cursor()`` still reports its row and column relative to the
+  start address when it is not visible.
+* When CRTC register 0x11 bit 7 is set, writes to registers 0x00-0x07 are ignored except
+  for the line compare bit (bit 4) of register 0x07, as on VGA.
+* A CRTC index beyond 0x18 is stored, but reading or writing 0x3D5 with it is
+  IoError.INVALID_REGISTER.  0x3CC (read-only) and 0x3DA writes (feature control, not
+  emulated) are IoError.INVALID_REGISTER.  Every port takes byte accesses; 0x3D4 also takes
+  16-bit accesses (index in the low byte, data in the high byte), as drivers use ``outw``.
+* Input status 1 alternates between "in vertical retrace" (bits 3 and 0 set) and "displaying"
+  on every read, so both halves of a wait-for-retrace loop finish.
+* MMIO takes sizes 1, 2, 4 and 8 at any alignment (x86 allows unaligned stores), little-endian.
+  An address outside the window is IoError.INVALID_REGISTER; an access that starts inside
+  but runs past 0xBFFFF is IoError.UNALIGNED_ACCESS (only a misaligned access can, since the
+  window is 32 KiB aligned); any other size is IoError.INVALID_ACCESS_SIZE.
+* ``screen_text()`` decodes characters with CP437; the bytes Python's codec leaves as
+  control characters (01h-1Fh, 7Fh) are shown as their CP437 glyphs (a smiley, arrows, ...),
+  and 00h and FFh, which VGA draws blank, as spaces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from worker.devices.base import DeviceStats, IoError, MmioRange, PortRange, all_ones
+
+TEXT_BASE = 0xB8000
+TEXT_WINDOW = 0x8000  # bytes: 0xB8000-0xBFFFF
+WINDOW_CELLS = TEXT_WINDOW // 2
+COLUMNS = 80
+ROWS = 25
+
+PORT_MISC_OUTPUT_WRITE = 0x3C2  # a read here is input status 0
+PORT_MISC_OUTPUT_READ = 0x3CC
+PORT_CRTC_INDEX = 0x3D4
+PORT_CRTC_DATA = 0x3D5
+PORT_INPUT_STATUS_1 = 0x3DA
+
+CRTC_REGISTER_COUNT = 0x19  # 0x00-0x18
+CRTC_END_VERTICAL_RETRACE = 0x07  # overflow register; bit 4 escapes write protection
+CRTC_CURSOR_START = 0x0A
+CRTC_CURSOR_END = 0x0B
+CRTC_START_ADDRESS_HIGH = 0x0C
+CRTC_START_ADDRESS_LOW = 0x0D
+CRTC_CURSOR_LOCATION_HIGH = 0x0E
+CRTC_CURSOR_LOCATION_LOW = 0x0F
+CRTC_VERTICAL_RETRACE_END = 0x11
+
+CURSOR_DISABLE = 0x20  # cursor start register bit 5
+SCAN_LINE_MASK = 0x1F
+CRTC_PROTECT = 0x80  # vertical retrace end bit 7: registers 0-7 are read-only
+OVERFLOW_LINE_COMPARE_BIT = 0x10
+
+INPUT_STATUS_1_RETRACE = 0x09  # vertical retrace (bit 3) and display disabled (bit 0)
+
+# CRTC registers 0x00-0x18 for mode 3 (80x25 colour text, 9x16 cells), as the BIOS sets them.
+MODE3_CRTC = (
+    0x5F, 0x4F, 0x50, 0x82, 0x55, 0x81, 0xBF, 0x1F,
+    0x00, 0x4F, 0x0D, 0x0E, 0x00, 0x00, 0x00, 0x00,
+    0x9C, 0x8E, 0x8F, 0x28, 0x1F, 0x96, 0xB9, 0xA3,
+    0xFF,
+)
+MODE3_MISC_OUTPUT = 0x67  # colour I/O at 0x3Dx, 28 MHz clock, RAM enabled
+BLANK_CELL = b"\x20\x07"  # space, light grey on black
+
+SAVE_VERSION = 1
+
+# CP437 glyphs for the bytes the 'cp437' codec maps to control characters.
+_CONTROL_GLYPHS = "☺☻♥♦♣♠•◘○◙♂♀♪♫☼►◄↕‼¶§▬↨↑↓→←∟↔▲▼"
+
+
+def _glyph_table() -> tuple[str, ...]:
+    table = list(bytes(range(256)).decode("cp437"))
+    table[0x00] = " "
+    for code, glyph in enumerate(_CONTROL_GLYPHS, start=0x01):
+        table[code] = glyph
+    table[0x7F] = "⌂"
+    table[0xFF] = " "  # the codec gives NO-BREAK SPACE
+    return tuple(table)
+
+
+GLYPHS = _glyph_table()
+
+
+@dataclass(frozen=True)
+class VgaTextConfig:
+    name: str = "vga"
+
+
+@dataclass
+class VgaTextStats(DeviceStats):
+    mmio_reads: int = 0
+    mmio_writes: int = 0
+    mmio_missed_reads: int = 0
+    mmio_missed_writes: int = 0
+
+
+@dataclass
+class VgaTextState:
+    memory: bytearray = field(default_factory=lambda: bytearray(BLANK_CELL * WINDOW_CELLS))
+    crtc_index: int = 0
+    crtc: list[int] = field(default_factory=lambda: list(MODE3_CRTC))
+    misc_output: int = MODE3_MISC_OUTPUT
+    in_retrace: bool = False  # what the next input status 1 read will *not* report
+
+
+class VgaText:
+    """The text-mode part of a VGA: buffer, CRTC, misc output and input status."""
+
+    def __init__(self, config: VgaTextConfig | None = None) -> None:
+        self.config = config or VgaTextConfig()
+        self.name = self.config.name
+        self.stats = VgaTextStats()
+        self._state = VgaTextState()
+
+    def reset(self) -> None:
+        self._state = VgaTextState()
+
+    def poll(self, now_ns: int) -> int | None:
+        return None
+
+    def port_ranges(self) -> list[PortRange]:
+        return [
+            PortRange(PORT_MISC_OUTPUT_WRITE, 1),
+            PortRange(PORT_MISC_OUTPUT_READ, 1),
+            PortRange(PORT_CRTC_INDEX, 2),
+            PortRange(PORT_INPUT_STATUS_1, 1),
+        ]
+
+    def mmio_ranges(self) -> list[MmioRange]:
+        return [MmioRange(TEXT_BASE, TEXT_WINDOW)]
+
+    # ----------------------------------------------------------------- memory
+
+    @staticmethod
+    def _check_mmio(gpa: int, size: int) -> IoError | None:
+        if size not in (1, 2, 4, 8):
+            return IoError.INVALID_ACCESS_SIZE
+        if not TEXT_BASE <= gpa < TEXT_BASE + TEXT_WINDOW:
+            return IoError.INVALID_REGISTER
+        if gpa + size > TEXT_BASE + TEXT_WINDOW:
+            return IoError.UNALIGNED_ACCESS
+        return None
+
+    def mmio_read(self, gpa: int, size: int) -> int | IoError:
+        error = self._check_mmio(gpa, size)
+        if error is not None:
+            self.stats.mmio_missed_reads += 1
+            return error
+        self.stats.mmio_reads += 1
+        offset = gpa - TEXT_BASE
+        return int.from_bytes(self._state.memory[offset:offset + size], "little")
+
+    def mmio_write(self, gpa: int, size: int, value: int) -> IoError | None:
+        error = self._check_mmio(gpa, size)
+        if error is not None:
+            self.stats.mmio_missed_writes += 1
+            return error
+        self.stats.mmio_writes += 1
+        offset = gpa - TEXT_BASE
+        self._state.memory[offset:offset + size] = (value & all_ones(size)).to_bytes(size, "little")
+        return None
+
+    # ----------------------------------------------------------------- ports
+
+    def io_read(self, port: int, size: int) -> int | IoError:
+        s = self._state
+        if port == PORT_CRTC_INDEX and size == 2:
+            data = self._crtc_read(s.crtc_index)
+            value = data if isinstance(data, IoError) else s.crtc_index | (data << 8)
+        elif size != 1:
+            value = IoError.INVALID_ACCESS_SIZE if self._decodes(port) else IoError.INVALID_REGISTER
+        elif port == PORT_CRTC_INDEX:
+            value = s.crtc_index
+        elif port == PORT_CRTC_DATA:
+            value = self._crtc_read(s.crtc_index)
+        elif port == PORT_INPUT_STATUS_1:
+            s.in_retrace = not s.in_retrace
+            value = INPUT_STATUS_1_RETRACE if s.in_retrace else 0x00
+        elif port == PORT_MISC_OUTPUT_READ:
+            value = s.misc_output
+        elif port == PORT_MISC_OUTPUT_WRITE:
+            value = 0x00  # input status 0: no retrace interrupt pending, switch sense 0
+        else:
+            value = IoError.INVALID_REGISTER
+        if isinstance(value, IoError):
+            self.stats.missed_reads += 1
+        else:
+            self.stats.reads += 1
+        return value
+
+    def io_write(self, port: int, size: int, value: int) -> IoError | None:
+        s = self._state
+        result: IoError | None = None
+        if port == PORT_CRTC_INDEX and size == 2:  # outw: index then data in one go
+            s.crtc_index = value & 0xFF
+            result = self._crtc_write(s.crtc_index, (value >> 8) & 0xFF)
+        elif size != 1:
+            result = IoError.INVALID_ACCESS_SIZE if self._decodes(port) else IoError.INVALID_REGISTER
+        elif port == PORT_CRTC_INDEX:
+            s.crtc_index = value & 0xFF
+        elif port == PORT_CRTC_DATA:
+            result = self._crtc_write(s.crtc_index, value & 0xFF)
+        elif port == PORT_MISC_OUTPUT_WRITE:
+            s.misc_output = value & 0xFF
+        else:  # 0x3CC is read-only; 0x3DA (feature control) is not emulated
+            result = IoError.INVALID_REGISTER
+        if result is None:
+            self.stats.writes += 1
+        else:
+            self.stats.missed_writes += 1
+        return result
+
+    @staticmethod
+    def _decodes(port: int) -> bool:
+        return port in (PORT_MISC_OUTPUT_WRITE, PORT_MISC_OUTPUT_READ, PORT_CRTC_INDEX,
+                        PORT_CRTC_DATA, PORT_INPUT_STATUS_1)
+
+    def _crtc_read(self, index: int) -> int | IoError:
+        if index >= CRTC_REGISTER_COUNT:
+            return IoError.INVALID_REGISTER
+        return self._state.crtc[index]
+
+    def _crtc_write(self, index: int, value: int) -> IoError | None:
+        crtc = self._state.crtc
+        if index >= CRTC_REGISTER_COUNT:
+            return IoError.INVALID_REGISTER
+        if index <= CRTC_END_VERTICAL_RETRACE and crtc[CRTC_VERTICAL_RETRACE_END] & CRTC_PROTECT:
+            if index == CRTC_END_VERTICAL_RETRACE:  # only line compare bit 8 stays writable
+                crtc[index] = (crtc[index] & ~OVERFLOW_LINE_COMPARE_BIT) | (value & OVERFLOW_LINE_COMPARE_BIT)
+            return None  # protected: the write is ignored, as the hardware does
+        crtc[index] = value
+        return None
+
+    # ----------------------------------------------------------------- what is on screen
+
+    def start_address(self) -> int:
+        crtc = self._state.crtc
+        return (crtc[CRTC_START_ADDRESS_HIGH] << 8) | crtc[CRTC_START_ADDRESS_LOW]
+
+    def cursor_location(self) -> int:
+        crtc = self._state.crtc
+        return (crtc[CRTC_CURSOR_LOCATION_HIGH] << 8) | crtc[CRTC_CURSOR_LOCATION_LOW]
+
+    def screen_text(self) -> list[str]:
+        """The 25 displayed lines of 80 characters, from the start address on."""
+        memory = self._state.memory
+        first = self.start_address()
+        lines = []
+        for row in range(ROWS):
+            cell = first + row * COLUMNS
+            lines.append("".join(GLYPHS[memory[((cell + col) % WINDOW_CELLS) * 2]]
+                                 for col in range(COLUMNS)))
+        return lines
+
+    def cursor(self) -> tuple[int, int, bool]:
+        """(row, col, visible) of the cursor, relative to the displayed screen."""
+        crtc = self._state.crtc
+        relative = (self.cursor_location() - self.start_address()) % WINDOW_CELLS
+        row, col = divmod(relative, COLUMNS)
+        start, end = crtc[CRTC_CURSOR_START], crtc[CRTC_CURSOR_END]
+        visible = (not start & CURSOR_DISABLE
+                   and (start & SCAN_LINE_MASK) <= (end & SCAN_LINE_MASK)
+                   and row < ROWS)
+        return row, col, visible
+
+    def render(self) -> str:
+        """The screen in a box.  When the cursor is visible, markers on the frame point at
+        its column (top and bottom) and row (left and right); a last line says where it is."""
+        row, col, visible = self.cursor()
+        top = ["┌", *("─" * COLUMNS), "┐"]
+        bottom = ["└", *("─" * COLUMNS), "┘"]
+        if visible:
+            top[1 + col] = "▼"
+            bottom[1 + col] = "▲"
+        out = ["".join(top)]
+        for index, line in enumerate(self.screen_text()):
+            if visible and index == row:
+                out.append(f"►{line}◄")
+            else:
+                out.append(f"│{line}│")
+        out.append("".join(bottom))
+        out.append(f"cursor row {row} col {col}" if visible else "cursor hidden")
+        return "\n".join(out)
+
+    # ----------------------------------------------------------------- snapshot
+
+    def save(self) -> dict:
+        s = self._state
+        return {
+            "version": SAVE_VERSION,
+            "memory": bytes(s.memory),
+            "crtc_index": s.crtc_index,
+            "crtc": list(s.crtc),
+            "misc_output": s.misc_output,
+            "in_retrace": s.in_retrace,
+        }
+
+    def restore(self, saved: dict) -> None:
+        """Replace buffer and registers; validates everything first (ValueError)."""
+        if not isinstance(saved, dict):
+            raise ValueError("VGA snapshot must be a dict")
+        if saved.get("version") != SAVE_VERSION:
+            raise ValueError(f"VGA snapshot version {saved.get('version')!r} is not {SAVE_VERSION}")
+        expected = {"version", "memory", "crtc_index", "crtc", "misc_output", "in_retrace"}
+        if set(saved) != expected:
+            raise ValueError(f"VGA snapshot keys differ: missing {sorted(expected - set(saved))}, "
+                             f"unknown {sorted(set(saved) - expected, key=str)}")
+        memory = saved["memory"]
+        if not isinstance(memory, (bytes, bytearray)) or len(memory) != TEXT_WINDOW:
+            raise ValueError(f"VGA snapshot memory must be {TEXT_WINDOW} bytes")
+        crtc = saved["crtc"]
+        if (not isinstance(crtc, (list, tuple)) or len(crtc) != CRTC_REGISTER_COUNT
+                or not all(type(v) is int and 0 <= v <= 0xFF for v in crtc)):
+            raise ValueError(f"VGA snapshot crtc must be {CRTC_REGISTER_COUNT} byte values")
+        for name in ("crtc_index", "misc_output"):
+            value = saved[name]
+            if type(value) is not int or not 0 <= value <= 0xFF:
+                raise ValueError(f"VGA snapshot {name}={value!r} is not a byte")
+        if type(saved["in_retrace"]) is not bool:
+            raise ValueError("VGA snapshot in_retrace must be a bool")
+        self._state = VgaTextState(
+            memory=bytearray(memory),
+            crtc_index=saved["crtc_index"],
+            crtc=list(crtc),
+            misc_output=saved["misc_output"],
+            in_retrace=saved["in_retrace"],
+        )
