@@ -26,6 +26,14 @@ first if it was high, then raised) and the other periods are counted in
 fallen again (mode 3's low half) the line is held high until the next rising edge, because a
 real 8259A drops a request whose input falls before INTA and the edge would be lost.
 
+``poll`` returns when channel 0's OUT next changes (or when a pending count load is due),
+None when it never will; channels 1 and 2 drive no interrupt and are only looked at when
+read.  A port write can move that deadline, so the owner calls ``poll`` again after one.
+
+``save()`` catches up first and records the time since the epoch; ``restore()`` puts the epoch
+that far before its clock's now, so the restored PIT continues at the same tick and phase
+within the tick (time stands still while the VM is saved) on any clock.
+
 Port 0x61 (PIIX "NMI status and control") is answered here when ``Pit8254Config.port61`` is
 set, because its live bits are PIT signals: bit 0 GATE2 (R/W), bit 1 speaker data enable
 (R/W), bits 2-3 SERR#/IOCHK# NMI enables (R/W, stored only), bit 4 refresh toggle (RO, flips
