@@ -60,7 +60,9 @@ REPO = Path(__file__).resolve().parent
 
 DEFAULT_TOPOLOGY = """\
 # The embedded default topology: two partitions on two logical processors, one offered
-# the enlightenments and one without, each with COM1.
+# the enlightenments and one without.  Each has the Hyper-V generation-1 chipset (PIC, PIT,
+# CMOS RTC, i8042, VGA text, COM1); the enlightened one also has an ATA disk, whose image
+# is created in the run directory.
 [run]
 name = "default"
 duration_s = 3.0
@@ -74,24 +76,17 @@ memory_mb = 16
 enlightenments = ["hypercall", "vp_index", "reference_counter"]
 recommendations = ["relaxed_timing"]
 spin_retry = 0xFFF
-workloads = ["serial", "portio", "cpuid", "msr", "hypercall"]
-
-  [[partition.device]]
-  type = "uart16550"
-  base = 0x3F8
-  irq = 4
+chipset = "gen1"
+disk = { image = "disk-enlightened.img", size_mb = 16 }
+workloads = ["serial", "screen", "disk", "portio", "cpuid", "msr", "hypercall"]
 
 [[partition]]
 name = "legacy"
 vps = 2
 memory_mb = 16
 enlightenments = []
-workloads = ["serial", "portio", "cpuid", "msr", "hypercall"]
-
-  [[partition.device]]
-  type = "uart16550"
-  base = 0x3F8
-  irq = 4
+chipset = "gen1"
+workloads = ["serial", "screen", "portio", "cpuid", "msr", "hypercall"]
 """
 
 ENLIGHTENMENTS = {
@@ -107,8 +102,25 @@ RECOMMENDATIONS = {
     "apic_msrs": HvRecommendation.UseApicMsrs,
     "relaxed_timing": HvRecommendation.UseRelaxedTiming,
 }
-WORKLOADS = ("serial", "portio", "cpuid", "msr", "hypercall")
-DEVICE_KEYS = {"uart16550": {"type", "base", "irq", "name"}}
+WORKLOADS = ("serial", "portio", "cpuid", "msr", "hypercall", "timer", "screen", "disk")
+# The devices a topology may name, and the settings each takes (the worker checks values).
+DEVICE_KEYS = {
+    "uart16550": {"name", "base", "irq"},
+    "pic8259": {"name", "elcr_fixed_edge", "elcr_at_reset"},
+    "pit8254": {"name", "port61", "input_hz"},
+    "cmos_rtc": {"base", "irq", "nvram_path"},
+    "ata": {"name", "image_path", "size_bytes", "model", "serial", "firmware", "command_base",
+            "control_port", "irq"},
+    "vga_text": {"name"},
+    "i8042": {"data_port", "command_port", "irq", "aux_irq", "keyboard_queue_size"},
+}
+# chipset = "gen1": the legacy devices of a Hyper-V generation-1 VM (hyperv-facts.md §5);
+# "minimal": COM1 alone, polled (no interrupt controller).
+CHIPSETS = {
+    "gen1": [{"type": "pic8259"}, {"type": "pit8254"}, {"type": "cmos_rtc"}, {"type": "i8042"},
+             {"type": "vga_text"}, {"type": "uart16550", "name": "com1", "base": 0x3F8, "irq": 4}],
+    "minimal": [{"type": "uart16550", "name": "com1", "base": 0x3F8, "irq": 4}],
+}
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
@@ -121,7 +133,9 @@ class PartitionConfig:
     recommendations: list[str]
     spin_retry: int
     workloads: list[str]
-    devices: list[dict]
+    chipset: str
+    disk: dict | None  # {"image": path, "size_mb": n}
+    devices: list[dict]  # extra devices beyond the chipset's
 
     @property
     def privileges(self) -> int:
@@ -131,10 +145,26 @@ class PartitionConfig:
     def recommendation_bits(self) -> int:
         return sum(int(RECOMMENDATIONS[r]) for r in self.recommendations)
 
+    def worker_devices(self, run_dir: Path, base_dir: Path) -> list[dict]:
+        """The device list the worker builds: the chipset, the disk, then extra devices.
+        Relative paths are relative to the topology file (the run directory for the
+        embedded default); the RTC's NVRAM is kept in the run directory."""
+        devices = [dict(d) for d in CHIPSETS[self.chipset]]
+        for d in devices:
+            if d["type"] == "cmos_rtc":
+                d["nvram_path"] = str(run_dir / f"nvram-{self.name}.bin")
+        if self.disk:
+            image = Path(self.disk["image"])
+            devices.append({"type": "ata", "image_path": str(image if image.is_absolute() else base_dir / image),
+                            "size_bytes": self.disk["size_mb"] << 20})
+        devices.extend(dict(d) for d in self.devices)
+        return devices
+
 
 @dataclass
 class Topology:
     source: str
+    base_dir: Path | None  # the topology file's directory; None for the embedded one
     name: str
     duration_s: float
     logical_processors: int
@@ -143,7 +173,8 @@ class Topology:
 
     def to_dict(self) -> dict:
         return {
-            "source": self.source, "name": self.name, "duration_s": self.duration_s,
+            "source": self.source, "base_dir": str(self.base_dir) if self.base_dir else None,
+            "name": self.name, "duration_s": self.duration_s,
             "logical_processors": self.logical_processors, "transport": self.transport,
             "partitions": [p.__dict__ for p in self.partitions],
         }
@@ -184,7 +215,7 @@ def _config_error(path: str, loc: _Locator, table: str, index: int | None, key: 
     return ConfigError(f"{where}: {label} {key + ': ' if key else ''}{why}")
 
 
-def load_topology(text: str, source: str) -> Topology:
+def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topology:
     """Parse and check a topology; every problem names the file, line and key."""
     try:
         data = tomllib.loads(text)
@@ -240,7 +271,7 @@ def load_topology(text: str, source: str) -> Topology:
     for i, p in enumerate(raw_parts):
         t = "partition"
         check_keys(p, {"name", "vps", "memory_mb", "enlightenments", "recommendations", "spin_retry",
-                       "workloads", "device"}, t, i)
+                       "workloads", "chipset", "disk", "device"}, t, i)
         pname = get(p, "name", str, t, i, required=True)
         if not NAME_RE.match(pname):
             raise err(t, i, "name", f"{pname!r} must be lowercase letters, digits, - or _ (≤32)")
@@ -268,24 +299,43 @@ def load_topology(text: str, source: str) -> Topology:
         for w in wls:
             if w not in WORKLOADS:
                 raise err(t, i, "workloads", f"unknown {w!r} (known: {', '.join(WORKLOADS)})")
+        chipset = get(p, "chipset", str, t, i, "gen1")
+        if chipset not in CHIPSETS:
+            raise err(t, i, "chipset", f"unknown {chipset!r} (known: {', '.join(CHIPSETS)})")
+        disk = get(p, "disk", dict, t, i, None)
+        if disk is not None:
+            if set(disk) - {"image", "size_mb"} or not isinstance(disk.get("image"), str) or not disk["image"]:
+                raise err(t, i, "disk", "must be { image = \"path\", size_mb = N }")
+            size = disk.get("size_mb", 64)
+            if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 1 << 20:
+                raise err(t, i, "disk", f"size_mb {size!r} is outside 1..1048576")
+            if chipset != "gen1":
+                raise err(t, i, "disk", "an ATA disk needs chipset = \"gen1\" (its IRQ goes to the PIC)")
+            disk = {"image": disk["image"], "size_mb": size}
         devices = []
         raw_devs = p.get("device", [])
         if not isinstance(raw_devs, list):
             raise err(t, i, "device", "must be an array of tables ([[partition.device]])")
-        for j, d in enumerate(raw_devs):
+        dev_names = {d.get("name", d["type"]) for d in CHIPSETS[chipset]}
+        for d in raw_devs:
             dt = "partition.device"
             kind = get(d, "type", str, dt, None, required=True)
             if kind not in DEVICE_KEYS:
                 raise err(dt, None, "type", f"unknown device {kind!r} (known: {', '.join(DEVICE_KEYS)})")
             for k in d:
-                if k not in DEVICE_KEYS[kind]:
-                    raise err(dt, None, k, f"{kind} has no setting {k!r}")
+                if k != "type" and k not in DEVICE_KEYS[kind]:
+                    raise err(dt, None, k, f"{kind} has no setting {k!r} (it takes: {', '.join(sorted(DEVICE_KEYS[kind]))})")
             for k in ("base", "irq"):
                 if k in d and (not isinstance(d[k], int) or isinstance(d[k], bool) or not 0 <= d[k] <= 0xFFFF):
                     raise err(dt, None, k, f"{d[k]!r} is not a port/IRQ number")
+            dname = d.get("name", kind)
+            if dname in dev_names:
+                raise err(dt, None, "name", f"{dname!r} is already in partition {pname!r} (the chipset has "
+                                            f"{', '.join(sorted(dev_names))}); give it another name")
+            dev_names.add(dname)
             devices.append(dict(d))
-        parts.append(PartitionConfig(pname, vps, mem, list(enl), list(rec), spin, list(wls), devices))
-    return Topology(source, name, duration, lps, transport, parts)
+        parts.append(PartitionConfig(pname, vps, mem, list(enl), list(rec), spin, list(wls), chipset, disk, devices))
+    return Topology(source, base_dir, name, duration, lps, transport, parts)
 
 
 def read_topology(path: str) -> Topology:
@@ -293,7 +343,7 @@ def read_topology(path: str) -> Topology:
         text = Path(path).read_text()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
-    return load_topology(text, path)
+    return load_topology(text, path, Path(path).resolve().parent)
 
 
 # ======================================================================================
@@ -521,8 +571,9 @@ class Run:
         for pc in self.topology.partitions:
             pid = self.partition_ids[pc.name]
             token = auth.peer_token(self.secret, "worker", pid)
+            devices = pc.worker_devices(self.run.path, self.topology.base_dir or self.run.path)
             spec = {"endpoint": self.endpoint, "partition_id": pid, "name": pc.name,
-                    "console_path": str(self.run.path / f"console-{pc.name}.log"), "devices": pc.devices}
+                    "console_path": str(self.run.path / f"console-{pc.name}.log"), "devices": devices}
             spec_path = self.run.path / f"worker-{pc.name}.json"
             write_json(spec_path, spec)
             self.procs.append(spawn("worker", pc.name, "worker", ["--spec", str(spec_path)],

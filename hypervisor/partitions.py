@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from proto.codes import HV_SPIN_RETRY_NEVER, HvPartitionState
 from proto.stats import PathStats
 
+from hypervisor.interrupts import InterruptQueue
+
 # The partition ID of the root; children are numbered from 1 (HV_PARTITION_ID_SELF is not
 # a real ID, so 0 is never handed out to a child).
 ROOT_PARTITION_ID = 0
@@ -22,7 +24,7 @@ class VpState(enum.Enum):
     HALTED = "halted"  # executed HLT; waits for an interrupt
 
 
-EXIT_REASONS = ("io_port", "unclaimed_io", "cpuid", "msr", "hypercall", "halt")
+EXIT_REASONS = ("io_port", "unclaimed_io", "mmio", "unmapped_gpa", "cpuid", "msr", "hypercall", "halt")
 
 
 @dataclass
@@ -33,7 +35,10 @@ class Vp:
     exits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EXIT_REASONS, 0))
     faults: int = 0
     halt_seq: int | None = None  # the HLT intercept waiting for a wake-up
+    interrupts: InterruptQueue = field(default_factory=InterruptQueue)
+    reset_pending: bool = False  # deliver a reset (INIT) at the VP's next resume
     stats: dict[str, PathStats] = field(default_factory=dict)  # last vp_stats, decoded
+    counters: dict[str, int] = field(default_factory=dict)  # last vp_stats, guest-side counts
 
 
 @dataclass
@@ -48,17 +53,28 @@ class Partition:
     worker: bytes | None = None
     port_owner: dict[int, bytes] = field(default_factory=dict)
     ranges: list[tuple[int, int]] = field(default_factory=list)
+    mmio: list[tuple[int, int, bytes]] = field(default_factory=list)  # (gpa, end, owner)
+    paused: bool = False
+    held: list = field(default_factory=list)  # resumes held while paused
+    resets: int = 0
     # Partition-wide synthetic MSRs (TLFS: GUEST_OS_ID and HYPERCALL are per partition).
     guest_os_id: int = 0
     hypercall_msr: int = 0
     console_watchers: set[bytes] = field(default_factory=set)
     unclaimed_reads: int = 0
     unclaimed_writes: int = 0
+    unmapped_gpa: int = 0
     worker_timeouts: int = 0
 
     @property
     def hypercalls_enabled(self) -> bool:
         return bool(self.hypercall_msr & 1)
+
+    def mmio_owner(self, gpa: int) -> bytes | None:
+        for base, end, owner in self.mmio:
+            if base <= gpa < end:
+                return owner
+        return None
 
     def reference_time_100ns(self) -> int:
         return (time.monotonic_ns() - self.created_ns) // 100

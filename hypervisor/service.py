@@ -41,7 +41,7 @@ log = logging.getLogger("hypervisor")
 # gets all-ones (a read) as Xen's null handler gives, and the timeout is counted.
 WORKER_TIMEOUT_NS = 2_000_000_000
 HOUSEKEEPING_INTERVAL_MS = 100
-ALL_ONES = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}
+ALL_ONES = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}
 NO_FAULT = int(X86Exception.NONE)
 
 
@@ -64,8 +64,20 @@ class Pending:
     seq: int
     partition: Partition
     vp: Vp
+    reason: str  # "io_port" or "mmio"
+    addr: int
     size: int
     write: bool
+    value: int
+    deadline_ns: int
+
+
+@dataclass(slots=True)
+class PendingQuery:
+    """A root's question forwarded to a worker."""
+
+    origin: bytes
+    partition: Partition
     deadline_ns: int
 
 
@@ -80,6 +92,8 @@ class Hypervisor:
         self.hypercalls = Hypercalls(self.table)
         self.peers: dict[bytes, Peer] = {}
         self.pending: dict[int, Pending] = {}
+        self.queries: dict[int, PendingQuery] = {}
+        self.tracers: dict[bytes, int] = {}  # identity → partition (0: all)
         self._next_ref = 1
         self.running = True
         self.counters = {
@@ -105,7 +119,14 @@ class Hypervisor:
             m.StatusRequest: self.on_status_request,
             m.IoRequest: self.on_io_request,
             m.ConsoleSubscribe: self.on_console_subscribe,
-            m.ConsolePush: self.on_console_push,
+            m.InputRequest: self.on_input_request,
+            m.MmioIntercept: self.on_mmio_intercept,
+            m.AssertInterrupt: self.on_assert_interrupt,
+            m.ResetRequest: self.on_reset_request,
+            m.WorkerQueryRequest: self.on_worker_query_request,
+            m.WorkerQueryReply: self.on_worker_query_reply,
+            m.TraceSubscribe: self.on_trace_subscribe,
+            m.PartitionControl: self.on_partition_control,
         }
         # Which roles may send what (hello is open to all).
         self._allowed = {
@@ -121,7 +142,14 @@ class Hypervisor:
             m.StatusRequest: ("root",),
             m.IoRequest: ("root",),
             m.ConsoleSubscribe: ("root",),
-            m.ConsolePush: ("root",),
+            m.InputRequest: ("root",),
+            m.MmioIntercept: ("vp",),
+            m.AssertInterrupt: ("worker",),
+            m.ResetRequest: ("worker",),
+            m.WorkerQueryRequest: ("root",),
+            m.WorkerQueryReply: ("worker",),
+            m.TraceSubscribe: ("root",),
+            m.PartitionControl: ("root",),
         }
 
     # -- the loop -----------------------------------------------------------------------
@@ -178,30 +206,64 @@ class Hypervisor:
             p = self.pending.pop(ref)
             p.partition.worker_timeouts += 1
             log.warning("partition %d: worker did not complete intercept %d in time", p.partition.id, ref)
-            value = 0 if p.write else ALL_ONES[p.size]
-            self._resume(p.origin, p.vp, p.seq, (), value)
+            self._resume(p.origin, p.partition, p.vp, p.seq, (), 0 if p.write else ALL_ONES[p.size])
+        for ref in [r for r, q in self.queries.items() if q.deadline_ns <= now]:
+            q = self.queries.pop(ref)
+            self._error(q.origin, m.WorkerQueryRequest.TYPE, "STALE", "the worker did not answer in time")
         return now + HOUSEKEEPING_INTERVAL_MS * 1_000_000
 
-    def _send(self, identity: bytes, msg: m.Message) -> None:
-        if not self.router.send(identity, msg.encode()):
-            self.counters["unroutable_replies"] += 1
-            self._forget(identity)
+    def _send(self, identity: bytes, msg: m.Message) -> bool:
+        if self.router.send(identity, msg.encode()):
+            return True
+        self.counters["unroutable_replies"] += 1
+        self._forget(identity)
+        return False
 
     def _error(self, identity: bytes, ref_type: int, code: str, text: str) -> None:
         log.debug("error to %s: %s %s", identity.hex(), code, text)
         self._send(identity, m.ErrorReply(ref_type, code, text[:512]))
 
     def _forget(self, identity: bytes) -> None:
+        self.tracers.pop(identity, None)
         for part in self.table:
             part.console_watchers.discard(identity)
 
-    def _resume(self, origin: bytes, vp: Vp, seq: int, stamps: tuple, rax: int, rbx: int = 0,
-                rcx: int = 0, rdx: int = 0, fault: int = NO_FAULT, output: bytes = b"") -> None:
-        if vp.peer == origin and vp.state is VpState.INTERCEPT:
+    def _next(self) -> int:
+        ref = self._next_ref
+        self._next_ref = ref + 1 if ref < 0xFFFFFFFF else 1
+        return ref
+
+    def _resume(self, origin: bytes, part: Partition, vp: Vp, seq: int, stamps: tuple, rax: int,
+                rbx: int = 0, rcx: int = 0, rdx: int = 0, fault: int = NO_FAULT, output: bytes = b"") -> None:
+        """Complete an exit.  For the VP's own thread this is also where a reset or a pending
+        interrupt is delivered, and where a paused partition holds its VPs."""
+        interrupt, irq_stamps = 0, ()
+        if vp.peer == origin:
+            if part.paused:
+                part.held.append((origin, vp, seq, stamps, rax, rbx, rcx, rdx, fault, output))
+                return
             vp.state = VpState.RUNNING
-        if fault:
+            if vp.reset_pending:
+                vp.reset_pending = False
+                fault, rax = m.FAULT_RESET, part.resets  # RAX: which reset this is
+            elif vp.interrupts and not fault:
+                interrupt, irq_stamps = vp.interrupts.take()
+                irq_stamps = irq_stamps + (perf_counter_ns(),)
+                if self.tracers:
+                    self._trace(part, vp, "interrupt", False, interrupt, 0, irq_stamps)
+        if fault and fault != m.FAULT_RESET:
             vp.faults += 1
-        self._send(origin, m.VpResume(seq, fault, rax, rbx, rcx, rdx, output, stamps))
+        self._send(origin, m.VpResume(seq, fault, rax, rbx, rcx, rdx, output, stamps, interrupt, irq_stamps))
+
+    def _trace(self, part: Partition, vp: Vp, reason: str, write: bool, a: int, b: int, stamps: tuple) -> None:
+        event = None
+        for identity, wanted in list(self.tracers.items()):
+            if wanted and wanted != part.id:
+                continue
+            if event is None:
+                event = m.TraceEvent(part.id, vp.index, reason, write, a & 0xFFFFFFFFFFFFFFFF, b, stamps).encode()
+            if not self.router.send(identity, event):
+                self.tracers.pop(identity, None)
 
     # -- hello ----------------------------------------------------------------------------
 
@@ -262,33 +324,71 @@ class Hypervisor:
                 part.unclaimed_writes += 1
             else:
                 part.unclaimed_reads += 1
-            self._resume(origin, vp, seq, stamps + (perf_counter_ns(),), 0 if write else ALL_ONES[size])
+            result = 0 if write else ALL_ONES[size]
+            stamps = stamps + (perf_counter_ns(),)
+            if self.tracers:
+                self._trace(part, vp, "unclaimed_io", write, port, value if write else result, stamps)
+            self._resume(origin, part, vp, seq, stamps, result)
             return
         vp.exits["io_port"] += 1
-        ref = self._next_ref
-        self._next_ref = ref + 1 if ref < 0xFFFFFFFF else 1
-        self.pending[ref] = Pending(origin, seq, part, vp, size, write, time.monotonic_ns() + WORKER_TIMEOUT_NS)
+        self._forward(origin, part, vp, seq, owner, "io_port", port, size, write, value, stamps)
+
+    def _forward(self, origin: bytes, part: Partition, vp: Vp, seq: int, owner: bytes, reason: str,
+                 addr: int, size: int, write: bool, value: int, stamps: tuple) -> None:
+        """Suspend the VP and notify the worker that owns ``addr`` (a port or a GPA)."""
+        ref = self._next()
+        self.pending[ref] = Pending(origin, seq, part, vp, reason, addr, size, write, value,
+                                    time.monotonic_ns() + WORKER_TIMEOUT_NS)
         if vp.peer == origin:
             vp.state = VpState.INTERCEPT
-        notify = m.IoNotify(ref, vp.index, port, size, write, value, stamps + (perf_counter_ns(),))
+        if reason == "io_port":
+            notify = m.IoNotify(ref, vp.index, addr, size, write, value, stamps + (perf_counter_ns(),))
+        else:
+            notify = m.MmioNotify(ref, vp.index, addr, size, write, value, stamps + (perf_counter_ns(),))
         if not self.router.send(owner, notify.encode()):
             # The worker is gone: complete now rather than leave the VP waiting.
             self.pending.pop(ref)
             part.worker_timeouts += 1
-            self._resume(origin, vp, seq, (), 0 if write else ALL_ONES[size])
+            self._resume(origin, part, vp, seq, (), 0 if write else ALL_ONES[size])
+
+    def on_mmio_intercept(self, identity: bytes, peer: Peer, msg: m.MmioIntercept, t_in: int) -> None:
+        self._mmio(identity, peer.partition, peer.vp, msg.seq, msg.gpa, msg.size, msg.write, msg.value,
+                   msg.stamps + (t_in,))
+
+    def _mmio(self, origin: bytes, part: Partition, vp: Vp, seq: int, gpa: int, size: int, write: bool,
+              value: int, stamps: tuple) -> None:
+        owner = part.mmio_owner(gpa)
+        if owner is None:
+            # HvMessageTypeUnmappedGpa: no RAM and no device.  Reads float high, as on a bus
+            # with nothing behind the address; counted.
+            vp.exits["unmapped_gpa"] += 1
+            part.unmapped_gpa += 1
+            result = 0 if write else ALL_ONES[size]
+            stamps = stamps + (perf_counter_ns(),)
+            if self.tracers:
+                self._trace(part, vp, "unmapped_gpa", write, gpa, value if write else result, stamps)
+            self._resume(origin, part, vp, seq, stamps, result)
+            return
+        vp.exits["mmio"] += 1
+        self._forward(origin, part, vp, seq, owner, "mmio", gpa, size, write, value, stamps)
 
     def on_cpuid_intercept(self, identity: bytes, peer: Peer, msg: m.CpuidIntercept, t_in: int) -> None:
-        vp = peer.vp
+        vp, part = peer.vp, peer.partition
         vp.exits["cpuid"] += 1
-        eax, ebx, ecx, edx = cpuid.cpuid(peer.partition, vp.index, msg.leaf, msg.subleaf)
-        self._resume(identity, vp, msg.seq, msg.stamps + (t_in, perf_counter_ns()), eax, ebx, ecx, edx)
+        eax, ebx, ecx, edx = cpuid.cpuid(part, vp.index, msg.leaf, msg.subleaf)
+        stamps = msg.stamps + (t_in, perf_counter_ns())
+        if self.tracers:
+            self._trace(part, vp, "cpuid", False, msg.leaf, msg.subleaf, stamps)
+        self._resume(identity, part, vp, msg.seq, stamps, eax, ebx, ecx, edx)
 
     def on_msr_intercept(self, identity: bytes, peer: Peer, msg: m.MsrIntercept, t_in: int) -> None:
-        vp = peer.vp
+        vp, part = peer.vp, peer.partition
         vp.exits["msr"] += 1
-        fault, value = self._msr(peer.partition, vp, msg.msr, msg.write, msg.value)
-        self._resume(identity, vp, msg.seq, msg.stamps + (t_in, perf_counter_ns()),
-                     value & 0xFFFFFFFF, 0, 0, value >> 32, fault)
+        fault, value = self._msr(part, vp, msg.msr, msg.write, msg.value)
+        stamps = msg.stamps + (t_in, perf_counter_ns())
+        if self.tracers:
+            self._trace(part, vp, "msr", msg.write, msg.msr, msg.value if msg.write else value, stamps)
+        self._resume(identity, part, vp, msg.seq, stamps, value & 0xFFFFFFFF, 0, 0, value >> 32, fault)
 
     @staticmethod
     def _msr(part: Partition, vp: Vp, msr: int, write: bool, value: int) -> tuple[int, int]:
@@ -301,13 +401,15 @@ class Hypervisor:
             caller = Caller(None, None, HV_ROOT_PRIVILEGES)
             result, output = self.hypercalls.dispatch(caller, msg.control, msg.input)
             self._send(identity, m.VpResume(msg.seq, NO_FAULT, result, 0, 0, 0, output,
-                                            msg.stamps + (t_in, perf_counter_ns())))
+                                            msg.stamps + (t_in, perf_counter_ns()), 0, ()))
             return
-        vp = peer.vp
+        vp, part = peer.vp, peer.partition
         vp.exits["hypercall"] += 1
-        result, output, fault = self._hypercall(peer.partition, vp, msg.control, msg.input)
-        self._resume(identity, vp, msg.seq, msg.stamps + (t_in, perf_counter_ns()), result,
-                     fault=fault, output=output)
+        result, output, fault = self._hypercall(part, vp, msg.control, msg.input)
+        stamps = msg.stamps + (t_in, perf_counter_ns())
+        if self.tracers:
+            self._trace(part, vp, "hypercall", False, msg.control, result, stamps)
+        self._resume(identity, part, vp, msg.seq, stamps, result, fault=fault, output=output)
 
     def _hypercall(self, part: Partition, vp: Vp, control: int, data: bytes) -> tuple[int, bytes, int]:
         if not part.hypercalls_enabled:
@@ -317,16 +419,30 @@ class Hypervisor:
         return result, output, NO_FAULT
 
     def on_halt_intercept(self, identity: bytes, peer: Peer, msg: m.HaltIntercept, t_in: int) -> None:
-        # Nothing raises interrupts yet, so a halted VP waits until its partition ends.
-        vp = peer.vp
+        vp, part = peer.vp, peer.partition
         vp.exits["halt"] += 1
+        if self.tracers:
+            self._trace(part, vp, "halt", False, 0, 0, msg.stamps + (t_in,))
+        if vp.interrupts or vp.reset_pending:
+            # Something is already waiting: HLT completes at once.
+            self._resume(identity, part, vp, msg.seq, msg.stamps + (t_in, perf_counter_ns()), 0)
+            return
         vp.state = VpState.HALTED
         vp.halt_seq = msg.seq
 
+    def _wake(self, part: Partition, vp: Vp) -> None:
+        """End a HLT: the VP resumes, taking what is pending (an interrupt, a reset)."""
+        if vp.state is VpState.HALTED and vp.peer is not None:
+            seq, vp.halt_seq = vp.halt_seq, None
+            self._resume(vp.peer, part, vp, seq, (), 0)
+
     def on_vp_stats(self, identity: bytes, peer: Peer, msg: m.VpStats, t_in: int) -> None:
         try:
-            peer.vp.stats = {str(path): PathStats.from_wire(d) for path, d in msg.paths.items()}
-        except ValueError as e:
+            paths = dict(msg.paths)
+            counters = paths.pop("counters", {})
+            peer.vp.stats = {str(path): PathStats.from_wire(d) for path, d in paths.items()}
+            peer.vp.counters = {str(k): int(v) for k, v in counters.items()}
+        except (ValueError, TypeError, AttributeError) as e:
             self.counters["malformed"] += 1
             log.warning("bad vp_stats from %s: %s", peer.name, e)
 
@@ -340,10 +456,16 @@ class Hypervisor:
                 if port in claimed:
                     return self._error(identity, msg.TYPE, "CONFLICT", f"port {port:#x} claimed twice")
                 claimed[port] = identity
+        mmio = sorted((gpa, gpa + length, identity) for gpa, length in msg.mmio)
+        for (_, end, _), (start, _, _) in zip(mmio, mmio[1:]):
+            if start < end:
+                return self._error(identity, msg.TYPE, "CONFLICT", f"MMIO range at {start:#x} overlaps")
         part.port_owner = claimed
         part.ranges = list(msg.ranges)
-        log.info("partition %d: worker claims %s", part.id,
-                 ", ".join(f"{b:#x}+{c}" for b, c in msg.ranges))
+        part.mmio = mmio
+        log.info("partition %d: worker claims ports %s; MMIO %s", part.id,
+                 ", ".join(f"{b:#x}+{c}" for b, c in msg.ranges) or "none",
+                 ", ".join(f"{g:#x}+{n:#x}" for g, n in msg.mmio) or "none")
         self._send(identity, m.Ack(msg.TYPE))
 
     def on_io_complete(self, identity: bytes, peer: Peer, msg: m.IoComplete, t_in: int) -> None:
@@ -353,8 +475,47 @@ class Hypervisor:
                 self.pending[msg.ref] = p
             self.counters["stale_completions"] += 1
             return self._error(identity, msg.TYPE, "STALE", f"no pending intercept {msg.ref}")
-        value = msg.value & ALL_ONES[p.size]
-        self._resume(p.origin, p.vp, p.seq, msg.stamps + (t_in, perf_counter_ns()), value)
+        value = 0 if p.write else msg.value & ALL_ONES[p.size]
+        stamps = msg.stamps + (t_in, perf_counter_ns())
+        if self.tracers:
+            self._trace(p.partition, p.vp, p.reason, p.write, p.addr, p.value if p.write else value, stamps)
+        self._resume(p.origin, p.partition, p.vp, p.seq, stamps, value)
+
+    def on_assert_interrupt(self, identity: bytes, peer: Peer, msg: m.AssertInterrupt, t_in: int) -> None:
+        part = peer.partition
+        if not part.vps:
+            return
+        # ExtINT from the PIC goes to the boot processor (virtual-wire mode, LINT0).
+        vp = part.vps[0]
+        vp.interrupts.post(msg.vector, msg.stamps + (t_in,))
+        self._wake(part, vp)
+
+    def on_reset_request(self, identity: bytes, peer: Peer, msg: m.ResetRequest, t_in: int) -> None:
+        log.info("partition %d: reset requested by its chipset (%s)", peer.partition.id, msg.reason)
+        self._reset(peer.partition)
+
+    def _reset(self, part: Partition) -> None:
+        """A partition reset: every VP starts over at its reset vector (the next time it is
+        resumed, or at once if halted), the partition-wide MSRs return to their reset
+        values, and the worker puts its devices back to power-on."""
+        part.resets += 1
+        part.guest_os_id = 0
+        part.hypercall_msr = 0
+        for vp in part.vps:
+            vp.interrupts.clear()
+            vp.reset_pending = vp.peer is not None
+            self._wake(part, vp)
+        if part.worker is not None:
+            self._send(part.worker, m.DeviceReset())
+
+    def on_worker_query_reply(self, identity: bytes, peer: Peer, msg: m.WorkerQueryReply, t_in: int) -> None:
+        q = self.queries.pop(msg.ref, None)
+        if q is None or q.partition is not peer.partition:
+            if q is not None:
+                self.queries[msg.ref] = q
+            self.counters["stale_completions"] += 1
+            return
+        self._send(q.origin, msg)
 
     def on_console_output(self, identity: bytes, peer: Peer, msg: m.ConsoleOutput, t_in: int) -> None:
         part = peer.partition
@@ -390,20 +551,29 @@ class Hypervisor:
             if write and msg.b > ALL_ONES[size]:
                 return self._error(identity, msg.TYPE, "INVALID_FIELD", f"{msg.b:#x} does not fit {op}")
             self._io_port(identity, part, vp, msg.seq, msg.a, size, write, msg.b if write else 0, stamps)
+        elif op in ("readb", "readw", "readl", "readq", "writeb", "writew", "writel", "writeq"):
+            size = {"b": 1, "w": 2, "l": 4, "q": 8}[op[-1]]
+            write = op.startswith("write")
+            if write and msg.b > ALL_ONES[size]:
+                return self._error(identity, msg.TYPE, "INVALID_FIELD", f"{msg.b:#x} does not fit {op}")
+            if msg.a + size > 1 << 52:
+                return self._error(identity, msg.TYPE, "INVALID_FIELD", f"GPA {msg.a:#x} is beyond 52 bits")
+            self._mmio(identity, part, vp, msg.seq, msg.a, size, write, msg.b if write else 0, stamps)
         elif op == "cpuid":
             if msg.a > 0xFFFFFFFF or msg.b > 0xFFFFFFFF:
                 return self._error(identity, msg.TYPE, "INVALID_FIELD", "CPUID leaf and subleaf are 32-bit")
             regs = cpuid.cpuid(part, vp.index, msg.a, msg.b)
-            self._resume(identity, vp, msg.seq, stamps + (perf_counter_ns(),), *regs)
+            self._resume(identity, part, vp, msg.seq, stamps + (perf_counter_ns(),), *regs)
         elif op in ("rdmsr", "wrmsr"):
             if msg.a > 0xFFFFFFFF:
                 return self._error(identity, msg.TYPE, "INVALID_FIELD", "MSR numbers are 32-bit")
             fault, value = self._msr(part, vp, msg.a, op == "wrmsr", msg.b)
-            self._resume(identity, vp, msg.seq, stamps + (perf_counter_ns(),),
+            self._resume(identity, part, vp, msg.seq, stamps + (perf_counter_ns(),),
                          value & 0xFFFFFFFF, 0, 0, value >> 32, fault)
         else:  # hypercall: executed with the partition's privileges, as its VP would
             result, output, fault = self._hypercall(part, vp, msg.a, msg.input)
-            self._resume(identity, vp, msg.seq, stamps + (perf_counter_ns(),), result, fault=fault, output=output)
+            self._resume(identity, part, vp, msg.seq, stamps + (perf_counter_ns(),), result,
+                         fault=fault, output=output)
 
     def on_console_subscribe(self, identity: bytes, peer: Peer, msg: m.ConsoleSubscribe, t_in: int) -> None:
         part = self._target(identity, msg, msg.partition)
@@ -411,12 +581,56 @@ class Hypervisor:
             part.console_watchers.add(identity)
             self._send(identity, m.Ack(msg.TYPE))
 
-    def on_console_push(self, identity: bytes, peer: Peer, msg: m.ConsolePush, t_in: int) -> None:
+    def _worker_of(self, identity: bytes, msg, part: Partition) -> bytes | None:
+        if part.worker is None:
+            self._error(identity, msg.TYPE, "UNKNOWN_PARTITION", f"partition {part.id} has no worker")
+        return part.worker
+
+    def on_input_request(self, identity: bytes, peer: Peer, msg: m.InputRequest, t_in: int) -> None:
+        part = self._target(identity, msg, msg.partition)
+        worker = part and self._worker_of(identity, msg, part)
+        if worker is None:
+            return
+        if not self.router.send(worker, m.DeviceInput(msg.device, msg.data).encode()):
+            return self._error(identity, msg.TYPE, "UNKNOWN_PARTITION", f"partition {part.id}'s worker is gone")
+        self._send(identity, m.Ack(msg.TYPE))
+
+    def on_worker_query_request(self, identity: bytes, peer: Peer, msg: m.WorkerQueryRequest, t_in: int) -> None:
+        part = self._target(identity, msg, msg.partition)
+        worker = part and self._worker_of(identity, msg, part)
+        if worker is None:
+            return
+        ref = self._next()
+        self.queries[ref] = PendingQuery(identity, part, time.monotonic_ns() + WORKER_TIMEOUT_NS)
+        if not self.router.send(worker, m.WorkerQuery(ref, msg.query).encode()):
+            self.queries.pop(ref)
+            self._error(identity, msg.TYPE, "UNKNOWN_PARTITION", f"partition {part.id}'s worker is gone")
+
+    def on_trace_subscribe(self, identity: bytes, peer: Peer, msg: m.TraceSubscribe, t_in: int) -> None:
+        if msg.partition and self._target(identity, msg, msg.partition) is None:
+            return
+        self.tracers[identity] = msg.partition
+        self._send(identity, m.Ack(msg.TYPE))
+
+    def on_partition_control(self, identity: bytes, peer: Peer, msg: m.PartitionControl, t_in: int) -> None:
         part = self._target(identity, msg, msg.partition)
         if part is None:
             return
-        if part.worker is None or not self.router.send(part.worker, m.ConsoleInput(msg.data).encode()):
-            return self._error(identity, msg.TYPE, "UNKNOWN_PARTITION", f"partition {part.id} has no worker")
+        if part.state is HvPartitionState.FINALIZED:
+            return self._error(identity, msg.TYPE, "CONFLICT", f"partition {part.id} is stopped")
+        if msg.action == "pause":
+            part.paused = True
+        elif msg.action == "resume":
+            part.paused = False
+            held, part.held = part.held, []
+            for args in held:
+                self._resume(*args[:1], part, *args[1:])
+        elif msg.action == "reset":
+            self._reset(part)
+        else:  # stop: the VPs stay held; the root ends the partition's processes
+            part.paused = True
+            part.state = HvPartitionState.FINALIZED
+        log.info("partition %d: %s", part.id, msg.action)
         self._send(identity, m.Ack(msg.TYPE))
 
     def on_status_request(self, identity: bytes, peer: Peer, msg: m.StatusRequest, t_in: int) -> None:
@@ -426,23 +640,34 @@ class Hypervisor:
         parts = []
         for part in self.table:
             paths: dict[str, PathStats] = {}
+            guest: dict[str, int] = {}
             for vp in part.vps:
                 for name, st in vp.stats.items():
                     paths.setdefault(name, PathStats()).merge(st)
+                for k, v in vp.counters.items():
+                    guest[k] = guest.get(k, 0) + v
             parts.append({
                 "id": part.id,
-                "state": part.state.value,
+                "state": "paused" if part.paused and part.state is HvPartitionState.ACTIVE else part.state.value,
                 "privileges": part.privileges,
                 "recommendations": part.recommendations,
                 "spin_retry": part.spin_retry,
                 "worker": part.worker is not None,
                 "ranges": [list(r) for r in part.ranges],
+                "mmio": [[b, e - b] for b, e, _ in part.mmio],
                 "hypercalls_enabled": part.hypercalls_enabled,
                 "unclaimed_reads": part.unclaimed_reads,
                 "unclaimed_writes": part.unclaimed_writes,
+                "unmapped_gpa": part.unmapped_gpa,
                 "worker_timeouts": part.worker_timeouts,
+                "resets": part.resets,
                 "vps": [{"index": vp.index, "state": vp.state.value, "exits": dict(vp.exits),
-                         "faults": vp.faults} for vp in part.vps],
+                         "faults": vp.faults,
+                         "interrupts": {"asserted": vp.interrupts.asserted, "injected": vp.interrupts.injected,
+                                        "pending": len(vp.interrupts.pending),
+                                        "by_vector": {f"{k:#04x}": v for k, v in vp.interrupts.by_vector.items()}}}
+                        for vp in part.vps],
+                "guest": guest,
                 "paths": {name: st.to_wire() for name, st in paths.items()},
             })
         return {
@@ -454,6 +679,6 @@ class Hypervisor:
                            "failures": dict(self.hypercalls.failures)},
             "peers": len(self.peers),
             "pending": len(self.pending),
+            "tracers": len(self.tracers),
             "partitions": parts,
         }
-

@@ -18,7 +18,7 @@ import threading
 from proto.transport import connect
 
 from partitions import kernel
-from partitions.vp import GuestFault, Vp, VpLost, VpStopped
+from partitions.vp import GuestFault, Vp, VpLost, VpReset, VpStopped
 
 log = logging.getLogger("partition")
 
@@ -29,7 +29,21 @@ def vp_thread(spec: dict, token: str, index: int, ram: bytearray, system: kernel
     try:
         dealer = connect(spec["endpoint"], "vp", spec["partition_id"], index, token=token)
         vp = Vp(dealer, index, ram, stop)
-        (kernel.bsp_main if index == 0 else kernel.ap_main)(vp, system)
+        seen_generation = 0
+        while True:
+            try:
+                if index == 0:
+                    kernel.bsp_main(vp, system)
+                else:
+                    kernel.ap_main(vp, system, seen_generation)
+                return
+            except VpReset as reset:
+                # INIT: the VP starts over at its reset vector; RAM keeps its contents, as
+                # after a warm reset.  An AP waits for the BSP's boot after this reset (the
+                # first boot is generation 1, the boot after reset n is generation n + 1).
+                log.info("VP %d: %s", index, reset)
+                seen_generation = reset.generation
+                vp.power_on()
     except VpStopped:
         pass
     except (GuestFault, VpLost) as e:

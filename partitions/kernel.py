@@ -1,10 +1,11 @@
-"""The guest kernel: boots the way an operating system does on Hyper-V.
+"""The guest kernel: boots the way an operating system does on a Hyper-V generation-1 VM.
 
-VP 0 (the bootstrap processor) detects the hypervisor by CPUID, turns on the hypercall page
-only when the partition's privilege mask offers it, initialises COM1, prints the banner by
-polling LSR.THRE as a real serial driver does, then releases the application processors.
-Every VP then runs the topology's workloads until the run's duration is over, prints what
-it did, and halts.
+VP 0 (the bootstrap processor) detects the hypervisor by CPUID and turns on the hypercall
+page only when the partition's privilege mask offers it; brings up the PIC, the 100 Hz PIT
+tick, the serial port (interrupt-driven once the PIC is up), reads the date from the RTC,
+prints its banner on COM1 and the screen, then releases the application processors.  Every
+VP then runs the topology's workloads until the run's duration is over, prints what it did,
+and halts.  Devices the partition lacks are probed and skipped, as a kernel does.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from proto.codes import (
     CPUID_1_ECX_HYPERVISOR_PRESENT,
@@ -21,32 +23,20 @@ from proto.codes import (
     HvMsr,
     HvPrivilege,
     HvRecommendation,
-    HypercallCode,
 )
 
-from partitions.vp import GuestFault, Vp
+from partitions.drivers import keyboard, pic, pit, rtc, vga
+from partitions.drivers.ata import Ata
+from partitions.drivers.serial import Serial
+from partitions.vp import Vp
+from partitions.workloads import run_workloads
 
-GUEST_VERSION = "0.1"
+GUEST_VERSION = "0.2"
 # HV_X64_MSR_GUEST_OS_ID for an open-source OS (TLFS: bit 63 set, OS type, version).
-GUEST_OS_ID = (1 << 63) | (0x48 << 48) | (0x0001 << 16)  # "H" for hvstack, version 1
-# The hypercall page: the last page of the first megabyte of guest RAM.
-HYPERCALL_PAGE_GPA = 0xFF000
-
-COM1 = 0x3F8
-THR = RBR = DLL = 0
-IER = DLM = 1
-FCR = 2
-LCR = 3
-MCR = 4
-LSR = 5
-SCR = 7
-LSR_THRE = 0x20
-LCR_DLAB = 0x80
-LCR_8N1 = 0x03
-FCR_ENABLE_CLEAR_14 = 0xC7
-MCR_DTR_RTS_OUT2 = 0x0B
-UART_FIFO_DEPTH = 16
-BAUD_DIVISOR_115200 = 1
+GUEST_OS_ID = (1 << 63) | (0x48 << 48) | (0x0002 << 16)  # "H" for hvstack, version 2
+# The hypercall page: the last page of conventional memory, below the legacy hole.
+HYPERCALL_PAGE_GPA = 0x9F000
+TICK_HZ = 100
 
 
 @dataclass
@@ -73,10 +63,25 @@ class System:
     name: str
     workloads: list[str]
     duration_s: float
-    booted: threading.Event = field(default_factory=threading.Event)
-    serial_lock: threading.Lock = field(default_factory=threading.Lock)
+    booted_generation: int = 0  # bumped by the BSP each time it finishes booting
     hv: HvInfo = field(default_factory=HvInfo)
-    last_log: float = 0.0
+    serial: Serial = field(default_factory=Serial)
+    ata: Ata = field(default_factory=Ata)
+    has_pic: bool = False
+    has_vga: bool = False
+    tick_hz: float = 0.0
+    ticks: int = 0
+    boot_time: datetime | None = None
+    typed: str = ""
+    timers: dict = field(default_factory=dict)
+    disk_bytes: int = 0
+    disk_exits: int = 0
+    disk_errors: int = 0
+    started: float = field(default_factory=time.monotonic)
+    booted_cv: threading.Condition = field(default_factory=threading.Condition)
+
+    def console(self, vp: Vp, line: str) -> None:
+        self.serial.write(vp, line + "\n")
 
 
 # -- hypervisor detection and enlightenments ----------------------------------------------
@@ -110,143 +115,95 @@ def enable_hypercalls(vp: Vp, info: HvInfo) -> None:
     info.hypercalls = bool(vp.rdmsr(HvMsr.HV_X64_MSR_HYPERCALL) & 1)
 
 
-# -- the serial driver ------------------------------------------------------------------------
+# -- interrupt handlers ---------------------------------------------------------------------
 
 
-def serial_init(vp: Vp, base: int = COM1) -> None:
-    vp.outb(base + IER, 0)  # polled: no interrupts
-    vp.outb(base + LCR, LCR_DLAB)
-    vp.outb(base + DLL, BAUD_DIVISOR_115200)
-    vp.outb(base + DLM, 0)
-    vp.outb(base + LCR, LCR_8N1)
-    vp.outb(base + FCR, FCR_ENABLE_CLEAR_14)
-    vp.outb(base + MCR, MCR_DTR_RTS_OUT2)
+def on_tick(vp: Vp, vector: int, sys: System) -> None:
+    sys.ticks += 1
+    vp.counters["ticks"] = sys.ticks
+    pic.eoi(vp, 0)
 
 
-def serial_write(vp: Vp, text: str, base: int = COM1) -> None:
-    """Wait for THRE, then fill the 16-byte transmit FIFO, as Linux's 8250 driver does."""
-    data = text.replace("\n", "\r\n").encode()
-    i = 0
-    while i < len(data):
-        while not vp.inb(base + LSR) & LSR_THRE:
-            vp.pause()
-        for b in data[i:i + UART_FIFO_DEPTH]:
-            vp.outb(base + THR, b)
-        i += UART_FIFO_DEPTH
+def on_serial(vp: Vp, vector: int, sys: System) -> None:
+    sys.serial.handle_interrupt(vp)
+    pic.eoi(vp, 4)
 
 
-def console(vp: Vp, sys: System, line: str) -> None:
-    with sys.serial_lock:
-        serial_write(vp, line + "\n")
+def on_disk(vp: Vp, vector: int, sys: System) -> None:
+    sys.ata.handle_interrupt(vp)
+    pic.eoi(vp, 14)
 
 
-# -- workloads ----------------------------------------------------------------------------------
-
-BATCH = 200  # operations per workload turn, so every workload gets time on every VP
-IDLE_S = 0.01
-
-
-def wl_portio(vp: Vp, sys: System) -> int:
-    """Emulated port I/O: the UART scratch register, written then read back."""
-    for i in range(BATCH // 2):
-        vp.outb(COM1 + SCR, i)
-        vp.inb(COM1 + SCR)
-    return BATCH
+def on_key(vp: Vp, vector: int, sys: System) -> None:
+    ch = keyboard.read_key(vp)
+    pic.eoi(vp, 1)
+    if ch is not None:
+        sys.typed = (sys.typed + ch)[-70:]
+        if sys.has_vga:
+            vga.write_line(vp, 23, "typed: " + sys.typed.replace("\n", " "))
+        if ch == "\n":
+            sys.console(vp, f"[{sys.name}] keyboard: {sys.typed.strip().splitlines()[-1] if sys.typed.strip() else ''}")
 
 
-def wl_cpuid(vp: Vp, sys: System) -> int:
-    for _ in range(BATCH):
-        vp.cpuid(CpuidLeaf.HvCpuidFunctionHvInterface)
-    return BATCH
+def on_spurious(vp: Vp, vector: int, sys: System) -> None:
+    # Spurious IRQ7/IRQ15: no EOI for IRQ7; the master still needs one for IRQ15.
+    if vector == pic.vector(15):
+        pic.eoi(vp, 2)
 
 
-def wl_msr(vp: Vp, sys: System) -> int:
-    """Synthetic MSR reads; only where the partition may read VP_INDEX."""
-    if not sys.hv.privileges & HvPrivilege.AccessVpIndex:
-        return 0
-    for _ in range(BATCH):
-        vp.rdmsr(HvMsr.HV_X64_MSR_VP_INDEX)
-    return BATCH
-
-
-def wl_hypercall(vp: Vp, sys: System) -> int:
-    """HvCallNotifyLongSpinWait, a fast call; only where the hypercall page is on."""
-    if not sys.hv.hypercalls:
-        return 0
-    spin_count = (1).to_bytes(4, "little")
-    for _ in range(BATCH):
-        vp.hypercall(HypercallCode.HvCallNotifyLongSpinWait, spin_count, fast=True)
-    return BATCH
-
-
-def wl_serial(vp: Vp, sys: System) -> int:
-    """A line of console output now and then (VP 0 only), like a kernel's log."""
-    if vp.index != 0:
-        return 0
-    now = time.monotonic()
-    if now - sys.last_log < 1.0:
-        return 0
-    sys.last_log = now
-    console(vp, sys, f"[{sys.name}] vp0: {vp.exits} exits so far")
-    return 1
-
-
-WORKLOADS = {
-    "serial": wl_serial,
-    "portio": wl_portio,
-    "cpuid": wl_cpuid,
-    "msr": wl_msr,
-    "hypercall": wl_hypercall,
-}
-
-
-def run_workloads(vp: Vp, sys: System) -> dict[str, int]:
-    done = dict.fromkeys(sys.workloads, 0)
-    fns = [(name, WORKLOADS[name]) for name in sys.workloads]
-    deadline = time.monotonic() + sys.duration_s
-    while time.monotonic() < deadline:
-        ops = 0
-        for name, fn in fns:
-            n = fn(vp, sys)
-            done[name] += n
-            ops += n
-        if ops == 0:
-            # Nothing to do until the next log line.  With no timer interrupt yet to wake
-            # a HLT, the idle loop lets host time pass without exits.
-            time.sleep(IDLE_S)
-    return done
-
-
-# -- entry points ---------------------------------------------------------------------------------
+# -- boot -------------------------------------------------------------------------------------
 
 
 def bsp_main(vp: Vp, sys: System) -> None:
     sys.hv = detect_hypervisor(vp)
     enable_hypercalls(vp, sys.hv)
-    serial_init(vp)
+    sys.serial = Serial()
+    sys.serial.init(vp)
+    sys.has_pic = pic.present(vp)
+    if sys.has_pic:
+        pic.init(vp)
+        handlers = {0: on_tick, 1: on_key, 4: on_serial, 14: on_disk, 7: on_spurious, 15: on_spurious}
+        for irq, fn in handlers.items():
+            vp.set_handler(pic.vector(irq), lambda v, vec, fn=fn: fn(v, vec, sys))
+        sys.tick_hz = pit.start_tick(vp, TICK_HZ)
+        for irq in (0, 1, 4, 14):
+            pic.unmask(vp, irq)
+        sys.ata.use_irq = True
+        sys.serial.enable_interrupts(vp)
+        vp.sti()
+    sys.boot_time = rtc.read_time(vp)
+    sys.has_vga = vga.present(vp)
     rec = [r.name for r in HvRecommendation if sys.hv.recommendations & r] or ["none"]
-    console(vp, sys, f"hvstack guest kernel {GUEST_VERSION} on partition {sys.name}: "
-                     f"{sys.hv.describe()}")
-    console(vp, sys, f"[{sys.name}] hypercall page: {'on' if sys.hv.hypercalls else 'off'}; "
-                     f"recommendations: {', '.join(rec)}; spin retries: {sys.hv.spin_retry:#x}")
-    sys.booted.set()
-    _run(vp, sys)
+    clock = sys.boot_time.isoformat(sep=" ") if sys.boot_time else "no RTC"
+    banner = f"hvstack guest kernel {GUEST_VERSION} on partition {sys.name}: {sys.hv.describe()}"
+    sys.console(vp, banner)
+    sys.console(vp, f"[{sys.name}] RTC {clock}; hypercall page {'on' if sys.hv.hypercalls else 'off'}; "
+                     f"recommendations: {', '.join(rec)}; spin retries: {sys.hv.spin_retry:#x}; "
+                     f"tick {sys.tick_hz:.2f} Hz" if sys.has_pic else f"[{sys.name}] RTC {clock}; no PIC: polled")
+    if sys.has_vga:
+        vga.clear(vp)
+        vga.write_line(vp, 0, f"hvstack guest kernel {GUEST_VERSION} - partition {sys.name}")
+        vga.write_line(vp, 1, f"RTC {clock}")
+        vga.set_cursor(vp, 2, 0)
+    with sys.booted_cv:
+        sys.booted_generation += 1
+        sys.booted_cv.notify_all()
+    run(vp, sys)
 
 
-def ap_main(vp: Vp, sys: System) -> None:
-    # An application processor waits for the BSP, as after INIT-SIPI-SIPI.
-    while not sys.booted.wait(0.1):
-        if vp.stop.is_set():
-            return
-    _run(vp, sys)
+def ap_main(vp: Vp, sys: System, after_generation: int) -> None:
+    """An application processor waits for the BSP to boot, as after INIT-SIPI-SIPI."""
+    with sys.booted_cv:
+        while sys.booted_generation <= after_generation:
+            if vp.stop.is_set():
+                return
+            sys.booted_cv.wait(0.1)
+    run(vp, sys)
 
 
-def _run(vp: Vp, sys: System) -> None:
-    try:
-        done = run_workloads(vp, sys)
-    except GuestFault as e:
-        console(vp, sys, f"[{sys.name}] vp{vp.index}: fault {e}")
-        raise
-    summary = ", ".join(f"{k} {v}" for k, v in done.items() if k != "serial")
-    console(vp, sys, f"[{sys.name}] vp{vp.index}: workloads done ({summary}); halting")
-    vp.hlt()
+def run(vp: Vp, sys: System) -> None:
+    done = run_workloads(vp, sys)
+    summary = ", ".join(f"{k} {v}" for k, v in done.items() if v)
+    sys.console(vp, f"[{sys.name}] vp{vp.index}: workloads done ({summary or 'nothing'}); halting")
+    while True:
+        vp.hlt()

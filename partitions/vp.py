@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import struct
 import threading
+from contextlib import contextmanager
 from time import perf_counter_ns
+from typing import Callable
 
 from proto import messages as m
 from proto.codes import HvStatus, X86Exception, control_value
@@ -35,6 +37,13 @@ PATH_IO_UNCLAIMED = "io_unclaimed"  # no device: the hypervisor answers all-ones
 PATH_CPUID = "cpuid"
 PATH_MSR = "msr"
 PATH_HYPERCALL = "hypercall"
+PATH_MMIO = "mmio"  # emulated in the worker: 4 hops
+PATH_UNMAPPED = "unmapped_gpa"  # nothing there: the hypervisor answers, 2 hops
+PATH_INTERRUPT = "interrupt"  # device raises its line → the guest's handler runs
+
+# Guest-physical memory of a PC: RAM, except the legacy hole 0xA0000–0xFFFFF (VGA memory,
+# option ROMs, BIOS), which is device space.
+LEGACY_HOLE = (0xA0000, 0x100000)
 
 
 class GuestFault(Exception):
@@ -53,6 +62,18 @@ class VpLost(Exception):
     """The hypervisor stopped answering."""
 
 
+class VpReset(Exception):
+    """The partition is being reset: the VP starts over at its reset vector.
+    ``generation`` counts the partition's resets."""
+
+    def __init__(self, generation: int) -> None:
+        super().__init__(f"reset #{generation}")
+        self.generation = generation
+
+
+Handler = Callable[["Vp", int], None]
+
+
 class Vp:
     def __init__(self, dealer: Dealer, index: int, ram: bytearray, stop: threading.Event) -> None:
         self.index = index
@@ -65,7 +86,15 @@ class Vp:
         self.paths: dict[str, PathStats] = {}
         self.exits = 0
         self.pauses = 0
+        self.counters = {"interrupts": 0, "handler_exits": 0, "unhandled_interrupts": 0, "resets": 0}
         self._next_stats = perf_counter_ns() + STATS_INTERVAL_NS
+        self.power_on()
+
+    def power_on(self) -> None:
+        """The state after RESET/INIT: interrupts disabled, no handlers, nothing pending."""
+        self.if_flag = False
+        self.handlers: dict[int, Handler] = {}
+        self._pending: list[tuple[int, tuple]] = []
 
     # -- the round trip -----------------------------------------------------------------
 
@@ -73,15 +102,20 @@ class Vp:
         self._seq = seq = (self._seq + 1) & 0xFFFFFFFF
         return seq
 
-    def _exit(self, frame: bytes, seq: int, timeout_ms: int = EXIT_TIMEOUT_MS) -> m.VpResume:
+    def _exit(self, frame: bytes, seq: int, halt: bool = False) -> m.VpResume:
         if self.stop.is_set():
             raise VpStopped()
         self._send(frame)
         while True:
+            if halt:
+                # HLT: wait as long as it takes, but notice a stopping partition.
+                while not self._dealer.wait(HALT_SLICE_MS):
+                    if self.stop.is_set():
+                        raise VpStopped()
             try:
-                raw = self._recv(timeout_ms)
+                raw = self._recv(EXIT_TIMEOUT_MS)
             except PeerTimeout as e:
-                raise VpLost(f"VP {self.index}: no resume from the hypervisor in {timeout_ms} ms") from e
+                raise VpLost(f"VP {self.index}: no resume from the hypervisor in {EXIT_TIMEOUT_MS} ms") from e
             t_resume = perf_counter_ns()
             msg = m.decode(raw)
             if msg.__class__ is m.VpResume and msg.seq == seq:
@@ -90,17 +124,25 @@ class Vp:
                 raise Refused(msg.code, msg.message)
             # Anything else is a late answer to an earlier exit; it cannot be ours.
         self.exits += 1
-        stamps = msg.stamps + (t_resume,)
-        if len(stamps) > 2:
-            path = self._path_of(frame, len(stamps))
-            stats = self.paths.get(path)
-            if stats is None:
-                stats = self.paths[path] = PathStats()
-            stats.record(stamps)
+        if msg.fault == m.FAULT_RESET:
+            self.counters["resets"] += 1
+            raise VpReset(msg.rax)
+        if not halt:
+            stamps = msg.stamps + (t_resume,)
+            if len(stamps) > 2:
+                path = self._path_of(frame, len(stamps))
+                stats = self.paths.get(path)
+                if stats is None:
+                    stats = self.paths[path] = PathStats()
+                stats.record(stamps)
+        if msg.interrupt:
+            self._pending.append((msg.interrupt, msg.irq_stamps))
         if t_resume >= self._next_stats:
             self.flush_stats()
         if msg.fault:
             raise GuestFault(msg.fault, self._describe(frame))
+        if self._pending and self.if_flag:
+            self._deliver()
         return msg
 
     _PATH_BY_TYPE = {
@@ -115,6 +157,8 @@ class Vp:
         kind = frame[1]
         if kind == m.IoPortIntercept.TYPE:
             return PATH_IO if n_stamps == 8 else PATH_IO_UNCLAIMED
+        if kind == m.MmioIntercept.TYPE:
+            return PATH_MMIO if n_stamps == 8 else PATH_UNMAPPED
         return self._PATH_BY_TYPE.get(kind, "other")
 
     @staticmethod
@@ -123,7 +167,56 @@ class Vp:
 
     def flush_stats(self) -> None:
         self._next_stats = perf_counter_ns() + STATS_INTERVAL_NS
-        self._send(m.VpStats({p: s.to_wire() for p, s in self.paths.items()}).encode())
+        paths = {p: s.to_wire() for p, s in self.paths.items()}
+        paths["counters"] = dict(self.counters, exits=self.exits)
+        self._send(m.VpStats(paths).encode())
+
+    # -- interrupts -----------------------------------------------------------------------
+
+    def sti(self) -> None:
+        self.if_flag = True
+        if self._pending:
+            self._deliver()
+
+    def cli(self) -> None:
+        self.if_flag = False
+
+    @contextmanager
+    def interrupts_disabled(self):
+        """``local_irq_save`` … ``local_irq_restore``."""
+        was = self.if_flag
+        self.if_flag = False
+        try:
+            yield
+        finally:
+            if was:
+                self.sti()
+
+    def set_handler(self, vector: int, handler: Handler) -> None:
+        """The IDT entry for ``vector``: an interrupt gate (IF is clear while it runs)."""
+        self.handlers[vector] = handler
+
+    def _deliver(self) -> None:
+        while self._pending and self.if_flag:
+            vector, irq_stamps = self._pending.pop(0)
+            t_handler = perf_counter_ns()
+            if irq_stamps:
+                stats = self.paths.get(PATH_INTERRUPT)
+                if stats is None:
+                    stats = self.paths[PATH_INTERRUPT] = PathStats()
+                stats.record(irq_stamps + (t_handler,))
+            handler = self.handlers.get(vector)
+            self.counters["interrupts"] += 1
+            if handler is None:
+                self.counters["unhandled_interrupts"] += 1
+                continue
+            exits_before = self.exits
+            self.if_flag = False
+            try:
+                handler(self, vector)
+            finally:
+                self.counters["handler_exits"] += self.exits - exits_before
+                self.if_flag = True  # IRET restores IF
 
     # -- port I/O -------------------------------------------------------------------------
 
@@ -184,24 +277,48 @@ class Vp:
     # -- HLT, PAUSE, RAM --------------------------------------------------------------------
 
     def hlt(self) -> None:
-        """Wait for an interrupt.  Nothing interrupts a VP yet, so this returns only when
-        the hypervisor resumes the VP; a stopping partition raises VpStopped."""
+        """Wait for an interrupt.  Returns once one has been taken (or at once if one was
+        pending); a stopping partition raises VpStopped, a reset VpReset."""
         seq = self._next_seq()
         self.flush_stats()
-        self._send(m.HaltIntercept(seq, (perf_counter_ns(),)).encode())
-        while not self.stop.is_set():
-            if self._dealer.wait(HALT_SLICE_MS):
-                msg = m.decode(self._recv(0))
-                if msg.__class__ is m.VpResume and msg.seq == seq:
-                    return
-        raise VpStopped()
+        self._exit(m.HaltIntercept(seq, (perf_counter_ns(),)).encode(), seq, halt=True)
 
     def pause(self) -> None:
         """PAUSE: a spin-loop hint, not intercepted (no pause-loop exiting here)."""
         self.pauses += 1
 
+    def is_ram(self, gpa: int, size: int = 1) -> bool:
+        return gpa + size <= len(self.ram) and not (gpa + size > LEGACY_HOLE[0] and gpa < LEGACY_HOLE[1])
+
+    def read(self, gpa: int, size: int) -> int:
+        """A load of ``size`` bytes: RAM directly, anything else an MMIO exit."""
+        if self.is_ram(gpa, size):
+            return int.from_bytes(self.ram[gpa:gpa + size], "little")
+        seq = self._next_seq()
+        return self._exit(m.MmioIntercept(seq, gpa, size, False, 0, (perf_counter_ns(),)).encode(), seq).rax
+
+    def write(self, gpa: int, size: int, value: int) -> None:
+        """A store of ``size`` bytes: RAM directly, anything else an MMIO exit."""
+        if self.is_ram(gpa, size):
+            self.ram[gpa:gpa + size] = value.to_bytes(size, "little")
+            return
+        seq = self._next_seq()
+        self._exit(m.MmioIntercept(seq, gpa, size, True, value, (perf_counter_ns(),)).encode(), seq)
+
+    def write_bytes(self, gpa: int, data: bytes) -> None:
+        """``rep movs`` to ``gpa``: one store per 8 bytes where it is not RAM."""
+        if self.is_ram(gpa, len(data)):
+            self.ram[gpa:gpa + len(data)] = data
+            return
+        for i in range(0, len(data), 8):
+            chunk = data[i:i + 8]
+            size = 8 if len(chunk) == 8 else (4 if len(chunk) >= 4 else (2 if len(chunk) >= 2 else 1))
+            self.write(gpa + i, size, int.from_bytes(chunk[:size], "little"))
+            if size < len(chunk):
+                self.write_bytes(gpa + i + size, chunk[size:])
+
     def read_u32(self, gpa: int) -> int:
-        return struct.unpack_from("<I", self.ram, gpa)[0]
+        return self.read(gpa, 4)
 
     def write_u32(self, gpa: int, value: int) -> None:
-        struct.pack_into("<I", self.ram, gpa, value)
+        self.write(gpa, 4, value)

@@ -105,6 +105,23 @@ def port_ranges(v: Any) -> tuple:
     return tuple(out)
 
 
+def gpa_ranges(v: Any) -> tuple:
+    """``[[gpa, length], …]``: MMIO ranges in the 52-bit guest-physical space."""
+    if type(v) is not tuple and type(v) is not list:
+        raise FieldError(f"expected an array of [gpa, length], got {type(v).__name__}")
+    if len(v) > 64:
+        raise FieldError(f"{len(v)} ranges, at most 64")
+    out = []
+    for r in v:
+        if type(r) not in (tuple, list) or len(r) != 2:
+            raise FieldError(f"range {r!r} is not [gpa, length]")
+        gpa, length = U64(r[0]), U64(r[1])
+        if length < 1 or gpa + length > 1 << 52:
+            raise FieldError(f"range {gpa:#x}+{length:#x} is outside the guest-physical space")
+        out.append((gpa, length))
+    return tuple(out)
+
+
 def mapping(max_items: int) -> Check:
     """A free-form map (telemetry, status); only its shape is checked here."""
 

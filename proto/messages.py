@@ -30,6 +30,7 @@ from proto.fields import (
     boolean,
     mapping,
     one_of,
+    gpa_ranges,
     port_ranges,
     stamps,
     text,
@@ -44,7 +45,15 @@ HV_PAGE_SIZE = 4096
 
 ROLES = ("root", "worker", "vp")
 ACCESS_SIZES = (1, 2, 4)
-IO_OPS = ("inb", "inw", "inl", "outb", "outw", "outl", "cpuid", "rdmsr", "wrmsr", "hypercall")
+MMIO_SIZES = (1, 2, 4, 8)
+# VpResume.fault value that is not an x86 exception: the partition is being reset (INIT),
+# so the VP abandons what it was doing and starts again at its reset vector.
+FAULT_RESET = 0xFF
+WORKER_QUERIES = ("screen", "devices")
+INPUT_DEVICES = ("console", "keyboard")
+PARTITION_ACTIONS = ("pause", "resume", "reset", "stop")
+IO_OPS = ("inb", "inw", "inl", "outb", "outw", "outl", "readb", "readw", "readl", "readq",
+          "writeb", "writew", "writel", "writeq", "cpuid", "rdmsr", "wrmsr", "hypercall")
 
 REGISTRY: dict[int, type] = {}
 BY_NAME: dict[str, type] = {}
@@ -245,11 +254,26 @@ class HaltIntercept(Message):
     stamps: stamps
 
 
+@message(17, "mmio_intercept")
+class MmioIntercept(Message):
+    """A load or store to a guest-physical address that is not RAM —
+    HvMessageTypeGpaIntercept where a worker claims it, HvMessageTypeUnmappedGpa where
+    nothing does."""
+
+    seq: U32
+    gpa: U64
+    size: one_of(*MMIO_SIZES)
+    write: boolean
+    value: U64
+    stamps: stamps
+
+
 @message(15, "vp_resume")
 class VpResume(Message):
     """Completes an intercept: the registers the instruction sets, or an exception to
-    inject instead (``fault`` is an :class:`~proto.codes.X86Exception`).  ``output`` is a
-    hypercall's output parameter block."""
+    inject instead (``fault`` is an :class:`~proto.codes.X86Exception`, or
+    :data:`FAULT_RESET` when the partition is being reset).  ``output`` is a hypercall's
+    output parameter block.  A pending external interrupt rides along in ``interrupt``."""
 
     seq: U32
     fault: U8
@@ -259,6 +283,8 @@ class VpResume(Message):
     rdx: U64
     output: blob(HV_PAGE_SIZE)
     stamps: stamps
+    interrupt: U16  # a vector to deliver after the instruction completes; 0: none
+    irq_stamps: stamps  # that interrupt's path: device raise, hv in, hv inject
 
 
 @message(16, "vp_stats")
@@ -276,9 +302,11 @@ class VpStats(Message):
 
 @message(20, "install_intercept")
 class InstallIntercept(Message):
-    """The worker claims port ranges of its partition (the HvCallInstallIntercept idea)."""
+    """The worker claims port ranges and MMIO ranges ``[[gpa, length], …]`` of its
+    partition (the HvCallInstallIntercept idea)."""
 
     ranges: port_ranges
+    mmio: gpa_ranges
 
 
 @message(21, "io_notify")
@@ -299,8 +327,59 @@ class IoComplete(Message):
     """Worker → hypervisor: the access ``ref`` is done; ``value`` is what a read returns."""
 
     ref: U32
-    value: U32
+    value: U64
     stamps: stamps
+
+
+@message(25, "mmio_notify")
+class MmioNotify(Message):
+    """Hypervisor → worker: emulate this MMIO access for ``vp``; answer with ``io_complete``."""
+
+    ref: U32
+    vp: U32
+    gpa: U64
+    size: one_of(*MMIO_SIZES)
+    write: boolean
+    value: U64
+    stamps: stamps
+
+
+@message(26, "assert_interrupt")
+class AssertInterrupt(Message):
+    """Worker → hypervisor: the chipset's interrupt controller has a vector for the
+    partition's boot processor (ExtINT through LINT0: the PIC's INTA happened in the
+    worker).  ``stamps`` start when the device raised its line."""
+
+    vector: U8
+    stamps: stamps
+
+
+@message(27, "reset_request")
+class ResetRequest(Message):
+    """Worker → hypervisor: the chipset asked for a CPU reset (i8042 pulse, 0xFE)."""
+
+    reason: text(64)
+
+
+@message(28, "device_reset")
+class DeviceReset(Message):
+    """Hypervisor → worker: the partition is being reset; put every device at power-on."""
+
+
+@message(29, "worker_query")
+class WorkerQuery(Message):
+    """Hypervisor → worker: a question from the root (``screen``, ``devices``)."""
+
+    ref: U32
+    query: one_of(*WORKER_QUERIES)
+
+
+@message(36, "worker_query_reply")
+class WorkerQueryReply(Message):
+    """Worker → hypervisor → root: the answer to a ``worker_query``."""
+
+    ref: U32
+    result: mapping(64)
 
 
 @message(23, "console_output")
@@ -310,10 +389,12 @@ class ConsoleOutput(Message):
     data: blob(1 << 16)
 
 
-@message(24, "console_input")
-class ConsoleInput(Message):
-    """Hypervisor → worker: bytes for the UART's receive FIFO."""
+@message(24, "device_input")
+class DeviceInput(Message):
+    """Hypervisor → worker: bytes from outside for the console UART's receive FIFO, or
+    scancodes for the keyboard."""
 
+    device: one_of(*INPUT_DEVICES)
     data: blob(HV_PAGE_SIZE)
 
 
@@ -362,12 +443,52 @@ class ConsoleData(Message):
     data: blob(1 << 16)
 
 
-@message(35, "console_push")
-class ConsolePush(Message):
-    """Root → hypervisor: bytes for a partition's UART receive FIFO."""
+@message(35, "input_request")
+class InputRequest(Message):
+    """Root → hypervisor: bytes for a partition's console or keyboard."""
 
     partition: U64
+    device: one_of(*INPUT_DEVICES)
     data: blob(HV_PAGE_SIZE)
+
+
+@message(37, "worker_query_request")
+class WorkerQueryRequest(Message):
+    """Root → hypervisor: ask a partition's worker (the reply is a ``worker_query_reply``)."""
+
+    partition: U64
+    query: one_of(*WORKER_QUERIES)
+
+
+@message(38, "trace_subscribe")
+class TraceSubscribe(Message):
+    """Root → hypervisor: send me a ``trace_event`` for every exit of ``partition`` (0: all)
+    from now on.  Nothing is traced, and nothing costs, while nobody subscribes."""
+
+    partition: U64
+
+
+@message(39, "trace_event")
+class TraceEvent(Message):
+    """One exit as the hypervisor saw it.  ``a``/``b`` depend on ``reason``: port and value,
+    leaf and subleaf, MSR and value, hypercall input value and result, GPA and value,
+    vector and 0.  ``stamps`` are the exit's hops up to the hypervisor's resume."""
+
+    partition: U64
+    vp: U32
+    reason: text(16)
+    write: boolean
+    a: U64
+    b: U64
+    stamps: stamps
+
+
+@message(40, "partition_control")
+class PartitionControl(Message):
+    """Root → hypervisor: pause, resume, reset or stop a partition."""
+
+    partition: U64
+    action: one_of(*PARTITION_ACTIONS)
 
 
 __all__ = [
@@ -376,6 +497,10 @@ __all__ = [
     "HV_PAGE_SIZE",
     "ROLES",
     "IO_OPS",
+    "FAULT_RESET",
+    "WORKER_QUERIES",
+    "INPUT_DEVICES",
+    "PARTITION_ACTIONS",
     "ERROR_CODES",
     "REGISTRY",
     "BY_NAME",
@@ -397,11 +522,22 @@ __all__ = [
     "IoNotify",
     "IoComplete",
     "ConsoleOutput",
-    "ConsoleInput",
+    "DeviceInput",
+    "MmioIntercept",
+    "MmioNotify",
+    "AssertInterrupt",
+    "ResetRequest",
+    "DeviceReset",
+    "WorkerQuery",
+    "WorkerQueryReply",
+    "WorkerQueryRequest",
+    "TraceSubscribe",
+    "TraceEvent",
+    "PartitionControl",
     "StatusRequest",
     "StatusReply",
     "IoRequest",
     "ConsoleSubscribe",
     "ConsoleData",
-    "ConsolePush",
+    "InputRequest",
 ]

@@ -8,10 +8,11 @@ logged at a limited rate; they never raise.
 
 from __future__ import annotations
 
+import bisect
 import logging
 from dataclasses import dataclass
 
-from worker.devices.base import Device, IoError, PortRange, all_ones
+from worker.devices.base import Device, IoError, MmioDevice, MmioRange, PortRange, all_ones
 
 log = logging.getLogger("worker.bus")
 
@@ -102,3 +103,61 @@ class PortBus:
             if d is not None and (deadline is None or d < deadline):
                 deadline = d
         return deadline
+
+
+class MmioBus:
+    """Guest-physical ranges that devices claim (the VGA text buffer, later the APIC page).
+    Few ranges, so a sorted list and bisect; an access must lie inside one range."""
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []
+        self._ranges: list[tuple[MmioRange, MmioDevice]] = []
+        self.stats = BusStats()
+        self._mistakes: dict[tuple[str, str], int] = {}
+
+    def register(self, device: MmioDevice) -> None:
+        for r in device.mmio_ranges():
+            i = bisect.bisect_left(self._starts, r.base)
+            before = self._ranges[i - 1][0] if i > 0 else None
+            after = self._ranges[i][0] if i < len(self._ranges) else None
+            if (before and before.last >= r.base) or (after and after.base <= r.last):
+                other = (before if before and before.last >= r.base else after)
+                raise DeviceOverlap(f"{device.name} claims GPA {r.base:#x}, which overlaps {other}")
+            self._starts.insert(i, r.base)
+            self._ranges.insert(i, (r, device))
+
+    def ranges(self) -> list[MmioRange]:
+        return [r for r, _ in self._ranges]
+
+    def _find(self, gpa: int):
+        i = bisect.bisect_right(self._starts, gpa) - 1
+        if i >= 0:
+            r, dev = self._ranges[i]
+            if gpa <= r.last:
+                return dev
+        return None
+
+    def read(self, gpa: int, size: int) -> int:
+        self.stats.reads += 1
+        dev = self._find(gpa)
+        value = dev.mmio_read(gpa, size) if dev is not None else IoError.INVALID_REGISTER
+        if value.__class__ is IoError:
+            self.stats.errors += 1
+            self._mistake(dev.name if dev else "unclaimed", value.value, gpa, size)
+            return all_ones(size)
+        return value
+
+    def write(self, gpa: int, size: int, value: int) -> None:
+        self.stats.writes += 1
+        dev = self._find(gpa)
+        err = dev.mmio_write(gpa, size, value) if dev is not None else IoError.INVALID_REGISTER
+        if err is not None:
+            self.stats.errors += 1
+            self._mistake(dev.name if dev else "unclaimed", err.value, gpa, size)
+
+    def _mistake(self, who: str, what: str, gpa: int, size: int) -> None:
+        key = (who, what)
+        n = self._mistakes.get(key, 0) + 1
+        self._mistakes[key] = n
+        if n <= LOG_FIRST or n % LOG_EVERY == 0:
+            log.warning("guest %s: %s at GPA %#x size %d (%d so far)", who, what, gpa, size, n)

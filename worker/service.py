@@ -1,10 +1,15 @@
 """The VM worker's event loop: one partition's devices behind one DEALER.
 
-It says hello as the partition's worker, installs its port ranges in the hypervisor's
-intercept table, then serves ``io_notify`` → device → ``io_complete`` until told to stop.
-Console bytes the UART transmits are appended to the partition's console file and sent to
-the hypervisor for live watchers; they are flushed between intercepts, not inside one, so
-the measured round trip does not pay for them.
+It says hello as the partition's worker, installs its port and MMIO ranges in the
+hypervisor's intercept table, then serves ``io_notify``/``mmio_notify`` → device →
+``io_complete`` until told to stop.  Between messages it keeps the clocked devices (PIT,
+RTC, UART) up to date, waking at their next deadline.
+
+Interrupts: when an access or a timer leaves the PIC's INTR high, the worker takes the
+vector (INTA) and sends ``assert_interrupt`` *before* the access's ``io_complete``, so the
+hypervisor can deliver it with that very resume.  Work that does not change what the guest
+sees — device polling, console output — happens after the completion is sent, so the
+measured round trip does not pay for it.
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ from proto import messages as m
 from proto.errors import ProtocolError, Refused
 from proto.transport import Dealer, connect
 
-from worker.bus import PortBus
 from worker.chipset import Chipset
 
 log = logging.getLogger("worker")
@@ -33,17 +37,18 @@ class Worker:
                  console_path: str) -> None:
         self.partition_id = partition_id
         self.chipset = chipset
-        self.bus: PortBus = chipset.bus
         self.running = True
         self._console_fd = os.open(console_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._console_buf = bytearray()
         self._console_since = 0
+        self._deadline: int | None = None
         chipset.on_console_tx = self._console_tx
         self.dealer: Dealer = connect(endpoint, "worker", partition_id, 0, token=token)
-        ranges = [[r.base, r.count] for r in self.bus.ranges()]
-        self.dealer.request(m.InstallIntercept(ranges))
-        log.info("worker for partition %d ready: %s", partition_id,
-                 ", ".join(f"{b:#x}+{c}" for b, c in ranges))
+        ports = [[r.base, r.count] for r in chipset.bus.ranges()]
+        mmio = [[r.base, r.length] for r in chipset.mmio.ranges()]
+        self.dealer.request(m.InstallIntercept(ports, mmio))
+        log.info("worker for partition %d ready: ports %s; MMIO %s", partition_id,
+                 ", ".join(f"{b:#x}+{c}" for b, c in ports), ", ".join(f"{b:#x}+{c:#x}" for b, c in mmio) or "none")
 
     def _console_tx(self, data: bytes) -> None:
         if not self._console_buf:
@@ -56,16 +61,37 @@ class Worker:
         os.write(self._console_fd, data)
         self.dealer.send(m.ConsoleOutput(data).encode())
 
+    def _signal_chipset(self) -> None:
+        """Tell the hypervisor what the last access or timer did to the CPU's pins."""
+        chipset = self.chipset
+        if chipset.intr:
+            now = perf_counter_ns()
+            for vector, raised in chipset.take_interrupts():
+                self.dealer.send(m.AssertInterrupt(vector, (raised, now)).encode())
+        if chipset.reset_requested:
+            self.dealer.send(m.ResetRequest(chipset.reset_requested).encode())
+            chipset.reset_requested = ""
+
+    def _poll_devices(self) -> None:
+        self._deadline = self.chipset.bus.poll(time.monotonic_ns())
+        self._signal_chipset()
+
     def serve(self) -> None:
-        dealer, bus = self.dealer, self.bus
+        dealer, chipset = self.dealer, self.chipset
+        bus, mmio = chipset.bus, chipset.mmio
         send, wait, recv = dealer.send, dealer.wait, dealer.recv
-        IoNotify, IoComplete, decode = m.IoNotify, m.IoComplete, m.decode
+        IoNotify, MmioNotify, IoComplete, decode = m.IoNotify, m.MmioNotify, m.IoComplete, m.decode
+        self._poll_devices()
         while self.running:
-            timeout = IDLE_POLL_MS if not self._console_buf else 1
+            timeout = IDLE_POLL_MS
+            if self._console_buf:
+                timeout = 1
+            if self._deadline is not None:
+                timeout = max(0, min(timeout, -(-(self._deadline - time.monotonic_ns()) // 1_000_000)))
             if not wait(timeout):
                 if self._console_buf:
                     self._flush_console()
-                bus.poll(time.monotonic_ns())
+                self._poll_devices()
                 continue
             frame = recv(0)
             t_in = perf_counter_ns()
@@ -74,26 +100,53 @@ class Worker:
             except ProtocolError as e:
                 log.error("undecodable message from the hypervisor: %s", e)
                 continue
-            if msg.__class__ is IoNotify:
-                if msg.write:
-                    bus.io_write(msg.port, msg.size, msg.value)
+            cls = msg.__class__
+            if cls is IoNotify or cls is MmioNotify:
+                if cls is IoNotify:
+                    if msg.write:
+                        bus.io_write(msg.port, msg.size, msg.value)
+                        value = 0
+                    else:
+                        value = bus.io_read(msg.port, msg.size)
+                elif msg.write:
+                    mmio.write(msg.gpa, msg.size, msg.value)
                     value = 0
                 else:
-                    value = bus.io_read(msg.port, msg.size)
+                    value = mmio.read(msg.gpa, msg.size)
+                if chipset.intr or chipset.reset_requested:
+                    self._signal_chipset()
                 send(IoComplete(msg.ref, value, msg.stamps + (t_in, perf_counter_ns())).encode())
-            elif msg.__class__ is m.ConsoleInput:
-                accepted = self.chipset.console_input(msg.data)
-                if accepted < len(msg.data):
-                    log.warning("UART receive FIFO full: %d of %d bytes dropped",
-                                len(msg.data) - accepted, len(msg.data))
-            elif msg.__class__ is m.ErrorReply:
-                log.error("hypervisor refused %s: %s", m.REGISTRY.get(msg.ref_type, m.Message).__name__,
-                          Refused(msg.code, msg.message))
+                # After the completion: the access may have moved a device's deadline.
+                self._poll_devices()
             else:
-                log.error("unexpected %s from the hypervisor", msg.NAME)
+                self._control(msg)
             if self._console_buf and time.monotonic_ns() - self._console_since > CONSOLE_FLUSH_NS:
                 self._flush_console()
         self.close()
+
+    def _control(self, msg: m.Message) -> None:
+        cls = msg.__class__
+        if cls is m.DeviceInput:
+            if msg.device == "console":
+                accepted = self.chipset.console_input(msg.data)
+            else:
+                accepted = self.chipset.keyboard_input(msg.data)
+            if accepted < len(msg.data):
+                log.warning("%s input full: %d of %d bytes dropped", msg.device,
+                            len(msg.data) - accepted, len(msg.data))
+            self._signal_chipset()
+        elif cls is m.DeviceReset:
+            log.info("partition reset: devices to power-on")
+            self.chipset.reset()
+            self._poll_devices()
+        elif cls is m.WorkerQuery:
+            result = self.chipset.screen() if msg.query == "screen" else self.chipset.device_stats()
+            self.dealer.send(m.WorkerQueryReply(msg.ref, result).encode())
+        elif cls is m.ErrorReply:
+            log.error("hypervisor refused %s: %s", m.REGISTRY.get(msg.ref_type, m.Message).__name__,
+                      Refused(msg.code, msg.message))
+        else:
+            log.error("unexpected %s from the hypervisor", msg.NAME)
 
     def close(self) -> None:
         if self._console_buf:

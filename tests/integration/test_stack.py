@@ -163,7 +163,7 @@ def test_each_role_may_send_only_its_own_messages(live):
         with pytest.raises(Refused, match="NOT_PERMITTED"):
             worker.request(m.StatusRequest())
         with pytest.raises(Refused, match="NOT_PERMITTED"):
-            vp.request(m.InstallIntercept(((0x60, 1),)))
+            vp.request(m.InstallIntercept(((0x60, 1),), ()))
         with pytest.raises(Refused, match="STALE"):
             worker.request(m.IoComplete(12345, 0, ()))
         # The running partition's worker and VP cannot be replaced.

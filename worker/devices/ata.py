@@ -247,7 +247,7 @@ def _open_image(config: AtaDiskConfig) -> int:
 class AtaDisk:
     """ATA device 0 on one IDE channel, backed by a raw image file."""
 
-    def __init__(self, irq_line: IrqLine, config: AtaDiskConfig) -> None:
+    def __init__(self, config: AtaDiskConfig, irq_line: IrqLine) -> None:
         self.config = config
         self.name = config.name
         self._irq = irq_line

@@ -46,7 +46,7 @@ def make_disk(tmp_path):
         config = AtaDiskConfig(image_path=str(tmp_path / name), size_bytes=size_bytes,
                                model=kwargs.pop("model", "HVS Test Disk"),
                                serial=kwargs.pop("serial", "SN12345"), **kwargs)
-        disk = AtaDisk(irq, config)
+        disk = AtaDisk(config, irq)
         disks.append(disk)
         return disk, irq
 
@@ -343,7 +343,7 @@ def test_a_flushed_write_survives_a_sigkill_of_the_worker(tmp_path):
         import os, signal
         from worker.devices.ata import AtaDisk, AtaDiskConfig
         from worker.devices.base import NullIrqLine
-        disk = AtaDisk(NullIrqLine(), AtaDiskConfig(image_path={str(image)!r}, size_bytes=1 << 20))
+        disk = AtaDisk(AtaDiskConfig(image_path={str(image)!r}, size_bytes=1 << 20), NullIrqLine())
         for port, value in ((0x1F2, 1), (0x1F3, 9), (0x1F4, 0), (0x1F5, 0), (0x1F6, 0xE0), (0x1F7, 0x30)):
             disk.io_write(port, 1, value)
         for i in range(256):

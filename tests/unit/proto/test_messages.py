@@ -20,19 +20,30 @@ EXAMPLES = {
     m.MsrIntercept: m.MsrIntercept(9, 0x40000002, False, 0, (T,)),
     m.HypercallIntercept: m.HypercallIntercept(10, 0x10008, b"\x01\x00\x00\x00", (T,)),
     m.HaltIntercept: m.HaltIntercept(11, (T,)),
-    m.VpResume: m.VpResume(7, 0, 0x41, 1, 2, 2**64 - 1, b"out", (T, T + 1, T + 2)),
+    m.VpResume: m.VpResume(7, 0, 0x41, 1, 2, 2**64 - 1, b"out", (T, T + 1, T + 2), 0x20, (T, T)),
+    m.MmioIntercept: m.MmioIntercept(12, 0xB8000, 8, True, 0x0741074107410741, (T,)),
+    m.MmioNotify: m.MmioNotify(2, 0, 0xB8000, 2, False, 0, (T, T, T)),
+    m.AssertInterrupt: m.AssertInterrupt(0x20, (T, T)),
+    m.ResetRequest: m.ResetRequest("i8042 CPU reset"),
+    m.DeviceReset: m.DeviceReset(),
+    m.WorkerQuery: m.WorkerQuery(5, "screen"),
+    m.WorkerQueryReply: m.WorkerQueryReply(5, {"text": "hello", "cursor": [0, 0, True]}),
+    m.WorkerQueryRequest: m.WorkerQueryRequest(1, "devices"),
+    m.TraceSubscribe: m.TraceSubscribe(0),
+    m.TraceEvent: m.TraceEvent(1, 0, "io_port", True, 0x3F8, 0x41, (T, T, T)),
+    m.PartitionControl: m.PartitionControl(1, "pause"),
     m.VpStats: m.VpStats({"io_port": {"t": {"c": {100: 1}, "n": 1, "s": 100, "lo": 100, "hi": 100}, "st": []}}),
-    m.InstallIntercept: m.InstallIntercept(((0x3F8, 8), (0x60, 1))),
+    m.InstallIntercept: m.InstallIntercept(((0x3F8, 8), (0x60, 1)), ((0xB8000, 0x8000),)),
     m.IoNotify: m.IoNotify(1, 0, 0x3FD, 1, False, 0, (T, T, T)),
     m.IoComplete: m.IoComplete(1, 0x60, (T,) * 5),
     m.ConsoleOutput: m.ConsoleOutput(b"hello\r\n"),
-    m.ConsoleInput: m.ConsoleInput(b"x"),
+    m.DeviceInput: m.DeviceInput("keyboard", b"\x1e\x9e"),
     m.StatusRequest: m.StatusRequest(),
     m.StatusReply: m.StatusReply({"pid": 1, "partitions": []}),
     m.IoRequest: m.IoRequest(1, 2, 0, "outb", 0x3FF, 0x41, b""),
     m.ConsoleSubscribe: m.ConsoleSubscribe(1),
     m.ConsoleData: m.ConsoleData(1, b"hi"),
-    m.ConsolePush: m.ConsolePush(1, b"ls\r"),
+    m.InputRequest: m.InputRequest(1, "console", b"ls\r"),
 }
 
 
@@ -115,9 +126,11 @@ def test_hello_role_must_be_known():
 
 def test_port_ranges_must_stay_in_the_io_space():
     with pytest.raises(InvalidField):
-        m.decode(msgpack.packb([20, [[0xFFF0, 0x20]]]))
+        m.decode(msgpack.packb([20, [[0xFFF0, 0x20]], []]))
     with pytest.raises(InvalidField):
-        m.decode(msgpack.packb([20, [[0x3F8, 0]]]))
+        m.decode(msgpack.packb([20, [[0x3F8, 0]], []]))
+    with pytest.raises(InvalidField):
+        m.decode(msgpack.packb([20, [], [[1 << 52, 1]]]))
 
 
 def test_hypercall_input_is_at_most_one_page():

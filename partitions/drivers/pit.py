@@ -1,0 +1,23 @@
+"""i8254 channel 0 as the system tick."""
+
+from __future__ import annotations
+
+from partitions.vp import Vp
+
+PIT_HZ = 1193182
+CH0, MODE_CMD = 0x40, 0x43
+# Channel 0, lobyte/hibyte, mode 2 (rate generator), binary.
+CH0_LOHI_MODE2 = 0x34
+
+
+def divisor_for(hz: int) -> int:
+    return max(1, min(0xFFFF, round(PIT_HZ / hz)))
+
+
+def start_tick(vp: Vp, hz: int) -> float:
+    """Program channel 0; returns the exact rate the divisor gives."""
+    div = divisor_for(hz)
+    vp.outb(MODE_CMD, CH0_LOHI_MODE2)
+    vp.outb(CH0, div & 0xFF)
+    vp.outb(CH0, div >> 8)
+    return PIT_HZ / div

@@ -1,0 +1,159 @@
+"""Workloads the topology names; each VP runs its list in turns until the duration is over.
+
+A workload function does one turn and returns how many operations it did; a turn in which
+no workload did anything idles the VP (HLT until the next interrupt on VP 0, which takes
+the PIC's interrupts).
+"""
+
+from __future__ import annotations
+
+import time
+
+from proto.codes import CpuidLeaf, HvMsr, HvPrivilege, HypercallCode
+
+from partitions.drivers import vga
+from partitions.drivers.ata import SECTOR, AtaError
+from partitions.drivers.serial import COM1, SCR
+from partitions.vp import Vp
+
+BATCH = 200  # operations per workload turn, so every workload gets time on every VP
+IDLE_S = 0.01
+LOG_INTERVAL_S = 1.0
+DISK_INTERVAL_S = 0.5
+DISK_SECTORS = 8  # 4 KiB per round
+DISK_AREA = 2048  # sectors the disk workload cycles through
+
+
+def wl_portio(vp: Vp, sys) -> int:
+    """Emulated port I/O: the UART scratch register, written then read back."""
+    for i in range(BATCH // 2):
+        vp.outb(COM1 + SCR, i)
+        vp.inb(COM1 + SCR)
+    return BATCH
+
+
+def wl_cpuid(vp: Vp, sys) -> int:
+    for _ in range(BATCH):
+        vp.cpuid(CpuidLeaf.HvCpuidFunctionHvInterface)
+    return BATCH
+
+
+def wl_msr(vp: Vp, sys) -> int:
+    """Synthetic MSR reads; only where the partition may read VP_INDEX."""
+    if not sys.hv.privileges & HvPrivilege.AccessVpIndex:
+        return 0
+    for _ in range(BATCH):
+        vp.rdmsr(HvMsr.HV_X64_MSR_VP_INDEX)
+    return BATCH
+
+
+def wl_hypercall(vp: Vp, sys) -> int:
+    """HvCallNotifyLongSpinWait, a fast call; only where the hypercall page is on."""
+    if not sys.hv.hypercalls:
+        return 0
+    spin_count = (1).to_bytes(4, "little")
+    for _ in range(BATCH):
+        vp.hypercall(HypercallCode.HvCallNotifyLongSpinWait, spin_count, fast=True)
+    return BATCH
+
+
+def _every(vp: Vp, sys, key: str, interval: float) -> bool:
+    now = time.monotonic()
+    last = sys.timers.get(key, 0.0)
+    if now - last < interval:
+        return False
+    sys.timers[key] = now
+    return True
+
+
+def wl_serial(vp: Vp, sys) -> int:
+    """A line of console output a second (VP 0 only), like a kernel's log."""
+    if vp.index != 0 or not _every(vp, sys, "serial", LOG_INTERVAL_S):
+        return 0
+    uptime = time.monotonic() - sys.started
+    rate = f", {sys.ticks / uptime:.1f} ticks/s" if sys.ticks else ""
+    sys.console(vp, f"[{sys.name}] vp0: {vp.exits} exits, {sys.ticks} ticks{rate}")
+    return 1
+
+
+def wl_timer(vp: Vp, sys) -> int:
+    """The tick runs by itself once the PIT is programmed; this workload just idles so the
+    VP spends its time in HLT between ticks (exits per interrupt are then easy to read)."""
+    return 0
+
+
+def wl_screen(vp: Vp, sys) -> int:
+    """A status line on the VGA text screen once a second (VP 0)."""
+    if vp.index != 0 or not sys.has_vga or not _every(vp, sys, "screen", LOG_INTERVAL_S):
+        return 0
+    vga.write_line(vp, 24, f"{sys.name}: uptime {time.monotonic() - sys.started:6.1f} s  "
+                           f"ticks {sys.ticks}  exits {vp.exits}", attr=0x1F)
+    vga.set_cursor(vp, 2, 0)
+    return 1
+
+
+def wl_disk(vp: Vp, sys) -> int:
+    """Write a 4 KiB pattern, FLUSH CACHE, read it back and compare (VP 0, every 0.5 s)."""
+    if vp.index != 0 or not _every(vp, sys, "disk", DISK_INTERVAL_S):
+        return 0
+    rnd = sys.timers.get("disk_round", 0)
+    sys.timers["disk_round"] = rnd + 1
+    lba = (rnd * DISK_SECTORS) % DISK_AREA
+    pattern = b"".join(f"{sys.name} round {rnd:06d} sector {lba + i:06d} ".encode().ljust(SECTOR, b".")
+                       for i in range(DISK_SECTORS))
+    exits = vp.exits
+    try:
+        sys.ata.write(vp, lba, pattern)
+        sys.ata.flush(vp)
+        back = sys.ata.read(vp, lba, DISK_SECTORS)
+    except AtaError as e:
+        sys.console(vp, f"[{sys.name}] disk: {e}")
+        sys.timers["disk"] = float("inf")  # no disk: stop trying
+        return 0
+    ok = back == pattern
+    sys.disk_bytes += 2 * len(pattern)
+    sys.disk_exits += vp.exits - exits
+    if not ok or rnd % 4 == 0:
+        sys.console(vp, f"[{sys.name}] disk: round {rnd} lba {lba}: {'verified' if ok else 'MISMATCH'}; "
+                        f"{(vp.exits - exits) / 2:.0f} exits per 4 KiB")
+    if not ok:
+        sys.disk_errors += 1
+    vp.counters.update(disk_bytes=sys.disk_bytes, disk_exits=sys.disk_exits, disk_errors=sys.disk_errors)
+    return DISK_SECTORS
+
+
+WORKLOADS = {
+    "serial": wl_serial,
+    "portio": wl_portio,
+    "cpuid": wl_cpuid,
+    "msr": wl_msr,
+    "hypercall": wl_hypercall,
+    "timer": wl_timer,
+    "screen": wl_screen,
+    "disk": wl_disk,
+}
+
+
+def run_workloads(vp: Vp, sys) -> dict[str, int]:
+    done = dict.fromkeys(sys.workloads, 0)
+    fns = [(name, WORKLOADS[name]) for name in sys.workloads]
+    deadline = time.monotonic() + sys.duration_s
+    while time.monotonic() < deadline:
+        ops = 0
+        for name, fn in fns:
+            n = fn(vp, sys)
+            done[name] += n
+            ops += n
+        if ops == 0:
+            idle(vp, sys)
+    return done
+
+
+def idle(vp: Vp, sys) -> None:
+    """HLT until the next interrupt where one can come (VP 0 takes the PIC's), else let
+    host time pass without exits."""
+    if sys.has_pic and vp.index == 0:
+        vp.sti()
+        vp.hlt()
+    else:
+        time.sleep(IDLE_S)
