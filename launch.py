@@ -49,7 +49,7 @@ from proto.codes import (
 )
 from proto.errors import ConfigError, HvstackError, PeerTimeout, Refused
 from proto.messages import IO_OPS
-from proto.stats import EMULATED_STAGES, HANDLED_STAGES, PathStats
+from proto.stats import EMULATED_STAGES, HANDLED_STAGES, INTERRUPT_STAGES, PathStats
 from proto.transport import ipc_endpoint
 
 REPO = Path(__file__).resolve().parent
@@ -628,25 +628,50 @@ class Run:
     def request_stop(self, reason: str) -> None:
         self._stop_reason = reason
 
-    def supervise(self, wait_for_halt: bool) -> dict:
-        """Until the guests are done (all VPs halted), a stop request, or a death."""
-        grace = (self.duration_s if self.duration_s is not None else self.topology.duration_s) + 20
-        deadline = time.monotonic() + grace if wait_for_halt else None
+    @property
+    def duration(self) -> float:
+        return self.topology.duration_s if self.duration_s is None else self.duration_s
+
+    def supervise(self) -> dict:
+        """Until every VP has finished its workloads (a run with a duration), a stop
+        request, a death, or every partition stopped by `ctl stop`."""
+        grace = self.duration + 30
+        deadline = time.monotonic() + grace
         next_status = 0.0
+        stopped: set[int] = set()
         while True:
             self._pump_console(100)
             if self._stop_reason:
                 raise RunEnded(self._stop_reason, 130 if "SIGINT" in self._stop_reason else 0)
             self._check_procs()
-            if wait_for_halt and time.monotonic() >= next_status:
-                next_status = time.monotonic() + 0.25
-                status = self.root.status()
-                vps = [vp for p in status["partitions"] for vp in p["vps"]]
-                if vps and all(vp["state"] == "halted" for vp in vps):
+            if time.monotonic() < next_status:
+                continue
+            next_status = time.monotonic() + 0.25
+            status = self.root.status()
+            for p in status["partitions"]:
+                if p["state"] == "finalized" and p["id"] not in stopped:
+                    stopped.add(p["id"])
+                    self._stop_partition(p["id"])
+            if len(stopped) == len(self.partition_ids):
+                raise RunEnded("every partition was stopped (ctl stop)", 0)
+            if self.duration > 0:
+                vps = [vp for p in status["partitions"] if p["id"] not in stopped for vp in p["vps"]]
+                if vps and all(vp["guest"].get("workloads_done") for vp in vps):
                     self._pump_console(50)
                     return status
                 if time.monotonic() > deadline:
                     raise RunEnded(f"guests did not finish within {grace:.0f} s", 1)
+
+    def _stop_partition(self, pid: int) -> None:
+        """`ctl stop`: end one partition's processes; the rest of the run goes on."""
+        name = next(n for n, i in self.partition_ids.items() if i == pid)
+        procs = [p for p in self.procs if p.role in ("partition", "worker") and p.name == name]
+        exits = stop_procs(sorted(procs, key=lambda p: p.role != "partition"))
+        for p in procs:
+            self.procs.remove(p)
+        self.out.print(f"partition {name} stopped: " + ", ".join(f"{k} {describe_exit(v)}" for k, v in exits.items()))
+        self._manifest_update(stopped_partitions=sorted(
+            set(self.run.manifest().get("stopped_partitions", [])) | {name}))
 
     def _pump_console(self, timeout_ms: int) -> None:
         if self.watcher is None:
@@ -694,8 +719,7 @@ class Run:
         write_json(path, man)
 
 
-def execute(topology: Topology, out: "Output", duration_s: float | None = None,
-            wait_for_halt: bool = True) -> tuple[Run, str, int]:
+def execute(topology: Topology, out: "Output", duration_s: float | None = None) -> tuple[Run, str, int]:
     """Start a run, supervise it, end it; returns (run, reason, exit code).  Ctrl-C and
     SIGTERM end the run the same way as a dead process does: every process goes."""
     run = Run(topology, out, duration_s)
@@ -712,7 +736,7 @@ def execute(topology: Topology, out: "Output", duration_s: float | None = None,
         try:
             run.start()
             out.started(run)
-            run.final_status = run.supervise(wait_for_halt and (duration_s or topology.duration_s) > 0)
+            run.final_status = run.supervise()
         except RunEnded as e:
             reason, code = e.reason, e.exit_code
         except (HvstackError, OSError) as e:
@@ -732,13 +756,16 @@ def execute(topology: Topology, out: "Output", duration_s: float | None = None,
 # Output
 # ======================================================================================
 
-PATH_ORDER = ("io_port", "io_unclaimed", "cpuid", "msr", "hypercall")
+PATH_ORDER = ("io_port", "io_unclaimed", "mmio", "unmapped_gpa", "cpuid", "msr", "hypercall", "interrupt")
 PATH_LABEL = {
     "io_port": "emulated port I/O (worker)",
     "io_unclaimed": "unclaimed port I/O (hv)",
+    "mmio": "emulated MMIO (worker)",
+    "unmapped_gpa": "unmapped GPA (hv)",
     "cpuid": "CPUID intercept (hv)",
     "msr": "synthetic MSR (hv)",
     "hypercall": "hypercall (hv)",
+    "interrupt": "interrupt: line → handler",
 }
 
 
@@ -770,7 +797,11 @@ def stage_rows(paths: dict, path: str = "io_port") -> list[list[str]]:
     if path not in paths:
         return []
     st = PathStats.from_wire(paths[path])
-    names = EMULATED_STAGES if len(st.stages) == len(EMULATED_STAGES) else HANDLED_STAGES
+    names = {len(EMULATED_STAGES): EMULATED_STAGES, len(HANDLED_STAGES): HANDLED_STAGES}.get(len(st.stages))
+    if path == "interrupt":
+        names = INTERRUPT_STAGES
+    if names is None:
+        return []
     total_mean = st.total.mean or 1
     rows = []
     for name, h in zip(names, st.stages):
@@ -810,10 +841,31 @@ class Output:
             rows = path_rows(p["paths"])
             if rows:
                 self.print(_indent(table(["path", "count", "p50 µs", "p99 µs", "max µs"], rows)))
-            srows = stage_rows(p["paths"])
-            if srows:
-                self.print("  emulated port I/O, per stage:")
-                self.print(_indent(table(["stage", "mean µs", "p50 µs", "p99 µs", "share"], srows), 4))
+            for path, label in (("io_port", "emulated port I/O"), ("interrupt", "interrupt path")):
+                srows = stage_rows(p["paths"], path)
+                if srows:
+                    self.print(f"  {label}, per stage:")
+                    self.print(_indent(table(["stage", "mean µs", "p50 µs", "p99 µs", "share"], srows), 4))
+            line = interrupt_line(p)
+            if line:
+                self.print("  " + line)
+
+
+def interrupt_line(p: dict) -> str:
+    """Interrupts delivered, by vector, and the exits each one cost the guest."""
+    delivered, by_vector = 0, {}
+    for vp in p["vps"]:
+        delivered += vp["interrupts"]["injected"]
+        for k, v in vp["interrupts"]["by_vector"].items():
+            by_vector[k] = by_vector.get(k, 0) + v
+    if not delivered:
+        return ""
+    guest = p.get("guest", {})
+    taken = guest.get("interrupts", 0)
+    per = f"; {guest.get('handler_exits', 0) / taken:.2f} exits per interrupt in handlers" if taken else ""
+    ticks = f"; {guest['ticks']} timer ticks" if guest.get("ticks") else ""
+    vectors = ", ".join(f"{k}: {v}" for k, v in sorted(by_vector.items()))
+    return f"interrupts: {delivered} delivered ({vectors}){per}{ticks}"
 
 
 def _indent(text: str, n: int = 2) -> str:
@@ -945,8 +997,9 @@ def parse_number(token: str) -> int:
     raise ValueError(f"{token!r} is not a number or a TLFS name")
 
 
-IO_ARITY = {"inb": 1, "inw": 1, "inl": 1, "outb": 2, "outw": 2, "outl": 2, "cpuid": (1, 2),
-            "rdmsr": 1, "wrmsr": 2, "hypercall": (1, 2)}
+IO_ARITY = {"inb": 1, "inw": 1, "inl": 1, "outb": 2, "outw": 2, "outl": 2,
+            "readb": 1, "readw": 1, "readl": 1, "readq": 1, "writeb": 2, "writew": 2, "writel": 2, "writeq": 2,
+            "cpuid": (1, 2), "rdmsr": 1, "wrmsr": 2, "hypercall": (1, 2)}
 
 
 def parse_ops(tokens: list[str]) -> list[tuple[str, list[str]]]:
@@ -983,7 +1036,7 @@ def run_op(root: RootClient, partition: int, vp: int, op: str, operands: list[st
         r = root.io(partition, vp, op, a, b)
     if r.fault:
         return f"FAULT #{X86Exception(r.fault).name}"
-    if op.startswith("in"):
+    if op.startswith("in") or op.startswith("read"):
         return f"OK {r.rax:#x}"
     if op == "cpuid":
         return f"OK eax={r.rax:#010x} ebx={r.rbx:#010x} ecx={r.rcx:#010x} edx={r.rdx:#010x}"
@@ -1022,6 +1075,43 @@ def cmd_io(args) -> int:
                 print(f"ERR {e}", flush=True)
                 failed += 1
     return 1 if failed else 0
+
+
+def _partition_of(run: RunDir, man: dict, name: str) -> int:
+    parts = man.get("partitions", {})
+    if name not in parts:
+        raise HvstackError(f"run {run.name} has no partition {name!r} (it has {', '.join(parts)})")
+    return parts[name]["id"]
+
+
+def cmd_screen(args) -> int:
+    run, man = live_run(args.run)
+    pid = _partition_of(run, man, args.partition)
+    with RootClient(man["endpoint"], run.secret()) as root:
+        screen = root.worker_query(pid, "screen")
+    if "error" in screen:
+        print(f"launch.py screen: {screen['error']}", file=sys.stderr)
+        return 1
+    print(screen["text"])
+    return 0
+
+
+def cmd_keys(args) -> int:
+    from proto.scancodes import scancodes
+
+    run, man = live_run(args.run)
+    pid = _partition_of(run, man, args.partition)
+    text = " ".join(args.text).replace("\\n", "\n")
+    if args.enter:
+        text += "\n"
+    data = scancodes(text)
+    with RootClient(man["endpoint"], run.secret()) as root:
+        # A keyboard buffers 16 bytes: send 8 keys (make + break) at a time, as typing would.
+        for i in range(0, len(data), 16):
+            root.send_input(pid, "keyboard", data[i:i + 16])
+            time.sleep(0.05)
+    print(f"typed {len(data) // 2} keys into {args.partition}")
+    return 0
 
 
 def cmd_bench(args) -> int:
@@ -1400,6 +1490,16 @@ def main(argv: list[str] | None = None) -> int:
                         "wrmsr MSR VALUE, hypercall CONTROL|NAME [INPUT_HEX]; none: read them from stdin")
     p.add_argument("--vp", type=int, default=0)
     p.set_defaults(fn=cmd_io)
+    p = sub.add_parser("screen", help="print a live partition's VGA text screen")
+    p.add_argument("run")
+    p.add_argument("partition")
+    p.set_defaults(fn=cmd_screen)
+    p = sub.add_parser("keys", help="type text on a live partition's keyboard (i8042, scancode set 1)")
+    p.add_argument("run")
+    p.add_argument("partition")
+    p.add_argument("text", nargs="+")
+    p.add_argument("--enter", action="store_true", help="press Enter after the text")
+    p.set_defaults(fn=cmd_keys)
     p = sub.add_parser("bench", help="round trips of each path against a pure-pyzmq floor")
     p.add_argument("--json", action="store_true")
     p.add_argument("--duration", type=float, default=4.0, help="seconds of guest workloads")

@@ -662,7 +662,7 @@ class Hypervisor:
                 "worker_timeouts": part.worker_timeouts,
                 "resets": part.resets,
                 "vps": [{"index": vp.index, "state": vp.state.value, "exits": dict(vp.exits),
-                         "faults": vp.faults,
+                         "faults": vp.faults, "guest": dict(vp.counters),
                          "interrupts": {"asserted": vp.interrupts.asserted, "injected": vp.interrupts.injected,
                                         "pending": len(vp.interrupts.pending),
                                         "by_vector": {f"{k:#04x}": v for k, v in vp.interrupts.by_vector.items()}}}

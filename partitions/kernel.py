@@ -205,5 +205,7 @@ def run(vp: Vp, sys: System) -> None:
     done = run_workloads(vp, sys)
     summary = ", ".join(f"{k} {v}" for k, v in done.items() if v)
     sys.console(vp, f"[{sys.name}] vp{vp.index}: workloads done ({summary or 'nothing'}); halting")
+    vp.counters["workloads_done"] = 1
+    vp.flush_stats()
     while True:
         vp.hlt()

@@ -215,7 +215,11 @@ class Vp:
             try:
                 handler(self, vector)
             finally:
-                self.counters["handler_exits"] += self.exits - exits_before
+                spent = self.exits - exits_before
+                self.counters["handler_exits"] += spent
+                key = f"vector_{vector:#04x}"
+                self.counters[key] = self.counters.get(key, 0) + 1
+                self.counters[key + "_exits"] = self.counters.get(key + "_exits", 0) + spent
                 self.if_flag = True  # IRET restores IF
 
     # -- port I/O -------------------------------------------------------------------------

@@ -89,8 +89,17 @@ class RootClient:
             raise Refused("UNEXPECTED", f"expected vp_resume, got {reply.NAME}")
         return reply
 
-    def console_push(self, partition: int, data: bytes) -> None:
-        self.dealer.request(m.ConsolePush(partition, data), self.timeout_ms)
+    def send_input(self, partition: int, device: str, data: bytes) -> None:
+        """Bytes for a partition's console UART, or scancodes for its keyboard."""
+        self.dealer.request(m.InputRequest(partition, device, data), self.timeout_ms)
+
+    def worker_query(self, partition: int, query: str) -> dict:
+        """Ask the partition's worker: ``screen`` or ``devices``."""
+        return self.dealer.request(m.WorkerQueryRequest(partition, query), self.timeout_ms).result
+
+    def control(self, partition: int, action: str) -> None:
+        """pause, resume, reset or stop a partition."""
+        self.dealer.request(m.PartitionControl(partition, action), self.timeout_ms)
 
 
 class ConsoleWatcher:

@@ -137,3 +137,6 @@ EMULATED_STAGES = (
     "hv→guest",
 )
 HANDLED_STAGES = ("guest→hv", "hv handle", "hv→guest")
+# The interrupt path: the PIC's INTR rises in the worker → the worker sends the vector → the
+# hypervisor queues it → injects it with a resume → the guest's handler starts.
+INTERRUPT_STAGES = ("worker INTA", "worker→hv", "hv queued", "hv→guest handler")
