@@ -1381,6 +1381,20 @@ def render_top(s: dict) -> str:
     return "\n".join(lines)
 
 
+def plot_file(value: str) -> str:
+    """``bench --plot FILE``: checked when the arguments are parsed, so that a missing
+    matplotlib (an optional extra) or directory fails before the bench runs, not after."""
+    from benchmarks.plot import PlotUnavailable, require_matplotlib
+
+    try:
+        require_matplotlib()
+    except PlotUnavailable as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if not Path(value).resolve().parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{value}: no such directory")
+    return value
+
+
 def cmd_top(args) -> int:
     """A live view of a run, as xentop and kvm_stat give one: refreshed every --interval."""
     run, man = live_run(args.run)
@@ -1504,6 +1518,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     p.add_argument("--duration", type=float, default=4.0, help="seconds of guest workloads")
     p.add_argument("--samples", type=int, default=5000, help="round trips per floor")
+    p.add_argument("--plot", metavar="FILE.png", type=plot_file,
+                   help="draw latency histograms and CDFs (needs the [plot] extra)")
     p.set_defaults(fn=cmd_bench)
     p = sub.add_parser("top", help="a live view of a run: VPs, exits/s by reason, latency, processes")
     p.add_argument("run")

@@ -90,6 +90,10 @@ def measure_stack(duration_s: float) -> dict[str, Histogram]:
 def run_bench(args) -> int:
     floor = measure_floor(args.samples)
     stack = measure_stack(args.duration)
+    if getattr(args, "plot", None):
+        from benchmarks.plot import plot
+
+        plot(args.plot, stack, floor)
     result = {"unit": "us", "floor_samples": args.samples, "paths": {}}
     rows = []
     for name, hops, label in PATHS:
