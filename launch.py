@@ -102,7 +102,7 @@ RECOMMENDATIONS = {
     "apic_msrs": HvRecommendation.UseApicMsrs,
     "relaxed_timing": HvRecommendation.UseRelaxedTiming,
 }
-WORKLOADS = ("serial", "portio", "cpuid", "msr", "hypercall", "timer", "screen", "disk")
+WORKLOADS = ("serial", "portio", "cpuid", "msr", "hypercall", "timer", "screen", "disk", "diskbench")
 # The devices a topology may name, and the settings each takes (the worker checks values).
 DEVICE_KEYS = {
     "uart16550": {"name", "base", "irq"},
@@ -1516,8 +1516,9 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_keys)
     p = sub.add_parser("bench", help="round trips of each path against a pure-pyzmq floor")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--duration", type=float, default=4.0, help="seconds of guest workloads")
-    p.add_argument("--samples", type=int, default=5000, help="round trips per floor")
+    p.add_argument("--duration", type=float, default=6.0, help="seconds of guest workloads per path kind")
+    p.add_argument("--samples", type=int, default=6000, help="round trips per floor")
+    p.add_argument("--rounds", type=int, default=3, help="floor and stack alternate this many times")
     p.add_argument("--plot", metavar="FILE.png", type=plot_file,
                    help="draw latency histograms and CDFs (needs the [plot] extra)")
     p.set_defaults(fn=cmd_bench)

@@ -1,9 +1,11 @@
-"""``python launch.py bench``: each path's round trip beside its floor, measured in one run.
+"""``python launch.py bench``: each path beside its floor, measured in one run.
 
 The floor (benchmarks/floor.py) is a pure-pyzmq relay with the same socket types, payload
 sizes and hop counts — 4 hops for emulated port I/O, 2 for the CPUID intercept and the
-hypercall — so the ratio is what the stack's own work costs.  The stack is measured on a
-one-partition, one-VP topology so nothing else competes for the two cores.
+hypercall, 2 one-way hops (worker → hv → VP) for the interrupt path — so a ratio is what
+the stack's own work costs.  Disk throughput is held against the throughput the floor would
+give for the same number of emulated round trips per 4 KiB.  Each stack path is measured on
+a one-partition, one-VP topology so nothing else competes for the two cores.
 """
 
 from __future__ import annotations
@@ -13,18 +15,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
-
-from proto.stats import Histogram
 
 import launch
-from benchmarks.floor import FloorClient
+from benchmarks.floor import FloorClient, IrqFloorClient
+from proto.stats import Histogram
 
-BENCH_TOPOLOGY = """\
+ROUND_TRIPS = """\
 [run]
 name = "bench"
 duration_s = 4.0
-logical_processors = 2
 
 [[partition]]
 name = "bench"
@@ -36,8 +35,34 @@ chipset = "minimal"
 workloads = ["portio", "cpuid", "hypercall"]
 """
 
+INTERRUPTS = """\
+[run]
+name = "bench-irq"
+duration_s = 3.0
+
+[[partition]]
+name = "bench"
+vps = 1
+memory_mb = 4
+workloads = ["timer"]
+"""
+
+DISK = """\
+[run]
+name = "bench-disk"
+duration_s = 3.0
+
+[[partition]]
+name = "bench"
+vps = 1
+memory_mb = 4
+disk = {{ image = "{image}", size_mb = 4 }}
+workloads = ["diskbench"]
+"""
+
 # Which floor each path is held against.
-PATHS = (("io_port", 4, "emulated port I/O"), ("cpuid", 2, "CPUID intercept"), ("hypercall", 2, "hypercall"))
+PATHS = (("io_port", 4, "emulated port I/O"), ("cpuid", 2, "CPUID intercept"), ("hypercall", 2, "hypercall"),
+         ("interrupt", "irq", "interrupt: line → handler"))
 GOAL_IO_RATIO_P50 = 1.5
 
 
@@ -48,78 +73,106 @@ def _hist(samples: list[int]) -> Histogram:
     return h
 
 
-def measure_floor(samples: int) -> dict[int, Histogram]:
-    """Round-trip histograms of the 4-hop and the 2-hop floor."""
+def measure_floor(samples: int, irq_samples: int) -> dict:
+    """Histograms of the 4-hop and 2-hop round trips and the one-way interrupt hops."""
     with tempfile.TemporaryDirectory(prefix="hvfloor") as d:
         endpoint = f"ipc://{d}/floor.sock"
-        env_py = [sys.executable, "-m", "benchmarks.floor"]
-        relay = subprocess.Popen([*env_py, "relay", endpoint], cwd=launch.REPO, stdout=subprocess.PIPE,
+        cmd = [sys.executable, "-m", "benchmarks.floor"]
+        relay = subprocess.Popen([*cmd, "relay", endpoint], cwd=launch.REPO, stdout=subprocess.PIPE,
                                  preexec_fn=launch._die_with_parent)
-        echo = None
+        echoes = []
         try:
             if relay.stdout.readline().strip() != b"READY":
                 raise RuntimeError("the floor relay did not start")
-            echo = subprocess.Popen([*env_py, "echo", endpoint], cwd=launch.REPO,
-                                    preexec_fn=launch._die_with_parent)
-            time.sleep(0.2)  # let the echo peer register before the first 4-hop request
+            echoes = [subprocess.Popen([*cmd, role, endpoint], cwd=launch.REPO, preexec_fn=launch._die_with_parent)
+                      for role in ("echo", "irqecho")]
+            time.sleep(0.3)  # let the echo peers register before the first request
             out = {}
-            for hops in (4, 2):
-                client = FloorClient(endpoint, hops)
+            for key, client, n in ((4, FloorClient(endpoint, 4), samples), (2, FloorClient(endpoint, 2), samples),
+                                   ("irq", IrqFloorClient(endpoint), irq_samples)):
                 try:
-                    out[hops] = _hist(client.measure(samples))
+                    out[key] = _hist(client.measure(n))
                 finally:
                     client.close()
             return out
         finally:
-            for p in (echo, relay):
-                if p is not None:
-                    p.kill()
-                    p.wait()
+            for p in (*echoes, relay):
+                p.kill()
+                p.wait()
 
 
-def measure_stack(duration_s: float) -> dict[str, Histogram]:
-    topology = launch.load_topology(BENCH_TOPOLOGY, "<bench>")
-    out = launch.Output(open("/dev/null", "w"))
-    run, reason, code = launch.execute(topology, out, duration_s)
+def measure_stack(topology_text: str, duration_s: float) -> dict:
+    """The final status of the one partition of a bench topology."""
+    topology = launch.load_topology(topology_text, "<bench>")
+    with open("/dev/null", "w") as devnull:
+        run, reason, code = launch.execute(topology, launch.Output(devnull), duration_s)
     if code != 0 or not run.final_status:
-        raise RuntimeError(f"the bench run failed: {reason}")
-    paths = run.final_status["partitions"][0]["paths"]
-    return {name: launch.PathStats.from_wire(paths[name]).total for name in paths}
+        raise RuntimeError(f"the bench run {topology.name} failed: {reason}")
+    return run.final_status["partitions"][0]
 
 
 def run_bench(args) -> int:
-    floor = measure_floor(args.samples)
-    stack = measure_stack(args.duration)
-    if getattr(args, "plot", None):
-        from benchmarks.plot import plot
-
-        plot(args.plot, stack, floor)
-    result = {"unit": "us", "floor_samples": args.samples, "paths": {}}
+    # Floor and stack alternate in rounds, so that a machine whose speed drifts (other
+    # load, frequency changes) drifts under both alike.
+    rounds = max(1, args.rounds)
+    floor: dict = {}
+    paths: dict[str, launch.PathStats] = {}
+    disk: dict[str, int] = {}
+    slice_s = args.duration / rounds
+    for _ in range(rounds):
+        for key, h in measure_floor(args.samples // rounds, int(slice_s * 100)).items():
+            floor.setdefault(key, Histogram()).merge(h)
+        stacks = [measure_stack(ROUND_TRIPS, slice_s)["paths"], measure_stack(INTERRUPTS, slice_s)["paths"]]
+        for got in stacks:
+            for name, wire in got.items():
+                paths.setdefault(name, launch.PathStats()).merge(launch.PathStats.from_wire(wire))
+        with tempfile.TemporaryDirectory(prefix="hvdisk") as d:
+            guest = measure_stack(DISK.format(image=f"{d}/bench.img"), slice_s)["guest"]
+        for k in ("disk_bytes", "disk_exits", "disk_ns", "disk_errors"):
+            disk[k] = disk.get(k, 0) + guest.get(k, 0)
+    result = {"unit": "us", "floor_samples": args.samples, "rounds": rounds, "paths": {}}
     rows = []
     for name, hops, label in PATHS:
-        h = stack.get(name)
-        f = floor[hops]
-        if h is None or h.n == 0:
+        if name not in paths:
             continue
+        h = paths[name].total
+        f = floor[hops]
         entry = {
-            "label": label, "hops": hops, "samples": h.n,
+            "label": label, "hops": 2 if hops == "irq" else hops, "one_way": hops == "irq", "samples": h.n,
             "p50_us": h.percentile(50) / 1000, "p99_us": h.percentile(99) / 1000,
             "floor_p50_us": f.percentile(50) / 1000, "floor_p99_us": f.percentile(99) / 1000,
         }
         entry["ratio_p50"] = round(entry["p50_us"] / entry["floor_p50_us"], 3)
         entry["ratio_p99"] = round(entry["p99_us"] / entry["floor_p99_us"], 3)
         result["paths"][name] = entry
-        rows.append([label, str(hops), str(h.n), f"{entry['p50_us']:.1f}", f"{entry['p99_us']:.1f}",
-                     f"{entry['floor_p50_us']:.1f}", f"{entry['floor_p99_us']:.1f}",
-                     f"{entry['ratio_p50']:.2f}×", f"{entry['ratio_p99']:.2f}×"])
+        rows.append([label, f"{entry['hops']}{' (one way)' if entry['one_way'] else ''}", str(h.n),
+                     f"{entry['p50_us']:.1f}", f"{entry['p99_us']:.1f}", f"{entry['floor_p50_us']:.1f}",
+                     f"{entry['floor_p99_us']:.1f}", f"{entry['ratio_p50']:.2f}×", f"{entry['ratio_p99']:.2f}×"])
+    if disk.get("disk_bytes"):
+        per_4k = disk["disk_exits"] / (disk["disk_bytes"] / 4096)
+        mb_s = disk["disk_bytes"] / (disk["disk_ns"] / 1e9) / 1e6
+        # The floor's throughput for the same number of emulated round trips per 4 KiB.
+        floor_mb_s = 4096 / (per_4k * floor[4].percentile(50) / 1e9) / 1e6
+        result["disk"] = {"bytes": disk["disk_bytes"], "mb_per_s": round(mb_s, 4), "exits_per_4k": round(per_4k, 1),
+                          "floor_mb_per_s": round(floor_mb_s, 4), "ratio": round(floor_mb_s / mb_s, 3),
+                          "errors": disk.get("disk_errors", 0)}
     io = result["paths"].get("io_port")
     result["goal"] = {"io_port_ratio_p50_at_most": GOAL_IO_RATIO_P50,
                       "met": bool(io and io["ratio_p50"] <= GOAL_IO_RATIO_P50)}
+    if getattr(args, "plot", None):
+        from benchmarks.plot import plot
+
+        plot(args.plot, {k: v.to_wire() for k, v in paths.items()}, floor)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     print(launch.table(["path", "hops", "samples", "p50 µs", "p99 µs", "floor p50", "floor p99",
-                        "p50 ratio", "p99 ratio"], rows, "lrrrrrrrr"))
+                        "p50 ratio", "p99 ratio"], rows, "llrrrrrrr"))
+    if "disk" in result:
+        dk = result["disk"]
+        print(f"\nemulated ATA disk (PIO, 32-bit data port): {dk['mb_per_s'] * 1000:.1f} KB/s, "
+              f"{dk['exits_per_4k']:.0f} exits per 4 KiB; the floor for as many round trips: "
+              f"{dk['floor_mb_per_s'] * 1000:.1f} KB/s ({dk['ratio']:.2f}×)")
     if io:
         print(f"\nemulated I/O p50 is {io['ratio_p50']:.2f}× its floor "
               f"(goal ≤ {GOAL_IO_RATIO_P50}×: {'met' if result['goal']['met'] else 'NOT met'})")

@@ -1,7 +1,9 @@
 """The floor: a pure-pyzmq relay with the stack's sockets, payload sizes and hop counts.
 
 Three roles, as in the stack: a client DEALER (the VP), a relay ROUTER (the hypervisor) and
-an echo DEALER (the worker).  The relay does nothing but route: a frame from a "4-hop"
+an echo DEALER (the worker); a second echo, ``irqecho``, plays the worker raising an
+interrupt: it stamps its frame as it sends it, and the relay passes the frame on unchanged to
+the waiting client, which measures the one-way worker → hv → VP time.  The relay does nothing but route: a frame from a "4-hop"
 client goes to the echo peer and the echo's answer back to the client (VP → hv → worker →
 hv → VP); a frame from a "2-hop" client is answered by the relay itself (VP → hv → VP).
 Each hop sends a pre-built frame of the size the stack's message on that hop has, so the
@@ -10,13 +12,16 @@ dispatching, stamping and encoding.
 
     python -m benchmarks.floor relay ENDPOINT
     python -m benchmarks.floor echo ENDPOINT
+    python -m benchmarks.floor irqecho ENDPOINT
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from time import perf_counter_ns
 
+import msgpack
 import zmq
 
 from proto import messages as m
@@ -50,24 +55,27 @@ def relay(endpoint: str) -> None:
     sock.bind(endpoint)
     print("READY", flush=True)
     roles: dict[bytes, bytes] = {}
-    echo = None
+    peers: dict[bytes, bytes] = {}  # echo role → identity
     notify, resume4, resume2 = f["io_notify"], f["io_resume"], f["cpuid_resume"]
     pending = []  # clients waiting for the echo, in order (one request in flight each)
+    pending_irq = []
     while True:
         ident, frame = sock.recv_multipart()
         role = roles.get(ident)
         if role is None:
             roles[ident] = frame  # the first frame of a peer names its role
-            if frame == b"echo":
-                echo = ident
-            elif frame == b"stop":
-                return
+            peers[frame] = ident
             continue
         if role == b"hop4":
             pending.append(ident)
-            sock.send_multipart((echo, notify))
+            sock.send_multipart((peers[b"echo"], notify))
         elif role == b"echo":
             sock.send_multipart((pending.pop(0), resume4))
+        elif role == b"irq":
+            pending_irq.append(ident)
+            sock.send_multipart((peers[b"irqecho"], notify))
+        elif role == b"irqecho":
+            sock.send_multipart((pending_irq.pop(0), frame))
         else:
             sock.send_multipart((ident, resume2))
 
@@ -80,6 +88,46 @@ def echo(endpoint: str) -> None:
     while True:
         sock.recv()
         sock.send(complete)
+
+
+def irqecho(endpoint: str) -> None:
+    """Answers each request with an ``assert_interrupt`` stamped as it is sent."""
+    sock = _socket(zmq.DEALER)
+    sock.connect(endpoint)
+    sock.send(b"irqecho")
+    while True:
+        sock.recv()
+        sock.send(m.AssertInterrupt(0x20, (perf_counter_ns(), _T)).encode())
+
+
+class IrqFloorClient:
+    """The one-way worker → hv → VP time of a frame the size of ``assert_interrupt``.
+
+    Interrupts come from a timer, with every process idle in between; waking an idle
+    process costs far more than handing a frame to a busy one, so the floor waits a tick
+    period between samples too."""
+
+    def __init__(self, endpoint: str, period_s: float = 0.01) -> None:
+        self.sock = _socket(zmq.DEALER)
+        self.sock.connect(endpoint)
+        self.sock.send(b"irq")
+        self.period_s = period_s
+
+    def measure(self, n: int, warmup: int = 20) -> list[int]:
+        out = []
+        for i in range(n + warmup):
+            time.sleep(self.period_s)
+            self.sock.send(b"x")
+            if not self.sock.poll(5000):
+                raise TimeoutError("the floor relay did not answer within 5 s")
+            frame = self.sock.recv()
+            t = perf_counter_ns()
+            if i >= warmup:
+                out.append(t - msgpack.unpackb(frame)[2][0])
+        return out
+
+    def close(self) -> None:
+        self.sock.close(0)
 
 
 class FloorClient:
@@ -110,4 +158,4 @@ class FloorClient:
 
 
 if __name__ == "__main__":
-    {"relay": relay, "echo": echo}[sys.argv[1]](sys.argv[2])
+    {"relay": relay, "echo": echo, "irqecho": irqecho}[sys.argv[1]](sys.argv[2])

@@ -76,6 +76,7 @@ class System:
     timers: dict = field(default_factory=dict)
     disk_bytes: int = 0
     disk_exits: int = 0
+    disk_ns: int = 0
     disk_errors: int = 0
     started: float = field(default_factory=time.monotonic)
     booted_cv: threading.Condition = field(default_factory=threading.Condition)
