@@ -557,7 +557,8 @@ class Run:
             endpoint = ipc_endpoint(str(self.run.path / "hv.sock"))
         else:
             endpoint = "tcp://127.0.0.1:0"
-        hv = spawn("hypervisor", "hv", "hypervisor", ["--endpoint", endpoint], {"HVSTACK_SECRET": self.secret},
+        hv = spawn("hypervisor", "hv", "hypervisor",
+                   ["--endpoint", endpoint, "--lps", str(self.topology.logical_processors)], {"HVSTACK_SECRET": self.secret},
                    self.run, stdout=subprocess.PIPE)
         self.procs.append(hv)
         self.endpoint = self._await_ready(hv)
@@ -1114,6 +1115,291 @@ def cmd_keys(args) -> int:
     return 0
 
 
+# -- trace, console, ctl: attach to a live run's exits, serial console and partitions ------
+
+
+def cmd_trace(args) -> int:
+    """Every exit as the hypervisor sees it (as xentrace / perf kvm stat live show them),
+    then a per-reason summary like `perf kvm stat report`."""
+    import csv
+
+    from proto.trace import CSV_FIELDS, TEXT_HEADER, TraceSummary, csv_row, event_record, text_line
+
+    run, man = live_run(args.run)
+    names = {v["id"]: k for k, v in man.get("partitions", {}).items()}
+    only = _partition_of(run, man, args.partition) if args.partition else 0
+    wanted = set(args.reason or ())
+    if args.duration is not None and args.duration <= 0:
+        print("launch.py trace: --duration must be > 0", file=sys.stderr)
+        return 2
+    out = sys.stdout
+    writer = csv.writer(out, lineterminator="\n") if args.csv else None
+    summary = TraceSummary()
+    ended = None
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    old_term = signal.signal(signal.SIGTERM, on_term)
+    t0 = time.perf_counter_ns()
+    started = time.monotonic()
+    try:
+        with RootClient(man["endpoint"], run.secret()) as tracer:
+            t0 = time.perf_counter_ns()
+            tracer.trace_subscribe(only)
+            started = time.monotonic()
+            deadline = started + args.duration if args.duration else None
+            if writer:
+                writer.writerow(CSV_FIELDS)
+            elif not args.json:
+                out.write(TEXT_HEADER + "\n")
+            out.flush()
+            next_check = last_event = started
+            try:
+                while True:
+                    now = time.monotonic()
+                    if deadline is not None and now >= deadline:
+                        break
+                    wait_s = min(next_check - now, deadline - now if deadline is not None else 1.0)
+                    events = tracer.trace_poll(max(0, int(wait_s * 1000)))
+                    now = time.monotonic()
+                    if events:
+                        last_event = now
+                    for ev in events:
+                        if (only and ev.partition != only) or (wanted and ev.reason not in wanted):
+                            continue
+                        rec = event_record(ev, names, t0)
+                        summary.add(rec["reason"], rec["total_ns"])
+                        if writer:
+                            writer.writerow(csv_row(rec))
+                        elif args.json:
+                            out.write(json.dumps({k: v for k, v in rec.items() if k != "total_ns"},
+                                                 ensure_ascii=False) + "\n")
+                        else:
+                            out.write(text_line(rec) + "\n")
+                    if events:
+                        out.flush()
+                    if now >= next_check:
+                        next_check = now + 1.0
+                        if not run.is_live():
+                            ended = run.manifest().get("ended", {}).get("reason", "its launcher is gone")
+                            break
+                        if now - last_event >= 1.0:
+                            tracer.trace_renew(only)  # no event for a second: make sure we are still subscribed
+            except KeyboardInterrupt:
+                pass
+        elapsed = round(time.monotonic() - started, 3)
+        if args.json:
+            out.write(json.dumps({"summary": summary.to_json(run=run.name, duration_s=elapsed,
+                                                             partition=args.partition, reasons_filter=sorted(wanted))},
+                                 ensure_ascii=False) + "\n")
+        elif writer:
+            out.write("\n")
+            writer.writerow(TraceSummary.CSV_FIELDS)
+            writer.writerows(summary.csv_rows())
+        else:
+            scope = f"partition {args.partition}" if args.partition else "all partitions"
+            out.write(f"\nAnalyze events for {scope}, all VPs of run {run.name} ({elapsed:.1f} s):\n\n")
+            out.write(summary.text() + "\n")
+        out.flush()
+    except BrokenPipeError:
+        # The reader went away (`trace --json | head`): not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+    if ended is not None:
+        print(f"launch.py trace: run {run.name} ended while tracing ({ended})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _console_uart(man: dict, partition: str) -> str:
+    """The name of a partition's console: its first UART, as the worker picks it."""
+    for pc in man.get("config", {}).get("partitions", []):
+        if pc.get("name") == partition:
+            for d in [*CHIPSETS.get(pc.get("chipset", "gen1"), []), *pc.get("devices", [])]:
+                if d.get("type") == "uart16550":
+                    return d.get("name", "com1")
+    return "com1"
+
+
+CONSOLE_ESCAPE = 0x1D  # Ctrl-], as virsh console and telnet
+CONSOLE_CHUNK = 16  # the UART's receive FIFO
+CONSOLE_STALL_S = 5.0  # input the guest does not read for this long is dropped
+
+
+def cmd_console(args) -> int:
+    """An interactive serial console, as `virsh console`: guest output to stdout, stdin to
+    the console UART's receive FIFO."""
+    import termios
+    import tty
+
+    run, man = live_run(args.run)
+    pid = _partition_of(run, man, args.partition)
+    if args.partition in man.get("stopped_partitions", []):
+        raise HvstackError(f"partition {args.partition} of run {run.name} was stopped")
+    uart = _console_uart(man, args.partition)
+    try:
+        stdin_fd = sys.stdin.fileno()
+    except (AttributeError, ValueError, OSError):
+        stdin_fd = None
+    reading = not args.no_input and stdin_fd is not None
+    interactive = reading and os.isatty(stdin_fd)
+    out = sys.stdout.buffer
+    note = sys.stdout if interactive else sys.stderr
+    pending = bytearray()  # typed, not yet taken by the UART
+    line_buf = bytearray()  # piped, not yet a whole line
+    eof = not reading
+    linger_until = None
+    rx_seen = None
+    next_send = 0.0
+    stalled_since = None
+    old_tty = None
+    exit_code, why = 0, ""
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    old_term = signal.signal(signal.SIGTERM, on_term)
+    watcher = ConsoleWatcher(man["endpoint"], run.secret(), [pid])
+    root = RootClient(man["endpoint"], run.secret())
+    try:
+        print(f"Connected to partition {args.partition} of run {run.name} ({uart})", file=note)
+        if interactive:
+            print("Escape character is ^]", file=note)
+        note.flush()
+        if interactive:
+            old_tty = termios.tcgetattr(stdin_fd)
+            tty.setraw(stdin_fd, termios.TCSANOW)
+        next_check = time.monotonic() + 1.0
+        while True:
+            # Guest output: whatever arrived, straight through.
+            for _, data in watcher.poll(0 if reading and not eof else 20 if pending else 50):
+                out.write(data)
+                out.flush()
+            now = time.monotonic()
+            # Input: raw keystrokes (tty) or whole lines (pipe, file).
+            if reading and not eof:
+                ready, _, _ = select.select([stdin_fd], [], [], 0.02)
+                if ready:
+                    data = os.read(stdin_fd, 4096)
+                    if interactive:
+                        if CONSOLE_ESCAPE in data:
+                            pending += data[:data.index(CONSOLE_ESCAPE)]
+                            if pending:  # what was typed before ^], once, without waiting
+                                root.send_input(pid, "console", bytes(pending[:CONSOLE_CHUNK]))
+                            break
+                        pending += data
+                    elif data:
+                        line_buf += data
+                        cut = line_buf.rfind(b"\n") + 1
+                        pending += line_buf[:cut]
+                        del line_buf[:cut]
+                    else:
+                        eof = True
+                        pending += line_buf
+                        line_buf.clear()
+            # Send a FIFO's worth; the UART's rx_bytes says how much it took.
+            if pending and now >= next_send:
+                chunk = bytes(pending[:CONSOLE_CHUNK])
+                if rx_seen is None:
+                    rx_seen = root.uart_rx_bytes(pid, uart)
+                root.send_input(pid, "console", chunk)
+                rx_now = root.uart_rx_bytes(pid, uart)
+                taken = len(chunk) if rx_now is None or rx_seen is None or rx_now < rx_seen else rx_now - rx_seen
+                rx_seen = rx_now
+                del pending[:min(taken, len(chunk))]
+                if taken >= len(chunk):
+                    stalled_since = None
+                else:
+                    # The FIFO is full: let the guest read it (its IRQ4 handler drains it).
+                    next_send = now + 0.02
+                    if taken or stalled_since is None:
+                        stalled_since = now
+                    elif now - stalled_since > CONSOLE_STALL_S:
+                        print(f"launch.py console: the guest has not read its UART for {CONSOLE_STALL_S:.0f} s; "
+                              f"{len(pending)} byte(s) of input dropped", file=sys.stderr)
+                        pending.clear()
+                        stalled_since = None
+            if eof and reading and not pending:
+                if linger_until is None:
+                    linger_until = now + args.linger
+                elif now >= linger_until:
+                    for _, data in watcher.poll(0):
+                        out.write(data)
+                    out.flush()
+                    break
+            if now >= next_check:
+                next_check = now + 1.0
+                if not run.is_live():
+                    how = run.manifest().get("ended", {}).get("reason", "its launcher is gone")
+                    exit_code, why = 1, f"run {run.name} ended while attached ({how})"
+                    break
+                if args.partition in run.manifest().get("stopped_partitions", []):
+                    exit_code, why = 1, f"partition {args.partition} was stopped"
+                    break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if old_tty is not None:
+            termios.tcsetattr(stdin_fd, termios.TCSADRAIN, old_tty)
+        signal.signal(signal.SIGTERM, old_term)
+        watcher.close()
+        root.close()
+    if interactive:
+        print(file=note)
+    if why:
+        print(f"launch.py console: {why}", file=sys.stderr)
+    return exit_code
+
+
+CTL_DONE = {"pause": "paused", "resume": "resumed", "reset": "reset", "stop": "stopped"}
+
+
+def cmd_ctl(args) -> int:
+    """pause, resume, reset or stop one partition of a live run (PartitionControl)."""
+    run, man = live_run(args.run)
+    pid = _partition_of(run, man, args.partition)
+    name = args.partition
+    if name in man.get("stopped_partitions", []):
+        raise HvstackError(f"partition {name} of run {run.name} is stopped")
+    with RootClient(man["endpoint"], run.secret()) as root:
+        try:
+            root.control(pid, args.action)
+        except Refused as e:
+            raise HvstackError(f"cannot {args.action} partition {name}: {e.reason}") from None
+        if args.action != "stop":
+            part = next((p for p in root.status()["partitions"] if p["id"] == pid), {})
+            extra = f" (reset #{part['resets']}: its VPs start over at the reset vector)" \
+                if args.action == "reset" and "resets" in part else ""
+            print(f"partition {name} {CTL_DONE[args.action]}{extra}")
+            return 0
+    # stop: the launcher ends the partition's processes when it sees the state "finalized".
+    deadline = time.monotonic() + args.timeout
+    stopped = False
+    while time.monotonic() < deadline:
+        man = run.manifest()
+        if not stopped and name in man.get("stopped_partitions", []):
+            stopped = True
+            print(f"partition {name} stopped: its VPs and worker have exited", flush=True)
+            if set(man.get("stopped_partitions", [])) < set(man.get("partitions", {})):
+                return 0
+        if man.get("state") == "ended":
+            if not stopped:
+                print(f"partition {name} stopped")
+            print(f"run {run.name} ended: {man.get('ended', {}).get('reason', '?')}")
+            return 0
+        if not run.is_live():
+            break
+        time.sleep(0.1)
+    if stopped:
+        return 0
+    print(f"launch.py ctl: partition {name} was told to stop, but its processes were not ended "
+          f"within {args.timeout} s", file=sys.stderr)
+    return 1
+
+
 def cmd_bench(args) -> int:
     from benchmarks.bench import run_bench
 
@@ -1514,6 +1800,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("text", nargs="+")
     p.add_argument("--enter", action="store_true", help="press Enter after the text")
     p.set_defaults(fn=cmd_keys)
+    p = sub.add_parser("trace", help="every exit of a live run as it happens, then a summary by reason")
+    p.add_argument("run")
+    p.add_argument("--partition", help="only this partition's exits")
+    from proto.trace import TRACE_REASONS
+    p.add_argument("--reason", action="append", choices=TRACE_REASONS,
+                   help="only exits of this reason (may be given several times)")
+    p.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--csv", action="store_true", help="CSV rows, then the summary as CSV after a blank line")
+    fmt.add_argument("--json", action="store_true", help="one JSON object per event, then a summary object")
+    p.set_defaults(fn=cmd_trace)
+    p = sub.add_parser("console", help="attach to a live partition's serial console (like virsh console; ^] exits)")
+    p.add_argument("run")
+    p.add_argument("partition")
+    p.add_argument("--no-input", action="store_true", help="only watch: send nothing to the guest")
+    p.add_argument("--linger", type=float, default=1.0,
+                   help="seconds to keep printing after piped input ends (default 1)")
+    p.set_defaults(fn=cmd_console)
+    p = sub.add_parser("ctl", help="pause, resume, reset or stop a partition of a live run")
+    p.add_argument("run")
+    p.add_argument("action", choices=("pause", "resume", "reset", "stop"))
+    p.add_argument("partition")
+    p.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for stop to take effect")
+    p.set_defaults(fn=cmd_ctl)
     p = sub.add_parser("bench", help="round trips of each path against a pure-pyzmq floor")
     p.add_argument("--json", action="store_true")
     p.add_argument("--duration", type=float, default=6.0, help="seconds of guest workloads per path kind")

@@ -18,6 +18,7 @@ from hypervisor.service import Hypervisor
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m hypervisor")
     ap.add_argument("--endpoint", required=True, help="ZeroMQ endpoint to bind (ipc:// or tcp://)")
+    ap.add_argument("--lps", type=int, default=2, help="logical processors the scheduler dispatches VPs on")
     ap.add_argument("--log-level", default="INFO")
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     if not secret:
         print("python -m hypervisor: HVSTACK_SECRET is not set", file=sys.stderr)
         return 2
-    hv = Hypervisor(args.endpoint, secret)
+    hv = Hypervisor(args.endpoint, secret, args.lps)
 
     def stop(signum, frame):
         hv.running = False

@@ -27,6 +27,7 @@ from proto.codes import (
     result_value,
 )
 
+from hypervisor.scheduler import FULL
 from hypervisor.partitions import MAX_VPS_PER_PARTITION, ROOT_PARTITION_ID, Partition, PartitionTable, Vp
 
 @dataclass
@@ -190,8 +191,12 @@ class Hypercalls:
             return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b""
         (value,) = _U64.unpack_from(data, _PROPERTY.size)
         code = fields[1]
-        if part.state is not HvPartitionState.CREATED:
-            # Privileges and enlightenments are fixed once the partition is initialized.
+        scheduling = code in (HvPartitionProperty.HvPartitionPropertyCpuReserve,
+                              HvPartitionProperty.HvPartitionPropertyCpuCap,
+                              HvPartitionProperty.HvPartitionPropertyCpuWeight)
+        if part.state is not HvPartitionState.CREATED and not scheduling:
+            # Privileges and enlightenments are fixed once the partition is initialized;
+            # CPU controls may change while it runs, as on Hyper-V.
             return S.HV_STATUS_INVALID_PARTITION_STATE, b""
         if code == HvPartitionProperty.HvPartitionPropertyPrivilegeFlags:
             part.privileges = value
@@ -203,6 +208,17 @@ class Hypercalls:
             if value >> 32:
                 return S.HV_STATUS_PROPERTY_VALUE_OUT_OF_RANGE, b""
             part.spin_retry = value
+        elif code in (HvPartitionProperty.HvPartitionPropertyCpuReserve, HvPartitionProperty.HvPartitionPropertyCpuCap):
+            if value > FULL:
+                return S.HV_STATUS_PROPERTY_VALUE_OUT_OF_RANGE, b""
+            if code == HvPartitionProperty.HvPartitionPropertyCpuReserve:
+                part.cpu.reserve = value
+            else:
+                part.cpu.limit = value
+        elif code == HvPartitionProperty.HvPartitionPropertyCpuWeight:
+            if not 1 <= value <= 10000:
+                return S.HV_STATUS_PROPERTY_VALUE_OUT_OF_RANGE, b""
+            part.cpu.weight = value
         else:
             return S.HV_STATUS_UNKNOWN_PROPERTY, b""
         return S.HV_STATUS_SUCCESS, b""
@@ -215,6 +231,9 @@ class Hypercalls:
             HvPartitionProperty.HvPartitionPropertyPrivilegeFlags: part.privileges,
             HvPartitionProperty.HvPartitionPropertyEnlightenmentRecommendations: part.recommendations,
             HvPartitionProperty.HvPartitionPropertySpinRetryCount: part.spin_retry,
+            HvPartitionProperty.HvPartitionPropertyCpuReserve: part.cpu.reserve,
+            HvPartitionProperty.HvPartitionPropertyCpuCap: part.cpu.limit,
+            HvPartitionProperty.HvPartitionPropertyCpuWeight: part.cpu.weight,
         }
         if fields[1] not in values:
             return S.HV_STATUS_UNKNOWN_PROPERTY, b""

@@ -10,6 +10,7 @@ from proto.codes import HV_SPIN_RETRY_NEVER, HvPartitionState
 from proto.stats import PathStats
 
 from hypervisor.interrupts import InterruptQueue
+from hypervisor.scheduler import CpuControls, VpSched
 
 # The partition ID of the root; children are numbered from 1 (HV_PARTITION_ID_SELF is not
 # a real ID, so 0 is never handed out to a child).
@@ -19,12 +20,13 @@ MAX_VPS_PER_PARTITION = 64
 
 class VpState(enum.Enum):
     CREATED = "created"  # exists, no thread has said hello yet
-    RUNNING = "running"  # executing guest code
+    READY = "ready"  # its exit is complete; waits for a logical processor
+    RUNNING = "running"  # dispatched on a logical processor, executing guest code
     INTERCEPT = "intercept"  # suspended until its intercept completes
     HALTED = "halted"  # executed HLT; waits for an interrupt
 
 
-EXIT_REASONS = ("io_port", "unclaimed_io", "mmio", "unmapped_gpa", "cpuid", "msr", "hypercall", "halt")
+EXIT_REASONS = ("io_port", "unclaimed_io", "mmio", "unmapped_gpa", "cpuid", "msr", "hypercall", "halt", "quantum")
 
 
 @dataclass
@@ -37,6 +39,10 @@ class Vp:
     halt_seq: int | None = None  # the HLT intercept waiting for a wake-up
     interrupts: InterruptQueue = field(default_factory=InterruptQueue)
     reset_pending: bool = False  # deliver a reset (INIT) at the VP's next resume
+    sched: VpSched | None = None  # set when the VP's thread says hello
+    partition: "Partition | None" = None
+    next_frame: bytes | None = None  # what the VP waits for, sent when it is dispatched…
+    next_resume: tuple | None = None  # …or the resume to build then
     stats: dict[str, PathStats] = field(default_factory=dict)  # last vp_stats, decoded
     counters: dict[str, int] = field(default_factory=dict)  # last vp_stats, guest-side counts
 
@@ -55,7 +61,7 @@ class Partition:
     ranges: list[tuple[int, int]] = field(default_factory=list)
     mmio: list[tuple[int, int, bytes]] = field(default_factory=list)  # (gpa, end, owner)
     paused: bool = False
-    held: list = field(default_factory=list)  # resumes held while paused
+    cpu: CpuControls = field(default_factory=CpuControls)
     resets: int = 0
     # Partition-wide synthetic MSRs (TLFS: GUEST_OS_ID and HYPERCALL are per partition).
     guest_os_id: int = 0

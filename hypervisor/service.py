@@ -26,7 +26,7 @@ from time import perf_counter_ns
 
 from proto import messages as m
 from proto.auth import token_matches
-from proto.codes import HV_ROOT_PRIVILEGES, HvPartitionState, X86Exception
+from proto.codes import HV_ROOT_PRIVILEGES, HvPartitionState, HypercallCode, X86Exception
 from proto.errors import ProtocolError
 from proto.stats import PathStats
 from proto.transport import Router
@@ -34,6 +34,7 @@ from proto.transport import Router
 from hypervisor import cpuid, msrs
 from hypervisor.hypercalls import Caller, Hypercalls
 from hypervisor.partitions import Partition, PartitionTable, Vp, VpState
+from hypervisor.scheduler import Scheduler, VpSched
 
 log = logging.getLogger("hypervisor")
 
@@ -43,6 +44,9 @@ WORKER_TIMEOUT_NS = 2_000_000_000
 HOUSEKEEPING_INTERVAL_MS = 100
 ALL_ONES = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}
 NO_FAULT = int(X86Exception.NONE)
+# Messages from a VP that mean it left guest mode.
+EXITS = frozenset((m.IoPortIntercept, m.MmioIntercept, m.CpuidIntercept, m.MsrIntercept,
+                   m.HypercallIntercept, m.HaltIntercept, m.QuantumExit))
 
 
 @dataclass(slots=True)
@@ -82,13 +86,14 @@ class PendingQuery:
 
 
 class Hypervisor:
-    def __init__(self, endpoint: str, secret: str) -> None:
+    def __init__(self, endpoint: str, secret: str, lps: int = 2) -> None:
         self.router = Router(endpoint)
         self.endpoint = self.router.endpoint
         self.secret = secret
         self.session = os.urandom(8).hex()
         self.started_ns = time.monotonic_ns()
         self.table = PartitionTable()
+        self.sched = Scheduler(lps, self._dispatch)
         self.hypercalls = Hypercalls(self.table)
         self.peers: dict[bytes, Peer] = {}
         self.pending: dict[int, Pending] = {}
@@ -112,6 +117,7 @@ class Hypervisor:
             m.MsrIntercept: self.on_msr_intercept,
             m.HypercallIntercept: self.on_hypercall_intercept,
             m.HaltIntercept: self.on_halt_intercept,
+            m.QuantumExit: self.on_quantum_exit,
             m.VpStats: self.on_vp_stats,
             m.InstallIntercept: self.on_install_intercept,
             m.IoComplete: self.on_io_complete,
@@ -135,6 +141,7 @@ class Hypervisor:
             m.MsrIntercept: ("vp",),
             m.HypercallIntercept: ("vp", "root"),
             m.HaltIntercept: ("vp",),
+            m.QuantumExit: ("vp",),
             m.VpStats: ("vp",),
             m.InstallIntercept: ("worker",),
             m.IoComplete: ("worker",),
@@ -189,6 +196,9 @@ class Hypervisor:
                     self.counters["not_permitted"] += 1
                     self._error(identity, msg.TYPE, "NOT_PERMITTED", f"a {peer.role} may not send {msg.NAME}")
                     continue
+            if peer is not None and peer.vp is not None and kind in EXITS and peer.vp.sched is not None:
+                # Any exit gives the VP's logical processor back.
+                self.sched.exited(peer.vp.sched, t_in, preempted=kind is m.QuantumExit)
             handler = handlers.get(kind)
             if handler is None:
                 self.counters["not_permitted"] += 1
@@ -207,6 +217,7 @@ class Hypervisor:
             p.partition.worker_timeouts += 1
             log.warning("partition %d: worker did not complete intercept %d in time", p.partition.id, ref)
             self._resume(p.origin, p.partition, p.vp, p.seq, (), 0 if p.write else ALL_ONES[p.size])
+        self.sched.tick(perf_counter_ns())
         for ref in [r for r, q in self.queries.items() if q.deadline_ns <= now]:
             q = self.queries.pop(ref)
             self._error(q.origin, m.WorkerQueryRequest.TYPE, "STALE", "the worker did not answer in time")
@@ -234,26 +245,51 @@ class Hypervisor:
         return ref
 
     def _resume(self, origin: bytes, part: Partition, vp: Vp, seq: int, stamps: tuple, rax: int,
-                rbx: int = 0, rcx: int = 0, rdx: int = 0, fault: int = NO_FAULT, output: bytes = b"") -> None:
-        """Complete an exit.  For the VP's own thread this is also where a reset or a pending
-        interrupt is delivered, and where a paused partition holds its VPs."""
+                rbx: int = 0, rcx: int = 0, rdx: int = 0, fault: int = NO_FAULT, output: bytes = b"",
+                to_back: bool = False) -> None:
+        """Complete an exit.  ``stamps`` end with the hypervisor's arrival stamp; the
+        departure stamp is added when the resume is actually sent.  A VP's own thread
+        gets its resume when the scheduler dispatches it on a logical processor (that is
+        also when a pending reset or interrupt is delivered); a root peer acting for the
+        VP (`io`) gets it at once."""
+        if vp.peer != origin or vp.sched is None:
+            if fault:
+                vp.faults += 1
+            self._send(origin, m.VpResume(seq, fault, rax, rbx, rcx, rdx, output,
+                                          stamps + (perf_counter_ns(),), 0, (), 0))
+            return
+        vp.next_resume = (seq, stamps, rax, rbx, rcx, rdx, fault, output)
+        vp.state = VpState.READY
+        self.sched.make_ready(vp.sched, perf_counter_ns(), to_back=to_back)
+
+    def _dispatch(self, s: VpSched, lp: int, quantum_ns: int) -> None:
+        """The scheduler put the VP on an LP: send what it is waiting for."""
+        vp: Vp = s.owner
+        part: Partition = vp.partition
+        vp.state = VpState.RUNNING
+        if vp.next_frame is not None:
+            frame, vp.next_frame = vp.next_frame, None
+            self.router.send(vp.peer, frame)
+            return
+        seq, stamps, rax, rbx, rcx, rdx, fault, output = vp.next_resume
+        vp.next_resume = None
         interrupt, irq_stamps = 0, ()
-        if vp.peer == origin:
-            if part.paused:
-                part.held.append((origin, vp, seq, stamps, rax, rbx, rcx, rdx, fault, output))
-                return
-            vp.state = VpState.RUNNING
-            if vp.reset_pending:
-                vp.reset_pending = False
-                fault, rax = m.FAULT_RESET, part.resets  # RAX: which reset this is
-            elif vp.interrupts and not fault:
-                interrupt, irq_stamps = vp.interrupts.take()
-                irq_stamps = irq_stamps + (perf_counter_ns(),)
-                if self.tracers:
-                    self._trace(part, vp, "interrupt", False, interrupt, 0, irq_stamps)
+        if vp.reset_pending:
+            vp.reset_pending = False
+            fault, rax = m.FAULT_RESET, part.resets  # RAX: which reset this is
+        elif vp.interrupts and not fault:
+            interrupt, irq_stamps = vp.interrupts.take()
+            irq_stamps = irq_stamps + (perf_counter_ns(),)
+            if self.tracers:
+                self._trace(part, vp, "interrupt", False, interrupt, 0, irq_stamps)
         if fault and fault != m.FAULT_RESET:
             vp.faults += 1
-        self._send(origin, m.VpResume(seq, fault, rax, rbx, rcx, rdx, output, stamps, interrupt, irq_stamps))
+        frame = m.VpResume(seq, fault, rax, rbx, rcx, rdx, output, stamps + (perf_counter_ns(),),
+                           interrupt, irq_stamps, quantum_ns // 1000).encode()
+        if not self.router.send(vp.peer, frame):
+            self.counters["unroutable_replies"] += 1
+            self.sched.exited(s, perf_counter_ns())
+            self.sched.remove(s)
 
     def _trace(self, part: Partition, vp: Vp, reason: str, write: bool, a: int, b: int, stamps: tuple) -> None:
         event = None
@@ -300,12 +336,20 @@ class Hypervisor:
                 if vp.peer is not None:
                     return refuse("CONFLICT", f"VP {msg.vp} of partition {part.id} is already running")
                 vp.peer = identity
-                vp.state = VpState.RUNNING
+                vp.partition = part
                 part.state = HvPartitionState.ACTIVE
                 name = f"vp:{part.id}:{vp.index}"
         self.peers[identity] = Peer(identity, msg.role, name, part, vp, msg.pid)
         log.info("hello from %s (pid %d)", name, msg.pid)
-        self._send(identity, m.HelloReply(name, self.session))
+        reply = m.HelloReply(name, self.session)
+        if vp is None:
+            self._send(identity, reply)
+            return
+        # A VP starts executing when it is first dispatched: its hello reply waits for an LP.
+        vp.sched = VpSched((part.id, vp.index), part.cpu, vp)
+        vp.next_frame = reply.encode()
+        vp.state = VpState.READY
+        self.sched.make_ready(vp.sched, perf_counter_ns())
 
     # -- intercepts from VPs -------------------------------------------------------------
 
@@ -325,7 +369,6 @@ class Hypervisor:
             else:
                 part.unclaimed_reads += 1
             result = 0 if write else ALL_ONES[size]
-            stamps = stamps + (perf_counter_ns(),)
             if self.tracers:
                 self._trace(part, vp, "unclaimed_io", write, port, value if write else result, stamps)
             self._resume(origin, part, vp, seq, stamps, result)
@@ -364,7 +407,6 @@ class Hypervisor:
             vp.exits["unmapped_gpa"] += 1
             part.unmapped_gpa += 1
             result = 0 if write else ALL_ONES[size]
-            stamps = stamps + (perf_counter_ns(),)
             if self.tracers:
                 self._trace(part, vp, "unmapped_gpa", write, gpa, value if write else result, stamps)
             self._resume(origin, part, vp, seq, stamps, result)
@@ -376,7 +418,7 @@ class Hypervisor:
         vp, part = peer.vp, peer.partition
         vp.exits["cpuid"] += 1
         eax, ebx, ecx, edx = cpuid.cpuid(part, vp.index, msg.leaf, msg.subleaf)
-        stamps = msg.stamps + (t_in, perf_counter_ns())
+        stamps = msg.stamps + (t_in,)
         if self.tracers:
             self._trace(part, vp, "cpuid", False, msg.leaf, msg.subleaf, stamps)
         self._resume(identity, part, vp, msg.seq, stamps, eax, ebx, ecx, edx)
@@ -385,7 +427,7 @@ class Hypervisor:
         vp, part = peer.vp, peer.partition
         vp.exits["msr"] += 1
         fault, value = self._msr(part, vp, msg.msr, msg.write, msg.value)
-        stamps = msg.stamps + (t_in, perf_counter_ns())
+        stamps = msg.stamps + (t_in,)
         if self.tracers:
             self._trace(part, vp, "msr", msg.write, msg.msr, msg.value if msg.write else value, stamps)
         self._resume(identity, part, vp, msg.seq, stamps, value & 0xFFFFFFFF, 0, 0, value >> 32, fault)
@@ -401,15 +443,20 @@ class Hypervisor:
             caller = Caller(None, None, HV_ROOT_PRIVILEGES)
             result, output = self.hypercalls.dispatch(caller, msg.control, msg.input)
             self._send(identity, m.VpResume(msg.seq, NO_FAULT, result, 0, 0, 0, output,
-                                            msg.stamps + (t_in, perf_counter_ns()), 0, ()))
+                                            msg.stamps + (t_in, perf_counter_ns()), 0, (), 0))
             return
         vp, part = peer.vp, peer.partition
         vp.exits["hypercall"] += 1
         result, output, fault = self._hypercall(part, vp, msg.control, msg.input)
-        stamps = msg.stamps + (t_in, perf_counter_ns())
+        stamps = msg.stamps + (t_in,)
         if self.tracers:
             self._trace(part, vp, "hypercall", False, msg.control, result, stamps)
-        self._resume(identity, part, vp, msg.seq, stamps, result, fault=fault, output=output)
+        # HvCallNotifyLongSpinWait: the VP yields its LP to the others (the lock holder
+        # among them, if it was preempted).
+        spin_wait = (msg.control & 0xFFFF) == HypercallCode.HvCallNotifyLongSpinWait and (result & 0xFFFF) == 0
+        if spin_wait:
+            vp.sched.yields += 1
+        self._resume(identity, part, vp, msg.seq, stamps, result, fault=fault, output=output, to_back=spin_wait)
 
     def _hypercall(self, part: Partition, vp: Vp, control: int, data: bytes) -> tuple[int, bytes, int]:
         if not part.hypercalls_enabled:
@@ -425,10 +472,16 @@ class Hypervisor:
             self._trace(part, vp, "halt", False, 0, 0, msg.stamps + (t_in,))
         if vp.interrupts or vp.reset_pending:
             # Something is already waiting: HLT completes at once.
-            self._resume(identity, part, vp, msg.seq, msg.stamps + (t_in, perf_counter_ns()), 0)
+            self._resume(identity, part, vp, msg.seq, msg.stamps + (t_in,), 0)
             return
         vp.state = VpState.HALTED
         vp.halt_seq = msg.seq
+        self.sched.halted(vp.sched, t_in)
+
+    def on_quantum_exit(self, identity: bytes, peer: Peer, msg: m.QuantumExit, t_in: int) -> None:
+        vp, part = peer.vp, peer.partition
+        vp.exits["quantum"] += 1
+        self._resume(identity, part, vp, msg.seq, msg.stamps + (t_in,), 0)
 
     def _wake(self, part: Partition, vp: Vp) -> None:
         """End a HLT: the VP resumes, taking what is pending (an interrupt, a reset)."""
@@ -476,7 +529,7 @@ class Hypervisor:
             self.counters["stale_completions"] += 1
             return self._error(identity, msg.TYPE, "STALE", f"no pending intercept {msg.ref}")
         value = 0 if p.write else msg.value & ALL_ONES[p.size]
-        stamps = msg.stamps + (t_in, perf_counter_ns())
+        stamps = msg.stamps + (t_in,)
         if self.tracers:
             self._trace(p.partition, p.vp, p.reason, p.write, p.addr, p.value if p.write else value, stamps)
         self._resume(p.origin, p.partition, p.vp, p.seq, stamps, value)
@@ -563,17 +616,15 @@ class Hypervisor:
             if msg.a > 0xFFFFFFFF or msg.b > 0xFFFFFFFF:
                 return self._error(identity, msg.TYPE, "INVALID_FIELD", "CPUID leaf and subleaf are 32-bit")
             regs = cpuid.cpuid(part, vp.index, msg.a, msg.b)
-            self._resume(identity, part, vp, msg.seq, stamps + (perf_counter_ns(),), *regs)
+            self._resume(identity, part, vp, msg.seq, stamps, *regs)
         elif op in ("rdmsr", "wrmsr"):
             if msg.a > 0xFFFFFFFF:
                 return self._error(identity, msg.TYPE, "INVALID_FIELD", "MSR numbers are 32-bit")
             fault, value = self._msr(part, vp, msg.a, op == "wrmsr", msg.b)
-            self._resume(identity, part, vp, msg.seq, stamps + (perf_counter_ns(),),
-                         value & 0xFFFFFFFF, 0, 0, value >> 32, fault)
+            self._resume(identity, part, vp, msg.seq, stamps, value & 0xFFFFFFFF, 0, 0, value >> 32, fault)
         else:  # hypercall: executed with the partition's privileges, as its VP would
             result, output, fault = self._hypercall(part, vp, msg.a, msg.input)
-            self._resume(identity, part, vp, msg.seq, stamps + (perf_counter_ns(),), result,
-                         fault=fault, output=output)
+            self._resume(identity, part, vp, msg.seq, stamps, result, fault=fault, output=output)
 
     def on_console_subscribe(self, identity: bytes, peer: Peer, msg: m.ConsoleSubscribe, t_in: int) -> None:
         part = self._target(identity, msg, msg.partition)
@@ -620,15 +671,16 @@ class Hypervisor:
             return self._error(identity, msg.TYPE, "CONFLICT", f"partition {part.id} is stopped")
         if msg.action == "pause":
             part.paused = True
+            self.sched.paused.add(part.id)
         elif msg.action == "resume":
             part.paused = False
-            held, part.held = part.held, []
-            for args in held:
-                self._resume(*args[:1], part, *args[1:])
+            self.sched.paused.discard(part.id)
+            self.sched.dispatch(perf_counter_ns())
         elif msg.action == "reset":
             self._reset(part)
-        else:  # stop: the VPs stay held; the root ends the partition's processes
+        else:  # stop: the VPs are never dispatched again; the root ends the processes
             part.paused = True
+            self.sched.paused.add(part.id)
             part.state = HvPartitionState.FINALIZED
         log.info("partition %d: %s", part.id, msg.action)
         self._send(identity, m.Ack(msg.TYPE))
@@ -637,6 +689,7 @@ class Hypervisor:
         self._send(identity, m.StatusReply(self.status()))
 
     def status(self) -> dict:
+        now = perf_counter_ns()
         parts = []
         for part in self.table:
             paths: dict[str, PathStats] = {}
@@ -661,8 +714,10 @@ class Hypervisor:
                 "unmapped_gpa": part.unmapped_gpa,
                 "worker_timeouts": part.worker_timeouts,
                 "resets": part.resets,
+                "cpu": {"reserve": part.cpu.reserve, "limit": part.cpu.limit, "weight": part.cpu.weight},
                 "vps": [{"index": vp.index, "state": vp.state.value, "exits": dict(vp.exits),
                          "faults": vp.faults, "guest": dict(vp.counters),
+                         "sched": _sched_status(vp.sched, now),
                          "interrupts": {"asserted": vp.interrupts.asserted, "injected": vp.interrupts.injected,
                                         "pending": len(vp.interrupts.pending),
                                         "by_vector": {f"{k:#04x}": v for k, v in vp.interrupts.by_vector.items()}}}
@@ -680,5 +735,16 @@ class Hypervisor:
             "peers": len(self.peers),
             "pending": len(self.pending),
             "tracers": len(self.tracers),
+            "scheduler": self.sched.status(now),
             "partitions": parts,
         }
+
+
+def _sched_status(s: VpSched | None, now: int) -> dict:
+    if s is None:
+        return {}
+    running = now - s.since_ns if s.state == "running" else 0
+    waiting = now - s.since_ns if s.state == "ready" else 0
+    return {"state": s.state, "lp": s.lp, "run_s": (s.run_ns + running) / 1e9,
+            "wait_s": (s.wait_ns + waiting) / 1e9, "dispatches": s.dispatches,
+            "preemptions": s.preemptions, "yields": s.yields}

@@ -24,11 +24,11 @@ log = logging.getLogger("partition")
 
 
 def vp_thread(spec: dict, token: str, index: int, ram: bytearray, system: kernel.System,
-              stop: threading.Event, failures: list) -> None:
+              stop: threading.Event, failures: list, bus_lock: threading.Lock) -> None:
     dealer = None
     try:
         dealer = connect(spec["endpoint"], "vp", spec["partition_id"], index, token=token)
-        vp = Vp(dealer, index, ram, stop)
+        vp = Vp(dealer, index, ram, stop, bus_lock)
         seen_generation = 0
         while True:
             try:
@@ -78,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     ram = bytearray(spec["memory_mb"] << 20)
     system = kernel.System(spec["name"], spec["workloads"], spec["duration_s"])
     failures: list = []
+    bus_lock = threading.Lock()
     threads = [threading.Thread(target=vp_thread, name=f"vp{i}", daemon=True,
-                                args=(spec, token, i, ram, system, stop, failures))
+                                args=(spec, token, i, ram, system, stop, failures, bus_lock))
                for i in range(spec["vps"])]
     for t in threads:
         t.start()

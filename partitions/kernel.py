@@ -194,11 +194,12 @@ def bsp_main(vp: Vp, sys: System) -> None:
 
 def ap_main(vp: Vp, sys: System, after_generation: int) -> None:
     """An application processor waits for the BSP to boot, as after INIT-SIPI-SIPI."""
-    with sys.booted_cv:
-        while sys.booted_generation <= after_generation:
-            if vp.stop.is_set():
-                return
-            sys.booted_cv.wait(0.1)
+    while sys.booted_generation <= after_generation:
+        # A spin on the BSP's "booted" flag: PAUSE is a preemption point, so the scheduler
+        # takes the LP back when the quantum is over and the BSP gets to run.
+        vp.pause()
+        with sys.booted_cv:
+            sys.booted_cv.wait(0.001)
     run(vp, sys)
 
 

@@ -30,6 +30,9 @@ EXIT_TIMEOUT_MS = 10_000
 # HLT waits in slices this long, so a stopping partition is noticed.
 HALT_SLICE_MS = 200
 STATS_INTERVAL_NS = 250_000_000
+# Until the first resume says otherwise, a VP may run this long before it must exit.
+DEFAULT_QUANTUM_NS = 10_000_000
+NEVER = 1 << 62
 
 # Path names, as `status`, the tables and `bench` show them.
 PATH_IO = "io_port"  # emulated in the worker: 4 hops
@@ -40,6 +43,7 @@ PATH_HYPERCALL = "hypercall"
 PATH_MMIO = "mmio"  # emulated in the worker: 4 hops
 PATH_UNMAPPED = "unmapped_gpa"  # nothing there: the hypervisor answers, 2 hops
 PATH_INTERRUPT = "interrupt"  # device raises its line → the guest's handler runs
+PATH_QUANTUM = "quantum"  # the quantum ended: the time until the VP is dispatched again
 
 # Guest-physical memory of a PC: RAM, except the legacy hole 0xA0000–0xFFFFF (VGA memory,
 # option ROMs, BIOS), which is device space.
@@ -75,9 +79,12 @@ Handler = Callable[["Vp", int], None]
 
 
 class Vp:
-    def __init__(self, dealer: Dealer, index: int, ram: bytearray, stop: threading.Event) -> None:
+    def __init__(self, dealer: Dealer, index: int, ram: bytearray, stop: threading.Event,
+                 bus_lock: threading.Lock | None = None) -> None:
         self.index = index
         self.ram = ram
+        # The memory bus lock that makes locked instructions atomic across the partition's VPs.
+        self.bus_lock = bus_lock or threading.Lock()
         self.stop = stop
         self._dealer = dealer
         self._send = dealer.send
@@ -88,6 +95,7 @@ class Vp:
         self.pauses = 0
         self.counters = {"interrupts": 0, "handler_exits": 0, "unhandled_interrupts": 0, "resets": 0}
         self._next_stats = perf_counter_ns() + STATS_INTERVAL_NS
+        self._quantum_end = perf_counter_ns() + DEFAULT_QUANTUM_NS
         self.power_on()
 
     def power_on(self) -> None:
@@ -124,6 +132,7 @@ class Vp:
                 raise Refused(msg.code, msg.message)
             # Anything else is a late answer to an earlier exit; it cannot be ours.
         self.exits += 1
+        self._quantum_end = t_resume + msg.quantum_us * 1000 if msg.quantum_us else NEVER
         if msg.fault == m.FAULT_RESET:
             self.counters["resets"] += 1
             raise VpReset(msg.rax)
@@ -146,6 +155,7 @@ class Vp:
         return msg
 
     _PATH_BY_TYPE = {
+        m.QuantumExit.TYPE: PATH_QUANTUM,
         m.CpuidIntercept.TYPE: PATH_CPUID,
         m.MsrIntercept.TYPE: PATH_MSR,
         m.HypercallIntercept.TYPE: PATH_HYPERCALL,
@@ -288,8 +298,30 @@ class Vp:
         self._exit(m.HaltIntercept(seq, (perf_counter_ns(),)).encode(), seq, halt=True)
 
     def pause(self) -> None:
-        """PAUSE: a spin-loop hint, not intercepted (no pause-loop exiting here)."""
+        """PAUSE: a spin-loop hint, not intercepted (no pause-loop exiting here); like every
+        instruction, it may find the VP's quantum over."""
         self.pauses += 1
+        if perf_counter_ns() >= self._quantum_end:
+            self._quantum_over()
+
+    def _quantum_over(self) -> None:
+        """The scheduler's timer fired: exit, and continue once dispatched again."""
+        seq = self._next_seq()
+        self._exit(m.QuantumExit(seq, (perf_counter_ns(),)).encode(), seq)
+
+    def check_quantum(self) -> None:
+        """A preemption point for guest code that computes without exiting."""
+        if perf_counter_ns() >= self._quantum_end:
+            self._quantum_over()
+
+    def xchg(self, gpa: int, value: int) -> int:
+        """``lock xchg`` on a 32-bit word of RAM: atomic against the partition's other VPs."""
+        if perf_counter_ns() >= self._quantum_end:
+            self._quantum_over()
+        with self.bus_lock:
+            old = int.from_bytes(self.ram[gpa:gpa + 4], "little")
+            self.ram[gpa:gpa + 4] = value.to_bytes(4, "little")
+        return old
 
     def is_ram(self, gpa: int, size: int = 1) -> bool:
         return gpa + size <= len(self.ram) and not (gpa + size > LEGACY_HOLE[0] and gpa < LEGACY_HOLE[1])
@@ -297,6 +329,8 @@ class Vp:
     def read(self, gpa: int, size: int) -> int:
         """A load of ``size`` bytes: RAM directly, anything else an MMIO exit."""
         if self.is_ram(gpa, size):
+            if perf_counter_ns() >= self._quantum_end:
+                self._quantum_over()
             return int.from_bytes(self.ram[gpa:gpa + size], "little")
         seq = self._next_seq()
         return self._exit(m.MmioIntercept(seq, gpa, size, False, 0, (perf_counter_ns(),)).encode(), seq).rax
@@ -304,6 +338,8 @@ class Vp:
     def write(self, gpa: int, size: int, value: int) -> None:
         """A store of ``size`` bytes: RAM directly, anything else an MMIO exit."""
         if self.is_ram(gpa, size):
+            if perf_counter_ns() >= self._quantum_end:
+                self._quantum_over()
             self.ram[gpa:gpa + size] = value.to_bytes(size, "little")
             return
         seq = self._next_seq()

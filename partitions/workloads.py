@@ -164,10 +164,13 @@ def run_workloads(vp: Vp, sys) -> dict[str, int]:
 
 
 def idle(vp: Vp, sys) -> None:
-    """HLT until the next interrupt where one can come (VP 0 takes the PIC's), else let
-    host time pass without exits."""
+    """HLT until the next interrupt where one can come (VP 0 takes the PIC's); elsewhere
+    (no IPIs or local timers yet) a PAUSE loop, which gives the LP back at quantum end."""
     if sys.has_pic and vp.index == 0:
         vp.sti()
         vp.hlt()
-    else:
-        time.sleep(IDLE_S)
+        return
+    deadline = time.monotonic() + IDLE_S
+    while time.monotonic() < deadline:
+        vp.pause()
+        time.sleep(0.001)

@@ -136,6 +136,10 @@ class HvPartitionProperty(enum.IntEnum):
 
     HvPartitionPropertyPrivilegeFlags = 0x00010000
     HvPartitionPropertySyntheticProcFeatures = 0x00010001
+    # Scheduling properties; reserve and cap in thousandths of a percent of an LP.
+    HvPartitionPropertyCpuReserve = 0x00020001
+    HvPartitionPropertyCpuCap = 0x00020002
+    HvPartitionPropertyCpuWeight = 0x00020003
     # hvstack extension: CPUID 0x40000004 EAX, which Hyper-V derives from the VM's
     # configuration inside the root and has no public property code for.
     HvPartitionPropertyEnlightenmentRecommendations = 0x80000001

@@ -268,6 +268,15 @@ class MmioIntercept(Message):
     stamps: stamps
 
 
+@message(18, "quantum_exit")
+class QuantumExit(Message):
+    """The VP's quantum is over: it gives its logical processor back (the exit a
+    hypervisor's scheduler timer forces)."""
+
+    seq: U32
+    stamps: stamps
+
+
 @message(15, "vp_resume")
 class VpResume(Message):
     """Completes an intercept: the registers the instruction sets, or an exception to
@@ -285,6 +294,7 @@ class VpResume(Message):
     stamps: stamps
     interrupt: U16  # a vector to deliver after the instruction completes; 0: none
     irq_stamps: stamps  # that interrupt's path: device raise, hv in, hv inject
+    quantum_us: U32  # how long the VP may run before it must exit (0: not dispatched by the scheduler)
 
 
 @message(16, "vp_stats")
@@ -524,6 +534,7 @@ __all__ = [
     "ConsoleOutput",
     "DeviceInput",
     "MmioIntercept",
+    "QuantumExit",
     "MmioNotify",
     "AssertInterrupt",
     "ResetRequest",

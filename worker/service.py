@@ -28,6 +28,7 @@ from worker.chipset import Chipset
 log = logging.getLogger("worker")
 
 IDLE_POLL_MS = 100
+MAX_INPUT_BACKLOG = 1 << 16
 # Console bytes wait at most this long before they are written out.
 CONSOLE_FLUSH_NS = 20_000_000
 
@@ -42,6 +43,7 @@ class Worker:
         self._console_buf = bytearray()
         self._console_since = 0
         self._deadline: int | None = None
+        self._backlog: dict[str, bytearray] = {}
         chipset.on_console_tx = self._console_tx
         self.dealer: Dealer = connect(endpoint, "worker", partition_id, 0, token=token)
         ports = [[r.base, r.count] for r in chipset.bus.ranges()]
@@ -72,7 +74,15 @@ class Worker:
             self.dealer.send(m.ResetRequest(chipset.reset_requested).encode())
             chipset.reset_requested = ""
 
+    def _feed_input(self) -> None:
+        for device, backlog in self._backlog.items():
+            if backlog:
+                feed = self.chipset.console_input if device == "console" else self.chipset.keyboard_input
+                del backlog[:feed(bytes(backlog))]
+
     def _poll_devices(self) -> None:
+        if self._backlog:
+            self._feed_input()
         self._deadline = self.chipset.bus.poll(time.monotonic_ns())
         self._signal_chipset()
 
@@ -88,6 +98,8 @@ class Worker:
                 timeout = 1
             if self._deadline is not None:
                 timeout = max(0, min(timeout, -(-(self._deadline - time.monotonic_ns()) // 1_000_000)))
+            if any(self._backlog.values()):
+                timeout = min(timeout, 10)  # keep feeding input as the guest drains it
             if not wait(timeout):
                 if self._console_buf:
                     self._flush_console()
@@ -127,13 +139,14 @@ class Worker:
     def _control(self, msg: m.Message) -> None:
         cls = msg.__class__
         if cls is m.DeviceInput:
-            if msg.device == "console":
-                accepted = self.chipset.console_input(msg.data)
-            else:
-                accepted = self.chipset.keyboard_input(msg.data)
-            if accepted < len(msg.data):
-                log.warning("%s input full: %d of %d bytes dropped", msg.device,
-                            len(msg.data) - accepted, len(msg.data))
+            # Input waits here until the device has room (a 16-byte FIFO, a 16-key
+            # buffer), as a host's input queue does; bounded, so a flood cannot grow it.
+            backlog = self._backlog.setdefault(msg.device, bytearray())
+            room = MAX_INPUT_BACKLOG - len(backlog)
+            if room < len(msg.data):
+                log.warning("%s input backlog full: %d bytes dropped", msg.device, len(msg.data) - room)
+            backlog += msg.data[:max(0, room)]
+            self._feed_input()
             self._signal_chipset()
         elif cls is m.DeviceReset:
             log.info("partition reset: devices to power-on")
