@@ -102,7 +102,8 @@ RECOMMENDATIONS = {
     "apic_msrs": HvRecommendation.UseApicMsrs,
     "relaxed_timing": HvRecommendation.UseRelaxedTiming,
 }
-WORKLOADS = ("serial", "portio", "cpuid", "msr", "hypercall", "timer", "screen", "disk", "diskbench")
+WORKLOADS = ("serial", "portio", "cpuid", "msr", "hypercall", "timer", "screen", "disk", "diskbench",
+             "spinlock", "compute")
 # The devices a topology may name, and the settings each takes (the worker checks values).
 DEVICE_KEYS = {
     "uart16550": {"name", "base", "irq"},
@@ -136,6 +137,7 @@ class PartitionConfig:
     chipset: str
     disk: dict | None  # {"image": path, "size_mb": n}
     devices: list[dict]  # extra devices beyond the chipset's
+    cpu: dict  # {"reserve": %, "limit": %, "weight": n}, per VP, as Hyper-V's processor settings
 
     @property
     def privileges(self) -> int:
@@ -271,7 +273,7 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
     for i, p in enumerate(raw_parts):
         t = "partition"
         check_keys(p, {"name", "vps", "memory_mb", "enlightenments", "recommendations", "spin_retry",
-                       "workloads", "chipset", "disk", "device"}, t, i)
+                       "workloads", "chipset", "disk", "cpu", "device"}, t, i)
         pname = get(p, "name", str, t, i, required=True)
         if not NAME_RE.match(pname):
             raise err(t, i, "name", f"{pname!r} must be lowercase letters, digits, - or _ (≤32)")
@@ -312,6 +314,17 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
             if chipset != "gen1":
                 raise err(t, i, "disk", "an ATA disk needs chipset = \"gen1\" (its IRQ goes to the PIC)")
             disk = {"image": disk["image"], "size_mb": size}
+        cpu = get(p, "cpu", dict, t, i, {})
+        for k, v in cpu.items():
+            if k not in ("reserve", "limit", "weight"):
+                raise err(t, i, "cpu", f"unknown setting {k!r} (reserve, limit, weight)")
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise err(t, i, "cpu", f"{k} = {v!r} is not a number")
+            lo, hi = (1, 10000) if k == "weight" else (0, 100)
+            if not lo <= v <= hi:
+                raise err(t, i, "cpu", f"{k} = {v} is outside {lo}..{hi}{'' if k == 'weight' else ' (percent of an LP)'}")
+        if cpu.get("reserve", 0) > cpu.get("limit", 100):
+            raise err(t, i, "cpu", "reserve is above limit")
         devices = []
         raw_devs = p.get("device", [])
         if not isinstance(raw_devs, list):
@@ -334,7 +347,8 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
                                             f"{', '.join(sorted(dev_names))}); give it another name")
             dev_names.add(dname)
             devices.append(dict(d))
-        parts.append(PartitionConfig(pname, vps, mem, list(enl), list(rec), spin, list(wls), chipset, disk, devices))
+        parts.append(PartitionConfig(pname, vps, mem, list(enl), list(rec), spin, list(wls), chipset, disk,
+                                     devices, dict(cpu)))
     return Topology(source, base_dir, name, duration, lps, transport, parts)
 
 
@@ -564,7 +578,8 @@ class Run:
         self.endpoint = self._await_ready(hv)
         self.root = RootClient(self.endpoint, self.secret)
         for pc in self.topology.partitions:
-            pid = self.root.create_partition(pc.privileges, pc.recommendation_bits, pc.spin_retry, pc.vps)
+            pid = self.root.create_partition(pc.privileges, pc.recommendation_bits, pc.spin_retry, pc.vps,
+                                             pc.cpu)
             self.partition_ids[pc.name] = pid
         self._manifest_update()
         self.watcher = ConsoleWatcher(self.endpoint, self.secret, list(self.partition_ids.values()))
@@ -847,9 +862,9 @@ class Output:
                 if srows:
                     self.print(f"  {label}, per stage:")
                     self.print(_indent(table(["stage", "mean µs", "p50 µs", "p99 µs", "share"], srows), 4))
-            line = interrupt_line(p)
-            if line:
-                self.print("  " + line)
+            for line in (interrupt_line(p), spinlock_line(p, run.duration), scheduler_line(p)):
+                if line:
+                    self.print("  " + line)
 
 
 def interrupt_line(p: dict) -> str:
@@ -867,6 +882,26 @@ def interrupt_line(p: dict) -> str:
     ticks = f"; {guest['ticks']} timer ticks" if guest.get("ticks") else ""
     vectors = ", ".join(f"{k}: {v}" for k, v in sorted(by_vector.items()))
     return f"interrupts: {delivered} delivered ({vectors}){per}{ticks}"
+
+
+def spinlock_line(p: dict, duration_s: float) -> str:
+    g = p.get("guest", {})
+    if not g.get("acquisitions"):
+        return ""
+    rate = g["acquisitions"] / duration_s if duration_s else 0
+    return (f"spinlock: {g['acquisitions']} acquisitions ({rate:.0f}/s), {g.get('spin_ns', 0) / 1e6:.0f} ms "
+            f"spinning, {g.get('spin_notifies', 0)} long-spin-wait notifications")
+
+
+def scheduler_line(p: dict) -> str:
+    vps = [vp["sched"] for vp in p["vps"] if vp.get("sched")]
+    if not vps:
+        return ""
+    run = sum(v["run_s"] for v in vps)
+    wait = sum(v["wait_s"] for v in vps)
+    return (f"scheduler: {run:.2f} s on LPs, {wait:.2f} s waiting for one, "
+            f"{sum(v['dispatches'] for v in vps)} dispatches, {sum(v['preemptions'] for v in vps)} quantum ends, "
+            f"{sum(v['yields'] for v in vps)} yields")
 
 
 def _indent(text: str, n: int = 2) -> str:
@@ -1136,11 +1171,10 @@ def cmd_trace(args) -> int:
     writer = csv.writer(out, lineterminator="\n") if args.csv else None
     summary = TraceSummary()
     ended = None
+    stop: list[int] = []  # Ctrl-C and SIGTERM end the trace between two batches of events
 
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-
-    old_term = signal.signal(signal.SIGTERM, on_term)
+    old_handlers = {s: signal.signal(s, lambda signum, frame: stop.append(signum))
+                    for s in (signal.SIGINT, signal.SIGTERM)}
     t0 = time.perf_counter_ns()
     started = time.monotonic()
     try:
@@ -1155,39 +1189,36 @@ def cmd_trace(args) -> int:
                 out.write(TEXT_HEADER + "\n")
             out.flush()
             next_check = last_event = started
-            try:
-                while True:
-                    now = time.monotonic()
-                    if deadline is not None and now >= deadline:
+            while not stop:
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    break
+                wait_s = min(next_check - now, deadline - now if deadline is not None else 1.0, 0.2)
+                events = tracer.trace_poll(max(0, int(wait_s * 1000)))
+                now = time.monotonic()
+                if events:
+                    last_event = now
+                for ev in events:
+                    if (only and ev.partition != only) or (wanted and ev.reason not in wanted):
+                        continue
+                    rec = event_record(ev, names, t0)
+                    summary.add(rec["reason"], rec["total_ns"])
+                    if writer:
+                        writer.writerow(csv_row(rec))
+                    elif args.json:
+                        out.write(json.dumps({k: v for k, v in rec.items() if k != "total_ns"},
+                                             ensure_ascii=False) + "\n")
+                    else:
+                        out.write(text_line(rec) + "\n")
+                if events:
+                    out.flush()
+                if now >= next_check:
+                    next_check = now + 1.0
+                    if not run.is_live():
+                        ended = run.manifest().get("ended", {}).get("reason", "its launcher is gone")
                         break
-                    wait_s = min(next_check - now, deadline - now if deadline is not None else 1.0)
-                    events = tracer.trace_poll(max(0, int(wait_s * 1000)))
-                    now = time.monotonic()
-                    if events:
-                        last_event = now
-                    for ev in events:
-                        if (only and ev.partition != only) or (wanted and ev.reason not in wanted):
-                            continue
-                        rec = event_record(ev, names, t0)
-                        summary.add(rec["reason"], rec["total_ns"])
-                        if writer:
-                            writer.writerow(csv_row(rec))
-                        elif args.json:
-                            out.write(json.dumps({k: v for k, v in rec.items() if k != "total_ns"},
-                                                 ensure_ascii=False) + "\n")
-                        else:
-                            out.write(text_line(rec) + "\n")
-                    if events:
-                        out.flush()
-                    if now >= next_check:
-                        next_check = now + 1.0
-                        if not run.is_live():
-                            ended = run.manifest().get("ended", {}).get("reason", "its launcher is gone")
-                            break
-                        if now - last_event >= 1.0:
-                            tracer.trace_renew(only)  # no event for a second: make sure we are still subscribed
-            except KeyboardInterrupt:
-                pass
+                    if now - last_event >= 1.0:
+                        tracer.trace_renew(only)  # no event for a second: make sure we are still subscribed
         elapsed = round(time.monotonic() - started, 3)
         if args.json:
             out.write(json.dumps({"summary": summary.to_json(run=run.name, duration_s=elapsed,
@@ -1207,7 +1238,8 @@ def cmd_trace(args) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     finally:
-        signal.signal(signal.SIGTERM, old_term)
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
     if ended is not None:
         print(f"launch.py trace: run {run.name} ended while tracing ({ended})", file=sys.stderr)
         return 1
@@ -1312,6 +1344,8 @@ def cmd_console(args) -> int:
                 del pending[:min(taken, len(chunk))]
                 if taken >= len(chunk):
                     stalled_since = None
+                    if taken == CONSOLE_CHUNK:  # a full FIFO's worth: give the guest a moment to read it
+                        next_send = now + 0.005
                 else:
                     # The FIFO is full: let the guest read it (its IRQ4 handler drains it).
                     next_send = now + 0.02

@@ -84,6 +84,7 @@ class Scheduler:
         """The VP left guest mode: account its run and free its LP."""
         if s.state != "running":
             return
+        now = max(now, s.since_ns)
         ran = now - s.since_ns
         s.run_ns += ran
         self._window(s).window_ns += ran
@@ -140,9 +141,17 @@ class Scheduler:
     def tick(self, now: int) -> None:
         """Start a new accounting window when the old one is over, then fill idle LPs."""
         if now - self.window_start >= WINDOW_NS:
-            self.window_start = now
+            # Windows keep their phase: a late tick does not stretch the next one.
+            self.window_start = now - (now - self.window_start) % WINDOW_NS
             self.window_id += 1
         self.dispatch(now)
+
+    def next_event_ns(self, now: int) -> int | None:
+        """When the scheduler next needs to run by itself: the next window, if a ready VP
+        waits for it (its limit is used up); otherwise never."""
+        if any(s.controls.limit < FULL and not self._eligible(s) for s in self.ready):
+            return self.window_start + WINDOW_NS
+        return None
 
     def _window(self, s: VpSched) -> VpSched:
         if s.window_id != self.window_id:

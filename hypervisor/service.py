@@ -166,8 +166,15 @@ class Hypervisor:
         router, handlers, allowed, peers = self.router, self._handlers, self._allowed, self.peers
         next_housekeeping = time.monotonic_ns()
         while self.running:
-            if not router.wait(HOUSEKEEPING_INTERVAL_MS):
-                next_housekeeping = self._housekeeping()
+            timeout = HOUSEKEEPING_INTERVAL_MS
+            wake = self.sched.next_event_ns(perf_counter_ns()) if self.sched.ready else None
+            if wake is not None:
+                timeout = max(0, min(timeout, -(-(wake - perf_counter_ns()) // 1_000_000)))
+            if not router.wait(timeout):
+                if wake is not None:
+                    self.sched.tick(perf_counter_ns())
+                if time.monotonic_ns() >= next_housekeeping:
+                    next_housekeeping = self._housekeeping()
                 continue
             frames = router.recv()
             t_in = perf_counter_ns()
@@ -198,7 +205,10 @@ class Hypervisor:
                     continue
             if peer is not None and peer.vp is not None and kind in EXITS and peer.vp.sched is not None:
                 # Any exit gives the VP's logical processor back.
-                self.sched.exited(peer.vp.sched, t_in, preempted=kind is m.QuantumExit)
+                # Run time ends when the guest exited (its first stamp), not when the exit
+                # arrived: the transport is not guest execution.
+                self.sched.exited(peer.vp.sched, msg.stamps[0] if msg.stamps else t_in,
+                                  preempted=kind is m.QuantumExit)
             handler = handlers.get(kind)
             if handler is None:
                 self.counters["not_permitted"] += 1
@@ -284,8 +294,11 @@ class Hypervisor:
                 self._trace(part, vp, "interrupt", False, interrupt, 0, irq_stamps)
         if fault and fault != m.FAULT_RESET:
             vp.faults += 1
-        frame = m.VpResume(seq, fault, rax, rbx, rcx, rdx, output, stamps + (perf_counter_ns(),),
-                           interrupt, irq_stamps, quantum_ns // 1000).encode()
+        now = perf_counter_ns()
+        # The quantum is counted from the dispatch, so the VP's run ends on time however
+        # long the resume takes to reach it (one host, one CLOCK_MONOTONIC).
+        frame = m.VpResume(seq, fault, rax, rbx, rcx, rdx, output, stamps + (now,),
+                           interrupt, irq_stamps, now + quantum_ns).encode()
         if not self.router.send(vp.peer, frame):
             self.counters["unroutable_replies"] += 1
             self.sched.exited(s, perf_counter_ns())

@@ -132,7 +132,7 @@ class Vp:
                 raise Refused(msg.code, msg.message)
             # Anything else is a late answer to an earlier exit; it cannot be ours.
         self.exits += 1
-        self._quantum_end = t_resume + msg.quantum_us * 1000 if msg.quantum_us else NEVER
+        self._quantum_end = msg.deadline_ns or NEVER
         if msg.fault == m.FAULT_RESET:
             self.counters["resets"] += 1
             raise VpReset(msg.rax)

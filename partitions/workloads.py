@@ -135,6 +135,52 @@ def disk_round(vp: Vp, sys) -> int:
     return DISK_SECTORS
 
 
+# The spinlock experiment's shared state, in guest RAM below the legacy hole.
+LOCK_GPA = 0x1000
+COUNTER_GPA = 0x1004
+CS_OPS = 100  # RAM operations inside the critical section (each a preemption point)
+NCS_OPS = 100  # and between two acquisitions
+HV_SPIN_RETRY_NEVER = 0xFFFFFFFF
+
+
+def wl_spinlock(vp: Vp, sys) -> int:
+    """4 VPs contend for one test-and-set lock in RAM.  A waiter spins on PAUSE; where the
+    partition offers it (hypercall page on, a spin-retry count advertised), it calls
+    HvCallNotifyLongSpinWait after every spin_retry attempts, as Windows and Linux do, so
+    the hypervisor can give its LP to another VP — the preempted lock holder, often."""
+    notify_every = sys.hv.spin_retry if sys.hv.hypercalls and sys.hv.spin_retry != HV_SPIN_RETRY_NEVER else 0
+    c = vp.counters
+    done = 0
+    for _ in range(10):
+        spins, t0 = 0, time.perf_counter_ns()
+        while vp.xchg(LOCK_GPA, 1):
+            spins += 1
+            vp.pause()
+            if notify_every and spins % notify_every == 0:
+                vp.hypercall(HypercallCode.HvCallNotifyLongSpinWait, spins.to_bytes(4, "little"), fast=True)
+                c["spin_notifies"] = c.get("spin_notifies", 0) + 1
+        c["spin_ns"] = c.get("spin_ns", 0) + time.perf_counter_ns() - t0
+        c["spins"] = c.get("spins", 0) + spins
+        for _ in range(CS_OPS):
+            vp.write(COUNTER_GPA, 4, (vp.read(COUNTER_GPA, 4) + 1) & 0xFFFFFFFF)
+        vp.xchg(LOCK_GPA, 0)
+        c["acquisitions"] = c.get("acquisitions", 0) + 1
+        done += 1
+        for i in range(NCS_OPS):
+            vp.read(0x2000 + 64 * vp.index, 4)
+    return done
+
+
+def wl_compute(vp: Vp, sys) -> int:
+    """CPU-bound guest code: RAM reads, no exits but quantum ends.  What the scheduler's
+    shares and limits are measured with."""
+    base = 0x3000 + 64 * vp.index
+    for _ in range(BATCH):
+        vp.read(base, 4)
+    vp.counters["compute_ops"] = vp.counters.get("compute_ops", 0) + BATCH
+    return BATCH
+
+
 WORKLOADS = {
     "serial": wl_serial,
     "portio": wl_portio,
@@ -145,6 +191,8 @@ WORKLOADS = {
     "screen": wl_screen,
     "disk": wl_disk,
     "diskbench": wl_diskbench,
+    "spinlock": wl_spinlock,
+    "compute": wl_compute,
 }
 
 

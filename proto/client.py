@@ -61,15 +61,26 @@ class RootClient:
             raise HypercallFailed(code, status)
         return reply.output
 
-    def create_partition(self, privileges: int, recommendations: int, spin_retry: int, vps: int) -> int:
-        """TLFS host flow: create, set properties, initialize, create the VPs."""
+    def create_partition(self, privileges: int, recommendations: int, spin_retry: int, vps: int,
+                         cpu: dict | None = None) -> int:
+        """TLFS host flow: create, set properties, initialize, create the VPs.  ``cpu``
+        holds reserve and limit in percent of an LP and a relative weight."""
         out = self.hypercall(HypercallCode.HvCallCreatePartition, bytes(56))
         (pid,) = struct.unpack_from("<Q", out)
-        for prop, value in (
+        cpu = cpu or {}
+        props = [
             (HvPartitionProperty.HvPartitionPropertyPrivilegeFlags, privileges),
             (HvPartitionProperty.HvPartitionPropertyEnlightenmentRecommendations, recommendations),
             (HvPartitionProperty.HvPartitionPropertySpinRetryCount, spin_retry),
-        ):
+        ]
+        # Hyper-V's units for reserve and cap: thousandths of a percent.
+        if "reserve" in cpu:
+            props.append((HvPartitionProperty.HvPartitionPropertyCpuReserve, round(cpu["reserve"] * 1000)))
+        if "limit" in cpu:
+            props.append((HvPartitionProperty.HvPartitionPropertyCpuCap, round(cpu["limit"] * 1000)))
+        if "weight" in cpu:
+            props.append((HvPartitionProperty.HvPartitionPropertyCpuWeight, int(cpu["weight"])))
+        for prop, value in props:
             self.hypercall(HypercallCode.HvCallSetPartitionProperty, struct.pack("<QIIQ", pid, prop, 0, value))
         self.hypercall(HypercallCode.HvCallInitializePartition, struct.pack("<Q", pid))
         for i in range(vps):
@@ -100,6 +111,40 @@ class RootClient:
     def control(self, partition: int, action: str) -> None:
         """pause, resume, reset or stop a partition."""
         self.dealer.request(m.PartitionControl(partition, action), self.timeout_ms)
+
+    def uart_rx_bytes(self, partition: int, uart: str = "com1") -> int | None:
+        """How many bytes a partition's UART has taken into its receive FIFO so far (its
+        worker's ``rx_bytes``); None if the worker has no such UART."""
+        value = self.worker_query(partition, "devices").get(uart, {}).get("rx_bytes")
+        return int(value) if value is not None else None
+
+    # -- tracing: on a connection of its own, where events arrive unsolicited ---------------
+
+    def trace_subscribe(self, partition: int = 0) -> None:
+        """From now on a ``trace_event`` for every exit of ``partition`` (0: of every
+        partition) arrives on this connection; read them with :meth:`trace_poll` and send
+        nothing else on it (a reply could not be told from the events)."""
+        self.dealer.request(m.TraceSubscribe(partition), self.timeout_ms)
+
+    def trace_renew(self, partition: int = 0) -> None:
+        """Subscribe again without waiting (:meth:`trace_poll` skips the ack).  The
+        hypervisor forgets a subscriber it cannot send to, also when its queue is full for
+        a moment; renewing now and then takes the trace back."""
+        self.dealer.send(m.TraceSubscribe(partition).encode())
+
+    def trace_poll(self, timeout_ms: int, max_events: int = 1000) -> list[m.TraceEvent]:
+        """The trace events that arrived within ``timeout_ms`` (at most ``max_events``, so
+        that a busy stream still returns); an error reply raises Refused."""
+        out: list[m.TraceEvent] = []
+        if not self.dealer.wait(timeout_ms):
+            return out
+        while len(out) < max_events and self.dealer.wait(0):
+            msg = m.decode(self.dealer.recv(0))
+            if isinstance(msg, m.TraceEvent):
+                out.append(msg)
+            elif isinstance(msg, m.ErrorReply):
+                raise Refused(msg.code, msg.message)
+        return out
 
 
 class ConsoleWatcher:

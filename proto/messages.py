@@ -294,7 +294,7 @@ class VpResume(Message):
     stamps: stamps
     interrupt: U16  # a vector to deliver after the instruction completes; 0: none
     irq_stamps: stamps  # that interrupt's path: device raise, hv in, hv inject
-    quantum_us: U32  # how long the VP may run before it must exit (0: not dispatched by the scheduler)
+    deadline_ns: U64  # perf_counter_ns when the VP's quantum ends (0: no quantum; not a dispatch)
 
 
 @message(16, "vp_stats")

@@ -7,9 +7,9 @@ refills up to 16 bytes.  Received bytes are read in the same handler.
 
 from __future__ import annotations
 
-import threading
 from collections import deque
 
+from partitions.spinlock import SpinLock
 from partitions.vp import Vp
 
 COM1 = 0x3F8
@@ -33,7 +33,7 @@ class Serial:
     def __init__(self, base: int = COM1) -> None:
         self.base = base
         self.interrupts = False
-        self.lock = threading.Lock()
+        self.lock = SpinLock()
         self.tx: deque[int] = deque()
         self.tx_busy = False
         self.rx = bytearray()
@@ -55,10 +55,10 @@ class Serial:
     def write(self, vp: Vp, text: str) -> None:
         data = text.replace("\n", "\r\n").encode()
         if not self.interrupts:
-            with self.lock:
+            with self.lock.held(vp):
                 self._write_polled(vp, data)
             return
-        with vp.interrupts_disabled(), self.lock:
+        with vp.interrupts_disabled(), self.lock.held(vp):
             self.tx.extend(data)
             if not self.tx_busy:
                 self.tx_busy = True
@@ -89,7 +89,7 @@ class Serial:
                 while vp.inb(self.base + LSR) & LSR_DR:
                     self.rx.append(vp.inb(self.base + RBR))
             elif source == IIR_THRE:
-                with self.lock:
+                with self.lock.held(vp):
                     if self.tx:
                         self._fill_fifo(vp)
                     else:

@@ -20,7 +20,7 @@ EXAMPLES = {
     m.MsrIntercept: m.MsrIntercept(9, 0x40000002, False, 0, (T,)),
     m.HypercallIntercept: m.HypercallIntercept(10, 0x10008, b"\x01\x00\x00\x00", (T,)),
     m.HaltIntercept: m.HaltIntercept(11, (T,)),
-    m.VpResume: m.VpResume(7, 0, 0x41, 1, 2, 2**64 - 1, b"out", (T, T + 1, T + 2), 0x20, (T, T), 10000),
+    m.VpResume: m.VpResume(7, 0, 0x41, 1, 2, 2**64 - 1, b"out", (T, T + 1, T + 2), 0x20, (T, T), T + 10_000_000),
     m.QuantumExit: m.QuantumExit(13, (T,)),
     m.MmioIntercept: m.MmioIntercept(12, 0xB8000, 8, True, 0x0741074107410741, (T,)),
     m.MmioNotify: m.MmioNotify(2, 0, 0xB8000, 2, False, 0, (T, T, T)),

@@ -1,0 +1,138 @@
+"""The VP scheduler through the real processes: LPs, weights, limits, long spin waits."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from proto.client import RootClient
+
+from tests.support import alive, short_run_root, start_run, wait_until
+
+pytestmark = pytest.mark.integration
+
+PARTITION = """
+[[partition]]
+name = "{name}"
+vps = {vps}
+memory_mb = 4
+chipset = "minimal"
+enlightenments = {enlightenments}
+spin_retry = {spin_retry}
+workloads = ["{workload}"]
+cpu = {{ {cpu} }}
+"""
+
+
+def topology(tmp_path: Path, lps: int, *partitions: dict) -> str:
+    text = f'[run]\nname = "sched"\nduration_s = 0\nlogical_processors = {lps}\n'
+    for p in partitions:
+        text += PARTITION.format(**{"vps": 1, "enlightenments": "[]", "spin_retry": "0xFFFFFFFF",
+                                    "workload": "compute", "cpu": "", **p})
+    cfg = tmp_path / "sched.toml"
+    cfg.write_text(text)
+    return str(cfg)
+
+
+class Run:
+    def __init__(self, cfg: str) -> None:
+        self.live = start_run(cfg, short_run_root())
+        self.client = RootClient(self.live.manifest()["endpoint"], self.live.secret())
+
+    def status(self) -> dict:
+        return self.client.status()
+
+    def run_s(self) -> dict[int, float]:
+        """Seconds each partition's VPs spent dispatched on an LP, by partition id."""
+        return {p["id"]: sum(vp["sched"].get("run_s", 0) for vp in p["vps"]) for p in self.status()["partitions"]}
+
+    def sample(self, seconds: float) -> tuple[dict[int, float], float]:
+        """Run time per partition over ``seconds`` of wall time, measured by the hypervisor."""
+        a, t0 = self.run_s(), time.monotonic()
+        time.sleep(seconds)
+        b, t1 = self.run_s(), time.monotonic()
+        return {k: b[k] - a[k] for k in b}, t1 - t0
+
+    def close(self) -> None:
+        self.client.close()
+        pids = self.live.pids()
+        self.live.stop()
+        wait_until(lambda: not alive(pids), 10, what="every process gone")
+
+
+@pytest.fixture
+def runs():
+    started = []
+    yield lambda cfg: started.append(Run(cfg)) or started[-1]
+    for r in started:
+        r.close()
+
+
+def booted(run: Run, vps: int) -> None:
+    wait_until(lambda: sum(1 for p in run.status()["partitions"] for vp in p["vps"]
+                           if vp["sched"].get("dispatches", 0) > 2) >= vps, 30, what="every VP dispatched")
+
+
+def test_never_more_vps_run_than_there_are_lps(tmp_path, runs):
+    run = runs(topology(tmp_path, 2, {"name": "a", "vps": 3}, {"name": "b", "vps": 2}))
+    booted(run, 5)
+    for _ in range(10):
+        sched = run.status()["scheduler"]
+        assert sched["running"] <= 2 and sched["max_running"] <= 2
+        time.sleep(0.1)
+    assert sched["max_running"] == 2
+
+
+@pytest.mark.timing
+def test_weights_share_a_contended_lp_within_10_percent(tmp_path, runs):
+    run = runs(topology(tmp_path, 1, {"name": "light", "cpu": "weight = 100"},
+                        {"name": "heavy", "cpu": "weight = 300"}))
+    booted(run, 2)
+    used, _ = run.sample(3.0)
+    light, heavy = used[1], used[2]
+    share = heavy / (light + heavy)
+    assert share == pytest.approx(0.75, rel=0.10), f"heavy got {share:.1%} of the LP, weights say 75%"
+
+
+@pytest.mark.timing
+def test_a_limit_caps_a_vp_within_10_percent(tmp_path, runs):
+    run = runs(topology(tmp_path, 2, {"name": "capped", "cpu": "limit = 30"}))
+    booted(run, 1)
+    used, wall = run.sample(3.0)
+    share = used[1] / wall
+    assert share == pytest.approx(0.30, rel=0.10), f"a VP limited to 30% of an LP ran {share:.1%}"
+
+
+@pytest.mark.timing
+def test_a_reserve_is_served_before_weight(tmp_path, runs):
+    run = runs(topology(tmp_path, 1, {"name": "reserved", "cpu": "reserve = 60, weight = 1"},
+                        {"name": "other", "cpu": "weight = 10000"}))
+    booted(run, 2)
+    used, _ = run.sample(3.0)
+    share = used[1] / (used[1] + used[2])
+    # Without its reserve the weight-1 VP would get 0.01% of the LP.
+    assert share >= 0.60 * 0.9, f"the reserved VP got {share:.1%} of the LP, its reserve is 60%"
+
+
+@pytest.mark.timing
+def test_long_spin_wait_notifications_raise_lock_throughput(tmp_path, runs):
+    rates = {}
+    for label, enl, retry in (("on", '["hypercall", "vp_index", "reference_counter"]', "0x400"),
+                              ("off", "[]", "0xFFFFFFFF")):
+        cfg = topology(tmp_path, 2, {"name": "locks", "vps": 4, "workload": "spinlock",
+                                     "enlightenments": enl, "spin_retry": retry})
+        run = runs(cfg)
+        booted(run, 4)
+
+        def acquisitions():
+            return run.status()["partitions"][0]["guest"].get("acquisitions", 0)
+
+        a, t0 = acquisitions(), time.monotonic()
+        time.sleep(3.0)
+        rates[label] = (acquisitions() - a) / (time.monotonic() - t0)
+        notifies = run.status()["partitions"][0]["guest"].get("spin_notifies", 0)
+        assert (notifies > 0) == (label == "on")
+        run.close()
+    assert rates["on"] > rates["off"], f"acquisitions/s with notifications {rates['on']:.0f}, without {rates['off']:.0f}"
