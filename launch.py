@@ -73,8 +73,8 @@ transport = "ipc"
 name = "enlightened"
 vps = 2
 memory_mb = 16
-enlightenments = ["hypercall", "vp_index", "reference_counter"]
-recommendations = ["relaxed_timing"]
+enlightenments = ["hypercall", "vp_index", "reference_counter", "apic"]
+recommendations = ["relaxed_timing", "apic_msrs"]
 spin_retry = 0xFFF
 chipset = "gen1"
 disk = { image = "disk-enlightened.img", size_mb = 16 }
@@ -90,6 +90,7 @@ workloads = ["serial", "screen", "portio", "cpuid", "msr", "hypercall"]
 """
 
 ENLIGHTENMENTS = {
+    "apic": HvPrivilege.AccessApicMsrs,  # EOI/ICR/TPR MSRs and the VP assist page
     "hypercall": HvPrivilege.AccessHypercallMsrs,
     "vp_index": HvPrivilege.AccessVpIndex,
     "reference_counter": HvPrivilege.AccessPartitionReferenceCounter,
@@ -103,7 +104,7 @@ RECOMMENDATIONS = {
     "relaxed_timing": HvRecommendation.UseRelaxedTiming,
 }
 WORKLOADS = ("serial", "portio", "cpuid", "msr", "hypercall", "timer", "screen", "disk", "diskbench",
-             "spinlock", "compute")
+             "spinlock", "compute", "eoi_mmio", "eoi_msr", "eoi_assist")
 # The devices a topology may name, and the settings each takes (the worker checks values).
 DEVICE_KEYS = {
     "uart16550": {"name", "base", "irq"},
@@ -772,7 +773,8 @@ def execute(topology: Topology, out: "Output", duration_s: float | None = None) 
 # Output
 # ======================================================================================
 
-PATH_ORDER = ("io_port", "io_unclaimed", "mmio", "unmapped_gpa", "cpuid", "msr", "hypercall", "interrupt")
+PATH_ORDER = ("io_port", "io_unclaimed", "mmio", "unmapped_gpa", "apic", "cpuid", "msr", "hypercall", "interrupt",
+              "apic_timer", "quantum")
 PATH_LABEL = {
     "io_port": "emulated port I/O (worker)",
     "io_unclaimed": "unclaimed port I/O (hv)",
@@ -782,6 +784,9 @@ PATH_LABEL = {
     "msr": "synthetic MSR (hv)",
     "hypercall": "hypercall (hv)",
     "interrupt": "interrupt: line → handler",
+    "apic_timer": "APIC timer → handler",
+    "apic": "local APIC MMIO (hv)",
+    "quantum": "quantum end → redispatch",
 }
 
 
@@ -1341,6 +1346,7 @@ def cmd_console(args) -> int:
                 rx_now = root.uart_rx_bytes(pid, uart)
                 taken = len(chunk) if rx_now is None or rx_seen is None or rx_now < rx_seen else rx_now - rx_seen
                 rx_seen = rx_now
+                print('DBG', chunk, taken, rx_now, file=sys.stderr)  # DBG
                 del pending[:min(taken, len(chunk))]
                 if taken >= len(chunk):
                     stalled_since = None
@@ -1863,6 +1869,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=6.0, help="seconds of guest workloads per path kind")
     p.add_argument("--samples", type=int, default=6000, help="round trips per floor")
     p.add_argument("--rounds", type=int, default=3, help="floor and stack alternate this many times")
+    p.add_argument("--no-experiments", dest="experiments", action="store_false",
+                   help="skip the enlightenment experiments (spinlock, EOI)")
     p.add_argument("--plot", metavar="FILE.png", type=plot_file,
                    help="draw latency histograms and CDFs (needs the [plot] extra)")
     p.set_defaults(fn=cmd_bench)

@@ -60,6 +60,61 @@ disk = {{ image = "{image}", size_mb = 4 }}
 workloads = ["diskbench"]
 """
 
+EXPERIMENT = """\
+[run]
+name = "{name}"
+duration_s = 3.0
+logical_processors = 2
+
+[[partition]]
+name = "bench"
+vps = {vps}
+memory_mb = 4
+chipset = "minimal"
+enlightenments = {enlightenments}
+spin_retry = {spin_retry}
+workloads = ["{workload}"]
+"""
+ALL_ENLIGHTENMENTS = '["hypercall", "vp_index", "reference_counter", "apic"]'
+
+
+def experiment(name: str, workload: str, duration_s: float, vps: int = 1, enlightenments: str = "[]",
+               spin_retry: str = "0xFFFFFFFF") -> dict:
+    text = EXPERIMENT.format(name=name, vps=vps, enlightenments=enlightenments, spin_retry=spin_retry,
+                             workload=workload)
+    return measure_stack(text, duration_s)
+
+
+def run_experiments(duration_s: float) -> dict:
+    """Each enlightenment on and off, side by side (issue: the microkernel's experiments)."""
+    out = {}
+    spin = {}
+    for label, enl, retry in (("on", ALL_ENLIGHTENMENTS, "0x400"), ("off", "[]", "0xFFFFFFFF")):
+        p = experiment(f"bench-spin-{label}", "spinlock", duration_s, 4, enl, retry)
+        g = p["guest"]
+        run_s = sum(vp["sched"]["run_s"] for vp in p["vps"])
+        spin[label] = {"acquisitions_per_s": round(g.get("acquisitions", 0) / duration_s, 1),
+                       "spin_s": round(g.get("spin_ns", 0) / 1e9, 3), "lp_s": round(run_s, 3),
+                       "notifications": g.get("spin_notifies", 0)}
+    out["spinlock"] = spin
+    eoi = {}
+    for mode in ("mmio", "msr", "assist"):
+        p = experiment(f"bench-eoi-{mode}", f"eoi_{mode}", duration_s, 1, ALL_ENLIGHTENMENTS)
+        vp = p["vps"][0]
+        ticks = max(1, p["guest"].get("apic_ticks", 0))
+        handler_exits = p["guest"].get("vector_0xef_exits", 0)
+        timer = launch.PathStats.from_wire(p["paths"]["apic_timer"]).total if "apic_timer" in p["paths"] else None
+        eoi_path = {"mmio": "apic", "msr": "msr"}.get(mode)
+        eoi_rt = launch.PathStats.from_wire(p["paths"][eoi_path]).total if eoi_path in p["paths"] else None
+        eoi[mode] = {"interrupts": ticks,
+                     "exits_per_interrupt": round((handler_exits + vp["exits"]["halt"]) / ticks, 2),
+                     "eoi_exits_per_interrupt": round(handler_exits / ticks, 2),
+                     "eoi_round_trip_p50_us": round(eoi_rt.percentile(50) / 1000, 1) if eoi_rt else 0.0,
+                     "timer_to_handler_p50_us": round(timer.percentile(50) / 1000, 1) if timer else None}
+    out["eoi"] = eoi
+    return out
+
+
 # Which floor each path is held against.
 PATHS = (("io_port", 4, "emulated port I/O"), ("cpuid", 2, "CPUID intercept"), ("hypercall", 2, "hypercall"),
          ("interrupt", "irq", "interrupt: line → handler"))
@@ -156,6 +211,8 @@ def run_bench(args) -> int:
         result["disk"] = {"bytes": disk["disk_bytes"], "mb_per_s": round(mb_s, 4), "exits_per_4k": round(per_4k, 1),
                           "floor_mb_per_s": round(floor_mb_s, 4), "ratio": round(floor_mb_s / mb_s, 3),
                           "errors": disk.get("disk_errors", 0)}
+    if args.experiments:
+        result["experiments"] = run_experiments(min(3.0, args.duration / 2))
     io = result["paths"].get("io_port")
     result["goal"] = {"io_port_ratio_p50_at_most": GOAL_IO_RATIO_P50,
                       "met": bool(io and io["ratio_p50"] <= GOAL_IO_RATIO_P50)}
@@ -173,6 +230,18 @@ def run_bench(args) -> int:
         print(f"\nemulated ATA disk (PIO, 32-bit data port): {dk['mb_per_s'] * 1000:.1f} KB/s, "
               f"{dk['exits_per_4k']:.0f} exits per 4 KiB; the floor for as many round trips: "
               f"{dk['floor_mb_per_s'] * 1000:.1f} KB/s ({dk['ratio']:.2f}×)")
+    if "experiments" in result:
+        ex = result["experiments"]
+        print("\nspinlock, 4 VPs on 2 LPs (long-spin-wait notifications on / off):")
+        print(launch.table(["", "acquisitions/s", "s spinning", "s on LPs", "notifications"],
+                           [[k, f"{v['acquisitions_per_s']:.0f}", f"{v['spin_s']:.2f}", f"{v['lp_s']:.2f}",
+                             str(v["notifications"])] for k, v in ex["spinlock"].items()]))
+        print("\nEOI of a 1 kHz local APIC timer (MMIO to the APIC page / HV_X64_MSR_EOI / VP assist page):")
+        print(launch.table(["", "interrupts", "exits per interrupt", "EOI exits", "EOI round trip p50 µs",
+                            "timer → handler p50 µs"],
+                           [[k, str(v["interrupts"]), f"{v['exits_per_interrupt']:.2f}", f"{v['eoi_exits_per_interrupt']:.2f}",
+                             f"{v['eoi_round_trip_p50_us']:.1f}", f"{v['timer_to_handler_p50_us']}"]
+                            for k, v in ex["eoi"].items()]))
     if io:
         print(f"\nemulated I/O p50 is {io['ratio_p50']:.2f}× its floor "
               f"(goal ≤ {GOAL_IO_RATIO_P50}×: {'met' if result['goal']['met'] else 'NOT met'})")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from proto.codes import HvMsr, HvPrivilege, X86Exception
 
-from hypervisor.partitions import Partition
+from hypervisor.apic import APIC_TIMER_HZ
+
+from hypervisor.partitions import Partition, Vp
 
 GP = X86Exception.GP
 OK = X86Exception.NONE
@@ -19,8 +21,9 @@ HYPERCALL_LOCKED = 1 << 1
 HYPERCALL_WRITABLE = ~((1 << 12) - 1) & 0xFFFFFFFFFFFFFFFF | HYPERCALL_ENABLE | HYPERCALL_LOCKED
 
 
-def rdmsr(part: Partition, vp_index: int, msr: int) -> tuple[int, int]:
+def rdmsr(part: Partition, vp: Vp, msr: int) -> tuple[int, int]:
     priv = part.privileges
+    vp_index = vp.index
     if msr == HvMsr.HV_X64_MSR_GUEST_OS_ID and priv & HvPrivilege.AccessHypercallMsrs:
         return OK, part.guest_os_id
     if msr == HvMsr.HV_X64_MSR_HYPERCALL and priv & HvPrivilege.AccessHypercallMsrs:
@@ -29,10 +32,17 @@ def rdmsr(part: Partition, vp_index: int, msr: int) -> tuple[int, int]:
         return OK, vp_index
     if msr == HvMsr.HV_X64_MSR_TIME_REF_COUNT and priv & HvPrivilege.AccessPartitionReferenceCounter:
         return OK, part.reference_time_100ns()
+    if priv & HvPrivilege.AccessApicMsrs:
+        if msr == HvMsr.HV_X64_MSR_TPR:
+            return OK, vp.apic.tpr
+        if msr == HvMsr.HV_X64_MSR_VP_ASSIST_PAGE:
+            return OK, vp.assist_page
+        if msr == HvMsr.HV_X64_MSR_APIC_FREQUENCY:
+            return OK, APIC_TIMER_HZ
     return GP, 0
 
 
-def wrmsr(part: Partition, vp_index: int, msr: int, value: int) -> int:
+def wrmsr(part: Partition, vp: Vp, msr: int, value: int) -> int:
     """Returns the fault to inject (X86Exception.NONE when the write took)."""
     priv = part.privileges
     if msr == HvMsr.HV_X64_MSR_GUEST_OS_ID and priv & HvPrivilege.AccessHypercallMsrs:
@@ -50,5 +60,19 @@ def wrmsr(part: Partition, vp_index: int, msr: int, value: int) -> int:
             value &= ~HYPERCALL_ENABLE
         part.hypercall_msr = value
         return OK
+    if priv & HvPrivilege.AccessApicMsrs:
+        if msr == HvMsr.HV_X64_MSR_EOI:
+            vp.apic.msr_eoi()
+            return OK
+        if msr == HvMsr.HV_X64_MSR_TPR:
+            vp.apic.tpr = value & 0xFF
+            return OK
+        if msr == HvMsr.HV_X64_MSR_ICR:
+            return OK  # IPIs are not delivered yet; the write is accepted as on an idle bus
+        if msr == HvMsr.HV_X64_MSR_VP_ASSIST_PAGE:
+            # Bit 0 enable, bits 63:12 the GPFN of the page (TLFS virtual interrupts).
+            vp.assist_page = value & ~0xFFE & 0xFFFFFFFFFFFFFFFF
+            vp.apic.assist_enabled = bool(value & 1)
+            return OK
     # VP_INDEX and TIME_REF_COUNT are read-only; everything else is not ours.
     return GP

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from proto.codes import HV_SPIN_RETRY_NEVER, HvPartitionState
 from proto.stats import PathStats
 
+from hypervisor.apic import Apic
 from hypervisor.interrupts import InterruptQueue
 from hypervisor.scheduler import CpuControls, VpSched
 
@@ -26,7 +27,8 @@ class VpState(enum.Enum):
     HALTED = "halted"  # executed HLT; waits for an interrupt
 
 
-EXIT_REASONS = ("io_port", "unclaimed_io", "mmio", "unmapped_gpa", "cpuid", "msr", "hypercall", "halt", "quantum")
+EXIT_REASONS = ("io_port", "unclaimed_io", "mmio", "unmapped_gpa", "apic", "cpuid", "msr", "hypercall", "halt",
+                "quantum")
 
 
 @dataclass
@@ -45,6 +47,12 @@ class Vp:
     next_resume: tuple | None = None  # …or the resume to build then
     stats: dict[str, PathStats] = field(default_factory=dict)  # last vp_stats, decoded
     counters: dict[str, int] = field(default_factory=dict)  # last vp_stats, guest-side counts
+    apic: Apic | None = None
+    assist_page: int = 0  # HV_X64_MSR_VP_ASSIST_PAGE as last written
+
+    def __post_init__(self) -> None:
+        if self.apic is None:
+            self.apic = Apic(self.index)
 
 
 @dataclass

@@ -32,6 +32,7 @@ from proto.stats import PathStats
 from proto.transport import Router
 
 from hypervisor import cpuid, msrs
+from hypervisor.apic import APIC_BASE, APIC_PAGE
 from hypervisor.hypercalls import Caller, Hypercalls
 from hypervisor.partitions import Partition, PartitionTable, Vp, VpState
 from hypervisor.scheduler import Scheduler, VpSched
@@ -94,6 +95,7 @@ class Hypervisor:
         self.started_ns = time.monotonic_ns()
         self.table = PartitionTable()
         self.sched = Scheduler(lps, self._dispatch)
+        self.next_timer_ns: int | None = None  # the earliest local APIC timer deadline
         self.hypercalls = Hypercalls(self.table)
         self.peers: dict[bytes, Peer] = {}
         self.pending: dict[int, Pending] = {}
@@ -168,11 +170,16 @@ class Hypervisor:
         while self.running:
             timeout = HOUSEKEEPING_INTERVAL_MS
             wake = self.sched.next_event_ns(perf_counter_ns()) if self.sched.ready else None
+            if self.next_timer_ns is not None and (wake is None or self.next_timer_ns < wake):
+                wake = self.next_timer_ns
             if wake is not None:
                 timeout = max(0, min(timeout, -(-(wake - perf_counter_ns()) // 1_000_000)))
             if not router.wait(timeout):
                 if wake is not None:
-                    self.sched.tick(perf_counter_ns())
+                    now = perf_counter_ns()
+                    if self.next_timer_ns is not None and now >= self.next_timer_ns:
+                        self._fire_timers(now)
+                    self.sched.tick(now)
                 if time.monotonic_ns() >= next_housekeeping:
                     next_housekeeping = self._housekeeping()
                 continue
@@ -215,6 +222,8 @@ class Hypervisor:
                 self._error(identity, msg.TYPE, "NOT_PERMITTED", f"{msg.NAME} is not a request")
                 continue
             handler(identity, peer, msg, t_in)
+            if self.next_timer_ns is not None and perf_counter_ns() >= self.next_timer_ns:
+                self._fire_timers(perf_counter_ns())
             if time.monotonic_ns() >= next_housekeeping:
                 next_housekeeping = self._housekeeping()
         self.router.close()
@@ -287,11 +296,10 @@ class Hypervisor:
         if vp.reset_pending:
             vp.reset_pending = False
             fault, rax = m.FAULT_RESET, part.resets  # RAX: which reset this is
-        elif vp.interrupts and not fault:
-            interrupt, irq_stamps = vp.interrupts.take()
-            irq_stamps = irq_stamps + (perf_counter_ns(),)
-            if self.tracers:
-                self._trace(part, vp, "interrupt", False, interrupt, 0, irq_stamps)
+        elif not fault and (vp.interrupts or vp.apic.irr):
+            interrupt, irq_stamps = self._next_interrupt(vp)
+            if interrupt and self.tracers:
+                self._trace(part, vp, "interrupt", False, interrupt & 0xFF, 0, irq_stamps)
         if fault and fault != m.FAULT_RESET:
             vp.faults += 1
         now = perf_counter_ns()
@@ -303,6 +311,36 @@ class Hypervisor:
             self.counters["unroutable_replies"] += 1
             self.sched.exited(s, perf_counter_ns())
             self.sched.remove(s)
+
+    def _next_interrupt(self, vp: Vp) -> tuple[int, tuple]:
+        """What to inject now: the local APIC's highest deliverable vector if it outranks
+        what the PIC has queued (ExtINT), else the PIC's."""
+        vector = vp.apic.deliverable()
+        if vector is not None and not (vp.interrupts and max(v for v, _ in vp.interrupts.pending) > vector):
+            no_eoi = vp.apic.inject(vector)
+            fired = vp.apic.fired_ns.pop(vector, None)
+            irq_stamps = (fired, perf_counter_ns()) if fired else ()
+            return vector | (m.INTERRUPT_NO_EOI if no_eoi else 0), irq_stamps
+        if vp.interrupts:
+            vector, irq_stamps = vp.interrupts.take()
+            return vector, irq_stamps + (perf_counter_ns(),)
+        return 0, ()
+
+    def _timers_changed(self, now: int) -> None:
+        deadlines = [vp.apic.timer_deadline_ns for part in self.table for vp in part.vps
+                     if vp.apic.timer_deadline_ns is not None]
+        self.next_timer_ns = min(deadlines) if deadlines else None
+
+    def _fire_timers(self, now: int) -> None:
+        """APIC timers whose deadline passed: the interrupt waits in the IRR, a halted VP
+        wakes for it."""
+        for part in self.table:
+            for vp in part.vps:
+                if vp.apic.poll(now):
+                    vp.apic.fired_ns[vp.apic.lvt_timer & 0xFF] = now
+                    if vp.state is VpState.HALTED:
+                        self._wake(part, vp)
+        self._timers_changed(now)
 
     def _trace(self, part: Partition, vp: Vp, reason: str, write: bool, a: int, b: int, stamps: tuple) -> None:
         event = None
@@ -413,6 +451,20 @@ class Hypervisor:
 
     def _mmio(self, origin: bytes, part: Partition, vp: Vp, seq: int, gpa: int, size: int, write: bool,
               value: int, stamps: tuple) -> None:
+        if APIC_BASE <= gpa < APIC_BASE + APIC_PAGE:
+            # The local APIC is the hypervisor's: two hops, no worker.
+            vp.exits["apic"] += 1
+            now = perf_counter_ns()
+            if write:
+                vp.apic.write(gpa - APIC_BASE, value, now)
+                self._timers_changed(now)
+                result = 0
+            else:
+                result = vp.apic.read(gpa - APIC_BASE, now) & ALL_ONES[size]
+            if self.tracers:
+                self._trace(part, vp, "apic", write, gpa, value if write else result, stamps)
+            self._resume(origin, part, vp, seq, stamps, result)
+            return
         owner = part.mmio_owner(gpa)
         if owner is None:
             # HvMessageTypeUnmappedGpa: no RAM and no device.  Reads float high, as on a bus
@@ -448,8 +500,8 @@ class Hypervisor:
     @staticmethod
     def _msr(part: Partition, vp: Vp, msr: int, write: bool, value: int) -> tuple[int, int]:
         if write:
-            return msrs.wrmsr(part, vp.index, msr, value), 0
-        return msrs.rdmsr(part, vp.index, msr)
+            return msrs.wrmsr(part, vp, msr, value), 0
+        return msrs.rdmsr(part, vp, msr)
 
     def on_hypercall_intercept(self, identity: bytes, peer: Peer, msg: m.HypercallIntercept, t_in: int) -> None:
         if peer.role == "root":
@@ -483,7 +535,7 @@ class Hypervisor:
         vp.exits["halt"] += 1
         if self.tracers:
             self._trace(part, vp, "halt", False, 0, 0, msg.stamps + (t_in,))
-        if vp.interrupts or vp.reset_pending:
+        if vp.interrupts or vp.reset_pending or vp.apic.deliverable() is not None:
             # Something is already waiting: HLT completes at once.
             self._resume(identity, part, vp, msg.seq, msg.stamps + (t_in,), 0)
             return
@@ -731,6 +783,7 @@ class Hypervisor:
                 "vps": [{"index": vp.index, "state": vp.state.value, "exits": dict(vp.exits),
                          "faults": vp.faults, "guest": dict(vp.counters),
                          "sched": _sched_status(vp.sched, now),
+                         "apic": dict(vp.apic.counters),
                          "interrupts": {"asserted": vp.interrupts.asserted, "injected": vp.interrupts.injected,
                                         "pending": len(vp.interrupts.pending),
                                         "by_vector": {f"{k:#04x}": v for k, v in vp.interrupts.by_vector.items()}}}

@@ -19,7 +19,7 @@ from time import perf_counter_ns
 from typing import Callable
 
 from proto import messages as m
-from proto.codes import HvStatus, X86Exception, control_value
+from proto.codes import HvMsr, HvStatus, X86Exception, control_value
 from proto.errors import PeerTimeout, Refused
 from proto.stats import PathStats
 from proto.transport import Dealer
@@ -44,6 +44,9 @@ PATH_MMIO = "mmio"  # emulated in the worker: 4 hops
 PATH_UNMAPPED = "unmapped_gpa"  # nothing there: the hypervisor answers, 2 hops
 PATH_INTERRUPT = "interrupt"  # device raises its line → the guest's handler runs
 PATH_QUANTUM = "quantum"  # the quantum ended: the time until the VP is dispatched again
+PATH_APIC_TIMER = "apic_timer"  # the local APIC timer fires → the guest's handler runs
+PATH_APIC = "apic"  # the local APIC page: MMIO the hypervisor handles itself, 2 hops
+APIC_PAGE = (0xFEE00000, 0xFEE01000)
 
 # Guest-physical memory of a PC: RAM, except the legacy hole 0xA0000–0xFFFFF (VGA memory,
 # option ROMs, BIOS), which is device space.
@@ -96,11 +99,13 @@ class Vp:
         self.counters = {"interrupts": 0, "handler_exits": 0, "unhandled_interrupts": 0, "resets": 0}
         self._next_stats = perf_counter_ns() + STATS_INTERVAL_NS
         self._quantum_end = perf_counter_ns() + DEFAULT_QUANTUM_NS
+        self._apic_access = False
         self.power_on()
 
     def power_on(self) -> None:
         """The state after RESET/INIT: interrupts disabled, no handlers, nothing pending."""
         self.if_flag = False
+        self.assist_gpa: int | None = None
         self.handlers: dict[int, Handler] = {}
         self._pending: list[tuple[int, tuple]] = []
 
@@ -168,7 +173,9 @@ class Vp:
         if kind == m.IoPortIntercept.TYPE:
             return PATH_IO if n_stamps == 8 else PATH_IO_UNCLAIMED
         if kind == m.MmioIntercept.TYPE:
-            return PATH_MMIO if n_stamps == 8 else PATH_UNMAPPED
+            if n_stamps == 8:
+                return PATH_MMIO
+            return PATH_APIC if self._apic_access else PATH_UNMAPPED
         return self._PATH_BY_TYPE.get(kind, "other")
 
     @staticmethod
@@ -208,13 +215,19 @@ class Vp:
 
     def _deliver(self) -> None:
         while self._pending and self.if_flag:
-            vector, irq_stamps = self._pending.pop(0)
+            raw, irq_stamps = self._pending.pop(0)
+            vector = raw & 0xFF
             t_handler = perf_counter_ns()
             if irq_stamps:
-                stats = self.paths.get(PATH_INTERRUPT)
+                # Four stamps came from the PIC in the worker, two from the local APIC.
+                path = PATH_INTERRUPT if len(irq_stamps) > 2 else PATH_APIC_TIMER
+                stats = self.paths.get(path)
                 if stats is None:
-                    stats = self.paths[PATH_INTERRUPT] = PathStats()
+                    stats = self.paths[path] = PathStats()
                 stats.record(irq_stamps + (t_handler,))
+            if raw & m.INTERRUPT_NO_EOI and self.assist_gpa is not None:
+                # The hypervisor's write to the VP assist page: "no EOI required".
+                self.ram[self.assist_gpa] |= 1
             handler = self.handlers.get(vector)
             self.counters["interrupts"] += 1
             if handler is None:
@@ -275,6 +288,9 @@ class Vp:
     def wrmsr(self, msr: int, value: int) -> None:
         seq = self._next_seq()
         self._exit(m.MsrIntercept(seq, msr, True, value, (perf_counter_ns(),)).encode(), seq)
+        if msr == HvMsr.HV_X64_MSR_VP_ASSIST_PAGE:
+            # The hypervisor overlays the page at this GPA; it writes it on this VP's behalf.
+            self.assist_gpa = (value & ~0xFFF) if value & 1 else None
 
     def hypercall_raw(self, control: int, data: bytes = b"") -> tuple[int, bytes]:
         """The hypercall instruction: RCX = ``control``; returns (RAX, output block)."""
@@ -333,6 +349,7 @@ class Vp:
                 self._quantum_over()
             return int.from_bytes(self.ram[gpa:gpa + size], "little")
         seq = self._next_seq()
+        self._apic_access = APIC_PAGE[0] <= gpa < APIC_PAGE[1]
         return self._exit(m.MmioIntercept(seq, gpa, size, False, 0, (perf_counter_ns(),)).encode(), seq).rax
 
     def write(self, gpa: int, size: int, value: int) -> None:
@@ -343,6 +360,7 @@ class Vp:
             self.ram[gpa:gpa + size] = value.to_bytes(size, "little")
             return
         seq = self._next_seq()
+        self._apic_access = APIC_PAGE[0] <= gpa < APIC_PAGE[1]
         self._exit(m.MmioIntercept(seq, gpa, size, True, value, (perf_counter_ns(),)).encode(), seq)
 
     def write_bytes(self, gpa: int, data: bytes) -> None:
@@ -356,6 +374,14 @@ class Vp:
             self.write(gpa + i, size, int.from_bytes(chunk[:size], "little"))
             if size < len(chunk):
                 self.write_bytes(gpa + i + size, chunk[size:])
+
+    def btr(self, gpa: int, bit: int) -> bool:
+        """``btr [gpa], bit``: clear the bit, return what it was (RAM only)."""
+        byte = gpa + bit // 8
+        mask = 1 << (bit % 8)
+        was = bool(self.ram[byte] & mask)
+        self.ram[byte] &= ~mask & 0xFF
+        return was
 
     def read_u32(self, gpa: int) -> int:
         return self.read(gpa, 4)

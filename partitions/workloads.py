@@ -181,6 +181,60 @@ def wl_compute(vp: Vp, sys) -> int:
     return BATCH
 
 
+# The EOI experiment: a 1 kHz local APIC timer, and three ways to end each interrupt.
+APIC_BASE = 0xFEE00000
+APIC_EOI, APIC_SVR, APIC_LVT_TIMER, APIC_TIMER_ICR, APIC_TIMER_DCR = 0xB0, 0xF0, 0x320, 0x380, 0x3E0
+APIC_TIMER_VECTOR = 0xEF
+APIC_TIMER_HZ = 200_000_000  # HV_X64_MSR_APIC_FREQUENCY
+ASSIST_PAGE_GPA = 0x9E000
+
+
+def _apic_timer(vp: Vp, sys, mode: str) -> int:
+    """Program the local APIC timer at 1 kHz on first use (VP 0), then idle in HLT: every
+    tick wakes the VP and its handler ends the interrupt by ``mode`` — an MMIO write to the
+    APIC's EOI register, a write to HV_X64_MSR_EOI, or nothing when the VP assist page says
+    "no EOI required"."""
+    if vp.index != 0:
+        return 0
+    if not sys.timers.get("apic"):
+        apic_msrs = sys.hv.privileges & HvPrivilege.AccessApicMsrs
+        if mode != "mmio" and not apic_msrs:
+            sys.console(vp, f"[{sys.name}] eoi_{mode}: the APIC enlightenment is not offered; using MMIO")
+            mode = "mmio"
+        if mode == "assist":
+            vp.wrmsr(HvMsr.HV_X64_MSR_VP_ASSIST_PAGE, ASSIST_PAGE_GPA | 1)
+
+        def on_apic_timer(v: Vp, vector: int) -> None:
+            v.counters["apic_ticks"] = v.counters.get("apic_ticks", 0) + 1
+            if mode == "assist" and v.btr(ASSIST_PAGE_GPA, 0):
+                return  # the hypervisor did the EOI
+            if mode == "mmio":
+                v.write(APIC_BASE + APIC_EOI, 4, 0)
+            else:
+                v.wrmsr(HvMsr.HV_X64_MSR_EOI, 0)
+
+        vp.set_handler(APIC_TIMER_VECTOR, on_apic_timer)
+        vp.write(APIC_BASE + APIC_SVR, 4, 0x1FF)
+        vp.write(APIC_BASE + APIC_TIMER_DCR, 4, 0b1011)  # divide by 1
+        vp.write(APIC_BASE + APIC_LVT_TIMER, 4, APIC_TIMER_VECTOR | 1 << 17)  # periodic
+        vp.write(APIC_BASE + APIC_TIMER_ICR, 4, APIC_TIMER_HZ // 1000)
+        sys.timers["apic"] = 1.0
+        sys.console(vp, f"[{sys.name}] local APIC timer at 1 kHz, EOI by {mode}")
+    return 0  # then idle: HLT until the next tick
+
+
+def wl_eoi_mmio(vp: Vp, sys) -> int:
+    return _apic_timer(vp, sys, "mmio")
+
+
+def wl_eoi_msr(vp: Vp, sys) -> int:
+    return _apic_timer(vp, sys, "msr")
+
+
+def wl_eoi_assist(vp: Vp, sys) -> int:
+    return _apic_timer(vp, sys, "assist")
+
+
 WORKLOADS = {
     "serial": wl_serial,
     "portio": wl_portio,
@@ -193,6 +247,9 @@ WORKLOADS = {
     "diskbench": wl_diskbench,
     "spinlock": wl_spinlock,
     "compute": wl_compute,
+    "eoi_mmio": wl_eoi_mmio,
+    "eoi_msr": wl_eoi_msr,
+    "eoi_assist": wl_eoi_assist,
 }
 
 
@@ -214,7 +271,7 @@ def run_workloads(vp: Vp, sys) -> dict[str, int]:
 def idle(vp: Vp, sys) -> None:
     """HLT until the next interrupt where one can come (VP 0 takes the PIC's); elsewhere
     (no IPIs or local timers yet) a PAUSE loop, which gives the LP back at quantum end."""
-    if sys.has_pic and vp.index == 0:
+    if (sys.has_pic or sys.timers.get("apic")) and vp.index == 0:
         vp.sti()
         vp.hlt()
         return

@@ -91,6 +91,8 @@ class HvMsr(enum.IntEnum):
     HV_X64_MSR_VP_RUNTIME = 0x40000010
     HV_X64_MSR_TIME_REF_COUNT = 0x40000020
     HV_X64_MSR_REFERENCE_TSC = 0x40000021
+    HV_X64_MSR_TSC_FREQUENCY = 0x40000022
+    HV_X64_MSR_APIC_FREQUENCY = 0x40000023
     HV_X64_MSR_EOI = 0x40000070
     HV_X64_MSR_ICR = 0x40000071
     HV_X64_MSR_TPR = 0x40000072
@@ -214,9 +216,11 @@ HV_SPIN_RETRY_NEVER = 0xFFFFFFFF
 CPUID_1_ECX_HYPERVISOR_PRESENT = 1 << 31
 
 # Privileges an enlightened child gets: only what this hypervisor implements (the hypercall
-# page and its MSRs, VP_INDEX, the reference counter).  A child without enlightenments gets 0.
+# page and its MSRs, VP_INDEX, the reference counter, the APIC MSRs and VP assist page).  A
+# child without enlightenments gets 0.
 HV_CHILD_ENLIGHTENED_PRIVILEGES = (
     HvPrivilege.AccessPartitionReferenceCounter
+    | HvPrivilege.AccessApicMsrs
     | HvPrivilege.AccessHypercallMsrs
     | HvPrivilege.AccessVpIndex
 )

@@ -49,6 +49,9 @@ MMIO_SIZES = (1, 2, 4, 8)
 # VpResume.fault value that is not an x86 exception: the partition is being reset (INIT),
 # so the VP abandons what it was doing and starts again at its reset vector.
 FAULT_RESET = 0xFF
+# VpResume.interrupt bit 8: "no EOI required" — the VP assist page bit the hypervisor sets
+# when it does the EOI itself (TLFS virtual interrupts, EOI assist).
+INTERRUPT_NO_EOI = 0x100
 WORKER_QUERIES = ("screen", "devices")
 INPUT_DEVICES = ("console", "keyboard")
 PARTITION_ACTIONS = ("pause", "resume", "reset", "stop")
@@ -508,6 +511,7 @@ __all__ = [
     "ROLES",
     "IO_OPS",
     "FAULT_RESET",
+    "INTERRUPT_NO_EOI",
     "WORKER_QUERIES",
     "INPUT_DEVICES",
     "PARTITION_ACTIONS",

@@ -1,0 +1,36 @@
+"""Enlightened against emulated, as relative assertions: the EOI experiment."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.bench import ALL_ENLIGHTENMENTS, experiment
+
+pytestmark = pytest.mark.integration
+
+
+def eoi_run(mode: str, enlightenments: str = ALL_ENLIGHTENMENTS) -> dict:
+    p = experiment(f"eoi-{mode}", f"eoi_{mode}", 2.0, 1, enlightenments)
+    g = p["guest"]
+    assert g.get("apic_ticks", 0) > 200, "the 1 kHz APIC timer ticked"
+    return {"ticks": g["apic_ticks"], "handler_exits": g.get("vector_0xef_exits", 0),
+            "halts": p["vps"][0]["exits"]["halt"], "apic": p["vps"][0]["apic"], "exits": p["vps"][0]["exits"]}
+
+
+def test_the_assist_page_removes_the_eoi_exit():
+    mmio, msr, assist = eoi_run("mmio"), eoi_run("msr"), eoi_run("assist")
+    # One EOI exit per interrupt, through the APIC page or the synthetic MSR…
+    assert mmio["handler_exits"] == mmio["ticks"] and mmio["apic"]["eoi_mmio"] >= mmio["ticks"]
+    assert msr["handler_exits"] == msr["ticks"] and msr["apic"]["eoi_msr"] >= msr["ticks"]
+    # …and none with "no EOI required": the hypervisor did them.
+    assert assist["handler_exits"] == 0
+    assert assist["apic"]["eoi_implicit"] >= assist["ticks"]
+    per = {k: (r["handler_exits"] + r["halts"]) / r["ticks"] for k, r in
+           (("mmio", mmio), ("msr", msr), ("assist", assist))}
+    assert per["assist"] < per["msr"] and per["assist"] < per["mmio"], per
+
+
+def test_without_the_apic_enlightenment_the_guest_falls_back_to_mmio():
+    r = eoi_run("assist", "[]")
+    assert r["apic"]["eoi_mmio"] >= r["ticks"] and r["apic"]["eoi_implicit"] == 0
+    assert r["exits"]["msr"] == 0  # no HV_X64_MSR_VP_ASSIST_PAGE write: it would #GP
