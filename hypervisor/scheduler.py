@@ -175,9 +175,8 @@ class Scheduler:
         s.lp = lp.index
         s.dispatches += 1
         lp.vp = s
-        running = sum(1 for x in self.lps if x.vp is not None)
-        if running > self.max_running:
-            self.max_running = running
+        if self.max_running < len(self.lps):
+            self.max_running = max(self.max_running, self.running)
         quantum = self.quantum_ns
         c = s.controls
         if c.limit < FULL:
