@@ -1262,8 +1262,9 @@ def _console_uart(man: dict, partition: str) -> str:
 
 
 CONSOLE_ESCAPE = 0x1D  # Ctrl-], as virsh console and telnet
-CONSOLE_CHUNK = 16  # the UART's receive FIFO
-CONSOLE_STALL_S = 5.0  # input the guest does not read for this long is dropped
+CONSOLE_CHUNK = 4096  # bytes per input_request (one page)
+CONSOLE_WINDOW = 16 << 10  # bytes sent but not yet in the UART (the worker queues up to 64 KiB)
+CONSOLE_STALL_S = 5.0  # piped input the guest does not read for this long is dropped
 
 
 def cmd_console(args) -> int:
@@ -1285,13 +1286,12 @@ def cmd_console(args) -> int:
     interactive = reading and os.isatty(stdin_fd)
     out = sys.stdout.buffer
     note = sys.stdout if interactive else sys.stderr
-    pending = bytearray()  # typed, not yet taken by the UART
+    pending = bytearray()  # read, not yet sent
     line_buf = bytearray()  # piped, not yet a whole line
     eof = not reading
     linger_until = None
-    rx_seen = None
-    next_send = 0.0
-    stalled_since = None
+    rx_start, sent, taken = None, 0, 0  # the UART's rx_bytes when we began; bytes sent; bytes it took
+    next_send, progress_at = 0.0, time.monotonic()
     old_tty = None
     exit_code, why = 0, ""
 
@@ -1324,7 +1324,7 @@ def cmd_console(args) -> int:
                     if interactive:
                         if CONSOLE_ESCAPE in data:
                             pending += data[:data.index(CONSOLE_ESCAPE)]
-                            if pending:  # what was typed before ^], once, without waiting
+                            if pending:  # what was typed before ^]
                                 root.send_input(pid, "console", bytes(pending[:CONSOLE_CHUNK]))
                             break
                         pending += data
@@ -1337,31 +1337,28 @@ def cmd_console(args) -> int:
                         eof = True
                         pending += line_buf
                         line_buf.clear()
-            # Send a FIFO's worth; the UART's rx_bytes says how much it took.
+            # The worker queues input until the UART's FIFO has room (the guest reads it on
+            # IRQ4); keep at most a window of it in flight, so a long pipe cannot overflow that.
             if pending and now >= next_send:
                 chunk = bytes(pending[:CONSOLE_CHUNK])
-                if rx_seen is None:
-                    rx_seen = root.uart_rx_bytes(pid, uart)
-                root.send_input(pid, "console", chunk)
-                rx_now = root.uart_rx_bytes(pid, uart)
-                taken = len(chunk) if rx_now is None or rx_seen is None or rx_now < rx_seen else rx_now - rx_seen
-                rx_seen = rx_now
-                print('DBG', chunk, taken, rx_now, file=sys.stderr)  # DBG
-                del pending[:min(taken, len(chunk))]
-                if taken >= len(chunk):
-                    stalled_since = None
-                    if taken == CONSOLE_CHUNK:  # a full FIFO's worth: give the guest a moment to read it
-                        next_send = now + 0.005
+                if rx_start is None:
+                    rx_start = root.uart_rx_bytes(pid, uart)
+                if sent - taken + len(chunk) > CONSOLE_WINDOW:
+                    rx = root.uart_rx_bytes(pid, uart)
+                    now_taken = rx - rx_start if rx is not None and rx_start is not None else sent
+                    if now_taken > taken:
+                        taken, progress_at = now_taken, now
+                if sent - taken + len(chunk) <= CONSOLE_WINDOW:
+                    root.send_input(pid, "console", chunk)
+                    sent += len(chunk)
+                    del pending[:len(chunk)]
+                    progress_at = now
                 else:
-                    # The FIFO is full: let the guest read it (its IRQ4 handler drains it).
                     next_send = now + 0.02
-                    if taken or stalled_since is None:
-                        stalled_since = now
-                    elif now - stalled_since > CONSOLE_STALL_S:
+                    if eof and now - progress_at > CONSOLE_STALL_S:
                         print(f"launch.py console: the guest has not read its UART for {CONSOLE_STALL_S:.0f} s; "
                               f"{len(pending)} byte(s) of input dropped", file=sys.stderr)
                         pending.clear()
-                        stalled_since = None
             if eof and reading and not pending:
                 if linger_until is None:
                     linger_until = now + args.linger

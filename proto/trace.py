@@ -1,0 +1,160 @@
+"""What `launch.py trace` makes of the hypervisor's ``trace_event`` stream.
+
+Each event is one exit as the hypervisor saw it, with the ``perf_counter_ns`` stamps its
+hops appended (CLOCK_MONOTONIC, so stamps from different processes compare).  This module
+names the stages between consecutive stamps, turns an event into a record (for text, CSV
+and JSON lines) and keeps a per-reason summary as ``perf kvm stat report`` prints one:
+samples, share of samples and of time, min/avg/p50/p99/max of each event's total (first
+stamp to last).  Nothing here touches a socket.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from proto.stats import EMULATED_STAGES, HANDLED_STAGES, INTERRUPT_STAGES, Histogram
+
+# Every reason the hypervisor traces, in the order summaries list them.
+TRACE_REASONS = ("io_port", "unclaimed_io", "mmio", "unmapped_gpa", "cpuid", "msr", "hypercall", "halt",
+                 "interrupt")
+# Reasons whose event is an access with a direction (event.write).
+ACCESS_REASONS = frozenset(("io_port", "unclaimed_io", "mmio", "unmapped_gpa", "msr"))
+# Every stage name an event can have, in path order: the CSV's stage columns.
+STAGE_COLUMNS = tuple(dict.fromkeys((*EMULATED_STAGES[:-1], *HANDLED_STAGES[:-1], *INTERRUPT_STAGES[:-1])))
+
+
+def stage_names(reason: str, n_stamps: int) -> tuple[str, ...]:
+    """Names of the ``n_stamps - 1`` stages of an event.
+
+    The hypervisor traces an exit before it resumes the VP, so the last hop (hv→guest, or
+    hv→guest handler for an interrupt) is never in the stamps.  A port or MMIO access the
+    root made through `io` has no guest stamp: its stages start at hv dispatch.
+    """
+    k = max(0, n_stamps - 1)
+    if reason == "interrupt":
+        names = INTERRUPT_STAGES[:-1]
+    elif reason in ("io_port", "mmio"):
+        names = EMULATED_STAGES[:-1] if n_stamps >= 6 else EMULATED_STAGES[1:-1]
+    else:
+        names = HANDLED_STAGES[:-1]
+    names = tuple(names[:k])
+    return names + tuple(f"stage {i + 1}" for i in range(len(names), k))
+
+
+def slug(stage: str) -> str:
+    """A stage name as a CSV/identifier-friendly column: ``guest→hv`` → ``guest_to_hv_us``."""
+    return stage.replace("→", "_to_").replace(" ", "_").lower() + "_us"
+
+
+def _us(ns: float) -> float:
+    return round(ns / 1000, 3)
+
+
+def event_record(ev, names: dict[int, str], t0_ns: int) -> dict:
+    """One ``trace_event`` as a JSON-ready dict.  ``t`` is seconds since ``t0_ns`` (the
+    trace's start) at the event's last stamp, when the hypervisor recorded it."""
+    stamps = list(ev.stamps)
+    t = max(0, stamps[-1] - t0_ns) / 1e9 if stamps else 0.0
+    stages = {name: _us(b - a) for name, a, b in zip(stage_names(ev.reason, len(stamps)), stamps, stamps[1:])}
+    return {
+        "t": round(t, 6),
+        "partition": names.get(ev.partition, str(ev.partition)),
+        "partition_id": ev.partition,
+        "vp": ev.vp,
+        "reason": ev.reason,
+        "a": f"{ev.a:#x}",
+        "b": f"{ev.b:#x}",
+        "direction": ("write" if ev.write else "read") if ev.reason in ACCESS_REASONS else None,
+        "total_ns": stamps[-1] - stamps[0] if len(stamps) > 1 else 0,
+        "total_us": _us(stamps[-1] - stamps[0]) if len(stamps) > 1 else 0.0,
+        "stages_us": stages,
+        "stamps": stamps,
+    }
+
+
+TEXT_HEADER = f"{'time s':>11}  {'partition':<12} {'vp':>3}  {'reason':<12} {'port/gpa/leaf':>13} " \
+              f"{'value':>18}  {'dir':<5} {'total µs':>9}  stages µs"
+
+
+def text_line(rec: dict) -> str:
+    stages = "  ".join(f"{k} {v:.1f}" for k, v in rec["stages_us"].items())
+    return (f"{rec['t']:11.6f}  {rec['partition']:<12} {rec['vp']:>3}  {rec['reason']:<12} {rec['a']:>13} "
+            f"{rec['b']:>18}  {rec['direction'] or '-':<5} {rec['total_us']:9.1f}  {stages}")
+
+
+CSV_FIELDS = ("time_s", "partition", "vp", "reason", "a", "b", "direction", "total_us",
+              *(slug(s) for s in STAGE_COLUMNS))
+
+
+def csv_row(rec: dict) -> list:
+    stages = {slug(k): v for k, v in rec["stages_us"].items()}
+    return [f"{rec['t']:.6f}", rec["partition"], rec["vp"], rec["reason"], rec["a"], rec["b"],
+            rec["direction"] or "", rec["total_us"], *(stages.get(slug(s), "") for s in STAGE_COLUMNS)]
+
+
+@dataclass
+class TraceSummary:
+    """Per-reason histograms of event totals (bounded memory however long the trace)."""
+
+    by_reason: dict[str, Histogram] = field(default_factory=dict)
+
+    def add(self, reason: str, total_ns: int) -> None:
+        h = self.by_reason.get(reason)
+        if h is None:
+            h = self.by_reason[reason] = Histogram()
+        h.record(total_ns)
+
+    @property
+    def samples(self) -> int:
+        return sum(h.n for h in self.by_reason.values())
+
+    @property
+    def total_ns(self) -> int:
+        return sum(h.total for h in self.by_reason.values())
+
+    def _order(self) -> list[str]:
+        return sorted(self.by_reason, key=lambda r: (-self.by_reason[r].n, TRACE_REASONS.index(r)
+                                                      if r in TRACE_REASONS else 99, r))
+
+    def rows(self) -> dict[str, dict]:
+        """reason → samples, samples_pct, time_pct, min/avg/p50/p99/max/total (µs), most
+        samples first."""
+        n, total = self.samples or 1, self.total_ns or 1
+        out = {}
+        for r in self._order():
+            h = self.by_reason[r]
+            out[r] = {"samples": h.n, "samples_pct": round(100 * h.n / n, 2),
+                      "time_pct": round(100 * h.total / total, 2), "min_us": _us(h.lo), "avg_us": _us(h.mean),
+                      "p50_us": _us(h.percentile(50)), "p99_us": _us(h.percentile(99)), "max_us": _us(h.hi),
+                      "total_us": _us(h.total)}
+        return out
+
+    def to_json(self, **extra) -> dict:
+        return {**extra, "total_samples": self.samples, "total_time_us": _us(self.total_ns), "reasons": self.rows()}
+
+    def text(self) -> str:
+        headers = ["reason", "samples", "samples%", "time%", "min µs", "avg µs", "p50 µs", "p99 µs", "max µs"]
+        rows = [[r, str(v["samples"]), f"{v['samples_pct']:.2f}%", f"{v['time_pct']:.2f}%",
+                 *(f"{v[k]:.1f}" for k in ("min_us", "avg_us", "p50_us", "p99_us", "max_us"))]
+                for r, v in self.rows().items()]
+        widths = [max(len(x) for x in col) for col in zip(headers, *rows)]
+
+        def fmt(row):
+            return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+
+        lines = [fmt(headers), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)]
+        lines += ["", f"Total Samples: {self.samples}, Total events handled time: {self.total_ns / 1000:.2f} us"]
+        return "\n".join(lines)
+
+    CSV_FIELDS = ("reason", "samples", "samples_pct", "time_pct", "min_us", "avg_us", "p50_us", "p99_us",
+                  "max_us", "total_us")
+
+    def csv_rows(self) -> list[list]:
+        rows = [[r, *(v[k] for k in self.CSV_FIELDS[1:])] for r, v in self.rows().items()]
+        everything = Histogram()
+        for h in self.by_reason.values():
+            everything.merge(h)
+        rows.append(["total", everything.n, 100.0 if everything.n else 0.0, 100.0 if everything.n else 0.0,
+                     _us(everything.lo), _us(everything.mean), _us(everything.percentile(50)),
+                     _us(everything.percentile(99)), _us(everything.hi), _us(everything.total)])
+        return rows
