@@ -59,21 +59,32 @@ def relay(endpoint: str) -> None:
     notify, resume4, resume2 = f["io_notify"], f["io_resume"], f["cpuid_resume"]
     pending = []  # clients waiting for the echo, in order (one request in flight each)
     pending_irq = []
+    # Requests that came before their echo peer said hello (it is a separate process, and
+    # on a busy machine it can start after the first client): sent when it does.
+    early: dict[bytes, int] = {}
     while True:
         ident, frame = sock.recv_multipart()
         role = roles.get(ident)
         if role is None:
             roles[ident] = frame  # the first frame of a peer names its role
             peers[frame] = ident
+            for _ in range(early.pop(frame, 0)):
+                sock.send_multipart((ident, notify))
             continue
         if role == b"hop4":
             pending.append(ident)
-            sock.send_multipart((peers[b"echo"], notify))
+            try:
+                sock.send_multipart((peers[b"echo"], notify))
+            except KeyError:
+                early[b"echo"] = early.get(b"echo", 0) + 1
         elif role == b"echo":
             sock.send_multipart((pending.pop(0), resume4))
         elif role == b"irq":
             pending_irq.append(ident)
-            sock.send_multipart((peers[b"irqecho"], notify))
+            try:
+                sock.send_multipart((peers[b"irqecho"], notify))
+            except KeyError:
+                early[b"irqecho"] = early.get(b"irqecho", 0) + 1
         elif role == b"irqecho":
             sock.send_multipart((pending_irq.pop(0), frame))
         else:
