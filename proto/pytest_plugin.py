@@ -79,17 +79,24 @@ def launch_script() -> Path:
 
 def launch_module():
     """launch.py imported as a module (for ``run_op``, ``parse_ops``)."""
-    script = launch_script()
-    mod = sys.modules.get("launch")
-    if mod is not None and Path(getattr(mod, "__file__", "")).resolve() == script.resolve():
-        return mod
-    if mod is None and str(script.parent) not in sys.path:
-        sys.path.insert(0, str(script.parent))
-    if mod is None:
-        import launch
+    script = launch_script().resolve()
 
-        return launch
-    # Another module called "launch" is already imported: load hvstack's beside it.
+    def is_ours(mod) -> bool:
+        return mod is not None and Path(getattr(mod, "__file__", None) or "").resolve() == script
+
+    for name in ("launch", "hvstack_launch"):
+        if is_ours(sys.modules.get(name)):
+            return sys.modules[name]
+    if "launch" not in sys.modules:
+        if str(script.parent) not in sys.path:
+            sys.path.insert(0, str(script.parent))
+        try:
+            import launch
+        except ImportError:
+            launch = None
+        if is_ours(launch):
+            return launch
+    # Another module called "launch" is in the way: load hvstack's under another name.
     spec = importlib.util.spec_from_file_location("hvstack_launch", script)
     mod = importlib.util.module_from_spec(spec)
     sys.modules["hvstack_launch"] = mod
