@@ -21,6 +21,7 @@ import argparse
 import ctypes
 import json
 import os
+import random
 import re
 import select
 import signal
@@ -460,6 +461,18 @@ def live_run(ref: str) -> tuple[RunDir, dict]:
 # ======================================================================================
 
 PR_SET_PDEATHSIG = 1
+POOL_SLACK_PAGES = 256
+LEGACY_HOLE_PAGES = (0xA0, 0x100)  # 0xA0000–0xFFFFF: VGA memory, ROMs — device space, not RAM
+
+
+def guest_ram_ranges(pages: int) -> list[tuple[int, int]]:
+    """The guest-physical pages that are RAM, as (first page, count): a PC's conventional
+    memory below 640 KiB and everything from 1 MiB up."""
+    lo, hi = LEGACY_HOLE_PAGES
+    ranges = [(0, min(pages, lo))]
+    if pages > hi:
+        ranges.append((hi, pages - hi))
+    return ranges
 STOP_GRACE_S = 3.0
 HV_READY_TIMEOUT_S = 10.0
 WORKER_READY_TIMEOUT_S = 10.0
@@ -572,15 +585,27 @@ class Run:
             endpoint = ipc_endpoint(str(self.run.path / "hv.sock"))
         else:
             endpoint = "tcp://127.0.0.1:0"
+        pool_pages = sum(pc.memory_mb << 8 for pc in self.topology.partitions) + POOL_SLACK_PAGES
         hv = spawn("hypervisor", "hv", "hypervisor",
-                   ["--endpoint", endpoint, "--lps", str(self.topology.logical_processors)], {"HVSTACK_SECRET": self.secret},
+                   ["--endpoint", endpoint, "--lps", str(self.topology.logical_processors),
+                    "--memory-dir", str(self.run.path), "--pool-pages", str(pool_pages)],
+                   {"HVSTACK_SECRET": self.secret},
                    self.run, stdout=subprocess.PIPE)
         self.procs.append(hv)
         self.endpoint = self._await_ready(hv)
         self.root = RootClient(self.endpoint, self.secret)
+        # The root's memory manager: host pages in a shuffled order, so that a partition's
+        # contiguous guest memory lies on scattered host pages, as it does on a real host.
+        free = list(range(pool_pages))
+        random.Random(self.run.name).shuffle(free)
         for pc in self.topology.partitions:
+            pages = pc.memory_mb << 8
             pid = self.root.create_partition(pc.privileges, pc.recommendation_bits, pc.spin_retry, pc.vps,
-                                             pc.cpu)
+                                             pc.cpu, pages)
+            ram = guest_ram_ranges(pages)
+            n = sum(count for _, count in ram)
+            self.root.build_memory(pid, ram, free[:n])
+            del free[:n]
             self.partition_ids[pc.name] = pid
         self._manifest_update()
         self.watcher = ConsoleWatcher(self.endpoint, self.secret, list(self.partition_ids.values()))

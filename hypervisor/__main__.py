@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m hypervisor")
     ap.add_argument("--endpoint", required=True, help="ZeroMQ endpoint to bind (ipc:// or tcp://)")
     ap.add_argument("--lps", type=int, default=2, help="logical processors the scheduler dispatches VPs on")
+    ap.add_argument("--memory-dir", help="where the page pool and SLAT tables live (the run directory)")
+    ap.add_argument("--pool-pages", type=int, default=4096, help="4 KiB pages of host memory in the pool")
     ap.add_argument("--log-level", default="INFO")
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
@@ -27,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     if not secret:
         print("python -m hypervisor: HVSTACK_SECRET is not set", file=sys.stderr)
         return 2
-    hv = Hypervisor(args.endpoint, secret, args.lps)
+    hv = Hypervisor(args.endpoint, secret, args.lps, args.memory_dir, args.pool_pages)
 
     def stop(signum, frame):
         hv.running = False

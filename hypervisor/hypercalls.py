@@ -27,6 +27,7 @@ from proto.codes import (
     result_value,
 )
 
+from hypervisor.memory import MAX_GPA_PAGES, MemoryError_, MemoryManager
 from hypervisor.scheduler import FULL
 from hypervisor.partitions import MAX_VPS_PER_PARTITION, ROOT_PARTITION_ID, Partition, PartitionTable, Vp
 
@@ -95,6 +96,9 @@ _U64 = struct.Struct("<Q")
 _PROPERTY = struct.Struct("<QII")
 # HvCallCreateVp: PartitionId u64, VpIndex u32 (then padding, proximity, flags).
 _CREATE_VP = struct.Struct("<QI")
+# HvCallMapGpaPages / UnmapGpaPages: TargetPartitionId u64, TargetGpaBase u64 (a page
+# number), MapFlags u32, padding u32; then the rep list of source page numbers (map only).
+_MAP_GPA = struct.Struct("<QQI4x")
 # HvCallNotifyLongSpinWait: SpinCount u32 (fast: in RDX).
 _SPIN_COUNT = struct.Struct("<I")
 
@@ -102,10 +106,11 @@ S = HvStatus
 
 
 class Hypercalls:
-    """The dispatcher, bound to the partition table it manages."""
+    """The dispatcher, bound to the partition table and memory it manages."""
 
-    def __init__(self, table: PartitionTable) -> None:
+    def __init__(self, table: PartitionTable, memory: MemoryManager) -> None:
         self.table = table
+        self.memory = memory
         self.counts: dict[int, int] = {}
         self.failures: dict[str, int] = {}
 
@@ -165,6 +170,8 @@ class Hypercalls:
         if part.state is not HvPartitionState.CREATED:
             return S.HV_STATUS_INVALID_PARTITION_STATE, b""
         part.state = HvPartitionState.INITIALIZED
+        if part.gpa_pages:
+            self.memory.slat(part.id, part.gpa_pages)
         return S.HV_STATUS_SUCCESS, b""
 
     def finalize_partition(self, caller, hc, data) -> Result:
@@ -174,12 +181,68 @@ class Hypercalls:
         part.state = HvPartitionState.FINALIZED
         return S.HV_STATUS_SUCCESS, b""
 
+    # -- memory (TLFS host flow: deposit, map; unmap, withdraw) ---------------------------------
+
+    def _rep_list(self, hc, data: bytes, header: int) -> list[int] | None:
+        """The rep elements (u64 each) from the rep start index on, or None if the input
+        is too short for the rep count."""
+        need = header + 8 * hc.rep_count
+        if len(data) < need:
+            return None
+        return list(struct.unpack_from(f"<{hc.rep_count - hc.rep_start}Q", data, header + 8 * hc.rep_start))
+
+    def deposit_memory(self, caller, hc, data) -> Result:
+        status, part, _ = self._partition(data)
+        if part is None:
+            return status, b""
+        pages = self._rep_list(hc, data, 8)
+        if pages is None:
+            return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b""
+        try:
+            self.memory.deposit(part.id, pages)
+        except MemoryError_:
+            return S.HV_STATUS_INVALID_PARAMETER, b""
+        return S.HV_STATUS_SUCCESS, b""
+
+    def withdraw_memory(self, caller, hc, data) -> Result:
+        status, part, _ = self._partition(data)
+        if part is None:
+            return status, b""
+        freed = self.memory.withdraw(part.id, hc.rep_count - hc.rep_start)
+        return S.HV_STATUS_SUCCESS, struct.pack(f"<{len(freed)}Q", *freed)
+
+    def map_gpa_pages(self, caller, hc, data) -> Result:
+        status, part, fields = self._partition(data, _MAP_GPA)
+        if part is None:
+            return status, b""
+        if not part.gpa_pages:
+            return S.HV_STATUS_INVALID_PARTITION_STATE, b""
+        pages = self._rep_list(hc, data, _MAP_GPA.size)
+        if pages is None:
+            return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b""
+        try:
+            self.memory.map(part.id, fields[1] + hc.rep_start, pages, part.gpa_pages)
+        except MemoryError_:
+            return S.HV_STATUS_INVALID_PARAMETER, b""
+        return S.HV_STATUS_SUCCESS, b""
+
+    def unmap_gpa_pages(self, caller, hc, data) -> Result:
+        status, part, fields = self._partition(data, _MAP_GPA)
+        if part is None:
+            return status, b""
+        try:
+            self.memory.unmap(part.id, fields[1] + hc.rep_start, hc.rep_count - hc.rep_start)
+        except MemoryError_:
+            return S.HV_STATUS_INVALID_PARAMETER, b""
+        return S.HV_STATUS_SUCCESS, b""
+
     def delete_partition(self, caller, hc, data) -> Result:
         status, part, _ = self._partition(data)
         if part is None:
             return status, b""
         if part.state is not HvPartitionState.FINALIZED:
             return S.HV_STATUS_INVALID_PARTITION_STATE, b""
+        self.memory.release(part.id)
         self.table.delete(part.id)
         return S.HV_STATUS_SUCCESS, b""
 
@@ -215,6 +278,10 @@ class Hypercalls:
                 part.cpu.reserve = value
             else:
                 part.cpu.limit = value
+        elif code == HvPartitionProperty.HvPartitionPropertyGpaPageCount:
+            if not 0 < value <= MAX_GPA_PAGES:
+                return S.HV_STATUS_PROPERTY_VALUE_OUT_OF_RANGE, b""
+            part.gpa_pages = value
         elif code == HvPartitionProperty.HvPartitionPropertyCpuWeight:
             if not 1 <= value <= 10000:
                 return S.HV_STATUS_PROPERTY_VALUE_OUT_OF_RANGE, b""
@@ -234,6 +301,7 @@ class Hypercalls:
             HvPartitionProperty.HvPartitionPropertyCpuReserve: part.cpu.reserve,
             HvPartitionProperty.HvPartitionPropertyCpuCap: part.cpu.limit,
             HvPartitionProperty.HvPartitionPropertyCpuWeight: part.cpu.weight,
+            HvPartitionProperty.HvPartitionPropertyGpaPageCount: part.gpa_pages,
         }
         if fields[1] not in values:
             return S.HV_STATUS_UNKNOWN_PROPERTY, b""
@@ -274,4 +342,8 @@ HANDLERS: dict[int, Handler] = {
     C.HvCallGetPartitionId: Hypercalls.get_partition_id,
     C.HvCallCreateVp: Hypercalls.create_vp,
     C.HvCallNotifyLongSpinWait: Hypercalls.notify_long_spin_wait,
+    C.HvCallDepositMemory: Hypercalls.deposit_memory,
+    C.HvCallWithdrawMemory: Hypercalls.withdraw_memory,
+    C.HvCallMapGpaPages: Hypercalls.map_gpa_pages,
+    C.HvCallUnmapGpaPages: Hypercalls.unmap_gpa_pages,
 }

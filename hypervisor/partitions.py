@@ -62,6 +62,7 @@ class Partition:
     privileges: int = 0
     recommendations: int = 0
     spin_retry: int = HV_SPIN_RETRY_NEVER
+    gpa_pages: int = 0  # the guest-physical space, in pages (sizes the SLAT table)
     created_ns: int = field(default_factory=time.monotonic_ns)
     vps: list[Vp] = field(default_factory=list)
     worker: bytes | None = None

@@ -154,8 +154,14 @@ class Scheduler:
         return None
 
     def _window(self, s: VpSched) -> VpSched:
+        """Bring the VP's window accounting up to the current window.  Run time beyond a
+        limit (a VP that reached its preemption point late) is carried into the next
+        windows as debt, so the limit holds on average."""
         if s.window_id != self.window_id:
-            s.window_id, s.window_ns = self.window_id, 0
+            passed = self.window_id - s.window_id
+            budget = s.controls.limit * WINDOW_NS // FULL
+            s.window_ns = max(0, s.window_ns - passed * budget) if s.controls.limit < FULL else 0
+            s.window_id = self.window_id
         return s
 
     def dispatch(self, now: int) -> None:

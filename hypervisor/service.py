@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from time import perf_counter_ns
@@ -33,6 +34,8 @@ from proto.transport import Router
 
 from hypervisor import cpuid, msrs
 from hypervisor.apic import APIC_BASE, APIC_PAGE
+from hypervisor.memory import MemoryManager
+from proto.memory import PAGE_SHIFT, SLAT_INVALID
 from hypervisor.hypercalls import Caller, Hypercalls
 from hypervisor.partitions import Partition, PartitionTable, Vp, VpState
 from hypervisor.scheduler import Scheduler, VpSched
@@ -87,7 +90,8 @@ class PendingQuery:
 
 
 class Hypervisor:
-    def __init__(self, endpoint: str, secret: str, lps: int = 2) -> None:
+    def __init__(self, endpoint: str, secret: str, lps: int = 2, memory_dir: str | None = None,
+                 pool_pages: int = 4096) -> None:
         self.router = Router(endpoint)
         self.endpoint = self.router.endpoint
         self.secret = secret
@@ -96,7 +100,8 @@ class Hypervisor:
         self.table = PartitionTable()
         self.sched = Scheduler(lps, self._dispatch)
         self.next_timer_ns: int | None = None  # the earliest local APIC timer deadline
-        self.hypercalls = Hypercalls(self.table)
+        self.memory = MemoryManager(memory_dir or tempfile.mkdtemp(prefix="hvmem"), pool_pages)
+        self.hypercalls = Hypercalls(self.table, self.memory)
         self.peers: dict[bytes, Peer] = {}
         self.pending: dict[int, Pending] = {}
         self.queries: dict[int, PendingQuery] = {}
@@ -111,6 +116,7 @@ class Hypervisor:
             "not_permitted": 0,
             "stale_completions": 0,
             "unroutable_replies": 0,
+            "isolation_refusals": 0,
         }
         self._handlers = {
             m.Hello: self.on_hello,
@@ -135,6 +141,7 @@ class Hypervisor:
             m.WorkerQueryReply: self.on_worker_query_reply,
             m.TraceSubscribe: self.on_trace_subscribe,
             m.PartitionControl: self.on_partition_control,
+            m.MemoryRequest: self.on_memory_request,
         }
         # Which roles may send what (hello is open to all).
         self._allowed = {
@@ -159,6 +166,7 @@ class Hypervisor:
             m.WorkerQueryReply: ("worker",),
             m.TraceSubscribe: ("root",),
             m.PartitionControl: ("root",),
+            m.MemoryRequest: ("worker", "vp"),
         }
 
     # -- the loop -----------------------------------------------------------------------
@@ -467,17 +475,48 @@ class Hypervisor:
             return
         owner = part.mmio_owner(gpa)
         if owner is None:
-            # HvMessageTypeUnmappedGpa: no RAM and no device.  Reads float high, as on a bus
-            # with nothing behind the address; counted.
+            if origin != vp.peer and self._root_ram_access(origin, part, vp, seq, gpa, size, write, value, stamps):
+                return
+            # HvMessageTypeUnmappedGpa: no RAM and no device claims the address.  The
+            # guest takes a #GP, and it is counted.
             vp.exits["unmapped_gpa"] += 1
             part.unmapped_gpa += 1
-            result = 0 if write else ALL_ONES[size]
             if self.tracers:
-                self._trace(part, vp, "unmapped_gpa", write, gpa, value if write else result, stamps)
-            self._resume(origin, part, vp, seq, stamps, result)
+                self._trace(part, vp, "unmapped_gpa", write, gpa, value, stamps)
+            self._resume(origin, part, vp, seq, stamps, 0, fault=int(X86Exception.GP))
             return
         vp.exits["mmio"] += 1
         self._forward(origin, part, vp, seq, owner, "mmio", gpa, size, write, value, stamps)
+
+    def _root_ram_access(self, origin: bytes, part: Partition, vp: Vp, seq: int, gpa: int, size: int,
+                         write: bool, value: int, stamps: tuple) -> bool:
+        """`io readX/writeX` on guest RAM: the root reads and writes it through the
+        partition's SLAT, as a VMM's debugger would.  False when ``gpa`` is not RAM."""
+        slat = self.memory.slats.get(part.id)
+        page = gpa >> PAGE_SHIFT
+        if slat is None or page >= len(slat.entries) or slat.entries[page] == SLAT_INVALID \
+                or ((gpa + size - 1) >> PAGE_SHIFT) != page:
+            return False
+        off = (slat.entries[page] << PAGE_SHIFT) | (gpa & 0xFFF)
+        pool = self.memory.pool()
+        if write:
+            pool[off:off + size] = value.to_bytes(size, "little")
+            result = 0
+        else:
+            result = int.from_bytes(pool[off:off + size], "little")
+        self._resume(origin, part, vp, seq, stamps, result)
+        return True
+
+    def on_memory_request(self, identity: bytes, peer: Peer, msg: m.MemoryRequest, t_in: int) -> None:
+        if msg.partition != peer.partition.id:
+            self.counters["isolation_refusals"] += 1
+            log.warning("%s asked for partition %d's memory: refused", peer.name, msg.partition)
+            return self._error(identity, msg.TYPE, "NOT_PERMITTED",
+                               f"{peer.name} may not map partition {msg.partition}'s memory")
+        slat = self.memory.slats.get(peer.partition.id)
+        if slat is None:
+            return self._error(identity, msg.TYPE, "UNKNOWN_PARTITION", "the partition has no memory yet")
+        self._send(identity, m.MemoryReply(str(self.memory.pool_path), str(slat.path)))
 
     def on_cpuid_intercept(self, identity: bytes, peer: Peer, msg: m.CpuidIntercept, t_in: int) -> None:
         vp, part = peer.vp, peer.partition
@@ -747,6 +786,8 @@ class Hypervisor:
             part.paused = True
             self.sched.paused.add(part.id)
             part.state = HvPartitionState.FINALIZED
+            released = self.memory.release(part.id)
+            log.info("partition %d: %d pages back to the pool", part.id, released)
         log.info("partition %d: %s", part.id, msg.action)
         self._send(identity, m.Ack(msg.TYPE))
 
@@ -802,6 +843,7 @@ class Hypervisor:
             "pending": len(self.pending),
             "tracers": len(self.tracers),
             "scheduler": self.sched.status(now),
+            "memory": self.memory.status(),
             "partitions": parts,
         }
 

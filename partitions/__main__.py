@@ -15,6 +15,8 @@ import signal
 import sys
 import threading
 
+from proto import messages as m
+from proto.memory import GuestMemory
 from proto.transport import connect
 
 from partitions import kernel
@@ -23,12 +25,14 @@ from partitions.vp import GuestFault, Vp, VpLost, VpReset, VpStopped
 log = logging.getLogger("partition")
 
 
-def vp_thread(spec: dict, token: str, index: int, ram: bytearray, system: kernel.System,
+def vp_thread(spec: dict, token: str, index: int, system: kernel.System,
               stop: threading.Event, failures: list, bus_lock: threading.Lock) -> None:
     dealer = None
     try:
         dealer = connect(spec["endpoint"], "vp", spec["partition_id"], index, token=token)
-        vp = Vp(dealer, index, ram, stop, bus_lock)
+        # Guest RAM: the host page pool, through this partition's SLAT table.
+        where = dealer.request(m.MemoryRequest(spec["partition_id"]))
+        vp = Vp(dealer, index, GuestMemory(where.pool, where.slat), stop, bus_lock)
         seen_generation = 0
         while True:
             try:
@@ -75,12 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda s, f: stop.set())
     signal.signal(signal.SIGINT, lambda s, f: stop.set())
-    ram = bytearray(spec["memory_mb"] << 20)
     system = kernel.System(spec["name"], spec["workloads"], spec["duration_s"])
     failures: list = []
     bus_lock = threading.Lock()
     threads = [threading.Thread(target=vp_thread, name=f"vp{i}", daemon=True,
-                                args=(spec, token, i, ram, system, stop, failures, bus_lock))
+                                args=(spec, token, i, system, stop, failures, bus_lock))
                for i in range(spec["vps"])]
     for t in threads:
         t.start()

@@ -48,9 +48,6 @@ PATH_APIC_TIMER = "apic_timer"  # the local APIC timer fires → the guest's han
 PATH_APIC = "apic"  # the local APIC page: MMIO the hypervisor handles itself, 2 hops
 APIC_PAGE = (0xFEE00000, 0xFEE01000)
 
-# Guest-physical memory of a PC: RAM, except the legacy hole 0xA0000–0xFFFFF (VGA memory,
-# option ROMs, BIOS), which is device space.
-LEGACY_HOLE = (0xA0000, 0x100000)
 
 
 class GuestFault(Exception):
@@ -82,10 +79,10 @@ Handler = Callable[["Vp", int], None]
 
 
 class Vp:
-    def __init__(self, dealer: Dealer, index: int, ram: bytearray, stop: threading.Event,
+    def __init__(self, dealer: Dealer, index: int, mem, stop: threading.Event,
                  bus_lock: threading.Lock | None = None) -> None:
         self.index = index
-        self.ram = ram
+        self.mem = mem  # proto.memory.GuestMemory: guest RAM through the partition's SLAT
         # The memory bus lock that makes locked instructions atomic across the partition's VPs.
         self.bus_lock = bus_lock or threading.Lock()
         self.stop = stop
@@ -227,7 +224,7 @@ class Vp:
                 stats.record(irq_stamps + (t_handler,))
             if raw & m.INTERRUPT_NO_EOI and self.assist_gpa is not None:
                 # The hypervisor's write to the VP assist page: "no EOI required".
-                self.ram[self.assist_gpa] |= 1
+                self.mem.write_int(self.assist_gpa, 1, self.mem.read_int(self.assist_gpa, 1) | 1)
             handler = self.handlers.get(vector)
             self.counters["interrupts"] += 1
             if handler is None:
@@ -335,29 +332,31 @@ class Vp:
         if perf_counter_ns() >= self._quantum_end:
             self._quantum_over()
         with self.bus_lock:
-            old = int.from_bytes(self.ram[gpa:gpa + 4], "little")
-            self.ram[gpa:gpa + 4] = value.to_bytes(4, "little")
+            old = self.mem.read_int(gpa, 4)
+            self.mem.write_int(gpa, 4, value)
         return old
 
     def is_ram(self, gpa: int, size: int = 1) -> bool:
-        return gpa + size <= len(self.ram) and not (gpa + size > LEGACY_HOLE[0] and gpa < LEGACY_HOLE[1])
+        """Whether the partition's SLAT maps ``gpa`` (the legacy hole and device space are
+        not mapped: accesses there exit)."""
+        return self.mem.is_mapped(gpa, size)
 
     def read(self, gpa: int, size: int) -> int:
         """A load of ``size`` bytes: RAM directly, anything else an MMIO exit."""
-        if self.is_ram(gpa, size):
+        if self.mem.is_mapped(gpa, size):
             if perf_counter_ns() >= self._quantum_end:
                 self._quantum_over()
-            return int.from_bytes(self.ram[gpa:gpa + size], "little")
+            return self.mem.read_int(gpa, size)
         seq = self._next_seq()
         self._apic_access = APIC_PAGE[0] <= gpa < APIC_PAGE[1]
         return self._exit(m.MmioIntercept(seq, gpa, size, False, 0, (perf_counter_ns(),)).encode(), seq).rax
 
     def write(self, gpa: int, size: int, value: int) -> None:
         """A store of ``size`` bytes: RAM directly, anything else an MMIO exit."""
-        if self.is_ram(gpa, size):
+        if self.mem.is_mapped(gpa, size):
             if perf_counter_ns() >= self._quantum_end:
                 self._quantum_over()
-            self.ram[gpa:gpa + size] = value.to_bytes(size, "little")
+            self.mem.write_int(gpa, size, value)
             return
         seq = self._next_seq()
         self._apic_access = APIC_PAGE[0] <= gpa < APIC_PAGE[1]
@@ -365,8 +364,8 @@ class Vp:
 
     def write_bytes(self, gpa: int, data: bytes) -> None:
         """``rep movs`` to ``gpa``: one store per 8 bytes where it is not RAM."""
-        if self.is_ram(gpa, len(data)):
-            self.ram[gpa:gpa + len(data)] = data
+        if self.mem.is_mapped(gpa, len(data)):
+            self.mem.write(gpa, data)
             return
         for i in range(0, len(data), 8):
             chunk = data[i:i + 8]
@@ -379,9 +378,10 @@ class Vp:
         """``btr [gpa], bit``: clear the bit, return what it was (RAM only)."""
         byte = gpa + bit // 8
         mask = 1 << (bit % 8)
-        was = bool(self.ram[byte] & mask)
-        self.ram[byte] &= ~mask & 0xFF
-        return was
+        with self.bus_lock:
+            value = self.mem.read_int(byte, 1)
+            self.mem.write_int(byte, 1, value & ~mask & 0xFF)
+        return bool(value & mask)
 
     def read_u32(self, gpa: int) -> int:
         return self.read(gpa, 4)

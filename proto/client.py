@@ -62,7 +62,7 @@ class RootClient:
         return reply.output
 
     def create_partition(self, privileges: int, recommendations: int, spin_retry: int, vps: int,
-                         cpu: dict | None = None) -> int:
+                         cpu: dict | None = None, memory_pages: int = 0) -> int:
         """TLFS host flow: create, set properties, initialize, create the VPs.  ``cpu``
         holds reserve and limit in percent of an LP and a relative weight."""
         out = self.hypercall(HypercallCode.HvCallCreatePartition, bytes(56))
@@ -80,12 +80,44 @@ class RootClient:
             props.append((HvPartitionProperty.HvPartitionPropertyCpuCap, round(cpu["limit"] * 1000)))
         if "weight" in cpu:
             props.append((HvPartitionProperty.HvPartitionPropertyCpuWeight, int(cpu["weight"])))
+        if memory_pages:
+            props.append((HvPartitionProperty.HvPartitionPropertyGpaPageCount, memory_pages))
         for prop, value in props:
             self.hypercall(HypercallCode.HvCallSetPartitionProperty, struct.pack("<QIIQ", pid, prop, 0, value))
         self.hypercall(HypercallCode.HvCallInitializePartition, struct.pack("<Q", pid))
         for i in range(vps):
             self.hypercall(HypercallCode.HvCallCreateVp, struct.pack("<QI4xQQ", pid, i, 0, 0))
         return pid
+
+    def rep_hypercall(self, code: int, header: bytes, elements: list[int]) -> bytes:
+        """A rep hypercall over ``elements`` (u64 each), as many calls as a page of input
+        takes; each call must complete all its reps."""
+        per_call = (4096 - len(header)) // 8
+        out = b""
+        for i in range(0, len(elements), per_call):
+            chunk = elements[i:i + per_call]
+            data = header + struct.pack(f"<{len(chunk)}Q", *chunk)
+            reply = self.dealer.request(m.HypercallIntercept(
+                self._next_seq(), control_value(code, rep_count=len(chunk)), data, (perf_counter_ns(),)),
+                self.timeout_ms)
+            status, reps = reply.rax & 0xFFFF, (reply.rax >> 32) & 0xFFF
+            if status != HvStatus.HV_STATUS_SUCCESS or reps != len(chunk):
+                raise HypercallFailed(code, status)
+            out += reply.output
+        return out
+
+    def build_memory(self, pid: int, gpa_ranges: list[tuple[int, int]], host_pages: list[int]) -> None:
+        """Give the partition ``host_pages`` (HvCallDepositMemory) and map them, in order,
+        at the guest pages of ``gpa_ranges`` [(first page, count)] (HvCallMapGpaPages)."""
+        self.rep_hypercall(HypercallCode.HvCallDepositMemory, struct.pack("<Q", pid), host_pages)
+        used = 0
+        for first, count in gpa_ranges:
+            pages = host_pages[used:used + count]
+            per_call = (4096 - 24) // 8
+            for i in range(0, count, per_call):
+                self.rep_hypercall(HypercallCode.HvCallMapGpaPages, struct.pack("<QQI4x", pid, first + i, 0),
+                                   pages[i:i + per_call])
+            used += count
 
     # -- attach -------------------------------------------------------------------------------
 

@@ -147,6 +147,9 @@ class HvPartitionProperty(enum.IntEnum):
     HvPartitionPropertyEnlightenmentRecommendations = 0x80000001
     # hvstack extension: CPUID 0x40000004 EBX, the long-spin-wait retry count.
     HvPartitionPropertySpinRetryCount = 0x80000002
+    # hvstack extension: the size of the guest-physical space in 4 KiB pages, which sizes
+    # the partition's SLAT table when it is initialized.
+    HvPartitionPropertyGpaPageCount = 0x80000003
 
 
 class HvPartitionState(enum.Enum):

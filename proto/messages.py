@@ -416,6 +416,22 @@ class DeviceInput(Message):
 # ---------------------------------------------------------------------------------------
 
 
+@message(41, "memory_request")
+class MemoryRequest(Message):
+    """Worker or VP → hypervisor: where is ``partition``'s memory?  Only a partition's own
+    memory is ever handed out; asking for another's is refused and counted."""
+
+    partition: U64
+
+
+@message(42, "memory_reply")
+class MemoryReply(Message):
+    """The shared-memory files: the host page pool and the partition's SLAT table."""
+
+    pool: text(512)
+    slat: text(512)
+
+
 @message(30, "status_request")
 class StatusRequest(Message):
     """Partitions, VP states, counters and latency statistics."""
@@ -549,6 +565,8 @@ __all__ = [
     "TraceSubscribe",
     "TraceEvent",
     "PartitionControl",
+    "MemoryRequest",
+    "MemoryReply",
     "StatusRequest",
     "StatusReply",
     "IoRequest",

@@ -57,6 +57,7 @@ class Chipset:
         self.pic: Pic8259 | None = None
         self._intr = _Intr()
         self.reset_requested = ""
+        self.memory = None  # proto.memory.GuestMemory, once the worker has mapped it
         specs = [dict(d) for d in devices]
         # The PIC first, so the other devices' IRQ lines can be wired into it.
         specs.sort(key=lambda d: d.get("type") != "pic8259")

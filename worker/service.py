@@ -21,6 +21,7 @@ from time import perf_counter_ns
 
 from proto import messages as m
 from proto.errors import ProtocolError, Refused
+from proto.memory import GuestMemory
 from proto.transport import Dealer, connect
 
 from worker.chipset import Chipset
@@ -49,6 +50,9 @@ class Worker:
         ports = [[r.base, r.count] for r in chipset.bus.ranges()]
         mmio = [[r.base, r.length] for r in chipset.mmio.ranges()]
         self.dealer.request(m.InstallIntercept(ports, mmio))
+        # The partition's memory, for devices that do DMA (none of today's do).
+        where = self.dealer.request(m.MemoryRequest(partition_id))
+        chipset.memory = GuestMemory(where.pool, where.slat)
         log.info("worker for partition %d ready: ports %s; MMIO %s", partition_id,
                  ", ".join(f"{b:#x}+{c}" for b, c in ports), ", ".join(f"{b:#x}+{c:#x}" for b, c in mmio) or "none")
 

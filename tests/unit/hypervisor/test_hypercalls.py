@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import tempfile
 
 import pytest
 
@@ -17,6 +18,7 @@ from proto.codes import (
     control_value,
 )
 from hypervisor.hypercalls import Caller, Hypercalls
+from hypervisor.memory import MemoryManager
 from hypervisor.partitions import PartitionTable
 
 S = HvStatus
@@ -24,7 +26,7 @@ S = HvStatus
 
 @pytest.fixture
 def hc():
-    return Hypercalls(PartitionTable())
+    return Hypercalls(PartitionTable(), MemoryManager(tempfile.mkdtemp(prefix="hvmem"), 64))
 
 
 def root():
@@ -148,3 +150,39 @@ def test_failures_are_counted_by_status(hc):
     call(hc, child(hc), 0x7777)
     call(hc, child(hc), control_value(C.HvCallCreatePartition))
     assert hc.failures == {"HV_STATUS_INVALID_HYPERCALL_CODE": 1, "HV_STATUS_ACCESS_DENIED": 1}
+
+
+def _partition(hc, pages: int = 16) -> int:
+    pid = hc.table.create().id
+    hc.table.get(pid).gpa_pages = pages
+    return pid
+
+
+def test_root_deposits_and_maps_memory_with_rep_calls(hc):
+    pid = _partition(hc)
+    data = struct.pack("<Q3Q", pid, 5, 1, 9)
+    st, reps, _ = call(hc, root(), control_value(C.HvCallDepositMemory, rep_count=3), data)
+    assert (st, reps) == (S.HV_STATUS_SUCCESS, 3)
+    data = struct.pack("<QQI4x3Q", pid, 0, 0, 5, 1, 9)
+    st, reps, _ = call(hc, root(), control_value(C.HvCallMapGpaPages, rep_count=3), data)
+    assert (st, reps) == (S.HV_STATUS_SUCCESS, 3)
+    assert list(hc.memory.slats[pid].entries[:3]) == [5, 1, 9]
+
+
+def test_mapping_a_page_not_deposited_is_invalid_parameter(hc):
+    pid = _partition(hc)
+    data = struct.pack("<QQI4xQ", pid, 0, 0, 7)
+    assert call(hc, root(), control_value(C.HvCallMapGpaPages, rep_count=1), data)[0] == S.HV_STATUS_INVALID_PARAMETER
+
+
+def test_a_rep_list_shorter_than_the_rep_count_is_invalid_input(hc):
+    pid = _partition(hc)
+    data = struct.pack("<QQ", pid, 5)
+    assert call(hc, root(), control_value(C.HvCallDepositMemory, rep_count=2), data)[0] \
+        == S.HV_STATUS_INVALID_HYPERCALL_INPUT
+
+
+def test_a_child_cannot_deposit_or_map(hc):
+    pid = _partition(hc)
+    assert call(hc, child(hc), control_value(C.HvCallDepositMemory, rep_count=1), struct.pack("<QQ", pid, 1))[0] \
+        == S.HV_STATUS_ACCESS_DENIED

@@ -33,6 +33,8 @@ EXAMPLES = {
     m.TraceSubscribe: m.TraceSubscribe(0),
     m.TraceEvent: m.TraceEvent(1, 0, "io_port", True, 0x3F8, 0x41, (T, T, T)),
     m.PartitionControl: m.PartitionControl(1, "pause"),
+    m.MemoryRequest: m.MemoryRequest(1),
+    m.MemoryReply: m.MemoryReply("run/memory.pool", "run/slat-1.bin"),
     m.VpStats: m.VpStats({"io_port": {"t": {"c": {100: 1}, "n": 1, "s": 100, "lo": 100, "hi": 100}, "st": []}}),
     m.InstallIntercept: m.InstallIntercept(((0x3F8, 8), (0x60, 1)), ((0xB8000, 0x8000),)),
     m.IoNotify: m.IoNotify(1, 0, 0x3FD, 1, False, 0, (T, T, T)),

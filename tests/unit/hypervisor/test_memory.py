@@ -1,0 +1,72 @@
+"""The memory manager: deposit, map, unmap, withdraw, release; what it refuses."""
+
+from __future__ import annotations
+
+import pytest
+
+from hypervisor.memory import ROOT, MemoryError_, MemoryManager
+from proto.memory import PAGE_SIZE, GuestMemory, UnmappedGpa
+
+
+@pytest.fixture
+def mm(tmp_path):
+    return MemoryManager(str(tmp_path), 32)
+
+
+def test_deposited_pages_map_anywhere_in_guest_physical_space(mm):
+    mm.deposit(1, [7, 3, 20])
+    mm.map(1, 0, [7, 3], 16)
+    mm.map(1, 10, [20], 16)
+    assert list(mm.slats[1].entries[:2]) == [7, 3] and mm.slats[1].entries[10] == 20
+    assert mm.owned(1) == 3 and mm.slats[1].mapped == 3
+
+
+def test_only_the_roots_pages_can_be_deposited(mm):
+    mm.deposit(1, [5])
+    with pytest.raises(MemoryError_):
+        mm.deposit(2, [5])  # partition 1's page
+    with pytest.raises(MemoryError_):
+        mm.deposit(2, [32])  # beyond the pool
+    assert mm.counters["refused"] == 2 and mm.owner[5] == 1
+
+
+def test_a_partition_maps_only_its_own_pages_and_never_twice(mm):
+    mm.deposit(1, [1])
+    mm.deposit(2, [2])
+    with pytest.raises(MemoryError_):
+        mm.map(1, 0, [2], 16)  # partition 2's page
+    mm.map(1, 0, [1], 16)
+    mm.deposit(1, [4])
+    with pytest.raises(MemoryError_):
+        mm.map(1, 0, [4], 16)  # GPA page 0 is taken
+    with pytest.raises(MemoryError_):
+        mm.map(1, 16, [4], 16)  # beyond the partition's space
+
+
+def test_unmapped_pages_can_be_withdrawn_mapped_ones_cannot(mm):
+    mm.deposit(1, [1, 2])
+    mm.map(1, 0, [1, 2], 4)
+    assert mm.withdraw(1, 2) == []
+    mm.unmap(1, 1, 1)
+    assert mm.withdraw(1, 2) == [2] and mm.owner[2] == ROOT
+
+
+def test_release_returns_every_page_to_the_root(mm):
+    mm.deposit(1, [1, 2, 3])
+    mm.map(1, 0, [1, 2], 4)
+    assert mm.release(1) == 3
+    assert all(o == ROOT for o in mm.owner) and 1 not in mm.slats
+
+
+def test_guest_memory_translates_through_the_slat_and_sees_unmaps_at_once(mm):
+    mm.deposit(1, [9, 4])
+    mm.map(1, 0, [9, 4], 4)
+    mem = GuestMemory(str(mm.pool_path), str(mm.slats[1].path))
+    mem.write(PAGE_SIZE - 2, b"abcd")  # across the page boundary: two host pages
+    assert mem.read(PAGE_SIZE - 2, 4) == b"abcd"
+    pool = mm.pool()
+    assert pool[9 * PAGE_SIZE + PAGE_SIZE - 2:10 * PAGE_SIZE] == b"ab" and pool[4 * PAGE_SIZE:4 * PAGE_SIZE + 2] == b"cd"
+    assert not mem.is_mapped(2 * PAGE_SIZE)
+    mm.unmap(1, 1, 1)
+    with pytest.raises(UnmappedGpa):
+        mem.read_int(PAGE_SIZE, 4)
