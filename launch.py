@@ -1024,7 +1024,8 @@ def cmd_status(args) -> int:
         rows = [[str(vp["index"]), vp["state"], *(str(vp["exits"][k]) for k in vp["exits"]), str(vp["faults"])]
                 for vp in p["vps"]]
         if p["vps"]:
-            print(_indent(table(["vp", "state", *p["vps"][0]["exits"].keys(), "faults"], rows, "ll" + "r" * 7)))
+            headers = ["vp", "state", *p["vps"][0]["exits"].keys(), "faults"]
+            print(_indent(table(headers, rows, "ll" + "r" * (len(headers) - 2))))
         prow = path_rows(p["paths"])
         if prow:
             print(_indent(table(["path", "count", "p50 µs", "p99 µs", "max µs"], prow)))

@@ -117,6 +117,7 @@ class Hypervisor:
             "stale_completions": 0,
             "unroutable_replies": 0,
             "isolation_refusals": 0,
+            "trace_dropped": 0,
         }
         self._handlers = {
             m.Hello: self.on_hello,
@@ -357,7 +358,10 @@ class Hypervisor:
                 continue
             if event is None:
                 event = m.TraceEvent(part.id, vp.index, reason, write, a & 0xFFFFFFFFFFFFFFFF, b, stamps).encode()
-            if not self.router.send(identity, event):
+            sent = self.router.offer(identity, event)
+            if sent == "full":
+                self.counters["trace_dropped"] += 1  # a slow reader loses events, not its subscription
+            elif sent == "gone":
                 self.tracers.pop(identity, None)
 
     # -- hello ----------------------------------------------------------------------------
@@ -680,7 +684,7 @@ class Hypervisor:
             return
         frame = m.ConsoleData(part.id, msg.data).encode()
         for watcher in list(part.console_watchers):
-            if not self.router.send(watcher, frame):
+            if self.router.offer(watcher, frame) == "gone":
                 part.console_watchers.discard(watcher)
 
     # -- root ----------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from proto.memory import GuestMemory
 from proto.transport import connect
 
 from partitions import kernel
-from partitions.vp import GuestFault, Vp, VpLost, VpReset, VpStopped
+from partitions.vp import GuestFault, Vp, VpReset, VpStopped
 
 log = logging.getLogger("partition")
 
@@ -50,7 +50,7 @@ def vp_thread(spec: dict, token: str, index: int, system: kernel.System,
                 vp.power_on()
     except VpStopped:
         pass
-    except (GuestFault, VpLost) as e:
+    except GuestFault as e:
         log.error("VP %d: %s", index, e)
         failures.append(e)
     except Exception as e:  # a bug in guest or VP code: record it and end the partition

@@ -77,6 +77,19 @@ class Router:
                 return False
             raise TransportError(f"send failed: {e}") from e
 
+    def offer(self, identity: bytes, frame: bytes) -> str:
+        """For best-effort streams (trace events, console output): "sent", "full" when the
+        peer is not keeping up (the frame is dropped, the peer kept), or "gone"."""
+        try:
+            self._sock.send_multipart((identity, frame), zmq.NOBLOCK)
+            return "sent"
+        except zmq.ZMQError as e:
+            if e.errno == zmq.EAGAIN:
+                return "full"
+            if e.errno == zmq.EHOSTUNREACH:
+                return "gone"
+            raise TransportError(f"send failed: {e}") from e
+
     def close(self) -> None:
         self._sock.close(0)
 
