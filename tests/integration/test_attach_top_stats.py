@@ -265,7 +265,8 @@ def test_plot_draws_each_path_beside_its_floor(tmp_path):
 @pytest.mark.skipif(not HAVE_MATPLOTLIB, reason="matplotlib is not installed (pip install -e '.[plot]')")
 def test_bench_plot_writes_a_png(tmp_path):
     out = tmp_path / "bench.png"
-    r = launch("bench", "--plot", str(out), "--duration", "1", "--samples", "600", run_root=short_run_root(),
+    r = launch("bench", "--plot", str(out), "--duration", "1", "--samples", "600", "--rounds", "1",
+               "--no-experiments", run_root=short_run_root(),
                timeout=300)
     assert r.returncode == 0, r.stderr + r.stdout
     assert "emulated port I/O" in r.stdout

@@ -61,8 +61,8 @@ def test_a_missing_config_file_is_a_config_error():
 
 
 def test_bench_reports_each_path_beside_its_floor_as_json():
-    r = launch("bench", "--json", "--duration", "1.5", "--samples", "1000", "--rounds", "1",
-               run_root=short_run_root(), timeout=180)
+    r = launch("bench", "--json", "--duration", "2", "--samples", "1000", "--rounds", "1",
+               run_root=short_run_root(), timeout=240)
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     assert set(result["paths"]) == {"io_port", "cpuid", "hypercall", "interrupt"}
@@ -76,6 +76,9 @@ def test_bench_reports_each_path_beside_its_floor_as_json():
     assert disk["errors"] == 0 and disk["bytes"] > 0 and disk["mb_per_s"] > 0
     # A sector is 128 32-bit data-port reads or writes, plus the taskfile set-up.
     assert 8 * 128 < disk["exits_per_4k"] < 8 * 128 * 1.5
+    ex = result["experiments"]
+    assert set(ex["spinlock"]) == {"on", "off"} and ex["spinlock"]["on"]["notifications"] > 0
+    assert ex["eoi"]["assist"]["eoi_exits_per_interrupt"] == 0 < ex["eoi"]["msr"]["eoi_exits_per_interrupt"]
 
 
 def test_configs_default_is_the_embedded_default():
