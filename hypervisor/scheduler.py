@@ -19,7 +19,7 @@ scheduler timer would force it to.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 DEFAULT_QUANTUM_NS = 10_000_000

@@ -12,7 +12,6 @@ hypercall without the hypercall page) is raised in the guest as :class:`GuestFau
 
 from __future__ import annotations
 
-import struct
 import threading
 from contextlib import contextmanager
 from time import perf_counter_ns

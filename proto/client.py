@@ -16,6 +16,10 @@ from proto.errors import HvstackError, Refused
 from proto.transport import Dealer, connect
 
 
+# HvCallMapGpaPages: a 24-byte header, then 8 bytes a page, in one 4 KiB input page.
+MAP_PAGES_PER_CALL = (4096 - 24) // 8
+
+
 class HypercallFailed(HvstackError):
     def __init__(self, code: int, status: int) -> None:
         try:
@@ -112,11 +116,10 @@ class RootClient:
         self.rep_hypercall(HypercallCode.HvCallDepositMemory, struct.pack("<Q", pid), host_pages)
         used = 0
         for first, count in gpa_ranges:
-            pages = host_pages[used:used + count]
-            per_call = (4096 - 24) // 8
-            for i in range(0, count, per_call):
-                self.rep_hypercall(HypercallCode.HvCallMapGpaPages, struct.pack("<QQI4x", pid, first + i, 0),
-                                   pages[i:i + per_call])
+            # One call per page of input: each call's header names the GPA it starts at.
+            for i in range(0, count, MAP_PAGES_PER_CALL):
+                chunk = host_pages[used + i:used + min(count, i + MAP_PAGES_PER_CALL)]
+                self.rep_hypercall(HypercallCode.HvCallMapGpaPages, struct.pack("<QQI4x", pid, first + i, 0), chunk)
             used += count
 
     # -- attach -------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ hop and appended by that hop.  The originator derives the stages from consecutiv
 
 import operator
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import msgpack
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from time import perf_counter_ns
 
 import pytest
@@ -13,12 +12,11 @@ import zmq
 
 from proto import messages as m
 from proto.client import RootClient
-from proto.codes import HvStatus, HypercallCode, control_value
 from proto.errors import Refused
 from proto.stats import PathStats
 from proto.transport import connect
 
-from tests.support import alive, launch, short_run_root, start_run, wait_until
+from tests.support import alive, short_run_root, start_run, wait_until
 
 pytestmark = pytest.mark.integration
 ONE = "tests/configs/one.toml"
