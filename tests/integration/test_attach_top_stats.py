@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
@@ -24,17 +23,6 @@ pytestmark = pytest.mark.integration
 pytest_plugins = ["pytester"]
 ONE = "tests/configs/one.toml"
 PROCESSES = {"launcher", "hypervisor:hv", "worker:alpha", "partition:alpha"}
-
-
-@pytest.fixture
-def live():
-    run = start_run(ONE, short_run_root())
-    try:
-        yield run
-    finally:
-        pids = run.pids()
-        run.stop()
-        assert wait_until(lambda: not alive(pids), 10, what="every process of the run to exit") is True
 
 
 def status(run) -> dict:

@@ -16,21 +16,10 @@ from proto.errors import Refused
 from proto.stats import PathStats
 from proto.transport import connect
 
-from tests.support import alive, short_run_root, start_run, wait_until
+from tests.support import alive, wait_until
 
 pytestmark = pytest.mark.integration
 ONE = "tests/configs/one.toml"
-
-
-@pytest.fixture
-def live():
-    run = start_run(ONE, short_run_root())
-    try:
-        yield run
-    finally:
-        pids = run.pids()
-        run.stop()
-        assert wait_until(lambda: not alive(pids), 10, what="every process of the run to exit") is True
 
 
 def root(run) -> RootClient:
