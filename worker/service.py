@@ -93,7 +93,7 @@ class Worker:
     def serve(self) -> None:
         dealer, chipset = self.dealer, self.chipset
         bus, mmio = chipset.bus, chipset.mmio
-        send, wait, recv = dealer.send, dealer.wait, dealer.recv
+        send, wait, recv = dealer.send, dealer.wait, dealer.recv_ready
         IoNotify, MmioNotify, IoComplete, decode = m.IoNotify, m.MmioNotify, m.IoComplete, m.decode
         self._poll_devices()
         while self.running:
@@ -109,7 +109,7 @@ class Worker:
                     self._flush_console()
                 self._poll_devices()
                 continue
-            frame = recv(0)
+            frame = recv()
             t_in = perf_counter_ns()
             try:
                 msg = decode(frame)
