@@ -105,7 +105,7 @@ RECOMMENDATIONS = {
     "relaxed_timing": HvRecommendation.UseRelaxedTiming,
 }
 WORKLOADS = ("serial", "portio", "cpuid", "msr", "hypercall", "timer", "screen", "disk", "diskbench",
-             "spinlock", "compute", "eoi_mmio", "eoi_msr", "eoi_assist")
+             "spinlock", "compute", "eoi_mmio", "eoi_msr", "eoi_assist", "tlb_reader", "tlb_flusher")
 # The devices a topology may name, and the settings each takes (the worker checks values).
 DEVICE_KEYS = {
     "uart16550": {"name", "base", "irq"},

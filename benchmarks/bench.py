@@ -77,6 +77,49 @@ workloads = ["{workload}"]
 """
 ALL_ENLIGHTENMENTS = '["hypercall", "vp_index", "reference_counter", "apic"]'
 
+# Two partitions on one LP: a reader going round its mapped pages, and a flusher switching
+# address spaces and flushing — by hypercall (only its own TLB entries) or by MOV CR3 and
+# INVLPG (the whole LP's, the reader's included).
+TLB = """\
+[run]
+name = "{name}"
+duration_s = 3.0
+logical_processors = 1
+
+[[partition]]
+name = "reader"
+vps = 1
+memory_mb = 4
+chipset = "minimal"
+workloads = ["tlb_reader"]
+
+[[partition]]
+name = "flusher"
+vps = 1
+memory_mb = 4
+chipset = "minimal"
+enlightenments = {enlightenments}
+recommendations = {recommendations}
+workloads = ["tlb_flusher"]
+"""
+TLB_MODES = {"hypercall": ('["hypercall"]', '["address_space_switch_hypercall", "local_flush_hypercall"]'),
+             "mov_cr3": ("[]", "[]")}
+
+
+def tlb_experiment(mode: str, duration_s: float) -> dict:
+    """The reader's TLB misses and loads with the flusher in ``mode`` (hypercall / mov_cr3)."""
+    enl, rec = TLB_MODES[mode]
+    status = measure_run(TLB.format(name=f"bench-tlb-{mode}", enlightenments=enl, recommendations=rec),
+                         duration_s)
+    reader, flusher = status["partitions"][0]["guest"], status["partitions"][1]["guest"]
+    reads = max(1, reader.get("tlb_reads", 0))
+    return {"reads": reader.get("tlb_reads", 0),
+            "misses_per_1000": round(1000 * reader.get("tlb_misses", 0) / reads, 2),
+            "reads_per_s": round(reader.get("tlb_reads", 0) / duration_s, 1),
+            "reader_misses": reader.get("tlb_misses", 0),
+            "flusher_switches": flusher.get("tlb_switches", 0),
+            "flushes": status["tlb"]["lps"][0]["flushes"]}
+
 
 def experiment(name: str, workload: str, duration_s: float, vps: int = 1, enlightenments: str = "[]",
                spin_retry: str = "0xFFFFFFFF") -> dict:
@@ -112,6 +155,7 @@ def run_experiments(duration_s: float) -> dict:
                      "eoi_round_trip_p50_us": round(eoi_rt.percentile(50) / 1000, 1) if eoi_rt else 0.0,
                      "timer_to_handler_p50_us": round(timer.percentile(50) / 1000, 1) if timer else None}
     out["eoi"] = eoi
+    out["tlb"] = {mode: tlb_experiment(mode, duration_s) for mode in ("hypercall", "mov_cr3")}
     return out
 
 
@@ -156,14 +200,19 @@ def measure_floor(samples: int, irq_samples: int) -> dict:
                 p.wait()
 
 
-def measure_stack(topology_text: str, duration_s: float) -> dict:
-    """The final status of the one partition of a bench topology."""
+def measure_run(topology_text: str, duration_s: float) -> dict:
+    """The hypervisor's final status of a bench topology's run."""
     topology = launch.load_topology(topology_text, "<bench>")
     with open("/dev/null", "w") as devnull:
         run, reason, code = launch.execute(topology, launch.Output(devnull), duration_s)
     if code != 0 or not run.final_status:
         raise RuntimeError(f"the bench run {topology.name} failed: {reason}")
-    return run.final_status["partitions"][0]
+    return run.final_status
+
+
+def measure_stack(topology_text: str, duration_s: float) -> dict:
+    """The final status of the one partition of a bench topology."""
+    return measure_run(topology_text, duration_s)["partitions"][0]
 
 
 def run_bench(args) -> int:
@@ -242,6 +291,10 @@ def run_bench(args) -> int:
                            [[k, str(v["interrupts"]), f"{v['exits_per_interrupt']:.2f}", f"{v['eoi_exits_per_interrupt']:.2f}",
                              f"{v['eoi_round_trip_p50_us']:.1f}", f"{v['timer_to_handler_p50_us']}"]
                             for k, v in ex["eoi"].items()]))
+        print("\nTLB, a reader and a flusher sharing one LP (flushes by hypercall / by MOV CR3 and INVLPG):")
+        print(launch.table(["flusher", "reader misses per 1000 loads", "reader loads/s", "flusher switches"],
+                           [[k, f"{v['misses_per_1000']:.2f}", f"{v['reads_per_s']:.0f}", str(v["flusher_switches"])]
+                            for k, v in ex["tlb"].items()]))
     if io:
         print(f"\nemulated I/O p50 is {io['ratio_p50']:.2f}× its floor "
               f"(goal ≤ {GOAL_IO_RATIO_P50}×: {'met' if result['goal']['met'] else 'NOT met'})")

@@ -36,9 +36,9 @@ def hop_frames() -> dict[str, bytes]:
         "io_intercept": m.IoPortIntercept(1, 0x3FF, 1, False, 0, (_T,)).encode(),
         "io_notify": m.IoNotify(1, 0, 0x3FF, 1, False, 0, (_T,) * 3).encode(),
         "io_complete": m.IoComplete(1, 0x41, (_T,) * 5).encode(),
-        "io_resume": m.VpResume(1, 0, 0x41, 0, 0, 0, b"", (_T,) * 7, 0, (), _T).encode(),
+        "io_resume": m.VpResume(1, 0, 0x41, 0, 0, 0, b"", (_T,) * 7, 0, (), _T, 0).encode(),
         "cpuid_intercept": m.CpuidIntercept(1, 0x40000001, 0, (_T,)).encode(),
-        "cpuid_resume": m.VpResume(1, 0, 0x31237648, 0, 0, 0, b"", (_T,) * 3, 0, (), _T).encode(),
+        "cpuid_resume": m.VpResume(1, 0, 0x31237648, 0, 0, 0, b"", (_T,) * 3, 0, (), _T, 0).encode(),
     }
 
 

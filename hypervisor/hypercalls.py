@@ -29,6 +29,7 @@ from proto.codes import (
 
 from hypervisor.memory import MAX_GPA_PAGES, MemoryError_, MemoryManager
 from hypervisor.scheduler import FULL
+from hypervisor.tlb import Tlbs
 from hypervisor.partitions import MAX_VPS_PER_PARTITION, ROOT_PARTITION_ID, Partition, PartitionTable, Vp
 
 @dataclass
@@ -101,6 +102,15 @@ _CREATE_VP = struct.Struct("<QI")
 _MAP_GPA = struct.Struct("<QQI4x")
 # HvCallNotifyLongSpinWait: SpinCount u32 (fast: in RDX).
 _SPIN_COUNT = struct.Struct("<I")
+# HvCallFlushVirtualAddressSpace / the header of FlushVirtualAddressList: AddressSpace u64
+# (a CR3 value), Flags u64, ProcessorMask u64.
+_FLUSH = struct.Struct("<QQQ")
+HV_FLUSH_ALL_PROCESSORS = 1 << 0
+HV_FLUSH_ALL_VIRTUAL_ADDRESS_SPACES = 1 << 1
+HV_FLUSH_NON_GLOBAL_MAPPINGS_ONLY = 1 << 2
+HV_FLUSH_USE_EXTENDED_RANGE_FORMAT = 1 << 3
+_FLUSH_FLAGS = (HV_FLUSH_ALL_PROCESSORS | HV_FLUSH_ALL_VIRTUAL_ADDRESS_SPACES | HV_FLUSH_NON_GLOBAL_MAPPINGS_ONLY
+                | HV_FLUSH_USE_EXTENDED_RANGE_FORMAT)
 
 S = HvStatus
 
@@ -108,9 +118,10 @@ S = HvStatus
 class Hypercalls:
     """The dispatcher, bound to the partition table and memory it manages."""
 
-    def __init__(self, table: PartitionTable, memory: MemoryManager) -> None:
+    def __init__(self, table: PartitionTable, memory: MemoryManager, tlb: Tlbs | None = None) -> None:
         self.table = table
         self.memory = memory
+        self.tlb = tlb
         self.counts: dict[int, int] = {}
         self.failures: dict[str, int] = {}
 
@@ -331,8 +342,53 @@ class Hypercalls:
             return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b""
         return S.HV_STATUS_SUCCESS, b""
 
+    # -- address spaces and TLB flushes (TLFS "virtual MMU" calls) ------------------------
+
+    def switch_virtual_address_space(self, caller, hc, data) -> Result:
+        """The new CR3 (fast: in RDX).  The TLB is tagged by address space: no flush."""
+        if len(data) < 8:
+            return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b""
+        if caller.vp is not None:
+            caller.vp.cr3 = _U64.unpack_from(data)[0]
+        return S.HV_STATUS_SUCCESS, b""
+
+    def _flush_header(self, data: bytes):
+        if len(data) < _FLUSH.size:
+            return S.HV_STATUS_INVALID_HYPERCALL_INPUT, None
+        space, flags, _mask = _FLUSH.unpack_from(data)
+        if flags & ~_FLUSH_FLAGS:
+            return S.HV_STATUS_INVALID_PARAMETER, None
+        # The processor mask names VPs, but a VP may have run on any LP, so the caller's
+        # entries are flushed on every LP whatever the mask says.
+        return S.HV_STATUS_SUCCESS, None if flags & HV_FLUSH_ALL_VIRTUAL_ADDRESS_SPACES else space
+
+    def flush_virtual_address_space(self, caller, hc, data) -> Result:
+        """Only the caller's entries: of one address space, or of all of them."""
+        status, space = self._flush_header(data)
+        if status != S.HV_STATUS_SUCCESS:
+            return status, b""
+        if self.tlb is not None and caller.partition is not None:
+            self.tlb.flush_partition(caller.partition.id, space, kind="address_space")
+        return S.HV_STATUS_SUCCESS, b""
+
+    def flush_virtual_address_list(self, caller, hc, data) -> Result:
+        """Rep elements: GVAs whose bits 11:0 count additional pages to flush."""
+        status, space = self._flush_header(data)
+        if status != S.HV_STATUS_SUCCESS:
+            return status, b""
+        gvas = self._rep_list(hc, data, _FLUSH.size)
+        if gvas is None:
+            return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b""
+        if self.tlb is not None and caller.partition is not None:
+            ranges = [(gva >> 12, (gva & 0xFFF) + 1) for gva in gvas]
+            self.tlb.flush_partition(caller.partition.id, space, ranges, kind="address_list")
+        return S.HV_STATUS_SUCCESS, b""
+
 
 HANDLERS: dict[int, Handler] = {
+    C.HvCallSwitchVirtualAddressSpace: Hypercalls.switch_virtual_address_space,
+    C.HvCallFlushVirtualAddressSpace: Hypercalls.flush_virtual_address_space,
+    C.HvCallFlushVirtualAddressList: Hypercalls.flush_virtual_address_list,
     C.HvCallCreatePartition: Hypercalls.create_partition,
     C.HvCallInitializePartition: Hypercalls.initialize_partition,
     C.HvCallFinalizePartition: Hypercalls.finalize_partition,

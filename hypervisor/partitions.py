@@ -28,7 +28,7 @@ class VpState(enum.Enum):
 
 
 EXIT_REASONS = ("io_port", "unclaimed_io", "mmio", "unmapped_gpa", "apic", "cpuid", "msr", "hypercall", "halt",
-                "quantum")
+                "quantum", "cr3", "invlpg")
 
 
 @dataclass
@@ -49,6 +49,8 @@ class Vp:
     counters: dict[str, int] = field(default_factory=dict)  # last vp_stats, guest-side counts
     apic: Apic | None = None
     assist_page: int = 0  # HV_X64_MSR_VP_ASSIST_PAGE as last written
+    cr3: int = 0  # as last loaded by an intercepted MOV CR3 or HvCallSwitchVirtualAddressSpace
+    lp: int = 0  # the LP it was last dispatched on (whose TLB its exits flush)
 
     def __post_init__(self) -> None:
         if self.apic is None:

@@ -39,6 +39,7 @@ from proto.memory import PAGE_SHIFT, SLAT_INVALID
 from hypervisor.hypercalls import Caller, Hypercalls
 from hypervisor.partitions import Partition, PartitionTable, Vp, VpState
 from hypervisor.scheduler import Scheduler, VpSched
+from hypervisor.tlb import Tlbs
 
 log = logging.getLogger("hypervisor")
 
@@ -50,7 +51,7 @@ ALL_ONES = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}
 NO_FAULT = int(X86Exception.NONE)
 # Messages from a VP that mean it left guest mode.
 EXITS = frozenset((m.IoPortIntercept, m.MmioIntercept, m.CpuidIntercept, m.MsrIntercept,
-                   m.HypercallIntercept, m.HaltIntercept, m.QuantumExit))
+                   m.HypercallIntercept, m.HaltIntercept, m.QuantumExit, m.Cr3Intercept, m.InvlpgIntercept))
 
 
 @dataclass(slots=True)
@@ -101,7 +102,8 @@ class Hypervisor:
         self.sched = Scheduler(lps, self._dispatch)
         self.next_timer_ns: int | None = None  # the earliest local APIC timer deadline
         self.memory = MemoryManager(memory_dir or tempfile.mkdtemp(prefix="hvmem"), pool_pages)
-        self.hypercalls = Hypercalls(self.table, self.memory)
+        self.tlb = Tlbs(str(self.memory.dir), lps)
+        self.hypercalls = Hypercalls(self.table, self.memory, self.tlb)
         self.peers: dict[bytes, Peer] = {}
         self.pending: dict[int, Pending] = {}
         self.queries: dict[int, PendingQuery] = {}
@@ -127,6 +129,8 @@ class Hypervisor:
             m.HypercallIntercept: self.on_hypercall_intercept,
             m.HaltIntercept: self.on_halt_intercept,
             m.QuantumExit: self.on_quantum_exit,
+            m.Cr3Intercept: self.on_cr3_intercept,
+            m.InvlpgIntercept: self.on_invlpg_intercept,
             m.VpStats: self.on_vp_stats,
             m.InstallIntercept: self.on_install_intercept,
             m.IoComplete: self.on_io_complete,
@@ -152,6 +156,8 @@ class Hypervisor:
             m.HypercallIntercept: ("vp", "root"),
             m.HaltIntercept: ("vp",),
             m.QuantumExit: ("vp",),
+            m.Cr3Intercept: ("vp",),
+            m.InvlpgIntercept: ("vp",),
             m.VpStats: ("vp",),
             m.InstallIntercept: ("worker",),
             m.IoComplete: ("worker",),
@@ -284,7 +290,7 @@ class Hypervisor:
             if fault:
                 vp.faults += 1
             self._send(origin, m.VpResume(seq, fault, rax, rbx, rcx, rdx, output,
-                                          stamps + (perf_counter_ns(),), 0, (), 0))
+                                          stamps + (perf_counter_ns(),), 0, (), 0, 0))
             return
         vp.next_resume = (seq, stamps, rax, rbx, rcx, rdx, fault, output)
         vp.state = VpState.READY
@@ -295,6 +301,7 @@ class Hypervisor:
         vp: Vp = s.owner
         part: Partition = vp.partition
         vp.state = VpState.RUNNING
+        vp.lp = lp
         if vp.next_frame is not None:
             frame, vp.next_frame = vp.next_frame, None
             self.router.send(vp.peer, frame)
@@ -315,7 +322,7 @@ class Hypervisor:
         # The quantum is counted from the dispatch, so the VP's run ends on time however
         # long the resume takes to reach it (one host, one CLOCK_MONOTONIC).
         frame = m.VpResume(seq, fault, rax, rbx, rcx, rdx, output, stamps + (now,),
-                           interrupt, irq_stamps, now + quantum_ns).encode()
+                           interrupt, irq_stamps, now + quantum_ns, lp).encode()
         if not self.router.send(vp.peer, frame):
             self.counters["unroutable_replies"] += 1
             self.sched.exited(s, perf_counter_ns())
@@ -520,7 +527,7 @@ class Hypervisor:
         slat = self.memory.slats.get(peer.partition.id)
         if slat is None:
             return self._error(identity, msg.TYPE, "UNKNOWN_PARTITION", "the partition has no memory yet")
-        self._send(identity, m.MemoryReply(str(self.memory.pool_path), str(slat.path)))
+        self._send(identity, m.MemoryReply(str(self.memory.pool_path), str(slat.path), self.tlb.paths))
 
     def on_cpuid_intercept(self, identity: bytes, peer: Peer, msg: m.CpuidIntercept, t_in: int) -> None:
         vp, part = peer.vp, peer.partition
@@ -551,7 +558,7 @@ class Hypervisor:
             caller = Caller(None, None, HV_ROOT_PRIVILEGES)
             result, output = self.hypercalls.dispatch(caller, msg.control, msg.input)
             self._send(identity, m.VpResume(msg.seq, NO_FAULT, result, 0, 0, 0, output,
-                                            msg.stamps + (t_in, perf_counter_ns()), 0, (), 0))
+                                            msg.stamps + (t_in, perf_counter_ns()), 0, (), 0, 0))
             return
         vp, part = peer.vp, peer.partition
         vp.exits["hypercall"] += 1
@@ -590,6 +597,27 @@ class Hypervisor:
         vp, part = peer.vp, peer.partition
         vp.exits["quantum"] += 1
         self._resume(identity, part, vp, msg.seq, msg.stamps + (t_in,), 0)
+
+    def on_cr3_intercept(self, identity: bytes, peer: Peer, msg: m.Cr3Intercept, t_in: int) -> None:
+        """MOV CR3: the TLB of the LP the VP ran on is flushed, whoever's entries it holds.
+        (Before the resume: no other VP has been given that LP yet.)"""
+        vp, part = peer.vp, peer.partition
+        vp.exits["cr3"] += 1
+        vp.cr3 = msg.value
+        self.tlb.flush_lp(vp.lp, "mov_cr3")
+        stamps = msg.stamps + (t_in,)
+        if self.tracers:
+            self._trace(part, vp, "cr3", True, msg.value, vp.lp, stamps)
+        self._resume(identity, part, vp, msg.seq, stamps, 0)
+
+    def on_invlpg_intercept(self, identity: bytes, peer: Peer, msg: m.InvlpgIntercept, t_in: int) -> None:
+        vp, part = peer.vp, peer.partition
+        vp.exits["invlpg"] += 1
+        self.tlb.flush_lp(vp.lp, "invlpg")
+        stamps = msg.stamps + (t_in,)
+        if self.tracers:
+            self._trace(part, vp, "invlpg", False, msg.gva, vp.lp, stamps)
+        self._resume(identity, part, vp, msg.seq, stamps, 0)
 
     def _wake(self, part: Partition, vp: Vp) -> None:
         """End a HLT: the VP resumes, taking what is pending (an interrupt, a reset)."""
@@ -664,6 +692,7 @@ class Hypervisor:
         part.hypercall_msr = 0
         for vp in part.vps:
             vp.interrupts.clear()
+            vp.cr3 = 0
             vp.reset_pending = vp.peer is not None
             self._wake(part, vp)
         if part.worker is not None:
@@ -825,7 +854,7 @@ class Hypervisor:
                 "worker_timeouts": part.worker_timeouts,
                 "resets": part.resets,
                 "cpu": {"reserve": part.cpu.reserve, "limit": part.cpu.limit, "weight": part.cpu.weight},
-                "vps": [{"index": vp.index, "state": vp.state.value, "exits": dict(vp.exits),
+                "vps": [{"index": vp.index, "state": vp.state.value, "exits": dict(vp.exits), "cr3": vp.cr3,
                          "faults": vp.faults, "guest": dict(vp.counters),
                          "sched": _sched_status(vp.sched, now),
                          "apic": dict(vp.apic.counters),
@@ -848,6 +877,7 @@ class Hypervisor:
             "tracers": len(self.tracers),
             "scheduler": self.sched.status(now),
             "memory": self.memory.status(),
+            "tlb": self.tlb.status(),
             "partitions": parts,
         }
 

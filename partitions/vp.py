@@ -18,7 +18,8 @@ from time import perf_counter_ns
 from typing import Callable
 
 from proto import messages as m
-from proto.codes import HvMsr, HvStatus, X86Exception, control_value
+from proto.codes import HvMsr, HvStatus, HypercallCode, X86Exception, control_value
+from proto.memory import UnmappedGpa
 from proto.errors import Refused
 from proto.stats import PathStats
 from proto.transport import Dealer
@@ -45,6 +46,11 @@ PATH_QUANTUM = "quantum"  # the quantum ended: the time until the VP is dispatch
 PATH_APIC_TIMER = "apic_timer"  # the local APIC timer fires → the guest's handler runs
 PATH_APIC = "apic"  # the local APIC page: MMIO the hypervisor handles itself, 2 hops
 APIC_PAGE = (0xFEE00000, 0xFEE01000)
+PATH_CR3 = "cr3"  # an intercepted MOV to CR3: the hypervisor flushes the LP's TLB, 2 hops
+PATH_INVLPG = "invlpg"
+# x86-64 4-level paging: a table entry's present bit and the frame address in bits 51:12.
+PTE_PRESENT = 1
+PTE_FRAME = 0x000FFFFFFFFFF000
 
 
 
@@ -74,9 +80,14 @@ Handler = Callable[["Vp", int], None]
 
 class Vp:
     def __init__(self, dealer: Dealer, index: int, mem, stop: threading.Event,
-                 bus_lock: threading.Lock | None = None) -> None:
+                 bus_lock: threading.Lock | None = None, partition: int = 0, tlbs: list | None = None) -> None:
         self.index = index
         self.mem = mem  # proto.memory.GuestMemory: guest RAM through the partition's SLAT
+        self.partition = partition  # the TLB tag's partition part
+        # Every LP's TLB (proto.tlb.LpTlb), by LP index; the VP uses the one of the LP its
+        # last resume said it is dispatched on.  None: no TLB, every access walks.
+        self._tlbs = tlbs or None
+        self.lp = 0
         # The memory bus lock that makes locked instructions atomic across the partition's VPs.
         self.bus_lock = bus_lock or threading.Lock()
         self.stop = stop
@@ -87,7 +98,8 @@ class Vp:
         self.paths: dict[str, PathStats] = {}
         self.exits = 0
         self.pauses = 0
-        self.counters = {"interrupts": 0, "handler_exits": 0, "unhandled_interrupts": 0, "resets": 0}
+        self.counters = {"interrupts": 0, "handler_exits": 0, "unhandled_interrupts": 0, "resets": 0,
+                         "tlb_hits": 0, "tlb_misses": 0, "tlb_walk_reads": 0, "tlb_evictions": 0}
         self._next_stats = perf_counter_ns() + STATS_INTERVAL_NS
         self._quantum_end = perf_counter_ns() + DEFAULT_QUANTUM_NS
         self._apic_access = False
@@ -96,6 +108,7 @@ class Vp:
     def power_on(self) -> None:
         """The state after RESET/INIT: interrupts disabled, no handlers, nothing pending."""
         self.if_flag = False
+        self.cr3 = 0
         self.assist_gpa: int | None = None
         self.handlers: dict[int, Handler] = {}
         self._pending: list[tuple[int, tuple]] = []
@@ -128,6 +141,7 @@ class Vp:
             # Anything else is a late answer to an earlier exit; it cannot be ours.
         self.exits += 1
         self._quantum_end = msg.deadline_ns or NEVER
+        self.lp = msg.lp
         if msg.fault == m.FAULT_RESET:
             self.counters["resets"] += 1
             raise VpReset(msg.rax)
@@ -154,6 +168,8 @@ class Vp:
         m.CpuidIntercept.TYPE: PATH_CPUID,
         m.MsrIntercept.TYPE: PATH_MSR,
         m.HypercallIntercept.TYPE: PATH_HYPERCALL,
+        m.Cr3Intercept.TYPE: PATH_CR3,
+        m.InvlpgIntercept.TYPE: PATH_INVLPG,
     }
 
     def _path_of(self, frame: bytes, n_stamps: int) -> str:
@@ -292,7 +308,10 @@ class Vp:
                   rep_start: int = 0) -> tuple[HvStatus, int, bytes]:
         """Returns (status, reps completed, output)."""
         rax, out = self.hypercall_raw(control_value(code, fast, rep_count, rep_start), data)
-        return HvStatus(rax & 0xFFFF), (rax >> 32) & 0xFFF, out
+        status = HvStatus(rax & 0xFFFF)
+        if code == HypercallCode.HvCallSwitchVirtualAddressSpace and status == HvStatus.HV_STATUS_SUCCESS:
+            self.cr3 = int.from_bytes(data[:8], "little")  # the hypervisor loaded CR3
+        return status, (rax >> 32) & 0xFFF, out
 
     # -- HLT, PAUSE, RAM --------------------------------------------------------------------
 
@@ -375,6 +394,71 @@ class Vp:
             value = self.mem.read_int(byte, 1)
             self.mem.write_int(byte, 1, value & ~mask & 0xFF)
         return bool(value & mask)
+
+    # -- paging: CR3, INVLPG, loads and stores by guest virtual address ------------------------
+
+    def mov_cr3(self, value: int) -> None:
+        """MOV to CR3, intercepted: the hypervisor flushes this LP's whole TLB."""
+        seq = self._next_seq()
+        self._exit(m.Cr3Intercept(seq, value, (perf_counter_ns(),)).encode(), seq)
+        self.cr3 = value
+
+    def invlpg(self, gva: int) -> None:
+        """INVLPG, intercepted: the hypervisor flushes this LP's whole TLB."""
+        seq = self._next_seq()
+        self._exit(m.InvlpgIntercept(seq, gva & 0xFFFFFFFFFFFFFFFF, (perf_counter_ns(),)).encode(), seq)
+
+    def translate(self, gva: int) -> int:
+        """Guest virtual → guest physical: the current LP's TLB, else a page walk that
+        fills it.  A non-present entry is a #PF, a non-canonical address a #GP."""
+        vpn = gva >> 12
+        c = self.counters
+        tlbs = self._tlbs
+        if tlbs is not None:
+            tlb = tlbs[self.lp]
+            pfn = tlb.lookup(self.partition, self.cr3, vpn)
+            if pfn is not None:
+                c["tlb_hits"] += 1
+                return (pfn << 12) | (gva & 0xFFF)
+        c["tlb_misses"] += 1
+        pfn = self._walk(gva)
+        if tlbs is not None and tlb.fill(self.partition, self.cr3, vpn, pfn):
+            c["tlb_evictions"] += 1
+        return (pfn << 12) | (gva & 0xFFF)
+
+    def _walk(self, gva: int) -> int:
+        """The 4-level x86-64 walk in guest RAM (PML4 at CR3, 9 bits a level, 4 KiB pages)."""
+        if gva >> 47 not in (0, 0x1FFFF):
+            raise GuestFault(X86Exception.GP, f"non-canonical address {gva:#x}")
+        table = self.cr3 & PTE_FRAME
+        c = self.counters
+        for shift in (39, 30, 21, 12):
+            c["tlb_walk_reads"] += 1
+            try:
+                entry = self.mem.read_int(table | (((gva >> shift) & 0x1FF) << 3), 8)
+            except UnmappedGpa:
+                raise GuestFault(X86Exception.PF, f"page walk of {gva:#x}: table at {table:#x} is not RAM") from None
+            if not entry & PTE_PRESENT:
+                raise GuestFault(X86Exception.PF, f"page walk of {gva:#x}: not present")
+            table = entry & PTE_FRAME
+        return table >> 12
+
+    def vread(self, gva: int, size: int) -> int:
+        """A load by guest virtual address."""
+        first = 0x1000 - (gva & 0xFFF)
+        if size > first:  # across a page: two translations
+            lo = self.read(self.translate(gva), first)
+            return lo | self.vread(gva + first, size - first) << (8 * first)
+        return self.read(self.translate(gva), size)
+
+    def vwrite(self, gva: int, size: int, value: int) -> None:
+        """A store by guest virtual address."""
+        first = 0x1000 - (gva & 0xFFF)
+        if size > first:
+            self.write(self.translate(gva), first, value & ((1 << (8 * first)) - 1))
+            self.vwrite(gva + first, size - first, value >> (8 * first))
+            return
+        self.write(self.translate(gva), size, value)
 
     def read_u32(self, gpa: int) -> int:
         return self.read(gpa, 4)

@@ -7,9 +7,10 @@ the PIC's interrupts).
 
 from __future__ import annotations
 
+import struct
 import time
 
-from proto.codes import CpuidLeaf, HvMsr, HvPrivilege, HypercallCode
+from proto.codes import CpuidLeaf, HvMsr, HvPrivilege, HvRecommendation, HypercallCode
 
 from partitions.drivers import vga
 from partitions.drivers.ata import SECTOR, AtaError
@@ -235,6 +236,121 @@ def wl_eoi_assist(vp: Vp, sys) -> int:
     return _apic_timer(vp, sys, "assist")
 
 
+# The TLB experiment: page tables in guest RAM, built by the guest.  Page-table pages come
+# from a bump allocator at PT_AREA; the mapped data pages are at DATA_AREA (both in RAM no
+# other workload uses, below the VP assist and hypercall pages at 0x9E000/0x9F000).
+PT_AREA = (0x40000, 0x50000)
+DATA_AREA = 0x50000
+TLB_PAGES = 64  # virtual pages each address space maps
+TLB_VA = 0x0000_7F00_0000_0000  # where they start (a user-half address: all four levels used)
+PTE_P, PTE_RW = 1, 2
+_FLUSH = struct.Struct("<QQQ")  # AddressSpace, Flags, ProcessorMask
+HV_FLUSH_ALL_VIRTUAL_ADDRESS_SPACES = 1 << 1
+FLUSHER_TURN = 20  # address-space switches per turn
+FLUSHER_PAGES = 4  # pages the flusher touches (few: its own fills evict little of the reader's)
+
+
+class PageTables:
+    """A bump allocator of zeroed guest pages for page tables, and the 4-level mapper."""
+
+    def __init__(self, vp: Vp, area: tuple[int, int] = PT_AREA) -> None:
+        self.vp = vp
+        self.next, self.end = area
+
+    def page(self) -> int:
+        if self.next >= self.end:
+            raise MemoryError("page-table area exhausted")
+        gpa, self.next = self.next, self.next + 0x1000
+        self.vp.write_bytes(gpa, bytes(0x1000))
+        return gpa
+
+    def map(self, cr3: int, gva: int, gpa: int) -> None:
+        """Map the 4 KiB page at ``gva`` to ``gpa`` in the address space rooted at ``cr3``."""
+        vp, table = self.vp, cr3
+        for shift in (39, 30, 21):
+            slot = table + ((gva >> shift) & 0x1FF) * 8
+            entry = vp.read(slot, 8)
+            if not entry & PTE_P:
+                entry = self.page() | PTE_P | PTE_RW
+                vp.write(slot, 8, entry)
+            table = entry & 0x000FFFFFFFFFF000
+        vp.write(table + ((gva >> 12) & 0x1FF) * 8, 8, gpa | PTE_P | PTE_RW)
+
+
+def address_spaces(vp: Vp, sys) -> list[int]:
+    """Two address spaces (CR3 values), each mapping TLB_PAGES pages at TLB_VA onto the same
+    data pages, built once per boot (the reader uses the first)."""
+    spaces = sys.timers.get("tlb_spaces")
+    if spaces is None or sys.timers.get("tlb_generation") != sys.booted_generation:
+        pt = PageTables(vp)
+        spaces = []
+        for _ in range(2):
+            cr3 = pt.page()
+            for i in range(TLB_PAGES):
+                pt.map(cr3, TLB_VA + i * 0x1000, DATA_AREA + i * 0x1000)
+            spaces.append(cr3)
+        sys.timers["tlb_spaces"] = spaces
+        sys.timers["tlb_generation"] = sys.booted_generation
+    return spaces
+
+
+def _recommended(sys, rec: HvRecommendation) -> bool:
+    return bool(sys.hv.hypercalls and sys.hv.recommendations & rec)
+
+
+def load_cr3(vp: Vp, sys, cr3: int) -> None:
+    """An address-space switch: HvCallSwitchVirtualAddressSpace where recommended (no
+    flush: the TLB is tagged), else MOV CR3 (intercepted: the LP's TLB is flushed)."""
+    if _recommended(sys, HvRecommendation.UseHypercallForAddressSpaceSwitch):
+        vp.hypercall(HypercallCode.HvCallSwitchVirtualAddressSpace, cr3.to_bytes(8, "little"), fast=True)
+    else:
+        vp.mov_cr3(cr3)
+
+
+def wl_tlb_reader(vp: Vp, sys) -> int:
+    """Loads through TLB_PAGES mapped pages, round and round, in one address space.  Its TLB
+    misses are in the VP's counters (tlb_misses), its loads in tlb_reads."""
+    cr3 = address_spaces(vp, sys)[0]
+    if vp.cr3 != cr3:
+        load_cr3(vp, sys, cr3)
+    at = sys.timers.get("tlb_at", 0)
+    for i in range(BATCH):
+        vp.vread(TLB_VA + ((at + i) % TLB_PAGES) * 0x1000 + 8 * (vp.index % 512), 8)
+    sys.timers["tlb_at"] = (at + BATCH) % TLB_PAGES
+    vp.counters["tlb_reads"] = vp.counters.get("tlb_reads", 0) + BATCH
+    return BATCH
+
+
+def wl_tlb_flusher(vp: Vp, sys) -> int:
+    """A process switcher: alternates between its two address spaces, touches a page and
+    flushes it (as after changing its PTE), and every fourth switch its whole address space.
+    Enlightened (hypercall page on and the switch/local-flush recommendations): the switch
+    and flush hypercalls, which touch only this partition's TLB entries; otherwise MOV CR3
+    and INVLPG, each intercepted and flushing the whole LP, other partitions' entries too."""
+    spaces = address_spaces(vp, sys)
+    by_hypercall = _recommended(sys, HvRecommendation.UseHypercallForLocalFlush)
+    c = vp.counters
+    for i in range(FLUSHER_TURN):
+        cr3 = spaces[i % 2]
+        load_cr3(vp, sys, cr3)
+        gva = TLB_VA + (i % FLUSHER_PAGES) * 0x1000
+        vp.vread(gva, 8)
+        if by_hypercall:
+            header = _FLUSH.pack(cr3, 0, 1 << vp.index)
+            vp.hypercall(HypercallCode.HvCallFlushVirtualAddressList, header + gva.to_bytes(8, "little"),
+                         rep_count=1)
+        else:
+            vp.invlpg(gva)
+        if i % 4 == 3:
+            if by_hypercall:
+                vp.hypercall(HypercallCode.HvCallFlushVirtualAddressSpace, _FLUSH.pack(cr3, 0, 1 << vp.index))
+            else:
+                vp.mov_cr3(cr3)  # reloading CR3 flushes the (untagged) TLB
+            c["tlb_space_flushes"] = c.get("tlb_space_flushes", 0) + 1
+        c["tlb_switches"] = c.get("tlb_switches", 0) + 1
+    return FLUSHER_TURN
+
+
 WORKLOADS = {
     "serial": wl_serial,
     "portio": wl_portio,
@@ -250,6 +366,8 @@ WORKLOADS = {
     "eoi_mmio": wl_eoi_mmio,
     "eoi_msr": wl_eoi_msr,
     "eoi_assist": wl_eoi_assist,
+    "tlb_reader": wl_tlb_reader,
+    "tlb_flusher": wl_tlb_flusher,
 }
 
 

@@ -243,6 +243,7 @@ class X86Exception(enum.IntEnum):
     NONE = 0
     UD = 6  # #UD: hypercall with the hypercall page not enabled
     GP = 13  # #GP: a synthetic MSR the partition has no privilege for, or a bad value
+    PF = 14  # #PF: a guest page walk found a non-present entry (raised in the VP)
 
 
 # Hypercall input value (RCX) fields.

@@ -122,6 +122,20 @@ def gpa_ranges(v: Any) -> tuple:
     return tuple(out)
 
 
+def texts(max_items: int, max_len: int) -> Check:
+    """A list of at most ``max_items`` strings (file paths, names)."""
+    one = text(max_len)
+
+    def check(v: Any) -> tuple:
+        if type(v) is not tuple and type(v) is not list:
+            raise FieldError(f"expected an array of strings, got {type(v).__name__}")
+        if len(v) > max_items:
+            raise FieldError(f"{len(v)} strings, at most {max_items}")
+        return tuple(one(s) for s in v)
+
+    return check
+
+
 def mapping(max_items: int) -> Check:
     """A free-form map (telemetry, status); only its shape is checked here."""
 

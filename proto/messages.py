@@ -34,6 +34,7 @@ from proto.fields import (
     port_ranges,
     stamps,
     text,
+    texts,
 )
 
 PROTOCOL_VERSION = 1
@@ -280,6 +281,27 @@ class QuantumExit(Message):
     stamps: stamps
 
 
+@message(19, "cr3_intercept")
+class Cr3Intercept(Message):
+    """MOV to CR3 — a control-register intercept: the VP loads ``value`` into CR3.  The
+    hypervisor flushes the whole TLB of the VP's logical processor (untagged, as the
+    non-enlightened address-space switch is)."""
+
+    seq: U32
+    value: U64
+    stamps: stamps
+
+
+@message(43, "invlpg_intercept")
+class InvlpgIntercept(Message):
+    """INVLPG ``gva`` — intercepted: the hypervisor flushes the whole TLB of the VP's
+    logical processor."""
+
+    seq: U32
+    gva: U64
+    stamps: stamps
+
+
 @message(15, "vp_resume")
 class VpResume(Message):
     """Completes an intercept: the registers the instruction sets, or an exception to
@@ -298,6 +320,7 @@ class VpResume(Message):
     interrupt: U16  # a vector to deliver after the instruction completes; 0: none
     irq_stamps: stamps  # that interrupt's path: device raise, hv in, hv inject
     deadline_ns: U64  # perf_counter_ns when the VP's quantum ends (0: no quantum; not a dispatch)
+    lp: U8  # the logical processor the VP is dispatched on (whose TLB it uses)
 
 
 @message(16, "vp_stats")
@@ -426,10 +449,12 @@ class MemoryRequest(Message):
 
 @message(42, "memory_reply")
 class MemoryReply(Message):
-    """The shared-memory files: the host page pool and the partition's SLAT table."""
+    """The shared-memory files: the host page pool, the partition's SLAT table and the
+    TLB of every logical processor (by LP index)."""
 
     pool: text(512)
     slat: text(512)
+    tlbs: texts(256, 512)
 
 
 @message(30, "status_request")
@@ -555,6 +580,8 @@ __all__ = [
     "DeviceInput",
     "MmioIntercept",
     "QuantumExit",
+    "Cr3Intercept",
+    "InvlpgIntercept",
     "MmioNotify",
     "AssertInterrupt",
     "ResetRequest",

@@ -1,0 +1,134 @@
+"""A logical processor's TLB as the processes share it: one file per LP in the run directory.
+
+The hypervisor creates the files (one per LP, sized when it starts) and flushes them; the VP
+dispatched on an LP looks translations up in that LP's file and fills it after a page walk.
+A file is a small header and :data:`ENTRIES` direct-mapped entries of fixed layout::
+
+    header  magic u32, entries u32, fills u64 (counted by the VPs that fill), 16 bytes
+    entry   valid u32, partition u32, address space u64 (the CR3 value),
+            guest virtual page u64, guest physical page u64                  32 bytes
+
+An entry is found at ``(vpn ^ hash(partition, cr3)) % ENTRIES``: translations are tagged by
+partition and address space, so a CR3 switch needs no flush and partitions sharing an LP
+share (and evict) its entries.
+
+Writers and the races accepted:
+
+* Only the VP running on an LP writes its entries' tag and frame fields, and one VP runs on
+  an LP at a time (the scheduler), so those fields never tear.  A fill clears ``valid``,
+  writes the fields, then sets ``valid`` last.
+* The hypervisor only ever clears ``valid``.  A flush of another LP (the flush hypercalls)
+  may run while a VP on that LP is filling: the fill's ``valid = 1`` can land after the
+  flush, leaving a translation walked before the flush.  A lookup that read ``valid`` just
+  before a flush uses the old translation once.  Both are what a remote flush without an
+  IPI barrier gives; hvstack's guests do not change page tables under a running walk, so
+  such an entry is never wrong, only older than the flush.
+* ``fills`` is a plain read-modify-write by the one VP on the LP; the hypervisor only reads it.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+
+MAGIC = 0x31424C54  # "TLB1"
+ENTRIES = 64
+HEADER = struct.Struct("<IIQ16x")  # 32 bytes
+ENTRY = struct.Struct("<IIQQQ")  # 32 bytes
+_VALID = struct.Struct("<I")
+_FIELDS = struct.Struct("<IQQQ")  # the entry after its valid word
+_FILLS = struct.Struct("<Q")
+FILE_SIZE = HEADER.size + ENTRIES * ENTRY.size
+
+
+def slot(partition: int, cr3: int, vpn: int) -> int:
+    """The entry index of a translation: the page number mixed with a hash of the tag."""
+    h = ((cr3 >> 12) * 0x9E3779B1 ^ partition * 0x85EBCA77) >> 7
+    return (vpn ^ h) % ENTRIES
+
+
+def offset(index: int) -> int:
+    return HEADER.size + index * ENTRY.size
+
+
+def create(path: str) -> None:
+    """A new, empty TLB file (every entry invalid)."""
+    with open(path, "wb") as f:
+        f.write(HEADER.pack(MAGIC, ENTRIES, 0) + bytes(ENTRIES * ENTRY.size))
+    os.chmod(path, 0o600)
+
+
+class LpTlb:
+    """One LP's TLB, mapped read-write."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        fd = os.open(path, os.O_RDWR)
+        try:
+            self.buf = mmap.mmap(fd, FILE_SIZE)
+        finally:
+            os.close(fd)
+        magic, entries, _ = HEADER.unpack_from(self.buf, 0)
+        if magic != MAGIC or entries != ENTRIES:
+            raise ValueError(f"{path} is not a TLB file of {ENTRIES} entries")
+
+    # -- the VP's side ---------------------------------------------------------------------
+
+    def lookup(self, partition: int, cr3: int, vpn: int) -> int | None:
+        """The guest physical page, or None on a miss."""
+        valid, p, asid, v, pfn = ENTRY.unpack_from(self.buf, offset(slot(partition, cr3, vpn)))
+        if valid and v == vpn and asid == cr3 and p == partition:
+            return pfn
+        return None
+
+    def fill(self, partition: int, cr3: int, vpn: int, pfn: int) -> bool:
+        """Install a translation; True if it evicted a valid entry with another tag."""
+        off = offset(slot(partition, cr3, vpn))
+        buf = self.buf
+        valid, p, asid, v, _ = ENTRY.unpack_from(buf, off)
+        evicted = bool(valid) and (p, asid, v) != (partition, cr3, vpn)
+        _VALID.pack_into(buf, off, 0)
+        _FIELDS.pack_into(buf, off + 4, partition, cr3, vpn, pfn)
+        _VALID.pack_into(buf, off, 1)  # last
+        (fills,) = _FILLS.unpack_from(buf, 8)
+        _FILLS.pack_into(buf, 8, fills + 1)
+        return evicted
+
+    # -- the hypervisor's side -------------------------------------------------------------
+
+    def entries(self):
+        """(index, valid, partition, address space, vpn, pfn) of every entry."""
+        for i in range(ENTRIES):
+            yield (i, *ENTRY.unpack_from(self.buf, offset(i)))
+
+    def flush(self, partition: int | None = None, cr3: int | None = None, vpns=None) -> int:
+        """Clear ``valid`` of the matching entries — all of them, or only ``partition``'s
+        (in address space ``cr3`` if given, for pages in ``vpns`` if given).  Returns how
+        many valid entries were cleared."""
+        buf, cleared = self.buf, 0
+        for i in range(ENTRIES):
+            off = offset(i)
+            valid, p, asid, v, _ = ENTRY.unpack_from(buf, off)
+            if not valid:
+                continue
+            if partition is not None and (p != partition or (cr3 is not None and asid != cr3)
+                                          or (vpns is not None and not _in_ranges(v, vpns))):
+                continue
+            _VALID.pack_into(buf, off, 0)
+            cleared += 1
+        return cleared
+
+    @property
+    def fills(self) -> int:
+        return _FILLS.unpack_from(self.buf, 8)[0]
+
+    def close(self) -> None:
+        self.buf.close()
+
+
+def _in_ranges(vpn: int, ranges) -> bool:
+    for first, count in ranges:
+        if first <= vpn < first + count:
+            return True
+    return False
