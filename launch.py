@@ -1893,7 +1893,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=6000, help="round trips per floor")
     p.add_argument("--rounds", type=int, default=3, help="floor and stack alternate this many times")
     p.add_argument("--no-experiments", dest="experiments", action="store_false",
-                   help="skip the enlightenment experiments (spinlock, EOI)")
+                   help="skip the enlightenment experiments (spinlock, EOI, TLB)")
     p.add_argument("--plot", metavar="FILE.png", type=plot_file,
                    help="draw latency histograms and CDFs (needs the [plot] extra)")
     p.set_defaults(fn=cmd_bench)

@@ -156,6 +156,7 @@ def on_spurious(vp: Vp, vector: int, sys: System) -> None:
 
 
 def bsp_main(vp: Vp, sys: System) -> None:
+    sys.has_vga = sys.has_pic = False  # a reset boots from scratch
     sys.hv = detect_hypervisor(vp)
     enable_hypercalls(vp, sys.hv)
     sys.serial = Serial()
@@ -173,19 +174,21 @@ def bsp_main(vp: Vp, sys: System) -> None:
         sys.serial.enable_interrupts(vp)
         vp.sti()
     sys.boot_time = rtc.read_time(vp)
-    sys.has_vga = vga.present(vp)
-    rec = [r.name for r in HvRecommendation if sys.hv.recommendations & r] or ["none"]
     clock = sys.boot_time.isoformat(sep=" ") if sys.boot_time else "no RTC"
+    # The screen is set up before the console says the kernel is up, so that whoever waits
+    # for the console's boot lines finds the screen ready too.
+    if vga.present(vp):
+        vga.clear(vp)
+        vga.write_line(vp, 0, f"hvstack guest kernel {GUEST_VERSION} - partition {sys.name}")
+        vga.write_line(vp, 1, f"RTC {clock}")
+        vga.set_cursor(vp, 2, 0)
+        sys.has_vga = True
+    rec = [r.name for r in HvRecommendation if sys.hv.recommendations & r] or ["none"]
     banner = f"hvstack guest kernel {GUEST_VERSION} on partition {sys.name}: {sys.hv.describe()}"
     sys.console(vp, banner)
     sys.console(vp, f"[{sys.name}] RTC {clock}; hypercall page {'on' if sys.hv.hypercalls else 'off'}; "
                      f"recommendations: {', '.join(rec)}; spin retries: {sys.hv.spin_retry:#x}; "
                      f"tick {sys.tick_hz:.2f} Hz" if sys.has_pic else f"[{sys.name}] RTC {clock}; no PIC: polled")
-    if sys.has_vga:
-        vga.clear(vp)
-        vga.write_line(vp, 0, f"hvstack guest kernel {GUEST_VERSION} - partition {sys.name}")
-        vga.write_line(vp, 1, f"RTC {clock}")
-        vga.set_cursor(vp, 2, 0)
     with sys.booted_cv:
         sys.booted_generation += 1
         sys.booted_cv.notify_all()
