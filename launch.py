@@ -606,6 +606,7 @@ class Run:
             n = sum(count for _, count in ram)
             self.root.build_memory(pid, ram, free[:n])
             del free[:n]
+            self.root.start_vps(pid, pc.vps)
             self.partition_ids[pc.name] = pid
         self._manifest_update()
         self.watcher = ConsoleWatcher(self.endpoint, self.secret, list(self.partition_ids.values()))

@@ -27,6 +27,7 @@ from proto.codes import (
     result_value,
 )
 
+from hypervisor.registers import VpRegisters
 from hypervisor.memory import MAX_GPA_PAGES, MemoryError_, MemoryManager
 from hypervisor.scheduler import FULL
 from hypervisor.tlb import Tlbs
@@ -100,6 +101,11 @@ _CREATE_VP = struct.Struct("<QI")
 # HvCallMapGpaPages / UnmapGpaPages: TargetPartitionId u64, TargetGpaBase u64 (a page
 # number), MapFlags u32, padding u32; then the rep list of source page numbers (map only).
 _MAP_GPA = struct.Struct("<QQI4x")
+# HvCallGetVpRegisters / SetVpRegisters: PartitionId u64, VpIndex u32, InputVtl u8, RsvdZ
+# u8 + u16; then the names (u32 each) or the HV_REGISTER_ASSOCs: Name u32, Reserved u32 +
+# u64, Value 128 bits.
+_VP_REGISTERS = struct.Struct("<QIB3x")
+_REGISTER_ASSOC = struct.Struct("<IIQQQ")
 # HvCallNotifyLongSpinWait: SpinCount u32 (fast: in RDX).
 _SPIN_COUNT = struct.Struct("<I")
 # HvCallFlushVirtualAddressSpace / the header of FlushVirtualAddressList: AddressSpace u64
@@ -118,10 +124,12 @@ S = HvStatus
 class Hypercalls:
     """The dispatcher, bound to the partition table and memory it manages."""
 
-    def __init__(self, table: PartitionTable, memory: MemoryManager, tlb: Tlbs | None = None) -> None:
+    def __init__(self, table: PartitionTable, memory: MemoryManager, tlb: Tlbs | None = None,
+                 registers: VpRegisters | None = None) -> None:
         self.table = table
         self.memory = memory
         self.tlb = tlb
+        self.registers = registers or VpRegisters()
         self.counts: dict[int, int] = {}
         self.failures: dict[str, int] = {}
 
@@ -335,6 +343,50 @@ class Hypercalls:
         part.vps.append(Vp(index))
         return S.HV_STATUS_SUCCESS, b""
 
+    # -- VP registers -----------------------------------------------------------------------
+
+    def _vp(self, data: bytes):
+        """The VP named by a Get/SetVpRegisters header, or the status saying why not."""
+        if len(data) < _VP_REGISTERS.size:
+            return S.HV_STATUS_INVALID_HYPERCALL_INPUT, None, None
+        pid, index, vtl = _VP_REGISTERS.unpack_from(data)
+        part = self.table.get(pid)
+        if part is None:
+            return S.HV_STATUS_INVALID_PARTITION_ID, None, None
+        if index >= len(part.vps):
+            return S.HV_STATUS_INVALID_VP_INDEX, None, None
+        if vtl:  # only VTL 0 exists here
+            return S.HV_STATUS_INVALID_PARAMETER, None, None
+        return S.HV_STATUS_SUCCESS, part, part.vps[index]
+
+    def get_vp_registers(self, caller, hc, data) -> Result:
+        status, part, vp = self._vp(data)
+        if vp is None:
+            return status, b""
+        end = _VP_REGISTERS.size + 4 * hc.rep_count
+        if len(data) < end:
+            return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b""
+        names = struct.unpack_from(f"<{hc.rep_count - hc.rep_start}I", data, _VP_REGISTERS.size + 4 * hc.rep_start)
+        out = bytearray()
+        for name in names:
+            value = self.registers.read(part, vp, name)
+            if value is None:
+                return S.HV_STATUS_INVALID_PARAMETER, bytes(out)
+            out += value.to_bytes(16, "little")
+        return S.HV_STATUS_SUCCESS, bytes(out)
+
+    def set_vp_registers(self, caller, hc, data) -> Result:
+        status, part, vp = self._vp(data)
+        if vp is None:
+            return status, b""
+        if len(data) < _VP_REGISTERS.size + _REGISTER_ASSOC.size * hc.rep_count:
+            return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b""
+        for i in range(hc.rep_start, hc.rep_count):
+            name, _, _, lo, hi = _REGISTER_ASSOC.unpack_from(data, _VP_REGISTERS.size + _REGISTER_ASSOC.size * i)
+            if not self.registers.write(part, vp, name, lo | hi << 64):
+                return S.HV_STATUS_INVALID_PARAMETER, b""
+        return S.HV_STATUS_SUCCESS, b""
+
     def notify_long_spin_wait(self, caller, hc, data) -> Result:
         # TLFS: advisory, always succeeds.  Without a scheduler there is nobody to yield to;
         # the call is still a full hypercall round trip, which is what is measured.
@@ -398,6 +450,8 @@ HANDLERS: dict[int, Handler] = {
     C.HvCallGetPartitionId: Hypercalls.get_partition_id,
     C.HvCallCreateVp: Hypercalls.create_vp,
     C.HvCallNotifyLongSpinWait: Hypercalls.notify_long_spin_wait,
+    C.HvCallGetVpRegisters: Hypercalls.get_vp_registers,
+    C.HvCallSetVpRegisters: Hypercalls.set_vp_registers,
     C.HvCallDepositMemory: Hypercalls.deposit_memory,
     C.HvCallWithdrawMemory: Hypercalls.withdraw_memory,
     C.HvCallMapGpaPages: Hypercalls.map_gpa_pages,

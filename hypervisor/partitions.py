@@ -50,6 +50,9 @@ class Vp:
     apic: Apic | None = None
     assist_page: int = 0  # HV_X64_MSR_VP_ASSIST_PAGE as last written
     cr3: int = 0  # as last loaded by an intercepted MOV CR3 or HvCallSwitchVirtualAddressSpace
+    # HvRegisterExplicitSuspend: a VP is created suspended; the root starts it by clearing
+    # this (TLFS host flow).  The scheduler never dispatches a suspended VP.
+    explicit_suspend: bool = True
     lp: int = 0  # the LP it was last dispatched on (whose TLB its exits flush)
 
     def __post_init__(self) -> None:

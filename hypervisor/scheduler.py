@@ -20,6 +20,7 @@ scheduler timer would force it to.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from time import perf_counter_ns
 from typing import Callable
 
 DEFAULT_QUANTUM_NS = 10_000_000
@@ -71,6 +72,7 @@ class Scheduler:
         self._dispatch_cb = dispatch
         self.ready: list[VpSched] = []
         self.paused: set = set()  # partition ids whose VPs are not dispatched
+        self.suspended: set = set()  # (partition id, vp index) held by HvRegisterExplicitSuspend
         self.window_start = 0
         self.window_id = 0
         self.max_running = 0
@@ -112,7 +114,7 @@ class Scheduler:
             # Nobody else waits: the common case, and the hot path of every round trip.
             for lp in self.lps:
                 if lp.vp is None:
-                    if s.key[0] in self.paused or not self._eligible(s):
+                    if s.key[0] in self.paused or s.key in self.suspended or not self._eligible(s):
                         break
                     s.since_ns = now
                     self._run(s, lp, now)
@@ -174,6 +176,9 @@ class Scheduler:
             self.ready.remove(s)
             self._run(s, lp, now)
 
+    def dispatch_now(self) -> None:
+        self.dispatch(perf_counter_ns())
+
     def _run(self, s: VpSched, lp: Lp, now: int) -> None:
         s.wait_ns += now - s.since_ns
         s.state = "running"
@@ -196,7 +201,7 @@ class Scheduler:
     def _pick(self) -> VpSched | None:
         best, best_key = None, None
         for s in self.ready:
-            if s.key[0] in self.paused or not self._eligible(s):
+            if s.key[0] in self.paused or s.key in self.suspended or not self._eligible(s):
                 continue
             c = s.controls
             key = (0 if s.window_ns < c.reserve * WINDOW_NS // FULL else 1, s.vruntime, s.order)

@@ -35,6 +35,7 @@ from proto.transport import Router
 from hypervisor import cpuid, msrs
 from hypervisor.apic import APIC_BASE, APIC_PAGE
 from hypervisor.memory import MemoryManager
+from hypervisor.registers import VpRegisters
 from proto.memory import PAGE_SHIFT, SLAT_INVALID
 from hypervisor.hypercalls import Caller, Hypercalls
 from hypervisor.partitions import Partition, PartitionTable, Vp, VpState
@@ -103,7 +104,7 @@ class Hypervisor:
         self.next_timer_ns: int | None = None  # the earliest local APIC timer deadline
         self.memory = MemoryManager(memory_dir or tempfile.mkdtemp(prefix="hvmem"), pool_pages)
         self.tlb = Tlbs(str(self.memory.dir), lps)
-        self.hypercalls = Hypercalls(self.table, self.memory, self.tlb)
+        self.hypercalls = Hypercalls(self.table, self.memory, self.tlb, VpRegisters(self.sched))
         self.peers: dict[bytes, Peer] = {}
         self.pending: dict[int, Pending] = {}
         self.queries: dict[int, PendingQuery] = {}
@@ -417,6 +418,8 @@ class Hypervisor:
             return
         # A VP starts executing when it is first dispatched: its hello reply waits for an LP.
         vp.sched = VpSched((part.id, vp.index), part.cpu, vp)
+        if vp.explicit_suspend:
+            self.sched.suspended.add(vp.sched.key)
         vp.next_frame = reply.encode()
         vp.state = VpState.READY
         self.sched.make_ready(vp.sched, perf_counter_ns())

@@ -11,7 +11,7 @@ import struct
 from time import perf_counter_ns
 
 from proto import messages as m
-from proto.codes import HvPartitionProperty, HvStatus, HypercallCode, control_value
+from proto.codes import HvPartitionProperty, HvRegisterName, HvStatus, HypercallCode, control_value
 from proto.errors import HvstackError, Refused
 from proto.transport import Dealer, connect
 
@@ -92,6 +92,33 @@ class RootClient:
         for i in range(vps):
             self.hypercall(HypercallCode.HvCallCreateVp, struct.pack("<QI4xQQ", pid, i, 0, 0))
         return pid
+
+    def set_vp_registers(self, pid: int, vp: int, registers: dict[int, int]) -> None:
+        """HvCallSetVpRegisters: {HV_REGISTER_NAME: value}."""
+        assoc = b"".join(struct.pack("<IIQQQ", name, 0, 0, value & (2**64 - 1), value >> 64)
+                         for name, value in registers.items())
+        self.rep_hypercall_raw(HypercallCode.HvCallSetVpRegisters, struct.pack("<QIB3x", pid, vp, 0), assoc,
+                               len(registers))
+
+    def get_vp_registers(self, pid: int, vp: int, names: list[int]) -> list[int]:
+        """HvCallGetVpRegisters: the 128-bit values of ``names``."""
+        out = self.rep_hypercall_raw(HypercallCode.HvCallGetVpRegisters, struct.pack("<QIB3x", pid, vp, 0),
+                                     struct.pack(f"<{len(names)}I", *names), len(names))
+        return [int.from_bytes(out[16 * i:16 * i + 16], "little") for i in range(len(names))]
+
+    def start_vps(self, pid: int, vps: int) -> None:
+        """TLFS host flow: start each VP by clearing HvRegisterExplicitSuspend."""
+        for i in range(vps):
+            self.set_vp_registers(pid, i, {HvRegisterName.HvRegisterExplicitSuspend: 0})
+
+    def rep_hypercall_raw(self, code: int, header: bytes, elements: bytes, count: int) -> bytes:
+        reply = self.dealer.request(m.HypercallIntercept(
+            self._next_seq(), control_value(code, rep_count=count), header + elements, (perf_counter_ns(),)),
+            self.timeout_ms)
+        status, reps = reply.rax & 0xFFFF, (reply.rax >> 32) & 0xFFF
+        if status != HvStatus.HV_STATUS_SUCCESS or reps != count:
+            raise HypercallFailed(code, status)
+        return reply.output
 
     def rep_hypercall(self, code: int, header: bytes, elements: list[int]) -> bytes:
         """A rep hypercall over ``elements`` (u64 each), as many calls as a page of input

@@ -152,6 +152,18 @@ class HvPartitionProperty(enum.IntEnum):
     HvPartitionPropertyGpaPageCount = 0x80000003
 
 
+class HvRegisterName(enum.IntEnum):
+    """HV_REGISTER_NAME values (Linux hvgdk_mini.h) of the VP registers this hypervisor keeps."""
+
+    HvRegisterExplicitSuspend = 0x00000000
+    HvRegisterInterceptSuspend = 0x00000001
+    HvRegisterDispatchSuspend = 0x00000003
+    HvX64RegisterCr3 = 0x00040002
+    HvX64RegisterCr8 = 0x00040004
+    HvX64RegisterApicBase = 0x00080003
+    HvX64RegisterInitialApicId = 0x0008000C
+
+
 class HvPartitionState(enum.Enum):
     """Partition life cycle (TLFS virtualization host): Created → … → Deleted."""
 

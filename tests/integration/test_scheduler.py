@@ -136,3 +136,30 @@ def test_long_spin_wait_notifications_raise_lock_throughput(tmp_path, runs):
         assert (notifies > 0) == (label == "on")
         run.close()
     assert rates["on"] > rates["off"], f"acquisitions/s with notifications {rates['on']:.0f}, without {rates['off']:.0f}"
+
+
+def test_a_vp_runs_only_once_the_root_clears_its_explicit_suspend(live):
+    """TLFS host flow: a VP is created suspended; HvCallSetVpRegisters(ExplicitSuspend = 0)
+    starts it.  Until then the scheduler never dispatches it (its hello reply waits)."""
+    from proto.auth import peer_token
+    from proto.codes import HvRegisterName as R
+    from proto.errors import PeerTimeout
+    from proto.transport import connect
+
+    client = RootClient(live.manifest()["endpoint"], live.secret())
+    pid = client.create_partition(0, 0, 0xFFFFFFFF, 1)
+    assert client.get_vp_registers(pid, 0, [R.HvRegisterExplicitSuspend]) == [1]
+    token = peer_token(live.secret(), "vp", pid)
+    with pytest.raises(PeerTimeout):
+        connect(live.manifest()["endpoint"], "vp", pid, 0, token=token, timeout_ms=1000)
+
+    def vp_sched():
+        part = next(p for p in client.status()["partitions"] if p["id"] == pid)
+        return part["vps"][0]["sched"]
+
+    assert vp_sched()["state"] == "ready" and vp_sched()["dispatches"] == 0
+    client.start_vps(pid, 1)
+    assert client.get_vp_registers(pid, 0, [R.HvRegisterExplicitSuspend]) == [0]
+    # Its hello reply is dispatched now (to the connection that gave up waiting).
+    assert wait_until(lambda: vp_sched()["dispatches"] == 1, 5, what="the VP dispatched")
+    client.close()

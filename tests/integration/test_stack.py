@@ -143,6 +143,7 @@ def test_each_role_may_send_only_its_own_messages(live):
     # A partition of our own, so that nothing here touches the running one.
     with root(live) as client:
         pid = client.create_partition(0, 0, 0xFFFFFFFF, 1)
+        client.start_vps(pid, 1)
     token = lambda role: peer_token(live.secret(), role, pid)  # noqa: E731
     worker = connect(endpoint, "worker", pid, 0, token=token("worker"))
     vp = connect(endpoint, "vp", pid, 0, token=token("vp"))

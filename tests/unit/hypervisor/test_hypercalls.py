@@ -186,3 +186,39 @@ def test_a_child_cannot_deposit_or_map(hc):
     pid = _partition(hc)
     assert call(hc, child(hc), control_value(C.HvCallDepositMemory, rep_count=1), struct.pack("<QQ", pid, 1))[0] \
         == S.HV_STATUS_ACCESS_DENIED
+
+
+def _vp_registers_header(pid: int, vp: int = 0) -> bytes:
+    return struct.pack("<QIB3x", pid, vp, 0)
+
+
+def test_vp_registers_read_and_write_through_the_tlfs_layouts(hc):
+    from proto.codes import HvRegisterName as R
+
+    pid = hc.table.create().id
+    from hypervisor.partitions import Vp
+    hc.table.get(pid).vps.append(Vp(0))
+    names = struct.pack("<3I", R.HvRegisterExplicitSuspend, R.HvX64RegisterInitialApicId, R.HvX64RegisterApicBase)
+    st, reps, out = call(hc, root(), control_value(C.HvCallGetVpRegisters, rep_count=3), _vp_registers_header(pid) + names)
+    assert (st, reps) == (S.HV_STATUS_SUCCESS, 3)
+    values = [int.from_bytes(out[i:i + 16], "little") for i in range(0, 48, 16)]
+    assert values == [1, 0, 0xFEE00000 | 1 << 11 | 1 << 8]  # created suspended; the BSP's APIC
+    assoc = struct.pack("<IIQQQ", R.HvRegisterExplicitSuspend, 0, 0, 0, 0)
+    st, reps, _ = call(hc, root(), control_value(C.HvCallSetVpRegisters, rep_count=1), _vp_registers_header(pid) + assoc)
+    assert (st, reps) == (S.HV_STATUS_SUCCESS, 1) and hc.table.get(pid).vps[0].explicit_suspend is False
+
+
+def test_a_register_that_is_not_kept_or_is_read_only_is_invalid_parameter(hc):
+    pid = hc.table.create().id
+    from hypervisor.partitions import Vp
+    hc.table.get(pid).vps.append(Vp(0))
+    names = struct.pack("<I", 0x00020000)  # RAX lives in the guest's process, not here
+    assert call(hc, root(), control_value(C.HvCallGetVpRegisters, rep_count=1), _vp_registers_header(pid) + names)[0] \
+        == S.HV_STATUS_INVALID_PARAMETER
+    assoc = struct.pack("<IIQQQ", 0x0008000C, 0, 0, 5, 0)  # the initial APIC ID is read-only
+    assert call(hc, root(), control_value(C.HvCallSetVpRegisters, rep_count=1), _vp_registers_header(pid) + assoc)[0] \
+        == S.HV_STATUS_INVALID_PARAMETER
+    assert call(hc, root(), control_value(C.HvCallGetVpRegisters, rep_count=1), _vp_registers_header(pid, 3) + names)[0] \
+        == S.HV_STATUS_INVALID_VP_INDEX
+    assert call(hc, child(hc), control_value(C.HvCallGetVpRegisters, rep_count=1), _vp_registers_header(pid) + names)[0] \
+        == S.HV_STATUS_ACCESS_DENIED

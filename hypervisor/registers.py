@@ -1,0 +1,60 @@
+"""VP registers the hypervisor keeps, as HvCallGetVpRegisters / HvCallSetVpRegisters reach them.
+
+The architectural state of a VP's guest code (its Python frames, its "general registers")
+lives in the partition process, which is the VP's CPU; what lives here is the state the
+hypervisor itself owns across every dispatch: the suspend registers that decide whether the
+scheduler may run the VP at all, CR3 as last loaded through an intercept or
+HvCallSwitchVirtualAddressSpace, and the local APIC's TPR (CR8), base and ID.
+"""
+
+from __future__ import annotations
+
+from proto.codes import HvRegisterName as R
+
+from hypervisor.apic import APIC_BASE
+from hypervisor.partitions import Partition, Vp, VpState
+
+# IA32_APIC_BASE: the base address, bit 11 "xAPIC enabled", bit 8 "bootstrap processor".
+APIC_BASE_ENABLE = 1 << 11
+APIC_BASE_BSP = 1 << 8
+
+
+class VpRegisters:
+    def __init__(self, scheduler=None) -> None:
+        self.scheduler = scheduler
+
+    def read(self, part: Partition, vp: Vp, name: int) -> int | None:
+        if name == R.HvRegisterExplicitSuspend:
+            return int(vp.explicit_suspend)
+        if name == R.HvRegisterInterceptSuspend:
+            return int(vp.state is VpState.INTERCEPT)
+        if name == R.HvRegisterDispatchSuspend:
+            return int(part.paused)
+        if name == R.HvX64RegisterCr3:
+            return vp.cr3
+        if name == R.HvX64RegisterCr8:
+            return vp.apic.tpr >> 4
+        if name == R.HvX64RegisterApicBase:
+            return APIC_BASE | APIC_BASE_ENABLE | (APIC_BASE_BSP if vp.index == 0 else 0)
+        if name == R.HvX64RegisterInitialApicId:
+            return vp.index
+        return None
+
+    def write(self, part: Partition, vp: Vp, name: int, value: int) -> bool:
+        if name == R.HvRegisterExplicitSuspend:
+            vp.explicit_suspend = bool(value & 1)
+            if self.scheduler is not None:
+                key = (part.id, vp.index)
+                if vp.explicit_suspend:
+                    self.scheduler.suspended.add(key)
+                else:
+                    self.scheduler.suspended.discard(key)
+                    self.scheduler.dispatch_now()
+            return True
+        if name == R.HvX64RegisterCr3:
+            vp.cr3 = value & 0xFFFFFFFFFFFFFFFF
+            return True
+        if name == R.HvX64RegisterCr8:
+            vp.apic.tpr = (value & 0xF) << 4
+            return True
+        return False  # read-only, or not a register this hypervisor keeps
