@@ -118,7 +118,13 @@ def tlb_experiment(mode: str, duration_s: float) -> dict:
             "reads_per_s": round(reader.get("tlb_reads", 0) / duration_s, 1),
             "reader_misses": reader.get("tlb_misses", 0),
             "flusher_switches": flusher.get("tlb_switches", 0),
-            "flushes": status["tlb"]["lps"][0]["flushes"]}
+            "flushes": status["tlb"]["lps"][0]["flushes"],
+            "flusher_p50_us": _p50s(status["partitions"][1]["paths"])}
+
+
+def _p50s(paths: dict) -> dict[str, float]:
+    """Each path's round-trip p50 in µs."""
+    return {name: round(launch.PathStats.from_wire(w).total.percentile(50) / 1000, 1) for name, w in paths.items()}
 
 
 def experiment(name: str, workload: str, duration_s: float, vps: int = 1, enlightenments: str = "[]",
@@ -149,13 +155,25 @@ def run_experiments(duration_s: float) -> dict:
         timer = launch.PathStats.from_wire(p["paths"]["apic_timer"]).total if "apic_timer" in p["paths"] else None
         eoi_path = {"mmio": "apic", "msr": "msr"}.get(mode)
         eoi_rt = launch.PathStats.from_wire(p["paths"][eoi_path]).total if eoi_path in p["paths"] else None
-        eoi[mode] = {"interrupts": ticks,
+        eoi[mode] = {"p50_us": _p50s(p["paths"]), "interrupts": ticks,
                      "exits_per_interrupt": round((handler_exits + vp["exits"]["halt"]) / ticks, 2),
                      "eoi_exits_per_interrupt": round(handler_exits / ticks, 2),
                      "eoi_round_trip_p50_us": round(eoi_rt.percentile(50) / 1000, 1) if eoi_rt else 0.0,
                      "timer_to_handler_p50_us": round(timer.percentile(50) / 1000, 1) if timer else None}
     out["eoi"] = eoi
     out["tlb"] = {mode: tlb_experiment(mode, duration_s) for mode in ("hypercall", "mov_cr3")}
+    # The round trip of each enlightened operation beside the emulated one it replaces.
+    hc, cr3 = out["tlb"]["hypercall"]["flusher_p50_us"], out["tlb"]["mov_cr3"]["flusher_p50_us"]
+    out["per_operation"] = {
+        "EOI": {"enlightened": ("HV_X64_MSR_EOI", eoi["msr"]["p50_us"].get("msr")),
+                "emulated": ("APIC page MMIO write", eoi["mmio"]["p50_us"].get("apic"))},
+        "EOI (assist page)": {"enlightened": ("no exit", 0.0),
+                              "emulated": ("APIC page MMIO write", eoi["mmio"]["p50_us"].get("apic"))},
+        "address-space switch + flush": {"enlightened": ("HvCallSwitchVirtualAddressSpace / Flush*", hc.get("hypercall")),
+                                         "emulated": ("MOV CR3 intercept", cr3.get("cr3"))},
+        "flush one page": {"enlightened": ("HvCallFlushVirtualAddressList", hc.get("hypercall")),
+                           "emulated": ("INVLPG intercept", cr3.get("invlpg"))},
+    }
     return out
 
 
@@ -295,6 +313,12 @@ def run_bench(args) -> int:
         print(launch.table(["flusher", "reader misses per 1000 loads", "reader loads/s", "flusher switches"],
                            [[k, f"{v['misses_per_1000']:.2f}", f"{v['reads_per_s']:.0f}", str(v["flusher_switches"])]
                             for k, v in ex["tlb"].items()]))
+    if "experiments" in result and "per_operation" in result["experiments"]:
+        print("\nround trip per operation, enlightened against emulated (p50 µs):")
+        rows = [[op, f"{e[0]}", f"{e[1]}", f"{m_[0]}", f"{m_[1]}"]
+                for op, v in result["experiments"]["per_operation"].items()
+                for e, m_ in [(v["enlightened"], v["emulated"])]]
+        print(launch.table(["operation", "enlightened", "µs", "emulated", "µs"], rows, "llrlr"))
     if io:
         print(f"\nemulated I/O p50 is {io['ratio_p50']:.2f}× its floor "
               f"(goal ≤ {GOAL_IO_RATIO_P50}×: {'met' if result['goal']['met'] else 'NOT met'})")

@@ -83,6 +83,10 @@ def message(type_id: int, name: str):
     def wrap(cls):
         if type_id in REGISTRY or name in BY_NAME:
             raise RuntimeError(f"message {type_id}/{name} is defined twice")
+        if not 0 < type_id < 128:
+            # Ids are msgpack positive fixints, so a frame's second byte is its type (the VP
+            # reads it without decoding its own frame again).
+            raise RuntimeError(f"message id {type_id} is not 1..127")
         cls = dataclass(slots=True)(cls)
         names = tuple(f.name for f in fields(cls))
         cls.TYPE, cls.NAME = type_id, name
