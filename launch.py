@@ -1128,7 +1128,17 @@ def cmd_io(args) -> int:
         print(f"launch.py io: run {run.name} has no partition {args.partition!r} "
               f"(it has {', '.join(parts)})", file=sys.stderr)
         return 2
-    tokens = args.ops or [t for line in sys.stdin for t in line.split("#")[0].split()]
+    ops_args = list(args.ops)
+    # `--vp N` may come after the partition, before the operations (argparse leaves it in
+    # the REMAINDER there).
+    while ops_args[:1] == ["--vp"] and len(ops_args) > 1:
+        try:
+            args.vp = int(ops_args[1], 0)
+        except ValueError:
+            print(f"launch.py io: --vp {ops_args[1]!r} is not a number", file=sys.stderr)
+            return 2
+        del ops_args[:2]
+    tokens = ops_args or [t for line in sys.stdin for t in line.split("#")[0].split()]
     try:
         ops = parse_ops(tokens)
     except ValueError as e:

@@ -54,8 +54,10 @@ class Apic:
     timer_deadline_ns: int | None = None
     assist_enabled: bool = False  # the guest enabled its VP assist page
     fired_ns: dict = field(default_factory=dict)  # vector → when its timer fired (interrupt-path stamps)
+    icr_hi: int = 0
+    ipi: tuple[int, int] | None = None  # (ICR low, ICR high) of an IPI the hypervisor must send
     counters: dict = field(default_factory=lambda: {"eoi_mmio": 0, "eoi_msr": 0, "eoi_implicit": 0,
-                                                    "timer_fires": 0, "accepted": 0})
+                                                    "timer_fires": 0, "accepted": 0, "ipis_sent": 0})
 
     # -- interrupt state ------------------------------------------------------------------
 
@@ -118,6 +120,17 @@ class Apic:
 
     # -- register access (MMIO page and synthetic MSRs) ------------------------------------------
 
+    def msr_icr(self, value: int) -> None:
+        """HV_X64_MSR_ICR: bits 31:0 the ICR low half, 63:32 the high half; one write sends."""
+        self.icr_hi = value >> 32
+        self.ipi = (value & 0xFFFFFFFF, value >> 32)
+
+    def take_ipi(self) -> tuple[int, int] | None:
+        ipi, self.ipi = self.ipi, None
+        if ipi is not None:
+            self.counters["ipis_sent"] += 1
+        return ipi
+
     def read(self, offset: int, now: int) -> int:
         if offset == ID:
             return self.vp_index << 24
@@ -139,6 +152,8 @@ class Apic:
             return self.timer_icr
         if offset == TIMER_DCR:
             return self.timer_dcr
+        if offset == ICR_HI:
+            return self.icr_hi
         if offset == TIMER_CCR:
             if self.timer_deadline_ns is None:
                 return 0
@@ -162,6 +177,11 @@ class Apic:
             self._arm(now)
         elif offset == TIMER_DCR:
             self.timer_dcr = value & 0b1011
+        elif offset == ICR_HI:
+            self.icr_hi = value
+        elif offset == ICR_LO:
+            # Writing the low half sends the IPI (SDM 10.6.1); the hypervisor delivers it.
+            self.ipi = (value, self.icr_hi)
         # ID, version, PPR, ISR, IRR, CCR are read-only; other registers are not modelled.
 
     def msr_eoi(self) -> None:

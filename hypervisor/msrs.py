@@ -68,7 +68,8 @@ def wrmsr(part: Partition, vp: Vp, msr: int, value: int) -> int:
             vp.apic.tpr = value & 0xFF
             return OK
         if msr == HvMsr.HV_X64_MSR_ICR:
-            return OK  # IPIs are not delivered yet; the write is accepted as on an idle bus
+            vp.apic.msr_icr(value)  # the hypervisor delivers it once the write completes
+            return OK
         if msr == HvMsr.HV_X64_MSR_VP_ASSIST_PAGE:
             # Bit 0 enable, bits 63:12 the GPFN of the page (TLFS virtual interrupts).
             vp.assist_page = value & ~0xFFE & 0xFFFFFFFFFFFFFFFF

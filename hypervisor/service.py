@@ -33,7 +33,7 @@ from proto.stats import PathStats
 from proto.transport import Router
 
 from hypervisor import cpuid, msrs
-from hypervisor.apic import APIC_BASE, APIC_PAGE
+from hypervisor.apic import APIC_BASE, APIC_PAGE, Apic
 from hypervisor.memory import MemoryManager
 from hypervisor.registers import VpRegisters
 from proto.memory import PAGE_SHIFT, SLAT_INVALID
@@ -121,6 +121,7 @@ class Hypervisor:
             "unroutable_replies": 0,
             "isolation_refusals": 0,
             "trace_dropped": 0,
+            "ipis_ignored": 0,
         }
         self._handlers = {
             m.Hello: self.on_hello,
@@ -480,6 +481,7 @@ class Hypervisor:
             if write:
                 vp.apic.write(gpa - APIC_BASE, value, now)
                 self._timers_changed(now)
+                self._send_ipi(part, vp)
                 result = 0
             else:
                 result = vp.apic.read(gpa - APIC_BASE, now) & ALL_ONES[size]
@@ -550,11 +552,31 @@ class Hypervisor:
             self._trace(part, vp, "msr", msg.write, msg.msr, msg.value if msg.write else value, stamps)
         self._resume(identity, part, vp, msg.seq, stamps, value & 0xFFFFFFFF, 0, 0, value >> 32, fault)
 
-    @staticmethod
-    def _msr(part: Partition, vp: Vp, msr: int, write: bool, value: int) -> tuple[int, int]:
+    def _msr(self, part: Partition, vp: Vp, msr: int, write: bool, value: int) -> tuple[int, int]:
         if write:
-            return msrs.wrmsr(part, vp, msr, value), 0
+            fault = msrs.wrmsr(part, vp, msr, value)
+            self._send_ipi(part, vp)
+            return fault, 0
         return msrs.rdmsr(part, vp, msr)
+
+    def _send_ipi(self, part: Partition, source: Vp) -> None:
+        """An ICR write: deliver the fixed-mode IPI to its destination VPs' local APICs (the
+        APIC ID is the VP index), waking them if they sleep in HLT."""
+        ipi = source.apic.take_ipi()
+        if ipi is None:
+            return
+        low, high = ipi
+        vector, mode, shorthand = low & 0xFF, (low >> 8) & 7, (low >> 18) & 3
+        if mode != 0 or vector < 16:
+            self.counters["ipis_ignored"] += 1  # INIT/SIPI/NMI/SMI, or an illegal vector
+            return
+        dest = high >> 24
+        targets = {0: [vp for vp in part.vps if vp.index == dest], 1: [source],
+                   2: list(part.vps), 3: [vp for vp in part.vps if vp is not source]}[shorthand]
+        for vp in targets:
+            vp.apic.accept(vector)
+            if vp.state is VpState.HALTED:
+                self._wake(part, vp)
 
     def on_hypercall_intercept(self, identity: bytes, peer: Peer, msg: m.HypercallIntercept, t_in: int) -> None:
         if peer.role == "root":
@@ -696,6 +718,8 @@ class Hypervisor:
         for vp in part.vps:
             vp.interrupts.clear()
             vp.cr3 = 0
+            vp.apic = Apic(vp.index)  # INIT: the local APIC to its power-on state
+            vp.assist_page = 0
             vp.reset_pending = vp.peer is not None
             self._wake(part, vp)
         if part.worker is not None:

@@ -386,14 +386,18 @@ def run_workloads(vp: Vp, sys) -> dict[str, int]:
     return done
 
 
+IDLE_VECTOR = 0xEE
+
+
 def idle(vp: Vp, sys) -> None:
-    """HLT until the next interrupt where one can come (VP 0 takes the PIC's); elsewhere
-    (no IPIs or local timers yet) a PAUSE loop, which gives the LP back at quantum end."""
-    if (sys.has_pic or sys.timers.get("apic")) and vp.index == 0:
-        vp.sti()
-        vp.hlt()
-        return
-    deadline = time.monotonic() + IDLE_S
-    while time.monotonic() < deadline:
-        vp.pause()
-        time.sleep(0.001)
+    """HLT until the next interrupt.  VP 0 of a partition with a PIC is woken by the tick;
+    any other VP arms a one-shot local APIC timer first, as a tickless kernel does."""
+    if not ((sys.has_pic or sys.timers.get("apic")) and vp.index == 0):
+        if IDLE_VECTOR not in vp.handlers:  # first idle since power-on
+            vp.set_handler(IDLE_VECTOR, lambda v, vector: v.write(APIC_BASE + APIC_EOI, 4, 0))
+            vp.write(APIC_BASE + APIC_SVR, 4, 0x1FF)
+            vp.write(APIC_BASE + APIC_TIMER_DCR, 4, 0b1011)  # divide by 1
+            vp.write(APIC_BASE + APIC_LVT_TIMER, 4, IDLE_VECTOR)  # one-shot
+        vp.write(APIC_BASE + APIC_TIMER_ICR, 4, int(APIC_TIMER_HZ * IDLE_S))
+    vp.sti()
+    vp.hlt()
