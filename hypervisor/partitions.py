@@ -49,7 +49,12 @@ class Vp:
     counters: dict[str, int] = field(default_factory=dict)  # last vp_stats, guest-side counts
     apic: Apic | None = None
     assist_page: int = 0  # HV_X64_MSR_VP_ASSIST_PAGE as last written
-    cr3: int = 0  # as last loaded by an intercepted MOV CR3 or HvCallSwitchVirtualAddressSpace
+    # The register block (proto.messages.REGS), saved at every exit and restored at every
+    # dispatch: RFLAGS, and CR3 (also loaded by an intercepted MOV CR3 or
+    # HvCallSwitchVirtualAddressSpace).
+    rflags: int = 0x2
+    cr3: int = 0
+    regs_written: dict = field(default_factory=dict)  # root writes not yet seen by the running VP
     # HvRegisterExplicitSuspend: a VP is created suspended; the root starts it by clearing
     # this (TLFS host flow).  The scheduler never dispatches a suspended VP.
     explicit_suspend: bool = True

@@ -1,10 +1,11 @@
 """VP registers the hypervisor keeps, as HvCallGetVpRegisters / HvCallSetVpRegisters reach them.
 
-The architectural state of a VP's guest code (its Python frames, its "general registers")
-lives in the partition process, which is the VP's CPU; what lives here is the state the
-hypervisor itself owns across every dispatch: the suspend registers that decide whether the
-scheduler may run the VP at all, CR3 as last loaded through an intercept or
-HvCallSwitchVirtualAddressSpace, and the local APIC's TPR (CR8), base and ID.
+The VP's register block — RFLAGS and CR3 — is saved with every exit and restored with every
+dispatch (``proto.messages.REGS``), so while a VP is off its LP the hypervisor's copy is the
+one that counts, and a write here takes effect at its next dispatch.  The hypervisor also
+keeps the suspend registers that decide whether the scheduler may run the VP at all, and the
+local APIC's TPR (CR8), base and ID.  The guest's general-purpose registers are its Python
+frames in the partition process: not a register file anyone can reach.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class VpRegisters:
             return int(vp.state is VpState.INTERCEPT)
         if name == R.HvRegisterDispatchSuspend:
             return int(part.paused)
+        if name == R.HvX64RegisterRflags:
+            return vp.rflags
         if name == R.HvX64RegisterCr3:
             return vp.cr3
         if name == R.HvX64RegisterCr8:
@@ -51,8 +54,14 @@ class VpRegisters:
                     self.scheduler.suspended.discard(key)
                     self.scheduler.dispatch_now()
             return True
-        if name == R.HvX64RegisterCr3:
-            vp.cr3 = value & 0xFFFFFFFFFFFFFFFF
+        if name in (R.HvX64RegisterRflags, R.HvX64RegisterCr3):
+            attr = "rflags" if name == R.HvX64RegisterRflags else "cr3"
+            value &= 0xFFFFFFFFFFFFFFFF
+            if attr == "rflags":
+                value |= 0x2  # bit 1 is fixed
+            setattr(vp, attr, value)
+            # A VP on its LP saves its own copy at its next exit; this write must win.
+            vp.regs_written[attr] = value
             return True
         if name == R.HvX64RegisterCr8:
             vp.apic.tpr = (value & 0xF) << 4

@@ -227,6 +227,15 @@ class Hypervisor:
                     self.counters["not_permitted"] += 1
                     self._error(identity, msg.TYPE, "NOT_PERMITTED", f"a {peer.role} may not send {msg.NAME}")
                     continue
+            if peer is not None and peer.vp is not None and kind in EXITS and msg.regs:
+                # Save the VP's register block: the hypervisor's copy is the authoritative
+                # one while the VP is off its LP (HvCallGetVpRegisters reads it).
+                peer.vp.rflags, peer.vp.cr3 = msg.regs
+                if peer.vp.regs_written:
+                    # The root wrote registers while the VP ran: they win over what it saved.
+                    for attr, value in peer.vp.regs_written.items():
+                        setattr(peer.vp, attr, value)
+                    peer.vp.regs_written.clear()
             if peer is not None and peer.vp is not None and kind in EXITS and peer.vp.sched is not None:
                 # Any exit gives the VP's logical processor back.
                 # Run time ends when the guest exited (its first stamp), not when the exit
@@ -324,7 +333,7 @@ class Hypervisor:
         # The quantum is counted from the dispatch, so the VP's run ends on time however
         # long the resume takes to reach it (one host, one CLOCK_MONOTONIC).
         frame = m.VpResume(seq, fault, rax, rbx, rcx, rdx, output, stamps + (now,),
-                           interrupt, irq_stamps, now + quantum_ns, lp).encode()
+                           interrupt, irq_stamps, now + quantum_ns, lp, (vp.rflags, vp.cr3)).encode()
         if not self.router.send(vp.peer, frame):
             self.counters["unroutable_replies"] += 1
             self.sched.exited(s, perf_counter_ns())
@@ -718,6 +727,8 @@ class Hypervisor:
         for vp in part.vps:
             vp.interrupts.clear()
             vp.cr3 = 0
+            vp.rflags = m.RFLAGS_FIXED  # INIT: interrupts disabled
+            vp.regs_written.clear()
             vp.apic = Apic(vp.index)  # INIT: the local APIC to its power-on state
             vp.assist_page = 0
             vp.reset_pending = vp.peer is not None

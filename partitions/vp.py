@@ -115,6 +115,10 @@ class Vp:
 
     # -- the round trip -----------------------------------------------------------------
 
+    def _regs(self) -> tuple[int, int]:
+        """The register block saved with every exit (``proto.messages.REGS``)."""
+        return (m.RFLAGS_FIXED | (m.RFLAGS_IF if self.if_flag else 0), self.cr3)
+
     def _next_seq(self) -> int:
         self._seq = seq = (self._seq + 1) & 0xFFFFFFFF
         return seq
@@ -141,6 +145,10 @@ class Vp:
             # Anything else is a late answer to an earlier exit; it cannot be ours.
         self.exits += 1
         self._quantum_end = msg.deadline_ns or NEVER
+        if msg.regs:
+            # The register block as the hypervisor restores it (the root may have changed it).
+            rflags, self.cr3 = msg.regs
+            self.if_flag = bool(rflags & m.RFLAGS_IF)
         self.lp = msg.lp
         if msg.fault == m.FAULT_RESET:
             self.counters["resets"] += 1
@@ -255,11 +263,11 @@ class Vp:
 
     def _in(self, port: int, size: int) -> int:
         seq = self._next_seq()
-        return self._exit(m.IoPortIntercept(seq, port, size, False, 0, (perf_counter_ns(),)).encode(), seq).rax
+        return self._exit(m.IoPortIntercept(seq, port, size, False, 0, (perf_counter_ns(),), self._regs()).encode(), seq).rax
 
     def _out(self, port: int, size: int, value: int) -> None:
         seq = self._next_seq()
-        self._exit(m.IoPortIntercept(seq, port, size, True, value, (perf_counter_ns(),)).encode(), seq)
+        self._exit(m.IoPortIntercept(seq, port, size, True, value, (perf_counter_ns(),), self._regs()).encode(), seq)
 
     def inb(self, port: int) -> int:
         return self._in(port, 1)
@@ -283,17 +291,17 @@ class Vp:
 
     def cpuid(self, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
         seq = self._next_seq()
-        r = self._exit(m.CpuidIntercept(seq, leaf, subleaf, (perf_counter_ns(),)).encode(), seq)
+        r = self._exit(m.CpuidIntercept(seq, leaf, subleaf, (perf_counter_ns(),), self._regs()).encode(), seq)
         return r.rax, r.rbx, r.rcx, r.rdx
 
     def rdmsr(self, msr: int) -> int:
         seq = self._next_seq()
-        r = self._exit(m.MsrIntercept(seq, msr, False, 0, (perf_counter_ns(),)).encode(), seq)
+        r = self._exit(m.MsrIntercept(seq, msr, False, 0, (perf_counter_ns(),), self._regs()).encode(), seq)
         return (r.rdx << 32) | r.rax
 
     def wrmsr(self, msr: int, value: int) -> None:
         seq = self._next_seq()
-        self._exit(m.MsrIntercept(seq, msr, True, value, (perf_counter_ns(),)).encode(), seq)
+        self._exit(m.MsrIntercept(seq, msr, True, value, (perf_counter_ns(),), self._regs()).encode(), seq)
         if msr == HvMsr.HV_X64_MSR_VP_ASSIST_PAGE:
             # The hypervisor overlays the page at this GPA; it writes it on this VP's behalf.
             self.assist_gpa = (value & ~0xFFF) if value & 1 else None
@@ -301,7 +309,7 @@ class Vp:
     def hypercall_raw(self, control: int, data: bytes = b"") -> tuple[int, bytes]:
         """The hypercall instruction: RCX = ``control``; returns (RAX, output block)."""
         seq = self._next_seq()
-        r = self._exit(m.HypercallIntercept(seq, control, data, (perf_counter_ns(),)).encode(), seq)
+        r = self._exit(m.HypercallIntercept(seq, control, data, (perf_counter_ns(),), self._regs()).encode(), seq)
         return r.rax, r.output
 
     def hypercall(self, code: int, data: bytes = b"", fast: bool = False, rep_count: int = 0,
@@ -320,7 +328,7 @@ class Vp:
         pending); a stopping partition raises VpStopped, a reset VpReset."""
         seq = self._next_seq()
         self.flush_stats()
-        self._exit(m.HaltIntercept(seq, (perf_counter_ns(),)).encode(), seq, halt=True)
+        self._exit(m.HaltIntercept(seq, (perf_counter_ns(),), self._regs()).encode(), seq, halt=True)
 
     def pause(self) -> None:
         """PAUSE: a spin-loop hint, not intercepted (no pause-loop exiting here); like every
@@ -332,7 +340,7 @@ class Vp:
     def _quantum_over(self) -> None:
         """The scheduler's timer fired: exit, and continue once dispatched again."""
         seq = self._next_seq()
-        self._exit(m.QuantumExit(seq, (perf_counter_ns(),)).encode(), seq)
+        self._exit(m.QuantumExit(seq, (perf_counter_ns(),), self._regs()).encode(), seq)
 
     def check_quantum(self) -> None:
         """A preemption point for guest code that computes without exiting."""
@@ -361,7 +369,7 @@ class Vp:
             return self.mem.read_int(gpa, size)
         seq = self._next_seq()
         self._apic_access = APIC_PAGE[0] <= gpa < APIC_PAGE[1]
-        return self._exit(m.MmioIntercept(seq, gpa, size, False, 0, (perf_counter_ns(),)).encode(), seq).rax
+        return self._exit(m.MmioIntercept(seq, gpa, size, False, 0, (perf_counter_ns(),), self._regs()).encode(), seq).rax
 
     def write(self, gpa: int, size: int, value: int) -> None:
         """A store of ``size`` bytes: RAM directly, anything else an MMIO exit."""
@@ -372,7 +380,7 @@ class Vp:
             return
         seq = self._next_seq()
         self._apic_access = APIC_PAGE[0] <= gpa < APIC_PAGE[1]
-        self._exit(m.MmioIntercept(seq, gpa, size, True, value, (perf_counter_ns(),)).encode(), seq)
+        self._exit(m.MmioIntercept(seq, gpa, size, True, value, (perf_counter_ns(),), self._regs()).encode(), seq)
 
     def write_bytes(self, gpa: int, data: bytes) -> None:
         """``rep movs`` to ``gpa``: one store per 8 bytes where it is not RAM."""
@@ -400,13 +408,13 @@ class Vp:
     def mov_cr3(self, value: int) -> None:
         """MOV to CR3, intercepted: the hypervisor flushes this LP's whole TLB."""
         seq = self._next_seq()
-        self._exit(m.Cr3Intercept(seq, value, (perf_counter_ns(),)).encode(), seq)
+        self._exit(m.Cr3Intercept(seq, value, (perf_counter_ns(),), self._regs()).encode(), seq)
         self.cr3 = value
 
     def invlpg(self, gva: int) -> None:
         """INVLPG, intercepted: the hypervisor flushes this LP's whole TLB."""
         seq = self._next_seq()
-        self._exit(m.InvlpgIntercept(seq, gva & 0xFFFFFFFFFFFFFFFF, (perf_counter_ns(),)).encode(), seq)
+        self._exit(m.InvlpgIntercept(seq, gva & 0xFFFFFFFFFFFFFFFF, (perf_counter_ns(),), self._regs()).encode(), seq)
 
     def translate(self, gva: int) -> int:
         """Guest virtual → guest physical: the current LP's TLB, else a page walk that

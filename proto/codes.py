@@ -158,6 +158,7 @@ class HvRegisterName(enum.IntEnum):
     HvRegisterExplicitSuspend = 0x00000000
     HvRegisterInterceptSuspend = 0x00000001
     HvRegisterDispatchSuspend = 0x00000003
+    HvX64RegisterRflags = 0x00020011
     HvX64RegisterCr3 = 0x00040002
     HvX64RegisterCr8 = 0x00040004
     HvX64RegisterApicBase = 0x00080003

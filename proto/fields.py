@@ -88,6 +88,21 @@ def stamps(v: Any) -> tuple:
     return tuple(v)
 
 
+MAX_REGS = 4
+
+
+def registers(v: Any) -> tuple:
+    """A VP's register block (see ``proto.messages.REGS``): at most :data:`MAX_REGS` u64."""
+    if type(v) is not tuple and type(v) is not list:
+        raise FieldError(f"expected an array of registers, got {type(v).__name__}")
+    if len(v) > MAX_REGS:
+        raise FieldError(f"{len(v)} registers, at most {MAX_REGS}")
+    for r in v:
+        if type(r) is not int or not 0 <= r < 1 << 64:
+            raise FieldError(f"register {r!r} is not a u64")
+    return tuple(v)
+
+
 def port_ranges(v: Any) -> tuple:
     """``[[base, count], …]`` with every range inside the 64 KiB I/O space."""
     if type(v) is not tuple and type(v) is not list:

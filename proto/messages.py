@@ -32,6 +32,7 @@ from proto.fields import (
     one_of,
     gpa_ranges,
     port_ranges,
+    registers,
     stamps,
     text,
     texts,
@@ -50,6 +51,12 @@ MMIO_SIZES = (1, 2, 4, 8)
 # VpResume.fault value that is not an x86 exception: the partition is being reset (INIT),
 # so the VP abandons what it was doing and starts again at its reset vector.
 FAULT_RESET = 0xFF
+# The VP register block that travels with every exit (saved by the hypervisor) and every
+# dispatch (restored): the architectural state the hypervisor must own for
+# HvCallGet/SetVpRegisters.  Values are in this order.
+REGS = ("rflags", "cr3")
+RFLAGS_FIXED = 0x2  # bit 1 of RFLAGS always reads 1
+RFLAGS_IF = 0x200
 # VpResume.interrupt bit 8: "no EOI required" — the VP assist page bit the hypervisor sets
 # when it does the EOI itself (TLFS virtual interrupts, EOI assist).
 INTERRUPT_NO_EOI = 0x100
@@ -220,6 +227,7 @@ class IoPortIntercept(Message):
     write: boolean
     value: U32
     stamps: stamps
+    regs: registers = ()  # the VP's register block at the exit (saved)
 
 
 @message(11, "cpuid_intercept")
@@ -230,6 +238,7 @@ class CpuidIntercept(Message):
     leaf: U32
     subleaf: U32
     stamps: stamps
+    regs: registers = ()  # the VP's register block at the exit (saved)
 
 
 @message(12, "msr_intercept")
@@ -241,6 +250,7 @@ class MsrIntercept(Message):
     write: boolean
     value: U64
     stamps: stamps
+    regs: registers = ()  # the VP's register block at the exit (saved)
 
 
 @message(13, "hypercall_intercept")
@@ -252,6 +262,7 @@ class HypercallIntercept(Message):
     control: U64
     input: blob(HV_PAGE_SIZE)
     stamps: stamps
+    regs: registers = ()  # the VP's register block at the exit (saved)
 
 
 @message(14, "halt_intercept")
@@ -260,6 +271,7 @@ class HaltIntercept(Message):
 
     seq: U32
     stamps: stamps
+    regs: registers = ()  # the VP's register block at the exit (saved)
 
 
 @message(17, "mmio_intercept")
@@ -274,6 +286,7 @@ class MmioIntercept(Message):
     write: boolean
     value: U64
     stamps: stamps
+    regs: registers = ()  # the VP's register block at the exit (saved)
 
 
 @message(18, "quantum_exit")
@@ -283,6 +296,7 @@ class QuantumExit(Message):
 
     seq: U32
     stamps: stamps
+    regs: registers = ()  # the VP's register block at the exit (saved)
 
 
 @message(19, "cr3_intercept")
@@ -294,6 +308,7 @@ class Cr3Intercept(Message):
     seq: U32
     value: U64
     stamps: stamps
+    regs: registers = ()  # the VP's register block at the exit (saved)
 
 
 @message(43, "invlpg_intercept")
@@ -304,6 +319,7 @@ class InvlpgIntercept(Message):
     seq: U32
     gva: U64
     stamps: stamps
+    regs: registers = ()  # the VP's register block at the exit (saved)
 
 
 @message(15, "vp_resume")
@@ -325,6 +341,7 @@ class VpResume(Message):
     irq_stamps: stamps  # that interrupt's path: device raise, hv in, hv inject
     deadline_ns: U64  # perf_counter_ns when the VP's quantum ends (0: no quantum; not a dispatch)
     lp: U8  # the logical processor the VP is dispatched on (whose TLB it uses)
+    regs: registers = ()  # the register block the VP resumes with (restored)
 
 
 @message(16, "vp_stats")
@@ -557,6 +574,7 @@ __all__ = [
     "IO_OPS",
     "FAULT_RESET",
     "INTERRUPT_NO_EOI",
+    "REGS",
     "WORKER_QUERIES",
     "INPUT_DEVICES",
     "PARTITION_ACTIONS",

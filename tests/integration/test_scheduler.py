@@ -163,3 +163,22 @@ def test_a_vp_runs_only_once_the_root_clears_its_explicit_suspend(live):
     # Its hello reply is dispatched now (to the connection that gave up waiting).
     assert wait_until(lambda: vp_sched()["dispatches"] == 1, 5, what="the VP dispatched")
     client.close()
+
+
+def test_the_register_block_is_saved_at_every_exit_and_restored_at_every_dispatch(live):
+    """RFLAGS and CR3 travel with every exit (saved) and every resume (restored): the
+    guest's STI shows in RFLAGS from outside, and a CR3 the root writes is the one the VP
+    carries on with (were it not restored, the VP's next exit would save its old CR3)."""
+    from proto.codes import HvRegisterName as R
+
+    client = RootClient(live.manifest()["endpoint"], live.secret())
+    pid = live.manifest()["partitions"]["alpha"]["id"]
+    wait_until(lambda: "tick 100.00 Hz" in live.console("alpha"), 30, what="boot with interrupts on")
+    rflags, cr3 = client.get_vp_registers(pid, 0, [R.HvX64RegisterRflags, R.HvX64RegisterCr3])
+    assert rflags & 0x200 and rflags & 0x2 and cr3 == 0
+    client.set_vp_registers(pid, 0, {R.HvX64RegisterCr3: 0x5000})
+    exits = client.status()["partitions"][0]["vps"][0]["guest"].get("exits", 0)
+    wait_until(lambda: client.status()["partitions"][0]["vps"][0]["guest"].get("exits", 0) > exits + 100, 10,
+               what="the VP running on")
+    assert client.get_vp_registers(pid, 0, [R.HvX64RegisterCr3]) == [0x5000]
+    client.close()

@@ -68,8 +68,8 @@ def test_message_round_trips(cls):
 
 
 def test_wire_format_is_an_array_of_type_then_fields():
-    frame = m.IoPortIntercept(1, 0x3F8, 1, True, 0x41, (5,)).encode()
-    assert frame == bytes([0x97, 10, 1, 0xCD, 0x03, 0xF8, 1, 0xC3, 0x41, 0x91, 5])
+    frame = m.IoPortIntercept(1, 0x3F8, 1, True, 0x41, (5,), (0x202, 0)).encode()
+    assert frame == bytes([0x98, 10, 1, 0xCD, 0x03, 0xF8, 1, 0xC3, 0x41, 0x91, 5, 0x92, 0xCD, 0x02, 0x02, 0])
 
 
 @pytest.mark.parametrize("garbage", [b"", b"\xc1", b"\xff\xff\xff", b"hello world", bytes(range(256))])
@@ -103,7 +103,15 @@ def test_missing_field_is_named():
 
 def test_extra_field_is_refused():
     with pytest.raises(InvalidField, match="extra"):
-        m.decode(msgpack.packb([10, 1, 0x3F8, 1, True, 0, [1], "surplus"]))
+        m.decode(msgpack.packb([10, 1, 0x3F8, 1, True, 0, [1], [], "surplus"]))
+
+
+def test_a_register_block_out_of_range_is_refused():
+    with pytest.raises(InvalidField) as e:
+        m.decode(msgpack.packb([10, 1, 0x3F8, 1, True, 0, [1], [-1, 0]]))
+    assert e.value.field == "regs"
+    with pytest.raises(InvalidField):
+        m.decode(msgpack.packb([10, 1, 0x3F8, 1, True, 0, [1], [0] * 5]))
 
 
 @pytest.mark.parametrize("fields, bad", [
@@ -119,7 +127,7 @@ def test_extra_field_is_refused():
 ])
 def test_wrong_types_and_ranges_name_the_field(fields, bad):
     with pytest.raises(InvalidField) as e:
-        m.decode(msgpack.packb([10, *fields]))
+        m.decode(msgpack.packb([10, *fields, []]))
     assert e.value.field == bad
 
 
