@@ -743,6 +743,12 @@ class Run:
         for stage in range(3):
             exits.update(stop_procs([p for p in self.procs if order[p.role] == stage]))
         left = [p.pid for p in self.procs if pid_alive(p.pid)]
+        if not left:
+            # Guest memory dies with the run; the manifest, logs, consoles, NVRAM and disk
+            # images stay.
+            for pattern in ("memory.pool", "slat-*.bin", "tlb-*.bin"):
+                for f in self.run.path.glob(pattern):
+                    f.unlink(missing_ok=True)
         self._manifest_update(state="ended", ended={
             "reason": reason, "exit_code": exit_code, "at": datetime.now(timezone.utc).isoformat(),
             "exits": {k: describe_exit(v) for k, v in exits.items()}, "left_running": left})
