@@ -50,7 +50,6 @@ class Apic:
     lvt_timer: int = LVT_MASKED
     timer_icr: int = 0
     timer_dcr: int = 0
-    timer_start_ns: int = 0
     timer_deadline_ns: int | None = None
     assist_enabled: bool = False  # the guest enabled its VP assist page
     fired_ns: dict = field(default_factory=dict)  # vector → when its timer fired (interrupt-path stamps)
@@ -98,7 +97,6 @@ class Apic:
         return self.timer_icr * DIVIDE.get(self.timer_dcr & 0b1011, 2) * 1_000_000_000 // APIC_TIMER_HZ
 
     def _arm(self, now: int) -> None:
-        self.timer_start_ns = now
         self.timer_deadline_ns = now + self._period_ns() if self.timer_icr else None
 
     def poll(self, now: int) -> bool:

@@ -227,21 +227,8 @@ class Hypervisor:
                     self.counters["not_permitted"] += 1
                     self._error(identity, msg.TYPE, "NOT_PERMITTED", f"a {peer.role} may not send {msg.NAME}")
                     continue
-            if peer is not None and peer.vp is not None and kind in EXITS and msg.regs:
-                # Save the VP's register block: the hypervisor's copy is the authoritative
-                # one while the VP is off its LP (HvCallGetVpRegisters reads it).
-                peer.vp.rflags, peer.vp.cr3 = msg.regs
-                if peer.vp.regs_written:
-                    # The root wrote registers while the VP ran: they win over what it saved.
-                    for attr, value in peer.vp.regs_written.items():
-                        setattr(peer.vp, attr, value)
-                    peer.vp.regs_written.clear()
-            if peer is not None and peer.vp is not None and kind in EXITS and peer.vp.sched is not None:
-                # Any exit gives the VP's logical processor back.
-                # Run time ends when the guest exited (its first stamp), not when the exit
-                # arrived: the transport is not guest execution.
-                self.sched.exited(peer.vp.sched, msg.stamps[0] if msg.stamps else t_in,
-                                  preempted=kind is m.QuantumExit)
+            if kind in EXITS and peer is not None and peer.vp is not None:
+                self._left_guest(peer.vp, msg, t_in)
             handler = handlers.get(kind)
             if handler is None:
                 self.counters["not_permitted"] += 1
@@ -253,6 +240,22 @@ class Hypervisor:
             if time.monotonic_ns() >= next_housekeeping:
                 next_housekeeping = self._housekeeping()
         self.router.close()
+
+    def _left_guest(self, vp: Vp, msg: m.Message, t_in: int) -> None:
+        """Any exit: save the VP's register block (the hypervisor's copy is the one that
+        counts while the VP is off its LP) and give its logical processor back."""
+        if msg.regs:
+            vp.rflags, vp.cr3 = msg.regs
+            if vp.regs_written:
+                # The root wrote registers while the VP ran: they win over what it saved.
+                for attr, value in vp.regs_written.items():
+                    setattr(vp, attr, value)
+                vp.regs_written.clear()
+        if vp.sched is not None:
+            # Run time ends when the guest exited (its first stamp), not when the exit
+            # arrived: the transport is not guest execution.
+            self.sched.exited(vp.sched, msg.stamps[0] if msg.stamps else t_in,
+                              preempted=msg.__class__ is m.QuantumExit)
 
     def _housekeeping(self) -> int:
         now = time.monotonic_ns()

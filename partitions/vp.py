@@ -93,11 +93,11 @@ class Vp:
         self.stop = stop
         self._dealer = dealer
         self._send = dealer.send
-        self._recv = dealer.recv
+        # After wait() said a frame is there: one poll per resume, not two.
+        self._recv_ready = dealer.recv_ready
         self._seq = 0
         self.paths: dict[str, PathStats] = {}
         self.exits = 0
-        self.pauses = 0
         self.counters = {"interrupts": 0, "handler_exits": 0, "unhandled_interrupts": 0, "resets": 0,
                          "tlb_hits": 0, "tlb_misses": 0, "tlb_walk_reads": 0, "tlb_evictions": 0}
         self._next_stats = perf_counter_ns() + STATS_INTERVAL_NS
@@ -135,7 +135,7 @@ class Vp:
                 while not self._dealer.wait(HALT_SLICE_MS):
                     if self.stop.is_set():
                         raise VpStopped()
-            raw = self._recv(0)
+            raw = self._recv_ready()
             t_resume = perf_counter_ns()
             msg = m.decode(raw)
             if msg.__class__ is m.VpResume and msg.seq == seq:
@@ -333,7 +333,6 @@ class Vp:
     def pause(self) -> None:
         """PAUSE: a spin-loop hint, not intercepted (no pause-loop exiting here); like every
         instruction, it may find the VP's quantum over."""
-        self.pauses += 1
         if perf_counter_ns() >= self._quantum_end:
             self._quantum_over()
 
@@ -341,11 +340,6 @@ class Vp:
         """The scheduler's timer fired: exit, and continue once dispatched again."""
         seq = self._next_seq()
         self._exit(m.QuantumExit(seq, (perf_counter_ns(),), self._regs()).encode(), seq)
-
-    def check_quantum(self) -> None:
-        """A preemption point for guest code that computes without exiting."""
-        if perf_counter_ns() >= self._quantum_end:
-            self._quantum_over()
 
     def xchg(self, gpa: int, value: int) -> int:
         """``lock xchg`` on a 32-bit word of RAM: atomic against the partition's other VPs."""
@@ -356,17 +350,15 @@ class Vp:
             self.mem.write_int(gpa, 4, value)
         return old
 
-    def is_ram(self, gpa: int, size: int = 1) -> bool:
-        """Whether the partition's SLAT maps ``gpa`` (the legacy hole and device space are
-        not mapped: accesses there exit)."""
-        return self.mem.is_mapped(gpa, size)
-
     def read(self, gpa: int, size: int) -> int:
-        """A load of ``size`` bytes: RAM directly, anything else an MMIO exit."""
-        if self.mem.is_mapped(gpa, size):
-            if perf_counter_ns() >= self._quantum_end:
-                self._quantum_over()
+        """A load of ``size`` bytes: RAM directly (one SLAT translation), anything the SLAT
+        does not map an MMIO exit."""
+        if perf_counter_ns() >= self._quantum_end:
+            self._quantum_over()
+        try:
             return self.mem.read_int(gpa, size)
+        except UnmappedGpa:
+            pass
         seq = self._next_seq()
         self._apic_access = APIC_PAGE[0] <= gpa < APIC_PAGE[1]
         return self._exit(m.MmioIntercept(seq, gpa, size, False, 0, (perf_counter_ns(),), self._regs()).encode(), seq).rax
@@ -468,8 +460,3 @@ class Vp:
             return
         self.write(self.translate(gva), size, value)
 
-    def read_u32(self, gpa: int) -> int:
-        return self.read(gpa, 4)
-
-    def write_u32(self, gpa: int, value: int) -> None:
-        self.write(gpa, 4, value)

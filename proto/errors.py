@@ -4,7 +4,6 @@
     ├── ProtocolError            a frame that is not a valid message (decode side)
     │   ├── MalformedMessage     not msgpack, not an array, too large
     │   ├── UnknownMessageType   a type id nobody defined
-    │   ├── VersionMismatch      hello with another protocol version
     │   └── InvalidField         missing/extra field, wrong type or out of range
     ├── TransportError           the socket layer
     │   ├── PeerTimeout          no answer before the deadline
@@ -34,10 +33,6 @@ class MalformedMessage(ProtocolError):
 
 class UnknownMessageType(ProtocolError):
     code = "UNKNOWN_TYPE"
-
-
-class VersionMismatch(ProtocolError):
-    code = "VERSION_MISMATCH"
 
 
 class InvalidField(ProtocolError):

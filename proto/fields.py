@@ -103,38 +103,29 @@ def registers(v: Any) -> tuple:
     return tuple(v)
 
 
-def port_ranges(v: Any) -> tuple:
-    """``[[base, count], …]`` with every range inside the 64 KiB I/O space."""
-    if type(v) is not tuple and type(v) is not list:
-        raise FieldError(f"expected an array of [base, count], got {type(v).__name__}")
-    if len(v) > 256:
-        raise FieldError(f"{len(v)} ranges, at most 256")
-    out = []
-    for r in v:
-        if type(r) not in (tuple, list) or len(r) != 2:
-            raise FieldError(f"range {r!r} is not [base, count]")
-        base, count = U16(r[0]), U32(r[1])
-        if count < 1 or base + count > 0x10000:
-            raise FieldError(f"range {base:#x}+{count} is outside the I/O space")
-        out.append((base, count))
-    return tuple(out)
+def ranges(what: str, start: Check, length: Check, limit: int, max_items: int) -> Check:
+    """``[[start, length], …]`` with each range non-empty and ending at or below ``limit``."""
+
+    def check(v: Any) -> tuple:
+        if type(v) is not tuple and type(v) is not list:
+            raise FieldError(f"expected an array of [start, length], got {type(v).__name__}")
+        if len(v) > max_items:
+            raise FieldError(f"{len(v)} ranges, at most {max_items}")
+        out = []
+        for r in v:
+            if type(r) not in (tuple, list) or len(r) != 2:
+                raise FieldError(f"range {r!r} is not [start, length]")
+            base, count = start(r[0]), length(r[1])
+            if count < 1 or base + count > limit:
+                raise FieldError(f"range {base:#x}+{count:#x} is outside the {what}")
+            out.append((base, count))
+        return tuple(out)
+
+    return check
 
 
-def gpa_ranges(v: Any) -> tuple:
-    """``[[gpa, length], …]``: MMIO ranges in the 52-bit guest-physical space."""
-    if type(v) is not tuple and type(v) is not list:
-        raise FieldError(f"expected an array of [gpa, length], got {type(v).__name__}")
-    if len(v) > 64:
-        raise FieldError(f"{len(v)} ranges, at most 64")
-    out = []
-    for r in v:
-        if type(r) not in (tuple, list) or len(r) != 2:
-            raise FieldError(f"range {r!r} is not [gpa, length]")
-        gpa, length = U64(r[0]), U64(r[1])
-        if length < 1 or gpa + length > 1 << 52:
-            raise FieldError(f"range {gpa:#x}+{length:#x} is outside the guest-physical space")
-        out.append((gpa, length))
-    return tuple(out)
+port_ranges = ranges("I/O space", U16, U32, 0x10000, 256)
+gpa_ranges = ranges("guest-physical space", U64, U64, 1 << 52, 64)
 
 
 def texts(max_items: int, max_len: int) -> Check:

@@ -13,7 +13,6 @@ codec and error-reply handling for everything else.
 from __future__ import annotations
 
 import os
-import time
 
 import zmq
 
@@ -56,7 +55,6 @@ class Router:
             self._sock.close()
             raise TransportError(f"cannot bind {endpoint}: {e}") from e
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.recv_multipart = self._sock.recv_multipart
         self._poll = self._sock.poll
 
     def wait(self, timeout_ms: int) -> bool:
@@ -160,6 +158,3 @@ def connect(endpoint: str, role: str, partition: int, vp: int, secret: str | Non
         raise
     return dealer
 
-
-def monotonic_deadline(timeout_s: float) -> float:
-    return time.monotonic() + timeout_s

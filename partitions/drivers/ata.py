@@ -1,4 +1,4 @@
-"""ATA PIO on the primary channel: IDENTIFY, READ/WRITE SECTORS, FLUSH CACHE.
+"""ATA PIO on the primary channel: READ/WRITE SECTORS, FLUSH CACHE.
 
 With interrupts the driver waits for IRQ14 in HLT, as a real driver sleeps; the status read
 after each interrupt acknowledges it.  Data moves 32 bits at a time (PIIX takes them).
@@ -15,7 +15,7 @@ BASE, CTRL = 0x1F0, 0x3F6
 DATA, ERROR, COUNT, LBA_LO, LBA_MID, LBA_HI, DEVICE, STATUS = range(BASE, BASE + 8)
 COMMAND = STATUS
 ST_ERR, ST_DRQ, ST_DF, ST_DRDY, ST_BSY = 0x01, 0x08, 0x20, 0x40, 0x80
-CMD_READ, CMD_WRITE, CMD_FLUSH, CMD_IDENTIFY = 0x20, 0x30, 0xE7, 0xEC
+CMD_READ, CMD_WRITE, CMD_FLUSH = 0x20, 0x30, 0xE7
 DEV_LBA = 0xE0
 SECTOR = 512
 IRQ = 14
@@ -29,10 +29,8 @@ class Ata:
     def __init__(self) -> None:
         self.irq_seen = threading.Event()
         self.use_irq = False
-        self.irqs = 0
 
     def handle_interrupt(self, vp: Vp) -> None:
-        self.irqs += 1
         self.irq_seen.set()
 
     def _wait(self, vp: Vp, want_drq: bool) -> int:
@@ -61,11 +59,6 @@ class Ata:
         self.irq_seen.clear()
         vp.outb(COMMAND, cmd)
 
-    def identify(self, vp: Vp) -> list[int]:
-        self._command(vp, CMD_IDENTIFY)
-        self._wait(vp, True)
-        return [vp.inw(DATA) for _ in range(256)]
-
     def read(self, vp: Vp, lba: int, count: int) -> bytes:
         self._command(vp, CMD_READ, lba, count)
         out = bytearray()
@@ -93,7 +86,3 @@ class Ata:
         self._command(vp, CMD_FLUSH)
         self._wait(vp, False)
 
-
-def identify_text(words: list[int], first: int, last: int) -> str:
-    """An IDENTIFY string: each word holds two characters, high byte first."""
-    return "".join(chr(w >> 8) + chr(w & 0xFF) for w in words[first:last + 1]).strip()

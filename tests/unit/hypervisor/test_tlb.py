@@ -138,7 +138,7 @@ class NoExits:
     def send(self, frame):
         raise AssertionError("the VP exited")
 
-    recv = wait = send
+    recv_ready = wait = send
 
 
 @pytest.fixture
