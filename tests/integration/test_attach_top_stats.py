@@ -353,7 +353,7 @@ def test_a_runs_waits_time_out_with_what_they_saw(hvstack_run):
 
 USER_TESTS = f"""
 import json
-from pathlib import Exit
+from pathlib import Path
 
 ONE = {str(REPO / ONE)!r}
 
@@ -361,13 +361,13 @@ ONE = {str(REPO / ONE)!r}
 def test_passes(hvstack_run):
     run = hvstack_run(ONE)
     run.wait_for_console("alpha", "hvstack guest kernel", timeout=30)
-    Exit("passing.json").write_text(json.dumps({{"pids": run.pids(), "root": str(run.run_root)}}))
+    Path("passing.json").write_text(json.dumps({{"pids": run.pids(), "root": str(run.run_root)}}))
 
 
 def test_fails(hvstack_run):
     run = hvstack_run(ONE)
     run.wait_for_console("alpha", "hvstack guest kernel", timeout=30)
-    Exit("failing.json").write_text(json.dumps({{"pids": run.pids(), "root": str(run.run_root)}}))
+    Path("failing.json").write_text(json.dumps({{"pids": run.pids(), "root": str(run.run_root)}}))
     assert run.io("alpha", "inb", "0x3ff") == ["OK 0x1234"]
 """
 
