@@ -36,7 +36,7 @@ from pathlib import Path
 import psutil
 
 from proto import auth
-from proto.client import ConsoleWatcher, HypercallFailed, RootClient
+from root.client import ConsoleWatcher, HypercallFailed, RootClient
 from proto.codes import (
     HV_CHILD_ENLIGHTENED_PRIVILEGES,
     HV_SPIN_RETRY_NEVER,
@@ -1188,7 +1188,7 @@ def cmd_trace(args) -> int:
     then a per-reason summary like `perf kvm stat report`."""
     import csv
 
-    from proto.trace import CSV_FIELDS, TEXT_HEADER, TraceSummary, csv_row, event_record, text_line
+    from root.trace_format import CSV_FIELDS, TEXT_HEADER, TraceSummary, csv_row, event_record, text_line
 
     run, man = live_run(args.run)
     names = {v["id"]: k for k, v in man.get("partitions", {}).items()}

@@ -11,12 +11,12 @@ if str(REPO) not in sys.path:
 
 
 def pytest_addhooks(pluginmanager):
-    """hvstack's pytest plugin (proto/pytest_plugin.py) comes with `pip install -e .` through
+    """hvstack's pytest plugin (root/pytest_plugin.py) comes with `pip install -e .` through
     its pytest11 entry point; in a checkout that is not installed, register it here (early
     enough for its command-line options), unless it is loaded already or `-p no:hvstack`."""
     if pluginmanager.has_plugin("hvstack") or pluginmanager.is_blocked("hvstack"):
         return
-    import proto.pytest_plugin
+    import root.pytest_plugin
 
-    if not pluginmanager.is_registered(proto.pytest_plugin):
-        pluginmanager.register(proto.pytest_plugin, "hvstack")
+    if not pluginmanager.is_registered(root.pytest_plugin):
+        pluginmanager.register(root.pytest_plugin, "hvstack")

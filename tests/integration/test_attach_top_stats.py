@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from proto.client import RootClient
+from root.client import RootClient
 from proto.exits import EMULATED_STAGES, HANDLED_STAGES
 from proto.stats import Histogram, PathStats
 
@@ -285,7 +285,7 @@ def fake_status(**paths_ns: int) -> dict:
 
 
 def test_assert_faster_fails_with_both_figures():
-    from proto.pytest_plugin import assert_faster
+    from root.pytest_plugin import assert_faster
 
     st = fake_status(io_port=300_000, cpuid=120_000)
     figures = assert_faster(st, "cpuid", "io_port")
@@ -298,7 +298,7 @@ def test_assert_faster_fails_with_both_figures():
 
 
 def test_assert_percentile_fails_with_the_value_and_the_bound():
-    from proto.pytest_plugin import assert_percentile
+    from root.pytest_plugin import assert_percentile
 
     st = fake_status(cpuid=120_000)
     assert assert_percentile(st, "cpuid", 99, under_ms=100) < 100
@@ -307,10 +307,10 @@ def test_assert_percentile_fails_with_the_value_and_the_bound():
 
 
 def test_assert_ratio_to_floor_fails_with_stack_floor_and_ratio(monkeypatch):
-    import proto.pytest_plugin
-    from proto.pytest_plugin import Floor, assert_ratio_to_floor
+    import root.pytest_plugin
+    from root.pytest_plugin import Floor, assert_ratio_to_floor
 
-    monkeypatch.setattr(proto.pytest_plugin, "_session_floor", None)  # as if no test asked for hvstack_floor
+    monkeypatch.setattr(root.pytest_plugin, "_session_floor", None)  # as if no test asked for hvstack_floor
 
     st = fake_status(io_port=300_000, cpuid=100_000)
     floor = Floor({4: _fake_hist(100_000), 2: _fake_hist(100_000)})
@@ -325,7 +325,7 @@ def test_assert_ratio_to_floor_fails_with_stack_floor_and_ratio(monkeypatch):
 
 
 def test_assertions_need_enough_samples_and_say_what_they_got():
-    from proto.pytest_plugin import assert_faster
+    from root.pytest_plugin import assert_faster
 
     class FewSamples:  # anything with stats() will do
         def stats(self):
@@ -374,7 +374,7 @@ def test_fails(hvstack_run):
 
 def _plugin_args() -> list[str]:
     installed = any(ep.name == "hvstack" for ep in importlib.metadata.entry_points(group="pytest11"))
-    return [] if installed else ["-p", "proto.pytest_plugin"]
+    return [] if installed else ["-p", "root.pytest_plugin"]
 
 
 def test_a_failing_users_test_gets_the_runs_logs_and_consoles_and_no_process_is_left(pytester, monkeypatch):
@@ -403,5 +403,5 @@ def test_the_plugin_is_registered_by_entry_point_and_matplotlib_is_an_extra():
     import tomllib
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    assert project["entry-points"]["pytest11"] == {"hvstack": "proto.pytest_plugin"}
+    assert project["entry-points"]["pytest11"] == {"hvstack": "root.pytest_plugin"}
     assert project["optional-dependencies"]["plot"] == ["matplotlib>=3.7"]

@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from proto.client import RootClient
-from proto.trace import CSV_FIELDS
+from root.client import RootClient
+from root.trace_format import CSV_FIELDS
 
 from tests.support import REPO, alive, short_run_root, start_run, wait_until
 

@@ -39,7 +39,7 @@ def test_without_the_apic_enlightenment_the_guest_falls_back_to_mmio():
 def test_an_ipi_through_hv_x64_msr_icr_reaches_the_destination_vp(tmp_path):
     """HV_X64_MSR_ICR (the APIC enlightenment's ICR) sends a fixed IPI to the VP whose APIC ID
     is in bits 63:56; the destination's local APIC accepts it and the VP takes it."""
-    from proto.client import RootClient
+    from root.client import RootClient
 
     from tests.support import alive, short_run_root, start_run, wait_until
 

@@ -9,7 +9,7 @@ import pytest
 
 from proto import messages as m
 from proto.auth import peer_token
-from proto.client import RootClient
+from root.client import RootClient
 from proto.errors import Refused
 from proto.memory import PAGE_SIZE, SLAT_INVALID
 from proto.transport import connect

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from proto.pytest_plugin import assert_faster, assert_percentile, assert_ratio_to_floor
+from root.pytest_plugin import assert_faster, assert_percentile, assert_ratio_to_floor
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from proto.client import RootClient
+from root.client import RootClient
 
 from tests.support import alive, short_run_root, start_run, wait_until
 

@@ -11,7 +11,7 @@ import pytest
 import zmq
 
 from proto import messages as m
-from proto.client import RootClient
+from root.client import RootClient
 from proto.errors import Refused
 from proto.stats import PathStats
 from proto.transport import connect

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from proto.client import RootClient
+from root.client import RootClient
 from proto.codes import HvStatus, HypercallCode as C, control_value
 
 from benchmarks.bench import tlb_experiment

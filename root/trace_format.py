@@ -1,4 +1,4 @@
-"""What `launch.py trace` makes of the hypervisor's ``trace_event`` stream.
+"""What `launch.py trace` (root.commands.trace) makes of the hypervisor's ``trace_event`` stream.
 
 Each event is one exit as the hypervisor saw it, with the ``perf_counter_ns`` stamps its
 hops appended (CLOCK_MONOTONIC, so stamps from different processes compare).  This module

@@ -63,12 +63,12 @@ _session_floor: "Floor | None" = None
 
 
 def launch_script() -> Path:
-    """hvstack's launch.py: next to the proto package (a checkout, an editable install and
+    """hvstack's launch.py: next to the root package (a checkout, an editable install and
     a wheel all put it there: pyproject's py-modules = ["launch"]), else wherever the
     ``launch`` module is."""
-    import proto
+    import root
 
-    beside = Path(proto.__file__).resolve().parent.parent / "launch.py"
+    beside = Path(root.__file__).resolve().parent.parent / "launch.py"
     if beside.is_file():
         return beside
     spec = importlib.util.find_spec("launch")
@@ -193,7 +193,7 @@ class HvstackRun:
     def client(self):
         """The root's client of this run's hypervisor (one, reused; closed at teardown)."""
         if self._client is None:
-            from proto.client import RootClient
+            from root.client import RootClient
 
             man = self.manifest()
             self._client = RootClient(man["endpoint"], (self.path / "secret").read_text().strip())
