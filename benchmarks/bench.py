@@ -16,9 +16,13 @@ import sys
 import tempfile
 import time
 
-import launch
 from benchmarks.floor import FloorClient, IrqFloorClient
-from proto.stats import Histogram
+from proto.stats import Histogram, PathStats
+from root import REPO
+from root.procs import die_with_parent
+from root.report import Output, table
+from root.run import execute
+from root.topology import load_topology
 
 ROUND_TRIPS = """\
 [run]
@@ -124,7 +128,7 @@ def tlb_experiment(mode: str, duration_s: float) -> dict:
 
 def _p50s(paths: dict) -> dict[str, float]:
     """Each path's round-trip p50 in µs."""
-    return {name: round(launch.PathStats.from_wire(w).total.percentile(50) / 1000, 1) for name, w in paths.items()}
+    return {name: round(PathStats.from_wire(w).total.percentile(50) / 1000, 1) for name, w in paths.items()}
 
 
 def experiment(name: str, workload: str, duration_s: float, vps: int = 1, enlightenments: str = "[]",
@@ -152,9 +156,9 @@ def run_experiments(duration_s: float) -> dict:
         vp = p["vps"][0]
         ticks = max(1, p["guest"].get("apic_ticks", 0))
         handler_exits = p["guest"].get("vector_0xef_exits", 0)
-        timer = launch.PathStats.from_wire(p["paths"]["apic_timer"]).total if "apic_timer" in p["paths"] else None
+        timer = PathStats.from_wire(p["paths"]["apic_timer"]).total if "apic_timer" in p["paths"] else None
         eoi_path = {"mmio": "apic", "msr": "msr"}.get(mode)
-        eoi_rt = launch.PathStats.from_wire(p["paths"][eoi_path]).total if eoi_path in p["paths"] else None
+        eoi_rt = PathStats.from_wire(p["paths"][eoi_path]).total if eoi_path in p["paths"] else None
         eoi[mode] = {"p50_us": _p50s(p["paths"]), "interrupts": ticks,
                      "exits_per_interrupt": round((handler_exits + vp["exits"]["halt"]) / ticks, 2),
                      "eoi_exits_per_interrupt": round(handler_exits / ticks, 2),
@@ -195,13 +199,13 @@ def measure_floor(samples: int, irq_samples: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="hvfloor") as d:
         endpoint = f"ipc://{d}/floor.sock"
         cmd = [sys.executable, "-m", "benchmarks.floor"]
-        relay = subprocess.Popen([*cmd, "relay", endpoint], cwd=launch.REPO, stdout=subprocess.PIPE,
-                                 preexec_fn=launch._die_with_parent)
+        relay = subprocess.Popen([*cmd, "relay", endpoint], cwd=REPO, stdout=subprocess.PIPE,
+                                 preexec_fn=die_with_parent)
         echoes = []
         try:
             if relay.stdout.readline().strip() != b"READY":
                 raise RuntimeError("the floor relay did not start")
-            echoes = [subprocess.Popen([*cmd, role, endpoint], cwd=launch.REPO, preexec_fn=launch._die_with_parent)
+            echoes = [subprocess.Popen([*cmd, role, endpoint], cwd=REPO, preexec_fn=die_with_parent)
                       for role in ("echo", "irqecho")]
             time.sleep(0.3)  # let the echo peers register before the first request
             out = {}
@@ -220,9 +224,9 @@ def measure_floor(samples: int, irq_samples: int) -> dict:
 
 def measure_run(topology_text: str, duration_s: float) -> dict:
     """The hypervisor's final status of a bench topology's run."""
-    topology = launch.load_topology(topology_text, "<bench>")
+    topology = load_topology(topology_text, "<bench>")
     with open("/dev/null", "w") as devnull:
-        run, reason, code = launch.execute(topology, launch.Output(devnull), duration_s)
+        run, reason, code = execute(topology, Output(devnull), duration_s)
     if code != 0 or not run.final_status:
         raise RuntimeError(f"the bench run {topology.name} failed: {reason}")
     return run.final_status
@@ -238,7 +242,7 @@ def run_bench(args) -> int:
     # load, frequency changes) drifts under both alike.
     rounds = max(1, args.rounds)
     floor: dict = {}
-    paths: dict[str, launch.PathStats] = {}
+    paths: dict[str, PathStats] = {}
     disk: dict[str, int] = {}
     slice_s = args.duration / rounds
     for _ in range(rounds):
@@ -247,7 +251,7 @@ def run_bench(args) -> int:
         stacks = [measure_stack(ROUND_TRIPS, slice_s)["paths"], measure_stack(INTERRUPTS, slice_s)["paths"]]
         for got in stacks:
             for name, wire in got.items():
-                paths.setdefault(name, launch.PathStats()).merge(launch.PathStats.from_wire(wire))
+                paths.setdefault(name, PathStats()).merge(PathStats.from_wire(wire))
         with tempfile.TemporaryDirectory(prefix="hvdisk") as d:
             guest = measure_stack(DISK.format(image=f"{d}/bench.img"), slice_s)["guest"]
         for k in ("disk_bytes", "disk_exits", "disk_ns", "disk_errors"):
@@ -290,7 +294,7 @@ def run_bench(args) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(launch.table(["path", "hops", "samples", "p50 µs", "p99 µs", "floor p50", "floor p99",
+    print(table(["path", "hops", "samples", "p50 µs", "p99 µs", "floor p50", "floor p99",
                         "p50 ratio", "p99 ratio"], rows, "llrrrrrrr"))
     if "disk" in result:
         dk = result["disk"]
@@ -300,17 +304,17 @@ def run_bench(args) -> int:
     if "experiments" in result:
         ex = result["experiments"]
         print("\nspinlock, 4 VPs on 2 LPs (long-spin-wait notifications on / off):")
-        print(launch.table(["", "acquisitions/s", "s spinning", "s on LPs", "notifications"],
+        print(table(["", "acquisitions/s", "s spinning", "s on LPs", "notifications"],
                            [[k, f"{v['acquisitions_per_s']:.0f}", f"{v['spin_s']:.2f}", f"{v['lp_s']:.2f}",
                              str(v["notifications"])] for k, v in ex["spinlock"].items()]))
         print("\nEOI of a 1 kHz local APIC timer (MMIO to the APIC page / HV_X64_MSR_EOI / VP assist page):")
-        print(launch.table(["", "interrupts", "exits per interrupt", "EOI exits", "EOI round trip p50 µs",
+        print(table(["", "interrupts", "exits per interrupt", "EOI exits", "EOI round trip p50 µs",
                             "timer → handler p50 µs"],
                            [[k, str(v["interrupts"]), f"{v['exits_per_interrupt']:.2f}", f"{v['eoi_exits_per_interrupt']:.2f}",
                              f"{v['eoi_round_trip_p50_us']:.1f}", f"{v['timer_to_handler_p50_us']}"]
                             for k, v in ex["eoi"].items()]))
         print("\nTLB, a reader and a flusher sharing one LP (flushes by hypercall / by MOV CR3 and INVLPG):")
-        print(launch.table(["flusher", "reader misses per 1000 loads", "reader loads/s", "flusher switches"],
+        print(table(["flusher", "reader misses per 1000 loads", "reader loads/s", "flusher switches"],
                            [[k, f"{v['misses_per_1000']:.2f}", f"{v['reads_per_s']:.0f}", str(v["flusher_switches"])]
                             for k, v in ex["tlb"].items()]))
     if "experiments" in result and "per_operation" in result["experiments"]:
@@ -318,7 +322,7 @@ def run_bench(args) -> int:
         rows = [[op, f"{e[0]}", f"{e[1]}", f"{m_[0]}", f"{m_[1]}"]
                 for op, v in result["experiments"]["per_operation"].items()
                 for e, m_ in [(v["enlightened"], v["emulated"])]]
-        print(launch.table(["operation", "enlightened", "µs", "emulated", "µs"], rows, "llrlr"))
+        print(table(["operation", "enlightened", "µs", "emulated", "µs"], rows, "llrlr"))
     if io:
         print(f"\nemulated I/O p50 is {io['ratio_p50']:.2f}× its floor "
               f"(goal ≤ {GOAL_IO_RATIO_P50}×: {'met' if result['goal']['met'] else 'NOT met'})")

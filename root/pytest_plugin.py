@@ -15,15 +15,14 @@ get, with no conftest:
   every path it reads has enough samples, compares figures measured together rather than
   against this machine's absolute speed where it can, and fails with the figures it saw.
 
-Only proto, the standard library, pytest and psutil are imported here; launch.py (for
-``io``'s single implementation, ``launch.run_op``) and benchmarks (for the floor) are
-imported when first needed.
+Runs are started as ``launch.py run …`` processes; ``run.io`` answers with the ``io``
+command's own functions (root.commands.io).  benchmarks (for the floor) is imported only
+when the floor is measured: root never depends on benchmarks at import time.
 """
 
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import inspect
 import json
 import os
@@ -39,9 +38,13 @@ from pathlib import Path
 import psutil
 import pytest
 
+from proto.errors import Refused
 from proto.stats import Histogram, PathStats
+from root import REPO
+from root.client import RootClient
+from root.commands.io import parse_ops, run_op
 
-# The paths a partition's status reports (launch.py labels them).
+# The paths a partition's status reports (root.report labels them).
 PATHS = ("io_port", "io_unclaimed", "cpuid", "msr", "hypercall")
 # Which floor a path is held against: emulated paths make 4 hops, handled ones 2.
 FOUR_HOP_PATHS = ("io_port", "mmio")
@@ -63,45 +66,14 @@ _session_floor: "Floor | None" = None
 
 
 def launch_script() -> Path:
-    """hvstack's launch.py: next to the root package (a checkout, an editable install and
-    a wheel all put it there: pyproject's py-modules = ["launch"]), else wherever the
-    ``launch`` module is."""
-    import root
-
-    beside = Path(root.__file__).resolve().parent.parent / "launch.py"
-    if beside.is_file():
-        return beside
-    spec = importlib.util.find_spec("launch")
-    if spec is not None and spec.origin and spec.origin.endswith("launch.py"):
-        return Path(spec.origin)
-    raise RuntimeError("cannot find hvstack's launch.py (is hvstack installed? `pip install -e .`)")
-
-
-def launch_module():
-    """launch.py imported as a module (for ``run_op``, ``parse_ops``)."""
-    script = launch_script().resolve()
-
-    def is_ours(mod) -> bool:
-        return mod is not None and Path(getattr(mod, "__file__", None) or "").resolve() == script
-
-    for name in ("launch", "hvstack_launch"):
-        if is_ours(sys.modules.get(name)):
-            return sys.modules[name]
-    if "launch" not in sys.modules:
-        if str(script.parent) not in sys.path:
-            sys.path.insert(0, str(script.parent))
-        try:
-            import launch
-        except ImportError:
-            launch = None
-        if is_ours(launch):
-            return launch
-    # Another module called "launch" is in the way: load hvstack's under another name.
-    spec = importlib.util.spec_from_file_location("hvstack_launch", script)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["hvstack_launch"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    """hvstack's launch.py, which a run is started through: beside the root package (a
+    checkout, an editable install and a wheel all put it there: pyproject's
+    py-modules = ["launch"])."""
+    script = REPO / "launch.py"
+    if not script.is_file():
+        raise RuntimeError(f"cannot find hvstack's launch.py beside the root package in {REPO} "
+                           f"(is hvstack installed? `pip install -e .`)")
+    return script
 
 
 def _die_with_parent() -> None:
@@ -193,8 +165,6 @@ class HvstackRun:
     def client(self):
         """The root's client of this run's hypervisor (one, reused; closed at teardown)."""
         if self._client is None:
-            from root.client import RootClient
-
             man = self.manifest()
             self._client = RootClient(man["endpoint"], (self.path / "secret").read_text().strip())
         return self._client
@@ -209,18 +179,15 @@ class HvstackRun:
         """Execute instructions on behalf of a VP, as ``launch.py io`` does: ``run.io("alpha",
         "outb", "0x3ff", "0x5a", "inb", "0x3ff")`` → ``["OK", "OK 0x5a"]``.  An operation the
         hypervisor refuses gives an ``ERR …`` line; a malformed one raises ValueError."""
-        from proto.errors import Refused
-
-        launch = launch_module()
         tokens = [str(t) for t in ops]
-        parsed = launch.parse_ops(tokens)
+        parsed = parse_ops(tokens)
         if not parsed:
             raise ValueError("io needs at least one operation")
         pid = self.partition_id(partition)
         out = []
         for op, operands in parsed:
             try:
-                out.append(launch.run_op(self.client(), pid, vp, op, operands))
+                out.append(run_op(self.client(), pid, vp, op, operands))
             except (ValueError, Refused) as e:
                 out.append(f"ERR {e}")
         return out
@@ -398,7 +365,6 @@ class Floor:
 def measure_floor(samples: int = 3000) -> Floor:
     """Measure the floor now, with benchmarks.bench's own relay (the same one `bench`
     uses)."""
-    launch_module()  # benchmarks.bench imports launch: make sure it can
     from benchmarks.bench import measure_floor as measure
 
     # Any further required argument (a sample count for another kind of floor) gets a

@@ -30,7 +30,7 @@ def test_the_default_topology_runs_and_prints_banners_and_tables():
 
 
 def test_every_shipped_config_is_valid():
-    from launch import read_topology
+    from root.topology import read_topology
 
     configs = sorted((REPO / "configs").glob("*.toml"))
     assert len(configs) >= 2
@@ -82,6 +82,6 @@ def test_bench_reports_each_path_beside_its_floor_as_json():
 
 
 def test_configs_default_is_the_embedded_default():
-    from launch import DEFAULT_TOPOLOGY
+    from root.topology import DEFAULT_TOPOLOGY
 
     assert (REPO / "configs" / "default.toml").read_text() == DEFAULT_TOPOLOGY

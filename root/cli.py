@@ -1,0 +1,59 @@
+"""hvstack's launcher: the root partition's management service, and the attach commands.
+
+    python launch.py                       run the embedded default topology
+    python launch.py run configs/X.toml    run a topology file
+    python launch.py bench [--json]        round trips against a pure-pyzmq floor
+    python launch.py ls                    live runs
+    python launch.py status RUN            partitions, VPs, counters, processes
+    python launch.py stop RUN              end a run cleanly
+    python launch.py io RUN PARTITION OP…  execute instructions on a VP's behalf
+
+and top, stats, trace, console, ctl, screen and keys (``python launch.py --help``).  The
+argument parser is assembled from the modules of root.commands; :func:`main` takes the
+arguments and returns the exit status, so every command runs in-process as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from proto.errors import HvstackError, PeerTimeout
+from root.client import HypercallFailed
+from root.commands import bench, console, ctl, io, keys, ls, run, screen, stats, status, stop, top, trace
+from root.commands.common import PROG, complain
+
+DESCRIPTION = __doc__.split("\n\n")[0]
+# Every command, in the order `launch.py --help` lists them.
+COMMANDS = (run, ls, status, stop, io, screen, keys, trace, console, ctl, bench, top, stats)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
+    sub = ap.add_subparsers(dest="cmd")
+    for command in COMMANDS:
+        p = sub.add_parser(command.NAME, help=command.HELP)
+        command.arguments(p)
+        p.set_defaults(fn=command.run)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command (``run`` when none is named: ``python launch.py [--duration S]``
+    runs the default topology); returns the exit status.  A usage error is status 2, as
+    argparse gives it, and ``--help`` status 0."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv = ["run", *argv]  # no command: run the default topology
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse: --help, or a usage error it has printed
+        return e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+    try:
+        return args.fn(args)
+    except HvstackError as e:
+        complain(args.cmd, str(e))
+        return 1
+    except (PeerTimeout, HypercallFailed) as e:
+        complain(args.cmd, str(e))
+        return 1

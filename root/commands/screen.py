@@ -1,0 +1,29 @@
+"""``screen RUN PARTITION``: print a live partition's VGA text screen (its worker's view)."""
+
+from __future__ import annotations
+
+import argparse
+
+from root.client import RootClient
+from root.commands.common import complain
+from root.rundir import live_run, partition_of
+
+NAME = "screen"
+HELP = "print a live partition's VGA text screen"
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run")
+    p.add_argument("partition")
+
+
+def run(args) -> int:
+    run, man = live_run(args.run)
+    pid = partition_of(run, man, args.partition)
+    with RootClient(man["endpoint"], run.secret()) as root:
+        screen = root.worker_query(pid, "screen")
+    if "error" in screen:
+        complain(NAME, screen["error"])
+        return 1
+    print(screen["text"])
+    return 0

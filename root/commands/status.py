@@ -1,0 +1,82 @@
+"""``status RUN [--json]``: a live run's partitions and their state, each VP's state and exits
+by reason, unclaimed I/O, worker timeouts, per-path latency, and each process's pid, CPU %,
+RSS and threads."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import psutil
+
+from root.client import RootClient
+from root.report import indent, path_rows, table
+from root.rundir import live_run, partition_names
+
+NAME = "status"
+HELP = "a live run's partitions, VPs, counters, processes"
+CPU_SAMPLE_S = 0.2  # CPU % is measured over this long
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run")
+    p.add_argument("--json", action="store_true")
+
+
+def process_rows(man: dict) -> list[list[str]]:
+    """name, pid, CPU %, RSS and threads of the launcher and each process of a run."""
+    rows = []
+    procs = {"launcher": {"pid": man.get("launcher_pid")}, **man.get("processes", {})}
+    handles = {}
+    for name, info in procs.items():
+        try:
+            h = psutil.Process(info["pid"])
+            h.cpu_percent(None)
+            handles[name] = h
+        except (psutil.Error, TypeError):
+            handles[name] = None
+    time.sleep(CPU_SAMPLE_S)
+    for name, info in procs.items():
+        h = handles[name]
+        if h is None:
+            rows.append([name, str(info.get("pid")), "gone", "", ""])
+            continue
+        try:
+            with h.oneshot():
+                rows.append([name, str(h.pid), f"{h.cpu_percent(None):.0f}%",
+                             f"{h.memory_info().rss / 2**20:.1f} MiB", str(h.num_threads())])
+        except psutil.Error:
+            rows.append([name, str(info.get("pid")), "gone", "", ""])
+    return rows
+
+
+def run(args) -> int:
+    run, man = live_run(args.run)
+    with RootClient(man["endpoint"], run.secret()) as root:
+        status = root.status()
+    procs = process_rows(man)
+    if args.json:
+        print(json.dumps({"run": run.name, "hypervisor": {k: v for k, v in status.items() if k != "partitions"},
+                          "partitions": status["partitions"], "names": man.get("partitions", {}),
+                          "processes": procs}, indent=2))
+        return 0
+    names = partition_names(man)
+    print(f"run {run.name}: hypervisor up {status['uptime_s']:.1f} s, {status['peers']} peers, "
+          f"{status['counters']['messages']} messages, {status['counters']['malformed']} malformed, "
+          f"{status['counters']['refused_hellos']} refused hellos")
+    for p in status["partitions"]:
+        print(f"\npartition {names.get(p['id'], p['id'])} (id {p['id']}): {p['state']}, "
+              f"worker {'up' if p['worker'] else 'missing'}, unclaimed I/O {p['unclaimed_reads']}r/"
+              f"{p['unclaimed_writes']}w, worker timeouts {p['worker_timeouts']}")
+        rows = [[str(vp["index"]), vp["state"], *(str(vp["exits"][k]) for k in vp["exits"]), str(vp["faults"])]
+                for vp in p["vps"]]
+        if p["vps"]:
+            headers = ["vp", "state", *p["vps"][0]["exits"].keys(), "faults"]
+            print(indent(table(headers, rows, "ll" + "r" * (len(headers) - 2))))
+        prow = path_rows(p["paths"])
+        if prow:
+            print(indent(table(["path", "count", "p50 µs", "p99 µs", "max µs"], prow)))
+    print()
+    print(table(["process", "pid", "CPU", "RSS", "threads"], procs, "lrrrr"))
+    return 0

@@ -1,0 +1,279 @@
+"""A run's life cycle: start the hypervisor, create the partitions (the TLFS host flow), start
+each one's worker and then the partition itself; supervise; end.
+
+A run ends when every VP has halted after its workloads, on Ctrl-C or SIGTERM (`stop`
+sends one), when `ctl stop` has stopped every partition, or when any of its processes dies
+— and then every process of the run is gone (partitions, then workers, then the
+hypervisor) and ``manifest.json`` in the run directory says how it ended.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from proto import auth
+from proto.errors import HvstackError
+from proto.transport import ipc_endpoint
+from root import hostflow
+from root.client import ConsoleWatcher, RootClient
+from root.procs import Proc, describe_exit, spawn, stop_procs
+from root.report import Output
+from root.rundir import RunDir, new_run_dir, pid_alive, write_json
+from root.topology import Topology
+
+HV_READY_TIMEOUT_S = 10.0
+WORKER_READY_TIMEOUT_S = 10.0
+STATUS_INTERVAL_S = 0.25  # how often supervision reads the hypervisor's status
+FINISH_GRACE_S = 30  # beyond the duration, before guests that have not finished end the run
+UNTIL_STOPPED_S = 86400.0  # the guest's duration when the run's is 0 ("until stopped")
+# Stop order: the partitions first, then their workers, then the hypervisor.
+STOP_ORDER = {"partition": 0, "worker": 1, "hypervisor": 2}
+# Guest memory dies with the run; the manifest, logs, consoles, NVRAM and disk images stay.
+GUEST_MEMORY_FILES = ("memory.pool", "slat-*.bin", "tlb-*.bin")
+
+
+class RunEnded(Exception):
+    """The run is over, for ``reason``; the launcher exits with ``exit_code`` (0 when it
+    ended as asked, 130 on SIGINT, 1 when something died or did not start)."""
+
+    def __init__(self, reason: str, exit_code: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.exit_code = exit_code
+
+
+@dataclass
+class Run:
+    topology: Topology
+    out: Output
+    duration_s: float | None = None  # None: the topology's
+    run: RunDir = field(init=False)
+    procs: list[Proc] = field(default_factory=list)
+    partition_ids: dict[str, int] = field(default_factory=dict)
+    endpoint: str = ""
+    secret: str = field(default_factory=auth.new_secret)
+    root: RootClient | None = None
+    watcher: ConsoleWatcher | None = None
+    final_status: dict | None = None
+    _stop_reason: str | None = None
+    _console_partial: dict = field(default_factory=dict)
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.run = new_run_dir(self.topology.name)
+        secret_path = self.run.path / "secret"
+        secret_path.write_text(self.secret)
+        secret_path.chmod(0o600)
+        self._manifest_update(state="starting")
+        if self.topology.transport == "ipc":
+            endpoint = ipc_endpoint(str(self.run.path / "hv.sock"))
+        else:
+            endpoint = "tcp://127.0.0.1:0"
+        logs = self.run.path / "logs"
+        pool_pages = hostflow.pool_pages(self.topology)
+        hv = spawn("hypervisor", "hv", "hypervisor",
+                   ["--endpoint", endpoint, "--lps", str(self.topology.logical_processors),
+                    "--memory-dir", str(self.run.path), "--pool-pages", str(pool_pages)],
+                   {"HVSTACK_SECRET": self.secret},
+                   logs, stdout=subprocess.PIPE)
+        self.procs.append(hv)
+        self.endpoint = self._await_ready(hv)
+        self.root = RootClient(self.endpoint, self.secret)
+        free = hostflow.free_pages(pool_pages, self.run.name)
+        for pc in self.topology.partitions:
+            self.partition_ids[pc.name] = hostflow.create_partition(self.root, pc, free)
+        self._manifest_update()
+        self.watcher = ConsoleWatcher(self.endpoint, self.secret, list(self.partition_ids.values()))
+        for pc in self.topology.partitions:
+            pid = self.partition_ids[pc.name]
+            token = auth.peer_token(self.secret, "worker", pid)
+            devices = pc.worker_devices(self.run.path, self.topology.base_dir or self.run.path)
+            spec = {"endpoint": self.endpoint, "partition_id": pid, "name": pc.name,
+                    "console_path": str(self.run.path / f"console-{pc.name}.log"), "devices": devices}
+            spec_path = self.run.path / f"worker-{pc.name}.json"
+            write_json(spec_path, spec)
+            self.procs.append(spawn("worker", pc.name, "worker", ["--spec", str(spec_path)],
+                                    {"HVSTACK_TOKEN": token}, logs))
+        self._manifest_update()
+        self._await_workers()
+        for pc in self.topology.partitions:
+            pid = self.partition_ids[pc.name]
+            token = auth.peer_token(self.secret, "vp", pid)
+            spec = {"endpoint": self.endpoint, "partition_id": pid, "name": pc.name, "vps": pc.vps,
+                    "memory_mb": pc.memory_mb, "workloads": pc.workloads,
+                    # 0 means "until stopped": the guest runs its workloads for a day.
+                    "duration_s": self.duration if self.duration > 0 else UNTIL_STOPPED_S}
+            spec_path = self.run.path / f"partition-{pc.name}.json"
+            write_json(spec_path, spec)
+            self.procs.append(spawn("partition", pc.name, "partitions", ["--spec", str(spec_path)],
+                                    {"HVSTACK_TOKEN": token}, logs))
+        self._manifest_update(state="running")
+
+    def _await_ready(self, hv: Proc) -> str:
+        deadline = time.monotonic() + HV_READY_TIMEOUT_S
+        line = b""
+        while time.monotonic() < deadline:
+            if hv.popen.poll() is not None:
+                raise RunEnded(f"hypervisor {describe_exit(hv.popen.returncode)} at start "
+                               f"(see {hv.log_path})", 1)
+            ready, _, _ = select.select([hv.popen.stdout], [], [], 0.1)
+            if ready:
+                line = hv.popen.stdout.readline()
+                if line.startswith(b"READY "):
+                    hv.popen.stdout.close()
+                    return line.split()[1].decode()
+        raise RunEnded(f"hypervisor not ready in {HV_READY_TIMEOUT_S} s (see {hv.log_path})", 1)
+
+    def _await_workers(self) -> None:
+        deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
+        while True:
+            self._check_procs()
+            status = self.root.status()
+            if all(p["worker"] and p["ranges"] for p in status["partitions"]):
+                return
+            if time.monotonic() > deadline:
+                raise RunEnded(f"workers not ready in {WORKER_READY_TIMEOUT_S} s", 1)
+            time.sleep(0.05)
+
+    def _check_procs(self) -> None:
+        for p in self.procs:
+            code = p.popen.poll()
+            if code is not None:
+                raise RunEnded(f"{p.role} {p.name} (pid {p.pid}) {describe_exit(code)}", 1)
+
+    def request_stop(self, reason: str) -> None:
+        self._stop_reason = reason
+
+    @property
+    def duration(self) -> float:
+        return self.topology.duration_s if self.duration_s is None else self.duration_s
+
+    def supervise(self) -> dict:
+        """Until every VP has finished its workloads (a run with a duration), a stop
+        request, a death, or every partition stopped by `ctl stop`."""
+        grace = self.duration + FINISH_GRACE_S
+        deadline = time.monotonic() + grace
+        next_status = 0.0
+        stopped: set[int] = set()
+        while True:
+            self._pump_console(100)
+            if self._stop_reason:
+                raise RunEnded(self._stop_reason, 130 if "SIGINT" in self._stop_reason else 0)
+            self._check_procs()
+            if time.monotonic() < next_status:
+                continue
+            next_status = time.monotonic() + STATUS_INTERVAL_S
+            status = self.root.status()
+            for p in status["partitions"]:
+                if p["state"] == "finalized" and p["id"] not in stopped:
+                    stopped.add(p["id"])
+                    self._stop_partition(p["id"])
+            if len(stopped) == len(self.partition_ids):
+                raise RunEnded("every partition was stopped (ctl stop)", 0)
+            if self.duration > 0:
+                vps = [vp for p in status["partitions"] if p["id"] not in stopped for vp in p["vps"]]
+                if vps and all(vp["guest"].get("workloads_done") for vp in vps):
+                    self._pump_console(50)
+                    return status
+                if time.monotonic() > deadline:
+                    raise RunEnded(f"guests did not finish within {grace:.0f} s", 1)
+
+    def _stop_partition(self, pid: int) -> None:
+        """`ctl stop`: end one partition's processes; the rest of the run goes on."""
+        name = next(n for n, i in self.partition_ids.items() if i == pid)
+        procs = [p for p in self.procs if p.role in ("partition", "worker") and p.name == name]
+        exits = stop_procs(sorted(procs, key=lambda p: p.role != "partition"))
+        for p in procs:
+            self.procs.remove(p)
+        self.out.print(f"partition {name} stopped: " + ", ".join(f"{k} {describe_exit(v)}" for k, v in exits.items()))
+        self._manifest_update(stopped_partitions=sorted(
+            set(self.run.manifest().get("stopped_partitions", [])) | {name}))
+
+    def _pump_console(self, timeout_ms: int) -> None:
+        if self.watcher is None:
+            time.sleep(timeout_ms / 1000)
+            return
+        names = {v: k for k, v in self.partition_ids.items()}
+        for pid, data in self.watcher.poll(timeout_ms):
+            buf = self._console_partial.get(pid, b"") + data
+            *lines, rest = buf.split(b"\n")
+            self._console_partial[pid] = rest
+            for line in lines:
+                self.out.console(names.get(pid, str(pid)), line.rstrip(b"\r").decode(errors="replace"))
+
+    def finish(self, reason: str, exit_code: int) -> None:
+        """Stop every process (partitions, then workers, then the hypervisor) and record why."""
+        if self.root is not None and self.final_status is None:
+            try:
+                self.final_status = self.root.status()
+            except (HvstackError, OSError):
+                pass
+        for c in (self.watcher, self.root):
+            if c is not None:
+                c.close()
+        exits: dict = {}
+        for stage in range(len(STOP_ORDER)):
+            exits.update(stop_procs([p for p in self.procs if STOP_ORDER[p.role] == stage]))
+        left = [p.pid for p in self.procs if pid_alive(p.pid)]
+        if not left:
+            for pattern in GUEST_MEMORY_FILES:
+                for f in self.run.path.glob(pattern):
+                    f.unlink(missing_ok=True)
+        self._manifest_update(state="ended", ended={
+            "reason": reason, "exit_code": exit_code, "at": datetime.now(timezone.utc).isoformat(),
+            "exits": {k: describe_exit(v) for k, v in exits.items()}, "left_running": left})
+
+    def _manifest_update(self, **changes) -> None:
+        path = self.run.manifest_path
+        man = json.loads(path.read_text()) if path.exists() else {
+            "name": self.run.name, "created": datetime.now(timezone.utc).isoformat(),
+            "launcher_pid": os.getpid(), "config": self.topology.to_dict()}
+        man.update({
+            "endpoint": self.endpoint,
+            "processes": {f"{p.role}:{p.name}": {"pid": p.pid, "log": str(p.log_path)} for p in self.procs},
+            "partitions": {name: {"id": pid, "console": str(self.run.path / f"console-{name}.log")}
+                           for name, pid in self.partition_ids.items()},
+        })
+        man.update(changes)
+        write_json(path, man)
+
+
+def execute(topology: Topology, out: Output, duration_s: float | None = None) -> tuple[Run, str, int]:
+    """Start a run, supervise it, end it; returns (run, reason, exit code).  Ctrl-C and
+    SIGTERM end the run the same way as a dead process does: every process goes."""
+    run = Run(topology, out, duration_s)
+
+    def on_signal(signum, frame):
+        name = signal.Signals(signum).name
+        stop_file = run.run.path / "stop-requested" if hasattr(run, "run") else None
+        who = stop_file.read_text().strip() if stop_file is not None and stop_file.exists() else ""
+        run.request_stop(f"{name}{' from ' + who if who else ''}")
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    reason, code = "guests finished their workloads", 0
+    try:
+        try:
+            run.start()
+            out.started(run)
+            run.final_status = run.supervise()
+        except RunEnded as e:
+            reason, code = e.reason, e.exit_code
+        except (HvstackError, OSError) as e:
+            reason, code = f"launcher error: {e}", 1
+        finally:
+            if hasattr(run, "run"):
+                if run._stop_reason and code == 0 and reason.startswith("guests"):
+                    reason = run._stop_reason
+                run.finish(reason, code)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    return run, reason, code

@@ -1,0 +1,325 @@
+"""Topologies: the TOML schema, its defaults, and checks whose errors name file, line and key.
+
+A topology names logical processors and partitions (VPs, memory, devices, enlightenments,
+workloads).  ``python launch.py`` with no topology runs the embedded default.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from proto.codes import HV_CHILD_ENLIGHTENED_PRIVILEGES, HV_SPIN_RETRY_NEVER, HvPrivilege, HvRecommendation
+from proto.errors import ConfigError
+
+DEFAULT_TOPOLOGY = """\
+# The embedded default topology: two partitions on two logical processors, one offered
+# the enlightenments and one without.  Each has the Hyper-V generation-1 chipset (PIC, PIT,
+# CMOS RTC, i8042, VGA text, COM1); the enlightened one also has an ATA disk, whose image
+# is created in the run directory.
+[run]
+name = "default"
+duration_s = 3.0
+logical_processors = 2
+transport = "ipc"
+
+[[partition]]
+name = "enlightened"
+vps = 2
+memory_mb = 16
+enlightenments = ["hypercall", "vp_index", "reference_counter", "apic"]
+recommendations = ["relaxed_timing", "apic_msrs"]
+spin_retry = 0xFFF
+chipset = "gen1"
+disk = { image = "disk-enlightened.img", size_mb = 16 }
+workloads = ["serial", "screen", "disk", "portio", "cpuid", "msr", "hypercall"]
+
+[[partition]]
+name = "legacy"
+vps = 2
+memory_mb = 16
+enlightenments = []
+chipset = "gen1"
+workloads = ["serial", "screen", "portio", "cpuid", "msr", "hypercall"]
+"""
+
+DEFAULT_SOURCE = "<default>"
+
+ENLIGHTENMENTS = {
+    "apic": HvPrivilege.AccessApicMsrs,  # EOI/ICR/TPR MSRs and the VP assist page
+    "hypercall": HvPrivilege.AccessHypercallMsrs,
+    "vp_index": HvPrivilege.AccessVpIndex,
+    "reference_counter": HvPrivilege.AccessPartitionReferenceCounter,
+}
+assert sum(ENLIGHTENMENTS.values()) == HV_CHILD_ENLIGHTENED_PRIVILEGES
+RECOMMENDATIONS = {
+    "address_space_switch_hypercall": HvRecommendation.UseHypercallForAddressSpaceSwitch,
+    "local_flush_hypercall": HvRecommendation.UseHypercallForLocalFlush,
+    "remote_flush_hypercall": HvRecommendation.UseHypercallForRemoteFlush,
+    "apic_msrs": HvRecommendation.UseApicMsrs,
+    "relaxed_timing": HvRecommendation.UseRelaxedTiming,
+}
+WORKLOADS = ("serial", "portio", "cpuid", "msr", "hypercall", "timer", "screen", "disk", "diskbench",
+             "spinlock", "compute", "eoi_mmio", "eoi_msr", "eoi_assist", "tlb_reader", "tlb_flusher")
+# The devices a topology may name, and the settings each takes (the worker checks values).
+DEVICE_KEYS = {
+    "uart16550": {"name", "base", "irq"},
+    "pic8259": {"name", "elcr_fixed_edge", "elcr_at_reset"},
+    "pit8254": {"name", "port61", "input_hz"},
+    "cmos_rtc": {"base", "irq", "nvram_path"},
+    "ata": {"name", "image_path", "size_bytes", "model", "serial", "firmware", "command_base",
+            "control_port", "irq"},
+    "vga_text": {"name"},
+    "i8042": {"data_port", "command_port", "irq", "aux_irq", "keyboard_queue_size"},
+}
+# chipset = "gen1": the legacy devices of a Hyper-V generation-1 VM (hyperv-facts.md §5);
+# "minimal": COM1 alone, polled (no interrupt controller).
+CHIPSETS = {
+    "gen1": [{"type": "pic8259"}, {"type": "pit8254"}, {"type": "cmos_rtc"}, {"type": "i8042"},
+             {"type": "vga_text"}, {"type": "uart16550", "name": "com1", "base": 0x3F8, "irq": 4}],
+    "minimal": [{"type": "uart16550", "name": "com1", "base": 0x3F8, "irq": 4}],
+}
+NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+@dataclass
+class PartitionConfig:
+    name: str
+    vps: int
+    memory_mb: int
+    enlightenments: list[str]
+    recommendations: list[str]
+    spin_retry: int
+    workloads: list[str]
+    chipset: str
+    disk: dict | None  # {"image": path, "size_mb": n}
+    devices: list[dict]  # extra devices beyond the chipset's
+    cpu: dict  # {"reserve": %, "limit": %, "weight": n}, per VP, as Hyper-V's processor settings
+
+    @property
+    def privileges(self) -> int:
+        return sum(int(ENLIGHTENMENTS[e]) for e in self.enlightenments)
+
+    @property
+    def recommendation_bits(self) -> int:
+        return sum(int(RECOMMENDATIONS[r]) for r in self.recommendations)
+
+    def worker_devices(self, run_dir: Path, base_dir: Path) -> list[dict]:
+        """The device list the worker builds: the chipset, the disk, then extra devices.
+        Relative paths are relative to the topology file (the run directory for the
+        embedded default); the RTC's NVRAM is kept in the run directory."""
+        devices = [dict(d) for d in CHIPSETS[self.chipset]]
+        for d in devices:
+            if d["type"] == "cmos_rtc":
+                d["nvram_path"] = str(run_dir / f"nvram-{self.name}.bin")
+        if self.disk:
+            image = Path(self.disk["image"])
+            devices.append({"type": "ata", "image_path": str(image if image.is_absolute() else base_dir / image),
+                            "size_bytes": self.disk["size_mb"] << 20})
+        devices.extend(dict(d) for d in self.devices)
+        return devices
+
+
+@dataclass
+class Topology:
+    source: str
+    base_dir: Path | None  # the topology file's directory; None for the embedded one
+    name: str
+    duration_s: float
+    logical_processors: int
+    transport: str
+    partitions: list[PartitionConfig]
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source, "base_dir": str(self.base_dir) if self.base_dir else None,
+            "name": self.name, "duration_s": self.duration_s,
+            "logical_processors": self.logical_processors, "transport": self.transport,
+            "partitions": [p.__dict__ for p in self.partitions],
+        }
+
+
+class _Locator:
+    """Finds the line of ``key`` in table ``[table]`` (the n-th ``[[table]]``) of a TOML text,
+    so a config error can name it; tomllib keeps no positions."""
+
+    def __init__(self, text: str) -> None:
+        self.lines = text.splitlines()
+
+    def line_of(self, table: str, index: int | None, key: str | None) -> int | None:
+        header_line, seen, inside = None, -1, table == ""
+        for no, raw in enumerate(self.lines, 1):
+            line = raw.strip()
+            m = re.match(r"^\[\[?\s*([A-Za-z0-9_.-]+)\s*\]\]?", line)
+            if m:
+                if m.group(1) == table:
+                    seen += 1
+                    inside = index is None or seen == index
+                    if inside:
+                        header_line = no
+                elif not m.group(1).startswith(table + ".") or not inside:
+                    inside = False
+                continue
+            if inside and key and re.match(rf"^{re.escape(key)}\s*=", line):
+                return no
+        return header_line
+
+
+def _config_error(path: str, loc: _Locator, table: str, index: int | None, key: str | None, why: str):
+    line = loc.line_of(table, index, key)
+    where = f"{path}:{line}" if line else path
+    what = f"[{table}]" if index is None else f"[[{table}]] #{index + 1}"
+    if table == "":
+        what = "top level"
+    return ConfigError(f"{where}: {what} {key + ': ' if key else ''}{why}")
+
+
+def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topology:
+    """Parse and check a topology; every problem names the file, line and key."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from e
+    loc = _Locator(text)
+
+    def err(table, index, key, why):
+        return _config_error(source, loc, table, index, key, why)
+
+    def check_keys(d, allowed, table, index):
+        for k in d:
+            if k not in allowed:
+                raise err(table, index, k, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+
+    def get(d, key, kind, table, index, default=None, required=False):
+        if key not in d:
+            if required:
+                raise err(table, index, None, f"missing key {key!r}")
+            return default
+        v = d[key]
+        ok = isinstance(v, kind) and not (kind is int and isinstance(v, bool))
+        if kind is float and isinstance(v, int) and not isinstance(v, bool):
+            v, ok = float(v), True
+        if not ok:
+            names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            raise err(table, index, key, f"expected {names}, got {type(v).__name__} {v!r}")
+        return v
+
+    check_keys(data, {"run", "partition"}, "", None)
+    run = data.get("run", {})
+    if not isinstance(run, dict):
+        raise err("", None, "run", "must be a table")
+    check_keys(run, {"name", "duration_s", "logical_processors", "transport"}, "run", None)
+    name = get(run, "name", str, "run", None, "run")
+    if not NAME_RE.match(name):
+        raise err("run", None, "name", f"{name!r} must be lowercase letters, digits, - or _ (≤32)")
+    duration = get(run, "duration_s", float, "run", None, 3.0)
+    if not 0 <= duration <= 86400:
+        raise err("run", None, "duration_s", f"{duration} is outside 0..86400 (0 runs until stopped)")
+    lps = get(run, "logical_processors", int, "run", None, 2)
+    if not 1 <= lps <= 64:
+        raise err("run", None, "logical_processors", f"{lps} is outside 1..64")
+    transport = get(run, "transport", str, "run", None, "ipc")
+    if transport not in ("ipc", "tcp"):
+        raise err("run", None, "transport", f"{transport!r} is not 'ipc' or 'tcp'")
+
+    raw_parts = data.get("partition", [])
+    if not isinstance(raw_parts, list) or not raw_parts:
+        raise err("", None, None, "at least one [[partition]] is needed")
+    parts: list[PartitionConfig] = []
+    names = set()
+    for i, p in enumerate(raw_parts):
+        t = "partition"
+        check_keys(p, {"name", "vps", "memory_mb", "enlightenments", "recommendations", "spin_retry",
+                       "workloads", "chipset", "disk", "cpu", "device"}, t, i)
+        pname = get(p, "name", str, t, i, required=True)
+        if not NAME_RE.match(pname):
+            raise err(t, i, "name", f"{pname!r} must be lowercase letters, digits, - or _ (≤32)")
+        if pname in names:
+            raise err(t, i, "name", f"{pname!r} is used by another partition")
+        names.add(pname)
+        vps = get(p, "vps", int, t, i, 1)
+        if not 1 <= vps <= 64:
+            raise err(t, i, "vps", f"{vps} is outside 1..64")
+        mem = get(p, "memory_mb", int, t, i, 16)
+        if not 1 <= mem <= 4096:
+            raise err(t, i, "memory_mb", f"{mem} is outside 1..4096")
+        enl = get(p, "enlightenments", list, t, i, [])
+        for e in enl:
+            if e not in ENLIGHTENMENTS:
+                raise err(t, i, "enlightenments", f"unknown {e!r} (known: {', '.join(ENLIGHTENMENTS)})")
+        rec = get(p, "recommendations", list, t, i, [])
+        for r in rec:
+            if r not in RECOMMENDATIONS:
+                raise err(t, i, "recommendations", f"unknown {r!r} (known: {', '.join(RECOMMENDATIONS)})")
+        spin = get(p, "spin_retry", int, t, i, HV_SPIN_RETRY_NEVER)
+        if not 0 <= spin <= 0xFFFFFFFF:
+            raise err(t, i, "spin_retry", f"{spin} is not a 32-bit count")
+        wls = get(p, "workloads", list, t, i, ["serial"])
+        for w in wls:
+            if w not in WORKLOADS:
+                raise err(t, i, "workloads", f"unknown {w!r} (known: {', '.join(WORKLOADS)})")
+        chipset = get(p, "chipset", str, t, i, "gen1")
+        if chipset not in CHIPSETS:
+            raise err(t, i, "chipset", f"unknown {chipset!r} (known: {', '.join(CHIPSETS)})")
+        disk = get(p, "disk", dict, t, i, None)
+        if disk is not None:
+            if set(disk) - {"image", "size_mb"} or not isinstance(disk.get("image"), str) or not disk["image"]:
+                raise err(t, i, "disk", "must be { image = \"path\", size_mb = N }")
+            size = disk.get("size_mb", 64)
+            if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 1 << 20:
+                raise err(t, i, "disk", f"size_mb {size!r} is outside 1..1048576")
+            if chipset != "gen1":
+                raise err(t, i, "disk", "an ATA disk needs chipset = \"gen1\" (its IRQ goes to the PIC)")
+            disk = {"image": disk["image"], "size_mb": size}
+        cpu = get(p, "cpu", dict, t, i, {})
+        for k, v in cpu.items():
+            if k not in ("reserve", "limit", "weight"):
+                raise err(t, i, "cpu", f"unknown setting {k!r} (reserve, limit, weight)")
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise err(t, i, "cpu", f"{k} = {v!r} is not a number")
+            lo, hi = (1, 10000) if k == "weight" else (0, 100)
+            if not lo <= v <= hi:
+                raise err(t, i, "cpu", f"{k} = {v} is outside {lo}..{hi}{'' if k == 'weight' else ' (percent of an LP)'}")
+        if cpu.get("reserve", 0) > cpu.get("limit", 100):
+            raise err(t, i, "cpu", "reserve is above limit")
+        devices = []
+        raw_devs = p.get("device", [])
+        if not isinstance(raw_devs, list):
+            raise err(t, i, "device", "must be an array of tables ([[partition.device]])")
+        dev_names = {d.get("name", d["type"]) for d in CHIPSETS[chipset]}
+        for d in raw_devs:
+            dt = "partition.device"
+            kind = get(d, "type", str, dt, None, required=True)
+            if kind not in DEVICE_KEYS:
+                raise err(dt, None, "type", f"unknown device {kind!r} (known: {', '.join(DEVICE_KEYS)})")
+            for k in d:
+                if k != "type" and k not in DEVICE_KEYS[kind]:
+                    raise err(dt, None, k, f"{kind} has no setting {k!r} (it takes: {', '.join(sorted(DEVICE_KEYS[kind]))})")
+            for k in ("base", "irq"):
+                if k in d and (not isinstance(d[k], int) or isinstance(d[k], bool) or not 0 <= d[k] <= 0xFFFF):
+                    raise err(dt, None, k, f"{d[k]!r} is not a port/IRQ number")
+            dname = d.get("name", kind)
+            if dname in dev_names:
+                raise err(dt, None, "name", f"{dname!r} is already in partition {pname!r} (the chipset has "
+                                            f"{', '.join(sorted(dev_names))}); give it another name")
+            dev_names.add(dname)
+            devices.append(dict(d))
+        parts.append(PartitionConfig(pname, vps, mem, list(enl), list(rec), spin, list(wls), chipset, disk,
+                                     devices, dict(cpu)))
+    return Topology(source, base_dir, name, duration, lps, transport, parts)
+
+
+def read_topology(path: str) -> Topology:
+    """A topology file; relative paths in it (a disk image) are relative to its directory."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
+    return load_topology(text, path, Path(path).resolve().parent)
+
+
+def default_topology() -> Topology:
+    """The embedded default, as ``python launch.py`` with no topology runs it."""
+    return load_topology(DEFAULT_TOPOLOGY, DEFAULT_SOURCE)
