@@ -1,18 +1,23 @@
 """Topologies: the TOML schema, its defaults, and checks whose errors name file, line and key.
 
 A topology names logical processors and partitions (VPs, memory, devices, enlightenments,
-workloads).  ``python launch.py`` with no topology runs the embedded default.
+workloads).  The device types and their settings are the worker's device vocabulary
+(``worker.chipset.DEVICE_SETTINGS``: each type's config dataclass), and the workload names
+are the guest's (``partitions.workloads.WORKLOADS``), so neither is repeated here.
+``python launch.py`` with no topology runs the embedded default.
 """
 
 from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
+from partitions.workloads import WORKLOADS as GUEST_WORKLOADS
 from proto.codes import HV_CHILD_ENLIGHTENED_PRIVILEGES, HV_SPIN_RETRY_NEVER, HvPrivilege, HvRecommendation
 from proto.errors import ConfigError
+from worker.chipset import DEVICE_SETTINGS
 
 DEFAULT_TOPOLOGY = """\
 # The embedded default topology: two partitions on two logical processors, one offered
@@ -61,19 +66,11 @@ RECOMMENDATIONS = {
     "apic_msrs": HvRecommendation.UseApicMsrs,
     "relaxed_timing": HvRecommendation.UseRelaxedTiming,
 }
-WORKLOADS = ("serial", "portio", "cpuid", "msr", "hypercall", "timer", "screen", "disk", "diskbench",
-             "spinlock", "compute", "eoi_mmio", "eoi_msr", "eoi_assist", "tlb_reader", "tlb_flusher")
-# The devices a topology may name, and the settings each takes (the worker checks values).
-DEVICE_KEYS = {
-    "uart16550": {"name", "base", "irq"},
-    "pic8259": {"name", "elcr_fixed_edge", "elcr_at_reset"},
-    "pit8254": {"name", "port61", "input_hz"},
-    "cmos_rtc": {"base", "irq", "nvram_path"},
-    "ata": {"name", "image_path", "size_bytes", "model", "serial", "firmware", "command_base",
-            "control_port", "irq"},
-    "vga_text": {"name"},
-    "i8042": {"data_port", "command_port", "irq", "aux_irq", "keyboard_queue_size"},
-}
+# The workloads a partition may run: the guest's own table.
+WORKLOADS = tuple(GUEST_WORKLOADS)
+# The devices a topology may name, and the settings each takes: the fields of the worker's
+# config dataclass for it (the worker checks values).
+DEVICE_KEYS = {kind: {f.name for f in fields(config)} for kind, config in DEVICE_SETTINGS.items()}
 # chipset = "gen1": the legacy devices of a Hyper-V generation-1 VM (hyperv-facts.md §5);
 # "minimal": COM1 alone, polled (no interrupt controller).
 CHIPSETS = {
