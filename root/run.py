@@ -39,7 +39,7 @@ STOP_ORDER = {"partition": 0, "worker": 1, "hypervisor": 2}
 GUEST_MEMORY_FILES = ("memory.pool", "slat-*.bin", "tlb-*.bin")
 
 
-class RunEnded(Exception):
+class RunEnded(HvstackError):
     """The run is over, for ``reason``; the launcher exits with ``exit_code`` (0 when it
     ended as asked, 130 on SIGINT, 1 when something died or did not start)."""
 
