@@ -18,8 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from proto.errors import HvstackError, PeerTimeout
-from root.client import HypercallFailed
+from proto.errors import HvstackError
 from root.commands import bench, console, ctl, io, keys, ls, run, screen, stats, status, stop, top, trace
 from root.commands.common import PROG, complain
 
@@ -52,8 +51,5 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except HvstackError as e:
-        complain(args.cmd, str(e))
-        return 1
-    except (PeerTimeout, HypercallFailed) as e:
         complain(args.cmd, str(e))
         return 1
