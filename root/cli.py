@@ -1,6 +1,6 @@
 """hvstack's launcher: the root partition's management service, and the attach commands.
 
-    python launch.py                       run the embedded default topology
+    python launch.py                       run the default topology (configs/default.toml)
     python launch.py run configs/X.toml    run a topology file
     python launch.py bench [--json]        round trips against a pure-pyzmq floor
     python launch.py ls                    live runs

@@ -4,7 +4,7 @@ A topology names logical processors and partitions (VPs, memory, devices, enligh
 workloads).  The device types and their settings are the worker's device vocabulary
 (``worker.chipset.DEVICE_SETTINGS``: each type's config dataclass), and the workload names
 are the guest's (``partitions.workloads.WORKLOADS``), so neither is repeated here.
-``python launch.py`` with no topology runs the embedded default.
+``python launch.py`` with no topology runs ``configs/default.toml``.
 """
 
 from __future__ import annotations
@@ -17,39 +17,12 @@ from pathlib import Path
 from partitions.workloads import WORKLOADS as GUEST_WORKLOADS
 from proto.codes import HV_CHILD_ENLIGHTENED_PRIVILEGES, HV_SPIN_RETRY_NEVER, HvPrivilege, HvRecommendation
 from proto.errors import ConfigError
+from root import REPO
 from worker.chipset import DEVICE_SETTINGS
 
-DEFAULT_TOPOLOGY = """\
-# The embedded default topology: two partitions on two logical processors, one offered
-# the enlightenments and one without.  Each has the Hyper-V generation-1 chipset (PIC, PIT,
-# CMOS RTC, i8042, VGA text, COM1); the enlightened one also has an ATA disk, whose image
-# is created in the run directory.
-[run]
-name = "default"
-duration_s = 3.0
-logical_processors = 2
-transport = "ipc"
-
-[[partition]]
-name = "enlightened"
-vps = 2
-memory_mb = 16
-enlightenments = ["hypercall", "vp_index", "reference_counter", "apic"]
-recommendations = ["relaxed_timing", "apic_msrs"]
-spin_retry = 0xFFF
-chipset = "gen1"
-disk = { image = "disk-enlightened.img", size_mb = 16 }
-workloads = ["serial", "screen", "disk", "portio", "cpuid", "msr", "hypercall"]
-
-[[partition]]
-name = "legacy"
-vps = 2
-memory_mb = 16
-enlightenments = []
-chipset = "gen1"
-workloads = ["serial", "screen", "portio", "cpuid", "msr", "hypercall"]
-"""
-
+# The default topology: two partitions on two LPs, one offered the enlightenments and one
+# without (`python launch.py` runs it).
+DEFAULT_CONFIG = REPO / "configs" / "default.toml"
 DEFAULT_SOURCE = "<default>"
 
 ENLIGHTENMENTS = {
@@ -79,6 +52,7 @@ CHIPSETS = {
     "minimal": [{"type": "uart16550", "name": "com1", "base": 0x3F8, "irq": 4}],
 }
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+DISK_FORM = "must be { size_mb = N } (its image in the run directory) or { image = \"path\", size_mb = N }"
 
 
 @dataclass
@@ -91,7 +65,7 @@ class PartitionConfig:
     spin_retry: int
     workloads: list[str]
     chipset: str
-    disk: dict | None  # {"image": path, "size_mb": n}
+    disk: dict | None  # {"size_mb": n}, and {"image": path} when the topology names one
     devices: list[dict]  # extra devices beyond the chipset's
     cpu: dict  # {"reserve": %, "limit": %, "weight": n}, per VP, as Hyper-V's processor settings
 
@@ -105,14 +79,15 @@ class PartitionConfig:
 
     def worker_devices(self, run_dir: Path, base_dir: Path) -> list[dict]:
         """The device list the worker builds: the chipset, the disk, then extra devices.
-        Relative paths are relative to the topology file (the run directory for the
-        embedded default); the RTC's NVRAM is kept in the run directory."""
+        A disk image the topology names is relative to the topology file (``base_dir``);
+        one it does not name is ``disk-PARTITION.img`` in the run directory, as is the
+        RTC's NVRAM.  So running a topology writes nothing beside it unless it says so."""
         devices = [dict(d) for d in CHIPSETS[self.chipset]]
         for d in devices:
             if d["type"] == "cmos_rtc":
                 d["nvram_path"] = str(run_dir / f"nvram-{self.name}.bin")
         if self.disk:
-            image = Path(self.disk["image"])
+            image = Path(self.disk["image"]) if self.disk.get("image") else run_dir / f"disk-{self.name}.img"
             devices.append({"type": "ata", "image_path": str(image if image.is_absolute() else base_dir / image),
                             "size_bytes": self.disk["size_mb"] << 20})
         devices.extend(dict(d) for d in self.devices)
@@ -122,7 +97,7 @@ class PartitionConfig:
 @dataclass
 class Topology:
     source: str
-    base_dir: Path | None  # the topology file's directory; None for the embedded one
+    base_dir: Path | None  # the topology file's directory; None for the default and bench texts
     name: str
     duration_s: float
     logical_processors: int
@@ -262,14 +237,15 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
             raise err(t, i, "chipset", f"unknown {chipset!r} (known: {', '.join(CHIPSETS)})")
         disk = get(p, "disk", dict, t, i, None)
         if disk is not None:
-            if set(disk) - {"image", "size_mb"} or not isinstance(disk.get("image"), str) or not disk["image"]:
-                raise err(t, i, "disk", "must be { image = \"path\", size_mb = N }")
+            image = disk.get("image")
+            if set(disk) - {"image", "size_mb"} or (image is not None and (not isinstance(image, str) or not image)):
+                raise err(t, i, "disk", DISK_FORM)
             size = disk.get("size_mb", 64)
             if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 1 << 20:
                 raise err(t, i, "disk", f"size_mb {size!r} is outside 1..1048576")
             if chipset != "gen1":
                 raise err(t, i, "disk", "an ATA disk needs chipset = \"gen1\" (its IRQ goes to the PIC)")
-            disk = {"image": disk["image"], "size_mb": size}
+            disk = {"image": image, "size_mb": size} if image is not None else {"size_mb": size}
         cpu = get(p, "cpu", dict, t, i, {})
         for k, v in cpu.items():
             if k not in ("reserve", "limit", "weight"):
@@ -318,5 +294,9 @@ def read_topology(path: str) -> Topology:
 
 
 def default_topology() -> Topology:
-    """The embedded default, as ``python launch.py`` with no topology runs it."""
-    return load_topology(DEFAULT_TOPOLOGY, DEFAULT_SOURCE)
+    """``configs/default.toml``, as ``python launch.py`` with no topology runs it."""
+    try:
+        text = DEFAULT_CONFIG.read_text()
+    except OSError as e:
+        raise ConfigError(f"{DEFAULT_CONFIG}: cannot read the default topology: {e.strerror}") from e
+    return load_topology(text, DEFAULT_SOURCE)

@@ -29,15 +29,6 @@ def test_the_default_topology_runs_and_prints_banners_and_tables():
     assert man["state"] == "ended" and man["ended"]["exit_code"] == 0 and man["ended"]["left_running"] == []
 
 
-def test_every_shipped_config_is_valid():
-    from root.topology import read_topology
-
-    configs = sorted((REPO / "configs").glob("*.toml"))
-    assert len(configs) >= 2
-    for c in configs:
-        read_topology(str(c))
-
-
 @pytest.mark.parametrize("text, where, what", [
     ("[run]\nduration_s = 'soon'\n[[partition]]\nname='a'\n", ":2:", "duration_s: expected float"),
     ("[run]\n[[partition]]\nname = 'a'\nvps = 0\n", ":4:", "vps: 0 is outside 1..64"),
@@ -79,9 +70,3 @@ def test_bench_reports_each_path_beside_its_floor_as_json():
     ex = result["experiments"]
     assert set(ex["spinlock"]) == {"on", "off"} and ex["spinlock"]["on"]["notifications"] > 0
     assert ex["eoi"]["assist"]["eoi_exits_per_interrupt"] == 0 < ex["eoi"]["msr"]["eoi_exits_per_interrupt"]
-
-
-def test_configs_default_is_the_embedded_default():
-    from root.topology import DEFAULT_TOPOLOGY
-
-    assert (REPO / "configs" / "default.toml").read_text() == DEFAULT_TOPOLOGY
