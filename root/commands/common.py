@@ -6,7 +6,7 @@ import sys
 
 from proto.errors import HvstackError
 from root.client import RootClient
-from root.rundir import LAUNCHER_GONE, RunDir
+from root.rundir import RunDir
 
 PROG = "launch.py"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO, launch, short_run_root
+from tests.support import launch, short_run_root
 
 pytestmark = pytest.mark.integration
 
