@@ -34,7 +34,7 @@ def short_run_root() -> str:
     return tempfile.mkdtemp(prefix="hvt")
 
 
-def launch(*args: str, run_root: str, timeout: float = 120, stdin: str | None = None) -> subprocess.CompletedProcess:
+def run_launch_py(*args: str, run_root: str, timeout: float = 120, stdin: str | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, HVSTACK_RUN_DIR=run_root)
     return subprocess.run([sys.executable, str(REPO / "launch.py"), *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout, input=stdin)
@@ -60,7 +60,7 @@ class LiveRun:
         return [man["launcher_pid"], *(p["pid"] for p in man.get("processes", {}).values())]
 
     def launch(self, *args: str, **kw) -> subprocess.CompletedProcess:
-        return launch(*args, run_root=self.run_root, **kw)
+        return run_launch_py(*args, run_root=self.run_root, **kw)
 
     def console(self, partition: str) -> str:
         p = self.path / f"console-{partition}.log"

@@ -18,7 +18,7 @@ from root.client import RootClient
 from proto.exits import EMULATED_STAGES, HANDLED_STAGES
 from proto.stats import Histogram, PathStats
 
-from tests.support import REPO, alive, launch, short_run_root, start_run, wait_until
+from tests.support import REPO, alive, run_launch_py, short_run_root, start_run, wait_until
 
 pytestmark = pytest.mark.integration
 pytest_plugins = ["pytester"]
@@ -166,11 +166,11 @@ def test_top_and_stats_on_a_run_that_has_ended_fail_clearly():
         run.stop()
     for args in (("top", run.name, "--once"), ("top", run.name, "--once", "--json"), ("stats", run.name, "--json"),
                  ("stats", run.name)):
-        r = launch(*args, run_root=root)
+        r = run_launch_py(*args, run_root=root)
         assert r.returncode == 1, (args, r.stdout, r.stderr)
         assert f"run {run.name} is not running" in r.stderr and "launch.py stop" in r.stderr, r.stderr
         assert r.stdout == "" and "Traceback" not in r.stderr
-    r = launch("top", "nosuch", run_root=root)
+    r = run_launch_py("top", "nosuch", run_root=root)
     assert r.returncode == 1 and "no run 'nosuch'" in r.stderr
 
 
@@ -254,23 +254,11 @@ def test_plot_draws_each_path_beside_its_floor(tmp_path):
 @pytest.mark.skipif(not HAVE_MATPLOTLIB, reason="matplotlib is not installed (pip install -e '.[plot]')")
 def test_bench_plot_writes_a_png(tmp_path):
     out = tmp_path / "bench.png"
-    r = launch("bench", "--plot", str(out), "--duration", "1", "--samples", "600", "--rounds", "1",
-               "--no-experiments", run_root=short_run_root(),
-               timeout=300)
+    r = run_launch_py("bench", "--plot", str(out), "--duration", "1", "--samples", "600", "--rounds", "1",
+                      "--no-experiments", run_root=short_run_root(), timeout=300)
     assert r.returncode == 0, r.stderr + r.stdout
     assert "emulated port I/O" in r.stdout
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
-
-
-def test_bench_plot_without_matplotlib_says_how_to_install_it_before_measuring(tmp_path, monkeypatch, capsys):
-    import benchmarks.bench
-    from root.cli import main
-
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib → ImportError
-    monkeypatch.setattr(benchmarks.bench, "run_bench", lambda args: pytest.fail("the bench ran"))
-    assert main(["bench", "--plot", str(tmp_path / "x.png")]) == 2
-    assert "pip install -e '.[plot]'" in capsys.readouterr().err
-    assert not (tmp_path / "x.png").exists()
 
 
 # -- the pytest plugin's assertions, on made-up statistics ---------------------------------

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import launch, short_run_root
+from tests.support import run_launch_py, short_run_root
 
 pytestmark = pytest.mark.integration
 
 
 def test_the_default_topology_runs_and_prints_banners_and_tables():
     root = short_run_root()
-    r = launch("--duration", "1", run_root=root)
+    r = run_launch_py("--duration", "1", run_root=root)
     assert r.returncode == 0, r.stderr + r.stdout
     out = r.stdout
     assert out.count("hvstack guest kernel") == 2
@@ -41,19 +41,19 @@ def test_the_default_topology_runs_and_prints_banners_and_tables():
 def test_a_bad_config_names_file_line_and_key_and_exits_2(tmp_path, text, where, what):
     cfg = tmp_path / "bad.toml"
     cfg.write_text(text)
-    r = launch("run", str(cfg), run_root=short_run_root())
+    r = run_launch_py("run", str(cfg), run_root=short_run_root())
     assert r.returncode == 2
     assert str(cfg) in r.stderr and what in r.stderr and where in r.stderr, r.stderr
 
 
 def test_a_missing_config_file_is_a_config_error():
-    r = launch("run", "configs/nope.toml", run_root=short_run_root())
+    r = run_launch_py("run", "configs/nope.toml", run_root=short_run_root())
     assert r.returncode == 2 and "configs/nope.toml: cannot read" in r.stderr
 
 
 def test_bench_reports_each_path_beside_its_floor_as_json():
-    r = launch("bench", "--json", "--duration", "2", "--samples", "1000", "--rounds", "1",
-               run_root=short_run_root(), timeout=240)
+    r = run_launch_py("bench", "--json", "--duration", "2", "--samples", "1000", "--rounds", "1",
+                      run_root=short_run_root(), timeout=240)
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     assert set(result["paths"]) == {"io_port", "cpuid", "hypercall", "interrupt"}

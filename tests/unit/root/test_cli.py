@@ -13,6 +13,7 @@ import textwrap
 import pytest
 
 from root.cli import COMMANDS, main
+from root.commands.common import PROG
 
 NAMES = [c.NAME for c in COMMANDS]
 # Arguments that name a run (and what else the command requires), per command.
@@ -262,7 +263,7 @@ def test_stop_asks_the_launcher_to_end_the_run_and_waits_for_it(launcher, capsys
 
     path, proc = launcher("end")
     assert main(["stop", "live-1"]) == 0
-    assert capsys.readouterr().out == f"run live-1 ended: SIGTERM from launch.py stop (pid {os.getpid()})\n"
+    assert capsys.readouterr().out == f"run live-1 ended: SIGTERM from {PROG} stop (pid {os.getpid()})\n"
     assert proc.wait(5) == 0
 
 
