@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 
+from worker.backends import ConsoleLog
 from worker.chipset import Chipset
 from worker.service import Worker
 
@@ -30,8 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     if not token:
         print("python -m worker: HVSTACK_TOKEN is not set", file=sys.stderr)
         return 2
-    chipset = Chipset(spec["devices"])
-    worker = Worker(spec["endpoint"], spec["partition_id"], token, chipset, spec["console_path"])
+    console = ConsoleLog(spec["console_path"])
+    chipset = Chipset(spec["devices"], console)
+    worker = Worker(spec["endpoint"], spec["partition_id"], token, chipset, console)
 
     def stop(signum, frame):
         worker.running = False

@@ -15,7 +15,6 @@ measured round trip does not pay for it.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from time import perf_counter_ns
 
@@ -24,6 +23,7 @@ from proto.errors import ProtocolError, Refused
 from proto.memory import GuestMemory
 from proto.transport import Dealer, connect
 
+from worker.backends import ConsoleLog
 from worker.chipset import Chipset
 
 log = logging.getLogger("worker")
@@ -36,16 +36,13 @@ CONSOLE_FLUSH_NS = 20_000_000
 
 class Worker:
     def __init__(self, endpoint: str, partition_id: int, token: str, chipset: Chipset,
-                 console_path: str) -> None:
+                 console: ConsoleLog) -> None:
         self.partition_id = partition_id
         self.chipset = chipset
         self.running = True
-        self._console_fd = os.open(console_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._console_buf = bytearray()
-        self._console_since = 0
+        self.console = console  # what the chipset's UARTs write to
         self._deadline: int | None = None
         self._backlog: dict[str, bytearray] = {}
-        chipset.on_console_tx = self._console_tx
         self.dealer: Dealer = connect(endpoint, "worker", partition_id, 0, token=token)
         ports = [[r.base, r.count] for r in chipset.bus.ranges()]
         mmio = [[r.base, r.length] for r in chipset.mmio.ranges()]
@@ -56,16 +53,8 @@ class Worker:
         log.info("worker for partition %d ready: ports %s; MMIO %s", partition_id,
                  ", ".join(f"{b:#x}+{c}" for b, c in ports), ", ".join(f"{b:#x}+{c:#x}" for b, c in mmio) or "none")
 
-    def _console_tx(self, data: bytes) -> None:
-        if not self._console_buf:
-            self._console_since = time.monotonic_ns()
-        self._console_buf += data
-
     def _flush_console(self) -> None:
-        data = bytes(self._console_buf)
-        self._console_buf.clear()
-        os.write(self._console_fd, data)
-        self.dealer.send(m.ConsoleOutput(data).encode())
+        self.dealer.send(m.ConsoleOutput(self.console.take()).encode())
 
     def _signal_chipset(self) -> None:
         """Tell the hypervisor what the last access or timer did to the CPU's pins."""
@@ -98,14 +87,14 @@ class Worker:
         self._poll_devices()
         while self.running:
             timeout = IDLE_POLL_MS
-            if self._console_buf:
+            if self.console.pending:
                 timeout = 1
             if self._deadline is not None:
                 timeout = max(0, min(timeout, -(-(self._deadline - time.monotonic_ns()) // 1_000_000)))
             if any(self._backlog.values()):
                 timeout = min(timeout, 10)  # keep feeding input as the guest drains it
             if not wait(timeout):
-                if self._console_buf:
+                if self.console.pending:
                     self._flush_console()
                 self._poll_devices()
                 continue
@@ -120,10 +109,10 @@ class Worker:
             if cls is IoNotify or cls is MmioNotify:
                 if cls is IoNotify:
                     if msg.write:
-                        bus.io_write(msg.port, msg.size, msg.value)
+                        bus.write(msg.port, msg.size, msg.value)
                         value = 0
                     else:
-                        value = bus.io_read(msg.port, msg.size)
+                        value = bus.read(msg.port, msg.size)
                 elif msg.write:
                     mmio.write(msg.gpa, msg.size, msg.value)
                     value = 0
@@ -136,7 +125,7 @@ class Worker:
                 self._poll_devices()
             else:
                 self._control(msg)
-            if self._console_buf and time.monotonic_ns() - self._console_since > CONSOLE_FLUSH_NS:
+            if self.console.pending and time.monotonic_ns() - self.console.since_ns > CONSOLE_FLUSH_NS:
                 self._flush_console()
         self.close()
 
@@ -166,9 +155,6 @@ class Worker:
             log.error("unexpected %s from the hypervisor", msg.NAME)
 
     def close(self) -> None:
-        if self._console_buf:
-            os.write(self._console_fd, bytes(self._console_buf))
-            self._console_buf.clear()
+        self.console.close()
         self.chipset.close()
-        os.close(self._console_fd)
         self.dealer.close()

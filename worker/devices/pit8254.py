@@ -50,13 +50,17 @@ count, OUT low; GATE2 low.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
+from typing import Annotated
 
-from worker.devices.base import Clock, DeviceStats, IoError, IrqLine, PortRange
+from worker.devices.base import ChipsetDevice, Clock, DeviceStats, IoError, IrqLine, PortRange
+from worker.devices.config import PIT_HZ, Pit8254Config
+from worker.devices.state import Byte, Length, Mask, OneOf, Range, load_state, save_state
+
+__all__ = ["PIT_HZ", "Pit8254", "Pit8254Config", "Pit8254State"]
 
 SAVE_VERSION = 1
 
-PIT_HZ = 1_193_182
 NS_PER_S = 1_000_000_000
 
 COUNTER_PORT = 0x40  # 0x40-0x42: counters 0-2
@@ -85,17 +89,6 @@ PERIODIC = "periodic"  # modes 2, 3: period `n` clocks starting at `origin`
 SEGMENTS = (IDLE, SUSPENDED, ONESHOT, PERIODIC)
 
 
-@dataclass(frozen=True)
-class Pit8254Config:
-    name: str = "pit"
-    port61: bool = True  # answer port 0x61 (see module docstring)
-    input_hz: int = PIT_HZ
-
-    def __post_init__(self) -> None:
-        if self.input_hz <= 0:
-            raise ValueError("input_hz must be positive")
-
-
 @dataclass
 class PitCounters:
     """Metrics, not guest state (not saved)."""
@@ -119,21 +112,21 @@ class ChannelState:
     """One counter.  Ticks are absolute PIT clock numbers since the device's epoch."""
 
     # Control word
-    rw: int = RW_LSB_MSB
-    mode: int = 0  # M2..M0 as written
+    rw: Annotated[int, Range(RW_LSB, RW_LSB_MSB)] = RW_LSB_MSB
+    mode: Annotated[int, Range(0, 7)] = 0  # M2..M0 as written
     bcd: bool = False
     # CR and the byte flip-flops
-    cr: int = 0
+    cr: Annotated[int, Mask(0xFFFF)] = 0
     cr_valid: bool = False  # a whole initial count was written since the control word
     null_count: bool = True  # CR written but not yet loaded into CE
-    cr_lsb: int = 0
+    cr_lsb: Byte = 0
     write_msb_next: bool = False
     read_msb_next: bool = False
-    count_latch: int | None = None  # OL holding a latched count
-    status_latch: int | None = None
+    count_latch: Annotated[int, Mask(0xFFFF)] | None = None  # OL holding a latched count
+    status_latch: Byte | None = None
     gate: bool = True
     # The counting element
-    segment: str = IDLE
+    segment: Annotated[str, OneOf(*SEGMENTS)] = IDLE
     origin: int = 0
     n: int = 0  # ONESHOT: CE at origin (0 means the full modulus); PERIODIC: period
     fired: bool = False  # ONESHOT/SUSPENDED: the terminal count was reached before origin
@@ -142,7 +135,7 @@ class ChannelState:
     load_tick: int | None = None  # the clock pulse at which CR is copied into CE
     load_into_low: bool = False  # mode 3: that load starts a low half-cycle
     # Edge accounting: OUT as of last_tick
-    last_tick: int = 0
+    last_tick: Annotated[int, Range(0, None)] = 0
     out: bool = False
 
     # --- decoded -------------------------------------------------------------------------
@@ -304,17 +297,41 @@ class ChannelState:
         return t - phase + self.n, False
 
 
-class Pit8254:
-    """Three 8254 counters at 0x40-0x43, channel 0 wired to IRQ0, plus port 0x61."""
+def _channels() -> list[ChannelState]:
+    # Channels 0 and 1 have GATE tied high on a PC; GATE2 is port 0x61 bit 0, low at reset.
+    return [ChannelState(), ChannelState(), ChannelState(gate=False)]
 
-    def __init__(self, config: Pit8254Config, irq0: IrqLine, clock: Clock) -> None:
+
+@dataclass
+class Pit8254State:
+    channels: Annotated[list[ChannelState], Length(exactly=3)] = field(default_factory=_channels)
+    port61: Annotated[int, Mask(P61_WRITABLE)] = 0  # GATE2 low, speaker off
+    irq_level: bool = False  # what IRQ0 is driven to (OUT, or held: see the docstring)
+    irq_held: bool = False
+
+
+@dataclass
+class _SavedTime:
+    # Time since the epoch; restore puts the epoch this far before its own now, so the PIT
+    # continues from the same tick and phase (time stands still while saved).
+    elapsed_ns: Annotated[int, Range(0, None)] = 0
+
+
+class Pit8254(ChipsetDevice):
+    """Three 8254 counters at 0x40-0x43, channel 0 wired to IRQ0 (``irq``), plus port 0x61."""
+
+    def __init__(self, config: Pit8254Config, irq: IrqLine, clock: Clock) -> None:
         self.config = config
         self.name = self.config.name
-        self._irq0 = irq0
+        self.irq = irq
         self._clock = clock
         self.stats = DeviceStats()
         self.counters = PitCounters()
         self._power_on()
+
+    @property
+    def channels(self) -> list[ChannelState]:
+        return self.state.channels
 
     # --- wiring --------------------------------------------------------------------------
     def port_ranges(self) -> list[PortRange]:
@@ -328,7 +345,7 @@ class Pit8254:
         if channel != 2:
             raise ValueError("only channel 2 has a GATE input that can change")
         now = self._catch_up(self._clock.now_ns())
-        self._port61 = (self._port61 & ~P61_GATE2) | (P61_GATE2 if high else 0)
+        self.state.port61 = (self.state.port61 & ~P61_GATE2) | (P61_GATE2 if high else 0)
         self._set_gate(2, high, now)
 
     def output(self, channel: int) -> bool:
@@ -338,52 +355,29 @@ class Pit8254:
         self._catch_up(self._clock.now_ns())
         return self.channels[channel].out
 
-    @property
-    def irq0_level(self) -> bool:
-        return self._irq_level
-
     # --- port I/O ------------------------------------------------------------------------
     def io_read(self, port: int, size: int) -> int | IoError:
-        if size != 1:
-            self.stats.missed_reads += 1
-            return IoError.INVALID_ACCESS_SIZE
-        if COUNTER_PORT <= port < CONTROL_PORT:
-            now = self._catch_up(self._clock.now_ns())
-            value = self._read_counter(self.channels[port - COUNTER_PORT], now)
-        elif port == PORT61 and self.config.port61:
-            now = self._catch_up(self._clock.now_ns())
+        if port == CONTROL_PORT:
+            return IoError.INVALID_REGISTER  # the control word cannot be read (bus floats)
+        now = self._catch_up(self._clock.now_ns())
+        if port == PORT61:
             refresh = P61_REFRESH if (now // REFRESH_TICKS) & 1 else 0
             out2 = P61_OUT2 if self.channels[2].out else 0
-            value = (self._port61 & P61_WRITABLE) | refresh | out2
-        else:
-            # Includes 0x43: the control word register cannot be read (bus floats).
-            self.stats.missed_reads += 1
-            return IoError.INVALID_REGISTER
-        self.stats.reads += 1
-        return value
+            return (self.state.port61 & P61_WRITABLE) | refresh | out2
+        return self._read_counter(self.channels[port - COUNTER_PORT], now)
 
-    def io_write(self, port: int, size: int, value: int) -> IoError | None:
-        if size != 1:
-            self.stats.missed_writes += 1
-            return IoError.INVALID_ACCESS_SIZE
+    def io_write(self, port: int, size: int, value: int) -> None:
         value &= 0xFF
-        if COUNTER_PORT <= port < CONTROL_PORT:
-            now = self._catch_up(self._clock.now_ns())
+        now = self._catch_up(self._clock.now_ns())
+        if port == CONTROL_PORT:
+            self._write_control(value, now)
+        elif port == PORT61:
+            self.state.port61 = value & P61_WRITABLE
+            self._set_gate(2, bool(value & P61_GATE2), now)
+        else:
             channel = port - COUNTER_PORT
             self._write_counter(self.channels[channel], value, now)
             self._settle(channel, now)
-        elif port == CONTROL_PORT:
-            now = self._catch_up(self._clock.now_ns())
-            self._write_control(value, now)
-        elif port == PORT61 and self.config.port61:
-            now = self._catch_up(self._clock.now_ns())
-            self._port61 = value & P61_WRITABLE
-            self._set_gate(2, bool(value & P61_GATE2), now)
-        else:
-            self.stats.missed_writes += 1
-            return IoError.INVALID_REGISTER
-        self.stats.writes += 1
-        return None
 
     def poll(self, now_ns: int) -> int | None:
         """Catch up with ``now_ns``, drive IRQ0, return when channel 0's OUT next changes."""
@@ -401,60 +395,31 @@ class Pit8254:
     def save(self) -> dict:
         now_ns = self._clock.now_ns()
         self._catch_up(now_ns)
-        return {
-            "version": SAVE_VERSION,
-            # Time since the epoch; restore puts the epoch this far before its own now, so the
-            # PIT continues from the same tick and phase (time stands still while saved).
-            "elapsed_ns": max(now_ns - self._epoch_ns, self._elapsed_floor()),
-            "port61": self._port61,
-            "irq_level": self._irq_level,
-            "irq_held": self._irq_held,
-            "channels": [_channel_to_dict(ch) for ch in self.channels],
-        }
+        elapsed = max(now_ns - self._epoch_ns, self._elapsed_floor())
+        return save_state(SAVE_VERSION, self.state, _SavedTime(elapsed))
 
     def restore(self, saved: dict) -> None:
-        if not isinstance(saved, dict):
-            raise ValueError("PIT saved state is not a dict")
-        if saved.get("version") != SAVE_VERSION:
-            raise ValueError(f"PIT saved state version {saved.get('version')!r} is unknown")
-        expected = {"version", "elapsed_ns", "port61", "irq_level", "irq_held", "channels"}
-        if set(saved) != expected:
-            raise ValueError(f"PIT saved state has keys {sorted(saved)}")
-        elapsed = saved["elapsed_ns"]
-        if type(elapsed) is not int or elapsed < 0:
-            raise ValueError("PIT saved state: elapsed_ns is not a non-negative int")
-        port61 = saved["port61"]
-        if type(port61) is not int or port61 & ~P61_WRITABLE:
-            raise ValueError("PIT saved state: port61 is not 4 bits")
-        for key in ("irq_level", "irq_held"):
-            if not isinstance(saved[key], bool):
-                raise ValueError(f"PIT saved state: {key} is not a bool")
-        chans = saved["channels"]
-        if not isinstance(chans, list) or len(chans) != 3:
-            raise ValueError("PIT saved state: channels is not a list of 3")
-        tick = elapsed * self.config.input_hz // NS_PER_S
-        channels = [_channel_from_dict(c, i, tick) for i, c in enumerate(chans)]
+        state, time = load_state(saved, SAVE_VERSION, Pit8254State, _SavedTime, what="PIT")
+        tick = time.elapsed_ns * self.config.input_hz // NS_PER_S
+        for index, channel in enumerate(state.channels):
+            _check_channel(channel, index, tick)
+        channels = state.channels
         if channels[0].gate is not True or channels[1].gate is not True:
             raise ValueError("PIT saved state: channels 0 and 1 have GATE tied high")
-        if channels[2].gate != bool(port61 & P61_GATE2):
+        if channels[2].gate != bool(state.port61 & P61_GATE2):
             raise ValueError("PIT saved state: GATE2 disagrees with port 0x61 bit 0")
         # Validated: replace everything at once.
-        self._epoch_ns = self._clock.now_ns() - elapsed
+        self._epoch_ns = self._clock.now_ns() - time.elapsed_ns
         self._tick = tick
-        self.channels = channels
-        self._port61 = port61
-        self._irq_held = saved["irq_held"]
-        self._drive_irq0(saved["irq_level"], force=True)
+        self.state = state
+        self._sync_irq(force=True)
 
     # --- internals -----------------------------------------------------------------------
     def _power_on(self) -> None:
-        self._epoch_ns = self._clock.now_ns()
-        self._tick = 0
-        self.channels = [ChannelState(), ChannelState(), ChannelState(gate=False)]
-        self._port61 = 0  # GATE2 low, speaker off
-        self._irq_held = False
-        self._irq_level = False
-        self._drive_irq0(False, force=True)
+        self._epoch_ns = self._clock.now_ns()  # tick 0
+        self._tick = 0  # the tick the state is current to
+        self.state = Pit8254State()
+        self._sync_irq(force=True)
 
     def _tick_of(self, now_ns: int) -> int:
         return (now_ns - self._epoch_ns) * self.config.input_hz // NS_PER_S
@@ -482,25 +447,26 @@ class Pit8254:
         """After a write changed a channel at tick ``now``: account an immediate OUT change."""
         edges = self.channels[index].settle(now)
         if index == 0:
-            self._irq_held = False  # the guest reprogrammed the counter: OUT rules again
+            self.state.irq_held = False  # the guest reprogrammed the counter: OUT rules again
             self._deliver_irq0(edges)
 
     def _deliver_irq0(self, edges: int) -> None:
+        s = self.state
         out = self.channels[0].out
         if edges:
             self.counters.irq0_edges += 1
             self.counters.missed_ticks += edges - 1
-            if self._irq_level:
-                self._drive_irq0(False)  # make room for a rising edge the PIC can latch
-            self._drive_irq0(True)
-            self._irq_held = not out  # OUT already fell: hold the request (module docstring)
-        elif not self._irq_held:
-            self._drive_irq0(out)
+            if s.irq_level:
+                s.irq_level = False  # make room for a rising edge the PIC can latch
+                self._sync_irq()
+            s.irq_level = True
+            s.irq_held = not out  # OUT already fell: hold the request (module docstring)
+        elif not s.irq_held:
+            s.irq_level = out
+        self._sync_irq()
 
-    def _drive_irq0(self, level: bool, force: bool = False) -> None:
-        if force or level != self._irq_level:
-            self._irq_level = level
-            self._irq0.set_level(level)
+    def _irq_wanted(self) -> bool:
+        return self.state.irq_level
 
     def _write_control(self, value: int, now: int) -> None:
         select = value >> 6
@@ -620,55 +586,23 @@ class Pit8254:
         self._settle(index, now)
 
 
-_CHANNEL_FIELDS = [f.name for f in fields(ChannelState)]
-
-
-def _channel_to_dict(channel: ChannelState) -> dict:
-    return {name: getattr(channel, name) for name in _CHANNEL_FIELDS}
-
-
-def _channel_from_dict(saved: object, index: int, tick: int) -> ChannelState:
+def _check_channel(channel: ChannelState, index: int, tick: int) -> None:
+    """What a saved channel must hold beyond its fields' types, at the saved ``tick``."""
     where = f"PIT saved state: channel {index}"
-    if not isinstance(saved, dict) or set(saved) != set(_CHANNEL_FIELDS):
-        raise ValueError(f"{where} does not have the fields {_CHANNEL_FIELDS}")
-
-    def check_int(name: str, low: int | None, high: int | None, optional: bool = False) -> None:
-        value = saved[name]
-        if optional and value is None:
-            return
-        if type(value) is not int or (low is not None and value < low) or (
-            high is not None and value > high
-        ):
-            raise ValueError(f"{where}: {name}={value!r} is out of range")
-
-    for name in ("bcd", "cr_valid", "null_count", "write_msb_next", "read_msb_next", "gate",
-                 "fired", "idle_out", "load_into_low", "out"):
-        if not isinstance(saved[name], bool):
-            raise ValueError(f"{where}: {name} is not a bool")
-    modulus = 10_000 if saved["bcd"] else 0x10000
-    check_int("rw", RW_LSB, RW_LSB_MSB)
-    check_int("mode", 0, 7)
-    check_int("cr", 0, 0xFFFF)
-    check_int("cr_lsb", 0, 0xFF)
-    check_int("count_latch", 0, 0xFFFF, optional=True)
-    check_int("status_latch", 0, 0xFF, optional=True)
-    check_int("origin", None, None)
-    check_int("idle_ce", 0, modulus - 1)
-    check_int("last_tick", 0, tick)
-    check_int("load_tick", saved["last_tick"] + 1 if type(saved["last_tick"]) is int else 0,
-              None, optional=True)
-    segment = saved["segment"]
-    if segment not in SEGMENTS:
-        raise ValueError(f"{where}: segment={segment!r}")
-    if segment == PERIODIC:
-        check_int("n", 1, modulus)
-    else:
-        check_int("n", 0, modulus - 1)
-    channel = ChannelState(**saved)
-    if segment == PERIODIC and channel.op_mode not in (2, 3):
+    modulus = channel.modulus
+    if not 0 <= channel.idle_ce < modulus:
+        raise ValueError(f"{where}: idle_ce={channel.idle_ce} is out of range")
+    if channel.last_tick > tick:
+        raise ValueError(f"{where}: last_tick={channel.last_tick} is after the saved time")
+    if channel.load_tick is not None and channel.load_tick <= channel.last_tick:
+        raise ValueError(f"{where}: load_tick={channel.load_tick} is not after last_tick")
+    low = 1 if channel.segment == PERIODIC else 0
+    high = modulus if channel.segment == PERIODIC else modulus - 1
+    if not low <= channel.n <= high:
+        raise ValueError(f"{where}: n={channel.n} is out of range")
+    if channel.segment == PERIODIC and channel.op_mode not in (2, 3):
         raise ValueError(f"{where}: a periodic segment in mode {channel.mode}")
-    if segment in (ONESHOT, SUSPENDED) and channel.op_mode not in (0, 1, 4, 5):
+    if channel.segment in (ONESHOT, SUSPENDED) and channel.op_mode not in (0, 1, 4, 5):
         raise ValueError(f"{where}: a one-shot segment in mode {channel.mode}")
     if channel.out != channel.out_at(channel.last_tick):
         raise ValueError(f"{where}: OUT disagrees with the counting state")
-    return channel
