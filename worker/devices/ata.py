@@ -52,14 +52,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated
 
+from worker.devices.ata_identify import LBA28_MAX_SECTORS, default_geometry, identify_words
 from worker.devices.backends import DiskImage
 from worker.devices.base import WORD_DWORD, ChipsetDevice, DeviceStats, IrqLine, PortRange, all_ones
 from worker.devices.config import SECTOR_SIZE, AtaDiskConfig
 from worker.devices.state import Byte, Length, Mask, OneOf, Range
 
 __all__ = ["AtaDisk", "AtaDiskConfig", "AtaState", "AtaStats", "SECTOR_SIZE"]
-
-LBA28_MAX_SECTORS = 0x0FFFFFFF  # IDENTIFY words 60-61 saturate here (ATA-6 6.2.1)
 
 # Status register (ATA-6 7.15.6).
 STATUS_BSY = 0x80
@@ -122,6 +121,9 @@ REG_LBA_MID = 4
 REG_LBA_HIGH = 5
 REG_DEVICE = 6
 REG_STATUS_COMMAND = 7
+# The two-deep registers: the state field of each, and its previous value in <field>_hob.
+_TWO_DEEP = {REG_ERROR_FEATURES: "features", REG_SECTOR_COUNT: "sector_count",
+             REG_LBA_LOW: "lba_low", REG_LBA_MID: "lba_mid", REG_LBA_HIGH: "lba_high"}
 
 
 @dataclass
@@ -172,21 +174,6 @@ class AtaState:
     read_look_ahead: bool = True
 
 
-def default_geometry(sectors: int) -> tuple[int, int, int]:
-    """The default CHS translation (cylinders, heads, sectors per track): 16 heads of 63
-    sectors with cylinders capped at 16383, as ATA-6 6.2.1 asks of disks over 8.4 GB;
-    tiny images get fewer heads and sectors so there is at least one cylinder."""
-    spt = min(63, sectors)
-    heads = max(1, min(16, sectors // spt))
-    return min(sectors // (heads * spt), 16383), heads, spt
-
-
-def ata_string_words(text: str, word_count: int) -> list[int]:
-    """An IDENTIFY string: space padded, two characters a word, the first in the high byte."""
-    raw = text.ljust(2 * word_count).encode("ascii")
-    return [(raw[2 * i] << 8) | raw[2 * i + 1] for i in range(word_count)]
-
-
 class AtaDisk(ChipsetDevice):
     """ATA device 0 on one IDE channel, interrupting on ``irq``, its sectors in ``image``."""
 
@@ -198,14 +185,13 @@ class AtaDisk(ChipsetDevice):
         if image.size <= 0 or image.size % SECTOR_SIZE:
             raise ValueError(f"a disk image of {image.size} bytes is not whole sectors")
         self.capacity = image.size // SECTOR_SIZE  # in sectors
-        self._default_geometry = default_geometry(self.capacity)
         self.stats = AtaStats()
         self._data_port = config.command_base + REG_DATA
         self._handlers = {
-            CMD_READ_SECTORS: self._cmd_read,
-            CMD_READ_SECTORS_EXT: self._cmd_read,
-            CMD_WRITE_SECTORS: self._cmd_write,
-            CMD_WRITE_SECTORS_EXT: self._cmd_write,
+            CMD_READ_SECTORS: self._cmd_read_write,
+            CMD_READ_SECTORS_EXT: self._cmd_read_write,
+            CMD_WRITE_SECTORS: self._cmd_read_write,
+            CMD_WRITE_SECTORS_EXT: self._cmd_read_write,
             CMD_EXECUTE_DEVICE_DIAGNOSTIC: self._cmd_execute_device_diagnostic,
             CMD_INITIALIZE_DEVICE_PARAMETERS: self._cmd_initialize_device_parameters,
             CMD_FLUSH_CACHE: self._cmd_flush_cache,
@@ -218,7 +204,7 @@ class AtaDisk(ChipsetDevice):
     # ----------------------------------------------------------------- lifecycle
 
     def _power_on_state(self) -> AtaState:
-        cylinders, heads, spt = self._default_geometry
+        cylinders, heads, spt = default_geometry(self.capacity)
         return AtaState(cylinders=cylinders, heads=heads, sectors_per_track=spt)
 
     def reset(self) -> None:
@@ -237,19 +223,11 @@ class AtaDisk(ChipsetDevice):
     def io_read(self, port: int, size: int) -> int:
         s = self.state
         if port == self._data_port:
-            if s.transfer == XFER_IN:
-                # Fast path, 256 times a sector: a word that is not the last of its block
-                # changes nothing but the buffer position, so the IRQ level cannot change.
-                pos = s.pos
-                end = pos + size
-                if end < SECTOR_SIZE:
-                    s.pos = end
-                    buf = s.buffer
-                    if size == 2:
-                        return buf[pos] | (buf[pos + 1] << 8)
-                    return (buf[pos] | (buf[pos + 1] << 8) | (buf[pos + 2] << 16)
-                            | (buf[pos + 3] << 24))
             value = self._read_data(s, size)
+            if s.pos and s.transfer == XFER_IN:
+                # 256 times a sector: inside a block only the buffer position moved, so
+                # the IRQ level cannot have changed.
+                return value
         elif port == self.config.control_port:
             value = 0 if s.device & DEVICE_DEV else s.status  # alternate status
         else:
@@ -261,42 +239,24 @@ class AtaDisk(ChipsetDevice):
         s = self.state
         if port == self.config.control_port:
             self._write_device_control(s, value & 0xFF)
-            self._sync_irq()
-            return
-        s.control &= ~CONTROL_HOB  # a write to any command block register clears HOB
-        if port != self._data_port:
-            self._write_register(s, port - self.config.command_base, value & 0xFF)
-        elif s.transfer == XFER_OUT and s.pos + size < SECTOR_SIZE:
-            # Fast path, as in io_read.
-            pos = s.pos
-            buf = s.buffer
-            buf[pos] = value & 0xFF
-            buf[pos + 1] = (value >> 8) & 0xFF
-            if size == 4:
-                buf[pos + 2] = (value >> 16) & 0xFF
-                buf[pos + 3] = (value >> 24) & 0xFF
-            s.pos = pos + size
-            return
         else:
-            self._write_data(s, size, value)
+            s.control &= ~CONTROL_HOB  # a write to any command block register clears HOB
+            if port != self._data_port:
+                self._write_register(s, port - self.config.command_base, value & 0xFF)
+            else:
+                self._write_data(s, size, value)
+                if s.pos and s.transfer == XFER_OUT:
+                    return  # inside a block, as in io_read
         self._sync_irq()
 
     def _read_data(self, s: AtaState, size: int) -> int:
         if s.transfer != XFER_IN:
             self.stats.idle_data_accesses += 1
             return all_ones(size)
-        buf = s.buffer
         pos = s.pos
-        end = pos + size
-        if end <= SECTOR_SIZE:
-            if size == 2:
-                value = buf[pos] | (buf[pos + 1] << 8)
-            else:
-                value = buf[pos] | (buf[pos + 1] << 8) | (buf[pos + 2] << 16) | (buf[pos + 3] << 24)
-        else:  # a dword straddling the end of the block: the missing bytes read as zero
-            value = int.from_bytes(buf[pos:], "little")
-            end = SECTOR_SIZE
+        end = min(pos + size, SECTOR_SIZE)  # a dword straddling the end: the rest reads 0
         s.pos = end
+        value = int.from_bytes(s.buffer[pos:end], "little")
         if end == SECTOR_SIZE:
             self._data_in_block_done(s)
         return value
@@ -305,31 +265,21 @@ class AtaDisk(ChipsetDevice):
         if s.transfer != XFER_OUT:
             self.stats.idle_data_accesses += 1
             return
-        buf = s.buffer
         pos = s.pos
         end = min(pos + size, SECTOR_SIZE)  # bytes past the end of the block are dropped
-        while pos < end:
-            buf[pos] = value & 0xFF
-            value >>= 8
-            pos += 1
+        s.buffer[pos:end] = (value & all_ones(size)).to_bytes(size, "little")[:end - pos]
         s.pos = end
         if end == SECTOR_SIZE:
             self._data_out_block_done(s)
 
     def _read_register(self, s: AtaState, offset: int) -> int:
-        hob = s.control & CONTROL_HOB
         if offset == REG_ERROR_FEATURES:
             return s.error
-        if offset == REG_SECTOR_COUNT:
-            return s.sector_count_hob if hob else s.sector_count
-        if offset == REG_LBA_LOW:
-            return s.lba_low_hob if hob else s.lba_low
-        if offset == REG_LBA_MID:
-            return s.lba_mid_hob if hob else s.lba_mid
-        if offset == REG_LBA_HIGH:
-            return s.lba_high_hob if hob else s.lba_high
         if offset == REG_DEVICE:
             return s.device
+        if offset != REG_STATUS_COMMAND:
+            name = _TWO_DEEP[offset]
+            return getattr(s, name + "_hob" if s.control & CONTROL_HOB else name)
         # Status: device 1 is absent, so it reads 00h and device 0's interrupt stays pending.
         if s.device & DEVICE_DEV:
             return 0
@@ -337,20 +287,14 @@ class AtaDisk(ChipsetDevice):
         return s.status
 
     def _write_register(self, s: AtaState, offset: int, value: int) -> None:
-        if offset == REG_ERROR_FEATURES:
-            s.features_hob, s.features = s.features, value
-        elif offset == REG_SECTOR_COUNT:
-            s.sector_count_hob, s.sector_count = s.sector_count, value
-        elif offset == REG_LBA_LOW:
-            s.lba_low_hob, s.lba_low = s.lba_low, value
-        elif offset == REG_LBA_MID:
-            s.lba_mid_hob, s.lba_mid = s.lba_mid, value
-        elif offset == REG_LBA_HIGH:
-            s.lba_high_hob, s.lba_high = s.lba_high, value
-        elif offset == REG_DEVICE:
+        if offset == REG_DEVICE:
             s.device = value
-        else:
+        elif offset == REG_STATUS_COMMAND:
             self._write_command(s, value)
+        else:  # every write pushes the old value into the "previous" (HOB) slot
+            name = _TWO_DEEP[offset]
+            setattr(s, name + "_hob", getattr(s, name))
+            setattr(s, name, value)
 
     def _write_device_control(self, s: AtaState, value: int) -> None:
         s.control = value & CONTROL_MASK
@@ -440,26 +384,18 @@ class AtaDisk(ChipsetDevice):
             return None
         return lba, count
 
-    def _cmd_read(self, s: AtaState, opcode: int) -> None:
-        span = self._decode_range(s, opcode == CMD_READ_SECTORS_EXT)
+    def _cmd_read_write(self, s: AtaState, opcode: int) -> None:
+        span = self._decode_range(s, opcode in (CMD_READ_SECTORS_EXT, CMD_WRITE_SECTORS_EXT))
         if span is None:
             self._fail(s, ERROR_IDNF)
             return
         s.command = opcode
         s.lba, count = span
         s.remaining = count - 1
-        if self._load_sector(s):
+        if opcode in (CMD_WRITE_SECTORS, CMD_WRITE_SECTORS_EXT):
+            self._start_block(s, XFER_OUT, interrupt=False)  # none before the first block
+        elif self._load_sector(s):
             self._start_block(s, XFER_IN, interrupt=True)
-
-    def _cmd_write(self, s: AtaState, opcode: int) -> None:
-        span = self._decode_range(s, opcode == CMD_WRITE_SECTORS_EXT)
-        if span is None:
-            self._fail(s, ERROR_IDNF)
-            return
-        s.command = opcode
-        s.lba, count = span
-        s.remaining = count - 1
-        self._start_block(s, XFER_OUT, interrupt=False)  # no interrupt before the first block
 
     def _load_sector(self, s: AtaState) -> bool:
         try:
@@ -515,7 +451,7 @@ class AtaDisk(ChipsetDevice):
             self._complete(s)
 
     def _cmd_identify_device(self, s: AtaState, opcode: int) -> None:
-        words = self.identify_words()
+        words = identify_words(self.config, self.capacity, s)
         buf = s.buffer
         for i, word in enumerate(words):
             buf[2 * i] = word & 0xFF
@@ -562,46 +498,6 @@ class AtaDisk(ChipsetDevice):
         self._set_signature(s)  # also clears DEV: device 0 is selected again
         s.error = DIAGNOSTIC_PASSED
         self._complete(s)
-
-    def identify_words(self) -> list[int]:
-        """The 256 IDENTIFY DEVICE words (ATA/ATAPI-6 8.15), for the current settings."""
-        s = self.state
-        cfg = self.config
-        w = [0] * 256
-        cylinders, heads, spt = self._default_geometry
-        w[0] = 0x0040  # ATA device, fixed (bit 6, obsolete but still reported)
-        w[1], w[3], w[6] = cylinders, heads, spt
-        w[10:20] = ata_string_words(cfg.serial, 10)
-        w[23:27] = ata_string_words(cfg.firmware, 4)
-        w[27:47] = ata_string_words(cfg.model, 20)
-        w[47] = 0x8000  # READ/WRITE MULTIPLE: no sectors per block (not supported)
-        w[49] = 0x0A00  # bit 11 IORDY supported, bit 9 LBA supported; no DMA
-        w[50] = 0x4000  # bit 14 shall be one
-        w[51] = 0x0200  # obsolete PIO timing mode 2
-        w[53] = 0x0007  # words 54-58, 64-70 and 88 are valid
-        w[54], w[55], w[56] = s.cylinders, s.heads, s.sectors_per_track
-        current = s.cylinders * s.heads * s.sectors_per_track
-        w[57], w[58] = current & 0xFFFF, current >> 16
-        lba28 = min(self.capacity, LBA28_MAX_SECTORS)
-        w[60], w[61] = lba28 & 0xFFFF, lba28 >> 16
-        w[64] = 0x0003  # PIO modes 3 and 4
-        w[67] = 120  # minimum PIO cycle time without flow control, ns
-        w[68] = 120  # minimum PIO cycle time with IORDY, ns
-        w[80] = 0x0078  # supports ATA-3, ATA/ATAPI-4, -5 and -6
-        w[81] = 0x0000  # minor version not reported
-        w[82] = 0x0060  # bit 6 read look-ahead, bit 5 write cache
-        w[83] = 0x7400  # bit 14 one, 13 FLUSH CACHE EXT, 12 FLUSH CACHE, 10 48-bit address
-        w[84] = 0x4000
-        w[85] = (0x0040 if s.read_look_ahead else 0) | (0x0020 if s.write_cache else 0)
-        w[86] = 0x3400  # enabled: FLUSH CACHE EXT, FLUSH CACHE, 48-bit address
-        w[87] = 0x4000
-        w[88] = 0x0000  # no Ultra DMA
-        for i in range(4):  # 48-bit capacity, words 100-103, least significant first
-            w[100 + i] = (self.capacity >> (16 * i)) & 0xFFFF
-        # Word 255: signature A5h in the low byte, and a high byte making all 512 bytes sum to 0.
-        total = sum((word & 0xFF) + (word >> 8) for word in w[:255]) + 0xA5
-        w[255] = (((-total) & 0xFF) << 8) | 0xA5
-        return w
 
     # ----------------------------------------------------------------- snapshot
     # The image's contents are not part of the snapshot.

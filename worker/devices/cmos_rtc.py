@@ -53,6 +53,7 @@ from typing import Annotated, Callable
 
 from worker.devices.backends import MemoryNvram, NvramStore
 from worker.devices.base import ChipsetDevice, Clock, DeviceStats, IrqLine, PortRange
+from worker.devices.cmos_rtc_time import decode, next_alarm_after, render
 from worker.devices.config import CmosRtcConfig
 from worker.devices.state import LIVE, Byte, Length, Mask, Range, load_state, save_state
 
@@ -103,9 +104,6 @@ REG_C_UF = 0x10
 # Register D.
 REG_D_VRT = 0x80
 
-HOURS_PM = 0x80  # bit 7 of the hours bytes in 12-hour mode
-ALARM_DONT_CARE = 0xC0  # an alarm byte 11xxxxxx matches any value
-
 # Power-on values a BIOS would program: 32.768 kHz time base, 1024 Hz rate; BCD, 24-hour.
 REG_A_DEFAULT = REG_A_DV_32768 | 0x06
 REG_B_DEFAULT = REG_B_24H
@@ -116,8 +114,6 @@ TIMEBASE_HZ = 32_768
 UIP_LEAD_NS = 8 * NS_PER_S // TIMEBASE_HZ
 # Leaving divider reset (DV = 11x) puts the chain half-way through a second.
 DIVIDER_RESTART_NS = NS_PER_S // 2
-
-SECONDS_PER_DAY = 86_400
 
 # Slots of the time registers in ``held``, in register order.
 TIME_SLOTS = {
@@ -130,41 +126,6 @@ TIME_SLOTS = {
     REG_YEAR: 6,
     REG_CENTURY: 7,
 }
-
-
-# --- calendar arithmetic (proleptic Gregorian, any year; Howard Hinnant's algorithms) ---
-
-
-def days_from_civil(year: int, month: int, day: int) -> int:
-    """Days since 1970-01-01.  ``month`` may be outside 1..12 and ``day`` outside the month:
-    both are carried over, which is how out-of-range register values are normalised."""
-    year += (month - 1) // 12
-    month = (month - 1) % 12 + 1
-    y = year - (1 if month <= 2 else 0)
-    era = y // 400
-    yoe = y - era * 400
-    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5
-    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-    return era * 146_097 + doe - 719_468 + (day - 1)
-
-
-def civil_from_days(days: int) -> tuple[int, int, int]:
-    """(year, month, day) of a count of days since 1970-01-01."""
-    z = days + 719_468
-    era = z // 146_097
-    doe = z - era * 146_097
-    yoe = (doe - doe // 1460 + doe // 36_524 - doe // 146_096) // 365
-    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
-    mp = (5 * doy + 2) // 153
-    day = doy - (153 * mp + 2) // 5 + 1
-    month = mp + 3 if mp < 10 else mp - 9
-    year = yoe + era * 400 + (1 if month <= 2 else 0)
-    return year, month, day
-
-
-def _weekday(days: int) -> int:
-    """0 = Sunday for a count of days since 1970-01-01 (a Thursday)."""
-    return (days + 4) % 7
 
 
 # --- configuration and state ---
@@ -504,79 +465,21 @@ class CmosRtc(ChipsetDevice):
                     s.flags |= REG_C_AF
         s.last_ns = now
 
-    # --- alarm ---
+    # --- the time registers' format (cmos_rtc_time) ---
 
-    def _next_alarm_after(self, t: int) -> int | None:
-        """First RTC second after ``t`` whose hours, minutes and seconds bytes match the alarm
-        bytes (11xxxxxx matching anything), or None if no time of day can match."""
-        s = self.state
-        binary = bool(s.reg_b & REG_B_DM)
-        hours = [h for h in range(24) if _alarm_matches(s.alarm_hours, self._encode_hours(h))]
-        minutes = [m for m in range(60) if _alarm_matches(s.alarm_minutes, _encode(m, binary))]
-        seconds = [x for x in range(60) if _alarm_matches(s.alarm_seconds, _encode(x, binary))]
-        if not (hours and minutes and seconds):
-            return None
-        day_start = t - t % SECONDS_PER_DAY
-        time_of_day = t % SECONDS_PER_DAY
-        now_minute = time_of_day // 60
-        for h in hours:
-            if h < now_minute // 60:
-                continue
-            for m in minutes:
-                if h * 60 + m < now_minute:
-                    continue
-                for x in seconds:
-                    candidate = h * 3600 + m * 60 + x
-                    if candidate > time_of_day:
-                        return day_start + candidate
-        # Nothing later today: the first match of tomorrow.
-        return day_start + SECONDS_PER_DAY + hours[0] * 3600 + minutes[0] * 60 + seconds[0]
-
-    # --- register encoding ---
-
-    def _encode_hours(self, hour: int) -> int:
-        s = self.state
-        binary = bool(s.reg_b & REG_B_DM)
-        if s.reg_b & REG_B_24H:
-            return _encode(hour, binary)
-        # 12-hour mode: 12, 1 .. 11 with PM in bit 7 (midnight is 12 AM, noon 12 PM).
-        return _encode(hour % 12 or 12, binary) | (HOURS_PM if hour >= 12 else 0)
-
-    def _decode_hours(self, byte: int) -> int:
-        s = self.state
-        binary = bool(s.reg_b & REG_B_DM)
-        if s.reg_b & REG_B_24H:
-            return _decode(byte, binary)
-        return _decode(byte & ~HOURS_PM, binary) % 12 + (12 if byte & HOURS_PM else 0)
+    def _format(self) -> tuple[bool, bool]:
+        """(binary, 24-hour): register B's DM and 24/12 bits."""
+        return bool(self.state.reg_b & REG_B_DM), bool(self.state.reg_b & REG_B_24H)
 
     def _render(self, t: int) -> list[int]:
-        """The time registers (TIME_SLOTS order) showing RTC second ``t``."""
-        s = self.state
-        binary = bool(s.reg_b & REG_B_DM)
-        days, time_of_day = divmod(t, SECONDS_PER_DAY)
-        year, month, day = civil_from_days(days)
-        year %= 10_000  # century and year registers hold 0..99 each
-        return [
-            _encode(time_of_day % 60, binary),
-            _encode(time_of_day // 60 % 60, binary),
-            self._encode_hours(time_of_day // 3600),
-            _encode((_weekday(days) + s.dow_offset) % 7 + 1, binary),
-            _encode(day, binary),
-            _encode(month, binary),
-            _encode(year % 100, binary),
-            _encode(year // 100, binary),
-        ]
+        return render(t, *self._format(), self.state.dow_offset)
 
     def _decode(self, raw: list[int]) -> tuple[int, int]:
-        """(RTC seconds, day-of-week offset) from time register bytes."""
-        binary = bool(self.state.reg_b & REG_B_DM)
-        seconds, minutes, _, dow, day, month, year, century = (_decode(b, binary) for b in raw)
-        hours = self._decode_hours(raw[TIME_SLOTS[REG_HOURS]])
-        days = days_from_civil(century * 100 + year, month, day)
-        t = days * SECONDS_PER_DAY + hours * 3600 + minutes * 60 + seconds
-        # Keep the day-of-week register as written, whatever the date says.
-        dow_offset = (dow - 1 - _weekday(t // SECONDS_PER_DAY)) % 7
-        return t, dow_offset
+        return decode(raw, *self._format())
+
+    def _next_alarm_after(self, t: int) -> int | None:
+        s = self.state
+        return next_alarm_after(t, (s.alarm_hours, s.alarm_minutes, s.alarm_seconds), *self._format())
 
     # --- IRQ ---
 
@@ -597,19 +500,3 @@ class CmosRtc(ChipsetDevice):
             return  # BIOSes rewrite the same bytes often; spare the store
         self.state.nvram[offset] = value
         self._nvram.write_byte(offset, value)
-
-
-def _encode(value: int, binary: bool) -> int:
-    if binary:
-        return value & 0xFF
-    return (value // 10 % 10) << 4 | value % 10
-
-
-def _decode(byte: int, binary: bool) -> int:
-    if binary:
-        return byte
-    return (byte >> 4) * 10 + (byte & 0x0F)  # invalid digits are taken at face value
-
-
-def _alarm_matches(alarm: int, value: int) -> bool:
-    return alarm & ALARM_DONT_CARE == ALARM_DONT_CARE or alarm == value

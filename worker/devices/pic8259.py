@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from worker.devices.base import ChipsetDevice, DeviceStats, IrqLine, PortRange
-from worker.devices.config import PIIX_FIXED_EDGE_IRQS, Pic8259Config
+from worker.devices.config import Pic8259Config
 from worker.devices.state import Byte, Mask, OneOf, Range
 
 SAVE_VERSION = 1

@@ -10,11 +10,8 @@ What is modelled
   divisor latch.
 * 16-byte receive and transmit FIFOs (FCR bit 0), FIFO resets, receiver trigger levels
   1/4/8/14; in 16450 (non-FIFO) mode both "FIFOs" hold one byte (RBR, THR).
-* Transmission in virtual time.  A character takes ``1 start + 5..8 data + parity +
-  1/1.5/2 stop`` bit times; a bit time is ``divisor / 115200`` s (1.8432 MHz input clock,
-  16x baud clock).  Times are kept as integer *ticks* of 1/18 ns, in which a half bit is
-  exactly ``divisor * 78125`` ticks, so back-to-back characters never lose or gain time
-  to rounding.
+* Transmission in virtual time, in whole *ticks* of 1/18 ns (see ``char_ticks``), so
+  back-to-back characters never lose or gain time to rounding.
 * Interrupts with the datasheet's priorities: receiver line status > received data
   available / character timeout > THR empty > modem status.  IIR bits 7:6 read 11 in FIFO
   mode.  The IRQ output is ``(an enabled source is pending) AND MCR.OUT2``: on a PC the
@@ -62,14 +59,8 @@ Choices where the datasheet leaves room
 * Writes to LSR and MSR (factory-test registers) are accepted and ignored.  Reading an
   empty RBR returns the last character read.
 
-Save format
------------
-``save()`` is :class:`Uart16550State` as a plain dict (ints, bools, bytes) with
-``"version": 1``.  Its two clock-anchored times are saved *relative* (remaining ticks of the
-character in the shift register, ticks since the last receiver activity) so a state restored
-on another clock resumes where it left off.
+``save()`` is :class:`Uart16550State` as plain data, its times relative (:class:`SavedTimes`).
 """
-
 
 from __future__ import annotations
 
@@ -80,8 +71,26 @@ from worker.devices.base import ChipsetDevice, Clock, DeviceStats, IrqLine, Port
 from worker.devices.config import Uart16550Config
 from worker.devices.state import load_state, save_state
 from worker.devices.uart16550_spec import (
-    BAUD_BASE, FIFO_DEPTH, RX_TRIGGER, TICKS_PER_NS, TIMEOUT_CHARS, Fcr, Ier, Iir, IirId, Lcr,
-    Lsr, Mcr, Msr, Register, SavedTimes, Uart16550State, char_ticks, check_state,
+    BAUD_BASE,
+    FIFO_DEPTH,
+    TICKS_PER_NS,
+    TIMEOUT_CHARS,
+    Fcr,
+    Ier,
+    Iir,
+    IirId,
+    Lcr,
+    Lsr,
+    Mcr,
+    Msr,
+    Register,
+    SavedTimes,
+    Uart16550State,
+    char_ticks,
+    check_state,
+    msr_deltas,
+    msr_inputs,
+    pending_interrupt,
 )
 
 __all__ = ["BAUD_BASE", "FIFO_DEPTH", "Fcr", "Ier", "Iir", "IirId", "Lcr", "Lsr", "Mcr", "Msr",
@@ -94,18 +103,10 @@ _NEVER = 1 << 200  # a deadline that never comes
 
 @dataclass
 class Uart16550Stats(DeviceStats):
-    """DeviceStats plus UART counters.
-
-    ``tx_bytes``: characters that left the transmitter for the console sink (not loopback);
-    ``rx_bytes``: characters that entered the receiver FIFO (pushed or looped back);
-    ``overruns``: characters lost to a full receiver;
-    ``tx_dropped``: THR writes lost to a full THR/TX FIFO.
-    """
-
-    tx_bytes: int = 0
-    rx_bytes: int = 0
-    overruns: int = 0
-    tx_dropped: int = 0
+    tx_bytes: int = 0  # characters that left the transmitter for the console (not loopback)
+    rx_bytes: int = 0  # characters that entered the receiver FIFO (pushed or looped back)
+    overruns: int = 0  # characters lost to a full receiver
+    tx_dropped: int = 0  # THR writes lost to a full THR/TX FIFO
 
 
 class Uart16550(ChipsetDevice):
@@ -164,14 +165,11 @@ class Uart16550(ChipsetDevice):
         received-data interrupt is enabled, when the character timeout would fire.
         """
         self._catch_up(now_ns * TICKS_PER_NS)
-        self._sync()
+        self._sync()  # leaves self._deadline current
         s = self.state
-        deadline = s.tsr_done if s.tsr_busy else _NEVER
-        if s.ier & Ier.ERBFI and self._timeout_armed():
-            deadline = min(deadline, s.rx_last + TIMEOUT_CHARS * self._char)
-        if deadline == _NEVER:
-            return None
-        return -(-deadline // TICKS_PER_NS)
+        # The timeout needs no wake-up while its interrupt is disabled: a read catches up.
+        deadline = self._deadline if s.ier & Ier.ERBFI else s.tsr_done if s.tsr_busy else _NEVER
+        return None if deadline == _NEVER else -(-deadline // TICKS_PER_NS)
 
     def reset(self) -> None:
         """Power-on reset: registers to their reset values, FIFOs and shift register empty.
@@ -364,25 +362,9 @@ class Uart16550(ChipsetDevice):
 
     # ---------------------------------------------------------------- interrupts
 
-    def _pending_source(self) -> int:
-        s = self.state
-        ier = s.ier
-        if ier & Ier.ELSI and s.lsr_errors:
-            return IirId.RECEIVER_LINE_STATUS
-        if ier & Ier.ERBFI and s.rx_fifo:
-            if not s.fcr & Fcr.FIFO_ENABLE or len(s.rx_fifo) >= RX_TRIGGER[s.fcr >> 6]:
-                return IirId.RECEIVED_DATA_AVAILABLE
-            if s.rx_timeout_pending:
-                return IirId.CHARACTER_TIMEOUT
-        if ier & Ier.ETBEI and s.thre_pending and not s.tx_fifo:
-            return IirId.THR_EMPTY
-        if ier & Ier.EDSSI and s.msr_deltas:
-            return IirId.MODEM_STATUS
-        return IirId.NONE
-
     def _irq_wanted(self) -> bool:
         # On a PC, OUT2 gates the UART's INTR onto the ISA IRQ line.
-        return self.state.mcr & Mcr.OUT2 != 0 and self._pending_source() != IirId.NONE
+        return self.state.mcr & Mcr.OUT2 != 0 and pending_interrupt(self.state) != IirId.NONE
 
     def _sync(self) -> None:
         """After any change: catch up on deadlines, hand out TX bytes, drive the IRQ."""
@@ -398,25 +380,10 @@ class Uart16550(ChipsetDevice):
     # ---------------------------------------------------------------- registers
 
     def _msr_inputs(self) -> int:
-        mcr = self.state.mcr
-        if mcr & Mcr.LOOP:
-            return ((Msr.CTS if mcr & Mcr.RTS else 0) | (Msr.DSR if mcr & Mcr.DTR else 0)
-                    | (Msr.RI if mcr & Mcr.OUT1 else 0) | (Msr.DCD if mcr & Mcr.OUT2 else 0))
-        return self.state.modem_inputs
+        return msr_inputs(self.state.mcr, self.state.modem_inputs)
 
     def _note_msr_change(self, old: int) -> None:
-        new = self._msr_inputs()
-        changed = old ^ new
-        deltas = self.state.msr_deltas
-        if changed & Msr.CTS:
-            deltas |= Msr.DCTS
-        if changed & Msr.DSR:
-            deltas |= Msr.DDSR
-        if old & Msr.RI and not new & Msr.RI:
-            deltas |= Msr.TERI
-        if changed & Msr.DCD:
-            deltas |= Msr.DDCD
-        self.state.msr_deltas = deltas
+        self.state.msr_deltas |= msr_deltas(old, self._msr_inputs())
 
     def _read_rbr(self) -> int:
         s = self.state
@@ -436,7 +403,7 @@ class Uart16550(ChipsetDevice):
         return self.state.dlm if self.state.lcr & Lcr.DLAB else self.state.ier
 
     def _read_iir(self) -> int:
-        source = self._pending_source()
+        source = pending_interrupt(self.state)
         if source == IirId.THR_EMPTY:
             self.state.thre_pending = False
         if self.state.fcr & Fcr.FIFO_ENABLE:

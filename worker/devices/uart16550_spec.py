@@ -1,5 +1,6 @@
 """The PC16550D as data: its register map in the datasheet's names, its character timing,
-and the state a UART holds, with the rules a saved state must keep.
+the state a UART holds (with the rules a saved state must keep), and the pure functions of
+register values the datasheet tabulates: interrupt priority, modem status.
 
 Reference: *PC16550D Universal Asynchronous Receiver/Transmitter with FIFOs*, National
 Semiconductor (TL/C/8652, June 1995; TI SNLS378C, rev. May 2015).  The emulator is
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from worker.devices.state import LIVE, Byte, Mask, Range
+
 
 class Register(enum.IntEnum):
     """Register offsets from the base port.  Aliases share an offset (read/write, DLAB)."""
@@ -144,7 +146,12 @@ MAX_CHAR_TICKS = 24 * 65536 * HALF_BIT_TICKS  # 12 bit times at divisor 65536
 
 
 def char_ticks(lcr: int, divisor: int) -> int:
-    """Length of one character in ticks for this LCR and divisor latch value."""
+    """Length of one character in ticks for this LCR and divisor latch value.
+
+    A character takes ``1 start + 5..8 data + parity + 1/1.5/2 stop`` bit times; a bit
+    time is ``divisor / 115200`` s (1.8432 MHz input clock, 16x baud clock).  In ticks of
+    1/18 ns a half bit is exactly ``divisor * 78125`` ticks.
+    """
     word = 5 + (lcr & 0x03)
     half_bits = 2 * (1 + word + ((lcr >> 3) & 1))
     if lcr & Lcr.STB:
@@ -185,7 +192,9 @@ class Uart16550State:
 
 @dataclass
 class SavedTimes:
-    """The state's clock-anchored times, relative to the moment of saving."""
+    """The state's clock-anchored times, saved relative to the moment of saving (remaining
+    ticks of the character in the shift register, ticks since the last receiver activity),
+    so a state restored on another clock resumes where it left off."""
 
     tsr_remaining_ticks: Annotated[int, Range(0, MAX_CHAR_TICKS)] = 0
     rx_idle_ticks: Annotated[int, Range(0, TIMEOUT_CHARS * MAX_CHAR_TICKS)] = 0
@@ -207,3 +216,38 @@ def check_state(s: Uart16550State, times: SavedTimes) -> None:
         raise ValueError("saved UART state: the shift register is busy with no time left")
     if not s.tsr_busy and (times.tsr_remaining_ticks or s.tx_fifo):
         raise ValueError("saved UART state: the shift register is idle but has time or TX data")
+
+
+def pending_interrupt(s: Uart16550State) -> int:
+    """The source IIR reports (:class:`IirId`), by the datasheet's priorities: receiver line
+    status > received data available / character timeout > THR empty > modem status."""
+    ier = s.ier
+    if ier & Ier.ELSI and s.lsr_errors:
+        return IirId.RECEIVER_LINE_STATUS
+    if ier & Ier.ERBFI and s.rx_fifo:
+        if not s.fcr & Fcr.FIFO_ENABLE or len(s.rx_fifo) >= RX_TRIGGER[s.fcr >> 6]:
+            return IirId.RECEIVED_DATA_AVAILABLE
+        if s.rx_timeout_pending:
+            return IirId.CHARACTER_TIMEOUT
+    if ier & Ier.ETBEI and s.thre_pending and not s.tx_fifo:
+        return IirId.THR_EMPTY
+    if ier & Ier.EDSSI and s.msr_deltas:
+        return IirId.MODEM_STATUS
+    return IirId.NONE
+
+
+def msr_inputs(mcr: int, modem_inputs: int) -> int:
+    """MSR bits 7:4: the modem inputs, or in loopback RTS/DTR/OUT1/OUT2 mirrored into
+    CTS/DSR/RI/DCD."""
+    if mcr & Mcr.LOOP:
+        return ((Msr.CTS if mcr & Mcr.RTS else 0) | (Msr.DSR if mcr & Mcr.DTR else 0)
+                | (Msr.RI if mcr & Mcr.OUT1 else 0) | (Msr.DCD if mcr & Mcr.OUT2 else 0))
+    return modem_inputs
+
+
+def msr_deltas(old: int, new: int) -> int:
+    """The MSR delta bits a change of the inputs from ``old`` to ``new`` sets (TERI: RI fell)."""
+    changed = old ^ new
+    return ((Msr.DCTS if changed & Msr.CTS else 0) | (Msr.DDSR if changed & Msr.DSR else 0)
+            | (Msr.TERI if old & Msr.RI and not new & Msr.RI else 0)
+            | (Msr.DDCD if changed & Msr.DCD else 0))

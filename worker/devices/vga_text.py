@@ -40,8 +40,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from worker.devices.base import ChipsetDevice, MmioRange, MmioStats, NullIrqLine, PortRange
-from worker.devices.base import IoError, all_ones
+from worker.devices.base import (
+    ChipsetDevice,
+    IoError,
+    MmioRange,
+    MmioStats,
+    NullIrqLine,
+    PortRange,
+    all_ones,
+)
 from worker.devices.config import VgaTextConfig
 from worker.devices.state import Byte, Length
 

@@ -10,13 +10,8 @@ import pytest
 from tests.unit.devices.support import RecordingIrqLine, plug
 from worker.backends import NvramFile
 from worker.devices.base import Device, FakeClock, IoError
-from worker.devices.cmos_rtc import (
-    NVRAM_SIZE,
-    CmosRtc,
-    CmosRtcConfig,
-    civil_from_days,
-    days_from_civil,
-)
+from worker.devices.cmos_rtc import NVRAM_SIZE, CmosRtc, CmosRtcConfig
+from worker.devices.cmos_rtc_time import civil_from_days, days_from_civil
 
 INDEX, DATA = 0x70, 0x71
 SEC, ALARM_SEC, MIN, ALARM_MIN, HOUR, ALARM_HOUR = 0x00, 0x01, 0x02, 0x03, 0x04, 0x05
