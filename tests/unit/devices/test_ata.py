@@ -23,6 +23,7 @@ from worker.devices.ata import (
     CMD_WRITE_SECTORS_EXT,
     ERROR_ABRT,
     ERROR_IDNF,
+    ERROR_UNC,
     STATUS_BSY,
     STATUS_DRDY,
     STATUS_DRQ,
@@ -30,6 +31,7 @@ from worker.devices.ata import (
     AtaDisk,
     AtaDiskConfig,
 )
+from worker.devices.backends import MemoryDisk
 from worker.devices.base import IoError, NullIrqLine, PortRange
 
 DATA, ERROR, FEATURES, COUNT, LBA_LOW, LBA_MID, LBA_HIGH, DEVICE, STATUS, COMMAND = (
@@ -401,6 +403,44 @@ def test_a_failing_fsync_reports_device_fault_and_abort(make_disk, monkeypatch):
     outb(disk, COMMAND, CMD_FLUSH_CACHE)
     assert inb(disk, STATUS) == STATUS_DRDY | 0x20 | STATUS_ERR
     assert inb(disk, ERROR) == ERROR_ABRT
+
+
+
+# The device needs no file: an in-memory image shows what it asks of any backend.
+
+
+def test_the_device_runs_on_an_in_memory_image_and_flushes_it():
+    image = MemoryDisk(64 * 512)
+    disk = AtaDisk(AtaDiskConfig(), NullIrqLine(), image)
+    issue_lba28(disk, CMD_WRITE_SECTORS, lba=3)
+    write_block(disk, pattern(3))
+    assert image.data[3 * 512:4 * 512] == pattern(3) and image.flushes == 0
+    outb(disk, COMMAND, CMD_FLUSH_CACHE)
+    assert image.flushes == 1 and disk.stats.flushes == 1
+
+
+def test_a_host_read_error_is_an_uncorrectable_sector():
+    image = MemoryDisk(64 * 512)
+    disk = AtaDisk(AtaDiskConfig(), NullIrqLine(), image)
+    image.fail = "read"
+    issue_lba28(disk, CMD_READ_SECTORS, lba=1)
+    assert inb(disk, STATUS) == STATUS_DRDY | STATUS_ERR
+    assert inb(disk, ERROR) == ERROR_UNC
+
+
+def test_a_host_write_error_is_a_device_fault_and_abort():
+    image = MemoryDisk(64 * 512)
+    disk = AtaDisk(AtaDiskConfig(), NullIrqLine(), image)
+    image.fail = "write"
+    issue_lba28(disk, CMD_WRITE_SECTORS, lba=1)
+    write_block(disk, pattern(1))
+    assert inb(disk, STATUS) == STATUS_DRDY | 0x20 | STATUS_ERR
+    assert inb(disk, ERROR) == ERROR_ABRT
+
+
+def test_an_image_that_is_not_whole_sectors_is_refused():
+    with pytest.raises(ValueError, match="whole sectors"):
+        AtaDisk(AtaDiskConfig(), NullIrqLine(), MemoryDisk(1000))
 
 
 def test_with_the_write_cache_disabled_each_write_command_is_fsynced(make_disk, monkeypatch):
