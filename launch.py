@@ -49,8 +49,9 @@ from proto.codes import (
     control_value,
 )
 from proto.errors import ConfigError, HvstackError, PeerTimeout, Refused
-from proto.messages import IO_OPS
-from proto.stats import EMULATED_STAGES, HANDLED_STAGES, INTERRUPT_STAGES, PathStats
+from proto.messages import EXECUTE_OPS
+from proto.exits import EMULATED_STAGES, HANDLED_STAGES, Exit, label, order_key, stage_names as path_stage_names
+from proto.stats import PathStats
 from proto.transport import ipc_endpoint
 
 REPO = Path(__file__).resolve().parent
@@ -790,23 +791,6 @@ def execute(topology: Topology, out: "Output", duration_s: float | None = None) 
 # Output
 # ======================================================================================
 
-PATH_ORDER = ("io_port", "io_unclaimed", "mmio", "unmapped_gpa", "apic", "cpuid", "msr", "hypercall", "interrupt",
-              "apic_timer", "quantum")
-PATH_LABEL = {
-    "io_port": "emulated port I/O (worker)",
-    "io_unclaimed": "unclaimed port I/O (hv)",
-    "mmio": "emulated MMIO (worker)",
-    "unmapped_gpa": "unmapped GPA (hv)",
-    "cpuid": "CPUID intercept (hv)",
-    "msr": "synthetic MSR (hv)",
-    "hypercall": "hypercall (hv)",
-    "interrupt": "interrupt: line → handler",
-    "apic_timer": "APIC timer → handler",
-    "apic": "local APIC MMIO (hv)",
-    "quantum": "quantum end → redispatch",
-}
-
-
 def us(ns: float) -> str:
     return f"{ns / 1000:.1f}"
 
@@ -824,10 +808,10 @@ def table(headers: list[str], rows: list[list[str]], align: str | None = None) -
 
 def path_rows(paths: dict) -> list[list[str]]:
     rows = []
-    for name in sorted(paths, key=lambda n: PATH_ORDER.index(n) if n in PATH_ORDER else 99):
+    for name in sorted(paths, key=order_key):
         st = PathStats.from_wire(paths[name])
         t = st.total
-        rows.append([PATH_LABEL.get(name, name), str(t.n), us(t.percentile(50)), us(t.percentile(99)), us(t.hi)])
+        rows.append([label(name), str(t.n), us(t.percentile(50)), us(t.percentile(99)), us(t.hi)])
     return rows
 
 
@@ -835,10 +819,8 @@ def stage_rows(paths: dict, path: str = "io_port") -> list[list[str]]:
     if path not in paths:
         return []
     st = PathStats.from_wire(paths[path])
-    names = {len(EMULATED_STAGES): EMULATED_STAGES, len(HANDLED_STAGES): HANDLED_STAGES}.get(len(st.stages))
-    if path == "interrupt":
-        names = INTERRUPT_STAGES
-    if names is None:
+    names = Exit(path).stages if path in Exit._value2member_map_ else ()
+    if len(names) != len(st.stages):
         return []
     total_mean = st.total.mean or 1
     rows = []
@@ -1067,7 +1049,7 @@ def parse_ops(tokens: list[str]) -> list[tuple[str, list[str]]]:
     while i < len(tokens):
         op = tokens[i]
         if op not in IO_ARITY:
-            raise ValueError(f"unknown operation {op!r} (known: {', '.join(IO_OPS)})")
+            raise ValueError(f"unknown operation {op!r} (known: {', '.join(EXECUTE_OPS)})")
         j = i + 1
         while j < len(tokens) and tokens[j] not in IO_ARITY:
             j += 1
@@ -1476,15 +1458,6 @@ def cmd_bench(args) -> int:
 TOP_SORTS = ("exits", "name", "cpu", "rss", "ctxsw")
 
 
-def stage_names(n: int) -> tuple[str, ...]:
-    """The stage names of a path with ``n`` stages (proto.stats names the two kinds)."""
-    if n == len(EMULATED_STAGES):
-        return EMULATED_STAGES
-    if n == len(HANDLED_STAGES):
-        return HANDLED_STAGES
-    return tuple(f"stage {i + 1}" for i in range(n))
-
-
 def _sum_exits(part: dict) -> dict[str, int]:
     exits: dict[str, int] = {}
     for vp in part["vps"]:
@@ -1504,14 +1477,14 @@ def hist_summary(h) -> dict:
             "min_us": _us(h.lo), "mean_us": _us(h.mean)}
 
 
-def path_summary(wire: dict) -> dict:
+def path_summary(path: str, wire: dict) -> dict:
     """A path's total and, for a multi-stage path, each stage's p50/p99/mean (µs)."""
     st = PathStats.from_wire(wire)
     out = hist_summary(st.total)
     if len(st.stages) > 1:
         out["stages"] = {name: {"p50_us": _us(h.percentile(50)), "p99_us": _us(h.percentile(99)),
                                 "mean_us": _us(h.mean)}
-                         for name, h in zip(stage_names(len(st.stages)), st.stages)}
+                         for name, h in zip(path_stage_names(path, len(st.stages)), st.stages)}
     return out
 
 
@@ -1648,7 +1621,7 @@ def top_sample(run_name: str, man: dict, before: dict, after: dict, procs: list[
             states[vp["state"]] = states.get(vp["state"], 0) + 1
         paths = {}
         old_paths = old["paths"] if old else {}
-        for path in sorted(p["paths"], key=lambda n: PATH_ORDER.index(n) if n in PATH_ORDER else 99):
+        for path in sorted(p["paths"], key=order_key):
             total = PathStats.from_wire(p["paths"][path]).total
             was = PathStats.from_wire(old_paths[path]).total if path in old_paths else None
             new = _hist_since(total, was)
@@ -1713,7 +1686,7 @@ def render_top(s: dict) -> str:
         lines += ["", f"{p['name']}: exits by reason"]
         if erows:
             lines.append(_indent(table(["reason", "total", "%total", "now/s"], erows)))
-        prows = [[PATH_LABEL.get(k, k), str(v["count"]), f"{v['per_s']:.0f}", f"{v['p50_us']:.1f}",
+        prows = [[label(k), str(v["count"]), f"{v['per_s']:.0f}", f"{v['p50_us']:.1f}",
                   f"{v['p99_us']:.1f}", *((f"{v['interval']['p50_us']:.1f}", f"{v['interval']['p99_us']:.1f}")
                                            if v["interval"]["count"] else ("-", "-"))]
                  for k, v in p["paths"].items()]
@@ -1791,8 +1764,8 @@ def run_stats(run: RunDir, man: dict, status: dict) -> dict:
                          **{k: p[k] for k in ("unclaimed_reads", "unclaimed_writes", "unmapped_gpa",
                                               "worker_timeouts", "resets") if k in p},
                          "guest": p.get("guest", {})},
-            "paths": {k: path_summary(p["paths"][k])
-                      for k in sorted(p["paths"], key=lambda n: PATH_ORDER.index(n) if n in PATH_ORDER else 99)},
+            "paths": {k: path_summary(k, p["paths"][k])
+                      for k in sorted(p["paths"], key=order_key)},
         }
     return {"run": run.name, "unit": "us",
             "hypervisor": {"uptime_s": status["uptime_s"], "peers": status["peers"], "counters": status["counters"],
@@ -1816,7 +1789,7 @@ def cmd_stats(args) -> int:
         print("  exits: " + (", ".join(f"{k} {v}" for k, v in p["exits"].items() if v) or "none"))
         counters = {k: v for k, v in p["counters"].items() if k != "guest"}
         print("  counters: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counters.items()))
-        rows = [[PATH_LABEL.get(k, k), str(v["count"]), *(f"{v[f]:.1f}" for f in
+        rows = [[label(k), str(v["count"]), *(f"{v[f]:.1f}" for f in
                  ("p50_us", "p90_us", "p99_us", "p999_us", "max_us", "mean_us"))] for k, v in p["paths"].items()]
         if rows:
             print(_indent(table(["path", "count", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs", "mean µs"],
@@ -1824,7 +1797,7 @@ def cmd_stats(args) -> int:
         wire = status["partitions"][[q["id"] for q in status["partitions"]].index(p["id"])]["paths"]
         for k, v in p["paths"].items():
             if len(v.get("stages", {})) in (len(EMULATED_STAGES), len(HANDLED_STAGES)):
-                print(f"  {PATH_LABEL.get(k, k)}, per stage:")
+                print(f"  {label(k)}, per stage:")
                 print(_indent(table(["stage", "mean µs", "p50 µs", "p99 µs", "share"], stage_rows(wire, k)), 4))
     return 0
 
@@ -1868,8 +1841,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("trace", help="every exit of a live run as it happens, then a summary by reason")
     p.add_argument("run")
     p.add_argument("--partition", help="only this partition's exits")
-    from proto.trace import TRACE_REASONS
-    p.add_argument("--reason", action="append", choices=TRACE_REASONS,
+    p.add_argument("--reason", action="append", choices=[str(e) for e in Exit],
                    help="only exits of this reason (may be given several times)")
     p.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     fmt = p.add_mutually_exclusive_group()

@@ -25,6 +25,7 @@ import msgpack
 import zmq
 
 from proto import messages as m
+from proto.exits import Exit
 
 # A stamp as perf_counter_ns gives it on a host that has been up a while: 9 bytes packed.
 _T = 10**13
@@ -34,11 +35,11 @@ def hop_frames() -> dict[str, bytes]:
     """The stack's frames on each hop, at their real sizes."""
     return {
         "io_intercept": m.IoPortIntercept(1, 0x3FF, 1, False, 0, (_T,)).encode(),
-        "io_notify": m.IoNotify(1, 0, 0x3FF, 1, False, 0, (_T,) * 3).encode(),
-        "io_complete": m.IoComplete(1, 0x41, (_T,) * 5).encode(),
-        "io_resume": m.VpResume(1, 0, 0x41, 0, 0, 0, b"", (_T,) * 7, 0, (), _T, 0).encode(),
+        "port_notify": m.PortNotify(1, 0, 0x3FF, 1, False, 0, (_T,) * 3).encode(),
+        "access_complete": m.AccessComplete(1, 0x41, (_T,) * 5).encode(),
+        "io_resume": m.VpResume(1, 0, 0x41, 0, 0, 0, b"", (_T,) * 7, 0, (), _T, 0, Exit.IO_PORT.code).encode(),
         "cpuid_intercept": m.CpuidIntercept(1, 0x40000001, 0, (_T,)).encode(),
-        "cpuid_resume": m.VpResume(1, 0, 0x31237648, 0, 0, 0, b"", (_T,) * 3, 0, (), _T, 0).encode(),
+        "cpuid_resume": m.VpResume(1, 0, 0x31237648, 0, 0, 0, b"", (_T,) * 3, 0, (), _T, 0, Exit.CPUID.code).encode(),
     }
 
 
@@ -56,7 +57,7 @@ def relay(endpoint: str) -> None:
     print("READY", flush=True)
     roles: dict[bytes, bytes] = {}
     peers: dict[bytes, bytes] = {}  # echo role → identity
-    notify, resume4, resume2 = f["io_notify"], f["io_resume"], f["cpuid_resume"]
+    notify, resume4, resume2 = f["port_notify"], f["io_resume"], f["cpuid_resume"]
     pending = []  # clients waiting for the echo, in order (one request in flight each)
     pending_irq = []
     # Requests that came before their echo peer said hello (it is a separate process, and
@@ -92,7 +93,7 @@ def relay(endpoint: str) -> None:
 
 
 def echo(endpoint: str) -> None:
-    complete = hop_frames()["io_complete"]
+    complete = hop_frames()["access_complete"]
     sock = _socket(zmq.DEALER)
     sock.connect(endpoint)
     sock.send(b"echo")

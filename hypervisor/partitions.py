@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from proto.codes import HV_SPIN_RETRY_NEVER, HvPartitionState
+from proto.exits import EXITS
 from proto.stats import PathStats
 
 from hypervisor.apic import Apic
@@ -27,16 +28,12 @@ class VpState(enum.Enum):
     HALTED = "halted"  # executed HLT; waits for an interrupt
 
 
-EXIT_REASONS = ("io_port", "unclaimed_io", "mmio", "unmapped_gpa", "apic", "cpuid", "msr", "hypercall", "halt",
-                "quantum", "cr3", "invlpg")
-
-
 @dataclass
 class Vp:
     index: int
     state: VpState = VpState.CREATED
     peer: bytes | None = None  # ZeroMQ identity of the VP thread, once bound
-    exits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EXIT_REASONS, 0))
+    exits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EXITS, 0))
     faults: int = 0
     halt_seq: int | None = None  # the HLT intercept waiting for a wake-up
     interrupts: InterruptQueue = field(default_factory=InterruptQueue)

@@ -7,8 +7,8 @@ that is not a message, or a message from a peer that has not said hello, gets an
 
 The measured paths, as DESIGN.md draws them:
 
-* emulated port I/O — ``io_port_intercept`` (VP) → ``io_notify`` (worker) →
-  ``io_complete`` (worker) → ``vp_resume`` (VP): four hops, eight stamps;
+* emulated port I/O — ``io_port_intercept`` (VP) → ``port_notify`` (worker) →
+  ``access_complete`` (worker) → ``vp_resume`` (VP): four hops, eight stamps;
 * hypervisor-handled intercepts (CPUID, synthetic MSRs) and hypercalls — intercept →
   ``vp_resume``: two hops, four stamps.
 
@@ -29,6 +29,7 @@ from proto import messages as m
 from proto.auth import token_matches
 from proto.codes import HV_ROOT_PRIVILEGES, HvPartitionState, HypercallCode, X86Exception
 from proto.errors import ProtocolError
+from proto.exits import NO_PATH, Exit
 from proto.stats import PathStats
 from proto.transport import Router
 
@@ -68,13 +69,13 @@ class Peer:
 
 @dataclass(slots=True)
 class Pending:
-    """An intercept forwarded to a worker, waiting for its ``io_complete``."""
+    """An intercept forwarded to a worker, waiting for its ``access_complete``."""
 
     origin: bytes  # who gets the vp_resume: the VP thread, or a root peer for `io`
     seq: int
     partition: Partition
     vp: Vp
-    reason: str  # "io_port" or "mmio"
+    reason: Exit  # Exit.IO_PORT or Exit.MMIO
     addr: int
     size: int
     write: bool
@@ -135,10 +136,10 @@ class Hypervisor:
             m.InvlpgIntercept: self.on_invlpg_intercept,
             m.VpStats: self.on_vp_stats,
             m.InstallIntercept: self.on_install_intercept,
-            m.IoComplete: self.on_io_complete,
+            m.AccessComplete: self.on_access_complete,
             m.ConsoleOutput: self.on_console_output,
             m.StatusRequest: self.on_status_request,
-            m.IoRequest: self.on_io_request,
+            m.ExecuteRequest: self.on_execute_request,
             m.ConsoleSubscribe: self.on_console_subscribe,
             m.InputRequest: self.on_input_request,
             m.MmioIntercept: self.on_mmio_intercept,
@@ -162,10 +163,10 @@ class Hypervisor:
             m.InvlpgIntercept: ("vp",),
             m.VpStats: ("vp",),
             m.InstallIntercept: ("worker",),
-            m.IoComplete: ("worker",),
+            m.AccessComplete: ("worker",),
             m.ConsoleOutput: ("worker",),
             m.StatusRequest: ("root",),
-            m.IoRequest: ("root",),
+            m.ExecuteRequest: ("root",),
             m.ConsoleSubscribe: ("root",),
             m.InputRequest: ("root",),
             m.MmioIntercept: ("vp",),
@@ -294,7 +295,7 @@ class Hypervisor:
 
     def _resume(self, origin: bytes, part: Partition, vp: Vp, seq: int, stamps: tuple, rax: int,
                 rbx: int = 0, rcx: int = 0, rdx: int = 0, fault: int = NO_FAULT, output: bytes = b"",
-                to_back: bool = False) -> None:
+                to_back: bool = False, path: int = NO_PATH) -> None:
         """Complete an exit.  ``stamps`` end with the hypervisor's arrival stamp; the
         departure stamp is added when the resume is actually sent.  A VP's own thread
         gets its resume when the scheduler dispatches it on a logical processor (that is
@@ -304,9 +305,9 @@ class Hypervisor:
             if fault:
                 vp.faults += 1
             self._send(origin, m.VpResume(seq, fault, rax, rbx, rcx, rdx, output,
-                                          stamps + (perf_counter_ns(),), 0, (), 0, 0))
+                                          stamps + (perf_counter_ns(),), 0, (), 0, 0, path))
             return
-        vp.next_resume = (seq, stamps, rax, rbx, rcx, rdx, fault, output)
+        vp.next_resume = (seq, stamps, rax, rbx, rcx, rdx, fault, output, path)
         vp.state = VpState.READY
         self.sched.make_ready(vp.sched, perf_counter_ns(), to_back=to_back)
 
@@ -320,7 +321,7 @@ class Hypervisor:
             frame, vp.next_frame = vp.next_frame, None
             self.router.send(vp.peer, frame)
             return
-        seq, stamps, rax, rbx, rcx, rdx, fault, output = vp.next_resume
+        seq, stamps, rax, rbx, rcx, rdx, fault, output, path = vp.next_resume
         vp.next_resume = None
         interrupt, irq_stamps = 0, ()
         if vp.reset_pending:
@@ -329,14 +330,14 @@ class Hypervisor:
         elif not fault and (vp.interrupts or vp.apic.irr):
             interrupt, irq_stamps = self._next_interrupt(vp)
             if interrupt and self.tracers:
-                self._trace(part, vp, "interrupt", False, interrupt & 0xFF, 0, irq_stamps)
+                self._trace(part, vp, Exit.INTERRUPT, False, interrupt & 0xFF, 0, irq_stamps)
         if fault and fault != m.FAULT_RESET:
             vp.faults += 1
         now = perf_counter_ns()
         # The quantum is counted from the dispatch, so the VP's run ends on time however
         # long the resume takes to reach it (one host, one CLOCK_MONOTONIC).
         frame = m.VpResume(seq, fault, rax, rbx, rcx, rdx, output, stamps + (now,),
-                           interrupt, irq_stamps, now + quantum_ns, lp, (vp.rflags, vp.cr3)).encode()
+                           interrupt, irq_stamps, now + quantum_ns, lp, path, (vp.rflags, vp.cr3)).encode()
         if not self.router.send(vp.peer, frame):
             self.counters["unroutable_replies"] += 1
             self.sched.exited(s, perf_counter_ns())
@@ -449,18 +450,18 @@ class Hypervisor:
         if owner is None:
             # Nothing claims the port: reads float high, writes go nowhere (Xen's
             # null_handler, and what an ISA bus does).
-            vp.exits["unclaimed_io"] += 1
+            vp.exits[Exit.IO_UNCLAIMED] += 1
             if write:
                 part.unclaimed_writes += 1
             else:
                 part.unclaimed_reads += 1
             result = 0 if write else ALL_ONES[size]
             if self.tracers:
-                self._trace(part, vp, "unclaimed_io", write, port, value if write else result, stamps)
-            self._resume(origin, part, vp, seq, stamps, result)
+                self._trace(part, vp, Exit.IO_UNCLAIMED, write, port, value if write else result, stamps)
+            self._resume(origin, part, vp, seq, stamps, result, path=Exit.IO_UNCLAIMED.code)
             return
-        vp.exits["io_port"] += 1
-        self._forward(origin, part, vp, seq, owner, "io_port", port, size, write, value, stamps)
+        vp.exits[Exit.IO_PORT] += 1
+        self._forward(origin, part, vp, seq, owner, Exit.IO_PORT, port, size, write, value, stamps)
 
     def _forward(self, origin: bytes, part: Partition, vp: Vp, seq: int, owner: bytes, reason: str,
                  addr: int, size: int, write: bool, value: int, stamps: tuple) -> None:
@@ -470,8 +471,8 @@ class Hypervisor:
                                     time.monotonic_ns() + WORKER_TIMEOUT_NS)
         if vp.peer == origin:
             vp.state = VpState.INTERCEPT
-        if reason == "io_port":
-            notify = m.IoNotify(ref, vp.index, addr, size, write, value, stamps + (perf_counter_ns(),))
+        if reason is Exit.IO_PORT:
+            notify = m.PortNotify(ref, vp.index, addr, size, write, value, stamps + (perf_counter_ns(),))
         else:
             notify = m.MmioNotify(ref, vp.index, addr, size, write, value, stamps + (perf_counter_ns(),))
         if not self.router.send(owner, notify.encode()):
@@ -488,7 +489,7 @@ class Hypervisor:
               value: int, stamps: tuple) -> None:
         if APIC_BASE <= gpa < APIC_BASE + APIC_PAGE:
             # The local APIC is the hypervisor's: two hops, no worker.
-            vp.exits["apic"] += 1
+            vp.exits[Exit.APIC] += 1
             now = perf_counter_ns()
             if write:
                 vp.apic.write(gpa - APIC_BASE, value, now)
@@ -498,8 +499,8 @@ class Hypervisor:
             else:
                 result = vp.apic.read(gpa - APIC_BASE, now) & ALL_ONES[size]
             if self.tracers:
-                self._trace(part, vp, "apic", write, gpa, value if write else result, stamps)
-            self._resume(origin, part, vp, seq, stamps, result)
+                self._trace(part, vp, Exit.APIC, write, gpa, value if write else result, stamps)
+            self._resume(origin, part, vp, seq, stamps, result, path=Exit.APIC.code)
             return
         owner = part.mmio_owner(gpa)
         if owner is None:
@@ -507,14 +508,14 @@ class Hypervisor:
                 return
             # HvMessageTypeUnmappedGpa: no RAM and no device claims the address.  The
             # guest takes a #GP, and it is counted.
-            vp.exits["unmapped_gpa"] += 1
+            vp.exits[Exit.UNMAPPED_GPA] += 1
             part.unmapped_gpa += 1
             if self.tracers:
-                self._trace(part, vp, "unmapped_gpa", write, gpa, value, stamps)
-            self._resume(origin, part, vp, seq, stamps, 0, fault=int(X86Exception.GP))
+                self._trace(part, vp, Exit.UNMAPPED_GPA, write, gpa, value, stamps)
+            self._resume(origin, part, vp, seq, stamps, 0, fault=int(X86Exception.GP), path=Exit.UNMAPPED_GPA.code)
             return
-        vp.exits["mmio"] += 1
-        self._forward(origin, part, vp, seq, owner, "mmio", gpa, size, write, value, stamps)
+        vp.exits[Exit.MMIO] += 1
+        self._forward(origin, part, vp, seq, owner, Exit.MMIO, gpa, size, write, value, stamps)
 
     def _root_ram_access(self, origin: bytes, part: Partition, vp: Vp, seq: int, gpa: int, size: int,
                          write: bool, value: int, stamps: tuple) -> bool:
@@ -548,21 +549,22 @@ class Hypervisor:
 
     def on_cpuid_intercept(self, identity: bytes, peer: Peer, msg: m.CpuidIntercept, t_in: int) -> None:
         vp, part = peer.vp, peer.partition
-        vp.exits["cpuid"] += 1
+        vp.exits[Exit.CPUID] += 1
         eax, ebx, ecx, edx = cpuid.cpuid(part, vp.index, msg.leaf, msg.subleaf)
         stamps = msg.stamps + (t_in,)
         if self.tracers:
-            self._trace(part, vp, "cpuid", False, msg.leaf, msg.subleaf, stamps)
-        self._resume(identity, part, vp, msg.seq, stamps, eax, ebx, ecx, edx)
+            self._trace(part, vp, Exit.CPUID, False, msg.leaf, msg.subleaf, stamps)
+        self._resume(identity, part, vp, msg.seq, stamps, eax, ebx, ecx, edx, path=Exit.CPUID.code)
 
     def on_msr_intercept(self, identity: bytes, peer: Peer, msg: m.MsrIntercept, t_in: int) -> None:
         vp, part = peer.vp, peer.partition
-        vp.exits["msr"] += 1
+        vp.exits[Exit.MSR] += 1
         fault, value = self._msr(part, vp, msg.msr, msg.write, msg.value)
         stamps = msg.stamps + (t_in,)
         if self.tracers:
-            self._trace(part, vp, "msr", msg.write, msg.msr, msg.value if msg.write else value, stamps)
-        self._resume(identity, part, vp, msg.seq, stamps, value & 0xFFFFFFFF, 0, 0, value >> 32, fault)
+            self._trace(part, vp, Exit.MSR, msg.write, msg.msr, msg.value if msg.write else value, stamps)
+        self._resume(identity, part, vp, msg.seq, stamps, value & 0xFFFFFFFF, 0, 0, value >> 32, fault,
+                     path=Exit.MSR.code)
 
     def _msr(self, part: Partition, vp: Vp, msr: int, write: bool, value: int) -> tuple[int, int]:
         if write:
@@ -595,20 +597,21 @@ class Hypervisor:
             caller = Caller(None, None, HV_ROOT_PRIVILEGES)
             result, output = self.hypercalls.dispatch(caller, msg.control, msg.input)
             self._send(identity, m.VpResume(msg.seq, NO_FAULT, result, 0, 0, 0, output,
-                                            msg.stamps + (t_in, perf_counter_ns()), 0, (), 0, 0))
+                                            msg.stamps + (t_in, perf_counter_ns()), 0, (), 0, 0, NO_PATH))
             return
         vp, part = peer.vp, peer.partition
-        vp.exits["hypercall"] += 1
+        vp.exits[Exit.HYPERCALL] += 1
         result, output, fault = self._hypercall(part, vp, msg.control, msg.input)
         stamps = msg.stamps + (t_in,)
         if self.tracers:
-            self._trace(part, vp, "hypercall", False, msg.control, result, stamps)
+            self._trace(part, vp, Exit.HYPERCALL, False, msg.control, result, stamps)
         # HvCallNotifyLongSpinWait: the VP yields its LP to the others (the lock holder
         # among them, if it was preempted).
         spin_wait = (msg.control & 0xFFFF) == HypercallCode.HvCallNotifyLongSpinWait and (result & 0xFFFF) == 0
         if spin_wait:
             vp.sched.yields += 1
-        self._resume(identity, part, vp, msg.seq, stamps, result, fault=fault, output=output, to_back=spin_wait)
+        self._resume(identity, part, vp, msg.seq, stamps, result, fault=fault, output=output, to_back=spin_wait,
+                     path=Exit.HYPERCALL.code)
 
     def _hypercall(self, part: Partition, vp: Vp, control: int, data: bytes) -> tuple[int, bytes, int]:
         if not part.hypercalls_enabled:
@@ -619,9 +622,9 @@ class Hypervisor:
 
     def on_halt_intercept(self, identity: bytes, peer: Peer, msg: m.HaltIntercept, t_in: int) -> None:
         vp, part = peer.vp, peer.partition
-        vp.exits["halt"] += 1
+        vp.exits[Exit.HALT] += 1
         if self.tracers:
-            self._trace(part, vp, "halt", False, 0, 0, msg.stamps + (t_in,))
+            self._trace(part, vp, Exit.HALT, False, 0, 0, msg.stamps + (t_in,))
         if vp.interrupts or vp.reset_pending or vp.apic.deliverable() is not None:
             # Something is already waiting: HLT completes at once.
             self._resume(identity, part, vp, msg.seq, msg.stamps + (t_in,), 0)
@@ -632,29 +635,29 @@ class Hypervisor:
 
     def on_quantum_exit(self, identity: bytes, peer: Peer, msg: m.QuantumExit, t_in: int) -> None:
         vp, part = peer.vp, peer.partition
-        vp.exits["quantum"] += 1
-        self._resume(identity, part, vp, msg.seq, msg.stamps + (t_in,), 0)
+        vp.exits[Exit.QUANTUM] += 1
+        self._resume(identity, part, vp, msg.seq, msg.stamps + (t_in,), 0, path=Exit.QUANTUM.code)
 
     def on_cr3_intercept(self, identity: bytes, peer: Peer, msg: m.Cr3Intercept, t_in: int) -> None:
         """MOV CR3: the TLB of the LP the VP ran on is flushed, whoever's entries it holds.
         (Before the resume: no other VP has been given that LP yet.)"""
         vp, part = peer.vp, peer.partition
-        vp.exits["cr3"] += 1
+        vp.exits[Exit.CR3] += 1
         vp.cr3 = msg.value
         self.tlb.flush_lp(vp.lp, "mov_cr3")
         stamps = msg.stamps + (t_in,)
         if self.tracers:
-            self._trace(part, vp, "cr3", True, msg.value, vp.lp, stamps)
-        self._resume(identity, part, vp, msg.seq, stamps, 0)
+            self._trace(part, vp, Exit.CR3, True, msg.value, vp.lp, stamps)
+        self._resume(identity, part, vp, msg.seq, stamps, 0, path=Exit.CR3.code)
 
     def on_invlpg_intercept(self, identity: bytes, peer: Peer, msg: m.InvlpgIntercept, t_in: int) -> None:
         vp, part = peer.vp, peer.partition
-        vp.exits["invlpg"] += 1
+        vp.exits[Exit.INVLPG] += 1
         self.tlb.flush_lp(vp.lp, "invlpg")
         stamps = msg.stamps + (t_in,)
         if self.tracers:
-            self._trace(part, vp, "invlpg", False, msg.gva, vp.lp, stamps)
-        self._resume(identity, part, vp, msg.seq, stamps, 0)
+            self._trace(part, vp, Exit.INVLPG, False, msg.gva, vp.lp, stamps)
+        self._resume(identity, part, vp, msg.seq, stamps, 0, path=Exit.INVLPG.code)
 
     def _wake(self, part: Partition, vp: Vp) -> None:
         """End a HLT: the VP resumes, taking what is pending (an interrupt, a reset)."""
@@ -694,7 +697,7 @@ class Hypervisor:
                  ", ".join(f"{g:#x}+{n:#x}" for g, n in msg.mmio) or "none")
         self._send(identity, m.Ack(msg.TYPE))
 
-    def on_io_complete(self, identity: bytes, peer: Peer, msg: m.IoComplete, t_in: int) -> None:
+    def on_access_complete(self, identity: bytes, peer: Peer, msg: m.AccessComplete, t_in: int) -> None:
         p = self.pending.pop(msg.ref, None)
         if p is None or p.partition is not peer.partition:
             if p is not None:  # another partition's request: not this worker's to complete
@@ -705,7 +708,7 @@ class Hypervisor:
         stamps = msg.stamps + (t_in,)
         if self.tracers:
             self._trace(p.partition, p.vp, p.reason, p.write, p.addr, p.value if p.write else value, stamps)
-        self._resume(p.origin, p.partition, p.vp, p.seq, stamps, value)
+        self._resume(p.origin, p.partition, p.vp, p.seq, stamps, value, path=p.reason.code)
 
     def on_assert_interrupt(self, identity: bytes, peer: Peer, msg: m.AssertInterrupt, t_in: int) -> None:
         part = peer.partition
@@ -765,7 +768,7 @@ class Hypervisor:
             self._error(identity, msg.TYPE, "UNKNOWN_PARTITION", f"no partition {partition_id}")
         return part
 
-    def on_io_request(self, identity: bytes, peer: Peer, msg: m.IoRequest, t_in: int) -> None:
+    def on_execute_request(self, identity: bytes, peer: Peer, msg: m.ExecuteRequest, t_in: int) -> None:
         part = self._target(identity, msg, msg.partition)
         if part is None:
             return

@@ -18,6 +18,7 @@ from time import perf_counter_ns
 from typing import Callable
 
 from proto import messages as m
+from proto.exits import BY_CODE, Exit
 from proto.codes import HvMsr, HvStatus, HypercallCode, X86Exception, control_value
 from proto.memory import UnmappedGpa
 from proto.errors import Refused
@@ -33,21 +34,6 @@ STATS_INTERVAL_NS = 250_000_000
 DEFAULT_QUANTUM_NS = 10_000_000
 NEVER = 1 << 62
 
-# Path names, as `status`, the tables and `bench` show them.
-PATH_IO = "io_port"  # emulated in the worker: 4 hops
-PATH_IO_UNCLAIMED = "io_unclaimed"  # no device: the hypervisor answers all-ones, 2 hops
-PATH_CPUID = "cpuid"
-PATH_MSR = "msr"
-PATH_HYPERCALL = "hypercall"
-PATH_MMIO = "mmio"  # emulated in the worker: 4 hops
-PATH_UNMAPPED = "unmapped_gpa"  # nothing there: the hypervisor answers, 2 hops
-PATH_INTERRUPT = "interrupt"  # device raises its line → the guest's handler runs
-PATH_QUANTUM = "quantum"  # the quantum ended: the time until the VP is dispatched again
-PATH_APIC_TIMER = "apic_timer"  # the local APIC timer fires → the guest's handler runs
-PATH_APIC = "apic"  # the local APIC page: MMIO the hypervisor handles itself, 2 hops
-APIC_PAGE = (0xFEE00000, 0xFEE01000)
-PATH_CR3 = "cr3"  # an intercepted MOV to CR3: the hypervisor flushes the LP's TLB, 2 hops
-PATH_INVLPG = "invlpg"
 # x86-64 4-level paging: a table entry's present bit and the frame address in bits 51:12.
 PTE_PRESENT = 1
 PTE_FRAME = 0x000FFFFFFFFFF000
@@ -102,7 +88,6 @@ class Vp:
                          "tlb_hits": 0, "tlb_misses": 0, "tlb_walk_reads": 0, "tlb_evictions": 0}
         self._next_stats = perf_counter_ns() + STATS_INTERVAL_NS
         self._quantum_end = perf_counter_ns() + DEFAULT_QUANTUM_NS
-        self._apic_access = False
         self.power_on()
 
     def power_on(self) -> None:
@@ -123,7 +108,7 @@ class Vp:
         self._seq = seq = (self._seq + 1) & 0xFFFFFFFF
         return seq
 
-    def _exit(self, frame: bytes, seq: int, halt: bool = False) -> m.VpResume:
+    def _exit(self, frame: bytes, seq: int) -> m.VpResume:
         if self.stop.is_set():
             raise VpStopped()
         self._send(frame)
@@ -153,14 +138,12 @@ class Vp:
         if msg.fault == m.FAULT_RESET:
             self.counters["resets"] += 1
             raise VpReset(msg.rax)
-        if not halt:
-            stamps = msg.stamps + (t_resume,)
-            if len(stamps) > 2:
-                path = self._path_of(frame, len(stamps))
-                stats = self.paths.get(path)
-                if stats is None:
-                    stats = self.paths[path] = PathStats()
-                stats.record(stamps)
+        path = BY_CODE.get(msg.path)  # the name the hypervisor counted the exit by
+        if path is not None and msg.stamps:
+            stats = self.paths.get(path)
+            if stats is None:
+                stats = self.paths[path] = PathStats()
+            stats.record(msg.stamps + (t_resume,))
         if msg.interrupt:
             self._pending.append((msg.interrupt, msg.irq_stamps))
         if t_resume >= self._next_stats:
@@ -170,27 +153,6 @@ class Vp:
         if self._pending and self.if_flag:
             self._deliver()
         return msg
-
-    _PATH_BY_TYPE = {
-        m.QuantumExit.TYPE: PATH_QUANTUM,
-        m.CpuidIntercept.TYPE: PATH_CPUID,
-        m.MsrIntercept.TYPE: PATH_MSR,
-        m.HypercallIntercept.TYPE: PATH_HYPERCALL,
-        m.Cr3Intercept.TYPE: PATH_CR3,
-        m.InvlpgIntercept.TYPE: PATH_INVLPG,
-    }
-
-    def _path_of(self, frame: bytes, n_stamps: int) -> str:
-        # The message type id is the second byte of the msgpack array (fixarray, then a
-        # positive fixint): no need to decode our own frame again.
-        kind = frame[1]
-        if kind == m.IoPortIntercept.TYPE:
-            return PATH_IO if n_stamps == 8 else PATH_IO_UNCLAIMED
-        if kind == m.MmioIntercept.TYPE:
-            if n_stamps == 8:
-                return PATH_MMIO
-            return PATH_APIC if self._apic_access else PATH_UNMAPPED
-        return self._PATH_BY_TYPE.get(kind, "other")
 
     @staticmethod
     def _describe(frame: bytes) -> str:
@@ -234,7 +196,7 @@ class Vp:
             t_handler = perf_counter_ns()
             if irq_stamps:
                 # Four stamps came from the PIC in the worker, two from the local APIC.
-                path = PATH_INTERRUPT if len(irq_stamps) > 2 else PATH_APIC_TIMER
+                path = Exit.INTERRUPT if len(irq_stamps) > 2 else Exit.APIC_TIMER
                 stats = self.paths.get(path)
                 if stats is None:
                     stats = self.paths[path] = PathStats()
@@ -328,7 +290,7 @@ class Vp:
         pending); a stopping partition raises VpStopped, a reset VpReset."""
         seq = self._next_seq()
         self.flush_stats()
-        self._exit(m.HaltIntercept(seq, (perf_counter_ns(),), self._regs()).encode(), seq, halt=True)
+        self._exit(m.HaltIntercept(seq, (perf_counter_ns(),), self._regs()).encode(), seq)
 
     def pause(self) -> None:
         """PAUSE: a spin-loop hint, not intercepted (no pause-loop exiting here); like every
@@ -360,7 +322,6 @@ class Vp:
         except UnmappedGpa:
             pass
         seq = self._next_seq()
-        self._apic_access = APIC_PAGE[0] <= gpa < APIC_PAGE[1]
         return self._exit(m.MmioIntercept(seq, gpa, size, False, 0, (perf_counter_ns(),), self._regs()).encode(), seq).rax
 
     def write(self, gpa: int, size: int, value: int) -> None:
@@ -371,7 +332,6 @@ class Vp:
             self.mem.write_int(gpa, size, value)
             return
         seq = self._next_seq()
-        self._apic_access = APIC_PAGE[0] <= gpa < APIC_PAGE[1]
         self._exit(m.MmioIntercept(seq, gpa, size, True, value, (perf_counter_ns(),), self._regs()).encode(), seq)
 
     def write_bytes(self, gpa: int, data: bytes) -> None:

@@ -156,7 +156,7 @@ class RootClient:
 
     def io(self, partition: int, vp: int, op: str, a: int = 0, b: int = 0, data: bytes = b"") -> m.VpResume:
         """One instruction on behalf of ``vp``; the resume it would have got."""
-        reply = self.dealer.request(m.IoRequest(self._next_seq(), partition, vp, op, a, b, data),
+        reply = self.dealer.request(m.ExecuteRequest(self._next_seq(), partition, vp, op, a, b, data),
                                     self.timeout_ms)
         if not isinstance(reply, m.VpResume):
             raise Refused("UNEXPECTED", f"expected vp_resume, got {reply.NAME}")

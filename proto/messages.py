@@ -6,7 +6,7 @@ messages small and quick to pack; the field names live here, once.  :func:`decod
 only way bytes become a message: malformed bytes, unknown types, missing or extra fields and
 out-of-range values each raise their own :class:`~proto.errors.ProtocolError`.
 
-Naming: ``<action>_request`` / ``_reply`` pairs; events are nouns (``io_notify``); intercepts
+Naming: ``<action>_request`` / ``_reply`` pairs; events are nouns (``port_notify``); intercepts
 carry the TLFS message they stand for in their docstring.
 
 Every message on a measured path carries ``stamps``: ``time.perf_counter_ns()`` taken at each
@@ -19,6 +19,7 @@ from typing import ClassVar
 
 import msgpack
 
+from proto.exits import BY_CODE, NAMES as EXIT_NAMES, NO_PATH
 from proto.errors import InvalidField, MalformedMessage, UnknownMessageType
 from proto.fields import (
     U8,
@@ -63,8 +64,10 @@ INTERRUPT_NO_EOI = 0x100
 WORKER_QUERIES = ("screen", "devices")
 INPUT_DEVICES = ("console", "keyboard")
 PARTITION_ACTIONS = ("pause", "resume", "reset", "stop")
-IO_OPS = ("inb", "inw", "inl", "outb", "outw", "outl", "readb", "readw", "readl", "readq",
+EXECUTE_OPS = ("inb", "inw", "inl", "outb", "outw", "outl", "readb", "readw", "readl", "readq",
           "writeb", "writew", "writel", "writeq", "cpuid", "rdmsr", "wrmsr", "hypercall")
+
+EXIT_CODES = (NO_PATH, *BY_CODE)
 
 REGISTRY: dict[int, type] = {}
 BY_NAME: dict[str, type] = {}
@@ -326,7 +329,9 @@ class InvlpgIntercept(Message):
 class VpResume(Message):
     """Completes an intercept: the registers the instruction sets, or an exception to
     inject instead (``fault`` is an :class:`~proto.codes.X86Exception`, or
-    :data:`FAULT_RESET` when the partition is being reset).  ``output`` is a hypercall's
+    :data:`FAULT_RESET` when the partition is being reset).  ``path`` says which measured
+    path the exit took (:class:`proto.exits.Exit`), so the VP files its round trip under
+    the name the hypervisor counted it by.  ``output`` is a hypercall's
     output parameter block.  A pending external interrupt rides along in ``interrupt``."""
 
     seq: U32
@@ -341,6 +346,7 @@ class VpResume(Message):
     irq_stamps: stamps  # that interrupt's path: device raise, hv in, hv inject
     deadline_ns: U64  # perf_counter_ns when the VP's quantum ends (0: no quantum; not a dispatch)
     lp: U8  # the logical processor the VP is dispatched on (whose TLB it uses)
+    path: one_of(*EXIT_CODES)  # the proto.exits.Exit code of the exit this completes (0: none)
     regs: registers = ()  # the register block the VP resumes with (restored)
 
 
@@ -366,8 +372,8 @@ class InstallIntercept(Message):
     mmio: gpa_ranges
 
 
-@message(21, "io_notify")
-class IoNotify(Message):
+@message(21, "port_notify")
+class PortNotify(Message):
     """Hypervisor → worker: emulate this port access for ``vp``; answer with ``ref``."""
 
     ref: U32
@@ -379,8 +385,8 @@ class IoNotify(Message):
     stamps: stamps
 
 
-@message(22, "io_complete")
-class IoComplete(Message):
+@message(22, "access_complete")
+class AccessComplete(Message):
     """Worker → hypervisor: the access ``ref`` is done; ``value`` is what a read returns."""
 
     ref: U32
@@ -390,7 +396,7 @@ class IoComplete(Message):
 
 @message(25, "mmio_notify")
 class MmioNotify(Message):
-    """Hypervisor → worker: emulate this MMIO access for ``vp``; answer with ``io_complete``."""
+    """Hypervisor → worker: emulate this MMIO access for ``vp``; answer with ``access_complete``."""
 
     ref: U32
     vp: U32
@@ -488,8 +494,8 @@ class StatusReply(Message):
     status: mapping(64)
 
 
-@message(32, "io_request")
-class IoRequest(Message):
+@message(32, "execute_request")
+class ExecuteRequest(Message):
     """Execute one instruction on behalf of ``vp`` of ``partition``, as QEMU's qtest does.
     ``a``/``b`` are the operands (port and value, leaf and subleaf, msr and value, or the
     hypercall input value); the reply is the :class:`VpResume` the VP would have got."""
@@ -497,7 +503,7 @@ class IoRequest(Message):
     seq: U32
     partition: U64
     vp: U32
-    op: one_of(*IO_OPS)
+    op: one_of(*EXECUTE_OPS)
     a: U64
     b: U64
     input: blob(HV_PAGE_SIZE)
@@ -551,7 +557,7 @@ class TraceEvent(Message):
 
     partition: U64
     vp: U32
-    reason: text(16)
+    reason: one_of(*EXIT_NAMES)
     write: boolean
     a: U64
     b: U64
@@ -571,7 +577,7 @@ __all__ = [
     "MAX_FRAME_BYTES",
     "HV_PAGE_SIZE",
     "ROLES",
-    "IO_OPS",
+    "EXECUTE_OPS",
     "FAULT_RESET",
     "INTERRUPT_NO_EOI",
     "REGS",
@@ -596,8 +602,8 @@ __all__ = [
     "VpResume",
     "VpStats",
     "InstallIntercept",
-    "IoNotify",
-    "IoComplete",
+    "PortNotify",
+    "AccessComplete",
     "ConsoleOutput",
     "DeviceInput",
     "MmioIntercept",
@@ -618,7 +624,7 @@ __all__ = [
     "MemoryReply",
     "StatusRequest",
     "StatusReply",
-    "IoRequest",
+    "ExecuteRequest",
     "ConsoleSubscribe",
     "ConsoleData",
     "InputRequest",

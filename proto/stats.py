@@ -124,19 +124,3 @@ class PathStats:
             return cls(Histogram.from_wire(d["t"]), [Histogram.from_wire(h) for h in d["st"]])
         except (KeyError, TypeError) as e:
             raise ValueError(f"not path stats: {e}") from e
-
-
-# Stage names of each measured path, in stamp order (see DESIGN.md, "The round trip").
-EMULATED_STAGES = (
-    "guest→hv",
-    "hv dispatch",
-    "hv→worker",
-    "worker emulate",
-    "worker→hv",
-    "hv complete",
-    "hv→guest",
-)
-HANDLED_STAGES = ("guest→hv", "hv handle", "hv→guest")
-# The interrupt path: the PIC's INTR rises in the worker → the worker sends the vector → the
-# hypervisor queues it → injects it with a resume → the guest's handler starts.
-INTERRUPT_STAGES = ("worker INTA", "worker→hv", "hv queued", "hv→guest handler")

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from proto.stats import EMULATED_STAGES, HANDLED_STAGES, INTERRUPT_STAGES, Histogram
+from proto.exits import EMULATED_STAGES, HANDLED_STAGES, INTERRUPT_STAGES, Exit, order_key
+from proto.stats import Histogram
 
-# Every reason the hypervisor traces, in the order summaries list them.
-TRACE_REASONS = ("io_port", "unclaimed_io", "mmio", "unmapped_gpa", "cpuid", "msr", "hypercall", "halt",
-                 "interrupt")
 # Reasons whose event is an access with a direction (event.write).
-ACCESS_REASONS = frozenset(("io_port", "unclaimed_io", "mmio", "unmapped_gpa", "msr"))
+ACCESS_REASONS = frozenset(p.value for p in Exit if p.is_access)
 # Every stage name an event can have, in path order: the CSV's stage columns.
 STAGE_COLUMNS = tuple(dict.fromkeys((*EMULATED_STAGES[:-1], *HANDLED_STAGES[:-1], *INTERRUPT_STAGES[:-1])))
 
@@ -31,12 +29,10 @@ def stage_names(reason: str, n_stamps: int) -> tuple[str, ...]:
     root made through `io` has no guest stamp: its stages start at hv dispatch.
     """
     k = max(0, n_stamps - 1)
-    if reason == "interrupt":
-        names = INTERRUPT_STAGES[:-1]
-    elif reason in ("io_port", "mmio"):
-        names = EMULATED_STAGES[:-1] if n_stamps >= 6 else EMULATED_STAGES[1:-1]
-    else:
-        names = HANDLED_STAGES[:-1]
+    path = Exit._value2member_map_.get(reason)
+    names = path.stages[:-1] if path is not None else ()
+    if path is not None and path.stages is EMULATED_STAGES and n_stamps < 6:
+        names = EMULATED_STAGES[1:-1]
     names = tuple(names[:k])
     return names + tuple(f"stage {i + 1}" for i in range(len(names), k))
 
@@ -113,8 +109,7 @@ class TraceSummary:
         return sum(h.total for h in self.by_reason.values())
 
     def _order(self) -> list[str]:
-        return sorted(self.by_reason, key=lambda r: (-self.by_reason[r].n, TRACE_REASONS.index(r)
-                                                      if r in TRACE_REASONS else 99, r))
+        return sorted(self.by_reason, key=lambda r: (-self.by_reason[r].n, order_key(r), r))
 
     def rows(self) -> dict[str, dict]:
         """reason → samples, samples_pct, time_pct, min/avg/p50/p99/max/total (µs), most

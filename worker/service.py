@@ -1,12 +1,12 @@
 """The VM worker's event loop: one partition's devices behind one DEALER.
 
 It says hello as the partition's worker, installs its port and MMIO ranges in the
-hypervisor's intercept table, then serves ``io_notify``/``mmio_notify`` → device →
-``io_complete`` until told to stop.  Between messages it keeps the clocked devices (PIT,
+hypervisor's intercept table, then serves ``port_notify``/``mmio_notify`` → device →
+``access_complete`` until told to stop.  Between messages it keeps the clocked devices (PIT,
 RTC, UART) up to date, waking at their next deadline.
 
 Interrupts: when an access or a timer leaves the PIC's INTR high, the worker takes the
-vector (INTA) and sends ``assert_interrupt`` *before* the access's ``io_complete``, so the
+vector (INTA) and sends ``assert_interrupt`` *before* the access's ``access_complete``, so the
 hypervisor can deliver it with that very resume.  Work that does not change what the guest
 sees — device polling, console output — happens after the completion is sent, so the
 measured round trip does not pay for it.
@@ -83,7 +83,7 @@ class Worker:
         dealer, chipset = self.dealer, self.chipset
         bus, mmio = chipset.bus, chipset.mmio
         send, wait, recv = dealer.send, dealer.wait, dealer.recv_ready
-        IoNotify, MmioNotify, IoComplete, decode = m.IoNotify, m.MmioNotify, m.IoComplete, m.decode
+        PortNotify, MmioNotify, AccessComplete, decode = m.PortNotify, m.MmioNotify, m.AccessComplete, m.decode
         self._poll_devices()
         while self.running:
             timeout = IDLE_POLL_MS
@@ -106,8 +106,8 @@ class Worker:
                 log.error("undecodable message from the hypervisor: %s", e)
                 continue
             cls = msg.__class__
-            if cls is IoNotify or cls is MmioNotify:
-                if cls is IoNotify:
+            if cls is PortNotify or cls is MmioNotify:
+                if cls is PortNotify:
                     if msg.write:
                         bus.write(msg.port, msg.size, msg.value)
                         value = 0
@@ -120,7 +120,7 @@ class Worker:
                     value = mmio.read(msg.gpa, msg.size)
                 if chipset.intr or chipset.reset_requested:
                     self._signal_chipset()
-                send(IoComplete(msg.ref, value, msg.stamps + (t_in, perf_counter_ns())).encode())
+                send(AccessComplete(msg.ref, value, msg.stamps + (t_in, perf_counter_ns())).encode())
                 # After the completion: the access may have moved a device's deadline.
                 self._poll_devices()
             else:

@@ -15,7 +15,8 @@ import threading
 import pytest
 
 from proto.client import RootClient
-from proto.stats import EMULATED_STAGES, HANDLED_STAGES, Histogram, PathStats
+from proto.exits import EMULATED_STAGES, HANDLED_STAGES
+from proto.stats import Histogram, PathStats
 
 from tests.support import REPO, alive, launch, short_run_root, start_run, wait_until
 
@@ -352,7 +353,7 @@ def test_a_runs_waits_time_out_with_what_they_saw(hvstack_run):
 
 USER_TESTS = f"""
 import json
-from pathlib import Path
+from pathlib import Exit
 
 ONE = {str(REPO / ONE)!r}
 
@@ -360,13 +361,13 @@ ONE = {str(REPO / ONE)!r}
 def test_passes(hvstack_run):
     run = hvstack_run(ONE)
     run.wait_for_console("alpha", "hvstack guest kernel", timeout=30)
-    Path("passing.json").write_text(json.dumps({{"pids": run.pids(), "root": str(run.run_root)}}))
+    Exit("passing.json").write_text(json.dumps({{"pids": run.pids(), "root": str(run.run_root)}}))
 
 
 def test_fails(hvstack_run):
     run = hvstack_run(ONE)
     run.wait_for_console("alpha", "hvstack guest kernel", timeout=30)
-    Path("failing.json").write_text(json.dumps({{"pids": run.pids(), "root": str(run.run_root)}}))
+    Exit("failing.json").write_text(json.dumps({{"pids": run.pids(), "root": str(run.run_root)}}))
     assert run.io("alpha", "inb", "0x3ff") == ["OK 0x1234"]
 """
 

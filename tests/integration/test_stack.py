@@ -153,7 +153,7 @@ def test_each_role_may_send_only_its_own_messages(live):
         with pytest.raises(Refused, match="NOT_PERMITTED"):
             vp.request(m.InstallIntercept(((0x60, 1),), ()))
         with pytest.raises(Refused, match="STALE"):
-            worker.request(m.IoComplete(12345, 0, ()))
+            worker.request(m.AccessComplete(12345, 0, ()))
         # The running partition's worker and VP cannot be replaced.
         wait_until(lambda: "hvstack guest kernel" in live.console("alpha"), 20, what="boot")
         alpha = partition_id(live)
