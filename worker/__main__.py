@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 
+from proto.transport import connect
 from worker.backends import ConsoleLog
 from worker.chipset import Chipset
 from worker.service import Worker
@@ -33,7 +34,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     console = ConsoleLog(spec["console_path"])
     chipset = Chipset(spec["devices"], console)
-    worker = Worker(spec["endpoint"], spec["partition_id"], token, chipset, console)
+    # Connect and say hello as the partition's worker, then claim the ranges and map memory.
+    dealer = connect(spec["endpoint"], "worker", spec["partition_id"], 0, token=token)
+    worker = Worker(dealer, chipset, console)
+    worker.start(spec["partition_id"])
 
     def stop(signum, frame):
         worker.running = False
