@@ -1,9 +1,9 @@
 """Topologies: the TOML schema, its defaults, and checks whose errors name file, line and key.
 
 A topology names logical processors and partitions (VPs, memory, devices, enlightenments,
-workloads).  The device types and their settings are the worker's device vocabulary
-(``worker.chipset.DEVICE_SETTINGS``: each type's config dataclass), and the workload names
-are the guest's (``partitions.workloads.WORKLOADS``), so neither is repeated here.
+workloads).  The device types, their settings and the chipsets are the worker's device
+vocabulary (``worker.devices.config``), and the workload names are the guest's
+(``partitions.workloads.WORKLOADS``), so neither is repeated here.
 ``python launch.py`` with no topology runs ``configs/default.toml``.
 """
 
@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from partitions.workloads import WORKLOADS as GUEST_WORKLOADS
 from proto.codes import HV_CHILD_ENLIGHTENED_PRIVILEGES, HV_SPIN_RETRY_NEVER, HvPrivilege, HvRecommendation
 from proto.errors import ConfigError
 from root import REPO
-from worker.chipset import DEVICE_SETTINGS
+from worker.devices.config import CHIPSETS, DEVICE_KEYS
 
 # The default topology: two partitions on two LPs, one offered the enlightenments and one
 # without (`python launch.py` runs it).
@@ -41,16 +41,9 @@ RECOMMENDATIONS = {
 }
 # The workloads a partition may run: the guest's own table.
 WORKLOADS = tuple(GUEST_WORKLOADS)
-# The devices a topology may name, and the settings each takes: the fields of the worker's
-# config dataclass for it (the worker checks values).
-DEVICE_KEYS = {kind: {f.name for f in fields(config)} for kind, config in DEVICE_SETTINGS.items()}
-# chipset = "gen1": the legacy devices of a Hyper-V generation-1 VM (hyperv-facts.md §5);
-# "minimal": COM1 alone, polled (no interrupt controller).
-CHIPSETS = {
-    "gen1": [{"type": "pic8259"}, {"type": "pit8254"}, {"type": "cmos_rtc"}, {"type": "i8042"},
-             {"type": "vga_text"}, {"type": "uart16550", "name": "com1", "base": 0x3F8, "irq": 4}],
-    "minimal": [{"type": "uart16550", "name": "com1", "base": 0x3F8, "irq": 4}],
-}
+# The devices a topology may name and the settings each takes (DEVICE_KEYS), and the
+# chipsets, sets of devices, it may ask for (CHIPSETS): the worker's own vocabulary, imported
+# above; the worker checks values.
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 DISK_FORM = "must be { size_mb = N } (its image in the run directory) or { image = \"path\", size_mb = N }"
 

@@ -1,26 +1,24 @@
-"""The topology's device settings and the worker's device configs are one vocabulary (the
-topology derives its settings from the worker's config dataclasses; these hold it to that)."""
+"""The root checks a topology's devices against the worker's own vocabulary
+(worker.devices.config), not a copy of it; the worker's tests hold that vocabulary to its
+config dataclasses (tests/unit/worker/test_chipset.py)."""
 
 from __future__ import annotations
 
-from dataclasses import fields
+import pytest
 
+from proto.errors import ConfigError
 from root import topology
-from worker.chipset import DEVICE_SETTINGS, DEVICE_TYPES
+from worker.devices.config import CHIPSETS, DEVICE_KEYS
 
 
-def test_every_device_a_topology_may_name_is_one_the_worker_builds():
-    assert set(topology.DEVICE_KEYS) == set(DEVICE_TYPES) == set(DEVICE_SETTINGS)
+def test_the_topology_uses_the_workers_device_settings_and_chipsets():
+    assert topology.DEVICE_KEYS is DEVICE_KEYS
+    assert topology.CHIPSETS is CHIPSETS
 
 
-def test_every_setting_a_topology_may_give_is_a_field_of_the_devices_config():
-    for kind, keys in topology.DEVICE_KEYS.items():
-        config_fields = {f.name for f in fields(DEVICE_SETTINGS[kind])}
-        assert keys <= config_fields, f"{kind}: {sorted(keys - config_fields)} are not {DEVICE_SETTINGS[kind].__name__} fields"
-
-
-def test_every_chipset_device_is_built_with_settings_it_takes():
-    for chipset in topology.CHIPSETS.values():
-        for device in chipset:
-            kind = device["type"]
-            assert set(device) - {"type"} <= topology.DEVICE_KEYS[kind]
+def test_a_device_setting_the_worker_does_not_take_is_refused_naming_the_ones_it_does():
+    text = "[[partition]]\nname = 'a'\n[[partition.device]]\ntype = 'uart16550'\nname = 'com2'\ncolour = 'red'\n"
+    with pytest.raises(ConfigError) as e:
+        topology.load_topology(text, "t.toml")
+    takes = ", ".join(sorted(DEVICE_KEYS["uart16550"]))
+    assert str(e.value) == f"t.toml:6: [partition.device] colour: uart16550 has no setting 'colour' (it takes: {takes})"
