@@ -667,10 +667,8 @@ class Hypervisor:
 
     def on_vp_stats(self, identity: bytes, peer: Peer, msg: m.VpStats, t_in: int) -> None:
         try:
-            paths = dict(msg.paths)
-            counters = paths.pop("counters", {})
-            peer.vp.stats = {str(path): PathStats.from_wire(d) for path, d in paths.items()}
-            peer.vp.counters = {str(k): int(v) for k, v in counters.items()}
+            peer.vp.stats = {str(path): PathStats.from_wire(d) for path, d in msg.paths.items()}
+            peer.vp.counters = {str(k): int(v) for k, v in msg.counters.items()}
         except (ValueError, TypeError, AttributeError) as e:
             self.counters["malformed"] += 1
             log.warning("bad vp_stats from %s: %s", peer.name, e)

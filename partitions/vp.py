@@ -162,8 +162,7 @@ class Vp:
     def flush_stats(self) -> None:
         self._next_stats = perf_counter_ns() + STATS_INTERVAL_NS
         paths = {p: s.to_wire() for p, s in self.paths.items()}
-        paths["counters"] = dict(self.counters, exits=self.exits)
-        self._send(m.VpStats(paths).encode())
+        self._send(m.VpStats(paths, dict(self.counters, exits=self.exits)).encode())
 
     # -- interrupts -----------------------------------------------------------------------
 
