@@ -68,17 +68,17 @@ from proto.hvcall import (
 )
 
 from hypervisor.registers import VpRegisters
-from hypervisor.memory import MAX_GPA_PAGES, MemoryError_, MemoryManager
+from hypervisor.memory import MAX_GPA_PAGES, MemoryRefused, MemoryManager
 from hypervisor.scheduler import FULL
 from hypervisor.tlb import Tlbs
-from hypervisor.partitions import MAX_VPS_PER_PARTITION, ROOT_PARTITION_ID, Partition, PartitionTable, Vp
+from hypervisor.partitions import MAX_VPS_PER_PARTITION, ROOT_PARTITION_ID, Partition, PartitionTable, VirtualProcessor
 
 @dataclass(slots=True)
 class Caller:
     """Who is calling: a child VP, or the root partition (``partition`` None)."""
 
     partition: Partition | None
-    vp: Vp | None
+    vp: VirtualProcessor | None
     privileges: int
 
 
@@ -287,7 +287,7 @@ class Hypercalls:
             return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b""
         try:
             self.memory.deposit(part.id, pages)
-        except MemoryError_:
+        except MemoryRefused:
             return S.HV_STATUS_INVALID_PARAMETER, b""
         return S.HV_STATUS_SUCCESS, b""
 
@@ -309,7 +309,7 @@ class Hypercalls:
             return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b""
         try:
             self.memory.map(part.id, args[1] + hc.rep_start, pages, part.gpa_pages)
-        except MemoryError_:
+        except MemoryRefused:
             return S.HV_STATUS_INVALID_PARAMETER, b""
         return S.HV_STATUS_SUCCESS, b""
 
@@ -319,7 +319,7 @@ class Hypercalls:
             return S.HV_STATUS_INVALID_PARTITION_ID, b""
         try:
             self.memory.unmap(part.id, args[1] + hc.rep_start, hc.rep_count - hc.rep_start)
-        except MemoryError_:
+        except MemoryRefused:
             return S.HV_STATUS_INVALID_PARAMETER, b""
         return S.HV_STATUS_SUCCESS, b""
 
@@ -335,7 +335,7 @@ class Hypercalls:
         # VPs are created in order, as the root does; a gap or a repeat is a bad index.
         if index != len(part.vps) or index >= MAX_VPS_PER_PARTITION:
             return S.HV_STATUS_INVALID_VP_INDEX, b""
-        part.vps.append(Vp(index))
+        part.vps.append(VirtualProcessor(index))
         return S.HV_STATUS_SUCCESS, b""
 
     def _vp(self, args):

@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from proto.errors import HvstackError
 from proto.memory import PAGE_SIZE, SLAT_ENTRY, SLAT_INVALID
 
 ROOT = 0
@@ -24,8 +25,10 @@ ROOT = 0
 MAX_GPA_PAGES = 1 << 20
 
 
-class MemoryError_(ValueError):
-    """A request the memory manager refuses; the hypercall layer turns it into a status."""
+class MemoryRefused(HvstackError):
+    """The memory manager refuses a request (a page that is not the caller's to give or
+    map, a range beyond the partition's space); the hypercall layer turns it into
+    HV_STATUS_INVALID_PARAMETER and the refusal is counted."""
 
 
 @dataclass
@@ -67,7 +70,7 @@ class MemoryManager:
         s = self.slats.get(partition)
         if s is None:
             if not 0 < gpa_pages <= MAX_GPA_PAGES:
-                raise MemoryError_(f"a guest-physical space of {gpa_pages} pages")
+                raise MemoryRefused(f"a guest-physical space of {gpa_pages} pages")
             path = self.dir / f"slat-{partition}.bin"
             with open(path, "wb") as f:
                 f.write(b"\xff" * (gpa_pages * SLAT_ENTRY))
@@ -87,7 +90,7 @@ class MemoryManager:
 
     def _refuse(self, why: str):
         self.counters["refused"] += 1
-        return MemoryError_(why)
+        return MemoryRefused(why)
 
     def deposit(self, partition: int, host_pages: list[int]) -> None:
         for hp in host_pages:

@@ -29,7 +29,9 @@ class VpState(enum.Enum):
 
 
 @dataclass
-class Vp:
+class VirtualProcessor:
+    """The hypervisor's record of one VP (the guest side's is ``partitions.vp.Vp``)."""
+
     index: int
     state: VpState = VpState.CREATED
     peer: bytes | None = None  # ZeroMQ identity of the VP thread, once bound
@@ -71,7 +73,7 @@ class Partition:
     spin_retry: int = HV_SPIN_RETRY_NEVER
     gpa_pages: int = 0  # the guest-physical space, in pages (sizes the SLAT table)
     created_ns: int = field(default_factory=time.monotonic_ns)
-    vps: list[Vp] = field(default_factory=list)
+    vps: list[VirtualProcessor] = field(default_factory=list)
     worker: bytes | None = None
     port_owner: dict[int, bytes] = field(default_factory=dict)
     ranges: list[tuple[int, int]] = field(default_factory=list)

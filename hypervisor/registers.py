@@ -13,7 +13,7 @@ from __future__ import annotations
 from proto.codes import HvRegisterName as R
 
 from hypervisor.apic import APIC_BASE
-from hypervisor.partitions import Partition, Vp, VpState
+from hypervisor.partitions import Partition, VirtualProcessor, VpState
 
 # IA32_APIC_BASE: the base address, bit 11 "xAPIC enabled", bit 8 "bootstrap processor".
 APIC_BASE_ENABLE = 1 << 11
@@ -24,7 +24,7 @@ class VpRegisters:
     def __init__(self, scheduler=None) -> None:
         self.scheduler = scheduler
 
-    def read(self, part: Partition, vp: Vp, name: int) -> int | None:
+    def read(self, part: Partition, vp: VirtualProcessor, name: int) -> int | None:
         if name == R.HvRegisterExplicitSuspend:
             return int(vp.explicit_suspend)
         if name == R.HvRegisterInterceptSuspend:
@@ -43,7 +43,7 @@ class VpRegisters:
             return vp.index
         return None
 
-    def write(self, part: Partition, vp: Vp, name: int, value: int) -> bool:
+    def write(self, part: Partition, vp: VirtualProcessor, name: int, value: int) -> bool:
         if name == R.HvRegisterExplicitSuspend:
             vp.explicit_suspend = bool(value & 1)
             if self.scheduler is not None:

@@ -39,7 +39,7 @@ from hypervisor.memory import MemoryManager
 from hypervisor.registers import VpRegisters
 from proto.memory import PAGE_SHIFT, SLAT_INVALID
 from hypervisor.hypercalls import Caller, Hypercalls
-from hypervisor.partitions import Partition, PartitionTable, Vp, VpState
+from hypervisor.partitions import Partition, PartitionTable, VirtualProcessor, VpState
 from hypervisor.scheduler import Scheduler, VpSched
 from hypervisor.tlb import Tlbs
 
@@ -62,7 +62,7 @@ class Peer:
     role: str
     name: str
     partition: Partition | None
-    vp: Vp | None
+    vp: VirtualProcessor | None
     pid: int
     messages: int = 0
 
@@ -74,7 +74,7 @@ class Pending:
     origin: bytes  # who gets the vp_resume: the VP thread, or a root peer for `io`
     seq: int
     partition: Partition
-    vp: Vp
+    vp: VirtualProcessor
     reason: Exit  # Exit.IO_PORT or Exit.MMIO
     addr: int
     size: int
@@ -242,7 +242,7 @@ class Hypervisor:
                 next_housekeeping = self._housekeeping()
         self.router.close()
 
-    def _left_guest(self, vp: Vp, msg: m.Message, t_in: int) -> None:
+    def _left_guest(self, vp: VirtualProcessor, msg: m.Message, t_in: int) -> None:
         """Any exit: save the VP's register block (the hypervisor's copy is the one that
         counts while the VP is off its LP) and give its logical processor back."""
         if msg.regs:
@@ -293,7 +293,7 @@ class Hypervisor:
         self._next_ref = ref + 1 if ref < 0xFFFFFFFF else 1
         return ref
 
-    def _resume(self, origin: bytes, part: Partition, vp: Vp, seq: int, stamps: tuple, rax: int,
+    def _resume(self, origin: bytes, part: Partition, vp: VirtualProcessor, seq: int, stamps: tuple, rax: int,
                 rbx: int = 0, rcx: int = 0, rdx: int = 0, fault: int = NO_FAULT, output: bytes = b"",
                 to_back: bool = False, path: int = NO_PATH) -> None:
         """Complete an exit.  ``stamps`` end with the hypervisor's arrival stamp; the
@@ -313,7 +313,7 @@ class Hypervisor:
 
     def _dispatch(self, s: VpSched, lp: int, quantum_ns: int) -> None:
         """The scheduler put the VP on an LP: send what it is waiting for."""
-        vp: Vp = s.owner
+        vp: VirtualProcessor = s.owner
         part: Partition = vp.partition
         vp.state = VpState.RUNNING
         vp.lp = lp
@@ -343,7 +343,7 @@ class Hypervisor:
             self.sched.exited(s, perf_counter_ns())
             self.sched.remove(s)
 
-    def _next_interrupt(self, vp: Vp) -> tuple[int, tuple]:
+    def _next_interrupt(self, vp: VirtualProcessor) -> tuple[int, tuple]:
         """What to inject now: the local APIC's highest deliverable vector if it outranks
         what the PIC has queued (ExtINT), else the PIC's."""
         vector = vp.apic.deliverable()
@@ -373,7 +373,7 @@ class Hypervisor:
                         self._wake(part, vp)
         self._timers_changed(now)
 
-    def _trace(self, part: Partition, vp: Vp, reason: str, write: bool, a: int, b: int, stamps: tuple) -> None:
+    def _trace(self, part: Partition, vp: VirtualProcessor, reason: str, write: bool, a: int, b: int, stamps: tuple) -> None:
         event = None
         for identity, wanted in list(self.tracers.items()):
             if wanted and wanted != part.id:
@@ -444,7 +444,7 @@ class Hypervisor:
         self._io_port(identity, peer.partition, peer.vp, msg.seq, msg.port, msg.size, msg.write,
                       msg.value, msg.stamps + (t_in,))
 
-    def _io_port(self, origin: bytes, part: Partition, vp: Vp, seq: int, port: int, size: int,
+    def _io_port(self, origin: bytes, part: Partition, vp: VirtualProcessor, seq: int, port: int, size: int,
                  write: bool, value: int, stamps: tuple) -> None:
         owner = part.port_owner.get(port)
         if owner is None:
@@ -463,7 +463,7 @@ class Hypervisor:
         vp.exits[Exit.IO_PORT] += 1
         self._forward(origin, part, vp, seq, owner, Exit.IO_PORT, port, size, write, value, stamps)
 
-    def _forward(self, origin: bytes, part: Partition, vp: Vp, seq: int, owner: bytes, reason: str,
+    def _forward(self, origin: bytes, part: Partition, vp: VirtualProcessor, seq: int, owner: bytes, reason: str,
                  addr: int, size: int, write: bool, value: int, stamps: tuple) -> None:
         """Suspend the VP and notify the worker that owns ``addr`` (a port or a GPA)."""
         ref = self._next()
@@ -485,7 +485,7 @@ class Hypervisor:
         self._mmio(identity, peer.partition, peer.vp, msg.seq, msg.gpa, msg.size, msg.write, msg.value,
                    msg.stamps + (t_in,))
 
-    def _mmio(self, origin: bytes, part: Partition, vp: Vp, seq: int, gpa: int, size: int, write: bool,
+    def _mmio(self, origin: bytes, part: Partition, vp: VirtualProcessor, seq: int, gpa: int, size: int, write: bool,
               value: int, stamps: tuple) -> None:
         if APIC_BASE <= gpa < APIC_BASE + APIC_PAGE:
             # The local APIC is the hypervisor's: two hops, no worker.
@@ -517,7 +517,7 @@ class Hypervisor:
         vp.exits[Exit.MMIO] += 1
         self._forward(origin, part, vp, seq, owner, Exit.MMIO, gpa, size, write, value, stamps)
 
-    def _root_ram_access(self, origin: bytes, part: Partition, vp: Vp, seq: int, gpa: int, size: int,
+    def _root_ram_access(self, origin: bytes, part: Partition, vp: VirtualProcessor, seq: int, gpa: int, size: int,
                          write: bool, value: int, stamps: tuple) -> bool:
         """`io readX/writeX` on guest RAM: the root reads and writes it through the
         partition's SLAT, as a VMM's debugger would.  False when ``gpa`` is not RAM."""
@@ -566,14 +566,14 @@ class Hypervisor:
         self._resume(identity, part, vp, msg.seq, stamps, value & 0xFFFFFFFF, 0, 0, value >> 32, fault,
                      path=Exit.MSR.code)
 
-    def _msr(self, part: Partition, vp: Vp, msr: int, write: bool, value: int) -> tuple[int, int]:
+    def _msr(self, part: Partition, vp: VirtualProcessor, msr: int, write: bool, value: int) -> tuple[int, int]:
         if write:
             fault = msrs.wrmsr(part, vp, msr, value)
             self._send_ipi(part, vp)
             return fault, 0
         return msrs.rdmsr(part, vp, msr)
 
-    def _send_ipi(self, part: Partition, source: Vp) -> None:
+    def _send_ipi(self, part: Partition, source: VirtualProcessor) -> None:
         """An ICR write: deliver the fixed-mode IPI to its destination VPs' local APICs (the
         APIC ID is the VP index), waking them if they sleep in HLT."""
         ipi = source.apic.take_ipi()
@@ -613,7 +613,7 @@ class Hypervisor:
         self._resume(identity, part, vp, msg.seq, stamps, result, fault=fault, output=output, to_back=spin_wait,
                      path=Exit.HYPERCALL.code)
 
-    def _hypercall(self, part: Partition, vp: Vp, control: int, data: bytes) -> tuple[int, bytes, int]:
+    def _hypercall(self, part: Partition, vp: VirtualProcessor, control: int, data: bytes) -> tuple[int, bytes, int]:
         if not part.hypercalls_enabled:
             # No hypercall page: the VMCALL is an undefined instruction to the guest.
             return 0, b"", int(X86Exception.UD)
@@ -659,7 +659,7 @@ class Hypervisor:
             self._trace(part, vp, Exit.INVLPG, False, msg.gva, vp.lp, stamps)
         self._resume(identity, part, vp, msg.seq, stamps, 0, path=Exit.INVLPG.code)
 
-    def _wake(self, part: Partition, vp: Vp) -> None:
+    def _wake(self, part: Partition, vp: VirtualProcessor) -> None:
         """End a HLT: the VP resumes, taking what is pending (an interrupt, a reset)."""
         if vp.state is VpState.HALTED and vp.peer is not None:
             seq, vp.halt_seq = vp.halt_seq, None

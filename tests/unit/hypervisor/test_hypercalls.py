@@ -196,8 +196,8 @@ def test_vp_registers_read_and_write_through_the_tlfs_layouts(hc):
     from proto.codes import HvRegisterName as R
 
     pid = hc.table.create().id
-    from hypervisor.partitions import Vp
-    hc.table.get(pid).vps.append(Vp(0))
+    from hypervisor.partitions import VirtualProcessor
+    hc.table.get(pid).vps.append(VirtualProcessor(0))
     names = struct.pack("<3I", R.HvRegisterExplicitSuspend, R.HvX64RegisterInitialApicId, R.HvX64RegisterApicBase)
     st, reps, out = call(hc, root(), control_value(C.HvCallGetVpRegisters, rep_count=3), _vp_registers_header(pid) + names)
     assert (st, reps) == (S.HV_STATUS_SUCCESS, 3)
@@ -210,8 +210,8 @@ def test_vp_registers_read_and_write_through_the_tlfs_layouts(hc):
 
 def test_a_register_that_is_not_kept_or_is_read_only_is_invalid_parameter(hc):
     pid = hc.table.create().id
-    from hypervisor.partitions import Vp
-    hc.table.get(pid).vps.append(Vp(0))
+    from hypervisor.partitions import VirtualProcessor
+    hc.table.get(pid).vps.append(VirtualProcessor(0))
     names = struct.pack("<I", 0x00020000)  # RAX lives in the guest's process, not here
     assert call(hc, root(), control_value(C.HvCallGetVpRegisters, rep_count=1), _vp_registers_header(pid) + names)[0] \
         == S.HV_STATUS_INVALID_PARAMETER

@@ -12,7 +12,7 @@ from proto.codes import HvStatus, HypercallCode as C, X86Exception, control_valu
 from proto.memory import GuestMemory
 from hypervisor.hypercalls import Caller, Hypercalls
 from hypervisor.memory import MemoryManager
-from hypervisor.partitions import PartitionTable, Vp as HvVp
+from hypervisor.partitions import PartitionTable, VirtualProcessor
 from hypervisor.tlb import Tlbs
 from partitions.vp import NEVER, GuestFault, Vp
 from partitions.workloads import PageTables
@@ -80,7 +80,7 @@ def hypercalls(tlbs, tmp_path):
     callers = []
     for _ in range(2):
         part = hc.table.create()
-        vp = HvVp(0)
+        vp = VirtualProcessor(0)
         part.vps.append(vp)
         callers.append(Caller(part, vp, 0))
     return hc, callers
