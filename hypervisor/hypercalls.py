@@ -335,7 +335,7 @@ class Hypercalls:
         # VPs are created in order, as the root does; a gap or a repeat is a bad index.
         if index != len(part.vps) or index >= MAX_VPS_PER_PARTITION:
             return S.HV_STATUS_INVALID_VP_INDEX, b""
-        part.vps.append(VirtualProcessor(index))
+        part.vps.append(VirtualProcessor(index, part))
         return S.HV_STATUS_SUCCESS, b""
 
     def _vp(self, args):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import time
 from dataclasses import dataclass, field
 
@@ -12,7 +11,7 @@ from proto.stats import PathStats
 
 from hypervisor.apic import Apic
 from hypervisor.interrupts import InterruptQueue
-from hypervisor.scheduler import CpuControls, VpSched
+from hypervisor.scheduler import CpuControls, VpSched, VpState
 
 # The partition ID of the root; children are numbered from 1 (HV_PARTITION_ID_SELF is not
 # a real ID, so 0 is never handed out to a child).
@@ -20,28 +19,20 @@ ROOT_PARTITION_ID = 0
 MAX_VPS_PER_PARTITION = 64
 
 
-class VpState(enum.Enum):
-    CREATED = "created"  # exists, no thread has said hello yet
-    READY = "ready"  # its exit is complete; waits for a logical processor
-    RUNNING = "running"  # dispatched on a logical processor, executing guest code
-    INTERCEPT = "intercept"  # suspended until its intercept completes
-    HALTED = "halted"  # executed HLT; waits for an interrupt
-
-
-@dataclass
+@dataclass(eq=False)
 class VirtualProcessor:
     """The hypervisor's record of one VP (the guest side's is ``partitions.vp.Vp``)."""
 
     index: int
-    state: VpState = VpState.CREATED
+    partition: "Partition | None" = None
     peer: bytes | None = None  # ZeroMQ identity of the VP thread, once bound
     exits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EXITS, 0))
     faults: int = 0
     halt_seq: int | None = None  # the HLT intercept waiting for a wake-up
     interrupts: InterruptQueue = field(default_factory=InterruptQueue)
     reset_pending: bool = False  # deliver a reset (INIT) at the VP's next resume
-    sched: VpSched | None = None  # set when the VP's thread says hello
-    partition: "Partition | None" = None
+    # Its run state, suspension and LP, as the scheduler keeps them (the one copy).
+    sched: VpSched | None = None
     next_frame: bytes | None = None  # what the VP waits for, sent when it is dispatched…
     next_resume: tuple | None = None  # …or the resume to build then
     stats: dict[str, PathStats] = field(default_factory=dict)  # last vp_stats, decoded
@@ -54,14 +45,17 @@ class VirtualProcessor:
     rflags: int = 0x2
     cr3: int = 0
     regs_written: dict = field(default_factory=dict)  # root writes not yet seen by the running VP
-    # HvRegisterExplicitSuspend: a VP is created suspended; the root starts it by clearing
-    # this (TLFS host flow).  The scheduler never dispatches a suspended VP.
-    explicit_suspend: bool = True
-    lp: int = 0  # the LP it was last dispatched on (whose TLB its exits flush)
 
     def __post_init__(self) -> None:
         if self.apic is None:
             self.apic = Apic(self.index)
+        if self.sched is None:
+            part = self.partition
+            self.sched = VpSched((part.id if part else 0, self.index), part.cpu if part else CpuControls(), self)
+
+    @property
+    def state(self) -> VpState:
+        return self.sched.state
 
 
 @dataclass
@@ -78,8 +72,7 @@ class Partition:
     port_owner: dict[int, bytes] = field(default_factory=dict)
     ranges: list[tuple[int, int]] = field(default_factory=list)
     mmio: list[tuple[int, int, bytes]] = field(default_factory=list)  # (gpa, end, owner)
-    paused: bool = False
-    cpu: CpuControls = field(default_factory=CpuControls)
+    cpu: CpuControls = field(default_factory=CpuControls)  # its share of the LPs, and its pause
     resets: int = 0
     # Partition-wide synthetic MSRs (TLFS: GUEST_OS_ID and HYPERCALL are per partition).
     guest_os_id: int = 0

@@ -39,8 +39,8 @@ from hypervisor.memory import MemoryManager
 from hypervisor.registers import VpRegisters
 from proto.memory import PAGE_SHIFT, SLAT_INVALID
 from hypervisor.hypercalls import Caller, Hypercalls
-from hypervisor.partitions import Partition, PartitionTable, VirtualProcessor, VpState
-from hypervisor.scheduler import Scheduler, VpSched
+from hypervisor.partitions import Partition, PartitionTable, VirtualProcessor
+from hypervisor.scheduler import Scheduler, VpSched, VpState
 from hypervisor.tlb import Tlbs
 
 log = logging.getLogger("hypervisor")
@@ -252,11 +252,10 @@ class Hypervisor:
                 for attr, value in vp.regs_written.items():
                     setattr(vp, attr, value)
                 vp.regs_written.clear()
-        if vp.sched is not None:
-            # Run time ends when the guest exited (its first stamp), not when the exit
-            # arrived: the transport is not guest execution.
-            self.sched.exited(vp.sched, msg.stamps[0] if msg.stamps else t_in,
-                              preempted=msg.__class__ is m.QuantumExit)
+        # Run time ends when the guest exited (its first stamp), not when the exit arrived:
+        # the transport is not guest execution.
+        self.sched.exited(vp.sched, msg.stamps[0] if msg.stamps else t_in,
+                          preempted=msg.__class__ is m.QuantumExit)
 
     def _housekeeping(self) -> int:
         now = time.monotonic_ns()
@@ -301,22 +300,19 @@ class Hypervisor:
         gets its resume when the scheduler dispatches it on a logical processor (that is
         also when a pending reset or interrupt is delivered); a root peer acting for the
         VP (`io`) gets it at once."""
-        if vp.peer != origin or vp.sched is None:
+        if vp.peer != origin:
             if fault:
                 vp.faults += 1
             self._send(origin, m.VpResume(seq, fault, rax, rbx, rcx, rdx, output,
                                           stamps + (perf_counter_ns(),), 0, (), 0, 0, path))
             return
         vp.next_resume = (seq, stamps, rax, rbx, rcx, rdx, fault, output, path)
-        vp.state = VpState.READY
         self.sched.make_ready(vp.sched, perf_counter_ns(), to_back=to_back)
 
     def _dispatch(self, s: VpSched, lp: int, quantum_ns: int) -> None:
         """The scheduler put the VP on an LP: send what it is waiting for."""
         vp: VirtualProcessor = s.owner
         part: Partition = vp.partition
-        vp.state = VpState.RUNNING
-        vp.lp = lp
         if vp.next_frame is not None:
             frame, vp.next_frame = vp.next_frame, None
             self.router.send(vp.peer, frame)
@@ -431,11 +427,7 @@ class Hypervisor:
             self._send(identity, reply)
             return
         # A VP starts executing when it is first dispatched: its hello reply waits for an LP.
-        vp.sched = VpSched((part.id, vp.index), part.cpu, vp)
-        if vp.explicit_suspend:
-            self.sched.suspended.add(vp.sched.key)
         vp.next_frame = reply.encode()
-        vp.state = VpState.READY
         self.sched.make_ready(vp.sched, perf_counter_ns())
 
     # -- intercepts from VPs -------------------------------------------------------------
@@ -469,8 +461,6 @@ class Hypervisor:
         ref = self._next()
         self.pending[ref] = Pending(origin, seq, part, vp, reason, addr, size, write, value,
                                     time.monotonic_ns() + WORKER_TIMEOUT_NS)
-        if vp.peer == origin:
-            vp.state = VpState.INTERCEPT
         if reason is Exit.IO_PORT:
             notify = m.PortNotify(ref, vp.index, addr, size, write, value, stamps + (perf_counter_ns(),))
         else:
@@ -629,7 +619,6 @@ class Hypervisor:
             # Something is already waiting: HLT completes at once.
             self._resume(identity, part, vp, msg.seq, msg.stamps + (t_in,), 0)
             return
-        vp.state = VpState.HALTED
         vp.halt_seq = msg.seq
         self.sched.halted(vp.sched, t_in)
 
@@ -644,19 +633,19 @@ class Hypervisor:
         vp, part = peer.vp, peer.partition
         vp.exits[Exit.CR3] += 1
         vp.cr3 = msg.value
-        self.tlb.flush_lp(vp.lp, "mov_cr3")
+        self.tlb.flush_lp(vp.sched.lp, "mov_cr3")
         stamps = msg.stamps + (t_in,)
         if self.tracers:
-            self._trace(part, vp, Exit.CR3, True, msg.value, vp.lp, stamps)
+            self._trace(part, vp, Exit.CR3, True, msg.value, vp.sched.lp, stamps)
         self._resume(identity, part, vp, msg.seq, stamps, 0, path=Exit.CR3.code)
 
     def on_invlpg_intercept(self, identity: bytes, peer: Peer, msg: m.InvlpgIntercept, t_in: int) -> None:
         vp, part = peer.vp, peer.partition
         vp.exits[Exit.INVLPG] += 1
-        self.tlb.flush_lp(vp.lp, "invlpg")
+        self.tlb.flush_lp(vp.sched.lp, "invlpg")
         stamps = msg.stamps + (t_in,)
         if self.tracers:
-            self._trace(part, vp, Exit.INVLPG, False, msg.gva, vp.lp, stamps)
+            self._trace(part, vp, Exit.INVLPG, False, msg.gva, vp.sched.lp, stamps)
         self._resume(identity, part, vp, msg.seq, stamps, 0, path=Exit.INVLPG.code)
 
     def _wake(self, part: Partition, vp: VirtualProcessor) -> None:
@@ -849,17 +838,13 @@ class Hypervisor:
         if part.state is HvPartitionState.FINALIZED:
             return self._error(identity, msg.TYPE, "CONFLICT", f"partition {part.id} is stopped")
         if msg.action == "pause":
-            part.paused = True
-            self.sched.paused.add(part.id)
+            self.sched.pause(part.cpu, True)
         elif msg.action == "resume":
-            part.paused = False
-            self.sched.paused.discard(part.id)
-            self.sched.dispatch(perf_counter_ns())
+            self.sched.pause(part.cpu, False)
         elif msg.action == "reset":
             self._reset(part)
         else:  # stop: the VPs are never dispatched again; the root ends the processes
-            part.paused = True
-            self.sched.paused.add(part.id)
+            self.sched.pause(part.cpu, True)
             part.state = HvPartitionState.FINALIZED
             released = self.memory.release(part.id)
             log.info("partition %d: %d pages back to the pool", part.id, released)
@@ -882,7 +867,7 @@ class Hypervisor:
                     guest[k] = guest.get(k, 0) + v
             parts.append({
                 "id": part.id,
-                "state": "paused" if part.paused and part.state is HvPartitionState.ACTIVE else part.state.value,
+                "state": "paused" if part.cpu.paused and part.state is HvPartitionState.ACTIVE else part.state.value,
                 "privileges": part.privileges,
                 "recommendations": part.recommendations,
                 "spin_retry": part.spin_retry,
@@ -924,11 +909,11 @@ class Hypervisor:
         }
 
 
-def _sched_status(s: VpSched | None, now: int) -> dict:
-    if s is None:
+def _sched_status(s: VpSched, now: int) -> dict:
+    if s.state is VpState.CREATED:
         return {}
-    running = now - s.since_ns if s.state == "running" else 0
-    waiting = now - s.since_ns if s.state == "ready" else 0
-    return {"state": s.state, "lp": s.lp, "run_s": (s.run_ns + running) / 1e9,
+    running = now - s.since_ns if s.state is VpState.RUNNING else 0
+    waiting = now - s.since_ns if s.state is VpState.READY else 0
+    return {"state": s.state.sched, "lp": s.lp if s.state is VpState.RUNNING else None, "run_s": (s.run_ns + running) / 1e9,
             "wait_s": (s.wait_ns + waiting) / 1e9, "dispatches": s.dispatches,
             "preemptions": s.preemptions, "yields": s.yields}

@@ -205,7 +205,7 @@ def test_vp_registers_read_and_write_through_the_tlfs_layouts(hc):
     assert values == [1, 0, 0xFEE00000 | 1 << 11 | 1 << 8]  # created suspended; the BSP's APIC
     assoc = struct.pack("<IIQQQ", R.HvRegisterExplicitSuspend, 0, 0, 0, 0)
     st, reps, _ = call(hc, root(), control_value(C.HvCallSetVpRegisters, rep_count=1), _vp_registers_header(pid) + assoc)
-    assert (st, reps) == (S.HV_STATUS_SUCCESS, 1) and hc.table.get(pid).vps[0].explicit_suspend is False
+    assert (st, reps) == (S.HV_STATUS_SUCCESS, 1) and hc.table.get(pid).vps[0].sched.suspended is False
 
 
 def test_a_register_that_is_not_kept_or_is_read_only_is_invalid_parameter(hc):
