@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from proto.codes import HV_SPIN_RETRY_NEVER, HvPartitionState
+from proto.messages import RFLAGS_FIXED
 from proto.exits import EXITS
 from proto.stats import PathStats
 
@@ -42,7 +43,7 @@ class VirtualProcessor:
     # The register block (proto.messages.REGS), saved at every exit and restored at every
     # dispatch: RFLAGS, and CR3 (also loaded by an intercepted MOV CR3 or
     # HvCallSwitchVirtualAddressSpace).
-    rflags: int = 0x2
+    rflags: int = RFLAGS_FIXED
     cr3: int = 0
     regs_written: dict = field(default_factory=dict)  # root writes not yet seen by the running VP
 
@@ -56,6 +57,17 @@ class VirtualProcessor:
     @property
     def state(self) -> VpState:
         return self.sched.state
+
+    def init(self) -> None:
+        """INIT (a partition reset): what the hypervisor keeps of the VP goes back to its
+        power-on values — no pending interrupts, interrupts disabled, CR3 0, the local APIC
+        and the VP assist page as after power-on."""
+        self.interrupts.clear()
+        self.cr3 = 0
+        self.rflags = RFLAGS_FIXED
+        self.regs_written.clear()
+        self.apic = Apic(self.index)
+        self.assist_page = 0
 
 
 @dataclass
@@ -82,6 +94,13 @@ class Partition:
     unclaimed_writes: int = 0
     unmapped_gpa: int = 0
     worker_timeouts: int = 0
+
+    def reset(self) -> None:
+        """The partition-wide part of a reset: the synthetic MSRs to their reset values
+        (the hypercall page off), counted."""
+        self.resets += 1
+        self.guest_os_id = 0
+        self.hypercall_msr = 0
 
     @property
     def hypercalls_enabled(self) -> bool:
