@@ -19,6 +19,7 @@ from pathlib import Path
 
 from proto.errors import HvstackError
 from proto.memory import PAGE_SIZE, SLAT_ENTRY, SLAT_INVALID
+from proto.status import MemoryStatus, SlatStatus
 
 ROOT = 0
 # The largest guest-physical space a partition's table covers: 4 GiB.
@@ -161,9 +162,9 @@ class MemoryManager:
             if e != SLAT_INVALID:
                 yield e
 
-    def status(self) -> dict:
+    def status(self) -> MemoryStatus:
         free = sum(1 for o in self.owner if o == ROOT)
-        return {"pool_pages": self.pages, "root_pages": free, "pool": str(self.pool_path),
-                "partitions": {str(pid): {"mapped": s.mapped, "owned": self.owned(pid), "slat": str(s.path)}
-                               for pid, s in self.slats.items()},
-                "counters": dict(self.counters)}
+        return MemoryStatus(self.pages, free, str(self.pool_path),
+                            {str(pid): SlatStatus(s.mapped, self.owned(pid), str(s.path))
+                             for pid, s in self.slats.items()},
+                            dict(self.counters))

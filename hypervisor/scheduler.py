@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from time import perf_counter_ns
 from typing import Callable
 
+from proto.status import LpStatus, SchedulerStatus, VpSchedStatus
+
 DEFAULT_QUANTUM_NS = 10_000_000
 WINDOW_NS = 100_000_000
 FULL = 100_000  # 100 % of an LP, in thousandths of a percent
@@ -258,13 +260,18 @@ class Scheduler:
                 best, best_key = s, key
         return best
 
-    def status(self, now: int) -> dict:
-        return {
-            "lps": [{"index": lp.index, "vp": list(lp.vp.key) if lp.vp else None,
-                     "busy_s": round((lp.busy_ns + (now - lp.vp.since_ns if lp.vp else 0)) / 1e9, 4)}
-                    for lp in self.lps],
-            "running": self.running,
-            "max_running": self.max_running,
-            "ready": len(self.ready),
-            "quantum_ms": self.quantum_ns / 1e6,
-        }
+    def status(self, now: int) -> SchedulerStatus:
+        return SchedulerStatus(
+            [LpStatus(lp.index, tuple(lp.vp.key) if lp.vp else None,
+                      round((lp.busy_ns + (now - lp.vp.since_ns if lp.vp else 0)) / 1e9, 4)) for lp in self.lps],
+            self.running, self.max_running, len(self.ready), self.quantum_ns / 1e6)
+
+    @staticmethod
+    def vp_status(s: VpSched, now: int) -> VpSchedStatus | None:
+        """A VP's scheduling, for status; None before its thread said hello."""
+        if s.state is CREATED:
+            return None
+        running = now - s.since_ns if s.state is RUNNING else 0
+        waiting = now - s.since_ns if s.state is READY else 0
+        return VpSchedStatus(s.state.sched, s.lp if s.state is RUNNING else None, (s.run_ns + running) / 1e9,
+                             (s.wait_ns + waiting) / 1e9, s.dispatches, s.preemptions, s.yields)

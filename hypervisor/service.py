@@ -38,6 +38,7 @@ from time import perf_counter_ns
 
 from proto import messages as m
 from proto.errors import ProtocolError
+from proto.status import HypervisorStatus
 
 from hypervisor.dispatch import Dispatcher
 from hypervisor.forwarding import Forwarding
@@ -182,5 +183,5 @@ class Hypervisor:
         self.forwarding.expire_queries(now)
         return now + HOUSEKEEPING_INTERVAL_MS * 1_000_000
 
-    def status(self) -> dict:
+    def status(self) -> HypervisorStatus:
         return self.telemetry.status()

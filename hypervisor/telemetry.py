@@ -20,8 +20,7 @@ from time import perf_counter_ns
 from proto import messages as m
 from proto.codes import HvPartitionState
 from proto.stats import PathStats
-
-from hypervisor.scheduler import VpSched, VpState
+from proto.status import CpuStatus, HypercallStatus, HypervisorStatus, InterruptStatus, PartitionStatus, VpStatus
 
 log = logging.getLogger("hypervisor")
 
@@ -70,7 +69,7 @@ class Telemetry:
     # -- messages ----------------------------------------------------------------------------
 
     def on_status_request(self, identity: bytes, peer, msg: m.StatusRequest, t_in: int) -> None:
-        self._outbox.send(identity, m.StatusReply(self.status()))
+        self._outbox.send(identity, m.StatusReply(self.status().to_wire()))
 
     def on_vp_stats(self, identity: bytes, peer, msg: m.VpStats, t_in: int) -> None:
         try:
@@ -82,7 +81,7 @@ class Telemetry:
 
     # -- status ------------------------------------------------------------------------------
 
-    def status(self) -> dict:
+    def status(self) -> HypervisorStatus:
         now = perf_counter_ns()
         parts = []
         for part in self._table:
@@ -93,55 +92,43 @@ class Telemetry:
                     paths.setdefault(name, PathStats()).merge(st)
                 for k, v in vp.counters.items():
                     guest[k] = guest.get(k, 0) + v
-            parts.append({
-                "id": part.id,
-                "state": "paused" if part.cpu.paused and part.state is HvPartitionState.ACTIVE else part.state.value,
-                "privileges": part.privileges,
-                "recommendations": part.recommendations,
-                "spin_retry": part.spin_retry,
-                "worker": part.worker is not None,
-                "ranges": [list(r) for r in part.ranges],
-                "mmio": [[b, e - b] for b, e, _ in part.mmio],
-                "hypercalls_enabled": part.hypercalls_enabled,
-                "unclaimed_reads": part.unclaimed_reads,
-                "unclaimed_writes": part.unclaimed_writes,
-                "unmapped_gpa": part.unmapped_gpa,
-                "worker_timeouts": part.worker_timeouts,
-                "resets": part.resets,
-                "cpu": {"reserve": part.cpu.reserve, "limit": part.cpu.limit, "weight": part.cpu.weight},
-                "vps": [{"index": vp.index, "state": vp.state.value, "exits": dict(vp.exits), "cr3": vp.cr3,
-                         "faults": vp.faults, "guest": dict(vp.counters),
-                         "sched": _sched_status(vp.sched, now),
-                         "apic": dict(vp.apic.counters),
-                         "interrupts": {"asserted": vp.interrupts.asserted, "injected": vp.interrupts.injected,
-                                        "pending": len(vp.interrupts.pending),
-                                        "by_vector": {f"{k:#04x}": v for k, v in vp.interrupts.by_vector.items()}}}
-                        for vp in part.vps],
-                "guest": guest,
-                "paths": {name: st.to_wire() for name, st in paths.items()},
-            })
-        return {
-            "pid": os.getpid(),
-            "session": self.session,
-            "uptime_s": (time.monotonic_ns() - self.started_ns) / 1e9,
-            "counters": dict(self._counters),
-            "hypercalls": {"calls": {f"{k:#06x}": v for k, v in self._hypercalls.counts.items()},
-                           "failures": dict(self._hypercalls.failures)},
-            "peers": len(self._peers),
-            "pending": len(self._forwarding.pending),
-            "tracers": len(self._tracer.tracers),
-            "scheduler": self._sched.status(now),
-            "memory": self._memory.status(),
-            "tlb": self._tlb.status(),
-            "partitions": parts,
-        }
-
-
-def _sched_status(s: VpSched, now: int) -> dict:
-    if s.state is VpState.CREATED:
-        return {}
-    running = now - s.since_ns if s.state is VpState.RUNNING else 0
-    waiting = now - s.since_ns if s.state is VpState.READY else 0
-    return {"state": s.state.sched, "lp": s.lp if s.state is VpState.RUNNING else None,
-            "run_s": (s.run_ns + running) / 1e9, "wait_s": (s.wait_ns + waiting) / 1e9,
-            "dispatches": s.dispatches, "preemptions": s.preemptions, "yields": s.yields}
+            parts.append(PartitionStatus(
+                id=part.id,
+                state="paused" if part.cpu.paused and part.state is HvPartitionState.ACTIVE else part.state.value,
+                privileges=part.privileges,
+                recommendations=part.recommendations,
+                spin_retry=part.spin_retry,
+                worker=part.worker is not None,
+                ranges=[tuple(r) for r in part.ranges],
+                mmio=[(b, e - b) for b, e, _ in part.mmio],
+                hypercalls_enabled=part.hypercalls_enabled,
+                unclaimed_reads=part.unclaimed_reads,
+                unclaimed_writes=part.unclaimed_writes,
+                unmapped_gpa=part.unmapped_gpa,
+                worker_timeouts=part.worker_timeouts,
+                resets=part.resets,
+                cpu=CpuStatus(part.cpu.reserve, part.cpu.limit, part.cpu.weight),
+                vps=[VpStatus(vp.index, vp.state.value, dict(vp.exits), vp.cr3, vp.faults, dict(vp.counters),
+                              self._sched.vp_status(vp.sched, now), dict(vp.apic.counters),
+                              InterruptStatus(vp.interrupts.asserted, vp.interrupts.injected,
+                                              len(vp.interrupts.pending),
+                                              {f"{k:#04x}": v for k, v in vp.interrupts.by_vector.items()}))
+                     for vp in part.vps],
+                guest=guest,
+                paths=paths,
+            ))
+        return HypervisorStatus(
+            pid=os.getpid(),
+            session=self.session,
+            uptime_s=(time.monotonic_ns() - self.started_ns) / 1e9,
+            counters=dict(self._counters),
+            hypercalls=HypercallStatus({f"{k:#06x}": v for k, v in self._hypercalls.counts.items()},
+                                       dict(self._hypercalls.failures)),
+            peers=len(self._peers),
+            pending=len(self._forwarding.pending),
+            tracers=len(self._tracer.tracers),
+            scheduler=self._sched.status(now),
+            memory=self._memory.status(),
+            tlb=self._tlb.status(),
+            partitions=parts,
+        )
