@@ -222,3 +222,37 @@ def test_a_register_that_is_not_kept_or_is_read_only_is_invalid_parameter(hc):
         == S.HV_STATUS_INVALID_VP_INDEX
     assert call(hc, child(hc), control_value(C.HvCallGetVpRegisters, rep_count=1), _vp_registers_header(pid) + names)[0] \
         == S.HV_STATUS_ACCESS_DENIED
+
+
+def test_the_one_table_is_what_dispatches(hc, monkeypatch):
+    from hypervisor import hypercalls as module
+
+    calls = []
+
+    def handler(self, caller, hc_, args, data):
+        calls.append(args)
+        return S.HV_STATUS_SUCCESS, b"ok"
+
+    spec = module.CallSpec(0, handler, layout=struct.Struct("<I"))
+    monkeypatch.setitem(module.SPECS, C.HvCallNotifyLongSpinWait, spec)
+    assert call(hc, child(hc), control_value(C.HvCallNotifyLongSpinWait, fast=True), b"\x07\0\0\0") \
+        == (S.HV_STATUS_SUCCESS, 0, b"ok")
+    assert calls == [(7,)]  # the layout unpacked for the handler
+    assert call(hc, child(hc), control_value(C.HvCallNotifyLongSpinWait, fast=True), b"\x07")[0] \
+        == S.HV_STATUS_INVALID_HYPERCALL_INPUT and len(calls) == 1
+
+
+def test_where_only_leading_fields_are_read_only_they_are_required(hc):
+    pid = hc.table.create().id
+    # SetPartitionProperty: the partition is checked before the value is missed.
+    assert call(hc, root(), control_value(C.HvCallSetPartitionProperty), struct.pack("<QI4x", 99, 1))[0] \
+        == S.HV_STATUS_INVALID_PARTITION_ID
+    assert call(hc, root(), control_value(C.HvCallSetPartitionProperty), struct.pack("<QI4x", pid, 1))[0] \
+        == S.HV_STATUS_INVALID_HYPERCALL_INPUT
+    # CreateVp: the partition and the index are enough.
+    call(hc, root(), control_value(C.HvCallInitializePartition), struct.pack("<Q", pid))
+    assert call(hc, root(), control_value(C.HvCallCreateVp), struct.pack("<QI", pid, 0))[0] == S.HV_STATUS_SUCCESS
+    assert call(hc, root(), control_value(C.HvCallCreateVp), struct.pack("<Q", pid))[0] \
+        == S.HV_STATUS_INVALID_HYPERCALL_INPUT
+    # CreatePartition reads nothing of its input.
+    assert call(hc, root(), control_value(C.HvCallCreatePartition))[0] == S.HV_STATUS_SUCCESS
