@@ -3,7 +3,9 @@
 As Firecracker's vCPU loop has one arm per exit reason, each handler here counts its exit
 in ``vp.exits[Exit.X]``, traces it as ``Exit.X`` when someone listens, and completes it
 with a resume whose ``path`` is ``Exit.X.code`` — so the counter, the trace and the guest's
-histogram all carry the one name.  Exits the hypervisor handles itself (CPUID, synthetic
+histogram all carry the one name.  (Two exceptions, as before the split: the end of a
+quantum is not traced, and HLT's resume names no path — how long a VP slept is not a
+round trip.)  Exits the hypervisor handles itself (CPUID, synthetic
 MSRs, the local APIC, hypercalls, unclaimed ports, unmapped GPAs, CR3 and INVLPG, HLT, the
 end of a quantum) take two hops; a port or MMIO access a worker claims is forwarded
 (``forwarding.py``) and takes four.

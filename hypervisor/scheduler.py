@@ -20,10 +20,12 @@ This is also the VP's state machine, and the one place its run state is held: in
 :class:`VpSched`, with its suspension (HvRegisterExplicitSuspend) beside it, and its
 partition's pause in the :class:`CpuControls` all the partition's VPs share::
 
-    CREATED ───hello────────┐
-    INTERCEPT ─exit done────┼─ make_ready ─▶ READY ─▶ RUNNING   (an LP is free; not paused
-    HALTED ────woken────────┘                 (or straight to it)  or suspended; within limit)
-    RUNNING ───any exit (exited)─▶ INTERCEPT ───HLT (halted)─▶ HALTED
+               hello, exit done, woken (make_ready)
+    CREATED ───┐
+    INTERCEPT ─┼──▶ READY ──an LP is free; not paused or suspended; within its limit──▶ RUNNING
+    HALTED ────┘    (or straight to RUNNING when nobody else waits)                        │
+    INTERCEPT ◀──────────────────────────── any exit (exited) ────────────────────────────┘
+    INTERCEPT ──HLT (halted)──▶ HALTED
 """
 
 from __future__ import annotations
