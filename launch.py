@@ -107,24 +107,9 @@ RECOMMENDATIONS = {
 }
 WORKLOADS = ("serial", "portio", "cpuid", "msr", "hypercall", "timer", "screen", "disk", "diskbench",
              "spinlock", "compute", "eoi_mmio", "eoi_msr", "eoi_assist", "tlb_reader", "tlb_flusher")
-# The devices a topology may name, and the settings each takes (the worker checks values).
-DEVICE_KEYS = {
-    "uart16550": {"name", "base", "irq"},
-    "pic8259": {"name", "elcr_fixed_edge", "elcr_at_reset"},
-    "pit8254": {"name", "port61", "input_hz"},
-    "cmos_rtc": {"base", "irq", "nvram_path"},
-    "ata": {"name", "image_path", "size_bytes", "model", "serial", "firmware", "command_base",
-            "control_port", "irq"},
-    "vga_text": {"name"},
-    "i8042": {"data_port", "command_port", "irq", "aux_irq", "keyboard_queue_size"},
-}
-# chipset = "gen1": the legacy devices of a Hyper-V generation-1 VM (hyperv-facts.md §5);
-# "minimal": COM1 alone, polled (no interrupt controller).
-CHIPSETS = {
-    "gen1": [{"type": "pic8259"}, {"type": "pit8254"}, {"type": "cmos_rtc"}, {"type": "i8042"},
-             {"type": "vga_text"}, {"type": "uart16550", "name": "com1", "base": 0x3F8, "irq": 4}],
-    "minimal": [{"type": "uart16550", "name": "com1", "base": 0x3F8, "irq": 4}],
-}
+# The devices a topology may name, the settings each takes, and the chipsets (sets of
+# devices) it may ask for: the worker's own vocabulary (the worker checks values).
+from worker.devices.config import CHIPSETS, DEVICE_KEYS  # noqa: E402
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 

@@ -13,6 +13,8 @@ import os
 import signal
 import sys
 
+from proto.transport import connect
+from worker.backends import ConsoleLog
 from worker.chipset import Chipset
 from worker.service import Worker
 
@@ -30,8 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     if not token:
         print("python -m worker: HVSTACK_TOKEN is not set", file=sys.stderr)
         return 2
-    chipset = Chipset(spec["devices"])
-    worker = Worker(spec["endpoint"], spec["partition_id"], token, chipset, spec["console_path"])
+    console = ConsoleLog(spec["console_path"])
+    chipset = Chipset(spec["devices"], console)
+    # Connect and say hello as the partition's worker, then claim the ranges and map memory.
+    dealer = connect(spec["endpoint"], "worker", spec["partition_id"], 0, token=token)
+    worker = Worker(dealer, chipset, console)
+    worker.start(spec["partition_id"])
 
     def stop(signum, frame):
         worker.running = False

@@ -1,9 +1,20 @@
-"""The worker's port bus: routes an I/O port access to the device that claims the port.
+"""The worker's buses: route a port or MMIO access to the device that claims it, after checking
+that the device takes it (rust-vmm vm-device's ``Bus::check_access``, openvmm's chipset).
 
-Ranges are checked at registration (an overlap is a configuration error, as in rust-vmm's
-vm-device), so routing is one dict lookup.  Guest mistakes — a port nothing claims, a size a
-register does not take — read all-ones and drop writes, are counted per device, and are
-logged at a limited rate; they never raise.
+A device declares its ranges and the access sizes each takes (``PortRange.sizes``,
+``MmioRange.sizes``); the bus refuses an access of another size, and an MMIO access that
+runs past the end of its range, before the device sees it.  Ranges are checked at
+registration (an overlap is a configuration error), so routing is one lookup.
+
+Two views of one access:
+
+* ``io_read``/``io_write`` (``mmio_read``/``mmio_write``) answer as a device does: the value,
+  or the :class:`IoError` saying why the access reached no register;
+* ``read``/``write`` are what the guest sees: a mistake reads all-ones and the write is
+  dropped.
+
+Either way every access is counted, in the device's ``stats`` (reached a register, or a
+guest mistake) and the bus's, and mistakes are logged at a limited rate; they never raise.
 """
 
 from __future__ import annotations
@@ -12,6 +23,7 @@ import bisect
 import logging
 from dataclasses import dataclass
 
+from proto.errors import ConfigError
 from worker.devices.base import Device, IoError, MmioDevice, MmioRange, PortRange, all_ones
 
 log = logging.getLogger("worker.bus")
@@ -19,9 +31,11 @@ log = logging.getLogger("worker.bus")
 # Log the first few guest mistakes of each kind, then one in this many.
 LOG_FIRST, LOG_EVERY = 5, 1000
 
+_BAD_SIZE = IoError.INVALID_ACCESS_SIZE
 
-class DeviceOverlap(ValueError):
-    """Two devices claim the same port."""
+
+class DeviceOverlap(ConfigError, ValueError):
+    """Two devices of one partition's topology claim the same port or address."""
 
 
 @dataclass
@@ -30,15 +44,32 @@ class BusStats:
     writes: int = 0
     unclaimed_reads: int = 0
     unclaimed_writes: int = 0
-    errors: int = 0  # accesses a device refused (IoError)
+    errors: int = 0  # accesses a device refused: wrong size, no such register, unaligned
+
+
+class _Mistakes:
+    """Rate-limited warnings for guest mistakes, one count per (who, what)."""
+
+    def __init__(self, where: str) -> None:
+        self._where = where
+        self._counts: dict[tuple[str, str], int] = {}
+
+    def __call__(self, who: str, what: str, address: int, size: int) -> None:
+        key = (who, what)
+        n = self._counts.get(key, 0) + 1
+        self._counts[key] = n
+        if n <= LOG_FIRST or n % LOG_EVERY == 0:
+            log.warning("guest %s: %s at %s %#x size %d (%d so far)", who, what, self._where,
+                        address, size, n)
 
 
 class PortBus:
     def __init__(self) -> None:
-        self._by_port: dict[int, Device] = {}
+        # port -> (device, the sizes its range takes, the device's counters)
+        self._by_port: dict[int, tuple[Device, frozenset[int], object]] = {}
         self.devices: list[Device] = []
         self.stats = BusStats()
-        self._mistakes: dict[tuple[str, str], int] = {}
+        self._mistake = _Mistakes("port")
 
     def register(self, device: Device) -> None:
         ranges = device.port_ranges()
@@ -46,10 +77,11 @@ class PortBus:
             for port in range(r.base, r.base + r.count):
                 other = self._by_port.get(port)
                 if other is not None:
-                    raise DeviceOverlap(f"{device.name} claims port {port:#x}, which {other.name} has")
+                    raise DeviceOverlap(f"{device.name} claims port {port:#x}, which {other[0].name} has")
         for r in ranges:
+            slot = (device, frozenset(r.sizes), device.stats)
             for port in range(r.base, r.base + r.count):
-                self._by_port[port] = device
+                self._by_port[port] = slot
         self.devices.append(device)
 
     def ranges(self) -> list[PortRange]:
@@ -62,38 +94,48 @@ class PortBus:
                 out.append(PortRange(port, 1))
         return out
 
-    def io_read(self, port: int, size: int) -> int:
+    def io_read(self, port: int, size: int) -> int | IoError:
         self.stats.reads += 1
-        dev = self._by_port.get(port)
-        if dev is None:
+        slot = self._by_port.get(port)
+        if slot is None:
             self.stats.unclaimed_reads += 1
             self._mistake("unclaimed", "read", port, size)
-            return all_ones(size)
-        value = dev.io_read(port, size)
+            return IoError.INVALID_REGISTER
+        dev, sizes, stats = slot
+        value = dev.io_read(port, size) if size in sizes else _BAD_SIZE
         if value.__class__ is IoError:
+            stats.missed_reads += 1
             self.stats.errors += 1
             self._mistake(dev.name, value.value, port, size)
-            return all_ones(size)
+        else:
+            stats.reads += 1
         return value
 
-    def io_write(self, port: int, size: int, value: int) -> None:
+    def io_write(self, port: int, size: int, value: int) -> IoError | None:
         self.stats.writes += 1
-        dev = self._by_port.get(port)
-        if dev is None:
+        slot = self._by_port.get(port)
+        if slot is None:
             self.stats.unclaimed_writes += 1
             self._mistake("unclaimed", "write", port, size)
-            return
-        err = dev.io_write(port, size, value)
+            return IoError.INVALID_REGISTER
+        dev, sizes, stats = slot
+        err = dev.io_write(port, size, value) if size in sizes else _BAD_SIZE
         if err is not None:
+            stats.missed_writes += 1
             self.stats.errors += 1
             self._mistake(dev.name, err.value, port, size)
+        else:
+            stats.writes += 1
+        return err
 
-    def _mistake(self, who: str, what: str, port: int, size: int) -> None:
-        key = (who, what)
-        n = self._mistakes.get(key, 0) + 1
-        self._mistakes[key] = n
-        if n <= LOG_FIRST or n % LOG_EVERY == 0:
-            log.warning("guest %s: %s at port %#x size %d (%d so far)", who, what, port, size, n)
+    def read(self, port: int, size: int) -> int:
+        """The guest's ``in``: all-ones when nothing answers."""
+        value = self.io_read(port, size)
+        return all_ones(size) if value.__class__ is IoError else value
+
+    def write(self, port: int, size: int, value: int) -> None:
+        """The guest's ``out``: dropped when nothing takes it."""
+        self.io_write(port, size, value)
 
     def poll(self, now_ns: int) -> int | None:
         """Let clocked devices catch up; the earliest next deadline, or None."""
@@ -113,7 +155,7 @@ class MmioBus:
         self._starts: list[int] = []
         self._ranges: list[tuple[MmioRange, MmioDevice]] = []
         self.stats = BusStats()
-        self._mistakes: dict[tuple[str, str], int] = {}
+        self._mistake = _Mistakes("GPA")
 
     def register(self, device: MmioDevice) -> None:
         for r in device.mmio_ranges():
@@ -129,35 +171,61 @@ class MmioBus:
     def ranges(self) -> list[MmioRange]:
         return [r for r, _ in self._ranges]
 
-    def _find(self, gpa: int):
+    def _find(self, gpa: int) -> tuple[MmioRange, MmioDevice] | None:
         i = bisect.bisect_right(self._starts, gpa) - 1
         if i >= 0:
             r, dev = self._ranges[i]
             if gpa <= r.last:
-                return dev
+                return r, dev
         return None
 
-    def read(self, gpa: int, size: int) -> int:
+    @staticmethod
+    def _check(r: MmioRange, gpa: int, size: int) -> IoError | None:
+        if size not in r.sizes:
+            return _BAD_SIZE
+        if gpa + size - 1 > r.last:
+            return IoError.UNALIGNED_ACCESS  # starts inside the range, ends outside it
+        return None
+
+    def mmio_read(self, gpa: int, size: int) -> int | IoError:
         self.stats.reads += 1
-        dev = self._find(gpa)
-        value = dev.mmio_read(gpa, size) if dev is not None else IoError.INVALID_REGISTER
-        if value.__class__ is IoError:
+        found = self._find(gpa)
+        if found is None:
             self.stats.errors += 1
-            self._mistake(dev.name if dev else "unclaimed", value.value, gpa, size)
-            return all_ones(size)
+            self._mistake("unclaimed", IoError.INVALID_REGISTER.value, gpa, size)
+            return IoError.INVALID_REGISTER
+        r, dev = found
+        value = self._check(r, gpa, size) or dev.mmio_read(gpa, size)
+        if value.__class__ is IoError:
+            dev.stats.mmio_missed_reads += 1
+            self.stats.errors += 1
+            self._mistake(dev.name, value.value, gpa, size)
+        else:
+            dev.stats.mmio_reads += 1
         return value
 
-    def write(self, gpa: int, size: int, value: int) -> None:
+    def mmio_write(self, gpa: int, size: int, value: int) -> IoError | None:
         self.stats.writes += 1
-        dev = self._find(gpa)
-        err = dev.mmio_write(gpa, size, value) if dev is not None else IoError.INVALID_REGISTER
-        if err is not None:
+        found = self._find(gpa)
+        if found is None:
             self.stats.errors += 1
-            self._mistake(dev.name if dev else "unclaimed", err.value, gpa, size)
+            self._mistake("unclaimed", IoError.INVALID_REGISTER.value, gpa, size)
+            return IoError.INVALID_REGISTER
+        r, dev = found
+        err = self._check(r, gpa, size) or dev.mmio_write(gpa, size, value)
+        if err is not None:
+            dev.stats.mmio_missed_writes += 1
+            self.stats.errors += 1
+            self._mistake(dev.name, err.value, gpa, size)
+        else:
+            dev.stats.mmio_writes += 1
+        return err
 
-    def _mistake(self, who: str, what: str, gpa: int, size: int) -> None:
-        key = (who, what)
-        n = self._mistakes.get(key, 0) + 1
-        self._mistakes[key] = n
-        if n <= LOG_FIRST or n % LOG_EVERY == 0:
-            log.warning("guest %s: %s at GPA %#x size %d (%d so far)", who, what, gpa, size, n)
+    def read(self, gpa: int, size: int) -> int:
+        """The guest's load: all-ones when nothing answers."""
+        value = self.mmio_read(gpa, size)
+        return all_ones(size) if value.__class__ is IoError else value
+
+    def write(self, gpa: int, size: int, value: int) -> None:
+        """The guest's store: dropped when nothing takes it."""
+        self.mmio_write(gpa, size, value)

@@ -1,9 +1,10 @@
 """One partition's device set, built from the topology's device list, and its glue.
 
 The chipset owns the devices and what connects them: the IRQ lines (into the PIC when the
-partition has one), the clock, the console and the reset line.  Device types are looked up
-by name in :data:`DEVICE_TYPES`, each with the config dataclass it takes, so a topology names
-a device the way its datasheet does.
+partition has one), the clock, the console, the reset line, and the host resources the
+devices are handed (disk images, the NVRAM file), which it opens and closes.  A topology
+entry names a device by its type; :data:`worker.devices.config.DEVICE_TYPES` says which
+config (and backend settings) each type takes, and :data:`_FACTORIES` wires it up.
 
 Interrupts: the PIC's INTR output is the chipset's interrupt output.  When it rises, the
 worker performs the INTA cycle at once (:meth:`Chipset.take_interrupts`) and hands the vector
@@ -15,19 +16,27 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import fields
 from time import perf_counter_ns
-from typing import Callable
+from typing import Any, Callable
 
+from proto.errors import ConfigError
+from worker.backends import DiskFile, NvramFile
 from worker.bus import MmioBus, PortBus
-from worker.devices.ata import AtaDisk, AtaDiskConfig
+from worker.devices.ata import AtaDisk
+from worker.devices.backends import ConsoleSink, NullConsole
 from worker.devices.base import IrqLine, MonotonicClock, NullIrqLine
-from worker.devices.cmos_rtc import CmosRtc, CmosRtcConfig
-from worker.devices.i8042 import I8042, I8042Config
-from worker.devices.pic8259 import Pic8259, Pic8259Config
-from worker.devices.pit8254 import Pit8254, Pit8254Config
-from worker.devices.uart16550 import Uart16550, Uart16550Config
-from worker.devices.vga_text import VgaText, VgaTextConfig
+from worker.devices.cmos_rtc import NVRAM_SIZE, CmosRtc
+from worker.devices.config import DEVICE_TYPES, DiskImageSettings, NvramSettings
+from worker.devices.i8042 import I8042
+from worker.devices.pic8259 import Pic8259
+from worker.devices.pit8254 import Pit8254
+from worker.devices.uart16550 import Uart16550
+from worker.devices.vga_text import VgaText
+
+
+class BadDeviceConfig(ConfigError, ValueError):
+    """A device of the topology the worker cannot build: an unknown type or setting, a bad
+    value, a name two devices share."""
 
 
 class _Intr:
@@ -44,11 +53,11 @@ class _Intr:
 
 
 class Chipset:
-    def __init__(self, devices: list[dict]) -> None:
+    def __init__(self, devices: list[dict], console: ConsoleSink | None = None) -> None:
         self.bus = PortBus()
         self.mmio = MmioBus()
         self.clock = MonotonicClock()
-        self.on_console_tx: Callable[[bytes], None] = lambda data: None
+        self.console_sink = console if console is not None else NullConsole()  # every UART's
         self.devices = []
         self.by_name: dict[str, object] = {}
         self.console: Uart16550 | None = None  # the first UART is the partition's console
@@ -56,6 +65,7 @@ class Chipset:
         self.vga: VgaText | None = None
         self.pic: Pic8259 | None = None
         self._intr = _Intr()
+        self._backends: list[DiskFile] = []  # opened here, closed with the chipset
         self.reset_requested = ""
         self.memory = None  # proto.memory.GuestMemory, once the worker has mapped it
         specs = [dict(d) for d in devices]
@@ -64,10 +74,14 @@ class Chipset:
         for spec in specs:
             kind = spec.pop("type")
             if kind not in DEVICE_TYPES:
-                raise ValueError(f"unknown device type {kind!r}; known: {', '.join(DEVICE_TYPES)}")
-            device = DEVICE_TYPES[kind](self, spec)
+                raise BadDeviceConfig(f"unknown device type {kind!r}; known: {', '.join(DEVICE_TYPES)}")
+            try:
+                config, backend = DEVICE_TYPES[kind].build(spec)
+            except ValueError as e:
+                raise BadDeviceConfig(str(e)) from e
+            device = _FACTORIES[kind](self, config, backend)
             if device.name in self.by_name:
-                raise ValueError(f"two devices are named {device.name!r}")
+                raise BadDeviceConfig(f"two devices are named {device.name!r}")
             self.bus.register(device)
             if hasattr(device, "mmio_ranges"):
                 self.mmio.register(device)
@@ -100,38 +114,37 @@ class Chipset:
             self._intr.raised_ns = perf_counter_ns()
         return out
 
-    # -- factories -------------------------------------------------------------------------
+    # -- factories: a device from its config, its backend opened and its lines wired ------
 
-    def _pic(self, spec: dict) -> Pic8259:
-        self.pic = Pic8259(_config(Pic8259Config, spec), self._intr)
+    def _pic(self, config, _) -> Pic8259:
+        self.pic = Pic8259(config, self._intr)
         return self.pic
 
-    def _pit(self, spec: dict) -> Pit8254:
-        return Pit8254(_config(Pit8254Config, spec), self.irq_line(0), self.clock)
+    def _pit(self, config, _) -> Pit8254:
+        return Pit8254(config, self.irq_line(0), self.clock)
 
-    def _uart(self, spec: dict) -> Uart16550:
-        config = _config(Uart16550Config, spec)
-        uart = Uart16550(config, self.irq_line(config.irq), self.clock, lambda data: self.on_console_tx(data))
+    def _uart(self, config, _) -> Uart16550:
+        uart = Uart16550(config, self.irq_line(config.irq), self.clock, self.console_sink)
         if self.console is None:
             self.console = uart
         return uart
 
-    def _rtc(self, spec: dict) -> CmosRtc:
-        config = _config(CmosRtcConfig, spec)
-        return CmosRtc(config, self.irq_line(config.irq), self.clock, time.time)
+    def _rtc(self, config, settings: NvramSettings) -> CmosRtc:
+        nvram = None if settings.nvram_path is None else NvramFile(settings.nvram_path, NVRAM_SIZE)
+        return CmosRtc(config, self.irq_line(config.irq), self.clock, time.time, nvram)
 
-    def _ata(self, spec: dict) -> AtaDisk:
-        config = _config(AtaDiskConfig, spec)
-        return AtaDisk(config, self.irq_line(config.irq))
+    def _ata(self, config, settings: DiskImageSettings) -> AtaDisk:
+        image = DiskFile(settings.image_path, settings.size_bytes)
+        self._backends.append(image)
+        return AtaDisk(config, self.irq_line(config.irq), image)
 
-    def _vga(self, spec: dict) -> VgaText:
-        self.vga = VgaText(_config(VgaTextConfig, spec))
+    def _vga(self, config, _) -> VgaText:
+        self.vga = VgaText(config)
         return self.vga
 
-    def _i8042(self, spec: dict) -> I8042:
-        config = _config(I8042Config, spec)
+    def _i8042(self, config, _) -> I8042:
         self.keyboard = I8042(config, self.irq_line(config.irq), self._request_reset,
-                              aux_irq_line=self.irq_line(config.aux_irq))
+                              aux_irq=self.irq_line(config.aux_irq))
         return self.keyboard
 
     # -- what the worker asks of it ------------------------------------------------------------
@@ -171,22 +184,11 @@ class Chipset:
         return out
 
     def close(self) -> None:
-        for device in self.devices:
-            close = getattr(device, "close", None)
-            if close is not None:
-                close()
+        for backend in self._backends:
+            backend.close()
 
 
-def _config(cls, spec: dict):
-    known = {f.name for f in fields(cls)}
-    unknown = set(spec) - known
-    if unknown:
-        raise ValueError(f"{cls.__name__} has no setting {', '.join(sorted(unknown))}; "
-                         f"it takes {', '.join(sorted(known))}")
-    return cls(**spec)
-
-
-DEVICE_TYPES: dict[str, Callable[[Chipset, dict], object]] = {
+_FACTORIES: dict[str, Callable[[Chipset, Any, Any], object]] = {
     "pic8259": Chipset._pic,
     "pit8254": Chipset._pit,
     "uart16550": Chipset._uart,
@@ -195,8 +197,4 @@ DEVICE_TYPES: dict[str, Callable[[Chipset, dict], object]] = {
     "vga_text": Chipset._vga,
     "i8042": Chipset._i8042,
 }
-# What the topology may set for each device type (the config dataclass's fields).
-DEVICE_SETTINGS = {
-    "pic8259": Pic8259Config, "pit8254": Pit8254Config, "uart16550": Uart16550Config,
-    "cmos_rtc": CmosRtcConfig, "ata": AtaDiskConfig, "vga_text": VgaTextConfig, "i8042": I8042Config,
-}
+assert set(_FACTORIES) == set(DEVICE_TYPES), "every device type needs a factory"

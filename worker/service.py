@@ -1,9 +1,12 @@
-"""The VM worker's event loop: one partition's devices behind one DEALER.
+"""The VM worker's event loop: one partition's devices behind one endpoint.
 
-It says hello as the partition's worker, installs its port and MMIO ranges in the
-hypervisor's intercept table, then serves ``port_notify``/``mmio_notify`` → device →
-``access_complete`` until told to stop.  Between messages it keeps the clocked devices (PIT,
-RTC, UART) up to date, waking at their next deadline.
+:class:`Worker` is handed an endpoint that has already said hello as the partition's worker
+(``__main__`` connects it), so nothing in it opens a socket and a test can drive it with a
+fake endpoint that still speaks the wire format.  :meth:`Worker.start` installs the
+chipset's port and MMIO ranges in the hypervisor's intercept table and maps the partition's
+memory; :meth:`Worker.serve` then answers ``port_notify``/``mmio_notify`` → device →
+``access_complete`` (:meth:`Worker.handle`, one frame) until told to stop.  Between messages
+it keeps the clocked devices (PIT, RTC, UART) up to date, waking at their next deadline.
 
 Interrupts: when an access or a timer leaves the PIC's INTR high, the worker takes the
 vector (INTA) and sends ``assert_interrupt`` *before* the access's ``access_complete``, so the
@@ -15,15 +18,15 @@ measured round trip does not pay for it.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from time import perf_counter_ns
+from typing import Protocol
 
 from proto import messages as m
 from proto.errors import ProtocolError, Refused
 from proto.memory import GuestMemory
-from proto.transport import Dealer, connect
 
+from worker.backends import ConsoleLog
 from worker.chipset import Chipset
 
 log = logging.getLogger("worker")
@@ -34,38 +37,48 @@ MAX_INPUT_BACKLOG = 1 << 16
 CONSOLE_FLUSH_NS = 20_000_000
 
 
+class Endpoint(Protocol):
+    """What the worker needs of its connection to the hypervisor (a connected
+    :class:`proto.transport.Dealer`)."""
+
+    def send(self, frame: bytes) -> None: ...
+
+    def wait(self, timeout_ms: int) -> bool: ...
+
+    def recv_ready(self) -> bytes: ...
+
+    def request(self, msg: m.Message, timeout_ms: int = 5000) -> m.Message: ...
+
+    def close(self) -> None: ...
+
+
 class Worker:
-    def __init__(self, endpoint: str, partition_id: int, token: str, chipset: Chipset,
-                 console_path: str) -> None:
-        self.partition_id = partition_id
+    def __init__(self, dealer: Endpoint, chipset: Chipset, console: ConsoleLog) -> None:
+        self.dealer = dealer
         self.chipset = chipset
+        self.console = console  # what the chipset's UARTs write to
         self.running = True
-        self._console_fd = os.open(console_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._console_buf = bytearray()
-        self._console_since = 0
         self._deadline: int | None = None
         self._backlog: dict[str, bytearray] = {}
-        chipset.on_console_tx = self._console_tx
-        self.dealer: Dealer = connect(endpoint, "worker", partition_id, 0, token=token)
-        ports = [[r.base, r.count] for r in chipset.bus.ranges()]
-        mmio = [[r.base, r.length] for r in chipset.mmio.ranges()]
-        self.dealer.request(m.InstallIntercept(ports, mmio))
-        # The partition's memory, for devices that do DMA (none of today's do).
-        where = self.dealer.request(m.MemoryRequest(partition_id))
-        chipset.memory = GuestMemory(where.pool, where.slat)
-        log.info("worker for partition %d ready: ports %s; MMIO %s", partition_id,
-                 ", ".join(f"{b:#x}+{c}" for b, c in ports), ", ".join(f"{b:#x}+{c:#x}" for b, c in mmio) or "none")
+        # Bound once: handle() runs for every guest access.
+        self._send = dealer.send
+        self._bus = chipset.bus
+        self._mmio = chipset.mmio
 
-    def _console_tx(self, data: bytes) -> None:
-        if not self._console_buf:
-            self._console_since = time.monotonic_ns()
-        self._console_buf += data
+    def start(self, partition_id: int) -> None:
+        """Claim the chipset's ranges in the hypervisor's intercept table and map the
+        partition's memory (for devices that do DMA; none of today's do)."""
+        ports = [[r.base, r.count] for r in self.chipset.bus.ranges()]
+        mmio = [[r.base, r.length] for r in self.chipset.mmio.ranges()]
+        self.dealer.request(m.InstallIntercept(ports, mmio))
+        where = self.dealer.request(m.MemoryRequest(partition_id))
+        self.chipset.memory = GuestMemory(where.pool, where.slat)
+        log.info("worker for partition %d ready: ports %s; MMIO %s", partition_id,
+                 ", ".join(f"{b:#x}+{c}" for b, c in ports),
+                 ", ".join(f"{b:#x}+{c:#x}" for b, c in mmio) or "none")
 
     def _flush_console(self) -> None:
-        data = bytes(self._console_buf)
-        self._console_buf.clear()
-        os.write(self._console_fd, data)
-        self.dealer.send(m.ConsoleOutput(data).encode())
+        self.dealer.send(m.ConsoleOutput(self.console.take()).encode())
 
     def _signal_chipset(self) -> None:
         """Tell the hypervisor what the last access or timer did to the CPU's pins."""
@@ -91,54 +104,58 @@ class Worker:
         self._signal_chipset()
 
     def serve(self) -> None:
-        dealer, chipset = self.dealer, self.chipset
-        bus, mmio = chipset.bus, chipset.mmio
-        send, wait, recv = dealer.send, dealer.wait, dealer.recv_ready
-        PortNotify, MmioNotify, AccessComplete, decode = m.PortNotify, m.MmioNotify, m.AccessComplete, m.decode
+        """Answer the hypervisor until ``running`` is cleared (SIGTERM), then close."""
+        wait, recv, handle, console = self.dealer.wait, self.dealer.recv_ready, self.handle, self.console
         self._poll_devices()
         while self.running:
             timeout = IDLE_POLL_MS
-            if self._console_buf:
+            if console.pending:
                 timeout = 1
             if self._deadline is not None:
                 timeout = max(0, min(timeout, -(-(self._deadline - time.monotonic_ns()) // 1_000_000)))
             if any(self._backlog.values()):
                 timeout = min(timeout, 10)  # keep feeding input as the guest drains it
             if not wait(timeout):
-                if self._console_buf:
+                if console.pending:
                     self._flush_console()
                 self._poll_devices()
                 continue
-            frame = recv()
-            t_in = perf_counter_ns()
-            try:
-                msg = decode(frame)
-            except ProtocolError as e:
-                log.error("undecodable message from the hypervisor: %s", e)
-                continue
-            cls = msg.__class__
-            if cls is PortNotify or cls is MmioNotify:
-                if cls is PortNotify:
-                    if msg.write:
-                        bus.io_write(msg.port, msg.size, msg.value)
-                        value = 0
-                    else:
-                        value = bus.io_read(msg.port, msg.size)
-                elif msg.write:
-                    mmio.write(msg.gpa, msg.size, msg.value)
-                    value = 0
-                else:
-                    value = mmio.read(msg.gpa, msg.size)
-                if chipset.intr or chipset.reset_requested:
-                    self._signal_chipset()
-                send(AccessComplete(msg.ref, value, msg.stamps + (t_in, perf_counter_ns())).encode())
-                # After the completion: the access may have moved a device's deadline.
-                self._poll_devices()
-            else:
-                self._control(msg)
-            if self._console_buf and time.monotonic_ns() - self._console_since > CONSOLE_FLUSH_NS:
+            handle(recv())
+            if console.pending and time.monotonic_ns() - console.since_ns > CONSOLE_FLUSH_NS:
                 self._flush_console()
         self.close()
+
+    def handle(self, frame: bytes) -> None:
+        """One frame from the hypervisor: an access to emulate, answered at once with its
+        ``access_complete`` (after any interrupt it raised), or a control message."""
+        t_in = perf_counter_ns()
+        try:
+            msg = m.decode(frame)
+        except ProtocolError as e:
+            log.error("undecodable message from the hypervisor: %s", e)
+            return
+        cls = msg.__class__
+        if cls is m.PortNotify:
+            if msg.write:
+                self._bus.write(msg.port, msg.size, msg.value)
+                value = 0
+            else:
+                value = self._bus.read(msg.port, msg.size)
+        elif cls is m.MmioNotify:
+            if msg.write:
+                self._mmio.write(msg.gpa, msg.size, msg.value)
+                value = 0
+            else:
+                value = self._mmio.read(msg.gpa, msg.size)
+        else:
+            self._control(msg)
+            return
+        chipset = self.chipset
+        if chipset.intr or chipset.reset_requested:
+            self._signal_chipset()
+        self._send(m.AccessComplete(msg.ref, value, msg.stamps + (t_in, perf_counter_ns())).encode())
+        # After the completion: the access may have moved a device's deadline.
+        self._poll_devices()
 
     def _control(self, msg: m.Message) -> None:
         cls = msg.__class__
@@ -166,9 +183,6 @@ class Worker:
             log.error("unexpected %s from the hypervisor", msg.NAME)
 
     def close(self) -> None:
-        if self._console_buf:
-            os.write(self._console_fd, bytes(self._console_buf))
-            self._console_buf.clear()
+        self.console.close()
         self.chipset.close()
-        os.close(self._console_fd)
         self.dealer.close()

@@ -30,11 +30,13 @@ Policies (where the spec leaves a choice, or where this model is simpler than a 
 * The range is checked before any data moves: a command that would touch a sector past the
   end fails with IDNF and transfers nothing.  The taskfile is not rewritten with the failing
   or last address.
-* A host I/O error reading the image is UNC; writing it, or fsync failing, is DF+ABRT.
-* Write cache is reported supported and enabled: each full sector is pwrite()n to the image
-  (the OS page cache, so it survives the worker being killed) and FLUSH CACHE (EXT) is
-  os.fsync().  With the write cache disabled by SET FEATURES 82h, every write command is
-  fsync()ed before it completes.
+* The image is a backend the worker hands in (:class:`~worker.devices.backends.DiskImage`;
+  the worker's is :class:`worker.backends.DiskFile`).  A host I/O error reading it is UNC;
+  writing it, or a failing flush, is DF+ABRT.
+* Write cache is reported supported and enabled: each full sector is written to the image
+  at once (for a file, into the OS page cache, so it survives the worker being killed) and
+  FLUSH CACHE (EXT) flushes the image (fsync).  With the write cache disabled by SET
+  FEATURES 82h, every write command is flushed before it completes.
 * CHS addressing (device LBA bit clear) is honoured for the 28-bit commands through the
   current translation, which INITIALIZE DEVICE PARAMETERS sets.  A software reset keeps
   the translation and SET FEATURES settings; ``reset()`` (power-on / hardware reset)
@@ -47,13 +49,16 @@ Policies (where the spec leaves a choice, or where this model is simpler than a 
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
+from typing import Annotated
 
-from worker.devices.base import DeviceStats, IoError, IrqLine, PortRange, all_ones
+from worker.devices.ata_identify import LBA28_MAX_SECTORS, default_geometry, identify_words
+from worker.devices.backends import DiskImage
+from worker.devices.base import WORD_DWORD, ChipsetDevice, DeviceStats, IrqLine, PortRange, all_ones
+from worker.devices.config import SECTOR_SIZE, AtaDiskConfig
+from worker.devices.state import Byte, Length, Mask, OneOf, Range
 
-SECTOR_SIZE = 512
-LBA28_MAX_SECTORS = 0x0FFFFFFF  # IDENTIFY words 60-61 saturate here (ATA-6 6.2.1)
+__all__ = ["AtaDisk", "AtaDiskConfig", "AtaState", "AtaStats", "SECTOR_SIZE"]
 
 # Status register (ATA-6 7.15.6).
 STATUS_BSY = 0x80
@@ -116,34 +121,9 @@ REG_LBA_MID = 4
 REG_LBA_HIGH = 5
 REG_DEVICE = 6
 REG_STATUS_COMMAND = 7
-
-SAVE_VERSION = 1
-
-
-@dataclass(frozen=True)
-class AtaDiskConfig:
-    """Fixed configuration.  ``size_bytes`` is used only when the image has to be created."""
-
-    image_path: str
-    size_bytes: int = 64 * 1024 * 1024
-    model: str = "hvstack ATA disk"
-    serial: str = "HVS00000001"
-    firmware: str = "1.0"
-    command_base: int = 0x1F0
-    control_port: int = 0x3F6
-    irq: int = 14
-    name: str = "ata0"
-
-    def __post_init__(self) -> None:
-        if self.size_bytes <= 0 or self.size_bytes % SECTOR_SIZE:
-            raise ValueError(f"size_bytes {self.size_bytes} is not a positive multiple of {SECTOR_SIZE}")
-        for label, text, limit in (("model", self.model, 40), ("serial", self.serial, 20),
-                                   ("firmware", self.firmware, 8)):
-            # IDENTIFY strings are fixed-width, space-padded ASCII.
-            if len(text) > limit or not all(0x20 <= ord(ch) <= 0x7E for ch in text):
-                raise ValueError(f"{label} {text!r} must be at most {limit} printable ASCII characters")
-        PortRange(self.command_base, 8)
-        PortRange(self.control_port, 1)
+# The two-deep registers: the state field of each, and its previous value in <field>_hob.
+_TWO_DEEP = {REG_ERROR_FEATURES: "features", REG_SECTOR_COUNT: "sector_count",
+             REG_LBA_LOW: "lba_low", REG_LBA_MID: "lba_mid", REG_LBA_HIGH: "lba_high"}
 
 
 @dataclass
@@ -163,105 +143,55 @@ class AtaState:
     signature of an ATA device in the taskfile) except the CHS translation, which depends
     on the capacity and is filled in by the device."""
 
-    features: int = 0
-    features_hob: int = 0
-    sector_count: int = 1
-    sector_count_hob: int = 0
-    lba_low: int = 1
-    lba_low_hob: int = 0
-    lba_mid: int = 0
-    lba_mid_hob: int = 0
-    lba_high: int = 0
-    lba_high_hob: int = 0
-    device: int = 0
-    control: int = 0
-    status: int = STATUS_READY
-    error: int = DIAGNOSTIC_PASSED
+    features: Byte = 0
+    features_hob: Byte = 0
+    sector_count: Byte = 1
+    sector_count_hob: Byte = 0
+    lba_low: Byte = 1
+    lba_low_hob: Byte = 0
+    lba_mid: Byte = 0
+    lba_mid_hob: Byte = 0
+    lba_high: Byte = 0
+    lba_high_hob: Byte = 0
+    device: Byte = 0
+    control: Annotated[int, Mask(CONTROL_MASK)] = 0
+    status: Byte = STATUS_READY
+    error: Byte = DIAGNOSTIC_PASSED
     intrq_pending: bool = False
     in_reset: bool = False  # SRST set, waiting for the host to clear it
-    transfer: int = XFER_NONE
-    command: int = 0  # the command owning the current transfer
-    buffer: bytearray = field(default_factory=lambda: bytearray(SECTOR_SIZE))
-    pos: int = 0  # next byte of ``buffer`` the host reads or writes
-    lba: int = 0  # the sector in ``buffer``
-    remaining: int = 0  # sectors still to transfer after the one in ``buffer``
-    cylinders: int = 1
-    heads: int = 1
-    sectors_per_track: int = 1
+    transfer: Annotated[int, OneOf(XFER_NONE, XFER_IN, XFER_OUT)] = XFER_NONE
+    command: Byte = 0  # the command owning the current transfer
+    buffer: Annotated[bytearray, Length(exactly=SECTOR_SIZE)] = field(
+        default_factory=lambda: bytearray(SECTOR_SIZE))
+    pos: Annotated[int, Range(0, SECTOR_SIZE - 1)] = 0  # next byte the host reads or writes
+    lba: Annotated[int, Range(0, (1 << 48) - 1)] = 0  # the sector in ``buffer``
+    # Sectors still to transfer after the one in ``buffer``.
+    remaining: Annotated[int, Range(0, 0xFFFF)] = 0
+    cylinders: Annotated[int, Range(1, 0xFFFF)] = 1
+    heads: Annotated[int, Range(1, 16)] = 1
+    sectors_per_track: Annotated[int, Range(1, 0xFF)] = 1
     write_cache: bool = True
     read_look_ahead: bool = True
 
 
-# Saved integer fields and their valid ranges; booleans and the buffer are checked apart.
-_SAVED_INT_RANGES: dict[str, tuple[int, int]] = {
-    "features": (0, 0xFF), "features_hob": (0, 0xFF),
-    "sector_count": (0, 0xFF), "sector_count_hob": (0, 0xFF),
-    "lba_low": (0, 0xFF), "lba_low_hob": (0, 0xFF),
-    "lba_mid": (0, 0xFF), "lba_mid_hob": (0, 0xFF),
-    "lba_high": (0, 0xFF), "lba_high_hob": (0, 0xFF),
-    "device": (0, 0xFF), "control": (0, CONTROL_MASK),
-    "status": (0, 0xFF), "error": (0, 0xFF),
-    "transfer": (XFER_NONE, XFER_OUT), "command": (0, 0xFF),
-    "pos": (0, SECTOR_SIZE - 1), "lba": (0, (1 << 48) - 1), "remaining": (0, 0xFFFF),
-    "cylinders": (1, 0xFFFF), "heads": (1, 16), "sectors_per_track": (1, 0xFF),
-}
-_SAVED_BOOLS = ("intrq_pending", "in_reset", "write_cache", "read_look_ahead")
+class AtaDisk(ChipsetDevice):
+    """ATA device 0 on one IDE channel, interrupting on ``irq``, its sectors in ``image``."""
 
-
-def default_geometry(sectors: int) -> tuple[int, int, int]:
-    """The default CHS translation (cylinders, heads, sectors per track): 16 heads of 63
-    sectors with cylinders capped at 16383, as ATA-6 6.2.1 asks of disks over 8.4 GB;
-    tiny images get fewer heads and sectors so there is at least one cylinder."""
-    spt = min(63, sectors)
-    heads = max(1, min(16, sectors // spt))
-    return min(sectors // (heads * spt), 16383), heads, spt
-
-
-def ata_string_words(text: str, word_count: int) -> list[int]:
-    """An IDENTIFY string: space padded, two characters a word, the first in the high byte."""
-    raw = text.ljust(2 * word_count).encode("ascii")
-    return [(raw[2 * i] << 8) | raw[2 * i + 1] for i in range(word_count)]
-
-
-def _open_image(config: AtaDiskConfig) -> int:
-    """Open (creating it sparse if absent) the raw image; returns the descriptor."""
-    flags = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(config.image_path, flags | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        fd = os.open(config.image_path, flags)
-    else:
-        try:
-            os.ftruncate(fd, config.size_bytes)  # sparse: no blocks allocated
-        except BaseException:
-            os.close(fd)
-            raise
-    size = os.fstat(fd).st_size
-    if size == 0 or size % SECTOR_SIZE:
-        os.close(fd)
-        raise ValueError(f"disk image {config.image_path}: size {size} bytes is not a positive "
-                         f"multiple of {SECTOR_SIZE}")
-    return fd
-
-
-class AtaDisk:
-    """ATA device 0 on one IDE channel, backed by a raw image file."""
-
-    def __init__(self, config: AtaDiskConfig, irq_line: IrqLine) -> None:
+    def __init__(self, config: AtaDiskConfig, irq: IrqLine, image: DiskImage) -> None:
         self.config = config
         self.name = config.name
-        self._irq = irq_line
-        self._irq_level = False
-        self._fd = _open_image(config)
-        self.capacity = os.fstat(self._fd).st_size // SECTOR_SIZE  # in sectors
-        self._default_geometry = default_geometry(self.capacity)
+        self.irq = irq
+        self.image = image
+        if image.size <= 0 or image.size % SECTOR_SIZE:
+            raise ValueError(f"a disk image of {image.size} bytes is not whole sectors")
+        self.capacity = image.size // SECTOR_SIZE  # in sectors
         self.stats = AtaStats()
         self._data_port = config.command_base + REG_DATA
         self._handlers = {
-            CMD_READ_SECTORS: self._cmd_read,
-            CMD_READ_SECTORS_EXT: self._cmd_read,
-            CMD_WRITE_SECTORS: self._cmd_write,
-            CMD_WRITE_SECTORS_EXT: self._cmd_write,
+            CMD_READ_SECTORS: self._cmd_read_write,
+            CMD_READ_SECTORS_EXT: self._cmd_read_write,
+            CMD_WRITE_SECTORS: self._cmd_read_write,
+            CMD_WRITE_SECTORS_EXT: self._cmd_read_write,
             CMD_EXECUTE_DEVICE_DIAGNOSTIC: self._cmd_execute_device_diagnostic,
             CMD_INITIALIZE_DEVICE_PARAMETERS: self._cmd_initialize_device_parameters,
             CMD_FLUSH_CACHE: self._cmd_flush_cache,
@@ -269,129 +199,64 @@ class AtaDisk:
             CMD_IDENTIFY_DEVICE: self._cmd_identify_device,
             CMD_SET_FEATURES: self._cmd_set_features,
         }
-        self._state = self._power_on_state()
+        self.state = self._power_on_state()
 
     # ----------------------------------------------------------------- lifecycle
 
-    def close(self) -> None:
-        """Close the image.  Data already written is in the page cache; nothing is pending."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
     def _power_on_state(self) -> AtaState:
-        cylinders, heads, spt = self._default_geometry
+        cylinders, heads, spt = default_geometry(self.capacity)
         return AtaState(cylinders=cylinders, heads=heads, sectors_per_track=spt)
 
     def reset(self) -> None:
         """Power-on / hardware reset: every setting back to its default."""
-        self._state = self._power_on_state()
-        self._update_irq()
-
-    def poll(self, now_ns: int) -> int | None:
-        return None  # commands complete synchronously
+        self.state = self._power_on_state()
+        self._sync_irq()
 
     def port_ranges(self) -> list[PortRange]:
-        return [PortRange(self.config.command_base, 8), PortRange(self.config.control_port, 1)]
-
-    @property
-    def irq_level(self) -> bool:
-        return self._irq_level
+        base = self.config.command_base
+        return [PortRange(base + REG_DATA, 1, WORD_DWORD),  # 32-bit: the PIIX splits it in two
+                PortRange(base + REG_ERROR_FEATURES, REG_STATUS_COMMAND),
+                PortRange(self.config.control_port, 1)]
 
     # ----------------------------------------------------------------- port I/O
 
-    def io_read(self, port: int, size: int) -> int | IoError:
-        s = self._state
-        if port == self._data_port and s.transfer == XFER_IN and (size == 2 or size == 4):
-            # Fast path, 256 times a sector: a word that is not the last of its block
-            # changes nothing but the buffer position, so the IRQ level cannot change.
-            pos = s.pos
-            end = pos + size
-            if end < SECTOR_SIZE:
-                s.pos = end
-                self.stats.reads += 1
-                buf = s.buffer
-                if size == 2:
-                    return buf[pos] | (buf[pos + 1] << 8)
-                return buf[pos] | (buf[pos + 1] << 8) | (buf[pos + 2] << 16) | (buf[pos + 3] << 24)
+    def io_read(self, port: int, size: int) -> int:
+        s = self.state
         if port == self._data_port:
-            if size != 2 and size != 4:
-                self.stats.missed_reads += 1
-                return IoError.INVALID_ACCESS_SIZE
             value = self._read_data(s, size)
+            if s.pos and s.transfer == XFER_IN:
+                # 256 times a sector: inside a block only the buffer position moved, so
+                # the IRQ level cannot have changed.
+                return value
+        elif port == self.config.control_port:
+            value = 0 if s.device & DEVICE_DEV else s.status  # alternate status
         else:
-            offset = port - self.config.command_base
-            if 0 < offset <= REG_STATUS_COMMAND or port == self.config.control_port:
-                if size != 1:
-                    self.stats.missed_reads += 1
-                    return IoError.INVALID_ACCESS_SIZE
-                if port == self.config.control_port:
-                    value = 0 if s.device & DEVICE_DEV else s.status  # alternate status
-                else:
-                    value = self._read_register(s, offset)
-            else:
-                self.stats.missed_reads += 1
-                return IoError.INVALID_REGISTER
-        self.stats.reads += 1
-        self._update_irq()
+            value = self._read_register(s, port - self.config.command_base)
+        self._sync_irq()
         return value
 
-    def io_write(self, port: int, size: int, value: int) -> IoError | None:
-        s = self._state
-        if port == self._data_port and s.transfer == XFER_OUT and (size == 2 or size == 4):
-            pos = s.pos
-            end = pos + size
-            if end < SECTOR_SIZE:  # fast path, as in io_read
-                s.pos = end
-                s.control &= ~CONTROL_HOB  # a write to any command block register clears HOB
-                self.stats.writes += 1
-                buf = s.buffer
-                buf[pos] = value & 0xFF
-                buf[pos + 1] = (value >> 8) & 0xFF
-                if size == 4:
-                    buf[pos + 2] = (value >> 16) & 0xFF
-                    buf[pos + 3] = (value >> 24) & 0xFF
-                return None
-        if port == self._data_port:
-            if size != 2 and size != 4:
-                self.stats.missed_writes += 1
-                return IoError.INVALID_ACCESS_SIZE
-            s.control &= ~CONTROL_HOB  # a write to any command block register clears HOB
-            self._write_data(s, size, value)
+    def io_write(self, port: int, size: int, value: int) -> None:
+        s = self.state
+        if port == self.config.control_port:
+            self._write_device_control(s, value & 0xFF)
         else:
-            offset = port - self.config.command_base
-            if 0 < offset <= REG_STATUS_COMMAND or port == self.config.control_port:
-                if size != 1:
-                    self.stats.missed_writes += 1
-                    return IoError.INVALID_ACCESS_SIZE
-                if port == self.config.control_port:
-                    self._write_device_control(s, value & 0xFF)
-                else:
-                    s.control &= ~CONTROL_HOB
-                    self._write_register(s, offset, value & 0xFF)
+            s.control &= ~CONTROL_HOB  # a write to any command block register clears HOB
+            if port != self._data_port:
+                self._write_register(s, port - self.config.command_base, value & 0xFF)
             else:
-                self.stats.missed_writes += 1
-                return IoError.INVALID_REGISTER
-        self.stats.writes += 1
-        self._update_irq()
-        return None
+                self._write_data(s, size, value)
+                if s.pos and s.transfer == XFER_OUT:
+                    return  # inside a block, as in io_read
+        self._sync_irq()
 
     def _read_data(self, s: AtaState, size: int) -> int:
         if s.transfer != XFER_IN:
             self.stats.idle_data_accesses += 1
             return all_ones(size)
-        buf = s.buffer
         pos = s.pos
-        end = pos + size
-        if end <= SECTOR_SIZE:
-            if size == 2:
-                value = buf[pos] | (buf[pos + 1] << 8)
-            else:
-                value = buf[pos] | (buf[pos + 1] << 8) | (buf[pos + 2] << 16) | (buf[pos + 3] << 24)
-        else:  # a dword straddling the end of the block: the missing bytes read as zero
-            value = int.from_bytes(buf[pos:], "little")
-            end = SECTOR_SIZE
+        end = min(pos + size, SECTOR_SIZE)  # a dword straddling the end: the rest reads 0
         s.pos = end
+        value = int.from_bytes(s.buffer[pos:end], "little")
         if end == SECTOR_SIZE:
             self._data_in_block_done(s)
         return value
@@ -400,31 +265,21 @@ class AtaDisk:
         if s.transfer != XFER_OUT:
             self.stats.idle_data_accesses += 1
             return
-        buf = s.buffer
         pos = s.pos
         end = min(pos + size, SECTOR_SIZE)  # bytes past the end of the block are dropped
-        while pos < end:
-            buf[pos] = value & 0xFF
-            value >>= 8
-            pos += 1
+        s.buffer[pos:end] = (value & all_ones(size)).to_bytes(size, "little")[:end - pos]
         s.pos = end
         if end == SECTOR_SIZE:
             self._data_out_block_done(s)
 
     def _read_register(self, s: AtaState, offset: int) -> int:
-        hob = s.control & CONTROL_HOB
         if offset == REG_ERROR_FEATURES:
             return s.error
-        if offset == REG_SECTOR_COUNT:
-            return s.sector_count_hob if hob else s.sector_count
-        if offset == REG_LBA_LOW:
-            return s.lba_low_hob if hob else s.lba_low
-        if offset == REG_LBA_MID:
-            return s.lba_mid_hob if hob else s.lba_mid
-        if offset == REG_LBA_HIGH:
-            return s.lba_high_hob if hob else s.lba_high
         if offset == REG_DEVICE:
             return s.device
+        if offset != REG_STATUS_COMMAND:
+            name = _TWO_DEEP[offset]
+            return getattr(s, name + "_hob" if s.control & CONTROL_HOB else name)
         # Status: device 1 is absent, so it reads 00h and device 0's interrupt stays pending.
         if s.device & DEVICE_DEV:
             return 0
@@ -432,20 +287,14 @@ class AtaDisk:
         return s.status
 
     def _write_register(self, s: AtaState, offset: int, value: int) -> None:
-        if offset == REG_ERROR_FEATURES:
-            s.features_hob, s.features = s.features, value
-        elif offset == REG_SECTOR_COUNT:
-            s.sector_count_hob, s.sector_count = s.sector_count, value
-        elif offset == REG_LBA_LOW:
-            s.lba_low_hob, s.lba_low = s.lba_low, value
-        elif offset == REG_LBA_MID:
-            s.lba_mid_hob, s.lba_mid = s.lba_mid, value
-        elif offset == REG_LBA_HIGH:
-            s.lba_high_hob, s.lba_high = s.lba_high, value
-        elif offset == REG_DEVICE:
+        if offset == REG_DEVICE:
             s.device = value
-        else:
+        elif offset == REG_STATUS_COMMAND:
             self._write_command(s, value)
+        else:  # every write pushes the old value into the "previous" (HOB) slot
+            name = _TWO_DEEP[offset]
+            setattr(s, name + "_hob", getattr(s, name))
+            setattr(s, name, value)
 
     def _write_device_control(self, s: AtaState, value: int) -> None:
         s.control = value & CONTROL_MASK
@@ -462,12 +311,10 @@ class AtaDisk:
             s.error = DIAGNOSTIC_PASSED
             s.status = STATUS_READY
 
-    def _update_irq(self) -> None:
-        s = self._state
-        level = s.intrq_pending and not (s.control & CONTROL_NIEN) and not (s.device & DEVICE_DEV)
-        if level != self._irq_level:
-            self._irq_level = level
-            self._irq.set_level(level)
+    def _irq_wanted(self) -> bool:
+        # INTRQ is driven only while device 0 is selected (see the module docstring).
+        s = self.state
+        return s.intrq_pending and not (s.control & CONTROL_NIEN) and not (s.device & DEVICE_DEV)
 
     # ----------------------------------------------------------------- commands
 
@@ -537,30 +384,22 @@ class AtaDisk:
             return None
         return lba, count
 
-    def _cmd_read(self, s: AtaState, opcode: int) -> None:
-        span = self._decode_range(s, opcode == CMD_READ_SECTORS_EXT)
+    def _cmd_read_write(self, s: AtaState, opcode: int) -> None:
+        span = self._decode_range(s, opcode in (CMD_READ_SECTORS_EXT, CMD_WRITE_SECTORS_EXT))
         if span is None:
             self._fail(s, ERROR_IDNF)
             return
         s.command = opcode
         s.lba, count = span
         s.remaining = count - 1
-        if self._load_sector(s):
+        if opcode in (CMD_WRITE_SECTORS, CMD_WRITE_SECTORS_EXT):
+            self._start_block(s, XFER_OUT, interrupt=False)  # none before the first block
+        elif self._load_sector(s):
             self._start_block(s, XFER_IN, interrupt=True)
-
-    def _cmd_write(self, s: AtaState, opcode: int) -> None:
-        span = self._decode_range(s, opcode == CMD_WRITE_SECTORS_EXT)
-        if span is None:
-            self._fail(s, ERROR_IDNF)
-            return
-        s.command = opcode
-        s.lba, count = span
-        s.remaining = count - 1
-        self._start_block(s, XFER_OUT, interrupt=False)  # no interrupt before the first block
 
     def _load_sector(self, s: AtaState) -> bool:
         try:
-            got = os.preadv(self._fd, [s.buffer], s.lba * SECTOR_SIZE)
+            got = self.image.read(s.lba * SECTOR_SIZE, s.buffer)
         except OSError:
             got = -1
         if got != SECTOR_SIZE:  # an I/O error, or the image shrank under us
@@ -582,7 +421,7 @@ class AtaDisk:
 
     def _data_out_block_done(self, s: AtaState) -> None:
         try:
-            written = os.pwrite(self._fd, s.buffer, s.lba * SECTOR_SIZE)
+            written = self.image.write(s.lba * SECTOR_SIZE, s.buffer)
         except OSError:
             written = -1
         if written != SECTOR_SIZE:
@@ -594,13 +433,13 @@ class AtaDisk:
             s.lba += 1
             self._start_block(s, XFER_OUT, interrupt=True)
             return
-        if not s.write_cache and not self._fsync(s):
+        if not s.write_cache and not self._flush(s):
             return
         self._complete(s)
 
-    def _fsync(self, s: AtaState) -> bool:
+    def _flush(self, s: AtaState) -> bool:
         try:
-            os.fsync(self._fd)
+            self.image.flush()
         except OSError:
             self._fail(s, ERROR_ABRT, STATUS_DRDY | STATUS_DF | STATUS_ERR)
             return False
@@ -608,11 +447,11 @@ class AtaDisk:
         return True
 
     def _cmd_flush_cache(self, s: AtaState, opcode: int) -> None:
-        if self._fsync(s):
+        if self._flush(s):
             self._complete(s)
 
     def _cmd_identify_device(self, s: AtaState, opcode: int) -> None:
-        words = self.identify_words()
+        words = identify_words(self.config, self.capacity, s)
         buf = s.buffer
         for i, word in enumerate(words):
             buf[2 * i] = word & 0xFF
@@ -660,89 +499,18 @@ class AtaDisk:
         s.error = DIAGNOSTIC_PASSED
         self._complete(s)
 
-    def identify_words(self) -> list[int]:
-        """The 256 IDENTIFY DEVICE words (ATA/ATAPI-6 8.15), for the current settings."""
-        s = self._state
-        cfg = self.config
-        w = [0] * 256
-        cylinders, heads, spt = self._default_geometry
-        w[0] = 0x0040  # ATA device, fixed (bit 6, obsolete but still reported)
-        w[1], w[3], w[6] = cylinders, heads, spt
-        w[10:20] = ata_string_words(cfg.serial, 10)
-        w[23:27] = ata_string_words(cfg.firmware, 4)
-        w[27:47] = ata_string_words(cfg.model, 20)
-        w[47] = 0x8000  # READ/WRITE MULTIPLE: no sectors per block (not supported)
-        w[49] = 0x0A00  # bit 11 IORDY supported, bit 9 LBA supported; no DMA
-        w[50] = 0x4000  # bit 14 shall be one
-        w[51] = 0x0200  # obsolete PIO timing mode 2
-        w[53] = 0x0007  # words 54-58, 64-70 and 88 are valid
-        w[54], w[55], w[56] = s.cylinders, s.heads, s.sectors_per_track
-        current = s.cylinders * s.heads * s.sectors_per_track
-        w[57], w[58] = current & 0xFFFF, current >> 16
-        lba28 = min(self.capacity, LBA28_MAX_SECTORS)
-        w[60], w[61] = lba28 & 0xFFFF, lba28 >> 16
-        w[64] = 0x0003  # PIO modes 3 and 4
-        w[67] = 120  # minimum PIO cycle time without flow control, ns
-        w[68] = 120  # minimum PIO cycle time with IORDY, ns
-        w[80] = 0x0078  # supports ATA-3, ATA/ATAPI-4, -5 and -6
-        w[81] = 0x0000  # minor version not reported
-        w[82] = 0x0060  # bit 6 read look-ahead, bit 5 write cache
-        w[83] = 0x7400  # bit 14 one, 13 FLUSH CACHE EXT, 12 FLUSH CACHE, 10 48-bit address
-        w[84] = 0x4000
-        w[85] = (0x0040 if s.read_look_ahead else 0) | (0x0020 if s.write_cache else 0)
-        w[86] = 0x3400  # enabled: FLUSH CACHE EXT, FLUSH CACHE, 48-bit address
-        w[87] = 0x4000
-        w[88] = 0x0000  # no Ultra DMA
-        for i in range(4):  # 48-bit capacity, words 100-103, least significant first
-            w[100 + i] = (self.capacity >> (16 * i)) & 0xFFFF
-        # Word 255: signature A5h in the low byte, and a high byte making all 512 bytes sum to 0.
-        total = sum((word & 0xFF) + (word >> 8) for word in w[:255]) + 0xA5
-        w[255] = (((-total) & 0xFF) << 8) | 0xA5
-        return w
-
     # ----------------------------------------------------------------- snapshot
+    # The image's contents are not part of the snapshot.
 
-    def save(self) -> dict:
-        s = self._state
-        saved: dict = {"version": SAVE_VERSION}
-        for f in fields(AtaState):
-            value = getattr(s, f.name)
-            saved[f.name] = bytes(value) if isinstance(value, bytearray) else value
-        return saved
-
-    def restore(self, saved: dict) -> None:
-        """Replace the taskfile and transfer state; validates everything first (ValueError).
-        The image contents are not part of the snapshot."""
-        if not isinstance(saved, dict):
-            raise ValueError("ATA snapshot must be a dict")
-        if saved.get("version") != SAVE_VERSION:
-            raise ValueError(f"ATA snapshot version {saved.get('version')!r} is not {SAVE_VERSION}")
-        expected = {f.name for f in fields(AtaState)} | {"version"}
-        if set(saved) != expected:
-            raise ValueError(f"ATA snapshot keys differ: missing {sorted(expected - set(saved))}, "
-                             f"unknown {sorted(set(saved) - expected, key=str)}")
-        for name, (low, high) in _SAVED_INT_RANGES.items():
-            value = saved[name]
-            if type(value) is not int or not low <= value <= high:
-                raise ValueError(f"ATA snapshot {name}={value!r} is not an int in {low}..{high}")
-        for name in _SAVED_BOOLS:
-            if type(saved[name]) is not bool:
-                raise ValueError(f"ATA snapshot {name}={saved[name]!r} is not a bool")
-        buffer = saved["buffer"]
-        if not isinstance(buffer, (bytes, bytearray)) or len(buffer) != SECTOR_SIZE:
-            raise ValueError(f"ATA snapshot buffer must be {SECTOR_SIZE} bytes")
-        if saved["cylinders"] * saved["heads"] * saved["sectors_per_track"] > self.capacity:
+    def _check_state(self, state: AtaState) -> None:
+        if state.cylinders * state.heads * state.sectors_per_track > self.capacity:
             raise ValueError("ATA snapshot CHS translation exceeds the image capacity")
-        transfer, command = saved["transfer"], saved["command"]
+        transfer, command = state.transfer, state.command
         if transfer == XFER_IN and command not in (CMD_READ_SECTORS, CMD_READ_SECTORS_EXT,
                                                    CMD_IDENTIFY_DEVICE):
             raise ValueError(f"ATA snapshot: data-in transfer for command {command:#x}")
         if transfer == XFER_OUT and command not in (CMD_WRITE_SECTORS, CMD_WRITE_SECTORS_EXT):
             raise ValueError(f"ATA snapshot: data-out transfer for command {command:#x}")
         if transfer != XFER_NONE and command != CMD_IDENTIFY_DEVICE:
-            if saved["lba"] + saved["remaining"] >= self.capacity:
+            if state.lba + state.remaining >= self.capacity:
                 raise ValueError("ATA snapshot transfer runs past the end of the image")
-        values = {name: saved[name] for name in expected if name != "version"}
-        values["buffer"] = bytearray(buffer)
-        self._state = AtaState(**values)
-        self._update_irq()

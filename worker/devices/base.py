@@ -5,13 +5,21 @@ A device is a state machine behind a small interface: ``io_read(port, size)``,
 of ZeroMQ or msgpack.  Its fields fall in three groups (after openvmm's serial_16550):
 
 * fixed configuration (a frozen dataclass, e.g. ``Uart16550Config``),
-* glue handed in from outside: an :class:`IrqLine`, a :class:`Clock`, a backend,
-* one ``State`` dataclass whose defaults are the power-on values; ``save()`` is that state
-  as a plain dict and ``restore()`` validates before it replaces anything.
+* glue handed in from outside: ``irq`` (an :class:`IrqLine`), a :class:`Clock`, a backend
+  (:mod:`worker.devices.backends`): a device does no host I/O of its own,
+* one state dataclass whose defaults are the power-on values (``self.state``); ``save()`` is
+  that state as plain data and ``restore()`` checks all of it before it replaces anything
+  (:mod:`worker.devices.state`).
 
-A guest mistake (a register that does not exist, a size the register does not take) is not
-an exception: ``io_read``/``io_write`` return :data:`IoError` values and the bus reads
-all-ones, drops the write and counts it.  An exception escaping a device is an emulator bug.
+After every access the device recomputes its interrupt level from its state and drives
+``irq`` when the level changes: :meth:`ChipsetDevice._sync_irq`.
+
+The bus checks an access before the device sees it: the port (or address) lies in one of the
+device's ranges, and the access size is one that range takes (``PortRange.sizes``).  So a
+device only answers accesses of sizes it declared, at its own ports; it still returns
+:class:`IoError` for a register that does not exist inside a range.  A guest mistake is not an
+exception: the bus reads all-ones, drops the write and counts it.  An exception escaping a
+device is an emulator bug.
 """
 
 from __future__ import annotations
@@ -19,7 +27,9 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from worker.devices.state import load_state, save_state
 
 
 class IoError(enum.Enum):
@@ -30,12 +40,19 @@ class IoError(enum.Enum):
     UNALIGNED_ACCESS = "unaligned-access"
 
 
+BYTE = (1,)
+WORD_DWORD = (2, 4)
+ANY_SIZE = (1, 2, 4, 8)
+
+
 @dataclass(frozen=True)
 class PortRange:
-    """``count`` consecutive I/O ports starting at ``base``."""
+    """``count`` consecutive I/O ports starting at ``base``, taking accesses of ``sizes`` bytes
+    (checked by the bus).  Most registers of a PC chip are bytes."""
 
     base: int
     count: int
+    sizes: tuple[int, ...] = BYTE
 
     def __post_init__(self) -> None:
         if not 0 <= self.base <= 0xFFFF or self.count < 1 or self.base + self.count > 0x10000:
@@ -51,10 +68,12 @@ class PortRange:
 
 @dataclass(frozen=True)
 class MmioRange:
-    """``length`` bytes of guest-physical address space starting at ``base``."""
+    """``length`` bytes of guest-physical address space starting at ``base``, taking accesses
+    of ``sizes`` bytes at any alignment that stays inside the range (checked by the bus)."""
 
     base: int
     length: int
+    sizes: tuple[int, ...] = ANY_SIZE
 
     def __post_init__(self) -> None:
         if self.base < 0 or self.length < 1 or self.base + self.length > 1 << 52:
@@ -114,7 +133,10 @@ class FakeClock:
 
 @dataclass
 class DeviceStats:
-    """Counters every device keeps (after Firecracker's per-device metrics)."""
+    """Counters every device has (after Firecracker's per-device metrics).  The bus keeps
+    them: an access that reached a register counts in ``reads``/``writes``, a guest mistake
+    (wrong size, no such register) in ``missed_reads``/``missed_writes``.  Devices add
+    their own counters in a subclass."""
 
     reads: int = 0
     writes: int = 0
@@ -122,16 +144,29 @@ class DeviceStats:
     missed_writes: int = 0
 
 
+@dataclass
+class MmioStats(DeviceStats):
+    """DeviceStats plus the same four counters for MMIO accesses."""
+
+    mmio_reads: int = 0
+    mmio_writes: int = 0
+    mmio_missed_reads: int = 0
+    mmio_missed_writes: int = 0
+
+
 @runtime_checkable
 class Device(Protocol):
     """The interface the port bus drives.
 
-    ``io_read`` returns the value read or an :class:`IoError`; ``io_write`` returns ``None`` or
-    an :class:`IoError`.  ``poll(now_ns)`` lets a clocked device catch up with time; it returns
-    the next deadline in ns, or ``None`` when the device needs no wake-up.
+    The bus calls ``io_read``/``io_write`` only for a port of ``port_ranges()`` and a size
+    that range takes.  ``io_read`` returns the value read or an :class:`IoError`; ``io_write``
+    returns ``None`` or an :class:`IoError`.  ``poll(now_ns)`` lets a clocked device catch up
+    with time; it returns the next deadline in ns, or ``None`` when the device needs no
+    wake-up.  ``stats`` are the counters the bus keeps for it.
     """
 
     name: str
+    stats: DeviceStats
 
     def port_ranges(self) -> list[PortRange]: ...
 
@@ -152,7 +187,9 @@ class Device(Protocol):
 class MmioDevice(Protocol):
     """A device that also (or only) answers memory-mapped accesses, e.g. the VGA text buffer.
 
-    ``size`` is 1, 2, 4 or 8; results follow the same rules as port I/O.
+    The bus calls ``mmio_read``/``mmio_write`` only for an access that lies inside one of
+    ``mmio_ranges()`` with a size that range takes; results follow the same rules as port
+    I/O, and its ``stats`` are :class:`MmioStats`.
     """
 
     def mmio_ranges(self) -> list[MmioRange]: ...
@@ -160,6 +197,56 @@ class MmioDevice(Protocol):
     def mmio_read(self, gpa: int, size: int) -> int | IoError: ...
 
     def mmio_write(self, gpa: int, size: int, value: int) -> IoError | None: ...
+
+
+class ChipsetDevice:
+    """What the devices here share (openvmm's ``ChipsetDevice`` defaults, in spirit): the
+    IRQ sync, generic ``save``/``restore`` over ``self.state``, and no-op defaults for what
+    only some devices need.
+
+    A subclass sets ``name``, ``stats``, ``irq`` and ``state``, and overrides ``_irq_wanted``
+    (the level its state asks for) and, when a saved state can be well-typed yet impossible,
+    ``_check_state``.
+    """
+
+    SAVE_VERSION: ClassVar[int] = 1
+    name: str
+    stats: DeviceStats
+    state: Any
+    irq: IrqLine
+    _irq_level: bool = False
+
+    @property
+    def irq_level(self) -> bool:
+        """The level last driven onto ``irq``."""
+        return self._irq_level
+
+    def _irq_wanted(self) -> bool:
+        return False
+
+    def _sync_irq(self, force: bool = False) -> None:
+        """Recompute the interrupt level from the state; drive the line when it changes (or
+        always, with ``force``: after a reset or restore the line may be new)."""
+        level = self._irq_wanted()
+        if force or level != self._irq_level:
+            self._irq_level = level
+            self.irq.set_level(level)
+
+    def poll(self, now_ns: int) -> int | None:
+        return None  # not clocked
+
+    def save(self) -> dict:
+        return save_state(self.SAVE_VERSION, self.state)
+
+    def restore(self, saved: dict) -> None:
+        """Replace the state with ``saved`` after checking all of it (ValueError if bad)."""
+        (state,) = load_state(saved, self.SAVE_VERSION, type(self.state), what=self.name)
+        self._check_state(state)
+        self.state = state
+        self._sync_irq(force=True)  # driven even if unchanged: the line may be new
+
+    def _check_state(self, state: Any) -> None:
+        """Raise ValueError for a well-typed saved state this device cannot be in."""
 
 
 def all_ones(size: int) -> int:

@@ -36,12 +36,10 @@ Policies (where the datasheet leaves room, or a VM differs from a board):
   pin is connected to nothing on a PC.
 * ``reset()`` is the chip's RESET pin (a partition reset), not a power cycle: the battery keeps
   time, NVRAM, register A and the SET/DM/24/12/DSE bits; PIE, AIE, UIE, SQWE and the flags clear.
-* NVRAM persistence: the file is always exactly 114 bytes.  It is created (or rewritten whole,
-  on ``restore``) by writing a temporary file in the same directory, fsync and ``os.replace``;
-  a guest write of a changed byte is a one-byte ``os.pwrite`` at its offset.  A one-byte write
-  cannot be torn and never changes the size, so the file is a valid image whenever the process
-  dies; it is not fsynced per byte, so a host crash may lose the last writes, as a CMOS battery
-  failure would.  The byte for index 0x32 in the file is unused (the century is clock state).
+* NVRAM persistence is the store's (:class:`~worker.devices.backends.NvramStore`; the worker's
+  file store is :class:`worker.backends.NvramFile`): the device loads the 114 bytes once, hands
+  it each guest write of a changed byte, and the whole image on ``restore``.  The byte for
+  index 0x32 is unused (the century is clock state).
 * ``save()`` is relative to the moment of saving (time, phase within the second);
   ``restore()`` anchors it to the clock's present, so the guest's time does not jump by however
   long the state sat on disk and no clock origin is shared between processes.
@@ -49,16 +47,15 @@ Policies (where the datasheet leaves room, or a VM differs from a board):
 
 from __future__ import annotations
 
-import logging
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Annotated, Callable
 
-from worker.devices.base import Clock, DeviceStats, IoError, IrqLine, PortRange
-
-log = logging.getLogger(__name__)
+from worker.devices.backends import MemoryNvram, NvramStore
+from worker.devices.base import ChipsetDevice, Clock, DeviceStats, IrqLine, PortRange
+from worker.devices.cmos_rtc_time import decode, next_alarm_after, render
+from worker.devices.config import CmosRtcConfig
+from worker.devices.state import LIVE, Byte, Length, Mask, Range, load_state, save_state
 
 SAVE_VERSION = 1
 
@@ -107,9 +104,6 @@ REG_C_UF = 0x10
 # Register D.
 REG_D_VRT = 0x80
 
-HOURS_PM = 0x80  # bit 7 of the hours bytes in 12-hour mode
-ALARM_DONT_CARE = 0xC0  # an alarm byte 11xxxxxx matches any value
-
 # Power-on values a BIOS would program: 32.768 kHz time base, 1024 Hz rate; BCD, 24-hour.
 REG_A_DEFAULT = REG_A_DV_32768 | 0x06
 REG_B_DEFAULT = REG_B_24H
@@ -120,8 +114,6 @@ TIMEBASE_HZ = 32_768
 UIP_LEAD_NS = 8 * NS_PER_S // TIMEBASE_HZ
 # Leaving divider reset (DV = 11x) puts the chain half-way through a second.
 DIVIDER_RESTART_NS = NS_PER_S // 2
-
-SECONDS_PER_DAY = 86_400
 
 # Slots of the time registers in ``held``, in register order.
 TIME_SLOTS = {
@@ -136,49 +128,7 @@ TIME_SLOTS = {
 }
 
 
-# --- calendar arithmetic (proleptic Gregorian, any year; Howard Hinnant's algorithms) ---
-
-
-def days_from_civil(year: int, month: int, day: int) -> int:
-    """Days since 1970-01-01.  ``month`` may be outside 1..12 and ``day`` outside the month:
-    both are carried over, which is how out-of-range register values are normalised."""
-    year += (month - 1) // 12
-    month = (month - 1) % 12 + 1
-    y = year - (1 if month <= 2 else 0)
-    era = y // 400
-    yoe = y - era * 400
-    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5
-    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-    return era * 146_097 + doe - 719_468 + (day - 1)
-
-
-def civil_from_days(days: int) -> tuple[int, int, int]:
-    """(year, month, day) of a count of days since 1970-01-01."""
-    z = days + 719_468
-    era = z // 146_097
-    doe = z - era * 146_097
-    yoe = (doe - doe // 1460 + doe // 36_524 - doe // 146_096) // 365
-    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
-    mp = (5 * doy + 2) // 153
-    day = doy - (153 * mp + 2) // 5 + 1
-    month = mp + 3 if mp < 10 else mp - 9
-    year = yoe + era * 400 + (1 if month <= 2 else 0)
-    return year, month, day
-
-
-def _weekday(days: int) -> int:
-    """0 = Sunday for a count of days since 1970-01-01 (a Thursday)."""
-    return (days + 4) % 7
-
-
 # --- configuration and state ---
-
-
-@dataclass(frozen=True)
-class CmosRtcConfig:
-    base: int = 0x70
-    irq: int = 8
-    nvram_path: str | None = None  # None: NVRAM lives only as long as the device
 
 
 def _default_held() -> list[int]:
@@ -191,33 +141,45 @@ def _default_nvram() -> bytearray:
 
 @dataclass
 class CmosRtcState:
-    index: int = 0
+    index: Annotated[int, Mask(0x7F)] = 0
     nmi_disabled: bool = False
-    reg_a: int = REG_A_DEFAULT  # without UIP, which is computed
-    reg_b: int = REG_B_DEFAULT
-    flags: int = 0  # PF | AF | UF of register C; IRQF is computed
-    alarm_seconds: int = 0
-    alarm_minutes: int = 0
-    alarm_hours: int = 0
-    # While counting: the RTC showed ``rtc_s`` at clock time ``rtc_ns``, a second boundary.
-    rtc_s: int = 0
-    rtc_ns: int = 0
-    # Clock time of one second boundary of the divider chain (all others are 1 s apart).
-    divider_ns: int = 0
-    # Clock time up to which ticks, updates and alarms have been turned into flags.
-    last_ns: int = 0
+    reg_a: Annotated[int, Mask(0x7F)] = REG_A_DEFAULT  # without UIP, which is computed
+    reg_b: Byte = REG_B_DEFAULT
+    flags: Annotated[int, Mask(REG_C_PF | REG_C_AF | REG_C_UF)] = 0  # IRQF is computed
+    alarm_seconds: Byte = 0
+    alarm_minutes: Byte = 0
+    alarm_hours: Byte = 0
     # Day-of-week register minus the true weekday, mod 7 (the guest may set any weekday).
-    dow_offset: int = 0
+    dow_offset: Annotated[int, Range(0, 6)] = 0
     # The time registers as raw bytes while the clock is stopped (see TIME_SLOTS).
-    held: list[int] = field(default_factory=_default_held)
-    nvram: bytearray = field(default_factory=_default_nvram)
+    held: Annotated[list[Byte], Length(exactly=len(TIME_SLOTS))] = field(
+        default_factory=_default_held)
+    nvram: Annotated[bytearray, Length(exactly=NVRAM_SIZE)] = field(default_factory=_default_nvram)
+    # Clock-anchored (ns of the Clock), saved relative as _SavedTime:
+    # while counting, the RTC showed ``rtc_s`` at clock time ``rtc_ns``, a second boundary;
+    rtc_s: int = field(default=0, metadata=LIVE)
+    rtc_ns: int = field(default=0, metadata=LIVE)
+    # the clock time of one second boundary of the divider chain (all others are 1 s apart);
+    divider_ns: int = field(default=0, metadata=LIVE)
+    # the clock time up to which ticks, updates and alarms have been turned into flags.
+    last_ns: int = field(default=0, metadata=LIVE)
 
 
-class CmosRtc:
-    """MC146818A RTC + 114 bytes of NVRAM.
+@dataclass
+class _SavedTime:
+    """The clock as of the save: the RTC's time, and how far into its second the divider
+    chain was (so the next update comes as late after the restore as it would have)."""
+
+    time_s: int = 0
+    divider_phase_ns: Annotated[int, Range(0, NS_PER_S - 1)] = 0
+
+
+class CmosRtc(ChipsetDevice):
+    """MC146818A RTC + 114 bytes of NVRAM, interrupting on ``irq``.
 
     ``clock`` is monotonic time for the interrupts and UIP; ``wall_clock()`` returns the
-    host's current time as POSIX seconds and is read once, to start the clock.
+    host's current time as POSIX seconds and is read once, to start the clock.  ``nvram``
+    keeps the NVRAM bytes (in memory, by default).
     """
 
     name = "cmos_rtc"
@@ -225,64 +187,50 @@ class CmosRtc:
     def __init__(
         self,
         config: CmosRtcConfig,
-        irq_line: IrqLine,
+        irq: IrqLine,
         clock: Clock,
         wall_clock: Callable[[], float | int],
+        nvram: NvramStore | None = None,
     ) -> None:
         self.config = config
-        self.irq_line = irq_line
+        self.irq = irq
         self.clock = clock
         self.stats = DeviceStats()
-        self.nvram_persist_errors = 0
-        self._ports = PortRange(config.base, 2)
+        self._nvram = nvram if nvram is not None else MemoryNvram(NVRAM_SIZE)
         self.state = CmosRtcState()
         self._start_clock(wall_clock())
-        if config.nvram_path is not None:
-            self._load_or_create_nvram(config.nvram_path)
-        self._irq_level = False
-        self.irq_line.set_level(False)
+        stored = self._nvram.load()
+        if len(stored) != NVRAM_SIZE:
+            raise ValueError(f"the CMOS NVRAM store holds {len(stored)} bytes, not {NVRAM_SIZE}")
+        self.state.nvram = bytearray(stored)
+        self._sync_irq(force=True)
 
     # --- the Device interface ---
 
     def port_ranges(self) -> list[PortRange]:
-        return [self._ports]
+        return [PortRange(self.config.base, 2)]
 
-    def io_read(self, port: int, size: int) -> int | IoError:
-        if port not in self._ports:
-            self.stats.missed_reads += 1
-            return IoError.INVALID_REGISTER
-        if size != 1:
-            self.stats.missed_reads += 1
-            return IoError.INVALID_ACCESS_SIZE
-        self.stats.reads += 1
-        if port == self._ports.base:
+    def io_read(self, port: int, size: int) -> int:
+        if port == self.config.base:
             # The index register is write-only; nothing drives the bus on a read.
             return 0xFF
         now = self._now()
         self._advance(now)
         value = self._read_register(self.state.index, now)
-        self._update_irq()
+        self._sync_irq()
         return value
 
-    def io_write(self, port: int, size: int, value: int) -> IoError | None:
-        if port not in self._ports:
-            self.stats.missed_writes += 1
-            return IoError.INVALID_REGISTER
-        if size != 1:
-            self.stats.missed_writes += 1
-            return IoError.INVALID_ACCESS_SIZE
-        self.stats.writes += 1
+    def io_write(self, port: int, size: int, value: int) -> None:
         value &= 0xFF
-        if port == self._ports.base:
+        if port == self.config.base:
             # Bit 7 is the NMI mask on the board, not part of the RTC's 7-bit address.
             self.state.nmi_disabled = bool(value & 0x80)
             self.state.index = value & 0x7F
-            return None
+            return
         now = self._now()
         self._advance(now)
         self._write_register(self.state.index, value, now)
-        self._update_irq()
-        return None
+        self._sync_irq()
 
     def reset(self) -> None:
         """The RESET pin: a partition reset.  Time, NVRAM and the format bits survive."""
@@ -293,13 +241,13 @@ class CmosRtc:
         s.flags = 0
         s.index = 0
         s.nmi_disabled = False
-        self._update_irq()
+        self._sync_irq()
 
     def poll(self, now_ns: int) -> int | None:
         """Catch up to ``now_ns``; return when the next enabled interrupt event is due."""
         now = max(now_ns, self.state.last_ns)
         self._advance(now)
-        self._update_irq()
+        self._sync_irq()
         s = self.state
         deadlines = []
         if s.reg_b & REG_B_PIE:
@@ -319,35 +267,20 @@ class CmosRtc:
     def save(self) -> dict:
         now = self._now()
         self._advance(now)
-        s = self.state
-        return {
-            "version": SAVE_VERSION,
-            "index": s.index,
-            "nmi_disabled": s.nmi_disabled,
-            "reg_a": s.reg_a,
-            "reg_b": s.reg_b,
-            "flags": s.flags,
-            "alarm": [s.alarm_seconds, s.alarm_minutes, s.alarm_hours],
-            "time_s": self._time_s(now),
-            "divider_phase_ns": (now - s.divider_ns) % NS_PER_S,
-            "dow_offset": s.dow_offset,
-            "held": list(s.held),
-            "nvram": bytes(s.nvram),
-        }
+        time = _SavedTime(self._time_s(now), (now - self.state.divider_ns) % NS_PER_S)
+        return save_state(SAVE_VERSION, self.state, time)
 
     def restore(self, saved: dict) -> None:
-        new = _validated_state(saved)  # raises ValueError before anything is replaced
+        new, time = load_state(saved, SAVE_VERSION, CmosRtcState, _SavedTime, what="CMOS RTC")
         now = self._now()
         # Re-anchor the saved relative times to this clock's present.
-        new.divider_ns = now - saved["divider_phase_ns"]
-        new.rtc_s = saved["time_s"]
+        new.divider_ns = now - time.divider_phase_ns
+        new.rtc_s = time.time_s
         new.rtc_ns = new.divider_ns
         new.last_ns = now
         self.state = new
-        if self.config.nvram_path is not None:
-            self._persist_all()
-        self._irq_level = self._irq_wanted()
-        self.irq_line.set_level(self._irq_level)
+        self._nvram.replace(bytes(new.nvram))
+        self._sync_irq(force=True)
 
     # --- host-side helpers for the worker ---
 
@@ -369,7 +302,7 @@ class CmosRtc:
         self._advance(now)
         for i, byte in enumerate(data):
             self._write_register(index + i, byte & 0xFF, now)  # 0x32 goes to the century
-        self._update_irq()
+        self._sync_irq()
 
     # --- registers ---
 
@@ -532,79 +465,21 @@ class CmosRtc:
                     s.flags |= REG_C_AF
         s.last_ns = now
 
-    # --- alarm ---
+    # --- the time registers' format (cmos_rtc_time) ---
 
-    def _next_alarm_after(self, t: int) -> int | None:
-        """First RTC second after ``t`` whose hours, minutes and seconds bytes match the alarm
-        bytes (11xxxxxx matching anything), or None if no time of day can match."""
-        s = self.state
-        binary = bool(s.reg_b & REG_B_DM)
-        hours = [h for h in range(24) if _alarm_matches(s.alarm_hours, self._encode_hours(h))]
-        minutes = [m for m in range(60) if _alarm_matches(s.alarm_minutes, _encode(m, binary))]
-        seconds = [x for x in range(60) if _alarm_matches(s.alarm_seconds, _encode(x, binary))]
-        if not (hours and minutes and seconds):
-            return None
-        day_start = t - t % SECONDS_PER_DAY
-        time_of_day = t % SECONDS_PER_DAY
-        now_minute = time_of_day // 60
-        for h in hours:
-            if h < now_minute // 60:
-                continue
-            for m in minutes:
-                if h * 60 + m < now_minute:
-                    continue
-                for x in seconds:
-                    candidate = h * 3600 + m * 60 + x
-                    if candidate > time_of_day:
-                        return day_start + candidate
-        # Nothing later today: the first match of tomorrow.
-        return day_start + SECONDS_PER_DAY + hours[0] * 3600 + minutes[0] * 60 + seconds[0]
-
-    # --- register encoding ---
-
-    def _encode_hours(self, hour: int) -> int:
-        s = self.state
-        binary = bool(s.reg_b & REG_B_DM)
-        if s.reg_b & REG_B_24H:
-            return _encode(hour, binary)
-        # 12-hour mode: 12, 1 .. 11 with PM in bit 7 (midnight is 12 AM, noon 12 PM).
-        return _encode(hour % 12 or 12, binary) | (HOURS_PM if hour >= 12 else 0)
-
-    def _decode_hours(self, byte: int) -> int:
-        s = self.state
-        binary = bool(s.reg_b & REG_B_DM)
-        if s.reg_b & REG_B_24H:
-            return _decode(byte, binary)
-        return _decode(byte & ~HOURS_PM, binary) % 12 + (12 if byte & HOURS_PM else 0)
+    def _format(self) -> tuple[bool, bool]:
+        """(binary, 24-hour): register B's DM and 24/12 bits."""
+        return bool(self.state.reg_b & REG_B_DM), bool(self.state.reg_b & REG_B_24H)
 
     def _render(self, t: int) -> list[int]:
-        """The time registers (TIME_SLOTS order) showing RTC second ``t``."""
-        s = self.state
-        binary = bool(s.reg_b & REG_B_DM)
-        days, time_of_day = divmod(t, SECONDS_PER_DAY)
-        year, month, day = civil_from_days(days)
-        year %= 10_000  # century and year registers hold 0..99 each
-        return [
-            _encode(time_of_day % 60, binary),
-            _encode(time_of_day // 60 % 60, binary),
-            self._encode_hours(time_of_day // 3600),
-            _encode((_weekday(days) + s.dow_offset) % 7 + 1, binary),
-            _encode(day, binary),
-            _encode(month, binary),
-            _encode(year % 100, binary),
-            _encode(year // 100, binary),
-        ]
+        return render(t, *self._format(), self.state.dow_offset)
 
     def _decode(self, raw: list[int]) -> tuple[int, int]:
-        """(RTC seconds, day-of-week offset) from time register bytes."""
-        binary = bool(self.state.reg_b & REG_B_DM)
-        seconds, minutes, _, dow, day, month, year, century = (_decode(b, binary) for b in raw)
-        hours = self._decode_hours(raw[TIME_SLOTS[REG_HOURS]])
-        days = days_from_civil(century * 100 + year, month, day)
-        t = days * SECONDS_PER_DAY + hours * 3600 + minutes * 60 + seconds
-        # Keep the day-of-week register as written, whatever the date says.
-        dow_offset = (dow - 1 - _weekday(t // SECONDS_PER_DAY)) % 7
-        return t, dow_offset
+        return decode(raw, *self._format())
+
+    def _next_alarm_after(self, t: int) -> int | None:
+        s = self.state
+        return next_alarm_after(t, (s.alarm_hours, s.alarm_minutes, s.alarm_seconds), *self._format())
 
     # --- IRQ ---
 
@@ -617,142 +492,11 @@ class CmosRtc:
         )
         return bool(s.flags & enabled)  # IRQF = PF.PIE + AF.AIE + UF.UIE
 
-    def _update_irq(self) -> None:
-        level = self._irq_wanted()
-        if level != self._irq_level:
-            self._irq_level = level
-            self.irq_line.set_level(level)
-
-    # --- NVRAM persistence ---
+    # --- NVRAM ---
 
     def _write_nvram_byte(self, index: int, value: int) -> None:
         offset = index - NVRAM_FIRST
         if self.state.nvram[offset] == value:
-            return  # BIOSes rewrite the same bytes often; spare the syscalls
+            return  # BIOSes rewrite the same bytes often; spare the store
         self.state.nvram[offset] = value
-        if self.config.nvram_path is None:
-            return
-        try:
-            fd = os.open(self.config.nvram_path, os.O_WRONLY)
-            try:
-                os.pwrite(fd, bytes([value]), offset)
-            finally:
-                os.close(fd)
-        except OSError as e:
-            log.warning(
-                "NVRAM byte write to %s failed (%s); rewriting the file", self.config.nvram_path, e
-            )
-            self._persist_all()
-
-    def _load_or_create_nvram(self, path: str) -> None:
-        try:
-            with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size != NVRAM_SIZE:
-                    raise ValueError(
-                        f"CMOS NVRAM file {path!r} holds {size} bytes, expected {NVRAM_SIZE}"
-                    )
-                data = f.read()
-        except FileNotFoundError:
-            # First start: create the image now, so a bad path shows at configuration time.
-            _atomic_write(path, bytes(self.state.nvram))
-            return
-        self.state.nvram = bytearray(data)
-
-    def _persist_all(self) -> None:
-        assert self.config.nvram_path is not None
-        try:
-            _atomic_write(self.config.nvram_path, bytes(self.state.nvram))
-        except OSError as e:
-            # A host I/O failure is not the guest's fault: keep running on the RAM copy.
-            self.nvram_persist_errors += 1
-            log.error("cannot persist CMOS NVRAM to %s: %s", self.config.nvram_path, e)
-
-
-def _encode(value: int, binary: bool) -> int:
-    if binary:
-        return value & 0xFF
-    return (value // 10 % 10) << 4 | value % 10
-
-
-def _decode(byte: int, binary: bool) -> int:
-    if binary:
-        return byte
-    return (byte >> 4) * 10 + (byte & 0x0F)  # invalid digits are taken at face value
-
-
-def _alarm_matches(alarm: int, value: int) -> bool:
-    return alarm & ALARM_DONT_CARE == ALARM_DONT_CARE or alarm == value
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so a crash leaves the old or the new file, never half."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def _validated_state(saved: dict) -> CmosRtcState:
-    """A new state from ``save()`` output; ValueError on anything malformed."""
-    if not isinstance(saved, dict):
-        raise ValueError("CMOS RTC saved state is not a dict")
-    if saved.get("version") != SAVE_VERSION:
-        raise ValueError(
-            f"CMOS RTC saved state version {saved.get('version')!r} is not {SAVE_VERSION}"
-        )
-
-    def integer(key: str, lo: int | None = None, hi: int | None = None) -> int:
-        value = saved.get(key)
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ValueError(f"CMOS RTC saved {key!r} is not an integer: {value!r}")
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise ValueError(f"CMOS RTC saved {key!r} = {value} is outside {lo}..{hi}")
-        return value
-
-    def byte_list(key: str, length: int) -> list[int]:
-        value = saved.get(key)
-        if (
-            not isinstance(value, (list, tuple))
-            or len(value) != length
-            or not all(
-                isinstance(b, int) and not isinstance(b, bool) and 0 <= b <= 0xFF for b in value
-            )
-        ):
-            raise ValueError(f"CMOS RTC saved {key!r} is not {length} bytes: {value!r}")
-        return list(value)
-
-    if not isinstance(saved.get("nmi_disabled"), bool):
-        raise ValueError("CMOS RTC saved 'nmi_disabled' is not a bool")
-    nvram = saved.get("nvram")
-    if not isinstance(nvram, (bytes, bytearray)) or len(nvram) != NVRAM_SIZE:
-        raise ValueError(f"CMOS RTC saved 'nvram' is not {NVRAM_SIZE} bytes")
-    flags = integer("flags", 0, 0xFF)
-    if flags & ~(REG_C_PF | REG_C_AF | REG_C_UF):
-        raise ValueError(f"CMOS RTC saved 'flags' {flags:#x} has bits other than PF, AF, UF")
-    alarm = byte_list("alarm", 3)
-    integer("time_s")
-    integer("divider_phase_ns", 0, NS_PER_S - 1)
-    return CmosRtcState(
-        index=integer("index", 0, 0x7F),
-        nmi_disabled=saved["nmi_disabled"],
-        reg_a=integer("reg_a", 0, 0x7F),
-        reg_b=integer("reg_b", 0, 0xFF),
-        flags=flags,
-        alarm_seconds=alarm[0],
-        alarm_minutes=alarm[1],
-        alarm_hours=alarm[2],
-        dow_offset=integer("dow_offset", 0, 6),
-        held=byte_list("held", len(TIME_SLOTS)),
-        nvram=bytearray(nvram),
-    )
+        self._nvram.write_byte(offset, value)

@@ -36,13 +36,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Annotated, Callable
 
-from worker.devices.base import DeviceStats, IoError, IrqLine, NullIrqLine, PortRange
+from worker.devices.base import ChipsetDevice, DeviceStats, IrqLine, NullIrqLine, PortRange
+from worker.devices.config import I8042Config
+from worker.devices.state import Byte, Length, OneOf
 
 log = logging.getLogger(__name__)
 
-SAVE_VERSION = 1
 
 # Status register (read at 0x64).
 STATUS_OBF = 0x01  # output buffer full
@@ -131,45 +132,44 @@ RAM_SIZE = 32
 MAX_REPLIES = 16
 
 
-@dataclass(frozen=True)
-class I8042Config:
-    data_port: int = 0x60
-    command_port: int = 0x64
-    irq: int = 1
-    aux_irq: int = 12
-    keyboard_queue_size: int = 16  # a real keyboard buffers 16 bytes
-
-
 def _default_ram() -> list[int]:
     return [COMMAND_BYTE_DEFAULT] + [0] * (RAM_SIZE - 1)
 
 
+# Reply queues may hold one byte over their bound: a controller reply pushes back the device
+# byte it displaces.
+Replies = Annotated[list[Byte], Length(at_most=MAX_REPLIES + 1)]
+
+
 @dataclass
 class I8042State:
-    ram: list[int] = field(default_factory=_default_ram)  # ram[0] is the command byte
-    output_port: int = OUTPUT_PORT_DEFAULT  # bits 4/5 are computed from the buffer
-    out_buf: int = 0  # the output buffer; keeps its last value after being read
+    # ram[0] is the command byte
+    ram: Annotated[list[Byte], Length(exactly=RAM_SIZE)] = field(default_factory=_default_ram)
+    output_port: Byte = OUTPUT_PORT_DEFAULT  # bits 4/5 are computed from the buffer
+    out_buf: Byte = 0  # the output buffer; keeps its last value after being read
     obf: bool = False
     out_aux: bool = False  # status AUXB: the byte in the output buffer is aux data
     out_from_device: bool = False  # it came from a device queue (not a controller reply)
     timeout: bool = False
     last_write_command: bool = True  # status A2
-    pending_command: int | None = None  # a controller command waiting for its data byte
+    # A controller command waiting for its data byte.
+    pending_command: Annotated[int, OneOf(*CTRL_COMMANDS_WITH_DATA)] | None = None
     # The keyboard.
-    kbd_replies: list[int] = field(default_factory=list)  # sent before any scancode
-    kbd_scancodes: list[int] = field(default_factory=list)
+    kbd_replies: Replies = field(default_factory=list)  # sent before any scancode
+    kbd_scancodes: list[Byte] = field(default_factory=list)  # at most the queue size
     kbd_scanning: bool = True
-    kbd_pending: int | None = None  # a keyboard command waiting for its data byte
-    kbd_leds: int = 0
-    kbd_scancode_set: int = KBD_SCANCODE_SET_DEFAULT
-    kbd_typematic: int = KBD_TYPEMATIC_DEFAULT
-    kbd_last_sent: int = KBD_BAT_OK  # for the keyboard's own 0xFE resend command
+    # A keyboard command waiting for its data byte.
+    kbd_pending: Annotated[int, OneOf(*KBD_COMMANDS_WITH_DATA)] | None = None
+    kbd_leds: Byte = 0
+    kbd_scancode_set: Annotated[int, OneOf(1, 2, 3)] = KBD_SCANCODE_SET_DEFAULT
+    kbd_typematic: Byte = KBD_TYPEMATIC_DEFAULT
+    kbd_last_sent: Byte = KBD_BAT_OK  # for the keyboard's own 0xFE resend command
     # The aux port: bytes waiting to reach the output buffer with AUXB.
-    aux_queue: list[int] = field(default_factory=list)
+    aux_queue: Replies = field(default_factory=list)
 
 
-class I8042:
-    """8042 keyboard controller with a PS/2 keyboard.
+class I8042(ChipsetDevice):
+    """8042 keyboard controller with a PS/2 keyboard; ``irq`` is IRQ1, ``aux_irq`` IRQ12.
 
     ``reset_cpu`` is called for a CPU reset request; ``set_a20`` (optional) with the new gate
     state when the guest changes output port bit 1.
@@ -180,48 +180,33 @@ class I8042:
     def __init__(
         self,
         config: I8042Config,
-        irq_line: IrqLine,
+        irq: IrqLine,
         reset_cpu: Callable[[], None],
-        aux_irq_line: IrqLine | None = None,
+        aux_irq: IrqLine | None = None,
         set_a20: Callable[[bool], None] | None = None,
     ) -> None:
         self.config = config
-        self.irq_line = irq_line
-        self.aux_irq_line = aux_irq_line if aux_irq_line is not None else NullIrqLine()
+        self.irq = irq
+        self.aux_irq = aux_irq if aux_irq is not None else NullIrqLine()
         self.reset_cpu = reset_cpu
         self.set_a20 = set_a20
         self.stats = DeviceStats()
         self.unknown_commands = 0
         self.state = I8042State()
-        self._irq1 = False
-        self._irq12 = False
-        self._force_irqs()
+        self._aux_irq_level = False
+        self._sync_irq(force=True)
 
     # --- the Device interface ---
 
     def port_ranges(self) -> list[PortRange]:
         return [PortRange(self.config.data_port, 1), PortRange(self.config.command_port, 1)]
 
-    def io_read(self, port: int, size: int) -> int | IoError:
-        if port not in (self.config.data_port, self.config.command_port):
-            self.stats.missed_reads += 1
-            return IoError.INVALID_REGISTER
-        if size != 1:
-            self.stats.missed_reads += 1
-            return IoError.INVALID_ACCESS_SIZE
-        self.stats.reads += 1
+    def io_read(self, port: int, size: int) -> int:
         if port == self.config.command_port:
             return self._status()
         return self._read_data()
 
-    def io_write(self, port: int, size: int, value: int) -> IoError | None:
-        if port not in (self.config.data_port, self.config.command_port):
-            self.stats.missed_writes += 1
-            return IoError.INVALID_REGISTER
-        if size != 1:
-            self.stats.missed_writes += 1
-            return IoError.INVALID_ACCESS_SIZE
-        self.stats.writes += 1
+    def io_write(self, port: int, size: int, value: int) -> None:
         value &= 0xFF
         if port == self.config.command_port:
             reset = self._write_command(value)
@@ -230,42 +215,16 @@ class I8042:
         self._fill_output_buffer()
         if reset:
             self.reset_cpu()  # last: the worker may reset this device from inside
-        return None
 
     def reset(self) -> None:
         self.state = I8042State()
-        self._force_irqs()
+        self._sync_irq(force=True)
 
-    def poll(self, now_ns: int) -> int | None:
-        return None  # nothing here is timed
-
-    def save(self) -> dict:
-        s = self.state
-        return {
-            "version": SAVE_VERSION,
-            "ram": list(s.ram),
-            "output_port": s.output_port,
-            "out_buf": s.out_buf,
-            "obf": s.obf,
-            "out_aux": s.out_aux,
-            "out_from_device": s.out_from_device,
-            "timeout": s.timeout,
-            "last_write_command": s.last_write_command,
-            "pending_command": s.pending_command,
-            "kbd_replies": list(s.kbd_replies),
-            "kbd_scancodes": list(s.kbd_scancodes),
-            "kbd_scanning": s.kbd_scanning,
-            "kbd_pending": s.kbd_pending,
-            "kbd_leds": s.kbd_leds,
-            "kbd_scancode_set": s.kbd_scancode_set,
-            "kbd_typematic": s.kbd_typematic,
-            "kbd_last_sent": s.kbd_last_sent,
-            "aux_queue": list(s.aux_queue),
-        }
-
-    def restore(self, saved: dict) -> None:
-        self.state = _validated_state(saved, self.config.keyboard_queue_size)
-        self._force_irqs()
+    def _check_state(self, state: I8042State) -> None:
+        if len(state.kbd_scancodes) > self.config.keyboard_queue_size:
+            raise ValueError(f"i8042 saved kbd_scancodes hold more than the keyboard's "
+                             f"{self.config.keyboard_queue_size} bytes")
+        state.kbd_leds &= 0x07  # a keyboard has three LEDs; other bits are not kept
 
     # --- host side ---
 
@@ -310,7 +269,7 @@ class I8042:
         if s.obf:
             s.obf = False
             s.timeout = False
-            self._update_irqs()  # drop the line so the next byte makes a new edge
+            self._sync_irq()  # drop the line so the next byte makes a new edge
             self._fill_output_buffer()
         return value
 
@@ -350,7 +309,7 @@ class I8042:
         else:
             self.unknown_commands += 1
             log.debug("i8042: ignoring unknown controller command %#04x", command)
-        self._update_irqs()
+        self._sync_irq()
         return False
 
     def _write_data(self, value: int) -> bool:
@@ -373,7 +332,7 @@ class I8042:
             # No mouse on the aux port: the transmission times out.
             _append_bounded(s.aux_queue, KBD_NAK)
             s.timeout = True
-        self._update_irqs()
+        self._sync_irq()
         return False
 
     def _output_port(self) -> int:
@@ -406,7 +365,7 @@ class I8042:
         s.obf = True
         s.out_aux = aux
         s.out_from_device = False
-        self._update_irqs()
+        self._sync_irq()
 
     def _fill_output_buffer(self) -> None:
         s = self.state
@@ -419,7 +378,7 @@ class I8042:
             elif not s.ram[0] & CMD_AUX_DISABLE and s.aux_queue:
                 s.out_buf = s.aux_queue.pop(0)
                 s.obf, s.out_aux, s.out_from_device = True, True, True
-        self._update_irqs()
+        self._sync_irq()
 
     # --- the keyboard ---
 
@@ -480,94 +439,20 @@ class I8042:
 
     # --- IRQs ---
 
-    def _wanted_irqs(self) -> tuple[bool, bool]:
+    def _irq_wanted(self) -> bool:
         s = self.state
-        irq1 = s.obf and not s.out_aux and bool(s.ram[0] & CMD_KBD_INT)
-        irq12 = s.obf and s.out_aux and bool(s.ram[0] & CMD_AUX_INT)
-        return irq1, irq12
+        return s.obf and not s.out_aux and bool(s.ram[0] & CMD_KBD_INT)
 
-    def _update_irqs(self) -> None:
-        irq1, irq12 = self._wanted_irqs()
-        if irq1 != self._irq1:
-            self._irq1 = irq1
-            self.irq_line.set_level(irq1)
-        if irq12 != self._irq12:
-            self._irq12 = irq12
-            self.aux_irq_line.set_level(irq12)
-
-    def _force_irqs(self) -> None:
-        self._irq1, self._irq12 = self._wanted_irqs()
-        self.irq_line.set_level(self._irq1)
-        self.aux_irq_line.set_level(self._irq12)
+    def _sync_irq(self, force: bool = False) -> None:
+        """IRQ1 for keyboard data, IRQ12 for aux data, each as command byte bits 0/1 say."""
+        super()._sync_irq(force)
+        s = self.state
+        level = s.obf and s.out_aux and bool(s.ram[0] & CMD_AUX_INT)
+        if force or level != self._aux_irq_level:
+            self._aux_irq_level = level
+            self.aux_irq.set_level(level)
 
 
 def _append_bounded(queue: list[int], *values: int) -> None:
     queue.extend(values)
     del queue[:-MAX_REPLIES]  # a guest that never reads keeps only the newest replies
-
-
-def _validated_state(saved: dict, queue_size: int) -> I8042State:
-    """A new state from ``save()`` output; ValueError on anything malformed."""
-    if not isinstance(saved, dict):
-        raise ValueError("i8042 saved state is not a dict")
-    if saved.get("version") != SAVE_VERSION:
-        raise ValueError(
-            f"i8042 saved state version {saved.get('version')!r} is not {SAVE_VERSION}"
-        )
-
-    def is_byte(v: object) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 0xFF
-
-    def byte(key: str) -> int:
-        value = saved.get(key)
-        if not is_byte(value):
-            raise ValueError(f"i8042 saved {key!r} is not a byte: {value!r}")
-        return value
-
-    def flag(key: str) -> bool:
-        value = saved.get(key)
-        if not isinstance(value, bool):
-            raise ValueError(f"i8042 saved {key!r} is not a bool: {value!r}")
-        return value
-
-    def byte_list(key: str, max_len: int, exact: bool = False) -> list[int]:
-        value = saved.get(key)
-        if (
-            not isinstance(value, (list, tuple))
-            or (len(value) != max_len if exact else len(value) > max_len)
-            or not all(is_byte(b) for b in value)
-        ):
-            raise ValueError(f"i8042 saved {key!r} is not a list of at most {max_len} bytes")
-        return list(value)
-
-    def one_of(key: str, allowed) -> int | None:
-        value = saved.get(key)
-        if value is not None and (not is_byte(value) or value not in allowed):
-            raise ValueError(f"i8042 saved {key!r} = {value!r} is not a command waiting for data")
-        return value
-
-    scancode_set = byte("kbd_scancode_set")
-    if scancode_set not in (1, 2, 3):
-        raise ValueError(f"i8042 saved 'kbd_scancode_set' = {scancode_set} is not 1, 2 or 3")
-    # Reply queues may be one byte over their bound: a controller reply pushes back the
-    # device byte it displaces.
-    return I8042State(
-        ram=byte_list("ram", RAM_SIZE, exact=True),
-        output_port=byte("output_port"),
-        out_buf=byte("out_buf"),
-        obf=flag("obf"),
-        out_aux=flag("out_aux"),
-        out_from_device=flag("out_from_device"),
-        timeout=flag("timeout"),
-        last_write_command=flag("last_write_command"),
-        pending_command=one_of("pending_command", CTRL_COMMANDS_WITH_DATA),
-        kbd_replies=byte_list("kbd_replies", MAX_REPLIES + 1),
-        kbd_scancodes=byte_list("kbd_scancodes", queue_size),
-        kbd_scanning=flag("kbd_scanning"),
-        kbd_pending=one_of("kbd_pending", KBD_COMMANDS_WITH_DATA),
-        kbd_leds=byte("kbd_leds") & 0x07,
-        kbd_scancode_set=scancode_set,
-        kbd_typematic=byte("kbd_typematic"),
-        kbd_last_sent=byte("kbd_last_sent"),
-        aux_queue=byte_list("aux_queue", MAX_REPLIES + 1),
-    )

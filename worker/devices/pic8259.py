@@ -36,9 +36,12 @@ Modelling choices (datasheet first, then what an emulator needs):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
+from typing import Annotated
 
-from worker.devices.base import DeviceStats, IoError, IrqLine, PortRange
+from worker.devices.base import ChipsetDevice, DeviceStats, IrqLine, PortRange
+from worker.devices.config import Pic8259Config
+from worker.devices.state import Byte, Mask, OneOf, Range
 
 SAVE_VERSION = 1
 
@@ -48,9 +51,6 @@ ELCR_PORT = 0x4D0
 
 CASCADE_IR = 2  # the master input the slave's INT drives
 SPURIOUS_IR = 7  # the level whose vector a chip returns when no request is left at INTA
-
-# PIIX: ELCR1 bits 0-2 and ELCR2 bits 0 and 5 (IRQ0, 1, 2, 8, 13) are reserved, always edge.
-PIIX_FIXED_EDGE_IRQS = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 8) | (1 << 13)
 
 # ICW1 (A0=0, D4=1)
 ICW1_IC4 = 0x01  # ICW4 will be written
@@ -76,39 +76,23 @@ EXPECT_ICW3 = 3
 EXPECT_ICW4 = 4
 
 
-@dataclass(frozen=True)
-class Pic8259Config:
-    """Fixed configuration of the PIC pair."""
-
-    name: str = "pic"
-    # IRQs whose ELCR bit is hard-wired to edge (reads 0, writes ignored).
-    elcr_fixed_edge: int = PIIX_FIXED_EDGE_IRQS
-    # ELCR contents after reset, 16 bits (bit n = IRQn).  PIIX resets to all-edge.
-    elcr_at_reset: int = 0
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.elcr_fixed_edge <= 0xFFFF or not 0 <= self.elcr_at_reset <= 0xFFFF:
-            raise ValueError("ELCR masks are 16-bit")
-        if self.elcr_at_reset & self.elcr_fixed_edge:
-            raise ValueError("elcr_at_reset sets a bit that is fixed edge")
-
-
 @dataclass
 class ChipState:
     """One 8259A.  Defaults are the state this model gives a chip at reset."""
 
-    irr: int = 0
-    isr: int = 0
-    imr: int = 0
-    lines: int = 0  # IR input levels as last driven
-    elcr: int = 0  # this chip's half of the ELCR
-    init_step: int = READY
-    icw1: int = ICW1_INIT | ICW1_IC4
-    vector_base: int = 0  # ICW2 with T2..T0 cleared
-    icw3: int = 0
-    icw4: int = ICW4_UPM
+    irr: Byte = 0
+    isr: Byte = 0
+    imr: Byte = 0
+    lines: Byte = 0  # IR input levels as last driven
+    elcr: Byte = 0  # this chip's half of the ELCR
+    init_step: Annotated[int, OneOf(READY, EXPECT_ICW2, EXPECT_ICW3, EXPECT_ICW4)] = READY
+    icw1: Annotated[int, Mask(0x1F)] = ICW1_INIT | ICW1_IC4
+    vector_base: Annotated[int, Mask(0xF8)] = 0  # ICW2 with T2..T0 cleared
+    icw3: Byte = 0
+    icw4: Annotated[int, Mask(0x1F)] = ICW4_UPM
     rotate_in_aeoi: bool = False
-    lowest_priority: int = 7  # the level with the lowest priority; the next one is highest
+    # The level with the lowest priority; the next one is highest.
+    lowest_priority: Annotated[int, Range(0, 7)] = 7
     read_isr: bool = False  # OCW3 RIS: what a read of A0=0 returns
     poll: bool = False  # OCW3 P: the next read of A0=0 is a poll
     special_mask: bool = False
@@ -136,6 +120,13 @@ class ChipState:
 
 
 @dataclass
+class Pic8259State:
+    master: ChipState = field(default_factory=ChipState)
+    slave: ChipState = field(default_factory=ChipState)
+    slave_int: bool = False  # the slave's INT output as the master's IR2 last saw it
+
+
+@dataclass
 class PicCounters:
     """What the PIC pair has done, for metrics (not guest state: not saved)."""
 
@@ -160,21 +151,27 @@ class PicInput:
         self._pic.set_irq(self.irq, high)
 
 
-class Pic8259:
-    """The master/slave 8259A pair with the ELCR registers."""
+class Pic8259(ChipsetDevice):
+    """The master/slave 8259A pair with the ELCR registers.  ``irq`` is the master's INT
+    output, the CPU's INTR."""
 
-    def __init__(self, config: Pic8259Config, intr: IrqLine) -> None:
+    def __init__(self, config: Pic8259Config, irq: IrqLine) -> None:
         self.config = config
         self.name = self.config.name
-        self._intr = intr
+        self.irq = irq
         self.stats = DeviceStats()
         self.counters = PicCounters()
         self._inputs = [None if n == CASCADE_IR else PicInput(self, n) for n in range(16)]
-        self.master = ChipState()
-        self.slave = ChipState()
-        self._slave_int = False  # the slave's INT output as the master's IR2 last saw it
-        self._intr_level = False  # what was last driven on INTR
+        self.state = Pic8259State()
         self._power_on()
+
+    @property
+    def master(self) -> ChipState:
+        return self.state.master
+
+    @property
+    def slave(self) -> ChipState:
+        return self.state.slave
 
     # --- wiring --------------------------------------------------------------------------
     def port_ranges(self) -> list[PortRange]:
@@ -201,14 +198,9 @@ class Pic8259:
         else:
             chip.lines &= ~bit
             chip.irr &= ~bit  # the request is withdrawn (both modes; see module docstring)
-        self._update()
+        self._sync_irq()
 
     # --- CPU side ------------------------------------------------------------------------
-    @property
-    def intr(self) -> bool:
-        """The INTR output as last driven."""
-        return self._intr_level
-
     def pending_vector(self) -> int | None:
         """The vector ``acknowledge()`` would return now, or None when INTR is low."""
         level = self._highest_request(self.master, is_master=True)
@@ -227,7 +219,7 @@ class Pic8259:
             # The request went away (or was masked) after INTR was seen: the master answers
             # with IR7's vector and sets no ISR bit.
             self.counters.spurious_irq7 += 1
-            self._update()
+            self._sync_irq()
             return master.vector_base | SPURIOUS_IR
         self._inta(master, level, is_master=True)
         if level == CASCADE_IR and self._cascade_active():
@@ -242,106 +234,59 @@ class Pic8259:
                 self._inta(slave, slave_level, is_master=False)
                 self.counters.acknowledged[8 + slave_level] += 1
                 vector = slave.vector_base | slave_level
-            self._update(slave_acknowledged=True)
+            self._sync_irq(slave_acknowledged=True)
             return vector
         self.counters.acknowledged[level] += 1
-        self._update()
+        self._sync_irq()
         return master.vector_base | level
 
     # --- port I/O ------------------------------------------------------------------------
-    def io_read(self, port: int, size: int) -> int | IoError:
-        if size != 1:
-            self.stats.missed_reads += 1
-            return IoError.INVALID_ACCESS_SIZE
+    # The chips decode A0 only: every port of the three ranges is a register.
+    def io_read(self, port: int, size: int) -> int:
         if port in (MASTER_PORT, SLAVE_PORT):
             is_master = port == MASTER_PORT
             chip = self.master if is_master else self.slave
             if chip.poll:
-                value = self._poll_read(chip, is_master)
-            else:
-                value = chip.isr if chip.read_isr else chip.irr
-        elif port in (MASTER_PORT + 1, SLAVE_PORT + 1):
-            value = (self.master if port == MASTER_PORT + 1 else self.slave).imr  # OCW1
-        elif port in (ELCR_PORT, ELCR_PORT + 1):
-            value = (self.master if port == ELCR_PORT else self.slave).elcr
-        else:
-            self.stats.missed_reads += 1
-            return IoError.INVALID_REGISTER
-        self.stats.reads += 1
-        return value
+                return self._poll_read(chip, is_master)
+            return chip.isr if chip.read_isr else chip.irr
+        if port in (MASTER_PORT + 1, SLAVE_PORT + 1):
+            return (self.master if port == MASTER_PORT + 1 else self.slave).imr  # OCW1
+        return (self.master if port == ELCR_PORT else self.slave).elcr
 
-    def io_write(self, port: int, size: int, value: int) -> IoError | None:
-        if size != 1:
-            self.stats.missed_writes += 1
-            return IoError.INVALID_ACCESS_SIZE
+    def io_write(self, port: int, size: int, value: int) -> None:
         value &= 0xFF
         if port in (MASTER_PORT, SLAVE_PORT):
             self._write_a0_0(self.master if port == MASTER_PORT else self.slave, value)
         elif port in (MASTER_PORT + 1, SLAVE_PORT + 1):
             self._write_a0_1(self.master if port == MASTER_PORT + 1 else self.slave, value)
-        elif port in (ELCR_PORT, ELCR_PORT + 1):
-            self._write_elcr(port == ELCR_PORT, value)
         else:
-            self.stats.missed_writes += 1
-            return IoError.INVALID_REGISTER
-        self.stats.writes += 1
-        self._update()
-        return None
-
-    def poll(self, now_ns: int) -> int | None:
-        return None  # not clocked
+            self._write_elcr(port == ELCR_PORT, value)
+        self._sync_irq()
 
     # --- lifecycle -----------------------------------------------------------------------
     def reset(self) -> None:
         self._power_on()
 
-    def save(self) -> dict:
-        return {
-            "version": SAVE_VERSION,
-            "master": _chip_to_dict(self.master),
-            "slave": _chip_to_dict(self.slave),
-            "slave_int": self._slave_int,
-        }
-
-    def restore(self, saved: dict) -> None:
-        if not isinstance(saved, dict):
-            raise ValueError("PIC saved state is not a dict")
-        if saved.get("version") != SAVE_VERSION:
-            raise ValueError(f"PIC saved state version {saved.get('version')!r} is unknown")
-        if set(saved) != {"version", "master", "slave", "slave_int"}:
-            raise ValueError(f"PIC saved state has keys {sorted(saved)}")
-        master = _chip_from_dict(saved["master"], "master")
-        slave = _chip_from_dict(saved["slave"], "slave")
-        if master.elcr & (self.config.elcr_fixed_edge & 0xFF) or slave.elcr & (
-            self.config.elcr_fixed_edge >> 8
-        ):
+    def _check_state(self, state: Pic8259State) -> None:
+        fixed = self.config.elcr_fixed_edge
+        if state.master.elcr & (fixed & 0xFF) or state.slave.elcr & (fixed >> 8):
             raise ValueError("PIC saved state sets an ELCR bit that is fixed edge")
-        slave_int = saved["slave_int"]
-        if not isinstance(slave_int, bool):
-            raise ValueError("PIC saved state: slave_int is not a bool")
-        # Validated: replace everything at once.
-        self.master, self.slave, self._slave_int = master, slave, slave_int
-        # INTR is re-derived and driven even if unchanged: the line may be new.
-        self._update(force_intr=True)
+        for which, chip in (("master", state.master), ("slave", state.slave)):
+            if not chip.icw1 & ICW1_INIT:
+                raise ValueError(f"PIC saved state: {which}.icw1 lacks the ICW1 bit")
 
     # --- internals -----------------------------------------------------------------------
     def _power_on(self) -> None:
-        lines_master = self.master.lines & ~(1 << CASCADE_IR)
-        lines_slave = self.slave.lines
         # Input levels belong to the devices and survive a PIC reset; requests do not.
-        self.master = ChipState(
-            lines=lines_master, vector_base=0x00, icw3=1 << CASCADE_IR,
-            elcr=self.config.elcr_at_reset & 0xFF,
-        )
-        self.slave = ChipState(
-            lines=lines_slave, vector_base=0x08, icw3=CASCADE_IR,
-            elcr=self.config.elcr_at_reset >> 8,
-        )
-        for chip in (self.master, self.slave):
+        master = ChipState(lines=self.master.lines & ~(1 << CASCADE_IR), vector_base=0x00,
+                           icw3=1 << CASCADE_IR, elcr=self.config.elcr_at_reset & 0xFF)
+        slave = ChipState(lines=self.slave.lines, vector_base=0x08, icw3=CASCADE_IR,
+                          elcr=self.config.elcr_at_reset >> 8)
+        for chip in (master, slave):
             chip.irr = chip.lines & chip.level_mask()  # level inputs request at once
-        self._slave_int = False
+        self.state = Pic8259State(master, slave)
         # Drive INTR even if unchanged, so whatever is wired to it agrees with the reset state.
-        self._update(force_intr=True)
+        self._sync_irq(force=True)
 
     def _chip_bit(self, irq: int) -> tuple[ChipState, int]:
         if not 0 <= irq <= 15 or irq == CASCADE_IR:
@@ -399,7 +344,7 @@ class Pic8259:
             self.counters.acknowledged[8 + level] += 1
         elif level != CASCADE_IR or not self._cascade_active():
             self.counters.acknowledged[level] += 1
-        self._update(slave_acknowledged=not is_master)
+        self._sync_irq(slave_acknowledged=not is_master)
         return 0x80 | level
 
     def _write_a0_0(self, chip: ChipState, value: int) -> None:
@@ -500,47 +445,15 @@ class Pic8259:
         # An input that becomes level triggered while high requests at once.
         chip.irr |= chip.lines & chip.level_mask()
 
-    def _update(self, slave_acknowledged: bool = False, force_intr: bool = False) -> None:
+    def _irq_wanted(self) -> bool:
+        return self._highest_request(self.master, is_master=True) is not None
+
+    def _sync_irq(self, force: bool = False, slave_acknowledged: bool = False) -> None:
         """Propagate the slave's INT to master IR2, then the master's INT to INTR."""
         slave_int = self._highest_request(self.slave, is_master=False) is not None
         bit = 1 << CASCADE_IR
-        if slave_int and (not self._slave_int or slave_acknowledged):
+        if slave_int and (not self.state.slave_int or slave_acknowledged):
             self.master.irr |= bit  # a rising edge (or the INTA-time dip) of the slave INT
-        self._slave_int = slave_int
+        self.state.slave_int = slave_int
         self.master.lines = (self.master.lines & ~bit) | (bit if slave_int else 0)
-        # INTR is the master's INT output; it is driven only when it changes.
-        level = self._highest_request(self.master, is_master=True) is not None
-        if force_intr or level != self._intr_level:
-            self._intr_level = level
-            self._intr.set_level(level)
-
-
-_CHIP_FIELDS = [f.name for f in fields(ChipState)]
-_CHIP_BYTE_FIELDS = ("irr", "isr", "imr", "lines", "elcr", "icw1", "vector_base", "icw3", "icw4")
-_CHIP_BOOL_FIELDS = ("rotate_in_aeoi", "read_isr", "poll", "special_mask")
-
-
-def _chip_to_dict(chip: ChipState) -> dict:
-    return {name: getattr(chip, name) for name in _CHIP_FIELDS}
-
-
-def _chip_from_dict(saved: object, which: str) -> ChipState:
-    if not isinstance(saved, dict) or set(saved) != set(_CHIP_FIELDS):
-        raise ValueError(f"PIC saved state: {which} chip does not have the fields {_CHIP_FIELDS}")
-    for name in _CHIP_BYTE_FIELDS:
-        value = saved[name]
-        if type(value) is not int or not 0 <= value <= 0xFF:
-            raise ValueError(f"PIC saved state: {which}.{name}={value!r} is not a byte")
-    for name in _CHIP_BOOL_FIELDS:
-        if not isinstance(saved[name], bool):
-            raise ValueError(f"PIC saved state: {which}.{name} is not a bool")
-    step = saved["init_step"]
-    if type(step) is not int or step not in (READY, EXPECT_ICW2, EXPECT_ICW3, EXPECT_ICW4):
-        raise ValueError(f"PIC saved state: {which}.init_step={saved['init_step']!r}")
-    if type(saved["lowest_priority"]) is not int or not 0 <= saved["lowest_priority"] <= 7:
-        raise ValueError(f"PIC saved state: {which}.lowest_priority is not 0..7")
-    if saved["vector_base"] & 7:
-        raise ValueError(f"PIC saved state: {which}.vector_base has T2..T0 set")
-    if not saved["icw1"] & ICW1_INIT or saved["icw1"] & ~0x1F or saved["icw4"] & ~0x1F:
-        raise ValueError(f"PIC saved state: {which} ICW1/ICW4 bits are out of range")
-    return ChipState(**saved)
+        super()._sync_irq(force)

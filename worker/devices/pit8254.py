@@ -50,24 +50,33 @@ count, OUT low; GATE2 low.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
+from typing import Annotated
 
-from worker.devices.base import Clock, DeviceStats, IoError, IrqLine, PortRange
+from worker.devices.base import ChipsetDevice, Clock, DeviceStats, IoError, IrqLine, PortRange
+from worker.devices.config import PIT_HZ, Pit8254Config
+from worker.devices.pit8254_counter import (
+    ONESHOT,
+    PERIODIC,
+    RW_LATCH,
+    RW_LSB,
+    RW_MSB,
+    SUSPENDED,
+    ChannelState,
+    check_channel,
+    to_bcd,
+)
+from worker.devices.state import Length, Mask, Range, load_state, save_state
+
+__all__ = ["PIT_HZ", "Pit8254", "Pit8254Config", "Pit8254State"]
 
 SAVE_VERSION = 1
 
-PIT_HZ = 1_193_182
 NS_PER_S = 1_000_000_000
 
 COUNTER_PORT = 0x40  # 0x40-0x42: counters 0-2
 CONTROL_PORT = 0x43
 PORT61 = 0x61
-
-# Control word RW1,RW0
-RW_LATCH = 0  # counter latch command
-RW_LSB = 1
-RW_MSB = 2
-RW_LSB_MSB = 3
 
 # Port 0x61 bits
 P61_GATE2 = 0x01
@@ -77,25 +86,6 @@ P61_REFRESH = 0x10
 P61_OUT2 = 0x20
 REFRESH_TICKS = 18  # channel 1's classic refresh count: 18 clocks = 15.09 us
 
-# What the counting element is doing.
-IDLE = "idle"  # not counting; CE and OUT frozen (no count, or stopped by a write or GATE)
-SUSPENDED = "suspended"  # mode 0/4 with GATE low: frozen, resumes where it was on GATE high
-ONESHOT = "oneshot"  # modes 0, 1, 4, 5: CE counts down from `n` at `origin`, OUT acts once
-PERIODIC = "periodic"  # modes 2, 3: period `n` clocks starting at `origin`
-SEGMENTS = (IDLE, SUSPENDED, ONESHOT, PERIODIC)
-
-
-@dataclass(frozen=True)
-class Pit8254Config:
-    name: str = "pit"
-    port61: bool = True  # answer port 0x61 (see module docstring)
-    input_hz: int = PIT_HZ
-
-    def __post_init__(self) -> None:
-        if self.input_hz <= 0:
-            raise ValueError("input_hz must be positive")
-
-
 @dataclass
 class PitCounters:
     """Metrics, not guest state (not saved)."""
@@ -104,217 +94,41 @@ class PitCounters:
     missed_ticks: int = 0  # channel 0 rising edges coalesced into another one
 
 
-def to_bcd(value: int) -> int:
-    """0..9999 as four BCD digits."""
-    return sum(((value // 10**i) % 10) << (4 * i) for i in range(4))
-
-
-def from_bcd(raw: int) -> int:
-    """Four BCD digits as a number; digits above 9 are taken at face value, as a counter would."""
-    return sum(((raw >> (4 * i)) & 0xF) * 10**i for i in range(4))
+def _channels() -> list[ChannelState]:
+    # Channels 0 and 1 have GATE tied high on a PC; GATE2 is port 0x61 bit 0, low at reset.
+    return [ChannelState(), ChannelState(), ChannelState(gate=False)]
 
 
 @dataclass
-class ChannelState:
-    """One counter.  Ticks are absolute PIT clock numbers since the device's epoch."""
-
-    # Control word
-    rw: int = RW_LSB_MSB
-    mode: int = 0  # M2..M0 as written
-    bcd: bool = False
-    # CR and the byte flip-flops
-    cr: int = 0
-    cr_valid: bool = False  # a whole initial count was written since the control word
-    null_count: bool = True  # CR written but not yet loaded into CE
-    cr_lsb: int = 0
-    write_msb_next: bool = False
-    read_msb_next: bool = False
-    count_latch: int | None = None  # OL holding a latched count
-    status_latch: int | None = None
-    gate: bool = True
-    # The counting element
-    segment: str = IDLE
-    origin: int = 0
-    n: int = 0  # ONESHOT: CE at origin (0 means the full modulus); PERIODIC: period
-    fired: bool = False  # ONESHOT/SUSPENDED: the terminal count was reached before origin
-    idle_ce: int = 0  # IDLE/SUSPENDED: frozen CE
-    idle_out: bool = False  # IDLE/SUSPENDED: frozen OUT
-    load_tick: int | None = None  # the clock pulse at which CR is copied into CE
-    load_into_low: bool = False  # mode 3: that load starts a low half-cycle
-    # Edge accounting: OUT as of last_tick
-    last_tick: int = 0
-    out: bool = False
-
-    # --- decoded -------------------------------------------------------------------------
-    @property
-    def op_mode(self) -> int:
-        return self.mode - 4 if self.mode >= 6 else self.mode
-
-    @property
-    def modulus(self) -> int:
-        return 10_000 if self.bcd else 0x10000
-
-    def initial_count(self) -> int:
-        """CR as a number of clocks: 0 means the full 65536 (10000 in BCD)."""
-        value = from_bcd(self.cr) % 10_000 if self.bcd else self.cr
-        return value or self.modulus
-
-    def status(self) -> int:
-        return (
-            (0x80 if self.out else 0)
-            | (0x40 if self.null_count else 0)
-            | (self.rw << 4)
-            | (self.mode << 1)
-            | (1 if self.bcd else 0)
-        )
-
-    # --- the waveform as a function of the tick -----------------------------------------
-    def _terminal(self) -> int:
-        return self.origin + (self.n or self.modulus)
-
-    def out_at(self, t: int) -> bool:
-        if self.segment in (IDLE, SUSPENDED):
-            return self.idle_out
-        if self.segment == ONESHOT:
-            if self.fired:
-                return True
-            if self.op_mode in (0, 1):
-                return t >= self._terminal()  # high at terminal count and stays high
-            return t != self._terminal()  # modes 4, 5: low for one clock at terminal count
-        phase = (t - self.origin) % self.n
-        if self.op_mode == 2:
-            return phase != self.n - 1  # low for the one clock when CE is 1
-        return phase < (self.n + 1) // 2  # mode 3: high for ceil(n/2), low for floor(n/2)
-
-    def ce_at(self, t: int) -> int:
-        if self.segment in (IDLE, SUSPENDED):
-            return self.idle_ce
-        if self.segment == ONESHOT:
-            return (self.n - (t - self.origin)) % self.modulus  # keeps wrapping after 0
-        phase = (t - self.origin) % self.n
-        if self.op_mode == 2:
-            return (self.n - phase) % self.modulus
-        # Mode 3 counts by two each half-cycle, from n (even) or n - 1 (odd n: the datasheet
-        # loads "initial count minus one" and holds the expired count one extra clock in the
-        # high half).
-        half = (self.n + 1) // 2
-        step = phase if phase < half else phase - half
-        return ((self.n & ~1) - 2 * step) % self.modulus
-
-    def rising_edges(self, after: int, upto: int) -> int:
-        """Rising edges of OUT at ticks in (after, upto], within the current segment."""
-        if upto <= after or self.segment in (IDLE, SUSPENDED):
-            return 0
-        if self.segment == ONESHOT:
-            if self.fired:
-                return 0
-            rise = self._terminal() + (0 if self.op_mode in (0, 1) else 1)
-            return 1 if after < rise <= upto else 0
-        if self.n < 2:
-            return 0  # count 1 is illegal in modes 2 and 3: OUT never toggles here
-        after = max(after, self.origin)
-        # A period starts (OUT rises) at origin + k*n for k >= 1.
-        return (upto - self.origin) // self.n - (after - self.origin) // self.n
-
-    def next_change(self, t: int) -> int | None:
-        """The first tick after t at which OUT changes, within the current segment."""
-        if self.segment in (IDLE, SUSPENDED):
-            return None
-        if self.segment == ONESHOT:
-            if self.fired:
-                return None
-            terminal = self._terminal()
-            if self.op_mode in (0, 1):
-                return terminal if terminal > t else None
-            if t < terminal:
-                return terminal
-            return terminal + 1 if t == terminal else None
-        if self.n < 2:
-            return None
-        phase = (t - self.origin) % self.n
-        if self.op_mode == 2:
-            return t + (self.n - 1 - phase) if phase < self.n - 1 else t + 1
-        half = (self.n + 1) // 2
-        return t + (half - phase) if phase < half else t + (self.n - phase)
-
-    # --- state changes -------------------------------------------------------------------
-    def freeze(self, t: int, segment: str = IDLE) -> None:
-        """Stop the counting element at tick t, keeping CE and OUT."""
-        fired = self.segment == ONESHOT and (self.fired or t >= self._terminal())
-        if self.segment == SUSPENDED:
-            fired = self.fired
-        ce, out = self.ce_at(t), self.out_at(t)
-        if self.op_mode in (4, 5) and fired:
-            out = True  # a strobe cut short by GATE ends now rather than one clock later
-        self.segment, self.idle_ce, self.idle_out, self.fired = segment, ce, out, fired
-
-    def load(self, t: int) -> None:
-        """Copy CR into CE at clock pulse t (the datasheet's "loaded on the next CLK pulse")."""
-        count = self.initial_count()
-        self.null_count = False
-        self.load_tick = None
-        self.fired = False
-        mode = self.op_mode
-        if mode in (0, 4) and not self.gate:
-            # Loaded, but counting waits for GATE.
-            self.segment, self.idle_ce, self.idle_out = SUSPENDED, count % self.modulus, mode == 4
-        elif mode in (2, 3) and not self.gate:
-            self.segment, self.idle_ce, self.idle_out = IDLE, count % self.modulus, True
-        elif mode in (2, 3):
-            self.segment, self.n = PERIODIC, count
-            # A mode 3 reload at the end of a high half starts a low half: place the origin
-            # half a period back so the closed form lands in the low half.
-            self.origin = t - (count + 1) // 2 if mode == 3 and self.load_into_low else t
-        else:
-            self.segment, self.origin, self.n = ONESHOT, t, count % self.modulus
-        self.load_into_low = False
-
-    def advance(self, to: int) -> int:
-        """Bring OUT accounting up to tick ``to``; returns the rising edges seen on the way."""
-        edges = 0
-        while self.load_tick is not None and self.load_tick <= to:
-            at = self.load_tick
-            edges += self.rising_edges(self.last_tick, at - 1)
-            before = self.out_at(at - 1)
-            self.load(at)
-            self.out = self.out_at(at)
-            if self.out and not before:
-                edges += 1
-            self.last_tick = at
-        edges += self.rising_edges(self.last_tick, to)
-        self.last_tick = to
-        self.out = self.out_at(to)
-        return edges
-
-    def settle(self, t: int) -> int:
-        """After an immediate change at tick t: 1 if OUT rose, else 0."""
-        out = self.out_at(t)
-        rose = out and not self.out
-        self.out = out
-        return 1 if rose else 0
-
-    def next_boundary(self, t: int) -> tuple[int, bool]:
-        """When a periodic counter picks up a new CR: (tick, starts a low half)."""
-        phase = (t - self.origin) % self.n
-        if self.op_mode == 2:
-            return t - phase + self.n, False  # end of the current period
-        half = (self.n + 1) // 2
-        if phase < half:
-            return t - phase + half, True  # end of the current high half
-        return t - phase + self.n, False
+class Pit8254State:
+    channels: Annotated[list[ChannelState], Length(exactly=3)] = field(default_factory=_channels)
+    port61: Annotated[int, Mask(P61_WRITABLE)] = 0  # GATE2 low, speaker off
+    irq_level: bool = False  # what IRQ0 is driven to (OUT, or held: see the docstring)
+    irq_held: bool = False
 
 
-class Pit8254:
-    """Three 8254 counters at 0x40-0x43, channel 0 wired to IRQ0, plus port 0x61."""
+@dataclass
+class _SavedTime:
+    # Time since the epoch; restore puts the epoch this far before its own now, so the PIT
+    # continues from the same tick and phase (time stands still while saved).
+    elapsed_ns: Annotated[int, Range(0, None)] = 0
 
-    def __init__(self, config: Pit8254Config, irq0: IrqLine, clock: Clock) -> None:
+
+class Pit8254(ChipsetDevice):
+    """Three 8254 counters at 0x40-0x43, channel 0 wired to IRQ0 (``irq``), plus port 0x61."""
+
+    def __init__(self, config: Pit8254Config, irq: IrqLine, clock: Clock) -> None:
         self.config = config
         self.name = self.config.name
-        self._irq0 = irq0
+        self.irq = irq
         self._clock = clock
         self.stats = DeviceStats()
         self.counters = PitCounters()
         self._power_on()
+
+    @property
+    def channels(self) -> list[ChannelState]:
+        return self.state.channels
 
     # --- wiring --------------------------------------------------------------------------
     def port_ranges(self) -> list[PortRange]:
@@ -328,7 +142,7 @@ class Pit8254:
         if channel != 2:
             raise ValueError("only channel 2 has a GATE input that can change")
         now = self._catch_up(self._clock.now_ns())
-        self._port61 = (self._port61 & ~P61_GATE2) | (P61_GATE2 if high else 0)
+        self.state.port61 = (self.state.port61 & ~P61_GATE2) | (P61_GATE2 if high else 0)
         self._set_gate(2, high, now)
 
     def output(self, channel: int) -> bool:
@@ -338,52 +152,29 @@ class Pit8254:
         self._catch_up(self._clock.now_ns())
         return self.channels[channel].out
 
-    @property
-    def irq0_level(self) -> bool:
-        return self._irq_level
-
     # --- port I/O ------------------------------------------------------------------------
     def io_read(self, port: int, size: int) -> int | IoError:
-        if size != 1:
-            self.stats.missed_reads += 1
-            return IoError.INVALID_ACCESS_SIZE
-        if COUNTER_PORT <= port < CONTROL_PORT:
-            now = self._catch_up(self._clock.now_ns())
-            value = self._read_counter(self.channels[port - COUNTER_PORT], now)
-        elif port == PORT61 and self.config.port61:
-            now = self._catch_up(self._clock.now_ns())
+        if port == CONTROL_PORT:
+            return IoError.INVALID_REGISTER  # the control word cannot be read (bus floats)
+        now = self._catch_up(self._clock.now_ns())
+        if port == PORT61:
             refresh = P61_REFRESH if (now // REFRESH_TICKS) & 1 else 0
             out2 = P61_OUT2 if self.channels[2].out else 0
-            value = (self._port61 & P61_WRITABLE) | refresh | out2
-        else:
-            # Includes 0x43: the control word register cannot be read (bus floats).
-            self.stats.missed_reads += 1
-            return IoError.INVALID_REGISTER
-        self.stats.reads += 1
-        return value
+            return (self.state.port61 & P61_WRITABLE) | refresh | out2
+        return self._read_counter(self.channels[port - COUNTER_PORT], now)
 
-    def io_write(self, port: int, size: int, value: int) -> IoError | None:
-        if size != 1:
-            self.stats.missed_writes += 1
-            return IoError.INVALID_ACCESS_SIZE
+    def io_write(self, port: int, size: int, value: int) -> None:
         value &= 0xFF
-        if COUNTER_PORT <= port < CONTROL_PORT:
-            now = self._catch_up(self._clock.now_ns())
+        now = self._catch_up(self._clock.now_ns())
+        if port == CONTROL_PORT:
+            self._write_control(value, now)
+        elif port == PORT61:
+            self.state.port61 = value & P61_WRITABLE
+            self._set_gate(2, bool(value & P61_GATE2), now)
+        else:
             channel = port - COUNTER_PORT
             self._write_counter(self.channels[channel], value, now)
             self._settle(channel, now)
-        elif port == CONTROL_PORT:
-            now = self._catch_up(self._clock.now_ns())
-            self._write_control(value, now)
-        elif port == PORT61 and self.config.port61:
-            now = self._catch_up(self._clock.now_ns())
-            self._port61 = value & P61_WRITABLE
-            self._set_gate(2, bool(value & P61_GATE2), now)
-        else:
-            self.stats.missed_writes += 1
-            return IoError.INVALID_REGISTER
-        self.stats.writes += 1
-        return None
 
     def poll(self, now_ns: int) -> int | None:
         """Catch up with ``now_ns``, drive IRQ0, return when channel 0's OUT next changes."""
@@ -401,60 +192,31 @@ class Pit8254:
     def save(self) -> dict:
         now_ns = self._clock.now_ns()
         self._catch_up(now_ns)
-        return {
-            "version": SAVE_VERSION,
-            # Time since the epoch; restore puts the epoch this far before its own now, so the
-            # PIT continues from the same tick and phase (time stands still while saved).
-            "elapsed_ns": max(now_ns - self._epoch_ns, self._elapsed_floor()),
-            "port61": self._port61,
-            "irq_level": self._irq_level,
-            "irq_held": self._irq_held,
-            "channels": [_channel_to_dict(ch) for ch in self.channels],
-        }
+        elapsed = max(now_ns - self._epoch_ns, self._elapsed_floor())
+        return save_state(SAVE_VERSION, self.state, _SavedTime(elapsed))
 
     def restore(self, saved: dict) -> None:
-        if not isinstance(saved, dict):
-            raise ValueError("PIT saved state is not a dict")
-        if saved.get("version") != SAVE_VERSION:
-            raise ValueError(f"PIT saved state version {saved.get('version')!r} is unknown")
-        expected = {"version", "elapsed_ns", "port61", "irq_level", "irq_held", "channels"}
-        if set(saved) != expected:
-            raise ValueError(f"PIT saved state has keys {sorted(saved)}")
-        elapsed = saved["elapsed_ns"]
-        if type(elapsed) is not int or elapsed < 0:
-            raise ValueError("PIT saved state: elapsed_ns is not a non-negative int")
-        port61 = saved["port61"]
-        if type(port61) is not int or port61 & ~P61_WRITABLE:
-            raise ValueError("PIT saved state: port61 is not 4 bits")
-        for key in ("irq_level", "irq_held"):
-            if not isinstance(saved[key], bool):
-                raise ValueError(f"PIT saved state: {key} is not a bool")
-        chans = saved["channels"]
-        if not isinstance(chans, list) or len(chans) != 3:
-            raise ValueError("PIT saved state: channels is not a list of 3")
-        tick = elapsed * self.config.input_hz // NS_PER_S
-        channels = [_channel_from_dict(c, i, tick) for i, c in enumerate(chans)]
+        state, time = load_state(saved, SAVE_VERSION, Pit8254State, _SavedTime, what="PIT")
+        tick = time.elapsed_ns * self.config.input_hz // NS_PER_S
+        for index, channel in enumerate(state.channels):
+            check_channel(channel, index, tick)
+        channels = state.channels
         if channels[0].gate is not True or channels[1].gate is not True:
             raise ValueError("PIT saved state: channels 0 and 1 have GATE tied high")
-        if channels[2].gate != bool(port61 & P61_GATE2):
+        if channels[2].gate != bool(state.port61 & P61_GATE2):
             raise ValueError("PIT saved state: GATE2 disagrees with port 0x61 bit 0")
         # Validated: replace everything at once.
-        self._epoch_ns = self._clock.now_ns() - elapsed
+        self._epoch_ns = self._clock.now_ns() - time.elapsed_ns
         self._tick = tick
-        self.channels = channels
-        self._port61 = port61
-        self._irq_held = saved["irq_held"]
-        self._drive_irq0(saved["irq_level"], force=True)
+        self.state = state
+        self._sync_irq(force=True)
 
     # --- internals -----------------------------------------------------------------------
     def _power_on(self) -> None:
-        self._epoch_ns = self._clock.now_ns()
-        self._tick = 0
-        self.channels = [ChannelState(), ChannelState(), ChannelState(gate=False)]
-        self._port61 = 0  # GATE2 low, speaker off
-        self._irq_held = False
-        self._irq_level = False
-        self._drive_irq0(False, force=True)
+        self._epoch_ns = self._clock.now_ns()  # tick 0
+        self._tick = 0  # the tick the state is current to
+        self.state = Pit8254State()
+        self._sync_irq(force=True)
 
     def _tick_of(self, now_ns: int) -> int:
         return (now_ns - self._epoch_ns) * self.config.input_hz // NS_PER_S
@@ -482,25 +244,26 @@ class Pit8254:
         """After a write changed a channel at tick ``now``: account an immediate OUT change."""
         edges = self.channels[index].settle(now)
         if index == 0:
-            self._irq_held = False  # the guest reprogrammed the counter: OUT rules again
+            self.state.irq_held = False  # the guest reprogrammed the counter: OUT rules again
             self._deliver_irq0(edges)
 
     def _deliver_irq0(self, edges: int) -> None:
+        s = self.state
         out = self.channels[0].out
         if edges:
             self.counters.irq0_edges += 1
             self.counters.missed_ticks += edges - 1
-            if self._irq_level:
-                self._drive_irq0(False)  # make room for a rising edge the PIC can latch
-            self._drive_irq0(True)
-            self._irq_held = not out  # OUT already fell: hold the request (module docstring)
-        elif not self._irq_held:
-            self._drive_irq0(out)
+            if s.irq_level:
+                s.irq_level = False  # make room for a rising edge the PIC can latch
+                self._sync_irq()
+            s.irq_level = True
+            s.irq_held = not out  # OUT already fell: hold the request (module docstring)
+        elif not s.irq_held:
+            s.irq_level = out
+        self._sync_irq()
 
-    def _drive_irq0(self, level: bool, force: bool = False) -> None:
-        if force or level != self._irq_level:
-            self._irq_level = level
-            self._irq0.set_level(level)
+    def _irq_wanted(self) -> bool:
+        return self.state.irq_level
 
     def _write_control(self, value: int, now: int) -> None:
         select = value >> 6
@@ -618,57 +381,3 @@ class Pit8254:
                 # A trigger: CR is (re)loaded on the next clock pulse.
                 channel.load_tick, channel.load_into_low = now + 1, False
         self._settle(index, now)
-
-
-_CHANNEL_FIELDS = [f.name for f in fields(ChannelState)]
-
-
-def _channel_to_dict(channel: ChannelState) -> dict:
-    return {name: getattr(channel, name) for name in _CHANNEL_FIELDS}
-
-
-def _channel_from_dict(saved: object, index: int, tick: int) -> ChannelState:
-    where = f"PIT saved state: channel {index}"
-    if not isinstance(saved, dict) or set(saved) != set(_CHANNEL_FIELDS):
-        raise ValueError(f"{where} does not have the fields {_CHANNEL_FIELDS}")
-
-    def check_int(name: str, low: int | None, high: int | None, optional: bool = False) -> None:
-        value = saved[name]
-        if optional and value is None:
-            return
-        if type(value) is not int or (low is not None and value < low) or (
-            high is not None and value > high
-        ):
-            raise ValueError(f"{where}: {name}={value!r} is out of range")
-
-    for name in ("bcd", "cr_valid", "null_count", "write_msb_next", "read_msb_next", "gate",
-                 "fired", "idle_out", "load_into_low", "out"):
-        if not isinstance(saved[name], bool):
-            raise ValueError(f"{where}: {name} is not a bool")
-    modulus = 10_000 if saved["bcd"] else 0x10000
-    check_int("rw", RW_LSB, RW_LSB_MSB)
-    check_int("mode", 0, 7)
-    check_int("cr", 0, 0xFFFF)
-    check_int("cr_lsb", 0, 0xFF)
-    check_int("count_latch", 0, 0xFFFF, optional=True)
-    check_int("status_latch", 0, 0xFF, optional=True)
-    check_int("origin", None, None)
-    check_int("idle_ce", 0, modulus - 1)
-    check_int("last_tick", 0, tick)
-    check_int("load_tick", saved["last_tick"] + 1 if type(saved["last_tick"]) is int else 0,
-              None, optional=True)
-    segment = saved["segment"]
-    if segment not in SEGMENTS:
-        raise ValueError(f"{where}: segment={segment!r}")
-    if segment == PERIODIC:
-        check_int("n", 1, modulus)
-    else:
-        check_int("n", 0, modulus - 1)
-    channel = ChannelState(**saved)
-    if segment == PERIODIC and channel.op_mode not in (2, 3):
-        raise ValueError(f"{where}: a periodic segment in mode {channel.mode}")
-    if segment in (ONESHOT, SUSPENDED) and channel.op_mode not in (0, 1, 4, 5):
-        raise ValueError(f"{where}: a one-shot segment in mode {channel.mode}")
-    if channel.out != channel.out_at(channel.last_tick):
-        raise ValueError(f"{where}: OUT disagrees with the counting state")
-    return channel

@@ -26,9 +26,10 @@ Policies:
 * Input status 1 alternates between "in vertical retrace" (bits 3 and 0 set) and "displaying"
   on every read, so both halves of a wait-for-retrace loop finish.
 * MMIO takes sizes 1, 2, 4 and 8 at any alignment (x86 allows unaligned stores), little-endian.
-  An address outside the window is IoError.INVALID_REGISTER; an access that starts inside
-  but runs past 0xBFFFF is IoError.UNALIGNED_ACCESS (only a misaligned access can, since the
-  window is 32 KiB aligned); any other size is IoError.INVALID_ACCESS_SIZE.
+  The bus checks that before the device sees it: an address outside the window is
+  IoError.INVALID_REGISTER; an access that starts inside but runs past 0xBFFFF is
+  IoError.UNALIGNED_ACCESS (only a misaligned access can, since the window is 32 KiB
+  aligned); any other size is IoError.INVALID_ACCESS_SIZE.
 * ``screen_text()`` decodes characters with CP437; the bytes Python's codec leaves as
   control characters (01h-1Fh, 7Fh) are shown as their CP437 glyphs (a smiley, arrows, ...),
   and 00h and FFh, which VGA draws blank, as spaces.
@@ -37,8 +38,19 @@ Policies:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
-from worker.devices.base import DeviceStats, IoError, MmioRange, PortRange, all_ones
+from worker.devices.base import (
+    ChipsetDevice,
+    IoError,
+    MmioRange,
+    MmioStats,
+    NullIrqLine,
+    PortRange,
+    all_ones,
+)
+from worker.devices.config import VgaTextConfig
+from worker.devices.state import Byte, Length
 
 TEXT_BASE = 0xB8000
 TEXT_WINDOW = 0x8000  # bytes: 0xB8000-0xBFFFF
@@ -79,8 +91,6 @@ MODE3_CRTC = (
 MODE3_MISC_OUTPUT = 0x67  # colour I/O at 0x3Dx, 28 MHz clock, RAM enabled
 BLANK_CELL = b"\x20\x07"  # space, light grey on black
 
-SAVE_VERSION = 1
-
 # CP437 glyphs for the bytes the 'cp437' codec maps to control characters.
 _CONTROL_GLYPHS = "☺☻♥♦♣♠•◘○◙♂♀♪♫☼►◄↕‼¶§▬↨↑↓→←∟↔▲▼"
 
@@ -98,48 +108,36 @@ def _glyph_table() -> tuple[str, ...]:
 GLYPHS = _glyph_table()
 
 
-@dataclass(frozen=True)
-class VgaTextConfig:
-    name: str = "vga"
-
-
-@dataclass
-class VgaTextStats(DeviceStats):
-    mmio_reads: int = 0
-    mmio_writes: int = 0
-    mmio_missed_reads: int = 0
-    mmio_missed_writes: int = 0
-
-
 @dataclass
 class VgaTextState:
-    memory: bytearray = field(default_factory=lambda: bytearray(BLANK_CELL * WINDOW_CELLS))
-    crtc_index: int = 0
-    crtc: list[int] = field(default_factory=lambda: list(MODE3_CRTC))
-    misc_output: int = MODE3_MISC_OUTPUT
+    memory: Annotated[bytearray, Length(exactly=TEXT_WINDOW)] = field(
+        default_factory=lambda: bytearray(BLANK_CELL * WINDOW_CELLS))
+    crtc_index: Byte = 0
+    crtc: Annotated[list[Byte], Length(exactly=CRTC_REGISTER_COUNT)] = field(
+        default_factory=lambda: list(MODE3_CRTC))
+    misc_output: Byte = MODE3_MISC_OUTPUT
     in_retrace: bool = False  # what the next input status 1 read will *not* report
 
 
-class VgaText:
+class VgaText(ChipsetDevice):
     """The text-mode part of a VGA: buffer, CRTC, misc output and input status."""
 
     def __init__(self, config: VgaTextConfig | None = None) -> None:
         self.config = config or VgaTextConfig()
         self.name = self.config.name
-        self.stats = VgaTextStats()
-        self._state = VgaTextState()
+        self.stats = MmioStats()
+        self.irq = NullIrqLine()  # text mode raises no interrupt
+        self.state = VgaTextState()
 
     def reset(self) -> None:
-        self._state = VgaTextState()
-
-    def poll(self, now_ns: int) -> int | None:
-        return None
+        self.state = VgaTextState()
 
     def port_ranges(self) -> list[PortRange]:
         return [
             PortRange(PORT_MISC_OUTPUT_WRITE, 1),
             PortRange(PORT_MISC_OUTPUT_READ, 1),
-            PortRange(PORT_CRTC_INDEX, 2),
+            PortRange(PORT_CRTC_INDEX, 1, sizes=(1, 2)),  # outw: index, then data
+            PortRange(PORT_CRTC_DATA, 1),
             PortRange(PORT_INPUT_STATUS_1, 1),
         ]
 
@@ -148,102 +146,59 @@ class VgaText:
 
     # ----------------------------------------------------------------- memory
 
-    @staticmethod
-    def _check_mmio(gpa: int, size: int) -> IoError | None:
-        if size not in (1, 2, 4, 8):
-            return IoError.INVALID_ACCESS_SIZE
-        if not TEXT_BASE <= gpa < TEXT_BASE + TEXT_WINDOW:
-            return IoError.INVALID_REGISTER
-        if gpa + size > TEXT_BASE + TEXT_WINDOW:
-            return IoError.UNALIGNED_ACCESS
-        return None
-
-    def mmio_read(self, gpa: int, size: int) -> int | IoError:
-        error = self._check_mmio(gpa, size)
-        if error is not None:
-            self.stats.mmio_missed_reads += 1
-            return error
-        self.stats.mmio_reads += 1
+    def mmio_read(self, gpa: int, size: int) -> int:
         offset = gpa - TEXT_BASE
-        return int.from_bytes(self._state.memory[offset:offset + size], "little")
+        return int.from_bytes(self.state.memory[offset:offset + size], "little")
 
-    def mmio_write(self, gpa: int, size: int, value: int) -> IoError | None:
-        error = self._check_mmio(gpa, size)
-        if error is not None:
-            self.stats.mmio_missed_writes += 1
-            return error
-        self.stats.mmio_writes += 1
+    def mmio_write(self, gpa: int, size: int, value: int) -> None:
         offset = gpa - TEXT_BASE
-        self._state.memory[offset:offset + size] = (value & all_ones(size)).to_bytes(size, "little")
-        return None
+        self.state.memory[offset:offset + size] = (value & all_ones(size)).to_bytes(size, "little")
 
     # ----------------------------------------------------------------- ports
 
     def io_read(self, port: int, size: int) -> int | IoError:
-        s = self._state
-        if port == PORT_CRTC_INDEX and size == 2:
-            data = self._crtc_read(s.crtc_index)
-            value = data if isinstance(data, IoError) else s.crtc_index | (data << 8)
-        elif size != 1:
-            value = IoError.INVALID_ACCESS_SIZE if self._decodes(port) else IoError.INVALID_REGISTER
-        elif port == PORT_CRTC_INDEX:
-            value = s.crtc_index
-        elif port == PORT_CRTC_DATA:
-            value = self._crtc_read(s.crtc_index)
-        elif port == PORT_INPUT_STATUS_1:
+        s = self.state
+        if port == PORT_CRTC_INDEX:
+            if size == 2:
+                data = self._crtc_read(s.crtc_index)
+                return data if isinstance(data, IoError) else s.crtc_index | (data << 8)
+            return s.crtc_index
+        if port == PORT_CRTC_DATA:
+            return self._crtc_read(s.crtc_index)
+        if port == PORT_INPUT_STATUS_1:
             s.in_retrace = not s.in_retrace
-            value = INPUT_STATUS_1_RETRACE if s.in_retrace else 0x00
-        elif port == PORT_MISC_OUTPUT_READ:
-            value = s.misc_output
-        elif port == PORT_MISC_OUTPUT_WRITE:
-            value = 0x00  # input status 0: no retrace interrupt pending, switch sense 0
-        else:
-            value = IoError.INVALID_REGISTER
-        if isinstance(value, IoError):
-            self.stats.missed_reads += 1
-        else:
-            self.stats.reads += 1
-        return value
+            return INPUT_STATUS_1_RETRACE if s.in_retrace else 0x00
+        if port == PORT_MISC_OUTPUT_READ:
+            return s.misc_output
+        return 0x00  # 0x3C2 reads input status 0: no retrace interrupt pending, switch sense 0
 
     def io_write(self, port: int, size: int, value: int) -> IoError | None:
-        s = self._state
-        result: IoError | None = None
-        if port == PORT_CRTC_INDEX and size == 2:  # outw: index then data in one go
+        s = self.state
+        if port == PORT_CRTC_INDEX:
             s.crtc_index = value & 0xFF
-            result = self._crtc_write(s.crtc_index, (value >> 8) & 0xFF)
-        elif size != 1:
-            result = IoError.INVALID_ACCESS_SIZE if self._decodes(port) else IoError.INVALID_REGISTER
-        elif port == PORT_CRTC_INDEX:
-            s.crtc_index = value & 0xFF
-        elif port == PORT_CRTC_DATA:
-            result = self._crtc_write(s.crtc_index, value & 0xFF)
-        elif port == PORT_MISC_OUTPUT_WRITE:
+            if size == 2:  # outw: index then data in one go
+                return self._crtc_write(s.crtc_index, (value >> 8) & 0xFF)
+            return None
+        if port == PORT_CRTC_DATA:
+            return self._crtc_write(s.crtc_index, value & 0xFF)
+        if port == PORT_MISC_OUTPUT_WRITE:
             s.misc_output = value & 0xFF
-        else:  # 0x3CC is read-only; 0x3DA (feature control) is not emulated
-            result = IoError.INVALID_REGISTER
-        if result is None:
-            self.stats.writes += 1
-        else:
-            self.stats.missed_writes += 1
-        return result
-
-    @staticmethod
-    def _decodes(port: int) -> bool:
-        return port in (PORT_MISC_OUTPUT_WRITE, PORT_MISC_OUTPUT_READ, PORT_CRTC_INDEX,
-                        PORT_CRTC_DATA, PORT_INPUT_STATUS_1)
+            return None
+        return IoError.INVALID_REGISTER  # 0x3CC is read-only; 0x3DA (feature control) is not emulated
 
     def _crtc_read(self, index: int) -> int | IoError:
         if index >= CRTC_REGISTER_COUNT:
             return IoError.INVALID_REGISTER
-        return self._state.crtc[index]
+        return self.state.crtc[index]
 
     def _crtc_write(self, index: int, value: int) -> IoError | None:
-        crtc = self._state.crtc
+        crtc = self.state.crtc
         if index >= CRTC_REGISTER_COUNT:
             return IoError.INVALID_REGISTER
         if index <= CRTC_END_VERTICAL_RETRACE and crtc[CRTC_VERTICAL_RETRACE_END] & CRTC_PROTECT:
             if index == CRTC_END_VERTICAL_RETRACE:  # only line compare bit 8 stays writable
-                crtc[index] = (crtc[index] & ~OVERFLOW_LINE_COMPARE_BIT) | (value & OVERFLOW_LINE_COMPARE_BIT)
+                crtc[index] = ((crtc[index] & ~OVERFLOW_LINE_COMPARE_BIT)
+                               | (value & OVERFLOW_LINE_COMPARE_BIT))
             return None  # protected: the write is ignored, as the hardware does
         crtc[index] = value
         return None
@@ -251,16 +206,16 @@ class VgaText:
     # ----------------------------------------------------------------- what is on screen
 
     def start_address(self) -> int:
-        crtc = self._state.crtc
+        crtc = self.state.crtc
         return (crtc[CRTC_START_ADDRESS_HIGH] << 8) | crtc[CRTC_START_ADDRESS_LOW]
 
     def cursor_location(self) -> int:
-        crtc = self._state.crtc
+        crtc = self.state.crtc
         return (crtc[CRTC_CURSOR_LOCATION_HIGH] << 8) | crtc[CRTC_CURSOR_LOCATION_LOW]
 
     def screen_text(self) -> list[str]:
         """The 25 displayed lines of 80 characters, from the start address on."""
-        memory = self._state.memory
+        memory = self.state.memory
         first = self.start_address()
         lines = []
         for row in range(ROWS):
@@ -271,7 +226,7 @@ class VgaText:
 
     def cursor(self) -> tuple[int, int, bool]:
         """(row, col, visible) of the cursor, relative to the displayed screen."""
-        crtc = self._state.crtc
+        crtc = self.state.crtc
         relative = (self.cursor_location() - self.start_address()) % WINDOW_CELLS
         row, col = divmod(relative, COLUMNS)
         start, end = crtc[CRTC_CURSOR_START], crtc[CRTC_CURSOR_END]
@@ -298,47 +253,3 @@ class VgaText:
         out.append("".join(bottom))
         out.append(f"cursor row {row} col {col}" if visible else "cursor hidden")
         return "\n".join(out)
-
-    # ----------------------------------------------------------------- snapshot
-
-    def save(self) -> dict:
-        s = self._state
-        return {
-            "version": SAVE_VERSION,
-            "memory": bytes(s.memory),
-            "crtc_index": s.crtc_index,
-            "crtc": list(s.crtc),
-            "misc_output": s.misc_output,
-            "in_retrace": s.in_retrace,
-        }
-
-    def restore(self, saved: dict) -> None:
-        """Replace buffer and registers; validates everything first (ValueError)."""
-        if not isinstance(saved, dict):
-            raise ValueError("VGA snapshot must be a dict")
-        if saved.get("version") != SAVE_VERSION:
-            raise ValueError(f"VGA snapshot version {saved.get('version')!r} is not {SAVE_VERSION}")
-        expected = {"version", "memory", "crtc_index", "crtc", "misc_output", "in_retrace"}
-        if set(saved) != expected:
-            raise ValueError(f"VGA snapshot keys differ: missing {sorted(expected - set(saved))}, "
-                             f"unknown {sorted(set(saved) - expected, key=str)}")
-        memory = saved["memory"]
-        if not isinstance(memory, (bytes, bytearray)) or len(memory) != TEXT_WINDOW:
-            raise ValueError(f"VGA snapshot memory must be {TEXT_WINDOW} bytes")
-        crtc = saved["crtc"]
-        if (not isinstance(crtc, (list, tuple)) or len(crtc) != CRTC_REGISTER_COUNT
-                or not all(type(v) is int and 0 <= v <= 0xFF for v in crtc)):
-            raise ValueError(f"VGA snapshot crtc must be {CRTC_REGISTER_COUNT} byte values")
-        for name in ("crtc_index", "misc_output"):
-            value = saved[name]
-            if type(value) is not int or not 0 <= value <= 0xFF:
-                raise ValueError(f"VGA snapshot {name}={value!r} is not a byte")
-        if type(saved["in_retrace"]) is not bool:
-            raise ValueError("VGA snapshot in_retrace must be a bool")
-        self._state = VgaTextState(
-            memory=bytearray(memory),
-            crtc_index=saved["crtc_index"],
-            crtc=list(crtc),
-            misc_output=saved["misc_output"],
-            in_retrace=saved["in_retrace"],
-        )

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from worker.devices import ata
+from tests.unit.devices.support import RecordingIrqLine, plug
+from worker import backends
+from worker.backends import DiskFile
 from worker.devices.ata import (
     CMD_EXECUTE_DEVICE_DIAGNOSTIC,
     CMD_FLUSH_CACHE,
@@ -21,6 +23,7 @@ from worker.devices.ata import (
     CMD_WRITE_SECTORS_EXT,
     ERROR_ABRT,
     ERROR_IDNF,
+    ERROR_UNC,
     STATUS_BSY,
     STATUS_DRDY,
     STATUS_DRQ,
@@ -28,7 +31,8 @@ from worker.devices.ata import (
     AtaDisk,
     AtaDiskConfig,
 )
-from worker.devices.base import IoError, NullIrqLine
+from worker.devices.backends import MemoryDisk
+from worker.devices.base import IoError, NullIrqLine, PortRange
 
 DATA, ERROR, FEATURES, COUNT, LBA_LOW, LBA_MID, LBA_HIGH, DEVICE, STATUS, COMMAND = (
     0x1F0, 0x1F1, 0x1F1, 0x1F2, 0x1F3, 0x1F4, 0x1F5, 0x1F6, 0x1F7, 0x1F7)
@@ -43,16 +47,15 @@ def make_disk(tmp_path):
 
     def make(size_bytes=MIB, name="disk.img", **kwargs):
         irq = NullIrqLine()
-        config = AtaDiskConfig(image_path=str(tmp_path / name), size_bytes=size_bytes,
-                               model=kwargs.pop("model", "HVS Test Disk"),
+        config = AtaDiskConfig(model=kwargs.pop("model", "HVS Test Disk"),
                                serial=kwargs.pop("serial", "SN12345"), **kwargs)
-        disk = AtaDisk(config, irq)
-        disks.append(disk)
-        return disk, irq
+        image = DiskFile(str(tmp_path / name), size_bytes)
+        disks.append(image)
+        return AtaDisk(config, irq, image), irq
 
     yield make
-    for disk in disks:
-        disk.close()
+    for image in disks:
+        image.close()
 
 
 def outb(disk, port, value):
@@ -142,16 +145,16 @@ def test_an_image_whose_size_is_not_a_multiple_of_512_is_a_value_error_naming_it
 
 def test_a_config_with_a_too_long_model_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="model"):
-        AtaDiskConfig(image_path=str(tmp_path / "x.img"), model="M" * 41)
+        AtaDiskConfig(model="M" * 41)
 
 
 def test_close_closes_the_image_descriptor(make_disk):
     disk, _ = make_disk()
-    fd = disk._fd
-    disk.close()
+    fd = disk.image.fd
+    disk.image.close()
     with pytest.raises(OSError):
         os.fstat(fd)
-    disk.close()  # a second close is harmless
+    disk.image.close()  # a second close is harmless
 
 
 # ----------------------------------------------------------------- IDENTIFY DEVICE
@@ -324,8 +327,8 @@ def test_a_written_sector_reaches_the_file_by_pwrite_before_any_flush(make_disk,
     disk, _ = make_disk()
     pwrites, fsyncs = [], []
     real_pwrite = os.pwrite
-    monkeypatch.setattr(ata.os, "pwrite", lambda fd, data, off: pwrites.append(off) or real_pwrite(fd, data, off))
-    monkeypatch.setattr(ata.os, "fsync", lambda fd: fsyncs.append(fd))
+    monkeypatch.setattr(backends.os, "pwrite", lambda fd, data, off: pwrites.append(off) or real_pwrite(fd, data, off))
+    monkeypatch.setattr(backends.os, "fsync", lambda fd: fsyncs.append(fd))
     issue_lba28(disk, CMD_WRITE_SECTORS, lba=7, count=2)
     write_block(disk, pattern(6))
     assert pwrites == [7 * 512]  # the first sector went out as soon as it was complete
@@ -342,8 +345,9 @@ def test_a_flushed_write_survives_a_sigkill_of_the_worker(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal
         from worker.devices.ata import AtaDisk, AtaDiskConfig
+        from worker.backends import DiskFile
         from worker.devices.base import NullIrqLine
-        disk = AtaDisk(AtaDiskConfig(image_path={str(image)!r}, size_bytes=1 << 20), NullIrqLine())
+        disk = AtaDisk(AtaDiskConfig(), NullIrqLine(), DiskFile({str(image)!r}, 1 << 20))
         for port, value in ((0x1F2, 1), (0x1F3, 9), (0x1F4, 0), (0x1F5, 0), (0x1F6, 0xE0), (0x1F7, 0x30)):
             disk.io_write(port, 1, value)
         for i in range(256):
@@ -380,10 +384,10 @@ def test_a_dword_straddling_the_end_of_a_block_transfers_only_what_is_left(make_
 def test_flush_cache_fsyncs_the_image_and_interrupts(make_disk, monkeypatch, opcode):
     disk, irq = make_disk()
     fsyncs = []
-    monkeypatch.setattr(ata.os, "fsync", lambda fd: fsyncs.append(fd))
+    monkeypatch.setattr(backends.os, "fsync", lambda fd: fsyncs.append(fd))
     outb(disk, DEVICE, 0xE0)
     outb(disk, COMMAND, opcode)
-    assert fsyncs == [disk._fd]
+    assert fsyncs == [disk.image.fd]
     assert irq.level
     assert inb(disk, STATUS) == STATUS_DRDY | 0x10
     assert disk.stats.flushes == 1
@@ -395,16 +399,54 @@ def test_a_failing_fsync_reports_device_fault_and_abort(make_disk, monkeypatch):
     def broken(fd):
         raise OSError(5, "EIO")
 
-    monkeypatch.setattr(ata.os, "fsync", broken)
+    monkeypatch.setattr(backends.os, "fsync", broken)
     outb(disk, COMMAND, CMD_FLUSH_CACHE)
     assert inb(disk, STATUS) == STATUS_DRDY | 0x20 | STATUS_ERR
     assert inb(disk, ERROR) == ERROR_ABRT
 
 
+
+# The device needs no file: an in-memory image shows what it asks of any backend.
+
+
+def test_the_device_runs_on_an_in_memory_image_and_flushes_it():
+    image = MemoryDisk(64 * 512)
+    disk = AtaDisk(AtaDiskConfig(), NullIrqLine(), image)
+    issue_lba28(disk, CMD_WRITE_SECTORS, lba=3)
+    write_block(disk, pattern(3))
+    assert image.data[3 * 512:4 * 512] == pattern(3) and image.flushes == 0
+    outb(disk, COMMAND, CMD_FLUSH_CACHE)
+    assert image.flushes == 1 and disk.stats.flushes == 1
+
+
+def test_a_host_read_error_is_an_uncorrectable_sector():
+    image = MemoryDisk(64 * 512)
+    disk = AtaDisk(AtaDiskConfig(), NullIrqLine(), image)
+    image.fail = "read"
+    issue_lba28(disk, CMD_READ_SECTORS, lba=1)
+    assert inb(disk, STATUS) == STATUS_DRDY | STATUS_ERR
+    assert inb(disk, ERROR) == ERROR_UNC
+
+
+def test_a_host_write_error_is_a_device_fault_and_abort():
+    image = MemoryDisk(64 * 512)
+    disk = AtaDisk(AtaDiskConfig(), NullIrqLine(), image)
+    image.fail = "write"
+    issue_lba28(disk, CMD_WRITE_SECTORS, lba=1)
+    write_block(disk, pattern(1))
+    assert inb(disk, STATUS) == STATUS_DRDY | 0x20 | STATUS_ERR
+    assert inb(disk, ERROR) == ERROR_ABRT
+
+
+def test_an_image_that_is_not_whole_sectors_is_refused():
+    with pytest.raises(ValueError, match="whole sectors"):
+        AtaDisk(AtaDiskConfig(), NullIrqLine(), MemoryDisk(1000))
+
+
 def test_with_the_write_cache_disabled_each_write_command_is_fsynced(make_disk, monkeypatch):
     disk, _ = make_disk()
     fsyncs = []
-    monkeypatch.setattr(ata.os, "fsync", lambda fd: fsyncs.append(fd))
+    monkeypatch.setattr(backends.os, "fsync", lambda fd: fsyncs.append(fd))
     outb(disk, FEATURES, 0x82)
     outb(disk, COMMAND, CMD_SET_FEATURES)
     assert inb(disk, STATUS) & STATUS_ERR == 0
@@ -413,7 +455,7 @@ def test_with_the_write_cache_disabled_each_write_command_is_fsynced(make_disk, 
     write_block(disk, pattern(1))
     assert fsyncs == []
     write_block(disk, pattern(2))
-    assert fsyncs == [disk._fd]
+    assert fsyncs == [disk.image.fd]
 
 
 # ----------------------------------------------------------------- errors
@@ -539,17 +581,11 @@ def test_a_write_command_does_not_interrupt_for_its_first_block_but_does_after(m
 
 def test_intrq_is_set_on_the_line_only_when_it_changes(make_disk):
     disk, _ = make_disk()
-    levels = []
-
-    class Recorder:
-        def set_level(self, high):
-            levels.append(high)
-
-    disk._irq = Recorder()
+    disk.irq = RecordingIrqLine()
     issue_lba28(disk, CMD_READ_SECTORS, lba=0)
     read_block(disk)
     inb(disk, STATUS)
-    assert levels == [True, False]
+    assert disk.irq.levels == [True, False]
 
 
 # ----------------------------------------------------------------- device 1, reset
@@ -616,27 +652,35 @@ def test_a_command_during_a_transfer_is_ignored(make_disk):
 
 def test_byte_access_to_the_data_port_is_an_invalid_access_size(make_disk):
     disk, _ = make_disk()
-    assert disk.io_read(DATA, 1) is IoError.INVALID_ACCESS_SIZE
-    assert disk.io_write(DATA, 1, 0) is IoError.INVALID_ACCESS_SIZE
+    bus = plug(disk)
+    assert bus.io_read(DATA, 1) is IoError.INVALID_ACCESS_SIZE
+    assert bus.io_write(DATA, 1, 0) is IoError.INVALID_ACCESS_SIZE
     assert (disk.stats.missed_reads, disk.stats.missed_writes) == (1, 1)
 
 
 @pytest.mark.parametrize("port", [ERROR, COUNT, STATUS, ALT_STATUS])
 def test_wide_access_to_a_byte_register_is_an_invalid_access_size(make_disk, port):
     disk, _ = make_disk()
-    assert disk.io_read(port, 2) is IoError.INVALID_ACCESS_SIZE
-    assert disk.io_write(port, 4, 0) is IoError.INVALID_ACCESS_SIZE
+    bus = plug(disk)
+    assert bus.io_read(port, 2) is IoError.INVALID_ACCESS_SIZE
+    assert bus.io_write(port, 4, 0) is IoError.INVALID_ACCESS_SIZE
     assert (disk.stats.missed_reads, disk.stats.missed_writes) == (1, 1)
 
 
-def test_a_port_outside_the_device_is_an_invalid_register(make_disk):
+def test_a_port_outside_the_device_never_reaches_it(make_disk):
     disk, _ = make_disk()
-    assert disk.io_read(0x3F7, 1) is IoError.INVALID_REGISTER
+    bus = plug(disk)
+    assert bus.io_read(0x3F7, 1) is IoError.INVALID_REGISTER
+    assert bus.stats.unclaimed_reads == 1 and disk.stats.missed_reads == 0
 
 
 def test_port_ranges_are_the_command_block_and_device_control(make_disk):
     disk, _ = make_disk()
-    assert [(r.base, r.count) for r in disk.port_ranges()] == [(0x1F0, 8), (0x3F6, 1)]
+    ports = sorted(p for r in disk.port_ranges() for p in range(r.base, r.last + 1))
+    assert ports == [*range(0x1F0, 0x1F8), 0x3F6]
+    assert {p: r.sizes for r in disk.port_ranges() for p in range(r.base, r.last + 1)} == {
+        0x1F0: (2, 4), **{p: (1,) for p in range(0x1F1, 0x1F8)}, 0x3F6: (1,)}
+    assert plug(disk).ranges() == [PortRange(0x1F0, 8), PortRange(0x3F6, 1)]
 
 
 # ----------------------------------------------------------------- save / restore
@@ -713,8 +757,9 @@ def test_restore_rejects_a_missing_key(make_disk):
 
 def test_commands_are_counted_by_opcode(make_disk):
     disk, _ = make_disk()
-    outb(disk, COMMAND, CMD_FLUSH_CACHE)
-    outb(disk, COMMAND, CMD_FLUSH_CACHE)
-    identify(disk)
+    bus = plug(disk)  # the bus counts accesses
+    outb(bus, COMMAND, CMD_FLUSH_CACHE)
+    outb(bus, COMMAND, CMD_FLUSH_CACHE)
+    identify(bus)
     assert disk.stats.commands == {CMD_FLUSH_CACHE: 2, CMD_IDENTIFY_DEVICE: 1}
     assert disk.stats.reads > 256 and disk.stats.writes >= 4

@@ -7,14 +7,11 @@ import os
 
 import pytest
 
+from tests.unit.devices.support import RecordingIrqLine, plug
+from worker.backends import NvramFile
 from worker.devices.base import Device, FakeClock, IoError
-from worker.devices.cmos_rtc import (
-    NVRAM_SIZE,
-    CmosRtc,
-    CmosRtcConfig,
-    civil_from_days,
-    days_from_civil,
-)
+from worker.devices.cmos_rtc import NVRAM_SIZE, CmosRtc, CmosRtcConfig
+from worker.devices.cmos_rtc_time import civil_from_days, days_from_civil
 
 INDEX, DATA = 0x70, 0x71
 SEC, ALARM_SEC, MIN, ALARM_MIN, HOUR, ALARM_HOUR = 0x00, 0x01, 0x02, 0x03, 0x04, 0x05
@@ -29,26 +26,15 @@ S = 1_000_000_000
 START_NS = 5 * S  # the monotonic clock's value when the device is made
 
 
-class RecordingIrq:
-    def __init__(self) -> None:
-        self.levels: list[bool] = []
-
-    def set_level(self, high: bool) -> None:
-        self.levels.append(high)
-
-    @property
-    def level(self) -> bool:
-        return self.levels[-1] if self.levels else False
-
-
 def posix(year, month, day, hour=0, minute=0, second=0) -> int:
     return calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
 
 
 def make_rtc(wall=posix(2024, 2, 29, 13, 45, 30), nvram_path=None, clock=None):
     clock = clock or FakeClock(START_NS)
-    irq = RecordingIrq()
-    rtc = CmosRtc(CmosRtcConfig(nvram_path=nvram_path), irq, clock, lambda: wall)
+    irq = RecordingIrqLine()
+    nvram = NvramFile(nvram_path, NVRAM_SIZE) if nvram_path is not None else None
+    rtc = CmosRtc(CmosRtcConfig(), irq, clock, lambda: wall, nvram)
     return rtc, clock, irq
 
 
@@ -445,10 +431,11 @@ def test_the_century_slot_is_clock_state_not_nvram(tmp_path):
 
 def test_accesses_wider_than_a_byte_are_refused_and_counted():
     rtc, _, _ = make_rtc()
-    rtc.io_write(INDEX, 1, REG_B)
-    assert rtc.io_read(DATA, 2) is IoError.INVALID_ACCESS_SIZE
-    assert rtc.io_write(INDEX, 4, REG_C) is IoError.INVALID_ACCESS_SIZE
-    assert rtc.io_write(DATA, 2, 0xFF) is IoError.INVALID_ACCESS_SIZE
+    bus = plug(rtc)
+    bus.io_write(INDEX, 1, REG_B)
+    assert bus.io_read(DATA, 2) is IoError.INVALID_ACCESS_SIZE
+    assert bus.io_write(INDEX, 4, REG_C) is IoError.INVALID_ACCESS_SIZE
+    assert bus.io_write(DATA, 2, 0xFF) is IoError.INVALID_ACCESS_SIZE
     assert (rtc.stats.missed_reads, rtc.stats.missed_writes) == (1, 2)
     assert rtc.io_read(DATA, 1) == H24  # the refused writes changed neither index nor B
 

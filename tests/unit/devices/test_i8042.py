@@ -4,28 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+from tests.unit.devices.support import RecordingIrqLine as RecordingIrq
+from tests.unit.devices.support import plug
 from worker.devices.base import Device, IoError
 from worker.devices.i8042 import I8042, I8042Config
 
 DATA, CMD = 0x60, 0x64
 OBF, SYS, A2, INH, AUXB, TIMEOUT = 0x01, 0x04, 0x08, 0x10, 0x20, 0x40
 ACK, NAK = 0xFA, 0xFE
-
-
-class RecordingIrq:
-    def __init__(self) -> None:
-        self.levels: list[bool] = []
-
-    def set_level(self, high: bool) -> None:
-        self.levels.append(high)
-
-    @property
-    def level(self) -> bool:
-        return self.levels[-1] if self.levels else False
-
-    def rises(self) -> int:
-        previous = [False] + self.levels
-        return sum(1 for before, after in zip(previous, self.levels) if after and not before)
 
 
 class Harness:
@@ -138,7 +124,7 @@ def test_scancodes_pushed_appear_on_port_0x60_with_obf_and_irq1(kbc):
 def test_each_byte_read_gives_irq1_a_new_rising_edge(kbc):
     kbc.dev.push_scancodes(b"\x01\x02\x03")
     kbc.drain()
-    assert kbc.irq1.rises() == 3
+    assert kbc.irq1.rising_edges() == 3
 
 
 def test_irq1_stays_low_when_the_command_byte_disables_it(kbc):
@@ -334,8 +320,9 @@ def test_the_cpu_reset_callback_may_reset_the_device_from_inside():
 
 def test_accesses_wider_than_a_byte_are_refused_and_counted(kbc):
     kbc.dev.push_scancodes(b"\x1e")
-    assert kbc.dev.io_read(DATA, 2) is IoError.INVALID_ACCESS_SIZE
-    assert kbc.dev.io_write(CMD, 4, 0xFE) is IoError.INVALID_ACCESS_SIZE
+    bus = plug(kbc.dev)
+    assert bus.io_read(DATA, 2) is IoError.INVALID_ACCESS_SIZE
+    assert bus.io_write(CMD, 4, 0xFE) is IoError.INVALID_ACCESS_SIZE
     assert (kbc.dev.stats.missed_reads, kbc.dev.stats.missed_writes) == (1, 1)
     assert kbc.resets == 0
     assert kbc.read() == 0x1E  # the refused read consumed nothing

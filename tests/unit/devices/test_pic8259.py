@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.unit.devices.support import RecordingIrqLine as RecordingLine
+from tests.unit.devices.support import plug
 from worker.devices.base import Device, IoError
 from worker.devices.pic8259 import Pic8259, Pic8259Config
 
@@ -19,18 +21,6 @@ POLL = 0x0C
 
 def specific_eoi(level: int) -> int:
     return 0x60 | level
-
-
-class RecordingLine:
-    """A fake IrqLine that remembers every level it was given."""
-
-    def __init__(self) -> None:
-        self.levels: list[bool] = []
-        self.level = False
-
-    def set_level(self, high: bool) -> None:
-        self.levels.append(high)
-        self.level = high
 
 
 def wr(pic: Pic8259, port: int, value: int) -> None:
@@ -555,15 +545,19 @@ def test_special_mask_mode_lets_lower_priority_levels_interrupt(pic: Pic8259) ->
 @pytest.mark.parametrize("size", [2, 4])
 @pytest.mark.parametrize("port", [0x20, 0x21, 0xA0, 0xA1, 0x4D0, 0x4D1])
 def test_wider_accesses_are_refused_and_counted(pic: Pic8259, port: int, size: int) -> None:
-    assert pic.io_read(port, size) is IoError.INVALID_ACCESS_SIZE
-    assert pic.io_write(port, size, 0) is IoError.INVALID_ACCESS_SIZE
+    bus = plug(pic)
+    assert bus.io_read(port, size) is IoError.INVALID_ACCESS_SIZE
+    assert bus.io_write(port, size, 0) is IoError.INVALID_ACCESS_SIZE
     assert pic.stats.missed_reads == 1 and pic.stats.missed_writes == 1
     assert rd(pic, MASTER_DATA) == 0  # nothing was written
 
 
-def test_a_port_that_is_not_ours_is_an_invalid_register(pic: Pic8259) -> None:
-    assert pic.io_read(0x22, 1) is IoError.INVALID_REGISTER
-    assert pic.io_write(0x22, 1, 0) is IoError.INVALID_REGISTER
+def test_a_port_that_is_not_ours_never_reaches_the_pic(pic: Pic8259) -> None:
+    bus = plug(pic)
+    assert bus.io_read(0x22, 1) is IoError.INVALID_REGISTER
+    assert bus.io_write(0x22, 1, 0) is IoError.INVALID_REGISTER
+    assert bus.stats.unclaimed_reads == bus.stats.unclaimed_writes == 1
+    assert pic.stats == type(pic.stats)()  # nothing counted against the PIC
 
 
 # --- lifecycle ---------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.unit.devices.support import RecordingIrqLine, plug
 from worker.devices.base import Device, FakeClock, IoError
 from worker.devices.pit8254 import Pit8254, Pit8254Config
 
@@ -21,32 +22,13 @@ def tick_of(ns: int) -> int:
     return ns * HZ // SECOND
 
 
-class RecordingLine:
-    """A fake IrqLine that remembers every level it was given."""
-
-    def __init__(self) -> None:
-        self.levels: list[bool] = []
-        self.level = False
-
-    def set_level(self, high: bool) -> None:
-        self.levels.append(high)
-        self.level = high
-
-    def rising_edges(self, initial: bool = False) -> int:
-        edges, level = 0, initial
-        for new in self.levels:
-            edges += new and not level
-            level = new
-        return edges
-
-
 class Rig:
     """A PIT on a FakeClock, with helpers that speak in PIT clock ticks."""
 
     def __init__(self, config: Pit8254Config | None = None, start_ns: int = 0) -> None:
         self.clock = FakeClock(start_ns)
         self.t0 = start_ns
-        self.irq = RecordingLine()
+        self.irq = RecordingIrqLine()
         self.pit = Pit8254(config or Pit8254Config(), self.irq, self.clock)
 
     def at(self, tick: int) -> None:
@@ -131,7 +113,9 @@ def test_the_pit_satisfies_the_device_protocol_and_lists_its_ports(rig: Rig) -> 
 def test_without_port61_the_gate_and_out2_are_reached_by_method() -> None:
     rig = Rig(Pit8254Config(port61=False))
     assert {r.base for r in rig.pit.port_ranges()} == {0x40}
-    assert rig.pit.io_read(0x61, 1) is IoError.INVALID_REGISTER
+    bus = plug(rig.pit)
+    assert bus.io_read(0x61, 1) is IoError.INVALID_REGISTER
+    assert bus.stats.unclaimed_reads == 1  # another device may own 0x61
     rig.program(2, 0, 10)
     rig.pit.set_gate(2, True)
     rig.at(10)
@@ -502,13 +486,15 @@ def test_port61_shows_gate_speaker_out2_and_a_refresh_toggle(rig: Rig) -> None:
 @pytest.mark.parametrize("size", [2, 4])
 @pytest.mark.parametrize("port", [0x40, 0x41, 0x42, 0x43, 0x61])
 def test_wider_accesses_are_refused_and_counted(rig: Rig, port: int, size: int) -> None:
-    assert rig.pit.io_read(port, size) is IoError.INVALID_ACCESS_SIZE
-    assert rig.pit.io_write(port, size, 0x34) is IoError.INVALID_ACCESS_SIZE
+    bus = plug(rig.pit)
+    assert bus.io_read(port, size) is IoError.INVALID_ACCESS_SIZE
+    assert bus.io_write(port, size, 0x34) is IoError.INVALID_ACCESS_SIZE
     assert rig.pit.stats.missed_reads == 1 and rig.pit.stats.missed_writes == 1
 
 
 def test_reading_the_control_word_register_is_an_invalid_register(rig: Rig) -> None:
-    assert rig.pit.io_read(CONTROL, 1) is IoError.INVALID_REGISTER
+    bus = plug(rig.pit)
+    assert bus.io_read(CONTROL, 1) is IoError.INVALID_REGISTER
     assert rig.pit.stats.missed_reads == 1
 
 

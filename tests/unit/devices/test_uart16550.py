@@ -6,6 +6,8 @@ import math
 
 import pytest
 
+from tests.unit.devices.support import RecordingIrqLine, plug
+from worker.devices.backends import MemoryConsole
 from worker.devices.base import Device, FakeClock, IoError, PortRange
 from worker.devices.uart16550 import (
     FIFO_DEPTH,
@@ -32,24 +34,13 @@ def char_ns(divisor: int, bits: float = 10) -> float:
     return bits * divisor * 1e9 / 115200
 
 
-class FakeIrqLine:
-    """Records every level the device drives."""
-
-    def __init__(self) -> None:
-        self.level = False
-        self.changes: list[bool] = []
-
-    def set_level(self, high: bool) -> None:
-        self.level = high
-        self.changes.append(high)
-
-
 class Rig:
     def __init__(self, config: Uart16550Config | None = None, start_ns: int = 0) -> None:
         self.clock = FakeClock(start_ns)
-        self.irq = FakeIrqLine()
-        self.sent: list[bytes] = []
-        self.uart = Uart16550(config or Uart16550Config(), self.irq, self.clock, self.sent.append)
+        self.irq = RecordingIrqLine()
+        self.console = MemoryConsole()
+        self.sent = self.console.chunks
+        self.uart = Uart16550(config or Uart16550Config(), self.irq, self.clock, self.console)
 
     @property
     def output(self) -> bytes:
@@ -100,7 +91,7 @@ def test_power_on_registers_hold_datasheet_reset_values(rig):
     assert read_reg(u, Register.MCR) == 0
     assert read_reg(u, Register.LSR) == Lsr.THRE | Lsr.TEMT
     assert read_reg(u, Register.MSR) == Msr.CTS | Msr.DSR | Msr.DCD
-    assert rig.irq.changes == []
+    assert rig.irq.levels == []
 
 
 def test_dlab_maps_offsets_0_and_1_to_the_divisor_latch(rig):
@@ -318,7 +309,7 @@ def test_out2_gates_the_irq_line(rig):
     assert rig.irq.level
     write_reg(u, Register.MCR, 0)
     assert not rig.irq.level
-    assert rig.irq.changes == [True, False]
+    assert rig.irq.levels == [True, False]
 
 
 def test_irq_line_is_driven_only_when_the_level_changes(rig):
@@ -330,7 +321,7 @@ def test_irq_line_is_driven_only_when_the_level_changes(rig):
         read_reg(u, Register.LSR)
         read_reg(u, Register.SCR)
     read_reg(u, Register.RBR)
-    assert rig.irq.changes == [True, False]
+    assert rig.irq.levels == [True, False]
 
 
 def test_character_timeout_fires_after_four_character_times(rig):
@@ -583,21 +574,21 @@ def test_entering_loopback_produces_modem_status_deltas(rig):
 
 @pytest.mark.parametrize("size", [0, 2, 4, 8])
 def test_wrong_access_size_is_an_error_and_counted(rig, size):
-    u = rig.uart
-    assert u.io_read(BASE, size) is IoError.INVALID_ACCESS_SIZE
-    assert u.io_write(BASE + Register.SCR, size, 0x12) is IoError.INVALID_ACCESS_SIZE
-    assert read_reg(u, Register.SCR) == 0  # the write was dropped
+    u, bus = rig.uart, plug(rig.uart)
+    assert bus.io_read(BASE, size) is IoError.INVALID_ACCESS_SIZE
+    assert bus.io_write(BASE + Register.SCR, size, 0x12) is IoError.INVALID_ACCESS_SIZE
+    assert bus.io_read(BASE + Register.SCR, 1) == 0  # the write was dropped
     assert (u.stats.missed_reads, u.stats.missed_writes) == (1, 1)
     assert (u.stats.reads, u.stats.writes) == (1, 0)
 
 
 @pytest.mark.parametrize("port", [BASE - 1, BASE + 8, 0x2F8, 0xFFFF])
-def test_port_outside_the_range_is_invalid_register_and_counted(rig, port):
-    u = rig.uart
-    assert u.io_read(port, 1) is IoError.INVALID_REGISTER
-    assert u.io_write(port, 1, 0) is IoError.INVALID_REGISTER
-    assert (u.stats.missed_reads, u.stats.missed_writes) == (1, 1)
-    assert (u.stats.reads, u.stats.writes) == (0, 0)
+def test_port_outside_the_range_never_reaches_the_uart(rig, port):
+    u, bus = rig.uart, plug(rig.uart)
+    assert bus.io_read(port, 1) is IoError.INVALID_REGISTER
+    assert bus.io_write(port, 1, 0) is IoError.INVALID_REGISTER
+    assert (bus.stats.unclaimed_reads, bus.stats.unclaimed_writes) == (1, 1)
+    assert (u.stats.reads, u.stats.writes, u.stats.missed_reads, u.stats.missed_writes) == (0, 0, 0, 0)
 
 
 def test_writes_to_lsr_and_msr_are_ignored(rig):
@@ -715,9 +706,9 @@ def test_restore_rederives_the_irq_level():
     src = busy_rig()
     dst = Rig()
     dst.uart.restore(src.uart.save())
-    assert dst.irq.changes == [True]
+    assert dst.irq.levels == [True]
     dst.uart.restore(Rig().uart.save())
-    assert dst.irq.changes == [True, False]
+    assert dst.irq.levels == [True, False]
 
 
 def test_reset_returns_to_power_on_values():

@@ -1,5 +1,6 @@
 import pytest
 
+from tests.unit.devices.support import plug, plug_mmio
 from worker.devices.base import IoError
 from worker.devices.vga_text import MODE3_CRTC, VgaText
 
@@ -69,20 +70,23 @@ def test_the_last_byte_of_the_window_is_addressable(vga):
 
 
 def test_an_access_running_past_the_window_is_unaligned(vga):
-    assert vga.mmio_read(END - 1, 2) is IoError.UNALIGNED_ACCESS
-    assert vga.mmio_write(END - 4, 8, 0) is IoError.UNALIGNED_ACCESS
+    bus = plug_mmio(vga)
+    assert bus.mmio_read(END - 1, 2) is IoError.UNALIGNED_ACCESS
+    assert bus.mmio_write(END - 4, 8, 0) is IoError.UNALIGNED_ACCESS
     assert vga.stats.mmio_missed_reads == 1 and vga.stats.mmio_missed_writes == 1
 
 
 def test_an_address_outside_the_window_is_an_invalid_register(vga):
-    assert vga.mmio_read(END, 1) is IoError.INVALID_REGISTER
-    assert vga.mmio_write(BASE - 1, 1, 0) is IoError.INVALID_REGISTER
+    bus = plug_mmio(vga)
+    assert bus.mmio_read(END, 1) is IoError.INVALID_REGISTER
+    assert bus.mmio_write(BASE - 1, 1, 0) is IoError.INVALID_REGISTER
 
 
 @pytest.mark.parametrize("size", [0, 3, 16])
 def test_an_mmio_size_other_than_1_2_4_8_is_an_invalid_access_size(vga, size):
-    assert vga.mmio_read(BASE, size) is IoError.INVALID_ACCESS_SIZE
-    assert vga.mmio_write(BASE, size, 0) is IoError.INVALID_ACCESS_SIZE
+    bus = plug_mmio(vga)
+    assert bus.mmio_read(BASE, size) is IoError.INVALID_ACCESS_SIZE
+    assert bus.mmio_write(BASE, size, 0) is IoError.INVALID_ACCESS_SIZE
 
 
 def test_mmio_ranges_is_the_32k_window_at_b8000(vga):
@@ -203,23 +207,26 @@ def test_misc_output_is_written_at_3c2_and_read_at_3cc(vga):
 
 
 def test_a_crtc_index_past_0x18_is_an_invalid_register_on_the_data_port(vga):
-    assert vga.io_write(CRTC_INDEX, 1, 0x19) is None
-    assert vga.io_read(CRTC_DATA, 1) is IoError.INVALID_REGISTER
-    assert vga.io_write(CRTC_DATA, 1, 0) is IoError.INVALID_REGISTER
-    assert vga.io_write(CRTC_INDEX, 2, 0x3040) is IoError.INVALID_REGISTER
+    bus = plug(vga)
+    assert bus.io_write(CRTC_INDEX, 1, 0x19) is None
+    assert bus.io_read(CRTC_DATA, 1) is IoError.INVALID_REGISTER
+    assert bus.io_write(CRTC_DATA, 1, 0) is IoError.INVALID_REGISTER
+    assert bus.io_write(CRTC_INDEX, 2, 0x3040) is IoError.INVALID_REGISTER
     assert (vga.stats.missed_reads, vga.stats.missed_writes) == (1, 2)
 
 
 def test_writes_to_read_only_or_unemulated_ports_are_invalid_registers(vga):
-    assert vga.io_write(0x3CC, 1, 0) is IoError.INVALID_REGISTER
-    assert vga.io_write(0x3DA, 1, 0) is IoError.INVALID_REGISTER
-    assert vga.io_read(0x3C0, 1) is IoError.INVALID_REGISTER
+    bus = plug(vga)
+    assert bus.io_write(0x3CC, 1, 0) is IoError.INVALID_REGISTER
+    assert bus.io_write(0x3DA, 1, 0) is IoError.INVALID_REGISTER
+    assert bus.io_read(0x3C0, 1) is IoError.INVALID_REGISTER  # not a VGA port: nobody's
 
 
 @pytest.mark.parametrize("port,size", [(CRTC_DATA, 2), (CRTC_INDEX, 4), (0x3DA, 2), (0x3CC, 2)])
 def test_wide_accesses_other_than_16_bit_to_the_index_port_are_invalid_sizes(vga, port, size):
-    assert vga.io_read(port, size) is IoError.INVALID_ACCESS_SIZE
-    assert vga.io_write(port, size, 0) is IoError.INVALID_ACCESS_SIZE
+    bus = plug(vga)
+    assert bus.io_read(port, size) is IoError.INVALID_ACCESS_SIZE
+    assert bus.io_write(port, size, 0) is IoError.INVALID_ACCESS_SIZE
 
 
 def test_port_ranges_cover_the_decoded_ports(vga):
@@ -295,9 +302,10 @@ def test_restore_rejects_a_bad_snapshot_and_keeps_the_current_state(vga, change)
 
 
 def test_port_and_mmio_accesses_are_counted(vga):
-    vga.mmio_write(BASE, 2, 0)
-    vga.mmio_read(BASE, 2)
-    vga.io_read(0x3DA, 1)
-    vga.io_write(CRTC_INDEX, 2, 0x000E)
+    ports, memory = plug(vga), plug_mmio(vga)
+    memory.write(BASE, 2, 0)
+    memory.read(BASE, 2)
+    ports.read(0x3DA, 1)
+    ports.write(CRTC_INDEX, 2, 0x000E)
     assert (vga.stats.mmio_writes, vga.stats.mmio_reads) == (1, 1)
     assert (vga.stats.reads, vga.stats.writes) == (1, 1)

@@ -1,0 +1,164 @@
+"""The worker's handlers without a socket: a fake endpoint that still speaks the wire format
+(every frame goes through proto.messages encode/decode, as locust's mocked_rpc does)."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+
+import pytest
+
+from proto import messages as m
+from worker.backends import ConsoleLog
+from worker.chipset import Chipset
+from worker.devices.config import CHIPSETS
+from worker.service import Worker
+
+COM1, SCR, IER, MCR = 0x3F8, 0x3FF, 0x3F9, 0x3FC
+
+
+class FakeEndpoint:
+    """Frames for the worker wait in ``inbox``; what it sends is decoded into ``sent``;
+    ``request`` answers from ``replies`` (by request class), encoded and decoded too."""
+
+    def __init__(self, replies: dict[type, m.Message] | None = None) -> None:
+        self.inbox: deque[bytes] = deque()
+        self.sent: list[m.Message] = []
+        self.replies = replies or {}
+        self.closed = False
+        self.on_idle = None  # called when the worker waits on an empty inbox
+
+    def put(self, msg: m.Message) -> None:
+        self.inbox.append(m.encode(msg))
+
+    def send(self, frame: bytes) -> None:
+        self.sent.append(m.decode(frame))
+
+    def wait(self, timeout_ms: int) -> bool:
+        if not self.inbox and self.on_idle is not None:
+            self.on_idle()
+        return bool(self.inbox)
+
+    def recv_ready(self) -> bytes:
+        return self.inbox.popleft()
+
+    def request(self, msg: m.Message, timeout_ms: int = 5000) -> m.Message:
+        self.send(m.encode(msg))
+        return m.decode(m.encode(self.replies[type(msg)]))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def make_worker(tmp_path):
+    made = []
+
+    def make(chipset: str = "minimal", endpoint: FakeEndpoint | None = None):
+        console = ConsoleLog(str(tmp_path / "console.log"))
+        endpoint = endpoint or FakeEndpoint()
+        worker = Worker(endpoint, Chipset(CHIPSETS[chipset], console), console)
+        made.append(worker)
+        return worker, endpoint
+
+    yield make
+    for worker in made:
+        if not worker.dealer.closed:
+            worker.close()
+
+
+def port(ref: int, address: int, size: int = 1, value: int | None = None) -> m.PortNotify:
+    """A port access as the hypervisor forwards it: a write when ``value`` is given."""
+    return m.PortNotify(ref, 0, address, size, value is not None, value or 0, (100, 200))
+
+
+def test_a_port_write_and_read_are_answered_with_access_complete(make_worker):
+    worker, endpoint = make_worker()
+    worker.handle(m.encode(port(1, SCR, value=0x5A)))
+    worker.handle(m.encode(port(2, SCR)))
+    write, read = endpoint.sent
+    assert isinstance(write, m.AccessComplete) and (write.ref, write.value) == (1, 0)
+    assert isinstance(read, m.AccessComplete) and (read.ref, read.value) == (2, 0x5A)
+
+
+def test_the_completion_carries_the_stamps_and_adds_the_workers_two(make_worker):
+    worker, endpoint = make_worker()
+    worker.handle(m.encode(port(1, SCR)))
+    (done,) = endpoint.sent
+    assert done.stamps[:2] == (100, 200)
+    assert len(done.stamps) == 4 and done.stamps[2] <= done.stamps[3]
+
+
+def test_an_access_the_bus_refuses_reads_all_ones_and_is_still_completed(make_worker):
+    worker, endpoint = make_worker()
+    worker.handle(m.encode(port(1, COM1, size=2)))  # the UART takes bytes only
+    worker.handle(m.encode(port(2, 0x80)))  # nobody's port
+    assert [(c.ref, c.value) for c in endpoint.sent] == [(1, 0xFFFF), (2, 0xFF)]
+    assert worker.chipset.device_stats()["com1"]["missed_reads"] == 1
+
+
+def test_an_interrupt_the_access_raised_is_asserted_before_its_completion(make_worker):
+    worker, endpoint = make_worker("gen1")
+    for ref, (address, value) in enumerate([(0x20, 0x11), (0x21, 0x20), (0x21, 0x04), (0x21, 0x01),
+                                            (0x21, 0xEF),  # only IRQ4 (COM1) unmasked
+                                            (MCR, 0x08)], start=1):  # OUT2 gates INTR onto IRQ4
+        worker.handle(m.encode(port(ref, address, value=value)))
+    assert all(isinstance(s, m.AccessComplete) for s in endpoint.sent)
+    endpoint.sent.clear()
+    worker.handle(m.encode(port(9, IER, value=0x02)))  # ETBEI with THR empty: THRE interrupt
+    assert [type(s) for s in endpoint.sent] == [m.AssertInterrupt, m.AccessComplete]
+    assert endpoint.sent[0].vector == 0x20 + 4 and endpoint.sent[1].ref == 9
+
+
+def test_an_mmio_access_reaches_the_vga_buffer(make_worker):
+    worker, endpoint = make_worker("gen1")
+    worker.handle(m.encode(m.MmioNotify(1, 0, 0xB8000, 2, True, 0x0741, (1, 2))))
+    worker.handle(m.encode(m.MmioNotify(2, 0, 0xB8000, 2, False, 0, (1, 2))))
+    assert [(c.ref, c.value) for c in endpoint.sent] == [(1, 0), (2, 0x0741)]
+    assert worker.chipset.screen()["lines"][0].startswith("A")
+
+
+def test_a_frame_that_is_not_a_message_is_logged_and_not_answered(make_worker, caplog):
+    worker, endpoint = make_worker()
+    with caplog.at_level(logging.ERROR, logger="worker"):
+        worker.handle(b"\xc1 not msgpack")
+    assert endpoint.sent == [] and "undecodable" in caplog.text
+
+
+def test_a_query_for_the_devices_is_answered_with_their_counters(make_worker):
+    worker, endpoint = make_worker()
+    worker.handle(m.encode(port(1, SCR)))
+    worker.handle(m.encode(m.WorkerQuery(7, "devices")))
+    reply = endpoint.sent[-1]
+    assert isinstance(reply, m.WorkerQueryReply) and reply.ref == 7
+    assert reply.result["com1"]["reads"] == 1 and reply.result["port_bus"]["reads"] == 1
+
+
+def test_start_claims_the_chipsets_ranges_and_maps_the_partitions_memory(make_worker, tmp_path):
+    (tmp_path / "pool").write_bytes(bytes(4096))
+    (tmp_path / "slat").write_bytes(bytes(4))  # one page, at host page 0
+    endpoint = FakeEndpoint({
+        m.InstallIntercept: m.Ack(m.InstallIntercept.TYPE),
+        m.MemoryRequest: m.MemoryReply(str(tmp_path / "pool"), str(tmp_path / "slat"), ()),
+    })
+    worker, _ = make_worker("minimal", endpoint)
+    assert endpoint.sent == []  # making a Worker says nothing
+    worker.start(3)
+    install, memory = endpoint.sent
+    assert isinstance(install, m.InstallIntercept) and [list(r) for r in install.ranges] == [[COM1, 8]]
+    assert isinstance(memory, m.MemoryRequest) and memory.partition == 3
+    assert worker.chipset.memory is not None and worker.chipset.memory.pages == 1
+
+
+def test_serve_answers_until_stopped_then_closes_its_endpoint(make_worker):
+    worker, endpoint = make_worker()
+    endpoint.put(port(1, SCR, value=0x33))
+    endpoint.put(port(2, SCR))
+
+    def stop():
+        worker.running = False
+
+    endpoint.on_idle = stop
+    worker.serve()
+    assert [(c.ref, c.value) for c in endpoint.sent if isinstance(c, m.AccessComplete)] == [(1, 0), (2, 0x33)]
+    assert endpoint.closed
