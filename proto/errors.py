@@ -10,9 +10,9 @@
     │   └── EndpointClosed       we closed it
     ├── Refused                  the peer answered with an error reply
     ├── ConfigError              a bad topology file (exit code 2)
-    └── (elsewhere, on this base) proto.client.HypercallFailed — a root hypercall's
-        HV_STATUS was not SUCCESS; hypervisor.memory.MemoryRefused — the memory
-        manager refuses a deposit or map (the hypercall returns INVALID_PARAMETER)
+    └── (elsewhere, on this base) HypercallFailed, the root client's: a root hypercall's
+        HV_STATUS was not SUCCESS; hypervisor.memory.MemoryRefused: the memory manager
+        refuses a deposit or map (the hypercall returns INVALID_PARAMETER)
 
 Library exceptions (zmq, msgpack) are translated here and chained with ``raise … from e``.
 """

@@ -308,8 +308,9 @@ class HypervisorStatus:
     @classmethod
     def from_wire(cls, d: dict) -> "HypervisorStatus":
         return cls(d["pid"], d["session"], d["uptime_s"], dict(d["counters"]),
-                   HypercallStatus.from_wire(d["hypercalls"]), d["peers"], d["pending"], d["tracers"], SchedulerStatus.from_wire(d["scheduler"]),
-                   MemoryStatus.from_wire(d["memory"]), TlbStatus.from_wire(d["tlb"]),
+                   HypercallStatus.from_wire(d["hypercalls"]), d["peers"], d["pending"], d["tracers"],
+                   SchedulerStatus.from_wire(d["scheduler"]), MemoryStatus.from_wire(d["memory"]),
+                   TlbStatus.from_wire(d["tlb"]),
                    [PartitionStatus.from_wire(p) for p in d["partitions"]])
 
     def partition(self, partition_id: int) -> PartitionStatus | None:
