@@ -12,6 +12,8 @@ import os
 import signal
 import sys
 
+from proto.transport import Router
+
 from hypervisor.service import Hypervisor
 
 
@@ -29,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     if not secret:
         print("python -m hypervisor: HVSTACK_SECRET is not set", file=sys.stderr)
         return 2
-    hv = Hypervisor(args.endpoint, secret, args.lps, args.memory_dir, args.pool_pages)
+    # The one socket, bound here and handed to the loop (which tests drive with a fake).
+    hv = Hypervisor(Router(args.endpoint), secret, args.lps, args.memory_dir, args.pool_pages)
 
     def stop(signum, frame):
         hv.running = False

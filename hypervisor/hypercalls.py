@@ -1,11 +1,17 @@
 """Hypercall dispatch: decode the TLFS hypercall input value, check it, run the handler.
 
+One table, :data:`SPECS`, says for every call code what the call needs (privilege), takes
+(rep or simple, its fixed input block from :mod:`proto.hvcall`) and which handler runs it,
+as openvmm's hv1_hypercall does; the dispatcher reads nothing else.
+
 Checks in the order that keeps state from leaking (TLFS: ACCESS_DENIED takes priority over
 the other errors): unknown call code → INVALID_HYPERCALL_CODE; missing privilege →
 ACCESS_DENIED; reserved bits, a variable header or rep count where the call takes none, a
 rep start index not below the rep count, or a fast call whose input does not fit in
 registers → INVALID_HYPERCALL_INPUT; a call this hypervisor does not implement →
-INVALID_HYPERCALL_CODE; then the handler, which returns an HV_STATUS and output bytes.
+INVALID_HYPERCALL_CODE; an input shorter than the call's fixed block →
+INVALID_HYPERCALL_INPUT; then the handler, which gets the block unpacked and returns an
+HV_STATUS and output bytes.
 
 The result value is the TLFS one: bits 15:0 the status, bits 43:32 the reps completed.
 """
@@ -27,94 +33,83 @@ from proto.codes import (
     result_value,
 )
 
+from proto.hvcall import (
+    HV_FLUSH_ALL_PROCESSORS,
+    HV_FLUSH_ALL_VIRTUAL_ADDRESS_SPACES,
+    HV_FLUSH_NON_GLOBAL_MAPPINGS_ONLY,
+    HV_FLUSH_USE_EXTENDED_RANGE_FORMAT,
+    HV_GPA_PAGE_NUMBER,
+    HV_GVA,
+    HV_INPUT_CREATE_PARTITION,
+    HV_INPUT_CREATE_VP,
+    HV_INPUT_DELETE_PARTITION,
+    HV_INPUT_DEPOSIT_MEMORY,
+    HV_INPUT_FINALIZE_PARTITION,
+    HV_INPUT_FLUSH_VIRTUAL_ADDRESS_LIST,
+    HV_INPUT_FLUSH_VIRTUAL_ADDRESS_SPACE,
+    HV_INPUT_GET_PARTITION_PROPERTY,
+    HV_INPUT_GET_VP_REGISTERS,
+    HV_INPUT_INITIALIZE_PARTITION,
+    HV_INPUT_MAP_GPA_PAGES,
+    HV_INPUT_NOTIFY_LONG_SPIN_WAIT,
+    HV_INPUT_SET_PARTITION_PROPERTY,
+    HV_INPUT_SET_VP_REGISTERS,
+    HV_INPUT_SWITCH_VIRTUAL_ADDRESS_SPACE,
+    HV_INPUT_UNMAP_GPA_PAGES,
+    HV_INPUT_WITHDRAW_MEMORY,
+    HV_OUTPUT_CREATE_PARTITION,
+    HV_OUTPUT_GET_PARTITION_ID,
+    HV_OUTPUT_GET_PARTITION_PROPERTY,
+    HV_REGISTER_ASSOC,
+    HV_REGISTER_NAME,
+    HV_REGISTER_VALUE,
+    pack_rep,
+    unpack_rep,
+)
+
 from hypervisor.registers import VpRegisters
-from hypervisor.memory import MAX_GPA_PAGES, MemoryError_, MemoryManager
+from hypervisor.memory import MAX_GPA_PAGES, MemoryRefused, MemoryManager
 from hypervisor.scheduler import FULL
 from hypervisor.tlb import Tlbs
-from hypervisor.partitions import MAX_VPS_PER_PARTITION, ROOT_PARTITION_ID, Partition, PartitionTable, Vp
+from hypervisor.partitions import MAX_VPS_PER_PARTITION, ROOT_PARTITION_ID, Partition, PartitionTable, VirtualProcessor
 
-@dataclass
+@dataclass(slots=True)
 class Caller:
     """Who is calling: a child VP, or the root partition (``partition`` None)."""
 
     partition: Partition | None
-    vp: Vp | None
+    vp: VirtualProcessor | None
     privileges: int
 
 
 Result = tuple[int, bytes]  # (HV_STATUS, output block)
-Handler = Callable[["Hypercalls", Caller, HypercallInput, bytes], Result]
+# A call's handler: (dispatcher, caller, input value, its fixed input block unpacked by the
+# call's layout, the whole input) → (HV_STATUS, output block).
+Handler = Callable[["Hypercalls", Caller, HypercallInput, tuple, bytes], Result]
 
 
-@dataclass(frozen=True)
 class CallSpec:
-    privilege: int  # HvPrivilege bits the caller must hold (0: any partition)
-    rep: bool = False
-    handler: Handler | None = None  # None: known to the TLFS, not implemented here
+    """One hypercall, as the dispatcher runs it.
+
+    ``privilege``: the HvPrivilege bits the caller must hold (0: any partition).  ``rep``:
+    a rep call.  ``layout``: the call's fixed input block (:mod:`proto.hvcall`), which the
+    dispatcher checks is there and unpacks for the handler (a rep call's elements follow
+    it).  ``required``: how much of the block must be present, when the call reads only its
+    leading fields before anything else (the rest then reads as zero); by default all of
+    it.  ``handler``: None for a call the TLFS defines and this hypervisor lacks."""
+
+    __slots__ = ("privilege", "rep", "layout", "required", "handler")
+
+    def __init__(self, privilege: int, handler: Handler | None = None, *, rep: bool = False,
+                 layout: struct.Struct | None = None, required: int | None = None) -> None:
+        self.privilege = privilege
+        self.rep = rep
+        self.layout = layout
+        self.required = (layout.size if layout is not None else 0) if required is None else required
+        self.handler = handler
 
 
 _ROOT = HvPrivilege.CreatePartitions
-# Every TLFS call code we know, with the privilege it needs; handlers are added below.
-SPECS: dict[int, CallSpec] = {
-    C.HvCallSwitchVirtualAddressSpace: CallSpec(0),
-    C.HvCallFlushVirtualAddressSpace: CallSpec(0),
-    C.HvCallFlushVirtualAddressList: CallSpec(0, rep=True),
-    C.HvCallNotifyLongSpinWait: CallSpec(0),
-    C.HvCallSendSyntheticClusterIpi: CallSpec(0),
-    C.HvCallFlushVirtualAddressSpaceEx: CallSpec(0),
-    C.HvCallFlushVirtualAddressListEx: CallSpec(0, rep=True),
-    C.HvCallSendSyntheticClusterIpiEx: CallSpec(0),
-    C.HvCallCreatePartition: CallSpec(_ROOT),
-    C.HvCallInitializePartition: CallSpec(_ROOT),
-    C.HvCallFinalizePartition: CallSpec(_ROOT),
-    C.HvCallDeletePartition: CallSpec(_ROOT),
-    C.HvCallGetPartitionProperty: CallSpec(_ROOT),
-    C.HvCallSetPartitionProperty: CallSpec(_ROOT),
-    C.HvCallGetPartitionId: CallSpec(HvPrivilege.AccessPartitionId),
-    C.HvCallDepositMemory: CallSpec(HvPrivilege.AccessMemoryPool, rep=True),
-    C.HvCallWithdrawMemory: CallSpec(HvPrivilege.AccessMemoryPool, rep=True),
-    C.HvCallMapGpaPages: CallSpec(_ROOT, rep=True),
-    C.HvCallUnmapGpaPages: CallSpec(_ROOT, rep=True),
-    C.HvCallInstallIntercept: CallSpec(_ROOT),
-    C.HvCallCreateVp: CallSpec(_ROOT),
-    C.HvCallDeleteVp: CallSpec(_ROOT),
-    C.HvCallGetVpRegisters: CallSpec(_ROOT, rep=True),
-    C.HvCallSetVpRegisters: CallSpec(_ROOT, rep=True),
-    C.HvCallTranslateVirtualAddress: CallSpec(0),
-    C.HvCallPostMessage: CallSpec(HvPrivilege.PostMessages),
-    C.HvCallSignalEvent: CallSpec(HvPrivilege.SignalEvents),
-    C.HvCallRegisterInterceptResult: CallSpec(_ROOT),
-    C.HvCallAssertVirtualInterrupt: CallSpec(_ROOT),
-    C.HvCallCreatePort: CallSpec(HvPrivilege.CreatePort),
-    C.HvCallConnectPort: CallSpec(HvPrivilege.ConnectPort),
-    C.HvCallStartVirtualProcessor: CallSpec(_ROOT),
-    C.HvCallSignalEventDirect: CallSpec(HvPrivilege.SignalEvents),
-    C.HvCallPostMessageDirect: CallSpec(HvPrivilege.PostMessages),
-}
-
-_U64 = struct.Struct("<Q")
-# HvCallSetPartitionProperty / GetPartitionProperty: PartitionId u64, PropertyCode u32,
-# padding u32, PropertyValue u64 (set only).
-_PROPERTY = struct.Struct("<QII")
-# HvCallCreateVp: PartitionId u64, VpIndex u32 (then padding, proximity, flags).
-_CREATE_VP = struct.Struct("<QI")
-# HvCallMapGpaPages / UnmapGpaPages: TargetPartitionId u64, TargetGpaBase u64 (a page
-# number), MapFlags u32, padding u32; then the rep list of source page numbers (map only).
-_MAP_GPA = struct.Struct("<QQI4x")
-# HvCallGetVpRegisters / SetVpRegisters: PartitionId u64, VpIndex u32, InputVtl u8, RsvdZ
-# u8 + u16; then the names (u32 each) or the HV_REGISTER_ASSOCs: Name u32, Reserved u32 +
-# u64, Value 128 bits.
-_VP_REGISTERS = struct.Struct("<QIB3x")
-_REGISTER_ASSOC = struct.Struct("<IIQQQ")
-# HvCallNotifyLongSpinWait: SpinCount u32 (fast: in RDX).
-_SPIN_COUNT = struct.Struct("<I")
-# HvCallFlushVirtualAddressSpace / the header of FlushVirtualAddressList: AddressSpace u64
-# (a CR3 value), Flags u64, ProcessorMask u64.
-_FLUSH = struct.Struct("<QQQ")
-HV_FLUSH_ALL_PROCESSORS = 1 << 0
-HV_FLUSH_ALL_VIRTUAL_ADDRESS_SPACES = 1 << 1
-HV_FLUSH_NON_GLOBAL_MAPPINGS_ONLY = 1 << 2
-HV_FLUSH_USE_EXTENDED_RANGE_FORMAT = 1 << 3
 _FLUSH_FLAGS = (HV_FLUSH_ALL_PROCESSORS | HV_FLUSH_ALL_VIRTUAL_ADDRESS_SPACES | HV_FLUSH_NON_GLOBAL_MAPPINGS_ONLY
                 | HV_FLUSH_USE_EXTENDED_RANGE_FORMAT)
 
@@ -158,34 +153,40 @@ class Hypercalls:
             return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b"", 0
         if hc.fast and len(data) > FAST_INPUT_BYTES:
             return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b"", 0
-        handler = HANDLERS.get(hc.code)
+        handler = spec.handler
         if handler is None:
             return S.HV_STATUS_INVALID_HYPERCALL_CODE, b"", 0
-        status, out = handler(self, caller, hc, data)
+        layout = spec.layout
+        if layout is None:
+            args = ()
+        elif len(data) >= layout.size:
+            args = layout.unpack_from(data)
+        elif len(data) >= spec.required:
+            args = layout.unpack_from(data.ljust(layout.size, b"\0"))
+        else:
+            return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b"", 0
+        status, out = handler(self, caller, hc, args, data)
         return status, out, (hc.rep_count - hc.rep_start if spec.rep and status == S.HV_STATUS_SUCCESS else 0)
 
-    # -- handlers ---------------------------------------------------------------------
+    # -- handlers: each gets its fixed input block unpacked (``args``) --------------------------
 
-    def _partition(self, data: bytes, layout: struct.Struct = _U64):
-        """Unpack ``layout`` (which starts with a PartitionId) and find the partition."""
-        if len(data) < layout.size:
-            return S.HV_STATUS_INVALID_HYPERCALL_INPUT, None, ()
-        fields = layout.unpack_from(data)
-        part = self.table.get(fields[0])
-        if part is None:
-            return S.HV_STATUS_INVALID_PARTITION_ID, None, fields
-        return S.HV_STATUS_SUCCESS, part, fields
+    def _rep_list(self, hc, data: bytes, header: int, element: struct.Struct = HV_GPA_PAGE_NUMBER) -> list | None:
+        """The rep elements from the rep start index on, or None if the input is too short
+        for the rep count."""
+        if len(data) < header + element.size * hc.rep_count:
+            return None
+        return unpack_rep(element, data, header + element.size * hc.rep_start, hc.rep_count - hc.rep_start)
 
-    def create_partition(self, caller, hc, data) -> Result:
+    def create_partition(self, caller, hc, args, data) -> Result:
         # The TLFS input (flags, proximity, compatibility version, feature banks) selects
         # processor features this emulation does not have; it is accepted and not used.
         part = self.table.create()
-        return S.HV_STATUS_SUCCESS, _U64.pack(part.id)
+        return S.HV_STATUS_SUCCESS, HV_OUTPUT_CREATE_PARTITION.pack(part.id)
 
-    def initialize_partition(self, caller, hc, data) -> Result:
-        status, part, _ = self._partition(data)
+    def initialize_partition(self, caller, hc, args, data) -> Result:
+        part = self.table.get(args[0])
         if part is None:
-            return status, b""
+            return S.HV_STATUS_INVALID_PARTITION_ID, b""
         if part.state is not HvPartitionState.CREATED:
             return S.HV_STATUS_INVALID_PARTITION_STATE, b""
         part.state = HvPartitionState.INITIALIZED
@@ -193,86 +194,30 @@ class Hypercalls:
             self.memory.slat(part.id, part.gpa_pages)
         return S.HV_STATUS_SUCCESS, b""
 
-    def finalize_partition(self, caller, hc, data) -> Result:
-        status, part, _ = self._partition(data)
+    def finalize_partition(self, caller, hc, args, data) -> Result:
+        part = self.table.get(args[0])
         if part is None:
-            return status, b""
+            return S.HV_STATUS_INVALID_PARTITION_ID, b""
         part.state = HvPartitionState.FINALIZED
         return S.HV_STATUS_SUCCESS, b""
 
-    # -- memory (TLFS host flow: deposit, map; unmap, withdraw) ---------------------------------
-
-    def _rep_list(self, hc, data: bytes, header: int) -> list[int] | None:
-        """The rep elements (u64 each) from the rep start index on, or None if the input
-        is too short for the rep count."""
-        need = header + 8 * hc.rep_count
-        if len(data) < need:
-            return None
-        return list(struct.unpack_from(f"<{hc.rep_count - hc.rep_start}Q", data, header + 8 * hc.rep_start))
-
-    def deposit_memory(self, caller, hc, data) -> Result:
-        status, part, _ = self._partition(data)
+    def delete_partition(self, caller, hc, args, data) -> Result:
+        part = self.table.get(args[0])
         if part is None:
-            return status, b""
-        pages = self._rep_list(hc, data, 8)
-        if pages is None:
-            return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b""
-        try:
-            self.memory.deposit(part.id, pages)
-        except MemoryError_:
-            return S.HV_STATUS_INVALID_PARAMETER, b""
-        return S.HV_STATUS_SUCCESS, b""
-
-    def withdraw_memory(self, caller, hc, data) -> Result:
-        status, part, _ = self._partition(data)
-        if part is None:
-            return status, b""
-        freed = self.memory.withdraw(part.id, hc.rep_count - hc.rep_start)
-        return S.HV_STATUS_SUCCESS, struct.pack(f"<{len(freed)}Q", *freed)
-
-    def map_gpa_pages(self, caller, hc, data) -> Result:
-        status, part, fields = self._partition(data, _MAP_GPA)
-        if part is None:
-            return status, b""
-        if not part.gpa_pages:
-            return S.HV_STATUS_INVALID_PARTITION_STATE, b""
-        pages = self._rep_list(hc, data, _MAP_GPA.size)
-        if pages is None:
-            return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b""
-        try:
-            self.memory.map(part.id, fields[1] + hc.rep_start, pages, part.gpa_pages)
-        except MemoryError_:
-            return S.HV_STATUS_INVALID_PARAMETER, b""
-        return S.HV_STATUS_SUCCESS, b""
-
-    def unmap_gpa_pages(self, caller, hc, data) -> Result:
-        status, part, fields = self._partition(data, _MAP_GPA)
-        if part is None:
-            return status, b""
-        try:
-            self.memory.unmap(part.id, fields[1] + hc.rep_start, hc.rep_count - hc.rep_start)
-        except MemoryError_:
-            return S.HV_STATUS_INVALID_PARAMETER, b""
-        return S.HV_STATUS_SUCCESS, b""
-
-    def delete_partition(self, caller, hc, data) -> Result:
-        status, part, _ = self._partition(data)
-        if part is None:
-            return status, b""
+            return S.HV_STATUS_INVALID_PARTITION_ID, b""
         if part.state is not HvPartitionState.FINALIZED:
             return S.HV_STATUS_INVALID_PARTITION_STATE, b""
         self.memory.release(part.id)
         self.table.delete(part.id)
         return S.HV_STATUS_SUCCESS, b""
 
-    def set_partition_property(self, caller, hc, data) -> Result:
-        status, part, fields = self._partition(data, _PROPERTY)
+    def set_partition_property(self, caller, hc, args, data) -> Result:
+        part = self.table.get(args[0])
         if part is None:
-            return status, b""
-        if len(data) < _PROPERTY.size + 8:
+            return S.HV_STATUS_INVALID_PARTITION_ID, b""
+        if len(data) < HV_INPUT_SET_PARTITION_PROPERTY.size:  # the partition is checked first
             return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b""
-        (value,) = _U64.unpack_from(data, _PROPERTY.size)
-        code = fields[1]
+        _, code, value = args
         scheduling = code in (HvPartitionProperty.HvPartitionPropertyCpuReserve,
                               HvPartitionProperty.HvPartitionPropertyCpuCap,
                               HvPartitionProperty.HvPartitionPropertyCpuWeight)
@@ -309,10 +254,11 @@ class Hypercalls:
             return S.HV_STATUS_UNKNOWN_PROPERTY, b""
         return S.HV_STATUS_SUCCESS, b""
 
-    def get_partition_property(self, caller, hc, data) -> Result:
-        status, part, fields = self._partition(data, _PROPERTY)
+    def get_partition_property(self, caller, hc, args, data) -> Result:
+        pid, code = args
+        part = self.table.get(pid)
         if part is None:
-            return status, b""
+            return S.HV_STATUS_INVALID_PARTITION_ID, b""
         values = {
             HvPartitionProperty.HvPartitionPropertyPrivilegeFlags: part.privileges,
             HvPartitionProperty.HvPartitionPropertyEnlightenmentRecommendations: part.recommendations,
@@ -322,34 +268,79 @@ class Hypercalls:
             HvPartitionProperty.HvPartitionPropertyCpuWeight: part.cpu.weight,
             HvPartitionProperty.HvPartitionPropertyGpaPageCount: part.gpa_pages,
         }
-        if fields[1] not in values:
+        if code not in values:
             return S.HV_STATUS_UNKNOWN_PROPERTY, b""
-        return S.HV_STATUS_SUCCESS, _U64.pack(values[fields[1]])
+        return S.HV_STATUS_SUCCESS, HV_OUTPUT_GET_PARTITION_PROPERTY.pack(values[code])
 
-    def get_partition_id(self, caller, hc, data) -> Result:
+    def get_partition_id(self, caller, hc, args, data) -> Result:
         pid = caller.partition.id if caller.partition else ROOT_PARTITION_ID
-        return S.HV_STATUS_SUCCESS, _U64.pack(pid)
+        return S.HV_STATUS_SUCCESS, HV_OUTPUT_GET_PARTITION_ID.pack(pid)
 
-    def create_vp(self, caller, hc, data) -> Result:
-        status, part, fields = self._partition(data, _CREATE_VP)
+    # -- memory (TLFS host flow: deposit, map; unmap, withdraw) ---------------------------------
+
+    def deposit_memory(self, caller, hc, args, data) -> Result:
+        part = self.table.get(args[0])
         if part is None:
-            return status, b""
-        index = fields[1]
+            return S.HV_STATUS_INVALID_PARTITION_ID, b""
+        pages = self._rep_list(hc, data, HV_INPUT_DEPOSIT_MEMORY.size)
+        if pages is None:
+            return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b""
+        try:
+            self.memory.deposit(part.id, pages)
+        except MemoryRefused:
+            return S.HV_STATUS_INVALID_PARAMETER, b""
+        return S.HV_STATUS_SUCCESS, b""
+
+    def withdraw_memory(self, caller, hc, args, data) -> Result:
+        part = self.table.get(args[0])
+        if part is None:
+            return S.HV_STATUS_INVALID_PARTITION_ID, b""
+        freed = self.memory.withdraw(part.id, hc.rep_count - hc.rep_start)
+        return S.HV_STATUS_SUCCESS, pack_rep(HV_GPA_PAGE_NUMBER, freed)
+
+    def map_gpa_pages(self, caller, hc, args, data) -> Result:
+        part = self.table.get(args[0])
+        if part is None:
+            return S.HV_STATUS_INVALID_PARTITION_ID, b""
+        if not part.gpa_pages:
+            return S.HV_STATUS_INVALID_PARTITION_STATE, b""
+        pages = self._rep_list(hc, data, HV_INPUT_MAP_GPA_PAGES.size)
+        if pages is None:
+            return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b""
+        try:
+            self.memory.map(part.id, args[1] + hc.rep_start, pages, part.gpa_pages)
+        except MemoryRefused:
+            return S.HV_STATUS_INVALID_PARAMETER, b""
+        return S.HV_STATUS_SUCCESS, b""
+
+    def unmap_gpa_pages(self, caller, hc, args, data) -> Result:
+        part = self.table.get(args[0])
+        if part is None:
+            return S.HV_STATUS_INVALID_PARTITION_ID, b""
+        try:
+            self.memory.unmap(part.id, args[1] + hc.rep_start, hc.rep_count - hc.rep_start)
+        except MemoryRefused:
+            return S.HV_STATUS_INVALID_PARAMETER, b""
+        return S.HV_STATUS_SUCCESS, b""
+
+    # -- VPs and their registers -------------------------------------------------------------
+
+    def create_vp(self, caller, hc, args, data) -> Result:
+        part = self.table.get(args[0])
+        if part is None:
+            return S.HV_STATUS_INVALID_PARTITION_ID, b""
+        index = args[1]
         if part.state is not HvPartitionState.INITIALIZED:
             return S.HV_STATUS_INVALID_PARTITION_STATE, b""
         # VPs are created in order, as the root does; a gap or a repeat is a bad index.
         if index != len(part.vps) or index >= MAX_VPS_PER_PARTITION:
             return S.HV_STATUS_INVALID_VP_INDEX, b""
-        part.vps.append(Vp(index))
+        part.vps.append(VirtualProcessor(index, part))
         return S.HV_STATUS_SUCCESS, b""
 
-    # -- VP registers -----------------------------------------------------------------------
-
-    def _vp(self, data: bytes):
+    def _vp(self, args):
         """The VP named by a Get/SetVpRegisters header, or the status saying why not."""
-        if len(data) < _VP_REGISTERS.size:
-            return S.HV_STATUS_INVALID_HYPERCALL_INPUT, None, None
-        pid, index, vtl = _VP_REGISTERS.unpack_from(data)
+        pid, index, vtl = args
         part = self.table.get(pid)
         if part is None:
             return S.HV_STATUS_INVALID_PARTITION_ID, None, None
@@ -359,76 +350,73 @@ class Hypercalls:
             return S.HV_STATUS_INVALID_PARAMETER, None, None
         return S.HV_STATUS_SUCCESS, part, part.vps[index]
 
-    def get_vp_registers(self, caller, hc, data) -> Result:
-        status, part, vp = self._vp(data)
+    def get_vp_registers(self, caller, hc, args, data) -> Result:
+        status, part, vp = self._vp(args)
         if vp is None:
             return status, b""
-        end = _VP_REGISTERS.size + 4 * hc.rep_count
-        if len(data) < end:
+        names = self._rep_list(hc, data, HV_INPUT_GET_VP_REGISTERS.size, HV_REGISTER_NAME)
+        if names is None:
             return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b""
-        names = struct.unpack_from(f"<{hc.rep_count - hc.rep_start}I", data, _VP_REGISTERS.size + 4 * hc.rep_start)
         out = bytearray()
         for name in names:
             value = self.registers.read(part, vp, name)
             if value is None:
                 return S.HV_STATUS_INVALID_PARAMETER, bytes(out)
-            out += value.to_bytes(16, "little")
+            out += HV_REGISTER_VALUE.pack(value & _U64_MASK, value >> 64)
         return S.HV_STATUS_SUCCESS, bytes(out)
 
-    def set_vp_registers(self, caller, hc, data) -> Result:
-        status, part, vp = self._vp(data)
+    def set_vp_registers(self, caller, hc, args, data) -> Result:
+        status, part, vp = self._vp(args)
         if vp is None:
             return status, b""
-        if len(data) < _VP_REGISTERS.size + _REGISTER_ASSOC.size * hc.rep_count:
+        base = HV_INPUT_SET_VP_REGISTERS.size
+        if len(data) < base + HV_REGISTER_ASSOC.size * hc.rep_count:
             return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b""
         for i in range(hc.rep_start, hc.rep_count):
-            name, _, _, lo, hi = _REGISTER_ASSOC.unpack_from(data, _VP_REGISTERS.size + _REGISTER_ASSOC.size * i)
+            name, lo, hi = HV_REGISTER_ASSOC.unpack_from(data, base + HV_REGISTER_ASSOC.size * i)
             if not self.registers.write(part, vp, name, lo | hi << 64):
                 return S.HV_STATUS_INVALID_PARAMETER, b""
         return S.HV_STATUS_SUCCESS, b""
 
-    def notify_long_spin_wait(self, caller, hc, data) -> Result:
-        # TLFS: advisory, always succeeds.  Without a scheduler there is nobody to yield to;
-        # the call is still a full hypercall round trip, which is what is measured.
-        if len(data) < _SPIN_COUNT.size:
-            return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b""
+    def notify_long_spin_wait(self, caller, hc, args, data) -> Result:
+        # TLFS: advisory, always succeeds.  The yield itself is the scheduler's (the
+        # intercept handler sends the VP to the back of the ready queue).
         return S.HV_STATUS_SUCCESS, b""
 
     # -- address spaces and TLB flushes (TLFS "virtual MMU" calls) ------------------------
 
-    def switch_virtual_address_space(self, caller, hc, data) -> Result:
+    def switch_virtual_address_space(self, caller, hc, args, data) -> Result:
         """The new CR3 (fast: in RDX).  The TLB is tagged by address space: no flush."""
-        if len(data) < 8:
-            return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b""
         if caller.vp is not None:
-            caller.vp.cr3 = _U64.unpack_from(data)[0]
+            caller.vp.cr3 = args[0]
         return S.HV_STATUS_SUCCESS, b""
 
-    def _flush_header(self, data: bytes):
-        if len(data) < _FLUSH.size:
-            return S.HV_STATUS_INVALID_HYPERCALL_INPUT, None
-        space, flags, _mask = _FLUSH.unpack_from(data)
+    @staticmethod
+    def _flush_space(args):
+        """The address space a flush header names (None: all of them), or None and the
+        status when its flags are not the TLFS ones."""
+        space, flags, _mask = args
         if flags & ~_FLUSH_FLAGS:
             return S.HV_STATUS_INVALID_PARAMETER, None
         # The processor mask names VPs, but a VP may have run on any LP, so the caller's
         # entries are flushed on every LP whatever the mask says.
         return S.HV_STATUS_SUCCESS, None if flags & HV_FLUSH_ALL_VIRTUAL_ADDRESS_SPACES else space
 
-    def flush_virtual_address_space(self, caller, hc, data) -> Result:
+    def flush_virtual_address_space(self, caller, hc, args, data) -> Result:
         """Only the caller's entries: of one address space, or of all of them."""
-        status, space = self._flush_header(data)
+        status, space = self._flush_space(args)
         if status != S.HV_STATUS_SUCCESS:
             return status, b""
         if self.tlb is not None and caller.partition is not None:
             self.tlb.flush_partition(caller.partition.id, space, kind="address_space")
         return S.HV_STATUS_SUCCESS, b""
 
-    def flush_virtual_address_list(self, caller, hc, data) -> Result:
+    def flush_virtual_address_list(self, caller, hc, args, data) -> Result:
         """Rep elements: GVAs whose bits 11:0 count additional pages to flush."""
-        status, space = self._flush_header(data)
+        status, space = self._flush_space(args)
         if status != S.HV_STATUS_SUCCESS:
             return status, b""
-        gvas = self._rep_list(hc, data, _FLUSH.size)
+        gvas = self._rep_list(hc, data, HV_INPUT_FLUSH_VIRTUAL_ADDRESS_LIST.size, HV_GVA)
         if gvas is None:
             return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b""
         if self.tlb is not None and caller.partition is not None:
@@ -437,23 +425,56 @@ class Hypercalls:
         return S.HV_STATUS_SUCCESS, b""
 
 
-HANDLERS: dict[int, Handler] = {
-    C.HvCallSwitchVirtualAddressSpace: Hypercalls.switch_virtual_address_space,
-    C.HvCallFlushVirtualAddressSpace: Hypercalls.flush_virtual_address_space,
-    C.HvCallFlushVirtualAddressList: Hypercalls.flush_virtual_address_list,
-    C.HvCallCreatePartition: Hypercalls.create_partition,
-    C.HvCallInitializePartition: Hypercalls.initialize_partition,
-    C.HvCallFinalizePartition: Hypercalls.finalize_partition,
-    C.HvCallDeletePartition: Hypercalls.delete_partition,
-    C.HvCallSetPartitionProperty: Hypercalls.set_partition_property,
-    C.HvCallGetPartitionProperty: Hypercalls.get_partition_property,
-    C.HvCallGetPartitionId: Hypercalls.get_partition_id,
-    C.HvCallCreateVp: Hypercalls.create_vp,
-    C.HvCallNotifyLongSpinWait: Hypercalls.notify_long_spin_wait,
-    C.HvCallGetVpRegisters: Hypercalls.get_vp_registers,
-    C.HvCallSetVpRegisters: Hypercalls.set_vp_registers,
-    C.HvCallDepositMemory: Hypercalls.deposit_memory,
-    C.HvCallWithdrawMemory: Hypercalls.withdraw_memory,
-    C.HvCallMapGpaPages: Hypercalls.map_gpa_pages,
-    C.HvCallUnmapGpaPages: Hypercalls.unmap_gpa_pages,
+_U64_MASK = (1 << 64) - 1
+H = Hypercalls
+# The one hypercall table: every TLFS call code this hypervisor knows, what it takes and
+# who may make it.  The dispatcher reads nothing else.
+SPECS: dict[int, CallSpec] = {
+    C.HvCallSwitchVirtualAddressSpace: CallSpec(0, H.switch_virtual_address_space,
+                                                layout=HV_INPUT_SWITCH_VIRTUAL_ADDRESS_SPACE),
+    C.HvCallFlushVirtualAddressSpace: CallSpec(0, H.flush_virtual_address_space,
+                                               layout=HV_INPUT_FLUSH_VIRTUAL_ADDRESS_SPACE),
+    C.HvCallFlushVirtualAddressList: CallSpec(0, H.flush_virtual_address_list, rep=True,
+                                              layout=HV_INPUT_FLUSH_VIRTUAL_ADDRESS_LIST),
+    C.HvCallNotifyLongSpinWait: CallSpec(0, H.notify_long_spin_wait, layout=HV_INPUT_NOTIFY_LONG_SPIN_WAIT),
+    C.HvCallSendSyntheticClusterIpi: CallSpec(0),
+    C.HvCallFlushVirtualAddressSpaceEx: CallSpec(0),
+    C.HvCallFlushVirtualAddressListEx: CallSpec(0, rep=True),
+    C.HvCallSendSyntheticClusterIpiEx: CallSpec(0),
+    # Nothing of the input is read (see create_partition), so none of it is required.
+    C.HvCallCreatePartition: CallSpec(_ROOT, H.create_partition, layout=HV_INPUT_CREATE_PARTITION, required=0),
+    C.HvCallInitializePartition: CallSpec(_ROOT, H.initialize_partition, layout=HV_INPUT_INITIALIZE_PARTITION),
+    C.HvCallFinalizePartition: CallSpec(_ROOT, H.finalize_partition, layout=HV_INPUT_FINALIZE_PARTITION),
+    C.HvCallDeletePartition: CallSpec(_ROOT, H.delete_partition, layout=HV_INPUT_DELETE_PARTITION),
+    C.HvCallGetPartitionProperty: CallSpec(_ROOT, H.get_partition_property, layout=HV_INPUT_GET_PARTITION_PROPERTY),
+    # The partition and property first: an unknown partition is reported as such however
+    # short the value after them (set_partition_property checks the value is there).
+    C.HvCallSetPartitionProperty: CallSpec(_ROOT, H.set_partition_property, layout=HV_INPUT_SET_PARTITION_PROPERTY,
+                                           required=HV_INPUT_GET_PARTITION_PROPERTY.size),
+    C.HvCallGetPartitionId: CallSpec(HvPrivilege.AccessPartitionId, H.get_partition_id),
+    C.HvCallDepositMemory: CallSpec(HvPrivilege.AccessMemoryPool, H.deposit_memory, rep=True,
+                                    layout=HV_INPUT_DEPOSIT_MEMORY),
+    # Only the partition is read; the proximity domain is a NUMA hint this emulation lacks.
+    C.HvCallWithdrawMemory: CallSpec(HvPrivilege.AccessMemoryPool, H.withdraw_memory, rep=True,
+                                     layout=HV_INPUT_WITHDRAW_MEMORY, required=8),
+    C.HvCallMapGpaPages: CallSpec(_ROOT, H.map_gpa_pages, rep=True, layout=HV_INPUT_MAP_GPA_PAGES),
+    C.HvCallUnmapGpaPages: CallSpec(_ROOT, H.unmap_gpa_pages, rep=True, layout=HV_INPUT_UNMAP_GPA_PAGES),
+    C.HvCallInstallIntercept: CallSpec(_ROOT),
+    # Only the partition and VP index are read; the proximity domain and flags select what
+    # this emulation lacks.
+    C.HvCallCreateVp: CallSpec(_ROOT, H.create_vp, layout=HV_INPUT_CREATE_VP, required=12),
+    C.HvCallDeleteVp: CallSpec(_ROOT),
+    C.HvCallGetVpRegisters: CallSpec(_ROOT, H.get_vp_registers, rep=True, layout=HV_INPUT_GET_VP_REGISTERS),
+    C.HvCallSetVpRegisters: CallSpec(_ROOT, H.set_vp_registers, rep=True, layout=HV_INPUT_SET_VP_REGISTERS),
+    C.HvCallTranslateVirtualAddress: CallSpec(0),
+    C.HvCallPostMessage: CallSpec(HvPrivilege.PostMessages),
+    C.HvCallSignalEvent: CallSpec(HvPrivilege.SignalEvents),
+    C.HvCallRegisterInterceptResult: CallSpec(_ROOT),
+    C.HvCallAssertVirtualInterrupt: CallSpec(_ROOT),
+    C.HvCallCreatePort: CallSpec(HvPrivilege.CreatePort),
+    C.HvCallConnectPort: CallSpec(HvPrivilege.ConnectPort),
+    C.HvCallStartVirtualProcessor: CallSpec(_ROOT),
+    C.HvCallSignalEventDirect: CallSpec(HvPrivilege.SignalEvents),
+    C.HvCallPostMessageDirect: CallSpec(HvPrivilege.PostMessages),
 }
+del H

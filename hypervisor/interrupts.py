@@ -1,14 +1,22 @@
-"""Interrupts waiting for a VP: what the VP's local APIC holds until the VP can take one.
+"""Virtual interrupt delivery: what waits for a VP until it can take it, and how it gets there.
 
 The chipset's interrupt controller lives in the worker (the PIC, as in a Hyper-V generation
 1 VM) and delivers a vector as ExtINT; the hypervisor queues it here for the target VP and
 injects it at the VP's next resume — at once if the VP is halted (HLT ends), else when its
-current exit completes.  Higher vectors go first, as the APIC prioritises them.
+current exit completes.  Higher vectors go first, as the APIC prioritises them.  The local
+APIC (``apic.py``) adds its timer and IPIs, which wait in its IRR; the two compete at
+injection by priority.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from time import perf_counter_ns
+
+from proto import messages as m
+from proto.messages import INTERRUPT_NO_EOI
+
+from hypervisor.scheduler import VpState
 
 
 @dataclass
@@ -35,3 +43,87 @@ class InterruptQueue:
 
     def clear(self) -> None:
         self.pending.clear()
+
+
+def next_interrupt(vp) -> tuple[int, tuple]:
+    """What to inject into ``vp`` now, and its path's stamps: the local APIC's highest
+    deliverable vector if it outranks what the PIC has queued (ExtINT), else the PIC's;
+    (0, ()) for nothing."""
+    vector = vp.apic.deliverable()
+    if vector is not None and not (vp.interrupts and max(v for v, _ in vp.interrupts.pending) > vector):
+        no_eoi = vp.apic.inject(vector)
+        fired = vp.apic.fired_ns.pop(vector, None)
+        irq_stamps = (fired, perf_counter_ns()) if fired else ()
+        return vector | (INTERRUPT_NO_EOI if no_eoi else 0), irq_stamps
+    if vp.interrupts:
+        vector, irq_stamps = vp.interrupts.take()
+        return vector, irq_stamps + (perf_counter_ns(),)
+    return 0, ()
+
+
+class Interrupts:
+    """Virtual interrupt delivery: the PIC's vectors from the worker, the local APICs'
+    timers and IPIs.  An interrupt waits (in the VP's queue or its APIC's IRR) until the VP
+    is next dispatched (:func:`next_interrupt`); a VP halted in HLT is woken for it."""
+
+    def __init__(self, table, counters: dict, wake) -> None:
+        self._table = table
+        self._counters = counters
+        self._wake = wake  # Dispatcher.wake: end a VP's HLT
+        self.next_timer_ns: int | None = None  # the earliest local APIC timer deadline
+
+    def on_assert_interrupt(self, identity: bytes, peer, msg: m.AssertInterrupt, t_in: int) -> None:
+        part = peer.partition
+        if not part.vps:
+            return
+        # ExtINT from the PIC goes to the boot processor (virtual-wire mode, LINT0).
+        vp = part.vps[0]
+        vp.interrupts.post(msg.vector, msg.stamps + (t_in,))
+        self._wake(vp)
+
+    # -- the local APIC timers ----------------------------------------------------------------
+
+    def timers_changed(self) -> None:
+        """A timer was programmed: when the loop must next wake for one."""
+        deadlines = [vp.apic.timer_deadline_ns for part in self._table for vp in part.vps
+                     if vp.apic.timer_deadline_ns is not None]
+        self.next_timer_ns = min(deadlines) if deadlines else None
+
+    def fire_timers(self, now: int) -> None:
+        """APIC timers whose deadline passed: the interrupt waits in the IRR, a halted VP
+        wakes for it."""
+        for part in self._table:
+            for vp in part.vps:
+                if vp.apic.poll(now):
+                    vp.apic.fired_ns[vp.apic.lvt_timer & 0xFF] = now
+                    if vp.state is VpState.HALTED:
+                        self._wake(vp)
+        self.timers_changed()
+
+    # -- IPIs ---------------------------------------------------------------------------------
+
+    def send_ipi(self, part, source) -> None:
+        """After an ICR write (APIC page or HV_X64_MSR_ICR): deliver the fixed-mode IPI to
+        its destination VPs' local APICs (the APIC ID is the VP index), waking them if they
+        sleep in HLT."""
+        ipi = source.apic.take_ipi()
+        if ipi is None:
+            return
+        low, high = ipi
+        vector, mode, shorthand = low & 0xFF, (low >> 8) & 7, (low >> 18) & 3
+        if mode != 0 or vector < 16:
+            self._counters["ipis_ignored"] += 1  # INIT/SIPI/NMI/SMI, or an illegal vector
+            return
+        if shorthand == 0:  # no shorthand: the APIC ID in ICR bits 63:56
+            dest = high >> 24
+            targets = [vp for vp in part.vps if vp.index == dest]
+        elif shorthand == 1:  # self
+            targets = [source]
+        elif shorthand == 2:  # all including self
+            targets = list(part.vps)
+        else:  # all excluding self
+            targets = [vp for vp in part.vps if vp is not source]
+        for vp in targets:
+            vp.apic.accept(vector)
+            if vp.state is VpState.HALTED:
+                self._wake(vp)

@@ -17,15 +17,19 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from proto.errors import HvstackError
 from proto.memory import PAGE_SIZE, SLAT_ENTRY, SLAT_INVALID
+from proto.status import MemoryStatus, SlatStatus
 
 ROOT = 0
 # The largest guest-physical space a partition's table covers: 4 GiB.
 MAX_GPA_PAGES = 1 << 20
 
 
-class MemoryError_(ValueError):
-    """A request the memory manager refuses; the hypercall layer turns it into a status."""
+class MemoryRefused(HvstackError):
+    """The memory manager refuses a request (a page that is not the caller's to give or
+    map, a range beyond the partition's space); the hypercall layer turns it into
+    HV_STATUS_INVALID_PARAMETER and the refusal is counted."""
 
 
 @dataclass
@@ -67,7 +71,7 @@ class MemoryManager:
         s = self.slats.get(partition)
         if s is None:
             if not 0 < gpa_pages <= MAX_GPA_PAGES:
-                raise MemoryError_(f"a guest-physical space of {gpa_pages} pages")
+                raise MemoryRefused(f"a guest-physical space of {gpa_pages} pages")
             path = self.dir / f"slat-{partition}.bin"
             with open(path, "wb") as f:
                 f.write(b"\xff" * (gpa_pages * SLAT_ENTRY))
@@ -87,7 +91,7 @@ class MemoryManager:
 
     def _refuse(self, why: str):
         self.counters["refused"] += 1
-        return MemoryError_(why)
+        return MemoryRefused(why)
 
     def deposit(self, partition: int, host_pages: list[int]) -> None:
         for hp in host_pages:
@@ -158,9 +162,9 @@ class MemoryManager:
             if e != SLAT_INVALID:
                 yield e
 
-    def status(self) -> dict:
+    def status(self) -> MemoryStatus:
         free = sum(1 for o in self.owner if o == ROOT)
-        return {"pool_pages": self.pages, "root_pages": free, "pool": str(self.pool_path),
-                "partitions": {str(pid): {"mapped": s.mapped, "owned": self.owned(pid), "slat": str(s.path)}
-                               for pid, s in self.slats.items()},
-                "counters": dict(self.counters)}
+        return MemoryStatus(self.pages, free, str(self.pool_path),
+                            {str(pid): SlatStatus(s.mapped, self.owned(pid), str(s.path))
+                             for pid, s in self.slats.items()},
+                            dict(self.counters))

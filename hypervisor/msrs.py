@@ -10,7 +10,7 @@ from proto.codes import HvMsr, HvPrivilege, X86Exception
 
 from hypervisor.apic import APIC_TIMER_HZ
 
-from hypervisor.partitions import Partition, Vp
+from hypervisor.partitions import Partition, VirtualProcessor
 
 GP = X86Exception.GP
 OK = X86Exception.NONE
@@ -21,7 +21,7 @@ HYPERCALL_LOCKED = 1 << 1
 HYPERCALL_WRITABLE = ~((1 << 12) - 1) & 0xFFFFFFFFFFFFFFFF | HYPERCALL_ENABLE | HYPERCALL_LOCKED
 
 
-def rdmsr(part: Partition, vp: Vp, msr: int) -> tuple[int, int]:
+def rdmsr(part: Partition, vp: VirtualProcessor, msr: int) -> tuple[int, int]:
     priv = part.privileges
     vp_index = vp.index
     if msr == HvMsr.HV_X64_MSR_GUEST_OS_ID and priv & HvPrivilege.AccessHypercallMsrs:
@@ -42,7 +42,7 @@ def rdmsr(part: Partition, vp: Vp, msr: int) -> tuple[int, int]:
     return GP, 0
 
 
-def wrmsr(part: Partition, vp: Vp, msr: int, value: int) -> int:
+def wrmsr(part: Partition, vp: VirtualProcessor, msr: int, value: int) -> int:
     """Returns the fault to inject (X86Exception.NONE when the write took)."""
     priv = part.privileges
     if msr == HvMsr.HV_X64_MSR_GUEST_OS_ID and priv & HvPrivilege.AccessHypercallMsrs:

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import enum
 import time
 from dataclasses import dataclass, field
 
 from proto.codes import HV_SPIN_RETRY_NEVER, HvPartitionState
+from proto.messages import RFLAGS_FIXED
 from proto.exits import EXITS
 from proto.stats import PathStats
 
 from hypervisor.apic import Apic
 from hypervisor.interrupts import InterruptQueue
-from hypervisor.scheduler import CpuControls, VpSched
+from hypervisor.scheduler import CpuControls, VpSched, VpState
 
 # The partition ID of the root; children are numbered from 1 (HV_PARTITION_ID_SELF is not
 # a real ID, so 0 is never handed out to a child).
@@ -20,26 +20,20 @@ ROOT_PARTITION_ID = 0
 MAX_VPS_PER_PARTITION = 64
 
 
-class VpState(enum.Enum):
-    CREATED = "created"  # exists, no thread has said hello yet
-    READY = "ready"  # its exit is complete; waits for a logical processor
-    RUNNING = "running"  # dispatched on a logical processor, executing guest code
-    INTERCEPT = "intercept"  # suspended until its intercept completes
-    HALTED = "halted"  # executed HLT; waits for an interrupt
+@dataclass(eq=False)
+class VirtualProcessor:
+    """The hypervisor's record of one VP (the guest side's is ``partitions.vp.Vp``)."""
 
-
-@dataclass
-class Vp:
     index: int
-    state: VpState = VpState.CREATED
+    partition: "Partition | None" = None
     peer: bytes | None = None  # ZeroMQ identity of the VP thread, once bound
     exits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EXITS, 0))
     faults: int = 0
     halt_seq: int | None = None  # the HLT intercept waiting for a wake-up
     interrupts: InterruptQueue = field(default_factory=InterruptQueue)
     reset_pending: bool = False  # deliver a reset (INIT) at the VP's next resume
-    sched: VpSched | None = None  # set when the VP's thread says hello
-    partition: "Partition | None" = None
+    # Its run state, suspension and LP, as the scheduler keeps them (the one copy).
+    sched: VpSched | None = None
     next_frame: bytes | None = None  # what the VP waits for, sent when it is dispatched…
     next_resume: tuple | None = None  # …or the resume to build then
     stats: dict[str, PathStats] = field(default_factory=dict)  # last vp_stats, decoded
@@ -49,17 +43,31 @@ class Vp:
     # The register block (proto.messages.REGS), saved at every exit and restored at every
     # dispatch: RFLAGS, and CR3 (also loaded by an intercepted MOV CR3 or
     # HvCallSwitchVirtualAddressSpace).
-    rflags: int = 0x2
+    rflags: int = RFLAGS_FIXED
     cr3: int = 0
     regs_written: dict = field(default_factory=dict)  # root writes not yet seen by the running VP
-    # HvRegisterExplicitSuspend: a VP is created suspended; the root starts it by clearing
-    # this (TLFS host flow).  The scheduler never dispatches a suspended VP.
-    explicit_suspend: bool = True
-    lp: int = 0  # the LP it was last dispatched on (whose TLB its exits flush)
 
     def __post_init__(self) -> None:
         if self.apic is None:
             self.apic = Apic(self.index)
+        if self.sched is None:
+            part = self.partition
+            self.sched = VpSched((part.id if part else 0, self.index), part.cpu if part else CpuControls(), self)
+
+    @property
+    def state(self) -> VpState:
+        return self.sched.state
+
+    def init(self) -> None:
+        """INIT (a partition reset): what the hypervisor keeps of the VP goes back to its
+        power-on values — no pending interrupts, interrupts disabled, CR3 0, the local APIC
+        and the VP assist page as after power-on."""
+        self.interrupts.clear()
+        self.cr3 = 0
+        self.rflags = RFLAGS_FIXED
+        self.regs_written.clear()
+        self.apic = Apic(self.index)
+        self.assist_page = 0
 
 
 @dataclass
@@ -71,13 +79,12 @@ class Partition:
     spin_retry: int = HV_SPIN_RETRY_NEVER
     gpa_pages: int = 0  # the guest-physical space, in pages (sizes the SLAT table)
     created_ns: int = field(default_factory=time.monotonic_ns)
-    vps: list[Vp] = field(default_factory=list)
+    vps: list[VirtualProcessor] = field(default_factory=list)
     worker: bytes | None = None
     port_owner: dict[int, bytes] = field(default_factory=dict)
     ranges: list[tuple[int, int]] = field(default_factory=list)
     mmio: list[tuple[int, int, bytes]] = field(default_factory=list)  # (gpa, end, owner)
-    paused: bool = False
-    cpu: CpuControls = field(default_factory=CpuControls)
+    cpu: CpuControls = field(default_factory=CpuControls)  # its share of the LPs, and its pause
     resets: int = 0
     # Partition-wide synthetic MSRs (TLFS: GUEST_OS_ID and HYPERCALL are per partition).
     guest_os_id: int = 0
@@ -87,6 +94,13 @@ class Partition:
     unclaimed_writes: int = 0
     unmapped_gpa: int = 0
     worker_timeouts: int = 0
+
+    def reset(self) -> None:
+        """The partition-wide part of a reset: the synthetic MSRs to their reset values
+        (the hypercall page off), counted."""
+        self.resets += 1
+        self.guest_os_id = 0
+        self.hypercall_msr = 0
 
     @property
     def hypercalls_enabled(self) -> bool:

@@ -13,7 +13,8 @@ from __future__ import annotations
 from proto.codes import HvRegisterName as R
 
 from hypervisor.apic import APIC_BASE
-from hypervisor.partitions import Partition, Vp, VpState
+from hypervisor.partitions import Partition, VirtualProcessor
+from hypervisor.scheduler import VpState
 
 # IA32_APIC_BASE: the base address, bit 11 "xAPIC enabled", bit 8 "bootstrap processor".
 APIC_BASE_ENABLE = 1 << 11
@@ -24,13 +25,13 @@ class VpRegisters:
     def __init__(self, scheduler=None) -> None:
         self.scheduler = scheduler
 
-    def read(self, part: Partition, vp: Vp, name: int) -> int | None:
+    def read(self, part: Partition, vp: VirtualProcessor, name: int) -> int | None:
         if name == R.HvRegisterExplicitSuspend:
-            return int(vp.explicit_suspend)
+            return int(vp.sched.suspended)
         if name == R.HvRegisterInterceptSuspend:
-            return int(vp.state is VpState.INTERCEPT)
+            return int(vp.sched.state is VpState.INTERCEPT)
         if name == R.HvRegisterDispatchSuspend:
-            return int(part.paused)
+            return int(part.cpu.paused)
         if name == R.HvX64RegisterRflags:
             return vp.rflags
         if name == R.HvX64RegisterCr3:
@@ -43,16 +44,12 @@ class VpRegisters:
             return vp.index
         return None
 
-    def write(self, part: Partition, vp: Vp, name: int, value: int) -> bool:
+    def write(self, part: Partition, vp: VirtualProcessor, name: int, value: int) -> bool:
         if name == R.HvRegisterExplicitSuspend:
-            vp.explicit_suspend = bool(value & 1)
             if self.scheduler is not None:
-                key = (part.id, vp.index)
-                if vp.explicit_suspend:
-                    self.scheduler.suspended.add(key)
-                else:
-                    self.scheduler.suspended.discard(key)
-                    self.scheduler.dispatch_now()
+                self.scheduler.suspend(vp.sched, bool(value & 1))
+            else:
+                vp.sched.suspended = bool(value & 1)
             return True
         if name in (R.HvX64RegisterRflags, R.HvX64RegisterCr3):
             attr = "rflags" if name == R.HvX64RegisterRflags else "cr3"

@@ -15,13 +15,27 @@ VP; weight is relative (1–10000, 100 by default).  Accounting windows are 100 
 quantum is 10 ms, cut short to what is left of its limit; the VP checks it at its
 preemption points (PAUSE, RAM access) and exits when it is over, as a hypervisor's
 scheduler timer would force it to.
+
+This is also the VP's state machine, and the one place its run state is held: in its
+:class:`VpSched`, with its suspension (HvRegisterExplicitSuspend) beside it, and its
+partition's pause in the :class:`CpuControls` all the partition's VPs share::
+
+               hello, exit done, woken (make_ready)
+    CREATED ───┐
+    INTERCEPT ─┼──▶ READY ──an LP is free; not paused or suspended; within its limit──▶ RUNNING
+    HALTED ────┘    (or straight to RUNNING when nobody else waits)                        │
+    INTERCEPT ◀──────────────────────────── any exit (exited) ────────────────────────────┘
+    INTERCEPT ──HLT (halted)──▶ HALTED
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from time import perf_counter_ns
 from typing import Callable
+
+from proto.status import LpStatus, SchedulerStatus, VpSchedStatus
 
 DEFAULT_QUANTUM_NS = 10_000_000
 WINDOW_NS = 100_000_000
@@ -29,22 +43,50 @@ FULL = 100_000  # 100 % of an LP, in thousandths of a percent
 DEFAULT_WEIGHT = 100
 
 
+class VpState(enum.Enum):
+    """A VP's run state.  ``value`` is its name in status; ``sched`` is the name the
+    scheduler's view gives it (a VP in an exit, or not started, is "blocked")."""
+
+    CREATED = "created", "blocked"  # exists, no thread has said hello yet
+    READY = "ready", "ready"  # its exit is complete; waits for a logical processor
+    RUNNING = "running", "running"  # dispatched on a logical processor, executing guest code
+    INTERCEPT = "intercept", "blocked"  # in an exit: suspended until the exit completes
+    HALTED = "halted", "halted"  # executed HLT; waits for an interrupt
+
+    def __new__(cls, value: str, sched: str):
+        member = object.__new__(cls)
+        member._value_ = value
+        member.sched = sched
+        return member
+
+
+CREATED, READY, RUNNING, INTERCEPT, HALTED = VpState
+
+
 @dataclass
 class CpuControls:
+    """A partition's share of the LPs, which all its VPs' :class:`VpSched` refer to."""
+
     reserve: int = 0
     limit: int = FULL
     weight: int = DEFAULT_WEIGHT
+    # The partition is paused (or stopped): none of its VPs is dispatched.  What
+    # HvRegisterDispatchSuspend reads, and status shows as the partition's "paused".
+    paused: bool = False
 
 
-@dataclass
+@dataclass(slots=True, eq=False)
 class VpSched:
-    """A VP as the scheduler sees it."""
+    """A VP as the scheduler sees it: its run state and its accounting."""
 
     key: tuple  # (partition id, vp index), for status
     controls: CpuControls
     owner: object = None  # the hypervisor's record of the VP
-    state: str = "blocked"  # blocked (in an exit) | ready | running | halted
-    lp: int | None = None
+    state: VpState = CREATED
+    # HvRegisterExplicitSuspend: a VP is created suspended; the root starts it by clearing
+    # this (TLFS host flow).  A suspended VP is never dispatched.
+    suspended: bool = True
+    lp: int = 0  # the LP it runs on while RUNNING, else the one it last ran on (whose TLB it filled)
     since_ns: int = 0  # when the current state began
     run_ns: int = 0
     wait_ns: int = 0
@@ -71,8 +113,6 @@ class Scheduler:
         self.quantum_ns = quantum_ns
         self._dispatch_cb = dispatch
         self.ready: list[VpSched] = []
-        self.paused: set = set()  # partition ids whose VPs are not dispatched
-        self.suspended: set = set()  # (partition id, vp index) held by HvRegisterExplicitSuspend
         self.window_start = 0
         self.window_id = 0
         self.max_running = 0
@@ -83,8 +123,8 @@ class Scheduler:
         return sum(1 for lp in self.lps if lp.vp is not None)
 
     def exited(self, s: VpSched, now: int, *, preempted: bool = False, yielded: bool = False) -> None:
-        """The VP left guest mode: account its run and free its LP."""
-        if s.state != "running":
+        """The VP left guest mode (RUNNING → INTERCEPT): account its run and free its LP."""
+        if s.state is not RUNNING:
             return
         now = max(now, s.since_ns)
         ran = now - s.since_ns
@@ -94,8 +134,7 @@ class Scheduler:
         lp = self.lps[s.lp]
         lp.busy_ns += ran
         lp.vp = None
-        s.lp = None
-        s.state = "blocked"
+        s.state = INTERCEPT
         s.since_ns = now
         if preempted:
             s.preemptions += 1
@@ -103,18 +142,19 @@ class Scheduler:
             s.yields += 1
 
     def halted(self, s: VpSched, now: int) -> None:
-        s.state = "halted"
+        """The VP executed HLT (INTERCEPT → HALTED): nothing runs it until it is woken."""
+        s.state = HALTED
         s.since_ns = now
 
     def make_ready(self, s: VpSched, now: int, *, to_back: bool = False) -> None:
-        """The VP's exit is complete: it may run once an LP is free."""
-        if s.state == "ready":
+        """The VP's exit is complete (→ READY): it may run once an LP is free."""
+        if s.state is READY:
             return
         if not self.ready:
             # Nobody else waits: the common case, and the hot path of every round trip.
             for lp in self.lps:
                 if lp.vp is None:
-                    if s.key[0] in self.paused or s.key in self.suspended or not self._eligible(s):
+                    if s.controls.paused or s.suspended or not self._eligible(s):
                         break
                     s.since_ns = now
                     self._run(s, lp, now)
@@ -125,7 +165,7 @@ class Scheduler:
             s.vruntime = max(s.vruntime, floor - self.quantum_ns)
             if to_back:  # a long-spin-wait notification: let everyone else go first
                 s.vruntime = max(s.vruntime, max(r.vruntime for r in self.ready) + 1)
-        s.state = "ready"
+        s.state = READY
         s.since_ns = now
         self._order += 1
         s.order = self._order
@@ -133,12 +173,25 @@ class Scheduler:
         self.dispatch(now)
 
     def remove(self, s: VpSched) -> None:
+        """The VP cannot be reached: it takes no LP and waits for nothing."""
         if s in self.ready:
             self.ready.remove(s)
-        if s.lp is not None:
+        if s.state is RUNNING:
             self.lps[s.lp].vp = None
-            s.lp = None
-        s.state = "blocked"
+        s.state = INTERCEPT
+
+    def suspend(self, s: VpSched, suspended: bool) -> None:
+        """Set or clear HvRegisterExplicitSuspend; a VP let go may run at once."""
+        s.suspended = suspended
+        if not suspended:
+            self.dispatch_now()
+
+    def pause(self, controls: CpuControls, paused: bool) -> None:
+        """Pause a partition (its VPs finish their exits but are not dispatched again) or
+        let it run."""
+        controls.paused = paused
+        if not paused:
+            self.dispatch_now()
 
     def tick(self, now: int) -> None:
         """Start a new accounting window when the old one is over, then fill idle LPs."""
@@ -181,7 +234,7 @@ class Scheduler:
 
     def _run(self, s: VpSched, lp: Lp, now: int) -> None:
         s.wait_ns += now - s.since_ns
-        s.state = "running"
+        s.state = RUNNING
         s.since_ns = now
         s.lp = lp.index
         s.dispatches += 1
@@ -201,7 +254,7 @@ class Scheduler:
     def _pick(self) -> VpSched | None:
         best, best_key = None, None
         for s in self.ready:
-            if s.key[0] in self.paused or s.key in self.suspended or not self._eligible(s):
+            if s.controls.paused or s.suspended or not self._eligible(s):
                 continue
             c = s.controls
             key = (0 if s.window_ns < c.reserve * WINDOW_NS // FULL else 1, s.vruntime, s.order)
@@ -209,13 +262,18 @@ class Scheduler:
                 best, best_key = s, key
         return best
 
-    def status(self, now: int) -> dict:
-        return {
-            "lps": [{"index": lp.index, "vp": list(lp.vp.key) if lp.vp else None,
-                     "busy_s": round((lp.busy_ns + (now - lp.vp.since_ns if lp.vp else 0)) / 1e9, 4)}
-                    for lp in self.lps],
-            "running": self.running,
-            "max_running": self.max_running,
-            "ready": len(self.ready),
-            "quantum_ms": self.quantum_ns / 1e6,
-        }
+    def status(self, now: int) -> SchedulerStatus:
+        return SchedulerStatus(
+            [LpStatus(lp.index, tuple(lp.vp.key) if lp.vp else None,
+                      round((lp.busy_ns + (now - lp.vp.since_ns if lp.vp else 0)) / 1e9, 4)) for lp in self.lps],
+            self.running, self.max_running, len(self.ready), self.quantum_ns / 1e6)
+
+    @staticmethod
+    def vp_status(s: VpSched, now: int) -> VpSchedStatus | None:
+        """A VP's scheduling, for status; None before its thread said hello."""
+        if s.state is CREATED:
+            return None
+        running = now - s.since_ns if s.state is RUNNING else 0
+        waiting = now - s.since_ns if s.state is READY else 0
+        return VpSchedStatus(s.state.sched, s.lp if s.state is RUNNING else None, (s.run_ns + running) / 1e9,
+                             (s.wait_ns + waiting) / 1e9, s.dispatches, s.preemptions, s.yields)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from proto import tlb as layout
+from proto.status import TlbLpStatus, TlbStatus
 from proto.tlb import LpTlb
 
 FLUSH_KINDS = ("mov_cr3", "invlpg", "address_space", "address_list")
@@ -48,13 +49,12 @@ class Tlbs:
             total += n
         return total
 
-    def status(self) -> dict:
+    def status(self) -> TlbStatus:
         lps = []
         for i, t in enumerate(self.lps):
             by_partition: dict[str, int] = {}
             for _, valid, p, *_ in t.entries():
                 if valid:
                     by_partition[str(p)] = by_partition.get(str(p), 0) + 1
-            lps.append({"lp": i, "fills": t.fills, "flushes": dict(self.flushes[i]),
-                        "cleared": self.cleared[i], "valid": by_partition})
-        return {"entries": layout.ENTRIES, "lps": lps}
+            lps.append(TlbLpStatus(i, t.fills, dict(self.flushes[i]), self.cleared[i], by_partition))
+        return TlbStatus(layout.ENTRIES, lps)

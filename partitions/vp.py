@@ -22,6 +22,7 @@ from proto.exits import BY_CODE, Exit
 from proto.codes import HvMsr, HvStatus, HypercallCode, X86Exception, control_value
 from proto.memory import UnmappedGpa
 from proto.errors import Refused
+from proto.hvcall import HV_INPUT_SWITCH_VIRTUAL_ADDRESS_SPACE
 from proto.stats import PathStats
 from proto.transport import Dealer
 
@@ -161,8 +162,7 @@ class Vp:
     def flush_stats(self) -> None:
         self._next_stats = perf_counter_ns() + STATS_INTERVAL_NS
         paths = {p: s.to_wire() for p, s in self.paths.items()}
-        paths["counters"] = dict(self.counters, exits=self.exits)
-        self._send(m.VpStats(paths).encode())
+        self._send(m.VpStats(paths, dict(self.counters, exits=self.exits)).encode())
 
     # -- interrupts -----------------------------------------------------------------------
 
@@ -280,7 +280,7 @@ class Vp:
         rax, out = self.hypercall_raw(control_value(code, fast, rep_count, rep_start), data)
         status = HvStatus(rax & 0xFFFF)
         if code == HypercallCode.HvCallSwitchVirtualAddressSpace and status == HvStatus.HV_STATUS_SUCCESS:
-            self.cr3 = int.from_bytes(data[:8], "little")  # the hypervisor loaded CR3
+            (self.cr3,) = HV_INPUT_SWITCH_VIRTUAL_ADDRESS_SPACE.unpack_from(data)  # the hypervisor loaded CR3
         return status, (rax >> 32) & 0xFFF, out
 
     # -- HLT, PAUSE, RAM --------------------------------------------------------------------

@@ -7,10 +7,16 @@ the PIC's interrupts).
 
 from __future__ import annotations
 
-import struct
 import time
 
-from proto.codes import CpuidLeaf, HvMsr, HvPrivilege, HvRecommendation, HypercallCode
+from proto.codes import HV_SPIN_RETRY_NEVER, CpuidLeaf, HvMsr, HvPrivilege, HvRecommendation, HypercallCode
+from proto.hvcall import (
+    HV_GVA,
+    HV_INPUT_FLUSH_VIRTUAL_ADDRESS_LIST,
+    HV_INPUT_FLUSH_VIRTUAL_ADDRESS_SPACE,
+    HV_INPUT_NOTIFY_LONG_SPIN_WAIT,
+    HV_INPUT_SWITCH_VIRTUAL_ADDRESS_SPACE,
+)
 
 from partitions.drivers import vga
 from partitions.drivers.ata import SECTOR, AtaError
@@ -52,7 +58,7 @@ def wl_hypercall(vp: Vp, sys) -> int:
     """HvCallNotifyLongSpinWait, a fast call; only where the hypercall page is on."""
     if not sys.hv.hypercalls:
         return 0
-    spin_count = (1).to_bytes(4, "little")
+    spin_count = HV_INPUT_NOTIFY_LONG_SPIN_WAIT.pack(1)
     for _ in range(BATCH):
         vp.hypercall(HypercallCode.HvCallNotifyLongSpinWait, spin_count, fast=True)
     return BATCH
@@ -141,7 +147,6 @@ LOCK_GPA = 0x1000
 COUNTER_GPA = 0x1004
 CS_OPS = 100  # RAM operations inside the critical section (each a preemption point)
 NCS_OPS = 100  # and between two acquisitions
-HV_SPIN_RETRY_NEVER = 0xFFFFFFFF
 
 
 def wl_spinlock(vp: Vp, sys) -> int:
@@ -158,7 +163,8 @@ def wl_spinlock(vp: Vp, sys) -> int:
             spins += 1
             vp.pause()
             if notify_every and spins % notify_every == 0:
-                vp.hypercall(HypercallCode.HvCallNotifyLongSpinWait, spins.to_bytes(4, "little"), fast=True)
+                vp.hypercall(HypercallCode.HvCallNotifyLongSpinWait, HV_INPUT_NOTIFY_LONG_SPIN_WAIT.pack(spins),
+                             fast=True)
                 c["spin_notifies"] = c.get("spin_notifies", 0) + 1
         c["spin_ns"] = c.get("spin_ns", 0) + time.perf_counter_ns() - t0
         c["spins"] = c.get("spins", 0) + spins
@@ -244,8 +250,6 @@ DATA_AREA = 0x50000
 TLB_PAGES = 64  # virtual pages each address space maps
 TLB_VA = 0x0000_7F00_0000_0000  # where they start (a user-half address: all four levels used)
 PTE_P, PTE_RW = 1, 2
-_FLUSH = struct.Struct("<QQQ")  # AddressSpace, Flags, ProcessorMask
-HV_FLUSH_ALL_VIRTUAL_ADDRESS_SPACES = 1 << 1
 FLUSHER_TURN = 20  # address-space switches per turn
 FLUSHER_PAGES = 4  # pages the flusher touches (few: its own fills evict little of the reader's)
 
@@ -302,7 +306,8 @@ def load_cr3(vp: Vp, sys, cr3: int) -> None:
     """An address-space switch: HvCallSwitchVirtualAddressSpace where recommended (no
     flush: the TLB is tagged), else MOV CR3 (intercepted: the LP's TLB is flushed)."""
     if _recommended(sys, HvRecommendation.UseHypercallForAddressSpaceSwitch):
-        vp.hypercall(HypercallCode.HvCallSwitchVirtualAddressSpace, cr3.to_bytes(8, "little"), fast=True)
+        vp.hypercall(HypercallCode.HvCallSwitchVirtualAddressSpace, HV_INPUT_SWITCH_VIRTUAL_ADDRESS_SPACE.pack(cr3),
+                     fast=True)
     else:
         vp.mov_cr3(cr3)
 
@@ -336,14 +341,15 @@ def wl_tlb_flusher(vp: Vp, sys) -> int:
         gva = TLB_VA + (i % FLUSHER_PAGES) * 0x1000
         vp.vread(gva, 8)
         if by_hypercall:
-            header = _FLUSH.pack(cr3, 0, 1 << vp.index)
-            vp.hypercall(HypercallCode.HvCallFlushVirtualAddressList, header + gva.to_bytes(8, "little"),
+            header = HV_INPUT_FLUSH_VIRTUAL_ADDRESS_LIST.pack(cr3, 0, 1 << vp.index)
+            vp.hypercall(HypercallCode.HvCallFlushVirtualAddressList, header + HV_GVA.pack(gva),
                          rep_count=1)
         else:
             vp.invlpg(gva)
         if i % 4 == 3:
             if by_hypercall:
-                vp.hypercall(HypercallCode.HvCallFlushVirtualAddressSpace, _FLUSH.pack(cr3, 0, 1 << vp.index))
+                vp.hypercall(HypercallCode.HvCallFlushVirtualAddressSpace,
+                             HV_INPUT_FLUSH_VIRTUAL_ADDRESS_SPACE.pack(cr3, 0, 1 << vp.index))
             else:
                 vp.mov_cr3(cr3)  # reloading CR3 flushes the (untagged) TLB
             c["tlb_space_flushes"] = c.get("tlb_space_flushes", 0) + 1

@@ -9,7 +9,11 @@
     │   ├── PeerTimeout          no answer before the deadline
     │   └── EndpointClosed       we closed it
     ├── Refused                  the peer answered with an error reply
-    └── ConfigError              a bad topology file (exit code 2)
+    ├── ConfigError              a bad topology file (exit code 2)
+    └── (elsewhere, on this base) HypercallFailed, the root client's: a root hypercall's
+        HV_STATUS was not SUCCESS; hypervisor.memory.MemoryRefused: the memory manager
+        refuses a deposit or map (the hypercall returns INVALID_PARAMETER); RunEnded, the
+        root's: a run is over, with its reason and the launcher's exit status
 
 Library exceptions (zmq, msgpack) are translated here and chained with ``raise … from e``.
 """

@@ -352,10 +352,13 @@ class VpResume(Message):
 
 @message(16, "vp_stats")
 class VpStats(Message):
-    """Cumulative latency histograms of one VP, by path (see :mod:`proto.stats`); sent
-    now and then, never answered, so it costs the measured paths nothing."""
+    """Cumulative latency histograms of one VP, by path name (:class:`proto.exits.Exit`,
+    values :meth:`proto.stats.PathStats.to_wire`), and the guest's own counters (interrupts
+    taken, TLB hits, a workload's operations, ``exits``); sent now and then, never answered,
+    so it costs the measured paths nothing."""
 
     paths: mapping(64)
+    counters: mapping(256)
 
 
 # ---------------------------------------------------------------------------------------

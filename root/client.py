@@ -7,12 +7,25 @@ child VP's behalf.
 
 from __future__ import annotations
 
-import struct
 from time import perf_counter_ns
 
 from proto import messages as m
 from proto.codes import HvPartitionProperty, HvRegisterName, HvStatus, HypercallCode, control_value
 from proto.errors import HvstackError, Refused
+from proto.hvcall import (
+    HV_GPA_PAGE_NUMBER,
+    HV_INPUT_CREATE_VP,
+    HV_INPUT_DEPOSIT_MEMORY,
+    HV_INPUT_GET_VP_REGISTERS,
+    HV_INPUT_INITIALIZE_PARTITION,
+    HV_INPUT_MAP_GPA_PAGES,
+    HV_INPUT_SET_PARTITION_PROPERTY,
+    HV_INPUT_SET_VP_REGISTERS,
+    HV_OUTPUT_CREATE_PARTITION,
+    HV_REGISTER_ASSOC,
+    HV_REGISTER_NAME,
+    pack_rep,
+)
 from proto.transport import Dealer, connect
 
 
@@ -70,7 +83,7 @@ class RootClient:
         """TLFS host flow: create, set properties, initialize, create the VPs.  ``cpu``
         holds reserve and limit in percent of an LP and a relative weight."""
         out = self.hypercall(HypercallCode.HvCallCreatePartition, bytes(56))
-        (pid,) = struct.unpack_from("<Q", out)
+        (pid,) = HV_OUTPUT_CREATE_PARTITION.unpack_from(out)
         cpu = cpu or {}
         props = [
             (HvPartitionProperty.HvPartitionPropertyPrivilegeFlags, privileges),
@@ -87,23 +100,24 @@ class RootClient:
         if memory_pages:
             props.append((HvPartitionProperty.HvPartitionPropertyGpaPageCount, memory_pages))
         for prop, value in props:
-            self.hypercall(HypercallCode.HvCallSetPartitionProperty, struct.pack("<QIIQ", pid, prop, 0, value))
-        self.hypercall(HypercallCode.HvCallInitializePartition, struct.pack("<Q", pid))
+            self.hypercall(HypercallCode.HvCallSetPartitionProperty,
+                           HV_INPUT_SET_PARTITION_PROPERTY.pack(pid, prop, value))
+        self.hypercall(HypercallCode.HvCallInitializePartition, HV_INPUT_INITIALIZE_PARTITION.pack(pid))
         for i in range(vps):
-            self.hypercall(HypercallCode.HvCallCreateVp, struct.pack("<QI4xQQ", pid, i, 0, 0))
+            self.hypercall(HypercallCode.HvCallCreateVp, HV_INPUT_CREATE_VP.pack(pid, i, 0, 0))
         return pid
 
     def set_vp_registers(self, pid: int, vp: int, registers: dict[int, int]) -> None:
         """HvCallSetVpRegisters: {HV_REGISTER_NAME: value}."""
-        assoc = b"".join(struct.pack("<IIQQQ", name, 0, 0, value & (2**64 - 1), value >> 64)
+        assoc = b"".join(HV_REGISTER_ASSOC.pack(name, value & (2**64 - 1), value >> 64)
                          for name, value in registers.items())
-        self.rep_hypercall_raw(HypercallCode.HvCallSetVpRegisters, struct.pack("<QIB3x", pid, vp, 0), assoc,
+        self.rep_hypercall_raw(HypercallCode.HvCallSetVpRegisters, HV_INPUT_SET_VP_REGISTERS.pack(pid, vp, 0), assoc,
                                len(registers))
 
     def get_vp_registers(self, pid: int, vp: int, names: list[int]) -> list[int]:
         """HvCallGetVpRegisters: the 128-bit values of ``names``."""
-        out = self.rep_hypercall_raw(HypercallCode.HvCallGetVpRegisters, struct.pack("<QIB3x", pid, vp, 0),
-                                     struct.pack(f"<{len(names)}I", *names), len(names))
+        out = self.rep_hypercall_raw(HypercallCode.HvCallGetVpRegisters, HV_INPUT_GET_VP_REGISTERS.pack(pid, vp, 0),
+                                     pack_rep(HV_REGISTER_NAME, names), len(names))
         return [int.from_bytes(out[16 * i:16 * i + 16], "little") for i in range(len(names))]
 
     def start_vps(self, pid: int, vps: int) -> None:
@@ -127,7 +141,7 @@ class RootClient:
         out = b""
         for i in range(0, len(elements), per_call):
             chunk = elements[i:i + per_call]
-            data = header + struct.pack(f"<{len(chunk)}Q", *chunk)
+            data = header + pack_rep(HV_GPA_PAGE_NUMBER, chunk)
             reply = self.dealer.request(m.HypercallIntercept(
                 self._next_seq(), control_value(code, rep_count=len(chunk)), data, (perf_counter_ns(),)),
                 self.timeout_ms)
@@ -140,13 +154,14 @@ class RootClient:
     def build_memory(self, pid: int, gpa_ranges: list[tuple[int, int]], host_pages: list[int]) -> None:
         """Give the partition ``host_pages`` (HvCallDepositMemory) and map them, in order,
         at the guest pages of ``gpa_ranges`` [(first page, count)] (HvCallMapGpaPages)."""
-        self.rep_hypercall(HypercallCode.HvCallDepositMemory, struct.pack("<Q", pid), host_pages)
+        self.rep_hypercall(HypercallCode.HvCallDepositMemory, HV_INPUT_DEPOSIT_MEMORY.pack(pid), host_pages)
         used = 0
         for first, count in gpa_ranges:
             # One call per page of input: each call's header names the GPA it starts at.
             for i in range(0, count, MAP_PAGES_PER_CALL):
                 chunk = host_pages[used + i:used + min(count, i + MAP_PAGES_PER_CALL)]
-                self.rep_hypercall(HypercallCode.HvCallMapGpaPages, struct.pack("<QQI4x", pid, first + i, 0), chunk)
+                self.rep_hypercall(HypercallCode.HvCallMapGpaPages,
+                                   HV_INPUT_MAP_GPA_PAGES.pack(pid, first + i, 0), chunk)
             used += count
 
     # -- attach -------------------------------------------------------------------------------

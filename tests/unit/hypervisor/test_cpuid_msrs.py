@@ -9,13 +9,13 @@ from proto.codes import (
     X86Exception,
 )
 from hypervisor import cpuid, msrs
-from hypervisor.partitions import Partition, Vp
+from hypervisor.partitions import Partition, VirtualProcessor
 
 
 def enlightened() -> Partition:
     p = Partition(1, privileges=int(HV_CHILD_ENLIGHTENED_PRIVILEGES),
                   recommendations=int(HvRecommendation.UseRelaxedTiming), spin_retry=0xFFF)
-    p.vps = [Vp(0), Vp(1)]
+    p.vps = [VirtualProcessor(0), VirtualProcessor(1)]
     return p
 
 
@@ -53,36 +53,36 @@ def test_vp_index_reads_the_calling_vp():
 def test_synthetic_msrs_without_the_privilege_are_gp():
     legacy = Partition(2)
     for msr in (HvMsr.HV_X64_MSR_VP_INDEX, HvMsr.HV_X64_MSR_GUEST_OS_ID, HvMsr.HV_X64_MSR_HYPERCALL):
-        assert msrs.rdmsr(legacy, Vp(0), msr)[0] == X86Exception.GP
-    assert msrs.wrmsr(legacy, Vp(0), HvMsr.HV_X64_MSR_GUEST_OS_ID, 1) == X86Exception.GP
+        assert msrs.rdmsr(legacy, VirtualProcessor(0), msr)[0] == X86Exception.GP
+    assert msrs.wrmsr(legacy, VirtualProcessor(0), HvMsr.HV_X64_MSR_GUEST_OS_ID, 1) == X86Exception.GP
 
 
 def test_read_only_and_unknown_msrs_are_gp_on_write():
     p = enlightened()
-    assert msrs.wrmsr(p, Vp(0), HvMsr.HV_X64_MSR_VP_INDEX, 5) == X86Exception.GP
-    assert msrs.wrmsr(p, Vp(0), 0x12345678, 5) == X86Exception.GP
+    assert msrs.wrmsr(p, VirtualProcessor(0), HvMsr.HV_X64_MSR_VP_INDEX, 5) == X86Exception.GP
+    assert msrs.wrmsr(p, VirtualProcessor(0), 0x12345678, 5) == X86Exception.GP
 
 
 def test_hypercall_page_cannot_be_enabled_before_a_guest_os_id():
     p = enlightened()
-    msrs.wrmsr(p, Vp(0), HvMsr.HV_X64_MSR_HYPERCALL, 0xFF000 | 1)
+    msrs.wrmsr(p, VirtualProcessor(0), HvMsr.HV_X64_MSR_HYPERCALL, 0xFF000 | 1)
     assert not p.hypercalls_enabled
-    msrs.wrmsr(p, Vp(0), HvMsr.HV_X64_MSR_GUEST_OS_ID, 1 << 63)
-    msrs.wrmsr(p, Vp(0), HvMsr.HV_X64_MSR_HYPERCALL, 0xFF000 | 1)
-    assert p.hypercalls_enabled and msrs.rdmsr(p, Vp(0), HvMsr.HV_X64_MSR_HYPERCALL)[1] == 0xFF001
+    msrs.wrmsr(p, VirtualProcessor(0), HvMsr.HV_X64_MSR_GUEST_OS_ID, 1 << 63)
+    msrs.wrmsr(p, VirtualProcessor(0), HvMsr.HV_X64_MSR_HYPERCALL, 0xFF000 | 1)
+    assert p.hypercalls_enabled and msrs.rdmsr(p, VirtualProcessor(0), HvMsr.HV_X64_MSR_HYPERCALL)[1] == 0xFF001
 
 
 def test_a_locked_hypercall_msr_ignores_writes():
     p = enlightened()
-    msrs.wrmsr(p, Vp(0), HvMsr.HV_X64_MSR_GUEST_OS_ID, 1 << 63)
-    msrs.wrmsr(p, Vp(0), HvMsr.HV_X64_MSR_HYPERCALL, 0xFF000 | 3)
-    msrs.wrmsr(p, Vp(0), HvMsr.HV_X64_MSR_HYPERCALL, 0)
+    msrs.wrmsr(p, VirtualProcessor(0), HvMsr.HV_X64_MSR_GUEST_OS_ID, 1 << 63)
+    msrs.wrmsr(p, VirtualProcessor(0), HvMsr.HV_X64_MSR_HYPERCALL, 0xFF000 | 3)
+    msrs.wrmsr(p, VirtualProcessor(0), HvMsr.HV_X64_MSR_HYPERCALL, 0)
     assert p.hypercalls_enabled
 
 
 def test_clearing_the_guest_os_id_disables_hypercalls():
     p = enlightened()
-    msrs.wrmsr(p, Vp(0), HvMsr.HV_X64_MSR_GUEST_OS_ID, 1 << 63)
-    msrs.wrmsr(p, Vp(0), HvMsr.HV_X64_MSR_HYPERCALL, 0xFF000 | 1)
-    msrs.wrmsr(p, Vp(0), HvMsr.HV_X64_MSR_GUEST_OS_ID, 0)
+    msrs.wrmsr(p, VirtualProcessor(0), HvMsr.HV_X64_MSR_GUEST_OS_ID, 1 << 63)
+    msrs.wrmsr(p, VirtualProcessor(0), HvMsr.HV_X64_MSR_HYPERCALL, 0xFF000 | 1)
+    msrs.wrmsr(p, VirtualProcessor(0), HvMsr.HV_X64_MSR_GUEST_OS_ID, 0)
     assert not p.hypercalls_enabled

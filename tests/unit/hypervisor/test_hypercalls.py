@@ -196,8 +196,8 @@ def test_vp_registers_read_and_write_through_the_tlfs_layouts(hc):
     from proto.codes import HvRegisterName as R
 
     pid = hc.table.create().id
-    from hypervisor.partitions import Vp
-    hc.table.get(pid).vps.append(Vp(0))
+    from hypervisor.partitions import VirtualProcessor
+    hc.table.get(pid).vps.append(VirtualProcessor(0))
     names = struct.pack("<3I", R.HvRegisterExplicitSuspend, R.HvX64RegisterInitialApicId, R.HvX64RegisterApicBase)
     st, reps, out = call(hc, root(), control_value(C.HvCallGetVpRegisters, rep_count=3), _vp_registers_header(pid) + names)
     assert (st, reps) == (S.HV_STATUS_SUCCESS, 3)
@@ -205,13 +205,13 @@ def test_vp_registers_read_and_write_through_the_tlfs_layouts(hc):
     assert values == [1, 0, 0xFEE00000 | 1 << 11 | 1 << 8]  # created suspended; the BSP's APIC
     assoc = struct.pack("<IIQQQ", R.HvRegisterExplicitSuspend, 0, 0, 0, 0)
     st, reps, _ = call(hc, root(), control_value(C.HvCallSetVpRegisters, rep_count=1), _vp_registers_header(pid) + assoc)
-    assert (st, reps) == (S.HV_STATUS_SUCCESS, 1) and hc.table.get(pid).vps[0].explicit_suspend is False
+    assert (st, reps) == (S.HV_STATUS_SUCCESS, 1) and hc.table.get(pid).vps[0].sched.suspended is False
 
 
 def test_a_register_that_is_not_kept_or_is_read_only_is_invalid_parameter(hc):
     pid = hc.table.create().id
-    from hypervisor.partitions import Vp
-    hc.table.get(pid).vps.append(Vp(0))
+    from hypervisor.partitions import VirtualProcessor
+    hc.table.get(pid).vps.append(VirtualProcessor(0))
     names = struct.pack("<I", 0x00020000)  # RAX lives in the guest's process, not here
     assert call(hc, root(), control_value(C.HvCallGetVpRegisters, rep_count=1), _vp_registers_header(pid) + names)[0] \
         == S.HV_STATUS_INVALID_PARAMETER
@@ -222,3 +222,37 @@ def test_a_register_that_is_not_kept_or_is_read_only_is_invalid_parameter(hc):
         == S.HV_STATUS_INVALID_VP_INDEX
     assert call(hc, child(hc), control_value(C.HvCallGetVpRegisters, rep_count=1), _vp_registers_header(pid) + names)[0] \
         == S.HV_STATUS_ACCESS_DENIED
+
+
+def test_the_one_table_is_what_dispatches(hc, monkeypatch):
+    from hypervisor import hypercalls as module
+
+    calls = []
+
+    def handler(self, caller, hc_, args, data):
+        calls.append(args)
+        return S.HV_STATUS_SUCCESS, b"ok"
+
+    spec = module.CallSpec(0, handler, layout=struct.Struct("<I"))
+    monkeypatch.setitem(module.SPECS, C.HvCallNotifyLongSpinWait, spec)
+    assert call(hc, child(hc), control_value(C.HvCallNotifyLongSpinWait, fast=True), b"\x07\0\0\0") \
+        == (S.HV_STATUS_SUCCESS, 0, b"ok")
+    assert calls == [(7,)]  # the layout unpacked for the handler
+    assert call(hc, child(hc), control_value(C.HvCallNotifyLongSpinWait, fast=True), b"\x07")[0] \
+        == S.HV_STATUS_INVALID_HYPERCALL_INPUT and len(calls) == 1
+
+
+def test_where_only_leading_fields_are_read_only_they_are_required(hc):
+    pid = hc.table.create().id
+    # SetPartitionProperty: the partition is checked before the value is missed.
+    assert call(hc, root(), control_value(C.HvCallSetPartitionProperty), struct.pack("<QI4x", 99, 1))[0] \
+        == S.HV_STATUS_INVALID_PARTITION_ID
+    assert call(hc, root(), control_value(C.HvCallSetPartitionProperty), struct.pack("<QI4x", pid, 1))[0] \
+        == S.HV_STATUS_INVALID_HYPERCALL_INPUT
+    # CreateVp: the partition and the index are enough.
+    call(hc, root(), control_value(C.HvCallInitializePartition), struct.pack("<Q", pid))
+    assert call(hc, root(), control_value(C.HvCallCreateVp), struct.pack("<QI", pid, 0))[0] == S.HV_STATUS_SUCCESS
+    assert call(hc, root(), control_value(C.HvCallCreateVp), struct.pack("<Q", pid))[0] \
+        == S.HV_STATUS_INVALID_HYPERCALL_INPUT
+    # CreatePartition reads nothing of its input.
+    assert call(hc, root(), control_value(C.HvCallCreatePartition))[0] == S.HV_STATUS_SUCCESS

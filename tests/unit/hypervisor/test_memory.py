@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hypervisor.memory import ROOT, MemoryError_, MemoryManager
+from hypervisor.memory import ROOT, MemoryRefused, MemoryManager
 from proto.memory import PAGE_SIZE, GuestMemory, UnmappedGpa
 
 
@@ -23,9 +23,9 @@ def test_deposited_pages_map_anywhere_in_guest_physical_space(mm):
 
 def test_only_the_roots_pages_can_be_deposited(mm):
     mm.deposit(1, [5])
-    with pytest.raises(MemoryError_):
+    with pytest.raises(MemoryRefused):
         mm.deposit(2, [5])  # partition 1's page
-    with pytest.raises(MemoryError_):
+    with pytest.raises(MemoryRefused):
         mm.deposit(2, [32])  # beyond the pool
     assert mm.counters["refused"] == 2 and mm.owner[5] == 1
 
@@ -33,13 +33,13 @@ def test_only_the_roots_pages_can_be_deposited(mm):
 def test_a_partition_maps_only_its_own_pages_and_never_twice(mm):
     mm.deposit(1, [1])
     mm.deposit(2, [2])
-    with pytest.raises(MemoryError_):
+    with pytest.raises(MemoryRefused):
         mm.map(1, 0, [2], 16)  # partition 2's page
     mm.map(1, 0, [1], 16)
     mm.deposit(1, [4])
-    with pytest.raises(MemoryError_):
+    with pytest.raises(MemoryRefused):
         mm.map(1, 0, [4], 16)  # GPA page 0 is taken
-    with pytest.raises(MemoryError_):
+    with pytest.raises(MemoryRefused):
         mm.map(1, 16, [4], 16)  # beyond the partition's space
 
 

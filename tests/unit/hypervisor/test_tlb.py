@@ -12,7 +12,7 @@ from proto.codes import HvStatus, HypercallCode as C, X86Exception, control_valu
 from proto.memory import GuestMemory
 from hypervisor.hypercalls import Caller, Hypercalls
 from hypervisor.memory import MemoryManager
-from hypervisor.partitions import PartitionTable, Vp as HvVp
+from hypervisor.partitions import PartitionTable, VirtualProcessor
 from hypervisor.tlb import Tlbs
 from partitions.vp import NEVER, GuestFault, Vp
 from partitions.workloads import PageTables
@@ -53,7 +53,7 @@ def fill_both(tlbs):
 
 
 def valid(tlbs, lp: int) -> dict:
-    return tlbs.status()["lps"][lp]["valid"]
+    return tlbs.status().lps[lp].valid
 
 
 def test_a_whole_lp_flush_takes_every_partitions_entries_on_that_lp_only(tlbs):
@@ -61,8 +61,8 @@ def test_a_whole_lp_flush_takes_every_partitions_entries_on_that_lp_only(tlbs):
     assert valid(tlbs, 0) == {"1": 4, "2": 4}
     assert tlbs.flush_lp(0, "mov_cr3") == 8
     assert valid(tlbs, 0) == {} and valid(tlbs, 1) == {"1": 4, "2": 4}
-    st = tlbs.status()["lps"][0]
-    assert st["flushes"]["mov_cr3"] == 1 and st["cleared"] == 8 and st["fills"] == 8
+    st = tlbs.status().lps[0]
+    assert st.flushes["mov_cr3"] == 1 and st.cleared == 8 and st.fills == 8
 
 
 def test_a_partition_flush_takes_only_that_partitions_entries_on_every_lp(tlbs):
@@ -80,7 +80,7 @@ def hypercalls(tlbs, tmp_path):
     callers = []
     for _ in range(2):
         part = hc.table.create()
-        vp = HvVp(0)
+        vp = VirtualProcessor(0)
         part.vps.append(vp)
         callers.append(Caller(part, vp, 0))
     return hc, callers
@@ -105,7 +105,7 @@ def test_flush_hypercalls_never_touch_another_partitions_entries(tlbs, tmp_path)
     assert (status, reps) == (S.HV_STATUS_SUCCESS, 1)
     assert valid(tlbs, 0) == {"1": 2} and tlbs.lps[0].lookup(1, A, 0x403) == 0x403
     assert tlbs.lps[0].lookup(1, A, 0x401) is None and tlbs.lps[0].lookup(1, A, 0x402) is None
-    st = tlbs.status()["lps"][0]["flushes"]
+    st = tlbs.status().lps[0].flushes
     assert st["address_space"] == 1 and st["address_list"] == 1 and st["mov_cr3"] == 0
 
 

@@ -1,0 +1,131 @@
+"""Getting a VP back into guest mode: an exit's resume, its dispatch on an LP, HLT and wake-up, INIT.
+
+An exit ends in one of three ways.  Most are completed at once (:meth:`Dispatcher.resume`):
+the resume is kept on the VP and the VP made ready; when the scheduler dispatches it on a
+logical processor (:meth:`Dispatcher.dispatched`) the resume is built and sent, with
+whatever is pending by then — a reset, or an interrupt (``interrupts.next_interrupt``) —
+and the end of its quantum.  A forwarded access waits for its worker first.  HLT waits for
+a wake-up (:meth:`Dispatcher.wake`).  A root peer executing an instruction on a VP's
+behalf gets its resume at once, outside the scheduler.
+
+The run state itself is the scheduler's (``scheduler.VpState``, held once, in the VP's
+``VpSched``); this module only drives it.
+"""
+
+from __future__ import annotations
+
+import logging
+from time import perf_counter_ns
+
+from proto import messages as m
+from proto.exits import NO_PATH, Exit
+
+from hypervisor.interrupts import next_interrupt
+from hypervisor.intercepts import NO_FAULT
+from hypervisor.scheduler import Scheduler, VpSched, VpState
+
+log = logging.getLogger("hypervisor")
+
+
+class Dispatcher:
+    def __init__(self, *, lps: int, router, outbox, counters: dict, tracer) -> None:
+        self.sched = Scheduler(lps, self.dispatched)
+        self._router = router
+        self._outbox = outbox
+        self._counters = counters
+        self._tracers = tracer.tracers
+        self._trace = tracer.trace
+
+    def left_guest(self, vp, msg: m.Message, t_in: int) -> None:
+        """Any exit, before its handler: save the VP's register block (the hypervisor's
+        copy is the one that counts while the VP is off its LP) and give its logical
+        processor back."""
+        if msg.regs:
+            vp.rflags, vp.cr3 = msg.regs
+            if vp.regs_written:
+                # The root wrote registers while the VP ran: they win over what it saved.
+                for attr, value in vp.regs_written.items():
+                    setattr(vp, attr, value)
+                vp.regs_written.clear()
+        # Run time ends when the guest exited (its first stamp), not when the exit arrived:
+        # the transport is not guest execution.
+        self.sched.exited(vp.sched, msg.stamps[0] if msg.stamps else t_in,
+                          preempted=msg.__class__ is m.QuantumExit)
+
+    def resume(self, ctx, rax: int, rbx: int = 0, rcx: int = 0, rdx: int = 0, fault: int = NO_FAULT,
+               output: bytes = b"", to_back: bool = False, path: int = NO_PATH) -> None:
+        """Complete an exit.  ``ctx.stamps`` end with the hypervisor's arrival stamp; the
+        departure stamp is added when the resume is actually sent.  A VP's own thread gets
+        its resume when the scheduler dispatches it on a logical processor (that is also
+        when a pending reset or interrupt is delivered); a root peer acting for the VP
+        (`io`) gets it at once."""
+        vp = ctx.vp
+        if vp.peer != ctx.origin:
+            if fault:
+                vp.faults += 1
+            self._outbox.send(ctx.origin, m.VpResume(ctx.seq, fault, rax, rbx, rcx, rdx, output,
+                                                     ctx.stamps + (perf_counter_ns(),), 0, (), 0, 0, path))
+            return
+        vp.next_resume = (ctx.seq, ctx.stamps, rax, rbx, rcx, rdx, fault, output, path)
+        self.sched.make_ready(vp.sched, perf_counter_ns(), to_back=to_back)
+
+    def dispatched(self, s: VpSched, lp: int, quantum_ns: int) -> None:
+        """The scheduler put the VP on an LP: send what it is waiting for."""
+        vp = s.owner
+        if vp.next_frame is not None:  # its hello reply: the VP starts executing
+            frame, vp.next_frame = vp.next_frame, None
+            self._router.send(vp.peer, frame)
+            return
+        seq, stamps, rax, rbx, rcx, rdx, fault, output, path = vp.next_resume
+        vp.next_resume = None
+        interrupt, irq_stamps = 0, ()
+        if vp.reset_pending:
+            vp.reset_pending = False
+            fault, rax = m.FAULT_RESET, vp.partition.resets  # RAX: which reset this is
+        elif not fault and (vp.interrupts or vp.apic.irr):
+            interrupt, irq_stamps = next_interrupt(vp)
+            if interrupt and self._tracers:
+                self._trace(vp.partition, vp, Exit.INTERRUPT, False, interrupt & 0xFF, 0, irq_stamps)
+        if fault and fault != m.FAULT_RESET:
+            vp.faults += 1
+        now = perf_counter_ns()
+        # The quantum is counted from the dispatch, so the VP's run ends on time however
+        # long the resume takes to reach it (one host, one CLOCK_MONOTONIC).
+        frame = m.VpResume(seq, fault, rax, rbx, rcx, rdx, output, stamps + (now,),
+                           interrupt, irq_stamps, now + quantum_ns, lp, path, (vp.rflags, vp.cr3)).encode()
+        if not self._router.send(vp.peer, frame):
+            self._counters["unroutable_replies"] += 1
+            self.sched.exited(s, perf_counter_ns())
+            self.sched.remove(s)
+
+    # -- HLT ----------------------------------------------------------------------------------
+
+    def halt(self, vp, seq: int, t_in: int) -> None:
+        """The VP sleeps in HLT; ``seq`` is the exit a wake-up completes."""
+        vp.halt_seq = seq
+        self.sched.halted(vp.sched, t_in)
+
+    def wake(self, vp) -> None:
+        """End a HLT: the VP resumes, taking what is pending (an interrupt, a reset)."""
+        if vp.state is VpState.HALTED and vp.peer is not None:
+            seq, vp.halt_seq = vp.halt_seq, None
+            vp.next_resume = (seq, (), 0, 0, 0, 0, NO_FAULT, b"", NO_PATH)
+            self.sched.make_ready(vp.sched, perf_counter_ns())
+
+    # -- INIT ---------------------------------------------------------------------------------
+
+    def on_reset_request(self, identity: bytes, peer, msg: m.ResetRequest, t_in: int) -> None:
+        log.info("partition %d: reset requested by its chipset (%s)", peer.partition.id, msg.reason)
+        self.reset(peer.partition)
+
+    def reset(self, part) -> None:
+        """A partition reset: every VP starts over at its reset vector (the next time it is
+        resumed, or at once if halted), the partition-wide MSRs return to their reset
+        values, and the worker puts its devices back to power-on."""
+        part.reset()
+        for vp in part.vps:
+            vp.init()
+            vp.reset_pending = vp.peer is not None
+            self.wake(vp)
+        if part.worker is not None:
+            self._outbox.send(part.worker, m.DeviceReset())

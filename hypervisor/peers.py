@@ -1,0 +1,111 @@
+"""Peers: who is on the other end of each ZeroMQ routing identity.
+
+Every connection opens with ``hello``: a role (root, worker, vp), a partition and VP, and a
+token derived from the run's secret that proves them (``proto.auth``).  The hypervisor
+binds the routing identity to (role, partition, vp) then, for the connection's life; from
+then on a message's partition comes from who sent it, never from its body.  One worker per
+partition, one thread per VP, for the partition's life: a second hello for either is
+refused, so nobody can take over a running partition's devices or VPs.  A refusal is an
+``error_reply``, a log line and a counter.
+
+A VP's hello reply is its first dispatch: it waits for a logical processor like any
+resume, and for the root to clear HvRegisterExplicitSuspend (TLFS host flow).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from time import perf_counter_ns
+
+from proto import messages as m
+from proto.auth import token_matches
+from proto.codes import HvPartitionState
+
+from hypervisor.partitions import Partition, VirtualProcessor
+
+log = logging.getLogger("hypervisor")
+
+
+@dataclass(slots=True)
+class Peer:
+    identity: bytes
+    role: str
+    name: str
+    partition: Partition | None
+    vp: VirtualProcessor | None
+    pid: int
+    messages: int = 0
+
+
+class Peers:
+    def __init__(self, *, secret: str, session: str, table, sched, outbox, counters: dict, memory, tlb) -> None:
+        self._secret = secret
+        self._session = session
+        self._table = table
+        self._sched = sched
+        self._outbox = outbox
+        self._counters = counters
+        self._memory = memory
+        self._tlb = tlb
+        self.by_identity: dict[bytes, Peer] = {}
+
+    def __len__(self) -> int:
+        return len(self.by_identity)
+
+    def on_hello(self, identity: bytes, peer: Peer | None, msg: m.Hello, t_in: int) -> None:
+        def refuse(code: str, why: str) -> None:
+            self._counters["refused_hellos"] += 1
+            log.warning("refused hello from pid %d as %s: %s", msg.pid, msg.role, why)
+            self._outbox.error(identity, msg.TYPE, code, why)
+
+        if msg.version != m.PROTOCOL_VERSION:
+            return refuse("VERSION_MISMATCH", f"protocol {msg.version}, this hypervisor speaks {m.PROTOCOL_VERSION}")
+        if peer is not None:
+            return refuse("CONFLICT", f"this connection is already bound as {peer.name}")
+        if not token_matches(self._secret, msg.role, msg.partition, msg.token):
+            return refuse("NOT_AUTHENTICATED", f"bad token for {msg.role} of partition {msg.partition}")
+        part, vp = None, None
+        if msg.role == "root":
+            name = f"root:{msg.pid}"
+        else:
+            part = self._table.get(msg.partition)
+            if part is None or part.state in (HvPartitionState.FINALIZED, HvPartitionState.DELETED):
+                return refuse("UNKNOWN_PARTITION", f"no partition {msg.partition}")
+            if msg.role == "worker":
+                if part.worker is not None:
+                    return refuse("CONFLICT", f"partition {part.id} already has a worker")
+                part.worker = identity
+                name = f"worker:{part.id}"
+            else:
+                if msg.vp >= len(part.vps):
+                    return refuse("UNKNOWN_VP", f"partition {part.id} has no VP {msg.vp}")
+                vp = part.vps[msg.vp]
+                if vp.peer is not None:
+                    return refuse("CONFLICT", f"VP {msg.vp} of partition {part.id} is already running")
+                vp.peer = identity
+                part.state = HvPartitionState.ACTIVE
+                name = f"vp:{part.id}:{vp.index}"
+        self.by_identity[identity] = Peer(identity, msg.role, name, part, vp, msg.pid)
+        log.info("hello from %s (pid %d)", name, msg.pid)
+        reply = m.HelloReply(name, self._session)
+        if vp is None:
+            self._outbox.send(identity, reply)
+            return
+        # A VP starts executing when it is first dispatched: its hello reply waits for an LP.
+        vp.next_frame = reply.encode()
+        self._sched.make_ready(vp.sched, perf_counter_ns())
+
+    def on_memory_request(self, identity: bytes, peer: Peer, msg: m.MemoryRequest, t_in: int) -> None:
+        """Where the partition's memory is: only a peer's own partition's is handed out
+        (the binding made at hello decides which that is); asking for another's is
+        refused and counted."""
+        if msg.partition != peer.partition.id:
+            self._counters["isolation_refusals"] += 1
+            log.warning("%s asked for partition %d's memory: refused", peer.name, msg.partition)
+            return self._outbox.error(identity, msg.TYPE, "NOT_PERMITTED",
+                                      f"{peer.name} may not map partition {msg.partition}'s memory")
+        slat = self._memory.slats.get(peer.partition.id)
+        if slat is None:
+            return self._outbox.error(identity, msg.TYPE, "UNKNOWN_PARTITION", "the partition has no memory yet")
+        self._outbox.send(identity, m.MemoryReply(str(self._memory.pool_path), str(slat.path), self._tlb.paths))

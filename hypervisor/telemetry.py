@@ -1,0 +1,134 @@
+"""Telemetry: trace events as exits happen, and the status the root reads.
+
+Tracing costs nothing while nobody subscribes: every handler tests the subscriptions (a
+dict, empty) before it builds an event.  A subscriber that does not keep up loses events,
+not its subscription (a best-effort stream, ``Router.offer``); one that has gone is
+forgotten.
+
+Status is built on request from the live objects — partitions, VPs, the scheduler, the
+memory manager, the TLBs, the dispatcher's counters — and from the histograms each VP
+sends now and then (``vp_stats``), merged per partition.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from time import perf_counter_ns
+
+from proto import messages as m
+from proto.codes import HvPartitionState
+from proto.stats import PathStats
+from proto.status import CpuStatus, HypercallStatus, HypervisorStatus, InterruptStatus, PartitionStatus, VpStatus
+
+log = logging.getLogger("hypervisor")
+
+
+class Tracer:
+    def __init__(self, router, counters: dict) -> None:
+        self._router = router
+        self._counters = counters
+        self.tracers: dict[bytes, int] = {}  # identity → partition (0: all)
+
+    def subscribe(self, identity: bytes, partition: int) -> None:
+        self.tracers[identity] = partition
+
+    def trace(self, part, vp, reason: str, write: bool, a: int, b: int, stamps: tuple) -> None:
+        """One ``trace_event`` to every subscriber of ``part`` (callers test
+        :attr:`tracers` first, so an untraced exit pays one truth test)."""
+        event = None
+        for identity, wanted in list(self.tracers.items()):
+            if wanted and wanted != part.id:
+                continue
+            if event is None:
+                event = m.TraceEvent(part.id, vp.index, reason, write, a & 0xFFFFFFFFFFFFFFFF, b, stamps).encode()
+            sent = self._router.offer(identity, event)
+            if sent == "full":
+                self._counters["trace_dropped"] += 1  # a slow reader loses events, not its subscription
+            elif sent == "gone":
+                self.tracers.pop(identity, None)
+
+
+class Telemetry:
+    def __init__(self, *, tracer: Tracer, outbox, counters: dict, session: str, started_ns: int, table,
+                 sched, memory, tlb, hypercalls, peers, forwarding) -> None:
+        self._tracer = tracer
+        self._outbox = outbox
+        self._counters = counters
+        self.session = session
+        self.started_ns = started_ns
+        self._table = table
+        self._sched = sched
+        self._memory = memory
+        self._tlb = tlb
+        self._hypercalls = hypercalls
+        self._peers = peers
+        self._forwarding = forwarding
+
+    # -- messages ----------------------------------------------------------------------------
+
+    def on_status_request(self, identity: bytes, peer, msg: m.StatusRequest, t_in: int) -> None:
+        self._outbox.send(identity, m.StatusReply(self.status().to_wire()))
+
+    def on_vp_stats(self, identity: bytes, peer, msg: m.VpStats, t_in: int) -> None:
+        try:
+            peer.vp.stats = {str(path): PathStats.from_wire(d) for path, d in msg.paths.items()}
+            peer.vp.counters = {str(k): int(v) for k, v in msg.counters.items()}
+        except (ValueError, TypeError, AttributeError) as e:
+            self._counters["malformed"] += 1
+            log.warning("bad vp_stats from %s: %s", peer.name, e)
+
+    # -- status ------------------------------------------------------------------------------
+
+    def status(self) -> HypervisorStatus:
+        now = perf_counter_ns()
+        parts = []
+        for part in self._table:
+            paths: dict[str, PathStats] = {}
+            guest: dict[str, int] = {}
+            for vp in part.vps:
+                for name, st in vp.stats.items():
+                    paths.setdefault(name, PathStats()).merge(st)
+                for k, v in vp.counters.items():
+                    guest[k] = guest.get(k, 0) + v
+            parts.append(PartitionStatus(
+                id=part.id,
+                state="paused" if part.cpu.paused and part.state is HvPartitionState.ACTIVE else part.state.value,
+                privileges=part.privileges,
+                recommendations=part.recommendations,
+                spin_retry=part.spin_retry,
+                worker=part.worker is not None,
+                ranges=[tuple(r) for r in part.ranges],
+                mmio=[(b, e - b) for b, e, _ in part.mmio],
+                hypercalls_enabled=part.hypercalls_enabled,
+                unclaimed_reads=part.unclaimed_reads,
+                unclaimed_writes=part.unclaimed_writes,
+                unmapped_gpa=part.unmapped_gpa,
+                worker_timeouts=part.worker_timeouts,
+                resets=part.resets,
+                cpu=CpuStatus(part.cpu.reserve, part.cpu.limit, part.cpu.weight),
+                vps=[VpStatus(vp.index, vp.state.value, dict(vp.exits), vp.cr3, vp.faults, dict(vp.counters),
+                              self._sched.vp_status(vp.sched, now), dict(vp.apic.counters),
+                              InterruptStatus(vp.interrupts.asserted, vp.interrupts.injected,
+                                              len(vp.interrupts.pending),
+                                              {f"{k:#04x}": v for k, v in vp.interrupts.by_vector.items()}))
+                     for vp in part.vps],
+                guest=guest,
+                paths=paths,
+            ))
+        return HypervisorStatus(
+            pid=os.getpid(),
+            session=self.session,
+            uptime_s=(time.monotonic_ns() - self.started_ns) / 1e9,
+            counters=dict(self._counters),
+            hypercalls=HypercallStatus({f"{k:#06x}": v for k, v in self._hypercalls.counts.items()},
+                                       dict(self._hypercalls.failures)),
+            peers=len(self._peers),
+            pending=len(self._forwarding.pending),
+            tracers=len(self._tracer.tracers),
+            scheduler=self._sched.status(now),
+            memory=self._memory.status(),
+            tlb=self._tlb.status(),
+            partitions=parts,
+        )

@@ -1,0 +1,274 @@
+"""Every VP exit handler, in-process: what the VP, the worker and the counters see.
+
+Partition 1 is enlightened (2 VPs), partition 2 is not (1 VP); both have a worker claiming
+COM1 (0x3F8-0x3FF), port 0x60 and VGA memory, and RAM at GPA 0 (see conftest.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from proto import messages as m
+from proto.codes import HvMsr, HvStatus, HypercallCode as C, X86Exception, control_value
+from proto.exits import NO_PATH, Exit
+from proto.hvcall import HV_INPUT_FLUSH_VIRTUAL_ADDRESS_SPACE, HV_INPUT_NOTIFY_LONG_SPIN_WAIT
+from hypervisor.scheduler import VpState
+from tests.unit.hypervisor.fake_stack import COM1, REGS, VGA, stamps, vp_id, worker_id
+
+V10, V11, V20 = vp_id(1, 0), vp_id(1, 1), vp_id(2, 0)
+W1, W2 = worker_id(1), worker_id(2)
+
+
+def resume_of(sent, vp=V10) -> m.VpResume:
+    return sent.one(vp, m.VpResume)
+
+
+def counted(stack, kind: Exit, pid: int = 1, index: int = 0) -> int:
+    return stack.vp(pid, index).exits[kind]
+
+
+# -- port I/O ---------------------------------------------------------------------------------
+
+
+def test_a_claimed_port_goes_to_its_worker_and_its_completion_resumes_the_vp(two):
+    out = two.exit(V10, m.IoPortIntercept(7, COM1, 1, True, 0x41, stamps(), REGS))
+    notify = out.one(W1, m.PortNotify)
+    assert (notify.vp, notify.port, notify.size, notify.write, notify.value) == (0, COM1, 1, True, 0x41)
+    assert len(notify.stamps) == 3  # guest exit, hv in, hv notify out
+    assert not out.to(V10) and two.vp(1).state is VpState.INTERCEPT
+    r = resume_of(two.send(W1, m.AccessComplete(notify.ref, 0, notify.stamps + stamps(2))))
+    assert (r.seq, r.rax, r.fault, r.path) == (7, 0, 0, Exit.IO_PORT.code)
+    assert len(r.stamps) == 7  # + worker in, worker done, hv complete in, hv resume out
+    assert counted(two, Exit.IO_PORT) == 1 and two.vp(1).state is VpState.RUNNING
+    assert two.hv.forwarding.pending == {}
+
+
+def test_a_claimed_port_read_returns_the_workers_value_cut_to_the_access_size(two):
+    notify = two.exit(V10, m.IoPortIntercept(8, COM1 + 5, 1, False, 0, stamps(), REGS)).one(W1, m.PortNotify)
+    r = resume_of(two.send(W1, m.AccessComplete(notify.ref, 0x1FF60, stamps(4))))
+    assert r.rax == 0x60
+
+
+def test_an_unclaimed_port_reads_all_ones_and_swallows_writes_in_two_hops(two):
+    r = resume_of(two.exit(V10, m.IoPortIntercept(9, 0x80, 2, False, 0, stamps(), REGS)))
+    assert (r.rax, r.path, len(r.stamps)) == (0xFFFF, Exit.IO_UNCLAIMED.code, 3)
+    r = resume_of(two.exit(V10, m.IoPortIntercept(10, 0x80, 1, True, 0x12, stamps(), REGS)))
+    assert (r.rax, r.path) == (0, Exit.IO_UNCLAIMED.code)
+    part = two.part(1)
+    assert (part.unclaimed_reads, part.unclaimed_writes) == (1, 1)
+    assert counted(two, Exit.IO_UNCLAIMED) == 2 and counted(two, Exit.IO_PORT) == 0
+
+
+# -- MMIO -------------------------------------------------------------------------------------
+
+
+def test_claimed_mmio_goes_to_its_worker_and_a_read_is_cut_to_its_size(two):
+    notify = two.exit(V10, m.MmioIntercept(11, VGA + 2, 2, False, 0, stamps(), REGS)).one(W1, m.MmioNotify)
+    assert (notify.gpa, notify.size, notify.write) == (VGA + 2, 2, False)
+    r = resume_of(two.send(W1, m.AccessComplete(notify.ref, 0x12345, stamps(4))))
+    assert (r.rax, r.path) == (0x2345, Exit.MMIO.code)
+    assert counted(two, Exit.MMIO) == 1
+
+
+def test_an_unmapped_gpa_is_a_gp_fault_and_counted(two):
+    r = resume_of(two.exit(V10, m.MmioIntercept(12, 0xD000_0000, 4, False, 0, stamps(), REGS)))
+    assert (r.fault, r.path) == (X86Exception.GP, Exit.UNMAPPED_GPA.code)
+    assert two.part(1).unmapped_gpa == 1 and counted(two, Exit.UNMAPPED_GPA) == 1
+    assert two.vp(1).faults == 1  # counted when the resume was dispatched
+
+
+def test_the_local_apic_page_is_the_hypervisors_two_hops_no_worker(two):
+    out = two.exit(V11, m.MmioIntercept(13, 0xFEE00020, 4, False, 0, stamps(), REGS))  # the APIC ID
+    assert not out.to(W1)
+    r = resume_of(out, V11)
+    assert (r.rax, r.path, len(r.stamps)) == (1 << 24, Exit.APIC.code, 3)
+    resume_of(two.exit(V11, m.MmioIntercept(14, 0xFEE000F0, 4, True, 0x1FF, stamps(), REGS)), V11)  # SVR
+    assert resume_of(two.exit(V11, m.MmioIntercept(15, 0xFEE000F0, 4, False, 0, stamps(), REGS)), V11).rax == 0x1FF
+    assert counted(two, Exit.APIC, 1, 1) == 3
+
+
+# -- CPUID and MSRs -----------------------------------------------------------------------------
+
+
+def test_cpuid_is_answered_by_the_hypervisor(two):
+    r = resume_of(two.exit(V10, m.CpuidIntercept(16, 0x40000000, 0, stamps(), REGS)))
+    text = b"".join(x.to_bytes(4, "little") for x in (r.rbx, r.rcx, r.rdx))
+    assert (text, r.path) == (b"Microsoft Hv", Exit.CPUID.code)
+    assert counted(two, Exit.CPUID) == 1
+
+
+def test_msrs_read_and_write_with_the_partitions_privileges(two):
+    r = resume_of(two.exit(V11, m.MsrIntercept(17, HvMsr.HV_X64_MSR_VP_INDEX, False, 0, stamps(), REGS)), V11)
+    assert (r.rax, r.rdx, r.fault, r.path) == (1, 0, 0, Exit.MSR.code)
+    resume_of(two.exit(V10, m.MsrIntercept(18, HvMsr.HV_X64_MSR_GUEST_OS_ID, True, 0x8100_0000_0000_0001,
+                                           stamps(), REGS)))
+    r = resume_of(two.exit(V10, m.MsrIntercept(19, HvMsr.HV_X64_MSR_GUEST_OS_ID, False, 0, stamps(), REGS)))
+    assert (r.rdx << 32 | r.rax) == 0x8100_0000_0000_0001
+    # A partition without the privilege takes a #GP.
+    r = resume_of(two.exit(V20, m.MsrIntercept(20, HvMsr.HV_X64_MSR_VP_INDEX, False, 0, stamps(), REGS)), V20)
+    assert (r.fault, r.path) == (X86Exception.GP, Exit.MSR.code)
+
+
+# -- hypercalls ---------------------------------------------------------------------------------
+
+
+def spin_wait(seq: int) -> m.HypercallIntercept:
+    return m.HypercallIntercept(seq, control_value(C.HvCallNotifyLongSpinWait, fast=True),
+                                HV_INPUT_NOTIFY_LONG_SPIN_WAIT.pack(1), stamps(), REGS)
+
+
+def test_a_hypercall_without_the_hypercall_page_is_an_undefined_instruction(two):
+    r = resume_of(two.exit(V20, spin_wait(21)), V20)
+    assert (r.fault, r.path) == (X86Exception.UD, Exit.HYPERCALL.code)
+    assert counted(two, Exit.HYPERCALL, 2) == 1 and two.vp(2).faults == 1
+
+
+def test_a_hypercall_with_the_page_on_runs_and_a_long_spin_wait_yields(two):
+    two.enable_hypercalls(V10)
+    assert two.part(1).hypercalls_enabled
+    r = resume_of(two.exit(V10, spin_wait(22)))
+    assert (r.rax & 0xFFFF, r.fault, r.path) == (HvStatus.HV_STATUS_SUCCESS, 0, Exit.HYPERCALL.code)
+    assert two.vp(1).sched.yields == 1
+    # A root-only call from a child: denied, not yielded.
+    r = resume_of(two.exit(V10, m.HypercallIntercept(23, control_value(C.HvCallCreatePartition), b"", stamps(), REGS)))
+    assert r.rax & 0xFFFF == HvStatus.HV_STATUS_ACCESS_DENIED and two.vp(1).sched.yields == 1
+    # A flush of its own address space goes through the one hypercall table to the TLBs.
+    data = HV_INPUT_FLUSH_VIRTUAL_ADDRESS_SPACE.pack(0x1000, 0, 1)
+    r = resume_of(two.exit(V10, m.HypercallIntercept(24, control_value(C.HvCallFlushVirtualAddressSpace), data,
+                                                     stamps(), REGS)))
+    assert r.rax & 0xFFFF == HvStatus.HV_STATUS_SUCCESS
+    assert all(f["address_space"] == 1 for f in two.hv.tlb.flushes)
+
+
+def test_the_roots_hypercalls_are_answered_at_once_and_count_as_no_vps_exit(two):
+    r = two.hypercall(C.HvCallGetPartitionId)
+    assert (r.rax & 0xFFFF, r.output, r.path) == (0, bytes(8), NO_PATH)  # the root is partition 0
+    assert len(r.stamps) == 3
+    assert all(sum(vp.exits.values()) == 0 for p in (1, 2) for vp in two.part(p).vps)
+    assert two.hv.hypercalls.counts[C.HvCallGetPartitionId] == 1
+
+
+# -- HLT ----------------------------------------------------------------------------------------
+
+
+def test_hlt_sleeps_until_an_interrupt_wakes_it(two):
+    assert not two.exit(V10, m.HaltIntercept(25, stamps(), REGS))  # no resume: the VP sleeps
+    assert two.vp(1).state is VpState.HALTED and counted(two, Exit.HALT) == 1
+    r = resume_of(two.send(W1, m.AssertInterrupt(0x20, stamps(2))))
+    assert (r.seq, r.interrupt, r.path) == (25, 0x20, NO_PATH)
+    assert len(r.irq_stamps) == 4  # device raise, worker send, hv in, hv inject
+    assert two.vp(1).state is VpState.RUNNING and two.vp(1).interrupts.injected == 1
+
+
+def test_hlt_with_an_interrupt_already_waiting_completes_at_once(two):
+    assert not two.send(W1, m.AssertInterrupt(0x21, stamps(2)))  # the VP runs: the vector waits
+    r = resume_of(two.exit(V10, m.HaltIntercept(28, stamps(), REGS)))
+    assert (r.seq, r.interrupt) == (28, 0x21) and two.vp(1).state is VpState.RUNNING
+
+
+def test_a_self_ipi_is_taken_with_the_resume_of_the_icr_write(two):
+    resume_of(two.exit(V10, m.MmioIntercept(26, 0xFEE000F0, 4, True, 0x1FF, stamps(), REGS)))  # APIC on
+    r = resume_of(two.exit(V10, m.MsrIntercept(27, HvMsr.HV_X64_MSR_ICR, True, 1 << 18 | 0x51, stamps(), REGS)))
+    assert r.interrupt == 0x51 and r.path == Exit.MSR.code
+
+
+def test_an_ipi_wakes_a_halted_vp(two):
+    resume_of(two.exit(V11, m.MmioIntercept(30, 0xFEE000F0, 4, True, 0x1FF, stamps(), REGS)), V11)  # APIC on
+    assert not two.exit(V11, m.HaltIntercept(29, stamps(), REGS))
+    out = two.exit(V10, m.MsrIntercept(31, HvMsr.HV_X64_MSR_ICR, True, (1 << 56) | 0x52, stamps(), REGS))
+    assert resume_of(out).seq == 31
+    woken = resume_of(out, V11)
+    assert (woken.seq, woken.interrupt) == (29, 0x52)
+    assert two.vp(1, 0).apic.counters["ipis_sent"] == 1
+
+
+def test_an_apic_timer_wakes_a_halted_vp(two):
+    for seq, (reg, value) in enumerate(((0x0F0, 0x1FF), (0x320, 0xEF), (0x3E0, 0b1011), (0x380, 1)), 40):
+        resume_of(two.exit(V10, m.MmioIntercept(seq, 0xFEE00000 + reg, 4, True, value, stamps(), REGS)))
+    time.sleep(0.001)  # the one-shot timer (1 tick) is due
+    out = two.exit(V10, m.HaltIntercept(44, stamps(), REGS))
+    r = resume_of(out)  # the timer was due by then: HLT completes at once or is woken at once
+    assert (r.seq, r.interrupt & 0xFF) == (44, 0xEF)
+    assert two.vp(1).apic.counters["timer_fires"] == 1
+
+
+# -- the scheduler's exit, and paging -----------------------------------------------------------
+
+
+def test_the_end_of_a_quantum_gives_the_lp_back_and_is_counted_as_a_preemption(two):
+    r = resume_of(two.exit(V10, m.QuantumExit(45, stamps(), REGS)))
+    assert r.path == Exit.QUANTUM.code and r.deadline_ns > 0
+    assert counted(two, Exit.QUANTUM) == 1 and two.vp(1).sched.preemptions == 1
+
+
+def test_mov_cr3_loads_cr3_and_flushes_the_lps_tlb(two):
+    lp = two.vp(1).sched.lp
+    r = resume_of(two.exit(V10, m.Cr3Intercept(46, 0x5000, stamps(), REGS)))
+    assert (r.path, r.regs) == (Exit.CR3.code, (REGS[0], 0x5000))
+    assert two.hv.tlb.flushes[lp]["mov_cr3"] == 1 and counted(two, Exit.CR3) == 1
+
+
+def test_invlpg_flushes_the_lps_tlb(two):
+    lp = two.vp(1).sched.lp
+    r = resume_of(two.exit(V10, m.InvlpgIntercept(47, 0x400000, stamps(), REGS)))
+    assert r.path == Exit.INVLPG.code and r.regs == REGS
+    assert two.hv.tlb.flushes[lp]["invlpg"] == 1 and counted(two, Exit.INVLPG) == 1
+
+
+def test_the_register_block_a_vp_exits_with_is_the_one_it_resumes_with(two):
+    r = resume_of(two.exit(V10, m.CpuidIntercept(48, 0, 0, stamps(), (0x202, 0x7000))))
+    assert r.regs == (0x202, 0x7000) and two.vp(1).cr3 == 0x7000
+
+
+# -- completions ----------------------------------------------------------------------------------
+
+
+def test_a_completion_for_nothing_pending_is_stale(two):
+    out = two.send(W1, m.AccessComplete(999, 0, stamps()))
+    assert out.one(W1, m.ErrorReply).code == "STALE"
+    assert two.hv.counters["stale_completions"] == 1
+
+
+def test_another_partitions_worker_cannot_complete_an_access(two):
+    notify = two.exit(V10, m.IoPortIntercept(49, COM1, 1, False, 0, stamps(), REGS)).one(W1, m.PortNotify)
+    out = two.send(W2, m.AccessComplete(notify.ref, 0x66, stamps()))
+    assert out.one(W2, m.ErrorReply).code == "STALE" and not out.to(V10)
+    assert two.hv.counters["stale_completions"] == 1
+    assert resume_of(two.send(W1, m.AccessComplete(notify.ref, 0x55, stamps()))).rax == 0x55  # still its own
+
+
+def test_a_worker_that_does_not_answer_in_time_gives_the_vp_all_ones(two, caplog):
+    two.exit(V10, m.IoPortIntercept(50, COM1, 2, False, 0, stamps(), REGS)).one(W1, m.PortNotify)
+    for ctx in two.hv.forwarding.pending.values():
+        ctx.deadline_ns = 0
+    with caplog.at_level(logging.WARNING, logger="hypervisor"):
+        two.hv._housekeeping()
+    r = resume_of(two.run())
+    assert (r.seq, r.rax, r.path, r.stamps[:-1]) == (50, 0xFFFF, NO_PATH, ())
+    assert two.part(1).worker_timeouts == 1 and not two.hv.forwarding.pending
+    assert "worker did not complete intercept" in caplog.text
+
+
+def test_a_worker_that_is_gone_gives_the_vp_all_ones_at_once(two):
+    two.router.gone.add(W1)
+    r = resume_of(two.exit(V10, m.IoPortIntercept(51, COM1, 1, False, 0, stamps(), REGS)))
+    assert (r.rax, r.path) == (0xFF, NO_PATH) and two.part(1).worker_timeouts == 1
+
+
+# -- tracing ------------------------------------------------------------------------------------
+
+
+def test_a_traced_exit_is_reported_to_subscribers_of_its_partition(two):
+    two.hello(b"tracer", "root")
+    two.hello(b"other", "root")
+    assert two.send(b"tracer", m.TraceSubscribe(1)).one(b"tracer", m.Ack)
+    assert two.send(b"other", m.TraceSubscribe(2)).one(b"other", m.Ack)
+    out = two.exit(V10, m.CpuidIntercept(52, 0x40000001, 0, stamps(), REGS))
+    ev = out.one(b"tracer", m.TraceEvent)
+    assert (ev.partition, ev.vp, ev.reason, ev.a, len(ev.stamps)) == (1, 0, "cpuid", 0x40000001, 2)
+    assert not out.to(b"other")
+    two.router.full.add(b"tracer")
+    assert not two.exit(V10, m.QuantumExit(53, stamps(), REGS)).to(b"tracer")  # quantum ends are not traced
+    two.exit(V10, m.CpuidIntercept(54, 0, 0, stamps(), REGS))
+    assert two.hv.counters["trace_dropped"] == 1 and b"tracer" in two.hv.tracer.tracers

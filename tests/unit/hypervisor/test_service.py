@@ -1,0 +1,143 @@
+"""The loop, the route table, hello and the peers' other requests, in-process."""
+
+from __future__ import annotations
+
+from proto import messages as m
+from proto.exits import Exit
+from proto.stats import PathStats
+from hypervisor.routes import Route
+from hypervisor.scheduler import VpState
+from tests.unit.hypervisor.fake_stack import REGS, ROOT, Stack, stamps, vp_id, worker_id
+
+V10, V11, V20 = vp_id(1, 0), vp_id(1, 1), vp_id(2, 0)
+W1, W2 = worker_id(1), worker_id(2)
+
+
+def error_of(sent, who) -> m.ErrorReply:
+    return sent.one(who, m.ErrorReply)
+
+
+# -- the loop: what it refuses ---------------------------------------------------------------------
+
+
+def test_garbage_and_extra_frames_get_an_error_and_a_count_never_a_crash(stack):
+    assert error_of(stack.raw(b"x", b"\xc1"), b"x").code == "MALFORMED"
+    assert error_of(stack.raw(b"x", b"\x92\x7f\x00"), b"x").code == "UNKNOWN_TYPE"
+    assert error_of(stack.raw(b"x", m.StatusRequest().encode(), b"more"), b"x").code == "MALFORMED"
+    assert stack.hv.counters["malformed"] == 3 and stack.hv.running is False
+
+
+def test_nothing_but_hello_before_hello(stack):
+    err = error_of(stack.send(b"stranger", m.StatusRequest()), b"stranger")
+    assert (err.code, err.ref_type) == ("NOT_AUTHENTICATED", m.StatusRequest.TYPE)
+    assert stack.hv.counters["not_authenticated"] == 1
+
+
+def test_a_role_may_send_only_what_its_routes_allow(two):
+    assert error_of(two.send(W1, m.IoPortIntercept(1, 0x80, 1, False, 0, stamps(), REGS)), W1).code == "NOT_PERMITTED"
+    assert error_of(two.send(V10, m.StatusRequest()), V10).message == "a vp may not send status_request"
+    assert error_of(two.send(ROOT, m.VpResume(1, 0, 0, 0, 0, 0, b"", (), 0, (), 0, 0, 0)), ROOT).code \
+        == "NOT_PERMITTED"  # not a request at all
+    assert two.hv.counters["not_permitted"] == 3
+    assert two.vp(1).state is VpState.RUNNING  # a refused exit does not take the VP off its LP
+
+
+def test_the_route_table_routes_every_exit_kind_to_a_handler_taking_its_context(stack):
+    routes = stack.hv.routes
+    assert all(isinstance(r, Route) for r in routes.values())
+    exits = {cls for cls, r in routes.items() if r.exit}
+    assert exits == {m.IoPortIntercept, m.MmioIntercept, m.CpuidIntercept, m.MsrIntercept, m.HypercallIntercept,
+                     m.HaltIntercept, m.QuantumExit, m.Cr3Intercept, m.InvlpgIntercept}
+    assert all("vp" in routes[cls].roles for cls in exits)
+    assert routes[m.Hello].roles == ()  # only before binding
+    # Hypervisor → peer messages are never routed back in.
+    for cls in (m.VpResume, m.PortNotify, m.MmioNotify, m.HelloReply, m.StatusReply, m.TraceEvent, m.ConsoleData):
+        assert cls not in routes
+
+
+# -- hello -----------------------------------------------------------------------------------------
+
+
+def test_hello_binds_an_identity_once(two):
+    assert error_of(two.hello(ROOT, "root"), ROOT).code == "NOT_PERMITTED"  # already bound
+    assert error_of(two.hello(b"w1b", "worker", 1), b"w1b").code == "CONFLICT"  # one worker per partition
+    assert error_of(two.hello(b"v10b", "vp", 1, 0), b"v10b").code == "CONFLICT"  # one thread per VP
+    assert error_of(two.hello(b"v19", "vp", 1, 9), b"v19").code == "UNKNOWN_VP"
+    assert error_of(two.hello(b"w9", "worker", 9), b"w9").code == "UNKNOWN_PARTITION"
+    assert two.hv.counters["refused_hellos"] == 4
+
+
+def test_a_hello_must_prove_its_role_and_speak_the_protocol(stack, caplog):
+    assert error_of(stack.hello(b"x", "root", token="0" * 40), b"x").code == "NOT_AUTHENTICATED"
+    err = error_of(stack.send(b"y", m.Hello(99, "root", 0, 0, 1, "s", "t")), b"y")
+    assert err.code == "VERSION_MISMATCH"
+    assert stack.hv.counters["refused_hellos"] == 2 and "refused hello from pid" in caplog.text
+
+
+def test_a_vps_hello_reply_waits_until_the_root_starts_it(stack):
+    stack.partition(vps=1, start=False)
+    assert stack.vp(1).state is VpState.READY and stack.vp(1).sched.suspended
+    assert isinstance(stack.start(1, 0).one(V10), m.HelloReply)
+    assert stack.vp(1).state is VpState.RUNNING
+
+
+def test_a_suspended_vp_finishes_its_exit_but_runs_again_only_when_let_go(two):
+    assert not two.start(1, 0, suspend=True).to(V10)
+    assert not two.exit(V10, m.CpuidIntercept(1, 0, 0, stamps(), REGS)).to(V10)
+    assert two.vp(1).state is VpState.READY
+    assert two.start(1, 0).one(V10, m.VpResume).seq == 1
+
+
+# -- scheduling through the loop -------------------------------------------------------------------
+
+
+def test_with_one_lp_a_ready_vp_runs_when_the_lp_is_given_back(tmp_path):
+    s = Stack(tmp_path, lps=1)
+    s.hello(ROOT, "root")
+    s.partition(vps=1)
+    s.partition(vps=1, start=False)
+    assert not s.start(2, 0).to(V20)  # the one LP is V10's
+    assert s.vp(2).state is VpState.READY
+    out = s.exit(V10, m.QuantumExit(1, stamps(), REGS))  # V10 gives it back
+    assert isinstance(out.one(V20), m.HelloReply) and not out.to(V10)
+    assert s.vp(1).state is VpState.READY and s.vp(2).state is VpState.RUNNING
+    st = s.hv.status()
+    assert st.scheduler.ready == 1 and st.scheduler.lps[0].vp == (2, 0)
+    assert st.partition(1).vps[0].sched.state == "ready" and st.partition(1).vps[0].sched.lp is None
+
+
+# -- the peers' other requests ------------------------------------------------------------------
+
+
+def test_a_peer_may_map_only_its_own_partitions_memory(two):
+    reply = two.send(W1, m.MemoryRequest(1)).one(W1, m.MemoryReply)
+    assert reply.slat.endswith("slat-1.bin") and len(reply.tlbs) == 4
+    assert two.send(V20, m.MemoryRequest(2)).one(V20, m.MemoryReply)
+    assert error_of(two.send(W1, m.MemoryRequest(2)), W1).code == "NOT_PERMITTED"
+    assert two.hv.counters["isolation_refusals"] == 1
+
+
+def test_vp_stats_become_the_partitions_paths_and_guest_counters(two):
+    stats = PathStats()
+    stats.record((0, 10, 30))
+    two.send(V10, m.VpStats({Exit.CPUID.value: stats.to_wire()}, {"interrupts": 2, "exits": 5}))
+    two.send(V11, m.VpStats({Exit.CPUID.value: stats.to_wire()}, {"interrupts": 1}))
+    p = two.hv.status().partition(1)
+    assert p.guest == {"interrupts": 3, "exits": 5} and p.paths["cpuid"].total.n == 2
+    assert p.vps[0].guest == {"interrupts": 2, "exits": 5}
+    two.send(V10, m.VpStats({"cpuid": {"t": "not a histogram"}}, {}))
+    assert two.hv.counters["malformed"] == 1
+
+
+def test_a_peer_that_is_gone_loses_its_subscriptions(two):
+    two.hello(b"t", "root")
+    two.send(b"t", m.TraceSubscribe(0))
+    two.send(b"t", m.ConsoleSubscribe(1))
+    two.router.gone.add(b"t")
+    two.send(b"t", m.StatusRequest())  # the reply cannot be routed
+    assert two.hv.counters["unroutable_replies"] == 1
+    assert b"t" not in two.hv.tracer.tracers and b"t" not in two.part(1).console_watchers
+
+
+def test_serve_closes_the_socket_it_was_given(stack):
+    assert stack.router.closed
