@@ -18,6 +18,7 @@ import time
 
 from benchmarks.floor import FloorClient, IrqFloorClient
 from proto.stats import Histogram, PathStats
+from proto.status import HypervisorStatus, PartitionStatus
 from root import REPO
 from root.procs import die_with_parent
 from root.report import Output, table
@@ -115,24 +116,24 @@ def tlb_experiment(mode: str, duration_s: float) -> dict:
     enl, rec = TLB_MODES[mode]
     status = measure_run(TLB.format(name=f"bench-tlb-{mode}", enlightenments=enl, recommendations=rec),
                          duration_s)
-    reader, flusher = status["partitions"][0]["guest"], status["partitions"][1]["guest"]
+    reader, flusher = status.partitions[0].guest, status.partitions[1].guest
     reads = max(1, reader.get("tlb_reads", 0))
     return {"reads": reader.get("tlb_reads", 0),
             "misses_per_1000": round(1000 * reader.get("tlb_misses", 0) / reads, 2),
             "reads_per_s": round(reader.get("tlb_reads", 0) / duration_s, 1),
             "reader_misses": reader.get("tlb_misses", 0),
             "flusher_switches": flusher.get("tlb_switches", 0),
-            "flushes": status["tlb"]["lps"][0]["flushes"],
-            "flusher_p50_us": _p50s(status["partitions"][1]["paths"])}
+            "flushes": status.tlb.lps[0].flushes,
+            "flusher_p50_us": _p50s(status.partitions[1].paths)}
 
 
-def _p50s(paths: dict) -> dict[str, float]:
+def _p50s(paths: dict[str, PathStats]) -> dict[str, float]:
     """Each path's round-trip p50 in µs."""
-    return {name: round(PathStats.from_wire(w).total.percentile(50) / 1000, 1) for name, w in paths.items()}
+    return {name: round(st.total.percentile(50) / 1000, 1) for name, st in paths.items()}
 
 
 def experiment(name: str, workload: str, duration_s: float, vps: int = 1, enlightenments: str = "[]",
-               spin_retry: str = "0xFFFFFFFF") -> dict:
+               spin_retry: str = "0xFFFFFFFF") -> PartitionStatus:
     text = EXPERIMENT.format(name=name, vps=vps, enlightenments=enlightenments, spin_retry=spin_retry,
                              workload=workload)
     return measure_stack(text, duration_s)
@@ -144,8 +145,8 @@ def run_experiments(duration_s: float) -> dict:
     spin = {}
     for label, enl, retry in (("on", ALL_ENLIGHTENMENTS, "0x400"), ("off", "[]", "0xFFFFFFFF")):
         p = experiment(f"bench-spin-{label}", "spinlock", duration_s, 4, enl, retry)
-        g = p["guest"]
-        run_s = sum(vp["sched"]["run_s"] for vp in p["vps"])
+        g = p.guest
+        run_s = sum(vp.sched.run_s for vp in p.vps)
         spin[label] = {"acquisitions_per_s": round(g.get("acquisitions", 0) / duration_s, 1),
                        "spin_s": round(g.get("spin_ns", 0) / 1e9, 3), "lp_s": round(run_s, 3),
                        "notifications": g.get("spin_notifies", 0)}
@@ -153,14 +154,14 @@ def run_experiments(duration_s: float) -> dict:
     eoi = {}
     for mode in ("mmio", "msr", "assist"):
         p = experiment(f"bench-eoi-{mode}", f"eoi_{mode}", duration_s, 1, ALL_ENLIGHTENMENTS)
-        vp = p["vps"][0]
-        ticks = max(1, p["guest"].get("apic_ticks", 0))
-        handler_exits = p["guest"].get("vector_0xef_exits", 0)
-        timer = PathStats.from_wire(p["paths"]["apic_timer"]).total if "apic_timer" in p["paths"] else None
+        vp = p.vps[0]
+        ticks = max(1, p.guest.get("apic_ticks", 0))
+        handler_exits = p.guest.get("vector_0xef_exits", 0)
+        timer = p.paths["apic_timer"].total if "apic_timer" in p.paths else None
         eoi_path = {"mmio": "apic", "msr": "msr"}.get(mode)
-        eoi_rt = PathStats.from_wire(p["paths"][eoi_path]).total if eoi_path in p["paths"] else None
-        eoi[mode] = {"p50_us": _p50s(p["paths"]), "interrupts": ticks,
-                     "exits_per_interrupt": round((handler_exits + vp["exits"]["halt"]) / ticks, 2),
+        eoi_rt = p.paths[eoi_path].total if eoi_path in p.paths else None
+        eoi[mode] = {"p50_us": _p50s(p.paths), "interrupts": ticks,
+                     "exits_per_interrupt": round((handler_exits + vp.exits["halt"]) / ticks, 2),
                      "eoi_exits_per_interrupt": round(handler_exits / ticks, 2),
                      "eoi_round_trip_p50_us": round(eoi_rt.percentile(50) / 1000, 1) if eoi_rt else 0.0,
                      "timer_to_handler_p50_us": round(timer.percentile(50) / 1000, 1) if timer else None}
@@ -222,7 +223,7 @@ def measure_floor(samples: int, irq_samples: int) -> dict:
                 p.wait()
 
 
-def measure_run(topology_text: str, duration_s: float) -> dict:
+def measure_run(topology_text: str, duration_s: float) -> HypervisorStatus:
     """The hypervisor's final status of a bench topology's run."""
     topology = load_topology(topology_text, "<bench>")
     with open("/dev/null", "w") as devnull:
@@ -232,9 +233,9 @@ def measure_run(topology_text: str, duration_s: float) -> dict:
     return run.final_status
 
 
-def measure_stack(topology_text: str, duration_s: float) -> dict:
+def measure_stack(topology_text: str, duration_s: float) -> PartitionStatus:
     """The final status of the one partition of a bench topology."""
-    return measure_run(topology_text, duration_s)["partitions"][0]
+    return measure_run(topology_text, duration_s).partitions[0]
 
 
 def run_bench(args) -> int:
@@ -248,12 +249,12 @@ def run_bench(args) -> int:
     for _ in range(rounds):
         for key, h in measure_floor(args.samples // rounds, int(slice_s * 100)).items():
             floor.setdefault(key, Histogram()).merge(h)
-        stacks = [measure_stack(ROUND_TRIPS, slice_s)["paths"], measure_stack(INTERRUPTS, slice_s)["paths"]]
+        stacks = [measure_stack(ROUND_TRIPS, slice_s).paths, measure_stack(INTERRUPTS, slice_s).paths]
         for got in stacks:
-            for name, wire in got.items():
-                paths.setdefault(name, PathStats()).merge(PathStats.from_wire(wire))
+            for name, st in got.items():
+                paths.setdefault(name, PathStats()).merge(st)
         with tempfile.TemporaryDirectory(prefix="hvdisk") as d:
-            guest = measure_stack(DISK.format(image=f"{d}/bench.img"), slice_s)["guest"]
+            guest = measure_stack(DISK.format(image=f"{d}/bench.img"), slice_s).guest
         for k in ("disk_bytes", "disk_exits", "disk_ns", "disk_errors"):
             disk[k] = disk.get(k, 0) + guest.get(k, 0)
     result = {"unit": "us", "floor_samples": args.samples, "rounds": rounds, "paths": {}}

@@ -1,8 +1,9 @@
 """Reporting: the tables and lines a run, `status`, `top` and `stats` print.
 
-The vocabulary is proto.exits': a path's label, its place in a table (:func:`path_order`)
-and its stage names come from there, and a partition's exits are added up over its VPs in
-one place (:func:`exit_totals`).
+They read the hypervisor's status by attribute (proto.status: ``HypervisorStatus.from_wire``
+of the reply; a ``--json`` output prints the reply itself).  The vocabulary is proto.exits':
+a path's label, its place in a table (:func:`path_order`) and its stage names come from
+there, and a partition's exits are added up over its VPs in one place (:func:`exit_totals`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 
 from proto.exits import Exit, label, order_key, stage_names
 from proto.stats import Histogram, PathStats
+from proto.status import HypervisorStatus, PartitionStatus
 
 
 def us(ns: float) -> str:
@@ -40,11 +42,11 @@ def indent(text: str, n: int = 2) -> str:
     return "\n".join(" " * n + line for line in text.splitlines())
 
 
-def exit_totals(part: dict) -> dict[str, int]:
+def exit_totals(part: PartitionStatus) -> dict[str, int]:
     """A partition's exits by reason, summed over its VPs (in the order the status has them)."""
     exits: dict[str, int] = {}
-    for vp in part["vps"]:
-        for k, v in vp["exits"].items():
+    for vp in part.vps:
+        for k, v in vp.exits.items():
             exits[k] = exits.get(k, 0) + v
     return exits
 
@@ -54,21 +56,21 @@ def path_order(paths) -> list[str]:
     return sorted(paths, key=order_key)
 
 
-def path_rows(paths: dict) -> list[list[str]]:
-    """One row per path of a status reply's ``paths``: label, count, p50, p99, max (µs)."""
+def path_rows(paths: dict[str, PathStats]) -> list[list[str]]:
+    """One row per path of a partition's ``paths``: label, count, p50, p99, max (µs)."""
     rows = []
     for name in path_order(paths):
-        t = PathStats.from_wire(paths[name]).total
+        t = paths[name].total
         rows.append([label(name), str(t.n), us(t.percentile(50)), us(t.percentile(99)), us(t.hi)])
     return rows
 
 
-def stage_rows(paths: dict, path: str = "io_port") -> list[list[str]]:
+def stage_rows(paths: dict[str, PathStats], path: str = "io_port") -> list[list[str]]:
     """One row per stage of ``path`` (mean, p50, p99 in µs, share of the mean total), then
     the total; none when the path is missing or its stages are not the vocabulary's."""
     if path not in paths:
         return []
-    st = PathStats.from_wire(paths[path])
+    st = paths[path]
     try:
         names = Exit(path).stages
     except ValueError:
@@ -90,9 +92,8 @@ def hist_summary(h: Histogram) -> dict:
             "max_us": us_value(h.hi), "min_us": us_value(h.lo), "mean_us": us_value(h.mean)}
 
 
-def path_summary(path: str, wire: dict) -> dict:
+def path_summary(path: str, st: PathStats) -> dict:
     """A path's total and, for a multi-stage path, each stage's p50/p99/mean (µs)."""
-    st = PathStats.from_wire(wire)
     out = hist_summary(st.total)
     if len(st.stages) > 1:
         out["stages"] = {name: {"p50_us": us_value(h.percentile(50)), "p99_us": us_value(h.percentile(99)),
@@ -101,16 +102,16 @@ def path_summary(path: str, wire: dict) -> dict:
     return out
 
 
-def interrupt_line(p: dict) -> str:
+def interrupt_line(p: PartitionStatus) -> str:
     """Interrupts delivered, by vector, and the exits each one cost the guest."""
     delivered, by_vector = 0, {}
-    for vp in p["vps"]:
-        delivered += vp["interrupts"]["injected"]
-        for k, v in vp["interrupts"]["by_vector"].items():
+    for vp in p.vps:
+        delivered += vp.interrupts.injected
+        for k, v in vp.interrupts.by_vector.items():
             by_vector[k] = by_vector.get(k, 0) + v
     if not delivered:
         return ""
-    guest = p.get("guest", {})
+    guest = p.guest
     taken = guest.get("interrupts", 0)
     per = f"; {guest.get('handler_exits', 0) / taken:.2f} exits per interrupt in handlers" if taken else ""
     ticks = f"; {guest['ticks']} timer ticks" if guest.get("ticks") else ""
@@ -118,8 +119,8 @@ def interrupt_line(p: dict) -> str:
     return f"interrupts: {delivered} delivered ({vectors}){per}{ticks}"
 
 
-def spinlock_line(p: dict, duration_s: float) -> str:
-    g = p.get("guest", {})
+def spinlock_line(p: PartitionStatus, duration_s: float) -> str:
+    g = p.guest
     if not g.get("acquisitions"):
         return ""
     rate = g["acquisitions"] / duration_s if duration_s else 0
@@ -127,15 +128,15 @@ def spinlock_line(p: dict, duration_s: float) -> str:
             f"spinning, {g.get('spin_notifies', 0)} long-spin-wait notifications")
 
 
-def scheduler_line(p: dict) -> str:
-    vps = [vp["sched"] for vp in p["vps"] if vp.get("sched")]
+def scheduler_line(p: PartitionStatus) -> str:
+    vps = [vp.sched for vp in p.vps if vp.sched is not None]
     if not vps:
         return ""
-    run = sum(v["run_s"] for v in vps)
-    wait = sum(v["wait_s"] for v in vps)
+    run = sum(v.run_s for v in vps)
+    wait = sum(v.wait_s for v in vps)
     return (f"scheduler: {run:.2f} s on LPs, {wait:.2f} s waiting for one, "
-            f"{sum(v['dispatches'] for v in vps)} dispatches, {sum(v['preemptions'] for v in vps)} quantum ends, "
-            f"{sum(v['yields'] for v in vps)} yields")
+            f"{sum(v.dispatches for v in vps)} dispatches, {sum(v.preemptions for v in vps)} quantum ends, "
+            f"{sum(v.yields for v in vps)} yields")
 
 
 # Multi-stage paths whose stages a run's report breaks down, and the title of each.
@@ -158,24 +159,24 @@ class Output:
     def console(self, partition: str, line: str) -> None:
         self.print(f"  {partition:>12} | {line}")
 
-    def report(self, run, status: dict | None) -> None:
+    def report(self, run, status: HypervisorStatus | None) -> None:
         """Per partition: its exits, each path's round trip, the stages of the emulated and
         interrupt paths, and its interrupt, spinlock and scheduler lines."""
         if not status:
             return
         names = {v: k for k, v in run.partition_ids.items()}
-        for p in status["partitions"]:
-            name = names.get(p["id"], str(p["id"]))
+        for p in status.partitions:
+            name = names.get(p.id, str(p.id))
             exits = exit_totals(p)
             self.print()
-            self.print(f"partition {name} (id {p['id']}, {len(p['vps'])} VPs, privileges {p['privileges']:#x}, "
-                       f"hypercall page {'on' if p['hypercalls_enabled'] else 'off'})")
+            self.print(f"partition {name} (id {p.id}, {len(p.vps)} VPs, privileges {p.privileges:#x}, "
+                       f"hypercall page {'on' if p.hypercalls_enabled else 'off'})")
             self.print("  exits: " + ", ".join(f"{k} {v}" for k, v in exits.items() if v))
-            rows = path_rows(p["paths"])
+            rows = path_rows(p.paths)
             if rows:
                 self.print(indent(table(["path", "count", "p50 µs", "p99 µs", "max µs"], rows)))
             for path, title in STAGE_TABLES:
-                srows = stage_rows(p["paths"], path)
+                srows = stage_rows(p.paths, path)
                 if srows:
                     self.print(f"  {title}, per stage:")
                     self.print(indent(table(["stage", "mean µs", "p50 µs", "p99 µs", "share"], srows), 4))

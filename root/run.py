@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 
 from proto import auth
 from proto.errors import HvstackError
+from proto.status import HypervisorStatus
 from proto.transport import ipc_endpoint
 from root import hostflow
 from root.client import ConsoleWatcher, RootClient
@@ -61,7 +62,7 @@ class Run:
     secret: str = field(default_factory=auth.new_secret)
     root: RootClient | None = None
     watcher: ConsoleWatcher | None = None
-    final_status: dict | None = None
+    final_status: HypervisorStatus | None = None  # the hypervisor's status as the run ended
     _stop_reason: str | None = None
     _console_partial: dict = field(default_factory=dict)
 
@@ -136,8 +137,8 @@ class Run:
         deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
         while True:
             self._check_procs()
-            status = self.root.status()
-            if all(p["worker"] and p["ranges"] for p in status["partitions"]):
+            status = self.status()
+            if all(p.worker and p.ranges for p in status.partitions):
                 return
             if time.monotonic() > deadline:
                 raise RunEnded(f"workers not ready in {WORKER_READY_TIMEOUT_S} s", 1)
@@ -149,6 +150,10 @@ class Run:
             if code is not None:
                 raise RunEnded(f"{p.role} {p.name} (pid {p.pid}) {describe_exit(code)}", 1)
 
+    def status(self) -> HypervisorStatus:
+        """The hypervisor's status now, typed."""
+        return HypervisorStatus.from_wire(self.root.status())
+
     def request_stop(self, reason: str) -> None:
         self._stop_reason = reason
 
@@ -156,7 +161,7 @@ class Run:
     def duration(self) -> float:
         return self.topology.duration_s if self.duration_s is None else self.duration_s
 
-    def supervise(self) -> dict:
+    def supervise(self) -> HypervisorStatus:
         """Until every VP has finished its workloads (a run with a duration), a stop
         request, a death, or every partition stopped by `ctl stop`."""
         grace = self.duration + FINISH_GRACE_S
@@ -171,16 +176,16 @@ class Run:
             if time.monotonic() < next_status:
                 continue
             next_status = time.monotonic() + STATUS_INTERVAL_S
-            status = self.root.status()
-            for p in status["partitions"]:
-                if p["state"] == "finalized" and p["id"] not in stopped:
-                    stopped.add(p["id"])
-                    self._stop_partition(p["id"])
+            status = self.status()
+            for p in status.partitions:
+                if p.state == "finalized" and p.id not in stopped:
+                    stopped.add(p.id)
+                    self._stop_partition(p.id)
             if len(stopped) == len(self.partition_ids):
                 raise RunEnded("every partition was stopped (ctl stop)", 0)
             if self.duration > 0:
-                vps = [vp for p in status["partitions"] if p["id"] not in stopped for vp in p["vps"]]
-                if vps and all(vp["guest"].get("workloads_done") for vp in vps):
+                vps = [vp for p in status.partitions if p.id not in stopped for vp in p.vps]
+                if vps and all(vp.guest.get("workloads_done") for vp in vps):
                     self._pump_console(50)
                     return status
                 if time.monotonic() > deadline:
@@ -213,7 +218,7 @@ class Run:
         """Stop every process (partitions, then workers, then the hypervisor) and record why."""
         if self.root is not None and self.final_status is None:
             try:
-                self.final_status = self.root.status()
+                self.final_status = self.status()
             except (HvstackError, OSError):
                 pass
         for c in (self.watcher, self.root):

@@ -9,6 +9,7 @@ import argparse
 import time
 
 from proto.errors import HvstackError, Refused
+from proto.status import HypervisorStatus
 from root.client import RootClient
 from root.commands.common import complain
 from root.rundir import live_run, partition_of
@@ -39,9 +40,9 @@ def run(args) -> int:
         except Refused as e:
             raise HvstackError(f"cannot {args.action} partition {name}: {e.reason}") from None
         if args.action != "stop":
-            part = next((p for p in root.status()["partitions"] if p["id"] == pid), {})
-            extra = f" (reset #{part['resets']}: its VPs start over at the reset vector)" \
-                if args.action == "reset" and "resets" in part else ""
+            part = HypervisorStatus.from_wire(root.status()).partition(pid)
+            extra = f" (reset #{part.resets}: its VPs start over at the reset vector)" \
+                if args.action == "reset" and part is not None else ""
             print(f"partition {name} {CTL_DONE[args.action]}{extra}")
             return 0
     # stop: the launcher ends the partition's processes when it sees the state "finalized".

@@ -8,6 +8,7 @@ import json
 
 from proto.exits import EMULATED_STAGES, HANDLED_STAGES
 from proto.exits import label as path_label
+from proto.status import HypervisorStatus
 from root.client import RootClient
 from root.commands.common import status_while_live
 from root.report import exit_totals, indent, path_order, path_summary, stage_rows, table
@@ -23,29 +24,29 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
 
 
-def run_stats(run: RunDir, man: dict, status: dict) -> dict:
+def run_stats(run: RunDir, man: dict, status: HypervisorStatus) -> dict:
     """The full statistics of a run as one JSON-ready object (µs)."""
     names = partition_names(man)
     parts = {}
-    for p in status["partitions"]:
-        parts[names.get(p["id"], str(p["id"]))] = {
-            "id": p["id"], "state": p["state"], "vps": len(p["vps"]),
+    for p in status.partitions:
+        parts[names.get(p.id, str(p.id))] = {
+            "id": p.id, "state": p.state, "vps": len(p.vps),
             "exits": exit_totals(p),
-            "counters": {"faults": sum(vp["faults"] for vp in p["vps"]),
-                         **{k: p[k] for k in PARTITION_COUNTERS if k in p},
-                         "guest": p.get("guest", {})},
-            "paths": {k: path_summary(k, p["paths"][k]) for k in path_order(p["paths"])},
+            "counters": {"faults": sum(vp.faults for vp in p.vps),
+                         **{k: getattr(p, k) for k in PARTITION_COUNTERS},
+                         "guest": p.guest},
+            "paths": {k: path_summary(k, p.paths[k]) for k in path_order(p.paths)},
         }
     return {"run": run.name, "unit": "us",
-            "hypervisor": {"uptime_s": status["uptime_s"], "peers": status["peers"], "counters": status["counters"],
-                           "hypercalls": status.get("hypercalls", {})},
+            "hypervisor": {"uptime_s": status.uptime_s, "peers": status.peers, "counters": status.counters,
+                           "hypercalls": status.hypercalls.to_wire()},
             "partitions": parts}
 
 
 def run(args) -> int:
     run, man = live_run(args.run)
     with RootClient(man["endpoint"], run.secret()) as root:
-        status = status_while_live(root, run)
+        status = HypervisorStatus.from_wire(status_while_live(root, run))
     stats = run_stats(run, man, status)
     if args.json:
         print(json.dumps(stats, indent=2, ensure_ascii=False))
@@ -63,9 +64,9 @@ def run(args) -> int:
         if rows:
             print(indent(table(["path", "count", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs", "mean µs"],
                                rows)))
-        wire = status["partitions"][[q["id"] for q in status["partitions"]].index(p["id"])]["paths"]
+        paths = status.partition(p["id"]).paths
         for k, v in p["paths"].items():
             if len(v.get("stages", {})) in (len(EMULATED_STAGES), len(HANDLED_STAGES)):
                 print(f"  {path_label(k)}, per stage:")
-                print(indent(table(["stage", "mean µs", "p50 µs", "p99 µs", "share"], stage_rows(wire, k)), 4))
+                print(indent(table(["stage", "mean µs", "p50 µs", "p99 µs", "share"], stage_rows(paths, k)), 4))
     return 0

@@ -10,6 +10,7 @@ import time
 
 import psutil
 
+from proto.status import HypervisorStatus
 from root.client import RootClient
 from root.report import indent, path_rows, table
 from root.rundir import live_run, partition_names
@@ -62,19 +63,19 @@ def run(args) -> int:
                           "processes": procs}, indent=2))
         return 0
     names = partition_names(man)
-    print(f"run {run.name}: hypervisor up {status['uptime_s']:.1f} s, {status['peers']} peers, "
-          f"{status['counters']['messages']} messages, {status['counters']['malformed']} malformed, "
-          f"{status['counters']['refused_hellos']} refused hellos")
-    for p in status["partitions"]:
-        print(f"\npartition {names.get(p['id'], p['id'])} (id {p['id']}): {p['state']}, "
-              f"worker {'up' if p['worker'] else 'missing'}, unclaimed I/O {p['unclaimed_reads']}r/"
-              f"{p['unclaimed_writes']}w, worker timeouts {p['worker_timeouts']}")
-        rows = [[str(vp["index"]), vp["state"], *(str(vp["exits"][k]) for k in vp["exits"]), str(vp["faults"])]
-                for vp in p["vps"]]
-        if p["vps"]:
-            headers = ["vp", "state", *p["vps"][0]["exits"].keys(), "faults"]
+    st = HypervisorStatus.from_wire(status)
+    print(f"run {run.name}: hypervisor up {st.uptime_s:.1f} s, {st.peers} peers, "
+          f"{st.counters['messages']} messages, {st.counters['malformed']} malformed, "
+          f"{st.counters['refused_hellos']} refused hellos")
+    for p in st.partitions:
+        print(f"\npartition {names.get(p.id, p.id)} (id {p.id}): {p.state}, "
+              f"worker {'up' if p.worker else 'missing'}, unclaimed I/O {p.unclaimed_reads}r/"
+              f"{p.unclaimed_writes}w, worker timeouts {p.worker_timeouts}")
+        rows = [[str(vp.index), vp.state, *(str(v) for v in vp.exits.values()), str(vp.faults)] for vp in p.vps]
+        if p.vps:
+            headers = ["vp", "state", *p.vps[0].exits.keys(), "faults"]
             print(indent(table(headers, rows, "ll" + "r" * (len(headers) - 2))))
-        prow = path_rows(p["paths"])
+        prow = path_rows(p.paths)
         if prow:
             print(indent(table(["path", "count", "p50 µs", "p99 µs", "max µs"], prow)))
     print()

@@ -16,7 +16,8 @@ from datetime import datetime, timezone
 import psutil
 
 from proto.exits import label as path_label
-from proto.stats import Histogram, PathStats, bucket_upper
+from proto.stats import Histogram, bucket_upper
+from proto.status import HypervisorStatus
 from root.client import RootClient
 from root.commands.common import complain, status_while_live
 from root.report import exit_totals, indent, path_order, table, us_value
@@ -128,30 +129,30 @@ class ProcSampler:
         return rows
 
 
-def top_sample(run_name: str, man: dict, before: dict, after: dict, procs: list[dict], sort: str,
-               fallback_dt: float) -> dict:
+def top_sample(run_name: str, man: dict, before: HypervisorStatus, after: HypervisorStatus, procs: list[dict],
+               sort: str, fallback_dt: float) -> dict:
     """One frame of `top` from two status replies: rates are their difference over the
     hypervisor's own uptime between them."""
-    dt = after["uptime_s"] - before["uptime_s"]
+    dt = after.uptime_s - before.uptime_s
     if dt <= 0:
         dt = fallback_dt
     names = partition_names(man)
-    prev = {p["id"]: p for p in before["partitions"]}
+    prev = {p.id: p for p in before.partitions}
     by_name = {p["name"]: p for p in procs}
     parts = []
-    for p in after["partitions"]:
-        name = names.get(p["id"], str(p["id"]))
-        old = prev.get(p["id"])
+    for p in after.partitions:
+        name = names.get(p.id, str(p.id))
+        old = prev.get(p.id)
         exits, old_exits = exit_totals(p), exit_totals(old) if old else {}
         rates = {k: round(max(0, v - old_exits.get(k, 0)) / dt, 1) for k, v in exits.items()}
         states: dict[str, int] = {"running": 0, "intercept": 0, "halted": 0}
-        for vp in p["vps"]:
-            states[vp["state"]] = states.get(vp["state"], 0) + 1
+        for vp in p.vps:
+            states[vp.state] = states.get(vp.state, 0) + 1
         paths = {}
-        old_paths = old["paths"] if old else {}
-        for path in path_order(p["paths"]):
-            total = PathStats.from_wire(p["paths"][path]).total
-            was = PathStats.from_wire(old_paths[path]).total if path in old_paths else None
+        old_paths = old.paths if old else {}
+        for path in path_order(p.paths):
+            total = p.paths[path].total
+            was = old_paths[path].total if path in old_paths else None
             new = hist_since(total, was)
             paths[path] = {"count": total.n, "per_s": round(new.n / dt, 1),
                            "p50_us": us_value(total.percentile(50)), "p99_us": us_value(total.percentile(99)),
@@ -159,10 +160,10 @@ def top_sample(run_name: str, man: dict, before: dict, after: dict, procs: list[
                                         "p99_us": us_value(new.percentile(99))}}
         mine = [by_name[k] for k in (f"worker:{name}", f"partition:{name}") if k in by_name]
         parts.append({
-            "name": name, "id": p["id"], "state": p["state"], "worker": p["worker"],
-            "vps": {"total": len(p["vps"]), **states}, "exits": exits, "exits_per_s": rates,
-            "exits_per_s_total": round(sum(rates.values()), 1), "faults": sum(vp["faults"] for vp in p["vps"]),
-            "worker_timeouts": p["worker_timeouts"],
+            "name": name, "id": p.id, "state": p.state, "worker": p.worker,
+            "vps": {"total": len(p.vps), **states}, "exits": exits, "exits_per_s": rates,
+            "exits_per_s_total": round(sum(rates.values()), 1), "faults": sum(vp.faults for vp in p.vps),
+            "worker_timeouts": p.worker_timeouts,
             "cpu_percent": round(sum(r["cpu_percent"] or 0 for r in mine), 1),
             "rss_bytes": sum(r["rss_bytes"] or 0 for r in mine),
             "ctx_switches_per_s": round(sum(r["ctx_switches_per_s"] or 0 for r in mine), 1),
@@ -180,13 +181,13 @@ def top_sample(run_name: str, man: dict, before: dict, after: dict, procs: list[
         "cpu": lambda r: (-(r["cpu_percent"] or 0), r["name"]), "rss": lambda r: (-(r["rss_bytes"] or 0), r["name"]),
         "ctxsw": lambda r: (-(r["ctx_switches_per_s"] or 0), r["name"]),
     }[sort]
-    counters = after["counters"]
+    counters = after.counters
     return {
         "run": run_name, "time": datetime.now(timezone.utc).isoformat(), "interval_s": round(dt, 3), "sort": sort,
-        "hypervisor": {"pid": after.get("pid"), "uptime_s": round(after["uptime_s"], 3), "peers": after["peers"],
+        "hypervisor": {"pid": after.pid, "uptime_s": round(after.uptime_s, 3), "peers": after.peers,
                        "counters": counters,
                        "messages_per_s": round(max(0, counters.get("messages", 0)
-                                                   - before["counters"].get("messages", 0)) / dt, 1)},
+                                                   - before.counters.get("messages", 0)) / dt, 1)},
         "partitions": parts, "processes": sorted(procs, key=proc_key)}
 
 
@@ -245,10 +246,10 @@ def run(args) -> int:
     try:
         with RootClient(man["endpoint"], run.secret()) as root:
             sampler.prime(man)
-            before, t_before = status_while_live(root, run), time.monotonic()
+            before, t_before = HypervisorStatus.from_wire(status_while_live(root, run)), time.monotonic()
             while True:
                 time.sleep(args.interval)
-                after, t_after = status_while_live(root, run), time.monotonic()
+                after, t_after = HypervisorStatus.from_wire(status_while_live(root, run)), time.monotonic()
                 man = run.manifest()
                 sample = top_sample(run.name, man, before, after, sampler.sample(man), args.sort, t_after - t_before)
                 text = json.dumps(sample, ensure_ascii=False) if args.json else render_top(sample)

@@ -1,20 +1,21 @@
 """The report's pieces: tables, one exit total, one path order and stage breakdowns, all in
-proto.exits' vocabulary."""
+proto.exits' vocabulary, read from the typed status (proto.status)."""
 
 from __future__ import annotations
 
 import io
+from types import SimpleNamespace
 
 from proto.exits import EMULATED_STAGES, Exit
 from proto.stats import PathStats
 from root.report import Output, exit_totals, path_order, path_rows, stage_rows, table
 
 
-def wire(*stamps_list) -> dict:
+def stats(*stamps_list) -> PathStats:
     st = PathStats()
     for stamps in stamps_list:
         st.record(stamps)
-    return st.to_wire()
+    return st
 
 
 def test_a_table_pads_each_column_to_its_widest_cell():
@@ -24,7 +25,8 @@ def test_a_table_pads_each_column_to_its_widest_cell():
 
 
 def test_exits_are_added_up_over_the_vps_in_the_order_the_status_has_them():
-    part = {"vps": [{"exits": {"io_port": 3, "cpuid": 1}}, {"exits": {"io_port": 2, "halt": 5}}]}
+    part = SimpleNamespace(vps=[SimpleNamespace(exits={"io_port": 3, "cpuid": 1}),
+                                SimpleNamespace(exits={"io_port": 2, "halt": 5})])
     assert list(exit_totals(part).items()) == [("io_port", 5), ("cpuid", 1), ("halt", 5)]
 
 
@@ -33,17 +35,17 @@ def test_paths_are_listed_in_the_vocabularys_order_and_unknown_ones_last():
 
 
 def test_path_rows_are_labelled_by_the_vocabulary():
-    rows = path_rows({"cpuid": wire((0, 1000, 3000)), "odd": wire((0, 5000))})
+    rows = path_rows({"cpuid": stats((0, 1000, 3000)), "odd": stats((0, 5000))})
     assert [r[0] for r in rows] == [Exit.CPUID.label, "odd"]
     assert rows[0][1:] == ["1", rows[0][2], rows[0][3], "3.0"]
 
 
 def test_stage_rows_name_each_stage_and_end_with_the_total():
     stamps = tuple(range(0, 8000, 1000))  # 7 stages of 1 µs
-    rows = stage_rows({"io_port": wire(stamps)}, "io_port")
+    rows = stage_rows({"io_port": stats(stamps)}, "io_port")
     assert [r[0] for r in rows] == [*EMULATED_STAGES, "total"]
     assert rows[-1][-1] == "100%" and rows[0][-1] == "14%"
-    assert stage_rows({"io_port": wire((0, 1, 2))}, "io_port") == [], "stages that are not the vocabulary's"
+    assert stage_rows({"io_port": stats((0, 1, 2))}, "io_port") == [], "stages that are not the vocabulary's"
     assert stage_rows({}, "io_port") == []
 
 
