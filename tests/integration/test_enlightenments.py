@@ -10,11 +10,11 @@ pytestmark = pytest.mark.integration
 
 
 def eoi_run(mode: str, enlightenments: str = ALL_ENLIGHTENMENTS) -> dict:
-    p = experiment(f"eoi-{mode}", f"eoi_{mode}", 2.0, 1, enlightenments)
-    g = p["guest"]
+    p = experiment(f"eoi-{mode}", f"eoi_{mode}", 2.0, 1, enlightenments)  # a proto.status.PartitionStatus
+    g, vp = p.guest, p.vps[0]
     assert g.get("apic_ticks", 0) > 200, "the 1 kHz APIC timer ticked"
     return {"ticks": g["apic_ticks"], "handler_exits": g.get("vector_0xef_exits", 0),
-            "halts": p["vps"][0]["exits"]["halt"], "apic": p["vps"][0]["apic"], "exits": p["vps"][0]["exits"]}
+            "halts": vp.exits["halt"], "apic": vp.apic, "exits": vp.exits}
 
 
 def test_the_assist_page_removes_the_eoi_exit():
