@@ -13,11 +13,12 @@ commands that attach to a live run.  ``launch.py`` is only the door into it
     trace_format what `trace` makes of the hypervisor's trace events
     commands/    one module per command: its name, help, arguments and run function
     cli          the argument parser assembled from the commands; ``main(argv) -> int``
+    testrun      a run started from a test, and its handle (no pytest needed)
     pytest_plugin  the hvstack_run / hvstack_floor fixtures and the timing assertions
 
-Layering: root imports proto, and the other packages only for their configuration
-vocabulary (the worker's device settings, the guest's workload names); it starts them as
-``python -m <package>``.  benchmarks may import root, never the reverse: the ``bench``
+Layering: root imports proto (the hypervisor's status is proto.status), and the other
+packages only for their configuration vocabulary (worker.devices.config's device settings
+and chipsets, the guest's workload names); it starts them as ``python -m <package>``.  benchmarks may import root, never the reverse: the ``bench``
 command and the plugin's floor import benchmarks lazily, inside the functions that need it.
 """
 
