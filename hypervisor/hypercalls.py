@@ -192,6 +192,8 @@ class Hypercalls:
         part.state = HvPartitionState.INITIALIZED
         if part.gpa_pages:
             self.memory.slat(part.id, part.gpa_pages)
+        if self.tlb is not None:
+            self.tlb.paths_of(part.id)  # its TLB files exist before its processes start
         return S.HV_STATUS_SUCCESS, b""
 
     def finalize_partition(self, caller, hc, args, data) -> Result:

@@ -25,7 +25,7 @@ from time import perf_counter_ns
 from proto import messages as m
 from proto.codes import HV_ROOT_PRIVILEGES, HypercallCode, X86Exception
 from proto.exits import NO_PATH, Exit
-from proto.memory import PAGE_SHIFT, SLAT_INVALID
+from proto.memory import PAGE_SHIFT
 
 from hypervisor import cpuid, msrs
 from hypervisor.apic import APIC_BASE, APIC_PAGE
@@ -154,13 +154,10 @@ class Intercepts:
         """`io readX/writeX` on guest RAM: the root reads and writes it through the
         partition's SLAT, as a VMM's debugger would.  False when the GPA is not RAM."""
         gpa, size = ctx.addr, ctx.size
-        slat = self._memory.slats.get(ctx.partition.id)
-        page = gpa >> PAGE_SHIFT
-        if slat is None or page >= len(slat.entries) or slat.entries[page] == SLAT_INVALID \
-                or ((gpa + size - 1) >> PAGE_SHIFT) != page:
+        off = self._memory.ram_offset(ctx.partition.id, gpa)
+        if off is None or ((gpa + size - 1) >> PAGE_SHIFT) != (gpa >> PAGE_SHIFT):
             return False
-        off = (slat.entries[page] << PAGE_SHIFT) | (gpa & 0xFFF)
-        pool = self._memory.pool()
+        pool = self._memory.slats[ctx.partition.id].ram
         if ctx.write:
             pool[off:off + size] = ctx.value.to_bytes(size, "little")
             result = 0

@@ -1,4 +1,5 @@
-"""The memory manager: the host page pool, who owns each page, and each partition's SLAT.
+"""The memory manager: the host page pool, who owns each page, and each partition's SLAT
+and RAM file.
 
 Every host page belongs to one partition: the root (ID 0) at first.  The root gives pages to
 a child with HvCallDepositMemory and maps them into the child's guest-physical space with
@@ -7,6 +8,14 @@ HvCallWithdrawMemory gives unmapped ones back.  When a partition is stopped or d
 all its pages return to the root.  The guest-physical → host map is the partition's SLAT
 table, a shared-memory file the partition's VPs and worker translate through (see
 :mod:`proto.memory`).
+
+The pool is accounting: host page numbers and who owns each.  The bytes of a partition's
+RAM live in a file of its own (``mem-ID.bin``, indexed by guest-physical page), never in a
+file shared by partitions, so a partition process can be handed a descriptor of its own
+memory and of nothing else (issue 9: a partition read and wrote another's RAM through the
+shared pool file).  A page mapped by HvCallMapGpaPages reads as zeros, as a deposited page
+does on Hyper-V: the file starts sparse (zeros) and an unmapped page is zeroed.  Every file is 0600 and the
+hypervisor's (root's, where the run is root's).
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from proto.errors import HvstackError
-from proto.memory import PAGE_SIZE, SLAT_ENTRY, SLAT_INVALID
+from proto.memory import PAGE_SHIFT, PAGE_SIZE, SLAT_ENTRY, SLAT_INVALID, memory_path, slat_path
 from proto.status import MemoryStatus, SlatStatus
 
 ROOT = 0
@@ -38,31 +47,18 @@ class Slat:
     entries: memoryview
     mapped: int = 0
     _map: mmap.mmap | None = field(default=None, repr=False)
+    ram_path: Path | None = None  # the partition's RAM file, indexed by guest-physical page
+    ram: mmap.mmap | None = field(default=None, repr=False)  # the hypervisor's view of it
 
 
 class MemoryManager:
     def __init__(self, directory: str, pages: int) -> None:
         self.dir = Path(directory)
         self.pages = pages
-        self.pool_path = self.dir / "memory.pool"
-        with open(self.pool_path, "wb") as f:
-            f.truncate(pages * PAGE_SIZE)
-        os.chmod(self.pool_path, 0o600)
         self.owner = array.array("I", [ROOT]) * pages
-        self._pool: mmap.mmap | None = None
         self.slats: dict[int, Slat] = {}
         self.counters = {"deposited": 0, "withdrawn": 0, "mapped": 0, "unmapped": 0, "released": 0,
                          "refused": 0}
-
-    def pool(self) -> mmap.mmap:
-        """The pool, mapped into the hypervisor (for the root's reads of guest RAM)."""
-        if self._pool is None:
-            fd = os.open(self.pool_path, os.O_RDWR)
-            try:
-                self._pool = mmap.mmap(fd, 0)
-            finally:
-                os.close(fd)
-        return self._pool
 
     # -- tables ------------------------------------------------------------------------
 
@@ -72,17 +68,30 @@ class MemoryManager:
         if s is None:
             if not 0 < gpa_pages <= MAX_GPA_PAGES:
                 raise MemoryRefused(f"a guest-physical space of {gpa_pages} pages")
-            path = self.dir / f"slat-{partition}.bin"
-            with open(path, "wb") as f:
-                f.write(b"\xff" * (gpa_pages * SLAT_ENTRY))
-            os.chmod(path, 0o600)
-            fd = os.open(path, os.O_RDWR)
+            path = Path(slat_path(self.dir, partition))
+            fd = _create(path)
             try:
+                os.write(fd, b"\xff" * (gpa_pages * SLAT_ENTRY))
                 m = mmap.mmap(fd, 0)
             finally:
                 os.close(fd)
-            s = self.slats[partition] = Slat(path, memoryview(m).cast("I"), 0, m)
+            ram_path = Path(memory_path(self.dir, partition))
+            fd = _create(ram_path)
+            try:
+                os.ftruncate(fd, gpa_pages * PAGE_SIZE)  # sparse: pages cost nothing until written
+                ram = mmap.mmap(fd, 0)
+            finally:
+                os.close(fd)
+            s = self.slats[partition] = Slat(path, memoryview(m).cast("I"), 0, m, ram_path, ram)
         return s
+
+    def ram_offset(self, partition: int, gpa: int) -> int | None:
+        """Where ``gpa`` lies in the partition's RAM file; None when it is not mapped."""
+        s = self.slats.get(partition)
+        page = gpa >> PAGE_SHIFT
+        if s is None or page >= len(s.entries) or s.entries[page] == SLAT_INVALID:
+            return None
+        return gpa
 
     def owned(self, partition: int) -> int:
         return sum(1 for o in self.owner if o == partition)
@@ -135,6 +144,7 @@ class MemoryManager:
         for i in range(gpa_page, gpa_page + count):
             if s.entries[i] != SLAT_INVALID:
                 s.entries[i] = SLAT_INVALID
+                _zero(s.ram, i)
                 s.mapped -= 1
                 self.counters["unmapped"] += 1
 
@@ -146,6 +156,9 @@ class MemoryManager:
                 s.entries[i] = SLAT_INVALID
             s.entries.release()
             s._map.close()
+            s.ram.close()
+            for path in (s.ram_path, s.path):
+                path.unlink(missing_ok=True)  # the processes that mapped them keep their pages
         n = 0
         for hp, o in enumerate(self.owner):
             if o == partition:
@@ -164,7 +177,17 @@ class MemoryManager:
 
     def status(self) -> MemoryStatus:
         free = sum(1 for o in self.owner if o == ROOT)
-        return MemoryStatus(self.pages, free, str(self.pool_path),
+        return MemoryStatus(self.pages, free, str(self.dir),
                             {str(pid): SlatStatus(s.mapped, self.owned(pid), str(s.path))
                              for pid, s in self.slats.items()},
                             dict(self.counters))
+
+
+def _create(path: Path) -> int:
+    """A new file, 0600 from the start (never briefly wider), read-write."""
+    path.unlink(missing_ok=True)
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+
+
+def _zero(ram: mmap.mmap, page: int) -> None:
+    ram[page * PAGE_SIZE:(page + 1) * PAGE_SIZE] = bytes(PAGE_SIZE)

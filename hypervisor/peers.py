@@ -108,4 +108,5 @@ class Peers:
         slat = self._memory.slats.get(peer.partition.id)
         if slat is None:
             return self._outbox.error(identity, msg.TYPE, "UNKNOWN_PARTITION", "the partition has no memory yet")
-        self._outbox.send(identity, m.MemoryReply(str(self._memory.pool_path), str(slat.path), self._tlb.paths))
+        self._outbox.send(identity, m.MemoryReply(str(slat.ram_path), str(slat.path),
+                                                  self._tlb.paths_of(peer.partition.id)))

@@ -1,7 +1,9 @@
 """The TLBs of the logical processors: created and flushed by the hypervisor.
 
-One shared-memory file per LP in the memory directory (the run directory); the layout and
-the races accepted are in :mod:`proto.tlb`.  The VPs fill them; the hypervisor flushes:
+One shared-memory file per partition and LP in the memory directory (the run directory),
+created when the partition is initialized; the layout, the races accepted and why each
+partition has files of its own are in :mod:`proto.tlb`.  The VPs fill them; the
+hypervisor flushes:
 
 * the whole LP — the non-enlightened flush, an intercepted MOV to CR3 or INVLPG: every
   entry goes, other partitions' included (a hardware TLB without tags would lose them too);
@@ -16,23 +18,31 @@ from pathlib import Path
 
 from proto import tlb as layout
 from proto.status import TlbLpStatus, TlbStatus
-from proto.tlb import LpTlb
+from proto.tlb import LpTlb, tlb_path
 
 FLUSH_KINDS = ("mov_cr3", "invlpg", "address_space", "address_list")
 
 
 class Tlbs:
     def __init__(self, directory: str, lps: int) -> None:
-        self.paths = [str(Path(directory) / f"tlb-lp{i}.bin") for i in range(lps)]
-        for p in self.paths:
-            layout.create(p)
-        self.lps = [LpTlb(p) for p in self.paths]
-        self.flushes = [dict.fromkeys(FLUSH_KINDS, 0) for _ in self.lps]
+        self.dir = Path(directory)
+        self.lp_count = lps
+        self.by_partition: dict[int, list[LpTlb]] = {}  # partition → its TLB on each LP
+        self.flushes = [dict.fromkeys(FLUSH_KINDS, 0) for _ in range(lps)]
         self.cleared = [0] * lps  # valid entries the flushes removed
 
+    def paths_of(self, partition: int) -> list[str]:
+        """The partition's TLB files, by LP index (created on first use)."""
+        if partition not in self.by_partition:
+            paths = [tlb_path(self.dir, partition, i) for i in range(self.lp_count)]
+            for p in paths:
+                layout.create(p)
+            self.by_partition[partition] = [LpTlb(p) for p in paths]
+        return [t.path for t in self.by_partition[partition]]
+
     def flush_lp(self, lp: int, kind: str) -> int:
-        """The whole LP's TLB (``kind``: mov_cr3 or invlpg)."""
-        n = self.lps[lp].flush()
+        """The whole LP's TLB, every partition's entries on it (``kind``: mov_cr3 or invlpg)."""
+        n = sum(tlbs[lp].flush() for tlbs in self.by_partition.values())
         self.flushes[lp][kind] += 1
         self.cleared[lp] += n
         return n
@@ -42,8 +52,8 @@ class Tlbs:
         """``partition``'s entries on every LP: of address space ``cr3`` (None: all), of
         the pages in ``vpns`` (``[(first, count), …]``; None: all)."""
         total = 0
-        for i, t in enumerate(self.lps):
-            n = t.flush(partition, cr3, vpns)
+        for i, t in enumerate(self.by_partition.get(partition) or [None] * self.lp_count):
+            n = t.flush(partition, cr3, vpns) if t is not None else 0
             self.flushes[i][kind] += 1
             self.cleared[i] += n
             total += n
@@ -51,10 +61,13 @@ class Tlbs:
 
     def status(self) -> TlbStatus:
         lps = []
-        for i, t in enumerate(self.lps):
+        for i in range(self.lp_count):
             by_partition: dict[str, int] = {}
-            for _, valid, p, *_ in t.entries():
-                if valid:
-                    by_partition[str(p)] = by_partition.get(str(p), 0) + 1
-            lps.append(TlbLpStatus(i, t.fills, dict(self.flushes[i]), self.cleared[i], by_partition))
+            fills = 0
+            for tlbs in self.by_partition.values():
+                fills += tlbs[i].fills
+                for _, valid, p, *_ in tlbs[i].entries():
+                    if valid:
+                        by_partition[str(p)] = by_partition.get(str(p), 0) + 1
+            lps.append(TlbLpStatus(i, fills, dict(self.flushes[i]), self.cleared[i], by_partition))
         return TlbStatus(layout.ENTRIES, lps)

@@ -33,7 +33,7 @@ def vp_thread(spec: dict, token: str, index: int, system: kernel.System,
         dealer = connect(spec["endpoint"], "vp", spec["partition_id"], index, token=token)
         # Guest RAM: the host page pool, through this partition's SLAT table.
         where = dealer.request(m.MemoryRequest(spec["partition_id"]))
-        vp = Vp(dealer, index, GuestMemory(where.pool, where.slat), stop, bus_lock,
+        vp = Vp(dealer, index, GuestMemory(where.ram, where.slat), stop, bus_lock,
                 partition=spec["partition_id"], tlbs=[LpTlb(p) for p in where.tlbs])
         seen_generation = 0
         while True:

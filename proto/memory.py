@@ -1,18 +1,20 @@
-"""Guest memory as the processes share it: a host page pool and per-partition SLAT tables.
+"""Guest memory as the processes share it: per-partition RAM files and SLAT tables.
 
-The hypervisor owns two kinds of shared-memory files in the run directory:
+The hypervisor owns two shared-memory files per partition in the run directory, both 0600:
 
-* the **pool** — the host's physical memory, ``pages`` × 4 KiB;
-* one **SLAT table** per partition — ``u32`` host page numbers indexed by guest page
+* its **RAM** (``mem-ID.bin``) — the bytes of its guest-physical memory, indexed by guest
+  page number; no other partition's bytes are in it;
+* its **SLAT table** (``slat-ID.bin``) — ``u32`` host page numbers indexed by guest page
   number (GPA >> 12), :data:`SLAT_INVALID` where nothing is mapped: the second-level
   address translation the hypervisor programs with HvCallMapGpaPages/UnmapGpaPages.
 
 A VP (and the partition's worker, for DMA) reads guest memory only through
-:class:`GuestMemory`, which translates every access through the partition's table, so a
-page the hypervisor unmaps is gone at once, for everyone.  The table is mapped read-only
-outside the hypervisor.  (All processes of a run are one user's, so the pool file itself
-cannot be fenced off per process; isolation is enforced at the translation and protocol
-layers, and counted when refused.)
+:class:`GuestMemory`, which checks every access against the partition's table, so a page
+the hypervisor unmaps is gone at once, for everyone.  Where the run is root's, the launcher
+opens the two files (RAM read-write, SLAT read-only) and hands the descriptors to the
+partition's processes, which run under uids of their own: they can neither open another
+partition's files nor reopen their own table for writing (``/proc/self/fd/N`` is a fresh
+open, checked against their uid).
 """
 
 from __future__ import annotations
@@ -34,8 +36,21 @@ class UnmappedGpa(Exception):
         self.gpa = gpa
 
 
-def _map_file(path: str, writable: bool) -> mmap.mmap:
-    fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+def memory_path(directory, partition: int) -> str:
+    """The partition's RAM file in the run directory."""
+    return os.path.join(directory, f"mem-{partition}.bin")
+
+
+def slat_path(directory, partition: int) -> str:
+    """The partition's SLAT table in the run directory."""
+    return os.path.join(directory, f"slat-{partition}.bin")
+
+
+def _map(file: str | int, writable: bool) -> mmap.mmap:
+    """Map a file given by path or by an open descriptor (which stays the caller's)."""
+    if isinstance(file, int):
+        return mmap.mmap(file, 0, access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ)
+    fd = os.open(file, os.O_RDWR if writable else os.O_RDONLY)
     try:
         return mmap.mmap(fd, 0, access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ)
     finally:
@@ -43,22 +58,22 @@ def _map_file(path: str, writable: bool) -> mmap.mmap:
 
 
 class GuestMemory:
-    """One partition's guest-physical memory, seen through its SLAT table."""
+    """One partition's guest-physical memory, seen through its SLAT table: ``ram`` and
+    ``slat`` are paths or open descriptors (read-write and read-only)."""
 
-    def __init__(self, pool_path: str, slat_path: str) -> None:
-        self._pool = _map_file(pool_path, writable=True)
-        self._slat_map = _map_file(slat_path, writable=False)
+    def __init__(self, ram: str | int, slat: str | int) -> None:
+        self._pool = _map(ram, writable=True)
+        self._slat_map = _map(slat, writable=False)
         self._slat = memoryview(self._slat_map).cast("I")
         self.pages = len(self._slat)
 
     def host_offset(self, gpa: int) -> int:
+        """Where ``gpa`` lies in the partition's RAM file (its guest-physical page is its
+        place there; the SLAT says whether it is mapped)."""
         page = gpa >> PAGE_SHIFT
-        if page >= self.pages:
+        if page >= self.pages or self._slat[page] == SLAT_INVALID:
             raise UnmappedGpa(gpa)
-        host = self._slat[page]
-        if host == SLAT_INVALID:
-            raise UnmappedGpa(gpa)
-        return (host << PAGE_SHIFT) | (gpa & (PAGE_SIZE - 1))
+        return gpa
 
     def is_mapped(self, gpa: int, size: int = 1) -> bool:
         try:

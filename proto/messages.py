@@ -479,10 +479,11 @@ class MemoryRequest(Message):
 
 @message(42, "memory_reply")
 class MemoryReply(Message):
-    """The shared-memory files: the host page pool, the partition's SLAT table and the
-    TLB of every logical processor (by LP index)."""
+    """The shared-memory files: the partition's RAM, its SLAT table and its TLB on every
+    logical processor (by LP index).  Where the run is root's, the partition's processes
+    cannot open them by these paths: the launcher hands them descriptors."""
 
-    pool: text(512)
+    ram: text(512)
     slat: text(512)
     tlbs: texts(256, 512)
 

@@ -1,7 +1,13 @@
-"""A logical processor's TLB as the processes share it: one file per LP in the run directory.
+"""A logical processor's TLB as the processes share it: one file per partition and LP in the
+run directory (``tlb-pID-lpN.bin``).
 
-The hypervisor creates the files (one per LP, sized when it starts) and flushes them; the VP
-dispatched on an LP looks translations up in that LP's file and fills it after a page walk.
+The hypervisor creates a partition's files (one per LP, when the partition is initialized)
+and flushes them; the partition's VP dispatched on an LP looks translations up in its file
+for that LP and fills it after a page walk.  A partition sees and writes only its own
+entries: a file shared by every partition on an LP would let one partition read another's
+address-space tags and plant translations in its name.  What a partition writes in its own
+file can only misdirect its own accesses, and only within its own memory: every
+guest-physical page a translation yields is still checked against the read-only SLAT.
 A file is a small header and :data:`ENTRIES` direct-mapped entries of fixed layout::
 
     header  magic u32, entries u32, fills u64 (counted by the VPs that fill), 16 bytes
@@ -9,13 +15,12 @@ A file is a small header and :data:`ENTRIES` direct-mapped entries of fixed layo
             guest virtual page u64, guest physical page u64                  32 bytes
 
 An entry is found at ``(vpn ^ hash(partition, cr3)) % ENTRIES``: translations are tagged by
-partition and address space, so a CR3 switch needs no flush and partitions sharing an LP
-share (and evict) its entries.
+partition and address space, so a CR3 switch needs no flush.
 
 Writers and the races accepted:
 
-* Only the VP running on an LP writes its entries' tag and frame fields, and one VP runs on
-  an LP at a time (the scheduler), so those fields never tear.  A fill clears ``valid``,
+* Only the partition's VP running on an LP writes its entries' tag and frame fields, and one
+  VP runs on an LP at a time (the scheduler), so those fields never tear.  A fill clears ``valid``,
   writes the fields, then sets ``valid`` last.
 * The hypervisor only ever clears ``valid``.  A flush of another LP (the flush hypercalls)
   may run while a VP on that LP is filling: the fill's ``valid = 1`` can land after the
@@ -52,26 +57,41 @@ def offset(index: int) -> int:
     return HEADER.size + index * ENTRY.size
 
 
+def tlb_path(directory, partition: int, lp: int) -> str:
+    """The partition's TLB file for logical processor ``lp``."""
+    return os.path.join(directory, f"tlb-p{partition}-lp{lp}.bin")
+
+
 def create(path: str) -> None:
-    """A new, empty TLB file (every entry invalid)."""
-    with open(path, "wb") as f:
-        f.write(HEADER.pack(MAGIC, ENTRIES, 0) + bytes(ENTRIES * ENTRY.size))
-    os.chmod(path, 0o600)
+    """A new, empty TLB file (every entry invalid), 0600 from the start."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, HEADER.pack(MAGIC, ENTRIES, 0) + bytes(ENTRIES * ENTRY.size))
+    finally:
+        os.close(fd)
 
 
 class LpTlb:
-    """One LP's TLB, mapped read-write."""
+    """One partition's TLB on one LP, mapped read-write; ``file`` is a path or an open
+    descriptor (which stays the caller's)."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        fd = os.open(path, os.O_RDWR)
-        try:
-            self.buf = mmap.mmap(fd, FILE_SIZE)
-        finally:
-            os.close(fd)
+    def __init__(self, file: str | int) -> None:
+        self.path = file if isinstance(file, str) else f"fd {file}"
+        if isinstance(file, int):
+            self.buf = mmap.mmap(file, FILE_SIZE)
+        else:
+            fd = os.open(file, os.O_RDWR)
+            try:
+                self.buf = mmap.mmap(fd, FILE_SIZE)
+            finally:
+                os.close(fd)
         magic, entries, _ = HEADER.unpack_from(self.buf, 0)
         if magic != MAGIC or entries != ENTRIES:
-            raise ValueError(f"{path} is not a TLB file of {ENTRIES} entries")
+            raise ValueError(f"{self.path} is not a TLB file of {ENTRIES} entries")
 
     # -- the VP's side ---------------------------------------------------------------------
 

@@ -37,7 +37,7 @@ UNTIL_STOPPED_S = 86400.0  # the guest's duration when the run's is 0 ("until st
 # Stop order: the partitions first, then their workers, then the hypervisor.
 STOP_ORDER = {"partition": 0, "worker": 1, "hypervisor": 2}
 # Guest memory dies with the run; the manifest, logs, consoles, NVRAM and disk images stay.
-GUEST_MEMORY_FILES = ("memory.pool", "slat-*.bin", "tlb-*.bin")
+GUEST_MEMORY_FILES = ("mem-*.bin", "slat-*.bin", "tlb-*.bin")
 
 
 class RunEnded(HvstackError):

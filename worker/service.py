@@ -72,7 +72,7 @@ class Worker:
         mmio = [[r.base, r.length] for r in self.chipset.mmio.ranges()]
         self.dealer.request(m.InstallIntercept(ports, mmio))
         where = self.dealer.request(m.MemoryRequest(partition_id))
-        self.chipset.memory = GuestMemory(where.pool, where.slat)
+        self.chipset.memory = GuestMemory(where.ram, where.slat)
         log.info("worker for partition %d ready: ports %s; MMIO %s", partition_id,
                  ", ".join(f"{b:#x}+{c}" for b, c in ports),
                  ", ".join(f"{b:#x}+{c:#x}" for b, c in mmio) or "none")

@@ -61,12 +61,30 @@ def test_release_returns_every_page_to_the_root(mm):
 def test_guest_memory_translates_through_the_slat_and_sees_unmaps_at_once(mm):
     mm.deposit(1, [9, 4])
     mm.map(1, 0, [9, 4], 4)
-    mem = GuestMemory(str(mm.pool_path), str(mm.slats[1].path))
-    mem.write(PAGE_SIZE - 2, b"abcd")  # across the page boundary: two host pages
+    mem = GuestMemory(str(mm.slats[1].ram_path), str(mm.slats[1].path))
+    mem.write(PAGE_SIZE - 2, b"abcd")  # across the page boundary: two guest pages
     assert mem.read(PAGE_SIZE - 2, 4) == b"abcd"
-    pool = mm.pool()
-    assert pool[9 * PAGE_SIZE + PAGE_SIZE - 2:10 * PAGE_SIZE] == b"ab" and pool[4 * PAGE_SIZE:4 * PAGE_SIZE + 2] == b"cd"
+    ram = mm.slats[1].ram  # the partition's own RAM file, by guest-physical page
+    assert ram[PAGE_SIZE - 2:PAGE_SIZE + 2] == b"abcd"
     assert not mem.is_mapped(2 * PAGE_SIZE)
     mm.unmap(1, 1, 1)
     with pytest.raises(UnmappedGpa):
         mem.read_int(PAGE_SIZE, 4)
+    assert ram[PAGE_SIZE:PAGE_SIZE + 2] == b"\0\0"  # an unmapped page keeps nothing
+
+
+def test_each_partition_has_a_ram_file_of_its_own_holding_only_its_bytes(mm):
+    import os, stat
+    mm.deposit(1, [1])
+    mm.deposit(2, [2])
+    mm.map(1, 0, [1], 4)
+    mm.map(2, 0, [2], 4)
+    one = GuestMemory(str(mm.slats[1].ram_path), str(mm.slats[1].path))
+    one.write(0, b"secret of one")
+    assert b"secret of one" not in mm.slats[2].ram[:]
+    for pid in (1, 2):
+        for path in (mm.slats[pid].ram_path, mm.slats[pid].path):
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert os.path.getsize(mm.slats[1].ram_path) == 4 * PAGE_SIZE
+    mm.release(1)
+    assert not mm.slats.get(1) and not os.path.exists(str(mm.dir / "mem-1.bin"))

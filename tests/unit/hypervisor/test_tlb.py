@@ -1,4 +1,4 @@
-"""Per-LP TLBs: tagged entries, flushes by kind, the flush/switch hypercalls, the page walk."""
+"""Per-partition, per-LP TLBs: tagged entries, flushes by kind, the flush/switch hypercalls, the page walk."""
 
 from __future__ import annotations
 
@@ -26,19 +26,32 @@ def tlbs(tmp_path):
     return Tlbs(str(tmp_path), 2)
 
 
+def lps(tlbs, partition: int = 1):
+    """The partition's TLB on each LP (its files created on first use)."""
+    tlbs.paths_of(partition)
+    return tlbs.by_partition[partition]
+
+
+def test_a_partition_has_tlb_files_of_its_own_0600(tlbs, tmp_path):
+    import os, stat
+    one, two = tlbs.paths_of(1), tlbs.paths_of(2)
+    assert len(one) == 2 and not set(one) & set(two)
+    assert all(stat.S_IMODE(os.stat(p).st_mode) == 0o600 for p in one + two)
+
+
 def test_a_translation_hits_only_under_its_own_tag(tlbs):
-    t = tlbs.lps[0]
+    t = lps(tlbs)[0]
     assert t.lookup(1, A, 0x400) is None
     assert not t.fill(1, A, 0x400, 0x77)
     assert t.lookup(1, A, 0x400) == 0x77
     assert t.lookup(2, A, 0x400) is None  # another partition
     assert t.lookup(1, B, 0x400) is None  # another address space
-    assert tlbs.lps[1].lookup(1, A, 0x400) is None  # another LP
+    assert lps(tlbs)[1].lookup(1, A, 0x400) is None  # another LP
     assert t.fills == 1
 
 
 def test_a_fill_into_a_taken_slot_evicts(tlbs):
-    t = tlbs.lps[0]
+    t = lps(tlbs)[0]
     t.fill(1, A, 0x400, 1)
     other = next(v for v in range(0x401, 0x1000) if layout.slot(1, A, v) == layout.slot(1, A, 0x400))
     assert t.fill(1, A, other, 2)
@@ -46,10 +59,10 @@ def test_a_fill_into_a_taken_slot_evicts(tlbs):
 
 
 def fill_both(tlbs):
-    for lp in tlbs.lps:
+    for one, two in zip(lps(tlbs, 1), lps(tlbs, 2)):
         for vpn in range(0x400, 0x404):
-            lp.fill(1, A, vpn, vpn)
-            lp.fill(2, B, vpn + 0x10, vpn)
+            one.fill(1, A, vpn, vpn)
+            two.fill(2, B, vpn + 0x10, vpn)
 
 
 def valid(tlbs, lp: int) -> dict:
@@ -67,7 +80,7 @@ def test_a_whole_lp_flush_takes_every_partitions_entries_on_that_lp_only(tlbs):
 
 def test_a_partition_flush_takes_only_that_partitions_entries_on_every_lp(tlbs):
     fill_both(tlbs)
-    tlbs.lps[0].fill(1, B, 0x500, 9)
+    lps(tlbs)[0].fill(1, B, 0x500, 9)
     assert tlbs.flush_partition(1, A) == 8  # address space A only, both LPs
     assert valid(tlbs, 0) == {"1": 1, "2": 4} and valid(tlbs, 1) == {"2": 4}
     assert tlbs.flush_partition(1, None) == 1  # every address space
@@ -103,8 +116,8 @@ def test_flush_hypercalls_never_touch_another_partitions_entries(tlbs, tmp_path)
     data = struct.pack("<QQQQ", A, 0, 1, 0x401 << 12 | 1)
     status, reps = call(hc, one, control_value(C.HvCallFlushVirtualAddressList, rep_count=1), data)
     assert (status, reps) == (S.HV_STATUS_SUCCESS, 1)
-    assert valid(tlbs, 0) == {"1": 2} and tlbs.lps[0].lookup(1, A, 0x403) == 0x403
-    assert tlbs.lps[0].lookup(1, A, 0x401) is None and tlbs.lps[0].lookup(1, A, 0x402) is None
+    assert valid(tlbs, 0) == {"1": 2} and lps(tlbs)[0].lookup(1, A, 0x403) == 0x403
+    assert lps(tlbs)[0].lookup(1, A, 0x401) is None and lps(tlbs)[0].lookup(1, A, 0x402) is None
     st = tlbs.status().lps[0].flushes
     assert st["address_space"] == 1 and st["address_list"] == 1 and st["mov_cr3"] == 0
 
@@ -146,8 +159,8 @@ def vp(tmp_path, tlbs):
     mm = MemoryManager(str(tmp_path), 256)
     mm.deposit(1, list(range(128)))
     mm.map(1, 0, list(range(128)), 128)
-    mem = GuestMemory(str(mm.pool_path), str(mm.slats[1].path))
-    v = Vp(NoExits(), 0, mem, threading.Event(), partition=1, tlbs=tlbs.lps)
+    mem = GuestMemory(str(mm.slats[1].ram_path), str(mm.slats[1].path))
+    v = Vp(NoExits(), 0, mem, threading.Event(), partition=1, tlbs=lps(tlbs))
     v._quantum_end = NEVER
     return v
 
@@ -168,7 +181,7 @@ def test_the_walk_finds_the_guest_page_tables_and_fills_the_lps_tlb(vp, tlbs):
     assert (c["tlb_misses"], c["tlb_walk_reads"], c["tlb_hits"]) == (2, 8, 0)
     vp.vwrite(GVA + 8, 8, 0xABCDEF)
     assert vp.read(0x60008, 8) == 0xABCDEF and c["tlb_hits"] == 1
-    assert tlbs.lps[0].lookup(1, cr3, GVA >> 12) == 0x60 and tlbs.lps[1].lookup(1, cr3, GVA >> 12) is None
+    assert lps(tlbs)[0].lookup(1, cr3, GVA >> 12) == 0x60 and lps(tlbs)[1].lookup(1, cr3, GVA >> 12) is None
     vp.lp = 1  # dispatched on the other LP: its TLB is cold
     vp.vread(GVA, 4)
     assert c["tlb_misses"] == 3
