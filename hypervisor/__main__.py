@@ -1,17 +1,19 @@
-"""``python -m hypervisor --endpoint ENDPOINT``; the run secret comes in HVSTACK_SECRET.
+"""``python -m hypervisor --endpoint ENDPOINT --secret-fd N``.
 
-The secret is passed in the environment, not on the command line, where any user's ``ps``
-would show it.
+The run secret comes down the pipe whose read end is descriptor N (see
+:mod:`proto.confine`): not on the command line, where any user's ``ps`` would show it, nor
+in the environment, which ``/proc/PID/environ`` shows.  The hypervisor is not dumpable, so
+no process of its uid can read the secret out of its memory either.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 
+from proto import confine
 from proto.transport import Router
 
 from hypervisor.service import Hypervisor
@@ -24,12 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory-dir", help="where the page pool and SLAT tables live (the run directory)")
     ap.add_argument("--pool-pages", type=int, default=4096, help="4 KiB pages of host memory in the pool")
     ap.add_argument("--log-level", default="INFO")
+    ap.add_argument("--secret-fd", type=int, required=True, help="a pipe holding the run secret")
     args = ap.parse_args(argv)
+    confine.set_dumpable(False)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s hypervisor %(levelname)s %(message)s")
-    secret = os.environ.get("HVSTACK_SECRET")
+    secret = confine.read_secret(args.secret_fd)
     if not secret:
-        print("python -m hypervisor: HVSTACK_SECRET is not set", file=sys.stderr)
+        print("python -m hypervisor: no secret on --secret-fd", file=sys.stderr)
         return 2
     # The one socket, bound here and handed to the loop (which tests drive with a fake).
     hv = Hypervisor(Router(args.endpoint), secret, args.lps, args.memory_dir, args.pool_pages)

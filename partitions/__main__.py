@@ -1,8 +1,16 @@
-"""``python -m partitions --spec SPEC.json``; the partition token comes in HVSTACK_TOKEN.
+"""``python -m partitions --spec SPEC.json --secret-fd N [--memory-fd M --slat-fd S --tlb-fds T0,T1…] [--uid U --gid G]``.
 
 SPEC.json (written by launch.py) holds ``endpoint``, ``partition_id``, ``name``, ``vps``,
 ``memory_mb``, ``workloads`` and ``duration_s``.  One thread per VP, each with its own
-socket; VP 0 boots the guest kernel, the others wait for it.
+socket; VP 0 boots the guest kernel, the others wait for it.  The partition's VP token
+comes down the pipe on descriptor N; its RAM (read-write), SLAT table (read-only) and TLB
+on each LP are descriptors the launcher opened (else the VPs ask the hypervisor where the
+files are and open them).
+
+A partition process runs guest code, so it is the process to confine first: with
+``--uid`` it connects every VP's socket, then drops to its own uid (no capabilities,
+``no_new_privs``; :mod:`proto.confine`) before any VP says hello or runs a guest
+instruction.  After that it can reach its own memory and its own sockets, nothing else.
 """
 
 from __future__ import annotations
@@ -10,15 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import threading
 
+from proto import confine
 from proto import messages as m
 from proto.memory import GuestMemory
 from proto.tlb import LpTlb
-from proto.transport import connect
+from proto.transport import Dealer, connect
 
 from partitions import kernel
 from partitions.vp import GuestFault, Vp, VpReset, VpStopped
@@ -27,14 +35,16 @@ log = logging.getLogger("partition")
 
 
 def vp_thread(spec: dict, token: str, index: int, system: kernel.System,
-              stop: threading.Event, failures: list, bus_lock: threading.Lock) -> None:
+              stop: threading.Event, failures: list, bus_lock: threading.Lock,
+              socket: Dealer, memory: tuple | None) -> None:
     dealer = None
     try:
-        dealer = connect(spec["endpoint"], "vp", spec["partition_id"], index, token=token)
-        # Guest RAM: the host page pool, through this partition's SLAT table.
-        where = dealer.request(m.MemoryRequest(spec["partition_id"]))
-        vp = Vp(dealer, index, GuestMemory(where.ram, where.slat), stop, bus_lock,
-                partition=spec["partition_id"], tlbs=[LpTlb(p) for p in where.tlbs])
+        dealer = connect(spec["endpoint"], "vp", spec["partition_id"], index, token=token, dealer=socket)
+        if memory is None:
+            # Guest RAM: the partition's own file, through its SLAT table.
+            where = dealer.request(m.MemoryRequest(spec["partition_id"]))
+            memory = (GuestMemory(where.ram, where.slat), [LpTlb(p) for p in where.tlbs])
+        vp = Vp(dealer, index, memory[0], stop, bus_lock, partition=spec["partition_id"], tlbs=memory[1])
         seen_generation = 0
         while True:
             try:
@@ -69,15 +79,29 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m partitions")
     ap.add_argument("--spec", required=True)
     ap.add_argument("--log-level", default="INFO")
+    ap.add_argument("--secret-fd", type=int, required=True, help="a pipe holding the partition's VP token")
+    ap.add_argument("--memory-fd", type=int, help="the partition's RAM, open read-write")
+    ap.add_argument("--slat-fd", type=int, help="the partition's SLAT table, open read-only")
+    ap.add_argument("--tlb-fds", help="the partition's TLB file on each LP, comma-separated")
+    ap.add_argument("--uid", type=int, help="drop to this uid once connected")
+    ap.add_argument("--gid", type=int)
     args = ap.parse_args(argv)
     with open(args.spec) as f:
         spec = json.load(f)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format=f"%(asctime)s partition:{spec['name']} %(levelname)s %(message)s")
-    token = os.environ.get("HVSTACK_TOKEN")
+    token = confine.read_secret(args.secret_fd)
     if not token:
-        print("python -m partitions: HVSTACK_TOKEN is not set", file=sys.stderr)
+        print("python -m partitions: no token on --secret-fd", file=sys.stderr)
         return 2
+    memory = None
+    if args.memory_fd is not None:
+        tlbs = [LpTlb(int(fd)) for fd in args.tlb_fds.split(",")] if args.tlb_fds else None
+        memory = (GuestMemory(args.memory_fd, args.slat_fd), tlbs)
+    # Every VP's socket connected while the run's socket can be reached; then confined.
+    sockets = [Dealer(spec["endpoint"], connected_within_ms=5000) for _ in range(spec["vps"])]
+    if args.uid is not None:
+        confine.drop_to(args.uid, args.gid if args.gid is not None else args.uid)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda s, f: stop.set())
     signal.signal(signal.SIGINT, lambda s, f: stop.set())
@@ -85,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     failures: list = []
     bus_lock = threading.Lock()
     threads = [threading.Thread(target=vp_thread, name=f"vp{i}", daemon=True,
-                                args=(spec, token, i, system, stop, failures, bus_lock))
+                                args=(spec, token, i, system, stop, failures, bus_lock, sockets[i], memory))
                for i in range(spec["vps"])]
     for t in threads:
         t.start()

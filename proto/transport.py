@@ -95,10 +95,21 @@ class Router:
 class Dealer:
     """One peer's connection to the hypervisor.  Not thread-safe: one per thread."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, connected_within_ms: int | None = None) -> None:
+        """With ``connected_within_ms``, return only once the connection is up (or raise
+        PeerTimeout): a worker or partition connects while it may still reach the run's
+        socket, then drops to its own uid and speaks on the connection it already has."""
         self._sock = _context().socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        monitor = self._sock.get_monitor_socket(zmq.EVENT_CONNECTED) if connected_within_ms else None
         self._sock.connect(endpoint)
+        if monitor is not None:
+            up = bool(monitor.poll(connected_within_ms, zmq.POLLIN))
+            self._sock.disable_monitor()
+            monitor.close(0)
+            if not up:
+                self._sock.close(0)
+                raise PeerTimeout(f"not connected to {endpoint} within {connected_within_ms} ms")
         self.endpoint = endpoint
         self._closed = False
         # Bound methods kept as attributes: the VP hot path calls them directly.
@@ -144,13 +155,14 @@ class Dealer:
 
 
 def connect(endpoint: str, role: str, partition: int, vp: int, secret: str | None = None,
-            token: str | None = None, timeout_ms: int = 5000) -> Dealer:
-    """Connect and say hello; give the run ``secret`` (root) or a ready ``token``."""
+            token: str | None = None, timeout_ms: int = 5000, dealer: Dealer | None = None) -> Dealer:
+    """Connect and say hello; give the run ``secret`` (root) or a ready ``token``.  A
+    ``dealer`` already connected (see :class:`Dealer`) is used instead of a new one."""
     if token is None:
         if secret is None:
             raise ValueError("connect needs the run secret or a peer token")
         token = peer_token(secret, role, partition)
-    dealer = Dealer(endpoint)
+    dealer = dealer if dealer is not None else Dealer(endpoint)
     try:
         dealer.hello(role, partition, vp, token, timeout_ms)
     except BaseException:

@@ -18,13 +18,15 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from proto import auth
+from proto import auth, confine
+from proto.memory import memory_path, slat_path
+from proto.tlb import tlb_path
 from proto.errors import HvstackError
 from proto.status import HypervisorStatus
 from proto.transport import ipc_endpoint
 from root import hostflow
 from root.client import ConsoleWatcher, RootClient
-from root.procs import Proc, describe_exit, spawn, stop_procs
+from root.procs import Proc, describe_exit, partition_uid, spawn, stop_procs
 from root.report import Output
 from root.rundir import RunDir, new_run_dir, pid_alive, write_json
 from root.topology import Topology
@@ -60,6 +62,7 @@ class Run:
     partition_ids: dict[str, int] = field(default_factory=dict)
     endpoint: str = ""
     secret: str = field(default_factory=auth.new_secret)
+    isolation: str = confine.SAME_USER  # confine.UIDS where the run is root's
     root: RootClient | None = None
     watcher: ConsoleWatcher | None = None
     final_status: HypervisorStatus | None = None  # the hypervisor's status as the run ended
@@ -69,6 +72,9 @@ class Run:
     # -- life cycle ----------------------------------------------------------------------
 
     def start(self) -> None:
+        # The launcher holds the run secret: no other process of its uid may read its memory.
+        confine.set_dumpable(False)
+        self.isolation = confine.level()
         self.run = new_run_dir(self.topology.name)
         secret_path = self.run.path / "secret"
         secret_path.write_text(self.secret)
@@ -83,8 +89,7 @@ class Run:
         hv = spawn("hypervisor", "hv", "hypervisor",
                    ["--endpoint", endpoint, "--lps", str(self.topology.logical_processors),
                     "--memory-dir", str(self.run.path), "--pool-pages", str(pool_pages)],
-                   {"HVSTACK_SECRET": self.secret},
-                   logs, stdout=subprocess.PIPE)
+                   logs, secret=self.secret, stdout=subprocess.PIPE)
         self.procs.append(hv)
         self.endpoint = self._await_ready(hv)
         self.root = RootClient(self.endpoint, self.secret)
@@ -101,8 +106,9 @@ class Run:
                     "console_path": str(self.run.path / f"console-{pc.name}.log"), "devices": devices}
             spec_path = self.run.path / f"worker-{pc.name}.json"
             write_json(spec_path, spec)
-            self.procs.append(spawn("worker", pc.name, "worker", ["--spec", str(spec_path)],
-                                    {"HVSTACK_TOKEN": token}, logs))
+            args, fds = self._confinement("worker", pid, tlbs=False)
+            self.procs.append(spawn("worker", pc.name, "worker", ["--spec", str(spec_path), *args],
+                                    logs, secret=token, fds=fds))
         self._manifest_update()
         self._await_workers()
         for pc in self.topology.partitions:
@@ -114,9 +120,31 @@ class Run:
                     "duration_s": self.duration if self.duration > 0 else UNTIL_STOPPED_S}
             spec_path = self.run.path / f"partition-{pc.name}.json"
             write_json(spec_path, spec)
-            self.procs.append(spawn("partition", pc.name, "partitions", ["--spec", str(spec_path)],
-                                    {"HVSTACK_TOKEN": token}, logs))
+            args, fds = self._confinement("partition", pid, tlbs=True)
+            self.procs.append(spawn("partition", pc.name, "partitions", ["--spec", str(spec_path), *args],
+                                    logs, secret=token, fds=fds))
         self._manifest_update(state="running")
+
+    def _confinement(self, role: str, pid: int, tlbs: bool) -> tuple[list[str], tuple[int, ...]]:
+        """The arguments and descriptors that confine a worker or partition process: its
+        partition's RAM (read-write) and SLAT table (read-only), the partition's TLB files
+        (the partition process only) and, where the run is root's, its uid.  The files are
+        the hypervisor's, 0600: the process cannot reopen them (not even through
+        /proc/self/fd) once it has dropped to its uid."""
+        d = self.run.path
+        ram = os.open(memory_path(d, pid), os.O_RDWR | os.O_CLOEXEC)
+        slat = os.open(slat_path(d, pid), os.O_RDONLY | os.O_CLOEXEC)
+        fds = [ram, slat]
+        args = ["--memory-fd", str(ram), "--slat-fd", str(slat)]
+        if tlbs:
+            lp_fds = [os.open(tlb_path(d, pid, lp), os.O_RDWR | os.O_CLOEXEC)
+                      for lp in range(self.topology.logical_processors)]
+            fds += lp_fds
+            args += ["--tlb-fds", ",".join(map(str, lp_fds))]
+        if self.isolation == confine.UIDS:
+            uid = partition_uid(os.getpid(), pid, role)
+            args += ["--uid", str(uid), "--gid", str(uid)]
+        return args, tuple(fds)
 
     def _await_ready(self, hv: Proc) -> str:
         deadline = time.monotonic() + HV_READY_TIMEOUT_S
@@ -240,7 +268,8 @@ class Run:
         path = self.run.manifest_path
         man = json.loads(path.read_text()) if path.exists() else {
             "name": self.run.name, "created": datetime.now(timezone.utc).isoformat(),
-            "launcher_pid": os.getpid(), "config": self.topology.to_dict()}
+            "launcher_pid": os.getpid(), "config": self.topology.to_dict(),
+            "isolation": self.isolation}
         man.update({
             "endpoint": self.endpoint,
             "processes": {f"{p.role}:{p.name}": {"pid": p.pid, "log": str(p.log_path)} for p in self.procs},

@@ -1,7 +1,14 @@
-"""``python -m worker --spec SPEC.json``; the partition token comes in HVSTACK_TOKEN.
+"""``python -m worker --spec SPEC.json --secret-fd N [--memory-fd M --slat-fd S] [--uid U --gid G]``.
 
 SPEC.json (written by launch.py into the run directory) holds ``endpoint``,
-``partition_id``, ``name``, ``console_path`` and ``devices``.
+``partition_id``, ``name``, ``console_path`` and ``devices``.  The partition's worker token
+comes down the pipe on descriptor N; its partition's RAM and SLAT table are descriptors M
+and S (else it asks the hypervisor where they are and opens them).
+
+The worker emulates devices for a hostile guest: with ``--uid`` it opens everything it
+will use (spec, disk images, NVRAM, console log), connects, and then drops to its own uid
+with no capabilities and ``no_new_privs`` (:mod:`proto.confine`) before it serves a
+single guest access.  After that it holds its own descriptors and nothing else.
 """
 
 from __future__ import annotations
@@ -9,11 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 
-from proto.transport import connect
+from proto import confine
+from proto.memory import GuestMemory
+from proto.transport import Dealer, connect
 from worker.backends import ConsoleLog
 from worker.chipset import Chipset
 from worker.service import Worker
@@ -23,21 +31,30 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m worker")
     ap.add_argument("--spec", required=True)
     ap.add_argument("--log-level", default="INFO")
+    ap.add_argument("--secret-fd", type=int, required=True, help="a pipe holding the worker's token")
+    ap.add_argument("--memory-fd", type=int, help="the partition's RAM, open read-write")
+    ap.add_argument("--slat-fd", type=int, help="the partition's SLAT table, open read-only")
+    ap.add_argument("--uid", type=int, help="drop to this uid once connected")
+    ap.add_argument("--gid", type=int)
     args = ap.parse_args(argv)
     with open(args.spec) as f:
         spec = json.load(f)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format=f"%(asctime)s worker:{spec['name']} %(levelname)s %(message)s")
-    token = os.environ.get("HVSTACK_TOKEN")
+    token = confine.read_secret(args.secret_fd)
     if not token:
-        print("python -m worker: HVSTACK_TOKEN is not set", file=sys.stderr)
+        print("python -m worker: no token on --secret-fd", file=sys.stderr)
         return 2
     console = ConsoleLog(spec["console_path"])
     chipset = Chipset(spec["devices"], console)
-    # Connect and say hello as the partition's worker, then claim the ranges and map memory.
-    dealer = connect(spec["endpoint"], "worker", spec["partition_id"], 0, token=token)
+    memory = GuestMemory(args.memory_fd, args.slat_fd) if args.memory_fd is not None else None
+    # Connected while the run's socket can still be reached; then confined; then hello.
+    dealer = Dealer(spec["endpoint"], connected_within_ms=5000)
+    if args.uid is not None:
+        confine.drop_to(args.uid, args.gid if args.gid is not None else args.uid)
+    dealer = connect(spec["endpoint"], "worker", spec["partition_id"], 0, token=token, dealer=dealer)
     worker = Worker(dealer, chipset, console)
-    worker.start(spec["partition_id"])
+    worker.start(spec["partition_id"], memory)
 
     def stop(signum, frame):
         worker.running = False

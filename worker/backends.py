@@ -4,9 +4,10 @@ topology (devices themselves do no host I/O; see :mod:`worker.devices.backends`)
 * :class:`DiskFile`: a raw disk image, created sparse at its configured size when missing.
   Each write is a ``pwrite`` (in the page cache at once, so it survives the worker being
   killed); ``flush`` is ``fsync`` (ATA FLUSH CACHE).
-* :class:`NvramFile`: the CMOS NVRAM, always exactly its size on disk.  It is created (or
-  rewritten whole) by writing a temporary file in the same directory, fsync and
-  ``os.replace``; a changed byte is a one-byte ``pwrite`` at its offset.  A one-byte write
+* :class:`NvramFile`: the CMOS NVRAM, always exactly its size on disk.  It is created by
+  writing a temporary file in the same directory, fsync and ``os.replace``, then held open:
+  a changed byte is a one-byte ``pwrite`` at its offset, a rewrite a whole ``pwrite`` and
+  fsync through the same descriptor (a confined worker can open nothing after it starts).  A one-byte write
   cannot be torn and never changes the size, so the file is a valid image whenever the
   process dies; it is not fsynced per byte, so a host crash may lose the last writes, as a
   CMOS battery failure would.  It lives in the run directory, so it survives a partition
@@ -34,7 +35,7 @@ class DiskFile:
         self.path = path
         flags = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
         try:
-            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             fd = os.open(path, flags)
         else:
@@ -83,6 +84,7 @@ class NvramFile:
             # First start: create the image now, so a bad path shows at configuration time.
             self._data = bytearray(size)
             _atomic_write(path, bytes(self._data))
+        self._fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
 
     def load(self) -> bytes:
         return bytes(self._data)
@@ -90,11 +92,7 @@ class NvramFile:
     def write_byte(self, offset: int, value: int) -> None:
         self._data[offset] = value
         try:
-            fd = os.open(self.path, os.O_WRONLY)
-            try:
-                os.pwrite(fd, bytes([value]), offset)
-            finally:
-                os.close(fd)
+            os.pwrite(self._fd, bytes([value]), offset)
         except OSError as e:
             log.warning("NVRAM byte write to %s failed (%s); rewriting the file", self.path, e)
             self._persist_all()
@@ -105,7 +103,8 @@ class NvramFile:
 
     def _persist_all(self) -> None:
         try:
-            _atomic_write(self.path, bytes(self._data))
+            os.pwrite(self._fd, bytes(self._data), 0)  # the size never changes
+            os.fsync(self._fd)
         except OSError as e:
             # A host I/O failure is not the guest's fault: keep running on the RAM copy.
             self.persist_errors += 1

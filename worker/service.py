@@ -65,14 +65,17 @@ class Worker:
         self._bus = chipset.bus
         self._mmio = chipset.mmio
 
-    def start(self, partition_id: int) -> None:
+    def start(self, partition_id: int, memory: GuestMemory | None = None) -> None:
         """Claim the chipset's ranges in the hypervisor's intercept table and map the
-        partition's memory (for devices that do DMA; none of today's do)."""
+        partition's memory (for devices that do DMA; none of today's do): ``memory`` when
+        the launcher handed it over, else the files the hypervisor names."""
         ports = [[r.base, r.count] for r in self.chipset.bus.ranges()]
         mmio = [[r.base, r.length] for r in self.chipset.mmio.ranges()]
         self.dealer.request(m.InstallIntercept(ports, mmio))
-        where = self.dealer.request(m.MemoryRequest(partition_id))
-        self.chipset.memory = GuestMemory(where.ram, where.slat)
+        if memory is None:
+            where = self.dealer.request(m.MemoryRequest(partition_id))
+            memory = GuestMemory(where.ram, where.slat)
+        self.chipset.memory = memory
         log.info("worker for partition %d ready: ports %s; MMIO %s", partition_id,
                  ", ".join(f"{b:#x}+{c}" for b, c in ports),
                  ", ".join(f"{b:#x}+{c:#x}" for b, c in mmio) or "none")

@@ -32,8 +32,12 @@ def test_a_failing_byte_write_rewrites_the_whole_file(tmp_path, monkeypatch):
     path = tmp_path / "nv.bin"
     store = NvramFile(str(path), 114)
 
+    real = backends.os.pwrite
+
     def broken(fd, data, offset):
-        raise OSError(5, "EIO")
+        if len(data) == 1:
+            raise OSError(5, "EIO")
+        return real(fd, data, offset)
 
     monkeypatch.setattr(backends.os, "pwrite", broken)
     store.write_byte(7, 0x42)
@@ -43,10 +47,10 @@ def test_a_failing_byte_write_rewrites_the_whole_file(tmp_path, monkeypatch):
 def test_a_host_failure_to_persist_is_counted_not_raised(tmp_path, monkeypatch):
     store = NvramFile(str(tmp_path / "nv.bin"), 114)
 
-    def disk_full(src, dst):
+    def disk_full(fd):
         raise OSError(28, "ENOSPC")
 
-    monkeypatch.setattr(backends.os, "replace", disk_full)
+    monkeypatch.setattr(backends.os, "fsync", disk_full)
     store.replace(b"\x01" * 114)
     assert store.persist_errors == 1 and store.load() == b"\x01" * 114
     assert [p.name for p in tmp_path.iterdir()] == ["nv.bin"]  # no temporary file left
