@@ -1,8 +1,13 @@
 """Peers: who is on the other end of each ZeroMQ routing identity.
 
 Every connection opens with ``hello``: a role (root, worker, vp), a partition and VP, and a
-token derived from the run's secret that proves them (``proto.auth``).  The hypervisor
-binds the routing identity to (role, partition, vp) then, for the connection's life; from
+client nonce.  The hypervisor answers ``hello_challenge`` with a fresh nonce for this
+connection; the peer's ``hello_proof`` shows it holds the key derived from the run's secret
+for that role and partition (``proto.auth``), bound to both nonces, so a hello captured on
+one connection proves nothing on another.  Each challenge is answered once, within
+:data:`HELLO_DEADLINE_S`; at most :data:`MAX_PENDING_HELLOS` wait at a time (the oldest
+is dropped).  The hypervisor binds the routing identity to (role, partition, vp) then, for
+the connection's life; from
 then on a message's partition comes from who sent it, never from its body.  One worker per
 partition, one thread per VP, for the partition's life: a second hello for either is
 refused, so nobody can take over a running partition's devices or VPs.  A refusal is an
@@ -15,16 +20,27 @@ resume, and for the root to clear HvRegisterExplicitSuspend (TLFS host flow).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from time import perf_counter_ns
 
 from proto import messages as m
-from proto.auth import token_matches
+from proto.auth import NONCE_BYTES, new_nonce, proof_matches
 from proto.codes import HvPartitionState
 
 from hypervisor.partitions import Partition, VirtualProcessor
 
 log = logging.getLogger("hypervisor")
+
+HELLO_DEADLINE_S = 10.0  # from challenge to proof
+MAX_PENDING_HELLOS = 256
+
+
+@dataclass(slots=True)
+class PendingHello:
+    hello: m.Hello
+    nonce: bytes  # the server nonce this connection was challenged with
+    deadline: float  # time.monotonic()
 
 
 @dataclass(slots=True)
@@ -49,22 +65,51 @@ class Peers:
         self._memory = memory
         self._tlb = tlb
         self.by_identity: dict[bytes, Peer] = {}
+        self._pending: dict[bytes, PendingHello] = {}  # challenged, not yet proved
 
     def __len__(self) -> int:
         return len(self.by_identity)
 
-    def on_hello(self, identity: bytes, peer: Peer | None, msg: m.Hello, t_in: int) -> None:
-        def refuse(code: str, why: str) -> None:
-            self._counters["refused_hellos"] += 1
-            log.warning("refused hello from pid %d as %s: %s", msg.pid, msg.role, why)
-            self._outbox.error(identity, msg.TYPE, code, why)
+    def _refuse(self, identity: bytes, msg: m.Message, hello: m.Hello | None, code: str, why: str) -> None:
+        self._counters["refused_hellos"] += 1
+        who = f"pid {hello.pid} as {hello.role}" if hello is not None else "a peer that said no hello"
+        log.warning("refused hello from %s: %s", who, why)
+        self._outbox.error(identity, msg.TYPE, code, why)
 
+    def on_hello(self, identity: bytes, peer: Peer | None, msg: m.Hello, t_in: int) -> None:
+        """Step one: challenge the connection with a nonce of its own."""
         if msg.version != m.PROTOCOL_VERSION:
-            return refuse("VERSION_MISMATCH", f"protocol {msg.version}, this hypervisor speaks {m.PROTOCOL_VERSION}")
+            return self._refuse(identity, msg, msg, "VERSION_MISMATCH",
+                                f"protocol {msg.version}, this hypervisor speaks {m.PROTOCOL_VERSION}")
         if peer is not None:
-            return refuse("CONFLICT", f"this connection is already bound as {peer.name}")
-        if not token_matches(self._secret, msg.role, msg.partition, msg.token):
-            return refuse("NOT_AUTHENTICATED", f"bad token for {msg.role} of partition {msg.partition}")
+            return self._refuse(identity, msg, msg, "CONFLICT", f"this connection is already bound as {peer.name}")
+        if len(msg.nonce) != NONCE_BYTES:
+            return self._refuse(identity, msg, msg, "MALFORMED", f"a client nonce of {len(msg.nonce)} bytes")
+        self._pending.pop(identity, None)
+        while len(self._pending) >= MAX_PENDING_HELLOS:
+            del self._pending[next(iter(self._pending))]
+        nonce = new_nonce()
+        self._pending[identity] = PendingHello(msg, nonce, time.monotonic() + HELLO_DEADLINE_S)
+        self._outbox.send(identity, m.HelloChallenge(nonce))
+
+    def on_hello_proof(self, identity: bytes, peer: Peer | None, proof: m.HelloProof, t_in: int) -> None:
+        """Step two: the proof of the key, bound to both nonces; then bind the connection."""
+        pending = self._pending.pop(identity, None)
+        msg = pending.hello if pending is not None else None
+        if peer is not None:
+            return self._refuse(identity, proof, msg, "CONFLICT", f"this connection is already bound as {peer.name}")
+        if pending is None:
+            return self._refuse(identity, proof, None, "NOT_AUTHENTICATED", "no hello challenge to answer on this connection")
+        if time.monotonic() > pending.deadline:
+            return self._refuse(identity, proof, msg, "NOT_AUTHENTICATED", "the hello challenge expired")
+        if not proof_matches(self._secret, msg.role, msg.partition, msg.vp, msg.pid, msg.session,
+                             msg.nonce, pending.nonce, proof.mac):
+            return self._refuse(identity, proof, msg, "NOT_AUTHENTICATED",
+                                f"bad proof for {msg.role} of partition {msg.partition}")
+
+        def refuse(code: str, why: str) -> None:
+            self._refuse(identity, proof, msg, code, why)
+
         part, vp = None, None
         if msg.role == "root":
             name = f"root:{msg.pid}"

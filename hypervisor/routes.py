@@ -34,6 +34,7 @@ def build_routes(hv) -> dict[type, Route]:
         # A connection's first message, from a peer not yet bound; a bound peer may not
         # say hello again.
         m.Hello: Route(peers.on_hello, ()),
+        m.HelloProof: Route(peers.on_hello_proof, ()),
         # VP exits: one handler per exit kind (intercepts.py).  The root makes its own
         # hypercalls (building partitions) the way a VP does.
         m.IoPortIntercept: Route(exits.io_port_intercept, VP, exit=True),

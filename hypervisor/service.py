@@ -150,7 +150,7 @@ class Hypervisor:
             kind = type(msg)
             route = routes.get(kind)
             if peer is None:
-                if kind is not m.Hello:
+                if kind is not m.Hello and kind is not m.HelloProof:
                     counters["not_authenticated"] += 1
                     error(identity, msg.TYPE, "NOT_AUTHENTICATED", "say hello first")
                     continue

@@ -1,9 +1,19 @@
-"""Who may say hello as what.
+"""Who may say hello as what, proved on the connection it is said on.
 
-The launcher makes a secret per run and keeps it in the run directory (mode 0700).  A peer
-proves its role with a token derived from that secret: the root holds the secret itself;
-each partition's worker and VPs get only the token of their own partition, so a partition
-process cannot claim to be another partition, nor the root.
+The launcher makes a secret per run and keeps it in the run directory (0600, in a 0700
+directory).  Each peer holds a key derived from it for its role (:func:`peer_token`): the
+root derives its own from the secret; each partition's worker and VPs get only the key of
+their own role and partition (by descriptor, :mod:`proto.confine`), so a partition process
+cannot claim to be another partition, nor the root.
+
+The key never crosses the wire.  A hello is a challenge-response bound to the connection
+(RFC 2104 HMAC; the shape of RFC 5056 channel binding): the peer's ``hello`` carries a
+fresh client nonce; the hypervisor answers with a fresh nonce of its own for this
+connection (``hello_challenge``); the peer proves it holds the key with
+``HMAC-SHA256(key, label ‖ role ‖ partition ‖ vp ‖ pid ‖ session ‖ client nonce ‖ server
+nonce)`` (``hello_proof``).  The hypervisor uses each server nonce once, within a
+deadline, so a captured hello and proof replayed on another connection (or again on this
+one) meet a new nonce and fail.
 """
 
 from __future__ import annotations
@@ -23,5 +33,33 @@ def peer_token(secret: str, role: str, partition: int) -> str:
     return hmac.new(secret.encode(), scope.encode(), hashlib.sha256).hexdigest()[:40]
 
 
-def token_matches(secret: str, role: str, partition: int, token: str) -> bool:
-    return hmac.compare_digest(peer_token(secret, role, partition), token)
+HELLO_LABEL = b"hvstack hello v1\0"
+NONCE_BYTES = 32
+
+
+def new_nonce() -> bytes:
+    return secrets.token_bytes(NONCE_BYTES)
+
+
+def _hello_transcript(role: str, partition: int, vp: int, pid: int, session: str,
+                      client_nonce: bytes, server_nonce: bytes) -> bytes:
+    # Each part length-prefixed, so that no two different hellos share a transcript.
+    out = [HELLO_LABEL]
+    for part in (role.encode("utf-8", "replace"), str(partition).encode(), str(vp).encode(), str(pid).encode(),
+                 session.encode("utf-8", "replace"), client_nonce, server_nonce):
+        out += [len(part).to_bytes(4, "big"), part]
+    return b"".join(out)
+
+
+def hello_proof(token: str, role: str, partition: int, vp: int, pid: int, session: str,
+                client_nonce: bytes, server_nonce: bytes) -> bytes:
+    """The MAC a peer holding ``token`` (its key) answers a hello challenge with."""
+    return hmac.new(token.encode(), _hello_transcript(role, partition, vp, pid, session, client_nonce,
+                                                      server_nonce), hashlib.sha256).digest()
+
+
+def proof_matches(secret: str, role: str, partition: int, vp: int, pid: int, session: str,
+                  client_nonce: bytes, server_nonce: bytes, proof: bytes) -> bool:
+    expected = hello_proof(peer_token(secret, role, partition), role, partition, vp, pid, session,
+                           client_nonce, server_nonce)
+    return hmac.compare_digest(expected, proof)

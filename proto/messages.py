@@ -166,8 +166,9 @@ def _fails(check, value) -> bool:
 
 @message(1, "hello")
 class Hello(Message):
-    """Opens every connection.  ``token`` proves the role: the run secret for ``root``,
-    a per-partition token derived from it for ``worker`` and ``vp``."""
+    """Opens every connection: who the peer says it is, and a fresh client ``nonce``.
+    The hypervisor answers with a ``hello_challenge``; the peer proves its role with a
+    ``hello_proof`` (:mod:`proto.auth`).  No key or token is ever sent."""
 
     version: U16
     role: one_of(*ROLES)
@@ -175,7 +176,21 @@ class Hello(Message):
     vp: U32
     pid: U32
     session: text(64)
-    token: text(128)
+    nonce: blob(32)
+
+
+@message(44, "hello_challenge")
+class HelloChallenge(Message):
+    """The hypervisor's fresh nonce for this connection's hello, good once."""
+
+    nonce: blob(32)
+
+
+@message(45, "hello_proof")
+class HelloProof(Message):
+    """HMAC-SHA256 under the peer's key of the hello and both nonces (:func:`proto.auth.hello_proof`)."""
+
+    mac: blob(32)
 
 
 @message(2, "hello_reply")
@@ -624,6 +639,8 @@ __all__ = [
     "TraceSubscribe",
     "TraceEvent",
     "PartitionControl",
+    "HelloChallenge",
+    "HelloProof",
     "MemoryRequest",
     "MemoryReply",
     "StatusRequest",

@@ -16,12 +16,14 @@ import os
 
 import zmq
 
-from proto.auth import peer_token
+from proto.auth import hello_proof, new_nonce, peer_token
 from proto.errors import EndpointClosed, PeerTimeout, Refused, TransportError
 from proto.messages import (
     PROTOCOL_VERSION,
     ErrorReply,
     Hello,
+    HelloChallenge,
+    HelloProof,
     HelloReply,
     Message,
     decode,
@@ -140,10 +142,15 @@ class Dealer:
         return reply
 
     def hello(self, role: str, partition: int, vp: int, token: str, timeout_ms: int = 5000) -> HelloReply:
+        """Say who this is and prove it on this connection (:mod:`proto.auth`): the key
+        (``token``) never leaves the process, only a MAC over both sides' nonces."""
         session = os.urandom(8).hex()
-        reply = self.request(
-            Hello(PROTOCOL_VERSION, role, partition, vp, os.getpid(), session, token), timeout_ms
-        )
+        hello = Hello(PROTOCOL_VERSION, role, partition, vp, os.getpid(), session, new_nonce())
+        challenge = self.request(hello, timeout_ms)
+        if not isinstance(challenge, HelloChallenge):
+            raise TransportError(f"expected hello_challenge, got {challenge.NAME}")
+        mac = hello_proof(token, role, partition, vp, hello.pid, session, hello.nonce, challenge.nonce)
+        reply = self.request(HelloProof(mac), timeout_ms)
         if not isinstance(reply, HelloReply):
             raise TransportError(f"expected hello_reply, got {reply.NAME}")
         return reply

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 
 from proto import messages as m
-from proto.auth import peer_token
+from proto.auth import hello_proof, peer_token
 from proto.codes import (
     HV_CHILD_ENLIGHTENED_PRIVILEGES,
     HvMsr,
@@ -125,8 +125,16 @@ class Stack:
         return self._seq
 
     def hello(self, identity: bytes, role: str, partition: int = 0, vp: int = 0, token: str | None = None) -> Sent:
+        """Hello, challenge, proof (with the right key unless ``token`` is given); what the
+        proof got (or the hello, if it was refused)."""
         token = peer_token(SECRET, role, partition) if token is None else token
-        return self.send(identity, m.Hello(m.PROTOCOL_VERSION, role, partition, vp, 4242, "s", token))
+        hello = m.Hello(m.PROTOCOL_VERSION, role, partition, vp, 4242, "s", b"c" * 32)
+        sent = self.send(identity, hello)
+        challenges = [msg for msg in sent.to(identity) if isinstance(msg, m.HelloChallenge)]
+        if not challenges:
+            return sent
+        mac = hello_proof(token, role, partition, vp, 4242, "s", hello.nonce, challenges[0].nonce)
+        return self.send(identity, m.HelloProof(mac))
 
     def hypercall(self, code: int, data: bytes = b"", rep: int = 0) -> m.VpResume:
         """A root hypercall; the resume it gets."""

@@ -7,7 +7,8 @@ from proto.exits import Exit
 from proto.stats import PathStats
 from hypervisor.routes import Route
 from hypervisor.scheduler import VpState
-from tests.unit.hypervisor.fake_stack import REGS, ROOT, Stack, stamps, vp_id, worker_id
+from proto.auth import hello_proof, peer_token
+from tests.unit.hypervisor.fake_stack import REGS, ROOT, SECRET, Stack, stamps, vp_id, worker_id
 
 V10, V11, V20 = vp_id(1, 0), vp_id(1, 1), vp_id(2, 0)
 W1, W2 = worker_id(1), worker_id(2)
@@ -69,9 +70,46 @@ def test_hello_binds_an_identity_once(two):
 
 def test_a_hello_must_prove_its_role_and_speak_the_protocol(stack, caplog):
     assert error_of(stack.hello(b"x", "root", token="0" * 40), b"x").code == "NOT_AUTHENTICATED"
-    err = error_of(stack.send(b"y", m.Hello(99, "root", 0, 0, 1, "s", "t")), b"y")
+    err = error_of(stack.send(b"y", m.Hello(99, "root", 0, 0, 1, "s", b"n" * 32)), b"y")
     assert err.code == "VERSION_MISMATCH"
     assert stack.hv.counters["refused_hellos"] == 2 and "refused hello from pid" in caplog.text
+
+
+def test_a_captured_hello_and_proof_replayed_on_another_connection_are_refused(stack):
+    """Issue 9: a token was a static bearer credential, so a captured hello replayed as
+    root.  The proof is bound to the connection's own nonce: replayed, it fails."""
+    hello = m.Hello(m.PROTOCOL_VERSION, "root", 0, 0, 4242, "s", b"c" * 32)
+    [challenge] = stack.send(b"victim", hello).to(b"victim")
+    mac = hello_proof(peer_token(SECRET, "root", 0), "root", 0, 0, 4242, "s", hello.nonce, challenge.nonce)
+    assert isinstance(stack.send(b"victim", m.HelloProof(mac)).one(b"victim"), m.HelloReply)
+    # The attacker replays both frames it saw on a connection of its own.
+    [other] = stack.send(b"thief", hello).to(b"thief")
+    assert other.nonce != challenge.nonce
+    assert error_of(stack.send(b"thief", m.HelloProof(mac)), b"thief").code == "NOT_AUTHENTICATED"
+    assert b"thief" not in stack.hv.peers.by_identity
+    # ... or a proof with no challenge first, or a second proof for one challenge.
+    assert error_of(stack.send(b"thief2", m.HelloProof(mac)), b"thief2").code == "NOT_AUTHENTICATED"
+    assert error_of(stack.send(b"thief", m.HelloProof(mac)), b"thief").code == "NOT_AUTHENTICATED"
+    assert stack.hv.counters["refused_hellos"] == 3
+
+
+def test_no_key_or_token_is_on_the_wire_of_a_hello(stack):
+    hello = m.Hello(m.PROTOCOL_VERSION, "root", 0, 0, 4242, "s", b"c" * 32)
+    [challenge] = stack.send(b"r", hello).to(b"r")
+    key = peer_token(SECRET, "root", 0)
+    mac = hello_proof(key, "root", 0, 0, 4242, "s", hello.nonce, challenge.nonce)
+    for frame in (hello.encode(), challenge.encode(), m.HelloProof(mac).encode()):
+        assert key.encode() not in frame and SECRET.encode() not in frame
+
+
+def test_an_unanswered_challenge_expires(stack, monkeypatch):
+    from hypervisor import peers
+    hello = m.Hello(m.PROTOCOL_VERSION, "root", 0, 0, 4242, "s", b"c" * 32)
+    [challenge] = stack.send(b"slow", hello).to(b"slow")
+    mac = hello_proof(peer_token(SECRET, "root", 0), "root", 0, 0, 4242, "s", hello.nonce, challenge.nonce)
+    real = peers.time.monotonic
+    monkeypatch.setattr(peers.time, "monotonic", lambda: real() + peers.HELLO_DEADLINE_S + 1)
+    assert error_of(stack.send(b"slow", m.HelloProof(mac)), b"slow").code == "NOT_AUTHENTICATED"
 
 
 def test_a_vps_hello_reply_waits_until_the_root_starts_it(stack):

@@ -11,7 +11,9 @@ from proto.errors import InvalidField, MalformedMessage, ProtocolError, UnknownM
 T = 1_234_567_890_123
 
 EXAMPLES = {
-    m.Hello: m.Hello(m.PROTOCOL_VERSION, "vp", 3, 1, 4242, "ab12", "f" * 40),
+    m.Hello: m.Hello(m.PROTOCOL_VERSION, "vp", 3, 1, 4242, "ab12", b"n" * 32),
+    m.HelloChallenge: m.HelloChallenge(b"s" * 32),
+    m.HelloProof: m.HelloProof(b"p" * 32),
     m.HelloReply: m.HelloReply("vp:3:1", "cd34"),
     m.ErrorReply: m.ErrorReply(10, "NOT_PERMITTED", "a worker may not send io_port_intercept"),
     m.Ack: m.Ack(20),
@@ -34,7 +36,7 @@ EXAMPLES = {
     m.TraceEvent: m.TraceEvent(1, 0, "io_port", True, 0x3F8, 0x41, (T, T, T)),
     m.PartitionControl: m.PartitionControl(1, "pause"),
     m.MemoryRequest: m.MemoryRequest(1),
-    m.MemoryReply: m.MemoryReply("run/memory.pool", "run/slat-1.bin", ("run/tlb-lp0.bin", "run/tlb-lp1.bin")),
+    m.MemoryReply: m.MemoryReply("run/mem-1.bin", "run/slat-1.bin", ("run/tlb-lp0.bin", "run/tlb-lp1.bin")),
     m.Cr3Intercept: m.Cr3Intercept(14, 0x41000, (T,)),
     m.InvlpgIntercept: m.InvlpgIntercept(15, 0x400000, (T,)),
     m.VpStats: m.VpStats({"io_port": {"t": {"c": {100: 1}, "n": 1, "s": 100, "lo": 100, "hi": 100}, "st": []}},

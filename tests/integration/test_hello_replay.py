@@ -1,0 +1,64 @@
+"""A captured hello cannot be replayed (issue 9: tokens were static bearer credentials, and
+a captured hello replayed as root paused a partition).
+
+The test is a legitimate root client that records the frames of its own hello, then
+replays them on a connection of its own, as someone who captured them would, and tries to
+pause the partition.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from proto import messages as m
+from proto.auth import peer_token
+from proto.errors import Refused
+from proto.transport import Dealer
+from root.client import RootClient
+
+pytestmark = pytest.mark.integration
+
+
+class Recording(Dealer):
+    """A Dealer that keeps every frame it sends."""
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__(endpoint)
+        self.sent: list[bytes] = []
+        real = self.send
+
+        def send(frame, *a, **kw):
+            self.sent.append(bytes(frame))
+            return real(frame, *a, **kw)
+
+        self.send = send
+
+
+def test_a_captured_root_hello_replayed_on_another_connection_cannot_pause_a_partition(live):
+    man = live.manifest()
+    endpoint, alpha = man["endpoint"], man["partitions"]["alpha"]["id"]
+    victim = Recording(endpoint)
+    try:
+        victim.hello("root", 0, 0, peer_token(live.secret(), "root", 0))
+        captured = list(victim.sent)
+    finally:
+        victim.close()
+    assert [m.decode(f).NAME for f in captured] == ["hello", "hello_proof"]
+
+    thief = Dealer(endpoint)
+    try:
+        answers = []
+        for frame in captured:
+            thief.send(frame)
+            answers.append(m.decode(thief.recv(5000)))
+        assert isinstance(answers[0], m.HelloChallenge)  # a fresh nonce for this connection
+        assert isinstance(answers[1], m.ErrorReply) and answers[1].code == "NOT_AUTHENTICATED"
+        with pytest.raises(Refused, match="NOT_AUTHENTICATED"):
+            thief.request(m.PartitionControl(alpha, "pause"))
+    finally:
+        thief.close()
+    # The partition was never paused.
+    with RootClient(endpoint, live.secret()) as root:
+        [part] = [p for p in root.status()["partitions"] if p["id"] == alpha]
+        assert part["state"] != "paused" and not part.get("paused")
+        assert root.status()["counters"]["refused_hellos"] >= 1
