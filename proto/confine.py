@@ -32,6 +32,13 @@ PR_GET_NO_NEW_PRIVS = 39
 # The isolation levels a run reports (manifest and `status`).
 UIDS = "uids"  # root: every worker and partition under a uid of its own, no capabilities
 SAME_USER = "same-user"  # not root: one uid; secrets by descriptor, root side not dumpable
+LEVELS = {
+    UIDS: "each worker and partition under a uid of its own (no capabilities, no_new_privs), "
+          "holding only its partition's descriptors; secrets by descriptor; root side not dumpable",
+    SAME_USER: "every process under the launcher's uid (not root): secrets by descriptor, root side "
+               "not dumpable, hellos bound to the connection; a partition process could open the "
+               "run's files",
+}
 
 _libc = None
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psutil
 
+from proto import confine
 from proto.errors import HvstackError
 
 # What an ended run's manifest says when nothing else does.
@@ -67,6 +68,9 @@ class RunDir:
             raise HvstackError(f"run {self.name}: cannot read its manifest: {e}") from e
 
     def secret(self) -> str:
+        """The run secret; whoever holds it is made not dumpable (no process of its uid can
+        read it out of this one's memory)."""
+        confine.set_dumpable(False)
         return (self.path / "secret").read_text().strip()
 
     def is_live(self) -> bool:

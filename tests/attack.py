@@ -173,3 +173,11 @@ def scan_for(fd: int, marker: bytes):
         finally:
             m.close()
     return attack
+
+
+def signal_process(pid: int, sig: int = 0):
+    """Signal another process (0: only whether it may)."""
+    def attack(_):
+        os.kill(pid, sig)
+        return "signalled"
+    return attack

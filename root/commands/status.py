@@ -10,6 +10,7 @@ import time
 
 import psutil
 
+from proto import confine
 from proto.status import HypervisorStatus
 from root.client import RootClient
 from root.report import indent, path_rows, table
@@ -58,7 +59,7 @@ def run(args) -> int:
         status = root.status()
     procs = process_rows(man)
     if args.json:
-        print(json.dumps({"run": run.name, "hypervisor": {k: v for k, v in status.items() if k != "partitions"},
+        print(json.dumps({"run": run.name, "isolation": man.get("isolation"), "hypervisor": {k: v for k, v in status.items() if k != "partitions"},
                           "partitions": status["partitions"], "names": man.get("partitions", {}),
                           "processes": procs}, indent=2))
         return 0
@@ -67,6 +68,8 @@ def run(args) -> int:
     print(f"run {run.name}: hypervisor up {st.uptime_s:.1f} s, {st.peers} peers, "
           f"{st.counters['messages']} messages, {st.counters['malformed']} malformed, "
           f"{st.counters['refused_hellos']} refused hellos")
+    level = man.get("isolation", "unknown")
+    print(f"isolation: {level}: {confine.LEVELS.get(level, 'not recorded by this run')}")
     for p in st.partitions:
         print(f"\npartition {names.get(p.id, p.id)} (id {p.id}): {p.state}, "
               f"worker {'up' if p.worker else 'missing'}, unclaimed I/O {p.unclaimed_reads}r/"

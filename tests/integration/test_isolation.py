@@ -118,6 +118,19 @@ def test_no_secret_is_in_any_processs_environment_or_command_line(run):
                 assert s.encode() not in data, f"a secret in /proc/{pid}/{what}"
 
 
+def test_status_says_which_isolation_level_is_in_force(run):
+    r = run.live.launch("status", run.live.name)
+    assert r.returncode == 0, r.stderr
+    assert any(line.startswith("isolation: uids: each worker and partition under a uid of its own")
+               for line in r.stdout.splitlines()), r.stdout
+
+
+def test_a_partition_cannot_signal_the_hypervisor_or_another_partitions_processes(run):
+    for target in (run.hv, run.live.manifest()["launcher_pid"], run.part("beta"), run.worker("beta"),
+                   run.worker("alpha")):
+        assert attack.as_process(run.part("alpha"), attack.signal_process(target)) == ("refused", "EPERM")
+
+
 # -- the run secret ---------------------------------------------------------------------------
 
 
