@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -75,6 +76,17 @@ def vp_thread(spec: dict, token: str, index: int, system: kernel.System,
             stop.set()  # one VP failing ends the partition, and the launcher sees it exit
 
 
+def reachable(args, spec: dict) -> str:
+    """The endpoint to connect to: with ``--namespaces``, after hiding the runs root (which
+    must happen before the first socket starts ZeroMQ's threads), through a descriptor of
+    the run directory that the caller closes once connected."""
+    if not args.namespaces:
+        return spec["endpoint"]
+    run_dir = os.path.dirname(os.path.abspath(args.spec))
+    args.keep_fd = confine.hide_in_namespaces(os.path.dirname(run_dir), run_dir)
+    return confine.through(spec["endpoint"], run_dir, args.keep_fd)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m partitions")
     ap.add_argument("--spec", required=True)
@@ -84,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slat-fd", type=int, help="the partition's SLAT table, open read-only")
     ap.add_argument("--tlb-fds", help="the partition's TLB file on each LP, comma-separated")
     ap.add_argument("--uid", type=int, help="drop to this uid once connected")
+    ap.add_argument("--namespaces", action="store_true",
+                    help="not root: hide the runs root in namespaces of this process's own first")
     ap.add_argument("--gid", type=int)
     args = ap.parse_args(argv)
     with open(args.spec) as f:
@@ -99,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         tlbs = [LpTlb(int(fd)) for fd in args.tlb_fds.split(",")] if args.tlb_fds else None
         memory = (GuestMemory(args.memory_fd, args.slat_fd), tlbs)
     # Every VP's socket connected while the run's socket can be reached; then confined.
-    sockets = [Dealer(spec["endpoint"], connected_within_ms=5000) for _ in range(spec["vps"])]
+    endpoint = reachable(args, spec)
+    sockets = [Dealer(endpoint, connected_within_ms=5000) for _ in range(spec["vps"])]
+    if args.namespaces:
+        os.close(args.keep_fd)
     if args.uid is not None:
         confine.drop_to(args.uid, args.gid if args.gid is not None else args.uid)
     stop = threading.Event()

@@ -8,6 +8,12 @@ its command line: never in the environment or argv, which ``/proc/PID/environ`` 
 Root-side processes (launcher, hypervisor) set ``PR_SET_DUMPABLE 0`` so that no other
 process of the same uid can read their ``/proc/PID/{environ,mem,maps}`` or ptrace them.
 
+Where the run is not root's (so no uid of its own can be had), a worker or partition process
+enters a user and mount namespace of its own (:func:`hide_in_namespaces`) where an empty
+tmpfs covers the runs root, gives up every capability there, and is not dumpable: it
+cannot open the run's files by path, nor ptrace or read the memory of any process of the
+run.  (It can still signal them, as a process of the same uid always can.)
+
 Where the run is root's, a worker or partition process drops, before it runs anything the
 guest controls, to a uid and gid of its own (:func:`drop_to`), the order minijail's
 ``drop_ugid`` uses: ``no_new_privs``, then ``setgroups([])``, ``setresgid``,
@@ -31,10 +37,14 @@ PR_GET_NO_NEW_PRIVS = 39
 
 # The isolation levels a run reports (manifest and `status`).
 UIDS = "uids"  # root: every worker and partition under a uid of its own, no capabilities
-SAME_USER = "same-user"  # not root: one uid; secrets by descriptor, root side not dumpable
+NAMESPACES = "namespaces"  # not root: one uid, but each worker and partition in namespaces of its own
+SAME_USER = "same-user"  # not root, no user namespaces: secrets by descriptor, root side not dumpable
 LEVELS = {
     UIDS: "each worker and partition under a uid of its own (no capabilities, no_new_privs), "
           "holding only its partition's descriptors; secrets by descriptor; root side not dumpable",
+    NAMESPACES: "every process under the launcher's uid (not root); each worker and partition in a "
+                "user and mount namespace of its own, the runs root hidden, no capabilities, not "
+                "dumpable; secrets by descriptor; root side not dumpable",
     SAME_USER: "every process under the launcher's uid (not root): secrets by descriptor, root side "
                "not dumpable, hellos bound to the connection; a partition process could open the "
                "run's files",
@@ -47,10 +57,22 @@ class ConfineError(OSError):
     """A process could not be confined as asked; it must not go on."""
 
 
-def _prctl(option: int, arg: int = 0) -> int:
+def _libc_handle():
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc
+
+
+def _check(r: int, what: str) -> int:
+    if r < 0:
+        e = ctypes.get_errno()
+        raise ConfineError(e, f"{what}: {os.strerror(e)}")
+    return r
+
+
+def _prctl(option: int, arg: int = 0) -> int:
+    _libc = _libc_handle()
     r = _libc.prctl(option, ctypes.c_ulong(arg), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
     if r < 0:
         e = ctypes.get_errno()
@@ -71,9 +93,28 @@ def die_with_parent() -> None:
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def user_namespaces_available() -> bool:
+    """Whether an unprivileged process may create a user namespace here."""
+    for path, bad in (("/proc/sys/kernel/unprivileged_userns_clone", "0"), ("/proc/sys/user/max_user_namespaces", "0")):
+        try:
+            with open(path) as f:
+                if f.read().strip() == bad:
+                    return False
+        except OSError:
+            pass
+    return hasattr(_libc_handle(), "unshare")
+
+
 def level() -> str:
-    """The isolation level a run started by this process gets."""
-    return UIDS if os.geteuid() == 0 else SAME_USER
+    """The isolation level a run started by this process gets.  ``HVSTACK_ISOLATION``
+    may ask for a weaker one than the best available (tests use it to run the non-root
+    levels as root); never a stronger one."""
+    best = UIDS if os.geteuid() == 0 else NAMESPACES if user_namespaces_available() else SAME_USER
+    order = [SAME_USER, NAMESPACES, UIDS]
+    asked = os.environ.get("HVSTACK_ISOLATION")
+    if asked in order and order.index(asked) < order.index(best):
+        return asked
+    return best
 
 
 def read_secret(fd: int) -> str:
@@ -132,3 +173,63 @@ def drop_to(uid: int, gid: int) -> None:
         raise ConfineError(0, "capabilities left after dropping privileges")
     die_with_parent()  # the uid change cleared it
     set_dumpable(False)  # already so after a uid change; said explicitly
+
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REC, MS_PRIVATE = 0x4000, 1 << 18
+PR_CAPBSET_DROP = 24
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+CAP_LAST = 63
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def hide_in_namespaces(hide: str, keep: str) -> int:
+    """Not root: enter a user and mount namespace of this process's own, cover ``hide``
+    (the runs root) with an empty read-only tmpfs, then give up every capability (so the
+    cover cannot be lifted) and become not dumpable.  Returns an ``O_PATH`` descriptor of
+    ``keep`` (the run directory, under the cover) through which the caller reaches the
+    run's socket once (:func:`through`) and then closes.  Must run before any thread starts:
+    unshare(CLONE_NEWUSER) refuses a process with more than one."""
+    libc = _libc_handle()
+    keep_fd = os.open(keep, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    uid, gid = os.getuid(), os.getgid()
+    _prctl(PR_SET_NO_NEW_PRIVS, 1)
+    _check(libc.unshare(CLONE_NEWUSER | CLONE_NEWNS), "unshare(CLONE_NEWUSER|CLONE_NEWNS)")
+    _write("/proc/self/setgroups", "deny")
+    _write("/proc/self/uid_map", f"{uid} {uid} 1")
+    _write("/proc/self/gid_map", f"{gid} {gid} 1")
+    _check(libc.mount(None, b"/", None, ctypes.c_ulong(MS_REC | MS_PRIVATE), None), "mount(/, MS_PRIVATE)")
+    flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+    _check(libc.mount(b"hvstack-hidden", hide.encode(), b"tmpfs", ctypes.c_ulong(flags), b"size=4k,mode=000"),
+           f"mount(tmpfs over {hide})")
+    for cap in range(CAP_LAST + 1):  # the bounding set, then every set, to nothing
+        libc.prctl(PR_CAPBSET_DROP, ctypes.c_ulong(cap), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
+    header, data = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0), (_CapData * 2)()
+    _check(libc.capset(ctypes.byref(header), data), "capset(0)")
+    if capabilities_effective() != 0:
+        raise ConfineError(0, "capabilities left in the namespace")
+    set_dumpable(False)
+    return keep_fd
+
+
+def through(endpoint: str, directory: str, fd: int) -> str:
+    """``endpoint`` (an ipc path in ``directory``) reached through an ``O_PATH``
+    descriptor of that directory, for a process that can no longer see it by name."""
+    prefix = "ipc://" + directory.rstrip("/") + "/"
+    if endpoint.startswith(prefix):
+        return f"ipc:///proc/self/fd/{fd}/" + endpoint[len(prefix):]
+    return endpoint

@@ -128,7 +128,8 @@ class Run:
     def _confinement(self, role: str, pid: int, tlbs: bool) -> tuple[list[str], tuple[int, ...]]:
         """The arguments and descriptors that confine a worker or partition process: its
         partition's RAM (read-write) and SLAT table (read-only), the partition's TLB files
-        (the partition process only) and, where the run is root's, its uid.  The files are
+        (the partition process only) and, where the run is root's, its uid (else, where
+        user namespaces can be had, ``--namespaces``).  The files are
         the hypervisor's, 0600: the process cannot reopen them (not even through
         /proc/self/fd) once it has dropped to its uid."""
         d = self.run.path
@@ -144,6 +145,8 @@ class Run:
         if self.isolation == confine.UIDS:
             uid = partition_uid(os.getpid(), pid, role)
             args += ["--uid", str(uid), "--gid", str(uid)]
+        elif self.isolation == confine.NAMESPACES:
+            args += ["--namespaces"]
         return args, tuple(fds)
 
     def _await_ready(self, hv: Proc) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 
@@ -27,6 +28,17 @@ from worker.chipset import Chipset
 from worker.service import Worker
 
 
+def reachable(args, spec: dict) -> str:
+    """The endpoint to connect to: with ``--namespaces``, after hiding the runs root (which
+    must happen before the first socket starts ZeroMQ's threads), through a descriptor of
+    the run directory that the caller closes once connected."""
+    if not args.namespaces:
+        return spec["endpoint"]
+    run_dir = os.path.dirname(os.path.abspath(args.spec))
+    args.keep_fd = confine.hide_in_namespaces(os.path.dirname(run_dir), run_dir)
+    return confine.through(spec["endpoint"], run_dir, args.keep_fd)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m worker")
     ap.add_argument("--spec", required=True)
@@ -35,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory-fd", type=int, help="the partition's RAM, open read-write")
     ap.add_argument("--slat-fd", type=int, help="the partition's SLAT table, open read-only")
     ap.add_argument("--uid", type=int, help="drop to this uid once connected")
+    ap.add_argument("--namespaces", action="store_true",
+                    help="not root: hide the runs root in namespaces of this process's own first")
     ap.add_argument("--gid", type=int)
     args = ap.parse_args(argv)
     with open(args.spec) as f:
@@ -49,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     chipset = Chipset(spec["devices"], console)
     memory = GuestMemory(args.memory_fd, args.slat_fd) if args.memory_fd is not None else None
     # Connected while the run's socket can still be reached; then confined; then hello.
-    dealer = Dealer(spec["endpoint"], connected_within_ms=5000)
+    dealer = Dealer(reachable(args, spec), connected_within_ms=5000)
+    if args.namespaces:
+        os.close(args.keep_fd)
     if args.uid is not None:
         confine.drop_to(args.uid, args.gid if args.gid is not None else args.uid)
     dealer = connect(spec["endpoint"], "worker", spec["partition_id"], 0, token=token, dealer=dealer)

@@ -16,11 +16,9 @@ import pytest
 from tests import attack
 from tests.support import alive, short_run_root, start_run, wait_until
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(os.geteuid() != 0, reason="per-process uids need root (CI runs as root); "
-                       "not root, a run is 'same-user' and these attacks are out of its reach"),
-]
+from proto import confine
+
+pytestmark = pytest.mark.integration
 
 TOPOLOGY = """\
 [run]
@@ -69,6 +67,9 @@ class Run:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("per-process uids need root (CI runs as root); not root, a run is at most "
+                    "'namespaces' (the last test)")
     cfg = tmp_path_factory.mktemp("iso") / "iso.toml"
     cfg.write_text(TOPOLOGY)
     live = start_run(str(cfg), short_run_root())
@@ -225,3 +226,41 @@ def test_a_partition_cannot_open_another_partitions_disk_image(run):
     for pid in (run.part("alpha"), run.worker("alpha"), run.part("beta")):
         assert attack.as_process(pid, attack.open_rw(image)) == ("refused", "EACCES")
     assert oct(os.stat(image).st_mode & 0o777) == "0o600"
+
+
+# -- not root: the namespaces level ---------------------------------------------------------
+
+
+@pytest.mark.skipif(not confine.user_namespaces_available(), reason="no user namespaces here")
+def test_not_root_each_worker_and_partition_hides_the_runs_root_in_namespaces_of_its_own(tmp_path, monkeypatch):
+    """What a run gets where it cannot have uids (run here as root, asked for the weaker
+    level): the run's files are out of sight of every worker and partition process."""
+    monkeypatch.setenv("HVSTACK_ISOLATION", "namespaces")
+    cfg = tmp_path / "iso.toml"
+    cfg.write_text(TOPOLOGY)
+    live = start_run(str(cfg), short_run_root())
+    try:
+        wait_until(lambda: "hvstack guest kernel" in live.console("alpha")
+                   and "hvstack guest kernel" in live.console("beta"), 30, what="both guests to boot")
+        man = live.manifest()
+        assert man["isolation"] == "namespaces"
+        mine = os.readlink("/proc/self/ns/user")
+        secret = live.path / "secret"
+        assert secret.exists()
+        for name, info in man["processes"].items():
+            if name.startswith("hypervisor"):
+                continue
+            pid = info["pid"]
+            with open(f"/proc/{pid}/status") as f:
+                status = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+            assert int(status["CapEff"], 16) == 0 and status["NoNewPrivs"] == "1", name
+            assert os.readlink(f"/proc/{pid}/ns/user") != mine, name
+            # The run directory as the process sees it: covered.
+            assert not os.path.exists(f"/proc/{pid}/root{secret}"), name
+            assert not os.path.exists(f"/proc/{pid}/root{live.path / 'hv.sock'}"), name
+        r = live.launch("status", live.name)
+        assert "isolation: namespaces:" in r.stdout, r.stdout + r.stderr
+    finally:
+        pids = live.pids()
+        live.stop()
+        wait_until(lambda: not alive(pids), 10, what="every process gone")
