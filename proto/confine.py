@@ -157,6 +157,7 @@ def drop_to(uid: int, gid: int) -> None:
     ``no_new_privs``; raises :class:`ConfineError` if any of it did not hold."""
     if uid == 0 or gid == 0:
         raise ConfineError(0, "refusing to 'drop' to uid or gid 0")
+    parent = os.getppid()
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
     os.setgroups([])
     os.setresgid(gid, gid, gid)
@@ -172,6 +173,8 @@ def drop_to(uid: int, gid: int) -> None:
     if capabilities_effective() != 0:
         raise ConfineError(0, "capabilities left after dropping privileges")
     die_with_parent()  # the uid change cleared it
+    if os.getppid() != parent:  # the parent died before the line above: nobody would kill us
+        raise ConfineError(0, "the parent process died while this one was being confined")
     set_dumpable(False)  # already so after a uid change; said explicitly
 
 

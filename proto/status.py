@@ -75,7 +75,7 @@ class SlatStatus:
 class MemoryStatus:
     pool_pages: int
     root_pages: int  # pool pages still the root's
-    pool: str  # the pool's file
+    pool: str  # the directory of the partitions' RAM and SLAT files (the pool is host page numbers)
     partitions: dict[str, SlatStatus]  # by partition id (as text)
     counters: dict[str, int]  # deposited, withdrawn, mapped, unmapped, released, refused
 
