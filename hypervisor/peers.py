@@ -99,7 +99,8 @@ class Peers:
         if peer is not None:
             return self._refuse(identity, proof, msg, "CONFLICT", f"this connection is already bound as {peer.name}")
         if pending is None:
-            return self._refuse(identity, proof, None, "NOT_AUTHENTICATED", "no hello challenge to answer on this connection")
+            return self._refuse(identity, proof, None, "NOT_AUTHENTICATED",
+                                "no hello challenge to answer on this connection")
         if time.monotonic() > pending.deadline:
             return self._refuse(identity, proof, msg, "NOT_AUTHENTICATED", "the hello challenge expired")
         if not proof_matches(self._secret, msg.role, msg.partition, msg.vp, msg.pid, msg.session,

@@ -1,4 +1,5 @@
-"""``python -m partitions --spec SPEC.json --secret-fd N [--memory-fd M --slat-fd S --tlb-fds T0,T1…] [--uid U --gid G]``.
+"""``python -m partitions --spec SPEC.json --secret-fd N [--memory-fd M --slat-fd S
+--tlb-fds T0,T1…] [--uid U --gid G | --namespaces]``.
 
 SPEC.json (written by launch.py) holds ``endpoint``, ``partition_id``, ``name``, ``vps``,
 ``memory_mb``, ``workloads`` and ``duration_s``.  One thread per VP, each with its own

@@ -1,4 +1,5 @@
-"""``python -m worker --spec SPEC.json --secret-fd N [--memory-fd M --slat-fd S] [--uid U --gid G]``.
+"""``python -m worker --spec SPEC.json --secret-fd N [--memory-fd M --slat-fd S]
+[--uid U --gid G | --namespaces]``.
 
 SPEC.json (written by launch.py into the run directory) holds ``endpoint``,
 ``partition_id``, ``name``, ``console_path`` and ``devices``.  The partition's worker token

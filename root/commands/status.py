@@ -59,7 +59,8 @@ def run(args) -> int:
         status = root.status()
     procs = process_rows(man)
     if args.json:
-        print(json.dumps({"run": run.name, "isolation": man.get("isolation"), "hypervisor": {k: v for k, v in status.items() if k != "partitions"},
+        print(json.dumps({"run": run.name, "isolation": man.get("isolation"),
+                          "hypervisor": {k: v for k, v in status.items() if k != "partitions"},
                           "partitions": status["partitions"], "names": man.get("partitions", {}),
                           "processes": procs}, indent=2))
         return 0

@@ -35,7 +35,8 @@ def test_a_spawned_process_gets_its_secret_by_pipe_and_nothing_in_its_environmen
     (probe / "__main__.py").write_text(
         "import os, sys\n"
         "fd = int(sys.argv[sys.argv.index('--secret-fd') + 1])\n"
-        "print(os.read(fd, 100).decode(), os.environ.get('HVSTACK_SECRET'), os.environ.get('HVSTACK_RUN_DIR') is not None,"
+        "print(os.read(fd, 100).decode(), os.environ.get('HVSTACK_SECRET'),"
+        " os.environ.get('HVSTACK_RUN_DIR') is not None,"
         " os.path.exists(f'/proc/self/fd/{sys.argv[1]}'))\n")
     monkeypatch.setattr(procs, "REPO", tmp_path)
     p = procs.spawn("worker", "x", "probe", [str(handed)], tmp_path, secret="s3cret", fds=(handed,),
