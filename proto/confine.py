@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
 import signal
 
 PR_SET_PDEATHSIG = 1
@@ -152,12 +153,18 @@ def capabilities_effective() -> int:
     raise ConfineError(0, "no CapEff in /proc/self/status")
 
 
-def drop_to(uid: int, gid: int) -> None:
-    """Become ``uid``:``gid`` for good, with no supplementary groups, no capabilities and
-    ``no_new_privs``; raises :class:`ConfineError` if any of it did not hold."""
+MAX_TASKS = 256  # threads and processes a confined uid may have: a VP thread each, and a few
+
+
+def drop_to(uid: int, gid: int, max_tasks: int = MAX_TASKS) -> None:
+    """Become ``uid``:``gid`` for good, with no supplementary groups, no capabilities,
+    ``no_new_privs`` and at most ``max_tasks`` threads and processes (RLIMIT_NPROC counts
+    per uid, and the uid is this process's alone: a fork bomb stops there); raises
+    :class:`ConfineError` if any of it did not hold."""
     if uid == 0 or gid == 0:
         raise ConfineError(0, "refusing to 'drop' to uid or gid 0")
     parent = os.getppid()
+    resource.setrlimit(resource.RLIMIT_NPROC, (max_tasks, max_tasks))
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
     os.setgroups([])
     os.setresgid(gid, gid, gid)

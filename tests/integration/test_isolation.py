@@ -103,6 +103,9 @@ def test_each_worker_and_partition_runs_under_a_uid_of_its_own_without_privilege
         assert status["Groups"].strip() == "", "no supplementary groups"
         assert int(status["CapEff"], 16) == 0 and int(status["CapPrm"], 16) == 0
         assert status["NoNewPrivs"] == "1"
+        with open(f"/proc/{pid}/limits") as f:
+            [nproc] = [line.split()[2:4] for line in f if line.startswith("Max processes")]
+        assert nproc == [str(confine.MAX_TASKS)] * 2, "a fork bomb stops at the process's own uid"
         uids |= uid
     assert len(uids) == 4, "two partitions' workers and partitions: four uids"
 

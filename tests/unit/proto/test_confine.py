@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import select
 
 import pytest
@@ -71,11 +72,18 @@ def test_dropping_to_a_uid_leaves_no_way_back_and_no_capabilities():
             back = False
         with open("/proc/self/status") as f:
             status = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+        try:
+            resource.setrlimit(resource.RLIMIT_NPROC, (1 << 20, 1 << 20))
+            raised = True
+        except (ValueError, OSError):
+            raised = False
         return {"uid": os.getresuid(), "groups": os.getgroups(), "back": back, "cap": status["CapEff"],
-                "nnp": status["NoNewPrivs"], "dumpable": confine.dumpable()}
+                "nnp": status["NoNewPrivs"], "dumpable": confine.dumpable(),
+                "nproc": resource.getrlimit(resource.RLIMIT_NPROC)[0], "raised": raised}
 
     assert in_child(body) == ("ok", {"uid": [UID] * 3, "groups": [], "back": False, "cap": "0" * 16,
-                                     "nnp": "1", "dumpable": False})
+                                     "nnp": "1", "dumpable": False, "nproc": confine.MAX_TASKS,
+                                     "raised": False})
 
 
 @ROOT_ONLY
