@@ -84,7 +84,8 @@ class Peers:
         if peer is not None:
             return self._refuse(identity, msg, msg, "CONFLICT", f"this connection is already bound as {peer.name}")
         if len(msg.nonce) != NONCE_BYTES:
-            return self._refuse(identity, msg, msg, "MALFORMED", f"a client nonce of {len(msg.nonce)} bytes")
+            return self._refuse(identity, msg, msg, "INVALID_FIELD",
+                                f"a client nonce of {len(msg.nonce)} bytes, not {NONCE_BYTES}")
         self._pending.pop(identity, None)
         while len(self._pending) >= MAX_PENDING_HELLOS:
             del self._pending[next(iter(self._pending))]

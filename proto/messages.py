@@ -222,7 +222,7 @@ ERROR_CODES = (
     "UNKNOWN_TYPE",
     "VERSION_MISMATCH",
     "INVALID_FIELD",
-    "NOT_AUTHENTICATED",  # no hello yet, or a bad token
+    "NOT_AUTHENTICATED",  # no hello yet, or a bad (or replayed, or late) hello proof
     "NOT_PERMITTED",  # this role may not send this message
     "UNKNOWN_PARTITION",
     "UNKNOWN_VP",

@@ -93,6 +93,11 @@ def test_a_captured_hello_and_proof_replayed_on_another_connection_are_refused(s
     assert stack.hv.counters["refused_hellos"] == 3
 
 
+def test_a_hello_with_a_short_nonce_is_refused(stack):
+    hello = m.Hello(m.PROTOCOL_VERSION, "root", 0, 0, 4242, "s", b"c" * 8)
+    assert error_of(stack.send(b"short", hello), b"short").code == "INVALID_FIELD"
+
+
 def test_no_key_or_token_is_on_the_wire_of_a_hello(stack):
     hello = m.Hello(m.PROTOCOL_VERSION, "root", 0, 0, 4242, "s", b"c" * 32)
     [challenge] = stack.send(b"r", hello).to(b"r")
