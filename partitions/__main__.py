@@ -12,6 +12,7 @@ A partition process runs guest code, so it is the process to confine first: with
 ``--uid`` it connects every VP's socket, then drops to its own uid (no capabilities,
 ``no_new_privs``; :mod:`proto.confine`) before any VP says hello or runs a guest
 instruction.  After that it can reach its own memory and its own sockets, nothing else.
+With ``--namespaces`` (not root) it hides the runs root in namespaces of its own first.
 """
 
 from __future__ import annotations
@@ -97,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slat-fd", type=int, help="the partition's SLAT table, open read-only")
     ap.add_argument("--tlb-fds", help="the partition's TLB file on each LP, comma-separated")
     ap.add_argument("--uid", type=int, help="drop to this uid once connected")
+    ap.add_argument("--gid", type=int)
     ap.add_argument("--namespaces", action="store_true",
                     help="not root: hide the runs root in namespaces of this process's own first")
-    ap.add_argument("--gid", type=int)
     args = ap.parse_args(argv)
     with open(args.spec) as f:
         spec = json.load(f)

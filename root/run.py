@@ -62,7 +62,7 @@ class Run:
     partition_ids: dict[str, int] = field(default_factory=dict)
     endpoint: str = ""
     secret: str = field(default_factory=auth.new_secret)
-    isolation: str = confine.SAME_USER  # confine.UIDS where the run is root's
+    isolation: str = confine.SAME_USER  # the level in force (confine.level()), set at start
     root: RootClient | None = None
     watcher: ConsoleWatcher | None = None
     final_status: HypervisorStatus | None = None  # the hypervisor's status as the run ended

@@ -9,7 +9,8 @@ and S (else it asks the hypervisor where they are and opens them).
 The worker emulates devices for a hostile guest: with ``--uid`` it opens everything it
 will use (spec, disk images, NVRAM, console log), connects, and then drops to its own uid
 with no capabilities and ``no_new_privs`` (:mod:`proto.confine`) before it serves a
-single guest access.  After that it holds its own descriptors and nothing else.
+single guest access.  After that it holds its own descriptors and nothing else.  With
+``--namespaces`` (not root) it hides the runs root in namespaces of its own instead.
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory-fd", type=int, help="the partition's RAM, open read-write")
     ap.add_argument("--slat-fd", type=int, help="the partition's SLAT table, open read-only")
     ap.add_argument("--uid", type=int, help="drop to this uid once connected")
+    ap.add_argument("--gid", type=int)
     ap.add_argument("--namespaces", action="store_true",
                     help="not root: hide the runs root in namespaces of this process's own first")
-    ap.add_argument("--gid", type=int)
     args = ap.parse_args(argv)
     with open(args.spec) as f:
         spec = json.load(f)
