@@ -29,6 +29,7 @@ import ctypes
 import os
 import resource
 import signal
+import tempfile
 
 PR_SET_PDEATHSIG = 1
 PR_GET_DUMPABLE = 3
@@ -94,16 +95,29 @@ def die_with_parent() -> None:
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+_userns_ok: bool | None = None
+
+
 def user_namespaces_available() -> bool:
-    """Whether an unprivileged process may create a user namespace here."""
-    for path, bad in (("/proc/sys/kernel/unprivileged_userns_clone", "0"), ("/proc/sys/user/max_user_namespaces", "0")):
+    """Whether this process may hide a directory in namespaces of its own
+    (:func:`hide_in_namespaces`): tried once, in a forked child, since sysctls alone do not
+    say (AppArmor may refuse an unprivileged user namespace its mounts)."""
+    global _userns_ok
+    if _userns_ok is None:
+        probe = tempfile.mkdtemp(prefix="hvstack-userns-")
         try:
-            with open(path) as f:
-                if f.read().strip() == bad:
-                    return False
-        except OSError:
-            pass
-    return hasattr(_libc_handle(), "unshare")
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the probe
+                try:
+                    hide_in_namespaces(probe, probe)
+                    os._exit(0)
+                except BaseException:
+                    os._exit(1)
+            _, status = os.waitpid(pid, 0)
+            _userns_ok = os.waitstatus_to_exitcode(status) == 0
+        finally:
+            os.rmdir(probe)
+    return _userns_ok
 
 
 def level() -> str:
