@@ -64,10 +64,12 @@ class Tlbs:
         for i in range(self.lp_count):
             by_partition: dict[str, int] = {}
             fills = 0
-            for tlbs in self.by_partition.values():
+            for owner, tlbs in self.by_partition.items():
                 fills += tlbs[i].fills
-                for _, valid, p, *_ in tlbs[i].entries():
-                    if valid:
-                        by_partition[str(p)] = by_partition.get(str(p), 0) + 1
+                # Counted for the file's partition, whatever tag an entry claims: a
+                # partition writes its own file, and cannot make status speak for another.
+                n = sum(1 for _, valid, *_ in tlbs[i].entries() if valid)
+                if n:
+                    by_partition[str(owner)] = by_partition.get(str(owner), 0) + n
             lps.append(TlbLpStatus(i, fills, dict(self.flushes[i]), self.cleared[i], by_partition))
         return TlbStatus(layout.ENTRIES, lps)

@@ -39,6 +39,12 @@ def test_a_partition_has_tlb_files_of_its_own_0600(tlbs, tmp_path):
     assert all(stat.S_IMODE(os.stat(p).st_mode) == 0o600 for p in one + two)
 
 
+def test_entries_a_partition_plants_under_another_tag_count_as_its_own(tlbs):
+    lps(tlbs, 1)[0].fill(2, A, 0x400, 0x77)  # partition 1 writes a tag of partition 2's
+    assert tlbs.status().lps[0].valid == {"1": 1}
+    assert tlbs.flush_partition(2) == 0  # partition 2's own TLB is untouched by it
+
+
 def test_a_translation_hits_only_under_its_own_tag(tlbs):
     t = lps(tlbs)[0]
     assert t.lookup(1, A, 0x400) is None
