@@ -31,6 +31,8 @@ import resource
 import signal
 import tempfile
 
+from proto.errors import ConfineError
+
 PR_SET_PDEATHSIG = 1
 PR_GET_DUMPABLE = 3
 PR_SET_DUMPABLE = 4
@@ -53,10 +55,6 @@ LEVELS = {
 }
 
 _libc = None
-
-
-class ConfineError(OSError):
-    """A process could not be confined as asked; it must not go on."""
 
 
 def _libc_handle():

@@ -74,3 +74,8 @@ class ConfigError(HvstackError):
     """A topology that cannot be run; the message names the file, line and key."""
 
     exit_code = 2
+
+
+class ConfineError(HvstackError, OSError):
+    """A process could not be confined as asked (dropping to its uid, hiding in namespaces):
+    it must not go on.  An OSError too, with the errno of the call that failed."""
