@@ -45,7 +45,9 @@ def run(tmp_path):
     cfg.write_text(TOPOLOGY)
     live = start_run(str(cfg), short_run_root())
     try:
-        wait_until(lambda: "hvstack guest kernel" in live.console("beta"), 30, what="boot")
+        # Both guests booted (each probes VGA memory once first, an unmapped GPA the tests count from).
+        wait_until(lambda: all("hvstack guest kernel" in live.console(n) for n in ("alpha", "beta")), 30,
+                   what="both guests to boot")
         yield live
     finally:
         pids = live.pids()
