@@ -48,9 +48,11 @@ class HypercallFailed(HvstackError):
 
 
 class RootClient:
-    def __init__(self, endpoint: str, secret: str, timeout_ms: int = 5000) -> None:
+    def __init__(self, endpoint: str, secret: str, timeout_ms: int = 5000, server_key: str | None = None) -> None:
+        """``server_key``: a tcp endpoint's CURVE public key (the manifest's)."""
         self.timeout_ms = timeout_ms
-        self.dealer: Dealer = connect(endpoint, "root", 0, 0, secret=secret, timeout_ms=timeout_ms)
+        self.dealer: Dealer = connect(endpoint, "root", 0, 0, secret=secret, timeout_ms=timeout_ms,
+                                      server_key=server_key)
         self._seq = 0
 
     def close(self) -> None:
@@ -227,8 +229,8 @@ class RootClient:
 class ConsoleWatcher:
     """A separate connection that receives ``console_data`` events for some partitions."""
 
-    def __init__(self, endpoint: str, secret: str, partitions: list[int]) -> None:
-        self.dealer = connect(endpoint, "root", 0, 0, secret=secret)
+    def __init__(self, endpoint: str, secret: str, partitions: list[int], server_key: str | None = None) -> None:
+        self.dealer = connect(endpoint, "root", 0, 0, secret=secret, server_key=server_key)
         for pid in partitions:
             self.dealer.request(m.ConsoleSubscribe(pid))
 

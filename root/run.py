@@ -21,10 +21,10 @@ from datetime import datetime, timezone
 from proto import auth
 from proto.errors import HvstackError
 from proto.status import HypervisorStatus
-from proto.transport import ipc_endpoint
+from proto.transport import curve_keypair, ipc_endpoint
 from root import hostflow
 from root.client import ConsoleWatcher, RootClient
-from root.procs import Proc, describe_exit, spawn, stop_procs
+from root.procs import Proc, describe_exit, secret_pipe, spawn, stop_procs
 from root.report import Output
 from root.rundir import RunDir, new_run_dir, pid_alive, write_json
 from root.topology import Topology
@@ -59,6 +59,7 @@ class Run:
     procs: list[Proc] = field(default_factory=list)
     partition_ids: dict[str, int] = field(default_factory=dict)
     endpoint: str = ""
+    server_key: str | None = None  # a tcp endpoint's CURVE public key (Z85); None for ipc
     secret: str = field(default_factory=auth.new_secret)
     root: RootClient | None = None
     watcher: ConsoleWatcher | None = None
@@ -74,30 +75,30 @@ class Run:
         secret_path.write_text(self.secret)
         secret_path.chmod(0o600)
         self._manifest_update(state="starting")
-        if self.topology.transport == "ipc":
-            endpoint = ipc_endpoint(str(self.run.path / "hv.sock"))
-        else:
-            endpoint = "tcp://127.0.0.1:0"
         logs = self.run.path / "logs"
         pool_pages = hostflow.pool_pages(self.topology)
-        hv = spawn("hypervisor", "hv", "hypervisor",
-                   ["--endpoint", endpoint, "--lps", str(self.topology.logical_processors),
-                    "--memory-dir", str(self.run.path), "--pool-pages", str(pool_pages)],
-                   {"HVSTACK_SECRET": self.secret},
-                   logs, stdout=subprocess.PIPE)
+        args = ["--lps", str(self.topology.logical_processors),
+                "--memory-dir", str(self.run.path), "--pool-pages", str(pool_pages)]
+        if self.topology.transport == "ipc":
+            hv = spawn("hypervisor", "hv", "hypervisor",
+                       ["--endpoint", ipc_endpoint(str(self.run.path / "hv.sock")), *args],
+                       {"HVSTACK_SECRET": self.secret}, logs, stdout=subprocess.PIPE)
+        else:
+            hv = self._spawn_tcp_hypervisor(args, logs)
         self.procs.append(hv)
         self.endpoint = self._await_ready(hv)
-        self.root = RootClient(self.endpoint, self.secret)
+        self.root = RootClient(self.endpoint, self.secret, server_key=self.server_key)
         free = hostflow.free_pages(pool_pages, self.run.name)
         for pc in self.topology.partitions:
             self.partition_ids[pc.name] = hostflow.create_partition(self.root, pc, free)
         self._manifest_update()
-        self.watcher = ConsoleWatcher(self.endpoint, self.secret, list(self.partition_ids.values()))
+        self.watcher = ConsoleWatcher(self.endpoint, self.secret, list(self.partition_ids.values()),
+                                      server_key=self.server_key)
         for pc in self.topology.partitions:
             pid = self.partition_ids[pc.name]
             token = auth.peer_token(self.secret, "worker", pid)
             devices = pc.worker_devices(self.run.path, self.topology.base_dir or self.run.path)
-            spec = {"endpoint": self.endpoint, "partition_id": pid, "name": pc.name,
+            spec = {"endpoint": self.endpoint, "server_key": self.server_key, "partition_id": pid, "name": pc.name,
                     "console_path": str(self.run.path / f"console-{pc.name}.log"), "devices": devices}
             spec_path = self.run.path / f"worker-{pc.name}.json"
             write_json(spec_path, spec)
@@ -108,7 +109,8 @@ class Run:
         for pc in self.topology.partitions:
             pid = self.partition_ids[pc.name]
             token = auth.peer_token(self.secret, "vp", pid)
-            spec = {"endpoint": self.endpoint, "partition_id": pid, "name": pc.name, "vps": pc.vps,
+            spec = {"endpoint": self.endpoint, "server_key": self.server_key, "partition_id": pid, "name": pc.name,
+                    "vps": pc.vps,
                     "memory_mb": pc.memory_mb, "workloads": pc.workloads,
                     # 0 means "until stopped": the guest runs its workloads for a day.
                     "duration_s": self.duration if self.duration > 0 else UNTIL_STOPPED_S}
@@ -117,6 +119,18 @@ class Run:
             self.procs.append(spawn("partition", pc.name, "partitions", ["--spec", str(spec_path)],
                                     {"HVSTACK_TOKEN": token}, logs))
         self._manifest_update(state="running")
+
+    def _spawn_tcp_hypervisor(self, args: list[str], logs) -> Proc:
+        """A tcp endpoint is CURVE (proto.transport): a key pair per run, the public half in
+        the manifest for clients, the secret half to the hypervisor on an inherited pipe."""
+        self.server_key, curve_secret = curve_keypair()
+        fd = secret_pipe(curve_secret.encode())
+        try:
+            return spawn("hypervisor", "hv", "hypervisor",
+                         ["--endpoint", "tcp://127.0.0.1:0", "--curve-key-fd", str(fd), *args],
+                         {"HVSTACK_SECRET": self.secret}, logs, stdout=subprocess.PIPE, pass_fds=(fd,))
+        finally:
+            os.close(fd)
 
     def _await_ready(self, hv: Proc) -> str:
         deadline = time.monotonic() + HV_READY_TIMEOUT_S
@@ -243,6 +257,7 @@ class Run:
             "launcher_pid": os.getpid(), "config": self.topology.to_dict()}
         man.update({
             "endpoint": self.endpoint,
+            "server_key": self.server_key,
             "processes": {f"{p.role}:{p.name}": {"pid": p.pid, "log": str(p.log_path)} for p in self.procs},
             "partitions": {name: {"id": pid, "console": str(self.run.path / f"console-{name}.log")}
                            for name, pid in self.partition_ids.items()},

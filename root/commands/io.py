@@ -118,7 +118,7 @@ def run(args) -> int:
         complain(NAME, str(e))
         return 2
     failed = 0
-    with RootClient(man["endpoint"], run.secret()) as root:
+    with RootClient(man["endpoint"], run.secret(), server_key=man.get("server_key")) as root:
         for op, operands in ops:
             try:
                 print(run_op(root, parts[args.partition]["id"], args.vp, op, operands), flush=True)

@@ -30,7 +30,7 @@ def run(args) -> int:
     if args.enter:
         text += "\n"
     data = scancodes(text)
-    with RootClient(man["endpoint"], run.secret()) as root:
+    with RootClient(man["endpoint"], run.secret(), server_key=man.get("server_key")) as root:
         # A keyboard buffers 16 bytes: send 8 keys (make + break) at a time, as typing would.
         for i in range(0, len(data), KEYBOARD_BUFFER):
             root.send_input(pid, "keyboard", data[i:i + KEYBOARD_BUFFER])

@@ -20,7 +20,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     run, man = live_run(args.run)
     pid = partition_of(run, man, args.partition)
-    with RootClient(man["endpoint"], run.secret()) as root:
+    with RootClient(man["endpoint"], run.secret(), server_key=man.get("server_key")) as root:
         screen = root.worker_query(pid, "screen")
     if "error" in screen:
         complain(NAME, screen["error"])

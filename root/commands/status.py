@@ -54,7 +54,7 @@ def process_rows(man: dict) -> list[list[str]]:
 
 def run(args) -> int:
     run, man = live_run(args.run)
-    with RootClient(man["endpoint"], run.secret()) as root:
+    with RootClient(man["endpoint"], run.secret(), server_key=man.get("server_key")) as root:
         status = root.status()
     procs = process_rows(man)
     if args.json:
