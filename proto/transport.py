@@ -74,6 +74,10 @@ MAX_MSG_BYTES = MAX_FRAME_BYTES + 4096
 ROUTER_RCVHWM = 16  # messages one connection may have queued for the loop
 ROUTER_SNDHWM = 1000  # messages queued to one peer (trace and console streams drop beyond)
 HANDSHAKE_IVL_MS = 5000  # ZMTP greeting and CURVE handshake
+# listen(2) backlog: a flood of connects waits in the kernel's accept queue to be accepted
+# (and shut down) instead of having its SYNs dropped, which would also drop root's and make
+# it retry 1 s, then 3 s, later.
+LISTEN_BACKLOG = 1024
 MAX_UNBOUND = 128  # connections that have not said a good hello
 HELLO_DEADLINE_S = 10.0  # after which a connection without a good hello is shut down
 ZAP_DOMAIN = b"hvstack"
@@ -112,6 +116,14 @@ class _Connection:
     evicted: bool = False
 
 
+def _inode(fd: int) -> int | None:
+    """The inode of the socket at descriptor ``fd``, or None when it is closed."""
+    try:
+        return os.fstat(fd).st_ino
+    except OSError:
+        return None
+
+
 class Gatekeeper:
     """The ROUTER's ZAP handler and connection table, on a thread of its own so that a
     handshake never waits for the loop.  It touches only its own sockets and the table
@@ -125,29 +137,35 @@ class Gatekeeper:
         self.gone: collections.deque[bytes] = collections.deque()  # identities whose connection went
         self.counters = {"handshakes_refused": 0, "connections_evicted": 0, "connections": 0}
         self._log = LimitedLog(log)
+        # Two descriptors kept for _shutdown, which must work when every other is taken.
+        self._null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self._slot = os.dup(self._null)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="gatekeeper", daemon=True)
         self._thread.start()
 
     # -- the loop's side ----------------------------------------------------------------------
 
-    def bind(self, fd: int, identity: bytes) -> bool:
-        """``identity``'s good hello came in on descriptor ``fd``; False when that
-        connection is already gone."""
-        try:
-            ino = os.fstat(fd).st_ino
-        except OSError:
-            return False
+    def bind(self, fd: int, identity: bytes) -> None:
+        """``identity``'s good hello came in on descriptor ``fd``.  The loop may read it
+        before this thread has seen the connection's ACCEPTED: then the entry starts here."""
+        ino = _inode(fd)
+        if ino is None:
+            self.gone.append(identity)  # its connection went before the hello was read
+            return
         with self._lock:
             conn = self._conns.get(fd)
-            if conn is None or conn.ino != ino or conn.evicted:
-                return False
+            if conn is None or conn.ino != ino:
+                self._replace(fd, _Connection(ino, time.monotonic()))
+                conn = self._conns[fd]
             conn.identity = identity
-            return True
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(2)
+        if not self._thread.is_alive():
+            os.close(self._slot)
+            os.close(self._null)
 
     # -- the thread ---------------------------------------------------------------------------
 
@@ -163,20 +181,24 @@ class Gatekeeper:
                     self._answer_zap()
                 while self._monitor.poll(0):
                     self._on_event(self._monitor.recv_multipart())
+                self._reap()
                 self._evict(time.monotonic())
                 self._log.flush()
             except zmq.ZMQError as e:
                 if e.errno == zmq.ETERM:
                     return
                 log.error("gatekeeper: %s", e)
+            except Exception:  # a bug here must not leave every new connection unanswered
+                log.exception("gatekeeper")
+                time.sleep(0.1)
 
     def _answer_zap(self) -> None:
         """RFC 27: CURVE with any (ephemeral) client key is let through to the hello;
         anything else is refused."""
         req = self._zap.recv_multipart()
-        if len(req) < 6:
-            return
-        version, request_id, domain, address, _identity, mechanism = req[:6]
+        if len(req) < 6:  # not from libzmq; a REP socket must still answer before it reads again
+            req = req + [b""] * (6 - len(req))
+        _version, request_id, domain, address, _identity, mechanism = req[:6]
         creds = req[6:]
         if mechanism == b"CURVE" and domain == ZAP_DOMAIN and len(creds) == 1 and len(creds[0]) == 32:
             self._zap.send_multipart([b"1.0", request_id, b"200", b"OK", b"curve", b""])
@@ -193,65 +215,78 @@ class Gatekeeper:
         event = int.from_bytes(frames[0][:2], "little")
         value = int.from_bytes(frames[0][2:], "little")
         if event == zmq.EVENT_ACCEPTED:
-            try:
-                ino = os.fstat(value).st_ino
-            except OSError:
-                return  # already closed; its DISCONNECTED follows
+            ino = _inode(value)
+            if ino is None:
+                return  # already closed
             with self._lock:
-                old = self._conns.get(value)
-                if old is not None and old.identity is not None:
-                    self.gone.append(old.identity)  # its DISCONNECTED was missed
-                self._conns[value] = _Connection(ino, time.monotonic())
-                self.counters["connections"] = len(self._conns)
+                conn = self._conns.get(value)
+                if conn is None or conn.ino != ino:  # (else: bound before we saw it)
+                    self._replace(value, _Connection(ino, time.monotonic()))
         elif event == zmq.EVENT_DISCONNECTED:
-            with self._lock:
-                conn = self._conns.pop(value, None)
-                self.counters["connections"] = len(self._conns)
-            if conn is not None and conn.identity is not None:
-                self.gone.append(conn.identity)
+            self._reap()
         elif event & _HANDSHAKE_FAILED:
             self.counters["handshakes_refused"] += 1
             self._log.warning("a handshake failed (%s, %d): not CURVE, a wrong key, or too slow",
                               zmq.Event(event).name, value)
 
+    def _replace(self, fd: int, conn: _Connection | None) -> None:
+        """(Under the lock.)  Whatever was at ``fd`` has gone; ``conn`` is there now."""
+        old = self._conns.pop(fd, None)
+        if old is not None and old.identity is not None:
+            self.gone.append(old.identity)
+        if conn is not None:
+            self._conns[fd] = conn
+        self.counters["connections"] = len(self._conns)
+
+    def _reap(self) -> None:
+        """Forget the connections whose descriptor is closed or is another socket now.
+        The inode is the truth: a DISCONNECTED event is sent just before libzmq closes
+        the descriptor, and a descriptor number is soon reused, so every tick checks."""
+        with self._lock:
+            for fd, conn in list(self._conns.items()):
+                if _inode(fd) != conn.ino:
+                    self._replace(fd, None)
+
     def _evict(self, now: float) -> None:
         """Shut down unbound connections beyond MAX_UNBOUND (oldest first) and those past
         HELLO_DEADLINE_S."""
         with self._lock:
-            unbound = sorted(((c.accepted, fd, c) for fd, c in self._conns.items()
-                              if c.identity is None and not c.evicted), key=lambda t: t[0])
+            unbound = [(c.accepted, fd, c) for fd, c in self._conns.items() if c.identity is None and not c.evicted]
+            unbound.sort(key=lambda t: t[0])
             excess = len(unbound) - MAX_UNBOUND
             victims = [(fd, c) for i, (accepted, fd, c) in enumerate(unbound)
                        if i < excess or now - accepted > HELLO_DEADLINE_S]
             for fd, conn in victims:
-                conn.evicted = True
-        for fd, conn in victims:
-            if self._shutdown(fd, conn.ino):
-                self.counters["connections_evicted"] += 1
+                conn.evicted = self._shutdown(fd, conn.ino)
+                if conn.evicted:
+                    self.counters["connections_evicted"] += 1
         if victims:
             self._log.warning("shut down %d connection(s) without a hello (%d unbound at most, %g s to say hello)",
                               len(victims), MAX_UNBOUND, HELLO_DEADLINE_S)
 
-    @staticmethod
-    def _shutdown(fd: int, ino: int) -> bool:
+    def _shutdown(self, fd: int, ino: int) -> bool:
         """shutdown(2) the socket at ``fd`` if it is still the one accepted (same inode);
-        libzmq, which owns the descriptor, then reads EOF and closes it."""
+        libzmq, which owns the descriptor, then reads EOF and closes it.  The socket is
+        looked at through a descriptor reserved for this (``dup2`` onto it), not a new one:
+        this runs when the process may have none left."""
+        slot = self._slot
         try:
-            dup = os.dup(fd)
+            os.dup2(fd, slot, inheritable=False)
         except OSError:
             return False
         try:
-            if os.fstat(dup).st_ino != ino:
+            if os.fstat(slot).st_ino != ino:
                 return False
-            with socket.socket(fileno=dup) as s:
-                dup = -1
+            s = socket.socket(fileno=slot)
+            try:
                 s.shutdown(socket.SHUT_RDWR)
+            finally:
+                s.detach()
             return True
         except OSError:
             return False
         finally:
-            if dup >= 0:
-                os.close(dup)
+            os.dup2(self._null, slot, inheritable=False)  # let go of the socket
 
 
 class Router:
@@ -268,6 +303,7 @@ class Router:
         sock.setsockopt(zmq.RCVHWM, ROUTER_RCVHWM)
         sock.setsockopt(zmq.SNDHWM, ROUTER_SNDHWM)
         sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
+        sock.setsockopt(zmq.BACKLOG, LISTEN_BACKLOG)
         self.public_key: str | None = None
         zap = None
         try:
@@ -333,8 +369,7 @@ class Router:
         if src is None or src[0] != identity:
             return
         self._bound.add(identity)
-        if not self._gate.bind(src[1], identity):
-            self._gate.gone.append(identity)  # its connection went before the hello was read
+        self._gate.bind(src[1], identity)
 
     def disconnected(self) -> list[bytes]:
         """Bound peers whose connection has gone since the last call."""
