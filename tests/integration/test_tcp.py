@@ -90,7 +90,19 @@ def test_the_endpoint_is_curve_and_the_server_key_is_in_the_manifest(tcp_run):
     assert len(man.get("server_key", "")) == 40, "the manifest names the server's CURVE public key (Z85)"
     # Its worker and partition processes were told the key (their specs), and connected.
     assert (tcp_run.path / "worker-alpha.json").read_text().count(man["server_key"]) == 1
-    tcp_run.launch("status", tcp_run.name)  # an attach command finds the key itself
+    r = tcp_run.launch("status", tcp_run.name)  # an attach command finds the key itself
+    assert r.returncode == 0, r.stderr
+    # The secret half reached the hypervisor on a descriptor: not in its argv or environment.
+    hv = hv_process(tcp_run)
+    assert "--curve-key-fd" in hv.cmdline()
+    for text in [*hv.cmdline(), *hv.environ().values()]:
+        for word in text.split():
+            if len(word) == 40:
+                try:
+                    derived = zmq.curve_public(word.encode()).decode()
+                except (zmq.ZMQError, ValueError):
+                    continue
+                assert derived != man["server_key"], "the CURVE secret key is in the hypervisor's argv or environment"
     st = status(tcp_run)
     assert st["partitions"][0]["worker"]
 
