@@ -104,6 +104,31 @@ def test_a_frame_over_maxmsgsize_is_dropped_before_it_is_buffered(tcp_router, ke
         d.close()
 
 
+def test_a_peer_the_loop_does_not_read_can_queue_only_a_few_frames(tcp_router, keys):
+    """A flooding peer waits in its own queue (backpressure), not in the hypervisor's: with
+    the loop not reading, 1 MiB frames stop being taken after RCVHWM (+ what the kernel's
+    socket buffers hold), not after ZeroMQ's default of 1000."""
+    d = Dealer(tcp_router.endpoint, keys[0])
+    d._sock.sndhwm = 1
+    frame = zmq.Frame(b"x" * transport.MAX_FRAME_BYTES)
+    taken, deadline = 0, time.monotonic() + 3
+    try:
+        while taken < 200 and time.monotonic() < deadline:
+            try:
+                d.send(frame, zmq.NOBLOCK, copy=False)
+                taken += 1
+            except zmq.Again:
+                time.sleep(0.01)
+        queued = 0
+        while tcp_router.wait(200):
+            tcp_router.recv()
+            queued += 1
+    finally:
+        d.close()
+    assert taken < 64, f"the hypervisor's side took {taken} frames of 1 MiB without reading one"
+    assert queued >= transport.ROUTER_RCVHWM
+
+
 def test_idle_connections_beyond_the_limit_are_shut_down_oldest_first(tcp_router, keys, monkeypatch):
     monkeypatch.setattr(transport, "MAX_UNBOUND", 4)
     idle = [socket.create_connection(("127.0.0.1", port_of(tcp_router)), timeout=5) for _ in range(10)]
