@@ -129,7 +129,7 @@ class Gatekeeper:
     handshake never waits for the loop.  It touches only its own sockets and the table
     (under a lock, shared with :meth:`Router.bind`)."""
 
-    def __init__(self, ctx: zmq.Context, monitor: zmq.Socket, zap: zmq.Socket | None) -> None:
+    def __init__(self, monitor: zmq.Socket, zap: zmq.Socket | None) -> None:
         self._monitor = monitor
         self._zap = zap
         self._lock = threading.Lock()
@@ -256,13 +256,14 @@ class Gatekeeper:
             excess = len(unbound) - MAX_UNBOUND
             victims = [(fd, c) for i, (accepted, fd, c) in enumerate(unbound)
                        if i < excess or now - accepted > HELLO_DEADLINE_S]
+            done = 0
             for fd, conn in victims:
-                conn.evicted = self._shutdown(fd, conn.ino)
-                if conn.evicted:
-                    self.counters["connections_evicted"] += 1
-        if victims:
+                conn.evicted = self._shutdown(fd, conn.ino)  # (if not, it is retried, or reaped)
+                done += conn.evicted
+            self.counters["connections_evicted"] += done
+        if done:
             self._log.warning("shut down %d connection(s) without a hello (%d unbound at most, %g s to say hello)",
-                              len(victims), MAX_UNBOUND, HELLO_DEADLINE_S)
+                              done, MAX_UNBOUND, HELLO_DEADLINE_S)
 
     def _shutdown(self, fd: int, ino: int) -> bool:
         """shutdown(2) the socket at ``fd`` if it is still the one accepted (same inode);
@@ -329,7 +330,7 @@ class Router:
             self._ctx.term()
             raise TransportError(f"cannot bind {endpoint}: {e}") from e
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._gate = Gatekeeper(self._ctx, monitor, zap)
+        self._gate = Gatekeeper(monitor, zap)
         self._monitor, self._zap = monitor, zap
         self._poll = sock.poll
         self._recv = sock.recv
@@ -338,7 +339,9 @@ class Router:
 
     @property
     def counters(self) -> dict[str, int]:
-        """handshakes_refused, connections_evicted, connections (open now)."""
+        """handshakes_refused (not CURVE, a wrong key, too slow, or shut down before the
+        handshake ended), connections_evicted (shut down without a good hello),
+        connections (open now)."""
         return self._gate.counters
 
     def wait(self, timeout_ms: int) -> bool:
