@@ -167,3 +167,16 @@ def test_a_peer_whose_connection_goes_is_forgotten_with_its_streams(stack):
     assert b"r2" not in stack.hv.peers.by_identity and not stack.hv.tracer.tracers
     assert stack.hv.counters["peers_disconnected"] == 1
     assert stack.hv.status().peers == 1  # the root the fixture bound
+
+
+def test_a_worker_or_vp_that_disconnects_leaves_the_table_but_keeps_its_place(two):
+    """Its entry goes; its place in the partition stays taken for the run (the root sees
+    the process die), so nobody else can claim the partition's devices or VPs."""
+    peers = len(two.hv.peers)
+    two.router.dropped += [worker_id(1), vp_id(1, 0)]
+    two.hv._housekeeping()
+    assert worker_id(1) not in two.hv.peers.by_identity and vp_id(1, 0) not in two.hv.peers.by_identity
+    assert len(two.hv.peers) == peers - 2
+    assert two.hv.table.get(1).worker == worker_id(1)
+    assert error_of(two.hello(b"w1new", "worker", 1), b"w1new").code == "CONFLICT"
+    assert error_of(two.hello(b"v10new", "vp", 1, 0), b"v10new").code == "CONFLICT"
