@@ -74,9 +74,8 @@ MAX_MSG_BYTES = MAX_FRAME_BYTES + 4096
 ROUTER_RCVHWM = 16  # messages one connection may have queued for the loop
 ROUTER_SNDHWM = 1000  # messages queued to one peer (trace and console streams drop beyond)
 HANDSHAKE_IVL_MS = 5000  # ZMTP greeting and CURVE handshake
-# listen(2) backlog: a flood of connects waits in the kernel's accept queue to be accepted
-# (and shut down) instead of having its SYNs dropped, which would also drop root's and make
-# it retry 1 s, then 3 s, later.
+# listen(2) backlog: a connect flood waits to be accepted (and shut down) rather than having
+# SYNs dropped, root's with them (which would retry 1 s, then 3 s, later).
 LISTEN_BACKLOG = 1024
 MAX_UNBOUND = 128  # connections that have not said a good hello
 HELLO_DEADLINE_S = 10.0  # after which a connection without a good hello is shut down
@@ -196,8 +195,7 @@ class Gatekeeper:
         """RFC 27: CURVE with any (ephemeral) client key is let through to the hello;
         anything else is refused."""
         req = self._zap.recv_multipart()
-        if len(req) < 6:  # not from libzmq; a REP socket must still answer before it reads again
-            req = req + [b""] * (6 - len(req))
+        req += [b""] * (6 - len(req))  # (libzmq's have 6 or more; a REP socket must answer anyway)
         _version, request_id, domain, address, _identity, mechanism = req[:6]
         creds = req[6:]
         if mechanism == b"CURVE" and domain == ZAP_DOMAIN and len(creds) == 1 and len(creds[0]) == 32:
@@ -429,7 +427,7 @@ class Dealer:
             raise TransportError(f"{endpoint} is CURVE only: connecting needs the run's server key")
         self._sock = _context().socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
-        if server_key:
+        if server_key and is_tcp(endpoint):  # (ipc is NULL: the run directory guards it)
             try:
                 self._sock.curve_serverkey = server_key.encode()
                 self._sock.curve_publickey, self._sock.curve_secretkey = zmq.curve_keypair()
@@ -492,6 +490,11 @@ def connect(endpoint: str, role: str, partition: int, vp: int, secret: str | Non
     dealer = Dealer(endpoint, server_key)
     try:
         dealer.hello(role, partition, vp, token, timeout_ms)
+    except PeerTimeout as e:
+        dealer.close()
+        if is_tcp(endpoint):
+            raise PeerTimeout(f"{e} (over tcp only a client with the run's server key is answered)") from e
+        raise
     except BaseException:
         dealer.close()
         raise
