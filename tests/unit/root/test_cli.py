@@ -14,6 +14,7 @@ import pytest
 
 from root.cli import COMMANDS, main
 from root.commands.common import PROG
+from root.rundir import launcher_identity
 
 NAMES = [c.NAME for c in COMMANDS]
 # Arguments that name a run (and what else the command requires), per command.
@@ -149,7 +150,8 @@ def test_a_run_whose_launcher_is_gone_is_not_running(fake_run, capsys):
     dead.wait()
     fake_run("gone-1", launcher_pid=dead.pid)
     assert main(["status", "gone-1"]) == 1
-    assert capsys.readouterr().err == "launch.py status: run gone-1 is not running (its launcher is gone)\n"
+    assert capsys.readouterr().err == ("launch.py status: run gone-1 is not running (its launcher died without "
+                                       "ending the run; `launch.py ls --prune` cleans it up)\n")
 
 
 def test_a_prefix_that_matches_several_runs_names_them(fake_run, capsys):
@@ -249,7 +251,8 @@ def launcher(fake_run):
         procs.append(proc)
         assert proc.stdout.readline() == "ready\n"
         man = json.loads((path / "manifest.json").read_text())
-        (path / "manifest.json").write_text(json.dumps({**man, "launcher_pid": proc.pid}))
+        (path / "manifest.json").write_text(json.dumps({**man, "launcher_pid": proc.pid,
+                                                        "launcher": launcher_identity(proc.pid)}))
         return path, proc
 
     yield start
