@@ -42,7 +42,11 @@ def run(args) -> int:
         raise HvstackError(f"run {run.name}: cannot signal its launcher: {e}") from None
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
-        man = run.manifest()
+        try:
+            man = run.manifest()
+        except HvstackError:  # being rewritten by a launcher that does not replace it whole
+            time.sleep(0.05)
+            continue
         if man.get("state") == "ended":
             print(f"run {run.name} ended: {man['ended']['reason']}")
             return 0
