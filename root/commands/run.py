@@ -13,6 +13,7 @@ from root.run import execute
 from root.topology import default_topology, read_topology
 
 NAME = "run"
+MAX_DURATION_S = 86400.0  # a topology's duration_s has the same bound
 HELP = "run a topology file (default: the embedded topology)"
 
 
@@ -22,6 +23,11 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    d = args.duration
+    if d is not None and not 0 <= d <= MAX_DURATION_S:  # NaN fails this too
+        print(f"{PROG} run: --duration {d} must be 0 (until stopped) or 0 < S <= {MAX_DURATION_S:.0f} seconds",
+              file=sys.stderr)
+        return 2
     try:
         topology = read_topology(args.config) if args.config else default_topology()
     except ConfigError as e:
