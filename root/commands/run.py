@@ -10,6 +10,7 @@ from proto.errors import ConfigError
 from root.commands.common import PROG
 from root.report import Output
 from root.run import execute
+from root.rundir import checked_runs_root
 from root.topology import default_topology, read_topology
 
 NAME = "run"
@@ -33,6 +34,7 @@ def run(args) -> int:
     except ConfigError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return ConfigError.exit_code
+    checked_runs_root(create=True)  # a runs root that is not ours: one line and status 2, nothing started
     out = Output()
     the_run, reason, code = execute(topology, out, args.duration)
     out.report(the_run, the_run.final_status)

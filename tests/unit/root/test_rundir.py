@@ -114,3 +114,22 @@ def test_a_live_run_is_not_pruned(fake_run, capsys):
     (path / "memory.pool").write_bytes(b"x")
     assert main(["ls", "--prune"]) == 0
     assert "live-1" in capsys.readouterr().out and (path / "memory.pool").exists()
+
+
+def test_run_refuses_a_runs_root_that_is_not_private_before_anything_starts(runs, tmp_path, capsys):
+    runs.chmod(0o755)
+    cfg = tmp_path / "t.toml"
+    cfg.write_text("[[partition]]\nname = 'a'\n")
+    assert main(["run", str(cfg)]) == 2
+    assert capsys.readouterr().err == f"launch.py run: the runs directory {runs} has mode 0755, not 0700: " \
+                                      f"refused (chmod 700 it if it is yours)\n"
+    assert list(runs.iterdir()) == []
+
+
+def test_a_missing_runs_root_is_created_private(runs, tmp_path, monkeypatch):
+    from root.rundir import checked_runs_root
+
+    monkeypatch.setenv("HVSTACK_RUN_DIR", str(tmp_path / "new" / "runs"))
+    assert checked_runs_root() is None
+    root = checked_runs_root(create=True)
+    assert root == tmp_path / "new" / "runs" and stat.S_IMODE(root.stat().st_mode) == 0o700
