@@ -310,7 +310,14 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
                     raise derr(k, f"{v!r} is not an I/O port (0..0xffff)")
                 if k in IRQ_KEYS and (not isinstance(v, int) or isinstance(v, bool) or v not in ISA_IRQS):
                     raise derr(k, f"{v!r} is not an ISA IRQ (0..15: the PIC pair's inputs)")
+            for k, default in DEVICE_TYPES[kind].settings().items():
+                if default is dataclasses.MISSING and k not in d:
+                    raise derr(None, f"{kind} needs {k!r}")
+                kind_of = str if default is None or default is dataclasses.MISSING else type(default)
+                if k in d and (type(d[k]) is not kind_of):
+                    raise derr(k, f"expected {kind_of.__name__}, got {type(d[k]).__name__} {d[k]!r}")
             try:
+                DEVICE_TYPES[kind].build({k: v for k, v in d.items() if k != "type"})
                 ports = device_ports(d)
             except (ValueError, TypeError) as e:
                 raise derr(_key_named_in(d, str(e)), str(e)) from None
@@ -349,7 +356,11 @@ def _port_key(spec: dict, port: int) -> str | None:
 def _key_named_in(spec: dict, message: str) -> str | None:
     """The setting whose value a config's error message quotes."""
     for k, v in spec.items():
-        if k != "type" and isinstance(v, int) and not isinstance(v, bool) and \
+        if k == "type":
+            continue
+        if isinstance(v, str) and repr(v) in message:
+            return k
+        if isinstance(v, int) and not isinstance(v, bool) and \
                 (f"{v:#x}" in message or re.search(rf"\b{v}\b", message)):
             return k
     return None

@@ -39,6 +39,13 @@ GEN1 = "[run]\nname = 'bad'\n\n[[partition]]\nname = 'alpha'\n"
      "[[partition.device]] #1 base: 'x' is not an I/O port (0..0xffff)"),
     ("disk = { image = 'nowhere/alpha.img', size_mb = 1 }\n", 6,
      "[[partition]] #1 disk: image 'nowhere/alpha.img': no directory {dir}/nowhere"),
+    ("[[partition.device]]\ntype = 'uart16550'\nname = 5\nbase = 0x2F8\n", 8,
+     "[[partition.device]] #1 name: expected str, got int 5"),
+    ("[[partition.device]]\ntype = 'ata'\nname = 'ata1'\ncommand_base = 0x170\ncontrol_port = 0x376\n", 6,
+     "[[partition.device]] #1 ata needs 'image_path'"),
+    ("[[partition.device]]\ntype = 'ata'\nname = 'ata1'\nimage_path = 'x.img'\nmodel = '" + "m" * 41 + "'\n", 10,
+     "[[partition.device]] #1 model: model 'mmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmm' must be at most 40 printable ASCII "
+     "characters"),
     # shapes a topology must not have
     ("workloads = [1]\n", 6, "[[partition]] #1 workloads: expected a list of strings, got int 1 in it"),
     ("enlightenments = [['hypercall']]\n", 6,
