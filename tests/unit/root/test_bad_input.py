@@ -5,6 +5,8 @@ process starts — driven in-process through root.cli.main."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from root.cli import main
@@ -91,3 +93,73 @@ def test_run_duration_must_be_0_or_a_positive_number_of_seconds(value, runs, cap
     err = capsys.readouterr().err
     assert err == f"launch.py run: --duration {float(value)} must be 0 (until stopped) or 0 < S <= 86400 seconds\n"
     assert not any(runs.iterdir())
+
+
+WEIRD = [0, -1, 1 << 70, 1.5, float("nan"), True, "x", "", [], [1], [[]], {}, {"a": 1}, [{"type": 1}]]
+
+
+def _paths(node, path=()):
+    """Every key path of a parsed topology, into tables and arrays of tables."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield (*path, k)
+            yield from _paths(v, (*path, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            if isinstance(v, dict):
+                yield from _paths(v, (*path, i))
+
+
+def _replaced(node, path, value):
+    import copy
+
+    out = copy.deepcopy(node)
+    here = out
+    for k in path[:-1]:
+        here = here[k]
+    here[path[-1]] = value
+    return out
+
+
+@pytest.mark.parametrize("config", ["configs/default.toml", "configs/two-uarts.toml", "tests/configs/one.toml"])
+def test_any_value_of_any_key_is_a_config_error_or_a_topology_never_a_traceback(config, tmp_path):
+    """Every key of a shipped topology, given each of a set of values of the wrong type or
+    range, either loads or raises ConfigError (what `run` turns into one line and exit 2)."""
+    import tomllib
+
+    from proto.errors import ConfigError
+    from root import REPO
+    from root.topology import load_topology
+
+    def toml_of(node) -> str:
+        return json_to_toml(node)
+
+    data = tomllib.loads((REPO / config).read_text())
+    tried = 0
+    for path in _paths(data):
+        for value in WEIRD:
+            text = toml_of(_replaced(data, path, value))
+            try:
+                load_topology(text, "<t>", tmp_path)
+            except ConfigError:
+                pass
+            tried += 1
+    assert tried > 100
+
+
+def json_to_toml(node) -> str:
+    """A parsed topology back to TOML, inline (good enough to feed load_topology)."""
+    def value(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, float):
+            return "nan" if v != v else repr(v)
+        if isinstance(v, int):
+            return str(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return "{" + ", ".join(f"{json.dumps(k)} = {value(x)}" for k, x in v.items()) + "}"
+
+    return "\n".join(f"{json.dumps(k)} = {value(v)}" for k, v in node.items()) + "\n"
