@@ -24,7 +24,7 @@ from proto.status import HypervisorStatus
 from proto.transport import ipc_endpoint
 from root import hostflow
 from root.client import ConsoleWatcher, RootClient
-from root.procs import Proc, describe_exit, spawn, stop_procs
+from root.procs import STOP_GRACE_S, Proc, describe_exit, spawn, stop_procs
 from root.report import Output
 from root.rundir import GUEST_MEMORY_FILES, RunDir, launcher_identity, new_run_dir, pid_alive, write_json, write_private
 from root.topology import Topology
@@ -34,6 +34,7 @@ WORKER_READY_TIMEOUT_S = 10.0
 STATUS_INTERVAL_S = 0.25  # how often supervision reads the hypervisor's status
 FINISH_GRACE_S = 30  # beyond the duration, before guests that have not finished end the run
 UNTIL_STOPPED_S = 86400.0  # the guest's duration when the run's is 0 ("until stopped")
+HV_DEAD_PARTITION_GRACE_S = 0.5
 # Stop order: the partitions first, then their workers, then the hypervisor.
 STOP_ORDER = {"partition": 0, "worker": 1, "hypervisor": 2}
 # Every file a run's processes create is theirs alone (0600; directories 0700): they inherit
@@ -236,8 +237,12 @@ class Run:
             if c is not None:
                 c.close()
         exits: dict = {}
+        # A partition whose hypervisor is dead has nothing to finish (its VPs wait for
+        # resumes that will never come): a short grace, then SIGKILL.
+        hv_dead = not self._hypervisor_alive()
         for stage in range(len(STOP_ORDER)):
-            exits.update(stop_procs([p for p in self.procs if STOP_ORDER[p.role] == stage]))
+            grace = HV_DEAD_PARTITION_GRACE_S if hv_dead and stage == STOP_ORDER["partition"] else STOP_GRACE_S
+            exits.update(stop_procs([p for p in self.procs if STOP_ORDER[p.role] == stage], grace))
         left = [p.pid for p in self.procs if pid_alive(p.pid)]
         if not left:
             for pattern in GUEST_MEMORY_FILES:
