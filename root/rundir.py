@@ -69,7 +69,7 @@ def checked_runs_root(create: bool = False) -> Path | None:
         return None
     except OSError as e:
         raise UnsafeRunsRoot(f"cannot use the runs directory {root}: {e.strerror}") from e
-    fix = f"remove it or set HVSTACK_RUN_DIR to a directory of your own"
+    fix = "remove it or set HVSTACK_RUN_DIR to a directory of your own"
     if not stat.S_ISDIR(st.st_mode):
         raise UnsafeRunsRoot(f"the runs directory {root} is not a directory (a symlink?): refused; {fix}")
     if st.st_uid != os.geteuid():
@@ -124,6 +124,15 @@ def launcher_process(man: dict) -> psutil.Process | None:
     return p
 
 
+def launcher_alive(man: dict) -> bool:
+    """Whether a run's launcher is alive: the process its identity names, or — for a
+    manifest written before launchers recorded one — any live process with its pid (only
+    ever shown, never signalled: ``stop`` needs the identity)."""
+    if isinstance(man.get("launcher"), dict):
+        return launcher_process(man) is not None
+    return pid_alive(man.get("launcher_pid"))
+
+
 def pid_alive(pid: int | None) -> bool:
     if not pid:
         return False
@@ -160,12 +169,12 @@ class RunDir:
             man = self.manifest()
         except HvstackError:
             return False
-        return man.get("state") == "running" and launcher_process(man) is not None
+        return man.get("state") == "running" and launcher_alive(man)
 
     def launcher_died(self, man: dict | None = None) -> bool:
         """The manifest says the run is starting or running, but its launcher is gone."""
         man = self.manifest() if man is None else man
-        return man.get("state") in ("starting", "running") and launcher_process(man) is None
+        return man.get("state") in ("starting", "running") and not launcher_alive(man)
 
     def state(self) -> str:
         """'running', 'launcher died', or how the run ended."""

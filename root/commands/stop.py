@@ -33,6 +33,9 @@ def run(args) -> int:
         print(f"run {run.name} is not running ({run.ended_reason()})")
         return 1
     launcher = launcher_process(man)
+    if launcher is None and not isinstance(man.get("launcher"), dict):
+        raise HvstackError(f"the manifest of run {run.name} does not identify its launcher (pid "
+                           f"{man.get('launcher_pid')} could be any process): not signalled")
     if launcher is None:  # it died (or its pid went to another process) since is_live()
         raise HvstackError(f"pid {man.get('launcher_pid')} is not the launcher of run {run.name}: not signalled")
     write_private(run.path / "stop-requested", f"{PROG} stop (pid {os.getpid()})")

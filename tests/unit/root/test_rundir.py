@@ -72,6 +72,8 @@ def test_stop_does_not_signal_a_pid_that_is_not_the_runs_launcher(fake_run, vict
 def test_stop_does_not_signal_a_pid_a_manifest_names_without_the_launchers_identity(fake_run, victim, capsys):
     fake_run("live-1", launcher_pid=victim.pid, identity=False)
     assert main(["stop", "live-1", "--timeout", "0.3"]) == 1
+    assert capsys.readouterr().err == (f"launch.py stop: the manifest of run live-1 does not identify its launcher "
+                                       f"(pid {victim.pid} could be any process): not signalled\n")
     assert victim.poll() is None
 
 
