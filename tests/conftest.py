@@ -9,7 +9,8 @@ its own in the system's temporary directory and points ``TMPDIR`` (and ``tempfil
 process a test starts use it — and ``HVSTACK_RUN_DIR`` at ``runs/`` inside it; a test that
 wants other places sets its own.  pytest's own ``tmp_path`` stays where it was (its
 retention of the last sessions is pytest's).  At the end the directory is removed, unless a
-test failed or ``--hvstack-keep-runs`` was given: then its path is printed.
+test failed or ``--hvstack-keep-runs`` was given and something is in it: then its path is
+printed.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def pytest_unconfigure(config):
             os.environ[k] = v
     tempfile.tempdir = _saved["tempdir"]
     keep = _saved.get("failed") or config.getoption("hvstack_keep_runs", False)
-    if keep:
+    if keep and any(p.is_file() for p in _saved["dir"].rglob("*")):
         print(f"\nhvstack: this session's runs and temporary files are kept in {_saved['dir']}", file=sys.stderr)
     else:
         shutil.rmtree(_saved["dir"], ignore_errors=True)
