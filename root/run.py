@@ -110,8 +110,7 @@ class Run:
             pid = self.partition_ids[pc.name]
             token = auth.peer_token(self.secret, "vp", pid)
             spec = {"endpoint": self.endpoint, "server_key": self.server_key, "partition_id": pid, "name": pc.name,
-                    "vps": pc.vps,
-                    "memory_mb": pc.memory_mb, "workloads": pc.workloads,
+                    "vps": pc.vps, "memory_mb": pc.memory_mb, "workloads": pc.workloads,
                     # 0 means "until stopped": the guest runs its workloads for a day.
                     "duration_s": self.duration if self.duration > 0 else UNTIL_STOPPED_S}
             spec_path = self.run.path / f"partition-{pc.name}.json"
