@@ -1,9 +1,10 @@
-"""``python -m hypervisor --endpoint ENDPOINT --secret-fd N``.
+"""``python -m hypervisor --endpoint ENDPOINT --secret-fd N [--curve-key-fd FD]``.
 
 The run secret comes down the pipe whose read end is descriptor N (see
 :mod:`proto.confine`): not on the command line, where any user's ``ps`` would show it, nor
-in the environment, which ``/proc/PID/environ`` shows.  The hypervisor is not dumpable, so
-no process of its uid can read the secret out of its memory either.
+in the environment, which ``/proc/PID/environ`` shows.  A tcp endpoint's CURVE secret key
+comes the same way, on descriptor FD.  The hypervisor is not dumpable, so no process of its
+uid can read either out of its memory.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lps", type=int, default=2, help="logical processors the scheduler dispatches VPs on")
     ap.add_argument("--memory-dir", help="where the page pool and SLAT tables live (the run directory)")
     ap.add_argument("--pool-pages", type=int, default=4096, help="4 KiB pages of host memory in the pool")
+    ap.add_argument("--curve-key-fd", type=int,
+                    help="an inherited descriptor holding the tcp endpoint's CURVE secret key (Z85)")
     ap.add_argument("--log-level", default="INFO")
     ap.add_argument("--secret-fd", type=int, required=True, help="a pipe holding the run secret")
     args = ap.parse_args(argv)
@@ -35,8 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     if not secret:
         print("python -m hypervisor: no secret on --secret-fd", file=sys.stderr)
         return 2
+    curve_key = confine.read_secret(args.curve_key_fd) if args.curve_key_fd is not None else None
     # The one socket, bound here and handed to the loop (which tests drive with a fake).
-    hv = Hypervisor(Router(args.endpoint), secret, args.lps, args.memory_dir, args.pool_pages)
+    hv = Hypervisor(Router(args.endpoint, curve_key), secret, args.lps, args.memory_dir, args.pool_pages)
 
     def stop(signum, frame):
         hv.running = False

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         memory = (GuestMemory(args.memory_fd, args.slat_fd), tlbs)
     # Every VP's socket connected while the run's socket can be reached; then confined.
     endpoint = reachable(args, spec)
-    sockets = [Dealer(endpoint, connected_within_ms=5000) for _ in range(spec["vps"])]
+    sockets = [Dealer(endpoint, spec.get("server_key"), connected_within_ms=5000) for _ in range(spec["vps"])]
     if args.namespaces:
         os.close(args.keep_fd)
     if args.uid is not None:

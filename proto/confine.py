@@ -130,18 +130,19 @@ def level() -> str:
     return best
 
 
-def read_secret(fd: int) -> str:
-    """The secret written into the pipe whose read end is ``fd`` (closed after)."""
-    chunks = []
+def read_secret(fd: int, limit: int = 4096) -> str:
+    """The secret written into the pipe whose read end is ``fd``, up to EOF (at most
+    ``limit`` bytes are read); the descriptor is closed after."""
+    data = b""
     try:
-        while True:
-            b = os.read(fd, 4096)
-            if not b:
+        while len(data) <= limit:
+            chunk = os.read(fd, limit + 1 - len(data))
+            if not chunk:
                 break
-            chunks.append(b)
+            data += chunk
     finally:
         os.close(fd)
-    return b"".join(chunks).decode("ascii").strip()
+    return data[:limit].decode("ascii").strip()
 
 
 def secret_pipe(secret: str) -> int:

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     chipset = Chipset(spec["devices"], console)
     memory = GuestMemory(args.memory_fd, args.slat_fd) if args.memory_fd is not None else None
     # Connected while the run's socket can still be reached; then confined; then hello.
-    dealer = Dealer(reachable(args, spec), connected_within_ms=5000)
+    dealer = Dealer(reachable(args, spec), spec.get("server_key"), connected_within_ms=5000)
     if args.namespaces:
         os.close(args.keep_fd)
     if args.uid is not None:
