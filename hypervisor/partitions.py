@@ -93,7 +93,11 @@ class Partition:
     unclaimed_reads: int = 0
     unclaimed_writes: int = 0
     unmapped_gpa: int = 0
-    worker_timeouts: int = 0
+    worker_timeouts: int = 0  # accesses (and health checks) its worker did not answer in time
+    # Its worker stopped answering (forwarding.py): the partition was paused, and its VPs'
+    # accesses wait for the worker.  Cleared when the worker answers again.
+    unresponsive: bool = False
+    health_pauses: int = 0  # times it was paused for that
 
     def reset(self) -> None:
         """The partition-wide part of a reset: the synthetic MSRs to their reset values
