@@ -65,6 +65,7 @@ class Run:
     final_status: HypervisorStatus | None = None  # the hypervisor's status as the run ended
     _stop_reason: str | None = None
     _console_partial: dict = field(default_factory=dict)
+    _unresponsive: list = field(default_factory=list)  # partitions whose worker stopped answering
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -181,6 +182,7 @@ class Run:
                 if p.state == "finalized" and p.id not in stopped:
                     stopped.add(p.id)
                     self._stop_partition(p.id)
+            self._note_unresponsive(status)
             if len(stopped) == len(self.partition_ids):
                 raise RunEnded("every partition was stopped (ctl stop)", 0)
             if self.duration > 0:
@@ -190,6 +192,20 @@ class Run:
                     return status
                 if time.monotonic() > deadline:
                     raise RunEnded(f"guests did not finish within {grace:.0f} s", 1)
+
+    def _note_unresponsive(self, status: HypervisorStatus) -> None:
+        """The hypervisor paused a partition whose worker stopped answering (or it answers
+        again): say so, and in the manifest (``unresponsive_partitions``)."""
+        names = {v: k for k, v in self.partition_ids.items()}
+        now = sorted(names.get(p.id, str(p.id)) for p in status.partitions if p.unresponsive)
+        if now == self._unresponsive:
+            return
+        for name in sorted(set(now) - set(self._unresponsive)):
+            self.out.print(f"partition {name}: its worker stopped answering; the partition is paused (unresponsive)")
+        for name in sorted(set(self._unresponsive) - set(now)):
+            self.out.print(f"partition {name}: its worker answers again; `ctl resume` lets it run")
+        self._unresponsive = now
+        self._manifest_update(unresponsive_partitions=now)
 
     def _stop_partition(self, pid: int) -> None:
         """`ctl stop`: end one partition's processes; the rest of the run goes on."""
