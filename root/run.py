@@ -22,7 +22,7 @@ from proto import auth
 from proto.errors import HvstackError
 from proto.status import HypervisorStatus
 from proto.transport import ipc_endpoint
-from root import hostflow
+from root import cgroups, hostflow
 from root.client import ConsoleWatcher, RootClient
 from root.procs import Proc, describe_exit, spawn, stop_procs
 from root.report import Output
@@ -66,6 +66,7 @@ class Run:
     _stop_reason: str | None = None
     _console_partial: dict = field(default_factory=dict)
     _unresponsive: list = field(default_factory=list)  # partitions whose worker stopped answering
+    _cgroups: dict = field(default_factory=dict)  # partition name → its cpu cgroup (root/cgroups.py)
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -117,7 +118,20 @@ class Run:
             write_json(spec_path, spec)
             self.procs.append(spawn("partition", pc.name, "partitions", ["--spec", str(spec_path)],
                                     {"HVSTACK_TOKEN": token}, logs))
+            self._limit_cpu(pc, self.procs[-1].pid)
         self._manifest_update(state="running")
+
+    def _limit_cpu(self, pc, pid: int) -> None:
+        """cpu.limit on the host as well, where cgroups allow (root/cgroups.py)."""
+        limit = pc.cpu.get("limit", 100)
+        if limit >= 100:
+            return
+        path, note = cgroups.limit_cpu(self.run.name, pc.name, pid, limit, pc.vps)
+        self._cgroups[pc.name] = path
+        self.out.print(f"partition {pc.name}: {note}")
+        man = self.run.manifest().get("cpu_cgroups", {})
+        man[pc.name] = {"cgroup": str(path) if path else None, "note": note}
+        self._manifest_update(cpu_cgroups=man)
 
     def _await_ready(self, hv: Proc) -> str:
         deadline = time.monotonic() + HV_READY_TIMEOUT_S
@@ -214,6 +228,7 @@ class Run:
         exits = stop_procs(sorted(procs, key=lambda p: p.role != "partition"))
         for p in procs:
             self.procs.remove(p)
+        cgroups.remove(self._cgroups.pop(name, None))
         self.out.print(f"partition {name} stopped: " + ", ".join(f"{k} {describe_exit(v)}" for k, v in exits.items()))
         self._manifest_update(stopped_partitions=sorted(
             set(self.run.manifest().get("stopped_partitions", [])) | {name}))
@@ -244,6 +259,8 @@ class Run:
         for stage in range(len(STOP_ORDER)):
             exits.update(stop_procs([p for p in self.procs if STOP_ORDER[p.role] == stage]))
         left = [p.pid for p in self.procs if pid_alive(p.pid)]
+        for path in self._cgroups.values():
+            cgroups.remove(path)
         if not left:
             for pattern in GUEST_MEMORY_FILES:
                 for f in self.run.path.glob(pattern):

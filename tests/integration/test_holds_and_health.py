@@ -155,3 +155,32 @@ def test_a_stalled_worker_makes_up_no_data(hvstack_run):
     assert guest.get("disk_errors", 0) == 0 and "MISMATCH" not in console, console[-2000:]
     assert part(run, "disk")["health_pauses"] == 3
     assert run.manifest().get("unresponsive_partitions") == []
+
+
+CAN_CGROUP = os.access("/sys/fs/cgroup/cpu/cgroup.procs", os.W_OK)
+
+
+@pytest.mark.skipif(not CAN_CGROUP, reason="no writable cgroup v1 cpu controller here")
+def test_a_cpu_limit_is_enforced_on_the_host_by_a_cgroup(hvstack_run):
+    """A hog keeps a host core busy whatever the LP scheduler decides; with cpu.limit the
+    partition process is throttled by the host too, and its cgroup goes with the run."""
+    run = hvstack_run(toml=topology(HOG.replace("vps = 2", "vps = 1") + "cpu = { limit = 10 }\n"))
+    info = run.manifest()["cpu_cgroups"]["hog"]
+    cg = info["cgroup"]
+    assert cg and "enforced on the host" in info["note"]
+    with open(f"{cg}/cpu.cfs_quota_us") as f:
+        assert int(f.read()) == 10_000
+    pid = run.manifest()["processes"]["partition:hog"]["pid"]
+    with open(f"{cg}/cgroup.procs") as f:
+        assert str(pid) in f.read().split()
+    hogging(run)
+    proc = psutil.Process(pid)
+    proc.cpu_percent()
+    time.sleep(3.0)
+    cpu = proc.cpu_percent()
+    with open(f"{cg}/cpu.stat") as f:
+        stat = dict(line.split() for line in f)
+    assert int(stat["nr_throttled"]) > 0
+    assert cpu < 10 * 1.5, f"the partition process used {cpu:.0f}% of a CPU under a 10% limit"
+    run.stop()
+    assert not os.path.exists(cg)
