@@ -168,7 +168,9 @@ class Forwarding:
                 self.unresponsive(ping.partition, "did not answer its health check in time")
         waiting = {ping.partition.id for ping in self.pings.values()}
         for part in parts:
-            if part.worker is None or part.id in waiting or part.state is HvPartitionState.FINALIZED:
+            # A worker still starting up takes the next message for the answer to its own
+            # request: it is pinged only once it serves.
+            if not part.worker_started or part.id in waiting or part.state is HvPartitionState.FINALIZED:
                 continue
             if now - self._last_ping.get(part.id, 0) < PING_INTERVAL_NS:
                 continue

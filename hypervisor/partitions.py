@@ -81,6 +81,7 @@ class Partition:
     created_ns: int = field(default_factory=time.monotonic_ns)
     vps: list[VirtualProcessor] = field(default_factory=list)
     worker: bytes | None = None
+    worker_started: bool = False  # its worker has mapped the memory: it serves requests now
     port_owner: dict[int, bytes] = field(default_factory=dict)
     ranges: list[tuple[int, int]] = field(default_factory=list)
     mmio: list[tuple[int, int, bytes]] = field(default_factory=list)  # (gpa, end, owner)

@@ -287,6 +287,11 @@ def test_a_health_check_finds_a_stalled_idle_worker(two):
     fwd = two.hv.forwarding
     fwd.pings.clear(), fwd._last_ping.clear()
     two.hv._housekeeping()
+    assert not two.run().to(W1)  # a worker still starting (no memory mapped yet) is not pinged
+    two.send(W1, m.MemoryRequest(1)).one(W1, m.MemoryReply)
+    two.send(W2, m.MemoryRequest(2)).one(W2, m.MemoryReply)
+    fwd.pings.clear(), fwd._last_ping.clear()
+    two.hv._housekeeping()
     pings = [q for q in two.run().to(W1) if isinstance(q, m.WorkerQuery)]
     assert len(pings) == 1 and pings[0].query == "ping"
     two.hv._housekeeping()
