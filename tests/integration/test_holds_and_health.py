@@ -86,7 +86,12 @@ def test_ctl_stop_of_a_hog_frees_its_lps_and_the_rest_runs_at_its_normal_rate(hv
     hog_id = run.partition_id("hog")
     st = run.stats()
     assert all(lp["vp"] is None or lp["vp"][0] != hog_id for lp in st["scheduler"]["lps"])
-    after = rate(run, "good")
+    # Other load on a shared host only ever lowers a rate: the best of three samples.
+    after = 0.0
+    for _ in range(3):
+        after = max(after, rate(run, "good", 2.0))
+        if after >= 0.5 * normal:
+            break
     assert after >= 0.5 * normal, f"after ctl stop: {after:.0f} exits/s; alone it made {normal:.0f}"
 
 
