@@ -184,8 +184,8 @@ class Forwarding:
     def unresponsive(self, part: Partition, why: str) -> None:
         """The partition's worker stopped answering: mark the partition and pause it (once
         per stall)."""
-        if part.unresponsive:
-            return
+        if part.unresponsive or part.state is HvPartitionState.FINALIZED:
+            return  # (a stopped partition's worker is gone on purpose)
         part.unresponsive = True
         part.health_pauses += 1
         log.error("partition %d: its worker %s: partition unresponsive, paused; its VPs' device accesses "
