@@ -188,6 +188,14 @@ class Forwarding:
             return  # (a stopped partition's worker is gone on purpose)
         part.unresponsive = True
         part.health_pauses += 1
+        # Everything already waiting for this worker belongs to this stall: none of it
+        # starts another once the worker answers (it answers in order, but not all at once).
+        for ctx in self.pending.values():
+            if ctx.partition is part:
+                ctx.deadline_ns = LATE
+        for ping in self.pings.values():
+            if ping.partition is part:
+                ping.deadline_ns = LATE
         log.error("partition %d: its worker %s: partition unresponsive, paused; its VPs' device accesses "
                   "wait for the worker (none is completed in its place)", part.id, why)
         self._pause(part.cpu, True)
