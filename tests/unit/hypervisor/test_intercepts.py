@@ -321,3 +321,15 @@ def test_a_traced_exit_is_reported_to_subscribers_of_its_partition(two):
     assert not two.exit(V10, m.QuantumExit(53, stamps(), REGS)).to(b"tracer")  # quantum ends are not traced
     two.exit(V10, m.CpuidIntercept(54, 0, 0, stamps(), REGS))
     assert two.hv.counters["trace_dropped"] == 1 and b"tracer" in two.hv.tracer.tracers
+
+
+def test_one_stall_is_one_health_pause_however_the_late_answers_interleave(two):
+    two.exit(V10, m.IoPortIntercept(60, COM1, 1, False, 0, stamps(), REGS)).one(W1, m.PortNotify)
+    two.exit(V11, m.IoPortIntercept(61, COM1, 1, False, 0, stamps(), REGS)).one(W1, m.PortNotify)
+    first, second = two.hv.forwarding.pending
+    two.hv.forwarding.pending[first].deadline_ns = 0  # only the first is overdue yet
+    two.hv._housekeeping()
+    two.send(W1, m.AccessComplete(first, 1, stamps()))  # the worker answers again…
+    two.hv._housekeeping()  # …before its second answer arrives
+    assert two.part(1).health_pauses == 1 and not two.part(1).unresponsive
+    assert two.part(1).worker_timeouts == 1
