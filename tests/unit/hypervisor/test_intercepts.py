@@ -328,7 +328,9 @@ def test_one_stall_is_one_health_pause_however_the_late_answers_interleave(two):
     two.exit(V11, m.IoPortIntercept(61, COM1, 1, False, 0, stamps(), REGS)).one(W1, m.PortNotify)
     first, second = two.hv.forwarding.pending
     two.hv.forwarding.pending[first].deadline_ns = 0  # only the first is overdue yet
+    two.hv.forwarding.pending[second].deadline_ns = time.monotonic_ns() + 20_000_000
     two.hv._housekeeping()
+    time.sleep(0.03)  # the second is overdue too now
     two.send(W1, m.AccessComplete(first, 1, stamps()))  # the worker answers again…
     two.hv._housekeeping()  # …before its second answer arrives
     assert two.part(1).health_pauses == 1 and not two.part(1).unresponsive
