@@ -181,3 +181,6 @@ class Peers:
             return self._outbox.error(identity, msg.TYPE, "UNKNOWN_PARTITION", "the partition has no memory yet")
         self._outbox.send(identity, m.MemoryReply(str(slat.ram_path), str(slat.path),
                                                   self._tlb.paths_of(peer.partition.id)))
+        if peer.role == "worker":
+            # Its last request of its start-up: from now on it serves (and may be pinged).
+            peer.partition.worker_started = True

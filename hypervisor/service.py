@@ -95,7 +95,7 @@ class Hypervisor:
         self.hypercalls = Hypercalls(self.table, self.memory, self.tlb, VpRegisters(self.sched))
         self.interrupts = Interrupts(self.table, counters, self.dispatcher.wake)
         self.forwarding = Forwarding(router=router, outbox=self.outbox, counters=counters,
-                                     resume=self.dispatcher.resume, tracer=self.tracer)
+                                     resume=self.dispatcher.resume, tracer=self.tracer, pause=self.sched.pause)
         self.intercepts = Intercepts(dispatcher=self.dispatcher, forwarding=self.forwarding,
                                      interrupts=self.interrupts, tracer=self.tracer, outbox=self.outbox,
                                      hypercalls=self.hypercalls, memory=self.memory, tlb=self.tlb)
@@ -104,7 +104,8 @@ class Hypervisor:
                            bind=router.bind)
         self.root_requests = RootRequests(table=self.table, router=router, outbox=self.outbox,
                                           intercepts=self.intercepts, dispatcher=self.dispatcher,
-                                          forwarding=self.forwarding, tracer=self.tracer, memory=self.memory)
+                                          forwarding=self.forwarding, tracer=self.tracer, memory=self.memory,
+                                          interrupts=self.interrupts)
         self.telemetry = Telemetry(tracer=self.tracer, outbox=self.outbox, counters=counters,
                                    session=self.session, started_ns=self.started_ns, table=self.table,
                                    sched=self.sched, memory=self.memory, tlb=self.tlb, hypercalls=self.hypercalls,
@@ -173,13 +174,18 @@ class Hypervisor:
                 handler(identity, peer, msg, t_in)
             if interrupts.next_timer_ns is not None and perf_counter_ns() >= interrupts.next_timer_ns:
                 interrupts.fire_timers(perf_counter_ns())
+            if wake is not None and sched.ready and perf_counter_ns() >= wake:
+                # A busy loop must not starve the scheduler: a VP that overran its quantum
+                # loses its LP to the ones waiting even while messages keep coming.
+                sched.tick(perf_counter_ns())
             if time.monotonic_ns() >= next_housekeeping:
                 next_housekeeping = self._housekeeping()
         self.router.close()
 
     def _housekeeping(self) -> int:
-        """Every HOUSEKEEPING_INTERVAL_MS: workers that did not answer in time, the
-        scheduler's accounting window, and peers whose connection has gone."""
+        """Every HOUSEKEEPING_INTERVAL_MS: workers that did not answer in time (and their
+        health checks), the scheduler's accounting window and overrun quanta, and peers
+        whose connection has gone."""
         for identity in self.router.disconnected():
             self.peers.forget(identity)
         self.peers.refusals.flush()
@@ -187,6 +193,7 @@ class Hypervisor:
         self.forwarding.expire_accesses(now)
         self.sched.tick(perf_counter_ns())
         self.forwarding.expire_queries(now)
+        self.forwarding.check_workers(self.table, now)
         return now + HOUSEKEEPING_INTERVAL_MS * 1_000_000
 
     def status(self) -> HypervisorStatus:

@@ -69,14 +69,15 @@ class Worker:
     def start(self, partition_id: int, memory: GuestMemory | None = None) -> None:
         """Claim the chipset's ranges in the hypervisor's intercept table and map the
         partition's memory (for devices that do DMA; none of today's do): ``memory`` when
-        the launcher handed it over, else the files the hypervisor names."""
+        the launcher handed it over (a confined worker could not open the files the
+        hypervisor names), else those files."""
         ports = [[r.base, r.count] for r in self.chipset.bus.ranges()]
         mmio = [[r.base, r.length] for r in self.chipset.mmio.ranges()]
         self.dealer.request(m.InstallIntercept(ports, mmio))
-        if memory is None:
-            where = self.dealer.request(m.MemoryRequest(partition_id))
-            memory = GuestMemory(where.ram, where.slat)
-        self.chipset.memory = memory
+        # Asked even when the memory was handed over: the hypervisor takes it as the last
+        # request of the worker's start-up (from then on it serves and is health-checked).
+        where = self.dealer.request(m.MemoryRequest(partition_id))
+        self.chipset.memory = memory if memory is not None else GuestMemory(where.ram, where.slat)
         log.info("worker for partition %d ready: ports %s; MMIO %s", partition_id,
                  ", ".join(f"{b:#x}+{c}" for b, c in ports),
                  ", ".join(f"{b:#x}+{c:#x}" for b, c in mmio) or "none")
@@ -178,8 +179,11 @@ class Worker:
             self.chipset.reset()
             self._poll_devices()
         elif cls is m.WorkerQuery:
-            answer = self.chipset.screen() if msg.query == "screen" else self.chipset.device_stats()
-            result = answer.to_wire() if answer is not None else {QUERY_ERROR: "this partition has no VGA"}
+            if msg.query == "ping":  # the hypervisor's health check: an answer is all it wants
+                result = {}
+            else:
+                answer = self.chipset.screen() if msg.query == "screen" else self.chipset.device_stats()
+                result = answer.to_wire() if answer is not None else {QUERY_ERROR: "this partition has no VGA"}
             self.dealer.send(m.WorkerQueryReply(msg.ref, result).encode())
         elif cls is m.ErrorReply:
             log.error("hypervisor refused %s: %s", m.REGISTRY.get(msg.ref_type, m.Message).__name__,
