@@ -61,6 +61,10 @@ class VpState(enum.Enum):
 
 
 CREATED, READY, RUNNING, INTERCEPT, HALTED = VpState
+# The states in which the VP's thread is executing guest code, so its next message may be
+# an exit: it was sent a dispatch (hello reply or resume) and has not exited since.  A VP
+# taken off its LP while its thread still runs guest code belongs here too.
+IN_GUEST = frozenset({RUNNING})
 
 
 @dataclass
@@ -97,6 +101,12 @@ class VpSched:
     window_ns: int = 0  # run time in accounting window number window_id
     window_id: int = 0
     order: int = 0  # FIFO among equals
+
+    @property
+    def in_guest(self) -> bool:
+        """May the VP's thread exit now?  Only while it executes guest code (IN_GUEST):
+        an exit from a VP that waits for its resume, or sleeps in HLT, is out of turn."""
+        return self.state in IN_GUEST
 
 
 @dataclass
@@ -150,6 +160,10 @@ class Scheduler:
         """The VP's exit is complete (→ READY): it may run once an LP is free."""
         if s.state is READY:
             return
+        if s.state in IN_GUEST:
+            # Queuing a VP that executes guest code would dispatch it twice: a bug here,
+            # which the loop's guard reports (the loop refuses exits out of turn before).
+            raise RuntimeError(f"VP {s.key} made ready while {s.state.value}")
         if not self.ready:
             # Nobody else waits: the common case, and the hot path of every round trip.
             for lp in self.lps:

@@ -58,13 +58,45 @@ from hypervisor.tlb import Tlbs
 log = logging.getLogger("hypervisor")
 
 HOUSEKEEPING_INTERVAL_MS = 100
+# Handler errors logged per second at most (the rest are counted): a peer that hits one bug
+# in a loop must not fill the disk.
+HANDLER_ERROR_LOGS_PER_S = 5
+
+
+class RateLimitedLog:
+    """At most ``per_s`` lines a second; what it held back is said in the next line."""
+
+    def __init__(self, logger: logging.Logger, per_s: int) -> None:
+        self._log = logger
+        self._per_s = per_s
+        self._second = 0
+        self._in_second = 0
+        self.suppressed = 0
+
+    def exception(self, fmt: str, *args) -> None:
+        second = int(time.monotonic())
+        if second != self._second:
+            self._second, self._in_second = second, 0
+        self._in_second += 1
+        if self._in_second > self._per_s:
+            self.suppressed += 1
+            return
+        if self.suppressed:
+            fmt += f" ({self.suppressed} more not logged)"
+            self.suppressed = 0
+        # The traceback of the first ones only; the rest say what and from whom.
+        self._log.error(fmt, *args, exc_info=self._in_second == 1)
 
 
 class Hypervisor:
     def __init__(self, router, secret: str, lps: int = 2, memory_dir: str | None = None,
-                 pool_pages: int = 4096) -> None:
-        """``router``: the bound socket (``proto.transport.Router``, or a test's fake)."""
+                 pool_pages: int = 4096, strict: bool = False) -> None:
+        """``router``: the bound socket (``proto.transport.Router``, or a test's fake).
+        ``strict``: a handler's exception is re-raised after it is counted and answered
+        (the unit tests' fake stack), so that a bug of ours fails the test that hit it."""
         self.router = router
+        self.strict = strict
+        self._error_log = RateLimitedLog(log, HANDLER_ERROR_LOGS_PER_S)
         self.endpoint = router.endpoint
         self.session = os.urandom(8).hex()
         self.started_ns = time.monotonic_ns()
@@ -81,6 +113,8 @@ class Hypervisor:
             "isolation_refusals": 0,
             "trace_dropped": 0,
             "ipis_ignored": 0,
+            "out_of_turn": 0,  # exits from a VP that was not executing guest code
+            "handler_errors": 0,  # exceptions in a handler: bugs of ours, each logged (rate-limited)
         }
         counters = self.counters
         self.table = PartitionTable()
@@ -146,6 +180,9 @@ class Hypervisor:
                 counters["malformed"] += 1
                 error(identity, 0, e.code, str(e))
                 continue
+            except Exception as e:  # the decoder's own bug: guarded like a handler's
+                self._handler_failed(identity, peers.get(identity), None, e)
+                continue
             peer = peers.get(identity)
             kind = type(msg)
             route = routes.get(kind)
@@ -161,18 +198,40 @@ class Hypervisor:
                     error(identity, msg.TYPE, "NOT_PERMITTED", f"a {peer.role} may not send {msg.NAME}")
                     continue
             handler, _, is_exit = route
-            if is_exit:
-                vp = peer.vp
-                if vp is not None:
-                    left_guest(vp, msg, t_in)
-                handler(ExitContext(identity, peer.partition, vp, msg.seq, msg.stamps + (t_in,), t_in), msg)
-            else:
-                handler(identity, peer, msg, t_in)
+            try:
+                if is_exit:
+                    vp = peer.vp
+                    if vp is not None:
+                        if not vp.sched.in_guest:
+                            # It is waiting for a resume, sleeping in HLT, or not started:
+                            # it cannot have exited.  Handling it would queue the VP twice.
+                            counters["out_of_turn"] += 1
+                            error(identity, msg.TYPE, "OUT_OF_TURN",
+                                  f"{peer.name} is {vp.sched.state.value}, not executing guest code")
+                            continue
+                        left_guest(vp, msg, t_in)
+                    handler(ExitContext(identity, peer.partition, vp, msg.seq, msg.stamps + (t_in,), t_in), msg)
+                else:
+                    handler(identity, peer, msg, t_in)
+            except Exception as e:  # one guard per message: nothing a peer sends stops the loop
+                self._handler_failed(identity, peer, msg, e)
             if interrupts.next_timer_ns is not None and perf_counter_ns() >= interrupts.next_timer_ns:
                 interrupts.fire_timers(perf_counter_ns())
             if time.monotonic_ns() >= next_housekeeping:
                 next_housekeeping = self._housekeeping()
         self.router.close()
+
+    def _handler_failed(self, identity: bytes, peer, msg: m.Message | None, e: Exception) -> None:
+        """A handler raised: a bug of ours (a peer's mistakes are refused before a handler
+        runs, or by the handler with an error reply).  Count it, log it with the message
+        type and the peer, answer INTERNAL, and go on — or, strict, re-raise."""
+        self.counters["handler_errors"] += 1
+        who = peer.name if peer is not None else f"unbound peer {identity.hex()[:16]}"
+        name, type_id = (msg.NAME, msg.TYPE) if msg is not None else ("(decoding)", 0)
+        self._error_log.exception("handler error: %s from %s: %s: %s", name, who, type(e).__name__, str(e)[:200])
+        self.outbox.error(identity, type_id, "INTERNAL", f"the hypervisor failed handling {name}")
+        if self.strict:
+            raise
 
     def _housekeeping(self) -> int:
         """Every HOUSEKEEPING_INTERVAL_MS: workers that did not answer in time, and the

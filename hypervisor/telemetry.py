@@ -19,7 +19,7 @@ from time import perf_counter_ns
 
 from proto import messages as m
 from proto.codes import HvPartitionState
-from proto.stats import PathStats
+from proto.stats import PathStats, wire_count
 from proto.status import CpuStatus, HypercallStatus, HypervisorStatus, InterruptStatus, PartitionStatus, VpStatus
 
 log = logging.getLogger("hypervisor")
@@ -73,11 +73,15 @@ class Telemetry:
 
     def on_vp_stats(self, identity: bytes, peer, msg: m.VpStats, t_in: int) -> None:
         try:
-            peer.vp.stats = {str(path): PathStats.from_wire(d) for path, d in msg.paths.items()}
-            peer.vp.counters = {str(k): int(v) for k, v in msg.counters.items()}
+            # Every number is checked (proto.stats.wire_count), not converted: a string of
+            # digits or a float would be stored as is and fail only when status is packed.
+            stats = {str(path): PathStats.from_wire(d) for path, d in msg.paths.items()}
+            counters = {str(k): wire_count(v) for k, v in msg.counters.items()}
         except (ValueError, TypeError, AttributeError) as e:
             self._counters["malformed"] += 1
             log.warning("bad vp_stats from %s: %s", peer.name, e)
+            return
+        peer.vp.stats, peer.vp.counters = stats, counters
 
     # -- status ------------------------------------------------------------------------------
 

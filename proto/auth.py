@@ -23,5 +23,10 @@ def peer_token(secret: str, role: str, partition: int) -> str:
     return hmac.new(secret.encode(), scope.encode(), hashlib.sha256).hexdigest()[:40]
 
 
-def token_matches(secret: str, role: str, partition: int, token: str) -> bool:
-    return hmac.compare_digest(peer_token(secret, role, partition), token)
+def token_matches(secret: str, role: str, partition: int, token) -> bool:
+    """Whether ``token`` is the one for ``role`` and ``partition``.  Never raises:
+    ``hmac.compare_digest`` refuses a str that is not ASCII, so anything that is not an
+    ASCII str is simply not the token (a hex string)."""
+    if type(token) is not str or not token.isascii():
+        return False
+    return hmac.compare_digest(peer_token(secret, role, partition).encode(), token.encode())

@@ -51,12 +51,17 @@ def one_of(*choices: Any) -> Check:
     return check
 
 
-def text(max_len: int) -> Check:
+def text(max_len: int, *, ascii_only: bool = False) -> Check:
+    """A str of at most ``max_len`` characters; ``ascii_only`` for credentials and
+    identifiers, which are compared and logged as bytes (a token is hex)."""
+
     def check(v: Any) -> str:
         if type(v) is not str:
             raise FieldError(f"expected str, got {type(v).__name__}")
         if len(v) > max_len:
             raise FieldError(f"string of {len(v)} characters, at most {max_len}")
+        if ascii_only and not v.isascii():
+            raise FieldError("expected ASCII text")
         return v
 
     return check
@@ -88,19 +93,23 @@ def stamps(v: Any) -> tuple:
     return tuple(v)
 
 
-MAX_REGS = 4
+def registers(count: int) -> Check:
+    """A VP's register block (``proto.messages.REGS``): exactly ``count`` u64, or empty
+    (an exit that saves nothing, a resume that restores nothing).  Exactly: the receiver
+    unpacks it into that many registers."""
 
+    def check(v: Any) -> tuple:
+        if type(v) is not tuple and type(v) is not list:
+            raise FieldError(f"expected an array of registers, got {type(v).__name__}")
+        if len(v) not in (0, count):
+            raise FieldError(f"{len(v)} registers, expected {count} (or none)")
+        for r in v:
+            if type(r) is not int or not 0 <= r < 1 << 64:
+                raise FieldError(f"register {r!r} is not a u64")
+        return tuple(v)
 
-def registers(v: Any) -> tuple:
-    """A VP's register block (see ``proto.messages.REGS``): at most :data:`MAX_REGS` u64."""
-    if type(v) is not tuple and type(v) is not list:
-        raise FieldError(f"expected an array of registers, got {type(v).__name__}")
-    if len(v) > MAX_REGS:
-        raise FieldError(f"{len(v)} registers, at most {MAX_REGS}")
-    for r in v:
-        if type(r) is not int or not 0 <= r < 1 << 64:
-            raise FieldError(f"register {r!r} is not a u64")
-    return tuple(v)
+    check.__name__ = f"registers{count}"
+    return check
 
 
 def ranges(what: str, start: Check, length: Check, limit: int, max_items: int) -> Check:
@@ -142,14 +151,56 @@ def texts(max_items: int, max_len: int) -> Check:
     return check
 
 
+# A free-form map's limits: how deep maps and arrays nest (a status reply is about 8
+# deep), and how many values it holds in all.  msgpack already limits ints to
+# [-2**63, 2**64) and the frame to MAX_FRAME_BYTES; these bound the work of walking it.
+MAX_DEPTH = 12
+MAX_VALUES = 1 << 18
+I64_MIN, U64_MAX = -(1 << 63), (1 << 64) - 1
+
+
+def _tree(v: Any, depth: int, budget: list) -> None:
+    """Check a decoded value for what a receiver can store and pack again: finite floats,
+    ints within msgpack's range, str or int keys; bounded depth and size."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise FieldError(f"more than {MAX_VALUES} values")
+    t = type(v)
+    if t is int:
+        if not I64_MIN <= v <= U64_MAX:
+            raise FieldError(f"integer {v} is outside i64/u64")
+    elif t is float:
+        if v != v or v in (float("inf"), float("-inf")):
+            raise FieldError(f"non-finite number {v!r}")
+    elif t is str or t is bytes or t is bool or v is None:
+        pass
+    elif t is tuple or t is list or t is dict:
+        if depth >= MAX_DEPTH:
+            raise FieldError(f"nested deeper than {MAX_DEPTH}")
+        if t is dict:
+            for k, item in v.items():
+                if type(k) is not str and type(k) is not int:
+                    raise FieldError(f"a map key of type {type(k).__name__}")
+                _tree(k, depth + 1, budget)
+                _tree(item, depth + 1, budget)
+        else:
+            for item in v:
+                _tree(item, depth + 1, budget)
+    else:
+        raise FieldError(f"a value of type {t.__name__}")
+
+
 def mapping(max_items: int) -> Check:
-    """A free-form map (telemetry, status); only its shape is checked here."""
+    """A free-form map (telemetry, status): at most ``max_items`` entries at the top, its
+    keys str or int, its values what msgpack carries (every number finite, every int
+    within i64/u64), nested at most :data:`MAX_DEPTH` deep, :data:`MAX_VALUES` in all."""
 
     def check(v: Any) -> dict:
         if type(v) is not dict:
             raise FieldError(f"expected a map, got {type(v).__name__}")
         if len(v) > max_items:
             raise FieldError(f"{len(v)} entries, at most {max_items}")
+        _tree(v, 0, [MAX_VALUES])
         return v
 
     return check

@@ -56,6 +56,8 @@ FAULT_RESET = 0xFF
 # dispatch (restored): the architectural state the hypervisor must own for
 # HvCallGet/SetVpRegisters.  Values are in this order.
 REGS = ("rflags", "cr3")
+# Every register block on the wire: exactly REGS, or empty.
+reg_block = registers(len(REGS))
 RFLAGS_FIXED = 0x2  # bit 1 of RFLAGS always reads 1
 RFLAGS_IF = 0x200
 # VpResume.interrupt bit 8: "no EOI required" — the VP assist page bit the hypervisor sets
@@ -174,8 +176,8 @@ class Hello(Message):
     partition: U64
     vp: U32
     pid: U32
-    session: text(64)
-    token: text(128)
+    session: text(64, ascii_only=True)
+    token: text(128, ascii_only=True)
 
 
 @message(2, "hello_reply")
@@ -213,6 +215,8 @@ ERROR_CODES = (
     "UNKNOWN_VP",
     "CONFLICT",  # e.g. an intercept range another worker owns
     "STALE",  # a completion for a request that is not pending
+    "OUT_OF_TURN",  # a message the sender's state does not allow now, e.g. an exit from a VP not in guest mode
+    "INTERNAL",  # the hypervisor failed handling the message (a bug: logged and counted)
 )
 
 # ---------------------------------------------------------------------------------------
@@ -230,7 +234,7 @@ class IoPortIntercept(Message):
     write: boolean
     value: U32
     stamps: stamps
-    regs: registers = ()  # the VP's register block at the exit (saved)
+    regs: reg_block = ()  # the VP's register block at the exit (saved)
 
 
 @message(11, "cpuid_intercept")
@@ -241,7 +245,7 @@ class CpuidIntercept(Message):
     leaf: U32
     subleaf: U32
     stamps: stamps
-    regs: registers = ()  # the VP's register block at the exit (saved)
+    regs: reg_block = ()  # the VP's register block at the exit (saved)
 
 
 @message(12, "msr_intercept")
@@ -253,7 +257,7 @@ class MsrIntercept(Message):
     write: boolean
     value: U64
     stamps: stamps
-    regs: registers = ()  # the VP's register block at the exit (saved)
+    regs: reg_block = ()  # the VP's register block at the exit (saved)
 
 
 @message(13, "hypercall_intercept")
@@ -265,7 +269,7 @@ class HypercallIntercept(Message):
     control: U64
     input: blob(HV_PAGE_SIZE)
     stamps: stamps
-    regs: registers = ()  # the VP's register block at the exit (saved)
+    regs: reg_block = ()  # the VP's register block at the exit (saved)
 
 
 @message(14, "halt_intercept")
@@ -274,7 +278,7 @@ class HaltIntercept(Message):
 
     seq: U32
     stamps: stamps
-    regs: registers = ()  # the VP's register block at the exit (saved)
+    regs: reg_block = ()  # the VP's register block at the exit (saved)
 
 
 @message(17, "mmio_intercept")
@@ -289,7 +293,7 @@ class MmioIntercept(Message):
     write: boolean
     value: U64
     stamps: stamps
-    regs: registers = ()  # the VP's register block at the exit (saved)
+    regs: reg_block = ()  # the VP's register block at the exit (saved)
 
 
 @message(18, "quantum_exit")
@@ -299,7 +303,7 @@ class QuantumExit(Message):
 
     seq: U32
     stamps: stamps
-    regs: registers = ()  # the VP's register block at the exit (saved)
+    regs: reg_block = ()  # the VP's register block at the exit (saved)
 
 
 @message(19, "cr3_intercept")
@@ -311,7 +315,7 @@ class Cr3Intercept(Message):
     seq: U32
     value: U64
     stamps: stamps
-    regs: registers = ()  # the VP's register block at the exit (saved)
+    regs: reg_block = ()  # the VP's register block at the exit (saved)
 
 
 @message(43, "invlpg_intercept")
@@ -322,7 +326,7 @@ class InvlpgIntercept(Message):
     seq: U32
     gva: U64
     stamps: stamps
-    regs: registers = ()  # the VP's register block at the exit (saved)
+    regs: reg_block = ()  # the VP's register block at the exit (saved)
 
 
 @message(15, "vp_resume")
@@ -347,7 +351,7 @@ class VpResume(Message):
     deadline_ns: U64  # perf_counter_ns when the VP's quantum ends (0: no quantum; not a dispatch)
     lp: U8  # the logical processor the VP is dispatched on (whose TLB it uses)
     path: one_of(*EXIT_CODES)  # the proto.exits.Exit code of the exit this completes (0: none)
-    regs: registers = ()  # the register block the VP resumes with (restored)
+    regs: reg_block = ()  # the register block the VP resumes with (restored)
 
 
 @message(16, "vp_stats")
