@@ -16,6 +16,13 @@ class FieldError(ValueError):
     """A value that does not fit its field; the decoder names the message and field."""
 
 
+def _spec(check: Check, kind: str, **params) -> Check:
+    """Say what a check accepts (``check.spec``: its kind and limits), for a reader that
+    makes values — the fuzzer (benchmarks/fuzz.py) builds well-formed fields from it."""
+    check.spec = (kind, params)
+    return check
+
+
 def uint(bits: int) -> Check:
     top = (1 << bits) - 1
 
@@ -28,7 +35,7 @@ def uint(bits: int) -> Check:
         return v
 
     check.__name__ = f"u{bits}"
-    return check
+    return _spec(check, "uint", bits=bits)
 
 
 U8, U16, U32, U64 = uint(8), uint(16), uint(32), uint(64)
@@ -40,6 +47,9 @@ def boolean(v: Any) -> bool:
     return v
 
 
+_spec(boolean, "bool")
+
+
 def one_of(*choices: Any) -> Check:
     allowed = frozenset(choices)
 
@@ -48,7 +58,7 @@ def one_of(*choices: Any) -> Check:
             raise FieldError(f"{v!r} is not one of {sorted(allowed, key=str)}")
         return v
 
-    return check
+    return _spec(check, "one_of", choices=tuple(choices))
 
 
 def text(max_len: int, *, ascii_only: bool = False) -> Check:
@@ -64,7 +74,7 @@ def text(max_len: int, *, ascii_only: bool = False) -> Check:
             raise FieldError("expected ASCII text")
         return v
 
-    return check
+    return _spec(check, "text", max_len=max_len, ascii_only=ascii_only)
 
 
 def blob(max_len: int) -> Check:
@@ -75,7 +85,7 @@ def blob(max_len: int) -> Check:
             raise FieldError(f"{len(v)} bytes, at most {max_len}")
         return v
 
-    return check
+    return _spec(check, "blob", max_len=max_len)
 
 
 MAX_STAMPS = 16
@@ -91,6 +101,9 @@ def stamps(v: Any) -> tuple:
         if type(s) is not int or s < 0:
             raise FieldError(f"stamp {s!r} is not a non-negative integer")
     return tuple(v)
+
+
+_spec(stamps, "stamps", max_items=MAX_STAMPS)
 
 
 def registers(count: int) -> Check:
@@ -109,7 +122,7 @@ def registers(count: int) -> Check:
         return tuple(v)
 
     check.__name__ = f"registers{count}"
-    return check
+    return _spec(check, "registers", count=count)
 
 
 def ranges(what: str, start: Check, length: Check, limit: int, max_items: int) -> Check:
@@ -130,7 +143,7 @@ def ranges(what: str, start: Check, length: Check, limit: int, max_items: int) -
             out.append((base, count))
         return tuple(out)
 
-    return check
+    return _spec(check, "ranges", start=start, length=length, limit=limit, max_items=max_items)
 
 
 port_ranges = ranges("I/O space", U16, U32, 0x10000, 256)
@@ -148,7 +161,7 @@ def texts(max_items: int, max_len: int) -> Check:
             raise FieldError(f"{len(v)} strings, at most {max_items}")
         return tuple(one(s) for s in v)
 
-    return check
+    return _spec(check, "texts", max_items=max_items, max_len=max_len)
 
 
 # A free-form map's limits: how deep maps and arrays nest (a status reply is about 8
@@ -203,4 +216,4 @@ def mapping(max_items: int) -> Check:
         _tree(v, 0, [MAX_VALUES])
         return v
 
-    return check
+    return _spec(check, "mapping", max_items=max_items)
