@@ -35,6 +35,7 @@ from proto.fields import (
     port_ranges,
     registers,
     stamps,
+    stamps_upto,
     text,
     texts,
 )
@@ -58,6 +59,12 @@ FAULT_RESET = 0xFF
 REGS = ("rflags", "cr3")
 # Every register block on the wire: exactly REGS, or empty.
 reg_block = registers(len(REGS))
+# Stamps by where a message is in its round trip (each hop appends one or two; at most
+# proto.fields.MAX_STAMPS arrive anywhere): a VP's exit starts one (1), an interrupt starts
+# at the device (2), a worker's completion carries the exit's and its own (5).  What a peer
+# sends is limited so that with the hops' stamps added it still decodes where it ends.
+exit_stamps = stamps_upto(4)
+completion_stamps = stamps_upto(8)
 RFLAGS_FIXED = 0x2  # bit 1 of RFLAGS always reads 1
 RFLAGS_IF = 0x200
 # VpResume.interrupt bit 8: "no EOI required" — the VP assist page bit the hypervisor sets
@@ -233,7 +240,7 @@ class IoPortIntercept(Message):
     size: one_of(*ACCESS_SIZES)
     write: boolean
     value: U32
-    stamps: stamps
+    stamps: exit_stamps
     regs: reg_block = ()  # the VP's register block at the exit (saved)
 
 
@@ -244,7 +251,7 @@ class CpuidIntercept(Message):
     seq: U32
     leaf: U32
     subleaf: U32
-    stamps: stamps
+    stamps: exit_stamps
     regs: reg_block = ()  # the VP's register block at the exit (saved)
 
 
@@ -256,7 +263,7 @@ class MsrIntercept(Message):
     msr: U32
     write: boolean
     value: U64
-    stamps: stamps
+    stamps: exit_stamps
     regs: reg_block = ()  # the VP's register block at the exit (saved)
 
 
@@ -268,7 +275,7 @@ class HypercallIntercept(Message):
     seq: U32
     control: U64
     input: blob(HV_PAGE_SIZE)
-    stamps: stamps
+    stamps: exit_stamps
     regs: reg_block = ()  # the VP's register block at the exit (saved)
 
 
@@ -277,7 +284,7 @@ class HaltIntercept(Message):
     """HLT — HvMessageTypeX64Halt.  The VP stays suspended until something wakes it."""
 
     seq: U32
-    stamps: stamps
+    stamps: exit_stamps
     regs: reg_block = ()  # the VP's register block at the exit (saved)
 
 
@@ -292,7 +299,7 @@ class MmioIntercept(Message):
     size: one_of(*MMIO_SIZES)
     write: boolean
     value: U64
-    stamps: stamps
+    stamps: exit_stamps
     regs: reg_block = ()  # the VP's register block at the exit (saved)
 
 
@@ -302,7 +309,7 @@ class QuantumExit(Message):
     hypervisor's scheduler timer forces)."""
 
     seq: U32
-    stamps: stamps
+    stamps: exit_stamps
     regs: reg_block = ()  # the VP's register block at the exit (saved)
 
 
@@ -314,7 +321,7 @@ class Cr3Intercept(Message):
 
     seq: U32
     value: U64
-    stamps: stamps
+    stamps: exit_stamps
     regs: reg_block = ()  # the VP's register block at the exit (saved)
 
 
@@ -325,7 +332,7 @@ class InvlpgIntercept(Message):
 
     seq: U32
     gva: U64
-    stamps: stamps
+    stamps: exit_stamps
     regs: reg_block = ()  # the VP's register block at the exit (saved)
 
 
@@ -398,7 +405,7 @@ class AccessComplete(Message):
 
     ref: U32
     value: U64
-    stamps: stamps
+    stamps: completion_stamps
 
 
 @message(25, "mmio_notify")
@@ -421,7 +428,7 @@ class AssertInterrupt(Message):
     worker).  ``stamps`` start when the device raised its line."""
 
     vector: U8
-    stamps: stamps
+    stamps: exit_stamps  # the device's raise, the worker's INTA
 
 
 @message(27, "reset_request")
