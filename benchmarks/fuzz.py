@@ -38,7 +38,7 @@ import zmq
 
 from proto import messages as m
 from proto.auth import peer_token
-from proto.codes import HV_CHILD_ENLIGHTENED_PRIVILEGES, HvRegisterName, HypercallCode, control_value
+from proto.codes import HV_CHILD_ENLIGHTENED_PRIVILEGES, HvMsr, HvRegisterName, HypercallCode, control_value
 from proto.fields import I64_MIN, U64_MAX
 
 KINDS = ("stranger", "vp", "worker", "root")
@@ -54,6 +54,19 @@ FUZZ_MMIO = ((0xB8000, 0x8000),)
 ROOT_SKIPS = {int(HypercallCode.HvCallCreatePartition)}
 VP_WAIT_MS = 5
 STATUS_EVERY_S = 1.0
+
+
+EXITS = tuple(cls for cls in m.REGISTRY.values() if "regs" in cls.FIELD_NAMES and cls is not m.VpResume)
+# What each kind of peer may send (hypervisor/routes.py says so for the hypervisor); a
+# stranger may only say hello.
+ROLE_SENDS = {
+    "stranger": (m.Hello,),
+    "vp": (*EXITS, m.VpStats, m.MemoryRequest),
+    "worker": (m.InstallIntercept, m.AccessComplete, m.WorkerQueryReply, m.AssertInterrupt, m.ResetRequest,
+               m.ConsoleOutput, m.MemoryRequest),
+    "root": (m.StatusRequest, m.ExecuteRequest, m.PartitionControl, m.ConsoleSubscribe, m.InputRequest,
+             m.WorkerQueryRequest, m.TraceSubscribe, m.HypercallIntercept),
+}
 
 
 @dataclass
@@ -131,9 +144,37 @@ class Values:
         alphabet = "0123456789abcdef-_:xyz " if ascii_only or r.random() < 0.7 else "é€💥\x00\u202e漢"
         return "".join(r.choice(alphabet) for _ in range(n))
 
+    # Values that reach deep into the handlers, by field name: the ports of the chipset,
+    # the local APIC's registers, the synthetic MSRs, the CPUID leaves, the hypercalls.
+    INTERESTING = {
+        "port": (0x3F8, 0x3F9, 0x3FD, 0x3FF, 0x20, 0x21, 0xA0, 0xA1, 0x40, 0x43, 0x60, 0x64, 0x70, 0x71, 0x1F0,
+                 0x1F7, 0x3D4, 0x3D5, 0x80, 0xCF8),
+        "gpa": tuple(0xFEE00000 + o for o in (0x20, 0x80, 0xB0, 0xF0, 0x300, 0x310, 0x320, 0x380, 0x390, 0x3E0,
+                                               0xFFC)) + (0xB8000, 0xBFFFF, 0, 0x1000, 0xFFFFFFFFFFFFF000),
+        "msr": tuple(int(x) for x in HvMsr) + (0x1B, 0x800, 0x808, 0x80B, 0x830, 0x832, 0x838, 0x10, 0xC0000080),
+        "leaf": (0, 1, 7, 0xB, 0x40000000, 0x40000001, 0x40000003, 0x40000004, 0x40000005, 0x40000006, 0x80000000),
+        "vector": (0, 1, 0x0E, 0x1F, 0x20, 0x21, 0x24, 0x2E, 0x30, 0xEF, 0xFE, 0xFF),
+        "vp": (0, 1, 2),
+        "value": (0, 1, 0xFF, 0xFFFFFFFF, 0xFEE00000 | 0x800, 0x9F001, 1 << 63, 0x20, 0xFE, 0x000400FF, 0x000C00FF),
+    }
+
+    def hypercall_input(self) -> bytes:
+        """A parameter block that may mean something: little-endian u64s, small or named."""
+        r = self.r
+        words = [r.choice((*self.partitions, 0, 1, 2, 3, 0x20001, 0x20002, 0x20003, 0x90000, 0x90001, U64_MAX,
+                           r.randint(0, 4096))) for _ in range(r.randint(0, 16))]
+        return b"".join(w.to_bytes(8, "little") for w in words)
+
     def well_formed(self, check, name: str = ""):
         kind, p = check.spec
         r = self.r
+        if kind == "uint" and name == "control" and r.random() < 0.8:
+            return control_value(r.choice(list(HypercallCode)), fast=r.random() < 0.3,
+                                 rep_count=r.choice((0, 0, 1, 2, 0xFFF)))
+        if kind == "uint" and name in self.INTERESTING and r.random() < 0.7:
+            return r.choice(self.INTERESTING[name]) & ((1 << p["bits"]) - 1)
+        if kind == "blob" and name == "input" and r.random() < 0.7:
+            return self.hypercall_input()
         if kind == "uint":
             return self.uint(p["bits"], name)
         if kind == "bool":
@@ -147,7 +188,7 @@ class Values:
             n = r.choice((0, 1, 8, 16, p["max_len"], r.randint(0, min(p["max_len"], 4096))))
             return r.randbytes(n)
         if kind == "stamps":
-            now = time.perf_counter_ns()
+            now = r.randint(1 << 40, 1 << 50)  # like a host's perf_counter_ns, but from the seed
             return tuple(r.choice((now, 0, U64_MAX, r.randint(0, U64_MAX)))
                          for _ in range(r.choice((0, 1, 2, p["max_items"]))))
         if kind == "registers":
@@ -224,9 +265,8 @@ class Sequence:
     def next(self) -> tuple[str, str, str, list[bytes]]:
         r = self.r
         kind = r.choices(KINDS, PEER_WEIGHTS)[0]
-        cls = r.choice(self.types)
-        if kind == "stranger" and r.random() < 0.4:
-            cls = m.Hello
+        # Mostly what the peer's role may send (its handlers are the surface), else anything.
+        cls = r.choice(ROLE_SENDS[kind] if r.random() < 0.7 else self.types)
         roll = r.random()
         if roll < 0.6 or (kind == "root" and roll < 0.85):
             label, fields = "well_formed", self.fields(cls, kind)
@@ -262,8 +302,10 @@ class Sequence:
                 if len(data) >= 8:  # nearly every TLFS input starts with the partition ID
                     data[:8] = r.choice((self.fuzz_pid, 0xFFFFFFFFFFFFFFFF, self.fuzz_pid + 1)).to_bytes(8, "little")
                 out[names.index("input")] = bytes(data)
-            if cls is m.PartitionControl and out[names.index("action")] == "stop":
-                out[names.index("action")] = "pause"  # keep the fuzz partition: its VP holds an LP
+            if cls is m.PartitionControl:
+                # Never stop the fuzz partition (its VP holds an LP), and let it run more
+                # often than not, so that its VP's exits are in turn as often as out of it.
+                out[names.index("action")] = r.choice(("resume", "resume", "pause", "reset"))
         return out
 
     def malformed(self, label: str, cls, kind: str) -> list[bytes]:
@@ -411,13 +453,11 @@ class Fuzzer:
         rep.replies[msg.NAME] += 1
         if kind == "vp" and isinstance(msg, (m.VpResume, m.HelloReply)):
             self.vp_in_guest = True
-        elif kind == "worker" and isinstance(msg, (m.PortNotify, m.MmioNotify)):
-            value = self.r_reactive.getrandbits(32) if not msg.write else 0
-            self.socks["worker"].send(m.AccessComplete(msg.ref, value, msg.stamps + (time.perf_counter_ns(),)).encode())
-            rep.reactive += 1
-        elif kind == "worker" and isinstance(msg, m.WorkerQuery):
-            self.socks["worker"].send(m.WorkerQueryReply(msg.ref, {"fuzz": 1}).encode())
-            rep.reactive += 1
+        elif kind == "worker":
+            answer = reaction(msg, self.r_reactive)
+            if answer is not None:
+                self.socks["worker"].send(answer.encode())
+                rep.reactive += 1
 
     # -- the watch ---------------------------------------------------------------------------
 
@@ -525,7 +565,18 @@ class Fuzzer:
         return rep
 
 
-EXITS = {cls for cls in m.REGISTRY.values() if "regs" in cls.FIELD_NAMES and cls is not m.VpResume}
+
+
+def reaction(msg: m.Message, rng: random.Random) -> m.Message | None:
+    """What the fuzz partition's worker answers, outside the sequence: it completes the
+    accesses forwarded to it (a read with a random value) and answers queries, as a worker
+    does, so that its VP's forwarded exits end in turn."""
+    if isinstance(msg, (m.PortNotify, m.MmioNotify)):
+        value = 0 if msg.write else rng.getrandbits(32)
+        return m.AccessComplete(msg.ref, value, msg.stamps[:6] + (time.perf_counter_ns(),))
+    if isinstance(msg, m.WorkerQuery):
+        return m.WorkerQueryReply(msg.ref, {"fuzz": 1})
+    return None
 
 
 def format_report(rep: FuzzReport) -> str:
