@@ -22,6 +22,8 @@ from proto.codes import HvPartitionState
 from proto.stats import PathStats, wire_count
 from proto.status import CpuStatus, HypercallStatus, HypervisorStatus, InterruptStatus, PartitionStatus, VpStatus
 
+from hypervisor.ratelog import RateLimitedLog
+
 log = logging.getLogger("hypervisor")
 
 
@@ -65,6 +67,7 @@ class Telemetry:
         self._hypercalls = hypercalls
         self._peers = peers
         self._forwarding = forwarding
+        self._bad_stats_log = RateLimitedLog(log, 5)  # a VP's own process sends vp_stats: the guest's word
 
     # -- messages ----------------------------------------------------------------------------
 
@@ -79,7 +82,7 @@ class Telemetry:
             counters = {str(k): wire_count(v) for k, v in msg.counters.items()}
         except (ValueError, TypeError, AttributeError) as e:
             self._counters["malformed"] += 1
-            log.warning("bad vp_stats from %s: %s", peer.name, e)
+            self._bad_stats_log.warning("bad vp_stats from %s: %s", peer.name, str(e)[:200])
             return
         peer.vp.stats, peer.vp.counters = stats, counters
 
