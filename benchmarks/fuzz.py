@@ -69,6 +69,12 @@ ROLE_SENDS = {
 }
 
 
+# Root requests that reach a partition's worker, and the `io` operations that reach its
+# devices and nothing else.
+DEVICE_REQUESTS = (m.ExecuteRequest, m.InputRequest, m.WorkerQueryRequest)
+DEVICE_OPS = ("inb", "inw", "inl", "outb", "outw", "outl", "readb", "readw", "readl", "writeb", "writew", "writel")
+
+
 @dataclass
 class FuzzReport:
     seed: int
@@ -91,6 +97,8 @@ class FuzzReport:
     counters_before: dict = field(default_factory=dict)
     counters_after: dict = field(default_factory=dict)
     fuzz_partition: int = 0
+    devices: bool = False  # the run's workers were fuzzed too
+    handler_error_lines: list = field(default_factory=list)  # the guards' log lines (bugs), if the caller read them
     undecodable: list = field(default_factory=list)  # the first few frames from the hypervisor that did not decode
 
     @property
@@ -99,7 +107,7 @@ class FuzzReport:
 
     @property
     def ok(self) -> bool:
-        return not self.crashes and not self.hangs and self.exits_per_s_after > 0
+        return not self.crashes and not self.hangs and self.exits_per_s_after > 0 and not self.handler_error_lines
 
     def to_json(self) -> dict:
         return {"seed": self.seed, "messages": self.messages, "seconds": round(self.seconds, 2),
@@ -112,7 +120,8 @@ class FuzzReport:
                 "exits_per_s_after": round(self.exits_per_s_after, 1),
                 "stalls": self.stalls, "polls": self.polls, "undecodable": self.undecodable,
                 "rss_before": self.rss_before, "rss_after": self.rss_after,
-                "hypervisor_counters": self.counters_delta, "fuzz_partition": self.fuzz_partition}
+                "hypervisor_counters": self.counters_delta, "fuzz_partition": self.fuzz_partition,
+                "devices": self.devices, "handler_error_lines": self.handler_error_lines}
 
 
 # ======================================================================================
@@ -254,9 +263,14 @@ class Values:
 class Sequence:
     """The seeded message sequence: ``next()`` → (peer kind, label, message name, frames)."""
 
-    def __init__(self, seed: int, fuzz_pid: int, run_pids: list[int], max_frame: int = m.MAX_FRAME_BYTES) -> None:
+    def __init__(self, seed: int, fuzz_pid: int, run_pids: list[int], max_frame: int = m.MAX_FRAME_BYTES,
+                 device_partitions: tuple[int, ...] = ()) -> None:
+        """``device_partitions``: the run's partitions whose workers are fuzzed too, through
+        the root's ``io`` (port and VGA accesses on a VP's behalf: what their guest could
+        do), console and keyboard input, and worker queries."""
         self.r = random.Random(seed)
         self.fuzz_pid = fuzz_pid
+        self.device_partitions = tuple(device_partitions)
         self.values = Values(self.r, [fuzz_pid, *run_pids, 0, fuzz_pid + 1, U64_MAX])
         self.types = sorted(m.REGISTRY.values(), key=lambda c: c.TYPE)
         self.max_frame = max_frame
@@ -293,6 +307,8 @@ class Sequence:
             # Root requests aim at the fuzz partition or at none: never at the run's own.
             if "partition" in names:
                 out[names.index("partition")] = r.choice((self.fuzz_pid, 0, self.fuzz_pid + 1, U64_MAX))
+            if self.device_partitions and cls in DEVICE_REQUESTS and r.random() < 0.6:
+                self.device_request(cls, out)
             if cls is m.HypercallIntercept:
                 code = r.choice(self.hypercalls)
                 if code in ROOT_SKIPS:
@@ -307,6 +323,23 @@ class Sequence:
                 # often than not, so that its VP's exits are in turn as often as out of it.
                 out[names.index("action")] = r.choice(("resume", "resume", "pause", "reset"))
         return out
+
+    def device_request(self, cls, out: list) -> None:
+        """Aim a root request at a run partition's worker: an access to one of its devices
+        (never guest RAM: `io`'s MMIO reaches RAM too), input, or a query."""
+        r, names = self.r, cls.FIELD_NAMES
+        out[names.index("partition")] = r.choice(self.device_partitions)
+        if cls is m.ExecuteRequest:
+            op = r.choice(DEVICE_OPS)
+            size = {"b": 1, "w": 2, "l": 4, "q": 8}[op[-1]]
+            if op.startswith(("in", "out")):
+                a = r.choice(Values.INTERESTING["port"]) if r.random() < 0.8 else r.randint(0, 0xFFFF)
+            else:
+                a = r.choice((0xB8000, 0xB8F9E, 0xBFFF8)) if r.random() < 0.5 else r.randrange(0xB8000, 0xC0000 - size)
+            out[names.index("vp")] = 0
+            out[names.index("op")] = op
+            out[names.index("a")] = a
+            out[names.index("b")] = r.choice((0, 0xFF, 0x80, 0xFE, 0xEC, 0x20, r.getrandbits(8 * size)))
 
     def malformed(self, label: str, cls, kind: str) -> list[bytes]:
         r, v = self.r, self.values
@@ -345,7 +378,8 @@ class Sequence:
 
 class Fuzzer:
     def __init__(self, endpoint: str, secret: str, *, seed: int = 1, run_partitions: list[int],
-                 hv_pid: int, watched_pids: list[int], status_timeout_s: float = 5.0, log=print) -> None:
+                 hv_pid: int, watched_pids: list[int], status_timeout_s: float = 5.0, devices: bool = False,
+                 log=print) -> None:
         self.endpoint = endpoint
         self.secret = secret
         self.seed = seed
@@ -353,6 +387,7 @@ class Fuzzer:
         self.hv_pid = hv_pid
         self.watched_pids = watched_pids  # the hypervisor's and the workers': none may die
         self.status_timeout_s = status_timeout_s
+        self.devices = devices  # fuzz the run's own workers too (their guests' data may suffer)
         self.log = log
         self.ctx = zmq.Context.instance()
         self.socks: dict[str, zmq.Socket] = {}
@@ -505,6 +540,7 @@ class Fuzzer:
 
     def run(self, messages: int, duration_s: float, rate_window_s: float = 1.0) -> FuzzReport:
         rep = self.report
+        rep.devices = self.devices
         self.r_reactive = random.Random(self.seed + 1)
         self.watch = self._dealer()
         self._hello(self.watch, "root", 0)
@@ -515,7 +551,8 @@ class Fuzzer:
         rep.rss_before = self._rss()
         rep.exits_per_s_before = self._rate(rate_window_s)
         self.setup()
-        seq = Sequence(self.seed, self.fuzz_pid, self.run_partitions)
+        seq = Sequence(self.seed, self.fuzz_pid, self.run_partitions,
+                       device_partitions=tuple(self.run_partitions) if self.devices else ())
         start = time.monotonic()
         next_poll = start + STATUS_EVERY_S
         last_exits = self._exits(status)
@@ -582,7 +619,8 @@ def reaction(msg: m.Message, rng: random.Random) -> m.Message | None:
 def format_report(rep: FuzzReport) -> str:
     """The counts, as the fuzz command prints them."""
     lines = [f"fuzz: seed {rep.seed}, {rep.messages} messages in {rep.seconds:.1f} s "
-             f"({rep.messages / rep.seconds if rep.seconds else 0:.0f}/s), fuzz partition {rep.fuzz_partition}"]
+             f"({rep.messages / rep.seconds if rep.seconds else 0:.0f}/s), fuzz partition {rep.fuzz_partition}"
+             f"{'; the run’s workers fuzzed too' if rep.devices else ''}"]
     by_peer = Counter()
     by_label = Counter()
     for k, n in rep.sent_by_kind.items():
@@ -601,6 +639,8 @@ def format_report(rep: FuzzReport) -> str:
         lines.append(f"  undecodable from the hypervisor: {u}")
     delta = rep.counters_delta
     lines.append("  hypervisor counters (during): " + ", ".join(f"{k} {v}" for k, v in delta.items() if v))
+    lines.append(f"  handler errors logged (bugs of ours): {len(rep.handler_error_lines)}")
+    lines += [f"    {line[:200]}" for line in rep.handler_error_lines[:5]]
     lines.append(f"  crashes {rep.crashes}{' (dead: ' + str(rep.dead) + ')' if rep.dead else ''}, hangs {rep.hangs}, "
                  f"polls without guest progress {rep.stalls} of {rep.polls}")
     lines.append(f"  guest exits/s (the run's partitions): before {rep.exits_per_s_before:.0f}, "

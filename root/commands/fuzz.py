@@ -3,7 +3,8 @@ message type — well-formed, malformed and out of turn, from unauthenticated pe
 partition's own worker and VP connections, and as the root — and report whether it
 survived: messages sent by type and kind, errors received by code, crashes, hangs, the run's
 guest exits per second before and after, the hypervisor's RSS before and after
-(``benchmarks/fuzz.py``).  Exit status 0 when the run survived with its guests progressing."""
+and the guards' log lines — handler errors, bugs of ours (``benchmarks/fuzz.py``).  Exit
+status 0 when the run survived with its guests progressing and no handler raised."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import json
 
 from root.commands.common import complain
 from root.rundir import live_run, partition_names
+from root.testrun import handler_errors_in_logs
 
 NAME = "fuzz"
 HELP = "fuzz a live run's hypervisor with hostile messages and check that it survives"
@@ -24,6 +26,9 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, default=600.0, help="seconds at most (default 600)")
     p.add_argument("--status-timeout", type=float, default=5.0,
                    help="a status request not answered within this many seconds is a hang (default 5)")
+    p.add_argument("--devices", action="store_true",
+                   help="fuzz the run's own workers too, as their guests could (port and VGA accesses through "
+                        "io, console and keyboard input): their guests' data may suffer")
     p.add_argument("--json", action="store_true")
 
 
@@ -41,8 +46,9 @@ def run(args) -> int:
         return 1
     fuzzer = Fuzzer(man["endpoint"], run.secret(), seed=args.seed, run_partitions=list(partition_names(man)),
                     hv_pid=hv[0], watched_pids=[p["pid"] for p in procs.values()],
-                    status_timeout_s=args.status_timeout)
+                    status_timeout_s=args.status_timeout, devices=args.devices)
     report = fuzzer.run(args.messages, args.duration)
+    report.handler_error_lines = handler_errors_in_logs(run.path)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
