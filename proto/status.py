@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from proto.errors import Refused
 from proto.stats import PathStats
 
 # -- the scheduler, the memory manager, the TLBs ------------------------------------------------
@@ -333,3 +334,58 @@ __all__ = [
     "VpSchedStatus",
     "InterruptStatus",
 ]
+
+
+# -- a worker's answers to the root's questions (``worker_query_reply``) ------------------------
+
+
+@dataclass(slots=True)
+class ScreenSnapshot:
+    """``screen``: the VGA text page as the guest left it."""
+
+    text: str  # the page rendered, rows joined by newlines
+    lines: list[str]  # the rows, trailing blanks trimmed
+    cursor: tuple[int, int, bool]  # row, column, visible
+
+    def to_wire(self) -> dict:
+        return {"text": self.text, "lines": list(self.lines), "cursor": list(self.cursor)}
+
+    @classmethod
+    def from_wire(cls, d: dict) -> "ScreenSnapshot":
+        row, col, visible = d["cursor"]
+        return cls(d["text"], list(d["lines"]), (row, col, bool(visible)))
+
+
+@dataclass(slots=True)
+class DeviceCounters:
+    """``devices``: each device's counters, by device name (``port_bus`` and ``mmio_bus``
+    are the buses' own: accesses refused for their range or width)."""
+
+    devices: dict[str, dict[str, int | float | str | bool]]
+
+    def to_wire(self) -> dict:
+        return {name: dict(counters) for name, counters in self.devices.items()}
+
+    @classmethod
+    def from_wire(cls, d: dict) -> "DeviceCounters":
+        return cls({str(name): dict(counters) for name, counters in d.items()})
+
+    def get(self, device: str, counter: str):
+        """One counter of one device; None if either is not there."""
+        return self.devices.get(device, {}).get(counter)
+
+
+# A worker that cannot answer a question (a screen without a VGA) says why in this key.
+QUERY_ERROR = "error"
+QUERY_RESULTS = {"screen": ScreenSnapshot, "devices": DeviceCounters}
+
+
+def query_result(query: str, d: dict) -> ScreenSnapshot | DeviceCounters:
+    """A ``worker_query_reply``'s result, typed; :class:`~proto.errors.Refused` (code
+    ``NO_DEVICE``) when the worker said it has nothing to answer with."""
+    if QUERY_ERROR in d:
+        raise Refused("NO_DEVICE", str(d[QUERY_ERROR]))
+    try:
+        return QUERY_RESULTS[query].from_wire(d)
+    except (KeyError, TypeError, ValueError) as e:
+        raise Refused("MALFORMED", f"the worker's {query} answer is not one: {e}") from e

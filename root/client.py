@@ -26,6 +26,7 @@ from proto.hvcall import (
     HV_REGISTER_NAME,
     pack_rep,
 )
+from proto.status import DeviceCounters, ScreenSnapshot, query_result
 from proto.transport import Dealer, connect
 
 
@@ -181,9 +182,11 @@ class RootClient:
         """Bytes for a partition's console UART, or scancodes for its keyboard."""
         self.dealer.request(m.InputRequest(partition, device, data), self.timeout_ms)
 
-    def worker_query(self, partition: int, query: str) -> dict:
-        """Ask the partition's worker: ``screen`` or ``devices``."""
-        return self.dealer.request(m.WorkerQueryRequest(partition, query), self.timeout_ms).result
+    def worker_query(self, partition: int, query: str) -> ScreenSnapshot | DeviceCounters:
+        """Ask the partition's worker: ``screen`` (a :class:`ScreenSnapshot`) or ``devices``
+        (:class:`DeviceCounters`).  :class:`Refused` ``NO_DEVICE`` if it has no such thing."""
+        reply = self.dealer.request(m.WorkerQueryRequest(partition, query), self.timeout_ms)
+        return query_result(query, reply.result)
 
     def control(self, partition: int, action: str) -> None:
         """pause, resume, reset or stop a partition."""
@@ -192,7 +195,7 @@ class RootClient:
     def uart_rx_bytes(self, partition: int, uart: str = "com1") -> int | None:
         """How many bytes a partition's UART has taken into its receive FIFO so far (its
         worker's ``rx_bytes``); None if the worker has no such UART."""
-        value = self.worker_query(partition, "devices").get(uart, {}).get("rx_bytes")
+        value = self.worker_query(partition, "devices").get(uart, "rx_bytes")
         return int(value) if value is not None else None
 
     # -- tracing: on a connection of its own, where events arrive unsolicited ---------------

@@ -20,6 +20,7 @@ from time import perf_counter_ns
 from typing import Any, Callable
 
 from proto.errors import ConfigError
+from proto.status import DeviceCounters, ScreenSnapshot
 from worker.backends import DiskFile, NvramFile
 from worker.bus import MmioBus, PortBus
 from worker.devices.ata import AtaDisk
@@ -162,14 +163,13 @@ class Chipset:
             device.reset()
         self.reset_requested = ""
 
-    def screen(self) -> dict:
+    def screen(self) -> ScreenSnapshot | None:
         if self.vga is None:
-            return {"error": "this partition has no VGA"}
+            return None
         row, col, visible = self.vga.cursor()
-        return {"text": self.vga.render(), "lines": self.vga.screen_text(),
-                "cursor": [row, col, visible]}
+        return ScreenSnapshot(self.vga.render(), self.vga.screen_text(), (row, col, visible))
 
-    def device_stats(self) -> dict:
+    def device_stats(self) -> DeviceCounters:
         out = {}
         for device in self.devices:
             entry = {}
@@ -181,7 +181,7 @@ class Chipset:
             out[device.name] = entry
         out["port_bus"] = dataclasses.asdict(self.bus.stats)
         out["mmio_bus"] = dataclasses.asdict(self.mmio.stats)
-        return out
+        return DeviceCounters(out)
 
     def close(self) -> None:
         for backend in self._backends:

@@ -25,6 +25,7 @@ from typing import Protocol
 from proto import messages as m
 from proto.errors import ProtocolError, Refused
 from proto.memory import GuestMemory
+from proto.status import QUERY_ERROR
 
 from worker.backends import ConsoleLog
 from worker.chipset import Chipset
@@ -201,7 +202,8 @@ class Worker:
             self.chipset.reset()
             self._poll_devices()
         elif cls is m.WorkerQuery:
-            result = self.chipset.screen() if msg.query == "screen" else self.chipset.device_stats()
+            answer = self.chipset.screen() if msg.query == "screen" else self.chipset.device_stats()
+            result = answer.to_wire() if answer is not None else {QUERY_ERROR: "this partition has no VGA"}
             self.dealer.send(m.WorkerQueryReply(msg.ref, result).encode())
         elif cls is m.ErrorReply:
             log.error("hypervisor refused %s: %s", m.REGISTRY.get(msg.ref_type, m.Message).__name__,

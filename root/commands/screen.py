@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from proto.errors import Refused
+
 from root.client import RootClient
 from root.commands.common import complain
 from root.rundir import live_run, partition_of
@@ -21,9 +23,12 @@ def run(args) -> int:
     run, man = live_run(args.run)
     pid = partition_of(run, man, args.partition)
     with RootClient(man["endpoint"], run.secret()) as root:
-        screen = root.worker_query(pid, "screen")
-    if "error" in screen:
-        complain(NAME, screen["error"])
-        return 1
-    print(screen["text"])
+        try:
+            screen = root.worker_query(pid, "screen")
+        except Refused as e:
+            if e.code != "NO_DEVICE":
+                raise
+            complain(NAME, e.reason)
+            return 1
+    print(screen.text)
     return 0

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import msgpack
+import pytest
+
 from proto import messages as m
 from proto.exits import Exit
 from proto.stats import PathStats
@@ -64,3 +67,18 @@ def test_a_status_survives_the_wire_and_reads_back_by_attribute():
     assert back.partition(1).vps[0].sched.lp == 1 and back.partition(1).vps[1].sched is None
     assert back.partition(1).paths["io_port"].total.n == 1 and back.partition(2) is None
     assert back.scheduler.lps[1].vp == (1, 0) and back.memory.partitions["1"].mapped == 16
+
+
+def test_a_workers_answers_are_typed_and_a_missing_device_is_refused():
+    from proto.errors import Refused
+    from proto.status import DeviceCounters, ScreenSnapshot, query_result
+
+    screen = ScreenSnapshot("A\nB", ["A", "B"], (1, 0, True))
+    assert query_result("screen", msgpack.unpackb(msgpack.packb(screen.to_wire()), use_list=False)) == screen
+    devices = DeviceCounters({"com1": {"rx_bytes": 3}, "port_bus": {"unclaimed_reads": 0}})
+    assert query_result("devices", devices.to_wire()).get("com1", "rx_bytes") == 3
+    assert query_result("devices", devices.to_wire()).get("com2", "rx_bytes") is None
+    with pytest.raises(Refused, match="NO_DEVICE"):
+        query_result("screen", {"error": "this partition has no VGA"})
+    with pytest.raises(Refused, match="MALFORMED"):
+        query_result("screen", {"text": "x"})

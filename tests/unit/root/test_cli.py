@@ -226,7 +226,9 @@ FAKE_LAUNCHER = textwrap.dedent("""
         man = json.loads((run / "manifest.json").read_text())
         who = (run / "stop-requested").read_text().strip()
         man.update(state="ended", ended={"reason": "SIGTERM from " + who, "exit_code": 0})
-        (run / "manifest.json").write_text(json.dumps(man))
+        # As the real launcher does: a reader never sees half a manifest.
+        (run / "manifest.tmp").write_text(json.dumps(man))
+        (run / "manifest.tmp").replace(run / "manifest.json")
         sys.exit(0)
 
     signal.signal(signal.SIGTERM, on_term)
