@@ -140,13 +140,17 @@ class Hypervisor:
             if wake is not None:
                 timeout = max(0, min(timeout, -(-(wake - perf_counter_ns()) // 1_000_000)))
             if not router.wait(timeout):
-                if wake is not None:
-                    now = perf_counter_ns()
-                    if interrupts.next_timer_ns is not None and now >= interrupts.next_timer_ns:
-                        interrupts.fire_timers(now)
-                    sched.tick(now)
-                if time.monotonic_ns() >= next_housekeeping:
-                    next_housekeeping = self._housekeeping()
+                try:
+                    if wake is not None:
+                        now = perf_counter_ns()
+                        if interrupts.next_timer_ns is not None and now >= interrupts.next_timer_ns:
+                            interrupts.fire_timers(now)
+                        sched.tick(now)
+                    if time.monotonic_ns() >= next_housekeeping:
+                        next_housekeeping = self._housekeeping()
+                except Exception as e:  # the timers work on what peers set up: guarded alike
+                    next_housekeeping = time.monotonic_ns() + HOUSEKEEPING_INTERVAL_MS * 1_000_000
+                    self._handler_failed(None, None, None, e)
                 continue
             frames = router.recv()
             t_in = perf_counter_ns()
@@ -197,23 +201,32 @@ class Hypervisor:
                     handler(identity, peer, msg, t_in)
             except Exception as e:  # one guard per message: nothing a peer sends stops the loop
                 self._handler_failed(identity, peer, msg, e)
-            if interrupts.next_timer_ns is not None and perf_counter_ns() >= interrupts.next_timer_ns:
-                interrupts.fire_timers(perf_counter_ns())
-            if time.monotonic_ns() >= next_housekeeping:
-                next_housekeeping = self._housekeeping()
+            try:
+                if interrupts.next_timer_ns is not None and perf_counter_ns() >= interrupts.next_timer_ns:
+                    interrupts.fire_timers(perf_counter_ns())
+                if time.monotonic_ns() >= next_housekeeping:
+                    next_housekeeping = self._housekeeping()
+            except Exception as e:
+                next_housekeeping = time.monotonic_ns() + HOUSEKEEPING_INTERVAL_MS * 1_000_000
+                self._handler_failed(None, None, None, e)
         self.router.close()
 
-    def _handler_failed(self, identity: bytes, peer, msg: m.Message | None, e: Exception) -> None:
+    def _handler_failed(self, identity: bytes | None, peer, msg: m.Message | None, e: Exception) -> None:
         """A handler raised: a bug of ours (a peer's mistakes are refused before a handler
         runs, or by the handler with an error reply).  Count it, log it with the message
-        type and the peer, answer INTERNAL, and go on — or, strict, re-raise."""
+        type and the peer, answer INTERNAL, and go on — or, strict, re-raise.  No
+        ``identity``: the timers (APIC timers, the scheduler's tick, housekeeping) raised."""
         self.counters["handler_errors"] += 1
-        who = peer.name if peer is not None else f"unbound peer {identity.hex()[:16]}"
-        name, type_id = (msg.NAME, msg.TYPE) if msg is not None else ("(decoding)", 0)
+        if identity is None:
+            name, who, type_id = "(timers)", "the hypervisor", 0
+        else:
+            who = peer.name if peer is not None else f"unbound peer {identity.hex()[:16]}"
+            name, type_id = (msg.NAME, msg.TYPE) if msg is not None else ("(decoding)", 0)
         # The traceback with the first line of each second; the rest say what and from whom.
         self._error_log.error("handler error: %s from %s: %s: %s", name, who, type(e).__name__, str(e)[:200],
                               traceback=True)
-        self.outbox.error(identity, type_id, "INTERNAL", f"the hypervisor failed handling {name}")
+        if identity is not None:
+            self.outbox.error(identity, type_id, "INTERNAL", f"the hypervisor failed handling {name}")
         if self.strict:
             raise
 

@@ -199,3 +199,15 @@ def test_vp_stats_from_a_vp_still_count(lenient):
     lenient.send(V10, m.VpStats({"cpuid": stats.to_wire()}, {"exits": 5}))
     assert lenient.hv.status().partition(1).guest == {"exits": 5}
     still_serving(lenient)
+
+
+def test_a_timer_that_raises_is_counted_and_the_loop_goes_on(lenient, monkeypatch):
+    def broken(now):
+        raise RuntimeError("a timer bug")
+
+    monkeypatch.setattr(lenient.hv.interrupts, "fire_timers", broken)
+    monkeypatch.setattr(lenient.hv.interrupts, "next_timer_ns", 0)
+    lenient.send(ROOT, m.StatusRequest())
+    assert lenient.hv.counters["handler_errors"] >= 1
+    monkeypatch.undo()
+    assert lenient.send(ROOT, m.StatusRequest()).one(ROOT, m.StatusReply)
