@@ -1,4 +1,4 @@
-"""The fuzzer's message sequence (benchmarks/fuzz.py) through the in-process hypervisor, strict:
+"""The fuzzer's message sequence (benchmarks/fuzz_sequence.py) through the in-process hypervisor, strict:
 any handler error is re-raised, so a bug of ours that a hostile frame reaches fails here,
 with the seed and the message that found it."""
 
@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from benchmarks.fuzz import KINDS, Sequence, reaction
+from benchmarks.fuzz_sequence import KINDS, Sequence, reaction
 from proto import messages as m
 from tests.unit.hypervisor.fake_stack import ROOT, Stack, vp_id, worker_id
 
