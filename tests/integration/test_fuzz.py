@@ -40,3 +40,19 @@ def test_the_run_survives_3000_fuzzed_messages_and_its_guest_makes_progress(live
         first = root.status()
         exits = lambda st: sum(sum(vp["exits"].values()) for p in st["partitions"] if p["id"] == 1 for vp in p["vps"])
         wait_until(lambda: exits(root.status()) > exits(first), 10, what="the guest to exit again")
+
+
+def test_the_runs_own_worker_survives_fuzzed_device_accesses(live):
+    """--devices: the run's own worker gets what its guest could send it through the
+    hypervisor (port and VGA accesses, console and keyboard input, queries); its loop's
+    guard must never have to catch anything, and the guest must go on exiting."""
+    live.fuzzed = True
+    wait_until(lambda: "enlightenments:" in live.console("alpha"), 30, what="the guest's banner")
+    out = live.launch("fuzz", live.name, "--messages", "2000", "--seed", "5", "--duration", "60", "--devices",
+                      "--json", timeout=180)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rep = json.loads(out.stdout)
+    assert (rep["crashes"], rep["hangs"], rep["handler_error_lines"]) == (0, 0, [])
+    assert rep["devices"] and rep["exits_per_s_after"] > 0
+    assert rep["replies"].get("worker_query_reply", 0) > 0  # the real worker answered the fuzzer's queries
+    assert len(alive(live.pids())) == len(live.pids())
