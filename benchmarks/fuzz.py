@@ -37,6 +37,7 @@ import zmq
 from proto import messages as m
 from proto.auth import peer_token
 from proto.codes import HV_CHILD_ENLIGHTENED_PRIVILEGES, HvRegisterName
+from proto.errors import HvstackError, ProtocolError
 
 from benchmarks.fuzz_sequence import EXITS, KINDS, Sequence, reaction
 
@@ -133,7 +134,12 @@ class Fuzzer:
         deadline = time.monotonic() + (timeout_s or self.status_timeout_s)
         while time.monotonic() < deadline:
             if sock.poll(max(1, int((deadline - time.monotonic()) * 1000)), zmq.POLLIN):
-                reply = m.decode(sock.recv())
+                try:
+                    reply = m.decode(sock.recv())
+                except ProtocolError as e:
+                    self.report.replies["undecodable"] += 1
+                    self.report.undecodable.append(f"reply to {msg.NAME}: {e}")
+                    continue
                 if isinstance(reply, (m.ConsoleData, m.TraceEvent)):
                     continue  # a stream this root subscribed to (the sequence may subscribe it)
                 return reply
@@ -145,7 +151,7 @@ class Fuzzer:
         if wait:
             reply = m.decode(sock.recv()) if sock.poll(5000, zmq.POLLIN) else None
             if not isinstance(reply, m.HelloReply):
-                raise RuntimeError(f"fuzz: hello as {role} of {pid} got {reply}")
+                raise HvstackError(f"hello as {role} of partition {pid} got {reply}")
 
     def secret_token(self, role: str, pid: int) -> str:
         return peer_token(self.secret, role, pid)
@@ -165,7 +171,7 @@ class Fuzzer:
             self._hello(self.socks["worker"], "worker", pid)
             reply = self._request(self.socks["worker"], m.InstallIntercept(FUZZ_PORTS, FUZZ_MMIO))
             if not isinstance(reply, m.Ack):
-                raise RuntimeError(f"fuzz: install_intercept got {reply}")
+                raise HvstackError(f"the fuzz worker's install_intercept got {reply}")
             self.socks["vp"] = self._dealer()
             self._hello(self.socks["vp"], "vp", pid, wait=False)  # answered at its first dispatch
             client.set_vp_registers(pid, 0, {HvRegisterName.HvRegisterExplicitSuspend: 0})

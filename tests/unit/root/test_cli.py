@@ -315,3 +315,9 @@ def test_root_imports_benchmarks_only_when_bench_runs():
     code = ("import sys, root.cli; "
             "assert not [m for m in sys.modules if m.startswith(('benchmarks', 'launch'))], sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("bad", [["--messages", "0"], ["--duration", "0"], ["--status-timeout", "-1"]])
+def test_fuzz_refuses_bounds_that_are_not_positive(bad, capsys):
+    assert main(["fuzz", "no-such-run", *bad]) == 2
+    assert "must be positive" in capsys.readouterr().err
