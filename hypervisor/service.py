@@ -97,6 +97,7 @@ class Hypervisor:
             "ipis_ignored": 0,
             "out_of_turn": 0,  # exits from a VP that was not executing guest code
             "handler_errors": 0,  # exceptions in a handler: bugs of ours, each logged (rate-limited)
+            "status_trimmed": 0,  # status replies too big to decode anywhere, sent without histograms
         }
         counters = self.counters
         self.table = PartitionTable()

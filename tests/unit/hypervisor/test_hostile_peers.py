@@ -211,3 +211,29 @@ def test_a_timer_that_raises_is_counted_and_the_loop_goes_on(lenient, monkeypatc
     assert lenient.hv.counters["handler_errors"] >= 1
     monkeypatch.undo()
     assert lenient.send(ROOT, m.StatusRequest()).one(ROOT, m.StatusReply)
+
+
+def test_a_vp_cannot_make_status_too_big_to_decode(lenient):
+    # Counter names as long as the frame allows: refused (names are short).
+    long_names = {f"{i:04d}" + "k" * 3900: 1 for i in range(256)}
+    lenient.raw(V10, m.VpStats({}, long_names).encode())
+    # Paths that are not paths, and histograms with every bucket there is: refused.
+    lenient.raw(V10, raw(m.VpStats.TYPE, {"x" * 1000: {"t": {"c": {}, "n": 0, "s": 0, "lo": 0, "hi": 0}, "st": []}},
+                         {}))
+    full = {"c": {b: 1 for b in range(4096)}, "n": 4096, "s": 1, "lo": 1, "hi": 1}
+    lenient.raw(V10, raw(m.VpStats.TYPE, {"cpuid": {"t": full, "st": [full] * 4}, "msr": {"t": full, "st": []}}, {}))
+    assert lenient.hv.counters["malformed"] == 3
+    assert lenient.send(ROOT, m.StatusRequest()).one(ROOT, m.StatusReply)
+    still_serving(lenient)
+
+
+def test_a_status_too_big_for_a_frame_is_sent_without_histograms(lenient, monkeypatch):
+    stats = PathStats()
+    for ns in range(1, 2_000_000, 997):
+        stats.record((0, ns // 2, ns))
+    lenient.send(V10, m.VpStats({"cpuid": stats.to_wire()}, {"exits": 5}))
+    full = len(m.StatusReply(lenient.hv.status().to_wire()).encode())
+    monkeypatch.setattr(m, "MAX_FRAME_BYTES", full - 100)  # what many VPs' histograms would do
+    reply = lenient.send(ROOT, m.StatusRequest()).one(ROOT, m.StatusReply)
+    assert len(reply.encode()) < full - 100 and all(p["paths"] == {} for p in reply.status["partitions"])
+    assert lenient.hv.counters["status_trimmed"] == 1
