@@ -6,21 +6,29 @@ hypercall, 2 one-way hops (worker → hv → VP) for the interrupt path — so a
 the stack's own work costs.  Disk throughput is held against the throughput the floor would
 give for the same number of emulated round trips per 4 KiB.  Each stack path is measured on
 a one-partition, one-VP topology so nothing else competes for the two cores.
+
+Ctrl-C or SIGTERM stops the bench between two measurements (a run that is going on ends as
+a run does, every process of it gone): the rounds already complete are reported, marked
+partial, or one line says that none was.  The results are printed (or the JSON written)
+before anything optional — the plot — so that a plot that fails loses nothing.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 
 from benchmarks.floor import FloorClient, IrqFloorClient
+from proto.errors import HvstackError
 from proto.stats import Histogram, PathStats
 from proto.status import HypervisorStatus, PartitionStatus
 from root import REPO
 from root.procs import die_with_parent
+from root.commands.common import complain
 from root.report import Output, table
 from root.run import execute
 from root.topology import load_topology
@@ -195,18 +203,33 @@ def _hist(samples: list[int]) -> Histogram:
     return h
 
 
+class BenchInterrupted(Exception):
+    """Ctrl-C or SIGTERM: stop measuring, report what is complete."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _interrupt(signum, frame):
+    raise BenchInterrupted(signum)
+
+
 def measure_floor(samples: int, irq_samples: int) -> dict:
     """Histograms of the 4-hop and 2-hop round trips and the one-way interrupt hops."""
     with tempfile.TemporaryDirectory(prefix="hvfloor") as d:
         endpoint = f"ipc://{d}/floor.sock"
         cmd = [sys.executable, "-m", "benchmarks.floor"]
+        # In sessions of their own, as the run's processes are: a terminal's Ctrl-C reaches
+        # the bench alone, which ends them (no traceback from a relay).
         relay = subprocess.Popen([*cmd, "relay", endpoint], cwd=REPO, stdout=subprocess.PIPE,
-                                 preexec_fn=die_with_parent)
+                                 preexec_fn=die_with_parent, start_new_session=True)
         echoes = []
         try:
             if relay.stdout.readline().strip() != b"READY":
                 raise RuntimeError("the floor relay did not start")
-            echoes = [subprocess.Popen([*cmd, role, endpoint], cwd=REPO, preexec_fn=die_with_parent)
+            echoes = [subprocess.Popen([*cmd, role, endpoint], cwd=REPO, preexec_fn=die_with_parent,
+                                       start_new_session=True)
                       for role in ("echo", "irqecho")]
             time.sleep(0.3)  # let the echo peers register before the first request
             out = {}
@@ -228,8 +251,12 @@ def measure_run(topology_text: str, duration_s: float) -> HypervisorStatus:
     topology = load_topology(topology_text, "<bench>")
     with open("/dev/null", "w") as devnull:
         run, reason, code = execute(topology, Output(devnull), duration_s)
+    # execute() took SIGINT and SIGTERM for the run's life and ended the run on one.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if reason.startswith(sig.name):
+            raise BenchInterrupted(sig)
     if code != 0 or not run.final_status:
-        raise RuntimeError(f"the bench run {topology.name} failed: {reason}")
+        raise HvstackError(f"the bench run {topology.name} failed: {reason}")
     return run.final_status
 
 
@@ -238,7 +265,29 @@ def measure_stack(topology_text: str, duration_s: float) -> PartitionStatus:
     return measure_run(topology_text, duration_s).partitions[0]
 
 
+def measure_round(samples: int, slice_s: float) -> tuple[dict, dict, dict]:
+    """One round: the floors, then the stack's round trips, interrupts and disk."""
+    floor = measure_floor(samples, max(1, int(slice_s * 100)))
+    paths: dict[str, PathStats] = {}
+    for got in (measure_stack(ROUND_TRIPS, slice_s).paths, measure_stack(INTERRUPTS, slice_s).paths):
+        for name, st in got.items():
+            paths.setdefault(name, PathStats()).merge(st)
+    with tempfile.TemporaryDirectory(prefix="hvdisk") as d:
+        guest = measure_stack(DISK.format(image=f"{d}/bench.img"), slice_s).guest
+    return floor, paths, {k: guest.get(k, 0) for k in ("disk_bytes", "disk_exits", "disk_ns", "disk_errors")}
+
+
 def run_bench(args) -> int:
+    """Measure, report; on Ctrl-C or SIGTERM report the complete rounds (status 130 / 143)."""
+    old = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _run_bench(args)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _run_bench(args) -> int:
     # Floor and stack alternate in rounds, so that a machine whose speed drifts (other
     # load, frequency changes) drifts under both alike.
     rounds = max(1, args.rounds)
@@ -246,18 +295,30 @@ def run_bench(args) -> int:
     paths: dict[str, PathStats] = {}
     disk: dict[str, int] = {}
     slice_s = args.duration / rounds
-    for _ in range(rounds):
-        for key, h in measure_floor(args.samples // rounds, int(slice_s * 100)).items():
-            floor.setdefault(key, Histogram()).merge(h)
-        stacks = [measure_stack(ROUND_TRIPS, slice_s).paths, measure_stack(INTERRUPTS, slice_s).paths]
-        for got in stacks:
-            for name, st in got.items():
+    done, interrupted = 0, None
+    try:
+        for _ in range(rounds):
+            round_floor, round_paths, round_disk = measure_round(max(1, args.samples // rounds), slice_s)
+            # A round counts whole or not at all, so floor and stack stay alike.
+            for key, h in round_floor.items():
+                floor.setdefault(key, Histogram()).merge(h)
+            for name, st in round_paths.items():
                 paths.setdefault(name, PathStats()).merge(st)
-        with tempfile.TemporaryDirectory(prefix="hvdisk") as d:
-            guest = measure_stack(DISK.format(image=f"{d}/bench.img"), slice_s).guest
-        for k in ("disk_bytes", "disk_exits", "disk_ns", "disk_errors"):
-            disk[k] = disk.get(k, 0) + guest.get(k, 0)
-    result = {"unit": "us", "floor_samples": args.samples, "rounds": rounds, "paths": {}}
+            for k, v in round_disk.items():
+                disk[k] = disk.get(k, 0) + v
+            done += 1
+        if args.experiments:
+            experiments = run_experiments(min(3.0, args.duration / 2))
+    except BenchInterrupted as e:
+        interrupted = e
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the report is written whole
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if not done:
+            complain("bench", f"stopped by {e}: no round was complete, nothing to report")
+            return 128 + e.signum
+    result = {"unit": "us", "floor_samples": args.samples, "rounds": done, "paths": {}}
+    if interrupted is not None:
+        result["partial"] = f"stopped by {interrupted} after {done} of {rounds} round(s)"
     rows = []
     for name, hops, label in PATHS:
         if name not in paths:
@@ -283,18 +344,32 @@ def run_bench(args) -> int:
         result["disk"] = {"bytes": disk["disk_bytes"], "mb_per_s": round(mb_s, 4), "exits_per_4k": round(per_4k, 1),
                           "floor_mb_per_s": round(floor_mb_s, 4), "ratio": round(floor_mb_s / mb_s, 3),
                           "errors": disk.get("disk_errors", 0)}
-    if args.experiments:
-        result["experiments"] = run_experiments(min(3.0, args.duration / 2))
+    if args.experiments and interrupted is None:
+        result["experiments"] = experiments
     io = result["paths"].get("io_port")
     result["goal"] = {"io_port_ratio_p50_at_most": GOAL_IO_RATIO_P50,
                       "met": bool(io and io["ratio_p50"] <= GOAL_IO_RATIO_P50)}
-    if getattr(args, "plot", None):
+    if args.json:
+        print(json.dumps(result, indent=2), flush=True)
+    else:
+        print_result(result, rows)
+    code = 0 if interrupted is None else 128 + interrupted.signum
+    if interrupted is not None:
+        complain("bench", result["partial"] + (": the results above are of those" if done else ""))
+    elif getattr(args, "plot", None):
         from benchmarks.plot import plot
 
-        plot(args.plot, {k: v.to_wire() for k, v in paths.items()}, floor)
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
+        try:
+            plot(args.plot, {k: v.to_wire() for k, v in paths.items()}, floor)
+        except (OSError, ValueError, RuntimeError) as e:
+            complain("bench", f"--plot {args.plot}: not drawn: {e}")
+            return 1
+    return code
+
+
+def print_result(result: dict, rows: list[list[str]]) -> None:
+    """The tables of a bench's result."""
+    io = result["paths"].get("io_port")
     print(table(["path", "hops", "samples", "p50 µs", "p99 µs", "floor p50", "floor p99",
                         "p50 ratio", "p99 ratio"], rows, "llrrrrrrr"))
     if "disk" in result:
@@ -327,4 +402,4 @@ def run_bench(args) -> int:
     if io:
         print(f"\nemulated I/O p50 is {io['ratio_p50']:.2f}× its floor "
               f"(goal ≤ {GOAL_IO_RATIO_P50}×: {'met' if result['goal']['met'] else 'NOT met'})")
-    return 0
+    sys.stdout.flush()

@@ -32,6 +32,13 @@ def require_matplotlib() -> None:
         raise PlotUnavailable(f"needs matplotlib, which is not installed: {INSTALL_HINT}") from e
 
 
+def plot_formats() -> list[str]:
+    """The file types matplotlib can write (by suffix), without choosing a backend."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return sorted(FigureCanvasBase.get_supported_filetypes())
+
+
 def values_us(h: Histogram) -> tuple[list[float], list[int]]:
     """Each non-empty bucket's value (its upper edge, capped at the maximum seen) in µs, and
     its count, in increasing order."""

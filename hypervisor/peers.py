@@ -10,6 +10,12 @@ refused, so nobody can take over a running partition's devices or VPs.  A refusa
 
 A VP's hello reply is its first dispatch: it waits for a logical processor like any
 resume, and for the root to clear HvRegisterExplicitSuspend (TLFS host flow).
+
+When a peer's connection goes (the transport tells the loop, ``Router.disconnected``) the
+peer is forgotten, with its trace subscription and console watching.  A worker's or VP's
+place in its partition stays taken: the root sees the process die and ends the run (or
+stops the partition), as before; only the table entry goes.  Refusals are logged at a
+bounded rate (``proto.loglimit``): a flood of bad hellos costs a counter, not a disk.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from time import perf_counter_ns
 from proto import messages as m
 from proto.auth import token_matches
 from proto.codes import HvPartitionState
+from proto.loglimit import LimitedLog
 
 from hypervisor.partitions import Partition, VirtualProcessor
 
@@ -39,8 +46,13 @@ class Peer:
 
 
 class Peers:
-    def __init__(self, *, secret: str, session: str, table, sched, outbox, counters: dict, memory, tlb) -> None:
+    def __init__(self, *, secret: str, session: str, table, sched, outbox, counters: dict, memory, tlb,
+                 bind=None) -> None:
+        """``bind(identity)``: tells the transport a good hello came on the connection
+        (``Router.bind``), so that it is no longer counted as idle."""
         self._secret = secret
+        self._bind = bind
+        self.refusals = LimitedLog(log)
         self._session = session
         self._table = table
         self._sched = sched
@@ -56,7 +68,7 @@ class Peers:
     def on_hello(self, identity: bytes, peer: Peer | None, msg: m.Hello, t_in: int) -> None:
         def refuse(code: str, why: str) -> None:
             self._counters["refused_hellos"] += 1
-            log.warning("refused hello from pid %d as %s: %s", msg.pid, msg.role, why)
+            self.refusals.warning("refused hello from pid %d as %s: %s", msg.pid, msg.role, why)
             self._outbox.error(identity, msg.TYPE, code, why)
 
         if msg.version != m.PROTOCOL_VERSION:
@@ -87,6 +99,8 @@ class Peers:
                 part.state = HvPartitionState.ACTIVE
                 name = f"vp:{part.id}:{vp.index}"
         self.by_identity[identity] = Peer(identity, msg.role, name, part, vp, msg.pid)
+        if self._bind is not None:
+            self._bind(identity)
         log.info("hello from %s (pid %d)", name, msg.pid)
         reply = m.HelloReply(name, self._session)
         if vp is None:
@@ -95,6 +109,14 @@ class Peers:
         # A VP starts executing when it is first dispatched: its hello reply waits for an LP.
         vp.next_frame = reply.encode()
         self._sched.make_ready(vp.sched, perf_counter_ns())
+
+    def forget(self, identity: bytes) -> None:
+        """The peer's connection has gone: its entry and its streams go too."""
+        peer = self.by_identity.pop(identity, None)
+        self._outbox.forget(identity)
+        if peer is not None:
+            self._counters["peers_disconnected"] += 1
+            log.info("%s (pid %d) disconnected", peer.name, peer.pid)
 
     def on_memory_request(self, identity: bytes, peer: Peer, msg: m.MemoryRequest, t_in: int) -> None:
         """Where the partition's memory is: only a peer's own partition's is handed out

@@ -58,6 +58,8 @@ class RootRequests:
         part = self._target(identity, msg, msg.partition)
         if part is None:
             return
+        if part.state is HvPartitionState.FINALIZED:  # no VP, no worker: nothing would execute
+            return self._outbox.error(identity, msg.TYPE, "CONFLICT", f"partition {part.id} is stopped")
         if msg.vp >= len(part.vps):
             return self._outbox.error(identity, msg.TYPE, "UNKNOWN_VP", f"partition {part.id} has no VP {msg.vp}")
         vp = part.vps[msg.vp]

@@ -89,6 +89,7 @@ class Hypervisor:
             "malformed": 0,
             "not_authenticated": 0,
             "refused_hellos": 0,
+            "peers_disconnected": 0,
             "not_permitted": 0,
             "stale_completions": 0,
             "unroutable_replies": 0,
@@ -116,14 +117,16 @@ class Hypervisor:
                                      interrupts=self.interrupts, tracer=self.tracer, outbox=self.outbox,
                                      hypercalls=self.hypercalls, memory=self.memory, tlb=self.tlb)
         self.peers = Peers(secret=secret, session=self.session, table=self.table, sched=self.sched,
-                           outbox=self.outbox, counters=counters, memory=self.memory, tlb=self.tlb)
+                           outbox=self.outbox, counters=counters, memory=self.memory, tlb=self.tlb,
+                           bind=router.bind)
         self.root_requests = RootRequests(table=self.table, router=router, outbox=self.outbox,
                                           intercepts=self.intercepts, dispatcher=self.dispatcher,
                                           forwarding=self.forwarding, tracer=self.tracer, memory=self.memory)
         self.telemetry = Telemetry(tracer=self.tracer, outbox=self.outbox, counters=counters,
                                    session=self.session, started_ns=self.started_ns, table=self.table,
                                    sched=self.sched, memory=self.memory, tlb=self.tlb, hypercalls=self.hypercalls,
-                                   peers=self.peers, forwarding=self.forwarding)
+                                   peers=self.peers, forwarding=self.forwarding,
+                                   transport_counters=router.counters)
         self.routes = build_routes(self)
 
     def serve(self) -> None:
@@ -232,8 +235,11 @@ class Hypervisor:
             raise
 
     def _housekeeping(self) -> int:
-        """Every HOUSEKEEPING_INTERVAL_MS: workers that did not answer in time, and the
-        scheduler's accounting window."""
+        """Every HOUSEKEEPING_INTERVAL_MS: workers that did not answer in time, the
+        scheduler's accounting window, and peers whose connection has gone."""
+        for identity in self.router.disconnected():
+            self.peers.forget(identity)
+        self.peers.refusals.flush()
         now = time.monotonic_ns()
         self.forwarding.expire_accesses(now)
         self.sched.tick(perf_counter_ns())

@@ -74,7 +74,7 @@ class Tracer:
 
 class Telemetry:
     def __init__(self, *, tracer: Tracer, outbox, counters: dict, session: str, started_ns: int, table,
-                 sched, memory, tlb, hypercalls, peers, forwarding) -> None:
+                 sched, memory, tlb, hypercalls, peers, forwarding, transport_counters: dict | None = None) -> None:
         self._tracer = tracer
         self._outbox = outbox
         self._counters = counters
@@ -88,6 +88,9 @@ class Telemetry:
         self._peers = peers
         self._forwarding = forwarding
         self._bad_stats_log = RateLimitedLog(log, 5)  # a VP's own process sends vp_stats: the guest's word
+        # The transport's (handshakes refused, idle connections shut down, connections
+        # open), kept by its gatekeeper thread: read, never written, here.
+        self._transport_counters = transport_counters if transport_counters is not None else {}
 
     # -- messages ----------------------------------------------------------------------------
 
@@ -166,7 +169,7 @@ class Telemetry:
             pid=os.getpid(),
             session=self.session,
             uptime_s=(time.monotonic_ns() - self.started_ns) / 1e9,
-            counters=dict(self._counters),
+            counters={**self._counters, **self._transport_counters},
             hypercalls=HypercallStatus({f"{k:#06x}": v for k, v in self._hypercalls.counts.items()},
                                        dict(self._hypercalls.failures)),
             peers=len(self._peers),

@@ -30,7 +30,8 @@ def vp_thread(spec: dict, token: str, index: int, system: kernel.System,
               stop: threading.Event, failures: list, bus_lock: threading.Lock) -> None:
     dealer = None
     try:
-        dealer = connect(spec["endpoint"], "vp", spec["partition_id"], index, token=token)
+        dealer = connect(spec["endpoint"], "vp", spec["partition_id"], index, token=token,
+                         server_key=spec.get("server_key"))
         # Guest RAM: the host page pool, through this partition's SLAT table.
         where = dealer.request(m.MemoryRequest(spec["partition_id"]))
         vp = Vp(dealer, index, GuestMemory(where.pool, where.slat), stop, bus_lock,

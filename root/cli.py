@@ -16,6 +16,7 @@ arguments and returns the exit status, so every command runs in-process as well.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from proto.errors import HvstackError
@@ -49,7 +50,25 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse: --help, or a usage error it has printed
         return e.code if isinstance(e.code, int) else 0 if e.code is None else 1
     try:
-        return args.fn(args)
+        code = args.fn(args)
+        sys.stdout.flush()  # a pipe's reader that has gone shows here, not at exit
+        return code
     except HvstackError as e:
         complain(args.cmd, str(e))
+        return getattr(e, "exit_code", 1)
+    except BrokenPipeError:
+        # `ls --all | head`: the reader has gone, which is how such a pipe ends.  Later
+        # writes (and the interpreter's flush at exit) go to /dev/null, as Python's
+        # documentation of SIGPIPE advises, and the command ends quietly.
+        quiet_stdout()
         return 1
+
+
+def quiet_stdout() -> None:
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):
+        return  # not a file descriptor (captured in-process): nothing will flush into a pipe
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)

@@ -7,11 +7,12 @@ child VP's behalf.
 
 from __future__ import annotations
 
-from time import perf_counter_ns
+from time import monotonic, perf_counter_ns
+from typing import Callable
 
 from proto import messages as m
 from proto.codes import HvPartitionProperty, HvRegisterName, HvStatus, HypercallCode, control_value
-from proto.errors import HvstackError, Refused
+from proto.errors import HvstackError, PeerTimeout, Refused
 from proto.hvcall import (
     HV_GPA_PAGE_NUMBER,
     HV_INPUT_CREATE_VP,
@@ -49,9 +50,11 @@ class HypercallFailed(HvstackError):
 
 
 class RootClient:
-    def __init__(self, endpoint: str, secret: str, timeout_ms: int = 5000) -> None:
+    def __init__(self, endpoint: str, secret: str, timeout_ms: int = 5000, server_key: str | None = None) -> None:
+        """``server_key``: a tcp endpoint's CURVE public key (the manifest's)."""
         self.timeout_ms = timeout_ms
-        self.dealer: Dealer = connect(endpoint, "root", 0, 0, secret=secret, timeout_ms=timeout_ms)
+        self.dealer: Dealer = connect(endpoint, "root", 0, 0, secret=secret, timeout_ms=timeout_ms,
+                                      server_key=server_key)
         self._seq = 0
 
     def close(self) -> None:
@@ -170,6 +173,21 @@ class RootClient:
     def status(self) -> dict:
         return self.dealer.request(m.StatusRequest(), self.timeout_ms).status
 
+    def status_watched(self, check: Callable[[], None], slice_ms: int = 50) -> dict:
+        """A status reply, waited for in slices with ``check()`` between them: the
+        supervisor's check that the run's processes live raises as soon as the hypervisor
+        dies mid-request, instead of after the whole timeout (and a timeout's message)."""
+        self.dealer.send(m.encode(m.StatusRequest()))
+        deadline = monotonic() + self.timeout_ms / 1000
+        while not self.dealer.wait(slice_ms):
+            check()
+            if monotonic() > deadline:
+                raise PeerTimeout(f"no answer from {self.dealer.endpoint} within {self.timeout_ms} ms")
+        reply = m.decode(self.dealer.recv_ready())
+        if isinstance(reply, m.ErrorReply):
+            raise Refused(reply.code, reply.message)
+        return reply.status
+
     def io(self, partition: int, vp: int, op: str, a: int = 0, b: int = 0, data: bytes = b"") -> m.VpResume:
         """One instruction on behalf of ``vp``; the resume it would have got."""
         reply = self.dealer.request(m.ExecuteRequest(self._next_seq(), partition, vp, op, a, b, data),
@@ -230,8 +248,8 @@ class RootClient:
 class ConsoleWatcher:
     """A separate connection that receives ``console_data`` events for some partitions."""
 
-    def __init__(self, endpoint: str, secret: str, partitions: list[int]) -> None:
-        self.dealer = connect(endpoint, "root", 0, 0, secret=secret)
+    def __init__(self, endpoint: str, secret: str, partitions: list[int], server_key: str | None = None) -> None:
+        self.dealer = connect(endpoint, "root", 0, 0, secret=secret, server_key=server_key)
         for pid in partitions:
             self.dealer.request(m.ConsoleSubscribe(pid))
 

@@ -46,10 +46,22 @@ class Proc:
         return self.popen.pid
 
 
+def secret_pipe(data: bytes) -> int:
+    """The read end of a pipe holding ``data`` then EOF: a secret for a child to inherit
+    (``spawn(pass_fds=…)``) and read, never in its argv or environment.  The caller
+    closes it once the child is started."""
+    r, w = os.pipe()
+    try:
+        os.write(w, data)  # far below the pipe's capacity: never blocks
+    finally:
+        os.close(w)
+    return r
+
+
 def spawn(role: str, name: str, module: str, args: list[str], env_extra: dict, logs: Path,
-          stdout=subprocess.DEVNULL) -> Proc:
+          stdout=subprocess.DEVNULL, pass_fds: tuple[int, ...] = ()) -> Proc:
     """``python -m module args…``, its stderr appended to ``logs/ROLE-NAME.log`` (the
-    hypervisor's to ``logs/hypervisor.log``)."""
+    hypervisor's to ``logs/hypervisor.log``); ``pass_fds`` are inherited."""
     log_path = logs / f"{role}-{name}.log" if role != "hypervisor" else logs / "hypervisor.log"
     env = dict(os.environ)
     env.update(env_extra)
@@ -58,7 +70,7 @@ def spawn(role: str, name: str, module: str, args: list[str], env_extra: dict, l
     try:
         popen = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=env,
                                  stdin=subprocess.DEVNULL, stdout=stdout, stderr=log,
-                                 preexec_fn=die_with_parent, start_new_session=True)
+                                 preexec_fn=die_with_parent, start_new_session=True, pass_fds=pass_fds)
     finally:
         log.close()
     return Proc(role, name, popen, log_path)

@@ -21,12 +21,12 @@ from datetime import datetime, timezone
 from proto import auth
 from proto.errors import HvstackError
 from proto.status import HypervisorStatus
-from proto.transport import ipc_endpoint
+from proto.transport import curve_keypair, ipc_endpoint
 from root import hostflow
 from root.client import ConsoleWatcher, RootClient
-from root.procs import Proc, describe_exit, spawn, stop_procs
+from root.procs import STOP_GRACE_S, Proc, describe_exit, secret_pipe, spawn, stop_procs
 from root.report import Output
-from root.rundir import RunDir, new_run_dir, pid_alive, write_json
+from root.rundir import GUEST_MEMORY_FILES, RunDir, launcher_identity, new_run_dir, pid_alive, write_json, write_private
 from root.topology import Topology
 
 HV_READY_TIMEOUT_S = 10.0
@@ -34,10 +34,12 @@ WORKER_READY_TIMEOUT_S = 10.0
 STATUS_INTERVAL_S = 0.25  # how often supervision reads the hypervisor's status
 FINISH_GRACE_S = 30  # beyond the duration, before guests that have not finished end the run
 UNTIL_STOPPED_S = 86400.0  # the guest's duration when the run's is 0 ("until stopped")
+HV_DEAD_PARTITION_GRACE_S = 0.5
 # Stop order: the partitions first, then their workers, then the hypervisor.
 STOP_ORDER = {"partition": 0, "worker": 1, "hypervisor": 2}
-# Guest memory dies with the run; the manifest, logs, consoles, NVRAM and disk images stay.
-GUEST_MEMORY_FILES = ("memory.pool", "slat-*.bin", "tlb-*.bin")
+# Every file a run's processes create is theirs alone (0600; directories 0700): they inherit
+# the launcher's umask while a run starts.
+RUN_UMASK = 0o077
 
 
 class RunEnded(HvstackError):
@@ -59,6 +61,7 @@ class Run:
     procs: list[Proc] = field(default_factory=list)
     partition_ids: dict[str, int] = field(default_factory=dict)
     endpoint: str = ""
+    server_key: str | None = None  # a tcp endpoint's CURVE public key (Z85); None for ipc
     secret: str = field(default_factory=auth.new_secret)
     root: RootClient | None = None
     watcher: ConsoleWatcher | None = None
@@ -70,34 +73,32 @@ class Run:
 
     def start(self) -> None:
         self.run = new_run_dir(self.topology.name)
-        secret_path = self.run.path / "secret"
-        secret_path.write_text(self.secret)
-        secret_path.chmod(0o600)
+        write_private(self.run.path / "secret", self.secret)
         self._manifest_update(state="starting")
-        if self.topology.transport == "ipc":
-            endpoint = ipc_endpoint(str(self.run.path / "hv.sock"))
-        else:
-            endpoint = "tcp://127.0.0.1:0"
         logs = self.run.path / "logs"
         pool_pages = hostflow.pool_pages(self.topology)
-        hv = spawn("hypervisor", "hv", "hypervisor",
-                   ["--endpoint", endpoint, "--lps", str(self.topology.logical_processors),
-                    "--memory-dir", str(self.run.path), "--pool-pages", str(pool_pages)],
-                   {"HVSTACK_SECRET": self.secret},
-                   logs, stdout=subprocess.PIPE)
+        args = ["--lps", str(self.topology.logical_processors),
+                "--memory-dir", str(self.run.path), "--pool-pages", str(pool_pages)]
+        if self.topology.transport == "ipc":
+            hv = spawn("hypervisor", "hv", "hypervisor",
+                       ["--endpoint", ipc_endpoint(str(self.run.path / "hv.sock")), *args],
+                       {"HVSTACK_SECRET": self.secret}, logs, stdout=subprocess.PIPE)
+        else:
+            hv = self._spawn_tcp_hypervisor(args, logs)
         self.procs.append(hv)
         self.endpoint = self._await_ready(hv)
-        self.root = RootClient(self.endpoint, self.secret)
+        self.root = RootClient(self.endpoint, self.secret, server_key=self.server_key)
         free = hostflow.free_pages(pool_pages, self.run.name)
         for pc in self.topology.partitions:
             self.partition_ids[pc.name] = hostflow.create_partition(self.root, pc, free)
         self._manifest_update()
-        self.watcher = ConsoleWatcher(self.endpoint, self.secret, list(self.partition_ids.values()))
+        self.watcher = ConsoleWatcher(self.endpoint, self.secret, list(self.partition_ids.values()),
+                                      server_key=self.server_key)
         for pc in self.topology.partitions:
             pid = self.partition_ids[pc.name]
             token = auth.peer_token(self.secret, "worker", pid)
             devices = pc.worker_devices(self.run.path, self.topology.base_dir or self.run.path)
-            spec = {"endpoint": self.endpoint, "partition_id": pid, "name": pc.name,
+            spec = {"endpoint": self.endpoint, "server_key": self.server_key, "partition_id": pid, "name": pc.name,
                     "console_path": str(self.run.path / f"console-{pc.name}.log"), "devices": devices}
             spec_path = self.run.path / f"worker-{pc.name}.json"
             write_json(spec_path, spec)
@@ -108,8 +109,8 @@ class Run:
         for pc in self.topology.partitions:
             pid = self.partition_ids[pc.name]
             token = auth.peer_token(self.secret, "vp", pid)
-            spec = {"endpoint": self.endpoint, "partition_id": pid, "name": pc.name, "vps": pc.vps,
-                    "memory_mb": pc.memory_mb, "workloads": pc.workloads,
+            spec = {"endpoint": self.endpoint, "server_key": self.server_key, "partition_id": pid, "name": pc.name,
+                    "vps": pc.vps, "memory_mb": pc.memory_mb, "workloads": pc.workloads,
                     # 0 means "until stopped": the guest runs its workloads for a day.
                     "duration_s": self.duration if self.duration > 0 else UNTIL_STOPPED_S}
             spec_path = self.run.path / f"partition-{pc.name}.json"
@@ -117,6 +118,18 @@ class Run:
             self.procs.append(spawn("partition", pc.name, "partitions", ["--spec", str(spec_path)],
                                     {"HVSTACK_TOKEN": token}, logs))
         self._manifest_update(state="running")
+
+    def _spawn_tcp_hypervisor(self, args: list[str], logs) -> Proc:
+        """A tcp endpoint is CURVE (proto.transport): a key pair per run, the public half in
+        the manifest for clients, the secret half to the hypervisor on an inherited pipe."""
+        self.server_key, curve_secret = curve_keypair()
+        fd = secret_pipe(curve_secret.encode())
+        try:
+            return spawn("hypervisor", "hv", "hypervisor",
+                         ["--endpoint", "tcp://127.0.0.1:0", "--curve-key-fd", str(fd), *args],
+                         {"HVSTACK_SECRET": self.secret}, logs, stdout=subprocess.PIPE, pass_fds=(fd,))
+        finally:
+            os.close(fd)
 
     def _await_ready(self, hv: Proc) -> str:
         deadline = time.monotonic() + HV_READY_TIMEOUT_S
@@ -137,7 +150,7 @@ class Run:
         deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
         while True:
             self._check_procs()
-            status = self.status()
+            status = self._status_watched()
             if all(p.worker and p.ranges for p in status.partitions):
                 return
             if time.monotonic() > deadline:
@@ -153,6 +166,18 @@ class Run:
     def status(self) -> HypervisorStatus:
         """The hypervisor's status now, typed."""
         return HypervisorStatus.from_wire(self.root.status())
+
+    def _status_watched(self) -> HypervisorStatus:
+        """The status, but a process that dies meanwhile ends the run at once and in its
+        own name (not 5 s later as a launcher error about a status timeout)."""
+        try:
+            return HypervisorStatus.from_wire(self.root.status_watched(self._check_procs))
+        except (HvstackError, OSError):
+            self._check_procs()
+            raise
+
+    def _hypervisor_alive(self) -> bool:
+        return any(p.role == "hypervisor" and p.popen.poll() is None for p in self.procs)
 
     def request_stop(self, reason: str) -> None:
         self._stop_reason = reason
@@ -176,7 +201,7 @@ class Run:
             if time.monotonic() < next_status:
                 continue
             next_status = time.monotonic() + STATUS_INTERVAL_S
-            status = self.status()
+            status = self._status_watched()
             # The run's own partitions only: the root may have made others (the fuzzer does).
             ours = [p for p in status.partitions if p.id in self.partition_ids.values()]
             for p in ours:
@@ -218,7 +243,7 @@ class Run:
 
     def finish(self, reason: str, exit_code: int) -> None:
         """Stop every process (partitions, then workers, then the hypervisor) and record why."""
-        if self.root is not None and self.final_status is None:
+        if self.root is not None and self.final_status is None and self._hypervisor_alive():
             try:
                 self.final_status = self.status()
             except (HvstackError, OSError):
@@ -227,8 +252,12 @@ class Run:
             if c is not None:
                 c.close()
         exits: dict = {}
+        # A partition whose hypervisor is dead has nothing to finish (its VPs wait for
+        # resumes that will never come): a short grace, then SIGKILL.
+        hv_dead = not self._hypervisor_alive()
         for stage in range(len(STOP_ORDER)):
-            exits.update(stop_procs([p for p in self.procs if STOP_ORDER[p.role] == stage]))
+            grace = HV_DEAD_PARTITION_GRACE_S if hv_dead and stage == STOP_ORDER["partition"] else STOP_GRACE_S
+            exits.update(stop_procs([p for p in self.procs if STOP_ORDER[p.role] == stage], grace))
         left = [p.pid for p in self.procs if pid_alive(p.pid)]
         if not left:
             for pattern in GUEST_MEMORY_FILES:
@@ -242,9 +271,11 @@ class Run:
         path = self.run.manifest_path
         man = json.loads(path.read_text()) if path.exists() else {
             "name": self.run.name, "created": datetime.now(timezone.utc).isoformat(),
-            "launcher_pid": os.getpid(), "config": self.topology.to_dict()}
+            "launcher_pid": os.getpid(), "launcher": launcher_identity(),
+            "config": self.topology.to_dict()}
         man.update({
             "endpoint": self.endpoint,
+            "server_key": self.server_key,
             "processes": {f"{p.role}:{p.name}": {"pid": p.pid, "log": str(p.log_path)} for p in self.procs},
             "partitions": {name: {"id": pid, "console": str(self.run.path / f"console-{name}.log")}
                            for name, pid in self.partition_ids.items()},
@@ -265,6 +296,7 @@ def execute(topology: Topology, out: Output, duration_s: float | None = None) ->
         run.request_stop(f"{name}{' from ' + who if who else ''}")
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    old_umask = os.umask(RUN_UMASK)
     reason, code = "guests finished their workloads", 0
     try:
         try:
@@ -281,6 +313,7 @@ def execute(topology: Topology, out: Output, duration_s: float | None = None) ->
                     reason = run._stop_reason
                 run.finish(reason, code)
     finally:
+        os.umask(old_umask)
         for s, h in old.items():
             signal.signal(s, h)
     return run, reason, code

@@ -157,7 +157,8 @@ class HvstackRun:
         """The root's client of this run's hypervisor (one, reused; closed at teardown)."""
         if self._client is None:
             man = self.manifest()
-            self._client = RootClient(man["endpoint"], (self.path / "secret").read_text().strip())
+            self._client = RootClient(man["endpoint"], (self.path / "secret").read_text().strip(),
+                                      server_key=man.get("server_key"))
         return self._client
 
     def stats(self) -> dict:

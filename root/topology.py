@@ -9,6 +9,7 @@ vocabulary (``worker.devices.config``), and the workload names are the guest's
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tomllib
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from partitions.workloads import WORKLOADS as GUEST_WORKLOADS
 from proto.codes import HV_CHILD_ENLIGHTENED_PRIVILEGES, HV_SPIN_RETRY_NEVER, HvPrivilege, HvRecommendation
 from proto.errors import ConfigError
 from root import REPO
-from worker.devices.config import CHIPSETS, DEVICE_KEYS
+from worker.devices.config import CHIPSETS, DEVICE_KEYS, DEVICE_TYPES, ISA_IRQS
 
 # The default topology: two partitions on two LPs, one offered the enlightenments and one
 # without (`python launch.py` runs it).
@@ -41,10 +42,14 @@ RECOMMENDATIONS = {
 }
 # The workloads a partition may run: the guest's own table.
 WORKLOADS = tuple(GUEST_WORKLOADS)
-# The devices a topology may name and the settings each takes (DEVICE_KEYS), and the
-# chipsets, sets of devices, it may ask for (CHIPSETS): the worker's own vocabulary, imported
-# above; the worker checks values.
+# The devices a topology may name and the settings each takes (DEVICE_KEYS), the chipsets,
+# sets of devices, it may ask for (CHIPSETS), and where each device sits (its config's
+# ports()): the worker's own vocabulary, imported above.  Values are checked here with the
+# worker's own dataclasses, and placement (two devices on one port, an IRQ the PIC does not
+# have) before anything starts, so that a mistake names the file, line and key instead of
+# ending the run as "worker exited with status 1".
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+IRQ_KEYS = ("irq", "aux_irq")
 DISK_FORM = "must be { size_mb = N } (its image in the run directory) or { image = \"path\", size_mb = N }"
 
 
@@ -171,6 +176,12 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
             raise err(table, index, key, f"expected {names}, got {type(v).__name__} {v!r}")
         return v
 
+    def strings(values, table, index, key):
+        for v in values:
+            if not isinstance(v, str):
+                raise err(table, index, key, f"expected a list of strings, got {type(v).__name__} {v!r} in it")
+        return values
+
     check_keys(data, {"run", "partition"}, "", None)
     run = data.get("run", {})
     if not isinstance(run, dict):
@@ -190,12 +201,17 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
         raise err("run", None, "transport", f"{transport!r} is not 'ipc' or 'tcp'")
 
     raw_parts = data.get("partition", [])
-    if not isinstance(raw_parts, list) or not raw_parts:
+    if not isinstance(raw_parts, list):
+        raise err("", None, "partition", "must be an array of tables ([[partition]])")
+    if not raw_parts:
         raise err("", None, None, "at least one [[partition]] is needed")
     parts: list[PartitionConfig] = []
     names = set()
+    device_no = 0  # [[partition.device]] tables so far, over every partition: the locator's index
     for i, p in enumerate(raw_parts):
         t = "partition"
+        if not isinstance(p, dict):
+            raise err(t, i, None, f"must be a table, got {type(p).__name__} {p!r}")
         check_keys(p, {"name", "vps", "memory_mb", "enlightenments", "recommendations", "spin_retry",
                        "workloads", "chipset", "disk", "cpu", "device"}, t, i)
         pname = get(p, "name", str, t, i, required=True)
@@ -210,18 +226,18 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
         mem = get(p, "memory_mb", int, t, i, 16)
         if not 1 <= mem <= 4096:
             raise err(t, i, "memory_mb", f"{mem} is outside 1..4096")
-        enl = get(p, "enlightenments", list, t, i, [])
+        enl = strings(get(p, "enlightenments", list, t, i, []), t, i, "enlightenments")
         for e in enl:
             if e not in ENLIGHTENMENTS:
                 raise err(t, i, "enlightenments", f"unknown {e!r} (known: {', '.join(ENLIGHTENMENTS)})")
-        rec = get(p, "recommendations", list, t, i, [])
+        rec = strings(get(p, "recommendations", list, t, i, []), t, i, "recommendations")
         for r in rec:
             if r not in RECOMMENDATIONS:
                 raise err(t, i, "recommendations", f"unknown {r!r} (known: {', '.join(RECOMMENDATIONS)})")
         spin = get(p, "spin_retry", int, t, i, HV_SPIN_RETRY_NEVER)
         if not 0 <= spin <= 0xFFFFFFFF:
             raise err(t, i, "spin_retry", f"{spin} is not a 32-bit count")
-        wls = get(p, "workloads", list, t, i, ["serial"])
+        wls = strings(get(p, "workloads", list, t, i, ["serial"]), t, i, "workloads")
         for w in wls:
             if w not in WORKLOADS:
                 raise err(t, i, "workloads", f"unknown {w!r} (known: {', '.join(WORKLOADS)})")
@@ -238,6 +254,12 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
                 raise err(t, i, "disk", f"size_mb {size!r} is outside 1..1048576")
             if chipset != "gen1":
                 raise err(t, i, "disk", "an ATA disk needs chipset = \"gen1\" (its IRQ goes to the PIC)")
+            if image is not None and (base_dir is not None or Path(image).is_absolute()):
+                where = Path(image) if Path(image).is_absolute() else base_dir / image
+                if not where.parent.is_dir():
+                    raise err(t, i, "disk", f"image {image!r}: no directory {where.parent}")
+                if where.is_dir():
+                    raise err(t, i, "disk", f"image {image!r} is a directory")
             disk = {"image": image, "size_mb": size} if image is not None else {"size_mb": size}
         cpu = get(p, "cpu", dict, t, i, {})
         for k, v in cpu.items():
@@ -255,21 +277,59 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
         if not isinstance(raw_devs, list):
             raise err(t, i, "device", "must be an array of tables ([[partition.device]])")
         dev_names = {d.get("name", d["type"]) for d in CHIPSETS[chipset]}
+        # Every port claimed so far: the chipset's fixed devices, then the disk, then the
+        # extra devices in order, as the worker's bus registers them.
+        claimed: dict[int, str] = {}
+        for d in CHIPSETS[chipset] + ([{"type": "ata", "name": "disk"}] if disk else []):
+            for port in device_ports(d):
+                claimed[port] = f"{d.get('name', d['type'])} ({'the disk' if d['type'] == 'ata' else 'chipset ' + chipset})"
         for d in raw_devs:
-            dt = "partition.device"
-            kind = get(d, "type", str, dt, None, required=True)
+            dt, di = "partition.device", device_no
+            device_no += 1
+
+            def derr(key, why, dt=dt, di=di):
+                # An inline `device = [{…}]` has no [[partition.device]] header to point at.
+                if loc.line_of(dt, di, None) is None:
+                    return err(t, i, "device", f"#{di + 1}: {key + ': ' if key else ''}{why}")
+                return err(dt, di, key, why)
+
+            if not isinstance(d, dict):
+                raise derr(None, f"must be a table, got {type(d).__name__} {d!r}")
+            kind = d.get("type")
+            if not isinstance(kind, str):
+                raise derr(None if kind is None else "type", "missing key 'type'" if kind is None
+                           else f"expected str, got {type(kind).__name__} {kind!r}")
             if kind not in DEVICE_KEYS:
-                raise err(dt, None, "type", f"unknown device {kind!r} (known: {', '.join(DEVICE_KEYS)})")
+                raise derr("type", f"unknown device {kind!r} (known: {', '.join(DEVICE_KEYS)})")
             for k in d:
                 if k != "type" and k not in DEVICE_KEYS[kind]:
-                    raise err(dt, None, k, f"{kind} has no setting {k!r} (it takes: {', '.join(sorted(DEVICE_KEYS[kind]))})")
-            for k in ("base", "irq"):
-                if k in d and (not isinstance(d[k], int) or isinstance(d[k], bool) or not 0 <= d[k] <= 0xFFFF):
-                    raise err(dt, None, k, f"{d[k]!r} is not a port/IRQ number")
+                    raise derr(k, f"{kind} has no setting {k!r} (it takes: {', '.join(sorted(DEVICE_KEYS[kind]))})")
+            for k, v in d.items():
+                if k.endswith(("base", "port")) and (not isinstance(v, int) or isinstance(v, bool)
+                                                     or not 0 <= v <= 0xFFFF):
+                    raise derr(k, f"{v!r} is not an I/O port (0..0xffff)")
+                if k in IRQ_KEYS and (not isinstance(v, int) or isinstance(v, bool) or v not in ISA_IRQS):
+                    raise derr(k, f"{v!r} is not an ISA IRQ (0..15: the PIC pair's inputs)")
+            for k, default in DEVICE_TYPES[kind].settings().items():
+                if default is dataclasses.MISSING and k not in d:
+                    raise derr(None, f"{kind} needs {k!r}")
+                kind_of = str if default is None or default is dataclasses.MISSING else type(default)
+                if k in d and (type(d[k]) is not kind_of):
+                    raise derr(k, f"expected {kind_of.__name__}, got {type(d[k]).__name__} {d[k]!r}")
+            try:
+                DEVICE_TYPES[kind].build({k: v for k, v in d.items() if k != "type"})
+                ports = device_ports(d)
+            except (ValueError, TypeError) as e:
+                raise derr(_key_named_in(d, str(e)), str(e)) from None
             dname = d.get("name", kind)
             if dname in dev_names:
-                raise err(dt, None, "name", f"{dname!r} is already in partition {pname!r} (the chipset has "
-                                            f"{', '.join(sorted(dev_names))}); give it another name")
+                raise derr("name", f"{dname!r} is already in partition {pname!r} (the chipset has "
+                                   f"{', '.join(sorted(dev_names))}); give it another name")
+            for port in ports:
+                if port in claimed:
+                    raise derr(_port_key(d, port), f"{dname} would claim port {port:#x}, which {claimed[port]} has")
+            for port in ports:
+                claimed[port] = f"{dname} ([[partition.device]] #{di + 1})"
             dev_names.add(dname)
             devices.append(dict(d))
         parts.append(PartitionConfig(pname, vps, mem, list(enl), list(rec), spin, list(wls), chipset, disk,
@@ -277,12 +337,46 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
     return Topology(source, base_dir, name, duration, lps, transport, parts)
 
 
+def device_ports(spec: dict) -> list[int]:
+    """Every I/O port a device of the topology claims, from the worker's config for it
+    (``ValueError`` for a value the config refuses)."""
+    cls = DEVICE_TYPES[spec["type"]].config
+    names = {f.name for f in dataclasses.fields(cls)}
+    config = cls(**{k: v for k, v in spec.items() if k in names})
+    return [port for r in config.ports() for port in range(r.base, r.base + r.count)]
+
+
+def _port_key(spec: dict, port: int) -> str | None:
+    """The setting that put a device on ``port`` (the nearest port setting at or below it);
+    None when the device sits there by default."""
+    keys = [k for k, v in spec.items() if k.endswith(("base", "port")) and isinstance(v, int) and v <= port]
+    return max(keys, key=lambda k: spec[k], default=None)
+
+
+def _key_named_in(spec: dict, message: str) -> str | None:
+    """The setting whose value a config's error message quotes."""
+    for k, v in spec.items():
+        if k == "type":
+            continue
+        if isinstance(v, str) and repr(v) in message:
+            return k
+        if isinstance(v, int) and not isinstance(v, bool) and \
+                (f"{v:#x}" in message or re.search(rf"\b{v}\b", message)):
+            return k
+    return None
+
+
 def read_topology(path: str) -> Topology:
     """A topology file; relative paths in it (a disk image) are relative to its directory."""
     try:
-        text = Path(path).read_text()
+        raw = Path(path).read_bytes()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {raw[e.start]:#04x}); TOML files are UTF-8") from None
     return load_topology(text, path, Path(path).resolve().parent)
 
 

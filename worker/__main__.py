@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     console = ConsoleLog(spec["console_path"])
     chipset = Chipset(spec["devices"], console)
     # Connect and say hello as the partition's worker, then claim the ranges and map memory.
-    dealer = connect(spec["endpoint"], "worker", spec["partition_id"], 0, token=token)
+    dealer = connect(spec["endpoint"], "worker", spec["partition_id"], 0, token=token,
+                     server_key=spec.get("server_key"))
     worker = Worker(dealer, chipset, console)
     worker.start(spec["partition_id"])
 

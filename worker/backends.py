@@ -34,7 +34,7 @@ class DiskFile:
         self.path = path
         flags = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
         try:
-            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)  # the guest's data: its owner's alone
         except FileExistsError:
             fd = os.open(path, flags)
         else:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from root.commands.common import complain
+
 NAME = "bench"
 HELP = "round trips of each path against a pure-pyzmq floor"
 
@@ -25,14 +27,40 @@ def plot_file(value: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
     if not Path(value).resolve().parent.is_dir():
         raise argparse.ArgumentTypeError(f"{value}: no such directory")
+    from benchmarks.plot import plot_formats
+
+    suffix = Path(value).suffix.lstrip(".").lower()
+    if suffix not in plot_formats():
+        raise argparse.ArgumentTypeError(f"{value}: cannot draw a {'.' + suffix if suffix else 'file without a'} "
+                                         f"file type (one of: {', '.join('.' + f for f in plot_formats())})")
     return value
+
+
+def positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} must be at least 1")
+    return n
+
+
+def positive_seconds(value: str) -> float:
+    try:
+        s = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {value!r}") from None
+    if not 0 < s <= 3600:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"{s} must be more than 0 and at most 3600 seconds")
+    return s
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
-    p.add_argument("--duration", type=float, default=6.0, help="seconds of guest workloads per path kind")
-    p.add_argument("--samples", type=int, default=6000, help="round trips per floor")
-    p.add_argument("--rounds", type=int, default=3, help="floor and stack alternate this many times")
+    p.add_argument("--duration", type=positive_seconds, default=6.0, help="seconds of guest workloads per path kind")
+    p.add_argument("--samples", type=positive_int, default=6000, help="round trips per floor")
+    p.add_argument("--rounds", type=positive_int, default=3, help="floor and stack alternate this many times")
     p.add_argument("--no-experiments", dest="experiments", action="store_false",
                    help="skip the enlightenment experiments (spinlock, EOI, TLB)")
     p.add_argument("--plot", metavar="FILE.png", type=plot_file,
@@ -40,6 +68,10 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    if args.samples < args.rounds:
+        complain(NAME, f"--samples {args.samples} is fewer than --rounds {args.rounds}: "
+                       f"each round needs at least one round trip of each floor")
+        return 2
     from benchmarks.bench import run_bench
 
     return run_bench(args)

@@ -76,8 +76,8 @@ def run(args) -> int:
         raise KeyboardInterrupt
 
     old_term = signal.signal(signal.SIGTERM, on_term)
-    watcher = ConsoleWatcher(man["endpoint"], run.secret(), [pid])
-    root = RootClient(man["endpoint"], run.secret())
+    watcher = ConsoleWatcher(man["endpoint"], run.secret(), [pid], server_key=man.get("server_key"))
+    root = RootClient(man["endpoint"], run.secret(), server_key=man.get("server_key"))
     try:
         print(f"Connected to partition {args.partition} of run {run.name} ({uart})", file=note)
         if interactive:

@@ -34,7 +34,7 @@ def run(args) -> int:
     name = args.partition
     if name in man.get("stopped_partitions", []):
         raise HvstackError(f"partition {name} of run {run.name} is stopped")
-    with RootClient(man["endpoint"], run.secret()) as root:
+    with RootClient(man["endpoint"], run.secret(), server_key=man.get("server_key")) as root:
         try:
             root.control(pid, args.action)
         except Refused as e:

@@ -101,6 +101,9 @@ def run(args) -> int:
     if args.partition not in parts:
         complain(NAME, f"run {run.name} has no partition {args.partition!r} (it has {', '.join(parts)})")
         return 2
+    if args.partition in man.get("stopped_partitions", []):
+        complain(NAME, f"partition {args.partition} of run {run.name} was stopped: nothing executed")
+        return 1
     ops_args = list(args.ops)
     # `--vp N` may come after the partition, before the operations (argparse leaves it in
     # the REMAINDER there).
@@ -118,7 +121,7 @@ def run(args) -> int:
         complain(NAME, str(e))
         return 2
     failed = 0
-    with RootClient(man["endpoint"], run.secret()) as root:
+    with RootClient(man["endpoint"], run.secret(), server_key=man.get("server_key")) as root:
         for op, operands in ops:
             try:
                 print(run_op(root, parts[args.partition]["id"], args.vp, op, operands), flush=True)

@@ -1,35 +1,43 @@
-"""``ls [--all]``: the live runs in the runs directory (and, with --all, the ended ones)."""
+"""``ls [--all] [--prune]``: the live runs in the runs directory (and, with --all, the ended
+ones).  A run whose launcher died without ending it (SIGKILL, a crash) shows as "launcher
+died" (it is listed without --all: something of it is left); ``--prune`` removes what such a
+run left (its guest memory files) and records in its manifest how it ended."""
 
 from __future__ import annotations
 
 import argparse
 
 from root.report import table
-from root.rundir import RunDir, runs_root
+from root.rundir import RunDir, checked_runs_root, runs_root
 
 NAME = "ls"
-HELP = "list live runs"
+HELP = "list live runs (--prune: clean up runs whose launcher died)"
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--all", action="store_true", help="include ended runs")
+    p.add_argument("--prune", action="store_true",
+                   help="clean up runs whose launcher died: remove their guest memory, mark them ended")
 
 
 def run(args) -> int:
-    root = runs_root()
+    root = checked_runs_root()
     runs = sorted((d for d in root.glob("*") if (d / "manifest.json").exists()), key=lambda d: d.stat().st_mtime) \
-        if root.exists() else []
-    rows = []
+        if root is not None else []
+    rows, pruned = [], []
     for d in runs:
         rd = RunDir(d)
-        live = rd.is_live()
-        if not live and not args.all:
+        if args.prune and rd.prune():
+            pruned.append(rd.name)
+        state = rd.state()
+        if state not in ("running", "launcher died") and not args.all:
             continue
         man = rd.manifest()
-        rows.append([rd.name, "running" if live else man.get("ended", {}).get("reason", man.get("state", "?")),
-                     str(man.get("launcher_pid", "")), ", ".join(man.get("partitions", {}))])
+        rows.append([rd.name, state, str(man.get("launcher_pid", "")), ", ".join(man.get("partitions", {}))])
+    for name in pruned:
+        print(f"pruned {name}: its launcher had died; guest memory removed, manifest marked ended")
     if not rows:
-        print(f"no {'runs' if args.all else 'live runs'} in {root}")
+        print(f"no {'runs' if args.all else 'live runs'} in {root or runs_root()}")
         return 0
     print(table(["run", "state", "launcher", "partitions"], rows, "llrl"))
     return 0

@@ -10,9 +10,11 @@ from proto.errors import ConfigError
 from root.commands.common import PROG
 from root.report import Output
 from root.run import execute
+from root.rundir import checked_runs_root
 from root.topology import default_topology, read_topology
 
 NAME = "run"
+MAX_DURATION_S = 86400.0  # a topology's duration_s has the same bound
 HELP = "run a topology file (default: the embedded topology)"
 
 
@@ -22,11 +24,17 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    d = args.duration
+    if d is not None and not 0 <= d <= MAX_DURATION_S:  # NaN fails this too
+        print(f"{PROG} run: --duration {d} must be 0 (until stopped) or 0 < S <= {MAX_DURATION_S:.0f} seconds",
+              file=sys.stderr)
+        return 2
     try:
         topology = read_topology(args.config) if args.config else default_topology()
     except ConfigError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return ConfigError.exit_code
+    checked_runs_root(create=True)  # a runs root that is not ours: one line and status 2, nothing started
     out = Output()
     the_run, reason, code = execute(topology, out, args.duration)
     out.report(the_run, the_run.final_status)

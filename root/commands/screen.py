@@ -22,7 +22,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     run, man = live_run(args.run)
     pid = partition_of(run, man, args.partition)
-    with RootClient(man["endpoint"], run.secret()) as root:
+    with RootClient(man["endpoint"], run.secret(), server_key=man.get("server_key")) as root:
         try:
             screen = root.worker_query(pid, "screen")
         except Refused as e:

@@ -45,7 +45,7 @@ def run_stats(run: RunDir, man: dict, status: HypervisorStatus) -> dict:
 
 def run(args) -> int:
     run, man = live_run(args.run)
-    with RootClient(man["endpoint"], run.secret()) as root:
+    with RootClient(man["endpoint"], run.secret(), server_key=man.get("server_key")) as root:
         status = HypervisorStatus.from_wire(status_while_live(root, run))
     stats = run_stats(run, man, status)
     if args.json:

@@ -54,7 +54,7 @@ def process_rows(man: dict) -> list[list[str]]:
 
 def run(args) -> int:
     run, man = live_run(args.run)
-    with RootClient(man["endpoint"], run.secret()) as root:
+    with RootClient(man["endpoint"], run.secret(), server_key=man.get("server_key")) as root:
         status = root.status()
     procs = process_rows(man)
     if args.json:
@@ -66,7 +66,9 @@ def run(args) -> int:
     st = HypervisorStatus.from_wire(status)
     print(f"run {run.name}: hypervisor up {st.uptime_s:.1f} s, {st.peers} peers, "
           f"{st.counters['messages']} messages, {st.counters['malformed']} malformed, "
-          f"{st.counters['refused_hellos']} refused hellos")
+          f"{st.counters['refused_hellos']} refused hellos, "
+          f"{st.counters.get('handshakes_refused', 0)} handshakes refused, "
+          f"{st.counters.get('connections_evicted', 0)} idle connections shut down")
     for p in st.partitions:
         print(f"\npartition {names.get(p.id, p.id)} (id {p.id}): {p.state}, "
               f"worker {'up' if p.worker else 'missing'}, unclaimed I/O {p.unclaimed_reads}r/"

@@ -244,7 +244,7 @@ def run(args) -> int:
     sampler = ProcSampler()
     shown = 0
     try:
-        with RootClient(man["endpoint"], run.secret()) as root:
+        with RootClient(man["endpoint"], run.secret(), server_key=man.get("server_key")) as root:
             sampler.prime(man)
             before, t_before = HypervisorStatus.from_wire(status_while_live(root, run)), time.monotonic()
             while True:

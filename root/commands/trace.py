@@ -55,7 +55,7 @@ def run(args) -> int:
     t0 = time.perf_counter_ns()
     started = time.monotonic()
     try:
-        with RootClient(man["endpoint"], run.secret()) as tracer:
+        with RootClient(man["endpoint"], run.secret(), server_key=man.get("server_key")) as tracer:
             t0 = time.perf_counter_ns()
             tracer.trace_subscribe(only)
             started = time.monotonic()

@@ -9,7 +9,10 @@ crates for the same reason: whoever builds a VM needs the vocabulary, not the em
 
 The root imports this module (``DEVICE_TYPES``, ``DEVICE_KEYS``, ``CHIPSETS``) to check a
 topology before anything starts; the worker's chipset builds devices from the same entries.
-Values are checked when the dataclasses are made (``ValueError``).
+Values are checked when the dataclasses are made (``ValueError``).  Each config's ``ports()``
+is where the device sits on the port bus (the ISA addresses a PC gives the fixed chips), so
+that the root can refuse two devices on one port with the topology's file, line and key
+before the worker's bus would (a unit test holds each device's ``port_ranges`` to it).
 """
 
 from __future__ import annotations
@@ -18,17 +21,18 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from worker.devices.base import PortRange
+from worker.devices.base import WORD_DWORD, PortRange
 
 SECTOR_SIZE = 512  # a disk image is whole sectors
 PIT_HZ = 1_193_182  # the PIT's input clock on a PC
 # PIIX: ELCR1 bits 0-2 and ELCR2 bits 0 and 5 (IRQ0, 1, 2, 8, 13) are reserved, always edge.
 PIIX_FIXED_EDGE_IRQS = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 8) | (1 << 13)
+ISA_IRQS = range(16)  # what a device's IRQ line can be wired to: the PIC pair's inputs
 
 
 def _check_irq(irq: int) -> None:
-    if not 0 <= irq <= 255:
-        raise ValueError(f"irq {irq} is out of range")
+    if irq not in ISA_IRQS:
+        raise ValueError(f"irq {irq} is not an ISA IRQ (0..15)")
 
 
 # ------------------------------------------------------------------------- devices
@@ -48,6 +52,9 @@ class Uart16550Config:
         if not self.name:
             raise ValueError("a UART needs a name")
 
+    def ports(self) -> list[PortRange]:
+        return [PortRange(self.base, 8)]
+
 
 @dataclass(frozen=True)
 class Pic8259Config:
@@ -65,6 +72,10 @@ class Pic8259Config:
         if self.elcr_at_reset & self.elcr_fixed_edge:
             raise ValueError("elcr_at_reset sets a bit that is fixed edge")
 
+    def ports(self) -> list[PortRange]:
+        """Master ICW/OCW at 0x20, slave at 0xA0, the ELCR pair at 0x4D0 (PIIX)."""
+        return [PortRange(0x20, 2), PortRange(0xA0, 2), PortRange(0x4D0, 2)]
+
 
 @dataclass(frozen=True)
 class Pit8254Config:
@@ -76,6 +87,11 @@ class Pit8254Config:
         if self.input_hz <= 0:
             raise ValueError("input_hz must be positive")
 
+    def ports(self) -> list[PortRange]:
+        """Counters 0-2 and the control word at 0x40-0x43; port 0x61 (NMI status and
+        control: channel 2's gate and output) when ``port61``."""
+        return [PortRange(0x40, 4)] + ([PortRange(0x61, 1)] if self.port61 else [])
+
 
 @dataclass(frozen=True)
 class CmosRtcConfig:
@@ -85,6 +101,9 @@ class CmosRtcConfig:
     def __post_init__(self) -> None:
         PortRange(self.base, 2)
         _check_irq(self.irq)
+
+    def ports(self) -> list[PortRange]:
+        return [PortRange(self.base, 2)]
 
 
 @dataclass(frozen=True)
@@ -109,10 +128,21 @@ class AtaDiskConfig:
         PortRange(self.control_port, 1)
         _check_irq(self.irq)
 
+    def ports(self) -> list[PortRange]:
+        """The command block (the data register takes 16/32-bit accesses), the control port."""
+        return [PortRange(self.command_base, 1, WORD_DWORD), PortRange(self.command_base + 1, 7),
+                PortRange(self.control_port, 1)]
+
 
 @dataclass(frozen=True)
 class VgaTextConfig:
     name: str = "vga"
+
+    def ports(self) -> list[PortRange]:
+        """Miscellaneous output (write 0x3C2, read 0x3CC), the CRTC index/data pair (an
+        ``outw`` writes both) and input status 1, at their colour addresses."""
+        return [PortRange(0x3C2, 1), PortRange(0x3CC, 1), PortRange(0x3D4, 1, sizes=(1, 2)),
+                PortRange(0x3D5, 1), PortRange(0x3DA, 1)]
 
 
 @dataclass(frozen=True)
@@ -128,6 +158,9 @@ class I8042Config:
         PortRange(self.command_port, 1)
         _check_irq(self.irq)
         _check_irq(self.aux_irq)
+
+    def ports(self) -> list[PortRange]:
+        return [PortRange(self.data_port, 1), PortRange(self.command_port, 1)]
 
 
 # ------------------------------------------------------------------------- backends

@@ -54,6 +54,16 @@ class FakeRouter:
         self.full: set[bytes] = set()  # peers whose queue is full (best-effort sends drop)
         self.on_idle = None
         self.closed = False
+        self.bound: list[bytes] = []  # identities a good hello was said on (Router.bind)
+        self.dropped: list[bytes] = []  # connections that went, for Router.disconnected
+        self.counters: dict[str, int] = {}  # the transport's, merged into status
+
+    def bind(self, identity: bytes) -> None:
+        self.bound.append(identity)
+
+    def disconnected(self) -> list[bytes]:
+        out, self.dropped = self.dropped, []
+        return out
 
     def wait(self, timeout_ms: int) -> bool:
         if self.inbox:

@@ -36,6 +36,13 @@ def test_io_on_a_claimed_port_takes_the_vps_path_and_the_root_gets_the_resume(tw
     assert two.vp(1).state is VpState.RUNNING  # the VP itself never stopped
 
 
+def test_io_on_a_stopped_partition_is_refused_not_answered_all_ones(two):
+    """Issue 9: `io` on a stopped partition answered `OK 0xff`: nothing had executed."""
+    assert two.send(ROOT, m.PartitionControl(1, "stop")).one(ROOT, m.Ack)
+    out = execute(two, "inb", COM1 + 5)
+    assert out.one(ROOT, m.ErrorReply).code == "CONFLICT" and not out.to(W1)
+
+
 def test_io_on_an_unclaimed_port_and_on_unmapped_memory(two):
     r = execute(two, "inw", 0x80).one(ROOT, m.VpResume)
     assert (r.rax, r.path) == (0xFFFF, Exit.IO_UNCLAIMED.code)

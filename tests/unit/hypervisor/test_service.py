@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from proto import messages as m
 from proto.exits import Exit
 from proto.stats import PathStats
@@ -141,3 +143,40 @@ def test_a_peer_that_is_gone_loses_its_subscriptions(two):
 
 def test_serve_closes_the_socket_it_was_given(stack):
     assert stack.router.closed
+
+
+def test_a_flood_of_refused_hellos_writes_a_bounded_log(stack, caplog):
+    """Finding: every refused hello wrote a log line, at whatever rate a peer sent them."""
+    with caplog.at_level(logging.INFO, "hypervisor"):
+        for i in range(300):
+            stack.hello(b"x%d" % i, "root", token="0" * 40)
+    lines = [r.getMessage() for r in caplog.records if "refused hello" in r.getMessage()]
+    assert stack.hv.counters["refused_hellos"] == 300
+    assert 1 <= len(lines) <= 10, f"{len(lines)} log lines for 300 refused hellos"
+    assert all(len(line) <= 300 for line in lines)
+
+
+def test_a_peer_whose_connection_goes_is_forgotten_with_its_streams(stack):
+    """Finding: the peer table never shrank."""
+    stack.hello(b"r2", "root")
+    stack.send(b"r2", m.TraceSubscribe(0))
+    assert b"r2" in stack.hv.peers.by_identity and b"r2" in stack.router.bound
+    assert len(stack.hv.tracer.tracers) == 1
+    stack.router.dropped.append(b"r2")
+    stack.hv._housekeeping()
+    assert b"r2" not in stack.hv.peers.by_identity and not stack.hv.tracer.tracers
+    assert stack.hv.counters["peers_disconnected"] == 1
+    assert stack.hv.status().peers == 1  # the root the fixture bound
+
+
+def test_a_worker_or_vp_that_disconnects_leaves_the_table_but_keeps_its_place(two):
+    """Its entry goes; its place in the partition stays taken for the run (the root sees
+    the process die), so nobody else can claim the partition's devices or VPs."""
+    peers = len(two.hv.peers)
+    two.router.dropped += [worker_id(1), vp_id(1, 0)]
+    two.hv._housekeeping()
+    assert worker_id(1) not in two.hv.peers.by_identity and vp_id(1, 0) not in two.hv.peers.by_identity
+    assert len(two.hv.peers) == peers - 2
+    assert two.hv.table.get(1).worker == worker_id(1)
+    assert error_of(two.hello(b"w1new", "worker", 1), b"w1new").code == "CONFLICT"
+    assert error_of(two.hello(b"v10new", "vp", 1, 0), b"v10new").code == "CONFLICT"

@@ -6,6 +6,7 @@ test_run_in_process.py for a real run)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,7 @@ import pytest
 
 from root.cli import COMMANDS, main
 from root.commands.common import PROG
+from root.rundir import launcher_identity
 
 NAMES = [c.NAME for c in COMMANDS]
 # Arguments that name a run (and what else the command requires), per command.
@@ -149,7 +151,8 @@ def test_a_run_whose_launcher_is_gone_is_not_running(fake_run, capsys):
     dead.wait()
     fake_run("gone-1", launcher_pid=dead.pid)
     assert main(["status", "gone-1"]) == 1
-    assert capsys.readouterr().err == "launch.py status: run gone-1 is not running (its launcher is gone)\n"
+    assert capsys.readouterr().err == ("launch.py status: run gone-1 is not running (its launcher died without "
+                                       "ending the run; `launch.py ls --prune` cleans it up)\n")
 
 
 def test_a_prefix_that_matches_several_runs_names_them(fake_run, capsys):
@@ -251,7 +254,8 @@ def launcher(fake_run):
         procs.append(proc)
         assert proc.stdout.readline() == "ready\n"
         man = json.loads((path / "manifest.json").read_text())
-        (path / "manifest.json").write_text(json.dumps({**man, "launcher_pid": proc.pid}))
+        (path / "manifest.json").write_text(json.dumps({**man, "launcher_pid": proc.pid,
+                                                        "launcher": launcher_identity(proc.pid)}))
         return path, proc
 
     yield start
@@ -321,3 +325,43 @@ def test_root_imports_benchmarks_only_when_bench_runs():
 def test_fuzz_refuses_bounds_that_are_not_positive(bad, capsys):
     assert main(["fuzz", "no-such-run", *bad]) == 2
     assert "must be positive" in capsys.readouterr().err
+
+
+# -- commands that would do nothing say so (issue 9) ----------------------------------------
+
+
+def test_io_on_a_stopped_partition_says_nothing_was_executed(fake_run, capsys):
+    fake_run("live-1", partitions=("alpha", "beta"), stopped=("alpha",))
+    assert main(["io", "live-1", "alpha", "inb", "0x3fd"]) == 1
+    assert capsys.readouterr().err == "launch.py io: partition alpha of run live-1 was stopped: nothing executed\n"
+
+
+def test_keys_into_a_partition_without_a_keyboard_types_nothing(fake_run, capsys):
+    path = fake_run("live-1")
+    man = json.loads((path / "manifest.json").read_text())
+    man["config"]["partitions"][0]["chipset"] = "minimal"  # COM1 alone
+    (path / "manifest.json").write_text(json.dumps(man))
+    assert main(["keys", "live-1", "alpha", "hello"]) == 1
+    assert capsys.readouterr().err == ("launch.py keys: partition alpha of run live-1 has no keyboard "
+                                       "(no i8042 in its devices): nothing typed\n")
+
+
+def test_keys_into_a_stopped_partition_types_nothing(fake_run, capsys):
+    fake_run("live-1", partitions=("alpha", "beta"), stopped=("alpha",))
+    assert main(["keys", "live-1", "alpha", "hello"]) == 1
+    assert capsys.readouterr().err == "launch.py keys: partition alpha of run live-1 was stopped: nothing typed\n"
+
+
+def test_a_reader_that_has_gone_ends_ls_quietly(fake_run, monkeypatch, capsys):
+    """Issue 9: `ls --all | head` printed a BrokenPipeError.  Here stdout is a pipe whose
+    reader has gone before anything is written."""
+    for i in range(3):
+        fake_run(f"old-{i}", state="ended", reason="done", launcher_pid=1)
+    r, w = os.pipe()
+    os.close(r)
+    pipe = os.fdopen(w, "w")
+    monkeypatch.setattr(sys, "stdout", pipe)
+    assert main(["ls", "--all"]) == 1
+    pipe.flush()  # what the interpreter does at exit: nothing left to fail
+    pipe.close()
+    assert capsys.readouterr().err == ""

@@ -21,4 +21,21 @@ def test_a_device_setting_the_worker_does_not_take_is_refused_naming_the_ones_it
     with pytest.raises(ConfigError) as e:
         topology.load_topology(text, "t.toml")
     takes = ", ".join(sorted(DEVICE_KEYS["uart16550"]))
-    assert str(e.value) == f"t.toml:6: [partition.device] colour: uart16550 has no setting 'colour' (it takes: {takes})"
+    assert str(e.value) == f"t.toml:6: [[partition.device]] #1 colour: uart16550 has no setting 'colour' (it takes: {takes})"
+
+
+def test_each_configs_ports_are_where_the_worker_puts_its_device(tmp_path):
+    """The root checks placement with each config's ports(); the worker's bus registers each
+    device's port_ranges(): the two must agree, sizes included."""
+    from worker.chipset import Chipset
+    from worker.devices.config import CHIPSETS
+
+    specs = [*CHIPSETS["gen1"], {"type": "ata", "image_path": str(tmp_path / "d.img"), "size_bytes": 1 << 20},
+             {"type": "uart16550", "name": "com2", "base": 0x2F8, "irq": 3}]
+    chipset = Chipset(specs)
+    try:
+        assert len(chipset.devices) == len(specs)
+        for device in chipset.devices:
+            assert device.port_ranges() == device.config.ports(), device.name
+    finally:
+        chipset.close()

@@ -5,9 +5,13 @@ every process is gone."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
+import stat
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -59,3 +63,95 @@ def test_a_one_second_run_prints_banners_and_tables_and_leaves_nothing_running(s
     for info in man["processes"].values():
         assert not psutil.pid_exists(info["pid"]) or psutil.Process(info["pid"]).status() == psutil.STATUS_ZOMBIE
     assert {s: signal.getsignal(s) for s in handlers} == handlers, "the run gives back the signal handlers"
+
+
+def _when_running(root: Path, act, timeout: float = 30.0) -> threading.Thread:
+    """In a thread: once a run in ``root`` says running, ``act(run_dir, manifest)``."""
+    def watch():
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for m in root.glob("*/manifest.json"):
+                try:
+                    man = json.loads(m.read_text())
+                except (OSError, ValueError):
+                    continue
+                if man.get("state") == "running":
+                    act(m.parent, man)
+                    return
+            time.sleep(0.02)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.timeout(60)
+def test_the_hypervisors_death_ends_the_run_at_once_in_its_name(short_runs, tmp_path, capsys):
+    """Issue 9: after SIGKILL of the hypervisor the others lingered 5-10 s (the supervisor
+    waited out a status request's timeout, twice) and the manifest could name a status
+    timeout instead of the death."""
+    cfg = tmp_path / "inproc.toml"
+    cfg.write_text(TOPOLOGY)
+    killed = {}
+
+    def kill_hypervisor(run_dir, man):
+        time.sleep(0.5)
+        pid = man["processes"]["hypervisor:hv"]["pid"]
+        killed.update(pid=pid, at=time.monotonic())
+        os.kill(pid, signal.SIGKILL)
+
+    watcher = _when_running(short_runs, kill_hypervisor)
+    assert main(["run", str(cfg), "--duration", "0"]) == 1
+    ended = time.monotonic()
+    watcher.join(5)
+    assert killed, "the run never said running"
+    assert ended - killed["at"] < 2.0, f"the run took {ended - killed['at']:.1f} s to end after the hypervisor died"
+    (run,) = short_runs.iterdir()
+    man = json.loads((run / "manifest.json").read_text())
+    assert man["ended"]["reason"] == f"hypervisor hv (pid {killed['pid']}) killed by SIGKILL"
+    assert man["ended"]["left_running"] == []
+    capsys.readouterr()
+
+
+GEN1_DISK = """\
+[run]
+name = "private"
+duration_s = 30
+logical_processors = 1
+
+[[partition]]
+name = "alpha"
+vps = 1
+memory_mb = 2
+disk = { image = "alpha.img", size_mb = 1 }
+workloads = ["serial", "disk"]
+"""
+
+
+@pytest.mark.timeout(60)
+def test_every_file_of_a_run_and_its_disk_image_are_0600(short_runs, tmp_path, capsys):
+    """Issue 9: disk images were created 0644 (so were logs, consoles, specs and the
+    manifest, inside a 0700 directory)."""
+    cfg = tmp_path / "private.toml"
+    cfg.write_text(GEN1_DISK)
+    seen = {}
+
+    def modes(run_dir, man):
+        time.sleep(0.5)  # the guest has written its console and the disk
+        seen.update({str(p.relative_to(run_dir)): stat.S_IMODE(p.stat().st_mode)
+                     for p in run_dir.rglob("*") if p.exists()})
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    old = os.umask(0o022)
+    try:
+        watcher = _when_running(short_runs, modes)
+        main(["run", str(cfg), "--duration", "0"])
+        watcher.join(5)
+    finally:
+        os.umask(old)
+    capsys.readouterr()
+    assert "memory.pool" in seen and "logs/hypervisor.log" in seen and "manifest.json" in seen, sorted(seen)
+    loose = {k: f"{v:04o}" for k, v in seen.items() if v != (0o700 if k == "logs" else 0o600)
+             and not k.endswith(".sock")}
+    assert loose == {}
+    assert stat.S_IMODE((tmp_path / "alpha.img").stat().st_mode) == 0o600

@@ -50,7 +50,10 @@ def test_a_disk_without_an_image_is_created_in_the_run_directory(tmp_path):
 
 def test_a_named_image_is_relative_to_the_topology_file_unless_absolute(tmp_path):
     text = "[[partition]]\nname = 'a'\ndisk = {{ image = '{}', size_mb = 4 }}\n"
-    for image, expected in (("mine.img", tmp_path / "cfg" / "mine.img"), ("/abs/x.img", Path("/abs/x.img"))):
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "abs").mkdir()  # an image's directory must exist
+    absolute = tmp_path / "abs" / "x.img"
+    for image, expected in (("mine.img", tmp_path / "cfg" / "mine.img"), (str(absolute), absolute)):
         t = load_topology(text.format(image), "<t>", tmp_path / "cfg")
         devices = t.partitions[0].worker_devices(tmp_path / "run", t.base_dir)
         assert devices[-1]["image_path"] == str(expected)
