@@ -103,11 +103,13 @@ class FuzzReport:
 
 
 class Fuzzer:
-    def __init__(self, endpoint: str, secret: str, *, seed: int = 1, run_partitions: list[int],
+    def __init__(self, endpoint: str, secret: str, *, server_key: str | None = None, seed: int = 1,
+                 run_partitions: list[int],
                  hv_pid: int, watched_pids: list[int], status_timeout_s: float = 5.0, devices: bool = False,
                  log=print) -> None:
         self.endpoint = endpoint
         self.secret = secret
+        self.server_key = server_key  # a tcp endpoint's CURVE public key (the manifest's)
         self.seed = seed
         self.run_partitions = run_partitions
         self.hv_pid = hv_pid
@@ -125,6 +127,9 @@ class Fuzzer:
     def _dealer(self) -> zmq.Socket:
         s = self.ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
+        if self.server_key and self.endpoint.startswith("tcp://"):  # as proto.transport.Dealer does
+            s.curve_serverkey = self.server_key.encode()
+            s.curve_publickey, s.curve_secretkey = zmq.curve_keypair()
         s.setsockopt(zmq.SNDTIMEO, int(self.status_timeout_s * 1000))
         s.connect(self.endpoint)
         return s
@@ -163,7 +168,7 @@ class Fuzzer:
 
         self.socks["root"] = self._dealer()
         self._hello(self.socks["root"], "root", 0)
-        client = RootClient(self.endpoint, self.secret)
+        client = RootClient(self.endpoint, self.secret, server_key=self.server_key)
         try:
             pid = client.create_partition(int(HV_CHILD_ENLIGHTENED_PRIVILEGES), 0, 0xFFF, 1)
             self.fuzz_pid = self.report.fuzz_partition = pid

@@ -44,7 +44,7 @@ def run(args) -> int:
     if not hv:
         complain(NAME, f"run {run.name} names no hypervisor process")
         return 1
-    fuzzer = Fuzzer(man["endpoint"], run.secret(), seed=args.seed, run_partitions=list(partition_names(man)),
+    fuzzer = Fuzzer(man["endpoint"], run.secret(), server_key=man.get("server_key"), seed=args.seed, run_partitions=list(partition_names(man)),
                     hv_pid=hv[0], watched_pids=[p["pid"] for p in procs.values()],
                     status_timeout_s=args.status_timeout, devices=args.devices)
     report = fuzzer.run(args.messages, args.duration)
