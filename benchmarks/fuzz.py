@@ -274,7 +274,7 @@ class Fuzzer:
 
     # -- the run -----------------------------------------------------------------------------
 
-    def run(self, messages: int, duration_s: float, rate_window_s: float = 1.0) -> FuzzReport:
+    def run(self, messages: int, duration_s: float, rate_window_s: float = 3.0) -> FuzzReport:
         rep = self.report
         rep.devices = self.devices
         self.r_reactive = random.Random(self.seed + 1)
