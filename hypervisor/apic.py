@@ -7,7 +7,10 @@ the MMIO decode: HV_X64_MSR_EOI, HV_X64_MSR_ICR and HV_X64_MSR_TPR.
 
 The timer counts at :data:`APIC_TIMER_HZ` divided by the divide configuration (Hyper-V
 reports its APIC timer frequency in HV_X64_MSR_APIC_FREQUENCY; 200 MHz is what it uses).
-Its deadlines are driven by the hypervisor's loop through :meth:`Apic.poll`.
+Its deadlines are driven by the hypervisor's loop through :meth:`Apic.poll`.  Its period,
+periodic or one-shot, is never shorter than :data:`MIN_TIMER_PERIOD_NS`: a guest that
+programs an initial count of 1 would otherwise have the loop fire its timer back to back
+and pin a host core.
 
 The VP assist page's "no EOI required" bit (TLFS virtual interrupts): when the partition
 has the APIC enlightenment and the guest enabled the assist page, an edge-triggered
@@ -22,6 +25,15 @@ from dataclasses import dataclass, field
 APIC_BASE = 0xFEE00000
 APIC_PAGE = 0x1000
 APIC_TIMER_HZ = 200_000_000
+# The shortest timer period a guest gets.  The TLFS names no number for the virtual APIC
+# timer (tlfs/timers.md says only that a timer never fires early, which a longer period
+# respects); KVM clamps a periodic local APIC timer to its module parameter
+# min_timer_period_us, 200 µs by default (arch/x86/kvm/x86.c; applied by
+# limit_periodic_timer_frequency() in arch/x86/kvm/lapic.c) — we take KVM's number.  KVM
+# leaves one-shot timers alone because re-arming one costs the guest an exit; here the
+# clamp applies to one-shot timers too: every fire costs the hypervisor's one loop a
+# wake-up, and a one-shot re-armed from its own handler is a periodic timer by another name.
+MIN_TIMER_PERIOD_NS = 200_000
 
 ID, VERSION, TPR, PPR, EOI, LDR, SVR = 0x20, 0x30, 0x80, 0xA0, 0xB0, 0xD0, 0xF0
 ISR0, TMR0, IRR0 = 0x100, 0x180, 0x200
@@ -56,7 +68,8 @@ class Apic:
     icr_hi: int = 0
     ipi: tuple[int, int] | None = None  # (ICR low, ICR high) of an IPI the hypervisor must send
     counters: dict = field(default_factory=lambda: {"eoi_mmio": 0, "eoi_msr": 0, "eoi_implicit": 0,
-                                                    "timer_fires": 0, "accepted": 0, "ipis_sent": 0})
+                                                    "timer_fires": 0, "accepted": 0, "ipis_sent": 0,
+                                                    "timer_clamped": 0})
 
     # -- interrupt state ------------------------------------------------------------------
 
@@ -94,10 +107,19 @@ class Apic:
     # -- the timer --------------------------------------------------------------------------
 
     def _period_ns(self) -> int:
-        return self.timer_icr * DIVIDE.get(self.timer_dcr & 0b1011, 2) * 1_000_000_000 // APIC_TIMER_HZ
+        """The period the timer runs at: what the guest programmed, but at least
+        MIN_TIMER_PERIOD_NS."""
+        return max(MIN_TIMER_PERIOD_NS,
+                   self.timer_icr * DIVIDE.get(self.timer_dcr & 0b1011, 2) * 1_000_000_000 // APIC_TIMER_HZ)
 
     def _arm(self, now: int) -> None:
-        self.timer_deadline_ns = now + self._period_ns() if self.timer_icr else None
+        if not self.timer_icr:
+            self.timer_deadline_ns = None
+            return
+        if self.timer_icr * DIVIDE.get(self.timer_dcr & 0b1011, 2) * 1_000_000_000 // APIC_TIMER_HZ \
+                < MIN_TIMER_PERIOD_NS:
+            self.counters["timer_clamped"] += 1
+        self.timer_deadline_ns = now + self._period_ns()
 
     def poll(self, now: int) -> bool:
         """Fire the timer if its deadline passed; True when an interrupt was accepted."""
@@ -147,6 +169,8 @@ class Apic:
         if offset == LVT_TIMER:
             return self.lvt_timer
         if offset == TIMER_ICR:
+            # The initial count reads back as programmed, clamped or not: it is a register,
+            # and KVM also keeps the guest's value there while its timer runs at the minimum.
             return self.timer_icr
         if offset == TIMER_DCR:
             return self.timer_dcr
@@ -156,7 +180,9 @@ class Apic:
             if self.timer_deadline_ns is None:
                 return 0
             left = max(0, self.timer_deadline_ns - now)
-            return left * APIC_TIMER_HZ // (DIVIDE.get(self.timer_dcr & 0b1011, 2) * 1_000_000_000)
+            # Counts down at the programmed rate; under a clamped period it stays at the
+            # initial count for longer, never above it (which no hardware would show).
+            return min(self.timer_icr, left * APIC_TIMER_HZ // (DIVIDE.get(self.timer_dcr & 0b1011, 2) * 1_000_000_000))
         return 0  # reserved registers read 0
 
     def write(self, offset: int, value: int, now: int) -> None:

@@ -4,11 +4,25 @@ to them, their answers, and what happens when an answer does not come.
 A port or MMIO access a worker claims is the emulated path, four hops: the VP's exit is
 suspended here (its :class:`~hypervisor.intercepts.ExitContext` waits in :attr:`pending`
 under a reference), the worker gets a ``port_notify`` / ``mmio_notify``, and its
-``access_complete`` resumes the VP.  A worker that has not answered within
-:data:`WORKER_TIMEOUT_NS` is presumed hung or dead: the VP gets all-ones for a read, as
-Xen's null handler gives, and the timeout is counted; a worker that is gone when the access
-is sent is counted the same way, at once.  A root's question for a worker
-(``worker_query_request``) waits alike, and times out with a STALE error.
+``access_complete`` resumes the VP.
+
+Never made-up data: an access only its worker can complete is completed by nobody else.
+A worker that has not answered an access within :data:`WORKER_TIMEOUT_NS` — or a health
+check (a ``ping`` query, sent every :data:`PING_INTERVAL_NS`, so an idle worker's stall
+shows too) — is *unresponsive*: the timeout is counted and logged, the partition is paused
+(its other VPs are not dispatched again after their current exit), and status and the run's
+manifest say so.  The VP stays suspended in its intercept: its access is still pending, and
+if the worker comes back its completion is applied then, exactly once (the reference is
+taken out of :attr:`Forwarding.pending` by the one completion that counts; a second is
+STALE).  The partition stays paused until the root resumes it (``ctl resume``).  A worker
+that is gone when an access is sent is unresponsive at once, the same way.  (Before, the VP
+got all-ones at the timeout while the worker carried the access out later: a disk's PIO
+buffer advanced under a guest that had been told nothing happened.)
+
+A root's access on a VP's behalf (``io``) is not the guest's: at the timeout the root gets
+a STALE error saying the access may still be carried out, and a late completion is
+counted as stale.  A root's question for a worker (``worker_query_request``) waits alike,
+and times out with a STALE error.
 """
 
 from __future__ import annotations
@@ -19,6 +33,7 @@ from dataclasses import dataclass
 from time import perf_counter_ns
 
 from proto import messages as m
+from proto.codes import HvPartitionState
 from proto.exits import Exit
 
 from hypervisor.intercepts import ALL_ONES, ExitContext
@@ -27,6 +42,8 @@ from hypervisor.partitions import Partition
 log = logging.getLogger("hypervisor")
 
 WORKER_TIMEOUT_NS = 2_000_000_000
+PING_INTERVAL_NS = 1_000_000_000  # a health check of each worker this often
+LATE = 1 << 62  # an access's deadline once its lateness has been counted
 
 
 @dataclass(slots=True)
@@ -39,15 +56,18 @@ class PendingQuery:
 
 
 class Forwarding:
-    def __init__(self, *, router, outbox, counters: dict, resume, tracer) -> None:
+    def __init__(self, *, router, outbox, counters: dict, resume, tracer, pause) -> None:
         self._router = router
         self._outbox = outbox
         self._counters = counters
         self._resume = resume  # Dispatcher.resume
+        self._pause = pause  # Scheduler.pause
         self._tracers = tracer.tracers
         self._trace = tracer.trace
         self.pending: dict[int, ExitContext] = {}  # accesses sent to workers, by reference
         self.queries: dict[int, PendingQuery] = {}
+        self.pings: dict[int, PendingQuery] = {}  # health checks outstanding (origin: none)
+        self._last_ping: dict[int, int] = {}  # partition id → when its worker was last pinged
         self._next_ref = 1
 
     def _next(self) -> int:
@@ -98,11 +118,15 @@ class Forwarding:
             notify = m.MmioNotify(ref, ctx.vp.index, ctx.addr, ctx.size, ctx.write, ctx.value,
                                   ctx.stamps + (perf_counter_ns(),))
         if not self._router.send(owner, notify.encode()):
-            # The worker is gone: complete now rather than leave the VP waiting.
-            self.pending.pop(ref)
+            # The worker is gone.  Nobody else may complete the access: the VP waits in its
+            # intercept and the partition is paused (the root ends a run whose worker died).
             ctx.partition.worker_timeouts += 1
-            ctx.stamps = ()
-            self._resume(ctx, 0 if ctx.write else ALL_ONES[ctx.size])
+            ctx.deadline_ns = LATE
+            if ctx.origin != ctx.vp.peer:
+                self.pending.pop(ref)
+                self._outbox.error(ctx.origin, m.ExecuteRequest.TYPE, "UNKNOWN_PARTITION",
+                                   f"partition {ctx.partition.id}'s worker is gone")
+            self.unresponsive(ctx.partition, "is gone")
 
     def on_access_complete(self, identity: bytes, peer, msg: m.AccessComplete, t_in: int) -> None:
         ctx = self.pending.pop(msg.ref, None)
@@ -111,7 +135,10 @@ class Forwarding:
                 self.pending[msg.ref] = ctx
             self._counters["stale_completions"] += 1
             return self._outbox.error(identity, msg.TYPE, "STALE", f"no pending intercept {msg.ref}")
+        self.answered(ctx.partition)
         value = 0 if ctx.write else msg.value & ALL_ONES[ctx.size]
+        if ctx.deadline_ns == LATE:
+            log.warning("partition %d: worker completed intercept %d late; applied now", ctx.partition.id, msg.ref)
         ctx.stamps = msg.stamps + (t_in,)
         if self._tracers:
             self._trace(ctx.partition, ctx.vp, ctx.kind, ctx.write, ctx.addr, ctx.value if ctx.write else value,
@@ -119,13 +146,89 @@ class Forwarding:
         self._resume(ctx, value, path=ctx.kind.code)
 
     def expire_accesses(self, now: int) -> None:
-        """Accesses whose worker did not answer by their deadline (``time.monotonic_ns``)."""
-        for ref in [ref for ref, ctx in self.pending.items() if ctx.deadline_ns <= now]:
-            ctx = self.pending.pop(ref)
-            ctx.partition.worker_timeouts += 1
-            log.warning("partition %d: worker did not complete intercept %d in time", ctx.partition.id, ref)
-            ctx.stamps = ()
-            self._resume(ctx, 0 if ctx.write else ALL_ONES[ctx.size])
+        """Accesses whose worker did not answer by their deadline (``time.monotonic_ns``):
+        counted once each; the VP's stays pending (see the module's docstring), the root's
+        gets a STALE error."""
+        for ref, ctx in [(ref, ctx) for ref, ctx in self.pending.items() if ctx.deadline_ns <= now]:
+            part = ctx.partition
+            part.worker_timeouts += 1
+            ctx.deadline_ns = LATE
+            log.warning("partition %d: worker did not complete intercept %d (%s %#x) in %.0f s", part.id, ref,
+                        ctx.kind.value if ctx.kind else "access", ctx.addr, WORKER_TIMEOUT_NS / 1e9)
+            if ctx.origin != ctx.vp.peer:
+                del self.pending[ref]
+                self._outbox.error(ctx.origin, m.ExecuteRequest.TYPE, "STALE",
+                                   "the worker did not complete the access in time; it may still carry it out")
+            self.unresponsive(part, f"did not complete intercept {ref} in time")
+
+    # -- the workers' health -------------------------------------------------------------------
+
+    def check_workers(self, parts, now: int) -> None:
+        """Housekeeping: ping each live partition's worker every PING_INTERVAL_NS (one
+        ping outstanding at a time); a ping unanswered for WORKER_TIMEOUT_NS makes the
+        partition unresponsive.  ``now`` is ``time.monotonic_ns()``."""
+        for ref, ping in self.pings.items():
+            if ping.deadline_ns <= now:
+                ping.deadline_ns = LATE
+                self.unresponsive(ping.partition, "did not answer its health check in time")
+        waiting = {ping.partition.id for ping in self.pings.values()}
+        for part in parts:
+            # A worker still starting up takes the next message for the answer to its own
+            # request: it is pinged only once it serves.
+            if not part.worker_started or part.id in waiting or part.state is HvPartitionState.FINALIZED:
+                continue
+            if now - self._last_ping.get(part.id, 0) < PING_INTERVAL_NS:
+                continue
+            self._last_ping[part.id] = now
+            ref = self._next()
+            if self._router.send(part.worker, m.WorkerQuery(ref, "ping").encode()):
+                self.pings[ref] = PendingQuery(b"", part, now + WORKER_TIMEOUT_NS)
+            else:
+                self.unresponsive(part, "is gone")
+
+    def unresponsive(self, part: Partition, why: str) -> None:
+        """The partition's worker stopped answering: mark the partition and pause it (once
+        per stall)."""
+        if part.unresponsive or part.state is HvPartitionState.FINALIZED:
+            return  # (a stopped partition's worker is gone on purpose)
+        part.unresponsive = True
+        part.health_pauses += 1
+        # Everything already waiting for this worker belongs to this stall: none of it
+        # starts another once the worker answers (it answers in order, but not all at once).
+        for ctx in self.pending.values():
+            if ctx.partition is part:
+                ctx.deadline_ns = LATE
+        for ping in self.pings.values():
+            if ping.partition is part:
+                ping.deadline_ns = LATE
+        log.error("partition %d: its worker %s: partition unresponsive, paused; its VPs' device accesses "
+                  "wait for the worker (none is completed in its place)", part.id, why)
+        self._pause(part.cpu, True)
+
+    def answered(self, part: Partition) -> None:
+        """The worker answered: it is responsive again (the partition stays paused until
+        the root resumes it)."""
+        if part.unresponsive:
+            part.unresponsive = False
+            log.warning("partition %d: its worker answers again; the partition stays paused until resumed",
+                        part.id)
+
+    def drop_partition(self, part: Partition) -> int:
+        """``ctl stop``: forget every access and question sent to the partition's worker;
+        a root waiting for one gets an error.  The number of accesses dropped."""
+        dropped = 0
+        for ref, ctx in [(r, c) for r, c in self.pending.items() if c.partition is part]:
+            del self.pending[ref]
+            dropped += 1
+            if ctx.origin != ctx.vp.peer:
+                self._outbox.error(ctx.origin, m.ExecuteRequest.TYPE, "CONFLICT", f"partition {part.id} was stopped")
+        for ref, q in [(r, q) for r, q in self.queries.items() if q.partition is part]:
+            del self.queries[ref]
+            self._outbox.error(q.origin, m.WorkerQueryRequest.TYPE, "CONFLICT", f"partition {part.id} was stopped")
+        for ref in [r for r, q in self.pings.items() if q.partition is part]:
+            del self.pings[ref]
+        self._last_ping.pop(part.id, None)
+        return dropped
 
     # -- a root's questions ------------------------------------------------------------------
 
@@ -139,6 +242,11 @@ class Forwarding:
         return True
 
     def on_worker_query_reply(self, identity: bytes, peer, msg: m.WorkerQueryReply, t_in: int) -> None:
+        ping = self.pings.get(msg.ref)
+        if ping is not None and ping.partition is peer.partition:
+            del self.pings[msg.ref]
+            self.answered(ping.partition)
+            return
         q = self.queries.pop(msg.ref, None)
         if q is None or q.partition is not peer.partition:
             if q is not None:

@@ -96,7 +96,9 @@ class Interrupts:
             for vp in part.vps:
                 if vp.apic.poll(now):
                     vp.apic.fired_ns[vp.apic.lvt_timer & 0xFF] = now
-                    if vp.state is VpState.HALTED:
+                    # HLT ends for an interrupt the VP can take, not for one its APIC holds
+                    # back (disabled, or below what is in service).
+                    if vp.state is VpState.HALTED and vp.apic.deliverable() is not None:
                         self._wake(vp)
         self.timers_changed()
 

@@ -81,6 +81,7 @@ class Partition:
     created_ns: int = field(default_factory=time.monotonic_ns)
     vps: list[VirtualProcessor] = field(default_factory=list)
     worker: bytes | None = None
+    worker_started: bool = False  # its worker has mapped the memory: it serves requests now
     port_owner: dict[int, bytes] = field(default_factory=dict)
     intercepts_installed: bool = False  # its worker's install_intercept was taken (once)
     ranges: list[tuple[int, int]] = field(default_factory=list)
@@ -94,7 +95,11 @@ class Partition:
     unclaimed_reads: int = 0
     unclaimed_writes: int = 0
     unmapped_gpa: int = 0
-    worker_timeouts: int = 0
+    worker_timeouts: int = 0  # accesses (and health checks) its worker did not answer in time
+    # Its worker stopped answering (forwarding.py): the partition was paused, and its VPs'
+    # accesses wait for the worker.  Cleared when the worker answers again.
+    unresponsive: bool = False
+    health_pauses: int = 0  # times it was paused for that
 
     def reset(self) -> None:
         """The partition-wide part of a reset: the synthetic MSRs to their reset values

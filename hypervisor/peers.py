@@ -131,3 +131,6 @@ class Peers:
         if slat is None:
             return self._outbox.error(identity, msg.TYPE, "UNKNOWN_PARTITION", "the partition has no memory yet")
         self._outbox.send(identity, m.MemoryReply(str(self._memory.pool_path), str(slat.path), self._tlb.paths))
+        if peer.role == "worker":
+            # Its last request of its start-up: from now on it serves (and may be pinged).
+            peer.partition.worker_started = True

@@ -18,6 +18,7 @@ from proto.codes import HvPartitionState
 from hypervisor import cpuid
 from hypervisor.intercepts import ALL_ONES, ExitContext
 from hypervisor.partitions import Partition
+from hypervisor.scheduler import VpState
 
 log = logging.getLogger("hypervisor")
 
@@ -27,7 +28,8 @@ _MMIO_OPS = frozenset(("readb", "readw", "readl", "readq", "writeb", "writew", "
 
 
 class RootRequests:
-    def __init__(self, *, table, router, outbox, intercepts, dispatcher, forwarding, tracer, memory) -> None:
+    def __init__(self, *, table, router, outbox, intercepts, dispatcher, forwarding, tracer, memory,
+                 interrupts) -> None:
         self._table = table
         self._router = router
         self._outbox = outbox
@@ -37,6 +39,7 @@ class RootRequests:
         self._forwarding = forwarding
         self._tracer = tracer
         self._memory = memory
+        self._interrupts = interrupts
 
     def _target(self, identity: bytes, msg, partition_id: int) -> Partition | None:
         part = self._table.get(partition_id)
@@ -110,13 +113,30 @@ class RootRequests:
             self._sched.pause(part.cpu, False)
         elif msg.action == "reset":
             self._dispatcher.reset(part)
-        else:  # stop: the VPs are never dispatched again; the root ends the processes
-            self._sched.pause(part.cpu, True)
-            part.state = HvPartitionState.FINALIZED
-            released = self._memory.release(part.id)
-            log.info("partition %d: %d pages back to the pool", part.id, released)
+        else:
+            self._stop(part)
         log.info("partition %d: %s", part.id, msg.action)
         self._outbox.send(identity, m.Ack(msg.TYPE))
+
+    def _stop(self, part: Partition) -> None:
+        """``ctl stop``: the VPs are never dispatched again (the root ends the processes),
+        and everything the partition held goes back at once — its LPs, even from a VP that
+        never exits; its place in the ready queue; its accesses and questions waiting for
+        its worker; its APIC timers and pending interrupts; its pages."""
+        part.cpu.paused = part.cpu.stopped = True
+        held = [vp.sched.lp for vp in part.vps if vp.state is VpState.RUNNING]
+        for vp in part.vps:
+            self._sched.remove(vp.sched)
+            vp.next_resume = vp.next_frame = vp.halt_seq = None
+            vp.interrupts.clear()
+            vp.apic.timer_deadline_ns = None
+        self._interrupts.timers_changed()
+        dropped = self._forwarding.drop_partition(part)
+        part.state = HvPartitionState.FINALIZED
+        released = self._memory.release(part.id)
+        log.info("partition %d: stopped; LPs %s, %d pending accesses and %d pages given back", part.id,
+                 held or "none", dropped, released)
+        self._sched.dispatch_now()  # the LPs it held go to the others at once
 
     # -- console, input, worker questions ------------------------------------------------------
 

@@ -16,6 +16,14 @@ quantum is 10 ms, cut short to what is left of its limit; the VP checks it at it
 preemption points (PAUSE, RAM access) and exits when it is over, as a hypervisor's
 scheduler timer would force it to.
 
+Those checks are the guest's own: guest code that never reaches a preemption point would
+keep its LP for ever.  So the scheduler does not trust them: a VP still on its LP
+:data:`GRACE_NS` after its quantum ended is *preempted* by force (:meth:`Scheduler.preempt_overruns`,
+from the loop's timers and housekeeping) — its LP is taken back and given to the next ready
+VP, and the VP, whose thread still executes guest code host-side, is PREEMPTED.  Its next
+exit is accepted as any exit is, and it then waits for a new dispatch like every other VP:
+its resume is sent only when it has an LP again.
+
 This is also the VP's state machine, and the one place its run state is held: in its
 :class:`VpSched`, with its suspension (HvRegisterExplicitSuspend) beside it, and its
 partition's pause in the :class:`CpuControls` all the partition's VPs share::
@@ -24,8 +32,12 @@ partition's pause in the :class:`CpuControls` all the partition's VPs share::
     CREATED ───┐
     INTERCEPT ─┼──▶ READY ──an LP is free; not paused or suspended; within its limit──▶ RUNNING
     HALTED ────┘    (or straight to RUNNING when nobody else waits)                        │
-    INTERCEPT ◀──────────────────────────── any exit (exited) ────────────────────────────┘
+    INTERCEPT ◀──────────────────────────── any exit (exited) ────────────────────────────┤
+    INTERCEPT ◀── any exit (exited) ── PREEMPTED ◀── quantum + grace over (preempt_overruns) ┘
     INTERCEPT ──HLT (halted)──▶ HALTED
+
+"Executing guest code" is RUNNING or PREEMPTED (:attr:`VpState.executing`): the only
+states in which an exit from the VP's thread is in turn.
 """
 
 from __future__ import annotations
@@ -38,6 +50,12 @@ from typing import Callable
 from proto.status import LpStatus, SchedulerStatus, VpSchedStatus
 
 DEFAULT_QUANTUM_NS = 10_000_000
+# How long past the end of its quantum a VP may keep its LP before the scheduler takes it
+# back.  A well-behaved VP exits at its first preemption point after the quantum (well
+# under a millisecond of Python); the grace covers the host not running its thread at that
+# moment (2 host cores shared by many processes), so that forced preemptions count
+# hostile or stuck guests rather than a loaded host.
+GRACE_NS = 20_000_000
 WINDOW_NS = 100_000_000
 FULL = 100_000  # 100 % of an LP, in thousandths of a percent
 DEFAULT_WEIGHT = 100
@@ -52,6 +70,9 @@ class VpState(enum.Enum):
     RUNNING = "running", "running"  # dispatched on a logical processor, executing guest code
     INTERCEPT = "intercept", "blocked"  # in an exit: suspended until the exit completes
     HALTED = "halted", "halted"  # executed HLT; waits for an interrupt
+    # Overran its quantum by GRACE_NS: its LP was taken back, but its thread still executes
+    # guest code (host-side) until its next exit, which then waits for a new dispatch.
+    PREEMPTED = "preempted", "preempted"
 
     def __new__(cls, value: str, sched: str):
         member = object.__new__(cls)
@@ -59,12 +80,15 @@ class VpState(enum.Enum):
         member.sched = sched
         return member
 
+    @property
+    def executing(self) -> bool:
+        """The VP's thread is executing guest code (RUNNING, or PREEMPTED: off its LP but
+        not yet at its next exit) — the one test of whether an exit from it is in turn."""
+        return self in _EXECUTING
 
-CREATED, READY, RUNNING, INTERCEPT, HALTED = VpState
-# The states in which the VP's thread is executing guest code, so its next message may be
-# an exit: it was sent a dispatch (hello reply or resume) and has not exited since.  A VP
-# taken off its LP while its thread still runs guest code belongs here too.
-IN_GUEST = frozenset({RUNNING})
+
+CREATED, READY, RUNNING, INTERCEPT, HALTED, PREEMPTED = VpState
+_EXECUTING = frozenset((RUNNING, PREEMPTED))
 
 
 @dataclass
@@ -77,6 +101,7 @@ class CpuControls:
     # The partition is paused (or stopped): none of its VPs is dispatched.  What
     # HvRegisterDispatchSuspend reads, and status shows as the partition's "paused".
     paused: bool = False
+    stopped: bool = False  # `ctl stop`: its VPs wait for nothing, not even an LP
 
 
 @dataclass(slots=True, eq=False)
@@ -97,16 +122,17 @@ class VpSched:
     dispatches: int = 0
     preemptions: int = 0  # quantum ends
     yields: int = 0  # long-spin-wait notifications
+    forced: int = 0  # LPs taken back from it at quantum + GRACE_NS (forced preemptions)
+    quantum_end_ns: int = 0  # while RUNNING: when its quantum ends (perf_counter_ns)
     vruntime: float = 0.0
     window_ns: int = 0  # run time in accounting window number window_id
     window_id: int = 0
     order: int = 0  # FIFO among equals
 
     @property
-    def in_guest(self) -> bool:
-        """May the VP's thread exit now?  Only while it executes guest code (IN_GUEST):
-        an exit from a VP that waits for its resume, or sleeps in HLT, is out of turn."""
-        return self.state in IN_GUEST
+    def executing(self) -> bool:
+        """See :attr:`VpState.executing`."""
+        return self.state in _EXECUTING
 
 
 @dataclass
@@ -118,9 +144,11 @@ class Lp:
 
 class Scheduler:
     def __init__(self, lps: int, dispatch: Callable[[VpSched, int, int], None],
-                 quantum_ns: int = DEFAULT_QUANTUM_NS) -> None:
+                 quantum_ns: int = DEFAULT_QUANTUM_NS, grace_ns: int = GRACE_NS) -> None:
         self.lps = [Lp(i) for i in range(lps)]
         self.quantum_ns = quantum_ns
+        self.grace_ns = grace_ns
+        self.forced_preemptions = 0
         self._dispatch_cb = dispatch
         self.ready: list[VpSched] = []
         self.window_start = 0
@@ -133,9 +161,23 @@ class Scheduler:
         return sum(1 for lp in self.lps if lp.vp is not None)
 
     def exited(self, s: VpSched, now: int, *, preempted: bool = False, yielded: bool = False) -> None:
-        """The VP left guest mode (RUNNING → INTERCEPT): account its run and free its LP."""
-        if s.state is not RUNNING:
+        """The VP left guest mode (RUNNING → INTERCEPT): account its run and free its LP.
+        A PREEMPTED VP's LP and run were settled when it lost the LP."""
+        if s.state is PREEMPTED:
+            s.state = INTERCEPT
+            s.since_ns = max(now, s.since_ns)
+        elif s.state is RUNNING:
+            self._off_lp(s, now)
+            s.state = INTERCEPT
+        else:
             return
+        if preempted:
+            s.preemptions += 1
+        if yielded:
+            s.yields += 1
+
+    def _off_lp(self, s: VpSched, now: int) -> None:
+        """Account a RUNNING VP's run up to ``now`` and free its LP."""
         now = max(now, s.since_ns)
         ran = now - s.since_ns
         s.run_ns += ran
@@ -144,12 +186,23 @@ class Scheduler:
         lp = self.lps[s.lp]
         lp.busy_ns += ran
         lp.vp = None
-        s.state = INTERCEPT
         s.since_ns = now
-        if preempted:
-            s.preemptions += 1
-        if yielded:
-            s.yields += 1
+
+    def preempt_overruns(self, now: int) -> int:
+        """Take back the LP of every VP still on it ``grace_ns`` after its quantum ended
+        (RUNNING → PREEMPTED), and give the LPs to ready VPs; the number taken back."""
+        taken = 0
+        for lp in self.lps:
+            s = lp.vp
+            if s is not None and now >= s.quantum_end_ns + self.grace_ns:
+                self._off_lp(s, now)
+                s.state = PREEMPTED
+                s.forced += 1
+                taken += 1
+        if taken:
+            self.forced_preemptions += taken
+            self.dispatch(now)
+        return taken
 
     def halted(self, s: VpSched, now: int) -> None:
         """The VP executed HLT (INTERCEPT → HALTED): nothing runs it until it is woken."""
@@ -160,10 +213,13 @@ class Scheduler:
         """The VP's exit is complete (→ READY): it may run once an LP is free."""
         if s.state is READY:
             return
-        if s.state in IN_GUEST:
+        if s.state.executing:
             # Queuing a VP that executes guest code would dispatch it twice: a bug here,
             # which the loop's guard reports (the loop refuses exits out of turn before).
             raise RuntimeError(f"VP {s.key} made ready while {s.state.value}")
+        if s.controls.stopped:
+            s.state = INTERCEPT
+            return
         if not self.ready:
             # Nobody else waits: the common case, and the hot path of every round trip.
             for lp in self.lps:
@@ -191,7 +247,7 @@ class Scheduler:
         if s in self.ready:
             self.ready.remove(s)
         if s.state is RUNNING:
-            self.lps[s.lp].vp = None
+            self._off_lp(s, max(s.since_ns, perf_counter_ns()))
         s.state = INTERCEPT
 
     def suspend(self, s: VpSched, suspended: bool) -> None:
@@ -208,7 +264,9 @@ class Scheduler:
             self.dispatch_now()
 
     def tick(self, now: int) -> None:
-        """Start a new accounting window when the old one is over, then fill idle LPs."""
+        """Take LPs back from VPs that overran their quantum, start a new accounting window
+        when the old one is over, then fill idle LPs."""
+        self.preempt_overruns(now)
         if now - self.window_start >= WINDOW_NS:
             # Windows keep their phase: a late tick does not stretch the next one.
             self.window_start = now - (now - self.window_start) % WINDOW_NS
@@ -216,11 +274,21 @@ class Scheduler:
         self.dispatch(now)
 
     def next_event_ns(self, now: int) -> int | None:
-        """When the scheduler next needs to run by itself: the next window, if a ready VP
-        waits for it (its limit is used up); otherwise never."""
+        """When the scheduler next needs to run by itself, while VPs are ready: the next
+        window, if a ready VP waits for it (its limit is used up); the moment a running VP
+        will have overrun its quantum by the grace period; otherwise never.  (With nobody
+        ready, an overrun costs no one an LP: housekeeping takes it back.)"""
+        if not self.ready:
+            return None
+        when = None
         if any(s.controls.limit < FULL and not self._eligible(s) for s in self.ready):
-            return self.window_start + WINDOW_NS
-        return None
+            when = self.window_start + WINDOW_NS
+        for lp in self.lps:
+            if lp.vp is not None:
+                overrun = lp.vp.quantum_end_ns + self.grace_ns
+                if when is None or overrun < when:
+                    when = overrun
+        return when
 
     def _window(self, s: VpSched) -> VpSched:
         """Bring the VP's window accounting up to the current window.  Run time beyond a
@@ -259,6 +327,7 @@ class Scheduler:
         c = s.controls
         if c.limit < FULL:
             quantum = min(quantum, max(0, c.limit * WINDOW_NS // FULL - s.window_ns))
+        s.quantum_end_ns = now + quantum
         self._dispatch_cb(s, lp.index, quantum)
 
     def _eligible(self, s: VpSched) -> bool:
@@ -280,7 +349,8 @@ class Scheduler:
         return SchedulerStatus(
             [LpStatus(lp.index, tuple(lp.vp.key) if lp.vp else None,
                       round((lp.busy_ns + (now - lp.vp.since_ns if lp.vp else 0)) / 1e9, 4)) for lp in self.lps],
-            self.running, self.max_running, len(self.ready), self.quantum_ns / 1e6)
+            self.running, self.max_running, len(self.ready), self.quantum_ns / 1e6,
+            self.grace_ns / 1e6, self.forced_preemptions)
 
     @staticmethod
     def vp_status(s: VpSched, now: int) -> VpSchedStatus | None:
@@ -290,4 +360,4 @@ class Scheduler:
         running = now - s.since_ns if s.state is RUNNING else 0
         waiting = now - s.since_ns if s.state is READY else 0
         return VpSchedStatus(s.state.sched, s.lp if s.state is RUNNING else None, (s.run_ns + running) / 1e9,
-                             (s.wait_ns + waiting) / 1e9, s.dispatches, s.preemptions, s.yields)
+                             (s.wait_ns + waiting) / 1e9, s.dispatches, s.preemptions, s.yields, s.forced)

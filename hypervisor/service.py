@@ -4,7 +4,7 @@ The socket is handed in (``__main__`` binds it; a test passes a fake that still 
 decodes real frames).  Every frame becomes a message or an ``error_reply`` and a counter;
 a message from a peer that has not said hello, or of a type its role may not send, is
 refused the same way, and so is an exit from a VP that is not executing guest code
-(OUT_OF_TURN: it waits for a resume or sleeps in HLT; ``VpSched.in_guest`` says).  Nothing a
+(OUT_OF_TURN: it waits for a resume or sleeps in HLT; ``VpSched.executing`` says).  Nothing a
 peer sends can stop the loop: every message is handled under one guard, and a handler that
 raises anyway — a bug of ours — is counted (``handler_errors``), logged with the message type
 and the peer (rate-limited), answered with an INTERNAL error, and the loop goes on.  Tests
@@ -112,7 +112,7 @@ class Hypervisor:
         self.hypercalls = Hypercalls(self.table, self.memory, self.tlb, VpRegisters(self.sched))
         self.interrupts = Interrupts(self.table, counters, self.dispatcher.wake)
         self.forwarding = Forwarding(router=router, outbox=self.outbox, counters=counters,
-                                     resume=self.dispatcher.resume, tracer=self.tracer)
+                                     resume=self.dispatcher.resume, tracer=self.tracer, pause=self.sched.pause)
         self.intercepts = Intercepts(dispatcher=self.dispatcher, forwarding=self.forwarding,
                                      interrupts=self.interrupts, tracer=self.tracer, outbox=self.outbox,
                                      hypercalls=self.hypercalls, memory=self.memory, tlb=self.tlb)
@@ -121,7 +121,8 @@ class Hypervisor:
                            bind=router.bind)
         self.root_requests = RootRequests(table=self.table, router=router, outbox=self.outbox,
                                           intercepts=self.intercepts, dispatcher=self.dispatcher,
-                                          forwarding=self.forwarding, tracer=self.tracer, memory=self.memory)
+                                          forwarding=self.forwarding, tracer=self.tracer, memory=self.memory,
+                                          interrupts=self.interrupts)
         self.telemetry = Telemetry(tracer=self.tracer, outbox=self.outbox, counters=counters,
                                    session=self.session, started_ns=self.started_ns, table=self.table,
                                    sched=self.sched, memory=self.memory, tlb=self.tlb, hypercalls=self.hypercalls,
@@ -192,7 +193,12 @@ class Hypervisor:
                 if is_exit:
                     vp = peer.vp
                     if vp is not None:
-                        if not vp.sched.in_guest:
+                        if not vp.sched.executing:
+                            if vp.sched.controls.stopped:
+                                # Its partition was stopped while it ran: the late exit
+                                # waits for nothing (the root is ending its thread; an
+                                # error now could only make that thread fail first).
+                                continue
                             # It is waiting for a resume, sleeping in HLT, or not started:
                             # it cannot have exited.  Handling it would queue the VP twice.
                             counters["out_of_turn"] += 1
@@ -208,6 +214,10 @@ class Hypervisor:
             try:
                 if interrupts.next_timer_ns is not None and perf_counter_ns() >= interrupts.next_timer_ns:
                     interrupts.fire_timers(perf_counter_ns())
+                if wake is not None and sched.ready and perf_counter_ns() >= wake:
+                    # A busy loop must not starve the scheduler: a VP that overran its quantum
+                    # loses its LP to the ones waiting even while messages keep coming.
+                    sched.tick(perf_counter_ns())
                 if time.monotonic_ns() >= next_housekeeping:
                     next_housekeeping = self._housekeeping()
             except Exception as e:
@@ -235,8 +245,9 @@ class Hypervisor:
             raise
 
     def _housekeeping(self) -> int:
-        """Every HOUSEKEEPING_INTERVAL_MS: workers that did not answer in time, the
-        scheduler's accounting window, and peers whose connection has gone."""
+        """Every HOUSEKEEPING_INTERVAL_MS: workers that did not answer in time (and their
+        health checks), the scheduler's accounting window and overrun quanta, and peers
+        whose connection has gone."""
         for identity in self.router.disconnected():
             self.peers.forget(identity)
         self.peers.refusals.flush()
@@ -244,6 +255,7 @@ class Hypervisor:
         self.forwarding.expire_accesses(now)
         self.sched.tick(perf_counter_ns())
         self.forwarding.expire_queries(now)
+        self.forwarding.check_workers(self.table, now)
         return now + HOUSEKEEPING_INTERVAL_MS * 1_000_000
 
     def status(self) -> HypervisorStatus:

@@ -155,6 +155,8 @@ class Telemetry:
                 unmapped_gpa=part.unmapped_gpa,
                 worker_timeouts=part.worker_timeouts,
                 resets=part.resets,
+                unresponsive=part.unresponsive,
+                health_pauses=part.health_pauses,
                 cpu=CpuStatus(part.cpu.reserve, part.cpu.limit, part.cpu.weight),
                 vps=[VpStatus(vp.index, vp.state.value, dict(vp.exits), vp.cr3, vp.faults, dict(vp.counters),
                               self._sched.vp_status(vp.sched, now), dict(vp.apic.counters),

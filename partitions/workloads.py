@@ -188,6 +188,17 @@ def wl_compute(vp: Vp, sys) -> int:
     return BATCH
 
 
+def wl_hog(vp: Vp, sys) -> int:
+    """A hostile guest: spins in pure Python with no exit and no preemption point (no RAM
+    access, no PAUSE), so only the hypervisor's forced preemption takes its LP back.  It
+    watches the partition's stop flag (host state, not an instruction), so the process
+    still ends cleanly on SIGTERM."""
+    n = 0
+    while not vp.stop.is_set():
+        n += 1
+    return 0
+
+
 # The EOI experiment: a 1 kHz local APIC timer, and three ways to end each interrupt.
 APIC_BASE = 0xFEE00000
 APIC_EOI, APIC_SVR, APIC_LVT_TIMER, APIC_TIMER_ICR, APIC_TIMER_DCR = 0xB0, 0xF0, 0x320, 0x380, 0x3E0
@@ -369,6 +380,7 @@ WORKLOADS = {
     "diskbench": wl_diskbench,
     "spinlock": wl_spinlock,
     "compute": wl_compute,
+    "hog": wl_hog,
     "eoi_mmio": wl_eoi_mmio,
     "eoi_msr": wl_eoi_msr,
     "eoi_assist": wl_eoi_assist,

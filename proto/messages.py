@@ -70,7 +70,7 @@ RFLAGS_IF = 0x200
 # VpResume.interrupt bit 8: "no EOI required" — the VP assist page bit the hypervisor sets
 # when it does the EOI itself (TLFS virtual interrupts, EOI assist).
 INTERRUPT_NO_EOI = 0x100
-WORKER_QUERIES = ("screen", "devices")
+WORKER_QUERIES = ("screen", "devices", "ping")  # ping: the hypervisor's health check
 INPUT_DEVICES = ("console", "keyboard")
 PARTITION_ACTIONS = ("pause", "resume", "reset", "stop")
 EXECUTE_OPS = ("inb", "inw", "inl", "outb", "outw", "outl", "readb", "readw", "readl", "readq",

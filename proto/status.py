@@ -44,15 +44,18 @@ class SchedulerStatus:
     max_running: int  # the most ever at once
     ready: int  # VPs waiting for an LP
     quantum_ms: float
+    grace_ms: float = 0.0  # how far past its quantum a VP may keep its LP
+    forced_preemptions: int = 0  # LPs taken back from VPs that overran quantum + grace
 
     def to_wire(self) -> dict:
         return {"lps": [lp.to_wire() for lp in self.lps], "running": self.running,
-                "max_running": self.max_running, "ready": self.ready, "quantum_ms": self.quantum_ms}
+                "max_running": self.max_running, "ready": self.ready, "quantum_ms": self.quantum_ms,
+                "grace_ms": self.grace_ms, "forced_preemptions": self.forced_preemptions}
 
     @classmethod
     def from_wire(cls, d: dict) -> "SchedulerStatus":
         return cls([LpStatus.from_wire(lp) for lp in d["lps"]], d["running"], d["max_running"], d["ready"],
-                   d["quantum_ms"])
+                   d["quantum_ms"], d.get("grace_ms", 0.0), d.get("forced_preemptions", 0))
 
 
 @dataclass(slots=True)
@@ -157,21 +160,24 @@ class CpuStatus:
 class VpSchedStatus:
     """A VP as the scheduler sees it."""
 
-    state: str  # blocked | ready | running | halted
+    state: str  # blocked | ready | running | halted | preempted
     lp: int | None  # the LP it runs on, while running
     run_s: float
     wait_s: float  # ready, waiting for an LP
     dispatches: int
     preemptions: int  # quantum ends
     yields: int  # long-spin-wait notifications
+    forced: int = 0  # its LP taken back at quantum + grace (it never reached a preemption point)
 
     def to_wire(self) -> dict:
         return {"state": self.state, "lp": self.lp, "run_s": self.run_s, "wait_s": self.wait_s,
-                "dispatches": self.dispatches, "preemptions": self.preemptions, "yields": self.yields}
+                "dispatches": self.dispatches, "preemptions": self.preemptions, "yields": self.yields,
+                "forced": self.forced}
 
     @classmethod
     def from_wire(cls, d: dict) -> "VpSchedStatus":
-        return cls(d["state"], d["lp"], d["run_s"], d["wait_s"], d["dispatches"], d["preemptions"], d["yields"])
+        return cls(d["state"], d["lp"], d["run_s"], d["wait_s"], d["dispatches"], d["preemptions"], d["yields"],
+                   d.get("forced", 0))
 
 
 @dataclass(slots=True)
@@ -195,7 +201,7 @@ class InterruptStatus:
 @dataclass(slots=True)
 class VpStatus:
     index: int
-    state: str  # created | ready | running | intercept | halted
+    state: str  # created | ready | running | intercept | halted | preempted
     exits: dict[str, int]  # by proto.exits.Exit name
     cr3: int
     faults: int  # exceptions injected instead of completing an instruction
@@ -237,6 +243,10 @@ class PartitionStatus:
     vps: list[VpStatus]
     guest: dict[str, int]  # its VPs' guest counters, summed
     paths: dict[str, PathStats]  # its VPs' latency histograms, merged, by path name
+    # Its worker stopped answering: the partition was paused and its device accesses wait
+    # for the worker (none is completed in its place); cleared when the worker answers.
+    unresponsive: bool = False
+    health_pauses: int = 0  # times it was paused for that
 
     def to_wire(self) -> dict:
         return {
@@ -258,6 +268,8 @@ class PartitionStatus:
             "vps": [vp.to_wire() for vp in self.vps],
             "guest": dict(self.guest),
             "paths": {name: st.to_wire() for name, st in self.paths.items()},
+            "unresponsive": self.unresponsive,
+            "health_pauses": self.health_pauses,
         }
 
     @classmethod
@@ -266,7 +278,8 @@ class PartitionStatus:
                    [tuple(r) for r in d["ranges"]], [tuple(r) for r in d["mmio"]], d["hypercalls_enabled"],
                    d["unclaimed_reads"], d["unclaimed_writes"], d["unmapped_gpa"], d["worker_timeouts"],
                    d["resets"], CpuStatus.from_wire(d["cpu"]), [VpStatus.from_wire(vp) for vp in d["vps"]],
-                   dict(d["guest"]), {name: PathStats.from_wire(st) for name, st in d["paths"].items()})
+                   dict(d["guest"]), {name: PathStats.from_wire(st) for name, st in d["paths"].items()},
+                   d.get("unresponsive", False), d.get("health_pauses", 0))
 
 
 # -- the whole -------------------------------------------------------------------------------

@@ -136,7 +136,8 @@ def scheduler_line(p: PartitionStatus) -> str:
     wait = sum(v.wait_s for v in vps)
     return (f"scheduler: {run:.2f} s on LPs, {wait:.2f} s waiting for one, "
             f"{sum(v.dispatches for v in vps)} dispatches, {sum(v.preemptions for v in vps)} quantum ends, "
-            f"{sum(v.yields for v in vps)} yields")
+            f"{sum(v.yields for v in vps)} yields"
+            + (f", {forced} forced preemptions (quantum + grace overrun)" if (forced := sum(v.forced for v in vps)) else ""))
 
 
 # Multi-stage paths whose stages a run's report breaks down, and the title of each.

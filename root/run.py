@@ -22,7 +22,7 @@ from proto import auth
 from proto.errors import HvstackError
 from proto.status import HypervisorStatus
 from proto.transport import curve_keypair, ipc_endpoint
-from root import hostflow
+from root import cgroups, hostflow
 from root.client import ConsoleWatcher, RootClient
 from root.procs import STOP_GRACE_S, Proc, describe_exit, secret_pipe, spawn, stop_procs
 from root.report import Output
@@ -68,6 +68,8 @@ class Run:
     final_status: HypervisorStatus | None = None  # the hypervisor's status as the run ended
     _stop_reason: str | None = None
     _console_partial: dict = field(default_factory=dict)
+    _unresponsive: list = field(default_factory=list)  # partitions whose worker stopped answering
+    _cgroups: dict = field(default_factory=dict)  # partition name → its cpu cgroup (root/cgroups.py)
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -117,7 +119,20 @@ class Run:
             write_json(spec_path, spec)
             self.procs.append(spawn("partition", pc.name, "partitions", ["--spec", str(spec_path)],
                                     {"HVSTACK_TOKEN": token}, logs))
+            self._limit_cpu(pc, self.procs[-1].pid)
         self._manifest_update(state="running")
+
+    def _limit_cpu(self, pc, pid: int) -> None:
+        """cpu.limit on the host as well, where cgroups allow (root/cgroups.py)."""
+        limit = pc.cpu.get("limit", 100)
+        if limit >= 100:
+            return
+        path, note = cgroups.limit_cpu(self.run.name, pc.name, pid, limit, pc.vps)
+        self._cgroups[pc.name] = path
+        self.out.print(f"partition {pc.name}: {note}")
+        man = self.run.manifest().get("cpu_cgroups", {})
+        man[pc.name] = {"cgroup": str(path) if path else None, "note": note}
+        self._manifest_update(cpu_cgroups=man)
 
     def _spawn_tcp_hypervisor(self, args: list[str], logs) -> Proc:
         """A tcp endpoint is CURVE (proto.transport): a key pair per run, the public half in
@@ -208,6 +223,7 @@ class Run:
                 if p.state == "finalized" and p.id not in stopped:
                     stopped.add(p.id)
                     self._stop_partition(p.id)
+            self._note_unresponsive(status)
             if len(stopped) == len(self.partition_ids):
                 raise RunEnded("every partition was stopped (ctl stop)", 0)
             if self.duration > 0:
@@ -218,6 +234,20 @@ class Run:
                 if time.monotonic() > deadline:
                     raise RunEnded(f"guests did not finish within {grace:.0f} s", 1)
 
+    def _note_unresponsive(self, status: HypervisorStatus) -> None:
+        """The hypervisor paused a partition whose worker stopped answering (or it answers
+        again): say so, and in the manifest (``unresponsive_partitions``)."""
+        names = {v: k for k, v in self.partition_ids.items()}
+        now = sorted(names.get(p.id, str(p.id)) for p in status.partitions if p.unresponsive)
+        if now == self._unresponsive:
+            return
+        for name in sorted(set(now) - set(self._unresponsive)):
+            self.out.print(f"partition {name}: its worker stopped answering; the partition is paused (unresponsive)")
+        for name in sorted(set(self._unresponsive) - set(now)):
+            self.out.print(f"partition {name}: its worker answers again; `ctl resume` lets it run")
+        self._unresponsive = now
+        self._manifest_update(unresponsive_partitions=now)
+
     def _stop_partition(self, pid: int) -> None:
         """`ctl stop`: end one partition's processes; the rest of the run goes on."""
         name = next(n for n, i in self.partition_ids.items() if i == pid)
@@ -225,6 +255,7 @@ class Run:
         exits = stop_procs(sorted(procs, key=lambda p: p.role != "partition"))
         for p in procs:
             self.procs.remove(p)
+        cgroups.remove(self._cgroups.pop(name, None))
         self.out.print(f"partition {name} stopped: " + ", ".join(f"{k} {describe_exit(v)}" for k, v in exits.items()))
         self._manifest_update(stopped_partitions=sorted(
             set(self.run.manifest().get("stopped_partitions", [])) | {name}))
@@ -259,6 +290,8 @@ class Run:
             grace = HV_DEAD_PARTITION_GRACE_S if hv_dead and stage == STOP_ORDER["partition"] else STOP_GRACE_S
             exits.update(stop_procs([p for p in self.procs if STOP_ORDER[p.role] == stage], grace))
         left = [p.pid for p in self.procs if pid_alive(p.pid)]
+        for path in self._cgroups.values():
+            cgroups.remove(path)
         if not left:
             for pattern in GUEST_MEMORY_FILES:
                 for f in self.run.path.glob(pattern):

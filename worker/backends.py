@@ -51,14 +51,26 @@ class DiskFile:
         self.fd = fd
         self.size = size
 
+    # A host I/O error (ENOSPC on a sparse image, EIO) goes up to the device as the OSError
+    # it is, with the image's path in it, for the device to log beside the ATA error.
+
     def read(self, offset: int, buffer: bytearray) -> int:
-        return os.preadv(self.fd, [buffer], offset)
+        try:
+            return os.preadv(self.fd, [buffer], offset)
+        except OSError as e:
+            raise _naming(e, self.path)
 
     def write(self, offset: int, data: bytes) -> int:
-        return os.pwrite(self.fd, data, offset)
+        try:
+            return os.pwrite(self.fd, data, offset)
+        except OSError as e:
+            raise _naming(e, self.path)
 
     def flush(self) -> None:
-        os.fsync(self.fd)
+        try:
+            os.fsync(self.fd)
+        except OSError as e:
+            raise _naming(e, self.path)
 
     def close(self) -> None:
         """Close the image.  Data already written is in the page cache; nothing is pending."""
@@ -137,6 +149,13 @@ class ConsoleLog:
             os.write(self._fd, bytes(self.pending))
             self.pending.clear()
         os.close(self._fd)
+
+
+def _naming(e: OSError, path: str) -> OSError:
+    """``e`` with ``path`` as its filename, if it had none (pwrite's and fsync's have none)."""
+    if e.filename is None:
+        e.filename = path
+    return e
 
 
 def _atomic_write(path: str, data: bytes) -> None:

@@ -70,9 +70,13 @@ def run(args) -> int:
           f"{st.counters.get('handshakes_refused', 0)} handshakes refused, "
           f"{st.counters.get('connections_evicted', 0)} idle connections shut down")
     for p in st.partitions:
-        print(f"\npartition {names.get(p.id, p.id)} (id {p.id}): {p.state}, "
+        health = " (worker unresponsive: its device accesses wait for it)" if p.unresponsive else ""
+        print(f"\npartition {names.get(p.id, p.id)} (id {p.id}): {p.state}{health}, "
               f"worker {'up' if p.worker else 'missing'}, unclaimed I/O {p.unclaimed_reads}r/"
               f"{p.unclaimed_writes}w, worker timeouts {p.worker_timeouts}")
+        cg = man.get("cpu_cgroups", {}).get(names.get(p.id, ""))
+        if cg:
+            print(f"  {cg['note']}")
         rows = [[str(vp.index), vp.state, *(str(v) for v in vp.exits.values()), str(vp.faults)] for vp in p.vps]
         if p.vps:
             headers = ["vp", "state", *p.vps[0].exits.keys(), "faults"]

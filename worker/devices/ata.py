@@ -32,7 +32,9 @@ Policies (where the spec leaves a choice, or where this model is simpler than a 
   or last address.
 * The image is a backend the worker hands in (:class:`~worker.devices.backends.DiskImage`;
   the worker's is :class:`worker.backends.DiskFile`).  A host I/O error reading it is UNC;
-  writing it, or a failing flush, is DF+ABRT.
+  writing it, or a failing flush, is DF+ABRT.  Each is logged with the host's errno (ENOSPC,
+  EIO, …) beside the ATA status and error the guest sees, and counted in
+  ``stats.host_errors``: the guest learns only that the command failed, the host's log why.
 * Write cache is reported supported and enabled: each full sector is written to the image
   at once (for a file, into the OS page cache, so it survives the worker being killed) and
   FLUSH CACHE (EXT) flushes the image (fsync).  With the write cache disabled by SET
@@ -49,6 +51,8 @@ Policies (where the spec leaves a choice, or where this model is simpler than a 
 
 from __future__ import annotations
 
+import errno as errno_names
+import logging
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -57,6 +61,8 @@ from worker.devices.backends import DiskImage
 from worker.devices.base import WORD_DWORD, ChipsetDevice, DeviceStats, IrqLine, PortRange, all_ones
 from worker.devices.config import SECTOR_SIZE, AtaDiskConfig
 from worker.devices.state import Byte, Length, Mask, OneOf, Range
+
+log = logging.getLogger(__name__)
 
 __all__ = ["AtaDisk", "AtaDiskConfig", "AtaState", "AtaStats", "SECTOR_SIZE"]
 
@@ -132,6 +138,7 @@ class AtaStats(DeviceStats):
     sectors_written: int = 0
     flushes: int = 0
     errors: int = 0  # commands that ended with ERR set
+    host_errors: int = 0  # of those, failures of the image on the host (logged with errno)
     ignored_commands: int = 0
     idle_data_accesses: int = 0
     commands: dict[int, int] = field(default_factory=dict)  # opcode -> times executed
@@ -348,6 +355,20 @@ class AtaDisk(ChipsetDevice):
         s.intrq_pending = True
         self.stats.errors += 1
 
+    def _host_error(self, op: str, lba: int | None, cause, s: AtaState) -> None:
+        """Log a failure of the image on the host — its errno by name and number — beside
+        what the guest sees of it (the status and error registers just set)."""
+        self.stats.host_errors += 1
+        if isinstance(cause, OSError) and cause.errno is not None:
+            why = f"{errno_names.errorcode.get(cause.errno, '?')} (errno {cause.errno}): {cause.strerror}"
+            if cause.filename:
+                why += f" ({cause.filename})"
+        else:
+            why = str(cause)
+        where = f" at LBA {lba}" if lba is not None else ""
+        log.error("%s: host %s error on the disk image%s: %s; the guest sees status %#04x, error %#04x (%s)",
+                  self.name, op, where, why, s.status, s.error, "UNC" if s.error == ERROR_UNC else "DF+ABRT")
+
     def _start_block(self, s: AtaState, transfer: int, interrupt: bool) -> None:
         s.transfer = transfer
         s.pos = 0
@@ -400,10 +421,13 @@ class AtaDisk(ChipsetDevice):
     def _load_sector(self, s: AtaState) -> bool:
         try:
             got = self.image.read(s.lba * SECTOR_SIZE, s.buffer)
-        except OSError:
-            got = -1
+        except OSError as e:
+            got, cause = -1, e
+        else:
+            cause = f"short read: {got} of {SECTOR_SIZE} bytes"
         if got != SECTOR_SIZE:  # an I/O error, or the image shrank under us
             self._fail(s, ERROR_UNC)
+            self._host_error("read", s.lba, cause, s)
             return False
         self.stats.sectors_read += 1
         return True
@@ -422,10 +446,13 @@ class AtaDisk(ChipsetDevice):
     def _data_out_block_done(self, s: AtaState) -> None:
         try:
             written = self.image.write(s.lba * SECTOR_SIZE, s.buffer)
-        except OSError:
-            written = -1
+        except OSError as e:
+            written, cause = -1, e
+        else:
+            cause = f"short write: {written} of {SECTOR_SIZE} bytes"
         if written != SECTOR_SIZE:
             self._fail(s, ERROR_ABRT, STATUS_DRDY | STATUS_DF | STATUS_ERR)
+            self._host_error("write", s.lba, cause, s)
             return
         self.stats.sectors_written += 1
         if s.remaining:
@@ -440,8 +467,9 @@ class AtaDisk(ChipsetDevice):
     def _flush(self, s: AtaState) -> bool:
         try:
             self.image.flush()
-        except OSError:
+        except OSError as e:
             self._fail(s, ERROR_ABRT, STATUS_DRDY | STATUS_DF | STATUS_ERR)
+            self._host_error("flush", None, e, s)
             return False
         self.stats.flushes += 1
         return True

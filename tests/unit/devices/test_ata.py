@@ -763,3 +763,50 @@ def test_commands_are_counted_by_opcode(make_disk):
     identify(bus)
     assert disk.stats.commands == {CMD_FLUSH_CACHE: 2, CMD_IDENTIFY_DEVICE: 1}
     assert disk.stats.reads > 256 and disk.stats.writes >= 4
+
+
+# Host I/O errors are logged with their errno beside what the guest sees (issue 9).
+
+
+class FullDisk(MemoryDisk):
+    """An image whose host has run out of space: every write raises ENOSPC."""
+
+    def write(self, offset: int, data: bytes) -> int:
+        raise OSError(28, os.strerror(28), "/images/full.img")
+
+
+def test_a_host_enospc_is_logged_with_its_errno_beside_the_ata_error(caplog):
+    disk = AtaDisk(AtaDiskConfig(), NullIrqLine(), FullDisk(64 * 512))
+    issue_lba28(disk, CMD_WRITE_SECTORS, lba=5)
+    with caplog.at_level("ERROR", logger="worker.devices.ata"):
+        write_block(disk, pattern(5))
+    assert inb(disk, STATUS) == STATUS_DRDY | 0x20 | STATUS_ERR and inb(disk, ERROR) == ERROR_ABRT
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "ENOSPC (errno 28)" in line and "/images/full.img" in line and "LBA 5" in line
+    assert "status 0x61, error 0x04 (DF+ABRT)" in line
+    assert disk.stats.host_errors == 1
+
+
+def test_a_host_eio_on_read_and_on_flush_are_logged_too(caplog, make_disk, monkeypatch):
+    image = MemoryDisk(64 * 512)
+    disk = AtaDisk(AtaDiskConfig(), NullIrqLine(), image)
+    image.fail = "read"
+    with caplog.at_level("ERROR", logger="worker.devices.ata"):
+        issue_lba28(disk, CMD_READ_SECTORS, lba=1)
+        image.fail = "flush"
+        outb(disk, COMMAND, CMD_FLUSH_CACHE)
+    read, flush = [r.getMessage() for r in caplog.records]
+    assert "host read error" in read and "EIO (errno 5)" in read and "(UNC)" in read
+    assert "host flush error" in flush and "EIO (errno 5)" in flush and "(DF+ABRT)" in flush
+
+
+def test_the_disk_file_names_its_image_in_a_host_error(make_disk, monkeypatch):
+    disk, _ = make_disk()
+
+    def broken(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(backends.os, "fsync", broken)
+    with pytest.raises(OSError) as e:
+        disk.image.flush()
+    assert e.value.filename == disk.image.path

@@ -14,7 +14,7 @@ from proto.codes import HvMsr, HvStatus, HypercallCode as C, X86Exception, contr
 from proto.exits import NO_PATH, Exit
 from proto.hvcall import HV_INPUT_FLUSH_VIRTUAL_ADDRESS_SPACE, HV_INPUT_NOTIFY_LONG_SPIN_WAIT
 from hypervisor.scheduler import VpState
-from tests.unit.hypervisor.fake_stack import COM1, REGS, VGA, stamps, vp_id, worker_id
+from tests.unit.hypervisor.fake_stack import COM1, REGS, ROOT, VGA, stamps, vp_id, worker_id
 
 V10, V11, V20 = vp_id(1, 0), vp_id(1, 1), vp_id(2, 0)
 W1, W2 = worker_id(1), worker_id(2)
@@ -238,22 +238,71 @@ def test_another_partitions_worker_cannot_complete_an_access(two):
     assert resume_of(two.send(W1, m.AccessComplete(notify.ref, 0x55, stamps()))).rax == 0x55  # still its own
 
 
-def test_a_worker_that_does_not_answer_in_time_gives_the_vp_all_ones(two, caplog):
+def test_a_worker_that_does_not_answer_in_time_completes_nothing_and_pauses_its_partition(two, caplog):
+    """Issue 9: the VP used to get all-ones at the timeout while the worker carried the
+    access out later.  Now nobody but the worker completes it: the VP stays in its
+    intercept, the partition is unresponsive and paused, and the worker's late completion
+    is applied once, at the next dispatch after `ctl resume`."""
     two.exit(V10, m.IoPortIntercept(50, COM1, 2, False, 0, stamps(), REGS)).one(W1, m.PortNotify)
     for ctx in two.hv.forwarding.pending.values():
         ctx.deadline_ns = 0
     with caplog.at_level(logging.WARNING, logger="hypervisor"):
         two.hv._housekeeping()
-    r = resume_of(two.run())
-    assert (r.seq, r.rax, r.path, r.stamps[:-1]) == (50, 0xFFFF, NO_PATH, ())
-    assert two.part(1).worker_timeouts == 1 and not two.hv.forwarding.pending
-    assert "worker did not complete intercept" in caplog.text
+    assert not two.run().to(V10)  # no made-up all-ones
+    assert two.part(1).worker_timeouts == 1 and len(two.hv.forwarding.pending) == 1
+    st = two.hv.status().partition(1)
+    assert st.unresponsive and st.state == "paused" and st.health_pauses == 1
+    assert "worker did not complete intercept" in caplog.text and "unresponsive" in caplog.text
+    two.hv._housekeeping()
+    assert two.part(1).worker_timeouts == 1  # counted once, however long it stays late
+    (ref,) = two.hv.forwarding.pending
+    assert not two.send(W1, m.AccessComplete(ref, 0x1234, stamps())).to(V10)  # paused: it waits
+    assert not two.hv.status().partition(1).unresponsive and two.vp(1).state is VpState.READY
+    out = two.send(W1, m.AccessComplete(ref, 0x1234, stamps()))  # a second completion is stale
+    assert out.one(W1, m.ErrorReply).code == "STALE" and two.hv.counters["stale_completions"] == 1
+    out = two.send(ROOT, m.PartitionControl(1, "resume"))
+    assert (resume_of(out).seq, resume_of(out).rax) == (50, 0x1234)  # the worker's value, once
 
 
-def test_a_worker_that_is_gone_gives_the_vp_all_ones_at_once(two):
+def test_a_worker_that_is_gone_completes_nothing_either(two):
     two.router.gone.add(W1)
-    r = resume_of(two.exit(V10, m.IoPortIntercept(51, COM1, 1, False, 0, stamps(), REGS)))
-    assert (r.rax, r.path) == (0xFF, NO_PATH) and two.part(1).worker_timeouts == 1
+    assert not two.exit(V10, m.IoPortIntercept(51, COM1, 1, False, 0, stamps(), REGS)).to(V10)
+    assert two.part(1).worker_timeouts == 1 and two.hv.status().partition(1).unresponsive
+    assert two.part(1).cpu.paused and len(two.hv.forwarding.pending) == 1
+
+
+def test_the_roots_io_through_a_stalled_worker_gets_an_error_not_data(two):
+    two.send(ROOT, m.ExecuteRequest(77, 1, 0, "inb", COM1, 0, b"")).one(W1, m.PortNotify)
+    for ctx in two.hv.forwarding.pending.values():
+        ctx.deadline_ns = 0
+    two.hv._housekeeping()
+    err = two.run().one(ROOT, m.ErrorReply)
+    assert err.code == "STALE" and "may still carry it out" in err.message and not two.hv.forwarding.pending
+    two.router.gone.add(W2)
+    out = two.send(ROOT, m.ExecuteRequest(78, 2, 0, "inb", COM1, 0, b""))
+    assert out.one(ROOT, m.ErrorReply).code == "UNKNOWN_PARTITION"
+
+
+def test_a_health_check_finds_a_stalled_idle_worker(two):
+    fwd = two.hv.forwarding
+    fwd.pings.clear(), fwd._last_ping.clear()
+    two.hv._housekeeping()
+    assert not two.run().to(W1)  # a worker still starting (no memory mapped yet) is not pinged
+    two.send(W1, m.MemoryRequest(1)).one(W1, m.MemoryReply)
+    two.send(W2, m.MemoryRequest(2)).one(W2, m.MemoryReply)
+    fwd.pings.clear(), fwd._last_ping.clear()
+    two.hv._housekeeping()
+    pings = [q for q in two.run().to(W1) if isinstance(q, m.WorkerQuery)]
+    assert len(pings) == 1 and pings[0].query == "ping"
+    two.hv._housekeeping()
+    assert [q.partition.id for q in fwd.pings.values()] == [1, 2]  # one per worker at a time
+    for ping in two.hv.forwarding.pings.values():
+        ping.deadline_ns = 0
+    two.hv._housekeeping()
+    assert two.hv.status().partition(1).unresponsive and two.part(1).cpu.paused
+    assert not two.send(W1, m.WorkerQueryReply(pings[0].ref, {})).to(ROOT)
+    assert not two.hv.status().partition(1).unresponsive  # it answers again
+    assert two.part(1).cpu.paused  # until the root resumes it
 
 
 # -- tracing ------------------------------------------------------------------------------------
@@ -272,3 +321,17 @@ def test_a_traced_exit_is_reported_to_subscribers_of_its_partition(two):
     assert not two.exit(V10, m.QuantumExit(53, stamps(), REGS)).to(b"tracer")  # quantum ends are not traced
     two.exit(V10, m.CpuidIntercept(54, 0, 0, stamps(), REGS))
     assert two.hv.counters["trace_dropped"] == 1 and b"tracer" in two.hv.tracer.tracers
+
+
+def test_one_stall_is_one_health_pause_however_the_late_answers_interleave(two):
+    two.exit(V10, m.IoPortIntercept(60, COM1, 1, False, 0, stamps(), REGS)).one(W1, m.PortNotify)
+    two.exit(V11, m.IoPortIntercept(61, COM1, 1, False, 0, stamps(), REGS)).one(W1, m.PortNotify)
+    first, second = two.hv.forwarding.pending
+    two.hv.forwarding.pending[first].deadline_ns = 0  # only the first is overdue yet
+    two.hv.forwarding.pending[second].deadline_ns = time.monotonic_ns() + 20_000_000
+    two.hv._housekeeping()
+    time.sleep(0.03)  # the second is overdue too now
+    two.send(W1, m.AccessComplete(first, 1, stamps()))  # the worker answers again…
+    two.hv._housekeeping()  # …before its second answer arrives
+    assert two.part(1).health_pauses == 1 and not two.part(1).unresponsive
+    assert two.part(1).worker_timeouts == 1
