@@ -48,8 +48,10 @@ class Dispatcher:
                     setattr(vp, attr, value)
                 vp.regs_written.clear()
         # Run time ends when the guest exited (its first stamp), not when the exit arrived:
-        # the transport is not guest execution.
-        self.sched.exited(vp.sched, msg.stamps[0] if msg.stamps else t_in,
+        # the transport is not guest execution.  The stamp is the guest's word: no later
+        # than the arrival (exited() keeps it no earlier than the dispatch), so that a
+        # made-up one cannot inflate an LP's busy time.
+        self.sched.exited(vp.sched, min(msg.stamps[0], t_in) if msg.stamps else t_in,
                           preempted=msg.__class__ is m.QuantumExit)
 
     def resume(self, ctx, rax: int, rbx: int = 0, rcx: int = 0, rdx: int = 0, fault: int = NO_FAULT,

@@ -79,6 +79,10 @@ class Forwarding:
 
     def on_install_intercept(self, identity: bytes, peer, msg: m.InstallIntercept, t_in: int) -> None:
         part = peer.partition
+        if part.intercepts_installed:
+            # The worker claims its ranges once, at start: a second claim would move accesses
+            # already forwarded under the first one.
+            return self._outbox.error(identity, msg.TYPE, "OUT_OF_TURN", "intercepts are installed already")
         claimed = {}
         for base, count in msg.ranges:
             for port in range(base, base + count):
@@ -90,6 +94,7 @@ class Forwarding:
             if start < end:
                 return self._outbox.error(identity, msg.TYPE, "CONFLICT", f"MMIO range at {start:#x} overlaps")
         part.port_owner = claimed
+        part.intercepts_installed = True
         part.ranges = list(msg.ranges)
         part.mmio = mmio
         log.info("partition %d: worker claims ports %s; MMIO %s", part.id,

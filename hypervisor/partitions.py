@@ -83,6 +83,7 @@ class Partition:
     worker: bytes | None = None
     worker_started: bool = False  # its worker has mapped the memory: it serves requests now
     port_owner: dict[int, bytes] = field(default_factory=dict)
+    intercepts_installed: bool = False  # its worker's install_intercept was taken (once)
     ranges: list[tuple[int, int]] = field(default_factory=list)
     mmio: list[tuple[int, int, bytes]] = field(default_factory=list)  # (gpa, end, owner)
     cpu: CpuControls = field(default_factory=CpuControls)  # its share of the LPs, and its pause

@@ -213,6 +213,10 @@ class Scheduler:
         """The VP's exit is complete (→ READY): it may run once an LP is free."""
         if s.state is READY:
             return
+        if s.state.executing:
+            # Queuing a VP that executes guest code would dispatch it twice: a bug here,
+            # which the loop's guard reports (the loop refuses exits out of turn before).
+            raise RuntimeError(f"VP {s.key} made ready while {s.state.value}")
         if s.controls.stopped:
             s.state = INTERCEPT
             return

@@ -3,8 +3,14 @@
 The socket is handed in (``__main__`` binds it; a test passes a fake that still encodes and
 decodes real frames).  Every frame becomes a message or an ``error_reply`` and a counter;
 a message from a peer that has not said hello, or of a type its role may not send, is
-refused the same way; nothing a peer sends can stop the loop.  What each message does is
-the business of the component its route names (``routes.py``):
+refused the same way, and so is an exit from a VP that is not executing guest code
+(OUT_OF_TURN: it waits for a resume or sleeps in HLT; ``VpSched.executing`` says).  Nothing a
+peer sends can stop the loop: every message is handled under one guard, and a handler that
+raises anyway — a bug of ours — is counted (``handler_errors``), logged with the message type
+and the peer (rate-limited), answered with an INTERNAL error, and the loop goes on.  Tests
+still see such a bug: the unit tests' hypervisor is ``strict`` (it re-raises), and the
+integration teardowns fail on the guard's log line.  What each message does is the business
+of the component its route names (``routes.py``):
 
 ==================  ======================================================================
 ``peers``           hello: binding a routing identity to (role, partition, vp)
@@ -49,6 +55,7 @@ from hypervisor.memory import MemoryManager
 from hypervisor.outbox import Outbox
 from hypervisor.partitions import PartitionTable
 from hypervisor.peers import Peers
+from hypervisor.ratelog import RateLimitedLog
 from hypervisor.registers import VpRegisters
 from hypervisor.root_requests import RootRequests
 from hypervisor.routes import build_routes
@@ -58,13 +65,20 @@ from hypervisor.tlb import Tlbs
 log = logging.getLogger("hypervisor")
 
 HOUSEKEEPING_INTERVAL_MS = 100
+# Handler errors logged per second at most (the rest are counted): a peer that hits one bug
+# in a loop must not fill the disk.
+HANDLER_ERROR_LOGS_PER_S = 5
 
 
 class Hypervisor:
     def __init__(self, router, secret: str, lps: int = 2, memory_dir: str | None = None,
-                 pool_pages: int = 4096) -> None:
-        """``router``: the bound socket (``proto.transport.Router``, or a test's fake)."""
+                 pool_pages: int = 4096, strict: bool = False) -> None:
+        """``router``: the bound socket (``proto.transport.Router``, or a test's fake).
+        ``strict``: a handler's exception is re-raised after it is counted and answered
+        (the unit tests' fake stack), so that a bug of ours fails the test that hit it."""
         self.router = router
+        self.strict = strict
+        self._error_log = RateLimitedLog(log, HANDLER_ERROR_LOGS_PER_S)
         self.endpoint = router.endpoint
         self.session = os.urandom(8).hex()
         self.started_ns = time.monotonic_ns()
@@ -82,6 +96,9 @@ class Hypervisor:
             "isolation_refusals": 0,
             "trace_dropped": 0,
             "ipis_ignored": 0,
+            "out_of_turn": 0,  # exits from a VP that was not executing guest code
+            "handler_errors": 0,  # exceptions in a handler: bugs of ours, each logged (rate-limited)
+            "status_trimmed": 0,  # status replies too big to decode anywhere, sent without histograms
         }
         counters = self.counters
         self.table = PartitionTable()
@@ -128,13 +145,17 @@ class Hypervisor:
             if wake is not None:
                 timeout = max(0, min(timeout, -(-(wake - perf_counter_ns()) // 1_000_000)))
             if not router.wait(timeout):
-                if wake is not None:
-                    now = perf_counter_ns()
-                    if interrupts.next_timer_ns is not None and now >= interrupts.next_timer_ns:
-                        interrupts.fire_timers(now)
-                    sched.tick(now)
-                if time.monotonic_ns() >= next_housekeeping:
-                    next_housekeeping = self._housekeeping()
+                try:
+                    if wake is not None:
+                        now = perf_counter_ns()
+                        if interrupts.next_timer_ns is not None and now >= interrupts.next_timer_ns:
+                            interrupts.fire_timers(now)
+                        sched.tick(now)
+                    if time.monotonic_ns() >= next_housekeeping:
+                        next_housekeeping = self._housekeeping()
+                except Exception as e:  # the timers work on what peers set up: guarded alike
+                    next_housekeeping = time.monotonic_ns() + HOUSEKEEPING_INTERVAL_MS * 1_000_000
+                    self._handler_failed(None, None, None, e)
                 continue
             frames = router.recv()
             t_in = perf_counter_ns()
@@ -149,6 +170,9 @@ class Hypervisor:
             except ProtocolError as e:
                 counters["malformed"] += 1
                 error(identity, 0, e.code, str(e))
+                continue
+            except Exception as e:  # the decoder's own bug: guarded like a handler's
+                self._handler_failed(identity, peers.get(identity), None, e)
                 continue
             peer = peers.get(identity)
             kind = type(msg)
@@ -165,22 +189,60 @@ class Hypervisor:
                     error(identity, msg.TYPE, "NOT_PERMITTED", f"a {peer.role} may not send {msg.NAME}")
                     continue
             handler, _, is_exit = route
-            if is_exit:
-                vp = peer.vp
-                if vp is not None:
-                    left_guest(vp, msg, t_in)
-                handler(ExitContext(identity, peer.partition, vp, msg.seq, msg.stamps + (t_in,), t_in), msg)
-            else:
-                handler(identity, peer, msg, t_in)
-            if interrupts.next_timer_ns is not None and perf_counter_ns() >= interrupts.next_timer_ns:
-                interrupts.fire_timers(perf_counter_ns())
-            if wake is not None and sched.ready and perf_counter_ns() >= wake:
-                # A busy loop must not starve the scheduler: a VP that overran its quantum
-                # loses its LP to the ones waiting even while messages keep coming.
-                sched.tick(perf_counter_ns())
-            if time.monotonic_ns() >= next_housekeeping:
-                next_housekeeping = self._housekeeping()
+            try:
+                if is_exit:
+                    vp = peer.vp
+                    if vp is not None:
+                        if not vp.sched.executing:
+                            if vp.sched.controls.stopped:
+                                # Its partition was stopped while it ran: the late exit
+                                # waits for nothing (the root is ending its thread; an
+                                # error now could only make that thread fail first).
+                                continue
+                            # It is waiting for a resume, sleeping in HLT, or not started:
+                            # it cannot have exited.  Handling it would queue the VP twice.
+                            counters["out_of_turn"] += 1
+                            error(identity, msg.TYPE, "OUT_OF_TURN",
+                                  f"{peer.name} is {vp.sched.state.value}, not executing guest code")
+                            continue
+                        left_guest(vp, msg, t_in)
+                    handler(ExitContext(identity, peer.partition, vp, msg.seq, msg.stamps + (t_in,), t_in), msg)
+                else:
+                    handler(identity, peer, msg, t_in)
+            except Exception as e:  # one guard per message: nothing a peer sends stops the loop
+                self._handler_failed(identity, peer, msg, e)
+            try:
+                if interrupts.next_timer_ns is not None and perf_counter_ns() >= interrupts.next_timer_ns:
+                    interrupts.fire_timers(perf_counter_ns())
+                if wake is not None and sched.ready and perf_counter_ns() >= wake:
+                    # A busy loop must not starve the scheduler: a VP that overran its quantum
+                    # loses its LP to the ones waiting even while messages keep coming.
+                    sched.tick(perf_counter_ns())
+                if time.monotonic_ns() >= next_housekeeping:
+                    next_housekeeping = self._housekeeping()
+            except Exception as e:
+                next_housekeeping = time.monotonic_ns() + HOUSEKEEPING_INTERVAL_MS * 1_000_000
+                self._handler_failed(None, None, None, e)
         self.router.close()
+
+    def _handler_failed(self, identity: bytes | None, peer, msg: m.Message | None, e: Exception) -> None:
+        """A handler raised: a bug of ours (a peer's mistakes are refused before a handler
+        runs, or by the handler with an error reply).  Count it, log it with the message
+        type and the peer, answer INTERNAL, and go on — or, strict, re-raise.  No
+        ``identity``: the timers (APIC timers, the scheduler's tick, housekeeping) raised."""
+        self.counters["handler_errors"] += 1
+        if identity is None:
+            name, who, type_id = "(timers)", "the hypervisor", 0
+        else:
+            who = peer.name if peer is not None else f"unbound peer {identity.hex()[:16]}"
+            name, type_id = (msg.NAME, msg.TYPE) if msg is not None else ("(decoding)", 0)
+        # The traceback with the first line of each second; the rest say what and from whom.
+        self._error_log.error("handler error: %s from %s: %s: %s", name, who, type(e).__name__, str(e)[:200],
+                              traceback=True)
+        if identity is not None:
+            self.outbox.error(identity, type_id, "INTERNAL", f"the hypervisor failed handling {name}")
+        if self.strict:
+            raise
 
     def _housekeeping(self) -> int:
         """Every HOUSEKEEPING_INTERVAL_MS: workers that did not answer in time (and their

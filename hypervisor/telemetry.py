@@ -19,10 +19,32 @@ from time import perf_counter_ns
 
 from proto import messages as m
 from proto.codes import HvPartitionState
-from proto.stats import PathStats
+from proto.exits import Exit
+from proto.stats import PathStats, wire_count
 from proto.status import CpuStatus, HypercallStatus, HypervisorStatus, InterruptStatus, PartitionStatus, VpStatus
 
+from hypervisor.ratelog import RateLimitedLog
+
 log = logging.getLogger("hypervisor")
+
+# What one VP's statistics may hold (they go into every status reply): its histograms'
+# buckets in all (a real VP's are a few thousand), and counter names.
+MAX_VP_STATS_BUCKETS = 16384
+MAX_COUNTER_NAME = 64
+PATH_NAMES = frozenset(e.value for e in Exit)
+
+
+def path_name(v) -> str:
+    """A vp_stats path: one of proto.exits' names."""
+    if v not in PATH_NAMES:
+        raise ValueError(f"no path {str(v)[:40]!r}")
+    return v
+
+
+def counter_name(v) -> str:
+    if type(v) is not str or not 0 < len(v) <= MAX_COUNTER_NAME:
+        raise ValueError(f"counter name {str(v)[:40]!r} is not a str of 1..{MAX_COUNTER_NAME} characters")
+    return v
 
 
 class Tracer:
@@ -65,6 +87,7 @@ class Telemetry:
         self._hypercalls = hypercalls
         self._peers = peers
         self._forwarding = forwarding
+        self._bad_stats_log = RateLimitedLog(log, 5)  # a VP's own process sends vp_stats: the guest's word
         # The transport's (handshakes refused, idle connections shut down, connections
         # open), kept by its gatekeeper thread: read, never written, here.
         self._transport_counters = transport_counters if transport_counters is not None else {}
@@ -72,15 +95,37 @@ class Telemetry:
     # -- messages ----------------------------------------------------------------------------
 
     def on_status_request(self, identity: bytes, peer, msg: m.StatusRequest, t_in: int) -> None:
-        self._outbox.send(identity, m.StatusReply(self.status().to_wire()))
+        wire = self.status().to_wire()
+        reply = m.StatusReply(wire)
+        if len(reply.encode()) > m.MAX_FRAME_BYTES:
+            # Too big for any receiver to decode (many VPs, or guests' outsized statistics):
+            # the latency histograms go first, then the guests' counters, so that status
+            # itself — what supervision and every command read — still answers.
+            self._counters["status_trimmed"] += 1
+            for part in wire["partitions"]:
+                part["paths"] = {}
+            if len(reply.encode()) > m.MAX_FRAME_BYTES:
+                for part in wire["partitions"]:
+                    part["guest"] = {}
+                    for vp in part["vps"]:
+                        vp["guest"] = {}
+            log.warning("status reply over %d bytes: trimmed", m.MAX_FRAME_BYTES)
+        self._outbox.send(identity, reply)
 
     def on_vp_stats(self, identity: bytes, peer, msg: m.VpStats, t_in: int) -> None:
         try:
-            peer.vp.stats = {str(path): PathStats.from_wire(d) for path, d in msg.paths.items()}
-            peer.vp.counters = {str(k): int(v) for k, v in msg.counters.items()}
+            # Every number is checked (proto.stats.wire_count), not converted: a string of
+            # digits or a float would be stored as is and fail only when status is packed.
+            stats = {path_name(path): PathStats.from_wire(d) for path, d in msg.paths.items()}
+            counters = {counter_name(k): wire_count(v) for k, v in msg.counters.items()}
+            buckets = sum(len(h.counts) for st in stats.values() for h in (st.total, *st.stages))
+            if buckets > MAX_VP_STATS_BUCKETS:
+                raise ValueError(f"{buckets} histogram buckets, at most {MAX_VP_STATS_BUCKETS}")
         except (ValueError, TypeError, AttributeError) as e:
             self._counters["malformed"] += 1
-            log.warning("bad vp_stats from %s: %s", peer.name, e)
+            self._bad_stats_log.warning("bad vp_stats from %s: %s", peer.name, str(e)[:200])
+            return
+        peer.vp.stats, peer.vp.counters = stats, counters
 
     # -- status ------------------------------------------------------------------------------
 

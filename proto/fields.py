@@ -16,6 +16,13 @@ class FieldError(ValueError):
     """A value that does not fit its field; the decoder names the message and field."""
 
 
+def _spec(check: Check, kind: str, **params) -> Check:
+    """Say what a check accepts (``check.spec``: its kind and limits), for a reader that
+    makes values — the fuzzer (benchmarks/fuzz.py) builds well-formed fields from it."""
+    check.spec = (kind, params)
+    return check
+
+
 def uint(bits: int) -> Check:
     top = (1 << bits) - 1
 
@@ -28,7 +35,7 @@ def uint(bits: int) -> Check:
         return v
 
     check.__name__ = f"u{bits}"
-    return check
+    return _spec(check, "uint", bits=bits)
 
 
 U8, U16, U32, U64 = uint(8), uint(16), uint(32), uint(64)
@@ -40,6 +47,9 @@ def boolean(v: Any) -> bool:
     return v
 
 
+_spec(boolean, "bool")
+
+
 def one_of(*choices: Any) -> Check:
     allowed = frozenset(choices)
 
@@ -48,18 +58,23 @@ def one_of(*choices: Any) -> Check:
             raise FieldError(f"{v!r} is not one of {sorted(allowed, key=str)}")
         return v
 
-    return check
+    return _spec(check, "one_of", choices=tuple(choices))
 
 
-def text(max_len: int) -> Check:
+def text(max_len: int, *, ascii_only: bool = False) -> Check:
+    """A str of at most ``max_len`` characters; ``ascii_only`` for credentials and
+    identifiers, which are compared and logged as bytes (a token is hex)."""
+
     def check(v: Any) -> str:
         if type(v) is not str:
             raise FieldError(f"expected str, got {type(v).__name__}")
         if len(v) > max_len:
             raise FieldError(f"string of {len(v)} characters, at most {max_len}")
+        if ascii_only and not v.isascii():
+            raise FieldError("expected ASCII text")
         return v
 
-    return check
+    return _spec(check, "text", max_len=max_len, ascii_only=ascii_only)
 
 
 def blob(max_len: int) -> Check:
@@ -70,37 +85,51 @@ def blob(max_len: int) -> Check:
             raise FieldError(f"{len(v)} bytes, at most {max_len}")
         return v
 
-    return check
+    return _spec(check, "blob", max_len=max_len)
 
 
 MAX_STAMPS = 16
 
 
-def stamps(v: Any) -> tuple:
-    """``perf_counter_ns`` stamps appended at each hop; at most :data:`MAX_STAMPS`."""
-    if type(v) is not tuple and type(v) is not list:
-        raise FieldError(f"expected an array of stamps, got {type(v).__name__}")
-    if len(v) > MAX_STAMPS:
-        raise FieldError(f"{len(v)} stamps, at most {MAX_STAMPS}")
-    for s in v:
-        if type(s) is not int or s < 0:
-            raise FieldError(f"stamp {s!r} is not a non-negative integer")
-    return tuple(v)
+def stamps_upto(max_items: int) -> Check:
+    """``perf_counter_ns`` stamps appended at each hop; at most ``max_items``.  A message
+    that a hop extends and sends on has fewer than one it only receives, so that what a
+    peer sends, with the hops' stamps added, still decodes at the far end."""
+
+    def check(v: Any) -> tuple:
+        if type(v) is not tuple and type(v) is not list:
+            raise FieldError(f"expected an array of stamps, got {type(v).__name__}")
+        if len(v) > max_items:
+            raise FieldError(f"{len(v)} stamps, at most {max_items}")
+        for s in v:
+            if type(s) is not int or s < 0:
+                raise FieldError(f"stamp {s!r} is not a non-negative integer")
+        return tuple(v)
+
+    check.__name__ = f"stamps{max_items}"
+    return _spec(check, "stamps", max_items=max_items)
 
 
-MAX_REGS = 4
+stamps = stamps_upto(MAX_STAMPS)
 
 
-def registers(v: Any) -> tuple:
-    """A VP's register block (see ``proto.messages.REGS``): at most :data:`MAX_REGS` u64."""
-    if type(v) is not tuple and type(v) is not list:
-        raise FieldError(f"expected an array of registers, got {type(v).__name__}")
-    if len(v) > MAX_REGS:
-        raise FieldError(f"{len(v)} registers, at most {MAX_REGS}")
-    for r in v:
-        if type(r) is not int or not 0 <= r < 1 << 64:
-            raise FieldError(f"register {r!r} is not a u64")
-    return tuple(v)
+def registers(count: int) -> Check:
+    """A VP's register block (``proto.messages.REGS``): exactly ``count`` u64, or empty
+    (an exit that saves nothing, a resume that restores nothing).  Exactly: the receiver
+    unpacks it into that many registers."""
+
+    def check(v: Any) -> tuple:
+        if type(v) is not tuple and type(v) is not list:
+            raise FieldError(f"expected an array of registers, got {type(v).__name__}")
+        if len(v) not in (0, count):
+            raise FieldError(f"{len(v)} registers, expected {count} (or none)")
+        for r in v:
+            if type(r) is not int or not 0 <= r < 1 << 64:
+                raise FieldError(f"register {r!r} is not a u64")
+        return tuple(v)
+
+    check.__name__ = f"registers{count}"
+    return _spec(check, "registers", count=count)
 
 
 def ranges(what: str, start: Check, length: Check, limit: int, max_items: int) -> Check:
@@ -121,7 +150,7 @@ def ranges(what: str, start: Check, length: Check, limit: int, max_items: int) -
             out.append((base, count))
         return tuple(out)
 
-    return check
+    return _spec(check, "ranges", start=start, length=length, limit=limit, max_items=max_items)
 
 
 port_ranges = ranges("I/O space", U16, U32, 0x10000, 256)
@@ -139,17 +168,59 @@ def texts(max_items: int, max_len: int) -> Check:
             raise FieldError(f"{len(v)} strings, at most {max_items}")
         return tuple(one(s) for s in v)
 
-    return check
+    return _spec(check, "texts", max_items=max_items, max_len=max_len)
+
+
+# A free-form map's limits: how deep maps and arrays nest (a status reply is about 8
+# deep), and how many values it holds in all.  msgpack already limits ints to
+# [-2**63, 2**64) and the frame to MAX_FRAME_BYTES; these bound the work of walking it.
+MAX_DEPTH = 12
+MAX_VALUES = 1 << 18
+I64_MIN, U64_MAX = -(1 << 63), (1 << 64) - 1
+
+
+def _tree(v: Any, depth: int, budget: list) -> None:
+    """Check a decoded value for what a receiver can store and pack again: finite floats,
+    ints within msgpack's range, str or int keys; bounded depth and size."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise FieldError(f"more than {MAX_VALUES} values")
+    t = type(v)
+    if t is int:
+        if not I64_MIN <= v <= U64_MAX:
+            raise FieldError(f"integer {v} is outside i64/u64")
+    elif t is float:
+        if v != v or v in (float("inf"), float("-inf")):
+            raise FieldError(f"non-finite number {v!r}")
+    elif t is str or t is bytes or t is bool or v is None:
+        pass
+    elif t is tuple or t is list or t is dict:
+        if depth >= MAX_DEPTH:
+            raise FieldError(f"nested deeper than {MAX_DEPTH}")
+        if t is dict:
+            for k, item in v.items():
+                if type(k) is not str and type(k) is not int:
+                    raise FieldError(f"a map key of type {type(k).__name__}")
+                _tree(k, depth + 1, budget)
+                _tree(item, depth + 1, budget)
+        else:
+            for item in v:
+                _tree(item, depth + 1, budget)
+    else:
+        raise FieldError(f"a value of type {t.__name__}")
 
 
 def mapping(max_items: int) -> Check:
-    """A free-form map (telemetry, status); only its shape is checked here."""
+    """A free-form map (telemetry, status): at most ``max_items`` entries at the top, its
+    keys str or int, its values what msgpack carries (every number finite, every int
+    within i64/u64), nested at most :data:`MAX_DEPTH` deep, :data:`MAX_VALUES` in all."""
 
     def check(v: Any) -> dict:
         if type(v) is not dict:
             raise FieldError(f"expected a map, got {type(v).__name__}")
         if len(v) > max_items:
             raise FieldError(f"{len(v)} entries, at most {max_items}")
+        _tree(v, 0, [MAX_VALUES])
         return v
 
-    return check
+    return _spec(check, "mapping", max_items=max_items)

@@ -35,6 +35,7 @@ from proto.fields import (
     port_ranges,
     registers,
     stamps,
+    stamps_upto,
     text,
     texts,
 )
@@ -56,6 +57,14 @@ FAULT_RESET = 0xFF
 # dispatch (restored): the architectural state the hypervisor must own for
 # HvCallGet/SetVpRegisters.  Values are in this order.
 REGS = ("rflags", "cr3")
+# Every register block on the wire: exactly REGS, or empty.
+reg_block = registers(len(REGS))
+# Stamps by where a message is in its round trip (each hop appends one or two; at most
+# proto.fields.MAX_STAMPS arrive anywhere): a VP's exit starts one (1), an interrupt starts
+# at the device (2), a worker's completion carries the exit's and its own (5).  What a peer
+# sends is limited so that with the hops' stamps added it still decodes where it ends.
+exit_stamps = stamps_upto(4)
+completion_stamps = stamps_upto(8)
 RFLAGS_FIXED = 0x2  # bit 1 of RFLAGS always reads 1
 RFLAGS_IF = 0x200
 # VpResume.interrupt bit 8: "no EOI required" — the VP assist page bit the hypervisor sets
@@ -175,7 +184,7 @@ class Hello(Message):
     partition: U64
     vp: U32
     pid: U32
-    session: text(64)
+    session: text(64, ascii_only=True)
     nonce: blob(32)
 
 
@@ -228,6 +237,8 @@ ERROR_CODES = (
     "UNKNOWN_VP",
     "CONFLICT",  # e.g. an intercept range another worker owns
     "STALE",  # a completion for a request that is not pending
+    "OUT_OF_TURN",  # a message the sender's state does not allow now, e.g. an exit from a VP not in guest mode
+    "INTERNAL",  # the hypervisor failed handling the message (a bug: logged and counted)
 )
 
 # ---------------------------------------------------------------------------------------
@@ -244,8 +255,8 @@ class IoPortIntercept(Message):
     size: one_of(*ACCESS_SIZES)
     write: boolean
     value: U32
-    stamps: stamps
-    regs: registers = ()  # the VP's register block at the exit (saved)
+    stamps: exit_stamps
+    regs: reg_block = ()  # the VP's register block at the exit (saved)
 
 
 @message(11, "cpuid_intercept")
@@ -255,8 +266,8 @@ class CpuidIntercept(Message):
     seq: U32
     leaf: U32
     subleaf: U32
-    stamps: stamps
-    regs: registers = ()  # the VP's register block at the exit (saved)
+    stamps: exit_stamps
+    regs: reg_block = ()  # the VP's register block at the exit (saved)
 
 
 @message(12, "msr_intercept")
@@ -267,8 +278,8 @@ class MsrIntercept(Message):
     msr: U32
     write: boolean
     value: U64
-    stamps: stamps
-    regs: registers = ()  # the VP's register block at the exit (saved)
+    stamps: exit_stamps
+    regs: reg_block = ()  # the VP's register block at the exit (saved)
 
 
 @message(13, "hypercall_intercept")
@@ -279,8 +290,8 @@ class HypercallIntercept(Message):
     seq: U32
     control: U64
     input: blob(HV_PAGE_SIZE)
-    stamps: stamps
-    regs: registers = ()  # the VP's register block at the exit (saved)
+    stamps: exit_stamps
+    regs: reg_block = ()  # the VP's register block at the exit (saved)
 
 
 @message(14, "halt_intercept")
@@ -288,8 +299,8 @@ class HaltIntercept(Message):
     """HLT — HvMessageTypeX64Halt.  The VP stays suspended until something wakes it."""
 
     seq: U32
-    stamps: stamps
-    regs: registers = ()  # the VP's register block at the exit (saved)
+    stamps: exit_stamps
+    regs: reg_block = ()  # the VP's register block at the exit (saved)
 
 
 @message(17, "mmio_intercept")
@@ -303,8 +314,8 @@ class MmioIntercept(Message):
     size: one_of(*MMIO_SIZES)
     write: boolean
     value: U64
-    stamps: stamps
-    regs: registers = ()  # the VP's register block at the exit (saved)
+    stamps: exit_stamps
+    regs: reg_block = ()  # the VP's register block at the exit (saved)
 
 
 @message(18, "quantum_exit")
@@ -313,8 +324,8 @@ class QuantumExit(Message):
     hypervisor's scheduler timer forces)."""
 
     seq: U32
-    stamps: stamps
-    regs: registers = ()  # the VP's register block at the exit (saved)
+    stamps: exit_stamps
+    regs: reg_block = ()  # the VP's register block at the exit (saved)
 
 
 @message(19, "cr3_intercept")
@@ -325,8 +336,8 @@ class Cr3Intercept(Message):
 
     seq: U32
     value: U64
-    stamps: stamps
-    regs: registers = ()  # the VP's register block at the exit (saved)
+    stamps: exit_stamps
+    regs: reg_block = ()  # the VP's register block at the exit (saved)
 
 
 @message(43, "invlpg_intercept")
@@ -336,8 +347,8 @@ class InvlpgIntercept(Message):
 
     seq: U32
     gva: U64
-    stamps: stamps
-    regs: registers = ()  # the VP's register block at the exit (saved)
+    stamps: exit_stamps
+    regs: reg_block = ()  # the VP's register block at the exit (saved)
 
 
 @message(15, "vp_resume")
@@ -362,7 +373,7 @@ class VpResume(Message):
     deadline_ns: U64  # perf_counter_ns when the VP's quantum ends (0: no quantum; not a dispatch)
     lp: U8  # the logical processor the VP is dispatched on (whose TLB it uses)
     path: one_of(*EXIT_CODES)  # the proto.exits.Exit code of the exit this completes (0: none)
-    regs: registers = ()  # the register block the VP resumes with (restored)
+    regs: reg_block = ()  # the register block the VP resumes with (restored)
 
 
 @message(16, "vp_stats")
@@ -409,7 +420,7 @@ class AccessComplete(Message):
 
     ref: U32
     value: U64
-    stamps: stamps
+    stamps: completion_stamps
 
 
 @message(25, "mmio_notify")
@@ -432,7 +443,7 @@ class AssertInterrupt(Message):
     worker).  ``stamps`` start when the device raised its line."""
 
     vector: U8
-    stamps: stamps
+    stamps: exit_stamps  # the device's raise, the worker's INTA
 
 
 @message(27, "reset_request")

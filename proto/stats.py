@@ -14,6 +14,19 @@ from dataclasses import dataclass, field
 
 SUB_BUCKET_BITS = 6
 SUB_BUCKETS = 1 << SUB_BUCKET_BITS
+# A histogram from the wire (a VP's vp_stats) is a peer's word: every number in it must be
+# an int in [0, MAX_WIRE_VALUE) — so that the sums of many VPs' histograms still pack as
+# u64 and read exactly as JSON numbers — and every bucket one that a u64 can fall in.
+MAX_WIRE_VALUE = 1 << 53
+MAX_BUCKET = (64 << SUB_BUCKET_BITS) + SUB_BUCKETS
+MAX_STAGES = 16  # a round trip's stages: one fewer than its stamps (proto.fields.MAX_STAMPS)
+
+
+def wire_count(v) -> int:
+    """A count or a time from the wire: an int in [0, MAX_WIRE_VALUE), or ValueError."""
+    if type(v) is not int or not 0 <= v < MAX_WIRE_VALUE:
+        raise ValueError(f"{v!r} is not an int in [0, 2**53)")
+    return v
 
 
 def bucket_of(ns: int) -> int:
@@ -85,8 +98,14 @@ class Histogram:
     @classmethod
     def from_wire(cls, d: dict) -> "Histogram":
         try:
-            counts = {int(b): int(k) for b, k in d["c"].items()}
-            return cls(counts, int(d["n"]), int(d["s"]), int(d["lo"]), int(d["hi"]))
+            counts = {}
+            for b, k in d["c"].items():
+                if type(b) is str and b.isdigit() and len(b) < 8:  # a JSON round trip makes keys strings
+                    b = int(b)
+                if wire_count(b) > MAX_BUCKET:
+                    raise ValueError(f"no bucket {b}")
+                counts[b] = wire_count(k)
+            return cls(counts, *(wire_count(d[k]) for k in ("n", "s", "lo", "hi")))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"not a histogram: {e}") from e
 
@@ -121,6 +140,8 @@ class PathStats:
     @classmethod
     def from_wire(cls, d: dict) -> "PathStats":
         try:
+            if len(d["st"]) > MAX_STAGES:
+                raise ValueError(f"{len(d['st'])} stages, at most {MAX_STAGES}")
             return cls(Histogram.from_wire(d["t"]), [Histogram.from_wire(h) for h in d["st"]])
-        except (KeyError, TypeError) as e:
+        except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"not path stats: {e}") from e

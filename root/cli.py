@@ -8,7 +8,7 @@
     python launch.py stop RUN              end a run cleanly
     python launch.py io RUN PARTITION OP…  execute instructions on a VP's behalf
 
-and top, stats, trace, console, ctl, screen and keys (``python launch.py --help``).  The
+and top, stats, trace, console, ctl, screen, keys and fuzz (``python launch.py --help``).  The
 argument parser is assembled from the modules of root.commands; :func:`main` takes the
 arguments and returns the exit status, so every command runs in-process as well.
 """
@@ -20,12 +20,12 @@ import os
 import sys
 
 from proto.errors import HvstackError
-from root.commands import bench, console, ctl, io, keys, ls, run, screen, stats, status, stop, top, trace
+from root.commands import bench, console, ctl, fuzz, io, keys, ls, run, screen, stats, status, stop, top, trace
 from root.commands.common import PROG, complain
 
 DESCRIPTION = __doc__.split("\n\n")[0]
 # Every command, in the order `launch.py --help` lists them.
-COMMANDS = (run, ls, status, stop, io, screen, keys, trace, console, ctl, bench, top, stats)
+COMMANDS = (run, ls, status, stop, io, screen, keys, trace, console, ctl, bench, top, stats, fuzz)
 
 
 def build_parser() -> argparse.ArgumentParser:

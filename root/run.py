@@ -246,7 +246,9 @@ class Run:
                 continue
             next_status = time.monotonic() + STATUS_INTERVAL_S
             status = self._status_watched()
-            for p in status.partitions:
+            # The run's own partitions only: the root may have made others (the fuzzer does).
+            ours = [p for p in status.partitions if p.id in self.partition_ids.values()]
+            for p in ours:
                 if p.state == "finalized" and p.id not in stopped:
                     stopped.add(p.id)
                     self._stop_partition(p.id)
@@ -254,7 +256,7 @@ class Run:
             if len(stopped) == len(self.partition_ids):
                 raise RunEnded("every partition was stopped (ctl stop)", 0)
             if self.duration > 0:
-                vps = [vp for p in status.partitions if p.id not in stopped for vp in p.vps]
+                vps = [vp for p in ours if p.id not in stopped for vp in p.vps]
                 if vps and all(vp.guest.get("workloads_done") for vp in vps):
                     self._pump_console(50)
                     return status

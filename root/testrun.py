@@ -29,6 +29,22 @@ DEFAULT_WAIT_S = 60.0
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 ATTACH_TAIL_CHARS = 12000
+# What the hypervisor's and the workers' loops log when a handler raised (their guard's
+# line): a bug of ours, which fails a test whose run was not fuzzed (hvstack_run).
+HANDLER_ERROR = "handler error:"
+
+
+def handler_errors_in_logs(run_path: Path) -> list[str]:
+    """The guards' lines in a run's process logs (``logs/*.log``): one per handler error
+    logged (they are rate-limited, so at least the first of each burst)."""
+    lines = []
+    for p in sorted((run_path / "logs").glob("*.log")):
+        try:
+            text = p.read_text(errors="replace")
+        except OSError:
+            continue
+        lines += [f"{p.name}: {line}" for line in text.splitlines() if HANDLER_ERROR in line]
+    return lines
 
 
 # ======================================================================================
@@ -91,6 +107,10 @@ class HvstackRun:
         self._client = None
         self.ended: dict | None = None
         self.left_running: list[int] = []
+        # Set by a test that sends hostile messages on purpose (the fuzzer): handler errors
+        # are then counted results, not a failure of the teardown.
+        self.fuzzed = False
+        self.handler_errors: list[str] = []  # the guards' log lines, read at stop()
 
     def __repr__(self) -> str:
         return f"<HvstackRun {self.name} {'ended' if self.ended else 'running'}>"
@@ -256,6 +276,7 @@ class HvstackRun:
                 except psutil.Error:
                     pass
         self.left_running = left
+        self.handler_errors = handler_errors_in_logs(self.path)
         try:
             self.ended = self.manifest().get("ended", {})
         except (OSError, ValueError):

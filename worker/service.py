@@ -36,6 +36,7 @@ IDLE_POLL_MS = 100
 MAX_INPUT_BACKLOG = 1 << 16
 # Console bytes wait at most this long before they are written out.
 CONSOLE_FLUSH_NS = 20_000_000
+HANDLER_ERROR_LOGS_PER_S = 5
 
 
 class Endpoint(Protocol):
@@ -54,8 +55,13 @@ class Endpoint(Protocol):
 
 
 class Worker:
-    def __init__(self, dealer: Endpoint, chipset: Chipset, console: ConsoleLog) -> None:
+    def __init__(self, dealer: Endpoint, chipset: Chipset, console: ConsoleLog, strict: bool = False) -> None:
+        """``strict``: a handler's exception is re-raised after it is counted (tests)."""
         self.dealer = dealer
+        self.strict = strict
+        self.handler_errors = 0
+        self._errors_second = 0
+        self._errors_logged = 0
         self.chipset = chipset
         self.console = console  # what the chipset's UARTs write to
         self.running = True
@@ -125,7 +131,11 @@ class Worker:
                     self._flush_console()
                 self._poll_devices()
                 continue
-            handle(recv())
+            frame = recv()
+            try:
+                handle(frame)
+            except Exception as e:  # one guard per message: a device's bug does not end the partition
+                self._handler_failed(frame, e)
             if console.pending and time.monotonic_ns() - console.since_ns > CONSOLE_FLUSH_NS:
                 self._flush_console()
         self.close()
@@ -161,6 +171,23 @@ class Worker:
         self._send(m.AccessComplete(msg.ref, value, msg.stamps + (t_in, perf_counter_ns())).encode())
         # After the completion: the access may have moved a device's deadline.
         self._poll_devices()
+
+    def _handler_failed(self, frame: bytes, e: Exception) -> None:
+        """A handler raised: a bug of ours (the hypervisor only sends well-formed messages).
+        Counted and logged — at most HANDLER_ERROR_LOGS_PER_S lines a second, the first with
+        its traceback — and the loop goes on; the access it was emulating is not completed
+        (the hypervisor's timeout handles it: a device that failed made up no data)."""
+        self.handler_errors += 1
+        second = int(time.monotonic())
+        if second != self._errors_second:
+            self._errors_second, self._errors_logged = second, 0
+        self._errors_logged += 1
+        if self._errors_logged <= HANDLER_ERROR_LOGS_PER_S:
+            name = m.REGISTRY[frame[1]].NAME if len(frame) > 1 and frame[1] in m.REGISTRY else "?"
+            log.error("handler error: %s from the hypervisor: %s: %s (%d so far)", name, type(e).__name__,
+                      str(e)[:200], self.handler_errors, exc_info=self._errors_logged == 1)
+        if self.strict:
+            raise
 
     def _control(self, msg: m.Message) -> None:
         cls = msg.__class__

@@ -114,7 +114,7 @@ def test_a_client_without_curve_is_refused_and_counted(tcp_run):
     ctx = zmq.Context()
     try:
         plain = attacker_dealer(ctx, tcp_run, curve=False)
-        plain.send(m.Hello(m.PROTOCOL_VERSION, "root", 0, 0, os.getpid(), "aa", tcp_run.secret()).encode())
+        plain.send(m.Hello(m.PROTOCOL_VERSION, "root", 0, 0, os.getpid(), "aa", os.urandom(32)).encode())
         assert not plain.poll(2000), "a client without CURVE got an answer"
     finally:
         ctx.destroy(0)

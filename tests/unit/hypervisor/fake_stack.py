@@ -105,9 +105,11 @@ class Sent(list):
 
 
 class Stack:
-    def __init__(self, tmp_path, lps: int = 4) -> None:
+    def __init__(self, tmp_path, lps: int = 4, strict: bool = True) -> None:
+        """``strict``: a handler error fails the test (re-raised); False only where a test
+        checks that the loop survives one."""
         self.router = FakeRouter()
-        self.hv = Hypervisor(self.router, SECRET, lps, str(tmp_path), 64)
+        self.hv = Hypervisor(self.router, SECRET, lps, str(tmp_path), 64, strict=strict)
         self.router.on_idle = self._idle
         self._seq = 0
 

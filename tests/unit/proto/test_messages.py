@@ -156,3 +156,65 @@ def test_hypercall_input_is_at_most_one_page():
 
 def test_message_ids_and_names_are_unique():
     assert len({c.NAME for c in m.REGISTRY.values()}) == len(m.REGISTRY)
+
+
+# -- issue 9: the decoder's ranges exact ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("regs", [[1], [1, 2, 3], [0] * 4])
+def test_a_register_block_has_exactly_the_regs_or_none(regs):
+    with pytest.raises(InvalidField) as e:
+        m.decode(msgpack.packb([10, 1, 0x3F8, 1, True, 0, [1], regs]))
+    assert e.value.field == "regs"
+    assert m.decode(msgpack.packb([10, 1, 0x3F8, 1, True, 0, [1], [2, 0x1000]])).regs == (2, 0x1000)
+    assert m.decode(msgpack.packb([10, 1, 0x3F8, 1, True, 0, [1], []])).regs == ()
+
+
+@pytest.mark.parametrize("field, value", [("session", "é" * 40), ("session", "\u202e" + "f" * 39),
+                                          ("session", "セッション"), ("nonce", "f" * 32)])
+def test_hello_credentials_are_ascii(field, value):
+    fields = dict(zip(m.Hello.FIELD_NAMES, (m.PROTOCOL_VERSION, "vp", 3, 1, 4242, "ab12", b"f" * 32)))
+    fields[field] = value
+    with pytest.raises(InvalidField) as e:
+        m.decode(msgpack.packb([m.Hello.TYPE, *fields.values()]))
+    assert e.value.field == field
+
+
+@pytest.mark.parametrize("bad", [
+    {"n": float("inf")}, {"n": float("nan")}, {"a": {"b": [1, float("-inf")]}},  # not finite, at any depth
+    {(1, 2): 1}, {1.5: 1}, {b"k": 1}, {None: 1},                                 # keys: str or int only
+])
+def test_a_map_holds_only_finite_numbers_and_str_or_int_keys(bad):
+    with pytest.raises(InvalidField) as e:
+        m.decode(msgpack.packb([m.VpStats.TYPE, {}, bad], use_bin_type=True, strict_types=False))
+    assert e.value.field == "counters"
+
+
+def test_a_map_is_bounded_in_depth_and_size():
+    deep = 1
+    for _ in range(20):
+        deep = [deep]
+    with pytest.raises(InvalidField, match="deeper"):
+        m.decode(msgpack.packb([m.VpStats.TYPE, {}, {"x": deep}]))
+    ok = {"x": [[[[[1.5, -2, 2**64 - 1, "s", b"b", None, True]]]]]}
+    assert m.decode(msgpack.packb([m.VpStats.TYPE, {}, ok], use_bin_type=True)).counters == \
+        {"x": (((((1.5, -2, 2**64 - 1, "s", b"b", None, True),),),),)}
+
+
+def test_stamps_are_bounded_by_where_the_message_is_in_its_round_trip():
+    # An exit starts a round trip, a completion carries five; with the hops' stamps added,
+    # what a peer sends still decodes where the round trip ends (at most MAX_STAMPS).
+    with pytest.raises(InvalidField, match="stamps"):
+        m.decode(msgpack.packb([10, 1, 0x3F8, 1, True, 0, [1] * 5, []]))
+    with pytest.raises(InvalidField, match="stamps"):
+        m.decode(msgpack.packb([m.AccessComplete.TYPE, 1, 0, [1] * 9]))
+    with pytest.raises(InvalidField, match="stamps"):
+        m.decode(msgpack.packb([m.AssertInterrupt.TYPE, 0x20, [1] * 5]))
+    longest = m.VpResume(1, 0, 0, 0, 0, 0, b"", (1,) * 10, 0, (1,) * 6, 0, 0, 0)  # 8 + hv in, out
+    assert m.decode(longest.encode()) == longest
+
+
+def test_every_field_check_says_what_it_accepts():
+    for cls in m.REGISTRY.values():
+        for name, check in zip(cls.FIELD_NAMES, cls.CHECKS):
+            assert hasattr(check, "spec"), f"{cls.NAME}.{name}"

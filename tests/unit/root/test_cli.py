@@ -40,9 +40,9 @@ ATTACHING = [*RUN_ARGS, "ctl"]
 # -- the commands and their help ------------------------------------------------------------
 
 
-def test_the_commands_are_the_thirteen_of_launch_py_in_help_order():
+def test_the_commands_are_the_fourteen_of_launch_py_in_help_order():
     assert NAMES == ["run", "ls", "status", "stop", "io", "screen", "keys", "trace", "console", "ctl", "bench",
-                     "top", "stats"]
+                     "top", "stats", "fuzz"]
     for c in COMMANDS:
         assert c.HELP and callable(c.arguments) and callable(c.run), c.__name__
 
@@ -319,6 +319,12 @@ def test_root_imports_benchmarks_only_when_bench_runs():
     code = ("import sys, root.cli; "
             "assert not [m for m in sys.modules if m.startswith(('benchmarks', 'launch'))], sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("bad", [["--messages", "0"], ["--duration", "0"], ["--status-timeout", "-1"]])
+def test_fuzz_refuses_bounds_that_are_not_positive(bad, capsys):
+    assert main(["fuzz", "no-such-run", *bad]) == 2
+    assert "must be positive" in capsys.readouterr().err
 
 
 # -- commands that would do nothing say so (issue 9) ----------------------------------------

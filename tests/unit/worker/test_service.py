@@ -54,10 +54,10 @@ class FakeEndpoint:
 def make_worker(tmp_path):
     made = []
 
-    def make(chipset: str = "minimal", endpoint: FakeEndpoint | None = None):
+    def make(chipset: str = "minimal", endpoint: FakeEndpoint | None = None, strict: bool = True):
         console = ConsoleLog(str(tmp_path / "console.log"))
         endpoint = endpoint or FakeEndpoint()
-        worker = Worker(endpoint, Chipset(CHIPSETS[chipset], console), console)
+        worker = Worker(endpoint, Chipset(CHIPSETS[chipset], console), console, strict=strict)
         made.append(worker)
         return worker, endpoint
 
@@ -162,3 +162,35 @@ def test_serve_answers_until_stopped_then_closes_its_endpoint(make_worker):
     worker.serve()
     assert [(c.ref, c.value) for c in endpoint.sent if isinstance(c, m.AccessComplete)] == [(1, 0), (2, 0x33)]
     assert endpoint.closed
+
+
+def test_a_handler_error_is_counted_and_logged_and_the_worker_goes_on(make_worker, caplog, monkeypatch):
+    worker, endpoint = make_worker(strict=False)
+
+    def broken(*args):
+        raise ZeroDivisionError("a device bug")
+
+    monkeypatch.setattr(worker, "_bus", type("Bus", (), {"read": staticmethod(broken)})())
+    for ref in range(1, 21):
+        endpoint.put(port(ref, SCR))
+    endpoint.put(m.WorkerQuery(99, "devices"))
+
+    def stop():
+        worker.running = False
+
+    endpoint.on_idle = stop
+    worker.serve()
+    assert worker.handler_errors == 20
+    assert not [c for c in endpoint.sent if isinstance(c, m.AccessComplete)]  # no made-up value
+    assert [r.ref for r in endpoint.sent if isinstance(r, m.WorkerQueryReply)] == [99]  # it went on
+    lines = [r for r in caplog.records if "handler error" in r.getMessage()]
+    assert 1 <= len(lines) <= 5 and "port_notify from the hypervisor" in lines[0].getMessage()
+
+
+def test_a_strict_worker_re_raises_a_handler_error(make_worker, monkeypatch):
+    worker, endpoint = make_worker()
+    monkeypatch.setattr(worker, "_control", lambda msg: 1 / 0)
+    endpoint.put(m.DeviceReset())
+    endpoint.on_idle = lambda: setattr(worker, "running", False)
+    with pytest.raises(ZeroDivisionError):
+        worker.serve()
