@@ -15,7 +15,7 @@ from root.topology import default_topology, read_topology
 
 NAME = "run"
 MAX_DURATION_S = 86400.0  # a topology's duration_s has the same bound
-HELP = "run a topology file (default: the embedded topology)"
+HELP = "run a topology file (default: configs/default.toml)"
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
