@@ -20,18 +20,31 @@ import os
 import sys
 
 from proto.errors import HvstackError
-from root.commands import bench, console, ctl, fuzz, io, keys, ls, run, screen, stats, status, stop, top, trace
+from root.commands import console, ctl, io, keys, ls, run, screen, stats, status, stop, top, trace
 from root.commands.common import PROG, complain
 
 DESCRIPTION = __doc__.split("\n\n")[0]
 # Every command, in the order `launch.py --help` lists them.
-COMMANDS = (run, ls, status, stop, io, screen, keys, trace, console, ctl, bench, top, stats, fuzz)
+COMMANDS = (run, ls, status, stop, io, screen, keys, trace, console, ctl, top, stats)
+# Packages that build on root add commands of their own (benchmarks: bench, fuzz) through
+# this entry-point group; root never imports them by name (DESIGN.md, Layering).
+COMMAND_PLUGINS = "hvstack.commands"
+HELP_ORDER = ("run", "ls", "status", "stop", "io", "screen", "keys", "trace", "console", "ctl", "bench", "top",
+              "stats", "fuzz")
+
+
+def commands() -> tuple:
+    """root's own commands, then those installed packages add."""
+    from importlib.metadata import entry_points
+
+    found = COMMANDS + tuple(ep.load() for ep in entry_points(group=COMMAND_PLUGINS))
+    return tuple(sorted(found, key=lambda c: HELP_ORDER.index(c.NAME) if c.NAME in HELP_ORDER else len(HELP_ORDER)))
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
     sub = ap.add_subparsers(dest="cmd")
-    for command in COMMANDS:
+    for command in commands():
         p = sub.add_parser(command.NAME, help=command.HELP)
         command.arguments(p)
         p.set_defaults(fn=command.run)

@@ -16,8 +16,9 @@ get, with no conftest:
   against this machine's absolute speed where it can, and fails with the figures it saw.
 
 A run is a ``launch.py run …`` process and :class:`root.testrun.HvstackRun` its handle
-(``run.io`` answers with the ``io`` command's own functions).  benchmarks (for the floor) is
-imported only when the floor is measured: root never depends on benchmarks at import time.
+(``run.io`` answers with the ``io`` command's own functions).  The floor is the benchmarks
+package's, found through the ``hvstack.floor`` entry point when it is measured: root never
+imports benchmarks.
 """
 
 from __future__ import annotations
@@ -74,7 +75,14 @@ class Floor:
 def measure_floor(samples: int = 3000) -> Floor:
     """Measure the floor now, with benchmarks.bench's own relay (the same one `bench`
     uses)."""
-    from benchmarks.bench import measure_floor as measure
+    # The floor is the benchmarks package's (which builds on root, never the reverse): it
+    # offers its measurement through an entry point.
+    from importlib.metadata import entry_points
+
+    found = [ep for ep in entry_points(group="hvstack.floor") if ep.name == "measure"]
+    if not found:
+        raise ImportError("no hvstack.floor entry point: install hvstack (pip install -e .)")
+    measure = found[0].load()
 
     # Any further required argument (a sample count for another kind of floor) gets a
     # tenth of the samples.

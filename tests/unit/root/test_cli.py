@@ -13,10 +13,11 @@ import textwrap
 
 import pytest
 
-from root.cli import COMMANDS, main
+from root.cli import commands, main
 from root.commands.common import PROG
 from root.rundir import launcher_identity
 
+COMMANDS = commands()
 NAMES = [c.NAME for c in COMMANDS]
 # Arguments that name a run (and what else the command requires), per command.
 RUN_ARGS = {

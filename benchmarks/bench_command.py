@@ -1,9 +1,9 @@
 """``bench [--json] [--plot FILE.png] …``: each path's round trip beside a pure-pyzmq floor
 with the same socket types, frame sizes and hops, and the enlightenment experiments.
 
-The measuring lives in the benchmarks package, which imports root (never the reverse): this
-command imports benchmarks.bench (and benchmarks.plot, to check --plot) only when it runs,
-inside its functions, so root itself never depends on benchmarks."""
+A command of the benchmarks package, which builds on root (never the reverse): root's CLI
+finds it through the ``hvstack.commands`` entry point.  benchmarks.bench (and benchmarks.plot,
+to check --plot) are imported only when it runs, so ``--help`` stays quick."""
 
 from __future__ import annotations
 
