@@ -39,7 +39,7 @@ log = logging.getLogger("partition")
 
 def vp_thread(spec: dict, token: str, index: int, system: kernel.System,
               stop: threading.Event, failures: list, bus_lock: threading.Lock,
-              socket: Dealer, memory: tuple | None) -> None:
+              socket: Dealer, memory: tuple | None, boot=None) -> None:
     dealer = None
     try:
         dealer = connect(spec["endpoint"], "vp", spec["partition_id"], index, token=token, dealer=socket)
@@ -47,6 +47,10 @@ def vp_thread(spec: dict, token: str, index: int, system: kernel.System,
             # Guest RAM: the partition's own file, through its SLAT table.
             where = dealer.request(m.MemoryRequest(spec["partition_id"]))
             memory = (GuestMemory(where.ram, where.slat), [LpTlb(p) for p in where.tlbs])
+        if boot is not None:  # real x86 code on a real-CPU backend (partitions/cpu)
+            from partitions.cpu.run import run_vp
+            run_vp(spec["cpu"], boot, dealer, index, memory[0], stop, bus_lock, spec["partition_id"], memory[1])
+            return
         vp = Vp(dealer, index, memory[0], stop, bus_lock, partition=spec["partition_id"], tlbs=memory[1])
         seen_generation = 0
         while True:
@@ -114,6 +118,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory_fd is not None:
         tlbs = [LpTlb(int(fd)) for fd in args.tlb_fds.split(",")] if args.tlb_fds else None
         memory = (GuestMemory(args.memory_fd, args.slat_fd), tlbs)
+    boot = None
+    if spec.get("cpu", "python") != "python":
+        # Firmware or kernel read before confinement (it need only be readable by whoever
+        # starts the process).
+        from partitions.cpu import boot as cpu_boot, unavailable
+        why = unavailable(spec["cpu"])
+        try:
+            if why:
+                raise cpu_boot.BootError(f"cpu = {spec['cpu']!r}: {why}")
+            boot = cpu_boot.prepare(spec)
+        except cpu_boot.BootError as e:
+            print(f"python -m partitions: {e}", file=sys.stderr)
+            return 2
     # Every VP's socket connected while the run's socket can be reached; then confined.
     endpoint = reachable(args, spec)
     sockets = [Dealer(endpoint, spec.get("server_key"), connected_within_ms=5000) for _ in range(spec["vps"])]
@@ -128,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     failures: list = []
     bus_lock = threading.Lock()
     threads = [threading.Thread(target=vp_thread, name=f"vp{i}", daemon=True,
-                                args=(spec, token, i, system, stop, failures, bus_lock, sockets[i], memory))
+                                args=(spec, token, i, system, stop, failures, bus_lock, sockets[i], memory, boot))
                for i in range(spec["vps"])]
     for t in threads:
         t.start()

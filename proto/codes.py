@@ -303,3 +303,7 @@ def result_value(status: int, reps_completed: int = 0) -> int:
     return (status & 0xFFFF) | ((reps_completed & REP_MASK) << 32)
 
 
+
+# hvstack's hypercall page (hypervisor/hypercall_page.py) exits by ``out HYPERCALL_PAGE_PORT,
+# eax``: the port the real-CPU backends (partitions/cpu) take as the hypercall instruction.
+HYPERCALL_PAGE_PORT = 0xE0

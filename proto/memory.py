@@ -116,6 +116,29 @@ class GuestMemory:
         else:
             self.write(gpa, value.to_bytes(size, "little"))
 
+    def mapped_runs(self) -> list[tuple[int, int]]:
+        """The mapped guest-physical ranges as (gpa, length), in GPA order: what a real-CPU
+        backend maps into its emulator or KVM memory slots (partitions/cpu)."""
+        runs: list[tuple[int, int]] = []
+        start = None
+        for page, entry in enumerate(self._slat):
+            if entry != SLAT_INVALID:
+                if start is None:
+                    start = page
+            elif start is not None:
+                runs.append((start << PAGE_SHIFT, (page - start) << PAGE_SHIFT))
+                start = None
+        if start is not None:
+            runs.append((start << PAGE_SHIFT, (self.pages - start) << PAGE_SHIFT))
+        return runs
+
+    @property
+    def ram(self) -> mmap.mmap:
+        """The partition's RAM file as mapped here, indexed by GPA: the host memory behind
+        every mapped range (``mapped_runs``).  Whoever maps it elsewhere must still check
+        the SLAT for each access, as ``mapped_runs`` does at the time it is called."""
+        return self._pool
+
     def close(self) -> None:
         self._slat.release()
         self._slat_map.close()

@@ -66,6 +66,9 @@ class PartitionConfig:
     disk: dict | None  # {"size_mb": n}, and {"image": path} when the topology names one
     devices: list[dict]  # extra devices beyond the chipset's
     cpu: dict  # {"reserve": %, "limit": %, "weight": n}, per VP, as Hyper-V's processor settings
+    backend: str = "python"  # what runs the guest: partitions.cpu.BACKENDS (`cpu = "unicorn"`)
+    firmware: str | None = None  # "seabios" (a real-CPU backend only)
+    kernel: str | None = None  # a test kernel of ours by name, or a path (a real-CPU backend only)
 
     @property
     def privileges(self) -> int:
@@ -213,7 +216,7 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
         if not isinstance(p, dict):
             raise err(t, i, None, f"must be a table, got {type(p).__name__} {p!r}")
         check_keys(p, {"name", "vps", "memory_mb", "enlightenments", "recommendations", "spin_retry",
-                       "workloads", "chipset", "disk", "cpu", "device"}, t, i)
+                       "workloads", "chipset", "disk", "cpu", "device", "firmware", "kernel"}, t, i)
         pname = get(p, "name", str, t, i, required=True)
         if not NAME_RE.match(pname):
             raise err(t, i, "name", f"{pname!r} must be lowercase letters, digits, - or _ (≤32)")
@@ -261,7 +264,9 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
                 if where.is_dir():
                     raise err(t, i, "disk", f"image {image!r} is a directory")
             disk = {"image": image, "size_mb": size} if image is not None else {"size_mb": size}
-        cpu = get(p, "cpu", dict, t, i, {})
+        backend, firmware, kernel = real_cpu(p, t, i, base_dir, err, get)
+        cpu = {} if isinstance(p.get("cpu"), str) else get(p, "cpu", dict, t, i, {})
+        cpu = {k: v for k, v in cpu.items() if k != "backend"}
         for k, v in cpu.items():
             if k not in ("reserve", "limit", "weight"):
                 raise err(t, i, "cpu", f"unknown setting {k!r} (reserve, limit, weight)")
@@ -333,8 +338,45 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
             dev_names.add(dname)
             devices.append(dict(d))
         parts.append(PartitionConfig(pname, vps, mem, list(enl), list(rec), spin, list(wls), chipset, disk,
-                                     devices, dict(cpu)))
+                                     devices, dict(cpu), backend, firmware, kernel))
     return Topology(source, base_dir, name, duration, lps, transport, parts)
+
+
+def real_cpu(p: dict, t: str, i: int, base_dir: Path | None, err, get) -> tuple[str, str | None, str | None]:
+    """``cpu = "python" | "unicorn" | "kvm"`` (or ``backend`` beside the CPU controls in a
+    ``cpu = {…}`` table), ``firmware`` and ``kernel``: (backend, firmware, kernel).  A
+    backend or firmware this host lacks is refused here, with the reason.  (``err`` and
+    ``get`` are the parser's, which name the file and line.)"""
+    from partitions.cpu import BACKENDS, unavailable
+    from partitions.cpu.boot import kernel_path, seabios_missing
+    raw = p.get("cpu", "python")
+    backend = raw.get("backend", "python") if isinstance(raw, dict) else raw
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise err(t, i, "cpu", f"{backend!r}: a backend is one of {', '.join(BACKENDS)} "
+                               "(or a table of reserve, limit, weight)")
+    firmware = get(p, "firmware", str, t, i, None)
+    kernel = get(p, "kernel", str, t, i, None)
+    if backend == "python":
+        for key, value in (("firmware", firmware), ("kernel", kernel)):
+            if value is not None:
+                raise err(t, i, key, f"needs a real CPU: cpu = \"unicorn\" or \"kvm\"")
+        return backend, None, None
+    why = unavailable(backend)
+    if why:
+        raise err(t, i, "cpu", f"{backend!r} cannot run here: {why}")
+    if (firmware is None) == (kernel is None):
+        raise err(t, i, "cpu", f"cpu = {backend!r} runs real x86 code: give firmware = \"seabios\" or kernel = PATH (one)")
+    if firmware is not None:
+        if firmware != "seabios":
+            raise err(t, i, "firmware", f"unknown {firmware!r} (known: seabios)")
+        missing = seabios_missing()
+        if missing:
+            raise err(t, i, "firmware", missing)
+    if kernel is not None and not kernel_path(kernel, str(base_dir) if base_dir else None).is_file():
+        raise err(t, i, "kernel", f"{kernel!r}: no such file (or test kernel: hvtest32)")
+    if get(p, "vps", int, t, i, 1) != 1:
+        raise err(t, i, "vps", f"cpu = {backend!r} runs one VP (application processors are not built)")
+    return backend, firmware, kernel
 
 
 def device_ports(spec: dict) -> list[int]:

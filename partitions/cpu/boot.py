@@ -1,0 +1,104 @@
+"""What a real-CPU VP starts with: firmware or a kernel image, read before the partition
+process is confined (so the files need only be readable by whoever starts it).
+
+* ``firmware = "seabios"``: the system's SeaBIOS ``bios.bin`` (Debian's ``seabios``
+  package) below 4 GiB, read-only, and its last 128 KiB at 0xE0000–0xFFFFF as writable
+  shadow RAM (what a chipset's PAM registers give a BIOS; these regions are the VP's, not
+  pages of the partition's RAM).  The VP starts at the reset vector, real mode, F000:FFF0.
+* ``kernel = PATH``: a flat 32-bit image loaded at 1 MiB and entered there in 32-bit
+  protected mode with paging off and flat segments (as a multiboot loader leaves it), the
+  form of the test kernels in ``partitions/guests``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SEABIOS_PATHS = ("/usr/share/seabios/bios.bin", "/usr/share/qemu/bios.bin")
+SHADOW_BASE = 0xE0000
+SHADOW_SIZE = 0x20000
+FOUR_GIB = 1 << 32
+KERNEL_BASE = 0x100000
+RESET_CS, RESET_IP = 0xF000, 0xFFF0
+GUESTS_DIR = Path(__file__).resolve().parent.parent / "guests"
+MAX_KERNEL_BYTES = 16 << 20
+
+
+class BootError(Exception):
+    """The firmware or kernel a topology names cannot be had (said plainly)."""
+
+
+@dataclass
+class Region:
+    """Memory of the VP's own, outside the partition's RAM: firmware ROM and its shadow."""
+
+    gpa: int
+    data: bytes
+    writable: bool
+
+
+@dataclass
+class Boot:
+    real_mode: bool
+    cs: int  # real mode: the code segment (the entry is cs * 16 + ip)
+    ip: int
+    load: list[tuple[int, bytes]] = field(default_factory=list)  # into guest RAM, by VP 0
+    regions: list[Region] = field(default_factory=list)
+    what: str = ""
+
+    @property
+    def entry(self) -> int:
+        return (self.cs << 4) + self.ip if self.real_mode else self.ip
+
+
+def seabios_path() -> str | None:
+    for p in SEABIOS_PATHS:
+        if os.path.isfile(p):
+            return p
+    return None
+
+
+def seabios_missing() -> str | None:
+    """Why ``firmware = "seabios"`` cannot run here (None: it can)."""
+    if seabios_path() is None:
+        return ("SeaBIOS is not installed (no " + " or ".join(SEABIOS_PATHS) +
+                "): apt-get install seabios")
+    return None
+
+
+def kernel_path(name: str, base_dir: str | None = None) -> Path:
+    """A kernel the topology names: one of ours in partitions/guests by name
+    (``hvtest32``), else a path (relative to the topology file)."""
+    ours = GUESTS_DIR / f"{name}.bin"
+    if "/" not in name and ours.is_file():
+        return ours
+    p = Path(name)
+    return p if p.is_absolute() or base_dir is None else Path(base_dir) / p
+
+
+def prepare(spec: dict) -> Boot:
+    """The boot of a real-CPU partition from its spec's ``firmware`` and ``kernel``."""
+    if spec.get("firmware") == "seabios":
+        missing = seabios_missing()
+        if missing:
+            raise BootError(missing)
+        path = seabios_path()
+        rom = Path(path).read_bytes()
+        if len(rom) < SHADOW_SIZE or len(rom) % 0x1000 or len(rom) > 1 << 20:
+            raise BootError(f"{path}: {len(rom)} bytes is not a BIOS image (128 KiB to 1 MiB)")
+        return Boot(True, RESET_CS, RESET_IP, regions=[
+            Region(FOUR_GIB - len(rom), rom, writable=False),
+            Region(SHADOW_BASE, rom[-SHADOW_SIZE:], writable=True),
+        ], what=f"SeaBIOS ({path})")
+    if spec.get("kernel"):
+        path = kernel_path(spec["kernel"], spec.get("base_dir"))
+        try:
+            image = path.read_bytes()
+        except OSError as e:
+            raise BootError(f"kernel {spec['kernel']!r}: {path}: {e.strerror}") from None
+        if not image or len(image) > MAX_KERNEL_BYTES:
+            raise BootError(f"kernel {path}: {len(image)} bytes (1 byte to 16 MiB)")
+        return Boot(False, 0, KERNEL_BASE, load=[(KERNEL_BASE, image)], what=f"kernel {path.name}")
+    raise BootError("a real CPU needs firmware = \"seabios\" or kernel = PATH")

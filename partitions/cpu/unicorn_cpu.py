@@ -1,0 +1,341 @@
+"""A VP that runs real x86 code in unicorn (QEMU's TCG as a library): the CI backend, and
+the one for hosts without /dev/kvm.
+
+Memory: every guest-physical range the partition's SLAT maps is the partition's own RAM file,
+mapped into the emulator in place (``mem_map_ptr``: the worker's DMA and the hypervisor's
+writes, such as the hypercall page, are seen at once); every other address below 4 GiB is
+MMIO whose accesses are exits (the worker's VGA, the local APIC's page, or nothing: an
+UnmappedGpa, as for the Python guest); firmware regions are the VP's own.  The SLAT is read
+when the VP starts (a later MapGpa/UnmapGpa is not seen until a reset: not built).
+
+Exits, and how unicorn yields them:
+
+* IN/OUT, string I/O included (each element is one hook): ``UC_HOOK_INSN``; an OUT to
+  ``HYPERCALL_PORT`` is the hypercall page's exit;
+* CPUID: ``UC_HOOK_INSN``, the native result skipped;
+* RDMSR/WRMSR of the synthetic range (unicorn cannot hook them): every new basic block is
+  scanned for 0F 32 / 0F 30 and a code hook is put on each, so the hook runs instead of
+  the instruction; other MSRs run natively, as KVM runs them;
+* HLT: unicorn stops after it; INT n, exceptions and external interrupts are vectored here
+  through the guest's IVT or IDT (:mod:`partitions.cpu.vectoring`);
+* the quantum: checked at the start of every basic block.
+
+Unicorn's ``emu_stop`` inside an instruction hook abandons that instruction and runs it again
+on the next ``emu_start`` — a second IN from a device, a lost word of ``rep insw`` — and its
+``emu_start`` timeout stops from another thread at any point, hooks included.  So neither is
+used there: a hook that wants the loop (an interrupt to take, the quantum over) asks for a
+stop, and the block hook stops at the next block boundary, where nothing is half done.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from time import perf_counter_ns
+
+from unicorn import (UC_ARCH_X86, UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INSN_INVALID,
+                     UC_HOOK_INTR, UC_MODE_16, UC_MODE_32, UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ, Uc,
+                     UcError)
+from unicorn import x86_const as X
+
+from proto.memory import PAGE_SIZE
+from partitions.cpu.boot import FOUR_GIB, Boot
+from partitions.cpu.exitport import HYPERCALL_PORT, ExitPort
+from partitions.cpu.vectoring import CR0_PE, CannotVector, CpuState, vector
+from partitions.vp import GuestFault
+
+log = logging.getLogger("partition")
+
+UNTIL = 0xFFFFFFFFFFFFFFFF  # emu_start's end address: never reached
+MAX_SLICE_NS = 100_000_000  # at most this long in the emulator without looking at the stop flag
+MSR_SYNTHETIC = range(0x40000000, 0x40000100)
+IA32_EFER = 0xC0000080
+RDMSR, WRMSR = b"\x0f\x32", b"\x0f\x30"
+UD = 6
+HLT = 0xF4
+
+
+class GuestCrash(Exception):
+    """The guest did what would triple-fault a real CPU (or what this emulation cannot
+    vector); the VP stops and the partition ends with the reason."""
+
+
+class UnicornCpu:
+    def __init__(self, port_factory, mem, boot: Boot) -> None:
+        """``port_factory(regs)`` makes the VP's :class:`ExitPort` given the register
+        reader; ``mem`` is the partition's GuestMemory."""
+        self.mem = mem
+        self.boot = boot
+        self.mode = UC_MODE_16 if boot.real_mode else UC_MODE_32
+        self.uc = Uc(UC_ARCH_X86, self.mode)
+        self.port: ExitPort = port_factory(self.regs)
+        self._stop_requested = False
+        self._stopped_by_hook = False
+        self._slice_end = 0
+        self._scanned: set[int] = set()
+        self._msr_hooks: set[int] = set()
+        self._ram_view = None
+        self.counters = self.port.counters
+        self.counters.update(msr_sites=0, software_interrupts=0)
+
+    # -- set-up ----------------------------------------------------------------------------
+
+    def _map(self) -> None:
+        uc, mem = self.uc, self.mem
+        # The emulator reads and writes the RAM file in place (a view, released at the end).
+        self._ram_view = ctypes.c_char.from_buffer(mem.ram)
+        base = ctypes.addressof(self._ram_view)
+        taken = []
+        for gpa, length in mem.mapped_runs():
+            if gpa >= FOUR_GIB:
+                continue
+            length = min(length, FOUR_GIB - gpa)
+            uc.mem_map_ptr(gpa, length, UC_PROT_ALL, base + gpa)
+            taken.append((gpa, gpa + length))
+        for r in self.boot.regions:
+            size = (len(r.data) + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+            uc.mem_map(r.gpa, size, UC_PROT_ALL if r.writable else UC_PROT_READ | UC_PROT_EXEC)
+            uc.mem_write(r.gpa, r.data)
+            taken.append((r.gpa, r.gpa + size))
+        # Everything else below 4 GiB: MMIO exits.
+        at = 0
+        for start, end in sorted(taken) + [(FOUR_GIB, FOUR_GIB)]:
+            if start > at:
+                uc.mmio_map(at, start - at, self._mmio_read, at, self._mmio_write, at)
+            at = max(at, end)
+        for gpa, data in self.boot.load:
+            mem.write(gpa, data)
+
+    def _hooks(self) -> None:
+        uc = self.uc
+        uc.hook_add(UC_HOOK_INSN, self._in, None, 1, 0, X.UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN, self._out, None, 1, 0, X.UC_X86_INS_OUT)
+        uc.hook_add(UC_HOOK_INSN, self._cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        uc.hook_add(UC_HOOK_BLOCK, self._scan_block)
+        uc.hook_add(UC_HOOK_INTR, self._interrupt)
+        uc.hook_add(UC_HOOK_INSN_INVALID, self._invalid)
+
+    def _reset_state(self) -> None:
+        uc = self.uc
+        if self.boot.real_mode:
+            uc.reg_write(X.UC_X86_REG_CS, self.boot.cs)
+            uc.reg_write(X.UC_X86_REG_IDTR, (0, 0, 0xFFFF, 0))
+        else:
+            uc.reg_write(X.UC_X86_REG_CR0, uc.reg_read(X.UC_X86_REG_CR0) | CR0_PE)
+        uc.reg_write(X.UC_X86_REG_EIP, self.boot.ip)
+        uc.reg_write(X.UC_X86_REG_EFLAGS, 0x2)
+
+    # -- registers -------------------------------------------------------------------------
+
+    def regs(self) -> tuple[int, int]:
+        """The register block every exit carries: RFLAGS and CR3."""
+        return self.uc.reg_read(X.UC_X86_REG_EFLAGS), self.uc.reg_read(X.UC_X86_REG_CR3)
+
+    def _pc(self) -> int:
+        """emu_start's address for the current CS:EIP (unicorn's 16-bit mode subtracts
+        CS × 16 from it, whatever mode the CPU has switched to since)."""
+        eip = self.uc.reg_read(X.UC_X86_REG_EIP)
+        return (self.uc.reg_read(X.UC_X86_REG_CS) << 4) + eip if self.mode == UC_MODE_16 else eip
+
+    def _linear_pc(self) -> int:
+        uc = self.uc
+        eip = uc.reg_read(X.UC_X86_REG_EIP)
+        if uc.reg_read(X.UC_X86_REG_CR0) & CR0_PE:
+            return eip  # flat code segments: what firmware and our kernels use
+        return (uc.reg_read(X.UC_X86_REG_CS) << 4) + eip
+
+    def _state(self) -> CpuState:
+        uc = self.uc
+        _, base, limit, _ = uc.reg_read(X.UC_X86_REG_IDTR)
+        return CpuState(uc.reg_read(X.UC_X86_REG_CR0), uc.msr_read(IA32_EFER), uc.reg_read(X.UC_X86_REG_EFLAGS),
+                        uc.reg_read(X.UC_X86_REG_CS), uc.reg_read(X.UC_X86_REG_EIP), uc.reg_read(X.UC_X86_REG_ESP),
+                        uc.reg_read(X.UC_X86_REG_SS), base, limit)
+
+    def _vector(self, number: int, error_code: int | None = None, rip: int | None = None) -> None:
+        uc = self.uc
+        s = self._state()
+        if rip is not None:
+            s.rip = rip
+        try:
+            n = vector(s, number, lambda a, n: bytes(uc.mem_read(a, n)), uc.mem_write, error_code)
+        except (CannotVector, UcError) as e:
+            raise GuestCrash(f"cannot take vector {number:#x} at {s.cs:#x}:{s.rip:#x}: {e}") from None
+        uc.reg_write(X.UC_X86_REG_EFLAGS, n.rflags)
+        uc.reg_write(X.UC_X86_REG_ESP, n.rsp)
+        uc.reg_write(X.UC_X86_REG_CS, n.cs)
+        uc.reg_write(X.UC_X86_REG_EIP, n.rip)
+
+    def _if(self) -> bool:
+        return bool(self.uc.reg_read(X.UC_X86_REG_EFLAGS) & 0x200)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run the guest until the partition stops or resets (VpStopped / VpReset from an
+        exit) or the guest crashes (GuestCrash)."""
+        self._map()
+        self._hooks()
+        self._reset_state()
+        port = self.port
+        while True:
+            if port.stop.is_set():
+                port.quantum_exit()  # raises VpStopped
+            if port.interrupt_pending and self._if():
+                self._vector(port.take_interrupt())
+            if port.quantum_over:
+                port.quantum_exit()
+                continue
+            self._stopped_by_hook = self._stop_requested = False
+            self._slice_end = perf_counter_ns() + min(port.quantum_left_ns, MAX_SLICE_NS)
+            try:
+                self.uc.emu_start(self._pc(), UNTIL)
+            except UcError as e:
+                raise GuestCrash(f"{e} at {self._linear_pc():#x}") from None
+            if self._stopped_by_hook:
+                continue
+            pc = self._linear_pc()
+            if pc and bytes(self.uc.mem_read(pc - 1, 1))[0] == HLT:
+                if not (port.interrupt_pending and self._if()):  # one already here wakes it at once
+                    port.halt(self._if())
+
+    def _after_exit(self) -> None:
+        """After an exit inside a hook: back to the loop at the next block if an interrupt
+        can be taken now (the quantum is checked there anyway)."""
+        if self.port.interrupt_pending and self._if():
+            self._stop_requested = True
+
+    def _fault(self, fault: GuestFault, rip: int | None = None) -> None:
+        """The hypervisor injects an exception (#GP for an MSR, #UD for a hypercall
+        without the page): taken at the instruction that caused it."""
+        self._vector(fault.vector, 0, rip)
+
+    # -- hooks (each runs in the VP thread, inside emu_start) ----------------------------------
+
+    def _in(self, uc, port, size, _):
+        try:
+            value = self.port.port_in(port, size)
+        except GuestFault as f:
+            self._fault(f)
+            return 0
+        self._after_exit()
+        return value
+
+    def _out(self, uc, port, size, value, _):
+        try:
+            if port == HYPERCALL_PORT:
+                self._hypercall()
+            else:
+                self.port.port_out(port, size, value)
+        except GuestFault as f:
+            self._fault(f)
+            return
+        self._after_exit()
+
+    def _hypercall(self) -> None:
+        uc = self.uc
+        if uc.msr_read(IA32_EFER) & (1 << 10):  # long mode: RCX, RDX, R8 → RAX
+            control, inp, out = (uc.reg_read(r) for r in (X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_R8))
+            uc.reg_write(X.UC_X86_REG_RAX, self.port.hypercall_from_page(control, inp, out))
+            return
+        r = {n: uc.reg_read(getattr(X, f"UC_X86_REG_{n}")) for n in ("EAX", "EBX", "ECX", "EDX", "ESI", "EDI")}
+        result = self.port.hypercall_from_page((r["EDX"] << 32) | r["EAX"], (r["EBX"] << 32) | r["ECX"],
+                                               (r["EDI"] << 32) | r["ESI"])
+        uc.reg_write(X.UC_X86_REG_EAX, result & 0xFFFFFFFF)
+        uc.reg_write(X.UC_X86_REG_EDX, result >> 32)
+
+    def _cpuid(self, uc, _):
+        leaf, subleaf = uc.reg_read(X.UC_X86_REG_EAX), uc.reg_read(X.UC_X86_REG_ECX)
+        a, b, c, d = self.port.cpuid(leaf, subleaf)
+        for reg, v in ((X.UC_X86_REG_EAX, a), (X.UC_X86_REG_EBX, b), (X.UC_X86_REG_ECX, c), (X.UC_X86_REG_EDX, d)):
+            uc.reg_write(reg, v & 0xFFFFFFFF)
+        self._after_exit()
+        return 1  # skip the native CPUID
+
+    def _mmio_read(self, uc, offset, size, base):
+        try:
+            value = self.port.mmio_read(base + offset, size)
+        except GuestFault as f:
+            self._fault(f)
+            return 0
+        self._after_exit()
+        return value
+
+    def _mmio_write(self, uc, offset, size, value, base):
+        try:
+            self.port.mmio_write(base + offset, size, value)
+        except GuestFault as f:
+            self._fault(f)
+            return
+        self._after_exit()
+
+    def _scan_block(self, uc, address, size, _):
+        """A basic block starts: stop here if the loop is wanted (see the module's
+        docstring); the first time, look for RDMSR/WRMSR in it and put a code hook on
+        each, then run the block again so that the hooks are in its translation."""
+        if self._stop_requested or perf_counter_ns() >= self._slice_end:
+            self._stopped_by_hook = True
+            uc.emu_stop()
+            return
+        if address in self._scanned:
+            return
+        self._scanned.add(address)
+        code = bytes(uc.mem_read(address, size))
+        found = False
+        for pattern in (RDMSR, WRMSR):
+            i = code.find(pattern)
+            while i >= 0:
+                site = address + i
+                if site not in self._msr_hooks:
+                    self._msr_hooks.add(site)
+                    uc.hook_add(UC_HOOK_CODE, self._msr, None, site, site)
+                    self.counters["msr_sites"] += 1
+                    found = True
+                i = code.find(pattern, i + 1)
+        if found:
+            uc.ctl_remove_cache(address, address + size)
+            uc.reg_write(X.UC_X86_REG_EIP, uc.reg_read(X.UC_X86_REG_EIP))  # re-run the block
+
+    def _msr(self, uc, address, size, _):
+        if size != 2:
+            return  # 0F 3x inside a longer instruction: not an MSR access
+        code = bytes(uc.mem_read(address, 2))
+        msr = uc.reg_read(X.UC_X86_REG_ECX)
+        if code not in (RDMSR, WRMSR) or msr not in MSR_SYNTHETIC:
+            return  # the emulator's own MSRs (EFER, APIC base, …) run natively
+        eip = uc.reg_read(X.UC_X86_REG_EIP)
+        try:
+            if code == RDMSR:
+                value = self.port.msr_read(msr)
+                uc.reg_write(X.UC_X86_REG_EAX, value & 0xFFFFFFFF)
+                uc.reg_write(X.UC_X86_REG_EDX, value >> 32)
+            else:
+                value = (uc.reg_read(X.UC_X86_REG_EDX) << 32) | uc.reg_read(X.UC_X86_REG_EAX)
+                self.port.msr_write(msr, value & 0xFFFFFFFFFFFFFFFF)
+        except GuestFault as f:
+            self._fault(f, rip=eip)
+            return
+        uc.reg_write(X.UC_X86_REG_EIP, eip + 2)  # skip the native instruction
+        self._after_exit()
+
+    def _interrupt(self, uc, number, _):
+        """INT n (EIP is past it: unicorn reports software interrupts here) — vectored
+        through the guest's table.  An exception this emulation cannot attribute stops
+        the VP, as a triple fault would."""
+        eip = uc.reg_read(X.UC_X86_REG_EIP)
+        pc = self._linear_pc()
+        before = bytes(uc.mem_read(pc - 2, 2)) if pc >= 2 else b""
+        if before == bytes((0xCD, number)) or (number == 3 and before[-1:] == b"\xcc"):
+            self.counters["software_interrupts"] += 1
+            self._vector(number, rip=eip)
+            return
+        raise GuestCrash(f"exception {number:#x} at {pc:#x}")
+
+    def _invalid(self, uc, _):
+        """An undefined opcode: #UD at the instruction."""
+        self._vector(UD)
+        return True
+
+    def close(self) -> None:
+        """Let go of the emulator and then of the RAM view it used."""
+        self.uc = None
+        self._ram_view = None

@@ -1,0 +1,17 @@
+#!/bin/sh
+# Rebuild the real test guests from their sources, byte for byte (the committed binaries
+# are what this makes with the toolchain named in toolchain.txt; tests/unit/test_guests.py
+# checks that where the same toolchain is installed).  Needs gcc (with -m32), as and ld.
+#   sh partitions/guests/build.sh [OUTDIR]     (default: partitions/guests)
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+out=${1:-$here}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+CFLAGS="-m32 -march=i686 -ffreestanding -fno-pic -fno-pie -fno-stack-protector -fno-asynchronous-unwind-tables -fno-ident -nostdlib -Os -Wall -Werror"
+# hvtest32: the 32-bit test kernel (entered at 1 MiB in protected mode).
+cd "$here/hvtest"
+gcc $CFLAGS -c start.S -o "$tmp/start.o"
+gcc $CFLAGS -c hvtest.c -o "$tmp/hvtest.o"
+ld -m elf_i386 -T link.ld --build-id=none --no-warn-rwx-segments -nostdlib "$tmp/start.o" "$tmp/hvtest.o" -o "$tmp/hvtest32.elf"
+objcopy -O binary "$tmp/hvtest32.elf" "$out/hvtest32.bin"
