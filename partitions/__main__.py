@@ -128,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
             if why:
                 raise cpu_boot.BootError(f"cpu = {spec['cpu']!r}: {why}")
             boot = cpu_boot.prepare(spec)
-        except cpu_boot.BootError as e:
+            if spec["cpu"] == "kvm":
+                from partitions.cpu.kvm_cpu import before_confinement
+                before_confinement(boot)
+        except (cpu_boot.BootError, OSError) as e:
             print(f"python -m partitions: {e}", file=sys.stderr)
             return 2
     # Every VP's socket connected while the run's socket can be reached; then confined.

@@ -18,6 +18,14 @@ import os
 
 BACKENDS = ("python", "unicorn", "kvm")
 KVM_DEVICE = "/dev/kvm"
+PVM_MODULE = "/sys/module/kvm_pvm"
+
+
+def kvm_is_pvm() -> bool:
+    """This host's KVM is PVM (a nested, paging-based KVM without VT-x/AMD-V): it runs guest
+    kernel code deprivileged and sends some instructions through KVM's instruction
+    emulator, which stops on those it lacks (protected-mode IRET among them)."""
+    return os.path.isdir(PVM_MODULE)
 
 
 def unavailable(kind: str) -> str | None:

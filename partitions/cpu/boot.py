@@ -47,6 +47,7 @@ class Boot:
     load: list[tuple[int, bytes]] = field(default_factory=list)  # into guest RAM, by VP 0
     regions: list[Region] = field(default_factory=list)
     what: str = ""
+    kvm_fd: int | None = None  # /dev/kvm, opened before confinement (the kvm backend)
 
     @property
     def entry(self) -> int:

@@ -39,6 +39,11 @@ CONTROL_FAST = 1 << 16
 MAX_PENDING = 64  # interrupts queued while the guest keeps IF clear (more are dropped, counted)
 
 
+class GuestCrash(Exception):
+    """The guest did what would triple-fault a real CPU (or what the backend cannot
+    vector or emulate); the VP stops and the partition ends with the reason."""
+
+
 class ExitPort(Vp):
     """A VP whose guest is real x86 code.  ``regs()`` returns (RFLAGS, CR3) of the CPU."""
 

@@ -40,7 +40,7 @@ from unicorn import x86_const as X
 
 from proto.memory import PAGE_SIZE
 from partitions.cpu.boot import FOUR_GIB, Boot
-from partitions.cpu.exitport import HYPERCALL_PORT, ExitPort
+from partitions.cpu.exitport import HYPERCALL_PORT, ExitPort, GuestCrash
 from partitions.cpu.vectoring import CR0_PE, CannotVector, CpuState, vector
 from partitions.vp import GuestFault
 
@@ -53,11 +53,6 @@ IA32_EFER = 0xC0000080
 RDMSR, WRMSR = b"\x0f\x32", b"\x0f\x30"
 UD = 6
 HLT = 0xF4
-
-
-class GuestCrash(Exception):
-    """The guest did what would triple-fault a real CPU (or what this emulation cannot
-    vector); the VP stops and the partition ends with the reason."""
 
 
 class UnicornCpu:

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from partitions.cpu import unavailable
+from partitions.cpu import kvm_is_pvm, unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -66,6 +66,9 @@ def run_exits(status: dict) -> dict:
 def test_hvtest_agrees_under_kvm_and_unicorn(hvstack_run):
     if unavailable("kvm"):
         pytest.skip(unavailable("kvm"))
+    if kvm_is_pvm():
+        pytest.skip("this host's KVM is PVM (no VT-x/AMD-V): its instruction emulator stops hvtest32 at its "
+                    "first IRET (KVM_EXIT_INTERNAL_ERROR, emulation), after the checks before interrupts")
     kvm, _ = run_hvtest(hvstack_run, "kvm")
     uni, _ = run_hvtest(hvstack_run, "unicorn")
     assert results(kvm) == results(uni)
