@@ -106,6 +106,11 @@ class Run:
             pid = self.partition_ids[pc.name]
             token = auth.peer_token(self.secret, "worker", pid)
             devices = pc.worker_devices(self.run.path, self.topology.base_dir or self.run.path)
+            if pc.firmware:
+                firmware_nvram(self.run.path / f"nvram-{pc.name}.bin", pc.memory_mb)
+            if pc.disk and pc.disk.get("contents"):
+                disk_contents(next(d for d in devices if d["type"] == "ata"), pc.disk["contents"],
+                              self.topology.base_dir)
             spec = {"endpoint": self.endpoint, "server_key": self.server_key, "partition_id": pid, "name": pc.name,
                     "console_path": str(self.run.path / f"console-{pc.name}.log"), "devices": devices}
             spec_path = self.run.path / f"worker-{pc.name}.json"
@@ -381,3 +386,29 @@ def execute(topology: Topology, out: Output, duration_s: float | None = None) ->
         for s, h in old.items():
             signal.signal(s, h)
     return run, reason, code
+
+
+def firmware_nvram(path: os.PathLike, memory_mb: int) -> None:
+    """A partition booting firmware starts with CMOS NVRAM that says how much RAM it has
+    (a BIOS reads it there); an existing NVRAM file (a reset, a rerun) is the guest's."""
+    from partitions.cpu.boot import cmos_nvram
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "wb") as f:
+        f.write(cmos_nvram(memory_mb))
+
+
+def disk_contents(ata: dict, contents: str, base_dir) -> None:
+    """A new disk image starts with ``contents`` (a boot disk of ours, or a file); an
+    existing image is the guest's and is left alone."""
+    from partitions.cpu.boot import kernel_path
+    data = kernel_path(contents, str(base_dir) if base_dir else None).read_bytes()
+    try:
+        fd = os.open(ata["image_path"], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "wb") as f:
+        f.write(data[:ata["size_bytes"]])
+        f.truncate(ata["size_bytes"])

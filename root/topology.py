@@ -50,7 +50,8 @@ WORKLOADS = tuple(GUEST_WORKLOADS)
 # ending the run as "worker exited with status 1".
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 IRQ_KEYS = ("irq", "aux_irq")
-DISK_FORM = "must be { size_mb = N } (its image in the run directory) or { image = \"path\", size_mb = N }"
+DISK_FORM = ("must be { size_mb = N } (its image in the run directory) or { image = \"path\", size_mb = N }"
+             ", with contents = \"bootdisk\" (or a path) to start a new image with")
 
 
 @dataclass
@@ -250,8 +251,13 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
         disk = get(p, "disk", dict, t, i, None)
         if disk is not None:
             image = disk.get("image")
-            if set(disk) - {"image", "size_mb"} or (image is not None and (not isinstance(image, str) or not image)):
+            contents = disk.get("contents")
+            if set(disk) - {"image", "size_mb", "contents"} or (image is not None and (not isinstance(image, str) or not image)):
                 raise err(t, i, "disk", DISK_FORM)
+            if contents is not None:
+                from partitions.cpu.boot import kernel_path
+                if not isinstance(contents, str) or not kernel_path(contents, str(base_dir) if base_dir else None).is_file():
+                    raise err(t, i, "disk", f"contents {contents!r}: no such file (or image of ours: bootdisk)")
             size = disk.get("size_mb", 64)
             if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 1 << 20:
                 raise err(t, i, "disk", f"size_mb {size!r} is outside 1..1048576")
@@ -264,6 +270,8 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
                 if where.is_dir():
                     raise err(t, i, "disk", f"image {image!r} is a directory")
             disk = {"image": image, "size_mb": size} if image is not None else {"size_mb": size}
+            if contents is not None:
+                disk["contents"] = contents  # written at the start of a new image
         backend, firmware, kernel = real_cpu(p, t, i, base_dir, err, get)
         cpu = {} if isinstance(p.get("cpu"), str) else get(p, "cpu", dict, t, i, {})
         cpu = {k: v for k, v in cpu.items() if k != "backend"}

@@ -3,8 +3,9 @@ process is confined (so the files need only be readable by whoever starts it).
 
 * ``firmware = "seabios"``: the system's SeaBIOS ``bios.bin`` (Debian's ``seabios``
   package) below 4 GiB, read-only, and its last 128 KiB at 0xE0000–0xFFFFF as writable
-  shadow RAM (what a chipset's PAM registers give a BIOS; these regions are the VP's, not
-  pages of the partition's RAM).  The VP starts at the reset vector, real mode, F000:FFF0.
+  shadow RAM, with 0xC0000–0xDFFFF (the option ROMs' space, none here) writable too (what
+  a chipset's PAM registers give a BIOS; these regions are the VP's, not pages of the
+  partition's RAM).  The VP starts at the reset vector, real mode, F000:FFF0.
 * ``kernel = PATH``: a flat 32-bit image loaded at 1 MiB and entered there in 32-bit
   protected mode with paging off and flat segments (as a multiboot loader leaves it), the
   form of the test kernels in ``partitions/guests``.
@@ -19,6 +20,7 @@ from pathlib import Path
 SEABIOS_PATHS = ("/usr/share/seabios/bios.bin", "/usr/share/qemu/bios.bin")
 SHADOW_BASE = 0xE0000
 SHADOW_SIZE = 0x20000
+OPTION_ROM_BASE, OPTION_ROM_SIZE = 0xC0000, 0x20000  # shadow RAM where option ROMs would be
 FOUR_GIB = 1 << 32
 KERNEL_BASE = 0x100000
 RESET_CS, RESET_IP = 0xF000, 0xFFF0
@@ -48,10 +50,32 @@ class Boot:
     regions: list[Region] = field(default_factory=list)
     what: str = ""
     kvm_fd: int | None = None  # /dev/kvm, opened before confinement (the kvm backend)
+    # Where code that may use the synthetic MSRs runs (unicorn watches it for RDMSR/WRMSR).
+    msr_code: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def entry(self) -> int:
         return (self.cs << 4) + self.ip if self.real_mode else self.ip
+
+
+# The CMOS bytes a PC BIOS sizes RAM by (what QEMU's pc_cmos_init writes): base memory in
+# KiB at 0x15/0x16, memory from 1 MiB to 64 MiB in KiB at 0x17/0x18 and 0x30/0x31, memory
+# from 16 MiB up in 64 KiB units at 0x34/0x35.  The NVRAM file holds registers 0x0E–0x7F.
+CMOS_NVRAM_FIRST, CMOS_NVRAM_SIZE = 0x0E, 0x72
+
+
+def cmos_nvram(memory_mb: int) -> bytes:
+    """A new partition's CMOS NVRAM telling its firmware how much RAM it has."""
+    nvram = bytearray(CMOS_NVRAM_SIZE)
+
+    def put16(index: int, value: int) -> None:
+        nvram[index - CMOS_NVRAM_FIRST:index - CMOS_NVRAM_FIRST + 2] = min(value, 0xFFFF).to_bytes(2, "little")
+    put16(0x15, 640)
+    extended_kb = max(0, memory_mb - 1) * 1024
+    put16(0x17, extended_kb)
+    put16(0x30, extended_kb)
+    put16(0x34, max(0, memory_mb - 16) * 16)
+    return bytes(nvram)
 
 
 def seabios_path() -> str | None:
@@ -92,6 +116,7 @@ def prepare(spec: dict) -> Boot:
         return Boot(True, RESET_CS, RESET_IP, regions=[
             Region(FOUR_GIB - len(rom), rom, writable=False),
             Region(SHADOW_BASE, rom[-SHADOW_SIZE:], writable=True),
+            Region(OPTION_ROM_BASE, bytes(OPTION_ROM_SIZE), writable=True),
         ], what=f"SeaBIOS ({path})")
     if spec.get("kernel"):
         path = kernel_path(spec["kernel"], spec.get("base_dir"))
@@ -101,5 +126,6 @@ def prepare(spec: dict) -> Boot:
             raise BootError(f"kernel {spec['kernel']!r}: {path}: {e.strerror}") from None
         if not image or len(image) > MAX_KERNEL_BYTES:
             raise BootError(f"kernel {path}: {len(image)} bytes (1 byte to 16 MiB)")
-        return Boot(False, 0, KERNEL_BASE, load=[(KERNEL_BASE, image)], what=f"kernel {path.name}")
+        return Boot(False, 0, KERNEL_BASE, load=[(KERNEL_BASE, image)], what=f"kernel {path.name}",
+                    msr_code=[(KERNEL_BASE, KERNEL_BASE + len(image) - 1)])
     raise BootError("a real CPU needs firmware = \"seabios\" or kernel = PATH")

@@ -15,3 +15,8 @@ gcc $CFLAGS -c start.S -o "$tmp/start.o"
 gcc $CFLAGS -c hvtest.c -o "$tmp/hvtest.o"
 ld -m elf_i386 -T link.ld --build-id=none --no-warn-rwx-segments -nostdlib "$tmp/start.o" "$tmp/hvtest.o" -o "$tmp/hvtest32.elf"
 objcopy -O binary "$tmp/hvtest32.elf" "$out/hvtest32.bin"
+# bootdisk: a boot sector and two sectors it reads by INT 13h (the first 1.5 KiB of a disk).
+cd "$here/bootdisk"
+as --32 bootdisk.S -o "$tmp/bootdisk.o"
+ld -m elf_i386 -Ttext 0x7c00 --build-id=none --no-warn-rwx-segments -nostdlib "$tmp/bootdisk.o" -o "$tmp/bootdisk.elf"
+objcopy -O binary -j .text "$tmp/bootdisk.elf" "$out/bootdisk.bin"

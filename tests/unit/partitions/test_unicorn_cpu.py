@@ -20,7 +20,7 @@ CODE = 0x1000
 
 def run(tmp_path, code: bytes, *, real_mode=False, load=(), **port_args):
     mem = guest_memory(tmp_path)
-    boot = Boot(real_mode, 0, CODE, load=[(CODE, code), *load])
+    boot = Boot(real_mode, 0, CODE, load=[(CODE, code), *load], msr_code=[(CODE, CODE + len(code))])
     made = {}
     cpu = UnicornCpu(lambda regs: made.setdefault("port", FakePort(regs, mem, **port_args)), mem, boot)
     with pytest.raises(VpStopped):
@@ -50,7 +50,7 @@ def test_cpuid_and_synthetic_msrs_exit_other_msrs_run_natively(tmp_path):
     mem = guest_memory(tmp_path)
     made = {}
     cpu = UnicornCpu(lambda regs: made.setdefault("port", FakePort(regs, mem)), mem,
-                     Boot(False, 0, CODE, load=[(CODE, code)]))
+                     Boot(False, 0, CODE, load=[(CODE, code)], msr_code=[(CODE, CODE + len(code))]))
     made["port"].msrs[0x40000002] = 7
     with pytest.raises(VpStopped):
         cpu.run()
