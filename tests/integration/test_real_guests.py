@@ -72,3 +72,17 @@ def test_hvtest_agrees_under_kvm_and_unicorn(hvstack_run):
     kvm, _ = run_hvtest(hvstack_run, "kvm")
     uni, _ = run_hvtest(hvstack_run, "unicorn")
     assert results(kvm) == results(uni)
+
+
+def test_seabios_boots_our_boot_sector_from_the_ata_disk(hvstack_run):
+    from partitions.cpu.boot import seabios_missing
+    if seabios_missing():
+        pytest.skip(seabios_missing())
+    run = hvstack_run("configs/seabios.toml", timeout=60)
+    console = run.wait_for_console("bios", "done, halting", timeout=60)
+    assert "SeaBIOS (version" in console  # its debug port, through the UART at 0x402
+    assert "INT 13h read sectors 1-2: signature and checksum ok" in console, console
+    screen = run.launch("screen", run.name, "bios").stdout
+    assert "hvstack boot sector: INT 13h read sectors 1-2: signature and checksum ok" in screen, screen
+    exits = run_exits(run.stats())
+    assert exits.get("io_port", 0) > 500 and exits.get("mmio", 0) > 0, exits  # POST's port I/O, the screen
