@@ -9,6 +9,7 @@ import re
 import pytest
 
 from partitions.cpu import kvm_is_pvm, unavailable
+from root import REPO
 
 pytestmark = pytest.mark.integration
 
@@ -74,11 +75,13 @@ def test_hvtest_agrees_under_kvm_and_unicorn(hvstack_run):
     assert results(kvm) == results(uni)
 
 
-def test_seabios_boots_our_boot_sector_from_the_ata_disk(hvstack_run):
+@pytest.mark.parametrize("cpu", ["unicorn", "kvm"])
+def test_seabios_boots_our_boot_sector_from_the_ata_disk(hvstack_run, cpu):
     from partitions.cpu.boot import seabios_missing
-    if seabios_missing():
-        pytest.skip(seabios_missing())
-    run = hvstack_run("configs/seabios.toml", timeout=60)
+    if seabios_missing() or unavailable(cpu):
+        pytest.skip(seabios_missing() or unavailable(cpu))
+    config = (REPO / "configs" / "seabios.toml").read_text().replace('cpu = "unicorn"', f'cpu = "{cpu}"')
+    run = hvstack_run(toml=config, timeout=60)
     console = run.wait_for_console("bios", "done, halting", timeout=60)
     assert "SeaBIOS (version" in console  # its debug port, through the UART at 0x402
     assert "INT 13h read sectors 1-2: signature and checksum ok" in console, console
