@@ -11,6 +11,23 @@ from partitions.vp import VpReset
 log = logging.getLogger("partition")
 
 
+def scratch_memory(directory, pages: int = 1024):
+    """Guest memory in files of its own under ``directory``, laid out as the root maps a
+    partition's (RAM below 640 KiB and from 1 MiB up): for running a backend without a
+    hypervisor — the bench's in-process limit, the unit tests."""
+    from pathlib import Path
+
+    from proto.memory import GuestMemory
+
+    ram, slat = Path(directory) / "ram", Path(directory) / "slat"
+    ram.write_bytes(bytes(pages * 4096))
+    table = bytearray(b"\xff" * 4 * pages)
+    for page in list(range(0, 0xA0)) + list(range(0x100, pages)):
+        table[page * 4:page * 4 + 4] = page.to_bytes(4, "little")
+    slat.write_bytes(table)
+    return GuestMemory(str(ram), str(slat))
+
+
 def backend_class(kind: str):
     if kind == "unicorn":
         from partitions.cpu.unicorn_cpu import UnicornCpu

@@ -8,19 +8,11 @@ import time
 from time import perf_counter_ns
 
 from proto.memory import GuestMemory
+from partitions.cpu.run import scratch_memory
 from partitions.vp import VpStopped
 
-PAGES = 1024  # 4 MiB: RAM below 640 KiB and from 1 MiB up, as the root maps it
-
-
 def guest_memory(tmp_path) -> GuestMemory:
-    ram, slat = tmp_path / "ram", tmp_path / "slat"
-    ram.write_bytes(bytes(PAGES * 4096))
-    table = bytearray(b"\xff" * 4 * PAGES)
-    for page in list(range(0, 160)) + list(range(256, PAGES)):
-        table[page * 4:page * 4 + 4] = page.to_bytes(4, "little")
-    slat.write_bytes(table)
-    return GuestMemory(str(ram), str(slat))
+    return scratch_memory(tmp_path)
 
 
 class FakePort:
