@@ -124,6 +124,9 @@ class InProcessPort:
     def cpuid(self, leaf: int, subleaf: int):
         return (0, 0, 0, 0)
 
+    def halt(self, interrupts_enabled: bool) -> bool:
+        raise self._stopped()  # the loop is over
+
 
 def in_process(cpu: str, exits: int) -> dict:
     """``portio_loop`` on backend ``cpu`` with its exits answered in-process."""
