@@ -8,7 +8,8 @@ process is confined (so the files need only be readable by whoever starts it).
   partition's RAM).  The VP starts at the reset vector, real mode, F000:FFF0.
 * ``kernel = PATH``: a flat 32-bit image loaded at 1 MiB and entered there in 32-bit
   protected mode with paging off and flat segments (as a multiboot loader leaves it), the
-  form of the test kernels in ``partitions/guests``.
+  form of the test kernels in ``partitions/guests``; one marked with LONG_MODE_MAGIC is
+  entered in 64-bit mode instead (see below).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class Boot:
     kvm_fd: int | None = None  # /dev/kvm, opened before confinement (the kvm backend)
     # Where code that may use the synthetic MSRs runs (unicorn watches it for RDMSR/WRMSR).
     msr_code: list[tuple[int, int]] = field(default_factory=list)
+    long_mode: bool = False  # entered in 64-bit mode: LONG_MODE_* below, in guest RAM
 
     @property
     def entry(self) -> int:
@@ -76,6 +78,26 @@ def cmos_nvram(memory_mb: int) -> bytes:
     put16(0x30, extended_kb)
     put16(0x34, max(0, memory_mb - 16) * 16)
     return bytes(nvram)
+
+
+# A kernel whose bytes 8-15 are this is entered at 1 MiB + 16 in 64-bit mode, as
+# Firecracker enters Linux: paging on with an identity map of the first 4 GiB (2 MiB pages),
+# a flat GDT (0x08 code, 0x10 data), CR0 PE|PG|…, CR4 PAE, EFER LME|LMA.
+LONG_MODE_MAGIC = b"HVSTK64\0"
+LONG_MODE_ENTRY = 16
+GDT_GPA = 0x500
+PML4_GPA = 0x9000  # then the PDPT at 0xA000 and four page directories at 0xB000-0xEFFF
+LONG_MODE_CR0, LONG_MODE_CR4, LONG_MODE_EFER = 0x80050033, 0x20, 0x500
+GDT_ENTRIES = (0, 0x00AF9A000000FFFF, 0x00CF92000000FFFF)
+
+
+def long_mode_tables() -> list[tuple[int, bytes]]:
+    """The GDT and page tables a long-mode entry needs, as (GPA, bytes) to load."""
+    pml4 = (PML4_GPA + 0x1003).to_bytes(8, "little").ljust(4096, b"\0")
+    pdpt = b"".join((PML4_GPA + 0x2000 + 0x1000 * i + 3).to_bytes(8, "little") for i in range(4)).ljust(4096, b"\0")
+    pds = b"".join((i * 0x200000 | 0x83).to_bytes(8, "little") for i in range(2048))
+    gdt = b"".join(e.to_bytes(8, "little") for e in GDT_ENTRIES)
+    return [(GDT_GPA, gdt), (PML4_GPA, pml4 + pdpt + pds)]
 
 
 def seabios_path() -> str | None:
@@ -126,6 +148,10 @@ def prepare(spec: dict) -> Boot:
             raise BootError(f"kernel {spec['kernel']!r}: {path}: {e.strerror}") from None
         if not image or len(image) > MAX_KERNEL_BYTES:
             raise BootError(f"kernel {path}: {len(image)} bytes (1 byte to 16 MiB)")
+        if image[8:16] == LONG_MODE_MAGIC:
+            return Boot(False, 0, KERNEL_BASE + LONG_MODE_ENTRY, load=[*long_mode_tables(), (KERNEL_BASE, image)],
+                        what=f"kernel {path.name} (64-bit entry)", long_mode=True,
+                        msr_code=[(KERNEL_BASE, KERNEL_BASE + len(image) - 1)])
         return Boot(False, 0, KERNEL_BASE, load=[(KERNEL_BASE, image)], what=f"kernel {path.name}",
                     msr_code=[(KERNEL_BASE, KERNEL_BASE + len(image) - 1)])
     raise BootError("a real CPU needs firmware = \"seabios\" or kernel = PATH")

@@ -32,7 +32,8 @@ import threading
 from time import perf_counter_ns
 
 from proto.memory import PAGE_SIZE
-from partitions.cpu.boot import FOUR_GIB, KERNEL_BASE, Boot
+from partitions.cpu.boot import (FOUR_GIB, GDT_ENTRIES, GDT_GPA, KERNEL_BASE, LONG_MODE_CR0, LONG_MODE_CR4,
+                                  LONG_MODE_EFER, PML4_GPA, Boot)
 from partitions.cpu.exitport import HYPERCALL_PORT, ExitPort, GuestCrash
 from partitions.vp import GuestFault
 
@@ -197,7 +198,18 @@ class KvmCpu:
         sregs = bytearray(312)
         _ioctl(self.vcpu, KVM_GET_SREGS, sregs)
         regs = bytearray(REGS.size)
-        if not self.boot.real_mode:
+        if self.boot.long_mode:
+            # 64-bit mode, as Firecracker enters a kernel (boot.long_mode_tables).
+            code = (0, 0xFFFFFFFF, 0x08, 0xB, 1, 0, 0, 1, 1, 1, 0, 0)
+            data = (0, 0xFFFFFFFF, 0x10, 0x3, 1, 0, 1, 1, 0, 1, 0, 0)
+            SEGMENT.pack_into(sregs, 0, *code)
+            for i in (1, 2, 3, 4, 5):
+                SEGMENT.pack_into(sregs, 24 * i, *data)
+            struct.pack_into("<QH", sregs, 192, GDT_GPA, 8 * len(GDT_ENTRIES) - 1)
+            struct.pack_into("<QQQQ", sregs, 224, LONG_MODE_CR0, 0, PML4_GPA, LONG_MODE_CR4)
+            struct.pack_into("<Q", sregs, 264, LONG_MODE_EFER)
+            struct.pack_into("<Q", regs, 16 * 8, self.boot.ip)
+        elif not self.boot.real_mode:
             # Flat 32-bit protected mode, paging off, as a multiboot loader leaves it.
             code = (0, 0xFFFFFFFF, 0x08, 0xB, 1, 0, 1, 1, 0, 1, 0, 0)
             data = (0, 0xFFFFFFFF, 0x10, 0x3, 1, 0, 1, 1, 0, 1, 0, 0)

@@ -37,12 +37,13 @@ import logging
 from time import perf_counter_ns
 
 from unicorn import (UC_ARCH_X86, UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INSN_INVALID,
-                     UC_HOOK_INTR, UC_MODE_32, UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ, Uc,
+                     UC_HOOK_INTR, UC_MODE_32, UC_MODE_64, UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ, Uc,
                      UcError)
 from unicorn import x86_const as X
 
 from proto.memory import PAGE_SIZE
-from partitions.cpu.boot import FOUR_GIB, Boot
+from partitions.cpu.boot import (FOUR_GIB, GDT_ENTRIES, GDT_GPA, LONG_MODE_CR0, LONG_MODE_CR4, LONG_MODE_EFER,
+                                  PML4_GPA, Boot)
 from partitions.cpu.exitport import HYPERCALL_PORT, ExitPort, GuestCrash
 from partitions.cpu.vectoring import CR0_PE, CannotVector, CpuState, vector
 from partitions.vp import GuestFault
@@ -67,7 +68,11 @@ class UnicornCpu:
         # 32-bit mode even for real-mode firmware: unicorn's 16-bit mode takes emu_start's
         # address as CS × 16 + IP and cuts IP to 16 bits, which breaks every restart once
         # the firmware has switched to protected mode.  The CPU's mode is CR0's anyway.
-        self.uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        # A long-mode guest needs unicorn's 64-bit mode (in its 32-bit mode RIP, RSP and
+        # R8-R15 read as 0).
+        self.uc = Uc(UC_ARCH_X86, UC_MODE_64 if boot.long_mode else UC_MODE_32)
+        self._ip, self._sp, self._flags = ((X.UC_X86_REG_RIP, X.UC_X86_REG_RSP, X.UC_X86_REG_RFLAGS) if boot.long_mode
+                                           else (X.UC_X86_REG_EIP, X.UC_X86_REG_ESP, X.UC_X86_REG_EFLAGS))
         self.port: ExitPort = port_factory(self.regs)
         self._stop_requested = False
         self._stopped_by_hook = False
@@ -125,6 +130,18 @@ class UnicornCpu:
 
     def _reset_state(self) -> None:
         uc = self.uc
+        if self.boot.long_mode:
+            uc.reg_write(X.UC_X86_REG_GDTR, (0, GDT_GPA, 8 * len(GDT_ENTRIES) - 1, 0))
+            uc.reg_write(X.UC_X86_REG_CR3, PML4_GPA)
+            uc.reg_write(X.UC_X86_REG_CR4, LONG_MODE_CR4)
+            uc.msr_write(IA32_EFER, LONG_MODE_EFER)
+            uc.reg_write(X.UC_X86_REG_CR0, LONG_MODE_CR0)
+            uc.reg_write(X.UC_X86_REG_CS, 0x08)
+            for seg in (X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_SS):
+                uc.reg_write(seg, 0x10)
+            uc.reg_write(self._ip, self.boot.ip)
+            uc.reg_write(self._flags, 0x2)
+            return
         if self.boot.real_mode:
             uc.reg_write(X.UC_X86_REG_CR0, uc.reg_read(X.UC_X86_REG_CR0) & ~CR0_PE)
             uc.reg_write(X.UC_X86_REG_CS, self.boot.cs)
@@ -141,8 +158,8 @@ class UnicornCpu:
         return self.uc.reg_read(X.UC_X86_REG_EFLAGS), self.uc.reg_read(X.UC_X86_REG_CR3)
 
     def _pc(self) -> int:
-        """emu_start's address: EIP (unicorn's 32-bit mode sets EIP to it)."""
-        return self.uc.reg_read(X.UC_X86_REG_EIP)
+        """emu_start's address: EIP/RIP (unicorn's 32- and 64-bit modes set it to it)."""
+        return self.uc.reg_read(self._ip)
 
     def _linear_pc(self) -> int:
         uc = self.uc
@@ -164,8 +181,8 @@ class UnicornCpu:
     def _state(self) -> CpuState:
         uc = self.uc
         _, base, limit, _ = uc.reg_read(X.UC_X86_REG_IDTR)
-        return CpuState(uc.reg_read(X.UC_X86_REG_CR0), uc.msr_read(IA32_EFER), uc.reg_read(X.UC_X86_REG_EFLAGS),
-                        uc.reg_read(X.UC_X86_REG_CS), uc.reg_read(X.UC_X86_REG_EIP), uc.reg_read(X.UC_X86_REG_ESP),
+        return CpuState(uc.reg_read(X.UC_X86_REG_CR0), uc.msr_read(IA32_EFER), uc.reg_read(self._flags),
+                        uc.reg_read(X.UC_X86_REG_CS), uc.reg_read(self._ip), uc.reg_read(self._sp),
                         uc.reg_read(X.UC_X86_REG_SS), base, limit)
 
     def _vector(self, number: int, error_code: int | None = None, rip: int | None = None) -> None:
@@ -177,10 +194,10 @@ class UnicornCpu:
             n = vector(s, number, lambda a, n: bytes(uc.mem_read(a, n)), uc.mem_write, error_code)
         except (CannotVector, UcError) as e:
             raise GuestCrash(f"cannot take vector {number:#x} at {s.cs:#x}:{s.rip:#x}: {e}") from None
-        uc.reg_write(X.UC_X86_REG_EFLAGS, n.rflags)
-        uc.reg_write(X.UC_X86_REG_ESP, n.rsp)
+        uc.reg_write(self._flags, n.rflags)
+        uc.reg_write(self._sp, n.rsp)
         uc.reg_write(X.UC_X86_REG_CS, n.cs)
-        uc.reg_write(X.UC_X86_REG_EIP, n.rip)
+        uc.reg_write(self._ip, n.rip)
 
     def _if(self) -> bool:
         return bool(self.uc.reg_read(X.UC_X86_REG_EFLAGS) & 0x200)

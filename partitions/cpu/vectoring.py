@@ -8,7 +8,10 @@ external interrupt comes to us).  What the CPU does on delivery (Intel SDM vol. 
   #DF, #TS, #NP, #SS, #GP, #PF, #AC); CS:EIP from the IDT gate; an interrupt gate clears
   IF, a trap gate does not.
 
-Long mode and privilege changes are not handled: :class:`CannotVector` says so and the VP
+* long mode, ring 0, no IST: align RSP to 16, push SS, RSP, RFLAGS, CS, RIP (and the error
+  code); CS:RIP from the 16-byte IDT gate; IF as for 32-bit gates.
+
+Privilege changes and IST stacks are not handled: :class:`CannotVector` says so and the VP
 stops, as a triple fault would stop it.
 """
 
@@ -52,7 +55,7 @@ def vector(state: CpuState, number: int, read: Callable[[int, int], bytes],
     ``write`` reach guest memory by linear address (no paging here)."""
     s = state
     if s.efer & EFER_LMA:
-        raise CannotVector(f"vector {number:#x} in long mode (not implemented)")
+        return _vector_long(s, number, read, write, error_code)
     if not s.cr0 & CR0_PE:
         if number * 4 + 3 > s.idt_limit:
             raise CannotVector(f"vector {number:#x} beyond the IVT (limit {s.idt_limit:#x})")
@@ -80,6 +83,33 @@ def vector(state: CpuState, number: int, read: Callable[[int, int], bytes],
     for value in pushes:
         sp = (sp - 4) & 0xFFFFFFFF
         write(sp, (value & 0xFFFFFFFF).to_bytes(4, "little"))
+    rflags = s.rflags & ~(RFLAGS_TF | RFLAGS_AC)
+    if kind == GATE_INTERRUPT_32:
+        rflags &= ~RFLAGS_IF
+    return CpuState(s.cr0, s.efer, rflags, selector, offset, sp, s.ss, s.idt_base, s.idt_limit)
+
+
+def _vector_long(s: CpuState, number: int, read, write, error_code: int | None) -> CpuState:
+    if number * 16 + 15 > s.idt_limit:
+        raise CannotVector(f"vector {number:#x} beyond the IDT (limit {s.idt_limit:#x})")
+    gate = read(s.idt_base + number * 16, 16)
+    kind = gate[5] & 0x1F
+    if not gate[5] & 0x80 or kind not in (GATE_INTERRUPT_32, GATE_TRAP_32):
+        raise CannotVector(f"IDT entry {number:#x} is not a present 64-bit interrupt or trap gate")
+    if gate[4] & 7:
+        raise CannotVector(f"IDT entry {number:#x} uses IST {gate[4] & 7} (not implemented)")
+    if s.cs & 3:
+        raise CannotVector(f"vector {number:#x} from ring {s.cs & 3} (privilege changes are not implemented)")
+    offset = (int.from_bytes(gate[0:2], "little") | int.from_bytes(gate[6:8], "little") << 16
+              | int.from_bytes(gate[8:12], "little") << 32)
+    selector = int.from_bytes(gate[2:4], "little")
+    sp = s.rsp & ~0xF & 0xFFFFFFFFFFFFFFFF
+    pushes = [s.ss, s.rsp, s.rflags, s.cs, s.rip]
+    if number in ERROR_CODE_VECTORS and error_code is not None:
+        pushes.append(error_code)
+    for value in pushes:
+        sp = (sp - 8) & 0xFFFFFFFFFFFFFFFF
+        write(sp, (value & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little"))
     rflags = s.rflags & ~(RFLAGS_TF | RFLAGS_AC)
     if kind == GATE_INTERRUPT_32:
         rflags &= ~RFLAGS_IF

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 GUESTS = Path(__file__).resolve().parents[3] / "partitions" / "guests"
-IMAGES = ("hvtest32.bin", "bootdisk.bin")
+IMAGES = ("hvtest32.bin", "hvtest64.bin", "bootdisk.bin")
 
 
 def installed_toolchain() -> str | None:
