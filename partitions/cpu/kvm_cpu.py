@@ -32,8 +32,8 @@ import threading
 from time import perf_counter_ns
 
 from proto.memory import PAGE_SIZE
-from partitions.cpu.boot import (FOUR_GIB, GDT_ENTRIES, GDT_GPA, KERNEL_BASE, LONG_MODE_CR0, LONG_MODE_CR4,
-                                  LONG_MODE_EFER, PML4_GPA, Boot)
+from partitions.cpu.boot import (FOUR_GIB, GDT_ENTRIES, GDT_GPA, LONG_MODE_CR0, LONG_MODE_CR4, LONG_MODE_EFER,
+                                  PML4_GPA, RESET_CS, RESET_IP, Boot)
 from partitions.cpu.exitport import HYPERCALL_PORT, ExitPort, GuestCrash
 from partitions.vp import GuestFault
 
@@ -218,9 +218,12 @@ class KvmCpu:
                 SEGMENT.pack_into(sregs, 24 * i, *data)
             cr0 = struct.unpack_from("<Q", sregs, 224)[0]
             struct.pack_into("<Q", sregs, 224, (cr0 | 1) & ~(1 << 31))
-            struct.pack_into("<Q", regs, 16 * 8, KERNEL_BASE)
+            struct.pack_into("<Q", regs, 16 * 8, self.boot.ip)
         else:
-            # KVM's reset state is the x86 one: CS F000 based at FFFF0000, IP FFF0.
+            # KVM's reset state is the x86 one: CS F000 based at FFFF0000, IP FFF0.  Any
+            # other real-mode start is CS × 16 + IP.
+            if (self.boot.cs, self.boot.ip) != (RESET_CS, RESET_IP):
+                SEGMENT.pack_into(sregs, 0, self.boot.cs << 4, 0xFFFF, self.boot.cs, 0xB, 1, 0, 0, 1, 0, 0, 0, 0)
             struct.pack_into("<Q", regs, 16 * 8, self.boot.ip)
         struct.pack_into("<Q", regs, 17 * 8, 0x2)
         _ioctl(self.vcpu, KVM_SET_SREGS, sregs)
