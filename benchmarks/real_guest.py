@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -148,6 +149,8 @@ def in_process(cpu: str, exits: int) -> dict:
             pass
         finally:
             backend.close()
+            if boot.kvm_fd is not None:
+                os.close(boot.kvm_fd)
     h = Histogram()
     for t in made["port"].times[100:]:  # the first ones include translation / entry
         h.record(t)

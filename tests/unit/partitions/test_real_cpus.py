@@ -3,6 +3,8 @@ unicorn and — where /dev/kvm opens — on KVM.  Each program's assembly is bes
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from partitions.cpu import unavailable
@@ -40,6 +42,8 @@ def run(tmp_path, code: bytes, *, cpu="unicorn", real_mode=False, load=(), msrs=
             backend.run()
     finally:
         backend.close()
+        if boot.kvm_fd is not None:
+            os.close(boot.kvm_fd)
     return port, mem
 
 
