@@ -358,6 +358,8 @@ def real_cpu(p: dict, t: str, i: int, base_dir: Path | None, err, get) -> tuple[
     from partitions.cpu import BACKENDS, unavailable
     from partitions.cpu.boot import kernel_path, seabios_missing
     raw = p.get("cpu", "python")
+    if not isinstance(raw, str):
+        get(p, "cpu", dict, t, i)  # a table of CPU controls, or an error saying so
     backend = raw.get("backend", "python") if isinstance(raw, dict) else raw
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise err(t, i, "cpu", f"{backend!r}: a backend is one of {', '.join(BACKENDS)} "
