@@ -155,7 +155,7 @@ class UnicornCpu:
 
     def regs(self) -> tuple[int, int]:
         """The register block every exit carries: RFLAGS and CR3."""
-        return self.uc.reg_read(X.UC_X86_REG_EFLAGS), self.uc.reg_read(X.UC_X86_REG_CR3)
+        return self.uc.reg_read(self._flags), self.uc.reg_read(X.UC_X86_REG_CR3)
 
     def _pc(self) -> int:
         """emu_start's address: EIP/RIP (unicorn's 32- and 64-bit modes set it to it)."""
@@ -163,7 +163,7 @@ class UnicornCpu:
 
     def _linear_pc(self) -> int:
         uc = self.uc
-        eip = uc.reg_read(X.UC_X86_REG_EIP)
+        eip = uc.reg_read(self._ip)
         if uc.reg_read(X.UC_X86_REG_CR0) & CR0_PE:
             return eip  # flat code segments: what firmware and our kernels use
         return (uc.reg_read(X.UC_X86_REG_CS) << 4) + eip
@@ -175,7 +175,7 @@ class UnicornCpu:
             code = bytes(self.uc.mem_read(pc, 8)).hex(" ")
         except UcError:
             code = "(not readable)"
-        return (f"{self.uc.reg_read(X.UC_X86_REG_CS):#x}:{self.uc.reg_read(X.UC_X86_REG_EIP):#x} "
+        return (f"{self.uc.reg_read(X.UC_X86_REG_CS):#x}:{self.uc.reg_read(self._ip):#x} "
                 f"(linear {pc:#x}, CR0 {self.uc.reg_read(X.UC_X86_REG_CR0):#x}): {code}")
 
     def _state(self) -> CpuState:
@@ -200,7 +200,7 @@ class UnicornCpu:
         uc.reg_write(self._ip, n.rip)
 
     def _if(self) -> bool:
-        return bool(self.uc.reg_read(X.UC_X86_REG_EFLAGS) & 0x200)
+        return bool(self.uc.reg_read(self._flags) & 0x200)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -314,6 +314,7 @@ class UnicornCpu:
         docstring); the first time a block of the kernel runs, look for RDMSR/WRMSR in it
         and put a code hook on each, then run the block again so that the hooks are in its
         translation (firmware is not watched: it has no use for the synthetic MSRs)."""
+        # The stop check first: this runs for every block in RAM.
         if self._stop_requested or perf_counter_ns() >= self._slice_end:
             self._stopped_by_hook = True
             uc.emu_stop()
@@ -337,7 +338,7 @@ class UnicornCpu:
                 i = code.find(pattern, i + 1)
         if found:
             uc.ctl_remove_cache(address, address + size)
-            uc.reg_write(X.UC_X86_REG_EIP, uc.reg_read(X.UC_X86_REG_EIP))  # re-run the block
+            uc.reg_write(self._ip, uc.reg_read(self._ip))  # re-run the block
 
     def _msr(self, uc, address, size, _):
         if size != 2:
@@ -346,26 +347,30 @@ class UnicornCpu:
         msr = uc.reg_read(X.UC_X86_REG_ECX)
         if code not in (RDMSR, WRMSR) or msr not in MSR_SYNTHETIC:
             return  # the emulator's own MSRs (EFER, APIC base, …) run natively
-        eip = uc.reg_read(X.UC_X86_REG_EIP)
+        eip = uc.reg_read(self._ip)
         try:
             if code == RDMSR:
                 value = self.port.msr_read(msr)
-                uc.reg_write(X.UC_X86_REG_EAX, value & 0xFFFFFFFF)
-                uc.reg_write(X.UC_X86_REG_EDX, value >> 32)
+                # RDMSR writes EAX and EDX, zeroing the upper halves of RAX and RDX.
+                ax, dx = (X.UC_X86_REG_RAX, X.UC_X86_REG_RDX) if self.boot.long_mode else (X.UC_X86_REG_EAX,
+                                                                                          X.UC_X86_REG_EDX)
+                uc.reg_write(ax, value & 0xFFFFFFFF)
+                uc.reg_write(dx, value >> 32)
             else:
-                value = (uc.reg_read(X.UC_X86_REG_EDX) << 32) | uc.reg_read(X.UC_X86_REG_EAX)
-                self.port.msr_write(msr, value & 0xFFFFFFFFFFFFFFFF)
+                value = ((uc.reg_read(X.UC_X86_REG_EDX) & 0xFFFFFFFF) << 32) | (uc.reg_read(X.UC_X86_REG_EAX)
+                                                                               & 0xFFFFFFFF)
+                self.port.msr_write(msr, value)
         except GuestFault as f:
             self._fault(f, rip=eip)
             return
-        uc.reg_write(X.UC_X86_REG_EIP, eip + 2)  # skip the native instruction
+        uc.reg_write(self._ip, eip + 2)  # skip the native instruction
         self._after_exit()
 
     def _interrupt(self, uc, number, _):
         """INT n (EIP is past it: unicorn reports software interrupts here) — vectored
         through the guest's table.  An exception this emulation cannot attribute stops
         the VP, as a triple fault would."""
-        eip = uc.reg_read(X.UC_X86_REG_EIP)
+        eip = uc.reg_read(self._ip)
         pc = self._linear_pc()
         before = bytes(uc.mem_read(pc - 2, 2)) if pc >= 2 else b""
         if before == bytes((0xCD, number)) or (number == 3 and before[-1:] == b"\xcc"):
