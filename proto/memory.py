@@ -132,6 +132,11 @@ class GuestMemory:
             runs.append((start << PAGE_SHIFT, (self.pages - start) << PAGE_SHIFT))
         return runs
 
+    def slat_snapshot(self) -> bytes:
+        """The table as it is now: a backend that mapped ``mapped_runs`` compares it to see
+        whether HvCallMapGpaPages/UnmapGpaPages changed the map since."""
+        return bytes(self._slat_map)
+
     @property
     def ram(self) -> mmap.mmap:
         """The partition's RAM file as mapped here, indexed by GPA: the host memory behind

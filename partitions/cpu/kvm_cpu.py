@@ -8,6 +8,7 @@ interrupt window is requested).  Exits:
   element one intercept message; an OUT to ``HYPERCALL_PORT`` is the hypercall page's exit
   (registers by KVM_GET_REGS/KVM_SET_REGS);
 * KVM_EXIT_MMIO: any GPA without a memory slot (the SLAT's holes, writes to firmware ROM);
+  the slots follow the SLAT (a MapGpa/UnmapGpa is seen at the VP's next quantum end or HLT);
 * KVM_EXIT_X86_RDMSR/WRMSR: the synthetic range 0x40000000–0x400000FF, through an MSR filter
   (KVM_CAP_X86_USER_SPACE_MSR); a #GP from the hypervisor is KVM's to inject;
 * KVM_EXIT_HLT;
@@ -125,10 +126,12 @@ class KvmCpu:
         self.boot = boot
         self.port: ExitPort = port_factory(self.regs)
         self.counters = self.port.counters
-        self.counters.update(kvm_exits=0, kvm_kicks=0, kvm_injected=0)
+        self.counters.update(kvm_exits=0, kvm_kicks=0, kvm_injected=0, slat_remaps=0)
         self.vm = _ioctl(boot.kvm_fd, KVM_CREATE_VM, 0)
         self._maps: list[mmap.mmap] = []
         self._slot = 0
+        self._ram_slots: list[int] = []
+        self._slat = b""
         self._ram_view = None
         self.vcpu = -1
         self.run_map: mmap.mmap | None = None
@@ -138,17 +141,37 @@ class KvmCpu:
 
     # -- set-up ------------------------------------------------------------------------------
 
-    def _region(self, gpa: int, size: int, host: int, readonly: bool = False) -> None:
-        region = struct.pack("<IIQQQ", self._slot, KVM_MEM_READONLY if readonly else 0, gpa, size, host)
+    def _region(self, gpa: int, size: int, host: int, readonly: bool = False, slot: int | None = None) -> int:
+        """A memory slot (a new one unless ``slot``); size 0 deletes ``slot``."""
+        if slot is None:
+            slot, self._slot = self._slot, self._slot + 1
+        region = struct.pack("<IIQQQ", slot, KVM_MEM_READONLY if readonly else 0, gpa, size, host)
         _ioctl(self.vm, KVM_SET_USER_MEMORY_REGION, bytearray(region))
-        self._slot += 1
+        return slot
+
+    def _map_ram(self) -> None:
+        """A slot per range the SLAT maps now (the old ones deleted): at the start and
+        whenever HvCallMapGpaPages/UnmapGpaPages changed the table (seen at the VP's next
+        quantum end or HLT)."""
+        for slot in self._ram_slots:
+            self._region(0, 0, 0, slot=slot)
+        self._slat = self.mem.slat_snapshot()
+        base = ctypes.addressof(self._ram_view)
+        free = list(self._ram_slots)
+        self._ram_slots = []
+        for gpa, length in self.mem.mapped_runs():
+            if gpa < FOUR_GIB:
+                self._ram_slots.append(self._region(gpa, min(length, FOUR_GIB - gpa), base + gpa,
+                                                    slot=free.pop() if free else None))
+
+    def _slat_changed(self) -> None:
+        if self.mem.slat_snapshot() != self._slat:
+            self._map_ram()
+            self.counters["slat_remaps"] += 1
 
     def _map(self) -> None:
         self._ram_view = ctypes.c_char.from_buffer(self.mem.ram)
-        base = ctypes.addressof(self._ram_view)
-        for gpa, length in self.mem.mapped_runs():
-            if gpa < FOUR_GIB:
-                self._region(gpa, min(length, FOUR_GIB - gpa), base + gpa)
+        self._map_ram()
         for r in self.boot.regions:
             size = (len(r.data) + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
             m = mmap.mmap(-1, size)
@@ -285,6 +308,7 @@ class KvmCpu:
             if port.stop.is_set() or port.quantum_over:
                 run[1] = 0
                 port.quantum_exit()  # raises VpStopped when stopping
+                self._slat_changed()
             self._inject()
             self._in_run = True
             try:
@@ -309,6 +333,7 @@ class KvmCpu:
             elif reason == EXIT_HLT:
                 if not port.interrupt_pending:
                     port.halt(bool(run[13]))
+                    self._slat_changed()
             elif reason in (EXIT_INTR, EXIT_IRQ_WINDOW_OPEN):
                 pass
             else:

@@ -5,8 +5,8 @@ Memory: every guest-physical range the partition's SLAT maps is the partition's 
 mapped into the emulator in place (``mem_map_ptr``: the worker's DMA and the hypervisor's
 writes, such as the hypercall page, are seen at once); every other address below 4 GiB is
 MMIO whose accesses are exits (the worker's VGA, the local APIC's page, or nothing: an
-UnmappedGpa, as for the Python guest); firmware regions are the VP's own.  The SLAT is read
-when the VP starts (a later MapGpa/UnmapGpa is not seen until a reset: not built).
+UnmappedGpa, as for the Python guest); firmware regions are the VP's own.  A change of the
+SLAT (HvCallMapGpaPages/UnmapGpaPages) is seen at the VP's next quantum end or HLT.
 
 Exits, and how unicorn yields them:
 
@@ -59,6 +59,16 @@ UD = 6
 HLT = 0xF4
 
 
+def gaps(taken: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The (start, size) ranges below 4 GiB that none of ``taken`` (start, end) covers."""
+    out, at = [], 0
+    for start, end in sorted(taken) + [(FOUR_GIB, FOUR_GIB)]:
+        if start > at:
+            out.append((at, start - at))
+        at = max(at, end)
+    return out
+
+
 class UnicornCpu:
     def __init__(self, port_factory, mem, boot: Boot) -> None:
         """``port_factory(regs)`` makes the VP's :class:`ExitPort` given the register
@@ -77,11 +87,14 @@ class UnicornCpu:
         self._stop_requested = False
         self._stopped_by_hook = False
         self._slice_end = 0
+        self._firmware: list[tuple[int, int]] = []  # the boot's regions: (start, end)
+        self._gpa_maps: list[tuple[int, int]] = []  # RAM runs and MMIO holes: (gpa, size)
+        self._slat = b""
         self._scanned: set[int] = set()
         self._msr_hooks: set[int] = set()
         self._ram_view = None
         self.counters = self.port.counters
-        self.counters.update(msr_sites=0, software_interrupts=0)
+        self.counters.update(msr_sites=0, software_interrupts=0, slat_remaps=0)
 
     # -- set-up ----------------------------------------------------------------------------
 
@@ -89,27 +102,42 @@ class UnicornCpu:
         uc, mem = self.uc, self.mem
         # The emulator reads and writes the RAM file in place (a view, released at the end).
         self._ram_view = ctypes.c_char.from_buffer(mem.ram)
-        base = ctypes.addressof(self._ram_view)
-        taken = []
-        for gpa, length in mem.mapped_runs():
-            if gpa >= FOUR_GIB:
-                continue
-            length = min(length, FOUR_GIB - gpa)
-            uc.mem_map_ptr(gpa, length, UC_PROT_ALL, base + gpa)
-            taken.append((gpa, gpa + length))
         for r in self.boot.regions:
             size = (len(r.data) + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
             uc.mem_map(r.gpa, size, UC_PROT_ALL if r.writable else UC_PROT_READ | UC_PROT_EXEC)
             uc.mem_write(r.gpa, r.data)
-            taken.append((r.gpa, r.gpa + size))
-        # Everything else below 4 GiB: MMIO exits.
-        at = 0
-        for start, end in sorted(taken) + [(FOUR_GIB, FOUR_GIB)]:
-            if start > at:
-                uc.mmio_map(at, start - at, self._mmio_read, at, self._mmio_write, at)
-            at = max(at, end)
+            self._firmware.append((r.gpa, r.gpa + size))
+        self._map_gpa_space()
         for gpa, data in self.boot.load:
             mem.write(gpa, data)
+
+    def _map_gpa_space(self) -> None:
+        """RAM where the SLAT maps it now, MMIO everywhere else below 4 GiB (firmware
+        regions apart): done at the start and again whenever the table has changed."""
+        uc, mem = self.uc, self.mem
+        for gpa, size in self._gpa_maps:
+            uc.mem_unmap(gpa, size)
+        self._gpa_maps = []
+        self._slat = mem.slat_snapshot()
+        base = ctypes.addressof(self._ram_view)
+        ram = []
+        for gpa, length in mem.mapped_runs():
+            if gpa < FOUR_GIB:
+                length = min(length, FOUR_GIB - gpa)
+                uc.mem_map_ptr(gpa, length, UC_PROT_ALL, base + gpa)
+                ram.append((gpa, gpa + length))
+        holes = gaps(ram + self._firmware)
+        for at, size in holes:
+            uc.mmio_map(at, size, self._mmio_read, at, self._mmio_write, at)
+        self._gpa_maps = [(a, b - a) for a, b in ram] + holes
+
+    def _slat_changed(self) -> None:
+        """HvCallMapGpaPages/UnmapGpaPages since the map was made: make it again (checked
+        at quantum ends and HLT, where the VP is off its LP anyway)."""
+        if self.mem.slat_snapshot() != self._slat:
+            self._map_gpa_space()
+            self.uc.ctl_flush_tb()
+            self.counters["slat_remaps"] += 1
 
     def _hooks(self) -> None:
         uc = self.uc
@@ -120,11 +148,8 @@ class UnicornCpu:
         # a byte at a time), and there a stop waits for its next exit or HLT (its 32-bit
         # code runs with interrupts off; it idles in HLT), or the scheduler's forced
         # preemption if it overruns its quantum.
-        at = 0
-        for start, end in sorted((r.gpa, r.gpa + len(r.data)) for r in self.boot.regions) + [(FOUR_GIB, FOUR_GIB)]:
-            if start > at:
-                uc.hook_add(UC_HOOK_BLOCK, self._scan_block, None, at, start - 1)
-            at = max(at, end)
+        for at, size in gaps([(r.gpa, r.gpa + len(r.data)) for r in self.boot.regions]):
+            uc.hook_add(UC_HOOK_BLOCK, self._scan_block, None, at, at + size - 1)
         uc.hook_add(UC_HOOK_INTR, self._interrupt)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._invalid)
 
@@ -218,6 +243,7 @@ class UnicornCpu:
                 self._vector(port.take_interrupt())
             if port.quantum_over:
                 port.quantum_exit()
+                self._slat_changed()
                 continue
             self._stopped_by_hook = self._stop_requested = False
             self._slice_end = perf_counter_ns() + min(port.quantum_left_ns, MAX_SLICE_NS)
@@ -231,6 +257,7 @@ class UnicornCpu:
             if pc and bytes(uc.mem_read(pc - 1, 1))[0] == HLT:
                 if not (port.interrupt_pending and self._if()):  # one already here wakes it at once
                     port.halt(self._if())
+                    self._slat_changed()
 
     def _after_exit(self) -> None:
         """After an exit inside a hook: back to the loop at the next block if an interrupt

@@ -103,3 +103,32 @@ def test_int_n_in_real_mode_goes_through_the_ivt_and_iret_comes_back(tmp_path, c
     assert port.of("out") == [("out", 0x80, 2, 0x55)]
     if cpu == "unicorn":  # unicorn vectors INT n itself; KVM's CPU does
         assert port.counters["software_interrupts"] == 1
+
+
+def test_an_unmapgpa_reaches_the_backend_at_the_next_halt(tmp_path, cpu):
+    # 1: mov 0x5000,%eax; out %eax,$0x80; hlt; jmp 1b
+    code = bytes.fromhex("a100500000e780f4ebf6")
+    halts = []
+
+    def unmap_page_5_then_stop(port):
+        halts.append(1)
+        if len(halts) == 1:  # the hypervisor's HvCallUnmapGpaPages, as the SLAT shows it
+            with open(tmp_path / "slat", "r+b") as f:
+                f.seek(5 * 4)
+                f.write(b"\xff\xff\xff\xff")
+            return True
+        return False
+    mem = guest_memory(tmp_path)
+    mem.write_int(0x5000, 4, 0x1234)
+    boot = Boot(False, 0, CODE, load=[(CODE, code)])
+    backend, port = make(cpu, mem, boot, on_halt=unmap_page_5_then_stop)
+    try:
+        with pytest.raises(VpStopped):
+            backend.run()
+    finally:
+        backend.close()
+        if boot.kvm_fd is not None:
+            os.close(boot.kvm_fd)
+    assert port.of("out") == [("out", 0x80, 4, 0x1234), ("out", 0x80, 4, 0x12345678)]
+    assert port.of("mmio_read") == [("mmio_read", 0x5000, 4)]
+    assert port.counters["slat_remaps"] == 1
