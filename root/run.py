@@ -126,6 +126,7 @@ class Run:
             spec = {"endpoint": self.endpoint, "server_key": self.server_key, "partition_id": pid, "name": pc.name,
                     "vps": pc.vps, "memory_mb": pc.memory_mb, "workloads": pc.workloads,
                     "cpu": pc.backend, "firmware": pc.firmware, "kernel": pc.kernel,
+                    "initrd": pc.initrd, "cmdline": pc.cmdline,
                     "base_dir": str(self.topology.base_dir) if self.topology.base_dir else None,
                     # 0 means "until stopped": the guest runs its workloads for a day.
                     "duration_s": self.duration if self.duration > 0 else UNTIL_STOPPED_S}

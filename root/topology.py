@@ -70,6 +70,8 @@ class PartitionConfig:
     backend: str = "python"  # what runs the guest: partitions.cpu.BACKENDS (`cpu = "unicorn"`)
     firmware: str | None = None  # "seabios" (a real-CPU backend only)
     kernel: str | None = None  # a test kernel of ours by name, or a path (a real-CPU backend only)
+    initrd: str | None = None  # with a Linux kernel (a bzImage): its initramfs
+    cmdline: str | None = None  # with a Linux kernel: its command line
 
     @property
     def privileges(self) -> int:
@@ -217,7 +219,8 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
         if not isinstance(p, dict):
             raise err(t, i, None, f"must be a table, got {type(p).__name__} {p!r}")
         check_keys(p, {"name", "vps", "memory_mb", "enlightenments", "recommendations", "spin_retry",
-                       "workloads", "chipset", "disk", "cpu", "device", "firmware", "kernel"}, t, i)
+                       "workloads", "chipset", "disk", "cpu", "device", "firmware", "kernel", "initrd",
+                       "cmdline"}, t, i)
         pname = get(p, "name", str, t, i, required=True)
         if not NAME_RE.match(pname):
             raise err(t, i, "name", f"{pname!r} must be lowercase letters, digits, - or _ (≤32)")
@@ -346,7 +349,8 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
             dev_names.add(dname)
             devices.append(dict(d))
         parts.append(PartitionConfig(pname, vps, mem, list(enl), list(rec), spin, list(wls), chipset, disk,
-                                     devices, dict(cpu), backend, firmware, kernel))
+                                     devices, dict(cpu), backend, firmware, kernel, *linux_args(p, t, i, kernel, base_dir,
+                                                                                           err, get)))
     return Topology(source, base_dir, name, duration, lps, transport, parts)
 
 
@@ -387,6 +391,21 @@ def real_cpu(p: dict, t: str, i: int, base_dir: Path | None, err, get) -> tuple[
     if get(p, "vps", int, t, i, 1) != 1:
         raise err(t, i, "vps", f"cpu = {backend!r} runs one VP (application processors are not built)")
     return backend, firmware, kernel
+
+
+def linux_args(p: dict, t: str, i: int, kernel: str | None, base_dir: Path | None, err, get) -> tuple:
+    """``initrd`` and ``cmdline``, for a Linux kernel (a bzImage) only."""
+    from partitions.cpu.boot import kernel_path
+    from partitions.cpu.linux import is_bzimage
+    initrd, cmdline = get(p, "initrd", str, t, i, None), get(p, "cmdline", str, t, i, None)
+    if initrd is None and cmdline is None:
+        return None, None
+    where = str(base_dir) if base_dir else None
+    if kernel is None or not is_bzimage(kernel_path(kernel, where).read_bytes()[:0x300]):
+        raise err(t, i, "initrd" if initrd is not None else "cmdline", "needs kernel = a Linux bzImage")
+    if initrd is not None and not kernel_path(initrd, where).is_file():
+        raise err(t, i, "initrd", f"{initrd!r}: no such file")
+    return initrd, cmdline
 
 
 def device_ports(spec: dict) -> list[int]:

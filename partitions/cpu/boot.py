@@ -9,7 +9,8 @@ process is confined (so the files need only be readable by whoever starts it).
 * ``kernel = PATH``: a flat 32-bit image loaded at 1 MiB and entered there in 32-bit
   protected mode with paging off and flat segments (as a multiboot loader leaves it), the
   form of the test kernels in ``partitions/guests``; one marked with LONG_MODE_MAGIC is
-  entered in 64-bit mode instead (see below).
+  entered in 64-bit mode instead (see below); a bzImage is loaded by the Linux boot
+  protocol (:mod:`partitions.cpu.linux`), with ``initrd`` and ``cmdline``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from partitions.cpu import linux
 
 SEABIOS_PATHS = ("/usr/share/seabios/bios.bin", "/usr/share/qemu/bios.bin")
 SHADOW_BASE = 0xE0000
@@ -54,6 +57,7 @@ class Boot:
     # Where code that may use the synthetic MSRs runs (unicorn watches it for RDMSR/WRMSR).
     msr_code: list[tuple[int, int]] = field(default_factory=list)
     long_mode: bool = False  # entered in 64-bit mode: LONG_MODE_* below, in guest RAM
+    rsi: int = 0  # RSI at entry (Linux: the zero page)
 
     @property
     def entry(self) -> int:
@@ -98,6 +102,13 @@ def long_mode_tables() -> list[tuple[int, bytes]]:
     pds = b"".join((i * 0x200000 | 0x83).to_bytes(8, "little") for i in range(2048))
     gdt = b"".join(e.to_bytes(8, "little") for e in GDT_ENTRIES)
     return [(GDT_GPA, gdt), (PML4_GPA, pml4 + pdpt + pds)]
+
+
+def guest_ram(memory_mb: int) -> list[tuple[int, int]]:
+    """The RAM the root maps for a partition of ``memory_mb`` (root/hostflow.py): below
+    640 KiB and from 1 MiB up, as (gpa, length)."""
+    top = memory_mb << 20
+    return [(0, min(top, 0xA0000))] + ([(0x100000, top - 0x100000)] if top > 0x100000 else [])
 
 
 def seabios_path() -> str | None:
@@ -148,6 +159,21 @@ def prepare(spec: dict) -> Boot:
             raise BootError(f"kernel {spec['kernel']!r}: {path}: {e.strerror}") from None
         if not image or len(image) > MAX_KERNEL_BYTES:
             raise BootError(f"kernel {path}: {len(image)} bytes (1 byte to 16 MiB)")
+        if linux.is_bzimage(image):
+            initrd = b""
+            if spec.get("initrd"):
+                ipath = kernel_path(spec["initrd"], spec.get("base_dir"))
+                try:
+                    initrd = ipath.read_bytes()
+                except OSError as e:
+                    raise BootError(f"initrd {spec['initrd']!r}: {ipath}: {e.strerror}") from None
+            try:
+                loads, rip, rsi = linux.load(image, guest_ram(spec.get("memory_mb", 16)), spec.get("cmdline") or "",
+                                             initrd)
+            except linux.NotLinux as e:
+                raise BootError(f"kernel {path}: {e}") from None
+            return Boot(False, 0, rip, load=[*long_mode_tables(), *loads], long_mode=True, rsi=rsi,
+                        what=f"Linux {path.name} (64-bit boot protocol)")
         if image[8:16] == LONG_MODE_MAGIC:
             return Boot(False, 0, KERNEL_BASE + LONG_MODE_ENTRY, load=[*long_mode_tables(), (KERNEL_BASE, image)],
                         what=f"kernel {path.name} (64-bit entry)", long_mode=True,

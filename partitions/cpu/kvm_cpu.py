@@ -232,6 +232,7 @@ class KvmCpu:
             struct.pack_into("<QQQQ", sregs, 224, LONG_MODE_CR0, 0, PML4_GPA, LONG_MODE_CR4)
             struct.pack_into("<Q", sregs, 264, LONG_MODE_EFER)
             struct.pack_into("<Q", regs, 16 * 8, self.boot.ip)
+            struct.pack_into("<Q", regs, 4 * 8, self.boot.rsi)
         elif not self.boot.real_mode:
             # Flat 32-bit protected mode, paging off, as a multiboot loader leaves it.
             code = (0, 0xFFFFFFFF, 0x08, 0xB, 1, 0, 1, 1, 0, 1, 0, 0)

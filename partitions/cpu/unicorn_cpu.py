@@ -165,6 +165,7 @@ class UnicornCpu:
             for seg in (X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_SS):
                 uc.reg_write(seg, 0x10)
             uc.reg_write(self._ip, self.boot.ip)
+            uc.reg_write(X.UC_X86_REG_RSI, self.boot.rsi)
             uc.reg_write(self._flags, 0x2)
             return
         if self.boot.real_mode:
