@@ -172,7 +172,10 @@ def prepare(spec: dict) -> Boot:
                                              initrd)
             except linux.NotLinux as e:
                 raise BootError(f"kernel {path}: {e}") from None
+            # The BIOS area Linux scans (option ROMs, the MP table, the RSDP): read-only zeros,
+            # as a machine whose firmware left nothing there (reads of unmapped GPAs #GP here).
             return Boot(False, 0, rip, load=[*long_mode_tables(), *loads], long_mode=True, rsi=rsi,
+                        regions=[Region(OPTION_ROM_BASE, bytes(0x40000), writable=False)],
                         what=f"Linux {path.name} (64-bit boot protocol)")
         if image[8:16] == LONG_MODE_MAGIC:
             return Boot(False, 0, KERNEL_BASE + LONG_MODE_ENTRY, load=[*long_mode_tables(), (KERNEL_BASE, image)],

@@ -5,6 +5,7 @@ Python guest's are; SeaBIOS boots our boot disk on both."""
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -101,3 +102,32 @@ def test_seabios_boots_our_boot_sector_from_the_ata_disk(hvstack_run, cpu):
     assert "hvstack boot sector: INT 13h read sectors 1-2: signature and checksum ok" in screen, screen
     exits = run_exits(run.stats())
     assert exits.get("io_port", 0) > 500 and exits.get("mmio", 0) > 0, exits  # POST's port I/O, the screen
+
+
+def test_a_linux_bzimage_boots_through_the_boot_protocol(hvstack_run):
+    """Needs a kernel: HVSTACK_LINUX_KERNEL=path/to/vmlinuz (e.g. Debian's
+    linux-image-*-cloud-amd64, `apt-get download` + `dpkg-deb -x`).  Its decompressor's
+    first line on COM1 is the check (on PVM hosts the kernel proper stops later, in KVM's
+    instruction emulator)."""
+    kernel = os.environ.get("HVSTACK_LINUX_KERNEL")
+    if not kernel:
+        pytest.skip("no Linux kernel: set HVSTACK_LINUX_KERNEL to a bzImage to run it")
+    if unavailable("kvm"):
+        pytest.skip(unavailable("kvm"))
+    run = hvstack_run(toml=LINUX.format(kernel=kernel), timeout=60)
+    console = run.wait_for_console("lnx", "KASLR disabled: 'nokaslr' on cmdline", timeout=60)
+    assert run_exits(run.stats()).get("io_port", 0) > 10  # its 8250 set-up and the line
+
+
+LINUX = """
+[run]
+name = "linux"
+logical_processors = 1
+
+[[partition]]
+name = "lnx"
+cpu = "kvm"
+kernel = "{kernel}"
+cmdline = "console=ttyS0 earlyprintk=serial nokaslr noapic nolapic acpi=off pci=off tsc=reliable"
+memory_mb = 256
+"""
