@@ -373,7 +373,7 @@ def real_cpu(p: dict, t: str, i: int, base_dir: Path | None, err, get) -> tuple[
     if backend == "python":
         for key, value in (("firmware", firmware), ("kernel", kernel)):
             if value is not None:
-                raise err(t, i, key, f"needs a real CPU: cpu = \"unicorn\" or \"kvm\"")
+                raise err(t, i, key, "needs a real CPU: cpu = \"unicorn\" or \"kvm\"")
         return backend, None, None
     why = unavailable(backend)
     if why:

@@ -30,7 +30,6 @@ import os
 import signal
 import struct
 import threading
-from time import perf_counter_ns
 
 from proto.memory import PAGE_SIZE
 from partitions.cpu.boot import (FOUR_GIB, GDT_ENTRIES, GDT_GPA, LONG_MODE_CR0, LONG_MODE_CR4, LONG_MODE_EFER,
@@ -415,7 +414,7 @@ class KvmCpu:
         _ioctl(self.vcpu, KVM_GET_VCPU_EVENTS, events)
         events[0], events[1], events[2] = 1, vector, 1 if vector in (8, 10, 11, 12, 13, 14, 17) else 0
         struct.pack_into("<I", events, 4, 0)
-        struct.pack_into("<I", events, 16, 0)  # flags: nothing else to set
+        struct.pack_into("<I", events, 20, 0)  # flags: no NMI, SIPI or shadow state to set
         _ioctl(self.vcpu, KVM_SET_VCPU_EVENTS, events)
 
     def close(self) -> None:

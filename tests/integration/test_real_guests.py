@@ -115,7 +115,7 @@ def test_a_linux_bzimage_boots_through_the_boot_protocol(hvstack_run):
     if unavailable("kvm"):
         pytest.skip(unavailable("kvm"))
     run = hvstack_run(toml=LINUX.format(kernel=kernel), timeout=60)
-    console = run.wait_for_console("lnx", "KASLR disabled: 'nokaslr' on cmdline", timeout=60)
+    run.wait_for_console("lnx", "KASLR disabled: 'nokaslr' on cmdline", timeout=60)
     assert run_exits(run.stats()).get("io_port", 0) > 10  # its 8250 set-up and the line
 
 
