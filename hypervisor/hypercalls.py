@@ -52,6 +52,8 @@ from proto.hvcall import (
     HV_INPUT_INITIALIZE_PARTITION,
     HV_INPUT_MAP_GPA_PAGES,
     HV_INPUT_NOTIFY_LONG_SPIN_WAIT,
+    HV_INPUT_POST_MESSAGE,
+    HV_INPUT_SIGNAL_EVENT,
     HV_INPUT_SET_PARTITION_PROPERTY,
     HV_INPUT_SET_VP_REGISTERS,
     HV_INPUT_SWITCH_VIRTUAL_ADDRESS_SPACE,
@@ -68,6 +70,7 @@ from proto.hvcall import (
 )
 
 from hypervisor.registers import VpRegisters
+from hypervisor.synic_ports import hv_post_message, hv_signal_event
 from hypervisor.memory import MAX_GPA_PAGES, MemoryRefused, MemoryManager
 from hypervisor.scheduler import FULL
 from hypervisor.tlb import Tlbs
@@ -127,6 +130,7 @@ class Hypercalls:
         self.registers = registers or VpRegisters()
         self.counts: dict[int, int] = {}
         self.failures: dict[str, int] = {}
+        self.synic_ports = None  # hypervisor.synic_ports.SynicPorts: PostMessage and SignalEvent
 
     def dispatch(self, caller: Caller, control: int, data: bytes) -> tuple[int, bytes]:
         """Returns (result value for RAX, output block)."""
@@ -469,8 +473,10 @@ SPECS: dict[int, CallSpec] = {
     C.HvCallGetVpRegisters: CallSpec(_ROOT, H.get_vp_registers, rep=True, layout=HV_INPUT_GET_VP_REGISTERS),
     C.HvCallSetVpRegisters: CallSpec(_ROOT, H.set_vp_registers, rep=True, layout=HV_INPUT_SET_VP_REGISTERS),
     C.HvCallTranslateVirtualAddress: CallSpec(0),
-    C.HvCallPostMessage: CallSpec(HvPrivilege.PostMessages),
-    C.HvCallSignalEvent: CallSpec(HvPrivilege.SignalEvents),
+    # SynIC (hypervisor/synic_ports.py): the payload after PostMessage's 16-byte header is
+    # checked against its PayloadSize by the handler.
+    C.HvCallPostMessage: CallSpec(HvPrivilege.PostMessages, hv_post_message, layout=HV_INPUT_POST_MESSAGE),
+    C.HvCallSignalEvent: CallSpec(HvPrivilege.SignalEvents, hv_signal_event, layout=HV_INPUT_SIGNAL_EVENT),
     C.HvCallRegisterInterceptResult: CallSpec(_ROOT),
     C.HvCallAssertVirtualInterrupt: CallSpec(_ROOT),
     C.HvCallCreatePort: CallSpec(HvPrivilege.CreatePort),

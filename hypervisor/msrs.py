@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from proto.codes import HvMsr, HvPrivilege, X86Exception
 
+from hypervisor import synic_msrs
 from hypervisor.apic import APIC_TIMER_HZ
 
 from hypervisor.partitions import Partition, VirtualProcessor
@@ -22,6 +23,8 @@ HYPERCALL_WRITABLE = ~((1 << 12) - 1) & 0xFFFFFFFFFFFFFFFF | HYPERCALL_ENABLE | 
 
 
 def rdmsr(part: Partition, vp: VirtualProcessor, msr: int) -> tuple[int, int]:
+    if synic_msrs.handles(msr):  # SynIC, synthetic timers, reference TSC page
+        return synic_msrs.rdmsr(part, vp, msr)
     priv = part.privileges
     vp_index = vp.index
     if msr == HvMsr.HV_X64_MSR_GUEST_OS_ID and priv & HvPrivilege.AccessHypercallMsrs:
@@ -44,6 +47,8 @@ def rdmsr(part: Partition, vp: VirtualProcessor, msr: int) -> tuple[int, int]:
 
 def wrmsr(part: Partition, vp: VirtualProcessor, msr: int, value: int) -> int:
     """Returns the fault to inject (X86Exception.NONE when the write took)."""
+    if synic_msrs.handles(msr):  # SynIC, synthetic timers, reference TSC page
+        return synic_msrs.wrmsr(part, vp, msr, value)
     priv = part.privileges
     if msr == HvMsr.HV_X64_MSR_GUEST_OS_ID and priv & HvPrivilege.AccessHypercallMsrs:
         part.guest_os_id = value

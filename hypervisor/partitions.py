@@ -13,6 +13,7 @@ from proto.stats import PathStats
 from hypervisor.apic import Apic
 from hypervisor.interrupts import InterruptQueue
 from hypervisor.scheduler import CpuControls, VpSched, VpState
+from hypervisor.synic import SynicVp
 
 # The partition ID of the root; children are numbered from 1 (HV_PARTITION_ID_SELF is not
 # a real ID, so 0 is never handed out to a child).
@@ -46,6 +47,7 @@ class VirtualProcessor:
     rflags: int = RFLAGS_FIXED
     cr3: int = 0
     regs_written: dict = field(default_factory=dict)  # root writes not yet seen by the running VP
+    synic: SynicVp = field(default_factory=SynicVp)  # its SynIC registers and message queues (synic.py)
 
     def __post_init__(self) -> None:
         if self.apic is None:
@@ -68,6 +70,7 @@ class VirtualProcessor:
         self.regs_written.clear()
         self.apic = Apic(self.index)
         self.assist_page = 0
+        self.synic = SynicVp()
 
 
 @dataclass
@@ -91,6 +94,8 @@ class Partition:
     # Partition-wide synthetic MSRs (TLFS: GUEST_OS_ID and HYPERCALL are per partition).
     guest_os_id: int = 0
     hypercall_msr: int = 0
+    reference_tsc: int = 0  # HV_X64_MSR_REFERENCE_TSC (tsc_page.py)
+    tsc_sequence: int = 0  # the TscSequence last published in its page
     console_watchers: set[bytes] = field(default_factory=set)
     unclaimed_reads: int = 0
     unclaimed_writes: int = 0
@@ -107,6 +112,7 @@ class Partition:
         self.resets += 1
         self.guest_os_id = 0
         self.hypercall_msr = 0
+        self.reference_tsc = 0
 
     @property
     def hypercalls_enabled(self) -> bool:

@@ -127,3 +127,12 @@ __all__ = [
     "pack_rep",
     "unpack_rep",
 ]
+
+
+# -- SynIC (TLFS inter-partition communication) -------------------------------------------
+
+# HvCallPostMessage: ConnectionId u32, RsvdZ u32, MessageType u32, PayloadSize u32, then
+# Message[240] (Linux struct hv_input_post_message, 256 bytes in all).
+HV_INPUT_POST_MESSAGE = Struct("<IIII")
+# HvCallSignalEvent (memory or fast, RDX): ConnectionId u32, FlagNumber u16, RsvdZ u16.
+HV_INPUT_SIGNAL_EVENT = Struct("<IHH")

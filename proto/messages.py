@@ -47,7 +47,7 @@ MAX_FRAME_BYTES = 1 << 20
 # One page: TLFS hypercall parameter blocks must not cross a page.
 HV_PAGE_SIZE = 4096
 
-ROLES = ("root", "worker", "vp")
+ROLES = ("root", "worker", "vp", "vsp")  # vsp: the root's VMBus server (issue 10)
 ACCESS_SIZES = (1, 2, 4)
 MMIO_SIZES = (1, 2, 4, 8)
 # VpResume.fault value that is not an x86 exception: the partition is being reset (INIT),
@@ -661,3 +661,7 @@ __all__ = [
     "ConsoleData",
     "InputRequest",
 ]
+
+# The SynIC's messages (ids 70–84) register themselves in REGISTRY on import, so that
+# decode() knows every message whoever imports this module.
+from proto import synic_messages as _synic_messages  # noqa: E402,F401

@@ -54,6 +54,22 @@ EXAMPLES = {
     m.InputRequest: m.InputRequest(1, "console", b"ls\r"),
 }
 
+# SynIC ↔ vsp (issue 10, proto/synic_messages.py; ids 70–79).
+from proto import synic_messages as sm  # noqa: E402
+
+EXAMPLES.update({
+    sm.SynicConnect: sm.SynicConnect(1, 4, "message"),
+    sm.SynicDisconnect: sm.SynicDisconnect(1, 4),
+    sm.SynicMessageToRoot: sm.SynicMessageToRoot(1, 0, 4, 1, b"\x0e\x00\x00\x00" + bytes(36)),
+    sm.SynicEventToRoot: sm.SynicEventToRoot(1, 1, 0x2001, 0),
+    sm.SynicPost: sm.SynicPost(1, 0, 2, 1, b"\x0f\x00\x00\x00" + bytes(12)),
+    sm.SynicPostResult: sm.SynicPostResult(1, 0),
+    sm.SynicSignal: sm.SynicSignal(1, 0, 2, 7),
+    sm.SynicSignalResult: sm.SynicSignalResult(1, 0x18),
+    sm.GpaMapRequest: sm.GpaMapRequest(1, ((0x200, 16), (0x300, 1)), True),
+    sm.GpaMapReply: sm.GpaMapReply(1, 0, "run/mem-1.bin", ((0x200, 16), (0x300, 1))),
+})
+
 
 def test_every_registered_message_has_an_example():
     assert set(EXAMPLES) == set(m.REGISTRY.values())
