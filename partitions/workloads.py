@@ -22,6 +22,7 @@ from partitions.drivers import vga
 from partitions.drivers.ata import SECTOR, AtaError
 from partitions.drivers.serial import COM1, SCR
 from partitions.vp import Vp
+from partitions.vmbus_disk import wl_vmbus_disk, wl_vmbus_diskbench
 
 BATCH = 200  # operations per workload turn, so every workload gets time on every VP
 IDLE_S = 0.01
@@ -386,6 +387,8 @@ WORKLOADS = {
     "eoi_assist": wl_eoi_assist,
     "tlb_reader": wl_tlb_reader,
     "tlb_flusher": wl_tlb_flusher,
+    "vmbus_disk": wl_vmbus_disk,
+    "vmbus_diskbench": wl_vmbus_diskbench,
 }
 
 

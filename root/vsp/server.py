@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from proto import vmbus as vb
+from proto.memory import UnmappedGpa
 from proto.vmbus import ChannelMessage as Msg
 from proto.vmbus_ring import RingCorrupt, RingError
 
@@ -92,22 +93,23 @@ class PartitionBus:
     gpadls: dict[int, Gpadl] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     messages: int = 0
+    suppress: bool = True  # False: signal after every ring write (the experiment)
 
     def error(self, reason: str) -> None:
         self.errors[reason] = self.errors.get(reason, 0) + 1
 
 
 class VmbusServer:
-    def __init__(self, hv: Hypervisor, suppress: bool = True) -> None:
+    def __init__(self, hv: Hypervisor) -> None:
         self.hv = hv
-        self.suppress = suppress  # False: signal after every ring write (the experiment)
         self.partitions: dict[int, PartitionBus] = {}
         self.busy: set[tuple[int, int]] = set()  # (partition, relid) with packets still to drain
 
-    def add_partition(self, partition: int, mem, devices: list[Device]) -> None:
-        """Offer ``devices`` to ``partition``, relids from 1 in this order."""
+    def add_partition(self, partition: int, mem, devices: list[Device], suppress: bool = True) -> None:
+        """Offer ``devices`` to ``partition``, relids from 1 in this order; ``suppress``
+        False makes its channels signal after every write (the experiment)."""
         offers = {i: Offer(i, d) for i, d in enumerate(devices, start=1)}
-        self.partitions[partition] = PartitionBus(partition, mem, offers)
+        self.partitions[partition] = PartitionBus(partition, mem, offers, suppress=suppress)
 
     def connection_ids(self, partition: int) -> list[int]:
         """The event connections whose port is ours (HvConnectPort in the root)."""
@@ -245,7 +247,7 @@ class VmbusServer:
         if reason is None:
             try:
                 ch = OpenChannel.over(bus.mem, g.pfns, downstream, relid, gpadl, target_vp,
-                                      self._signaller(bus.id, target_vp, relid), self.suppress)
+                                      self._signaller(bus.id, target_vp, relid), bus.suppress)
                 offer.device.open(ch, bus.mem)
                 offer.channel = ch
             except RingError as e:
@@ -320,8 +322,8 @@ class VmbusServer:
         ch = offer.channel
         try:
             more = ch.drain(lambda packets: offer.device.on_packets(ch, packets))
-        except RingError as e:
-            # A corrupt ring (or a guest that never reads its completions): Hyper-V closes
+        except (RingError, UnmappedGpa) as e:
+            # A corrupt ring (or its pages unmapped since) (or a guest that never reads its completions): Hyper-V closes
             # the channel; the guest is told by a rescind.
             bus.error(f"channel reset: {getattr(e, 'reason', e)}")
             log.warning("partition %d channel %d reset: %s", bus.id, offer.relid, e)
