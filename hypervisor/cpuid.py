@@ -12,7 +12,9 @@ from proto.codes import (
     CPUID_1_ECX_HYPERVISOR_PRESENT,
     HV_INTERFACE_SIGNATURE,
     HV_VENDOR_SIGNATURE,
+    HV_STIMER_DIRECT_MODE_AVAILABLE,
     CpuidLeaf,
+    HvPrivilege,
 )
 
 from hypervisor.partitions import MAX_VPS_PER_PARTITION, Partition
@@ -50,7 +52,9 @@ def cpuid(part: Partition, vp_index: int, leaf: int, subleaf: int) -> tuple[int,
         return (HV_BUILD, (HV_MAJOR << 16) | HV_MINOR, 0, 0)
     if leaf == CpuidLeaf.HvCpuidFunctionMsHvFeatures:
         mask = part.privileges
-        return (mask & 0xFFFFFFFF, mask >> 32, 0, 0)
+        # EDX: feature bits; direct-mode synthetic timers (bit 19) come with the timers.
+        edx = HV_STIMER_DIRECT_MODE_AVAILABLE if mask & HvPrivilege.AccessSyntheticTimerMsrs else 0
+        return (mask & 0xFFFFFFFF, mask >> 32, 0, edx)
     if leaf == CpuidLeaf.HvCpuidFunctionMsHvEnlightenmentInformation:
         return (part.recommendations, part.spin_retry, 0, 0)
     if leaf == CpuidLeaf.HvCpuidFunctionMsHvImplementationLimits:

@@ -303,3 +303,14 @@ def result_value(status: int, reps_completed: int = 0) -> int:
     return (status & 0xFFFF) | ((reps_completed & REP_MASK) << 32)
 
 
+# -- SynIC and synthetic timers (issue 10) --------------------------------------------------
+
+# CPUID 0x40000003 EDX bit 19: STIMERn_CONFIG DirectMode is available.
+HV_STIMER_DIRECT_MODE_AVAILABLE = 1 << 19
+# What the topology's SynIC enlightenments give a child (root/topology.py): the SynIC MSRs
+# with PostMessage and SignalEvent (VMBus needs both); the synthetic timers; the reference
+# TSC page.
+HV_SYNIC_PRIVILEGES = HvPrivilege.AccessSynicMsrs | HvPrivilege.PostMessages | HvPrivilege.SignalEvents
+HV_STIMER_PRIVILEGES = HvPrivilege.AccessSyntheticTimerMsrs
+HV_TSC_PAGE_PRIVILEGES = HvPrivilege.AccessPartitionReferenceTsc
+

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from partitions.workloads import WORKLOADS as GUEST_WORKLOADS
 from proto.codes import HV_CHILD_ENLIGHTENED_PRIVILEGES, HV_SPIN_RETRY_NEVER, HvPrivilege, HvRecommendation
+from proto.codes import HV_STIMER_PRIVILEGES, HV_SYNIC_PRIVILEGES, HV_TSC_PAGE_PRIVILEGES
 from proto.errors import ConfigError
 from root import REPO
 from worker.devices.config import CHIPSETS, DEVICE_KEYS, DEVICE_TYPES, ISA_IRQS
@@ -33,6 +34,10 @@ ENLIGHTENMENTS = {
     "reference_counter": HvPrivilege.AccessPartitionReferenceCounter,
 }
 assert sum(ENLIGHTENMENTS.values()) == HV_CHILD_ENLIGHTENED_PRIVILEGES
+# Offered only where a topology names them (issue 10): the SynIC (with PostMessage and
+# SignalEvent), the synthetic timers, the reference TSC page.
+ENLIGHTENMENTS.update({"synic": HV_SYNIC_PRIVILEGES, "stimer": HV_STIMER_PRIVILEGES,
+                       "tsc_page": HV_TSC_PAGE_PRIVILEGES})
 RECOMMENDATIONS = {
     "address_space_switch_hypercall": HvRecommendation.UseHypercallForAddressSpaceSwitch,
     "local_flush_hypercall": HvRecommendation.UseHypercallForLocalFlush,
