@@ -33,6 +33,7 @@ SIEF_GPA = 0x201000
 RING_AREA = 0x210000  # each channel's GPADL: RING_PAGES pages per direction
 RING_PAGES = 16  # a header page and 60 KiB of data per direction
 SINT_VECTOR = 0xE2
+APIC_BASE, APIC_SVR = 0xFEE00000, 0xF0
 SINT_AUTO_EOI = 1 << 17
 HV_X64_MSR_SINT0 = 0x40000090
 MESSAGE_SLOT = 256
@@ -94,7 +95,10 @@ class Vmbus:
     # -- SynIC ----------------------------------------------------------------------------------
 
     def init_synic(self, vp: Vp) -> None:
+        """The SIM and SIEF pages, SINT 2 (AutoEOI) and SCONTROL; the local APIC software-
+        enabled, since SINTs arrive through it."""
         vp.set_handler(SINT_VECTOR, self.on_interrupt)
+        vp.write(APIC_BASE + APIC_SVR, 4, 0x1FF)
         vp.write_bytes(SIMP_GPA, bytes(4096))
         vp.write_bytes(SIEF_GPA, bytes(4096))
         vp.wrmsr(HvMsr.HV_X64_MSR_SIMP, SIMP_GPA | 1)

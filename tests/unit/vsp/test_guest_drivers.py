@@ -87,6 +87,9 @@ class SimVp:
         return int.from_bytes(self.mem.read(gpa, size), "little")
 
     def write(self, gpa, size, value):
+        if gpa >= 0xFEE00000:
+            self.msrs["apic", gpa] = value  # MMIO: the local APIC
+            return
         self.mem.write(gpa, value.to_bytes(size, "little"))
 
     def write_bytes(self, gpa, data):
