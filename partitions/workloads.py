@@ -23,6 +23,7 @@ from partitions.drivers.ata import SECTOR, AtaError
 from partitions.drivers.serial import COM1, SCR
 from partitions.vp import Vp
 from partitions.vmbus_disk import wl_vmbus_disk, wl_vmbus_diskbench
+from partitions.vmbus_hostile import wl_vmbus_hostile
 
 BATCH = 200  # operations per workload turn, so every workload gets time on every VP
 IDLE_S = 0.01
@@ -389,6 +390,7 @@ WORKLOADS = {
     "tlb_flusher": wl_tlb_flusher,
     "vmbus_disk": wl_vmbus_disk,
     "vmbus_diskbench": wl_vmbus_diskbench,
+    "vmbus_hostile": wl_vmbus_hostile,
 }
 
 

@@ -1,0 +1,53 @@
+"""Synthetic devices through the real processes (issue 10): the root's VSP process serves
+two enlightened partitions; one writes and verifies data on its synthetic disk while the
+other attacks the VMBus server."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from root.testrun import handler_errors_in_logs
+
+from tests.support import REPO, run_launch_py, short_run_root
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_synthetic_disk_keeps_verifying_beside_a_hostile_partition():
+    run_root = short_run_root()
+    r = run_launch_py("run", str(REPO / "tests/configs/vmbus-hostile.toml"), "--duration", "4",
+                      run_root=run_root, timeout=90)
+    out = r.stdout
+    assert r.returncode == 0, out + r.stderr
+    run_dir = next(Path(run_root).iterdir())
+    # alpha: the bus came up and every round verified
+    assert "[alpha] vmbus: version 5.2, 1 offer(s); storvsc protocol 6.2 on channel 1: 64 MiB" in out
+    rounds = [line for line in out.splitlines() if "[alpha] vmbus_disk: round" in line]
+    assert len(rounds) >= 3 and all("verified" in line for line in rounds), out
+    assert "64 KiB x8" in out and "random" in out
+    # beta: each attack refused
+    assert "GPADL outside memory: creation_status 0xc0000001" in out
+    assert "channel opened twice: status 0xc0000001" in out
+    assert "SRB longer than its pages: refused" in out
+    assert "corrupt ring: channel 1 rescinded" in out
+    # the VSP process counted them, raised nothing, and is gone with the run
+    status = json.loads((run_dir / "vsp-status.json").read_text())
+    ids = {name: p["id"] for name, p in json.loads((run_dir / "manifest.json").read_text())["partitions"].items()}
+    alpha, beta = status["partitions"][str(ids["alpha"])], status["partitions"][str(ids["beta"])]
+    assert alpha["errors"] == {} and alpha["channels"]["1"]["state"] == "open"
+    assert alpha["channels"]["1"]["packets_in"] >= 3 * 17
+    assert beta["channels"]["1"]["state"] == "rescinded"
+    assert {"GPADL pages outside the partition", "OPENCHANNEL of an open channel"} <= set(beta["errors"])
+    assert any(k.startswith("channel reset") for k in beta["errors"])
+    assert status["devices"][str(ids["beta"])]["1"]["errors"] == {"SRB longer than its page list": 1}
+    assert status["handler_errors"] == 0 and not handler_errors_in_logs(run_dir)
+    man = json.loads((run_dir / "manifest.json").read_text())
+    assert "vsp:vsp" in man["ended"]["exits"] and man["ended"]["left_running"] == []
+    image = run_dir / "vmbus-disk-alpha.img"
+    assert stat.S_IMODE(os.stat(image).st_mode) == 0o600
+    assert b"alpha vmbus round 000002" in image.read_bytes()[:16 << 20]
