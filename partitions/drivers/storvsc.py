@@ -87,6 +87,9 @@ class Storvsc:
         signal when nothing is there."""
         deadline = time.monotonic() + timeout
         while True:
+            # The event flag is cleared before the ring is read (Linux vmbus_chan_sched):
+            # a completion written after this read finds it clear, so its signal interrupts.
+            self.ch.bus.clear_event(vp, self.ch.relid)
             for p in self.ch.receive(vp):
                 if p.type == VM_PKT_COMP:
                     self.done[p.transaction_id] = p.payload
@@ -96,7 +99,6 @@ class Storvsc:
                 raise VmbusError("the channel was rescinded")
             if time.monotonic() > deadline:
                 raise ScsiError(f"{sum(t not in self.done for t in tids)} requests not completed in {timeout} s")
-            self.ch.bus.clear_event(vp, self.ch.relid)
             if self.ch.to_guest.is_empty():
                 vp.sti()
                 vp.hlt()

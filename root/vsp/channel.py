@@ -13,6 +13,7 @@ guest's read signals).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from time import perf_counter_ns
 
 from proto.vmbus_ring import PagedView, Ring, RingFull
 
@@ -28,6 +29,8 @@ class ChannelStats:
     signals_out: int = 0  # our signals to the guest
     signals_suppressed: int = 0  # host→guest writes that needed no signal
     ring_full: int = 0  # writes that found the host→guest ring full
+    drains: int = 0  # times the guest→host ring was drained
+    work_ns: int = 0  # time spent reading the ring, in the device and writing completions
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -102,6 +105,14 @@ class OpenChannel:
         each batch) until the ring stays empty with the interrupt mask cleared; True when
         DRAIN_ROUNDS were not enough (the caller comes back: the guest will not signal a
         ring that is not empty).  RingCorrupt propagates."""
+        t0 = perf_counter_ns()
+        try:
+            return self._drain(handle)
+        finally:
+            self.stats.drains += 1
+            self.stats.work_ns += perf_counter_ns() - t0
+
+    def _drain(self, handle) -> bool:
         if self.backlog:
             self.flush()
         ring = self.to_host
