@@ -60,7 +60,8 @@ def guest_run(directory: str, suppression: bool, ata: bool = True) -> dict:
             deadline = time.monotonic() + TIMEOUT_S
             while True:
                 run._check_procs()
-                guest = run.status().partitions[0].vps[0].guest
+                part = run.status().partitions[0]
+                guest = part.vps[0].guest
                 if last in guest:
                     break
                 if time.monotonic() > deadline:
@@ -76,7 +77,9 @@ def guest_run(directory: str, suppression: bool, ata: bool = True) -> dict:
                 run.finish(reason, code)
             os.umask(old_umask)
     vsp = json.loads((run.run.path / "vsp-status.json").read_text())
-    return {"guest": dict(guest), "vsp": vsp, "console": console}
+    paths = {name: {"n": st.total.n, "p50_us": st.total.percentile(50) / 1e3, "p99_us": st.total.percentile(99) / 1e3}
+             for name, st in part.paths.items()}
+    return {"guest": dict(guest), "vsp": vsp, "console": console, "paths": paths}
 
 
 def host_write_mb_s(directory: str, total: int, chunk: int = 64 * 1024) -> float:
@@ -132,6 +135,7 @@ def measure(samples: int = 2000) -> dict:
         "floor_4hop": floor_4hop(samples),
         "suppression_off_qd8": phase(off["guest"], "qd8"),
         "vsp_channels": {pid: p["channels"] for pid, p in chans.items()},
+        "paths": on["paths"],
     }
 
 

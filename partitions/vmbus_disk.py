@@ -127,6 +127,7 @@ def _phase(vp: Vp, disk: Disk, name: str, batches: list[list[tuple[int, int, int
     CACHE; the figures go into the VP's counters under ``vmbus_NAME_*``."""
     sc, bus = disk.sc, disk.bus
     sig0, irq0, exits0 = sc.ch.signals_sent, bus.interrupts, vp.exits
+    submit0, wait0, halts0 = sc.submit_ns, sc.wait_ns, sc.halts
     lat: list[int] = []
     t0 = time.perf_counter_ns()
     for batch in batches:
@@ -139,7 +140,8 @@ def _phase(vp: Vp, disk: Disk, name: str, batches: list[list[tuple[int, int, int
     lat.sort()
     out = {"bytes": sum(n for b in batches for _, n, _ in b), "ns": ns, "requests": requests,
            "guest_signals": sc.ch.signals_sent - sig0, "host_interrupts": bus.interrupts - irq0,
-           "exits": vp.exits - exits0, "p50_ns": lat[len(lat) // 2], "p99_ns": lat[min(len(lat) - 1, len(lat) * 99 // 100)]}
+           "exits": vp.exits - exits0, "submit_ns": sc.submit_ns - submit0, "wait_ns": sc.wait_ns - wait0,
+           "halts": sc.halts - halts0, "p50_ns": lat[len(lat) // 2], "p99_ns": lat[min(len(lat) - 1, len(lat) * 99 // 100)]}
     vp.counters.update({f"vmbus_{name}_{k}": v for k, v in out.items()})
     return out
 

@@ -36,6 +36,9 @@ class Storvsc:
         self.version = 0
         self.blocks = 0
         self.max_transfer = 0
+        # Where a request's time goes, guest side: writing the ring (and signalling), and
+        # waiting for completions (halted, or reading the ring).
+        self.submit_ns = self.wait_ns = self.halts = 0
 
     def _next(self) -> int:
         self.tid = (self.tid + 1) & 0xFFFFFFFFFFFFFFFF or 1
@@ -80,11 +83,20 @@ class Storvsc:
         return tid, encode_gpa_direct(pkt, [rng], tid)
 
     def submit(self, vp: Vp, packets: list[bytes]) -> None:
+        t0 = time.perf_counter_ns()
         self.ch.send(vp, packets)
+        self.submit_ns += time.perf_counter_ns() - t0
 
     def wait(self, vp: Vp, tids: list[int], timeout: float = TIMEOUT_S) -> list[bytes]:
         """The completions of ``tids``, in that order: read the ring; halt until the root's
         signal when nothing is there."""
+        t0 = time.perf_counter_ns()
+        try:
+            return self._wait(vp, tids, timeout)
+        finally:
+            self.wait_ns += time.perf_counter_ns() - t0
+
+    def _wait(self, vp: Vp, tids: list[int], timeout: float) -> list[bytes]:
         deadline = time.monotonic() + timeout
         while True:
             # The event flag is cleared before the ring is read (Linux vmbus_chan_sched):
@@ -100,6 +112,7 @@ class Storvsc:
             if time.monotonic() > deadline:
                 raise ScsiError(f"{sum(t not in self.done for t in tids)} requests not completed in {timeout} s")
             if self.ch.to_guest.is_empty():
+                self.halts += 1
                 vp.sti()
                 vp.hlt()
 

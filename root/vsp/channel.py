@@ -100,22 +100,26 @@ class OpenChannel:
             self.backlog.pop(0)
             self._count_write(1, signal)
 
-    def drain(self, handle) -> bool:
+    def drain(self, handle, keep_masked: bool = False) -> tuple[int, bool]:
         """The guest signalled (or we come back): read every packet (``handle(packets)``
-        each batch) until the ring stays empty with the interrupt mask cleared; True when
-        DRAIN_ROUNDS were not enough (the caller comes back: the guest will not signal a
+        each batch) until the ring is empty; returns (packets handled, more left).  The
+        interrupt mask is set while reading and cleared at the end (then the ring is
+        looked at once more, as Linux's reader does) — unless ``keep_masked`` (poll mode:
+        the guest need not signal while we are still looking).  ``more`` is True when
+        DRAIN_ROUNDS were not enough: the caller comes back (the guest will not signal a
         ring that is not empty).  RingCorrupt propagates."""
         t0 = perf_counter_ns()
         try:
-            return self._drain(handle)
+            return self._drain(handle, keep_masked)
         finally:
             self.stats.drains += 1
             self.stats.work_ns += perf_counter_ns() - t0
 
-    def _drain(self, handle) -> bool:
+    def _drain(self, handle, keep_masked: bool) -> tuple[int, bool]:
         if self.backlog:
             self.flush()
         ring = self.to_host
+        handled = 0
         for _ in range(DRAIN_ROUNDS):
             ring.set_interrupt_mask(True)
             packets, wake_writer = ring.read()
@@ -124,13 +128,16 @@ class OpenChannel:
                 self.signal()
             if packets:
                 self.stats.packets_in += len(packets)
+                handled += len(packets)
                 handle(packets)
                 continue
+            if keep_masked:
+                return handled, False
             ring.set_interrupt_mask(False)
             if ring.is_empty():
-                return False
+                return handled, False
         ring.set_interrupt_mask(False)
-        return True
+        return handled, True
 
     def occupancy(self) -> dict:
         return {"to_host_bytes": self.to_host.bytes_used(), "to_guest_bytes": self.to_guest.bytes_used(),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from time import perf_counter_ns
 import uuid
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -34,6 +35,8 @@ log = logging.getLogger("vsp")
 MAX_GPADLS = 64  # per partition, created or being described
 MAX_GPADL_PAGES = 4096  # 16 MiB per GPADL
 MIN_RING_PAGES = 2  # a header page and a data page
+POLL_MODE_QUEUE_DEPTH = 2  # a drain that found this many requests puts the channel in poll mode
+POLL_WINDOW_NS = 3_000_000  # for this long after its last request
 
 
 class Hypervisor(Protocol):
@@ -104,6 +107,7 @@ class VmbusServer:
         self.hv = hv
         self.partitions: dict[int, PartitionBus] = {}
         self.busy: set[tuple[int, int]] = set()  # (partition, relid) with packets still to drain
+        self.polling: dict[tuple[int, int], int] = {}  # (partition, relid) in poll mode → until (ns)
 
     def add_partition(self, partition: int, mem, devices: list[Device], suppress: bool = True) -> None:
         """Offer ``devices`` to ``partition``, relids from 1 in this order; ``suppress``
@@ -274,6 +278,7 @@ class VmbusServer:
             offer.device.close()
             offer.channel = None
         self.busy.discard((bus.id, offer.relid))
+        self.polling.pop((bus.id, offer.relid), None)
 
     def _relid_released(self, bus: PartitionBus, vp: int, body: bytes) -> None:
         (relid,) = vb.unpack(vb.RELID, body, "RELID_RELEASED")
@@ -318,34 +323,49 @@ class VmbusServer:
         offer.channel.stats.events_in += 1
         self._drain(bus, offer)
 
-    def _drain(self, bus: PartitionBus, offer: Offer) -> None:
+    def _drain(self, bus: PartitionBus, offer: Offer, polling: bool = False) -> None:
         ch = offer.channel
+        key = (bus.id, offer.relid)
         try:
-            more = ch.drain(lambda packets: offer.device.on_packets(ch, packets))
+            handled, more = ch.drain(lambda packets: offer.device.on_packets(ch, packets), keep_masked=polling)
         except (RingError, UnmappedGpa) as e:
-            # A corrupt ring (or its pages unmapped since) (or a guest that never reads its completions): Hyper-V closes
-            # the channel; the guest is told by a rescind.
+            # A corrupt ring (or its pages unmapped since)(or a guest that never reads its
+            # completions): Hyper-V closes the channel; the guest is told by a rescind.
             bus.error(f"channel reset: {getattr(e, 'reason', e)}")
             log.warning("partition %d channel %d reset: %s", bus.id, offer.relid, e)
             self._close(bus, offer)
             offer.rescinded = True
             self._post(bus, vb.encode(Msg.CHANNELMSG_RESCIND_CHANNELOFFER, vb.RELID.pack(offer.relid)))
             return
-        key = (bus.id, offer.relid)
         if more:
             self.busy.add(key)
         else:
             self.busy.discard(key)
+        # Poll mode (OpenVMM's storvsp polls above a queue depth): after a drain that found
+        # several requests outstanding, keep the ring masked and look again for a while,
+        # so that the guest's next requests need no signal.
+        now = perf_counter_ns()
+        if handled >= POLL_MODE_QUEUE_DEPTH and bus.suppress:
+            ch.to_host.set_interrupt_mask(True)
+            self.polling[key] = now + POLL_WINDOW_NS
+        elif polling and now >= self.polling.get(key, 0):
+            self.polling.pop(key, None)
+            ch.to_host.set_interrupt_mask(False)
+            if not ch.to_host.is_empty():
+                self._drain(bus, offer)
 
     def poll_busy(self) -> None:
-        """Come back to channels whose rings were not empty after a drain's rounds."""
-        for partition, relid in list(self.busy):
+        """Come back to channels whose rings were not empty after a drain's rounds, and to
+        channels in poll mode."""
+        for key in list(self.busy) + [k for k in list(self.polling) if k not in self.busy]:
+            partition, relid = key
             bus = self.partitions.get(partition)
             offer = bus.offers.get(relid) if bus else None
             if offer is None or offer.channel is None:
-                self.busy.discard((partition, relid))
+                self.busy.discard(key)
+                self.polling.pop(key, None)
                 continue
-            self._drain(bus, offer)
+            self._drain(bus, offer, polling=key in self.polling)
 
     def remove_partition(self, partition: int) -> None:
         bus = self.partitions.pop(partition, None)

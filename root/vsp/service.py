@@ -31,6 +31,7 @@ from root.vsp.server import VmbusServer
 log = logging.getLogger("vsp")
 
 IDLE_POLL_MS = 100
+POLL_SLICE_MS = 1  # a channel in poll mode is looked at this often (ZeroMQ's poll counts in ms)
 MAP_TIMEOUT_MS = 5000
 STATUS_INTERVAL_S = 0.5
 MAX_MAP_RANGES = sm.MAX_GPA_MAP_RANGES
@@ -57,6 +58,7 @@ class VspService:
         self.results = {"post_failed": 0, "signal_failed": 0, "posts": 0, "signals": 0, "refused": 0}
         self._later: deque[bytes] = deque()
         self._next_status = 0.0
+        self._next_poll = 0
 
     # -- the Hypervisor interface the server acts through -------------------------------------
 
@@ -125,10 +127,14 @@ class VspService:
             while self.running:
                 if self._later:
                     self.handle(self._later.popleft())
-                elif self.dealer.wait(0 if self.server.busy else IDLE_POLL_MS):
+                elif self.dealer.wait(0 if self.server.busy else POLL_SLICE_MS if self.server.polling
+                                      else IDLE_POLL_MS):
                     self.handle(self.dealer.recv_ready())
-                elif self.server.busy:
-                    self._guarded(self.server.poll_busy)
+                server = self.server
+                if (server.busy or server.polling) and time.monotonic_ns() >= self._next_poll:
+                    # (also between messages: other partitions' traffic must not starve them)
+                    self._next_poll = time.monotonic_ns() + POLL_SLICE_MS * 1_000_000
+                    self._guarded(server.poll_busy)
                 if time.monotonic() >= self._next_status:
                     self.write_status()
         finally:

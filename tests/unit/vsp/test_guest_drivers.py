@@ -108,6 +108,7 @@ class SimVp:
 
     def hlt(self):
         self.exits += 1
+        self.server.poll_busy()  # the VSP's loop runs while the VP is halted
         if not self.irq:
             raise AssertionError("HLT with nothing to wake the VP: the driver would sleep until a tick")
         self.irq = False

@@ -189,3 +189,30 @@ def test_completion_not_requested_gets_none():
     g.tid += 1
     pkt = encode_packet(VM_PKT_DATA_INBAND, vs.packet(Op.EXECUTE_SRB, 0, vs.srb(bytes(6), 2, 0)), g.tid, 0)
     assert g.roundtrip(1, [pkt]) == []
+
+
+def test_poll_mode_after_a_deep_queue_then_signals_again(monkeypatch):
+    from root.vsp import server as server_mod
+
+    g = Guest()
+    reqs = lambda: [g.srb(bytes(6)) for _ in range(4)]  # noqa: E731
+    assert len(g.roundtrip(1, reqs())) == 4
+    key = (1, 1)
+    assert key in g.server.polling and g.ch[1].to_host.interrupt_mask == 1
+    # the guest's next requests need no signal: the VSP is still looking
+    assert g.ch[1].to_host.write(reqs()) is False
+    g.server.poll_busy()
+    got, _ = g.ch[1].to_guest.read()
+    assert len(got) == 4
+    # the window ends: unmasked, and a request signals again
+    g.server.polling[key] = 0
+    monkeypatch.setattr(server_mod, "POLL_MODE_QUEUE_DEPTH", 99)
+    g.server.poll_busy()
+    assert key not in g.server.polling and g.ch[1].to_host.interrupt_mask == 0
+    assert g.ch[1].to_host.write([g.srb(bytes(6))]) is True
+
+
+def test_no_poll_mode_at_queue_depth_one():
+    g = Guest()
+    g.roundtrip(1, [g.srb(bytes(6))])
+    assert g.server.polling == {} and g.ch[1].to_host.interrupt_mask == 0
