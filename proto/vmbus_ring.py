@@ -174,6 +174,9 @@ class PagedView:
         return b"".join(self.mem.read(addr, step) for addr, step in self._chunks(offset, n))
 
     def write(self, offset: int, data: bytes) -> None:
+        if (offset & (PAGE_SIZE - 1)) + len(data) <= PAGE_SIZE and 0 <= offset and offset + len(data) <= self.size:
+            self.mem.write(self.pages[offset >> 12] + (offset & (PAGE_SIZE - 1)), data)
+            return
         i = 0
         for addr, step in self._chunks(offset, len(data)):
             self.mem.write(addr, data[i:i + step])
@@ -267,11 +270,13 @@ class Ring:
                 raise RingError(f"{need} bytes of packets can never fit a ring of {self.data_size}")
             self._set_u32(PENDING_SEND_SZ, need + 8)
             raise RingFull(f"{need} bytes do not fit: {self.data_size - self._used(w, r)} free")
-        at = w
+        # One copy of every packet with its trailer (the packet's start offset << 32).
+        out, at = bytearray(), w
         for p in packets:
-            start = at
-            at = self._copy_in(at, p)
-            at = self._copy_in(at, (start << 32).to_bytes(8, "little"))
+            out += p
+            out += (at << 32).to_bytes(8, "little")
+            at = (at + len(p) + TRAILER_SIZE) % self.data_size
+        self._copy_in(w, bytes(out))
         if self._u32(PENDING_SEND_SZ):
             self._set_u32(PENDING_SEND_SZ, 0)
         # The index is stored after the data (a full barrier between, on hardware).
@@ -294,25 +299,28 @@ class Ring:
         used = self._used(w, r)
         free_before = self.data_size - used
         packets: list[Packet] = []
-        at = r
-        while used and len(packets) < limit:
-            if used < DESCRIPTOR_SIZE + TRAILER_SIZE:
-                raise RingCorrupt(f"{used} bytes left, less than a packet")
-            ptype, offset8, len8, flags, tid = DESCRIPTOR.unpack(self._copy_out(at, DESCRIPTOR_SIZE))
+        # Everything written, in one copy (two where it wraps), then parsed in place.
+        data = self._copy_out(r, used) if used else b""
+        pos = 0
+        while pos < len(data) and len(packets) < limit:
+            left = len(data) - pos
+            if left < DESCRIPTOR_SIZE + TRAILER_SIZE:
+                raise RingCorrupt(f"{left} bytes left, less than a packet")
+            ptype, offset8, len8, flags, tid = DESCRIPTOR.unpack_from(data, pos)
             total = len8 * 8
-            if total < DESCRIPTOR_SIZE or total + TRAILER_SIZE > used:
-                raise RingCorrupt(f"packet length {total} at {at:#x} past the {used} bytes written")
+            if total < DESCRIPTOR_SIZE or total + TRAILER_SIZE > left:
+                raise RingCorrupt(f"packet length {total} at {(r + pos) % self.data_size:#x} past the {left} bytes written")
             if offset8 * 8 < DESCRIPTOR_SIZE or offset8 > len8:
                 raise RingCorrupt(f"data offset {offset8 * 8} inside the descriptor or past the packet")
             if ptype not in PACKET_TYPES:
                 raise RingCorrupt(f"packet type {ptype:#x}")
-            body = self._copy_out((at + DESCRIPTOR_SIZE) % self.data_size, total - DESCRIPTOR_SIZE)
-            split = offset8 * 8 - DESCRIPTOR_SIZE
-            packets.append(Packet(ptype, flags, tid, body[:split], body[split:]))
-            at = (at + total + TRAILER_SIZE) % self.data_size
-            used -= total + TRAILER_SIZE
+            split = pos + offset8 * 8
+            packets.append(Packet(ptype, flags, tid, data[pos + DESCRIPTOR_SIZE:split], data[split:pos + total]))
+            pos += total + TRAILER_SIZE
         if not packets:
             return packets, False
+        used -= pos
+        at = (r + pos) % self.data_size
         self._set_u32(READ_INDEX, at)
         return packets, self._writer_wants_signal(free_before, self.data_size - used)
 
