@@ -36,7 +36,7 @@ MAX_GPADLS = 64  # per partition, created or being described
 MAX_GPADL_PAGES = 4096  # 16 MiB per GPADL
 MIN_RING_PAGES = 2  # a header page and a data page
 POLL_MODE_QUEUE_DEPTH = 2  # a drain that found this many requests puts the channel in poll mode
-POLL_WINDOW_NS = 3_000_000  # for this long after its last request
+POLL_WINDOW_NS = 10_000_000  # for this long after its last request (a loaded host takes ms to turn around)
 
 
 class Hypervisor(Protocol):
