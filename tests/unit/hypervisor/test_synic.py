@@ -23,6 +23,7 @@ from proto.codes import (
     control_value,
 )
 from proto.hvcall import HV_INPUT_POST_MESSAGE, HV_INPUT_SIGNAL_EVENT
+from hypervisor.synic import partition_status
 from tests.unit.hypervisor.fake_stack import REGS, Stack, vp_id
 
 ALL = int(HV_CHILD_ENLIGHTENED_PRIVILEGES | HV_SYNIC_PRIVILEGES | HV_STIMER_PRIVILEGES | HV_TSC_PAGE_PRIVILEGES)
@@ -137,7 +138,7 @@ def test_a_busy_slot_sets_message_pending_and_eom_delivers_the_next(syn):
     ram(syn, 1)[SIMP_GPA + 512:SIMP_GPA + 516] = bytes(4)  # the guest: MessageType = None
     wrmsr(syn, 1, HvMsr.HV_X64_MSR_EOM, 0)
     assert slot(syn, 1, 2)[5][:3] == b"two" and slot(syn, 1, 2)[2] == 0
-    c = syn.hv.synic.status(syn.part(1))
+    c = partition_status(syn.part(1))
     assert (c["messages_delivered"], c["slots_busy"], c["eom"], c["queued"]) == (2, 1, 1, 0)
 
 
@@ -388,7 +389,7 @@ def test_a_period_below_the_minimum_is_clamped_like_the_apic_timer(syn):
 
 def test_the_reference_tsc_page_gives_the_reference_time_without_an_exit(syn):
     from time import perf_counter_ns
-    from hypervisor.tsc_page import reference_time
+    from proto.synic_messages import reference_time
     assert rdmsr(syn, 2, HvMsr.HV_X64_MSR_REFERENCE_TSC)[0] == X86Exception.GP
     wrmsr(syn, 1, HvMsr.HV_X64_MSR_REFERENCE_TSC, 0x7000 | 1)
     assert rdmsr(syn, 1, HvMsr.HV_X64_MSR_REFERENCE_TSC) == (0, 0x7001)
