@@ -14,12 +14,13 @@ from __future__ import annotations
 import time
 from time import perf_counter_ns
 
-from proto.codes import HvMsr, HvPrivilege
+from proto.codes import HvMsr, HvPrivilege, HypercallCode
+from proto.hvcall import HV_INPUT_POST_MESSAGE, HV_INPUT_SIGNAL_EVENT
 from proto.stats import Histogram
 from proto.synic_messages import HV_TIMER_MESSAGE_PAYLOAD
 
 from partitions.drivers import synic
-from partitions.vp import Vp
+from partitions.vp import GuestFault, Vp
 
 STIMER0_CONFIG, STIMER0_COUNT = 0x400000B0, 0x400000B1
 STIMER_PERIOD_100NS = 10_000  # 1 ms: the APIC timer experiment's 1 kHz
@@ -58,7 +59,7 @@ def _start_stimer(vp: Vp, sys) -> dict | bool:
         t["ticks"] += 1
         t["latency"].record(max(0, now - expiration) * 100)
         _count(v, "stimer_ticks")
-        _count(v, "reftime_msr_reads" if exited else "reftime_page_reads")
+        _count(v, "stimer_time_by_msr" if exited else "stimer_time_by_page")
 
     synic.on_message(sys, synic.STIMER_SINT, on_timer)
     vp.wrmsr(STIMER0_COUNT, STIMER_PERIOD_100NS)
@@ -100,4 +101,42 @@ def wl_reftime(vp: Vp, sys) -> int:
     return REFTIME_BATCH + REFTIME_BATCH // 10
 
 
-SYNIC_WORKLOADS = {"stimer": wl_stimer, "reftime": wl_reftime}
+def wl_synic_hostile(vp: Vp, sys) -> int:
+    """A hostile guest of the SynIC: posts to connections nobody connected, oversized and
+    hypervisor-typed messages, reserved bits, signals with bad flags; EOM out of turn;
+    SINT vectors below 16; the SIM page on MMIO and beyond RAM; a synthetic timer of
+    period 1 (100 ns).  Each turn is a handful of such operations; what the hypervisor
+    answers is counted (``hostile_refused``), and faults are taken as a guest would."""
+    st = synic.state(sys)
+    if st.stimer is None:
+        st.stimer = synic.setup(vp, sys)
+        if st.stimer and sys.hv.privileges & HvPrivilege.AccessSyntheticTimerMsrs:
+            vp.wrmsr(STIMER0_COUNT, 1)  # a period of 100 ns: clamped to the APIC timer's minimum
+            vp.wrmsr(STIMER0_CONFIG, CONFIG_ENABLE | CONFIG_PERIODIC | synic.STIMER_SINT << CONFIG_SINT_SHIFT)
+    calls = (
+        (HypercallCode.HvCallPostMessage, HV_INPUT_POST_MESSAGE.pack(0x4242, 0, 1, 4) + bytes(240)),  # no such connection
+        (HypercallCode.HvCallPostMessage, HV_INPUT_POST_MESSAGE.pack(4, 0, 1, 241) + bytes(240)),  # oversized
+        (HypercallCode.HvCallPostMessage, HV_INPUT_POST_MESSAGE.pack(4, 0, 0x80000010, 4) + bytes(240)),  # hv type
+        (HypercallCode.HvCallPostMessage, HV_INPUT_POST_MESSAGE.pack(4, 7, 1, 4)),  # RsvdZ, short input
+        (HypercallCode.HvCallSignalEvent, HV_INPUT_SIGNAL_EVENT.pack(0xFFFFFF, 0xFFFF, 0)),
+        (HypercallCode.HvCallSignalEvent, HV_INPUT_SIGNAL_EVENT.pack(2, 0, 0xFFFF)),  # RsvdZ
+    )
+    n = 0
+    for code, data in calls:
+        if sys.hv.hypercalls:
+            status, _, _ = vp.hypercall(code, data, fast=code == HypercallCode.HvCallSignalEvent)
+            if status:
+                _count(vp, "hostile_refused")
+            n += 1
+    for msr, value in ((HvMsr.HV_X64_MSR_EOM, 0), (synic.SINT0 + 5, 0x05), (synic.SINT0 + 6, 0x10000),
+                       (HvMsr.HV_X64_MSR_SIMP, 0xFEE00000 | 1), (HvMsr.HV_X64_MSR_SIMP, (1 << 40) | 1),
+                       (HvMsr.HV_X64_MSR_SIMP, synic.simp_gpa(vp) | 1), (HvMsr.HV_X64_MSR_SVERSION, 7)):
+        try:
+            vp.wrmsr(msr, value)
+        except GuestFault:
+            _count(vp, "hostile_faults")
+        n += 1
+    return n
+
+
+SYNIC_WORKLOADS = {"stimer": wl_stimer, "reftime": wl_reftime, "synic_hostile": wl_synic_hostile}
