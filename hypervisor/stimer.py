@@ -26,11 +26,12 @@ The period is at least the local APIC timer's minimum (``apic.MIN_TIMER_PERIOD_N
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 from time import perf_counter_ns
 
 from proto.codes import HvMessageType, HvPrivilege, HvStatus, X86Exception
+
+from proto.synic_messages import HV_TIMER_MESSAGE_PAYLOAD
 
 from hypervisor.apic import MIN_TIMER_PERIOD_NS
 
@@ -47,7 +48,6 @@ CONFIG_VECTOR_SHIFT = 4
 CONFIG_DIRECT = 1 << 12
 CONFIG_SINT_SHIFT = 16
 CONFIG_WRITABLE = 0xF1FFF  # bits 19:16, 12, 11:4, 3:0
-HV_TIMER_MESSAGE_PAYLOAD = struct.Struct("<IIQQ")
 TIMER_EXPIRED = int(HvMessageType.HvMessageTypeTimerExpired)
 NS_PER_REF = 100
 

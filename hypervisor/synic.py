@@ -32,14 +32,20 @@ Connections to the root's VMBus server (the ``vsp`` peer) and the two hypercalls
 
 from __future__ import annotations
 
-import struct
 from collections import deque
 from dataclasses import dataclass, field
 from time import perf_counter_ns
 
 from proto.codes import HvStatus
 from proto.memory import PAGE_SHIFT
-from proto.synic_messages import HV_EVENT_FLAGS_PER_SINT, HV_MESSAGE_PAYLOAD_BYTES, HV_MESSAGE_SIZE, HV_SYNIC_SINT_COUNT
+from proto.synic_messages import (
+    HV_EVENT_FLAGS_PER_SINT,
+    HV_MESSAGE_FLAG_PENDING,
+    HV_MESSAGE_HEADER,
+    HV_MESSAGE_PAYLOAD_BYTES,
+    HV_MESSAGE_SIZE,
+    HV_SYNIC_SINT_COUNT,
+)
 
 from hypervisor import stimer, tsc_page
 from hypervisor.stimer import HV_STIMER_COUNT, StimerState
@@ -55,9 +61,6 @@ SINT_POLLING = 1 << 18
 SINT_WRITABLE = SINT_VECTOR_MASK | SINT_MASKED | SINT_AUTO_EOI | SINT_POLLING
 SINT_RESET = SINT_MASKED
 PAGE_GPFN_MASK = 0xFFFFFFFFFFFFF000
-# HV_MESSAGE header: MessageType, PayloadSize, MessageFlags, reserved, OriginationId.
-HV_MESSAGE_HEADER = struct.Struct("<IBBHQ")
-HV_MESSAGE_FLAG_PENDING = 1 << 0
 MESSAGE_FLAGS_OFFSET = 5
 # TLFS: a port gets 16 message buffers; a sender beyond them gets INSUFFICIENT_BUFFERS.
 MAX_QUEUED_PER_SINT = 16
@@ -299,16 +302,16 @@ class Synic:
                 if vp.synic.queued():
                     self.rescan(part, vp)
 
-    def status(self, part) -> dict:
-        """The partition's SynIC counters, summed over its VPs, and the messages waiting."""
-        out: dict[str, int] = {}
-        for vp in part.vps:
-            for k, v in vp.synic.counters.items():
-                out[k] = out.get(k, 0) + v
-        out["queued"] = sum(vp.synic.queued() for vp in part.vps)
-        for vp in part.vps:
-            for t in vp.synic.stimers:
-                for k, v in t.counters.items():
-                    out["stimer_" + k] = out.get("stimer_" + k, 0) + v
-        return out
 
+def partition_status(part) -> dict[str, int]:
+    """The partition's SynIC and synthetic timer counters, summed over its VPs, and the
+    messages waiting (``status``, ``top``)."""
+    out: dict[str, int] = {}
+    for vp in part.vps:
+        for k, v in vp.synic.counters.items():
+            out[k] = out.get(k, 0) + v
+        for t in vp.synic.stimers:
+            for k, v in t.counters.items():
+                out["stimer_" + k] = out.get("stimer_" + k, 0) + v
+    out["queued"] = sum(vp.synic.queued() for vp in part.vps)
+    return out

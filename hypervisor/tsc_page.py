@@ -22,14 +22,13 @@ never updated while enabled.  Disabling leaves the page as it is (TLFS).
 
 from __future__ import annotations
 
-import struct
 import time
 
 from proto.codes import HvMsr, HvPrivilege, X86Exception
+from proto.synic_messages import HV_REFERENCE_TSC_PAGE
 
 GP = int(X86Exception.GP)
 OK = int(X86Exception.NONE)
-HV_REFERENCE_TSC_PAGE = struct.Struct("<IIQq")
 REFERENCE_TSC_ENABLE = 1 << 0
 REFERENCE_TSC_WRITABLE = 0xFFFFFFFFFFFFF001
 # ((tsc_ns * SCALE) >> 64) == tsc_ns // 100, to within one unit.
@@ -75,10 +74,3 @@ def publish(ram, off: int, part) -> None:
     ram[off + 8:off + 24] = HV_REFERENCE_TSC_PAGE.pack(0, 0, scale, offset)[8:]
     ram[off:off + 4] = part.tsc_sequence.to_bytes(4, "little")
 
-
-def reference_time(page: bytes, tsc: int) -> int | None:
-    """The guest's computation (TLFS): None while the sequence says invalid."""
-    seq, _, scale, offset = HV_REFERENCE_TSC_PAGE.unpack_from(page)
-    if seq == 0:
-        return None
-    return ((tsc * scale) >> 64) + offset

@@ -21,6 +21,7 @@ from proto.hvcall import (
 from partitions.drivers import vga
 from partitions.drivers.ata import SECTOR, AtaError
 from partitions.drivers.serial import COM1, SCR
+from partitions.synic_workloads import SYNIC_WORKLOADS
 from partitions.vp import Vp
 from partitions.vmbus_disk import wl_vmbus_disk, wl_vmbus_diskbench
 from partitions.vmbus_hostile import wl_vmbus_hostile
@@ -392,6 +393,8 @@ WORKLOADS = {
     "vmbus_diskbench": wl_vmbus_diskbench,
     "vmbus_hostile": wl_vmbus_hostile,
 }
+# The SynIC's (issue 10): synthetic timer ticks, the reference time by TSC page and MSR.
+WORKLOADS.update(SYNIC_WORKLOADS)
 
 
 def run_workloads(vp: Vp, sys) -> dict[str, int]:

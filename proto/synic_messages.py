@@ -21,6 +21,8 @@ answered with that status, as a hypercall would be.
 """
 
 
+import struct
+
 from proto.fields import U8, U16, U32, U64, blob, boolean, one_of, ranges, text
 from proto.messages import HV_PAGE_SIZE, Message, message
 
@@ -31,6 +33,27 @@ HV_SYNIC_SINT_COUNT = 16
 # Each SINT owns one 256-byte block of the SIEF page: 2048 event flags.
 HV_EVENT_FLAGS_PER_SINT = 256 * 8
 CONNECTION_KINDS = ("message", "event")
+
+# -- guest-memory layouts the hypervisor writes and the guest reads (TLFS datatypes) ---------
+
+# HV_MESSAGE header: MessageType u32, PayloadSize u8, MessageFlags u8 (bit 0
+# MessagePending), reserved u16, OriginationId u64; the payload follows.
+HV_MESSAGE_HEADER = struct.Struct("<IBBHQ")
+HV_MESSAGE_FLAG_PENDING = 1 << 0
+# HV_TIMER_MESSAGE_PAYLOAD (HvMessageTypeTimerExpired): TimerIndex u32, reserved u32,
+# ExpirationTime u64, DeliveryTime u64 (reference time, 100 ns units).
+HV_TIMER_MESSAGE_PAYLOAD = struct.Struct("<IIQQ")
+# HV_REFERENCE_TSC_PAGE: TscSequence u32, reserved u32, TscScale u64, TscOffset i64.
+HV_REFERENCE_TSC_PAGE = struct.Struct("<IIQq")
+
+
+def reference_time(page: bytes, tsc: int) -> int | None:
+    """The reference time from a reference TSC page and a TSC value (TLFS): ((tsc ×
+    TscScale) >> 64) + TscOffset; None while TscSequence is 0 (invalid: use the MSR)."""
+    seq, _, scale, offset = HV_REFERENCE_TSC_PAGE.unpack_from(page)
+    if seq == 0:
+        return None
+    return ((tsc * scale) >> 64) + offset
 # The pages of a GPADL as [first guest page number, page count] ranges (at most 1 << 40
 # pages: a 52-bit guest-physical space).  The reply names the same pages as ranges of pages
 # in the partition's RAM file.
@@ -148,6 +171,11 @@ __all__ = [
     "HV_SYNIC_SINT_COUNT",
     "HV_EVENT_FLAGS_PER_SINT",
     "CONNECTION_KINDS",
+    "HV_MESSAGE_HEADER",
+    "HV_MESSAGE_FLAG_PENDING",
+    "HV_TIMER_MESSAGE_PAYLOAD",
+    "HV_REFERENCE_TSC_PAGE",
+    "reference_time",
     "SynicConnect",
     "SynicDisconnect",
     "SynicMessageToRoot",

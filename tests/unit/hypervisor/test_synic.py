@@ -23,6 +23,7 @@ from proto.codes import (
     control_value,
 )
 from proto.hvcall import HV_INPUT_POST_MESSAGE, HV_INPUT_SIGNAL_EVENT
+from hypervisor.synic import partition_status
 from tests.unit.hypervisor.fake_stack import REGS, Stack, vp_id
 
 ALL = int(HV_CHILD_ENLIGHTENED_PRIVILEGES | HV_SYNIC_PRIVILEGES | HV_STIMER_PRIVILEGES | HV_TSC_PAGE_PRIVILEGES)
@@ -137,7 +138,7 @@ def test_a_busy_slot_sets_message_pending_and_eom_delivers_the_next(syn):
     ram(syn, 1)[SIMP_GPA + 512:SIMP_GPA + 516] = bytes(4)  # the guest: MessageType = None
     wrmsr(syn, 1, HvMsr.HV_X64_MSR_EOM, 0)
     assert slot(syn, 1, 2)[5][:3] == b"two" and slot(syn, 1, 2)[2] == 0
-    c = syn.hv.synic.status(syn.part(1))
+    c = partition_status(syn.part(1))
     assert (c["messages_delivered"], c["slots_busy"], c["eom"], c["queued"]) == (2, 1, 1, 0)
 
 
@@ -388,7 +389,7 @@ def test_a_period_below_the_minimum_is_clamped_like_the_apic_timer(syn):
 
 def test_the_reference_tsc_page_gives_the_reference_time_without_an_exit(syn):
     from time import perf_counter_ns
-    from hypervisor.tsc_page import reference_time
+    from proto.synic_messages import reference_time
     assert rdmsr(syn, 2, HvMsr.HV_X64_MSR_REFERENCE_TSC)[0] == X86Exception.GP
     wrmsr(syn, 1, HvMsr.HV_X64_MSR_REFERENCE_TSC, 0x7000 | 1)
     assert rdmsr(syn, 1, HvMsr.HV_X64_MSR_REFERENCE_TSC) == (0, 0x7001)
@@ -397,3 +398,32 @@ def test_the_reference_tsc_page_gives_the_reference_time_without_an_exit(syn):
     by_page = reference_time(page, perf_counter_ns())
     by_msr = syn.part(1).reference_time_100ns()
     assert abs(by_msr - by_page) < 10_000  # within 1 ms (two clock reads apart)
+
+
+# -- a hostile vsp and a hostile guest: refused, never a handler error ----------------------------
+
+
+def test_random_vsp_messages_and_guest_synic_writes_never_raise(syn):
+    """Every vsp message with well-formed random fields (the fuzzer's values), and SynIC
+    MSR writes and hypercalls of random values from the guest: each is answered, and the
+    strict stack re-raises any handler error."""
+    import random
+
+    from benchmarks.fuzz_sequence import Values
+
+    rng = random.Random(10)
+    values = Values(rng, [1, 2, 3, 0])
+    enable_synic(syn)
+    syn.enable_hypercalls(vp_id(1))
+    for cls in (sm.SynicConnect, sm.SynicDisconnect, sm.SynicPost, sm.SynicSignal, sm.GpaMapRequest) * 60:
+        msg = cls(*(values.well_formed(check, name) for check, name in zip(cls.CHECKS, cls.FIELD_NAMES)))
+        assert syn.send(VSP, msg).to(VSP), msg  # answered
+    msrs = [HvMsr.HV_X64_MSR_SCONTROL, HvMsr.HV_X64_MSR_SIMP, HvMsr.HV_X64_MSR_SIEFP, HvMsr.HV_X64_MSR_EOM,
+            HvMsr.HV_X64_MSR_REFERENCE_TSC, *range(SINT0, SINT0 + 16), *range(STIMER0_CONFIG, STIMER0_CONFIG + 8)]
+    for _ in range(300):
+        value = rng.choice((0, 1, 0x10000, 0xFFFFFFFFFFFFFFFF, rng.getrandbits(64), 0xF000 | 1, 0x10_0000_0001))
+        wrmsr(syn, 1, rng.choice(msrs), value)
+        code = rng.choice((C.HvCallPostMessage, C.HvCallSignalEvent))
+        guest_call(syn, 1, code, rng.randbytes(rng.choice((0, 7, 8, 16, 256, 300))), fast=rng.random() < 0.3)
+    syn.hv.synic.fire_timers(1 << 62)  # every armed timer expires at once
+    assert syn.hv.counters["handler_errors"] == 0
