@@ -48,7 +48,7 @@ def bring_up(vp: Vp, sys) -> Disk | None:
     else:
         try:
             bus = Vmbus()
-            bus.init_synic(vp)
+            bus.init_synic(vp, sys)
             version = bus.connect(vp)
             scsi = [o for o in bus.offers if o["if_type"] == HV_SCSI_GUID]
             if not scsi:

@@ -38,7 +38,7 @@ def wl_vmbus_hostile(vp: Vp, sys) -> int:
         return 0
     try:
         bus = Vmbus()
-        bus.init_synic(vp)
+        bus.init_synic(vp, sys)
         bus.connect(vp)
         offer = bus.offers[0]
         relid = offer["child_relid"]

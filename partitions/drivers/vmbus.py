@@ -2,10 +2,10 @@
 miniature): SynIC set-up, the connect handshake, offers, GPADLs and channel opening.
 
 Only where the partition is offered the SynIC (its CPUID privileges: the SynIC MSRs,
-PostMessages, SignalEvents, and the hypercall page).  The SIM and SIEF pages and the
-rings live in guest RAM above 2 MiB, which no other workload touches.  SINT 2 (VMBus's)
-interrupts with AutoEOI, so its handler costs no EOI exit: it copies the message out of
-its slot, frees the slot and writes EOM only when another message is pending.
+PostMessages, SignalEvents, and the hypercall page).  The SynIC driver
+(partitions/drivers/synic.py) sets up the SIM and SIEF pages and SINT 2 and hands this
+driver SINT 2's messages; the rings live in guest RAM above 2 MiB, which no other
+workload touches.
 
 Messages go to the root with HvCallPostMessage (retried on INSUFFICIENT_BUFFERS, as Linux's
 ``vmbus_post_msg`` does); a channel's ring writes signal the root with HvCallSignalEvent
@@ -21,23 +21,16 @@ import time
 from collections import deque
 
 from proto import vmbus as vb
-from proto.codes import HvMsr, HvPrivilege, HvStatus, HypercallCode
+from proto.codes import HvPrivilege, HvStatus, HypercallCode
 from proto.hvcall import HV_INPUT_POST_MESSAGE, HV_INPUT_SIGNAL_EVENT
 from proto.vmbus import ChannelMessage as Msg
 from proto.vmbus_ring import PagedView, Ring
 
+from partitions.drivers import synic
 from partitions.vp import Vp
 
-SIMP_GPA = 0x200000
-SIEF_GPA = 0x201000
 RING_AREA = 0x210000  # each channel's GPADL: RING_PAGES pages per direction
 RING_PAGES = 16  # a header page and 60 KiB of data per direction
-SINT_VECTOR = 0xE2
-APIC_BASE, APIC_SVR = 0xFEE00000, 0xF0
-SINT_AUTO_EOI = 1 << 17
-HV_X64_MSR_SINT0 = 0x40000090
-MESSAGE_SLOT = 256
-HV_MESSAGE_FLAG_PENDING = 1
 NEEDED = HvPrivilege.AccessSynicMsrs | HvPrivilege.PostMessages | HvPrivilege.SignalEvents
 VERSIONS = (vb.VERSION_WIN10_V5_2, vb.VERSION_WIN10_V5, vb.VERSION_WIN10)  # tried in order
 TIMEOUT_S = 10.0
@@ -92,45 +85,29 @@ class Vmbus:
         self.next_ring_gpa = RING_AREA
         self.rescinded: set[int] = set()
 
-    # -- SynIC ----------------------------------------------------------------------------------
+    # -- SynIC (partitions/drivers/synic.py sets it up and takes SINT 2's messages out) ------
 
-    def init_synic(self, vp: Vp) -> None:
-        """The SIM and SIEF pages, SINT 2 (AutoEOI) and SCONTROL; the local APIC software-
-        enabled, since SINTs arrive through it."""
-        vp.set_handler(SINT_VECTOR, self.on_interrupt)
-        vp.write(APIC_BASE + APIC_SVR, 4, 0x1FF)
-        vp.write_bytes(SIMP_GPA, bytes(4096))
-        vp.write_bytes(SIEF_GPA, bytes(4096))
-        vp.wrmsr(HvMsr.HV_X64_MSR_SIMP, SIMP_GPA | 1)
-        vp.wrmsr(HvMsr.HV_X64_MSR_SIEFP, SIEF_GPA | 1)
-        vp.wrmsr(HV_X64_MSR_SINT0 + vb.VMBUS_MESSAGE_SINT, SINT_VECTOR | SINT_AUTO_EOI)
-        vp.wrmsr(HvMsr.HV_X64_MSR_SCONTROL, 1)
+    def init_synic(self, vp: Vp, sys) -> None:
+        if not synic.setup(vp, sys):
+            raise VmbusError("the SynIC is not offered")
+        synic.on_message(sys, vb.VMBUS_MESSAGE_SINT, self._on_message)
+        synic.on_events(sys, vb.VMBUS_MESSAGE_SINT, self._on_events)
 
-    def on_interrupt(self, vp: Vp, vector: int) -> None:
-        """SINT 2: take the message out of its slot (and any the EOM brings); the event
-        flags are the channels' business (their drivers read their rings)."""
+    def _on_message(self, vp: Vp, message_type: int, payload: bytes) -> None:
+        if message_type == vb.VMBUS_MESSAGE_TYPE:
+            try:
+                self.messages.append(vb.split(payload))
+            except vb.BadChannelMessage:
+                pass
+
+    def _on_events(self, vp: Vp, sint: int) -> None:
+        """SINT 2 fired: the channels' drivers test and clear their own flags (before they
+        read their rings), so nothing is taken here."""
         self.interrupts += 1
-        slot = SIMP_GPA + vb.VMBUS_MESSAGE_SINT * MESSAGE_SLOT
-        for _ in range(16):
-            mtype = vp.read(slot, 4)
-            if mtype == 0:
-                return
-            header = vp.mem.read(slot, 16)
-            size = min(header[4], vb.HV_MESSAGE_PAYLOAD_BYTES)
-            payload = vp.mem.read(slot + 16, size)
-            vp.write(slot, 4, 0)  # free the slot (a barrier follows on hardware)
-            if mtype == vb.VMBUS_MESSAGE_TYPE:
-                try:
-                    self.messages.append(vb.split(payload))
-                except vb.BadChannelMessage:
-                    pass
-            if not header[5] & HV_MESSAGE_FLAG_PENDING:
-                return
-            vp.wrmsr(HvMsr.HV_X64_MSR_EOM, 0)
 
     def clear_event(self, vp: Vp, relid: int) -> bool:
         """Test-and-clear the channel's event flag in SINT 2's block of the SIEF page."""
-        return vp.btr(SIEF_GPA + vb.VMBUS_MESSAGE_SINT * 256, relid)
+        return vp.btr(synic.siefp_gpa(vp) + vb.VMBUS_MESSAGE_SINT * 256, relid)
 
     # -- messages ------------------------------------------------------------------------------
 

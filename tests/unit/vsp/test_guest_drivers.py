@@ -17,6 +17,7 @@ from proto.hvcall import HV_INPUT_POST_MESSAGE, HV_INPUT_SIGNAL_EVENT
 from worker.devices.backends import MemoryDisk
 
 from partitions import vmbus_disk
+from partitions.drivers import synic
 from partitions.drivers import vmbus as guest_vmbus
 from root.vsp.server import VmbusServer
 from root.vsp.storvsp import StorVsp
@@ -112,11 +113,12 @@ class SimVp:
         if not self.irq:
             raise AssertionError("HLT with nothing to wake the VP: the driver would sleep until a tick")
         self.irq = False
-        self.handlers[guest_vmbus.SINT_VECTOR](self, guest_vmbus.SINT_VECTOR)
+        vector = synic.SINT_VECTOR_BASE + vb.VMBUS_MESSAGE_SINT
+        self.handlers[vector](self, vector)
 
 
 def system(vp):
-    sys = SimpleNamespace(name="t", timers={}, booted_generation=1, lines=[],
+    sys = SimpleNamespace(name="t", timers={}, booted_generation=1, lines=[], synic=synic.SynicState(),
                           hv=SimpleNamespace(hypercalls=True, privileges=int(guest_vmbus.NEEDED)))
     sys.console = lambda v, line: sys.lines.append(line)
     return sys
