@@ -37,11 +37,13 @@ class Disk:
         self.bus, self.sc = bus, sc
 
 
-def bring_up(vp: Vp, sys) -> Disk | None:
-    state = sys.timers.get("vmbus_disk_state")
+def vmbus_bus(vp: Vp, sys) -> Vmbus | None:
+    """The partition's VMBus connection (once per boot; the disk and NIC workloads share
+    it): SynIC, INITIATE_CONTACT, the offers.  None where VMBus is not to be had."""
+    state = sys.timers.get("vmbus_bus")
     if state is not None and state[0] == sys.booted_generation:
         return state[1]
-    disk = None
+    bus = None
     if not offered(sys):
         sys.console(vp, f"[{sys.name}] vmbus: not offered (needs the SynIC, PostMessages, SignalEvents "
                         f"and the hypercall page)")
@@ -50,6 +52,23 @@ def bring_up(vp: Vp, sys) -> Disk | None:
             bus = Vmbus()
             bus.init_synic(vp, sys)
             version = bus.connect(vp)
+            sys.console(vp, f"[{sys.name}] vmbus: version {version >> 16}.{version & 0xFFFF}, "
+                            f"{len(bus.offers)} offer(s)")
+        except VmbusError as e:
+            sys.console(vp, f"[{sys.name}] vmbus: {e}")
+            bus = None
+    sys.timers["vmbus_bus"] = (sys.booted_generation, bus)
+    return bus
+
+
+def bring_up(vp: Vp, sys) -> Disk | None:
+    state = sys.timers.get("vmbus_disk_state")
+    if state is not None and state[0] == sys.booted_generation:
+        return state[1]
+    disk = None
+    bus = vmbus_bus(vp, sys)
+    if bus is not None:
+        try:
             scsi = [o for o in bus.offers if o["if_type"] == HV_SCSI_GUID]
             if not scsi:
                 raise VmbusError("no synthetic SCSI controller offered")
@@ -58,8 +77,7 @@ def bring_up(vp: Vp, sys) -> Disk | None:
             sc.init(vp)
             sc.read_capacity(vp, DATA_GPA)
             disk = Disk(bus, sc)
-            sys.console(vp, f"[{sys.name}] vmbus: version {version >> 16}.{version & 0xFFFF}, "
-                            f"{len(bus.offers)} offer(s); storvsc protocol {sc.version >> 8}.{sc.version & 0xFF} "
+            sys.console(vp, f"[{sys.name}] vmbus: storvsc protocol {sc.version >> 8}.{sc.version & 0xFF} "
                             f"on channel {ch.relid}: {sc.blocks * BLOCK >> 20} MiB")
         except (VmbusError, ScsiError) as e:
             sys.console(vp, f"[{sys.name}] vmbus: {e}")

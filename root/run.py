@@ -173,6 +173,7 @@ class Run:
             fd_args.append(f"{pid}:{ram}:{slat}")
             image = vmbus_disk_image(pc, d, base)
             parts.append({"id": pid, "name": pc.name, "suppress": pc.vmbus["signal_suppression"],
+                          "nic": "nic" in pc.vmbus,
                           "disk": image and {"image_path": str(image), "size_bytes": pc.vmbus["disk"]["size_mb"] << 20}})
         spec = {"endpoint": self.endpoint, "server_key": self.server_key, "partitions": parts,
                 "status_path": str(d / "vsp-status.json")}

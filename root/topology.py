@@ -71,7 +71,7 @@ class PartitionConfig:
     disk: dict | None  # {"size_mb": n}, and {"image": path} when the topology names one
     devices: list[dict]  # extra devices beyond the chipset's
     cpu: dict  # {"reserve": %, "limit": %, "weight": n}, per VP, as Hyper-V's processor settings
-    vmbus: dict | None = None  # {"disk": {"size_mb": n[, "image": path]}, "signal_suppression": bool}
+    vmbus: dict | None = None  # {"disk": {"size_mb": n[, "image": path]}, "nic": {}, "signal_suppression": bool}
 
     @property
     def privileges(self) -> int:
@@ -396,7 +396,7 @@ def default_topology() -> Topology:
     return load_topology(text, DEFAULT_SOURCE)
 
 
-VMBUS_FORM = "must be { disk = { size_mb = N[, image = \"path\"] }[, signal_suppression = true|false] }"
+VMBUS_FORM = "must be { disk = { size_mb = N[, image = \"path\"] }, nic = {}[, signal_suppression = true|false] }"
 
 
 def vmbus_section(raw: dict | None, enlightenments: list[str], base_dir: Path | None, err) -> dict | None:
@@ -405,8 +405,12 @@ def vmbus_section(raw: dict | None, enlightenments: list[str], base_dir: Path | 
     it is ``vmbus-disk-PARTITION.img`` in the run directory."""
     if raw is None:
         return None
-    if set(raw) - {"disk", "signal_suppression"}:
-        raise err("vmbus", f"unknown {sorted(set(raw) - {'disk', 'signal_suppression'})[0]!r}: {VMBUS_FORM}")
+    if set(raw) - {"disk", "nic", "signal_suppression"}:
+        raise err("vmbus", f"unknown {sorted(set(raw) - {'disk', 'nic', 'signal_suppression'})[0]!r}: {VMBUS_FORM}")
+    nic = raw.get("nic")
+    if nic is not None and nic != {}:
+        raise err("vmbus", f"nic {VMBUS_FORM} (a synthetic NIC takes no settings: its MAC address is "
+                           f"00:15:5d:00:00:ID)")
     for needed in ("hypercall", "synic"):
         if needed not in enlightenments:
             raise err("vmbus", f"VMBus needs enlightenments to include {needed!r} (the guest posts messages "
@@ -414,7 +418,7 @@ def vmbus_section(raw: dict | None, enlightenments: list[str], base_dir: Path | 
     suppression = raw.get("signal_suppression", True)
     if not isinstance(suppression, bool):
         raise err("vmbus", f"signal_suppression = {suppression!r} is not true or false")
-    out: dict = {"signal_suppression": suppression}
+    out: dict = {"signal_suppression": suppression, **({"nic": {}} if nic is not None else {})}
     disk = raw.get("disk")
     if disk is not None:
         if not isinstance(disk, dict) or set(disk) - {"image", "size_mb"}:

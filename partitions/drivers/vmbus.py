@@ -170,6 +170,17 @@ class Vmbus:
                 return self.version
             self.offers.append(vb.parse_offer(body))
 
+    def create_gpadl(self, vp: Vp, relid: int, pfns: list[int]) -> int:
+        """GPADL_HEADER (+ BODY) over ``pfns`` for channel ``relid``; its id once created."""
+        gpadl = self.next_gpadl
+        self.next_gpadl += 1
+        for m in vb.gpadl_messages(relid, gpadl, pfns):
+            self.post(vp, m)
+        _, _, status = vb.GPADL_CREATED.unpack_from(self.wait_for(vp, Msg.CHANNELMSG_GPADL_CREATED))
+        if status:
+            raise VmbusError(f"GPADL refused: {status:#x}")
+        return gpadl
+
     def open(self, vp: Vp, offer: dict, ring_pages: int = RING_PAGES, suppress: bool = True) -> Channel:
         """A GPADL over two rings' pages, then OPENCHANNEL.  ``suppress`` False: signal
         after every ring write (the experiment)."""
@@ -181,13 +192,7 @@ class Vmbus:
         to_guest = Ring(PagedView(vp.mem, [p << 12 for p in pfns[ring_pages:]]), suppress)
         to_host.init()
         to_guest.init()
-        gpadl = self.next_gpadl
-        self.next_gpadl += 1
-        for m in vb.gpadl_messages(relid, gpadl, pfns):
-            self.post(vp, m)
-        _, _, status = vb.GPADL_CREATED.unpack_from(self.wait_for(vp, Msg.CHANNELMSG_GPADL_CREATED))
-        if status:
-            raise VmbusError(f"GPADL refused: {status:#x}")
+        gpadl = self.create_gpadl(vp, relid, pfns)
         self.post(vp, vb.encode(Msg.CHANNELMSG_OPENCHANNEL,
                                 vb.OPEN_CHANNEL.pack(relid, relid, gpadl, vp.index, ring_pages, bytes(120))))
         _, _, status = vb.OPEN_RESULT.unpack_from(self.wait_for(vp, Msg.CHANNELMSG_OPENCHANNEL_RESULT))

@@ -4,8 +4,8 @@ partition's kernel-side process, one per run, serving every child partition that
 
 SPEC.json (written by the launcher into the run directory) holds ``endpoint``,
 ``server_key``, ``status_path`` and ``partitions``: each one's ``id``, ``name``,
-``suppress`` (signal suppression, on unless the experiment turns it off) and ``disk``
-(``image_path``, ``size_bytes``).  Its "vsp" key comes down the pipe
+``suppress`` (signal suppression, on unless the experiment turns it off), ``disk``
+(``image_path``, ``size_bytes``) and ``nic`` (a port on the one virtual switch).  Its "vsp" key comes down the pipe
 on descriptor N; each partition's RAM (read-write) and SLAT table (read-only) are the
 descriptors ``--memory-fds`` names — the data of a request moves between the disk image
 and exactly the guest pages its page list names, each checked against that table.
@@ -29,6 +29,7 @@ from proto.transport import connect
 from worker.backends import DiskFile
 
 from root.vsp.service import VspService
+from root.vsp.netvsp import NetVsp, VirtualSwitch
 from root.vsp.storvsp import StorVsp
 
 
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     disks = []
+    switch = service.switch = VirtualSwitch()
     for p in spec["partitions"]:
         ram, slat = fds[p["id"]]
         devices = []
@@ -73,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             disk = DiskFile(p["disk"]["image_path"], p["disk"]["size_bytes"])
             disks.append(disk)
             devices.append(StorVsp(disk))
+        if p.get("nic"):
+            # Hyper-V's prefix 00:15:5D, then the partition's id: unique on this switch.
+            devices.append(NetVsp(switch, bytes([0x00, 0x15, 0x5D, 0, (p["id"] >> 8) & 0xFF, p["id"] & 0xFF]),
+                                  p["name"]))
         service.add_partition(p["id"], GuestMemory(ram, slat), devices, p.get("suppress", True))
         logging.info("partition %d (%s): offering %s", p["id"], p["name"],
                      ", ".join(type(d).__name__ for d in devices) or "nothing")

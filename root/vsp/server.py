@@ -252,6 +252,9 @@ class VmbusServer:
             try:
                 ch = OpenChannel.over(bus.mem, g.pfns, downstream, relid, gpadl, target_vp,
                                       self._signaller(bus.id, target_vp, relid), bus.suppress)
+                ch.gpadl_pfns = lambda gid, bus=bus, relid=relid: (
+                    bus.gpadls[gid].pfns if gid in bus.gpadls and bus.gpadls[gid].created
+                    and bus.gpadls[gid].relid == relid else None)
                 offer.device.open(ch, bus.mem)
                 offer.channel = ch
             except RingError as e:

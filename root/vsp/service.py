@@ -59,6 +59,7 @@ class VspService:
         self._later: deque[bytes] = deque()
         self._next_status = 0.0
         self._next_poll = 0
+        self.switch = None  # root.vsp.netvsp.VirtualSwitch, when a partition has a NIC
 
     # -- the Hypervisor interface the server acts through -------------------------------------
 
@@ -175,6 +176,7 @@ class VspService:
     def status(self) -> dict:
         return {"partitions": self.server.status(), "hypervisor": dict(self.results),
                 "handler_errors": self.handler_errors,
+                "switch": self.switch.status() if self.switch is not None else None,
                 "devices": {pid: {o.relid: getattr(o.device, "stats", None).__dict__
                                   for o in bus.offers.values() if hasattr(o.device, "stats")}
                             for pid, bus in self.server.partitions.items()}}

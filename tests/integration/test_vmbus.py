@@ -26,7 +26,8 @@ def test_a_synthetic_disk_keeps_verifying_beside_a_hostile_partition():
     assert r.returncode == 0, out + r.stderr
     run_dir = next(Path(run_root).iterdir())
     # alpha: the bus came up and every round verified
-    assert "[alpha] vmbus: version 5.2, 1 offer(s); storvsc protocol 6.2 on channel 1: 64 MiB" in out
+    assert "[alpha] vmbus: version 5.2, 1 offer(s)" in out
+    assert "[alpha] vmbus: storvsc protocol 6.2 on channel 1: 64 MiB" in out
     rounds = [line for line in out.splitlines() if "[alpha] vmbus_disk: round" in line]
     assert len(rounds) >= 3 and all("verified" in line for line in rounds), out
     assert "64 KiB x8" in out and "random" in out
@@ -51,3 +52,21 @@ def test_a_synthetic_disk_keeps_verifying_beside_a_hostile_partition():
     image = run_dir / "vmbus-disk-alpha.img"
     assert stat.S_IMODE(os.stat(image).st_mode) == 0o600
     assert b"alpha vmbus round 000002" in image.read_bytes()[:16 << 20]
+
+
+def test_two_partitions_ping_each_other_through_the_virtual_switch():
+    run_root = short_run_root()
+    r = run_launch_py("run", str(REPO / "tests/configs/vmbus-net.toml"), "--duration", "5",
+                      run_root=run_root, timeout=90)
+    out = r.stdout
+    assert r.returncode == 0, out + r.stderr
+    run_dir = next(Path(run_root).iterdir())
+    assert "[alpha] vmbus_net: NIC 00:15:5d:00:00:01 on channel 1, address 10.0.0.1" in out
+    assert "[beta] vmbus_net: NIC 00:15:5d:00:00:02 on channel 2, address 10.0.0.2" in out
+    assert "[beta] vmbus: storvsc protocol 6.2 on channel 1: 16 MiB" in out  # a disk and a NIC at once
+    assert "[alpha] vmbus_net: ping 10.0.0.2: 64 bytes" in out or "[beta] vmbus_net: ping 10.0.0.1: 64 bytes" in out
+    status = json.loads((run_dir / "vsp-status.json").read_text())
+    assert status["switch"]["table"] == {"00:15:5d:00:00:01": "alpha", "00:15:5d:00:00:02": "beta"}
+    assert status["switch"]["forwarded"] >= 3
+    assert all(not p["errors"] for p in status["partitions"].values())
+    assert status["handler_errors"] == 0 and not handler_errors_in_logs(run_dir)
