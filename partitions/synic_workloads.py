@@ -22,7 +22,7 @@ from proto.synic_messages import HV_TIMER_MESSAGE_PAYLOAD
 from partitions.drivers import synic
 from partitions.vp import GuestFault, Vp
 
-STIMER0_CONFIG, STIMER0_COUNT = 0x400000B0, 0x400000B1
+STIMER0_CONFIG, STIMER0_COUNT = HvMsr.HV_X64_MSR_STIMER0_CONFIG, HvMsr.HV_X64_MSR_STIMER0_COUNT
 STIMER_PERIOD_100NS = 10_000  # 1 ms: the APIC timer experiment's 1 kHz
 CONFIG_ENABLE, CONFIG_PERIODIC, CONFIG_SINT_SHIFT = 1 << 0, 1 << 1, 16
 CONFIG_DIRECT, CONFIG_VECTOR_SHIFT = 1 << 12, 4
