@@ -52,7 +52,6 @@ from hypervisor.stimer import HV_STIMER_COUNT, StimerState
 
 HV_SYNIC_VERSION_1 = 1  # SVERSION reads this (TLFS, Linux HV_SYNIC_VERSION_1)
 SCONTROL_ENABLE = 1 << 0
-SIMP_ENABLE = SIEFP_ENABLE = 1 << 0
 # SINTx: bits 7:0 vector, 16 masked, 17 AutoEOI, 18 polling (TLFS); the rest kept as zero.
 SINT_VECTOR_MASK = 0xFF
 SINT_MASKED = 1 << 16
