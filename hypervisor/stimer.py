@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from time import perf_counter_ns
 
-from proto.codes import HvMessageType, HvPrivilege, HvStatus, X86Exception
+from proto.codes import HvMessageType, HvMsr, HvPrivilege, HvStatus, X86Exception
 
 from proto.synic_messages import HV_TIMER_MESSAGE_PAYLOAD
 
@@ -38,8 +38,8 @@ from hypervisor.apic import MIN_TIMER_PERIOD_NS
 GP = int(X86Exception.GP)
 OK = int(X86Exception.NONE)
 HV_STIMER_COUNT = 4
-STIMER0_CONFIG = 0x400000B0
-STIMER3_COUNT = 0x400000B7
+STIMER0_CONFIG = HvMsr.HV_X64_MSR_STIMER0_CONFIG
+STIMER3_COUNT = HvMsr.HV_X64_MSR_STIMER3_COUNT
 CONFIG_ENABLE = 1 << 0
 CONFIG_PERIODIC = 1 << 1
 CONFIG_LAZY = 1 << 2

@@ -52,7 +52,6 @@ from hypervisor.stimer import HV_STIMER_COUNT, StimerState
 
 HV_SYNIC_VERSION_1 = 1  # SVERSION reads this (TLFS, Linux HV_SYNIC_VERSION_1)
 SCONTROL_ENABLE = 1 << 0
-SIMP_ENABLE = SIEFP_ENABLE = 1 << 0
 # SINTx: bits 7:0 vector, 16 masked, 17 AutoEOI, 18 polling (TLFS); the rest kept as zero.
 SINT_VECTOR_MASK = 0xFF
 SINT_MASKED = 1 << 16
@@ -281,14 +280,19 @@ class Synic:
         vp.synic.counters["sint_asserted"] += 1
         self._assert_vector(vp, vector, t)
 
+    def _running(self):
+        """The partitions whose timers run: not stopped (``ctl stop`` gives everything
+        back; a stopped partition's VPs must not be woken)."""
+        return (part for part in self._table if not part.cpu.stopped)
+
     def timers_changed(self) -> None:
-        deadlines = [t.deadline_ns for part in self._table for vp in part.vps for t in vp.synic.stimers
+        deadlines = [t.deadline_ns for part in self._running() for vp in part.vps for t in vp.synic.stimers
                      if t.deadline_ns is not None]
         self.next_timer_ns = min(deadlines) if deadlines else None
 
     def fire_timers(self, now: int) -> None:
         """Every synthetic timer whose deadline passed expires (stimer.expire)."""
-        for part in self._table:
+        for part in self._running():
             for vp in part.vps:
                 for index, t in enumerate(vp.synic.stimers):
                     if t.deadline_ns is not None and now >= t.deadline_ns:
@@ -297,7 +301,7 @@ class Synic:
 
     def housekeeping(self) -> None:
         """Deliver what waits behind slots the guest emptied without writing EOM."""
-        for part in self._table:
+        for part in self._running():
             for vp in part.vps:
                 if vp.synic.queued():
                     self.rescan(part, vp)

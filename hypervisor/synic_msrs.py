@@ -29,8 +29,8 @@ from hypervisor.synic import (
 
 GP = int(X86Exception.GP)
 OK = int(X86Exception.NONE)
-SINT0 = 0x40000090
-SINT15 = 0x4000009F
+SINT0 = HvMsr.HV_X64_MSR_SINT0
+SINT15 = HvMsr.HV_X64_MSR_SINT15
 # SIMP / SIEFP: bit 0 enable, 63:12 GPFN; 11:1 RsvdP (kept as zero here).
 PAGE_WRITABLE = 0xFFFFFFFFFFFFF001
 FIRST, LAST = HvMsr.HV_X64_MSR_SCONTROL, SINT15

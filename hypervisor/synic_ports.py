@@ -24,7 +24,7 @@ import time
 from proto import messages as m
 from proto import synic_messages as sm
 from proto.codes import HvPartitionState, HvStatus
-from proto.hvcall import HV_INPUT_POST_MESSAGE, HV_INPUT_SIGNAL_EVENT
+from proto.hvcall import HV_INPUT_POST_MESSAGE
 from proto.memory import SLAT_INVALID
 from proto.synic_messages import HV_EVENT_FLAGS_PER_SINT, HV_MESSAGE_PAYLOAD_BYTES
 

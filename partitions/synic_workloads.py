@@ -1,7 +1,7 @@
 """Workloads of the SynIC enlightenments (issue 10): synthetic timer ticks, and reading the
 reference time by the TSC page or by the MSR.
 
-``stimer``: VP 0 sets up its SynIC and runs STIMER0 periodic at 1 kHz into SINT 3 (the
+``stimer`` (and ``stimer_direct``, the same in direct mode): VP 0 sets up its SynIC and runs STIMER0 periodic at 1 kHz into SINT 3 (the
 HvMessageTypeTimerExpired message); every tick's handler reads the reference time — by the
 TSC page where it is offered, else by HV_X64_MSR_TIME_REF_COUNT — and records how long
 after its ExpirationTime the handler ran.  A console line a second gives the ticks and that
@@ -22,9 +22,11 @@ from proto.synic_messages import HV_TIMER_MESSAGE_PAYLOAD
 from partitions.drivers import synic
 from partitions.vp import GuestFault, Vp
 
-STIMER0_CONFIG, STIMER0_COUNT = 0x400000B0, 0x400000B1
+STIMER0_CONFIG, STIMER0_COUNT = HvMsr.HV_X64_MSR_STIMER0_CONFIG, HvMsr.HV_X64_MSR_STIMER0_COUNT
 STIMER_PERIOD_100NS = 10_000  # 1 ms: the APIC timer experiment's 1 kHz
 CONFIG_ENABLE, CONFIG_PERIODIC, CONFIG_SINT_SHIFT = 1 << 0, 1 << 1, 16
+CONFIG_DIRECT, CONFIG_VECTOR_SHIFT = 1 << 12, 4
+STIMER_DIRECT_VECTOR = 0xE8
 REPORT_INTERVAL_S = 1.0
 REFTIME_BATCH = 200
 
@@ -33,39 +35,53 @@ def _count(vp: Vp, key: str, n: int = 1) -> None:
     vp.counters[key] = vp.counters.get(key, 0) + n
 
 
-def wl_stimer(vp: Vp, sys) -> int:
+def wl_stimer(vp: Vp, sys, direct: bool = False) -> int:
     if vp.index != 0:
         return 0
     st = synic.state(sys)
     if st.stimer is None:
-        st.stimer = _start_stimer(vp, sys)
+        st.stimer = _start_stimer(vp, sys, direct)
     if st.stimer and time.monotonic() - st.stimer["reported"] >= REPORT_INTERVAL_S:
         _report(vp, sys, st.stimer)
     return 0  # then idle: HLT until the next tick
 
 
-def _start_stimer(vp: Vp, sys) -> dict | bool:
+def _start_stimer(vp: Vp, sys, direct: bool) -> dict | bool:
     if not sys.hv.privileges & HvPrivilege.AccessSyntheticTimerMsrs or not synic.setup(vp, sys):
         sys.console(vp, f"[{sys.name}] stimer: the SynIC and synthetic timers are not offered")
         return False
     page = synic.enable_tsc_page(vp, sys)
     t = {"latency": Histogram(), "ticks": 0, "reported": time.monotonic(), "last_ticks": 0}
 
-    def on_timer(v: Vp, message_type: int, payload: bytes) -> None:
-        if message_type != 0x80000010 or len(payload) < HV_TIMER_MESSAGE_PAYLOAD.size:
-            return
-        _index, _, expiration, _delivery = HV_TIMER_MESSAGE_PAYLOAD.unpack_from(payload)
-        now, exited = synic.read_reference_time(v, sys)
+    def tick(v: Vp, due: int | None) -> None:
+        """A tick whose expiry was due at reference time ``due``: how late its handler runs.
+        (Direct mode says no due time: its latency is the interrupt path's stamps.)"""
         t["ticks"] += 1
-        t["latency"].record(max(0, now - expiration) * 100)
         _count(v, "stimer_ticks")
-        _count(v, "stimer_time_by_msr" if exited else "stimer_time_by_page")
+        if due is not None:
+            now, exited = synic.read_reference_time(v, sys)
+            t["latency"].record(max(0, now - due) * 100)
+            _count(v, "stimer_time_by_msr" if exited else "stimer_time_by_page")
 
-    synic.on_message(sys, synic.STIMER_SINT, on_timer)
+    def on_timer(v: Vp, message_type: int, payload: bytes) -> None:
+        if message_type == 0x80000010 and len(payload) >= HV_TIMER_MESSAGE_PAYLOAD.size:
+            tick(v, HV_TIMER_MESSAGE_PAYLOAD.unpack_from(payload)[2])  # ExpirationTime
+
+    def on_direct(v: Vp, vector: int) -> None:
+        tick(v, None)
+        synic.eoi(v, sys)
+
+    if direct:
+        vp.set_handler(STIMER_DIRECT_VECTOR, on_direct)
+        config = CONFIG_ENABLE | CONFIG_PERIODIC | CONFIG_DIRECT | STIMER_DIRECT_VECTOR << CONFIG_VECTOR_SHIFT
+    else:
+        synic.on_message(sys, synic.STIMER_SINT, on_timer)
+        config = CONFIG_ENABLE | CONFIG_PERIODIC | synic.STIMER_SINT << CONFIG_SINT_SHIFT
     vp.wrmsr(STIMER0_COUNT, STIMER_PERIOD_100NS)
-    vp.wrmsr(STIMER0_CONFIG, CONFIG_ENABLE | CONFIG_PERIODIC | synic.STIMER_SINT << CONFIG_SINT_SHIFT)
+    vp.wrmsr(STIMER0_CONFIG, config)
     vp.sti()
-    sys.console(vp, f"[{sys.name}] stimer: STIMER0 periodic at 1 kHz into SINT {synic.STIMER_SINT}; "
+    how = f"direct to vector {STIMER_DIRECT_VECTOR:#x}" if direct else f"into SINT {synic.STIMER_SINT}"
+    sys.console(vp, f"[{sys.name}] stimer: STIMER0 periodic at 1 kHz {how}; "
                     f"reference time by {'the TSC page' if page else 'MSR'}")
     return t
 
@@ -75,10 +91,13 @@ def _report(vp: Vp, sys, t: dict) -> None:
     new = t["ticks"] - t["last_ticks"]
     t["last_ticks"], t["reported"] = t["ticks"], time.monotonic()
     if lat.n:
+        # For `status`: the guest's own view of the latency so far (expiry → handler).
+        vp.counters["stimer_latency_p50_us"] = lat.percentile(50) // 1000
+        vp.counters["stimer_latency_p99_us"] = lat.percentile(99) // 1000
         sys.console(vp, f"[{sys.name}] stimer: {t['ticks']} ticks (+{new}); expiry → handler "
                         f"p50 {lat.percentile(50) / 1000:.0f} µs p99 {lat.percentile(99) / 1000:.0f} µs")
     else:
-        sys.console(vp, f"[{sys.name}] stimer: no ticks yet")
+        sys.console(vp, f"[{sys.name}] stimer: {t['ticks']} ticks (+{new})")
 
 
 def wl_reftime(vp: Vp, sys) -> int:
@@ -139,4 +158,10 @@ def wl_synic_hostile(vp: Vp, sys) -> int:
     return n
 
 
-SYNIC_WORKLOADS = {"stimer": wl_stimer, "reftime": wl_reftime, "synic_hostile": wl_synic_hostile}
+def wl_stimer_direct(vp: Vp, sys) -> int:
+    """``stimer`` in direct mode: the expiry is a fixed interrupt, no message."""
+    return wl_stimer(vp, sys, direct=True)
+
+
+SYNIC_WORKLOADS = {"stimer": wl_stimer, "stimer_direct": wl_stimer_direct, "reftime": wl_reftime,
+                   "synic_hostile": wl_synic_hostile}

@@ -427,3 +427,13 @@ def test_random_vsp_messages_and_guest_synic_writes_never_raise(syn):
         guest_call(syn, 1, code, rng.randbytes(rng.choice((0, 7, 8, 16, 256, 300))), fast=rng.random() < 0.3)
     syn.hv.synic.fire_timers(1 << 62)  # every armed timer expires at once
     assert syn.hv.counters["handler_errors"] == 0
+
+
+def test_a_stopped_partitions_timers_stop_and_its_vps_are_not_woken(syn):
+    wrmsr(syn, 1, STIMER0_CONFIG, 1 << 3 | 0x61 << 4 | 1 << 12)  # direct mode, auto-enable
+    wrmsr(syn, 1, STIMER0_COUNT, syn.part(1).reference_time_100ns() + 5000)
+    assert syn.hv.synic.next_timer_ns is not None
+    assert isinstance(syn.send(b"root", m.PartitionControl(1, "stop")).one(b"root"), m.Ack)
+    fire_all(syn, 1_000_000)
+    assert not syn.vp(1).apic.irr and syn.hv.synic.next_timer_ns is None
+    assert post(syn) == St.HV_STATUS_INVALID_PARTITION_ID
