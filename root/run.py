@@ -30,6 +30,7 @@ from root.procs import STOP_GRACE_S, Proc, describe_exit, partition_uid, spawn, 
 from root.report import Output
 from root.rundir import GUEST_MEMORY_FILES, RunDir, launcher_identity, new_run_dir, pid_alive, write_json, write_private
 from root.topology import Topology, vmbus_disk_image
+from root.vsp import status as vsp_status
 
 HV_READY_TIMEOUT_S = 10.0
 WORKER_READY_TIMEOUT_S = 10.0
@@ -176,7 +177,7 @@ class Run:
                           "nic": "nic" in pc.vmbus,
                           "disk": image and {"image_path": str(image), "size_bytes": pc.vmbus["disk"]["size_mb"] << 20}})
         spec = {"endpoint": self.endpoint, "server_key": self.server_key, "partitions": parts,
-                "status_path": str(d / "vsp-status.json")}
+                "status_path": str(d / vsp_status.STATUS_FILE)}
         write_json(d / "vsp.json", spec)
         vsp = spawn("vsp", "vsp", "root.vsp", ["--spec", str(d / "vsp.json"), "--memory-fds", ",".join(fd_args)],
                     logs, secret=auth.peer_token(self.secret, "vsp", 0), fds=tuple(fds), stdout=subprocess.PIPE)
