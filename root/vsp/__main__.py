@@ -7,8 +7,9 @@ SPEC.json (written by the launcher into the run directory) holds ``endpoint``,
 ``suppress`` (signal suppression, on unless the experiment turns it off), ``disk``
 (``image_path``, ``size_bytes``) and ``nic`` (a port on the one virtual switch).  Its "vsp" key comes down the pipe
 on descriptor N; each partition's RAM (read-write) and SLAT table (read-only) are the
-descriptors ``--memory-fds`` names — the data of a request moves between the disk image
-and exactly the guest pages its page list names, each checked against that table.
+descriptors ``--memory-fds`` names.  It maps only what a guest describes: a GPADL's pages
+while the GPADL lives, a request's page list for that request (root/vsp/memory.py), each
+page checked against the SLAT.
 
 The process holds every child's data in flight, like the root's kernel: it is not
 dumpable, it dies with the launcher (PR_SET_PDEATHSIG, set before exec), and it opens its
@@ -24,11 +25,11 @@ import signal
 import sys
 
 from proto import confine
-from proto.memory import GuestMemory
 from proto.transport import connect
 from worker.backends import DiskFile
 
 from root.vsp.service import VspService
+from root.vsp.memory import PartitionMemory
 from root.vsp.netvsp import NetVsp, VirtualSwitch
 from root.vsp.storvsp import StorVsp
 
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             # Hyper-V's prefix 00:15:5D, then the partition's id: unique on this switch.
             devices.append(NetVsp(switch, bytes([0x00, 0x15, 0x5D, 0, (p["id"] >> 8) & 0xFF, p["id"] & 0xFF]),
                                   p["name"]))
-        service.add_partition(p["id"], GuestMemory(ram, slat), devices, p.get("suppress", True))
+        service.add_partition(p["id"], PartitionMemory(ram, slat), devices, p.get("suppress", True))
         logging.info("partition %d (%s): offering %s", p["id"], p["name"],
                      ", ".join(type(d).__name__ for d in devices) or "nothing")
     print("READY", flush=True)

@@ -46,7 +46,7 @@ class OpenChannel:
     signal: object  # callable(): set the guest's event flag for this channel
     stats: ChannelStats = field(default_factory=ChannelStats)
     backlog: list = field(default_factory=list)
-    gpadl_pfns: object = None  # callable(gpadl id) → the pages of a created GPADL of this channel, or None
+    find_gpadl: object = None  # callable(gpadl id) → a created GPADL of this channel (server.Gpadl), or None
 
     @classmethod
     def over(cls, mem, pfns: list[int], downstream_offset: int, relid: int, gpadl: int, target_vp: int,

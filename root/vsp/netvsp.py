@@ -147,12 +147,12 @@ class NetVsp:
         return None
 
     def _recv_buffer(self, gpadl: int, buf_id: int) -> bytes:
-        pfns = self.channel.gpadl_pfns(gpadl) if self.channel else None
-        if pfns is None or buf_id != nv.NETVSC_RECEIVE_BUFFER_ID or not 0 < len(pfns) <= MAX_RECV_PAGES \
+        g = self.channel.find_gpadl(gpadl) if self.channel else None
+        if g is None or buf_id != nv.NETVSC_RECEIVE_BUFFER_ID or not 0 < len(g.pfns) <= MAX_RECV_PAGES \
                 or self.recv is not None:
             self.stats.error("bad receive buffer")
             return nv.nvsp(nv.NVSP_MSG1_TYPE_SEND_RECV_BUF_COMPLETE, nv.RECV_BUF_COMPLETE.pack(nv.NVSP_STAT_FAIL, 0))
-        self.recv = PagedView(self.mem, [pfn << 12 for pfn in pfns])
+        self.recv = PagedView(g.mapping, [pfn << 12 for pfn in g.pfns])  # the GPADL's own mapping
         count = self.recv.size // SECTION
         self.free = [i * SECTION for i in range(count)]
         return nv.nvsp(nv.NVSP_MSG1_TYPE_SEND_RECV_BUF_COMPLETE, nv.RECV_BUF_COMPLETE.pack(nv.NVSP_STAT_SUCCESS, 1)
@@ -169,7 +169,8 @@ class NetVsp:
             return nv.NVSP_STAT_FAIL
         r = ranges[0]
         try:
-            msg = PagedView(self.mem, [pfn << 12 for pfn in r.pfns]).read(r.byte_offset, r.byte_count)
+            with self.mem.mapped(r.pfns) as m:  # mapped for this message alone
+                msg = PagedView(m, [pfn << 12 for pfn in r.pfns]).read(r.byte_offset, r.byte_count)
         except (UnmappedGpa, RingCorrupt):
             self.stats.error("RNDIS pages outside the partition")
             return nv.NVSP_STAT_FAIL

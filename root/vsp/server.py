@@ -68,6 +68,12 @@ class Gpadl:
     pfns: list[int]
     expected: int
     created: bool = False
+    mapping: object = None  # its pages mapped (root/vsp/memory.py) while it lives
+
+    def close(self) -> None:
+        if self.mapping is not None:
+            self.mapping.close()
+            self.mapping = None
 
 
 @dataclass
@@ -87,7 +93,7 @@ class PartitionBus:
     """One partition's view of the bus."""
 
     id: int
-    mem: object  # its guest memory (proto.memory.GuestMemory), by guest-physical address
+    mem: object  # its memory as the VSP may map it (root/vsp/memory.py PartitionMemory)
     offers: dict[int, Offer]
     version: int = 0  # 0: not connected
     target_vp: int = 0
@@ -217,8 +223,12 @@ class VmbusServer:
         # The hypervisor says whether every page is RAM of this partition (GpaMapRequest).
         ok = all(p < (1 << 40) for p in g.pfns) and self.hv.map_gpas(bus.id, g.pfns)
         if ok:
-            g.created = True
-        else:
+            try:
+                g.mapping = bus.mem.map(g.pfns)  # these pages and no others
+                g.created = True
+            except (UnmappedGpa, OSError):
+                ok = False
+        if not ok:
             del bus.gpadls[gpadl]
             bus.error("GPADL pages outside the partition")
         self._post(bus, vb.encode(Msg.CHANNELMSG_GPADL_CREATED, vb.GPADL_CREATED.pack(
@@ -232,7 +242,7 @@ class VmbusServer:
         if any(o.channel is not None and o.channel.gpadl == gpadl for o in bus.offers.values()):
             bus.error("GPADL_TEARDOWN of an open channel's rings")
             return
-        del bus.gpadls[gpadl]
+        bus.gpadls.pop(gpadl).close()
         self._post(bus, vb.encode(Msg.CHANNELMSG_GPADL_TORNDOWN, vb.GPADL_TORNDOWN.pack(gpadl)))
 
     def _open_channel(self, bus: PartitionBus, vp: int, body: bytes) -> None:
@@ -250,10 +260,10 @@ class VmbusServer:
             reason = "OPENCHANNEL ring split outside the GPADL"
         if reason is None:
             try:
-                ch = OpenChannel.over(bus.mem, g.pfns, downstream, relid, gpadl, target_vp,
+                ch = OpenChannel.over(g.mapping, g.pfns, downstream, relid, gpadl, target_vp,
                                       self._signaller(bus.id, target_vp, relid), bus.suppress)
-                ch.gpadl_pfns = lambda gid, bus=bus, relid=relid: (
-                    bus.gpadls[gid].pfns if gid in bus.gpadls and bus.gpadls[gid].created
+                ch.find_gpadl = lambda gid, bus=bus, relid=relid: (
+                    bus.gpadls[gid] if gid in bus.gpadls and bus.gpadls[gid].created
                     and bus.gpadls[gid].relid == relid else None)
                 offer.device.open(ch, bus.mem)
                 offer.channel = ch
@@ -297,6 +307,8 @@ class VmbusServer:
         """Back to before INITIATE_CONTACT: channels closed, GPADLs gone, offers to be sent again."""
         for o in bus.offers.values():
             self._close(bus, o)
+        for g in bus.gpadls.values():
+            g.close()
         bus.gpadls.clear()
         bus.version = 0
         bus.offers_sent = False
@@ -373,8 +385,7 @@ class VmbusServer:
     def remove_partition(self, partition: int) -> None:
         bus = self.partitions.pop(partition, None)
         if bus is not None:
-            for o in bus.offers.values():
-                self._close(bus, o)
+            self._unload(bus)
 
     # -- status -------------------------------------------------------------------------------
 
@@ -393,5 +404,6 @@ class VmbusServer:
                         c["occupancy"] = "corrupt"
                 chans[o.relid] = c
             out[pid] = {"version": bus.version, "messages": bus.messages, "gpadls": len(bus.gpadls),
+                        "mapped_pages": getattr(bus.mem, "mapped_pages", None),
                         "errors": dict(bus.errors), "channels": chans}
         return out

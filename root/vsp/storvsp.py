@@ -265,10 +265,13 @@ class StorVsp:
             off = 0
 
     def _gather(self, pages, n: int) -> bytes:
-        return b"".join(self.mem.read(gpa, step) for gpa, step in self._pieces(pages, n))
+        """The request's pages, mapped for it alone (UnmappedGpa where one is not RAM)."""
+        with self.mem.mapped(pages.pfns) as m:
+            return b"".join(m.read(gpa, step) for gpa, step in self._pieces(pages, n))
 
     def _scatter(self, pages, data: bytes) -> None:
         at = 0
-        for gpa, step in self._pieces(pages, len(data)):
-            self.mem.write(gpa, data[at:at + step])
-            at += step
+        with self.mem.mapped(pages.pfns) as m:
+            for gpa, step in self._pieces(pages, len(data)):
+                m.write(gpa, data[at:at + step])
+                at += step

@@ -6,6 +6,7 @@ from __future__ import annotations
 import struct
 import threading
 from collections import deque
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 from proto import vmbus as vb
@@ -39,6 +40,44 @@ class FakeMemory:
     def write(self, gpa: int, data: bytes) -> None:
         self._check(gpa, len(data))
         self.b[gpa:gpa + len(data)] = data
+
+    # the VSP's view (root/vsp/memory.py's interface): only pages mapped, and only in range
+    def map(self, pfns):
+        for p in pfns:
+            self._check(p * PAGE_SIZE, PAGE_SIZE)
+        self.mapped_pages = getattr(self, "mapped_pages", 0) + len(set(pfns))
+        return FakeMapping(self, pfns)
+
+    @contextmanager
+    def mapped(self, pfns):
+        m = self.map(list(pfns))
+        try:
+            yield m
+        finally:
+            m.close()
+
+
+class FakeMapping:
+    def __init__(self, mem: FakeMemory, pfns) -> None:
+        self.mem, self.pfns = mem, set(pfns)
+
+    def _check(self, gpa: int, n: int) -> None:
+        for page in range(gpa // PAGE_SIZE, (gpa + max(n, 1) - 1) // PAGE_SIZE + 1):
+            if page not in self.pfns:
+                raise UnmappedGpa(page * PAGE_SIZE)
+
+    def read(self, gpa: int, n: int) -> bytes:
+        self._check(gpa, n)
+        return self.mem.read(gpa, n)
+
+    def write(self, gpa: int, data: bytes) -> None:
+        self._check(gpa, len(data))
+        self.mem.write(gpa, data)
+
+    def close(self) -> None:
+        if self.pfns:
+            self.mem.mapped_pages -= len(self.pfns)
+        self.pfns = set()
 
 
 class FakeHv:
