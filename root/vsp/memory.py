@@ -75,31 +75,36 @@ class Mapping:
         self.counted = len(self.where)
         mem.mapped_pages += self.counted
 
-    def _at(self, gpa: int) -> tuple[mmap.mmap, int]:
+    def _span(self, gpa: int, n: int) -> tuple[mmap.mmap, int, int]:
+        """(map, offset, bytes) of as much of [gpa, gpa + n) as one run holds; every page
+        of it checked against the SLAT now."""
         pfn = gpa >> PAGE_SHIFT
         got = self.where.get(pfn)
         if got is None:
             raise UnmappedGpa(gpa)
-        self.mem.check(pfn)
-        return got[0], got[1] + (gpa & (PAGE_SIZE - 1))
+        m, off = got
+        off += gpa & (PAGE_SIZE - 1)
+        step = min(n, len(m) - off)
+        for p in range(pfn, ((gpa + step - 1) >> PAGE_SHIFT) + 1):
+            self.mem.check(p)
+        return m, off, step
 
     def read(self, gpa: int, n: int) -> bytes:
-        out = []
-        while n:
-            m, off = self._at(gpa)
-            step = min(n, PAGE_SIZE - (gpa & (PAGE_SIZE - 1)))
+        m, off, step = self._span(gpa, n)
+        if step == n:
+            return m[off:off + n]
+        out = [m[off:off + step]]
+        while step < n:
+            gpa, n = gpa + step, n - step
+            m, off, step = self._span(gpa, n)
             out.append(m[off:off + step])
-            gpa += step
-            n -= step
         return b"".join(out)
 
     def write(self, gpa: int, data: bytes) -> None:
         i = 0
         while i < len(data):
-            m, off = self._at(gpa)
-            step = min(len(data) - i, PAGE_SIZE - (gpa & (PAGE_SIZE - 1)))
+            m, off, step = self._span(gpa + i, len(data) - i)
             m[off:off + step] = data[i:i + step]
-            gpa += step
             i += step
 
     def close(self) -> None:

@@ -253,16 +253,23 @@ class StorVsp:
     # -- guest pages ----------------------------------------------------------------------------
 
     @staticmethod
-    def _pieces(pages, n: int):
-        """(guest-physical address, length) of the first ``n`` bytes of a GPA range."""
+    def _pieces(pages, n: int) -> list[list[int]]:
+        """[guest-physical address, length] of the first ``n`` bytes of a GPA range, pages
+        that follow each other in guest-physical memory joined into one piece."""
+        out: list[list[int]] = []
         off = pages.byte_offset
         for pfn in pages.pfns:
             if n <= 0:
-                return
+                break
             step = min(n, PAGE_SIZE - off)
-            yield (pfn << 12) + off, step
+            gpa = (pfn << 12) + off
+            if out and out[-1][0] + out[-1][1] == gpa:
+                out[-1][1] += step
+            else:
+                out.append([gpa, step])
             n -= step
             off = 0
+        return out
 
     def _gather(self, pages, n: int) -> bytes:
         """The request's pages, mapped for it alone (UnmappedGpa where one is not RAM)."""
