@@ -31,7 +31,15 @@ from time import perf_counter_ns
 
 from proto.codes import HvMessageType, HvMsr, HvPrivilege, HvStatus, X86Exception
 
-from proto.synic_messages import HV_TIMER_MESSAGE_PAYLOAD
+from proto.synic_messages import (
+    HV_TIMER_MESSAGE_PAYLOAD,
+    STIMER_AUTO_ENABLE,
+    STIMER_DIRECT,
+    STIMER_ENABLE,
+    STIMER_PERIODIC,
+    STIMER_SINT_SHIFT,
+    STIMER_VECTOR_SHIFT,
+)
 
 from hypervisor.apic import MIN_TIMER_PERIOD_NS
 
@@ -40,13 +48,6 @@ OK = int(X86Exception.NONE)
 HV_STIMER_COUNT = 4
 STIMER0_CONFIG = HvMsr.HV_X64_MSR_STIMER0_CONFIG
 STIMER3_COUNT = HvMsr.HV_X64_MSR_STIMER3_COUNT
-CONFIG_ENABLE = 1 << 0
-CONFIG_PERIODIC = 1 << 1
-CONFIG_LAZY = 1 << 2
-CONFIG_AUTO_ENABLE = 1 << 3
-CONFIG_VECTOR_SHIFT = 4
-CONFIG_DIRECT = 1 << 12
-CONFIG_SINT_SHIFT = 16
 CONFIG_WRITABLE = 0xF1FFF  # bits 19:16, 12, 11:4, 3:0
 TIMER_EXPIRED = int(HvMessageType.HvMessageTypeTimerExpired)
 NS_PER_REF = 100
@@ -62,19 +63,19 @@ class StimerState:
 
     @property
     def enabled(self) -> bool:
-        return bool(self.config & CONFIG_ENABLE)
+        return bool(self.config & STIMER_ENABLE)
 
     @property
     def sint(self) -> int:
-        return (self.config >> CONFIG_SINT_SHIFT) & 0xF
+        return (self.config >> STIMER_SINT_SHIFT) & 0xF
 
     @property
     def direct(self) -> bool:
-        return bool(self.config & CONFIG_DIRECT)
+        return bool(self.config & STIMER_DIRECT)
 
     @property
     def vector(self) -> int:
-        return (self.config >> CONFIG_VECTOR_SHIFT) & 0xFF
+        return (self.config >> STIMER_VECTOR_SHIFT) & 0xFF
 
 
 def handles(msr: int) -> bool:
@@ -95,13 +96,13 @@ def wrmsr(part, vp, msr: int, value: int) -> int:
     if msr & 1:  # COUNT
         t.count = value
         if value == 0:
-            t.config &= ~CONFIG_ENABLE
-        elif t.config & CONFIG_AUTO_ENABLE:
-            t.config |= CONFIG_ENABLE
+            t.config &= ~STIMER_ENABLE
+        elif t.config & STIMER_AUTO_ENABLE:
+            t.config |= STIMER_ENABLE
     else:
         t.config = value & CONFIG_WRITABLE
     if t.enabled and not t.direct and t.sint == 0:
-        t.config &= ~CONFIG_ENABLE  # TLFS: no SINT to deliver to
+        t.config &= ~STIMER_ENABLE  # TLFS: no SINT to deliver to
     arm(part, t, perf_counter_ns())
     vp.synic.actions.add("stimer")
     return OK
@@ -113,7 +114,7 @@ def arm(part, t: StimerState, now: int) -> None:
         t.deadline_ns = None
         return
     ref_now = part.reference_time_100ns()
-    if t.config & CONFIG_PERIODIC:
+    if t.config & STIMER_PERIODIC:
         period = t.count * NS_PER_REF
         if period < MIN_TIMER_PERIOD_NS:
             t.counters["clamped"] += 1
@@ -137,14 +138,14 @@ def expire(part, vp, index: int, t: StimerState, now: int, synic) -> None:
         payload = HV_TIMER_MESSAGE_PAYLOAD.pack(index, 0, t.due_ref, part.reference_time_100ns())
         if synic.post(part, vp, t.sint, TIMER_EXPIRED, payload, 0, now) != HvStatus.HV_STATUS_SUCCESS:
             t.counters["missed"] += 1  # SINT masked, SIMP off: the tick is lost
-    if t.config & CONFIG_PERIODIC:
+    if t.config & STIMER_PERIODIC:
         period = max(t.count * NS_PER_REF, MIN_TIMER_PERIOD_NS)
         missed = (now - t.deadline_ns) // period
         t.deadline_ns += (missed + 1) * period
         t.due_ref += (missed + 1) * (period // NS_PER_REF)
         t.counters["missed"] += missed
     else:
-        t.config &= ~CONFIG_ENABLE
+        t.config &= ~STIMER_ENABLE
         t.deadline_ns = None
 
 

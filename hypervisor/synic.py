@@ -45,6 +45,10 @@ from proto.synic_messages import (
     HV_MESSAGE_PAYLOAD_BYTES,
     HV_MESSAGE_SIZE,
     HV_SYNIC_SINT_COUNT,
+    SINT_AUTO_EOI,
+    SINT_MASKED,
+    SINT_POLLING,
+    SINT_VECTOR_MASK,
 )
 
 from hypervisor import stimer, tsc_page
@@ -52,11 +56,7 @@ from hypervisor.stimer import HV_STIMER_COUNT, StimerState
 
 HV_SYNIC_VERSION_1 = 1  # SVERSION reads this (TLFS, Linux HV_SYNIC_VERSION_1)
 SCONTROL_ENABLE = 1 << 0
-# SINTx: bits 7:0 vector, 16 masked, 17 AutoEOI, 18 polling (TLFS); the rest kept as zero.
-SINT_VECTOR_MASK = 0xFF
-SINT_MASKED = 1 << 16
-SINT_AUTO_EOI = 1 << 17
-SINT_POLLING = 1 << 18
+# SINTx: vector, masked, AutoEOI, polling (TLFS); the rest kept as zero.
 SINT_WRITABLE = SINT_VECTOR_MASK | SINT_MASKED | SINT_AUTO_EOI | SINT_POLLING
 SINT_RESET = SINT_MASKED
 PAGE_GPFN_MASK = 0xFFFFFFFFFFFFF000

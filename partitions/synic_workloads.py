@@ -17,15 +17,20 @@ from time import perf_counter_ns
 from proto.codes import HvMsr, HvPrivilege, HypercallCode
 from proto.hvcall import HV_INPUT_POST_MESSAGE, HV_INPUT_SIGNAL_EVENT
 from proto.stats import Histogram
-from proto.synic_messages import HV_TIMER_MESSAGE_PAYLOAD
+from proto.synic_messages import (
+    HV_TIMER_MESSAGE_PAYLOAD,
+    STIMER_DIRECT,
+    STIMER_ENABLE,
+    STIMER_PERIODIC,
+    STIMER_SINT_SHIFT,
+    STIMER_VECTOR_SHIFT,
+)
 
 from partitions.drivers import synic
 from partitions.vp import GuestFault, Vp
 
 STIMER0_CONFIG, STIMER0_COUNT = HvMsr.HV_X64_MSR_STIMER0_CONFIG, HvMsr.HV_X64_MSR_STIMER0_COUNT
 STIMER_PERIOD_100NS = 10_000  # 1 ms: the APIC timer experiment's 1 kHz
-CONFIG_ENABLE, CONFIG_PERIODIC, CONFIG_SINT_SHIFT = 1 << 0, 1 << 1, 16
-CONFIG_DIRECT, CONFIG_VECTOR_SHIFT = 1 << 12, 4
 STIMER_DIRECT_VECTOR = 0xE8
 REPORT_INTERVAL_S = 1.0
 REFTIME_BATCH = 200
@@ -73,10 +78,10 @@ def _start_stimer(vp: Vp, sys, direct: bool) -> dict | bool:
 
     if direct:
         vp.set_handler(STIMER_DIRECT_VECTOR, on_direct)
-        config = CONFIG_ENABLE | CONFIG_PERIODIC | CONFIG_DIRECT | STIMER_DIRECT_VECTOR << CONFIG_VECTOR_SHIFT
+        config = STIMER_ENABLE | STIMER_PERIODIC | STIMER_DIRECT | STIMER_DIRECT_VECTOR << STIMER_VECTOR_SHIFT
     else:
         synic.on_message(sys, synic.STIMER_SINT, on_timer)
-        config = CONFIG_ENABLE | CONFIG_PERIODIC | synic.STIMER_SINT << CONFIG_SINT_SHIFT
+        config = STIMER_ENABLE | STIMER_PERIODIC | synic.STIMER_SINT << STIMER_SINT_SHIFT
     vp.wrmsr(STIMER0_COUNT, STIMER_PERIOD_100NS)
     vp.wrmsr(STIMER0_CONFIG, config)
     vp.sti()
@@ -131,7 +136,7 @@ def wl_synic_hostile(vp: Vp, sys) -> int:
         st.stimer = synic.setup(vp, sys)
         if st.stimer and sys.hv.privileges & HvPrivilege.AccessSyntheticTimerMsrs:
             vp.wrmsr(STIMER0_COUNT, 1)  # a period of 100 ns: clamped to the APIC timer's minimum
-            vp.wrmsr(STIMER0_CONFIG, CONFIG_ENABLE | CONFIG_PERIODIC | synic.STIMER_SINT << CONFIG_SINT_SHIFT)
+            vp.wrmsr(STIMER0_CONFIG, STIMER_ENABLE | STIMER_PERIODIC | synic.STIMER_SINT << STIMER_SINT_SHIFT)
     calls = (
         (HypercallCode.HvCallPostMessage, HV_INPUT_POST_MESSAGE.pack(0x4242, 0, 1, 4) + bytes(240)),  # no such connection
         (HypercallCode.HvCallPostMessage, HV_INPUT_POST_MESSAGE.pack(4, 0, 1, 241) + bytes(240)),  # oversized

@@ -36,6 +36,20 @@ CONNECTION_KINDS = ("message", "event")
 
 # -- guest-memory layouts the hypervisor writes and the guest reads (TLFS datatypes) ---------
 
+# SINTx (HV_X64_MSR_SINT0–15): bits 7:0 vector, 16 masked, 17 AutoEOI, 18 polling.
+SINT_VECTOR_MASK = 0xFF
+SINT_MASKED = 1 << 16
+SINT_AUTO_EOI = 1 << 17
+SINT_POLLING = 1 << 18
+# HV_X64_MSR_STIMERn_CONFIG: bit 0 Enable, 1 Periodic, 2 Lazy, 3 AutoEnable, 11:4
+# ApicVector (direct mode), 12 DirectMode, 19:16 SINTx.
+STIMER_ENABLE = 1 << 0
+STIMER_PERIODIC = 1 << 1
+STIMER_LAZY = 1 << 2
+STIMER_AUTO_ENABLE = 1 << 3
+STIMER_VECTOR_SHIFT = 4
+STIMER_DIRECT = 1 << 12
+STIMER_SINT_SHIFT = 16
 # HV_MESSAGE header: MessageType u32, PayloadSize u8, MessageFlags u8 (bit 0
 # MessagePending), reserved u16, OriginationId u64; the payload follows.
 HV_MESSAGE_HEADER = struct.Struct("<IBBHQ")
@@ -171,6 +185,17 @@ __all__ = [
     "HV_SYNIC_SINT_COUNT",
     "HV_EVENT_FLAGS_PER_SINT",
     "CONNECTION_KINDS",
+    "SINT_VECTOR_MASK",
+    "SINT_MASKED",
+    "SINT_AUTO_EOI",
+    "SINT_POLLING",
+    "STIMER_ENABLE",
+    "STIMER_PERIODIC",
+    "STIMER_LAZY",
+    "STIMER_AUTO_ENABLE",
+    "STIMER_VECTOR_SHIFT",
+    "STIMER_DIRECT",
+    "STIMER_SINT_SHIFT",
     "HV_MESSAGE_HEADER",
     "HV_MESSAGE_FLAG_PENDING",
     "HV_TIMER_MESSAGE_PAYLOAD",

@@ -33,7 +33,6 @@ MAX_SYNIC_VPS = 13
 TSC_PAGE_GPA = 0x9B000
 SINT_VECTOR_BASE = 0xD0  # SINT n → vector 0xD0 + n (above the PIC's, below the APIC timers')
 SINT0 = HvMsr.HV_X64_MSR_SINT0
-SINT_MASKED = 1 << 16
 STIMER_SINT = 3  # the synthetic timers' messages (VMBus has SINT 2)
 VMBUS_MESSAGE_SINT = 2
 APIC_BASE, APIC_EOI, APIC_SVR = 0xFEE00000, 0xB0, 0xF0
