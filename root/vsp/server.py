@@ -339,19 +339,21 @@ class VmbusServer:
         self._drain(bus, offer)
 
     def _drain(self, bus: PartitionBus, offer: Offer, polling: bool = False) -> None:
-        ch = offer.channel
-        key = (bus.id, offer.relid)
         try:
-            handled, more = ch.drain(lambda packets: offer.device.on_packets(ch, packets), keep_masked=polling)
+            self._drain_ring(bus, offer, polling)
         except (RingError, UnmappedGpa) as e:
-            # A corrupt ring (or its pages unmapped since)(or a guest that never reads its
+            # A corrupt ring (or its pages unmapped since, or a guest that never reads its
             # completions): Hyper-V closes the channel; the guest is told by a rescind.
-            bus.error(f"channel reset: {getattr(e, 'reason', e)}")
+            bus.error(f"channel reset: {getattr(e, 'reason', type(e).__name__)}")
             log.warning("partition %d channel %d reset: %s", bus.id, offer.relid, e)
             self._close(bus, offer)
             offer.rescinded = True
             self._post(bus, vb.encode(Msg.CHANNELMSG_RESCIND_CHANNELOFFER, vb.RELID.pack(offer.relid)))
-            return
+
+    def _drain_ring(self, bus: PartitionBus, offer: Offer, polling: bool) -> None:
+        ch = offer.channel
+        key = (bus.id, offer.relid)
+        handled, more = ch.drain(lambda packets: offer.device.on_packets(ch, packets), keep_masked=polling)
         if more:
             self.busy.add(key)
         else:
@@ -367,7 +369,7 @@ class VmbusServer:
             self.polling.pop(key, None)
             ch.to_host.set_interrupt_mask(False)
             if not ch.to_host.is_empty():
-                self._drain(bus, offer)
+                self._drain_ring(bus, offer, False)
 
     def poll_busy(self) -> None:
         """Come back to channels whose rings were not empty after a drain's rounds, and to

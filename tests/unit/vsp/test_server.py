@@ -188,3 +188,55 @@ def test_unload_and_contact_again():
     open_channel(server, hv, 1, mems[1])
     contact(server, 1)
     assert server.partitions[1].offers[1].channel is None
+
+
+def test_random_junk_never_raises():
+    """Channel messages of every type with random bodies, random ring bytes, well-framed
+    packets with random payloads, signals: every one is refused or served, none raises (a
+    raise would be a handler error)."""
+    import random
+
+    from proto.vmbus_ring import HEADER_SIZE, PACKET_TYPES, RingError
+
+    rng = random.Random(10)
+    server, hv, mems, _ = connected(partitions=(1,))
+    gpadl = 0x100
+    ch = open_channel(server, hv, 1, mems[1], gpadl=gpadl)
+    for i in range(3000):
+        bus = server.partitions[1]
+        if not bus.version or bus.offers[1].rescinded:
+            server.add_partition(1, mems[1], [type(bus.offers[1].device)(bus.offers[1].device.disk)])
+            contact(server, 1)
+            send(server, 1, Msg.CHANNELMSG_REQUESTOFFERS)
+            gpadl += 1
+            ch = open_channel(server, hv, 1, mems[1], gpadl=gpadl)
+        kind = rng.random()
+        if kind < 0.3:
+            msgtype = rng.choice(list(Msg) + [0, 99])
+            body = rng.randbytes(rng.randrange(0, 232))
+            if rng.random() < 0.5:  # plausible relids and GPADL ids
+                body = struct.pack("<II", rng.choice((1, 2, 0)), rng.choice((gpadl, 5, 0))) + body[8:]
+            server.on_message(1, 0, rng.choice((1, 4, 4, 4, 0x2001)), struct.pack("<II", msgtype, 0) + body)
+        elif kind < 0.4:
+            ch.to_host.view.write(rng.randrange(0, HEADER_SIZE + 4096 - 16), rng.randbytes(16))
+            server.on_event(1, vb.channel_connection_id(rng.choice((1, 1, 2))))
+        elif kind < 0.9:
+            header = b""
+            ptype = rng.choice(PACKET_TYPES)
+            if ptype == 9 and rng.random() < 0.7:
+                pages = rng.randrange(1, 4)
+                header = struct.pack("<II", 0, 1) + struct.pack("<II", rng.randrange(1, pages * 4096),
+                                                                rng.randrange(0, 64)) \
+                    + struct.pack(f"<{pages}Q", *(rng.choice((70, 71, 72, 1 << 20)) for _ in range(pages)))
+            payload = rng.randbytes(rng.randrange(0, 80))
+            if rng.random() < 0.5:
+                payload = struct.pack("<III", rng.randrange(1, 12), 1, 0) + payload
+            try:
+                ch.to_host.write([encode_packet(ptype, payload, i, rng.randrange(0, 2), header.ljust(
+                    (len(header) + 7) & ~7, b"\0"))])
+            except RingError:
+                pass
+            server.on_event(1, vb.channel_connection_id(1))
+        else:
+            server.poll_busy()
+    assert sum(server.partitions[1].offers[1].device.stats.errors.values()) > 10
