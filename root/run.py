@@ -177,7 +177,8 @@ class Run:
                           "nic": "nic" in pc.vmbus,
                           "disk": image and {"image_path": str(image), "size_bytes": pc.vmbus["disk"]["size_mb"] << 20}})
         spec = {"endpoint": self.endpoint, "server_key": self.server_key, "partitions": parts,
-                "status_path": str(d / vsp_status.STATUS_FILE)}
+                "status_path": str(d / vsp_status.STATUS_FILE),
+                "external_port": bool((self.topology.switch or {}).get("external"))}
         write_json(d / "vsp.json", spec)
         vsp = spawn("vsp", "vsp", "root.vsp", ["--spec", str(d / "vsp.json"), "--memory-fds", ",".join(fd_args)],
                     logs, secret=auth.peer_token(self.secret, "vsp", 0), fds=tuple(fds), stdout=subprocess.PIPE)

@@ -107,6 +107,7 @@ class Topology:
     logical_processors: int
     transport: str
     partitions: list[PartitionConfig]
+    switch: dict | None = None  # {"external": bool}: the virtual switch's TAP port (issue 10)
 
     def to_dict(self) -> dict:
         return {
@@ -114,6 +115,7 @@ class Topology:
             "name": self.name, "duration_s": self.duration_s,
             "logical_processors": self.logical_processors, "transport": self.transport,
             "partitions": [p.__dict__ for p in self.partitions],
+            "switch": self.switch,
         }
 
 
@@ -188,7 +190,7 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
                 raise err(table, index, key, f"expected a list of strings, got {type(v).__name__} {v!r} in it")
         return values
 
-    check_keys(data, {"run", "partition"}, "", None)
+    check_keys(data, {"run", "partition", "switch"}, "", None)
     run = data.get("run", {})
     if not isinstance(run, dict):
         raise err("", None, "run", "must be a table")
@@ -341,7 +343,14 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
         vmbus = vmbus_section(get(p, "vmbus", dict, t, i, None), enl, base_dir, lambda k, why: err(t, i, k, why))
         parts.append(PartitionConfig(pname, vps, mem, list(enl), list(rec), spin, list(wls), chipset, disk,
                                      devices, dict(cpu), vmbus))
-    return Topology(source, base_dir, name, duration, lps, transport, parts)
+    switch = get(data, "switch", dict, "", None, None)
+    if switch is not None:
+        check_keys(switch, {"external"}, "switch", None)
+        external = get(switch, "external", bool, "switch", None, False)
+        if not any(p.vmbus and "nic" in p.vmbus for p in parts):
+            raise err("switch", None, None, "no partition has a synthetic NIC (vmbus = { nic = {} }) to switch")
+        switch = {"external": external}
+    return Topology(source, base_dir, name, duration, lps, transport, parts, switch)
 
 
 def device_ports(spec: dict) -> list[int]:

@@ -30,7 +30,9 @@ from worker.backends import DiskFile
 
 from root.vsp.service import VspService
 from root.vsp.memory import PartitionMemory
+from root.vsp import tap
 from root.vsp.netvsp import NetVsp, VirtualSwitch
+from root.vsp.tap import ExternalPort
 from root.vsp.storvsp import StorVsp
 
 
@@ -83,6 +85,14 @@ def main(argv: list[str] | None = None) -> int:
         service.add_partition(p["id"], PartitionMemory(ram, slat), devices, p.get("suppress", True))
         logging.info("partition %d (%s): offering %s", p["id"], p["name"],
                      ", ".join(type(d).__name__ for d in devices) or "nothing")
+    if spec.get("external_port"):
+        service.external = ExternalPort()
+        if service.external.error:
+            logging.warning("virtual switch: %s; running without it", service.external.error)
+            service.external = None
+        else:
+            switch.attach(service.external)
+            logging.info("virtual switch: external port %s in %s", tap.ADDRESS, service.external.netns)
     print("READY", flush=True)
     try:
         service.serve()

@@ -11,7 +11,7 @@ memory.
 The NIC's bring-up is NVSP INIT (5.0–6.1), NDIS config and version, the receive buffer
 (a GPADL of the guest's, cut into 2 KiB sections), then RNDIS INITIALIZE, QUERY (MAC
 address, frame size, link), SET (packet filter).  Not built: a send buffer (frames come as
-GPA-direct page lists), the TAP port to the host.
+GPA-direct page lists).  The switch's port to the host is root/vsp/tap.py.
 """
 
 from __future__ import annotations
@@ -52,7 +52,9 @@ class VirtualSwitch:
         self.table: dict[bytes, NetVsp] = {}
         self.forwarded = self.flooded = 0
 
-    def attach(self, port: "NetVsp") -> None:
+    def attach(self, port) -> None:
+        """A port: a partition's NetVsp, or the external port (root/vsp/tap.py): each has
+        ``name`` and ``receive(frame, broadcast)``."""
         self.ports.append(port)
 
     def forward(self, src: "NetVsp", frame: bytes) -> None:
@@ -71,8 +73,10 @@ class VirtualSwitch:
                 port.receive(frame, broadcast=bool(dst_mac[0] & 1))
 
     def status(self) -> dict:
+        external = next((p.status() for p in self.ports if hasattr(p, "status")), None)
         return {"forwarded": self.forwarded, "flooded": self.flooded,
-                "table": {mac.hex(":"): port.name for mac, port in self.table.items()}}
+                "table": {mac.hex(":"): port.name for mac, port in self.table.items()},
+                **({"external": external} if external else {})}
 
 
 class NetVsp:

@@ -60,6 +60,7 @@ class VspService:
         self._next_status = 0.0
         self._next_poll = 0
         self.switch = None  # root.vsp.netvsp.VirtualSwitch, when a partition has a NIC
+        self.external = None  # root.vsp.tap.ExternalPort: the switch's port to the host
 
     # -- the Hypervisor interface the server acts through -------------------------------------
 
@@ -128,9 +129,13 @@ class VspService:
             while self.running:
                 if self._later:
                     self.handle(self._later.popleft())
-                elif self.dealer.wait(0 if self.server.busy else POLL_SLICE_MS if self.server.polling
-                                      else IDLE_POLL_MS):
+                elif self.dealer.wait(0 if self.server.busy else POLL_SLICE_MS
+                                      if self.server.polling or self.external else IDLE_POLL_MS):
                     self.handle(self.dealer.recv_ready())
+                if self.external is not None and self.external.inbox:
+                    # (the TAP's reader thread fills the inbox; the switch is this loop's)
+                    for frame in self.external.frames():
+                        self._guarded(self.switch.forward, self.external, frame)
                 server = self.server
                 if (server.busy or server.polling) and time.monotonic_ns() >= self._next_poll:
                     # (also between messages: other partitions' traffic must not starve them)

@@ -70,3 +70,51 @@ def test_two_partitions_ping_each_other_through_the_virtual_switch():
     assert status["switch"]["forwarded"] >= 3
     assert all(not p["errors"] for p in status["partitions"].values())
     assert status["handler_errors"] == 0 and not handler_errors_in_logs(run_dir)
+
+
+HOST_PING = """
+import socket, struct, sys
+def csum(b):
+    s = sum(struct.unpack(f">{len(b) // 2}H", b)); s = (s >> 16) + (s & 0xFFFF); s += s >> 16
+    return ~s & 0xFFFF
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+s.settimeout(float(sys.argv[2]))
+body = struct.pack(">BBHHH", 8, 0, 0, 0x77, 1) + b"hostping"
+s.sendto(struct.pack(">BBHHH", 8, 0, csum(body), 0x77, 1) + b"hostping", (sys.argv[1], 0))
+while True:
+    data, addr = s.recvfrom(2048)
+    if data[(data[0] & 15) * 4] == 0 and addr[0] == sys.argv[1]:
+        print("reply from", addr[0]); break
+"""
+
+
+def test_the_host_pings_a_partition_through_the_switchs_tap_port():
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    from tests.support import alive, start_run, wait_until
+
+    if os.geteuid() != 0 or not os.path.exists("/dev/net/tun") or not shutil.which("nsenter"):
+        pytest.skip("a TAP port needs root, /dev/net/tun and nsenter")
+    run = start_run(str(REPO / "tests/configs/vmbus-external.toml"), short_run_root())
+    try:
+        wait_until(lambda: "vmbus_net: NIC" in run.console("alpha"), 60, what="alpha's NIC up")
+        status = json.loads((run.path / "vsp-status.json").read_text())
+        ext = status["switch"]["external"]
+        assert ext["error"] is None and ext["address"] == "10.0.0.254/24"
+        deadline, out = time.monotonic() + 30, None
+        while time.monotonic() < deadline:  # the guest answers between its workload turns
+            out = subprocess.run(["nsenter", f"--net={ext['netns']}", sys.executable, "-c", HOST_PING,
+                                  "10.0.0.1", "3"], capture_output=True, text=True, timeout=20)
+            if out.returncode == 0:
+                break
+        assert out.stdout.strip() == "reply from 10.0.0.1", out.stderr
+        # the host's own network namespace has no such device
+        assert "hvtap0" not in subprocess.run(["ip", "link"], capture_output=True, text=True).stdout
+    finally:
+        pids = run.pids()
+        run.stop()
+        wait_until(lambda: not alive(pids), 10, what="every process gone")
+    assert not handler_errors_in_logs(run.path)

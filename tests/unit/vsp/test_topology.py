@@ -38,3 +38,16 @@ def test_errors_name_file_line_and_key(tmp_path, text, message):
     with pytest.raises(ConfigError) as e:
         load_topology(HEAD + text, "t.toml", tmp_path)
     assert str(e.value).startswith("t.toml:") and "vmbus" in str(e.value) and message in str(e.value)
+
+
+def test_switch_section(tmp_path):
+    nic = HEAD + ENL + "vmbus = { nic = {} }\n"
+    t = load_topology("[switch]\nexternal = true\n" + nic, "t.toml", tmp_path)
+    assert t.switch == {"external": True} and t.to_dict()["switch"] == {"external": True}
+    assert load_topology(nic, "t.toml", tmp_path).switch is None
+    for text, message in (("[switch]\nexternal = 1\n" + nic, "expected bool"),
+                          ("[switch]\ntap = true\n" + nic, "unknown key"),
+                          ("[switch]\nexternal = true\n" + HEAD, "no partition has a synthetic NIC")):
+        with pytest.raises(ConfigError) as e:
+            load_topology(text, "t.toml", tmp_path)
+        assert str(e.value).startswith("t.toml:") and "switch" in str(e.value) and message in str(e.value)
