@@ -96,8 +96,8 @@ def test_the_host_pings_a_partition_through_the_switchs_tap_port():
 
     from tests.support import alive, start_run, wait_until
 
-    if os.geteuid() != 0 or not os.path.exists("/dev/net/tun") or not shutil.which("nsenter"):
-        pytest.skip("a TAP port needs root, /dev/net/tun and nsenter")
+    if os.geteuid() != 0 or not os.path.exists("/dev/net/tun") or not (shutil.which("nsenter") and shutil.which("ip")):
+        pytest.skip("a TAP port needs root, /dev/net/tun, ip and nsenter")
     run = start_run(str(REPO / "tests/configs/vmbus-external.toml"), short_run_root())
     try:
         wait_until(lambda: "vmbus_net: NIC" in run.console("alpha"), 60, what="alpha's NIC up")
