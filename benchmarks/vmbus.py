@@ -150,11 +150,13 @@ def measure_or_error(samples: int) -> dict:
 def report(r: dict) -> str:
     if "error" in r:
         return f"synthetic disk: not measured: {r['error']}"
-    q1, q8, lat, off, fl = r["synthetic_qd1"], r["synthetic_qd8"], r["latency_4k"], r["suppression_off_qd8"], r["floor_4hop"]
+    q1, q8, lat = r["synthetic_qd1"], r["synthetic_qd8"], r["latency_4k"]
+    off, fl = r["suppression_off_qd8"], r["floor_4hop"]
     lines = [
         "synthetic disk (VMBus, storvsp in the root's VSP process) vs the emulated ATA disk",
         f"  64 KiB sequential writes + flush, QD1: {q1['mb_s']:8.2f} MB/s  ({r['ratio_qd1_vs_ata']:.0f}× ATA)",
-        f"  64 KiB sequential writes + flush, QD8: {q8['mb_s']:8.2f} MB/s  ({r['ratio_qd8_vs_ata']:.0f}× ATA; goal ≥ 100×)",
+        f"  64 KiB sequential writes + flush, QD8: {q8['mb_s']:8.2f} MB/s  "
+        f"({r['ratio_qd8_vs_ata']:.0f}× ATA; goal ≥ 100×)",
         f"  emulated ATA PIO writes + flush:       {r['ata']['mb_s'] * 1e3:8.2f} KB/s  "
         f"({r['ata']['exits'] / (r['ata']['bytes'] / 4096):.0f} exits per 4 KiB)",
         f"  host's own 64 KiB writes + fsync:      {r['host_write_mb_s']:8.2f} MB/s  "

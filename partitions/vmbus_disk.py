@@ -159,7 +159,8 @@ def _phase(vp: Vp, disk: Disk, name: str, batches: list[list[tuple[int, int, int
     out = {"bytes": sum(n for b in batches for _, n, _ in b), "ns": ns, "requests": requests,
            "guest_signals": sc.ch.signals_sent - sig0, "host_interrupts": bus.interrupts - irq0,
            "exits": vp.exits - exits0, "submit_ns": sc.submit_ns - submit0, "wait_ns": sc.wait_ns - wait0,
-           "halts": sc.halts - halts0, "p50_ns": lat[len(lat) // 2], "p99_ns": lat[min(len(lat) - 1, len(lat) * 99 // 100)]}
+           "halts": sc.halts - halts0, "p50_ns": lat[len(lat) // 2],
+           "p99_ns": lat[min(len(lat) - 1, len(lat) * 99 // 100)]}
     vp.counters.update({f"vmbus_{name}_{k}": v for k, v in out.items()})
     return out
 

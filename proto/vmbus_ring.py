@@ -309,7 +309,8 @@ class Ring:
             ptype, offset8, len8, flags, tid = DESCRIPTOR.unpack_from(data, pos)
             total = len8 * 8
             if total < DESCRIPTOR_SIZE or total + TRAILER_SIZE > left:
-                raise RingCorrupt(f"packet length {total} at {(r + pos) % self.data_size:#x} past the {left} bytes written")
+                raise RingCorrupt(f"packet length {total} at {(r + pos) % self.data_size:#x} "
+                                  f"past the {left} bytes written")
             if offset8 * 8 < DESCRIPTOR_SIZE or offset8 > len8:
                 raise RingCorrupt(f"data offset {offset8 * 8} inside the descriptor or past the packet")
             if ptype not in PACKET_TYPES:

@@ -77,7 +77,8 @@ def test_a_refused_gpadl_check_fails_the_gpadl():
     d.replies[sm.GpaMapRequest] = lambda msg: [sm.GpaMapReply(3, HvStatus.HV_STATUS_INVALID_PARAMETER, "", ())]
     svc = VspService(d)
     svc.add_partition(3, FakeMemory(), [StorVsp(MemoryDisk(1 << 20))])
-    for payload in (vb.encode(Msg.CHANNELMSG_INITIATE_CONTACT, vb.INITIATE_CONTACT.pack(vb.VERSION_WIN10_V5, 0, 2, 0, 0)),
+    contact = vb.INITIATE_CONTACT.pack(vb.VERSION_WIN10_V5, 0, 2, 0, 0)
+    for payload in (vb.encode(Msg.CHANNELMSG_INITIATE_CONTACT, contact),
                     vb.encode(Msg.CHANNELMSG_REQUESTOFFERS), vb.gpadl_messages(1, 9, [20, 21])[0]):
         svc.handle(sm.SynicMessageToRoot(3, 0, 4, vb.VMBUS_MESSAGE_TYPE, payload).encode())
     created = [x for x in d.sent if isinstance(x, sm.SynicPost)][-1]
