@@ -23,7 +23,7 @@ from collections import deque
 from proto import messages as m
 from proto import synic_messages as sm
 from proto.codes import HvStatus
-from proto.errors import PeerTimeout, ProtocolError
+from proto.errors import PeerTimeout, ProtocolError, Refused
 from proto.vmbus import VMBUS_MESSAGE_CONNECTION_ID, VMBUS_MESSAGE_CONNECTION_ID_4, VMBUS_MESSAGE_TYPE
 
 from root.vsp.server import VmbusServer
@@ -77,7 +77,17 @@ class VspService:
         ranges = page_ranges(pfns)
         if len(ranges) > MAX_MAP_RANGES:
             return False
-        self.dealer.send(sm.GpaMapRequest(partition, ranges, True).encode())
+        reply = self._ask(sm.GpaMapRequest(partition, ranges, True),
+                          lambda msg: isinstance(msg, sm.GpaMapReply) and msg.partition == partition)
+        if reply is None:
+            log.warning("no GpaMapReply for partition %d within %d ms: GPADL refused", partition, MAP_TIMEOUT_MS)
+        return isinstance(reply, sm.GpaMapReply) and reply.status == HvStatus.HV_STATUS_SUCCESS
+
+    def _ask(self, request: m.Message, answers) -> m.Message | None:
+        """Send ``request`` and wait for the frame ``answers(msg)`` accepts, or an
+        error_reply to it (returned as is); None after MAP_TIMEOUT_MS.  What else arrives
+        meanwhile is kept, in order, for the loop."""
+        self.dealer.send(request.encode())
         deadline = time.monotonic() + MAP_TIMEOUT_MS / 1000
         while time.monotonic() < deadline:
             if not self.dealer.wait(IDLE_POLL_MS):
@@ -87,13 +97,10 @@ class VspService:
                 msg = m.decode(raw)
             except ProtocolError:
                 continue
-            if isinstance(msg, sm.GpaMapReply) and msg.partition == partition:
-                return msg.status == HvStatus.HV_STATUS_SUCCESS
-            if isinstance(msg, m.ErrorReply) and msg.ref_type == sm.GpaMapRequest.TYPE:
-                return False
-            self._later.append(raw)  # handled once this GPADL is answered
-        log.warning("no GpaMapReply for partition %d within %d ms: GPADL refused", partition, MAP_TIMEOUT_MS)
-        return False
+            if answers(msg) or (isinstance(msg, m.ErrorReply) and msg.ref_type == request.TYPE):
+                return msg
+            self._later.append(raw)
+        return None
 
     # -- set-up -------------------------------------------------------------------------------
 
@@ -107,20 +114,12 @@ class VspService:
             self._request(sm.SynicConnect(partition, conn, kind))
 
     def _request(self, msg: m.Message) -> None:
-        """A set-up request answered by ``ack``; anything else arriving is kept for later."""
-        self.dealer.send(msg.encode())
-        deadline = time.monotonic() + MAP_TIMEOUT_MS / 1000
-        while time.monotonic() < deadline:
-            if not self.dealer.wait(IDLE_POLL_MS):
-                continue
-            raw = self.dealer.recv_ready()
-            reply = m.decode(raw)
-            if isinstance(reply, m.Ack) and reply.ref_type == msg.TYPE:
-                return
-            if isinstance(reply, m.ErrorReply) and reply.ref_type == msg.TYPE:
-                raise RuntimeError(f"{msg.NAME} refused: {reply.code}: {reply.message}")
-            self._later.append(raw)
-        raise PeerTimeout(f"{msg.NAME}: no answer within {MAP_TIMEOUT_MS} ms")
+        """A set-up request answered by ``ack``."""
+        reply = self._ask(msg, lambda r: isinstance(r, m.Ack) and r.ref_type == msg.TYPE)
+        if reply is None:
+            raise PeerTimeout(f"{msg.NAME}: no answer within {MAP_TIMEOUT_MS} ms")
+        if isinstance(reply, m.ErrorReply):
+            raise Refused(reply.code, f"{msg.NAME}: {reply.message}")
 
     # -- the loop -------------------------------------------------------------------------------
 
