@@ -82,6 +82,37 @@ def guest_run(directory: str, suppression: bool, ata: bool = True) -> dict:
     return {"guest": dict(guest), "vsp": vsp, "console": console, "paths": paths}
 
 
+NET_TOPOLOGY = """\
+[run]
+name = "bench-vmbus-net"
+duration_s = {duration}
+logical_processors = 2
+""" + "".join(f"""
+[[partition]]
+name = "{name}"
+vps = 1
+memory_mb = 16
+enlightenments = ["hypercall", "vp_index", "reference_counter", "apic", "synic"]
+workloads = ["vmbus_net"]
+vmbus = {{{{ nic = {{{{}}}} }}}}
+""" for name in ("alpha", "beta"))
+
+
+def ping_round_trips(duration_s: float = 8.0) -> dict:
+    """Two partitions pinging each other through the switch twice a second: the round
+    trips their guests measured (from the first echo request to its reply)."""
+    from benchmarks.bench import measure_run
+
+    status = measure_run(NET_TOPOLOGY.format(duration=duration_s), duration_s)
+    g = [vp.guest for p in status.partitions for vp in p.vps]
+    n = sum(x.get("vmbus_pings", 0) for x in g)
+    if not n:
+        return {"pings": 0}
+    return {"pings": n, "mean_us": sum(x.get("vmbus_ping_ns", 0) for x in g) / n / 1e3,
+            "min_us": min(x["vmbus_ping_min_ns"] for x in g if "vmbus_ping_min_ns" in x) / 1e3,
+            "max_us": max(x.get("vmbus_ping_max_ns", 0) for x in g) / 1e3}
+
+
 def host_write_mb_s(directory: str, total: int, chunk: int = 64 * 1024) -> float:
     """The host's own sequential write throughput on the images' file system: ``total``
     bytes in ``chunk`` pwrites, then fsync (as the guest's phase ends with a flush)."""
@@ -136,6 +167,7 @@ def measure(samples: int = 2000) -> dict:
         "suppression_off_qd8": phase(off["guest"], "qd8"),
         "vsp_channels": {pid: p["channels"] for pid, p in chans.items()},
         "paths": on["paths"],
+        "ping": ping_round_trips(),
     }
 
 
@@ -167,6 +199,11 @@ def report(r: dict) -> str:
         f"{q8['host_interrupts']} host→guest interrupts, {q8['requests']} requests; goal < 0.2)",
         f"  with signal suppression off: {off['signals_per_request']:.3f} per request, {off['mb_s']:.2f} MB/s at QD8",
     ]
+    ping = r.get("ping", {})
+    if ping.get("pings"):
+        lines.append(f"  partition-to-partition ping over the switch: {ping['pings']} pings, mean "
+                     f"{ping['mean_us'] / 1e3:.2f} ms, min {ping['min_us'] / 1e3:.2f} ms, max {ping['max_us'] / 1e3:.2f} ms "
+                     f"(4-hop floor p50 {fl['p50_us'] / 1e3:.2f} ms; each leg is about five hops)")
     ch = next(iter(next(iter(r["vsp_channels"].values())).values()), {})
     batches = q8["requests"] // 8
     if ch.get("packets_in") and batches:

@@ -159,6 +159,8 @@ def wl_vmbus_net(vp: Vp, sys) -> int:
     c = vp.counters
     c["vmbus_pings"] = c.get("vmbus_pings", 0) + 1
     c["vmbus_ping_ns"] = c.get("vmbus_ping_ns", 0) + int(rtt * 1e9)
+    c["vmbus_ping_min_ns"] = min(c.get("vmbus_ping_min_ns", 1 << 62), int(rtt * 1e9))
+    c["vmbus_ping_max_ns"] = max(c.get("vmbus_ping_max_ns", 0), int(rtt * 1e9))
     sys.console(vp, f"[{sys.name}] vmbus_net: ping {'.'.join(map(str, ip))}: {len(PAYLOAD) + 8} bytes, "
                     f"{rtt * 1e3:.2f} ms ({stack.answered} echo requests answered)")
     return n + 1
