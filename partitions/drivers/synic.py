@@ -132,7 +132,10 @@ def eoi(vp: Vp, sys) -> None:
 
 def take_events(vp: Vp, sint: int) -> list[int]:
     """The event flags of ``sint`` that are set, each cleared atomically (LOCK BTR), as a
-    VMBus driver scans its channels' flags."""
+    VMBus driver scans its channels' flags.  Atomic among this partition's VPs only: the
+    hypervisor sets flags with a plain store from another process, so a flag it sets in
+    the same byte between BTR's read and write can be lost — a driver should also look at
+    its channels' rings on each interrupt rather than trust the flags alone."""
     base = siefp_gpa(vp) + 256 * sint
     flags = []
     for i in range(0, 256, 8):
