@@ -131,11 +131,9 @@ def eoi(vp: Vp, sys) -> None:
 
 
 def take_events(vp: Vp, sint: int) -> list[int]:
-    """The event flags of ``sint`` that are set, each cleared atomically (LOCK BTR), as a
-    VMBus driver scans its channels' flags.  Atomic among this partition's VPs only: the
-    hypervisor sets flags with a plain store from another process, so a flag it sets in
-    the same byte between BTR's read and write can be lost — a driver should also look at
-    its channels' rings on each interrupt rather than trust the flags alone."""
+    """The event flags of ``sint`` that are set, each cleared atomically (LOCK AND, against
+    the hypervisor setting flags from its own process: :mod:`proto.atomic`), as a VMBus
+    driver scans its channels' flags."""
     base = siefp_gpa(vp) + 256 * sint
     flags = []
     for i in range(0, 256, 8):
@@ -144,7 +142,8 @@ def take_events(vp: Vp, sint: int) -> list[int]:
             bit = word.bit_length() - 1
             word &= ~(1 << bit)
             flag = i * 8 + bit
-            if vp.btr(base + flag // 8, flag % 8):
+            mask = 1 << (flag % 8)
+            if vp.mem.fetch_and_u8(base + flag // 8, ~mask & 0xFF) & mask:
                 flags.append(flag)
     return flags
 
