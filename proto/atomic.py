@@ -8,7 +8,8 @@ runtime library exports (``libatomic``: ``__atomic_fetch_or_1`` / ``__atomic_fet
 LOCK-prefixed on x86, atomic on a MAP_SHARED mapping whoever else maps it), through ctypes.
 
 Where libatomic cannot be loaded, :data:`ATOMIC` is False and the operations fall back to a
-plain read-modify-write — correct within one process, racy across two; ``status`` says so.
+plain read-modify-write — correct within one process, racy across two; the hypervisor's
+``status`` says so (counter ``synic_flags_atomic`` 0) and its log warns.
 """
 
 import ctypes
