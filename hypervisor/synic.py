@@ -36,6 +36,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from time import perf_counter_ns
 
+from proto.atomic import fetch_or_u8
 from proto.codes import HvStatus
 from proto.memory import PAGE_SHIFT
 from proto.synic_messages import (
@@ -241,11 +242,10 @@ class Synic:
             s.counters["refused"] += 1
             return S.HV_STATUS_INVALID_SYNIC_STATE
         bit = 1 << (flag % 8)
-        byte = ram[off]
-        if byte & bit:
+        # LOCK OR: the guest clears flags with LOCK AND from its own process (proto.atomic).
+        if fetch_or_u8(ram, off, bit) & bit:
             s.counters["signals_coalesced"] += 1
             return S.HV_STATUS_SUCCESS
-        ram[off] = byte | bit
         s.counters["signals"] += 1
         self.assert_sint(vp, sint)
         return S.HV_STATUS_SUCCESS

@@ -22,6 +22,7 @@ import logging
 import time
 
 from proto import messages as m
+from proto.atomic import ATOMIC
 from proto import synic_messages as sm
 from proto.codes import HvPartitionState, HvStatus
 from proto.hvcall import HV_INPUT_POST_MESSAGE
@@ -70,6 +71,11 @@ class SynicPorts:
         for k in ("synic_messages_to_root", "synic_events_to_root", "synic_events_deferred",
                   "synic_posts_from_root", "synic_signals_from_root", "synic_refused"):
             counters.setdefault(k, 0)
+        # 0: libatomic is missing, and event flags are set and cleared by plain
+        # read-modify-writes, which race between the hypervisor and the guest (proto.atomic).
+        counters["synic_flags_atomic"] = int(ATOMIC)
+        if not ATOMIC:
+            log.warning("libatomic not found: SynIC event flags are not atomic across processes")
 
     # -- the vsp peer ----------------------------------------------------------------------------
 

@@ -131,8 +131,9 @@ def eoi(vp: Vp, sys) -> None:
 
 
 def take_events(vp: Vp, sint: int) -> list[int]:
-    """The event flags of ``sint`` that are set, each cleared atomically (LOCK BTR), as a
-    VMBus driver scans its channels' flags."""
+    """The event flags of ``sint`` that are set, each cleared atomically (LOCK AND, against
+    the hypervisor setting flags from its own process: :mod:`proto.atomic`), as a VMBus
+    driver scans its channels' flags."""
     base = siefp_gpa(vp) + 256 * sint
     flags = []
     for i in range(0, 256, 8):
@@ -141,7 +142,8 @@ def take_events(vp: Vp, sint: int) -> list[int]:
             bit = word.bit_length() - 1
             word &= ~(1 << bit)
             flag = i * 8 + bit
-            if vp.btr(base + flag // 8, flag % 8):
+            mask = 1 << (flag % 8)
+            if vp.mem.fetch_and_u8(base + flag // 8, ~mask & 0xFF) & mask:
                 flags.append(flag)
     return flags
 

@@ -352,7 +352,8 @@ def test_a_periodic_stimer_posts_timer_expired_messages_to_its_sint(syn):
     assert syn.vp(1).apic.irr >> VECTOR & 1
     fire_all(syn, 2_000_000)  # the slot is still full: that tick is missed, not queued twice
     t = syn.vp(1).synic.stimers[0]
-    assert t.enabled and t.counters["fired"] == 2 and syn.vp(1).synic.queued() <= 1
+    # (The loop may have fired it once more itself on a slow machine.)
+    assert t.enabled and t.counters["fired"] >= 2 and syn.vp(1).synic.queued() <= 1
 
 
 def test_a_one_shot_stimer_in_direct_mode_asserts_its_vector_and_disables_itself(syn):
@@ -395,9 +396,10 @@ def test_the_reference_tsc_page_gives_the_reference_time_without_an_exit(syn):
     assert rdmsr(syn, 1, HvMsr.HV_X64_MSR_REFERENCE_TSC) == (0, 0x7001)
     page = bytes(ram(syn, 1)[0x7000:0x7018])
     assert int.from_bytes(page[:4], "little") != 0  # TscSequence: valid
+    before = syn.part(1).reference_time_100ns()
     by_page = reference_time(page, perf_counter_ns())
-    by_msr = syn.part(1).reference_time_100ns()
-    assert abs(by_msr - by_page) < 10_000  # within 1 ms (two clock reads apart)
+    after = syn.part(1).reference_time_100ns()
+    assert before - 1 <= by_page <= after + 1  # the same clock, to within its 100 ns unit
 
 
 # -- a hostile vsp and a hostile guest: refused, never a handler error ----------------------------
