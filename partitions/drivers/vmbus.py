@@ -106,8 +106,12 @@ class Vmbus:
         self.interrupts += 1
 
     def clear_event(self, vp: Vp, relid: int) -> bool:
-        """Test-and-clear the channel's event flag in SINT 2's block of the SIEF page."""
-        return vp.btr(synic.siefp_gpa(vp) + vb.VMBUS_MESSAGE_SINT * 256, relid)
+        """Test-and-clear the channel's event flag in SINT 2's block of the SIEF page:
+        LOCK AND, since the hypervisor sets flags there from its own process (a plain
+        read-modify-write could lose its signal, and the driver would sleep through it)."""
+        byte = synic.siefp_gpa(vp) + vb.VMBUS_MESSAGE_SINT * 256 + relid // 8
+        mask = 1 << (relid % 8)
+        return bool(vp.mem.fetch_and_u8(byte, ~mask & 0xFF) & mask)
 
     # -- messages ------------------------------------------------------------------------------
 

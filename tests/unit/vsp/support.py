@@ -41,6 +41,12 @@ class FakeMemory:
         self._check(gpa, len(data))
         self.b[gpa:gpa + len(data)] = data
 
+    def fetch_and_u8(self, gpa: int, mask: int) -> int:
+        self._check(gpa, 1)
+        old = self.b[gpa]
+        self.b[gpa] = old & mask
+        return old
+
     # the VSP's view (root/vsp/memory.py's interface): only pages mapped, and only in range
     def map(self, pfns):
         for p in pfns:
