@@ -27,7 +27,7 @@ ICMP = struct.Struct(">BBHHH")
 MAX_PEER = 4
 PING_INTERVAL_S = 0.5
 ARP_TIMEOUT_S, PING_TIMEOUT_S = 0.3, 1.0
-DEAD_PEER_S = 5.0
+DEAD_PEER_S = 2.0  # an address that did not answer ARP is tried again after this long
 PAYLOAD = bytes(range(56))
 
 
@@ -139,8 +139,9 @@ def wl_vmbus_net(vp: Vp, sys) -> int:
         if now - sys.timers.get("vmbus_net", 0.0) < PING_INTERVAL_S:
             return n
         sys.timers["vmbus_net"] = now
+        # (a peer heard from since — its gratuitous ARP at bring-up — is alive again)
         peers = [bytes([10, 0, 0, i]) for i in range(1, MAX_PEER + 1)
-                 if i != stack.ip[3] and dead.get(i, 0.0) < now]
+                 if i != stack.ip[3] and (dead.get(i, 0.0) < now or bytes([10, 0, 0, i]) in stack.arp)]
         if not peers:
             return n
         at = sys.timers.get("vmbus_net_peer", 0) % len(peers)
@@ -180,6 +181,8 @@ def _bring_up(vp: Vp, sys) -> Stack | None:
         sys.console(vp, f"[{sys.name}] vmbus_net: {e}")
         return None
     stack = Stack(nic)
+    # A gratuitous ARP: the partitions up already learn this one (and stop waiting for it).
+    nic.send(vp, stack.eth(BROADCAST, ETH_ARP, ARP.pack(1, ETH_IP, 6, 4, 1, nic.mac, stack.ip, bytes(6), stack.ip)))
     sys.console(vp, f"[{sys.name}] vmbus_net: NIC {nic.mac.hex(':')} on channel {nic.ch.relid}, "
                     f"address {'.'.join(map(str, stack.ip))}")
     return stack
