@@ -82,33 +82,39 @@ def guest_run(directory: str, suppression: bool, ata: bool = True) -> dict:
     return {"guest": dict(guest), "vsp": vsp, "console": console, "paths": paths}
 
 
-NET_TOPOLOGY = """\
-[run]
-name = "bench-vmbus-net"
-duration_s = {duration}
-logical_processors = 2
-""" + "".join(f"""
+NET_PARTITION = """
 [[partition]]
 name = "{name}"
 vps = 1
 memory_mb = 16
 enlightenments = ["hypercall", "vp_index", "reference_counter", "apic", "synic"]
-workloads = ["vmbus_net"]
-vmbus = {{{{ nic = {{{{}}}} }}}}
-""" for name in ("alpha", "beta"))
+workloads = {workloads}
+vmbus = {{ nic = {{}} }}
+"""
+
+
+def net_topology(duration_s: float) -> str:
+    """alpha pings and streams, beta answers and pings."""
+    return (f'[run]\nname = "bench-vmbus-net"\nduration_s = {duration_s}\nlogical_processors = 2\n'
+            + NET_PARTITION.format(name="alpha", workloads='["vmbus_net", "vmbus_net_stream"]')
+            + NET_PARTITION.format(name="beta", workloads='["vmbus_net"]'))
 
 
 def ping_round_trips(duration_s: float = 8.0) -> dict:
     """Two partitions pinging each other through the switch twice a second: the round
-    trips their guests measured (from the first echo request to its reply)."""
+    trips their guests measured (from the first echo request to its reply); and alpha
+    streaming 1 KiB frames to beta for 2 s, beta counting what arrived."""
     from benchmarks.bench import measure_run
 
-    status = measure_run(NET_TOPOLOGY.format(duration=duration_s), duration_s)
+    status = measure_run(net_topology(duration_s), duration_s)
     g = [vp.guest for p in status.partitions for vp in p.vps]
     n = sum(x.get("vmbus_pings", 0) for x in g)
+    stream = {"sent": sum(x.get("vmbus_stream_sent", 0) for x in g),
+              "received": sum(x.get("vmbus_stream_rx", 0) for x in g),
+              "ns": sum(x.get("vmbus_stream_ns", 0) for x in g)}
     if not n:
-        return {"pings": 0}
-    return {"pings": n, "mean_us": sum(x.get("vmbus_ping_ns", 0) for x in g) / n / 1e3,
+        return {"pings": 0, "stream": stream}
+    return {"pings": n, "stream": stream, "mean_us": sum(x.get("vmbus_ping_ns", 0) for x in g) / n / 1e3,
             "min_us": min(x["vmbus_ping_min_ns"] for x in g if "vmbus_ping_min_ns" in x) / 1e3,
             "max_us": max(x.get("vmbus_ping_max_ns", 0) for x in g) / 1e3}
 
@@ -204,6 +210,10 @@ def report(r: dict) -> str:
         lines.append(f"  partition-to-partition ping over the switch: {ping['pings']} pings, mean "
                      f"{ping['mean_us'] / 1e3:.2f} ms, min {ping['min_us'] / 1e3:.2f} ms, max {ping['max_us'] / 1e3:.2f} ms "
                      f"(4-hop floor p50 {fl['p50_us'] / 1e3:.2f} ms; each leg is about five hops)")
+    st = ping.get("stream", {})
+    if st.get("ns"):
+        lines.append(f"  streaming 1 KiB frames partition to partition: {st['sent'] / st['ns'] * 1e9:.0f} frames/s sent, "
+                     f"{st['received']} of {st['sent']} received (the rest dropped at the receiver's full buffer)")
     ch = next(iter(next(iter(r["vsp_channels"].values())).values()), {})
     batches = q8["requests"] // 8
     if ch.get("packets_in") and batches:

@@ -21,6 +21,9 @@ from partitions.vp import Vp
 
 BROADCAST = b"\xff" * 6
 ETH_ARP, ETH_IP = 0x0806, 0x0800
+ETH_STREAM = 0x88B5  # IEEE's "local experimental" EtherType: the streaming frames
+STREAM_S = 2.0
+STREAM_FRAME = 1024
 ARP = struct.Struct(">HHBBH6s4s6s4s")
 IP = struct.Struct(">BBHHHBBH4s4s")
 ICMP = struct.Struct(">BBHHH")
@@ -48,6 +51,7 @@ class Stack:
         self.replies: dict[tuple[int, int], float] = {}  # (id, seq) → when the echo reply came
         self.seq = 0
         self.answered = 0
+        self.streamed = 0  # streaming frames received
 
     def eth(self, dst: bytes, ethertype: int, payload: bytes) -> bytes:
         return dst + self.nic.mac + struct.pack(">H", ethertype) + payload
@@ -60,6 +64,9 @@ class Stack:
             if len(f) < 14:
                 continue
             (etype,) = struct.unpack_from(">H", f, 12)
+            if etype == ETH_STREAM:
+                self.streamed += 1
+                continue
             if etype == ETH_ARP and len(f) >= 14 + ARP.size:
                 _, _, _, _, op, sha, spa, _, tpa = ARP.unpack_from(f, 14)
                 self.arp[spa] = sha
@@ -135,6 +142,8 @@ def wl_vmbus_net(vp: Vp, sys) -> int:
         return 0
     try:
         n = stack.handle(vp)
+        if stack.streamed:
+            vp.counters["vmbus_stream_rx"] = stack.streamed
         now = time.monotonic()
         if now - sys.timers.get("vmbus_net", 0.0) < PING_INTERVAL_S:
             return n
@@ -165,6 +174,36 @@ def wl_vmbus_net(vp: Vp, sys) -> int:
     sys.console(vp, f"[{sys.name}] vmbus_net: ping {'.'.join(map(str, ip))}: {len(PAYLOAD) + 8} bytes, "
                     f"{rtt * 1e3:.2f} ms ({stack.answered} echo requests answered)")
     return n + 1
+
+
+def wl_vmbus_net_stream(vp: Vp, sys) -> int:
+    """Once a peer is known (VP 0, with ``vmbus_net``): STREAM_S seconds of back-to-back
+    1 KiB frames to it, as fast as the transmit pages come back; the peer counts them
+    (``vmbus_stream_rx`` in its VP's counters)."""
+    st = sys.timers.get("vmbus_net_state")
+    if vp.index != 0 or st is None or st[1] is None or sys.timers.get("vmbus_stream_done"):
+        return 0
+    stack = st[1]
+    peers = [mac for ip, mac in stack.arp.items() if ip != stack.ip]
+    if not peers:
+        return 0
+    sys.timers["vmbus_stream_done"] = 1
+    frame = stack.eth(peers[0], ETH_STREAM, bytes(STREAM_FRAME - 14))
+    sent, t0 = 0, time.perf_counter_ns()
+    try:
+        while time.perf_counter_ns() - t0 < STREAM_S * 1e9:
+            for _ in range(64):
+                stack.nic.send(vp, frame)
+            sent += 64
+            stack.handle(vp)  # (the receive side's acknowledgements and our completions)
+    except (NetError, VmbusError) as e:
+        sys.console(vp, f"[{sys.name}] vmbus_net_stream: {e}")
+        return 0
+    ns = time.perf_counter_ns() - t0
+    vp.counters.update(vmbus_stream_sent=sent, vmbus_stream_ns=ns)
+    sys.console(vp, f"[{sys.name}] vmbus_net_stream: {sent} frames of {STREAM_FRAME} bytes in {ns / 1e9:.2f} s: "
+                    f"{sent / ns * 1e9:.0f} frames/s sent")
+    return sent
 
 
 def _bring_up(vp: Vp, sys) -> Stack | None:

@@ -25,7 +25,7 @@ from partitions.synic_workloads import SYNIC_WORKLOADS
 from partitions.vp import Vp
 from partitions.vmbus_disk import wl_vmbus_disk, wl_vmbus_diskbench
 from partitions.vmbus_hostile import wl_vmbus_hostile
-from partitions.vmbus_net import wl_vmbus_net
+from partitions.vmbus_net import wl_vmbus_net, wl_vmbus_net_stream
 
 BATCH = 200  # operations per workload turn, so every workload gets time on every VP
 IDLE_S = 0.01
@@ -394,6 +394,7 @@ WORKLOADS = {
     "vmbus_diskbench": wl_vmbus_diskbench,
     "vmbus_hostile": wl_vmbus_hostile,
     "vmbus_net": wl_vmbus_net,
+    "vmbus_net_stream": wl_vmbus_net_stream,
 }
 # The SynIC's (issue 10): synthetic timer ticks, the reference time by TSC page and MSR.
 WORKLOADS.update(SYNIC_WORKLOADS)

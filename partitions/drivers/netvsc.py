@@ -4,7 +4,7 @@ rndis_filter.c in miniature) over an open VMBus channel; protocol in proto/nvsp.
 Bring-up: NVSP INIT (6.1), NDIS config and version, the receive buffer (a GPADL of
 RECV_PAGES pages), RNDIS INITIALIZE, QUERY of the MAC address, SET of the packet filter
 (directed and broadcast).  A frame goes out as an RNDIS PACKET in one of TX_SLOTS pages,
-named by a GPA-direct packet; frames come in through receive-buffer sections announced by
+named by a GPA-direct packet (a page is reused once its send has completed); frames come in through receive-buffer sections announced by
 transfer-page packets, each completed to hand the section back.
 """
 
@@ -41,6 +41,7 @@ class Netvsc:
         self.frames: list[bytes] = []
         self.mac = b""
         self.tx_slot = 0
+        self.slot_tid: list[int | None] = [None] * TX_SLOTS  # the send each transmit page is out for
         self.stats = {"tx": 0, "rx": 0}
 
     def _next(self) -> int:
@@ -104,10 +105,15 @@ class Netvsc:
         """An RNDIS message out, in the next transmit page."""
         if len(msg) > 4096:
             raise NetError(f"RNDIS message of {len(msg)} bytes")
-        gpa = TX_AREA + self.tx_slot * 4096
-        self.tx_slot = (self.tx_slot + 1) % TX_SLOTS
+        slot = self.tx_slot
+        self.tx_slot = (slot + 1) % TX_SLOTS
+        previous = self.slot_tid[slot]
+        if previous is not None:  # the host may still be reading that page: wait until it is done
+            self._wait(vp, lambda: self.done.pop(previous, None), "a transmit page back")
+        gpa = TX_AREA + slot * 4096
         vp.mem.write(gpa, msg)
         tid = self._next()
+        self.slot_tid[slot] = None if wait else tid
         self.ch.send(vp, [encode_gpa_direct(nv.nvsp(nv.NVSP_MSG1_TYPE_SEND_RNDIS_PKT,
                                                     nv.RNDIS_PKT.pack(channel_type, nv.NETVSC_INVALID_INDEX, 0)),
                                             [GpaRange(len(msg), 0, (gpa >> 12,))], tid)])

@@ -91,3 +91,24 @@ def test_hostile_nvsp(two):
     assert set(nics[1].stats.errors) == {"RNDIS message not in a page list (no send buffer is offered)",
                                          "unsupported NVSP message"}
     assert stacks[2].ping(vps[2], bytes([10, 0, 0, 1])) is not None
+
+
+def test_streaming_reaches_the_peer_and_transmit_pages_are_reused(two, monkeypatch):
+    _, server, vps, nics, stacks = two
+    monkeypatch.setattr(vmbus_net, "STREAM_S", 0.2)
+    assert stacks[1].resolve(vps[1], bytes([10, 0, 0, 2])) is not None
+    sys = guest_system(int(guest_vmbus.NEEDED))
+    sys.timers["vmbus_net_state"] = (1, stacks[1], {})
+    vps[1].counters = {}
+    dropped0 = nics[2].stats.rx_dropped
+    sent = vmbus_net.wl_vmbus_net_stream(vps[1], sys)
+    assert sent >= 64 and vps[1].counters["vmbus_stream_sent"] == sent
+    for _ in range(3):
+        server.poll_busy()
+        stacks[2].handle(vps[2])
+    # each frame arrived, or found the receiver's 32 sections all in use (it reads only
+    # when this test lets it) and was dropped, as a switch drops for a full port
+    assert stacks[2].streamed > 0
+    assert stacks[2].streamed + nics[2].stats.rx_dropped - dropped0 == sent
+    assert len(stacks[1].nic.done) <= netvsc.TX_SLOTS  # completions do not pile up
+    assert vmbus_net.wl_vmbus_net_stream(vps[1], sys) == 0  # once
