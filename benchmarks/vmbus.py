@@ -19,6 +19,7 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 
 from proto.errors import HvstackError
 from root.report import Output
@@ -153,12 +154,30 @@ def floor_4hop(samples: int) -> dict:
     return {"p50_us": h.percentile(50) / 1e3, "p99_us": h.percentile(99) / 1e3, "n": h.n}
 
 
+@contextmanager
+def private_runs(directory: str):
+    """The bench's runs in a runs root of their own (0700, inside ``directory``), not the
+    user's: nobody else's ``ls --prune`` or clean-up reaches them, and nothing is left."""
+    root = os.path.join(directory, "runs")
+    os.mkdir(root, 0o700)
+    old = os.environ.get("HVSTACK_RUN_DIR")
+    os.environ["HVSTACK_RUN_DIR"] = root
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("HVSTACK_RUN_DIR", None)
+        else:
+            os.environ["HVSTACK_RUN_DIR"] = old
+
+
 def measure(samples: int = 2000) -> dict:
-    with tempfile.TemporaryDirectory(prefix="hvvmbus") as d:
+    with tempfile.TemporaryDirectory(prefix="hvvmbus") as d, private_runs(d):
         on = guest_run(d, suppression=True)
         qd8 = phase(on["guest"], "qd8")
         host = host_write_mb_s(d, qd8["bytes"])
         off = guest_run(d, suppression=False, ata=False)
+        ping = ping_round_trips()
     g = on["guest"]
     ata = g["vmbus_ata_bytes"] / g["vmbus_ata_ns"] * 1e3
     qd1, lat = phase(g, "qd1"), phase(g, "lat4k")
@@ -173,7 +192,7 @@ def measure(samples: int = 2000) -> dict:
         "suppression_off_qd8": phase(off["guest"], "qd8"),
         "vsp_channels": {pid: p["channels"] for pid, p in chans.items()},
         "paths": on["paths"],
-        "ping": ping_round_trips(),
+        "ping": ping,
     }
 
 
