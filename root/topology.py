@@ -31,6 +31,7 @@ ENLIGHTENMENTS = {
     "hypercall": HvPrivilege.AccessHypercallMsrs,
     "vp_index": HvPrivilege.AccessVpIndex,
     "reference_counter": HvPrivilege.AccessPartitionReferenceCounter,
+    "frequency_msrs": HvPrivilege.AccessFrequencyMsrs,  # HV_X64_MSR_APIC_FREQUENCY
 }
 assert sum(ENLIGHTENMENTS.values()) == HV_CHILD_ENLIGHTENED_PRIVILEGES
 RECOMMENDATIONS = {
