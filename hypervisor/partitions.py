@@ -12,6 +12,7 @@ from proto.stats import PathStats
 
 from hypervisor.apic import Apic
 from hypervisor.interrupts import InterruptQueue
+from hypervisor.irq_log import IrqLog
 from hypervisor.scheduler import CpuControls, VpSched, VpState
 
 # The partition ID of the root; children are numbered from 1 (HV_PARTITION_ID_SELF is not
@@ -46,6 +47,7 @@ class VirtualProcessor:
     rflags: int = RFLAGS_FIXED
     cr3: int = 0
     regs_written: dict = field(default_factory=dict)  # root writes not yet seen by the running VP
+    delivered: IrqLog = field(default_factory=IrqLog)  # vectors injected, for `io irqs_apic`
 
     def __post_init__(self) -> None:
         if self.apic is None:
@@ -100,6 +102,8 @@ class Partition:
     # accesses wait for the worker.  Cleared when the worker answers again.
     unresponsive: bool = False
     health_pauses: int = 0  # times it was paused for that
+    pic_output: IrqLog = field(default_factory=IrqLog)  # vectors its PIC raised, for `io irqs_pic`
+    clock_offset_ns: int = 0  # what `io clock_step` added to its clocks
 
     def reset(self) -> None:
         """The partition-wide part of a reset: the synthetic MSRs to their reset values
@@ -119,7 +123,7 @@ class Partition:
         return None
 
     def reference_time_100ns(self) -> int:
-        return (time.monotonic_ns() - self.created_ns) // 100
+        return (time.monotonic_ns() + self.clock_offset_ns - self.created_ns) // 100
 
 
 class PartitionTable:

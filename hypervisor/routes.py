@@ -64,4 +64,5 @@ def build_routes(hv) -> dict[type, Route]:
         m.InputRequest: Route(root.on_input_request, ROOT),
         m.WorkerQueryRequest: Route(root.on_worker_query_request, ROOT),
         m.TraceSubscribe: Route(root.on_trace_subscribe, ROOT),
+        m.IoRequest: Route(hv.io_requests.on_io_request, ROOT),
     }

@@ -58,6 +58,7 @@ from hypervisor.peers import Peers
 from hypervisor.ratelog import RateLimitedLog
 from hypervisor.registers import VpRegisters
 from hypervisor.root_requests import RootRequests
+from hypervisor.io_requests import IoRequests
 from hypervisor.routes import build_routes
 from hypervisor.telemetry import Telemetry, Tracer
 from hypervisor.tlb import Tlbs
@@ -123,6 +124,9 @@ class Hypervisor:
                                           intercepts=self.intercepts, dispatcher=self.dispatcher,
                                           forwarding=self.forwarding, tracer=self.tracer, memory=self.memory,
                                           interrupts=self.interrupts)
+        self.io_requests = IoRequests(table=self.table, outbox=self.outbox, memory=self.memory,
+                                      intercepts=self.intercepts, registers=self.hypercalls.registers,
+                                      interrupts=self.interrupts, forwarding=self.forwarding)
         self.telemetry = Telemetry(tracer=self.tracer, outbox=self.outbox, counters=counters,
                                    session=self.session, started_ns=self.started_ns, table=self.table,
                                    sched=self.sched, memory=self.memory, tlb=self.tlb, hypercalls=self.hypercalls,
