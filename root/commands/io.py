@@ -34,6 +34,7 @@ IO_ARITY = {"inb": 1, "inw": 1, "inl": 1, "outb": 2, "outw": 2, "outl": 2,
             "irqs": (0, 1), "wait_irq": (1, 3), "clock_step": 1}
 SOURCES = ("apic", "pic")  # where interrupts are watched: delivered to the VP, or at the PIC's output
 VP_PREFIX = re.compile(r"^vp(\d+):(\w+)$")
+MAX_READ_BYTES = 16 << 20  # one `read` (printed as hex: twice that in characters)
 WAIT_DEFAULT_S = 5.0
 WAIT_POLL_S = 0.005
 OPERATIONS_HELP = (
@@ -162,6 +163,8 @@ class IoSession:
             return _status(result) | ({"output": output.hex()} if output else {})
         if name == "read":
             gpa, length = parse_number(operands[0]), parse_number(operands[1])
+            if length > MAX_READ_BYTES:
+                raise ValueError(f"read of {length} bytes: at most {MAX_READ_BYTES} in one operation")
             data = b"".join(self._io(vp, "read", gpa + at, min(MAX_IO_BYTES, length - at)).data
                             for at in range(0, length, MAX_IO_BYTES))
             return {"data": data.hex()}
@@ -229,7 +232,8 @@ class IoSession:
                         "waited_ms": round((time.monotonic() - start) * 1000, 1)}
             self.kept[key], self.dropped[key] = vectors, dropped
             if time.monotonic() - start >= timeout:
-                raise IoError("TIMEOUT", f"vector {vector:#x} did not arrive at VP {vp}'s {source} in {timeout:g} s")
+                where = f"VP {vp}" if source == "apic" else "the PIC's output"
+                raise IoError("TIMEOUT", f"vector {vector:#x} did not arrive at {where} in {timeout:g} s")
             time.sleep(WAIT_POLL_S)
 
 

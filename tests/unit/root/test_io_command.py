@@ -87,7 +87,7 @@ def test_wait_irq_takes_its_vector_and_keeps_the_rest_for_the_next_look():
 def test_wait_irq_times_out_with_an_err():
     client = FakeClient(irqs_pic=[io_reply(data=b"")])
     assert lines(client, "wait_irq", "0x20", "0.05", "pic") == [
-        "ERR TIMEOUT vector 0x20 did not arrive at VP 0's pic in 0.05 s"]
+        "ERR TIMEOUT vector 0x20 did not arrive at the PIC's output in 0.05 s"]
     assert all(call[2] == "irqs_pic" for call in client.calls)
 
 
