@@ -54,6 +54,10 @@ from proto.hvcall import (
     HV_INPUT_FINALIZE_PARTITION,
     HV_INPUT_FLUSH_VIRTUAL_ADDRESS_LIST,
     HV_INPUT_FLUSH_VIRTUAL_ADDRESS_SPACE,
+    HV_INPUT_FLUSH_VIRTUAL_ADDRESS_SPACE_EX,
+    HV_INPUT_FLUSH_VIRTUAL_ADDRESS_LIST_EX,
+    HV_INPUT_SEND_SYNTHETIC_CLUSTER_IPI,
+    HV_INPUT_SEND_SYNTHETIC_CLUSTER_IPI_EX,
     HV_INPUT_GET_PARTITION_PROPERTY,
     HV_INPUT_GET_VP_REGISTERS,
     HV_INPUT_INITIALIZE_PARTITION,
@@ -75,6 +79,7 @@ from proto.hvcall import (
 )
 
 from hypervisor.registers import VpRegisters
+from hypervisor.vp_set import mask_to_set, parse_vp_set, vps_of
 from hypervisor.memory import MAX_GPA_PAGES, MemoryRefused, MemoryManager
 from hypervisor.scheduler import FULL
 from hypervisor.tlb import Tlbs
@@ -105,15 +110,18 @@ class CallSpec:
     leading fields before anything else (the rest then reads as zero); by default all of
     it.  ``handler``: None for a call the TLFS defines and this hypervisor lacks.
     ``partition``: the block's first field is a partition id, which the dispatcher resolves
-    once (INVALID_PARTITION_ID if there is none) and hands over as the :class:`Partition`."""
+    once (INVALID_PARTITION_ID if there is none) and hands over as the :class:`Partition`.
+    ``var_header``: the call takes a variable header (an HV_VP_SET's banks), which the
+    handler reads after the fixed block."""
 
-    __slots__ = ("privilege", "rep", "layout", "required", "handler", "partition")
+    __slots__ = ("privilege", "rep", "layout", "required", "handler", "partition", "var_header")
 
     def __init__(self, privilege: int, handler: Handler | None = None, *, rep: bool = False,
                  layout: struct.Struct | None = None, required: int | None = None,
-                 partition: bool = False) -> None:
+                 partition: bool = False, var_header: bool = False) -> None:
         self.privilege = privilege
         self.partition = partition
+        self.var_header = var_header
         self.rep = rep
         self.layout = layout
         self.required = (layout.size if layout is not None else 0) if required is None else required
@@ -131,8 +139,9 @@ class Hypercalls:
     """The dispatcher, bound to the partition table and memory it manages."""
 
     def __init__(self, table: PartitionTable, memory: MemoryManager, tlb: Tlbs | None = None,
-                 registers: VpRegisters | None = None) -> None:
+                 registers: VpRegisters | None = None, wake=None) -> None:
         self.table = table
+        self.wake = wake  # Dispatcher.wake: end a VP's HLT for an IPI (set by the service)
         self.memory = memory
         self.tlb = tlb
         self.registers = registers or VpRegisters()
@@ -164,7 +173,7 @@ class Hypercalls:
             return S.HV_STATUS_INVALID_HYPERCALL_CODE, b"", 0
         if spec.privilege and not caller.privileges & spec.privilege:
             return S.HV_STATUS_ACCESS_DENIED, b"", 0
-        if hc.reserved or hc.var_header_qwords:
+        if hc.reserved or (hc.var_header_qwords and not spec.var_header):
             return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b"", 0
         if spec.rep:
             if hc.rep_start >= hc.rep_count:
@@ -437,6 +446,64 @@ class Hypercalls:
         return S.HV_STATUS_SUCCESS, b""
 
 
+    # -- the Ex forms: HV_VP_SET processor sets, for partitions of more than 64 VPs --------
+
+    def flush_virtual_address_space_ex(self, caller, hc, args, data) -> Result:
+        """As HvCallFlushVirtualAddressSpace, with an HV_VP_SET for the processor mask."""
+        space, flags, fmt, banks = args
+        status, space = self._flush_space((space, flags, 0))
+        if status == S.HV_STATUS_SUCCESS:
+            status, _ = parse_vp_set(fmt, banks, data, HV_INPUT_FLUSH_VIRTUAL_ADDRESS_SPACE_EX.size,
+                                     hc.var_header_qwords)
+        if status != S.HV_STATUS_SUCCESS:
+            return status, b""
+        if self.tlb is not None and caller.partition is not None:
+            self.tlb.flush_partition(caller.partition.id, space, kind="address_space")
+        return S.HV_STATUS_SUCCESS, b""
+
+    def flush_virtual_address_list_ex(self, caller, hc, args, data) -> Result:
+        """As HvCallFlushVirtualAddressList, with an HV_VP_SET; the GVAs follow its banks."""
+        space, flags, fmt, banks = args
+        header = HV_INPUT_FLUSH_VIRTUAL_ADDRESS_LIST_EX.size
+        status, space = self._flush_space((space, flags, 0))
+        if status == S.HV_STATUS_SUCCESS:
+            status, _ = parse_vp_set(fmt, banks, data, header, hc.var_header_qwords)
+        if status != S.HV_STATUS_SUCCESS:
+            return status, b""
+        gvas = self._rep_list(hc, data, header + 8 * hc.var_header_qwords, HV_GVA)
+        if gvas is None:
+            return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b""
+        if self.tlb is not None and caller.partition is not None:
+            ranges = [(gva >> 12, (gva & 0xFFF) + 1) for gva in gvas]
+            self.tlb.flush_partition(caller.partition.id, space, ranges, kind="address_list")
+        return S.HV_STATUS_SUCCESS, b""
+
+    def send_synthetic_cluster_ipi(self, caller, hc, args, data) -> Result:
+        """A fixed interrupt to the VPs of a 64-bit mask (TLFS "HvCallSendSyntheticClusterIpi")."""
+        vector, vtl, mask = args
+        return self._send_ipi(caller, vector, vtl, mask_to_set(mask))
+
+    def send_synthetic_cluster_ipi_ex(self, caller, hc, args, data) -> Result:
+        """A fixed interrupt to the VPs of an HV_VP_SET (TLFS "HvCallSendSyntheticClusterIpiEx")."""
+        vector, vtl, fmt, banks = args
+        status, named = parse_vp_set(fmt, banks, data, HV_INPUT_SEND_SYNTHETIC_CLUSTER_IPI_EX.size,
+                                     hc.var_header_qwords)
+        if status != S.HV_STATUS_SUCCESS:
+            return status, b""
+        return self._send_ipi(caller, vector, vtl, named)
+
+    def _send_ipi(self, caller, vector: int, vtl: int, named) -> Result:
+        # TLFS: vectors below 0x10 are invalid; only VTL 0 exists here.  The root has no
+        # VPs of its own to interrupt.
+        if not 0x10 <= vector <= 0xFF or vtl or caller.partition is None:
+            return S.HV_STATUS_INVALID_PARAMETER, b""
+        for vp in vps_of(caller.partition, named):
+            vp.apic.accept(vector)  # waits in the IRR, as an ICR-sent IPI does
+            if self.wake is not None:
+                self.wake(vp)  # ends its HLT (Dispatcher.wake: only a halted VP)
+        return S.HV_STATUS_SUCCESS, b""
+
+
 _U64_MASK = (1 << 64) - 1
 H = Hypercalls
 # The one hypercall table: every TLFS call code this hypervisor knows, what it takes and
@@ -449,10 +516,14 @@ SPECS: dict[int, CallSpec] = {
     C.HvCallFlushVirtualAddressList: CallSpec(0, H.flush_virtual_address_list, rep=True,
                                               layout=HV_INPUT_FLUSH_VIRTUAL_ADDRESS_LIST),
     C.HvCallNotifyLongSpinWait: CallSpec(0, H.notify_long_spin_wait, layout=HV_INPUT_NOTIFY_LONG_SPIN_WAIT),
-    C.HvCallSendSyntheticClusterIpi: CallSpec(0),
-    C.HvCallFlushVirtualAddressSpaceEx: CallSpec(0),
-    C.HvCallFlushVirtualAddressListEx: CallSpec(0, rep=True),
-    C.HvCallSendSyntheticClusterIpiEx: CallSpec(0),
+    C.HvCallSendSyntheticClusterIpi: CallSpec(0, H.send_synthetic_cluster_ipi,
+                                              layout=HV_INPUT_SEND_SYNTHETIC_CLUSTER_IPI),
+    C.HvCallFlushVirtualAddressSpaceEx: CallSpec(0, H.flush_virtual_address_space_ex, var_header=True,
+                                                 layout=HV_INPUT_FLUSH_VIRTUAL_ADDRESS_SPACE_EX),
+    C.HvCallFlushVirtualAddressListEx: CallSpec(0, H.flush_virtual_address_list_ex, rep=True, var_header=True,
+                                                layout=HV_INPUT_FLUSH_VIRTUAL_ADDRESS_LIST_EX),
+    C.HvCallSendSyntheticClusterIpiEx: CallSpec(0, H.send_synthetic_cluster_ipi_ex, var_header=True,
+                                                layout=HV_INPUT_SEND_SYNTHETIC_CLUSTER_IPI_EX),
     # Nothing of the input is read (see create_partition), so none of it is required.
     C.HvCallCreatePartition: CallSpec(_ROOT, H.create_partition, layout=HV_INPUT_CREATE_PARTITION, required=0),
     C.HvCallInitializePartition: CallSpec(_ROOT, H.initialize_partition, layout=HV_INPUT_INITIALIZE_PARTITION, partition=True),

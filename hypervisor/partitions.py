@@ -18,7 +18,9 @@ from hypervisor.scheduler import CpuControls, VpSched, VpState
 # The partition ID of the root; children are numbered from 1 (HV_PARTITION_ID_SELF is not
 # a real ID, so 0 is never handed out to a child).
 ROOT_PARTITION_ID = 0
-MAX_VPS_PER_PARTITION = 64
+# What an HV_VP_SET can name (64 banks of 64: VP indices 0..4095), reported in CPUID
+# 0x40000005 EAX.  A topology asks for far fewer (root/topology.py: MAX_VPS).
+MAX_VPS_PER_PARTITION = 4096
 
 
 @dataclass(eq=False)

@@ -110,7 +110,8 @@ class Hypervisor:
         self.dispatcher = Dispatcher(lps=lps, router=router, outbox=self.outbox, counters=counters,
                                      tracer=self.tracer)
         self.sched = self.dispatcher.sched
-        self.hypercalls = Hypercalls(self.table, self.memory, self.tlb, VpRegisters(self.sched))
+        self.hypercalls = Hypercalls(self.table, self.memory, self.tlb, VpRegisters(self.sched),
+                                     wake=self.dispatcher.wake)
         self.interrupts = Interrupts(self.table, counters, self.dispatcher.wake)
         self.forwarding = Forwarding(router=router, outbox=self.outbox, counters=counters,
                                      resume=self.dispatcher.resume, tracer=self.tracer, pause=self.sched.pause)

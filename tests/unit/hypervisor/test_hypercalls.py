@@ -147,7 +147,7 @@ def test_notify_long_spin_wait_always_succeeds(hc):
 
 
 def test_a_known_call_this_hypervisor_lacks_is_invalid_code_not_a_crash(hc):
-    assert call(hc, child(hc), control_value(C.HvCallFlushVirtualAddressSpaceEx))[0] \
+    assert call(hc, child(hc), control_value(C.HvCallTranslateVirtualAddress))[0] \
         == S.HV_STATUS_INVALID_HYPERCALL_CODE
 
 

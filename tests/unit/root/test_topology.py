@@ -67,7 +67,7 @@ def test_workload_names_are_the_guests():
 
 @pytest.mark.parametrize("text, where, what", [
     ("[run]\nduration_s = 'soon'\n[[partition]]\nname='a'\n", ":2:", "[run] duration_s: expected float"),
-    ("[run]\n[[partition]]\nname = 'a'\nvps = 0\n", ":4:", "[[partition]] #1 vps: 0 is outside 1..64"),
+    ("[run]\n[[partition]]\nname = 'a'\nvps = 0\n", ":4:", "[[partition]] #1 vps: 0 is outside 1..128"),
     ("[[partition]]\nname = 'a'\n\n[[partition]]\nname = 'b'\nworkloads = ['dance']\n", ":6:",
      "[[partition]] #2 workloads: unknown 'dance'"),
     ("[[partition]]\nname = 'a'\ncolour = 'red'\n", ":3:", "colour: unknown key"),
