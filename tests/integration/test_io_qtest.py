@@ -88,3 +88,49 @@ def test_clock_step_moves_a_paused_partitions_clocks(hvstack_run):
     seconds = [(v >> 4) * 10 + (v & 0xF) for v in bcd]
     assert (seconds[1] - seconds[0]) % 60 in range(30, 36)
     assert run.launch("ctl", run.name, "resume", "q").returncode == 0
+
+
+MANY = """
+[run]
+name = "many"
+logical_processors = 2
+
+[[partition]]
+name = "wide"
+vps = 72
+memory_mb = 4
+enlightenments = ["hypercall", "vp_index", "apic"]
+recommendations = ["cluster_ipi", "ex_processor_masks"]
+workloads = ["timer"]
+"""
+
+
+def test_more_than_64_vps_and_a_cluster_ipi_ex_to_vp_index_70(hvstack_run):
+    """A partition of 72 VPs: VP 70 is reached by io and by HvCallSendSyntheticClusterIpiEx
+    with a sparse HV_VP_SET, made on VP 0 with its input page in guest memory.  Nothing
+    waits for the guest to boot (its 71 APs spin on 2 LPs until the BSP has, which takes
+    minutes at this size): the test identifies the guest OS, enables the hypercall page
+    and software-enables the two target APICs itself, through io."""
+    import struct
+
+    from proto.codes import HypercallCode, control_value
+    from proto.hvcall import HV_GENERIC_SET_SPARSE_4K, HV_INPUT_SEND_SYNTHETIC_CLUSTER_IPI_EX
+
+    run = hvstack_run(toml=MANY, timeout=120)
+    assert run.io("wide", "vp70:rdmsr", "HV_X64_MSR_VP_INDEX", "vp71:getreg", "HvX64RegisterInitialApicId",
+                  "cpuid", "0x40000005") == ["OK 0x46", "OK 0x47", "OK eax=0x00001000 ebx=0x00000400 "
+                                                                    "ecx=0x00000000 edx=0x00000000"]
+    (recommended,) = run.io("wide", "cpuid", "0x40000004")
+    eax = int(recommended.split()[1].split("=")[1], 16)
+    assert eax & (1 << 10) and eax & (1 << 11)  # UseSyntheticClusterIpi, UseExProcessorMasks
+    assert run.io("wide", "wrmsr", "HV_X64_MSR_GUEST_OS_ID", hex(1 << 63), "wrmsr", "HV_X64_MSR_HYPERCALL",
+                  "0x9f001", "vp70:writel", "0xfee000f0", "0x1ff", "vp3:writel", "0xfee000f0", "0x1ff") == ["OK"] * 4
+    # VP 70 (bank 1, bit 6) and VP 3 (bank 0, bit 3): two banks, the variable header's size.
+    block = HV_INPUT_SEND_SYNTHETIC_CLUSTER_IPI_EX.pack(0x41, 0, HV_GENERIC_SET_SPARSE_4K, 0b11) \
+        + struct.pack("<QQ", 1 << 3, 1 << 6)
+    control = control_value(HypercallCode.HvCallSendSyntheticClusterIpiEx, var_header_qwords=2)
+    out = run.io("wide", "vp70:irqs", "vp3:irqs", "write", hex(SCRATCH_IN), block.hex(),
+                 "hypercall_gpa", hex(control), hex(SCRATCH_IN), hex(SCRATCH_OUT),
+                 "vp70:wait_irq", "0x41", "20", "vp3:wait_irq", "0x41", "20", "vp64:irqs")
+    assert out[2:6] == ["OK", "OK HV_STATUS_SUCCESS reps=0", "OK 0x41", "OK 0x41"]
+    assert "0x41" not in out[6]
