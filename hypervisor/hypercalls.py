@@ -526,10 +526,14 @@ SPECS: dict[int, CallSpec] = {
                                                 layout=HV_INPUT_SEND_SYNTHETIC_CLUSTER_IPI_EX),
     # Nothing of the input is read (see create_partition), so none of it is required.
     C.HvCallCreatePartition: CallSpec(_ROOT, H.create_partition, layout=HV_INPUT_CREATE_PARTITION, required=0),
-    C.HvCallInitializePartition: CallSpec(_ROOT, H.initialize_partition, layout=HV_INPUT_INITIALIZE_PARTITION, partition=True),
-    C.HvCallFinalizePartition: CallSpec(_ROOT, H.finalize_partition, layout=HV_INPUT_FINALIZE_PARTITION, partition=True),
-    C.HvCallDeletePartition: CallSpec(_ROOT, H.delete_partition, layout=HV_INPUT_DELETE_PARTITION, partition=True),
-    C.HvCallGetPartitionProperty: CallSpec(_ROOT, H.get_partition_property, layout=HV_INPUT_GET_PARTITION_PROPERTY, partition=True),
+    C.HvCallInitializePartition: CallSpec(_ROOT, H.initialize_partition, layout=HV_INPUT_INITIALIZE_PARTITION,
+                                          partition=True),
+    C.HvCallFinalizePartition: CallSpec(_ROOT, H.finalize_partition, layout=HV_INPUT_FINALIZE_PARTITION,
+                                        partition=True),
+    C.HvCallDeletePartition: CallSpec(_ROOT, H.delete_partition, layout=HV_INPUT_DELETE_PARTITION,
+                                      partition=True),
+    C.HvCallGetPartitionProperty: CallSpec(_ROOT, H.get_partition_property, layout=HV_INPUT_GET_PARTITION_PROPERTY,
+                                           partition=True),
     # The partition and property first: an unknown partition is reported as such however
     # short the value after them (set_partition_property checks the value is there).
     C.HvCallSetPartitionProperty: CallSpec(_ROOT, H.set_partition_property, layout=HV_INPUT_SET_PARTITION_PROPERTY,
@@ -540,15 +544,19 @@ SPECS: dict[int, CallSpec] = {
     # Only the partition is read; the proximity domain is a NUMA hint this emulation lacks.
     C.HvCallWithdrawMemory: CallSpec(HvPrivilege.AccessMemoryPool, H.withdraw_memory, rep=True,
                                      layout=HV_INPUT_WITHDRAW_MEMORY, required=8, partition=True),
-    C.HvCallMapGpaPages: CallSpec(_ROOT, H.map_gpa_pages, rep=True, layout=HV_INPUT_MAP_GPA_PAGES, partition=True),
-    C.HvCallUnmapGpaPages: CallSpec(_ROOT, H.unmap_gpa_pages, rep=True, layout=HV_INPUT_UNMAP_GPA_PAGES, partition=True),
+    C.HvCallMapGpaPages: CallSpec(_ROOT, H.map_gpa_pages, rep=True, layout=HV_INPUT_MAP_GPA_PAGES,
+                                  partition=True),
+    C.HvCallUnmapGpaPages: CallSpec(_ROOT, H.unmap_gpa_pages, rep=True, layout=HV_INPUT_UNMAP_GPA_PAGES,
+                                    partition=True),
     C.HvCallInstallIntercept: CallSpec(_ROOT),
     # Only the partition and VP index are read; the proximity domain and flags select what
     # this emulation lacks.
     C.HvCallCreateVp: CallSpec(_ROOT, H.create_vp, layout=HV_INPUT_CREATE_VP, required=12, partition=True),
     C.HvCallDeleteVp: CallSpec(_ROOT),
-    C.HvCallGetVpRegisters: CallSpec(_ROOT, H.get_vp_registers, rep=True, layout=HV_INPUT_GET_VP_REGISTERS, partition=True),
-    C.HvCallSetVpRegisters: CallSpec(_ROOT, H.set_vp_registers, rep=True, layout=HV_INPUT_SET_VP_REGISTERS, partition=True),
+    C.HvCallGetVpRegisters: CallSpec(_ROOT, H.get_vp_registers, rep=True, layout=HV_INPUT_GET_VP_REGISTERS,
+                                     partition=True),
+    C.HvCallSetVpRegisters: CallSpec(_ROOT, H.set_vp_registers, rep=True, layout=HV_INPUT_SET_VP_REGISTERS,
+                                     partition=True),
     C.HvCallTranslateVirtualAddress: CallSpec(0),
     C.HvCallPostMessage: CallSpec(HvPrivilege.PostMessages),
     C.HvCallSignalEvent: CallSpec(HvPrivilege.SignalEvents),

@@ -21,7 +21,7 @@ from __future__ import annotations
 from time import perf_counter_ns
 
 from proto import messages as m
-from proto.codes import HvStatus, HypercallInput, result_value
+from proto.codes import HvPartitionState, HvStatus, HypercallInput, result_value
 from proto.io_messages import MAX_IO_BYTES
 from proto.memory import PAGE_SHIFT
 
@@ -32,7 +32,6 @@ GPA_LIMIT = 1 << 52
 # The largest single clock step: a day (the RTC's calendar and the reference counter take
 # any, but a typo of a few digits should not send a partition years ahead).
 MAX_CLOCK_STEP_NS = 86_400 * 1_000_000_000
-_REPLY_NONE = 0
 
 
 class IoRequests:
@@ -49,7 +48,7 @@ class IoRequests:
         part = self._table.get(msg.partition)
         if part is None:
             return self._refuse(identity, "UNKNOWN_PARTITION", f"no partition {msg.partition}")
-        if part.state.value == "finalized":
+        if part.state is HvPartitionState.FINALIZED:  # no VP, no memory: nothing to reach
             return self._refuse(identity, "CONFLICT", f"partition {part.id} is stopped")
         if msg.vp >= len(part.vps):
             return self._refuse(identity, "UNKNOWN_VP", f"partition {part.id} has no VP {msg.vp}")

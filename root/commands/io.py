@@ -24,7 +24,8 @@ from root.commands.common import complain
 from root.rundir import live_run
 
 NAME = "io"
-HELP = "drive a partition from outside: instructions, memory, registers, hypercalls, interrupts, clocks (like QEMU's qtest)"
+HELP = ("drive a partition from outside: instructions, memory, registers, hypercalls, interrupts, clocks "
+        "(like QEMU's qtest)")
 
 # Each operation and how many operands it takes: a number, or (least, most).
 IO_ARITY = {"inb": 1, "inw": 1, "inl": 1, "outb": 2, "outw": 2, "outl": 2,

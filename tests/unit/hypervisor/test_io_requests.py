@@ -113,5 +113,6 @@ def test_clock_step_needs_a_paused_partition_and_steps_its_clocks(two):
     assert refusal(two, "clock_step", 2 * 86_400 * 10**9) == "INVALID_FIELD"
     assert two.part(1).clock_offset_ns == 10_000_000_000
     # The reference counter MSR reads the stepped time.
-    rd = two.send(ROOT, m.ExecuteRequest(2, 1, 0, "rdmsr", HvMsr.HV_X64_MSR_TIME_REF_COUNT, 0, b"")).one(ROOT, m.VpResume)
+    rd = two.send(ROOT, m.ExecuteRequest(2, 1, 0, "rdmsr", HvMsr.HV_X64_MSR_TIME_REF_COUNT, 0, b""))
+    rd = rd.one(ROOT, m.VpResume)
     assert (rd.rdx << 32 | rd.rax) >= 100_000_000
