@@ -116,3 +116,11 @@ def test_clock_step_needs_a_paused_partition_and_steps_its_clocks(two):
     rd = two.send(ROOT, m.ExecuteRequest(2, 1, 0, "rdmsr", HvMsr.HV_X64_MSR_TIME_REF_COUNT, 0, b""))
     rd = rd.one(ROOT, m.VpResume)
     assert (rd.rdx << 32 | rd.rax) >= 100_000_000
+
+
+def test_only_the_root_may_ask_a_guest_or_worker_is_not_permitted(two):
+    """io reaches guest memory and clocks: a partition's own VP or worker asking is refused,
+    whatever partition it names."""
+    for who in (V10, W1):
+        sent = two.send(who, m.IoRequest(1, 2, 0, "read", 0, 16, 0, b""))
+        assert sent.one(who, m.ErrorReply).code == "NOT_PERMITTED" and not sent.to(ROOT)
