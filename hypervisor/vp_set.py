@@ -1,6 +1,6 @@
 """HV_VP_SET, the sparse set of VP indices the Ex hypercalls name (TLFS "HV_VP_SET").
 
-Two formats: HV_GENERIC_SET_ALL (every VP of the partition; no banks) and
+Two formats: HV_GENERIC_SET_ALL (every VP of the partition; mask and banks are not read) and
 HV_GENERIC_SET_SPARSE_4K — ValidBanksMask says which 64-VP banks follow, lowest first, each
 a 64-bit mask of the VPs 64n..64n+63 it holds, so a set reaches VP index 4095.  The banks are
 the call's variable header, so its size (in the hypercall input value) must be the number of
@@ -26,7 +26,7 @@ def parse_vp_set(fmt: int, valid_banks: int, data: bytes, offset: int, banks: in
     ``valid_banks`` and whose ``banks`` bank masks (the variable header) start at
     ``offset`` of ``data``."""
     if fmt == HV_GENERIC_SET_ALL:
-        return (S.HV_STATUS_SUCCESS, ALL) if banks == 0 else (S.HV_STATUS_INVALID_HYPERCALL_INPUT, ALL)
+        return S.HV_STATUS_SUCCESS, ALL  # its mask and banks say nothing (a guest sends none)
     if fmt != HV_GENERIC_SET_SPARSE_4K:
         return S.HV_STATUS_INVALID_PARAMETER, frozenset()
     if banks != bin(valid_banks).count("1") or len(data) < offset + 8 * banks:
