@@ -121,7 +121,13 @@ class IoRequests:
     def _hypercall_gpa(self, identity, part, vp, msg) -> None:
         """RCX = ``a``; RDX, R8 = ``b``, ``c``: a fast call's input values, else the input
         and output parameter pages' GPAs.  The input block is read from guest memory (to
-        the end of its page: a block may not cross one), the output written back there."""
+        the end of its page: a block may not cross one), the output written back there.
+
+        TLFS "Hypercall Interface" › "Alignment Requirements": GPAs are 8-byte aligned
+        (else INVALID_ALIGNMENT); a page the partition cannot read or write makes a memory
+        intercept instead of running the call — io answers UNMAPPED_GPA.  io checks both
+        pages before every call, where the TLFS ignores the pointer of a call that has no
+        input or no output: give such a call any mapped page."""
         control, rdx, r8 = msg.a, msg.b, msg.c
         out_pieces = None
         if HypercallInput.parse(control).fast:
