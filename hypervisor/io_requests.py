@@ -43,6 +43,10 @@ class IoRequests:
         self._registers = registers
         self._interrupts = interrupts
         self._forwarding = forwarding
+        # One handler per operation of proto.io_messages.IO_OPS.
+        self._ops = {"read": self._read, "write": self._write, "get_reg": self._get_reg, "set_reg": self._set_reg,
+                     "hypercall_gpa": self._hypercall_gpa, "irqs_apic": self._irqs_apic,
+                     "irqs_pic": self._irqs_pic, "clock_step": self._clock_step}
 
     def on_io_request(self, identity: bytes, peer, msg: m.IoRequest, t_in: int) -> None:
         part = self._table.get(msg.partition)
@@ -52,7 +56,7 @@ class IoRequests:
             return self._refuse(identity, "CONFLICT", f"partition {part.id} is stopped")
         if msg.vp >= len(part.vps):
             return self._refuse(identity, "UNKNOWN_VP", f"partition {part.id} has no VP {msg.vp}")
-        getattr(self, "_" + msg.op)(identity, part, part.vps[msg.vp], msg)
+        self._ops[msg.op](identity, part, part.vps[msg.vp], msg)
 
     def _refuse(self, identity: bytes, code: str, text: str) -> None:
         self._outbox.error(identity, m.IoRequest.TYPE, code, text)

@@ -124,3 +124,8 @@ def test_only_the_root_may_ask_a_guest_or_worker_is_not_permitted(two):
     for who in (V10, W1):
         sent = two.send(who, m.IoRequest(1, 2, 0, "read", 0, 16, 0, b""))
         assert sent.one(who, m.ErrorReply).code == "NOT_PERMITTED" and not sent.to(ROOT)
+
+
+def test_every_operation_on_the_wire_has_a_handler(two):
+    from proto.io_messages import IO_OPS
+    assert set(two.hv.io_requests._ops) == set(IO_OPS)
