@@ -220,6 +220,8 @@ class IoSession:
         source = "apic"
         if rest and rest[-1] in SOURCES:
             source = rest.pop()
+        if len(rest) > 1:
+            raise ValueError(f"wait_irq takes VECTOR [TIMEOUT_S] [{'|'.join(SOURCES)}], got {' '.join(operands)}")
         timeout = float(rest[0]) if rest else WAIT_DEFAULT_S
         if not 0 <= vector <= 0xFF or not 0 < timeout <= 3600:
             raise ValueError("wait_irq takes a vector 0..0xff and a timeout of up to 3600 s")

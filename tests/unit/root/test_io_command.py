@@ -96,3 +96,10 @@ def test_clock_step_reports_the_offset_the_worker_or_the_hypervisor_gives():
     assert lines(client, "clock_step", "20000000") == ["OK offset_ns=20000000"]
     client = FakeClient(clock_step=[io_reply(value=5)])
     assert lines(client, "clock_step", "5") == ["OK offset_ns=5"]
+
+
+def test_wait_irq_operands_are_checked():
+    client = FakeClient(irqs_apic=[io_reply()])
+    assert [line.split()[1] for line in lines(client, "wait_irq", "0x20", "1", "2", "wait_irq", "0x120",
+                                              "wait_irq", "0x20", "soon")] == ["INVALID_OPERAND"] * 3
+    assert client.calls == []
