@@ -118,6 +118,13 @@ def _status(result: int) -> dict:
     return {"status": name, "reps": (result >> 32) & 0xFFF}
 
 
+def _fault(fault: int) -> dict:
+    try:
+        return {"fault": f"#{X86Exception(fault).name}"}
+    except ValueError:
+        return {"fault": f"vector {fault:#x}"}
+
+
 def _control(token: str) -> int:
     control = parse_number(token)
     return control_value(control) if token in HypercallCode.__members__ else control
@@ -160,7 +167,7 @@ class IoSession:
                 r = self._io(vp, name, control, parse_number(operands[1]), parse_number(operands[2]))
                 fault, result, output = r.fault, r.value, r.data
             if fault:
-                return {"fault": f"#{X86Exception(fault).name}"}
+                return _fault(fault)
             return _status(result) | ({"output": output.hex()} if output else {})
         if name == "read":
             gpa, length = parse_number(operands[0]), parse_number(operands[1])
@@ -192,7 +199,7 @@ class IoSession:
         nums = [parse_number(t) for t in operands]
         r = self.client.io(self.partition, vp, name, nums[0], nums[1] if len(nums) > 1 else 0)
         if r.fault:
-            return {"fault": f"#{X86Exception(r.fault).name}"}
+            return _fault(r.fault)
         if name.startswith("in") or name.startswith("read"):
             return {"value": r.rax}
         if name == "cpuid":
