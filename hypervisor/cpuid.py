@@ -42,7 +42,8 @@ def cpuid(part: Partition, vp_index: int, leaf: int, subleaf: int) -> tuple[int,
         return (MAX_BASIC_LEAF, *VENDOR_GENUINE_INTEL)
     if leaf == 1:
         # EBX[31:24] is the initial APIC ID; EBX[23:16] logical processors per package.
-        ebx = (vp_index << 24) | (max(1, len(part.vps)) << 16) | (8 << 8)
+        # Both fields are 8 bits: beyond 255 VPs an x2APIC ID (leaf 0xB) would be needed.
+        ebx = ((vp_index & 0xFF) << 24) | (min(0xFF, max(1, len(part.vps))) << 16) | (8 << 8)
         return (FAMILY_MODEL_STEPPING, ebx, LEAF1_ECX, LEAF1_EDX)
     if leaf == CpuidLeaf.HvCpuidFunctionHvVendorAndMaxFunction:
         return (CpuidLeaf.HvCpuidFunctionMsHvHardwareFeatures, *HV_VENDOR_SIGNATURE)

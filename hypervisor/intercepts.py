@@ -225,6 +225,9 @@ class Intercepts:
         if not part.hypercalls_enabled:
             # No hypercall page: the VMCALL is an undefined instruction to the guest.
             return 0, b"", int(X86Exception.UD)
+        fault = self._hypercalls.fault(control, data)  # XMM input not offered: #UD
+        if fault:
+            return 0, b"", fault
         result, output = self._hypercalls.dispatch(Caller(part, vp, part.privileges), control, data)
         return result, output, NO_FAULT
 

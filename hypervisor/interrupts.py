@@ -78,6 +78,7 @@ class Interrupts:
             return
         # ExtINT from the PIC goes to the boot processor (virtual-wire mode, LINT0).
         vp = part.vps[0]
+        part.pic_output.record(msg.vector)  # for `io irqs_pic` (irq_log.py)
         vp.interrupts.post(msg.vector, msg.stamps + (t_in,))
         self._wake(vp)
 

@@ -35,13 +35,16 @@ def rdmsr(part: Partition, vp: VirtualProcessor, msr: int) -> tuple[int, int]:
         return OK, vp_index
     if msr == HvMsr.HV_X64_MSR_TIME_REF_COUNT and priv & HvPrivilege.AccessPartitionReferenceCounter:
         return OK, part.reference_time_100ns()
+    if msr == HvMsr.HV_X64_MSR_APIC_FREQUENCY and priv & HvPrivilege.AccessFrequencyMsrs:
+        # TLFS "Partition Privilege Flags": AccessFrequencyMsrs grants the TSC and APIC
+        # frequency MSRs (not AccessApicMsrs, which is EOI/ICR/TPR and the assist page).
+        # HV_X64_MSR_TSC_FREQUENCY stays #GP: no TSC is modelled.
+        return OK, APIC_TIMER_HZ
     if priv & HvPrivilege.AccessApicMsrs:
         if msr == HvMsr.HV_X64_MSR_TPR:
             return OK, vp.apic.tpr
         if msr == HvMsr.HV_X64_MSR_VP_ASSIST_PAGE:
             return OK, vp.assist_page
-        if msr == HvMsr.HV_X64_MSR_APIC_FREQUENCY:
-            return OK, APIC_TIMER_HZ
     return GP, 0
 
 
@@ -61,7 +64,10 @@ def wrmsr(part: Partition, vp: VirtualProcessor, msr: int, value: int) -> int:
             return OK  # locked: writes are ignored until reset
         value &= HYPERCALL_WRITABLE
         if part.guest_os_id == 0:
-            # TLFS: the hypercall page cannot be enabled before the guest identifies itself.
+            # TLFS "Hypercall Interface" › "Establishing the Hypercall Interface": the page
+            # cannot be enabled before the guest identifies itself.  Only Enable is refused:
+            # the GPFN is kept and reads back with Enable clear.  (KVM drops the whole
+            # write, so there the MSR reads back its old value; we follow the TLFS.)
             value &= ~HYPERCALL_ENABLE
         part.hypercall_msr = value
         return OK

@@ -72,4 +72,5 @@ def build_routes(hv) -> dict[type, Route]:
         sm.SynicPost: Route(hv.synic_ports.on_post, VSP),
         sm.SynicSignal: Route(hv.synic_ports.on_signal, VSP),
         sm.GpaMapRequest: Route(hv.synic_ports.on_gpa_map, VSP),
+        m.IoRequest: Route(hv.io_requests.on_io_request, ROOT),
     }

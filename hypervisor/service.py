@@ -58,6 +58,7 @@ from hypervisor.peers import Peers
 from hypervisor.ratelog import RateLimitedLog
 from hypervisor.registers import VpRegisters
 from hypervisor.root_requests import RootRequests
+from hypervisor.io_requests import IoRequests
 from hypervisor.routes import build_routes
 from hypervisor.synic import Synic
 from hypervisor.synic_ports import SynicPorts
@@ -111,7 +112,8 @@ class Hypervisor:
         self.dispatcher = Dispatcher(lps=lps, router=router, outbox=self.outbox, counters=counters,
                                      tracer=self.tracer)
         self.sched = self.dispatcher.sched
-        self.hypercalls = Hypercalls(self.table, self.memory, self.tlb, VpRegisters(self.sched))
+        self.hypercalls = Hypercalls(self.table, self.memory, self.tlb, VpRegisters(self.sched),
+                                     wake=self.dispatcher.wake)
         self.interrupts = Interrupts(self.table, counters, self.dispatcher.wake)
         # SynIC and synthetic timers (issue 10), and the ports of the root's VMBus server.
         self.synic = Synic(self.table, self.memory, self.interrupts.assert_vector)
@@ -131,6 +133,9 @@ class Hypervisor:
                                           intercepts=self.intercepts, dispatcher=self.dispatcher,
                                           forwarding=self.forwarding, tracer=self.tracer, memory=self.memory,
                                           interrupts=self.interrupts)
+        self.io_requests = IoRequests(table=self.table, outbox=self.outbox, memory=self.memory,
+                                      intercepts=self.intercepts, registers=self.hypercalls.registers,
+                                      interrupts=self.interrupts, forwarding=self.forwarding)
         self.telemetry = Telemetry(tracer=self.tracer, outbox=self.outbox, counters=counters,
                                    session=self.session, started_ns=self.started_ns, table=self.table,
                                    sched=self.sched, memory=self.memory, tlb=self.tlb, hypercalls=self.hypercalls,

@@ -213,6 +213,7 @@ class HvPrivilege(enum.IntFlag):
     AccessResetMsr = 1 << 7
     AccessPartitionReferenceTsc = 1 << 9
     AccessGuestIdleMsr = 1 << 10
+    AccessFrequencyMsrs = 1 << 11  # HV_X64_MSR_TSC_FREQUENCY and HV_X64_MSR_APIC_FREQUENCY
     CreatePartitions = 1 << 32
     AccessPartitionId = 1 << 33
     AccessMemoryPool = 1 << 34
@@ -264,6 +265,7 @@ HV_CHILD_ENLIGHTENED_PRIVILEGES = (
     | HvPrivilege.AccessApicMsrs
     | HvPrivilege.AccessHypercallMsrs
     | HvPrivilege.AccessVpIndex
+    | HvPrivilege.AccessFrequencyMsrs
 )
 # The root partition's privileges: the child's plus partition management.
 HV_ROOT_PRIVILEGES = (
@@ -291,7 +293,9 @@ VAR_HEADER_SHIFT, VAR_HEADER_MASK = 17, 0x3FF
 REP_COUNT_SHIFT, REP_START_SHIFT, REP_MASK = 32, 48, 0xFFF
 # RsvdZ: bits 31:27, 47:44 and 63:60.
 RESERVED_MASK = (0x1F << 27) | (0xF << 44) | (0xF << 60)
-# A fast call passes its input in RDX:R8; XMM fast input is not advertised.
+# A fast call passes its input in RDX:R8; XMM fast input (CPUID 0x40000003 EDX bit 4) is
+# not offered, so a fast call with more input than that is a #UD (TLFS "XMM Fast Hypercall
+# Input").
 FAST_INPUT_BYTES = 16
 
 
