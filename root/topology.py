@@ -17,6 +17,7 @@ from pathlib import Path
 
 from partitions.workloads import WORKLOADS as GUEST_WORKLOADS
 from proto.codes import HV_CHILD_ENLIGHTENED_PRIVILEGES, HV_SPIN_RETRY_NEVER, HvPrivilege, HvRecommendation
+from proto.codes import HV_STIMER_PRIVILEGES, HV_SYNIC_PRIVILEGES, HV_TSC_PAGE_PRIVILEGES
 from proto.errors import ConfigError
 from root import REPO
 from worker.devices.config import CHIPSETS, DEVICE_KEYS, DEVICE_TYPES, ISA_IRQS
@@ -31,15 +32,27 @@ ENLIGHTENMENTS = {
     "hypercall": HvPrivilege.AccessHypercallMsrs,
     "vp_index": HvPrivilege.AccessVpIndex,
     "reference_counter": HvPrivilege.AccessPartitionReferenceCounter,
+    "frequency_msrs": HvPrivilege.AccessFrequencyMsrs,  # HV_X64_MSR_APIC_FREQUENCY
 }
 assert sum(ENLIGHTENMENTS.values()) == HV_CHILD_ENLIGHTENED_PRIVILEGES
+# Offered only where a topology names them (issue 10): the SynIC (with PostMessage and
+# SignalEvent), the synthetic timers, the reference TSC page.
+ENLIGHTENMENTS.update({"synic": HV_SYNIC_PRIVILEGES, "stimer": HV_STIMER_PRIVILEGES,
+                       "tsc_page": HV_TSC_PAGE_PRIVILEGES})
 RECOMMENDATIONS = {
     "address_space_switch_hypercall": HvRecommendation.UseHypercallForAddressSpaceSwitch,
     "local_flush_hypercall": HvRecommendation.UseHypercallForLocalFlush,
     "remote_flush_hypercall": HvRecommendation.UseHypercallForRemoteFlush,
     "apic_msrs": HvRecommendation.UseApicMsrs,
     "relaxed_timing": HvRecommendation.UseRelaxedTiming,
+    "cluster_ipi": HvRecommendation.UseSyntheticClusterIpi,  # HvCallSendSyntheticClusterIpi(Ex)
+    "ex_processor_masks": HvRecommendation.UseExProcessorMasks,  # the HV_VP_SET (Ex) calls
 }
+# VPs a partition may have here.  The hypervisor takes what an HV_VP_SET can name (4096);
+# this machine's stack gives each VP a thread and a ZeroMQ connection, and the xAPIC's
+# 8-bit IDs (CPUID 1 EBX, the ICR's destination) stop at 255, so a topology asks for at
+# most 128: room for VP indices past 64, which need the Ex calls.
+MAX_VPS = 128
 # The workloads a partition may run: the guest's own table.
 WORKLOADS = tuple(GUEST_WORKLOADS)
 # The devices a topology may name and the settings each takes (DEVICE_KEYS), the chipsets,
@@ -67,6 +80,7 @@ class PartitionConfig:
     disk: dict | None  # {"size_mb": n}, and {"image": path} when the topology names one
     devices: list[dict]  # extra devices beyond the chipset's
     cpu: dict  # {"reserve": %, "limit": %, "weight": n}, per VP, as Hyper-V's processor settings
+    vmbus: dict | None = None  # {"disk": {"size_mb": n[, "image": path]}, "nic": {}, "signal_suppression": bool}
     backend: str = "python"  # what runs the guest: partitions.cpu.BACKENDS (`cpu = "unicorn"`)
     firmware: str | None = None  # "seabios" (a real-CPU backend only)
     kernel: str | None = None  # a test kernel of ours by name, or a path (a real-CPU backend only)
@@ -107,6 +121,7 @@ class Topology:
     logical_processors: int
     transport: str
     partitions: list[PartitionConfig]
+    switch: dict | None = None  # {"external": bool}: the virtual switch's TAP port (issue 10)
 
     def to_dict(self) -> dict:
         return {
@@ -114,6 +129,7 @@ class Topology:
             "name": self.name, "duration_s": self.duration_s,
             "logical_processors": self.logical_processors, "transport": self.transport,
             "partitions": [p.__dict__ for p in self.partitions],
+            "switch": self.switch,
         }
 
 
@@ -188,7 +204,7 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
                 raise err(table, index, key, f"expected a list of strings, got {type(v).__name__} {v!r} in it")
         return values
 
-    check_keys(data, {"run", "partition"}, "", None)
+    check_keys(data, {"run", "partition", "switch"}, "", None)
     run = data.get("run", {})
     if not isinstance(run, dict):
         raise err("", None, "run", "must be a table")
@@ -219,8 +235,8 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
         if not isinstance(p, dict):
             raise err(t, i, None, f"must be a table, got {type(p).__name__} {p!r}")
         check_keys(p, {"name", "vps", "memory_mb", "enlightenments", "recommendations", "spin_retry",
-                       "workloads", "chipset", "disk", "cpu", "device", "firmware", "kernel", "initrd",
-                       "cmdline"}, t, i)
+                       "workloads", "chipset", "disk", "cpu", "device", "vmbus", "firmware", "kernel",
+                       "initrd", "cmdline"}, t, i)
         pname = get(p, "name", str, t, i, required=True)
         if not NAME_RE.match(pname):
             raise err(t, i, "name", f"{pname!r} must be lowercase letters, digits, - or _ (≤32)")
@@ -228,8 +244,8 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
             raise err(t, i, "name", f"{pname!r} is used by another partition")
         names.add(pname)
         vps = get(p, "vps", int, t, i, 1)
-        if not 1 <= vps <= 64:
-            raise err(t, i, "vps", f"{vps} is outside 1..64")
+        if not 1 <= vps <= MAX_VPS:
+            raise err(t, i, "vps", f"{vps} is outside 1..{MAX_VPS}")
         mem = get(p, "memory_mb", int, t, i, 16)
         if not 1 <= mem <= 4096:
             raise err(t, i, "memory_mb", f"{mem} is outside 1..4096")
@@ -348,10 +364,20 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
                 claimed[port] = f"{dname} ([[partition.device]] #{di + 1})"
             dev_names.add(dname)
             devices.append(dict(d))
+        vmbus = vmbus_section(get(p, "vmbus", dict, t, i, None), enl, base_dir, lambda k, why: err(t, i, k, why))
+        if vmbus and backend != "python":
+            raise err(t, i, "vmbus", f"cpu = {backend!r}: the VMBus guest drivers are the Python guest's (cpu = \"python\")")
         parts.append(PartitionConfig(pname, vps, mem, list(enl), list(rec), spin, list(wls), chipset, disk,
-                                     devices, dict(cpu), backend, firmware, kernel, *linux_args(p, t, i, kernel, base_dir,
-                                                                                           err, get)))
-    return Topology(source, base_dir, name, duration, lps, transport, parts)
+                                     devices, dict(cpu), vmbus, backend, firmware, kernel,
+                                     *linux_args(p, t, i, kernel, base_dir, err, get)))
+    switch = get(data, "switch", dict, "", None, None)
+    if switch is not None:
+        check_keys(switch, {"external"}, "switch", None)
+        external = get(switch, "external", bool, "switch", None, False)
+        if not any(p.vmbus and "nic" in p.vmbus for p in parts):
+            raise err("switch", None, None, "no partition has a synthetic NIC (vmbus = { nic = {} }) to switch")
+        switch = {"external": external}
+    return Topology(source, base_dir, name, duration, lps, transport, parts, switch)
 
 
 def real_cpu(p: dict, t: str, i: int, base_dir: Path | None, err, get) -> tuple[str, str | None, str | None]:
@@ -458,3 +484,54 @@ def default_topology() -> Topology:
     except OSError as e:
         raise ConfigError(f"{DEFAULT_CONFIG}: cannot read the default topology: {e.strerror}") from e
     return load_topology(text, DEFAULT_SOURCE)
+
+
+VMBUS_FORM = "must be { disk = { size_mb = N[, image = \"path\"] }, nic = {}[, signal_suppression = true|false] }"
+
+
+def vmbus_section(raw: dict | None, enlightenments: list[str], base_dir: Path | None, err) -> dict | None:
+    """A partition's ``vmbus`` table: the synthetic devices the root's VSP process offers it
+    (issue 10).  Its disk image is a raw image, the ATA disk's format; without ``image``
+    it is ``vmbus-disk-PARTITION.img`` in the run directory."""
+    if raw is None:
+        return None
+    if set(raw) - {"disk", "nic", "signal_suppression"}:
+        raise err("vmbus", f"unknown {sorted(set(raw) - {'disk', 'nic', 'signal_suppression'})[0]!r}: {VMBUS_FORM}")
+    nic = raw.get("nic")
+    if nic is not None and nic != {}:
+        raise err("vmbus", f"nic {VMBUS_FORM} (a synthetic NIC takes no settings: its MAC address is "
+                           f"00:15:5d:00:00:ID)")
+    for needed in ("hypercall", "synic"):
+        if needed not in enlightenments:
+            raise err("vmbus", f"VMBus needs enlightenments to include {needed!r} (the guest posts messages "
+                               f"and signals events by hypercall through the SynIC)")
+    suppression = raw.get("signal_suppression", True)
+    if not isinstance(suppression, bool):
+        raise err("vmbus", f"signal_suppression = {suppression!r} is not true or false")
+    out: dict = {"signal_suppression": suppression, **({"nic": {}} if nic is not None else {})}
+    disk = raw.get("disk")
+    if disk is not None:
+        if not isinstance(disk, dict) or set(disk) - {"image", "size_mb"}:
+            raise err("vmbus", f"disk {VMBUS_FORM}")
+        image, size = disk.get("image"), disk.get("size_mb", 64)
+        if image is not None and (not isinstance(image, str) or not image):
+            raise err("vmbus", f"disk image {image!r} is not a path")
+        if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 1 << 20:
+            raise err("vmbus", f"disk size_mb {size!r} is outside 1..1048576")
+        if image is not None and (base_dir is not None or Path(image).is_absolute()):
+            where = Path(image) if Path(image).is_absolute() else base_dir / image
+            if not where.parent.is_dir():
+                raise err("vmbus", f"disk image {image!r}: no directory {where.parent}")
+            if where.is_dir():
+                raise err("vmbus", f"disk image {image!r} is a directory")
+        out["disk"] = {"size_mb": size, **({"image": image} if image is not None else {})}
+    return out
+
+
+def vmbus_disk_image(pc: PartitionConfig, run_dir: Path, base_dir: Path) -> Path | None:
+    """Where a partition's synthetic disk lives (as worker_devices places the ATA one's)."""
+    disk = (pc.vmbus or {}).get("disk")
+    if not disk:
+        return None
+    image = Path(disk["image"]) if disk.get("image") else run_dir / f"vmbus-disk-{pc.name}.img"
+    return image if image.is_absolute() else base_dir / image
