@@ -319,7 +319,10 @@ class UnicornCpu:
     def _mmio_read(self, uc, offset, size, base):
         gpa = base + offset
         try:
-            value = self.port.mmio_read(gpa, size)
+            # An SSE access is wider than any MMIO exit (at most 8 bytes): 8 at a time.
+            value = 0
+            for i in range(0, size, 8):
+                value |= self.port.mmio_read(gpa + i, min(8, size - i)) << (8 * i)
         except GuestFault as f:
             f.args = (f"{f.args[0]} of {gpa:#x}",)
             self._fault(f)
@@ -330,7 +333,8 @@ class UnicornCpu:
     def _mmio_write(self, uc, offset, size, value, base):
         gpa = base + offset
         try:
-            self.port.mmio_write(gpa, size, value)
+            for i in range(0, size, 8):
+                self.port.mmio_write(gpa + i, min(8, size - i), (value >> (8 * i)) & ((1 << (8 * min(8, size - i))) - 1))
         except GuestFault as f:
             f.args = (f"{f.args[0]} of {gpa:#x}",)
             self._fault(f)
