@@ -99,6 +99,7 @@ class Hypervisor:
             "out_of_turn": 0,  # exits from a VP that was not executing guest code
             "handler_errors": 0,  # exceptions in a handler: bugs of ours, each logged (rate-limited)
             "status_trimmed": 0,  # status replies too big to decode anywhere, sent without histograms
+            "posted_interrupts": 0,  # interrupt_notify messages: interrupts posted to running VPs
         }
         counters = self.counters
         self.table = PartitionTable()
@@ -110,7 +111,7 @@ class Hypervisor:
                                      tracer=self.tracer)
         self.sched = self.dispatcher.sched
         self.hypercalls = Hypercalls(self.table, self.memory, self.tlb, VpRegisters(self.sched))
-        self.interrupts = Interrupts(self.table, counters, self.dispatcher.wake)
+        self.interrupts = Interrupts(self.table, counters, self.dispatcher.wake, router.send, self.tracer)
         self.forwarding = Forwarding(router=router, outbox=self.outbox, counters=counters,
                                      resume=self.dispatcher.resume, tracer=self.tracer, pause=self.sched.pause)
         self.intercepts = Intercepts(dispatcher=self.dispatcher, forwarding=self.forwarding,

@@ -661,3 +661,8 @@ __all__ = [
     "ConsoleData",
     "InputRequest",
 ]
+
+# Prompt interrupt delivery's messages (ids 60–64), in a module of their own.
+from proto.interrupt_messages import InterruptNotify  # noqa: E402,F401
+
+__all__.append("InterruptNotify")
