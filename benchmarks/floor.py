@@ -13,11 +13,18 @@ dispatching, stamping and encoding.
     python -m benchmarks.floor relay ENDPOINT
     python -m benchmarks.floor echo ENDPOINT
     python -m benchmarks.floor irqecho ENDPOINT
+    python -m benchmarks.floor timer ENDPOINT [PERIOD_US]
+
+``timer`` is the local APIC timer's floor, a server of its own: it waits as the
+hypervisor's loop does (a poll with a timeout) for a deadline a period after its client
+"halted", then sends the client one resume-sized frame (one hop, hv → VP).
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import tempfile
 import time
 from time import perf_counter_ns
 
@@ -112,6 +119,85 @@ def irqecho(endpoint: str) -> None:
         sock.send(m.AssertInterrupt(0x20, (perf_counter_ns(), _T)).encode())
 
 
+def start_floor(roles: list[str], server: tuple[str, ...] = ("relay",)
+                ) -> tuple[subprocess.Popen, list[subprocess.Popen], str, tempfile.TemporaryDirectory]:
+    """A relay (or another ``server``: ``("timer", PERIOD_US)``) and one peer per role
+    (``echo``, ``irqecho``) on an ipc endpoint in a temporary directory: (server, peers,
+    endpoint, directory); :func:`stop_floor` ends them."""
+    from root import REPO
+    from root.procs import die_with_parent
+
+    d = tempfile.TemporaryDirectory(prefix="hvfloor")
+    endpoint = f"ipc://{d.name}/floor.sock"
+    cmd = [sys.executable, "-m", "benchmarks.floor"]
+    # In sessions of their own, as the run's processes are: a terminal's Ctrl-C reaches
+    # the bench alone, which ends them (no traceback from a relay).
+    relay = subprocess.Popen([*cmd, server[0], endpoint, *server[1:]], cwd=REPO, stdout=subprocess.PIPE,
+                             preexec_fn=die_with_parent, start_new_session=True)
+    peers: list[subprocess.Popen] = []
+    try:
+        if relay.stdout.readline().strip() != b"READY":
+            raise RuntimeError("the floor relay did not start")
+        peers = [subprocess.Popen([*cmd, role, endpoint], cwd=REPO, preexec_fn=die_with_parent,
+                                  start_new_session=True) for role in roles]
+        if peers:
+            time.sleep(0.3)  # let the echo peers register before the first request
+    except BaseException:
+        stop_floor(relay, peers, d)
+        raise
+    return relay, peers, endpoint, d
+
+
+def stop_floor(relay: subprocess.Popen, peers: list[subprocess.Popen], d: tempfile.TemporaryDirectory) -> None:
+    for p in (*peers, relay):
+        p.kill()
+        p.wait()
+    if relay.stdout is not None:
+        relay.stdout.close()
+    d.cleanup()
+
+
+def timer(endpoint: str, period_us: str = "1000") -> None:
+    """The local APIC timer's floor: a ROUTER (the hypervisor's loop) that waits with a
+    timeout until a deadline a period after its client last asked (the VP's HLT), then
+    sends it one resume-sized frame stamped as it goes (one hop, hv → VP)."""
+    period_ms = int(period_us) / 1000
+    resume = hop_frames()["cpuid_resume"]
+    sock = _socket(zmq.ROUTER)
+    sock.bind(endpoint)
+    print("READY", flush=True)
+    while True:
+        ident, _ = sock.recv_multipart()  # "halted": arm the timer
+        deadline = time.monotonic() + period_ms / 1000
+        while (left := deadline - time.monotonic()) > 0:
+            if sock.poll(max(1, int(left * 1000 + 0.999))):  # the loop's wait, as the hv's
+                sock.recv_multipart()  # (nothing else is sent; drained)
+        sock.send_multipart((ident, msgpack.packb([perf_counter_ns()]), resume))
+
+
+class TimerFloorClient:
+    """The VP's side of :func:`timer`: "halt", then time the frame that wakes it."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.sock = _socket(zmq.DEALER)
+        self.sock.connect(endpoint)
+
+    def measure(self, n: int, warmup: int = 20) -> list[int]:
+        out = []
+        for i in range(n + warmup):
+            self.sock.send(b"hlt")
+            if not self.sock.poll(5000):
+                raise TimeoutError("the floor's timer did not fire within 5 s")
+            stamp, _ = self.sock.recv_multipart()
+            t = perf_counter_ns()
+            if i >= warmup:
+                out.append(t - msgpack.unpackb(stamp)[0])
+        return out
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+
 class IrqFloorClient:
     """The one-way worker → hv → VP time of a frame the size of ``assert_interrupt``.
 
@@ -170,4 +256,4 @@ class FloorClient:
 
 
 if __name__ == "__main__":
-    {"relay": relay, "echo": echo, "irqecho": irqecho}[sys.argv[1]](sys.argv[2])
+    {"relay": relay, "echo": echo, "irqecho": irqecho, "timer": timer}[sys.argv[1]](*sys.argv[2:])
