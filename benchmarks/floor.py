@@ -62,48 +62,48 @@ def relay(endpoint: str) -> None:
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     sock.bind(endpoint)
     print("READY", flush=True)
-    roles: dict[bytes, bytes] = {}
+    roles: dict[bytes, tuple[bytes, bytes]] = {}  # identity → (kind, its echo peer's role)
     peers: dict[bytes, bytes] = {}  # echo role → identity
     notify, resume4, resume2 = f["port_notify"], f["io_resume"], f["cpuid_resume"]
-    pending = []  # clients waiting for the echo, in order (one request in flight each)
-    pending_irq = []
+    # Clients waiting for each echo peer, in order (one request in flight each).  A client
+    # "hop4" uses the echo "echo"; with --scale, "hop4:K" uses "echo:K" (as each partition
+    # has its own worker).
+    pending: dict[bytes, list[bytes]] = {}
     # Requests that came before their echo peer said hello (it is a separate process, and
     # on a busy machine it can start after the first client): sent when it does.
     early: dict[bytes, int] = {}
     while True:
         ident, frame = sock.recv_multipart()
         role = roles.get(ident)
-        if role is None:
-            roles[ident] = frame  # the first frame of a peer names its role
+        if role is None:  # the first frame of a peer names its role
+            kind = frame.split(b":")[0]
+            target = {b"hop4": b"echo" + frame[4:], b"irq": b"irqecho"}.get(kind, frame)
+            roles[ident] = (kind, target)
             peers[frame] = ident
+            pending.setdefault(target, [])
             for _ in range(early.pop(frame, 0)):
                 sock.send_multipart((ident, notify))
             continue
-        if role == b"hop4":
-            pending.append(ident)
+        kind, target = role
+        if kind == b"hop4" or kind == b"irq":
+            pending[target].append(ident)
             try:
-                sock.send_multipart((peers[b"echo"], notify))
+                sock.send_multipart((peers[target], notify))
             except KeyError:
-                early[b"echo"] = early.get(b"echo", 0) + 1
-        elif role == b"echo":
-            sock.send_multipart((pending.pop(0), resume4))
-        elif role == b"irq":
-            pending_irq.append(ident)
-            try:
-                sock.send_multipart((peers[b"irqecho"], notify))
-            except KeyError:
-                early[b"irqecho"] = early.get(b"irqecho", 0) + 1
-        elif role == b"irqecho":
-            sock.send_multipart((pending_irq.pop(0), frame))
+                early[target] = early.get(target, 0) + 1
+        elif kind == b"echo":
+            sock.send_multipart((pending[target].pop(0), resume4))
+        elif kind == b"irqecho":
+            sock.send_multipart((pending[target].pop(0), frame))
         else:
             sock.send_multipart((ident, resume2))
 
 
-def echo(endpoint: str) -> None:
+def echo(endpoint: str, key: str = "") -> None:
     complete = hop_frames()["access_complete"]
     sock = _socket(zmq.DEALER)
     sock.connect(endpoint)
-    sock.send(b"echo")
+    sock.send(b"echo" + (b":" + key.encode() if key else b""))
     while True:
         sock.recv()
         sock.send(complete)
@@ -229,14 +229,15 @@ class IrqFloorClient:
 
 
 class FloorClient:
-    """The VP's side: times each round trip as the VP does."""
+    """The VP's side: times each round trip as the VP does.  ``key``: which echo peer a
+    4-hop client's requests go to (``echo:KEY``; by default ``echo``)."""
 
-    def __init__(self, endpoint: str, hops: int) -> None:
+    def __init__(self, endpoint: str, hops: int, key: str = "") -> None:
         f = hop_frames()
         self.frame = f["io_intercept"] if hops == 4 else f["cpuid_intercept"]
         self.sock = _socket(zmq.DEALER)
         self.sock.connect(endpoint)
-        self.sock.send(b"hop4" if hops == 4 else b"hop2")
+        self.sock.send((b"hop4" + (b":" + key.encode() if key else b"")) if hops == 4 else b"hop2")
 
     def measure(self, n: int, warmup: int = 200) -> list[int]:
         send, recv, poll, frame = self.sock.send, self.sock.recv, self.sock.poll, self.frame
@@ -255,5 +256,41 @@ class FloorClient:
         self.sock.close(0)
 
 
+def scale_client(endpoint: str, key: str) -> None:
+    """One of --scale's clients (a process, as each partition is): 4-hop round trips to
+    ``echo:KEY`` until told.  The first SIGUSR1 starts the window (it answers ``{}``), the
+    second ends it: one JSON line of the window's round trips and percentiles, and exit."""
+    import json
+    import signal
+
+    client = FloorClient(endpoint, 4, key)
+    send, recv, poll, frame = client.sock.send, client.sock.recv, client.sock.poll, client.frame
+    window: dict = {"samples": None, "done": False}
+
+    def on_usr1(signum, frame_):
+        if window["samples"] is None:
+            window["samples"] = []
+            print("{}", flush=True)
+            return
+        samples = sorted(window["samples"])
+        pct = (lambda p: samples[min(len(samples) - 1, len(samples) * p // 100)] if samples else 0)
+        print(json.dumps({"n": len(samples), "p50_ns": pct(50), "p99_ns": pct(99)}), flush=True)
+        window["done"] = True
+
+    signal.signal(signal.SIGUSR1, on_usr1)
+    print("READY", flush=True)
+    while not window["done"]:
+        t0 = perf_counter_ns()
+        send(frame)
+        if not poll(5000):
+            raise TimeoutError("the floor relay did not answer within 5 s")
+        recv()
+        samples = window["samples"]
+        if samples is not None:
+            samples.append(perf_counter_ns() - t0)
+    client.close()
+
+
 if __name__ == "__main__":
-    {"relay": relay, "echo": echo, "irqecho": irqecho, "timer": timer}[sys.argv[1]](*sys.argv[2:])
+    {"relay": relay, "echo": echo, "irqecho": irqecho, "timer": timer,
+     "client": scale_client}[sys.argv[1]](*sys.argv[2:])
