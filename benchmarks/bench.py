@@ -214,7 +214,8 @@ def _run_bench(args) -> int:
                 disk[k] = disk.get(k, 0) + v
             done += 1
         if args.cpu:
-            cpu = measure_cpu(args.cpu_window, args.cpu_round_trips, lambda *_: progress.step())
+            cpu = measure_cpu(args.cpu_window, args.cpu_round_trips, lambda *_: progress.step(),
+                              **({"profile": args.profile} if getattr(args, "profile", None) else {}))
         if args.experiments:
             progress.step()
             experiments = run_experiments(min(3.0, args.duration / 2))
@@ -273,6 +274,13 @@ def _run_bench(args) -> int:
     if interrupted is not None:
         complain("bench", result["partial"] + (": the results above are of those" if done else ""))
         return code
+    if getattr(args, "profile", None) and cpu is not None and not args.json:
+        from benchmarks.cpu import print_profile
+
+        try:
+            print_profile(args.profile)
+        except (OSError, TypeError, ValueError) as e:
+            complain("bench", f"--profile {args.profile}: no statistics: {e}")
     if getattr(args, "save", None):
         from benchmarks.baseline import save
 

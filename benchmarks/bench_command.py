@@ -112,9 +112,9 @@ def arguments(p: argparse.ArgumentParser) -> None:
                    help="the partition counts of --scale (default 1,2,4,8,16)")
     p.add_argument("--startup", action="store_true",
                    help="instead: launch to first banner and RSS per process kind at 1, 4 and 16 partitions")
-    p.add_argument("--profile", metavar="FILE.prof",
-                   help="with --scale: cProfile the hypervisor's loop at the largest N (pstats file; top "
-                        "functions printed)")
+    p.add_argument("--profile", metavar="FILE.prof", type=save_file,
+                   help="cProfile the hypervisor's loop under load — the emulated port I/O CPU run, or with "
+                        "--scale the largest N — into a pstats file, and print its top functions")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="nothing on standard error while measuring")
 

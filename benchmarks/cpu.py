@@ -14,6 +14,10 @@ path, its workload making only that path's exits.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pstats
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -68,8 +72,36 @@ def run_pids(run) -> dict[str, int]:
     return {"launcher": man["launcher_pid"], **{k: v["pid"] for k, v in man.get("processes", {}).items()}}
 
 
-def measure_stack_cpu(path: str, window_s: float, timeout_s: float = 60.0) -> dict:
-    """CPU per round trip of ``path`` (io_port, cpuid, hypercall) on the stack, by process kind."""
+@contextlib.contextmanager
+def profiled(stats_file: str | None):
+    """Runs started inside run their hypervisor loop under cProfile, its statistics written
+    to ``stats_file`` when the hypervisor ends (``HVSTACK_PROFILE_HV``, which root passes to
+    the hypervisor alone)."""
+    if not stats_file:
+        yield
+        return
+    old = os.environ.get("HVSTACK_PROFILE_HV")
+    os.environ["HVSTACK_PROFILE_HV"] = os.path.abspath(stats_file)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("HVSTACK_PROFILE_HV", None)
+        else:
+            os.environ["HVSTACK_PROFILE_HV"] = old
+
+
+def print_profile(stats_file: str, top: int = 20, stream=None) -> None:
+    """The functions the hypervisor's loop spent most time in (their own time)."""
+    out = stream or sys.stdout
+    print(f"\nthe hypervisor's loop under load, cProfile ({stats_file}; `python -m pstats {stats_file}`):", file=out)
+    st = pstats.Stats(stats_file, stream=out)
+    st.strip_dirs().sort_stats("tottime").print_stats(top)
+
+
+def measure_stack_cpu(path: str, window_s: float, timeout_s: float = 60.0, profile: str | None = None) -> dict:
+    """CPU per round trip of ``path`` (io_port, cpuid, hypercall) on the stack, by process
+    kind; with ``profile``, the hypervisor's loop profiled into that file."""
     from root.testrun import start_run
 
     workload, _ = PATH_WORKLOADS[path]
@@ -78,7 +110,8 @@ def measure_stack_cpu(path: str, window_s: float, timeout_s: float = 60.0) -> di
         config.write_text(TOPOLOGY.format(workload=workload))
         run_root = Path(d) / "runs"
         run_root.mkdir(mode=0o700)
-        run = start_run(config, run_root, 0, timeout_s)
+        with profiled(profile):
+            run = start_run(config, run_root, 0, timeout_s)
         try:
             deadline = time.monotonic() + timeout_s
             while _path_exits(run.stats(), path) < WARMUP_EXITS:
@@ -126,13 +159,14 @@ def measure_floor_cpu(hops: int, round_trips: int) -> dict:
     return per_round_trip(before, after, round_trips, t1 - t0)
 
 
-def measure_cpu(window_s: float, floor_round_trips: int, progress=None) -> dict:
-    """Every intercept path's CPU per round trip beside its floor's."""
+def measure_cpu(window_s: float, floor_round_trips: int, progress=None, profile: str | None = None) -> dict:
+    """Every intercept path's CPU per round trip beside its floor's; ``profile``: the
+    hypervisor's loop of the emulated port I/O run, profiled into that file."""
     out = {}
     for i, (path, (_, hops)) in enumerate(PATH_WORKLOADS.items()):
         if progress:
             progress(f"CPU per round trip: {path}", i, len(PATH_WORKLOADS))
-        stack = measure_stack_cpu(path, window_s)
+        stack = measure_stack_cpu(path, window_s, profile=profile if path == "io_port" else None)
         floor = measure_floor_cpu(hops, floor_round_trips)
         out[path] = {"stack": stack, "floor": floor,
                      "ratio": round(stack["cpu_us"] / floor["cpu_us"], 3) if floor["cpu_us"] else None}

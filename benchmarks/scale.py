@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.cpu import cpu_seconds, process_kind, run_pids
+from benchmarks.cpu import cpu_seconds, print_profile, process_kind, profiled, run_pids
 from benchmarks.floor import start_floor, stop_floor
 from benchmarks.progress import Progress
 from proto.stats import Histogram, PathStats
@@ -107,7 +107,8 @@ def measure_stack(n: int, window_s: float, timeout_s: float = 120.0, profile: st
     with tempfile.TemporaryDirectory(prefix="hvscale") as d:
         run_root = Path(d) / "runs"
         run_root.mkdir(mode=0o700)
-        run, banners_s = start_and_wait_for_banners(n, run_root, timeout_s)
+        with profiled(profile):
+            run, banners_s = start_and_wait_for_banners(n, run_root, timeout_s)
         try:
             time.sleep(WARMUP_S)
             pids = run_pids(run)
@@ -194,7 +195,7 @@ def run_scale(args) -> int:
     try:
         for n in counts:
             progress.step()
-            stack = measure_stack(n, window)
+            stack = measure_stack(n, window, profile=args.profile if n == counts[-1] else None)
             progress.step()
             floor = measure_floor(n, window)
             rows.append({"n": n, "stack": stack, "floor": floor,
@@ -211,6 +212,11 @@ def run_scale(args) -> int:
         print(json.dumps(result, indent=2), flush=True)
     else:
         print_scale(result)
+        if args.profile:
+            try:
+                print_profile(args.profile)
+            except (OSError, TypeError, ValueError) as e:
+                complain("bench", f"--profile {args.profile}: no statistics: {e}")
     if args.plot:
         from benchmarks.plot import plot_scale
 
@@ -233,7 +239,7 @@ def print_scale(result: dict) -> None:
                      f"{st['cpu_s_per_s']:.2f} / {fl['cpu_s_per_s']:.2f}",
                      f"{st['server_rss_mb']:.0f}", f"{st['banners_s']:.2f}"])
     print(f"scaling, N partitions × 1 VP of emulated port I/O beside N floor clients → 1 relay → N echoes "
-          f"({result['cores']} cores, {result['window_s']:g} s windows, {result['started']}):")
+          f"({result['cores']} cores, {result['window_s']:.2f} s windows, {result['started']}):")
     print(table(["N", "stack exits/s", "floor /s", "ratio", "stack p50 / p99 µs", "floor p50 / p99 µs",
                  "stack CPU µs/rt", "floor CPU µs/rt", "cores busy stack / floor", "hv RSS MB",
                  "launch → banners s"], rows, "rrrrrrrrrrr"))
