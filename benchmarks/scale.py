@@ -2,8 +2,9 @@
 grows the same way; and ``bench --startup``: launch to banners and memory per process.
 
 At each N (1, 2, 4, 8, 16 by default) the stack runs N partitions of one VP each doing
-emulated port I/O (4 hops through its own worker), with as many logical processors, so that
-the hypervisor's scheduler is not what limits them; the floor runs N client processes
+emulated port I/O (4 hops through its own worker) on 2 logical processors — the host's
+cores (more LPs than cores would only add to what status costs: it walks every LP's TLB for
+every partition); the floor runs N client processes
 through one relay to N echo processes (4 hops each: the same 2N + 1 processes, minus the
 launcher).  Over a window of steady state: aggregate round trips per second, each
 partition's (client's) p50 and p99, CPU per round trip of all processes, the hypervisor's
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.cpu import cpu_seconds, print_profile, process_kind, profiled, run_pids
+from benchmarks.cpu import cpu_seconds, per_round_trip, print_profile, process_kind, profiled, run_pids
 from benchmarks.floor import start_floor, stop_floor
 from benchmarks.progress import Progress
 from proto.stats import Histogram, PathStats
@@ -47,7 +48,7 @@ workloads = ["{workload}"]
     return f"""[run]
 name = "bench-scale-{n}"
 duration_s = 0
-logical_processors = {min(64, max(2, n))}
+logical_processors = 2
 {parts}"""
 
 
@@ -121,9 +122,10 @@ def measure_stack(n: int, window_s: float, timeout_s: float = 120.0, profile: st
     per = {pid: (s1[pid][0] - s0[pid][0], _window(s1[pid][1], s0.get(pid, (0, Histogram()))[1])) for pid in s1}
     total = sum(k for k, _ in per.values())
     cpu = sum(c1[k] - c0[k] for k in c1 if k in c0)
+    by_kind = per_round_trip(c0, c1, total, window_s)["by_process_us"]
     return _figures(n, total, window_s, [h.percentile(50) for _, h in per.values()],
                     [h.percentile(99) for _, h in per.values()], cpu, rss.get("hypervisor", 0.0),
-                    banners_s=round(banners_s, 2), rss_mb=rss)
+                    banners_s=round(banners_s, 2), rss_mb=rss, cpu_us_by_process=by_kind)
 
 
 def measure_floor(n: int, window_s: float) -> dict:
@@ -243,6 +245,10 @@ def print_scale(result: dict) -> None:
     print(table(["N", "stack exits/s", "floor /s", "ratio", "stack p50 / p99 µs", "floor p50 / p99 µs",
                  "stack CPU µs/rt", "floor CPU µs/rt", "cores busy stack / floor", "hv RSS MB",
                  "launch → banners s"], rows, "rrrrrrrrrrr"))
+    print("\nwhere the stack's CPU per round trip goes (µs, by process kind):")
+    kinds = sorted({k for r in result["scale"] for k in r["stack"].get("cpu_us_by_process", {})})
+    print(table(["N", *kinds], [[str(r["n"]), *(f"{r['stack'].get('cpu_us_by_process', {}).get(k, 0):.0f}" for k in kinds)]
+                               for r in result["scale"]], "r" * (1 + len(kinds))))
     sys.stdout.flush()
 
 

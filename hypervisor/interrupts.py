@@ -120,9 +120,9 @@ class Interrupts:
             if vp.interrupts or vp.apic.deliverable() is not None:
                 self._wake(vp)
         elif state is VpState.RUNNING:
-            self.post(vp)
+            self.notify(vp)
 
-    def post(self, vp) -> None:
+    def notify(self, vp) -> None:
         """Send what ``vp`` can take now in ``interrupt_notify`` messages (at most
         POSTED_MAX per dispatch); it must be RUNNING."""
         q = vp.interrupts
@@ -152,10 +152,7 @@ class Interrupts:
         # ExtINT from the PIC goes to the boot processor (virtual-wire mode, LINT0).
         vp = part.vps[0]
         vp.interrupts.post(msg.vector, msg.stamps + (t_in,))
-        if vp.state is VpState.HALTED:
-            self._wake(vp)
-        elif vp.state is VpState.RUNNING:
-            self.post(vp)
+        self.kick(vp)
 
     # -- the local APIC timers ----------------------------------------------------------------
 
