@@ -109,13 +109,17 @@ def echo(endpoint: str, key: str = "") -> None:
         sock.send(complete)
 
 
-def irqecho(endpoint: str) -> None:
-    """Answers each request with an ``assert_interrupt`` stamped as it is sent."""
+def irqecho(endpoint: str, period_us: str = "10000") -> None:
+    """Answers each request, a tick period later (the PIT's 100 Hz by default), with an
+    ``assert_interrupt`` stamped as it is sent: as in the stack, the relay and the client
+    have then been idle for that period when the frame reaches them."""
+    period_s = int(period_us) / 1e6
     sock = _socket(zmq.DEALER)
     sock.connect(endpoint)
     sock.send(b"irqecho")
     while True:
         sock.recv()
+        time.sleep(period_s)
         sock.send(m.AssertInterrupt(0x20, (perf_counter_ns(), _T)).encode())
 
 
@@ -202,19 +206,19 @@ class IrqFloorClient:
     """The one-way worker → hv → VP time of a frame the size of ``assert_interrupt``.
 
     Interrupts come from a timer, with every process idle in between; waking an idle
-    process costs far more than handing a frame to a busy one, so the floor waits a tick
-    period between samples too."""
+    process costs far more than handing a frame to a busy one.  So the interrupt source
+    (``irqecho``) waits a tick period after each request before it sends, and the relay
+    and this client, like the hypervisor and the VP in HLT, have been idle that long when
+    the measured hops reach them."""
 
-    def __init__(self, endpoint: str, period_s: float = 0.01) -> None:
+    def __init__(self, endpoint: str) -> None:
         self.sock = _socket(zmq.DEALER)
         self.sock.connect(endpoint)
         self.sock.send(b"irq")
-        self.period_s = period_s
 
     def measure(self, n: int, warmup: int = 20) -> list[int]:
         out = []
         for i in range(n + warmup):
-            time.sleep(self.period_s)
             self.sock.send(b"x")
             if not self.sock.poll(5000):
                 raise TimeoutError("the floor relay did not answer within 5 s")
