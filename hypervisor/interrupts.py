@@ -102,15 +102,6 @@ class Interrupts:
 
     # -- getting a pending interrupt to its VP ---------------------------------------------------
 
-    def assert_vector(self, vp, vector: int) -> None:
-        """A fixed-mode interrupt for ``vp``'s local APIC — an IPI, or any other source
-        that delivers through the APIC (SynIC SINTs): into the IRR, then :meth:`kick`."""
-        vp.apic.accept(vector)
-        if vp.state is VpState.HALTED:
-            self._wake(vp)  # (an IPI ends HLT even for a vector the APIC holds back)
-        else:
-            self.kick(vp)
-
     def kick(self, vp) -> None:
         """Something is pending for ``vp``: a VP halted in HLT wakes for an interrupt it can
         take; a VP executing guest code on an LP has it posted; any other (in an exit,
@@ -151,6 +142,7 @@ class Interrupts:
             return
         # ExtINT from the PIC goes to the boot processor (virtual-wire mode, LINT0).
         vp = part.vps[0]
+        part.pic_output.record(msg.vector)  # for `io irqs_pic` (irq_log.py)
         vp.interrupts.post(msg.vector, msg.stamps + (t_in,))
         self.kick(vp)
 
@@ -173,6 +165,18 @@ class Interrupts:
                     # back (disabled, or below what is in service).
                     self.kick(vp)
         self.timers_changed()
+
+    # -- synthetic interrupt sources (SynIC SINTs, synthetic timers in direct mode) -----------
+
+    def assert_vector(self, vp, vector: int, t: int | None = None) -> None:
+        """A fixed interrupt for ``vp``'s local APIC (its IRR), from a source inside the
+        hypervisor; a VP halted in HLT wakes if it can take it, one executing guest code has it posted
+        (:meth:`kick`).  ``t``: when the source
+        fired (perf_counter_ns), for the interrupt path's stamps."""
+        vp.apic.accept(vector)
+        if t is not None:
+            vp.apic.fired_ns[vector] = t
+        self.kick(vp)  # a halted VP wakes if it can take it; a running one has it posted
 
     # -- IPIs ---------------------------------------------------------------------------------
 
@@ -198,4 +202,8 @@ class Interrupts:
         else:  # all excluding self
             targets = [vp for vp in part.vps if vp is not source]
         for vp in targets:
-            self.assert_vector(vp, vector)
+            vp.apic.accept(vector)
+            if vp.state is VpState.HALTED:
+                self._wake(vp)  # (an IPI ends HLT even for a vector the APIC holds back)
+            else:
+                self.kick(vp)  # posted to a VP executing guest code
