@@ -231,7 +231,7 @@ def _run_bench(args) -> int:
         progress.close()
     result = {"unit": "us", "floor_samples": args.samples, "rounds": done, "paths": {},
               "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)),
-              "command": "python launch.py bench " + " ".join(getattr(args, "argv", []) or [])}
+              "command": command_line()}
     if interrupted is not None:
         result["partial"] = f"stopped by {interrupted} after {done} of {rounds} round(s)"
     for name, hops, label in PATHS:
@@ -300,6 +300,13 @@ def _run_bench(args) -> int:
     if compared and compared.get("moved"):
         return 3  # a ratio moved beyond the noise: a regression (or an improvement) to look at
     return code
+
+
+def command_line() -> str:
+    """How this bench was started, for the record (as typed, when it came from launch.py)."""
+    if sys.argv and sys.argv[0].endswith("launch.py"):
+        return " ".join(["python", "launch.py", *sys.argv[1:]])
+    return "python launch.py bench (in-process)"
 
 
 def goals(result: dict) -> dict:

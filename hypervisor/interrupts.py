@@ -119,6 +119,8 @@ class Interrupts:
         q = vp.interrupts
         if self._send is None or vp.peer is None or vp.reset_pending:
             return
+        if vp.sched.controls.paused or vp.sched.suspended:
+            return  # paused or suspended: it takes it when it is dispatched again
         if q.posted_dispatch != vp.sched.dispatches:
             q.posted_dispatch, q.posted_in_dispatch = vp.sched.dispatches, 0
         while q.posted_in_dispatch < POSTED_MAX and (q or vp.apic.irr):

@@ -76,3 +76,11 @@ def test_a_vp_or_worker_cannot_send_an_interrupt_notify(two):
     for who in (V10, W1):
         assert two.send(who, m.InterruptNotify(0x20, stamps(2))).one(who, m.ErrorReply).code == "NOT_PERMITTED"
     assert two.hv.counters["posted_interrupts"] == 0
+
+
+def test_nothing_is_posted_to_a_paused_partition(two):
+    from tests.unit.hypervisor.fake_stack import ROOT
+
+    assert two.send(ROOT, m.PartitionControl(1, "pause")).one(ROOT, m.Ack)
+    assert not two.send(W1, m.AssertInterrupt(0x21, stamps(2))).to(V10)
+    assert two.vp(1).interrupts  # it waits for the next dispatch
