@@ -25,14 +25,14 @@ import tempfile
 import time
 
 from benchmarks.cpu import PATH_WORKLOADS, measure_cpu
+# (ALL_ENLIGHTENMENTS, experiment and tlb_experiment are imported from here by tests and synic_bench.)
 from benchmarks.experiments import ALL_ENLIGHTENMENTS, experiment, run_experiments, tlb_experiment  # noqa: F401
 from benchmarks.floor import FloorClient, IrqFloorClient, TimerFloorClient, start_floor, stop_floor
 from benchmarks.progress import Progress
 from benchmarks.report import print_result
-from benchmarks.runs import BenchInterrupted, _interrupt, measure_run, measure_stack  # noqa: F401
+from benchmarks.runs import BenchInterrupted, _interrupt, measure_stack
 from proto.stats import Histogram, PathStats
 from root.commands.common import complain
-from root.report import table
 
 ROUND_TRIPS = """\
 [run]
