@@ -95,6 +95,8 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=positive_int, default=3, help="floor and stack alternate this many times")
     p.add_argument("--no-experiments", dest="experiments", action="store_false",
                    help="skip the enlightenment experiments (spinlock, EOI, TLB)")
+    p.add_argument("--vmbus", action="store_true",
+                   help="also the synthetic disk against the emulated one and the host (benchmarks/vmbus.py)")
     p.add_argument("--plot", metavar="FILE.png", type=plot_file,
                    help="draw latency histograms and CDFs (with --scale: exits/s against partitions; "
                         "needs the [plot] extra)")

@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda s, f: stop.set())
     signal.signal(signal.SIGINT, lambda s, f: stop.set())
     system = kernel.System(spec["name"], spec["workloads"], spec["duration_s"])
+    system.vmbus_config = spec.get("vmbus") or {}  # the topology's vmbus section (partitions/vmbus_disk.py)
     failures: list = []
     bus_lock = threading.Lock()
     threads = [threading.Thread(target=vp_thread, name=f"vp{i}", daemon=True,

@@ -79,6 +79,7 @@ class PartitionConfig:
     disk: dict | None  # {"size_mb": n}, and {"image": path} when the topology names one
     devices: list[dict]  # extra devices beyond the chipset's
     cpu: dict  # {"reserve": %, "limit": %, "weight": n}, per VP, as Hyper-V's processor settings
+    vmbus: dict | None = None  # {"disk": {"size_mb": n[, "image": path]}, "nic": {}, "signal_suppression": bool}
 
     @property
     def privileges(self) -> int:
@@ -114,6 +115,7 @@ class Topology:
     logical_processors: int
     transport: str
     partitions: list[PartitionConfig]
+    switch: dict | None = None  # {"external": bool}: the virtual switch's TAP port (issue 10)
 
     def to_dict(self) -> dict:
         return {
@@ -121,6 +123,7 @@ class Topology:
             "name": self.name, "duration_s": self.duration_s,
             "logical_processors": self.logical_processors, "transport": self.transport,
             "partitions": [p.__dict__ for p in self.partitions],
+            "switch": self.switch,
         }
 
 
@@ -195,7 +198,7 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
                 raise err(table, index, key, f"expected a list of strings, got {type(v).__name__} {v!r} in it")
         return values
 
-    check_keys(data, {"run", "partition"}, "", None)
+    check_keys(data, {"run", "partition", "switch"}, "", None)
     run = data.get("run", {})
     if not isinstance(run, dict):
         raise err("", None, "run", "must be a table")
@@ -226,7 +229,7 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
         if not isinstance(p, dict):
             raise err(t, i, None, f"must be a table, got {type(p).__name__} {p!r}")
         check_keys(p, {"name", "vps", "memory_mb", "enlightenments", "recommendations", "spin_retry",
-                       "workloads", "chipset", "disk", "cpu", "device"}, t, i)
+                       "workloads", "chipset", "disk", "cpu", "device", "vmbus"}, t, i)
         pname = get(p, "name", str, t, i, required=True)
         if not NAME_RE.match(pname):
             raise err(t, i, "name", f"{pname!r} must be lowercase letters, digits, - or _ (≤32)")
@@ -345,9 +348,17 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
                 claimed[port] = f"{dname} ([[partition.device]] #{di + 1})"
             dev_names.add(dname)
             devices.append(dict(d))
+        vmbus = vmbus_section(get(p, "vmbus", dict, t, i, None), enl, base_dir, lambda k, why: err(t, i, k, why))
         parts.append(PartitionConfig(pname, vps, mem, list(enl), list(rec), spin, list(wls), chipset, disk,
-                                     devices, dict(cpu)))
-    return Topology(source, base_dir, name, duration, lps, transport, parts)
+                                     devices, dict(cpu), vmbus))
+    switch = get(data, "switch", dict, "", None, None)
+    if switch is not None:
+        check_keys(switch, {"external"}, "switch", None)
+        external = get(switch, "external", bool, "switch", None, False)
+        if not any(p.vmbus and "nic" in p.vmbus for p in parts):
+            raise err("switch", None, None, "no partition has a synthetic NIC (vmbus = { nic = {} }) to switch")
+        switch = {"external": external}
+    return Topology(source, base_dir, name, duration, lps, transport, parts, switch)
 
 
 def device_ports(spec: dict) -> list[int]:
@@ -400,3 +411,54 @@ def default_topology() -> Topology:
     except OSError as e:
         raise ConfigError(f"{DEFAULT_CONFIG}: cannot read the default topology: {e.strerror}") from e
     return load_topology(text, DEFAULT_SOURCE)
+
+
+VMBUS_FORM = "must be { disk = { size_mb = N[, image = \"path\"] }, nic = {}[, signal_suppression = true|false] }"
+
+
+def vmbus_section(raw: dict | None, enlightenments: list[str], base_dir: Path | None, err) -> dict | None:
+    """A partition's ``vmbus`` table: the synthetic devices the root's VSP process offers it
+    (issue 10).  Its disk image is a raw image, the ATA disk's format; without ``image``
+    it is ``vmbus-disk-PARTITION.img`` in the run directory."""
+    if raw is None:
+        return None
+    if set(raw) - {"disk", "nic", "signal_suppression"}:
+        raise err("vmbus", f"unknown {sorted(set(raw) - {'disk', 'nic', 'signal_suppression'})[0]!r}: {VMBUS_FORM}")
+    nic = raw.get("nic")
+    if nic is not None and nic != {}:
+        raise err("vmbus", f"nic {VMBUS_FORM} (a synthetic NIC takes no settings: its MAC address is "
+                           f"00:15:5d:00:00:ID)")
+    for needed in ("hypercall", "synic"):
+        if needed not in enlightenments:
+            raise err("vmbus", f"VMBus needs enlightenments to include {needed!r} (the guest posts messages "
+                               f"and signals events by hypercall through the SynIC)")
+    suppression = raw.get("signal_suppression", True)
+    if not isinstance(suppression, bool):
+        raise err("vmbus", f"signal_suppression = {suppression!r} is not true or false")
+    out: dict = {"signal_suppression": suppression, **({"nic": {}} if nic is not None else {})}
+    disk = raw.get("disk")
+    if disk is not None:
+        if not isinstance(disk, dict) or set(disk) - {"image", "size_mb"}:
+            raise err("vmbus", f"disk {VMBUS_FORM}")
+        image, size = disk.get("image"), disk.get("size_mb", 64)
+        if image is not None and (not isinstance(image, str) or not image):
+            raise err("vmbus", f"disk image {image!r} is not a path")
+        if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 1 << 20:
+            raise err("vmbus", f"disk size_mb {size!r} is outside 1..1048576")
+        if image is not None and (base_dir is not None or Path(image).is_absolute()):
+            where = Path(image) if Path(image).is_absolute() else base_dir / image
+            if not where.parent.is_dir():
+                raise err("vmbus", f"disk image {image!r}: no directory {where.parent}")
+            if where.is_dir():
+                raise err("vmbus", f"disk image {image!r} is a directory")
+        out["disk"] = {"size_mb": size, **({"image": image} if image is not None else {})}
+    return out
+
+
+def vmbus_disk_image(pc: PartitionConfig, run_dir: Path, base_dir: Path) -> Path | None:
+    """Where a partition's synthetic disk lives (as worker_devices places the ATA one's)."""
+    disk = (pc.vmbus or {}).get("disk")
+    if not disk:
+        return None
+    image = Path(disk["image"]) if disk.get("image") else run_dir / f"vmbus-disk-{pc.name}.img"
+    return image if image.is_absolute() else base_dir / image
