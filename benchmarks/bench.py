@@ -153,7 +153,9 @@ def measure_floor(samples: int, irq_samples: int, timer_samples: int = 0) -> dic
 
 def measure_round(samples: int, slice_s: float) -> tuple[dict, dict, dict]:
     """One round: the floors, then the stack's round trips, interrupts and disk."""
-    floor = measure_floor(samples, max(1, int(slice_s * 100)), max(1, int(slice_s * 1e6 / APIC_TIMER_PERIOD_US / 2)))
+    # The timer floor's samples take a period each: a quarter of the slice, at most 1 s.
+    timer_samples = max(1, min(1000, int(slice_s * 1e6 / APIC_TIMER_PERIOD_US / 4)))
+    floor = measure_floor(samples, max(1, int(slice_s * 100)), timer_samples)
     paths: dict[str, PathStats] = {}
     for got in (measure_stack(ROUND_TRIPS, slice_s).paths, measure_stack(INTERRUPTS, slice_s).paths):
         for name, st in got.items():
