@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 
@@ -49,7 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     # The launcher reads this line to learn the endpoint actually bound (tcp port 0).
     print(f"READY {hv.endpoint}", flush=True)
-    hv.serve()
+    profile = os.environ.get("HVSTACK_PROFILE_HV")
+    if profile:  # `bench --profile`: the loop under cProfile, its statistics written at the end
+        import cProfile
+
+        with cProfile.Profile() as prof:
+            hv.serve()
+        prof.dump_stats(profile)
+    else:
+        hv.serve()
     logging.info("hypervisor stopped")
     return 0
 

@@ -30,6 +30,7 @@ from proto.memory import PAGE_SHIFT
 from hypervisor import cpuid, hypercall_page, msrs
 from hypervisor.apic import APIC_BASE, APIC_PAGE
 from hypervisor.hypercalls import Caller
+from hypervisor.interrupts import posted_this_run
 from hypervisor.partitions import Partition, VirtualProcessor
 
 log = logging.getLogger("hypervisor")
@@ -242,7 +243,8 @@ class Intercepts:
         vp.exits[Exit.HALT] += 1
         if self._tracers:
             self._trace(part, vp, Exit.HALT, False, 0, 0, ctx.stamps)
-        if vp.interrupts or vp.reset_pending or vp.apic.deliverable() is not None:
+        if (vp.interrupts or vp.reset_pending or vp.apic.deliverable() is not None
+                or posted_this_run(vp)):
             self._resume(ctx, 0)
             return
         self._halt(vp, ctx.seq, ctx.t_in)

@@ -94,7 +94,7 @@ class MemoryManager:
         return gpa
 
     def owned(self, partition: int) -> int:
-        return sum(1 for o in self.owner if o == partition)
+        return self.owner.count(partition)  # (C speed: status asks for every partition)
 
     # -- the hypercalls' work -------------------------------------------------------------
 
@@ -176,7 +176,7 @@ class MemoryManager:
                 yield e
 
     def status(self) -> MemoryStatus:
-        free = sum(1 for o in self.owner if o == ROOT)
+        free = self.owner.count(ROOT)
         return MemoryStatus(self.pages, free, str(self.dir),
                             {str(pid): SlatStatus(s.mapped, self.owned(pid), str(s.path))
                              for pid, s in self.slats.items()},

@@ -102,6 +102,7 @@ class Hypervisor:
             "out_of_turn": 0,  # exits from a VP that was not executing guest code
             "handler_errors": 0,  # exceptions in a handler: bugs of ours, each logged (rate-limited)
             "status_trimmed": 0,  # status replies too big to decode anywhere, sent without histograms
+            "posted_interrupts": 0,  # interrupt_notify messages: interrupts posted to running VPs
         }
         counters = self.counters
         self.table = PartitionTable()
@@ -114,7 +115,7 @@ class Hypervisor:
         self.sched = self.dispatcher.sched
         self.hypercalls = Hypercalls(self.table, self.memory, self.tlb, VpRegisters(self.sched),
                                      wake=self.dispatcher.wake)
-        self.interrupts = Interrupts(self.table, counters, self.dispatcher.wake)
+        self.interrupts = Interrupts(self.table, counters, self.dispatcher.wake, router.send, self.tracer)
         # SynIC and synthetic timers (issue 10), and the ports of the root's VMBus server.
         self.synic = Synic(self.table, self.memory, self.interrupts.assert_vector)
         self.synic_ports = SynicPorts(table=self.table, synic=self.synic, memory=self.memory, outbox=self.outbox,

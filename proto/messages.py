@@ -668,3 +668,7 @@ __all__ = [
 from proto import synic_messages as _synic_messages  # noqa: E402,F401
 # io's qtest-style operations (ids 50–59): their own module, registered here.
 from proto.io_messages import IoReply, IoRequest, WorkerClockStep  # noqa: E402,F401
+# Prompt interrupt delivery's messages (ids 60–64), in a module of their own.
+from proto.interrupt_messages import InterruptNotify  # noqa: E402,F401
+
+__all__.append("InterruptNotify")

@@ -70,13 +70,20 @@ class Proc:
         return self.popen.pid
 
 
+# The HVSTACK_ variables a run's processes see: the run directory, and (the hypervisor
+# only) where `bench --profile` wants its loop's cProfile statistics.
+PASSED_ON = ("HVSTACK_RUN_DIR", "HVSTACK_PROFILE_HV")
+
+
 def spawn(role: str, name: str, module: str, args: list[str], logs: Path, *, secret: str,
           fds: tuple[int, ...] = (), stdout=subprocess.DEVNULL) -> Proc:
     """``python -m module args… --secret-fd N``, its stderr appended to
     ``logs/ROLE-NAME.log`` (the hypervisor's to ``logs/hypervisor.log``); ``secret`` goes
     down a pipe, ``fds`` are inherited (and closed here once the child has them)."""
     log_path = logs / f"{role}-{name}.log" if role != "hypervisor" else logs / "hypervisor.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HVSTACK_") or k == "HVSTACK_RUN_DIR"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HVSTACK_") or k in PASSED_ON}
+    if role != "hypervisor":
+        env.pop("HVSTACK_PROFILE_HV", None)
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     secret_fd = confine.secret_pipe(secret)
     log = open(log_path, "ab")
