@@ -48,7 +48,10 @@ class Slat:
     mapped: int = 0
     _map: mmap.mmap | None = field(default=None, repr=False)
     ram_path: Path | None = None  # the partition's RAM file, indexed by guest-physical page
-    ram: mmap.mmap | None = field(default=None, repr=False)  # the hypervisor's view of it
+    # The hypervisor's descriptor of it, used with pread/pwrite and never mapped: the
+    # partition and its worker hold it read-write and may truncate it, and a mapping of a
+    # truncated file faults (SIGBUS) where a pread only comes back short.
+    ram_fd: int = -1
 
 
 class MemoryManager:
@@ -76,13 +79,9 @@ class MemoryManager:
             finally:
                 os.close(fd)
             ram_path = Path(memory_path(self.dir, partition))
-            fd = _create(ram_path)
-            try:
-                os.ftruncate(fd, gpa_pages * PAGE_SIZE)  # sparse: pages cost nothing until written
-                ram = mmap.mmap(fd, 0)
-            finally:
-                os.close(fd)
-            s = self.slats[partition] = Slat(path, memoryview(m).cast("I"), 0, m, ram_path, ram)
+            ram_fd = _create(ram_path)
+            os.ftruncate(ram_fd, gpa_pages * PAGE_SIZE)  # sparse: pages cost nothing until written
+            s = self.slats[partition] = Slat(path, memoryview(m).cast("I"), 0, m, ram_path, ram_fd)
         return s
 
     def ram_offset(self, partition: int, gpa: int) -> int | None:
@@ -92,6 +91,15 @@ class MemoryManager:
         if s is None or page >= len(s.entries) or s.entries[page] == SLAT_INVALID:
             return None
         return gpa
+
+    def read_ram(self, partition: int, gpa: int, size: int) -> bytes:
+        """``size`` bytes of the partition's RAM at ``gpa`` (a mapped page, see
+        :meth:`ram_offset`); what the partition cut off its file reads as zeros."""
+        data = os.pread(self.slats[partition].ram_fd, size, gpa)
+        return data + bytes(size - len(data))
+
+    def write_ram(self, partition: int, gpa: int, data: bytes) -> None:
+        os.pwrite(self.slats[partition].ram_fd, data, gpa)
 
     def owned(self, partition: int) -> int:
         return sum(1 for o in self.owner if o == partition)
@@ -144,7 +152,7 @@ class MemoryManager:
         for i in range(gpa_page, gpa_page + count):
             if s.entries[i] != SLAT_INVALID:
                 s.entries[i] = SLAT_INVALID
-                _zero(s.ram, i)
+                os.pwrite(s.ram_fd, bytes(PAGE_SIZE), i * PAGE_SIZE)
                 s.mapped -= 1
                 self.counters["unmapped"] += 1
 
@@ -156,7 +164,7 @@ class MemoryManager:
                 s.entries[i] = SLAT_INVALID
             s.entries.release()
             s._map.close()
-            s.ram.close()
+            os.close(s.ram_fd)
             for path in (s.ram_path, s.path):
                 path.unlink(missing_ok=True)  # the processes that mapped them keep their pages
         n = 0
@@ -188,6 +196,3 @@ def _create(path: Path) -> int:
     path.unlink(missing_ok=True)
     return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
 
-
-def _zero(ram: mmap.mmap, page: int) -> None:
-    ram[page * PAGE_SIZE:(page + 1) * PAGE_SIZE] = bytes(PAGE_SIZE)

@@ -181,3 +181,11 @@ def signal_process(pid: int, sig: int = 0):
         os.kill(pid, sig)
         return "signalled"
     return attack
+
+
+def truncate(fd: int, size: int = 0):
+    """Cut a file the process holds read-write (its RAM or TLB) to ``size`` bytes."""
+    def attack(got):
+        os.ftruncate(got[fd], size)
+        return "truncated"
+    return attack

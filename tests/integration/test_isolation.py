@@ -17,6 +17,7 @@ from tests import attack
 from tests.support import alive, short_run_root, start_run, wait_until
 
 from proto import confine
+from proto import tlb as tlb_layout
 
 pytestmark = pytest.mark.integration
 
@@ -218,6 +219,23 @@ def test_a_partition_cannot_open_the_tlb_files(run):
         # It holds its own TLB on each LP (it fills it), never another partition's.
         assert attack.fds_named(run.part("alpha"), f"tlb-p{alpha}-lp{lp}.bin")
         assert not attack.fds_named(run.part("alpha"), f"tlb-p{beta}-lp{lp}.bin")
+
+
+def test_a_partition_that_cuts_its_tlb_file_short_cannot_take_the_hypervisor_down(run):
+    """Its TLB view is read-write (its VPs fill it: proto.tlb says why, and why an entry
+    cannot reach another partition's pages).  Before the hypervisor read the files
+    through pread, its mapping of a truncated file raised SIGBUS at the next status: the
+    hypervisor, and every partition with it, gone."""
+    alpha = run.ids["alpha"]
+    [tlb] = attack.fds_named(run.part("alpha"), f"tlb-p{alpha}-lp0.bin")[:1]
+    assert attack.as_process(run.part("alpha"), attack.truncate(tlb), [tlb]) == ("ok", "truncated")
+    path = run.path(f"tlb-p{alpha}-lp0.bin")
+    try:
+        r = run.live.launch("status", run.live.name)  # the hypervisor reads every TLB file
+        assert r.returncode == 0, r.stderr
+        assert alive([run.hv]) and alive([run.part("beta")])
+    finally:
+        os.truncate(path, tlb_layout.FILE_SIZE)  # alpha's VPs map it: give them their file back
 
 
 # -- disks ------------------------------------------------------------------------------------
