@@ -239,3 +239,16 @@ def test_a_non_present_entry_is_a_page_fault(vp):
     with pytest.raises(GuestFault) as e:
         vp.vread(1 << 47, 4)  # not canonical
     assert e.value.vector == X86Exception.GP
+
+
+def test_a_translation_planted_in_the_partitions_own_tlb_reaches_only_its_own_ram(vp, tlbs):
+    """What writing its (read-write) TLB view gains a guest: a guest-physical page of its
+    choosing, as its own page tables would give it.  The page still goes through the SLAT:
+    one beyond the partition's RAM is not RAM (an exit), never another partition's bytes."""
+    vp.cr3 = 0x40000
+    lps(tlbs)[0].fill(1, vp.cr3, GVA >> 12, 0x60)  # planted, no page tables behind it
+    vp.write(0x60010, 4, 0x1234)
+    assert vp.vread(GVA + 0x10, 4) == 0x1234  # its own page, as a page table could map
+    lps(tlbs)[0].fill(1, vp.cr3, (GVA >> 12) + 1, 0x1000)  # far beyond its 128 mapped pages
+    with pytest.raises(AssertionError, match="the VP exited"):
+        vp.vread(GVA + 0x1000, 4)  # an access to a GPA that is not RAM: the hypervisor's to judge
