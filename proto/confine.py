@@ -12,7 +12,8 @@ Where the run is not root's (so no uid of its own can be had), a worker or parti
 enters a user and mount namespace of its own (:func:`hide_in_namespaces`) where an empty
 tmpfs covers the runs root, gives up every capability there, and is not dumpable: it
 cannot open the run's files by path, nor ptrace or read the memory of any process of the
-run.  (It can still signal them, as a process of the same uid always can.)
+run.  Signalling them (which the kernel allows any process of the same uid) is refused by a
+seccomp filter (:mod:`proto.seccomp`), installed at every level once the process is confined.
 
 Where the run is root's, a worker or partition process drops, before it runs anything the
 guest controls, to a uid and gid of its own (:func:`drop_to`), the order minijail's
@@ -256,3 +257,37 @@ def through(endpoint: str, directory: str, fd: int) -> str:
     if endpoint.startswith(prefix):
         return f"ipc:///proc/self/fd/{fd}/" + endpoint[len(prefix):]
     return endpoint
+
+
+def start_confined(spec_path: str, spec: dict, sockets: int, *, uid: int | None = None,
+                   gid: int | None = None, namespaces: bool = False, log=None) -> list:
+    """The start-up a worker or partition process shares: connect ``sockets`` dealers to
+    the run's endpoint while it can still be reached (with ``namespaces``: after hiding the
+    runs root, which must happen before the first socket starts ZeroMQ's threads, through a
+    descriptor of the run directory closed once connected); then drop to ``uid`` if given;
+    then the seccomp filter that keeps the process off every other process (all threads).
+    Returns the connected, not yet hello'd, :class:`proto.transport.Dealer` objects."""
+    from proto import seccomp
+    from proto.transport import Dealer
+
+    endpoint, keep_fd = spec["endpoint"], None
+    if namespaces:
+        run_dir = os.path.dirname(os.path.abspath(spec_path))
+        keep_fd = hide_in_namespaces(os.path.dirname(run_dir), run_dir)
+        endpoint = through(endpoint, run_dir, keep_fd)
+    try:
+        dealers = [Dealer(endpoint, spec.get("server_key"), connected_within_ms=5000) for _ in range(sockets)]
+    finally:
+        if keep_fd is not None:
+            os.close(keep_fd)
+    if uid is not None:
+        drop_to(uid, gid if gid is not None else uid)
+    elif not namespaces:
+        _prctl(PR_SET_NO_NEW_PRIVS, 1)  # the filter needs it; the other paths have set it
+    if seccomp.supported():
+        try:
+            seccomp.deny_other_processes()
+        except ConfineError as e:  # `status` shows which processes run without it
+            if log is not None:
+                log.warning("no seccomp filter: %s", e)
+    return dealers

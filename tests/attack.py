@@ -18,7 +18,7 @@ import select
 import socket
 from typing import Callable
 
-from proto import confine
+from proto import confine, seccomp
 
 SYS_pidfd_open = 434
 SYS_pidfd_getfd = 438
@@ -67,17 +67,42 @@ def _take(pid: int, fds) -> dict[int, int]:
 
 def as_process(pid: int, attack: Callable[[dict[int, int]], object], fds=(), timeout: float = 10.0):
     """Run ``attack({their fd: our copy})`` with the credentials of process ``pid`` and
-    copies of its descriptors ``fds``.  Returns ``("ok", result)`` when the attack went
-    through, ``("refused", "EACCES")`` (the errno's name) when an OSError stopped it."""
+    copies of its descriptors ``fds`` — and, if ``pid`` runs under the seccomp filter, under
+    it too.  Returns ``("ok", result)`` when the attack went through, ``("refused",
+    "EACCES")`` (the errno's name) when an OSError stopped it."""
     uid, gid = credentials(pid)
+    filtered = seccomp.in_force(pid)
+
+    def become():
+        got = _take(pid, fds)
+        if uid != 0:
+            confine.drop_to(uid, gid)
+        if filtered:
+            seccomp.deny_other_processes()
+        return got
+    return _in_child(become, attack, timeout)
+
+
+def as_namespaced(hide: str, attack: Callable[[dict[int, int]], object], filtered: bool = True,
+                  timeout: float = 10.0):
+    """Run ``attack({})`` confined as a worker or partition process is at the
+    ``namespaces`` level: the same uid, a user and mount namespace of its own hiding
+    ``hide``, no capabilities, not dumpable — and the seccomp filter if ``filtered``."""
+    def become():
+        confine.hide_in_namespaces(hide, hide)
+        if filtered:
+            seccomp.deny_other_processes()
+        return {}
+    return _in_child(become, attack, timeout)
+
+
+def _in_child(become: Callable[[], dict[int, int]], attack, timeout: float):
     r, w = os.pipe()
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the forked attacker
         try:
             os.close(r)
-            got = _take(pid, fds)
-            if uid != 0:
-                confine.drop_to(uid, gid)
+            got = become()
             try:
                 result = ["ok", attack(got)]
             except OSError as e:
@@ -99,7 +124,7 @@ def as_process(pid: int, attack: Callable[[dict[int, int]], object], fds=(), tim
             pass
         os.waitpid(child, 0)
     if not data:
-        raise AssertionError(f"the attacker as pid {pid}'s uid {uid} said nothing within {timeout} s")
+        raise AssertionError(f"the attacker said nothing within {timeout} s")
     kind, value = json.loads(data)
     if kind == "error":
         raise AssertionError(f"the attacker could not be set up: {value}")
@@ -188,4 +213,41 @@ def truncate(fd: int, size: int = 0):
     def attack(got):
         os.ftruncate(got[fd], size)
         return "truncated"
+    return attack
+
+
+PTRACE_ATTACH = 16
+
+
+def ptrace_attach(pid: int):
+    def attack(_):
+        _libc.ptrace.restype = ctypes.c_long
+        if _libc.ptrace(ctypes.c_long(PTRACE_ATTACH), ctypes.c_long(pid), None, None) < 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+        return "attached"
+    return attack
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+def vm_read(pid: int):
+    """Read 8 bytes of another process's memory with process_vm_readv (at its first
+    mapping, from /proc/PID/maps as far as that is readable, else at 4 MiB)."""
+    def attack(_):
+        address = 0x400000
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                address = int(f.readline().split("-")[0], 16)
+        except (OSError, ValueError):
+            pass
+        buf = ctypes.create_string_buffer(8)
+        local, remote = _IoVec(ctypes.addressof(buf), 8), _IoVec(address, 8)
+        _libc.process_vm_readv.restype = ctypes.c_ssize_t
+        if _libc.process_vm_readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0) < 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+        return buf.raw.hex()
     return attack

@@ -10,7 +10,7 @@ import time
 
 import psutil
 
-from proto import confine
+from proto import confine, seccomp
 from proto.status import HypervisorStatus
 from root.client import RootClient
 from root.report import indent, path_rows, table
@@ -53,13 +53,32 @@ def process_rows(man: dict) -> list[list[str]]:
     return rows
 
 
+def seccomp_line(man: dict) -> str:
+    """Which worker and partition processes run under the filter that keeps them off every
+    other process (proto.seccomp), read from each one's /proc/PID/status."""
+    confined = [(name, info["pid"]) for name, info in man.get("processes", {}).items()
+                if name.split(":")[0] in ("worker", "partition")]
+    on = []
+    for name, pid in confined:
+        try:
+            if seccomp.in_force(pid):
+                on.append(name)
+        except OSError:  # gone
+            pass
+    if confined and len(on) == len(confined):
+        return (f"in force in all {len(on)} worker and partition processes: none may signal, trace "
+                "or read the memory of another process")
+    off = sorted({name for name, _ in confined} - set(on))
+    return f"in force in {len(on)} of {len(confined)} worker and partition processes (not in: {', '.join(off)})"
+
+
 def run(args) -> int:
     run, man = live_run(args.run)
     with RootClient(man["endpoint"], run.secret(), server_key=man.get("server_key")) as root:
         status = root.status()
     procs = process_rows(man)
     if args.json:
-        print(json.dumps({"run": run.name, "isolation": man.get("isolation"),
+        print(json.dumps({"run": run.name, "isolation": man.get("isolation"), "seccomp": seccomp_line(man),
                           "hypervisor": {k: v for k, v in status.items() if k != "partitions"},
                           "partitions": status["partitions"], "names": man.get("partitions", {}),
                           "processes": procs}, indent=2))
@@ -73,6 +92,7 @@ def run(args) -> int:
           f"{st.counters.get('connections_evicted', 0)} idle connections shut down")
     level = man.get("isolation", "unknown")
     print(f"isolation: {level}: {confine.LEVELS.get(level, 'not recorded by this run')}")
+    print(f"seccomp: {seccomp_line(man)}")
     for p in st.partitions:
         health = " (worker unresponsive: its device accesses wait for it)" if p.unresponsive else ""
         print(f"\npartition {names.get(p.id, p.id)} (id {p.id}): {p.state}{health}, "

@@ -16,7 +16,7 @@ import pytest
 from tests import attack
 from tests.support import alive, short_run_root, start_run, wait_until
 
-from proto import confine
+from proto import confine, seccomp
 from proto import tlb as tlb_layout
 
 pytestmark = pytest.mark.integration
@@ -134,6 +134,21 @@ def test_a_partition_cannot_signal_the_hypervisor_or_another_partitions_processe
     for target in (run.hv, run.live.manifest()["launcher_pid"], run.part("beta"), run.worker("beta"),
                    run.worker("alpha")):
         assert attack.as_process(run.part("alpha"), attack.signal_process(target)) == ("refused", "EPERM")
+
+
+def test_a_partition_cannot_trace_or_read_another_partitions_processes(run):
+    for target in (run.part("beta"), run.worker("beta"), run.worker("alpha"), run.hv):
+        assert attack.as_process(run.part("alpha"), attack.ptrace_attach(target)) == ("refused", "EPERM")
+        assert attack.as_process(run.part("alpha"), attack.vm_read(target)) == ("refused", "EPERM")
+
+
+@pytest.mark.skipif(not seccomp.available(), reason="no seccomp filter can be installed here")
+def test_every_worker_and_partition_runs_under_the_seccomp_filter_and_status_says_so(run):
+    for pid in confined(run):
+        assert seccomp.in_force(pid), pid
+    assert not seccomp.in_force(run.hv)
+    r = run.live.launch("status", run.live.name)
+    assert "seccomp: in force in all 4 worker and partition processes" in r.stdout, r.stdout
 
 
 # -- the run secret ---------------------------------------------------------------------------
@@ -281,7 +296,27 @@ def test_not_root_each_worker_and_partition_hides_the_runs_root_in_namespaces_of
             assert not os.path.exists(f"/proc/{pid}/root{live.path / 'hv.sock'}"), name
         r = live.launch("status", live.name)
         assert "isolation: namespaces:" in r.stdout, r.stdout + r.stderr
+        if seccomp.available():
+            assert "seccomp: in force in all 4 worker and partition processes" in r.stdout, r.stdout
+            _same_uid_processes_cannot_reach_each_other(man, tmp_path)
     finally:
         pids = live.pids()
         live.stop()
         wait_until(lambda: not alive(pids), 10, what="every process gone")
+
+
+def _same_uid_processes_cannot_reach_each_other(man: dict, tmp_path) -> None:
+    """At this level every process has one uid, and the kernel lets a process signal any
+    process of its uid: the seccomp filter is what refuses it.  The attacker is confined
+    as alpha's partition process is (its own namespaces, no capabilities, the filter)."""
+    hide = tmp_path / "hidden"
+    hide.mkdir()
+    procs = {name: info["pid"] for name, info in man["processes"].items()}
+    beta, beta_worker = procs["partition:beta"], procs["worker:beta"]
+    for target in (beta, beta_worker, procs["hypervisor:hv"], man["launcher_pid"]):
+        assert seccomp.in_force(procs["partition:alpha"])
+        assert attack.as_namespaced(str(hide), attack.signal_process(target)) == ("refused", "EPERM")
+        assert attack.as_namespaced(str(hide), attack.ptrace_attach(target)) == ("refused", "EPERM")
+        assert attack.as_namespaced(str(hide), attack.vm_read(target)) == ("refused", "EPERM")
+    # Without the filter the same process could signal beta's: the test can fail.
+    assert attack.as_namespaced(str(hide), attack.signal_process(beta), filtered=False) == ("ok", "signalled")
