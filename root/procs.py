@@ -34,7 +34,10 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+
+import psutil
 
 from proto import confine
 from root import REPO
@@ -160,3 +163,53 @@ def describe_exit(code: int | None) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exited with status {code}"
+
+
+def _names_run(cmdline: list[str], run_dir: Path) -> bool:
+    """Whether a command line is one of this run's: an argument in its run directory (a
+    worker's or partition's ``--spec``, the hypervisor's ``--memory-dir`` or endpoint)."""
+    d = str(run_dir).rstrip("/")
+    for arg in cmdline:
+        arg = arg.removeprefix("ipc://")
+        if arg == d or arg.startswith(d + "/"):
+            return True
+    return False
+
+
+def leftovers(run_dir: Path, man: dict) -> list[psutil.Process]:
+    """The processes a run's manifest names that are still alive and are that run's: the
+    pid alone proves nothing (it may have been reused), so a process counts only if its
+    command line names the run directory and it started after the run was created."""
+    created = None
+    try:
+        created = datetime.fromisoformat(man["created"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        pass
+    found = []
+    for info in (man.get("processes") or {}).values():
+        pid = info.get("pid") if isinstance(info, dict) else None
+        if not isinstance(pid, int) or pid <= 1 or pid == os.getpid():
+            continue
+        try:
+            p = psutil.Process(pid)
+            with p.oneshot():
+                if p.status() == psutil.STATUS_ZOMBIE or not _names_run(p.cmdline(), run_dir):
+                    continue
+                if created is not None and p.create_time() < created - 1:
+                    continue
+        except psutil.Error:
+            continue
+        found.append(p)
+    return found
+
+
+def kill_leftovers(run_dir: Path, man: dict, timeout_s: float = 3.0) -> list[int]:
+    """SIGKILL what a dead launcher's run left running (:func:`leftovers`); the pids killed."""
+    procs = leftovers(run_dir, man)
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(procs, timeout=timeout_s)
+    return [p.pid for p in procs]

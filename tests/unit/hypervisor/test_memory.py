@@ -105,3 +105,33 @@ def test_a_partition_that_truncates_its_ram_file_cannot_make_the_hypervisor_faul
     assert mm.read_ram(1, PAGE_SIZE, 8) == bytes(8)
     mm.unmap(1, 0, 2)
     assert mm.release(1) == 2
+
+
+def test_an_in_process_hypervisor_without_a_memory_dir_removes_its_own_on_exit(tmp_path, monkeypatch):
+    """The memory directory the hypervisor made itself (mkdtemp) was left behind."""
+    import tempfile
+    from hypervisor.service import Hypervisor
+    from proto.transport import Router
+
+    import shutil
+    sock_dir = tempfile.mkdtemp(prefix="hvs")  # short: an ipc path is at most 107 bytes
+    try:
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+        hv = Hypervisor(Router(f"ipc://{sock_dir}/hv.sock"), "s" * 32, 1, None, 16)
+        made = hv.memory.dir
+        assert made.parent == tmp_path and made.is_dir()
+        hv.memory.slat(1, 4)  # a partition's files in it
+        hv.running = False
+        hv.serve()
+        assert not made.exists()
+    finally:
+        shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+def test_python_m_hypervisor_needs_the_run_directory_for_memory():
+    import subprocess
+    import sys
+    from root import REPO
+    p = subprocess.run([sys.executable, "-m", "hypervisor", "--endpoint", "ipc:///nonexistent/x", "--secret-fd", "0"],
+                       cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and "--memory-dir" in p.stderr
