@@ -21,9 +21,8 @@ hypervisor's (root's, where the run is root's).
 from __future__ import annotations
 
 import array
-import mmap
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from proto.errors import HvstackError
@@ -44,9 +43,13 @@ class MemoryRefused(HvstackError):
 @dataclass
 class Slat:
     path: Path
-    entries: memoryview
+    # The hypervisor's own copy of the table, the one it reads; every change is written
+    # through to the file (pwrite) for the partition's read-only view.  Never a mapping
+    # of the file: where the partition can reopen it for writing (the namespaces level:
+    # one uid) it could truncate it, and a mapping of a truncated file faults (SIGBUS).
+    entries: array.array
     mapped: int = 0
-    _map: mmap.mmap | None = field(default=None, repr=False)
+    fd: int = -1
     ram_path: Path | None = None  # the partition's RAM file, indexed by guest-physical page
     # The hypervisor's descriptor of it, used with pread/pwrite and never mapped: the
     # partition and its worker hold it read-write and may truncate it, and a mapping of a
@@ -73,15 +76,16 @@ class MemoryManager:
                 raise MemoryRefused(f"a guest-physical space of {gpa_pages} pages")
             path = Path(slat_path(self.dir, partition))
             fd = _create(path)
-            try:
-                os.write(fd, b"\xff" * (gpa_pages * SLAT_ENTRY))
-                m = mmap.mmap(fd, 0)
-            finally:
-                os.close(fd)
+            # Read-only for everyone, the owner too: the hypervisor writes through the
+            # descriptor it holds, and a partition of the same uid (the namespaces level)
+            # cannot reopen it for writing (nor chmod it back: the seccomp filter).
+            os.fchmod(fd, 0o400)
+            entries = array.array("I", [SLAT_INVALID]) * gpa_pages
+            os.pwrite(fd, entries.tobytes(), 0)
             ram_path = Path(memory_path(self.dir, partition))
             ram_fd = _create(ram_path)
             os.ftruncate(ram_fd, gpa_pages * PAGE_SIZE)  # sparse: pages cost nothing until written
-            s = self.slats[partition] = Slat(path, memoryview(m).cast("I"), 0, m, ram_path, ram_fd)
+            s = self.slats[partition] = Slat(path, entries, 0, fd, ram_path, ram_fd)
         return s
 
     def ram_offset(self, partition: int, gpa: int) -> int | None:
@@ -140,8 +144,8 @@ class MemoryManager:
                 raise self._refuse(f"host page {hp:#x} was not deposited to partition {partition}")
             if s.entries[gpa_page + i] != SLAT_INVALID:
                 raise self._refuse(f"GPA page {gpa_page + i:#x} is already mapped")
-        for i, hp in enumerate(host_pages):
-            s.entries[gpa_page + i] = hp
+        s.entries[gpa_page:gpa_page + len(host_pages)] = array.array("I", host_pages)
+        _write_through(s, gpa_page, len(host_pages))
         s.mapped += len(host_pages)
         self.counters["mapped"] += len(host_pages)
 
@@ -155,15 +159,15 @@ class MemoryManager:
                 os.pwrite(s.ram_fd, bytes(PAGE_SIZE), i * PAGE_SIZE)
                 s.mapped -= 1
                 self.counters["unmapped"] += 1
+        _write_through(s, gpa_page, count)
 
     def release(self, partition: int) -> int:
         """The partition is gone: unmap everything and return its pages to the root."""
         s = self.slats.pop(partition, None)
         if s is not None:
-            for i in range(len(s.entries)):
-                s.entries[i] = SLAT_INVALID
-            s.entries.release()
-            s._map.close()
+            s.entries = array.array("I", [SLAT_INVALID]) * len(s.entries)
+            _write_through(s, 0, len(s.entries))
+            os.close(s.fd)
             os.close(s.ram_fd)
             for path in (s.ram_path, s.path):
                 path.unlink(missing_ok=True)  # the processes that mapped them keep their pages
@@ -189,6 +193,11 @@ class MemoryManager:
                             {str(pid): SlatStatus(s.mapped, self.owned(pid), str(s.path))
                              for pid, s in self.slats.items()},
                             dict(self.counters))
+
+
+def _write_through(s: Slat, first: int, count: int) -> None:
+    """Entries ``first``…``first + count - 1`` of the hypervisor's copy into the file."""
+    os.pwrite(s.fd, s.entries[first:first + count].tobytes(), first * SLAT_ENTRY)
 
 
 def _create(path: Path) -> int:

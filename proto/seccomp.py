@@ -22,7 +22,9 @@ confined process has set by then.
   ``sched_setattr``: only on pid 0 (the caller) or this process's pid; otherwise EPERM.
 * ``ptrace``, ``process_vm_readv``, ``process_vm_writev``, ``tkill`` (its target is a bare
   tid), ``pidfd_send_signal``, ``pidfd_getfd``, ``kcmp``, ``setpriority``, ``ioprio_set``,
-  ``move_pages``, ``migrate_pages``, ``perf_event_open``: EPERM always.
+  ``move_pages``, ``migrate_pages``, ``perf_event_open``: EPERM always; and the ``chmod``
+  family, so that a file the process may only read (its SLAT table, mode 0400) cannot be
+  made writable again by its owner at the namespaces level.
 * Everything else is allowed (a deny-list, as QEMU's ``-sandbox``): the filter is about
   other processes, not about what the process does to itself.
 """
@@ -61,7 +63,10 @@ SELF_OR_ZERO = {"sched_setparam": 142, "sched_setscheduler": 144, "sched_setaffi
                 "prlimit64": 302, "sched_setattr": 314}
 DENIED = {"ptrace": 101, "setpriority": 141, "tkill": 200, "ioprio_set": 251, "migrate_pages": 256,
           "move_pages": 279, "perf_event_open": 298, "process_vm_readv": 310, "process_vm_writev": 311,
-          "kcmp": 312, "pidfd_send_signal": 424, "pidfd_getfd": 438}
+          "kcmp": 312, "pidfd_send_signal": 424, "pidfd_getfd": 438,
+          # A file it holds read-only (its SLAT, 0400) stays so: at the namespaces level the
+          # process owns the run's files and could otherwise chmod one back and reopen it.
+          "chmod": 90, "fchmod": 91, "fchmodat": 268, "fchmodat2": 452}
 
 
 class _Insn(ctypes.Structure):

@@ -84,15 +84,17 @@ def as_process(pid: int, attack: Callable[[dict[int, int]], object], fds=(), tim
 
 
 def as_namespaced(hide: str, attack: Callable[[dict[int, int]], object], filtered: bool = True,
-                  timeout: float = 10.0):
-    """Run ``attack({})`` confined as a worker or partition process is at the
-    ``namespaces`` level: the same uid, a user and mount namespace of its own hiding
-    ``hide``, no capabilities, not dumpable — and the seccomp filter if ``filtered``."""
+                  fds_of: tuple[int, list[int]] | None = None, timeout: float = 10.0):
+    """Run ``attack({their fd: our copy})`` confined as a worker or partition process is at
+    the ``namespaces`` level: the same uid, a user and mount namespace of its own hiding
+    ``hide``, no capabilities, not dumpable — and the seccomp filter if ``filtered`` —
+    holding copies of descriptors ``fds_of = (pid, fds)``."""
     def become():
+        got = _take(*fds_of) if fds_of else {}
         confine.hide_in_namespaces(hide, hide)
         if filtered:
             seccomp.deny_other_processes()
-        return {}
+        return got
     return _in_child(become, attack, timeout)
 
 
@@ -250,4 +252,12 @@ def vm_read(pid: int):
             e = ctypes.get_errno()
             raise OSError(e, os.strerror(e))
         return buf.raw.hex()
+    return attack
+
+
+def chmod_writable(fd: int):
+    """Make a file the process holds (read-only) writable again, through its descriptor."""
+    def attack(got):
+        os.fchmod(got[fd], 0o600)
+        return "made writable"
     return attack

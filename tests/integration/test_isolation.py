@@ -320,3 +320,8 @@ def _same_uid_processes_cannot_reach_each_other(man: dict, tmp_path) -> None:
         assert attack.as_namespaced(str(hide), attack.vm_read(target)) == ("refused", "EPERM")
     # Without the filter the same process could signal beta's: the test can fail.
     assert attack.as_namespaced(str(hide), attack.signal_process(beta), filtered=False) == ("ok", "signalled")
+    # Its SLAT: the file is the process's own uid's, but 0400, and the filter keeps it so.
+    alpha = procs["partition:alpha"]
+    [slat] = attack.fds_named(alpha, f"slat-{man['partitions']['alpha']['id']}.bin")[:1]
+    assert attack.as_namespaced(str(hide), attack.reopen_rw(slat), fds_of=(alpha, [slat])) == ("refused", "EACCES")
+    assert attack.as_namespaced(str(hide), attack.chmod_writable(slat), fds_of=(alpha, [slat])) == ("refused", "EPERM")

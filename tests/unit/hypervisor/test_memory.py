@@ -83,8 +83,8 @@ def test_each_partition_has_a_ram_file_of_its_own_holding_only_its_bytes(mm):
     one.write(0, b"secret of one")
     assert b"secret of one" not in mm.read_ram(2, 0, 4 * PAGE_SIZE)
     for pid in (1, 2):
-        for path in (mm.slats[pid].ram_path, mm.slats[pid].path):
-            assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(mm.slats[pid].ram_path).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(mm.slats[pid].path).st_mode) == 0o400  # the owner cannot reopen it RW
     assert os.path.getsize(mm.slats[1].ram_path) == 4 * PAGE_SIZE
     mm.release(1)
     assert not mm.slats.get(1) and not os.path.exists(str(mm.dir / "mem-1.bin"))
@@ -135,3 +135,19 @@ def test_python_m_hypervisor_needs_the_run_directory_for_memory():
     p = subprocess.run([sys.executable, "-m", "hypervisor", "--endpoint", "ipc:///nonexistent/x", "--secret-fd", "0"],
                        cwd=REPO, capture_output=True, text=True, timeout=30)
     assert p.returncode == 2 and "--memory-dir" in p.stderr
+
+
+def test_a_partition_that_truncates_its_slat_file_cannot_make_the_hypervisor_fault(mm):
+    """At the namespaces level the partition has the hypervisor's uid and can reopen its
+    SLAT file for writing through /proc/self/fd: cut short, a mapping of it faulted in the
+    hypervisor.  The hypervisor keeps its own copy and writes through."""
+    import os
+    mm.deposit(1, [1, 2, 3])
+    mm.map(1, 0, [1, 2], 4)
+    os.truncate(mm.slats[1].path, 0)
+    assert mm.ram_offset(1, PAGE_SIZE) == PAGE_SIZE  # the hypervisor's copy decides
+    mm.map(1, 2, [3], 4)
+    mm.unmap(1, 0, 1)
+    assert mm.status().partitions["1"].mapped == 2
+    assert os.path.getsize(mm.slats[1].path) == 3 * 4  # written through as far as it changed
+    assert mm.release(1) == 3

@@ -78,9 +78,14 @@ def in_filtered_child(tries: dict) -> dict:
     return json.loads(data)
 
 
-def test_the_filtered_process_reaches_itself_and_no_other_process():
+def test_the_filtered_process_reaches_itself_and_no_other_process(tmp_path):
     parent = os.getpid()
+    mine = tmp_path / "read-only"
+    mine.write_bytes(b"x")
+    mine.chmod(0o400)
     seen = in_filtered_child({
+        "chmod_back": lambda: os.chmod(mine, 0o600),  # the SLAT's 0400 stays
+        "fchmod_back": lambda: os.fchmod(os.open(mine, os.O_RDONLY), 0o600),
         "kill_self": lambda: os.kill(os.getpid(), 0),
         "tgkill_self": lambda: signal.pthread_kill(threading.main_thread().ident, 0),
         "affinity_self": lambda: os.sched_setaffinity(0, os.sched_getaffinity(0)),
