@@ -21,8 +21,9 @@ hypervisor's (root's, where the run is root's).
 from __future__ import annotations
 
 import array
+import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from proto.errors import HvstackError
@@ -49,12 +50,16 @@ class Slat:
     # one uid) it could truncate it, and a mapping of a truncated file faults (SIGBUS).
     entries: array.array
     mapped: int = 0
-    fd: int = -1
+    file: io.FileIO | None = field(default=None, repr=False)  # the SLAT file, written through
     ram_path: Path | None = None  # the partition's RAM file, indexed by guest-physical page
     # The hypervisor's descriptor of it, used with pread/pwrite and never mapped: the
     # partition and its worker hold it read-write and may truncate it, and a mapping of a
     # truncated file faults (SIGBUS) where a pread only comes back short.
-    ram_fd: int = -1
+    ram_file: io.FileIO | None = field(default=None, repr=False)
+
+    @property
+    def ram_fd(self) -> int:
+        return self.ram_file.fileno()
 
 
 class MemoryManager:
@@ -75,17 +80,17 @@ class MemoryManager:
             if not 0 < gpa_pages <= MAX_GPA_PAGES:
                 raise MemoryRefused(f"a guest-physical space of {gpa_pages} pages")
             path = Path(slat_path(self.dir, partition))
-            fd = _create(path)
+            file = _create(path)
             # Read-only for everyone, the owner too: the hypervisor writes through the
             # descriptor it holds, and a partition of the same uid (the namespaces level)
             # cannot reopen it for writing (nor chmod it back: the seccomp filter).
-            os.fchmod(fd, 0o400)
+            os.fchmod(file.fileno(), 0o400)
             entries = array.array("I", [SLAT_INVALID]) * gpa_pages
-            os.pwrite(fd, entries.tobytes(), 0)
+            os.pwrite(file.fileno(), entries.tobytes(), 0)
             ram_path = Path(memory_path(self.dir, partition))
-            ram_fd = _create(ram_path)
-            os.ftruncate(ram_fd, gpa_pages * PAGE_SIZE)  # sparse: pages cost nothing until written
-            s = self.slats[partition] = Slat(path, entries, 0, fd, ram_path, ram_fd)
+            ram_file = _create(ram_path)
+            os.ftruncate(ram_file.fileno(), gpa_pages * PAGE_SIZE)  # sparse: pages cost nothing until written
+            s = self.slats[partition] = Slat(path, entries, 0, file, ram_path, ram_file)
         return s
 
     def ram_offset(self, partition: int, gpa: int) -> int | None:
@@ -167,8 +172,8 @@ class MemoryManager:
         if s is not None:
             s.entries = array.array("I", [SLAT_INVALID]) * len(s.entries)
             _write_through(s, 0, len(s.entries))
-            os.close(s.fd)
-            os.close(s.ram_fd)
+            s.file.close()
+            s.ram_file.close()
             for path in (s.ram_path, s.path):
                 path.unlink(missing_ok=True)  # the processes that mapped them keep their pages
         n = 0
@@ -197,11 +202,12 @@ class MemoryManager:
 
 def _write_through(s: Slat, first: int, count: int) -> None:
     """Entries ``first``…``first + count - 1`` of the hypervisor's copy into the file."""
-    os.pwrite(s.fd, s.entries[first:first + count].tobytes(), first * SLAT_ENTRY)
+    os.pwrite(s.file.fileno(), s.entries[first:first + count].tobytes(), first * SLAT_ENTRY)
 
 
-def _create(path: Path) -> int:
-    """A new file, 0600 from the start (never briefly wider), read-write."""
+def _create(path: Path) -> io.FileIO:
+    """A new file, 0600 from the start (never briefly wider), read-write; a file object
+    (unbuffered) so that its descriptor closes with it."""
     path.unlink(missing_ok=True)
-    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    return io.FileIO(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), "r+")
 

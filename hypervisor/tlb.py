@@ -14,6 +14,7 @@ hypervisor flushes:
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -35,7 +36,9 @@ class TlbFile:
     def __init__(self, path: str) -> None:
         layout.create(path)
         self.path = path
-        self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        # A file object, so that the descriptor closes with it.
+        self._file = io.FileIO(os.open(path, os.O_RDWR | os.O_CLOEXEC), "r+")
+        self.fd = self._file.fileno()
 
     def _read(self) -> bytes:
         data = os.pread(self.fd, FILE_SIZE, 0)
@@ -68,7 +71,7 @@ class TlbFile:
         return HEADER.unpack_from(self._read(), 0)[2]
 
     def close(self) -> None:
-        os.close(self.fd)
+        self._file.close()
 
 
 class Tlbs:
