@@ -64,6 +64,7 @@ class Apic:
     timer_dcr: int = 0
     timer_deadline_ns: int | None = None
     assist_enabled: bool = False  # the guest enabled its VP assist page
+    auto_eoi: int = 0  # 256-bit mask: vectors of SynIC SINTs with AutoEOI (the hypervisor does their EOI)
     fired_ns: dict = field(default_factory=dict)  # vector → when its timer fired (interrupt-path stamps)
     icr_hi: int = 0
     ipi: tuple[int, int] | None = None  # (ICR low, ICR high) of an IPI the hypervisor must send
@@ -92,6 +93,10 @@ class Apic:
     def inject(self, vector: int) -> bool:
         """IRR → ISR as the VP takes ``vector``; True when no EOI is required of it."""
         self.irr &= ~(1 << vector)
+        if self.auto_eoi >> vector & 1:
+            # A SINT with AutoEOI (TLFS SynIC): taken and ended at once, never in service.
+            self.counters["eoi_implicit"] += 1
+            return True
         # TLFS: only when nothing of lower priority is in service or pending.
         no_eoi = self.assist_enabled and not self.isr and not self.irr & ((1 << vector) - 1)
         if no_eoi:

@@ -12,7 +12,9 @@ from proto.codes import (
     CPUID_1_ECX_HYPERVISOR_PRESENT,
     HV_INTERFACE_SIGNATURE,
     HV_VENDOR_SIGNATURE,
+    HV_STIMER_DIRECT_MODE_AVAILABLE,
     CpuidLeaf,
+    HvPrivilege,
 )
 
 from hypervisor.partitions import MAX_VPS_PER_PARTITION, Partition
@@ -40,7 +42,8 @@ def cpuid(part: Partition, vp_index: int, leaf: int, subleaf: int) -> tuple[int,
         return (MAX_BASIC_LEAF, *VENDOR_GENUINE_INTEL)
     if leaf == 1:
         # EBX[31:24] is the initial APIC ID; EBX[23:16] logical processors per package.
-        ebx = (vp_index << 24) | (max(1, len(part.vps)) << 16) | (8 << 8)
+        # Both fields are 8 bits: beyond 255 VPs an x2APIC ID (leaf 0xB) would be needed.
+        ebx = ((vp_index & 0xFF) << 24) | (min(0xFF, max(1, len(part.vps))) << 16) | (8 << 8)
         return (FAMILY_MODEL_STEPPING, ebx, LEAF1_ECX, LEAF1_EDX)
     if leaf == CpuidLeaf.HvCpuidFunctionHvVendorAndMaxFunction:
         return (CpuidLeaf.HvCpuidFunctionMsHvHardwareFeatures, *HV_VENDOR_SIGNATURE)
@@ -50,7 +53,9 @@ def cpuid(part: Partition, vp_index: int, leaf: int, subleaf: int) -> tuple[int,
         return (HV_BUILD, (HV_MAJOR << 16) | HV_MINOR, 0, 0)
     if leaf == CpuidLeaf.HvCpuidFunctionMsHvFeatures:
         mask = part.privileges
-        return (mask & 0xFFFFFFFF, mask >> 32, 0, 0)
+        # EDX: feature bits; direct-mode synthetic timers (bit 19) come with the timers.
+        edx = HV_STIMER_DIRECT_MODE_AVAILABLE if mask & HvPrivilege.AccessSyntheticTimerMsrs else 0
+        return (mask & 0xFFFFFFFF, mask >> 32, 0, edx)
     if leaf == CpuidLeaf.HvCpuidFunctionMsHvEnlightenmentInformation:
         return (part.recommendations, part.spin_retry, 0, 0)
     if leaf == CpuidLeaf.HvCpuidFunctionMsHvImplementationLimits:

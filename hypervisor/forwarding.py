@@ -232,11 +232,14 @@ class Forwarding:
 
     # -- a root's questions ------------------------------------------------------------------
 
-    def query(self, origin: bytes, part: Partition, worker: bytes, query: str) -> bool:
-        """Ask ``part``'s worker for the root peer ``origin``; False if the worker is gone."""
+    def query(self, origin: bytes, part: Partition, worker: bytes, query: str = "", *, message=None) -> bool:
+        """Ask ``part``'s worker for the root peer ``origin``; False if the worker is gone.
+        ``message(ref)``: a request other than a ``worker_query`` (``io clock_step``'s),
+        answered by a ``worker_query_reply`` all the same."""
         ref = self._next()
         self.queries[ref] = PendingQuery(origin, part, time.monotonic_ns() + WORKER_TIMEOUT_NS)
-        if not self._router.send(worker, m.WorkerQuery(ref, query).encode()):
+        msg = message(ref) if message is not None else m.WorkerQuery(ref, query)
+        if not self._router.send(worker, msg.encode()):
             self.queries.pop(ref)
             return False
         return True

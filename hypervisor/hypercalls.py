@@ -4,14 +4,20 @@ One table, :data:`SPECS`, says for every call code what the call needs (privileg
 (rep or simple, its fixed input block from :mod:`proto.hvcall`) and which handler runs it,
 as openvmm's hv1_hypercall does; the dispatcher reads nothing else.
 
-Checks in the order that keeps state from leaking (TLFS: ACCESS_DENIED takes priority over
-the other errors): unknown call code → INVALID_HYPERCALL_CODE; missing privilege →
+Checks in one fixed order, which the TLFS leaves open except that ACCESS_DENIED takes
+priority over the other errors so that state does not leak ("Hypercall Interface" ›
+"Hypercall Status Code"): a fast call with more input than RDX:R8 hold where XMM fast input
+is not offered → #UD, an instruction fault before any status ("XMM Fast Hypercall Input":
+"any attempt to use this interface when the hypervisor does not indicate availability will
+result in a #UD fault"; :meth:`Hypercalls.fault`, which the intercept checks first);
+unknown call code → INVALID_HYPERCALL_CODE; missing privilege →
 ACCESS_DENIED; reserved bits, a variable header or rep count where the call takes none, a
 rep start index not below the rep count, or a fast call whose input does not fit in
 registers → INVALID_HYPERCALL_INPUT; a call this hypervisor does not implement →
 INVALID_HYPERCALL_CODE; an input shorter than the call's fixed block →
-INVALID_HYPERCALL_INPUT; then the handler, which gets the block unpacked and returns an
-HV_STATUS and output bytes.
+INVALID_HYPERCALL_INPUT; a call on a partition (``CallSpec.partition``) naming one that does
+not exist → INVALID_PARTITION_ID; then the handler, which gets the block unpacked (the
+partition resolved in place of its id) and returns an HV_STATUS and output bytes.
 
 The result value is the TLFS one: bits 15:0 the status, bits 43:32 the reps completed.
 """
@@ -31,6 +37,7 @@ from proto.codes import (
     HvPrivilege,
     HvStatus,
     result_value,
+    X86Exception,
 )
 
 from proto.hvcall import (
@@ -47,11 +54,17 @@ from proto.hvcall import (
     HV_INPUT_FINALIZE_PARTITION,
     HV_INPUT_FLUSH_VIRTUAL_ADDRESS_LIST,
     HV_INPUT_FLUSH_VIRTUAL_ADDRESS_SPACE,
+    HV_INPUT_FLUSH_VIRTUAL_ADDRESS_SPACE_EX,
+    HV_INPUT_FLUSH_VIRTUAL_ADDRESS_LIST_EX,
+    HV_INPUT_SEND_SYNTHETIC_CLUSTER_IPI,
+    HV_INPUT_SEND_SYNTHETIC_CLUSTER_IPI_EX,
     HV_INPUT_GET_PARTITION_PROPERTY,
     HV_INPUT_GET_VP_REGISTERS,
     HV_INPUT_INITIALIZE_PARTITION,
     HV_INPUT_MAP_GPA_PAGES,
     HV_INPUT_NOTIFY_LONG_SPIN_WAIT,
+    HV_INPUT_POST_MESSAGE,
+    HV_INPUT_SIGNAL_EVENT,
     HV_INPUT_SET_PARTITION_PROPERTY,
     HV_INPUT_SET_VP_REGISTERS,
     HV_INPUT_SWITCH_VIRTUAL_ADDRESS_SPACE,
@@ -68,6 +81,8 @@ from proto.hvcall import (
 )
 
 from hypervisor.registers import VpRegisters
+from hypervisor.synic_ports import hv_post_message, hv_signal_event
+from hypervisor.vp_set import mask_to_set, parse_vp_set, vps_of
 from hypervisor.memory import MAX_GPA_PAGES, MemoryRefused, MemoryManager
 from hypervisor.scheduler import FULL
 from hypervisor.tlb import Tlbs
@@ -96,13 +111,20 @@ class CallSpec:
     dispatcher checks is there and unpacks for the handler (a rep call's elements follow
     it).  ``required``: how much of the block must be present, when the call reads only its
     leading fields before anything else (the rest then reads as zero); by default all of
-    it.  ``handler``: None for a call the TLFS defines and this hypervisor lacks."""
+    it.  ``handler``: None for a call the TLFS defines and this hypervisor lacks.
+    ``partition``: the block's first field is a partition id, which the dispatcher resolves
+    once (INVALID_PARTITION_ID if there is none) and hands over as the :class:`Partition`.
+    ``var_header``: the call takes a variable header (an HV_VP_SET's banks), which the
+    handler reads after the fixed block."""
 
-    __slots__ = ("privilege", "rep", "layout", "required", "handler")
+    __slots__ = ("privilege", "rep", "layout", "required", "handler", "partition", "var_header")
 
     def __init__(self, privilege: int, handler: Handler | None = None, *, rep: bool = False,
-                 layout: struct.Struct | None = None, required: int | None = None) -> None:
+                 layout: struct.Struct | None = None, required: int | None = None,
+                 partition: bool = False, var_header: bool = False) -> None:
         self.privilege = privilege
+        self.partition = partition
+        self.var_header = var_header
         self.rep = rep
         self.layout = layout
         self.required = (layout.size if layout is not None else 0) if required is None else required
@@ -120,13 +142,15 @@ class Hypercalls:
     """The dispatcher, bound to the partition table and memory it manages."""
 
     def __init__(self, table: PartitionTable, memory: MemoryManager, tlb: Tlbs | None = None,
-                 registers: VpRegisters | None = None) -> None:
+                 registers: VpRegisters | None = None, wake=None) -> None:
         self.table = table
+        self.wake = wake  # Dispatcher.wake: end a VP's HLT for an IPI (set by the service)
         self.memory = memory
         self.tlb = tlb
         self.registers = registers or VpRegisters()
         self.counts: dict[int, int] = {}
         self.failures: dict[str, int] = {}
+        self.synic_ports = None  # hypervisor.synic_ports.SynicPorts: PostMessage and SignalEvent
 
     def dispatch(self, caller: Caller, control: int, data: bytes) -> tuple[int, bytes]:
         """Returns (result value for RAX, output block)."""
@@ -138,20 +162,29 @@ class Hypercalls:
             self.failures[name] = self.failures.get(name, 0) + 1
         return result_value(status, reps), out
 
+    @staticmethod
+    def fault(control: int, data: bytes) -> int:
+        """The exception a guest's hypercall instruction takes before any status: #UD for
+        a fast call whose input needs XMM registers, which this hypervisor does not offer
+        (CPUID 0x40000003 EDX bit 4 is clear).  TLFS "XMM Fast Hypercall Input"."""
+        if HypercallInput.parse(control).fast and len(data) > FAST_INPUT_BYTES:
+            return int(X86Exception.UD)
+        return int(X86Exception.NONE)
+
     def _run(self, caller: Caller, hc: HypercallInput, data: bytes) -> tuple[int, bytes, int]:
         spec = SPECS.get(hc.code)
         if spec is None:
             return S.HV_STATUS_INVALID_HYPERCALL_CODE, b"", 0
         if spec.privilege and not caller.privileges & spec.privilege:
             return S.HV_STATUS_ACCESS_DENIED, b"", 0
-        if hc.reserved or hc.var_header_qwords:
+        if hc.reserved or (hc.var_header_qwords and not spec.var_header):
             return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b"", 0
         if spec.rep:
             if hc.rep_start >= hc.rep_count:
                 return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b"", 0
         elif hc.rep_count or hc.rep_start:
             return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b"", 0
-        if hc.fast and len(data) > FAST_INPUT_BYTES:
+        if hc.fast and len(data) > FAST_INPUT_BYTES:  # the root's own calls: no #UD for it
             return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b"", 0
         handler = spec.handler
         if handler is None:
@@ -165,6 +198,11 @@ class Hypercalls:
             args = layout.unpack_from(data.ljust(layout.size, b"\0"))
         else:
             return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b"", 0
+        if spec.partition:
+            part = self.table.get(args[0])
+            if part is None:
+                return S.HV_STATUS_INVALID_PARTITION_ID, b"", 0
+            args = (part, *args[1:])
         status, out = handler(self, caller, hc, args, data)
         return status, out, (hc.rep_count - hc.rep_start if spec.rep and status == S.HV_STATUS_SUCCESS else 0)
 
@@ -184,9 +222,7 @@ class Hypercalls:
         return S.HV_STATUS_SUCCESS, HV_OUTPUT_CREATE_PARTITION.pack(part.id)
 
     def initialize_partition(self, caller, hc, args, data) -> Result:
-        part = self.table.get(args[0])
-        if part is None:
-            return S.HV_STATUS_INVALID_PARTITION_ID, b""
+        part = args[0]
         if part.state is not HvPartitionState.CREATED:
             return S.HV_STATUS_INVALID_PARTITION_STATE, b""
         part.state = HvPartitionState.INITIALIZED
@@ -197,16 +233,12 @@ class Hypercalls:
         return S.HV_STATUS_SUCCESS, b""
 
     def finalize_partition(self, caller, hc, args, data) -> Result:
-        part = self.table.get(args[0])
-        if part is None:
-            return S.HV_STATUS_INVALID_PARTITION_ID, b""
+        part = args[0]
         part.state = HvPartitionState.FINALIZED
         return S.HV_STATUS_SUCCESS, b""
 
     def delete_partition(self, caller, hc, args, data) -> Result:
-        part = self.table.get(args[0])
-        if part is None:
-            return S.HV_STATUS_INVALID_PARTITION_ID, b""
+        part = args[0]
         if part.state is not HvPartitionState.FINALIZED:
             return S.HV_STATUS_INVALID_PARTITION_STATE, b""
         self.memory.release(part.id)
@@ -214,9 +246,7 @@ class Hypercalls:
         return S.HV_STATUS_SUCCESS, b""
 
     def set_partition_property(self, caller, hc, args, data) -> Result:
-        part = self.table.get(args[0])
-        if part is None:
-            return S.HV_STATUS_INVALID_PARTITION_ID, b""
+        part = args[0]
         if len(data) < HV_INPUT_SET_PARTITION_PROPERTY.size:  # the partition is checked first
             return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b""
         _, code, value = args
@@ -257,10 +287,7 @@ class Hypercalls:
         return S.HV_STATUS_SUCCESS, b""
 
     def get_partition_property(self, caller, hc, args, data) -> Result:
-        pid, code = args
-        part = self.table.get(pid)
-        if part is None:
-            return S.HV_STATUS_INVALID_PARTITION_ID, b""
+        part, code = args
         values = {
             HvPartitionProperty.HvPartitionPropertyPrivilegeFlags: part.privileges,
             HvPartitionProperty.HvPartitionPropertyEnlightenmentRecommendations: part.recommendations,
@@ -281,9 +308,7 @@ class Hypercalls:
     # -- memory (TLFS host flow: deposit, map; unmap, withdraw) ---------------------------------
 
     def deposit_memory(self, caller, hc, args, data) -> Result:
-        part = self.table.get(args[0])
-        if part is None:
-            return S.HV_STATUS_INVALID_PARTITION_ID, b""
+        part = args[0]
         pages = self._rep_list(hc, data, HV_INPUT_DEPOSIT_MEMORY.size)
         if pages is None:
             return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b""
@@ -294,16 +319,12 @@ class Hypercalls:
         return S.HV_STATUS_SUCCESS, b""
 
     def withdraw_memory(self, caller, hc, args, data) -> Result:
-        part = self.table.get(args[0])
-        if part is None:
-            return S.HV_STATUS_INVALID_PARTITION_ID, b""
+        part = args[0]
         freed = self.memory.withdraw(part.id, hc.rep_count - hc.rep_start)
         return S.HV_STATUS_SUCCESS, pack_rep(HV_GPA_PAGE_NUMBER, freed)
 
     def map_gpa_pages(self, caller, hc, args, data) -> Result:
-        part = self.table.get(args[0])
-        if part is None:
-            return S.HV_STATUS_INVALID_PARTITION_ID, b""
+        part = args[0]
         if not part.gpa_pages:
             return S.HV_STATUS_INVALID_PARTITION_STATE, b""
         pages = self._rep_list(hc, data, HV_INPUT_MAP_GPA_PAGES.size)
@@ -316,9 +337,7 @@ class Hypercalls:
         return S.HV_STATUS_SUCCESS, b""
 
     def unmap_gpa_pages(self, caller, hc, args, data) -> Result:
-        part = self.table.get(args[0])
-        if part is None:
-            return S.HV_STATUS_INVALID_PARTITION_ID, b""
+        part = args[0]
         try:
             self.memory.unmap(part.id, args[1] + hc.rep_start, hc.rep_count - hc.rep_start)
         except MemoryRefused:
@@ -328,9 +347,7 @@ class Hypercalls:
     # -- VPs and their registers -------------------------------------------------------------
 
     def create_vp(self, caller, hc, args, data) -> Result:
-        part = self.table.get(args[0])
-        if part is None:
-            return S.HV_STATUS_INVALID_PARTITION_ID, b""
+        part = args[0]
         index = args[1]
         if part.state is not HvPartitionState.INITIALIZED:
             return S.HV_STATUS_INVALID_PARTITION_STATE, b""
@@ -341,11 +358,9 @@ class Hypercalls:
         return S.HV_STATUS_SUCCESS, b""
 
     def _vp(self, args):
-        """The VP named by a Get/SetVpRegisters header, or the status saying why not."""
-        pid, index, vtl = args
-        part = self.table.get(pid)
-        if part is None:
-            return S.HV_STATUS_INVALID_PARTITION_ID, None, None
+        """The VP named by a Get/SetVpRegisters header (its partition resolved), or the
+        status saying why not."""
+        part, index, vtl = args
         if index >= len(part.vps):
             return S.HV_STATUS_INVALID_VP_INDEX, None, None
         if vtl:  # only VTL 0 exists here
@@ -381,8 +396,10 @@ class Hypercalls:
         return S.HV_STATUS_SUCCESS, b""
 
     def notify_long_spin_wait(self, caller, hc, args, data) -> Result:
-        # TLFS: advisory, always succeeds.  The yield itself is the scheduler's (the
-        # intercept handler sends the VP to the back of the ready queue).
+        # TLFS "HvCallNotifyLongSpinWait": advisory, and it always succeeds — also when
+        # the spin-retry count (CPUID 0x40000004 EBX) says "never notify".  (KVM with
+        # enforced CPUID refuses it then; we follow the TLFS.)  The yield itself is the
+        # scheduler's (the intercept handler sends the VP to the back of the ready queue).
         return S.HV_STATUS_SUCCESS, b""
 
     # -- address spaces and TLB flushes (TLFS "virtual MMU" calls) ------------------------
@@ -405,7 +422,13 @@ class Hypercalls:
         return S.HV_STATUS_SUCCESS, None if flags & HV_FLUSH_ALL_VIRTUAL_ADDRESS_SPACES else space
 
     def flush_virtual_address_space(self, caller, hc, args, data) -> Result:
-        """Only the caller's entries: of one address space, or of all of them."""
+        """Only the caller's entries: of one address space, or of all of them.
+
+        A partition the flush calls are not recommended to (CPUID 0x40000004 EAX bits 1–2)
+        may still make them: a recommendation is advice and the calls need no privilege
+        (TLFS "Feature and Interface Discovery" › "Implementation Recommendations";
+        KVM with enforced CPUID refuses them instead).  The same holds for every flush and
+        IPI call below."""
         status, space = self._flush_space(args)
         if status != S.HV_STATUS_SUCCESS:
             return status, b""
@@ -427,6 +450,64 @@ class Hypercalls:
         return S.HV_STATUS_SUCCESS, b""
 
 
+    # -- the Ex forms: HV_VP_SET processor sets, for partitions of more than 64 VPs --------
+
+    def flush_virtual_address_space_ex(self, caller, hc, args, data) -> Result:
+        """As HvCallFlushVirtualAddressSpace, with an HV_VP_SET for the processor mask."""
+        space, flags, fmt, banks = args
+        status, space = self._flush_space((space, flags, 0))
+        if status == S.HV_STATUS_SUCCESS:
+            status, _ = parse_vp_set(fmt, banks, data, HV_INPUT_FLUSH_VIRTUAL_ADDRESS_SPACE_EX.size,
+                                     hc.var_header_qwords)
+        if status != S.HV_STATUS_SUCCESS:
+            return status, b""
+        if self.tlb is not None and caller.partition is not None:
+            self.tlb.flush_partition(caller.partition.id, space, kind="address_space")
+        return S.HV_STATUS_SUCCESS, b""
+
+    def flush_virtual_address_list_ex(self, caller, hc, args, data) -> Result:
+        """As HvCallFlushVirtualAddressList, with an HV_VP_SET; the GVAs follow its banks."""
+        space, flags, fmt, banks = args
+        header = HV_INPUT_FLUSH_VIRTUAL_ADDRESS_LIST_EX.size
+        status, space = self._flush_space((space, flags, 0))
+        if status == S.HV_STATUS_SUCCESS:
+            status, _ = parse_vp_set(fmt, banks, data, header, hc.var_header_qwords)
+        if status != S.HV_STATUS_SUCCESS:
+            return status, b""
+        gvas = self._rep_list(hc, data, header + 8 * hc.var_header_qwords, HV_GVA)
+        if gvas is None:
+            return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b""
+        if self.tlb is not None and caller.partition is not None:
+            ranges = [(gva >> 12, (gva & 0xFFF) + 1) for gva in gvas]
+            self.tlb.flush_partition(caller.partition.id, space, ranges, kind="address_list")
+        return S.HV_STATUS_SUCCESS, b""
+
+    def send_synthetic_cluster_ipi(self, caller, hc, args, data) -> Result:
+        """A fixed interrupt to the VPs of a 64-bit mask (TLFS "HvCallSendSyntheticClusterIpi")."""
+        vector, vtl, mask = args
+        return self._send_ipi(caller, vector, vtl, mask_to_set(mask))
+
+    def send_synthetic_cluster_ipi_ex(self, caller, hc, args, data) -> Result:
+        """A fixed interrupt to the VPs of an HV_VP_SET (TLFS "HvCallSendSyntheticClusterIpiEx")."""
+        vector, vtl, fmt, banks = args
+        status, named = parse_vp_set(fmt, banks, data, HV_INPUT_SEND_SYNTHETIC_CLUSTER_IPI_EX.size,
+                                     hc.var_header_qwords)
+        if status != S.HV_STATUS_SUCCESS:
+            return status, b""
+        return self._send_ipi(caller, vector, vtl, named)
+
+    def _send_ipi(self, caller, vector: int, vtl: int, named) -> Result:
+        # TLFS: vectors below 0x10 are invalid; only VTL 0 exists here.  The root has no
+        # VPs of its own to interrupt.
+        if not 0x10 <= vector <= 0xFF or vtl or caller.partition is None:
+            return S.HV_STATUS_INVALID_PARAMETER, b""
+        for vp in vps_of(caller.partition, named):
+            vp.apic.accept(vector)  # waits in the IRR, as an ICR-sent IPI does
+            if self.wake is not None:
+                self.wake(vp)  # ends its HLT (Dispatcher.wake: only a halted VP)
+        return S.HV_STATUS_SUCCESS, b""
+
+
 _U64_MASK = (1 << 64) - 1
 H = Hypercalls
 # The one hypercall table: every TLFS call code this hypervisor knows, what it takes and
@@ -439,38 +520,52 @@ SPECS: dict[int, CallSpec] = {
     C.HvCallFlushVirtualAddressList: CallSpec(0, H.flush_virtual_address_list, rep=True,
                                               layout=HV_INPUT_FLUSH_VIRTUAL_ADDRESS_LIST),
     C.HvCallNotifyLongSpinWait: CallSpec(0, H.notify_long_spin_wait, layout=HV_INPUT_NOTIFY_LONG_SPIN_WAIT),
-    C.HvCallSendSyntheticClusterIpi: CallSpec(0),
-    C.HvCallFlushVirtualAddressSpaceEx: CallSpec(0),
-    C.HvCallFlushVirtualAddressListEx: CallSpec(0, rep=True),
-    C.HvCallSendSyntheticClusterIpiEx: CallSpec(0),
+    C.HvCallSendSyntheticClusterIpi: CallSpec(0, H.send_synthetic_cluster_ipi,
+                                              layout=HV_INPUT_SEND_SYNTHETIC_CLUSTER_IPI),
+    C.HvCallFlushVirtualAddressSpaceEx: CallSpec(0, H.flush_virtual_address_space_ex, var_header=True,
+                                                 layout=HV_INPUT_FLUSH_VIRTUAL_ADDRESS_SPACE_EX),
+    C.HvCallFlushVirtualAddressListEx: CallSpec(0, H.flush_virtual_address_list_ex, rep=True, var_header=True,
+                                                layout=HV_INPUT_FLUSH_VIRTUAL_ADDRESS_LIST_EX),
+    C.HvCallSendSyntheticClusterIpiEx: CallSpec(0, H.send_synthetic_cluster_ipi_ex, var_header=True,
+                                                layout=HV_INPUT_SEND_SYNTHETIC_CLUSTER_IPI_EX),
     # Nothing of the input is read (see create_partition), so none of it is required.
     C.HvCallCreatePartition: CallSpec(_ROOT, H.create_partition, layout=HV_INPUT_CREATE_PARTITION, required=0),
-    C.HvCallInitializePartition: CallSpec(_ROOT, H.initialize_partition, layout=HV_INPUT_INITIALIZE_PARTITION),
-    C.HvCallFinalizePartition: CallSpec(_ROOT, H.finalize_partition, layout=HV_INPUT_FINALIZE_PARTITION),
-    C.HvCallDeletePartition: CallSpec(_ROOT, H.delete_partition, layout=HV_INPUT_DELETE_PARTITION),
-    C.HvCallGetPartitionProperty: CallSpec(_ROOT, H.get_partition_property, layout=HV_INPUT_GET_PARTITION_PROPERTY),
+    C.HvCallInitializePartition: CallSpec(_ROOT, H.initialize_partition, layout=HV_INPUT_INITIALIZE_PARTITION,
+                                          partition=True),
+    C.HvCallFinalizePartition: CallSpec(_ROOT, H.finalize_partition, layout=HV_INPUT_FINALIZE_PARTITION,
+                                        partition=True),
+    C.HvCallDeletePartition: CallSpec(_ROOT, H.delete_partition, layout=HV_INPUT_DELETE_PARTITION,
+                                      partition=True),
+    C.HvCallGetPartitionProperty: CallSpec(_ROOT, H.get_partition_property, layout=HV_INPUT_GET_PARTITION_PROPERTY,
+                                           partition=True),
     # The partition and property first: an unknown partition is reported as such however
     # short the value after them (set_partition_property checks the value is there).
     C.HvCallSetPartitionProperty: CallSpec(_ROOT, H.set_partition_property, layout=HV_INPUT_SET_PARTITION_PROPERTY,
-                                           required=HV_INPUT_GET_PARTITION_PROPERTY.size),
+                                           required=HV_INPUT_GET_PARTITION_PROPERTY.size, partition=True),
     C.HvCallGetPartitionId: CallSpec(HvPrivilege.AccessPartitionId, H.get_partition_id),
     C.HvCallDepositMemory: CallSpec(HvPrivilege.AccessMemoryPool, H.deposit_memory, rep=True,
-                                    layout=HV_INPUT_DEPOSIT_MEMORY),
+                                    layout=HV_INPUT_DEPOSIT_MEMORY, partition=True),
     # Only the partition is read; the proximity domain is a NUMA hint this emulation lacks.
     C.HvCallWithdrawMemory: CallSpec(HvPrivilege.AccessMemoryPool, H.withdraw_memory, rep=True,
-                                     layout=HV_INPUT_WITHDRAW_MEMORY, required=8),
-    C.HvCallMapGpaPages: CallSpec(_ROOT, H.map_gpa_pages, rep=True, layout=HV_INPUT_MAP_GPA_PAGES),
-    C.HvCallUnmapGpaPages: CallSpec(_ROOT, H.unmap_gpa_pages, rep=True, layout=HV_INPUT_UNMAP_GPA_PAGES),
+                                     layout=HV_INPUT_WITHDRAW_MEMORY, required=8, partition=True),
+    C.HvCallMapGpaPages: CallSpec(_ROOT, H.map_gpa_pages, rep=True, layout=HV_INPUT_MAP_GPA_PAGES,
+                                  partition=True),
+    C.HvCallUnmapGpaPages: CallSpec(_ROOT, H.unmap_gpa_pages, rep=True, layout=HV_INPUT_UNMAP_GPA_PAGES,
+                                    partition=True),
     C.HvCallInstallIntercept: CallSpec(_ROOT),
     # Only the partition and VP index are read; the proximity domain and flags select what
     # this emulation lacks.
-    C.HvCallCreateVp: CallSpec(_ROOT, H.create_vp, layout=HV_INPUT_CREATE_VP, required=12),
+    C.HvCallCreateVp: CallSpec(_ROOT, H.create_vp, layout=HV_INPUT_CREATE_VP, required=12, partition=True),
     C.HvCallDeleteVp: CallSpec(_ROOT),
-    C.HvCallGetVpRegisters: CallSpec(_ROOT, H.get_vp_registers, rep=True, layout=HV_INPUT_GET_VP_REGISTERS),
-    C.HvCallSetVpRegisters: CallSpec(_ROOT, H.set_vp_registers, rep=True, layout=HV_INPUT_SET_VP_REGISTERS),
+    C.HvCallGetVpRegisters: CallSpec(_ROOT, H.get_vp_registers, rep=True, layout=HV_INPUT_GET_VP_REGISTERS,
+                                     partition=True),
+    C.HvCallSetVpRegisters: CallSpec(_ROOT, H.set_vp_registers, rep=True, layout=HV_INPUT_SET_VP_REGISTERS,
+                                     partition=True),
     C.HvCallTranslateVirtualAddress: CallSpec(0),
-    C.HvCallPostMessage: CallSpec(HvPrivilege.PostMessages),
-    C.HvCallSignalEvent: CallSpec(HvPrivilege.SignalEvents),
+    # SynIC (hypervisor/synic_ports.py): the payload after PostMessage's 16-byte header is
+    # checked against its PayloadSize by the handler.
+    C.HvCallPostMessage: CallSpec(HvPrivilege.PostMessages, hv_post_message, layout=HV_INPUT_POST_MESSAGE),
+    C.HvCallSignalEvent: CallSpec(HvPrivilege.SignalEvents, hv_signal_event, layout=HV_INPUT_SIGNAL_EVENT),
     C.HvCallRegisterInterceptResult: CallSpec(_ROOT),
     C.HvCallAssertVirtualInterrupt: CallSpec(_ROOT),
     C.HvCallCreatePort: CallSpec(HvPrivilege.CreatePort),

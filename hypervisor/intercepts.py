@@ -64,7 +64,8 @@ class ExitContext:
 
 
 class Intercepts:
-    def __init__(self, *, dispatcher, forwarding, interrupts, tracer, outbox, hypercalls, memory, tlb) -> None:
+    def __init__(self, *, dispatcher, forwarding, interrupts, tracer, outbox, hypercalls, memory, tlb,
+                 synic=None) -> None:
         self._resume = dispatcher.resume
         self._halt = dispatcher.halt
         self._forward = forwarding.forward
@@ -75,6 +76,7 @@ class Intercepts:
         self._hypercalls = hypercalls
         self._memory = memory
         self._tlb = tlb
+        self._synic = synic  # hypervisor.synic.Synic: what a SynIC MSR write sets in motion
 
     # -- port I/O: IN/OUT (HvMessageTypeX64IoPortIntercept) -----------------------------------
 
@@ -190,6 +192,8 @@ class Intercepts:
         if write:
             fault = msrs.wrmsr(part, vp, msr, value)
             self._interrupts.send_ipi(part, vp)
+            if vp.synic.actions and self._synic is not None:
+                self._synic.after_wrmsr(part, vp)
             return fault, 0
         return msrs.rdmsr(part, vp, msr)
 
@@ -220,6 +224,9 @@ class Intercepts:
         if not part.hypercalls_enabled:
             # No hypercall page: the VMCALL is an undefined instruction to the guest.
             return 0, b"", int(X86Exception.UD)
+        fault = self._hypercalls.fault(control, data)  # XMM input not offered: #UD
+        if fault:
+            return 0, b"", fault
         result, output = self._hypercalls.dispatch(Caller(part, vp, part.privileges), control, data)
         return result, output, NO_FAULT
 

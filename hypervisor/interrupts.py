@@ -78,6 +78,7 @@ class Interrupts:
             return
         # ExtINT from the PIC goes to the boot processor (virtual-wire mode, LINT0).
         vp = part.vps[0]
+        part.pic_output.record(msg.vector)  # for `io irqs_pic` (irq_log.py)
         vp.interrupts.post(msg.vector, msg.stamps + (t_in,))
         self._wake(vp)
 
@@ -101,6 +102,18 @@ class Interrupts:
                     if vp.state is VpState.HALTED and vp.apic.deliverable() is not None:
                         self._wake(vp)
         self.timers_changed()
+
+    # -- synthetic interrupt sources (SynIC SINTs, synthetic timers in direct mode) -----------
+
+    def assert_vector(self, vp, vector: int, t: int | None = None) -> None:
+        """A fixed interrupt for ``vp``'s local APIC (its IRR), from a source inside the
+        hypervisor; a VP halted in HLT wakes if it can take it.  ``t``: when the source
+        fired (perf_counter_ns), for the interrupt path's stamps."""
+        vp.apic.accept(vector)
+        if t is not None:
+            vp.apic.fired_ns[vector] = t
+        if vp.state is VpState.HALTED and vp.apic.deliverable() is not None:
+            self._wake(vp)
 
     # -- IPIs ---------------------------------------------------------------------------------
 

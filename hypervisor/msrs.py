@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from proto.codes import HvMsr, HvPrivilege, X86Exception
 
+from hypervisor import synic_msrs
 from hypervisor.apic import APIC_TIMER_HZ
 
 from hypervisor.partitions import Partition, VirtualProcessor
@@ -22,6 +23,8 @@ HYPERCALL_WRITABLE = ~((1 << 12) - 1) & 0xFFFFFFFFFFFFFFFF | HYPERCALL_ENABLE | 
 
 
 def rdmsr(part: Partition, vp: VirtualProcessor, msr: int) -> tuple[int, int]:
+    if synic_msrs.handles(msr):  # SynIC, synthetic timers, reference TSC page
+        return synic_msrs.rdmsr(part, vp, msr)
     priv = part.privileges
     vp_index = vp.index
     if msr == HvMsr.HV_X64_MSR_GUEST_OS_ID and priv & HvPrivilege.AccessHypercallMsrs:
@@ -32,18 +35,23 @@ def rdmsr(part: Partition, vp: VirtualProcessor, msr: int) -> tuple[int, int]:
         return OK, vp_index
     if msr == HvMsr.HV_X64_MSR_TIME_REF_COUNT and priv & HvPrivilege.AccessPartitionReferenceCounter:
         return OK, part.reference_time_100ns()
+    if msr == HvMsr.HV_X64_MSR_APIC_FREQUENCY and priv & HvPrivilege.AccessFrequencyMsrs:
+        # TLFS "Partition Privilege Flags": AccessFrequencyMsrs grants the TSC and APIC
+        # frequency MSRs (not AccessApicMsrs, which is EOI/ICR/TPR and the assist page).
+        # HV_X64_MSR_TSC_FREQUENCY stays #GP: no TSC is modelled.
+        return OK, APIC_TIMER_HZ
     if priv & HvPrivilege.AccessApicMsrs:
         if msr == HvMsr.HV_X64_MSR_TPR:
             return OK, vp.apic.tpr
         if msr == HvMsr.HV_X64_MSR_VP_ASSIST_PAGE:
             return OK, vp.assist_page
-        if msr == HvMsr.HV_X64_MSR_APIC_FREQUENCY:
-            return OK, APIC_TIMER_HZ
     return GP, 0
 
 
 def wrmsr(part: Partition, vp: VirtualProcessor, msr: int, value: int) -> int:
     """Returns the fault to inject (X86Exception.NONE when the write took)."""
+    if synic_msrs.handles(msr):  # SynIC, synthetic timers, reference TSC page
+        return synic_msrs.wrmsr(part, vp, msr, value)
     priv = part.privileges
     if msr == HvMsr.HV_X64_MSR_GUEST_OS_ID and priv & HvPrivilege.AccessHypercallMsrs:
         part.guest_os_id = value
@@ -56,7 +64,10 @@ def wrmsr(part: Partition, vp: VirtualProcessor, msr: int, value: int) -> int:
             return OK  # locked: writes are ignored until reset
         value &= HYPERCALL_WRITABLE
         if part.guest_os_id == 0:
-            # TLFS: the hypercall page cannot be enabled before the guest identifies itself.
+            # TLFS "Hypercall Interface" › "Establishing the Hypercall Interface": the page
+            # cannot be enabled before the guest identifies itself.  Only Enable is refused:
+            # the GPFN is kept and reads back with Enable clear.  (KVM drops the whole
+            # write, so there the MSR reads back its old value; we follow the TLFS.)
             value &= ~HYPERCALL_ENABLE
         part.hypercall_msr = value
         return OK

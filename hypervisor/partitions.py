@@ -12,12 +12,16 @@ from proto.stats import PathStats
 
 from hypervisor.apic import Apic
 from hypervisor.interrupts import InterruptQueue
+from hypervisor.irq_log import IrqLog
 from hypervisor.scheduler import CpuControls, VpSched, VpState
+from hypervisor.synic import SynicVp
 
 # The partition ID of the root; children are numbered from 1 (HV_PARTITION_ID_SELF is not
 # a real ID, so 0 is never handed out to a child).
 ROOT_PARTITION_ID = 0
-MAX_VPS_PER_PARTITION = 64
+# What an HV_VP_SET can name (64 banks of 64: VP indices 0..4095), reported in CPUID
+# 0x40000005 EAX.  A topology asks for far fewer (root/topology.py: MAX_VPS).
+MAX_VPS_PER_PARTITION = 4096
 
 
 @dataclass(eq=False)
@@ -46,6 +50,8 @@ class VirtualProcessor:
     rflags: int = RFLAGS_FIXED
     cr3: int = 0
     regs_written: dict = field(default_factory=dict)  # root writes not yet seen by the running VP
+    synic: SynicVp = field(default_factory=SynicVp)  # its SynIC registers and message queues (synic.py)
+    delivered: IrqLog = field(default_factory=IrqLog)  # vectors injected, for `io irqs_apic`
 
     def __post_init__(self) -> None:
         if self.apic is None:
@@ -68,6 +74,7 @@ class VirtualProcessor:
         self.regs_written.clear()
         self.apic = Apic(self.index)
         self.assist_page = 0
+        self.synic = SynicVp()
 
 
 @dataclass
@@ -91,6 +98,8 @@ class Partition:
     # Partition-wide synthetic MSRs (TLFS: GUEST_OS_ID and HYPERCALL are per partition).
     guest_os_id: int = 0
     hypercall_msr: int = 0
+    reference_tsc: int = 0  # HV_X64_MSR_REFERENCE_TSC (tsc_page.py)
+    tsc_sequence: int = 0  # the TscSequence last published in its page
     console_watchers: set[bytes] = field(default_factory=set)
     unclaimed_reads: int = 0
     unclaimed_writes: int = 0
@@ -100,6 +109,8 @@ class Partition:
     # accesses wait for the worker.  Cleared when the worker answers again.
     unresponsive: bool = False
     health_pauses: int = 0  # times it was paused for that
+    pic_output: IrqLog = field(default_factory=IrqLog)  # vectors its PIC raised, for `io irqs_pic`
+    clock_offset_ns: int = 0  # what `io clock_step` added to its clocks
 
     def reset(self) -> None:
         """The partition-wide part of a reset: the synthetic MSRs to their reset values
@@ -107,6 +118,7 @@ class Partition:
         self.resets += 1
         self.guest_os_id = 0
         self.hypercall_msr = 0
+        self.reference_tsc = 0
 
     @property
     def hypercalls_enabled(self) -> bool:
@@ -119,7 +131,7 @@ class Partition:
         return None
 
     def reference_time_100ns(self) -> int:
-        return (time.monotonic_ns() - self.created_ns) // 100
+        return (time.monotonic_ns() + self.clock_offset_ns - self.created_ns) // 100
 
 
 class PartitionTable:

@@ -1,6 +1,6 @@
 """Peers: who is on the other end of each ZeroMQ routing identity.
 
-Every connection opens with ``hello``: a role (root, worker, vp), a partition and VP, and a
+Every connection opens with ``hello``: a role (root, worker, vp, vsp), a partition and VP, and a
 client nonce.  The hypervisor answers ``hello_challenge`` with a fresh nonce for this
 connection; the peer's ``hello_proof`` shows it holds the key derived from the run's secret
 for that role and partition (``proto.auth``), bound to both nonces, so a hello captured on
@@ -64,7 +64,7 @@ class Peer:
 
 class Peers:
     def __init__(self, *, secret: str, session: str, table, sched, outbox, counters: dict, memory, tlb,
-                 bind=None) -> None:
+                 bind=None, synic_ports=None) -> None:
         """``bind(identity)``: tells the transport a good hello came on the connection
         (``Router.bind``), so that it is no longer counted as idle."""
         self._secret = secret
@@ -77,6 +77,7 @@ class Peers:
         self._counters = counters
         self._memory = memory
         self._tlb = tlb
+        self._synic_ports = synic_ports  # the vsp peer's ports (issue 10): one vsp per run
         self.by_identity: dict[bytes, Peer] = {}
         self._pending: dict[bytes, PendingHello] = {}  # challenged, not yet proved
 
@@ -128,6 +129,13 @@ class Peers:
         part, vp = None, None
         if msg.role == "root":
             name = f"root:{msg.pid}"
+        elif msg.role == "vsp":
+            # The root's VMBus server: root-side, of no partition (its key is for partition 0).
+            if msg.partition != 0 or self._synic_ports is None:
+                return refuse("NOT_PERMITTED", "a vsp is of no partition (0)")
+            if not self._synic_ports.vsp_bound(identity):
+                return refuse("CONFLICT", "this run already has a vsp")
+            name = f"vsp:{msg.pid}"
         else:
             part = self._table.get(msg.partition)
             if part is None or part.state in (HvPartitionState.FINALIZED, HvPartitionState.DELETED):
@@ -168,6 +176,8 @@ class Peers:
         peer = self.by_identity.pop(identity, None)
         self._outbox.forget(identity)
         if peer is not None:
+            if peer.role == "vsp" and self._synic_ports is not None:
+                self._synic_ports.vsp_gone(identity)
             self._counters["peers_disconnected"] += 1
             log.info("%s (pid %d) disconnected", peer.name, peer.pid)
 

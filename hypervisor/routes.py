@@ -16,8 +16,10 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 from proto import messages as m
+from proto import synic_messages as sm
 
 VP, WORKER, ROOT = ("vp",), ("worker",), ("root",)
+VSP = ("vsp",)  # the root's VMBus server (issue 10)
 
 
 class Route(NamedTuple):
@@ -64,4 +66,11 @@ def build_routes(hv) -> dict[type, Route]:
         m.InputRequest: Route(root.on_input_request, ROOT),
         m.WorkerQueryRequest: Route(root.on_worker_query_request, ROOT),
         m.TraceSubscribe: Route(root.on_trace_subscribe, ROOT),
+        # From the vsp (hypervisor/synic_ports.py).
+        sm.SynicConnect: Route(hv.synic_ports.on_connect, VSP),
+        sm.SynicDisconnect: Route(hv.synic_ports.on_disconnect, VSP),
+        sm.SynicPost: Route(hv.synic_ports.on_post, VSP),
+        sm.SynicSignal: Route(hv.synic_ports.on_signal, VSP),
+        sm.GpaMapRequest: Route(hv.synic_ports.on_gpa_map, VSP),
+        m.IoRequest: Route(hv.io_requests.on_io_request, ROOT),
     }

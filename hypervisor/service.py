@@ -59,7 +59,10 @@ from hypervisor.peers import Peers
 from hypervisor.ratelog import RateLimitedLog
 from hypervisor.registers import VpRegisters
 from hypervisor.root_requests import RootRequests
+from hypervisor.io_requests import IoRequests
 from hypervisor.routes import build_routes
+from hypervisor.synic import Synic
+from hypervisor.synic_ports import SynicPorts
 from hypervisor.telemetry import Telemetry, Tracer
 from hypervisor.tlb import Tlbs
 
@@ -113,20 +116,30 @@ class Hypervisor:
         self.dispatcher = Dispatcher(lps=lps, router=router, outbox=self.outbox, counters=counters,
                                      tracer=self.tracer)
         self.sched = self.dispatcher.sched
-        self.hypercalls = Hypercalls(self.table, self.memory, self.tlb, VpRegisters(self.sched))
+        self.hypercalls = Hypercalls(self.table, self.memory, self.tlb, VpRegisters(self.sched),
+                                     wake=self.dispatcher.wake)
         self.interrupts = Interrupts(self.table, counters, self.dispatcher.wake)
+        # SynIC and synthetic timers (issue 10), and the ports of the root's VMBus server.
+        self.synic = Synic(self.table, self.memory, self.interrupts.assert_vector)
+        self.synic_ports = SynicPorts(table=self.table, synic=self.synic, memory=self.memory, outbox=self.outbox,
+                                      counters=counters)
+        self.hypercalls.synic_ports = self.synic_ports
         self.forwarding = Forwarding(router=router, outbox=self.outbox, counters=counters,
                                      resume=self.dispatcher.resume, tracer=self.tracer, pause=self.sched.pause)
         self.intercepts = Intercepts(dispatcher=self.dispatcher, forwarding=self.forwarding,
                                      interrupts=self.interrupts, tracer=self.tracer, outbox=self.outbox,
-                                     hypercalls=self.hypercalls, memory=self.memory, tlb=self.tlb)
+                                     hypercalls=self.hypercalls, memory=self.memory, tlb=self.tlb,
+                                     synic=self.synic)
         self.peers = Peers(secret=secret, session=self.session, table=self.table, sched=self.sched,
                            outbox=self.outbox, counters=counters, memory=self.memory, tlb=self.tlb,
-                           bind=router.bind)
+                           bind=router.bind, synic_ports=self.synic_ports)
         self.root_requests = RootRequests(table=self.table, router=router, outbox=self.outbox,
                                           intercepts=self.intercepts, dispatcher=self.dispatcher,
                                           forwarding=self.forwarding, tracer=self.tracer, memory=self.memory,
                                           interrupts=self.interrupts)
+        self.io_requests = IoRequests(table=self.table, outbox=self.outbox, memory=self.memory,
+                                      intercepts=self.intercepts, registers=self.hypercalls.registers,
+                                      interrupts=self.interrupts, forwarding=self.forwarding)
         self.telemetry = Telemetry(tracer=self.tracer, outbox=self.outbox, counters=counters,
                                    session=self.session, started_ns=self.started_ns, table=self.table,
                                    sched=self.sched, memory=self.memory, tlb=self.tlb, hypercalls=self.hypercalls,
@@ -139,6 +152,7 @@ class Hypervisor:
         router, routes, peers = self.router, self.routes, self.peers.by_identity
         counters, error = self.counters, self.outbox.error
         sched, interrupts, left_guest = self.sched, self.interrupts, self.dispatcher.left_guest
+        synic = self.synic
         next_housekeeping = time.monotonic_ns()
         while self.running:
             timeout = HOUSEKEEPING_INTERVAL_MS
@@ -146,6 +160,8 @@ class Hypervisor:
             next_timer = interrupts.next_timer_ns
             if next_timer is not None and (wake is None or next_timer < wake):
                 wake = next_timer
+            if synic.next_timer_ns is not None and (wake is None or synic.next_timer_ns < wake):
+                wake = synic.next_timer_ns
             if wake is not None:
                 timeout = max(0, min(timeout, -(-(wake - perf_counter_ns()) // 1_000_000)))
             if not router.wait(timeout):
@@ -154,6 +170,8 @@ class Hypervisor:
                         now = perf_counter_ns()
                         if interrupts.next_timer_ns is not None and now >= interrupts.next_timer_ns:
                             interrupts.fire_timers(now)
+                        if synic.next_timer_ns is not None and now >= synic.next_timer_ns:
+                            synic.fire_timers(now)
                         sched.tick(now)
                     if time.monotonic_ns() >= next_housekeeping:
                         next_housekeeping = self._housekeeping()
@@ -218,6 +236,8 @@ class Hypervisor:
             try:
                 if interrupts.next_timer_ns is not None and perf_counter_ns() >= interrupts.next_timer_ns:
                     interrupts.fire_timers(perf_counter_ns())
+                if synic.next_timer_ns is not None and perf_counter_ns() >= synic.next_timer_ns:
+                    synic.fire_timers(perf_counter_ns())
                 if wake is not None and sched.ready and perf_counter_ns() >= wake:
                     # A busy loop must not starve the scheduler: a VP that overran its quantum
                     # loses its LP to the ones waiting even while messages keep coming.
@@ -262,6 +282,8 @@ class Hypervisor:
         self.sched.tick(perf_counter_ns())
         self.forwarding.expire_queries(now)
         self.forwarding.check_workers(self.table, now)
+        self.synic.housekeeping()
+        self.synic_ports.housekeeping()
         return now + HOUSEKEEPING_INTERVAL_MS * 1_000_000
 
     def status(self) -> HypervisorStatus:

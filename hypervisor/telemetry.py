@@ -24,6 +24,7 @@ from proto.stats import PathStats, wire_count
 from proto.status import CpuStatus, HypercallStatus, HypervisorStatus, InterruptStatus, PartitionStatus, VpStatus
 
 from hypervisor.ratelog import RateLimitedLog
+from hypervisor.synic import partition_status
 
 log = logging.getLogger("hypervisor")
 
@@ -157,6 +158,7 @@ class Telemetry:
                 resets=part.resets,
                 unresponsive=part.unresponsive,
                 health_pauses=part.health_pauses,
+                synic=partition_status(part),
                 cpu=CpuStatus(part.cpu.reserve, part.cpu.limit, part.cpu.weight),
                 vps=[VpStatus(vp.index, vp.state.value, dict(vp.exits), vp.cr3, vp.faults, dict(vp.counters),
                               self._sched.vp_status(vp.sched, now), dict(vp.apic.counters),

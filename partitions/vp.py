@@ -298,6 +298,11 @@ class Vp:
         if perf_counter_ns() >= self._quantum_end:
             self._quantum_over()
 
+    def rdtsc(self) -> int:
+        """RDTSC, not intercepted: hvstack's TSC is the host's CLOCK_MONOTONIC in ns (a 1 GHz
+        invariant TSC, the same on every VP), which the reference TSC page scales."""
+        return perf_counter_ns()
+
     def _quantum_over(self) -> None:
         """The scheduler's timer fired: exit, and continue once dispatched again."""
         seq = self._next_seq()

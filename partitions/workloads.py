@@ -21,6 +21,7 @@ from proto.hvcall import (
 from partitions.drivers import vga
 from partitions.drivers.ata import SECTOR, AtaError
 from partitions.drivers.serial import COM1, SCR
+from partitions.synic_workloads import SYNIC_WORKLOADS
 from partitions.vp import Vp
 
 BATCH = 200  # operations per workload turn, so every workload gets time on every VP
@@ -387,6 +388,8 @@ WORKLOADS = {
     "tlb_reader": wl_tlb_reader,
     "tlb_flusher": wl_tlb_flusher,
 }
+# The SynIC's (issue 10): synthetic timer ticks, the reference time by TSC page and MSR.
+WORKLOADS.update(SYNIC_WORKLOADS)
 
 
 def run_workloads(vp: Vp, sys) -> dict[str, int]:

@@ -103,6 +103,31 @@ class HvMsr(enum.IntEnum):
     HV_X64_MSR_SIMP = 0x40000083
     HV_X64_MSR_EOM = 0x40000084
     HV_X64_MSR_GUEST_IDLE = 0x400000F0
+    # SynIC SINTs and synthetic timers (issue 10)
+    HV_X64_MSR_SINT0 = 0x40000090
+    HV_X64_MSR_SINT1 = 0x40000091
+    HV_X64_MSR_SINT2 = 0x40000092
+    HV_X64_MSR_SINT3 = 0x40000093
+    HV_X64_MSR_SINT4 = 0x40000094
+    HV_X64_MSR_SINT5 = 0x40000095
+    HV_X64_MSR_SINT6 = 0x40000096
+    HV_X64_MSR_SINT7 = 0x40000097
+    HV_X64_MSR_SINT8 = 0x40000098
+    HV_X64_MSR_SINT9 = 0x40000099
+    HV_X64_MSR_SINT10 = 0x4000009A
+    HV_X64_MSR_SINT11 = 0x4000009B
+    HV_X64_MSR_SINT12 = 0x4000009C
+    HV_X64_MSR_SINT13 = 0x4000009D
+    HV_X64_MSR_SINT14 = 0x4000009E
+    HV_X64_MSR_SINT15 = 0x4000009F
+    HV_X64_MSR_STIMER0_CONFIG = 0x400000B0
+    HV_X64_MSR_STIMER0_COUNT = 0x400000B1
+    HV_X64_MSR_STIMER1_CONFIG = 0x400000B2
+    HV_X64_MSR_STIMER1_COUNT = 0x400000B3
+    HV_X64_MSR_STIMER2_CONFIG = 0x400000B4
+    HV_X64_MSR_STIMER2_COUNT = 0x400000B5
+    HV_X64_MSR_STIMER3_CONFIG = 0x400000B6
+    HV_X64_MSR_STIMER3_COUNT = 0x400000B7
 
 
 class HvMessageType(enum.IntEnum):
@@ -188,6 +213,7 @@ class HvPrivilege(enum.IntFlag):
     AccessResetMsr = 1 << 7
     AccessPartitionReferenceTsc = 1 << 9
     AccessGuestIdleMsr = 1 << 10
+    AccessFrequencyMsrs = 1 << 11  # HV_X64_MSR_TSC_FREQUENCY and HV_X64_MSR_APIC_FREQUENCY
     CreatePartitions = 1 << 32
     AccessPartitionId = 1 << 33
     AccessMemoryPool = 1 << 34
@@ -239,6 +265,7 @@ HV_CHILD_ENLIGHTENED_PRIVILEGES = (
     | HvPrivilege.AccessApicMsrs
     | HvPrivilege.AccessHypercallMsrs
     | HvPrivilege.AccessVpIndex
+    | HvPrivilege.AccessFrequencyMsrs
 )
 # The root partition's privileges: the child's plus partition management.
 HV_ROOT_PRIVILEGES = (
@@ -266,7 +293,9 @@ VAR_HEADER_SHIFT, VAR_HEADER_MASK = 17, 0x3FF
 REP_COUNT_SHIFT, REP_START_SHIFT, REP_MASK = 32, 48, 0xFFF
 # RsvdZ: bits 31:27, 47:44 and 63:60.
 RESERVED_MASK = (0x1F << 27) | (0xF << 44) | (0xF << 60)
-# A fast call passes its input in RDX:R8; XMM fast input is not advertised.
+# A fast call passes its input in RDX:R8; XMM fast input (CPUID 0x40000003 EDX bit 4) is
+# not offered, so a fast call with more input than that is a #UD (TLFS "XMM Fast Hypercall
+# Input").
 FAST_INPUT_BYTES = 16
 
 
@@ -302,4 +331,15 @@ def control_value(code: int, fast: bool = False, rep_count: int = 0, rep_start: 
 def result_value(status: int, reps_completed: int = 0) -> int:
     return (status & 0xFFFF) | ((reps_completed & REP_MASK) << 32)
 
+
+# -- SynIC and synthetic timers (issue 10) --------------------------------------------------
+
+# CPUID 0x40000003 EDX bit 19: STIMERn_CONFIG DirectMode is available.
+HV_STIMER_DIRECT_MODE_AVAILABLE = 1 << 19
+# What the topology's SynIC enlightenments give a child (root/topology.py): the SynIC MSRs
+# with PostMessage and SignalEvent (VMBus needs both); the synthetic timers; the reference
+# TSC page.
+HV_SYNIC_PRIVILEGES = HvPrivilege.AccessSynicMsrs | HvPrivilege.PostMessages | HvPrivilege.SignalEvents
+HV_STIMER_PRIVILEGES = HvPrivilege.AccessSyntheticTimerMsrs
+HV_TSC_PAGE_PRIVILEGES = HvPrivilege.AccessPartitionReferenceTsc
 

@@ -78,6 +78,27 @@ HV_FLUSH_ALL_VIRTUAL_ADDRESS_SPACES = 1 << 1
 HV_FLUSH_NON_GLOBAL_MAPPINGS_ONLY = 1 << 2
 HV_FLUSH_USE_EXTENDED_RANGE_FORMAT = 1 << 3
 
+# -- sparse VP sets and the Ex calls (TLFS "HV_VP_SET", "Virtual Processor Set") ----------
+
+# HV_VP_SET: Format u64, ValidBanksMask u64, then BankContents u64 for each bank whose bit
+# is set in ValidBanksMask, lowest first (bank n holds VPs 64n..64n+63).  The bank contents
+# are the call's variable header: the input value's variable header size counts them.
+HV_VP_SET_HEADER = Struct("<QQ")
+HV_GENERIC_SET_SPARSE_4K = 0
+HV_GENERIC_SET_ALL = 1
+HV_VP_SET_BANKS = 64  # ValidBanksMask's bits: VP indices 0..4095
+# HvCallFlushVirtualAddressSpaceEx: AddressSpace u64, Flags u64, ProcessorSet HV_VP_SET.
+# HvCallFlushVirtualAddressListEx has the same header, then (after the banks) its rep list
+# of HV_GVAs.
+HV_INPUT_FLUSH_VIRTUAL_ADDRESS_SPACE_EX = Struct("<QQQQ")
+HV_INPUT_FLUSH_VIRTUAL_ADDRESS_LIST_EX = HV_INPUT_FLUSH_VIRTUAL_ADDRESS_SPACE_EX
+# HvCallSendSyntheticClusterIpi: Vector u32, TargetVtl u8, Reserved u8[3], ProcessorMask u64
+# (bit n = VP n; a fast call: in RDX and R8).
+HV_INPUT_SEND_SYNTHETIC_CLUSTER_IPI = Struct("<IB3xQ")
+# HvCallSendSyntheticClusterIpiEx: Vector u32, TargetVtl u8, Reserved u8[3], ProcessorSet
+# HV_VP_SET.
+HV_INPUT_SEND_SYNTHETIC_CLUSTER_IPI_EX = Struct("<IB3xQQ")
+
 # -- scheduling hints ---------------------------------------------------------------------
 
 # HvCallNotifyLongSpinWait: SpinCount u32 (a fast call: in RDX).
@@ -124,6 +145,23 @@ __all__ = [
     "HV_FLUSH_NON_GLOBAL_MAPPINGS_ONLY",
     "HV_FLUSH_USE_EXTENDED_RANGE_FORMAT",
     "HV_INPUT_NOTIFY_LONG_SPIN_WAIT",
+    "HV_VP_SET_HEADER",
+    "HV_GENERIC_SET_SPARSE_4K",
+    "HV_GENERIC_SET_ALL",
+    "HV_VP_SET_BANKS",
+    "HV_INPUT_FLUSH_VIRTUAL_ADDRESS_SPACE_EX",
+    "HV_INPUT_FLUSH_VIRTUAL_ADDRESS_LIST_EX",
+    "HV_INPUT_SEND_SYNTHETIC_CLUSTER_IPI",
+    "HV_INPUT_SEND_SYNTHETIC_CLUSTER_IPI_EX",
     "pack_rep",
     "unpack_rep",
 ]
+
+
+# -- SynIC (TLFS inter-partition communication) -------------------------------------------
+
+# HvCallPostMessage: ConnectionId u32, RsvdZ u32, MessageType u32, PayloadSize u32, then
+# Message[240] (Linux struct hv_input_post_message, 256 bytes in all).
+HV_INPUT_POST_MESSAGE = Struct("<IIII")
+# HvCallSignalEvent (memory or fast, RDX): ConnectionId u32, FlagNumber u16, RsvdZ u16.
+HV_INPUT_SIGNAL_EVENT = Struct("<IHH")

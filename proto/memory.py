@@ -22,6 +22,8 @@ from __future__ import annotations
 import mmap
 import os
 
+from proto.atomic import fetch_and_u8
+
 PAGE_SIZE = 4096
 PAGE_SHIFT = 12
 SLAT_INVALID = 0xFFFFFFFF
@@ -115,6 +117,11 @@ class GuestMemory:
             self._pool[off:off + size] = value.to_bytes(size, "little")
         else:
             self.write(gpa, value.to_bytes(size, "little"))
+
+    def fetch_and_u8(self, gpa: int, mask: int) -> int:
+        """``lock and byte [gpa], mask``, atomic against the hypervisor's writes too (the
+        SynIC's event flags: :mod:`proto.atomic`); the byte's old value."""
+        return fetch_and_u8(self._pool, self.host_offset(gpa), mask)
 
     def close(self) -> None:
         self._slat.release()

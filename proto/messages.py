@@ -47,7 +47,7 @@ MAX_FRAME_BYTES = 1 << 20
 # One page: TLFS hypercall parameter blocks must not cross a page.
 HV_PAGE_SIZE = 4096
 
-ROLES = ("root", "worker", "vp")
+ROLES = ("root", "worker", "vp", "vsp")  # vsp: the root's VMBus server (issue 10)
 ACCESS_SIZES = (1, 2, 4)
 MMIO_SIZES = (1, 2, 4, 8)
 # VpResume.fault value that is not an x86 exception: the partition is being reset (INIT),
@@ -241,6 +241,7 @@ ERROR_CODES = (
     "STALE",  # a completion for a request that is not pending
     "OUT_OF_TURN",  # a message the sender's state does not allow now, e.g. an exit from a VP not in guest mode
     "INTERNAL",  # the hypervisor failed handling the message (a bug: logged and counted)
+    "UNMAPPED_GPA",  # io: a guest physical address the partition's memory map does not have
 )
 
 # ---------------------------------------------------------------------------------------
@@ -663,3 +664,9 @@ __all__ = [
     "ConsoleData",
     "InputRequest",
 ]
+
+# The SynIC's messages (ids 70–84) register themselves in REGISTRY on import, so that
+# decode() knows every message whoever imports this module.
+from proto import synic_messages as _synic_messages  # noqa: E402,F401
+# io's qtest-style operations (ids 50–59): their own module, registered here.
+from proto.io_messages import IoReply, IoRequest, WorkerClockStep  # noqa: E402,F401

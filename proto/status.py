@@ -13,7 +13,7 @@ order.  Names in maps keyed by name (exits, counters, paths) are the ones
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from proto.errors import Refused
 from proto.stats import PathStats
@@ -247,6 +247,10 @@ class PartitionStatus:
     # for the worker (none is completed in its place); cleared when the worker answers.
     unresponsive: bool = False
     health_pauses: int = 0  # times it was paused for that
+    # Its SynIC and synthetic timers, summed over its VPs (hypervisor/synic.py): messages
+    # posted and delivered, slots found busy, event flags signalled, EOMs, messages queued
+    # now, timer expiries and missed ticks.
+    synic: dict[str, int] = field(default_factory=dict)
 
     def to_wire(self) -> dict:
         return {
@@ -270,6 +274,7 @@ class PartitionStatus:
             "paths": {name: st.to_wire() for name, st in self.paths.items()},
             "unresponsive": self.unresponsive,
             "health_pauses": self.health_pauses,
+            "synic": dict(self.synic),
         }
 
     @classmethod
@@ -279,7 +284,7 @@ class PartitionStatus:
                    d["unclaimed_reads"], d["unclaimed_writes"], d["unmapped_gpa"], d["worker_timeouts"],
                    d["resets"], CpuStatus.from_wire(d["cpu"]), [VpStatus.from_wire(vp) for vp in d["vps"]],
                    dict(d["guest"]), {name: PathStats.from_wire(st) for name, st in d["paths"].items()},
-                   d.get("unresponsive", False), d.get("health_pauses", 0))
+                   d.get("unresponsive", False), d.get("health_pauses", 0), dict(d.get("synic", {})))
 
 
 # -- the whole -------------------------------------------------------------------------------

@@ -196,6 +196,15 @@ class RootClient:
             raise Refused("UNEXPECTED", f"expected vp_resume, got {reply.NAME}")
         return reply
 
+    def io_request(self, partition: int, vp: int, op: str, a: int = 0, b: int = 0, c: int = 0,
+                   data: bytes = b"") -> m.IoReply | m.WorkerQueryReply:
+        """One of io's qtest operations (:data:`proto.io_messages.IO_OPS`); ``clock_step`` on
+        a partition with a worker is answered by the worker's ``worker_query_reply``."""
+        reply = self.dealer.request(m.IoRequest(self._next_seq(), partition, vp, op, a, b, c, data), self.timeout_ms)
+        if not isinstance(reply, (m.IoReply, m.WorkerQueryReply)):
+            raise Refused("UNEXPECTED", f"expected io_reply, got {reply.NAME}")
+        return reply
+
     def send_input(self, partition: int, device: str, data: bytes) -> None:
         """Bytes for a partition's console UART, or scancodes for its keyboard."""
         self.dealer.request(m.InputRequest(partition, device, data), self.timeout_ms)

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import psutil
 
-from proto.errors import Refused
 from proto.stats import PathStats
 from root import REPO
 from root.client import RootClient
-from root.commands.io import parse_ops, run_op
+from root.commands.io import result_line, run_ops
 from root.procs import PR_SET_PDEATHSIG
 
 DEFAULT_MIN_SAMPLES = 500
@@ -170,19 +169,13 @@ class HvstackRun:
     def io(self, partition: str | int, *ops, vp: int = 0) -> list[str]:
         """Execute instructions on behalf of a VP, as ``launch.py io`` does: ``run.io("alpha",
         "outb", "0x3ff", "0x5a", "inb", "0x3ff")`` → ``["OK", "OK 0x5a"]``.  An operation the
-        hypervisor refuses gives an ``ERR …`` line; a malformed one raises ValueError."""
+        hypervisor refuses gives an ``ERR CODE text`` line; a malformed one raises ValueError.
+        One call is one io session (``wait_irq`` keeps what else it saw for the next
+        ``irqs``)."""
         tokens = [str(t) for t in ops]
-        parsed = parse_ops(tokens)
-        if not parsed:
+        if not tokens:
             raise ValueError("io needs at least one operation")
-        pid = self.partition_id(partition)
-        out = []
-        for op, operands in parsed:
-            try:
-                out.append(run_op(self.client(), pid, vp, op, operands))
-            except (ValueError, Refused) as e:
-                out.append(f"ERR {e}")
-        return out
+        return [result_line(r) for r in run_ops(self.client(), self.partition_id(partition), vp, tokens)]
 
     def console(self, partition: str) -> str:
         """What the partition's console (its first UART) has printed so far."""

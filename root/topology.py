@@ -17,6 +17,7 @@ from pathlib import Path
 
 from partitions.workloads import WORKLOADS as GUEST_WORKLOADS
 from proto.codes import HV_CHILD_ENLIGHTENED_PRIVILEGES, HV_SPIN_RETRY_NEVER, HvPrivilege, HvRecommendation
+from proto.codes import HV_STIMER_PRIVILEGES, HV_SYNIC_PRIVILEGES, HV_TSC_PAGE_PRIVILEGES
 from proto.errors import ConfigError
 from root import REPO
 from worker.devices.config import CHIPSETS, DEVICE_KEYS, DEVICE_TYPES, ISA_IRQS
@@ -31,15 +32,27 @@ ENLIGHTENMENTS = {
     "hypercall": HvPrivilege.AccessHypercallMsrs,
     "vp_index": HvPrivilege.AccessVpIndex,
     "reference_counter": HvPrivilege.AccessPartitionReferenceCounter,
+    "frequency_msrs": HvPrivilege.AccessFrequencyMsrs,  # HV_X64_MSR_APIC_FREQUENCY
 }
 assert sum(ENLIGHTENMENTS.values()) == HV_CHILD_ENLIGHTENED_PRIVILEGES
+# Offered only where a topology names them (issue 10): the SynIC (with PostMessage and
+# SignalEvent), the synthetic timers, the reference TSC page.
+ENLIGHTENMENTS.update({"synic": HV_SYNIC_PRIVILEGES, "stimer": HV_STIMER_PRIVILEGES,
+                       "tsc_page": HV_TSC_PAGE_PRIVILEGES})
 RECOMMENDATIONS = {
     "address_space_switch_hypercall": HvRecommendation.UseHypercallForAddressSpaceSwitch,
     "local_flush_hypercall": HvRecommendation.UseHypercallForLocalFlush,
     "remote_flush_hypercall": HvRecommendation.UseHypercallForRemoteFlush,
     "apic_msrs": HvRecommendation.UseApicMsrs,
     "relaxed_timing": HvRecommendation.UseRelaxedTiming,
+    "cluster_ipi": HvRecommendation.UseSyntheticClusterIpi,  # HvCallSendSyntheticClusterIpi(Ex)
+    "ex_processor_masks": HvRecommendation.UseExProcessorMasks,  # the HV_VP_SET (Ex) calls
 }
+# VPs a partition may have here.  The hypervisor takes what an HV_VP_SET can name (4096);
+# this machine's stack gives each VP a thread and a ZeroMQ connection, and the xAPIC's
+# 8-bit IDs (CPUID 1 EBX, the ICR's destination) stop at 255, so a topology asks for at
+# most 128: room for VP indices past 64, which need the Ex calls.
+MAX_VPS = 128
 # The workloads a partition may run: the guest's own table.
 WORKLOADS = tuple(GUEST_WORKLOADS)
 # The devices a topology may name and the settings each takes (DEVICE_KEYS), the chipsets,
@@ -221,8 +234,8 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
             raise err(t, i, "name", f"{pname!r} is used by another partition")
         names.add(pname)
         vps = get(p, "vps", int, t, i, 1)
-        if not 1 <= vps <= 64:
-            raise err(t, i, "vps", f"{vps} is outside 1..64")
+        if not 1 <= vps <= MAX_VPS:
+            raise err(t, i, "vps", f"{vps} is outside 1..{MAX_VPS}")
         mem = get(p, "memory_mb", int, t, i, 16)
         if not 1 <= mem <= 4096:
             raise err(t, i, "memory_mb", f"{mem} is outside 1..4096")

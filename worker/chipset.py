@@ -25,7 +25,7 @@ from worker.backends import DiskFile, NvramFile
 from worker.bus import MmioBus, PortBus
 from worker.devices.ata import AtaDisk
 from worker.devices.backends import ConsoleSink, NullConsole
-from worker.devices.base import IrqLine, MonotonicClock, NullIrqLine
+from worker.devices.base import IrqLine, NullIrqLine, SteppableClock
 from worker.devices.cmos_rtc import NVRAM_SIZE, CmosRtc
 from worker.devices.config import DEVICE_TYPES, DiskImageSettings, NvramSettings
 from worker.devices.i8042 import I8042
@@ -57,7 +57,7 @@ class Chipset:
     def __init__(self, devices: list[dict], console: ConsoleSink | None = None) -> None:
         self.bus = PortBus()
         self.mmio = MmioBus()
-        self.clock = MonotonicClock()
+        self.clock = SteppableClock()  # `io clock_step` moves it on
         self.console_sink = console if console is not None else NullConsole()  # every UART's
         self.devices = []
         self.by_name: dict[str, object] = {}

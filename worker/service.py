@@ -136,7 +136,7 @@ class Worker:
     def _poll_devices(self) -> None:
         if self._backlog:
             self._feed_input()
-        self._deadline = self.chipset.bus.poll(time.monotonic_ns())
+        self._deadline = self.chipset.bus.poll(self.chipset.clock.now_ns())
         self._signal_chipset()
 
     def serve(self) -> None:
@@ -154,7 +154,7 @@ class Worker:
             if console.pending:
                 timeout = 1
             if self._deadline is not None:
-                timeout = max(0, min(timeout, -(-(self._deadline - time.monotonic_ns()) // 1_000_000)))
+                timeout = max(0, min(timeout, -(-(self._deadline - self.chipset.clock.now_ns()) // 1_000_000)))
             if any(self._backlog.values()):
                 timeout = min(timeout, 10)  # keep feeding input as the guest drains it
             if not wait(timeout):
@@ -243,6 +243,12 @@ class Worker:
                 answer = self.chipset.screen() if msg.query == "screen" else self.chipset.device_stats()
                 result = answer.to_wire() if answer is not None else {QUERY_ERROR: "this partition has no VGA"}
             self.dealer.send(m.WorkerQueryReply(msg.ref, result).encode())
+        elif cls is m.WorkerClockStep:
+            # `io clock_step`: the devices' time jumps forward; what fell due in between
+            # (PIT and RTC interrupts) is raised now, as the poll catches up.
+            self.chipset.clock.step(msg.ns)
+            self._poll_devices()
+            self.dealer.send(m.WorkerQueryReply(msg.ref, {"clock_offset_ns": self.chipset.clock.offset_ns}).encode())
         elif cls is m.ErrorReply:
             log.error("hypervisor refused %s: %s", m.REGISTRY.get(msg.ref_type, m.Message).__name__,
                       Refused(msg.code, msg.message))

@@ -98,6 +98,8 @@ def run(args) -> int:
         print(f"\npartition {names.get(p.id, p.id)} (id {p.id}): {p.state}{health}, "
               f"worker {'up' if p.worker else 'missing'}, unclaimed I/O {p.unclaimed_reads}r/"
               f"{p.unclaimed_writes}w, worker timeouts {p.worker_timeouts}")
+        if any(p.synic.values()):
+            print("  synic: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in p.synic.items()))
         cg = man.get("cpu_cgroups", {}).get(names.get(p.id, ""))
         if cg:
             print(f"  {cg['note']}")

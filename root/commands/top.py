@@ -167,7 +167,10 @@ def top_sample(run_name: str, man: dict, before: HypervisorStatus, after: Hyperv
             "cpu_percent": round(sum(r["cpu_percent"] or 0 for r in mine), 1),
             "rss_bytes": sum(r["rss_bytes"] or 0 for r in mine),
             "ctx_switches_per_s": round(sum(r["ctx_switches_per_s"] or 0 for r in mine), 1),
-            "paths": paths})
+            "paths": paths,
+            # SynIC counters and their rates (issue 10).
+            "synic": dict(p.synic), "synic_per_s": {k: round(max(0, v - (old.synic.get(k, 0) if old else 0)) / dt, 1)
+                                                    for k, v in p.synic.items() if k != "queued"}})
     part_key = {
         "name": lambda p: p["name"], "exits": lambda p: (-p["exits_per_s_total"], p["name"]),
         "cpu": lambda p: (-p["cpu_percent"], p["name"]), "rss": lambda p: (-p["rss_bytes"], p["name"]),
@@ -215,6 +218,14 @@ def render_top(s: dict) -> str:
         lines += ["", f"{p['name']}: exits by reason"]
         if erows:
             lines.append(indent(table(["reason", "total", "%total", "now/s"], erows)))
+        syn = p.get("synic", {})
+        if any(syn.values()):
+            rate = p.get("synic_per_s", {})
+            lines.append(f"  synic: messages posted {syn.get('messages_posted', 0)} ({rate.get('messages_posted', 0):.0f}/s), "
+                         f"slots busy {syn.get('slots_busy', 0)}, signals {syn.get('signals', 0)} "
+                         f"({rate.get('signals', 0):.0f}/s), queued {syn.get('queued', 0)}, "
+                         f"stimer fired {syn.get('stimer_fired', 0)} ({rate.get('stimer_fired', 0):.0f}/s) "
+                         f"missed {syn.get('stimer_missed', 0)}")
         prows = [[path_label(k), str(v["count"]), f"{v['per_s']:.0f}", f"{v['p50_us']:.1f}",
                   f"{v['p99_us']:.1f}", *((f"{v['interval']['p50_us']:.1f}", f"{v['interval']['p99_us']:.1f}")
                                            if v["interval"]["count"] else ("-", "-"))]

@@ -31,7 +31,7 @@ def test_the_default_topology_runs_and_prints_banners_and_tables():
 
 @pytest.mark.parametrize("text, where, what", [
     ("[run]\nduration_s = 'soon'\n[[partition]]\nname='a'\n", ":2:", "duration_s: expected float"),
-    ("[run]\n[[partition]]\nname = 'a'\nvps = 0\n", ":4:", "vps: 0 is outside 1..64"),
+    ("[run]\n[[partition]]\nname = 'a'\nvps = 0\n", ":4:", "vps: 0 is outside 1..128"),
     ("[[partition]]\nname = 'a'\n\n[[partition]]\nname = 'b'\nworkloads = ['dance']\n", ":6:", "unknown 'dance'"),
     ("[[partition]]\nname = 'a'\ncolour = 'red'\n", ":3:", "colour: unknown key"),
     ("[[partition]]\nname = 'a'\n[[partition.device]]\ntype = 'sb16'\n", ":4:", "unknown device 'sb16'"),

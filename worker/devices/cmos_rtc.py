@@ -110,8 +110,13 @@ REG_B_DEFAULT = REG_B_24H
 
 NS_PER_S = 1_000_000_000
 TIMEBASE_HZ = 32_768
-# UIP rises this long before an update (tBUC = 244 us: 8 cycles of the 32.768 kHz base).
+# MC146818A datasheet, "Update Cycle" and its AC table: UIP rises tBUC = 244 us (8 cycles of
+# the 32.768 kHz base) before an update begins and stays high for the update cycle itself,
+# tUC = 1984 us (65 cycles), so ≈ 2228 us of every second.  The time registers turn at the
+# start of the update cycle here (the chip leaves them undefined during it), so a guest that
+# waits for UIP to fall, as QEMU's rtc-test and BIOSes do, reads the new second.
 UIP_LEAD_NS = 8 * NS_PER_S // TIMEBASE_HZ
+UPDATE_CYCLE_NS = 65 * NS_PER_S // TIMEBASE_HZ
 # Leaving divider reset (DV = 11x) puts the chain half-way through a second.
 DIVIDER_RESTART_NS = NS_PER_S // 2
 
@@ -422,7 +427,10 @@ class CmosRtc(ChipsetDevice):
     def _update_in_progress(self, now: int) -> bool:
         if not self._counting():
             return False  # SET clears UIP; a stopped divider makes no updates
-        return (now - self.state.divider_ns) % NS_PER_S >= NS_PER_S - UIP_LEAD_NS
+        phase = (now - self.state.divider_ns) % NS_PER_S
+        # Before the first update after a divider restart the phase starts at 500 ms, so
+        # the tail of an update that never happened is never seen.
+        return phase >= NS_PER_S - UIP_LEAD_NS or phase < UPDATE_CYCLE_NS
 
     def _periodic_cycles(self) -> int | None:
         """Periodic interrupt period in 32.768 kHz cycles, None when RS = 0 or no divider."""

@@ -101,7 +101,7 @@ def test_it_reads_a_known_date_in_binary():
 
 
 def test_register_d_reports_valid_ram_and_time_and_a_holds_the_bios_defaults():
-    rtc, _, _ = make_rtc()
+    rtc, _, _ = make_rtc(wall=posix(2024, 2, 29, 13, 45, 30) + 0.5)  # not in an update cycle
     assert read(rtc, REG_D) == 0x80
     assert read(rtc, REG_A) == 0x26
     assert read(rtc, REG_B) == H24
@@ -165,7 +165,9 @@ def test_a_fractional_wall_clock_start_makes_the_first_update_come_early():
     assert read(rtc, SEC) == 0x01
 
 
-def test_uip_is_set_only_for_the_244_us_before_each_update():
+def test_uip_rises_244_us_before_the_update_and_stays_through_the_update_cycle():
+    """MC146818A datasheet, "Update Cycle" / AC characteristics: tBUC = 244 us before the
+    update, tUC = 1984 us of update cycle; UIP is high for both (≈ 2228 us a second)."""
     rtc, clock, _ = make_rtc(wall=posix(2024, 1, 1) + 0.5)  # next update 500 ms away
     assert not read(rtc, REG_A) & UIP
     clock.advance(500 * MS - 244_141)
@@ -175,9 +177,25 @@ def test_uip_is_set_only_for_the_244_us_before_each_update():
     clock.advance(244_139)
     assert read(rtc, REG_A) & UIP
     assert read(rtc, SEC) == 0x00
+    clock.advance(1)  # the update cycle begins: the new second, UIP still high
+    assert read(rtc, REG_A) & UIP
+    assert read(rtc, SEC) == 0x01
+    clock.advance(1_983_641)  # 65 cycles of 32.768 kHz = 1983.642 us
+    assert read(rtc, REG_A) & UIP
     clock.advance(1)
     assert not read(rtc, REG_A) & UIP
     assert read(rtc, SEC) == 0x01
+
+
+def test_uip_is_high_about_2228_us_of_every_second():
+    """A poller sampling register A every 10 us sees UIP for tBUC + tUC of each second."""
+    rtc, clock, _ = make_rtc(wall=posix(2024, 1, 1) + 0.5)
+    clock.advance(400 * MS)
+    high = 0
+    for _ in range(200 * 1000 // 10):  # 200 ms around the update, in 10 us steps
+        clock.advance(10_000)
+        high += bool(read(rtc, REG_A) & UIP)
+    assert high * 10 in range(2220, 2240)
 
 
 def test_uip_stays_clear_while_set_holds_the_clock():
@@ -393,7 +411,7 @@ def test_the_index_port_reads_as_all_ones():
 
 
 def test_registers_c_and_d_ignore_writes_and_uip_is_read_only():
-    rtc, _, _ = make_rtc()
+    rtc, _, _ = make_rtc(wall=posix(2024, 2, 29, 13, 45, 30) + 0.5)  # not in an update cycle
     write(rtc, REG_C, 0xF0)
     write(rtc, REG_D, 0x00)
     write(rtc, REG_A, 0xA6)

@@ -86,3 +86,27 @@ def test_clearing_the_guest_os_id_disables_hypercalls():
     msrs.wrmsr(p, VirtualProcessor(0), HvMsr.HV_X64_MSR_HYPERCALL, 0xFF000 | 1)
     msrs.wrmsr(p, VirtualProcessor(0), HvMsr.HV_X64_MSR_GUEST_OS_ID, 0)
     assert not p.hypercalls_enabled
+
+
+def test_apic_frequency_is_gated_by_the_frequency_msrs_privilege_not_the_apic_msrs_one():
+    """TLFS "Partition Privilege Flags": AccessFrequencyMsrs (bit 11) grants
+    HV_X64_MSR_TSC_FREQUENCY and HV_X64_MSR_APIC_FREQUENCY; AccessApicMsrs (bit 4) is the
+    EOI/ICR/TPR MSRs and the VP assist page."""
+    from proto.codes import HvPrivilege
+    from hypervisor.apic import APIC_TIMER_HZ
+    apic_only = Partition(1, privileges=int(HvPrivilege.AccessApicMsrs))
+    vp = VirtualProcessor(0)
+    assert msrs.rdmsr(apic_only, vp, HvMsr.HV_X64_MSR_APIC_FREQUENCY) == (X86Exception.GP, 0)
+    assert msrs.rdmsr(apic_only, vp, HvMsr.HV_X64_MSR_TPR)[0] == X86Exception.NONE
+    freq_only = Partition(2, privileges=int(HvPrivilege.AccessFrequencyMsrs))
+    assert msrs.rdmsr(freq_only, vp, HvMsr.HV_X64_MSR_APIC_FREQUENCY) == (X86Exception.NONE, APIC_TIMER_HZ)
+    assert msrs.rdmsr(freq_only, vp, HvMsr.HV_X64_MSR_TPR)[0] == X86Exception.GP
+    assert msrs.wrmsr(freq_only, vp, HvMsr.HV_X64_MSR_APIC_FREQUENCY, 1) == X86Exception.GP  # read-only
+
+
+def test_the_hypercall_msr_keeps_its_gpfn_with_enable_clear_while_the_guest_os_id_is_0():
+    """TLFS "Establishing the Hypercall Interface": Enable cannot be set while the guest OS
+    ID is 0; the rest of the write is kept (KVM drops the whole write)."""
+    p = enlightened()
+    msrs.wrmsr(p, VirtualProcessor(0), HvMsr.HV_X64_MSR_HYPERCALL, 0xFF000 | 1)
+    assert msrs.rdmsr(p, VirtualProcessor(0), HvMsr.HV_X64_MSR_HYPERCALL) == (X86Exception.NONE, 0xFF000)

@@ -93,9 +93,52 @@ def test_a_variable_header_where_none_is_taken_is_invalid_input(hc):
     assert call(hc, child(hc), control, b"\x01\0\0\0")[0] == S.HV_STATUS_INVALID_HYPERCALL_INPUT
 
 
-def test_fast_input_larger_than_two_registers_is_invalid_input(hc):
+def test_fast_input_larger_than_two_registers_is_invalid_input_for_the_root(hc):
+    """The root's own calls are messages, not instructions: no #UD, a status."""
     control = control_value(C.HvCallNotifyLongSpinWait, fast=True)
-    assert call(hc, child(hc), control, bytes(17))[0] == S.HV_STATUS_INVALID_HYPERCALL_INPUT
+    assert call(hc, root(), control, bytes(17))[0] == S.HV_STATUS_INVALID_HYPERCALL_INPUT
+
+
+def test_fast_input_larger_than_two_registers_is_a_ud_for_a_guest(hc):
+    """TLFS "XMM Fast Hypercall Input": XMM input is not offered here, so using it is #UD."""
+    control = control_value(C.HvCallNotifyLongSpinWait, fast=True)
+    assert Hypercalls.fault(control, bytes(17)) == 6
+    assert Hypercalls.fault(control, bytes(16)) == 0
+    assert Hypercalls.fault(control_value(C.HvCallNotifyLongSpinWait), bytes(4096)) == 0  # not fast: a page
+
+
+def test_notify_long_spin_wait_succeeds_even_where_never_notify_is_advertised(hc):
+    """TLFS "HvCallNotifyLongSpinWait": advisory, always succeeds (KVM may refuse it)."""
+    caller = child(hc)
+    caller.partition.spin_retry = 0xFFFFFFFF
+    control = control_value(C.HvCallNotifyLongSpinWait, fast=True)
+    assert call(hc, caller, control, struct.pack("<I", 1))[0] == S.HV_STATUS_SUCCESS
+
+
+def test_error_checks_come_in_the_documented_order(hc):
+    """The module's order: code, privilege, input value, unimplemented, block length,
+    partition id.  Each pair below has both errors; the first listed wins."""
+    bad_bits = 1 << 31
+    # unknown code beats everything
+    assert call(hc, child(hc), 0x7777 | bad_bits)[0] == S.HV_STATUS_INVALID_HYPERCALL_CODE
+    # privilege beats reserved bits and short input
+    assert call(hc, child(hc), control_value(C.HvCallInitializePartition) | bad_bits)[0] == S.HV_STATUS_ACCESS_DENIED
+    # reserved bits beat the unknown partition
+    assert call(hc, root(), control_value(C.HvCallInitializePartition) | bad_bits, struct.pack("<Q", 99))[0] \
+        == S.HV_STATUS_INVALID_HYPERCALL_INPUT
+    # a short block beats the unknown partition
+    assert call(hc, root(), control_value(C.HvCallInitializePartition), b"\x63")[0] \
+        == S.HV_STATUS_INVALID_HYPERCALL_INPUT
+    assert call(hc, root(), control_value(C.HvCallInitializePartition), struct.pack("<Q", 99))[0] \
+        == S.HV_STATUS_INVALID_PARTITION_ID
+
+
+def test_an_unrecommended_flush_call_is_still_made(hc):
+    """TLFS "Implementation Recommendations": advice, not a privilege (KVM may refuse)."""
+    caller = child(hc)
+    assert caller.partition.recommendations == 0
+    control = control_value(C.HvCallFlushVirtualAddressSpace)
+    assert call(hc, caller, control, struct.pack("<QQQ", 0x1000, 0, 1))[0] == S.HV_STATUS_SUCCESS
 
 
 def test_notify_long_spin_wait_always_succeeds(hc):
@@ -104,7 +147,7 @@ def test_notify_long_spin_wait_always_succeeds(hc):
 
 
 def test_a_known_call_this_hypervisor_lacks_is_invalid_code_not_a_crash(hc):
-    assert call(hc, child(hc), control_value(C.HvCallFlushVirtualAddressSpaceEx))[0] \
+    assert call(hc, child(hc), control_value(C.HvCallTranslateVirtualAddress))[0] \
         == S.HV_STATUS_INVALID_HYPERCALL_CODE
 
 

@@ -335,3 +335,19 @@ def test_one_stall_is_one_health_pause_however_the_late_answers_interleave(two):
     two.hv._housekeeping()  # …before its second answer arrives
     assert two.part(1).health_pauses == 1 and not two.part(1).unresponsive
     assert two.part(1).worker_timeouts == 1
+
+
+def test_a_fast_call_with_xmm_input_not_offered_is_an_undefined_instruction(two):
+    """TLFS "Hypercall Interface" › "XMM Fast Hypercall Input": any use of XMM input where
+    CPUID 0x40000003 EDX bit 4 does not offer it is a #UD — a fault, before any status."""
+    two.enable_hypercalls(V10)
+    control = control_value(C.HvCallFlushVirtualAddressSpace, fast=True)
+    r = resume_of(two.exit(V10, m.HypercallIntercept(25, control, bytes(24), stamps(), REGS)))
+    assert (r.fault, r.rax) == (X86Exception.UD, 0)
+    # Even a call the partition may not make: #UD comes before ACCESS_DENIED.
+    r = resume_of(two.exit(V10, m.HypercallIntercept(26, control_value(C.HvCallCreatePartition, fast=True),
+                                                     bytes(32), stamps(), REGS)))
+    assert r.fault == X86Exception.UD
+    # 16 bytes fit RDX:R8: a status, no fault.
+    r = resume_of(two.exit(V10, spin_wait(27)))
+    assert r.fault == 0 and r.rax & 0xFFFF == HvStatus.HV_STATUS_SUCCESS

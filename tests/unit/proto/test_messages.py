@@ -49,10 +49,29 @@ EXAMPLES = {
     m.StatusRequest: m.StatusRequest(),
     m.StatusReply: m.StatusReply({"pid": 1, "partitions": []}),
     m.ExecuteRequest: m.ExecuteRequest(1, 2, 0, "outb", 0x3FF, 0x41, b""),
+    m.IoRequest: m.IoRequest(3, 1, 64, "hypercall_gpa", 0x13, 0x2000, 0x3000, b""),
+    m.IoReply: m.IoReply(3, 0, 0, b"\x20\x24", 0),
+    m.WorkerClockStep: m.WorkerClockStep(9, 20_000_000),
     m.ConsoleSubscribe: m.ConsoleSubscribe(1),
     m.ConsoleData: m.ConsoleData(1, b"hi"),
     m.InputRequest: m.InputRequest(1, "console", b"ls\r"),
 }
+
+# SynIC ↔ vsp (issue 10, proto/synic_messages.py; ids 70–79).
+from proto import synic_messages as sm  # noqa: E402
+
+EXAMPLES.update({
+    sm.SynicConnect: sm.SynicConnect(1, 4, "message"),
+    sm.SynicDisconnect: sm.SynicDisconnect(1, 4),
+    sm.SynicMessageToRoot: sm.SynicMessageToRoot(1, 0, 4, 1, b"\x0e\x00\x00\x00" + bytes(36)),
+    sm.SynicEventToRoot: sm.SynicEventToRoot(1, 1, 0x2001, 0),
+    sm.SynicPost: sm.SynicPost(1, 0, 2, 1, b"\x0f\x00\x00\x00" + bytes(12)),
+    sm.SynicPostResult: sm.SynicPostResult(1, 0),
+    sm.SynicSignal: sm.SynicSignal(1, 0, 2, 7),
+    sm.SynicSignalResult: sm.SynicSignalResult(1, 0x18),
+    sm.GpaMapRequest: sm.GpaMapRequest(1, ((0x200, 16), (0x300, 1)), True),
+    sm.GpaMapReply: sm.GpaMapReply(1, 0, "run/mem-1.bin", ((0x200, 16), (0x300, 1))),
+})
 
 
 def test_every_registered_message_has_an_example():

@@ -287,7 +287,7 @@ def test_run_of_a_bad_topology_names_file_line_and_key_and_is_status_2(runs, tmp
     cfg = tmp_path / "bad.toml"
     cfg.write_text("[run]\n[[partition]]\nname = 'a'\nvps = 0\n")
     assert main(["run", str(cfg)]) == 2
-    assert capsys.readouterr().err == f"launch.py: {cfg}:4: [[partition]] #1 vps: 0 is outside 1..64\n"
+    assert capsys.readouterr().err == f"launch.py: {cfg}:4: [[partition]] #1 vps: 0 is outside 1..128\n"
     assert not any(runs.iterdir()), "no run directory for a topology that cannot run"
 
 

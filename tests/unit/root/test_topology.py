@@ -67,7 +67,7 @@ def test_workload_names_are_the_guests():
 
 @pytest.mark.parametrize("text, where, what", [
     ("[run]\nduration_s = 'soon'\n[[partition]]\nname='a'\n", ":2:", "[run] duration_s: expected float"),
-    ("[run]\n[[partition]]\nname = 'a'\nvps = 0\n", ":4:", "[[partition]] #1 vps: 0 is outside 1..64"),
+    ("[run]\n[[partition]]\nname = 'a'\nvps = 0\n", ":4:", "[[partition]] #1 vps: 0 is outside 1..128"),
     ("[[partition]]\nname = 'a'\n\n[[partition]]\nname = 'b'\nworkloads = ['dance']\n", ":6:",
      "[[partition]] #2 workloads: unknown 'dance'"),
     ("[[partition]]\nname = 'a'\ncolour = 'red'\n", ":3:", "colour: unknown key"),
@@ -89,3 +89,17 @@ def test_a_bad_topology_names_file_line_and_key(tmp_path, text, where, what):
 def test_a_missing_topology_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="nope.toml: cannot read: No such file"):
         read_topology(str(tmp_path / "nope.toml"))
+
+
+def test_a_partition_may_have_up_to_128_vps_and_ask_for_the_ex_calls_and_frequency_msrs():
+    """Issue 14: VP indices past 64 (which need the HV_VP_SET forms) fit a topology; the
+    recommendations that advertise those calls and the frequency-MSR privilege have names."""
+    from proto.codes import HvPrivilege, HvRecommendation
+
+    topo = load_topology("[[partition]]\nname = 'wide'\nvps = 128\nenlightenments = ['frequency_msrs']\n"
+                         "recommendations = ['cluster_ipi', 'ex_processor_masks']\n", "wide.toml")
+    (p,) = topo.partitions
+    assert p.vps == 128 and p.privileges == HvPrivilege.AccessFrequencyMsrs
+    assert p.recommendation_bits == HvRecommendation.UseSyntheticClusterIpi | HvRecommendation.UseExProcessorMasks
+    with pytest.raises(ConfigError, match="vps: 129 is outside 1..128"):
+        load_topology("[[partition]]\nname = 'wide'\nvps = 129\n", "wide.toml")

@@ -228,3 +228,30 @@ def test_a_strict_worker_re_raises_a_handler_error(make_worker, monkeypatch):
     endpoint.on_idle = lambda: setattr(worker, "running", False)
     with pytest.raises(ZeroDivisionError):
         worker.serve()
+
+
+def test_a_clock_step_moves_the_devices_time_and_raises_what_fell_due(make_worker, monkeypatch):
+    """`io clock_step`: the RTC's seconds move by the step, and a PIT tick programmed for
+    10 ms comes out of the PIC at once (qtest's clock_step).  Host time stands still here,
+    so only the step moves the devices' clock."""
+    import worker.devices.base as base
+    frozen = base.time.monotonic_ns()
+    monkeypatch.setattr(base.time, "monotonic_ns", lambda: frozen)
+    worker, endpoint = make_worker("gen1")
+    for ref, (address, value) in enumerate([(0x20, 0x11), (0x21, 0x20), (0x21, 0x04), (0x21, 0x01),
+                                            (0x21, 0xFE),  # only IRQ0 (the PIT) unmasked
+                                            (0x43, 0x34), (0x40, 0x9C), (0x40, 0x2E),  # 100 Hz
+                                            (0x20, 0x20)], start=1):  # EOI what unmasking raised
+        worker.handle(m.encode(port(ref, address, value=value)))
+    worker.handle(m.encode(port(20, 0x70, value=0x00)))
+    worker.handle(m.encode(port(21, 0x71)))
+    seconds = endpoint.sent[-1].value
+    endpoint.sent.clear()
+    worker.handle(m.encode(m.WorkerClockStep(5, 3_000_000_000)))
+    assert [type(s) for s in endpoint.sent] == [m.AssertInterrupt, m.WorkerQueryReply]
+    assert endpoint.sent[0].vector == 0x20
+    assert endpoint.sent[1].ref == 5 and endpoint.sent[1].result["clock_offset_ns"] == 3_000_000_000
+    worker.handle(m.encode(port(22, 0x70, value=0x00)))
+    worker.handle(m.encode(port(23, 0x71)))
+    bcd = lambda v: (v >> 4) * 10 + (v & 0xF)  # noqa: E731
+    assert (bcd(endpoint.sent[-1].value) - bcd(seconds)) % 60 == 3

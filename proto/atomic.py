@@ -1,0 +1,62 @@
+"""Atomic bit operations on shared memory, across processes (LOCK OR / LOCK AND).
+
+The SynIC's event flags live in guest RAM, which two processes map: the hypervisor sets a
+flag, the partition's guest clears it (TLFS: "LOCK AND" / "LOCK BTR").  A Python
+read-modify-write of the byte is not atomic against the other process — a flag set between
+the other side's read and write is lost.  So both sides use the C11 atomics that gcc's
+runtime library exports (``libatomic``: ``__atomic_fetch_or_1`` / ``__atomic_fetch_and_1``,
+LOCK-prefixed on x86, atomic on a MAP_SHARED mapping whoever else maps it), through ctypes.
+
+Where libatomic cannot be loaded, :data:`ATOMIC` is False and the operations fall back to a
+plain read-modify-write — correct within one process, racy across two; the hypervisor's
+``status`` says so (counter ``synic_flags_atomic`` 0) and its log warns.
+"""
+
+import ctypes
+import ctypes.util
+
+SEQ_CST = 5  # __ATOMIC_SEQ_CST
+
+
+def _load():
+    name = ctypes.util.find_library("atomic")
+    if name is None:
+        return None, None
+    try:
+        lib = ctypes.CDLL(name)
+        fetch_or, fetch_and = lib.__atomic_fetch_or_1, lib.__atomic_fetch_and_1
+    except (OSError, AttributeError):
+        return None, None
+    for fn in (fetch_or, fetch_and):
+        fn.argtypes = (ctypes.c_void_p, ctypes.c_uint8, ctypes.c_int)
+        fn.restype = ctypes.c_uint8
+    return fetch_or, fetch_and
+
+
+_FETCH_OR, _FETCH_AND = _load()
+ATOMIC = _FETCH_OR is not None
+
+
+def _op(fn, buf, offset: int, mask: int, plain) -> int:
+    if fn is None:
+        old = buf[offset]
+        buf[offset] = plain(old, mask) & 0xFF
+        return old
+    # A pointer into the mapping for this call only: a lasting export would keep the mmap
+    # from being closed.
+    cell = ctypes.c_uint8.from_buffer(buf, offset)
+    try:
+        return fn(ctypes.addressof(cell), mask & 0xFF, SEQ_CST)
+    finally:
+        del cell
+
+
+def fetch_or_u8(buf, offset: int, mask: int) -> int:
+    """``lock or byte [buf + offset], mask``; the byte's old value.  ``buf`` is a writable
+    mmap (or any writable buffer)."""
+    return _op(_FETCH_OR, buf, offset, mask, int.__or__)
+
+
+def fetch_and_u8(buf, offset: int, mask: int) -> int:
+    """``lock and byte [buf + offset], mask``; the byte's old value."""
+    return _op(_FETCH_AND, buf, offset, mask, int.__and__)
