@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import array
 import io
+import mmap
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,10 +53,13 @@ class Slat:
     mapped: int = 0
     file: io.FileIO | None = field(default=None, repr=False)  # the SLAT file, written through
     ram_path: Path | None = None  # the partition's RAM file, indexed by guest-physical page
-    # The hypervisor's descriptor of it, used with pread/pwrite and never mapped: the
-    # partition and its worker hold it read-write and may truncate it, and a mapping of a
-    # truncated file faults (SIGBUS) where a pread only comes back short.
+    # The hypervisor's descriptor of it (pread/pwrite: read_ram, write_ram, the zeroing of
+    # unmapped pages) and its mapping of it (``ram``: SynIC's atomic flag updates and io's
+    # bulk accesses need one).  The partition and its worker hold the file read-write; what
+    # keeps them from cutting it short under that mapping (SIGBUS in the hypervisor) is the
+    # seccomp filter (no truncate, ftruncate, fallocate nor O_TRUNC: proto.seccomp).
     ram_file: io.FileIO | None = field(default=None, repr=False)
+    ram: mmap.mmap | None = field(default=None, repr=False)
 
     @property
     def ram_fd(self) -> int:
@@ -90,7 +94,8 @@ class MemoryManager:
             ram_path = Path(memory_path(self.dir, partition))
             ram_file = _create(ram_path)
             os.ftruncate(ram_file.fileno(), gpa_pages * PAGE_SIZE)  # sparse: pages cost nothing until written
-            s = self.slats[partition] = Slat(path, entries, 0, file, ram_path, ram_file)
+            ram = mmap.mmap(ram_file.fileno(), 0)
+            s = self.slats[partition] = Slat(path, entries, 0, file, ram_path, ram_file, ram)
         return s
 
     def ram_offset(self, partition: int, gpa: int) -> int | None:
@@ -173,6 +178,7 @@ class MemoryManager:
             s.entries = array.array("I", [SLAT_INVALID]) * len(s.entries)
             _write_through(s, 0, len(s.entries))
             s.file.close()
+            s.ram.close()
             s.ram_file.close()
             for path in (s.ram_path, s.path):
                 path.unlink(missing_ok=True)  # the processes that mapped them keep their pages

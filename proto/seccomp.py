@@ -24,7 +24,10 @@ confined process has set by then.
   tid), ``pidfd_send_signal``, ``pidfd_getfd``, ``kcmp``, ``setpriority``, ``ioprio_set``,
   ``move_pages``, ``migrate_pages``, ``perf_event_open``: EPERM always; and the ``chmod``
   family, so that a file the process may only read (its SLAT table, mode 0400) cannot be
-  made writable again by its owner at the namespaces level.
+  made writable again by its owner at the namespaces level; and whatever makes a file
+  shorter (``truncate``, ``ftruncate``, ``fallocate``, ``creat``, ``open``/``openat`` with
+  ``O_TRUNC``, ``openat2`` whose flags BPF cannot see), so that the partition's RAM file,
+  which the hypervisor maps, cannot be cut short under that mapping (SIGBUS).
 * Everything else is allowed (a deny-list, as QEMU's ``-sandbox``): the filter is about
   other processes, not about what the process does to itself.
 """
@@ -52,10 +55,12 @@ SECCOMP_RET_ALLOW = 0x7FFF0000
 BPF_LD_W_ABS = 0x20
 BPF_JEQ_K = 0x15
 BPF_JGE_K = 0x35
+BPF_JSET_K = 0x45
 BPF_RET_K = 0x06
 
 # struct seccomp_data: int nr; u32 arch; u64 instruction_pointer; u64 args[6]
-NR, ARCH, ARG0 = 0, 4, 16
+NR, ARCH, ARG0, ARG1, ARG2 = 0, 4, 16, 24, 32
+O_TRUNC = 0o1000
 
 # x86-64 syscall numbers
 SELF_ONLY = {"kill": 62, "rt_sigqueueinfo": 129, "tgkill": 234, "rt_tgsigqueueinfo": 297}
@@ -66,7 +71,12 @@ DENIED = {"ptrace": 101, "setpriority": 141, "tkill": 200, "ioprio_set": 251, "m
           "kcmp": 312, "pidfd_send_signal": 424, "pidfd_getfd": 438,
           # A file it holds read-only (its SLAT, 0400) stays so: at the namespaces level the
           # process owns the run's files and could otherwise chmod one back and reopen it.
-          "chmod": 90, "fchmod": 91, "fchmodat": 268, "fchmodat2": 452}
+          "chmod": 90, "fchmod": 91, "fchmodat": 268, "fchmodat2": 452,
+          # No file it holds can be made shorter: the hypervisor maps the partition's RAM
+          # file (SynIC's atomics), and a mapping of a truncated file faults (SIGBUS).
+          "truncate": 76, "ftruncate": 77, "creat": 85, "fallocate": 285, "openat2": 437}
+TRUNC_IN_ARG1 = {"open": 2}  # O_TRUNC in flags: refused
+TRUNC_IN_ARG2 = {"openat": 257}
 
 
 class _Insn(ctypes.Structure):
@@ -95,8 +105,16 @@ def program(pid: int) -> list[tuple[int, int, int, int]]:
     body += [(BPF_JEQ_K, "deny", "next", nr) for nr in sorted(DENIED.values())]
     body += [(BPF_JEQ_K, "self_only", "next", nr) for nr in sorted(SELF_ONLY.values())]
     body += [(BPF_JEQ_K, "self_or_zero", "next", nr) for nr in sorted(SELF_OR_ZERO.values())]
+    body += [(BPF_JEQ_K, "trunc_arg1", "next", nr) for nr in sorted(TRUNC_IN_ARG1.values())]
+    body += [(BPF_JEQ_K, "trunc_arg2", "next", nr) for nr in sorted(TRUNC_IN_ARG2.values())]
     body.append((BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW))
-    labels = {"self_or_zero": len(body)}
+    labels = {"trunc_arg1": len(body)}
+    body += [(BPF_LD_W_ABS, 0, 0, ARG1),
+             (BPF_JSET_K, "deny", "allow", O_TRUNC)]
+    labels["trunc_arg2"] = len(body)
+    body += [(BPF_LD_W_ABS, 0, 0, ARG2),
+             (BPF_JSET_K, "deny", "allow", O_TRUNC)]
+    labels["self_or_zero"] = len(body)
     body += [(BPF_LD_W_ABS, 0, 0, ARG0),  # the low half: a pid_t is 32 bits
              (BPF_JEQ_K, "allow", "next", 0)]
     labels["self_only"] = len(body)

@@ -91,9 +91,9 @@ def test_each_partition_has_a_ram_file_of_its_own_holding_only_its_bytes(mm):
 
 
 def test_a_partition_that_truncates_its_ram_file_cannot_make_the_hypervisor_fault(mm):
-    """The partition holds its RAM file read-write and may cut it to nothing; the
-    hypervisor's own accesses (a root `io` read, the zeroing of an unmapped page) read
-    zeros where a mapping would have raised SIGBUS and taken every partition down."""
+    """The partition holds its RAM file read-write; if it cut it short (the seccomp filter
+    refuses that), the hypervisor's pread/pwrite accesses (a root `io` read, the zeroing of
+    an unmapped page) read zeros where its mapping would have raised SIGBUS."""
     import os
     mm.deposit(1, [1, 2])
     mm.map(1, 0, [1, 2], 4)

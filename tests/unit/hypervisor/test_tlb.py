@@ -27,15 +27,12 @@ def tlbs(tmp_path):
     return Tlbs(str(tmp_path), 2)
 
 
-_views: dict = {}
-
-
 def lps(tlbs, partition: int = 1):
     """The partition's TLB on each LP as its VPs map it (the files created on first use)."""
-    key = (id(tlbs), partition)
-    if key not in _views:
-        _views[key] = [LpTlb(p) for p in tlbs.paths_of(partition)]
-    return _views[key]
+    views = tlbs.__dict__.setdefault("_test_views", {})
+    if partition not in views:
+        views[partition] = [LpTlb(p) for p in tlbs.paths_of(partition)]
+    return views[partition]
 
 
 def test_a_partition_has_tlb_files_of_its_own_0600(tlbs, tmp_path):

@@ -83,8 +83,14 @@ def test_the_filtered_process_reaches_itself_and_no_other_process(tmp_path):
     mine = tmp_path / "read-only"
     mine.write_bytes(b"x")
     mine.chmod(0o400)
+    ram = tmp_path / "ram"
+    ram.write_bytes(b"x" * 4096)
     seen = in_filtered_child({
         "chmod_back": lambda: os.chmod(mine, 0o600),  # the SLAT's 0400 stays
+        "ftruncate": lambda: os.ftruncate(os.open(ram, os.O_RDWR), 0),  # the RAM file keeps its size
+        "truncate": lambda: os.truncate(ram, 0),
+        "open_trunc": lambda: os.open(ram, os.O_RDWR | os.O_TRUNC),
+        "open_rw_self": lambda: os.close(os.open(ram, os.O_RDWR)),  # opening is not truncating
         "fchmod_back": lambda: os.fchmod(os.open(mine, os.O_RDONLY), 0o600),
         "kill_self": lambda: os.kill(os.getpid(), 0),
         "tgkill_self": lambda: signal.pthread_kill(threading.main_thread().ident, 0),
@@ -101,13 +107,15 @@ def test_the_filtered_process_reaches_itself_and_no_other_process(tmp_path):
     })
     assert seen.pop("in_force") is True
     assert {k: v for k, v in seen.items() if v == "ok"} == \
-        {"kill_self": "ok", "tgkill_self": "ok", "affinity_self": "ok", "prlimit_self": "ok"}, seen
+        {"kill_self": "ok", "tgkill_self": "ok", "affinity_self": "ok", "prlimit_self": "ok",
+         "open_rw_self": "ok"}, seen
+    assert ram.stat().st_size == 4096
     assert all(v == "EPERM" for k, v in seen.items() if not k.endswith("_self")), seen
 
 
 def test_jumps_land_inside_the_program():
     prog = seccomp.program(4242)
     for i, (code, jt, jf, _) in enumerate(prog):
-        if code in (seccomp.BPF_JEQ_K, seccomp.BPF_JGE_K):
+        if code in (seccomp.BPF_JEQ_K, seccomp.BPF_JGE_K, seccomp.BPF_JSET_K):
             assert i + 1 + max(jt, jf) < len(prog)
     assert prog[-1] == (seccomp.BPF_RET_K, 0, 0, seccomp.SECCOMP_RET_KILL_PROCESS)
