@@ -65,13 +65,15 @@ def _take(pid: int, fds) -> dict[int, int]:
     return got
 
 
-def as_process(pid: int, attack: Callable[[dict[int, int]], object], fds=(), timeout: float = 10.0):
+def as_process(pid: int, attack: Callable[[dict[int, int]], object], fds=(), timeout: float = 10.0,
+               filtered: bool | None = None):
     """Run ``attack({their fd: our copy})`` with the credentials of process ``pid`` and
     copies of its descriptors ``fds`` — and, if ``pid`` runs under the seccomp filter, under
-    it too.  Returns ``("ok", result)`` when the attack went through, ``("refused",
-    "EACCES")`` (the errno's name) when an OSError stopped it."""
+    it too (``filtered``: say so instead).  Returns ``("ok", result)`` when the attack went
+    through, ``("refused", "EACCES")`` (the errno's name) when an OSError stopped it."""
     uid, gid = credentials(pid)
-    filtered = seccomp.in_force(pid)
+    if filtered is None:
+        filtered = seccomp.in_force(pid)
 
     def become():
         got = _take(pid, fds)

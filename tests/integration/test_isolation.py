@@ -237,13 +237,18 @@ def test_a_partition_cannot_open_the_tlb_files(run):
 
 
 def test_a_partition_that_cuts_its_tlb_file_short_cannot_take_the_hypervisor_down(run):
-    """Its TLB view is read-write (its VPs fill it: proto.tlb says why, and why an entry
-    cannot reach another partition's pages).  Before the hypervisor read the files
-    through pread, its mapping of a truncated file raised SIGBUS at the next status: the
-    hypervisor, and every partition with it, gone."""
+    """Its TLB and RAM views are read-write (its VPs fill the one: proto.tlb says why, and
+    why an entry cannot reach another partition's pages).  Before, truncating either made
+    the hypervisor's mapping of it raise SIGBUS at the next status or access: the
+    hypervisor, and every partition with it, gone.  Now the seccomp filter refuses the
+    truncation, and were it missing the hypervisor reads TLB files through pread."""
     alpha = run.ids["alpha"]
     [tlb] = attack.fds_named(run.part("alpha"), f"tlb-p{alpha}-lp0.bin")[:1]
-    assert attack.as_process(run.part("alpha"), attack.truncate(tlb), [tlb]) == ("ok", "truncated")
+    [ram] = attack.fds_named(run.part("alpha"), f"mem-{alpha}.bin")[:1]
+    if seccomp.in_force(run.part("alpha")):
+        for fd in (tlb, ram):
+            assert attack.as_process(run.part("alpha"), attack.truncate(fd), [fd]) == ("refused", "EPERM")
+    assert attack.as_process(run.part("alpha"), attack.truncate(tlb), [tlb], filtered=False) == ("ok", "truncated")
     path = run.path(f"tlb-p{alpha}-lp0.bin")
     try:
         r = run.live.launch("status", run.live.name)  # the hypervisor reads every TLB file
