@@ -10,6 +10,7 @@ partition process would have: its credentials and its descriptors, nothing more.
 from __future__ import annotations
 
 import ctypes
+import encodings.idna  # noqa: F401 - socket's host names need it; a dropped attacker cannot import it
 import errno
 import json
 import mmap
@@ -77,6 +78,8 @@ def as_process(pid: int, attack: Callable[[dict[int, int]], object], fds=(), tim
 
     def become():
         got = _take(pid, fds)
+        if os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net"):
+            _enter_network_of(pid)  # as root, before the drop
         if uid != 0:
             confine.drop_to(uid, gid)
         if filtered:
@@ -93,11 +96,20 @@ def as_namespaced(hide: str, attack: Callable[[dict[int, int]], object], filtere
     holding copies of descriptors ``fds_of = (pid, fds)``."""
     def become():
         got = _take(*fds_of) if fds_of else {}
-        confine.hide_in_namespaces(hide, hide)
+        confine.hide_in_namespaces(hide, hide, network=True)  # as over ipc
         if filtered:
             seccomp.deny_other_processes()
         return got
     return _in_child(become, attack, timeout)
+
+
+def _enter_network_of(pid: int) -> None:
+    fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+    try:
+        if _libc.setns(fd, confine.CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns(CLONE_NEWNET)")
+    finally:
+        os.close(fd)
 
 
 def _in_child(become: Callable[[], dict[int, int]], attack, timeout: float):
@@ -262,4 +274,12 @@ def chmod_writable(fd: int):
     def attack(got):
         os.fchmod(got[fd], 0o600)
         return "made writable"
+    return attack
+
+
+def connect_tcp(port: int):
+    def attack(_):
+        s = socket.create_connection(("127.0.0.1", port), timeout=3)
+        s.close()
+        return "connected"
     return attack

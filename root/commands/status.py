@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import psutil
@@ -72,6 +73,26 @@ def seccomp_line(man: dict) -> str:
     return f"in force in {len(on)} of {len(confined)} worker and partition processes (not in: {', '.join(off)})"
 
 
+def network_line(man: dict) -> str:
+    """Which worker and partition processes are in a network namespace of their own (the
+    hypervisor's is the host's): over ipc they need none."""
+    procs = man.get("processes", {})
+    hv = (procs.get("hypervisor:hv") or {}).get("pid")
+    confined = [(name, info["pid"]) for name, info in procs.items() if name.split(":")[0] in ("worker", "partition")]
+    try:
+        host = os.readlink(f"/proc/{hv}/ns/net")
+    except (OSError, TypeError):
+        return "not known (the hypervisor's network namespace cannot be read)"
+    own = []
+    for name, pid in confined:
+        try:
+            if os.readlink(f"/proc/{pid}/ns/net") != host:
+                own.append(name)
+        except OSError:  # gone, or not ours to look at
+            pass
+    return f"{len(own)} of {len(confined)} worker and partition processes in an empty network namespace of their own"
+
+
 def run(args) -> int:
     run, man = live_run(args.run)
     with RootClient(man["endpoint"], run.secret(), server_key=man.get("server_key")) as root:
@@ -93,6 +114,7 @@ def run(args) -> int:
     level = man.get("isolation", "unknown")
     print(f"isolation: {level}: {confine.LEVELS.get(level, 'not recorded by this run')}")
     print(f"seccomp: {seccomp_line(man)}")
+    print(f"network: {network_line(man)}")
     for p in st.partitions:
         health = " (worker unresponsive: its device accesses wait for it)" if p.unresponsive else ""
         print(f"\npartition {names.get(p.id, p.id)} (id {p.id}): {p.state}{health}, "

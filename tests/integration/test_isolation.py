@@ -151,6 +151,25 @@ def test_every_worker_and_partition_runs_under_the_seccomp_filter_and_status_say
     assert "seccomp: in force in all 4 worker and partition processes" in r.stdout, r.stdout
 
 
+def test_over_ipc_a_partition_has_no_network(run):
+    """An ipc run's workers and partitions are each in an empty network namespace: no
+    TCP service of the host (another run's tcp endpoint, anything on 127.0.0.1) is reachable."""
+    import socket
+    srv = socket.create_server(("127.0.0.1", 0))
+    try:
+        port = srv.getsockname()[1]
+        assert attack.as_process(os.getpid(), attack.connect_tcp(port)) == ("ok", "connected")  # the host's
+        mine = os.readlink("/proc/self/ns/net")
+        for pid in confined(run):
+            assert os.readlink(f"/proc/{pid}/ns/net") != mine, pid
+        for pid in (run.part("alpha"), run.worker("alpha")):
+            assert attack.as_process(pid, attack.connect_tcp(port)) == ("refused", "ENETUNREACH")
+    finally:
+        srv.close()
+    r = run.live.launch("status", run.live.name)
+    assert "network: 4 of 4 worker and partition processes in an empty network namespace" in r.stdout, r.stdout
+
+
 # -- the run secret ---------------------------------------------------------------------------
 
 
@@ -301,6 +320,7 @@ def test_not_root_each_worker_and_partition_hides_the_runs_root_in_namespaces_of
             assert not os.path.exists(f"/proc/{pid}/root{live.path / 'hv.sock'}"), name
         r = live.launch("status", live.name)
         assert "isolation: namespaces:" in r.stdout, r.stdout + r.stderr
+        assert "network: 4 of 4 worker and partition processes in an empty network namespace" in r.stdout
         if seccomp.available():
             assert "seccomp: in force in all 4 worker and partition processes" in r.stdout, r.stdout
             _same_uid_processes_cannot_reach_each_other(man, tmp_path)
