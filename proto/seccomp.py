@@ -14,8 +14,8 @@ libseccomp, and installed with ``SECCOMP_FILTER_FLAG_TSYNC`` so ZeroMQ's threads
 when the sockets were connected) get it as well.  It needs ``no_new_privs``, which every
 confined process has set by then.
 
-* A syscall of another ABI (i386 through ``int 0x80``, x32) kills the process: the
-  numbers below are x86-64's, and another ABI's would slip past them.
+* The numbers below are x86-64's, and another ABI's would slip past them: a syscall of
+  the i386 ABI (``int 0x80``) kills the process, one of the x32 ABI gets EPERM.
 * ``kill``, ``tgkill``, ``rt_sigqueueinfo``, ``rt_tgsigqueueinfo``: only with this process's
   own pid as the target (not 0 nor a negative process group); otherwise EPERM.
 * ``prlimit64``, ``sched_setaffinity``, ``sched_setparam``, ``sched_setscheduler``,
@@ -29,7 +29,8 @@ confined process has set by then.
   ``O_TRUNC``, ``openat2`` whose flags BPF cannot see), so that the partition's RAM file,
   which the hypervisor maps, cannot be cut short under that mapping (SIGBUS).
 * Everything else is allowed (a deny-list, as QEMU's ``-sandbox``): the filter is about
-  other processes, not about what the process does to itself.
+  other processes and the files the hypervisor shares, not about what the process does
+  to itself.
 """
 
 from __future__ import annotations
