@@ -63,8 +63,13 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=positive_int, default=3, help="floor and stack alternate this many times")
     p.add_argument("--no-experiments", dest="experiments", action="store_false",
                    help="skip the enlightenment experiments (spinlock, EOI, TLB)")
+    p.add_argument("--vmbus", action="store_true",
+                   help="also the synthetic disk against the emulated one and the host (benchmarks/vmbus.py)")
     p.add_argument("--plot", metavar="FILE.png", type=plot_file,
                    help="draw latency histograms and CDFs (needs the [plot] extra)")
+    p.add_argument("--real-guests", action="store_true",
+                   help="then real x86 guests (benchmarks/real_guest.py): port I/O on unicorn and KVM beside the "
+                        "Python guest, the floor and the in-process limit; SeaBIOS to the boot sector")
 
 
 def run(args) -> int:
@@ -74,4 +79,13 @@ def run(args) -> int:
         return 2
     from benchmarks.bench import run_bench
 
-    return run_bench(args)
+    code = run_bench(args)
+    if code == 0 and args.real_guests:
+        from benchmarks.real_guest import measure, print_result
+        import json
+
+        result = measure(min(args.duration, 3.0))
+        print(json.dumps({"real_guests": result}, indent=2) if args.json else "", flush=True)
+        if not args.json:
+            print_result(result)
+    return code

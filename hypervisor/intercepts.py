@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from time import perf_counter_ns
 
 from proto import messages as m
-from proto.codes import HV_ROOT_PRIVILEGES, HypercallCode, X86Exception
+from proto.codes import HV_ROOT_PRIVILEGES, HvMsr, HypercallCode, X86Exception
 from proto.exits import NO_PATH, Exit
 from proto.memory import PAGE_SHIFT
 
-from hypervisor import cpuid, msrs
+from hypervisor import cpuid, hypercall_page, msrs
 from hypervisor.apic import APIC_BASE, APIC_PAGE
 from hypervisor.hypercalls import Caller
 from hypervisor.partitions import Partition, VirtualProcessor
@@ -192,6 +192,8 @@ class Intercepts:
         if write:
             fault = msrs.wrmsr(part, vp, msr, value)
             self._interrupts.send_ipi(part, vp)
+            if msr == HvMsr.HV_X64_MSR_HYPERCALL and part.hypercalls_enabled:
+                hypercall_page.write(self._memory, part.id, part.hypercall_msr)
             if vp.synic.actions and self._synic is not None:
                 self._synic.after_wrmsr(part, vp)
             return fault, 0

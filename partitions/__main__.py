@@ -40,7 +40,7 @@ log = logging.getLogger("partition")
 
 def vp_thread(spec: dict, token: str, index: int, system: kernel.System,
               stop: threading.Event, failures: list, bus_lock: threading.Lock,
-              socket: Dealer, memory: tuple | None) -> None:
+              socket: Dealer, memory: tuple | None, boot=None) -> None:
     dealer = None
     try:
         dealer = connect(spec["endpoint"], "vp", spec["partition_id"], index, token=token, dealer=socket)
@@ -48,6 +48,10 @@ def vp_thread(spec: dict, token: str, index: int, system: kernel.System,
             # Guest RAM: the partition's own file, through its SLAT table.
             where = dealer.request(m.MemoryRequest(spec["partition_id"]))
             memory = (GuestMemory(where.ram, where.slat), [LpTlb(p) for p in where.tlbs])
+        if boot is not None:  # real x86 code on a real-CPU backend (partitions/cpu)
+            from partitions.cpu.run import run_vp
+            run_vp(spec["cpu"], boot, dealer, index, memory[0], stop, bus_lock, spec["partition_id"], memory[1])
+            return
         vp = Vp(dealer, index, memory[0], stop, bus_lock, partition=spec["partition_id"], tlbs=memory[1])
         seen_generation = 0
         while True:
@@ -104,6 +108,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory_fd is not None:
         tlbs = [LpTlb(int(fd)) for fd in args.tlb_fds.split(",")] if args.tlb_fds else None
         memory = (GuestMemory(args.memory_fd, args.slat_fd), tlbs)
+    boot = None
+    if spec.get("cpu", "python") != "python":
+        # Firmware or kernel read before confinement (it need only be readable by whoever
+        # starts the process).
+        from partitions.cpu import boot as cpu_boot, unavailable
+        why = unavailable(spec["cpu"])
+        try:
+            if why:
+                raise cpu_boot.BootError(f"cpu = {spec['cpu']!r}: {why}")
+            boot = cpu_boot.prepare(spec)
+            if spec["cpu"] == "kvm":
+                from partitions.cpu.kvm_cpu import before_confinement
+                before_confinement(boot)
+        except (cpu_boot.BootError, OSError) as e:
+            print(f"python -m partitions: {e}", file=sys.stderr)
+            return 2
     # Every VP's socket connected while the run's socket can be reached; then confined.
     sockets = confine.start_confined(args.spec, spec, spec["vps"], uid=args.uid, gid=args.gid,
                                      namespaces=args.namespaces, log=log)
@@ -111,10 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda s, f: stop.set())
     signal.signal(signal.SIGINT, lambda s, f: stop.set())
     system = kernel.System(spec["name"], spec["workloads"], spec["duration_s"])
+    system.vmbus_config = spec.get("vmbus") or {}  # the topology's vmbus section (partitions/vmbus_disk.py)
     failures: list = []
     bus_lock = threading.Lock()
     threads = [threading.Thread(target=vp_thread, name=f"vp{i}", daemon=True,
-                                args=(spec, token, i, system, stop, failures, bus_lock, sockets[i], memory))
+                                args=(spec, token, i, system, stop, failures, bus_lock, sockets[i], memory, boot))
                for i in range(spec["vps"])]
     for t in threads:
         t.start()

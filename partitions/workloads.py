@@ -23,6 +23,9 @@ from partitions.drivers.ata import SECTOR, AtaError
 from partitions.drivers.serial import COM1, SCR
 from partitions.synic_workloads import SYNIC_WORKLOADS
 from partitions.vp import Vp
+from partitions.vmbus_disk import wl_vmbus_disk, wl_vmbus_diskbench
+from partitions.vmbus_hostile import wl_vmbus_hostile
+from partitions.vmbus_net import wl_vmbus_net, wl_vmbus_net_stream
 
 BATCH = 200  # operations per workload turn, so every workload gets time on every VP
 IDLE_S = 0.01
@@ -387,6 +390,11 @@ WORKLOADS = {
     "eoi_assist": wl_eoi_assist,
     "tlb_reader": wl_tlb_reader,
     "tlb_flusher": wl_tlb_flusher,
+    "vmbus_disk": wl_vmbus_disk,
+    "vmbus_diskbench": wl_vmbus_diskbench,
+    "vmbus_hostile": wl_vmbus_hostile,
+    "vmbus_net": wl_vmbus_net,
+    "vmbus_net_stream": wl_vmbus_net_stream,
 }
 # The SynIC's (issue 10): synthetic timer ticks, the reference time by TSC page and MSR.
 WORKLOADS.update(SYNIC_WORKLOADS)

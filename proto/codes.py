@@ -343,3 +343,7 @@ HV_SYNIC_PRIVILEGES = HvPrivilege.AccessSynicMsrs | HvPrivilege.PostMessages | H
 HV_STIMER_PRIVILEGES = HvPrivilege.AccessSyntheticTimerMsrs
 HV_TSC_PAGE_PRIVILEGES = HvPrivilege.AccessPartitionReferenceTsc
 
+
+# hvstack's hypercall page (hypervisor/hypercall_page.py) exits by ``out HYPERCALL_PAGE_PORT,
+# eax``: the port the real-CPU backends (partitions/cpu) take as the hypercall instruction.
+HYPERCALL_PAGE_PORT = 0xE0

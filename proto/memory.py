@@ -118,6 +118,34 @@ class GuestMemory:
         else:
             self.write(gpa, value.to_bytes(size, "little"))
 
+    def mapped_runs(self) -> list[tuple[int, int]]:
+        """The mapped guest-physical ranges as (gpa, length), in GPA order: what a real-CPU
+        backend maps into its emulator or KVM memory slots (partitions/cpu)."""
+        runs: list[tuple[int, int]] = []
+        start = None
+        for page, entry in enumerate(self._slat):
+            if entry != SLAT_INVALID:
+                if start is None:
+                    start = page
+            elif start is not None:
+                runs.append((start << PAGE_SHIFT, (page - start) << PAGE_SHIFT))
+                start = None
+        if start is not None:
+            runs.append((start << PAGE_SHIFT, (self.pages - start) << PAGE_SHIFT))
+        return runs
+
+    def slat_snapshot(self) -> bytes:
+        """The table as it is now: a backend that mapped ``mapped_runs`` compares it to see
+        whether HvCallMapGpaPages/UnmapGpaPages changed the map since."""
+        return bytes(self._slat_map)
+
+    @property
+    def ram(self) -> mmap.mmap:
+        """The partition's RAM file as mapped here, indexed by GPA: the host memory behind
+        every mapped range (``mapped_runs``).  Whoever maps it elsewhere must still check
+        the SLAT for each access, as ``mapped_runs`` does at the time it is called."""
+        return self._pool
+
     def fetch_and_u8(self, gpa: int, mask: int) -> int:
         """``lock and byte [gpa], mask``, atomic against the hypervisor's writes too (the
         SynIC's event flags: :mod:`proto.atomic`); the byte's old value."""

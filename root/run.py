@@ -29,7 +29,8 @@ from root.client import ConsoleWatcher, RootClient
 from root.procs import STOP_GRACE_S, Proc, describe_exit, partition_uid, spawn, stop_procs
 from root.report import Output
 from root.rundir import GUEST_MEMORY_FILES, RunDir, launcher_identity, new_run_dir, pid_alive, write_json, write_private
-from root.topology import Topology
+from root.topology import Topology, vmbus_disk_image
+from root.vsp import status as vsp_status
 
 HV_READY_TIMEOUT_S = 10.0
 WORKER_READY_TIMEOUT_S = 10.0
@@ -37,8 +38,9 @@ STATUS_INTERVAL_S = 0.25  # how often supervision reads the hypervisor's status
 FINISH_GRACE_S = 30  # beyond the duration, before guests that have not finished end the run
 UNTIL_STOPPED_S = 86400.0  # the guest's duration when the run's is 0 ("until stopped")
 HV_DEAD_PARTITION_GRACE_S = 0.5
-# Stop order: the partitions first, then their workers, then the hypervisor.
-STOP_ORDER = {"partition": 0, "worker": 1, "hypervisor": 2}
+# Stop order: the partitions first, then their workers (and the VSP process), then the hypervisor.
+STOP_ORDER = {"partition": 0, "worker": 1, "hypervisor": 2, "vsp": 1}
+VSP_READY_TIMEOUT_S = 10.0
 # Every file a run's processes create is theirs alone (0600; directories 0700): they inherit
 # the launcher's umask while a run starts.
 RUN_UMASK = 0o077
@@ -100,12 +102,18 @@ class Run:
         for pc in self.topology.partitions:
             self.partition_ids[pc.name] = hostflow.create_partition(self.root, pc, free)
         self._manifest_update()
+        self._start_vsp(logs)
         self.watcher = ConsoleWatcher(self.endpoint, self.secret, list(self.partition_ids.values()),
                                       server_key=self.server_key)
         for pc in self.topology.partitions:
             pid = self.partition_ids[pc.name]
             token = auth.peer_token(self.secret, "worker", pid)
             devices = pc.worker_devices(self.run.path, self.topology.base_dir or self.run.path)
+            if pc.firmware:
+                firmware_nvram(self.run.path / f"nvram-{pc.name}.bin", pc.memory_mb)
+            if pc.disk and pc.disk.get("contents"):
+                disk_contents(next(d for d in devices if d["type"] == "ata"), pc.disk["contents"],
+                              self.topology.base_dir)
             spec = {"endpoint": self.endpoint, "server_key": self.server_key, "partition_id": pid, "name": pc.name,
                     "console_path": str(self.run.path / f"console-{pc.name}.log"), "devices": devices}
             spec_path = self.run.path / f"worker-{pc.name}.json"
@@ -119,7 +127,10 @@ class Run:
             pid = self.partition_ids[pc.name]
             token = auth.peer_token(self.secret, "vp", pid)
             spec = {"endpoint": self.endpoint, "server_key": self.server_key, "partition_id": pid, "name": pc.name,
-                    "vps": pc.vps, "memory_mb": pc.memory_mb, "workloads": pc.workloads,
+                    "vps": pc.vps, "memory_mb": pc.memory_mb, "workloads": pc.workloads, "vmbus": pc.vmbus,
+                    "cpu": pc.backend, "firmware": pc.firmware, "kernel": pc.kernel,
+                    "initrd": pc.initrd, "cmdline": pc.cmdline,
+                    "base_dir": str(self.topology.base_dir) if self.topology.base_dir else None,
                     # 0 means "until stopped": the guest runs its workloads for a day.
                     "duration_s": self.duration if self.duration > 0 else UNTIL_STOPPED_S}
             spec_path = self.run.path / f"partition-{pc.name}.json"
@@ -153,6 +164,42 @@ class Run:
         elif self.isolation == confine.NAMESPACES:
             args += ["--namespaces"]
         return args, tuple(fds)
+
+    def _start_vsp(self, logs) -> None:
+        """The root's kernel-side process (root/vsp), only when some partition has a vmbus
+        section: its key and each such partition's RAM and SLAT by descriptor; ready (its
+        connections made in the hypervisor) before any guest boots."""
+        served = [pc for pc in self.topology.partitions if pc.vmbus is not None]
+        if not served:
+            return
+        d, base = self.run.path, self.topology.base_dir or self.run.path
+        parts, fds, fd_args = [], [], []
+        for pc in served:
+            pid = self.partition_ids[pc.name]
+            ram = os.open(memory_path(d, pid), os.O_RDWR | os.O_CLOEXEC)
+            slat = os.open(slat_path(d, pid), os.O_RDONLY | os.O_CLOEXEC)
+            fds += [ram, slat]
+            fd_args.append(f"{pid}:{ram}:{slat}")
+            image = vmbus_disk_image(pc, d, base)
+            parts.append({"id": pid, "name": pc.name, "suppress": pc.vmbus["signal_suppression"],
+                          "nic": "nic" in pc.vmbus,
+                          "disk": image and {"image_path": str(image), "size_bytes": pc.vmbus["disk"]["size_mb"] << 20}})
+        spec = {"endpoint": self.endpoint, "server_key": self.server_key, "partitions": parts,
+                "status_path": str(d / vsp_status.STATUS_FILE),
+                "external_port": bool((self.topology.switch or {}).get("external"))}
+        write_json(d / "vsp.json", spec)
+        vsp = spawn("vsp", "vsp", "root.vsp", ["--spec", str(d / "vsp.json"), "--memory-fds", ",".join(fd_args)],
+                    logs, secret=auth.peer_token(self.secret, "vsp", 0), fds=tuple(fds), stdout=subprocess.PIPE)
+        self.procs.append(vsp)
+        deadline = time.monotonic() + VSP_READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if vsp.popen.poll() is not None:
+                raise RunEnded(f"vsp {describe_exit(vsp.popen.returncode)} at start (see {vsp.log_path})", 1)
+            if select.select([vsp.popen.stdout], [], [], 0.1)[0]:
+                if vsp.popen.stdout.readline().startswith(b"READY"):
+                    vsp.popen.stdout.close()
+                    return
+        raise RunEnded(f"vsp not ready in {VSP_READY_TIMEOUT_S} s (see {vsp.log_path})", 1)
 
     def _limit_cpu(self, pc, pid: int) -> None:
         """cpu.limit on the host as well, where cgroups allow (root/cgroups.py)."""
@@ -315,7 +362,7 @@ class Run:
         # A partition whose hypervisor is dead has nothing to finish (its VPs wait for
         # resumes that will never come): a short grace, then SIGKILL.
         hv_dead = not self._hypervisor_alive()
-        for stage in range(len(STOP_ORDER)):
+        for stage in sorted(set(STOP_ORDER.values())):
             grace = HV_DEAD_PARTITION_GRACE_S if hv_dead and stage == STOP_ORDER["partition"] else STOP_GRACE_S
             exits.update(stop_procs([p for p in self.procs if STOP_ORDER[p.role] == stage], grace))
         left = [p.pid for p in self.procs if pid_alive(p.pid)]
@@ -379,3 +426,29 @@ def execute(topology: Topology, out: Output, duration_s: float | None = None) ->
         for s, h in old.items():
             signal.signal(s, h)
     return run, reason, code
+
+
+def firmware_nvram(path: os.PathLike, memory_mb: int) -> None:
+    """A partition booting firmware starts with CMOS NVRAM that says how much RAM it has
+    (a BIOS reads it there); an existing NVRAM file (a reset, a rerun) is the guest's."""
+    from partitions.cpu.boot import cmos_nvram
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "wb") as f:
+        f.write(cmos_nvram(memory_mb))
+
+
+def disk_contents(ata: dict, contents: str, base_dir) -> None:
+    """A new disk image starts with ``contents`` (a boot disk of ours, or a file); an
+    existing image is the guest's and is left alone."""
+    from partitions.cpu.boot import kernel_path
+    data = kernel_path(contents, str(base_dir) if base_dir else None).read_bytes()
+    try:
+        fd = os.open(ata["image_path"], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "wb") as f:
+        f.write(data[:ata["size_bytes"]])
+        f.truncate(ata["size_bytes"])

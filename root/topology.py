@@ -63,7 +63,8 @@ WORKLOADS = tuple(GUEST_WORKLOADS)
 # ending the run as "worker exited with status 1".
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 IRQ_KEYS = ("irq", "aux_irq")
-DISK_FORM = "must be { size_mb = N } (its image in the run directory) or { image = \"path\", size_mb = N }"
+DISK_FORM = ("must be { size_mb = N } (its image in the run directory) or { image = \"path\", size_mb = N }"
+             ", with contents = \"bootdisk\" (or a path) to start a new image with")
 
 
 @dataclass
@@ -79,6 +80,12 @@ class PartitionConfig:
     disk: dict | None  # {"size_mb": n}, and {"image": path} when the topology names one
     devices: list[dict]  # extra devices beyond the chipset's
     cpu: dict  # {"reserve": %, "limit": %, "weight": n}, per VP, as Hyper-V's processor settings
+    vmbus: dict | None = None  # {"disk": {"size_mb": n[, "image": path]}, "nic": {}, "signal_suppression": bool}
+    backend: str = "python"  # what runs the guest: partitions.cpu.BACKENDS (`cpu = "unicorn"`)
+    firmware: str | None = None  # "seabios" (a real-CPU backend only)
+    kernel: str | None = None  # a test kernel of ours by name, or a path (a real-CPU backend only)
+    initrd: str | None = None  # with a Linux kernel (a bzImage): its initramfs
+    cmdline: str | None = None  # with a Linux kernel: its command line
 
     @property
     def privileges(self) -> int:
@@ -114,6 +121,7 @@ class Topology:
     logical_processors: int
     transport: str
     partitions: list[PartitionConfig]
+    switch: dict | None = None  # {"external": bool}: the virtual switch's TAP port (issue 10)
 
     def to_dict(self) -> dict:
         return {
@@ -121,6 +129,7 @@ class Topology:
             "name": self.name, "duration_s": self.duration_s,
             "logical_processors": self.logical_processors, "transport": self.transport,
             "partitions": [p.__dict__ for p in self.partitions],
+            "switch": self.switch,
         }
 
 
@@ -195,7 +204,7 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
                 raise err(table, index, key, f"expected a list of strings, got {type(v).__name__} {v!r} in it")
         return values
 
-    check_keys(data, {"run", "partition"}, "", None)
+    check_keys(data, {"run", "partition", "switch"}, "", None)
     run = data.get("run", {})
     if not isinstance(run, dict):
         raise err("", None, "run", "must be a table")
@@ -226,7 +235,8 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
         if not isinstance(p, dict):
             raise err(t, i, None, f"must be a table, got {type(p).__name__} {p!r}")
         check_keys(p, {"name", "vps", "memory_mb", "enlightenments", "recommendations", "spin_retry",
-                       "workloads", "chipset", "disk", "cpu", "device"}, t, i)
+                       "workloads", "chipset", "disk", "cpu", "device", "vmbus", "firmware", "kernel",
+                       "initrd", "cmdline"}, t, i)
         pname = get(p, "name", str, t, i, required=True)
         if not NAME_RE.match(pname):
             raise err(t, i, "name", f"{pname!r} must be lowercase letters, digits, - or _ (≤32)")
@@ -260,8 +270,13 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
         disk = get(p, "disk", dict, t, i, None)
         if disk is not None:
             image = disk.get("image")
-            if set(disk) - {"image", "size_mb"} or (image is not None and (not isinstance(image, str) or not image)):
+            contents = disk.get("contents")
+            if set(disk) - {"image", "size_mb", "contents"} or (image is not None and (not isinstance(image, str) or not image)):
                 raise err(t, i, "disk", DISK_FORM)
+            if contents is not None:
+                from partitions.cpu.boot import kernel_path
+                if not isinstance(contents, str) or not kernel_path(contents, str(base_dir) if base_dir else None).is_file():
+                    raise err(t, i, "disk", f"contents {contents!r}: no such file (or image of ours: bootdisk)")
             size = disk.get("size_mb", 64)
             if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 1 << 20:
                 raise err(t, i, "disk", f"size_mb {size!r} is outside 1..1048576")
@@ -274,7 +289,11 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
                 if where.is_dir():
                     raise err(t, i, "disk", f"image {image!r} is a directory")
             disk = {"image": image, "size_mb": size} if image is not None else {"size_mb": size}
-        cpu = get(p, "cpu", dict, t, i, {})
+            if contents is not None:
+                disk["contents"] = contents  # written at the start of a new image
+        backend, firmware, kernel = real_cpu(p, t, i, base_dir, err, get)
+        cpu = {} if isinstance(p.get("cpu"), str) else get(p, "cpu", dict, t, i, {})
+        cpu = {k: v for k, v in cpu.items() if k != "backend"}
         for k, v in cpu.items():
             if k not in ("reserve", "limit", "weight"):
                 raise err(t, i, "cpu", f"unknown setting {k!r} (reserve, limit, weight)")
@@ -345,9 +364,74 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
                 claimed[port] = f"{dname} ([[partition.device]] #{di + 1})"
             dev_names.add(dname)
             devices.append(dict(d))
+        vmbus = vmbus_section(get(p, "vmbus", dict, t, i, None), enl, base_dir, lambda k, why: err(t, i, k, why))
+        if vmbus and backend != "python":
+            raise err(t, i, "vmbus", f"cpu = {backend!r}: the VMBus guest drivers are the Python guest's (cpu = \"python\")")
         parts.append(PartitionConfig(pname, vps, mem, list(enl), list(rec), spin, list(wls), chipset, disk,
-                                     devices, dict(cpu)))
-    return Topology(source, base_dir, name, duration, lps, transport, parts)
+                                     devices, dict(cpu), vmbus, backend, firmware, kernel,
+                                     *linux_args(p, t, i, kernel, base_dir, err, get)))
+    switch = get(data, "switch", dict, "", None, None)
+    if switch is not None:
+        check_keys(switch, {"external"}, "switch", None)
+        external = get(switch, "external", bool, "switch", None, False)
+        if not any(p.vmbus and "nic" in p.vmbus for p in parts):
+            raise err("switch", None, None, "no partition has a synthetic NIC (vmbus = { nic = {} }) to switch")
+        switch = {"external": external}
+    return Topology(source, base_dir, name, duration, lps, transport, parts, switch)
+
+
+def real_cpu(p: dict, t: str, i: int, base_dir: Path | None, err, get) -> tuple[str, str | None, str | None]:
+    """``cpu = "python" | "unicorn" | "kvm"`` (or ``backend`` beside the CPU controls in a
+    ``cpu = {…}`` table), ``firmware`` and ``kernel``: (backend, firmware, kernel).  A
+    backend or firmware this host lacks is refused here, with the reason.  (``err`` and
+    ``get`` are the parser's, which name the file and line.)"""
+    from partitions.cpu import BACKENDS, unavailable
+    from partitions.cpu.boot import kernel_path, seabios_missing
+    raw = p.get("cpu", "python")
+    if not isinstance(raw, str):
+        get(p, "cpu", dict, t, i)  # a table of CPU controls, or an error saying so
+    backend = raw.get("backend", "python") if isinstance(raw, dict) else raw
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise err(t, i, "cpu", f"{backend!r}: a backend is one of {', '.join(BACKENDS)} "
+                               "(or a table of reserve, limit, weight)")
+    firmware = get(p, "firmware", str, t, i, None)
+    kernel = get(p, "kernel", str, t, i, None)
+    if backend == "python":
+        for key, value in (("firmware", firmware), ("kernel", kernel)):
+            if value is not None:
+                raise err(t, i, key, "needs a real CPU: cpu = \"unicorn\" or \"kvm\"")
+        return backend, None, None
+    why = unavailable(backend)
+    if why:
+        raise err(t, i, "cpu", f"{backend!r} cannot run here: {why}")
+    if (firmware is None) == (kernel is None):
+        raise err(t, i, "cpu", f"cpu = {backend!r} runs real x86 code: give firmware = \"seabios\" or kernel = PATH (one)")
+    if firmware is not None:
+        if firmware != "seabios":
+            raise err(t, i, "firmware", f"unknown {firmware!r} (known: seabios)")
+        missing = seabios_missing()
+        if missing:
+            raise err(t, i, "firmware", missing)
+    if kernel is not None and not kernel_path(kernel, str(base_dir) if base_dir else None).is_file():
+        raise err(t, i, "kernel", f"{kernel!r}: no such file (or test kernel: hvtest32)")
+    if get(p, "vps", int, t, i, 1) != 1:
+        raise err(t, i, "vps", f"cpu = {backend!r} runs one VP (application processors are not built)")
+    return backend, firmware, kernel
+
+
+def linux_args(p: dict, t: str, i: int, kernel: str | None, base_dir: Path | None, err, get) -> tuple:
+    """``initrd`` and ``cmdline``, for a Linux kernel (a bzImage) only."""
+    from partitions.cpu.boot import kernel_path
+    from partitions.cpu.linux import is_bzimage
+    initrd, cmdline = get(p, "initrd", str, t, i, None), get(p, "cmdline", str, t, i, None)
+    if initrd is None and cmdline is None:
+        return None, None
+    where = str(base_dir) if base_dir else None
+    if kernel is None or not is_bzimage(kernel_path(kernel, where).read_bytes()[:0x300]):
+        raise err(t, i, "initrd" if initrd is not None else "cmdline", "needs kernel = a Linux bzImage")
+    if initrd is not None and not kernel_path(initrd, where).is_file():
+        raise err(t, i, "initrd", f"{initrd!r}: no such file")
+    return initrd, cmdline
 
 
 def device_ports(spec: dict) -> list[int]:
@@ -400,3 +484,54 @@ def default_topology() -> Topology:
     except OSError as e:
         raise ConfigError(f"{DEFAULT_CONFIG}: cannot read the default topology: {e.strerror}") from e
     return load_topology(text, DEFAULT_SOURCE)
+
+
+VMBUS_FORM = "must be { disk = { size_mb = N[, image = \"path\"] }, nic = {}[, signal_suppression = true|false] }"
+
+
+def vmbus_section(raw: dict | None, enlightenments: list[str], base_dir: Path | None, err) -> dict | None:
+    """A partition's ``vmbus`` table: the synthetic devices the root's VSP process offers it
+    (issue 10).  Its disk image is a raw image, the ATA disk's format; without ``image``
+    it is ``vmbus-disk-PARTITION.img`` in the run directory."""
+    if raw is None:
+        return None
+    if set(raw) - {"disk", "nic", "signal_suppression"}:
+        raise err("vmbus", f"unknown {sorted(set(raw) - {'disk', 'nic', 'signal_suppression'})[0]!r}: {VMBUS_FORM}")
+    nic = raw.get("nic")
+    if nic is not None and nic != {}:
+        raise err("vmbus", f"nic {VMBUS_FORM} (a synthetic NIC takes no settings: its MAC address is "
+                           f"00:15:5d:00:00:ID)")
+    for needed in ("hypercall", "synic"):
+        if needed not in enlightenments:
+            raise err("vmbus", f"VMBus needs enlightenments to include {needed!r} (the guest posts messages "
+                               f"and signals events by hypercall through the SynIC)")
+    suppression = raw.get("signal_suppression", True)
+    if not isinstance(suppression, bool):
+        raise err("vmbus", f"signal_suppression = {suppression!r} is not true or false")
+    out: dict = {"signal_suppression": suppression, **({"nic": {}} if nic is not None else {})}
+    disk = raw.get("disk")
+    if disk is not None:
+        if not isinstance(disk, dict) or set(disk) - {"image", "size_mb"}:
+            raise err("vmbus", f"disk {VMBUS_FORM}")
+        image, size = disk.get("image"), disk.get("size_mb", 64)
+        if image is not None and (not isinstance(image, str) or not image):
+            raise err("vmbus", f"disk image {image!r} is not a path")
+        if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 1 << 20:
+            raise err("vmbus", f"disk size_mb {size!r} is outside 1..1048576")
+        if image is not None and (base_dir is not None or Path(image).is_absolute()):
+            where = Path(image) if Path(image).is_absolute() else base_dir / image
+            if not where.parent.is_dir():
+                raise err("vmbus", f"disk image {image!r}: no directory {where.parent}")
+            if where.is_dir():
+                raise err("vmbus", f"disk image {image!r} is a directory")
+        out["disk"] = {"size_mb": size, **({"image": image} if image is not None else {})}
+    return out
+
+
+def vmbus_disk_image(pc: PartitionConfig, run_dir: Path, base_dir: Path) -> Path | None:
+    """Where a partition's synthetic disk lives (as worker_devices places the ATA one's)."""
+    disk = (pc.vmbus or {}).get("disk")
+    if not disk:
+        return None
+    image = Path(disk["image"]) if disk.get("image") else run_dir / f"vmbus-disk-{pc.name}.img"
+    return image if image.is_absolute() else base_dir / image

@@ -16,6 +16,7 @@ from proto.status import HypervisorStatus
 from root.client import RootClient
 from root.report import indent, path_rows, table
 from root.rundir import live_run, partition_names
+from root.vsp import status as vsp_status
 
 NAME = "status"
 HELP = "a live run's partitions, VPs, counters, processes"
@@ -98,11 +99,12 @@ def run(args) -> int:
     with RootClient(man["endpoint"], run.secret(), server_key=man.get("server_key")) as root:
         status = root.status()
     procs = process_rows(man)
+    vsp = vsp_status.load(run.path)  # the VSP process's figures (issue 10), where it runs
     if args.json:
         print(json.dumps({"run": run.name, "isolation": man.get("isolation"), "seccomp": seccomp_line(man),
                           "hypervisor": {k: v for k, v in status.items() if k != "partitions"},
                           "partitions": status["partitions"], "names": man.get("partitions", {}),
-                          "processes": procs}, indent=2))
+                          "processes": procs, "vmbus": vsp}, indent=2))
         return 0
     names = partition_names(man)
     st = HypervisorStatus.from_wire(status)
@@ -122,6 +124,8 @@ def run(args) -> int:
               f"{p.unclaimed_writes}w, worker timeouts {p.worker_timeouts}")
         if any(p.synic.values()):
             print("  synic: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in p.synic.items()))
+        for line in vsp_status.partition_lines(vsp, p.id):
+            print("  " + line)
         cg = man.get("cpu_cgroups", {}).get(names.get(p.id, ""))
         if cg:
             print(f"  {cg['note']}")
@@ -132,6 +136,8 @@ def run(args) -> int:
         prow = path_rows(p.paths)
         if prow:
             print(indent(table(["path", "count", "p50 µs", "p99 µs", "max µs"], prow)))
+    if vsp_status.switch_line(vsp):
+        print("\n" + vsp_status.switch_line(vsp))
     print()
     print(table(["process", "pid", "CPU", "RSS", "threads"], procs, "lrrrr"))
     return 0

@@ -1,0 +1,268 @@
+"""The synthetic disk measured (issue 10): ``python -m benchmarks.vmbus [--json]`` (and
+``bench --vmbus``).
+
+One run of a one-VP enlightened partition with both an emulated ATA disk and a synthetic
+(VMBus) disk, whose guest runs ``vmbus_diskbench`` once (partitions/vmbus_disk.py): 64 KiB
+sequential writes at queue depth 1 and 8 and 4 KiB random writes at queue depth 1, each
+phase ending with SYNCHRONIZE CACHE, then 16 KiB of ATA PIO writes and FLUSH CACHE; the
+guest's counters carry the figures back.  Beside them, in the same invocation: the host's
+own write throughput on the same file system (64 KiB pwrites of the same total, then
+fsync), the 4-hop floor (benchmarks/floor.py) for the latency, and a second run with
+signal suppression off in guest and VSP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+
+from proto.errors import HvstackError
+from root.report import Output
+from root.run import RUN_UMASK, Run
+from root.topology import load_topology
+
+TOPOLOGY = """\
+[run]
+name = "bench-vmbus"
+duration_s = 0
+logical_processors = 2
+
+[[partition]]
+name = "bench"
+vps = 1
+memory_mb = 16
+enlightenments = ["hypercall", "vp_index", "reference_counter", "apic", "synic"]
+workloads = ["vmbus_diskbench"]
+disk = {{ image = "{dir}/ata.img", size_mb = 4 }}
+vmbus = {{ disk = {{ image = "{dir}/synthetic.img", size_mb = 64 }}, signal_suppression = {suppression} }}
+"""
+TIMEOUT_S = 180.0
+
+
+def guest_run(directory: str, suppression: bool, ata: bool = True) -> dict:
+    """Run the bench partition until its guest has reported every phase; its counters,
+    and the VSP process's figures."""
+    text = TOPOLOGY.format(dir=directory, suppression=str(suppression).lower())
+    if not ata:
+        text = "\n".join(line for line in text.splitlines() if not line.startswith("disk ="))
+    topology = load_topology(text, "<bench-vmbus>")
+    last = "vmbus_ata_ns" if ata else "vmbus_lat4k_ns"
+    old_umask = os.umask(RUN_UMASK)
+    with open(os.devnull, "w") as devnull:
+        run = Run(topology, Output(devnull), duration_s=TIMEOUT_S)
+        reason, code = "bench finished", 0
+        try:
+            run.start()
+            deadline = time.monotonic() + TIMEOUT_S
+            while True:
+                run._check_procs()
+                part = run.status().partitions[0]
+                guest = part.vps[0].guest
+                if last in guest:
+                    break
+                if time.monotonic() > deadline:
+                    raise HvstackError(f"the guest did not finish vmbus_diskbench in {TIMEOUT_S:.0f} s "
+                                       f"(see {run.run.path / 'logs'})")
+                time.sleep(0.25)
+            console = (run.run.path / "console-bench.log").read_text(errors="replace")
+        except HvstackError as e:
+            reason, code = str(e), 1
+            raise
+        finally:
+            if hasattr(run, "run"):
+                run.finish(reason, code)
+            os.umask(old_umask)
+    vsp = json.loads((run.run.path / "vsp-status.json").read_text())
+    paths = {name: {"n": st.total.n, "p50_us": st.total.percentile(50) / 1e3, "p99_us": st.total.percentile(99) / 1e3}
+             for name, st in part.paths.items()}
+    return {"guest": dict(guest), "vsp": vsp, "console": console, "paths": paths}
+
+
+NET_PARTITION = """
+[[partition]]
+name = "{name}"
+vps = 1
+memory_mb = 16
+enlightenments = ["hypercall", "vp_index", "reference_counter", "apic", "synic"]
+workloads = {workloads}
+vmbus = {{ nic = {{}} }}
+"""
+
+
+def net_topology(duration_s: float) -> str:
+    """alpha pings and streams, beta answers and pings."""
+    return (f'[run]\nname = "bench-vmbus-net"\nduration_s = {duration_s}\nlogical_processors = 2\n'
+            + NET_PARTITION.format(name="alpha", workloads='["vmbus_net", "vmbus_net_stream"]')
+            + NET_PARTITION.format(name="beta", workloads='["vmbus_net"]'))
+
+
+def ping_round_trips(duration_s: float = 8.0) -> dict:
+    """Two partitions pinging each other through the switch twice a second: the round
+    trips their guests measured (from the first echo request to its reply); and alpha
+    streaming 1 KiB frames to beta for 2 s, beta counting what arrived."""
+    from benchmarks.bench import measure_run
+
+    status = measure_run(net_topology(duration_s), duration_s)
+    g = [vp.guest for p in status.partitions for vp in p.vps]
+    n = sum(x.get("vmbus_pings", 0) for x in g)
+    stream = {"sent": sum(x.get("vmbus_stream_sent", 0) for x in g),
+              "received": sum(x.get("vmbus_stream_rx", 0) for x in g),
+              "ns": sum(x.get("vmbus_stream_ns", 0) for x in g)}
+    if not n:
+        return {"pings": 0, "stream": stream}
+    return {"pings": n, "stream": stream, "mean_us": sum(x.get("vmbus_ping_ns", 0) for x in g) / n / 1e3,
+            "min_us": min(x["vmbus_ping_min_ns"] for x in g if "vmbus_ping_min_ns" in x) / 1e3,
+            "max_us": max(x.get("vmbus_ping_max_ns", 0) for x in g) / 1e3}
+
+
+def host_write_mb_s(directory: str, total: int, chunk: int = 64 * 1024) -> float:
+    """The host's own sequential write throughput on the images' file system: ``total``
+    bytes in ``chunk`` pwrites, then fsync (as the guest's phase ends with a flush)."""
+    path = os.path.join(directory, "host-write.bin")
+    data = os.urandom(chunk)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        t0 = time.perf_counter_ns()
+        for off in range(0, total, chunk):
+            os.pwrite(fd, data, off)
+        os.fsync(fd)
+        ns = time.perf_counter_ns() - t0
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return total / ns * 1e3
+
+
+def phase(guest: dict, name: str) -> dict:
+    g = {k[len(f"vmbus_{name}_"):]: v for k, v in guest.items() if k.startswith(f"vmbus_{name}_")}
+    if not g:
+        return {}
+    g["mb_s"] = g["bytes"] / g["ns"] * 1e3
+    g["signals_per_request"] = (g["guest_signals"] + g["host_interrupts"]) / g["requests"]
+    return g
+
+
+def floor_4hop(samples: int) -> dict:
+    from benchmarks.bench import measure_floor
+
+    h = measure_floor(samples, 1)[4]
+    return {"p50_us": h.percentile(50) / 1e3, "p99_us": h.percentile(99) / 1e3, "n": h.n}
+
+
+@contextmanager
+def private_runs(directory: str):
+    """The bench's runs in a runs root of their own (0700, inside ``directory``), not the
+    user's: nobody else's ``ls --prune`` or clean-up reaches them, and nothing is left."""
+    root = os.path.join(directory, "runs")
+    os.mkdir(root, 0o700)
+    old = os.environ.get("HVSTACK_RUN_DIR")
+    os.environ["HVSTACK_RUN_DIR"] = root
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("HVSTACK_RUN_DIR", None)
+        else:
+            os.environ["HVSTACK_RUN_DIR"] = old
+
+
+def measure(samples: int = 2000) -> dict:
+    with tempfile.TemporaryDirectory(prefix="hvvmbus") as d, private_runs(d):
+        on = guest_run(d, suppression=True)
+        qd8 = phase(on["guest"], "qd8")
+        host = host_write_mb_s(d, qd8["bytes"])
+        off = guest_run(d, suppression=False, ata=False)
+        ping = ping_round_trips()
+    g = on["guest"]
+    ata = g["vmbus_ata_bytes"] / g["vmbus_ata_ns"] * 1e3
+    qd1, lat = phase(g, "qd1"), phase(g, "lat4k")
+    chans = on["vsp"]["partitions"]
+    return {
+        "synthetic_qd1": qd1, "synthetic_qd8": qd8, "latency_4k": lat,
+        "ata": {"mb_s": ata, "bytes": g["vmbus_ata_bytes"], "exits": g["vmbus_ata_exits"]},
+        "host_write_mb_s": host,
+        "ratio_qd8_vs_ata": qd8["mb_s"] / ata, "ratio_qd1_vs_ata": qd1["mb_s"] / ata,
+        "ratio_qd8_vs_host": qd8["mb_s"] / host,
+        "floor_4hop": floor_4hop(samples),
+        "suppression_off_qd8": phase(off["guest"], "qd8"),
+        "vsp_channels": {pid: p["channels"] for pid, p in chans.items()},
+        "paths": on["paths"],
+        "ping": ping,
+    }
+
+
+def measure_or_error(samples: int) -> dict:
+    """:func:`measure`, or what stopped it (for bench's JSON)."""
+    try:
+        return measure(samples)
+    except HvstackError as e:
+        return {"error": str(e)}
+
+
+def report(r: dict) -> str:
+    if "error" in r:
+        return f"synthetic disk: not measured: {r['error']}"
+    q1, q8, lat = r["synthetic_qd1"], r["synthetic_qd8"], r["latency_4k"]
+    off, fl = r["suppression_off_qd8"], r["floor_4hop"]
+    lines = [
+        "synthetic disk (VMBus, storvsp in the root's VSP process) vs the emulated ATA disk",
+        f"  64 KiB sequential writes + flush, QD1: {q1['mb_s']:8.2f} MB/s  ({r['ratio_qd1_vs_ata']:.0f}× ATA)",
+        f"  64 KiB sequential writes + flush, QD8: {q8['mb_s']:8.2f} MB/s  "
+        f"({r['ratio_qd8_vs_ata']:.0f}× ATA; goal ≥ 100×)",
+        f"  emulated ATA PIO writes + flush:       {r['ata']['mb_s'] * 1e3:8.2f} KB/s  "
+        f"({r['ata']['exits'] / (r['ata']['bytes'] / 4096):.0f} exits per 4 KiB)",
+        f"  host's own 64 KiB writes + fsync:      {r['host_write_mb_s']:8.2f} MB/s  "
+        f"(synthetic QD8 = {r['ratio_qd8_vs_host']:.3f}× host; goal ≥ 0.3×)",
+        f"  4 KiB random write + completion, QD1:  p50 {lat['p50_ns'] / 1e3:.0f} µs, p99 {lat['p99_ns'] / 1e3:.0f} µs "
+        f"(4-hop floor p50 {fl['p50_us']:.0f} µs, p99 {fl['p99_us']:.0f} µs)",
+        f"  signals per request at QD8: {q8['signals_per_request']:.3f} ({q8['guest_signals']} guest→host, "
+        f"{q8['host_interrupts']} host→guest interrupts, {q8['requests']} requests; goal < 0.2)",
+        f"  with signal suppression off: {off['signals_per_request']:.3f} per request, {off['mb_s']:.2f} MB/s at QD8",
+    ]
+    ping = r.get("ping", {})
+    if ping.get("pings"):
+        lines.append(f"  partition-to-partition ping over the switch: {ping['pings']} pings, mean "
+                     f"{ping['mean_us'] / 1e3:.2f} ms, min {ping['min_us'] / 1e3:.2f} ms, max {ping['max_us'] / 1e3:.2f} ms "
+                     f"(4-hop floor p50 {fl['p50_us'] / 1e3:.2f} ms; each leg is about five hops)")
+    st = ping.get("stream", {})
+    if st.get("ns"):
+        lines.append(f"  streaming 1 KiB frames partition to partition: {st['sent'] / st['ns'] * 1e9:.0f} frames/s sent, "
+                     f"{st['received']} of {st['sent']} received (the rest dropped at the receiver's full buffer)")
+    ch = next(iter(next(iter(r["vsp_channels"].values())).values()), {})
+    batches = q8["requests"] // 8
+    if ch.get("packets_in") and batches:
+        hc = r.get("paths", {}).get("hypercall", {})
+        lines += [
+            "  where a QD8 batch (8 × 64 KiB) goes, per batch:",
+            f"    guest: ring write + HvCallSignalEvent {q8['submit_ns'] / batches / 1e6:6.2f} ms "
+            f"(hypercall round trip p50 {hc.get('p50_us', 0):.0f} µs; {q8['guest_signals']} signals in "
+            f"{batches} batches)",
+            f"    guest: waiting for completions      {q8['wait_ns'] / batches / 1e6:6.2f} ms "
+            f"({q8['halts']} HLTs; the rest reading the ring)",
+            f"    VSP: ring + storvsp + completions  {8 * ch['work_ns'] / ch['packets_in'] / 1e6:6.2f} ms "
+            f"(its mean per packet × 8, over {ch['drains']} drains of the whole run)",
+        ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.vmbus")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--samples", type=int, default=2000, help="round trips of the 4-hop floor")
+    args = ap.parse_args(argv)
+    try:
+        r = measure(args.samples)
+    except HvstackError as e:
+        print(f"benchmarks.vmbus: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(r, indent=1, default=str) if args.json else report(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""What a real-CPU VP starts with: firmware or a kernel image, read before the partition
+process is confined (so the files need only be readable by whoever starts it).
+
+* ``firmware = "seabios"``: the system's SeaBIOS ``bios.bin`` (Debian's ``seabios``
+  package) below 4 GiB, read-only, and its last 128 KiB at 0xE0000–0xFFFFF as writable
+  shadow RAM, with 0xC0000–0xDFFFF (the option ROMs' space, none here) writable too (what
+  a chipset's PAM registers give a BIOS; these regions are the VP's, not pages of the
+  partition's RAM).  The VP starts at the reset vector, real mode, F000:FFF0.
+* ``kernel = PATH``: a flat 32-bit image loaded at 1 MiB and entered there in 32-bit
+  protected mode with paging off and flat segments (as a multiboot loader leaves it), the
+  form of the test kernels in ``partitions/guests``; one marked with LONG_MODE_MAGIC is
+  entered in 64-bit mode instead (see below); a bzImage is loaded by the Linux boot
+  protocol (:mod:`partitions.cpu.linux`), with ``initrd`` and ``cmdline``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from partitions.cpu import linux
+
+SEABIOS_PATHS = ("/usr/share/seabios/bios.bin", "/usr/share/qemu/bios.bin")
+SHADOW_BASE = 0xE0000
+SHADOW_SIZE = 0x20000
+OPTION_ROM_BASE, OPTION_ROM_SIZE = 0xC0000, 0x20000  # shadow RAM where option ROMs would be
+FOUR_GIB = 1 << 32
+KERNEL_BASE = 0x100000
+RESET_CS, RESET_IP = 0xF000, 0xFFF0
+GUESTS_DIR = Path(__file__).resolve().parent.parent / "guests"
+MAX_KERNEL_BYTES = 16 << 20
+
+
+class BootError(Exception):
+    """The firmware or kernel a topology names cannot be had (said plainly)."""
+
+
+@dataclass
+class Region:
+    """Memory of the VP's own, outside the partition's RAM: firmware ROM and its shadow."""
+
+    gpa: int
+    data: bytes
+    writable: bool
+
+
+@dataclass
+class Boot:
+    real_mode: bool
+    cs: int  # real mode: the code segment (the entry is cs * 16 + ip)
+    ip: int
+    load: list[tuple[int, bytes]] = field(default_factory=list)  # into guest RAM, by VP 0
+    regions: list[Region] = field(default_factory=list)
+    what: str = ""
+    kvm_fd: int | None = None  # /dev/kvm, opened before confinement (the kvm backend)
+    # Where code that may use the synthetic MSRs runs (unicorn watches it for RDMSR/WRMSR).
+    msr_code: list[tuple[int, int]] = field(default_factory=list)
+    long_mode: bool = False  # entered in 64-bit mode: LONG_MODE_* below, in guest RAM
+    rsi: int = 0  # RSI at entry (Linux: the zero page)
+
+    @property
+    def entry(self) -> int:
+        return (self.cs << 4) + self.ip if self.real_mode else self.ip
+
+
+# The CMOS bytes a PC BIOS sizes RAM by (what QEMU's pc_cmos_init writes): base memory in
+# KiB at 0x15/0x16, memory from 1 MiB to 64 MiB in KiB at 0x17/0x18 and 0x30/0x31, memory
+# from 16 MiB up in 64 KiB units at 0x34/0x35.  The NVRAM file holds registers 0x0E–0x7F.
+CMOS_NVRAM_FIRST, CMOS_NVRAM_SIZE = 0x0E, 0x72
+
+
+def cmos_nvram(memory_mb: int) -> bytes:
+    """A new partition's CMOS NVRAM telling its firmware how much RAM it has."""
+    nvram = bytearray(CMOS_NVRAM_SIZE)
+
+    def put16(index: int, value: int) -> None:
+        nvram[index - CMOS_NVRAM_FIRST:index - CMOS_NVRAM_FIRST + 2] = min(value, 0xFFFF).to_bytes(2, "little")
+    put16(0x15, 640)
+    extended_kb = max(0, memory_mb - 1) * 1024
+    put16(0x17, extended_kb)
+    put16(0x30, extended_kb)
+    put16(0x34, max(0, memory_mb - 16) * 16)
+    return bytes(nvram)
+
+
+# A kernel whose bytes 8-15 are this is entered at 1 MiB + 16 in 64-bit mode, as
+# Firecracker enters Linux: paging on with an identity map of the first 4 GiB (2 MiB pages),
+# a flat GDT (0x08 code, 0x10 data), CR0 PE|PG|…, CR4 PAE, EFER LME|LMA.
+LONG_MODE_MAGIC = b"HVSTK64\0"
+LONG_MODE_ENTRY = 16
+GDT_GPA = 0x500
+PML4_GPA = 0x9000  # then the PDPT at 0xA000 and four page directories at 0xB000-0xEFFF
+LONG_MODE_CR0, LONG_MODE_CR4, LONG_MODE_EFER = 0x80050033, 0x20, 0x500
+GDT_ENTRIES = (0, 0x00AF9A000000FFFF, 0x00CF92000000FFFF)
+
+
+def long_mode_tables() -> list[tuple[int, bytes]]:
+    """The GDT and page tables a long-mode entry needs, as (GPA, bytes) to load."""
+    pml4 = (PML4_GPA + 0x1003).to_bytes(8, "little").ljust(4096, b"\0")
+    pdpt = b"".join((PML4_GPA + 0x2000 + 0x1000 * i + 3).to_bytes(8, "little") for i in range(4)).ljust(4096, b"\0")
+    pds = b"".join((i * 0x200000 | 0x83).to_bytes(8, "little") for i in range(2048))
+    gdt = b"".join(e.to_bytes(8, "little") for e in GDT_ENTRIES)
+    return [(GDT_GPA, gdt), (PML4_GPA, pml4 + pdpt + pds)]
+
+
+def guest_ram(memory_mb: int) -> list[tuple[int, int]]:
+    """The RAM the root maps for a partition of ``memory_mb`` (root/hostflow.py): below
+    640 KiB and from 1 MiB up, as (gpa, length)."""
+    top = memory_mb << 20
+    return [(0, min(top, 0xA0000))] + ([(0x100000, top - 0x100000)] if top > 0x100000 else [])
+
+
+def seabios_path() -> str | None:
+    for p in SEABIOS_PATHS:
+        if os.path.isfile(p):
+            return p
+    return None
+
+
+def seabios_missing() -> str | None:
+    """Why ``firmware = "seabios"`` cannot run here (None: it can)."""
+    if seabios_path() is None:
+        return ("SeaBIOS is not installed (no " + " or ".join(SEABIOS_PATHS) +
+                "): apt-get install seabios")
+    return None
+
+
+def kernel_path(name: str, base_dir: str | None = None) -> Path:
+    """A kernel the topology names: one of ours in partitions/guests by name
+    (``hvtest32``), else a path (relative to the topology file)."""
+    ours = GUESTS_DIR / f"{name}.bin"
+    if "/" not in name and ours.is_file():
+        return ours
+    p = Path(name)
+    return p if p.is_absolute() or base_dir is None else Path(base_dir) / p
+
+
+def prepare(spec: dict) -> Boot:
+    """The boot of a real-CPU partition from its spec's ``firmware`` and ``kernel``."""
+    if spec.get("firmware") == "seabios":
+        missing = seabios_missing()
+        if missing:
+            raise BootError(missing)
+        path = seabios_path()
+        rom = Path(path).read_bytes()
+        if len(rom) < SHADOW_SIZE or len(rom) % 0x1000 or len(rom) > 1 << 20:
+            raise BootError(f"{path}: {len(rom)} bytes is not a BIOS image (128 KiB to 1 MiB)")
+        return Boot(True, RESET_CS, RESET_IP, regions=[
+            Region(FOUR_GIB - len(rom), rom, writable=False),
+            Region(SHADOW_BASE, rom[-SHADOW_SIZE:], writable=True),
+            Region(OPTION_ROM_BASE, bytes(OPTION_ROM_SIZE), writable=True),
+        ], what=f"SeaBIOS ({path})")
+    if spec.get("kernel"):
+        path = kernel_path(spec["kernel"], spec.get("base_dir"))
+        try:
+            image = path.read_bytes()
+        except OSError as e:
+            raise BootError(f"kernel {spec['kernel']!r}: {path}: {e.strerror}") from None
+        if not image or len(image) > MAX_KERNEL_BYTES:
+            raise BootError(f"kernel {path}: {len(image)} bytes (1 byte to 16 MiB)")
+        if linux.is_bzimage(image):
+            initrd = b""
+            if spec.get("initrd"):
+                ipath = kernel_path(spec["initrd"], spec.get("base_dir"))
+                try:
+                    initrd = ipath.read_bytes()
+                except OSError as e:
+                    raise BootError(f"initrd {spec['initrd']!r}: {ipath}: {e.strerror}") from None
+            try:
+                loads, rip, rsi = linux.load(image, guest_ram(spec.get("memory_mb", 16)), spec.get("cmdline") or "",
+                                             initrd)
+            except linux.NotLinux as e:
+                raise BootError(f"kernel {path}: {e}") from None
+            # The BIOS area Linux scans (option ROMs, the MP table, the RSDP): read-only zeros,
+            # as a machine whose firmware left nothing there (reads of unmapped GPAs #GP here).
+            return Boot(False, 0, rip, load=[*long_mode_tables(), *loads], long_mode=True, rsi=rsi,
+                        regions=[Region(OPTION_ROM_BASE, bytes(0x40000), writable=False)],
+                        what=f"Linux {path.name} (64-bit boot protocol)")
+        if image[8:16] == LONG_MODE_MAGIC:
+            return Boot(False, 0, KERNEL_BASE + LONG_MODE_ENTRY, load=[*long_mode_tables(), (KERNEL_BASE, image)],
+                        what=f"kernel {path.name} (64-bit entry)", long_mode=True,
+                        msr_code=[(KERNEL_BASE, KERNEL_BASE + len(image) - 1)])
+        return Boot(False, 0, KERNEL_BASE, load=[(KERNEL_BASE, image)], what=f"kernel {path.name}",
+                    msr_code=[(KERNEL_BASE, KERNEL_BASE + len(image) - 1)])
+    raise BootError("a real CPU needs firmware = \"seabios\" or kernel = PATH")

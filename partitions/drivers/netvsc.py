@@ -1,0 +1,172 @@
+"""netvsc: the guest's synthetic NIC driver (Linux drivers/net/hyperv/netvsc.c and
+rndis_filter.c in miniature) over an open VMBus channel; protocol in proto/nvsp.py.
+
+Bring-up: NVSP INIT (6.1), NDIS config and version, the receive buffer (a GPADL of
+RECV_PAGES pages), RNDIS INITIALIZE, QUERY of the MAC address, SET of the packet filter
+(directed and broadcast).  A frame goes out as an RNDIS PACKET in one of TX_SLOTS pages,
+named by a GPA-direct packet (a page is reused once its send has completed); frames come in through receive-buffer sections announced by
+transfer-page packets, each completed to hand the section back.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+
+from proto import nvsp as nv
+from proto.vmbus_ring import (VM_PKT_COMP, VM_PKT_DATA_INBAND, VM_PKT_DATA_USING_XFER_PAGES,
+                              VMBUS_DATA_PACKET_FLAG_COMPLETION_REQUESTED, GpaRange, encode_gpa_direct,
+                              encode_packet)
+
+from partitions.drivers.vmbus import Channel, Vmbus
+from partitions.vp import Vp
+
+RECV_AREA = 0x380000
+RECV_PAGES = 16
+TX_AREA = RECV_AREA + RECV_PAGES * 4096
+TX_SLOTS = 8
+TIMEOUT_S = 10.0
+
+
+class NetError(Exception):
+    pass
+
+
+class Netvsc:
+    def __init__(self, bus: Vmbus, channel: Channel) -> None:
+        self.bus, self.ch = bus, channel
+        self.tid = 0
+        self.done: dict[int, bytes] = {}  # our requests' completions
+        self.control: dict[int, bytes] = {}  # RNDIS control completions by request id
+        self.frames: list[bytes] = []
+        self.mac = b""
+        self.tx_slot = 0
+        self.slot_tid: list[int | None] = [None] * TX_SLOTS  # the send each transmit page is out for
+        self.stats = {"tx": 0, "rx": 0}
+
+    def _next(self) -> int:
+        self.tid += 1
+        return self.tid
+
+    # -- the ring ---------------------------------------------------------------------------
+
+    def poll(self, vp: Vp) -> None:
+        """Take what the ring holds: completions, received frames and RNDIS replies; give
+        the receive sections back in one write."""
+        self.bus.clear_event(vp, self.ch.relid)
+        acks = []
+        for p in self.ch.receive(vp):
+            if p.type == VM_PKT_COMP:
+                self.done[p.transaction_id] = p.payload
+            elif p.type == VM_PKT_DATA_USING_XFER_PAGES:
+                self._received(vp, p)
+                acks.append(encode_packet(VM_PKT_COMP, b"", p.transaction_id))
+        if acks:
+            self.ch.send(vp, acks)
+
+    def _received(self, vp: Vp, p) -> None:
+        if len(p.header) < nv.XFER_PAGE_HEADER.size + nv.XFER_RANGE.size:
+            return
+        _, _, _, count = nv.XFER_PAGE_HEADER.unpack_from(p.header)
+        for i in range(min(count, (len(p.header) - nv.XFER_PAGE_HEADER.size) // nv.XFER_RANGE.size)):
+            n, off = nv.XFER_RANGE.unpack_from(p.header, nv.XFER_PAGE_HEADER.size + i * nv.XFER_RANGE.size)
+            if off + n > RECV_PAGES * 4096 or n < nv.RNDIS_HEADER.size:
+                continue
+            msg = vp.mem.read(RECV_AREA + off, n)
+            mtype, _ = nv.RNDIS_HEADER.unpack_from(msg)
+            if mtype == nv.RNDIS_MSG_PACKET:
+                frame = nv.parse_rndis_packet(msg)
+                if frame is not None:
+                    self.stats["rx"] += 1
+                    self.frames.append(frame)
+            elif mtype & nv.RNDIS_MSG_COMPLETION and len(msg) >= 12:
+                self.control[struct.unpack_from("<I", msg, 8)[0]] = msg
+
+    def _wait(self, vp: Vp, ready, what: str, timeout: float = TIMEOUT_S):
+        deadline = time.monotonic() + timeout
+        while True:
+            self.poll(vp)
+            got = ready()
+            if got is not None:
+                return got
+            if time.monotonic() > deadline:
+                raise NetError(f"no {what} within {timeout} s")
+            if self.ch.to_guest.is_empty():
+                vp.sti()
+                vp.hlt()
+
+    def request(self, vp: Vp, msg_type: int, body: bytes = b"") -> bytes:
+        tid = self._next()
+        self.ch.send(vp, [encode_packet(VM_PKT_DATA_INBAND, nv.nvsp(msg_type, body), tid,
+                                        VMBUS_DATA_PACKET_FLAG_COMPLETION_REQUESTED)])
+        return self._wait(vp, lambda: self.done.pop(tid, None), f"completion of NVSP {msg_type}")
+
+    def send_rndis(self, vp: Vp, msg: bytes, channel_type: int = nv.RNDIS_CHANNEL_DATA, wait: bool = False) -> None:
+        """An RNDIS message out, in the next transmit page."""
+        if len(msg) > 4096:
+            raise NetError(f"RNDIS message of {len(msg)} bytes")
+        slot = self.tx_slot
+        self.tx_slot = (slot + 1) % TX_SLOTS
+        previous = self.slot_tid[slot]
+        if previous is not None:  # the host may still be reading that page: wait until it is done
+            self._wait(vp, lambda: self.done.pop(previous, None), "a transmit page back")
+        gpa = TX_AREA + slot * 4096
+        vp.mem.write(gpa, msg)
+        tid = self._next()
+        self.slot_tid[slot] = None if wait else tid
+        self.ch.send(vp, [encode_gpa_direct(nv.nvsp(nv.NVSP_MSG1_TYPE_SEND_RNDIS_PKT,
+                                                    nv.RNDIS_PKT.pack(channel_type, nv.NETVSC_INVALID_INDEX, 0)),
+                                            [GpaRange(len(msg), 0, (gpa >> 12,))], tid)])
+        if wait:
+            reply = self._wait(vp, lambda: self.done.pop(tid, None), "RNDIS send completion")
+            if nv.STATUS.unpack_from(reply, 4)[0] != nv.NVSP_STAT_SUCCESS:
+                raise NetError("the host refused an RNDIS message")
+
+    def _rndis_request(self, vp: Vp, mtype: int, body: bytes) -> bytes:
+        req = self._next()
+        self.send_rndis(vp, nv.rndis(mtype, struct.pack("<I", req) + body), nv.RNDIS_CHANNEL_CONTROL, wait=True)
+        return self._wait(vp, lambda: self.control.pop(req, None), f"RNDIS reply to {mtype}")
+
+    # -- bring-up ---------------------------------------------------------------------------------
+
+    def init(self, vp: Vp) -> None:
+        reply = self.request(vp, nv.NVSP_MSG_TYPE_INIT, nv.INIT.pack(nv.NVSP_PROTOCOL_VERSION_61,
+                                                                   nv.NVSP_PROTOCOL_VERSION_61))
+        if nv.INIT_COMPLETE.unpack_from(reply, 4)[2] != nv.NVSP_STAT_SUCCESS:
+            raise NetError("NVSP 6.1 refused")
+        self.ch.send(vp, [encode_packet(VM_PKT_DATA_INBAND, nv.nvsp(nv.NVSP_MSG2_TYPE_SEND_NDIS_CONFIG,
+                                                                    struct.pack("<IIQ", nv.MTU + 14, 0, 0)))])
+        self.ch.send(vp, [encode_packet(VM_PKT_DATA_INBAND, nv.nvsp(nv.NVSP_MSG1_TYPE_SEND_NDIS_VER,
+                                                                    struct.pack("<II", 6, 30)))])
+        vp.mem.write(RECV_AREA, bytes(RECV_PAGES * 4096))
+        gpadl = self.bus.create_gpadl(vp, self.ch.relid, [(RECV_AREA >> 12) + i for i in range(RECV_PAGES)])
+        reply = self.request(vp, nv.NVSP_MSG1_TYPE_SEND_RECV_BUF,
+                             nv.SEND_RECV_BUF.pack(gpadl, nv.NETVSC_RECEIVE_BUFFER_ID, 0))
+        if nv.RECV_BUF_COMPLETE.unpack_from(reply, 4)[0] != nv.NVSP_STAT_SUCCESS:
+            raise NetError("receive buffer refused")
+        self._rndis_request(vp, nv.RNDIS_MSG_INIT, struct.pack("<III", 1, 0, 0x4000))
+        reply = self._rndis_request(vp, nv.RNDIS_MSG_QUERY, struct.pack("<IIII", nv.OID_802_3_PERMANENT_ADDRESS,
+                                                                         0, 0, 0))
+        _, _, _, status, length, offset = struct.unpack_from("<IIIIII", reply)
+        if status or length != 6:
+            raise NetError(f"no MAC address (status {status:#x})")
+        self.mac = reply[8 + offset:8 + offset + 6]
+        reply = self._rndis_request(vp, nv.RNDIS_MSG_SET, struct.pack(
+            "<IIIII", nv.OID_GEN_CURRENT_PACKET_FILTER, 4, 20, 0,
+            nv.NDIS_PACKET_TYPE_DIRECTED | nv.NDIS_PACKET_TYPE_BROADCAST))
+        if struct.unpack_from("<I", reply, 12)[0]:
+            raise NetError("packet filter refused")
+
+    def send(self, vp: Vp, frame: bytes) -> None:
+        self.stats["tx"] += 1
+        self.send_rndis(vp, nv.rndis_packet(frame))
+
+    def take(self) -> list[bytes]:
+        frames, self.frames = self.frames, []
+        return frames
+
+
+def bring_up(vp: Vp, bus: Vmbus, offer: dict) -> Netvsc:
+    nic = Netvsc(bus, bus.open(vp, offer))
+    nic.init(vp)
+    return nic

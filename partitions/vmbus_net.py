@@ -1,0 +1,227 @@
+"""``vmbus_net``: the synthetic NIC with a tiny IP layer — ARP and ICMP echo, enough for
+partitions to ping each other through the root's virtual switch.
+
+The partition's address is 10.0.0.N where N is the last byte of the MAC address the host
+gave it (00:15:5d:00:00:ID, Hyper-V's prefix and the partition's id).  VP 0 answers ARP
+requests and echo requests whenever it runs, and twice a second pings the next of
+10.0.0.1–10.0.0.MAX_PEER that answers ARP, printing the round trip on the console.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+
+from proto.vmbus import HV_NIC_GUID
+
+from partitions.drivers.netvsc import NetError, Netvsc, bring_up
+from partitions.drivers.vmbus import VmbusError
+from partitions.vmbus_disk import vmbus_bus
+from partitions.vp import Vp
+
+BROADCAST = b"\xff" * 6
+ETH_ARP, ETH_IP = 0x0806, 0x0800
+ETH_STREAM = 0x88B5  # IEEE's "local experimental" EtherType: the streaming frames
+STREAM_S = 2.0
+STREAM_FRAME = 1024
+ARP = struct.Struct(">HHBBH6s4s6s4s")
+IP = struct.Struct(">BBHHHBBH4s4s")
+ICMP = struct.Struct(">BBHHH")
+MAX_PEER = 4
+PING_INTERVAL_S = 0.5
+ARP_TIMEOUT_S, PING_TIMEOUT_S = 0.3, 1.0
+DEAD_PEER_S = 2.0  # an address that did not answer ARP is tried again after this long
+PAYLOAD = bytes(range(56))
+
+
+def checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f">{len(data) // 2}H", data))
+    s = (s >> 16) + (s & 0xFFFF)
+    s += s >> 16
+    return ~s & 0xFFFF
+
+
+class Stack:
+    def __init__(self, nic: Netvsc) -> None:
+        self.nic = nic
+        self.ip = bytes([10, 0, 0, nic.mac[5]])
+        self.arp: dict[bytes, bytes] = {}
+        self.replies: dict[tuple[int, int], float] = {}  # (id, seq) → when the echo reply came
+        self.seq = 0
+        self.answered = 0
+        self.streamed = 0  # streaming frames received
+
+    def eth(self, dst: bytes, ethertype: int, payload: bytes) -> bytes:
+        return dst + self.nic.mac + struct.pack(">H", ethertype) + payload
+
+    def handle(self, vp: Vp) -> int:
+        """Every frame received so far: ARP and echo requests answered, replies noted."""
+        self.nic.poll(vp)
+        frames = self.nic.take()
+        for f in frames:
+            if len(f) < 14:
+                continue
+            (etype,) = struct.unpack_from(">H", f, 12)
+            if etype == ETH_STREAM:
+                self.streamed += 1
+                continue
+            if etype == ETH_ARP and len(f) >= 14 + ARP.size:
+                _, _, _, _, op, sha, spa, _, tpa = ARP.unpack_from(f, 14)
+                self.arp[spa] = sha
+                if op == 1 and tpa == self.ip:
+                    self.nic.send(vp, self.eth(sha, ETH_ARP, ARP.pack(1, ETH_IP, 6, 4, 2, self.nic.mac, self.ip,
+                                                                       sha, spa)))
+            elif etype == ETH_IP and len(f) >= 14 + IP.size + ICMP.size:
+                ihl = (f[14] & 0xF) * 4
+                src, dst, proto = f[26:30], f[30:34], f[23]
+                if dst != self.ip or proto != 1:
+                    continue
+                icmp = f[14 + ihl:]
+                kind, _, _, ident, seq = ICMP.unpack_from(icmp)
+                if kind == 8:
+                    self.answered += 1
+                    self.nic.send(vp, self.eth(f[6:12], ETH_IP, self.ip_packet(src, self.icmp(0, ident, seq,
+                                                                                              icmp[8:]))))
+                elif kind == 0:
+                    self.replies[(ident, seq)] = time.perf_counter()
+        return len(frames)
+
+    @staticmethod
+    def icmp(kind: int, ident: int, seq: int, payload: bytes) -> bytes:
+        body = ICMP.pack(kind, 0, 0, ident, seq) + payload
+        return ICMP.pack(kind, 0, checksum(body), ident, seq) + payload
+
+    def ip_packet(self, dst: bytes, payload: bytes) -> bytes:
+        head = IP.pack(0x45, 0, IP.size + len(payload), self.seq & 0xFFFF, 0, 64, 1, 0, self.ip, dst)
+        return IP.pack(0x45, 0, IP.size + len(payload), self.seq & 0xFFFF, 0, 64, 1, checksum(head), self.ip,
+                       dst) + payload
+
+    def _until(self, vp: Vp, done, timeout: float):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.handle(vp)
+            got = done()
+            if got:
+                return got
+            if self.nic.ch.to_guest.is_empty():
+                vp.sti()
+                vp.hlt()
+        return None
+
+    def resolve(self, vp: Vp, ip: bytes) -> bytes | None:
+        if ip not in self.arp:
+            self.nic.send(vp, self.eth(BROADCAST, ETH_ARP, ARP.pack(1, ETH_IP, 6, 4, 1, self.nic.mac, self.ip,
+                                                                     bytes(6), ip)))
+            self._until(vp, lambda: self.arp.get(ip), ARP_TIMEOUT_S)
+        return self.arp.get(ip)
+
+    def ping(self, vp: Vp, ip: bytes) -> float | None:
+        """One echo request to ``ip``; the round trip in seconds, or None."""
+        mac = self.resolve(vp, ip)
+        if mac is None:
+            return None
+        self.seq += 1
+        key = (0x4856, self.seq & 0xFFFF)
+        t0 = time.perf_counter()
+        self.nic.send(vp, self.eth(mac, ETH_IP, self.ip_packet(ip, self.icmp(8, *key, PAYLOAD))))
+        got = self._until(vp, lambda: self.replies.pop(key, None), PING_TIMEOUT_S)
+        return None if got is None else got - t0
+
+
+def wl_vmbus_net(vp: Vp, sys) -> int:
+    if vp.index != 0:
+        return 0
+    st = sys.timers.get("vmbus_net_state")
+    if st is None or st[0] != sys.booted_generation:
+        st = (sys.booted_generation, _bring_up(vp, sys), {})
+        sys.timers["vmbus_net_state"] = st
+    stack, dead = st[1], st[2]
+    if stack is None:
+        return 0
+    try:
+        n = stack.handle(vp)
+        if stack.streamed:
+            vp.counters["vmbus_stream_rx"] = stack.streamed
+        now = time.monotonic()
+        if now - sys.timers.get("vmbus_net", 0.0) < PING_INTERVAL_S:
+            return n
+        sys.timers["vmbus_net"] = now
+        # (a peer heard from since — its gratuitous ARP at bring-up — is alive again)
+        peers = [bytes([10, 0, 0, i]) for i in range(1, MAX_PEER + 1)
+                 if i != stack.ip[3] and (dead.get(i, 0.0) < now or bytes([10, 0, 0, i]) in stack.arp)]
+        if not peers:
+            return n
+        at = sys.timers.get("vmbus_net_peer", 0) % len(peers)
+        sys.timers["vmbus_net_peer"] = at + 1
+        ip = peers[at]
+        rtt = stack.ping(vp, ip)
+    except (NetError, VmbusError) as e:
+        sys.console(vp, f"[{sys.name}] vmbus_net: {e}")
+        sys.timers["vmbus_net_state"] = (sys.booted_generation, None, {})
+        return 0
+    if rtt is None:
+        if ip in stack.arp:
+            sys.console(vp, f"[{sys.name}] vmbus_net: ping {'.'.join(map(str, ip))}: no reply in {PING_TIMEOUT_S} s")
+        dead[ip[3]] = now + DEAD_PEER_S
+        return n
+    c = vp.counters
+    c["vmbus_pings"] = c.get("vmbus_pings", 0) + 1
+    c["vmbus_ping_ns"] = c.get("vmbus_ping_ns", 0) + int(rtt * 1e9)
+    c["vmbus_ping_min_ns"] = min(c.get("vmbus_ping_min_ns", 1 << 62), int(rtt * 1e9))
+    c["vmbus_ping_max_ns"] = max(c.get("vmbus_ping_max_ns", 0), int(rtt * 1e9))
+    sys.console(vp, f"[{sys.name}] vmbus_net: ping {'.'.join(map(str, ip))}: {len(PAYLOAD) + 8} bytes, "
+                    f"{rtt * 1e3:.2f} ms ({stack.answered} echo requests answered)")
+    return n + 1
+
+
+def wl_vmbus_net_stream(vp: Vp, sys) -> int:
+    """Once a peer is known (VP 0, with ``vmbus_net``): STREAM_S seconds of back-to-back
+    1 KiB frames to it, as fast as the transmit pages come back; the peer counts them
+    (``vmbus_stream_rx`` in its VP's counters)."""
+    st = sys.timers.get("vmbus_net_state")
+    if vp.index != 0 or st is None or st[1] is None or sys.timers.get("vmbus_stream_done"):
+        return 0
+    stack = st[1]
+    peers = [mac for ip, mac in stack.arp.items() if ip != stack.ip]
+    if not peers:
+        return 0
+    sys.timers["vmbus_stream_done"] = 1
+    frame = stack.eth(peers[0], ETH_STREAM, bytes(STREAM_FRAME - 14))
+    sent, t0 = 0, time.perf_counter_ns()
+    try:
+        while time.perf_counter_ns() - t0 < STREAM_S * 1e9:
+            for _ in range(64):
+                stack.nic.send(vp, frame)
+            sent += 64
+            stack.handle(vp)  # (the receive side's acknowledgements and our completions)
+    except (NetError, VmbusError) as e:
+        sys.console(vp, f"[{sys.name}] vmbus_net_stream: {e}")
+        return 0
+    ns = time.perf_counter_ns() - t0
+    vp.counters.update(vmbus_stream_sent=sent, vmbus_stream_ns=ns)
+    sys.console(vp, f"[{sys.name}] vmbus_net_stream: {sent} frames of {STREAM_FRAME} bytes in {ns / 1e9:.2f} s: "
+                    f"{sent / ns * 1e9:.0f} frames/s sent")
+    return sent
+
+
+def _bring_up(vp: Vp, sys) -> Stack | None:
+    bus = vmbus_bus(vp, sys)
+    if bus is None:
+        return None
+    nics = [o for o in bus.offers if o["if_type"] == HV_NIC_GUID]
+    if not nics:
+        sys.console(vp, f"[{sys.name}] vmbus_net: no synthetic NIC offered")
+        return None
+    try:
+        nic = bring_up(vp, bus, nics[0])
+    except (NetError, VmbusError) as e:
+        sys.console(vp, f"[{sys.name}] vmbus_net: {e}")
+        return None
+    stack = Stack(nic)
+    # A gratuitous ARP: the partitions up already learn this one (and stop waiting for it).
+    nic.send(vp, stack.eth(BROADCAST, ETH_ARP, ARP.pack(1, ETH_IP, 6, 4, 1, nic.mac, stack.ip, bytes(6), stack.ip)))
+    sys.console(vp, f"[{sys.name}] vmbus_net: NIC {nic.mac.hex(':')} on channel {nic.ch.relid}, "
+                    f"address {'.'.join(map(str, stack.ip))}")
+    return stack

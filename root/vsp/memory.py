@@ -1,0 +1,115 @@
+"""A child partition's memory as the VSP process reaches it: only the pages a guest has
+described — a GPADL's, mapped while the GPADL lives, and a request's page list, mapped for
+that request — never the whole partition.
+
+The launcher hands over the partition's RAM file (indexed by guest page number,
+proto/memory.py) and its SLAT table by descriptor.  Every page is checked against the
+SLAT when it is mapped and again on each access (the hypervisor may unmap it meanwhile),
+so what the VSP touches is RAM the partition has now: a page outside it is
+:class:`~proto.memory.UnmappedGpa`, which the VSPs turn into a refusal.
+"""
+
+from __future__ import annotations
+
+import mmap
+from contextlib import contextmanager
+
+from proto.memory import PAGE_SHIFT, PAGE_SIZE, SLAT_INVALID, UnmappedGpa
+
+
+class PartitionMemory:
+    def __init__(self, ram_fd: int, slat_fd: int) -> None:
+        self.ram_fd = ram_fd
+        self._slat_map = mmap.mmap(slat_fd, 0, access=mmap.ACCESS_READ)
+        self.slat = memoryview(self._slat_map).cast("I")
+        self.pages = len(self.slat)
+        self.mapped_pages = 0  # pages mapped now (GPADLs and requests in flight)
+
+    def check(self, pfn: int) -> None:
+        if not 0 <= pfn < self.pages or self.slat[pfn] == SLAT_INVALID:
+            raise UnmappedGpa(pfn << PAGE_SHIFT)
+
+    def map(self, pfns: list[int]) -> "Mapping":
+        """Map exactly ``pfns`` (each checked), contiguous runs in one mmap each."""
+        for p in pfns:
+            self.check(p)
+        return Mapping(self, pfns)
+
+    @contextmanager
+    def mapped(self, pfns):
+        m = self.map(list(pfns))
+        try:
+            yield m
+        finally:
+            m.close()
+
+    def close(self) -> None:
+        self.slat.release()
+        self._slat_map.close()
+
+
+class Mapping:
+    """Some pages of a partition, by guest-physical address (``read``/``write``, as
+    :class:`proto.memory.GuestMemory` offers them, for :class:`proto.vmbus_ring.PagedView`)."""
+
+    def __init__(self, mem: PartitionMemory, pfns: list[int]) -> None:
+        self.mem = mem
+        self.where: dict[int, tuple[mmap.mmap, int]] = {}  # pfn → (its run's map, offset in it)
+        self.maps: list[mmap.mmap] = []
+        self.counted = 0
+        runs: list[list[int]] = []
+        for p in sorted(set(pfns)):
+            if runs and runs[-1][0] + runs[-1][1] == p:
+                runs[-1][1] += 1
+            else:
+                runs.append([p, 1])
+        try:
+            for first, count in runs:
+                m = mmap.mmap(mem.ram_fd, count * PAGE_SIZE, offset=first * PAGE_SIZE)
+                self.maps.append(m)
+                for i in range(count):
+                    self.where[first + i] = (m, i * PAGE_SIZE)
+        except BaseException:
+            self.close()
+            raise
+        self.counted = len(self.where)
+        mem.mapped_pages += self.counted
+
+    def _span(self, gpa: int, n: int) -> tuple[mmap.mmap, int, int]:
+        """(map, offset, bytes) of as much of [gpa, gpa + n) as one run holds; every page
+        of it checked against the SLAT now."""
+        pfn = gpa >> PAGE_SHIFT
+        got = self.where.get(pfn)
+        if got is None:
+            raise UnmappedGpa(gpa)
+        m, off = got
+        off += gpa & (PAGE_SIZE - 1)
+        step = min(n, len(m) - off)
+        for p in range(pfn, ((gpa + step - 1) >> PAGE_SHIFT) + 1):
+            self.mem.check(p)
+        return m, off, step
+
+    def read(self, gpa: int, n: int) -> bytes:
+        m, off, step = self._span(gpa, n)
+        if step == n:
+            return m[off:off + n]
+        out = [m[off:off + step]]
+        while step < n:
+            gpa, n = gpa + step, n - step
+            m, off, step = self._span(gpa, n)
+            out.append(m[off:off + step])
+        return b"".join(out)
+
+    def write(self, gpa: int, data: bytes) -> None:
+        i = 0
+        while i < len(data):
+            m, off, step = self._span(gpa + i, len(data) - i)
+            m[off:off + step] = data[i:i + step]
+            i += step
+
+    def close(self) -> None:
+        self.mem.mapped_pages -= self.counted
+        self.counted = 0
+        for m in self.maps:
+            m.close()
+        self.maps, self.where = [], {}

@@ -1,0 +1,134 @@
+"""The real-CPU backends in-process: real machine code, a fake ExitPort (fake_port.py), on
+unicorn and — where /dev/kvm opens — on KVM.  Each program's assembly is beside its bytes."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from partitions.cpu import unavailable
+from partitions.cpu.boot import Boot
+from partitions.cpu.run import backend_class
+from partitions.vp import VpStopped
+from tests.unit.partitions.fake_port import FakePort, guest_memory
+
+CODE = 0x1000
+@pytest.fixture(params=["unicorn", "kvm"])
+def cpu(request):
+    if unavailable(request.param):
+        pytest.skip(unavailable(request.param))
+    return request.param
+
+
+def make(cpu: str, mem, boot: Boot, **port_args):
+    if cpu == "kvm":
+        from partitions.cpu.kvm_cpu import before_confinement
+        before_confinement(boot)
+    made = {}
+    backend = backend_class(cpu)(lambda regs: made.setdefault("port", FakePort(regs, mem, **port_args)), mem, boot)
+    return backend, made["port"]
+
+
+def run(tmp_path, code: bytes, *, cpu="unicorn", real_mode=False, load=(), msrs=None, **port_args):
+    mem = guest_memory(tmp_path)
+    boot = Boot(real_mode, 0, CODE, load=[(CODE, code), *load], msr_code=[(CODE, CODE + len(code))])
+    if real_mode and cpu == "kvm":
+        boot.cs, boot.ip = 0, CODE  # KVM starts at its reset state's CS: 0000:1000 here
+    backend, port = make(cpu, mem, boot, **port_args)
+    port.msrs.update(msrs or {})
+    try:
+        with pytest.raises(VpStopped):
+            backend.run()
+    finally:
+        backend.close()
+        if boot.kvm_fd is not None:
+            os.close(boot.kvm_fd)
+    return port, mem
+
+
+def test_rep_insw_takes_each_word_once_when_quantum_ends_fall_inside_it(tmp_path, cpu):
+    # mov $0x2000,%edi; mov $8,%ecx; mov $0x1f0,%dx; cld; rep insw; cli; hlt
+    code = bytes.fromhex("bf00200000b90800000066baf001fc66f36dfaf4")
+    words = [0x1111 * (i + 1) for i in range(8)]
+    # A 100 µs quantum and a 300 µs device read: on unicorn the quantum is over at every
+    # iteration (KVM exits once for the whole string, each element an exit of ours).
+    port, mem = run(tmp_path, code, cpu=cpu, inputs={0x1F0: words}, quantum_ns=100_000, input_delay_s=0.0003)
+    assert cpu == "kvm" or len(port.of("quantum")) >= 4
+    assert port.of("in") == [("in", 0x1F0, 2)] * 8  # no read of the device twice
+    assert [mem.read_int(0x2000 + 2 * i, 2) for i in range(8)] == words
+
+
+def test_cpuid_and_synthetic_msrs_exit_other_msrs_run_natively(tmp_path, cpu):
+    # mov $0x40000000,%eax; cpuid; mov %eax,0x3000; mov %ebx,0x3004
+    # mov $0x40000002,%ecx; rdmsr; mov %eax,0x3008
+    # mov $0x40000073,%ecx; mov $0x5001,%eax; xor %edx,%edx; wrmsr
+    # mov $0x1b,%ecx; rdmsr (IA32_APIC_BASE: the CPU's own); cli; hlt
+    code = bytes.fromhex("b8000000400fa2a300300000891d04300000b9020000400f32a308300000"
+                         "b973000040b80150000031d20f30b91b0000000f32faf4")
+    port, mem = run(tmp_path, code, cpu=cpu, msrs={0x40000002: 7})
+    # unicorn asks for CPUID here; KVM asked for the Hyper-V leaves when the VP started.
+    assert ("cpuid", 0x40000000, 0) in port.of("cpuid")
+    assert (mem.read_int(0x3000, 4), mem.read_int(0x3004, 4)) == (0x40000001, 0x11)
+    assert port.of("rdmsr") == [("rdmsr", 0x40000002)] and mem.read_int(0x3008, 4) == 7
+    assert port.of("wrmsr") == [("wrmsr", 0x40000073, 0x5001)]
+    assert port.of("halt") == [("halt", False)]
+
+
+def test_the_hypercall_page_exit_reads_the_32_bit_registers_and_returns_edx_eax(tmp_path, cpu):
+    # mov $0x10008,%eax; xor %edx,%edx; mov $5,%ecx; xor %ebx,%ebx; mov $0x9000,%esi
+    # xor %edi,%edi; out %eax,$0xe0; mov %eax,0x3000; mov %edx,0x3004; cli; hlt
+    code = bytes.fromhex("b80800010031d2b90500000031dbbe0090000031ffe7e0a300300000891504300000faf4")
+    port, mem = run(tmp_path, code, cpu=cpu)
+    assert port.hypercalls == [(0x10008, 5, 0x9000)]
+    assert port.of("out") == []  # the hypercall port is not a device port
+    assert (mem.read_int(0x3000, 4), mem.read_int(0x3004, 4)) == (2, 0)
+
+
+def test_an_address_the_slat_does_not_map_is_an_mmio_exit(tmp_path, cpu):
+    # mov 0xfee00030,%eax; mov %eax,0x3000; movw $0x0741,0xb8000; cli; hlt
+    code = bytes.fromhex("a13000e0fea30030000066c70500800b004107faf4")
+    port, mem = run(tmp_path, code, cpu=cpu)
+    assert port.of("mmio_read") == [("mmio_read", 0xFEE00030, 4)]
+    assert mem.read_int(0x3000, 4) == 0x12345678
+    assert port.of("mmio_write") == [("mmio_write", 0xB8000, 2, 0x0741)]
+
+
+def test_int_n_in_real_mode_goes_through_the_ivt_and_iret_comes_back(tmp_path, cpu):
+    # at 0000:1000: int $0x13; mov %bx,%ax; out %ax,$0x80; cli; hlt
+    # at 0000:8000 (IVT entry 0x13): mov $0x55,%bx; iret
+    code = bytes.fromhex("cd1389d8e780faf4")
+    ivt = (0x13 * 4, (0x8000).to_bytes(2, "little") + (0).to_bytes(2, "little"))
+    port, _ = run(tmp_path, code, cpu=cpu, real_mode=True, load=[ivt, (0x8000, bytes.fromhex("bb5500cf"))])
+    assert port.of("out") == [("out", 0x80, 2, 0x55)]
+    if cpu == "unicorn":  # unicorn vectors INT n itself; KVM's CPU does
+        assert port.counters["software_interrupts"] == 1
+
+
+def test_an_unmapgpa_reaches_the_backend_at_the_next_halt(tmp_path, cpu):
+    # 1: mov 0x5000,%eax; out %eax,$0x80; hlt; jmp 1b
+    code = bytes.fromhex("a100500000e780f4ebf6")
+    halts = []
+
+    def unmap_page_5_then_stop(port):
+        halts.append(1)
+        if len(halts) == 1:  # the hypervisor's HvCallUnmapGpaPages, as the SLAT shows it
+            with open(tmp_path / "slat", "r+b") as f:
+                f.seek(5 * 4)
+                f.write(b"\xff\xff\xff\xff")
+            return True
+        return False
+    mem = guest_memory(tmp_path)
+    mem.write_int(0x5000, 4, 0x1234)
+    boot = Boot(False, 0, CODE, load=[(CODE, code)])
+    backend, port = make(cpu, mem, boot, on_halt=unmap_page_5_then_stop)
+    try:
+        with pytest.raises(VpStopped):
+            backend.run()
+    finally:
+        backend.close()
+        if boot.kvm_fd is not None:
+            os.close(boot.kvm_fd)
+    assert port.of("out") == [("out", 0x80, 4, 0x1234), ("out", 0x80, 4, 0x12345678)]
+    assert port.of("mmio_read") == [("mmio_read", 0x5000, 4)]
+    assert port.counters["slat_remaps"] == 1

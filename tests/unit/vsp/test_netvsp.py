@@ -1,0 +1,114 @@
+"""netvsp and the virtual switch with the real guest netvsc and its tiny IP layer, two
+partitions in one process: ARP, ping, MAC learning, a frame larger than the MTU."""
+
+from __future__ import annotations
+
+import pytest
+
+from proto import nvsp as nv
+from proto.vmbus_ring import GpaRange, encode_gpa_direct
+
+from partitions import vmbus_net
+from partitions.drivers import netvsc
+from partitions.drivers import vmbus as guest_vmbus
+from root.vsp.netvsp import NetVsp, VirtualSwitch
+from root.vsp.server import VmbusServer
+from tests.unit.vsp.support import FakeMemory, Hypervisors, SimVp, guest_system
+
+
+def mac(pid: int) -> bytes:
+    return bytes([0, 0x15, 0x5D, 0, 0, pid])
+
+
+@pytest.fixture
+def two():
+    switch = VirtualSwitch()
+    server = VmbusServer(None)
+    vps = {p: SimVp(server, FakeMemory(pages=2048), p) for p in (1, 2)}
+    server.hv = Hypervisors(vps)
+    nics = {p: NetVsp(switch, mac(p), f"p{p}") for p in (1, 2)}
+    for p in (1, 2):
+        server.add_partition(p, vps[p].mem, [nics[p]])
+    stacks = {}
+    for p in (1, 2):
+        sys = guest_system(int(guest_vmbus.NEEDED))
+        stacks[p] = vmbus_net._bring_up(vps[p], sys)
+        assert stacks[p] is not None, sys.lines
+    vps[1].on_idle = lambda: stacks[2].handle(vps[2])
+    vps[2].on_idle = lambda: stacks[1].handle(vps[1])
+    return switch, server, vps, nics, stacks
+
+
+def test_bring_up_ping_and_learning(two):
+    switch, server, vps, nics, stacks = two
+    assert stacks[1].nic.mac == mac(1) and stacks[1].ip == bytes([10, 0, 0, 1])
+    assert nics[1].packet_filter == nv.NDIS_PACKET_TYPE_DIRECTED | nv.NDIS_PACKET_TYPE_BROADCAST
+    rtt = stacks[1].ping(vps[1], bytes([10, 0, 0, 2]))
+    assert rtt is not None and stacks[2].answered == 1
+    assert switch.status()["table"] == {mac(1).hex(":"): "p1", mac(2).hex(":"): "p2"}
+    # flooded: the two gratuitous ARPs at bring-up and the ARP request; the rest switched
+    assert switch.flooded == 3 and switch.forwarded >= 2
+    assert stacks[2].ping(vps[2], bytes([10, 0, 0, 1])) is not None
+    assert nics[1].stats.tx_frames >= 2 and nics[2].stats.rx_frames >= 2
+    # every receive section comes back once the guests have read what was sent them
+    stacks[1].handle(vps[1])
+    stacks[2].handle(vps[2])
+    server.poll_busy()  # (their completions need no signal while the VSP polls the ring)
+    assert not nics[1].pending and not nics[2].pending
+    assert server.status()[1]["errors"] == {} and server.status()[2]["errors"] == {}
+
+
+def test_nobody_answers_an_unknown_address(two):
+    _, _, vps, _, stacks = two
+    vps[1].ticks = True
+    assert stacks[1].ping(vps[1], bytes([10, 0, 0, 3])) is None
+
+
+def test_a_frame_larger_than_the_mtu_is_refused_and_the_other_partition_goes_on(two):
+    switch, server, vps, nics, stacks = two
+    nic = stacks[1].nic
+    big = nv.rndis_packet(b"\xff" * 6 + mac(1) + b"\x08\x00" + bytes(3000))
+    vps[1].mem.write(netvsc.TX_AREA, big)
+    with pytest.raises(netvsc.NetError):
+        nic.send_rndis(vps[1], big, wait=True)
+    assert nics[1].stats.errors == {"frame larger than the MTU": 1}
+    assert nics[2].stats.rx_frames == 0
+    assert stacks[2].ping(vps[2], bytes([10, 0, 0, 1])) is not None
+
+
+def test_hostile_nvsp(two):
+    _, server, vps, nics, stacks = two
+    ch = stacks[1].nic.ch
+    # a send buffer section (none is offered), a short message, an unknown type
+    from proto.vmbus_ring import VM_PKT_DATA_INBAND, encode_packet
+
+    pkts = [encode_gpa_direct(nv.nvsp(nv.NVSP_MSG1_TYPE_SEND_RNDIS_PKT, nv.RNDIS_PKT.pack(0, 5, 100)),
+                              [GpaRange(64, 0, (netvsc.TX_AREA >> 12,))], 901),
+            encode_packet(VM_PKT_DATA_INBAND, b"\x6b\0\0\0", 902, 1),
+            encode_packet(VM_PKT_DATA_INBAND, nv.nvsp(999), 903, 1)]
+    ch.send(vps[1], pkts)
+    server.poll_busy()
+    assert set(nics[1].stats.errors) == {"RNDIS message not in a page list (no send buffer is offered)",
+                                         "unsupported NVSP message"}
+    assert stacks[2].ping(vps[2], bytes([10, 0, 0, 1])) is not None
+
+
+def test_streaming_reaches_the_peer_and_transmit_pages_are_reused(two, monkeypatch):
+    _, server, vps, nics, stacks = two
+    monkeypatch.setattr(vmbus_net, "STREAM_S", 0.2)
+    assert stacks[1].resolve(vps[1], bytes([10, 0, 0, 2])) is not None
+    sys = guest_system(int(guest_vmbus.NEEDED))
+    sys.timers["vmbus_net_state"] = (1, stacks[1], {})
+    vps[1].counters = {}
+    dropped0 = nics[2].stats.rx_dropped
+    sent = vmbus_net.wl_vmbus_net_stream(vps[1], sys)
+    assert sent >= 64 and vps[1].counters["vmbus_stream_sent"] == sent
+    for _ in range(3):
+        server.poll_busy()
+        stacks[2].handle(vps[2])
+    # each frame arrived, or found the receiver's 32 sections all in use (it reads only
+    # when this test lets it) and was dropped, as a switch drops for a full port
+    assert stacks[2].streamed > 0
+    assert stacks[2].streamed + nics[2].stats.rx_dropped - dropped0 == sent
+    assert len(stacks[1].nic.done) <= netvsc.TX_SLOTS  # completions do not pile up
+    assert vmbus_net.wl_vmbus_net_stream(vps[1], sys) == 0  # once
