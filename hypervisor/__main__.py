@@ -25,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m hypervisor")
     ap.add_argument("--endpoint", required=True, help="ZeroMQ endpoint to bind (ipc:// or tcp://)")
     ap.add_argument("--lps", type=int, default=2, help="logical processors the scheduler dispatches VPs on")
-    ap.add_argument("--memory-dir", help="where the page pool and SLAT tables live (the run directory)")
+    ap.add_argument("--memory-dir", required=True,
+                    help="where the partitions' RAM, SLAT and TLB files live (the run directory): "
+                         "a directory of the run's, so that nothing of a run is left elsewhere")
     ap.add_argument("--pool-pages", type=int, default=4096, help="4 KiB pages of host memory in the pool")
     ap.add_argument("--curve-key-fd", type=int,
                     help="an inherited descriptor holding the tcp endpoint's CURVE secret key (Z85)")

@@ -160,12 +160,11 @@ class Intercepts:
         off = self._memory.ram_offset(ctx.partition.id, gpa)
         if off is None or ((gpa + size - 1) >> PAGE_SHIFT) != (gpa >> PAGE_SHIFT):
             return False
-        pool = self._memory.slats[ctx.partition.id].ram
         if ctx.write:
-            pool[off:off + size] = ctx.value.to_bytes(size, "little")
+            self._memory.write_ram(ctx.partition.id, off, ctx.value.to_bytes(size, "little"))
             result = 0
         else:
-            result = int.from_bytes(pool[off:off + size], "little")
+            result = int.from_bytes(self._memory.read_ram(ctx.partition.id, off, size), "little")
         self._resume(ctx, result)
         return True
 

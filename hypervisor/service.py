@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import time
 from time import perf_counter_ns
@@ -106,7 +107,10 @@ class Hypervisor:
         }
         counters = self.counters
         self.table = PartitionTable()
-        self.memory = MemoryManager(memory_dir or tempfile.mkdtemp(prefix="hvmem"), pool_pages)
+        # Without a directory (a test's in-process hypervisor) one of its own, removed when
+        # serve() ends; `python -m hypervisor` is always given the run directory.
+        self._own_memory_dir = None if memory_dir else tempfile.mkdtemp(prefix="hvmem")
+        self.memory = MemoryManager(memory_dir or self._own_memory_dir, pool_pages)
         self.tlb = Tlbs(str(self.memory.dir), lps)
         self.tracer = Tracer(router, counters)
         self.outbox = Outbox(router, counters, self.tracer.tracers, self.table)
@@ -245,6 +249,8 @@ class Hypervisor:
                 next_housekeeping = time.monotonic_ns() + HOUSEKEEPING_INTERVAL_MS * 1_000_000
                 self._handler_failed(None, None, None, e)
         self.router.close()
+        if self._own_memory_dir is not None:
+            shutil.rmtree(self._own_memory_dir, ignore_errors=True)
 
     def _handler_failed(self, identity: bytes | None, peer, msg: m.Message | None, e: Exception) -> None:
         """A handler raised: a bug of ours (a peer's mistakes are refused before a handler

@@ -204,10 +204,12 @@ class HelloProof(Message):
 
 @message(2, "hello_reply")
 class HelloReply(Message):
-    """The hypervisor's answer: the name it bound this peer to, and its own session."""
+    """The hypervisor's answer: the name it bound this peer to, its own session, and its
+    proof that it holds the run's secret (:func:`proto.auth.reply_proof`)."""
 
     peer: text(64)
     session: text(64)
+    mac: blob(32)
 
 
 @message(3, "error_reply")

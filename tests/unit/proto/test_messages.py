@@ -14,7 +14,7 @@ EXAMPLES = {
     m.Hello: m.Hello(m.PROTOCOL_VERSION, "vp", 3, 1, 4242, "ab12", b"n" * 32),
     m.HelloChallenge: m.HelloChallenge(b"s" * 32),
     m.HelloProof: m.HelloProof(b"p" * 32),
-    m.HelloReply: m.HelloReply("vp:3:1", "cd34"),
+    m.HelloReply: m.HelloReply("vp:3:1", "cd34", b"m" * 32),
     m.ErrorReply: m.ErrorReply(10, "NOT_PERMITTED", "a worker may not send io_port_intercept"),
     m.Ack: m.Ack(20),
     m.IoPortIntercept: m.IoPortIntercept(7, 0x3F8, 1, True, 0x41, (T,)),
