@@ -23,7 +23,11 @@ class Outbox:
         self._table = table  # whose partitions' console watchers a gone peer leaves
 
     def send(self, identity: bytes, msg: m.Message) -> bool:
-        if self._router.send(identity, msg.encode()):
+        return self.send_frame(identity, msg.encode())
+
+    def send_frame(self, identity: bytes, frame: bytes) -> bool:
+        """A message already encoded (a status reply, whose size was checked on its bytes)."""
+        if self._router.send(identity, frame):
             return True
         self._counters["unroutable_replies"] += 1
         self.forget(identity)

@@ -97,21 +97,23 @@ class Telemetry:
 
     def on_status_request(self, identity: bytes, peer, msg: m.StatusRequest, t_in: int) -> None:
         wire = self.status().to_wire()
-        reply = m.StatusReply(wire)
-        if len(reply.encode()) > m.MAX_FRAME_BYTES:
+        frame = m.StatusReply(wire).encode()  # encoded once (supervision asks 4 times a second)
+        if len(frame) > m.MAX_FRAME_BYTES:
             # Too big for any receiver to decode (many VPs, or guests' outsized statistics):
             # the latency histograms go first, then the guests' counters, so that status
             # itself — what supervision and every command read — still answers.
             self._counters["status_trimmed"] += 1
             for part in wire["partitions"]:
                 part["paths"] = {}
-            if len(reply.encode()) > m.MAX_FRAME_BYTES:
+            frame = m.StatusReply(wire).encode()
+            if len(frame) > m.MAX_FRAME_BYTES:
                 for part in wire["partitions"]:
                     part["guest"] = {}
                     for vp in part["vps"]:
                         vp["guest"] = {}
+                frame = m.StatusReply(wire).encode()
             log.warning("status reply over %d bytes: trimmed", m.MAX_FRAME_BYTES)
-        self._outbox.send(identity, reply)
+        self._outbox.send_frame(identity, frame)
 
     def on_vp_stats(self, identity: bytes, peer, msg: m.VpStats, t_in: int) -> None:
         try:

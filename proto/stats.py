@@ -29,6 +29,14 @@ def wire_count(v) -> int:
     return v
 
 
+_INT = frozenset((int,))
+
+
+def _all_ints(values, lo: int, hi: int) -> bool:
+    """Every value an int (not a bool) in [lo, hi]: C loops, not a call per value."""
+    return not values or (set(map(type, values)) <= _INT and lo <= min(values) and max(values) <= hi)
+
+
 def bucket_of(ns: int) -> int:
     if ns < SUB_BUCKETS:
         return ns if ns > 0 else 0
@@ -69,8 +77,11 @@ class Histogram:
     def merge(self, other: "Histogram") -> None:
         if other.n == 0:
             return
-        for b, k in other.counts.items():
-            self.counts[b] = self.counts.get(b, 0) + k
+        if not self.counts:  # the first VP's (a one-VP partition's only): a copy, in C
+            self.counts = dict(other.counts)
+        else:
+            for b, k in other.counts.items():
+                self.counts[b] = self.counts.get(b, 0) + k
         self.lo = other.lo if self.n == 0 else min(self.lo, other.lo)
         self.hi = max(self.hi, other.hi)
         self.n += other.n
@@ -98,6 +109,12 @@ class Histogram:
     @classmethod
     def from_wire(cls, d: dict) -> "Histogram":
         try:
+            c = d["c"]
+            if type(c) is dict and _all_ints(c.keys(), 0, MAX_BUCKET) and _all_ints(c.values(), 0, MAX_WIRE_VALUE - 1):
+                # The usual case, checked in bulk (a histogram has hundreds of buckets);
+                # anything else — keys a JSON round trip made strings, a bad value — is
+                # looked at one by one below, which also says what is wrong.
+                return cls(dict(c), *(wire_count(d[k]) for k in ("n", "s", "lo", "hi")))
             counts = {}
             for b, k in d["c"].items():
                 if type(b) is str and b.isdigit() and len(b) < 8:  # a JSON round trip makes keys strings
