@@ -50,6 +50,12 @@ class TlbFile:
         for i in range(ENTRIES):
             yield (i, *ENTRY.unpack_from(data, offset(i)))
 
+    def valid_count(self) -> int:
+        """How many entries are valid (a nonzero ``valid`` word): one read and C loops, as
+        ``status`` asks for every LP × partition 4 times a second."""
+        words = memoryview(self._read())[HEADER.size:].cast("I")[::ENTRY.size // 4]
+        return ENTRIES - words.tolist().count(0)
+
     def flush(self, partition: int | None = None, cr3: int | None = None, vpns=None) -> int:
         """Clear ``valid`` of the matching entries — all of them, or only ``partition``'s
         (in address space ``cr3`` if given, for pages in ``vpns`` if given).  Returns how
@@ -117,7 +123,7 @@ class Tlbs:
                 fills += tlbs[i].fills
                 # Counted for the file's partition, whatever tag an entry claims: a
                 # partition writes its own file, and cannot make status speak for another.
-                n = sum(1 for _, valid, *_ in tlbs[i].entries() if valid)
+                n = tlbs[i].valid_count()
                 if n:
                     by_partition[str(owner)] = by_partition.get(str(owner), 0) + n
             lps.append(TlbLpStatus(i, fills, dict(self.flushes[i]), self.cleared[i], by_partition))
