@@ -95,6 +95,7 @@ class Vp:
         self.counters = {"interrupts": 0, "handler_exits": 0, "unhandled_interrupts": 0, "resets": 0,
                          "tlb_hits": 0, "tlb_misses": 0, "tlb_walk_reads": 0, "tlb_evictions": 0}
         self._next_stats = perf_counter_ns() + STATS_INTERVAL_NS
+        self._stats_exits = 0  # self.exits when vp_stats was last sent
         self._quantum_end = perf_counter_ns() + DEFAULT_QUANTUM_NS
         # The next moment a preemption point has something to do: the quantum's end, or
         # the next look for a posted interrupt, whichever is first.
@@ -129,6 +130,10 @@ class Vp:
             # but notice a stopping partition.  (If the hypervisor dies the launcher ends
             # the run, which stops this partition.)
             if not self._dealer.wait(EXIT_TIMEOUT_MS):
+                # A long wait (a HLT, mostly): what was measured since the last vp_stats
+                # reaches status now, not at the next exit, which may be far off.
+                if self.exits != self._stats_exits:
+                    self.flush_stats()
                 while not self._dealer.wait(HALT_SLICE_MS):
                     if self.stop.is_set():
                         raise VpStopped()
@@ -178,6 +183,7 @@ class Vp:
 
     def flush_stats(self) -> None:
         self._next_stats = perf_counter_ns() + STATS_INTERVAL_NS
+        self._stats_exits = self.exits
         paths = {p: s.to_wire() for p, s in self.paths.items()}
         self._send(m.VpStats(paths, dict(self.counters, exits=self.exits)).encode())
 
@@ -306,7 +312,10 @@ class Vp:
         """Wait for an interrupt.  Returns once one has been taken (or at once if one was
         pending); a stopping partition raises VpStopped, a reset VpReset."""
         seq = self._next_seq()
-        self.flush_stats()
+        # No vp_stats here: every STATS_INTERVAL_NS at an exit's resume, and when a wait
+        # (this one) lasts.  Sent before every HLT it was one message of every histogram
+        # per timer tick — 1,000 a second with a 1 kHz APIC timer, 100 per partition with
+        # the PIC's tick — each costing the hypervisor more than the tick's own exits.
         self._exit(m.HaltIntercept(seq, (perf_counter_ns(),), self._regs()).encode(), seq)
 
     def pause(self) -> None:
