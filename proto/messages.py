@@ -119,6 +119,7 @@ def message(type_id: int, name: str):
         else:
             getn = operator.attrgetter(*names)
             cls._wire = lambda self: (type_id, *getn(self))
+        cls.FROM_WIRE = _field_decoder(cls)
         REGISTRY[type_id] = cls
         BY_NAME[name] = cls
         return cls
@@ -127,6 +128,17 @@ def message(type_id: int, name: str):
 
 
 _PACK = msgpack.Packer(use_bin_type=True).pack
+
+
+def _field_decoder(cls):
+    """``obj`` (the decoded array, its length already checked) → ``cls``, each field through
+    its check: one generated call per message, ``cls(check0(obj[1]), check1(obj[2]), …)``,
+    instead of a list built by a comprehension over zip — a few µs on every message."""
+    names = {f"check{i}": c for i, c in enumerate(cls.CHECKS)}
+    args = ", ".join(f"check{i}(obj[{i + 1}])" for i in range(len(cls.CHECKS)))
+    namespace = {"cls": cls, **names}
+    exec(f"def from_wire(obj):\n    return cls({args})\n", namespace)
+    return namespace["from_wire"]
 
 
 def encode(msg: Message) -> bytes:
@@ -153,11 +165,10 @@ def decode(frame: bytes) -> Message:
         field = cls.FIELD_NAMES[have] if have < want else f"#{want}"
         raise InvalidField(cls.NAME, field, f"{what} field ({have} given, {want} expected)")
     try:
-        values = [check(v) for check, v in zip(checks, obj[1:])]
+        return cls.FROM_WIRE(obj)
     except FieldError as e:
         bad = next(i for i, (c, v) in enumerate(zip(checks, obj[1:])) if _fails(c, v))
         raise InvalidField(cls.NAME, cls.FIELD_NAMES[bad], str(e)) from e
-    return cls(*values)
 
 
 def _fails(check, value) -> bool:
