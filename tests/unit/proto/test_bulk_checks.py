@@ -70,3 +70,18 @@ def test_a_generated_decoder_still_names_the_field_that_fails():
         raw[i] = {2: 1 << 16, 3: 3, 4: 1, 7: (1,)}[i]
         with pytest.raises(InvalidField, match=field):
             m.decode(msgpack.packb(raw))
+
+
+@pytest.mark.parametrize("value, why", [
+    ({"a": [1, 2, 1 << 64]}, "outside i64/u64"), ({"a": (1, -(1 << 63) - 1)}, "outside i64/u64"),
+    ({"a": {1.5: 2}}, "map key of type float"), ({"a": {b"x": 1}}, "map key of type bytes"),
+    ({"a": [1, 1.0, float("inf")]}, "non-finite"), ({"a": float("nan")}, "non-finite"),
+    ({"a": [set()]}, "value of type set"), ({"a": [[[[[[[[[[[[[1]]]]]]]]]]]]]}, "nested deeper"),
+    ({"a": list(range(1 << 18))}, "more than"), ({"a": ["x"] * (1 << 18)}, "more than"),
+], ids=lambda x: x if isinstance(x, str) else None)
+def test_a_free_form_map_is_refused_as_before(value, why):
+    from proto.fields import FieldError, mapping
+
+    with pytest.raises(FieldError, match=why):
+        mapping(8)(value)
+    mapping(8)({"a": [1, 2.5, "x", None, True, b"", (1,), {}], "b": {1: -1, "2": [0, 1 << 63]}})
