@@ -263,7 +263,11 @@ def _mib(n: int | None) -> str:
 
 
 def _rate(per_s: dict | None, key: str) -> str:
-    return "-" if per_s is None or per_s.get(key) is None else f"{per_s[key]:.0f}"
+    """A rate as top shows it: "-" when there is none yet; tenths below 10 (signals are rare)."""
+    if per_s is None or per_s.get(key) is None:
+        return "-"
+    v = per_s[key]
+    return f"{v:.0f}" if v >= 10 or v == 0 else f"{v:.1f}"
 
 
 def _ring(c: dict, ring: str) -> str:
@@ -281,7 +285,7 @@ def vmbus_lines(v: dict) -> list[str]:
     refused = v["refused"]
     head = (f"  vmbus {'%d.%d' % (version >> 16, version & 0xFFFF) if version else 'not connected'}: "
             f"{len(v['channels'])} channel(s), {v['gpadls']} GPADLs, refused {refused}"
-            + (f" ({v['refused_per_s']:.0f}/s)" if v.get("refused_per_s") is not None else ""))
+            + f" ({_rate(v, 'refused_per_s')}/s)")
     if v.get("errors"):
         head += ": " + ", ".join(f"{k} {n}" for k, n in v["errors"].items())
     rows = [[str(relid), c.get("device", "?"), c.get("state", "?"), _rate(c.get("per_s"), "packets_in"),
