@@ -2,8 +2,11 @@
 
 The floor (benchmarks/floor.py) is a pure-pyzmq relay with the same socket types, payload
 sizes and hop counts — 4 hops for emulated port I/O, 2 for the CPUID intercept and the
-hypercall, 2 one-way hops (worker → hv → VP) for the interrupt path — so a ratio is what
-the stack's own work costs.  Disk throughput is held against the throughput the floor would
+hypercall, 2 one-way hops (worker → hv → VP) for the interrupt paths (to a VP halted in
+HLT, and to a VP busy executing guest code, which gets it posted), 1 one-way hop after a
+timer's wait for the local APIC timer — so a ratio is what the stack's own work costs.
+Beside latency, the CPU time per round trip of the stack's processes and of the floor's
+(``benchmarks/cpu.py``), which a shared machine disturbs far less.  Disk throughput is held against the throughput the floor would
 give for the same number of emulated round trips per 4 KiB.  Each stack path is measured on
 a one-partition, one-VP topology so nothing else competes for the two cores.
 
@@ -17,21 +20,19 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 
-from benchmarks.floor import FloorClient, IrqFloorClient
-from proto.errors import HvstackError
+from benchmarks.cpu import PATH_WORKLOADS, measure_cpu
+# (ALL_ENLIGHTENMENTS, experiment and tlb_experiment are imported from here by tests and synic_bench.)
+from benchmarks.experiments import ALL_ENLIGHTENMENTS, experiment, run_experiments, tlb_experiment  # noqa: F401
+from benchmarks.floor import FloorClient, IrqFloorClient, TimerFloorClient, start_floor, stop_floor
+from benchmarks.progress import Progress
+from benchmarks.report import print_result
+from benchmarks.runs import BenchInterrupted, _interrupt, measure_stack
 from proto.stats import Histogram, PathStats
-from proto.status import HypervisorStatus, PartitionStatus
-from root import REPO
-from root.procs import die_with_parent
 from root.commands.common import complain
-from root.report import Output, table
-from root.run import execute
-from root.topology import load_topology
 
 ROUND_TRIPS = """\
 [run]
@@ -60,6 +61,37 @@ memory_mb = 4
 workloads = ["timer"]
 """
 
+# A VP that is busy executing guest code (RAM reads: preemption points, no exits) while the
+# PIC's 100 Hz tick interrupts it: the interrupt is posted to it, not held until it exits.
+BUSY_INTERRUPTS = """\
+[run]
+name = "bench-irq-busy"
+duration_s = 3.0
+
+[[partition]]
+name = "bench"
+vps = 1
+memory_mb = 4
+workloads = ["compute"]
+"""
+
+# The local APIC timer at 1 kHz, ended by the VP assist page's "no EOI required": each
+# interrupt is the timer firing in the hypervisor's loop → the VP's handler, one hop.
+APIC_TIMER = """\
+[run]
+name = "bench-apic-timer"
+duration_s = 3.0
+
+[[partition]]
+name = "bench"
+vps = 1
+memory_mb = 4
+chipset = "minimal"
+enlightenments = ["hypercall", "vp_index", "reference_counter", "apic"]
+workloads = ["eoi_assist"]
+"""
+APIC_TIMER_PERIOD_US = 1000
+
 DISK = """\
 [run]
 name = "bench-disk"
@@ -73,127 +105,16 @@ disk = {{ image = "{image}", size_mb = 4 }}
 workloads = ["diskbench"]
 """
 
-EXPERIMENT = """\
-[run]
-name = "{name}"
-duration_s = 3.0
-logical_processors = 2
-
-[[partition]]
-name = "bench"
-vps = {vps}
-memory_mb = 4
-chipset = "minimal"
-enlightenments = {enlightenments}
-spin_retry = {spin_retry}
-workloads = ["{workload}"]
-"""
-ALL_ENLIGHTENMENTS = '["hypercall", "vp_index", "reference_counter", "apic"]'
-
-# Two partitions on one LP: a reader going round its mapped pages, and a flusher switching
-# address spaces and flushing — by hypercall (only its own TLB entries) or by MOV CR3 and
-# INVLPG (the whole LP's, the reader's included).
-TLB = """\
-[run]
-name = "{name}"
-duration_s = 3.0
-logical_processors = 1
-
-[[partition]]
-name = "reader"
-vps = 1
-memory_mb = 4
-chipset = "minimal"
-workloads = ["tlb_reader"]
-
-[[partition]]
-name = "flusher"
-vps = 1
-memory_mb = 4
-chipset = "minimal"
-enlightenments = {enlightenments}
-recommendations = {recommendations}
-workloads = ["tlb_flusher"]
-"""
-TLB_MODES = {"hypercall": ('["hypercall"]', '["address_space_switch_hypercall", "local_flush_hypercall"]'),
-             "mov_cr3": ("[]", "[]")}
-
-
-def tlb_experiment(mode: str, duration_s: float) -> dict:
-    """The reader's TLB misses and loads with the flusher in ``mode`` (hypercall / mov_cr3)."""
-    enl, rec = TLB_MODES[mode]
-    status = measure_run(TLB.format(name=f"bench-tlb-{mode}", enlightenments=enl, recommendations=rec),
-                         duration_s)
-    reader, flusher = status.partitions[0].guest, status.partitions[1].guest
-    reads = max(1, reader.get("tlb_reads", 0))
-    return {"reads": reader.get("tlb_reads", 0),
-            "misses_per_1000": round(1000 * reader.get("tlb_misses", 0) / reads, 2),
-            "reads_per_s": round(reader.get("tlb_reads", 0) / duration_s, 1),
-            "reader_misses": reader.get("tlb_misses", 0),
-            "flusher_switches": flusher.get("tlb_switches", 0),
-            "flushes": status.tlb.lps[0].flushes,
-            "flusher_p50_us": _p50s(status.partitions[1].paths)}
-
-
-def _p50s(paths: dict[str, PathStats]) -> dict[str, float]:
-    """Each path's round-trip p50 in µs."""
-    return {name: round(st.total.percentile(50) / 1000, 1) for name, st in paths.items()}
-
-
-def experiment(name: str, workload: str, duration_s: float, vps: int = 1, enlightenments: str = "[]",
-               spin_retry: str = "0xFFFFFFFF") -> PartitionStatus:
-    text = EXPERIMENT.format(name=name, vps=vps, enlightenments=enlightenments, spin_retry=spin_retry,
-                             workload=workload)
-    return measure_stack(text, duration_s)
-
-
-def run_experiments(duration_s: float) -> dict:
-    """Each enlightenment on and off, side by side (issue: the microkernel's experiments)."""
-    out = {}
-    spin = {}
-    for label, enl, retry in (("on", ALL_ENLIGHTENMENTS, "0x400"), ("off", "[]", "0xFFFFFFFF")):
-        p = experiment(f"bench-spin-{label}", "spinlock", duration_s, 4, enl, retry)
-        g = p.guest
-        run_s = sum(vp.sched.run_s for vp in p.vps)
-        spin[label] = {"acquisitions_per_s": round(g.get("acquisitions", 0) / duration_s, 1),
-                       "spin_s": round(g.get("spin_ns", 0) / 1e9, 3), "lp_s": round(run_s, 3),
-                       "notifications": g.get("spin_notifies", 0)}
-    out["spinlock"] = spin
-    eoi = {}
-    for mode in ("mmio", "msr", "assist"):
-        p = experiment(f"bench-eoi-{mode}", f"eoi_{mode}", duration_s, 1, ALL_ENLIGHTENMENTS)
-        vp = p.vps[0]
-        ticks = max(1, p.guest.get("apic_ticks", 0))
-        handler_exits = p.guest.get("vector_0xef_exits", 0)
-        timer = p.paths["apic_timer"].total if "apic_timer" in p.paths else None
-        eoi_path = {"mmio": "apic", "msr": "msr"}.get(mode)
-        eoi_rt = p.paths[eoi_path].total if eoi_path in p.paths else None
-        eoi[mode] = {"p50_us": _p50s(p.paths), "interrupts": ticks,
-                     "exits_per_interrupt": round((handler_exits + vp.exits["halt"]) / ticks, 2),
-                     "eoi_exits_per_interrupt": round(handler_exits / ticks, 2),
-                     "eoi_round_trip_p50_us": round(eoi_rt.percentile(50) / 1000, 1) if eoi_rt else 0.0,
-                     "timer_to_handler_p50_us": round(timer.percentile(50) / 1000, 1) if timer else None}
-    out["eoi"] = eoi
-    out["tlb"] = {mode: tlb_experiment(mode, duration_s) for mode in ("hypercall", "mov_cr3")}
-    # The round trip of each enlightened operation beside the emulated one it replaces.
-    hc, cr3 = out["tlb"]["hypercall"]["flusher_p50_us"], out["tlb"]["mov_cr3"]["flusher_p50_us"]
-    out["per_operation"] = {
-        "EOI": {"enlightened": ("HV_X64_MSR_EOI", eoi["msr"]["p50_us"].get("msr")),
-                "emulated": ("APIC page MMIO write", eoi["mmio"]["p50_us"].get("apic"))},
-        "EOI (assist page)": {"enlightened": ("no exit", 0.0),
-                              "emulated": ("APIC page MMIO write", eoi["mmio"]["p50_us"].get("apic"))},
-        "address-space switch + flush": {"enlightened": ("HvCallSwitchVirtualAddressSpace / Flush*", hc.get("hypercall")),
-                                         "emulated": ("MOV CR3 intercept", cr3.get("cr3"))},
-        "flush one page": {"enlightened": ("HvCallFlushVirtualAddressList", hc.get("hypercall")),
-                           "emulated": ("INVLPG intercept", cr3.get("invlpg"))},
-    }
-    return out
-
-
 # Which floor each path is held against.
 PATHS = (("io_port", 4, "emulated port I/O"), ("cpuid", 2, "CPUID intercept"), ("hypercall", 2, "hypercall"),
-         ("interrupt", "irq", "interrupt: line → handler"))
+         ("interrupt", "irq", "interrupt: line → handler"),
+         ("interrupt_busy", "irq", "interrupt → busy VP (posted)"),
+         ("apic_timer", "timer", "APIC timer → handler"))
+HOPS = {4: 4, 2: 2, "irq": 2, "timer": 1}  # a floor key's hops (the last two one way)
 GOAL_IO_RATIO_P50 = 1.5
+# Issue 12's goals for the interrupt path (line → handler) against its floor.
+GOAL_IRQ_RATIO_P50, GOAL_IRQ_RATIO_P99 = 1.3, 3.0
+GOAL_CPU_RATIO = 1.3
 
 
 def _hist(samples: list[int]) -> Histogram:
@@ -203,75 +124,48 @@ def _hist(samples: list[int]) -> Histogram:
     return h
 
 
-class BenchInterrupted(Exception):
-    """Ctrl-C or SIGTERM: stop measuring, report what is complete."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _interrupt(signum, frame):
-    raise BenchInterrupted(signum)
-
-
-def measure_floor(samples: int, irq_samples: int) -> dict:
-    """Histograms of the 4-hop and 2-hop round trips and the one-way interrupt hops."""
-    with tempfile.TemporaryDirectory(prefix="hvfloor") as d:
-        endpoint = f"ipc://{d}/floor.sock"
-        cmd = [sys.executable, "-m", "benchmarks.floor"]
-        # In sessions of their own, as the run's processes are: a terminal's Ctrl-C reaches
-        # the bench alone, which ends them (no traceback from a relay).
-        relay = subprocess.Popen([*cmd, "relay", endpoint], cwd=REPO, stdout=subprocess.PIPE,
-                                 preexec_fn=die_with_parent, start_new_session=True)
-        echoes = []
+def measure_floor(samples: int, irq_samples: int, timer_samples: int = 0) -> dict:
+    """Histograms of the 4-hop and 2-hop round trips, the one-way interrupt hops and (with
+    ``timer_samples``) the timer's one hop."""
+    relay, echoes, endpoint, d = start_floor(["echo", "irqecho"])
+    try:
+        out = {}
+        for key, client, n in ((4, FloorClient(endpoint, 4), samples), (2, FloorClient(endpoint, 2), samples),
+                               ("irq", IrqFloorClient(endpoint), irq_samples)):
+            try:
+                out[key] = _hist(client.measure(n))
+            finally:
+                client.close()
+    finally:
+        stop_floor(relay, echoes, d)
+    if timer_samples:
+        server, _, endpoint, d = start_floor([], ("timer", str(APIC_TIMER_PERIOD_US)))
         try:
-            if relay.stdout.readline().strip() != b"READY":
-                raise RuntimeError("the floor relay did not start")
-            echoes = [subprocess.Popen([*cmd, role, endpoint], cwd=REPO, preexec_fn=die_with_parent,
-                                       start_new_session=True)
-                      for role in ("echo", "irqecho")]
-            time.sleep(0.3)  # let the echo peers register before the first request
-            out = {}
-            for key, client, n in ((4, FloorClient(endpoint, 4), samples), (2, FloorClient(endpoint, 2), samples),
-                                   ("irq", IrqFloorClient(endpoint), irq_samples)):
-                try:
-                    out[key] = _hist(client.measure(n))
-                finally:
-                    client.close()
-            return out
+            client = TimerFloorClient(endpoint)
+            try:
+                out["timer"] = _hist(client.measure(timer_samples))
+            finally:
+                client.close()
         finally:
-            for p in (*echoes, relay):
-                p.kill()
-                p.wait()
-
-
-def measure_run(topology_text: str, duration_s: float) -> HypervisorStatus:
-    """The hypervisor's final status of a bench topology's run."""
-    topology = load_topology(topology_text, "<bench>")
-    with open("/dev/null", "w") as devnull:
-        run, reason, code = execute(topology, Output(devnull), duration_s)
-    # execute() took SIGINT and SIGTERM for the run's life and ended the run on one.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        if reason.startswith(sig.name):
-            raise BenchInterrupted(sig)
-    if code != 0 or not run.final_status:
-        raise HvstackError(f"the bench run {topology.name} failed: {reason}")
-    return run.final_status
-
-
-def measure_stack(topology_text: str, duration_s: float) -> PartitionStatus:
-    """The final status of the one partition of a bench topology."""
-    return measure_run(topology_text, duration_s).partitions[0]
+            stop_floor(server, [], d)
+    return out
 
 
 def measure_round(samples: int, slice_s: float) -> tuple[dict, dict, dict]:
     """One round: the floors, then the stack's round trips, interrupts and disk."""
-    floor = measure_floor(samples, max(1, int(slice_s * 100)))
+    # The timer floor's samples take a period each: a quarter of the slice, at most 1 s.
+    timer_samples = max(1, min(1000, int(slice_s * 1e6 / APIC_TIMER_PERIOD_US / 4)))
+    floor = measure_floor(samples, max(1, int(slice_s * 100)), timer_samples)
     paths: dict[str, PathStats] = {}
     for got in (measure_stack(ROUND_TRIPS, slice_s).paths, measure_stack(INTERRUPTS, slice_s).paths):
         for name, st in got.items():
             paths.setdefault(name, PathStats()).merge(st)
+    busy = measure_stack(BUSY_INTERRUPTS, slice_s).paths
+    if "interrupt" in busy:
+        paths["interrupt_busy"] = busy["interrupt"]
+    timer = measure_stack(APIC_TIMER, slice_s).paths
+    if "apic_timer" in timer:
+        paths["apic_timer"] = timer["apic_timer"]
     with tempfile.TemporaryDirectory(prefix="hvdisk") as d:
         guest = measure_stack(DISK.format(image=f"{d}/bench.img"), slice_s).guest
     return floor, paths, {k: guest.get(k, 0) for k in ("disk_bytes", "disk_exits", "disk_ns", "disk_errors")}
@@ -287,6 +181,17 @@ def run_bench(args) -> int:
             signal.signal(s, h)
 
 
+def _plan(args, rounds: int, slice_s: float) -> list[tuple[str, float]]:
+    """The bench's steps and about how long each measures, for the progress line."""
+    per_round = 5 * slice_s + 6.0  # five stack runs (and their start-up), the floors
+    plan = [(f"round {i + 1}/{rounds}: floors, round trips, interrupts, disk", per_round) for i in range(rounds)]
+    if args.cpu:
+        plan += [(f"CPU per round trip: {path}", args.cpu_window + 4.0) for path in PATH_WORKLOADS]
+    if args.experiments:
+        plan.append(("experiments: spinlock, EOI, TLB", 7 * (min(3.0, args.duration / 2) + 1.5)))
+    return plan
+
+
 def _run_bench(args) -> int:
     # Floor and stack alternate in rounds, so that a machine whose speed drifts (other
     # load, frequency changes) drifts under both alike.
@@ -295,9 +200,12 @@ def _run_bench(args) -> int:
     paths: dict[str, PathStats] = {}
     disk: dict[str, int] = {}
     slice_s = args.duration / rounds
-    done, interrupted = 0, None
+    done, interrupted, cpu = 0, None, None
+    progress = Progress(_plan(args, rounds, slice_s), enabled=getattr(args, "progress", True))
+    started = time.time()
     try:
         for _ in range(rounds):
+            progress.step()
             round_floor, round_paths, round_disk = measure_round(max(1, args.samples // rounds), slice_s)
             # A round counts whole or not at all, so floor and stack stay alike.
             for key, h in round_floor.items():
@@ -307,35 +215,40 @@ def _run_bench(args) -> int:
             for k, v in round_disk.items():
                 disk[k] = disk.get(k, 0) + v
             done += 1
+        if args.cpu:
+            cpu = measure_cpu(args.cpu_window, args.cpu_round_trips, lambda *_: progress.step(),
+                              **({"profile": args.profile} if getattr(args, "profile", None) else {}))
         if args.experiments:
+            progress.step()
             experiments = run_experiments(min(3.0, args.duration / 2))
     except BenchInterrupted as e:
         interrupted = e
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the report is written whole
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if not done:
+            progress.close()
             complain("bench", f"stopped by {e}: no round was complete, nothing to report")
             return 128 + e.signum
-    result = {"unit": "us", "floor_samples": args.samples, "rounds": done, "paths": {}}
+    finally:
+        progress.close()
+    result = {"unit": "us", "floor_samples": args.samples, "rounds": done, "paths": {},
+              "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)),
+              "command": command_line()}
     if interrupted is not None:
         result["partial"] = f"stopped by {interrupted} after {done} of {rounds} round(s)"
-    rows = []
     for name, hops, label in PATHS:
-        if name not in paths:
+        if name not in paths or hops not in floor:
             continue
         h = paths[name].total
         f = floor[hops]
         entry = {
-            "label": label, "hops": 2 if hops == "irq" else hops, "one_way": hops == "irq", "samples": h.n,
+            "label": label, "hops": HOPS[hops], "one_way": hops in ("irq", "timer"), "samples": h.n,
             "p50_us": h.percentile(50) / 1000, "p99_us": h.percentile(99) / 1000,
             "floor_p50_us": f.percentile(50) / 1000, "floor_p99_us": f.percentile(99) / 1000,
         }
         entry["ratio_p50"] = round(entry["p50_us"] / entry["floor_p50_us"], 3)
         entry["ratio_p99"] = round(entry["p99_us"] / entry["floor_p99_us"], 3)
         result["paths"][name] = entry
-        rows.append([label, f"{entry['hops']}{' (one way)' if entry['one_way'] else ''}", str(h.n),
-                     f"{entry['p50_us']:.1f}", f"{entry['p99_us']:.1f}", f"{entry['floor_p50_us']:.1f}",
-                     f"{entry['floor_p99_us']:.1f}", f"{entry['ratio_p50']:.2f}×", f"{entry['ratio_p99']:.2f}×"])
     if disk.get("disk_bytes"):
         per_4k = disk["disk_exits"] / (disk["disk_bytes"] / 4096)
         mb_s = disk["disk_bytes"] / (disk["disk_ns"] / 1e9) / 1e6
@@ -344,18 +257,24 @@ def _run_bench(args) -> int:
         result["disk"] = {"bytes": disk["disk_bytes"], "mb_per_s": round(mb_s, 4), "exits_per_4k": round(per_4k, 1),
                           "floor_mb_per_s": round(floor_mb_s, 4), "ratio": round(floor_mb_s / mb_s, 3),
                           "errors": disk.get("disk_errors", 0)}
+    if cpu is not None:
+        result["cpu"] = cpu
     if args.experiments and interrupted is None:
         result["experiments"] = experiments
     if getattr(args, "vmbus", False) and interrupted is None:
         from benchmarks import vmbus  # issue 10: the synthetic disk, benchmarks/vmbus.py
         result["vmbus"] = vmbus.measure_or_error(max(1, args.samples // rounds))
-    io = result["paths"].get("io_port")
-    result["goal"] = {"io_port_ratio_p50_at_most": GOAL_IO_RATIO_P50,
-                      "met": bool(io and io["ratio_p50"] <= GOAL_IO_RATIO_P50)}
+    result["goal"] = goals(result)
+    compared = None
+    if getattr(args, "compare", None):
+        from benchmarks.baseline import compare
+
+        compared = compare(result, args.compare)
+        result["compared"] = compared
     if args.json:
         print(json.dumps(result, indent=2), flush=True)
     else:
-        print_result(result, rows)
+        print_result(result)
         if "vmbus" in result:
             from benchmarks import vmbus
 
@@ -363,7 +282,23 @@ def _run_bench(args) -> int:
     code = 0 if interrupted is None else 128 + interrupted.signum
     if interrupted is not None:
         complain("bench", result["partial"] + (": the results above are of those" if done else ""))
-    elif getattr(args, "plot", None):
+        return code
+    if getattr(args, "profile", None) and cpu is not None and not args.json:
+        from benchmarks.cpu import print_profile
+
+        try:
+            print_profile(args.profile)
+        except (OSError, TypeError, ValueError) as e:
+            complain("bench", f"--profile {args.profile}: no statistics: {e}")
+    if getattr(args, "save", None):
+        from benchmarks.baseline import save
+
+        try:
+            save(result, args.save)
+        except OSError as e:
+            complain("bench", f"--save {args.save}: not written: {e}")
+            return 1
+    if getattr(args, "plot", None):
         from benchmarks.plot import plot
 
         try:
@@ -371,42 +306,30 @@ def _run_bench(args) -> int:
         except (OSError, ValueError, RuntimeError) as e:
             complain("bench", f"--plot {args.plot}: not drawn: {e}")
             return 1
+    if compared and compared.get("moved"):
+        return 3  # a ratio moved beyond the noise: a regression (or an improvement) to look at
     return code
 
 
-def print_result(result: dict, rows: list[list[str]]) -> None:
-    """The tables of a bench's result."""
+def command_line() -> str:
+    """How this bench was started, for the record (as typed, when it came from launch.py)."""
+    if sys.argv and sys.argv[0].endswith("launch.py"):
+        return " ".join(["python", "launch.py", *sys.argv[1:]])
+    return "python launch.py bench (in-process)"
+
+
+def goals(result: dict) -> dict:
+    """Each goal of the bench with the figure it is held by and whether it is met."""
+    out = {}
     io = result["paths"].get("io_port")
-    print(table(["path", "hops", "samples", "p50 µs", "p99 µs", "floor p50", "floor p99",
-                        "p50 ratio", "p99 ratio"], rows, "llrrrrrrr"))
-    if "disk" in result:
-        dk = result["disk"]
-        print(f"\nemulated ATA disk (PIO, 32-bit data port): {dk['mb_per_s'] * 1000:.1f} KB/s, "
-              f"{dk['exits_per_4k']:.0f} exits per 4 KiB; the floor for as many round trips: "
-              f"{dk['floor_mb_per_s'] * 1000:.1f} KB/s ({dk['ratio']:.2f}×)")
-    if "experiments" in result:
-        ex = result["experiments"]
-        print("\nspinlock, 4 VPs on 2 LPs (long-spin-wait notifications on / off):")
-        print(table(["", "acquisitions/s", "s spinning", "s on LPs", "notifications"],
-                           [[k, f"{v['acquisitions_per_s']:.0f}", f"{v['spin_s']:.2f}", f"{v['lp_s']:.2f}",
-                             str(v["notifications"])] for k, v in ex["spinlock"].items()]))
-        print("\nEOI of a 1 kHz local APIC timer (MMIO to the APIC page / HV_X64_MSR_EOI / VP assist page):")
-        print(table(["", "interrupts", "exits per interrupt", "EOI exits", "EOI round trip p50 µs",
-                            "timer → handler p50 µs"],
-                           [[k, str(v["interrupts"]), f"{v['exits_per_interrupt']:.2f}", f"{v['eoi_exits_per_interrupt']:.2f}",
-                             f"{v['eoi_round_trip_p50_us']:.1f}", f"{v['timer_to_handler_p50_us']}"]
-                            for k, v in ex["eoi"].items()]))
-        print("\nTLB, a reader and a flusher sharing one LP (flushes by hypercall / by MOV CR3 and INVLPG):")
-        print(table(["flusher", "reader misses per 1000 loads", "reader loads/s", "flusher switches"],
-                           [[k, f"{v['misses_per_1000']:.2f}", f"{v['reads_per_s']:.0f}", str(v["flusher_switches"])]
-                            for k, v in ex["tlb"].items()]))
-    if "experiments" in result and "per_operation" in result["experiments"]:
-        print("\nround trip per operation, enlightened against emulated (p50 µs):")
-        rows = [[op, f"{e[0]}", f"{e[1]}", f"{m_[0]}", f"{m_[1]}"]
-                for op, v in result["experiments"]["per_operation"].items()
-                for e, m_ in [(v["enlightened"], v["emulated"])]]
-        print(table(["operation", "enlightened", "µs", "emulated", "µs"], rows, "llrlr"))
-    if io:
-        print(f"\nemulated I/O p50 is {io['ratio_p50']:.2f}× its floor "
-              f"(goal ≤ {GOAL_IO_RATIO_P50}×: {'met' if result['goal']['met'] else 'NOT met'})")
-    sys.stdout.flush()
+    out["io_port_ratio_p50_at_most"] = GOAL_IO_RATIO_P50
+    out["met"] = bool(io and io["ratio_p50"] <= GOAL_IO_RATIO_P50)
+    irq = result["paths"].get("interrupt")
+    if irq:
+        out["interrupt"] = {"p50_at_most": GOAL_IRQ_RATIO_P50, "p99_at_most": GOAL_IRQ_RATIO_P99,
+                            "met": irq["ratio_p50"] <= GOAL_IRQ_RATIO_P50 and irq["ratio_p99"] <= GOAL_IRQ_RATIO_P99}
+    if result.get("cpu"):
+        out["cpu"] = {"ratio_at_most": GOAL_CPU_RATIO,
+                      "met": all(v["ratio"] is not None and v["ratio"] <= GOAL_CPU_RATIO for v in result["cpu"].values())}
+    return out
+

@@ -36,24 +36,56 @@ def plot_file(value: str) -> str:
     return value
 
 
-def positive_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{n} must be at least 1")
-    return n
+def bounded(kind: type, low: float, high: float | None = None, *, low_open: bool = False):
+    """An argparse type: a ``kind`` (int or float) at least ``low`` (more than it, with
+    ``low_open``) and at most ``high``; NaN fails every bound."""
+
+    def check(value: str):
+        try:
+            n = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {value!r}") from None
+        ok = (n > low if low_open else n >= low) and (high is None or n <= high)
+        if not ok:
+            if high is None:
+                raise argparse.ArgumentTypeError(f"{n} must be at least {low}")
+            raise argparse.ArgumentTypeError(f"{n} must be {'more than' if low_open else 'at least'} {low:g} "
+                                             f"and at most {high:g} seconds")
+        return n
+
+    return check
 
 
-def positive_seconds(value: str) -> float:
+positive_int = bounded(int, 1)
+positive_seconds = bounded(float, 0, 3600, low_open=True)
+
+
+def baseline_file(value: str) -> str:
+    """``bench --compare FILE``: read and checked before anything is measured."""
+    from benchmarks.baseline import load
+
     try:
-        s = float(value)
+        load(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
+
+
+def save_file(value: str) -> str:
+    if not Path(value).resolve().parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{value}: no such directory")
+    return value
+
+
+def scale_counts(value: str) -> list[int]:
+    """``--scale-partitions 1,2,4``: partition counts, 1..32."""
+    try:
+        counts = [int(x) for x in value.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid float value: {value!r}") from None
-    if not 0 < s <= 3600:  # NaN fails this too
-        raise argparse.ArgumentTypeError(f"{s} must be more than 0 and at most 3600 seconds")
-    return s
+        raise argparse.ArgumentTypeError(f"invalid partition counts: {value!r}") from None
+    if not counts or any(not 1 <= n <= 32 for n in counts):
+        raise argparse.ArgumentTypeError(f"{value}: each count must be 1 to 32")
+    return sorted(set(counts))
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
@@ -66,13 +98,37 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vmbus", action="store_true",
                    help="also the synthetic disk against the emulated one and the host (benchmarks/vmbus.py)")
     p.add_argument("--plot", metavar="FILE.png", type=plot_file,
-                   help="draw latency histograms and CDFs (needs the [plot] extra)")
+                   help="draw latency histograms and CDFs (with --scale: exits/s against partitions; "
+                        "needs the [plot] extra)")
+    p.add_argument("--no-cpu", dest="cpu", action="store_false",
+                   help="skip CPU per round trip (stack and floor, per process)")
+    p.add_argument("--cpu-window", type=positive_seconds, default=3.0,
+                   help="seconds of steady state each path's CPU is measured over")
+    p.add_argument("--cpu-round-trips", type=positive_int, default=4000, help="floor round trips per CPU figure")
+    p.add_argument("--save", metavar="FILE.json", type=save_file, help="keep this run's ratios as a baseline")
+    p.add_argument("--compare", metavar="FILE.json", type=baseline_file,
+                   help="flag ratios that moved beyond the run-to-run noise since a baseline (exit status 3)")
+    p.add_argument("--scale", action="store_true",
+                   help="instead: aggregate exits/s, latency, CPU and memory at 1 to 16 partitions beside a floor")
+    p.add_argument("--scale-partitions", type=scale_counts, default=[1, 2, 4, 8, 16], metavar="N,N,…",
+                   help="the partition counts of --scale (default 1,2,4,8,16)")
+    p.add_argument("--startup", action="store_true",
+                   help="instead: launch to first banner and RSS per process kind at 1, 4 and 16 partitions")
+    p.add_argument("--profile", metavar="FILE.prof", type=save_file,
+                   help="cProfile the hypervisor's loop under load — the emulated port I/O CPU run, or with "
+                        "--scale the largest N — into a pstats file, and print its top functions")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="nothing on standard error while measuring")
     p.add_argument("--real-guests", action="store_true",
                    help="then real x86 guests (benchmarks/real_guest.py): port I/O on unicorn and KVM beside the "
                         "Python guest, the floor and the in-process limit; SeaBIOS to the boot sector")
 
 
 def run(args) -> int:
+    if args.scale or args.startup:
+        from benchmarks.scale import run_scale, run_startup
+
+        return run_scale(args) if args.scale else run_startup(args)
     if args.samples < args.rounds:
         complain(NAME, f"--samples {args.samples} is fewer than --rounds {args.rounds}: "
                        f"each round needs at least one round trip of each floor")

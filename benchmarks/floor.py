@@ -13,11 +13,18 @@ dispatching, stamping and encoding.
     python -m benchmarks.floor relay ENDPOINT
     python -m benchmarks.floor echo ENDPOINT
     python -m benchmarks.floor irqecho ENDPOINT
+    python -m benchmarks.floor timer ENDPOINT [PERIOD_US]
+
+``timer`` is the local APIC timer's floor, a server of its own: it waits as the
+hypervisor's loop does (a poll with a timeout) for a deadline a period after its client
+"halted", then sends the client one resume-sized frame (one hop, hv → VP).
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import tempfile
 import time
 from time import perf_counter_ns
 
@@ -55,80 +62,163 @@ def relay(endpoint: str) -> None:
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     sock.bind(endpoint)
     print("READY", flush=True)
-    roles: dict[bytes, bytes] = {}
+    roles: dict[bytes, tuple[bytes, bytes]] = {}  # identity → (kind, its echo peer's role)
     peers: dict[bytes, bytes] = {}  # echo role → identity
     notify, resume4, resume2 = f["port_notify"], f["io_resume"], f["cpuid_resume"]
-    pending = []  # clients waiting for the echo, in order (one request in flight each)
-    pending_irq = []
+    # Clients waiting for each echo peer, in order (one request in flight each).  A client
+    # "hop4" uses the echo "echo"; with --scale, "hop4:K" uses "echo:K" (as each partition
+    # has its own worker).
+    pending: dict[bytes, list[bytes]] = {}
     # Requests that came before their echo peer said hello (it is a separate process, and
     # on a busy machine it can start after the first client): sent when it does.
     early: dict[bytes, int] = {}
     while True:
         ident, frame = sock.recv_multipart()
         role = roles.get(ident)
-        if role is None:
-            roles[ident] = frame  # the first frame of a peer names its role
+        if role is None:  # the first frame of a peer names its role
+            kind = frame.split(b":")[0]
+            target = {b"hop4": b"echo" + frame[4:], b"irq": b"irqecho"}.get(kind, frame)
+            roles[ident] = (kind, target)
             peers[frame] = ident
+            pending.setdefault(target, [])
             for _ in range(early.pop(frame, 0)):
                 sock.send_multipart((ident, notify))
             continue
-        if role == b"hop4":
-            pending.append(ident)
+        kind, target = role
+        if kind == b"hop4" or kind == b"irq":
+            pending[target].append(ident)
             try:
-                sock.send_multipart((peers[b"echo"], notify))
+                sock.send_multipart((peers[target], notify))
             except KeyError:
-                early[b"echo"] = early.get(b"echo", 0) + 1
-        elif role == b"echo":
-            sock.send_multipart((pending.pop(0), resume4))
-        elif role == b"irq":
-            pending_irq.append(ident)
-            try:
-                sock.send_multipart((peers[b"irqecho"], notify))
-            except KeyError:
-                early[b"irqecho"] = early.get(b"irqecho", 0) + 1
-        elif role == b"irqecho":
-            sock.send_multipart((pending_irq.pop(0), frame))
+                early[target] = early.get(target, 0) + 1
+        elif kind == b"echo":
+            sock.send_multipart((pending[target].pop(0), resume4))
+        elif kind == b"irqecho":
+            sock.send_multipart((pending[target].pop(0), frame))
         else:
             sock.send_multipart((ident, resume2))
 
 
-def echo(endpoint: str) -> None:
+def echo(endpoint: str, key: str = "") -> None:
     complete = hop_frames()["access_complete"]
     sock = _socket(zmq.DEALER)
     sock.connect(endpoint)
-    sock.send(b"echo")
+    sock.send(b"echo" + (b":" + key.encode() if key else b""))
     while True:
         sock.recv()
         sock.send(complete)
 
 
-def irqecho(endpoint: str) -> None:
-    """Answers each request with an ``assert_interrupt`` stamped as it is sent."""
+def irqecho(endpoint: str, period_us: str = "10000") -> None:
+    """Answers each request, a tick period later (the PIT's 100 Hz by default), with an
+    ``assert_interrupt`` stamped as it is sent: as in the stack, the relay and the client
+    have then been idle for that period when the frame reaches them."""
+    period_s = int(period_us) / 1e6
     sock = _socket(zmq.DEALER)
     sock.connect(endpoint)
     sock.send(b"irqecho")
     while True:
         sock.recv()
+        time.sleep(period_s)
         sock.send(m.AssertInterrupt(0x20, (perf_counter_ns(), _T)).encode())
+
+
+def start_floor(roles: list[str], server: tuple[str, ...] = ("relay",)
+                ) -> tuple[subprocess.Popen, list[subprocess.Popen], str, tempfile.TemporaryDirectory]:
+    """A relay (or another ``server``: ``("timer", PERIOD_US)``) and one peer per role
+    (``echo``, ``irqecho``) on an ipc endpoint in a temporary directory: (server, peers,
+    endpoint, directory); :func:`stop_floor` ends them."""
+    from root import REPO
+    from root.procs import die_with_parent
+
+    d = tempfile.TemporaryDirectory(prefix="hvfloor")
+    endpoint = f"ipc://{d.name}/floor.sock"
+    cmd = [sys.executable, "-m", "benchmarks.floor"]
+    # In sessions of their own, as the run's processes are: a terminal's Ctrl-C reaches
+    # the bench alone, which ends them (no traceback from a relay).
+    relay = subprocess.Popen([*cmd, server[0], endpoint, *server[1:]], cwd=REPO, stdout=subprocess.PIPE,
+                             preexec_fn=die_with_parent, start_new_session=True)
+    peers: list[subprocess.Popen] = []
+    try:
+        if relay.stdout.readline().strip() != b"READY":
+            raise RuntimeError("the floor relay did not start")
+        peers = [subprocess.Popen([*cmd, role, endpoint], cwd=REPO, preexec_fn=die_with_parent,
+                                  start_new_session=True) for role in roles]
+        if peers:
+            time.sleep(0.3)  # let the echo peers register before the first request
+    except BaseException:
+        stop_floor(relay, peers, d)
+        raise
+    return relay, peers, endpoint, d
+
+
+def stop_floor(relay: subprocess.Popen, peers: list[subprocess.Popen], d: tempfile.TemporaryDirectory) -> None:
+    for p in (*peers, relay):
+        p.kill()
+        p.wait()
+    if relay.stdout is not None:
+        relay.stdout.close()
+    d.cleanup()
+
+
+def timer(endpoint: str, period_us: str = "1000") -> None:
+    """The local APIC timer's floor: a ROUTER (the hypervisor's loop) that waits with a
+    timeout until a deadline a period after its client last asked (the VP's HLT), then
+    sends it one resume-sized frame stamped as it goes (one hop, hv → VP)."""
+    period_ms = int(period_us) / 1000
+    resume = hop_frames()["cpuid_resume"]
+    sock = _socket(zmq.ROUTER)
+    sock.bind(endpoint)
+    print("READY", flush=True)
+    while True:
+        ident, _ = sock.recv_multipart()  # "halted": arm the timer
+        deadline = time.monotonic() + period_ms / 1000
+        while (left := deadline - time.monotonic()) > 0:
+            if sock.poll(max(1, int(left * 1000 + 0.999))):  # the loop's wait, as the hv's
+                sock.recv_multipart()  # (nothing else is sent; drained)
+        sock.send_multipart((ident, msgpack.packb([perf_counter_ns()]), resume))
+
+
+class TimerFloorClient:
+    """The VP's side of :func:`timer`: "halt", then time the frame that wakes it."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.sock = _socket(zmq.DEALER)
+        self.sock.connect(endpoint)
+
+    def measure(self, n: int, warmup: int = 20) -> list[int]:
+        out = []
+        for i in range(n + warmup):
+            self.sock.send(b"hlt")
+            if not self.sock.poll(5000):
+                raise TimeoutError("the floor's timer did not fire within 5 s")
+            stamp, _ = self.sock.recv_multipart()
+            t = perf_counter_ns()
+            if i >= warmup:
+                out.append(t - msgpack.unpackb(stamp)[0])
+        return out
+
+    def close(self) -> None:
+        self.sock.close(0)
 
 
 class IrqFloorClient:
     """The one-way worker → hv → VP time of a frame the size of ``assert_interrupt``.
 
     Interrupts come from a timer, with every process idle in between; waking an idle
-    process costs far more than handing a frame to a busy one, so the floor waits a tick
-    period between samples too."""
+    process costs far more than handing a frame to a busy one.  So the interrupt source
+    (``irqecho``) waits a tick period after each request before it sends, and the relay
+    and this client, like the hypervisor and the VP in HLT, have been idle that long when
+    the measured hops reach them."""
 
-    def __init__(self, endpoint: str, period_s: float = 0.01) -> None:
+    def __init__(self, endpoint: str) -> None:
         self.sock = _socket(zmq.DEALER)
         self.sock.connect(endpoint)
         self.sock.send(b"irq")
-        self.period_s = period_s
 
     def measure(self, n: int, warmup: int = 20) -> list[int]:
         out = []
         for i in range(n + warmup):
-            time.sleep(self.period_s)
             self.sock.send(b"x")
             if not self.sock.poll(5000):
                 raise TimeoutError("the floor relay did not answer within 5 s")
@@ -143,14 +233,15 @@ class IrqFloorClient:
 
 
 class FloorClient:
-    """The VP's side: times each round trip as the VP does."""
+    """The VP's side: times each round trip as the VP does.  ``key``: which echo peer a
+    4-hop client's requests go to (``echo:KEY``; by default ``echo``)."""
 
-    def __init__(self, endpoint: str, hops: int) -> None:
+    def __init__(self, endpoint: str, hops: int, key: str = "") -> None:
         f = hop_frames()
         self.frame = f["io_intercept"] if hops == 4 else f["cpuid_intercept"]
         self.sock = _socket(zmq.DEALER)
         self.sock.connect(endpoint)
-        self.sock.send(b"hop4" if hops == 4 else b"hop2")
+        self.sock.send((b"hop4" + (b":" + key.encode() if key else b"")) if hops == 4 else b"hop2")
 
     def measure(self, n: int, warmup: int = 200) -> list[int]:
         send, recv, poll, frame = self.sock.send, self.sock.recv, self.sock.poll, self.frame
@@ -169,5 +260,41 @@ class FloorClient:
         self.sock.close(0)
 
 
+def scale_client(endpoint: str, key: str) -> None:
+    """One of --scale's clients (a process, as each partition is): 4-hop round trips to
+    ``echo:KEY`` until told.  The first SIGUSR1 starts the window (it answers ``{}``), the
+    second ends it: one JSON line of the window's round trips and percentiles, and exit."""
+    import json
+    import signal
+
+    client = FloorClient(endpoint, 4, key)
+    send, recv, poll, frame = client.sock.send, client.sock.recv, client.sock.poll, client.frame
+    window: dict = {"samples": None, "done": False}
+
+    def on_usr1(signum, frame_):
+        if window["samples"] is None:
+            window["samples"] = []
+            print("{}", flush=True)
+            return
+        samples = sorted(window["samples"])
+        pct = (lambda p: samples[min(len(samples) - 1, len(samples) * p // 100)] if samples else 0)
+        print(json.dumps({"n": len(samples), "p50_ns": pct(50), "p99_ns": pct(99)}), flush=True)
+        window["done"] = True
+
+    signal.signal(signal.SIGUSR1, on_usr1)
+    print("READY", flush=True)
+    while not window["done"]:
+        t0 = perf_counter_ns()
+        send(frame)
+        if not poll(5000):
+            raise TimeoutError("the floor relay did not answer within 5 s")
+        recv()
+        samples = window["samples"]
+        if samples is not None:
+            samples.append(perf_counter_ns() - t0)
+    client.close()
+
+
 if __name__ == "__main__":
-    {"relay": relay, "echo": echo, "irqecho": irqecho}[sys.argv[1]](sys.argv[2])
+    {"relay": relay, "echo": echo, "irqecho": irqecho, "timer": timer,
+     "client": scale_client}[sys.argv[1]](*sys.argv[2:])

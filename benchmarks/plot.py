@@ -93,7 +93,7 @@ def _total(v) -> Histogram | None:
 
 
 def _floor_legend(key, h: Histogram) -> str:
-    hops = "2 hops one way" if key == "irq" else f"{key} hops"
+    hops = {"irq": "2 hops one way", "timer": "1 hop one way, after a timer"}.get(key, f"{key} hops")
     return f"floor, {hops} ({h.n} samples)"
 
 
@@ -166,3 +166,37 @@ def write_plot(path: str, stack: dict[str, Histogram], floor: dict, paths: tuple
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return [name for name, _, _ in rows]
+
+
+def plot_scale(path: str, rows: list[dict]) -> None:
+    """``bench --scale --plot``: aggregate round trips per second against N, the stack's and
+    the floor's, and the CPU per round trip of each."""
+    require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        raise ValueError("the bench measured no partition count to plot")
+    ns = [r["n"] for r in rows]
+    fig, (ax, ax_cpu) = plt.subplots(1, 2, figsize=(11, 4))
+    fig.suptitle("hvstack bench --scale: N partitions × 1 VP of emulated port I/O, beside the floor", fontsize=11)
+    for key, label, color in (("stack", "stack", STACK_COLOR), ("floor", "floor (N clients → relay → N echoes)",
+                                                                 FLOOR_COLOR)):
+        ax.plot(ns, [r[key]["per_s"] for r in rows], marker="o", color=color, label=label)
+        ax_cpu.plot(ns, [r[key]["cpu_us_per_round_trip"] for r in rows], marker="o", color=color, label=label)
+    for a, title, ylabel in ((ax, "aggregate round trips per second", "round trips / s"),
+                             (ax_cpu, "CPU per round trip (all processes)", "µs")):
+        a.set_xscale("log", base=2)
+        a.set_xticks(ns)
+        a.set_xticklabels([str(n) for n in ns])
+        a.set_xlabel("partitions (N)")
+        a.set_ylabel(ylabel)
+        a.set_title(title, fontsize=10)
+        a.set_ylim(bottom=0)
+        a.grid(True, alpha=0.3)
+        a.legend(fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 
@@ -24,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m hypervisor")
     ap.add_argument("--endpoint", required=True, help="ZeroMQ endpoint to bind (ipc:// or tcp://)")
     ap.add_argument("--lps", type=int, default=2, help="logical processors the scheduler dispatches VPs on")
-    ap.add_argument("--memory-dir", help="where the page pool and SLAT tables live (the run directory)")
+    ap.add_argument("--memory-dir", required=True,
+                    help="where the partitions' RAM, SLAT and TLB files live (the run directory): "
+                         "a directory of the run's, so that nothing of a run is left elsewhere")
     ap.add_argument("--pool-pages", type=int, default=4096, help="4 KiB pages of host memory in the pool")
     ap.add_argument("--curve-key-fd", type=int,
                     help="an inherited descriptor holding the tcp endpoint's CURVE secret key (Z85)")
@@ -49,7 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     # The launcher reads this line to learn the endpoint actually bound (tcp port 0).
     print(f"READY {hv.endpoint}", flush=True)
-    hv.serve()
+    profile = os.environ.get("HVSTACK_PROFILE_HV")
+    if profile:  # `bench --profile`: the loop under cProfile, its statistics written at the end
+        import cProfile
+
+        with cProfile.Profile() as prof:
+            hv.serve()
+        prof.dump_stats(profile)
+    else:
+        hv.serve()
     logging.info("hypervisor stopped")
     return 0
 

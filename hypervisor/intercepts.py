@@ -30,6 +30,7 @@ from proto.memory import PAGE_SHIFT
 from hypervisor import cpuid, hypercall_page, msrs
 from hypervisor.apic import APIC_BASE, APIC_PAGE
 from hypervisor.hypercalls import Caller
+from hypervisor.interrupts import posted_this_run
 from hypervisor.partitions import Partition, VirtualProcessor
 
 log = logging.getLogger("hypervisor")
@@ -159,12 +160,11 @@ class Intercepts:
         off = self._memory.ram_offset(ctx.partition.id, gpa)
         if off is None or ((gpa + size - 1) >> PAGE_SHIFT) != (gpa >> PAGE_SHIFT):
             return False
-        pool = self._memory.slats[ctx.partition.id].ram
         if ctx.write:
-            pool[off:off + size] = ctx.value.to_bytes(size, "little")
+            self._memory.write_ram(ctx.partition.id, off, ctx.value.to_bytes(size, "little"))
             result = 0
         else:
-            result = int.from_bytes(pool[off:off + size], "little")
+            result = int.from_bytes(self._memory.read_ram(ctx.partition.id, off, size), "little")
         self._resume(ctx, result)
         return True
 
@@ -242,7 +242,8 @@ class Intercepts:
         vp.exits[Exit.HALT] += 1
         if self._tracers:
             self._trace(part, vp, Exit.HALT, False, 0, 0, ctx.stamps)
-        if vp.interrupts or vp.reset_pending or vp.apic.deliverable() is not None:
+        if (vp.interrupts or vp.reset_pending or vp.apic.deliverable() is not None
+                or posted_this_run(vp)):
             self._resume(ctx, 0)
             return
         self._halt(vp, ctx.seq, ctx.t_in)

@@ -6,6 +6,15 @@ injects it at the VP's next resume — at once if the VP is halted (HLT ends), e
 current exit completes.  Higher vectors go first, as the APIC prioritises them.  The local
 APIC (``apic.py``) adds its timer and IPIs, which wait in its IRR; the two compete at
 injection by priority.
+
+A VP that is executing guest code on an LP (RUNNING) does not wait for its next exit: the
+interrupt is *posted* to it (:meth:`Interrupts.kick`), as Intel's posted interrupts do for a
+running vCPU — the hypervisor takes the vector as a resume would and sends it in an
+``interrupt_notify`` on the VP's own connection, which the VP reads at its next preemption
+point (or while it waits for the resume of an exit it made meanwhile: the connection keeps
+order, so nothing is lost or taken twice).  At most :data:`POSTED_MAX` are sent per dispatch
+(Intel's outstanding-notification bit, made a small count); more wait for the next resume.
+A partition's interrupts only ever reach its own VPs' connections.
 """
 
 from __future__ import annotations
@@ -14,9 +23,14 @@ from dataclasses import dataclass, field
 from time import perf_counter_ns
 
 from proto import messages as m
+from proto.exits import Exit
 from proto.messages import INTERRUPT_NO_EOI
 
 from hypervisor.scheduler import VpState
+
+# Posted-interrupt notifications sent to one VP per dispatch: a VP that does not read its
+# connection (a hostile guest) has at most this many waiting there per resume.
+POSTED_MAX = 4
 
 
 @dataclass
@@ -25,6 +39,9 @@ class InterruptQueue:
     asserted: int = 0
     injected: int = 0
     by_vector: dict[int, int] = field(default_factory=dict)
+    posted: int = 0  # interrupt_notify messages sent to the VP, in all
+    posted_dispatch: int = -1  # the dispatch (VpSched.dispatches) the last ones were sent in
+    posted_in_dispatch: int = 0  # how many in that dispatch
 
     def __bool__(self) -> bool:
         return bool(self.pending)
@@ -61,16 +78,65 @@ def next_interrupt(vp) -> tuple[int, tuple]:
     return 0, ()
 
 
+def posted_this_run(vp) -> bool:
+    """Interrupts were posted to ``vp`` during the run its current exit ended: a HLT then
+    completes at once, since the VP may not have read them before it halted (it takes
+    them while it waits for the resume).  Hardware's HLT likewise ends for a vector in the
+    posted-interrupt descriptor."""
+    q = vp.interrupts
+    return q.posted_dispatch == vp.sched.dispatches and q.posted_in_dispatch > 0
+
+
 class Interrupts:
     """Virtual interrupt delivery: the PIC's vectors from the worker, the local APICs'
     timers and IPIs.  An interrupt waits (in the VP's queue or its APIC's IRR) until the VP
     is next dispatched (:func:`next_interrupt`); a VP halted in HLT is woken for it."""
 
-    def __init__(self, table, counters: dict, wake) -> None:
+    def __init__(self, table, counters: dict, wake, send=None, tracer=None) -> None:
         self._table = table
         self._counters = counters
         self._wake = wake  # Dispatcher.wake: end a VP's HLT
+        self._send = send  # Router.send(identity, frame) -> bool: posted interrupts (None: none)
+        self._tracer = tracer
         self.next_timer_ns: int | None = None  # the earliest local APIC timer deadline
+
+    # -- getting a pending interrupt to its VP ---------------------------------------------------
+
+    def kick(self, vp) -> None:
+        """Something is pending for ``vp``: a VP halted in HLT wakes for an interrupt it can
+        take; a VP executing guest code on an LP has it posted; any other (in an exit,
+        waiting for an LP) takes it with its next resume."""
+        state = vp.state
+        if state is VpState.HALTED:
+            if vp.interrupts or vp.apic.deliverable() is not None:
+                self._wake(vp)
+        elif state is VpState.RUNNING:
+            self.notify(vp)
+
+    def notify(self, vp) -> None:
+        """Send what ``vp`` can take now in ``interrupt_notify`` messages (at most
+        POSTED_MAX per dispatch); it must be RUNNING."""
+        q = vp.interrupts
+        if self._send is None or vp.peer is None or vp.reset_pending:
+            return
+        if vp.sched.controls.paused or vp.sched.suspended:
+            return  # paused or suspended: it takes it when it is dispatched again
+        if q.posted_dispatch != vp.sched.dispatches:
+            q.posted_dispatch, q.posted_in_dispatch = vp.sched.dispatches, 0
+        while q.posted_in_dispatch < POSTED_MAX and (q or vp.apic.irr):
+            interrupt, irq_stamps = next_interrupt(vp)
+            if not interrupt:
+                return
+            q.posted_in_dispatch += 1
+            q.posted += 1
+            self._counters["posted_interrupts"] += 1
+            if self._tracer is not None and self._tracer.tracers:
+                self._tracer.trace(vp.partition, vp, Exit.INTERRUPT, False, interrupt & 0xFF, 0, irq_stamps)
+            if not self._send(vp.peer, m.InterruptNotify(interrupt, irq_stamps).encode()):
+                # Its connection is gone or not read (a full queue): the VP is the only one
+                # to lose by it.
+                self._counters["unroutable_replies"] += 1
+                return
 
     def on_assert_interrupt(self, identity: bytes, peer, msg: m.AssertInterrupt, t_in: int) -> None:
         part = peer.partition
@@ -80,7 +146,7 @@ class Interrupts:
         vp = part.vps[0]
         part.pic_output.record(msg.vector)  # for `io irqs_pic` (irq_log.py)
         vp.interrupts.post(msg.vector, msg.stamps + (t_in,))
-        self._wake(vp)
+        self.kick(vp)
 
     # -- the local APIC timers ----------------------------------------------------------------
 
@@ -99,21 +165,20 @@ class Interrupts:
                     vp.apic.fired_ns[vp.apic.lvt_timer & 0xFF] = now
                     # HLT ends for an interrupt the VP can take, not for one its APIC holds
                     # back (disabled, or below what is in service).
-                    if vp.state is VpState.HALTED and vp.apic.deliverable() is not None:
-                        self._wake(vp)
+                    self.kick(vp)
         self.timers_changed()
 
     # -- synthetic interrupt sources (SynIC SINTs, synthetic timers in direct mode) -----------
 
     def assert_vector(self, vp, vector: int, t: int | None = None) -> None:
         """A fixed interrupt for ``vp``'s local APIC (its IRR), from a source inside the
-        hypervisor; a VP halted in HLT wakes if it can take it.  ``t``: when the source
+        hypervisor; a VP halted in HLT wakes if it can take it, one executing guest code has it posted
+        (:meth:`kick`).  ``t``: when the source
         fired (perf_counter_ns), for the interrupt path's stamps."""
         vp.apic.accept(vector)
         if t is not None:
             vp.apic.fired_ns[vector] = t
-        if vp.state is VpState.HALTED and vp.apic.deliverable() is not None:
-            self._wake(vp)
+        self.kick(vp)  # a halted VP wakes if it can take it; a running one has it posted
 
     # -- IPIs ---------------------------------------------------------------------------------
 
@@ -141,4 +206,6 @@ class Interrupts:
         for vp in targets:
             vp.apic.accept(vector)
             if vp.state is VpState.HALTED:
-                self._wake(vp)
+                self._wake(vp)  # (an IPI ends HLT even for a vector the APIC holds back)
+            else:
+                self.kick(vp)  # posted to a VP executing guest code

@@ -21,6 +21,7 @@ hypervisor's (root's, where the run is root's).
 from __future__ import annotations
 
 import array
+import io
 import mmap
 import os
 from dataclasses import dataclass, field
@@ -44,11 +45,25 @@ class MemoryRefused(HvstackError):
 @dataclass
 class Slat:
     path: Path
-    entries: memoryview
+    # The hypervisor's own copy of the table, the one it reads; every change is written
+    # through to the file (pwrite) for the partition's read-only view.  Never a mapping
+    # of the file: where the partition can reopen it for writing (the namespaces level:
+    # one uid) it could truncate it, and a mapping of a truncated file faults (SIGBUS).
+    entries: array.array
     mapped: int = 0
-    _map: mmap.mmap | None = field(default=None, repr=False)
+    file: io.FileIO | None = field(default=None, repr=False)  # the SLAT file, written through
     ram_path: Path | None = None  # the partition's RAM file, indexed by guest-physical page
-    ram: mmap.mmap | None = field(default=None, repr=False)  # the hypervisor's view of it
+    # The hypervisor's descriptor of it (pread/pwrite: read_ram, write_ram, the zeroing of
+    # unmapped pages) and its mapping of it (``ram``: SynIC's atomic flag updates and io's
+    # bulk accesses need one).  The partition and its worker hold the file read-write; what
+    # keeps them from cutting it short under that mapping (SIGBUS in the hypervisor) is the
+    # seccomp filter (no truncate, ftruncate, fallocate nor O_TRUNC: proto.seccomp).
+    ram_file: io.FileIO | None = field(default=None, repr=False)
+    ram: mmap.mmap | None = field(default=None, repr=False)
+
+    @property
+    def ram_fd(self) -> int:
+        return self.ram_file.fileno()
 
 
 class MemoryManager:
@@ -69,20 +84,18 @@ class MemoryManager:
             if not 0 < gpa_pages <= MAX_GPA_PAGES:
                 raise MemoryRefused(f"a guest-physical space of {gpa_pages} pages")
             path = Path(slat_path(self.dir, partition))
-            fd = _create(path)
-            try:
-                os.write(fd, b"\xff" * (gpa_pages * SLAT_ENTRY))
-                m = mmap.mmap(fd, 0)
-            finally:
-                os.close(fd)
+            file = _create(path)
+            # Read-only for everyone, the owner too: the hypervisor writes through the
+            # descriptor it holds, and a partition of the same uid (the namespaces level)
+            # cannot reopen it for writing (nor chmod it back: the seccomp filter).
+            os.fchmod(file.fileno(), 0o400)
+            entries = array.array("I", [SLAT_INVALID]) * gpa_pages
+            os.pwrite(file.fileno(), entries.tobytes(), 0)
             ram_path = Path(memory_path(self.dir, partition))
-            fd = _create(ram_path)
-            try:
-                os.ftruncate(fd, gpa_pages * PAGE_SIZE)  # sparse: pages cost nothing until written
-                ram = mmap.mmap(fd, 0)
-            finally:
-                os.close(fd)
-            s = self.slats[partition] = Slat(path, memoryview(m).cast("I"), 0, m, ram_path, ram)
+            ram_file = _create(ram_path)
+            os.ftruncate(ram_file.fileno(), gpa_pages * PAGE_SIZE)  # sparse: pages cost nothing until written
+            ram = mmap.mmap(ram_file.fileno(), 0)
+            s = self.slats[partition] = Slat(path, entries, 0, file, ram_path, ram_file, ram)
         return s
 
     def ram_offset(self, partition: int, gpa: int) -> int | None:
@@ -93,8 +106,17 @@ class MemoryManager:
             return None
         return gpa
 
+    def read_ram(self, partition: int, gpa: int, size: int) -> bytes:
+        """``size`` bytes of the partition's RAM at ``gpa`` (a mapped page, see
+        :meth:`ram_offset`); what the partition cut off its file reads as zeros."""
+        data = os.pread(self.slats[partition].ram_fd, size, gpa)
+        return data + bytes(size - len(data))
+
+    def write_ram(self, partition: int, gpa: int, data: bytes) -> None:
+        os.pwrite(self.slats[partition].ram_fd, data, gpa)
+
     def owned(self, partition: int) -> int:
-        return sum(1 for o in self.owner if o == partition)
+        return self.owner.count(partition)  # (C speed: status asks for every partition)
 
     # -- the hypercalls' work -------------------------------------------------------------
 
@@ -132,8 +154,8 @@ class MemoryManager:
                 raise self._refuse(f"host page {hp:#x} was not deposited to partition {partition}")
             if s.entries[gpa_page + i] != SLAT_INVALID:
                 raise self._refuse(f"GPA page {gpa_page + i:#x} is already mapped")
-        for i, hp in enumerate(host_pages):
-            s.entries[gpa_page + i] = hp
+        s.entries[gpa_page:gpa_page + len(host_pages)] = array.array("I", host_pages)
+        _write_through(s, gpa_page, len(host_pages))
         s.mapped += len(host_pages)
         self.counters["mapped"] += len(host_pages)
 
@@ -144,19 +166,20 @@ class MemoryManager:
         for i in range(gpa_page, gpa_page + count):
             if s.entries[i] != SLAT_INVALID:
                 s.entries[i] = SLAT_INVALID
-                _zero(s.ram, i)
+                os.pwrite(s.ram_fd, bytes(PAGE_SIZE), i * PAGE_SIZE)
                 s.mapped -= 1
                 self.counters["unmapped"] += 1
+        _write_through(s, gpa_page, count)
 
     def release(self, partition: int) -> int:
         """The partition is gone: unmap everything and return its pages to the root."""
         s = self.slats.pop(partition, None)
         if s is not None:
-            for i in range(len(s.entries)):
-                s.entries[i] = SLAT_INVALID
-            s.entries.release()
-            s._map.close()
+            s.entries = array.array("I", [SLAT_INVALID]) * len(s.entries)
+            _write_through(s, 0, len(s.entries))
+            s.file.close()
             s.ram.close()
+            s.ram_file.close()
             for path in (s.ram_path, s.path):
                 path.unlink(missing_ok=True)  # the processes that mapped them keep their pages
         n = 0
@@ -176,18 +199,21 @@ class MemoryManager:
                 yield e
 
     def status(self) -> MemoryStatus:
-        free = sum(1 for o in self.owner if o == ROOT)
+        free = self.owner.count(ROOT)
         return MemoryStatus(self.pages, free, str(self.dir),
                             {str(pid): SlatStatus(s.mapped, self.owned(pid), str(s.path))
                              for pid, s in self.slats.items()},
                             dict(self.counters))
 
 
-def _create(path: Path) -> int:
-    """A new file, 0600 from the start (never briefly wider), read-write."""
+def _write_through(s: Slat, first: int, count: int) -> None:
+    """Entries ``first``…``first + count - 1`` of the hypervisor's copy into the file."""
+    os.pwrite(s.file.fileno(), s.entries[first:first + count].tobytes(), first * SLAT_ENTRY)
+
+
+def _create(path: Path) -> io.FileIO:
+    """A new file, 0600 from the start (never briefly wider), read-write; a file object
+    (unbuffered) so that its descriptor closes with it."""
     path.unlink(missing_ok=True)
-    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    return io.FileIO(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), "r+")
 
-
-def _zero(ram: mmap.mmap, page: int) -> None:
-    ram[page * PAGE_SIZE:(page + 1) * PAGE_SIZE] = bytes(PAGE_SIZE)

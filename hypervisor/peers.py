@@ -4,7 +4,8 @@ Every connection opens with ``hello``: a role (root, worker, vp, vsp), a partiti
 client nonce.  The hypervisor answers ``hello_challenge`` with a fresh nonce for this
 connection; the peer's ``hello_proof`` shows it holds the key derived from the run's secret
 for that role and partition (``proto.auth``), bound to both nonces, so a hello captured on
-one connection proves nothing on another.  Each challenge is answered once, within
+one connection proves nothing on another; the ``hello_reply`` proves in turn that the
+hypervisor holds the secret (``proto.auth.reply_proof``).  Each challenge is answered once, within
 :data:`HELLO_DEADLINE_S`; at most :data:`MAX_PENDING_HELLOS` wait at a time (the oldest
 is dropped).  The hypervisor binds the routing identity to (role, partition, vp) then, for
 the connection's life; from
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from time import perf_counter_ns
 
 from proto import messages as m
-from proto.auth import NONCE_BYTES, new_nonce, proof_matches
+from proto.auth import NONCE_BYTES, new_nonce, peer_token, proof_matches, reply_proof
 from proto.codes import HvPartitionState
 from proto.loglimit import LimitedLog
 
@@ -157,7 +158,10 @@ class Peers:
         if self._bind is not None:
             self._bind(identity)
         log.info("hello from %s (pid %d)", name, msg.pid)
-        reply = m.HelloReply(name, self._session)
+        # Mutual: the reply proves this hypervisor holds the secret (the peer checks it).
+        mac = reply_proof(peer_token(self._secret, msg.role, msg.partition), msg.role, msg.partition, msg.vp,
+                          msg.pid, msg.session, msg.nonce, pending.nonce, name, self._session)
+        reply = m.HelloReply(name, self._session, mac)
         if vp is None:
             self._outbox.send(identity, reply)
             return

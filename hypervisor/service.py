@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import time
 from time import perf_counter_ns
@@ -102,10 +103,14 @@ class Hypervisor:
             "out_of_turn": 0,  # exits from a VP that was not executing guest code
             "handler_errors": 0,  # exceptions in a handler: bugs of ours, each logged (rate-limited)
             "status_trimmed": 0,  # status replies too big to decode anywhere, sent without histograms
+            "posted_interrupts": 0,  # interrupt_notify messages: interrupts posted to running VPs
         }
         counters = self.counters
         self.table = PartitionTable()
-        self.memory = MemoryManager(memory_dir or tempfile.mkdtemp(prefix="hvmem"), pool_pages)
+        # Without a directory (a test's in-process hypervisor) one of its own, removed when
+        # serve() ends; `python -m hypervisor` is always given the run directory.
+        self._own_memory_dir = None if memory_dir else tempfile.mkdtemp(prefix="hvmem")
+        self.memory = MemoryManager(memory_dir or self._own_memory_dir, pool_pages)
         self.tlb = Tlbs(str(self.memory.dir), lps)
         self.tracer = Tracer(router, counters)
         self.outbox = Outbox(router, counters, self.tracer.tracers, self.table)
@@ -114,7 +119,7 @@ class Hypervisor:
         self.sched = self.dispatcher.sched
         self.hypercalls = Hypercalls(self.table, self.memory, self.tlb, VpRegisters(self.sched),
                                      wake=self.dispatcher.wake)
-        self.interrupts = Interrupts(self.table, counters, self.dispatcher.wake)
+        self.interrupts = Interrupts(self.table, counters, self.dispatcher.wake, router.send, self.tracer)
         # SynIC and synthetic timers (issue 10), and the ports of the root's VMBus server.
         self.synic = Synic(self.table, self.memory, self.interrupts.assert_vector)
         self.synic_ports = SynicPorts(table=self.table, synic=self.synic, memory=self.memory, outbox=self.outbox,
@@ -244,6 +249,8 @@ class Hypervisor:
                 next_housekeeping = time.monotonic_ns() + HOUSEKEEPING_INTERVAL_MS * 1_000_000
                 self._handler_failed(None, None, None, e)
         self.router.close()
+        if self._own_memory_dir is not None:
+            shutil.rmtree(self._own_memory_dir, ignore_errors=True)
 
     def _handler_failed(self, identity: bytes | None, peer, msg: m.Message | None, e: Exception) -> None:
         """A handler raised: a bug of ours (a peer's mistakes are refused before a handler

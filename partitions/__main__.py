@@ -13,6 +13,8 @@ A partition process runs guest code, so it is the process to confine first: with
 ``no_new_privs``; :mod:`proto.confine`) before any VP says hello or runs a guest
 instruction.  After that it can reach its own memory and its own sockets, nothing else.
 With ``--namespaces`` (not root) it hides the runs root in namespaces of its own first.
+Either way a seccomp filter then keeps it off every other process
+(:func:`proto.confine.start_confined`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import threading
@@ -82,17 +83,6 @@ def vp_thread(spec: dict, token: str, index: int, system: kernel.System,
             stop.set()  # one VP failing ends the partition, and the launcher sees it exit
 
 
-def reachable(args, spec: dict) -> str:
-    """The endpoint to connect to: with ``--namespaces``, after hiding the runs root (which
-    must happen before the first socket starts ZeroMQ's threads), through a descriptor of
-    the run directory that the caller closes once connected."""
-    if not args.namespaces:
-        return spec["endpoint"]
-    run_dir = os.path.dirname(os.path.abspath(args.spec))
-    args.keep_fd = confine.hide_in_namespaces(os.path.dirname(run_dir), run_dir)
-    return confine.through(spec["endpoint"], run_dir, args.keep_fd)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m partitions")
     ap.add_argument("--spec", required=True)
@@ -135,12 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"python -m partitions: {e}", file=sys.stderr)
             return 2
     # Every VP's socket connected while the run's socket can be reached; then confined.
-    endpoint = reachable(args, spec)
-    sockets = [Dealer(endpoint, spec.get("server_key"), connected_within_ms=5000) for _ in range(spec["vps"])]
-    if args.namespaces:
-        os.close(args.keep_fd)
-    if args.uid is not None:
-        confine.drop_to(args.uid, args.gid if args.gid is not None else args.uid)
+    sockets = confine.start_confined(args.spec, spec, spec["vps"], uid=args.uid, gid=args.gid,
+                                     namespaces=args.namespaces, log=log)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda s, f: stop.set())
     signal.signal(signal.SIGINT, lambda s, f: stop.set())

@@ -33,6 +33,13 @@ HALT_SLICE_MS = 200
 STATS_INTERVAL_NS = 250_000_000
 # Until the first resume says otherwise, a VP may run this long before it must exit.
 DEFAULT_QUANTUM_NS = 10_000_000
+# How often a VP executing guest code looks at its connection for a posted interrupt
+# (``interrupt_notify``), at its preemption points.  A look is a zmq poll (a few µs of
+# Python); guest code reaches a preemption point every µs or so, so looking at every one
+# would double the cost of RAM access.  So it looks at most this often: an interrupt for a
+# running VP waits this long at most past its arrival, plus the time to the next
+# preemption point, instead of until the VP's next exit (up to a quantum).
+NOTIFY_POLL_NS = 50_000
 NEVER = 1 << 62
 
 # x86-64 4-level paging: a table entry's present bit and the frame address in bits 51:12.
@@ -89,6 +96,10 @@ class Vp:
                          "tlb_hits": 0, "tlb_misses": 0, "tlb_walk_reads": 0, "tlb_evictions": 0}
         self._next_stats = perf_counter_ns() + STATS_INTERVAL_NS
         self._quantum_end = perf_counter_ns() + DEFAULT_QUANTUM_NS
+        # The next moment a preemption point has something to do: the quantum's end, or
+        # the next look for a posted interrupt, whichever is first.
+        self._next_check = min(self._quantum_end, perf_counter_ns() + NOTIFY_POLL_NS)
+        self._poll_ready = dealer.wait
         self.power_on()
 
     def power_on(self) -> None:
@@ -126,11 +137,17 @@ class Vp:
             msg = m.decode(raw)
             if msg.__class__ is m.VpResume and msg.seq == seq:
                 break
+            if msg.__class__ is m.InterruptNotify:
+                # Posted while this VP ran, read only now: it is pending all the same (the
+                # resume, sent after it, does not carry it again).
+                self._pending.append((msg.interrupt, msg.irq_stamps))
+                continue
             if msg.__class__ is m.ErrorReply:
                 raise Refused(msg.code, msg.message)
             # Anything else is a late answer to an earlier exit; it cannot be ours.
         self.exits += 1
         self._quantum_end = msg.deadline_ns or NEVER
+        self._next_check = min(self._quantum_end, t_resume + NOTIFY_POLL_NS)
         if msg.regs:
             # The register block as the hypervisor restores it (the root may have changed it).
             rflags, self.cr3 = msg.regs
@@ -295,8 +312,34 @@ class Vp:
     def pause(self) -> None:
         """PAUSE: a spin-loop hint, not intercepted (no pause-loop exiting here); like every
         instruction, it may find the VP's quantum over."""
-        if perf_counter_ns() >= self._quantum_end:
+        if perf_counter_ns() >= self._next_check:
+            self.preemption_point()
+
+    def preemption_point(self) -> None:
+        """Where guest code notices what happened while it ran, as an instruction boundary
+        does: its quantum over (it exits, and continues once dispatched again), or an
+        interrupt posted to it (taken now if IF is set).  The instructions call it when
+        ``_next_check`` has passed; a CPU backend that runs guest code some other way calls
+        it at its own instruction boundaries (it returns quickly when nothing is due)."""
+        now = perf_counter_ns()
+        if now >= self._quantum_end:
             self._quantum_over()
+            return
+        if now < self._next_check:
+            return
+        self._next_check = min(self._quantum_end, now + NOTIFY_POLL_NS)
+        posted = False
+        while self._poll_ready(0):
+            msg = m.decode(self._recv_ready())
+            if msg.__class__ is m.InterruptNotify:
+                self._pending.append((msg.interrupt, msg.irq_stamps))
+                posted = True
+            elif msg.__class__ is m.ErrorReply:  # (to a vp_stats): as _exit would raise it
+                raise Refused(msg.code, msg.message)
+            # Nothing else is sent to a VP that is executing: a stray frame is dropped as
+            # _exit drops late answers.
+        if posted and self.if_flag:
+            self._deliver()
 
     def rdtsc(self) -> int:
         """RDTSC, not intercepted: hvstack's TSC is the host's CLOCK_MONOTONIC in ns (a 1 GHz
@@ -310,8 +353,8 @@ class Vp:
 
     def xchg(self, gpa: int, value: int) -> int:
         """``lock xchg`` on a 32-bit word of RAM: atomic against the partition's other VPs."""
-        if perf_counter_ns() >= self._quantum_end:
-            self._quantum_over()
+        if perf_counter_ns() >= self._next_check:
+            self.preemption_point()
         with self.bus_lock:
             old = self.mem.read_int(gpa, 4)
             self.mem.write_int(gpa, 4, value)
@@ -320,8 +363,8 @@ class Vp:
     def read(self, gpa: int, size: int) -> int:
         """A load of ``size`` bytes: RAM directly (one SLAT translation), anything the SLAT
         does not map an MMIO exit."""
-        if perf_counter_ns() >= self._quantum_end:
-            self._quantum_over()
+        if perf_counter_ns() >= self._next_check:
+            self.preemption_point()
         try:
             return self.mem.read_int(gpa, size)
         except UnmappedGpa:
@@ -332,8 +375,8 @@ class Vp:
     def write(self, gpa: int, size: int, value: int) -> None:
         """A store of ``size`` bytes: RAM directly, anything else an MMIO exit."""
         if self.mem.is_mapped(gpa, size):
-            if perf_counter_ns() >= self._quantum_end:
-                self._quantum_over()
+            if perf_counter_ns() >= self._next_check:
+                self.preemption_point()
             self.mem.write_int(gpa, size, value)
             return
         seq = self._next_seq()

@@ -14,6 +14,14 @@ connection (``hello_challenge``); the peer proves it holds the key with
 nonce)`` (``hello_proof``).  The hypervisor uses each server nonce once, within a
 deadline, so a captured hello and proof replayed on another connection (or again on this
 one) meet a new nonce and fail.
+
+The other way round, the hypervisor proves it holds the run's secret: ``hello_reply``
+carries ``HMAC-SHA256(key, reply label ‖ the same transcript ‖ the name it bound the peer
+to ‖ its session)`` (:func:`reply_proof`), which only a holder of the secret (or of this
+peer's key) can compute for these fresh nonces.  A peer refuses a reply without it
+(:class:`~proto.errors.NotAuthenticated`), so a process that took over the endpoint, or
+answers on it for the hypervisor, cannot pass itself off as the hypervisor to a worker or
+VP (and hand it memory files or device accesses of its choosing).
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+
+from proto.errors import NotAuthenticated
 
 
 def new_secret() -> str:
@@ -63,3 +73,25 @@ def proof_matches(secret: str, role: str, partition: int, vp: int, pid: int, ses
     expected = hello_proof(peer_token(secret, role, partition), role, partition, vp, pid, session,
                            client_nonce, server_nonce)
     return hmac.compare_digest(expected, proof)
+
+
+REPLY_LABEL = b"hvstack hello reply v1\0"
+
+
+def reply_proof(token: str, role: str, partition: int, vp: int, pid: int, session: str,
+                client_nonce: bytes, server_nonce: bytes, peer_name: str, hv_session: str) -> bytes:
+    """The MAC the hypervisor's ``hello_reply`` carries: it holds the peer's key too."""
+    tail = b"".join(len(x).to_bytes(4, "big") + x for x in (peer_name.encode("utf-8", "replace"),
+                                                            hv_session.encode("utf-8", "replace")))
+    transcript = _hello_transcript(role, partition, vp, pid, session, client_nonce, server_nonce)
+    return hmac.new(token.encode(), REPLY_LABEL + transcript + tail, hashlib.sha256).digest()
+
+
+def check_reply(token: str, role: str, partition: int, vp: int, pid: int, session: str,
+                client_nonce: bytes, server_nonce: bytes, peer_name: str, hv_session: str,
+                mac: bytes) -> None:
+    """The peer's side: raise :class:`NotAuthenticated` unless ``mac`` is the reply proof."""
+    expected = reply_proof(token, role, partition, vp, pid, session, client_nonce, server_nonce,
+                           peer_name, hv_session)
+    if not hmac.compare_digest(expected, mac):
+        raise NotAuthenticated("the hello reply does not prove the run's secret: not our hypervisor")

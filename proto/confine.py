@@ -12,7 +12,8 @@ Where the run is not root's (so no uid of its own can be had), a worker or parti
 enters a user and mount namespace of its own (:func:`hide_in_namespaces`) where an empty
 tmpfs covers the runs root, gives up every capability there, and is not dumpable: it
 cannot open the run's files by path, nor ptrace or read the memory of any process of the
-run.  (It can still signal them, as a process of the same uid always can.)
+run.  Signalling them (which the kernel allows any process of the same uid) is refused by a
+seccomp filter (:mod:`proto.seccomp`), installed at every level once the process is confined.
 
 Where the run is root's, a worker or partition process drops, before it runs anything the
 guest controls, to a uid and gid of its own (:func:`drop_to`), the order minijail's
@@ -220,13 +221,14 @@ def _write(path: str, text: str) -> None:
         f.write(text)
 
 
-def hide_in_namespaces(hide: str, keep: str) -> int:
+def hide_in_namespaces(hide: str, keep: str, network: bool = False) -> int:
     """Not root: enter a user and mount namespace of this process's own, cover ``hide``
     (the runs root) with an empty read-only tmpfs, then give up every capability (so the
     cover cannot be lifted) and become not dumpable.  Returns an ``O_PATH`` descriptor of
     ``keep`` (the run directory, under the cover) through which the caller reaches the
     run's socket once (:func:`through`) and then closes.  Must run before any thread starts:
-    unshare(CLONE_NEWUSER) refuses a process with more than one."""
+    unshare(CLONE_NEWUSER) refuses a process with more than one.  With ``network``, also
+    an empty network namespace of its own (:func:`leave_network`)."""
     libc = _libc_handle()
     keep_fd = os.open(keep, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     uid, gid = os.getuid(), os.getgid()
@@ -236,6 +238,8 @@ def hide_in_namespaces(hide: str, keep: str) -> int:
     _write("/proc/self/uid_map", f"{uid} {uid} 1")
     _write("/proc/self/gid_map", f"{gid} {gid} 1")
     _check(libc.mount(None, b"/", None, ctypes.c_ulong(MS_REC | MS_PRIVATE), None), "mount(/, MS_PRIVATE)")
+    if network:
+        leave_network()  # with the user namespace's capabilities, before they go
     flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
     _check(libc.mount(b"hvstack-hidden", hide.encode(), b"tmpfs", ctypes.c_ulong(flags), b"size=4k,mode=000"),
            f"mount(tmpfs over {hide})")
@@ -249,6 +253,17 @@ def hide_in_namespaces(hide: str, keep: str) -> int:
     return keep_fd
 
 
+CLONE_NEWNET = 0x40000000
+
+
+def leave_network() -> bool:
+    """Enter an empty network namespace (only a loopback, down): no TCP or UDP peer, no
+    abstract unix socket of the host is reachable.  An ipc endpoint (a unix socket by path)
+    still is.  Needs CAP_SYS_ADMIN (root, or in a user namespace of its own); False, and
+    nothing changed, where the kernel refuses."""
+    return _libc_handle().unshare(CLONE_NEWNET) == 0
+
+
 def through(endpoint: str, directory: str, fd: int) -> str:
     """``endpoint`` (an ipc path in ``directory``) reached through an ``O_PATH``
     descriptor of that directory, for a process that can no longer see it by name."""
@@ -256,3 +271,43 @@ def through(endpoint: str, directory: str, fd: int) -> str:
     if endpoint.startswith(prefix):
         return f"ipc:///proc/self/fd/{fd}/" + endpoint[len(prefix):]
     return endpoint
+
+
+def start_confined(spec_path: str, spec: dict, sockets: int, *, uid: int | None = None,
+                   gid: int | None = None, namespaces: bool = False, log=None) -> list:
+    """The start-up a worker or partition process shares: connect ``sockets`` dealers to
+    the run's endpoint while it can still be reached (with ``namespaces``: after hiding the
+    runs root, which must happen before the first socket starts ZeroMQ's threads, through a
+    descriptor of the run directory closed once connected); then drop to ``uid`` if given;
+    then the seccomp filter that keeps the process off every other process (all threads).
+    Over ipc, at the uids and namespaces levels, the process first leaves the network too.
+    Returns the connected, not yet hello'd, :class:`proto.transport.Dealer` objects."""
+    from proto import seccomp
+    from proto.transport import Dealer
+
+    endpoint, keep_fd = spec["endpoint"], None
+    # Over ipc a process needs no network at all: an empty network namespace of its own,
+    # where the kernel allows one (root, or a user namespace of its own).
+    offline = endpoint.startswith("ipc://") and (namespaces or uid is not None)
+    if namespaces:
+        run_dir = os.path.dirname(os.path.abspath(spec_path))
+        keep_fd = hide_in_namespaces(os.path.dirname(run_dir), run_dir, network=offline)
+        endpoint = through(endpoint, run_dir, keep_fd)
+    elif offline and not leave_network() and log is not None:
+        log.warning("no network namespace of its own: %s", os.strerror(ctypes.get_errno()))
+    try:
+        dealers = [Dealer(endpoint, spec.get("server_key"), connected_within_ms=5000) for _ in range(sockets)]
+    finally:
+        if keep_fd is not None:
+            os.close(keep_fd)
+    if uid is not None:
+        drop_to(uid, gid if gid is not None else uid)
+    elif not namespaces:
+        _prctl(PR_SET_NO_NEW_PRIVS, 1)  # the filter needs it; the other paths have set it
+    if seccomp.supported():
+        try:
+            seccomp.deny_other_processes()
+        except ConfineError as e:  # `status` shows which processes run without it
+            if log is not None:
+                log.warning("no seccomp filter: %s", e)
+    return dealers

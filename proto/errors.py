@@ -61,6 +61,11 @@ class EndpointClosed(TransportError):
     """The endpoint was closed by us; no more sends or receives."""
 
 
+class NotAuthenticated(TransportError):
+    """The other end did not prove it holds the run's secret (a hello reply without the
+    hypervisor's proof, :func:`proto.auth.check_reply`)."""
+
+
 class Refused(HvstackError):
     """The peer understood the request and said no (an ``error_reply``)."""
 

@@ -204,10 +204,12 @@ class HelloProof(Message):
 
 @message(2, "hello_reply")
 class HelloReply(Message):
-    """The hypervisor's answer: the name it bound this peer to, and its own session."""
+    """The hypervisor's answer: the name it bound this peer to, its own session, and its
+    proof that it holds the run's secret (:func:`proto.auth.reply_proof`)."""
 
     peer: text(64)
     session: text(64)
+    mac: blob(32)
 
 
 @message(3, "error_reply")
@@ -668,3 +670,7 @@ __all__ = [
 from proto import synic_messages as _synic_messages  # noqa: E402,F401
 # io's qtest-style operations (ids 50–59): their own module, registered here.
 from proto.io_messages import IoReply, IoRequest, WorkerClockStep  # noqa: E402,F401
+# Prompt interrupt delivery's messages (ids 60–64), in a module of their own.
+from proto.interrupt_messages import InterruptNotify  # noqa: E402,F401
+
+__all__.append("InterruptNotify")

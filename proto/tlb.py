@@ -8,6 +8,21 @@ entries: a file shared by every partition on an LP would let one partition read 
 address-space tags and plant translations in its name.  What a partition writes in its own
 file can only misdirect its own accesses, and only within its own memory: every
 guest-physical page a translation yields is still checked against the read-only SLAT.
+Why the partition's view is writable, and what writing it can gain a guest.  The fill is
+the emulated MMU's: the VP thread walks the guest's page tables in its own process and
+stores the result, as a CPU's page walker does; making the view read-only would move every
+fill to the hypervisor, a round trip per TLB miss — the cost the TLB experiment measures.
+A guest that writes its view directly gets translations guest virtual → guest physical
+in its own address spaces, which it can get anyway by writing its page tables: the guest
+physical page a lookup yields still goes through the SLAT (read-only, the hypervisor's)
+into the partition's own RAM file, so no entry reaches a page that is not the partition's.
+The file is the partition's alone (0600, the hypervisor's; another partition's cannot be
+opened).  What else its descriptor allows — changing the file's size, garbage in the header
+or in tags — must not reach the hypervisor: the hypervisor reads and clears entries with
+``pread``/``pwrite`` (:mod:`hypervisor.tlb`), never through a mapping that a truncated file
+would turn into SIGBUS, reads a short file as invalid entries, and counts every valid entry
+for the file's owner.  ``fills`` is the guest's own count (as its VP statistics are).
+
 A file is a small header and :data:`ENTRIES` direct-mapped entries of fixed layout::
 
     header  magic u32, entries u32, fills u64 (counted by the VPs that fill), 16 bytes
@@ -76,8 +91,8 @@ def create(path: str) -> None:
 
 
 class LpTlb:
-    """One partition's TLB on one LP, mapped read-write; ``file`` is a path or an open
-    descriptor (which stays the caller's)."""
+    """One partition's TLB on one LP as its VPs use it, mapped read-write; ``file`` is a
+    path or an open descriptor (which stays the caller's)."""
 
     def __init__(self, file: str | int) -> None:
         self.path = file if isinstance(file, str) else f"fd {file}"
@@ -92,8 +107,6 @@ class LpTlb:
         magic, entries, _ = HEADER.unpack_from(self.buf, 0)
         if magic != MAGIC or entries != ENTRIES:
             raise ValueError(f"{self.path} is not a TLB file of {ENTRIES} entries")
-
-    # -- the VP's side ---------------------------------------------------------------------
 
     def lookup(self, partition: int, cr3: int, vpn: int) -> int | None:
         """The guest physical page, or None on a miss."""
@@ -115,30 +128,6 @@ class LpTlb:
         _FILLS.pack_into(buf, 8, fills + 1)
         return evicted
 
-    # -- the hypervisor's side -------------------------------------------------------------
-
-    def entries(self):
-        """(index, valid, partition, address space, vpn, pfn) of every entry."""
-        for i in range(ENTRIES):
-            yield (i, *ENTRY.unpack_from(self.buf, offset(i)))
-
-    def flush(self, partition: int | None = None, cr3: int | None = None, vpns=None) -> int:
-        """Clear ``valid`` of the matching entries — all of them, or only ``partition``'s
-        (in address space ``cr3`` if given, for pages in ``vpns`` if given).  Returns how
-        many valid entries were cleared."""
-        buf, cleared = self.buf, 0
-        for i in range(ENTRIES):
-            off = offset(i)
-            valid, p, asid, v, _ = ENTRY.unpack_from(buf, off)
-            if not valid:
-                continue
-            if partition is not None and (p != partition or (cr3 is not None and asid != cr3)
-                                          or (vpns is not None and not _in_ranges(v, vpns))):
-                continue
-            _VALID.pack_into(buf, off, 0)
-            cleared += 1
-        return cleared
-
     @property
     def fills(self) -> int:
         return _FILLS.unpack_from(self.buf, 8)[0]
@@ -147,7 +136,7 @@ class LpTlb:
         self.buf.close()
 
 
-def _in_ranges(vpn: int, ranges) -> bool:
+def in_ranges(vpn: int, ranges) -> bool:
     for first, count in ranges:
         if first <= vpn < first + count:
             return True

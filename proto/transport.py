@@ -50,7 +50,7 @@ from dataclasses import dataclass
 
 import zmq
 
-from proto.auth import hello_proof, new_nonce, peer_token
+from proto.auth import check_reply, hello_proof, new_nonce, peer_token
 from proto.errors import EndpointClosed, PeerTimeout, Refused, TransportError
 from proto.loglimit import LimitedLog
 from proto.messages import (
@@ -490,6 +490,8 @@ class Dealer:
         reply = self.request(HelloProof(mac), timeout_ms)
         if not isinstance(reply, HelloReply):
             raise TransportError(f"expected hello_reply, got {reply.NAME}")
+        check_reply(token, role, partition, vp, hello.pid, session, hello.nonce, challenge.nonce,
+                    reply.peer, reply.session, reply.mac)  # the hypervisor proves the secret too
         return reply
 
     def close(self) -> None:

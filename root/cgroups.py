@@ -52,3 +52,28 @@ def remove(path: Path | None) -> None:
             os.rmdir(d)
         except OSError:
             return
+
+
+def remove_run(run_name: str, controller: Path = CPU_CONTROLLER) -> list[Path]:
+    """Remove every cgroup of run ``run_name`` (its launcher died before it could): the
+    ones whose processes are gone.  Returns the cgroups removed."""
+    run_dir = controller / "hvstack" / run_name
+    if not run_name or "/" in run_name or run_name in (".", ".."):
+        return []
+    removed = []
+    try:
+        children = [d for d in run_dir.iterdir() if d.is_dir() and not d.is_symlink()]
+    except OSError:
+        return []
+    for d in children:
+        try:
+            os.rmdir(d)
+            removed.append(d)
+        except OSError:  # EBUSY: a process is still in it
+            pass
+    for d in (run_dir, run_dir.parent):  # the run's and hvstack's directories, once empty
+        try:
+            os.rmdir(d)
+        except OSError:
+            break
+    return removed

@@ -12,9 +12,13 @@ process is handed (its partition's memory) are inherited the same way (``pass_fd
 nothing else of the launcher's is.
 
 Where the run is root's, each partition's worker and partition process gets a uid and gid
-of its own (:func:`partition_uid`): ``UID_BASE + (launcher pid mod 2**22) * 256 +
-partition * 2 + (1 for the worker)``, in [2**30, 2**31).  Two live runs have different
-launcher pids, so their uids never meet; no /etc/passwd entry is needed.  The process
+of its own (:func:`partition_uid`).  Partition IDs 1..127 get ``UID_BASE + (launcher pid mod
+2**22) * 256 + partition * 2 + (1 for the worker)``, in [2**30, 2**31): two live runs have
+different launcher pids, so those never meet.  Any other ID (the hypervisor hands out IDs
+without bound as partitions are created and deleted) gets a uid hashed from (launcher pid,
+partition, role) into [2**31, 2**32 - 2).  Either way a uid that a live process already has
+(a leftover of a dead run whose launcher's pid came round again, another user's, a clash of
+hashes) is passed over for the next candidate.  No /etc/passwd entry is needed.  The process
 starts as root (the interpreter lives where only root may read), opens what it is
 handed, connects, and drops to that uid before running anything the guest controls
 (:mod:`proto.confine`).
@@ -23,13 +27,17 @@ handed, connects, and drops to that uid before running anything the guest contro
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+
+import psutil
 
 from proto import confine
 from root import REPO
@@ -37,15 +45,51 @@ from root import REPO
 PR_SET_PDEATHSIG = 1
 STOP_GRACE_S = 3.0
 UID_BASE = 1 << 30
-MAX_ISOLATED_PARTITIONS = 128  # partition IDs that get uids of their own (2 per partition)
+UID_HASHED = 1 << 31  # where the uids of partition IDs beyond the run's block start
+UID_LIMIT = (1 << 32) - 2  # (uid_t)-1 is no uid; -2 is kept clear as well
+MAX_ISOLATED_PARTITIONS = 128  # partition IDs in the run's block (2 uids per partition)
+_CANDIDATES = 64
 
 
-def partition_uid(launcher_pid: int, partition: int, role: str) -> int:
+def uids_in_use() -> set[int]:
+    """Every uid (real, effective, saved) a live process has, from /proc."""
+    used = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                for line in f:
+                    if line.startswith("Uid:"):
+                        used.update(int(x) for x in line.split()[1:4])
+                        break
+        except OSError:  # gone meanwhile
+            pass
+    return used
+
+
+def _candidates(launcher_pid: int, partition: int, role: str):
+    worker = role == "worker"
+    if partition < MAX_ISOLATED_PARTITIONS:
+        yield UID_BASE + (launcher_pid % (1 << 22)) * 256 + partition * 2 + worker
+    for attempt in range(_CANDIDATES):
+        digest = hashlib.sha256(f"{launcher_pid}:{partition}:{role}:{attempt}".encode()).digest()
+        yield UID_HASHED + int.from_bytes(digest[:8], "little") % (UID_LIMIT - UID_HASHED)
+
+
+def partition_uid(launcher_pid: int, partition: int, role: str, in_use: set[int] | None = None) -> int:
     """The uid (and gid) the ``role`` process (worker or partition) of ``partition`` runs
-    under in the run whose launcher is ``launcher_pid``."""
-    if not 0 < partition < MAX_ISOLATED_PARTITIONS:
-        raise ValueError(f"partition {partition}: only IDs 1..{MAX_ISOLATED_PARTITIONS - 1} get uids of their own")
-    return UID_BASE + (launcher_pid % (1 << 22)) * 256 + partition * 2 + (role == "worker")
+    under in the run whose launcher is ``launcher_pid``: the first candidate that no live
+    process has (``in_use``: those uids; default: read from /proc now)."""
+    if not isinstance(partition, int) or partition < 1:
+        raise ValueError(f"partition {partition!r}: a child partition's ID is 1 or more")
+    if role not in ("worker", "partition"):
+        raise ValueError(f"role {role!r}: worker or partition")
+    used = uids_in_use() if in_use is None else in_use
+    for uid in _candidates(launcher_pid, partition, role):
+        if uid not in used:
+            return uid
+    raise ValueError(f"partition {partition}: {_CANDIDATES} candidate uids, all in use")
 
 
 def die_with_parent() -> None:
@@ -70,13 +114,20 @@ class Proc:
         return self.popen.pid
 
 
+# The HVSTACK_ variables a run's processes see: the run directory, and (the hypervisor
+# only) where `bench --profile` wants its loop's cProfile statistics.
+PASSED_ON = ("HVSTACK_RUN_DIR", "HVSTACK_PROFILE_HV")
+
+
 def spawn(role: str, name: str, module: str, args: list[str], logs: Path, *, secret: str,
           fds: tuple[int, ...] = (), stdout=subprocess.DEVNULL) -> Proc:
     """``python -m module args… --secret-fd N``, its stderr appended to
     ``logs/ROLE-NAME.log`` (the hypervisor's to ``logs/hypervisor.log``); ``secret`` goes
     down a pipe, ``fds`` are inherited (and closed here once the child has them)."""
     log_path = logs / f"{role}-{name}.log" if role != "hypervisor" else logs / "hypervisor.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HVSTACK_") or k == "HVSTACK_RUN_DIR"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HVSTACK_") or k in PASSED_ON}
+    if role != "hypervisor":
+        env.pop("HVSTACK_PROFILE_HV", None)
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     secret_fd = confine.secret_pipe(secret)
     log = open(log_path, "ab")
@@ -119,3 +170,53 @@ def describe_exit(code: int | None) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exited with status {code}"
+
+
+def _names_run(cmdline: list[str], run_dir: Path) -> bool:
+    """Whether a command line is one of this run's: an argument in its run directory (a
+    worker's or partition's ``--spec``, the hypervisor's ``--memory-dir`` or endpoint)."""
+    d = str(run_dir).rstrip("/")
+    for arg in cmdline:
+        arg = arg.removeprefix("ipc://")
+        if arg == d or arg.startswith(d + "/"):
+            return True
+    return False
+
+
+def leftovers(run_dir: Path, man: dict) -> list[psutil.Process]:
+    """The processes a run's manifest names that are still alive and are that run's: the
+    pid alone proves nothing (it may have been reused), so a process counts only if its
+    command line names the run directory and it started after the run was created."""
+    created = None
+    try:
+        created = datetime.fromisoformat(man["created"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        pass
+    found = []
+    for info in (man.get("processes") or {}).values():
+        pid = info.get("pid") if isinstance(info, dict) else None
+        if not isinstance(pid, int) or pid <= 1 or pid == os.getpid():
+            continue
+        try:
+            p = psutil.Process(pid)
+            with p.oneshot():
+                if p.status() == psutil.STATUS_ZOMBIE or not _names_run(p.cmdline(), run_dir):
+                    continue
+                if created is not None and p.create_time() < created - 1:
+                    continue
+        except psutil.Error:
+            continue
+        found.append(p)
+    return found
+
+
+def kill_leftovers(run_dir: Path, man: dict, timeout_s: float = 3.0) -> list[int]:
+    """SIGKILL what a dead launcher's run left running (:func:`leftovers`); the pids killed."""
+    procs = leftovers(run_dir, man)
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(procs, timeout=timeout_s)
+    return [p.pid for p in procs]

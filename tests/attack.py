@@ -10,6 +10,7 @@ partition process would have: its credentials and its descriptors, nothing more.
 from __future__ import annotations
 
 import ctypes
+import encodings.idna  # noqa: F401 - socket's host names need it; a dropped attacker cannot import it
 import errno
 import json
 import mmap
@@ -18,7 +19,7 @@ import select
 import socket
 from typing import Callable
 
-from proto import confine
+from proto import confine, seccomp
 
 SYS_pidfd_open = 434
 SYS_pidfd_getfd = 438
@@ -65,19 +66,59 @@ def _take(pid: int, fds) -> dict[int, int]:
     return got
 
 
-def as_process(pid: int, attack: Callable[[dict[int, int]], object], fds=(), timeout: float = 10.0):
+def as_process(pid: int, attack: Callable[[dict[int, int]], object], fds=(), timeout: float = 10.0,
+               filtered: bool | None = None):
     """Run ``attack({their fd: our copy})`` with the credentials of process ``pid`` and
-    copies of its descriptors ``fds``.  Returns ``("ok", result)`` when the attack went
+    copies of its descriptors ``fds`` — and, if ``pid`` runs under the seccomp filter, under
+    it too (``filtered``: say so instead).  Returns ``("ok", result)`` when the attack went
     through, ``("refused", "EACCES")`` (the errno's name) when an OSError stopped it."""
     uid, gid = credentials(pid)
+    if filtered is None:
+        filtered = seccomp.in_force(pid)
+
+    def become():
+        got = _take(pid, fds)
+        if os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net"):
+            _enter_network_of(pid)  # as root, before the drop
+        if uid != 0:
+            confine.drop_to(uid, gid)
+        if filtered:
+            seccomp.deny_other_processes()
+        return got
+    return _in_child(become, attack, timeout)
+
+
+def as_namespaced(hide: str, attack: Callable[[dict[int, int]], object], filtered: bool = True,
+                  fds_of: tuple[int, list[int]] | None = None, timeout: float = 10.0):
+    """Run ``attack({their fd: our copy})`` confined as a worker or partition process is at
+    the ``namespaces`` level: the same uid, a user and mount namespace of its own hiding
+    ``hide``, no capabilities, not dumpable — and the seccomp filter if ``filtered`` —
+    holding copies of descriptors ``fds_of = (pid, fds)``."""
+    def become():
+        got = _take(*fds_of) if fds_of else {}
+        confine.hide_in_namespaces(hide, hide, network=True)  # as over ipc
+        if filtered:
+            seccomp.deny_other_processes()
+        return got
+    return _in_child(become, attack, timeout)
+
+
+def _enter_network_of(pid: int) -> None:
+    fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+    try:
+        if _libc.setns(fd, confine.CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns(CLONE_NEWNET)")
+    finally:
+        os.close(fd)
+
+
+def _in_child(become: Callable[[], dict[int, int]], attack, timeout: float):
     r, w = os.pipe()
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the forked attacker
         try:
             os.close(r)
-            got = _take(pid, fds)
-            if uid != 0:
-                confine.drop_to(uid, gid)
+            got = become()
             try:
                 result = ["ok", attack(got)]
             except OSError as e:
@@ -99,7 +140,7 @@ def as_process(pid: int, attack: Callable[[dict[int, int]], object], fds=(), tim
             pass
         os.waitpid(child, 0)
     if not data:
-        raise AssertionError(f"the attacker as pid {pid}'s uid {uid} said nothing within {timeout} s")
+        raise AssertionError(f"the attacker said nothing within {timeout} s")
     kind, value = json.loads(data)
     if kind == "error":
         raise AssertionError(f"the attacker could not be set up: {value}")
@@ -180,4 +221,65 @@ def signal_process(pid: int, sig: int = 0):
     def attack(_):
         os.kill(pid, sig)
         return "signalled"
+    return attack
+
+
+def truncate(fd: int, size: int = 0):
+    """Cut a file the process holds read-write (its RAM or TLB) to ``size`` bytes."""
+    def attack(got):
+        os.ftruncate(got[fd], size)
+        return "truncated"
+    return attack
+
+
+PTRACE_ATTACH = 16
+
+
+def ptrace_attach(pid: int):
+    def attack(_):
+        _libc.ptrace.restype = ctypes.c_long
+        if _libc.ptrace(ctypes.c_long(PTRACE_ATTACH), ctypes.c_long(pid), None, None) < 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+        return "attached"
+    return attack
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+def vm_read(pid: int):
+    """Read 8 bytes of another process's memory with process_vm_readv (at its first
+    mapping, from /proc/PID/maps as far as that is readable, else at 4 MiB)."""
+    def attack(_):
+        address = 0x400000
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                address = int(f.readline().split("-")[0], 16)
+        except (OSError, ValueError):
+            pass
+        buf = ctypes.create_string_buffer(8)
+        local, remote = _IoVec(ctypes.addressof(buf), 8), _IoVec(address, 8)
+        _libc.process_vm_readv.restype = ctypes.c_ssize_t
+        if _libc.process_vm_readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0) < 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+        return buf.raw.hex()
+    return attack
+
+
+def chmod_writable(fd: int):
+    """Make a file the process holds (read-only) writable again, through its descriptor."""
+    def attack(got):
+        os.fchmod(got[fd], 0o600)
+        return "made writable"
+    return attack
+
+
+def connect_tcp(port: int):
+    def attack(_):
+        s = socket.create_connection(("127.0.0.1", port), timeout=3)
+        s.close()
+        return "connected"
     return attack

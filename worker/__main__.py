@@ -11,6 +11,8 @@ will use (spec, disk images, NVRAM, console log), connects, and then drops to it
 with no capabilities and ``no_new_privs`` (:mod:`proto.confine`) before it serves a
 single guest access.  After that it holds its own descriptors and nothing else.  With
 ``--namespaces`` (not root) it hides the runs root in namespaces of its own instead.
+Either way a seccomp filter then keeps it off every other process
+(:func:`proto.confine.start_confined`).
 """
 
 from __future__ import annotations
@@ -18,27 +20,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 
 from proto import confine
+from proto.errors import HvstackError
 from proto.memory import GuestMemory
-from proto.transport import Dealer, connect
+from proto.transport import connect
 from worker.backends import ConsoleLog
 from worker.chipset import Chipset
 from worker.service import Worker
 
-
-def reachable(args, spec: dict) -> str:
-    """The endpoint to connect to: with ``--namespaces``, after hiding the runs root (which
-    must happen before the first socket starts ZeroMQ's threads), through a descriptor of
-    the run directory that the caller closes once connected."""
-    if not args.namespaces:
-        return spec["endpoint"]
-    run_dir = os.path.dirname(os.path.abspath(args.spec))
-    args.keep_fd = confine.hide_in_namespaces(os.path.dirname(run_dir), run_dir)
-    return confine.through(spec["endpoint"], run_dir, args.keep_fd)
+log = logging.getLogger("worker")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,12 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     chipset = Chipset(spec["devices"], console)
     memory = GuestMemory(args.memory_fd, args.slat_fd) if args.memory_fd is not None else None
     # Connected while the run's socket can still be reached; then confined; then hello.
-    dealer = Dealer(reachable(args, spec), spec.get("server_key"), connected_within_ms=5000)
-    if args.namespaces:
-        os.close(args.keep_fd)
-    if args.uid is not None:
-        confine.drop_to(args.uid, args.gid if args.gid is not None else args.uid)
-    dealer = connect(spec["endpoint"], "worker", spec["partition_id"], 0, token=token, dealer=dealer)
+    [dealer] = confine.start_confined(args.spec, spec, 1, uid=args.uid, gid=args.gid,
+                                      namespaces=args.namespaces, log=log)
+    try:
+        dealer = connect(spec["endpoint"], "worker", spec["partition_id"], 0, token=token, dealer=dealer)
+    except HvstackError as e:  # refused, not answered, or an endpoint that is not our hypervisor
+        log.error("hello: %s", e)
+        return 1
     worker = Worker(dealer, chipset, console)
     worker.start(spec["partition_id"], memory)
 

@@ -63,7 +63,21 @@ class _Mistakes:
                         address, size, n)
 
 
-class PortBus:
+class _GuestView:
+    """What the guest sees of a bus's accesses (the device's view is ``_answer``/``_take``:
+    ``io_read``/``io_write`` or ``mmio_read``/``mmio_write``)."""
+
+    def read(self, address: int, size: int) -> int:
+        """The guest's ``in`` or load: all-ones when nothing answers."""
+        value = self._answer(address, size)
+        return all_ones(size) if value.__class__ is IoError else value
+
+    def write(self, address: int, size: int, value: int) -> None:
+        """The guest's ``out`` or store: dropped when nothing takes it."""
+        self._take(address, size, value)
+
+
+class PortBus(_GuestView):
     def __init__(self) -> None:
         # port -> (device, the sizes its range takes, the device's counters)
         self._by_port: dict[int, tuple[Device, frozenset[int], object]] = {}
@@ -128,14 +142,7 @@ class PortBus:
             stats.writes += 1
         return err
 
-    def read(self, port: int, size: int) -> int:
-        """The guest's ``in``: all-ones when nothing answers."""
-        value = self.io_read(port, size)
-        return all_ones(size) if value.__class__ is IoError else value
-
-    def write(self, port: int, size: int, value: int) -> None:
-        """The guest's ``out``: dropped when nothing takes it."""
-        self.io_write(port, size, value)
+    _answer, _take = io_read, io_write
 
     def poll(self, now_ns: int) -> int | None:
         """Let clocked devices catch up; the earliest next deadline, or None."""
@@ -147,7 +154,7 @@ class PortBus:
         return deadline
 
 
-class MmioBus:
+class MmioBus(_GuestView):
     """Guest-physical ranges that devices claim (the VGA text buffer, later the APIC page).
     Few ranges, so a sorted list and bisect; an access must lie inside one range."""
 
@@ -221,11 +228,4 @@ class MmioBus:
             dev.stats.mmio_writes += 1
         return err
 
-    def read(self, gpa: int, size: int) -> int:
-        """The guest's load: all-ones when nothing answers."""
-        value = self.mmio_read(gpa, size)
-        return all_ones(size) if value.__class__ is IoError else value
-
-    def write(self, gpa: int, size: int, value: int) -> None:
-        """The guest's store: dropped when nothing takes it."""
-        self.mmio_write(gpa, size, value)
+    _answer, _take = mmio_read, mmio_write

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from time import perf_counter_ns
 from typing import Protocol
 
 from proto import messages as m
-from proto.errors import ProtocolError, Refused
+from proto.errors import PeerTimeout, ProtocolError, Refused
 from proto.memory import GuestMemory
 from proto.status import QUERY_ERROR
 
@@ -37,6 +38,7 @@ MAX_INPUT_BACKLOG = 1 << 16
 # Console bytes wait at most this long before they are written out.
 CONSOLE_FLUSH_NS = 20_000_000
 HANDLER_ERROR_LOGS_PER_S = 5
+STARTUP_REPLY_MS = 5000
 
 
 class Endpoint(Protocol):
@@ -48,8 +50,6 @@ class Endpoint(Protocol):
     def wait(self, timeout_ms: int) -> bool: ...
 
     def recv_ready(self) -> bytes: ...
-
-    def request(self, msg: m.Message, timeout_ms: int = 5000) -> m.Message: ...
 
     def close(self) -> None: ...
 
@@ -67,6 +67,7 @@ class Worker:
         self.running = True
         self._deadline: int | None = None
         self._backlog: dict[str, bytearray] = {}
+        self._early: deque[bytes] = deque()  # frames that came while start() awaited a reply
         # Bound once: handle() runs for every guest access.
         self._send = dealer.send
         self._bus = chipset.bus
@@ -79,14 +80,38 @@ class Worker:
         hypervisor names), else those files."""
         ports = [[r.base, r.count] for r in self.chipset.bus.ranges()]
         mmio = [[r.base, r.length] for r in self.chipset.mmio.ranges()]
-        self.dealer.request(m.InstallIntercept(ports, mmio))
+        self._startup_request(m.InstallIntercept(ports, mmio), m.Ack)
         # Asked even when the memory was handed over: the hypervisor takes it as the last
         # request of the worker's start-up (from then on it serves and is health-checked).
-        where = self.dealer.request(m.MemoryRequest(partition_id))
+        where = self._startup_request(m.MemoryRequest(partition_id), m.MemoryReply)
         self.chipset.memory = memory if memory is not None else GuestMemory(where.ram, where.slat)
         log.info("worker for partition %d ready: ports %s; MMIO %s", partition_id,
                  ", ".join(f"{b:#x}+{c}" for b, c in ports),
                  ", ".join(f"{b:#x}+{c:#x}" for b, c in mmio) or "none")
+
+    def _startup_request(self, msg: m.Message, reply: type, timeout_ms: int = STARTUP_REPLY_MS) -> m.Message:
+        """Send a start-up request and return its reply.  The next frame is not always the
+        reply: once the ranges are installed the hypervisor may forward a guest's access
+        (the partition may already run) or the root's input before the memory reply.  Such
+        frames are kept, in order, for :meth:`serve` to handle first (before, the reply was
+        taken to be whatever came next, and the worker died on an access)."""
+        self.dealer.send(msg.encode())
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.dealer.wait(max(1, int(left * 1000))):
+                raise PeerTimeout(f"no {reply.NAME} to {msg.NAME} within {timeout_ms} ms")
+            frame = self.dealer.recv_ready()
+            try:
+                got = m.decode(frame)
+            except ProtocolError:
+                self._early.append(frame)  # handle() logs it, as any undecodable frame
+                continue
+            if isinstance(got, m.ErrorReply) and got.ref_type == msg.TYPE:
+                raise Refused(got.code, got.message)
+            if isinstance(got, reply) and (reply is not m.Ack or got.ref_type == msg.TYPE):
+                return got
+            self._early.append(frame)
 
     def _flush_console(self) -> None:
         self.dealer.send(m.ConsoleOutput(self.console.take()).encode())
@@ -118,6 +143,12 @@ class Worker:
         """Answer the hypervisor until ``running`` is cleared (SIGTERM), then close."""
         wait, recv, handle, console = self.dealer.wait, self.dealer.recv_ready, self.handle, self.console
         self._poll_devices()
+        while self._early and self.running:  # what came during start-up, in order
+            frame = self._early.popleft()
+            try:
+                handle(frame)
+            except Exception as e:
+                self._handler_failed(frame, e)
         while self.running:
             timeout = IDLE_POLL_MS
             if console.pending:

@@ -1,12 +1,17 @@
 """``ls [--all] [--prune]``: the live runs in the runs directory (and, with --all, the ended
 ones).  A run whose launcher died without ending it (SIGKILL, a crash) shows as "launcher
 died" (it is listed without --all: something of it is left); ``--prune`` removes what such a
-run left (its guest memory files) and records in its manifest how it ended."""
+run left — processes still running (only those whose command line names the run's
+directory and that started after it: a pid alone may have been reused), its cgroups, its
+guest memory files — and records in its manifest how it ended."""
 
 from __future__ import annotations
 
 import argparse
 
+from proto.errors import HvstackError
+from root import cgroups
+from root.procs import kill_leftovers
 from root.report import table
 from root.rundir import RunDir, checked_runs_root, runs_root
 
@@ -27,17 +32,36 @@ def run(args) -> int:
     rows, pruned = [], []
     for d in runs:
         rd = RunDir(d)
-        if args.prune and rd.prune():
-            pruned.append(rd.name)
+        if args.prune:
+            pruned += prune(rd)
         state = rd.state()
         if state not in ("running", "launcher died") and not args.all:
             continue
         man = rd.manifest()
         rows.append([rd.name, state, str(man.get("launcher_pid", "")), ", ".join(man.get("partitions", {}))])
-    for name in pruned:
-        print(f"pruned {name}: its launcher had died; guest memory removed, manifest marked ended")
+    for line in pruned:
+        print(line)
     if not rows:
         print(f"no {'runs' if args.all else 'live runs'} in {root or runs_root()}")
         return 0
     print(table(["run", "state", "launcher", "partitions"], rows, "llrl"))
     return 0
+
+
+def prune(rd: RunDir) -> list[str]:
+    """Clean up ``rd`` if its launcher died: the lines that say what was done."""
+    try:
+        man = rd.manifest()
+        if not rd.launcher_died(man):
+            return []
+    except HvstackError:
+        return []
+    killed = kill_leftovers(rd.path, man)
+    groups = cgroups.remove_run(rd.name)
+    rd.prune()
+    done = ["guest memory removed"]
+    if killed:
+        done.append(f"{len(killed)} leftover process(es) killed (pid {', '.join(map(str, killed))})")
+    if groups:
+        done.append(f"{len(groups)} cgroup(s) removed")
+    return [f"pruned {rd.name}: its launcher had died; {', '.join(done)}, manifest marked ended"]

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import psutil
 
-from proto import confine
+from proto import confine, seccomp
 from proto.status import HypervisorStatus
 from root.client import RootClient
 from root.report import indent, path_rows, table
@@ -54,6 +55,45 @@ def process_rows(man: dict) -> list[list[str]]:
     return rows
 
 
+def seccomp_line(man: dict) -> str:
+    """Which worker and partition processes run under the filter that keeps them off every
+    other process (proto.seccomp), read from each one's /proc/PID/status."""
+    confined = [(name, info["pid"]) for name, info in man.get("processes", {}).items()
+                if name.split(":")[0] in ("worker", "partition")]
+    on = []
+    for name, pid in confined:
+        try:
+            if seccomp.in_force(pid):
+                on.append(name)
+        except OSError:  # gone
+            pass
+    if confined and len(on) == len(confined):
+        return (f"in force in all {len(on)} worker and partition processes: none may signal, trace "
+                "or read the memory of another process")
+    off = sorted({name for name, _ in confined} - set(on))
+    return f"in force in {len(on)} of {len(confined)} worker and partition processes (not in: {', '.join(off)})"
+
+
+def network_line(man: dict) -> str:
+    """Which worker and partition processes are in a network namespace of their own (the
+    hypervisor's is the host's): over ipc they need none."""
+    procs = man.get("processes", {})
+    hv = (procs.get("hypervisor:hv") or {}).get("pid")
+    confined = [(name, info["pid"]) for name, info in procs.items() if name.split(":")[0] in ("worker", "partition")]
+    try:
+        host = os.readlink(f"/proc/{hv}/ns/net")
+    except (OSError, TypeError):
+        return "not known (the hypervisor's network namespace cannot be read)"
+    own = []
+    for name, pid in confined:
+        try:
+            if os.readlink(f"/proc/{pid}/ns/net") != host:
+                own.append(name)
+        except OSError:  # gone, or not ours to look at
+            pass
+    return f"{len(own)} of {len(confined)} worker and partition processes in an empty network namespace of their own"
+
+
 def run(args) -> int:
     run, man = live_run(args.run)
     with RootClient(man["endpoint"], run.secret(), server_key=man.get("server_key")) as root:
@@ -61,7 +101,7 @@ def run(args) -> int:
     procs = process_rows(man)
     vsp = vsp_status.load(run.path)  # the VSP process's figures (issue 10), where it runs
     if args.json:
-        print(json.dumps({"run": run.name, "isolation": man.get("isolation"),
+        print(json.dumps({"run": run.name, "isolation": man.get("isolation"), "seccomp": seccomp_line(man),
                           "hypervisor": {k: v for k, v in status.items() if k != "partitions"},
                           "partitions": status["partitions"], "names": man.get("partitions", {}),
                           "processes": procs, "vmbus": vsp}, indent=2))
@@ -75,6 +115,8 @@ def run(args) -> int:
           f"{st.counters.get('connections_evicted', 0)} idle connections shut down")
     level = man.get("isolation", "unknown")
     print(f"isolation: {level}: {confine.LEVELS.get(level, 'not recorded by this run')}")
+    print(f"seccomp: {seccomp_line(man)}")
+    print(f"network: {network_line(man)}")
     for p in st.partitions:
         health = " (worker unresponsive: its device accesses wait for it)" if p.unresponsive else ""
         print(f"\npartition {names.get(p.id, p.id)} (id {p.id}): {p.state}{health}, "

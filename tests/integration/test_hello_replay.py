@@ -8,6 +8,8 @@ pause the partition.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from proto import messages as m
@@ -62,3 +64,54 @@ def test_a_captured_root_hello_replayed_on_another_connection_cannot_pause_a_par
         [part] = [p for p in root.status()["partitions"] if p["id"] == alpha]
         assert part["state"] != "paused" and not part.get("paused")
         assert root.status()["counters"]["refused_hellos"] >= 1
+
+
+def test_a_worker_refuses_an_endpoint_that_does_not_prove_the_runs_secret(tmp_path):
+    """The hello is mutual: something answering on the run's endpoint without the secret
+    (a takeover of the socket) is not taken for the hypervisor.  The worker says so and
+    exits before it asks for memory or serves a single device access."""
+    import json
+    import subprocess
+    import sys
+    import threading
+
+    from proto import confine
+    from proto.auth import new_nonce
+    from proto.transport import Router
+    from root import REPO
+
+    router = Router(f"ipc://{tmp_path}/hv.sock")
+    seen: list[str] = []
+    done = threading.Event()
+
+    def impostor():
+        challenge = None
+        while not done.is_set():
+            if not router.wait(100):
+                continue
+            identity, frame = router.recv()[:2]
+            msg = m.decode(frame)
+            seen.append(msg.NAME)
+            if isinstance(msg, m.Hello):
+                challenge = new_nonce()
+                router.send(identity, m.HelloChallenge(challenge).encode())
+            elif isinstance(msg, m.HelloProof):  # it cannot check the proof, nor make its own
+                router.send(identity, m.HelloReply("worker:1", "impostor", bytes(32)).encode())
+
+    t = threading.Thread(target=impostor, daemon=True)
+    t.start()
+    spec = tmp_path / "worker.json"
+    spec.write_text(json.dumps({"endpoint": router.endpoint, "partition_id": 1, "name": "w",
+                                "console_path": str(tmp_path / "console.log"), "devices": []}))
+    fd = confine.secret_pipe(peer_token("ab" * 16, "worker", 1))
+    try:
+        p = subprocess.run([sys.executable, "-m", "worker", "--spec", str(spec), "--secret-fd", str(fd)],
+                           cwd=REPO, pass_fds=(fd,), capture_output=True, text=True, timeout=30)
+    finally:
+        os.close(fd)
+        done.set()
+        t.join(5)
+        router.close()
+    assert p.returncode != 0
+    assert "not our hypervisor" in p.stderr, p.stderr
+    assert seen == ["hello", "hello_proof"], "nothing after the refused reply"

@@ -16,7 +16,8 @@ import pytest
 from tests import attack
 from tests.support import alive, short_run_root, start_run, wait_until
 
-from proto import confine
+from proto import confine, seccomp
+from proto import tlb as tlb_layout
 
 pytestmark = pytest.mark.integration
 
@@ -135,6 +136,40 @@ def test_a_partition_cannot_signal_the_hypervisor_or_another_partitions_processe
         assert attack.as_process(run.part("alpha"), attack.signal_process(target)) == ("refused", "EPERM")
 
 
+def test_a_partition_cannot_trace_or_read_another_partitions_processes(run):
+    for target in (run.part("beta"), run.worker("beta"), run.worker("alpha"), run.hv):
+        assert attack.as_process(run.part("alpha"), attack.ptrace_attach(target)) == ("refused", "EPERM")
+        assert attack.as_process(run.part("alpha"), attack.vm_read(target)) == ("refused", "EPERM")
+
+
+@pytest.mark.skipif(not seccomp.available(), reason="no seccomp filter can be installed here")
+def test_every_worker_and_partition_runs_under_the_seccomp_filter_and_status_says_so(run):
+    for pid in confined(run):
+        assert seccomp.in_force(pid), pid
+    assert not seccomp.in_force(run.hv)
+    r = run.live.launch("status", run.live.name)
+    assert "seccomp: in force in all 4 worker and partition processes" in r.stdout, r.stdout
+
+
+def test_over_ipc_a_partition_has_no_network(run):
+    """An ipc run's workers and partitions are each in an empty network namespace: no
+    TCP service of the host (another run's tcp endpoint, anything on 127.0.0.1) is reachable."""
+    import socket
+    srv = socket.create_server(("127.0.0.1", 0))
+    try:
+        port = srv.getsockname()[1]
+        assert attack.as_process(os.getpid(), attack.connect_tcp(port)) == ("ok", "connected")  # the host's
+        mine = os.readlink("/proc/self/ns/net")
+        for pid in confined(run):
+            assert os.readlink(f"/proc/{pid}/ns/net") != mine, pid
+        for pid in (run.part("alpha"), run.worker("alpha")):
+            assert attack.as_process(pid, attack.connect_tcp(port)) == ("refused", "ENETUNREACH")
+    finally:
+        srv.close()
+    r = run.live.launch("status", run.live.name)
+    assert "network: 4 of 4 worker and partition processes in an empty network namespace" in r.stdout, r.stdout
+
+
 # -- the run secret ---------------------------------------------------------------------------
 
 
@@ -220,6 +255,28 @@ def test_a_partition_cannot_open_the_tlb_files(run):
         assert not attack.fds_named(run.part("alpha"), f"tlb-p{beta}-lp{lp}.bin")
 
 
+def test_a_partition_that_cuts_its_tlb_file_short_cannot_take_the_hypervisor_down(run):
+    """Its TLB and RAM views are read-write (its VPs fill the one: proto.tlb says why, and
+    why an entry cannot reach another partition's pages).  Before, truncating either made
+    the hypervisor's mapping of it raise SIGBUS at the next status or access: the
+    hypervisor, and every partition with it, gone.  Now the seccomp filter refuses the
+    truncation, and were it missing the hypervisor reads TLB files through pread."""
+    alpha = run.ids["alpha"]
+    [tlb] = attack.fds_named(run.part("alpha"), f"tlb-p{alpha}-lp0.bin")[:1]
+    [ram] = attack.fds_named(run.part("alpha"), f"mem-{alpha}.bin")[:1]
+    if seccomp.in_force(run.part("alpha")):
+        for fd in (tlb, ram):
+            assert attack.as_process(run.part("alpha"), attack.truncate(fd), [fd]) == ("refused", "EPERM")
+    assert attack.as_process(run.part("alpha"), attack.truncate(tlb), [tlb], filtered=False) == ("ok", "truncated")
+    path = run.path(f"tlb-p{alpha}-lp0.bin")
+    try:
+        r = run.live.launch("status", run.live.name)  # the hypervisor reads every TLB file
+        assert r.returncode == 0, r.stderr
+        assert alive([run.hv]) and alive([run.part("beta")])
+    finally:
+        os.truncate(path, tlb_layout.FILE_SIZE)  # alpha's VPs map it: give them their file back
+
+
 # -- disks ------------------------------------------------------------------------------------
 
 
@@ -263,7 +320,33 @@ def test_not_root_each_worker_and_partition_hides_the_runs_root_in_namespaces_of
             assert not os.path.exists(f"/proc/{pid}/root{live.path / 'hv.sock'}"), name
         r = live.launch("status", live.name)
         assert "isolation: namespaces:" in r.stdout, r.stdout + r.stderr
+        assert "network: 4 of 4 worker and partition processes in an empty network namespace" in r.stdout
+        if seccomp.available():
+            assert "seccomp: in force in all 4 worker and partition processes" in r.stdout, r.stdout
+            _same_uid_processes_cannot_reach_each_other(man, tmp_path)
     finally:
         pids = live.pids()
         live.stop()
         wait_until(lambda: not alive(pids), 10, what="every process gone")
+
+
+def _same_uid_processes_cannot_reach_each_other(man: dict, tmp_path) -> None:
+    """At this level every process has one uid, and the kernel lets a process signal any
+    process of its uid: the seccomp filter is what refuses it.  The attacker is confined
+    as alpha's partition process is (its own namespaces, no capabilities, the filter)."""
+    hide = tmp_path / "hidden"
+    hide.mkdir()
+    procs = {name: info["pid"] for name, info in man["processes"].items()}
+    beta, beta_worker = procs["partition:beta"], procs["worker:beta"]
+    for target in (beta, beta_worker, procs["hypervisor:hv"], man["launcher_pid"]):
+        assert seccomp.in_force(procs["partition:alpha"])
+        assert attack.as_namespaced(str(hide), attack.signal_process(target)) == ("refused", "EPERM")
+        assert attack.as_namespaced(str(hide), attack.ptrace_attach(target)) == ("refused", "EPERM")
+        assert attack.as_namespaced(str(hide), attack.vm_read(target)) == ("refused", "EPERM")
+    # Without the filter the same process could signal beta's: the test can fail.
+    assert attack.as_namespaced(str(hide), attack.signal_process(beta), filtered=False) == ("ok", "signalled")
+    # Its SLAT: the file is the process's own uid's, but 0400, and the filter keeps it so.
+    alpha = procs["partition:alpha"]
+    [slat] = attack.fds_named(alpha, f"slat-{man['partitions']['alpha']['id']}.bin")[:1]
+    assert attack.as_namespaced(str(hide), attack.reopen_rw(slat), fds_of=(alpha, [slat])) == ("refused", "EACCES")
+    assert attack.as_namespaced(str(hide), attack.chmod_writable(slat), fds_of=(alpha, [slat])) == ("refused", "EPERM")

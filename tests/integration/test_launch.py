@@ -53,15 +53,23 @@ def test_a_missing_config_file_is_a_config_error():
 
 def test_bench_reports_each_path_beside_its_floor_as_json():
     r = run_launch_py("bench", "--json", "--duration", "2", "--samples", "1000", "--rounds", "1",
-                      run_root=short_run_root(), timeout=240)
+                      "--cpu-window", "0.3", "--cpu-round-trips", "300", run_root=short_run_root(), timeout=240)
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
-    assert set(result["paths"]) == {"io_port", "cpuid", "hypercall", "interrupt"}
+    assert set(result["paths"]) == {"io_port", "cpuid", "hypercall", "interrupt", "interrupt_busy", "apic_timer"}
+    assert result["paths"]["apic_timer"]["hops"] == 1
+    # CPU per round trip, stack and floor, by process (issue 12).
+    assert set(result["cpu"]) == {"io_port", "cpuid", "hypercall"}
+    io_cpu = result["cpu"]["io_port"]
+    assert {"hypervisor", "worker", "partition", "launcher"} <= set(io_cpu["stack"]["by_process_us"])
+    assert {"client", "relay", "echo"} == set(io_cpu["floor"]["by_process_us"])
+    assert io_cpu["stack"]["round_trips"] > 0 and io_cpu["stack"]["cpu_us"] > 0 and io_cpu["ratio"] > 0
+    assert "bench: [1/" in r.stderr  # progress, as plain lines on a pipe
     io = result["paths"]["io_port"]
     assert io["hops"] == 4 and result["paths"]["cpuid"]["hops"] == 2
     assert result["paths"]["interrupt"]["one_way"] is True
     for p in result["paths"].values():
-        assert p["samples"] > 50 and p["floor_p50_us"] > 0 and p["p50_us"] > 0
+        assert p["samples"] > (10 if p["label"].startswith("interrupt → busy") else 50), p and p["floor_p50_us"] > 0 and p["p50_us"] > 0
         assert p["ratio_p50"] == pytest.approx(p["p50_us"] / p["floor_p50_us"], rel=0.01)
     disk = result["disk"]
     assert disk["errors"] == 0 and disk["bytes"] > 0 and disk["mb_per_s"] > 0

@@ -55,6 +55,26 @@ def test_a_launcher_killed_by_sigkill_shows_as_dead_and_prune_cleans_up(tmp_path
     assert ended["state"] == "ended" and "its launcher died without ending the run" in ended["ended"]["reason"]
 
 
+def test_prune_removes_the_cgroups_a_launcher_killed_by_sigkill_left(tmp_path):
+    """The partition's cpu cgroup outlived its launcher (nobody removed it): prune does."""
+    from root import cgroups
+    cfg = tmp_path / "capped.toml"
+    cfg.write_text(MINIMAL + "cpu = { limit = 50 }\n")
+    run = start_run(str(cfg), short_run_root())
+    group = (run.manifest().get("cpu_cgroups", {}).get("alpha") or {}).get("cgroup")
+    if group is None:
+        run.stop()
+        pytest.skip("no cgroup v1 cpu controller to write here: the limit holds only on the LPs")
+    pids = run.pids()
+    run.proc.kill()
+    run.proc.wait(10)
+    wait_until(lambda: not alive(pids), 10, what="the run's processes to die with their launcher")
+    assert os.path.isdir(group), "left behind by the launcher's death"
+    r = run.launch("ls", "--prune")
+    assert r.returncode == 0 and "1 cgroup(s) removed" in r.stdout, r.stdout + r.stderr
+    assert not os.path.exists(group) and not (cgroups.CPU_CONTROLLER / "hvstack" / run.name).exists()
+
+
 def test_stats_into_a_pipe_whose_reader_has_gone_ends_quietly(live):
     r_fd, w_fd = os.pipe()
     os.close(r_fd)  # `| head` that has already exited
@@ -89,7 +109,7 @@ def test_io_on_a_stopped_partition_and_keys_without_a_keyboard_do_nothing_and_sa
 def test_bench_stops_on_sigterm_without_a_traceback_or_orphans():
     env = dict(os.environ, HVSTACK_RUN_DIR=short_run_root())
     proc = subprocess.Popen([sys.executable, str(REPO / "launch.py"), "bench", "--no-experiments", "--duration", "30",
-                             "--samples", "600", "--rounds", "1"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             "--samples", "600", "--rounds", "1", "--no-progress"], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     me = psutil.Process(proc.pid)
     # Wait until it is measuring the stack (a run of the bench is up), then SIGTERM it.

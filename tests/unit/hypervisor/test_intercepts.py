@@ -162,9 +162,14 @@ def test_hlt_sleeps_until_an_interrupt_wakes_it(two):
 
 
 def test_hlt_with_an_interrupt_already_waiting_completes_at_once(two):
-    assert not two.send(W1, m.AssertInterrupt(0x21, stamps(2)))  # the VP runs: the vector waits
+    notify = two.exit(V10, m.IoPortIntercept(27, COM1, 1, True, 0x41, stamps(), REGS)).one(W1, m.PortNotify)
+    assert not two.send(W1, m.AssertInterrupt(0x21, stamps(2)))  # the VP is in an exit: the vector waits
+    r = resume_of(two.send(W1, m.AccessComplete(notify.ref, 0, stamps(5))))
+    assert r.interrupt == 0x21  # … for the exit's resume
+    assert not two.send(W1, m.AccessComplete(notify.ref, 0, stamps(5))).to(V10)
+    two.vp(1).interrupts.post(0x22, stamps(3))  # (queued, as if the VP had not been running)
     r = resume_of(two.exit(V10, m.HaltIntercept(28, stamps(), REGS)))
-    assert (r.seq, r.interrupt) == (28, 0x21) and two.vp(1).state is VpState.RUNNING
+    assert (r.seq, r.interrupt) == (28, 0x22) and two.vp(1).state is VpState.RUNNING
 
 
 def test_a_self_ipi_is_taken_with_the_resume_of_the_icr_write(two):

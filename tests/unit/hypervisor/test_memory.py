@@ -64,13 +64,13 @@ def test_guest_memory_translates_through_the_slat_and_sees_unmaps_at_once(mm):
     mem = GuestMemory(str(mm.slats[1].ram_path), str(mm.slats[1].path))
     mem.write(PAGE_SIZE - 2, b"abcd")  # across the page boundary: two guest pages
     assert mem.read(PAGE_SIZE - 2, 4) == b"abcd"
-    ram = mm.slats[1].ram  # the partition's own RAM file, by guest-physical page
-    assert ram[PAGE_SIZE - 2:PAGE_SIZE + 2] == b"abcd"
+    # the partition's own RAM file, by guest-physical page
+    assert mm.read_ram(1, PAGE_SIZE - 2, 4) == b"abcd"
     assert not mem.is_mapped(2 * PAGE_SIZE)
     mm.unmap(1, 1, 1)
     with pytest.raises(UnmappedGpa):
         mem.read_int(PAGE_SIZE, 4)
-    assert ram[PAGE_SIZE:PAGE_SIZE + 2] == b"\0\0"  # an unmapped page keeps nothing
+    assert mm.read_ram(1, PAGE_SIZE, 2) == b"\0\0"  # an unmapped page keeps nothing
 
 
 def test_each_partition_has_a_ram_file_of_its_own_holding_only_its_bytes(mm):
@@ -81,10 +81,73 @@ def test_each_partition_has_a_ram_file_of_its_own_holding_only_its_bytes(mm):
     mm.map(2, 0, [2], 4)
     one = GuestMemory(str(mm.slats[1].ram_path), str(mm.slats[1].path))
     one.write(0, b"secret of one")
-    assert b"secret of one" not in mm.slats[2].ram[:]
+    assert b"secret of one" not in mm.read_ram(2, 0, 4 * PAGE_SIZE)
     for pid in (1, 2):
-        for path in (mm.slats[pid].ram_path, mm.slats[pid].path):
-            assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(mm.slats[pid].ram_path).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(mm.slats[pid].path).st_mode) == 0o400  # the owner cannot reopen it RW
     assert os.path.getsize(mm.slats[1].ram_path) == 4 * PAGE_SIZE
     mm.release(1)
     assert not mm.slats.get(1) and not os.path.exists(str(mm.dir / "mem-1.bin"))
+
+
+def test_a_partition_that_truncates_its_ram_file_cannot_make_the_hypervisor_fault(mm):
+    """The partition holds its RAM file read-write; if it cut it short (the seccomp filter
+    refuses that), the hypervisor's pread/pwrite accesses (a root `io` read, the zeroing of
+    an unmapped page) read zeros where its mapping would have raised SIGBUS."""
+    import os
+    mm.deposit(1, [1, 2])
+    mm.map(1, 0, [1, 2], 4)
+    fd = os.open(mm.slats[1].ram_path, os.O_RDWR)
+    try:
+        os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
+    assert mm.read_ram(1, PAGE_SIZE, 8) == bytes(8)
+    mm.unmap(1, 0, 2)
+    assert mm.release(1) == 2
+
+
+def test_an_in_process_hypervisor_without_a_memory_dir_removes_its_own_on_exit(tmp_path, monkeypatch):
+    """The memory directory the hypervisor made itself (mkdtemp) was left behind."""
+    import tempfile
+    from hypervisor.service import Hypervisor
+    from proto.transport import Router
+
+    import shutil
+    sock_dir = tempfile.mkdtemp(prefix="hvs")  # short: an ipc path is at most 107 bytes
+    try:
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+        hv = Hypervisor(Router(f"ipc://{sock_dir}/hv.sock"), "s" * 32, 1, None, 16)
+        made = hv.memory.dir
+        assert made.parent == tmp_path and made.is_dir()
+        hv.memory.slat(1, 4)  # a partition's files in it
+        hv.running = False
+        hv.serve()
+        assert not made.exists()
+    finally:
+        shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+def test_python_m_hypervisor_needs_the_run_directory_for_memory():
+    import subprocess
+    import sys
+    from root import REPO
+    p = subprocess.run([sys.executable, "-m", "hypervisor", "--endpoint", "ipc:///nonexistent/x", "--secret-fd", "0"],
+                       cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and "--memory-dir" in p.stderr
+
+
+def test_a_partition_that_truncates_its_slat_file_cannot_make_the_hypervisor_fault(mm):
+    """At the namespaces level the partition has the hypervisor's uid and can reopen its
+    SLAT file for writing through /proc/self/fd: cut short, a mapping of it faulted in the
+    hypervisor.  The hypervisor keeps its own copy and writes through."""
+    import os
+    mm.deposit(1, [1, 2, 3])
+    mm.map(1, 0, [1, 2], 4)
+    os.truncate(mm.slats[1].path, 0)
+    assert mm.ram_offset(1, PAGE_SIZE) == PAGE_SIZE  # the hypervisor's copy decides
+    mm.map(1, 2, [3], 4)
+    mm.unmap(1, 0, 1)
+    assert mm.status().partitions["1"].mapped == 2
+    assert os.path.getsize(mm.slats[1].path) == 3 * 4  # written through as far as it changed
+    assert mm.release(1) == 3

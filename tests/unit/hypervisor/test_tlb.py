@@ -10,6 +10,7 @@ import pytest
 from proto import tlb as layout
 from proto.codes import HvStatus, HypercallCode as C, X86Exception, control_value
 from proto.memory import GuestMemory
+from proto.tlb import LpTlb
 from hypervisor.hypercalls import Caller, Hypercalls
 from hypervisor.memory import MemoryManager
 from hypervisor.partitions import PartitionTable, VirtualProcessor
@@ -27,9 +28,11 @@ def tlbs(tmp_path):
 
 
 def lps(tlbs, partition: int = 1):
-    """The partition's TLB on each LP (its files created on first use)."""
-    tlbs.paths_of(partition)
-    return tlbs.by_partition[partition]
+    """The partition's TLB on each LP as its VPs map it (the files created on first use)."""
+    views = tlbs.__dict__.setdefault("_test_views", {})
+    if partition not in views:
+        views[partition] = [LpTlb(p) for p in tlbs.paths_of(partition)]
+    return views[partition]
 
 
 def test_a_partition_has_tlb_files_of_its_own_0600(tlbs, tmp_path):
@@ -43,6 +46,30 @@ def test_entries_a_partition_plants_under_another_tag_count_as_its_own(tlbs):
     lps(tlbs, 1)[0].fill(2, A, 0x400, 0x77)  # partition 1 writes a tag of partition 2's
     assert tlbs.status().lps[0].valid == {"1": 1}
     assert tlbs.flush_partition(2) == 0  # partition 2's own TLB is untouched by it
+
+
+def test_a_partition_that_truncates_or_scribbles_on_its_tlb_file_cannot_make_the_hypervisor_fault(tlbs):
+    """The partition's view is read-write (its VPs fill it): it may cut the file short or
+    write garbage.  The hypervisor reads and clears through pread/pwrite, so a flush or a
+    status answers (a short file is entries that are not valid) where a mapping of the
+    truncated file would have raised SIGBUS in the hypervisor."""
+    import os
+    t = lps(tlbs, 1)[0]
+    t.fill(1, A, 0x400, 0x77)
+    path = tlbs.paths_of(1)[0]
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.ftruncate(fd, layout.offset(1))  # entry 0 stays, the rest is gone
+        assert tlbs.status().lps[0].valid in ({}, {"1": 1})
+        assert tlbs.flush_lp(0, "mov_cr3") in (0, 1)
+        assert tlbs.flush_partition(1) == 0
+        os.ftruncate(fd, 0)
+        assert tlbs.status().lps[0].valid == {} and tlbs.flush_lp(0, "invlpg") == 0
+        os.pwrite(fd, b"\xff" * layout.FILE_SIZE, 0)  # every field garbage, every entry "valid"
+        assert tlbs.status().lps[0].valid == {"1": layout.ENTRIES}  # counted for the file's owner
+        assert tlbs.flush_lp(0, "mov_cr3") == layout.ENTRIES
+    finally:
+        os.close(fd)
 
 
 def test_a_translation_hits_only_under_its_own_tag(tlbs):
@@ -157,7 +184,10 @@ class NoExits:
     def send(self, frame):
         raise AssertionError("the VP exited")
 
-    recv_ready = wait = send
+    recv_ready = send
+
+    def wait(self, timeout_ms):
+        return False  # nothing posted (the VP looks at its preemption points)
 
 
 @pytest.fixture
@@ -209,3 +239,16 @@ def test_a_non_present_entry_is_a_page_fault(vp):
     with pytest.raises(GuestFault) as e:
         vp.vread(1 << 47, 4)  # not canonical
     assert e.value.vector == X86Exception.GP
+
+
+def test_a_translation_planted_in_the_partitions_own_tlb_reaches_only_its_own_ram(vp, tlbs):
+    """What writing its (read-write) TLB view gains a guest: a guest-physical page of its
+    choosing, as its own page tables would give it.  The page still goes through the SLAT:
+    one beyond the partition's RAM is not RAM (an exit), never another partition's bytes."""
+    vp.cr3 = 0x40000
+    lps(tlbs)[0].fill(1, vp.cr3, GVA >> 12, 0x60)  # planted, no page tables behind it
+    vp.write(0x60010, 4, 0x1234)
+    assert vp.vread(GVA + 0x10, 4) == 0x1234  # its own page, as a page table could map
+    lps(tlbs)[0].fill(1, vp.cr3, (GVA >> 12) + 1, 0x1000)  # far beyond its 128 mapped pages
+    with pytest.raises(AssertionError, match="the VP exited"):
+        vp.vread(GVA + 0x1000, 4)  # an access to a GPA that is not RAM: the hypervisor's to judge

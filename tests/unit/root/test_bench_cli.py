@@ -45,7 +45,21 @@ def rounds(monkeypatch):
     measure_round.seen = seen
     monkeypatch.setattr(bench, "measure_round", measure_round)
     monkeypatch.setattr(bench, "run_experiments", lambda d: pytest.fail("the experiments ran"))
+    monkeypatch.setattr(bench, "measure_cpu", fake_cpu)
     return measure_round
+
+
+def fake_cpu(window_s, round_trips, progress=None):
+    out = {}
+    for i, path in enumerate(("io_port", "cpuid", "hypercall")):
+        if progress:
+            progress(path, i, 3)
+        out[path] = {"stack": {"round_trips": 100, "per_s": 50.0, "cpu_us": 300.0,
+                               "by_process_us": {"hypervisor": 150.0, "partition": 100.0, "worker": 50.0}},
+                     "floor": {"round_trips": 100, "per_s": 80.0, "cpu_us": 250.0,
+                               "by_process_us": {"client": 50.0, "relay": 150.0, "echo": 50.0}},
+                     "ratio": 1.2}
+    return out
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -91,7 +105,7 @@ def test_the_results_are_printed_before_the_plot_and_a_failed_plot_loses_nothing
 def bench_args(**changes):
     from root.cli import build_parser
 
-    args = build_parser().parse_args(["bench", "--no-experiments", "--rounds", "3", "--samples", "30"])
+    args = build_parser().parse_args(["bench", "--no-experiments", "--no-progress", "--rounds", "3", "--samples", "30"])
     for k, v in changes.items():
         setattr(args, k, v)
     return args
@@ -101,7 +115,7 @@ def bench_args(**changes):
 def test_a_signal_during_the_bench_reports_the_complete_rounds_without_a_traceback(sig, rounds, capsys):
     rounds.signal_at = (2, sig)  # during the second of three rounds
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    assert main(["bench", "--json", "--no-experiments", "--rounds", "3", "--samples", "30"]) == 128 + sig
+    assert main(["bench", "--json", "--no-experiments", "--no-progress", "--rounds", "3", "--samples", "30"]) == 128 + sig
     out, err = capsys.readouterr()
     result = json.loads(out)
     assert result["rounds"] == 1 and result["partial"] == f"stopped by {sig.name} after 1 of 3 round(s)"
@@ -111,6 +125,6 @@ def test_a_signal_during_the_bench_reports_the_complete_rounds_without_a_traceba
 
 def test_a_signal_before_any_round_is_complete_is_one_line(rounds, capsys):
     rounds.signal_at = (1, signal.SIGINT)
-    assert main(["bench", "--no-experiments"]) == 130
+    assert main(["bench", "--no-experiments", "--no-progress"]) == 130
     out, err = capsys.readouterr()
     assert out == "" and err == "launch.py bench: stopped by SIGINT: no round was complete, nothing to report\n"

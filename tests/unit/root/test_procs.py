@@ -17,10 +17,28 @@ def test_each_worker_and_partition_of_each_run_gets_a_uid_of_its_own():
     assert all(procs.UID_BASE <= u < 1 << 31 for u in uids)
 
 
-@pytest.mark.parametrize("partition", [0, procs.MAX_ISOLATED_PARTITIONS])
-def test_a_partition_id_outside_the_range_is_refused(partition):
+@pytest.mark.parametrize("partition", [0, -1, "1"])
+def test_a_partition_id_that_is_no_child_partitions_is_refused(partition):
     with pytest.raises(ValueError):
-        procs.partition_uid(4242, partition, "worker")
+        procs.partition_uid(4242, partition, "worker", in_use=set())
+
+
+def test_any_partition_id_gets_uids_of_its_own_even_beyond_the_runs_block():
+    """IDs from 128 up (the hypervisor hands IDs out without bound) got no uid before."""
+    ids = [1, 127, 128, 129, 1000, 65536, 1 << 40]
+    uids = [procs.partition_uid(launcher, p, role, in_use=set())
+            for launcher in (1, 4242) for p in ids for role in ("worker", "partition")]
+    assert len(set(uids)) == len(uids)
+    assert all(procs.UID_BASE <= u < procs.UID_LIMIT for u in uids)
+    assert procs.partition_uid(4242, 128, "worker", in_use=set()) >= procs.UID_HASHED
+
+
+def test_a_uid_a_live_process_has_is_passed_over():
+    first = procs.partition_uid(4242, 3, "partition", in_use=set())
+    second = procs.partition_uid(4242, 3, "partition", in_use={first})
+    assert second != first and procs.UID_HASHED <= second < procs.UID_LIMIT
+    assert procs.partition_uid(4242, 3, "partition", in_use={first, second}) not in (first, second)
+    assert os.getuid() in procs.uids_in_use()  # read from /proc by default
 
 
 def test_a_spawned_process_gets_its_secret_by_pipe_and_nothing_in_its_environment(tmp_path, monkeypatch):

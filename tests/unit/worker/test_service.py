@@ -18,8 +18,8 @@ COM1, SCR, IER, MCR = 0x3F8, 0x3FF, 0x3F9, 0x3FC
 
 
 class FakeEndpoint:
-    """Frames for the worker wait in ``inbox``; what it sends is decoded into ``sent``;
-    ``request`` answers from ``replies`` (by request class), encoded and decoded too."""
+    """Frames for the worker wait in ``inbox``; what it sends is decoded into ``sent``; a
+    request of a class in ``replies`` gets that reply at the end of the inbox."""
 
     def __init__(self, replies: dict[type, m.Message] | None = None) -> None:
         self.inbox: deque[bytes] = deque()
@@ -32,7 +32,10 @@ class FakeEndpoint:
         self.inbox.append(m.encode(msg))
 
     def send(self, frame: bytes) -> None:
-        self.sent.append(m.decode(frame))
+        msg = m.decode(frame)
+        self.sent.append(msg)
+        if type(msg) in self.replies:
+            self.put(self.replies[type(msg)])
 
     def wait(self, timeout_ms: int) -> bool:
         if not self.inbox and self.on_idle is not None:
@@ -41,10 +44,6 @@ class FakeEndpoint:
 
     def recv_ready(self) -> bytes:
         return self.inbox.popleft()
-
-    def request(self, msg: m.Message, timeout_ms: int = 5000) -> m.Message:
-        self.send(m.encode(msg))
-        return m.decode(m.encode(self.replies[type(msg)]))
 
     def close(self) -> None:
         self.closed = True
@@ -148,6 +147,41 @@ def test_start_claims_the_chipsets_ranges_and_maps_the_partitions_memory(make_wo
     assert isinstance(install, m.InstallIntercept) and [list(r) for r in install.ranges] == [[COM1, 8]]
     assert isinstance(memory, m.MemoryRequest) and memory.partition == 3
     assert worker.chipset.memory is not None and worker.chipset.memory.pages == 1
+
+
+def test_start_keeps_what_comes_before_a_reply_for_serve(make_worker, tmp_path):
+    """Once its ranges are installed the hypervisor may forward a guest's access (or the
+    root's input) before the memory reply: start() took the next frame for the reply and
+    the worker died; now the access waits and serve() answers it first."""
+    (tmp_path / "pool").write_bytes(bytes(4096))
+    (tmp_path / "slat").write_bytes(bytes(4))
+    endpoint = FakeEndpoint({m.InstallIntercept: m.Ack(m.InstallIntercept.TYPE)})
+    worker, _ = make_worker("minimal", endpoint)
+
+    def on_memory_request():
+        if isinstance(endpoint.sent[-1], m.MemoryRequest) and not endpoint.inbox:
+            endpoint.put(port(7, SCR, value=0x5A))  # the guest's access comes first
+            endpoint.put(m.DeviceInput("console", b"k"))
+            endpoint.put(m.MemoryReply(str(tmp_path / "pool"), str(tmp_path / "slat"), ()))
+    endpoint.on_idle = on_memory_request
+    worker.start(3)
+    assert worker.chipset.memory is not None
+    endpoint.on_idle = lambda: setattr(worker, "running", False)
+    worker.serve()
+    [done] = [s for s in endpoint.sent if isinstance(s, m.AccessComplete)]
+    assert done.ref == 7
+    assert worker.chipset.bus.read(SCR, 1) == 0x5A
+
+
+def test_a_start_up_request_refused_or_unanswered_says_so(make_worker):
+    from proto.errors import PeerTimeout, Refused
+    endpoint = FakeEndpoint({m.InstallIntercept: m.ErrorReply(m.InstallIntercept.TYPE, "CONFLICT", "taken")})
+    worker, _ = make_worker("minimal", endpoint)
+    with pytest.raises(Refused, match="CONFLICT"):
+        worker.start(3)
+    worker, _ = make_worker("minimal", FakeEndpoint())
+    with pytest.raises(PeerTimeout, match="no ack to install_intercept"):
+        worker._startup_request(m.InstallIntercept([], []), m.Ack, timeout_ms=50)
 
 
 def test_serve_answers_until_stopped_then_closes_its_endpoint(make_worker):

@@ -1,0 +1,315 @@
+"""``bench --scale``: how the stack behaves as partitions are added, beside a floor that
+grows the same way; and ``bench --startup``: launch to banners and memory per process.
+
+At each N (1, 2, 4, 8, 16 by default) the stack runs N partitions of one VP each doing
+emulated port I/O (4 hops through its own worker) on 2 logical processors — the host's
+cores (more LPs than cores would only add to what status costs: it walks every LP's TLB for
+every partition); the floor runs N client processes
+through one relay to N echo processes (4 hops each: the same 2N + 1 processes, minus the
+launcher).  Over a window of steady state: aggregate round trips per second, each
+partition's (client's) p50 and p99, CPU per round trip of all processes, the hypervisor's
+(relay's) RSS; and the stack's launch to all banners.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from benchmarks.cpu import cpu_seconds, per_round_trip, print_profile, process_kind, profiled, run_pids
+from benchmarks.floor import start_floor, stop_floor
+from benchmarks.progress import Progress
+from proto.stats import Histogram, PathStats
+from root import REPO
+from root.commands.common import complain
+from root.procs import die_with_parent
+from root.report import table
+
+BANNER = "hvstack guest kernel"
+WARMUP_S = 1.0
+
+
+def topology(n: int, workload: str = "portio", chipset: str = "minimal") -> str:
+    parts = "".join(f"""
+[[partition]]
+name = "p{i}"
+vps = 1
+memory_mb = 4
+chipset = "{chipset}"
+workloads = ["{workload}"]
+""" for i in range(n))
+    return f"""[run]
+name = "bench-scale-{n}"
+duration_s = 0
+logical_processors = 2
+{parts}"""
+
+
+def _window(h1: Histogram, h0: Histogram) -> Histogram:
+    """The samples recorded between two snapshots of one cumulative histogram."""
+    counts = {b: k - h0.counts.get(b, 0) for b, k in h1.counts.items() if k - h0.counts.get(b, 0) > 0}
+    return Histogram(counts, h1.n - h0.n, h1.total - h0.total, h0.lo, h1.hi)
+
+
+def _io(status: dict) -> dict[int, tuple[int, Histogram]]:
+    """Each partition's io_port exits and round-trip histogram."""
+    out = {}
+    for p in status["partitions"]:
+        exits = sum(vp["exits"].get("io_port", 0) for vp in p["vps"])
+        wire = p["paths"].get("io_port")
+        out[p["id"]] = (exits, PathStats.from_wire(wire).total if wire else Histogram())
+    return out
+
+
+def _rss_mb(pids: dict[str, int]) -> dict[str, float]:
+    """The largest RSS (MB) per process kind."""
+    out: dict[str, float] = {}
+    for name, pid in pids.items():
+        try:
+            rss = psutil.Process(pid).memory_info().rss / 1e6
+        except psutil.Error:
+            continue
+        kind = process_kind(name)
+        out[kind] = round(max(out.get(kind, 0.0), rss), 1)
+    return out
+
+
+def start_and_wait_for_banners(n: int, run_root: Path, timeout_s: float, workload: str = "portio",
+                               chipset: str = "minimal"):
+    """Start N partitions; the run and the seconds from launch to every banner."""
+    from root.testrun import start_run
+
+    config = run_root.parent / f"scale-{n}.toml"
+    config.write_text(topology(n, workload, chipset))
+    t0 = time.monotonic()
+    run = start_run(config, run_root, 0, timeout_s)
+    try:
+        deadline = t0 + timeout_s
+        waiting = {f"p{i}" for i in range(n)}
+        while waiting:
+            waiting = {p for p in waiting if BANNER not in run.console(p)}
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no banner from {', '.join(sorted(waiting))} within {timeout_s:g} s")
+            time.sleep(0.01)
+    except BaseException:
+        run.stop()
+        raise
+    return run, time.monotonic() - t0
+
+
+def measure_stack(n: int, window_s: float, timeout_s: float = 120.0, profile: str | None = None) -> dict:
+    with tempfile.TemporaryDirectory(prefix="hvscale") as d:
+        run_root = Path(d) / "runs"
+        run_root.mkdir(mode=0o700)
+        with profiled(profile):
+            run, banners_s = start_and_wait_for_banners(n, run_root, timeout_s)
+        try:
+            time.sleep(WARMUP_S)
+            pids = run_pids(run)
+            s0, c0 = _io(run.stats()), cpu_seconds(pids)
+            time.sleep(window_s)
+            c1, s1 = cpu_seconds(pids), _io(run.stats())
+            rss = _rss_mb(pids)
+        finally:
+            run.stop()
+    per = {pid: (s1[pid][0] - s0[pid][0], _window(s1[pid][1], s0.get(pid, (0, Histogram()))[1])) for pid in s1}
+    total = sum(k for k, _ in per.values())
+    cpu = sum(c1[k] - c0[k] for k in c1 if k in c0)
+    by_kind = per_round_trip(c0, c1, total, window_s)["by_process_us"]
+    return _figures(n, total, window_s, [h.percentile(50) for _, h in per.values()],
+                    [h.percentile(99) for _, h in per.values()], cpu, rss.get("hypervisor", 0.0),
+                    banners_s=round(banners_s, 2), rss_mb=rss, cpu_us_by_process=by_kind)
+
+
+def measure_floor(n: int, window_s: float) -> dict:
+    relay, echoes, endpoint, d = start_floor([])
+    clients: list[subprocess.Popen] = []
+    try:
+        cmd = [sys.executable, "-m", "benchmarks.floor"]
+        echoes += [subprocess.Popen([*cmd, "echo", endpoint, str(i)], cwd=REPO, preexec_fn=die_with_parent,
+                                    start_new_session=True) for i in range(n)]
+        clients = [subprocess.Popen([*cmd, "client", endpoint, str(i)], cwd=REPO, stdout=subprocess.PIPE,
+                                    preexec_fn=die_with_parent, start_new_session=True) for i in range(n)]
+        for c in clients:
+            _line(c, "READY", 60)
+        time.sleep(WARMUP_S)
+        pids = {"relay": relay.pid, **{f"echo:{i}": p.pid for i, p in enumerate(echoes)},
+                **{f"client:{i}": p.pid for i, p in enumerate(clients)}}
+        for c in clients:  # the window starts
+            c.send_signal(signal.SIGUSR1)
+        for c in clients:
+            _line(c, "{}", 10)
+        c0 = cpu_seconds(pids)
+        time.sleep(window_s)
+        c1 = cpu_seconds(pids)
+        for c in clients:  # … and ends
+            c.send_signal(signal.SIGUSR1)
+        got = [json.loads(_line(c, None, 10)) for c in clients]
+        rss = _rss_mb(pids).get("relay", 0.0)
+    finally:
+        for c in clients:
+            if c.poll() is None:
+                c.kill()
+            c.wait()
+            c.stdout.close()
+        stop_floor(relay, echoes, d)
+    cpu = sum(c1[k] - c0[k] for k in c1 if k in c0)
+    return _figures(n, sum(g["n"] for g in got), window_s, [g["p50_ns"] for g in got], [g["p99_ns"] for g in got],
+                    cpu, rss)
+
+
+def _line(proc: subprocess.Popen, expected: str | None, timeout_s: float) -> str:
+    """The next line a floor client prints (``expected`` if given), within ``timeout_s``."""
+    import select
+
+    if not select.select([proc.stdout], [], [], timeout_s)[0]:
+        raise TimeoutError(f"a floor client said nothing within {timeout_s:g} s")
+    line = proc.stdout.readline().decode().strip()
+    if expected is not None and line != expected:
+        raise RuntimeError(f"a floor client said {line!r}, not {expected!r}")
+    return line
+
+
+def _figures(n: int, round_trips: int, window_s: float, p50s: list[int], p99s: list[int], cpu_s: float,
+             server_rss_mb: float, **more) -> dict:
+    p50s, p99s = sorted(p50s), sorted(p99s)
+    return {"n": n, "round_trips": round_trips, "per_s": round(round_trips / window_s, 1),
+            "p50_us_median": round(p50s[len(p50s) // 2] / 1000, 1) if p50s else 0.0,
+            "p50_us_max": round(p50s[-1] / 1000, 1) if p50s else 0.0,
+            "p99_us_max": round(p99s[-1] / 1000, 1) if p99s else 0.0,
+            "cpu_us_per_round_trip": round(cpu_s / max(1, round_trips) * 1e6, 1),
+            "cpu_s_per_s": round(cpu_s / window_s, 2), "server_rss_mb": server_rss_mb, **more}
+
+
+def run_scale(args) -> int:
+    window = min(3.0, max(0.5, args.duration / 3))
+    counts = args.scale_partitions
+    progress = Progress([(f"N = {n}: {what}", window + (2.0 + n * 0.3 if what == "stack" else 1.5))
+                         for n in counts for what in ("stack", "floor")], enabled=args.progress)
+    rows = []
+    try:
+        for n in counts:
+            progress.step()
+            stack = measure_stack(n, window, profile=args.profile if n == counts[-1] else None)
+            progress.step()
+            floor = measure_floor(n, window)
+            rows.append({"n": n, "stack": stack, "floor": floor,
+                         "ratio": round(stack["per_s"] / floor["per_s"], 3) if floor["per_s"] else None})
+    except (TimeoutError, RuntimeError, OSError) as e:
+        progress.close()
+        complain("bench", f"--scale: {e}")
+        return 1
+    finally:
+        progress.close()
+    result = {"scale": rows, "window_s": window, "cores": psutil.cpu_count(),
+              "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    if args.json:
+        print(json.dumps(result, indent=2), flush=True)
+    else:
+        print_scale(result)
+        if args.profile:
+            try:
+                print_profile(args.profile)
+            except (OSError, TypeError, ValueError) as e:
+                complain("bench", f"--profile {args.profile}: no statistics: {e}")
+    if args.plot:
+        from benchmarks.plot import plot_scale
+
+        try:
+            plot_scale(args.plot, rows)
+        except (OSError, ValueError, RuntimeError) as e:
+            complain("bench", f"--plot {args.plot}: not drawn: {e}")
+            return 1
+    return 0
+
+
+def print_scale(result: dict) -> None:
+    rows = []
+    for r in result["scale"]:
+        st, fl = r["stack"], r["floor"]
+        rows.append([str(r["n"]), f"{st['per_s']:.0f}", f"{fl['per_s']:.0f}",
+                     f"{r['ratio']:.2f}×" if r["ratio"] is not None else "-",
+                     f"{st['p50_us_median']:.0f} / {st['p99_us_max']:.0f}", f"{fl['p50_us_median']:.0f} / {fl['p99_us_max']:.0f}",
+                     f"{st['cpu_us_per_round_trip']:.0f}", f"{fl['cpu_us_per_round_trip']:.0f}",
+                     f"{st['cpu_s_per_s']:.2f} / {fl['cpu_s_per_s']:.2f}",
+                     f"{st['server_rss_mb']:.0f}", f"{st['banners_s']:.2f}"])
+    print(f"scaling, N partitions × 1 VP of emulated port I/O beside N floor clients → 1 relay → N echoes "
+          f"({result['cores']} cores, {result['window_s']:.2f} s windows, {result['started']}):")
+    print(table(["N", "stack exits/s", "floor /s", "ratio", "stack p50 / p99 µs", "floor p50 / p99 µs",
+                 "stack CPU µs/rt", "floor CPU µs/rt", "cores busy stack / floor", "hv RSS MB",
+                 "launch → banners s"], rows, "rrrrrrrrrrr"))
+    print("\nwhere the stack's CPU per round trip goes (µs, by process kind):")
+    kinds = sorted({k for r in result["scale"] for k in r["stack"].get("cpu_us_by_process", {})})
+    print(table(["N", *kinds], [[str(r["n"]), *(f"{r['stack'].get('cpu_us_by_process', {}).get(k, 0):.0f}" for k in kinds)]
+                               for r in result["scale"]], "r" * (1 + len(kinds))))
+    sys.stdout.flush()
+
+
+def run_startup(args) -> int:
+    """Launch to first banner (and to all), RSS per process kind, at 1, 4 and 16 partitions
+    of the default chipset."""
+    rows = []
+    counts = [n for n in (1, 4, 16) if n <= max(args.scale_partitions)] or [1]
+    progress = Progress([(f"N = {n}", 3.0 + n * 0.4) for n in counts], enabled=args.progress)
+    try:
+        for n in counts:
+            progress.step()
+            rows.append(startup(n))
+    except (RuntimeError, OSError) as e:
+        progress.close()
+        complain("bench", f"--startup: {e}")
+        return 1
+    finally:
+        progress.close()
+    if args.json:
+        print(json.dumps({"startup": rows}, indent=2), flush=True)
+        return 0
+    kinds = sorted({k for r in rows for k in r["rss_mb"]})
+    print("start-up and footprint (gen-1 chipset, serial workload; RSS is each kind's largest process):")
+    print(table(["N", "launch → first banner s", "launch → all banners s", *(f"{k} MB" for k in kinds)],
+                [[str(r["n"]), _secs(r["first_banner_s"], r), _secs(r["all_banners_s"], r),
+                  *(f"{r['rss_mb'].get(k, 0):.1f}" for k in kinds)] for r in rows], "r" * (3 + len(kinds))))
+    return 0
+
+
+STARTUP_TIMEOUT_S = 60.0
+
+
+def _secs(value: float | None, r: dict) -> str:
+    return f"{value:.2f}" if value is not None else f"> {r['timeout_s']:g} ({r['banners']} of {r['n']})"
+
+
+def startup(n: int, timeout_s: float = STARTUP_TIMEOUT_S) -> dict:
+    from root.testrun import start_run
+
+    with tempfile.TemporaryDirectory(prefix="hvstart") as d:
+        run_root = Path(d) / "runs"
+        run_root.mkdir(mode=0o700)
+        config = Path(d) / f"start-{n}.toml"
+        config.write_text(topology(n, "serial", "gen1"))
+        t0 = time.monotonic()
+        run = start_run(config, run_root, 0, timeout_s)
+        try:
+            first, every, waiting = None, None, {f"p{i}" for i in range(n)}
+            while waiting and time.monotonic() - t0 < timeout_s:
+                waiting = {p for p in waiting if BANNER not in run.console(p)}
+                if first is None and len(waiting) < n:
+                    first = time.monotonic() - t0
+                time.sleep(0.005)
+            if not waiting:
+                every = time.monotonic() - t0
+            time.sleep(0.5)  # settled
+            rss = _rss_mb(run_pids(run))
+        finally:
+            run.stop()
+    # A banner that did not come within the timeout is None: measured as "more than".
+    return {"n": n, "first_banner_s": round(first, 3) if first else None,
+            "all_banners_s": round(every, 3) if every else None, "banners": n - len(waiting),
+            "timeout_s": timeout_s, "rss_mb": rss}

@@ -1,0 +1,42 @@
+"""``bench --scale`` and ``bench --startup`` in their short versions (issue 12): the real
+processes, a second or two of each, so that CI runs them in seconds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.support import run_launch_py, short_run_root
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.timeout(180)
+def test_bench_scale_reports_each_n_beside_its_floor():
+    r = run_launch_py("bench", "--scale", "--scale-partitions", "1,2", "--duration", "1.5", "--json",
+                      run_root=short_run_root(), timeout=170)
+    assert r.returncode == 0, r.stderr + r.stdout
+    rows = json.loads(r.stdout)["scale"]
+    assert [row["n"] for row in rows] == [1, 2]
+    for row in rows:
+        for side in ("stack", "floor"):
+            fig = row[side]
+            assert fig["round_trips"] > 0 and fig["per_s"] > 0 and fig["cpu_us_per_round_trip"] > 0, row
+            assert 0 < fig["p50_us_median"] <= fig["p99_us_max"], row
+        assert row["stack"]["server_rss_mb"] > 5 and 0 < row["stack"]["banners_s"] < 120
+        assert row["ratio"] == pytest.approx(row["stack"]["per_s"] / row["floor"]["per_s"], rel=0.01)
+    assert "bench: [4/4] N = 2: floor" in r.stderr
+
+
+@pytest.mark.timeout(120)
+def test_bench_startup_measures_banners_and_rss_per_process_kind():
+    r = run_launch_py("bench", "--startup", "--scale-partitions", "1", "--no-progress",
+                      run_root=short_run_root(), timeout=110)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert r.stderr == ""
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("start-up and footprint") and "hypervisor MB" in lines[1]
+    n, first, every, *mbs = lines[3].split()
+    assert n == "1" and 0 < float(first) <= float(every) < 60
+    assert all(5 < float(mb) < 500 for mb in mbs)

@@ -1,0 +1,132 @@
+"""bench's new modes in seconds (issue 12): progress on stderr, --save / --compare, CPU per
+round trip's arithmetic, the scale floor's keyed echoes, the checked arguments; the long
+measurements themselves are commands, tried briefly in tests/integration."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+import benchmarks.bench as bench
+from benchmarks import baseline, cpu
+from benchmarks.bench_command import bounded
+from benchmarks.progress import Progress
+from benchmarks.scale import _window, measure_floor as scale_floor
+from proto.stats import Histogram
+from root.cli import main
+from tests.unit.root.test_bench_cli import fake_cpu, fake_round
+
+
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_plain_lines_on_a_pipe_and_a_bar_on_a_terminal():
+    pipe = io.StringIO()
+    p = Progress([("round 1/2", 1.0), ("round 2/2", 1.0)], stream=pipe)
+    p.step()
+    p.step()
+    p.close()
+    lines = pipe.getvalue().splitlines()
+    assert lines[0] == "bench: [1/2] round 1/2 (estimating)"
+    assert lines[1].startswith("bench: [2/2] round 2/2 (~") and lines[1].endswith(" s left)")
+    tty = Tty()
+    p = Progress([("a", 1.0), ("b", 3.0)], stream=tty)
+    p.step()
+    p.step()
+    p.close()
+    out = tty.getvalue()
+    assert "\n" not in out and out.count("\r") >= 3 and "[######" in out  # a quarter done: 6 of 24
+    quiet = io.StringIO()
+    Progress([("a", 1.0)], stream=quiet, enabled=False).step()
+    assert quiet.getvalue() == ""
+
+
+def result_with(io_p50: float, cpu_ratio: float) -> dict:
+    return {"paths": {"io_port": {"ratio_p50": io_p50, "ratio_p99": 2.0}},
+            "cpu": {"io_port": {"ratio": cpu_ratio}}, "started": "then"}
+
+
+def test_compare_flags_only_what_moved_beyond_the_noise(tmp_path):
+    f = tmp_path / "base.json"
+    baseline.save(result_with(1.2, 1.1), str(f))
+    same = baseline.compare(result_with(1.3, 1.15), str(f))  # +8 %, +5 %: inside the noise
+    assert same["moved"] == [] and len(same["figures"]) == 3
+    worse = baseline.compare(result_with(1.2, 1.1 * (1 + baseline.NOISE["cpu"] + 0.05)), str(f))
+    assert worse["moved"] == ["io_port CPU ratio"]
+    assert [r["worse"] for r in worse["figures"] if r["moved"]] == [True]
+
+
+def test_a_file_that_is_not_a_baseline_is_refused_before_measuring(tmp_path, rounds_and_cpu, capsys):
+    bad = tmp_path / "x.json"
+    bad.write_text('{"paths": 3}')
+    assert main(["bench", "--compare", str(bad)]) == 2
+    assert "not a bench baseline" in capsys.readouterr().err
+    assert rounds_and_cpu == []
+
+
+@pytest.fixture
+def rounds_and_cpu(monkeypatch):
+    seen = []
+    monkeypatch.setattr(bench, "measure_round", lambda s, d: seen.append(s) or fake_round(s, d))
+    monkeypatch.setattr(bench, "measure_cpu", fake_cpu)
+    return seen
+
+
+def test_save_then_compare_round_trips_and_a_moved_ratio_is_status_3(tmp_path, rounds_and_cpu, capsys, monkeypatch):
+    f = tmp_path / "b.json"
+    argv = ["bench", "--no-experiments", "--no-progress", "--rounds", "1", "--samples", "10"]
+    assert main([*argv, "--save", str(f)]) == 0
+    saved = json.loads(f.read_text())
+    assert saved["format"] == baseline.FORMAT and "io_port" in saved["paths"] and "cpu" in saved
+    capsys.readouterr()
+    assert main([*argv, "--compare", str(f)]) == 0
+    out = capsys.readouterr().out
+    assert "against the baseline" in out and "0 of " in out and "CPU per round trip (user + system" in out
+    slower = lambda s, d: (lambda r: (r[0], {**r[1], "io_port": bench.PathStats(total=_h(400_000))}, r[2]))(
+        fake_round(s, d))
+    monkeypatch.setattr(bench, "measure_round", slower)
+    assert main([*argv, "--compare", str(f)]) == 3
+    assert "io_port p50 ratio" in capsys.readouterr().out
+
+
+def _h(*ns: int) -> Histogram:
+    h = Histogram()
+    for v in ns:
+        h.record(v)
+    return h
+
+
+def test_cpu_per_round_trip_is_split_by_process_kind():
+    before = {"hypervisor:hv": 1.0, "worker:a": 2.0, "worker:b": 2.0, "launcher": 0.5}
+    after = {"hypervisor:hv": 1.3, "worker:a": 2.1, "worker:b": 2.1, "launcher": 0.5, "partition:a": 9.0}
+    r = cpu.per_round_trip(before, after, 1000, 2.0)
+    assert r["by_process_us"] == {"hypervisor": 300.0, "launcher": 0.0, "worker": 200.0}  # a new one: no start
+    assert r["cpu_us"] == 500.0 and r["per_s"] == 500.0
+
+
+def test_a_histograms_window_is_what_was_recorded_between_two_snapshots():
+    h0 = _h(1000, 2000)
+    h1 = _h(1000, 2000, 500_000, 600_000)
+    w = _window(h1, h0)
+    assert w.n == 2 and w.percentile(50) >= 500_000
+
+
+def test_bounded_argument_types():
+    import argparse
+
+    assert bounded(int, 1)("3") == 3
+    for bad in ("0", "x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            bounded(int, 1)(bad)
+    with pytest.raises(argparse.ArgumentTypeError, match="more than 0 and at most 10 seconds"):
+        bounded(float, 0, 10, low_open=True)("nan")
+
+
+@pytest.mark.timeout(60)
+def test_the_scale_floor_runs_n_clients_through_one_relay_to_n_echoes():
+    r = scale_floor(2, 0.3)
+    assert r["n"] == 2 and r["round_trips"] > 10 and r["cpu_us_per_round_trip"] > 0 and r["p50_us_median"] > 0
