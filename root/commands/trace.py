@@ -64,7 +64,10 @@ def run(args) -> int:
     try:
         with RootClient(man["endpoint"], run.secret(), server_key=man.get("server_key")) as tracer:
             t0 = time.perf_counter_ns()
-            tracer.trace_subscribe(only)
+            # `--reason vmbus` alone asks the hypervisor for nothing (its tracing costs every exit).
+            exits = not wanted or bool(wanted - {VMBUS_REASON})
+            if exits:
+                tracer.trace_subscribe(only)
             vmbus = EventFollower(run.path / EVENTS_FILE) if not wanted or VMBUS_REASON in wanted else None
             started = time.monotonic()
             deadline = started + args.duration if args.duration else None
@@ -79,7 +82,7 @@ def run(args) -> int:
                 if deadline is not None and now >= deadline:
                     break
                 wait_s = min(next_check - now, deadline - now if deadline is not None else CHECK_S, POLL_S)
-                events = tracer.trace_poll(max(0, int(wait_s * 1000)))
+                events = tracer.trace_poll(max(0, int(wait_s * 1000)))  # (unsubscribed: a wait)
                 now = time.monotonic()
                 if events:
                     last_event = now
@@ -112,7 +115,7 @@ def run(args) -> int:
                     if not run.is_live():
                         ended = run.ended_reason()
                         break
-                    if now - last_event >= CHECK_S:
+                    if exits and now - last_event >= CHECK_S:
                         tracer.trace_renew(only)  # no event for a second: make sure we are still subscribed
         elapsed = round(time.monotonic() - started, 3)
         if args.json:

@@ -136,10 +136,14 @@ class VmbusEvents:
             self.log.emit("offered", partition, relid=relid, device=self._device(partition, relid))
         elif msgtype == Msg.CHANNELMSG_OPENCHANNEL_RESULT and len(body) >= vb.OPEN_RESULT.size:
             relid, _, status = vb.OPEN_RESULT.unpack_from(body)
+            if status:
+                self.sample_errors()  # the reason first
             self.log.emit("opened" if status == 0 else "open refused", partition, relid=relid,
                           device=self._device(partition, relid), **({"status": f"{status:#x}"} if status else {}))
         elif msgtype == Msg.CHANNELMSG_GPADL_CREATED and len(body) >= vb.GPADL_CREATED.size:
             relid, gpadl, status = vb.GPADL_CREATED.unpack_from(body)
+            if status:
+                self.sample_errors()  # the reason first
             bus = self.service.server.partitions.get(partition)
             g = bus.gpadls.get(gpadl) if bus else None
             self.log.emit("gpadl created" if status == 0 else "gpadl refused", partition, relid=relid,

@@ -48,6 +48,15 @@ def test_a_synthetic_disk_keeps_verifying_beside_a_hostile_partition():
     assert {"GPADL pages outside the partition", "OPENCHANNEL of an open channel"} <= set(beta["errors"])
     assert any(k.startswith("channel reset") for k in beta["errors"])
     assert status["devices"][str(ids["beta"])]["1"]["errors"] == {"SRB longer than its page list": 1}
+    # what `trace` shows of it: beta's refusals with their reasons, each before its answer, then the rescind
+    events = [json.loads(line) for line in (run_dir / "vsp-events.jsonl").read_text().splitlines()]
+    beta_events = [(e["event"], e.get("reason")) for e in events if e["partition"] == ids["beta"]]
+    assert beta_events.index(("refused", "GPADL pages outside the partition")) \
+        < beta_events.index(("gpadl refused", None))
+    assert ("refused", "SRB longer than its page list") in beta_events
+    reset = next(i for i, (e, reason) in enumerate(beta_events) if (reason or "").startswith("channel reset"))
+    assert ("rescinded", None) in beta_events[reset + 1:]
+    assert not [e for e in events if e["partition"] == ids["alpha"] and "refused" in e["event"]]
     assert status["handler_errors"] == 0 and not handler_errors_in_logs(run_dir)
     man = json.loads((run_dir / "manifest.json").read_text())
     assert "vsp:vsp" in man["ended"]["exits"] and man["ended"]["left_running"] == []
