@@ -283,7 +283,7 @@ def _ring(c: dict, ring: str) -> str:
 def vmbus_lines(v: dict) -> list[str]:
     version = v["version"]
     refused = v["refused"]
-    head = (f"  vmbus {'%d.%d' % (version >> 16, version & 0xFFFF) if version else 'not connected'}: "
+    head = (f"  vmbus {f'{version >> 16}.{version & 0xFFFF}' if version else 'not connected'}: "
             f"{len(v['channels'])} channel(s), {v['gpadls']} GPADLs, refused {refused}"
             + f" ({_rate(v, 'refused_per_s')}/s)")
     if v.get("errors"):

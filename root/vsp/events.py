@@ -43,6 +43,7 @@ MAX_BYTES = 1 << 20
 RATE = 200.0  # events per second, sustained
 BURST = 1000
 SAMPLE_S = 1.0
+CLOSECHANNEL = vb.HEADER.pack(Msg.CHANNELMSG_CLOSECHANNEL, 0)[:4]
 # The counters a ``signals`` event carries as differences since the last sample.
 CHANNEL_COUNTERS = ("packets_in", "packets_out", "signals_out", "signals_suppressed", "events_in")
 
@@ -76,12 +77,18 @@ class EventLog:
             self.dropped += 1
             self.dropped_total += 1
             return False
-        if self.dropped:
-            self.tokens -= 1
-            self._write({"ns": time.perf_counter_ns(), "partition": 0, "event": "dropped", "count": self.dropped})
-            self.dropped = 0
         self.tokens -= 1
-        self._write({"ns": time.perf_counter_ns(), "partition": partition, "event": event, **fields})
+        try:
+            if self.dropped:
+                self.tokens -= 1
+                self._write({"ns": time.perf_counter_ns(), "partition": 0, "event": "dropped", "count": self.dropped})
+                self.dropped = 0
+            self._write({"ns": time.perf_counter_ns(), "partition": partition, "event": event, **fields})
+        except OSError as e:  # (a full disk, say): the VSP goes on without its events
+            log.warning("events file %s: %s; no more VMBus trace events", self.path, e)
+            self.close()
+            self.path = None
+            return False
         return True
 
     def _write(self, record: dict) -> None:
@@ -89,7 +96,8 @@ class EventLog:
         if self.fd is None:
             self._open()
         if self.size and self.size + len(line) > self.max_bytes:
-            os.close(self.fd)
+            fd, self.fd = self.fd, None
+            os.close(fd)
             os.replace(self.path, self.path + ".1")
             self._open()
         os.write(self.fd, line)
@@ -97,6 +105,13 @@ class EventLog:
         self.written += 1
 
     def close(self) -> None:
+        """At the end: what the rate limit dropped since its last ``dropped`` event is said."""
+        if self.dropped and self.path is not None:
+            try:
+                self._write({"ns": time.perf_counter_ns(), "partition": 0, "event": "dropped", "count": self.dropped})
+            except OSError:
+                pass
+            self.dropped = 0
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
@@ -159,6 +174,16 @@ class VmbusEvents:
             self.counters.pop((partition, relid), None)
         elif msgtype == Msg.CHANNELMSG_UNLOAD_RESPONSE:
             self.log.emit("unloaded", partition)
+
+    def closing_open_channel(self, partition: int, payload: bytes) -> bool:
+        """Before the server handles a guest's message: is it a CLOSECHANNEL of an open
+        channel (then :meth:`received` says ``closed``)?"""
+        if payload[:4] != CLOSECHANNEL or len(payload) < vb.HEADER.size + vb.RELID.size:
+            return False
+        (relid,) = vb.RELID.unpack_from(payload, vb.HEADER.size)
+        bus = self.service.server.partitions.get(partition)
+        offer = bus.offers.get(relid) if bus else None
+        return offer is not None and offer.channel is not None
 
     def received(self, partition: int, payload: bytes, was_open: bool) -> None:
         """A channel message from a guest, after the server handled it; ``was_open``: the

@@ -24,7 +24,7 @@ from proto import messages as m
 from proto import synic_messages as sm
 from proto.codes import HvStatus
 from proto.errors import PeerTimeout, ProtocolError, Refused
-from proto.vmbus import ChannelMessage, VMBUS_MESSAGE_CONNECTION_ID, VMBUS_MESSAGE_CONNECTION_ID_4, VMBUS_MESSAGE_TYPE
+from proto.vmbus import VMBUS_MESSAGE_CONNECTION_ID, VMBUS_MESSAGE_CONNECTION_ID_4, VMBUS_MESSAGE_TYPE
 
 from root.vsp.events import EVENTS_FILE, EventLog, VmbusEvents
 from root.vsp.server import VmbusServer
@@ -36,7 +36,6 @@ POLL_SLICE_MS = 1  # a channel in poll mode is looked at this often (ZeroMQ's po
 MAP_TIMEOUT_MS = 5000
 STATUS_INTERVAL_S = 0.5
 MAX_MAP_RANGES = sm.MAX_GPA_MAP_RANGES
-CLOSECHANNEL_TYPE = int(ChannelMessage.CHANNELMSG_CLOSECHANNEL).to_bytes(4, "little")
 
 
 def page_ranges(pfns: list[int]) -> list[list[int]]:
@@ -175,7 +174,7 @@ class VspService:
             self.server.on_event(msg.partition, msg.connection_id)
         elif cls is sm.SynicMessageToRoot:
             if msg.message_type == VMBUS_MESSAGE_TYPE:
-                was_open = self._channel_open(msg.partition, msg.payload)
+                was_open = self.events.closing_open_channel(msg.partition, msg.payload)
                 self.server.on_message(msg.partition, msg.vp, msg.connection_id, msg.payload)
                 self.events.received(msg.partition, msg.payload, was_open)
         elif cls is sm.SynicPostResult:
@@ -187,14 +186,6 @@ class VspService:
         elif cls is m.ErrorReply:
             self.results["refused"] += 1
             log.info("hypervisor refused %d: %s %s", msg.ref_type, msg.code, msg.message)
-
-    def _channel_open(self, partition: int, payload: bytes) -> bool:
-        """Whether the channel a CLOSECHANNEL names is open (for its ``closed`` event)."""
-        if payload[:4] != CLOSECHANNEL_TYPE or len(payload) < 12:
-            return False
-        bus = self.server.partitions.get(partition)
-        offer = bus.offers.get(int.from_bytes(payload[8:12], "little")) if bus else None
-        return offer is not None and offer.channel is not None
 
     def status(self) -> dict:
         partitions = self.server.status()

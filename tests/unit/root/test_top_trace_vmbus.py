@@ -9,14 +9,22 @@ import json
 from proto import vmbus as vb
 from proto import vstor as vs
 from proto.vmbus import ChannelMessage as Msg
-from proto.vmbus_ring import VMBUS_DATA_PACKET_FLAG_COMPLETION_REQUESTED, VM_PKT_DATA_INBAND, encode_packet
-
+from proto.vmbus_ring import (
+    VM_PKT_DATA_INBAND,
+    VMBUS_DATA_PACKET_FLAG_COMPLETION_REQUESTED,
+    encode_packet,
+)
 from root.commands.top import render_top, top_sample
-from root.trace_format import CSV_FIELDS, TraceSummary, vmbus_csv_row, vmbus_record, vmbus_text_line
+from root.trace_format import (
+    CSV_FIELDS,
+    TraceSummary,
+    vmbus_csv_row,
+    vmbus_record,
+    vmbus_text_line,
+)
 from root.vsp import status as vsp_status
 from root.vsp.netvsp import NetVsp, VirtualSwitch
 from root.vsp.service import VspService
-
 from tests.unit.proto.test_status import sample as hv_status
 from tests.unit.vsp.support import contact, open_channel, send, storage_bus
 
@@ -85,7 +93,7 @@ def test_top_without_a_vsp_or_without_a_new_write(tmp_path):
     s = frame(None, None)
     assert s["partitions"][0]["vmbus"] is None and s["switch"] is None
     assert "vmbus" not in render_top(s) and "virtual switch" not in render_top(s)
-    before, after = two_vsp_reads(tmp_path)
+    _, after = two_vsp_reads(tmp_path)
     s = frame(after, after)  # the VSP has not written since: figures, but no rates
     c = s["partitions"][0]["vmbus"]["channels"]["1"]
     assert c["per_s"] is None and c["packets_in"] == 1 and s["switch"]["forwarded_per_s"] is None

@@ -11,12 +11,15 @@ from types import SimpleNamespace
 from proto import vmbus as vb
 from proto import vstor as vs
 from proto.vmbus import ChannelMessage as Msg
-from proto.vmbus_ring import VM_PKT_COMP, VM_PKT_DATA_INBAND, VMBUS_DATA_PACKET_FLAG_COMPLETION_REQUESTED, encode_packet
-
+from proto.vmbus_ring import (
+    VM_PKT_COMP,
+    VM_PKT_DATA_INBAND,
+    VMBUS_DATA_PACKET_FLAG_COMPLETION_REQUESTED,
+    encode_packet,
+)
 from root.vsp.events import EventFollower, EventLog, VmbusEvents
 from root.vsp.netvsp import NetVsp, VirtualSwitch
 from root.vsp.service import VspService
-
 from tests.unit.vsp.support import contact, open_channel, send, storage_bus
 
 
@@ -43,7 +46,9 @@ def test_rate_limit_drops_and_says_how_many(tmp_path):
     assert [e["event"] for e in got] == ["offered"] * 5 + ["dropped", "opened"]
     assert got[5]["count"] == 3 and log.dropped_total == 3
     assert stat.S_IMODE(os.stat(tmp_path / "ev").st_mode) == 0o600
-    log.close()
+    assert [log.emit("signals", 1) for _ in range(6)] == [True] * 3 + [False] * 3  # 5 - 2 tokens left
+    log.close()  # the last drops are said at the end
+    assert lines(tmp_path / "ev")[-1] == {**lines(tmp_path / "ev")[-1], "event": "dropped", "count": 3}
 
 
 def test_size_cap_keeps_one_old_file_and_the_follower_reads_across_it(tmp_path):
@@ -63,6 +68,11 @@ def test_size_cap_keeps_one_old_file_and_the_follower_reads_across_it(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["ev", "ev.1"]
     log.close()
     follower.close()
+
+
+def test_an_unwritable_events_file_turns_the_events_off(tmp_path):
+    log = EventLog(str(tmp_path / "no such dir" / "ev"))
+    assert not log.emit("offered", 1) and log.path is None and not log.emit("offered", 1)
 
 
 def test_follower_waits_for_the_file_keeps_partial_lines_and_skips_bad_ones(tmp_path):
@@ -128,7 +138,7 @@ def test_channel_life_refusals_and_sampled_signals(tmp_path):
 
 
 def test_a_corrupt_ring_is_refused_with_its_reason_then_rescinded(tmp_path):
-    server, hv, mems, events, _ = traced_bus(tmp_path)
+    server, hv, mems, _, _ = traced_bus(tmp_path)
     contact(server, 1)
     send(server, 1, Msg.CHANNELMSG_REQUESTOFFERS)
     ch = open_channel(server, hv, 1, mems[1])
@@ -140,7 +150,7 @@ def test_a_corrupt_ring_is_refused_with_its_reason_then_rescinded(tmp_path):
 
 
 def test_switch_learning_is_an_event_of_the_ports_partition(tmp_path):
-    server, hv, mems, events, owner = traced_bus(tmp_path)
+    server, _, _, events, owner = traced_bus(tmp_path)
     owner.switch = VirtualSwitch()
     nic = NetVsp(owner.switch, b"\0\x15\x5d\0\0\x01", "alpha")
     server.partitions[1].offers[1].device = nic  # the partition's offer is this NIC
@@ -154,7 +164,7 @@ def test_switch_learning_is_an_event_of_the_ports_partition(tmp_path):
 
 def test_the_service_writes_events_beside_its_status(tmp_path):
     svc = VspService(dealer=None, status_path=str(tmp_path / "vsp-status.json"))
-    server, hv, mems, _ = storage_bus()
+    server, hv, _, _ = storage_bus()
     svc.server = server
     contact(server, 1)
     svc.events.posted(1, hv.posts[-1][3])  # (the server here posts through FakeHv, not svc.post)
