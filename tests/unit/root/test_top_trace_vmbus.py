@@ -119,3 +119,64 @@ def test_trace_records_of_vmbus_events():
     rows = summary.csv_rows()
     assert rows[-2:] == [["vmbus opened", 1, *[""] * 8], ["vmbus signals", 2, *[""] * 8]]
     assert rows[-3][0] == "total"
+
+
+class FakeRun:
+    def __init__(self, path) -> None:
+        self.path, self.name = path, "r"
+
+    def is_live(self) -> bool:
+        return True
+
+    def secret(self) -> str:
+        return "s"
+
+
+class FakeTracer:
+    """The root's connection as `trace` uses it; its first poll has the VSP append events."""
+
+    def __init__(self, events_path) -> None:
+        self.events_path = events_path
+        self.subscribed: list[int] = []
+        self.polls = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def trace_subscribe(self, partition: int) -> None:
+        self.subscribed.append(partition)
+
+    trace_renew = trace_subscribe
+
+    def trace_poll(self, timeout_ms: int) -> list:
+        self.polls += 1
+        if self.polls == 1:
+            with open(self.events_path, "a") as f:
+                for pid, event in ((1, "opened"), (2, "opened"), (1, "signals")):
+                    f.write(json.dumps({"ns": 1, "partition": pid, "event": event, "relid": 1}) + "\n")
+        return []
+
+
+def test_trace_follows_the_vsp_events_of_one_partition_without_asking_for_exits(tmp_path, monkeypatch, capsys):
+    from argparse import Namespace
+
+    from root.commands import trace
+    from root.vsp.events import EVENTS_FILE
+
+    events_path = tmp_path / EVENTS_FILE
+    events_path.write_text(json.dumps({"ns": 1, "partition": 1, "event": "offered", "relid": 1}) + "\n")  # before
+    tracer = FakeTracer(events_path)
+    man = {"endpoint": "e", "partitions": {"alpha": {"id": 1}, "beta": {"id": 2}}}
+    monkeypatch.setattr(trace, "live_run", lambda ref: (FakeRun(tmp_path), man))
+    monkeypatch.setattr(trace, "RootClient", lambda *a, **kw: tracer)
+    args = Namespace(run="r", partition="alpha", reason=["vmbus"], duration=0.5, csv=False, json=True)
+    assert trace.run(args) == 0
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(e["partition"], e["event"]) for e in out[:-1]] == [("alpha", "opened"), ("alpha", "signals")]
+    assert out[-1]["summary"]["vmbus_events"] == {"opened": 1, "signals": 1}
+    assert tracer.subscribed == []  # --reason vmbus alone: no exits asked of the hypervisor
+    args = Namespace(run="r", partition=None, reason=None, duration=0.3, csv=False, json=False)
+    assert trace.run(args) == 0 and tracer.subscribed == [0]  # exits and VMBus
