@@ -5,7 +5,8 @@ per-reason summary like `perf kvm stat report`.  Output is flushed per batch, so
 
 Where the run has a VSP process, its VMBus events are shown among the exits as reason
 ``vmbus`` (read from the ``vsp-events.jsonl`` it appends to, root/vsp/events.py); the
-partition filter applies to them, and ``--reason vmbus`` selects them."""
+partition filter applies to them (the root's own, partition 0, such as ``dropped``, pass it),
+and ``--reason vmbus`` selects them."""
 
 from __future__ import annotations
 
@@ -99,7 +100,7 @@ def run(args) -> int:
                     else:
                         out.write(text_line(rec) + "\n")
                 for ev in vmbus.poll() if vmbus is not None else ():
-                    if only and ev["partition"] != only:
+                    if only and ev["partition"] not in (only, 0):  # (0: the root's own, e.g. `dropped`)
                         continue
                     rec = vmbus_record(ev, names, t0)
                     summary.add_vmbus(rec["event"])

@@ -155,7 +155,7 @@ class FakeTracer:
         self.polls += 1
         if self.polls == 1:
             with open(self.events_path, "a") as f:
-                for pid, event in ((1, "opened"), (2, "opened"), (1, "signals")):
+                for pid, event in ((1, "opened"), (2, "opened"), (0, "dropped"), (1, "signals")):
                     f.write(json.dumps({"ns": 1, "partition": pid, "event": event, "relid": 1}) + "\n")
         return []
 
@@ -175,8 +175,9 @@ def test_trace_follows_the_vsp_events_of_one_partition_without_asking_for_exits(
     args = Namespace(run="r", partition="alpha", reason=["vmbus"], duration=0.5, csv=False, json=True)
     assert trace.run(args) == 0
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [(e["partition"], e["event"]) for e in out[:-1]] == [("alpha", "opened"), ("alpha", "signals")]
-    assert out[-1]["summary"]["vmbus_events"] == {"opened": 1, "signals": 1}
+    assert [(e["partition"], e["event"]) for e in out[:-1]] == [("alpha", "opened"), ("root", "dropped"),
+                                                                 ("alpha", "signals")]
+    assert out[-1]["summary"]["vmbus_events"] == {"opened": 1, "dropped": 1, "signals": 1}
     assert tracer.subscribed == []  # --reason vmbus alone: no exits asked of the hypervisor
     args = Namespace(run="r", partition=None, reason=None, duration=0.3, csv=False, json=False)
     assert trace.run(args) == 0 and tracer.subscribed == [0]  # exits and VMBus
