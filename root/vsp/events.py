@@ -173,7 +173,8 @@ class VmbusEvents:
             self.log.emit("rescinded", partition, relid=relid, device=self._device(partition, relid))
             self.counters.pop((partition, relid), None)
         elif msgtype == Msg.CHANNELMSG_UNLOAD_RESPONSE:
-            self.log.emit("unloaded", partition)
+            self.log.emit("unloaded", partition)  # (its channels closed with it)
+            self.counters = {k: v for k, v in self.counters.items() if k[0] != partition}
 
     def closing_open_channel(self, partition: int, payload: bytes) -> bool:
         """Before the server handles a guest's message: is it a CLOSECHANNEL of an open
@@ -186,16 +187,10 @@ class VmbusEvents:
         return offer is not None and offer.channel is not None
 
     def received(self, partition: int, payload: bytes, was_open: bool) -> None:
-        """A channel message from a guest, after the server handled it; ``was_open``: the
-        channel it names had been open before (for CLOSECHANNEL)."""
-        if len(payload) < vb.HEADER.size + vb.RELID.size:
-            return
-        try:
-            msgtype, body = vb.split(payload)
-        except vb.BadChannelMessage:
-            return
-        if msgtype == Msg.CHANNELMSG_CLOSECHANNEL and was_open:
-            (relid,) = vb.RELID.unpack_from(body)
+        """A guest's channel message, after the server handled it; ``was_open``: what
+        :meth:`closing_open_channel` said before."""
+        if was_open:
+            (relid,) = vb.RELID.unpack_from(payload, vb.HEADER.size)
             self.log.emit("closed", partition, relid=relid, device=self._device(partition, relid))
             self.counters.pop((partition, relid), None)
 
@@ -233,7 +228,9 @@ class VmbusEvents:
                 if ch is None:
                     continue
                 now = {k: getattr(ch.stats, k) for k in CHANNEL_COUNTERS}
-                before = self.counters.get((pid, o.relid)) or dict.fromkeys(CHANNEL_COUNTERS, 0)
+                before = self.counters.get((pid, o.relid))
+                if before is None or any(now[k] < before[k] for k in CHANNEL_COUNTERS):
+                    before = dict.fromkeys(CHANNEL_COUNTERS, 0)  # (new, or reopened since: counted from 0)
                 self.counters[(pid, o.relid)] = now
                 delta = {k: now[k] - before[k] for k in CHANNEL_COUNTERS}
                 if not any(delta.values()):

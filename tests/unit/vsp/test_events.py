@@ -173,3 +173,29 @@ def test_the_service_writes_events_beside_its_status(tmp_path):
     assert [e["event"] for e in lines(tmp_path / "vsp-events.jsonl")] == ["connected"]
     status = json.loads((tmp_path / "vsp-status.json").read_text())
     assert isinstance(status["written_ns"], int)
+
+
+def test_after_an_unload_a_reopened_channel_counts_from_zero(tmp_path):
+    server, hv, mems, events, _ = traced_bus(tmp_path)
+
+    def one_request(ch, tid):
+        ch.to_host.write([encode_packet(VM_PKT_DATA_INBAND, vs.packet(vs.VstorOperation.BEGIN_INITIALIZATION, 0,
+                                                                      b""), tid, CR)])
+        server.on_event(1, vb.channel_connection_id(1))
+        ch.to_guest.read()
+
+    contact(server, 1)
+    send(server, 1, Msg.CHANNELMSG_REQUESTOFFERS)
+    ch = open_channel(server, hv, 1, mems[1])
+    for tid in range(1, 4):
+        one_request(ch, tid)
+    events.sample()
+    send(server, 1, Msg.CHANNELMSG_UNLOAD)
+    contact(server, 1)
+    send(server, 1, Msg.CHANNELMSG_REQUESTOFFERS)
+    one_request(open_channel(server, hv, 1, mems[1]), 9)
+    events.sample()
+    got = lines(tmp_path / "ev")
+    assert "unloaded" in [e["event"] for e in got]
+    signals = [e for e in got if e["event"] == "signals"]
+    assert [s["packets_in"] for s in signals] == [3, 1]
