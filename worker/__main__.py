@@ -1,5 +1,5 @@
 """``python -m worker --spec SPEC.json --secret-fd N [--memory-fd M --slat-fd S]
-[--uid U --gid G | --namespaces]``.
+[--uid U --gid G | --namespaces] [--checkpoint FILE [--restore]]``.
 
 SPEC.json (written by launch.py into the run directory) holds ``endpoint``,
 ``partition_id``, ``name``, ``console_path`` and ``devices``.  The partition's worker token
@@ -13,6 +13,13 @@ single guest access.  After that it holds its own descriptors and nothing else. 
 ``--namespaces`` (not root) it hides the runs root in namespaces of its own instead.
 Either way a seccomp filter then keeps it off every other process
 (:func:`proto.confine.start_confined`).
+
+Worker servicing: with ``--checkpoint FILE`` the worker saves its devices there
+(:class:`proto.saved_state.CheckpointFile`) when the hypervisor asks (``device_save``) and,
+with ``--checkpoint-ms``, that often; with ``--restore`` as well it first restores its devices from the
+newest record there — a successor of a serviced or dead worker — before its hello.  It opens
+the file before it is confined, as everything else; it prints ``RESTORED <µs>`` on stdout
+once restored, for the launcher's blackout figures.
 """
 
 from __future__ import annotations
@@ -20,12 +27,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
+import time
 
 from proto import confine
 from proto.errors import HvstackError
 from proto.memory import GuestMemory
+from proto.saved_state import CheckpointFile, SavedStateError
 from proto.transport import connect
 from worker.backends import ConsoleLog
 from worker.chipset import Chipset
@@ -43,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slat-fd", type=int, help="the partition's SLAT table, open read-only")
     ap.add_argument("--uid", type=int, help="drop to this uid once connected")
     ap.add_argument("--gid", type=int)
+    ap.add_argument("--checkpoint", help="the checkpoint file its devices are saved into")
+    ap.add_argument("--restore", action="store_true", help="restore the devices from --checkpoint first")
+    ap.add_argument("--checkpoint-ms", type=int, default=0, help="also save into --checkpoint this often")
     ap.add_argument("--namespaces", action="store_true",
                     help="not root: hide the runs root in namespaces of this process's own first")
     args = ap.parse_args(argv)
@@ -57,6 +70,22 @@ def main(argv: list[str] | None = None) -> int:
     console = ConsoleLog(spec["console_path"])
     chipset = Chipset(spec["devices"], console)
     memory = GuestMemory(args.memory_fd, args.slat_fd) if args.memory_fd is not None else None
+    checkpoints, sequence = None, 0
+    if args.checkpoint:
+        checkpoints = CheckpointFile(os.open(args.checkpoint, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    if args.restore:
+        t0 = time.perf_counter_ns()
+        try:
+            record = checkpoints.latest() if checkpoints is not None else None
+            if record is None or record["partition"]["id"] != spec["partition_id"]:
+                raise SavedStateError("no saved state of this partition to restore (--checkpoint)")
+            chipset.restore(record["sections"].get("worker"))
+        except (SavedStateError, ValueError) as e:
+            log.error("cannot restore the devices: %s", e)
+            return 1
+        sequence = record["sequence"]
+        log.info("devices restored from record %d of %s", sequence, record["created_at"])
+        print(f"RESTORED {(time.perf_counter_ns() - t0) // 1000}", flush=True)
     # Connected while the run's socket can still be reached; then confined; then hello.
     [dealer] = confine.start_confined(args.spec, spec, 1, uid=args.uid, gid=args.gid,
                                       namespaces=args.namespaces, log=log)
@@ -66,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         log.error("hello: %s", e)
         return 1
     worker = Worker(dealer, chipset, console)
+    if checkpoints is not None:
+        worker.keep_checkpoints(checkpoints, spec["partition_id"], spec["name"], sequence,
+                                interval_ns=args.checkpoint_ms * 1_000_000)
     worker.start(spec["partition_id"], memory)
 
     def stop(signum, frame):

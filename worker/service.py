@@ -24,6 +24,7 @@ from time import perf_counter_ns
 from typing import Protocol
 
 from proto import messages as m
+from proto import saved_state
 from proto.errors import PeerTimeout, ProtocolError, Refused
 from proto.memory import GuestMemory
 from proto.status import QUERY_ERROR
@@ -72,6 +73,15 @@ class Worker:
         self._send = dealer.send
         self._bus = chipset.bus
         self._mmio = chipset.mmio
+        # Worker servicing: the checkpoint file (proto.saved_state.CheckpointFile) and the
+        # partition it is for; ``frozen`` once a device_save has saved the devices for a
+        # successor (nothing changes a device from then on).
+        self.checkpoints: saved_state.CheckpointFile | None = None
+        self.identity: tuple[int, str] = (0, "")
+        self.sequence = 0
+        self.frozen = False
+        self._next_checkpoint_ns = 1 << 62
+        self._interval_ns = 1 << 62
 
     def start(self, partition_id: int, memory: GuestMemory | None = None) -> None:
         """Claim the chipset's ranges in the hypervisor's intercept table and map the
@@ -88,6 +98,28 @@ class Worker:
         log.info("worker for partition %d ready: ports %s; MMIO %s", partition_id,
                  ", ".join(f"{b:#x}+{c}" for b, c in ports),
                  ", ".join(f"{b:#x}+{c:#x}" for b, c in mmio) or "none")
+
+    def keep_checkpoints(self, checkpoints: saved_state.CheckpointFile, partition_id: int, name: str,
+                         sequence: int = 0, interval_ns: int = 0) -> None:
+        """Save the devices into ``checkpoints`` when the hypervisor asks (``device_save``)
+        and, with ``interval_ns``, that often as well (a partition restarted when its worker
+        dies); records are numbered after ``sequence`` (a restored worker goes on from its
+        predecessor's)."""
+        self.checkpoints = checkpoints
+        self.identity = (partition_id, name)
+        self.sequence = sequence
+        self._interval_ns = interval_ns or (1 << 62)
+        self._next_checkpoint_ns = time.monotonic_ns() if interval_ns else 1 << 62
+
+    def checkpoint(self) -> int:
+        """Every device's state, now, as the next record of the checkpoint file; its size.
+        Called between messages only, so it holds the effect of every access completed so
+        far and of none half done."""
+        self.sequence += 1
+        data = saved_state.encode(*self.identity, {"worker": self.chipset.save()}, sequence=self.sequence)
+        self.checkpoints.write(data)
+        self._next_checkpoint_ns = time.monotonic_ns() + self._interval_ns
+        return len(data)
 
     def _startup_request(self, msg: m.Message, reply: type, timeout_ms: int = STARTUP_REPLY_MS) -> m.Message:
         """Send a start-up request and return its reply.  The next frame is not always the
@@ -151,6 +183,8 @@ class Worker:
                 self._handler_failed(frame, e)
         while self.running:
             timeout = IDLE_POLL_MS
+            if self.frozen:
+                self._deadline = None  # saved for a successor: its devices no longer run here
             if console.pending:
                 timeout = 1
             if self._deadline is not None:
@@ -160,7 +194,10 @@ class Worker:
             if not wait(timeout):
                 if console.pending:
                     self._flush_console()
-                self._poll_devices()
+                if not self.frozen:
+                    self._poll_devices()
+                    if time.monotonic_ns() >= self._next_checkpoint_ns:
+                        self.checkpoint()
                 continue
             frame = recv()
             try:
@@ -169,6 +206,8 @@ class Worker:
                 self._handler_failed(frame, e)
             if console.pending and time.monotonic_ns() - console.since_ns > CONSOLE_FLUSH_NS:
                 self._flush_console()
+            if time.monotonic_ns() >= self._next_checkpoint_ns and not self.frozen:
+                self.checkpoint()
         self.close()
 
     def handle(self, frame: bytes) -> None:
@@ -249,11 +288,33 @@ class Worker:
             self.chipset.clock.step(msg.ns)
             self._poll_devices()
             self.dealer.send(m.WorkerQueryReply(msg.ref, {"clock_offset_ns": self.chipset.clock.offset_ns}).encode())
+        elif cls is m.DeviceSave:
+            self._device_save(msg)
         elif cls is m.ErrorReply:
             log.error("hypervisor refused %s: %s", m.REGISTRY.get(msg.ref_type, m.Message).__name__,
                       Refused(msg.code, msg.message))
         else:
             log.error("unexpected %s from the hypervisor", msg.NAME)
+
+    def _device_save(self, msg: m.DeviceSave) -> None:
+        """Servicing (hypervisor/servicing.py): ``save`` the devices for a successor and
+        freeze — no polling, so no timer interrupt is raised here that the successor's
+        restored PIC would raise again — or ``thaw`` (the handover was given up)."""
+        if msg.action == "thaw":
+            self.frozen = False
+            self._poll_devices()
+            result = {"frozen": False}
+        elif self.checkpoints is None:
+            result = {QUERY_ERROR: "this worker keeps no checkpoint file"}
+        else:
+            t0 = perf_counter_ns()
+            if self.console.pending:
+                self._flush_console()  # what the guest wrote before the pause goes out first
+            size = self.checkpoint()
+            self.frozen = True
+            result = {"sequence": self.sequence, "bytes": size, "save_us": (perf_counter_ns() - t0) // 1000}
+            log.info("devices saved for a successor (record %d, %d bytes); frozen", self.sequence, size)
+        self.dealer.send(m.WorkerQueryReply(msg.ref, result).encode())
 
     def close(self) -> None:
         self.console.close()
