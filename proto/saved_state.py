@@ -14,7 +14,8 @@ The envelope's format and version are read before anything of the record is trus
 file from another version is refused as such (not as a checksum mismatch); the SHA-256 over
 the record's bytes catches a truncated or tampered file.  Sections are named: ``worker`` is
 every device's state value by device name (``worker/devices/state.py`` checks each value when
-the device restores it); the VP and hypervisor sections (issue 13's save/restore and
+the device restores it); ``worker_access`` the last access whose effect it holds; the VP
+and hypervisor sections (issue 13's save/restore and
 migration) are not built yet.  A reader refuses an unknown section, as OpenVMM refuses an
 unknown saved unit: it would be state dropped without a word.
 
@@ -40,7 +41,10 @@ from proto.errors import HvstackError
 
 FORMAT = "hvstack-saved-state"
 VERSION = 1
-SECTIONS = frozenset({"worker"})  # what this version knows
+# What this version knows: every device's state value by name, and the last access the
+# worker completed ({"ref", "value"}), so a successor can answer its resend without doing
+# it twice.
+SECTIONS = frozenset({"worker", "worker_access"})
 SLOT_BYTES = 1 << 20  # one checkpoint slot: a u32 length, then the record
 _LEN = struct.Struct("<I")
 

@@ -41,7 +41,6 @@ HV_DEAD_PARTITION_GRACE_S = 0.5
 # Stop order: the partitions first, then their workers (and the VSP process), then the hypervisor.
 STOP_ORDER = {"partition": 0, "worker": 1, "hypervisor": 2, "vsp": 1}
 VSP_READY_TIMEOUT_S = 10.0
-CHECKPOINT_MS = 200  # how often a restartable partition's worker saves its devices
 # Every file a run's processes create is theirs alone (0600; directories 0700): they inherit
 # the launcher's umask while a run starts.
 RUN_UMASK = 0o077
@@ -143,15 +142,15 @@ class Run:
 
     def spawn_worker(self, pc, restore: bool = False) -> Proc:
         """``python -m worker`` for partition ``pc`` (its spec already written), confined;
-        its devices saved into ``checkpoint-NAME.bin`` when servicing asks (and every
-        CHECKPOINT_MS where a dead worker is restarted); ``restore``: a successor, which
+        its devices saved into ``checkpoint-NAME.bin`` when servicing asks (and at every
+        completed access where a dead worker is restarted); ``restore``: a successor, which
         restores them from there first (root/servicing.py) and says how long that took
         on its stdout."""
         pid = self.partition_ids[pc.name]
         args, fds = self._confinement("worker", pid, tlbs=False)
         args += ["--checkpoint", str(self.run.path / f"checkpoint-{pc.name}.bin")]
         if pc.on_worker_exit == "restart":
-            args += ["--checkpoint-ms", str(CHECKPOINT_MS)]
+            args += ["--each-exit"]
         if restore:
             args += ["--restore"]
         return spawn("worker", pc.name, "worker", ["--spec", str(self.run.path / f"worker-{pc.name}.json"), *args],

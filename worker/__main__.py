@@ -16,7 +16,7 @@ Either way a seccomp filter then keeps it off every other process
 
 Worker servicing: with ``--checkpoint FILE`` the worker saves its devices there
 (:class:`proto.saved_state.CheckpointFile`) when the hypervisor asks (``device_save``) and,
-with ``--checkpoint-ms``, that often; with ``--restore`` as well it first restores its devices from the
+with ``--each-exit``, at every completed access and interrupt taken; with ``--restore`` as well it first restores its devices from the
 newest record there — a successor of a serviced or dead worker — before its hello.  It opens
 the file before it is confined, as everything else; it prints ``RESTORED <µs>`` on stdout
 once restored, for the launcher's blackout figures.
@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gid", type=int)
     ap.add_argument("--checkpoint", help="the checkpoint file its devices are saved into")
     ap.add_argument("--restore", action="store_true", help="restore the devices from --checkpoint first")
-    ap.add_argument("--checkpoint-ms", type=int, default=0, help="also save into --checkpoint this often")
+    ap.add_argument("--each-exit", action="store_true",
+                    help="also save into --checkpoint at every completed access and interrupt taken")
     ap.add_argument("--namespaces", action="store_true",
                     help="not root: hide the runs root in namespaces of this process's own first")
     args = ap.parse_args(argv)
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     console = ConsoleLog(spec["console_path"])
     chipset = Chipset(spec["devices"], console)
     memory = GuestMemory(args.memory_fd, args.slat_fd) if args.memory_fd is not None else None
-    checkpoints, sequence = None, 0
+    checkpoints, sequence, last_access = None, 0, None
     if args.checkpoint:
         checkpoints = CheckpointFile(os.open(args.checkpoint, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
     if args.restore:
@@ -83,7 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         except (SavedStateError, ValueError) as e:
             log.error("cannot restore the devices: %s", e)
             return 1
-        sequence = record["sequence"]
+        sequence, last_access = record["sequence"], record["sections"].get("worker_access")
+        if last_access is not None and (not isinstance(last_access, dict) or
+                                        {type(last_access.get(k)) for k in ("ref", "value")} != {int}):
+            log.error("cannot restore the devices: a bad worker_access section %r", last_access)
+            return 1
         log.info("devices restored from record %d of %s", sequence, record["created_at"])
         print(f"RESTORED {(time.perf_counter_ns() - t0) // 1000}", flush=True)
     # Connected while the run's socket can still be reached; then confined; then hello.
@@ -97,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     worker = Worker(dealer, chipset, console)
     if checkpoints is not None:
         worker.keep_checkpoints(checkpoints, spec["partition_id"], spec["name"], sequence,
-                                interval_ns=args.checkpoint_ms * 1_000_000)
+                                each_exit=args.each_exit, last_access=last_access)
     worker.start(spec["partition_id"], memory)
 
     def stop(signum, frame):

@@ -31,6 +31,7 @@ from proto.status import QUERY_ERROR
 
 from worker.backends import ConsoleLog
 from worker.chipset import Chipset
+from worker.devices.base import ChipsetDevice
 
 log = logging.getLogger("worker")
 
@@ -80,8 +81,7 @@ class Worker:
         self.identity: tuple[int, str] = (0, "")
         self.sequence = 0
         self.frozen = False
-        self._next_checkpoint_ns = 1 << 62
-        self._interval_ns = 1 << 62
+        self.each_exit = False
 
     def start(self, partition_id: int, memory: GuestMemory | None = None) -> None:
         """Claim the chipset's ranges in the hypervisor's intercept table and map the
@@ -100,26 +100,50 @@ class Worker:
                  ", ".join(f"{b:#x}+{c:#x}" for b, c in mmio) or "none")
 
     def keep_checkpoints(self, checkpoints: saved_state.CheckpointFile, partition_id: int, name: str,
-                         sequence: int = 0, interval_ns: int = 0) -> None:
+                         sequence: int = 0, each_exit: bool = False, last_access: dict | None = None) -> None:
         """Save the devices into ``checkpoints`` when the hypervisor asks (``device_save``)
-        and, with ``interval_ns``, that often as well (a partition restarted when its worker
-        dies); records are numbered after ``sequence`` (a restored worker goes on from its
-        predecessor's)."""
+        and, with ``each_exit`` (a partition restarted when its worker dies), at every
+        completed access and every interrupt taken: see :meth:`_exit_checkpoint`.  Records
+        are numbered after ``sequence``; ``last_access`` is the restored record's
+        (a successor answers its resend from it)."""
         self.checkpoints = checkpoints
         self.identity = (partition_id, name)
         self.sequence = sequence
-        self._interval_ns = interval_ns or (1 << 62)
-        self._next_checkpoint_ns = time.monotonic_ns() if interval_ns else 1 << 62
+        self.each_exit = each_exit
+        self._saved = self.chipset.save()  # each device's last saved value, by name
+        self._last_access = last_access
+        self._clocked = [d.name for d in self.chipset.devices if type(d).poll is not ChipsetDevice.poll]
+        self._pic = [self.chipset.pic.name] if self.chipset.pic is not None else []
+        if each_exit:
+            self.checkpoint()
 
     def checkpoint(self) -> int:
         """Every device's state, now, as the next record of the checkpoint file; its size.
         Called between messages only, so it holds the effect of every access completed so
         far and of none half done."""
+        self._saved = self.chipset.save()
+        return self._write()
+
+    def _write(self, completed: dict | None = None) -> int:
         self.sequence += 1
-        data = saved_state.encode(*self.identity, {"worker": self.chipset.save()}, sequence=self.sequence)
+        sections = {"worker": self._saved}
+        if completed is not None:
+            sections["worker_access"] = completed
+        data = saved_state.encode(*self.identity, sections, sequence=self.sequence)
         self.checkpoints.write(data)
-        self._next_checkpoint_ns = time.monotonic_ns() + self._interval_ns
         return len(data)
+
+    def _exit_checkpoint(self, devices, completed: dict | None = None) -> None:
+        """``each_exit``: the devices an event touched, saved before anyone outside hears
+        of it — an access before its access_complete (with its ref and value: a successor
+        given it again answers from the record instead of doing it twice), an interrupt
+        taken (INTA) before its assert_interrupt.  The other devices keep their last
+        saved values: what changed there since only the clock did (their time, frozen as
+        in a pause) and the guest has not seen.  Costs a device's save and a record write
+        (tens of µs) per access: only partitions with ``on_worker_exit = "restart"``."""
+        for name in devices:
+            self._saved[name] = self.chipset.by_name[name].save()
+        self._write(completed)
 
     def _startup_request(self, msg: m.Message, reply: type, timeout_ms: int = STARTUP_REPLY_MS) -> m.Message:
         """Send a start-up request and return its reply.  The next frame is not always the
@@ -153,7 +177,10 @@ class Worker:
         chipset = self.chipset
         if chipset.intr:
             now = perf_counter_ns()
-            for vector, raised in chipset.take_interrupts():
+            taken = chipset.take_interrupts()
+            if self.each_exit:  # what raised it (a clocked device, or the access) and the PIC
+                self._exit_checkpoint(self._clocked + self._pic)
+            for vector, raised in taken:
                 self.dealer.send(m.AssertInterrupt(vector, (raised, now)).encode())
         if chipset.reset_requested:
             self.dealer.send(m.ResetRequest(chipset.reset_requested).encode())
@@ -196,8 +223,6 @@ class Worker:
                     self._flush_console()
                 if not self.frozen:
                     self._poll_devices()
-                    if time.monotonic_ns() >= self._next_checkpoint_ns:
-                        self.checkpoint()
                 continue
             frame = recv()
             try:
@@ -206,8 +231,6 @@ class Worker:
                 self._handler_failed(frame, e)
             if console.pending and time.monotonic_ns() - console.since_ns > CONSOLE_FLUSH_NS:
                 self._flush_console()
-            if time.monotonic_ns() >= self._next_checkpoint_ns and not self.frozen:
-                self.checkpoint()
         self.close()
 
     def handle(self, frame: bytes) -> None:
@@ -220,6 +243,8 @@ class Worker:
             log.error("undecodable message from the hypervisor: %s", e)
             return
         cls = msg.__class__
+        if self.each_exit and cls in (m.PortNotify, m.MmioNotify):
+            return self._handle_saved(msg, t_in)
         if cls is m.PortNotify:
             if msg.write:
                 self._bus.write(msg.port, msg.size, msg.value)
@@ -240,6 +265,30 @@ class Worker:
             self._signal_chipset()
         self._send(m.AccessComplete(msg.ref, value, msg.stamps + (t_in, perf_counter_ns())).encode())
         # After the completion: the access may have moved a device's deadline.
+        self._poll_devices()
+
+    def _handle_saved(self, msg, t_in: int) -> None:
+        """:meth:`handle` with ``each_exit`` checkpoints (:meth:`_exit_checkpoint`)."""
+        last, self._last_access = self._last_access, None  # resends come first, if at all
+        if last is not None and last["ref"] == msg.ref:
+            # The hypervisor resent an access our predecessor completed and saved, then died
+            # before its completion went out: answered from the record, not done again.
+            value = last["value"]
+        else:
+            is_port = msg.__class__ is m.PortNotify
+            bus = self._bus if is_port else self._mmio
+            port = msg.port if is_port else msg.gpa
+            if msg.write:
+                bus.write(port, msg.size, msg.value)
+                value = 0
+            else:
+                value = bus.read(port, msg.size)
+            if self.chipset.intr or self.chipset.reset_requested:
+                self._signal_chipset()
+            device = bus.device_at(port)
+            self._exit_checkpoint(([device.name] if device is not None else []) + self._pic,
+                                  {"ref": msg.ref, "value": value})
+        self._send(m.AccessComplete(msg.ref, value, msg.stamps + (t_in, perf_counter_ns())).encode())
         self._poll_devices()
 
     def _handler_failed(self, frame: bytes, e: Exception) -> None:
