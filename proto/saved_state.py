@@ -116,6 +116,8 @@ def decode(data: bytes) -> dict:
     unknown = set(body["sections"]) - SECTIONS
     if unknown:
         raise UnknownSection(f"saved state has sections {sorted(map(str, unknown))} this version does not know")
+    if "worker_access" in body["sections"]:
+        _require(body["sections"]["worker_access"], {"ref": int, "value": int}, "worker_access")
     return body
 
 

@@ -140,12 +140,13 @@ class Run:
             self._limit_cpu(pc, self.procs[-1].pid)
         self._manifest_update(state="running")
 
-    def spawn_worker(self, pc, restore: bool = False) -> Proc:
+    def spawn_worker(self, pc, restore: bool = False, go_fd: int | None = None) -> Proc:
         """``python -m worker`` for partition ``pc`` (its spec already written), confined;
         its devices saved into ``checkpoint-NAME.bin`` when servicing asks (and at every
         completed access where a dead worker is restarted); ``restore``: a successor, which
         restores them from there first (root/servicing.py) and says how long that took
-        on its stdout."""
+        on its stdout — once the launcher writes on ``go_fd``'s other end, if given (the
+        read end: inherited, then closed here)."""
         pid = self.partition_ids[pc.name]
         args, fds = self._confinement("worker", pid, tlbs=False)
         args += ["--checkpoint", str(self.run.path / f"checkpoint-{pc.name}.bin")]
@@ -153,6 +154,9 @@ class Run:
             args += ["--each-exit"]
         if restore:
             args += ["--restore"]
+        if go_fd is not None:
+            args += ["--go-fd", str(go_fd)]
+            fds += (go_fd,)
         return spawn("worker", pc.name, "worker", ["--spec", str(self.run.path / f"worker-{pc.name}.json"), *args],
                      self.run.path / "logs", secret=auth.peer_token(self.secret, "worker", pid), fds=fds,
                      stdout=subprocess.PIPE if restore else subprocess.DEVNULL)
