@@ -51,11 +51,11 @@ class Servicing:
             if part.worker is None or not part.worker_started:
                 return self._outbox.error(identity, msg.TYPE, "UNKNOWN_PARTITION",
                                           f"partition {part.id} has no started worker")
-            part.servicing = True
             if not self._forwarding.query(identity, part, part.worker,
                                           message=lambda ref: m.DeviceSave(ref, "save")):
                 return self._outbox.error(identity, msg.TYPE, "UNKNOWN_PARTITION",
                                           f"partition {part.id}'s worker is gone")
+            part.servicing = True  # accesses from now on are held: they are not in the save
             return  # the worker's worker_query_reply answers
         if action == "expect_worker":
             part.servicing = True

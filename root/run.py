@@ -353,6 +353,8 @@ class Run:
                 figures = servicing.replace_worker(self, name, restart=True)
             except HvstackError as e:
                 raise RunEnded(f"worker {name} died and could not be restarted: {e}", 1) from None
+            # Its stall ended with the new worker (the commit resumed the partition).
+            self._unresponsive = [n for n in self._unresponsive if n != name]
             self._record_service(figures)
         for path in self.run.path.glob(f"service-*{servicing.REQUEST_SUFFIX}"):
             name = path.name.removeprefix("service-").removesuffix(servicing.REQUEST_SUFFIX)
@@ -371,7 +373,8 @@ class Run:
         self.out.print(servicing.describe(figures) if "error" not in figures
                        else f"partition {figures['partition']}: service failed: {figures['error']}")
         services = self.run.manifest().get("services", []) + [figures]
-        self._manifest_update(services=services[-100:], worker_restarts=dict(self.worker_restarts))
+        self._manifest_update(services=services[-100:], worker_restarts=dict(self.worker_restarts),
+                              unresponsive_partitions=self._unresponsive)
 
     def _note_unresponsive(self, status: HypervisorStatus) -> None:
         """The hypervisor paused a partition whose worker stopped answering (or it answers
