@@ -6,6 +6,11 @@ names the stages between consecutive stamps, turns an event into a record (for t
 and JSON lines) and keeps a per-reason summary as ``perf kvm stat report`` prints one:
 samples, share of samples and of time, min/avg/p50/p99/max of each event's total (first
 stamp to last).  Nothing here touches a socket.
+
+Beside the exits, `trace` shows the VSP process's VMBus events (root/vsp/events.py: channel
+offered/opened/closed/rescinded, GPADLs, refusals with their reason, sampled signal
+counts, MACs the switch learned) as records of reason ``vmbus``; the summary counts them
+by event.
 """
 
 from __future__ import annotations
@@ -78,6 +83,36 @@ def text_line(rec: dict) -> str:
             f"{rec['b']:>18}  {rec['direction'] or '-':<5} {rec['total_us']:9.1f}  {stages}")
 
 
+VMBUS_REASON = "vmbus"
+# A VMBus event's fields that are not its details.
+_VMBUS_KEYS = frozenset(("ns", "partition", "event"))
+
+
+def vmbus_record(ev: dict, names: dict[int, str], t0_ns: int) -> dict:
+    """One line of the VSP's events file (root/vsp/events.py) as a JSON-ready dict, on the
+    same time axis as :func:`event_record`."""
+    ns = ev.get("ns")
+    details = {k: v for k, v in ev.items() if k not in _VMBUS_KEYS}
+    return {"t": round(max(0, ns - t0_ns) / 1e9, 6) if isinstance(ns, int) else 0.0,
+            "partition": names.get(ev["partition"], str(ev["partition"])) if ev["partition"] else "root",
+            "partition_id": ev["partition"], "reason": VMBUS_REASON, "event": ev["event"], "details": details}
+
+
+def vmbus_details(rec: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in rec["details"].items())
+
+
+def vmbus_text_line(rec: dict) -> str:
+    return (f"{rec['t']:11.6f}  {rec['partition']:<12} {'-':>3}  {VMBUS_REASON:<12} {rec['event']:<16} "
+            f"{vmbus_details(rec)}")
+
+
+def vmbus_csv_row(rec: dict) -> list:
+    """``a`` is the event, ``b`` its details; no stages."""
+    return [f"{rec['t']:.6f}", rec["partition"], "", VMBUS_REASON, rec["event"], vmbus_details(rec), "", "",
+            *("" for _ in STAGE_COLUMNS)]
+
+
 CSV_FIELDS = ("time_s", "partition", "vp", "reason", "a", "b", "direction", "total_us",
               *(slug(s) for s in STAGE_COLUMNS))
 
@@ -93,6 +128,10 @@ class TraceSummary:
     """Per-reason histograms of event totals (bounded memory however long the trace)."""
 
     by_reason: dict[str, Histogram] = field(default_factory=dict)
+    vmbus: dict[str, int] = field(default_factory=dict)  # VMBus events by event
+
+    def add_vmbus(self, event: str) -> None:
+        self.vmbus[event] = self.vmbus.get(event, 0) + 1
 
     def add(self, reason: str, total_ns: int) -> None:
         h = self.by_reason.get(reason)
@@ -125,7 +164,8 @@ class TraceSummary:
         return out
 
     def to_json(self, **extra) -> dict:
-        return {**extra, "total_samples": self.samples, "total_time_us": _us(self.total_ns), "reasons": self.rows()}
+        return {**extra, "total_samples": self.samples, "total_time_us": _us(self.total_ns), "reasons": self.rows(),
+                "vmbus_events": dict(self.vmbus)}
 
     def text(self) -> str:
         headers = ["reason", "samples", "samples%", "time%", "min µs", "avg µs", "p50 µs", "p99 µs", "max µs"]
@@ -139,6 +179,8 @@ class TraceSummary:
 
         lines = [fmt(headers), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)]
         lines += ["", f"Total Samples: {self.samples}, Total events handled time: {self.total_ns / 1000:.2f} us"]
+        if self.vmbus:
+            lines.append("VMBus events: " + ", ".join(f"{k} {n}" for k, n in sorted(self.vmbus.items())))
         return "\n".join(lines)
 
     CSV_FIELDS = ("reason", "samples", "samples_pct", "time_pct", "min_us", "avg_us", "p50_us", "p99_us",
@@ -152,4 +194,5 @@ class TraceSummary:
         rows.append(["total", everything.n, 100.0 if everything.n else 0.0, 100.0 if everything.n else 0.0,
                      _us(everything.lo), _us(everything.mean), _us(everything.percentile(50)),
                      _us(everything.percentile(99)), _us(everything.hi), _us(everything.total)])
+        rows += [[f"{VMBUS_REASON} {k}", n, *("" for _ in self.CSV_FIELDS[2:])] for k, n in sorted(self.vmbus.items())]
         return rows

@@ -2,7 +2,10 @@
 run, as xentop and kvm_stat give one — per partition its state, VPs running / in an
 intercept / halted, exits per second by reason (the difference of two status replies), each
 path's round-trip p50 and p99 (overall and over the last interval); per process its pid,
-CPU %, RSS, threads and context switches."""
+CPU %, RSS, threads and context switches.  Where the run has a VSP process, per partition
+its VMBus channels (packets, signals sent and suppressed, guest signals per second, ring
+occupancy, refusals) and the virtual switch's forwarding table, from the
+``vsp-status.json`` the VSP writes every 0.5 s (root/vsp/status.py)."""
 
 from __future__ import annotations
 
@@ -22,11 +25,14 @@ from root.client import RootClient
 from root.commands.common import complain, status_while_live
 from root.report import exit_totals, indent, path_order, table, us_value
 from root.rundir import live_run, partition_names
+from root.vsp import status as vsp_status
 
 NAME = "top"
 HELP = "a live view of a run: VPs, exits/s by reason, latency, processes"
 TOP_SORTS = ("exits", "name", "cpu", "rss", "ctxsw")
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
+# A channel's counters shown as rates (root/vsp/channel.py ChannelStats).
+VMBUS_RATES = ("packets_in", "packets_out", "signals_out", "signals_suppressed", "events_in")
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
@@ -129,14 +135,71 @@ class ProcSampler:
         return rows
 
 
+def _per_s(now: dict, was: dict, keys, dt: float) -> dict | None:
+    """Rates of counters over ``dt`` s (None when dt is 0); a counter that went down started
+    over (a channel reopened): all of it is new."""
+    if dt <= 0:
+        return None
+    out = {}
+    for k in keys:
+        n, w = now.get(k, 0), was.get(k, 0)
+        out[k] = round((n - w if n >= w else n) / dt, 1)
+    return out
+
+
+def vmbus_sample(before: dict | None, after: dict | None) -> tuple[dict[int, dict], dict | None]:
+    """Per partition id its VMBus figures, and the switch's, from two ``vsp-status.json``
+    reads: rates over the VSP's own clock between the two writes (None when the VSP has
+    not written since the last sample).  ({}, None) for a run without a VSP."""
+    if not after:
+        return {}, None
+    before = before or {}
+    dt = (after.get("written_ns", 0) - before.get("written_ns", 0)) / 1e9 if before.get("written_ns") else 0.0
+    out = {}
+    for pid, bus in after.get("partitions", {}).items():
+        old = before.get("partitions", {}).get(pid, {})
+        devices = after.get("devices", {}).get(pid, {})
+        old_devices = before.get("devices", {}).get(pid, {})
+        chans = {}
+        for relid, ch in bus.get("channels", {}).items():
+            c = {k: v for k, v in ch.items() if k not in ("work_ns", "drains")}
+            c["per_s"] = _per_s(ch, old.get("channels", {}).get(relid, {}), VMBUS_RATES, dt) if "packets_in" in ch \
+                else None
+            for ring in ("to_host", "to_guest"):
+                used, size = ch.get(f"{ring}_bytes"), ch.get(f"{ring}_size")
+                if isinstance(used, int) and size:
+                    c[f"{ring}_percent"] = round(100 * used / size, 1)
+            c["refused"] = sum((devices.get(relid) or {}).get("errors", {}).values())
+            chans[relid] = c
+        refused = sum(bus.get("errors", {}).values()) + sum(c["refused"] for c in chans.values())
+        was_refused = sum(old.get("errors", {}).values()) + sum(
+            sum((d or {}).get("errors", {}).values()) for d in old_devices.values())
+        rate = _per_s({"refused": refused}, {"refused": was_refused}, ("refused",), dt)
+        out[int(pid)] = {"version": bus.get("version", 0), "messages": bus.get("messages", 0),
+                         "gpadls": bus.get("gpadls", 0), "errors": bus.get("errors", {}), "channels": chans,
+                         "refused": refused, "refused_per_s": rate and rate["refused"]}
+    sw = after.get("switch")
+    switch = None
+    if sw:
+        rates = _per_s(sw, before.get("switch") or {}, ("forwarded", "flooded"), dt) or {}
+        switch = {"table_size": len(sw.get("table", {})), "table": sw.get("table", {}),
+                  "forwarded": sw.get("forwarded", 0), "flooded": sw.get("flooded", 0),
+                  "forwarded_per_s": rates.get("forwarded"), "flooded_per_s": rates.get("flooded")}
+        if "external" in sw:
+            switch["external"] = sw["external"]
+    return out, switch
+
+
 def top_sample(run_name: str, man: dict, before: HypervisorStatus, after: HypervisorStatus, procs: list[dict],
-               sort: str, fallback_dt: float) -> dict:
+               sort: str, fallback_dt: float, vsp_before: dict | None = None, vsp_after: dict | None = None) -> dict:
     """One frame of `top` from two status replies: rates are their difference over the
-    hypervisor's own uptime between them."""
+    hypervisor's own uptime between them (and, for VMBus, two reads of the VSP's
+    ``vsp-status.json``)."""
     dt = after.uptime_s - before.uptime_s
     if dt <= 0:
         dt = fallback_dt
     names = partition_names(man)
+    vmbus, switch = vmbus_sample(vsp_before, vsp_after)
     prev = {p.id: p for p in before.partitions}
     by_name = {p["name"]: p for p in procs}
     parts = []
@@ -170,7 +233,8 @@ def top_sample(run_name: str, man: dict, before: HypervisorStatus, after: Hyperv
             "paths": paths,
             # SynIC counters and their rates (issue 10).
             "synic": dict(p.synic), "synic_per_s": {k: round(max(0, v - (old.synic.get(k, 0) if old else 0)) / dt, 1)
-                                                    for k, v in p.synic.items() if k != "queued"}})
+                                                    for k, v in p.synic.items() if k != "queued"},
+            "vmbus": vmbus.get(p.id)})
     part_key = {
         "name": lambda p: p["name"], "exits": lambda p: (-p["exits_per_s_total"], p["name"]),
         "cpu": lambda p: (-p["cpu_percent"], p["name"]), "rss": lambda p: (-p["rss_bytes"], p["name"]),
@@ -191,11 +255,56 @@ def top_sample(run_name: str, man: dict, before: HypervisorStatus, after: Hyperv
                        "counters": counters,
                        "messages_per_s": round(max(0, counters.get("messages", 0)
                                                    - before.counters.get("messages", 0)) / dt, 1)},
-        "partitions": parts, "processes": sorted(procs, key=proc_key)}
+        "partitions": parts, "switch": switch, "processes": sorted(procs, key=proc_key)}
 
 
 def _mib(n: int | None) -> str:
     return "" if n is None else f"{n / 2**20:.1f} MiB"
+
+
+def _rate(per_s: dict | None, key: str) -> str:
+    """A rate as top shows it: "-" when there is none yet; tenths below 10 (signals are rare)."""
+    if per_s is None or per_s.get(key) is None:
+        return "-"
+    v = per_s[key]
+    return f"{v:.0f}" if v >= 10 or v == 0 else f"{v:.1f}"
+
+
+def _ring(c: dict, ring: str) -> str:
+    if c.get("occupancy") == "corrupt":
+        return "corrupt"
+    used = c.get(f"{ring}_bytes")
+    if used is None:
+        return "-"
+    pct = c.get(f"{ring}_percent")
+    return f"{used} B" + (f" {pct:.0f}%" if pct is not None else "")
+
+
+def vmbus_lines(v: dict) -> list[str]:
+    version = v["version"]
+    refused = v["refused"]
+    head = (f"  vmbus {f'{version >> 16}.{version & 0xFFFF}' if version else 'not connected'}: "
+            f"{len(v['channels'])} channel(s), {v['gpadls']} GPADLs, refused {refused}"
+            + f" ({_rate(v, 'refused_per_s')}/s)")
+    if v.get("errors"):
+        head += ": " + ", ".join(f"{k} {n}" for k, n in v["errors"].items())
+    rows = [[str(relid), c.get("device", "?"), c.get("state", "?"), _rate(c.get("per_s"), "packets_in"),
+             _rate(c.get("per_s"), "packets_out"), _rate(c.get("per_s"), "signals_out"),
+             _rate(c.get("per_s"), "signals_suppressed"), _rate(c.get("per_s"), "events_in"),
+             _ring(c, "to_host"), _ring(c, "to_guest"), str(c.get("backlog", "-")), str(c["refused"])]
+            for relid, c in v["channels"].items()]
+    out = [head]
+    if rows:
+        out.append(indent(table(["chan", "device", "state", "in/s", "out/s", "sig/s", "suppr/s", "guest sig/s",
+                                 "ring to host", "ring to guest", "backlog", "refused"], rows, "lll" + "r" * 9)))
+    return out
+
+
+def switch_line(sw: dict) -> str:
+    table_text = ", ".join(f"{mac} → {port}" for mac, port in sw["table"].items()) or "empty"
+    return (f"virtual switch: {sw['table_size']} MAC(s), forwarded {sw['forwarded']} "
+            f"({_rate(sw, 'forwarded_per_s')}/s), flooded {sw['flooded']} ({_rate(sw, 'flooded_per_s')}/s); "
+            f"{table_text}")
 
 
 def render_top(s: dict) -> str:
@@ -226,12 +335,16 @@ def render_top(s: dict) -> str:
                          f"({rate.get('signals', 0):.0f}/s), queued {syn.get('queued', 0)}, "
                          f"stimer fired {syn.get('stimer_fired', 0)} ({rate.get('stimer_fired', 0):.0f}/s) "
                          f"missed {syn.get('stimer_missed', 0)}")
+        if p.get("vmbus"):
+            lines += vmbus_lines(p["vmbus"])
         prows = [[path_label(k), str(v["count"]), f"{v['per_s']:.0f}", f"{v['p50_us']:.1f}",
                   f"{v['p99_us']:.1f}", *((f"{v['interval']['p50_us']:.1f}", f"{v['interval']['p99_us']:.1f}")
                                            if v["interval"]["count"] else ("-", "-"))]
                  for k, v in p["paths"].items()]
         if prows:
             lines.append(indent(table(["path", "count", "now/s", "p50 µs", "p99 µs", "now p50", "now p99"], prows)))
+    if s.get("switch"):
+        lines += ["", switch_line(s["switch"])]
     prows = []
     for r in s["processes"]:
         if not r["alive"]:
@@ -258,18 +371,21 @@ def run(args) -> int:
         with RootClient(man["endpoint"], run.secret(), server_key=man.get("server_key")) as root:
             sampler.prime(man)
             before, t_before = HypervisorStatus.from_wire(status_while_live(root, run)), time.monotonic()
+            vsp_before = vsp_status.load(run.path)  # None: the run has no VSP process
             while True:
                 time.sleep(args.interval)
                 after, t_after = HypervisorStatus.from_wire(status_while_live(root, run)), time.monotonic()
+                vsp_after = vsp_status.load(run.path)
                 man = run.manifest()
-                sample = top_sample(run.name, man, before, after, sampler.sample(man), args.sort, t_after - t_before)
+                sample = top_sample(run.name, man, before, after, sampler.sample(man), args.sort, t_after - t_before,
+                                    vsp_before, vsp_after)
                 text = json.dumps(sample, ensure_ascii=False) if args.json else render_top(sample)
                 sys.stdout.write((CLEAR_SCREEN if clear else "") + text + ("\n" if args.json or clear else "\n\n"))
                 sys.stdout.flush()
                 shown += 1
                 if args.once or (args.iterations and shown >= args.iterations):
                     return 0
-                before, t_before = after, t_after
+                before, t_before, vsp_before = after, t_after, vsp_after
     except KeyboardInterrupt:
         return 0
     except BrokenPipeError:

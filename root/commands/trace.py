@@ -1,7 +1,12 @@
 """``trace RUN [--partition P] [--reason R]… [--duration S] [--csv | --json]``: every exit of a
 live run as the hypervisor sees it (as xentrace and `perf kvm stat live` show them), then a
 per-reason summary like `perf kvm stat report`.  Output is flushed per batch, so
-``trace RUN --json | jq`` works live."""
+``trace RUN --json | jq`` works live.
+
+Where the run has a VSP process, its VMBus events are shown among the exits as reason
+``vmbus`` (read from the ``vsp-events.jsonl`` it appends to, root/vsp/events.py); the
+partition filter applies to them (the root's own, partition 0, such as ``dropped``, pass it),
+and ``--reason vmbus`` selects them."""
 
 from __future__ import annotations
 
@@ -17,7 +22,9 @@ from proto.exits import Exit
 from root.client import RootClient
 from root.commands.common import complain
 from root.rundir import live_run, partition_names, partition_of
-from root.trace_format import CSV_FIELDS, TEXT_HEADER, TraceSummary, csv_row, event_record, text_line
+from root.trace_format import (CSV_FIELDS, TEXT_HEADER, VMBUS_REASON, TraceSummary, csv_row, event_record, text_line,
+                                vmbus_csv_row, vmbus_record, vmbus_text_line)
+from root.vsp.events import EVENTS_FILE, EventFollower
 
 NAME = "trace"
 HELP = "every exit of a live run as it happens, then a summary by reason"
@@ -28,8 +35,8 @@ CHECK_S = 1.0  # how often the run's liveness is checked, and a silent subscript
 def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run")
     p.add_argument("--partition", help="only this partition's exits")
-    p.add_argument("--reason", action="append", choices=[str(e) for e in Exit],
-                   help="only exits of this reason (may be given several times)")
+    p.add_argument("--reason", action="append", choices=[*(str(e) for e in Exit), VMBUS_REASON],
+                   help="only exits of this reason, or `vmbus` for VMBus events (may be given several times)")
     p.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--csv", action="store_true", help="CSV rows, then the summary as CSV after a blank line")
@@ -54,10 +61,15 @@ def run(args) -> int:
                     for s in (signal.SIGINT, signal.SIGTERM)}
     t0 = time.perf_counter_ns()
     started = time.monotonic()
+    vmbus = None  # the VSP's events file, followed (None: --reason left VMBus out)
     try:
         with RootClient(man["endpoint"], run.secret(), server_key=man.get("server_key")) as tracer:
             t0 = time.perf_counter_ns()
-            tracer.trace_subscribe(only)
+            # `--reason vmbus` alone asks the hypervisor for nothing (its tracing costs every exit).
+            exits = not wanted or bool(wanted - {VMBUS_REASON})
+            if exits:
+                tracer.trace_subscribe(only)
+            vmbus = EventFollower(run.path / EVENTS_FILE) if not wanted or VMBUS_REASON in wanted else None
             started = time.monotonic()
             deadline = started + args.duration if args.duration else None
             if writer:
@@ -71,7 +83,7 @@ def run(args) -> int:
                 if deadline is not None and now >= deadline:
                     break
                 wait_s = min(next_check - now, deadline - now if deadline is not None else CHECK_S, POLL_S)
-                events = tracer.trace_poll(max(0, int(wait_s * 1000)))
+                events = tracer.trace_poll(max(0, int(wait_s * 1000)))  # (unsubscribed: a wait)
                 now = time.monotonic()
                 if events:
                     last_event = now
@@ -87,14 +99,24 @@ def run(args) -> int:
                                              ensure_ascii=False) + "\n")
                     else:
                         out.write(text_line(rec) + "\n")
-                if events:
-                    out.flush()
+                for ev in vmbus.poll() if vmbus is not None else ():
+                    if only and ev["partition"] not in (only, 0):  # (0: the root's own, e.g. `dropped`)
+                        continue
+                    rec = vmbus_record(ev, names, t0)
+                    summary.add_vmbus(rec["event"])
+                    if writer:
+                        writer.writerow(vmbus_csv_row(rec))
+                    elif args.json:
+                        out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                    else:
+                        out.write(vmbus_text_line(rec) + "\n")
+                out.flush()
                 if now >= next_check:
                     next_check = now + CHECK_S
                     if not run.is_live():
                         ended = run.ended_reason()
                         break
-                    if now - last_event >= CHECK_S:
+                    if exits and now - last_event >= CHECK_S:
                         tracer.trace_renew(only)  # no event for a second: make sure we are still subscribed
         elapsed = round(time.monotonic() - started, 3)
         if args.json:
@@ -115,6 +137,8 @@ def run(args) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     finally:
+        if vmbus is not None:
+            vmbus.close()
         for s, h in old_handlers.items():
             signal.signal(s, h)
     if ended is not None:

@@ -26,6 +26,7 @@ from proto.codes import HvStatus
 from proto.errors import PeerTimeout, ProtocolError, Refused
 from proto.vmbus import VMBUS_MESSAGE_CONNECTION_ID, VMBUS_MESSAGE_CONNECTION_ID_4, VMBUS_MESSAGE_TYPE
 
+from root.vsp.events import EVENTS_FILE, EventLog, VmbusEvents
 from root.vsp.server import VmbusServer
 
 log = logging.getLogger("vsp")
@@ -61,11 +62,15 @@ class VspService:
         self._next_poll = 0
         self.switch = None  # root.vsp.netvsp.VirtualSwitch, when a partition has a NIC
         self.external = None  # root.vsp.tap.ExternalPort: the switch's port to the host
+        # What `trace` shows of VMBus: vsp-events.jsonl beside vsp-status.json (root/vsp/events.py).
+        self.events = VmbusEvents(EventLog(os.path.join(os.path.dirname(status_path), EVENTS_FILE)
+                                           if status_path else None), self)
 
     # -- the Hypervisor interface the server acts through -------------------------------------
 
     def post(self, partition: int, vp: int, sint: int, payload: bytes) -> bool:
         self.results["posts"] += 1
+        self._guarded(self.events.posted, partition, payload)
         self.dealer.send(sm.SynicPost(partition, vp, sint, VMBUS_MESSAGE_TYPE, payload).encode())
         return True
 
@@ -142,7 +147,10 @@ class VspService:
                     self._guarded(server.poll_busy)
                 if time.monotonic() >= self._next_status:
                     self.write_status()
+                    self._guarded(self.events.maybe_sample)
         finally:
+            self._guarded(self.events.sample)
+            self.events.log.close()
             self.write_status()
 
     def handle(self, raw: bytes) -> None:
@@ -166,7 +174,9 @@ class VspService:
             self.server.on_event(msg.partition, msg.connection_id)
         elif cls is sm.SynicMessageToRoot:
             if msg.message_type == VMBUS_MESSAGE_TYPE:
+                was_open = self.events.closing_open_channel(msg.partition, msg.payload)
                 self.server.on_message(msg.partition, msg.vp, msg.connection_id, msg.payload)
+                self.events.received(msg.partition, msg.payload, was_open)
         elif cls is sm.SynicPostResult:
             if msg.status != HvStatus.HV_STATUS_SUCCESS:
                 self.results["post_failed"] += 1
@@ -178,7 +188,13 @@ class VspService:
             log.info("hypervisor refused %d: %s %s", msg.ref_type, msg.code, msg.message)
 
     def status(self) -> dict:
-        return {"partitions": self.server.status(), "hypervisor": dict(self.results),
+        partitions = self.server.status()
+        for pid, bus in self.server.partitions.items():  # ring sizes, for occupancy as a share (top)
+            for o in bus.offers.values():
+                if o.channel is not None:
+                    partitions[pid]["channels"][o.relid].update(
+                        to_host_size=o.channel.to_host.data_size, to_guest_size=o.channel.to_guest.data_size)
+        return {"written_ns": time.perf_counter_ns(), "partitions": partitions, "hypervisor": dict(self.results),
                 "handler_errors": self.handler_errors,
                 "switch": self.switch.status() if self.switch is not None else None,
                 "devices": {pid: {o.relid: getattr(o.device, "stats", None).__dict__

@@ -7,13 +7,15 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from root.testrun import handler_errors_in_logs
 
-from tests.support import REPO, run_launch_py, short_run_root
+from tests.support import REPO, run_launch_py, short_run_root, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -46,6 +48,15 @@ def test_a_synthetic_disk_keeps_verifying_beside_a_hostile_partition():
     assert {"GPADL pages outside the partition", "OPENCHANNEL of an open channel"} <= set(beta["errors"])
     assert any(k.startswith("channel reset") for k in beta["errors"])
     assert status["devices"][str(ids["beta"])]["1"]["errors"] == {"SRB longer than its page list": 1}
+    # what `trace` shows of it: beta's refusals with their reasons, each before its answer, then the rescind
+    events = [json.loads(line) for line in (run_dir / "vsp-events.jsonl").read_text().splitlines()]
+    beta_events = [(e["event"], e.get("reason")) for e in events if e["partition"] == ids["beta"]]
+    assert beta_events.index(("refused", "GPADL pages outside the partition")) \
+        < beta_events.index(("gpadl refused", None))
+    assert ("refused", "SRB longer than its page list") in beta_events
+    reset = next(i for i, (e, reason) in enumerate(beta_events) if (reason or "").startswith("channel reset"))
+    assert ("rescinded", None) in beta_events[reset + 1:]
+    assert not [e for e in events if e["partition"] == ids["alpha"] and "refused" in e["event"]]
     assert status["handler_errors"] == 0 and not handler_errors_in_logs(run_dir)
     man = json.loads((run_dir / "manifest.json").read_text())
     assert "vsp:vsp" in man["ended"]["exits"] and man["ended"]["left_running"] == []
@@ -54,15 +65,48 @@ def test_a_synthetic_disk_keeps_verifying_beside_a_hostile_partition():
     assert b"alpha vmbus round 000002" in image.read_bytes()[:16 << 20]
 
 
-def test_two_partitions_ping_each_other_through_the_virtual_switch():
+def test_two_partitions_ping_each_other_through_the_virtual_switch(tmp_path):
     run_root = short_run_root()
+    env = dict(os.environ, HVSTACK_RUN_DIR=run_root)
     # 8 s, not the config's 4: an ARP answer and a ping take ~10 exits each, and at a load
     # average of 7 that was sometimes more than 5 s (seen in 3 of ~10 runs).
-    r = run_launch_py("run", str(REPO / "tests/configs/vmbus-net.toml"), "--duration", "8",
-                      run_root=run_root, timeout=90)
-    out = r.stdout
-    assert r.returncode == 0, out + r.stderr
-    run_dir = next(Path(run_root).iterdir())
+    with open(tmp_path / "stdout", "w+") as out_f, open(tmp_path / "stderr", "w+") as err_f:
+        proc = subprocess.Popen([sys.executable, str(REPO / "launch.py"), "run",
+                                 str(REPO / "tests/configs/vmbus-net.toml"), "--duration", "8"],
+                                cwd=REPO, env=env, stdout=out_f, stderr=err_f, text=True)
+        attach: list[subprocess.Popen] = []
+        try:
+            # While it runs: `top --json` and `trace --reason vmbus` show alpha's channel (at once: the run is short).
+            run_dir = wait_until(lambda: next(Path(run_root).glob("*/console-alpha.log"), None), 30,
+                                 what="the run to start").parent
+            wait_until(lambda: "vmbus_net: NIC" in (run_dir / "console-alpha.log").read_text(errors="replace"), 30,
+                       what="alpha's NIC up")
+            attach += [subprocess.Popen([sys.executable, str(REPO / "launch.py"), *args, run_dir.name], cwd=REPO, env=env,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                      for args in (("top", "--once", "--json", "--interval", "0.8"),
+                                   ("trace", "--reason", "vmbus", "--partition", "alpha", "--duration", "2.5", "--json"))]
+            (top, top_err), (trace, trace_err) = (a.communicate(timeout=30) for a in attach)
+            proc.wait(60)
+        finally:
+            for p in (*attach, proc):
+                if p.poll() is None:
+                    p.kill()
+                    p.wait(5)
+        out_f.seek(0)
+        err_f.seek(0)
+        out, err = out_f.read(), err_f.read()
+    assert proc.returncode == 0, out + err
+    assert attach[0].returncode == 0 and attach[1].returncode == 0, top_err + trace_err
+    sample = json.loads(top)
+    alpha_top = next(p for p in sample["partitions"] if p["name"] == "alpha")
+    channel = alpha_top["vmbus"]["channels"]["1"]
+    assert channel["device"] == "NetVsp" and channel["state"] == "open" and channel["per_s"] is not None
+    assert channel["to_guest_size"] > 0 and sample["switch"]["table_size"] >= 1
+    events = [json.loads(line) for line in trace.splitlines()]
+    summary = events.pop()["summary"]
+    assert events and all(e["reason"] == "vmbus" and e["partition"] in ("alpha", "root") for e in events)
+    assert any(e["event"] == "signals" and e["partition"] == "alpha" and e["details"]["relid"] == 1 for e in events)
+    assert summary["vmbus_events"]["signals"] >= 1 and summary["total_samples"] == 0
     assert "[alpha] vmbus_net: NIC 00:15:5d:00:00:01 on channel 1, address 10.0.0.1" in out
     assert "[beta] vmbus_net: NIC 00:15:5d:00:00:02 on channel 2, address 10.0.0.2" in out
     assert "[beta] vmbus: storvsc protocol 6.2 on channel 1: 16 MiB" in out  # a disk and a NIC at once
@@ -72,6 +116,7 @@ def test_two_partitions_ping_each_other_through_the_virtual_switch():
     assert status["switch"]["forwarded"] >= 3
     assert all(not p["errors"] for p in status["partitions"].values())
     assert status["handler_errors"] == 0 and not handler_errors_in_logs(run_dir)
+    assert stat.S_IMODE(os.stat(run_dir / "vsp-events.jsonl").st_mode) == 0o600
 
 
 HOST_PING = """
