@@ -9,7 +9,7 @@ partition's topology says ``on_worker_exit = "restart"``.
 1. pause the partition (PartitionControl: its VPs are held at their next exit);
 2. service: the hypervisor holds new device accesses and the worker saves its devices into
    its checkpoint file and freezes (``service_request save``); a restart skips this: the dead
-   worker's last periodic checkpoint is what there is;
+   worker's last record (saved at its last completed exit, ``--each-exit``) is what there is;
 3. ``expect_worker``, then "go" to the new worker: it restores the devices from the
    checkpoint file, says hello and claims its predecessor's ranges;
 4. ``commit`` (repeated until the new worker has started): the held accesses go to it, and
@@ -48,8 +48,8 @@ def _ms(ns: int) -> float:
 
 def replace_worker(run, name: str, *, restart: bool) -> dict:
     """Hand partition ``name`` of ``run`` (a :class:`root.run.Run`) to a new worker; the
-    figures (ms).  HvstackError if it could not be done (a service that failed before the
-    handover is aborted: the old worker keeps the partition, which stays paused)."""
+    figures (ms).  HvstackError if it could not be done (a service whose new worker did not
+    start is aborted: the old worker is thawed and keeps the partition, which resumes)."""
     pid = run.partition_ids[name]
     pc = next(p for p in run.topology.partitions if p.name == name)
     old = next((p for p in run.procs if p.role == "worker" and p.name == name), None)
@@ -67,10 +67,8 @@ def replace_worker(run, name: str, *, restart: bool) -> dict:
             try:
                 reply = dealer.request(m.ServiceRequest(pid, "save"), 10_000)
             except Refused as e:
-                run.root.control(pid, "resume")
                 raise HvstackError(f"partition {name}: its worker did not save: {e.reason}") from None
             if not isinstance(reply, m.WorkerQueryReply) or QUERY_ERROR in reply.result:
-                _abort(run, pid)
                 raise HvstackError(f"partition {name}: its worker did not save: {getattr(reply, 'result', reply)}")
             saved = reply.result
         t_saved = perf_counter_ns()
@@ -129,8 +127,10 @@ def describe(f: dict) -> str:
 
 
 def _abort(run, pid: int) -> None:
+    """The old worker keeps the partition (thawed, given what was held), which goes on."""
     try:
         run.root.dealer.request(m.ServiceRequest(pid, "abort"))
+        run.root.control(pid, "resume")
     except HvstackError:
         pass
 

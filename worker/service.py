@@ -114,8 +114,8 @@ class Worker:
         self._last_access = last_access
         self._clocked = [d.name for d in self.chipset.devices if type(d).poll is not ChipsetDevice.poll]
         self._pic = [self.chipset.pic.name] if self.chipset.pic is not None else []
-        if each_exit:
-            self.checkpoint()
+        if each_exit:  # with the restored access: a resend after a second death is answered too
+            self._write(last_access)
 
     def checkpoint(self) -> int:
         """Every device's state, now, as the next record of the checkpoint file; its size.
