@@ -79,8 +79,9 @@ def test_a_killed_worker_is_restarted_from_its_checkpoint(run):
     assert man["services"][-1]["kind"] == "restart"
     goes_on(run, before, "after the restart")
     assert "MISMATCH" not in run.console("alpha")
+    replaced = len([s for s in man["services"] if "error" not in s])
     status = run.launch("status", run.name, timeout=30)
-    assert "worker replaced 2 times (1 restarted after dying)" in status.stdout, status.stdout
+    assert f"worker replaced {replaced} times (1 restarted after dying)" in status.stdout, status.stdout
     assert run.manifest().get("unresponsive_partitions", []) == []
 
 
