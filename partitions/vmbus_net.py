@@ -32,6 +32,11 @@ PING_INTERVAL_S = 0.5
 ARP_TIMEOUT_S, PING_TIMEOUT_S = 0.3, 1.0
 DEAD_PEER_S = 2.0  # an address that did not answer ARP is tried again after this long
 PAYLOAD = bytes(range(56))
+# The echo payload carries the ping's stamps (perf_counter_ns, CLOCK_MONOTONIC, which every
+# process on the host shares): the sender's as it hands the request to netvsc, the
+# answerer's as its handler began to read its ring, as it had the request and as it hands
+# the reply to netvsc.
+STAMPS = struct.Struct("<QQQQ")
 
 
 def checksum(data: bytes) -> int:
@@ -48,7 +53,10 @@ class Stack:
         self.nic = nic
         self.ip = bytes([10, 0, 0, nic.mac[5]])
         self.arp: dict[bytes, bytes] = {}
-        self.replies: dict[tuple[int, int], float] = {}  # (id, seq) → when the echo reply came
+        self.replies: dict[tuple[int, int], tuple] = {}  # (id, seq) → (when the echo reply came, its stamps)
+        # The last ping's stamps: sent, the answerer's handler began / had it / replied, our
+        # handler began / had the reply.
+        self.last_stamps: tuple = ()
         self.seq = 0
         self.answered = 0
         self.streamed = 0  # streaming frames received
@@ -58,8 +66,10 @@ class Stack:
 
     def handle(self, vp: Vp) -> int:
         """Every frame received so far: ARP and echo requests answered, replies noted."""
+        began = time.perf_counter_ns()
         self.nic.poll(vp)
         frames = self.nic.take()
+        taken = time.perf_counter_ns()
         for f in frames:
             if len(f) < 14:
                 continue
@@ -82,11 +92,17 @@ class Stack:
                 kind, _, _, ident, seq = ICMP.unpack_from(icmp)
                 if kind == 8:
                     self.answered += 1
-                    self.nic.send(vp, self.eth(f[6:12], ETH_IP, self.ip_packet(src, self.icmp(0, ident, seq,
-                                                                                              icmp[8:]))))
+                    data = icmp[8:]
+                    if len(data) >= STAMPS.size:  # our stamps, beside the sender's
+                        data = data[:8] + STAMPS.pack(0, began, taken, time.perf_counter_ns())[8:] + data[STAMPS.size:]
+                    self.nic.send(vp, self.eth(f[6:12], ETH_IP, self.ip_packet(src, self.icmp(0, ident, seq, data))))
                 elif kind == 0:
-                    self.replies[(ident, seq)] = time.perf_counter()
+                    self.replies[(ident, seq)] = (began, taken, icmp[8:8 + STAMPS.size])
         return len(frames)
+
+    def stamps_text(self) -> str:
+        """The last ping's stamps as the console line ends (benchmarks/vmbus_net.py reads them)."""
+        return f" seq {self.seq} stamps {' '.join(map(str, self.last_stamps))}" if self.last_stamps else ""
 
     @staticmethod
     def icmp(kind: int, ident: int, seq: int, payload: bytes) -> bytes:
@@ -124,10 +140,15 @@ class Stack:
             return None
         self.seq += 1
         key = (0x4856, self.seq & 0xFFFF)
-        t0 = time.perf_counter()
-        self.nic.send(vp, self.eth(mac, ETH_IP, self.ip_packet(ip, self.icmp(8, *key, PAYLOAD))))
+        t0 = time.perf_counter_ns()
+        payload = STAMPS.pack(t0, 0, 0, 0) + PAYLOAD[STAMPS.size:]
+        self.nic.send(vp, self.eth(mac, ETH_IP, self.ip_packet(ip, self.icmp(8, *key, payload))))
         got = self._until(vp, lambda: self.replies.pop(key, None), PING_TIMEOUT_S)
-        return None if got is None else got - t0
+        if got is None:
+            return None
+        began, taken, stamps = got
+        self.last_stamps = (t0, *STAMPS.unpack(stamps)[1:], began, taken) if len(stamps) == STAMPS.size else ()
+        return (taken - t0) / 1e9
 
 
 def wl_vmbus_net(vp: Vp, sys) -> int:
@@ -172,7 +193,8 @@ def wl_vmbus_net(vp: Vp, sys) -> int:
     c["vmbus_ping_min_ns"] = min(c.get("vmbus_ping_min_ns", 1 << 62), int(rtt * 1e9))
     c["vmbus_ping_max_ns"] = max(c.get("vmbus_ping_max_ns", 0), int(rtt * 1e9))
     sys.console(vp, f"[{sys.name}] vmbus_net: ping {'.'.join(map(str, ip))}: {len(PAYLOAD) + 8} bytes, "
-                    f"{rtt * 1e3:.2f} ms ({stack.answered} echo requests answered)")
+                    f"{rtt * 1e3:.2f} ms ({stack.answered} echo requests answered)"
+                    + stack.stamps_text())
     return n + 1
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -33,6 +34,7 @@ log = logging.getLogger("vsp.netvsp")
 SECTION = 2048  # a receive-buffer section: an RNDIS PACKET header and a full frame fit
 MAX_RNDIS_MESSAGE = SECTION
 MAX_RECV_PAGES = 1024
+ICMP_STAMPS = 256  # the last echo requests and replies the switch stamped (for benchmarks.vmbus)
 
 
 @dataclass
@@ -51,6 +53,22 @@ class VirtualSwitch:
         self.ports: list[NetVsp] = []
         self.table: dict[bytes, NetVsp] = {}
         self.forwarded = self.flooded = 0
+        # (source IPv4 address, ICMP type, sequence) → (perf_counter_ns as the sender's
+        # packets were handed to netvsp, as the switch had written the receiver's ring and
+        # signalled it): where a ping's time goes inside the VSP.
+        self.icmp_stamps: dict[tuple[str, int, int], tuple[int, int]] = {}
+
+    def stamp(self, frame: bytes, t_in: int) -> None:
+        """Note an ICMP echo request or reply the switch just forwarded (stamps only)."""
+        if len(frame) < 42 or frame[12:14] != b"\x08\x00" or frame[23] != 1:
+            return
+        at = 14 + (frame[14] & 0xF) * 4
+        if at + 8 > len(frame) or frame[at] not in (0, 8):
+            return
+        if len(self.icmp_stamps) >= ICMP_STAMPS:
+            del self.icmp_stamps[next(iter(self.icmp_stamps))]
+        seq = struct.unpack_from(">H", frame, at + 6)[0]
+        self.icmp_stamps[(".".join(map(str, frame[26:30])), frame[at], seq)] = (t_in, time.perf_counter_ns())
 
     def attach(self, port) -> None:
         """A port: a partition's NetVsp, or the external port (root/vsp/tap.py): each has
@@ -76,6 +94,7 @@ class VirtualSwitch:
         external = next((p.status() for p in self.ports if hasattr(p, "status")), None)
         return {"forwarded": self.forwarded, "flooded": self.flooded,
                 "table": {mac.hex(":"): port.name for mac, port in self.table.items()},
+                "icmp_stamps": [[*key, *t] for key, t in self.icmp_stamps.items()],
                 **({"external": external} if external else {})}
 
 
@@ -88,6 +107,7 @@ class NetVsp:
         self.stats = NetStats()
         self.channel = None
         self.mem = None
+        self.t_in = 0
         self._reset()
         switch.attach(self)
 
@@ -110,6 +130,7 @@ class NetVsp:
         self._reset()
 
     def on_packets(self, channel, packets) -> None:
+        self.t_in = time.perf_counter_ns()  # the batch's packets read from the ring (a stamp)
         out = []
         for p in packets:
             if p.type == VM_PKT_COMP:
@@ -189,6 +210,7 @@ class NetVsp:
                 return nv.NVSP_STAT_FAIL
             self.stats.tx_frames += 1
             self.switch.forward(self, frame)
+            self.switch.stamp(frame, self.t_in)
             return nv.NVSP_STAT_SUCCESS
         reply = self._rndis_control(mtype, msg[nv.RNDIS_HEADER.size:])
         if reply is None:
