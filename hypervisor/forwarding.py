@@ -79,6 +79,8 @@ class Forwarding:
 
     def on_install_intercept(self, identity: bytes, peer, msg: m.InstallIntercept, t_in: int) -> None:
         part = peer.partition
+        if part.reinstall and part.worker == identity:
+            return self._reinstall(identity, part, msg)
         if part.intercepts_installed:
             # The worker claims its ranges once, at start: a second claim would move accesses
             # already forwarded under the first one.
@@ -102,11 +104,48 @@ class Forwarding:
                  ", ".join(f"{g:#x}+{n:#x}" for g, n in msg.mmio) or "none")
         self._outbox.send(identity, m.Ack(msg.TYPE))
 
+    def _reinstall(self, identity: bytes, part: Partition, msg: m.InstallIntercept) -> None:
+        """A replacement worker (servicing.py) claims its predecessor's ranges: exactly
+        the same ones (it restored the same devices), which become its own."""
+        if list(map(list, msg.ranges)) != list(map(list, part.ranges)) or \
+                sorted(map(list, msg.mmio)) != sorted([b, e - b] for b, e, _ in part.mmio):
+            return self._outbox.error(identity, msg.TYPE, "CONFLICT",
+                                      "the new worker's devices claim other ranges than its predecessor's")
+        part.port_owner = dict.fromkeys(part.port_owner, identity)
+        part.mmio = [(b, e, identity) for b, e, _ in part.mmio]
+        part.reinstall = False
+        log.info("partition %d: the new worker took over its predecessor's ranges", part.id)
+        self._outbox.send(identity, m.Ack(msg.TYPE))
+
+    def _notify(self, ref: int, ctx: ExitContext, kind: Exit):
+        if kind is Exit.IO_PORT:
+            return m.PortNotify(ref, ctx.vp.index, ctx.addr, ctx.size, ctx.write, ctx.value,
+                                ctx.stamps + (perf_counter_ns(),))
+        return m.MmioNotify(ref, ctx.vp.index, ctx.addr, ctx.size, ctx.write, ctx.value,
+                            ctx.stamps + (perf_counter_ns(),))
+
+    def resend(self, part: Partition) -> int:
+        """After a worker handover: the accesses sent to the old worker that it never
+        completed (it died) go to the new one under the same references."""
+        count = 0
+        for ref, ctx in [(r, c) for r, c in self.pending.items() if c.partition is part]:
+            ctx.deadline_ns = time.monotonic_ns() + WORKER_TIMEOUT_NS
+            self._router.send(part.worker, self._notify(ref, ctx, ctx.kind).encode())
+            count += 1
+        for ref in [r for r, q in self.pings.items() if q.partition is part]:
+            del self.pings[ref]  # asked of the old worker: the new one is pinged afresh
+        return count
+
     # -- accesses: the emulated path -----------------------------------------------------------
 
     def forward(self, ctx: ExitContext, owner: bytes, kind: Exit) -> None:
         """Suspend the exit and notify the worker that owns ``ctx.addr`` (a port or a GPA);
-        ``kind`` is Exit.IO_PORT or Exit.MMIO."""
+        ``kind`` is Exit.IO_PORT or Exit.MMIO.  While the partition's worker is being
+        replaced (servicing.py) the access waits in ``Partition.held``."""
+        if ctx.partition.servicing:
+            ctx.kind = kind
+            ctx.partition.held.append((ctx, kind))
+            return
         ref = self._next()
         ctx.kind = kind
         ctx.deadline_ns = time.monotonic_ns() + WORKER_TIMEOUT_NS

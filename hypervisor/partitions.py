@@ -111,6 +111,15 @@ class Partition:
     health_pauses: int = 0  # times it was paused for that
     pic_output: IrqLog = field(default_factory=IrqLog)  # vectors its PIC raised, for `io irqs_pic`
     clock_offset_ns: int = 0  # what `io clock_step` added to its clocks
+    # Worker servicing (hypervisor/servicing.py): while ``servicing``, new device accesses
+    # wait in ``held`` instead of going to a worker; ``replacement_expected``: the root
+    # said the next worker hello replaces the current worker; ``reinstall``: that new
+    # worker may claim the same ranges again.
+    servicing: bool = False
+    held: list = field(default_factory=list)  # [(ExitContext, Exit)]
+    replacement_expected: bool = False
+    reinstall: bool = False
+    worker_handovers: int = 0
 
     def reset(self) -> None:
         """The partition-wide part of a reset: the synthetic MSRs to their reset values

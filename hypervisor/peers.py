@@ -142,7 +142,9 @@ class Peers:
                 return refuse("UNKNOWN_PARTITION", f"no partition {msg.partition}")
             if msg.role == "worker":
                 if part.worker is not None:
-                    return refuse("CONFLICT", f"partition {part.id} already has a worker")
+                    if not part.replacement_expected:
+                        return refuse("CONFLICT", f"partition {part.id} already has a worker")
+                    self._retire(part)  # the root asked for a replacement (servicing.py)
                 part.worker = identity
                 name = f"worker:{part.id}"
             else:
@@ -168,6 +170,20 @@ class Peers:
         # A VP starts executing when it is first dispatched: its hello reply waits for an LP.
         vp.next_frame = reply.encode()
         self._sched.make_ready(vp.sched, perf_counter_ns())
+
+    def _retire(self, part: Partition) -> None:
+        """Worker servicing: the partition's worker is replaced by the one saying hello now.
+        The old connection stays bound but under a role no route takes, so nothing it sends
+        (a late completion, an interrupt) reaches the partition any more."""
+        old = self.by_identity.get(part.worker)
+        if old is not None:
+            old.role, old.name = "retired", f"retired-worker:{part.id}"
+        part.worker = None
+        part.worker_started = False
+        part.replacement_expected = False
+        part.reinstall = True
+        part.worker_handovers += 1
+        log.info("partition %d: its worker is replaced (handover #%d)", part.id, part.worker_handovers)
 
     def forget(self, identity: bytes) -> None:
         """The peer's connection has gone: its entry, its unanswered challenge and its

@@ -161,6 +161,8 @@ class RootRequests:
         worker = part and self._worker_of(identity, msg, part)
         if worker is None:
             return
+        if part.servicing:  # its devices are being handed to a new worker: nobody may take input now
+            return self._outbox.error(identity, msg.TYPE, "CONFLICT", f"partition {part.id}'s worker is being replaced")
         if not self._router.send(worker, m.DeviceInput(msg.device, msg.data).encode()):
             return self._outbox.error(identity, msg.TYPE, "UNKNOWN_PARTITION", f"partition {part.id}'s worker is gone")
         self._outbox.send(identity, m.Ack(msg.TYPE))

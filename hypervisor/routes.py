@@ -18,6 +18,8 @@ from typing import Callable, NamedTuple
 from proto import messages as m
 from proto import synic_messages as sm
 
+from hypervisor.servicing import Servicing
+
 VP, WORKER, ROOT = ("vp",), ("worker",), ("root",)
 VSP = ("vsp",)  # the root's VMBus server (issue 10)
 
@@ -73,4 +75,7 @@ def build_routes(hv) -> dict[type, Route]:
         sm.SynicSignal: Route(hv.synic_ports.on_signal, VSP),
         sm.GpaMapRequest: Route(hv.synic_ports.on_gpa_map, VSP),
         m.IoRequest: Route(hv.io_requests.on_io_request, ROOT),
+        # Worker servicing (hypervisor/servicing.py).
+        m.ServiceRequest: Route(Servicing(table=hv.table, outbox=hv.outbox, forwarding=fwd,
+                                          sched=hv.dispatcher.sched).on_service_request, ROOT),
     }

@@ -674,3 +674,5 @@ from proto.io_messages import IoReply, IoRequest, WorkerClockStep  # noqa: E402,
 from proto.interrupt_messages import InterruptNotify  # noqa: E402,F401
 
 __all__.append("InterruptNotify")
+# Worker servicing's messages (ids 46–49), in a module of their own.
+from proto.service_messages import DeviceSave, ServiceRequest  # noqa: E402,F401

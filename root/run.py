@@ -24,7 +24,7 @@ from proto.tlb import tlb_path
 from proto.errors import HvstackError
 from proto.status import HypervisorStatus
 from proto.transport import curve_keypair, ipc_endpoint
-from root import cgroups, hostflow
+from root import cgroups, hostflow, servicing
 from root.client import ConsoleWatcher, RootClient
 from root.procs import STOP_GRACE_S, Proc, describe_exit, partition_uid, spawn, stop_procs
 from root.report import Output
@@ -75,6 +75,9 @@ class Run:
     _console_partial: dict = field(default_factory=dict)
     _unresponsive: list = field(default_factory=list)  # partitions whose worker stopped answering
     _cgroups: dict = field(default_factory=dict)  # partition name → its cpu cgroup (root/cgroups.py)
+    _uids: dict = field(default_factory=dict)  # (role, partition id) → the uid its process runs under
+    _dead_workers: dict = field(default_factory=dict)  # name → Proc: died, to be restarted (servicing)
+    worker_restarts: dict = field(default_factory=dict)  # partition name → times its worker was restarted
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -107,7 +110,6 @@ class Run:
                                       server_key=self.server_key)
         for pc in self.topology.partitions:
             pid = self.partition_ids[pc.name]
-            token = auth.peer_token(self.secret, "worker", pid)
             devices = pc.worker_devices(self.run.path, self.topology.base_dir or self.run.path)
             if pc.firmware:
                 firmware_nvram(self.run.path / f"nvram-{pc.name}.bin", pc.memory_mb)
@@ -116,11 +118,8 @@ class Run:
                               self.topology.base_dir)
             spec = {"endpoint": self.endpoint, "server_key": self.server_key, "partition_id": pid, "name": pc.name,
                     "console_path": str(self.run.path / f"console-{pc.name}.log"), "devices": devices}
-            spec_path = self.run.path / f"worker-{pc.name}.json"
-            write_json(spec_path, spec)
-            args, fds = self._confinement("worker", pid, tlbs=False)
-            self.procs.append(spawn("worker", pc.name, "worker", ["--spec", str(spec_path), *args],
-                                    logs, secret=token, fds=fds))
+            write_json(self.run.path / f"worker-{pc.name}.json", spec)
+            self.procs.append(self.spawn_worker(pc))
         self._manifest_update()
         self._await_workers()
         for pc in self.topology.partitions:
@@ -141,6 +140,27 @@ class Run:
             self._limit_cpu(pc, self.procs[-1].pid)
         self._manifest_update(state="running")
 
+    def spawn_worker(self, pc, restore: bool = False, go_fd: int | None = None) -> Proc:
+        """``python -m worker`` for partition ``pc`` (its spec already written), confined;
+        its devices saved into ``checkpoint-NAME.bin`` when servicing asks (and at every
+        completed access where a dead worker is restarted); ``restore``: a successor, which
+        restores them from there first (root/servicing.py) and says how long that took
+        on its stdout — once the launcher writes on ``go_fd``'s other end, if given (the
+        read end: inherited, then closed here)."""
+        pid = self.partition_ids[pc.name]
+        args, fds = self._confinement("worker", pid, tlbs=False)
+        args += ["--checkpoint", str(self.run.path / f"checkpoint-{pc.name}.bin")]
+        if pc.on_worker_exit == "restart":
+            args += ["--each-exit"]
+        if restore:
+            args += ["--restore"]
+        if go_fd is not None:
+            args += ["--go-fd", str(go_fd)]
+            fds += (go_fd,)
+        return spawn("worker", pc.name, "worker", ["--spec", str(self.run.path / f"worker-{pc.name}.json"), *args],
+                     self.run.path / "logs", secret=auth.peer_token(self.secret, "worker", pid), fds=fds,
+                     stdout=subprocess.PIPE if restore else subprocess.DEVNULL)
+
     def _confinement(self, role: str, pid: int, tlbs: bool) -> tuple[list[str], tuple[int, ...]]:
         """The arguments and descriptors that confine a worker or partition process: its
         partition's RAM (read-write) and SLAT table (read-only), the partition's TLB files
@@ -159,7 +179,9 @@ class Run:
             fds += lp_fds
             args += ["--tlb-fds", ",".join(map(str, lp_fds))]
         if self.isolation == confine.UIDS:
-            uid = partition_uid(os.getpid(), pid, role)
+            # A successor worker (servicing) runs under its predecessor's uid.
+            uid = self._uids.get((role, pid)) or partition_uid(os.getpid(), pid, role)
+            self._uids[(role, pid)] = uid
             args += ["--uid", str(uid), "--gid", str(uid)]
         elif self.isolation == confine.NAMESPACES:
             args += ["--namespaces"]
@@ -252,6 +274,9 @@ class Run:
         for p in self.procs:
             code = p.popen.poll()
             if code is not None:
+                if p.role == "worker" and self._restartable(p.name):
+                    self._dead_workers.setdefault(p.name, p)  # supervise() restarts it
+                    continue
                 raise RunEnded(f"{p.role} {p.name} (pid {p.pid}) {describe_exit(code)}", 1)
 
     def status(self) -> HypervisorStatus:
@@ -300,6 +325,7 @@ class Run:
                     stopped.add(p.id)
                     self._stop_partition(p.id)
             self._note_unresponsive(status)
+            self._service_workers(stopped)
             if len(stopped) == len(self.partition_ids):
                 raise RunEnded("every partition was stopped (ctl stop)", 0)
             if self.duration > 0:
@@ -309,6 +335,46 @@ class Run:
                     return status
                 if time.monotonic() > deadline:
                     raise RunEnded(f"guests did not finish within {grace:.0f} s", 1)
+
+    def _restartable(self, name: str) -> bool:
+        pc = next((p for p in self.topology.partitions if p.name == name), None)
+        return pc is not None and pc.on_worker_exit == "restart" and self._hypervisor_alive() \
+            and self.worker_restarts.get(name, 0) < servicing.MAX_RESTARTS
+
+    def _service_workers(self, stopped: set[int]) -> None:
+        """Restart the workers that died (``on_worker_exit = "restart"``) and service the
+        partitions `ctl service` asked for (root/servicing.py)."""
+        for name, proc in list(self._dead_workers.items()):
+            del self._dead_workers[name]
+            self.out.print(f"partition {name}: its worker (pid {proc.pid}) {describe_exit(proc.popen.returncode)}; "
+                           "restarting it from its last checkpoint")
+            self.worker_restarts[name] = self.worker_restarts.get(name, 0) + 1
+            try:
+                figures = servicing.replace_worker(self, name, restart=True)
+            except HvstackError as e:
+                raise RunEnded(f"worker {name} died and could not be restarted: {e}", 1) from None
+            # Its stall ended with the new worker (the commit resumed the partition).
+            self._unresponsive = [n for n in self._unresponsive if n != name]
+            self._record_service(figures)
+        for path in self.run.path.glob(f"service-*{servicing.REQUEST_SUFFIX}"):
+            name = path.name.removeprefix("service-").removesuffix(servicing.REQUEST_SUFFIX)
+            nonce = path.read_text().strip()[:64]
+            path.unlink(missing_ok=True)
+            if name not in self.partition_ids or self.partition_ids[name] in stopped:
+                figures = {"partition": name, "error": "no such running partition"}
+            else:
+                try:
+                    figures = servicing.replace_worker(self, name, restart=False)
+                except HvstackError as e:
+                    figures = {"partition": name, "error": str(e)}
+            self._record_service({**figures, "nonce": nonce})
+
+    def _record_service(self, figures: dict) -> None:
+        self.out.print(servicing.describe(figures) if "error" not in figures
+                       else f"partition {figures['partition']}: service failed: {figures['error']}")
+        services = self.run.manifest().get("services", []) + [figures]
+        self._manifest_update(services=services[-100:], worker_restarts=dict(self.worker_restarts),
+                              unresponsive_partitions=self._unresponsive)
 
     def _note_unresponsive(self, status: HypervisorStatus) -> None:
         """The hypervisor paused a partition whose worker stopped answering (or it answers

@@ -86,6 +86,7 @@ class PartitionConfig:
     kernel: str | None = None  # a test kernel of ours by name, or a path (a real-CPU backend only)
     initrd: str | None = None  # with a Linux kernel (a bzImage): its initramfs
     cmdline: str | None = None  # with a Linux kernel: its command line
+    on_worker_exit: str = "end"  # "end": a dead worker ends the run; "restart": a new one restores (servicing)
 
     @property
     def privileges(self) -> int:
@@ -236,7 +237,7 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
             raise err(t, i, None, f"must be a table, got {type(p).__name__} {p!r}")
         check_keys(p, {"name", "vps", "memory_mb", "enlightenments", "recommendations", "spin_retry",
                        "workloads", "chipset", "disk", "cpu", "device", "vmbus", "firmware", "kernel",
-                       "initrd", "cmdline"}, t, i)
+                       "initrd", "cmdline", "on_worker_exit"}, t, i)
         pname = get(p, "name", str, t, i, required=True)
         if not NAME_RE.match(pname):
             raise err(t, i, "name", f"{pname!r} must be lowercase letters, digits, - or _ (≤32)")
@@ -365,11 +366,15 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
             dev_names.add(dname)
             devices.append(dict(d))
         vmbus = vmbus_section(get(p, "vmbus", dict, t, i, None), enl, base_dir, lambda k, why: err(t, i, k, why))
+        on_worker_exit = get(p, "on_worker_exit", str, t, i, "end")
+        if on_worker_exit not in ("end", "restart"):
+            raise err(t, i, "on_worker_exit", f"{on_worker_exit!r} is not \"end\" or \"restart\"")
         if vmbus and backend != "python":
             raise err(t, i, "vmbus", f"cpu = {backend!r}: the VMBus guest drivers are the Python guest's (cpu = \"python\")")
         parts.append(PartitionConfig(pname, vps, mem, list(enl), list(rec), spin, list(wls), chipset, disk,
                                      devices, dict(cpu), vmbus, backend, firmware, kernel,
-                                     *linux_args(p, t, i, kernel, base_dir, err, get)))
+                                     *linux_args(p, t, i, kernel, base_dir, err, get),
+                                     on_worker_exit=on_worker_exit))
     switch = get(data, "switch", dict, "", None, None)
     if switch is not None:
         check_keys(switch, {"external"}, "switch", None)

@@ -98,6 +98,10 @@ class PortBus(_GuestView):
                 self._by_port[port] = slot
         self.devices.append(device)
 
+    def device_at(self, port: int) -> Device | None:
+        slot = self._by_port.get(port)
+        return slot[0] if slot is not None else None
+
     def ranges(self) -> list[PortRange]:
         """The claimed ports as maximal contiguous ranges (what the hypervisor is told)."""
         out: list[PortRange] = []
@@ -177,6 +181,10 @@ class MmioBus(_GuestView):
 
     def ranges(self) -> list[MmioRange]:
         return [r for r, _ in self._ranges]
+
+    def device_at(self, gpa: int) -> MmioDevice | None:
+        found = self._find(gpa)
+        return found[1] if found is not None else None
 
     def _find(self, gpa: int) -> tuple[MmioRange, MmioDevice] | None:
         i = bisect.bisect_right(self._starts, gpa) - 1

@@ -183,6 +183,21 @@ class Chipset:
         out["mmio_bus"] = dataclasses.asdict(self.mmio.stats)
         return DeviceCounters(out)
 
+    def save(self) -> dict:
+        """Every device's state value, by device name (the saved state's ``worker`` section)."""
+        return {device.name: device.save() for device in self.devices}
+
+    def restore(self, saved: dict) -> None:
+        """Every device from ``saved`` (what :meth:`save` made, possibly in another
+        process): the same devices by name, each value checked by its device (ValueError
+        naming what is wrong).  Used by a new worker before it serves: one that fails here
+        exits, and the saved state is still where it was."""
+        if not isinstance(saved, dict) or set(saved) != set(self.by_name):
+            got = sorted(map(str, saved)) if isinstance(saved, dict) else type(saved).__name__
+            raise ValueError(f"saved devices {got} are not this partition's {sorted(self.by_name)}")
+        for device in self.devices:
+            device.restore(saved[device.name])
+
     def close(self) -> None:
         for backend in self._backends:
             backend.close()

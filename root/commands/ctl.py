@@ -1,22 +1,26 @@
 """``ctl RUN pause|resume|reset|stop PARTITION``: PartitionControl on one partition of a live
 run.  pause holds its VPs at their next exit; resume lets them go on; reset sends every VP to
 its reset vector and the devices to power-on; stop ends the partition's VPs and worker and
-waits (--timeout) until the launcher has — when it was the last partition, the run ends."""
+waits (--timeout) until the launcher has — when it was the last partition, the run ends;
+service hands the partition's devices to a new worker process while its VPs are paused
+(root/servicing.py) and prints the blackout."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 from proto.errors import HvstackError, Refused
 from proto.status import HypervisorStatus
+from root import servicing
 from root.client import RootClient
 from root.commands.common import complain
-from root.rundir import live_run, partition_of
+from root.rundir import live_run, partition_of, write_private
 
 NAME = "ctl"
-HELP = "pause, resume, reset or stop a partition of a live run"
-ACTIONS = ("pause", "resume", "reset", "stop")
+HELP = "pause, resume, reset, stop or service a partition of a live run"
+ACTIONS = ("pause", "resume", "reset", "stop", "service")
 CTL_DONE = {"pause": "paused", "resume": "resumed", "reset": "reset", "stop": "stopped"}
 
 
@@ -34,6 +38,8 @@ def run(args) -> int:
     name = args.partition
     if name in man.get("stopped_partitions", []):
         raise HvstackError(f"partition {name} of run {run.name} is stopped")
+    if args.action == "service":
+        return _service(run, name, args.timeout)
     with RootClient(man["endpoint"], run.secret(), server_key=man.get("server_key")) as root:
         try:
             root.control(pid, args.action)
@@ -66,4 +72,29 @@ def run(args) -> int:
     if stopped:
         return 0
     complain(NAME, f"partition {name} was told to stop, but its processes were not ended within {args.timeout} s")
+    return 1
+
+
+def _service(run, name: str, timeout: float) -> int:
+    """The launcher owns the run's processes: ask it (a request file in the run directory)
+    and wait for its figures in the manifest."""
+    nonce = os.urandom(8).hex()
+    request = servicing.request_path(run.path, name)
+    write_private(request.with_suffix(".tmp"), nonce)
+    os.replace(request.with_suffix(".tmp"), request)  # the launcher never sees it half written
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        man = run.manifest()
+        for figures in man.get("services", []):
+            if figures.get("nonce") == nonce:
+                if "error" in figures:
+                    complain(NAME, f"cannot service partition {name}: {figures['error']}")
+                    return 1
+                print(servicing.describe(figures))
+                return 0
+        if man.get("state") == "ended" or not run.is_live():
+            break
+        time.sleep(0.05)
+    request.unlink(missing_ok=True)
+    complain(NAME, f"partition {name} was not serviced within {timeout} s")
     return 1

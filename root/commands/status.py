@@ -104,7 +104,8 @@ def run(args) -> int:
         print(json.dumps({"run": run.name, "isolation": man.get("isolation"), "seccomp": seccomp_line(man),
                           "hypervisor": {k: v for k, v in status.items() if k != "partitions"},
                           "partitions": status["partitions"], "names": man.get("partitions", {}),
-                          "processes": procs, "vmbus": vsp}, indent=2))
+                          "processes": procs, "vmbus": vsp,
+                          "worker_restarts": man.get("worker_restarts", {})}, indent=2))
         return 0
     names = partition_names(man)
     st = HypervisorStatus.from_wire(status)
@@ -129,6 +130,11 @@ def run(args) -> int:
         cg = man.get("cpu_cgroups", {}).get(names.get(p.id, ""))
         if cg:
             print(f"  {cg['note']}")
+        served = [s for s in man.get("services", []) if s.get("partition") == names.get(p.id) and "error" not in s]
+        if served:  # worker servicing (root/servicing.py)
+            restarts = man.get("worker_restarts", {}).get(names.get(p.id, ""), 0)
+            print(f"  worker replaced {len(served)} times ({restarts} restarted after dying); "
+                  f"last blackout {served[-1]['blackout_ms']:.1f} ms")
         rows = [[str(vp.index), vp.state, *(str(v) for v in vp.exits.values()), str(vp.faults)] for vp in p.vps]
         if p.vps:
             headers = ["vp", "state", *p.vps[0].exits.keys(), "faults"]

@@ -53,6 +53,8 @@ EXAMPLES = {
     m.IoRequest: m.IoRequest(3, 1, 64, "hypercall_gpa", 0x13, 0x2000, 0x3000, b""),
     m.IoReply: m.IoReply(3, 0, 0, b"\x20\x24", 0),
     m.WorkerClockStep: m.WorkerClockStep(9, 20_000_000),
+    m.ServiceRequest: m.ServiceRequest(3, "expect_worker"),
+    m.DeviceSave: m.DeviceSave(12, "save"),
     m.ConsoleSubscribe: m.ConsoleSubscribe(1),
     m.ConsoleData: m.ConsoleData(1, b"hi"),
     m.InputRequest: m.InputRequest(1, "console", b"ls\r"),

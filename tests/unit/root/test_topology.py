@@ -85,6 +85,7 @@ def test_workload_names_are_the_guests():
     ("[[partition]]\nname = 'a'\nchipset = 'minimal'\ndisk = { size_mb = 4 }\n", ":4:", "needs chipset = \"gen1\""),
     ("[run]\nname = 'x'\n", "", "at least one [[partition]]"),
     ("[run\n", "", "not valid TOML"),
+    ("[[partition]]\nname = 'a'\non_worker_exit = 'reboot'\n", ":3:", "on_worker_exit: 'reboot' is not"),
 ])
 def test_a_bad_topology_names_file_line_and_key(tmp_path, text, where, what):
     cfg = tmp_path / "bad.toml"
@@ -112,3 +113,9 @@ def test_a_partition_may_have_up_to_128_vps_and_ask_for_the_ex_calls_and_frequen
     assert p.recommendation_bits == HvRecommendation.UseSyntheticClusterIpi | HvRecommendation.UseExProcessorMasks
     with pytest.raises(ConfigError, match="vps: 129 is outside 1..128"):
         load_topology("[[partition]]\nname = 'wide'\nvps = 129\n", "wide.toml")
+
+
+def test_on_worker_exit_defaults_to_ending_the_run(tmp_path):
+    cfg = tmp_path / "t.toml"
+    cfg.write_text("[[partition]]\nname = 'a'\n\n[[partition]]\nname = 'b'\non_worker_exit = 'restart'\n")
+    assert [p.on_worker_exit for p in read_topology(str(cfg)).partitions] == ["end", "restart"]

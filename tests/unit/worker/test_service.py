@@ -255,3 +255,47 @@ def test_a_clock_step_moves_the_devices_time_and_raises_what_fell_due(make_worke
     worker.handle(m.encode(port(23, 0x71)))
     bcd = lambda v: (v >> 4) * 10 + (v & 0xF)  # noqa: E731
     assert (bcd(endpoint.sent[-1].value) - bcd(seconds)) % 60 == 3
+
+
+# -- servicing: device_save, exit-consistent checkpoints -------------------------------------
+
+
+def checkpointed(make_worker, tmp_path, each_exit: bool):
+    import os
+
+    from proto.saved_state import CheckpointFile
+    worker, endpoint = make_worker()
+    cp = CheckpointFile(os.open(tmp_path / "cp.bin", os.O_RDWR | os.O_CREAT, 0o600))
+    worker.keep_checkpoints(cp, 1, "alpha", each_exit=each_exit)
+    return worker, endpoint, cp
+
+
+def test_device_save_saves_every_device_and_freezes_the_worker(make_worker, tmp_path):
+    worker, endpoint, cp = checkpointed(make_worker, tmp_path, each_exit=False)
+    worker.handle(m.encode(port(1, SCR, value=0x77)))
+    worker.handle(m.encode(m.DeviceSave(5, "save")))
+    reply = endpoint.sent[-1]
+    assert isinstance(reply, m.WorkerQueryReply) and reply.ref == 5 and reply.result["bytes"] > 0
+    assert worker.frozen
+    assert cp.latest()["sections"]["worker"]["com1"]["scr"] == 0x77
+    worker.handle(m.encode(m.DeviceSave(6, "thaw")))
+    assert not worker.frozen
+
+
+def test_each_exit_saves_before_the_completion_and_a_resend_is_not_done_twice(make_worker, tmp_path):
+    worker, endpoint, cp = checkpointed(make_worker, tmp_path, each_exit=True)
+    worker.handle(m.encode(port(41, SCR, value=0x33)))
+    record = cp.latest()
+    assert record["sections"]["worker_access"] == {"ref": 41, "value": 0}
+    assert record["sections"]["worker"]["com1"]["scr"] == 0x33
+    # A successor restored from it, given the same access again (its predecessor died
+    # before the completion went out), answers it from the record.
+    succ, out = make_worker()
+    succ.chipset.restore(record["sections"]["worker"])
+    succ.keep_checkpoints(cp, 1, "alpha", record["sequence"], each_exit=True,
+                          last_access=record["sections"]["worker_access"])
+    succ.handle(m.encode(port(41, SCR, value=0x99)))  # not carried out: already done
+    assert out.sent[-1].ref == 41
+    assert succ.chipset.bus.read(SCR, 1) == 0x33
+    succ.handle(m.encode(port(42, SCR, value=0x44)))
+    assert succ.chipset.bus.read(SCR, 1) == 0x44

@@ -1,0 +1,101 @@
+"""Worker servicing in the hypervisor (hypervisor/servicing.py): the root-authorized
+handover of a partition's device role to a new worker, and the accesses at the moment of
+the pause — done by the old worker before its save, or by the new one after its restore;
+never lost, never twice."""
+
+from __future__ import annotations
+
+import pytest
+
+from proto import messages as m
+from tests.unit.hypervisor.fake_stack import COM1, REGS, ROOT, VGA, Stack, stamps, vp_id, worker_id
+
+V10, V11 = vp_id(1, 0), vp_id(1, 1)
+W1, NEW = worker_id(1), b"worker:1:new"
+
+
+@pytest.fixture
+def s(tmp_path) -> Stack:
+    s = Stack(tmp_path)
+    s.hello(ROOT, "root")
+    assert s.partition() == 1
+    s.send(W1, m.MemoryRequest(1)).one(W1, m.MemoryReply)  # the worker serves from now on
+    return s
+
+
+def service(s: Stack, action: str):
+    return s.send(ROOT, m.ServiceRequest(1, action))
+
+
+def io(s: Stack, vp: bytes, seq: int):
+    return s.exit(vp, m.IoPortIntercept(seq, COM1, 1, False, 0, stamps(), REGS))
+
+
+def start_new_worker(s: Stack) -> None:
+    assert isinstance(s.hello(NEW, "worker", 1).one(NEW), m.HelloReply)
+    assert s.send(NEW, m.InstallIntercept(((COM1, 8), (0x60, 1)), ((VGA, 0x8000),))).one(NEW, m.Ack)
+    s.send(NEW, m.MemoryRequest(1)).one(NEW, m.MemoryReply)
+
+
+def test_save_needs_a_paused_partition(s):
+    assert service(s, "save").one(ROOT, m.ErrorReply).code == "OUT_OF_TURN"
+
+
+def test_a_second_worker_hello_is_refused_unless_the_root_expects_one(s):
+    assert s.hello(NEW, "worker", 1).one(NEW, m.ErrorReply).code == "CONFLICT"
+
+
+def test_a_planned_handover_loses_no_access_and_does_none_twice(s):
+    before = io(s, V10, 1).one(W1, m.PortNotify)  # forwarded before the pause
+    s.send(ROOT, m.PartitionControl(1, "pause")).one(ROOT, m.Ack)
+    save = service(s, "save").one(W1, m.DeviceSave)
+    assert save.action == "save"
+    # The worker answers in order: the earlier access first, then its save.
+    s.send(W1, m.AccessComplete(before.ref, 0x41, stamps()))
+    assert s.send(W1, m.WorkerQueryReply(save.ref, {"sequence": 1, "bytes": 10})).one(ROOT, m.WorkerQueryReply)
+    held = io(s, V11, 2)  # after the save: held, the old worker sees nothing of it
+    assert not held.to(W1)
+    assert s.send(ROOT, m.InputRequest(1, "console", b"x")).one(ROOT, m.ErrorReply).code == "CONFLICT"
+    service(s, "expect_worker").one(ROOT, m.Ack)
+    assert service(s, "commit").one(ROOT, m.ErrorReply).code == "OUT_OF_TURN"  # not started yet
+    start_new_worker(s)
+    # The old connection is retired: nothing it sends reaches the partition.
+    assert s.send(W1, m.AssertInterrupt(0x20, (1, 2))).one(W1, m.ErrorReply).code == "NOT_PERMITTED"
+    sent = service(s, "commit")
+    assert sent.one(ROOT, m.Ack)
+    notify = sent.one(NEW, m.PortNotify)  # the held access, once, to the new worker
+    assert not s.part(1).cpu.paused and s.part(1).worker == NEW and s.part(1).worker_handovers == 1
+    assert s.part(1).port_owner[COM1] == NEW and s.part(1).mmio_owner(VGA) == NEW
+    s.send(NEW, m.AccessComplete(notify.ref, 0x42, stamps()))
+    assert not s.hv.forwarding.pending
+
+
+def test_a_new_worker_with_other_ranges_is_refused(s):
+    s.send(ROOT, m.PartitionControl(1, "pause"))
+    service(s, "expect_worker").one(ROOT, m.Ack)
+    s.hello(NEW, "worker", 1)
+    err = s.send(NEW, m.InstallIntercept(((0x2F8, 8),), ())).one(NEW, m.ErrorReply)
+    assert err.code == "CONFLICT"
+    assert service(s, "commit").one(ROOT, m.ErrorReply).code == "OUT_OF_TURN"
+
+
+def test_after_a_crash_the_uncompleted_access_goes_to_the_new_worker_under_its_ref(s):
+    sent = io(s, V10, 1).one(W1, m.PortNotify)  # the worker dies without completing it
+    s.send(ROOT, m.PartitionControl(1, "pause"))
+    service(s, "expect_worker").one(ROOT, m.Ack)
+    start_new_worker(s)
+    again = service(s, "commit").one(NEW, m.PortNotify)
+    assert again.ref == sent.ref and again.port == COM1
+    resumed = s.send(NEW, m.AccessComplete(again.ref, 0x55, stamps())).to(V10)
+    assert resumed and resumed[0].rax == 0x55
+
+
+def test_abort_thaws_the_old_worker_and_gives_it_the_held_accesses(s):
+    s.send(ROOT, m.PartitionControl(1, "pause"))
+    save = service(s, "save").one(W1, m.DeviceSave)
+    s.send(W1, m.WorkerQueryReply(save.ref, {"sequence": 1}))
+    assert not io(s, V10, 1).to(W1)
+    sent = service(s, "abort")
+    assert sent.one(ROOT, m.Ack)
+    assert any(isinstance(x, m.DeviceSave) and x.action == "thaw" for x in sent.to(W1))
+    assert sent.one(W1, m.PortNotify)
