@@ -5,13 +5,15 @@ where a ping's time goes, stage by stage.  ``python -m benchmarks.vmbus --net``.
 Two runs of two enlightened partitions (alpha, beta) with a synthetic NIC each:
 
 - **ping**: both run ``vmbus_net`` alone, pinging each other twice a second.  Every echo
-  request carries the pinger's stamp as it hands it to netvsc, the answerer adds its own as
-  its handler took the request and as it hands the reply back; the pinger prints all of
-  them with the time its handler took the reply (partitions/vmbus_net.py).  The VSP's
-  switch stamps every echo request and reply as netvsp got it from the sender's ring and
-  as it had written the receiver's ring and signalled it (root/vsp/netvsp.py, in
+  request carries the pinger's stamp as it hands it to netvsc, the answerer adds its own
+  (its handler began to read the ring, had the request, hands the reply to netvsc), and the
+  pinger's next request carries when its handler began and had this reply
+  (partitions/vmbus_net.py).  The VSP's switch notes them with its own stamps of every echo
+  request and reply, as netvsp got it from the sender's ring and as it had written the
+  receiver's ring and signalled it (root/vsp/netvsp.py, ``switch.icmp_stamps`` in
   vsp-status.json).  All are perf_counter_ns — CLOCK_MONOTONIC, one clock for every
-  process on the host — so the differences are the stages.
+  process on the host — so the differences are the stages.  A pinger's last ping has no
+  next request to carry its end: it is not counted.
 - **stream**: alpha also runs ``vmbus_net_stream`` (2 s of back-to-back 1 KiB frames to
   beta); beta counts what arrived, the VSP what its full receive buffer dropped.
 
@@ -56,9 +58,7 @@ STAGES = (
     ("hv → A's SINT → A's VP back in its handler", "rep_out", "a2"),
     ("A: netvsc reads the ring and the receive section", "a2", "a3"),
 )
-PING_LINE = re.compile(r"vmbus_net: ping ([\d.]+): .* seq (\d+) stamps (\d+) (\d+) (\d+) (\d+) (\d+) (\d+)")
 LOST_LINE = re.compile(r"vmbus_net: ping [\d.]+: no reply")
-ADDRESS = re.compile(r"vmbus_net: NIC .* address ([\d.]+)")
 
 
 def topology(name: str, duration_s: float, stream: bool) -> str:
@@ -88,24 +88,20 @@ def _run(name: str, duration_s: float, stream: bool):
     return run.final_status, consoles, vsp
 
 
-def pings(consoles: dict[str, str], vsp: dict) -> list[dict]:
-    """Every ping the guests printed stamps for, joined with the switch's stamps of its
-    request and reply: one dict of named stamps per ping, in console order."""
-    switch = {(ip, kind, seq): (t_in, t_out) for ip, kind, seq, t_in, t_out in
-              ((vsp.get("switch") or {}).get("icmp_stamps") or [])}
+def pings(vsp: dict) -> list[dict]:
+    """Every ping whose request, reply and next request the switch noted: one dict of
+    named stamps per ping, by pinger and sequence."""
+    seen = {(src, dst, kind, seq): t for src, dst, kind, seq, *t in
+            ((vsp.get("switch") or {}).get("icmp_stamps") or []) if len(t) == 8}
+    requests = {(src, seq): t for (src, _, kind, seq), t in seen.items() if kind == 8}
     out = []
-    for name, text in consoles.items():
-        me = ADDRESS.search(text)
-        if me is None:
+    for (src, dst, kind, seq), t in sorted(seen.items()):
+        reply, after = seen.get((dst, src, 0, seq)), requests.get((src, (seq + 1) & 0xFFFF))
+        if kind != 8 or reply is None or after is None or not all(after[6:8]):
             continue
-        for match in PING_LINE.finditer(text):
-            peer, seq = match.group(1), int(match.group(2))
-            a0, b0, b1, b2, a2, a3 = map(int, match.group(3, 4, 5, 6, 7, 8))
-            req, rep = switch.get((me.group(1), 8, seq)), switch.get((peer, 0, seq))
-            p = {"from": name, "seq": seq, "a0": a0, "b0": b0, "b1": b1, "b2": b2, "a2": a2, "a3": a3}
-            if req and rep:
-                p.update(req_in=req[0], req_out=req[1], rep_in=rep[0], rep_out=rep[1])
-            out.append(p)
+        out.append({"from": src, "seq": seq, "a0": t[2], "req_in": t[0], "req_out": t[1],
+                    "b0": reply[3], "b1": reply[4], "b2": reply[5], "rep_in": reply[0], "rep_out": reply[1],
+                    "a2": after[6], "a3": after[7]})
     return out
 
 
@@ -116,10 +112,9 @@ def pct(values: list[float], p: int) -> float:
 
 def stage_table(samples: list[dict]) -> list[dict]:
     """Per stage: p50 and mean (µs) over the pings that carry every stamp."""
-    full = [p for p in samples if "req_in" in p]
     rows = []
     for name, a, b in STAGES:
-        d = [(p[b] - p[a]) / 1e3 for p in full]
+        d = [(p[b] - p[a]) / 1e3 for p in samples]
         rows.append({"stage": name, "p50_us": pct(d, 50), "mean_us": sum(d) / len(d) if d else 0.0, "n": len(d)})
     return rows
 
@@ -131,7 +126,7 @@ def measure(duration_s: float = 20.0, floor_samples: int = 2000, floor_stream_s:
     with tempfile.TemporaryDirectory(prefix="hvvmbusnet") as d, private_runs(d):
         _, consoles, vsp = _run("bench-vmbus-ping", duration_s, stream=False)
         status, _, stream_vsp = _run("bench-vmbus-stream", max(duration_s, 12.0), stream=True)
-    samples = pings(consoles, vsp)
+    samples = pings(vsp)
     firsts: dict[str, dict] = {}
     for p in samples:
         firsts.setdefault(p["from"], p)

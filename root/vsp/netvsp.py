@@ -35,6 +35,7 @@ SECTION = 2048  # a receive-buffer section: an RNDIS PACKET header and a full fr
 MAX_RNDIS_MESSAGE = SECTION
 MAX_RECV_PAGES = 1024
 ICMP_STAMPS = 256  # the last echo requests and replies the switch stamped (for benchmarks.vmbus)
+GUEST_STAMPS = struct.Struct("<6Q")  # what partitions/vmbus_net.py puts first in an echo payload
 
 
 @dataclass
@@ -53,22 +54,25 @@ class VirtualSwitch:
         self.ports: list[NetVsp] = []
         self.table: dict[bytes, NetVsp] = {}
         self.forwarded = self.flooded = 0
-        # (source IPv4 address, ICMP type, sequence) → (perf_counter_ns as the sender's
-        # packets were handed to netvsp, as the switch had written the receiver's ring and
-        # signalled it): where a ping's time goes inside the VSP.
-        self.icmp_stamps: dict[tuple[str, int, int], tuple[int, int]] = {}
+        # (source and destination IPv4 address, ICMP type, sequence) → (perf_counter_ns as
+        # the sender's packets were handed to netvsp, as the switch had written the
+        # receiver's ring and signalled it, then the guests' own stamps the echo payload
+        # carries: partitions/vmbus_net.py): where a ping's time goes, for benchmarks.vmbus.
+        self.icmp_stamps: dict[tuple[str, str, int, int], tuple[int, ...]] = {}
 
     def stamp(self, frame: bytes, t_in: int) -> None:
-        """Note an ICMP echo request or reply the switch just forwarded (stamps only)."""
+        """Note an ICMP echo request or reply the switch just forwarded, with the guests'
+        stamps its payload carries (numbers only; nothing else is read)."""
         if len(frame) < 42 or frame[12:14] != b"\x08\x00" or frame[23] != 1:
             return
         at = 14 + (frame[14] & 0xF) * 4
-        if at + 8 > len(frame) or frame[at] not in (0, 8):
+        if at + 8 + GUEST_STAMPS.size > len(frame) or frame[at] not in (0, 8):
             return
         if len(self.icmp_stamps) >= ICMP_STAMPS:
             del self.icmp_stamps[next(iter(self.icmp_stamps))]
         seq = struct.unpack_from(">H", frame, at + 6)[0]
-        self.icmp_stamps[(".".join(map(str, frame[26:30])), frame[at], seq)] = (t_in, time.perf_counter_ns())
+        key = (".".join(map(str, frame[26:30])), ".".join(map(str, frame[30:34])), frame[at], seq)
+        self.icmp_stamps[key] = (t_in, time.perf_counter_ns(), *GUEST_STAMPS.unpack_from(frame, at + 8))
 
     def attach(self, port) -> None:
         """A port: a partition's NetVsp, or the external port (root/vsp/tap.py): each has
