@@ -20,7 +20,7 @@ Two runs of two enlightened partitions (alpha, beta) with a synthetic NIC each:
 A ping's round trip starts after its ARP resolution (partitions/vmbus_net.py resolves,
 then stamps), so the first ping carries no ARP; its round trip is shown beside the
 percentiles and is not excluded (in the runs seen it was no outlier: 22–80 ms against a
-p50 near 100 ms, once 0.9 s when its peer was still booting).  Pings with no reply within
+p50 of 100–150 ms; once 0.9 s, when its peer was still bringing its NIC up).  Pings with no reply within
 1 s are counted as lost.  The guests ping twice a second at most, so a run gives tens of
 samples: p99 is close to the maximum.
 """
