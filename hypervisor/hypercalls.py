@@ -441,7 +441,12 @@ class Hypercalls:
         status, space = self._flush_space(args)
         if status != S.HV_STATUS_SUCCESS:
             return status, b""
-        gvas = self._rep_list(hc, data, HV_INPUT_FLUSH_VIRTUAL_ADDRESS_LIST.size, HV_GVA)
+        return self._flush_gvas(caller, hc, data, HV_INPUT_FLUSH_VIRTUAL_ADDRESS_LIST.size, space)
+
+    def _flush_gvas(self, caller, hc, data, offset: int, space: int) -> Result:
+        """The rep list of both address-list flushes, from ``offset``: GVAs whose bits 11:0
+        count additional pages."""
+        gvas = self._rep_list(hc, data, offset, HV_GVA)
         if gvas is None:
             return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b""
         if self.tlb is not None and caller.partition is not None:
@@ -474,13 +479,7 @@ class Hypercalls:
             status, _ = parse_vp_set(fmt, banks, data, header, hc.var_header_qwords)
         if status != S.HV_STATUS_SUCCESS:
             return status, b""
-        gvas = self._rep_list(hc, data, header + 8 * hc.var_header_qwords, HV_GVA)
-        if gvas is None:
-            return S.HV_STATUS_INVALID_HYPERCALL_INPUT, b""
-        if self.tlb is not None and caller.partition is not None:
-            ranges = [(gva >> 12, (gva & 0xFFF) + 1) for gva in gvas]
-            self.tlb.flush_partition(caller.partition.id, space, ranges, kind="address_list")
-        return S.HV_STATUS_SUCCESS, b""
+        return self._flush_gvas(caller, hc, data, header + 8 * hc.var_header_qwords, space)
 
     def send_synthetic_cluster_ipi(self, caller, hc, args, data) -> Result:
         """A fixed interrupt to the VPs of a 64-bit mask (TLFS "HvCallSendSyntheticClusterIpi")."""
