@@ -14,6 +14,7 @@ dispatching, stamping and encoding.
     python -m benchmarks.floor echo ENDPOINT
     python -m benchmarks.floor irqecho ENDPOINT
     python -m benchmarks.floor timer ENDPOINT [PERIOD_US]
+    python -m benchmarks.floor chain ENDPOINT      (with vspchain, guestchain: the synthetic NIC)
 
 ``timer`` is the local APIC timer's floor, a server of its own: it waits as the
 hypervisor's loop does (a poll with a timeout) for a deadline a period after its client
@@ -295,6 +296,148 @@ def scale_client(endpoint: str, key: str) -> None:
     client.close()
 
 
+# -- the synthetic NIC's floor: partition → hv → VSP → hv → partition -------------------------
+#
+# A ping between two partitions over the root's switch crosses, each way, four hops:
+# guest A's HvCallSignalEvent (A → hv, a hypercall exit), the hypervisor's event to the VSP
+# (hv → vsp, synic_event_to_root), the VSP's signal of B's channel after its switch wrote
+# B's ring (vsp → hv, synic_signal), and the hypervisor waking B's VP for its SINT (hv → B,
+# a resume).  The ring writes are shared memory and cost no hop.  ``chain`` is the relay of
+# that shape (the hypervisor's ROUTER), ``vspchain`` the VSP (a DEALER), ``guestchain``
+# partition B answering (a DEALER); :class:`ChainClient` is partition A.  A frame's first
+# part names where it goes; the relay sends on a pre-built frame of that hop's size.
+
+
+def chain_frames() -> dict[bytes, bytes]:
+    """The stack's frame on each hop of the chain, by where it goes."""
+    from proto import synic_messages as sm
+
+    signal_event = m.HypercallIntercept(1, 0x1005D, bytes(16), (_T,)).encode()  # fast HvCallSignalEvent
+    return {
+        b"hv": signal_event,
+        b"vsp": sm.SynicEventToRoot(1, 0, 0x10010, 0).encode(),
+        b"signal": sm.SynicSignal(2, 0, 2, 16).encode(),
+        b"guest": hop_frames()["io_resume"],  # the resume that delivers the SINT
+    }
+
+
+def chain(endpoint: str) -> None:
+    """The relay: ``[dest, tag, payload]`` from a peer goes on to the peer registered as
+    ``dest`` as ``[tag, payload]`` — the payload as sent (the streaming floor's 1 KiB)
+    when it is not empty, else the pre-built frame of that hop."""
+    sock = _socket(zmq.ROUTER)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    sock.bind(endpoint)
+    print("READY", flush=True)
+    frames = chain_frames()
+    to_vsp, to_guest = frames[b"vsp"], frames[b"guest"]
+    peers: dict[bytes, bytes] = {}
+    early: list[tuple[bytes, bytes, bytes]] = []
+    while True:
+        ident, dest, tag, payload = sock.recv_multipart()
+        if dest == b"hello":
+            peers[tag] = ident
+            for d, t, p in [e for e in early if e[0] == tag]:
+                early.remove((d, t, p))
+                sock.send_multipart((ident, t, p))
+            continue
+        frame = payload or (to_vsp if dest == b"vsp" else to_guest)
+        if dest in peers:
+            try:
+                sock.send_multipart((peers[dest], tag, frame))
+            except zmq.ZMQError:  # that peer is gone (the client, at the end)
+                pass
+        else:
+            early.append((dest, tag, frame))
+
+
+def _chain_peer(endpoint: str, role: bytes) -> zmq.Socket:
+    sock = _socket(zmq.DEALER)
+    sock.connect(endpoint)
+    sock.send_multipart((b"hello", role, b""))
+    return sock
+
+
+def vspchain(endpoint: str) -> None:
+    """The VSP: an event for ``tag``'s channel → a signal to partition ``tag`` (its ring
+    written); a streaming frame (``tag`` ``s``) → the frame on to B and its completion
+    (``c``) back to A, as netvsp's switch and send completion do."""
+    sock = _chain_peer(endpoint, b"vsp")
+    signal = chain_frames()[b"signal"]
+    while True:
+        tag, payload = sock.recv_multipart()
+        if tag == b"s":
+            sock.send_multipart((b"b", b"s", payload))
+            sock.send_multipart((b"a", b"c", signal))
+        else:
+            sock.send_multipart((tag, tag, signal))
+
+
+def guestchain(endpoint: str) -> None:
+    """Partition B: answers each ping through the VSP to A; counts streamed frames."""
+    sock = _chain_peer(endpoint, b"b")
+    event = chain_frames()[b"hv"]
+    while True:
+        tag, _ = sock.recv_multipart()
+        if tag == b"b":
+            sock.send_multipart((b"vsp", b"a", event))
+
+
+class ChainClient:
+    """Partition A: ping round trips (8 hops) and streaming frames/s (4 hops each, at most
+    ``window`` frames waiting for their completion, as netvsc's transmit pages)."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.sock = _chain_peer(endpoint, b"a")
+        self.event = chain_frames()[b"hv"]
+
+    def ping(self, n: int, warmup: int = 50) -> list[int]:
+        send, recv, poll, event = self.sock.send_multipart, self.sock.recv_multipart, self.sock.poll, self.event
+        out = []
+        for i in range(n + warmup):
+            t0 = perf_counter_ns()
+            send((b"vsp", b"b", event))
+            if not poll(5000):
+                raise TimeoutError("the chain floor did not answer within 5 s")
+            recv()
+            if i >= warmup:
+                out.append(perf_counter_ns() - t0)
+        return out
+
+    def stream(self, seconds: float, size: int = 1024, window: int = 8) -> float:
+        """Frames/s of ``size`` bytes A → hv → vsp → hv → B, every one signalled."""
+        frame = bytes(size)
+        sent = done = 0
+        t0 = perf_counter_ns()
+        end = t0 + int(seconds * 1e9)
+        while perf_counter_ns() < end:
+            while sent - done < window:
+                self.sock.send_multipart((b"vsp", b"s", frame))
+                sent += 1
+            if not self.sock.poll(5000):
+                raise TimeoutError("the chain floor did not complete a frame within 5 s")
+            self.sock.recv_multipart()
+            done += 1
+        return done / ((perf_counter_ns() - t0) / 1e9)
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+
+def measure_chain(samples: int, stream_s: float) -> dict:
+    """The synthetic NIC's floor: ping round trips (ns) and streaming frames/s."""
+    server, peers, endpoint, d = start_floor(["vspchain", "guestchain"], ("chain",))
+    try:
+        client = ChainClient(endpoint)
+        try:
+            return {"ping_ns": client.ping(samples), "stream_fps": client.stream(stream_s)}
+        finally:
+            client.close()
+    finally:
+        stop_floor(server, peers, d)
+
+
 if __name__ == "__main__":
     {"relay": relay, "echo": echo, "irqecho": irqecho, "timer": timer,
-     "client": scale_client}[sys.argv[1]](*sys.argv[2:])
+     "client": scale_client, "chain": chain, "vspchain": vspchain,
+     "guestchain": guestchain}[sys.argv[1]](*sys.argv[2:])

@@ -1,4 +1,5 @@
-"""The synthetic disk measured (issue 10): ``python -m benchmarks.vmbus [--json]`` (and
+"""The synthetic disk (and NIC: benchmarks/vmbus_net.py) measured (issue 10):
+``python -m benchmarks.vmbus [--json] [--net]`` (and
 ``bench --vmbus``).
 
 One run of a one-VP enlightened partition with both an emulated ATA disk and a synthetic
@@ -21,6 +22,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 
+from benchmarks import vmbus_net
 from proto.errors import HvstackError
 from root.report import Output
 from root.run import RUN_UMASK, Run
@@ -83,43 +85,6 @@ def guest_run(directory: str, suppression: bool, ata: bool = True) -> dict:
     return {"guest": dict(guest), "vsp": vsp, "console": console, "paths": paths}
 
 
-NET_PARTITION = """
-[[partition]]
-name = "{name}"
-vps = 1
-memory_mb = 16
-enlightenments = ["hypercall", "vp_index", "reference_counter", "apic", "synic"]
-workloads = {workloads}
-vmbus = {{ nic = {{}} }}
-"""
-
-
-def net_topology(duration_s: float) -> str:
-    """alpha pings and streams, beta answers and pings."""
-    return (f'[run]\nname = "bench-vmbus-net"\nduration_s = {duration_s}\nlogical_processors = 2\n'
-            + NET_PARTITION.format(name="alpha", workloads='["vmbus_net", "vmbus_net_stream"]')
-            + NET_PARTITION.format(name="beta", workloads='["vmbus_net"]'))
-
-
-def ping_round_trips(duration_s: float = 8.0) -> dict:
-    """Two partitions pinging each other through the switch twice a second: the round
-    trips their guests measured (from the first echo request to its reply); and alpha
-    streaming 1 KiB frames to beta for 2 s, beta counting what arrived."""
-    from benchmarks.bench import measure_run
-
-    status = measure_run(net_topology(duration_s), duration_s)
-    g = [vp.guest for p in status.partitions for vp in p.vps]
-    n = sum(x.get("vmbus_pings", 0) for x in g)
-    stream = {"sent": sum(x.get("vmbus_stream_sent", 0) for x in g),
-              "received": sum(x.get("vmbus_stream_rx", 0) for x in g),
-              "ns": sum(x.get("vmbus_stream_ns", 0) for x in g)}
-    if not n:
-        return {"pings": 0, "stream": stream}
-    return {"pings": n, "stream": stream, "mean_us": sum(x.get("vmbus_ping_ns", 0) for x in g) / n / 1e3,
-            "min_us": min(x["vmbus_ping_min_ns"] for x in g if "vmbus_ping_min_ns" in x) / 1e3,
-            "max_us": max(x.get("vmbus_ping_max_ns", 0) for x in g) / 1e3}
-
-
 def host_write_mb_s(directory: str, total: int, chunk: int = 64 * 1024) -> float:
     """The host's own sequential write throughput on the images' file system: ``total``
     bytes in ``chunk`` pwrites, then fsync (as the guest's phase ends with a flush)."""
@@ -177,7 +142,7 @@ def measure(samples: int = 2000) -> dict:
         qd8 = phase(on["guest"], "qd8")
         host = host_write_mb_s(d, qd8["bytes"])
         off = guest_run(d, suppression=False, ata=False)
-        ping = ping_round_trips()
+    net = vmbus_net.measure(floor_samples=samples)
     g = on["guest"]
     ata = g["vmbus_ata_bytes"] / g["vmbus_ata_ns"] * 1e3
     qd1, lat = phase(g, "qd1"), phase(g, "lat4k")
@@ -192,7 +157,7 @@ def measure(samples: int = 2000) -> dict:
         "suppression_off_qd8": phase(off["guest"], "qd8"),
         "vsp_channels": {pid: p["channels"] for pid, p in chans.items()},
         "paths": on["paths"],
-        "ping": ping,
+        "net": net,
     }
 
 
@@ -224,15 +189,6 @@ def report(r: dict) -> str:
         f"{q8['host_interrupts']} host→guest interrupts, {q8['requests']} requests; goal < 0.2)",
         f"  with signal suppression off: {off['signals_per_request']:.3f} per request, {off['mb_s']:.2f} MB/s at QD8",
     ]
-    ping = r.get("ping", {})
-    if ping.get("pings"):
-        lines.append(f"  partition-to-partition ping over the switch: {ping['pings']} pings, mean "
-                     f"{ping['mean_us'] / 1e3:.2f} ms, min {ping['min_us'] / 1e3:.2f} ms, max {ping['max_us'] / 1e3:.2f} ms "
-                     f"(4-hop floor p50 {fl['p50_us'] / 1e3:.2f} ms; each leg is about five hops)")
-    st = ping.get("stream", {})
-    if st.get("ns"):
-        lines.append(f"  streaming 1 KiB frames partition to partition: {st['sent'] / st['ns'] * 1e9:.0f} frames/s sent, "
-                     f"{st['received']} of {st['sent']} received (the rest dropped at the receiver's full buffer)")
     ch = next(iter(next(iter(r["vsp_channels"].values())).values()), {})
     batches = q8["requests"] // 8
     if ch.get("packets_in") and batches:
@@ -247,15 +203,21 @@ def report(r: dict) -> str:
             f"    VSP: ring + storvsp + completions  {8 * ch['work_ns'] / ch['packets_in'] / 1e6:6.2f} ms "
             f"(its mean per packet × 8, over {ch['drains']} drains of the whole run)",
         ]
-    return "\n".join(lines)
+    return "\n".join(lines) + ("\n" + vmbus_net.report(r["net"]) if "net" in r else "")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.vmbus")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--samples", type=int, default=2000, help="round trips of the 4-hop floor")
+    ap.add_argument("--net", action="store_true", help="the synthetic NIC alone (benchmarks/vmbus_net.py)")
+    ap.add_argument("--duration", type=float, default=20.0, help="with --net: seconds of the ping run (the stream run: at least 12)")
     args = ap.parse_args(argv)
     try:
+        if args.net:
+            r = vmbus_net.measure(args.duration, args.samples)
+            print(json.dumps(r, indent=1) if args.json else vmbus_net.report(r))
+            return 0
         r = measure(args.samples)
     except HvstackError as e:
         print(f"benchmarks.vmbus: {e}", file=sys.stderr)

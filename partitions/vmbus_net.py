@@ -32,6 +32,13 @@ PING_INTERVAL_S = 0.5
 ARP_TIMEOUT_S, PING_TIMEOUT_S = 0.3, 1.0
 DEAD_PEER_S = 2.0  # an address that did not answer ARP is tried again after this long
 PAYLOAD = bytes(range(56))
+# The echo payload carries the ping's stamps (perf_counter_ns, CLOCK_MONOTONIC, which every
+# process on the host shares), for the VSP's switch to note as it forwards the frame (not
+# the console: a line is an exit per character, which would keep the VP from answering):
+# the sender's as it hands the request to netvsc; the answerer's as its handler began to
+# read its ring, had the request, hands the reply to netvsc; and the sender's handler's
+# (began, had the reply) for the previous ping, which only the next request can carry.
+STAMPS = struct.Struct("<QQQQQQ")
 
 
 def checksum(data: bytes) -> int:
@@ -48,7 +55,8 @@ class Stack:
         self.nic = nic
         self.ip = bytes([10, 0, 0, nic.mac[5]])
         self.arp: dict[bytes, bytes] = {}
-        self.replies: dict[tuple[int, int], float] = {}  # (id, seq) → when the echo reply came
+        self.replies: dict[tuple[int, int], tuple] = {}  # (id, seq) → (our handler began, had the reply)
+        self.previous = (0, 0)  # our handler began / had the reply, for the last ping (else 0, 0)
         self.seq = 0
         self.answered = 0
         self.streamed = 0  # streaming frames received
@@ -58,8 +66,10 @@ class Stack:
 
     def handle(self, vp: Vp) -> int:
         """Every frame received so far: ARP and echo requests answered, replies noted."""
+        began = time.perf_counter_ns()
         self.nic.poll(vp)
         frames = self.nic.take()
+        taken = time.perf_counter_ns()
         for f in frames:
             if len(f) < 14:
                 continue
@@ -82,10 +92,12 @@ class Stack:
                 kind, _, _, ident, seq = ICMP.unpack_from(icmp)
                 if kind == 8:
                     self.answered += 1
-                    self.nic.send(vp, self.eth(f[6:12], ETH_IP, self.ip_packet(src, self.icmp(0, ident, seq,
-                                                                                              icmp[8:]))))
+                    data = icmp[8:]
+                    if len(data) >= STAMPS.size:  # our stamps, beside the sender's
+                        data = data[:8] + STAMPS.pack(0, began, taken, time.perf_counter_ns(), 0, 0)[8:32] + data[32:]
+                    self.nic.send(vp, self.eth(f[6:12], ETH_IP, self.ip_packet(src, self.icmp(0, ident, seq, data))))
                 elif kind == 0:
-                    self.replies[(ident, seq)] = time.perf_counter()
+                    self.replies[(ident, seq)] = (began, taken)
         return len(frames)
 
     @staticmethod
@@ -124,10 +136,15 @@ class Stack:
             return None
         self.seq += 1
         key = (0x4856, self.seq & 0xFFFF)
-        t0 = time.perf_counter()
-        self.nic.send(vp, self.eth(mac, ETH_IP, self.ip_packet(ip, self.icmp(8, *key, PAYLOAD))))
+        t0 = time.perf_counter_ns()
+        previous, self.previous = self.previous, (0, 0)
+        payload = STAMPS.pack(t0, 0, 0, 0, *previous) + PAYLOAD[STAMPS.size:]
+        self.nic.send(vp, self.eth(mac, ETH_IP, self.ip_packet(ip, self.icmp(8, *key, payload))))
         got = self._until(vp, lambda: self.replies.pop(key, None), PING_TIMEOUT_S)
-        return None if got is None else got - t0
+        if got is None:
+            return None
+        self.previous = got
+        return (got[1] - t0) / 1e9
 
 
 def wl_vmbus_net(vp: Vp, sys) -> int:
