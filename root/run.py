@@ -29,7 +29,8 @@ from root.client import ConsoleWatcher, RootClient
 from root.procs import STOP_GRACE_S, Proc, describe_exit, partition_uid, spawn, stop_procs
 from root.report import Output
 from root.rundir import GUEST_MEMORY_FILES, RunDir, launcher_identity, new_run_dir, pid_alive, write_json, write_private
-from root.topology import Topology, vmbus_disk_image
+from root.topology import Topology
+from root.topology_sections import vmbus_disk_image
 from root.vsp import status as vsp_status
 
 HV_READY_TIMEOUT_S = 10.0

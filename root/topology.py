@@ -20,6 +20,7 @@ from proto.codes import HV_CHILD_ENLIGHTENED_PRIVILEGES, HV_SPIN_RETRY_NEVER, Hv
 from proto.codes import HV_STIMER_PRIVILEGES, HV_SYNIC_PRIVILEGES, HV_TSC_PAGE_PRIVILEGES
 from proto.errors import ConfigError
 from root import REPO
+from root.topology_sections import device_ports, linux_args, real_cpu, vmbus_section
 from worker.devices.config import CHIPSETS, DEVICE_KEYS, DEVICE_TYPES, ISA_IRQS
 
 # The default topology: two partitions on two LPs, one offered the enlightenments and one
@@ -385,68 +386,6 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
     return Topology(source, base_dir, name, duration, lps, transport, parts, switch)
 
 
-def real_cpu(p: dict, t: str, i: int, base_dir: Path | None, err, get) -> tuple[str, str | None, str | None]:
-    """``cpu = "python" | "unicorn" | "kvm"`` (or ``backend`` beside the CPU controls in a
-    ``cpu = {…}`` table), ``firmware`` and ``kernel``: (backend, firmware, kernel).  A
-    backend or firmware this host lacks is refused here, with the reason.  (``err`` and
-    ``get`` are the parser's, which name the file and line.)"""
-    from partitions.cpu import BACKENDS, unavailable
-    from partitions.cpu.boot import kernel_path, seabios_missing
-    raw = p.get("cpu", "python")
-    if not isinstance(raw, str):
-        get(p, "cpu", dict, t, i)  # a table of CPU controls, or an error saying so
-    backend = raw.get("backend", "python") if isinstance(raw, dict) else raw
-    if not isinstance(backend, str) or backend not in BACKENDS:
-        raise err(t, i, "cpu", f"{backend!r}: a backend is one of {', '.join(BACKENDS)} "
-                               "(or a table of reserve, limit, weight)")
-    firmware = get(p, "firmware", str, t, i, None)
-    kernel = get(p, "kernel", str, t, i, None)
-    if backend == "python":
-        for key, value in (("firmware", firmware), ("kernel", kernel)):
-            if value is not None:
-                raise err(t, i, key, "needs a real CPU: cpu = \"unicorn\" or \"kvm\"")
-        return backend, None, None
-    why = unavailable(backend)
-    if why:
-        raise err(t, i, "cpu", f"{backend!r} cannot run here: {why}")
-    if (firmware is None) == (kernel is None):
-        raise err(t, i, "cpu", f"cpu = {backend!r} runs real x86 code: give firmware = \"seabios\" or kernel = PATH (one)")
-    if firmware is not None:
-        if firmware != "seabios":
-            raise err(t, i, "firmware", f"unknown {firmware!r} (known: seabios)")
-        missing = seabios_missing()
-        if missing:
-            raise err(t, i, "firmware", missing)
-    if kernel is not None and not kernel_path(kernel, str(base_dir) if base_dir else None).is_file():
-        raise err(t, i, "kernel", f"{kernel!r}: no such file (or test kernel: hvtest32)")
-    if get(p, "vps", int, t, i, 1) != 1:
-        raise err(t, i, "vps", f"cpu = {backend!r} runs one VP (application processors are not built)")
-    return backend, firmware, kernel
-
-
-def linux_args(p: dict, t: str, i: int, kernel: str | None, base_dir: Path | None, err, get) -> tuple:
-    """``initrd`` and ``cmdline``, for a Linux kernel (a bzImage) only."""
-    from partitions.cpu.boot import kernel_path
-    from partitions.cpu.linux import is_bzimage
-    initrd, cmdline = get(p, "initrd", str, t, i, None), get(p, "cmdline", str, t, i, None)
-    if initrd is None and cmdline is None:
-        return None, None
-    where = str(base_dir) if base_dir else None
-    if kernel is None or not is_bzimage(kernel_path(kernel, where).read_bytes()[:0x300]):
-        raise err(t, i, "initrd" if initrd is not None else "cmdline", "needs kernel = a Linux bzImage")
-    if initrd is not None and not kernel_path(initrd, where).is_file():
-        raise err(t, i, "initrd", f"{initrd!r}: no such file")
-    return initrd, cmdline
-
-
-def device_ports(spec: dict) -> list[int]:
-    """Every I/O port a device of the topology claims, from the worker's config for it
-    (``ValueError`` for a value the config refuses)."""
-    cls = DEVICE_TYPES[spec["type"]].config
-    names = {f.name for f in dataclasses.fields(cls)}
-    config = cls(**{k: v for k, v in spec.items() if k in names})
-    return [port for r in config.ports() for port in range(r.base, r.base + r.count)]
-
 
 def _port_key(spec: dict, port: int) -> str | None:
     """The setting that put a device on ``port`` (the nearest port setting at or below it);
@@ -489,54 +428,3 @@ def default_topology() -> Topology:
     except OSError as e:
         raise ConfigError(f"{DEFAULT_CONFIG}: cannot read the default topology: {e.strerror}") from e
     return load_topology(text, DEFAULT_SOURCE)
-
-
-VMBUS_FORM = "must be { disk = { size_mb = N[, image = \"path\"] }, nic = {}[, signal_suppression = true|false] }"
-
-
-def vmbus_section(raw: dict | None, enlightenments: list[str], base_dir: Path | None, err) -> dict | None:
-    """A partition's ``vmbus`` table: the synthetic devices the root's VSP process offers it
-    (issue 10).  Its disk image is a raw image, the ATA disk's format; without ``image``
-    it is ``vmbus-disk-PARTITION.img`` in the run directory."""
-    if raw is None:
-        return None
-    if set(raw) - {"disk", "nic", "signal_suppression"}:
-        raise err("vmbus", f"unknown {sorted(set(raw) - {'disk', 'nic', 'signal_suppression'})[0]!r}: {VMBUS_FORM}")
-    nic = raw.get("nic")
-    if nic is not None and nic != {}:
-        raise err("vmbus", f"nic {VMBUS_FORM} (a synthetic NIC takes no settings: its MAC address is "
-                           f"00:15:5d:00:00:ID)")
-    for needed in ("hypercall", "synic"):
-        if needed not in enlightenments:
-            raise err("vmbus", f"VMBus needs enlightenments to include {needed!r} (the guest posts messages "
-                               f"and signals events by hypercall through the SynIC)")
-    suppression = raw.get("signal_suppression", True)
-    if not isinstance(suppression, bool):
-        raise err("vmbus", f"signal_suppression = {suppression!r} is not true or false")
-    out: dict = {"signal_suppression": suppression, **({"nic": {}} if nic is not None else {})}
-    disk = raw.get("disk")
-    if disk is not None:
-        if not isinstance(disk, dict) or set(disk) - {"image", "size_mb"}:
-            raise err("vmbus", f"disk {VMBUS_FORM}")
-        image, size = disk.get("image"), disk.get("size_mb", 64)
-        if image is not None and (not isinstance(image, str) or not image):
-            raise err("vmbus", f"disk image {image!r} is not a path")
-        if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 1 << 20:
-            raise err("vmbus", f"disk size_mb {size!r} is outside 1..1048576")
-        if image is not None and (base_dir is not None or Path(image).is_absolute()):
-            where = Path(image) if Path(image).is_absolute() else base_dir / image
-            if not where.parent.is_dir():
-                raise err("vmbus", f"disk image {image!r}: no directory {where.parent}")
-            if where.is_dir():
-                raise err("vmbus", f"disk image {image!r} is a directory")
-        out["disk"] = {"size_mb": size, **({"image": image} if image is not None else {})}
-    return out
-
-
-def vmbus_disk_image(pc: PartitionConfig, run_dir: Path, base_dir: Path) -> Path | None:
-    """Where a partition's synthetic disk lives (as worker_devices places the ATA one's)."""
-    disk = (pc.vmbus or {}).get("disk")
-    if not disk:
-        return None
-    image = Path(disk["image"]) if disk.get("image") else run_dir / f"vmbus-disk-{pc.name}.img"
-    return image if image.is_absolute() else base_dir / image

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from proto.errors import ConfigError
-from root.topology import load_topology, vmbus_disk_image
+from root.topology import load_topology
+from root.topology_sections import vmbus_disk_image
 
 HEAD = "[run]\nname = 'v'\n\n[[partition]]\nname = 'alpha'\n"
 ENL = "enlightenments = ['hypercall', 'synic']\n"
