@@ -1,5 +1,10 @@
 """Every message hvstack's processes exchange, one definition each, and the codec.
 
+This module is the one registry: the messages of each pair of peers are defined in a
+module of their own (intercept_messages, worker_messages, root_messages, synic_messages,
+io_messages, interrupt_messages, service_messages), imported here, which registers them,
+and re-exported, so that ``from proto import messages as m; m.X`` names every message.
+
 On the wire a message is one msgpack array ``[type_id, field1, field2, …]`` in one ZeroMQ
 frame (a ROUTER adds the routing frame in front).  Arrays rather than maps keep the intercept
 messages small and quick to pack; the field names live here, once.  :func:`decode` is the
@@ -19,25 +24,18 @@ from typing import ClassVar
 
 import msgpack
 
-from proto.exits import BY_CODE, NAMES as EXIT_NAMES, NO_PATH
+from proto.exits import BY_CODE, NO_PATH
 from proto.errors import InvalidField, MalformedMessage, UnknownMessageType
 from proto.fields import (
-    U8,
     U16,
     U32,
     U64,
     FieldError,
     blob,
-    boolean,
-    mapping,
     one_of,
-    gpa_ranges,
-    port_ranges,
     registers,
-    stamps,
     stamps_upto,
     text,
-    texts,
 )
 
 PROTOCOL_VERSION = 1
@@ -258,362 +256,59 @@ ERROR_CODES = (
 # ---------------------------------------------------------------------------------------
 # VP → hypervisor: intercepts (the instruction a VP cannot complete by itself)
 # ---------------------------------------------------------------------------------------
-
-
-@message(10, "io_port_intercept")
-class IoPortIntercept(Message):
-    """IN/OUT — HvMessageTypeX64IoPortIntercept.  ``value`` is AL/AX/EAX on a write."""
-
-    seq: U32
-    port: U16
-    size: one_of(*ACCESS_SIZES)
-    write: boolean
-    value: U32
-    stamps: exit_stamps
-    regs: reg_block = ()  # the VP's register block at the exit (saved)
-
-
-@message(11, "cpuid_intercept")
-class CpuidIntercept(Message):
-    """CPUID — HvMessageTypeX64CpuidIntercept (EAX = leaf, ECX = subleaf)."""
-
-    seq: U32
-    leaf: U32
-    subleaf: U32
-    stamps: exit_stamps
-    regs: reg_block = ()  # the VP's register block at the exit (saved)
-
-
-@message(12, "msr_intercept")
-class MsrIntercept(Message):
-    """RDMSR/WRMSR — HvMessageTypeX64MsrIntercept (ECX = msr, EDX:EAX = value)."""
-
-    seq: U32
-    msr: U32
-    write: boolean
-    value: U64
-    stamps: exit_stamps
-    regs: reg_block = ()  # the VP's register block at the exit (saved)
-
-
-@message(13, "hypercall_intercept")
-class HypercallIntercept(Message):
-    """A hypercall: ``control`` is the TLFS hypercall input value (RCX); ``input`` the
-    parameter block (the page at RDX for a memory call, RDX:R8 for a fast one)."""
-
-    seq: U32
-    control: U64
-    input: blob(HV_PAGE_SIZE)
-    stamps: exit_stamps
-    regs: reg_block = ()  # the VP's register block at the exit (saved)
-
-
-@message(14, "halt_intercept")
-class HaltIntercept(Message):
-    """HLT — HvMessageTypeX64Halt.  The VP stays suspended until something wakes it."""
-
-    seq: U32
-    stamps: exit_stamps
-    regs: reg_block = ()  # the VP's register block at the exit (saved)
-
-
-@message(17, "mmio_intercept")
-class MmioIntercept(Message):
-    """A load or store to a guest-physical address that is not RAM —
-    HvMessageTypeGpaIntercept where a worker claims it, HvMessageTypeUnmappedGpa where
-    nothing does."""
-
-    seq: U32
-    gpa: U64
-    size: one_of(*MMIO_SIZES)
-    write: boolean
-    value: U64
-    stamps: exit_stamps
-    regs: reg_block = ()  # the VP's register block at the exit (saved)
-
-
-@message(18, "quantum_exit")
-class QuantumExit(Message):
-    """The VP's quantum is over: it gives its logical processor back (the exit a
-    hypervisor's scheduler timer forces)."""
-
-    seq: U32
-    stamps: exit_stamps
-    regs: reg_block = ()  # the VP's register block at the exit (saved)
-
-
-@message(19, "cr3_intercept")
-class Cr3Intercept(Message):
-    """MOV to CR3 — a control-register intercept: the VP loads ``value`` into CR3.  The
-    hypervisor flushes the whole TLB of the VP's logical processor (untagged, as the
-    non-enlightened address-space switch is)."""
-
-    seq: U32
-    value: U64
-    stamps: exit_stamps
-    regs: reg_block = ()  # the VP's register block at the exit (saved)
-
-
-@message(43, "invlpg_intercept")
-class InvlpgIntercept(Message):
-    """INVLPG ``gva`` — intercepted: the hypervisor flushes the whole TLB of the VP's
-    logical processor."""
-
-    seq: U32
-    gva: U64
-    stamps: exit_stamps
-    regs: reg_block = ()  # the VP's register block at the exit (saved)
-
-
-@message(15, "vp_resume")
-class VpResume(Message):
-    """Completes an intercept: the registers the instruction sets, or an exception to
-    inject instead (``fault`` is an :class:`~proto.codes.X86Exception`, or
-    :data:`FAULT_RESET` when the partition is being reset).  ``path`` says which measured
-    path the exit took (:class:`proto.exits.Exit`), so the VP files its round trip under
-    the name the hypervisor counted it by.  ``output`` is a hypercall's
-    output parameter block.  A pending external interrupt rides along in ``interrupt``."""
-
-    seq: U32
-    fault: U8
-    rax: U64
-    rbx: U64
-    rcx: U64
-    rdx: U64
-    output: blob(HV_PAGE_SIZE)
-    stamps: stamps
-    interrupt: U16  # a vector to deliver after the instruction completes; 0: none
-    irq_stamps: stamps  # that interrupt's path: device raise, hv in, hv inject
-    deadline_ns: U64  # perf_counter_ns when the VP's quantum ends (0: no quantum; not a dispatch)
-    lp: U8  # the logical processor the VP is dispatched on (whose TLB it uses)
-    path: one_of(*EXIT_CODES)  # the proto.exits.Exit code of the exit this completes (0: none)
-    regs: reg_block = ()  # the register block the VP resumes with (restored)
-
-
-@message(16, "vp_stats")
-class VpStats(Message):
-    """Cumulative latency histograms of one VP, by path name (:class:`proto.exits.Exit`,
-    values :meth:`proto.stats.PathStats.to_wire`), and the guest's own counters (interrupts
-    taken, TLB hits, a workload's operations, ``exits``); sent now and then, never answered,
-    so it costs the measured paths nothing."""
-
-    paths: mapping(64)
-    counters: mapping(256)
+# Defined in proto/intercept_messages.py; registered and re-exported here.
+from proto.intercept_messages import (  # noqa: E402,F401
+    IoPortIntercept,
+    CpuidIntercept,
+    MsrIntercept,
+    HypercallIntercept,
+    HaltIntercept,
+    MmioIntercept,
+    QuantumExit,
+    Cr3Intercept,
+    InvlpgIntercept,
+    VpResume,
+    VpStats,
+)
 
 
 # ---------------------------------------------------------------------------------------
 # Worker ↔ hypervisor
 # ---------------------------------------------------------------------------------------
-
-
-@message(20, "install_intercept")
-class InstallIntercept(Message):
-    """The worker claims port ranges and MMIO ranges ``[[gpa, length], …]`` of its
-    partition (the HvCallInstallIntercept idea)."""
-
-    ranges: port_ranges
-    mmio: gpa_ranges
-
-
-@message(21, "port_notify")
-class PortNotify(Message):
-    """Hypervisor → worker: emulate this port access for ``vp``; answer with ``ref``."""
-
-    ref: U32
-    vp: U32
-    port: U16
-    size: one_of(*ACCESS_SIZES)
-    write: boolean
-    value: U32
-    stamps: stamps
-
-
-@message(22, "access_complete")
-class AccessComplete(Message):
-    """Worker → hypervisor: the access ``ref`` is done; ``value`` is what a read returns."""
-
-    ref: U32
-    value: U64
-    stamps: completion_stamps
-
-
-@message(25, "mmio_notify")
-class MmioNotify(Message):
-    """Hypervisor → worker: emulate this MMIO access for ``vp``; answer with ``access_complete``."""
-
-    ref: U32
-    vp: U32
-    gpa: U64
-    size: one_of(*MMIO_SIZES)
-    write: boolean
-    value: U64
-    stamps: stamps
-
-
-@message(26, "assert_interrupt")
-class AssertInterrupt(Message):
-    """Worker → hypervisor: the chipset's interrupt controller has a vector for the
-    partition's boot processor (ExtINT through LINT0: the PIC's INTA happened in the
-    worker).  ``stamps`` start when the device raised its line."""
-
-    vector: U8
-    stamps: exit_stamps  # the device's raise, the worker's INTA
-
-
-@message(27, "reset_request")
-class ResetRequest(Message):
-    """Worker → hypervisor: the chipset asked for a CPU reset (i8042 pulse, 0xFE)."""
-
-    reason: text(64)
-
-
-@message(28, "device_reset")
-class DeviceReset(Message):
-    """Hypervisor → worker: the partition is being reset; put every device at power-on."""
-
-
-@message(29, "worker_query")
-class WorkerQuery(Message):
-    """Hypervisor → worker: a question from the root (``screen``, ``devices``)."""
-
-    ref: U32
-    query: one_of(*WORKER_QUERIES)
-
-
-@message(36, "worker_query_reply")
-class WorkerQueryReply(Message):
-    """Worker → hypervisor → root: the answer to a ``worker_query``."""
-
-    ref: U32
-    result: mapping(64)
-
-
-@message(23, "console_output")
-class ConsoleOutput(Message):
-    """Worker → hypervisor: bytes the guest's UART transmitted, for live watchers."""
-
-    data: blob(1 << 16)
-
-
-@message(24, "device_input")
-class DeviceInput(Message):
-    """Hypervisor → worker: bytes from outside for the console UART's receive FIFO, or
-    scancodes for the keyboard."""
-
-    device: one_of(*INPUT_DEVICES)
-    data: blob(HV_PAGE_SIZE)
+# Defined in proto/worker_messages.py; registered and re-exported here.
+from proto.worker_messages import (  # noqa: E402,F401
+    InstallIntercept,
+    PortNotify,
+    AccessComplete,
+    MmioNotify,
+    AssertInterrupt,
+    ResetRequest,
+    DeviceReset,
+    WorkerQuery,
+    WorkerQueryReply,
+    ConsoleOutput,
+    DeviceInput,
+)
 
 
 # ---------------------------------------------------------------------------------------
 # Root (launch.py and the commands that attach to a run) → hypervisor
 # ---------------------------------------------------------------------------------------
-
-
-@message(41, "memory_request")
-class MemoryRequest(Message):
-    """Worker or VP → hypervisor: where is ``partition``'s memory?  Only a partition's own
-    memory is ever handed out; asking for another's is refused and counted."""
-
-    partition: U64
-
-
-@message(42, "memory_reply")
-class MemoryReply(Message):
-    """The shared-memory files: the partition's RAM, its SLAT table and its TLB on every
-    logical processor (by LP index).  Where the run is root's, the partition's processes
-    cannot open them by these paths: the launcher hands them descriptors."""
-
-    ram: text(512)
-    slat: text(512)
-    tlbs: texts(256, 512)
-
-
-@message(30, "status_request")
-class StatusRequest(Message):
-    """Partitions, VP states, counters and latency statistics."""
-
-
-@message(31, "status_reply")
-class StatusReply(Message):
-    status: mapping(64)
-
-
-@message(32, "execute_request")
-class ExecuteRequest(Message):
-    """Execute one instruction on behalf of ``vp`` of ``partition``, as QEMU's qtest does.
-    ``a``/``b`` are the operands (port and value, leaf and subleaf, msr and value, or the
-    hypercall input value); the reply is the :class:`VpResume` the VP would have got."""
-
-    seq: U32
-    partition: U64
-    vp: U32
-    op: one_of(*EXECUTE_OPS)
-    a: U64
-    b: U64
-    input: blob(HV_PAGE_SIZE)
-
-
-@message(33, "console_subscribe")
-class ConsoleSubscribe(Message):
-    """Send me ``console_data`` for this partition from now on."""
-
-    partition: U64
-
-
-@message(34, "console_data")
-class ConsoleData(Message):
-    """Hypervisor → subscribed root peers: guest console bytes."""
-
-    partition: U64
-    data: blob(1 << 16)
-
-
-@message(35, "input_request")
-class InputRequest(Message):
-    """Root → hypervisor: bytes for a partition's console or keyboard."""
-
-    partition: U64
-    device: one_of(*INPUT_DEVICES)
-    data: blob(HV_PAGE_SIZE)
-
-
-@message(37, "worker_query_request")
-class WorkerQueryRequest(Message):
-    """Root → hypervisor: ask a partition's worker (the reply is a ``worker_query_reply``)."""
-
-    partition: U64
-    query: one_of(*WORKER_QUERIES)
-
-
-@message(38, "trace_subscribe")
-class TraceSubscribe(Message):
-    """Root → hypervisor: send me a ``trace_event`` for every exit of ``partition`` (0: all)
-    from now on.  Nothing is traced, and nothing costs, while nobody subscribes."""
-
-    partition: U64
-
-
-@message(39, "trace_event")
-class TraceEvent(Message):
-    """One exit as the hypervisor saw it.  ``a``/``b`` depend on ``reason``: port and value,
-    leaf and subleaf, MSR and value, hypercall input value and result, GPA and value,
-    vector and 0.  ``stamps`` are the exit's hops up to the hypervisor's resume."""
-
-    partition: U64
-    vp: U32
-    reason: one_of(*EXIT_NAMES)
-    write: boolean
-    a: U64
-    b: U64
-    stamps: stamps
-
-
-@message(40, "partition_control")
-class PartitionControl(Message):
-    """Root → hypervisor: pause, resume, reset or stop a partition."""
-
-    partition: U64
-    action: one_of(*PARTITION_ACTIONS)
+# Defined in proto/root_messages.py; registered and re-exported here.
+from proto.root_messages import (  # noqa: E402,F401
+    MemoryRequest,
+    MemoryReply,
+    StatusRequest,
+    StatusReply,
+    ExecuteRequest,
+    ConsoleSubscribe,
+    ConsoleData,
+    InputRequest,
+    WorkerQueryRequest,
+    TraceSubscribe,
+    TraceEvent,
+    PartitionControl,
+)
 
 
 __all__ = [
