@@ -26,6 +26,7 @@ from proto.status import HypervisorStatus
 from proto.transport import curve_keypair, ipc_endpoint
 from root import cgroups, hostflow, servicing
 from root.client import ConsoleWatcher, RootClient
+from root.guest_images import disk_contents, firmware_nvram
 from root.procs import STOP_GRACE_S, Proc, describe_exit, partition_uid, spawn, stop_procs
 from root.report import Output
 from root.rundir import GUEST_MEMORY_FILES, RunDir, launcher_identity, new_run_dir, pid_alive, write_json, write_private
@@ -493,29 +494,3 @@ def execute(topology: Topology, out: Output, duration_s: float | None = None) ->
         for s, h in old.items():
             signal.signal(s, h)
     return run, reason, code
-
-
-def firmware_nvram(path: os.PathLike, memory_mb: int) -> None:
-    """A partition booting firmware starts with CMOS NVRAM that says how much RAM it has
-    (a BIOS reads it there); an existing NVRAM file (a reset, a rerun) is the guest's."""
-    from partitions.cpu.boot import cmos_nvram
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except FileExistsError:
-        return
-    with os.fdopen(fd, "wb") as f:
-        f.write(cmos_nvram(memory_mb))
-
-
-def disk_contents(ata: dict, contents: str, base_dir) -> None:
-    """A new disk image starts with ``contents`` (a boot disk of ours, or a file); an
-    existing image is the guest's and is left alone."""
-    from partitions.cpu.boot import kernel_path
-    data = kernel_path(contents, str(base_dir) if base_dir else None).read_bytes()
-    try:
-        fd = os.open(ata["image_path"], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except FileExistsError:
-        return
-    with os.fdopen(fd, "wb") as f:
-        f.write(data[:ata["size_bytes"]])
-        f.truncate(ata["size_bytes"])
