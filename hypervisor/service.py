@@ -235,14 +235,16 @@ class Hypervisor:
             except Exception as e:  # one guard per message: nothing a peer sends stops the loop
                 self._handler_failed(identity, peer, msg, e)
             try:
-                if interrupts.next_timer_ns is not None and perf_counter_ns() >= interrupts.next_timer_ns:
-                    interrupts.fire_timers(perf_counter_ns())
-                if synic.next_timer_ns is not None and perf_counter_ns() >= synic.next_timer_ns:
-                    synic.fire_timers(perf_counter_ns())
-                if wake is not None and sched.ready and perf_counter_ns() >= wake:
+                # One clock read for the three checks: they run after every message.
+                now = perf_counter_ns()
+                if interrupts.next_timer_ns is not None and now >= interrupts.next_timer_ns:
+                    interrupts.fire_timers(now)
+                if synic.next_timer_ns is not None and now >= synic.next_timer_ns:
+                    synic.fire_timers(now)
+                if wake is not None and sched.ready and now >= wake:
                     # A busy loop must not starve the scheduler: a VP that overran its quantum
                     # loses its LP to the ones waiting even while messages keep coming.
-                    sched.tick(perf_counter_ns())
+                    sched.tick(now)
                 if time.monotonic_ns() >= next_housekeeping:
                     next_housekeeping = self._housekeeping()
             except Exception as e:
