@@ -111,18 +111,20 @@ class Apic:
 
     # -- the timer --------------------------------------------------------------------------
 
+    def _programmed_ns(self) -> int:
+        """The period the guest programmed (initial count times the divider)."""
+        return self.timer_icr * DIVIDE.get(self.timer_dcr & 0b1011, 2) * 1_000_000_000 // APIC_TIMER_HZ
+
     def _period_ns(self) -> int:
         """The period the timer runs at: what the guest programmed, but at least
         MIN_TIMER_PERIOD_NS."""
-        return max(MIN_TIMER_PERIOD_NS,
-                   self.timer_icr * DIVIDE.get(self.timer_dcr & 0b1011, 2) * 1_000_000_000 // APIC_TIMER_HZ)
+        return max(MIN_TIMER_PERIOD_NS, self._programmed_ns())
 
     def _arm(self, now: int) -> None:
         if not self.timer_icr:
             self.timer_deadline_ns = None
             return
-        if self.timer_icr * DIVIDE.get(self.timer_dcr & 0b1011, 2) * 1_000_000_000 // APIC_TIMER_HZ \
-                < MIN_TIMER_PERIOD_NS:
+        if self._programmed_ns() < MIN_TIMER_PERIOD_NS:
             self.counters["timer_clamped"] += 1
         self.timer_deadline_ns = now + self._period_ns()
 
