@@ -150,13 +150,7 @@ class Forwarding:
         ctx.kind = kind
         ctx.deadline_ns = time.monotonic_ns() + WORKER_TIMEOUT_NS
         self.pending[ref] = ctx
-        if kind is Exit.IO_PORT:
-            notify = m.PortNotify(ref, ctx.vp.index, ctx.addr, ctx.size, ctx.write, ctx.value,
-                                  ctx.stamps + (perf_counter_ns(),))
-        else:
-            notify = m.MmioNotify(ref, ctx.vp.index, ctx.addr, ctx.size, ctx.write, ctx.value,
-                                  ctx.stamps + (perf_counter_ns(),))
-        if not self._router.send(owner, notify.encode()):
+        if not self._router.send(owner, self._notify(ref, ctx, kind).encode()):
             # The worker is gone.  Nobody else may complete the access: the VP waits in its
             # intercept and the partition is paused (the root ends a run whose worker died).
             ctx.partition.worker_timeouts += 1
