@@ -382,8 +382,7 @@ class Vp:
             return self.mem.read_int(gpa, size)
         except UnmappedGpa:
             pass
-        seq = self._next_seq()
-        return self._exit(m.MmioIntercept(seq, gpa, size, False, 0, (perf_counter_ns(),), self._regs()).encode(), seq).rax
+        return self._mmio_read(gpa, size)
 
     def write(self, gpa: int, size: int, value: int) -> None:
         """A store of ``size`` bytes: RAM directly, anything else an MMIO exit."""
@@ -392,6 +391,15 @@ class Vp:
                 self.preemption_point()
             self.mem.write_int(gpa, size, value)
             return
+        self._mmio_write(gpa, size, value)
+
+    def _mmio_read(self, gpa: int, size: int) -> int:
+        """An MMIO exit for a load (what the SLAT does not map)."""
+        seq = self._next_seq()
+        return self._exit(m.MmioIntercept(seq, gpa, size, False, 0, (perf_counter_ns(),), self._regs()).encode(), seq).rax
+
+    def _mmio_write(self, gpa: int, size: int, value: int) -> None:
+        """An MMIO exit for a store."""
         seq = self._next_seq()
         self._exit(m.MmioIntercept(seq, gpa, size, True, value, (perf_counter_ns(),), self._regs()).encode(), seq)
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 from time import perf_counter_ns
 from typing import Callable
 
-from proto import messages as m
 from proto.codes import HYPERCALL_PAGE_PORT, HvMsr
 from proto.memory import PAGE_SIZE, UnmappedGpa
 
@@ -115,13 +114,10 @@ class ExitPort(Vp):
         self._out(port, size, value & ((1 << (8 * size)) - 1))
 
     def mmio_read(self, gpa: int, size: int) -> int:
-        seq = self._next_seq()
-        return self._exit(m.MmioIntercept(seq, gpa, size, False, 0, (perf_counter_ns(),), self._regs()).encode(),
-                          seq).rax
+        return self._mmio_read(gpa, size)
 
     def mmio_write(self, gpa: int, size: int, value: int) -> None:
-        seq = self._next_seq()
-        self._exit(m.MmioIntercept(seq, gpa, size, True, value, (perf_counter_ns(),), self._regs()).encode(), seq)
+        self._mmio_write(gpa, size, value)
 
     def msr_read(self, msr: int) -> int:
         return self.rdmsr(msr)
