@@ -212,23 +212,27 @@ class Vp:
         """The IDT entry for ``vector``: an interrupt gate (IF is clear while it runs)."""
         self.handlers[vector] = handler
 
+    def _accept(self) -> int:
+        """Take the next pending interrupt as delivered now: its latency recorded, the
+        assist page's "no EOI required" set when asked, counted; its vector."""
+        raw, irq_stamps = self._pending.pop(0)
+        if irq_stamps:
+            # Four stamps came from the PIC in the worker, two from the local APIC.
+            path = Exit.INTERRUPT if len(irq_stamps) > 2 else Exit.APIC_TIMER
+            stats = self.paths.get(path)
+            if stats is None:
+                stats = self.paths[path] = PathStats()
+            stats.record(irq_stamps + (perf_counter_ns(),))
+        if raw & m.INTERRUPT_NO_EOI and self.assist_gpa is not None:
+            # The hypervisor's write to the VP assist page: "no EOI required".
+            self.mem.write_int(self.assist_gpa, 1, self.mem.read_int(self.assist_gpa, 1) | 1)
+        self.counters["interrupts"] += 1
+        return raw & 0xFF
+
     def _deliver(self) -> None:
         while self._pending and self.if_flag:
-            raw, irq_stamps = self._pending.pop(0)
-            vector = raw & 0xFF
-            t_handler = perf_counter_ns()
-            if irq_stamps:
-                # Four stamps came from the PIC in the worker, two from the local APIC.
-                path = Exit.INTERRUPT if len(irq_stamps) > 2 else Exit.APIC_TIMER
-                stats = self.paths.get(path)
-                if stats is None:
-                    stats = self.paths[path] = PathStats()
-                stats.record(irq_stamps + (t_handler,))
-            if raw & m.INTERRUPT_NO_EOI and self.assist_gpa is not None:
-                # The hypervisor's write to the VP assist page: "no EOI required".
-                self.mem.write_int(self.assist_gpa, 1, self.mem.read_int(self.assist_gpa, 1) | 1)
+            vector = self._accept()
             handler = self.handlers.get(vector)
-            self.counters["interrupts"] += 1
             if handler is None:
                 self.counters["unhandled_interrupts"] += 1
                 continue
@@ -378,8 +382,7 @@ class Vp:
             return self.mem.read_int(gpa, size)
         except UnmappedGpa:
             pass
-        seq = self._next_seq()
-        return self._exit(m.MmioIntercept(seq, gpa, size, False, 0, (perf_counter_ns(),), self._regs()).encode(), seq).rax
+        return self._mmio_read(gpa, size)
 
     def write(self, gpa: int, size: int, value: int) -> None:
         """A store of ``size`` bytes: RAM directly, anything else an MMIO exit."""
@@ -388,6 +391,15 @@ class Vp:
                 self.preemption_point()
             self.mem.write_int(gpa, size, value)
             return
+        self._mmio_write(gpa, size, value)
+
+    def _mmio_read(self, gpa: int, size: int) -> int:
+        """An MMIO exit for a load (what the SLAT does not map)."""
+        seq = self._next_seq()
+        return self._exit(m.MmioIntercept(seq, gpa, size, False, 0, (perf_counter_ns(),), self._regs()).encode(), seq).rax
+
+    def _mmio_write(self, gpa: int, size: int, value: int) -> None:
+        """An MMIO exit for a store."""
         seq = self._next_seq()
         self._exit(m.MmioIntercept(seq, gpa, size, True, value, (perf_counter_ns(),), self._regs()).encode(), seq)
 

@@ -22,11 +22,8 @@ from __future__ import annotations
 from time import perf_counter_ns
 from typing import Callable
 
-from proto import messages as m
 from proto.codes import HYPERCALL_PAGE_PORT, HvMsr
-from proto.exits import Exit
 from proto.memory import PAGE_SIZE, UnmappedGpa
-from proto.stats import PathStats
 
 from partitions.vp import Vp
 
@@ -76,18 +73,7 @@ class ExitPort(Vp):
     def take_interrupt(self) -> int:
         """The next pending vector, recorded as taken now (the guest's IF is set and the
         backend is about to vector through its IDT)."""
-        raw, irq_stamps = self._pending.pop(0)
-        vector = raw & 0xFF
-        if irq_stamps:
-            path = Exit.INTERRUPT if len(irq_stamps) > 2 else Exit.APIC_TIMER
-            stats = self.paths.get(path)
-            if stats is None:
-                stats = self.paths[path] = PathStats()
-            stats.record(irq_stamps + (perf_counter_ns(),))
-        if raw & m.INTERRUPT_NO_EOI and self.assist_gpa is not None:
-            # The hypervisor's write to the VP assist page: "no EOI required".
-            self.mem.write_int(self.assist_gpa, 1, self.mem.read_int(self.assist_gpa, 1) | 1)
-        self.counters["interrupts"] += 1
+        vector = self._accept()
         key = f"vector_{vector:#04x}"
         self.counters[key] = self.counters.get(key, 0) + 1
         return vector
@@ -128,13 +114,10 @@ class ExitPort(Vp):
         self._out(port, size, value & ((1 << (8 * size)) - 1))
 
     def mmio_read(self, gpa: int, size: int) -> int:
-        seq = self._next_seq()
-        return self._exit(m.MmioIntercept(seq, gpa, size, False, 0, (perf_counter_ns(),), self._regs()).encode(),
-                          seq).rax
+        return self._mmio_read(gpa, size)
 
     def mmio_write(self, gpa: int, size: int, value: int) -> None:
-        seq = self._next_seq()
-        self._exit(m.MmioIntercept(seq, gpa, size, True, value, (perf_counter_ns(),), self._regs()).encode(), seq)
+        self._mmio_write(gpa, size, value)
 
     def msr_read(self, msr: int) -> int:
         return self.rdmsr(msr)

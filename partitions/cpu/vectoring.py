@@ -78,15 +78,8 @@ def vector(state: CpuState, number: int, read: Callable[[int, int], bytes],
         raise CannotVector(f"vector {number:#x} from ring {s.cs & 3} (privilege changes are not implemented)")
     offset = int.from_bytes(gate[0:2], "little") | int.from_bytes(gate[6:8], "little") << 16
     selector = int.from_bytes(gate[2:4], "little")
-    sp = s.rsp & 0xFFFFFFFF
-    pushes = [s.rflags, s.cs, s.rip] + ([error_code or 0] if number in ERROR_CODE_VECTORS and error_code is not None else [])
-    for value in pushes:
-        sp = (sp - 4) & 0xFFFFFFFF
-        write(sp, (value & 0xFFFFFFFF).to_bytes(4, "little"))
-    rflags = s.rflags & ~(RFLAGS_TF | RFLAGS_AC)
-    if kind == GATE_INTERRUPT_32:
-        rflags &= ~RFLAGS_IF
-    return CpuState(s.cr0, s.efer, rflags, selector, offset, sp, s.ss, s.idt_base, s.idt_limit)
+    return _enter_gate(s, number, error_code, kind, selector, offset, s.rsp & 0xFFFFFFFF,
+                       [s.rflags, s.cs, s.rip], 4, write)
 
 
 def _vector_long(s: CpuState, number: int, read, write, error_code: int | None) -> CpuState:
@@ -103,13 +96,21 @@ def _vector_long(s: CpuState, number: int, read, write, error_code: int | None) 
     offset = (int.from_bytes(gate[0:2], "little") | int.from_bytes(gate[6:8], "little") << 16
               | int.from_bytes(gate[8:12], "little") << 32)
     selector = int.from_bytes(gate[2:4], "little")
-    sp = s.rsp & ~0xF & 0xFFFFFFFFFFFFFFFF
-    pushes = [s.ss, s.rsp, s.rflags, s.cs, s.rip]
+    return _enter_gate(s, number, error_code, kind, selector, offset, s.rsp & ~0xF & 0xFFFFFFFFFFFFFFFF,
+                       [s.ss, s.rsp, s.rflags, s.cs, s.rip], 8, write)
+
+
+def _enter_gate(s: CpuState, number: int, error_code: int | None, kind: int, selector: int, offset: int,
+                sp: int, pushes: list[int], width: int, write) -> CpuState:
+    """What 32-bit and long-mode delivery share once the gate is read: push ``pushes``
+    (and the error code, for the vectors that have one) ``width`` bytes each, clear TF and
+    AC (and IF for an interrupt gate), continue at selector:offset."""
+    mask = (1 << 8 * width) - 1
     if number in ERROR_CODE_VECTORS and error_code is not None:
         pushes.append(error_code)
     for value in pushes:
-        sp = (sp - 8) & 0xFFFFFFFFFFFFFFFF
-        write(sp, (value & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little"))
+        sp = (sp - width) & mask
+        write(sp, (value & mask).to_bytes(width, "little"))
     rflags = s.rflags & ~(RFLAGS_TF | RFLAGS_AC)
     if kind == GATE_INTERRUPT_32:
         rflags &= ~RFLAGS_IF
