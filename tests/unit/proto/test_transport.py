@@ -13,18 +13,9 @@ import zmq
 from proto import transport
 from proto.errors import TransportError
 from proto.transport import Dealer, Router, curve_keypair
+from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def wait_for(predicate, timeout: float = 5.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"{what} not met within {timeout} s")
 
 
 @pytest.fixture
@@ -84,7 +75,7 @@ def test_a_curve_client_gets_through_and_a_plain_one_is_refused_and_counted(tcp_
         frames = recv_one(tcp_router)
         assert frames is not None and frames[1] == b"curve"
         assert recv_one(tcp_router, 1000) is None, "only the CURVE client with the right key got through"
-        wait_for(lambda: tcp_router.counters["handshakes_refused"] >= 2, what="two refusals counted")
+        wait_until(lambda: tcp_router.counters["handshakes_refused"] >= 2, 5.0, what="two refusals counted")
         wrong.close()
     finally:
         good.close()
@@ -133,18 +124,18 @@ def test_idle_connections_beyond_the_limit_are_shut_down_oldest_first(tcp_router
     monkeypatch.setattr(transport, "MAX_UNBOUND", 4)
     idle = [socket.create_connection(("127.0.0.1", port_of(tcp_router)), timeout=5) for _ in range(10)]
     try:
-        wait_for(lambda: tcp_router.counters["connections_evicted"] >= 6, what="six connections shut down")
+        wait_until(lambda: tcp_router.counters["connections_evicted"] >= 6, 5.0, what="six connections shut down")
         # The oldest went: they read EOF; the four newest are still open.
         for s in idle[:6]:
             assert closed_by_peer(s)
-        wait_for(lambda: tcp_router.counters["connections"] <= 4, what="four connections left")
+        wait_until(lambda: tcp_router.counters["connections"] <= 4, 5.0, what="four connections left")
         # A new client still gets through and, once bound, is not counted as idle.
         d = Dealer(tcp_router.endpoint, keys[0])
         d.send(b"hello")
         frames = recv_one(tcp_router)
         tcp_router.bind(frames[0])
         more = [socket.create_connection(("127.0.0.1", port_of(tcp_router)), timeout=5) for _ in range(8)]
-        wait_for(lambda: tcp_router.counters["connections_evicted"] >= 14, what="the next idle ones shut down")
+        wait_until(lambda: tcp_router.counters["connections_evicted"] >= 14, 5.0, what="the next idle ones shut down")
         d.send(b"still here")
         frames = recv_one(tcp_router)
         assert frames is not None and frames[1] == b"still here"
@@ -167,7 +158,7 @@ def test_a_connection_that_never_says_hello_is_shut_down_after_the_deadline(tcp_
         frames = recv_one(tcp_router)
         assert frames[1] == b"a hello"
         tcp_router.bind(frames[0])  # as the loop does after a good hello
-        wait_for(lambda: tcp_router.counters["connections_evicted"] >= 1, what="the idle one shut down")
+        wait_until(lambda: tcp_router.counters["connections_evicted"] >= 1, 5.0, what="the idle one shut down")
         time.sleep(1)
         bound.send(b"after the deadline")
         frames = recv_one(tcp_router)
@@ -191,7 +182,7 @@ def test_a_bound_peer_whose_connection_goes_is_reported_once(kind, keys, tmp_pat
         router.bind(identity)
         assert router.disconnected() == []
         d.close()
-        gone = wait_for(router.disconnected, what="the peer reported gone")
+        gone = wait_until(router.disconnected, 5.0, what="the peer reported gone")
         assert gone == [identity]
         assert router.disconnected() == []
     finally:
@@ -203,5 +194,5 @@ def test_an_unbound_peer_that_goes_is_not_reported(tcp_router, keys):
     d.send(b"never a good hello")
     assert recv_one(tcp_router) is not None
     d.close()
-    wait_for(lambda: tcp_router.counters["connections"] == 0, what="the connection to go")
+    wait_until(lambda: tcp_router.counters["connections"] == 0, 5.0, what="the connection to go")
     assert tcp_router.disconnected() == []

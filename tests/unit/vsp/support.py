@@ -6,7 +6,6 @@ from __future__ import annotations
 import struct
 import threading
 from collections import deque
-from contextlib import contextmanager
 from types import SimpleNamespace
 
 from proto import vmbus as vb
@@ -18,6 +17,7 @@ from proto.vmbus_ring import PagedView, Ring
 from worker.devices.backends import MemoryDisk
 
 from partitions.drivers import synic
+from root.vsp.memory import PartitionMemory
 from root.vsp.server import VmbusServer
 from root.vsp.storvsp import StorVsp
 
@@ -54,13 +54,7 @@ class FakeMemory:
         self.mapped_pages = getattr(self, "mapped_pages", 0) + len(set(pfns))
         return FakeMapping(self, pfns)
 
-    @contextmanager
-    def mapped(self, pfns):
-        m = self.map(list(pfns))
-        try:
-            yield m
-        finally:
-            m.close()
+    mapped = PartitionMemory.mapped  # the same context manager over this map()
 
 
 class FakeMapping:
