@@ -124,8 +124,12 @@ def test_two_partitions_ping_each_other_through_the_virtual_switch(tmp_path):
     replies = [(b0, b1, b2, t_in, t_out) for _, _, kind, _, t_in, t_out, _, b0, b1, b2, *_ in noted if kind == 0]
     assert requests and replies, noted
     assert all(list(t) == sorted(t) for t in requests + replies), noted
-    order = ("a0", "req_in", "req_out", "b1", "b2", "rep_in", "rep_out", "a3")
-    assert all([p[k] for k in order] == sorted(p[k] for k in order) for p in pings(status))
+    # The frame is in the receiver's ring before the switch stamps "out" (after its signal),
+    # and a receiver polling its ring may take it in between: b1 may precede req_out and a3
+    # rep_out (seen once in a full run). What must be ordered is the chain through the rings.
+    order = ("a0", "req_in", "b1", "b2", "rep_in", "a3")
+    assert all([p[k] for k in order] == sorted(p[k] for k in order)
+               and p["req_in"] <= p["req_out"] and p["rep_in"] <= p["rep_out"] for p in pings(status))
     assert all(not p["errors"] for p in status["partitions"].values())
     assert status["handler_errors"] == 0 and not handler_errors_in_logs(run_dir)
     assert stat.S_IMODE(os.stat(run_dir / "vsp-events.jsonl").st_mode) == 0o600
