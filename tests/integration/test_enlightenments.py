@@ -19,9 +19,12 @@ def eoi_run(mode: str, enlightenments: str = ALL_ENLIGHTENMENTS) -> dict:
 
 def test_the_assist_page_removes_the_eoi_exit():
     mmio, msr, assist = eoi_run("mmio"), eoi_run("msr"), eoi_run("assist")
-    # One EOI exit per interrupt, through the APIC page or the synthetic MSR…
-    assert mmio["handler_exits"] == mmio["ticks"] and mmio["apic"]["eoi_mmio"] >= mmio["ticks"]
-    assert msr["handler_exits"] == msr["ticks"] and msr["apic"]["eoi_msr"] >= msr["ticks"]
+    # One EOI exit per interrupt, through the APIC page or the synthetic MSR. The handler counts
+    # its tick before its EOI exits, so a snapshot taken while that exit is in flight shows one
+    # tick more than exits (CI once saw 1391 exits for 1392 ticks): allow exactly that one.
+    for r, eoi in ((mmio, "eoi_mmio"), (msr, "eoi_msr")):
+        assert r["ticks"] - 1 <= r["handler_exits"] <= r["ticks"], r
+        assert r["apic"][eoi] >= r["ticks"] - 1, r
     # …and none with "no EOI required": the hypervisor did them.
     assert assist["handler_exits"] == 0
     assert assist["apic"]["eoi_implicit"] >= assist["ticks"]
