@@ -41,6 +41,9 @@ DEFAULT_QUANTUM_NS = 10_000_000
 # preemption point, instead of until the VP's next exit (up to a quantum).
 NOTIFY_POLL_NS = 50_000
 NEVER = 1 << 62
+# Round trips kept unfiled at most (a few hundred KB): filed in bulk at each vp_stats (every
+# STATS_INTERVAL_NS), or when this many wait — whichever comes first.
+MAX_UNFILED = 8192
 
 # x86-64 4-level paging: a table entry's present bit and the frame address in bits 51:12.
 PTE_PRESENT = 1
@@ -90,7 +93,11 @@ class Vp:
         # After wait() said a frame is there: one poll per resume, not two.
         self._recv_ready = dealer.recv_ready
         self._seq = 0
-        self.paths: dict[str, PathStats] = {}
+        self._paths: dict[str, PathStats] = {}
+        # Round trips measured since the histograms were last brought up to date, as
+        # (path, stamps): appending is all a round trip costs; ``paths`` files them in
+        # bulk (PathStats.record_many) when they are read — at every vp_stats.
+        self._unfiled: list[tuple[str, tuple]] = []
         self.exits = 0
         self.counters = {"interrupts": 0, "handler_exits": 0, "unhandled_interrupts": 0, "resets": 0,
                          "tlb_hits": 0, "tlb_misses": 0, "tlb_walk_reads": 0, "tlb_evictions": 0}
@@ -163,10 +170,7 @@ class Vp:
             raise VpReset(msg.rax)
         path = BY_CODE.get(msg.path)  # the name the hypervisor counted the exit by
         if path is not None and msg.stamps:
-            stats = self.paths.get(path)
-            if stats is None:
-                stats = self.paths[path] = PathStats()
-            stats.record(msg.stamps + (t_resume,))
+            self._measured(path, msg.stamps + (t_resume,))
         if msg.interrupt:
             self._pending.append((msg.interrupt, msg.irq_stamps))
         if t_resume >= self._next_stats:
@@ -180,6 +184,31 @@ class Vp:
     @staticmethod
     def _describe(frame: bytes) -> str:
         return m.decode(frame).NAME
+
+    def _measured(self, path: str, stamps: tuple) -> None:
+        """One round trip of ``path``, filed into its histograms later (``paths``)."""
+        unfiled = self._unfiled
+        unfiled.append((path, stamps))
+        if len(unfiled) >= MAX_UNFILED:
+            self._file()
+
+    def _file(self) -> None:
+        by_path: dict[str, list] = {}
+        for path, stamps in self._unfiled:
+            by_path.setdefault(path, []).append(stamps)
+        self._unfiled = []
+        for path, rounds in by_path.items():
+            stats = self._paths.get(path)
+            if stats is None:
+                stats = self._paths[path] = PathStats()
+            stats.record_many(rounds)
+
+    @property
+    def paths(self) -> dict[str, PathStats]:
+        """This VP's latency histograms by path name, every round trip measured so far filed."""
+        if self._unfiled:
+            self._file()
+        return self._paths
 
     def flush_stats(self) -> None:
         self._next_stats = perf_counter_ns() + STATS_INTERVAL_NS
@@ -219,10 +248,7 @@ class Vp:
         if irq_stamps:
             # Four stamps came from the PIC in the worker, two from the local APIC.
             path = Exit.INTERRUPT if len(irq_stamps) > 2 else Exit.APIC_TIMER
-            stats = self.paths.get(path)
-            if stats is None:
-                stats = self.paths[path] = PathStats()
-            stats.record(irq_stamps + (perf_counter_ns(),))
+            self._measured(path, irq_stamps + (perf_counter_ns(),))
         if raw & m.INTERRUPT_NO_EOI and self.assist_gpa is not None:
             # The hypervisor's write to the VP assist page: "no EOI required".
             self.mem.write_int(self.assist_gpa, 1, self.mem.read_int(self.assist_gpa, 1) | 1)

@@ -10,6 +10,7 @@ understate a latency.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 SUB_BUCKET_BITS = 6
@@ -73,6 +74,25 @@ class Histogram:
             self.hi = ns
         self.n += 1
         self.total += ns
+
+    def record_many(self, values: list[int]) -> None:
+        """Record every value of ``values`` as :meth:`record` would, in bulk: the buckets by
+        one comprehension (``bucket_of`` inline), counted by ``Counter`` and min/max/sum in
+        C — a fraction of a call per value."""
+        if not values:
+            return
+        buckets = Counter([((((s := v.bit_length() - SUB_BUCKET_BITS - 1) + 1) << SUB_BUCKET_BITS)
+                            + (v >> s) - SUB_BUCKETS) if v >= SUB_BUCKETS else (v if v > 0 else 0)
+                           for v in values])
+        c = self.counts
+        for b, k in buckets.items():
+            c[b] = c.get(b, 0) + k
+        lo = min(values)
+        if self.n == 0 or lo < self.lo:
+            self.lo = lo
+        self.hi = max(self.hi, max(values))
+        self.n += len(values)
+        self.total += sum(values)
 
     def merge(self, other: "Histogram") -> None:
         if other.n == 0:
@@ -143,6 +163,20 @@ class PathStats:
             stages.extend(Histogram() for _ in range(n - len(stages)))
         for i in range(n):
             stages[i].record(stamps[i + 1] - stamps[i])
+
+    def record_many(self, rounds: list) -> None:
+        """Record many round trips (each a stamps tuple, at least two) as :meth:`record`
+        would one by one: each histogram takes its values in one batch."""
+        if not rounds:
+            return
+        self.total.record_many([st[-1] - st[0] for st in rounds])
+        stages = self.stages
+        n = max(map(len, rounds)) - 1
+        if len(stages) < n:
+            stages.extend(Histogram() for _ in range(n - len(stages)))
+        for i in range(n):
+            j = i + 1
+            stages[i].record_many([st[j] - st[i] for st in rounds if len(st) > j])
 
     def merge(self, other: "PathStats") -> None:
         self.total.merge(other.total)
