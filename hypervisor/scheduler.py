@@ -84,11 +84,10 @@ class VpState(enum.Enum):
     def executing(self) -> bool:
         """The VP's thread is executing guest code (RUNNING, or PREEMPTED: off its LP but
         not yet at its next exit) — the one test of whether an exit from it is in turn."""
-        return self in _EXECUTING
+        return self is RUNNING or self is PREEMPTED  # (identity: an enum's hash is Python code)
 
 
 CREATED, READY, RUNNING, INTERCEPT, HALTED, PREEMPTED = VpState
-_EXECUTING = frozenset((RUNNING, PREEMPTED))
 
 
 @dataclass
@@ -132,7 +131,8 @@ class VpSched:
     @property
     def executing(self) -> bool:
         """See :attr:`VpState.executing`."""
-        return self.state in _EXECUTING
+        state = self.state
+        return state is RUNNING or state is PREEMPTED
 
 
 @dataclass
@@ -155,10 +155,13 @@ class Scheduler:
         self.window_id = 0
         self.max_running = 0
         self._order = 0
+        # LPs with a VP on them, kept as VPs go on (_run) and off (_off_lp) an LP: counted
+        # once per dispatch, not by a walk over the LPs.
+        self._running = 0
 
     @property
     def running(self) -> int:
-        return sum(1 for lp in self.lps if lp.vp is not None)
+        return self._running
 
     def exited(self, s: VpSched, now: int, *, preempted: bool = False, yielded: bool = False) -> None:
         """The VP left guest mode (RUNNING → INTERCEPT): account its run and free its LP.
@@ -181,11 +184,14 @@ class Scheduler:
         now = max(now, s.since_ns)
         ran = now - s.since_ns
         s.run_ns += ran
-        self._window(s).window_ns += ran
+        if s.window_id != self.window_id:
+            self._window(s)
+        s.window_ns += ran
         s.vruntime += ran * DEFAULT_WEIGHT / s.controls.weight
         lp = self.lps[s.lp]
         lp.busy_ns += ran
         lp.vp = None
+        self._running -= 1
         s.since_ns = now
 
     def preempt_overruns(self, now: int) -> int:
@@ -211,9 +217,10 @@ class Scheduler:
 
     def make_ready(self, s: VpSched, now: int, *, to_back: bool = False) -> None:
         """The VP's exit is complete (→ READY): it may run once an LP is free."""
-        if s.state is READY:
+        state = s.state
+        if state is READY:
             return
-        if s.state.executing:
+        if state is RUNNING or state is PREEMPTED:
             # Queuing a VP that executes guest code would dispatch it twice: a bug here,
             # which the loop's guard reports (the loop refuses exits out of turn before).
             raise RuntimeError(f"VP {s.key} made ready while {s.state.value}")
@@ -224,7 +231,8 @@ class Scheduler:
             # Nobody else waits: the common case, and the hot path of every round trip.
             for lp in self.lps:
                 if lp.vp is None:
-                    if s.controls.paused or s.suspended or not self._eligible(s):
+                    c = s.controls
+                    if c.paused or s.suspended or (c.limit < FULL and not self._eligible(s)):
                         break
                     s.since_ns = now
                     self._run(s, lp, now)
@@ -321,8 +329,9 @@ class Scheduler:
         s.lp = lp.index
         s.dispatches += 1
         lp.vp = s
-        if self.max_running < len(self.lps):
-            self.max_running = max(self.max_running, self.running)
+        self._running += 1
+        if self._running > self.max_running:
+            self.max_running = self._running
         quantum = self.quantum_ns
         c = s.controls
         if c.limit < FULL:
