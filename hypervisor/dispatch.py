@@ -95,8 +95,8 @@ class Dispatcher:
         now = perf_counter_ns()
         # The quantum is counted from the dispatch, so the VP's run ends on time however
         # long the resume takes to reach it (one host, one CLOCK_MONOTONIC).
-        frame = m.VpResume(seq, fault, rax, rbx, rcx, rdx, output, stamps + (now,),
-                           interrupt, irq_stamps, now + quantum_ns, lp, path, (vp.rflags, vp.cr3)).encode()
+        frame = m.VpResume.pack(seq, fault, rax, rbx, rcx, rdx, output, stamps + (now,),
+                                interrupt, irq_stamps, now + quantum_ns, lp, path, (vp.rflags, vp.cr3))
         if not self._router.send(vp.peer, frame):
             self._counters["unroutable_replies"] += 1
             self.sched.exited(s, perf_counter_ns())

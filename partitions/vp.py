@@ -278,11 +278,11 @@ class Vp:
 
     def _in(self, port: int, size: int) -> int:
         seq = self._next_seq()
-        return self._exit(m.IoPortIntercept(seq, port, size, False, 0, (perf_counter_ns(),), self._regs()).encode(), seq).rax
+        return self._exit(m.IoPortIntercept.pack(seq, port, size, False, 0, (perf_counter_ns(),), self._regs()), seq).rax
 
     def _out(self, port: int, size: int, value: int) -> None:
         seq = self._next_seq()
-        self._exit(m.IoPortIntercept(seq, port, size, True, value, (perf_counter_ns(),), self._regs()).encode(), seq)
+        self._exit(m.IoPortIntercept.pack(seq, port, size, True, value, (perf_counter_ns(),), self._regs()), seq)
 
     def inb(self, port: int) -> int:
         return self._in(port, 1)
@@ -306,17 +306,17 @@ class Vp:
 
     def cpuid(self, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
         seq = self._next_seq()
-        r = self._exit(m.CpuidIntercept(seq, leaf, subleaf, (perf_counter_ns(),), self._regs()).encode(), seq)
+        r = self._exit(m.CpuidIntercept.pack(seq, leaf, subleaf, (perf_counter_ns(),), self._regs()), seq)
         return r.rax, r.rbx, r.rcx, r.rdx
 
     def rdmsr(self, msr: int) -> int:
         seq = self._next_seq()
-        r = self._exit(m.MsrIntercept(seq, msr, False, 0, (perf_counter_ns(),), self._regs()).encode(), seq)
+        r = self._exit(m.MsrIntercept.pack(seq, msr, False, 0, (perf_counter_ns(),), self._regs()), seq)
         return (r.rdx << 32) | r.rax
 
     def wrmsr(self, msr: int, value: int) -> None:
         seq = self._next_seq()
-        self._exit(m.MsrIntercept(seq, msr, True, value, (perf_counter_ns(),), self._regs()).encode(), seq)
+        self._exit(m.MsrIntercept.pack(seq, msr, True, value, (perf_counter_ns(),), self._regs()), seq)
         if msr == HvMsr.HV_X64_MSR_VP_ASSIST_PAGE:
             # The hypervisor overlays the page at this GPA; it writes it on this VP's behalf.
             self.assist_gpa = (value & ~0xFFF) if value & 1 else None
@@ -324,7 +324,7 @@ class Vp:
     def hypercall_raw(self, control: int, data: bytes = b"") -> tuple[int, bytes]:
         """The hypercall instruction: RCX = ``control``; returns (RAX, output block)."""
         seq = self._next_seq()
-        r = self._exit(m.HypercallIntercept(seq, control, data, (perf_counter_ns(),), self._regs()).encode(), seq)
+        r = self._exit(m.HypercallIntercept.pack(seq, control, data, (perf_counter_ns(),), self._regs()), seq)
         return r.rax, r.output
 
     def hypercall(self, code: int, data: bytes = b"", fast: bool = False, rep_count: int = 0,
@@ -346,7 +346,7 @@ class Vp:
         # (this one) lasts.  Sent before every HLT it was one message of every histogram
         # per timer tick — 1,000 a second with a 1 kHz APIC timer, 100 per partition with
         # the PIC's tick — each costing the hypervisor more than the tick's own exits.
-        self._exit(m.HaltIntercept(seq, (perf_counter_ns(),), self._regs()).encode(), seq)
+        self._exit(m.HaltIntercept.pack(seq, (perf_counter_ns(),), self._regs()), seq)
 
     def pause(self) -> None:
         """PAUSE: a spin-loop hint, not intercepted (no pause-loop exiting here); like every
@@ -388,7 +388,7 @@ class Vp:
     def _quantum_over(self) -> None:
         """The scheduler's timer fired: exit, and continue once dispatched again."""
         seq = self._next_seq()
-        self._exit(m.QuantumExit(seq, (perf_counter_ns(),), self._regs()).encode(), seq)
+        self._exit(m.QuantumExit.pack(seq, (perf_counter_ns(),), self._regs()), seq)
 
     def xchg(self, gpa: int, value: int) -> int:
         """``lock xchg`` on a 32-bit word of RAM: atomic against the partition's other VPs."""
@@ -422,12 +422,12 @@ class Vp:
     def _mmio_read(self, gpa: int, size: int) -> int:
         """An MMIO exit for a load (what the SLAT does not map)."""
         seq = self._next_seq()
-        return self._exit(m.MmioIntercept(seq, gpa, size, False, 0, (perf_counter_ns(),), self._regs()).encode(), seq).rax
+        return self._exit(m.MmioIntercept.pack(seq, gpa, size, False, 0, (perf_counter_ns(),), self._regs()), seq).rax
 
     def _mmio_write(self, gpa: int, size: int, value: int) -> None:
         """An MMIO exit for a store."""
         seq = self._next_seq()
-        self._exit(m.MmioIntercept(seq, gpa, size, True, value, (perf_counter_ns(),), self._regs()).encode(), seq)
+        self._exit(m.MmioIntercept.pack(seq, gpa, size, True, value, (perf_counter_ns(),), self._regs()), seq)
 
     def write_bytes(self, gpa: int, data: bytes) -> None:
         """``rep movs`` to ``gpa``: one store per 8 bytes where it is not RAM."""
@@ -455,13 +455,13 @@ class Vp:
     def mov_cr3(self, value: int) -> None:
         """MOV to CR3, intercepted: the hypervisor flushes this LP's whole TLB."""
         seq = self._next_seq()
-        self._exit(m.Cr3Intercept(seq, value, (perf_counter_ns(),), self._regs()).encode(), seq)
+        self._exit(m.Cr3Intercept.pack(seq, value, (perf_counter_ns(),), self._regs()), seq)
         self.cr3 = value
 
     def invlpg(self, gva: int) -> None:
         """INVLPG, intercepted: the hypervisor flushes this LP's whole TLB."""
         seq = self._next_seq()
-        self._exit(m.InvlpgIntercept(seq, gva & 0xFFFFFFFFFFFFFFFF, (perf_counter_ns(),), self._regs()).encode(), seq)
+        self._exit(m.InvlpgIntercept.pack(seq, gva & 0xFFFFFFFFFFFFFFFF, (perf_counter_ns(),), self._regs()), seq)
 
     def translate(self, gva: int) -> int:
         """Guest virtual → guest physical: the current LP's TLB, else a page walk that
