@@ -85,9 +85,7 @@ class Dispatcher:
             vp.reset_pending = False
             fault, rax = m.FAULT_RESET, vp.partition.resets  # RAX: which reset this is
         elif not fault and (vp.interrupts or vp.apic.irr):
-            interrupt, irq_stamps = next_interrupt(vp)
-            if interrupt:
-                vp.delivered.record(interrupt)  # for `io irqs_apic` (irq_log.py)
+            interrupt, irq_stamps = next_interrupt(vp)  # (which logs it for `io irqs_apic`)
             if interrupt and self._tracers:
                 self._trace(vp.partition, vp, Exit.INTERRUPT, False, interrupt & 0xFF, 0, irq_stamps)
         if fault and fault != m.FAULT_RESET:

@@ -71,9 +71,11 @@ def next_interrupt(vp) -> tuple[int, tuple]:
         no_eoi = vp.apic.inject(vector)
         fired = vp.apic.fired_ns.pop(vector, None)
         irq_stamps = (fired, perf_counter_ns()) if fired else ()
+        vp.delivered.record(vector)  # for `io irqs_apic` (irq_log.py): with a resume or posted
         return vector | (INTERRUPT_NO_EOI if no_eoi else 0), irq_stamps
     if vp.interrupts:
         vector, irq_stamps = vp.interrupts.take()
+        vp.delivered.record(vector)
         return vector, irq_stamps + (perf_counter_ns(),)
     return 0, ()
 

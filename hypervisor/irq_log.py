@@ -1,7 +1,8 @@
 """What was delivered, for ``io irqs`` (QEMU qtest's ``irq_intercept_in`` idea).
 
-Each VP keeps the vectors injected into it (recorded where ``Dispatcher.dispatched`` hands
-an interrupt to the guest: the VP's local APIC or ExtINT from the PIC), and each partition
+Each VP keeps the vectors injected into it (recorded where any interrupt is taken for the
+guest, ``interrupts.next_interrupt`` — with a resume, or posted to a VP executing guest code
+— from the VP's local APIC or ExtINT from the PIC), and each partition
 the vectors its PIC raised at its output (recorded when the worker's ``assert_interrupt``
 arrives, after the PIC's INTA).  A bounded log each: a reader takes what arrived since its
 last look, and learns how many it missed if the log overflowed in between.  Recording is a

@@ -95,6 +95,22 @@ def test_interrupts_are_logged_at_the_pic_output_and_at_delivery(two):
     assert reply(two, "irqs_apic", vp=1).data == b""
 
 
+def test_an_interrupt_posted_to_a_running_vp_is_logged_at_delivery_too(two):
+    """A VP executing guest code takes it from an interrupt_notify, not a resume: the
+    delivery log is kept where any interrupt is taken (``next_interrupt``), for both."""
+    from hypervisor.scheduler import VpState
+
+    assert two.vp(1).state is VpState.RUNNING
+    assert two.send(W1, m.AssertInterrupt(0x21, stamps(2))).one(V10, m.InterruptNotify).interrupt == 0x21
+    assert reply(two, "irqs_pic").data == b"\x21"
+    assert reply(two, "irqs_apic").data == b"\x21"
+    # One that wakes the VP from HLT rides with its resume: logged once, as before.
+    two.exit(V10, m.CpuidIntercept(31, 0, 0, stamps(), REGS)).one(V10, m.VpResume)  # a new dispatch
+    assert not two.exit(V10, m.HaltIntercept(32, stamps(), REGS))
+    assert two.send(W1, m.AssertInterrupt(0x22, stamps(2))).one(V10, m.VpResume).interrupt == 0x22
+    assert reply(two, "irqs_apic").data == b"\x22"
+
+
 def test_clock_step_needs_a_paused_partition_and_steps_its_clocks(two):
     assert refusal(two, "clock_step", 10_000_000) == "CONFLICT"
     assert two.send(ROOT, m.PartitionControl(1, "pause")).one(ROOT, m.Ack)
