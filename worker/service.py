@@ -193,6 +193,12 @@ class Worker:
                 del backlog[:feed(bytes(backlog))]
 
     def _poll_devices(self) -> None:
+        """Bring the clocked devices up to date and signal what they raised — unless the
+        worker is frozen (saved for a successor by device_save): its devices no longer run
+        here, whatever message comes (an access, a query, a reset)."""
+        if self.frozen:
+            self._deadline = None
+            return
         if self._backlog:
             self._feed_input()
         self._deadline = self.chipset.bus.poll(self.chipset.clock.now_ns())
@@ -210,8 +216,6 @@ class Worker:
                 self._handler_failed(frame, e)
         while self.running:
             timeout = IDLE_POLL_MS
-            if self.frozen:
-                self._deadline = None  # saved for a successor: its devices no longer run here
             if console.pending:
                 timeout = 1
             if self._deadline is not None:
@@ -221,8 +225,7 @@ class Worker:
             if not wait(timeout):
                 if console.pending:
                     self._flush_console()
-                if not self.frozen:
-                    self._poll_devices()
+                self._poll_devices()
                 continue
             frame = recv()
             try:
@@ -361,6 +364,7 @@ class Worker:
                 self._flush_console()  # what the guest wrote before the pause goes out first
             size = self.checkpoint()
             self.frozen = True
+            self._deadline = None  # no device runs here now: nothing to wake for
             result = {"sequence": self.sequence, "bytes": size, "save_us": (perf_counter_ns() - t0) // 1000}
             log.info("devices saved for a successor (record %d, %d bytes); frozen", self.sequence, size)
         self.dealer.send(m.WorkerQueryReply(msg.ref, result).encode())

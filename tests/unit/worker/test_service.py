@@ -299,3 +299,37 @@ def test_each_exit_saves_before_the_completion_and_a_resend_is_not_done_twice(ma
     assert succ.chipset.bus.read(SCR, 1) == 0x33
     succ.handle(m.encode(port(42, SCR, value=0x44)))
     assert succ.chipset.bus.read(SCR, 1) == 0x44
+
+
+def test_a_frozen_worker_polls_no_device_even_when_an_access_or_a_control_message_comes(make_worker, tmp_path,
+                                                                                          monkeypatch):
+    """Saved for a successor (device_save), the worker's devices must not run here: a PIT
+    tick that falls due is raised by the successor's restored PIC, not by this worker
+    after an access or a query (review finding: handle() polled the devices anyway)."""
+    import os
+
+    import worker.devices.base as base
+    from proto.saved_state import CheckpointFile
+    now = [base.time.monotonic_ns()]
+    monkeypatch.setattr(base.time, "monotonic_ns", lambda: now[0])
+    worker, endpoint = make_worker("gen1")
+    worker.keep_checkpoints(CheckpointFile(os.open(tmp_path / "cp.bin", os.O_RDWR | os.O_CREAT, 0o600)), 1, "alpha")
+    for ref, (address, value) in enumerate([(0x20, 0x11), (0x21, 0x20), (0x21, 0x04), (0x21, 0x01),
+                                            (0x21, 0xFE),  # only IRQ0 (the PIT) unmasked
+                                            (0x43, 0x34), (0x40, 0x9C), (0x40, 0x2E),  # 100 Hz
+                                            (0x20, 0x20)], start=1):  # EOI what unmasking raised
+        worker.handle(m.encode(port(ref, address, value=value)))
+    now[0] += 15_000_000  # a tick fell due: not frozen, the next access raises it
+    worker.handle(m.encode(port(30, SCR, value=1)))
+    assert any(isinstance(s, m.AssertInterrupt) for s in endpoint.sent)
+    worker.handle(m.encode(port(31, 0x20, value=0x20)))  # EOI
+    worker.handle(m.encode(m.DeviceSave(5, "save")))
+    assert worker.frozen
+    endpoint.sent.clear()
+    now[0] += 50_000_000  # five ticks fall due while frozen
+    worker.handle(m.encode(port(32, SCR, value=2)))
+    worker.handle(m.encode(m.WorkerQuery(6, "ping")))
+    assert [type(s) for s in endpoint.sent] == [m.AccessComplete, m.WorkerQueryReply]
+    assert worker._deadline is None
+    worker.handle(m.encode(m.DeviceSave(7, "thaw")))  # the handover was given up: it runs again
+    assert any(isinstance(s, m.AssertInterrupt) for s in endpoint.sent)
