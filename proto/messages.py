@@ -129,47 +129,14 @@ def message(type_id: int, name: str):
 _PACK = msgpack.Packer(use_bin_type=True).pack
 
 
-def _inline_test(check, i: int, namespace: dict) -> str | None:
-    """The condition under which field ``i`` fails ``check``, as an expression on ``a{i}``,
-    for the checks that take a value as it is (an int range, a bool, one of a set, a blob);
-    None for the others (which are called).  A value failing it is then given to ``check``
-    itself, which raises the error that names what is wrong."""
-    kind, params = getattr(check, "spec", (None, {}))
-    a = f"a{i}"
-    if kind == "uint":
-        return f"type({a}) is not int or not 0 <= {a} <= {(1 << params['bits']) - 1}"
-    if kind == "bool":
-        return f"type({a}) is not bool"
-    if kind == "blob":
-        return f"type({a}) is not bytes or len({a}) > {params['max_len']}"
-    if kind == "one_of":
-        namespace[f"allowed{i}"] = frozenset(params["choices"])
-        return f"(type({a}) is not int and type({a}) is not str) or {a} not in allowed{i}"
-    return None
-
-
 def _field_decoder(cls):
-    """``obj`` (the decoded array, its length already checked) → ``cls``, each field
-    checked: one generated function per message.  The simple checks (int ranges, bools,
-    sets, blobs) are written into it as conditions — a call per field was most of what
-    decoding an intercept or a resume cost — and the others called; a value that fails a
-    condition goes to its check, which raises."""
-    namespace = {"cls": cls, **{f"check{i}": c for i, c in enumerate(cls.CHECKS)}}
-    n = len(cls.CHECKS)
-    lines = ["def from_wire(obj):"]
-    if n:
-        lines.append(f"    _, {', '.join(f'a{i}' for i in range(n))}, = obj")
-    args = []
-    for i, check in enumerate(cls.CHECKS):
-        test = _inline_test(check, i, namespace)
-        if test is None:
-            args.append(f"check{i}(a{i})")
-        else:
-            lines.append(f"    if {test}:")
-            lines.append(f"        check{i}(a{i})")
-            args.append(f"a{i}")
-    lines.append(f"    return cls({', '.join(args)})")
-    exec("\n".join(lines) + "\n", namespace)
+    """``obj`` (the decoded array, its length already checked) → ``cls``, each field through
+    its check: one generated call per message, ``cls(check0(obj[1]), check1(obj[2]), …)``,
+    instead of a list built by a comprehension over zip — a few µs on every message."""
+    names = {f"check{i}": c for i, c in enumerate(cls.CHECKS)}
+    args = ", ".join(f"check{i}(obj[{i + 1}])" for i in range(len(cls.CHECKS)))
+    namespace = {"cls": cls, **names}
+    exec(f"def from_wire(obj):\n    return cls({args})\n", namespace)
     return namespace["from_wire"]
 
 
