@@ -72,7 +72,6 @@ from proto.messages import (
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 _POLLIN = int(zmq.POLLIN)
-_RCVMORE = int(zmq.RCVMORE)
 _zmq_poll = zmq.zmq_poll
 
 log = logging.getLogger("transport")
@@ -360,19 +359,19 @@ class Router:
 
     def recv(self) -> list[bytes]:
         """Routing frame(s) then the message frame; call after :meth:`wait`, never blocks.
-        A frame from a peer not yet bound is read without copy once, to learn the
-        descriptor it came on (ZMQ_SRCFD) for :meth:`bind`."""
-        recv, sock = self._recv, self._sock
+        A frame from a peer not yet bound also gives the descriptor it came on
+        (ZMQ_SRCFD) for :meth:`bind`."""
+        recv = self._recv
         identity = recv(_NOBLOCK)
-        frames = [identity]
-        if identity in self._bound:
-            frames.append(recv(_NOBLOCK))
-        else:
-            frame = recv(_NOBLOCK, copy=False)
+        # Without copy, a frame says whether more parts follow (``more``): a getsockopt
+        # (ZMQ_RCVMORE) per message cost more than the frame object (1.15 against 0.7 µs).
+        frame = recv(_NOBLOCK, copy=False)
+        if identity not in self._bound:
             self._last_src = (identity, frame.get(zmq.SRCFD))
+        frames = [identity, frame.bytes]
+        while frame.more:
+            frame = recv(_NOBLOCK, copy=False)
             frames.append(frame.bytes)
-        while sock.getsockopt(_RCVMORE):
-            frames.append(recv(_NOBLOCK))
         return frames
 
     def bind(self, identity: bytes) -> None:

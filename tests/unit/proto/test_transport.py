@@ -196,3 +196,23 @@ def test_an_unbound_peer_that_goes_is_not_reported(tcp_router, keys):
     d.close()
     wait_until(lambda: tcp_router.counters["connections"] == 0, 5.0, what="the connection to go")
     assert tcp_router.disconnected() == []
+
+
+def test_every_part_of_a_multipart_message_is_read_bound_or_not(tmp_path):
+    """The loop refuses a message of more than one frame (MALFORMED): the router must
+    hand it every part, and nothing of it may be left to be read as the next message."""
+    router = Router(f"ipc://{tmp_path}/r.sock")
+    try:
+        d = Dealer(router.endpoint)
+        d._sock.send_multipart([b"a", b"b", b"c"])
+        identity, *parts = recv_one(router)
+        assert parts == [b"a", b"b", b"c"]
+        router.bind(identity)
+        d._sock.send_multipart([b"d", b""])
+        d.send(b"e")
+        assert recv_one(router) == [identity, b"d", b""]
+        assert recv_one(router) == [identity, b"e"]
+        assert not router.wait(0)
+        d.close()
+    finally:
+        router.close()
