@@ -19,6 +19,7 @@ from proto import messages as m
 from proto import synic_messages as sm
 
 from hypervisor.servicing import Servicing
+from hypervisor.vp_state import PartitionStates
 
 VP, WORKER, ROOT = ("vp",), ("worker",), ("root",)
 VSP = ("vsp",)  # the root's VMBus server (issue 10)
@@ -78,4 +79,12 @@ def build_routes(hv) -> dict[type, Route]:
         # Worker servicing (hypervisor/servicing.py).
         m.ServiceRequest: Route(Servicing(table=hv.table, outbox=hv.outbox, forwarding=fwd,
                                           sched=hv.dispatcher.sched).on_service_request, ROOT),
+        # Saving and restoring a whole partition (hypervisor/vp_state.py).
+        **_partition_states(hv),
     }
+
+
+def _partition_states(hv) -> dict[type, Route]:
+    states = PartitionStates(table=hv.table, outbox=hv.outbox, synic=hv.synic, interrupts=hv.interrupts)
+    return {m.PartitionSaveRequest: Route(states.on_save_request, ROOT),
+            m.PartitionRestoreRequest: Route(states.on_restore_request, ROOT)}

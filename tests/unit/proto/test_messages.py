@@ -76,6 +76,13 @@ EXAMPLES.update({
     sm.GpaMapReply: sm.GpaMapReply(1, 0, "run/mem-1.bin", ((0x200, 16), (0x300, 1))),
 })
 
+# Saving and restoring a whole partition (issue 13, proto/save_messages.py; ids 48, 49, 53).
+EXAMPLES.update({
+    m.PartitionSaveRequest: m.PartitionSaveRequest(1),
+    m.PartitionState: m.PartitionState(1, b"\x82"),
+    m.PartitionRestoreRequest: m.PartitionRestoreRequest(1, b"\x82"),
+})
+
 
 def test_every_registered_message_has_an_example():
     assert set(EXAMPLES) == set(m.REGISTRY.values())
