@@ -69,12 +69,13 @@ class Servicing:
             part.unresponsive = False  # a new worker: the old one's stall is over
             self._sched.pause(part.cpu, False)
             log.info("partition %d: worker handover #%d committed; resumed", part.id, part.worker_handovers)
-        else:  # abort
+        else:  # abort, thaw
             part.replacement_expected = part.reinstall = False
             if part.worker is not None:
                 self._forwarding.query(identity, part, part.worker, message=lambda ref: m.DeviceSave(ref, "thaw"))
             self._release(part)
-            log.warning("partition %d: worker handover aborted; the worker keeps it (still paused)", part.id)
+            if action == "abort":
+                log.warning("partition %d: worker handover aborted; the worker keeps it (still paused)", part.id)
         self._outbox.send(identity, m.Ack(msg.TYPE))
 
     def _release(self, part) -> None:

@@ -82,8 +82,15 @@ class System:
     started: float = field(default_factory=time.monotonic)
     booted_cv: threading.Condition = field(default_factory=threading.Condition)
     synic: SynicState = field(default_factory=SynicState)  # the SynIC driver's (drivers/synic.py)
+    # Save and restore (partitions/resume.py): lines the kernel wrote on its console, every
+    # VP by index (the checkpoint reads their counters), and the checkpoint VP 0 writes
+    # into guest RAM after every workload turn (None: none).
+    console_lines: int = 0
+    resume_vps: list = field(default_factory=list)
+    checkpoint: object = None
 
     def console(self, vp: Vp, line: str) -> None:
+        self.console_lines += 1
         self.serial.write(vp, line + "\n")
 
 
