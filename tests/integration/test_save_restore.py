@@ -1,0 +1,104 @@
+"""Save and restore a whole partition (issue 13): `ctl RUN save PARTITION FILE` while the
+guest runs a serial counter and a verified ATA disk loop, end the run, start a new one with
+`--restore PARTITION=FILE`: the guest resumes where its kernel last checkpointed — its
+exits, ticks and disk rounds go on from there, no disk round fails — and nothing of either
+run is left running.  A record for another topology shape, or a changed one, is refused
+before anything starts."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from proto import guest_state, partition_state, saved_state
+from tests.support import REPO, alive, run_launch_py, short_run_root, start_run, wait_until
+
+CONFIG = str(REPO / "tests" / "configs" / "save.toml")
+pytestmark = pytest.mark.timeout(150)
+SERIAL = re.compile(r"\[alpha\] vp0: (\d+) exits, (\d+) ticks")
+
+
+def kernel_state(record: dict) -> dict:
+    """The guest kernel's state as the record's memory holds it (proto/guest_state.py)."""
+    mem = record["sections"]["memory"]
+    pages, at = partition_state.memory_contents(mem), 0
+    for first, count in mem["runs"]:
+        if first <= guest_state.KERNEL_STATE_GPA >> 12 < first + count:
+            off = at + guest_state.KERNEL_STATE_GPA - (first << 12)
+            return guest_state.decode(pages[off:off + guest_state.KERNEL_STATE_BYTES])
+        at += count << 12
+    raise AssertionError("the kernel state's page is not in the record")
+
+
+def stopped(run) -> None:
+    pids = run.pids()
+    run.stop()
+    assert not alive(pids), "processes of the run outlived it"
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A record of partition alpha, saved from a run that has done a disk round; the run ended."""
+    path = tmp_path_factory.mktemp("save") / "alpha.hvs"
+    run = start_run(CONFIG, short_run_root())
+    try:
+        wait_until(lambda: len(SERIAL.findall(run.console("alpha"))) >= 2 and "round 0" in run.console("alpha"),
+                   60, interval=0.2, what="a disk round and two serial lines")
+        r = run.launch("ctl", run.name, "save", "alpha", str(path), timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert "saved to" in r.stdout and "running again" in r.stdout, r.stdout
+        before = len(SERIAL.findall(run.console("alpha")))
+        # The partition runs on after the save.
+        wait_until(lambda: len(SERIAL.findall(run.console("alpha"))) > before, 30, interval=0.2,
+                   what="the guest to go on after the save")
+        console = run.console("alpha")
+    finally:
+        stopped(run)
+    record = saved_state.read_file(path)
+    assert "MISMATCH" not in console
+    return path, record
+
+
+def test_a_restored_partition_goes_on_where_it_was_saved(saved):
+    path, record = saved
+    kernel = kernel_state(record)
+    assert kernel["timers"]["disk_round"] >= 1 and kernel["disk"]["errors"] == 0
+    run = start_run(CONFIG, short_run_root(), extra=("--restore", f"alpha={path}"))
+    try:
+        resumed = wait_until(lambda: re.search(r"resumed from a saved state: (\d+) ticks, disk round (\d+), (\d+) exits",
+                                               run.console("alpha")), 30, interval=0.2, what="the resume line")
+        ticks, rnd, exits = map(int, resumed.groups())
+        assert rnd == kernel["timers"]["disk_round"]
+        assert ticks >= kernel["ticks"] and exits >= kernel["vps"][0]["exits"]
+        # The serial counter and the tick count go on from the saved ones, not from zero.
+        line = wait_until(lambda: SERIAL.search(run.console("alpha")), 30, interval=0.2, what="a serial line")
+        assert int(line.group(1)) > kernel["vps"][0]["exits"] and int(line.group(2)) >= kernel["ticks"]
+        # Verified disk rounds go on: the next rounds continue the count, on the saved image.
+        done = wait_until(lambda: re.findall(r"disk: round (\d+) lba \d+: (\w+)", run.console("alpha")), 60,
+                          interval=0.2, what="a disk round after the restore")
+        assert all(ok == "verified" for _, ok in done) and int(done[0][0]) > rnd
+        assert int(done[0][0]) % 4 == 0 and "MISMATCH" not in run.console("alpha")
+        assert "hvstack guest kernel" not in run.console("alpha")  # resumed, not booted
+    finally:
+        stopped(run)
+
+
+def test_a_record_of_another_shape_or_a_changed_one_is_refused(saved, tmp_path):
+    path, _ = saved
+    other = tmp_path / "other.toml"
+    other.write_text((REPO / "tests" / "configs" / "save.toml").read_text().replace("vps = 2", "vps = 1")
+                     .replace("memory_mb = 4", "memory_mb = 8"))
+    root = short_run_root()
+    r = run_launch_py("run", str(other), "--restore", f"alpha={path}", run_root=root, timeout=30)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "vps: saved 2, topology 1" in r.stderr and "memory_mb: saved 4, topology 8" in r.stderr, r.stderr
+    r = run_launch_py("run", CONFIG, "--restore", f"beta={path}", run_root=root, timeout=30)
+    assert r.returncode == 2 and "no partition 'beta'" in r.stderr, r.stderr
+    tampered = tmp_path / "tampered.hvs"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    tampered.write_bytes(bytes(data))
+    r = run_launch_py("run", CONFIG, "--restore", f"alpha={tampered}", run_root=root, timeout=30)
+    assert r.returncode == 2 and ("checksum" in r.stderr or "msgpack" in r.stderr), r.stderr
+    assert not list(__import__("pathlib").Path(root).glob("*/manifest.json")), "a refused restore started a run"
