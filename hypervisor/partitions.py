@@ -120,6 +120,10 @@ class Partition:
     replacement_expected: bool = False
     reinstall: bool = False
     worker_handovers: int = 0
+    # The worker a handover retired, until the handover is committed: an abort after the
+    # new worker's hello gives the partition back to it (servicing.py).
+    previous_worker: bytes | None = None
+    worker_rollbacks: int = 0
 
     def reset(self) -> None:
         """The partition-wide part of a reset: the synthetic MSRs to their reset values

@@ -78,7 +78,7 @@ def build_routes(hv) -> dict[type, Route]:
         m.IoRequest: Route(hv.io_requests.on_io_request, ROOT),
         # Worker servicing (hypervisor/servicing.py).
         m.ServiceRequest: Route(Servicing(table=hv.table, outbox=hv.outbox, forwarding=fwd,
-                                          sched=hv.dispatcher.sched).on_service_request, ROOT),
+                                          sched=hv.dispatcher.sched, peers=peers).on_service_request, ROOT),
         # Saving and restoring a whole partition (hypervisor/vp_state.py).
         **_partition_states(hv),
     }
