@@ -4,7 +4,7 @@ its reset vector and the devices to power-on; stop ends the partition's VPs and 
 waits (--timeout) until the launcher has — when it was the last partition, the run ends;
 service hands the partition's devices to a new worker process while its VPs are paused
 (root/servicing.py) and prints the blackout; ``save PARTITION FILE [--paused]`` writes the
-whole partition into FILE (root/partition_save.py) — also as ``ctl save RUN PARTITION FILE``."""
+whole partition into FILE (root/partition_save.py)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ CTL_DONE = {"pause": "paused", "resume": "resumed", "reset": "reset", "stop": "s
 
 def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run")
-    p.add_argument("action")
+    p.add_argument("action", choices=ACTIONS)
     p.add_argument("partition")
     p.add_argument("file", nargs="?", help="save: the file the partition's record is written to")
     p.add_argument("--paused", action="store_true", help="save: leave the partition paused after the save")
@@ -36,11 +36,6 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     """pause, resume, reset or stop one partition of a live run (PartitionControl)."""
-    if args.run == "save" and args.action not in ACTIONS:  # issue 13's order: ctl save RUN PARTITION FILE
-        args.run, args.action = args.action, "save"
-    if args.action not in ACTIONS:
-        complain(NAME, f"unknown action {args.action!r} (one of {', '.join(ACTIONS)})")
-        return 2
     if (args.action == "save") != (args.file is not None):
         complain(NAME, "save takes a FILE; no other action does")
         return 2
