@@ -1,9 +1,9 @@
 """The guest kernel's side of save and restore (issue 13): its checkpoint into guest memory
 and its resume from one.
 
-``checkpoint`` (VP 0, after every workload turn): the kernel's globals and every VP's
-counters, as :mod:`proto.guest_state`'s value, into guest RAM at KERNEL_STATE_GPA — one
-store, no exit inside it.
+``checkpoint`` (VP 0, after a workload turn, at most every 50 ms): the kernel's globals
+and every VP's counters, as :mod:`proto.guest_state`'s value, into guest RAM at
+KERNEL_STATE_GPA — one store, no exit inside it.
 
 ``bsp_resume`` (VP 0 of a partition started with ``"resume": true`` in its spec, i.e. from
 a saved record): instead of booting, read the kernel state from RAM (restored with the
@@ -34,6 +34,7 @@ from partitions.drivers import ata, pic, pit
 from partitions.drivers.serial import Serial
 
 ATA_SRST = 0x04
+CHECKPOINT_INTERVAL_S = 0.05
 
 
 def _ints(d: dict) -> dict:
@@ -59,10 +60,14 @@ def capture(sys, now: float | None = None) -> dict:
 
 
 def checkpoint(vp, sys) -> None:
-    """Write the kernel state into guest RAM (VP 0, between workload turns)."""
-    if None in sys.resume_vps:
-        return  # a VP has not started yet: nothing consistent to write
-    vp.write_bytes(KERNEL_STATE_GPA, guest_state.encode(capture(sys)))
+    """Write the kernel state into guest RAM (VP 0, between workload turns), at most every
+    CHECKPOINT_INTERVAL_S: one costs ~0.1 ms of the VP's time, and a turn can be as short
+    as one timer tick."""
+    now = time.monotonic()
+    if now < sys.checkpoint_due or None in sys.resume_vps:
+        return  # not yet, or a VP has not started yet: nothing consistent to write
+    sys.checkpoint_due = now + CHECKPOINT_INTERVAL_S
+    vp.write_bytes(KERNEL_STATE_GPA, guest_state.encode(capture(sys, now)))
 
 
 def read_state(vp) -> dict:

@@ -5,7 +5,7 @@ its drivers' rings are bytes in RAM, so saving RAM saves them.  The Python guest
 globals are Python objects in the partition process instead (``partitions/kernel.py``'s
 ``System``, each VP's counters), which no save of RAM would see.  So the kernel keeps
 them where a kernel keeps its data: VP 0 writes them into guest RAM, at
-:data:`KERNEL_STATE_GPA`, after every workload turn (a *checkpoint*), as this module's
+:data:`KERNEL_STATE_GPA`, after a workload turn at most every 50 ms (a *checkpoint*), as this module's
 value — and a partition saved with its RAM carries them.  Its "instruction pointer" is
 the top of the workload loop: the Python frames of a VP in the middle of a turn cannot be
 saved, so a restored kernel resumes from its last checkpoint (the work of a turn cut by
