@@ -96,6 +96,7 @@ def save(run_dir, man: dict, root, name: str, path: str, keep_running: bool) -> 
             except HvstackError:
                 pass
     t_resumed = perf_counter_ns()
+    memory, disks = _compressed(memory, disks)
     sections = {"shape": shape(pc, worker_spec["devices"]), **hv_state, "worker": worker,
                 "memory": memory, "disks": disks}
     data = saved_state.encode(pid, name, sections)
@@ -108,7 +109,7 @@ def save(run_dir, man: dict, root, name: str, path: str, keep_running: bool) -> 
     os.replace(tmp, path)
     return {"partition": name, "file": str(path), "bytes": len(data), "paused_ms": _ms(t_resumed - t0),
             "hypervisor_ms": _ms(t_hv - t0), "worker_ms": _ms(t_worker - t_hv),
-            "memory_disk_ms": _ms(t_copied - t_worker), "memory_pages": sum(c for _, c in memory["runs"]),
+            "memory_disk_ms": _ms(t_copied - t_worker), "write_ms": _ms(perf_counter_ns() - t_resumed), "memory_pages": sum(c for _, c in memory["runs"]),
             "kept_running": keep_running, "ticks": kernel["ticks"], "disk_round": kernel["timers"].get("disk_round", 0),
             "console_lines": kernel["console_lines"], "exits": kernel["vps"][0]["exits"]}
 
@@ -116,7 +117,8 @@ def save(run_dir, man: dict, root, name: str, path: str, keep_running: bool) -> 
 def describe(f: dict) -> str:
     return (f"partition {f['partition']} saved to {f['file']}: {f['bytes']} bytes ({f['memory_pages']} pages "
             f"of memory); paused {f['paused_ms']:.1f} ms (hypervisor {f['hypervisor_ms']:.1f}, devices "
-            f"{f['worker_ms']:.1f}, memory and disks {f['memory_disk_ms']:.1f}); its kernel at the save: "
+            f"{f['worker_ms']:.1f}, copying memory and disks {f['memory_disk_ms']:.1f}); compressed and written "
+            f"after the resume in {f['write_ms']:.0f} ms; its kernel at the save: "
             f"{f['ticks']} ticks, disk round {f['disk_round']}, {f['exits']} exits on VP 0, "
             f"{f['console_lines']} console lines; " + ("running again" if f["kept_running"] else "left paused"))
 
@@ -162,15 +164,20 @@ def _memory(run_dir, pid: int) -> tuple[dict, dict]:
     mem = GuestMemory(memory_path(run_dir, pid), slat_path(run_dir, pid))
     try:
         runs = _runs(mem)
-        # The RAM file is indexed by GPA (the SLAT says which pages are mapped).
-        pages = b"".join(mem.ram[first << PAGE_SHIFT:(first + count) << PAGE_SHIFT] for first, count in runs)
+        # The RAM file is indexed by GPA.  One copy of the mapped pages (joining views of
+        # the mapping; reading them would copy twice): the one thing the pause must wait for.
+        view = memoryview(mem.ram)
+        try:
+            pages = b"".join(view[first << PAGE_SHIFT:(first + count) << PAGE_SHIFT] for first, count in runs)
+        finally:
+            view.release()
         kernel = guest_state.decode(mem.read(guest_state.KERNEL_STATE_GPA, guest_state.KERNEL_STATE_BYTES))
         gpa_pages = mem.pages
     except guest_state.GuestStateError as e:
         raise HvstackError(f"partition {pid}: {e}") from None
     finally:
         mem.close()
-    return {"gpa_pages": gpa_pages, "runs": runs, "zlib": zlib.compress(pages, 1)}, kernel
+    return {"gpa_pages": gpa_pages, "runs": runs, "pages": pages}, kernel
 
 
 def _disks(devices: list[dict]) -> dict:
@@ -179,9 +186,17 @@ def _disks(devices: list[dict]) -> dict:
         if d["type"] == "ata":
             with open(d["image_path"], "rb") as f:
                 data = f.read()
-            disks[d.get("name") or d["type"]] = {"size": len(data), "sha256": hashlib.sha256(data).digest(),
-                                                 "zlib": zlib.compress(data, 1)}
+            disks[d.get("name") or d["type"]] = data
     return disks
+
+
+def _compressed(memory: dict, disks: dict) -> tuple[dict, dict]:
+    """The memory and disk sections as the record holds them (after the resume: copying
+    is what the pause needs, compressing is not)."""
+    pages = memory.pop("pages")
+    return ({**memory, "zlib": zlib.compress(pages, 1)},
+            {name: {"size": len(data), "sha256": hashlib.sha256(data).digest(), "zlib": zlib.compress(data, 1)}
+             for name, data in disks.items()})
 
 
 # -- restore ---------------------------------------------------------------------------------
@@ -238,12 +253,16 @@ def restore_memory_and_state(root, run_dir, pid: int, record: dict) -> None:
     try:
         if _runs(mem) != [list(r) for r in mem_section["runs"]]:
             raise RestoreRefused(f"the saved GPA map {mem_section['runs']} is not the new partition's {_runs(mem)}")
-        data, at = ps.memory_contents(mem_section), 0
-        for first, count in mem_section["runs"]:
-            mem.ram[first << PAGE_SHIFT:(first + count) << PAGE_SHIFT] = data[at:at + (count << PAGE_SHIFT)]
-            at += count << PAGE_SHIFT
     finally:
         mem.close()
+    data, at = ps.memory_contents(mem_section), 0
+    fd = os.open(memory_path(run_dir, pid), os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        for first, count in mem_section["runs"]:
+            os.pwrite(fd, memoryview(data)[at:at + (count << PAGE_SHIFT)], first << PAGE_SHIFT)
+            at += count << PAGE_SHIFT
+    finally:
+        os.close(fd)
     blob = msgpack.packb({"hypervisor": sections["hypervisor"], "vps": sections["vps"]}, use_bin_type=True)
     try:
         root.dealer.request(m.PartitionRestoreRequest(pid, blob))
