@@ -120,13 +120,58 @@ def restore(part, state: dict, now: int, synic, interrupts) -> None:
 
 
 class PartitionStates:
-    """The two root requests' handlers."""
+    """The root's save and restore requests' handlers, and the VPs' answers to
+    ``vp_state_query``."""
 
     def __init__(self, *, table, outbox, synic, interrupts) -> None:
         self._table = table
         self._outbox = outbox
         self._synic = synic
         self._interrupts = interrupts
+        # partition id → (the root's identity, each VP's answer or None): a vp_state_request
+        # being answered.  A new request replaces one whose VPs never all answered.
+        self._collecting: dict[int, tuple[bytes, list]] = {}
+
+    def _saveable(self, identity: bytes, msg):
+        """The partition, paused with every VP at an exit; None (refused) otherwise."""
+        part = self._part(identity, msg)
+        if part is None:
+            return None
+        if not part.cpu.paused:
+            self._outbox.error(identity, msg.TYPE, "OUT_OF_TURN", f"pause partition {part.id} first")
+            return None
+        running = [vp.index for vp in part.vps if vp.sched.executing]
+        if running:
+            self._outbox.error(identity, msg.TYPE, "OUT_OF_TURN",
+                               f"partition {part.id}: VPs {running} still executing guest code")
+            return None
+        return part
+
+    def on_vp_state_request(self, identity: bytes, peer, msg: m.VpStateRequest, t_in: int) -> None:
+        part = self._saveable(identity, msg)
+        if part is None:
+            return
+        missing = [vp.index for vp in part.vps if vp.peer is None]
+        if missing:
+            return self._outbox.error(identity, msg.TYPE, "OUT_OF_TURN",
+                                      f"partition {part.id}: VPs {missing} have not connected")
+        self._collecting[part.id] = (identity, [None] * len(part.vps))
+        for vp in part.vps:
+            self._outbox.send(vp.peer, m.VpStateQuery(part.id))
+
+    def on_vp_state_reply(self, identity: bytes, peer, msg: m.VpStateReply, t_in: int) -> None:
+        part, vp = peer.partition, peer.vp
+        pending = self._collecting.get(part.id) if part is not None and vp is not None else None
+        if pending is None or pending[1][vp.index] is not None:
+            return self._outbox.error(identity, msg.TYPE, "OUT_OF_TURN", "no VP state was asked for")
+        root, answers = pending
+        answers[vp.index] = (msg.boundary, msg.state)
+        if all(a is not None for a in answers):
+            del self._collecting[part.id]
+            states = msgpack.packb([list(a) for a in answers], use_bin_type=True)
+            if len(states) > MAX_STATE_BYTES:
+                return self._outbox.error(root, m.VpStateRequest.TYPE, "CONFLICT", "the VPs' states are too large")
+            self._outbox.send(root, m.VpStates(part.id, states))
 
     def _part(self, identity: bytes, msg):
         part = self._table.get(msg.partition)
@@ -138,15 +183,9 @@ class PartitionStates:
         return part
 
     def on_save_request(self, identity: bytes, peer, msg: m.PartitionSaveRequest, t_in: int) -> None:
-        part = self._part(identity, msg)
+        part = self._saveable(identity, msg)
         if part is None:
             return
-        if not part.cpu.paused:
-            return self._outbox.error(identity, msg.TYPE, "OUT_OF_TURN", f"pause partition {part.id} first")
-        running = [vp.index for vp in part.vps if vp.sched.executing]
-        if running:
-            return self._outbox.error(identity, msg.TYPE, "OUT_OF_TURN",
-                                      f"partition {part.id}: VPs {running} still executing guest code")
         blob = msgpack.packb(save(part, perf_counter_ns()), use_bin_type=True)
         if len(blob) > MAX_STATE_BYTES:
             return self._outbox.error(identity, msg.TYPE, "CONFLICT",

@@ -52,7 +52,9 @@ def vp_thread(spec: dict, token: str, index: int, system: kernel.System,
             memory = (GuestMemory(where.ram, where.slat), [LpTlb(p) for p in where.tlbs])
         if boot is not None:  # real x86 code on a real-CPU backend (partitions/cpu)
             from partitions.cpu.run import run_vp
-            run_vp(spec["cpu"], boot, dealer, index, memory[0], stop, bus_lock, spec["partition_id"], memory[1])
+            saved = (spec.get("cpu_state") or [None] * spec["vps"])[index]  # a restored partition's
+            run_vp(spec["cpu"], boot, dealer, index, memory[0], stop, bus_lock, spec["partition_id"], memory[1],
+                   saved=saved)
             return
         vp = Vp(dealer, index, memory[0], stop, bus_lock, partition=spec["partition_id"], tlbs=memory[1])
         seen_generation = 0

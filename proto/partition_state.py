@@ -16,6 +16,9 @@ range, checked on restore with an error that names the field.
 ``memory``      the partition's GPA map (runs of mapped pages) and the contents of those
                 pages, zlib-compressed, in map order.
 ``disks``       each ATA disk image's contents (zlib) and SHA-256, by device name.
+``cpu``         a real-CPU backend's register file per VP (msgpack; ``cpu = "unicorn"`` only):
+                the Python guest's registers are its Python frames, and its kernel's state
+                is in its memory (proto/guest_state.py).
 
 256-bit APIC masks travel as 32 little-endian bytes (msgpack integers stop at 64 bits).
 Timer deadlines travel as what is left of them, so a timer's remaining count survives the
@@ -241,7 +244,18 @@ def disk_contents(name: str, d: dict) -> bytes:
     return data
 
 
-CHECKS = {"shape": check_shape, "hypervisor": check_hypervisor, "vps": check_vps, "memory": check_memory,
+def check_cpu(cpu: Any) -> list:
+    """A real-CPU backend's register files, one msgpack blob per VP (the backend checks
+    the registers in them as it restores them)."""
+    if not isinstance(cpu, (list, tuple)) or not 1 <= len(cpu) <= MAX_VPS:
+        _fail("cpu", "missing, not a list, or not 1..4096 VPs")
+    for i, blob in enumerate(cpu):
+        if type(blob) is not bytes or not 0 < len(blob) <= 4096:
+            _fail(f"cpu[{i}]", "not a register file of 1..4096 bytes")
+    return list(cpu)
+
+
+CHECKS = {"cpu": check_cpu, "shape": check_shape, "hypervisor": check_hypervisor, "vps": check_vps, "memory": check_memory,
           "disks": check_disks}
 
 

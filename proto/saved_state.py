@@ -49,7 +49,7 @@ SECTIONS = frozenset({"worker", "worker_access"})
 # checks each): its shape, the hypervisor's partition-wide and per-VP state, its memory
 # and its disks, beside ``worker``.
 PARTITION_SECTIONS = frozenset({"shape", "hypervisor", "vps", "memory", "disks"})
-SECTIONS = SECTIONS | PARTITION_SECTIONS
+SECTIONS = SECTIONS | PARTITION_SECTIONS | {"cpu"}  # cpu: a real-CPU backend's registers
 SLOT_BYTES = 1 << 20  # one checkpoint slot: a u32 length, then the record
 _LEN = struct.Struct("<I")
 

@@ -37,6 +37,7 @@ from proto.status import QUERY_ERROR
 from root.topology import PartitionConfig
 
 SAVE_TIMEOUT_S = 5.0  # for every VP to reach an exit after the pause
+SAVEABLE_BACKENDS = ("python", "unicorn")
 PAGE = 1 << PAGE_SHIFT
 
 
@@ -69,19 +70,23 @@ def save(run_dir, man: dict, root, name: str, path: str, keep_running: bool) -> 
     pc = PartitionConfig(**next(p for p in man["config"]["partitions"] if p["name"] == name))
     if pc.vmbus is not None:
         raise HvstackError(f"partition {name} has VMBus devices: their channel state is not saved yet (issue 13)")
-    if pc.backend != "python":
-        raise HvstackError(f"partition {name} runs on cpu = {pc.backend!r}: saving a real-CPU backend's "
-                           "registers is not built yet (only the Python guest)")
+    if pc.backend not in SAVEABLE_BACKENDS:
+        raise HvstackError(f"partition {name} runs on cpu = {pc.backend!r}: saving that backend's registers is "
+                           f"not built yet ({', '.join(SAVEABLE_BACKENDS)} only)")
+    if pc.firmware:
+        raise HvstackError(f"partition {name} runs firmware: its ROM shadow (0xC0000-0xFFFFF, the VP's own "
+                           "memory, not the partition's) is not saved yet")
     worker_spec = json.loads((run_dir / f"worker-{name}.json").read_text())
     t0 = perf_counter_ns()
     root.control(pid, "pause")
     thawed = False
     try:
+        cpu = _cpu_state(root, pid) if pc.backend != "python" else None
         hv_state = _hypervisor_state(root, pid)
         t_hv = perf_counter_ns()
         worker = _worker_state(root, run_dir, name, pid)
         t_worker = perf_counter_ns()
-        memory, kernel = _memory(run_dir, pid)
+        memory, kernel = _memory(run_dir, pid, python_guest=cpu is None)
         disks = _disks(worker_spec["devices"])
         t_copied = perf_counter_ns()
         _thaw(root, pid)
@@ -98,7 +103,7 @@ def save(run_dir, man: dict, root, name: str, path: str, keep_running: bool) -> 
     t_resumed = perf_counter_ns()
     memory, disks = _compressed(memory, disks)
     sections = {"shape": shape(pc, worker_spec["devices"]), **hv_state, "worker": worker,
-                "memory": memory, "disks": disks}
+                "memory": memory, "disks": disks, **({"cpu": cpu} if cpu is not None else {})}
     data = saved_state.encode(pid, name, sections)
     tmp = f"{path}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -110,17 +115,19 @@ def save(run_dir, man: dict, root, name: str, path: str, keep_running: bool) -> 
     return {"partition": name, "file": str(path), "bytes": len(data), "paused_ms": _ms(t_resumed - t0),
             "hypervisor_ms": _ms(t_hv - t0), "worker_ms": _ms(t_worker - t_hv),
             "memory_disk_ms": _ms(t_copied - t_worker), "write_ms": _ms(perf_counter_ns() - t_resumed), "memory_pages": sum(c for _, c in memory["runs"]),
-            "kept_running": keep_running, "ticks": kernel["ticks"], "disk_round": kernel["timers"].get("disk_round", 0),
-            "console_lines": kernel["console_lines"], "exits": kernel["vps"][0]["exits"]}
+            "kept_running": keep_running, "kernel": kernel and {
+                "ticks": kernel["ticks"], "disk_round": kernel["timers"].get("disk_round", 0),
+                "console_lines": kernel["console_lines"], "exits": kernel["vps"][0]["exits"]}}
 
 
 def describe(f: dict) -> str:
     return (f"partition {f['partition']} saved to {f['file']}: {f['bytes']} bytes ({f['memory_pages']} pages "
             f"of memory); paused {f['paused_ms']:.1f} ms (hypervisor {f['hypervisor_ms']:.1f}, devices "
             f"{f['worker_ms']:.1f}, copying memory and disks {f['memory_disk_ms']:.1f}); compressed and written "
-            f"after the resume in {f['write_ms']:.0f} ms; its kernel at the save: "
-            f"{f['ticks']} ticks, disk round {f['disk_round']}, {f['exits']} exits on VP 0, "
-            f"{f['console_lines']} console lines; " + ("running again" if f["kept_running"] else "left paused"))
+            f"after the resume in {f['write_ms']:.0f} ms; "
+            + (f"its kernel at the save: {k['ticks']} ticks, disk round {k['disk_round']}, {k['exits']} exits on "
+               f"VP 0, {k['console_lines']} console lines; " if (k := f["kernel"]) else "its CPU registers saved; ")
+            + ("running again" if f["kept_running"] else "left paused"))
 
 
 def _hypervisor_state(root, pid: int) -> dict:
@@ -159,8 +166,43 @@ def _thaw(root, pid: int) -> None:
     root.dealer.request(m.ServiceRequest(pid, "thaw"))
 
 
-def _memory(run_dir, pid: int) -> tuple[dict, dict]:
-    """The memory section, and the guest kernel's state found in it."""
+def _cpu_state(root, pid: int) -> list[bytes]:
+    """Each VP's register file from the partition process, taken with every VP between
+    two instructions: a VP held at an exit inside one (an emulator's I/O hook) has no
+    register file to resume from, so the partition runs on for a moment and is asked again."""
+    deadline = time.monotonic() + SAVE_TIMEOUT_S
+    while True:
+        try:
+            reply = root.dealer.request(m.VpStateRequest(pid))
+        except Refused as e:
+            if e.code != "OUT_OF_TURN" or time.monotonic() > deadline:
+                raise HvstackError(f"partition {pid}'s VPs did not give their CPU state: {e.reason}") from None
+            time.sleep(0.005)
+            continue
+        states = _vp_states(reply.states)
+        if all(boundary for boundary, _ in states):
+            return [state for _, state in states]
+        if time.monotonic() > deadline:
+            raise HvstackError(f"partition {pid}: its VPs were not between two instructions at an exit "
+                               f"within {SAVE_TIMEOUT_S} s")
+        root.control(pid, "resume")
+        time.sleep(0.002)
+        root.control(pid, "pause")
+
+
+def _vp_states(blob: bytes) -> list[tuple[bool, bytes]]:
+    try:
+        states = msgpack.unpackb(blob, raw=False)
+    except (ValueError, msgpack.UnpackException):
+        states = None
+    if not isinstance(states, list) or not all(
+            isinstance(s, list) and len(s) == 2 and type(s[0]) is bool and type(s[1]) is bytes for s in states):
+        raise HvstackError("the hypervisor's vp_states is not a list of [boundary, state]")
+    return [(b, st) for b, st in states]
+
+
+def _memory(run_dir, pid: int, python_guest: bool) -> tuple[dict, dict | None]:
+    """The memory section, and (the Python guest) the kernel's state found in it."""
     mem = GuestMemory(memory_path(run_dir, pid), slat_path(run_dir, pid))
     try:
         runs = _runs(mem)
@@ -171,7 +213,8 @@ def _memory(run_dir, pid: int) -> tuple[dict, dict]:
             pages = b"".join(view[first << PAGE_SHIFT:(first + count) << PAGE_SHIFT] for first, count in runs)
         finally:
             view.release()
-        kernel = guest_state.decode(mem.read(guest_state.KERNEL_STATE_GPA, guest_state.KERNEL_STATE_BYTES))
+        kernel = guest_state.decode(mem.read(guest_state.KERNEL_STATE_GPA, guest_state.KERNEL_STATE_BYTES)) \
+            if python_guest else None
         gpa_pages = mem.pages
     except guest_state.GuestStateError as e:
         raise HvstackError(f"partition {pid}: {e}") from None
@@ -219,6 +262,8 @@ def read_for(pc: PartitionConfig, path: str, devices: list[dict], base_dir) -> d
         ps.compare_shape(sections["shape"], shape(pc, devices))
     except ps.WrongShape as e:
         raise RestoreRefused(f"--restore {pc.name}={path}: {e}") from None
+    if pc.backend != "python" and len(sections.get("cpu", ())) != pc.vps:
+        raise RestoreRefused(f"--restore {pc.name}={path}: no CPU state for each of its {pc.vps} VPs")
     for d in devices:
         if d["type"] != "ata":
             continue
@@ -242,6 +287,13 @@ def _sha256(image: str, base_dir) -> bytes | None:
             return hashlib.sha256(f.read()).digest()
     except OSError:
         return None
+
+
+def cpu_state(record: dict | None) -> list | None:
+    """A real-CPU backend's register files for the partition process's spec (JSON)."""
+    if record is None or "cpu" not in record["sections"]:
+        return None
+    return [msgpack.unpackb(blob, raw=False, strict_map_key=True) for blob in record["sections"]["cpu"]]
 
 
 def restore_memory_and_state(root, run_dir, pid: int, record: dict) -> None:

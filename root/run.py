@@ -137,6 +137,7 @@ class Run:
                     "vps": pc.vps, "memory_mb": pc.memory_mb, "workloads": pc.workloads, "vmbus": pc.vmbus,
                     "cpu": pc.backend, "firmware": pc.firmware, "kernel": pc.kernel,
                     "initrd": pc.initrd, "cmdline": pc.cmdline, "resume": pc.name in self.restores,
+                    "cpu_state": partition_save.cpu_state(self.restores.get(pc.name)),
                     "base_dir": str(self.topology.base_dir) if self.topology.base_dir else None,
                     # 0 means "until stopped": the guest runs its workloads for a day.
                     "duration_s": self.duration if self.duration > 0 else UNTIL_STOPPED_S}

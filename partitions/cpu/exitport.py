@@ -48,6 +48,9 @@ class ExitPort(Vp):
 
     def __init__(self, *args, regs: Callable[[], tuple[int, int]], **kwargs) -> None:
         self._cpu_regs = regs
+        # The backend's whole register file for a save (``cpu_state``): set by a backend
+        # that can give it; None: saving this backend is not built.
+        self.cpu_state_of: Callable[[], tuple[bool, bytes]] | None = None
         super().__init__(*args, **kwargs)
         self.counters.update(interrupts_dropped=0, halts=0)
         self._ports_named = 0
@@ -63,6 +66,11 @@ class ExitPort(Vp):
         if len(self._pending) > MAX_PENDING:
             self.counters["interrupts_dropped"] += len(self._pending) - MAX_PENDING
             del self._pending[MAX_PENDING:]
+
+    def cpu_state(self) -> tuple[bool, bytes]:
+        if self.cpu_state_of is None:
+            return False, b""  # never a boundary: the root's save says it is not built
+        return self.cpu_state_of()
 
     # -- interrupts ---------------------------------------------------------------------------
 

@@ -116,3 +116,30 @@ def test_a_record_of_another_shape_or_a_changed_one_is_refused(saved, tmp_path):
     r = run_launch_py("run", CONFIG, "--restore", f"alpha={tampered}", run_root=root, timeout=30)
     assert r.returncode == 2 and ("checksum" in r.stderr or "msgpack" in r.stderr), r.stderr
     assert not list(__import__("pathlib").Path(root).glob("*/manifest.json")), "a refused restore started a run"
+
+
+def test_a_real_x86_guest_on_unicorn_goes_on_from_its_saved_registers(tmp_path):
+    """hvtest64 (long mode, partitions/guests) saved between two of its checks resumes in a
+    new run from its registers and memory: it finishes the remaining checks, and none of the
+    earlier ones runs again."""
+    pytest.importorskip("unicorn", reason="the unicorn backend needs the unicorn package")
+    config, path = str(REPO / "configs" / "hvtest64.toml"), tmp_path / "real.hvs"
+    run = start_run(config, short_run_root())
+    try:
+        wait_until(lambda: re.search(r"^ok 5 - ", run.console("real"), re.M), 60, interval=0.1,
+                   what="hvtest64's fifth check")
+        r = run.launch("ctl", run.name, "save", "real", str(path), timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert "its CPU registers saved" in r.stdout, r.stdout
+    finally:
+        stopped(run)
+    assert len(saved_state.read_file(path)["sections"]["cpu"]) == 1
+    run = start_run(config, short_run_root(), extra=("--restore", f"real={path}"))
+    try:
+        console = wait_until(lambda: "hvtest: 33/33 passed" in run.console("real") and run.console("real"), 60,
+                             interval=0.2, what="the restored guest to finish its checks")
+        checks = [int(n) for n in re.findall(r"^ok (\d+) - ", console, re.M)]
+        assert checks and checks[0] > 5 and checks[-1] == 33, console  # went on; did not start over
+        assert "not ok" not in console
+    finally:
+        stopped(run)

@@ -81,6 +81,10 @@ EXAMPLES.update({
     m.PartitionSaveRequest: m.PartitionSaveRequest(1),
     m.PartitionState: m.PartitionState(1, b"\x82"),
     m.PartitionRestoreRequest: m.PartitionRestoreRequest(1, b"\x82"),
+    m.VpStateRequest: m.VpStateRequest(1),
+    m.VpStateQuery: m.VpStateQuery(1),
+    m.VpStateReply: m.VpStateReply(True, b"\x80"),
+    m.VpStates: m.VpStates(1, b"\x91\x92\xc3\xc4\x00"),
 })
 
 
