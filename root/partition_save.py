@@ -262,8 +262,14 @@ def read_for(pc: PartitionConfig, path: str, devices: list[dict], base_dir) -> d
         ps.compare_shape(sections["shape"], shape(pc, devices))
     except ps.WrongShape as e:
         raise RestoreRefused(f"--restore {pc.name}={path}: {e}") from None
-    if pc.backend != "python" and len(sections.get("cpu", ())) != pc.vps:
-        raise RestoreRefused(f"--restore {pc.name}={path}: no CPU state for each of its {pc.vps} VPs")
+    if pc.backend != "python":
+        try:
+            regs = cpu_state(record) or []
+        except (ValueError, msgpack.UnpackException):
+            regs = []
+        if len(regs) != pc.vps or not all(isinstance(r, dict) for r in regs):
+            raise RestoreRefused(f"--restore {pc.name}={path}: no CPU state (a register file) for each of its "
+                                 f"{pc.vps} VPs")
     for d in devices:
         if d["type"] != "ata":
             continue
