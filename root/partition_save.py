@@ -33,7 +33,7 @@ from proto import guest_state, messages as m, partition_state as ps, saved_state
 from proto.errors import HvstackError, Refused
 from proto.memory import PAGE_SHIFT, GuestMemory, memory_path, slat_path
 from proto.saved_state import CheckpointFile
-from proto.status import QUERY_ERROR
+from proto.status import QUERY_ERROR, HypervisorStatus
 from root.topology import PartitionConfig
 
 SAVE_TIMEOUT_S = 5.0  # for every VP to reach an exit after the pause
@@ -77,6 +77,8 @@ def save(run_dir, man: dict, root, name: str, path: str, keep_running: bool) -> 
         raise HvstackError(f"partition {name} runs firmware: its ROM shadow (0xC0000-0xFFFFF, the VP's own "
                            "memory, not the partition's) is not saved yet")
     worker_spec = json.loads((run_dir / f"worker-{name}.json").read_text())
+    status = HypervisorStatus.from_wire(root.status()).partition(pid)
+    was_paused = status is not None and status.state == "paused"  # by `ctl pause`: it stays so
     t0 = perf_counter_ns()
     root.control(pid, "pause")
     thawed = False
@@ -91,13 +93,14 @@ def save(run_dir, man: dict, root, name: str, path: str, keep_running: bool) -> 
         t_copied = perf_counter_ns()
         _thaw(root, pid)
         thawed = True
-        if keep_running:
+        if keep_running and not was_paused:
             root.control(pid, "resume")
     finally:
         if not thawed:
             try:
                 _thaw(root, pid)
-                root.control(pid, "resume")  # a save that failed leaves the partition as it was
+                if not was_paused:
+                    root.control(pid, "resume")  # a save that failed leaves the partition as it was
             except HvstackError:
                 pass
     t_resumed = perf_counter_ns()
@@ -114,15 +117,16 @@ def save(run_dir, man: dict, root, name: str, path: str, keep_running: bool) -> 
     os.replace(tmp, path)
     return {"partition": name, "file": str(path), "bytes": len(data), "paused_ms": _ms(t_resumed - t0),
             "hypervisor_ms": _ms(t_hv - t0), "worker_ms": _ms(t_worker - t_hv),
-            "memory_disk_ms": _ms(t_copied - t_worker), "write_ms": _ms(perf_counter_ns() - t_resumed), "memory_pages": sum(c for _, c in memory["runs"]),
-            "kept_running": keep_running, "kernel": kernel and {
+            "memory_disk_ms": _ms(t_copied - t_worker), "write_ms": _ms(perf_counter_ns() - t_resumed),
+            "memory_pages": sum(c for _, c in memory["runs"]), "kept_running": keep_running and not was_paused,
+            "kernel": kernel and {
                 "ticks": kernel["ticks"], "disk_round": kernel["timers"].get("disk_round", 0),
                 "console_lines": kernel["console_lines"], "exits": kernel["vps"][0]["exits"]}}
 
 
 def describe(f: dict) -> str:
     return (f"partition {f['partition']} saved to {f['file']}: {f['bytes']} bytes ({f['memory_pages']} pages "
-            f"of memory); paused {f['paused_ms']:.1f} ms (hypervisor {f['hypervisor_ms']:.1f}, devices "
+            f"of memory); paused {f['paused_ms']:.1f} ms (VPs and hypervisor {f['hypervisor_ms']:.1f}, devices "
             f"{f['worker_ms']:.1f}, copying memory and disks {f['memory_disk_ms']:.1f}); compressed and written "
             f"after the resume in {f['write_ms']:.0f} ms; "
             + (f"its kernel at the save: {k['ticks']} ticks, disk round {k['disk_round']}, {k['exits']} exits on "
