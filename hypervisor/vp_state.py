@@ -29,10 +29,8 @@ from proto.codes import HvPartitionState
 from proto.save_messages import MAX_STATE_BYTES
 from proto.saved_state import SavedStateError
 
-from hypervisor import tsc_page
 from hypervisor.apic import Apic
-from hypervisor.stimer import StimerState
-from hypervisor.synic import PAGE_GPFN_MASK, QueuedMessage, SynicVp
+from hypervisor.synic import QueuedMessage, SynicVp
 
 log = logging.getLogger("hypervisor")
 # The scheduler's accounting.  Not its virtual run time: that orders a VP against the other
@@ -111,12 +109,13 @@ def restore(part, state: dict, now: int, synic, interrupts) -> None:
     # reference_time_100ns() (and the TSC page's offset, made from it) is that value now.
     part.clock_offset_ns = hv["clock_offset_ns"]
     part.created_ns = time.monotonic_ns() + part.clock_offset_ns - hv["reference_time_100ns"] * 100
-    if part.reference_tsc & tsc_page.REFERENCE_TSC_ENABLE:
-        ram, off = synic._ram(part, part.reference_tsc & PAGE_GPFN_MASK, tsc_page.HV_REFERENCE_TSC_PAGE.size)
-        if ram is not None:
-            tsc_page.publish(ram, off, part)
+    # What an MSR write would set in motion: the TSC page published again (if enabled) with
+    # a new TscSequence, the AutoEOI vectors told to the APIC, the timers rescheduled.
+    part.vps[0].synic.actions |= {"tsc_page", "stimer"}
+    for vp in part.vps:
+        vp.synic.actions.add("sints")
+        synic.after_wrmsr(part, vp)
     interrupts.timers_changed()
-    synic.timers_changed()
 
 
 class PartitionStates:

@@ -31,7 +31,6 @@ from proto import messages as m
 from proto.memory import GuestMemory
 from proto.tlb import LpTlb
 from proto.transport import Dealer, connect
-
 from proto.guest_state import GuestStateError
 
 from partitions import kernel, resume

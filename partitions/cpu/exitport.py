@@ -74,6 +74,14 @@ class ExitPort(Vp):
 
     # -- interrupts ---------------------------------------------------------------------------
 
+    def pending_vectors(self) -> list[int]:
+        """The interrupts waiting for the guest's IF (a save takes them with the registers)."""
+        return [vector for vector, _ in self._pending]
+
+    def set_pending(self, vectors: list[int]) -> None:
+        """A restored VP's waiting interrupts."""
+        self._pending = [(v, ()) for v in vectors]
+
     @property
     def interrupt_pending(self) -> bool:
         return bool(self._pending)

@@ -34,10 +34,9 @@ from __future__ import annotations
 
 import ctypes
 import logging
-
-import msgpack
 from time import perf_counter_ns
 
+import msgpack
 from unicorn import (UC_ARCH_X86, UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INSN_INVALID,
                      UC_HOOK_INTR, UC_MODE_32, UC_MODE_64, UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ, Uc,
                      UcError)
@@ -299,7 +298,7 @@ class UnicornCpu:
         regs = {name: uc.reg_read(reg) for name, reg in self._saved_regs()}
         return True, msgpack.packb({"regs": {k: list(v) if isinstance(v, tuple) else v for k, v in regs.items()},
                                     "efer": uc.msr_read(IA32_EFER),
-                                    "pending": [vector for vector, _ in self.port._pending]})
+                                    "pending": self.port.pending_vectors()})
 
     def _restore(self, saved: dict) -> None:
         """The register file of ``saved`` (checked: every register of this mode, each a
@@ -318,7 +317,7 @@ class UnicornCpu:
                 raise GuestCrash(f"saved CPU state: {name} = {v!r}")
             uc.reg_write(reg, tuple(v) if isinstance(v, list) else v)
         pending = saved.get("pending", [])
-        self.port._pending = [(v, ()) for v in pending if isinstance(v, int) and 0 <= v < 256]
+        self.port.set_pending([v for v in pending if isinstance(v, int) and 0 <= v < 256])
 
     def _after_exit(self) -> None:
         """After an exit inside a hook: back to the loop at the next block if an interrupt
