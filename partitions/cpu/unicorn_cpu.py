@@ -315,7 +315,13 @@ class UnicornCpu:
                 isinstance(v, list) and len(v) == 4 and all(isinstance(x, int) and 0 <= x < 1 << 64 for x in v))
             if not ok:
                 raise GuestCrash(f"saved CPU state: {name} = {v!r}")
-            uc.reg_write(reg, tuple(v) if isinstance(v, list) else v)
+            value = tuple(v) if isinstance(v, list) else v
+            if uc.reg_read(reg) == value:
+                continue  # as the reset state has it (a segment selector is loaded only if it changes)
+            try:
+                uc.reg_write(reg, value)
+            except UcError as e:
+                raise GuestCrash(f"saved CPU state: cannot load {name} = {v!r}: {e}") from None
         pending = saved.get("pending", [])
         self.port.set_pending([v for v in pending if isinstance(v, int) and 0 <= v < 256])
 
