@@ -34,6 +34,7 @@ from partitions.drivers import ata, pic, pit
 from partitions.drivers.serial import Serial
 
 ATA_SRST = 0x04
+APIC_BASE, APIC_EOI, APIC_ISR0 = 0xFEE00000, 0xB0, 0x100
 CHECKPOINT_INTERVAL_S = 0.05
 
 
@@ -76,10 +77,15 @@ def read_state(vp) -> dict:
 
 
 def resume_vp(vp, state: dict) -> None:
-    """A VP's own exits and counters, from the kernel state."""
+    """A VP's own exits and counters, from the kernel state; and its local APIC's
+    in-service interrupts ended — the restored kernel resumes at the top of its workload
+    loop, not inside the handler that was running (as the PIC is re-initialized)."""
     if vp.index >= len(state["vps"]):
         raise guest_state.GuestStateError(f"kernel state: no VP {vp.index} ({len(state['vps'])} VPs saved)")
     mine = state["vps"][vp.index]
+    in_service = sum(bin(vp.read(APIC_BASE + APIC_ISR0 + 0x10 * i, 4)).count("1") for i in range(8))
+    for _ in range(in_service):
+        vp.write(APIC_BASE + APIC_EOI, 4, 0)
     vp.exits = mine["exits"]
     vp.counters.update(mine["counters"])
 
