@@ -134,17 +134,21 @@ def describe(f: dict) -> str:
             + ("running again" if f["kept_running"] else "left paused"))
 
 
-def _hypervisor_state(root, pid: int) -> dict:
-    """The hypervisor's state once every VP is at an exit (it refuses while one executes)."""
-    deadline = time.monotonic() + SAVE_TIMEOUT_S
+def _at_exits(root, msg, what: str, deadline: float):
+    """``msg``'s answer once every VP of the paused partition is at an exit: the hypervisor
+    refuses (OUT_OF_TURN) while one still executes guest code."""
     while True:
         try:
-            reply = root.dealer.request(m.PartitionSaveRequest(pid))
-            break
+            return root.dealer.request(msg)
         except Refused as e:
             if e.code != "OUT_OF_TURN" or time.monotonic() > deadline:
-                raise HvstackError(f"the hypervisor did not save partition {pid}: {e.reason}") from None
+                raise HvstackError(f"{what}: {e.reason}") from None
             time.sleep(0.005)
+
+
+def _hypervisor_state(root, pid: int) -> dict:
+    reply = _at_exits(root, m.PartitionSaveRequest(pid), f"the hypervisor did not save partition {pid}",
+                      time.monotonic() + SAVE_TIMEOUT_S)
     state = msgpack.unpackb(reply.state, raw=False, strict_map_key=True)
     return {"hypervisor": ps.check_hypervisor(state.get("hypervisor")), "vps": ps.check_vps(state.get("vps"))}
 
@@ -176,13 +180,8 @@ def _cpu_state(root, pid: int) -> list[bytes]:
     register file to resume from, so the partition runs on for a moment and is asked again."""
     deadline = time.monotonic() + SAVE_TIMEOUT_S
     while True:
-        try:
-            reply = root.dealer.request(m.VpStateRequest(pid))
-        except Refused as e:
-            if e.code != "OUT_OF_TURN" or time.monotonic() > deadline:
-                raise HvstackError(f"partition {pid}'s VPs did not give their CPU state: {e.reason}") from None
-            time.sleep(0.005)
-            continue
+        reply = _at_exits(root, m.VpStateRequest(pid), f"partition {pid}'s VPs did not give their CPU state",
+                          deadline)
         states = _vp_states(reply.states)
         if all(boundary for boundary, _ in states):
             return [state for _, state in states]
