@@ -224,10 +224,12 @@ class Synic:
 
     # -- event flags ------------------------------------------------------------------------------
 
-    def signal(self, part, vp, sint: int, flag: int) -> int:
+    def signal(self, part, vp, sint: int, flag: int, t: int | None = None) -> int:
         """Set event flag ``flag`` of SINT ``sint`` in ``vp``'s SIEF page; assert the SINT
         if the flag was clear.  HV_STATUS_SUCCESS, INVALID_PARAMETER (SINT or flag out of
-        range), INVALID_SYNIC_STATE (SynIC off, SINT masked, SIEFP disabled or not RAM)."""
+        range), INVALID_SYNIC_STATE (SynIC off, SINT masked, SIEFP disabled or not RAM).
+        ``t``: when the signal reached the hypervisor — the interrupt's first stamp, so
+        that the VP's handler can tell how long the SINT took to reach it."""
         s = vp.synic
         if not 0 <= sint < HV_SYNIC_SINT_COUNT or not 0 <= flag < HV_EVENT_FLAGS_PER_SINT:
             s.counters["refused"] += 1
@@ -247,7 +249,7 @@ class Synic:
             s.counters["signals_coalesced"] += 1
             return S.HV_STATUS_SUCCESS
         s.counters["signals"] += 1
-        self.assert_sint(vp, sint)
+        self.assert_sint(vp, sint, t)
         return S.HV_STATUS_SUCCESS
 
     # -- after an MSR write (msrs.py changed the registers) --------------------------------------

@@ -159,7 +159,7 @@ class SynicPorts:
     def on_signal(self, identity: bytes, peer, msg: sm.SynicSignal, t_in: int) -> None:
         target, status = self._target(msg)
         if target is not None:
-            status = self._synic.signal(*target, msg.sint, msg.flag_number)
+            status = self._synic.signal(*target, msg.sint, msg.flag_number, t_in)
             self.counters["synic_signals_from_root"] += 1
         if status != S.HV_STATUS_SUCCESS:
             self.counters["synic_refused"] += 1

@@ -110,6 +110,7 @@ class Vp:
         self.assist_gpa: int | None = None
         self.handlers: dict[int, Handler] = {}
         self._pending: list[tuple[int, tuple]] = []
+        self.irq_stamps: tuple = ()  # the interrupt being handled: its path's stamps, then when it was taken
 
     # -- the round trip -----------------------------------------------------------------
 
@@ -216,6 +217,7 @@ class Vp:
         """Take the next pending interrupt as delivered now: its latency recorded, the
         assist page's "no EOI required" set when asked, counted; its vector."""
         raw, irq_stamps = self._pending.pop(0)
+        self.irq_stamps = irq_stamps + (perf_counter_ns(),) if irq_stamps else ()
         if irq_stamps:
             # Four stamps came from the PIC in the worker, two from the local APIC.
             path = Exit.INTERRUPT if len(irq_stamps) > 2 else Exit.APIC_TIMER

@@ -6,12 +6,25 @@ RECV_PAGES pages), RNDIS INITIALIZE, QUERY of the MAC address, SET of the packet
 (directed and broadcast).  A frame goes out as an RNDIS PACKET in one of TX_SLOTS pages,
 named by a GPA-direct packet (a page is reused once its send has completed); frames come in through receive-buffer sections announced by
 transfer-page packets, each completed to hand the section back.
+
+Receiving is Linux's NAPI: the VMBus interrupt (SINT 2, the channel's event flag) calls
+:meth:`Netvsc.on_interrupt`, which polls at once — the ring's ``interrupt_mask`` set so
+that the host does not signal while the ring is drained, frames handed to ``rx_handler``,
+then the mask cleared and the ring looked at once more (a packet that came in between
+would otherwise wait for the next signal, which the host sends only on empty → non-empty).
+The Python guest kernel delivers an interrupt at the end of any exit with IF set, so the
+handler may run while the workload is inside this driver (between a transmit page taken
+and its packet written, or halted waiting for a completion): the driver is then ``busy``
+and the interrupt only schedules the poll, which runs as the workload leaves the driver
+(as ``local_bh_enable`` runs a pending softirq).  From the interrupt a send never waits: a
+frame whose transmit page is still out goes into a backlog sent at the next poll.
 """
 
 from __future__ import annotations
 
 import struct
 import time
+from contextlib import contextmanager
 
 from proto import nvsp as nv
 from proto.vmbus_ring import (VM_PKT_COMP, VM_PKT_DATA_INBAND, VM_PKT_DATA_USING_XFER_PAGES,
@@ -42,7 +55,16 @@ class Netvsc:
         self.mac = b""
         self.tx_slot = 0
         self.slot_tid: list[int | None] = [None] * TX_SLOTS  # the send each transmit page is out for
-        self.stats = {"tx": 0, "rx": 0}
+        self.stats = {"tx": 0, "rx": 0, "napi_polls": 0, "napi_deferred": 0, "tx_backlogged": 0}
+        # NAPI: frames go to rx_handler(vp, frames, wake, began, taken) — ``wake``, the
+        # stamps of the interrupt that polled (empty when the workload did), ``began`` as
+        # the ring was found holding packets, ``taken`` as they were read.
+        self.rx_handler = None
+        self.busy = 0  # the workload (or the poll) is inside the driver
+        self.in_irq = False  # the poll runs from the interrupt: no send may wait
+        self.napi_scheduled = False
+        self.tx_backlog: list[bytes] = []  # RNDIS messages the interrupt could not send yet
+        self.began = 0  # perf_counter_ns as the last poll found packets in the ring
 
     def _next(self) -> int:
         self.tid += 1
@@ -50,12 +72,70 @@ class Netvsc:
 
     # -- the ring ---------------------------------------------------------------------------
 
+    @contextmanager
+    def entered(self, vp: Vp):
+        """The driver is in use: an interrupt meanwhile only schedules the poll, which runs
+        as the outermost user leaves."""
+        self.busy += 1
+        try:
+            yield
+        finally:
+            self.busy -= 1
+        if not self.busy and (self.napi_scheduled or self.frames and self.rx_handler is not None):
+            self.napi_poll(vp)
+
+    def on_interrupt(self, vp: Vp) -> None:
+        """The channel's event flag was set (the VMBus driver's SINT 2 handler): poll now,
+        or, when the interrupted code is inside the driver, as it leaves."""
+        if self.busy:
+            self.napi_scheduled = True
+            self.stats["napi_deferred"] += 1
+            return
+        self.in_irq = True
+        try:
+            self.napi_poll(vp, getattr(vp, "irq_stamps", ()))
+        finally:
+            self.in_irq = False
+
+    def napi_poll(self, vp: Vp, wake: tuple = ()) -> int:
+        """Drain the ring with the host's signals masked, hand the frames up, unmask and
+        look again; the number of frames handed up."""
+        n = 0
+        with self.entered(vp):
+            self.napi_scheduled = False
+            self.stats["napi_polls"] += 1
+            while True:
+                self.ch.to_guest.set_interrupt_mask(True)
+                n += self._napi_pass(vp, wake)
+                self.ch.to_guest.set_interrupt_mask(False)
+                if self.ch.to_guest.is_empty() and not (self.frames and self.rx_handler is not None):
+                    break  # (else a packet came in while masked: nobody signalled it)
+        return n
+
+    def _napi_pass(self, vp: Vp, wake: tuple) -> int:
+        self.began = 0
+        self.poll(vp)
+        if self.tx_backlog:
+            backlog, self.tx_backlog = self.tx_backlog, []
+            for msg in backlog:
+                self.send_rndis(vp, msg)
+        if self.rx_handler is None:
+            return 0  # (bring-up: the frames wait for the stack)
+        frames = self.take()
+        if frames:
+            self.rx_handler(vp, frames, wake, self.began or time.perf_counter_ns(), time.perf_counter_ns())
+        return len(frames)
+
     def poll(self, vp: Vp) -> None:
         """Take what the ring holds: completions, received frames and RNDIS replies; give
         the receive sections back in one write."""
         self.bus.clear_event(vp, self.ch.relid)
         acks = []
-        for p in self.ch.receive(vp):
+        packets = self.ch.receive(vp)
+        if packets and not self.began:
+            # (after the read that found them: the host wrote them before this stamp)
+            self.began = time.perf_counter_ns()
+        for p in packets:
             if p.type == VM_PKT_COMP:
                 self.done[p.transaction_id] = p.payload
             elif p.type == VM_PKT_DATA_USING_XFER_PAGES:
@@ -83,6 +163,10 @@ class Netvsc:
                 self.control[struct.unpack_from("<I", msg, 8)[0]] = msg
 
     def _wait(self, vp: Vp, ready, what: str, timeout: float = TIMEOUT_S):
+        with self.entered(vp):
+            return self._wait_busy(vp, ready, what, timeout)
+
+    def _wait_busy(self, vp: Vp, ready, what: str, timeout: float):
         deadline = time.monotonic() + timeout
         while True:
             self.poll(vp)
@@ -105,9 +189,21 @@ class Netvsc:
         """An RNDIS message out, in the next transmit page."""
         if len(msg) > 4096:
             raise NetError(f"RNDIS message of {len(msg)} bytes")
+        with self.entered(vp):
+            self._send_rndis(vp, msg, channel_type, wait)
+
+    def _send_rndis(self, vp: Vp, msg: bytes, channel_type: int, wait: bool) -> None:
         slot = self.tx_slot
-        self.tx_slot = (slot + 1) % TX_SLOTS
         previous = self.slot_tid[slot]
+        if previous is not None and previous in self.done:
+            del self.done[previous]
+            previous = None
+        if previous is not None and self.in_irq:
+            # The interrupt does not wait for the host: the next poll sends it.
+            self.tx_backlog.append(msg)
+            self.stats["tx_backlogged"] += 1
+            return
+        self.tx_slot = (slot + 1) % TX_SLOTS
         if previous is not None:  # the host may still be reading that page: wait until it is done
             self._wait(vp, lambda: self.done.pop(previous, None), "a transmit page back")
         gpa = TX_AREA + slot * 4096
@@ -169,4 +265,5 @@ class Netvsc:
 def bring_up(vp: Vp, bus: Vmbus, offer: dict) -> Netvsc:
     nic = Netvsc(bus, bus.open(vp, offer))
     nic.init(vp)
+    bus.on_channel_interrupt(nic.ch.relid, nic.on_interrupt)
     return nic

@@ -35,7 +35,7 @@ SECTION = 2048  # a receive-buffer section: an RNDIS PACKET header and a full fr
 MAX_RNDIS_MESSAGE = SECTION
 MAX_RECV_PAGES = 1024
 ICMP_STAMPS = 256  # the last echo requests and replies the switch stamped (for benchmarks.vmbus)
-GUEST_STAMPS = struct.Struct("<6Q")  # what partitions/vmbus_net.py puts first in an echo payload
+GUEST_STAMPS = struct.Struct("<12Q")  # what partitions/vmbus_net.py puts first in an echo payload
 
 
 @dataclass
@@ -55,10 +55,12 @@ class VirtualSwitch:
         self.table: dict[bytes, NetVsp] = {}
         self.forwarded = self.flooded = 0
         # (source and destination IPv4 address, ICMP type, sequence) → (perf_counter_ns as
-        # the sender's packets were handed to netvsp, as the switch had written the
-        # receiver's ring and signalled it, then the guests' own stamps the echo payload
+        # the sender's packets were handed to netvsp, as the receiver's port began to write
+        # its ring — before the write index that publishes the frame —, as the switch had
+        # written that ring and signalled it, then the guests' own stamps the echo payload
         # carries: partitions/vmbus_net.py): where a ping's time goes, for benchmarks.vmbus.
         self.icmp_stamps: dict[tuple[str, str, int, int], tuple[int, ...]] = {}
+        self.t_written = 0  # a port's stamp as it began to write a frame into its guest's ring
 
     def stamp(self, frame: bytes, t_in: int) -> None:
         """Note an ICMP echo request or reply the switch just forwarded, with the guests'
@@ -72,7 +74,8 @@ class VirtualSwitch:
             del self.icmp_stamps[next(iter(self.icmp_stamps))]
         seq = struct.unpack_from(">H", frame, at + 6)[0]
         key = (".".join(map(str, frame[26:30])), ".".join(map(str, frame[30:34])), frame[at], seq)
-        self.icmp_stamps[key] = (t_in, time.perf_counter_ns(), *GUEST_STAMPS.unpack_from(frame, at + 8))
+        self.icmp_stamps[key] = (t_in, self.t_written, time.perf_counter_ns(),
+                                 *GUEST_STAMPS.unpack_from(frame, at + 8))
 
     def attach(self, port) -> None:
         """A port: a partition's NetVsp, or the external port (root/vsp/tap.py): each has
@@ -213,6 +216,7 @@ class NetVsp:
                 self.stats.error("bad RNDIS packet or frame larger than the MTU")
                 return nv.NVSP_STAT_FAIL
             self.stats.tx_frames += 1
+            self.switch.t_written = 0
             self.switch.forward(self, frame)
             self.switch.stamp(frame, self.t_in)
             return nv.NVSP_STAT_SUCCESS
@@ -274,6 +278,7 @@ class NetVsp:
         self.pending[tid] = section
         header = nv.XFER_PAGE_HEADER.pack(nv.NETVSC_RECEIVE_BUFFER_ID, 0, 0, 1) + nv.XFER_RANGE.pack(len(msg), section)
         body = nv.nvsp(nv.NVSP_MSG1_TYPE_SEND_RNDIS_PKT, nv.RNDIS_PKT.pack(channel_type, nv.NETVSC_INVALID_INDEX, 0))
+        self.switch.t_written = time.perf_counter_ns()  # before the write index publishes it
         try:
             self.channel.send([encode_packet(VM_PKT_DATA_USING_XFER_PAGES, body, tid,
                                              VMBUS_DATA_PACKET_FLAG_COMPLETION_REQUESTED, header)])

@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 
 from proto import nvsp as nv
+from proto import vmbus as vb
 from proto.vmbus_ring import GpaRange, encode_gpa_direct
 
 from partitions import vmbus_net
-from partitions.drivers import netvsc
+from partitions.drivers import netvsc, synic
 from partitions.drivers import vmbus as guest_vmbus
 from root.vsp.netvsp import NetVsp, VirtualSwitch
 from root.vsp.server import VmbusServer
@@ -112,3 +113,58 @@ def test_streaming_reaches_the_peer_and_transmit_pages_are_reused(two, monkeypat
     assert stacks[2].streamed + nics[2].stats.rx_dropped - dropped0 == sent
     assert len(stacks[1].nic.done) <= netvsc.TX_SLOTS  # completions do not pile up
     assert vmbus_net.wl_vmbus_net_stream(vps[1], sys) == 0  # once
+
+
+def _take_interrupt(vp) -> None:
+    """The VP takes its pending SINT 2 interrupt (as at the end of an exit with IF set)."""
+    if vp.irq:
+        vp.irq = False
+        vector = synic.SINT_VECTOR_BASE + vb.VMBUS_MESSAGE_SINT
+        vp.handlers[vector](vp, vector)
+
+
+def test_the_answerer_replies_from_its_interrupt_with_the_ring_masked(two):
+    switch, server, vps, nics, stacks = two
+    # beta's workload never polls: only its SINT's handler (netvsc's NAPI) can answer
+    vps[1].on_idle = lambda: _take_interrupt(vps[2])
+    vps[2].irq_stamps = (1, 2, 3)  # the hypervisor's two stamps and the VP's, as vp.py keeps them
+    masked = []
+    receive = stacks[2].receive
+    stacks[2].nic.rx_handler = lambda vp, *a: (masked.append(stacks[2].nic.ch.to_guest.interrupt_mask),
+                                               receive(vp, *a))
+    answered = stacks[2].answered
+    assert stacks[1].ping(vps[1], bytes([10, 0, 0, 2])) is not None
+    assert stacks[2].answered == answered + 1 and stacks[2].nic.stats["napi_polls"] >= 1
+    assert masked and all(masked)  # the host does not signal while the ring is drained
+    assert stacks[2].nic.ch.to_guest.interrupt_mask == 0  # and may again afterwards
+    reply = next(t for (src, _, kind, _), t in switch.icmp_stamps.items() if src == "10.0.0.2" and kind == 0)
+    assert reply[4:7] == (1, 2, 3)  # the interrupt's stamps went out with the reply
+
+
+def test_an_interrupt_while_the_driver_is_busy_polls_as_it_leaves(two):
+    switch, server, vps, nics, stacks = two
+    nic = stacks[2].nic
+    got = []
+    nic.rx_handler = lambda vp, frames, *a: got.extend(frames)
+    with nic.entered(vps[2]):
+        stacks[1].nic.send(vps[1], stacks[1].eth(mac(2), 0x88B5, bytes(60)))
+        server.poll_busy()
+        assert vps[2].irq
+        _take_interrupt(vps[2])  # the workload was inside netvsc: only scheduled
+        assert nic.napi_scheduled and not got and nic.stats["napi_deferred"] == 1
+    assert len(got) == 1 and not nic.napi_scheduled  # polled as the driver was left
+
+
+def test_a_send_from_the_interrupt_never_waits_for_a_transmit_page(two):
+    switch, server, vps, nics, stacks = two
+    nic = stacks[2].nic
+    nic.slot_tid = [10_000 + i for i in range(netvsc.TX_SLOTS)]  # every page still out
+    nic.in_irq = True
+    nic.send(vps[2], stacks[2].eth(mac(1), 0x88B5, bytes(60)))
+    assert nic.stats["tx_backlogged"] == 1 and len(nic.tx_backlog) == 1
+    nic.in_irq = False
+    nic.slot_tid = [None] * netvsc.TX_SLOTS  # the pages came back
+    before = nics[2].stats.tx_frames
+    nic.napi_poll(vps[2])  # the next poll sends it
+    server.poll_busy()
+    assert not nic.tx_backlog and nics[2].stats.tx_frames == before + 1
