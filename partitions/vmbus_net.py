@@ -31,7 +31,8 @@ ICMP = struct.Struct(">BBHHH")
 MAX_PEER = 4
 PING_INTERVAL_S = 0.05
 ARP_TIMEOUT_S, PING_TIMEOUT_S = 0.3, 1.0
-DEAD_PEER_S = 2.0  # an address that did not answer ARP is tried again after this long
+DEAD_PEER_S = 30.0  # an address that did not answer ARP is tried again after this long (a partition that
+# comes up later announces itself with a gratuitous ARP, which makes it a peer at once)
 # The echo payload carries the ping's stamps (perf_counter_ns, CLOCK_MONOTONIC, which every
 # process on the host shares), for the VSP's switch to note as it forwards the frame (not
 # the console: a line is an exit per character, which would keep the VP from answering):

@@ -65,6 +65,7 @@ class Netvsc:
         self.napi_scheduled = False
         self.tx_backlog: list[bytes] = []  # RNDIS messages the interrupt could not send yet
         self.began = 0  # perf_counter_ns as the last poll found packets in the ring
+        self.acks: list[bytes] = []  # completions of received transfer-page packets, not yet sent
 
     def _next(self) -> int:
         self.tid += 1
@@ -114,7 +115,7 @@ class Netvsc:
 
     def _napi_pass(self, vp: Vp, wake: tuple) -> int:
         self.began = 0
-        self.poll(vp)
+        self.poll(vp, ack=False)
         if self.tx_backlog:
             backlog, self.tx_backlog = self.tx_backlog, []
             for msg in backlog:
@@ -124,13 +125,18 @@ class Netvsc:
         frames = self.take()
         if frames:
             self.rx_handler(vp, frames, wake, self.began or time.perf_counter_ns(), time.perf_counter_ns())
+        # The sections back after the replies (their contents were copied out): a reply's
+        # ring write signals the host, and the acknowledgements behind it need no signal
+        # of their own — one exit fewer before the reply leaves.
+        self._ack(vp)
         return len(frames)
 
-    def poll(self, vp: Vp) -> None:
+    def poll(self, vp: Vp, ack: bool = True) -> None:
         """Take what the ring holds: completions, received frames and RNDIS replies; give
-        the receive sections back in one write."""
+        the receive sections back in one write (``ack`` False: at the caller's next
+        :meth:`_ack`)."""
         self.bus.clear_event(vp, self.ch.relid)
-        acks = []
+        acks = self.acks
         packets = self.ch.receive(vp)
         if packets and not self.began:
             # (after the read that found them: the host wrote them before this stamp)
@@ -141,7 +147,12 @@ class Netvsc:
             elif p.type == VM_PKT_DATA_USING_XFER_PAGES:
                 self._received(vp, p)
                 acks.append(encode_packet(VM_PKT_COMP, b"", p.transaction_id))
-        if acks:
+        if ack:
+            self._ack(vp)
+
+    def _ack(self, vp: Vp) -> None:
+        if self.acks:
+            acks, self.acks = self.acks, []
             self.ch.send(vp, acks)
 
     def _received(self, vp: Vp, p) -> None:
