@@ -142,6 +142,36 @@ def test_a_busy_slot_sets_message_pending_and_eom_delivers_the_next(syn):
     assert (c["messages_delivered"], c["slots_busy"], c["eom"], c["queued"]) == (2, 1, 1, 0)
 
 
+@pytest.mark.parametrize("by_msr", [False, True])
+def test_the_eoi_of_a_sints_vector_delivers_its_waiting_message(syn, by_msr, monkeypatch):
+    """TLFS (KVM's kvm_hv_synic_send_eoi): a message waiting behind a busy slot is
+    re-delivered when the guest EOIs the SINT's vector, EOM or not; the EOI of another
+    vector moves nothing."""
+    monkeypatch.setattr(syn.hv.synic, "housekeeping", lambda: None)  # (its 100 ms rescan would too)
+    enable_synic(syn)
+    enable_synic(syn, sint=3, sint_value=VECTOR + 1)
+    apic = syn.vp(1).apic
+    apic.svr |= 1 << 8
+    assert post(syn, payload=b"one") == St.HV_STATUS_SUCCESS and post(syn, payload=b"two") == St.HV_STATUS_SUCCESS
+    assert apic.inject(VECTOR) is False and apic.isr >> VECTOR & 1  # the guest takes SINT 2
+    ram(syn, 1)[SIMP_GPA + 512:SIMP_GPA + 516] = bytes(4)  # copies it out: MessageType = None, no EOM
+
+    def eoi():
+        if by_msr:
+            wrmsr(syn, 1, HvMsr.HV_X64_MSR_EOI, 0)
+        else:
+            syn.exit(vp_id(1, 0), m.MmioIntercept(syn.seq(), 0xFEE000B0, 4, True, 0, (1,), REGS)).one(
+                vp_id(1, 0), m.VpResume)
+
+    apic.isr |= 1 << (VECTOR + 2)  # first a vector above it, of no SINT: its EOI moves nothing
+    eoi()
+    assert slot(syn, 1, 2)[0] == 0 and syn.vp(1).synic.queued() == 1
+    eoi()  # SINT 2's vector
+    assert slot(syn, 1, 2)[5][:3] == b"two"
+    c = partition_status(syn.part(1))  # (asserted: the resume of that exit may have injected it already)
+    assert (c["eoi_rescans"], c["eom"], c["queued"], c["sint_asserted"]) == (1, 0, 0, 2)
+
+
 def test_an_eom_with_nothing_queued_is_harmless_and_an_out_of_turn_one_too(syn):
     enable_synic(syn)
     assert post(syn, payload=b"one") == St.HV_STATUS_SUCCESS
