@@ -404,6 +404,65 @@ def test_count_zero_stops_a_timer_and_sint_zero_without_direct_mode_cannot_enabl
     assert rdmsr(syn, 1, STIMER0_CONFIG)[1] & 1 == 0 and syn.hv.synic.next_timer_ns is None
 
 
+def _periodic(syn, lazy: bool):
+    """STIMER0 of partition 1's VP 0: 1 ms periodic into SINT 3 (lazy or not); its state
+    and the hypervisor's VP, for expire() at chosen times."""
+    enable_synic(syn, sint=3)
+    wrmsr(syn, 1, STIMER0_COUNT, 10_000)
+    wrmsr(syn, 1, STIMER0_CONFIG, 1 | 1 << 1 | (1 << 2 if lazy else 0) | 3 << 16)
+    return syn.vp(1).synic.stimers[0], syn.vp(1)
+
+
+def _expire(syn, t, vp, now):
+    from hypervisor import stimer
+    stimer.expire(syn.part(1), vp, 0, t, now, syn.hv.synic)
+
+
+def _free_slot(syn):
+    ram(syn, 1)[SIMP_GPA + 3 * 256:SIMP_GPA + 3 * 256 + 4] = bytes(4)  # the guest took the message
+
+
+def test_a_lazy_timer_waits_for_its_vp_and_is_skipped_if_it_comes_back_just_before_the_next(syn):
+    """TLFS "Periodic Timers": a lazy timer's signal is deferred until the VP is available,
+    and skipped entirely when that is only shortly before the next expiry."""
+    from hypervisor.scheduler import VpState
+    t, vp = _periodic(syn, lazy=True)
+    period, due = 1_000_000, t.due_ns
+    vp.sched.state = VpState.READY  # waiting for a logical processor
+    _expire(syn, t, vp, due + 10_000)
+    assert t.deferred and t.counters["deferred"] == 1 and t.counters["fired"] == 0
+    assert t.deadline_ns == due + 10_000 + 200_000 and slot(syn, 1, 3)[0] == 0
+    vp.sched.state = VpState.RUNNING  # back 0.3 ms late, 0.7 ms before the next: delivered now
+    _expire(syn, t, vp, due + 300_000)
+    assert slot(syn, 1, 3)[0] == TIMER_EXPIRED and t.counters["fired"] == 1 and not t.deferred
+    assert t.due_ns == due + period and t.deadline_ns == t.due_ns  # in phase again
+    _free_slot(syn)
+    vp.sched.state = VpState.INTERCEPT  # suspended in an intercept
+    _expire(syn, t, vp, due + period + 1000)
+    vp.sched.state = VpState.HALTED  # available only 0.1 ms before the next expiry: skipped
+    _expire(syn, t, vp, due + 2 * period - 100_000)
+    assert slot(syn, 1, 3)[0] == 0 and t.counters["skipped_lazy"] == 1 and t.counters["fired"] == 1
+    assert t.due_ns == due + 2 * period and t.counters["deferred"] == 2
+
+
+def test_a_late_non_lazy_timer_catches_up_at_a_modulated_period_and_skips_beyond(syn):
+    """TLFS: without lazy, missed periods are made up by shortening the period; when too
+    many were missed, some are skipped."""
+    t, vp = _periodic(syn, lazy=False)
+    period, due = 1_000_000, t.due_ns
+    now = due + 2 * period + period // 2  # 2.5 periods late: 2 more ticks were due
+    _expire(syn, t, vp, now)
+    assert t.counters["fired"] == 1 and t.counters["caught_up"] == 1 and t.counters["missed"] == 0
+    assert t.due_ns == due + period and t.deadline_ns == now + period // 2  # sooner than the period
+    _free_slot(syn)
+    now = due + 20 * period  # far behind: MAX_CATCH_UP are made up, the rest skipped
+    _expire(syn, t, vp, now)
+    from hypervisor.stimer import MAX_CATCH_UP
+    behind = (now - t.due_ns) // period + 1
+    assert behind == MAX_CATCH_UP and t.counters["missed"] == 20 - 1 - MAX_CATCH_UP
+    assert t.due_ns <= now < t.due_ns + MAX_CATCH_UP * period
+
+
 def test_a_period_below_the_minimum_is_clamped_like_the_apic_timer(syn):
     from hypervisor.apic import MIN_TIMER_PERIOD_NS
     from time import perf_counter_ns
