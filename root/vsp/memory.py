@@ -6,7 +6,9 @@ The launcher hands over the partition's RAM file (indexed by guest page number,
 proto/memory.py) and its SLAT table by descriptor.  Every page is checked against the
 SLAT when it is mapped and again on each access (the hypervisor may unmap it meanwhile),
 so what the VSP touches is RAM the partition has now: a page outside it is
-:class:`~proto.memory.UnmappedGpa`, which the VSPs turn into a refusal.
+:class:`~proto.memory.UnmappedGpa`, which the VSPs turn into a refusal.  What the VSP only
+reads (a write request's data, a frame to send) is mapped read-only: the host's memory
+protection, not a check, keeps the VSP from writing there (:class:`ReadOnlyGpa`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,14 @@ import mmap
 from contextlib import contextmanager
 
 from proto.memory import PAGE_SHIFT, PAGE_SIZE, SLAT_INVALID, UnmappedGpa
+
+
+class ReadOnlyGpa(UnmappedGpa):
+    """A write through a read-only mapping (refused like an unmapped page)."""
+
+    def __init__(self, gpa: int) -> None:
+        super().__init__(gpa)
+        self.args = (f"GPA {gpa:#x} is mapped read-only",)
 
 
 class PartitionMemory:
@@ -29,15 +39,16 @@ class PartitionMemory:
         if not 0 <= pfn < self.pages or self.slat[pfn] == SLAT_INVALID:
             raise UnmappedGpa(pfn << PAGE_SHIFT)
 
-    def map(self, pfns: list[int]) -> "Mapping":
-        """Map exactly ``pfns`` (each checked), contiguous runs in one mmap each."""
+    def map(self, pfns: list[int], writable: bool = True) -> "Mapping":
+        """Map exactly ``pfns`` (each checked), contiguous runs in one mmap each; read-only
+        unless ``writable``."""
         for p in pfns:
             self.check(p)
-        return Mapping(self, pfns)
+        return Mapping(self, pfns, writable)
 
     @contextmanager
-    def mapped(self, pfns):
-        m = self.map(list(pfns))
+    def mapped(self, pfns, writable: bool = True):
+        m = self.map(list(pfns), writable)
         try:
             yield m
         finally:
@@ -52,8 +63,9 @@ class Mapping:
     """Some pages of a partition, by guest-physical address (``read``/``write``, as
     :class:`proto.memory.GuestMemory` offers them, for :class:`proto.vmbus_ring.PagedView`)."""
 
-    def __init__(self, mem: PartitionMemory, pfns: list[int]) -> None:
+    def __init__(self, mem: PartitionMemory, pfns: list[int], writable: bool = True) -> None:
         self.mem = mem
+        self.writable = writable
         self.where: dict[int, tuple[mmap.mmap, int]] = {}  # pfn → (its run's map, offset in it)
         self.maps: list[mmap.mmap] = []
         self.counted = 0
@@ -65,7 +77,8 @@ class Mapping:
                 runs.append([p, 1])
         try:
             for first, count in runs:
-                m = mmap.mmap(mem.ram_fd, count * PAGE_SIZE, offset=first * PAGE_SIZE)
+                m = mmap.mmap(mem.ram_fd, count * PAGE_SIZE, offset=first * PAGE_SIZE,
+                              access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ)
                 self.maps.append(m)
                 for i in range(count):
                     self.where[first + i] = (m, i * PAGE_SIZE)
@@ -101,6 +114,8 @@ class Mapping:
         return b"".join(out)
 
     def write(self, gpa: int, data: bytes) -> None:
+        if not self.writable:
+            raise ReadOnlyGpa(gpa)  # (the map itself would refuse it too: ACCESS_READ)
         i = 0
         while i < len(data):
             m, off, step = self._span(gpa + i, len(data) - i)

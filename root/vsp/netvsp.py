@@ -201,7 +201,7 @@ class NetVsp:
             return nv.NVSP_STAT_FAIL
         r = ranges[0]
         try:
-            with self.mem.mapped(r.pfns) as m:  # mapped for this message alone
+            with self.mem.mapped(r.pfns, writable=False) as m:  # for this message alone, read-only
                 msg = PagedView(m, [pfn << 12 for pfn in r.pfns]).read(r.byte_offset, r.byte_count)
         except (UnmappedGpa, RingCorrupt):
             self.stats.error("RNDIS pages outside the partition")

@@ -273,7 +273,7 @@ class StorVsp:
 
     def _gather(self, pages, n: int) -> bytes:
         """The request's pages, mapped for it alone (UnmappedGpa where one is not RAM)."""
-        with self.mem.mapped(pages.pfns) as m:
+        with self.mem.mapped(pages.pfns, writable=False) as m:  # (only read: mapped read-only)
             return b"".join(m.read(gpa, step) for gpa, step in self._pieces(pages, n))
 
     def _scatter(self, pages, data: bytes) -> None:

@@ -341,6 +341,22 @@ def test_gpa_map_gives_only_ram_of_the_partition_named(syn):
         == St.HV_STATUS_INVALID_PARTITION_ID
 
 
+def test_the_vsp_is_told_when_the_root_unmaps_pages_it_was_granted(syn):
+    """HvCallUnmapGpaPages of granted pages: a gpa_unmapped with exactly those pages (the
+    VSP then revokes its GPADLs over them); pages never granted: nothing."""
+    from proto.gpa_messages import GpaUnmapped
+    from proto.hvcall import HV_INPUT_UNMAP_GPA_PAGES
+    assert syn.send(VSP, sm.GpaMapRequest(1, ((2, 4),), True)).one(VSP, sm.GpaMapReply).status == 0
+    sent = syn.send(b"root", m.HypercallIntercept(syn.seq(), control_value(C.HvCallUnmapGpaPages, rep_count=3),
+                                                  HV_INPUT_UNMAP_GPA_PAGES.pack(1, 4, 0), (1,)))
+    assert sent.one(b"root", m.VpResume).rax & 0xFFFF == St.HV_STATUS_SUCCESS
+    assert sent.one(VSP, GpaUnmapped) == GpaUnmapped(1, ((4, 2),))  # 4 and 5 were granted, 6 not
+    sent = syn.send(b"root", m.HypercallIntercept(syn.seq(), control_value(C.HvCallUnmapGpaPages, rep_count=2),
+                                                  HV_INPUT_UNMAP_GPA_PAGES.pack(1, 8, 0), (1,)))
+    assert not [x for x in sent.to(VSP) if isinstance(x, GpaUnmapped)]
+    assert syn.hv.counters["gpa_unmaps_to_vsp"] == 1
+
+
 def test_a_reset_puts_the_synic_back_to_its_reset_values(syn):
     enable_synic(syn)
     post(syn)

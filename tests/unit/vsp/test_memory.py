@@ -64,3 +64,18 @@ def test_a_page_unmapped_later_is_refused_on_access(mem):
         with pytest.raises(UnmappedGpa):
             g.read(31 * PAGE_SIZE, 8)
     assert m.mapped_pages == 0
+
+
+def test_a_read_only_mapping_cannot_be_written(mem):
+    """What the VSP only reads is mapped read-only: a write is refused (ReadOnlyGpa, an
+    UnmappedGpa to the VSPs) and the host's memory protection would refuse it anyway."""
+    from root.vsp.memory import ReadOnlyGpa
+    m, ram, _ = mem
+    ram_bytes = ram.read_bytes()
+    with m.mapped([3], writable=False) as g:
+        assert g.read(3 * PAGE_SIZE, 4) == bytes(4)
+        with pytest.raises(ReadOnlyGpa):
+            g.write(3 * PAGE_SIZE, b"x")
+        with pytest.raises(TypeError):  # past the check: the map itself is read-only
+            g.maps[0][0:1] = b"x"
+    assert ram.read_bytes() == ram_bytes

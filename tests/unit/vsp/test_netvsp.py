@@ -168,3 +168,42 @@ def test_a_send_from_the_interrupt_never_waits_for_a_transmit_page(two):
     nic.napi_poll(vps[2])  # the next poll sends it
     server.poll_busy()
     assert not nic.tx_backlog and nics[2].stats.tx_frames == before + 1
+
+
+def test_pages_the_root_unmaps_are_never_written_again_even_remapped(two):
+    """The root unmaps partition 1's receive buffer (and, in FakeMemory, the addresses
+    stay backed: as if mapped again at once): the VSP revokes the GPADL, so partition 2's
+    frames to partition 1 are dropped instead of written there, and neither partition's
+    other memory changes; partition 1's channel whose rings are elsewhere keeps running."""
+    switch, server, vps, nics, stacks = two
+    recv = [(netvsc.RECV_AREA >> 12) + i for i in range(netvsc.RECV_PAGES)]
+    stacks[1].handle(vps[1])
+    before = [bytes(vps[p].mem.b) for p in (1, 2)]
+    server.gpa_unmapped(1, [(recv[0], len(recv))])
+    assert server.status()[1]["errors"]["GPADL pages unmapped by the root"] == 1
+    assert server.status()[1]["channels"][1]["state"] == "open"  # its rings are not in that GPADL
+    dropped = nics[1].stats.rx_dropped + nics[1].stats.errors.get("receive buffer pages unmapped", 0)
+    stacks[2].nic.send(vps[2], stacks[2].eth(mac(1), 0x88B5, b"\xaa" * 60))
+    server.poll_busy()
+    after = nics[1].stats.rx_dropped + nics[1].stats.errors.get("receive buffer pages unmapped", 0)
+    assert after == dropped + 1
+    lo, hi = netvsc.RECV_AREA, netvsc.RECV_AREA + netvsc.RECV_PAGES * 4096
+    assert bytes(vps[1].mem.b)[lo:hi] == before[0][lo:hi]  # nothing written into the unmapped pages
+    assert b"\xaa" * 60 not in bytes(vps[1].mem.b) and b"\xaa" * 60 not in bytes(vps[2].mem.b)[:netvsc.TX_AREA]
+    # a receive buffer over the revoked GPADL is refused
+    revoked = next(g for g, x in server.partitions[1].gpadls.items() if x.revoked)
+    nics[1].recv = None  # (as a reset channel would have it)
+    reply = nics[1]._recv_buffer(revoked, nv.NETVSC_RECEIVE_BUFFER_ID)
+    assert nv.RECV_BUF_COMPLETE.unpack_from(reply, 4)[0] == nv.NVSP_STAT_FAIL
+
+
+def test_ring_pages_the_root_unmaps_reset_their_channel(two):
+    switch, server, vps, nics, stacks = two
+    bus = server.partitions[1]
+    ring_gpadl = bus.offers[1].channel.gpadl
+    first = bus.gpadls[ring_gpadl].pfns[0]
+    server.gpa_unmapped(1, [(first, 1)])
+    st = server.status()
+    assert st[1]["channels"][1]["state"] == "rescinded" and st[2]["channels"][1]["state"] == "open"
+    assert st[1]["errors"]["channel reset: ring pages unmapped by the root"] == 1
+    assert bus.gpadls[ring_gpadl].revoked and bus.gpadls[ring_gpadl].mapping is None
