@@ -4,8 +4,11 @@ rndis_filter.c in miniature) over an open VMBus channel; protocol in proto/nvsp.
 Bring-up: NVSP INIT (6.1), NDIS config and version, the receive buffer (a GPADL of
 RECV_PAGES pages), RNDIS INITIALIZE, QUERY of the MAC address, SET of the packet filter
 (directed and broadcast).  A frame goes out as an RNDIS PACKET in one of TX_SLOTS pages,
-named by a GPA-direct packet (a page is reused once its send has completed); frames come in through receive-buffer sections announced by
-transfer-page packets, each completed to hand the section back.
+named by a GPA-direct packet (a page is reused once its send has completed), or — what
+fits a section, as Linux's netvsc does for small packets — copied into a section of the
+send buffer (a GPADL of SEND_PAGES pages given with SEND_SEND_BUF) and named by an in-band
+packet, the section free again at its completion; frames come in through receive-buffer
+sections announced by transfer-page packets, each completed to hand the section back.
 
 Receiving is Linux's NAPI: the VMBus interrupt (SINT 2, the channel's event flag) calls
 :meth:`Netvsc.on_interrupt`, which polls at once — the ring's ``interrupt_mask`` set so
@@ -38,6 +41,8 @@ RECV_AREA = 0x380000
 RECV_PAGES = 16
 TX_AREA = RECV_AREA + RECV_PAGES * 4096
 TX_SLOTS = 8
+SEND_AREA = TX_AREA + TX_SLOTS * 4096  # the send buffer (NVSP SEND_SEND_BUF), SEND_PAGES pages
+SEND_PAGES = 8
 TIMEOUT_S = 10.0
 
 
@@ -66,6 +71,10 @@ class Netvsc:
         self.tx_backlog: list[bytes] = []  # RNDIS messages the interrupt could not send yet
         self.began = 0  # perf_counter_ns as the last poll found packets in the ring
         self.acks: list[bytes] = []  # completions of received transfer-page packets, not yet sent
+        # The send buffer: free sections, and the section each send in flight holds.
+        self.section_size = 0  # 0: no send buffer (the host refused it): frames go by page list
+        self.send_free: list[int] = []
+        self.section_of: dict[int, int] = {}  # transaction id → its section
 
     def _next(self) -> int:
         self.tid += 1
@@ -143,7 +152,11 @@ class Netvsc:
             self.began = time.perf_counter_ns()
         for p in packets:
             if p.type == VM_PKT_COMP:
-                self.done[p.transaction_id] = p.payload
+                section = self.section_of.pop(p.transaction_id, None)
+                if section is not None:
+                    self.send_free.append(section)  # that send's section is ours again
+                else:
+                    self.done[p.transaction_id] = p.payload
             elif p.type == VM_PKT_DATA_USING_XFER_PAGES:
                 self._received(vp, p)
                 acks.append(encode_packet(VM_PKT_COMP, b"", p.transaction_id))
@@ -204,6 +217,9 @@ class Netvsc:
             self._send_rndis(vp, msg, channel_type, wait)
 
     def _send_rndis(self, vp: Vp, msg: bytes, channel_type: int, wait: bool) -> None:
+        if not wait and 0 < len(msg) <= self.section_size:
+            self._send_section(vp, msg, channel_type)
+            return
         slot = self.tx_slot
         previous = self.slot_tid[slot]
         if previous is not None and previous in self.done:
@@ -229,6 +245,25 @@ class Netvsc:
             if nv.STATUS.unpack_from(reply, 4)[0] != nv.NVSP_STAT_SUCCESS:
                 raise NetError("the host refused an RNDIS message")
 
+    def _send_section(self, vp: Vp, msg: bytes, channel_type: int) -> None:
+        """A small message copied into a free section of the send buffer and named by an
+        in-band packet (no page list for the host to map); its completion frees the section."""
+        if not self.send_free:
+            self.poll(vp)  # completions may be waiting
+        if not self.send_free:
+            if self.in_irq:
+                self.tx_backlog.append(msg)
+                self.stats["tx_backlogged"] += 1
+                return
+            self._wait(vp, lambda: True if self.send_free else None, "a send-buffer section back")
+        section = self.send_free.pop()
+        vp.mem.write(SEND_AREA + section * self.section_size, msg)
+        tid = self._next()
+        self.section_of[tid] = section
+        self.ch.send(vp, [encode_packet(VM_PKT_DATA_INBAND, nv.nvsp(nv.NVSP_MSG1_TYPE_SEND_RNDIS_PKT,
+                                                                    nv.RNDIS_PKT.pack(channel_type, section, len(msg))),
+                                        tid, VMBUS_DATA_PACKET_FLAG_COMPLETION_REQUESTED)])
+
     def _rndis_request(self, vp: Vp, mtype: int, body: bytes) -> bytes:
         req = self._next()
         self.send_rndis(vp, nv.rndis(mtype, struct.pack("<I", req) + body), nv.RNDIS_CHANNEL_CONTROL, wait=True)
@@ -251,6 +286,13 @@ class Netvsc:
                              nv.SEND_RECV_BUF.pack(gpadl, nv.NETVSC_RECEIVE_BUFFER_ID, 0))
         if nv.RECV_BUF_COMPLETE.unpack_from(reply, 4)[0] != nv.NVSP_STAT_SUCCESS:
             raise NetError("receive buffer refused")
+        gpadl = self.bus.create_gpadl(vp, self.ch.relid, [(SEND_AREA >> 12) + i for i in range(SEND_PAGES)])
+        reply = self.request(vp, nv.NVSP_MSG1_TYPE_SEND_SEND_BUF,
+                             nv.SEND_SEND_BUF.pack(gpadl, nv.NETVSC_SEND_BUFFER_ID, 0))
+        status, size = nv.SEND_BUF_COMPLETE.unpack_from(reply, 4)
+        if status == nv.NVSP_STAT_SUCCESS and 0 < size <= SEND_PAGES * 4096:
+            self.section_size = size
+            self.send_free = list(range(SEND_PAGES * 4096 // size))[::-1]
         self._rndis_request(vp, nv.RNDIS_MSG_INIT, struct.pack("<III", 1, 0, 0x4000))
         reply = self._rndis_request(vp, nv.RNDIS_MSG_QUERY, struct.pack("<IIII", nv.OID_802_3_PERMANENT_ADDRESS,
                                                                          0, 0, 0))

@@ -34,6 +34,8 @@ log = logging.getLogger("vsp.netvsp")
 SECTION = 2048  # a receive-buffer section: an RNDIS PACKET header and a full frame fit
 MAX_RNDIS_MESSAGE = SECTION
 MAX_RECV_PAGES = 1024
+MAX_SEND_PAGES = 1024
+SEND_SECTION = SECTION  # the send buffer's section size the host announces (Linux's default is 6144)
 ICMP_STAMPS = 1024  # the last echo requests and replies the switch stamped (for benchmarks.vmbus: 512 pings)
 GUEST_STAMPS = struct.Struct("<12Q")  # what partitions/vmbus_net.py puts first in an echo payload
 
@@ -121,6 +123,8 @@ class NetVsp:
     def _reset(self) -> None:
         self.version = 0
         self.recv: PagedView | None = None
+        self.send_buf: PagedView | None = None  # the guest's send buffer (read only)
+        self.send_sections = 0
         self.free: list[int] = []  # free receive sections (their offsets)
         self.pending: dict[int, int] = {}  # our transfer-page packet's transaction id → its section
         self.next_tid = 1
@@ -172,8 +176,10 @@ class NetVsp:
             return None
         if mtype == nv.NVSP_MSG1_TYPE_SEND_RECV_BUF:
             return self._recv_buffer(*nv.SEND_RECV_BUF.unpack_from(body)[:2])
+        if mtype == nv.NVSP_MSG1_TYPE_SEND_SEND_BUF:
+            return self._send_buffer(*nv.SEND_SEND_BUF.unpack_from(body)[:2])
         if mtype == nv.NVSP_MSG1_TYPE_SEND_RNDIS_PKT:
-            status = self._send_rndis(p, *nv.RNDIS_PKT.unpack_from(body)[:2])
+            status = self._send_rndis(p, *nv.RNDIS_PKT.unpack_from(body))
             return nv.nvsp(nv.NVSP_MSG1_TYPE_SEND_RNDIS_PKT_COMPLETE, nv.STATUS.pack(status))
         self.stats.error("unsupported NVSP message")
         return None
@@ -190,21 +196,51 @@ class NetVsp:
         return nv.nvsp(nv.NVSP_MSG1_TYPE_SEND_RECV_BUF_COMPLETE, nv.RECV_BUF_COMPLETE.pack(nv.NVSP_STAT_SUCCESS, 1)
                        + nv.RECV_SECTION.pack(0, SECTION, count, count * SECTION))
 
-    def _send_rndis(self, p, channel_type: int, section: int) -> int:
-        """A guest's RNDIS message: a frame for the switch or a control request."""
-        if p.type != VM_PKT_DATA_USING_GPA_DIRECT or section != nv.NETVSC_INVALID_INDEX:
-            self.stats.error("RNDIS message not in a page list (no send buffer is offered)")
-            return nv.NVSP_STAT_FAIL
+    def _send_buffer(self, gpadl: int, buf_id: int) -> bytes:
+        """The guest's send buffer: a GPADL in SEND_SECTION sections, which this side only
+        reads (Linux's netvsc copies small packets there instead of naming their pages)."""
+        g = self.channel.find_gpadl(gpadl) if self.channel else None
+        if g is None or buf_id != nv.NETVSC_SEND_BUFFER_ID or not 0 < len(g.pfns) <= MAX_SEND_PAGES \
+                or self.send_buf is not None:
+            self.stats.error("bad send buffer")
+            return nv.nvsp(nv.NVSP_MSG1_TYPE_SEND_SEND_BUF_COMPLETE, nv.SEND_BUF_COMPLETE.pack(nv.NVSP_STAT_FAIL, 0))
+        self.send_buf = PagedView(g.mapping, [pfn << 12 for pfn in g.pfns])
+        self.send_sections = self.send_buf.size // SEND_SECTION
+        return nv.nvsp(nv.NVSP_MSG1_TYPE_SEND_SEND_BUF_COMPLETE,
+                       nv.SEND_BUF_COMPLETE.pack(nv.NVSP_STAT_SUCCESS, SEND_SECTION))
+
+    def _rndis_message(self, p, section: int, size: int) -> bytes | None:
+        """The RNDIS message a SEND_RNDIS_PKT names: in a send-buffer section (in-band) or
+        in the one range of a GPA-direct packet; None (counted) when it is neither."""
+        if section != nv.NETVSC_INVALID_INDEX:
+            if p.type != VM_PKT_DATA_INBAND or self.send_buf is None or section >= self.send_sections \
+                    or not 0 < size <= SEND_SECTION:
+                self.stats.error("bad send buffer section")
+                return None
+            try:
+                return self.send_buf.read(section * SEND_SECTION, size)
+            except (UnmappedGpa, RingCorrupt):
+                self.stats.error("send buffer pages unmapped")
+                return None
+        if p.type != VM_PKT_DATA_USING_GPA_DIRECT:
+            self.stats.error("RNDIS message neither in a page list nor in the send buffer")
+            return None
         ranges = parse_gpa_ranges(p.header)  # RingCorrupt resets the channel
         if len(ranges) != 1 or ranges[0].byte_count > MAX_RNDIS_MESSAGE:
             self.stats.error("frame larger than the MTU")
-            return nv.NVSP_STAT_FAIL
+            return None
         r = ranges[0]
         try:
             with self.mem.mapped(r.pfns, writable=False) as m:  # for this message alone, read-only
-                msg = PagedView(m, [pfn << 12 for pfn in r.pfns]).read(r.byte_offset, r.byte_count)
+                return PagedView(m, [pfn << 12 for pfn in r.pfns]).read(r.byte_offset, r.byte_count)
         except (UnmappedGpa, RingCorrupt):
             self.stats.error("RNDIS pages outside the partition")
+            return None
+
+    def _send_rndis(self, p, channel_type: int, section: int, size: int) -> int:
+        """A guest's RNDIS message: a frame for the switch or a control request."""
+        msg = self._rndis_message(p, section, size)
+        if msg is None:
             return nv.NVSP_STAT_FAIL
         if len(msg) < nv.RNDIS_HEADER.size:
             self.stats.error("short RNDIS message")

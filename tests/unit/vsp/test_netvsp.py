@@ -80,17 +80,27 @@ def test_a_frame_larger_than_the_mtu_is_refused_and_the_other_partition_goes_on(
 def test_hostile_nvsp(two):
     _, server, vps, nics, stacks = two
     ch = stacks[1].nic.ch
-    # a send buffer section (none is offered), a short message, an unknown type
+    # a send-buffer section named by a page list, a short message (section 0, size 0), a
+    # section past the buffer, one larger than a section, an in-band message naming no
+    # section, a second send buffer, an unknown type
     from proto.vmbus_ring import VM_PKT_DATA_INBAND, encode_packet
+
+    def rndis_pkt(section, size, tid):
+        return encode_packet(VM_PKT_DATA_INBAND, nv.nvsp(nv.NVSP_MSG1_TYPE_SEND_RNDIS_PKT,
+                                                         nv.RNDIS_PKT.pack(0, section, size)), tid, 1)
 
     pkts = [encode_gpa_direct(nv.nvsp(nv.NVSP_MSG1_TYPE_SEND_RNDIS_PKT, nv.RNDIS_PKT.pack(0, 5, 100)),
                               [GpaRange(64, 0, (netvsc.TX_AREA >> 12,))], 901),
             encode_packet(VM_PKT_DATA_INBAND, b"\x6b\0\0\0", 902, 1),
+            rndis_pkt(10_000, 100, 904), rndis_pkt(1, 5000, 905), rndis_pkt(nv.NETVSC_INVALID_INDEX, 100, 906),
+            encode_packet(VM_PKT_DATA_INBAND, nv.nvsp(nv.NVSP_MSG1_TYPE_SEND_SEND_BUF,
+                                                      nv.SEND_SEND_BUF.pack(0xE1E12, 0, 0)), 907, 1),
             encode_packet(VM_PKT_DATA_INBAND, nv.nvsp(999), 903, 1)]
     ch.send(vps[1], pkts)
     server.poll_busy()
-    assert set(nics[1].stats.errors) == {"RNDIS message not in a page list (no send buffer is offered)",
-                                         "unsupported NVSP message"}
+    assert nics[1].stats.errors == {"bad send buffer section": 4, "bad send buffer": 1,
+                                    "RNDIS message neither in a page list nor in the send buffer": 1,
+                                    "unsupported NVSP message": 1}
     assert stacks[2].ping(vps[2], bytes([10, 0, 0, 1])) is not None
 
 
@@ -155,15 +165,18 @@ def test_an_interrupt_while_the_driver_is_busy_polls_as_it_leaves(two):
     assert len(got) == 1 and not nic.napi_scheduled  # polled as the driver was left
 
 
-def test_a_send_from_the_interrupt_never_waits_for_a_transmit_page(two):
+def test_a_send_from_the_interrupt_never_waits_for_a_send_buffer_section(two):
     switch, server, vps, nics, stacks = two
     nic = stacks[2].nic
-    nic.slot_tid = [10_000 + i for i in range(netvsc.TX_SLOTS)]  # every page still out
+    assert nic.section_size  # small frames go through the send buffer
+    server.poll_busy()
+    nic.napi_poll(vps[2])  # (every completion in: none frees a section behind our back)
+    sections, nic.send_free = nic.send_free, []  # every section still out
     nic.in_irq = True
     nic.send(vps[2], stacks[2].eth(mac(1), 0x88B5, bytes(60)))
     assert nic.stats["tx_backlogged"] == 1 and len(nic.tx_backlog) == 1
     nic.in_irq = False
-    nic.slot_tid = [None] * netvsc.TX_SLOTS  # the pages came back
+    nic.send_free = sections  # the sections came back
     before = nics[2].stats.tx_frames
     nic.napi_poll(vps[2])  # the next poll sends it
     server.poll_busy()
