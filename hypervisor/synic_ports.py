@@ -24,7 +24,7 @@ import time
 from proto import messages as m
 from proto.atomic import ATOMIC
 from proto import synic_messages as sm
-from proto.gpa_messages import GpaUnmapped
+from proto.gpa_messages import MAX_UNMAPPED_RANGES, GpaUnmapped
 from proto.codes import HvPartitionState, HvStatus
 from proto.hvcall import HV_INPUT_POST_MESSAGE
 from proto.memory import SLAT_INVALID
@@ -207,9 +207,9 @@ class SynicPorts:
                 runs[-1][1] += 1
             else:
                 runs.append([p, 1])
-        for i in range(0, len(runs), sm.MAX_GPA_MAP_RANGES):
+        for i in range(0, len(runs), MAX_UNMAPPED_RANGES):
             self.counters["gpa_unmaps_to_vsp"] += 1
-            self._outbox.send(self.vsp, GpaUnmapped(partition_id, runs[i:i + sm.MAX_GPA_MAP_RANGES]))
+            self._outbox.send(self.vsp, GpaUnmapped(partition_id, runs[i:i + MAX_UNMAPPED_RANGES]))
 
     def _check_pages(self, partition_id: int, pages) -> int:
         if self._part(partition_id) is None:

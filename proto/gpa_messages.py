@@ -8,9 +8,13 @@ them again, even after the root maps the addresses once more.
 """
 
 # (no ``from __future__ import annotations``: the fields' types are the checks, proto.messages)
-from proto.fields import U64
+from proto.fields import U32, U64, ranges
 from proto.messages import Message, message
-from proto.synic_messages import page_ranges
+
+# (not proto.synic_messages' page_ranges: importing it from here would make the two modules
+# import each other, whichever of them is imported first; the same limits)
+MAX_UNMAPPED_RANGES = 512
+page_ranges = ranges("guest page-number space", U64, U32, 1 << 40, MAX_UNMAPPED_RANGES)
 
 
 @message(90, "gpa_unmapped")
