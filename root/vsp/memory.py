@@ -1,6 +1,6 @@
 """A child partition's memory as the VSP process reaches it: only the pages a guest has
-described — a GPADL's, mapped while the GPADL lives, and a request's page list, mapped for
-that request — never the whole partition.
+described — a GPADL's, mapped while the GPADL lives, and a request's page list, read or
+written for that request by pread/pwrite on the RAM file — never the whole partition.
 
 The launcher hands over the partition's RAM file (indexed by guest page number,
 proto/memory.py) and its SLAT table by descriptor.  Every page is checked against the
@@ -14,6 +14,7 @@ protection, not a check, keeps the VSP from writing there (:class:`ReadOnlyGpa`)
 from __future__ import annotations
 
 import mmap
+import os
 from contextlib import contextmanager
 
 from proto.memory import PAGE_SHIFT, PAGE_SIZE, SLAT_INVALID, UnmappedGpa
@@ -38,6 +39,26 @@ class PartitionMemory:
     def check(self, pfn: int) -> None:
         if not 0 <= pfn < self.pages or self.slat[pfn] == SLAT_INVALID:
             raise UnmappedGpa(pfn << PAGE_SHIFT)
+
+    def _check_span(self, gpa: int, n: int) -> None:
+        for p in range(gpa >> PAGE_SHIFT, ((gpa + max(n, 1) - 1) >> PAGE_SHIFT) + 1):
+            self.check(p)
+
+    def read(self, gpa: int, n: int) -> bytes:
+        """``n`` bytes at ``gpa``, every page checked against the SLAT now: a request's data
+        read straight from the RAM file (pread: no mapping to make and unmake per request,
+        and nothing this call could write)."""
+        self._check_span(gpa, n)
+        data = os.pread(self.ram_fd, n, gpa)  # (the file is indexed by guest-physical address)
+        if len(data) != n:
+            raise UnmappedGpa(gpa + len(data))
+        return data
+
+    def write(self, gpa: int, data: bytes) -> None:
+        """``data`` into the guest's pages at ``gpa``, every page checked against the SLAT."""
+        self._check_span(gpa, len(data))
+        if os.pwrite(self.ram_fd, data, gpa) != len(data):
+            raise UnmappedGpa(gpa)
 
     def map(self, pfns: list[int], writable: bool = True) -> "Mapping":
         """Map exactly ``pfns`` (each checked), contiguous runs in one mmap each; read-only
