@@ -20,7 +20,8 @@ handler may run while the workload is inside this driver (between a transmit pag
 and its packet written, or halted waiting for a completion): the driver is then ``busy``
 and the interrupt only schedules the poll, which runs as the workload leaves the driver
 (as ``local_bh_enable`` runs a pending softirq).  From the interrupt a send never waits: a
-frame whose transmit page is still out goes into a backlog sent at the next poll.
+frame that finds no free send-buffer section (or transmit page) goes into a backlog sent
+at the next poll.
 """
 
 from __future__ import annotations
