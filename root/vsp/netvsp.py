@@ -204,7 +204,16 @@ class NetVsp:
                 or self.send_buf is not None:
             self.stats.error("bad send buffer")
             return nv.nvsp(nv.NVSP_MSG1_TYPE_SEND_SEND_BUF_COMPLETE, nv.SEND_BUF_COMPLETE.pack(nv.NVSP_STAT_FAIL, 0))
-        self.send_buf = PagedView(g.mapping, [pfn << 12 for pfn in g.pfns])
+        try:
+            # This side only reads it: the GPADL is mapped again, read-only, in place of its
+            # writable mapping (and still revoked with it if the root unmaps its pages).
+            read_only = self.mem.map(g.pfns, writable=False)
+        except (UnmappedGpa, OSError):
+            self.stats.error("bad send buffer")
+            return nv.nvsp(nv.NVSP_MSG1_TYPE_SEND_SEND_BUF_COMPLETE, nv.SEND_BUF_COMPLETE.pack(nv.NVSP_STAT_FAIL, 0))
+        g.mapping.close()
+        g.mapping = read_only
+        self.send_buf = PagedView(read_only, [pfn << 12 for pfn in g.pfns])
         self.send_sections = self.send_buf.size // SEND_SECTION
         return nv.nvsp(nv.NVSP_MSG1_TYPE_SEND_SEND_BUF_COMPLETE,
                        nv.SEND_BUF_COMPLETE.pack(nv.NVSP_STAT_SUCCESS, SEND_SECTION))

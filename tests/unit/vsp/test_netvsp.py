@@ -220,3 +220,16 @@ def test_ring_pages_the_root_unmaps_reset_their_channel(two):
     assert st[1]["channels"][1]["state"] == "rescinded" and st[2]["channels"][1]["state"] == "open"
     assert st[1]["errors"]["channel reset: ring pages unmapped by the root"] == 1
     assert bus.gpadls[ring_gpadl].revoked and bus.gpadls[ring_gpadl].mapping is None
+
+
+def test_the_send_buffer_is_mapped_read_only_for_the_vsp(two):
+    """The VSP only reads the guest's send buffer: its GPADL is mapped again read-only, and a
+    guest that names the same GPADL as its receive buffer gets nothing written there."""
+    from root.vsp.memory import ReadOnlyGpa
+    switch, server, vps, nics, stacks = two
+    send_gpadl = next(g for g in server.partitions[1].gpadls.values()
+                      if g.pfns[0] == netvsc.SEND_AREA >> 12)
+    assert not send_gpadl.mapping.writable and nics[1].send_sections == netvsc.SEND_PAGES * 4096 // 2048
+    with pytest.raises(ReadOnlyGpa):
+        send_gpadl.mapping.write(netvsc.SEND_AREA, b"x")
+    assert stacks[1].ping(vps[1], bytes([10, 0, 0, 2])) is not None  # frames still go out through it
