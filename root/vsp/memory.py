@@ -6,9 +6,9 @@ The launcher hands over the partition's RAM file (indexed by guest page number,
 proto/memory.py) and its SLAT table by descriptor.  Every page is checked against the
 SLAT when it is mapped and again on each access (the hypervisor may unmap it meanwhile),
 so what the VSP touches is RAM the partition has now: a page outside it is
-:class:`~proto.memory.UnmappedGpa`, which the VSPs turn into a refusal.  What the VSP only
-reads (a write request's data, a frame to send) is mapped read-only: the host's memory
-protection, not a check, keeps the VSP from writing there (:class:`ReadOnlyGpa`).
+:class:`~proto.memory.UnmappedGpa`, which the VSPs turn into a refusal.  What the VSP maps
+only to read (a frame's page list, netvsc's send buffer) is mapped read-only: the host's
+memory protection, not a check, keeps the VSP from writing there (:class:`ReadOnlyGpa`).
 """
 
 from __future__ import annotations
