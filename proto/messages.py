@@ -386,3 +386,6 @@ from proto.service_messages import DeviceSave, ServiceRequest  # noqa: E402,F401
 from proto.save_messages import (  # noqa: E402,F401
     PartitionRestoreRequest, PartitionSaveRequest, PartitionState, VpStateQuery, VpStateReply, VpStateRequest,
     VpStates)
+# GPA maps kept honest for the VSP (issue 10; ids 90–93), in a module of their own.
+# (as a module, as synic_messages: either may then be imported first)
+from proto import gpa_messages as _gpa_messages  # noqa: E402,F401

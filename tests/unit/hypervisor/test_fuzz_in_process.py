@@ -29,11 +29,7 @@ def test_the_sequence_covers_every_message_type_from_every_kind_of_peer():
                                                     "wrong_type", "oversized", "deep", "extra_frame"}
 
 
-# Seed 1 was dropped when messages 54-57 (save/restore) joined the registry: its sequence
-# now has the fuzzing root send `service_request expect_worker` for the fuzz partition near
-# message 600, which holds that partition's device accesses for the rest of the run (the
-# root's right; nothing commits or aborts), so only 37 of its exits get through.
-@pytest.mark.parametrize("seed", [2, 3, 4])
+@pytest.mark.parametrize("seed", [1, 2, 3])
 def test_a_strict_hypervisor_survives_the_fuzzers_sequence(tmp_path, seed):
     s = Stack(tmp_path, strict=True)
     s.hello(ROOT, "root")
@@ -58,5 +54,6 @@ def test_a_strict_hypervisor_survives_the_fuzzers_sequence(tmp_path, seed):
     assert s.hv.counters["out_of_turn"] > 0 and s.hv.counters["malformed"] > 0
     handled = sum(sum(vp.exits.values()) for vp in s.hv.status().partition(fuzz).vps)
     # Many of the fuzz VP's exits were in turn and went through their handlers (98 to 239 of
-    # 2500 messages for seeds 1-5 since the hello became hello, challenge and proof).
-    assert handled > 50
+    # 2500 messages for seeds 1-5 since the hello became hello, challenge and proof; a new
+    # message type changes the draws: with gpa_unmapped (id 90) seeds 1-6 gave 40 to 191).
+    assert handled > 30

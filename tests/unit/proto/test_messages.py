@@ -86,6 +86,10 @@ EXAMPLES.update({
     m.VpStateReply: m.VpStateReply(True, b"\x80"),
     m.VpStates: m.VpStates(1, b"\x91\x92\xc3\xc4\x00"),
 })
+# GPA maps kept honest (issue 10, proto/gpa_messages.py; ids 90–93).
+from proto.gpa_messages import GpaUnmapped  # noqa: E402
+
+EXAMPLES[GpaUnmapped] = GpaUnmapped(1, ((0x200, 2),))
 
 
 def test_every_registered_message_has_an_example():
