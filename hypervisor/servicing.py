@@ -75,8 +75,8 @@ class Servicing:
             part.replacement_expected = part.reinstall = False
             if part.previous_worker is not None:
                 self._roll_back(part)
-            if part.worker is not None:
-                self._forwarding.query(identity, part, part.worker, message=lambda ref: m.DeviceSave(ref, "thaw"))
+            if part.worker is not None:  # its answer goes nowhere: the root gets the ack below
+                self._forwarding.query(b"", part, part.worker, message=lambda ref: m.DeviceSave(ref, "thaw"))
             self._release(part)
             if action == "abort":
                 log.warning("partition %d: worker handover aborted; the worker keeps it (still paused)", part.id)

@@ -115,8 +115,12 @@ def test_an_abort_after_the_new_workers_hello_gives_the_partition_back_to_the_ol
     assert s.part(1).worker == NEW and s.part(1).previous_worker == W1
     sent = service(s, "abort")
     assert sent.one(ROOT, m.Ack)
-    assert sent.one(W1, m.DeviceSave).action == "thaw"
+    thaw = sent.one(W1, m.DeviceSave)
+    assert thaw.action == "thaw"
     notify = sent.one(W1, m.PortNotify)  # the held access goes to the old worker, once
+    # The thaw's answer goes nowhere: the root had its ack (a stray reply would be taken
+    # for the answer to its next request).
+    assert not s.send(W1, m.WorkerQueryReply(thaw.ref, {"thawed": 1})).to(ROOT)
     part = s.part(1)
     assert part.worker == W1 and part.previous_worker is None and part.worker_rollbacks == 1
     assert part.port_owner[COM1] == W1 and part.mmio_owner(VGA) == W1
