@@ -52,7 +52,8 @@ def vp_thread(spec: dict, token: str, index: int, system: kernel.System,
             from partitions.cpu.run import run_vp
             run_vp(spec["cpu"], boot, dealer, index, memory[0], stop, bus_lock, spec["partition_id"], memory[1])
             return
-        vp = Vp(dealer, index, memory[0], stop, bus_lock, partition=spec["partition_id"], tlbs=memory[1])
+        vp = Vp(dealer, index, memory[0], stop, bus_lock, partition=spec["partition_id"], tlbs=memory[1],
+                coalesced=system.coalesced)
         seen_generation = 0
         while True:
             try:
@@ -67,6 +68,7 @@ def vp_thread(spec: dict, token: str, index: int, system: kernel.System,
                 # first boot is generation 1, the boot after reset n is generation n + 1).
                 log.info("VP %d: %s", index, reset)
                 seen_generation = reset.generation
+                vp.coalesced.clear()
                 vp.power_on()
     except VpStopped:
         pass

@@ -28,6 +28,7 @@ from proto.codes import (
 from partitions.drivers import keyboard, pic, pit, rtc, vga
 from partitions.drivers.ata import Ata
 from partitions.drivers.serial import Serial
+from partitions.coalesced import CoalescedRing
 from partitions.drivers.synic import SynicState
 from partitions.vp import Vp
 from partitions.workloads import run_workloads
@@ -82,6 +83,7 @@ class System:
     started: float = field(default_factory=time.monotonic)
     booted_cv: threading.Condition = field(default_factory=threading.Condition)
     synic: SynicState = field(default_factory=SynicState)  # the SynIC driver's (drivers/synic.py)
+    coalesced: CoalescedRing = field(default_factory=CoalescedRing)  # the partition's coalesced MMIO ring
 
     def console(self, vp: Vp, line: str) -> None:
         self.serial.write(vp, line + "\n")

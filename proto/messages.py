@@ -382,3 +382,10 @@ from proto.interrupt_messages import InterruptNotify  # noqa: E402,F401
 __all__.append("InterruptNotify")
 # Worker servicing's messages (ids 46–49), in a module of their own.
 from proto.service_messages import DeviceSave, ServiceRequest  # noqa: E402,F401
+# Coalesced MMIO's messages (ids 80–83), in a module of their own.
+from proto.coalesced_mmio_messages import (  # noqa: E402,F401
+    CoalescedMmioBatch,
+    CoalescedMmioQuery,
+    CoalescedMmioRegister,
+    CoalescedMmioZones,
+)
