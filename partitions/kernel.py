@@ -25,10 +25,10 @@ from proto.codes import (
     HvRecommendation,
 )
 
+from partitions.coalesced import CoalescedRing
 from partitions.drivers import keyboard, pic, pit, rtc, vga
 from partitions.drivers.ata import Ata
 from partitions.drivers.serial import Serial
-from partitions.coalesced import CoalescedRing
 from partitions.drivers.synic import SynicState
 from partitions.vp import Vp
 from partitions.workloads import run_workloads

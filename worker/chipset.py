@@ -30,10 +30,10 @@ from worker.devices.cmos_rtc import NVRAM_SIZE, CmosRtc
 from worker.devices.config import DEVICE_TYPES, DiskImageSettings, NvramSettings
 from worker.devices.i8042 import I8042
 from worker.devices.pic8259 import Pic8259
-from worker.tick_gate import TickGate
 from worker.devices.pit8254 import Pit8254
 from worker.devices.uart16550 import Uart16550
 from worker.devices.vga_text import VgaText
+from worker.tick_gate import TickGate
 
 
 class BadDeviceConfig(ConfigError, ValueError):
