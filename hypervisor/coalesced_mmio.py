@@ -13,8 +13,8 @@ answer come in batches, not one four-hop exit each — KVM's coalesced MMIO
   anything the VP did after it.
 * The **hypervisor** (here) trusts nothing in a batch: the message's field check bounds it
   (at most COALESCED_MMIO_MAX writes, each of an MMIO size, its value fitting it), the
-  sender must be a VP of that partition naming its own index, and every write must lie
-  wholly inside one registered region.  Any failure refuses the whole batch with an
+  sender must be a VP of that partition naming its own index and executing guest code (not
+  waiting in an exit or HLT), and every write must lie wholly inside one registered region.  Any failure refuses the whole batch with an
   error reply (NOT_PERMITTED / UNKNOWN_VP / OUT_OF_TURN), counted as ``refused``; nothing of
   it reaches the worker, and nothing else changes.  A good batch goes to the worker
   unchanged, counted (``writes``, ``batches``) in the partition's status.
@@ -100,6 +100,10 @@ class CoalescedMmio:
         try:
             if msg.vp != peer.vp.index:
                 raise CoalescedMmioRefused("UNKNOWN_VP", f"the batch names VP {msg.vp}; its sender is VP {peer.vp.index}")
+            if not peer.vp.state.executing:
+                # Stores are made by guest code: a VP waiting in an exit or HLT has none to
+                # send (nor may it keep its worker busy without an LP).
+                raise CoalescedMmioRefused("OUT_OF_TURN", f"VP {peer.vp.index} is {peer.vp.state.value}, not executing")
             check_batch(part.coalesced_zones, msg.writes)
             if part.worker is None:
                 raise CoalescedMmioRefused("OUT_OF_TURN", "the partition has no worker")

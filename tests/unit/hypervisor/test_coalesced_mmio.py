@@ -112,3 +112,13 @@ def test_check_batch_is_a_typed_refusal():
         check_batch([(VGA, VGA + 0x8000)], [(VGA + 0x7FFF, 2, 0)])
     assert e.value.code == "NOT_PERMITTED"
     check_batch([(VGA, VGA + 0x8000)], [(VGA + 0x7FFE, 2, 0), (VGA, 1, 0)])
+
+
+def test_a_vp_waiting_in_an_exit_or_halted_may_not_send_a_batch(zoned):
+    zoned.exit(V10, m.IoPortIntercept(21, COM1, 1, True, 0x41, stamps(), REGS)).one(W1, m.PortNotify)
+    sent = zoned.send(V10, batch())  # its exit is not complete: it executes nothing
+    assert sent.one(V10, m.ErrorReply).code == "OUT_OF_TURN" and not sent.to(W1)
+    zoned.exit(V11, m.HaltIntercept(22, stamps(), REGS))
+    sent = zoned.send(V11, batch(1))
+    assert sent.one(V11, m.ErrorReply).code == "OUT_OF_TURN" and not sent.to(W1)
+    assert zoned.hv.status().partition(1).coalesced_mmio["refused"] == 2
