@@ -124,6 +124,10 @@ class Partition:
     # new worker's hello gives the partition back to it (servicing.py).
     previous_worker: bytes | None = None
     worker_rollbacks: int = 0
+    # Coalesced MMIO (coalesced_mmio.py): the zones its worker registered, as (start, end),
+    # and what came in batches: writes, batches, batches refused, batches its worker missed.
+    coalesced_zones: list = field(default_factory=list)
+    coalesced_mmio: dict = field(default_factory=lambda: dict.fromkeys(("writes", "batches", "refused", "undelivered"), 0))
 
     def reset(self) -> None:
         """The partition-wide part of a reset: the synthetic MSRs to their reset values

@@ -80,7 +80,8 @@ def restore(part, state: dict, now: int, synic, interrupts) -> None:
         a = saved["apic"]
         vp.rflags, vp.cr3, vp.assist_page = saved["rflags"] | m.RFLAGS_FIXED, saved["cr3"], saved["assist_page"]
         vp.regs_written.clear()
-        vp.sched.suspended = saved["suspended"]
+        # Not HvRegisterExplicitSuspend: the root starts the VPs once the partition's worker
+        # is ready, as for any partition (root/run.py); the saved value is only a record.
         apic = Apic(vp.index)
         for k in APIC_INTS:
             setattr(apic, k, a[k])

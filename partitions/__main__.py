@@ -37,6 +37,7 @@ from partitions import kernel, resume
 from partitions.vp import GuestFault, Vp, VpReset, VpStopped
 
 log = logging.getLogger("partition")
+VP_START_TIMEOUT_MS = 60_000  # a VP's hello waits for its start (the root's WORKER_READY_TIMEOUT_S and more)
 
 
 def vp_thread(spec: dict, token: str, index: int, system: kernel.System,
@@ -44,7 +45,10 @@ def vp_thread(spec: dict, token: str, index: int, system: kernel.System,
               socket: Dealer, memory: tuple | None, boot=None) -> None:
     dealer = None
     try:
-        dealer = connect(spec["endpoint"], "vp", spec["partition_id"], index, token=token, dealer=socket)
+        # The hello's reply comes when the root starts the VP, after the partition's worker
+        # is ready (root/run.py starts this process meanwhile): wait as long as that may take.
+        dealer = connect(spec["endpoint"], "vp", spec["partition_id"], index, token=token, dealer=socket,
+                         timeout_ms=VP_START_TIMEOUT_MS)
         if memory is None:
             # Guest RAM: the partition's own file, through its SLAT table.
             where = dealer.request(m.MemoryRequest(spec["partition_id"]))
@@ -55,7 +59,8 @@ def vp_thread(spec: dict, token: str, index: int, system: kernel.System,
             run_vp(spec["cpu"], boot, dealer, index, memory[0], stop, bus_lock, spec["partition_id"], memory[1],
                    saved=saved)
             return
-        vp = Vp(dealer, index, memory[0], stop, bus_lock, partition=spec["partition_id"], tlbs=memory[1])
+        vp = Vp(dealer, index, memory[0], stop, bus_lock, partition=spec["partition_id"], tlbs=memory[1],
+                coalesced=system.coalesced)
         seen_generation = 0
         saved = None
         if spec.get("resume"):  # restored from a saved record: the kernel state is in RAM
@@ -78,6 +83,7 @@ def vp_thread(spec: dict, token: str, index: int, system: kernel.System,
                 # first boot is generation 1, the boot after reset n is generation n + 1).
                 log.info("VP %d: %s", index, reset)
                 seen_generation = reset.generation
+                vp.coalesced.clear()
                 vp.power_on()
     except VpStopped:
         pass

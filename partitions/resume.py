@@ -118,6 +118,9 @@ def bsp_resume(vp, sys, state: dict) -> None:
     sys.timers = dict(state["timers"])
     sys.started = time.monotonic() - state["uptime_ns"] / 1e9
     vp.counters["ticks"] = sys.ticks
+    # The tick's own counts (kernel.on_tick) are in VP 0's counters.
+    sys.tick_interrupts = vp.counters.get("tick_interrupts", 0)
+    sys.lost_ticks = vp.counters.get("lost_ticks", 0)
     sys.serial = Serial()
     sys.has_pic = state["has_pic"]
     if sys.has_pic:
@@ -126,7 +129,10 @@ def bsp_resume(vp, sys, state: dict) -> None:
                     7: kernel.on_spurious, 15: kernel.on_spurious}
         for irq, fn in handlers.items():
             vp.set_handler(pic.vector(irq), lambda v, vec, fn=fn: fn(v, vec, sys))
-        pit.start_tick(vp, kernel.TICK_HZ)
+        sys.tick_hz = pit.start_tick(vp, kernel.TICK_HZ)
+        # The tick counts the clock's periods since tick 0 (kernel.on_tick): tick 0 is put
+        # where the saved count goes on from now, as after a reset — guest time stood still.
+        sys.tick_base_ns = vp.rdtsc() - int(sys.ticks * 1_000_000_000 / sys.tick_hz)
         for irq in (0, 1, 4, 14):
             pic.unmask(vp, irq)
         sys.ata.use_irq = True

@@ -8,7 +8,7 @@ range, checked on restore with an error that names the field.
                 reference time (100 ns units) at the save — restored as the time it goes on
                 from (Hyper-V freezes the reference time while a partition is saved).
 ``vps``         per VP, in index order: the register block (RFLAGS, CR3), the explicit
-                suspend, HV_X64_MSR_VP_ASSIST_PAGE, the local APIC (TPR, SVR, ISR, IRR, the
+                suspend (recorded only), HV_X64_MSR_VP_ASSIST_PAGE, the local APIC (TPR, SVR, ISR, IRR, the
                 LVT timer, its initial count and divide configuration, the time *left* on
                 its timer, AutoEOI vectors, ICR high), the PIC vectors queued for it, the
                 SynIC (SCONTROL, SIEFP, SIMP, SINT0–15, the messages waiting per SINT,
