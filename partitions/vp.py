@@ -26,6 +26,8 @@ from proto.hvcall import HV_INPUT_SWITCH_VIRTUAL_ADDRESS_SPACE
 from proto.stats import PathStats
 from proto.transport import Dealer
 
+from partitions.coalesced import CoalescedRing, query_zones
+
 # An exit's resume is waited for in one go this long (the hot path: one poll), then in
 # slices of HALT_SLICE_MS that check whether the partition is stopping.
 EXIT_TIMEOUT_MS = 200
@@ -77,7 +79,8 @@ Handler = Callable[["Vp", int], None]
 
 class Vp:
     def __init__(self, dealer: Dealer, index: int, mem, stop: threading.Event,
-                 bus_lock: threading.Lock | None = None, partition: int = 0, tlbs: list | None = None) -> None:
+                 bus_lock: threading.Lock | None = None, partition: int = 0, tlbs: list | None = None,
+                 coalesced: CoalescedRing | None = None) -> None:
         self.index = index
         self.mem = mem  # proto.memory.GuestMemory: guest RAM through the partition's SLAT
         self.partition = partition  # the TLB tag's partition part
@@ -87,6 +90,10 @@ class Vp:
         self.lp = 0
         # The memory bus lock that makes locked instructions atomic across the partition's VPs.
         self.bus_lock = bus_lock or threading.Lock()
+        # The partition's coalesced MMIO ring (partitions/coalesced.py), shared by its VPs;
+        # what it holds goes out before this VP's next exit.
+        self.coalesced = coalesced or CoalescedRing()
+        self._coalesced_writes = self.coalesced.writes
         self.stop = stop
         self._dealer = dealer
         self._send = dealer.send
@@ -117,6 +124,7 @@ class Vp:
         self.assist_gpa: int | None = None
         self.handlers: dict[int, Handler] = {}
         self._pending: list[tuple[int, tuple]] = []
+        self.irq_stamps: tuple = ()  # the interrupt being handled: its path's stamps, then when it was taken
 
     # -- the round trip -----------------------------------------------------------------
 
@@ -131,6 +139,8 @@ class Vp:
     def _exit(self, frame: bytes, seq: int) -> m.VpResume:
         if self.stop.is_set():
             raise VpStopped()
+        if self._coalesced_writes:
+            self.coalesced.flush(self._send, self.index)
         self._send(frame)
         while True:
             # Wait as long as it takes — a HLT, a paused partition, a VP waiting for an LP —
@@ -156,6 +166,9 @@ class Vp:
                 continue
             if msg.__class__ is m.ErrorReply:
                 raise Refused(msg.code, msg.message)
+            if msg.__class__ is m.VpStateQuery:  # a save, while this VP waits here (issue 13)
+                self._send(m.VpStateReply(*self.cpu_state()).encode())
+                continue
             # Anything else is a late answer to an earlier exit; it cannot be ours.
         self.exits += 1
         self._quantum_end = msg.deadline_ns or NEVER
@@ -180,6 +193,12 @@ class Vp:
         if self._pending and self.if_flag:
             self._deliver()
         return msg
+
+    def cpu_state(self) -> tuple[bool, bytes]:
+        """(at an instruction boundary, the CPU's registers) for a save: the Python guest's
+        are its Python frames — nothing to send; its kernel's state is in its RAM
+        (partitions/resume.py).  A real-CPU backend's ExitPort answers with its emulator's."""
+        return True, b""
 
     @staticmethod
     def _describe(frame: bytes) -> str:
@@ -248,7 +267,9 @@ class Vp:
         if irq_stamps:
             # Four stamps came from the PIC in the worker, two from the local APIC.
             path = Exit.INTERRUPT if len(irq_stamps) > 2 else Exit.APIC_TIMER
-            self._measured(path, irq_stamps + (perf_counter_ns(),))
+            irq_stamps += (perf_counter_ns(),)
+            self._measured(path, irq_stamps)
+        self.irq_stamps = irq_stamps  # (for the handler: netvsc notes them)
         if raw & m.INTERRUPT_NO_EOI and self.assist_gpa is not None:
             # The hypervisor's write to the VP assist page: "no EOI required".
             self.mem.write_int(self.assist_gpa, 1, self.mem.read_int(self.assist_gpa, 1) | 1)
@@ -425,7 +446,15 @@ class Vp:
         return self._exit(m.MmioIntercept.pack(seq, gpa, size, False, 0, (perf_counter_ns(),), self._regs()), seq).rax
 
     def _mmio_write(self, gpa: int, size: int, value: int) -> None:
-        """An MMIO exit for a store."""
+        """An MMIO exit for a store — or, in a coalesced region, none: the store joins the
+        partition's ring, sent before its next exit."""
+        ring = self.coalesced
+        if ring.zones is None:
+            ring.zones = query_zones(self._dealer, self._next_seq(), self._pending)
+        if ring.zones and ring.covers(gpa, size):
+            ring.append(self._send, self.index, gpa, size, value)
+            self.counters["coalesced_mmio_writes"] = self.counters.get("coalesced_mmio_writes", 0) + 1
+            return
         seq = self._next_seq()
         self._exit(m.MmioIntercept.pack(seq, gpa, size, True, value, (perf_counter_ns(),), self._regs()), seq)
 

@@ -38,14 +38,17 @@ def backend_class(kind: str):
     raise ValueError(f"no real-CPU backend {kind!r}")
 
 
-def run_vp(kind: str, boot: Boot, dealer, index: int, mem, stop, bus_lock, partition: int, tlbs) -> None:
+def run_vp(kind: str, boot: Boot, dealer, index: int, mem, stop, bus_lock, partition: int, tlbs,
+           saved: dict | None = None) -> None:
     """Runs until the partition stops (VpStopped) or the guest crashes (GuestCrash);
-    a reset (INIT) builds a new CPU at the reset state, RAM keeping its contents."""
+    a reset (INIT) builds a new CPU at the reset state, RAM keeping its contents.
+    ``saved``: the CPU state to resume from (a restored partition; unicorn only)."""
     cls = backend_class(kind)
     generation = 0
     while True:
+        resume = {"saved": saved} if saved is not None and generation == 0 else {}
         cpu = cls(lambda regs: ExitPort(dealer, index, mem, stop, bus_lock, partition=partition, tlbs=tlbs, regs=regs),
-                  mem, boot)
+                  mem, boot, **resume)
         if generation == 0:
             log.info("VP %d: %s CPU running %s", index, kind, boot.what)
         try:

@@ -123,6 +123,8 @@ def run(args) -> int:
         print(f"\npartition {names.get(p.id, p.id)} (id {p.id}): {p.state}{health}, "
               f"worker {'up' if p.worker else 'missing'}, unclaimed I/O {p.unclaimed_reads}r/"
               f"{p.unclaimed_writes}w, worker timeouts {p.worker_timeouts}")
+        if any(p.coalesced_mmio.values()):
+            print("  coalesced MMIO: " + ", ".join(f"{k} {v}" for k, v in p.coalesced_mmio.items()))
         if any(p.synic.values()):
             print("  synic: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in p.synic.items()))
         for line in vsp_status.partition_lines(vsp, p.id):
@@ -135,6 +137,8 @@ def run(args) -> int:
             restarts = man.get("worker_restarts", {}).get(names.get(p.id, ""), 0)
             print(f"  worker replaced {len(served)} times ({restarts} restarted after dying); "
                   f"last blackout {served[-1]['blackout_ms']:.1f} ms")
+        if p.worker_handovers or p.worker_rollbacks:  # as the hypervisor counted them
+            print(f"  hypervisor: {p.worker_handovers} worker handovers, {p.worker_rollbacks} rolled back")
         rows = [[str(vp.index), vp.state, *(str(v) for v in vp.exits.values()), str(vp.faults)] for vp in p.vps]
         if p.vps:
             headers = ["vp", "state", *p.vps[0].exits.keys(), "faults"]

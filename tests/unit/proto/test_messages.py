@@ -76,6 +76,30 @@ EXAMPLES.update({
     sm.GpaMapReply: sm.GpaMapReply(1, 0, "run/mem-1.bin", ((0x200, 16), (0x300, 1))),
 })
 
+# Saving and restoring a whole partition (issue 13, proto/save_messages.py; ids 48, 49, 53).
+EXAMPLES.update({
+    m.PartitionSaveRequest: m.PartitionSaveRequest(1),
+    m.PartitionState: m.PartitionState(1, b"\x82"),
+    m.PartitionRestoreRequest: m.PartitionRestoreRequest(1, b"\x82"),
+    m.VpStateRequest: m.VpStateRequest(1),
+    m.VpStateQuery: m.VpStateQuery(1),
+    m.VpStateReply: m.VpStateReply(True, b"\x80"),
+    m.VpStates: m.VpStates(1, b"\x91\x92\xc3\xc4\x00"),
+})
+# GPA maps kept honest (issue 10, proto/gpa_messages.py; ids 90–93).
+from proto.gpa_messages import GpaUnmapped  # noqa: E402
+
+EXAMPLES[GpaUnmapped] = GpaUnmapped(1, ((0x200, 2),))
+
+
+# Coalesced MMIO (issue 12, proto/coalesced_mmio_messages.py; ids 80–83).
+EXAMPLES.update({
+    m.CoalescedMmioRegister: m.CoalescedMmioRegister(((0xB8000, 0x8000),)),
+    m.CoalescedMmioQuery: m.CoalescedMmioQuery(7),
+    m.CoalescedMmioZones: m.CoalescedMmioZones(7, ((0xB8000, 0x8000),)),
+    m.CoalescedMmioBatch: m.CoalescedMmioBatch(0, ((0xB8000, 8, 0x0720072007200720), (0xB8FA0, 2, 0x0741))),
+})
+
 
 def test_every_registered_message_has_an_example():
     assert set(EXAMPLES) == set(m.REGISTRY.values())
