@@ -98,8 +98,14 @@ def test_seabios_boots_our_boot_sector_from_the_ata_disk(hvstack_run, cpu):
     console = run.wait_for_console("bios", "done, halting", timeout=60)
     assert "SeaBIOS (version" in console  # its debug port, through the UART at 0x402
     assert "INT 13h read sectors 1-2: signature and checksum ok" in console, console
+    # SeaBIOS found the VGA on the PCI bus (00:08.0) and ran the VGA BIOS in its expansion ROM.
+    assert "Start SeaVGABIOS" in console and "No VBE DISPI interface detected" in console, console
     screen = run.launch("screen", run.name, "bios").stdout
+    # SeaBIOS's own text, through INT 10h of that VGA BIOS, then the boot sector's.
+    assert re.search(r"SeaBIOS \(version [^)]+\)", screen), screen
+    assert "Booting from Hard Disk..." in screen, screen
     assert "hvstack boot sector: INT 13h read sectors 1-2: signature and checksum ok" in screen, screen
+    assert screen.index("SeaBIOS (version") < screen.index("hvstack boot sector: started"), screen
     exits = run_exits(run.stats())
     assert exits.get("io_port", 0) > 500 and exits.get("mmio", 0) > 0, exits  # POST's port I/O, the screen
 
