@@ -35,7 +35,7 @@ from typing import Annotated, Callable
 from worker.devices.base import ChipsetDevice, IoError, MmioRange, MmioStats, NullIrqLine, PortRange, all_ones
 from worker.devices.config import PciConfig
 from worker.devices.pci_function import CONFIG_SIZE, PciFunction
-from worker.devices.state import Byte, Length, Mask
+from worker.devices.state import Length, Mask
 
 CONFIG_ADDRESS_PORT = 0xCF8
 RESET_CONTROL_PORT = 0xCF9
@@ -50,7 +50,7 @@ WINDOW_BASE, WINDOW_END = 0xE0000000, 0xFEC00000
 @dataclass
 class PciBusState:
     config_address: Annotated[int, Mask(CONFIG_ADDRESS_MASK)] = 0
-    reset_control: Byte = 0
+    reset_control: Annotated[int, Mask(RESET_CONTROL_MASK)] = 0
     # Every function's 256 configuration bytes, in the order the bus was given them.
     config: list[Annotated[bytearray, Length(exactly=CONFIG_SIZE)]] = field(default_factory=list)
 
@@ -154,13 +154,3 @@ class PciBus(ChipsetDevice):
 
     def mmio_write(self, gpa: int, size: int, value: int) -> None:
         return None  # a ROM ignores writes; elsewhere in the window: master abort
-
-    # ------------------------------------------------------------------ for `status` and tests
-
-    def describe(self) -> list[str]:
-        """One line per function, as ``lspci -n`` shows them."""
-        out = []
-        for (dev, fn), f in sorted(self.functions.items()):
-            ids, cls = f.config_read(0, 4), f.config_read(8, 4)
-            out.append(f"00:{dev:02x}.{fn} {cls >> 8:06x}: {ids & 0xFFFF:04x}:{ids >> 16:04x} {f.name}")
-        return out
