@@ -28,13 +28,13 @@ from worker.devices.backends import ConsoleSink, NullConsole
 from worker.devices.base import IrqLine, NullIrqLine, SteppableClock
 from worker.devices.cmos_rtc import NVRAM_SIZE, CmosRtc
 from worker.devices.config import DEVICE_TYPES, DiskImageSettings, NvramSettings
+from worker.devices.gen1_pci import gen1_pci_bus
 from worker.devices.i8042 import I8042
 from worker.devices.pic8259 import Pic8259
 from worker.devices.pit8254 import Pit8254
 from worker.devices.uart16550 import Uart16550
-from worker.devices.vga_text import VgaText
-from worker.devices.gen1_pci import gen1_pci_bus
 from worker.devices.vga_graphics import VgaGraphics
+from worker.devices.vga_text import VgaText
 
 
 class BadDeviceConfig(ConfigError, ValueError):

@@ -18,6 +18,7 @@ before the worker's bus would (a unit test holds each device's ``port_ranges`` t
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -183,7 +184,6 @@ class PciConfig:
         return [f"{d}/vgabios-{self.vgabios}.bin" for d in VGABIOS_DIRS]
 
     def vgabios_path(self) -> str | None:
-        import os
         return next((p for p in self.vgabios_candidates() if os.path.isfile(p)), None)
 
     def missing(self) -> str | None:
