@@ -91,8 +91,10 @@ def test_hvtest32_agrees_under_kvm_and_unicorn(hvstack_run):
 @pytest.mark.parametrize("cpu", ["unicorn", "kvm"])
 def test_seabios_boots_our_boot_sector_from_the_ata_disk(hvstack_run, cpu):
     from partitions.cpu.boot import seabios_missing
-    if seabios_missing() or unavailable(cpu):
-        pytest.skip(seabios_missing() or unavailable(cpu))
+    from worker.devices.config import PciConfig
+    why = seabios_missing() or PciConfig().missing() or unavailable(cpu)
+    if why:
+        pytest.skip(why)
     config = (REPO / "configs" / "seabios.toml").read_text().replace('cpu = "unicorn"', f'cpu = "{cpu}"')
     run = hvstack_run(toml=config, timeout=60)
     # ~31,000 MMIO exits since the VGA BIOS (its ROM copied out of the BAR, the screen
