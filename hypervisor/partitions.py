@@ -71,6 +71,7 @@ class VirtualProcessor:
         power-on values — no pending interrupts, interrupts disabled, CR3 0, the local APIC
         and the VP assist page as after power-on."""
         self.interrupts.clear()
+        self.awaiting_sipi, self.sipi = False, 0  # an INIT IPI sets the first again (interrupts.py)
         self.cr3 = 0
         self.rflags = RFLAGS_FIXED
         self.regs_written.clear()
