@@ -66,6 +66,7 @@ class Apic:
     assist_enabled: bool = False  # the guest enabled its VP assist page
     auto_eoi: int = 0  # 256-bit mask: vectors of SynIC SINTs with AutoEOI (the hypervisor does their EOI)
     fired_ns: dict = field(default_factory=dict)  # vector → when its timer fired (interrupt-path stamps)
+    ended: int | None = None  # the vector the last EOI ended, until the SynIC looked (Synic.after_eoi)
     icr_hi: int = 0
     ipi: tuple[int, int] | None = None  # (ICR low, ICR high) of an IPI the hypervisor must send
     counters: dict = field(default_factory=lambda: {"eoi_mmio": 0, "eoi_msr": 0, "eoi_implicit": 0,
@@ -107,7 +108,9 @@ class Apic:
 
     def eoi(self) -> None:
         if self.isr:
-            self.isr &= ~(1 << (self.isr.bit_length() - 1))
+            vector = self.isr.bit_length() - 1
+            self.isr &= ~(1 << vector)
+            self.ended = vector
 
     # -- the timer --------------------------------------------------------------------------
 

@@ -337,6 +337,8 @@ class Hypercalls(FlushAndIpiCalls):
             self.memory.unmap(part.id, args[1] + hc.rep_start, hc.rep_count - hc.rep_start)
         except MemoryRefused:
             return S.HV_STATUS_INVALID_PARAMETER, b""
+        if self.synic_ports is not None:  # the VSP lets go of what it mapped there
+            self.synic_ports.gpa_unmapped(part.id, args[1] + hc.rep_start, hc.rep_count - hc.rep_start)
         return S.HV_STATUS_SUCCESS, b""
 
     # -- VPs and their registers -------------------------------------------------------------

@@ -134,6 +134,8 @@ class Intercepts:
         now = perf_counter_ns()
         if write:
             vp.apic.write(gpa - APIC_BASE, ctx.value, now)
+            if vp.apic.ended is not None and self._synic is not None:
+                self._synic.after_eoi(part, vp)
             self._interrupts.timers_changed()
             self._interrupts.send_ipi(part, vp)
             result = 0
@@ -195,7 +197,7 @@ class Intercepts:
             self._interrupts.send_ipi(part, vp)
             if msr == HvMsr.HV_X64_MSR_HYPERCALL and part.hypercalls_enabled:
                 hypercall_page.write(self._memory, part.id, part.hypercall_msr)
-            if vp.synic.actions and self._synic is not None:
+            if self._synic is not None and (vp.synic.actions or vp.apic.ended is not None):
                 self._synic.after_wrmsr(part, vp)
             return fault, 0
         return msrs.rdmsr(part, vp, msr)

@@ -95,6 +95,7 @@ class SynicVp:
         "signals": 0,  # event flags set that were clear
         "signals_coalesced": 0,  # event flags set that were already set (no interrupt)
         "eom": 0,
+        "eoi_rescans": 0,  # EOIs of a SINT's vector that looked for its waiting messages
         "sint_asserted": 0,
         "refused": 0,  # posts and signals refused (masked SINT, SynIC off, queue full)
     })
@@ -224,10 +225,12 @@ class Synic:
 
     # -- event flags ------------------------------------------------------------------------------
 
-    def signal(self, part, vp, sint: int, flag: int) -> int:
+    def signal(self, part, vp, sint: int, flag: int, t: int | None = None) -> int:
         """Set event flag ``flag`` of SINT ``sint`` in ``vp``'s SIEF page; assert the SINT
         if the flag was clear.  HV_STATUS_SUCCESS, INVALID_PARAMETER (SINT or flag out of
-        range), INVALID_SYNIC_STATE (SynIC off, SINT masked, SIEFP disabled or not RAM)."""
+        range), INVALID_SYNIC_STATE (SynIC off, SINT masked, SIEFP disabled or not RAM).
+        ``t``: when the signal reached the hypervisor — the interrupt's first stamp, so
+        that the VP's handler can tell how long the SINT took to reach it."""
         s = vp.synic
         if not 0 <= sint < HV_SYNIC_SINT_COUNT or not 0 <= flag < HV_EVENT_FLAGS_PER_SINT:
             s.counters["refused"] += 1
@@ -247,8 +250,25 @@ class Synic:
             s.counters["signals_coalesced"] += 1
             return S.HV_STATUS_SUCCESS
         s.counters["signals"] += 1
-        self.assert_sint(vp, sint)
+        self.assert_sint(vp, sint, t)
         return S.HV_STATUS_SUCCESS
+
+    def after_eoi(self, part, vp) -> None:
+        """The guest ended an interrupt (APIC EOI register or HV_X64_MSR_EOI): if it was a
+        SINT's vector, the messages waiting for that SINT's slot are delivered now (TLFS:
+        a pending message is re-delivered after the EOI, as after EOM; KVM's
+        ``kvm_hv_synic_send_eoi``) — a guest that frees its slot and ends the interrupt
+        without writing EOM is not left waiting for the housekeeping rescan.  (Event flags
+        need nothing: a flag set while the vector was in service asserted it again, and
+        the APIC's IRR holds it until the EOI.)"""
+        vector, vp.apic.ended = vp.apic.ended, None
+        s = vp.synic
+        if vector is None or not s.enabled:
+            return
+        for sint, queue in enumerate(s.queues):
+            if queue and s.sints[sint] & SINT_VECTOR_MASK == vector:
+                s.counters["eoi_rescans"] += 1
+                self.scan(part, vp, sint)
 
     # -- after an MSR write (msrs.py changed the registers) --------------------------------------
 
@@ -257,6 +277,10 @@ class Synic:
         page enabled is cleared, AutoEOI follows the SINTs, an EOM or an enable or an
         unmask delivers what waits."""
         s = vp.synic
+        if vp.apic.ended is not None:
+            self.after_eoi(part, vp)  # (HV_X64_MSR_EOI)
+        if not s.actions:
+            return
         actions, s.actions = s.actions, set()
         if "clear_simp" in actions:
             self.clear_page(part, s.simp & PAGE_GPFN_MASK)

@@ -24,6 +24,7 @@ import time
 from proto import messages as m
 from proto.atomic import ATOMIC
 from proto import synic_messages as sm
+from proto.gpa_messages import MAX_UNMAPPED_RANGES, GpaUnmapped
 from proto.codes import HvPartitionState, HvStatus
 from proto.hvcall import HV_INPUT_POST_MESSAGE
 from proto.memory import SLAT_INVALID
@@ -67,9 +68,12 @@ class SynicPorts:
         self.connections: dict[tuple[int, int], str] = {}  # (partition, connection id) → kind
         self._buckets: dict[int, tuple[_Bucket, _Bucket]] = {}
         self._deferred: set[tuple[int, int, int, int]] = set()  # (partition, vp, connection, flag)
+        # Guest pages the vsp was allowed to map (gpa_map_request), per partition: when the
+        # root unmaps one, the vsp is told (gpa_unmapped), so that it lets go of it.
+        self._granted: dict[int, set[int]] = {}
         self.counters = counters
         for k in ("synic_messages_to_root", "synic_events_to_root", "synic_events_deferred",
-                  "synic_posts_from_root", "synic_signals_from_root", "synic_refused"):
+                  "synic_posts_from_root", "synic_signals_from_root", "synic_refused", "gpa_unmaps_to_vsp"):
             counters.setdefault(k, 0)
         # 0: libatomic is missing, and event flags are set and cleared by plain
         # read-modify-writes, which race between the hypervisor and the guest (proto.atomic).
@@ -93,11 +97,13 @@ class SynicPorts:
             self.vsp = None
             self.connections.clear()
             self._deferred.clear()
+            self._granted.clear()
 
     def partition_gone(self, partition_id: int) -> None:
         for key in [k for k in self.connections if k[0] == partition_id]:
             del self.connections[key]
         self._buckets.pop(partition_id, None)
+        self._granted.pop(partition_id, None)
         self._deferred = {d for d in self._deferred if d[0] != partition_id}
 
     def _part(self, partition_id: int):
@@ -159,7 +165,7 @@ class SynicPorts:
     def on_signal(self, identity: bytes, peer, msg: sm.SynicSignal, t_in: int) -> None:
         target, status = self._target(msg)
         if target is not None:
-            status = self._synic.signal(*target, msg.sint, msg.flag_number)
+            status = self._synic.signal(*target, msg.sint, msg.flag_number, t_in)
             self.counters["synic_signals_from_root"] += 1
         if status != S.HV_STATUS_SUCCESS:
             self.counters["synic_refused"] += 1
@@ -173,9 +179,37 @@ class SynicPorts:
             self.counters["synic_refused"] += 1
             return self._outbox.send(identity, sm.GpaMapReply(msg.partition, status, "", ()))
         slat = self._memory.slats[msg.partition]
+        granted = self._granted.setdefault(msg.partition, set())
+        for first, count in msg.pages:
+            granted.update(range(first, first + count))
         # The RAM file is indexed by guest page number: a guest page is the same page of the file.
         self._outbox.send(identity, sm.GpaMapReply(msg.partition, S.HV_STATUS_SUCCESS, str(slat.ram_path),
                                                    msg.pages))
+
+    def gpa_unmapped(self, partition_id: int, first: int, count: int) -> None:
+        """The root unmapped guest pages ``first``…``first + count - 1`` of the partition
+        (HvCallUnmapGpaPages): the ones the vsp was granted go in a ``gpa_unmapped``, so
+        that it revokes what it holds over them before the root can map the addresses to
+        something else (proto/gpa_messages.py)."""
+        granted = self._granted.get(partition_id)
+        if not granted or self.vsp is None:
+            return
+        if count > len(granted):
+            gone = sorted(p for p in granted if first <= p < first + count)
+        else:
+            gone = [p for p in range(first, first + count) if p in granted]
+        if not gone:
+            return
+        granted.difference_update(gone)
+        runs: list[list[int]] = []
+        for p in gone:
+            if runs and runs[-1][0] + runs[-1][1] == p:
+                runs[-1][1] += 1
+            else:
+                runs.append([p, 1])
+        for i in range(0, len(runs), MAX_UNMAPPED_RANGES):
+            self.counters["gpa_unmaps_to_vsp"] += 1
+            self._outbox.send(self.vsp, GpaUnmapped(partition_id, runs[i:i + MAX_UNMAPPED_RANGES]))
 
     def _check_pages(self, partition_id: int, pages) -> int:
         if self._part(partition_id) is None:

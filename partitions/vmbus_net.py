@@ -3,8 +3,9 @@ partitions to ping each other through the root's virtual switch.
 
 The partition's address is 10.0.0.N where N is the last byte of the MAC address the host
 gave it (00:15:5d:00:00:ID, Hyper-V's prefix and the partition's id).  VP 0 answers ARP
-requests and echo requests whenever it runs, and twice a second pings the next of
-10.0.0.1–10.0.0.MAX_PEER that answers ARP, printing the round trip on the console.
+requests and echo requests from its SINT's interrupt (netvsc's NAPI poll) and whenever it
+runs, and every PING_INTERVAL_S pings the next of 10.0.0.1–10.0.0.MAX_PEER that answers
+ARP, printing a round trip on the console once a second.
 """
 
 from __future__ import annotations
@@ -28,17 +29,24 @@ ARP = struct.Struct(">HHBBH6s4s6s4s")
 IP = struct.Struct(">BBHHHBBH4s4s")
 ICMP = struct.Struct(">BBHHH")
 MAX_PEER = 4
-PING_INTERVAL_S = 0.5
+PING_INTERVAL_S = 0.05
 ARP_TIMEOUT_S, PING_TIMEOUT_S = 0.3, 1.0
-DEAD_PEER_S = 2.0  # an address that did not answer ARP is tried again after this long
-PAYLOAD = bytes(range(56))
+DEAD_PEER_S = 30.0  # an address that did not answer ARP is tried again after this long (a partition that
+# comes up later announces itself with a gratuitous ARP, which makes it a peer at once)
 # The echo payload carries the ping's stamps (perf_counter_ns, CLOCK_MONOTONIC, which every
 # process on the host shares), for the VSP's switch to note as it forwards the frame (not
 # the console: a line is an exit per character, which would keep the VP from answering):
-# the sender's as it hands the request to netvsc; the answerer's as its handler began to
-# read its ring, had the request, hands the reply to netvsc; and the sender's handler's
-# (began, had the reply) for the previous ping, which only the next request can carry.
-STAMPS = struct.Struct("<QQQQQQ")
+# [0] the sender's as it hands the request to netvsc; [1:7] the answerer's: the interrupt
+# that polled its ring (the hypervisor's stamps as it received the VSP's SynicSignal and as
+# it injected the SINT's vector into the VP, the VP's as it took it; zeros when no
+# interrupt did: the workload polled), then as its poll found the request in the ring (the
+# read that saw the host's write index), had the request, hands the reply to netvsc;
+# [7:12] the same five of the sender's for the previous ping's reply, which only the next
+# request can carry.
+STAMPS = struct.Struct("<12Q")
+WAKE = struct.Struct("<3Q")
+PAYLOAD = bytes(range(STAMPS.size + 8))
+PRINT_INTERVAL_S = 1.0  # a console line per second, not per ping: every character is an exit
 
 
 def checksum(data: bytes) -> int:
@@ -55,8 +63,9 @@ class Stack:
         self.nic = nic
         self.ip = bytes([10, 0, 0, nic.mac[5]])
         self.arp: dict[bytes, bytes] = {}
-        self.replies: dict[tuple[int, int], tuple] = {}  # (id, seq) → (our handler began, had the reply)
-        self.previous = (0, 0)  # our handler began / had the reply, for the last ping (else 0, 0)
+        self.replies: dict[tuple[int, int], tuple] = {}  # (id, seq) → our five stamps of the reply
+        self.previous = (0,) * 5  # those of the last ping (else zeros)
+        nic.rx_handler = self.receive
         self.seq = 0
         self.answered = 0
         self.streamed = 0  # streaming frames received
@@ -65,11 +74,15 @@ class Stack:
         return dst + self.nic.mac + struct.pack(">H", ethertype) + payload
 
     def handle(self, vp: Vp) -> int:
-        """Every frame received so far: ARP and echo requests answered, replies noted."""
-        began = time.perf_counter_ns()
-        self.nic.poll(vp)
-        frames = self.nic.take()
-        taken = time.perf_counter_ns()
+        """Every frame received so far (the workload's poll; the interrupt's is netvsc's
+        NAPI, which calls :meth:`receive` itself)."""
+        return self.nic.napi_poll(vp)
+
+    def receive(self, vp: Vp, frames: list[bytes], wake: tuple, began: int, taken: int) -> None:
+        """Frames from netvsc's poll: ARP and echo requests answered, replies noted.
+        ``wake``: the stamps of the interrupt that polled (hypervisor received the signal,
+        injected the vector; the VP took it), empty when the workload polled."""
+        irq = tuple(wake[-3:]) if len(wake) >= 3 else (0, 0, 0)
         for f in frames:
             if len(f) < 14:
                 continue
@@ -94,11 +107,11 @@ class Stack:
                     self.answered += 1
                     data = icmp[8:]
                     if len(data) >= STAMPS.size:  # our stamps, beside the sender's
-                        data = data[:8] + STAMPS.pack(0, began, taken, time.perf_counter_ns(), 0, 0)[8:32] + data[32:]
+                        ours = STAMPS.pack(0, *irq, began, taken, time.perf_counter_ns(), 0, 0, 0, 0, 0)
+                        data = data[:8] + ours[8:56] + data[56:]
                     self.nic.send(vp, self.eth(f[6:12], ETH_IP, self.ip_packet(src, self.icmp(0, ident, seq, data))))
                 elif kind == 0:
-                    self.replies[(ident, seq)] = (began, taken)
-        return len(frames)
+                    self.replies[(ident, seq)] = (*irq, began, taken)
 
     @staticmethod
     def icmp(kind: int, ident: int, seq: int, payload: bytes) -> bytes:
@@ -137,14 +150,14 @@ class Stack:
         self.seq += 1
         key = (0x4856, self.seq & 0xFFFF)
         t0 = time.perf_counter_ns()
-        previous, self.previous = self.previous, (0, 0)
-        payload = STAMPS.pack(t0, 0, 0, 0, *previous) + PAYLOAD[STAMPS.size:]
+        previous, self.previous = self.previous, (0,) * 5
+        payload = STAMPS.pack(t0, 0, 0, 0, 0, 0, 0, *previous) + PAYLOAD[STAMPS.size:]
         self.nic.send(vp, self.eth(mac, ETH_IP, self.ip_packet(ip, self.icmp(8, *key, payload))))
         got = self._until(vp, lambda: self.replies.pop(key, None), PING_TIMEOUT_S)
         if got is None:
             return None
         self.previous = got
-        return (got[1] - t0) / 1e9
+        return (got[4] - t0) / 1e9
 
 
 def wl_vmbus_net(vp: Vp, sys) -> int:
@@ -188,8 +201,15 @@ def wl_vmbus_net(vp: Vp, sys) -> int:
     c["vmbus_ping_ns"] = c.get("vmbus_ping_ns", 0) + int(rtt * 1e9)
     c["vmbus_ping_min_ns"] = min(c.get("vmbus_ping_min_ns", 1 << 62), int(rtt * 1e9))
     c["vmbus_ping_max_ns"] = max(c.get("vmbus_ping_max_ns", 0), int(rtt * 1e9))
-    sys.console(vp, f"[{sys.name}] vmbus_net: ping {'.'.join(map(str, ip))}: {len(PAYLOAD) + 8} bytes, "
-                    f"{rtt * 1e3:.2f} ms ({stack.answered} echo requests answered)")
+    # One line a second (the pings of that second), not one a ping: a line is an exit per
+    # character, during which this partition answers nobody but from its interrupt.
+    since = c.get("vmbus_ping_printed", 0)
+    if now - sys.timers.get("vmbus_net_printed", 0.0) >= PRINT_INTERVAL_S:
+        sys.timers["vmbus_net_printed"] = now
+        c["vmbus_ping_printed"] = c["vmbus_pings"]
+        sys.console(vp, f"[{sys.name}] vmbus_net: ping {'.'.join(map(str, ip))}: {len(PAYLOAD) + 8} bytes, "
+                        f"{rtt * 1e3:.2f} ms ({c['vmbus_pings'] - since} pings since the last line; "
+                        f"{stack.answered} echo requests answered)")
     return n + 1
 
 

@@ -113,6 +113,7 @@ class Vp:
         self.assist_gpa: int | None = None
         self.handlers: dict[int, Handler] = {}
         self._pending: list[tuple[int, tuple]] = []
+        self.irq_stamps: tuple = ()  # the interrupt being handled: its path's stamps, then when it was taken
 
     # -- the round trip -----------------------------------------------------------------
 
@@ -222,10 +223,12 @@ class Vp:
         if irq_stamps:
             # Four stamps came from the PIC in the worker, two from the local APIC.
             path = Exit.INTERRUPT if len(irq_stamps) > 2 else Exit.APIC_TIMER
+            irq_stamps += (perf_counter_ns(),)
             stats = self.paths.get(path)
             if stats is None:
                 stats = self.paths[path] = PathStats()
-            stats.record(irq_stamps + (perf_counter_ns(),))
+            stats.record(irq_stamps)
+        self.irq_stamps = irq_stamps  # (for the handler: netvsc notes them)
         if raw & m.INTERRUPT_NO_EOI and self.assist_gpa is not None:
             # The hypervisor's write to the VP assist page: "no EOI required".
             self.mem.write_int(self.assist_gpa, 1, self.mem.read_int(self.assist_gpa, 1) | 1)

@@ -382,3 +382,6 @@ from proto.interrupt_messages import InterruptNotify  # noqa: E402,F401
 __all__.append("InterruptNotify")
 # Worker servicing's messages (ids 46–49), in a module of their own.
 from proto.service_messages import DeviceSave, ServiceRequest  # noqa: E402,F401
+# GPA maps kept honest for the VSP (issue 10; ids 90–93), in a module of their own.
+# (as a module, as synic_messages: either may then be imported first)
+from proto import gpa_messages as _gpa_messages  # noqa: E402,F401

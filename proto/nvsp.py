@@ -6,7 +6,10 @@ netvsp.
 An NVSP message is ``type`` u32 then its body, padded to the 6.1 wire size (40 bytes).
 Frames travel as RNDIS PACKET messages: guest → host in a GPA-direct packet whose range is
 the RNDIS message, with an NVSP SEND_RNDIS_PKT (section index 0xFFFFFFFF: not in a send
-buffer); host → guest copied into a section of the guest's receive buffer (a GPADL it
+buffer), or — small messages, as Linux's netvsc sends them — copied into a section of the
+guest's send buffer (a GPADL it named with SEND_SEND_BUF; the host says the section size)
+and named by an in-band SEND_RNDIS_PKT with that section's index and the message's size;
+host → guest copied into a section of the guest's receive buffer (a GPADL it
 named with SEND_RECV_BUF) and announced by a transfer-page packet (page set 0xCAFE) with
 the same NVSP message; the guest completes that transaction to give the section back.
 RNDIS control messages (INITIALIZE, QUERY, SET) take the same two ways with channel type 1.
@@ -23,6 +26,8 @@ NVSP_MSG_TYPE_INIT_COMPLETE = 2
 NVSP_MSG1_TYPE_SEND_NDIS_VER = 100
 NVSP_MSG1_TYPE_SEND_RECV_BUF = 101
 NVSP_MSG1_TYPE_SEND_RECV_BUF_COMPLETE = 102
+NVSP_MSG1_TYPE_SEND_SEND_BUF = 104
+NVSP_MSG1_TYPE_SEND_SEND_BUF_COMPLETE = 105
 NVSP_MSG1_TYPE_SEND_RNDIS_PKT = 107
 NVSP_MSG1_TYPE_SEND_RNDIS_PKT_COMPLETE = 108
 NVSP_MSG2_TYPE_SEND_NDIS_CONFIG = 125
@@ -33,6 +38,7 @@ NVSP_PROTOCOL_VERSION_5 = 0x00050000
 SUPPORTED_VERSIONS = (NVSP_PROTOCOL_VERSION_5, NVSP_PROTOCOL_VERSION_6, NVSP_PROTOCOL_VERSION_61)
 NETVSC_RECEIVE_BUFFER_ID = 0xCAFE
 NETVSC_INVALID_INDEX = 0xFFFFFFFF
+NETVSC_SEND_BUFFER_ID = 0
 RNDIS_CHANNEL_DATA, RNDIS_CHANNEL_CONTROL = 0, 1
 
 INIT = struct.Struct("<II")  # min, max protocol version
@@ -40,6 +46,8 @@ INIT_COMPLETE = struct.Struct("<III")  # negotiated (deprecated), max_mdl_chain_
 SEND_RECV_BUF = struct.Struct("<IHH")  # gpadl, id, reserved
 RECV_BUF_COMPLETE = struct.Struct("<II")  # status, num_sections; then sections
 RECV_SECTION = struct.Struct("<IIII")  # offset, sub_alloc_size, num_sub_allocs, end_offset
+SEND_SEND_BUF = struct.Struct("<IHH")  # gpadl, id, reserved
+SEND_BUF_COMPLETE = struct.Struct("<II")  # status, section_size
 RNDIS_PKT = struct.Struct("<III")  # channel_type, send_buf_section_index, send_buf_section_size
 STATUS = struct.Struct("<I")
 # Transfer-page packet header after the descriptor: xfer_pageset_id u16, sender_owns u8,

@@ -84,6 +84,7 @@ class Vmbus:
         self.next_gpadl = FIRST_GPADL
         self.next_ring_gpa = RING_AREA
         self.rescinded: set[int] = set()
+        self.channel_isrs: dict[int, object] = {}  # relid → fn(vp): its event flag was set
 
     # -- SynIC (partitions/drivers/synic.py sets it up and takes SINT 2's messages out) ------
 
@@ -101,9 +102,17 @@ class Vmbus:
                 pass
 
     def _on_events(self, vp: Vp, sint: int) -> None:
-        """SINT 2 fired: the channels' drivers test and clear their own flags (before they
-        read their rings), so nothing is taken here."""
+        """SINT 2 fired: a channel whose driver handles its interrupt (netvsc's NAPI) has
+        its flag tested and cleared here and its handler called; the others' drivers test
+        and clear their own flags as they read their rings."""
         self.interrupts += 1
+        for relid, fn in list(self.channel_isrs.items()):
+            if self.clear_event(vp, relid):
+                fn(vp)
+
+    def on_channel_interrupt(self, relid: int, fn) -> None:
+        """``fn(vp)`` from SINT 2's handler whenever channel ``relid``'s event flag is set."""
+        self.channel_isrs[relid] = fn
 
     def clear_event(self, vp: Vp, relid: int) -> bool:
         """Test-and-clear the channel's event flag in SINT 2's block of the SIEF page:

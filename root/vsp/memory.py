@@ -1,20 +1,31 @@
 """A child partition's memory as the VSP process reaches it: only the pages a guest has
-described — a GPADL's, mapped while the GPADL lives, and a request's page list, mapped for
-that request — never the whole partition.
+described — a GPADL's, mapped while the GPADL lives, and a request's page list, read or
+written for that request by pread/pwrite on the RAM file — never the whole partition.
 
 The launcher hands over the partition's RAM file (indexed by guest page number,
 proto/memory.py) and its SLAT table by descriptor.  Every page is checked against the
 SLAT when it is mapped and again on each access (the hypervisor may unmap it meanwhile),
 so what the VSP touches is RAM the partition has now: a page outside it is
-:class:`~proto.memory.UnmappedGpa`, which the VSPs turn into a refusal.
+:class:`~proto.memory.UnmappedGpa`, which the VSPs turn into a refusal.  What the VSP maps
+only to read (a frame's page list, netvsc's send buffer) is mapped read-only: the host's
+memory protection, not a check, keeps the VSP from writing there (:class:`ReadOnlyGpa`).
 """
 
 from __future__ import annotations
 
 import mmap
+import os
 from contextlib import contextmanager
 
 from proto.memory import PAGE_SHIFT, PAGE_SIZE, SLAT_INVALID, UnmappedGpa
+
+
+class ReadOnlyGpa(UnmappedGpa):
+    """A write through a read-only mapping (refused like an unmapped page)."""
+
+    def __init__(self, gpa: int) -> None:
+        super().__init__(gpa)
+        self.args = (f"GPA {gpa:#x} is mapped read-only",)
 
 
 class PartitionMemory:
@@ -29,15 +40,36 @@ class PartitionMemory:
         if not 0 <= pfn < self.pages or self.slat[pfn] == SLAT_INVALID:
             raise UnmappedGpa(pfn << PAGE_SHIFT)
 
-    def map(self, pfns: list[int]) -> "Mapping":
-        """Map exactly ``pfns`` (each checked), contiguous runs in one mmap each."""
+    def _check_span(self, gpa: int, n: int) -> None:
+        for p in range(gpa >> PAGE_SHIFT, ((gpa + max(n, 1) - 1) >> PAGE_SHIFT) + 1):
+            self.check(p)
+
+    def read(self, gpa: int, n: int) -> bytes:
+        """``n`` bytes at ``gpa``, every page checked against the SLAT now: a request's data
+        read straight from the RAM file (pread: no mapping to make and unmake per request,
+        and nothing this call could write)."""
+        self._check_span(gpa, n)
+        data = os.pread(self.ram_fd, n, gpa)  # (the file is indexed by guest-physical address)
+        if len(data) != n:
+            raise UnmappedGpa(gpa + len(data))
+        return data
+
+    def write(self, gpa: int, data: bytes) -> None:
+        """``data`` into the guest's pages at ``gpa``, every page checked against the SLAT."""
+        self._check_span(gpa, len(data))
+        if os.pwrite(self.ram_fd, data, gpa) != len(data):
+            raise UnmappedGpa(gpa)
+
+    def map(self, pfns: list[int], writable: bool = True) -> "Mapping":
+        """Map exactly ``pfns`` (each checked), contiguous runs in one mmap each; read-only
+        unless ``writable``."""
         for p in pfns:
             self.check(p)
-        return Mapping(self, pfns)
+        return Mapping(self, pfns, writable)
 
     @contextmanager
-    def mapped(self, pfns):
-        m = self.map(list(pfns))
+    def mapped(self, pfns, writable: bool = True):
+        m = self.map(list(pfns), writable)
         try:
             yield m
         finally:
@@ -52,8 +84,9 @@ class Mapping:
     """Some pages of a partition, by guest-physical address (``read``/``write``, as
     :class:`proto.memory.GuestMemory` offers them, for :class:`proto.vmbus_ring.PagedView`)."""
 
-    def __init__(self, mem: PartitionMemory, pfns: list[int]) -> None:
+    def __init__(self, mem: PartitionMemory, pfns: list[int], writable: bool = True) -> None:
         self.mem = mem
+        self.writable = writable
         self.where: dict[int, tuple[mmap.mmap, int]] = {}  # pfn → (its run's map, offset in it)
         self.maps: list[mmap.mmap] = []
         self.counted = 0
@@ -65,7 +98,8 @@ class Mapping:
                 runs.append([p, 1])
         try:
             for first, count in runs:
-                m = mmap.mmap(mem.ram_fd, count * PAGE_SIZE, offset=first * PAGE_SIZE)
+                m = mmap.mmap(mem.ram_fd, count * PAGE_SIZE, offset=first * PAGE_SIZE,
+                              access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ)
                 self.maps.append(m)
                 for i in range(count):
                     self.where[first + i] = (m, i * PAGE_SIZE)
@@ -101,6 +135,8 @@ class Mapping:
         return b"".join(out)
 
     def write(self, gpa: int, data: bytes) -> None:
+        if not self.writable:
+            raise ReadOnlyGpa(gpa)  # (the map itself would refuse it too: ACCESS_READ)
         i = 0
         while i < len(data):
             m, off, step = self._span(gpa + i, len(data) - i)

@@ -34,8 +34,10 @@ log = logging.getLogger("vsp.netvsp")
 SECTION = 2048  # a receive-buffer section: an RNDIS PACKET header and a full frame fit
 MAX_RNDIS_MESSAGE = SECTION
 MAX_RECV_PAGES = 1024
-ICMP_STAMPS = 256  # the last echo requests and replies the switch stamped (for benchmarks.vmbus)
-GUEST_STAMPS = struct.Struct("<6Q")  # what partitions/vmbus_net.py puts first in an echo payload
+MAX_SEND_PAGES = 1024
+SEND_SECTION = SECTION  # the send buffer's section size the host announces (Linux's default is 6144)
+ICMP_STAMPS = 1024  # the last echo requests and replies the switch stamped (for benchmarks.vmbus: 512 pings)
+GUEST_STAMPS = struct.Struct("<12Q")  # what partitions/vmbus_net.py puts first in an echo payload
 
 
 @dataclass
@@ -55,10 +57,12 @@ class VirtualSwitch:
         self.table: dict[bytes, NetVsp] = {}
         self.forwarded = self.flooded = 0
         # (source and destination IPv4 address, ICMP type, sequence) → (perf_counter_ns as
-        # the sender's packets were handed to netvsp, as the switch had written the
-        # receiver's ring and signalled it, then the guests' own stamps the echo payload
+        # the sender's packets were handed to netvsp, as the receiver's port began to write
+        # its ring — before the write index that publishes the frame —, as the switch had
+        # written that ring and signalled it, then the guests' own stamps the echo payload
         # carries: partitions/vmbus_net.py): where a ping's time goes, for benchmarks.vmbus.
         self.icmp_stamps: dict[tuple[str, str, int, int], tuple[int, ...]] = {}
+        self.t_written = 0  # a port's stamp as it began to write a frame into its guest's ring
 
     def stamp(self, frame: bytes, t_in: int) -> None:
         """Note an ICMP echo request or reply the switch just forwarded, with the guests'
@@ -72,7 +76,8 @@ class VirtualSwitch:
             del self.icmp_stamps[next(iter(self.icmp_stamps))]
         seq = struct.unpack_from(">H", frame, at + 6)[0]
         key = (".".join(map(str, frame[26:30])), ".".join(map(str, frame[30:34])), frame[at], seq)
-        self.icmp_stamps[key] = (t_in, time.perf_counter_ns(), *GUEST_STAMPS.unpack_from(frame, at + 8))
+        self.icmp_stamps[key] = (t_in, self.t_written, time.perf_counter_ns(),
+                                 *GUEST_STAMPS.unpack_from(frame, at + 8))
 
     def attach(self, port) -> None:
         """A port: a partition's NetVsp, or the external port (root/vsp/tap.py): each has
@@ -118,6 +123,8 @@ class NetVsp:
     def _reset(self) -> None:
         self.version = 0
         self.recv: PagedView | None = None
+        self.send_buf: PagedView | None = None  # the guest's send buffer (read only)
+        self.send_sections = 0
         self.free: list[int] = []  # free receive sections (their offsets)
         self.pending: dict[int, int] = {}  # our transfer-page packet's transaction id → its section
         self.next_tid = 1
@@ -169,8 +176,10 @@ class NetVsp:
             return None
         if mtype == nv.NVSP_MSG1_TYPE_SEND_RECV_BUF:
             return self._recv_buffer(*nv.SEND_RECV_BUF.unpack_from(body)[:2])
+        if mtype == nv.NVSP_MSG1_TYPE_SEND_SEND_BUF:
+            return self._send_buffer(*nv.SEND_SEND_BUF.unpack_from(body)[:2])
         if mtype == nv.NVSP_MSG1_TYPE_SEND_RNDIS_PKT:
-            status = self._send_rndis(p, *nv.RNDIS_PKT.unpack_from(body)[:2])
+            status = self._send_rndis(p, *nv.RNDIS_PKT.unpack_from(body))
             return nv.nvsp(nv.NVSP_MSG1_TYPE_SEND_RNDIS_PKT_COMPLETE, nv.STATUS.pack(status))
         self.stats.error("unsupported NVSP message")
         return None
@@ -187,21 +196,60 @@ class NetVsp:
         return nv.nvsp(nv.NVSP_MSG1_TYPE_SEND_RECV_BUF_COMPLETE, nv.RECV_BUF_COMPLETE.pack(nv.NVSP_STAT_SUCCESS, 1)
                        + nv.RECV_SECTION.pack(0, SECTION, count, count * SECTION))
 
-    def _send_rndis(self, p, channel_type: int, section: int) -> int:
-        """A guest's RNDIS message: a frame for the switch or a control request."""
-        if p.type != VM_PKT_DATA_USING_GPA_DIRECT or section != nv.NETVSC_INVALID_INDEX:
-            self.stats.error("RNDIS message not in a page list (no send buffer is offered)")
-            return nv.NVSP_STAT_FAIL
+    def _send_buffer(self, gpadl: int, buf_id: int) -> bytes:
+        """The guest's send buffer: a GPADL in SEND_SECTION sections, which this side only
+        reads (Linux's netvsc copies small packets there instead of naming their pages)."""
+        g = self.channel.find_gpadl(gpadl) if self.channel else None
+        if g is None or buf_id != nv.NETVSC_SEND_BUFFER_ID or not 0 < len(g.pfns) <= MAX_SEND_PAGES \
+                or self.send_buf is not None:
+            self.stats.error("bad send buffer")
+            return nv.nvsp(nv.NVSP_MSG1_TYPE_SEND_SEND_BUF_COMPLETE, nv.SEND_BUF_COMPLETE.pack(nv.NVSP_STAT_FAIL, 0))
+        try:
+            # This side only reads it: the GPADL is mapped again, read-only, in place of its
+            # writable mapping (and still revoked with it if the root unmaps its pages).
+            read_only = self.mem.map(g.pfns, writable=False)
+        except (UnmappedGpa, OSError):
+            self.stats.error("bad send buffer")
+            return nv.nvsp(nv.NVSP_MSG1_TYPE_SEND_SEND_BUF_COMPLETE, nv.SEND_BUF_COMPLETE.pack(nv.NVSP_STAT_FAIL, 0))
+        g.mapping.close()
+        g.mapping = read_only
+        self.send_buf = PagedView(read_only, [pfn << 12 for pfn in g.pfns])
+        self.send_sections = self.send_buf.size // SEND_SECTION
+        return nv.nvsp(nv.NVSP_MSG1_TYPE_SEND_SEND_BUF_COMPLETE,
+                       nv.SEND_BUF_COMPLETE.pack(nv.NVSP_STAT_SUCCESS, SEND_SECTION))
+
+    def _rndis_message(self, p, section: int, size: int) -> bytes | None:
+        """The RNDIS message a SEND_RNDIS_PKT names: in a send-buffer section (in-band) or
+        in the one range of a GPA-direct packet; None (counted) when it is neither."""
+        if section != nv.NETVSC_INVALID_INDEX:
+            if p.type != VM_PKT_DATA_INBAND or self.send_buf is None or section >= self.send_sections \
+                    or not 0 < size <= SEND_SECTION:
+                self.stats.error("bad send buffer section")
+                return None
+            try:
+                return self.send_buf.read(section * SEND_SECTION, size)
+            except (UnmappedGpa, RingCorrupt):
+                self.stats.error("send buffer pages unmapped")
+                return None
+        if p.type != VM_PKT_DATA_USING_GPA_DIRECT:
+            self.stats.error("RNDIS message neither in a page list nor in the send buffer")
+            return None
         ranges = parse_gpa_ranges(p.header)  # RingCorrupt resets the channel
         if len(ranges) != 1 or ranges[0].byte_count > MAX_RNDIS_MESSAGE:
             self.stats.error("frame larger than the MTU")
-            return nv.NVSP_STAT_FAIL
+            return None
         r = ranges[0]
         try:
-            with self.mem.mapped(r.pfns) as m:  # mapped for this message alone
-                msg = PagedView(m, [pfn << 12 for pfn in r.pfns]).read(r.byte_offset, r.byte_count)
+            with self.mem.mapped(r.pfns, writable=False) as m:  # for this message alone, read-only
+                return PagedView(m, [pfn << 12 for pfn in r.pfns]).read(r.byte_offset, r.byte_count)
         except (UnmappedGpa, RingCorrupt):
             self.stats.error("RNDIS pages outside the partition")
+            return None
+
+    def _send_rndis(self, p, channel_type: int, section: int, size: int) -> int:
+        """A guest's RNDIS message: a frame for the switch or a control request."""
+        msg = self._rndis_message(p, section, size)
+        if msg is None:
             return nv.NVSP_STAT_FAIL
         if len(msg) < nv.RNDIS_HEADER.size:
             self.stats.error("short RNDIS message")
@@ -213,6 +261,7 @@ class NetVsp:
                 self.stats.error("bad RNDIS packet or frame larger than the MTU")
                 return nv.NVSP_STAT_FAIL
             self.stats.tx_frames += 1
+            self.switch.t_written = 0
             self.switch.forward(self, frame)
             self.switch.stamp(frame, self.t_in)
             return nv.NVSP_STAT_SUCCESS
@@ -274,6 +323,7 @@ class NetVsp:
         self.pending[tid] = section
         header = nv.XFER_PAGE_HEADER.pack(nv.NETVSC_RECEIVE_BUFFER_ID, 0, 0, 1) + nv.XFER_RANGE.pack(len(msg), section)
         body = nv.nvsp(nv.NVSP_MSG1_TYPE_SEND_RNDIS_PKT, nv.RNDIS_PKT.pack(channel_type, nv.NETVSC_INVALID_INDEX, 0))
+        self.switch.t_written = time.perf_counter_ns()  # before the write index publishes it
         try:
             self.channel.send([encode_packet(VM_PKT_DATA_USING_XFER_PAGES, body, tid,
                                              VMBUS_DATA_PACKET_FLAG_COMPLETION_REQUESTED, header)])

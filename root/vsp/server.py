@@ -69,7 +69,7 @@ class Gpadl:
     expected: int
     created: bool = False
     mapping: object = None  # its pages mapped (root/vsp/memory.py) while it lives
-
+    revoked: bool = False  # the root unmapped one of its pages: never mapped again
     def close(self) -> None:
         if self.mapping is not None:
             self.mapping.close()
@@ -254,7 +254,7 @@ class VmbusServer:
             reason = "OPENCHANNEL of an unknown channel"
         elif offer.channel is not None:
             reason = "OPENCHANNEL of an open channel"
-        elif g is None or not g.created or g.relid != relid:
+        elif g is None or not g.created or g.mapping is None or g.relid != relid:
             reason = "OPENCHANNEL with no GPADL of the channel"
         elif not MIN_RING_PAGES <= downstream <= len(g.pfns) - MIN_RING_PAGES:
             reason = "OPENCHANNEL ring split outside the GPADL"
@@ -264,7 +264,7 @@ class VmbusServer:
                                       self._signaller(bus.id, target_vp, relid), bus.suppress)
                 ch.find_gpadl = lambda gid, bus=bus, relid=relid: (
                     bus.gpadls[gid] if gid in bus.gpadls and bus.gpadls[gid].created
-                    and bus.gpadls[gid].relid == relid else None)
+                    and bus.gpadls[gid].mapping is not None and bus.gpadls[gid].relid == relid else None)
                 offer.device.open(ch, bus.mem)
                 offer.channel = ch
             except RingError as e:
@@ -344,11 +344,34 @@ class VmbusServer:
         except (RingError, UnmappedGpa) as e:
             # A corrupt ring (or its pages unmapped since, or a guest that never reads its
             # completions): Hyper-V closes the channel; the guest is told by a rescind.
-            bus.error(f"channel reset: {getattr(e, 'reason', type(e).__name__)}")
-            log.warning("partition %d channel %d reset: %s", bus.id, offer.relid, e)
-            self._close(bus, offer)
-            offer.rescinded = True
-            self._post(bus, vb.encode(Msg.CHANNELMSG_RESCIND_CHANNELOFFER, vb.RELID.pack(offer.relid)))
+            self._reset(bus, offer, getattr(e, "reason", type(e).__name__), e)
+
+    def _reset(self, bus: PartitionBus, offer: Offer, reason: str, detail) -> None:
+        bus.error(f"channel reset: {reason}")
+        log.warning("partition %d channel %d reset: %s", bus.id, offer.relid, detail)
+        self._close(bus, offer)
+        offer.rescinded = True
+        self._post(bus, vb.encode(Msg.CHANNELMSG_RESCIND_CHANNELOFFER, vb.RELID.pack(offer.relid)))
+
+    def gpa_unmapped(self, partition: int, ranges) -> None:
+        """The root unmapped guest pages of ``partition`` (``ranges``: (first, count) runs;
+        the hypervisor's gpa_unmapped).  Every GPADL over one of them is revoked: its
+        mapping closed, so that nothing of this process reaches those pages again — not
+        even after the root maps the addresses once more, to memory the guest did not
+        describe —; a channel whose rings it holds is reset (rescinded), as for a corrupt
+        ring; a device keeping a view of it (netvsp's receive buffer) finds it unmapped."""
+        bus = self.partitions.get(partition)
+        if bus is None:
+            return
+        for gid, g in bus.gpadls.items():
+            if g.mapping is None or not any(first <= p < first + count for p in g.pfns for first, count in ranges):
+                continue
+            g.close()
+            g.revoked = True
+            bus.error("GPADL pages unmapped by the root")
+            for o in bus.offers.values():
+                if o.channel is not None and o.channel.gpadl == gid:
+                    self._reset(bus, o, "ring pages unmapped by the root", f"GPADL {gid:#x}")
 
     def _drain_ring(self, bus: PartitionBus, offer: Offer, polling: bool) -> None:
         ch = offer.channel

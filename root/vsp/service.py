@@ -24,6 +24,7 @@ from proto import messages as m
 from proto import synic_messages as sm
 from proto.codes import HvStatus
 from proto.errors import PeerTimeout, ProtocolError, Refused
+from proto.gpa_messages import GpaUnmapped
 from proto.vmbus import VMBUS_MESSAGE_CONNECTION_ID, VMBUS_MESSAGE_CONNECTION_ID_4, VMBUS_MESSAGE_TYPE
 
 from root.vsp.events import EVENTS_FILE, EventLog, VmbusEvents
@@ -56,7 +57,8 @@ class VspService:
         self.status_path = status_path
         self.running = True
         self.handler_errors = 0
-        self.results = {"post_failed": 0, "signal_failed": 0, "posts": 0, "signals": 0, "refused": 0}
+        self.results = {"post_failed": 0, "signal_failed": 0, "posts": 0, "signals": 0, "refused": 0,
+                        "gpa_unmapped": 0}
         self._later: deque[bytes] = deque()
         self._next_status = 0.0
         self._next_poll = 0
@@ -183,6 +185,9 @@ class VspService:
         elif cls is sm.SynicSignalResult:
             if msg.status != HvStatus.HV_STATUS_SUCCESS:
                 self.results["signal_failed"] += 1
+        elif cls is GpaUnmapped:
+            self.results["gpa_unmapped"] += 1
+            self.server.gpa_unmapped(msg.partition, msg.pages)
         elif cls is m.ErrorReply:
             self.results["refused"] += 1
             log.info("hypervisor refused %d: %s %s", msg.ref_type, msg.code, msg.message)

@@ -272,13 +272,14 @@ class StorVsp:
         return out
 
     def _gather(self, pages, n: int) -> bytes:
-        """The request's pages, mapped for it alone (UnmappedGpa where one is not RAM)."""
-        with self.mem.mapped(pages.pfns) as m:
-            return b"".join(m.read(gpa, step) for gpa, step in self._pieces(pages, n))
+        """The request's pages, read for it alone, a run of pages at a time (UnmappedGpa
+        where one is not RAM): no mapping to make and unmake per request."""
+        mem = self.mem
+        return b"".join([mem.read(gpa, step) for gpa, step in self._pieces(pages, n)])
 
     def _scatter(self, pages, data: bytes) -> None:
         at = 0
-        with self.mem.mapped(pages.pfns) as m:
-            for gpa, step in self._pieces(pages, len(data)):
-                m.write(gpa, data[at:at + step])
-                at += step
+        mem = self.mem
+        for gpa, step in self._pieces(pages, len(data)):
+            mem.write(gpa, data[at:at + step])
+            at += step

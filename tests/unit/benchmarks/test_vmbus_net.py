@@ -7,7 +7,9 @@ from benchmarks import vmbus_net as bench
 from benchmarks.floor import measure_chain
 from tests.unit.vsp.test_netvsp import two  # noqa: F401  (the fixture: two partitions on one switch)
 
-ORDER = ("a0", "req_in", "req_out", "b0", "b1", "b2", "rep_in", "rep_out", "a2", "a3")
+# (req_out, the VSP's stamp after its signal, is not in the chain: a receiver already
+# polling may find the frame before it; req_w, taken before the write index, precedes it)
+ORDER = ("a0", "req_in", "req_w", "b0", "b1", "b2", "rep_in", "rep_w", "a2", "a3")
 
 
 def test_a_pings_stamps_join_the_switchs_in_order(two):  # noqa: F811
@@ -21,10 +23,23 @@ def test_a_pings_stamps_join_the_switchs_in_order(two):  # noqa: F811
                                                         ("10.0.0.2", 1), ("10.0.0.2", 2)]
     for p in samples:  # one clock for guests and VSP: the stages follow each other
         assert [p[k] for k in ORDER] == sorted(p[k] for k in ORDER), p
+        assert p["req_w"] <= p["req_out"] and p["rep_w"] <= p["rep_out"]
     rows = bench.stage_table(samples)
-    assert [r["n"] for r in rows] == [4] * len(bench.STAGES)
+    main = [r for r in rows if not r.get("sub")]
+    assert [r["n"] for r in main] == [4] * len(bench.STAGES)
     total = sum(p["a3"] - p["a0"] for p in samples) / 4 / 1e3
-    assert abs(sum(r["mean_us"] for r in rows) - total) < 1e-6 * max(total, 1)
+    assert abs(sum(r["mean_us"] for r in main) - total) < 1e-6 * max(total, 1)
+
+
+def test_the_wake_split_counts_only_pings_the_interrupt_woke():
+    p = {"req_w": 100, "b_sig": 110, "b_inj": 130, "b_acc": 160, "b0": 200,
+         "rep_w": 300, "a_sig": 0, "a_inj": 0, "a_acc": 0, "a2": 350}
+    assert bench.woken(p, "b") and not bench.woken(p, "a")
+    assert not bench.woken(dict(p, b_sig=90), "b")  # an older interrupt's stamps: not this frame's
+    sample = dict(p, a0=0, req_in=50, b1=210, b2=220, rep_in=250, a3=400)
+    rows = bench.stage_table([sample])
+    subs = [r for r in rows if r.get("sub")]
+    assert [r["p50_us"] * 1e3 for r in subs[:4]] == [10, 20, 30, 40] and all(r["n"] == 0 for r in subs[4:])
 
 
 def test_a_lost_reply_leaves_that_ping_out(two):  # noqa: F811

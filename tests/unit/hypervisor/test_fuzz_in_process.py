@@ -54,5 +54,6 @@ def test_a_strict_hypervisor_survives_the_fuzzers_sequence(tmp_path, seed):
     assert s.hv.counters["out_of_turn"] > 0 and s.hv.counters["malformed"] > 0
     handled = sum(sum(vp.exits.values()) for vp in s.hv.status().partition(fuzz).vps)
     # Many of the fuzz VP's exits were in turn and went through their handlers (98 to 239 of
-    # 2500 messages for seeds 1-5 since the hello became hello, challenge and proof).
-    assert handled > 50
+    # 2500 messages for seeds 1-5 since the hello became hello, challenge and proof; a new
+    # message type changes the draws: with gpa_unmapped (id 90) seeds 1-6 gave 40 to 191).
+    assert handled > 30

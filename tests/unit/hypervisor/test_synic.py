@@ -142,6 +142,36 @@ def test_a_busy_slot_sets_message_pending_and_eom_delivers_the_next(syn):
     assert (c["messages_delivered"], c["slots_busy"], c["eom"], c["queued"]) == (2, 1, 1, 0)
 
 
+@pytest.mark.parametrize("by_msr", [False, True])
+def test_the_eoi_of_a_sints_vector_delivers_its_waiting_message(syn, by_msr, monkeypatch):
+    """TLFS (KVM's kvm_hv_synic_send_eoi): a message waiting behind a busy slot is
+    re-delivered when the guest EOIs the SINT's vector, EOM or not; the EOI of another
+    vector moves nothing."""
+    monkeypatch.setattr(syn.hv.synic, "housekeeping", lambda: None)  # (its 100 ms rescan would too)
+    enable_synic(syn)
+    enable_synic(syn, sint=3, sint_value=VECTOR + 1)
+    apic = syn.vp(1).apic
+    apic.svr |= 1 << 8
+    assert post(syn, payload=b"one") == St.HV_STATUS_SUCCESS and post(syn, payload=b"two") == St.HV_STATUS_SUCCESS
+    assert apic.inject(VECTOR) is False and apic.isr >> VECTOR & 1  # the guest takes SINT 2
+    ram(syn, 1)[SIMP_GPA + 512:SIMP_GPA + 516] = bytes(4)  # copies it out: MessageType = None, no EOM
+
+    def eoi():
+        if by_msr:
+            wrmsr(syn, 1, HvMsr.HV_X64_MSR_EOI, 0)
+        else:
+            syn.exit(vp_id(1, 0), m.MmioIntercept(syn.seq(), 0xFEE000B0, 4, True, 0, (1,), REGS)).one(
+                vp_id(1, 0), m.VpResume)
+
+    apic.isr |= 1 << (VECTOR + 2)  # first a vector above it, of no SINT: its EOI moves nothing
+    eoi()
+    assert slot(syn, 1, 2)[0] == 0 and syn.vp(1).synic.queued() == 1
+    eoi()  # SINT 2's vector
+    assert slot(syn, 1, 2)[5][:3] == b"two"
+    c = partition_status(syn.part(1))  # (asserted: the resume of that exit may have injected it already)
+    assert (c["eoi_rescans"], c["eom"], c["queued"], c["sint_asserted"]) == (1, 0, 0, 2)
+
+
 def test_an_eom_with_nothing_queued_is_harmless_and_an_out_of_turn_one_too(syn):
     enable_synic(syn)
     assert post(syn, payload=b"one") == St.HV_STATUS_SUCCESS
@@ -311,6 +341,22 @@ def test_gpa_map_gives_only_ram_of_the_partition_named(syn):
         == St.HV_STATUS_INVALID_PARTITION_ID
 
 
+def test_the_vsp_is_told_when_the_root_unmaps_pages_it_was_granted(syn):
+    """HvCallUnmapGpaPages of granted pages: a gpa_unmapped with exactly those pages (the
+    VSP then revokes its GPADLs over them); pages never granted: nothing."""
+    from proto.gpa_messages import GpaUnmapped
+    from proto.hvcall import HV_INPUT_UNMAP_GPA_PAGES
+    assert syn.send(VSP, sm.GpaMapRequest(1, ((2, 4),), True)).one(VSP, sm.GpaMapReply).status == 0
+    sent = syn.send(b"root", m.HypercallIntercept(syn.seq(), control_value(C.HvCallUnmapGpaPages, rep_count=3),
+                                                  HV_INPUT_UNMAP_GPA_PAGES.pack(1, 4, 0), (1,)))
+    assert sent.one(b"root", m.VpResume).rax & 0xFFFF == St.HV_STATUS_SUCCESS
+    assert sent.one(VSP, GpaUnmapped) == GpaUnmapped(1, ((4, 2),))  # 4 and 5 were granted, 6 not
+    sent = syn.send(b"root", m.HypercallIntercept(syn.seq(), control_value(C.HvCallUnmapGpaPages, rep_count=2),
+                                                  HV_INPUT_UNMAP_GPA_PAGES.pack(1, 8, 0), (1,)))
+    assert not [x for x in sent.to(VSP) if isinstance(x, GpaUnmapped)]
+    assert syn.hv.counters["gpa_unmaps_to_vsp"] == 1
+
+
 def test_a_reset_puts_the_synic_back_to_its_reset_values(syn):
     enable_synic(syn)
     post(syn)
@@ -372,6 +418,65 @@ def test_count_zero_stops_a_timer_and_sint_zero_without_direct_mode_cannot_enabl
     wrmsr(syn, 1, STIMER0_CONFIG, 1 | 1 << 1 | 2 << 16)
     wrmsr(syn, 1, STIMER0_COUNT, 0)
     assert rdmsr(syn, 1, STIMER0_CONFIG)[1] & 1 == 0 and syn.hv.synic.next_timer_ns is None
+
+
+def _periodic(syn, lazy: bool):
+    """STIMER0 of partition 1's VP 0: 1 ms periodic into SINT 3 (lazy or not); its state
+    and the hypervisor's VP, for expire() at chosen times."""
+    enable_synic(syn, sint=3)
+    wrmsr(syn, 1, STIMER0_COUNT, 10_000)
+    wrmsr(syn, 1, STIMER0_CONFIG, 1 | 1 << 1 | (1 << 2 if lazy else 0) | 3 << 16)
+    return syn.vp(1).synic.stimers[0], syn.vp(1)
+
+
+def _expire(syn, t, vp, now):
+    from hypervisor import stimer
+    stimer.expire(syn.part(1), vp, 0, t, now, syn.hv.synic)
+
+
+def _free_slot(syn):
+    ram(syn, 1)[SIMP_GPA + 3 * 256:SIMP_GPA + 3 * 256 + 4] = bytes(4)  # the guest took the message
+
+
+def test_a_lazy_timer_waits_for_its_vp_and_is_skipped_if_it_comes_back_just_before_the_next(syn):
+    """TLFS "Periodic Timers": a lazy timer's signal is deferred until the VP is available,
+    and skipped entirely when that is only shortly before the next expiry."""
+    from hypervisor.scheduler import VpState
+    t, vp = _periodic(syn, lazy=True)
+    period, due = 1_000_000, t.due_ns
+    vp.sched.state = VpState.READY  # waiting for a logical processor
+    _expire(syn, t, vp, due + 10_000)
+    assert t.deferred and t.counters["deferred"] == 1 and t.counters["fired"] == 0
+    assert t.deadline_ns == due + 10_000 + 200_000 and slot(syn, 1, 3)[0] == 0
+    vp.sched.state = VpState.RUNNING  # back 0.3 ms late, 0.7 ms before the next: delivered now
+    _expire(syn, t, vp, due + 300_000)
+    assert slot(syn, 1, 3)[0] == TIMER_EXPIRED and t.counters["fired"] == 1 and not t.deferred
+    assert t.due_ns == due + period and t.deadline_ns == t.due_ns  # in phase again
+    _free_slot(syn)
+    vp.sched.state = VpState.INTERCEPT  # suspended in an intercept
+    _expire(syn, t, vp, due + period + 1000)
+    vp.sched.state = VpState.HALTED  # available only 0.1 ms before the next expiry: skipped
+    _expire(syn, t, vp, due + 2 * period - 100_000)
+    assert slot(syn, 1, 3)[0] == 0 and t.counters["skipped_lazy"] == 1 and t.counters["fired"] == 1
+    assert t.due_ns == due + 2 * period and t.counters["deferred"] == 2
+
+
+def test_a_late_non_lazy_timer_catches_up_at_a_modulated_period_and_skips_beyond(syn):
+    """TLFS: without lazy, missed periods are made up by shortening the period; when too
+    many were missed, some are skipped."""
+    t, vp = _periodic(syn, lazy=False)
+    period, due = 1_000_000, t.due_ns
+    now = due + 2 * period + period // 2  # 2.5 periods late: 2 more ticks were due
+    _expire(syn, t, vp, now)
+    assert t.counters["fired"] == 1 and t.counters["caught_up"] == 1 and t.counters["missed"] == 0
+    assert t.due_ns == due + period and t.deadline_ns == now + period // 2  # sooner than the period
+    _free_slot(syn)
+    now = due + 20 * period  # far behind: MAX_CATCH_UP are made up, the rest skipped
+    _expire(syn, t, vp, now)
+    from hypervisor.stimer import MAX_CATCH_UP
+    behind = (now - t.due_ns) // period + 1
+    assert behind == MAX_CATCH_UP and t.counters["missed"] == 20 - 1 - MAX_CATCH_UP
+    assert t.due_ns <= now < t.due_ns + MAX_CATCH_UP * period
 
 
 def test_a_period_below_the_minimum_is_clamped_like_the_apic_timer(syn):

@@ -76,6 +76,11 @@ EXAMPLES.update({
     sm.GpaMapReply: sm.GpaMapReply(1, 0, "run/mem-1.bin", ((0x200, 16), (0x300, 1))),
 })
 
+# GPA maps kept honest (issue 10, proto/gpa_messages.py; ids 90–93).
+from proto.gpa_messages import GpaUnmapped  # noqa: E402
+
+EXAMPLES[GpaUnmapped] = GpaUnmapped(1, ((0x200, 2),))
+
 
 def test_every_registered_message_has_an_example():
     assert set(EXAMPLES) == set(m.REGISTRY.values())

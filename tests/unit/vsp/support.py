@@ -17,7 +17,7 @@ from proto.vmbus_ring import PagedView, Ring
 from worker.devices.backends import MemoryDisk
 
 from partitions.drivers import synic
-from root.vsp.memory import PartitionMemory
+from root.vsp.memory import PartitionMemory, ReadOnlyGpa
 from root.vsp.server import VmbusServer
 from root.vsp.storvsp import StorVsp
 
@@ -48,18 +48,18 @@ class FakeMemory:
         return old
 
     # the VSP's view (root/vsp/memory.py's interface): only pages mapped, and only in range
-    def map(self, pfns):
+    def map(self, pfns, writable: bool = True):
         for p in pfns:
             self._check(p * PAGE_SIZE, PAGE_SIZE)
         self.mapped_pages = getattr(self, "mapped_pages", 0) + len(set(pfns))
-        return FakeMapping(self, pfns)
+        return FakeMapping(self, pfns, writable)
 
     mapped = PartitionMemory.mapped  # the same context manager over this map()
 
 
 class FakeMapping:
-    def __init__(self, mem: FakeMemory, pfns) -> None:
-        self.mem, self.pfns = mem, set(pfns)
+    def __init__(self, mem: FakeMemory, pfns, writable: bool = True) -> None:
+        self.mem, self.pfns, self.writable = mem, set(pfns), writable
 
     def _check(self, gpa: int, n: int) -> None:
         for page in range(gpa // PAGE_SIZE, (gpa + max(n, 1) - 1) // PAGE_SIZE + 1):
@@ -72,6 +72,8 @@ class FakeMapping:
 
     def write(self, gpa: int, data: bytes) -> None:
         self._check(gpa, len(data))
+        if not self.writable:
+            raise ReadOnlyGpa(gpa)
         self.mem.write(gpa, data)
 
     def close(self) -> None:

@@ -64,3 +64,33 @@ def test_a_page_unmapped_later_is_refused_on_access(mem):
         with pytest.raises(UnmappedGpa):
             g.read(31 * PAGE_SIZE, 8)
     assert m.mapped_pages == 0
+
+
+def test_a_read_only_mapping_cannot_be_written(mem):
+    """What the VSP only reads is mapped read-only: a write is refused (ReadOnlyGpa, an
+    UnmappedGpa to the VSPs) and the host's memory protection would refuse it anyway."""
+    from root.vsp.memory import ReadOnlyGpa
+    m, ram, _ = mem
+    ram_bytes = ram.read_bytes()
+    with m.mapped([3], writable=False) as g:
+        assert g.read(3 * PAGE_SIZE, 4) == bytes(4)
+        with pytest.raises(ReadOnlyGpa):
+            g.write(3 * PAGE_SIZE, b"x")
+        with pytest.raises(TypeError):  # past the check: the map itself is read-only
+            g.maps[0][0:1] = b"x"
+    assert ram.read_bytes() == ram_bytes
+
+
+def test_a_requests_pages_are_read_and_written_without_a_mapping_each_checked(mem):
+    """storvsp's data path: pread/pwrite on the RAM file, each page checked against the
+    SLAT at the time (no mmap per request), nothing mapped afterwards."""
+    m, ram, _ = mem
+    m.write(9 * PAGE_SIZE - 2, b"wxyz")  # across pages 8 and 9
+    assert ram.read_bytes()[9 * PAGE_SIZE - 2:9 * PAGE_SIZE + 2] == b"wxyz"
+    assert m.read(9 * PAGE_SIZE - 2, 4) == b"wxyz" and m.mapped_pages == 0
+    for gpa, n in ((10 * PAGE_SIZE, 1), (9 * PAGE_SIZE, PAGE_SIZE + 1), (64 * PAGE_SIZE, 1), (-PAGE_SIZE, 4)):
+        with pytest.raises(UnmappedGpa):
+            m.read(gpa, n)
+        with pytest.raises(UnmappedGpa):
+            m.write(gpa, bytes(n))
+    assert ram.read_bytes()[10 * PAGE_SIZE:11 * PAGE_SIZE] == bytes(PAGE_SIZE)
