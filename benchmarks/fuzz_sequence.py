@@ -128,6 +128,13 @@ class Values:
             return tuple(out)
         if kind == "texts":
             return tuple(self.text(r.randint(0, 64)) for _ in range(r.randint(0, min(p["max_items"], 8))))
+        if kind == "mmio_writes":  # coalesced MMIO: the VGA buffer's, or anywhere
+            out = []
+            for _ in range(r.choice((0, 1, 8, p["max_items"]))):
+                size = r.choice((1, 2, 4, 8))
+                gpa = r.choice((0xB8000, 0xBFFF8, 0xFEE00000, 0)) + r.randint(0, 8)
+                out.append((gpa, size, r.randint(0, (1 << (8 * size)) - 1)))
+            return tuple(out)
         if kind == "mapping":
             return self.tree(r.randint(0, 3), finite=True, items=min(p["max_items"], 8))
         raise ValueError(f"no values for a field of kind {kind}")
@@ -167,6 +174,8 @@ class Values:
                    "registers": [[1], [1, 2, 3], [-1, 0], [U64_MAX, "x"], (1 << 63,) * 9],
                    "ranges": [[[0, 0]], [[0xFFFF, 2]], [[1]], [[1, 2, 3]], [["a", 1]], [[0, 1]] * 300],
                    "texts": [["é", 1], "x", [b"x"]],
+                   "mmio_writes": [[[0xB8000, 3, 0]], [[0xB8000, 1, 256]], [[1 << 52, 1, 0]], [[0xB8000, 8]],
+                                   [[0xB8000, 8, 0]] * 171, [["a", 1, 0]]],
                    "mapping": [self.tree(3, finite=False), [], "map", {(1, 2): 1}, {1.5: 1},
                                {"n": math.inf}, {"c": {"1": str(1 << 70)}}]}[kind]
             return r.choice(bad)

@@ -123,6 +123,10 @@ class Partition:
     replacement_expected: bool = False
     reinstall: bool = False
     worker_handovers: int = 0
+    # Coalesced MMIO (coalesced_mmio.py): the zones its worker registered, as (start, end),
+    # and what came in batches: writes, batches, batches refused, batches its worker missed.
+    coalesced_zones: list = field(default_factory=list)
+    coalesced_mmio: dict = field(default_factory=lambda: dict.fromkeys(("writes", "batches", "refused", "undelivered"), 0))
 
     def reset(self) -> None:
         """The partition-wide part of a reset: the synthetic MSRs to their reset values

@@ -18,6 +18,7 @@ from typing import Callable, NamedTuple
 from proto import messages as m
 from proto import synic_messages as sm
 
+from hypervisor.coalesced_mmio import CoalescedMmio
 from hypervisor.servicing import Servicing
 
 VP, WORKER, ROOT = ("vp",), ("worker",), ("root",)
@@ -34,6 +35,7 @@ def build_routes(hv) -> dict[type, Route]:
     """The table, bound to the components of ``hv`` (a :class:`~hypervisor.service.Hypervisor`)."""
     peers, exits, fwd = hv.peers, hv.intercepts, hv.forwarding
     root, tel, irq, disp = hv.root_requests, hv.telemetry, hv.interrupts, hv.dispatcher
+    coalesced = CoalescedMmio(outbox=hv.outbox, router=hv.router)
     return {
         # A connection's first message, from a peer not yet bound; a bound peer may not
         # say hello again.
@@ -78,4 +80,8 @@ def build_routes(hv) -> dict[type, Route]:
         # Worker servicing (hypervisor/servicing.py).
         m.ServiceRequest: Route(Servicing(table=hv.table, outbox=hv.outbox, forwarding=fwd,
                                           sched=hv.dispatcher.sched).on_service_request, ROOT),
+        # Coalesced MMIO (coalesced_mmio.py): zones from workers, batches from VPs.
+        m.CoalescedMmioRegister: Route(coalesced.on_register, WORKER),
+        m.CoalescedMmioQuery: Route(coalesced.on_query, VP),
+        m.CoalescedMmioBatch: Route(coalesced.on_batch, VP),
     }

@@ -161,6 +161,7 @@ class Telemetry:
                 unresponsive=part.unresponsive,
                 health_pauses=part.health_pauses,
                 synic=partition_status(part),
+                coalesced_mmio=dict(part.coalesced_mmio),
                 cpu=CpuStatus(part.cpu.reserve, part.cpu.limit, part.cpu.weight),
                 vps=[VpStatus(vp.index, vp.state.value, dict(vp.exits), vp.cr3, vp.faults, dict(vp.counters),
                               self._sched.vp_status(vp.sched, now), dict(vp.apic.counters),

@@ -36,6 +36,7 @@ from partitions import kernel
 from partitions.vp import GuestFault, Vp, VpReset, VpStopped
 
 log = logging.getLogger("partition")
+VP_START_TIMEOUT_MS = 60_000  # a VP's hello waits for its start (the root's WORKER_READY_TIMEOUT_S and more)
 
 
 def vp_thread(spec: dict, token: str, index: int, system: kernel.System,
@@ -43,7 +44,10 @@ def vp_thread(spec: dict, token: str, index: int, system: kernel.System,
               socket: Dealer, memory: tuple | None, boot=None) -> None:
     dealer = None
     try:
-        dealer = connect(spec["endpoint"], "vp", spec["partition_id"], index, token=token, dealer=socket)
+        # The hello's reply comes when the root starts the VP, after the partition's worker
+        # is ready (root/run.py starts this process meanwhile): wait as long as that may take.
+        dealer = connect(spec["endpoint"], "vp", spec["partition_id"], index, token=token, dealer=socket,
+                         timeout_ms=VP_START_TIMEOUT_MS)
         if memory is None:
             # Guest RAM: the partition's own file, through its SLAT table.
             where = dealer.request(m.MemoryRequest(spec["partition_id"]))
@@ -52,7 +56,8 @@ def vp_thread(spec: dict, token: str, index: int, system: kernel.System,
             from partitions.cpu.run import run_vp
             run_vp(spec["cpu"], boot, dealer, index, memory[0], stop, bus_lock, spec["partition_id"], memory[1])
             return
-        vp = Vp(dealer, index, memory[0], stop, bus_lock, partition=spec["partition_id"], tlbs=memory[1])
+        vp = Vp(dealer, index, memory[0], stop, bus_lock, partition=spec["partition_id"], tlbs=memory[1],
+                coalesced=system.coalesced)
         seen_generation = 0
         while True:
             try:
@@ -67,6 +72,7 @@ def vp_thread(spec: dict, token: str, index: int, system: kernel.System,
                 # first boot is generation 1, the boot after reset n is generation n + 1).
                 log.info("VP %d: %s", index, reset)
                 seen_generation = reset.generation
+                vp.coalesced.clear()
                 vp.power_on()
     except VpStopped:
         pass

@@ -26,6 +26,8 @@ from proto.hvcall import HV_INPUT_SWITCH_VIRTUAL_ADDRESS_SPACE
 from proto.stats import PathStats
 from proto.transport import Dealer
 
+from partitions.coalesced import CoalescedRing, query_zones
+
 # An exit's resume is waited for in one go this long (the hot path: one poll), then in
 # slices of HALT_SLICE_MS that check whether the partition is stopping.
 EXIT_TIMEOUT_MS = 200
@@ -77,7 +79,8 @@ Handler = Callable[["Vp", int], None]
 
 class Vp:
     def __init__(self, dealer: Dealer, index: int, mem, stop: threading.Event,
-                 bus_lock: threading.Lock | None = None, partition: int = 0, tlbs: list | None = None) -> None:
+                 bus_lock: threading.Lock | None = None, partition: int = 0, tlbs: list | None = None,
+                 coalesced: CoalescedRing | None = None) -> None:
         self.index = index
         self.mem = mem  # proto.memory.GuestMemory: guest RAM through the partition's SLAT
         self.partition = partition  # the TLB tag's partition part
@@ -87,6 +90,10 @@ class Vp:
         self.lp = 0
         # The memory bus lock that makes locked instructions atomic across the partition's VPs.
         self.bus_lock = bus_lock or threading.Lock()
+        # The partition's coalesced MMIO ring (partitions/coalesced.py), shared by its VPs;
+        # what it holds goes out before this VP's next exit.
+        self.coalesced = coalesced or CoalescedRing()
+        self._coalesced_writes = self.coalesced.writes
         self.stop = stop
         self._dealer = dealer
         self._send = dealer.send
@@ -128,6 +135,8 @@ class Vp:
     def _exit(self, frame: bytes, seq: int) -> m.VpResume:
         if self.stop.is_set():
             raise VpStopped()
+        if self._coalesced_writes:
+            self.coalesced.flush(self._send, self.index)
         self._send(frame)
         while True:
             # Wait as long as it takes — a HLT, a paused partition, a VP waiting for an LP —
@@ -405,7 +414,15 @@ class Vp:
         return self._exit(m.MmioIntercept(seq, gpa, size, False, 0, (perf_counter_ns(),), self._regs()).encode(), seq).rax
 
     def _mmio_write(self, gpa: int, size: int, value: int) -> None:
-        """An MMIO exit for a store."""
+        """An MMIO exit for a store — or, in a coalesced region, none: the store joins the
+        partition's ring, sent before its next exit."""
+        ring = self.coalesced
+        if ring.zones is None:
+            ring.zones = query_zones(self._dealer, self._next_seq(), self._pending)
+        if ring.zones and ring.covers(gpa, size):
+            ring.append(self._send, self.index, gpa, size, value)
+            self.counters["coalesced_mmio_writes"] = self.counters.get("coalesced_mmio_writes", 0) + 1
+            return
         seq = self._next_seq()
         self._exit(m.MmioIntercept(seq, gpa, size, True, value, (perf_counter_ns(),), self._regs()).encode(), seq)
 

@@ -385,3 +385,10 @@ from proto.service_messages import DeviceSave, ServiceRequest  # noqa: E402,F401
 # GPA maps kept honest for the VSP (issue 10; ids 90–93), in a module of their own.
 # (as a module, as synic_messages: either may then be imported first)
 from proto import gpa_messages as _gpa_messages  # noqa: E402,F401
+# Coalesced MMIO's messages (ids 80–83), in a module of their own.
+from proto.coalesced_mmio_messages import (  # noqa: E402,F401
+    CoalescedMmioBatch,
+    CoalescedMmioQuery,
+    CoalescedMmioRegister,
+    CoalescedMmioZones,
+)

@@ -251,6 +251,9 @@ class PartitionStatus:
     # posted and delivered, slots found busy, event flags signalled, EOMs, messages queued
     # now, timer expiries and missed ticks.
     synic: dict[str, int] = field(default_factory=dict)
+    # Coalesced MMIO (hypervisor/coalesced_mmio.py): writes and batches forwarded, batches
+    # refused, batches its worker was gone for.
+    coalesced_mmio: dict[str, int] = field(default_factory=dict)
 
     def to_wire(self) -> dict:
         return {
@@ -275,6 +278,7 @@ class PartitionStatus:
             "unresponsive": self.unresponsive,
             "health_pauses": self.health_pauses,
             "synic": dict(self.synic),
+            "coalesced_mmio": dict(self.coalesced_mmio),
         }
 
     @classmethod
@@ -284,7 +288,8 @@ class PartitionStatus:
                    d["unclaimed_reads"], d["unclaimed_writes"], d["unmapped_gpa"], d["worker_timeouts"],
                    d["resets"], CpuStatus.from_wire(d["cpu"]), [VpStatus.from_wire(vp) for vp in d["vps"]],
                    dict(d["guest"]), {name: PathStats.from_wire(st) for name, st in d["paths"].items()},
-                   d.get("unresponsive", False), d.get("health_pauses", 0), dict(d.get("synic", {})))
+                   d.get("unresponsive", False), d.get("health_pauses", 0), dict(d.get("synic", {})),
+                   dict(d.get("coalesced_mmio", {})))
 
 
 # -- the whole -------------------------------------------------------------------------------

@@ -105,7 +105,9 @@ class Run:
         self.root = RootClient(self.endpoint, self.secret, server_key=self.server_key)
         free = hostflow.free_pages(pool_pages, self.run.name)
         for pc in self.topology.partitions:
-            self.partition_ids[pc.name] = hostflow.create_partition(self.root, pc, free)
+            # Its VPs stay suspended until its worker is ready (below), so that the
+            # partition process can start meanwhile.
+            self.partition_ids[pc.name] = hostflow.create_partition(self.root, pc, free, start=False)
         self._manifest_update()
         self._start_vsp(logs)
         self.watcher = ConsoleWatcher(self.endpoint, self.secret, list(self.partition_ids.values()),
@@ -123,7 +125,9 @@ class Run:
             write_json(self.run.path / f"worker-{pc.name}.json", spec)
             self.procs.append(self.spawn_worker(pc))
         self._manifest_update()
-        self._await_workers()
+        # The partition processes start while the workers do (issue 12: each is a Python
+        # start-up of a few hundred ms, which used to follow the workers'); their VPs'
+        # hellos wait until the VPs are started, once every worker has claimed its ranges.
         for pc in self.topology.partitions:
             pid = self.partition_ids[pc.name]
             token = auth.peer_token(self.secret, "vp", pid)
@@ -140,6 +144,9 @@ class Run:
             self.procs.append(spawn("partition", pc.name, "partitions", ["--spec", str(spec_path), *args],
                                     logs, secret=token, fds=fds))
             self._limit_cpu(pc, self.procs[-1].pid)
+        self._await_workers()
+        for pc in self.topology.partitions:
+            self.root.start_vps(self.partition_ids[pc.name], pc.vps)
         self._manifest_update(state="running")
 
     def spawn_worker(self, pc, restore: bool = False, go_fd: int | None = None) -> Proc:

@@ -35,6 +35,7 @@ from worker.devices.pit8254 import Pit8254
 from worker.devices.uart16550 import Uart16550
 from worker.devices.vga_graphics import VgaGraphics
 from worker.devices.vga_text import VgaText
+from worker.tick_gate import TickGate
 
 
 class BadDeviceConfig(ConfigError, ValueError):
@@ -67,6 +68,7 @@ class Chipset:
         self.keyboard: I8042 | None = None
         self.vga: VgaText | None = None
         self.pic: Pic8259 | None = None
+        self.tick_gate: TickGate | None = None  # PIT OUT0 → IR0 (tick_gate.py)
         self._intr = _Intr()
         self._backends: list[DiskFile] = []  # opened here, closed with the chipset
         self.reset_requested = ""
@@ -124,7 +126,11 @@ class Chipset:
         return self.pic
 
     def _pit(self, config, _) -> Pit8254:
-        return Pit8254(config, self.irq_line(0), self.clock)
+        if self.pic is None:
+            return Pit8254(config, NullIrqLine(), self.clock)
+        # OUT0 reaches IR0 through the platform's lost-tick policy (tick_gate.py).
+        self.tick_gate = TickGate(self.pic, 0)
+        return Pit8254(config, self.tick_gate, self.clock)
 
     def _uart(self, config, _) -> Uart16550:
         uart = Uart16550(config, self.irq_line(config.irq), self.clock, self.console_sink)
@@ -201,6 +207,8 @@ class Chipset:
                     entry.update({k: v for k, v in dataclasses.asdict(value).items()
                                   if isinstance(v, (int, float, str, bool))})
             out[device.name] = entry
+        if self.tick_gate is not None:
+            out["tick_gate"] = dataclasses.asdict(self.tick_gate.counters)
         out["port_bus"] = dataclasses.asdict(self.bus.stats)
         out["mmio_bus"] = dataclasses.asdict(self.mmio.stats)
         return DeviceCounters(out)

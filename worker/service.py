@@ -82,6 +82,7 @@ class Worker:
         self.sequence = 0
         self.frozen = False
         self.each_exit = False
+        self.coalesced_writes = 0  # stores that came in coalesced MMIO batches
 
     def start(self, partition_id: int, memory: GuestMemory | None = None) -> None:
         """Claim the chipset's ranges in the hypervisor's intercept table and map the
@@ -91,6 +92,9 @@ class Worker:
         ports = [[r.base, r.count] for r in self.chipset.bus.ranges()]
         mmio = [[r.base, r.length] for r in self.chipset.mmio.ranges()]
         self._startup_request(m.InstallIntercept(ports, mmio), m.Ack)
+        coalesced = [[r.base, r.length] for r in self.chipset.mmio.ranges() if r.coalesced]
+        if coalesced:  # before the memory request, the hypervisor's sign that start-up is over
+            self._startup_request(m.CoalescedMmioRegister(coalesced), m.Ack)
         # Asked even when the memory was handed over: the hypervisor takes it as the last
         # request of the worker's start-up (from then on it serves and is health-checked).
         where = self._startup_request(m.MemoryRequest(partition_id), m.MemoryReply)
@@ -337,6 +341,8 @@ class Worker:
             self.chipset.clock.step(msg.ns)
             self._poll_devices()
             self.dealer.send(m.WorkerQueryReply(msg.ref, {"clock_offset_ns": self.chipset.clock.offset_ns}).encode())
+        elif cls is m.CoalescedMmioBatch:
+            self._coalesced_batch(msg)
         elif cls is m.DeviceSave:
             self._device_save(msg)
         elif cls is m.ErrorReply:
@@ -344,6 +350,20 @@ class Worker:
                       Refused(msg.code, msg.message))
         else:
             log.error("unexpected %s from the hypervisor", msg.NAME)
+
+    def _coalesced_batch(self, msg: m.CoalescedMmioBatch) -> None:
+        """Stores a VP made to coalesced MMIO (checked by the hypervisor against our
+        zones), applied in order and answered with nothing; the bus checks each again and
+        counts a bad one as any guest mistake."""
+        write = self._mmio.write
+        for gpa, size, value in msg.writes:
+            write(gpa, size, value)
+        self.coalesced_writes += len(msg.writes)
+        if self.each_exit:
+            devices = {d.name for d in (self._mmio.device_at(gpa) for gpa, _, _ in msg.writes) if d is not None}
+            self._exit_checkpoint(sorted(devices))
+        if self.chipset.intr or self.chipset.reset_requested:
+            self._signal_chipset()
 
     def _device_save(self, msg: m.DeviceSave) -> None:
         """Servicing (hypervisor/servicing.py): ``save`` the devices for a successor and

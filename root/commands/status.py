@@ -123,6 +123,8 @@ def run(args) -> int:
         print(f"\npartition {names.get(p.id, p.id)} (id {p.id}): {p.state}{health}, "
               f"worker {'up' if p.worker else 'missing'}, unclaimed I/O {p.unclaimed_reads}r/"
               f"{p.unclaimed_writes}w, worker timeouts {p.worker_timeouts}")
+        if any(p.coalesced_mmio.values()):
+            print("  coalesced MMIO: " + ", ".join(f"{k} {v}" for k, v in p.coalesced_mmio.items()))
         if any(p.synic.values()):
             print("  synic: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in p.synic.items()))
         for line in vsp_status.partition_lines(vsp, p.id):

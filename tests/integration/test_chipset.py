@@ -76,7 +76,9 @@ def test_the_guest_tick_rate_is_within_5_percent_of_the_programmed_rate(quiet):
 
 
 def test_ticks_wake_the_halted_vp_and_cost_one_exit_each_in_the_handler(quiet):
-    wait_until(lambda: guest(quiet)["guest"].get("ticks", 0) > 100, 20, what="ticks")
+    # Tick interrupts taken, not ticks: the guest counts ticks from the clock, and on a loaded
+    # host the platform drops a tick that falls while the last is in service (tick_gate.py).
+    wait_until(lambda: guest(quiet)["guest"].get("tick_interrupts", 0) > 100, 30, what="tick interrupts")
     # The idle VP sleeps in HLT between ticks (on a loaded host ticks can queue up behind a
     # slow VP, so give it time rather than sample once).
     wait_until(lambda: guest(quiet)["vps"][0]["exits"]["halt"] > 50, 30, what="HLTs between ticks")

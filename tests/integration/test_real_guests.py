@@ -111,10 +111,13 @@ def test_seabios_boots_our_boot_sector_from_the_ata_disk(hvstack_run, cpu):
     assert "Booting from Hard Disk..." in screen, screen
     assert "hvstack boot sector: INT 13h read sectors 1-2: signature and checksum ok" in screen, screen
     assert screen.index("SeaBIOS (version") < screen.index("hvstack boot sector: started"), screen
-    status = run.stats()
-    exits = run_exits(status)
-    assert exits.get("io_port", 0) > 500 and exits.get("mmio", 0) > 0, exits  # POST's port I/O, the screen
-    assert status["counters"]["init_sipi"] == 0  # to all but itself: nobody
+    stats = run.stats()
+    exits = run_exits(stats)
+    # POST's port I/O; the screen's stores come as coalesced MMIO batches (issue 12), not exits.
+    coalesced = sum(p.get("coalesced_mmio", {}).get("writes", 0) for p in stats["partitions"])
+    assert exits.get("io_port", 0) > 500 and coalesced > 0, (exits, coalesced)
+    assert exits.get("mmio", 0) > 9000, exits  # the VGA BIOS read out of its ROM BAR, one exit a dword
+    assert stats["counters"]["init_sipi"] == 0  # to all but itself: nobody
 
 
 def test_a_linux_bzimage_boots_through_the_boot_protocol(hvstack_run):

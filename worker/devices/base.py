@@ -74,6 +74,10 @@ class MmioRange:
     base: int
     length: int
     sizes: tuple[int, ...] = ANY_SIZE
+    # Writes here have no side effect the guest waits for (a frame buffer): they may come
+    # in batches, after the fact (coalesced MMIO, hypervisor/coalesced_mmio.py).  Reads
+    # and every other range stay one exit each.
+    coalesced: bool = False
 
     def __post_init__(self) -> None:
         if self.base < 0 or self.length < 1 or self.base + self.length > 1 << 52:

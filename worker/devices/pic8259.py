@@ -200,6 +200,16 @@ class Pic8259(ChipsetDevice):
             chip.irr &= ~bit  # the request is withdrawn (both modes; see module docstring)
         self._sync_irq()
 
+    def input_high(self, irq: int) -> bool:
+        """Whether the IR input of IRQ ``irq`` is driven high."""
+        chip, bit = self._chip_bit(irq)
+        return bool(chip.lines & bit)
+
+    def in_service(self, irq: int) -> bool:
+        """Whether IRQ ``irq``'s ISR bit is set: acknowledged and not yet ended by an EOI."""
+        chip, bit = self._chip_bit(irq)
+        return bool(chip.isr & bit)
+
     # --- CPU side ------------------------------------------------------------------------
     def pending_vector(self) -> int | None:
         """The vector ``acknowledge()`` would return now, or None when INTR is low."""

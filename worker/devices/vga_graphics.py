@@ -14,7 +14,8 @@ Policies:
   An index past the last register is stored; reading or writing the data port with it is
   IoError.INVALID_REGISTER.  The index ports also take 16-bit accesses (index, then data).
 * 0xA0000-0xB7FFF is one flat memory, what the CPU wrote is what it reads (the font lands
-  here; graphics modes are not built, so nothing of it is displayed).  The text window,
+  here; graphics modes are not built, so nothing of it is displayed).  Its stores have no
+  side effect, so they may come as coalesced MMIO batches, as the text buffer's do.  The text window,
   0xB8000-0xBFFFF, is vga_text's.
 * The attribute controller (0x3C0/0x3C1) and the DAC (0x3C6-0x3C9) are not built: a BIOS's
   palette writes are dropped and its reads see all-ones, which text output does not use.
@@ -66,7 +67,8 @@ class VgaGraphics(ChipsetDevice):
         return self.config.ports()
 
     def mmio_ranges(self) -> list[MmioRange]:
-        return [MmioRange(GRAPHICS_BASE, GRAPHICS_WINDOW)]
+        # Plain memory to the guest, as the text buffer is: its stores may be coalesced.
+        return [MmioRange(GRAPHICS_BASE, GRAPHICS_WINDOW, coalesced=True)]
 
     def mmio_read(self, gpa: int, size: int) -> int:
         offset = gpa - GRAPHICS_BASE

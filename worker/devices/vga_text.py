@@ -142,7 +142,8 @@ class VgaText(ChipsetDevice):
         ]
 
     def mmio_ranges(self) -> list[MmioRange]:
-        return [MmioRange(TEXT_BASE, TEXT_WINDOW)]
+        # The text buffer is plain memory to the guest: its stores may be coalesced.
+        return [MmioRange(TEXT_BASE, TEXT_WINDOW, coalesced=True)]
 
     # ----------------------------------------------------------------- memory
 

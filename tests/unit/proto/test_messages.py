@@ -82,6 +82,15 @@ from proto.gpa_messages import GpaUnmapped  # noqa: E402
 EXAMPLES[GpaUnmapped] = GpaUnmapped(1, ((0x200, 2),))
 
 
+# Coalesced MMIO (issue 12, proto/coalesced_mmio_messages.py; ids 80–83).
+EXAMPLES.update({
+    m.CoalescedMmioRegister: m.CoalescedMmioRegister(((0xB8000, 0x8000),)),
+    m.CoalescedMmioQuery: m.CoalescedMmioQuery(7),
+    m.CoalescedMmioZones: m.CoalescedMmioZones(7, ((0xB8000, 0x8000),)),
+    m.CoalescedMmioBatch: m.CoalescedMmioBatch(0, ((0xB8000, 8, 0x0720072007200720), (0xB8FA0, 2, 0x0741))),
+})
+
+
 def test_every_registered_message_has_an_example():
     assert set(EXAMPLES) == set(m.REGISTRY.values())
 

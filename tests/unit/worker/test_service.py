@@ -299,3 +299,26 @@ def test_each_exit_saves_before_the_completion_and_a_resend_is_not_done_twice(ma
     assert succ.chipset.bus.read(SCR, 1) == 0x33
     succ.handle(m.encode(port(42, SCR, value=0x44)))
     assert succ.chipset.bus.read(SCR, 1) == 0x44
+
+
+def test_a_gen1_worker_registers_the_vga_buffer_as_coalesced_before_its_memory_request(make_worker, tmp_path):
+    (tmp_path / "pool").write_bytes(bytes(4096))
+    (tmp_path / "slat").write_bytes(bytes(4))
+    endpoint = FakeEndpoint({
+        m.InstallIntercept: m.Ack(m.InstallIntercept.TYPE),
+        m.CoalescedMmioRegister: m.Ack(m.CoalescedMmioRegister.TYPE),
+        m.MemoryRequest: m.MemoryReply(str(tmp_path / "pool"), str(tmp_path / "slat"), ()),
+    })
+    worker, _ = make_worker("gen1", endpoint)
+    worker.start(3)
+    install, register, memory = endpoint.sent
+    assert [list(z) for z in register.zones] == [[0xB8000, 0x8000]] and isinstance(memory, m.MemoryRequest)
+
+
+def test_a_coalesced_batch_is_applied_in_order_and_answered_with_nothing(make_worker):
+    worker, endpoint = make_worker("gen1")
+    writes = ((0xB8000, 8, int.from_bytes(b"H\x07i\x07!\x07 \x07", "little")), (0xB8004, 2, 0x073F))
+    worker.handle(m.encode(m.CoalescedMmioBatch(0, writes)))
+    assert endpoint.sent == [] and worker.coalesced_writes == 2
+    assert worker.chipset.screen().lines[0].startswith("Hi?")
+    assert worker.chipset.device_stats().get("vga", "mmio_writes") == 2
