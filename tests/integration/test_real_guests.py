@@ -88,7 +88,7 @@ def test_hvtest32_agrees_under_kvm_and_unicorn(hvstack_run):
     assert results(kvm) == results(uni)
 
 
-@pytest.mark.timeout(300)  # ~25 s on an idle 2-core machine; a loaded one has taken 120
+@pytest.mark.timeout(300)  # ~15 s on an idle 2-core machine; a loaded one has taken 60
 @pytest.mark.parametrize("cpu", ["unicorn", "kvm"])
 def test_seabios_boots_our_boot_sector_from_the_ata_disk(hvstack_run, cpu):
     from partitions.cpu.boot import seabios_missing
@@ -98,8 +98,8 @@ def test_seabios_boots_our_boot_sector_from_the_ata_disk(hvstack_run, cpu):
         pytest.skip(why)
     config = (REPO / "configs" / "seabios.toml").read_text().replace('cpu = "unicorn"', f'cpu = "{cpu}"')
     run = hvstack_run(toml=config, timeout=60)
-    # ~31,000 MMIO exits since the VGA BIOS (its ROM copied out of the BAR, the screen
-    # cleared, the font loaded): ~20 s on an idle 2-core machine, far more on a busy one.
+    # ~10,000 MMIO exits since the VGA BIOS (its ROM copied out of the BAR, a dword an exit)
+    # and its screen clearing and font in coalesced batches: ~15 s on an idle 2-core machine.
     console = run.wait_for_console("bios", "done, halting", timeout=270)
     assert "SeaBIOS (version" in console  # its debug port, through the UART at 0x402
     assert "INT 13h read sectors 1-2: signature and checksum ok" in console, console
