@@ -268,7 +268,8 @@ class Forwarding:
     def query(self, origin: bytes, part: Partition, worker: bytes, query: str = "", *, message=None) -> bool:
         """Ask ``part``'s worker for the root peer ``origin``; False if the worker is gone.
         ``message(ref)``: a request other than a ``worker_query`` (``io clock_step``'s),
-        answered by a ``worker_query_reply`` all the same."""
+        answered by a ``worker_query_reply`` all the same.  ``origin`` empty: nobody waits
+        for the answer (servicing's thaw, whose root was already acknowledged)."""
         ref = self._next()
         self.queries[ref] = PendingQuery(origin, part, time.monotonic_ns() + WORKER_TIMEOUT_NS)
         msg = message(ref) if message is not None else m.WorkerQuery(ref, query)
@@ -289,9 +290,11 @@ class Forwarding:
                 self.queries[msg.ref] = q
             self._counters["stale_completions"] += 1
             return
-        self._outbox.send(q.origin, msg)
+        if q.origin:
+            self._outbox.send(q.origin, msg)
 
     def expire_queries(self, now: int) -> None:
         for ref in [r for r, q in self.queries.items() if q.deadline_ns <= now]:
             q = self.queries.pop(ref)
-            self._outbox.error(q.origin, m.WorkerQueryRequest.TYPE, "STALE", "the worker did not answer in time")
+            if q.origin:
+                self._outbox.error(q.origin, m.WorkerQueryRequest.TYPE, "STALE", "the worker did not answer in time")

@@ -123,6 +123,10 @@ class Partition:
     replacement_expected: bool = False
     reinstall: bool = False
     worker_handovers: int = 0
+    # The worker a handover retired, until the handover is committed: an abort after the
+    # new worker's hello gives the partition back to it (servicing.py).
+    previous_worker: bytes | None = None
+    worker_rollbacks: int = 0
     # Coalesced MMIO (coalesced_mmio.py): the zones its worker registered, as (start, end),
     # and what came in batches: writes, batches, batches refused, batches its worker missed.
     coalesced_zones: list = field(default_factory=list)

@@ -178,6 +178,7 @@ class Peers:
         old = self.by_identity.get(part.worker)
         if old is not None:
             old.role, old.name = "retired", f"retired-worker:{part.id}"
+        part.previous_worker = part.worker  # until the commit: an abort gives it back
         part.worker = None
         part.worker_started = False
         part.replacement_expected = False

@@ -20,6 +20,7 @@ from proto import synic_messages as sm
 
 from hypervisor.coalesced_mmio import CoalescedMmio
 from hypervisor.servicing import Servicing
+from hypervisor.vp_state import PartitionStates
 
 VP, WORKER, ROOT = ("vp",), ("worker",), ("root",)
 VSP = ("vsp",)  # the root's VMBus server (issue 10)
@@ -79,9 +80,19 @@ def build_routes(hv) -> dict[type, Route]:
         m.IoRequest: Route(hv.io_requests.on_io_request, ROOT),
         # Worker servicing (hypervisor/servicing.py).
         m.ServiceRequest: Route(Servicing(table=hv.table, outbox=hv.outbox, forwarding=fwd,
-                                          sched=hv.dispatcher.sched).on_service_request, ROOT),
+                                          sched=hv.dispatcher.sched, peers=peers).on_service_request, ROOT),
         # Coalesced MMIO (coalesced_mmio.py): zones from workers, batches from VPs.
         m.CoalescedMmioRegister: Route(coalesced.on_register, WORKER),
         m.CoalescedMmioQuery: Route(coalesced.on_query, VP),
         m.CoalescedMmioBatch: Route(coalesced.on_batch, VP),
+        # Saving and restoring a whole partition (hypervisor/vp_state.py).
+        **_partition_states(hv),
     }
+
+
+def _partition_states(hv) -> dict[type, Route]:
+    states = PartitionStates(table=hv.table, outbox=hv.outbox, synic=hv.synic, interrupts=hv.interrupts)
+    return {m.PartitionSaveRequest: Route(states.on_save_request, ROOT),
+            m.PartitionRestoreRequest: Route(states.on_restore_request, ROOT),
+            m.VpStateRequest: Route(states.on_vp_state_request, ROOT),
+            m.VpStateReply: Route(states.on_vp_state_reply, VP)}

@@ -32,7 +32,8 @@ log = logging.getLogger("hypervisor")
 
 
 class Servicing:
-    def __init__(self, *, table, outbox, forwarding, sched) -> None:
+    def __init__(self, *, table, outbox, forwarding, sched, peers=None) -> None:
+        self._peers = peers
         self._table = table
         self._outbox = outbox
         self._forwarding = forwarding
@@ -66,16 +67,36 @@ class Servicing:
                 return self._outbox.error(identity, msg.TYPE, "OUT_OF_TURN",
                                           f"partition {part.id}'s new worker has not started yet")
             self._release(part)
+            part.previous_worker = None  # the handover is done: no way back
             part.unresponsive = False  # a new worker: the old one's stall is over
             self._sched.pause(part.cpu, False)
             log.info("partition %d: worker handover #%d committed; resumed", part.id, part.worker_handovers)
-        else:  # abort
+        else:  # abort, thaw
             part.replacement_expected = part.reinstall = False
-            if part.worker is not None:
-                self._forwarding.query(identity, part, part.worker, message=lambda ref: m.DeviceSave(ref, "thaw"))
+            if part.previous_worker is not None:
+                self._roll_back(part)
+            if part.worker is not None:  # its answer goes nowhere: the root gets the ack below
+                self._forwarding.query(b"", part, part.worker, message=lambda ref: m.DeviceSave(ref, "thaw"))
             self._release(part)
-            log.warning("partition %d: worker handover aborted; the worker keeps it (still paused)", part.id)
+            if action == "abort":
+                log.warning("partition %d: worker handover aborted; the worker keeps it (still paused)", part.id)
         self._outbox.send(identity, m.Ack(msg.TYPE))
+
+    def _roll_back(self, part) -> None:
+        """An abort after the new worker's hello: the partition goes back to the worker
+        the handover retired (frozen since its save, which the thaw ends), with its ranges;
+        the new worker's connection is retired in its turn, so nothing it sends is taken."""
+        peers = self._peers.by_identity
+        new, old = part.worker, part.previous_worker
+        if new is not None and new in peers:
+            peers[new].role, peers[new].name = "retired", f"retired-worker:{part.id}"
+        if old in peers:
+            peers[old].role, peers[old].name = "worker", f"worker:{part.id}"
+        part.worker, part.previous_worker, part.worker_started = old, None, old in peers
+        part.port_owner = dict.fromkeys(part.port_owner, old)
+        part.mmio = [(b, e, old) for b, e, _ in part.mmio]
+        part.worker_rollbacks += 1
+        log.warning("partition %d: handover rolled back; its previous worker has it again", part.id)
 
     def _release(self, part) -> None:
         """Accesses waiting for this partition's worker go to its (new) worker: first the

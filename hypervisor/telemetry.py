@@ -161,6 +161,8 @@ class Telemetry:
                 unresponsive=part.unresponsive,
                 health_pauses=part.health_pauses,
                 synic=partition_status(part),
+                worker_handovers=part.worker_handovers,
+                worker_rollbacks=part.worker_rollbacks,
                 coalesced_mmio=dict(part.coalesced_mmio),
                 cpu=CpuStatus(part.cpu.reserve, part.cpu.limit, part.cpu.weight),
                 vps=[VpStatus(vp.index, vp.state.value, dict(vp.exits), vp.cr3, vp.faults, dict(vp.counters),

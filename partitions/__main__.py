@@ -31,8 +31,9 @@ from proto import messages as m
 from proto.memory import GuestMemory
 from proto.tlb import LpTlb
 from proto.transport import Dealer, connect
+from proto.guest_state import GuestStateError
 
-from partitions import kernel
+from partitions import kernel, resume
 from partitions.vp import GuestFault, Vp, VpReset, VpStopped
 
 log = logging.getLogger("partition")
@@ -54,14 +55,24 @@ def vp_thread(spec: dict, token: str, index: int, system: kernel.System,
             memory = (GuestMemory(where.ram, where.slat), [LpTlb(p) for p in where.tlbs])
         if boot is not None:  # real x86 code on a real-CPU backend (partitions/cpu)
             from partitions.cpu.run import run_vp
-            run_vp(spec["cpu"], boot, dealer, index, memory[0], stop, bus_lock, spec["partition_id"], memory[1])
+            saved = (spec.get("cpu_state") or [None] * spec["vps"])[index]  # a restored partition's
+            run_vp(spec["cpu"], boot, dealer, index, memory[0], stop, bus_lock, spec["partition_id"], memory[1],
+                   saved=saved)
             return
         vp = Vp(dealer, index, memory[0], stop, bus_lock, partition=spec["partition_id"], tlbs=memory[1],
                 coalesced=system.coalesced)
         seen_generation = 0
+        saved = None
+        if spec.get("resume"):  # restored from a saved record: the kernel state is in RAM
+            saved = resume.read_state(vp)
+            resume.resume_vp(vp, saved)
+        system.resume_vps[index] = vp
         while True:
             try:
-                if index == 0:
+                if index == 0 and saved is not None:
+                    saved, state = None, saved  # a reset after this boots afresh
+                    resume.bsp_resume(vp, system, state)
+                elif index == 0:
                     kernel.bsp_main(vp, system)
                 else:
                     kernel.ap_main(vp, system, seen_generation)
@@ -76,7 +87,7 @@ def vp_thread(spec: dict, token: str, index: int, system: kernel.System,
                 vp.power_on()
     except VpStopped:
         pass
-    except GuestFault as e:
+    except (GuestFault, GuestStateError) as e:
         log.error("VP %d: %s", index, e)
         failures.append(e)
     except Exception as e:  # a bug in guest or VP code: record it and end the partition
@@ -138,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda s, f: stop.set())
     system = kernel.System(spec["name"], spec["workloads"], spec["duration_s"])
     system.vmbus_config = spec.get("vmbus") or {}  # the topology's vmbus section (partitions/vmbus_disk.py)
+    system.resume_vps = [None] * spec["vps"]
+    system.checkpoint = resume.checkpoint  # the kernel's state into its RAM, for a save
     failures: list = []
     bus_lock = threading.Lock()
     threads = [threading.Thread(target=vp_thread, name=f"vp{i}", daemon=True,

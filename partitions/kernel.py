@@ -86,9 +86,17 @@ class System:
     started: float = field(default_factory=time.monotonic)
     booted_cv: threading.Condition = field(default_factory=threading.Condition)
     synic: SynicState = field(default_factory=SynicState)  # the SynIC driver's (drivers/synic.py)
+    # Save and restore (partitions/resume.py): lines the kernel wrote on its console, every
+    # VP by index (the checkpoint reads their counters), and the checkpoint VP 0 writes
+    # into guest RAM after a workload turn, every 50 ms at most (None: none).
+    console_lines: int = 0
+    resume_vps: list = field(default_factory=list)
+    checkpoint: object = None
+    checkpoint_due: float = 0.0  # time.monotonic() of the next checkpoint
     coalesced: CoalescedRing = field(default_factory=CoalescedRing)  # the partition's coalesced MMIO ring
 
     def console(self, vp: Vp, line: str) -> None:
+        self.console_lines += 1
         self.serial.write(vp, line + "\n")
 
 

@@ -162,6 +162,9 @@ class Vp:
                 continue
             if msg.__class__ is m.ErrorReply:
                 raise Refused(msg.code, msg.message)
+            if msg.__class__ is m.VpStateQuery:  # a save, while this VP waits here (issue 13)
+                self._send(m.VpStateReply(*self.cpu_state()).encode())
+                continue
             # Anything else is a late answer to an earlier exit; it cannot be ours.
         self.exits += 1
         self._quantum_end = msg.deadline_ns or NEVER
@@ -189,6 +192,12 @@ class Vp:
         if self._pending and self.if_flag:
             self._deliver()
         return msg
+
+    def cpu_state(self) -> tuple[bool, bytes]:
+        """(at an instruction boundary, the CPU's registers) for a save: the Python guest's
+        are its Python frames — nothing to send; its kernel's state is in its RAM
+        (partitions/resume.py).  A real-CPU backend's ExitPort answers with its emulator's."""
+        return True, b""
 
     @staticmethod
     def _describe(frame: bytes) -> str:

@@ -412,6 +412,8 @@ def run_workloads(vp: Vp, sys) -> dict[str, int]:
             ops += n
         if ops == 0:
             idle(vp, sys)
+        if vp.index == 0 and sys.checkpoint is not None:
+            sys.checkpoint(vp, sys)  # the kernel's state into its RAM (partitions/resume.py)
     return done
 
 

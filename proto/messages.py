@@ -382,6 +382,10 @@ from proto.interrupt_messages import InterruptNotify  # noqa: E402,F401
 __all__.append("InterruptNotify")
 # Worker servicing's messages (ids 46–49), in a module of their own.
 from proto.service_messages import DeviceSave, ServiceRequest  # noqa: E402,F401
+# Saving and restoring a whole partition (ids 48, 49, 53–57), in a module of their own.
+from proto.save_messages import (  # noqa: E402,F401
+    PartitionRestoreRequest, PartitionSaveRequest, PartitionState, VpStateQuery, VpStateReply, VpStateRequest,
+    VpStates)
 # GPA maps kept honest for the VSP (issue 10; ids 90–93), in a module of their own.
 # (as a module, as synic_messages: either may then be imported first)
 from proto import gpa_messages as _gpa_messages  # noqa: E402,F401

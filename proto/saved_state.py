@@ -14,9 +14,9 @@ The envelope's format and version are read before anything of the record is trus
 file from another version is refused as such (not as a checksum mismatch); the SHA-256 over
 the record's bytes catches a truncated or tampered file.  Sections are named: ``worker`` is
 every device's state value by device name (``worker/devices/state.py`` checks each value when
-the device restores it); ``worker_access`` the last access whose effect it holds; the VP
-and hypervisor sections (issue 13's save/restore and
-migration) are not built yet.  A reader refuses an unknown section, as OpenVMM refuses an
+the device restores it); ``worker_access`` the last access whose effect it holds; ``shape``,
+``hypervisor``, ``vps``, ``memory`` and ``disks`` are a whole partition's (``ctl save``;
+:mod:`proto.partition_state` checks every field of them).  A reader refuses an unknown section, as OpenVMM refuses an
 unknown saved unit: it would be state dropped without a word.
 
 A checkpoint file (:class:`CheckpointFile`) holds two slots of :data:`SLOT_BYTES`, written
@@ -45,6 +45,11 @@ VERSION = 1
 # worker completed ({"ref", "value"}), so a successor can answer its resend without doing
 # it twice.
 SECTIONS = frozenset({"worker", "worker_access"})
+# A whole partition's record (``ctl save``, ``run --restore``; proto/partition_state.py
+# checks each): its shape, the hypervisor's partition-wide and per-VP state, its memory
+# and its disks, beside ``worker``.
+PARTITION_SECTIONS = frozenset({"shape", "hypervisor", "vps", "memory", "disks"})
+SECTIONS = SECTIONS | PARTITION_SECTIONS | {"cpu"}  # cpu: a real-CPU backend's registers
 SLOT_BYTES = 1 << 20  # one checkpoint slot: a u32 length, then the record
 _LEN = struct.Struct("<I")
 
@@ -118,6 +123,12 @@ def decode(data: bytes) -> dict:
         raise UnknownSection(f"saved state has sections {sorted(map(str, unknown))} this version does not know")
     if "worker_access" in body["sections"]:
         _require(body["sections"]["worker_access"], {"ref": int, "value": int}, "worker_access")
+    if "worker" in body["sections"] and not isinstance(body["sections"]["worker"], dict):
+        raise MissingField("saved state: worker is not a map of device states")
+    from proto.partition_state import CHECKS  # it imports this module's errors
+    for name, check in CHECKS.items():
+        if name in body["sections"]:
+            check(body["sections"][name])
     return body
 
 

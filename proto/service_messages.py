@@ -21,6 +21,9 @@ SERVICE_ACTIONS = (
     "commit",
     # Give up: the old worker keeps the partition (it is thawed), held accesses go to it.
     "abort",
+    # After a ``save`` that was only a save (``ctl save``): the worker is thawed and keeps
+    # the partition, held accesses go to it; the partition stays paused until resumed.
+    "thaw",
 )
 
 

@@ -251,6 +251,10 @@ class PartitionStatus:
     # posted and delivered, slots found busy, event flags signalled, EOMs, messages queued
     # now, timer expiries and missed ticks.
     synic: dict[str, int] = field(default_factory=dict)
+    # Worker servicing (hypervisor/servicing.py): handovers to a new worker taken, and
+    # handovers rolled back to the previous worker by an abort.
+    worker_handovers: int = 0
+    worker_rollbacks: int = 0
     # Coalesced MMIO (hypervisor/coalesced_mmio.py): writes and batches forwarded, batches
     # refused, batches its worker was gone for.
     coalesced_mmio: dict[str, int] = field(default_factory=dict)
@@ -278,6 +282,8 @@ class PartitionStatus:
             "unresponsive": self.unresponsive,
             "health_pauses": self.health_pauses,
             "synic": dict(self.synic),
+            "worker_handovers": self.worker_handovers,
+            "worker_rollbacks": self.worker_rollbacks,
             "coalesced_mmio": dict(self.coalesced_mmio),
         }
 
@@ -289,6 +295,7 @@ class PartitionStatus:
                    d["resets"], CpuStatus.from_wire(d["cpu"]), [VpStatus.from_wire(vp) for vp in d["vps"]],
                    dict(d["guest"]), {name: PathStats.from_wire(st) for name, st in d["paths"].items()},
                    d.get("unresponsive", False), d.get("health_pauses", 0), dict(d.get("synic", {})),
+                   d.get("worker_handovers", 0), d.get("worker_rollbacks", 0),
                    dict(d.get("coalesced_mmio", {})))
 
 

@@ -24,7 +24,7 @@ from proto.tlb import tlb_path
 from proto.errors import HvstackError
 from proto.status import HypervisorStatus
 from proto.transport import curve_keypair, ipc_endpoint
-from root import cgroups, hostflow, servicing
+from root import cgroups, hostflow, partition_save, servicing
 from root.client import ConsoleWatcher, RootClient
 from root.guest_images import disk_contents, firmware_nvram
 from root.procs import STOP_GRACE_S, Proc, describe_exit, partition_uid, spawn, stop_procs
@@ -80,6 +80,7 @@ class Run:
     _uids: dict = field(default_factory=dict)  # (role, partition id) → the uid its process runs under
     _dead_workers: dict = field(default_factory=dict)  # name → Proc: died, to be restarted (servicing)
     worker_restarts: dict = field(default_factory=dict)  # partition name → times its worker was restarted
+    restores: dict = field(default_factory=dict)  # partition name → its saved record (root/partition_save.py)
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -108,6 +109,9 @@ class Run:
             # Its VPs stay suspended until its worker is ready (below), so that the
             # partition process can start meanwhile.
             self.partition_ids[pc.name] = hostflow.create_partition(self.root, pc, free, start=False)
+            if pc.name in self.restores:  # its memory and hypervisor state, before a VP connects
+                partition_save.restore_memory_and_state(self.root, self.run.path, self.partition_ids[pc.name],
+                                                        self.restores[pc.name])
         self._manifest_update()
         self._start_vsp(logs)
         self.watcher = ConsoleWatcher(self.endpoint, self.secret, list(self.partition_ids.values()),
@@ -123,7 +127,9 @@ class Run:
             spec = {"endpoint": self.endpoint, "server_key": self.server_key, "partition_id": pid, "name": pc.name,
                     "console_path": str(self.run.path / f"console-{pc.name}.log"), "devices": devices}
             write_json(self.run.path / f"worker-{pc.name}.json", spec)
-            self.procs.append(self.spawn_worker(pc))
+            if pc.name in self.restores:  # its disks, and its devices for the worker to restore
+                partition_save.restore_devices(self.run.path, pid, pc, devices, self.restores[pc.name])
+            self.procs.append(self.spawn_worker(pc, restore=pc.name in self.restores))
         self._manifest_update()
         # The partition processes start while the workers do (issue 12: each is a Python
         # start-up of a few hundred ms, which used to follow the workers'); their VPs'
@@ -134,7 +140,8 @@ class Run:
             spec = {"endpoint": self.endpoint, "server_key": self.server_key, "partition_id": pid, "name": pc.name,
                     "vps": pc.vps, "memory_mb": pc.memory_mb, "workloads": pc.workloads, "vmbus": pc.vmbus,
                     "cpu": pc.backend, "firmware": pc.firmware, "kernel": pc.kernel,
-                    "initrd": pc.initrd, "cmdline": pc.cmdline,
+                    "initrd": pc.initrd, "cmdline": pc.cmdline, "resume": pc.name in self.restores,
+                    "cpu_state": partition_save.cpu_state(self.restores.get(pc.name)),
                     "base_dir": str(self.topology.base_dir) if self.topology.base_dir else None,
                     # 0 means "until stopped": the guest runs its workloads for a day.
                     "duration_s": self.duration if self.duration > 0 else UNTIL_STOPPED_S}
@@ -468,10 +475,12 @@ class Run:
         write_json(path, man)
 
 
-def execute(topology: Topology, out: Output, duration_s: float | None = None) -> tuple[Run, str, int]:
+def execute(topology: Topology, out: Output, duration_s: float | None = None,
+            restores: dict | None = None) -> tuple[Run, str, int]:
     """Start a run, supervise it, end it; returns (run, reason, exit code).  Ctrl-C and
-    SIGTERM end the run the same way as a dead process does: every process goes."""
-    run = Run(topology, out, duration_s)
+    SIGTERM end the run the same way as a dead process does: every process goes.
+    ``restores``: partition name → a saved record to start it from (``run --restore``)."""
+    run = Run(topology, out, duration_s, restores=restores or {})
 
     def on_signal(signum, frame):
         name = signal.Signals(signum).name

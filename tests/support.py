@@ -79,9 +79,9 @@ class LiveRun:
                 self.proc.wait(5)
 
 
-def start_run(config: str, run_root: str, duration: str = "0") -> LiveRun:
+def start_run(config: str, run_root: str, duration: str = "0", extra: tuple = ()) -> LiveRun:
     env = dict(os.environ, HVSTACK_RUN_DIR=run_root)
-    proc = subprocess.Popen([sys.executable, str(REPO / "launch.py"), "run", config, "--duration", duration],
+    proc = subprocess.Popen([sys.executable, str(REPO / "launch.py"), "run", config, "--duration", duration, *extra],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def running():

@@ -48,6 +48,9 @@ class ExitPort(Vp):
 
     def __init__(self, *args, regs: Callable[[], tuple[int, int]], **kwargs) -> None:
         self._cpu_regs = regs
+        # The backend's whole register file for a save (``cpu_state``): set by a backend
+        # that can give it; None: saving this backend is not built.
+        self.cpu_state_of: Callable[[], tuple[bool, bytes]] | None = None
         super().__init__(*args, **kwargs)
         self.counters.update(interrupts_dropped=0, halts=0)
         self._ports_named = 0
@@ -64,7 +67,20 @@ class ExitPort(Vp):
             self.counters["interrupts_dropped"] += len(self._pending) - MAX_PENDING
             del self._pending[MAX_PENDING:]
 
+    def cpu_state(self) -> tuple[bool, bytes]:
+        if self.cpu_state_of is None:
+            return False, b""  # never a boundary: the root's save says it is not built
+        return self.cpu_state_of()
+
     # -- interrupts ---------------------------------------------------------------------------
+
+    def pending_vectors(self) -> list[int]:
+        """The interrupts waiting for the guest's IF (a save takes them with the registers)."""
+        return [vector for vector, _ in self._pending]
+
+    def set_pending(self, vectors: list[int]) -> None:
+        """A restored VP's waiting interrupts."""
+        self._pending = [(v, ()) for v in vectors]
 
     @property
     def interrupt_pending(self) -> bool:

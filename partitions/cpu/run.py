@@ -38,28 +38,31 @@ def backend_class(kind: str):
     raise ValueError(f"no real-CPU backend {kind!r}")
 
 
-def run_vp(kind: str, boot: Boot, dealer, index: int, mem, stop, bus_lock, partition: int, tlbs) -> None:
+def run_vp(kind: str, boot: Boot, dealer, index: int, mem, stop, bus_lock, partition: int, tlbs,
+           saved: dict | None = None) -> None:
     """Runs until the partition stops (VpStopped) or the guest crashes (GuestCrash).  VP 0
     (the BSP) starts at ``boot``; an application processor waits for a startup IPI and
     starts in real mode at its vector.  A reset (the partition's, or an INIT IPI) builds a
     new CPU: the BSP's at the reset state, the firmware regions back to their image (RAM
-    keeps its contents); an AP waits for its SIPI again."""
+    keeps its contents); an AP waits for its SIPI again.  ``saved``: the CPU state to
+    resume from (a restored partition; unicorn only), AP or not."""
     cls = backend_class(kind)
 
     def port(regs):
         return ExitPort(dealer, index, mem, stop, bus_lock, partition=partition, tlbs=tlbs, regs=regs)
 
-    start = boot if index == 0 else None
+    start = boot if index == 0 or saved is not None else None
     first = True
     while True:
         cpu = None
         try:
             if start is None:
                 wait_for_sipi(port)  # raises VpReset (with the vector) or VpStopped
-            if start is boot:
+            resume = {"saved": saved} if saved is not None and first else {}
+            if start is boot and not resume:
                 for region in boot.regions:
                     region.reload()
-            cpu = cls(port, mem, start)
+            cpu = cls(port, mem, start, **resume)
             if first:
                 log.info("VP %d: %s CPU running %s", index, kind, start.what)
                 first = False

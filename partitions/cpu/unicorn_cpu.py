@@ -36,6 +36,7 @@ import ctypes
 import logging
 from time import perf_counter_ns
 
+import msgpack
 from unicorn import (UC_ARCH_X86, UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INSN_INVALID,
                      UC_HOOK_INTR, UC_MODE_32, UC_MODE_64, UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ, Uc,
                      UcError)
@@ -50,6 +51,13 @@ from partitions.vp import GuestFault
 
 log = logging.getLogger("partition")
 
+# The register file a save takes (issue 13), in the order a restore writes it: control
+# registers and descriptor tables before the segments that are loaded through them.
+SAVED_REGS_32 = ("CR0", "CR3", "CR4", "CR2", "GDTR", "IDTR", "CS", "DS", "ES", "FS", "GS", "SS",
+                 "EAX", "EBX", "ECX", "EDX", "ESI", "EDI", "EBP", "ESP", "EIP", "EFLAGS")
+SAVED_REGS_64 = ("CR0", "CR3", "CR4", "CR2", "GDTR", "IDTR", "CS", "DS", "ES", "FS", "GS", "SS",
+                 "FS_BASE", "GS_BASE", "RAX", "RBX", "RCX", "RDX", "RSI", "RDI", "RBP", "RSP",
+                 "R8", "R9", "R10", "R11", "R12", "R13", "R14", "R15", "RIP", "RFLAGS")
 UNTIL = 0xFFFFFFFFFFFFFFFF  # emu_start's end address: never reached
 MAX_SLICE_NS = 100_000_000  # at most this long in the emulator without looking at the stop flag
 MSR_SYNTHETIC = range(0x40000000, 0x40000100)
@@ -70,11 +78,14 @@ def gaps(taken: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 class UnicornCpu:
-    def __init__(self, port_factory, mem, boot: Boot) -> None:
+    def __init__(self, port_factory, mem, boot: Boot, saved: dict | None = None) -> None:
         """``port_factory(regs)`` makes the VP's :class:`ExitPort` given the register
-        reader; ``mem`` is the partition's GuestMemory."""
+        reader; ``mem`` is the partition's GuestMemory; ``saved``: a saved state to resume
+        from (:meth:`cpu_state`'s, decoded) instead of the boot's entry, RAM as restored."""
         self.mem = mem
         self.boot = boot
+        self.saved = saved
+        self._boundary = False  # waiting at an exit between two instructions (cpu_state)
         # 32-bit mode even for real-mode firmware: unicorn's 16-bit mode takes emu_start's
         # address as CS × 16 + IP and cuts IP to 16 bits, which breaks every restart once
         # the firmware has switched to protected mode.  The CPU's mode is CR0's anyway.
@@ -84,6 +95,7 @@ class UnicornCpu:
         self._ip, self._sp, self._flags = ((X.UC_X86_REG_RIP, X.UC_X86_REG_RSP, X.UC_X86_REG_RFLAGS) if boot.long_mode
                                            else (X.UC_X86_REG_EIP, X.UC_X86_REG_ESP, X.UC_X86_REG_EFLAGS))
         self.port: ExitPort = port_factory(self.regs)
+        self.port.cpu_state_of = self.cpu_state
         self._stop_requested = False
         self._stopped_by_hook = False
         self._slice_end = 0
@@ -107,8 +119,9 @@ class UnicornCpu:
             uc.mem_map_ptr(r.gpa, r.size, prot, ctypes.addressof(ctypes.c_char.from_buffer(r.buffer())))
             self._firmware.append((r.gpa, r.gpa + r.size))
         self._map_gpa_space()
-        for gpa, data in self.boot.load:
-            mem.write(gpa, data)
+        if self.saved is None:  # a restored VP's RAM already holds what the boot loaded, and more
+            for gpa, data in self.boot.load:
+                mem.write(gpa, data)
 
     def _map_gpa_space(self) -> None:
         """RAM where the SLAT maps it now, MMIO everywhere else below 4 GiB (firmware
@@ -235,6 +248,8 @@ class UnicornCpu:
         self._map()
         self._hooks()
         self._reset_state()
+        if self.saved is not None:
+            self._restore(self.saved)
         port, uc = self.port, self.uc
         while True:
             if port.stop.is_set():
@@ -242,7 +257,7 @@ class UnicornCpu:
             if port.interrupt_pending and self._if():
                 self._vector(port.take_interrupt())
             if port.quantum_over:
-                port.quantum_exit()
+                self._at_boundary(port.quantum_exit)
                 self._slat_changed()
                 continue
             self._stopped_by_hook = self._stop_requested = False
@@ -256,8 +271,58 @@ class UnicornCpu:
             pc = self._linear_pc()
             if pc and bytes(uc.mem_read(pc - 1, 1))[0] == HLT:
                 if not (port.interrupt_pending and self._if()):  # one already here wakes it at once
-                    port.halt(self._if())
+                    self._at_boundary(port.halt, self._if())
                     self._slat_changed()
+
+    # -- save and restore (issue 13) ------------------------------------------------------------
+
+    def _at_boundary(self, exit_, *args):
+        """An exit from the run loop, between two instructions: a save may take the
+        register file there (not inside a hook, in the middle of an IN or an MMIO access)."""
+        self._boundary = True
+        try:
+            return exit_(*args)
+        finally:
+            self._boundary = False
+
+    def _saved_regs(self) -> list:
+        regs = SAVED_REGS_64 if self.boot.long_mode else SAVED_REGS_32
+        return [(name, getattr(X, f"UC_X86_REG_{name}")) for name in regs]
+
+    def cpu_state(self) -> tuple[bool, bytes]:
+        """(at a boundary, the register file) — asked while the VP waits at an exit."""
+        if not self._boundary:
+            return False, b""
+        uc = self.uc
+        regs = {name: uc.reg_read(reg) for name, reg in self._saved_regs()}
+        return True, msgpack.packb({"regs": {k: list(v) if isinstance(v, tuple) else v for k, v in regs.items()},
+                                    "efer": uc.msr_read(IA32_EFER),
+                                    "pending": self.port.pending_vectors()})
+
+    def _restore(self, saved: dict) -> None:
+        """The register file of ``saved`` (checked: every register of this mode, each a
+        number or a descriptor-table 4-tuple), control registers and tables first."""
+        regs = saved.get("regs") if isinstance(saved, dict) else None
+        names = [name for name, _ in self._saved_regs()]
+        if not isinstance(regs, dict) or sorted(regs) != sorted(names):
+            raise GuestCrash(f"saved CPU state: not this mode's registers ({sorted(regs or {})})")
+        uc = self.uc
+        uc.msr_write(IA32_EFER, int(saved.get("efer", 0)))
+        for name, reg in self._saved_regs():
+            v = regs[name]
+            ok = (isinstance(v, int) and 0 <= v < 1 << 64) or (
+                isinstance(v, list) and len(v) == 4 and all(isinstance(x, int) and 0 <= x < 1 << 64 for x in v))
+            if not ok:
+                raise GuestCrash(f"saved CPU state: {name} = {v!r}")
+            value = tuple(v) if isinstance(v, list) else v
+            if uc.reg_read(reg) == value:
+                continue  # as the reset state has it (a segment selector is loaded only if it changes)
+            try:
+                uc.reg_write(reg, value)
+            except UcError as e:
+                raise GuestCrash(f"saved CPU state: cannot load {name} = {v!r}: {e}") from None
+        pending = saved.get("pending", [])
+        self.port.set_pending([v for v in pending if isinstance(v, int) and 0 <= v < 256])
 
     def _after_exit(self) -> None:
         """After an exit inside a hook: back to the loop at the next block if an interrupt

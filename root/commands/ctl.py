@@ -3,7 +3,8 @@ run.  pause holds its VPs at their next exit; resume lets them go on; reset send
 its reset vector and the devices to power-on; stop ends the partition's VPs and worker and
 waits (--timeout) until the launcher has — when it was the last partition, the run ends;
 service hands the partition's devices to a new worker process while its VPs are paused
-(root/servicing.py) and prints the blackout."""
+(root/servicing.py) and prints the blackout; ``save PARTITION FILE [--paused]`` writes the
+whole partition into FILE (root/partition_save.py)."""
 
 from __future__ import annotations
 
@@ -13,14 +14,14 @@ import time
 
 from proto.errors import HvstackError, Refused
 from proto.status import HypervisorStatus
-from root import servicing
+from root import partition_save, servicing
 from root.client import RootClient
 from root.commands.common import complain
 from root.rundir import live_run, partition_of, write_private
 
 NAME = "ctl"
 HELP = "pause, resume, reset, stop or service a partition of a live run"
-ACTIONS = ("pause", "resume", "reset", "stop", "service")
+ACTIONS = ("pause", "resume", "reset", "stop", "service", "save")
 CTL_DONE = {"pause": "paused", "resume": "resumed", "reset": "reset", "stop": "stopped"}
 
 
@@ -28,11 +29,16 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run")
     p.add_argument("action", choices=ACTIONS)
     p.add_argument("partition")
+    p.add_argument("file", nargs="?", help="save: the file the partition's record is written to")
+    p.add_argument("--paused", action="store_true", help="save: leave the partition paused after the save")
     p.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for stop to take effect")
 
 
 def run(args) -> int:
     """pause, resume, reset or stop one partition of a live run (PartitionControl)."""
+    if (args.action == "save") != (args.file is not None):
+        complain(NAME, "save takes a FILE; no other action does")
+        return 2
     run, man = live_run(args.run)
     pid = partition_of(run, man, args.partition)
     name = args.partition
@@ -41,6 +47,10 @@ def run(args) -> int:
     if args.action == "service":
         return _service(run, name, args.timeout)
     with RootClient(man["endpoint"], run.secret(), server_key=man.get("server_key")) as root:
+        if args.action == "save":
+            print(partition_save.describe(partition_save.save(run.path, man, root, name, args.file,
+                                                              keep_running=not args.paused)))
+            return 0
         try:
             root.control(pid, args.action)
         except Refused as e:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from proto.errors import ConfigError
+from proto.errors import ConfigError, HvstackError
 from root.commands.common import PROG
 from root.report import Output
 from root.run import execute
@@ -21,6 +21,8 @@ HELP = "run a topology file (default: configs/default.toml)"
 def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?")
     p.add_argument("--duration", type=float, help="seconds of workloads (0: until stopped)")
+    p.add_argument("--restore", action="append", default=[], metavar="PARTITION=FILE",
+                   help="start PARTITION from a record `ctl RUN save` wrote (repeatable)")
 
 
 def run(args) -> int:
@@ -34,10 +36,37 @@ def run(args) -> int:
     except ConfigError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return ConfigError.exit_code
+    try:
+        restores = _restores(topology, args.restore)
+    except HvstackError as e:  # a record that does not fit: refused before anything starts
+        print(f"{PROG} run: {e}", file=sys.stderr)
+        return 2
     checked_runs_root(create=True)  # a runs root that is not ours: one line and status 2, nothing started
     out = Output()
-    the_run, reason, code = execute(topology, out, args.duration)
+    the_run, reason, code = execute(topology, out, args.duration, restores)
     out.report(the_run, the_run.final_status)
     out.print()
     out.print(f"run {the_run.run.name} ended: {reason}" if hasattr(the_run, "run") else f"run failed: {reason}")
     return code
+
+
+def _restores(topology, specs: list[str]) -> dict:
+    """``--restore PARTITION=FILE``s: each record read, checked whole and against the
+    partition's shape in this topology (root/partition_save.py)."""
+    from pathlib import Path
+
+    from root.partition_save import read_for
+
+    records = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        pc = next((p for p in topology.partitions if p.name == name), None)
+        if not sep or not path:
+            raise HvstackError(f"--restore {spec}: expected PARTITION=FILE")
+        if pc is None:
+            raise HvstackError(f"--restore {spec}: the topology has no partition {name!r}")
+        base = topology.base_dir or Path.cwd()
+        # The devices as the worker will have them (paths do not matter to the shape; a disk
+        # image the topology names is compared with the saved one).
+        records[name] = read_for(pc, path, pc.worker_devices(Path("/nonexistent-run"), base), base)
+    return records

@@ -137,6 +137,8 @@ def run(args) -> int:
             restarts = man.get("worker_restarts", {}).get(names.get(p.id, ""), 0)
             print(f"  worker replaced {len(served)} times ({restarts} restarted after dying); "
                   f"last blackout {served[-1]['blackout_ms']:.1f} ms")
+        if p.worker_handovers or p.worker_rollbacks:  # as the hypervisor counted them
+            print(f"  hypervisor: {p.worker_handovers} worker handovers, {p.worker_rollbacks} rolled back")
         rows = [[str(vp.index), vp.state, *(str(v) for v in vp.exits.values()), str(vp.faults)] for vp in p.vps]
         if p.vps:
             headers = ["vp", "state", *p.vps[0].exits.keys(), "faults"]

@@ -5,6 +5,7 @@ back to back) must see only a pause: its counters go on, no disk round fails."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -82,6 +83,28 @@ def test_a_killed_worker_is_restarted_from_its_checkpoint(run):
     status = run.launch("status", run.name, timeout=30)
     assert f"worker replaced {replaced} times (1 restarted after dying)" in status.stdout, status.stdout
     assert run.manifest().get("unresponsive_partitions", []) == []
+
+
+def test_a_service_whose_new_worker_fails_after_its_hello_is_rolled_back(run):
+    """The rollback gap: the successor (its COM1 moved in its spec) says hello, then its
+    devices claim other ranges than its predecessor's and it is refused; the abort gives the
+    partition back to the old worker, which goes on serving the guest."""
+    before = goes_on(run, {}, "before the failed service")
+    old = worker_pid(run)
+    spec_path = run.path / "worker-alpha.json"
+    original = spec_path.read_text()
+    spec = json.loads(original)
+    next(d for d in spec["devices"] if d["type"] == "uart16550")["base"] = 0x2E8
+    spec_path.write_text(json.dumps(spec))
+    try:
+        r = run.launch("ctl", run.name, "service", "alpha", timeout=60)
+    finally:
+        spec_path.write_text(original)
+    assert r.returncode != 0 and "cannot service partition alpha" in r.stderr, r.stdout + r.stderr
+    assert worker_pid(run) == old and alive([old])
+    goes_on(run, before, "after the rolled-back service")
+    status = run.launch("status", run.name, timeout=30)
+    assert ", 1 rolled back" in status.stdout, status.stdout
 
 
 def test_service_of_an_unknown_partition_is_refused(run):

@@ -160,7 +160,7 @@ class Stack:
 
     def partition(self, vps: int = 2, privileges: int = int(HV_CHILD_ENLIGHTENED_PRIVILEGES),
                   recommendations: int = int(HvRecommendation.UseApicMsrs), worker: bool = True,
-                  start: bool = True) -> int:
+                  start: bool = True, connect: bool = True) -> int:
         """A partition by the TLFS host flow, with RAM at GPA 0, a worker claiming COM1 and
         VGA memory, and its VPs' threads bound; ``start``: the VPs started too (each has had
         its hello reply)."""
@@ -182,7 +182,7 @@ class Stack:
             w = worker_id(pid)
             self.hello(w, "worker", pid)
             assert self.send(w, m.InstallIntercept(((COM1, 8), (0x60, 1)), ((VGA, 0x8000),))).one(w, m.Ack)
-        for i in range(vps):
+        for i in range(vps if connect else 0):
             assert not self.hello(vp_id(pid, i), "vp", pid, i)  # suspended: its hello reply waits
             if start:
                 assert isinstance(self.start(pid, i).one(vp_id(pid, i)), m.HelloReply)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from proto import messages as m
+from proto.status import HypervisorStatus
 from tests.unit.hypervisor.fake_stack import COM1, REGS, ROOT, VGA, Stack, stamps, vp_id, worker_id
 
 V10, V11 = vp_id(1, 0), vp_id(1, 1)
@@ -99,3 +100,35 @@ def test_abort_thaws_the_old_worker_and_gives_it_the_held_accesses(s):
     assert sent.one(ROOT, m.Ack)
     assert any(isinstance(x, m.DeviceSave) and x.action == "thaw" for x in sent.to(W1))
     assert sent.one(W1, m.PortNotify)
+
+
+def test_an_abort_after_the_new_workers_hello_gives_the_partition_back_to_the_old_worker(s):
+    """The rollback gap: the new worker said hello (the old one retired), then the service
+    failed — abort must hand the partition back to the old worker, thawed, with its ranges."""
+    s.send(ROOT, m.PartitionControl(1, "pause")).one(ROOT, m.Ack)
+    save = service(s, "save").one(W1, m.DeviceSave)
+    assert s.send(W1, m.WorkerQueryReply(save.ref, {"sequence": 1, "bytes": 10})).one(ROOT, m.WorkerQueryReply)
+    held = io(s, V10, 1)
+    assert not held.to(W1)
+    service(s, "expect_worker").one(ROOT, m.Ack)
+    assert isinstance(s.hello(NEW, "worker", 1).one(NEW), m.HelloReply)  # then it dies
+    assert s.part(1).worker == NEW and s.part(1).previous_worker == W1
+    sent = service(s, "abort")
+    assert sent.one(ROOT, m.Ack)
+    thaw = sent.one(W1, m.DeviceSave)
+    assert thaw.action == "thaw"
+    notify = sent.one(W1, m.PortNotify)  # the held access goes to the old worker, once
+    # The thaw's answer goes nowhere: the root had its ack (a stray reply would be taken
+    # for the answer to its next request).
+    assert not s.send(W1, m.WorkerQueryReply(thaw.ref, {"thawed": 1})).to(ROOT)
+    part = s.part(1)
+    assert part.worker == W1 and part.previous_worker is None and part.worker_rollbacks == 1
+    assert part.port_owner[COM1] == W1 and part.mmio_owner(VGA) == W1
+    s.send(W1, m.AccessComplete(notify.ref, 0x41, stamps()))  # the old worker is heard again
+    assert not s.hv.forwarding.pending
+    # The new worker's connection is retired: nothing it sends reaches the partition.
+    assert s.send(NEW, m.AssertInterrupt(0x20, (1, 2))).one(NEW, m.ErrorReply).code == "NOT_PERMITTED"
+    # The hypervisor's status counts both.
+    reply = s.send(ROOT, m.StatusRequest()).one(ROOT, m.StatusReply)
+    status = HypervisorStatus.from_wire(reply.status).partition(1)
+    assert (status.worker_handovers, status.worker_rollbacks) == (1, 1)

@@ -79,6 +79,12 @@ class FakePort:
         self.hypercalls.append((control, input_gpa, output_gpa))
         return 0x2  # HV_STATUS_INVALID_HYPERCALL_CODE
 
+    def pending_vectors(self) -> list[int]:
+        return list(self._pending)
+
+    def set_pending(self, vectors: list[int]) -> None:
+        self._pending = list(vectors)
+
     def halt(self, interrupts_enabled: bool) -> bool:
         self.exits.append(("halt", interrupts_enabled))
         if self.on_halt is None or not self.on_halt(self):

@@ -9,6 +9,7 @@ import pytest
 
 from partitions.cpu import unavailable
 from partitions.cpu.boot import Boot
+from partitions.cpu.exitport import GuestCrash
 from partitions.cpu.run import backend_class
 from partitions.vp import VpStopped
 from tests.unit.partitions.fake_port import FakePort, guest_memory
@@ -162,3 +163,45 @@ def test_cmos_says_how_many_processors_a_firmware_partition_has():
     from partitions.cpu.boot import CMOS_NVRAM_FIRST, CMOS_SMP_COUNT, cmos_nvram
     assert cmos_nvram(4)[CMOS_SMP_COUNT - CMOS_NVRAM_FIRST] == 0
     assert cmos_nvram(4, vps=4)[CMOS_SMP_COUNT - CMOS_NVRAM_FIRST] == 3
+
+
+def test_unicorn_saves_its_registers_at_a_halt_and_a_new_cpu_goes_on_from_them(tmp_path):
+    """Save and restore (issue 13): the register file taken at an exit between two
+    instructions (the HLT) starts a new CPU there, with RAM as it was; an exit inside an
+    instruction (the OUT's hook) is no place to take one."""
+    import msgpack
+
+    if unavailable("unicorn"):
+        pytest.skip(unavailable("unicorn"))
+    # mov $0x1234,%eax; mov $0x5678,%ebx; out %al,$0x80; cli; hlt;
+    # mov %eax,0x3000; mov %ebx,0x3004; cli; hlt
+    code = bytes.fromhex("b834120000bb78560000e680faf4a300300000891d04300000faf4")
+    mem = guest_memory(tmp_path)
+    boot = Boot(False, 0, CODE, load=[(CODE, code)])
+    taken = {}
+    backend, port = make("unicorn", mem, boot, on_halt=lambda p: taken.setdefault("state", backend.cpu_state()) and False)
+    out_state = []
+    port.port_out = lambda *a: out_state.append(backend.cpu_state())  # inside the OUT instruction
+    try:
+        with pytest.raises(VpStopped):
+            backend.run()
+    finally:
+        backend.close()
+    assert out_state == [(False, b"")]
+    boundary, state = taken["state"]
+    assert boundary and mem.read_int(0x3000, 4) == 0
+    saved = msgpack.unpackb(state)
+    assert saved["regs"]["EAX"] == 0x1234 and saved["regs"]["EIP"] == CODE + 14  # past the HLT
+    made = {}
+    again = backend_class("unicorn")(lambda regs: made.setdefault("port", FakePort(regs, mem)), mem, boot, saved=saved)
+    try:
+        with pytest.raises(VpStopped):
+            again.run()
+    finally:
+        again.close()
+    assert (mem.read_int(0x3000, 4), mem.read_int(0x3004, 4)) == (0x1234, 0x5678)
+    bad = {**saved, "regs": {**saved["regs"], "EAX": -1}}
+    broken = backend_class("unicorn")(lambda regs: FakePort(regs, mem), mem, boot, saved=bad)
+    with pytest.raises(GuestCrash, match="EAX"):
+        broken.run()
+    broken.close()

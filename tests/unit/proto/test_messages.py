@@ -76,6 +76,16 @@ EXAMPLES.update({
     sm.GpaMapReply: sm.GpaMapReply(1, 0, "run/mem-1.bin", ((0x200, 16), (0x300, 1))),
 })
 
+# Saving and restoring a whole partition (issue 13, proto/save_messages.py; ids 48, 49, 53).
+EXAMPLES.update({
+    m.PartitionSaveRequest: m.PartitionSaveRequest(1),
+    m.PartitionState: m.PartitionState(1, b"\x82"),
+    m.PartitionRestoreRequest: m.PartitionRestoreRequest(1, b"\x82"),
+    m.VpStateRequest: m.VpStateRequest(1),
+    m.VpStateQuery: m.VpStateQuery(1),
+    m.VpStateReply: m.VpStateReply(True, b"\x80"),
+    m.VpStates: m.VpStates(1, b"\x91\x92\xc3\xc4\x00"),
+})
 # GPA maps kept honest (issue 10, proto/gpa_messages.py; ids 90–93).
 from proto.gpa_messages import GpaUnmapped  # noqa: E402
 

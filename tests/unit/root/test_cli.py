@@ -366,3 +366,21 @@ def test_a_reader_that_has_gone_ends_ls_quietly(fake_run, monkeypatch, capsys):
     pipe.flush()  # what the interpreter does at exit: nothing left to fail
     pipe.close()
     assert capsys.readouterr().err == ""
+
+
+def test_ctl_save_needs_a_file_and_no_other_action_takes_one(capsys):
+    assert main(["ctl", "r", "save", "alpha"]) == 2
+    assert "save takes a FILE" in capsys.readouterr().err
+    assert main(["ctl", "r", "pause", "alpha", "x.hvs"]) == 2
+
+
+def test_run_restore_is_refused_before_anything_starts(runs, tmp_path, capsys):
+    bad = tmp_path / "bad.hvs"
+    bad.write_bytes(b"not a record")
+    assert main(["run", "--restore", f"alpha={bad}"]) == 2  # the default topology has no alpha
+    assert "no partition 'alpha'" in capsys.readouterr().err
+    assert main(["run", "--restore", f"enlightened={bad}"]) == 2
+    assert "not one msgpack record" in capsys.readouterr().err
+    assert main(["run", "--restore", "enlightened"]) == 2
+    assert "expected PARTITION=FILE" in capsys.readouterr().err
+    assert not list(runs.glob("*/manifest.json"))
