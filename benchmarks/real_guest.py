@@ -157,11 +157,11 @@ def in_process(cpu: str, exits: int) -> dict:
     return _p(h)
 
 
-def seabios(timeout_s: float = 60.0) -> dict:
+def seabios(timeout_s: float = 180.0) -> dict:
     """SeaBIOS to the boot sector on each backend: the VP's start to the boot sector's
     first COM1 byte, exits by reason and port exits by port (the guest's counters)."""
     from partitions.cpu.boot import seabios_missing
-    from benchmarks.bench import measure_run
+    from benchmarks.runs import measure_run
 
     why = seabios_missing()
     if why:

@@ -83,7 +83,8 @@ class Dispatcher:
         interrupt, irq_stamps = 0, ()
         if vp.reset_pending:
             vp.reset_pending = False
-            fault, rax = m.FAULT_RESET, vp.partition.resets  # RAX: which reset this is
+            # RAX: which reset this is; RBX: 0x100 | the SIPI vector an AP starts at, or 0.
+            fault, rax, rbx, vp.sipi = m.FAULT_RESET, vp.partition.resets, vp.sipi, 0
         elif not fault and (vp.interrupts or vp.apic.irr):
             interrupt, irq_stamps = next_interrupt(vp)  # (which logs it for `io irqs_apic`)
             if interrupt and self._tracers:

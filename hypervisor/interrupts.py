@@ -33,6 +33,10 @@ from hypervisor.scheduler import VpState
 POSTED_MAX = 4
 
 
+ICR_INIT, ICR_STARTUP = 5, 6  # ICR delivery modes
+ICR_LEVEL_ASSERT = 1 << 14
+
+
 @dataclass
 class InterruptQueue:
     pending: list[tuple[int, tuple]] = field(default_factory=list)  # (vector, stamps)
@@ -193,9 +197,6 @@ class Interrupts:
             return
         low, high = ipi
         vector, mode, shorthand = low & 0xFF, (low >> 8) & 7, (low >> 18) & 3
-        if mode != 0 or vector < 16:
-            self._counters["ipis_ignored"] += 1  # INIT/SIPI/NMI/SMI, or an illegal vector
-            return
         if shorthand == 0:  # no shorthand: the APIC ID in ICR bits 63:56
             dest = high >> 24
             targets = [vp for vp in part.vps if vp.index == dest]
@@ -205,9 +206,34 @@ class Interrupts:
             targets = list(part.vps)
         else:  # all excluding self
             targets = [vp for vp in part.vps if vp is not source]
+        if mode in (ICR_INIT, ICR_STARTUP) and low & ICR_LEVEL_ASSERT:
+            return self._init_or_startup(part, mode, vector, targets)
+        if mode != 0 or vector < 16:
+            self._counters["ipis_ignored"] += 1  # INIT de-assert, NMI/SMI, or an illegal vector
+            return
         for vp in targets:
             vp.apic.accept(vector)
             if vp.state is VpState.HALTED:
                 self._wake(vp)  # (an IPI ends HLT even for a vector the APIC holds back)
             else:
                 self.kick(vp)  # posted to a VP executing guest code
+
+    def _init_or_startup(self, part, mode: int, vector: int, targets) -> None:
+        """INIT resets each target (its local APIC with it) and leaves it waiting for a
+        startup IPI; a startup IPI starts a VP that waits for one in real mode at vector ×
+        4 KiB, and is ignored by any other (Intel SDM vol. 3, 10.6.1, 8.4.4).  The VP hears of
+        both as a reset at its next resume (``FAULT_RESET``, RBX: 0x100 | vector), a halted
+        one at once; what it does then is its CPU's business (partitions/cpu/run.py)."""
+        for vp in targets:
+            if mode == ICR_INIT:
+                vp.init()
+                vp.awaiting_sipi, vp.sipi = True, 0
+            elif vp.awaiting_sipi:
+                vp.awaiting_sipi, vp.sipi = False, 0x100 | vector
+            else:
+                self._counters["ipis_ignored"] += 1
+                continue
+            self._counters["init_sipi"] += 1
+            vp.reset_pending = vp.peer is not None
+            if vp.state is VpState.HALTED:
+                self._wake(vp)

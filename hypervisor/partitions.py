@@ -36,6 +36,8 @@ class VirtualProcessor:
     halt_seq: int | None = None  # the HLT intercept waiting for a wake-up
     interrupts: InterruptQueue = field(default_factory=InterruptQueue)
     reset_pending: bool = False  # deliver a reset (INIT) at the VP's next resume
+    awaiting_sipi: bool = False  # an INIT IPI reset it: the next startup IPI starts it
+    sipi: int = 0  # 0x100 | the startup IPI's vector, sent with the reset (0: none)
     # Its run state, suspension and LP, as the scheduler keeps them (the one copy).
     sched: VpSched | None = None
     next_frame: bytes | None = None  # what the VP waits for, sent when it is dispatched…
@@ -69,6 +71,7 @@ class VirtualProcessor:
         power-on values — no pending interrupts, interrupts disabled, CR3 0, the local APIC
         and the VP assist page as after power-on."""
         self.interrupts.clear()
+        self.awaiting_sipi, self.sipi = False, 0  # an INIT IPI sets the first again (interrupts.py)
         self.cr3 = 0
         self.rflags = RFLAGS_FIXED
         self.regs_written.clear()

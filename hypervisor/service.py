@@ -100,6 +100,7 @@ class Hypervisor:
             "isolation_refusals": 0,
             "trace_dropped": 0,
             "ipis_ignored": 0,
+            "init_sipi": 0,  # INIT and startup IPIs delivered (interrupts.py)
             "out_of_turn": 0,  # exits from a VP that was not executing guest code
             "handler_errors": 0,  # exceptions in a handler: bugs of ours, each logged (rate-limited)
             "status_trimmed": 0,  # status replies too big to decode anywhere, sent without histograms

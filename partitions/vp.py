@@ -67,11 +67,14 @@ class VpStopped(Exception):
 
 class VpReset(Exception):
     """The partition is being reset: the VP starts over at its reset vector.
-    ``generation`` counts the partition's resets."""
+    ``generation`` counts the partition's resets.  An INIT IPI resets one VP the same way;
+    a startup IPI after it says where an application processor starts: ``sipi`` is
+    0x100 | its vector (0: no SIPI — an AP waits for one)."""
 
-    def __init__(self, generation: int) -> None:
-        super().__init__(f"reset #{generation}")
+    def __init__(self, generation: int, sipi: int = 0) -> None:
+        super().__init__(f"reset #{generation}" + (f", SIPI vector {sipi & 0xFF:#04x}" if sipi else ""))
         self.generation = generation
+        self.sipi = sipi
 
 
 Handler = Callable[["Vp", int], None]
@@ -180,7 +183,7 @@ class Vp:
         self.lp = msg.lp
         if msg.fault == m.FAULT_RESET:
             self.counters["resets"] += 1
-            raise VpReset(msg.rax)
+            raise VpReset(msg.rax, msg.rbx)
         path = BY_CODE.get(msg.path)  # the name the hypervisor counted the exit by
         if path is not None and msg.stamps:
             self._measured(path, msg.stamps + (t_resume,))

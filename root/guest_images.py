@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 
-def firmware_nvram(path: os.PathLike, memory_mb: int) -> None:
+def firmware_nvram(path: os.PathLike, memory_mb: int, vps: int = 1) -> None:
     """A partition booting firmware starts with CMOS NVRAM that says how much RAM it has
     (a BIOS reads it there); an existing NVRAM file (a reset, a rerun) is the guest's."""
     from partitions.cpu.boot import cmos_nvram
@@ -17,7 +17,7 @@ def firmware_nvram(path: os.PathLike, memory_mb: int) -> None:
     except FileExistsError:
         return
     with os.fdopen(fd, "wb") as f:
-        f.write(cmos_nvram(memory_mb))
+        f.write(cmos_nvram(memory_mb, vps))
 
 
 def disk_contents(ata: dict, contents: str, base_dir) -> None:

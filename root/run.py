@@ -120,7 +120,7 @@ class Run:
             pid = self.partition_ids[pc.name]
             devices = pc.worker_devices(self.run.path, self.topology.base_dir or self.run.path)
             if pc.firmware:
-                firmware_nvram(self.run.path / f"nvram-{pc.name}.bin", pc.memory_mb)
+                firmware_nvram(self.run.path / f"nvram-{pc.name}.bin", pc.memory_mb, pc.vps)
             if pc.disk and pc.disk.get("contents"):
                 disk_contents(next(d for d in devices if d["type"] == "ata"), pc.disk["contents"],
                               self.topology.base_dir)

@@ -350,11 +350,16 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
                 kind_of = str if default is None or default is dataclasses.MISSING else type(default)
                 if k in d and (type(d[k]) is not kind_of):
                     raise derr(k, f"expected {kind_of.__name__}, got {type(d[k]).__name__} {d[k]!r}")
+            if kind == "pci" and "/" in d.get("vgabios", "") and base_dir is not None:
+                d = {**d, "vgabios": str(base_dir / d["vgabios"])}  # relative to the topology file
             try:
-                DEVICE_TYPES[kind].build({k: v for k, v in d.items() if k != "type"})
+                config, _ = DEVICE_TYPES[kind].build({k: v for k, v in d.items() if k != "type"})
                 ports = device_ports(d)
             except (ValueError, TypeError) as e:
                 raise derr(_key_named_in(d, str(e)), str(e)) from None
+            missing = config.missing() if hasattr(config, "missing") else None
+            if missing:  # a file the device needs is not on this host (the VGA BIOS)
+                raise derr("vgabios" if "vgabios" in d else None, missing)
             dname = d.get("name", kind)
             if dname in dev_names:
                 raise derr("name", f"{dname!r} is already in partition {pname!r} (the chipset has "

@@ -28,10 +28,12 @@ from worker.devices.backends import ConsoleSink, NullConsole
 from worker.devices.base import IrqLine, NullIrqLine, SteppableClock
 from worker.devices.cmos_rtc import NVRAM_SIZE, CmosRtc
 from worker.devices.config import DEVICE_TYPES, DiskImageSettings, NvramSettings
+from worker.devices.gen1_pci import gen1_pci_bus
 from worker.devices.i8042 import I8042
 from worker.devices.pic8259 import Pic8259
 from worker.devices.pit8254 import Pit8254
 from worker.devices.uart16550 import Uart16550
+from worker.devices.vga_graphics import VgaGraphics
 from worker.devices.vga_text import VgaText
 from worker.tick_gate import TickGate
 
@@ -149,6 +151,26 @@ class Chipset:
         self.vga = VgaText(config)
         return self.vga
 
+    def _vga_graphics(self, config, _) -> VgaGraphics:
+        return VgaGraphics(config)
+
+    def _pci(self, config, _):
+        missing = config.missing()
+        if missing:
+            raise BadDeviceConfig(missing)
+        path = config.vgabios_path()
+        try:
+            with open(path, "rb") as f:
+                image = f.read(1 << 20)
+            return gen1_pci_bus(config, image, self._request_pci_reset, what=path)
+        except OSError as e:
+            raise BadDeviceConfig(f"{path}: {e.strerror}") from e
+        except ValueError as e:  # not an option ROM
+            raise BadDeviceConfig(str(e)) from e
+
+    def _request_pci_reset(self) -> None:
+        self.reset_requested = "PIIX4 reset control (0xCF9)"
+
     def _i8042(self, config, _) -> I8042:
         self.keyboard = I8042(config, self.irq_line(config.irq), self._request_reset,
                               aux_irq=self.irq_line(config.aux_irq))
@@ -219,5 +241,7 @@ _FACTORIES: dict[str, Callable[[Chipset, Any, Any], object]] = {
     "ata": Chipset._ata,
     "vga_text": Chipset._vga,
     "i8042": Chipset._i8042,
+    "vga_graphics": Chipset._vga_graphics,
+    "pci": Chipset._pci,
 }
 assert set(_FACTORIES) == set(DEVICE_TYPES), "every device type needs a factory"

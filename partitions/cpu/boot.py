@@ -3,9 +3,10 @@ process is confined (so the files need only be readable by whoever starts it).
 
 * ``firmware = "seabios"``: the system's SeaBIOS ``bios.bin`` (Debian's ``seabios``
   package) below 4 GiB, read-only, and its last 128 KiB at 0xE0000–0xFFFFF as writable
-  shadow RAM, with 0xC0000–0xDFFFF (the option ROMs' space, none here) writable too (what
-  a chipset's PAM registers give a BIOS; these regions are the VP's, not pages of the
-  partition's RAM).  The VP starts at the reset vector, real mode, F000:FFF0.
+  shadow RAM, with 0xC0000–0xDFFFF (the option ROMs' space) writable too (what a chipset's
+  PAM registers give a BIOS; these regions are the partition process's, one copy every VP
+  maps, not pages of the partition's RAM).  VP 0 starts at the reset vector, real mode,
+  F000:FFF0; the others wait for a startup IPI (:func:`at_sipi`).
 * ``kernel = PATH``: a flat 32-bit image loaded at 1 MiB and entered there in 32-bit
   protected mode with paging off and flat segments (as a multiboot loader leaves it), the
   form of the test kernels in ``partitions/guests``; one marked with LONG_MODE_MAGIC is
@@ -15,7 +16,10 @@ process is confined (so the files need only be readable by whoever starts it).
 
 from __future__ import annotations
 
+import dataclasses
+import mmap
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,11 +42,34 @@ class BootError(Exception):
 
 @dataclass
 class Region:
-    """Memory of the VP's own, outside the partition's RAM: firmware ROM and its shadow."""
+    """Memory outside the partition's RAM: firmware ROM and its shadow.  One host buffer
+    per region, which every VP of the partition maps (SeaBIOS's application processors
+    count themselves in a variable of its F-segment shadow, which the BSP reads)."""
 
     gpa: int
     data: bytes
     writable: bool
+    _buffer: mmap.mmap | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def size(self) -> int:
+        return (len(self.data) + 0xFFF) & ~0xFFF
+
+    def buffer(self) -> mmap.mmap:
+        """The region's host memory, made (holding ``data``) on first use."""
+        with _REGION_LOCK:
+            if self._buffer is None:
+                self._buffer = mmap.mmap(-1, self.size)
+                self._buffer[:len(self.data)] = self.data
+            return self._buffer
+
+    def reload(self) -> None:
+        """Back to ``data``: what a CPU starting at the reset vector finds (a reset's
+        shadow RAM holds the firmware again, as the first boot's did)."""
+        self.buffer()[:len(self.data)] = self.data
+
+
+_REGION_LOCK = threading.Lock()
 
 
 @dataclass
@@ -70,9 +97,14 @@ class Boot:
 CMOS_NVRAM_FIRST, CMOS_NVRAM_SIZE = 0x0E, 0x72
 
 
-def cmos_nvram(memory_mb: int) -> bytes:
-    """A new partition's CMOS NVRAM telling its firmware how much RAM it has."""
+CMOS_SMP_COUNT = 0x5F  # QEMU's: the number of processors less one (SeaBIOS waits for them)
+
+
+def cmos_nvram(memory_mb: int, vps: int = 1) -> bytes:
+    """A new partition's CMOS NVRAM telling its firmware how much RAM it has, and how many
+    processors."""
     nvram = bytearray(CMOS_NVRAM_SIZE)
+    nvram[CMOS_SMP_COUNT - CMOS_NVRAM_FIRST] = max(0, vps - 1)
 
     def put16(index: int, value: int) -> None:
         nvram[index - CMOS_NVRAM_FIRST:index - CMOS_NVRAM_FIRST + 2] = min(value, 0xFFFF).to_bytes(2, "little")
@@ -102,6 +134,13 @@ def long_mode_tables() -> list[tuple[int, bytes]]:
     pds = b"".join((i * 0x200000 | 0x83).to_bytes(8, "little") for i in range(2048))
     gdt = b"".join(e.to_bytes(8, "little") for e in GDT_ENTRIES)
     return [(GDT_GPA, gdt), (PML4_GPA, pml4 + pdpt + pds)]
+
+
+def at_sipi(boot: Boot, vector: int) -> Boot:
+    """What an application processor starts with after a startup IPI: real mode at
+    ``vector`` × 4 KiB (CS = vector << 8, IP = 0), the same firmware regions, nothing loaded."""
+    return dataclasses.replace(boot, real_mode=True, cs=(vector & 0xFF) << 8, ip=0, load=[], long_mode=False,
+                               rsi=0, what=f"application processor from SIPI vector {vector:#04x}")
 
 
 def guest_ram(memory_mb: int) -> list[tuple[int, int]]:

@@ -171,12 +171,9 @@ class KvmCpu:
     def _map(self) -> None:
         self._ram_view = ctypes.c_char.from_buffer(self.mem.ram)
         self._map_ram()
-        for r in self.boot.regions:
-            size = (len(r.data) + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
-            m = mmap.mmap(-1, size)
-            m[:len(r.data)] = r.data
-            self._maps.append(m)
-            self._region(r.gpa, size, ctypes.addressof(ctypes.c_char.from_buffer(m)), readonly=not r.writable)
+        for r in self.boot.regions:  # the partition's one copy, shared by its VPs
+            self._region(r.gpa, r.size, ctypes.addressof(ctypes.c_char.from_buffer(r.buffer())),
+                         readonly=not r.writable)
         for gpa, data in self.boot.load:
             self.mem.write(gpa, data)
         try:

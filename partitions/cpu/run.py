@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from partitions.cpu.boot import Boot
+from partitions.cpu.boot import Boot, at_sipi
 from partitions.cpu.exitport import ExitPort
 from partitions.vp import VpReset
 
@@ -40,22 +40,45 @@ def backend_class(kind: str):
 
 def run_vp(kind: str, boot: Boot, dealer, index: int, mem, stop, bus_lock, partition: int, tlbs,
            saved: dict | None = None) -> None:
-    """Runs until the partition stops (VpStopped) or the guest crashes (GuestCrash);
-    a reset (INIT) builds a new CPU at the reset state, RAM keeping its contents.
-    ``saved``: the CPU state to resume from (a restored partition; unicorn only)."""
+    """Runs until the partition stops (VpStopped) or the guest crashes (GuestCrash).  VP 0
+    (the BSP) starts at ``boot``; an application processor waits for a startup IPI and
+    starts in real mode at its vector.  A reset (the partition's, or an INIT IPI) builds a
+    new CPU: the BSP's at the reset state, the firmware regions back to their image (RAM
+    keeps its contents); an AP waits for its SIPI again.  ``saved``: the CPU state to
+    resume from (a restored partition; unicorn only), AP or not."""
     cls = backend_class(kind)
-    generation = 0
+
+    def port(regs):
+        return ExitPort(dealer, index, mem, stop, bus_lock, partition=partition, tlbs=tlbs, regs=regs)
+
+    start = boot if index == 0 or saved is not None else None
+    first = True
     while True:
-        resume = {"saved": saved} if saved is not None and generation == 0 else {}
-        cpu = cls(lambda regs: ExitPort(dealer, index, mem, stop, bus_lock, partition=partition, tlbs=tlbs, regs=regs),
-                  mem, boot, **resume)
-        if generation == 0:
-            log.info("VP %d: %s CPU running %s", index, kind, boot.what)
+        cpu = None
         try:
+            if start is None:
+                wait_for_sipi(port)  # raises VpReset (with the vector) or VpStopped
+            resume = {"saved": saved} if saved is not None and first else {}
+            if start is boot and not resume:
+                for region in boot.regions:
+                    region.reload()
+            cpu = cls(port, mem, start, **resume)
+            if first:
+                log.info("VP %d: %s CPU running %s", index, kind, start.what)
+                first = False
             cpu.run()
             return
         except VpReset as reset:
             log.info("VP %d: %s", index, reset)
-            generation = reset.generation
+            start = at_sipi(boot, reset.sipi & 0xFF) if reset.sipi else (boot if index == 0 else None)
         finally:
-            cpu.close()
+            if cpu is not None:
+                cpu.close()
+
+
+def wait_for_sipi(port) -> None:
+    """An application processor before its startup IPI: halted with interrupts off, as
+    wait-for-SIPI is, until a reset tells it more (VpReset)."""
+    waiting = port(lambda: (0x2, 0))  # RFLAGS: IF clear
+    while True:
+        waiting.halt(False)

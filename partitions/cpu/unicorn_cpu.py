@@ -5,7 +5,7 @@ Memory: every guest-physical range the partition's SLAT maps is the partition's 
 mapped into the emulator in place (``mem_map_ptr``: the worker's DMA and the hypervisor's
 writes, such as the hypercall page, are seen at once); every other address below 4 GiB is
 MMIO whose accesses are exits (the worker's VGA, the local APIC's page, or nothing: an
-UnmappedGpa, as for the Python guest); firmware regions are the VP's own.  A change of the
+UnmappedGpa, as for the Python guest); firmware regions are the partition process's (one copy, every VP's).  A change of the
 SLAT (HvCallMapGpaPages/UnmapGpaPages) is seen at the VP's next quantum end or HLT.
 
 Exits, and how unicorn yields them:
@@ -114,11 +114,10 @@ class UnicornCpu:
         uc, mem = self.uc, self.mem
         # The emulator reads and writes the RAM file in place (a view, released at the end).
         self._ram_view = ctypes.c_char.from_buffer(mem.ram)
-        for r in self.boot.regions:
-            size = (len(r.data) + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
-            uc.mem_map(r.gpa, size, UC_PROT_ALL if r.writable else UC_PROT_READ | UC_PROT_EXEC)
-            uc.mem_write(r.gpa, r.data)
-            self._firmware.append((r.gpa, r.gpa + size))
+        for r in self.boot.regions:  # the partition's one copy, shared by its VPs
+            prot = UC_PROT_ALL if r.writable else UC_PROT_READ | UC_PROT_EXEC
+            uc.mem_map_ptr(r.gpa, r.size, prot, ctypes.addressof(ctypes.c_char.from_buffer(r.buffer())))
+            self._firmware.append((r.gpa, r.gpa + r.size))
         self._map_gpa_space()
         if self.saved is None:  # a restored VP's RAM already holds what the boot loaded, and more
             for gpa, data in self.boot.load:

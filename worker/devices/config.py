@@ -18,6 +18,7 @@ before the worker's bus would (a unit test holds each device's ``port_ranges`` t
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,6 +147,55 @@ class VgaTextConfig:
 
 
 @dataclass(frozen=True)
+class VgaGraphicsConfig:
+    name: str = "vga-graphics"
+
+    def ports(self) -> list[PortRange]:
+        """The sequencer (0x3C4/0x3C5) and graphics controller (0x3CE/0x3CF) index/data
+        pairs; an ``outw`` to an index port writes both."""
+        return [PortRange(0x3C4, 1, sizes=(1, 2)), PortRange(0x3C5, 1),
+                PortRange(0x3CE, 1, sizes=(1, 2)), PortRange(0x3CF, 1)]
+
+
+VGABIOS_DIRS = ("/usr/share/seabios", "/usr/share/qemu")
+
+
+@dataclass(frozen=True)
+class PciConfig:
+    """The gen-1 PCI bus: configuration mechanism #1, the i440BX host bridge (00:00.0), the
+    PIIX4's ISA bridge and IDE functions (00:07.0, 00:07.1) and the VGA (00:08.0), whose
+    expansion ROM is ``vgabios``: a SeaVGABIOS build by name (``stdvga`` is
+    vgabios-stdvga.bin of the system's seabios package) or a path."""
+
+    name: str = "pci"
+    vgabios: str = "stdvga"
+
+    def __post_init__(self) -> None:
+        if not self.vgabios or ("/" not in self.vgabios and not self.vgabios.replace("-", "").isalnum()):
+            raise ValueError(f"vgabios {self.vgabios!r} is neither a SeaVGABIOS build's name nor a path")
+
+    def ports(self) -> list[PortRange]:
+        """CONFIG_ADDRESS (0xCF8, with PIIX4's Reset Control at 0xCF9) and CONFIG_DATA (0xCFC-0xCFF)."""
+        return [PortRange(0xCF8, 8, sizes=(1, 2, 4))]
+
+    def vgabios_candidates(self) -> list[str]:
+        if "/" in self.vgabios:
+            return [self.vgabios]
+        return [f"{d}/vgabios-{self.vgabios}.bin" for d in VGABIOS_DIRS]
+
+    def vgabios_path(self) -> str | None:
+        return next((p for p in self.vgabios_candidates() if os.path.isfile(p)), None)
+
+    def missing(self) -> str | None:
+        """Why this bus cannot be built on this host (None: it can)."""
+        if self.vgabios_path() is None:
+            where = " or ".join(self.vgabios_candidates())
+            hint = "" if "/" in self.vgabios else ": apt-get install seabios"
+            return f"the VGA BIOS is not installed (no {where}){hint}"
+        return None
+
+
+@dataclass(frozen=True)
 class I8042Config:
     data_port: int = 0x60
     command_port: int = 0x64
@@ -228,6 +278,8 @@ DEVICE_TYPES: dict[str, DeviceType] = {
     "ata": DeviceType(AtaDiskConfig, DiskImageSettings),
     "vga_text": DeviceType(VgaTextConfig),
     "i8042": DeviceType(I8042Config),
+    "vga_graphics": DeviceType(VgaGraphicsConfig),
+    "pci": DeviceType(PciConfig),
 }
 
 # What a topology may set for each device type.

@@ -188,6 +188,24 @@ def test_an_ipi_wakes_a_halted_vp(two):
     assert two.vp(1, 0).apic.counters["ipis_sent"] == 1
 
 
+def test_init_then_startup_ipi_resets_an_ap_and_starts_it_at_the_vector(two):
+    """SeaBIOS's smp_scan: INIT, then SIPI, to all but itself (ICR 0x000C4500, 0x000C4610)."""
+    resume_of(two.exit(V11, m.MmioIntercept(30, 0xFEE000F0, 4, True, 0x1FF, stamps(), REGS)), V11)
+    assert not two.exit(V11, m.HaltIntercept(29, stamps(), REGS))  # the AP waits, IF clear
+    out = two.exit(V10, m.MmioIntercept(31, 0xFEE00300, 4, True, 0x000C4500, stamps(), REGS))
+    assert resume_of(out).fault == 0  # the BSP goes on
+    init = resume_of(out, V11)  # the halted AP hears of its INIT at once
+    assert (init.seq, init.fault, init.rbx) == (29, m.FAULT_RESET, 0)
+    assert two.vp(1, 1).apic.read(0x0F0, 0) & 0x100 == 0  # INIT put its local APIC back to power-on
+    assert not two.exit(V11, m.HaltIntercept(32, stamps(), REGS))  # waiting for its SIPI
+    out = two.exit(V10, m.MmioIntercept(33, 0xFEE00300, 4, True, 0x000C4610, stamps(), REGS))
+    sipi = resume_of(out, V11)
+    assert (sipi.seq, sipi.fault, sipi.rbx) == (32, m.FAULT_RESET, 0x110)
+    # A second SIPI finds no VP waiting for one: ignored, as a started AP ignores it.
+    out = two.exit(V10, m.MmioIntercept(34, 0xFEE00300, 4, True, 0x000C4610, stamps(), REGS))
+    assert not out.to(V11) and two.hv.counters["init_sipi"] == 2
+
+
 def test_an_apic_timer_wakes_a_halted_vp(two):
     for seq, (reg, value) in enumerate(((0x0F0, 0x1FF), (0x320, 0xEF), (0x3E0, 0b1011), (0x380, 1)), 40):
         resume_of(two.exit(V10, m.MmioIntercept(seq, 0xFEE00000 + reg, 4, True, value, stamps(), REGS)))

@@ -135,6 +135,36 @@ def test_an_unmapgpa_reaches_the_backend_at_the_next_halt(tmp_path, cpu):
     assert port.counters["slat_remaps"] == 1
 
 
+def test_vps_share_the_firmware_regions_and_an_ap_starts_at_its_sipi_vector(tmp_path, cpu):
+    """SeaBIOS's APs count themselves in its F-segment: what one VP writes to a firmware
+    region the next reads.  VP "0" at 0000:1000 stores 5Ah at F000:0010; the AP, started
+    as a SIPI with vector 10h starts it (1000:0000), reads it back and OUTs it."""
+    from partitions.cpu.boot import Region, at_sipi
+    mem = guest_memory(tmp_path)
+    bsp_code = bytes.fromhex("b800f08ed8c60610005afaf4")  # mov ax,f000; mov ds,ax; mov byte [10],5a; cli; hlt
+    ap_code = bytes.fromhex("b800f08ed8a01000e680faf4")  # mov ax,f000; mov ds,ax; mov al,[10]; out 80,al; cli; hlt
+    boot = Boot(True, 0, CODE, load=[(CODE, bsp_code), (0x10000, ap_code)],
+                regions=[Region(0xF0000, bytes(0x10000), writable=True)])
+    for start in (boot, at_sipi(boot, 0x10)):
+        backend, port = make(cpu, mem, start)
+        try:
+            with pytest.raises(VpStopped):
+                backend.run()
+        finally:
+            backend.close()
+    if boot.kvm_fd is not None:
+        os.close(boot.kvm_fd)
+    assert port.of("out") == [("out", 0x80, 1, 0x5A)]
+    boot.regions[0].reload()  # what VP 0 does when it starts at the reset vector again
+    assert boot.regions[0].buffer()[0x10] == 0
+
+
+def test_cmos_says_how_many_processors_a_firmware_partition_has():
+    from partitions.cpu.boot import CMOS_NVRAM_FIRST, CMOS_SMP_COUNT, cmos_nvram
+    assert cmos_nvram(4)[CMOS_SMP_COUNT - CMOS_NVRAM_FIRST] == 0
+    assert cmos_nvram(4, vps=4)[CMOS_SMP_COUNT - CMOS_NVRAM_FIRST] == 3
+
+
 def test_unicorn_saves_its_registers_at_a_halt_and_a_new_cpu_goes_on_from_them(tmp_path):
     """Save and restore (issue 13): the register file taken at an exit between two
     instructions (the HLT) starts a new CPU there, with RAM as it was; an exit inside an

@@ -39,3 +39,32 @@ def test_each_configs_ports_are_where_the_worker_puts_its_device(tmp_path):
             assert device.port_ranges() == device.config.ports(), device.name
     finally:
         chipset.close()
+
+
+def test_a_pci_bus_whose_vga_bios_is_not_here_is_refused_before_anything_starts(tmp_path):
+    text = "[[partition]]\nname = 'a'\n[[partition.device]]\ntype = 'pci'\nvgabios = 'roms/vga.bin'\n"
+    with pytest.raises(ConfigError) as e:
+        topology.load_topology(text, "t.toml", tmp_path)  # relative to the topology's directory
+    assert str(e.value).startswith("t.toml:5: [[partition.device]] #1 vgabios: the VGA BIOS is not installed")
+    assert str(tmp_path / "roms" / "vga.bin") in str(e.value)
+    with pytest.raises(ConfigError, match="vgabios: vgabios 'no such!' is neither"):
+        topology.load_topology(text.replace("roms/vga.bin", "no such!"), "t.toml", tmp_path)
+
+
+def test_the_pci_bus_and_vga_graphics_sit_where_their_configs_say(tmp_path):
+    from tests.unit.devices.test_pci_bus import option_rom
+    from worker.chipset import Chipset
+
+    (tmp_path / "vga.bin").write_bytes(option_rom())
+    (tmp_path / "t.toml").write_text("")
+    text = ("[[partition]]\nname = 'a'\n[[partition.device]]\ntype = 'pci'\nvgabios = 'vga.bin'\n"
+            "[[partition.device]]\ntype = 'vga_graphics'\n")
+    with pytest.raises(ConfigError, match="neither"):  # a bare name is a SeaVGABIOS build's
+        topology.load_topology(text.replace("'vga.bin'", "'vga.bin!'"), "t.toml", tmp_path)
+    topo = topology.load_topology(text.replace("'vga.bin'", f"'{tmp_path}/vga.bin'"), "t.toml", tmp_path)
+    chipset = Chipset(topo.partitions[0].devices)
+    try:
+        for device in chipset.devices:
+            assert device.port_ranges() == device.config.ports(), device.name
+    finally:
+        chipset.close()

@@ -49,3 +49,11 @@ def test_a_bad_real_cpu_setting_names_its_key(extra, key, says):
     with pytest.raises(ConfigError) as e:
         parse(extra)
     assert key in str(e.value) and says in str(e.value)
+
+
+def test_a_firmware_partition_may_have_application_processors():
+    from partitions.cpu.boot import seabios_missing
+    if unavailable("unicorn") or seabios_missing():
+        pytest.skip(unavailable("unicorn") or seabios_missing())
+    p = parse('cpu = "unicorn"\nfirmware = "seabios"\nvps = 2\n')
+    assert (p.backend, p.firmware, p.vps) == ("unicorn", "seabios", 2)

@@ -43,7 +43,9 @@ def test_every_chipset_builds(name):
 
 @pytest.mark.parametrize("kind", sorted(DEVICE_TYPES))
 def test_every_device_type_builds_from_a_topology_entry(kind, tmp_path):
-    required = {"image_path": str(tmp_path / "disk.img")}
+    from tests.unit.devices.test_pci_bus import option_rom
+    (tmp_path / "vgabios.bin").write_bytes(option_rom())
+    required = {"image_path": str(tmp_path / "disk.img"), "vgabios": str(tmp_path / "vgabios.bin")}
     spec = {"type": kind, **{k: v for k, v in required.items() if k in DEVICE_KEYS[kind]}}
     chipset = Chipset([spec])
     try:
@@ -68,3 +70,11 @@ def test_the_nvram_and_the_disk_image_are_opened_in_the_places_the_topology_name
     chipset.close()
     assert (tmp_path / "nv.bin").stat().st_size == 114
     assert (tmp_path / "d.img").stat().st_size == 1 << 20
+
+
+def test_a_pci_bus_whose_vga_bios_is_missing_or_not_a_rom_is_refused_plainly(tmp_path):
+    with pytest.raises(BadDeviceConfig, match="VGA BIOS is not installed.*nothing.bin"):
+        Chipset([{"type": "pci", "vgabios": str(tmp_path / "nothing.bin")}])
+    (tmp_path / "text.bin").write_bytes(b"not a ROM" * 100)
+    with pytest.raises(BadDeviceConfig, match="text.bin: no option ROM signature"):
+        Chipset([{"type": "pci", "vgabios": str(tmp_path / "text.bin")}])
