@@ -58,6 +58,10 @@ def test_io_reads_operations_from_stdin(live):
 
 
 def test_io_hypercalls_carry_the_partitions_privileges(live):
+    # Before the guest enables its hypercall page a hypercall is #UD (TLFS): wait for it.
+    with root(live) as client:
+        wait_until(lambda: client.status()["partitions"][0]["hypercalls_enabled"], 20,
+                   what="the guest's hypercall page enabled")
     r = live.launch("io", live.name, "alpha", "hypercall", "HvCallCreatePartition", "hypercall", "0x7777")
     assert r.stdout.splitlines() == ["OK HV_STATUS_ACCESS_DENIED reps=0", "OK HV_STATUS_INVALID_HYPERCALL_CODE reps=0"]
 
