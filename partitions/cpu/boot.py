@@ -85,6 +85,11 @@ class Boot:
     msr_code: list[tuple[int, int]] = field(default_factory=list)
     long_mode: bool = False  # entered in 64-bit mode: LONG_MODE_* below, in guest RAM
     rsi: int = 0  # RSI at entry (Linux: the zero page)
+    # Held by a unicorn VP while it executes guest code: one VP of the partition at a time,
+    # as QEMU's TCG without MTTCG (unicorn's ``lock`` is not atomic across two instances
+    # sharing memory).  One per partition: at_sipi's copies share it.
+    vps: int = 1  # the partition's VPs (more than one: firmware only)
+    guest_code_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def entry(self) -> int:
@@ -189,7 +194,7 @@ def prepare(spec: dict) -> Boot:
             Region(FOUR_GIB - len(rom), rom, writable=False),
             Region(SHADOW_BASE, rom[-SHADOW_SIZE:], writable=True),
             Region(OPTION_ROM_BASE, bytes(OPTION_ROM_SIZE), writable=True),
-        ], what=f"SeaBIOS ({path})")
+        ], what=f"SeaBIOS ({path})", vps=int(spec.get("vps", 1)))
     if spec.get("kernel"):
         path = kernel_path(spec["kernel"], spec.get("base_dir"))
         try:

@@ -18,7 +18,16 @@ Exits, and how unicorn yields them:
   the instruction; other MSRs run natively, as KVM runs them;
 * HLT: unicorn stops after it; INT n, exceptions and external interrupts are vectored here
   through the guest's IVT or IDT (:mod:`partitions.cpu.vectoring`);
-* the quantum: checked at the start of every basic block in RAM.
+* the quantum: checked at the start of every basic block in RAM, and in firmware too when
+  the partition has more than one VP (a BSP spinning in SeaBIOS's F-segment must give its
+  LP back: a forced preemption would leave it running beside the VP that got the LP).
+
+One VP of a partition executes guest code at a time (``Boot.guest_code_lock``, held from
+``emu_start`` to its return, given up while a hook waits for an exit's answer), as QEMU's
+TCG does without MTTCG: unicorn translates ``lock`` prefixes without host atomics, so two
+instances sharing memory lose updates (2 × 2 M ``lock incl`` on one word from two threads
+counted 2.6 M), and SeaBIOS's ``SMPLock`` (``lock btsl``) was lost for good — its owner's
+release landing between a spinner's read and write, which wrote the 1 back.
 
 Unicorn's ``emu_stop`` inside an instruction hook (or an MMIO callback) abandons that
 instruction, which runs again at the next ``emu_start`` — a second IN from a device, a lost
@@ -33,6 +42,7 @@ a block hook).
 from __future__ import annotations
 
 import ctypes
+from contextlib import contextmanager
 import logging
 from time import perf_counter_ns
 
@@ -99,6 +109,8 @@ class UnicornCpu:
         self._stop_requested = False
         self._stopped_by_hook = False
         self._slice_end = 0
+        self._guest_code = boot.guest_code_lock  # the partition's: one VP in guest code at a time
+        self._holding = False
         self._firmware: list[tuple[int, int]] = []  # the boot's regions: (start, end)
         self._gpa_maps: list[tuple[int, int]] = []  # RAM runs and MMIO holes: (gpa, size)
         self._slat = b""
@@ -156,12 +168,16 @@ class UnicornCpu:
         uc.hook_add(UC_HOOK_INSN, self._in, None, 1, 0, X.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._out, None, 1, 0, X.UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self._cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
-        # Code in RAM only: firmware ROM runs at the emulator's speed (SeaBIOS zeroes memory
-        # a byte at a time), and there a stop waits for its next exit or HLT (its 32-bit
-        # code runs with interrupts off; it idles in HLT), or the scheduler's forced
-        # preemption if it overruns its quantum.
-        for at, size in gaps([(r.gpa, r.gpa + len(r.data)) for r in self.boot.regions]):
-            uc.hook_add(UC_HOOK_BLOCK, self._scan_block, None, at, at + size - 1)
+        # Code in RAM only when the VP is the partition's one: firmware ROM runs at the
+        # emulator's speed (SeaBIOS zeroes memory a byte at a time; a Python call per block
+        # there doubles its boot), and a stop waits for its next exit or HLT, or the
+        # scheduler's forced preemption.  With more VPs every block: a VP spinning in
+        # firmware must give back the guest-code lock (and its LP) at its quantum's end.
+        if self.boot.vps > 1:
+            uc.hook_add(UC_HOOK_BLOCK, self._scan_block)
+        else:
+            for at, size in gaps([(r.gpa, r.gpa + len(r.data)) for r in self.boot.regions]):
+                uc.hook_add(UC_HOOK_BLOCK, self._scan_block, None, at, at + size - 1)
         uc.hook_add(UC_HOOK_INTR, self._interrupt)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._invalid)
 
@@ -261,11 +277,15 @@ class UnicornCpu:
                 self._slat_changed()
                 continue
             self._stopped_by_hook = self._stop_requested = False
+            if not self._take_guest_code():
+                continue  # the partition stops (the loop's top raises VpStopped)
             self._slice_end = perf_counter_ns() + min(port.quantum_left_ns, MAX_SLICE_NS)
             try:
                 uc.emu_start(self._pc(), UNTIL)
             except UcError as e:
                 raise GuestCrash(f"{e} at {self._where()}") from None
+            finally:
+                self._give_guest_code()
             if self._stopped_by_hook:
                 continue
             pc = self._linear_pc()
@@ -273,6 +293,32 @@ class UnicornCpu:
                 if not (port.interrupt_pending and self._if()):  # one already here wakes it at once
                     self._at_boundary(port.halt, self._if())
                     self._slat_changed()
+
+    # -- one VP in guest code at a time --------------------------------------------------------
+
+    def _take_guest_code(self) -> bool:
+        """Wait for the partition's guest-code lock (False: the partition stops first)."""
+        while not self._guest_code.acquire(timeout=0.05):
+            if self.port.stop.is_set():
+                return False
+        self._holding = True
+        return True
+
+    def _give_guest_code(self) -> None:
+        if self._holding:
+            self._holding = False
+            self._guest_code.release()
+
+    @contextmanager
+    def _exit_wait(self):
+        """A hook's exit: other VPs may run guest code while this one waits for the answer
+        (the hook's instruction is not half done in memory: IN/OUT, CPUID, MMIO, MSR)."""
+        self._give_guest_code()
+        try:
+            yield
+        finally:
+            if not self._take_guest_code():
+                self._stop_requested = True  # the partition stops: out at the next block
 
     # -- save and restore (issue 13) ------------------------------------------------------------
 
@@ -342,7 +388,8 @@ class UnicornCpu:
 
     def _in(self, uc, port, size, _):
         try:
-            value = self.port.port_in(port, size)
+            with self._exit_wait():
+                value = self.port.port_in(port, size)
         except GuestFault as f:
             self._fault(f)
             return 0
@@ -351,10 +398,11 @@ class UnicornCpu:
 
     def _out(self, uc, port, size, value, _):
         try:
-            if port == HYPERCALL_PORT:
-                self._hypercall()
-            else:
-                self.port.port_out(port, size, value)
+            with self._exit_wait():
+                if port == HYPERCALL_PORT:
+                    self._hypercall()
+                else:
+                    self.port.port_out(port, size, value)
         except GuestFault as f:
             self._fault(f)
             return
@@ -374,7 +422,8 @@ class UnicornCpu:
 
     def _cpuid(self, uc, _):
         leaf, subleaf = uc.reg_read(X.UC_X86_REG_EAX), uc.reg_read(X.UC_X86_REG_ECX)
-        a, b, c, d = self.port.cpuid(leaf, subleaf)
+        with self._exit_wait():
+            a, b, c, d = self.port.cpuid(leaf, subleaf)
         for reg, v in ((X.UC_X86_REG_EAX, a), (X.UC_X86_REG_EBX, b), (X.UC_X86_REG_ECX, c), (X.UC_X86_REG_EDX, d)):
             uc.reg_write(reg, v & 0xFFFFFFFF)
         self._after_exit()
@@ -385,8 +434,9 @@ class UnicornCpu:
         try:
             # An SSE access is wider than any MMIO exit (at most 8 bytes): 8 at a time.
             value = 0
-            for i in range(0, size, 8):
-                value |= self.port.mmio_read(gpa + i, min(8, size - i)) << (8 * i)
+            with self._exit_wait():
+                for i in range(0, size, 8):
+                    value |= self.port.mmio_read(gpa + i, min(8, size - i)) << (8 * i)
         except GuestFault as f:
             f.args = (f"{f.args[0]} of {gpa:#x}",)
             self._fault(f)
@@ -397,8 +447,10 @@ class UnicornCpu:
     def _mmio_write(self, uc, offset, size, value, base):
         gpa = base + offset
         try:
-            for i in range(0, size, 8):
-                self.port.mmio_write(gpa + i, min(8, size - i), (value >> (8 * i)) & ((1 << (8 * min(8, size - i))) - 1))
+            with self._exit_wait():
+                for i in range(0, size, 8):
+                    self.port.mmio_write(gpa + i, min(8, size - i),
+                                         (value >> (8 * i)) & ((1 << (8 * min(8, size - i))) - 1))
         except GuestFault as f:
             f.args = (f"{f.args[0]} of {gpa:#x}",)
             self._fault(f)
@@ -446,7 +498,8 @@ class UnicornCpu:
         eip = uc.reg_read(self._ip)
         try:
             if code == RDMSR:
-                value = self.port.msr_read(msr)
+                with self._exit_wait():
+                    value = self.port.msr_read(msr)
                 # RDMSR writes EAX and EDX, zeroing the upper halves of RAX and RDX.
                 ax, dx = (X.UC_X86_REG_RAX, X.UC_X86_REG_RDX) if self.boot.long_mode else (X.UC_X86_REG_EAX,
                                                                                           X.UC_X86_REG_EDX)
@@ -455,7 +508,8 @@ class UnicornCpu:
             else:
                 value = ((uc.reg_read(X.UC_X86_REG_EDX) & 0xFFFFFFFF) << 32) | (uc.reg_read(X.UC_X86_REG_EAX)
                                                                                & 0xFFFFFFFF)
-                self.port.msr_write(msr, value)
+                with self._exit_wait():
+                    self.port.msr_write(msr, value)
         except GuestFault as f:
             self._fault(f, rip=eip)
             return
