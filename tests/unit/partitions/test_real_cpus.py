@@ -205,3 +205,42 @@ def test_unicorn_saves_its_registers_at_a_halt_and_a_new_cpu_goes_on_from_them(t
     with pytest.raises(GuestCrash, match="EAX"):
         broken.run()
     broken.close()
+
+
+def test_two_unicorn_vps_of_a_partition_never_lose_a_locked_update(tmp_path):
+    """Unicorn's ``lock`` is not atomic across two instances sharing memory (SeaBIOS's
+    SMPLock was lost that way); a partition's VPs run guest code one at a time, so two VPs
+    each doing N × ``lock incl`` on one word of a shared firmware region count 2N.  The
+    loop makes no exit: the quantum, checked in firmware too with two VPs, hands over."""
+    import threading
+
+    from partitions.cpu.boot import Region
+    if unavailable("unicorn"):
+        pytest.skip(unavailable("unicorn"))
+    n, counter = 100_000, 0xF8000
+    # mov ecx, n; 1: lock incl [counter]; loop 1b; cli; hlt
+    code = b"\xb9" + n.to_bytes(4, "little") + b"\xf0\xff\x05" + counter.to_bytes(4, "little") + b"\xe2\xf7\xfa\xf4"
+    mem = guest_memory(tmp_path)
+    boot = Boot(False, 0, 0xF0000, regions=[Region(0xF0000, code.ljust(0x10000, b"\0"), writable=True)], vps=2)
+    ports, errors = [], []
+
+    def vp():
+        backend, port = make("unicorn", mem, boot, quantum_ns=1_000_000)
+        ports.append(port)
+        try:
+            backend.run()
+        except VpStopped:
+            pass
+        except BaseException as e:  # noqa: BLE001 — reported below
+            errors.append(e)
+        finally:
+            backend.close()
+
+    threads = [threading.Thread(target=vp) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors and not any(t.is_alive() for t in threads), errors
+    assert int.from_bytes(boot.regions[0].buffer()[0x8000:0x8004], "little") == 2 * n
+    assert all(p.of("quantum") for p in ports)  # each gave the other its turn at quantum ends
