@@ -85,10 +85,9 @@ class Boot:
     msr_code: list[tuple[int, int]] = field(default_factory=list)
     long_mode: bool = False  # entered in 64-bit mode: LONG_MODE_* below, in guest RAM
     rsi: int = 0  # RSI at entry (Linux: the zero page)
-    # Held by a unicorn VP while it executes guest code: one VP of the partition at a time,
-    # as QEMU's TCG without MTTCG (unicorn's ``lock`` is not atomic across two instances
-    # sharing memory).  One per partition: at_sipi's copies share it.
     vps: int = 1  # the partition's VPs (more than one: firmware only)
+    # Held by a unicorn VP of a partition of several while it executes guest code
+    # (partitions/cpu/guest_code.py).  One per partition: at_sipi's copies share it.
     guest_code_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property

@@ -22,12 +22,9 @@ Exits, and how unicorn yields them:
   the partition has more than one VP (a BSP spinning in SeaBIOS's F-segment must give its
   LP back: a forced preemption would leave it running beside the VP that got the LP).
 
-One VP of a partition executes guest code at a time (``Boot.guest_code_lock``, held from
-``emu_start`` to its return, given up while a hook waits for an exit's answer), as QEMU's
-TCG does without MTTCG: unicorn translates ``lock`` prefixes without host atomics, so two
-instances sharing memory lose updates (2 × 2 M ``lock incl`` on one word from two threads
-counted 2.6 M), and SeaBIOS's ``SMPLock`` (``lock btsl``) was lost for good — its owner's
-release landing between a spinner's read and write, which wrote the 1 back.
+With more than one VP, one of them executes guest code at a time
+(:mod:`partitions.cpu.guest_code`: held from ``emu_start`` to its return, given up while a
+hook waits for an exit's answer): unicorn's ``lock`` is not atomic across instances.
 
 Unicorn's ``emu_stop`` inside an instruction hook (or an MMIO callback) abandons that
 instruction, which runs again at the next ``emu_start`` — a second IN from a device, a lost
@@ -56,6 +53,7 @@ from proto.memory import PAGE_SIZE
 from partitions.cpu.boot import (FOUR_GIB, GDT_ENTRIES, GDT_GPA, LONG_MODE_CR0, LONG_MODE_CR4, LONG_MODE_EFER,
                                   PML4_GPA, Boot)
 from partitions.cpu.exitport import HYPERCALL_PORT, ExitPort, GuestCrash
+from partitions.cpu.guest_code import GuestCode
 from partitions.cpu.vectoring import CR0_PE, CannotVector, CpuState, vector
 from partitions.vp import GuestFault
 
@@ -87,21 +85,6 @@ def gaps(taken: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
-class _ExitWait:
-    """``with`` around a hook's exit: other VPs may run guest code while this one waits for
-    the answer (the hook's instruction is not half done in memory: IN/OUT, CPUID, MMIO, MSR)."""
-
-    def __init__(self, cpu: "UnicornCpu") -> None:
-        self.cpu = cpu
-
-    def __enter__(self) -> None:
-        self.cpu._give_guest_code()
-
-    def __exit__(self, *_) -> None:
-        if not self.cpu._take_guest_code():
-            self.cpu._stop_requested = True  # the partition stops: out at the next block
-
-
 class UnicornCpu:
     def __init__(self, port_factory, mem, boot: Boot, saved: dict | None = None) -> None:
         """``port_factory(regs)`` makes the VP's :class:`ExitPort` given the register
@@ -124,11 +107,11 @@ class UnicornCpu:
         self._stop_requested = False
         self._stopped_by_hook = False
         self._slice_end = 0
-        # The partition's guest-code lock: one VP in guest code at a time (a partition of one
-        # VP has no use for it, and its exits are 2 µs cheaper in-process without it).
-        self._guest_code = boot.guest_code_lock if boot.vps > 1 else None
-        self._holding = False
-        self._exit_wait = _ExitWait(self) if self._guest_code is not None else nullcontext()
+        # One VP in guest code at a time (a partition of one VP has no use for it, and its
+        # exits are 2 µs cheaper in-process without it).
+        self._guest_code = (GuestCode(boot.guest_code_lock, self.port.stop, self._request_stop) if boot.vps > 1
+                            else None)
+        self._exit_wait = self._guest_code or nullcontext()
         self._firmware: list[tuple[int, int]] = []  # the boot's regions: (start, end)
         self._gpa_maps: list[tuple[int, int]] = []  # RAM runs and MMIO holes: (gpa, size)
         self._slat = b""
@@ -295,7 +278,7 @@ class UnicornCpu:
                 self._slat_changed()
                 continue
             self._stopped_by_hook = self._stop_requested = False
-            if not self._take_guest_code():
+            if self._guest_code and not self._guest_code.take():
                 continue  # the partition stops (the loop's top raises VpStopped)
             self._slice_end = perf_counter_ns() + min(port.quantum_left_ns, MAX_SLICE_NS)
             try:
@@ -303,7 +286,8 @@ class UnicornCpu:
             except UcError as e:
                 raise GuestCrash(f"{e} at {self._where()}") from None
             finally:
-                self._give_guest_code()
+                if self._guest_code:
+                    self._guest_code.give()
             if self._stopped_by_hook:
                 continue
             pc = self._linear_pc()
@@ -311,23 +295,6 @@ class UnicornCpu:
                 if not (port.interrupt_pending and self._if()):  # one already here wakes it at once
                     self._at_boundary(port.halt, self._if())
                     self._slat_changed()
-
-    # -- one VP in guest code at a time --------------------------------------------------------
-
-    def _take_guest_code(self) -> bool:
-        """Wait for the partition's guest-code lock (False: the partition stops first)."""
-        if self._guest_code is None:
-            return True
-        while not self._guest_code.acquire(timeout=0.05):
-            if self.port.stop.is_set():
-                return False
-        self._holding = True
-        return True
-
-    def _give_guest_code(self) -> None:
-        if self._holding:
-            self._holding = False
-            self._guest_code.release()
 
     # -- save and restore (issue 13) ------------------------------------------------------------
 
@@ -378,6 +345,9 @@ class UnicornCpu:
                 raise GuestCrash(f"saved CPU state: cannot load {name} = {v!r}: {e}") from None
         pending = saved.get("pending", [])
         self.port.set_pending([v for v in pending if isinstance(v, int) and 0 <= v < 256])
+
+    def _request_stop(self) -> None:
+        self._stop_requested = True  # out of emu_start at the next block
 
     def _after_exit(self) -> None:
         """After an exit inside a hook: back to the loop at the next block if an interrupt
