@@ -243,6 +243,9 @@ class SimVp:
     def sti(self):
         pass
 
+    def pause(self):
+        self.server.poll_busy()  # (the VSP's loop runs while the VP spins)
+
     def hlt(self):
         self.exits += 1
         self.server.poll_busy()  # the VSP's loop runs while the VP is halted
