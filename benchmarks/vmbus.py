@@ -204,7 +204,7 @@ def report(r: dict) -> str:
             f"(hypercall round trip p50 {hc.get('p50_us', 0):.0f} µs; {q8['guest_signals']} signals in "
             f"{batches} batches)",
             f"    guest: waiting for completions      {q8['wait_ns'] / batches / 1e6:6.2f} ms "
-            f"({q8['halts']} HLTs; the rest reading the ring)",
+            f"({q8['halts']} HLTs; the rest polling and reading the ring)",
             f"    VSP: ring + storvsp + completions  "
             f"{8 * (ch['work_ns'] - flush_ns) / max(1, ch['packets_in'] - flushes) / 1e6:6.2f} ms "
             f"(its mean per packet × 8 but fsync, over {ch['drains']} drains of the whole run)",

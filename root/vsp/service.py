@@ -38,7 +38,7 @@ POLL_SLICE_MS = 1  # the TAP's inbox is looked at this often (ZeroMQ's poll coun
 # was most of a QD8 batch's turnaround (the guest halts until its completions come, and
 # the VSP found its next requests up to 1 ms late): so then the loop looks at its socket
 # without waiting and sleeps this long between looks.
-POLL_SLICE_NS = 200_000
+POLL_SLICE_NS = 100_000
 MAP_TIMEOUT_MS = 5000
 STATUS_INTERVAL_S = 0.5
 MAX_MAP_RANGES = sm.MAX_GPA_MAP_RANGES
