@@ -179,6 +179,24 @@ def on_spurious(vp: Vp, vector: int, sys: System) -> None:
 # -- boot -------------------------------------------------------------------------------------
 
 
+def start_interrupts(vp: Vp, sys: System) -> None:
+    """The PIC, its handlers, the PIT tick and the UART's and disk's interrupts — at boot and
+    again after a restore (partitions/resume.py). Tick 0 is put where ``sys.ticks`` goes on from
+    now: after a reset or a restore the count goes on from where it was, guest time having
+    stood still."""
+    pic.init(vp)
+    handlers = {0: on_tick, 1: on_key, 4: on_serial, 14: on_disk, 7: on_spurious, 15: on_spurious}
+    for irq, fn in handlers.items():
+        vp.set_handler(pic.vector(irq), lambda v, vec, fn=fn: fn(v, vec, sys))
+    sys.tick_hz = pit.start_tick(vp, TICK_HZ)
+    sys.tick_base_ns = vp.rdtsc() - int(sys.ticks * 1_000_000_000 / sys.tick_hz)
+    for irq in (0, 1, 4, 14):
+        pic.unmask(vp, irq)
+    sys.ata.use_irq = True
+    sys.serial.enable_interrupts(vp)
+    vp.sti()
+
+
 def bsp_main(vp: Vp, sys: System) -> None:
     sys.has_vga = sys.has_pic = False  # a reset boots from scratch
     sys.hv = detect_hypervisor(vp)
@@ -187,18 +205,7 @@ def bsp_main(vp: Vp, sys: System) -> None:
     sys.serial.init(vp)
     sys.has_pic = pic.present(vp)
     if sys.has_pic:
-        pic.init(vp)
-        handlers = {0: on_tick, 1: on_key, 4: on_serial, 14: on_disk, 7: on_spurious, 15: on_spurious}
-        for irq, fn in handlers.items():
-            vp.set_handler(pic.vector(irq), lambda v, vec, fn=fn: fn(v, vec, sys))
-        sys.tick_hz = pit.start_tick(vp, TICK_HZ)
-        # Tick 0 is now (after a reset the count goes on from where it was).
-        sys.tick_base_ns = vp.rdtsc() - int(sys.ticks * 1_000_000_000 / sys.tick_hz)
-        for irq in (0, 1, 4, 14):
-            pic.unmask(vp, irq)
-        sys.ata.use_irq = True
-        sys.serial.enable_interrupts(vp)
-        vp.sti()
+        start_interrupts(vp, sys)
     sys.boot_time = rtc.read_time(vp)
     clock = sys.boot_time.isoformat(sep=" ") if sys.boot_time else "no RTC"
     # The screen is set up before the console says the kernel is up, so that whoever waits

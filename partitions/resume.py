@@ -30,7 +30,7 @@ from proto import guest_state
 from proto.guest_state import KERNEL_STATE_BYTES, KERNEL_STATE_GPA
 
 from partitions import kernel
-from partitions.drivers import ata, pic, pit
+from partitions.drivers import ata
 from partitions.drivers.serial import Serial
 
 ATA_SRST = 0x04
@@ -124,20 +124,7 @@ def bsp_resume(vp, sys, state: dict) -> None:
     sys.serial = Serial()
     sys.has_pic = state["has_pic"]
     if sys.has_pic:
-        pic.init(vp)
-        handlers = {0: kernel.on_tick, 1: kernel.on_key, 4: kernel.on_serial, 14: kernel.on_disk,
-                    7: kernel.on_spurious, 15: kernel.on_spurious}
-        for irq, fn in handlers.items():
-            vp.set_handler(pic.vector(irq), lambda v, vec, fn=fn: fn(v, vec, sys))
-        sys.tick_hz = pit.start_tick(vp, kernel.TICK_HZ)
-        # The tick counts the clock's periods since tick 0 (kernel.on_tick): tick 0 is put
-        # where the saved count goes on from now, as after a reset — guest time stood still.
-        sys.tick_base_ns = vp.rdtsc() - int(sys.ticks * 1_000_000_000 / sys.tick_hz)
-        for irq in (0, 1, 4, 14):
-            pic.unmask(vp, irq)
-        sys.ata.use_irq = True
-        sys.serial.enable_interrupts(vp)
-        vp.sti()
+        kernel.start_interrupts(vp, sys)
     ata_soft_reset(vp)
     sys.console(vp, f"[{sys.name}] resumed from a saved state: {sys.ticks} ticks, "
                     f"disk round {sys.timers.get('disk_round', 0)}, {vp.exits} exits, "

@@ -538,9 +538,11 @@ def test_random_vsp_messages_and_guest_synic_writes_never_raise(syn):
 
 def test_a_stopped_partitions_timers_stop_and_its_vps_are_not_woken(syn):
     wrmsr(syn, 1, STIMER0_CONFIG, 1 << 3 | 0x61 << 4 | 1 << 12)  # direct mode, auto-enable
-    wrmsr(syn, 1, STIMER0_COUNT, syn.part(1).reference_time_100ns() + 5000)
+    # Armed 1 s ahead: 0.5 ms once passed before the WRMSR under load, and a count already in
+    # the past expires at once (TLFS), before the stop this test is about.
+    wrmsr(syn, 1, STIMER0_COUNT, syn.part(1).reference_time_100ns() + 10_000_000)
     assert syn.hv.synic.next_timer_ns is not None
     assert isinstance(syn.send(b"root", m.PartitionControl(1, "stop")).one(b"root"), m.Ack)
-    fire_all(syn, 1_000_000)
+    syn.hv.synic.fire_timers(1 << 62)  # whatever was armed would expire now
     assert not syn.vp(1).apic.irr and syn.hv.synic.next_timer_ns is None
     assert post(syn) == St.HV_STATUS_INVALID_PARTITION_ID
