@@ -21,6 +21,7 @@ import logging
 import struct
 import uuid
 from dataclasses import dataclass, field
+from time import perf_counter_ns
 
 from proto import vstor as vs
 from proto.memory import PAGE_SIZE, UnmappedGpa
@@ -46,6 +47,7 @@ class StorStats:
     bytes_read: int = 0
     bytes_written: int = 0
     requests: int = 0
+    flush_ns: int = 0  # time in fsync (SYNCHRONIZE CACHE), part of the channel's work_ns
     errors: dict = field(default_factory=dict)
 
     def error(self, reason: str) -> None:
@@ -219,11 +221,14 @@ class StorVsp:
             self.stats.bytes_written += n
             return n, b""
         if op in (vs.SYNCHRONIZE_CACHE_10, vs.SYNCHRONIZE_CACHE_16):
+            t0 = perf_counter_ns()
             try:
                 self.disk.flush()
             except OSError as e:
                 log.warning("fsync of the image failed: %s", e)
                 raise check_condition(vs.HARDWARE_ERROR, vs.ASC_WRITE_ERROR) from None
+            finally:
+                self.stats.flush_ns += perf_counter_ns() - t0
             self.stats.flushes += 1
             return 0, b""
         if op == vs.TEST_UNIT_READY:
@@ -253,33 +258,42 @@ class StorVsp:
     # -- guest pages ----------------------------------------------------------------------------
 
     @staticmethod
-    def _pieces(pages, n: int) -> list[list[int]]:
-        """[guest-physical address, length] of the first ``n`` bytes of a GPA range, pages
-        that follow each other in guest-physical memory joined into one piece."""
-        out: list[list[int]] = []
-        off = pages.byte_offset
-        for pfn in pages.pfns:
-            if n <= 0:
-                break
-            step = min(n, PAGE_SIZE - off)
-            gpa = (pfn << 12) + off
-            if out and out[-1][0] + out[-1][1] == gpa:
-                out[-1][1] += step
-            else:
-                out.append([gpa, step])
+    def _pieces(pages, n: int) -> list[tuple[int, int]]:
+        """(guest-physical address, length) of the first ``n`` bytes of a GPA range, each run
+        of pages that follow each other in guest-physical memory (and so in the RAM file,
+        which is indexed by it) one piece: one pread or pwrite each."""
+        out: list[tuple[int, int]] = []
+        pfns, off, i = pages.pfns, pages.byte_offset, 0
+        while n > 0 and i < len(pfns):
+            j = i + 1
+            while j < len(pfns) and pfns[j] == pfns[j - 1] + 1:
+                j += 1
+            step = min(n, (j - i) * PAGE_SIZE - off)
+            out.append(((pfns[i] << 12) + off, step))
             n -= step
-            off = 0
+            off, i = 0, j
         return out
 
     def _gather(self, pages, n: int) -> bytes:
-        """The request's pages, read for it alone, a run of pages at a time (UnmappedGpa
-        where one is not RAM): no mapping to make and unmake per request."""
+        """The request's pages, read for it alone, a run of pages at a time: no mapping to
+        make and unmake per request.  Every page is checked against the SLAT before any is
+        read (UnmappedGpa where one is not the partition's RAM: the request is refused whole)."""
         mem = self.mem
-        return b"".join([mem.read(gpa, step) for gpa, step in self._pieces(pages, n)])
+        runs = self._pieces(pages, n)
+        mem.check_runs(runs)
+        if len(runs) == 1:
+            return mem.read(*runs[0])
+        return b"".join([mem.read(gpa, step) for gpa, step in runs])
 
     def _scatter(self, pages, data: bytes) -> None:
-        at = 0
         mem = self.mem
-        for gpa, step in self._pieces(pages, len(data)):
-            mem.write(gpa, data[at:at + step])
+        runs = self._pieces(pages, len(data))
+        mem.check_runs(runs)  # all of them before the first write: nothing written to a refused request
+        if len(runs) == 1:
+            gpa, step = runs[0]
+            mem.write(gpa, data if step == len(data) else data[:step])
+            return
+        view, at = memoryview(data), 0
+        for gpa, step in runs:
+            mem.write(gpa, view[at:at + step])
             at += step

@@ -41,6 +41,10 @@ class FakeMemory:
         self._check(gpa, len(data))
         self.b[gpa:gpa + len(data)] = data
 
+    def check_runs(self, runs) -> None:
+        for gpa, n in runs:
+            self._check(gpa, n)
+
     def fetch_and_u8(self, gpa: int, mask: int) -> int:
         self._check(gpa, 1)
         old = self.b[gpa]
@@ -238,6 +242,9 @@ class SimVp:
 
     def sti(self):
         pass
+
+    def pause(self):
+        self.server.poll_busy()  # (the VSP's loop runs while the VP spins)
 
     def hlt(self):
         self.exits += 1

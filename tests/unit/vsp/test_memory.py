@@ -94,3 +94,29 @@ def test_a_requests_pages_are_read_and_written_without_a_mapping_each_checked(me
         with pytest.raises(UnmappedGpa):
             m.write(gpa, bytes(n))
     assert ram.read_bytes()[10 * PAGE_SIZE:11 * PAGE_SIZE] == bytes(PAGE_SIZE)
+
+
+def test_a_run_of_pages_crossing_a_foreign_page_is_refused_whole(mem):
+    """storvsp reads or writes a run of pages that follow each other with one call; every
+    page of every run is checked before any: page 10 (not the partition's) in the middle
+    of a run, or in a later run, refuses them all, and the RAM file is untouched."""
+    from proto.vmbus_ring import GpaRange
+    from root.vsp.storvsp import StorVsp
+    from worker.devices.backends import MemoryDisk
+
+    m, ram, _ = mem
+    before = ram.read_bytes()
+    with pytest.raises(UnmappedGpa) as e:
+        m.check_runs([(8 * PAGE_SIZE, 3 * PAGE_SIZE)])
+    assert e.value.args and f"{10 * PAGE_SIZE:#x}" in str(e.value)
+    vsp = StorVsp(MemoryDisk(1 << 20))
+    vsp.mem = m
+    for pfns in ((8, 9, 10, 11), (4, 5, 10)):
+        pages = GpaRange(len(pfns) * PAGE_SIZE, 0, pfns)
+        with pytest.raises(UnmappedGpa):
+            vsp._scatter(pages, b"x" * pages.byte_count)
+        with pytest.raises(UnmappedGpa):
+            vsp._gather(pages, pages.byte_count)
+    assert ram.read_bytes() == before
+    assert vsp._pieces(GpaRange(3 * PAGE_SIZE, 0, (4, 5, 7)), 3 * PAGE_SIZE) == [(4 * PAGE_SIZE, 2 * PAGE_SIZE),
+                                                                                  (7 * PAGE_SIZE, PAGE_SIZE)]

@@ -172,6 +172,26 @@ def test_hostile_srbs_are_refused_and_the_channel_goes_on(case):
     assert status == 0
 
 
+@pytest.mark.parametrize("pfns", [(252, 253, 254, 255, 256), (250, 251, 300, 301)])
+@pytest.mark.parametrize("op", [vs.WRITE_10, vs.READ_10])
+def test_a_page_run_crossing_out_of_the_partition_is_refused_whole(op, pfns):
+    """Pages that follow each other are one pread/pwrite: a run that goes on past the
+    partition's memory (256 pages here), or a later run outside it, is refused before any
+    byte moves — nothing of the image written, nothing of the guest's pages."""
+    g = Guest()
+    mem = g.mems[1]
+    g.disks[1].data[:len(pfns) * PAGE_SIZE] = b"d" * (len(pfns) * PAGE_SIZE)
+    mem.write(250 * PAGE_SIZE, b"g" * (6 * PAGE_SIZE))
+    n = len(pfns) * PAGE_SIZE
+    data_in = vs.WRITE_TYPE if op == vs.WRITE_10 else vs.READ_TYPE
+    [(status, body)] = g.roundtrip(1, [g.srb(vs.rw10(op, 0, n // 512), data_in, n, GpaRange(n, 0, pfns))])
+    assert status != 0 and g.srb_result(body)["srb_status"] != vs.SRB_STATUS_SUCCESS
+    assert g.srb_result(body)["length"] == 0
+    assert bytes(g.disks[1].data[:n]) == b"d" * n
+    assert mem.read(250 * PAGE_SIZE, 6 * PAGE_SIZE) == b"g" * (6 * PAGE_SIZE)
+    assert g.server.partitions[1].offers[1].device.stats.errors == {"data pages outside the partition": 1}
+
+
 def test_malformed_gpa_header_resets_the_channel_other_partition_unaffected():
     g = Guest(partitions=(1, 2))
     bad = bytearray(g.srb(vs.rw10(vs.READ_10, 0, 8), vs.READ_TYPE, 4096, buffer(4096)))
