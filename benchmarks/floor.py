@@ -57,6 +57,17 @@ def _socket(kind: int) -> zmq.Socket:
     return s
 
 
+def _send_to(sock: zmq.Socket, ident: bytes, frame: bytes) -> None:
+    """A ROUTER_MANDATORY send to a peer that may have gone: at the floor's end its clients
+    leave while their last answers are on the way (a bench once printed the relay's
+    "Host unreachable" traceback)."""
+    try:
+        sock.send_multipart((ident, frame))
+    except zmq.ZMQError as e:
+        if e.errno != zmq.EHOSTUNREACH:
+            raise
+
+
 def relay(endpoint: str) -> None:
     f = hop_frames()
     sock = _socket(zmq.ROUTER)
@@ -83,21 +94,21 @@ def relay(endpoint: str) -> None:
             peers[frame] = ident
             pending.setdefault(target, [])
             for _ in range(early.pop(frame, 0)):
-                sock.send_multipart((ident, notify))
+                _send_to(sock, ident, notify)
             continue
         kind, target = role
         if kind == b"hop4" or kind == b"irq":
             pending[target].append(ident)
             try:
-                sock.send_multipart((peers[target], notify))
+                _send_to(sock, peers[target], notify)
             except KeyError:
                 early[target] = early.get(target, 0) + 1
         elif kind == b"echo":
-            sock.send_multipart((pending[target].pop(0), resume4))
+            _send_to(sock, pending[target].pop(0), resume4)
         elif kind == b"irqecho":
-            sock.send_multipart((pending[target].pop(0), frame))
+            _send_to(sock, pending[target].pop(0), frame)
         else:
-            sock.send_multipart((ident, resume2))
+            _send_to(sock, ident, resume2)
 
 
 def echo(endpoint: str, key: str = "") -> None:
