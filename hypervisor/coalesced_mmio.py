@@ -105,12 +105,16 @@ class CoalescedMmio:
                 # send (nor may it keep its worker busy without an LP).
                 raise CoalescedMmioRefused("OUT_OF_TURN", f"VP {peer.vp.index} is {peer.vp.state.value}, not executing")
             check_batch(part.coalesced_zones, msg.writes)
-            if part.worker is None:
-                raise CoalescedMmioRefused("OUT_OF_TURN", "the partition has no worker")
         except CoalescedMmioRefused as e:
             counts["refused"] += 1
             return self._outbox.error(identity, msg.TYPE, e.code, str(e))
         if not msg.writes:
+            return
+        if part.worker is None:
+            # Between a worker's death and its successor's hello (on_worker_exit = "restart"):
+            # the guest did nothing wrong, so no error goes back (a VP took one for its exit's
+            # answer and died — CI); the stores are lost, as a batch in flight at a handover.
+            counts["undelivered"] += 1
             return
         counts["batches"] += 1
         counts["writes"] += len(msg.writes)

@@ -168,6 +168,10 @@ class Vp:
                 self._pending.append((msg.interrupt, msg.irq_stamps))
                 continue
             if msg.__class__ is m.ErrorReply:
+                if msg.ref_type == m.CoalescedMmioBatch.TYPE:
+                    # A refused batch of stores is not this exit's answer: the exit goes on.
+                    self.counters["coalesced_refused"] = self.counters.get("coalesced_refused", 0) + 1
+                    continue
                 raise Refused(msg.code, msg.message)
             if msg.__class__ is m.VpStateQuery:  # a save, while this VP waits here (issue 13)
                 self._send(m.VpStateReply(*self.cpu_state()).encode())
