@@ -122,3 +122,14 @@ def test_a_vp_waiting_in_an_exit_or_halted_may_not_send_a_batch(zoned):
     sent = zoned.send(V11, batch(1))
     assert sent.one(V11, m.ErrorReply).code == "OUT_OF_TURN" and not sent.to(W1)
     assert zoned.hv.status().partition(1).coalesced_mmio["refused"] == 2
+
+
+def test_a_batch_while_the_partition_has_no_worker_is_lost_without_an_error(zoned):
+    """Between a worker's death and its successor's hello the guest did nothing wrong: an
+    error back would reach a VP waiting for its exit's answer (one died of it after a worker
+    restart). The stores are counted undelivered."""
+    zoned.part(1).worker = None
+    sent = zoned.send(V10, batch())
+    assert not sent.to(V10) and not sent.to(W1)
+    counts = zoned.hv.status().partition(1).coalesced_mmio
+    assert (counts["undelivered"], counts["refused"]) == (1, 0)
