@@ -121,6 +121,19 @@ def test_a_record_of_another_shape_or_a_changed_one_is_refused(saved, tmp_path):
     assert not list(__import__("pathlib").Path(root).glob("*/manifest.json")), "a refused restore started a run"
 
 
+def settled_console(run, partition: str) -> str:
+    """The console once it has stopped growing (the launcher writes it as output arrives)."""
+    last = [None]
+
+    def same():
+        text = run.console(partition)
+        if text == last[0]:
+            return text
+        last[0] = text
+        return None
+    return wait_until(same, 10, interval=0.3, what="the console to settle")
+
+
 def test_a_real_x86_guest_on_unicorn_goes_on_from_its_saved_registers(tmp_path):
     """hvtest64 (long mode, partitions/guests) saved between two of its checks resumes in a
     new run from its registers and memory: it finishes the remaining checks, and none of the
@@ -129,13 +142,21 @@ def test_a_real_x86_guest_on_unicorn_goes_on_from_its_saved_registers(tmp_path):
     config, path = str(REPO / "configs" / "hvtest64.toml"), tmp_path / "real.hvs"
     run = start_run(config, short_run_root())
     try:
-        wait_until(lambda: re.search(r"^ok 5 - ", run.console("real"), re.M), 60, interval=0.1,
+        wait_until(lambda: re.search(r"^ok 5 - ", run.console("real"), re.M), 60, interval=0.02,
                    what="hvtest64's fifth check")
-        r = run.launch("ctl", run.name, "save", "real", str(path), timeout=60)
+        # Paused at once: the save itself may wait for an instruction boundary (≈ 0.8 s under
+        # load), long enough for the guest to finish all 33 checks first (CI once saved it after
+        # its last line, and the restored guest rightly had nothing left to print).
+        r = run.launch("ctl", run.name, "pause", "real", timeout=30)
+        assert r.returncode == 0, r.stderr
+        r = run.launch("ctl", run.name, "save", "real", str(path), "--paused", timeout=60)
         assert r.returncode == 0, r.stderr
         assert "its CPU registers saved" in r.stdout, r.stdout
+        before = settled_console(run, "real")  # what the guest wrote before the pause, all of it
     finally:
         stopped(run)
+    done = [int(n) for n in re.findall(r"^ok (\d+) - ", before, re.M)]
+    assert done[-1] < 33, f"the guest finished before the pause reached it: {done}"
     assert len(saved_state.read_file(path)["sections"]["cpu"]) == 1
     run = start_run(config, short_run_root(), extra=("--restore", f"real={path}"))
     try:
@@ -143,6 +164,10 @@ def test_a_real_x86_guest_on_unicorn_goes_on_from_its_saved_registers(tmp_path):
                              interval=0.2, what="the restored guest to finish its checks")
         checks = [int(n) for n in re.findall(r"^ok (\d+) - ", console, re.M)]
         assert checks and checks[0] > 5 and checks[-1] == 33, console  # went on; did not start over
+        # The two consoles together are one guest's: every check once, in order (the pause
+        # may fall inside a line, which the restored guest then finishes).
+        whole = [int(n) for n in re.findall(r"^ok (\d+) - ", before + console, re.M)]
+        assert whole == list(range(1, 34)), whole
         assert "not ok" not in console
     finally:
         stopped(run)
