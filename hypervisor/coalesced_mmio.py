@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 
 from proto import messages as m
+from proto.coalesced_mmio_messages import in_zones
 from proto.errors import Refused
 
 from hypervisor.partitions import Partition
@@ -62,11 +63,7 @@ def check_batch(zones: list[tuple[int, int]], writes) -> None:
     if writes and not zones:
         raise CoalescedMmioRefused("OUT_OF_TURN", "the partition has no coalesced MMIO zones")
     for gpa, size, _ in writes:
-        end = gpa + size
-        for start, limit in zones:
-            if start <= gpa and end <= limit:
-                break
-        else:
+        if not in_zones(zones, gpa, size):
             raise CoalescedMmioRefused("NOT_PERMITTED", f"write at {gpa:#x}+{size} is outside the coalesced zones")
 
 

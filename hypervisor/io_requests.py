@@ -22,13 +22,13 @@ from time import perf_counter_ns
 
 from proto import messages as m
 from proto.codes import HvPartitionState, HvStatus, HypercallInput, result_value
+from proto.fields import GPA_LIMIT
 from proto.io_messages import MAX_IO_BYTES
 from proto.memory import PAGE_SHIFT
 
 from hypervisor.partitions import Partition
 
 PAGE = 1 << PAGE_SHIFT
-GPA_LIMIT = 1 << 52
 # The largest single clock step: a day (the RTC's calendar and the reference counter take
 # any, but a typo of a few digits should not send a partition years ahead).
 MAX_CLOCK_STEP_NS = 86_400 * 1_000_000_000

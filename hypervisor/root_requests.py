@@ -14,6 +14,7 @@ import logging
 
 from proto import messages as m
 from proto.codes import HvPartitionState
+from proto.fields import GPA_LIMIT
 
 from hypervisor import cpuid
 from hypervisor.intercepts import ALL_ONES, ExitContext
@@ -82,7 +83,7 @@ class RootRequests:
             write = op.startswith("write")
             if write and msg.b > ALL_ONES[size]:
                 return self._outbox.error(identity, msg.TYPE, "INVALID_FIELD", f"{msg.b:#x} does not fit {op}")
-            if msg.a + size > 1 << 52:
+            if msg.a + size > GPA_LIMIT:
                 return self._outbox.error(identity, msg.TYPE, "INVALID_FIELD", f"GPA {msg.a:#x} is beyond 52 bits")
             ctx.addr, ctx.size, ctx.write, ctx.value = msg.a, size, write, msg.b if write else 0
             self._intercepts.mmio(ctx)

@@ -4,9 +4,11 @@ hypervisor in ``hypervisor/coalesced_mmio.py``).
 Stores to a region the worker registered as coalesced (the VGA text buffer) do not exit:
 a VP appends them to its partition's ring, one ring for all its VPs as KVM has one per VM,
 and the ring goes to the hypervisor as one ``coalesced_mmio_batch`` on the connection of
-whichever VP exits next, just before that exit — so the device sees them before the access
-that follows, whatever it is (the device's port, a read of its memory, a HLT), on any VP of
-the partition.  A full ring is sent at once.  The regions are asked of the hypervisor once,
+whichever VP exits next, just before that exit — so the device sees them before whatever that
+VP does next (the device's port, a read of its memory, a HLT).  Across VPs the order is not
+kept: a batch flushed by another VP travels on that VP's connection, and an exit of the VP
+that made the stores may reach the hypervisor first (README, "Coalesced MMIO").  A full ring
+is sent at once.  The regions are asked of the hypervisor once,
 at the partition's first MMIO store.
 """
 
@@ -16,7 +18,7 @@ import threading
 
 from proto import messages as m
 from proto.coalesced_mmio_messages import COALESCED_MMIO_MAX
-from proto.errors import PeerTimeout, Refused
+from proto.errors import PeerTimeout
 
 ZONES_TIMEOUT_MS = 10_000  # the hypervisor answers at once; this only bounds a lost reply
 
@@ -29,13 +31,6 @@ class CoalescedRing:
         self.writes: list[tuple[int, int, int]] = []
         self.sent_writes = 0
         self.sent_batches = 0
-
-    def covers(self, gpa: int, size: int) -> bool:
-        end = gpa + size
-        for start, limit in self.zones:
-            if start <= gpa and end <= limit:
-                return True
-        return False
 
     def append(self, send, vp_index: int, gpa: int, size: int, value: int) -> None:
         with self.lock:
@@ -50,7 +45,7 @@ class CoalescedRing:
                 self._flush(send, vp_index)
 
     def _flush(self, send, vp_index: int) -> None:
-        send(m.CoalescedMmioBatch(vp_index, self.writes).encode())
+        send(m.CoalescedMmioBatch.pack(vp_index, self.writes))
         self.sent_writes += len(self.writes)
         self.sent_batches += 1
         self.writes.clear()
@@ -61,9 +56,10 @@ class CoalescedRing:
             self.writes.clear()
 
 
-def query_zones(dealer, seq: int, pending: list) -> list[tuple[int, int]]:
+def query_zones(dealer, seq: int, pending: list, on_error) -> list[tuple[int, int]]:
     """Ask the hypervisor for the partition's coalesced zones, as (start, end).  A posted
-    interrupt that comes meanwhile is kept in ``pending``, as an exit's wait keeps it."""
+    interrupt that comes meanwhile is kept in ``pending``, as an exit's wait keeps it; an
+    error goes to ``on_error`` (the VP's one handling of them)."""
     dealer.send(m.CoalescedMmioQuery(seq).encode())
     waited = 0
     while waited < ZONES_TIMEOUT_MS:
@@ -76,5 +72,5 @@ def query_zones(dealer, seq: int, pending: list) -> list[tuple[int, int]]:
         if msg.__class__ is m.InterruptNotify:
             pending.append((msg.interrupt, msg.irq_stamps))
         elif msg.__class__ is m.ErrorReply:
-            raise Refused(msg.code, msg.message)
+            on_error(msg)
     raise PeerTimeout(f"no coalesced_mmio_zones within {ZONES_TIMEOUT_MS} ms")

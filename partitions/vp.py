@@ -25,6 +25,7 @@ from proto.errors import Refused
 from proto.hvcall import HV_INPUT_SWITCH_VIRTUAL_ADDRESS_SPACE
 from proto.stats import PathStats
 from proto.transport import Dealer
+from proto.coalesced_mmio_messages import in_zones
 
 from partitions.coalesced import CoalescedRing, query_zones
 
@@ -168,11 +169,8 @@ class Vp:
                 self._pending.append((msg.interrupt, msg.irq_stamps))
                 continue
             if msg.__class__ is m.ErrorReply:
-                if msg.ref_type == m.CoalescedMmioBatch.TYPE:
-                    # A refused batch of stores is not this exit's answer: the exit goes on.
-                    self.counters["coalesced_refused"] = self.counters.get("coalesced_refused", 0) + 1
-                    continue
-                raise Refused(msg.code, msg.message)
+                self._error(msg)
+                continue
             if msg.__class__ is m.VpStateQuery:  # a save, while this VP waits here (issue 13)
                 self._send(m.VpStateReply(*self.cpu_state()).encode())
                 continue
@@ -401,8 +399,8 @@ class Vp:
             if msg.__class__ is m.InterruptNotify:
                 self._pending.append((msg.interrupt, msg.irq_stamps))
                 posted = True
-            elif msg.__class__ is m.ErrorReply:  # (to a vp_stats): as _exit would raise it
-                raise Refused(msg.code, msg.message)
+            elif msg.__class__ is m.ErrorReply:
+                self._error(msg)
             # Nothing else is sent to a VP that is executing: a stray frame is dropped as
             # _exit drops late answers.
         if posted and self.if_flag:
@@ -447,6 +445,16 @@ class Vp:
             return
         self._mmio_write(gpa, size, value)
 
+    def _error(self, msg: m.ErrorReply) -> None:
+        """An error from the hypervisor, wherever the VP reads its connection (an exit's wait,
+        a preemption point, the zones query). A refused coalesced batch is no answer to
+        anything the VP waits for: its stores are lost and counted, and the VP goes on (it
+        once died of one after a worker restart). Anything else is raised."""
+        if msg.ref_type == m.CoalescedMmioBatch.TYPE:
+            self.counters["coalesced_refused"] = self.counters.get("coalesced_refused", 0) + 1
+            return
+        raise Refused(msg.code, msg.message)
+
     def _mmio_read(self, gpa: int, size: int) -> int:
         """An MMIO exit for a load (what the SLAT does not map)."""
         seq = self._next_seq()
@@ -457,8 +465,8 @@ class Vp:
         partition's ring, sent before its next exit."""
         ring = self.coalesced
         if ring.zones is None:
-            ring.zones = query_zones(self._dealer, self._next_seq(), self._pending)
-        if ring.zones and ring.covers(gpa, size):
+            ring.zones = query_zones(self._dealer, self._next_seq(), self._pending, self._error)
+        if ring.zones and in_zones(ring.zones, gpa, size):
             ring.append(self._send, self.index, gpa, size, value)
             self.counters["coalesced_mmio_writes"] = self.counters.get("coalesced_mmio_writes", 0) + 1
             return

@@ -11,45 +11,22 @@ regions and forwards the batch to the worker (``hypervisor/coalesced_mmio.py``).
 """
 
 
-from typing import Any
-
-from proto.fields import U16, U32, FieldError, _spec, gpa_ranges
+from proto.fields import U16, U32, gpa_ranges, mmio_writes
 from proto.messages import MMIO_SIZES, Message, message
 
 # At most this many writes in one batch: KVM's ring on x86 (KVM_COALESCED_MMIO_MAX, a 4 KiB
 # page of 24-byte entries after its 8-byte header: (4096 - 8) // 24).
 COALESCED_MMIO_MAX = 170
-GPA_LIMIT = 1 << 52  # guest-physical addresses have at most 52 bits (as gpa_ranges)
 
 
-def mmio_writes(max_items: int):
-    """``[[gpa, size, value], …]``: at most ``max_items`` stores, each of an MMIO size, its
-    value fitting that size, its bytes inside guest-physical space.  Whether they lie in a
-    coalesced region is the hypervisor's check (it knows the regions)."""
-
-    def check(v: Any) -> tuple:
-        if type(v) is not tuple and type(v) is not list:
-            raise FieldError(f"expected an array of [gpa, size, value], got {type(v).__name__}")
-        if len(v) > max_items:
-            raise FieldError(f"{len(v)} writes, at most {max_items}")
-        out = []
-        for w in v:
-            if type(w) not in (tuple, list) or len(w) != 3:
-                raise FieldError(f"write {w!r} is not [gpa, size, value]")
-            gpa, size, value = w
-            if type(gpa) is not int or type(size) is not int or type(value) is not int:
-                raise FieldError(f"write {w!r}: gpa, size and value are integers")
-            if size not in MMIO_SIZES:
-                raise FieldError(f"write of {size} bytes (sizes: {MMIO_SIZES})")
-            if not 0 <= gpa <= GPA_LIMIT - size:
-                raise FieldError(f"write at {gpa:#x}+{size} is outside guest-physical space")
-            if not 0 <= value < 1 << (8 * size):
-                raise FieldError(f"value {value:#x} does not fit {size} bytes")
-            out.append((gpa, size, value))
-        return tuple(out)
-
-    check.__name__ = f"mmio_writes{max_items}"
-    return _spec(check, "mmio_writes", max_items=max_items)
+def in_zones(zones, gpa: int, size: int) -> bool:
+    """Whether the store's bytes lie wholly inside one of ``zones`` ((start, end) pairs) —
+    the VP's test before it coalesces a store and the hypervisor's on every batched one."""
+    end = gpa + size
+    for start, limit in zones:
+        if start <= gpa and end <= limit:
+            return True
+    return False
 
 
 @message(80, "coalesced_mmio_register")
@@ -84,7 +61,7 @@ class CoalescedMmioBatch(Message):
     applies them in order, answering nothing."""
 
     vp: U16
-    writes: mmio_writes(COALESCED_MMIO_MAX)
+    writes: mmio_writes(COALESCED_MMIO_MAX, MMIO_SIZES)
 
 
 __all__ = ["COALESCED_MMIO_MAX", "CoalescedMmioBatch", "CoalescedMmioQuery", "CoalescedMmioRegister",

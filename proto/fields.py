@@ -153,8 +153,39 @@ def ranges(what: str, start: Check, length: Check, limit: int, max_items: int) -
     return _spec(check, "ranges", start=start, length=length, limit=limit, max_items=max_items)
 
 
+GPA_LIMIT = 1 << 52  # guest-physical addresses have at most 52 bits
 port_ranges = ranges("I/O space", U16, U32, 0x10000, 256)
-gpa_ranges = ranges("guest-physical space", U64, U64, 1 << 52, 64)
+gpa_ranges = ranges("guest-physical space", U64, U64, GPA_LIMIT, 64)
+
+
+def mmio_writes(max_items: int, sizes: tuple[int, ...]) -> Check:
+    """``[[gpa, size, value], …]``: at most ``max_items`` stores, each of an MMIO size, its
+    value fitting that size (``sizes``: the MMIO sizes), its bytes inside guest-physical space.  Whether they lie in a
+    coalesced region is the hypervisor's check (it knows the regions)."""
+
+    def check(v: Any) -> tuple:
+        if type(v) is not tuple and type(v) is not list:
+            raise FieldError(f"expected an array of [gpa, size, value], got {type(v).__name__}")
+        if len(v) > max_items:
+            raise FieldError(f"{len(v)} writes, at most {max_items}")
+        out = []
+        for w in v:
+            if type(w) not in (tuple, list) or len(w) != 3:
+                raise FieldError(f"write {w!r} is not [gpa, size, value]")
+            gpa, size, value = w
+            if type(gpa) is not int or type(size) is not int or type(value) is not int:
+                raise FieldError(f"write {w!r}: gpa, size and value are integers")
+            if size not in sizes:
+                raise FieldError(f"write of {size} bytes (sizes: {sizes})")
+            if not 0 <= gpa <= GPA_LIMIT - size:
+                raise FieldError(f"write at {gpa:#x}+{size} is outside guest-physical space")
+            if not 0 <= value < 1 << (8 * size):
+                raise FieldError(f"value {value:#x} does not fit {size} bytes")
+            out.append((gpa, size, value))
+        return tuple(out)
+
+    check.__name__ = f"mmio_writes{max_items}"
+    return _spec(check, "mmio_writes", max_items=max_items, sizes=sizes)
 
 
 def texts(max_items: int, max_len: int) -> Check:

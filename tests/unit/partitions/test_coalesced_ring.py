@@ -103,3 +103,17 @@ def test_without_zones_every_store_exits():
     v.write(VGA, 2, 1)
     v.write(VGA, 2, 2)
     assert kinds(d) == ["coalesced_mmio_query", "mmio_intercept", "mmio_intercept"]
+
+
+def test_a_refused_batch_is_counted_wherever_the_vp_reads_it_and_the_vp_goes_on():
+    """A full ring goes out while the VP runs guest code, so its refusal may reach the VP at a
+    preemption point as well as in an exit's wait: either way it is no answer to anything the
+    VP waits for (an exit's wait once took it for its answer and the VP died)."""
+    ring, (d, _), (v, _) = vps()
+    refused = m.ErrorReply(m.CoalescedMmioBatch.TYPE, "OUT_OF_TURN", "not executing").encode()
+    d.inbox.append(refused)
+    v._next_check = 0
+    v.preemption_point()  # read there: counted, not raised
+    d.inbox.append(refused)
+    v.cpuid(0)  # read while the exit waits for its resume: the exit still completes
+    assert v.counters["coalesced_refused"] == 2
