@@ -5,10 +5,10 @@ where a ping's time goes, stage by stage.  ``python -m benchmarks.vmbus --net``.
 Two runs of two enlightened partitions (alpha, beta) with a synthetic NIC each:
 
 - **ping**: both run ``vmbus_net`` alone, pinging each other every 50 ms.  Every echo
-  request carries the pinger's stamp as it hands it to netvsc, the answerer adds its own
-  (its handler began to read the ring, had the request, hands the reply to netvsc), and the
-  pinger's next request carries when its handler began and had this reply
-  (partitions/vmbus_net.py).  The VSP's switch notes them with its own stamps of every echo
+  request carries the stamps ``partitions/vmbus_net.py`` lays out in ``STAMPS`` (the
+  pinger's as it hands it to netvsc; the answerer's from the signal's arrival at the
+  hypervisor to handing the reply to netvsc; the pinger's for the previous reply, which only
+  the next request can carry).  The VSP's switch notes them with its own stamps of every echo
   request and reply, as netvsp got it from the sender's ring and as it had written the
   receiver's ring and signalled it (root/vsp/netvsp.py, ``switch.icmp_stamps`` in
   vsp-status.json).  All are perf_counter_ns — CLOCK_MONOTONIC, one clock for every
@@ -19,8 +19,8 @@ Two runs of two enlightened partitions (alpha, beta) with a synthetic NIC each:
 
 A ping's round trip starts after its ARP resolution (partitions/vmbus_net.py resolves,
 then stamps), so the first ping carries no ARP; its round trip is shown beside the
-percentiles and is not excluded (in the runs seen it was no outlier: 22–80 ms against a
-p50 of 100–150 ms; once 0.9 s, when its peer was still bringing its NIC up).  Pings with no reply within
+percentiles and is not excluded (once 0.9 s, when its peer was still bringing its NIC up;
+README gives a run's first pings beside its percentiles).  Pings with no reply within
 1 s are counted as lost.  The guests ping every 50 ms at most and answer from their SINT's
 interrupt, so a 20 s run gives hundreds of samples.
 """

@@ -66,9 +66,7 @@ class FlushAndIpiCalls:
         status, space = self._flush_space(args)
         if status != S.HV_STATUS_SUCCESS:
             return status, b""
-        if self.tlb is not None and caller.partition is not None:
-            self.tlb.flush_partition(caller.partition.id, space, kind="address_space")
-        return S.HV_STATUS_SUCCESS, b""
+        return self._flush_whole_space(caller, space)
 
     def flush_virtual_address_list(self, caller, hc, args, data) -> Result:
         """Rep elements: GVAs whose bits 11:0 count additional pages to flush."""
@@ -76,6 +74,13 @@ class FlushAndIpiCalls:
         if status != S.HV_STATUS_SUCCESS:
             return status, b""
         return self._flush_gvas(caller, hc, data, HV_INPUT_FLUSH_VIRTUAL_ADDRESS_LIST.size, space)
+
+    def _flush_whole_space(self, caller, space: int) -> Result:
+        """The caller's entries of one address space (or, ``space`` None, all of them): the
+        tail of both address-space flushes, after their own checks."""
+        if self.tlb is not None and caller.partition is not None:
+            self.tlb.flush_partition(caller.partition.id, space, kind="address_space")
+        return S.HV_STATUS_SUCCESS, b""
 
     def _flush_gvas(self, caller, hc, data, offset: int, space: int) -> Result:
         """The rep list of both address-list flushes, from ``offset``: GVAs whose bits 11:0
@@ -99,9 +104,7 @@ class FlushAndIpiCalls:
                                      hc.var_header_qwords)
         if status != S.HV_STATUS_SUCCESS:
             return status, b""
-        if self.tlb is not None and caller.partition is not None:
-            self.tlb.flush_partition(caller.partition.id, space, kind="address_space")
-        return S.HV_STATUS_SUCCESS, b""
+        return self._flush_whole_space(caller, space)
 
     def flush_virtual_address_list_ex(self, caller, hc, args, data) -> Result:
         """As HvCallFlushVirtualAddressList, with an HV_VP_SET; the GVAs follow its banks."""

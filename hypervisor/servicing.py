@@ -32,7 +32,7 @@ log = logging.getLogger("hypervisor")
 
 
 class Servicing:
-    def __init__(self, *, table, outbox, forwarding, sched, peers=None) -> None:
+    def __init__(self, *, table, outbox, forwarding, sched, peers) -> None:
         self._peers = peers
         self._table = table
         self._outbox = outbox

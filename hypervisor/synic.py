@@ -263,8 +263,8 @@ class Synic:
         the APIC's IRR holds it until the EOI.)"""
         vector, vp.apic.ended = vp.apic.ended, None
         s = vp.synic
-        if vector is None or not s.enabled:
-            return
+        if vector is None or not s.enabled or not any(s.queues):
+            return  # (every EOI of every interrupt comes here: nothing waits, nearly always)
         for sint, queue in enumerate(s.queues):
             if queue and s.sints[sint] & SINT_VECTOR_MASK == vector:
                 s.counters["eoi_rescans"] += 1
@@ -277,8 +277,7 @@ class Synic:
         page enabled is cleared, AutoEOI follows the SINTs, an EOM or an enable or an
         unmask delivers what waits."""
         s = vp.synic
-        if vp.apic.ended is not None:
-            self.after_eoi(part, vp)  # (HV_X64_MSR_EOI)
+        self.after_eoi(part, vp)  # (HV_X64_MSR_EOI: it clears what the EOI ended)
         if not s.actions:
             return
         actions, s.actions = s.actions, set()

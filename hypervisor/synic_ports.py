@@ -27,7 +27,7 @@ from proto import synic_messages as sm
 from proto.gpa_messages import MAX_UNMAPPED_RANGES, GpaUnmapped
 from proto.codes import HvPartitionState, HvStatus
 from proto.hvcall import HV_INPUT_POST_MESSAGE
-from proto.memory import SLAT_INVALID
+from proto.memory import SLAT_INVALID, page_runs
 from proto.synic_messages import HV_EVENT_FLAGS_PER_SINT, HV_MESSAGE_PAYLOAD_BYTES
 
 log = logging.getLogger("hypervisor")
@@ -201,12 +201,7 @@ class SynicPorts:
         if not gone:
             return
         granted.difference_update(gone)
-        runs: list[list[int]] = []
-        for p in gone:
-            if runs and runs[-1][0] + runs[-1][1] == p:
-                runs[-1][1] += 1
-            else:
-                runs.append([p, 1])
+        runs = page_runs(gone)
         for i in range(0, len(runs), MAX_UNMAPPED_RANGES):
             self.counters["gpa_unmaps_to_vsp"] += 1
             self._outbox.send(self.vsp, GpaUnmapped(partition_id, runs[i:i + MAX_UNMAPPED_RANGES]))

@@ -33,10 +33,7 @@ from hypervisor.apic import Apic
 from hypervisor.synic import QueuedMessage, SynicVp
 
 log = logging.getLogger("hypervisor")
-# The scheduler's accounting.  Not its virtual run time: that orders a VP against the other
-# VPs of this hypervisor, and a restored VP's would starve or favour it against them.
-SCHED_FIELDS = ("run_ns", "wait_ns", "dispatches", "preemptions", "yields", "forced")
-APIC_INTS = ("tpr", "svr", "lvt_timer", "timer_icr", "timer_dcr", "icr_hi")
+APIC_INTS, SCHED_FIELDS = ps.APIC_INTS, ps.SCHED_FIELDS  # (what is saved, and checked there)
 
 
 def _left(deadline: int | None, now: int) -> int | None:

@@ -44,7 +44,6 @@ DEAD_PEER_S = 30.0  # an address that did not answer ARP is tried again after th
 # [7:12] the same five of the sender's for the previous ping's reply, which only the next
 # request can carry.
 STAMPS = struct.Struct("<12Q")
-WAKE = struct.Struct("<3Q")
 PAYLOAD = bytes(range(STAMPS.size + 8))
 PRINT_INTERVAL_S = 1.0  # a console line per second, not per ping: every character is an exit
 

@@ -38,6 +38,18 @@ class UnmappedGpa(Exception):
         self.gpa = gpa
 
 
+def page_runs(pfns) -> list[list[int]]:
+    """Guest page numbers, in the order given → [first, count] runs of consecutive pages (as
+    the GPA map messages carry them)."""
+    out: list[list[int]] = []
+    for p in pfns:
+        if out and out[-1][0] + out[-1][1] == p:
+            out[-1][1] += 1
+        else:
+            out.append([p, 1])
+    return out
+
+
 def memory_path(directory, partition: int) -> str:
     """The partition's RAM file in the run directory."""
     return os.path.join(directory, f"mem-{partition}.bin")

@@ -44,6 +44,12 @@ MAX_QUEUED_PER_SINT = 16
 MAX_VPS = 4096
 MAX_MEMORY_PAGES = 1 << 22  # 16 GiB of guest memory: more than any topology asks for
 MAX_DISK_BYTES = 1 << 34
+# A VP's local APIC registers kept as u32s, and the scheduler's accounting kept in a record
+# (hypervisor/vp_state.py saves and restores exactly these).  Not the scheduler's virtual run
+# time: that orders a VP against the hypervisor's other VPs, and a restored VP's would starve
+# or favour it against them (it is recorded and checked, not restored).
+APIC_INTS = ("tpr", "svr", "lvt_timer", "timer_icr", "timer_dcr", "icr_hi")
+SCHED_FIELDS = ("run_ns", "wait_ns", "dispatches", "preemptions", "yields", "forced")
 
 
 class InvalidField(SavedStateError):
@@ -152,7 +158,7 @@ def check_vps(vps: Any) -> list:
             if type(v) is not int or not 0 <= v <= 255:
                 _fail(f"{w}.pending[{j}]", f"{v!r} is not a vector 0..255")
         a, aw = _map(vp.get("apic"), f"{w}.apic"), f"{w}.apic"
-        for key in ("tpr", "svr", "lvt_timer", "timer_icr", "timer_dcr", "icr_hi"):
+        for key in APIC_INTS:
             _int(a, key, aw, 0, 0xFFFFFFFF)
         for key in ("isr", "irr", "auto_eoi"):
             _bytes(a, key, aw, MASK256_BYTES)
@@ -180,7 +186,7 @@ def check_vps(vps: Any) -> list:
             _int(t, "due_ref", tw)
             _opt_int(t, "remaining_ns", tw)
         c, cw = _map(vp.get("sched"), f"{w}.sched"), f"{w}.sched"
-        for key in ("run_ns", "wait_ns", "dispatches", "preemptions", "yields", "forced"):
+        for key in SCHED_FIELDS:
             _int(c, key, cw)
         if type(c.get("vruntime")) not in (int, float) or not c["vruntime"] >= 0:
             _fail(f"{cw}.vruntime", "missing or not a non-negative number")

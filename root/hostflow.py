@@ -44,15 +44,14 @@ def free_pages(pages: int, seed: str) -> list[int]:
     return free
 
 
-def create_partition(root: RootClient, pc: PartitionConfig, free: list[int], start: bool = True) -> int:
-    """Create ``pc``'s partition and its VPs, give it the first pages of ``free`` (taken
-    off the list) as its RAM, and (``start``) start its VPs; returns the partition ID."""
+def create_partition(root: RootClient, pc: PartitionConfig, free: list[int]) -> int:
+    """Create ``pc``'s partition and its VPs (explicitly suspended: the root starts them once
+    every worker is ready), give it the first pages of ``free`` (taken off the list) as its
+    RAM; returns the partition ID."""
     pages = pc.memory_mb << 8
     pid = root.create_partition(pc.privileges, pc.recommendation_bits, pc.spin_retry, pc.vps, pc.cpu, pages)
     ram = guest_ram_ranges(pages)
     n = sum(count for _, count in ram)
     root.build_memory(pid, ram, free[:n])
     del free[:n]
-    if start:
-        root.start_vps(pid, pc.vps)
     return pid

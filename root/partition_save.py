@@ -248,7 +248,7 @@ def _compressed(memory: dict, disks: dict) -> tuple[dict, dict]:
 # -- restore ---------------------------------------------------------------------------------
 
 
-def read_for(pc: PartitionConfig, path: str, devices: list[dict], base_dir) -> dict:
+def read_for(pc: PartitionConfig, path: str, devices: list[dict]) -> dict:
     """The record in ``path``, checked whole, and refused unless it fits ``pc`` (its shape,
     its disks) — before anything of a run starts."""
     try:
@@ -283,14 +283,14 @@ def read_for(pc: PartitionConfig, path: str, devices: list[dict], base_dir) -> d
         if pc.disk.get("image"):
             # A disk the topology names stays where it is (shared storage): it must be the
             # one saved with the partition, else the guest's view of it would be torn.
-            have = _sha256(d["image_path"], base_dir)
+            have = _sha256(d["image_path"])
             if have != saved["sha256"]:
                 raise RestoreRefused(f"--restore {pc.name}={path}: the disk image {d['image_path']} is not the "
                                      "one saved with the partition (its SHA-256 differs)")
     return record
 
 
-def _sha256(image: str, base_dir) -> bytes | None:
+def _sha256(image: str) -> bytes | None:
     try:
         with open(image, "rb") as f:
             return hashlib.sha256(f.read()).digest()

@@ -108,7 +108,7 @@ class Run:
         for pc in self.topology.partitions:
             # Its VPs stay suspended until its worker is ready (below), so that the
             # partition process can start meanwhile.
-            self.partition_ids[pc.name] = hostflow.create_partition(self.root, pc, free, start=False)
+            self.partition_ids[pc.name] = hostflow.create_partition(self.root, pc, free)
             if pc.name in self.restores:  # its memory and hypervisor state, before a VP connects
                 partition_save.restore_memory_and_state(self.root, self.run.path, self.partition_ids[pc.name],
                                                         self.restores[pc.name])

@@ -31,7 +31,6 @@ import signal
 import struct
 import threading
 
-from proto.memory import PAGE_SIZE
 from partitions.cpu.boot import (FOUR_GIB, GDT_ENTRIES, GDT_GPA, LONG_MODE_CR0, LONG_MODE_CR4, LONG_MODE_EFER,
                                   PML4_GPA, RESET_CS, RESET_IP, Boot)
 from partitions.cpu.exitport import HYPERCALL_PORT, ExitPort, GuestCrash
@@ -127,7 +126,6 @@ class KvmCpu:
         self.counters = self.port.counters
         self.counters.update(kvm_exits=0, kvm_kicks=0, kvm_injected=0, slat_remaps=0)
         self.vm = _ioctl(boot.kvm_fd, KVM_CREATE_VM, 0)
-        self._maps: list[mmap.mmap] = []
         self._slot = 0
         self._ram_slots: list[int] = []
         self._slat = b""

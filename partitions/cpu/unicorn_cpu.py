@@ -49,7 +49,6 @@ from unicorn import (UC_ARCH_X86, UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_INSN, UC_
                      UcError)
 from unicorn import x86_const as X
 
-from proto.memory import PAGE_SIZE
 from partitions.cpu.boot import (FOUR_GIB, GDT_ENTRIES, GDT_GPA, LONG_MODE_CR0, LONG_MODE_CR4, LONG_MODE_EFER,
                                   PML4_GPA, Boot)
 from partitions.cpu.exitport import HYPERCALL_PORT, ExitPort, GuestCrash

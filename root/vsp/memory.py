@@ -17,7 +17,7 @@ import mmap
 import os
 from contextlib import contextmanager
 
-from proto.memory import PAGE_SHIFT, PAGE_SIZE, SLAT_INVALID, UnmappedGpa
+from proto.memory import PAGE_SHIFT, PAGE_SIZE, SLAT_INVALID, UnmappedGpa, page_runs
 
 
 class ReadOnlyGpa(UnmappedGpa):
@@ -55,18 +55,38 @@ class PartitionMemory:
             self._check_span(gpa, n)
 
     def read(self, gpa: int, n: int) -> bytes:
-        """``n`` bytes at ``gpa``, every page checked against the SLAT now: a request's data
-        read straight from the RAM file (pread: no mapping to make and unmake per request,
-        and nothing this call could write)."""
+        """``n`` bytes at ``gpa``, every page checked against the SLAT now: read straight from
+        the RAM file (pread: no mapping to make and unmake, and nothing this call could write)."""
         self._check_span(gpa, n)
+        return self._pread(gpa, n)
+
+    def write(self, gpa: int, data: bytes) -> None:
+        """``data`` into the guest's pages at ``gpa``, every page checked against the SLAT."""
+        self._check_span(gpa, len(data))
+        self._pwrite(gpa, data)
+
+    def read_runs(self, runs) -> bytes:
+        """A request's data: every (gpa, bytes) run, joined — every page of every run checked
+        first (a request crossing into a page not the partition's is refused whole), then one
+        pread a run, each checked once."""
+        self.check_runs(runs)
+        return b"".join([self._pread(gpa, n) for gpa, n in runs])
+
+    def write_runs(self, runs, data) -> None:
+        """``data`` into the (gpa, bytes) runs in order, all checked before the first write."""
+        self.check_runs(runs)
+        view, at = memoryview(data), 0
+        for gpa, n in runs:
+            self._pwrite(gpa, view[at:at + n])
+            at += n
+
+    def _pread(self, gpa: int, n: int) -> bytes:
         data = os.pread(self.ram_fd, n, gpa)  # (the file is indexed by guest-physical address)
         if len(data) != n:
             raise UnmappedGpa(gpa + len(data))
         return data
 
-    def write(self, gpa: int, data: bytes) -> None:
-        """``data`` into the guest's pages at ``gpa``, every page checked against the SLAT."""
-        self._check_span(gpa, len(data))
+    def _pwrite(self, gpa: int, data) -> None:
         if os.pwrite(self.ram_fd, data, gpa) != len(data):
             raise UnmappedGpa(gpa)
 
@@ -100,12 +120,7 @@ class Mapping:
         self.where: dict[int, tuple[mmap.mmap, int]] = {}  # pfn → (its run's map, offset in it)
         self.maps: list[mmap.mmap] = []
         self.counted = 0
-        runs: list[list[int]] = []
-        for p in sorted(set(pfns)):
-            if runs and runs[-1][0] + runs[-1][1] == p:
-                runs[-1][1] += 1
-            else:
-                runs.append([p, 1])
+        runs = page_runs(sorted(set(pfns)))
         try:
             for first, count in runs:
                 m = mmap.mmap(mem.ram_fd, count * PAGE_SIZE, offset=first * PAGE_SIZE,

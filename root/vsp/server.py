@@ -69,7 +69,17 @@ class Gpadl:
     expected: int
     created: bool = False
     mapping: object = None  # its pages mapped (root/vsp/memory.py) while it lives
-    revoked: bool = False  # the root unmapped one of its pages: never mapped again
+
+    @property
+    def revoked(self) -> bool:
+        """The root unmapped one of its pages (gpa_unmapped): created, its mapping closed for
+        good — every other way a GPADL closes also removes it from its bus."""
+        return self.created and self.mapping is None
+
+    def usable(self, relid: int) -> bool:
+        """Created, still mapped, and the channel ``relid``'s."""
+        return self.created and self.mapping is not None and self.relid == relid
+
     def close(self) -> None:
         if self.mapping is not None:
             self.mapping.close()
@@ -254,7 +264,7 @@ class VmbusServer:
             reason = "OPENCHANNEL of an unknown channel"
         elif offer.channel is not None:
             reason = "OPENCHANNEL of an open channel"
-        elif g is None or not g.created or g.mapping is None or g.relid != relid:
+        elif g is None or not g.usable(relid):
             reason = "OPENCHANNEL with no GPADL of the channel"
         elif not MIN_RING_PAGES <= downstream <= len(g.pfns) - MIN_RING_PAGES:
             reason = "OPENCHANNEL ring split outside the GPADL"
@@ -263,8 +273,7 @@ class VmbusServer:
                 ch = OpenChannel.over(g.mapping, g.pfns, downstream, relid, gpadl, target_vp,
                                       self._signaller(bus.id, target_vp, relid), bus.suppress)
                 ch.find_gpadl = lambda gid, bus=bus, relid=relid: (
-                    bus.gpadls[gid] if gid in bus.gpadls and bus.gpadls[gid].created
-                    and bus.gpadls[gid].mapping is not None and bus.gpadls[gid].relid == relid else None)
+                    bus.gpadls[gid] if gid in bus.gpadls and bus.gpadls[gid].usable(relid) else None)
                 offer.device.open(ch, bus.mem)
                 offer.channel = ch
             except RingError as e:
@@ -366,8 +375,7 @@ class VmbusServer:
         for gid, g in bus.gpadls.items():
             if g.mapping is None or not any(first <= p < first + count for p in g.pfns for first, count in ranges):
                 continue
-            g.close()
-            g.revoked = True
+            g.close()  # revoked: never mapped again
             bus.error("GPADL pages unmapped by the root")
             for o in bus.offers.values():
                 if o.channel is not None and o.channel.gpadl == gid:

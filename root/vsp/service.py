@@ -25,6 +25,7 @@ from proto import synic_messages as sm
 from proto.codes import HvStatus
 from proto.errors import PeerTimeout, ProtocolError, Refused
 from proto.gpa_messages import GpaUnmapped
+from proto.memory import page_runs as page_ranges
 from proto.vmbus import VMBUS_MESSAGE_CONNECTION_ID, VMBUS_MESSAGE_CONNECTION_ID_4, VMBUS_MESSAGE_TYPE
 
 from root.vsp.events import EVENTS_FILE, EventLog, VmbusEvents
@@ -42,17 +43,6 @@ POLL_SLICE_NS = 100_000
 MAP_TIMEOUT_MS = 5000
 STATUS_INTERVAL_S = 0.5
 MAX_MAP_RANGES = sm.MAX_GPA_MAP_RANGES
-
-
-def page_ranges(pfns: list[int]) -> list[list[int]]:
-    """Guest page numbers → [first, count] runs, as GpaMapRequest carries them."""
-    out: list[list[int]] = []
-    for p in pfns:
-        if out and out[-1][0] + out[-1][1] == p:
-            out[-1][1] += 1
-        else:
-            out.append([p, 1])
-    return out
 
 
 class VspService:

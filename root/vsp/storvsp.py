@@ -278,22 +278,9 @@ class StorVsp:
         """The request's pages, read for it alone, a run of pages at a time: no mapping to
         make and unmake per request.  Every page is checked against the SLAT before any is
         read (UnmappedGpa where one is not the partition's RAM: the request is refused whole)."""
-        mem = self.mem
-        runs = self._pieces(pages, n)
-        mem.check_runs(runs)
-        if len(runs) == 1:
-            return mem.read(*runs[0])
-        return b"".join([mem.read(gpa, step) for gpa, step in runs])
+        return self.mem.read_runs(self._pieces(pages, n))
 
     def _scatter(self, pages, data: bytes) -> None:
-        mem = self.mem
-        runs = self._pieces(pages, len(data))
-        mem.check_runs(runs)  # all of them before the first write: nothing written to a refused request
-        if len(runs) == 1:
-            gpa, step = runs[0]
-            mem.write(gpa, data if step == len(data) else data[:step])
-            return
-        view, at = memoryview(data), 0
-        for gpa, step in runs:
-            mem.write(gpa, view[at:at + step])
-            at += step
+        """``data`` into the request's pages, all checked before the first write: nothing is
+        written for a refused request."""
+        self.mem.write_runs(self._pieces(pages, len(data)), data)

@@ -270,6 +270,28 @@ class ChipsetDevice:
         """Raise ValueError for a well-typed saved state this device cannot be in."""
 
 
+class FlatWindow:
+    """A device's memory window that is plain memory to the guest (``state.memory``, of
+    ``WINDOW_SIZE`` bytes at ``WINDOW_BASE``): loads and stores with no side effect, so its
+    stores may be coalesced (the VGA's text buffer and its graphics window).  Put before
+    :class:`ChipsetDevice` in a device's bases."""
+
+    WINDOW_BASE: ClassVar[int]
+    WINDOW_SIZE: ClassVar[int]
+    state: Any
+
+    def mmio_ranges(self) -> list[MmioRange]:
+        return [MmioRange(self.WINDOW_BASE, self.WINDOW_SIZE, coalesced=True)]
+
+    def mmio_read(self, gpa: int, size: int) -> int:
+        offset = gpa - self.WINDOW_BASE
+        return int.from_bytes(self.state.memory[offset:offset + size], "little")
+
+    def mmio_write(self, gpa: int, size: int, value: int) -> None:
+        offset = gpa - self.WINDOW_BASE
+        self.state.memory[offset:offset + size] = (value & all_ones(size)).to_bytes(size, "little")
+
+
 def all_ones(size: int) -> int:
     """What a read returns when nothing answers: every data line pulled high."""
     return (1 << (8 * size)) - 1

@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from worker.devices.base import ChipsetDevice, IoError, MmioRange, MmioStats, NullIrqLine, PortRange, all_ones
+from worker.devices.base import ChipsetDevice, FlatWindow, IoError, MmioStats, NullIrqLine, PortRange
 from worker.devices.config import VgaGraphicsConfig
 from worker.devices.state import Byte, Length
 
@@ -52,7 +52,10 @@ class VgaGraphicsState:
         default_factory=lambda: list(MODE3_GRAPHICS))
 
 
-class VgaGraphics(ChipsetDevice):
+class VgaGraphics(FlatWindow, ChipsetDevice):
+    # Plain memory to the guest, as the text buffer is: its stores may be coalesced.
+    WINDOW_BASE, WINDOW_SIZE = GRAPHICS_BASE, GRAPHICS_WINDOW
+
     def __init__(self, config: VgaGraphicsConfig | None = None) -> None:
         self.config = config or VgaGraphicsConfig()
         self.name = self.config.name
@@ -65,18 +68,6 @@ class VgaGraphics(ChipsetDevice):
 
     def port_ranges(self) -> list[PortRange]:
         return self.config.ports()
-
-    def mmio_ranges(self) -> list[MmioRange]:
-        # Plain memory to the guest, as the text buffer is: its stores may be coalesced.
-        return [MmioRange(GRAPHICS_BASE, GRAPHICS_WINDOW, coalesced=True)]
-
-    def mmio_read(self, gpa: int, size: int) -> int:
-        offset = gpa - GRAPHICS_BASE
-        return int.from_bytes(self.state.memory[offset:offset + size], "little")
-
-    def mmio_write(self, gpa: int, size: int, value: int) -> None:
-        offset = gpa - GRAPHICS_BASE
-        self.state.memory[offset:offset + size] = (value & all_ones(size)).to_bytes(size, "little")
 
     def _file(self, port: int) -> tuple[str, list[int]]:
         s = self.state

@@ -42,12 +42,11 @@ from typing import Annotated
 
 from worker.devices.base import (
     ChipsetDevice,
+    FlatWindow,
     IoError,
-    MmioRange,
     MmioStats,
     NullIrqLine,
     PortRange,
-    all_ones,
 )
 from worker.devices.config import VgaTextConfig
 from worker.devices.state import Byte, Length
@@ -119,8 +118,11 @@ class VgaTextState:
     in_retrace: bool = False  # what the next input status 1 read will *not* report
 
 
-class VgaText(ChipsetDevice):
+class VgaText(FlatWindow, ChipsetDevice):
     """The text-mode part of a VGA: buffer, CRTC, misc output and input status."""
+
+    # The text buffer is plain memory to the guest: its stores may be coalesced.
+    WINDOW_BASE, WINDOW_SIZE = TEXT_BASE, TEXT_WINDOW
 
     def __init__(self, config: VgaTextConfig | None = None) -> None:
         self.config = config or VgaTextConfig()
@@ -140,20 +142,6 @@ class VgaText(ChipsetDevice):
             PortRange(PORT_CRTC_DATA, 1),
             PortRange(PORT_INPUT_STATUS_1, 1),
         ]
-
-    def mmio_ranges(self) -> list[MmioRange]:
-        # The text buffer is plain memory to the guest: its stores may be coalesced.
-        return [MmioRange(TEXT_BASE, TEXT_WINDOW, coalesced=True)]
-
-    # ----------------------------------------------------------------- memory
-
-    def mmio_read(self, gpa: int, size: int) -> int:
-        offset = gpa - TEXT_BASE
-        return int.from_bytes(self.state.memory[offset:offset + size], "little")
-
-    def mmio_write(self, gpa: int, size: int, value: int) -> None:
-        offset = gpa - TEXT_BASE
-        self.state.memory[offset:offset + size] = (value & all_ones(size)).to_bytes(size, "little")
 
     # ----------------------------------------------------------------- ports
 

@@ -31,6 +31,20 @@ def make(cpu: str, mem, boot: Boot, **port_args):
     return backend, made["port"]
 
 
+def run_until_stopped(backend, *boots) -> None:
+    """Run ``backend`` until its port stops it, then close it and any /dev/kvm descriptor
+    the ``boots`` opened (KVM's before_confinement opens one per Boot it is given)."""
+    try:
+        with pytest.raises(VpStopped):
+            backend.run()
+    finally:
+        backend.close()
+        for boot in boots:
+            if boot.kvm_fd is not None:
+                os.close(boot.kvm_fd)
+                boot.kvm_fd = None
+
+
 def run(tmp_path, code: bytes, *, cpu="unicorn", real_mode=False, load=(), msrs=None, **port_args):
     mem = guest_memory(tmp_path)
     boot = Boot(real_mode, 0, CODE, load=[(CODE, code), *load], msr_code=[(CODE, CODE + len(code))])
@@ -38,13 +52,7 @@ def run(tmp_path, code: bytes, *, cpu="unicorn", real_mode=False, load=(), msrs=
         boot.cs, boot.ip = 0, CODE  # KVM starts at its reset state's CS: 0000:1000 here
     backend, port = make(cpu, mem, boot, **port_args)
     port.msrs.update(msrs or {})
-    try:
-        with pytest.raises(VpStopped):
-            backend.run()
-    finally:
-        backend.close()
-        if boot.kvm_fd is not None:
-            os.close(boot.kvm_fd)
+    run_until_stopped(backend, boot)
     return port, mem
 
 
@@ -123,13 +131,7 @@ def test_an_unmapgpa_reaches_the_backend_at_the_next_halt(tmp_path, cpu):
     mem.write_int(0x5000, 4, 0x1234)
     boot = Boot(False, 0, CODE, load=[(CODE, code)])
     backend, port = make(cpu, mem, boot, on_halt=unmap_page_5_then_stop)
-    try:
-        with pytest.raises(VpStopped):
-            backend.run()
-    finally:
-        backend.close()
-        if boot.kvm_fd is not None:
-            os.close(boot.kvm_fd)
+    run_until_stopped(backend, boot)
     assert port.of("out") == [("out", 0x80, 4, 0x1234), ("out", 0x80, 4, 0x12345678)]
     assert port.of("mmio_read") == [("mmio_read", 0x5000, 4)]
     assert port.counters["slat_remaps"] == 1
@@ -147,13 +149,7 @@ def test_vps_share_the_firmware_regions_and_an_ap_starts_at_its_sipi_vector(tmp_
                 regions=[Region(0xF0000, bytes(0x10000), writable=True)])
     for start in (boot, at_sipi(boot, 0x10)):
         backend, port = make(cpu, mem, start)
-        try:
-            with pytest.raises(VpStopped):
-                backend.run()
-        finally:
-            backend.close()
-    if boot.kvm_fd is not None:
-        os.close(boot.kvm_fd)
+        run_until_stopped(backend, start)  # (the AP's Boot is a copy: it opened its own /dev/kvm)
     assert port.of("out") == [("out", 0x80, 1, 0x5A)]
     boot.regions[0].reload()  # what VP 0 does when it starts at the reset vector again
     assert boot.regions[0].buffer()[0x10] == 0
@@ -182,11 +178,7 @@ def test_unicorn_saves_its_registers_at_a_halt_and_a_new_cpu_goes_on_from_them(t
     backend, port = make("unicorn", mem, boot, on_halt=lambda p: taken.setdefault("state", backend.cpu_state()) and False)
     out_state = []
     port.port_out = lambda *a: out_state.append(backend.cpu_state())  # inside the OUT instruction
-    try:
-        with pytest.raises(VpStopped):
-            backend.run()
-    finally:
-        backend.close()
+    run_until_stopped(backend)
     assert out_state == [(False, b"")]
     boundary, state = taken["state"]
     assert boundary and mem.read_int(0x3000, 4) == 0
@@ -194,11 +186,7 @@ def test_unicorn_saves_its_registers_at_a_halt_and_a_new_cpu_goes_on_from_them(t
     assert saved["regs"]["EAX"] == 0x1234 and saved["regs"]["EIP"] == CODE + 14  # past the HLT
     made = {}
     again = backend_class("unicorn")(lambda regs: made.setdefault("port", FakePort(regs, mem)), mem, boot, saved=saved)
-    try:
-        with pytest.raises(VpStopped):
-            again.run()
-    finally:
-        again.close()
+    run_until_stopped(again)
     assert (mem.read_int(0x3000, 4), mem.read_int(0x3004, 4)) == (0x1234, 0x5678)
     bad = {**saved, "regs": {**saved["regs"], "EAX": -1}}
     broken = backend_class("unicorn")(lambda regs: FakePort(regs, mem), mem, boot, saved=bad)

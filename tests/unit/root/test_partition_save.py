@@ -46,7 +46,7 @@ def setup(tmp_path):
 
 def test_a_record_that_fits_is_read(setup):
     base, pc, devices, path, s = setup
-    record = partition_save.read_for(pc, str(path), devices, base)
+    record = partition_save.read_for(pc, str(path), devices)
     assert record["sections"]["shape"] == s["shape"]
 
 
@@ -54,7 +54,7 @@ def test_a_named_disk_image_that_is_not_the_saved_one_is_refused(setup):
     base, pc, devices, path, _ = setup
     (base / "d.img").write_bytes(b"\1" * (1 << 20))
     with pytest.raises(partition_save.RestoreRefused, match="not the one saved with the partition"):
-        partition_save.read_for(pc, str(path), devices, base)
+        partition_save.read_for(pc, str(path), devices)
 
 
 def test_another_shape_or_a_missing_section_is_refused(setup):
@@ -63,10 +63,10 @@ def test_another_shape_or_a_missing_section_is_refused(setup):
     other["shape"]["privileges"] += 1
     path.write_bytes(saved_state.encode(1, "alpha", other))
     with pytest.raises(partition_save.RestoreRefused, match="privileges: saved"):
-        partition_save.read_for(pc, str(path), devices, base)
+        partition_save.read_for(pc, str(path), devices)
     del other["memory"]
     path.write_bytes(saved_state.encode(1, "alpha", other))
     with pytest.raises(partition_save.RestoreRefused, match="no memory"):
-        partition_save.read_for(pc, str(path), devices, base)
+        partition_save.read_for(pc, str(path), devices)
     with pytest.raises(partition_save.RestoreRefused, match="No such file"):
-        partition_save.read_for(pc, str(base / "missing.hvs"), devices, base)
+        partition_save.read_for(pc, str(base / "missing.hvs"), devices)

@@ -45,6 +45,17 @@ class FakeMemory:
         for gpa, n in runs:
             self._check(gpa, n)
 
+    def read_runs(self, runs) -> bytes:
+        self.check_runs(runs)
+        return b"".join(bytes(self.b[gpa:gpa + n]) for gpa, n in runs)
+
+    def write_runs(self, runs, data) -> None:
+        self.check_runs(runs)
+        at = 0
+        for gpa, n in runs:
+            self.b[gpa:gpa + n] = data[at:at + n]
+            at += n
+
     def fetch_and_u8(self, gpa: int, mask: int) -> int:
         self._check(gpa, 1)
         old = self.b[gpa]

@@ -223,8 +223,7 @@ def test_ring_pages_the_root_unmaps_reset_their_channel(two):
 
 
 def test_the_send_buffer_is_mapped_read_only_for_the_vsp(two):
-    """The VSP only reads the guest's send buffer: its GPADL is mapped again read-only, and a
-    guest that names the same GPADL as its receive buffer gets nothing written there."""
+    """The VSP only reads the guest's send buffer: its GPADL is mapped again read-only."""
     from root.vsp.memory import ReadOnlyGpa
     switch, server, vps, nics, stacks = two
     send_gpadl = next(g for g in server.partitions[1].gpadls.values()
