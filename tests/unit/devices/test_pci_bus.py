@@ -175,8 +175,11 @@ def test_the_rom_bar_sizes_maps_and_serves_the_patched_vga_bios(pci):
 def test_a_rom_bar_outside_the_window_is_not_reachable_and_the_window_reads_all_ones(pci):
     bus, mmio = plug(pci), plug_mmio(pci)
     cfg_write(bus, 8, 0, 0x04, 0x0003, 2)
-    cfg_write(bus, 8, 0, 0x30, 0x000C0001)  # over the VGA BIOS's shadow
+    cfg_write(bus, 8, 0, 0x30, ROM_AT | 1)
+    assert mmio.read(ROM_AT, 2) == 0xAA55  # decoded in the window first…
+    cfg_write(bus, 8, 0, 0x30, 0x000C0001)  # …then moved over the VGA BIOS's shadow
     assert mmio.device_at(0xC0000) is None
+    assert mmio.read(ROM_AT, 2) == 0xFFFF  # where it was, nothing decodes any more
     assert mmio.read(0xE0000000, 8) == (1 << 64) - 1
     assert mmio.read(0xFEBFFFFF, 1) == 0xFF
     assert pci.stats.mmio_missed_reads == 0
