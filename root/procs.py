@@ -132,7 +132,10 @@ def spawn(role: str, name: str, module: str, args: list[str], logs: Path, *, sec
     secret_fd = confine.secret_pipe(secret)
     log = open(log_path, "ab")
     try:
-        popen = subprocess.Popen([sys.executable, "-m", module, *args, "--secret-fd", str(secret_fd)],
+        # -X faulthandler: a process that dies of a fatal signal (SIGSEGV, SIGABRT from a C
+        # library's assertion, …) leaves every thread's Python stack in its log.
+        popen = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", module, *args,
+                                  "--secret-fd", str(secret_fd)],
                                  cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=log,
                                  pass_fds=(secret_fd, *fds), preexec_fn=die_with_parent,
                                  start_new_session=True)
@@ -159,6 +162,23 @@ def stop_procs(procs: list[Proc], grace_s: float = STOP_GRACE_S) -> dict[str, in
             p.popen.kill()
             p.popen.wait(5)
     return {f"{p.role}:{p.name}": p.popen.returncode for p in procs}
+
+
+def last_words(log_path: Path, lines: int = 20, max_chars: int = 3000) -> str:
+    """The end of a process's log, indented, for the line that says it died ('' if it
+    wrote nothing): why it died is usually there, and a run's output is often all a user
+    (or a CI log) keeps."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - max_chars))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    tail = [line for line in text.splitlines() if line.strip()][-lines:]
+    if not tail:
+        return ""
+    return f"the end of {log_path.parent.name}/{log_path.name}:\n" + "\n".join("  " + line for line in tail)
 
 
 def describe_exit(code: int | None) -> str:

@@ -27,7 +27,7 @@ from proto.transport import curve_keypair, ipc_endpoint
 from root import cgroups, hostflow, partition_save, servicing
 from root.client import ConsoleWatcher, RootClient
 from root.guest_images import disk_contents, firmware_nvram
-from root.procs import STOP_GRACE_S, Proc, describe_exit, partition_uid, spawn, stop_procs
+from root.procs import STOP_GRACE_S, Proc, describe_exit, last_words, partition_uid, spawn, stop_procs
 from root.report import Output
 from root.rundir import GUEST_MEMORY_FILES, RunDir, launcher_identity, new_run_dir, pid_alive, write_json, write_private
 from root.topology import Topology
@@ -293,6 +293,9 @@ class Run:
                 if p.role == "worker" and self._restartable(p.name):
                     self._dead_workers.setdefault(p.name, p)  # supervise() restarts it
                     continue
+                words = last_words(p.log_path)
+                if words:  # why it died is usually there; the run's output is often all that is kept
+                    self.out.print(f"{p.role} {p.name} (pid {p.pid}) {describe_exit(code)}; {words}")
                 raise RunEnded(f"{p.role} {p.name} (pid {p.pid}) {describe_exit(code)}", 1)
 
     def status(self) -> HypervisorStatus:

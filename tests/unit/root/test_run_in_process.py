@@ -113,6 +113,32 @@ def test_the_hypervisors_death_ends_the_run_at_once_in_its_name(short_runs, tmp_
     capsys.readouterr()
 
 
+
+@pytest.mark.timeout(60)
+def test_a_process_that_dies_of_a_fatal_signal_leaves_its_stack_in_the_runs_output(short_runs, tmp_path, capsys):
+    """CI once saw only 'worker alpha killed by SIGABRT' (a C library's assertion?) and
+    nothing to say why: every process runs with -X faulthandler, and the launcher prints
+    the end of a dead process's log beside its death."""
+    cfg = tmp_path / "inproc.toml"
+    cfg.write_text(TOPOLOGY)
+    killed = {}
+
+    def abort_worker(run_dir, man):
+        time.sleep(0.5)
+        killed["pid"] = man["processes"]["worker:alpha"]["pid"]
+        os.kill(killed["pid"], signal.SIGABRT)
+
+    watcher = _when_running(short_runs, abort_worker)
+    assert main(["run", str(cfg), "--duration", "0"]) == 1
+    watcher.join(5)
+    out = capsys.readouterr().out
+    assert f"worker alpha (pid {killed['pid']}) killed by SIGABRT; the end of logs/worker-alpha.log:\n" in out
+    assert "  Fatal Python error: Aborted" in out and 'File "' in out
+    (run,) = short_runs.iterdir()
+    man = json.loads((run / "manifest.json").read_text())
+    assert man["ended"]["reason"] == f"worker alpha (pid {killed['pid']}) killed by SIGABRT"
+
+
 GEN1_DISK = """\
 [run]
 name = "private"
