@@ -72,9 +72,10 @@ def _path_exits(status: dict, path: str) -> int:
 
 
 def run_pids(run) -> dict[str, int]:
-    """The run's processes by manifest name, the launcher's included."""
+    """The run's processes by manifest name, the launcher's and the zygotes' included."""
     man = run.manifest()
-    return {"launcher": man["launcher_pid"], **{k: v["pid"] for k, v in man.get("processes", {}).items()}}
+    return {"launcher": man["launcher_pid"], **{k: v["pid"] for k, v in man.get("processes", {}).items()},
+            **{f"zygote:{k}": v["pid"] for k, v in man.get("zygotes", {}).items()}}
 
 
 @contextlib.contextmanager

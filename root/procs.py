@@ -41,6 +41,7 @@ import psutil
 
 from proto import confine
 from root import REPO
+from root.zygote import ForkedPopen, Zygote, ZygoteError
 
 PR_SET_PDEATHSIG = 1
 STOP_GRACE_S = 3.0
@@ -106,7 +107,7 @@ def die_with_parent() -> None:
 class Proc:
     role: str  # hypervisor | worker | partition
     name: str
-    popen: subprocess.Popen
+    popen: subprocess.Popen | ForkedPopen  # the latter: forked by a zygote (root/zygote.py)
     log_path: Path
 
     @property
@@ -119,17 +120,36 @@ class Proc:
 PASSED_ON = ("HVSTACK_RUN_DIR", "HVSTACK_PROFILE_HV")
 
 
-def spawn(role: str, name: str, module: str, args: list[str], logs: Path, *, secret: str,
-          fds: tuple[int, ...] = (), stdout=subprocess.DEVNULL) -> Proc:
-    """``python -m module args… --secret-fd N``, its stderr appended to
-    ``logs/ROLE-NAME.log`` (the hypervisor's to ``logs/hypervisor.log``); ``secret`` goes
-    down a pipe, ``fds`` are inherited (and closed here once the child has them)."""
-    log_path = logs / f"{role}-{name}.log" if role != "hypervisor" else logs / "hypervisor.log"
+def child_env(role: str) -> dict[str, str]:
+    """The environment a run's ``role`` process gets: the launcher's without its other
+    HVSTACK_ variables, with hvstack's packages on PYTHONPATH."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HVSTACK_") or k in PASSED_ON}
     if role != "hypervisor":
         env.pop("HVSTACK_PROFILE_HV", None)
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def spawn(role: str, name: str, module: str, args: list[str], logs: Path, *, secret: str,
+          fds: tuple[int, ...] = (), stdout=subprocess.DEVNULL, zygote: Zygote | None = None) -> Proc:
+    """``python -m module args… --secret-fd N``, its stderr appended to
+    ``logs/ROLE-NAME.log`` (the hypervisor's to ``logs/hypervisor.log``); ``secret`` goes
+    down a pipe, ``fds`` are inherited (and closed here once the child has them).  With a
+    usable ``zygote`` (root/zygote.py) of ``module``, forked from it with the same
+    descriptors, environment and start; if it cannot, started fresh as before."""
+    log_path = logs / f"{role}-{name}.log" if role != "hypervisor" else logs / "hypervisor.log"
+    env = child_env(role)
     secret_fd = confine.secret_pipe(secret)
+    if zygote is not None and zygote.usable and zygote.module == module and stdout in FORKABLE_STDOUT:
+        try:
+            popen = _fork(zygote, role, name, [*args, "--secret-fd", str(secret_fd)], log_path, env,
+                          (secret_fd, *fds), stdout)
+        except ZygoteError:
+            pass  # started fresh below; zygote.failure says why (and the manifest)
+        else:
+            for fd in (secret_fd, *fds):
+                os.close(fd)
+            return Proc(role, name, popen, log_path)
     log = open(log_path, "ab")
     try:
         # -X faulthandler: a process that dies of a fatal signal (SIGSEGV, SIGABRT from a C
@@ -144,6 +164,29 @@ def spawn(role: str, name: str, module: str, args: list[str], logs: Path, *, sec
         for fd in (secret_fd, *fds):
             os.close(fd)
     return Proc(role, name, popen, log_path)
+
+
+FORKABLE_STDOUT = (subprocess.DEVNULL, subprocess.PIPE)
+
+
+def _fork(zygote: Zygote, role: str, name: str, args: list[str], log_path: Path, env: dict,
+          fds: tuple[int, ...], stdout) -> ForkedPopen:
+    """The child from ``zygote``: stdin /dev/null, stdout /dev/null or a pipe read here,
+    stderr appended to its log, ``fds`` at their numbers (the secret pipe's first)."""
+    read_end, std_out = os.pipe() if stdout == subprocess.PIPE else (None, os.open(os.devnull, os.O_WRONLY))
+    std_in = os.open(os.devnull, os.O_RDONLY)
+    log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        pid = zygote.fork(args, env, REPO, f"{role}-{name}", [std_in, std_out, log, *fds], [0, 1, 2, *fds])
+    except ZygoteError:
+        if read_end is not None:
+            os.close(read_end)
+        raise
+    finally:
+        for fd in (std_in, std_out, log):
+            os.close(fd)
+    return ForkedPopen(pid, [f"{zygote.module} (forked)", *args],
+                       stdout=open(read_end, "rb") if read_end is not None else None)
 
 
 def stop_procs(procs: list[Proc], grace_s: float = STOP_GRACE_S) -> dict[str, int | None]:
@@ -213,7 +256,7 @@ def leftovers(run_dir: Path, man: dict) -> list[psutil.Process]:
     except (KeyError, TypeError, ValueError):
         pass
     found = []
-    for info in (man.get("processes") or {}).values():
+    for info in [*(man.get("processes") or {}).values(), *(man.get("zygotes") or {}).values()]:
         pid = info.get("pid") if isinstance(info, dict) else None
         if not isinstance(pid, int) or pid <= 1 or pid == os.getpid():
             continue

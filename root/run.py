@@ -27,7 +27,9 @@ from proto.transport import curve_keypair, ipc_endpoint
 from root import cgroups, hostflow, partition_save, servicing
 from root.client import ConsoleWatcher, RootClient
 from root.guest_images import disk_contents, firmware_nvram
-from root.procs import STOP_GRACE_S, Proc, describe_exit, last_words, partition_uid, spawn, stop_procs
+from root import REPO, zygote
+from root.procs import (STOP_GRACE_S, Proc, child_env, describe_exit, die_with_parent, last_words, partition_uid,
+                        spawn, stop_procs)
 from root.report import Output
 from root.rundir import GUEST_MEMORY_FILES, RunDir, launcher_identity, new_run_dir, pid_alive, write_json, write_private
 from root.topology import Topology
@@ -81,6 +83,7 @@ class Run:
     _dead_workers: dict = field(default_factory=dict)  # name → Proc: died, to be restarted (servicing)
     worker_restarts: dict = field(default_factory=dict)  # partition name → times its worker was restarted
     restores: dict = field(default_factory=dict)  # partition name → its saved record (root/partition_save.py)
+    zygotes: dict = field(default_factory=dict)  # module → its zygote (root/zygote.py), which forks its processes
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -102,6 +105,7 @@ class Run:
         else:
             hv = self._spawn_tcp_hypervisor(args, logs)
         self.procs.append(hv)
+        self._start_zygotes(logs)  # their imports while the hypervisor does its own
         self.endpoint = self._await_ready(hv)
         self.root = RootClient(self.endpoint, self.secret, server_key=self.server_key)
         free = hostflow.free_pages(pool_pages, self.run.name)
@@ -149,7 +153,7 @@ class Run:
             write_json(spec_path, spec)
             args, fds = self._confinement("partition", pid, tlbs=True)
             self.procs.append(spawn("partition", pc.name, "partitions", ["--spec", str(spec_path), *args],
-                                    logs, secret=token, fds=fds))
+                                    logs, secret=token, fds=fds, zygote=self.zygotes.get("partitions")))
             self._limit_cpu(pc, self.procs[-1].pid)
         self._await_workers()
         for pc in self.topology.partitions:
@@ -175,7 +179,7 @@ class Run:
             fds += (go_fd,)
         return spawn("worker", pc.name, "worker", ["--spec", str(self.run.path / f"worker-{pc.name}.json"), *args],
                      self.run.path / "logs", secret=auth.peer_token(self.secret, "worker", pid), fds=fds,
-                     stdout=subprocess.PIPE if restore else subprocess.DEVNULL)
+                     stdout=subprocess.PIPE if restore else subprocess.DEVNULL, zygote=self.zygotes.get("worker"))
 
     def _confinement(self, role: str, pid: int, tlbs: bool) -> tuple[list[str], tuple[int, ...]]:
         """The arguments and descriptors that confine a worker or partition process: its
@@ -202,6 +206,16 @@ class Run:
         elif self.isolation == confine.NAMESPACES:
             args += ["--namespaces"]
         return args, tuple(fds)
+
+    def _start_zygotes(self, logs) -> None:
+        """A zygote each for the workers and the partition processes (root/zygote.py), unless
+        HVSTACK_ZYGOTE=0 or this process cannot adopt what they fork; without one (or once
+        one has failed) the processes start as a fresh ``python -m`` each."""
+        if not zygote.enabled() or not zygote.become_subreaper():
+            return
+        for module in ("worker", "partitions"):
+            self.zygotes[module] = zygote.Zygote(module, self.run.path, logs, child_env(module), REPO,
+                                                 die_with_parent)
 
     def _start_vsp(self, logs) -> None:
         """The root's kernel-side process (root/vsp), only when some partition has a vmbus
@@ -450,7 +464,9 @@ class Run:
         for stage in sorted(set(STOP_ORDER.values())):
             grace = HV_DEAD_PARTITION_GRACE_S if hv_dead and stage == STOP_ORDER["partition"] else STOP_GRACE_S
             exits.update(stop_procs([p for p in self.procs if STOP_ORDER[p.role] == stage], grace))
-        left = [p.pid for p in self.procs if pid_alive(p.pid)]
+        for z in self.zygotes.values():
+            z.stop()
+        left = [p.pid for p in [*self.procs, *self.zygotes.values()] if pid_alive(p.pid)]
         for path in self._cgroups.values():
             cgroups.remove(path)
         if not left:
@@ -471,6 +487,8 @@ class Run:
             "endpoint": self.endpoint,
             "server_key": self.server_key,
             "processes": {f"{p.role}:{p.name}": {"pid": p.pid, "log": str(p.log_path)} for p in self.procs},
+            "zygotes": {z.module: {"pid": z.pid, "log": str(z.log_path), "forked": z.forked, "failure": z.failure}
+                        for z in self.zygotes.values()},
             "partitions": {name: {"id": pid, "console": str(self.run.path / f"console-{name}.log")}
                            for name, pid in self.partition_ids.items()},
         })

@@ -138,7 +138,8 @@ class HvstackRun:
 
     def pids(self) -> list[int]:
         man = self.manifest()
-        return [man["launcher_pid"], *(p["pid"] for p in man.get("processes", {}).values())]
+        return [man["launcher_pid"], *(p["pid"] for p in man.get("processes", {}).values()),
+                *(z["pid"] for z in man.get("zygotes", {}).values())]
 
     def files(self) -> dict[str, Path]:
         """Every file worth reading when something went wrong: the launcher's output, each
