@@ -124,6 +124,16 @@ def _place_fds(received: list[int], targets: list[int]) -> None:
                 pass
 
 
+def _is_open(fd: int) -> bool:
+    import fcntl
+
+    try:
+        fcntl.fcntl(fd, fcntl.F_GETFD)
+        return True
+    except OSError:
+        return False
+
+
 def _dup_at_least(fd: int, low: int) -> int:
     import fcntl
 
@@ -225,9 +235,9 @@ def enabled() -> bool:
     return os.environ.get(DISABLE, "1") != "0"
 
 
-def become_subreaper() -> bool:
+def become_subreaper(on: bool = True) -> bool:
     """Make this process (the launcher) the parent of the children the zygotes fork."""
-    return _prctl(PR_SET_CHILD_SUBREAPER, 1) == 0
+    return _prctl(PR_SET_CHILD_SUBREAPER, 1 if on else 0) == 0
 
 
 class ForkedPopen:
@@ -289,7 +299,7 @@ class Zygote:
         self.log_path = logs / f"zygote-{module}.log"
         self.failure: str | None = None  # why it stopped being used, if it did
         self.forked = 0
-        self._ready = False
+        self.ready: dict | None = None  # its first message: its pid, threads and stray descriptors
         self._control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             with open(self.log_path, "ab") as log:
@@ -327,21 +337,33 @@ class Zygote:
         self.forked += 1
         return int(answer["pid"])
 
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> dict:
+        """Its first message, once its imports are done (:attr:`ready`)."""
+        deadline = time.monotonic() + timeout_s
+        while self.ready is None:
+            self._receive(deadline)
+        return self.ready
+
     def _answer(self) -> dict:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no answer in {READY_TIMEOUT_S:g} s")
-            self._control.settimeout(left)
-            data = self._control.recv(MAX_REQUEST)
-            if not data:
-                code = self.popen.poll()
-                raise ConnectionError("the zygote " + ("ended" if code is None else f"exited ({code})"))
-            answer = json.loads(data)
+            answer = self._receive(deadline)
             if "ready" not in answer:
                 return answer
-            self._ready = True
+
+    def _receive(self, deadline: float) -> dict:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no answer in {READY_TIMEOUT_S:g} s")
+        self._control.settimeout(left)
+        data = self._control.recv(MAX_REQUEST)
+        if not data:
+            code = self.popen.poll()
+            raise ConnectionError("the zygote " + ("ended" if code is None else f"exited ({code})"))
+        answer = json.loads(data)
+        if "ready" in answer:
+            self.ready = answer
+        return answer
 
     def _fail(self, why: str):
         self.failure = why
@@ -370,7 +392,8 @@ def main(argv: list[str] | None = None):
     gc.freeze()  # what is imported stays in pages the children share (no GC writes into them)
     control = socket.socket(fileno=args.control_fd)
     # A descriptor an import left open would be closed under it in every child.
-    stray = sorted(int(fd) for fd in os.listdir("/proc/self/fd") if int(fd) not in (0, 1, 2, args.control_fd))
+    stray = sorted(fd for fd in map(int, os.listdir("/proc/self/fd"))
+                   if fd not in (0, 1, 2, args.control_fd) and _is_open(fd))  # (not the listing's own)
     _send(control, {"ready": os.getpid(), "threads": _threads(), "fds": stray})
     return serve(args.module, control)
 

@@ -57,7 +57,8 @@ class LiveRun:
 
     def pids(self) -> list[int]:
         man = self.manifest()
-        return [man["launcher_pid"], *(p["pid"] for p in man.get("processes", {}).values())]
+        return [man["launcher_pid"], *(p["pid"] for p in man.get("processes", {}).values()),
+                *(z["pid"] for z in man.get("zygotes", {}).values())]
 
     def launch(self, *args: str, **kw) -> subprocess.CompletedProcess:
         return run_launch_py(*args, run_root=self.run_root, **kw)
