@@ -18,14 +18,24 @@ import ctypes.util
 SEQ_CST = 5  # __ATOMIC_SEQ_CST
 
 
-def _load():
-    name = ctypes.util.find_library("atomic")
-    if name is None:
-        return None, None
+LIBATOMIC_SONAME = "libatomic.so.1"  # gcc's, on every Linux distribution
+
+
+def _open_libatomic():
+    # By its SONAME first: find_library runs `ldconfig -p` (a fork and exec, ≈ 20 ms of a
+    # start-up, issue 12) to find this very name.
     try:
-        lib = ctypes.CDLL(name)
+        return ctypes.CDLL(LIBATOMIC_SONAME)
+    except OSError:
+        name = ctypes.util.find_library("atomic")
+        return ctypes.CDLL(name) if name else None
+
+
+def _load():
+    try:
+        lib = _open_libatomic()
         fetch_or, fetch_and = lib.__atomic_fetch_or_1, lib.__atomic_fetch_and_1
-    except (OSError, AttributeError):
+    except (OSError, AttributeError):  # AttributeError: None, or no such symbol
         return None, None
     for fn in (fetch_or, fetch_and):
         fn.argtypes = (ctypes.c_void_p, ctypes.c_uint8, ctypes.c_int)
