@@ -4,7 +4,13 @@
 
 import sys
 
-from root.cli import main
+from root import prestart
+
+if __name__ == "__main__":
+    # A run's hypervisor and zygotes start importing now, while the launcher imports itself.
+    prestart.start(sys.argv[1:])
+
+from root.cli import main  # noqa: E402 (after the start above, which it would otherwise delay)
 
 if __name__ == "__main__":
     sys.exit(main())

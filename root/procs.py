@@ -41,6 +41,7 @@ import psutil
 
 from proto import confine
 from root import REPO
+from root.prestart import PASSED_ON, child_env  # noqa: F401 (PASSED_ON: what a run's processes see)
 from root.zygote import ForkedPopen, Zygote, ZygoteError
 
 PR_SET_PDEATHSIG = 1
@@ -113,21 +114,6 @@ class Proc:
     @property
     def pid(self) -> int:
         return self.popen.pid
-
-
-# The HVSTACK_ variables a run's processes see: the run directory, and (the hypervisor
-# only) where `bench --profile` wants its loop's cProfile statistics.
-PASSED_ON = ("HVSTACK_RUN_DIR", "HVSTACK_PROFILE_HV")
-
-
-def child_env(role: str) -> dict[str, str]:
-    """The environment a run's ``role`` process gets: the launcher's without its other
-    HVSTACK_ variables, with hvstack's packages on PYTHONPATH."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HVSTACK_") or k in PASSED_ON}
-    if role != "hypervisor":
-        env.pop("HVSTACK_PROFILE_HV", None)
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
 
 
 def spawn(role: str, name: str, module: str, args: list[str], logs: Path, *, secret: str,
@@ -235,9 +221,13 @@ def describe_exit(code: int | None) -> str:
     return f"exited with status {code}"
 
 
-def _names_run(cmdline: list[str], run_dir: Path) -> bool:
+def _names_run(cmdline: list[str], run_dir: Path, run_tag: str | None = None) -> bool:
     """Whether a command line is one of this run's: an argument in its run directory (a
-    worker's or partition's ``--spec``, the hypervisor's ``--memory-dir`` or endpoint)."""
+    worker's or partition's ``--spec``, the hypervisor's ``--memory-dir`` or endpoint), or
+    ``--run-tag`` and the run's tag (a zygote and what it forked, a process started before
+    its run directory: root/prestart.py)."""
+    if run_tag and any(a == "--run-tag" and b == run_tag for a, b in zip(cmdline, cmdline[1:])):
+        return True
     d = str(run_dir).rstrip("/")
     for arg in cmdline:
         arg = arg.removeprefix("ipc://")
@@ -263,7 +253,7 @@ def leftovers(run_dir: Path, man: dict) -> list[psutil.Process]:
         try:
             p = psutil.Process(pid)
             with p.oneshot():
-                if p.status() == psutil.STATUS_ZOMBIE or not _names_run(p.cmdline(), run_dir):
+                if p.status() == psutil.STATUS_ZOMBIE or not _names_run(p.cmdline(), run_dir, man.get("run_tag")):
                     continue
                 if created is not None and p.create_time() < created - 1:
                     continue

@@ -27,7 +27,7 @@ from proto.transport import curve_keypair, ipc_endpoint
 from root import cgroups, hostflow, partition_save, servicing
 from root.client import ConsoleWatcher, RootClient
 from root.guest_images import disk_contents, firmware_nvram
-from root import REPO, zygote
+from root import REPO, prestart, zygote
 from root.procs import (STOP_GRACE_S, Proc, child_env, describe_exit, die_with_parent, last_words, partition_uid,
                         spawn, stop_procs)
 from root.report import Output
@@ -84,6 +84,9 @@ class Run:
     worker_restarts: dict = field(default_factory=dict)  # partition name → times its worker was restarted
     restores: dict = field(default_factory=dict)  # partition name → its saved record (root/partition_save.py)
     zygotes: dict = field(default_factory=dict)  # module → its zygote (root/zygote.py), which forks its processes
+    # On the command lines of the processes started before the run directory was (root/prestart.py) and of
+    # the zygotes and their children: how `stop` knows them as this run's (root/procs.py leftovers).
+    run_tag: str = field(default_factory=lambda: prestart.tag() or prestart.new_tag())
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -99,9 +102,10 @@ class Run:
         args = ["--lps", str(self.topology.logical_processors),
                 "--memory-dir", str(self.run.path), "--pool-pages", str(pool_pages)]
         if self.topology.transport == "ipc":
-            hv = spawn("hypervisor", "hv", "hypervisor",
-                       ["--endpoint", ipc_endpoint(str(self.run.path / "hv.sock")), *args],
-                       logs, secret=self.secret, stdout=subprocess.PIPE)
+            args = ["--endpoint", ipc_endpoint(str(self.run.path / "hv.sock")), *args]
+            early = prestart.take_hypervisor(args, logs / "hypervisor.log", self.secret)
+            hv = Proc("hypervisor", "hv", early, logs / "hypervisor.log") if early is not None else \
+                spawn("hypervisor", "hv", "hypervisor", args, logs, secret=self.secret, stdout=subprocess.PIPE)
         else:
             hv = self._spawn_tcp_hypervisor(args, logs)
         self.procs.append(hv)
@@ -211,10 +215,12 @@ class Run:
         """A zygote each for the workers and the partition processes (root/zygote.py), unless
         HVSTACK_ZYGOTE=0 or this process cannot adopt what they fork; without one (or once
         one has failed) the processes start as a fresh ``python -m`` each."""
-        if not zygote.enabled() or not zygote.become_subreaper():
+        self.zygotes = prestart.take_zygotes()  # started before the launcher's imports, if they were
+        prestart.dismiss()  # anything of those the run does not use (a tcp run's hypervisor)
+        if self.zygotes or not zygote.enabled() or not zygote.become_subreaper():
             return
-        for module in ("worker", "partitions"):
-            self.zygotes[module] = zygote.Zygote(module, self.run.path, logs, child_env(module), REPO,
+        for module in prestart.ZYGOTE_MODULES:
+            self.zygotes[module] = zygote.Zygote(module, self.run_tag, logs, child_env(module), REPO,
                                                  die_with_parent)
 
     def _start_vsp(self, logs) -> None:
@@ -487,8 +493,9 @@ class Run:
             "endpoint": self.endpoint,
             "server_key": self.server_key,
             "processes": {f"{p.role}:{p.name}": {"pid": p.pid, "log": str(p.log_path)} for p in self.procs},
-            "zygotes": {z.module: {"pid": z.pid, "log": str(z.log_path), "forked": z.forked, "failure": z.failure}
-                        for z in self.zygotes.values()},
+            "zygotes": {z.module: {"pid": z.pid, "log": z.log_path and str(z.log_path), "forked": z.forked,
+                                   "failure": z.failure} for z in self.zygotes.values()},
+            "run_tag": self.run_tag,
             "partitions": {name: {"id": pid, "console": str(self.run.path / f"console-{name}.log")}
                            for name, pid in self.partition_ids.items()},
         })

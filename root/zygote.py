@@ -74,7 +74,7 @@ class Child:
         os.environ.clear()
         os.environ.update(req["env"])
         faulthandler.enable(file=sys.stderr, all_threads=True)  # stderr is now its log
-        _prctl(PR_SET_NAME, req["name"].encode()[:15])
+        prctl(PR_SET_NAME, req["name"].encode()[:15])
         if not _adopted_by(req["launcher"]):
             print(f"zygote child: not re-parented to the launcher (pid {req['launcher']}) in "
                   f"{ADOPTION_TIMEOUT_S} s: ending", file=sys.stderr)
@@ -84,7 +84,7 @@ class Child:
         return main(req["args"])
 
 
-def _prctl(option: int, arg) -> int:
+def prctl(option: int, arg) -> int:
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
@@ -101,7 +101,7 @@ def _adopted_by(launcher: int) -> bool:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.0005)
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     return os.getppid() == launcher  # the launcher did not die before the line above
 
 
@@ -237,7 +237,7 @@ def enabled() -> bool:
 
 def become_subreaper(on: bool = True) -> bool:
     """Make this process (the launcher) the parent of the children the zygotes fork."""
-    return _prctl(PR_SET_CHILD_SUBREAPER, 1 if on else 0) == 0
+    return prctl(PR_SET_CHILD_SUBREAPER, 1 if on else 0) == 0
 
 
 class ForkedPopen:
@@ -290,24 +290,27 @@ class ForkedPopen:
 
 class Zygote:
     """``python -m root.zygote`` for ``module``, started by the launcher (stderr into
-    ``logs/zygote-MODULE.log``, its own session, SIGKILL at the launcher's death)."""
+    ``logs/zygote-MODULE.log``, or the launcher's where ``logs`` is None: started before the
+    run directory was; its own session; ``preexec_fn``: SIGKILL at the launcher's death).
+    ``run_tag`` on its command line (and so its children's) names its run (the manifest's)."""
 
-    def __init__(self, module: str, run_dir, logs, env: dict, cwd, preexec_fn) -> None:
+    def __init__(self, module: str, run_tag: str, logs, env: dict, cwd, preexec_fn) -> None:
         import subprocess
 
         self.module = module
-        self.log_path = logs / f"zygote-{module}.log"
+        self.log_path = logs / f"zygote-{module}.log" if logs is not None else None
         self.failure: str | None = None  # why it stopped being used, if it did
         self.forked = 0
         self.ready: dict | None = None  # its first message: its pid, threads and stray descriptors
         self._control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            with open(self.log_path, "ab") as log:
+            with open(self.log_path or os.devnull, "ab") as log:
                 self.popen = subprocess.Popen(
                     [sys.executable, "-X", "faulthandler", "-m", "root.zygote", "--module", module,
-                     "--run-dir", str(run_dir), "--control-fd", str(theirs.fileno())],
-                    cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
-                    pass_fds=(theirs.fileno(),), preexec_fn=preexec_fn, start_new_session=True)
+                     "--run-tag", run_tag, "--control-fd", str(theirs.fileno())],
+                    cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    stderr=log if self.log_path else None, pass_fds=(theirs.fileno(),), preexec_fn=preexec_fn,
+                    start_new_session=True)
         finally:
             theirs.close()
 
@@ -385,7 +388,7 @@ class Zygote:
 def main(argv: list[str] | None = None):
     ap = argparse.ArgumentParser(prog="python -m root.zygote")
     ap.add_argument("--module", required=True, help="the package whose __main__.main(argv) children run")
-    ap.add_argument("--run-dir", required=True, help="the run's directory (names the run in ps, for leftovers)")
+    ap.add_argument("--run-tag", required=True, help="names the run (its manifest's run_tag) for leftovers")
     ap.add_argument("--control-fd", type=int, required=True)
     args = ap.parse_args(argv)
     importlib.import_module(f"{args.module}.__main__")

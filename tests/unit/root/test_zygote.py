@@ -78,7 +78,7 @@ def probe_zygote(tmp_path, monkeypatch):
     monkeypatch.setenv("HVSTACK_RUN_DIR", str(tmp_path))
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # beside hvstack's packages (procs.child_env)
     assert zygote.become_subreaper()
-    z = zygote.Zygote("probe", tmp_path, tmp_path, procs.child_env("worker"), REPO, procs.die_with_parent)
+    z = zygote.Zygote("probe", "tag", tmp_path, procs.child_env("worker"), REPO, procs.die_with_parent)
     yield z
     z.stop()
     zygote.become_subreaper(False)
@@ -146,7 +146,7 @@ def test_the_launchers_death_takes_the_zygote_and_its_children_with_it(tmp_path,
         from root import REPO, procs, zygote
         assert zygote.become_subreaper()
         d = Path({str(tmp_path)!r})
-        z = zygote.Zygote("probe", d, d, procs.child_env("worker"), REPO, procs.die_with_parent)
+        z = zygote.Zygote("probe", "tag", d, procs.child_env("worker"), REPO, procs.die_with_parent)
         child = procs.spawn("worker", "w", "probe", ["sleep"], d, secret="s", zygote=z)
         print(z.pid, child.pid, type(child.popen).__name__, flush=True)
         time.sleep(60)
@@ -173,7 +173,7 @@ def test_the_run_zygotes_import_without_a_thread_or_a_stray_descriptor(tmp_path)
     """A thread would be lost at the fork (and unshare(CLONE_NEWUSER) refuses a process with
     two); a descriptor an import kept would be closed under it in every child."""
     for module in ("worker", "partitions"):
-        z = zygote.Zygote(module, tmp_path, tmp_path, procs.child_env(module), REPO, procs.die_with_parent)
+        z = zygote.Zygote(module, "tag", tmp_path, procs.child_env(module), REPO, procs.die_with_parent)
         try:
             ready = z.wait_ready(30)
         finally:
