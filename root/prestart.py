@@ -123,11 +123,12 @@ def take_zygotes() -> dict:
 
 
 def dismiss() -> None:
-    """Kill whatever was started here and not taken."""
+    """Kill whatever was started here and not taken (the run has read its tag by now)."""
     for key in ("hypervisor", *ZYGOTE_MODULES):
         p = _started.pop(key, None)
         if p is not None:
             _kill(p) if key == "hypervisor" else p.stop(0)
+    _started.clear()
 
 
 def _kill(popen: subprocess.Popen) -> None:

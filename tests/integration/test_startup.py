@@ -1,4 +1,5 @@
-"""Start-up (issue 12): a run's workers and partition processes are forked by its zygotes
+"""Start-up (issue 12): a run's hypervisor and zygotes start before the launcher imports
+itself (root/prestart.py); its workers and partition processes are forked by the zygotes
 (root/zygote.py) and confined exactly as a fresh ``python -m`` was — each under its own
 uid (or namespaces), seccomp, no privileges, an empty network namespace, the launcher its
 parent — and they no longer pay for their imports; a zygote that dies costs only the
@@ -56,6 +57,9 @@ def test_forked_workers_and_partitions_are_confined_as_before_and_skip_their_imp
         zygotes = man["zygotes"]
         assert {k: (z["forked"], z["failure"]) for k, z in zygotes.items()} == \
             {"worker": (2, None), "partitions": (2, None)}
+        hv = psutil.Process(procs["hypervisor:hv"]).cmdline()
+        assert "--args-first" in hv and hv[hv.index("--run-tag") + 1] == man["run_tag"], \
+            "started before the launcher's imports (root/prestart.py), known by the run's tag"
         hv_net = os.readlink(f"/proc/{procs['hypervisor:hv']}/ns/net")
         uids = set()
         for role in ("worker", "partition"):
