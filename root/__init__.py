@@ -6,6 +6,8 @@ commands that attach to a live run.  ``launch.py`` is only the door into it
     topology     the TOML schema and its defaults; errors name file, line and key
     rundir       run directories and their manifest; finding a run by name
     procs        spawning and stopping a run's processes (PR_SET_PDEATHSIG)
+    zygote       a process per role that forks the workers and partition processes
+    prestart     a run's hypervisor and zygotes, started before the launcher imports root
     hostflow     the TLFS host flow: create a partition, deposit pages, map its memory
     run          a run's life cycle and supervision
     client       the root's client of the hypervisor (root-only hypercalls, attach)

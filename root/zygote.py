@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import array
 import faulthandler
+import fcntl
 import gc
 import importlib
 import json
@@ -125,8 +126,6 @@ def _place_fds(received: list[int], targets: list[int]) -> None:
 
 
 def _is_open(fd: int) -> bool:
-    import fcntl
-
     try:
         fcntl.fcntl(fd, fcntl.F_GETFD)
         return True
@@ -135,8 +134,6 @@ def _is_open(fd: int) -> bool:
 
 
 def _dup_at_least(fd: int, low: int) -> int:
-    import fcntl
-
     return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, low)
 
 
