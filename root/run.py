@@ -162,9 +162,7 @@ class Run:
             self.procs.append(spawn("partition", pc.name, "partitions", ["--spec", str(spec_path), *args],
                                     logs, secret=token, fds=fds, zygote=self.zygotes.get("partitions")))
             self._limit_cpu(pc, self.procs[-1].pid)
-        self._await_workers()
-        for pc in self.topology.partitions:
-            self.root.start_vps(self.partition_ids[pc.name], pc.vps)
+        self._start_vps_as_workers_ready()
         self._manifest_update(state="running")
 
     def spawn_worker(self, pc, restore: bool = False, go_fd: int | None = None) -> Proc:
@@ -301,12 +299,17 @@ class Run:
                     return line.split()[1].decode()
         raise RunEnded(f"hypervisor not ready in {HV_READY_TIMEOUT_S} s (see {hv.log_path})", 1)
 
-    def _await_workers(self) -> None:
+    def _start_vps_as_workers_ready(self) -> None:
+        """Start each partition's VPs once its own worker has claimed its ranges (issue 12:
+        one partition's boot need not wait for the other partitions' workers)."""
+        waiting = {self.partition_ids[pc.name]: pc.vps for pc in self.topology.partitions}
         deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
         while True:
             self._check_procs()
-            status = self._status_watched()
-            if all(p.worker and p.ranges for p in status.partitions):
+            for p in self._status_watched().partitions:
+                if p.id in waiting and p.worker and p.ranges:
+                    self.root.start_vps(p.id, waiting.pop(p.id))
+            if not waiting:
                 return
             if time.monotonic() > deadline:
                 raise RunEnded(f"workers not ready in {WORKER_READY_TIMEOUT_S} s", 1)
