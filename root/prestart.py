@@ -37,7 +37,7 @@ import sys
 from root import REPO, zygote
 
 DISABLE = "HVSTACK_PRESTART"  # "0": start them when the run does (measuring; a fallback)
-RUN_UMASK = 0o077  # root.run's: every file a run's processes create is theirs alone
+RUN_UMASK = 0o077  # every file a run's processes create is theirs alone (root.run's, defined here)
 # The HVSTACK_ variables a run's processes see: the run directory, and (the hypervisor
 # only) where `bench --profile` wants its loop's cProfile statistics.
 PASSED_ON = ("HVSTACK_RUN_DIR", "HVSTACK_PROFILE_HV")

@@ -24,10 +24,9 @@ from proto.tlb import tlb_path
 from proto.errors import HvstackError
 from proto.status import HypervisorStatus
 from proto.transport import curve_keypair, ipc_endpoint
-from root import cgroups, hostflow, partition_save, servicing
+from root import REPO, cgroups, hostflow, partition_save, prestart, servicing, zygote
 from root.client import ConsoleWatcher, RootClient
 from root.guest_images import disk_contents, firmware_nvram
-from root import REPO, prestart, zygote
 from root.procs import (STOP_GRACE_S, Proc, child_env, describe_exit, die_with_parent, last_words, partition_uid,
                         spawn, stop_procs, uids_in_use)
 from root.report import Output
@@ -47,7 +46,7 @@ STOP_ORDER = {"partition": 0, "worker": 1, "hypervisor": 2, "vsp": 1}
 VSP_READY_TIMEOUT_S = 10.0
 # Every file a run's processes create is theirs alone (0600; directories 0700): they inherit
 # the launcher's umask while a run starts.
-RUN_UMASK = 0o077
+RUN_UMASK = prestart.RUN_UMASK
 
 
 class RunEnded(HvstackError):
