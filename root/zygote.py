@@ -56,6 +56,7 @@ import time
 
 PR_SET_NAME = 15
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 MAX_REQUEST = 1 << 16
 MAX_FDS = 64
 ADOPTION_TIMEOUT_S = 5.0  # the child's wait to become the launcher's (one exit away)
@@ -388,6 +389,10 @@ def main(argv: list[str] | None = None):
     ap.add_argument("--run-tag", required=True, help="names the run (its manifest's run_tag) for leftovers")
     ap.add_argument("--control-fd", type=int, required=True)
     args = ap.parse_args(argv)
+    # Not dumpable, as the launcher and the hypervisor are: a process of its uid that could
+    # ptrace it could plant code in every process it forks from then on.  Its children
+    # inherit it (the confined ones were not dumpable anyway).
+    prctl(PR_SET_DUMPABLE, 0)
     importlib.import_module(f"{args.module}.__main__")
     gc.freeze()  # what is imported stays in pages the children share (no GC writes into them)
     control = socket.socket(fileno=args.control_fd)

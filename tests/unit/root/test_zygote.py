@@ -41,11 +41,12 @@ def main(argv):
     secret = os.read(secret_fd, 100).decode()
     pdeathsig = ctypes.c_int()
     ctypes.CDLL(None).prctl(2, ctypes.byref(pdeathsig), 0, 0, 0)  # PR_GET_PDEATHSIG
+    dumpable = ctypes.CDLL(None).prctl(3, 0, 0, 0, 0)  # PR_GET_DUMPABLE
     print("to the log", file=sys.stderr, flush=True)
     print(json.dumps({"fds": fds, "secret_fd": secret_fd, "secret": secret,
                       "leaked": os.environ.get("HVSTACK_SECRET"), "run_dir": os.environ.get("HVSTACK_RUN_DIR"),
                       "sid": os.getsid(0), "pid": os.getpid(), "ppid": os.getppid(), "cwd": os.getcwd(),
-                      "pdeathsig": pdeathsig.value, "faulthandler": faulthandler.is_enabled(),
+                      "pdeathsig": pdeathsig.value, "faulthandler": faulthandler.is_enabled(), "dumpable": dumpable,
                       "comm": open("/proc/self/comm").read().strip(), "threads": len(os.listdir("/proc/self/task"))}),
           flush=True)
     return 0
@@ -101,6 +102,7 @@ def test_a_forked_child_starts_as_a_fresh_python_m_would(probe_zygote, tmp_path)
     assert r["sid"] == r["pid"] == p.pid, "a session of its own"
     assert r["pdeathsig"] == signal.SIGKILL and r["faulthandler"] and r["threads"] == 1
     assert r["comm"] == "worker-x" and r["cwd"] == str(REPO)
+    assert r["dumpable"] == 0, "not dumpable, as its zygote (which nothing may ptrace)"
     assert "to the log" in (tmp_path / "worker-x.log").read_text()
     with pytest.raises(OSError):
         os.fstat(handed)  # closed here once the child has it, as for a fresh start
