@@ -482,6 +482,8 @@ class Run:
             exits.update(stop_procs([p for p in self.procs if STOP_ORDER[p.role] == stage], grace))
         for z in self.zygotes.values():
             z.stop()
+        if self.zygotes:  # nothing more to adopt: a bench running runs in-process stops being a subreaper
+            zygote.become_subreaper(False)
         left = [p.pid for p in [*self.procs, *self.zygotes.values()] if pid_alive(p.pid)]
         for path in self._cgroups.values():
             cgroups.remove(path)
