@@ -183,7 +183,11 @@ class Run:
             fds += (go_fd,)
         return spawn("worker", pc.name, "worker", ["--spec", str(self.run.path / f"worker-{pc.name}.json"), *args],
                      self.run.path / "logs", secret=auth.peer_token(self.secret, "worker", pid), fds=fds,
-                     stdout=subprocess.PIPE if restore else subprocess.DEVNULL, zygote=self.zygotes.get("worker"))
+                     stdout=subprocess.PIPE if restore else subprocess.DEVNULL,
+                     # A successor (servicing, a restart) starts fresh, as before: forked, one
+                     # started ≈ 10× sooner, and a restarted partition then sometimes stalled for
+                     # good (issue 12's report; servicing's timing is not start-up's to change).
+                     zygote=None if restore else self.zygotes.get("worker"))
 
     def _confinement(self, role: str, pid: int, tlbs: bool) -> tuple[list[str], tuple[int, ...]]:
         """The arguments and descriptors that confine a worker or partition process: its
