@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from proto import auth, confine
-from proto.memory import memory_path, slat_path
+from proto.memory import dirty_path, memory_path, slat_path
 from proto.tlb import tlb_path
 from proto.errors import HvstackError
 from proto.status import HypervisorStatus
 from proto.transport import curve_keypair, ipc_endpoint
-from root import cgroups, hostflow, partition_save, servicing
+from root import cgroups, hostflow, migration, partition_save, servicing
+from root.incoming import Receiver
 from root.client import ConsoleWatcher, RootClient
 from root.guest_images import disk_contents, firmware_nvram
 from root.procs import STOP_GRACE_S, Proc, describe_exit, last_words, partition_uid, spawn, stop_procs
@@ -81,6 +82,8 @@ class Run:
     _dead_workers: dict = field(default_factory=dict)  # name → Proc: died, to be restarted (servicing)
     worker_restarts: dict = field(default_factory=dict)  # partition name → times its worker was restarted
     restores: dict = field(default_factory=dict)  # partition name → its saved record (root/partition_save.py)
+    incoming: list = field(default_factory=list)  # partitions that come by migration (root/incoming.py)
+    receiver: object = None  # their root.incoming.Receiver
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -109,6 +112,7 @@ class Run:
             # Its VPs stay suspended until its worker is ready (below), so that the
             # partition process can start meanwhile.
             self.partition_ids[pc.name] = hostflow.create_partition(self.root, pc, free)
+            migration.create_dirty_log(self.run.path, self.partition_ids[pc.name])
             if pc.name in self.restores:  # its memory and hypervisor state, before a VP connects
                 partition_save.restore_memory_and_state(self.root, self.run.path, self.partition_ids[pc.name],
                                                         self.restores[pc.name])
@@ -129,7 +133,8 @@ class Run:
             write_json(self.run.path / f"worker-{pc.name}.json", spec)
             if pc.name in self.restores:  # its disks, and its devices for the worker to restore
                 partition_save.restore_devices(self.run.path, pid, pc, devices, self.restores[pc.name])
-            self.procs.append(self.spawn_worker(pc, restore=pc.name in self.restores))
+            if pc.name not in self.incoming:  # (an incoming partition's start when its migration begins)
+                self.procs.append(self.spawn_worker(pc, restore=pc.name in self.restores))
         self._manifest_update()
         # The partition processes start while the workers do (issue 12: each is a Python
         # start-up of a few hundred ms, which used to follow the workers'); their VPs'
@@ -140,20 +145,27 @@ class Run:
             spec = {"endpoint": self.endpoint, "server_key": self.server_key, "partition_id": pid, "name": pc.name,
                     "vps": pc.vps, "memory_mb": pc.memory_mb, "workloads": pc.workloads, "vmbus": pc.vmbus,
                     "cpu": pc.backend, "firmware": pc.firmware, "kernel": pc.kernel,
-                    "initrd": pc.initrd, "cmdline": pc.cmdline, "resume": pc.name in self.restores,
+                    "initrd": pc.initrd, "cmdline": pc.cmdline,
+                    "resume": pc.name in self.restores or pc.name in self.incoming,
                     "cpu_state": partition_save.cpu_state(self.restores.get(pc.name)),
                     "base_dir": str(self.topology.base_dir) if self.topology.base_dir else None,
                     # 0 means "until stopped": the guest runs its workloads for a day.
                     "duration_s": self.duration if self.duration > 0 else UNTIL_STOPPED_S}
             spec_path = self.run.path / f"partition-{pc.name}.json"
             write_json(spec_path, spec)
+            if pc.name in self.incoming:
+                continue
             args, fds = self._confinement("partition", pid, tlbs=True)
             self.procs.append(spawn("partition", pc.name, "partitions", ["--spec", str(spec_path), *args],
                                     logs, secret=token, fds=fds))
             self._limit_cpu(pc, self.procs[-1].pid)
         self._await_workers()
         for pc in self.topology.partitions:
-            self.root.start_vps(self.partition_ids[pc.name], pc.vps)
+            if pc.name not in self.incoming:
+                self.root.start_vps(self.partition_ids[pc.name], pc.vps)
+        if self.incoming:
+            self.receiver = Receiver(self, self.incoming)
+            self._manifest_update(incoming=self.receiver.manifest())
         self._manifest_update(state="running")
 
     def spawn_worker(self, pc, restore: bool = False, go_fd: int | None = None) -> Proc:
@@ -189,6 +201,9 @@ class Run:
         slat = os.open(slat_path(d, pid), os.O_RDONLY | os.O_CLOEXEC)
         fds = [ram, slat]
         args = ["--memory-fd", str(ram), "--slat-fd", str(slat)]
+        if os.path.exists(dirty_path(d, pid)):  # every write marks its page there (live migration)
+            fds.append(os.open(dirty_path(d, pid), os.O_RDWR | os.O_CLOEXEC))
+            args += ["--dirty-fd", str(fds[-1])]
         if tlbs:
             lp_fds = [os.open(tlb_path(d, pid, lp), os.O_RDWR | os.O_CLOEXEC)
                       for lp in range(self.topology.logical_processors)]
@@ -280,7 +295,8 @@ class Run:
         while True:
             self._check_procs()
             status = self._status_watched()
-            if all(p.worker and p.ranges for p in status.partitions):
+            incoming = {self.partition_ids[n] for n in self.incoming}
+            if all(p.worker and p.ranges for p in status.partitions if p.id not in incoming):
                 return
             if time.monotonic() > deadline:
                 raise RunEnded(f"workers not ready in {WORKER_READY_TIMEOUT_S} s", 1)
@@ -330,6 +346,8 @@ class Run:
         stopped: set[int] = set()
         while True:
             self._pump_console(100)
+            if self.receiver is not None:
+                self.receiver.poll()
             if self._stop_reason:
                 raise RunEnded(self._stop_reason, 130 if "SIGINT" in self._stop_reason else 0)
             self._check_procs()
@@ -440,6 +458,8 @@ class Run:
                 self.final_status = self.status()
             except (HvstackError, OSError):
                 pass
+        if self.receiver is not None:
+            self.receiver.close()
         for c in (self.watcher, self.root):
             if c is not None:
                 c.close()
@@ -479,11 +499,11 @@ class Run:
 
 
 def execute(topology: Topology, out: Output, duration_s: float | None = None,
-            restores: dict | None = None) -> tuple[Run, str, int]:
+            restores: dict | None = None, incoming: list | None = None) -> tuple[Run, str, int]:
     """Start a run, supervise it, end it; returns (run, reason, exit code).  Ctrl-C and
     SIGTERM end the run the same way as a dead process does: every process goes.
     ``restores``: partition name → a saved record to start it from (``run --restore``)."""
-    run = Run(topology, out, duration_s, restores=restores or {})
+    run = Run(topology, out, duration_s, restores=restores or {}, incoming=incoming or [])
 
     def on_signal(signum, frame):
         name = signal.Signals(signum).name
