@@ -99,6 +99,7 @@ class Receiver:
         self.session: Session | None = None
         self.done: list[dict] = []
         self.failures: list[str] = []
+        self._refused_seen = 0
 
     def manifest(self) -> dict:
         return {"endpoint": self.endpoint, "server_key": self.server_key, "partitions": sorted(self.waiting),
@@ -115,7 +116,6 @@ class Receiver:
     def poll(self) -> None:
         """Serve what has come; while a session is under way, serve it to its end (the
         supervision loop waits meanwhile: a migration's messages come back to back)."""
-        refused = self.router.counters.get("handshakes_refused", 0)
         while self.router.wait(0 if self.session is None else 100):
             self._serve_one()
             if self.session is None:
@@ -129,7 +129,9 @@ class Receiver:
                     self._abandon(f"the source of {self.session.pc.name} was silent for {SESSION_IDLE_S:.0f} s")
                 continue
             self._serve_one()
-        if self.router.counters.get("handshakes_refused", 0) != refused:
+        refused = self.router.counters.get("handshakes_refused", 0)
+        if refused != self._refused_seen:  # (the gatekeeper's thread counts them)
+            self._refused_seen = refused
             self.run._manifest_update(incoming=self.manifest())
 
     def _serve_one(self) -> None:
@@ -277,12 +279,12 @@ class Receiver:
     def _commit(self, s: Session, msg: mm.MigrateCommit) -> None:
         if s.ready:
             raise Refusal("OUT_OF_TURN", "a second commit")
-        if msg.total != len(s.record) or s.record_total != msg.total:
-            raise Refusal("INVALID_FIELD", f"migrate_commit: {len(s.record)} bytes of the record came, "
-                                           f"{msg.total} were sent")
         missing = sum(1 for p in range(s.gpa_pages) if s.mapped[p] and not s.received[p])
         if missing:
             raise Refusal("INVALID_FIELD", f"migrate_commit: {missing} mapped pages never came")
+        if msg.total != len(s.record) or s.record_total != msg.total:
+            raise Refusal("INVALID_FIELD", f"migrate_commit: {len(s.record)} bytes of the record came, "
+                                           f"{msg.total} were sent")
         run, pc = self.run, s.pc
         devices = json_devices(run, pc)
         try:

@@ -54,9 +54,7 @@ from root import partition_save
 
 PAGE = 1 << PAGE_SHIFT
 ZERO_PAGE = bytes(PAGE)
-BEGIN_TIMEOUT_MS = 30_000  # the destination starts the partition's processes first
-COMMIT_TIMEOUT_MS = 30_000
-REQUEST_TIMEOUT_MS = 10_000
+TIMEOUT_S = 30.0  # for each answer (a begin starts processes, a commit restores the partition)
 PROBE_BYTES = 16 << 20  # sent once to measure the link (its throughput: the physical limit)
 _NONZERO = re.compile(rb"[^\x00]")
 
@@ -107,23 +105,24 @@ def hypervisor_pages(sections: dict) -> set[int]:
 class Link:
     """The source's connection to the destination's migration endpoint (CURVE)."""
 
-    def __init__(self, endpoint: str, server_key: str) -> None:
+    def __init__(self, endpoint: str, server_key: str, timeout_s: float = TIMEOUT_S) -> None:
         try:
             self.dealer = Dealer(endpoint, server_key)
         except TransportError as e:
             raise HvstackError(f"cannot connect to the destination {endpoint}: {e}") from None
         self.endpoint = endpoint
         self.bytes_sent = 0
+        self.timeout_ms = int(timeout_s * 1000)
 
-    def request(self, msg, timeout_ms: int = REQUEST_TIMEOUT_MS):
+    def request(self, msg):
         frame = encode(msg)
         self.bytes_sent += len(frame)
         self.dealer.send(frame)
         try:
-            reply = decode(self.dealer.recv(timeout_ms))
+            reply = decode(self.dealer.recv(self.timeout_ms))
         except PeerTimeout:
             raise PeerTimeout(f"the destination {self.endpoint} did not answer {msg.NAME} within "
-                              f"{timeout_ms / 1000:.0f} s (over tcp only a client with its server key is answered)") \
+                              f"{self.timeout_ms / 1000:.0f} s (over tcp only a client with its server key is answered)") \
                 from None
         if isinstance(reply, ErrorReply):
             raise Refused(reply.code, f"the destination refused {msg.NAME}: {reply.message}")
@@ -181,18 +180,24 @@ def _u32s(values: list[int]) -> bytes:
     return a.tobytes()
 
 
-def probe(link: Link, total: int = PROBE_BYTES) -> float:
-    """The link's throughput (bytes/s): incompressible chunks, each acknowledged, as pages go."""
+def probe(link: Link, total: int = PROBE_BYTES, max_bandwidth: float = 0.0) -> float:
+    """The link's throughput (bytes/s): incompressible chunks, each acknowledged, as pages
+    go; paced as the pages will be (``max_bandwidth``), and then at most half a second."""
     chunk = os.urandom(mm.PAGES_PER_MESSAGE * PAGE)
+    if max_bandwidth:
+        total = min(total, max(len(chunk), int(max_bandwidth / 2)))
     t0, sent = perf_counter_ns(), 0
     while sent < total:
         link.request(mm.MigrateProbe(chunk))
         sent += len(chunk)
+        ahead = sent / max_bandwidth - (perf_counter_ns() - t0) / 1e9 if max_bandwidth else 0
+        if ahead > 0:
+            time.sleep(ahead)
     return sent / max((perf_counter_ns() - t0) / 1e9, 1e-9)
 
 
 def migrate(run_dir, man: dict, root, name: str, endpoint: str, server_key: str, *, max_downtime_ms: float = 30.0,
-            max_rounds: int = 10, max_bandwidth: float = 0.0, progress=None) -> dict:
+            max_rounds: int = 10, max_bandwidth: float = 0.0, timeout_s: float = TIMEOUT_S, progress=None) -> dict:
     """Move partition ``name`` of the live run in ``run_dir`` (``root``: a RootClient of it)
     to the run listening at ``endpoint``; the figures.  ``progress(line)`` is told as it goes."""
     say = progress or (lambda line: None)
@@ -203,53 +208,60 @@ def migrate(run_dir, man: dict, root, name: str, endpoint: str, server_key: str,
     pid = man["partitions"][name]["id"]
     devices = json.loads((run_dir / f"worker-{name}.json").read_text())["devices"]
     t_start = perf_counter_ns()
-    mem = GuestMemory(memory_path(run_dir, pid), slat_path(run_dir, pid))
-    link = Link(endpoint, server_key)
-    dirty = None
+    link = Link(endpoint, server_key, timeout_s)
+    mem = dirty = None
     try:
-        runs = [[gpa >> PAGE_SHIFT, length >> PAGE_SHIFT] for gpa, length in mem.mapped_runs()]
-        mapped = bytearray(mem.pages)
-        for first, count in runs:
-            mapped[first:first + count] = b"\x01" * count
-        all_pages = [p for first, count in runs for p in range(first, first + count)]
-        link.request(mm.MigrateBegin(name, msgpack.packb(partition_save.shape(pc, devices), use_bin_type=True),
-                                     msgpack.packb(runs), mem.pages), BEGIN_TIMEOUT_MS)
-        t_setup = perf_counter_ns()
-        bandwidth = probe(link)
-        say(f"link to {endpoint}: {bandwidth / 1e6:.1f} MB/s ({PROBE_BYTES >> 20} MiB of random bytes)")
-        budget = min(bandwidth, max_bandwidth) if max_bandwidth else bandwidth
-        sender = PageSender(link, mem.ram, max_bandwidth)
-        dirty = DirtyLog(run_dir, pid, mapped)
-        dirty.harvest()  # the bulk round sends every page: marks from before it mean nothing
-        rounds = []
-        pending = all_pages
-        t_round = time.monotonic()
-        while True:
-            r = sender.send(len(rounds), pending)
-            pending = dirty.harvest()
-            took = max(time.monotonic() - t_round, 1e-6)
-            t_round = time.monotonic()
-            r.update(dirty_after=len(pending), dirty_rate_pages_s=round(len(pending) / took, 1),
-                     est_downtime_ms=round(len(pending) * PAGE / budget * 1000, 2))
-            rounds.append(r)
-            say(f"round {r['round']}: sent {r['pages']} pages ({r['zero']} zero, {r['bytes']} bytes) in "
-                f"{r['ms']:.0f} ms; {len(pending)} dirtied meanwhile ({len(pending) / took * PAGE / 1e6:.2f} MB/s); "
-                f"pages left {len(pending)}, estimated downtime {r['est_downtime_ms']:.1f} ms + state")
-            if r["est_downtime_ms"] <= max_downtime_ms or len(rounds) >= max_rounds:
-                break
+        try:
+            mem = GuestMemory(memory_path(run_dir, pid), slat_path(run_dir, pid))
+            runs = [[gpa >> PAGE_SHIFT, length >> PAGE_SHIFT] for gpa, length in mem.mapped_runs()]
+            mapped = bytearray(mem.pages)
+            for first, count in runs:
+                mapped[first:first + count] = b"\x01" * count
+            all_pages = [p for first, count in runs for p in range(first, first + count)]
+            link.request(mm.MigrateBegin(name, msgpack.packb(partition_save.shape(pc, devices), use_bin_type=True),
+                                         msgpack.packb(runs), mem.pages))
+            t_setup = perf_counter_ns()
+            bandwidth = probe(link, max_bandwidth=max_bandwidth)
+            say(f"link to {endpoint}: {bandwidth / 1e6:.1f} MB/s (random bytes, each MiB acknowledged)")
+            sender = PageSender(link, mem.ram, max_bandwidth)
+            dirty = DirtyLog(run_dir, pid, mapped)
+            rounds, pending = _precopy(sender, dirty, all_pages, min(bandwidth, max_bandwidth or bandwidth),
+                                       max_downtime_ms, max_rounds, say)
+        except (HvstackError, OSError) as e:  # nothing was paused: the guest never stopped here
+            raise HvstackError(f"migration of {name} failed; it runs on here: {e}") from None
         figures = _stop_and_copy(run_dir, root, link, sender, dirty, pc, pid, name, pending, mapped,
                                  len(rounds), say)
     finally:
-        if dirty is not None:
-            dirty.close()
-        mem.close()
-        link.close()
+        for held in (dirty, mem, link):
+            if held is not None:
+                held.close()
     figures.update(partition=name, destination=endpoint, memory_pages=len(all_pages),
                    link_bytes_per_s=round(bandwidth), setup_ms=round((t_setup - t_start) / 1e6, 1),
                    total_ms=round((perf_counter_ns() - t_start) / 1e6, 1), rounds=rounds,
                    precopy_rounds=len(rounds), bytes_on_wire=link.bytes_sent,
                    send_once_ms=round(len(all_pages) * PAGE / bandwidth * 1000, 1))
     return figures
+
+
+def _precopy(sender, dirty, all_pages, budget, max_downtime_ms, max_rounds, say) -> tuple[list, list]:
+    """Rounds while the guest runs: every page, then those dirtied during the round before;
+    (the rounds' figures, the pages still dirty)."""
+    dirty.harvest()  # the bulk round sends every page: marks from before it mean nothing
+    rounds, pending = [], all_pages
+    t_round = time.monotonic()
+    while True:
+        r = sender.send(len(rounds), pending)
+        pending = dirty.harvest()
+        took = max(time.monotonic() - t_round, 1e-6)
+        t_round = time.monotonic()
+        r.update(dirty_after=len(pending), dirty_rate_pages_s=round(len(pending) / took, 1),
+                 est_downtime_ms=round(len(pending) * PAGE / budget * 1000, 2))
+        rounds.append(r)
+        say(f"round {r['round']}: sent {r['pages']} pages ({r['zero']} zero, {r['bytes']} bytes) in "
+            f"{r['ms']:.0f} ms; {len(pending)} dirtied meanwhile ({len(pending) / took * PAGE / 1e6:.2f} MB/s); "
+            f"pages left {len(pending)}, estimated downtime {r['est_downtime_ms']:.1f} ms + state")
+        if r["est_downtime_ms"] <= max_downtime_ms or len(rounds) >= max_rounds:
+            return rounds, pending
 
 
 def _stop_and_copy(run_dir, root, link, sender, dirty, pc, pid, name, pending, mapped, final_round, say) -> dict:
@@ -269,7 +281,7 @@ def _stop_and_copy(run_dir, root, link, sender, dirty, pc, pid, name, pending, m
         record = saved_state.encode(pid, name, sections)
         for at in range(0, len(record), mm.MAX_CHUNK):
             link.request(mm.MigrateState(at, len(record), record[at:at + mm.MAX_CHUNK]))
-        link.request(mm.MigrateCommit(len(record)), COMMIT_TIMEOUT_MS)
+        link.request(mm.MigrateCommit(len(record)))
         t_ready = perf_counter_ns()
         gone_over = True  # from the go on, the partition is the destination's
         running = link.request(mm.MigrateGo(paused_at))

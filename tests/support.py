@@ -62,6 +62,12 @@ class LiveRun:
     def launch(self, *args: str, **kw) -> subprocess.CompletedProcess:
         return run_launch_py(*args, run_root=self.run_root, **kw)
 
+    def launch_background(self, *args: str) -> subprocess.Popen:
+        """``launch.py ARGS`` against this run's root, not waited for (text pipes)."""
+        return subprocess.Popen([sys.executable, str(REPO / "launch.py"), *args], cwd=REPO,
+                                env=dict(os.environ, HVSTACK_RUN_DIR=self.run_root),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
     def console(self, partition: str) -> str:
         p = self.path / f"console-{partition}.log"
         return p.read_text(errors="replace") if p.exists() else ""

@@ -28,6 +28,8 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-rounds", type=int, default=10, help="pre-copy rounds at most (default 10)")
     p.add_argument("--max-bandwidth", type=float, default=0.0, metavar="MB/S",
                    help="pace the pages to this many MB/s (QEMU's max-bandwidth; default: none)")
+    p.add_argument("--timeout", type=float, default=migration.TIMEOUT_S,
+                   help="seconds to wait for each answer of the destination (default 30)")
     p.add_argument("--json", action="store_true", help="the summary as JSON")
 
 
@@ -45,8 +47,10 @@ def destination(to: str, key: str | None) -> tuple[str, str]:
 
 
 def run(args) -> int:
-    if not 1 <= args.max_rounds <= 1000 or not args.max_downtime_ms >= 0 or not args.max_bandwidth >= 0:
-        raise HvstackError("--max-rounds is 1..1000, --max-downtime-ms and --max-bandwidth are not negative")
+    if not 1 <= args.max_rounds <= 1000 or not args.max_downtime_ms >= 0 or not args.max_bandwidth >= 0 \
+            or not 0 < args.timeout <= 600:
+        raise HvstackError("--max-rounds is 1..1000, --max-downtime-ms and --max-bandwidth are not negative, "
+                           "--timeout is 0..600 s")
     endpoint, key = destination(args.to, args.key)
     src, man = live_run(args.run)
     partition_of(src, man, args.partition)
@@ -55,7 +59,7 @@ def run(args) -> int:
     with RootClient(man["endpoint"], src.secret(), server_key=man.get("server_key")) as root:
         figures = migration.migrate(src.path, man, root, args.partition, endpoint, key,
                                     max_downtime_ms=args.max_downtime_ms, max_rounds=args.max_rounds,
-                                    max_bandwidth=args.max_bandwidth * 1e6,
+                                    max_bandwidth=args.max_bandwidth * 1e6, timeout_s=args.timeout,
                                     progress=None if args.json else (lambda line: print(line, flush=True)))
     print(json.dumps(figures, indent=1) if args.json else migration.describe(figures))
     return 0
