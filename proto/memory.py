@@ -93,8 +93,9 @@ class GuestMemory:
         self.pages = len(self._slat)
         self._dirty = _map(dirty, writable=True) if dirty is not None else None
         if self._dirty is not None and len(self._dirty) < self.pages:
-            self._dirty.close()
-            raise ValueError(f"a dirty log of {len(self._dirty)} bytes for {self.pages} pages")
+            size = len(self._dirty)
+            self.close()
+            raise ValueError(f"a dirty log of {size} bytes for {self.pages} pages")
 
     def host_offset(self, gpa: int) -> int:
         """Where ``gpa`` lies in the partition's RAM file (its guest-physical page is its
