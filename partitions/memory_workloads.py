@@ -6,7 +6,9 @@ migration (or a save) lost shows as a stale stamp: ``MISMATCH``.  A restored ker
 from its last checkpoint (partitions/resume.py), so it may redo writes of the current pass:
 a stamp of this pass or the one before is right.
 
-``memwrite`` writes 256 pages (1 MiB) a second, ``memwrite_fast`` 4096 (16 MiB) a second.
+The first pass fills the area as fast as the guest runs (a guest that has touched all its
+memory, as a long-running one has); then ``memwrite`` writes 256 pages (1 MiB) a second,
+``memwrite_fast`` 4096 (16 MiB) a second.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ def _memwrite(vp, sys, rate: int) -> int:
     if last is None:
         sys.memwrite_t = now
         return 0
-    due = min(int((now - last) * rate), MAX_PAGES_PER_TURN)
+    filling = sys.timers.get("memwrite_pass", 1) == 1
+    due = MAX_PAGES_PER_TURN if filling else min(int((now - last) * rate), MAX_PAGES_PER_TURN)
     if due == 0:
         return 0  # (the time accumulates until a page is due)
     sys.memwrite_t = now

@@ -122,6 +122,11 @@ def bsp_resume(vp, sys, state: dict) -> None:
     sys.tick_interrupts = vp.counters.get("tick_interrupts", 0)
     sys.lost_ticks = vp.counters.get("lost_ticks", 0)
     sys.serial = Serial()
+    # The UART as at boot (IER off, FIFOs cleared, then its interrupts on again): the saved
+    # UART may hold IER.ETBEI set and a THRE interrupt the saved kernel was about to take,
+    # which this kernel, with a new driver, would wait for in vain — a restored guest's
+    # console once stopped after its first 16 bytes.
+    sys.serial.init(vp)
     sys.has_pic = state["has_pic"]
     if sys.has_pic:
         kernel.start_interrupts(vp, sys)
