@@ -93,6 +93,8 @@ def resume_vp(vp, state: dict) -> None:
 def ata_soft_reset(vp) -> None:
     """SRST through the device control register (ATA-6 7.7): whatever command the saved
     device was in the middle of is abandoned.  Nothing answers there without a disk."""
+    if vp.inb(ata.STATUS) == 0xFF:
+        return  # a floating bus: no disk (waiting out BSY on it cost a thousand exits, ~1 s)
     vp.outb(ata.CTRL, ATA_SRST)
     vp.outb(ata.CTRL, 0)
     for _ in range(1000):

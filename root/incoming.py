@@ -76,6 +76,8 @@ class Session:
             self.mapped[first:first + count] = b"\x01" * count
         self.received = bytearray(gpa_pages)
         self.procs: list = []
+        self.mem = None  # the partition's RAM, written as pages come
+        self.took: dict = {}  # the commit's steps, ms
         self.go: dict = {}  # role → the write end of its --go-fd
         self.record = bytearray()
         self.record_total: int | None = None
@@ -203,6 +205,7 @@ class Receiver:
                                            f"runs {runs}) is not this one's ({gpa_pages} pages, runs {ours})")
         self.router.bind(identity)  # a connection that began a migration is no longer idle
         self.session = s = Session(identity, pc, pid, gpa_pages, ours)
+        s.mem = GuestMemory(memory_path(self.run.run.path, pid), slat_path(self.run.run.path, pid))
         try:
             self._start_ahead(s)
         except HvstackError as e:
@@ -248,19 +251,15 @@ class Receiver:
         for p in (*zero, *pages):
             if p >= s.gpa_pages or not s.mapped[p]:
                 raise Refusal("INVALID_FIELD", f"migrate_pages: page {p:#x} is not mapped in partition {s.pc.name}")
-        mem = GuestMemory(memory_path(self.run.run.path, s.pid), slat_path(self.run.run.path, s.pid))
-        try:
-            ram = mem.ram
-            for p in zero:
-                ram[p << PAGE_SHIFT:(p + 1) << PAGE_SHIFT] = ZERO_PAGE
-                s.received[p] = 1
-            data = memoryview(msg.data)
-            for i, p in enumerate(pages):
-                ram[p << PAGE_SHIFT:(p + 1) << PAGE_SHIFT] = data[i * PAGE:(i + 1) * PAGE]
-                s.received[p] = 1
-            data.release()
-        finally:
-            mem.close()
+        ram = s.mem.ram
+        for p in zero:
+            ram[p << PAGE_SHIFT:(p + 1) << PAGE_SHIFT] = ZERO_PAGE
+            s.received[p] = 1
+        data = memoryview(msg.data)
+        for i, p in enumerate(pages):
+            ram[p << PAGE_SHIFT:(p + 1) << PAGE_SHIFT] = data[i * PAGE:(i + 1) * PAGE]
+            s.received[p] = 1
+        data.release()
         s.pages_in += len(zero) + len(pages)
         s.rounds.add(msg.round)
 
@@ -301,9 +300,12 @@ class Receiver:
             raise Refusal("INVALID_FIELD", f"the migrated state: {e}") from None
         # From here the partition takes the record's state: a failure ends the run.
         s.ready = True
+        t0 = perf_counter_ns()
         try:
             partition_save.restore_hypervisor(run.root, s.pid, record)
+            t_hv = perf_counter_ns()
             partition_save.restore_devices(run.run.path, s.pid, pc, devices, record)
+            t_devices = perf_counter_ns()
             os.write(s.go["worker"], b"g")
             deadline = time.monotonic() + READY_TIMEOUT_S
             while True:
@@ -312,11 +314,13 @@ class Receiver:
                     break
                 if s.procs[0].popen.poll() is not None or time.monotonic() > deadline:
                     raise HvstackError(f"its worker did not restore and claim its ranges (see {s.procs[0].log_path})")
-                time.sleep(0.001)
+                time.sleep(0.002)  # (a status is the whole hypervisor's: not too often)
         except HvstackError as e:
             from root.run import RunEnded
             raise RunEnded(f"incoming migration of {pc.name} failed after its state was restored: {e}", 1) from None
         run.procs.extend(s.procs)
+        s.took = {"hypervisor_ms": _ms(t_hv - t0), "disks_devices_ms": _ms(t_devices - t_hv),
+                  "worker_ms": _ms(perf_counter_ns() - t_devices)}
 
     def _go(self, s: Session, msg: mm.MigrateGo) -> m.Message:
         if not s.ready:
@@ -331,14 +335,17 @@ class Receiver:
             proc.popen.stdout.close()
         run._limit_cpu(pc, s.procs[1].pid)
         del self.waiting[pc.name]
+        s.mem.close()
         figures = {"partition": pc.name, "at": datetime.now(timezone.utc).isoformat(),
                    "downtime_ms": round((started - msg.paused_at_ns) / 1e6, 2),
                    "received_bytes": s.bytes_in, "pages": s.pages_in, "rounds": len(s.rounds),
-                   "total_ms": round((perf_counter_ns() - s.started) / 1e6, 1)}
+                   "total_ms": round((perf_counter_ns() - s.started) / 1e6, 1), "commit": s.took}
         self.done.append(figures)
         self.session = None
         run.out.print(f"partition {pc.name}: migrated in, running here ({figures['downtime_ms']:.1f} ms after the "
-                      f"source paused it; {s.pages_in} pages in {len(s.rounds)} rounds, {s.bytes_in} bytes)")
+                      f"source paused it; {s.pages_in} pages in {len(s.rounds)} rounds, {s.bytes_in} bytes; its "
+                      f"commit: hypervisor {s.took['hypervisor_ms']} ms, disks and devices "
+                      f"{s.took['disks_devices_ms']} ms, worker restored and ready {s.took['worker_ms']} ms)")
         run._manifest_update(incoming=self.manifest())
         return mm.MigrateRunning(started)
 
@@ -349,10 +356,16 @@ class Receiver:
         for fd in s.go.values():
             os.close(fd)  # a process waiting on its go sees EOF and leaves
         stop_procs(s.procs)
+        if s.mem is not None:
+            s.mem.close()
         if why:
             self.failures.append(f"{s.pc.name}: {why}")
             self.run.out.print(f"partition {s.pc.name}: incoming migration abandoned: {why}")
             self.run._manifest_update(incoming=self.manifest())
+
+
+def _ms(ns: int) -> float:
+    return round(ns / 1e6, 2)
 
 
 def json_devices(run, pc) -> list[dict]:

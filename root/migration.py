@@ -55,6 +55,7 @@ from root import partition_save
 PAGE = 1 << PAGE_SHIFT
 ZERO_PAGE = bytes(PAGE)
 TIMEOUT_S = 30.0  # for each answer (a begin starts processes, a commit restores the partition)
+WINDOW = 4  # messages in flight on the link (answers come in order)
 PROBE_BYTES = 16 << 20  # sent once to measure the link (its throughput: the physical limit)
 _NONZERO = re.compile(rb"[^\x00]")
 
@@ -113,11 +114,32 @@ class Link:
         self.endpoint = endpoint
         self.bytes_sent = 0
         self.timeout_ms = int(timeout_s * 1000)
+        self._in_flight: list = []
 
     def request(self, msg):
+        """Send ``msg`` and return its answer (after those of every message in flight)."""
+        self.drain()
+        self._send(msg)
+        return self._answer(msg)
+
+    def pipelined(self, msg) -> None:
+        """Send ``msg`` without waiting for its answer, but with at most WINDOW in flight:
+        the destination's work on one overlaps the source's on the next."""
+        while len(self._in_flight) >= WINDOW:
+            self._answer(self._in_flight.pop(0))
+        self._send(msg)
+        self._in_flight.append(msg)
+
+    def drain(self) -> None:
+        while self._in_flight:
+            self._answer(self._in_flight.pop(0))
+
+    def _send(self, msg) -> None:
         frame = encode(msg)
         self.bytes_sent += len(frame)
         self.dealer.send(frame)
+
+    def _answer(self, msg):
         try:
             reply = decode(self.dealer.recv(self.timeout_ms))
         except PeerTimeout:
@@ -142,28 +164,37 @@ class PageSender:
         self.paced_bytes = 0
 
     def send(self, round_: int, pages) -> dict:
+        """``pages`` (ascending), read a run of up to PAGES_PER_MESSAGE pages at a time."""
         t0 = perf_counter_ns()
         before = self.link.bytes_sent
         zero_count = 0
         batch_zero, batch, data = [], [], []
-        for p in pages:
-            page = self.ram[p << PAGE_SHIFT:(p + 1) << PAGE_SHIFT]
-            if page == ZERO_PAGE:
-                batch_zero.append(p)
-                zero_count += 1
-            else:
-                batch.append(p)
-                data.append(page)
-            if len(batch) == mm.PAGES_PER_MESSAGE or len(batch_zero) == mm.MAX_PAGE_LIST // 4:
-                self._flush(round_, batch_zero, batch, data)
-                batch_zero, batch, data = [], [], []
+        i = 0
+        while i < len(pages):
+            j = i + 1  # pages[i:j]: consecutive page numbers, one read
+            while j < len(pages) and j - i < mm.PAGES_PER_MESSAGE and pages[j] == pages[j - 1] + 1:
+                j += 1
+            chunk = self.ram[pages[i] << PAGE_SHIFT:(pages[j - 1] + 1) << PAGE_SHIFT]
+            for k in range(j - i):
+                page = chunk[k * PAGE:(k + 1) * PAGE]
+                if page == ZERO_PAGE:
+                    batch_zero.append(pages[i + k])
+                    zero_count += 1
+                else:
+                    batch.append(pages[i + k])
+                    data.append(page)
+                if len(batch) == mm.PAGES_PER_MESSAGE or len(batch_zero) == mm.MAX_PAGE_LIST // 4:
+                    self._flush(round_, batch_zero, batch, data)
+                    batch_zero, batch, data = [], [], []
+            i = j
         if batch or batch_zero:
             self._flush(round_, batch_zero, batch, data)
+        self.link.drain()
         return {"round": round_, "pages": len(pages), "zero": zero_count,
                 "bytes": self.link.bytes_sent - before, "ms": round((perf_counter_ns() - t0) / 1e6, 2)}
 
     def _flush(self, round_: int, zero: list, pages: list, data: list) -> None:
-        self.link.request(mm.MigratePages(round_, _u32s(zero), _u32s(pages), b"".join(data)))
+        self.link.pipelined(mm.MigratePages(round_, _u32s(zero), _u32s(pages), b"".join(data)))
         if self.max_bandwidth:
             self.paced_bytes += len(pages) * PAGE + 4 * len(zero)
             ahead = self.paced_bytes / self.max_bandwidth - (time.monotonic() - self.started)
@@ -188,11 +219,12 @@ def probe(link: Link, total: int = PROBE_BYTES, max_bandwidth: float = 0.0) -> f
         total = min(total, max(len(chunk), int(max_bandwidth / 2)))
     t0, sent = perf_counter_ns(), 0
     while sent < total:
-        link.request(mm.MigrateProbe(chunk))
+        link.pipelined(mm.MigrateProbe(chunk))
         sent += len(chunk)
         ahead = sent / max_bandwidth - (perf_counter_ns() - t0) / 1e9 if max_bandwidth else 0
         if ahead > 0:
             time.sleep(ahead)
+    link.drain()
     return sent / max((perf_counter_ns() - t0) / 1e9, 1e-9)
 
 
