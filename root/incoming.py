@@ -232,15 +232,7 @@ class Receiver:
             s.procs.append(proc)
         deadline = time.monotonic() + READY_TIMEOUT_S
         for proc in s.procs:
-            while True:
-                if proc.popen.poll() is not None:
-                    raise HvstackError(f"its {proc.role} {describe_exit(proc.popen.returncode)} at start "
-                                       f"(see {proc.log_path})")
-                if time.monotonic() > deadline:
-                    raise HvstackError(f"its {proc.role} did not start within {READY_TIMEOUT_S:.0f} s")
-                if select.select([proc.popen.stdout], [], [], 0.1)[0]:
-                    if proc.popen.stdout.readline().startswith(b"READY"):
-                        break
+            _line(proc, b"READY", deadline)
 
     def _pages(self, s: Session, msg: mm.MigratePages) -> None:
         if s.ready:
@@ -308,6 +300,7 @@ class Receiver:
             t_devices = perf_counter_ns()
             os.write(s.go["worker"], b"g")
             deadline = time.monotonic() + READY_TIMEOUT_S
+            _line(s.procs[0], b"RESTORED", deadline)  # (no status asked meanwhile: it costs the hypervisor)
             while True:
                 part = HypervisorStatus.from_wire(run.root.status()).partition(s.pid)
                 if part is not None and part.worker and part.ranges:
@@ -362,6 +355,18 @@ class Receiver:
             self.failures.append(f"{s.pc.name}: {why}")
             self.run.out.print(f"partition {s.pc.name}: incoming migration abandoned: {why}")
             self.run._manifest_update(incoming=self.manifest())
+
+
+def _line(proc, word: bytes, deadline: float) -> None:
+    """Wait for ``proc`` to say ``word`` on its stdout (HvstackError if it dies or is late)."""
+    while True:
+        if proc.popen.poll() is not None:
+            raise HvstackError(f"its {proc.role} {describe_exit(proc.popen.returncode)} (see {proc.log_path})")
+        if time.monotonic() > deadline:
+            raise HvstackError(f"its {proc.role} did not say {word.decode()} within {READY_TIMEOUT_S:.0f} s")
+        if select.select([proc.popen.stdout], [], [], 0.1)[0]:
+            if proc.popen.stdout.readline().startswith(word):
+                return
 
 
 def _ms(ns: int) -> float:

@@ -163,7 +163,7 @@ class PageSender:
         self.started = time.monotonic()
         self.paced_bytes = 0
 
-    def send(self, round_: int, pages) -> dict:
+    def send(self, round_: int, pages, final: bool = False) -> dict:
         """``pages`` (ascending), read a run of up to PAGES_PER_MESSAGE pages at a time."""
         t0 = perf_counter_ns()
         before = self.link.bytes_sent
@@ -189,7 +189,8 @@ class PageSender:
             i = j
         if batch or batch_zero:
             self._flush(round_, batch_zero, batch, data)
-        self.link.drain()
+        if not final:
+            self.link.drain()  # (the last round's answers come with the commit's)
         return {"round": round_, "pages": len(pages), "zero": zero_count,
                 "bytes": self.link.bytes_sent - before, "ms": round((perf_counter_ns() - t0) / 1e6, 2)}
 
@@ -306,13 +307,13 @@ def _stop_and_copy(run_dir, root, link, sender, dirty, pc, pid, name, pending, m
         t_state = perf_counter_ns()
         final = sorted(set(pending) | set(dirty.harvest())
                        | {p for p in hypervisor_pages(sections) if p < len(mapped) and mapped[p]})
-        last = sender.send(final_round, final)
+        last = sender.send(final_round, final, final=True)
         t_pages = perf_counter_ns()
         del sections["memory"]
         sections["disks"] = partition_save.compressed_disks(sections["disks"])
         record = saved_state.encode(pid, name, sections)
         for at in range(0, len(record), mm.MAX_CHUNK):
-            link.request(mm.MigrateState(at, len(record), record[at:at + mm.MAX_CHUNK]))
+            link.pipelined(mm.MigrateState(at, len(record), record[at:at + mm.MAX_CHUNK]))
         link.request(mm.MigrateCommit(len(record)))
         t_ready = perf_counter_ns()
         gone_over = True  # from the go on, the partition is the destination's
