@@ -65,7 +65,6 @@ def measure(memory_mb: int, workload: str, progress=None) -> dict:
 
 def run_migrate(args) -> int:
     from root.commands.common import complain
-    from root.report import table
 
     rows = []
     try:
@@ -80,6 +79,14 @@ def run_migrate(args) -> int:
     if args.json:
         print(json.dumps({"migrate": rows}, indent=2), flush=True)
         return 0
+    print_table(rows)
+    return 0
+
+
+def print_table(rows: list[dict]) -> None:
+    """What ``bench --migrate`` prints (``--json``'s rows, too)."""
+    from root.report import table
+
     rates = dict(WORKLOADS)
     print("live migration between two runs (two hosts on this machine, CURVE tcp on loopback):")
     print(table(["MiB", "workload", "total s", "rounds", "pages per round", "stop-and-copy pages", "downtime ms",
@@ -96,4 +103,3 @@ def run_migrate(args) -> int:
           "last pages, the destination's commit — its restore, its worker's start — and the go. Total includes "
           "setting up: the destination starts the partition's processes at the begin; the link is measured with "
           "16 MiB of random bytes inside each migration, which the bytes on the wire include)")
-    return 0

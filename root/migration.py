@@ -278,7 +278,8 @@ def migrate(run_dir, man: dict, root, name: str, endpoint: str, server_key: str,
 
 def _precopy(sender, dirty, all_pages, budget, max_downtime_ms, max_rounds, say) -> tuple[list, list]:
     """Rounds while the guest runs: every page, then those dirtied during the round before;
-    (the rounds' figures, the pages still dirty)."""
+    (the rounds' figures, the pages still dirty).  ``budget``: the link's bytes/s, lowered
+    to the pages' own rate as rounds measure it."""
     dirty.harvest()  # the bulk round sends every page: marks from before it mean nothing
     rounds, pending = [], all_pages
     t_round = time.monotonic()
@@ -287,6 +288,10 @@ def _precopy(sender, dirty, all_pages, budget, max_downtime_ms, max_rounds, say)
         pending = dirty.harvest()
         took = max(time.monotonic() - t_round, 1e-6)
         t_round = time.monotonic()
+        if r["pages"] - r["zero"] >= 64:
+            # Pages go slower than the probe's bytes (each is read, checked and written):
+            # what the next pages will take is what these took.
+            budget = min(budget, (r["pages"] - r["zero"]) * PAGE / max(r["ms"] / 1000, 1e-6))
         r.update(dirty_after=len(pending), dirty_rate_pages_s=round(len(pending) / took, 1),
                  est_downtime_ms=round(len(pending) * PAGE / budget * 1000, 2))
         rounds.append(r)
