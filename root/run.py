@@ -83,6 +83,7 @@ class Run:
     worker_restarts: dict = field(default_factory=dict)  # partition name → times its worker was restarted
     restores: dict = field(default_factory=dict)  # partition name → its saved record (root/partition_save.py)
     incoming: list = field(default_factory=list)  # partitions that come by migration (root/incoming.py)
+    listen: str = "127.0.0.1"  # the address the incoming endpoint listens on
     receiver: object = None  # their root.incoming.Receiver
 
     # -- life cycle ----------------------------------------------------------------------
@@ -164,7 +165,7 @@ class Run:
             if pc.name not in self.incoming:
                 self.root.start_vps(self.partition_ids[pc.name], pc.vps)
         if self.incoming:
-            self.receiver = Receiver(self, self.incoming)
+            self.receiver = Receiver(self, self.incoming, self.listen)
             self._manifest_update(incoming=self.receiver.manifest())
         self._manifest_update(state="running")
 
@@ -499,11 +500,12 @@ class Run:
 
 
 def execute(topology: Topology, out: Output, duration_s: float | None = None,
-            restores: dict | None = None, incoming: list | None = None) -> tuple[Run, str, int]:
+            restores: dict | None = None, incoming: list | None = None,
+            listen: str = "127.0.0.1") -> tuple[Run, str, int]:
     """Start a run, supervise it, end it; returns (run, reason, exit code).  Ctrl-C and
     SIGTERM end the run the same way as a dead process does: every process goes.
     ``restores``: partition name → a saved record to start it from (``run --restore``)."""
-    run = Run(topology, out, duration_s, restores=restores or {}, incoming=incoming or [])
+    run = Run(topology, out, duration_s, restores=restores or {}, incoming=incoming or [], listen=listen)
 
     def on_signal(signum, frame):
         name = signal.Signals(signum).name

@@ -26,6 +26,9 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--incoming", action="append", default=[], metavar="PARTITION",
                    help="PARTITION comes by live migration (`migrate`): it is created, and started only once "
                         "its state has come to the endpoint in the manifest's incoming (repeatable)")
+    p.add_argument("--listen", default="127.0.0.1", metavar="ADDRESS",
+                   help="with --incoming: the address its CURVE endpoint listens on (default 127.0.0.1; "
+                        "another host's side of a link, e.g. a veth between network namespaces)")
 
 
 def run(args) -> int:
@@ -52,7 +55,7 @@ def run(args) -> int:
             return 2
     checked_runs_root(create=True)  # a runs root that is not ours: one line and status 2, nothing started
     out = Output()
-    the_run, reason, code = execute(topology, out, args.duration, restores, args.incoming)
+    the_run, reason, code = execute(topology, out, args.duration, restores, args.incoming, args.listen)
     out.report(the_run, the_run.final_status)
     out.print()
     out.print(f"run {the_run.run.name} ended: {reason}" if hasattr(the_run, "run") else f"run failed: {reason}")
