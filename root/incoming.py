@@ -51,6 +51,7 @@ from root.procs import describe_exit, spawn, stop_procs
 SESSION_IDLE_S = 10.0  # a source silent this long is gone: the session is abandoned
 READY_TIMEOUT_S = 20.0  # for the processes started ahead to say READY, and the worker to claim its ranges
 MAX_RECORD_BYTES = 256 << 20
+MAX_IDLE_SERVED = 64  # messages served per supervision turn with no session under way
 PAGE = 1 << PAGE_SHIFT
 ZERO_PAGE = bytes(PAGE)
 # The record a migration carries: a whole partition's but its memory (its pages came before).
@@ -118,19 +119,18 @@ class Receiver:
     def poll(self) -> None:
         """Serve what has come; while a session is under way, serve it to its end (the
         supervision loop waits meanwhile: a migration's messages come back to back)."""
-        while self.router.wait(0 if self.session is None else 100):
-            self._serve_one()
-            if self.session is None:
+        served = 0
+        while True:
+            if self.router.wait(0 if self.session is None else 100) \
+                    and (self.session is not None or served < MAX_IDLE_SERVED):
+                self._serve_one()
+                served += 1
+            elif self.session is None:
                 break
-        if self.session is not None and time.monotonic() - self.session.last > SESSION_IDLE_S:
-            self._abandon(f"the source of {self.session.pc.name} was silent for {SESSION_IDLE_S:.0f} s")
-        while self.session is not None:
-            if not self.router.wait(100):
-                self.run._check_procs()
-                if time.monotonic() - self.session.last > SESSION_IDLE_S:
-                    self._abandon(f"the source of {self.session.pc.name} was silent for {SESSION_IDLE_S:.0f} s")
-                continue
-            self._serve_one()
+            else:
+                self.run._check_procs()  # (a run process that died ends the run even now)
+            if self.session is not None and time.monotonic() - self.session.last > SESSION_IDLE_S:
+                self._abandon(f"the source of {self.session.pc.name} was silent for {SESSION_IDLE_S:.0f} s")
         refused = self.router.counters.get("handshakes_refused", 0)
         if refused != self._refused_seen:  # (the gatekeeper's thread counts them)
             self._refused_seen = refused
