@@ -56,6 +56,8 @@ def run(args) -> int:
     partition_of(src, man, args.partition)
     if args.partition in man.get("stopped_partitions", []):
         raise HvstackError(f"partition {args.partition} of run {src.name} is stopped")
+    if args.partition in (man.get("incoming") or {}).get("partitions", []):
+        raise HvstackError(f"partition {args.partition} of run {src.name} has not come yet (it waits for it)")
     with RootClient(man["endpoint"], src.secret(), server_key=man.get("server_key")) as root:
         figures = migration.migrate(src.path, man, root, args.partition, endpoint, key,
                                     max_downtime_ms=args.max_downtime_ms, max_rounds=args.max_rounds,
