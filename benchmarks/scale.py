@@ -2,11 +2,14 @@
 grows the same way; and ``bench --startup``: launch to banners and memory per process.
 
 At each N (1, 2, 4, 8, 16 by default) the stack runs N partitions of one VP each doing
-emulated port I/O (4 hops through its own worker) on 2 logical processors — the host's
-cores (more LPs than cores would only add to what status costs: it walks every LP's TLB for
-every partition); the floor runs N client processes
-through one relay to N echo processes (4 hops each: the same 2N + 1 processes, minus the
-launcher).  Over a window of steady state: aggregate round trips per second, each
+emulated port I/O (4 hops through its own worker) on N logical processors (at least 2); the
+floor runs N client processes through one relay to N echo processes (4 hops each: the same
+2N + 1 processes, minus the launcher).  One LP per VP, because the floor's N clients are
+never kept from sending: a VP holds its LP from its dispatch to its next exit, and here
+that is a resume's and an exit's transport through a loaded host (about a millisecond),
+not the microseconds of a VM entry — on 2 LPs, 2 VPs at a time could have an exit under
+way, and at N = 8 four to five of them waited for an LP at any moment (half the exits/s of
+8 LPs, 06:30 UTC 2026-11-30).  Over a window of steady state: aggregate round trips per second, each
 partition's (client's) p50 and p99, CPU per round trip of all processes, the hypervisor's
 (relay's) RSS; and the stack's launch to all banners.
 """
@@ -36,7 +39,8 @@ BANNER = "hvstack guest kernel"
 WARMUP_S = 1.0
 
 
-def topology(n: int, workload: str = "portio", chipset: str = "minimal") -> str:
+def topology(n: int, workload: str = "portio", chipset: str = "minimal", lps: int | None = None) -> str:
+    """N one-VP partitions on ``lps`` logical processors (by default one each, at least 2)."""
     parts = "".join(f"""
 [[partition]]
 name = "p{i}"
@@ -48,7 +52,7 @@ workloads = ["{workload}"]
     return f"""[run]
 name = "bench-scale-{n}"
 duration_s = 0
-logical_processors = 2
+logical_processors = {lps if lps is not None else max(2, n)}
 {parts}"""
 
 
@@ -300,7 +304,7 @@ def startup(n: int, timeout_s: float = STARTUP_TIMEOUT_S) -> dict:
         run_root = Path(d) / "runs"
         run_root.mkdir(mode=0o700)
         config = Path(d) / f"start-{n}.toml"
-        config.write_text(topology(n, "serial", "gen1"))
+        config.write_text(topology(n, "serial", "gen1", lps=2))  # the default topology's 2 LPs
         t0 = time.monotonic()
         run = start_run(config, run_root, 0, timeout_s)
         try:
