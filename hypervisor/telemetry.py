@@ -21,7 +21,9 @@ from proto import messages as m
 from proto.codes import HvPartitionState
 from proto.exits import Exit
 from proto.stats import PathStats, wire_count
-from proto.status import CpuStatus, HypercallStatus, HypervisorStatus, InterruptStatus, PartitionStatus, VpStatus
+from proto.status import (CpuStatus, HypercallStatus, HypervisorStatus, InterruptStatus, PartitionStatus, TlbStatus,
+                          VpStatus)
+from proto.tlb import ENTRIES as TLB_ENTRIES
 
 from hypervisor.ratelog import RateLimitedLog
 from hypervisor.synic import partition_status
@@ -96,7 +98,7 @@ class Telemetry:
     # -- messages ----------------------------------------------------------------------------
 
     def on_status_request(self, identity: bytes, peer, msg: m.StatusRequest, t_in: int) -> None:
-        wire = self.status().to_wire()
+        wire = self.status(msg.brief).to_wire()
         frame = m.StatusReply(wire).encode()  # encoded once (supervision asks 4 times a second)
         if len(frame) > m.MAX_FRAME_BYTES:
             # Too big for any receiver to decode (many VPs, or guests' outsized statistics):
@@ -132,15 +134,17 @@ class Telemetry:
 
     # -- status ------------------------------------------------------------------------------
 
-    def status(self) -> HypervisorStatus:
+    def status(self, brief: bool = False) -> HypervisorStatus:
+        """``brief``: without the latency histograms and the TLBs' walk (StatusRequest)."""
         now = perf_counter_ns()
         parts = []
         for part in self._table:
             paths: dict[str, PathStats] = {}
             guest: dict[str, int] = {}
             for vp in part.vps:
-                for name, st in vp.stats.items():
-                    paths.setdefault(name, PathStats()).merge(st)
+                if not brief:
+                    for name, st in vp.stats.items():
+                        paths.setdefault(name, PathStats()).merge(st)
                 for k, v in vp.counters.items():
                     guest[k] = guest.get(k, 0) + v
             parts.append(PartitionStatus(
@@ -186,6 +190,6 @@ class Telemetry:
             tracers=len(self._tracer.tracers),
             scheduler=self._sched.status(now),
             memory=self._memory.status(),
-            tlb=self._tlb.status(),
+            tlb=self._tlb.status() if not brief else TlbStatus(TLB_ENTRIES, []),
             partitions=parts,
         )

@@ -306,7 +306,8 @@ class Run:
         """The status, but a process that dies meanwhile ends the run at once and in its
         own name (not 5 s later as a launcher error about a status timeout)."""
         try:
-            return HypervisorStatus.from_wire(self.root.status_watched(self._check_procs))
+            # Brief: no histograms nor TLB walk, which supervision does not read (issue 12).
+            return HypervisorStatus.from_wire(self.root.status_watched(self._check_procs, brief=True))
         except (HvstackError, OSError):
             self._check_procs()
             raise
