@@ -352,7 +352,7 @@ class Run:
                 vps = [vp for p in ours if p.id not in stopped for vp in p.vps]
                 if vps and all(vp.guest.get("workloads_done") for vp in vps):
                     self._pump_console(50)
-                    return status
+                    return self.status()  # whole: the run's report prints its histograms
                 if time.monotonic() > deadline:
                     raise RunEnded(f"guests did not finish within {grace:.0f} s", 1)
 
