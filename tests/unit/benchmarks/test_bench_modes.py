@@ -180,3 +180,16 @@ def test_the_cpu_floor_measures_its_client_as_a_process_over_a_window():
     # send and receive once per round trip, so neither is free.
     assert by["client"] > 0 and by["relay"] > 0 and by["echo"] < by["relay"]
     assert r["cpu_us"] == pytest.approx(sum(by.values()), abs=0.5)
+
+
+def test_the_scale_topology_gives_each_partition_an_lp_and_startup_keeps_two():
+    """A VP holds its LP from its dispatch to its next exit — a transport each way here — so
+    on 2 LPs at most 2 of --scale's N VPs could have an exit under way, while the floor's N
+    clients all send (issue 12).  --startup measures the default topology's 2."""
+    from benchmarks.scale import topology
+    from root.topology import load_topology
+
+    for n, lps in ((1, 2), (2, 2), (8, 8), (16, 16)):
+        t = load_topology(topology(n), "<scale>")
+        assert (len(t.partitions), t.logical_processors) == (n, lps)
+    assert load_topology(topology(16, "serial", "gen1", lps=2), "<startup>").logical_processors == 2
