@@ -14,6 +14,7 @@ dispatching, stamping and encoding.
     python -m benchmarks.floor echo ENDPOINT
     python -m benchmarks.floor irqecho ENDPOINT
     python -m benchmarks.floor timer ENDPOINT [PERIOD_US]
+    python -m benchmarks.floor count ENDPOINT HOPS     (the CPU floor's client: benchmarks/cpu.py)
     python -m benchmarks.floor chain ENDPOINT      (with vspchain, guestchain: the synthetic NIC)
 
 ``timer`` is the local APIC timer's floor, a server of its own: it waits as the
