@@ -19,7 +19,14 @@ confined process has set by then.
 * ``kill``, ``tgkill``, ``rt_sigqueueinfo``, ``rt_tgsigqueueinfo``: only with this process's
   own pid as the target (not 0 nor a negative process group); otherwise EPERM.
 * ``prlimit64``, ``sched_setaffinity``, ``sched_setparam``, ``sched_setscheduler``,
-  ``sched_setattr``: only on pid 0 (the caller) or this process's pid; otherwise EPERM.
+  ``sched_setattr``: only on pid 0 (the caller), this process's pid or the thread ids it
+  has when the filter goes in; otherwise EPERM.  The thread ids matter: each ZeroMQ thread
+  begins by setting its own scheduling parameters (libzmq's ``applySchedulingParameters``:
+  ``pthread_setschedparam`` on itself, i.e. ``sched_setscheduler(tid)``) and aborts the
+  process if that fails — and a thread the context started just before the filter may not
+  have run that far yet on a loaded host (CI saw workers and partitions die of SIGABRT at
+  start-up: "Operation not permitted (src/thread.cpp:315)").  A thread started after the
+  filter is not in the list: a confined process starts no ZeroMQ context after it.
 * ``ptrace``, ``process_vm_readv``, ``process_vm_writev``, ``tkill`` (its target is a bare
   tid), ``pidfd_send_signal``, ``pidfd_getfd``, ``kcmp``, ``setpriority``, ``ioprio_set``,
   ``move_pages``, ``migrate_pages``, ``perf_event_open``: EPERM always; and the ``chmod``
@@ -93,10 +100,16 @@ def supported() -> bool:
     return platform.machine() == "x86_64"
 
 
-def program(pid: int) -> list[tuple[int, int, int, int]]:
-    """The filter for process ``pid``, as (code, jt, jf, k) instructions.  Jumps are
-    relative and forward: each compare jumps to one of the three returns at the end or to
-    one of the two argument checks just before them."""
+MAX_THREADS = 64  # thread ids a filter names (each is one compare)
+
+
+def program(pid: int, threads: tuple[int, ...] = ()) -> list[tuple[int, int, int, int]]:
+    """The filter for process ``pid`` whose threads are ``threads`` (thread ids), as
+    (code, jt, jf, k) instructions.  Jumps are relative and forward: each compare jumps to
+    one of the three returns at the end or to one of the argument checks just before them."""
+    threads = tuple(t for t in dict.fromkeys(threads) if t != pid)
+    if len(threads) > MAX_THREADS:
+        raise ConfineError(0, f"seccomp program: {len(threads)} threads, at most {MAX_THREADS}")
     body: list[tuple] = [
         (BPF_LD_W_ABS, 0, 0, ARCH),
         (BPF_JEQ_K, "next", "kill", AUDIT_ARCH_X86_64),
@@ -118,6 +131,7 @@ def program(pid: int) -> list[tuple[int, int, int, int]]:
     labels["self_or_zero"] = len(body)
     body += [(BPF_LD_W_ABS, 0, 0, ARG0),  # the low half: a pid_t is 32 bits
              (BPF_JEQ_K, "allow", "next", 0)]
+    body += [(BPF_JEQ_K, "allow", "next", tid) for tid in threads]
     labels["self_only"] = len(body)
     body += [(BPF_LD_W_ABS, 0, 0, ARG0),
              (BPF_JEQ_K, "allow", "deny", pid)]
@@ -145,7 +159,7 @@ def deny_other_processes() -> None:
     :class:`ConfineError` if the kernel refuses it.  Requires ``no_new_privs``."""
     if not supported():
         raise ConfineError(errno.ENOSYS, f"no seccomp filter for {platform.machine()}")
-    insns = program(os.getpid())
+    insns = program(os.getpid(), own_threads())
     arr = (_Insn * len(insns))(*[_Insn(*i) for i in insns])
     prog = _Prog(len(insns), arr)
     libc = ctypes.CDLL(None, use_errno=True)
@@ -155,6 +169,11 @@ def deny_other_processes() -> None:
     if r != 0:
         e = ctypes.get_errno() if r < 0 else errno.EBUSY  # > 0: a thread that could not sync
         raise ConfineError(e, f"seccomp(SET_MODE_FILTER, TSYNC): {os.strerror(e)}")
+
+
+def own_threads() -> tuple[int, ...]:
+    """The thread ids of this process now (``/proc/self/task``)."""
+    return tuple(sorted(int(t) for t in os.listdir("/proc/self/task")))
 
 
 def in_force(pid: int | str = "self") -> bool:

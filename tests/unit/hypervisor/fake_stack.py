@@ -110,6 +110,12 @@ class Stack:
         checks that the loop survives one."""
         self.router = FakeRouter()
         self.hv = Hypervisor(self.router, SECRET, lps, str(tmp_path), 64, strict=strict)
+        # The scheduler's clock is the wall clock: on a loaded host the test's own thread can
+        # be off its core for longer than a quantum + grace (30 ms) between two steps, and a
+        # forced preemption (RUNNING → PREEMPTED) nobody asked for would break a test about
+        # something else (CI at 5684393: a posted-interrupt test found its VP preempted).
+        # Forced preemption is tested on the Scheduler itself (test_scheduler_holds.py).
+        self.hv.dispatcher.sched.grace_ns = 3600 * 10**9
         self.router.on_idle = self._idle
         self._seq = 0
 

@@ -22,6 +22,7 @@ def one_lp(tmp_path) -> Stack:
     s.partition(vps=1, start=False)
     assert not s.start(2, 0).to(V20)
     assert s.vp(1).state is VpState.RUNNING and s.vp(2).state is VpState.READY
+    s.hv.dispatcher.sched.grace_ns = GRACE_NS  # these tests are about forced preemption
     return s
 
 

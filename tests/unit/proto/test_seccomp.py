@@ -50,6 +50,13 @@ def _vm_read(pid: int) -> None:
         raise OSError(e, os.strerror(e))
 
 
+def _set_own_scheduling() -> None:
+    """libzmq's applySchedulingParameters: pthread_setschedparam(pthread_self(), its own
+    policy, priority 0), which is sched_setscheduler(this thread's id)."""
+    tid = threading.get_native_id()
+    os.sched_setscheduler(tid, os.sched_getscheduler(tid), os.sched_param(0))
+
+
 def in_filtered_child(tries: dict) -> dict:
     """Fork; in the child set no_new_privs, start a thread, install the filter, run each
     ``tries`` entry (in the older thread, too, for ``threaded``) and report errno names."""
@@ -61,7 +68,10 @@ def in_filtered_child(tries: dict) -> dict:
             libc.prctl(38, ctypes.c_ulong(1), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
             go, out = threading.Event(), {}
             older = threading.Thread(target=lambda: (go.wait(5), out.update(
-                threaded=_errno_of(lambda: os.kill(os.getppid(), 0)))))
+                threaded=_errno_of(lambda: os.kill(os.getppid(), 0)),
+                # what each ZeroMQ thread does first, maybe only after the filter is in:
+                # libzmq aborts the process if it fails
+                own_thread_sched_self=_errno_of(_set_own_scheduling))))
             older.start()  # before the filter: TSYNC must reach it
             seccomp.deny_other_processes()
             go.set()
@@ -108,14 +118,19 @@ def test_the_filtered_process_reaches_itself_and_no_other_process(tmp_path):
     assert seen.pop("in_force") is True
     assert {k: v for k, v in seen.items() if v == "ok"} == \
         {"kill_self": "ok", "tgkill_self": "ok", "affinity_self": "ok", "prlimit_self": "ok",
-         "open_rw_self": "ok"}, seen
+         "open_rw_self": "ok", "own_thread_sched_self": "ok"}, seen
     assert ram.stat().st_size == 4096
     assert all(v == "EPERM" for k, v in seen.items() if not k.endswith("_self")), seen
 
 
 def test_jumps_land_inside_the_program():
-    prog = seccomp.program(4242)
+    prog = seccomp.program(4242, tuple(range(5000, 5000 + seccomp.MAX_THREADS)))
     for i, (code, jt, jf, _) in enumerate(prog):
         if code in (seccomp.BPF_JEQ_K, seccomp.BPF_JGE_K, seccomp.BPF_JSET_K):
             assert i + 1 + max(jt, jf) < len(prog)
     assert prog[-1] == (seccomp.BPF_RET_K, 0, 0, seccomp.SECCOMP_RET_KILL_PROCESS)
+
+
+def test_the_program_names_at_most_max_threads():
+    with pytest.raises(seccomp.ConfineError, match="65 threads, at most 64"):
+        seccomp.program(4242, tuple(range(5000, 5000 + seccomp.MAX_THREADS + 1)))
