@@ -26,7 +26,8 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.cpu import cpu_seconds, per_round_trip, print_profile, process_kind, profiled, run_pids
+from benchmarks.cpu import (cpu_seconds, per_round_trip, print_profile, process_kind, profile_from_now, profiled,
+                            run_pids)
 from benchmarks.floor import start_floor, stop_floor
 from benchmarks.progress import Progress
 from proto.stats import Histogram, PathStats
@@ -117,6 +118,8 @@ def measure_stack(n: int, window_s: float, timeout_s: float = 120.0, profile: st
         try:
             time.sleep(WARMUP_S)
             pids = run_pids(run)
+            if profile:
+                profile_from_now(pids)
             s0, c0 = _io(run.stats()), cpu_seconds(pids)
             time.sleep(window_s)
             c1, s1 = cpu_seconds(pids), _io(run.stats())
