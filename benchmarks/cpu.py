@@ -201,14 +201,15 @@ def per_round_trip(before: dict[str, float], after: dict[str, float], round_trip
             "by_process_us": {k: round(v / n * 1e6, 1) for k, v in sorted(by_kind.items())}}
 
 
-def measure_floor_cpu(hops: int, window_s: float, timeout_s: float = 30.0) -> dict:
+def measure_floor_cpu(hops: int, window_s: float, timeout_s: float = 30.0, pace: float = 0.0) -> dict:
     """CPU per round trip of the floor with ``hops`` hops — relay, echo and client, each a
     process measured whole as the stack's are — over a window of ``window_s`` seconds cut
-    into as many slices as the stack's, the cheapest slice the figure."""
+    into as many slices as the stack's, the cheapest slice the figure; with ``pace``, at
+    most that many round trips a second."""
     relay, echoes, endpoint, d = start_floor(["echo"])
     client = None
     try:
-        client = subprocess.Popen([sys.executable, "-m", "benchmarks.floor", "count", endpoint, str(hops)],
+        client = subprocess.Popen([sys.executable, "-m", "benchmarks.floor", "count", endpoint, str(hops), str(pace)],
                                   cwd=REPO, stdout=subprocess.PIPE, preexec_fn=die_with_parent,
                                   start_new_session=True)
         if _client_line(client, timeout_s) != "READY":
@@ -259,8 +260,16 @@ def measure_cpu(window_s: float, progress=None, profile: str | None = None) -> d
             progress(f"CPU per round trip: {path}", i, len(PATH_WORKLOADS))
         stack = measure_stack_cpu(path, window_s, profile=profile if path == "io_port" else None)
         floor = measure_floor_cpu(hops, window_s)
-        out[path] = {"stack": stack, "floor": floor,
-                     "ratio": round(stack["cpu_us"] / floor["cpu_us"], 3) if floor["cpu_us"] else None}
+        # The same floor held to the stack's pace: CPU per round trip depends on it (a
+        # process that sleeps between messages pays more for each wake-up — the 2-hop relay
+        # 40 µs at 13,000 round trips a second, 60–69 at 4,000, 128 at 2,000), and the
+        # stack, slower, sleeps more.  Its client also sleeps to keep the pace (a timer's
+        # wake-up the partition does not pay), so this figure favours the stack a little;
+        # the goal is judged against the floor at its own pace.
+        paced = measure_floor_cpu(hops, window_s, pace=stack["per_s"])
+        out[path] = {"stack": stack, "floor": floor, "floor_at_stack_pace": paced,
+                     "ratio": round(stack["cpu_us"] / floor["cpu_us"], 3) if floor["cpu_us"] else None,
+                     "ratio_at_stack_pace": round(stack["cpu_us"] / paced["cpu_us"], 3) if paced["cpu_us"] else None}
     return out
 
 

@@ -193,3 +193,12 @@ def test_the_scale_topology_gives_each_partition_an_lp_and_startup_keeps_two():
         t = load_topology(topology(n), "<scale>")
         assert (len(t.partitions), t.logical_processors) == (n, lps)
     assert load_topology(topology(16, "serial", "gen1", lps=2), "<startup>").logical_processors == 2
+
+
+@pytest.mark.timeout(60)
+def test_the_cpu_floor_can_be_held_to_a_pace():
+    """The floor at the stack's pace (issue 12): its client sends at most ``pace`` round
+    trips a second, so that relay and client sleep between messages as the stack's do."""
+    r = cpu.measure_floor_cpu(2, 0.8, pace=400)
+    slice_s = 0.8 / cpu.SLICES
+    assert 0.3 * 400 < r["per_s"] <= 400 + 2 / slice_s, r
