@@ -9,9 +9,9 @@ never kept from sending: a VP holds its LP from its dispatch to its next exit, a
 that is a resume's and an exit's transport through a loaded host (about a millisecond),
 not the microseconds of a VM entry — on 2 LPs, 2 VPs at a time could have an exit under
 way, and at N = 8 four to five of them waited for an LP at any moment (half the exits/s of
-8 LPs, 06:30 UTC 2026-11-30).  Over a window of steady state: aggregate round trips per second, each
-partition's (client's) p50 and p99, CPU per round trip of all processes, the hypervisor's
-(relay's) RSS; and the stack's launch to all banners.
+8 LPs, 06:30 UTC 2026-11-30).  Over a window of steady state: aggregate round trips per
+second, each partition's (client's) p50 and p99, CPU per round trip of all processes, the
+hypervisor's (relay's) RSS; and the stack's launch to all banners.
 """
 
 from __future__ import annotations

@@ -251,7 +251,8 @@ class Vp:
         if self._unfiled:
             self._file()
         unsent, self._unsent = self._unsent, {}
-        self._send(m.VpStats({p: s.to_wire() for p, s in unsent.items()}, dict(self.counters, exits=self.exits)).encode())
+        paths = {p: s.to_wire() for p, s in unsent.items()}
+        self._send(m.VpStats(paths, dict(self.counters, exits=self.exits)).encode())
         for path, stats in unsent.items():
             self._paths.setdefault(path, PathStats()).merge(stats)
 
