@@ -114,8 +114,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cpu", dest="cpu", action="store_false",
                    help="skip CPU per round trip (stack and floor, per process)")
     p.add_argument("--cpu-window", type=positive_seconds, default=3.0,
-                   help="seconds of steady state each path's CPU is measured over")
-    p.add_argument("--cpu-round-trips", type=positive_int, default=4000, help="floor round trips per CPU figure")
+                   help="seconds of steady state each path's CPU is measured over, stack and floor alike")
     p.add_argument("--save", metavar="FILE.json", type=save_file, help="keep this run's ratios as a baseline")
     p.add_argument("--compare", metavar="FILE.json", type=baseline_file,
                    help="flag ratios that moved beyond the run-to-run noise since a baseline (exit status 3)")

@@ -323,7 +323,8 @@ class Run:
         """The status, but a process that dies meanwhile ends the run at once and in its
         own name (not 5 s later as a launcher error about a status timeout)."""
         try:
-            return HypervisorStatus.from_wire(self.root.status_watched(self._check_procs))
+            # Brief: no histograms nor TLB walk, which supervision does not read (issue 12).
+            return HypervisorStatus.from_wire(self.root.status_watched(self._check_procs, brief=True))
         except (HvstackError, OSError):
             self._check_procs()
             raise
@@ -370,7 +371,7 @@ class Run:
                 vps = [vp for p in ours if p.id not in stopped for vp in p.vps]
                 if vps and all(vp.guest.get("workloads_done") for vp in vps):
                     self._pump_console(50)
-                    return status
+                    return self.status()  # whole: the run's report prints its histograms
                 if time.monotonic() > deadline:
                     raise RunEnded(f"guests did not finish within {grace:.0f} s", 1)
 
