@@ -260,8 +260,8 @@ def migrate(run_dir, man: dict, root, name: str, endpoint: str, server_key: str,
             dirty = DirtyLog(run_dir, pid, mapped)
             rounds, pending = _precopy(sender, dirty, all_pages, min(bandwidth, max_bandwidth or bandwidth),
                                        max_downtime_ms, max_rounds, say)
-        except (HvstackError, OSError) as e:  # nothing was paused: the guest never stopped here
-            raise HvstackError(f"migration of {name} failed; it runs on here: {e}") from None
+        except (HvstackError, OSError, KeyboardInterrupt) as e:  # nothing was paused: the guest never stopped here
+            raise HvstackError(f"migration of {name} failed; it runs on here: {_why(e)}") from None
         figures = _stop_and_copy(run_dir, root, link, sender, dirty, pc, pid, name, pending, mapped,
                                  len(rounds), say)
     finally:
@@ -326,12 +326,12 @@ def _stop_and_copy(run_dir, root, link, sender, dirty, pc, pid, name, pending, m
     except BaseException as e:
         if not gone_over:
             partition_save.resume_after_failure(root, pid)
-            if isinstance(e, (HvstackError, OSError)):
-                raise HvstackError(f"migration of {name} failed; it runs on here: {e}") from None
-        elif isinstance(e, (HvstackError, OSError)):
+            if isinstance(e, (HvstackError, OSError, KeyboardInterrupt)):
+                raise HvstackError(f"migration of {name} failed; it runs on here: {_why(e)}") from None
+        elif isinstance(e, (HvstackError, OSError, KeyboardInterrupt)):
             raise HvstackError(f"migration of {name}: the destination was told to run it but did not say it does "
-                               f"({e}); it stays paused here — resume it (ctl RUN resume) only if the destination "
-                               "is known not to run it") from None
+                               f"({_why(e)}); it stays paused here — resume it (ctl RUN resume) only if the "
+                               "destination is known not to run it") from None
         raise
     t_go = perf_counter_ns()
     root.control(pid, "stop")  # its processes end (the launcher sees it finalized)
@@ -345,6 +345,11 @@ def _stop_and_copy(run_dir, root, link, sender, dirty, pc, pid, name, pending, m
         f"{figures['final_pages_ms']:.1f} ms, record {len(record)} bytes, destination ready in "
         f"{figures['commit_ms']:.1f} ms, running there {figures['go_ms']:.1f} ms later")
     return figures
+
+
+def _why(e: BaseException) -> str:
+    """What stopped a migration, for its error (Ctrl-C, or SIGTERM as the command has it)."""
+    return f"interrupted ({e or 'Ctrl-C'})" if isinstance(e, KeyboardInterrupt) else str(e)
 
 
 def describe(f: dict) -> str:

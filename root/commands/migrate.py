@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 
 from proto.errors import HvstackError
 from root import migration
@@ -58,6 +59,9 @@ def run(args) -> int:
         raise HvstackError(f"partition {args.partition} of run {src.name} is stopped")
     if args.partition in (man.get("incoming") or {}).get("partitions", []):
         raise HvstackError(f"partition {args.partition} of run {src.name} has not come yet (it waits for it)")
+    # SIGTERM as Ctrl-C: before the go, the migration's own unwinding resumes the partition
+    # here (root/migration.py); Python's default would leave it paused with nobody to thaw it.
+    signal.signal(signal.SIGTERM, _interrupted)
     with RootClient(man["endpoint"], src.secret(), server_key=man.get("server_key")) as root:
         figures = migration.migrate(src.path, man, root, args.partition, endpoint, key,
                                     max_downtime_ms=args.max_downtime_ms, max_rounds=args.max_rounds,
@@ -65,3 +69,7 @@ def run(args) -> int:
                                     progress=None if args.json else (lambda line: print(line, flush=True)))
     print(json.dumps(figures, indent=1) if args.json else migration.describe(figures))
     return 0
+
+
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")

@@ -219,3 +219,28 @@ def test_a_destination_that_dies_mid_copy_leaves_the_partition_running_on_the_so
         ended(src)
         # The dead destination's processes went with its launcher (they die with their parent).
         assert wait_until(lambda: not alive(dst.pids()[1:]), 15, what="the destination's processes to go") is True
+
+
+def test_a_migrate_command_stopped_by_sigterm_leaves_the_partition_running_on_the_source():
+    """SIGTERM (a user's `kill`, a supervisor's stop) is taken as Ctrl-C: the migration's
+    unwinding resumes the partition here (Python's default would end the command at once,
+    leaving a partition paused in the stop-and-copy with nobody to thaw it)."""
+    src = start_run(CONFIG, short_run_root())
+    dst = start_run(CONFIG, short_run_root(), extra=("--incoming", "alpha"))
+    try:
+        settled(src)
+        inc = incoming(dst)
+        proc = src.launch_background("migrate", src.name, "alpha", "--to", inc["endpoint"], "--key",
+                                     inc["server_key"], "--max-bandwidth", "2", "--timeout", "5")
+        wait_until(lambda: (dst.manifest().get("incoming") or {}).get("receiving") == "alpha", 30, interval=0.01,
+                   what="the destination to begin receiving")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1, out
+        assert "interrupted (signal SIGTERM)" in err and "runs on here" in err, err
+        assert partition_state(src) != "paused"
+        before = len(SERIAL.findall(src.console("alpha")))
+        wait_until(lambda: len(SERIAL.findall(src.console("alpha"))) > before, 30, interval=0.2,
+                   what="the guest to go on at the source")
+    finally:
+        ended(src, dst)
