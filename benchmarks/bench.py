@@ -186,7 +186,7 @@ def _plan(args, rounds: int, slice_s: float) -> list[tuple[str, float]]:
     per_round = 5 * slice_s + 6.0  # five stack runs (and their start-up), the floors
     plan = [(f"round {i + 1}/{rounds}: floors, round trips, interrupts, disk", per_round) for i in range(rounds)]
     if args.cpu:
-        plan += [(f"CPU per round trip: {path}", args.cpu_window + 4.0) for path in PATH_WORKLOADS]
+        plan += [(f"CPU per round trip: {path}", 3 * args.cpu_window + 7.0) for path in PATH_WORKLOADS]
     if args.experiments:
         plan.append(("experiments: spinlock, EOI, TLB", 7 * (min(3.0, args.duration / 2) + 1.5)))
     return plan
@@ -216,7 +216,7 @@ def _run_bench(args) -> int:
                 disk[k] = disk.get(k, 0) + v
             done += 1
         if args.cpu:
-            cpu = measure_cpu(args.cpu_window, args.cpu_round_trips, lambda *_: progress.step(),
+            cpu = measure_cpu(args.cpu_window, lambda *_: progress.step(),
                               **({"profile": args.profile} if getattr(args, "profile", None) else {}))
         if args.experiments:
             progress.step()

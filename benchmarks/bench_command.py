@@ -88,6 +88,17 @@ def scale_counts(value: str) -> list[int]:
     return sorted(set(counts))
 
 
+def memory_sizes(value: str) -> list[int]:
+    """``--migrate-sizes 16,64``: guest memory sizes in MiB, 4..1024."""
+    try:
+        sizes = [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid sizes: {value!r}") from None
+    if not sizes or any(not 4 <= n <= 1024 for n in sizes):
+        raise argparse.ArgumentTypeError(f"{value}: each size must be 4 to 1024 MiB")
+    return sorted(set(sizes))
+
+
 def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--duration", type=positive_seconds, default=6.0, help="seconds of guest workloads per path kind")
@@ -103,8 +114,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cpu", dest="cpu", action="store_false",
                    help="skip CPU per round trip (stack and floor, per process)")
     p.add_argument("--cpu-window", type=positive_seconds, default=3.0,
-                   help="seconds of steady state each path's CPU is measured over")
-    p.add_argument("--cpu-round-trips", type=positive_int, default=4000, help="floor round trips per CPU figure")
+                   help="seconds of steady state each path's CPU is measured over, stack and floor alike")
     p.add_argument("--save", metavar="FILE.json", type=save_file, help="keep this run's ratios as a baseline")
     p.add_argument("--compare", metavar="FILE.json", type=baseline_file,
                    help="flag ratios that moved beyond the run-to-run noise since a baseline (exit status 3)")
@@ -112,6 +122,11 @@ def arguments(p: argparse.ArgumentParser) -> None:
                    help="instead: aggregate exits/s, latency, CPU and memory at 1 to 16 partitions beside a floor")
     p.add_argument("--scale-partitions", type=scale_counts, default=[1, 2, 4, 8, 16], metavar="N,N,…",
                    help="the partition counts of --scale (default 1,2,4,8,16)")
+    p.add_argument("--migrate", action="store_true",
+                   help="live migration between two runs (benchmarks/migrate_bench.py): total time, rounds, "
+                        "downtime, bytes on the wire and the link's throughput, per guest size and write rate")
+    p.add_argument("--migrate-sizes", type=memory_sizes, default=[16, 64, 256], metavar="MIB,MIB,…",
+                   help="the guest memory sizes of --migrate in MiB (default 16,64,256)")
     p.add_argument("--startup", action="store_true",
                    help="instead: launch to first banner and RSS per process kind at 1, 4 and 16 partitions")
     p.add_argument("--profile", metavar="FILE.prof", type=save_file,
@@ -125,6 +140,10 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    if args.migrate:
+        from benchmarks.migrate_bench import run_migrate
+
+        return run_migrate(args)
     if args.scale or args.startup:
         from benchmarks.scale import run_scale, run_startup
 

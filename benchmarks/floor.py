@@ -14,6 +14,7 @@ dispatching, stamping and encoding.
     python -m benchmarks.floor echo ENDPOINT
     python -m benchmarks.floor irqecho ENDPOINT
     python -m benchmarks.floor timer ENDPOINT [PERIOD_US]
+    python -m benchmarks.floor count ENDPOINT HOPS [PACE]   (the CPU floor's client: benchmarks/cpu.py)
     python -m benchmarks.floor chain ENDPOINT      (with vspchain, guestchain: the synthetic NIC)
 
 ``timer`` is the local APIC timer's floor, a server of its own: it waits as the
@@ -307,6 +308,32 @@ def scale_client(endpoint: str, key: str) -> None:
     client.close()
 
 
+def counting_client(endpoint: str, hops: str, pace: str = "0") -> None:
+    """The CPU floor's client (a process, as the partition is, so that its ZeroMQ I/O thread
+    is charged as the partition's is): ``hops``-hop round trips as fast as they come back,
+    or at most ``pace`` a second (sleeping until each one's turn); each SIGUSR1 prints the
+    round trips made so far, one line."""
+    import signal
+
+    client = FloorClient(endpoint, int(hops))
+    send, recv, poll, frame = client.sock.send, client.sock.recv, client.sock.poll, client.frame
+    made = 0
+    signal.signal(signal.SIGUSR1, lambda *_: print(made, flush=True))
+    period = 1 / float(pace) if float(pace) > 0 else 0.0
+    turn = time.perf_counter()
+    print("READY", flush=True)
+    while True:
+        if period:
+            turn = max(turn + period, time.perf_counter() - period)  # no catching up after a stall
+            if (ahead := turn - time.perf_counter()) > 0:
+                time.sleep(ahead)
+        send(frame)
+        if not poll(5000):
+            raise TimeoutError("the floor relay did not answer within 5 s")
+        recv()
+        made += 1
+
+
 # -- the synthetic NIC's floor: partition → hv → VSP → hv → partition -------------------------
 #
 # A ping between two partitions over the root's switch crosses, each way, four hops:
@@ -450,5 +477,5 @@ def measure_chain(samples: int, stream_s: float) -> dict:
 
 if __name__ == "__main__":
     {"relay": relay, "echo": echo, "irqecho": irqecho, "timer": timer,
-     "client": scale_client, "chain": chain, "vspchain": vspchain,
+     "client": scale_client, "count": counting_client, "chain": chain, "vspchain": vspchain,
      "guestchain": guestchain}[sys.argv[1]](*sys.argv[2:])

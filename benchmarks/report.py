@@ -20,12 +20,15 @@ def print_cpu(cpu: dict) -> None:
     for path, v in cpu.items():
         st, fl = v["stack"], v["floor"]
         ratio = f"{v['ratio']:.2f}×" if v["ratio"] is not None else "-"
-        rows.append([path, f"{st['cpu_us']:.1f}", f"{fl['cpu_us']:.1f}", ratio,
+        paced = v.get("floor_at_stack_pace")
+        paced_cells = ([f"{paced['cpu_us']:.1f}", f"{v['ratio_at_stack_pace']:.2f}×"]
+                       if paced and v.get("ratio_at_stack_pace") is not None else ["-", "-"])
+        rows.append([path, f"{st['cpu_us']:.1f}", f"{fl['cpu_us']:.1f}", ratio, *paced_cells,
                      ", ".join(f"{k} {x:.0f}" for k, x in st["by_process_us"].items()),
                      ", ".join(f"{k} {x:.0f}" for k, x in fl["by_process_us"].items()),
-                     f"{st['per_s']:.0f}"])
-    print(table(["path", "stack", "floor", "ratio", "stack by process", "floor by process", "stack round trips/s"],
-                rows, "lrrrllr"))
+                     f"{st['per_s']:.0f} / {fl['per_s']:.0f}"])
+    print(table(["path", "stack", "floor", "ratio", "floor at stack's pace", "ratio", "stack by process",
+                 "floor by process", "round trips/s stack / floor"], rows, "lrrrrrllr"))
 
 
 def print_result(result: dict) -> None:

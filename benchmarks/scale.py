@@ -2,13 +2,16 @@
 grows the same way; and ``bench --startup``: launch to banners and memory per process.
 
 At each N (1, 2, 4, 8, 16 by default) the stack runs N partitions of one VP each doing
-emulated port I/O (4 hops through its own worker) on 2 logical processors — the host's
-cores (more LPs than cores would only add to what status costs: it walks every LP's TLB for
-every partition); the floor runs N client processes
-through one relay to N echo processes (4 hops each: the same 2N + 1 processes, minus the
-launcher).  Over a window of steady state: aggregate round trips per second, each
-partition's (client's) p50 and p99, CPU per round trip of all processes, the hypervisor's
-(relay's) RSS; and the stack's launch to all banners.
+emulated port I/O (4 hops through its own worker) on N logical processors (at least 2); the
+floor runs N client processes through one relay to N echo processes (4 hops each: the same
+2N + 1 processes, minus the launcher).  One LP per VP, because the floor's N clients are
+never kept from sending: a VP holds its LP from its dispatch to its next exit, and here
+that is a resume's and an exit's transport through a loaded host (about a millisecond),
+not the microseconds of a VM entry — on 2 LPs, 2 VPs at a time could have an exit under
+way, and at N = 8 four to five of them waited for an LP at any moment (half the exits/s of
+8 LPs, 06:30 UTC 2026-11-30).  Over a window of steady state: aggregate round trips per
+second, each partition's (client's) p50 and p99, CPU per round trip of all processes, the
+hypervisor's (relay's) RSS; and the stack's launch to all banners.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.cpu import cpu_seconds, per_round_trip, print_profile, process_kind, profiled, run_pids
+from benchmarks.cpu import (cpu_seconds, per_round_trip, print_profile, process_kind, profile_from_now, profiled,
+                            run_pids)
 from benchmarks.floor import start_floor, stop_floor
 from benchmarks.progress import Progress
 from proto.stats import Histogram, PathStats
@@ -36,7 +40,8 @@ BANNER = "hvstack guest kernel"
 WARMUP_S = 1.0
 
 
-def topology(n: int, workload: str = "portio", chipset: str = "minimal") -> str:
+def topology(n: int, workload: str = "portio", chipset: str = "minimal", lps: int | None = None) -> str:
+    """N one-VP partitions on ``lps`` logical processors (by default one each, at least 2)."""
     parts = "".join(f"""
 [[partition]]
 name = "p{i}"
@@ -48,7 +53,7 @@ workloads = ["{workload}"]
     return f"""[run]
 name = "bench-scale-{n}"
 duration_s = 0
-logical_processors = 2
+logical_processors = {lps if lps is not None else max(2, n)}
 {parts}"""
 
 
@@ -113,6 +118,8 @@ def measure_stack(n: int, window_s: float, timeout_s: float = 120.0, profile: st
         try:
             time.sleep(WARMUP_S)
             pids = run_pids(run)
+            if profile:
+                profile_from_now(pids)
             s0, c0 = _io(run.stats()), cpu_seconds(pids)
             time.sleep(window_s)
             c1, s1 = cpu_seconds(pids), _io(run.stats())
@@ -300,7 +307,7 @@ def startup(n: int, timeout_s: float = STARTUP_TIMEOUT_S) -> dict:
         run_root = Path(d) / "runs"
         run_root.mkdir(mode=0o700)
         config = Path(d) / f"start-{n}.toml"
-        config.write_text(topology(n, "serial", "gen1"))
+        config.write_text(topology(n, "serial", "gen1", lps=2))  # the default topology's 2 LPs
         t0 = time.monotonic()
         run = start_run(config, run_root, 0, timeout_s)
         try:

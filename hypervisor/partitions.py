@@ -42,7 +42,8 @@ class VirtualProcessor:
     sched: VpSched | None = None
     next_frame: bytes | None = None  # what the VP waits for, sent when it is dispatched…
     next_resume: tuple | None = None  # …or the resume to build then
-    stats: dict[str, PathStats] = field(default_factory=dict)  # last vp_stats, decoded
+    stats: dict[str, PathStats] = field(default_factory=dict)  # every vp_stats' round trips, added up
+    stats_buckets: int = 0  # the buckets of ``stats``' histograms in all (bounded: MAX_VP_STATS_BUCKETS)
     counters: dict[str, int] = field(default_factory=dict)  # last vp_stats, guest-side counts
     apic: Apic | None = None
     assist_page: int = 0  # HV_X64_MSR_VP_ASSIST_PAGE as last written

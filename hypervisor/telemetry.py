@@ -6,8 +6,9 @@ not its subscription (a best-effort stream, ``Router.offer``); one that has gone
 forgotten.
 
 Status is built on request from the live objects — partitions, VPs, the scheduler, the
-memory manager, the TLBs, the dispatcher's counters — and from the histograms each VP
-sends now and then (``vp_stats``), merged per partition.
+memory manager, the TLBs, the dispatcher's counters — and from the round trips each VP
+measured, added up from its ``vp_stats`` (each holds those since its last), merged per
+partition.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from time import perf_counter_ns
 from proto import messages as m
 from proto.codes import HvPartitionState
 from proto.exits import Exit
-from proto.stats import PathStats, wire_count
-from proto.status import CpuStatus, HypercallStatus, HypervisorStatus, InterruptStatus, PartitionStatus, VpStatus
+from proto.stats import MAX_WIRE_VALUE, PathStats, wire_count
+from proto.status import (CpuStatus, HypercallStatus, HypervisorStatus, InterruptStatus, PartitionStatus, TlbStatus,
+                          VpStatus)
+from proto.tlb import ENTRIES as TLB_ENTRIES
 
 from hypervisor.ratelog import RateLimitedLog
 from hypervisor.synic import partition_status
@@ -40,6 +43,28 @@ def path_name(v) -> str:
     if v not in PATH_NAMES:
         raise ValueError(f"no path {str(v)[:40]!r}")
     return v
+
+
+def added_buckets(stats: dict[str, PathStats], delta: dict[str, PathStats]) -> int:
+    """The buckets ``delta`` would add to ``stats``; ValueError if a histogram of it is not
+    one a VP could have measured (its buckets do not add up to its count) or the sums
+    would no longer pack (every count and time stays below proto.stats.MAX_WIRE_VALUE, so
+    that status, which adds up every VP's, still packs as u64)."""
+    added = 0
+    for path, st in delta.items():
+        mine = stats.get(path)
+        have = (mine.total, *mine.stages) if mine is not None else ()
+        for i, h in enumerate((st.total, *st.stages)):
+            if sum(h.counts.values()) != h.n:
+                raise ValueError(f"{path}: {h.n} round trips in buckets holding {sum(h.counts.values())}")
+            if i >= len(have):
+                added += len(h.counts)
+                continue
+            old = have[i]
+            if old.n + h.n >= MAX_WIRE_VALUE or old.total + h.total >= MAX_WIRE_VALUE:
+                raise ValueError(f"{path}: its histograms would count past {MAX_WIRE_VALUE}")
+            added += len(h.counts.keys() - old.counts.keys())
+    return added
 
 
 def counter_name(v) -> str:
@@ -96,7 +121,7 @@ class Telemetry:
     # -- messages ----------------------------------------------------------------------------
 
     def on_status_request(self, identity: bytes, peer, msg: m.StatusRequest, t_in: int) -> None:
-        wire = self.status().to_wire()
+        wire = self.status(msg.brief).to_wire()
         frame = m.StatusReply(wire).encode()  # encoded once (supervision asks 4 times a second)
         if len(frame) > m.MAX_FRAME_BYTES:
             # Too big for any receiver to decode (many VPs, or guests' outsized statistics):
@@ -116,31 +141,42 @@ class Telemetry:
         self._outbox.send_frame(identity, frame)
 
     def on_vp_stats(self, identity: bytes, peer, msg: m.VpStats, t_in: int) -> None:
+        """The round trips the VP measured since its last vp_stats, added to its histograms
+        (each message carries only those: a few buckets, not thousands), and its counters."""
+        vp = peer.vp
         try:
             # Every number is checked (proto.stats.wire_count), not converted: a string of
             # digits or a float would be stored as is and fail only when status is packed.
-            stats = {path_name(path): PathStats.from_wire(d) for path, d in msg.paths.items()}
+            delta = {path_name(path): PathStats.from_wire(d) for path, d in msg.paths.items()}
             counters = {counter_name(k): wire_count(v) for k, v in msg.counters.items()}
-            buckets = sum(len(h.counts) for st in stats.values() for h in (st.total, *st.stages))
+            buckets = vp.stats_buckets + added_buckets(vp.stats, delta)
             if buckets > MAX_VP_STATS_BUCKETS:
                 raise ValueError(f"{buckets} histogram buckets, at most {MAX_VP_STATS_BUCKETS}")
         except (ValueError, TypeError, AttributeError) as e:
             self._counters["malformed"] += 1
             self._bad_stats_log.warning("bad vp_stats from %s: %s", peer.name, str(e)[:200])
             return
-        peer.vp.stats, peer.vp.counters = stats, counters
+        for path, st in delta.items():
+            mine = vp.stats.get(path)
+            if mine is None:
+                vp.stats[path] = st
+            else:
+                mine.merge(st)
+        vp.stats_buckets, vp.counters = buckets, counters
 
     # -- status ------------------------------------------------------------------------------
 
-    def status(self) -> HypervisorStatus:
+    def status(self, brief: bool = False) -> HypervisorStatus:
+        """``brief``: without the latency histograms and the TLBs' walk (StatusRequest)."""
         now = perf_counter_ns()
         parts = []
         for part in self._table:
             paths: dict[str, PathStats] = {}
             guest: dict[str, int] = {}
             for vp in part.vps:
-                for name, st in vp.stats.items():
-                    paths.setdefault(name, PathStats()).merge(st)
+                if not brief:
+                    for name, st in vp.stats.items():
+                        paths.setdefault(name, PathStats()).merge(st)
                 for k, v in vp.counters.items():
                     guest[k] = guest.get(k, 0) + v
             parts.append(PartitionStatus(
@@ -186,6 +222,6 @@ class Telemetry:
             tracers=len(self._tracer.tracers),
             scheduler=self._sched.status(now),
             memory=self._memory.status(),
-            tlb=self._tlb.status(),
+            tlb=self._tlb.status() if not brief else TlbStatus(TLB_ENTRIES, []),
             partitions=parts,
         )

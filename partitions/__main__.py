@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import select
 import signal
 import sys
 import threading
@@ -37,6 +39,7 @@ from partitions import kernel, resume
 from partitions.vp import GuestFault, Vp, VpReset, VpStopped
 
 log = logging.getLogger("partition")
+GO_TIMEOUT_S = 120.0  # an incoming migration's partition waits this long for its state
 VP_START_TIMEOUT_MS = 60_000  # a VP's hello waits for its start (the root's WORKER_READY_TIMEOUT_S and more)
 
 
@@ -107,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--secret-fd", type=int, required=True, help="a pipe holding the partition's VP token")
     ap.add_argument("--memory-fd", type=int, help="the partition's RAM, open read-write")
     ap.add_argument("--slat-fd", type=int, help="the partition's SLAT table, open read-only")
+    ap.add_argument("--dirty-fd", type=int, help="the partition's dirty log, open read-write (live migration)")
+    ap.add_argument("--go-fd", type=int,
+                    help="started ahead (an incoming migration): say READY once confined, and say the VPs' "
+                         "hellos only once the launcher writes 'g' here")
     ap.add_argument("--tlb-fds", help="the partition's TLB file on each LP, comma-separated")
     ap.add_argument("--uid", type=int, help="drop to this uid once connected")
     ap.add_argument("--gid", type=int)
@@ -124,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     memory = None
     if args.memory_fd is not None:
         tlbs = [LpTlb(int(fd)) for fd in args.tlb_fds.split(",")] if args.tlb_fds else None
-        memory = (GuestMemory(args.memory_fd, args.slat_fd), tlbs)
+        memory = (GuestMemory(args.memory_fd, args.slat_fd, args.dirty_fd), tlbs)
     boot = None
     if spec.get("cpu", "python") != "python":
         # Firmware or kernel read before confinement (it need only be readable by whoever
@@ -144,6 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     # Every VP's socket connected while the run's socket can be reached; then confined.
     sockets = confine.start_confined(args.spec, spec, spec["vps"], uid=args.uid, gid=args.gid,
                                      namespaces=args.namespaces, log=log)
+    if args.go_fd is not None:
+        # An incoming migration's partition: its start-up is not in the downtime; its VPs
+        # connect once its state has arrived (the hypervisor takes a restore only before).
+        print("READY", flush=True)
+        if not select.select([args.go_fd], [], [], GO_TIMEOUT_S)[0] or os.read(args.go_fd, 1) != b"g":
+            log.info("not needed after all: the launcher closed --go-fd")
+            return 0
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda s, f: stop.set())
     signal.signal(signal.SIGINT, lambda s, f: stop.set())

@@ -93,6 +93,8 @@ def resume_vp(vp, state: dict) -> None:
 def ata_soft_reset(vp) -> None:
     """SRST through the device control register (ATA-6 7.7): whatever command the saved
     device was in the middle of is abandoned.  Nothing answers there without a disk."""
+    if vp.inb(ata.STATUS) == 0xFF:
+        return  # a floating bus: no disk (waiting out BSY on it cost a thousand exits, ~1 s)
     vp.outb(ata.CTRL, ATA_SRST)
     vp.outb(ata.CTRL, 0)
     for _ in range(1000):
@@ -122,6 +124,11 @@ def bsp_resume(vp, sys, state: dict) -> None:
     sys.tick_interrupts = vp.counters.get("tick_interrupts", 0)
     sys.lost_ticks = vp.counters.get("lost_ticks", 0)
     sys.serial = Serial()
+    # The UART as at boot (IER off, FIFOs cleared, then its interrupts on again): the saved
+    # UART may hold IER.ETBEI set and a THRE interrupt the saved kernel was about to take,
+    # which this kernel, with a new driver, would wait for in vain — a restored guest's
+    # console once stopped after its first 16 bytes.
+    sys.serial.init(vp)
     sys.has_pic = state["has_pic"]
     if sys.has_pic:
         kernel.start_interrupts(vp, sys)

@@ -3,8 +3,8 @@
 Instructions that real hardware would intercept (IN/OUT, CPUID, RDMSR/WRMSR, the hypercall,
 HLT) are a real message round trip to the hypervisor over this VP's own DEALER; RAM access
 and PAUSE are not.  Each round trip is timed from the stamps the hops appended, and recorded
-by path in histograms that are sent to the hypervisor now and then (``vp_stats``) — never
-inside a measured round trip.
+by path in histograms; those measured since the last are sent to the hypervisor now and
+then (``vp_stats``) — never inside a measured round trip.
 
 An exception the hypervisor injects (#GP for an MSR the partition may not touch, #UD for a
 hypercall without the hypercall page) is raised in the guest as :class:`GuestFault`.
@@ -104,10 +104,15 @@ class Vp:
         # After wait() said a frame is there: one poll per resume, not two.
         self._recv_ready = dealer.recv_ready
         self._seq = 0
-        self._paths: dict[str, PathStats] = {}
+        self._paths: dict[str, PathStats] = {}  # every round trip sent in a vp_stats
+        # Round trips filed (PathStats.record_many) but not yet sent: each vp_stats carries
+        # these alone, and the hypervisor adds them to what it has — not every histogram
+        # again, whose thousands of buckets the hypervisor checked and decoded 4 times a
+        # second per VP (a third of its CPU with 16 partitions).
+        self._unsent: dict[str, PathStats] = {}
         # Round trips measured since the histograms were last brought up to date, as
-        # (path, stamps): appending is all a round trip costs; ``paths`` files them in
-        # bulk (PathStats.record_many) when they are read — at every vp_stats.
+        # (path, stamps): appending is all a round trip costs; they are filed in bulk when
+        # read — at every vp_stats.
         self._unfiled: list[tuple[str, tuple]] = []
         self.exits = 0
         self.counters = {"interrupts": 0, "handler_exits": 0, "unhandled_interrupts": 0, "resets": 0,
@@ -222,23 +227,34 @@ class Vp:
             by_path.setdefault(path, []).append(stamps)
         self._unfiled = []
         for path, rounds in by_path.items():
-            stats = self._paths.get(path)
+            stats = self._unsent.get(path)
             if stats is None:
-                stats = self._paths[path] = PathStats()
+                stats = self._unsent[path] = PathStats()
             stats.record_many(rounds)
 
     @property
     def paths(self) -> dict[str, PathStats]:
-        """This VP's latency histograms by path name, every round trip measured so far filed."""
+        """This VP's latency histograms by path name, every round trip measured so far (a
+        copy: sent and not yet sent, merged)."""
         if self._unfiled:
             self._file()
-        return self._paths
+        out: dict[str, PathStats] = {}
+        for part in (self._paths, self._unsent):
+            for path, stats in part.items():
+                out.setdefault(path, PathStats()).merge(stats)
+        return out
 
     def flush_stats(self) -> None:
+        """``vp_stats``: the round trips measured since the last one, and the counters."""
         self._next_stats = perf_counter_ns() + STATS_INTERVAL_NS
         self._stats_exits = self.exits
-        paths = {p: s.to_wire() for p, s in self.paths.items()}
+        if self._unfiled:
+            self._file()
+        unsent, self._unsent = self._unsent, {}
+        paths = {p: s.to_wire() for p, s in unsent.items()}
         self._send(m.VpStats(paths, dict(self.counters, exits=self.exits)).encode())
+        for path, stats in unsent.items():
+            self._paths.setdefault(path, PathStats()).merge(stats)
 
     # -- interrupts -----------------------------------------------------------------------
 

@@ -432,3 +432,7 @@ def idle(vp: Vp, sys) -> None:
         vp.write(APIC_BASE + APIC_TIMER_ICR, 4, int(APIC_TIMER_HZ * IDLE_S))
     vp.sti()
     vp.hlt()
+# A memory-writing workload (issue 13: live migration's pre-copy), in a module of its own.
+from partitions.memory_workloads import MEMORY_WORKLOADS  # noqa: E402
+
+WORKLOADS.update(MEMORY_WORKLOADS)

@@ -151,10 +151,11 @@ class VpResume(Message):
 
 @message(16, "vp_stats")
 class VpStats(Message):
-    """Cumulative latency histograms of one VP, by path name (:class:`proto.exits.Exit`,
-    values :meth:`proto.stats.PathStats.to_wire`), and the guest's own counters (interrupts
-    taken, TLB hits, a workload's operations, ``exits``); sent now and then, never answered,
-    so it costs the measured paths nothing."""
+    """Latency histograms of the round trips one VP measured since its last vp_stats, by
+    path name (:class:`proto.exits.Exit`, values :meth:`proto.stats.PathStats.to_wire`) —
+    the hypervisor adds them to what it has — and the guest's own counters, cumulative
+    (interrupts taken, TLB hits, a workload's operations, ``exits``); sent now and then,
+    never answered, so it costs the measured paths nothing."""
 
     paths: mapping(64)
     counters: mapping(256)

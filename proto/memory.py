@@ -60,6 +60,13 @@ def slat_path(directory, partition: int) -> str:
     return os.path.join(directory, f"slat-{partition}.bin")
 
 
+def dirty_path(directory, partition: int) -> str:
+    """The partition's dirty log in the run directory: one byte per guest page, set by
+    every :class:`GuestMemory` write of a process given it (live migration's pre-copy:
+    root/migration.py harvests it)."""
+    return os.path.join(directory, f"dirty-{partition}.bin")
+
+
 def _map(file: str | int, writable: bool) -> mmap.mmap:
     """Map a file given by path or by an open descriptor (which stays the caller's)."""
     if isinstance(file, int):
@@ -73,13 +80,22 @@ def _map(file: str | int, writable: bool) -> mmap.mmap:
 
 class GuestMemory:
     """One partition's guest-physical memory, seen through its SLAT table: ``ram`` and
-    ``slat`` are paths or open descriptors (read-write and read-only)."""
+    ``slat`` are paths or open descriptors (read-write and read-only); ``dirty``, where
+    given, the partition's dirty log (path or descriptor, read-write): each write marks its
+    pages there after storing (the harvester clears a mark before it copies the page, so
+    no write is missed; a late mark only sends a page again).  A process may lie in its
+    own partition's log, which only spoils that partition's migration."""
 
-    def __init__(self, ram: str | int, slat: str | int) -> None:
+    def __init__(self, ram: str | int, slat: str | int, dirty: str | int | None = None) -> None:
         self._pool = _map(ram, writable=True)
         self._slat_map = _map(slat, writable=False)
         self._slat = memoryview(self._slat_map).cast("I")
         self.pages = len(self._slat)
+        self._dirty = _map(dirty, writable=True) if dirty is not None else None
+        if self._dirty is not None and len(self._dirty) < self.pages:
+            size = len(self._dirty)
+            self.close()
+            raise ValueError(f"a dirty log of {size} bytes for {self.pages} pages")
 
     def host_offset(self, gpa: int) -> int:
         """Where ``gpa`` lies in the partition's RAM file (its guest-physical page is its
@@ -114,6 +130,8 @@ class GuestMemory:
             off = self.host_offset(gpa)
             n = min(len(data) - i, PAGE_SIZE - (gpa & (PAGE_SIZE - 1)))
             self._pool[off:off + n] = data[i:i + n]
+            if self._dirty is not None:
+                self._dirty[off >> PAGE_SHIFT] = 1
             gpa += n
             i += n
 
@@ -127,6 +145,8 @@ class GuestMemory:
         off = self.host_offset(gpa)
         if (gpa & (PAGE_SIZE - 1)) + size <= PAGE_SIZE:
             self._pool[off:off + size] = value.to_bytes(size, "little")
+            if self._dirty is not None:
+                self._dirty[off >> PAGE_SHIFT] = 1
         else:
             self.write(gpa, value.to_bytes(size, "little"))
 
@@ -161,9 +181,14 @@ class GuestMemory:
     def fetch_and_u8(self, gpa: int, mask: int) -> int:
         """``lock and byte [gpa], mask``, atomic against the hypervisor's writes too (the
         SynIC's event flags: :mod:`proto.atomic`); the byte's old value."""
-        return fetch_and_u8(self._pool, self.host_offset(gpa), mask)
+        old = fetch_and_u8(self._pool, off := self.host_offset(gpa), mask)
+        if self._dirty is not None:
+            self._dirty[off >> PAGE_SHIFT] = 1
+        return old
 
     def close(self) -> None:
         self._slat.release()
         self._slat_map.close()
         self._pool.close()
+        if self._dirty is not None:
+            self._dirty.close()

@@ -415,3 +415,5 @@ from proto.coalesced_mmio_messages import (  # noqa: E402,F401
     CoalescedMmioRegister,
     CoalescedMmioZones,
 )
+# Live migration between two runs (issue 13; ids 58, 59, 61–65), in a module of their own.
+from proto import migration_messages as _migration_messages  # noqa: E402,F401

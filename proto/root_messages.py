@@ -40,7 +40,12 @@ class MemoryReply(Message):
 
 @message(30, "status_request")
 class StatusRequest(Message):
-    """Partitions, VP states, counters and latency statistics."""
+    """Partitions, VP states, counters and latency statistics.  ``brief``: without the
+    latency histograms (every partition's ``paths`` empty) and the TLBs' walk (``tlb.lps``
+    empty) — what supervision reads 4 times a second; those two grew with the partitions
+    and the LPs and were most of a status's cost to build, send and decode."""
+
+    brief: boolean = False
 
 
 @message(31, "status_reply")

@@ -20,17 +20,17 @@ import os
 import sys
 
 from proto.errors import HvstackError
-from root.commands import console, ctl, io, keys, ls, run, screen, stats, status, stop, top, trace
+from root.commands import console, ctl, io, keys, ls, migrate, run, screen, stats, status, stop, top, trace
 from root.commands.common import PROG, complain
 
 DESCRIPTION = __doc__.split("\n\n")[0]
 # Every command, in the order `launch.py --help` lists them.
-COMMANDS = (run, ls, status, stop, io, screen, keys, trace, console, ctl, top, stats)
+COMMANDS = (run, ls, status, stop, io, screen, keys, trace, console, ctl, top, stats, migrate)
 # Packages that build on root add commands of their own (benchmarks: bench, fuzz) through
 # this entry-point group; root never imports them by name (DESIGN.md, Layering).
 COMMAND_PLUGINS = "hvstack.commands"
 HELP_ORDER = ("run", "ls", "status", "stop", "io", "screen", "keys", "trace", "console", "ctl", "bench", "top",
-              "stats", "fuzz")
+              "stats", "fuzz", "migrate")
 
 
 def commands() -> tuple:

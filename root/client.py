@@ -170,14 +170,14 @@ class RootClient:
 
     # -- attach -------------------------------------------------------------------------------
 
-    def status(self) -> dict:
-        return self.dealer.request(m.StatusRequest(), self.timeout_ms).status
+    def status(self, brief: bool = False) -> dict:
+        return self.dealer.request(m.StatusRequest(brief), self.timeout_ms).status
 
-    def status_watched(self, check: Callable[[], None], slice_ms: int = 50) -> dict:
+    def status_watched(self, check: Callable[[], None], slice_ms: int = 50, brief: bool = False) -> dict:
         """A status reply, waited for in slices with ``check()`` between them: the
         supervisor's check that the run's processes live raises as soon as the hypervisor
         dies mid-request, instead of after the whole timeout (and a timeout's message)."""
-        self.dealer.send(m.encode(m.StatusRequest()))
+        self.dealer.send(m.encode(m.StatusRequest(brief)))
         deadline = monotonic() + self.timeout_ms / 1000
         while not self.dealer.wait(slice_ms):
             check()

@@ -62,11 +62,8 @@ def _runs(mem: GuestMemory) -> list[list[int]]:
 # -- save ------------------------------------------------------------------------------------
 
 
-def save(run_dir, man: dict, root, name: str, path: str, keep_running: bool) -> dict:
-    """Save partition ``name`` of the live run in ``run_dir`` (``root``: a RootClient)
-    into ``path``; the figures.  The partition is paused for the save and resumed after
-    it unless ``keep_running`` is False."""
-    pid = man["partitions"][name]["id"]
+def saveable(man: dict, name: str) -> PartitionConfig:
+    """Partition ``name``'s topology entry, refused unless its state can be saved whole."""
     pc = PartitionConfig(**next(p for p in man["config"]["partitions"] if p["name"] == name))
     if pc.vmbus is not None:
         raise HvstackError(f"partition {name} has VMBus devices: their channel state is not saved yet (issue 13)")
@@ -76,37 +73,50 @@ def save(run_dir, man: dict, root, name: str, path: str, keep_running: bool) -> 
     if pc.firmware:
         raise HvstackError(f"partition {name} runs firmware: its ROM shadow (0xC0000-0xFFFFF, the VP's own "
                            "memory, not the partition's) is not saved yet")
-    worker_spec = json.loads((run_dir / f"worker-{name}.json").read_text())
+    return pc
+
+
+def capture(run_dir, root, pc: PartitionConfig, pid: int, with_memory: bool = True) -> tuple[dict, dict, dict]:
+    """Everything of the paused partition ``pid`` but compression: (sections — memory's
+    pages uncompressed under ``pages``, disks as their bytes —, the guest kernel's state if
+    a Python guest, timings in ns).  The caller paused it and thaws its worker after."""
+    worker_spec = json.loads((run_dir / f"worker-{pc.name}.json").read_text())
+    t0 = perf_counter_ns()
+    cpu = _cpu_state(root, pid) if pc.backend != "python" else None
+    hv_state = _hypervisor_state(root, pid)
+    t_hv = perf_counter_ns()
+    worker = _worker_state(root, run_dir, pc.name, pid)
+    t_worker = perf_counter_ns()
+    memory, kernel = _memory(run_dir, pid, python_guest=cpu is None, with_pages=with_memory)
+    disks = _disks(worker_spec["devices"])
+    sections = {"shape": shape(pc, worker_spec["devices"]), **hv_state, "worker": worker,
+                "memory": memory, "disks": disks, **({"cpu": cpu} if cpu is not None else {})}
+    return sections, kernel, {"hypervisor": t_hv - t0, "worker": t_worker - t_hv,
+                              "memory_disk": perf_counter_ns() - t_worker}
+
+
+def save(run_dir, man: dict, root, name: str, path: str, keep_running: bool) -> dict:
+    """Save partition ``name`` of the live run in ``run_dir`` (``root``: a RootClient)
+    into ``path``; the figures.  The partition is paused for the save and resumed after
+    it unless ``keep_running`` is False."""
+    pid = man["partitions"][name]["id"]
+    pc = saveable(man, name)
     status = HypervisorStatus.from_wire(root.status()).partition(pid)
     was_paused = status is not None and status.state == "paused"  # by `ctl pause`: it stays so
     t0 = perf_counter_ns()
     root.control(pid, "pause")
     thawed = False
     try:
-        cpu = _cpu_state(root, pid) if pc.backend != "python" else None
-        hv_state = _hypervisor_state(root, pid)
-        t_hv = perf_counter_ns()
-        worker = _worker_state(root, run_dir, name, pid)
-        t_worker = perf_counter_ns()
-        memory, kernel = _memory(run_dir, pid, python_guest=cpu is None)
-        disks = _disks(worker_spec["devices"])
-        t_copied = perf_counter_ns()
+        sections, kernel, took = capture(run_dir, root, pc, pid)
         _thaw(root, pid)
         thawed = True
         if keep_running and not was_paused:
             root.control(pid, "resume")
     finally:
         if not thawed:
-            try:
-                _thaw(root, pid)
-                if not was_paused:
-                    root.control(pid, "resume")  # a save that failed leaves the partition as it was
-            except HvstackError:
-                pass
+            resume_after_failure(root, pid, resume=not was_paused)
     t_resumed = perf_counter_ns()
-    memory, disks = _compressed(memory, disks)
-    sections = {"shape": shape(pc, worker_spec["devices"]), **hv_state, "worker": worker,
-                "memory": memory, "disks": disks, **({"cpu": cpu} if cpu is not None else {})}
+    sections["memory"], sections["disks"] = _compressed(sections["memory"], sections["disks"])
     data = saved_state.encode(pid, name, sections)
     tmp = f"{path}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -116,12 +126,26 @@ def save(run_dir, man: dict, root, name: str, path: str, keep_running: bool) -> 
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return {"partition": name, "file": str(path), "bytes": len(data), "paused_ms": _ms(t_resumed - t0),
-            "hypervisor_ms": _ms(t_hv - t0), "worker_ms": _ms(t_worker - t_hv),
-            "memory_disk_ms": _ms(t_copied - t_worker), "write_ms": _ms(perf_counter_ns() - t_resumed),
-            "memory_pages": sum(c for _, c in memory["runs"]), "kept_running": keep_running and not was_paused,
-            "kernel": kernel and {
-                "ticks": kernel["ticks"], "disk_round": kernel["timers"].get("disk_round", 0),
-                "console_lines": kernel["console_lines"], "exits": kernel["vps"][0]["exits"]}}
+            "hypervisor_ms": _ms(took["hypervisor"]), "worker_ms": _ms(took["worker"]),
+            "memory_disk_ms": _ms(took["memory_disk"]), "write_ms": _ms(perf_counter_ns() - t_resumed),
+            "memory_pages": sum(c for _, c in sections["memory"]["runs"]),
+            "kept_running": keep_running and not was_paused, "kernel": kernel_figures(kernel)}
+
+
+def kernel_figures(kernel: dict | None) -> dict | None:
+    return kernel and {"ticks": kernel["ticks"], "disk_round": kernel["timers"].get("disk_round", 0),
+                       "console_lines": kernel["console_lines"], "exits": kernel["vps"][0]["exits"]}
+
+
+def resume_after_failure(root, pid: int, resume: bool = True) -> None:
+    """A save that failed leaves the partition as it was: its worker thawed, and running
+    unless it was paused before."""
+    try:
+        _thaw(root, pid)
+        if resume:
+            root.control(pid, "resume")
+    except HvstackError:
+        pass
 
 
 def describe(f: dict) -> str:
@@ -204,16 +228,19 @@ def _vp_states(blob: bytes) -> list[tuple[bool, bytes]]:
     return [(b, st) for b, st in states]
 
 
-def _memory(run_dir, pid: int, python_guest: bool) -> tuple[dict, dict | None]:
-    """The memory section, and (the Python guest) the kernel's state found in it."""
+def _memory(run_dir, pid: int, python_guest: bool, with_pages: bool = True) -> tuple[dict, dict | None]:
+    """The memory section (without ``pages`` unless ``with_pages``), and (the Python guest)
+    the kernel's state found in it."""
     mem = GuestMemory(memory_path(run_dir, pid), slat_path(run_dir, pid))
+    pages = b""
     try:
         runs = _runs(mem)
         # The RAM file is indexed by GPA.  One copy of the mapped pages (joining views of
         # the mapping; reading them would copy twice): the one thing the pause must wait for.
         view = memoryview(mem.ram)
         try:
-            pages = b"".join(view[first << PAGE_SHIFT:(first + count) << PAGE_SHIFT] for first, count in runs)
+            if with_pages:
+                pages = b"".join(view[first << PAGE_SHIFT:(first + count) << PAGE_SHIFT] for first, count in runs)
         finally:
             view.release()
         kernel = guest_state.decode(mem.read(guest_state.KERNEL_STATE_GPA, guest_state.KERNEL_STATE_BYTES)) \
@@ -240,9 +267,13 @@ def _compressed(memory: dict, disks: dict) -> tuple[dict, dict]:
     """The memory and disk sections as the record holds them (after the resume: copying
     is what the pause needs, compressing is not)."""
     pages = memory.pop("pages")
-    return ({**memory, "zlib": zlib.compress(pages, 1)},
-            {name: {"size": len(data), "sha256": hashlib.sha256(data).digest(), "zlib": zlib.compress(data, 1)}
-             for name, data in disks.items()})
+    return {**memory, "zlib": zlib.compress(pages, 1)}, compressed_disks(disks)
+
+
+def compressed_disks(disks: dict) -> dict:
+    """The disks section as the record holds it, from each disk's bytes."""
+    return {name: {"size": len(data), "sha256": hashlib.sha256(data).digest(), "zlib": zlib.compress(data, 1)}
+            for name, data in disks.items()}
 
 
 # -- restore ---------------------------------------------------------------------------------
@@ -257,35 +288,42 @@ def read_for(pc: PartitionConfig, path: str, devices: list[dict]) -> dict:
         raise RestoreRefused(f"--restore {pc.name}={path}: {e.strerror}") from None
     except saved_state.SavedStateError as e:
         raise RestoreRefused(f"--restore {pc.name}={path}: {e}") from None
+    return check_record(pc, record, devices, f"--restore {pc.name}={path}")
+
+
+def check_record(pc: PartitionConfig, record: dict, devices: list[dict], where: str,
+                 sections_needed: frozenset = saved_state.PARTITION_SECTIONS | {"worker"}) -> dict:
+    """``record`` (decoded: its fields checked), refused unless it fits ``pc``: its
+    sections, shape, registers and disks.  A migration's record has no ``memory`` section
+    (its pages came before it)."""
     sections = record["sections"]
-    missing = sorted((saved_state.PARTITION_SECTIONS | {"worker"}) - set(sections))
+    missing = sorted(sections_needed - set(sections))
     if missing:
-        raise RestoreRefused(f"--restore {pc.name}={path}: not a whole partition's record (no {', '.join(missing)})")
+        raise RestoreRefused(f"{where}: not a whole partition's record (no {', '.join(missing)})")
     try:
         ps.compare_shape(sections["shape"], shape(pc, devices))
     except ps.WrongShape as e:
-        raise RestoreRefused(f"--restore {pc.name}={path}: {e}") from None
+        raise RestoreRefused(f"{where}: {e}") from None
     if pc.backend != "python":
         try:
             regs = cpu_state(record) or []
         except (ValueError, msgpack.UnpackException):
             regs = []
         if len(regs) != pc.vps or not all(isinstance(r, dict) for r in regs):
-            raise RestoreRefused(f"--restore {pc.name}={path}: no CPU state (a register file) for each of its "
-                                 f"{pc.vps} VPs")
+            raise RestoreRefused(f"{where}: no CPU state (a register file) for each of its {pc.vps} VPs")
     for d in devices:
         if d["type"] != "ata":
             continue
         saved = sections["disks"].get(d.get("name") or d["type"])
         if saved is None or saved["size"] != d["size_bytes"]:
-            raise RestoreRefused(f"--restore {pc.name}={path}: the disk {d.get('name') or d['type']} is "
+            raise RestoreRefused(f"{where}: the disk {d.get('name') or d['type']} is "
                                  f"{d['size_bytes']} bytes here, {saved and saved['size']} in the record")
         if pc.disk.get("image"):
             # A disk the topology names stays where it is (shared storage): it must be the
             # one saved with the partition, else the guest's view of it would be torn.
             have = _sha256(d["image_path"])
             if have != saved["sha256"]:
-                raise RestoreRefused(f"--restore {pc.name}={path}: the disk image {d['image_path']} is not the "
+                raise RestoreRefused(f"{where}: the disk image {d['image_path']} is not the "
                                      "one saved with the partition (its SHA-256 differs)")
     return record
 
@@ -324,6 +362,12 @@ def restore_memory_and_state(root, run_dir, pid: int, record: dict) -> None:
             at += count << PAGE_SHIFT
     finally:
         os.close(fd)
+    restore_hypervisor(root, pid, record)
+
+
+def restore_hypervisor(root, pid: int, record: dict) -> None:
+    """The hypervisor's state of the partition, before any of its VPs connects."""
+    sections = record["sections"]
     blob = msgpack.packb({"hypervisor": sections["hypervisor"], "vps": sections["vps"]}, use_bin_type=True)
     try:
         root.dealer.request(m.PartitionRestoreRequest(pid, blob))

@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from proto import auth, confine
-from proto.memory import memory_path, slat_path
+from proto.memory import dirty_path, memory_path, slat_path
 from proto.tlb import tlb_path
 from proto.errors import HvstackError
 from proto.status import HypervisorStatus
 from proto.transport import curve_keypair, ipc_endpoint
-from root import REPO, cgroups, hostflow, partition_save, prestart, servicing, zygote
+from root import REPO, cgroups, hostflow, migration, partition_save, prestart, servicing, zygote
+from root.incoming import Receiver
 from root.client import ConsoleWatcher, RootClient
 from root.guest_images import disk_contents, firmware_nvram
 from root.procs import (STOP_GRACE_S, Proc, child_env, describe_exit, die_with_parent, last_words, partition_uid,
@@ -85,6 +86,9 @@ class Run:
     _dead_workers: dict = field(default_factory=dict)  # name → Proc: died, to be restarted (servicing)
     worker_restarts: dict = field(default_factory=dict)  # partition name → times its worker was restarted
     restores: dict = field(default_factory=dict)  # partition name → its saved record (root/partition_save.py)
+    incoming: list = field(default_factory=list)  # partitions that come by migration (root/incoming.py)
+    listen: str = "127.0.0.1"  # the address the incoming endpoint listens on
+    receiver: object = None  # their root.incoming.Receiver
     zygotes: dict = field(default_factory=dict)  # module → its zygote (root/zygote.py), which forks its processes
     # On the command lines of the processes started before the run directory was (root/prestart.py) and of
     # the zygotes and their children: how `stop` knows them as this run's (root/procs.py leftovers).
@@ -119,6 +123,7 @@ class Run:
             # Its VPs stay suspended until its worker is ready (below), so that the
             # partition process can start meanwhile.
             self.partition_ids[pc.name] = hostflow.create_partition(self.root, pc, free)
+            migration.create_dirty_log(self.run.path, self.partition_ids[pc.name])
             if pc.name in self.restores:  # its memory and hypervisor state, before a VP connects
                 partition_save.restore_memory_and_state(self.root, self.run.path, self.partition_ids[pc.name],
                                                         self.restores[pc.name])
@@ -139,7 +144,8 @@ class Run:
             write_json(self.run.path / f"worker-{pc.name}.json", spec)
             if pc.name in self.restores:  # its disks, and its devices for the worker to restore
                 partition_save.restore_devices(self.run.path, pid, pc, devices, self.restores[pc.name])
-            self.procs.append(self.spawn_worker(pc, restore=pc.name in self.restores))
+            if pc.name not in self.incoming:  # (an incoming partition's start when its migration begins)
+                self.procs.append(self.spawn_worker(pc, restore=pc.name in self.restores))
         self._manifest_update()
         # The partition processes start while the workers do (issue 12: each is a Python
         # start-up of a few hundred ms, which used to follow the workers'); their VPs'
@@ -150,18 +156,24 @@ class Run:
             spec = {"endpoint": self.endpoint, "server_key": self.server_key, "partition_id": pid, "name": pc.name,
                     "vps": pc.vps, "memory_mb": pc.memory_mb, "workloads": pc.workloads, "vmbus": pc.vmbus,
                     "cpu": pc.backend, "firmware": pc.firmware, "kernel": pc.kernel,
-                    "initrd": pc.initrd, "cmdline": pc.cmdline, "resume": pc.name in self.restores,
+                    "initrd": pc.initrd, "cmdline": pc.cmdline,
+                    "resume": pc.name in self.restores or pc.name in self.incoming,
                     "cpu_state": partition_save.cpu_state(self.restores.get(pc.name)),
                     "base_dir": str(self.topology.base_dir) if self.topology.base_dir else None,
                     # 0 means "until stopped": the guest runs its workloads for a day.
                     "duration_s": self.duration if self.duration > 0 else UNTIL_STOPPED_S}
             spec_path = self.run.path / f"partition-{pc.name}.json"
             write_json(spec_path, spec)
+            if pc.name in self.incoming:
+                continue
             args, fds = self._confinement("partition", pid, tlbs=True)
             self.procs.append(spawn("partition", pc.name, "partitions", ["--spec", str(spec_path), *args],
                                     logs, secret=token, fds=fds, zygote=self.zygotes.get("partitions")))
             self._limit_cpu(pc, self.procs[-1].pid)
         self._start_vps_as_workers_ready()
+        if self.incoming:
+            self.receiver = Receiver(self, self.incoming, self.listen)
+            self._manifest_update(incoming=self.receiver.manifest())
         self._manifest_update(state="running")
 
     def spawn_worker(self, pc, restore: bool = False, go_fd: int | None = None) -> Proc:
@@ -201,6 +213,9 @@ class Run:
         slat = os.open(slat_path(d, pid), os.O_RDONLY | os.O_CLOEXEC)
         fds = [ram, slat]
         args = ["--memory-fd", str(ram), "--slat-fd", str(slat)]
+        if os.path.exists(dirty_path(d, pid)):  # every write marks its page there (live migration)
+            fds.append(os.open(dirty_path(d, pid), os.O_RDWR | os.O_CLOEXEC))
+            args += ["--dirty-fd", str(fds[-1])]
         if tlbs:
             lp_fds = [os.open(tlb_path(d, pid, lp), os.O_RDWR | os.O_CLOEXEC)
                       for lp in range(self.topology.logical_processors)]
@@ -304,8 +319,10 @@ class Run:
 
     def _start_vps_as_workers_ready(self) -> None:
         """Start each partition's VPs once its own worker has claimed its ranges (issue 12:
-        one partition's boot need not wait for the other partitions' workers)."""
-        waiting = {self.partition_ids[pc.name]: pc.vps for pc in self.topology.partitions}
+        one partition's boot need not wait for the other partitions' workers); not those
+        that come by migration (their receiver starts them)."""
+        waiting = {self.partition_ids[pc.name]: pc.vps for pc in self.topology.partitions
+                   if pc.name not in self.incoming}
         deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
         while True:
             self._check_procs()
@@ -340,7 +357,8 @@ class Run:
         """The status, but a process that dies meanwhile ends the run at once and in its
         own name (not 5 s later as a launcher error about a status timeout)."""
         try:
-            return HypervisorStatus.from_wire(self.root.status_watched(self._check_procs))
+            # Brief: no histograms nor TLB walk, which supervision does not read (issue 12).
+            return HypervisorStatus.from_wire(self.root.status_watched(self._check_procs, brief=True))
         except (HvstackError, OSError):
             self._check_procs()
             raise
@@ -364,6 +382,8 @@ class Run:
         stopped: set[int] = set()
         while True:
             self._pump_console(100)
+            if self.receiver is not None:
+                self.receiver.poll()
             if self._stop_reason:
                 raise RunEnded(self._stop_reason, 130 if "SIGINT" in self._stop_reason else 0)
             self._check_procs()
@@ -385,7 +405,7 @@ class Run:
                 vps = [vp for p in ours if p.id not in stopped for vp in p.vps]
                 if vps and all(vp.guest.get("workloads_done") for vp in vps):
                     self._pump_console(50)
-                    return status
+                    return self.status()  # whole: the run's report prints its histograms
                 if time.monotonic() > deadline:
                     raise RunEnded(f"guests did not finish within {grace:.0f} s", 1)
 
@@ -474,6 +494,8 @@ class Run:
                 self.final_status = self.status()
             except (HvstackError, OSError):
                 pass
+        if self.receiver is not None:
+            self.receiver.close()
         for c in (self.watcher, self.root):
             if c is not None:
                 c.close()
@@ -520,11 +542,12 @@ class Run:
 
 
 def execute(topology: Topology, out: Output, duration_s: float | None = None,
-            restores: dict | None = None) -> tuple[Run, str, int]:
+            restores: dict | None = None, incoming: list | None = None,
+            listen: str = "127.0.0.1") -> tuple[Run, str, int]:
     """Start a run, supervise it, end it; returns (run, reason, exit code).  Ctrl-C and
     SIGTERM end the run the same way as a dead process does: every process goes.
     ``restores``: partition name → a saved record to start it from (``run --restore``)."""
-    run = Run(topology, out, duration_s, restores=restores or {})
+    run = Run(topology, out, duration_s, restores=restores or {}, incoming=incoming or [], listen=listen)
 
     def on_signal(signum, frame):
         name = signal.Signals(signum).name

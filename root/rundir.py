@@ -33,7 +33,7 @@ LAUNCHER_GONE = "its launcher is gone"
 LAUNCHER_DIED = "its launcher died without ending the run"
 PRIVATE_FILE = 0o600
 # Guest memory dies with the run; the manifest, logs, consoles, NVRAM and disk images stay.
-GUEST_MEMORY_FILES = ("mem-*.bin", "slat-*.bin", "tlb-*.bin")
+GUEST_MEMORY_FILES = ("mem-*.bin", "slat-*.bin", "tlb-*.bin", "dirty-*.bin")
 
 
 class UnsafeRunsRoot(HvstackError):

@@ -282,14 +282,16 @@ def fmt_counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in counts.items())
 
 
-def start_run(config: Path, run_root: Path, duration: float = 0, timeout: float = START_TIMEOUT_S) -> HvstackRun:
+def start_run(config: Path, run_root: Path, duration: float = 0, timeout: float = START_TIMEOUT_S,
+              extra: tuple = ()) -> HvstackRun:
     """``launch.py run CONFIG --duration D`` in the background, until its manifest says
     running.  The launcher's output goes to files in ``run_root`` (a pipe nobody reads
     would fill and stop the run)."""
     env = dict(os.environ, HVSTACK_RUN_DIR=str(run_root))
     script = launch_script()
     with open(run_root / "launcher.out", "wb") as out, open(run_root / "launcher.err", "wb") as err:
-        proc = subprocess.Popen([sys.executable, str(script), "run", str(config), "--duration", f"{duration:g}"],
+        proc = subprocess.Popen([sys.executable, str(script), "run", str(config), "--duration", f"{duration:g}",
+                                 *extra],
                                 cwd=script.parent, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                 preexec_fn=_die_with_parent)
     deadline = time.monotonic() + timeout

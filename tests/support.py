@@ -63,6 +63,12 @@ class LiveRun:
     def launch(self, *args: str, **kw) -> subprocess.CompletedProcess:
         return run_launch_py(*args, run_root=self.run_root, **kw)
 
+    def launch_background(self, *args: str, prefix: tuple = ()) -> subprocess.Popen:
+        """``launch.py ARGS`` against this run's root, not waited for (text pipes)."""
+        return subprocess.Popen([*prefix, sys.executable, str(REPO / "launch.py"), *args], cwd=REPO,
+                                env=dict(os.environ, HVSTACK_RUN_DIR=self.run_root),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
     def console(self, partition: str) -> str:
         p = self.path / f"console-{partition}.log"
         return p.read_text(errors="replace") if p.exists() else ""
@@ -80,9 +86,11 @@ class LiveRun:
                 self.proc.wait(5)
 
 
-def start_run(config: str, run_root: str, duration: str = "0", extra: tuple = ()) -> LiveRun:
+def start_run(config: str, run_root: str, duration: str = "0", extra: tuple = (), prefix: tuple = ()) -> LiveRun:
+    """``launch.py run CONFIG``, its command after ``prefix`` (``ip netns exec NS``: on a host)."""
     env = dict(os.environ, HVSTACK_RUN_DIR=run_root)
-    proc = subprocess.Popen([sys.executable, str(REPO / "launch.py"), "run", config, "--duration", duration, *extra],
+    proc = subprocess.Popen([*prefix, sys.executable, str(REPO / "launch.py"), "run", config, "--duration", duration,
+                             *extra],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def running():

@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gid", type=int)
     ap.add_argument("--checkpoint", help="the checkpoint file its devices are saved into")
     ap.add_argument("--restore", action="store_true", help="restore the devices from --checkpoint first")
+    ap.add_argument("--dirty-fd", type=int, help="the partition's dirty log, open read-write (live migration)")
     ap.add_argument("--go-fd", type=int, help="a successor started ahead: restore once the launcher writes 'g' here")
     ap.add_argument("--each-exit", action="store_true",
                     help="also save into --checkpoint at every completed access and interrupt taken")
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     console = ConsoleLog(spec["console_path"])
     chipset = Chipset(spec["devices"], console)
-    memory = GuestMemory(args.memory_fd, args.slat_fd) if args.memory_fd is not None else None
+    memory = GuestMemory(args.memory_fd, args.slat_fd, args.dirty_fd) if args.memory_fd is not None else None
     checkpoints, sequence, last_access = None, 0, None
     if args.checkpoint:
         checkpoints = CheckpointFile(os.open(args.checkpoint, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))

@@ -270,7 +270,7 @@ class Worker:
         chipset = self.chipset
         if chipset.intr or chipset.reset_requested:
             self._signal_chipset()
-        self._send(m.AccessComplete(msg.ref, value, msg.stamps + (t_in, perf_counter_ns())).encode())
+        self._send(m.AccessComplete.pack(msg.ref, value, msg.stamps + (t_in, perf_counter_ns())))
         # After the completion: the access may have moved a device's deadline.
         self._poll_devices()
 
@@ -295,7 +295,7 @@ class Worker:
             device = bus.device_at(port)
             self._exit_checkpoint(([device.name] if device is not None else []) + self._pic,
                                   {"ref": msg.ref, "value": value})
-        self._send(m.AccessComplete(msg.ref, value, msg.stamps + (t_in, perf_counter_ns())).encode())
+        self._send(m.AccessComplete.pack(msg.ref, value, msg.stamps + (t_in, perf_counter_ns())))
         self._poll_devices()
 
     def _handler_failed(self, frame: bytes, e: Exception) -> None:

@@ -23,6 +23,12 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, help="seconds of workloads (0: until stopped)")
     p.add_argument("--restore", action="append", default=[], metavar="PARTITION=FILE",
                    help="start PARTITION from a record `ctl RUN save` wrote (repeatable)")
+    p.add_argument("--incoming", action="append", default=[], metavar="PARTITION",
+                   help="PARTITION comes by live migration (`migrate`): it is created, and started only once "
+                        "its state has come to the endpoint in the manifest's incoming (repeatable)")
+    p.add_argument("--listen", default="127.0.0.1", metavar="ADDRESS",
+                   help="with --incoming: the address its CURVE endpoint listens on (default 127.0.0.1; "
+                        "another host's side of a link, e.g. a veth between network namespaces)")
 
 
 def run(args) -> int:
@@ -41,9 +47,15 @@ def run(args) -> int:
     except HvstackError as e:  # a record that does not fit: refused before anything starts
         print(f"{PROG} run: {e}", file=sys.stderr)
         return 2
+    names = {pc.name for pc in topology.partitions}
+    for name in args.incoming:
+        if name not in names or name in dict(s.partition("=")[::2] for s in args.restore):
+            print(f"{PROG} run: --incoming {name}: the topology has no such partition, or it is restored",
+                  file=sys.stderr)
+            return 2
     checked_runs_root(create=True)  # a runs root that is not ours: one line and status 2, nothing started
     out = Output()
-    the_run, reason, code = execute(topology, out, args.duration, restores)
+    the_run, reason, code = execute(topology, out, args.duration, restores, args.incoming, args.listen)
     out.report(the_run, the_run.final_status)
     out.print()
     out.print(f"run {the_run.run.name} ended: {reason}" if hasattr(the_run, "run") else f"run failed: {reason}")

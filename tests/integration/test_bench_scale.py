@@ -40,3 +40,19 @@ def test_bench_startup_measures_banners_and_rss_per_process_kind():
     n, first, every, *mbs = lines[3].split()
     assert n == "1" and 0 < float(first) <= float(every) < 60
     assert all(5 < float(mb) < 500 for mb in mbs)
+
+
+@pytest.mark.timeout(120)
+def test_bench_profile_covers_the_window_not_the_start_up(tmp_path):
+    """--profile's statistics start with the measurement window (issue 12): the exits of
+    the window are in it, and nothing of start-up — every VP and worker asks for its
+    partition's memory once, as it starts."""
+    import pstats
+
+    prof = tmp_path / "hv.prof"
+    r = run_launch_py("bench", "--scale", "--scale-partitions", "2", "--duration", "1.5", "--json", "--no-progress",
+                      "--profile", str(prof), run_root=short_run_root(), timeout=110)
+    assert r.returncode == 0, r.stderr + r.stdout
+    calls = {name: stat[1] for (_, _, name), stat in pstats.Stats(str(prof)).stats.items()}
+    assert calls.get("io_port", 0) > 10, sorted(calls)[:40]
+    assert "on_memory_request" not in calls

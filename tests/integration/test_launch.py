@@ -53,7 +53,7 @@ def test_a_missing_config_file_is_a_config_error():
 
 def test_bench_reports_each_path_beside_its_floor_as_json():
     r = run_launch_py("bench", "--json", "--duration", "2", "--samples", "1000", "--rounds", "1",
-                      "--cpu-window", "0.3", "--cpu-round-trips", "300", run_root=short_run_root(), timeout=240)
+                      "--cpu-window", "0.3", run_root=short_run_root(), timeout=240)
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     assert set(result["paths"]) == {"io_port", "cpuid", "hypercall", "interrupt", "interrupt_busy", "apic_timer"}
@@ -64,6 +64,9 @@ def test_bench_reports_each_path_beside_its_floor_as_json():
     assert {"hypervisor", "worker", "partition", "launcher"} <= set(io_cpu["stack"]["by_process_us"])
     assert {"client", "relay", "echo"} == set(io_cpu["floor"]["by_process_us"])
     assert io_cpu["stack"]["round_trips"] > 0 and io_cpu["stack"]["cpu_us"] > 0 and io_cpu["ratio"] > 0
+    paced = io_cpu["floor_at_stack_pace"]  # the floor held to the stack's pace: no faster
+    assert paced["round_trips"] > 0 and paced["per_s"] <= io_cpu["stack"]["per_s"] * 1.1 + 20
+    assert io_cpu["ratio_at_stack_pace"] == pytest.approx(io_cpu["stack"]["cpu_us"] / paced["cpu_us"], rel=0.01)
     assert "bench: [1/" in r.stderr  # progress, as plain lines on a pipe
     io = result["paths"]["io_port"]
     assert io["hops"] == 4 and result["paths"]["cpuid"]["hops"] == 2

@@ -130,3 +130,75 @@ def test_bounded_argument_types():
 def test_the_scale_floor_runs_n_clients_through_one_relay_to_n_echoes():
     r = scale_floor(2, 0.3)
     assert r["n"] == 2 and r["round_trips"] > 10 and r["cpu_us_per_round_trip"] > 0 and r["p50_us_median"] > 0
+
+
+# A process that burns CPU in a thread other than its main one, then says how much CPU it
+# has used (its own process clock) and waits: what cpu_seconds must see, all threads, to
+# the millisecond (/proc's ticks are 10 ms, and the floor's client once counted its main
+# thread alone).
+_BURNER = """
+import sys, threading, time
+def burn(s):
+    end = time.thread_time() + s
+    while time.thread_time() < end:
+        pass
+t = threading.Thread(target=burn, args=(float(sys.argv[1]),))
+t.start(); t.join()
+print(time.process_time(), flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_cpu_seconds_counts_every_thread_of_a_process_to_the_millisecond():
+    import subprocess
+    import sys
+
+    if not cpu.PRECISE:
+        pytest.skip("no per-process CPU clock on this system (psutil's 10 ms ticks instead)")
+    for burn_s in (0.013, 0.027, 0.045):
+        p = subprocess.Popen([sys.executable, "-c", _BURNER, str(burn_s)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+        try:
+            reported = float(p.stdout.readline())
+            seen = cpu.cpu_seconds({"burner": p.pid})["burner"]
+        finally:
+            p.stdin.close()
+            p.wait(10)
+        assert reported >= burn_s  # the burning thread's time is the process's
+        # Read after the report, while the process waits: at most its print and its wait more.
+        assert reported <= seen < reported + 0.003, (burn_s, reported, seen)
+
+
+@pytest.mark.timeout(60)
+def test_the_cpu_floor_measures_its_client_as_a_process_over_a_window():
+    r = cpu.measure_floor_cpu(2, 0.4)
+    assert r["round_trips"] > 10 and len(r["slices"]) == cpu.SLICES
+    by = r["by_process_us"]
+    assert set(by) == {"client", "relay", "echo"}
+    # Two hops: the relay answers, the echo peer is idle; the client and the relay each
+    # send and receive once per round trip, so neither is free.
+    assert by["client"] > 0 and by["relay"] > 0 and by["echo"] < by["relay"]
+    assert r["cpu_us"] == pytest.approx(sum(by.values()), abs=0.5)
+
+
+def test_the_scale_topology_gives_each_partition_an_lp_and_startup_keeps_two():
+    """A VP holds its LP from its dispatch to its next exit — a transport each way here — so
+    on 2 LPs at most 2 of --scale's N VPs could have an exit under way, while the floor's N
+    clients all send (issue 12).  --startup measures the default topology's 2."""
+    from benchmarks.scale import topology
+    from root.topology import load_topology
+
+    for n, lps in ((1, 2), (2, 2), (8, 8), (16, 16)):
+        t = load_topology(topology(n), "<scale>")
+        assert (len(t.partitions), t.logical_processors) == (n, lps)
+    assert load_topology(topology(16, "serial", "gen1", lps=2), "<startup>").logical_processors == 2
+
+
+@pytest.mark.timeout(60)
+def test_the_cpu_floor_can_be_held_to_a_pace():
+    """The floor at the stack's pace (issue 12): its client sends at most ``pace`` round
+    trips a second, so that relay and client sleep between messages as the stack's do."""
+    r = cpu.measure_floor_cpu(2, 0.8, pace=400)
+    slice_s = 0.8 / cpu.SLICES
+    assert 0.3 * 400 < r["per_s"] <= 400 + 2 / slice_s, r

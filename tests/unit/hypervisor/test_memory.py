@@ -151,3 +151,27 @@ def test_a_partition_that_truncates_its_slat_file_cannot_make_the_hypervisor_fau
     assert mm.status().partitions["1"].mapped == 2
     assert os.path.getsize(mm.slats[1].path) == 3 * 4  # written through as far as it changed
     assert mm.release(1) == 3
+
+
+def test_pages_owned_are_counted_as_they_change_hands(mm):
+    """owned() (status asks it for every partition, 4 times a second) is kept as pages are
+    deposited, withdrawn and released: it always equals a count of the pool."""
+    def consistent():
+        for p in (1, 2, 3):
+            assert mm.owned(p) == mm.owner.count(p), p
+        assert mm.status().root_pages == mm.owner.count(ROOT)
+
+    mm.deposit(1, [1, 2, 3, 4])
+    mm.deposit(2, [5, 6])
+    with pytest.raises(MemoryRefused):
+        mm.deposit(3, [7, 5])  # refused whole: 7 stays the root's
+    consistent()
+    mm.map(1, 0, [1], 4)
+    assert mm.withdraw(1, 10) == [2, 3, 4]
+    consistent()
+    assert mm.release(2) == 2 and mm.owned(2) == 0
+    mm.deposit(2, [9])
+    consistent()
+    assert mm.release(1) == 1
+    consistent()
+    assert [mm.owned(p) for p in (1, 2, 3)] == [0, 1, 0]

@@ -8,6 +8,7 @@ import pytest
 from proto import messages as m
 from proto.codes import HvMsr, HypercallCode as C, X86Exception, control_value
 from proto.exits import NO_PATH, Exit
+from proto.stats import PathStats
 from proto.status import HypervisorStatus
 from hypervisor.scheduler import VpState
 from tests.unit.hypervisor.fake_stack import COM1, REGS, ROOT, stamps, vp_id, worker_id
@@ -207,3 +208,23 @@ def test_status_is_the_typed_status_on_the_wire(two):
     assert p1.vps[0].sched.state == "running" and p1.ranges == [(COM1, 8), (0x60, 1)]
     assert st.peers == 6 and st.counters["messages"] == two.hv.counters["messages"]  # this request included
     assert m.StatusReply(st.to_wire()).encode() == reply.encode()
+
+
+def test_a_brief_status_is_the_full_one_without_histograms_and_tlb_walk(two):
+    """What supervision reads 4 times a second (issue 12): everything a full status has but
+    the partitions' latency histograms and the TLBs' per-LP walk, which grew with the
+    partitions and the LPs."""
+    stats = PathStats()
+    stats.record((0, 10, 30))
+    two.exit(V10, m.CpuidIntercept(9, 0, 0, stamps(), REGS))
+    two.send(V10, m.VpStats({Exit.CPUID.value: stats.to_wire()}, {"interrupts": 2}))
+    full = HypervisorStatus.from_wire(two.send(ROOT, m.StatusRequest()).one(ROOT, m.StatusReply).status)
+    brief = HypervisorStatus.from_wire(two.send(ROOT, m.StatusRequest(brief=True)).one(ROOT, m.StatusReply).status)
+    assert full.partition(1).paths["cpuid"].total.n == 1 and len(full.tlb.lps) == len(two.hv.sched.lps)
+    assert all(p.paths == {} for p in brief.partitions) and brief.tlb.lps == []
+    assert brief.tlb.entries == full.tlb.entries
+    for b, f in zip(brief.partitions, full.partitions, strict=True):
+        assert (b.id, b.state, b.unresponsive, b.ranges, b.guest) == (f.id, f.state, f.unresponsive, f.ranges, f.guest)
+        assert [(v.state, v.exits, v.guest) for v in b.vps] == [(v.state, v.exits, v.guest) for v in f.vps]
+    assert brief.partition(1).vps[0].guest == {"interrupts": 2}
+    assert brief.memory.partitions == full.memory.partitions

@@ -174,6 +174,43 @@ def test_vp_stats_become_the_partitions_paths_and_guest_counters(two):
     assert two.hv.counters["malformed"] == 1
 
 
+def test_each_vp_stats_adds_its_round_trips_and_a_bad_one_adds_nothing(two):
+    """vp_stats carry the round trips since the VP's last (issue 12): the hypervisor adds
+    them up — and refuses, whole, one whose buckets do not add up to its count, one that
+    would take the VP past MAX_VP_STATS_BUCKETS, or one that would count past what packs."""
+    from hypervisor.telemetry import MAX_VP_STATS_BUCKETS
+    from proto.stats import MAX_BUCKET, MAX_WIRE_VALUE, Histogram
+
+    def delta(*totals_ns: int) -> dict:
+        st = PathStats()
+        for t in totals_ns:
+            st.record((0, t // 2, t))
+        return st.to_wire()
+
+    two.send(V10, m.VpStats({Exit.CPUID.value: delta(1000, 2000)}, {"exits": 2}))
+    two.send(V10, m.VpStats({Exit.CPUID.value: delta(3000), Exit.MSR.value: delta(500)}, {"exits": 4}))
+    two.send(V10, m.VpStats({}, {"exits": 5}))
+    p = two.hv.status().partition(1)
+    cpuid = p.paths["cpuid"]
+    assert (cpuid.total.n, cpuid.total.total, cpuid.total.lo, cpuid.total.hi) == (3, 6000, 1000, 3000)
+    assert p.paths["msr"].total.n == 1 and p.vps[0].guest == {"exits": 5}
+    vp = two.vp(1)
+    assert vp.stats_buckets == sum(len(h.counts) for st in vp.stats.values() for h in (st.total, *st.stages))
+    before = (two.hv.status().partition(1).paths, vp.stats_buckets)
+
+    lying = delta(1000)
+    lying["t"]["n"] = 7  # one bucket holding 1
+    full = Histogram({b: 1 for b in range(MAX_BUCKET + 1)}, MAX_BUCKET + 1, MAX_BUCKET + 1, 1, 1)
+    stages = -(-MAX_VP_STATS_BUCKETS // len(full.counts))  # every histogram as full as a bucket number allows
+    many = PathStats(full, [full] * stages)
+    huge = delta(1000)
+    huge["t"]["n"] = huge["t"]["c"][next(iter(huge["t"]["c"]))] = MAX_WIRE_VALUE - 1
+    for bad in (lying, many.to_wire(), huge):
+        two.send(V10, m.VpStats({Exit.CPUID.value: bad}, {"exits": 99}))
+    assert two.hv.counters["malformed"] == 3
+    assert (two.hv.status().partition(1).paths, vp.stats_buckets) == before and vp.counters == {"exits": 5}
+
+
 def test_a_peer_that_is_gone_loses_its_subscriptions(two):
     two.hello(b"t", "root")
     two.send(b"t", m.TraceSubscribe(0))

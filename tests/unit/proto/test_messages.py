@@ -92,6 +92,20 @@ from proto.gpa_messages import GpaUnmapped  # noqa: E402
 EXAMPLES[GpaUnmapped] = GpaUnmapped(1, ((0x200, 2),))
 
 
+# Live migration between two runs (issue 13, proto/migration_messages.py; ids 58, 59, 61–65).
+from proto import migration_messages as mm  # noqa: E402
+
+EXAMPLES.update({
+    mm.MigrateBegin: mm.MigrateBegin("alpha", b"\x80", b"\x90", 1024),
+    mm.MigratePages: mm.MigratePages(0, b"\x01\x00\x00\x00", b"\x02\x00\x00\x00", bytes(4096)),
+    mm.MigrateProbe: mm.MigrateProbe(b"x" * 16),
+    mm.MigrateState: mm.MigrateState(0, 3, b"abc"),
+    mm.MigrateCommit: mm.MigrateCommit(3),
+    mm.MigrateGo: mm.MigrateGo(1),
+    mm.MigrateRunning: mm.MigrateRunning(2),
+})
+
+
 # Coalesced MMIO (issue 12, proto/coalesced_mmio_messages.py; ids 80–83).
 EXAMPLES.update({
     m.CoalescedMmioRegister: m.CoalescedMmioRegister(((0xB8000, 0x8000),)),

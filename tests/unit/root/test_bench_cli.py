@@ -49,7 +49,7 @@ def rounds(monkeypatch):
     return measure_round
 
 
-def fake_cpu(window_s, round_trips, progress=None):
+def fake_cpu(window_s, progress=None):
     out = {}
     for i, path in enumerate(("io_port", "cpuid", "hypercall")):
         if progress:

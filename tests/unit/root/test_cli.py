@@ -41,9 +41,9 @@ ATTACHING = [*RUN_ARGS, "ctl"]
 # -- the commands and their help ------------------------------------------------------------
 
 
-def test_the_commands_are_the_fourteen_of_launch_py_in_help_order():
+def test_the_commands_are_the_fifteen_of_launch_py_in_help_order():
     assert NAMES == ["run", "ls", "status", "stop", "io", "screen", "keys", "trace", "console", "ctl", "bench",
-                     "top", "stats", "fuzz"]
+                     "top", "stats", "fuzz", "migrate"]
     for c in COMMANDS:
         assert c.HELP and callable(c.arguments) and callable(c.run), c.__name__
 

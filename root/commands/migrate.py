@@ -1,0 +1,75 @@
+"""``migrate RUN PARTITION --to DEST``: move a running partition to another run — one
+started with ``run TOPOLOGY --incoming PARTITION`` (another host's launcher) — by pre-copy
+then stop-and-copy (root/migration.py), printing its progress as it goes and a summary.
+DEST is that run's name (its manifest gives the endpoint and the CURVE server key) or a
+``tcp://`` endpoint with ``--key``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+
+from proto.errors import HvstackError
+from root import migration
+from root.client import RootClient
+from root.rundir import live_run, partition_of
+
+NAME = "migrate"
+HELP = "live-migrate a partition of a run to another run (started with --incoming)"
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run")
+    p.add_argument("partition")
+    p.add_argument("--to", required=True, metavar="DEST", help="the destination run, or its tcp:// endpoint")
+    p.add_argument("--key", help="with a tcp:// DEST: the destination's CURVE server key (its manifest's incoming)")
+    p.add_argument("--max-downtime-ms", type=float, default=30.0,
+                   help="stop pre-copy once the pages left would take this long to send (default 30)")
+    p.add_argument("--max-rounds", type=int, default=10, help="pre-copy rounds at most (default 10)")
+    p.add_argument("--max-bandwidth", type=float, default=0.0, metavar="MB/S",
+                   help="pace the pages to this many MB/s (QEMU's max-bandwidth; default: none)")
+    p.add_argument("--timeout", type=float, default=migration.TIMEOUT_S,
+                   help="seconds to wait for each answer of the destination (default 30)")
+    p.add_argument("--json", action="store_true", help="the summary as JSON")
+
+
+def destination(to: str, key: str | None) -> tuple[str, str]:
+    """(endpoint, server key) of DEST."""
+    if to.startswith("tcp://"):
+        if not key:
+            raise HvstackError(f"--to {to}: a tcp endpoint needs its CURVE server key (--key)")
+        return to, key
+    run, man = live_run(to)
+    incoming = man.get("incoming") or {}
+    if not incoming.get("endpoint"):
+        raise HvstackError(f"run {run.name} waits for no migration (start it with run TOPOLOGY --incoming PARTITION)")
+    return incoming["endpoint"], key or incoming["server_key"]
+
+
+def run(args) -> int:
+    if not 1 <= args.max_rounds <= 1000 or not args.max_downtime_ms >= 0 or not args.max_bandwidth >= 0 \
+            or not 0 < args.timeout <= 600:
+        raise HvstackError("--max-rounds is 1..1000, --max-downtime-ms and --max-bandwidth are not negative, "
+                           "--timeout is 0..600 s")
+    endpoint, key = destination(args.to, args.key)
+    src, man = live_run(args.run)
+    partition_of(src, man, args.partition)
+    if args.partition in man.get("stopped_partitions", []):
+        raise HvstackError(f"partition {args.partition} of run {src.name} is stopped")
+    if args.partition in (man.get("incoming") or {}).get("partitions", []):
+        raise HvstackError(f"partition {args.partition} of run {src.name} has not come yet (it waits for it)")
+    # SIGTERM as Ctrl-C: before the go, the migration's own unwinding resumes the partition
+    # here (root/migration.py); Python's default would leave it paused with nobody to thaw it.
+    signal.signal(signal.SIGTERM, _interrupted)
+    with RootClient(man["endpoint"], src.secret(), server_key=man.get("server_key")) as root:
+        figures = migration.migrate(src.path, man, root, args.partition, endpoint, key,
+                                    max_downtime_ms=args.max_downtime_ms, max_rounds=args.max_rounds,
+                                    max_bandwidth=args.max_bandwidth * 1e6, timeout_s=args.timeout,
+                                    progress=None if args.json else (lambda line: print(line, flush=True)))
+    print(json.dumps(figures, indent=1) if args.json else migration.describe(figures))
+    return 0
+
+
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")

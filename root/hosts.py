@@ -1,0 +1,75 @@
+"""Two hosts on one machine: two network namespaces joined by a veth pair (issue 13), for
+running a migration's source and destination runs each on a "host" of its own — the stack
+then talks across them over tcp (CURVE) on the veth, not on a shared loopback.
+
+``two_hosts()`` makes them (root only: ``ip netns add``, ``ip link add … type veth``) and
+removes them afterwards; :class:`HostsUnavailable` says plainly why where they cannot be had.
+A command runs on a host with ``host.command([...])`` (``ip netns exec NAME …``: the
+filesystem, and so the runs root, stays shared, as a cluster's shared storage would).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from proto.errors import HvstackError
+
+SUBNET = "10.213.{n}.{host}/30"  # a /30 per pair: .1 the first host, .2 the second
+
+
+class HostsUnavailable(HvstackError):
+    """Network namespaces cannot be made here; the message says why."""
+
+
+@dataclass(frozen=True)
+class Host:
+    netns: str
+    address: str  # its side of the veth
+
+    def command(self, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.netns, *argv]
+
+
+def _ip(*args: str) -> None:
+    r = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
+    if r.returncode != 0:
+        raise HostsUnavailable(f"ip {' '.join(args)}: {r.stderr.strip() or r.returncode}")
+
+
+def unavailable() -> str | None:
+    """Why two hosts cannot be made here, or None."""
+    if os.geteuid() != 0:
+        return "network namespaces and veth pairs need root"
+    if shutil.which("ip") is None:
+        return "no ip command (iproute2)"
+    return None
+
+
+@contextlib.contextmanager
+def two_hosts(tag: str, n: int = 1):
+    """``(first, second)``: namespaces ``hv-TAG-a`` and ``hv-TAG-b``, each with its loopback
+    up and one end of a veth pair addressed in 10.213.N.0/30; removed on exit."""
+    why = unavailable()
+    if why:
+        raise HostsUnavailable(why)
+    names = [f"hv-{tag}-a", f"hv-{tag}-b"]
+    links = [f"hv{tag[:8]}a", f"hv{tag[:8]}b"]  # (interface names: at most 15 characters)
+    hosts = [Host(names[i], SUBNET.format(n=n, host=i + 1).split("/")[0]) for i in range(2)]
+    made: list[str] = []
+    try:
+        for name in names:
+            _ip("netns", "add", name)
+            made.append(name)
+            _ip("-n", name, "link", "set", "lo", "up")
+        _ip("link", "add", links[0], "netns", names[0], "type", "veth", "peer", "name", links[1], "netns", names[1])
+        for i in range(2):
+            _ip("-n", names[i], "addr", "add", SUBNET.format(n=n, host=i + 1), "dev", links[i])
+            _ip("-n", names[i], "link", "set", links[i], "up")
+        yield hosts[0], hosts[1]
+    finally:
+        for name in made:  # a namespace's veth end goes with it (and so its peer)
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)

@@ -1,0 +1,390 @@
+"""The destination of a live migration: a run started with ``--incoming PARTITION``
+(QEMU's ``-incoming``; Hyper-V's destination VMMS) creates that partition as usual — its
+memory, its SLAT, its VPs suspended — but starts none of its processes, and its launcher
+listens for the source on a CURVE tcp endpoint of its own (a key pair made here; the
+endpoint and the public key go into the manifest's ``incoming``; a client without the key
+gets no connection, counted as the hypervisor's are).
+
+A migration (proto/migration_messages.py, spoken by root/migration.py):
+
+1. ``migrate_begin``: the shape and GPA map must be this partition's; its worker and
+   partition process are started ahead (each with a ``--go-fd``) and say READY, so their
+   start-up is not in the downtime;
+2. ``migrate_pages`` (rounds; every page number checked against this partition's map, every
+   size against its count) written into its RAM; ``migrate_probe`` only counted;
+3. ``migrate_state`` chunks, then ``migrate_commit``: the record is checked as a saved
+   state is (version, SHA-256, every field, shape, disks), every mapped page must have
+   come; then the hypervisor's state, the disks and the devices are restored and the worker
+   goes (it restores, says hello and claims its ranges): *ready*;
+4. ``migrate_go``: the partition process goes and the VPs are started (TLFS host flow).
+
+Before the commit's restore, a failure (a refused message, a source that goes silent for
+:data:`SESSION_IDLE_S`) abandons the session: the processes started for it end, and the
+partition waits for another begin.  After it, the partition has a worker of the record's
+and its hypervisor state: a failure there ends the run (the source, never told to go,
+resumes the partition).  After the go the partition is this run's.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from time import perf_counter_ns
+
+import msgpack
+
+from proto import auth, messages as m, partition_state as ps, saved_state
+from proto import migration_messages as mm
+from proto.errors import HvstackError, ProtocolError
+from proto.memory import PAGE_SHIFT, GuestMemory, memory_path, slat_path
+from proto.status import HypervisorStatus
+from proto.transport import Router, curve_keypair
+from root import partition_save
+from root.procs import describe_exit, spawn, stop_procs
+
+SESSION_IDLE_S = 10.0  # a source silent this long is gone: the session is abandoned
+READY_TIMEOUT_S = 20.0  # for the processes started ahead to say READY, and the worker to claim its ranges
+MAX_RECORD_BYTES = 256 << 20
+MAX_IDLE_SERVED = 64  # messages served per supervision turn with no session under way
+PAGE = 1 << PAGE_SHIFT
+ZERO_PAGE = bytes(PAGE)
+# The record a migration carries: a whole partition's but its memory (its pages came before).
+RECORD_SECTIONS = (saved_state.PARTITION_SECTIONS | {"worker"}) - {"memory"}
+
+
+class Refusal(HvstackError):
+    """A migration message refused: ``code`` (proto/messages.ERROR_CODES) and why."""
+
+    def __init__(self, code: str, why: str) -> None:
+        super().__init__(why)
+        self.code = code
+
+
+class Session:
+    """One source's migration of one partition, from its begin."""
+
+    def __init__(self, identity: bytes, pc, pid: int, gpa_pages: int, runs: list) -> None:
+        self.identity, self.pc, self.pid = identity, pc, pid
+        self.gpa_pages = gpa_pages
+        self.mapped = bytearray(gpa_pages)
+        for first, count in runs:
+            self.mapped[first:first + count] = b"\x01" * count
+        self.received = bytearray(gpa_pages)
+        self.procs: list = []
+        self.mem = None  # the partition's RAM, written as pages come
+        self.took: dict = {}  # the commit's steps, ms
+        self.go: dict = {}  # role → the write end of its --go-fd
+        self.record = bytearray()
+        self.record_total: int | None = None
+        self.bytes_in = 0
+        self.pages_in = 0
+        self.rounds: set[int] = set()
+        self.ready = False
+        self.started = perf_counter_ns()
+        self.last = time.monotonic()
+
+
+class Receiver:
+    """The destination side of :mod:`root.migration`, inside a run's launcher."""
+
+    def __init__(self, run, names: list[str], host: str = "127.0.0.1") -> None:
+        self.run = run
+        self.waiting = {pc.name: pc for pc in run.topology.partitions if pc.name in names}
+        self.server_key, secret = curve_keypair()
+        self.router = Router(f"tcp://{host}:0", secret)
+        self.endpoint = self.router.endpoint
+        self.session: Session | None = None
+        self.done: list[dict] = []
+        self.failures: list[str] = []
+        self._refused_seen = 0
+
+    def manifest(self) -> dict:
+        return {"endpoint": self.endpoint, "server_key": self.server_key, "partitions": sorted(self.waiting),
+                "receiving": self.session.pc.name if self.session else None,
+                "handshakes_refused": self.router.counters.get("handshakes_refused", 0),
+                "failures": self.failures[-10:], "migrations": self.done}
+
+    def close(self) -> None:
+        self._abandon(None)
+        self.router.close()
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def poll(self) -> None:
+        """Serve what has come; while a session is under way, serve it to its end (the
+        supervision loop waits meanwhile: a migration's messages come back to back)."""
+        served = 0
+        while True:
+            if self.router.wait(0 if self.session is None else 100) \
+                    and (self.session is not None or served < MAX_IDLE_SERVED):
+                self._serve_one()
+                served += 1
+            elif self.session is None:
+                break
+            else:
+                self.run._check_procs()  # (a run process that died ends the run even now)
+            if self.session is not None and time.monotonic() - self.session.last > SESSION_IDLE_S:
+                self._abandon(f"the source of {self.session.pc.name} was silent for {SESSION_IDLE_S:.0f} s")
+        refused = self.router.counters.get("handshakes_refused", 0)
+        if refused != self._refused_seen:  # (the gatekeeper's thread counts them)
+            self._refused_seen = refused
+            self.run._manifest_update(incoming=self.manifest())
+
+    def _serve_one(self) -> None:
+        frames = self.router.recv()
+        identity, frame = frames[0], frames[-1]
+        try:
+            msg = m.decode(frame)
+            reply = self._handle(identity, msg, len(frame))
+        except ProtocolError as e:
+            reply = m.ErrorReply(0, getattr(e, "code", "MALFORMED"), str(e)[:500])
+        except Refusal as e:
+            reply = m.ErrorReply(getattr(msg, "TYPE", 0), e.code, str(e)[:500])
+            if self.session is not None and self.session.identity == identity:
+                self._abandon(str(e))
+        self.router.send(identity, m.encode(reply))
+
+    def _handle(self, identity: bytes, msg, size: int) -> m.Message:
+        if isinstance(msg, mm.MigrateBegin):
+            return self._begin(identity, msg)
+        s = self.session
+        if s is None or s.identity != identity:
+            raise Refusal("OUT_OF_TURN", f"{msg.NAME} without a migrate_begin on this connection")
+        s.last = time.monotonic()
+        s.bytes_in += size
+        if isinstance(msg, mm.MigratePages):
+            self._pages(s, msg)
+        elif isinstance(msg, mm.MigrateProbe):
+            pass
+        elif isinstance(msg, mm.MigrateState):
+            self._state(s, msg)
+        elif isinstance(msg, mm.MigrateCommit):
+            self._commit(s, msg)
+        elif isinstance(msg, mm.MigrateGo):
+            return self._go(s, msg)
+        else:
+            raise Refusal("NOT_PERMITTED", f"{msg.NAME} is not a migration message")
+        return m.Ack(msg.TYPE)
+
+    # -- the steps -----------------------------------------------------------------------
+
+    def _begin(self, identity: bytes, msg: mm.MigrateBegin) -> m.Message:
+        if self.session is not None:
+            if self.session.ready:
+                raise Refusal("CONFLICT", f"partition {self.session.pc.name} is being handed over")
+            self._abandon("a new migrate_begin")
+        pc = self.waiting.get(msg.name)
+        if pc is None:
+            raise Refusal("UNKNOWN_PARTITION", f"this run waits for no partition {msg.name!r} "
+                                               f"(it waits for {', '.join(sorted(self.waiting)) or 'none'})")
+        pid = self.run.partition_ids[pc.name]
+        try:
+            saved_shape = ps.check_shape(msgpack.unpackb(msg.shape, raw=False, strict_map_key=True))
+            runs = msgpack.unpackb(msg.runs, raw=False)
+        except (ValueError, msgpack.UnpackException, saved_state.SavedStateError) as e:
+            raise Refusal("INVALID_FIELD", f"migrate_begin: {e}") from None
+        devices = pc.worker_devices(self.run.run.path, self.run.topology.base_dir or self.run.run.path)
+        try:
+            ps.compare_shape(saved_shape, partition_save.shape(pc, devices))
+        except ps.WrongShape as e:
+            raise Refusal("INVALID_FIELD", f"partition {pc.name}: {e}") from None
+        mem = GuestMemory(memory_path(self.run.run.path, pid), slat_path(self.run.run.path, pid))
+        try:
+            ours = [[gpa >> PAGE_SHIFT, length >> PAGE_SHIFT] for gpa, length in mem.mapped_runs()]
+            gpa_pages = mem.pages
+        finally:
+            mem.close()
+        if msg.gpa_pages != gpa_pages or [list(r) for r in runs] != ours:
+            raise Refusal("INVALID_FIELD", f"partition {pc.name}: the source's GPA map ({msg.gpa_pages} pages, "
+                                           f"runs {runs}) is not this one's ({gpa_pages} pages, runs {ours})")
+        self.router.bind(identity)  # a connection that began a migration is no longer idle
+        self.session = s = Session(identity, pc, pid, gpa_pages, ours)
+        s.mem = GuestMemory(memory_path(self.run.run.path, pid), slat_path(self.run.run.path, pid))
+        try:
+            self._start_ahead(s)
+        except HvstackError as e:
+            raise Refusal("INTERNAL", f"partition {pc.name}: {e}") from None
+        self.run.out.print(f"partition {pc.name}: incoming migration begun")
+        self.run._manifest_update(incoming=self.manifest())
+        return m.Ack(msg.TYPE)
+
+    def _start_ahead(self, s: Session) -> None:
+        """The worker and the partition process, started and confined; each waits on its
+        --go-fd after saying READY."""
+        run, pc = self.run, s.pc
+        for role in ("worker", "partition"):
+            go_read, s.go[role] = os.pipe()
+            if role == "worker":
+                proc = run.spawn_worker(pc, restore=True, go_fd=go_read)
+            else:
+                args, fds = run._confinement("partition", s.pid, tlbs=True)
+                proc = spawn("partition", pc.name, "partitions",
+                             ["--spec", str(run.run.path / f"partition-{pc.name}.json"), *args,
+                              "--go-fd", str(go_read)],
+                             run.run.path / "logs", secret=auth.peer_token(run.secret, "vp", s.pid),
+                             fds=(*fds, go_read), stdout=subprocess.PIPE)
+            s.procs.append(proc)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        for proc in s.procs:
+            _line(proc, b"READY", deadline)
+
+    def _pages(self, s: Session, msg: mm.MigratePages) -> None:
+        if s.ready:
+            raise Refusal("OUT_OF_TURN", "pages after the commit")
+        zero, pages = _page_numbers(msg.zero, "zero"), _page_numbers(msg.pages, "pages")
+        if len(msg.data) != len(pages) * PAGE:
+            raise Refusal("INVALID_FIELD", f"migrate_pages: {len(msg.data)} bytes of data for {len(pages)} pages")
+        for p in (*zero, *pages):
+            if p >= s.gpa_pages or not s.mapped[p]:
+                raise Refusal("INVALID_FIELD", f"migrate_pages: page {p:#x} is not mapped in partition {s.pc.name}")
+        ram = s.mem.ram
+        for p in zero:
+            ram[p << PAGE_SHIFT:(p + 1) << PAGE_SHIFT] = ZERO_PAGE
+            s.received[p] = 1
+        data = memoryview(msg.data)
+        for i, p in enumerate(pages):
+            ram[p << PAGE_SHIFT:(p + 1) << PAGE_SHIFT] = data[i * PAGE:(i + 1) * PAGE]
+            s.received[p] = 1
+        data.release()
+        s.pages_in += len(zero) + len(pages)
+        s.rounds.add(msg.round)
+
+    def _state(self, s: Session, msg: mm.MigrateState) -> None:
+        if s.ready:
+            raise Refusal("OUT_OF_TURN", "state after the commit")
+        if not 0 < msg.total <= MAX_RECORD_BYTES or (s.record_total not in (None, msg.total)):
+            raise Refusal("INVALID_FIELD", f"migrate_state: a record of {msg.total} bytes "
+                                           f"(at most {MAX_RECORD_BYTES}, and as first said)")
+        if msg.offset != len(s.record) or msg.offset + len(msg.data) > msg.total:
+            raise Refusal("INVALID_FIELD", f"migrate_state: {len(msg.data)} bytes at {msg.offset}, expected them at "
+                                           f"{len(s.record)} of {msg.total}")
+        s.record_total = msg.total
+        s.record += msg.data
+
+    def _commit(self, s: Session, msg: mm.MigrateCommit) -> None:
+        if s.ready:
+            raise Refusal("OUT_OF_TURN", "a second commit")
+        missing = sum(1 for p in range(s.gpa_pages) if s.mapped[p] and not s.received[p])
+        if missing:
+            raise Refusal("INVALID_FIELD", f"migrate_commit: {missing} mapped pages never came")
+        if msg.total != len(s.record) or s.record_total != msg.total:
+            raise Refusal("INVALID_FIELD", f"migrate_commit: {len(s.record)} bytes of the record came, "
+                                           f"{msg.total} were sent")
+        run, pc = self.run, s.pc
+        devices = json_devices(run, pc)
+        try:
+            record = saved_state.decode(bytes(s.record))
+            extra = sorted(set(record["sections"]) - RECORD_SECTIONS - {"cpu"})
+            if extra:
+                raise partition_save.RestoreRefused(f"sections {extra} in a migration's record")
+            if record["partition"]["name"] != pc.name:
+                raise partition_save.RestoreRefused(f"a record of partition {record['partition']['name']!r}")
+            partition_save.check_record(pc, record, devices, f"migration of {pc.name}", frozenset(RECORD_SECTIONS))
+            if pc.backend != "python":
+                raise partition_save.RestoreRefused(f"cpu = {pc.backend!r}: migrating its registers is not built")
+        except saved_state.SavedStateError as e:
+            raise Refusal("INVALID_FIELD", f"the migrated state: {e}") from None
+        # From here the partition takes the record's state: a failure ends the run.
+        s.ready = True
+        t0 = perf_counter_ns()
+        try:
+            partition_save.restore_hypervisor(run.root, s.pid, record)
+            t_hv = perf_counter_ns()
+            partition_save.restore_devices(run.run.path, s.pid, pc, devices, record)
+            t_devices = perf_counter_ns()
+            os.write(s.go["worker"], b"g")
+            deadline = time.monotonic() + READY_TIMEOUT_S
+            _line(s.procs[0], b"RESTORED", deadline)  # (no status asked meanwhile: it costs the hypervisor)
+            while True:
+                part = HypervisorStatus.from_wire(run.root.status()).partition(s.pid)
+                if part is not None and part.worker and part.ranges:
+                    break
+                if s.procs[0].popen.poll() is not None or time.monotonic() > deadline:
+                    raise HvstackError(f"its worker did not restore and claim its ranges (see {s.procs[0].log_path})")
+                time.sleep(0.002)  # (a status is the whole hypervisor's: not too often)
+        except HvstackError as e:
+            from root.run import RunEnded
+            raise RunEnded(f"incoming migration of {pc.name} failed after its state was restored: {e}", 1) from None
+        run.procs.extend(s.procs)
+        s.took = {"hypervisor_ms": _ms(t_hv - t0), "disks_devices_ms": _ms(t_devices - t_hv),
+                  "worker_ms": _ms(perf_counter_ns() - t_devices)}
+
+    def _go(self, s: Session, msg: mm.MigrateGo) -> m.Message:
+        if not s.ready:
+            raise Refusal("OUT_OF_TURN", "migrate_go before a commit")
+        run, pc = self.run, s.pc
+        os.write(s.go["partition"], b"g")
+        run.root.start_vps(s.pid, pc.vps)
+        started = time.time_ns()
+        for fd in s.go.values():
+            os.close(fd)
+        for proc in s.procs:
+            proc.popen.stdout.close()
+        run._limit_cpu(pc, s.procs[1].pid)
+        del self.waiting[pc.name]
+        s.mem.close()
+        figures = {"partition": pc.name, "at": datetime.now(timezone.utc).isoformat(),
+                   "downtime_ms": round((started - msg.paused_at_ns) / 1e6, 2),
+                   "received_bytes": s.bytes_in, "pages": s.pages_in, "rounds": len(s.rounds),
+                   "total_ms": round((perf_counter_ns() - s.started) / 1e6, 1), "commit": s.took}
+        self.done.append(figures)
+        self.session = None
+        run.out.print(f"partition {pc.name}: migrated in, running here ({figures['downtime_ms']:.1f} ms after the "
+                      f"source paused it; {s.pages_in} pages in {len(s.rounds)} rounds, {s.bytes_in} bytes; its "
+                      f"commit: hypervisor {s.took['hypervisor_ms']} ms, disks and devices "
+                      f"{s.took['disks_devices_ms']} ms, worker restored and ready {s.took['worker_ms']} ms)")
+        run._manifest_update(incoming=self.manifest())
+        return mm.MigrateRunning(started)
+
+    def _abandon(self, why: str | None) -> None:
+        s, self.session = self.session, None
+        if s is None:
+            return
+        for fd in s.go.values():
+            os.close(fd)  # a process waiting on its go sees EOF and leaves
+        stop_procs(s.procs)
+        if s.mem is not None:
+            s.mem.close()
+        if why:
+            self.failures.append(f"{s.pc.name}: {why}")
+            self.run.out.print(f"partition {s.pc.name}: incoming migration abandoned: {why}")
+            self.run._manifest_update(incoming=self.manifest())
+
+
+def _line(proc, word: bytes, deadline: float) -> None:
+    """Wait for ``proc`` to say ``word`` on its stdout (HvstackError if it dies or is late)."""
+    while True:
+        if proc.popen.poll() is not None:
+            raise HvstackError(f"its {proc.role} {describe_exit(proc.popen.returncode)} (see {proc.log_path})")
+        if time.monotonic() > deadline:
+            raise HvstackError(f"its {proc.role} did not say {word.decode()} within {READY_TIMEOUT_S:.0f} s")
+        if select.select([proc.popen.stdout], [], [], 0.1)[0]:
+            if proc.popen.stdout.readline().startswith(word):
+                return
+
+
+def _ms(ns: int) -> float:
+    return round(ns / 1e6, 2)
+
+
+def json_devices(run, pc) -> list[dict]:
+    """The partition's devices as its worker has them (the spec the run wrote)."""
+    return json.loads((run.run.path / f"worker-{pc.name}.json").read_text())["devices"]
+
+
+def _page_numbers(blob: bytes, what: str) -> array.array:
+    if len(blob) % 4:
+        raise Refusal("INVALID_FIELD", f"migrate_pages: {what} is {len(blob)} bytes, not u32s")
+    out = array.array("I")
+    out.frombytes(blob)
+    if out.itemsize != 4:
+        raise HvstackError("array 'I' is not 32 bits here")
+    if sys.byteorder != "little":
+        out.byteswap()
+    return out
