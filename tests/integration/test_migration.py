@@ -193,17 +193,23 @@ def test_tampered_truncated_or_unmapped_input_and_a_keyless_client_are_refused()
         ended(dst)
 
 
+def migrating_slowly(src, dst):
+    """A `migrate` in the background, its workloads under way, once the destination has
+    begun to receive: at 2 MB/s the memory area alone (768 written pages) takes 1.5 s."""
+    settled(src)
+    inc = incoming(dst)
+    proc = src.launch_background("migrate", src.name, "alpha", "--to", inc["endpoint"], "--key",
+                                 inc["server_key"], "--max-bandwidth", "2", "--timeout", "5")
+    wait_until(lambda: (dst.manifest().get("incoming") or {}).get("receiving") == "alpha", 30, interval=0.01,
+               what="the destination to begin receiving")
+    return proc
+
+
 def test_a_destination_that_dies_mid_copy_leaves_the_partition_running_on_the_source():
     src = start_run(CONFIG, short_run_root())
     dst = start_run(CONFIG, short_run_root(), extra=("--incoming", "alpha"))
     try:
-        settled(src)
-        inc = incoming(dst)
-        # 2 MB/s: the memory area alone (768 written pages) takes 1.5 s to send.
-        proc = src.launch_background("migrate", src.name, "alpha", "--to", inc["endpoint"], "--key",
-                                     inc["server_key"], "--max-bandwidth", "2", "--timeout", "5")
-        wait_until(lambda: (dst.manifest().get("incoming") or {}).get("receiving") == "alpha", 30, interval=0.01,
-                   what="the destination to begin receiving")
+        proc = migrating_slowly(src, dst)
         os.kill(dst.manifest()["launcher_pid"], signal.SIGKILL)  # the destination host dies
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 1, out
@@ -228,12 +234,7 @@ def test_a_migrate_command_stopped_by_sigterm_leaves_the_partition_running_on_th
     src = start_run(CONFIG, short_run_root())
     dst = start_run(CONFIG, short_run_root(), extra=("--incoming", "alpha"))
     try:
-        settled(src)
-        inc = incoming(dst)
-        proc = src.launch_background("migrate", src.name, "alpha", "--to", inc["endpoint"], "--key",
-                                     inc["server_key"], "--max-bandwidth", "2", "--timeout", "5")
-        wait_until(lambda: (dst.manifest().get("incoming") or {}).get("receiving") == "alpha", 30, interval=0.01,
-                   what="the destination to begin receiving")
+        proc = migrating_slowly(src, dst)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 1, out
