@@ -77,26 +77,25 @@ def save_file(value: str) -> str:
     return value
 
 
+def _ints(value: str, what: str, low: int, high: int, unit: str = "") -> list[int]:
+    """A comma-separated list of ``what`` (``count``, ``size``) each ``low``..``high``."""
+    try:
+        values = [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid {what}s: {value!r}") from None
+    if not values or any(not low <= n <= high for n in values):
+        raise argparse.ArgumentTypeError(f"{value}: each {what} must be {low} to {high}{unit}")
+    return sorted(set(values))
+
+
 def scale_counts(value: str) -> list[int]:
     """``--scale-partitions 1,2,4``: partition counts, 1..32."""
-    try:
-        counts = [int(x) for x in value.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid partition counts: {value!r}") from None
-    if not counts or any(not 1 <= n <= 32 for n in counts):
-        raise argparse.ArgumentTypeError(f"{value}: each count must be 1 to 32")
-    return sorted(set(counts))
+    return _ints(value, "count", 1, 32)
 
 
 def memory_sizes(value: str) -> list[int]:
     """``--migrate-sizes 16,64``: guest memory sizes in MiB, 4..1024."""
-    try:
-        sizes = [int(x) for x in value.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid sizes: {value!r}") from None
-    if not sizes or any(not 4 <= n <= 1024 for n in sizes):
-        raise argparse.ArgumentTypeError(f"{value}: each size must be 4 to 1024 MiB")
-    return sorted(set(sizes))
+    return _ints(value, "size", 4, 1024, " MiB")
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
