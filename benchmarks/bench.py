@@ -31,7 +31,7 @@ from benchmarks.floor import FloorClient, IrqFloorClient, TimerFloorClient, star
 from benchmarks.progress import Progress
 from benchmarks.report import print_result
 from benchmarks.runs import BenchInterrupted, _interrupt, measure_stack
-from proto.stats import Histogram, PathStats
+from proto.stats import Histogram, PathStats, merge_paths
 from root.commands.common import complain
 
 ROUND_TRIPS = """\
@@ -158,8 +158,7 @@ def measure_round(samples: int, slice_s: float) -> tuple[dict, dict, dict]:
     floor = measure_floor(samples, max(1, int(slice_s * 100)), timer_samples)
     paths: dict[str, PathStats] = {}
     for got in (measure_stack(ROUND_TRIPS, slice_s).paths, measure_stack(INTERRUPTS, slice_s).paths):
-        for name, st in got.items():
-            paths.setdefault(name, PathStats()).merge(st)
+        merge_paths(paths, got)
     busy = measure_stack(BUSY_INTERRUPTS, slice_s).paths
     if "interrupt" in busy:
         paths["interrupt_busy"] = busy["interrupt"]
@@ -210,8 +209,7 @@ def _run_bench(args) -> int:
             # A round counts whole or not at all, so floor and stack stay alike.
             for key, h in round_floor.items():
                 floor.setdefault(key, Histogram()).merge(h)
-            for name, st in round_paths.items():
-                paths.setdefault(name, PathStats()).merge(st)
+            merge_paths(paths, round_paths)
             for k, v in round_disk.items():
                 disk[k] = disk.get(k, 0) + v
             done += 1

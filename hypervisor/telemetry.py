@@ -21,7 +21,7 @@ from time import perf_counter_ns
 from proto import messages as m
 from proto.codes import HvPartitionState
 from proto.exits import Exit
-from proto.stats import MAX_WIRE_VALUE, PathStats, wire_count
+from proto.stats import MAX_WIRE_VALUE, PathStats, merge_paths, wire_count
 from proto.status import (CpuStatus, HypercallStatus, HypervisorStatus, InterruptStatus, PartitionStatus, TlbStatus,
                           VpStatus)
 from proto.tlb import ENTRIES as TLB_ENTRIES
@@ -156,12 +156,7 @@ class Telemetry:
             self._counters["malformed"] += 1
             self._bad_stats_log.warning("bad vp_stats from %s: %s", peer.name, str(e)[:200])
             return
-        for path, st in delta.items():
-            mine = vp.stats.get(path)
-            if mine is None:
-                vp.stats[path] = st
-            else:
-                mine.merge(st)
+        merge_paths(vp.stats, delta)
         vp.stats_buckets, vp.counters = buckets, counters
 
     # -- status ------------------------------------------------------------------------------
@@ -175,8 +170,7 @@ class Telemetry:
             guest: dict[str, int] = {}
             for vp in part.vps:
                 if not brief:
-                    for name, st in vp.stats.items():
-                        paths.setdefault(name, PathStats()).merge(st)
+                    merge_paths(paths, vp.stats)
                 for k, v in vp.counters.items():
                     guest[k] = guest.get(k, 0) + v
             parts.append(PartitionStatus(

@@ -23,7 +23,7 @@ from proto.codes import HvMsr, HvStatus, HypercallCode, X86Exception, control_va
 from proto.memory import UnmappedGpa
 from proto.errors import Refused
 from proto.hvcall import HV_INPUT_SWITCH_VIRTUAL_ADDRESS_SPACE
-from proto.stats import PathStats
+from proto.stats import PathStats, merge_paths
 from proto.transport import Dealer
 from proto.coalesced_mmio_messages import in_zones
 
@@ -238,11 +238,7 @@ class Vp:
         copy: sent and not yet sent, merged)."""
         if self._unfiled:
             self._file()
-        out: dict[str, PathStats] = {}
-        for part in (self._paths, self._unsent):
-            for path, stats in part.items():
-                out.setdefault(path, PathStats()).merge(stats)
-        return out
+        return merge_paths(merge_paths({}, self._paths), self._unsent)
 
     def flush_stats(self) -> None:
         """``vp_stats``: the round trips measured since the last one, and the counters."""
@@ -253,8 +249,7 @@ class Vp:
         unsent, self._unsent = self._unsent, {}
         paths = {p: s.to_wire() for p, s in unsent.items()}
         self._send(m.VpStats(paths, dict(self.counters, exits=self.exits)).encode())
-        for path, stats in unsent.items():
-            self._paths.setdefault(path, PathStats()).merge(stats)
+        merge_paths(self._paths, unsent)
 
     # -- interrupts -----------------------------------------------------------------------
 

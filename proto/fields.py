@@ -132,18 +132,25 @@ def registers(count: int) -> Check:
     return _spec(check, "registers", count=count)
 
 
+def _tuples(v: Any, shape: str, noun: str, width: int, max_items: int):
+    """The items of ``v``, an array of at most ``max_items`` arrays of ``width`` elements
+    (``shape``: how the message names one, e.g. "[start, length]"; ``noun``: what one is)."""
+    if type(v) is not tuple and type(v) is not list:
+        raise FieldError(f"expected an array of {shape}, got {type(v).__name__}")
+    if len(v) > max_items:
+        raise FieldError(f"{len(v)} {noun}s, at most {max_items}")
+    for item in v:
+        if type(item) not in (tuple, list) or len(item) != width:
+            raise FieldError(f"{noun} {item!r} is not {shape}")
+    return v
+
+
 def ranges(what: str, start: Check, length: Check, limit: int, max_items: int) -> Check:
     """``[[start, length], …]`` with each range non-empty and ending at or below ``limit``."""
 
     def check(v: Any) -> tuple:
-        if type(v) is not tuple and type(v) is not list:
-            raise FieldError(f"expected an array of [start, length], got {type(v).__name__}")
-        if len(v) > max_items:
-            raise FieldError(f"{len(v)} ranges, at most {max_items}")
         out = []
-        for r in v:
-            if type(r) not in (tuple, list) or len(r) != 2:
-                raise FieldError(f"range {r!r} is not [start, length]")
+        for r in _tuples(v, "[start, length]", "range", 2, max_items):
             base, count = start(r[0]), length(r[1])
             if count < 1 or base + count > limit:
                 raise FieldError(f"range {base:#x}+{count:#x} is outside the {what}")
@@ -164,14 +171,8 @@ def mmio_writes(max_items: int, sizes: tuple[int, ...]) -> Check:
     coalesced region is the hypervisor's check (it knows the regions)."""
 
     def check(v: Any) -> tuple:
-        if type(v) is not tuple and type(v) is not list:
-            raise FieldError(f"expected an array of [gpa, size, value], got {type(v).__name__}")
-        if len(v) > max_items:
-            raise FieldError(f"{len(v)} writes, at most {max_items}")
         out = []
-        for w in v:
-            if type(w) not in (tuple, list) or len(w) != 3:
-                raise FieldError(f"write {w!r} is not [gpa, size, value]")
+        for w in _tuples(v, "[gpa, size, value]", "write", 3, max_items):
             gpa, size, value = w
             if type(gpa) is not int or type(size) is not int or type(value) is not int:
                 raise FieldError(f"write {w!r}: gpa, size and value are integers")

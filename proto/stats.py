@@ -196,3 +196,14 @@ class PathStats:
             return cls(Histogram.from_wire(d["t"]), [Histogram.from_wire(h) for h in d["st"]])
         except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"not path stats: {e}") from e
+
+
+def merge_paths(into: dict[str, PathStats], more: dict[str, PathStats]) -> dict[str, PathStats]:
+    """Add each path's statistics in ``more`` to ``into``'s (a path new to ``into`` gets
+    its own copy); returns ``into``."""
+    for path, stats in more.items():
+        mine = into.get(path)
+        if mine is None:
+            mine = into[path] = PathStats()
+        mine.merge(stats)
+    return into

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 
-from proto.stats import PathStats
+from proto.stats import PathStats, merge_paths
 from root import REPO
 from root.client import RootClient
 from root.commands.io import result_line, run_ops
@@ -325,6 +325,5 @@ def paths_of(status: dict, partition: int | None = None) -> dict[str, PathStats]
     for p in status["partitions"]:
         if partition is not None and p["id"] != partition:
             continue
-        for name, wire in p["paths"].items():
-            out.setdefault(name, PathStats()).merge(PathStats.from_wire(wire))
+        merge_paths(out, {name: PathStats.from_wire(wire) for name, wire in p["paths"].items()})
     return out
