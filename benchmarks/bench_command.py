@@ -98,11 +98,26 @@ def memory_sizes(value: str) -> list[int]:
     return _ints(value, "size", 4, 1024, " MiB")
 
 
+BENCH_PATHS = ("io_port", "cpuid", "hypercall", "interrupt", "interrupt_busy", "apic_timer")
+
+
+def path_names(value: str) -> list[str]:
+    """``--paths interrupt,apic_timer``: which paths a bench's rounds measure."""
+    names = sorted({x.strip() for x in value.split(",") if x.strip()})
+    unknown = [n for n in names if n not in BENCH_PATHS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"{value}: each path must be one of {', '.join(BENCH_PATHS)}")
+    return names
+
+
 def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--duration", type=positive_seconds, default=6.0, help="seconds of guest workloads per path kind")
     p.add_argument("--samples", type=positive_int, default=6000, help="round trips per floor")
     p.add_argument("--rounds", type=positive_int, default=3, help="floor and stack alternate this many times")
+    p.add_argument("--paths", type=path_names, metavar="PATH,PATH,…",
+                   help="measure only these paths and their floors in the rounds (a focused bench; the disk goes "
+                        f"with io_port): {', '.join(BENCH_PATHS)}")
     p.add_argument("--no-experiments", dest="experiments", action="store_false",
                    help="skip the enlightenment experiments (spinlock, EOI, TLB)")
     p.add_argument("--vmbus", action="store_true",
