@@ -197,7 +197,7 @@ def _plan(args, rounds: int, slice_s: float) -> list[tuple[str, float]]:
     per_round = 5 * slice_s + 6.0  # five stack runs (and their start-up), the floors
     plan = [(f"round {i + 1}/{rounds}: floors, round trips, interrupts, disk", per_round) for i in range(rounds)]
     if args.cpu:
-        plan += [(f"CPU per round trip: {path}", 3 * args.cpu_window + 7.0) for path in PATH_WORKLOADS]
+        plan += [(f"CPU per round trip: {path}", 4 * args.cpu_window + 9.0) for path in PATH_WORKLOADS]
     if args.experiments:
         plan.append(("experiments: spinlock, EOI, TLB", 7 * (min(3.0, args.duration / 2) + 1.5)))
     return plan
