@@ -228,3 +228,30 @@ def test_every_part_of_a_multipart_message_is_read_bound_or_not(tmp_path):
         d.close()
     finally:
         router.close()
+
+
+def test_the_routers_wait_is_its_receive_bounded_by_the_timeout(tmp_path):
+    """The hypervisor's loop waits by receiving (ZMQ_RCVTIMEO) instead of zmq_poll and a
+    non-blocking receive: a wait that times out returns False after about its timeout, one
+    that finds a message keeps it for recv (asking again does not lose or skip it), and the
+    timeout follows each call."""
+    router = Router(transport.ipc_endpoint(str(tmp_path / "r.sock")))
+    dealer = zmq.Context.instance().socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    try:
+        dealer.connect(router.endpoint)
+        t0 = time.monotonic()
+        assert not router.wait(50)
+        assert 0.04 <= time.monotonic() - t0 < 2.0
+        assert not router.wait(0)
+        dealer.send(b"one")
+        dealer.send(b"two")
+        assert router.wait(3000) and router.wait(0)  # the first message, kept
+        ident, frame = router.recv()
+        assert frame == b"one"
+        assert router.wait(3000)
+        assert router.recv() == [ident, b"two"]
+        assert not router.wait(0)
+    finally:
+        dealer.close(0)
+        router.close()
