@@ -255,3 +255,25 @@ def test_the_routers_wait_is_its_receive_bounded_by_the_timeout(tmp_path):
     finally:
         dealer.close(0)
         router.close()
+
+
+def test_a_dealers_wait_receives_and_a_look_polls(tmp_path):
+    """A VP's exit waits by receiving (the frame kept for recv_ready); its preemption point
+    looks (timeout 0) without taking anything; recv() goes through the same wait."""
+    router = Router(transport.ipc_endpoint(str(tmp_path / "r.sock")))
+    dealer = Dealer(router.endpoint)
+    try:
+        dealer.send(b"hello")
+        ident, _ = recv_one(router)
+        assert not dealer.wait(0) and not dealer.wait(30)
+        router.send(ident, b"a")
+        router.send(ident, b"b")
+        assert wait_until(lambda: dealer.wait(0), timeout=3)  # a look: nothing taken
+        assert dealer.wait(3000) and dealer.wait(0) and dealer.wait(3000)  # the same frame, kept
+        assert dealer.recv_ready() == b"a"
+        assert dealer.recv(3000) == b"b"
+        with pytest.raises(transport.PeerTimeout):
+            dealer.recv(20)
+    finally:
+        dealer.close()
+        router.close()
