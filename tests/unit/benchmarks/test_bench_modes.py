@@ -224,3 +224,14 @@ def test_the_decoding_floor_runs_every_process_with_its_codec():
     r = cpu.measure_floor_cpu(4, 0.4, decode=True)
     assert r["round_trips"] > 10 and set(r["by_process_us"]) == {"client", "relay", "echo"}
     assert all(v > 0 for v in r["by_process_us"].values())
+
+
+def test_the_decoding_floors_ratio_is_compared_when_the_baseline_has_it(tmp_path):
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    baseline.save(result_with(1.2, 1.1), str(old))  # a baseline from before the decoding floor
+    now = result_with(1.2, 1.1)
+    now["cpu"]["io_port"]["ratio_decoding"] = 0.9
+    assert [r["figure"] for r in baseline.compare(now, str(old))["figures"]] == [
+        "io_port p50 ratio", "io_port p99 ratio", "io_port CPU ratio"]
+    baseline.save(now, str(new))
+    assert "io_port CPU ratio, decoding floor" in [r["figure"] for r in baseline.compare(now, str(new))["figures"]]
