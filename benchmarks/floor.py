@@ -41,6 +41,10 @@ import zmq
 from proto import messages as m
 from proto.exits import Exit
 
+# How often the busy interrupt floor's client looks at its socket: the VP's NOTIFY_POLL_NS
+# (partitions/vp.py), the interval of its preemption points' looks for a posted interrupt.
+LOOK_NS = 50_000
+
 # A stamp as perf_counter_ns gives it on a host that has been up a while: 9 bytes packed.
 _T = 10**13
 
@@ -255,16 +259,33 @@ class IrqFloorClient:
     and this client, like the hypervisor and the VP in HLT, have been idle that long when
     the measured hops reach them."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, busy: bool = False) -> None:
         self.sock = _socket(zmq.DEALER)
         self.sock.connect(endpoint)
         self.sock.send(b"irq")
+        self.busy = busy
+
+    def _computing(self, timeout_s: float = 5.0) -> None:
+        """``busy``: the floor of an interrupt posted to a VP executing guest code — this
+        process computes (a Python loop) and looks at its socket every LOOK_NS, as
+        the VP does at its preemption points, instead of sleeping in a poll: on a shared
+        host a computing thread runs in the host's time slices, and its ZeroMQ I/O thread
+        waits for a core, which the idle client's floor did not pay."""
+        poll, deadline = self.sock.poll, perf_counter_ns() + int(timeout_s * 1e9)
+        while not poll(0):
+            look = perf_counter_ns() + LOOK_NS
+            while (now := perf_counter_ns()) < look:
+                pass
+            if now > deadline:
+                raise TimeoutError("the floor relay did not answer within 5 s")
 
     def measure(self, n: int, warmup: int = 20) -> list[int]:
         out = []
         for i in range(n + warmup):
             self.sock.send(b"x")
-            if not self.sock.poll(5000):
+            if self.busy:
+                self._computing()
+            elif not self.sock.poll(5000):
                 raise TimeoutError("the floor relay did not answer within 5 s")
             frame = self.sock.recv()
             t = perf_counter_ns()

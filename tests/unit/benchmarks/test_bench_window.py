@@ -49,3 +49,29 @@ def test_paths_are_checked_and_name_the_benchs_own():
     for bad in ("", "interrupt,nmi"):
         with pytest.raises(argparse.ArgumentTypeError):
             path_names(bad)
+
+
+def test_the_busy_interrupt_floor_looks_as_often_as_the_vp_and_is_its_paths_floor():
+    from benchmarks import floor
+    from partitions import vp
+
+    assert floor.LOOK_NS == vp.NOTIFY_POLL_NS
+    hops = {name: key for name, key, _ in bench.PATHS}
+    assert hops["interrupt_busy"] == "irqbusy" and hops["interrupt"] == "irq"
+    assert bench.HOPS["irqbusy"] == bench.HOPS["irq"] == 2
+
+
+@pytest.mark.timeout(60)
+def test_the_busy_interrupt_floor_measures_a_computing_client():
+    from benchmarks.floor import IrqFloorClient, start_floor, stop_floor
+
+    relay, peers, endpoint, d = start_floor(["echo", "irqecho"])
+    try:
+        client = IrqFloorClient(endpoint, busy=True)
+        try:
+            samples = client.measure(5, warmup=2)
+        finally:
+            client.close()
+    finally:
+        stop_floor(relay, peers, d)
+    assert len(samples) == 5 and all(0 < s < 5e9 for s in samples)
