@@ -153,6 +153,8 @@ class Receiver:
     def _handle(self, identity: bytes, msg, size: int) -> m.Message:
         if isinstance(msg, mm.MigrateBegin):
             return self._begin(identity, msg)
+        if isinstance(msg, mm.MigrateAbandon):  # (from the source's run, not its migrate command)
+            return self._abandon_asked(msg)
         s = self.session
         if s is None or s.identity != identity:
             raise Refusal("OUT_OF_TURN", f"{msg.NAME} without a migrate_begin on this connection")
@@ -332,7 +334,8 @@ class Receiver:
         figures = {"partition": pc.name, "at": datetime.now(timezone.utc).isoformat(),
                    "downtime_ms": round((started - msg.paused_at_ns) / 1e6, 2),
                    "received_bytes": s.bytes_in, "pages": s.pages_in, "rounds": len(s.rounds),
-                   "total_ms": round((perf_counter_ns() - s.started) / 1e6, 1), "commit": s.took}
+                   "total_ms": round((perf_counter_ns() - s.started) / 1e6, 1), "commit": s.took,
+                   "paused_at_ns": msg.paused_at_ns, "started_at_ns": started}
         self.done.append(figures)
         self.session = None
         run.out.print(f"partition {pc.name}: migrated in, running here ({figures['downtime_ms']:.1f} ms after the "
@@ -341,6 +344,44 @@ class Receiver:
                       f"{s.took['disks_devices_ms']} ms, worker restored and ready {s.took['worker_ms']} ms)")
         run._manifest_update(incoming=self.manifest())
         return mm.MigrateRunning(started)
+
+    def _abandon_asked(self, msg: mm.MigrateAbandon) -> m.Message:
+        """The source's run says the migrate command of ``msg.name`` died: if its go came
+        (the handover ``paused_at_ns`` names), the partition runs here and the source must
+        not run it; otherwise nothing of that handover may run here, ever."""
+        for f in self.done:
+            if msg.paused_at_ns and f["partition"] == msg.name and f["paused_at_ns"] == msg.paused_at_ns:
+                return mm.MigrateRunning(f["started_at_ns"])
+        s = self.session
+        if s is not None and s.pc.name == msg.name:
+            why = "its source's migrate command died (its run said so)"
+            if s.ready:
+                self._drop_committed(s, why)
+            else:
+                self._abandon(why)
+        return m.Ack(msg.TYPE)
+
+    def _drop_committed(self, s: Session, why: str) -> None:
+        """A committed partition never told to go: its state is restored into this run's
+        hypervisor and worker, so it cannot wait for another begin — it is stopped (as
+        ``ctl stop`` stops one), never run."""
+        self.session = None
+        try:
+            self.run.root.control(s.pid, "stop")
+        except HvstackError:
+            pass  # (its processes end below all the same)
+        for proc in s.procs:
+            if proc in self.run.procs:
+                self.run.procs.remove(proc)
+        for fd in s.go.values():
+            os.close(fd)  # the partition process, waiting on its go, sees EOF and leaves
+        stop_procs(s.procs)
+        s.mem.close()
+        del self.waiting[s.pc.name]
+        self.failures.append(f"{s.pc.name}: {why}; committed but never told to go: stopped")
+        self.run.out.print(f"partition {s.pc.name}: incoming migration dropped after its commit ({why}); "
+                           "it never ran here and is stopped")
+        self.run._manifest_update(incoming=self.manifest())
 
     def _abandon(self, why: str | None) -> None:
         s, self.session = self.session, None

@@ -51,6 +51,7 @@ from proto.memory import PAGE_SHIFT, GuestMemory, dirty_path, memory_path, slat_
 from proto.messages import ErrorReply, decode, encode
 from proto.transport import Dealer
 from root import partition_save
+from root.migration_lease import Lease
 
 PAGE = 1 << PAGE_SHIFT
 ZERO_PAGE = bytes(PAGE)
@@ -241,7 +242,12 @@ def migrate(run_dir, man: dict, root, name: str, endpoint: str, server_key: str,
     pid = man["partitions"][name]["id"]
     devices = json.loads((run_dir / f"worker-{name}.json").read_text())["devices"]
     t_start = perf_counter_ns()
-    link = Link(endpoint, server_key, timeout_s)
+    lease = Lease(run_dir, name, endpoint, server_key)  # the source run settles it if this process dies
+    try:
+        link = Link(endpoint, server_key, timeout_s)
+    except BaseException:
+        lease.release()
+        raise
     mem = dirty = None
     try:
         try:
@@ -261,9 +267,10 @@ def migrate(run_dir, man: dict, root, name: str, endpoint: str, server_key: str,
             rounds, pending = _precopy(sender, dirty, all_pages, min(bandwidth, max_bandwidth or bandwidth),
                                        max_downtime_ms, max_rounds, say)
         except (HvstackError, OSError, KeyboardInterrupt) as e:  # nothing was paused: the guest never stopped here
+            lease.release()
             raise HvstackError(f"migration of {name} failed; it runs on here: {_why(e)}") from None
         figures = _stop_and_copy(run_dir, root, link, sender, dirty, pc, pid, name, pending, mapped,
-                                 len(rounds), say)
+                                 len(rounds), say, lease)
     finally:
         for held in (dirty, mem, link):
             if held is not None:
@@ -302,13 +309,16 @@ def _precopy(sender, dirty, all_pages, budget, max_downtime_ms, max_rounds, say)
             return rounds, pending
 
 
-def _stop_and_copy(run_dir, root, link, sender, dirty, pc, pid, name, pending, mapped, final_round, say) -> dict:
+def _stop_and_copy(run_dir, root, link, sender, dirty, pc, pid, name, pending, mapped, final_round, say,
+                   lease) -> dict:
+    lease.phase("paused")  # (before the pause: a resume of a partition that runs is harmless)
     paused_at = time.time_ns()
     t0 = perf_counter_ns()
     root.control(pid, "pause")
     gone_over = False
     try:
         sections, kernel, took = partition_save.capture(run_dir, root, pc, pid, with_memory=False)
+        lease.stall("paused")
         t_state = perf_counter_ns()
         final = sorted(set(pending) | set(dirty.harvest())
                        | {p for p in hypervisor_pages(sections) if p < len(mapped) and mapped[p]})
@@ -321,20 +331,27 @@ def _stop_and_copy(run_dir, root, link, sender, dirty, pc, pid, name, pending, m
             link.pipelined(mm.MigrateState(at, len(record), record[at:at + mm.MAX_CHUNK]))
         link.request(mm.MigrateCommit(len(record)))
         t_ready = perf_counter_ns()
+        lease.phase("go", paused_at)  # before the go: a lease left from here makes the source run ask
         gone_over = True  # from the go on, the partition is the destination's
+        lease.stall("before_go")
         running = link.request(mm.MigrateGo(paused_at))
+        lease.stall("after_go")
     except BaseException as e:
         if not gone_over:
             partition_save.resume_after_failure(root, pid)
+            lease.release()
             if isinstance(e, (HvstackError, OSError, KeyboardInterrupt)):
                 raise HvstackError(f"migration of {name} failed; it runs on here: {_why(e)}") from None
         elif isinstance(e, (HvstackError, OSError, KeyboardInterrupt)):
+            # The lease stays: the source run asks the destination, and resumes the partition
+            # here only if it does not run it there (root/migration_lease.py).
             raise HvstackError(f"migration of {name}: the destination was told to run it but did not say it does "
-                               f"({_why(e)}); it stays paused here — resume it (ctl RUN resume) only if the "
-                               "destination is known not to run it") from None
+                               f"({_why(e)}); it stays paused here until the source run has asked the destination "
+                               "(its output says what it decided)") from None
         raise
     t_go = perf_counter_ns()
     root.control(pid, "stop")  # its processes end (the launcher sees it finalized)
+    lease.release()
     figures = {"downtime_ms": round((running.started_at_ns - paused_at) / 1e6, 2),
                "state_ms": round((t_state - t0) / 1e6, 2), "final_pages": last["pages"],
                "final_pages_ms": round((t_pages - t_state) / 1e6, 2), "record_bytes": len(record),
