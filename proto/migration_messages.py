@@ -103,3 +103,11 @@ class MigrateAbandon(Message):
 
     name: text(64)
     paused_at_ns: U64
+
+
+@message(68, "migrate_switchover")
+class MigrateSwitchover(Message):
+    """Source → destination, pre-copy done, before the source pauses the partition:
+    acknowledged once the destination can take the switch-over — the processes it started
+    at the begin (in parallel with the pre-copy, no longer before it) are ready — so that
+    their start-up is never in the downtime (QEMU's switchover-ack)."""

@@ -48,6 +48,7 @@ from proto.transport import Router, curve_keypair
 from root import partition_save
 from root.procs import describe_exit, spawn, stop_procs
 
+PROBE_GAP_S = 0.1  # a sessionless probe's chunks are served back to back while they come this often
 SESSION_IDLE_S = 10.0  # a source silent this long is gone: the session is abandoned
 READY_TIMEOUT_S = 20.0  # for the processes started ahead to say READY, and the worker to claim its ranges
 MAX_RECORD_BYTES = 256 << 20
@@ -86,6 +87,7 @@ class Session:
         self.pages_in = 0
         self.rounds: set[int] = set()
         self.ready = False
+        self.processes_ready = False  # the processes started at the begin said READY
         self.started = perf_counter_ns()
         self.last = time.monotonic()
 
@@ -103,6 +105,7 @@ class Receiver:
         self.done: list[dict] = []
         self.failures: list[str] = []
         self._refused_seen = 0
+        self._probing_until = 0.0  # a probe without a session: its next chunk is served at once
 
     def manifest(self) -> dict:
         return {"endpoint": self.endpoint, "server_key": self.server_key, "partitions": sorted(self.waiting),
@@ -121,11 +124,11 @@ class Receiver:
         supervision loop waits meanwhile: a migration's messages come back to back)."""
         served = 0
         while True:
-            if self.router.wait(0 if self.session is None else 100) \
-                    and (self.session is not None or served < MAX_IDLE_SERVED):
+            busy = self.session is not None or time.monotonic() < self._probing_until
+            if self.router.wait(100 if busy else 0) and (busy or served < MAX_IDLE_SERVED):
                 self._serve_one()
                 served += 1
-            elif self.session is None:
+            elif not busy:
                 break
             else:
                 self.run._check_procs()  # (a run process that died ends the run even now)
@@ -155,6 +158,9 @@ class Receiver:
             return self._begin(identity, msg)
         if isinstance(msg, mm.MigrateAbandon):  # (from the source's run, not its migrate command)
             return self._abandon_asked(msg)
+        if isinstance(msg, mm.MigrateProbe) and (self.session is None or self.session.identity != identity):
+            self._probing_until = time.monotonic() + PROBE_GAP_S  # a link measured before a begin
+            return m.Ack(msg.TYPE)
         s = self.session
         if s is None or s.identity != identity:
             raise Refusal("OUT_OF_TURN", f"{msg.NAME} without a migrate_begin on this connection")
@@ -164,6 +170,8 @@ class Receiver:
             self._pages(s, msg)
         elif isinstance(msg, mm.MigrateProbe):
             pass
+        elif isinstance(msg, mm.MigrateSwitchover):
+            self._await_ready(s)
         elif isinstance(msg, mm.MigrateState):
             self._state(s, msg)
         elif isinstance(msg, mm.MigrateCommit):
@@ -217,24 +225,38 @@ class Receiver:
         return m.Ack(msg.TYPE)
 
     def _start_ahead(self, s: Session) -> None:
-        """The worker and the partition process, started and confined; each waits on its
-        --go-fd after saying READY."""
+        """The worker and the partition process, started (forked from the run's zygotes where
+        it has them: their start-up runs beside the pre-copy, and may outlast it) and confined;
+        each waits on its --go-fd after saying READY.  (A servicing's successor worker starts
+        fresh for a race of its handover, root/run.py; an incoming worker has no predecessor.)"""
         run, pc = self.run, s.pc
         for role in ("worker", "partition"):
             go_read, s.go[role] = os.pipe()
             if role == "worker":
-                proc = run.spawn_worker(pc, restore=True, go_fd=go_read)
+                proc = run.spawn_worker(pc, restore=True, go_fd=go_read, forked=True)
             else:
                 args, fds = run._confinement("partition", s.pid, tlbs=True)
                 proc = spawn("partition", pc.name, "partitions",
                              ["--spec", str(run.run.path / f"partition-{pc.name}.json"), *args,
                               "--go-fd", str(go_read)],
                              run.run.path / "logs", secret=auth.peer_token(run.secret, "vp", s.pid),
-                             fds=(*fds, go_read), stdout=subprocess.PIPE)
+                             fds=(*fds, go_read), stdout=subprocess.PIPE, zygote=run.zygotes.get("partitions"))
             s.procs.append(proc)
+
+    def _await_ready(self, s: Session) -> None:
+        """The processes started at the begin said READY (at the switch-over, or at the
+        commit for a source that does not ask for one)."""
+        if s.processes_ready:
+            return
+        t0 = perf_counter_ns()
         deadline = time.monotonic() + READY_TIMEOUT_S
-        for proc in s.procs:
-            _line(proc, b"READY", deadline)
+        try:
+            for proc in s.procs:
+                _line(proc, b"READY", deadline)
+        except HvstackError as e:
+            raise Refusal("INTERNAL", f"partition {s.pc.name}: {e}") from None
+        s.processes_ready = True
+        s.took["waited_for_processes_ms"] = _ms(perf_counter_ns() - t0)
 
     def _pages(self, s: Session, msg: mm.MigratePages) -> None:
         if s.ready:
@@ -278,6 +300,7 @@ class Receiver:
         if msg.total != len(s.record) or s.record_total != msg.total:
             raise Refusal("INVALID_FIELD", f"migrate_commit: {len(s.record)} bytes of the record came, "
                                            f"{msg.total} were sent")
+        self._await_ready(s)
         run, pc = self.run, s.pc
         devices = json_devices(run, pc)
         try:
@@ -314,7 +337,7 @@ class Receiver:
             from root.run import RunEnded
             raise RunEnded(f"incoming migration of {pc.name} failed after its state was restored: {e}", 1) from None
         run.procs.extend(s.procs)
-        s.took = {"hypervisor_ms": _ms(t_hv - t0), "disks_devices_ms": _ms(t_devices - t_hv),
+        s.took |= {"hypervisor_ms": _ms(t_hv - t0), "disks_devices_ms": _ms(t_devices - t_hv),
                   "worker_ms": _ms(perf_counter_ns() - t_devices)}
 
     def _go(self, s: Session, msg: mm.MigrateGo) -> m.Message:

@@ -179,7 +179,7 @@ class Run:
         self.leases = LeaseWatcher(self)
         self._manifest_update(state="running")
 
-    def spawn_worker(self, pc, restore: bool = False, go_fd: int | None = None) -> Proc:
+    def spawn_worker(self, pc, restore: bool = False, go_fd: int | None = None, forked: bool = False) -> Proc:
         """``python -m worker`` for partition ``pc`` (its spec already written), confined;
         its devices saved into ``checkpoint-NAME.bin`` when servicing asks (and at every
         completed access where a dead worker is restarted); ``restore``: a successor, which
@@ -202,7 +202,8 @@ class Run:
                      # A successor (servicing, a restart) starts fresh, as before: forked, one
                      # started ≈ 10× sooner, and a restarted partition then sometimes stalled for
                      # good (issue 12's report; servicing's timing is not start-up's to change).
-                     zygote=None if restore else self.zygotes.get("worker"))
+                     # ``forked``: an incoming migration's, which has no predecessor (root/incoming.py).
+                     zygote=None if restore and not forked else self.zygotes.get("worker"))
 
     def _confinement(self, role: str, pid: int, tlbs: bool) -> tuple[list[str], tuple[int, ...]]:
         """The arguments and descriptors that confine a worker or partition process: its
