@@ -88,6 +88,7 @@ class Session:
         self.rounds: set[int] = set()
         self.ready = False
         self.processes_ready = False  # the processes started at the begin said READY
+        self.failed: str | None = None  # they could not be started
         self.started = perf_counter_ns()
         self.last = time.monotonic()
 
@@ -106,6 +107,7 @@ class Receiver:
         self.failures: list[str] = []
         self._refused_seen = 0
         self._probing_until = 0.0  # a probe without a session: its next chunk is served at once
+        self._after_reply = None  # work that waits until the message's answer has gone
 
     def manifest(self) -> dict:
         return {"endpoint": self.endpoint, "server_key": self.server_key, "partitions": sorted(self.waiting),
@@ -152,6 +154,9 @@ class Receiver:
             if self.session is not None and self.session.identity == identity:
                 self._abandon(str(e))
         self.router.send(identity, m.encode(reply))
+        then, self._after_reply = self._after_reply, None
+        if then is not None:
+            then()
 
     def _handle(self, identity: bytes, msg, size: int) -> m.Message:
         if isinstance(msg, mm.MigrateBegin):
@@ -164,6 +169,8 @@ class Receiver:
         s = self.session
         if s is None or s.identity != identity:
             raise Refusal("OUT_OF_TURN", f"{msg.NAME} without a migrate_begin on this connection")
+        if s.failed:
+            raise Refusal("INTERNAL", s.failed)
         s.last = time.monotonic()
         s.bytes_in += size
         if isinstance(msg, mm.MigratePages):
@@ -216,13 +223,18 @@ class Receiver:
         self.router.bind(identity)  # a connection that began a migration is no longer idle
         self.session = s = Session(identity, pc, pid, gpa_pages, ours)
         s.mem = GuestMemory(memory_path(self.run.run.path, pid), slat_path(self.run.run.path, pid))
+        self._after_reply = lambda: self._begun(s)  # the source's first pages come meanwhile
+        return m.Ack(msg.TYPE)
+
+    def _begun(self, s: Session) -> None:
+        """After the begin's answer: the partition's processes started (a failure refuses
+        the session's next message)."""
         try:
             self._start_ahead(s)
         except HvstackError as e:
-            raise Refusal("INTERNAL", f"partition {pc.name}: {e}") from None
-        self.run.out.print(f"partition {pc.name}: incoming migration begun")
+            s.failed = f"partition {s.pc.name}: {e}"
+        self.run.out.print(f"partition {s.pc.name}: incoming migration begun")
         self.run._manifest_update(incoming=self.manifest())
-        return m.Ack(msg.TYPE)
 
     def _start_ahead(self, s: Session) -> None:
         """The worker and the partition process, started (forked from the run's zygotes where
