@@ -537,7 +537,6 @@ def connect(endpoint: str, role: str, partition: int, vp: int, secret: str | Non
     return dealer
 
 
-
 def nobody_listens(endpoint: str, timeout_s: float = 1.0) -> bool:
     """Whether a tcp ``endpoint``'s host refuses the connection (a RST: its host is up and
     no process listens on that port); False if something accepts it or nothing answers in

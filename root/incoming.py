@@ -7,11 +7,13 @@ gets no connection, counted as the hypervisor's are).
 
 A migration (proto/migration_messages.py, spoken by root/migration.py):
 
-1. ``migrate_begin``: the shape and GPA map must be this partition's; its worker and
-   partition process are started ahead (each with a ``--go-fd``) and say READY, so their
-   start-up is not in the downtime;
+1. ``migrate_begin``: the shape and GPA map must be this partition's; once it is answered,
+   its worker and partition process are started (forked from the run's zygotes, each with a
+   ``--go-fd``), beside the pre-copy; ``migrate_switchover`` is answered once they say READY,
+   so their start-up is not in the downtime;
 2. ``migrate_pages`` (rounds; every page number checked against this partition's map, every
-   size against its count) written into its RAM; ``migrate_probe`` only counted;
+   size against its count) written into its RAM; ``migrate_probe`` only counted (with or
+   without a session: the source measures the link before its begin);
 3. ``migrate_state`` chunks, then ``migrate_commit``: the record is checked as a saved
    state is (version, SHA-256, every field, shape, disks), every mapped page must have
    come; then the hypervisor's state, the disks and the devices are restored and the worker
@@ -23,6 +25,10 @@ Before the commit's restore, a failure (a refused message, a source that goes si
 partition waits for another begin.  After it, the partition has a worker of the record's
 and its hypervisor state: a failure there ends the run (the source, never told to go,
 resumes the partition).  After the go the partition is this run's.
+
+``migrate_abandon`` comes from the source's *run* when its ``migrate`` command died
+(root/migration_lease.py): it is answered ``migrate_running`` if that handover's go came,
+and otherwise the handover is abandoned — a committed partition stopped, never run.
 """
 
 from __future__ import annotations

@@ -13,8 +13,10 @@ format of proto/saved_state.py, without its memory section), and the destination
 to commit.  Only once it says it is ready is it told to go; only once it says it runs is the
 source's partition stopped.  A destination that fails or goes silent before the go leaves
 the partition running on the source (its worker thawed, the partition resumed); after the
-go the source never resumes it (it is the destination's, or, if the go's answer was lost,
-it stays paused here and the error says so).
+go this command never resumes it: if the go's answer was lost, it leaves its lease (root/
+migration_lease.py) and the source run asks the destination, resuming the partition only if
+the destination does not run it — as it does when this command dies.  The destination's
+processes start beside the pre-copy; ``migrate_switchover`` waits for them before the pause.
 
 **Dirty pages.**  Each partition has a dirty log (``dirty-ID.bin``: one byte per guest
 page, :func:`proto.memory.dirty_path`), given to its partition process and worker, whose
@@ -281,14 +283,13 @@ def migrate(run_dir, man: dict, root, name: str, endpoint: str, server_key: str,
         except (HvstackError, OSError, KeyboardInterrupt) as e:  # nothing was paused: the guest never stopped here
             lease.release()
             raise HvstackError(f"migration of {name} failed; it runs on here: {_why(e)}") from None
-        figures = _stop_and_copy(run_dir, root, link, sender, dirty, pc, pid, name, pending, mapped,
-                                 len(rounds), say, lease)
+        figures, t_go = _stop_and_copy(run_dir, root, link, sender, dirty, pc, pid, name, pending, mapped,
+                                       len(rounds), say, lease)
     finally:
         for held in (dirty, mem, link):
             if held is not None:
                 held.close()
     t_end = perf_counter_ns()
-    t_go = figures.pop("t_go")  # (the destination said it runs)
     figures.update(partition=name, destination=endpoint, memory_pages=len(all_pages),
                    link_bytes_per_s=round(bandwidth), setup_ms=round((t_setup - t_start) / 1e6, 1),
                    total_ms=round((t_end - t_start) / 1e6, 1), rounds=rounds,
@@ -346,7 +347,9 @@ def _precopy(sender, dirty, pending, budget, max_downtime_ms, max_rounds, say,
 
 
 def _stop_and_copy(run_dir, root, link, sender, dirty, pc, pid, name, pending, mapped, final_round, say,
-                   lease) -> dict:
+                   lease) -> tuple[dict, int]:
+    """The partition paused, its state and last pages sent, the destination committed and
+    told to go: (the figures, when it said it runs)."""
     lease.phase("paused")  # (before the pause: a resume of a partition that runs is harmless)
     paused_at = time.time_ns()
     t0 = perf_counter_ns()
@@ -393,11 +396,11 @@ def _stop_and_copy(run_dir, root, link, sender, dirty, pc, pid, name, pending, m
                "final_pages_ms": round((t_pages - t_state) / 1e6, 2), "record_bytes": len(record),
                "commit_ms": round((t_ready - t_pages) / 1e6, 2), "go_ms": round((t_go - t_ready) / 1e6, 2),
                "state_took_ms": {k: round(v / 1e6, 2) for k, v in took.items()},
-               "kernel": partition_save.kernel_figures(kernel), "t_go": t_go}
+               "kernel": partition_save.kernel_figures(kernel)}
     say(f"stop-and-copy: paused, state taken in {figures['state_ms']:.1f} ms, {last['pages']} pages sent in "
         f"{figures['final_pages_ms']:.1f} ms, record {len(record)} bytes, destination ready in "
         f"{figures['commit_ms']:.1f} ms, running there {figures['go_ms']:.1f} ms later")
-    return figures
+    return figures, t_go
 
 
 def _why(e: BaseException) -> str:

@@ -69,7 +69,9 @@ def _read(path: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     ok = isinstance(lease, dict) and isinstance(lease.get("pid"), int) and lease.get("phase") in PHASES \
-        and isinstance(lease.get("create_time"), (int, float)) and isinstance(lease.get("partition"), str)
+        and isinstance(lease.get("create_time"), (int, float)) and isinstance(lease.get("partition"), str) \
+        and isinstance(lease.get("endpoint"), str) and isinstance(lease.get("server_key"), str) \
+        and isinstance(lease.get("paused_at_ns"), int) and 0 <= lease["paused_at_ns"] < 1 << 64
     return lease if ok else None
 
 
@@ -213,7 +215,7 @@ class LeaseWatcher:
         except TransportError as e:
             raise HvstackError(str(e)) from None
         try:
-            reply = dealer.request(mm.MigrateAbandon(lease["partition"], int(lease.get("paused_at_ns") or 0)),
+            reply = dealer.request(mm.MigrateAbandon(lease["partition"][:64], lease["paused_at_ns"]),
                                    int(ASK_TIMEOUT_S * 1000))
         finally:
             dealer.close()
