@@ -345,7 +345,7 @@ class Receiver:
             deadline = time.monotonic() + READY_TIMEOUT_S
             _line(s.procs[0], b"RESTORED", deadline)  # (no status asked meanwhile: it costs the hypervisor)
             while True:
-                part = HypervisorStatus.from_wire(run.root.status()).partition(s.pid)
+                part = HypervisorStatus.from_wire(run.root.status(brief=True)).partition(s.pid)
                 if part is not None and part.worker and part.ranges:
                     break
                 if s.procs[0].popen.poll() is not None or time.monotonic() > deadline:
