@@ -51,11 +51,13 @@ def killed(proc: subprocess.Popen) -> None:
     proc.communicate(timeout=10)
 
 
-def settled_outcome(src) -> str:
-    found = wait_until(lambda: src.manifest().get("migrations_settled"), 20, interval=0.05,
+def settled_outcome(src, count: int = 1) -> str:
+    """What the source run decided for the ``count``-th dead migrate."""
+    found = wait_until(lambda: len(src.manifest().get("migrations_settled", [])) >= count and
+                       src.manifest()["migrations_settled"], 20, interval=0.05,
                        what="the source run to settle the dead migrate's lease")
     assert not lease_path(src.path, "alpha").exists()
-    return found[-1]["outcome"]
+    return found[count - 1]["outcome"]
 
 
 def goes_on(run, after: int = 0) -> None:
@@ -65,31 +67,44 @@ def goes_on(run, after: int = 0) -> None:
                what=f"the serial counter to go on in {run.name}")
 
 
-@pytest.mark.parametrize("point", ["paused", "before_go", "after_go"])
-def test_a_migrate_sigkilled_in_the_handover_is_settled_by_the_source_run(point):
+def test_a_migrate_sigkilled_before_the_go_leaves_the_guest_on_the_source():
+    """Killed in the stop-and-copy (the partition paused, its worker frozen), then — the same
+    two runs — committed at the destination but never told to go: each time the source
+    resumes the guest and the destination runs nothing of it."""
     src = start_run(CONFIG, short_run_root())
     dst = start_run(CONFIG, short_run_root(), extra=("--incoming", "alpha"))
     try:
-        proc = stalled_migrate(src, dst, point)
-        assert partition_state(src) == "paused"
-        killed(proc)
-        outcome = settled_outcome(src)
-        failures = dst.manifest()["incoming"]["failures"]
-        if point == "after_go":  # the destination runs it: the source stopped its copy
-            assert outcome == "it runs at the destination: stopped here"
-            wait_until(lambda: src.manifest().get("state") == "ended", 20, what="the source run to end")
-            assert dst.manifest()["incoming"]["migrations"][0]["partition"] == "alpha"
-            goes_on(dst)
-        else:  # never told to go: the destination runs nothing of it, the source resumed it
-            assert outcome.startswith("resumed here"), outcome
-            assert any("migrate command died" in f for f in failures), failures
+        for n, point in enumerate(("paused", "before_go"), 1):
+            proc = stalled_migrate(src, dst, point)
+            assert partition_state(src) == "paused"
+            killed(proc)
+            assert settled_outcome(src, n).startswith("resumed here"), src.manifest()["migrations_settled"]
+            failures = wait_until(lambda: len(dst.manifest()["incoming"]["failures"]) >= n and
+                                  dst.manifest()["incoming"]["failures"], 15, what="the destination to abandon")
+            assert "migrate command died" in failures[n - 1], failures
             assert not dst.manifest()["incoming"]["migrations"]
-            if point == "before_go":  # committed there: stopped, never run
-                assert "never told to go: stopped" in failures[-1]
-            else:  # abandoned before the commit: it waits for another begin
+            if point == "paused":  # abandoned before its commit: it waits for another begin
                 assert dst.manifest()["incoming"]["partitions"] == ["alpha"]
+            else:  # committed there: stopped, never run
+                assert "never told to go: stopped" in failures[n - 1]
             assert partition_state(src) != "paused"
             goes_on(src)
+        assert "MISMATCH" not in src.console("alpha") + dst.console("alpha")
+    finally:
+        ended(src, dst)
+
+
+def test_a_migrate_sigkilled_after_the_go_leaves_the_guest_on_the_destination():
+    src = start_run(CONFIG, short_run_root())
+    dst = start_run(CONFIG, short_run_root(), extra=("--incoming", "alpha"))
+    try:
+        proc = stalled_migrate(src, dst, "after_go")
+        assert partition_state(src) == "paused"
+        killed(proc)
+        assert settled_outcome(src) == "it runs at the destination: stopped here"
+        wait_until(lambda: src.manifest().get("state") == "ended", 20, what="the source run to end")
+        assert dst.manifest()["incoming"]["migrations"][0]["partition"] == "alpha"
+        goes_on(dst)
         assert "MISMATCH" not in src.console("alpha") + dst.console("alpha")
     finally:
         ended(src, dst)
