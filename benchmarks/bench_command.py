@@ -141,6 +141,11 @@ def arguments(p: argparse.ArgumentParser) -> None:
                         "downtime, bytes on the wire and the link's throughput, per guest size and write rate")
     p.add_argument("--migrate-sizes", type=memory_sizes, default=[16, 64, 256], metavar="MIB,MIB,…",
                    help="the guest memory sizes of --migrate in MiB (default 16,64,256)")
+    p.add_argument("--service", action="store_true",
+                   help="instead: ctl service's blackout over --service-rounds worker handovers "
+                        "(benchmarks/service_bench.py): p50 and max of each stage")
+    p.add_argument("--service-rounds", type=positive_int, default=10, metavar="N",
+                   help="the handovers of --service (default 10)")
     p.add_argument("--startup", action="store_true",
                    help="instead: launch to first banner and RSS per process kind at 1, 4 and 16 partitions")
     p.add_argument("--profile", metavar="FILE.prof", type=save_file,
@@ -158,6 +163,10 @@ def run(args) -> int:
         from benchmarks.migrate_bench import run_migrate
 
         return run_migrate(args)
+    if args.service:
+        from benchmarks.service_bench import run_service
+
+        return run_service(args)
     if args.scale or args.startup:
         from benchmarks.scale import run_scale, run_startup
 

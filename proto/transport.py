@@ -578,3 +578,16 @@ def connect(endpoint: str, role: str, partition: int, vp: int, secret: str | Non
         raise
     return dealer
 
+
+def nobody_listens(endpoint: str, timeout_s: float = 1.0) -> bool:
+    """Whether a tcp ``endpoint``'s host refuses the connection (a RST: its host is up and
+    no process listens on that port); False if something accepts it or nothing answers in
+    ``timeout_s`` (an unreachable host is not a refusal)."""
+    host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return False
+    except ConnectionRefusedError:
+        return True
+    except (OSError, ValueError):
+        return False
