@@ -144,6 +144,7 @@ class Hypercalls(FlushAndIpiCalls):
         self.registers = registers or VpRegisters()
         self.counts: dict[int, int] = {}
         self.failures: dict[str, int] = {}
+        self.posted = None  # hypervisor.posted.PostedDescriptors (set by the service)
         self.synic_ports = None  # hypervisor.synic_ports.SynicPorts: PostMessage and SignalEvent
 
     def dispatch(self, caller: Caller, control: int, data: bytes) -> tuple[int, bytes]:
@@ -225,6 +226,8 @@ class Hypercalls(FlushAndIpiCalls):
             self.memory.slat(part.id, part.gpa_pages)
         if self.tlb is not None:
             self.tlb.paths_of(part.id)  # its TLB files exist before its processes start
+        if self.posted is not None:
+            self.posted.create(part.id)  # and its posted-interrupt descriptors
         return S.HV_STATUS_SUCCESS, b""
 
     def finalize_partition(self, caller, hc, args, data) -> Result:
@@ -237,6 +240,8 @@ class Hypercalls(FlushAndIpiCalls):
         if part.state is not HvPartitionState.FINALIZED:
             return S.HV_STATUS_INVALID_PARTITION_STATE, b""
         self.memory.release(part.id)
+        if self.posted is not None:
+            self.posted.forget(part.id)
         self.table.delete(part.id)
         return S.HV_STATUS_SUCCESS, b""
 

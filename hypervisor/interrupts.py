@@ -98,12 +98,15 @@ class Interrupts:
     timers and IPIs.  An interrupt waits (in the VP's queue or its APIC's IRR) until the VP
     is next dispatched (:func:`next_interrupt`); a VP halted in HLT is woken for it."""
 
-    def __init__(self, table, counters: dict, wake, send=None, tracer=None) -> None:
+    def __init__(self, table, counters: dict, wake, send=None, tracer=None, posted=None) -> None:
         self._table = table
         self._counters = counters
         self._wake = wake  # Dispatcher.wake: end a VP's HLT
         self._send = send  # Router.send(identity, frame) -> bool: posted interrupts (None: none)
         self._tracer = tracer
+        # hypervisor.posted.PostedDescriptors: for a VP that reads its descriptor, a posted
+        # interrupt is a write there instead of a message (None: messages only).
+        self._posted = posted
         self.next_timer_ns: int | None = None  # the earliest local APIC timer deadline
 
     # -- getting a pending interrupt to its VP ---------------------------------------------------
@@ -138,6 +141,8 @@ class Interrupts:
             self._counters["posted_interrupts"] += 1
             if self._tracer is not None and self._tracer.tracers:
                 self._tracer.trace(vp.partition, vp, Exit.INTERRUPT, False, interrupt & 0xFF, 0, irq_stamps)
+            if self._posted is not None and self._posted.post(vp, interrupt, irq_stamps):
+                continue
             if not self._send(vp.peer, m.InterruptNotify(interrupt, irq_stamps).encode()):
                 # Its connection is gone or not read (a full queue): the VP is the only one
                 # to lose by it.

@@ -56,6 +56,7 @@ def build_routes(hv) -> dict[type, Route]:
         # From VPs and workers, outside the measured paths.
         m.VpStats: Route(tel.on_vp_stats, VP),
         m.MemoryRequest: Route(peers.on_memory_request, ("worker", "vp")),
+        m.PostedDescriptorReady: Route(hv.posted.on_ready, VP),
         # From workers.
         m.InstallIntercept: Route(fwd.on_install_intercept, WORKER),
         m.AccessComplete: Route(fwd.on_access_complete, WORKER),

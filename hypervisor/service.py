@@ -56,6 +56,7 @@ from hypervisor.memory import MemoryManager
 from hypervisor.outbox import Outbox
 from hypervisor.partitions import PartitionTable
 from hypervisor.peers import Peers
+from hypervisor.posted import PostedDescriptors, enabled_by_env
 from hypervisor.ratelog import RateLimitedLog
 from hypervisor.registers import VpRegisters
 from hypervisor.root_requests import RootRequests
@@ -105,6 +106,8 @@ class Hypervisor:
             "handler_errors": 0,  # exceptions in a handler: bugs of ours, each logged (rate-limited)
             "status_trimmed": 0,  # status replies too big to decode anywhere, sent without histograms
             "posted_interrupts": 0,  # interrupt_notify messages: interrupts posted to running VPs
+            "posted_descriptor": 0,  # of those, posted through the VP's descriptor instead (posted.py)
+            "posted_descriptor_refused": 0,  # a VP's posted_descriptor_ready not taken
         }
         counters = self.counters
         self.table = PartitionTable()
@@ -120,7 +123,11 @@ class Hypervisor:
         self.sched = self.dispatcher.sched
         self.hypercalls = Hypercalls(self.table, self.memory, self.tlb, VpRegisters(self.sched),
                                      wake=self.dispatcher.wake)
-        self.interrupts = Interrupts(self.table, counters, self.dispatcher.wake, router.send, self.tracer)
+        # Posted-interrupt descriptors (posted.py): made when a partition is initialized.
+        self.posted = PostedDescriptors(str(self.memory.dir), counters, enabled_by_env())
+        self.hypercalls.posted = self.posted
+        self.interrupts = Interrupts(self.table, counters, self.dispatcher.wake, router.send, self.tracer,
+                                     posted=self.posted)
         # SynIC and synthetic timers (issue 10), and the ports of the root's VMBus server.
         self.synic = Synic(self.table, self.memory, self.interrupts.assert_vector)
         self.synic_ports = SynicPorts(table=self.table, synic=self.synic, memory=self.memory, outbox=self.outbox,

@@ -1,5 +1,5 @@
 """``python -m partitions --spec SPEC.json --secret-fd N [--memory-fd M --slat-fd S
---tlb-fds T0,T1…] [--uid U --gid G | --namespaces]``.
+--tlb-fds T0,T1… --posted-fd P] [--uid U --gid G | --namespaces]``.
 
 SPEC.json (written by launch.py) holds ``endpoint``, ``partition_id``, ``name``, ``vps``,
 ``memory_mb``, ``workloads`` and ``duration_s``.  One thread per VP, each with its own
@@ -32,6 +32,7 @@ from proto import confine
 from proto import messages as m
 from proto.memory import GuestMemory
 from proto.tlb import LpTlb
+from proto.posted import MAX_VPS as MAX_POSTED_VPS, VpDescriptor
 from proto.transport import Dealer, connect
 from proto.guest_state import GuestStateError
 
@@ -55,15 +56,17 @@ def vp_thread(spec: dict, token: str, index: int, system: kernel.System,
         if memory is None:
             # Guest RAM: the partition's own file, through its SLAT table.
             where = dealer.request(m.MemoryRequest(spec["partition_id"]))
-            memory = (GuestMemory(where.ram, where.slat), [LpTlb(p) for p in where.tlbs])
+            memory = (GuestMemory(where.ram, where.slat), [LpTlb(p) for p in where.tlbs], None)
         if boot is not None:  # real x86 code on a real-CPU backend (partitions/cpu)
             from partitions.cpu.run import run_vp
             saved = (spec.get("cpu_state") or [None] * spec["vps"])[index]  # a restored partition's
             run_vp(spec["cpu"], boot, dealer, index, memory[0], stop, bus_lock, spec["partition_id"], memory[1],
                    saved=saved)
             return
+        # Its posted-interrupt descriptor, if the hypervisor made the partition one (proto/posted.py).
+        posted = VpDescriptor(memory[2], index) if memory[2] is not None and index < MAX_POSTED_VPS else None
         vp = Vp(dealer, index, memory[0], stop, bus_lock, partition=spec["partition_id"], tlbs=memory[1],
-                coalesced=system.coalesced)
+                coalesced=system.coalesced, posted=posted)
         seen_generation = 0
         saved = None
         if spec.get("resume"):  # restored from a saved record: the kernel state is in RAM
@@ -115,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="started ahead (an incoming migration): say READY once confined, and say the VPs' "
                          "hellos only once the launcher writes 'g' here")
     ap.add_argument("--tlb-fds", help="the partition's TLB file on each LP, comma-separated")
+    ap.add_argument("--posted-fd", type=int, help="the partition's posted-interrupt descriptors, open read-write")
     ap.add_argument("--uid", type=int, help="drop to this uid once connected")
     ap.add_argument("--gid", type=int)
     ap.add_argument("--namespaces", action="store_true",
@@ -131,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     memory = None
     if args.memory_fd is not None:
         tlbs = [LpTlb(int(fd)) for fd in args.tlb_fds.split(",")] if args.tlb_fds else None
-        memory = (GuestMemory(args.memory_fd, args.slat_fd, args.dirty_fd), tlbs)
+        memory = (GuestMemory(args.memory_fd, args.slat_fd, args.dirty_fd), tlbs, args.posted_fd)
     boot = None
     if spec.get("cpu", "python") != "python":
         # Firmware or kernel read before confinement (it need only be readable by whoever

@@ -25,6 +25,7 @@ from proto.errors import Refused
 from proto.hvcall import HV_INPUT_SWITCH_VIRTUAL_ADDRESS_SPACE
 from proto.stats import PathStats, merge_paths
 from proto.transport import Dealer
+from proto.posted import LAYOUT as POSTED_LAYOUT, ON as POSTED_ON, ON_OFFSET as POSTED_ON_OFFSET
 from proto.coalesced_mmio_messages import in_zones
 
 from partitions.coalesced import CoalescedRing, query_zones
@@ -43,6 +44,11 @@ DEFAULT_QUANTUM_NS = 10_000_000
 # running VP waits this long at most past its arrival, plus the time to the next
 # preemption point, instead of until the VP's next exit (up to a quantum).
 NOTIFY_POLL_NS = 50_000
+# How often a VP with a posted-interrupt descriptor (proto/posted.py) looks at it: a memory
+# load of its ON bit (~0.1 µs), so far more often than the poll above, which it still makes
+# every NOTIFY_POLL_NS (errors, and the interrupt_notify of a hypervisor that posts by
+# message; pyzmq's poll also lets go of the GIL for the partition's other VPs).
+POSTED_CHECK_NS = 10_000
 NEVER = 1 << 62
 # Round trips kept unfiled at most (a few hundred KB): filed in bulk at each vp_stats (every
 # STATS_INTERVAL_NS), or when this many wait — whichever comes first.
@@ -84,7 +90,7 @@ Handler = Callable[["Vp", int], None]
 class Vp:
     def __init__(self, dealer: Dealer, index: int, mem, stop: threading.Event,
                  bus_lock: threading.Lock | None = None, partition: int = 0, tlbs: list | None = None,
-                 coalesced: CoalescedRing | None = None) -> None:
+                 coalesced: CoalescedRing | None = None, posted=None) -> None:
         self.index = index
         self.mem = mem  # proto.memory.GuestMemory: guest RAM through the partition's SLAT
         self.partition = partition  # the TLB tag's partition part
@@ -119,12 +125,21 @@ class Vp:
                          "tlb_hits": 0, "tlb_misses": 0, "tlb_walk_reads": 0, "tlb_evictions": 0}
         self._next_stats = perf_counter_ns() + STATS_INTERVAL_NS
         self._stats_exits = 0  # self.exits when vp_stats was last sent
+        # Its posted-interrupt descriptor (proto.posted.VpDescriptor), or None: posted
+        # interrupts come only as interrupt_notify messages.
+        self._posted = posted
+        self._posted_buf = posted.buf if posted is not None else None
+        self._check_ns = POSTED_CHECK_NS if posted is not None else NOTIFY_POLL_NS
         self._quantum_end = perf_counter_ns() + DEFAULT_QUANTUM_NS
         # The next moment a preemption point has something to do: the quantum's end, or
         # the next look for a posted interrupt, whichever is first.
-        self._next_check = min(self._quantum_end, perf_counter_ns() + NOTIFY_POLL_NS)
+        self._next_check = min(self._quantum_end, perf_counter_ns() + self._check_ns)
+        self._next_poll = 0  # the next look at the connection (a poll)
         self._poll_ready = dealer.wait
         self.power_on()
+        if posted is not None:
+            # Before any guest code: from now on the hypervisor may post here.
+            self._send(m.PostedDescriptorReady(POSTED_LAYOUT).encode())
 
     def power_on(self) -> None:
         """The state after RESET/INIT: interrupts disabled, no handlers, nothing pending."""
@@ -134,6 +149,8 @@ class Vp:
         self.handlers: dict[int, Handler] = {}
         self._pending: list[tuple[int, tuple]] = []
         self.irq_stamps: tuple = ()  # the interrupt being handled: its path's stamps, then when it was taken
+        if self._posted is not None:
+            self._posted.take()  # posted before the reset: gone with the rest of the APIC's state
 
     # -- the round trip -----------------------------------------------------------------
 
@@ -182,7 +199,7 @@ class Vp:
             # Anything else is a late answer to an earlier exit; it cannot be ours.
         self.exits += 1
         self._quantum_end = msg.deadline_ns or NEVER
-        self._next_check = min(self._quantum_end, t_resume + NOTIFY_POLL_NS)
+        self._next_check = min(self._quantum_end, t_resume + self._check_ns)
         if msg.regs:
             # The register block as the hypervisor restores it (the root may have changed it).
             rflags, self.cr3 = msg.regs
@@ -194,6 +211,10 @@ class Vp:
         path = BY_CODE.get(msg.path)  # the name the hypervisor counted the exit by
         if path is not None and msg.stamps:
             self._measured(path, msg.stamps + (t_resume,))
+        if self._posted_buf is not None and self._posted_buf[POSTED_ON_OFFSET] & POSTED_ON:
+            # Posted before this exit and not yet seen (a HLT after a posted interrupt ends
+            # at once for it: hypervisor/interrupts.py posted_this_run).
+            self._pending += self._posted.take()
         if msg.interrupt:
             self._pending.append((msg.interrupt, msg.irq_stamps))
         if msg.fault:
@@ -406,8 +427,17 @@ class Vp:
             return
         if now < self._next_check:
             return
-        self._next_check = min(self._quantum_end, now + NOTIFY_POLL_NS)
+        self._next_check = min(self._quantum_end, now + self._check_ns)
         posted = False
+        buf = self._posted_buf
+        if buf is not None and buf[POSTED_ON_OFFSET] & POSTED_ON:
+            self._pending += self._posted.take()
+            posted = True
+        if buf is not None and now < self._next_poll:
+            if posted and self.if_flag:
+                self._deliver()
+            return
+        self._next_poll = now + NOTIFY_POLL_NS
         while self._poll_ready(0):
             msg = m.decode(self._recv_ready())
             if msg.__class__ is m.InterruptNotify:

@@ -1,4 +1,4 @@
-"""Messages of prompt interrupt delivery (ids 60–64; issue 12), imported at the end of
+"""Messages of prompt interrupt delivery (ids 60 and 88; issue 12), imported at the end of
 ``proto/messages.py`` so that ``messages.InterruptNotify`` is one of its messages."""
 
 from proto.fields import U16, stamps
@@ -17,4 +17,14 @@ class InterruptNotify(Message):
     irq_stamps: stamps  # that interrupt's path: device raise … hv inject
 
 
-__all__ = ["InterruptNotify"]
+@message(88, "posted_descriptor_ready")
+class PostedDescriptorReady(Message):
+    """VP → hypervisor, on its own connection: it reads its posted-interrupt descriptor
+    (:mod:`proto.posted`) at its preemption points and whenever it resumes, so interrupts
+    posted to it from now on may go there instead of in ``interrupt_notify`` messages.  Sent
+    once, before the VP runs guest code; a VP that never sends it keeps the messages."""
+
+    layout: U16  # proto.posted.LAYOUT, the layout the VP reads
+
+
+__all__ = ["InterruptNotify", "PostedDescriptorReady"]

@@ -396,9 +396,9 @@ from proto import synic_messages as _synic_messages  # noqa: E402,F401
 # io's qtest-style operations (ids 50–59): their own module, registered here.
 from proto.io_messages import IoReply, IoRequest, WorkerClockStep  # noqa: E402,F401
 # Prompt interrupt delivery's messages (ids 60–64), in a module of their own.
-from proto.interrupt_messages import InterruptNotify  # noqa: E402,F401
+from proto.interrupt_messages import InterruptNotify, PostedDescriptorReady  # noqa: E402,F401
 
-__all__.append("InterruptNotify")
+__all__ += ["InterruptNotify", "PostedDescriptorReady"]
 # Worker servicing's messages (ids 46–49), in a module of their own.
 from proto.service_messages import DeviceSave, ServiceRequest  # noqa: E402,F401
 # Saving and restoring a whole partition (ids 48, 49, 53–57), in a module of their own.

@@ -40,7 +40,7 @@ DISABLE = "HVSTACK_PRESTART"  # "0": start them when the run does (measuring; a 
 RUN_UMASK = 0o077  # every file a run's processes create is theirs alone (root.run's, defined here)
 # The HVSTACK_ variables a run's processes see: the run directory, and (the hypervisor
 # only) where `bench --profile` wants its loop's cProfile statistics.
-PASSED_ON = ("HVSTACK_RUN_DIR", "HVSTACK_PROFILE_HV")
+PASSED_ON = ("HVSTACK_RUN_DIR", "HVSTACK_PROFILE_HV", "HVSTACK_POSTED_DESCRIPTOR")
 ZYGOTE_MODULES = ("worker", "partitions")
 
 _started: dict = {}  # "hypervisor": Popen, and module → Zygote, until taken

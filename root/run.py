@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from proto import auth, confine
 from proto.memory import dirty_path, memory_path, slat_path
 from proto.tlb import tlb_path
+from proto.posted import posted_path
 from proto.errors import HvstackError
 from proto.status import HypervisorStatus
 from proto.transport import curve_keypair, ipc_endpoint
@@ -225,6 +226,9 @@ class Run:
                       for lp in range(self.topology.logical_processors)]
             fds += lp_fds
             args += ["--tlb-fds", ",".join(map(str, lp_fds))]
+            if os.path.exists(posted_path(d, pid)):  # the hypervisor's posted-interrupt descriptors
+                fds.append(os.open(posted_path(d, pid), os.O_RDWR | os.O_CLOEXEC))
+                args += ["--posted-fd", str(fds[-1])]
         if self.isolation == confine.UIDS:
             # A successor worker (servicing) runs under its predecessor's uid.
             if self._uids_in_use is None:

@@ -28,6 +28,7 @@ EXAMPLES = {
     m.MmioNotify: m.MmioNotify(2, 0, 0xB8000, 2, False, 0, (T, T, T)),
     m.AssertInterrupt: m.AssertInterrupt(0x20, (T, T)),
     m.InterruptNotify: m.InterruptNotify(0x120, (T, T, T, T)),
+    m.PostedDescriptorReady: m.PostedDescriptorReady(1),
     m.ResetRequest: m.ResetRequest("i8042 CPU reset"),
     m.DeviceReset: m.DeviceReset(),
     m.WorkerQuery: m.WorkerQuery(5, "screen"),

@@ -1,0 +1,80 @@
+"""The hypervisor's half of the posted-interrupt descriptors (layout and races: :mod:`proto.posted`).
+
+A partition's file is created when the partition is initialized (before its processes
+start: the launcher hands the partition process a descriptor of it) and mapped here, for
+the atomic ORs.  A VP is posted to through it once it has said, on its own connection, that
+it reads it (``posted_descriptor_ready``); until then, and for a VP that never says so (a
+real-CPU backend, a VP without the file), :meth:`Interrupts.notify` sends an
+``interrupt_notify`` as before.  The saying is bound to that connection: a VP's successor
+(a new partition process) must say it again.
+
+``HVSTACK_POSTED_DESCRIPTOR=0`` in the hypervisor's environment turns the descriptors off
+(no files; every posted interrupt is a message): the bench's before/after.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import mmap
+import os
+from pathlib import Path
+
+from proto import posted as layout
+
+log = logging.getLogger("hypervisor")
+
+ENV = "HVSTACK_POSTED_DESCRIPTOR"
+
+
+def enabled_by_env() -> bool:
+    return os.environ.get(ENV, "1") != "0"
+
+
+class PostedDescriptors:
+    def __init__(self, directory: str, counters: dict, enabled: bool = True) -> None:
+        self.dir = Path(directory)
+        self.enabled = enabled
+        # posted_descriptor: interrupts posted through a descriptor (of posted_interrupts);
+        # posted_descriptor_refused: a VP's ready that was not taken (it keeps the messages).
+        self.counters = counters
+        self._files: dict[int, tuple[io.FileIO, mmap.mmap]] = {}  # partition → its file, mapped
+        self._readers: dict[tuple[int, int], bytes] = {}  # (partition, VP) → the connection that reads it
+
+    def create(self, partition: int) -> None:
+        """The partition's file, before its processes start (nothing when turned off)."""
+        if not self.enabled or partition in self._files:
+            return
+        file = io.FileIO(layout.create(layout.posted_path(self.dir, partition)), "r+")
+        self._files[partition] = (file, mmap.mmap(file.fileno(), layout.FILE_SIZE))
+
+    def on_ready(self, identity: bytes, peer, msg, t_in: int) -> None:
+        """``posted_descriptor_ready`` from a VP: post to it through its descriptor from now
+        on — if this hypervisor made one for its partition and the VP's layout is this one."""
+        part, vp = peer.partition, peer.vp
+        if (part.id not in self._files or msg.layout != layout.LAYOUT or vp is None
+                or not 0 <= vp.index < layout.MAX_VPS):
+            self.counters["posted_descriptor_refused"] += 1
+            return  # it keeps its interrupt_notify messages
+        self._readers[(part.id, vp.index)] = identity
+
+    def post(self, vp, interrupt: int, stamps: tuple) -> bool:
+        """Post ``interrupt`` to ``vp`` through its descriptor; False if it does not read one
+        (the caller sends a message instead)."""
+        if self._readers.get((vp.partition.id, vp.index)) != vp.peer or len(stamps) > layout.SIDE_STAMPS:
+            return False
+        layout.post(self._files[vp.partition.id][1], vp.index, interrupt, stamps)
+        self.counters["posted_descriptor"] += 1
+        return True
+
+    def forget(self, partition: int) -> None:
+        """A deleted partition: its file unmapped, closed and removed."""
+        entry = self._files.pop(partition, None)
+        self._readers = {k: v for k, v in self._readers.items() if k[0] != partition}
+        if entry is not None:
+            entry[1].close()
+            entry[0].close()
+            try:
+                os.unlink(layout.posted_path(self.dir, partition))
+            except FileNotFoundError:
+                pass

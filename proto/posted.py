@@ -1,0 +1,143 @@
+"""Posted-interrupt descriptors in shared memory: one file per partition, one region per VP.
+
+Intel's posted interrupts (SDM vol. 3, "Posted-Interrupt Processing") put a running vCPU's
+pending vectors in a 64-byte descriptor in memory: the 256-bit posted-interrupt request
+bitmap (PIR) and the outstanding-notification bit (ON).  The notifier sets the vector's PIR
+bit and then ON, each with a LOCK-prefixed OR; the CPU, at its next check, clears ON and
+moves PIR into the virtual IRR (an atomic exchange of each word with 0).  hvstack does the
+same with a file the hypervisor creates and both processes map (``pi-ID.bin`` in the run
+directory, 0600): the hypervisor posts (:func:`post`), the VP reads it at its preemption
+points as a memory load (:class:`VpDescriptor`), so an interrupt for a VP executing guest
+code needs no message, and no ZeroMQ I/O thread on either side to carry one.
+
+A VP's region is the descriptor and, after it, a side entry per vector with what hvstack's
+resumes carry besides the vector: the "no EOI required" flag (``INTERRUPT_NO_EOI``) and the
+interrupt path's stamps (for the latency histograms)::
+
+    descriptor   PIR 32 bytes (bit n: vector n), ON byte 32 bit 0, 31 bytes reserved   64 bytes
+    side entry   interrupt u16 (vector | INTERRUPT_NO_EOI), stamps count u8, 5 bytes,
+                 SIDE_STAMPS × u64 stamps                                              64 bytes
+    region       descriptor, then a side entry for each of the 256 vectors             16,448 bytes
+
+The hypervisor writes a vector's side entry, then ORs its PIR bit, then ON; the VP clears
+ON, exchanges each nonzero PIR byte with 0 (:mod:`proto.atomic`, so a bit set meanwhile
+is never lost), then reads the side entries of the bits it took.  A vector posted again
+between the VP's exchange and its read of the side entry is taken twice, the first time
+with the second's stamps: both were posted, only the stamps are approximate.
+
+What a hostile partition can do with it: write anything into its own VPs' regions.  The
+hypervisor only ever writes there (it never reads a byte of it back), and its own local
+APIC state stays authoritative: a vector is taken (IRR → ISR, or off the PIC's queue) when
+it is posted, exactly as for a resume, and its EOI comes back as an exit as before.  So a
+forged PIR bit runs the guest's own handler for nothing in service (which the guest can do
+by calling it), a cleared one loses the guest its own interrupt; a garbage side entry is
+clamped where the VP reads it.  The file cannot be cut short under the hypervisor's mapping
+(SIGBUS): the partition's seccomp filter refuses truncation, as for its RAM file
+(:mod:`proto.seccomp`).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+
+from proto.atomic import fetch_and_u8, fetch_or_u8
+
+PIR_BYTES = 32
+ON_OFFSET = 32  # byte 32, bit 0: the outstanding-notification bit
+ON = 0x01
+DESCRIPTOR_SIZE = 64
+VECTORS = 256
+SIDE_STAMPS = 7
+SIDE = struct.Struct(f"<HB5x{SIDE_STAMPS}Q")  # 64 bytes
+REGION_SIZE = DESCRIPTOR_SIZE + VECTORS * SIDE.size
+# The file covers this many VPs (root/topology.py's MAX_VPS); a VP beyond it is posted to by
+# message.  The file is sparse: a VP's region costs a page only once something is posted.
+MAX_VPS = 128
+FILE_SIZE = MAX_VPS * REGION_SIZE
+# The layout's version, which the VP names when it says it reads its descriptor.
+LAYOUT = 1
+_U64 = (1 << 64) - 1
+
+
+def posted_path(directory, partition: int) -> str:
+    """The partition's posted-interrupt descriptors in the run directory."""
+    return os.path.join(directory, f"pi-{partition}.bin")
+
+
+def region(vp: int) -> int:
+    """Where VP ``vp``'s descriptor starts in the file."""
+    return vp * REGION_SIZE
+
+
+def create(path: str) -> int:
+    """A new file of empty descriptors, 0600 from the start; returns a read-write descriptor
+    (the caller's)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    os.ftruncate(fd, FILE_SIZE)  # sparse: zeros, nothing posted
+    return fd
+
+
+def post(buf, vp: int, interrupt: int, stamps: tuple) -> None:
+    """The notifier's half: the side entry of the vector, its PIR bit, then ON.  ``buf`` is a
+    writable mapping of the whole file; nothing of it is read back."""
+    base = region(vp)
+    vector = interrupt & 0xFF
+    stamps = tuple(s & _U64 for s in stamps[:SIDE_STAMPS])
+    SIDE.pack_into(buf, base + DESCRIPTOR_SIZE + vector * SIDE.size, interrupt & 0xFFFF, len(stamps),
+                   *stamps, *(0,) * (SIDE_STAMPS - len(stamps)))
+    fetch_or_u8(buf, base + vector // 8, 1 << (vector % 8))
+    fetch_or_u8(buf, base + ON_OFFSET, ON)  # last: a reader that sees ON finds the bit
+
+
+class VpDescriptor:
+    """One VP's descriptor as its preemption points read it: ``file`` is a path or an open
+    descriptor of the partition's file (which stays the caller's)."""
+
+    def __init__(self, file: str | int, vp: int) -> None:
+        if not 0 <= vp < MAX_VPS:
+            raise ValueError(f"VP {vp}: the descriptor file covers VPs 0..{MAX_VPS - 1}")
+        if isinstance(file, int):
+            self._map = mmap.mmap(file, FILE_SIZE)
+        else:
+            fd = os.open(file, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                self._map = mmap.mmap(fd, FILE_SIZE)
+            finally:
+                os.close(fd)
+        # The VP's own region, the only part it ever touches.
+        self.buf = memoryview(self._map)[region(vp):region(vp) + REGION_SIZE]
+
+    def outstanding(self) -> bool:
+        """ON: something was posted since the last :meth:`take` (one memory load)."""
+        return bool(self.buf[ON_OFFSET] & ON)
+
+    def take(self) -> list[tuple[int, tuple]]:
+        """Clear ON, take every PIR bit (atomically, so none posted meanwhile is lost) and
+        return the posted interrupts, highest vector first, as (interrupt, stamps) —
+        what a resume carries (``VpResume.interrupt``, ``irq_stamps``)."""
+        buf = self.buf
+        fetch_and_u8(buf, ON_OFFSET, ~ON & 0xFF)
+        taken = []
+        pir = bytes(buf[:PIR_BYTES])
+        for i in range(PIR_BYTES - 1, -1, -1):
+            if not pir[i]:
+                continue
+            bits = fetch_and_u8(buf, i, 0)  # an exchange with 0: what is set now
+            for bit in range(7, -1, -1):
+                if bits >> bit & 1:
+                    vector = i * 8 + bit
+                    interrupt, count, *stamps = SIDE.unpack_from(buf, DESCRIPTOR_SIZE + vector * SIDE.size)
+                    # The side entry is the partition's to scribble on: the vector is the
+                    # PIR bit's, whatever the entry says, and the count is clamped.
+                    taken.append((vector | (interrupt & ~0xFF & 0xFFFF), tuple(stamps[:min(count, SIDE_STAMPS)])))
+        return taken
+
+    def close(self) -> None:
+        self.buf.release()
+        self._map.close()

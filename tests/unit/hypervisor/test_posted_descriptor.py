@@ -1,0 +1,92 @@
+"""Posted interrupts through the VP's descriptor (hypervisor/posted.py): once a VP says it
+reads it, an interrupt for it while it executes guest code is written there, not sent."""
+
+from __future__ import annotations
+
+from proto import messages as m
+from proto import posted
+from hypervisor.posted import PostedDescriptors
+from tests.unit.hypervisor.fake_stack import REGS, Stack, stamps, vp_id, worker_id
+
+V10, V11 = vp_id(1, 0), vp_id(1, 1)
+W1 = worker_id(1)
+
+
+def descriptor(stack, partition: int, vp: int) -> posted.VpDescriptor:
+    return posted.VpDescriptor(posted.posted_path(stack.hv.memory.dir, partition), vp)
+
+
+def test_after_ready_an_interrupt_for_a_running_vp_goes_to_its_descriptor(two):
+    assert not two.send(V10, m.PostedDescriptorReady(posted.LAYOUT))  # no answer
+    out = two.send(W1, m.AssertInterrupt(0x21, stamps(2)))
+    assert not out.to(V10)  # no interrupt_notify
+    d = descriptor(two, 1, 0)
+    (interrupt, irq_stamps), = d.take()
+    assert interrupt == 0x21 and len(irq_stamps) == 4  # device raise, worker send, hv in, hv inject
+    assert two.vp(1).interrupts.injected == 1  # the hypervisor's state moved as for a message
+    assert two.hv.counters["posted_interrupts"] == 1 and two.hv.counters["posted_descriptor"] == 1
+    d.close()
+
+
+def test_a_vp_that_did_not_say_ready_still_gets_messages(two):
+    two.send(V11, m.PostedDescriptorReady(posted.LAYOUT))  # its sibling did
+    out = two.send(W1, m.AssertInterrupt(0x21, stamps(2)))
+    assert out.one(V10, m.InterruptNotify).interrupt == 0x21
+    assert two.hv.counters["posted_descriptor"] == 0
+
+
+def test_another_layout_is_refused_and_keeps_the_messages(two):
+    two.send(V10, m.PostedDescriptorReady(posted.LAYOUT + 1))
+    assert two.send(W1, m.AssertInterrupt(0x21, stamps(2))).one(V10, m.InterruptNotify)
+    assert two.hv.counters["posted_descriptor_refused"] == 1
+
+
+def test_only_a_vp_may_say_ready(two):
+    assert two.send(W1, m.PostedDescriptorReady(posted.LAYOUT)).one(W1, m.ErrorReply).code == "NOT_PERMITTED"
+
+
+def test_a_halted_vp_is_still_woken_by_its_resume(two):
+    two.send(V10, m.PostedDescriptorReady(posted.LAYOUT))
+    assert not two.exit(V10, m.HaltIntercept(8, stamps(), REGS))
+    assert two.send(W1, m.AssertInterrupt(0x20, stamps(2))).one(V10, m.VpResume).interrupt == 0x20
+    d = descriptor(two, 1, 0)
+    assert d.take() == []
+    d.close()
+
+
+def test_a_hlt_after_a_descriptor_post_completes_at_once(two):
+    two.send(V10, m.PostedDescriptorReady(posted.LAYOUT))
+    two.send(W1, m.AssertInterrupt(0x21, stamps(2)))
+    r = two.exit(V10, m.HaltIntercept(6, stamps(), REGS)).one(V10, m.VpResume)
+    assert (r.seq, r.interrupt) == (6, 0)  # the VP finds 0x21 in its descriptor at this resume
+
+
+def test_a_garbage_descriptor_does_not_reach_the_hypervisor(two):
+    """The hypervisor never reads the descriptor: what the guest writes there changes nothing
+    it does."""
+    two.send(V10, m.PostedDescriptorReady(posted.LAYOUT))
+    d = descriptor(two, 1, 0)
+    d.buf[:posted.REGION_SIZE] = b"\xff" * posted.REGION_SIZE
+    two.send(W1, m.AssertInterrupt(0x22, stamps(2)))
+    assert two.hv.counters["posted_descriptor"] == 1 and two.hv.counters["handler_errors"] == 0
+    assert (0x22 & 0xFF) in [i & 0xFF for i, _ in d.take()]
+    d.close()
+
+
+def test_turned_off_there_is_no_file_and_ready_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("HVSTACK_POSTED_DESCRIPTOR", "0")
+    s = Stack(tmp_path)
+    s.hello(b"root", "root")
+    assert s.partition() == 1
+    assert not (tmp_path / "pi-1.bin").exists()
+    s.send(V10, m.PostedDescriptorReady(posted.LAYOUT))
+    assert s.send(W1, m.AssertInterrupt(0x21, stamps(2))).one(V10, m.InterruptNotify)
+    assert s.hv.counters["posted_descriptor_refused"] == 1
+
+
+def test_a_deleted_partition_s_file_goes(tmp_path):
+    p = PostedDescriptors(str(tmp_path), {})
+    p.create(5)
+    assert (tmp_path / "pi-5.bin").exists()
+    p.forget(5)
+    assert not (tmp_path / "pi-5.bin").exists()
