@@ -12,9 +12,14 @@ interrupt is *posted* to it (:meth:`Interrupts.kick`), as Intel's posted interru
 running vCPU — the hypervisor takes the vector as a resume would and sends it in an
 ``interrupt_notify`` on the VP's own connection, which the VP reads at its next preemption
 point (or while it waits for the resume of an exit it made meanwhile: the connection keeps
-order, so nothing is lost or taken twice).  At most :data:`POSTED_MAX` are sent per dispatch
-(Intel's outstanding-notification bit, made a small count); more wait for the next resume.
-A partition's interrupts only ever reach its own VPs' connections.
+order, so nothing is lost or taken twice).  A VP that said it reads its posted-interrupt
+descriptor (``posted.py``, :mod:`proto.posted`) gets the vector there instead — its PIR bit
+and ON, as Intel's notifier sets them — and finds it at its next preemption point with a
+memory load, no message and no ZeroMQ I/O thread in between; the vector is taken here in
+the same way either way, so this APIC state stays the one source of truth and the EOI comes
+back as an exit.  At most :data:`POSTED_MAX` are posted per dispatch (Intel's
+outstanding-notification bit, made a small count); more wait for the next resume.  A
+partition's interrupts only ever reach its own VPs' connections and descriptors.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ class InterruptQueue:
     asserted: int = 0
     injected: int = 0
     by_vector: dict[int, int] = field(default_factory=dict)
-    posted: int = 0  # interrupt_notify messages sent to the VP, in all
+    posted: int = 0  # interrupts posted to the VP (by message or descriptor), in all
     posted_dispatch: int = -1  # the dispatch (VpSched.dispatches) the last ones were sent in
     posted_in_dispatch: int = 0  # how many in that dispatch
 
@@ -123,8 +128,8 @@ class Interrupts:
             self.notify(vp)
 
     def notify(self, vp) -> None:
-        """Send what ``vp`` can take now in ``interrupt_notify`` messages (at most
-        POSTED_MAX per dispatch); it must be RUNNING."""
+        """Post what ``vp`` can take now (at most POSTED_MAX per dispatch): through its
+        descriptor if it reads one, else in ``interrupt_notify`` messages; it must be RUNNING."""
         q = vp.interrupts
         if self._send is None or vp.peer is None or vp.reset_pending:
             return

@@ -105,7 +105,7 @@ class Hypervisor:
             "out_of_turn": 0,  # exits from a VP that was not executing guest code
             "handler_errors": 0,  # exceptions in a handler: bugs of ours, each logged (rate-limited)
             "status_trimmed": 0,  # status replies too big to decode anywhere, sent without histograms
-            "posted_interrupts": 0,  # interrupt_notify messages: interrupts posted to running VPs
+            "posted_interrupts": 0,  # interrupts posted to running VPs (interrupt_notify or descriptor)
             "posted_descriptor": 0,  # of those, posted through the VP's descriptor instead (posted.py)
             "posted_descriptor_refused": 0,  # a VP's posted_descriptor_ready not taken
         }
