@@ -62,7 +62,8 @@ def measure(descriptor: bool, window_s: float, timeout_s: float = 60.0) -> dict:
             os.environ.pop(ENV, None)
         else:
             os.environ[ENV] = old
-    h = path_since(before["interrupt"], _paths(status)["interrupt"]).total
+    path = path_since(before["interrupt"], _paths(status)["interrupt"])
+    h = path.total
     by_kind: dict[str, float] = {}
     for name, t in cpu1.items():
         if name in cpu0:
@@ -70,6 +71,8 @@ def measure(descriptor: bool, window_s: float, timeout_s: float = 60.0) -> dict:
     n = max(1, h.n)
     return {"descriptor": descriptor, "interrupts": h.n, "p50_us": round(h.percentile(50) / 1000, 1),
             "p99_us": round(h.percentile(99) / 1000, 1),
+            # Between consecutive stamps: device raise → worker send → hv in → hv inject → handler.
+            "stages_p50_us": [round(st.percentile(50) / 1000, 1) for st in path.stages],
             "cpu_ms_per_s": {k: round(v / window_s * 1000, 1) for k, v in sorted(by_kind.items())},
             "cpu_us_per_interrupt": {k: round(v / n * 1e6, 1) for k, v in sorted(by_kind.items())},
             "posted_descriptor": status["counters"].get("posted_descriptor", 0),
@@ -94,7 +97,8 @@ def main(argv=None) -> int:
                 print(f"{r['utc']} load {r['load']:.1f} descriptor {'on ' if descriptor else 'off'}: "
                       f"{r['interrupts']} interrupts, p50 {r['p50_us']:.0f} µs, p99 {r['p99_us']:.0f} µs; "
                       f"CPU ms/s {r['cpu_ms_per_s']}; µs per interrupt: hypervisor "
-                      f"{r['cpu_us_per_interrupt'].get('hypervisor', 0):.0f}", flush=True)
+                      f"{r['cpu_us_per_interrupt'].get('hypervisor', 0):.0f}; stages p50 µs {r['stages_p50_us']}",
+                      flush=True)
     if args.json:
         print(json.dumps(results, indent=2))
     return 0

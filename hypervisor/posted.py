@@ -38,7 +38,8 @@ class PostedDescriptors:
         # posted_descriptor: interrupts posted through a descriptor (of posted_interrupts);
         # posted_descriptor_refused: a VP's ready that was not taken (it keeps the messages).
         self.counters = counters
-        self._files: dict[int, tuple[io.FileIO, mmap.mmap]] = {}  # partition → its file, mapped
+        # partition → its file, its mapping, and the notifier that writes through it
+        self._files: dict[int, tuple[io.FileIO, mmap.mmap, layout.Notifier]] = {}
         self._readers: dict[tuple[int, int], bytes] = {}  # (partition, VP) → the connection that reads it
 
     def create(self, partition: int) -> None:
@@ -46,7 +47,8 @@ class PostedDescriptors:
         if not self.enabled or partition in self._files:
             return
         file = io.FileIO(layout.create(layout.posted_path(self.dir, partition)), "r+")
-        self._files[partition] = (file, mmap.mmap(file.fileno(), layout.FILE_SIZE))
+        buf = mmap.mmap(file.fileno(), layout.FILE_SIZE)
+        self._files[partition] = (file, buf, layout.Notifier(buf))
 
     def on_ready(self, identity: bytes, peer, msg, t_in: int) -> None:
         """``posted_descriptor_ready`` from a VP: post to it through its descriptor from now
@@ -63,7 +65,7 @@ class PostedDescriptors:
         (the caller sends a message instead)."""
         if self._readers.get((vp.partition.id, vp.index)) != vp.peer or len(stamps) > layout.SIDE_STAMPS:
             return False
-        layout.post(self._files[vp.partition.id][1], vp.index, interrupt, stamps)
+        self._files[vp.partition.id][2].post(vp.index, interrupt, stamps)
         self.counters["posted_descriptor"] += 1
         return True
 
@@ -72,8 +74,10 @@ class PostedDescriptors:
         entry = self._files.pop(partition, None)
         self._readers = {k: v for k, v in self._readers.items() if k[0] != partition}
         if entry is not None:
-            entry[1].close()
-            entry[0].close()
+            file, buf, notifier = entry
+            notifier.close()
+            buf.close()
+            file.close()
             try:
                 os.unlink(layout.posted_path(self.dir, partition))
             except FileNotFoundError:

@@ -70,3 +70,34 @@ def fetch_or_u8(buf, offset: int, mask: int) -> int:
 def fetch_and_u8(buf, offset: int, mask: int) -> int:
     """``lock and byte [buf + offset], mask``; the byte's old value."""
     return _op(_FETCH_AND, buf, offset, mask, int.__and__)
+
+
+# The same by address, for a caller that makes many on one mapping (the posted-interrupt
+# descriptors, proto/posted.py): a ctypes view made per call costs as much as the atomic
+# itself.  ``anchor`` (returned by :func:`anchor`) must live as long as the address is used
+# and be dropped before the mapping is closed.
+
+
+def anchor(buf, offset: int = 0):
+    """(a ctypes view pinning ``buf``, the address of byte ``offset``)."""
+    cell = ctypes.c_uint8.from_buffer(buf, offset)
+    return cell, ctypes.addressof(cell)
+
+
+def _op_at(fn, address: int, mask: int, plain) -> int:
+    if fn is None:
+        cell = ctypes.c_uint8.from_address(address)
+        old = cell.value
+        cell.value = plain(old, mask) & 0xFF
+        return old
+    return fn(address, mask & 0xFF, SEQ_CST)
+
+
+def fetch_or_at(address: int, mask: int) -> int:
+    """``lock or byte [address], mask``; the byte's old value."""
+    return _op_at(_FETCH_OR, address, mask, int.__or__)
+
+
+def fetch_and_at(address: int, mask: int) -> int:
+    """``lock and byte [address], mask``; the byte's old value."""
+    return _op_at(_FETCH_AND, address, mask, int.__and__)

@@ -42,7 +42,7 @@ import mmap
 import os
 import struct
 
-from proto.atomic import fetch_and_u8, fetch_or_u8
+from proto.atomic import anchor, fetch_and_at, fetch_or_at
 
 PIR_BYTES = 32
 ON_OFFSET = 32  # byte 32, bit 0: the outstanding-notification bit
@@ -83,16 +83,27 @@ def create(path: str) -> int:
     return fd
 
 
-def post(buf, vp: int, interrupt: int, stamps: tuple) -> None:
-    """The notifier's half: the side entry of the vector, its PIR bit, then ON.  ``buf`` is a
-    writable mapping of the whole file; nothing of it is read back."""
-    base = region(vp)
-    vector = interrupt & 0xFF
-    stamps = tuple(s & _U64 for s in stamps[:SIDE_STAMPS])
-    SIDE.pack_into(buf, base + DESCRIPTOR_SIZE + vector * SIDE.size, interrupt & 0xFFFF, len(stamps),
-                   *stamps, *(0,) * (SIDE_STAMPS - len(stamps)))
-    fetch_or_u8(buf, base + vector // 8, 1 << (vector % 8))
-    fetch_or_u8(buf, base + ON_OFFSET, ON)  # last: a reader that sees ON finds the bit
+class Notifier:
+    """The notifier's half over a writable mapping of the whole file (the hypervisor's):
+    it only ever writes there, nothing is read back."""
+
+    def __init__(self, buf) -> None:
+        self.buf = buf
+        self._anchor, self._address = anchor(buf)
+
+    def post(self, vp: int, interrupt: int, stamps: tuple) -> None:
+        """The side entry of the vector, its PIR bit, then ON."""
+        base = region(vp)
+        vector = interrupt & 0xFF
+        stamps = tuple(s & _U64 for s in stamps[:SIDE_STAMPS])
+        SIDE.pack_into(self.buf, base + DESCRIPTOR_SIZE + vector * SIDE.size, interrupt & 0xFFFF, len(stamps),
+                       *stamps, *(0,) * (SIDE_STAMPS - len(stamps)))
+        fetch_or_at(self._address + base + vector // 8, 1 << (vector % 8))
+        fetch_or_at(self._address + base + ON_OFFSET, ON)  # last: a reader that sees ON finds the bit
+
+    def close(self) -> None:
+        """Before the mapping is closed."""
+        self._anchor = None
 
 
 class VpDescriptor:
@@ -112,6 +123,7 @@ class VpDescriptor:
                 os.close(fd)
         # The VP's own region, the only part it ever touches.
         self.buf = memoryview(self._map)[region(vp):region(vp) + REGION_SIZE]
+        self._anchor, self._address = anchor(self.buf)
 
     def outstanding(self) -> bool:
         """ON: something was posted since the last :meth:`take` (one memory load)."""
@@ -121,14 +133,14 @@ class VpDescriptor:
         """Clear ON, take every PIR bit (atomically, so none posted meanwhile is lost) and
         return the posted interrupts, highest vector first, as (interrupt, stamps) —
         what a resume carries (``VpResume.interrupt``, ``irq_stamps``)."""
-        buf = self.buf
-        fetch_and_u8(buf, ON_OFFSET, ~ON & 0xFF)
+        buf, address = self.buf, self._address
+        fetch_and_at(address + ON_OFFSET, ~ON & 0xFF)
         taken = []
         pir = bytes(buf[:PIR_BYTES])
         for i in range(PIR_BYTES - 1, -1, -1):
             if not pir[i]:
                 continue
-            bits = fetch_and_u8(buf, i, 0)  # an exchange with 0: what is set now
+            bits = fetch_and_at(address + i, 0)  # an exchange with 0: what is set now
             for bit in range(7, -1, -1):
                 if bits >> bit & 1:
                     vector = i * 8 + bit
@@ -139,5 +151,6 @@ class VpDescriptor:
         return taken
 
     def close(self) -> None:
+        self._anchor = None
         self.buf.release()
         self._map.close()

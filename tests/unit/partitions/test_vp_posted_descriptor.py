@@ -24,7 +24,9 @@ def pi(tmp_path):
     path = posted.posted_path(tmp_path, 1)
     fd = posted.create(path)
     buf = mmap.mmap(fd, posted.FILE_SIZE)
-    yield path, buf
+    notifier = posted.Notifier(buf)
+    yield path, notifier
+    notifier.close()
     buf.close()
     os.close(fd)
 
@@ -53,7 +55,7 @@ def test_a_posted_vector_is_taken_at_the_next_check_without_a_poll(pi):
     path, buf = pi
     v, d, taken = running_vp(path)
     v._next_poll = perf_counter_ns() + 10**9  # not the connection's turn
-    posted.post(buf, 0, 0x20, stamps4())
+    buf.post(0, 0x20, stamps4())
     v._next_check = 0
     v.read(0x100, 4)
     assert taken == [0x20] and d.polls == 0 and len(d.sent) == 1  # no exit, no poll
@@ -65,7 +67,7 @@ def test_with_interrupts_disabled_it_waits_for_sti(pi):
     path, buf = pi
     v, d, taken = running_vp(path)
     v.cli()
-    posted.post(buf, 0, 0x20, ())
+    buf.post(0, 0x20, ())
     v._next_check = 0
     v.pause()
     assert taken == []
@@ -76,7 +78,7 @@ def test_with_interrupts_disabled_it_waits_for_sti(pi):
 def test_one_posted_before_an_exit_is_taken_at_its_resume(pi):
     path, buf = pi
     v, d, taken = running_vp(path)
-    posted.post(buf, 0, 0x20, stamps4())
+    buf.post(0, 0x20, stamps4())
     d.inbox.append(m.VpResume(1, 0, 0, 0, 0, 0, b"", (), 0, (), perf_counter_ns() + 10**9, 0,
                               Exit.HALT.code).encode())
     v.hlt()
@@ -96,7 +98,7 @@ def test_the_connection_is_still_polled_every_notify_interval(pi):
 def test_a_reset_drops_what_was_posted(pi):
     path, buf = pi
     v, d, taken = running_vp(path)
-    posted.post(buf, 0, 0x20, ())
+    buf.post(0, 0x20, ())
     v.power_on()
     v.set_handler(0x20, lambda vp, vector: taken.append(vector))
     v.if_flag = True

@@ -18,7 +18,9 @@ def file(tmp_path):
     path = posted.posted_path(tmp_path, 3)
     fd = posted.create(path)
     buf = mmap.mmap(fd, posted.FILE_SIZE)
-    yield path, buf
+    notifier = posted.Notifier(buf)
+    yield path, notifier
+    notifier.close()
     buf.close()
     os.close(fd)
 
@@ -35,8 +37,8 @@ def test_a_new_file_is_0600_sparse_and_empty(file):
 def test_posted_vectors_are_taken_highest_first_with_their_flags_and_stamps_then_cleared(file):
     path, buf = file
     d = posted.VpDescriptor(path, 1)
-    posted.post(buf, 1, 0x30, (1, 2, 3, 4))
-    posted.post(buf, 1, 0xEF | INTERRUPT_NO_EOI, (5, 6))
+    buf.post(1, 0x30, (1, 2, 3, 4))
+    buf.post(1, 0xEF | INTERRUPT_NO_EOI, (5, 6))
     assert d.outstanding()
     assert d.take() == [(0xEF | INTERRUPT_NO_EOI, (5, 6)), (0x30, (1, 2, 3, 4))]
     assert not d.outstanding() and d.take() == []
@@ -47,7 +49,7 @@ def test_posted_vectors_are_taken_highest_first_with_their_flags_and_stamps_then
 def test_a_vp_sees_only_its_own_region(file):
     path, buf = file
     d0, d1 = posted.VpDescriptor(path, 0), posted.VpDescriptor(path, 1)
-    posted.post(buf, 1, 0x21, ())
+    buf.post(1, 0x21, ())
     assert not d0.outstanding() and d0.take() == []
     assert d1.take() == [(0x21, ())]
     d0.close()
@@ -58,8 +60,8 @@ def test_a_vector_posted_twice_before_the_take_is_one_bit(file):
     """As an IRR bit: the second post coalesces with the first (with its stamps)."""
     path, buf = file
     d = posted.VpDescriptor(path, 0)
-    posted.post(buf, 0, 0x40, (1,))
-    posted.post(buf, 0, 0x40, (2,))
+    buf.post(0, 0x40, (1,))
+    buf.post(0, 0x40, (2,))
     assert d.take() == [(0x40, (2,))]
     d.close()
 
@@ -79,7 +81,7 @@ def test_garbage_written_by_the_guest_is_clamped_not_trusted(file):
     assert interrupt & 0xFF == 0x50 and len(stamps) == posted.SIDE_STAMPS
     # Scribbling never stops the notifier: it only ever writes.
     d.buf[:posted.REGION_SIZE] = b"\xa5" * posted.REGION_SIZE
-    posted.post(buf, 2, 0x60, (9,))
+    buf.post(2, 0x60, (9,))
     assert (0x60, (9,)) in d.take()
     d.close()
 
@@ -87,7 +89,7 @@ def test_garbage_written_by_the_guest_is_clamped_not_trusted(file):
 def test_stamps_beyond_the_side_entry_and_out_of_range_are_cut(file):
     path, buf = file
     d = posted.VpDescriptor(path, 0)
-    posted.post(buf, 0, 0x22, tuple(range(posted.SIDE_STAMPS)))
+    buf.post(0, 0x22, tuple(range(posted.SIDE_STAMPS)))
     assert d.take() == [(0x22, tuple(range(posted.SIDE_STAMPS)))]
     d.close()
 
