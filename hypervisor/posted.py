@@ -15,14 +15,11 @@ real-CPU backend, a VP without the file), :meth:`Interrupts.notify` sends an
 from __future__ import annotations
 
 import io
-import logging
 import mmap
 import os
 from pathlib import Path
 
 from proto import posted as layout
-
-log = logging.getLogger("hypervisor")
 
 ENV = "HVSTACK_POSTED_DESCRIPTOR"
 

@@ -433,20 +433,17 @@ class Vp:
         if buf is not None and buf[POSTED_ON_OFFSET] & POSTED_ON:
             self._pending += self._posted.take()
             posted = True
-        if buf is not None and now < self._next_poll:
-            if posted and self.if_flag:
-                self._deliver()
-            return
-        self._next_poll = now + NOTIFY_POLL_NS
-        while self._poll_ready(0):
-            msg = m.decode(self._recv_ready())
-            if msg.__class__ is m.InterruptNotify:
-                self._pending.append((msg.interrupt, msg.irq_stamps))
-                posted = True
-            elif msg.__class__ is m.ErrorReply:
-                self._error(msg)
-            # Nothing else is sent to a VP that is executing: a stray frame is dropped as
-            # _exit drops late answers.
+        if buf is None or now >= self._next_poll:
+            self._next_poll = now + NOTIFY_POLL_NS
+            while self._poll_ready(0):
+                msg = m.decode(self._recv_ready())
+                if msg.__class__ is m.InterruptNotify:
+                    self._pending.append((msg.interrupt, msg.irq_stamps))
+                    posted = True
+                elif msg.__class__ is m.ErrorReply:
+                    self._error(msg)
+                # Nothing else is sent to a VP that is executing: a stray frame is dropped
+                # as _exit drops late answers.
         if posted and self.if_flag:
             self._deliver()
 
