@@ -28,6 +28,39 @@ from benchmarks.window import WARMUP, _paths, path_since
 from hypervisor.posted import ENV
 
 
+def thread_sched(pid: int) -> dict[int, tuple[str, int, int, int]]:
+    """Each thread of ``pid``: (its name, ns on a CPU, ns waiting in the run queue, times it
+    was scheduled in) from /proc/PID/task/TID/schedstat; {} where /proc does not say."""
+    out = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                comm = f.read().strip()
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                run_ns, wait_ns, slices = (int(x) for x in f.read().split()[:3])
+        except (OSError, ValueError):
+            continue
+        out[int(tid)] = (comm, run_ns, wait_ns, slices)
+    return out
+
+
+def threads_since(before: dict, after: dict, window_s: float) -> list[dict]:
+    """Per thread over the window: ms on a CPU and ms in the run queue per second, and
+    times scheduled in per second (its wake-ups, for a thread that sleeps)."""
+    rows = []
+    for tid, (comm, run, wait, slices) in sorted(after.items()):
+        if tid in before:
+            _, run0, wait0, slices0 = before[tid]
+            rows.append({"thread": comm, "run_ms_per_s": round((run - run0) / 1e6 / window_s, 1),
+                         "wait_ms_per_s": round((wait - wait0) / 1e6 / window_s, 1),
+                         "scheduled_per_s": round((slices - slices0) / window_s, 1)})
+    return rows
+
+
 def measure(descriptor: bool, window_s: float, timeout_s: float = 60.0) -> dict:
     """One run of the busy-VP topology with the descriptor on or off."""
     from root.testrun import start_run
@@ -51,9 +84,10 @@ def measure(descriptor: bool, window_s: float, timeout_s: float = 60.0) -> dict:
                         raise TimeoutError(f"fewer than {WARMUP} interrupts within {timeout_s:g} s")
                     time.sleep(0.05)
                 pids = run_pids(run)
-                cpu0 = cpu_seconds(pids)
+                partition = next(pid for name, pid in pids.items() if process_kind(name) == "partition")
+                cpu0, sched0 = cpu_seconds(pids), thread_sched(partition)
                 time.sleep(window_s)
-                cpu1 = cpu_seconds(pids)
+                cpu1, sched1 = cpu_seconds(pids), thread_sched(partition)
                 status = run.stats()
             finally:
                 run.stop()
@@ -75,6 +109,7 @@ def measure(descriptor: bool, window_s: float, timeout_s: float = 60.0) -> dict:
             "stages_p50_us": [round(st.percentile(50) / 1000, 1) for st in path.stages],
             "cpu_ms_per_s": {k: round(v / window_s * 1000, 1) for k, v in sorted(by_kind.items())},
             "cpu_us_per_interrupt": {k: round(v / n * 1e6, 1) for k, v in sorted(by_kind.items())},
+            "partition_threads": threads_since(sched0, sched1, window_s),
             "posted_descriptor": status["counters"].get("posted_descriptor", 0),
             "posted_interrupts": status["counters"].get("posted_interrupts", 0)}
 
@@ -99,6 +134,9 @@ def main(argv=None) -> int:
                       f"CPU ms/s {r['cpu_ms_per_s']}; µs per interrupt: hypervisor "
                       f"{r['cpu_us_per_interrupt'].get('hypervisor', 0):.0f}; stages p50 µs {r['stages_p50_us']}",
                       flush=True)
+                for t in r["partition_threads"]:
+                    print(f"    partition thread {t['thread']}: on a CPU {t['run_ms_per_s']} ms/s, waiting for one "
+                          f"{t['wait_ms_per_s']} ms/s, scheduled in {t['scheduled_per_s']}/s", flush=True)
     if args.json:
         print(json.dumps(results, indent=2))
     return 0
