@@ -280,3 +280,13 @@ def _norm(v):
 
 class WrongShape(InvalidField):
     """A record saved from a partition of another shape (VPs, memory, devices, …)."""
+
+
+def check_vmbus(v: Any) -> dict:
+    """The VMBus section (a partition with a ``vmbus`` topology section): its own module,
+    which uses this one's checks (so imported when first needed, not at the top)."""
+    from proto.vmbus_state import check_vmbus as check
+    return check(v)
+
+
+CHECKS["vmbus"] = check_vmbus
