@@ -34,6 +34,7 @@ from root.report import Output
 from root.rundir import GUEST_MEMORY_FILES, RunDir, launcher_identity, new_run_dir, pid_alive, write_json, write_private
 from root.topology import Topology
 from root.topology_sections import vmbus_disk_image
+from root import vmbus_save
 from root.vsp import status as vsp_status
 
 HV_READY_TIMEOUT_S = 10.0
@@ -129,6 +130,10 @@ class Run:
                                                         self.restores[pc.name])
         self._manifest_update()
         self._start_vsp(logs)
+        for name, record in self.restores.items():  # a VMBus partition's bus, before its VPs run
+            pc = next(p for p in self.topology.partitions if p.name == name)
+            if pc.vmbus is not None:
+                vmbus_save.restore(self.root, self.run.path, pc, self.partition_ids[name], record)
         self.watcher = ConsoleWatcher(self.endpoint, self.secret, list(self.partition_ids.values()),
                                       server_key=self.server_key)
         for pc in self.topology.partitions:

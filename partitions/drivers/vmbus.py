@@ -211,4 +211,14 @@ class Vmbus:
         _, _, status = vb.OPEN_RESULT.unpack_from(self.wait_for(vp, Msg.CHANNELMSG_OPENCHANNEL_RESULT))
         if status:
             raise VmbusError(f"OPENCHANNEL refused: {status:#x}")
-        return Channel(self, relid, offer["connection_id"], to_host, to_guest)
+        return self.channel_at(vp, relid, offer["connection_id"], base, ring_pages, suppress)
+
+    def channel_at(self, vp: Vp, relid: int, connection_id: int, ring_gpa: int, ring_pages: int,
+                   suppress: bool = True) -> Channel:
+        """The driver's view of an open channel whose rings are at ``ring_gpa`` (``open``, or
+        a resumed kernel's: the rings' state is in its memory, the root's in its saved bus)."""
+        pages = [ring_gpa + i * 4096 for i in range(2 * ring_pages)]
+        ch = Channel(self, relid, connection_id, Ring(PagedView(vp.mem, pages[:ring_pages]), suppress),
+                     Ring(PagedView(vp.mem, pages[ring_pages:]), suppress))
+        ch.ring_gpa, ch.ring_pages, ch.suppress = ring_gpa, ring_pages, suppress
+        return ch

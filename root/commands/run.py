@@ -80,5 +80,5 @@ def _restores(topology, specs: list[str]) -> dict:
         base = topology.base_dir or Path.cwd()
         # The devices as the worker will have them (paths do not matter to the shape; a disk
         # image the topology names is compared with the saved one).
-        records[name] = read_for(pc, path, pc.worker_devices(Path("/nonexistent-run"), base))
+        records[name] = read_for(pc, path, pc.worker_devices(Path("/nonexistent-run"), base), base_dir=base)
     return records

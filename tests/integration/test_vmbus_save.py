@@ -1,0 +1,106 @@
+"""A VMBus partition saved and restored, and serviced (issue 13): its guest's verified
+synthetic-disk rounds (vmbus_disk: QUEUE_DEPTH writes, SYNCHRONIZE CACHE, reads compared)
+go on across each, the restored guest using the channel it had — no new connection, no new
+OPENCHANNEL: the root's VSP restored its bus (root/vsp/saved.py) — and a record whose bus
+does not fit, or was changed, is refused before anything starts."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from proto import saved_state
+from tests.support import REPO, alive, run_launch_py, short_run_root, start_run, wait_until
+
+CONFIG = str(REPO / "tests" / "configs" / "vmbus-save.toml")
+pytestmark = pytest.mark.timeout(150)
+ROUND = re.compile(r"\[alpha\] vmbus_disk: round (\d+) \S+ \d+ KiB x\d+ lba \d+: (verified|MISMATCH)")
+
+
+def rounds(console: str) -> list[int]:
+    """The verified rounds' numbers in the console's whole lines; any other vmbus_disk line fails."""
+    console = console[:console.rfind("\n") + 1]
+    assert "MISMATCH" not in console and "vmbus_disk: " not in re.sub(ROUND, "", console), console[-2000:]
+    return [int(n) for n, _ in ROUND.findall(console)]
+
+
+def stopped(run) -> None:
+    pids = run.pids()
+    run.stop()
+    assert not alive(pids), "processes of the run outlived it"
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A record of alpha saved after its worker was serviced under it; the run went on, then ended."""
+    path = tmp_path_factory.mktemp("vmbus-save") / "alpha.hvs"
+    run = start_run(CONFIG, short_run_root())
+    try:
+        wait_until(lambda: len(rounds(run.console("alpha"))) >= 2, 60, interval=0.2, what="two verified rounds")
+        # `ctl service`: a new worker under the running guest (the VSP, which serves its
+        # disk, is not the worker's: its channel is not touched).
+        r = run.launch("ctl", run.name, "service", "alpha", timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        print(r.stdout)
+        done = len(rounds(run.console("alpha")))
+        wait_until(lambda: len(rounds(run.console("alpha"))) >= done + 2, 30, interval=0.2,
+                   what="verified rounds after the service")
+        r = run.launch("ctl", run.name, "save", "alpha", str(path), timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert "running again" in r.stdout, r.stdout
+        print(r.stdout)
+        done = len(rounds(run.console("alpha")))
+        wait_until(lambda: len(rounds(run.console("alpha"))) >= done + 2, 30, interval=0.2,
+                   what="verified rounds after the save")
+    finally:
+        stopped(run)
+    return path, saved_state.read_file(path)
+
+
+def test_the_record_holds_the_bus_and_the_synthetic_disk(saved):
+    _, record = saved
+    bus = record["sections"]["vmbus"]
+    assert bus["version"] and bus["offers_sent"]
+    [offer] = bus["offers"]
+    assert offer["device"] == "storvsp" and offer["channel"] is not None
+    assert offer["device_state"]["state"] == 4  # storvsp READY
+    assert record["sections"]["disks"]["vmbus_disk"]["size"] == 8 << 20
+
+
+def test_a_restored_vmbus_partition_goes_on_with_its_channel(saved):
+    path, _ = saved
+    run = start_run(CONFIG, short_run_root(), extra=("--restore", f"alpha={path}"))
+    try:
+        wait_until(lambda: "resumed from the checkpoint" in run.console("alpha"), 30, interval=0.2,
+                   what="storvsc resumed")
+        got = wait_until(lambda: len(r := rounds(run.console("alpha"))) >= 3 and r, 40, interval=0.2,
+                         what="three verified rounds after the restore")
+        console = run.console("alpha")
+        assert "vmbus: version" not in console, "the restored guest connected again"
+        assert got[0] >= 4, got  # from the checkpoint's round, not from zero
+        assert got == list(range(got[0], got[0] + len(got))), got
+        assert "handler error" not in (run.path / "logs" / "vsp-vsp.log").read_text()
+    finally:
+        stopped(run)
+
+
+def test_a_record_whose_bus_does_not_fit_or_was_changed_is_refused(saved, tmp_path):
+    path, record = saved
+    root = short_run_root()
+    nic = tmp_path / "nic.toml"
+    nic.write_text(open(CONFIG).read().replace("vmbus = { disk = { size_mb = 8 } }",
+                                               "vmbus = { disk = { size_mb = 8 }, nic = {} }"))
+    r = run_launch_py("run", str(nic), "--restore", f"alpha={path}", run_root=root, timeout=30)
+    assert r.returncode == 2 and "vmbus devices: saved ['storvsp'], topology ['storvsp', 'netvsp']" in r.stderr, \
+        r.stderr
+    sections = dict(record["sections"])
+    sections["vmbus"] = dict(sections["vmbus"], sint=99)
+    bad = tmp_path / "bad.hvs"
+    bad.write_bytes(saved_state.encode(0, "alpha", sections))
+    r = run_launch_py("run", CONFIG, "--restore", f"alpha={bad}", run_root=root, timeout=30)
+    assert r.returncode == 2 and "vmbus.sint: 99 is outside 0..15" in r.stderr, r.stderr
+    del sections["vmbus"]
+    bad.write_bytes(saved_state.encode(0, "alpha", sections))
+    r = run_launch_py("run", CONFIG, "--restore", f"alpha={bad}", run_root=root, timeout=30)
+    assert r.returncode == 2 and "the record no VMBus section" in r.stderr, r.stderr
