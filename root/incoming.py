@@ -45,7 +45,7 @@ from proto.errors import HvstackError, ProtocolError
 from proto.memory import PAGE_SHIFT, GuestMemory, memory_path, slat_path
 from proto.status import HypervisorStatus
 from proto.transport import Router, curve_keypair
-from root import partition_save
+from root import partition_save, vmbus_save
 from root.procs import describe_exit, spawn, stop_procs
 
 SESSION_IDLE_S = 10.0  # a source silent this long is gone: the session is abandoned
@@ -280,7 +280,7 @@ class Receiver:
         devices = json_devices(run, pc)
         try:
             record = saved_state.decode(bytes(s.record))
-            extra = sorted(set(record["sections"]) - RECORD_SECTIONS - {"cpu"})
+            extra = sorted(set(record["sections"]) - RECORD_SECTIONS - {"cpu", "vmbus"})
             if extra:
                 raise partition_save.RestoreRefused(f"sections {extra} in a migration's record")
             if record["partition"]["name"] != pc.name:
@@ -288,7 +288,9 @@ class Receiver:
             partition_save.check_record(pc, record, devices, f"migration of {pc.name}", frozenset(RECORD_SECTIONS))
             if pc.backend != "python":
                 raise partition_save.RestoreRefused(f"cpu = {pc.backend!r}: migrating its registers is not built")
-        except saved_state.SavedStateError as e:
+            if pc.vmbus is not None:  # its bus to the VSP here (which changes nothing if it refuses)
+                vmbus_save.restore(run.root, run.run.path, pc, s.pid, record)
+        except (saved_state.SavedStateError, partition_save.RestoreRefused) as e:
             raise Refusal("INVALID_FIELD", f"the migrated state: {e}") from None
         # From here the partition takes the record's state: a failure ends the run.
         s.ready = True

@@ -265,6 +265,9 @@ class Run:
             slat = os.open(slat_path(d, pid), os.O_RDONLY | os.O_CLOEXEC)
             fds += [ram, slat]
             fd_args.append(f"{pid}:{ram}:{slat}")
+            if os.path.exists(dirty_path(d, pid)):  # its writes into guest memory marked (live migration)
+                fds.append(os.open(dirty_path(d, pid), os.O_RDWR | os.O_CLOEXEC))
+                fd_args[-1] += f":{fds[-1]}"
             image = vmbus_disk_image(pc, d, base)
             parts.append({"id": pid, "name": pc.name, "suppress": pc.vmbus["signal_suppression"],
                           "nic": "nic" in pc.vmbus,

@@ -104,3 +104,29 @@ def test_a_record_whose_bus_does_not_fit_or_was_changed_is_refused(saved, tmp_pa
     bad.write_bytes(saved_state.encode(0, "alpha", sections))
     r = run_launch_py("run", CONFIG, "--restore", f"alpha={bad}", run_root=root, timeout=30)
     assert r.returncode == 2 and "the record no VMBus section" in r.stderr, r.stderr
+
+
+def test_a_vmbus_partition_migrates_with_its_bus():
+    """Live migration: the bus goes with the record, the VSP's writes into guest memory
+    (rings, read data) are in the dirty log, the destination's VSP takes the bus."""
+    src = start_run(CONFIG, short_run_root())
+    dst = start_run(CONFIG, short_run_root(), extra=("--incoming", "alpha"))
+    try:
+        wait_until(lambda: len(rounds(src.console("alpha"))) >= 3, 60, interval=0.2, what="three verified rounds")
+        inc = wait_until(lambda: dst.manifest().get("incoming"), 10, what="the destination's endpoint")
+        r = src.launch("migrate", src.name, "alpha", "--to", inc["endpoint"], "--key", inc["server_key"], timeout=90)
+        assert r.returncode == 0, r.stdout + r.stderr
+        print(r.stdout)
+        wait_until(lambda: "resumed from the checkpoint" in dst.console("alpha"), 30, interval=0.2,
+                   what="storvsc resumed at the destination")
+        got = wait_until(lambda: len(r := rounds(dst.console("alpha"))) >= 3 and r, 40, interval=0.2,
+                         what="three verified rounds at the destination")
+        assert "vmbus: version" not in dst.console("alpha"), "the migrated guest connected again"
+        assert got[0] >= 3 and got == list(range(got[0], got[0] + len(got))), got
+        assert max(rounds(src.console("alpha"))) <= got[0] + 1
+        wait_until(lambda: src.manifest().get("state") == "ended", 20, what="the source run to end")
+    finally:
+        pids = src.pids() + dst.pids()
+        src.stop()
+        dst.stop()
+        assert wait_until(lambda: not alive(pids), 15, what="every process of both runs to exit") is True
