@@ -50,7 +50,8 @@ from proto.errors import HvstackError, PeerTimeout, Refused, TransportError
 from proto.memory import PAGE_SHIFT, GuestMemory, dirty_path, memory_path, slat_path
 from proto.messages import ErrorReply, decode, encode
 from proto.transport import Dealer
-from root import partition_save
+from root import content_dirty, partition_save
+from root.content_dirty import ShadowDirtyLog
 
 PAGE = 1 << PAGE_SHIFT
 ZERO_PAGE = bytes(PAGE)
@@ -235,9 +236,9 @@ def migrate(run_dir, man: dict, root, name: str, endpoint: str, server_key: str,
     to the run listening at ``endpoint``; the figures.  ``progress(line)`` is told as it goes."""
     say = progress or (lambda line: None)
     pc = partition_save.saveable(man, name)
-    if pc.backend != "python":
+    if pc.backend != "python" and pc.backend not in content_dirty.BACKENDS:
         raise HvstackError(f"partition {name} runs on cpu = {pc.backend!r}: its RAM is written past the dirty "
-                           "log and its registers are not migrated yet (the Python guest only)")
+                           "log and its registers are not migrated yet (the Python guest and unicorn only)")
     pid = man["partitions"][name]["id"]
     devices = json.loads((run_dir / f"worker-{name}.json").read_text())["devices"]
     t_start = perf_counter_ns()
@@ -256,8 +257,10 @@ def migrate(run_dir, man: dict, root, name: str, endpoint: str, server_key: str,
             t_setup = perf_counter_ns()
             bandwidth = probe(link, max_bandwidth=max_bandwidth)
             say(f"link to {endpoint}: {bandwidth / 1e6:.1f} MB/s (random bytes, each MiB acknowledged)")
-            sender = PageSender(link, mem.ram, max_bandwidth)
-            dirty = DirtyLog(run_dir, pid, mapped)
+            # A real CPU writes RAM past the dirty log: its pages are found by comparison
+            # and sent from the copy compared (root/content_dirty.py).
+            dirty = ShadowDirtyLog(mem.ram, mapped) if pc.backend != "python" else DirtyLog(run_dir, pid, mapped)
+            sender = PageSender(link, dirty.pages if pc.backend != "python" else mem.ram, max_bandwidth)
             rounds, pending = _precopy(sender, dirty, all_pages, min(bandwidth, max_bandwidth or bandwidth),
                                        max_downtime_ms, max_rounds, say)
         except (HvstackError, OSError, KeyboardInterrupt) as e:  # nothing was paused: the guest never stopped here
