@@ -36,7 +36,7 @@ _memcmp.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
 _memcmp.restype = ctypes.c_int
 
 CHUNK = 64  # pages compared at once before looking page by page
-BACKENDS = ("unicorn",)  # the real-CPU backends migrated this way (kvm: its registers are not saved)
+BACKENDS = ("unicorn", "kvm")  # the real-CPU backends migrated this way
 
 
 class ShadowDirtyLog:

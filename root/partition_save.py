@@ -38,7 +38,7 @@ from root import vmbus_save
 from root.topology import PartitionConfig
 
 SAVE_TIMEOUT_S = 5.0  # for every VP to reach an exit after the pause
-SAVEABLE_BACKENDS = ("python", "unicorn")
+SAVEABLE_BACKENDS = ("python", "unicorn", "kvm")
 PAGE = 1 << PAGE_SHIFT
 
 
