@@ -238,7 +238,8 @@ def migrate(run_dir, man: dict, root, name: str, endpoint: str, server_key: str,
     pc = partition_save.saveable(man, name)
     if pc.backend != "python" and pc.backend not in content_dirty.BACKENDS:
         raise HvstackError(f"partition {name} runs on cpu = {pc.backend!r}: its RAM is written past the dirty "
-                           "log and its registers are not migrated yet (the Python guest and unicorn only)")
+                           f"log and its registers are not migrated yet ({', '.join(('python', *content_dirty.BACKENDS))} "
+                           "only)")
     pid = man["partitions"][name]["id"]
     devices = json.loads((run_dir / f"worker-{name}.json").read_text())["devices"]
     t_start = perf_counter_ns()
