@@ -166,8 +166,8 @@ class NetVsp:
             self.recv, self.recv_gpadl = PagedView(g.mapping, [pfn << 12 for pfn in g.pfns]), ints["recv_gpadl"]
             sections = set(range(0, self.recv.size // SECTION * SECTION, SECTION))
             free, pending = list(d["free"]), {t: s for t, s in d["pending"]}
-            if not set(free) | set(pending.values()) <= sections or len(free) + len(pending) != len(sections) \
-                    or set(free) & set(pending.values()) or not all(type(t) is int for t in pending):
+            if not all(type(x) is int for x in (*free, *pending, *pending.values())) \
+                    or sorted([*free, *pending.values()]) != sorted(sections):
                 raise ValueError("the free and pending receive sections are not the buffer's sections, each once")
             self.free, self.pending = free, pending
         if ints["send_gpadl"] >= 0:

@@ -110,3 +110,32 @@ def test_the_relay_answer_carries_the_state_or_the_refusal():
     refused = saved.answer(g.server, m.VspStateQuery(6, 1, "restore", reply.state))
     assert refused.error.startswith("partition 1's bus is in use")
     assert saved.answer(g.server, m.VspStateQuery(7, 1, "restore", b"\xc1")).error == "the saved bus is not msgpack"
+
+
+def test_netvsp_state_round_trips_and_a_section_given_twice_is_refused():
+    from root.vsp.netvsp import NetVsp, VirtualSwitch
+    from tests.unit.vsp.test_netvsp import mac, two as two_fixture
+
+    switch, server, vps, nics, stacks = two_fixture.__wrapped__()
+    assert stacks[1].ping(vps[1], bytes([10, 0, 0, 2])) is not None
+    state = saved.save(server, 1)
+    nic_state = state["offers"][0]["device_state"]
+    assert nic_state["recv_gpadl"] >= 0 and nic_state["send_gpadl"] >= 0 and nic_state["packet_filter"]
+
+    def restored(state):
+        mem = copy.deepcopy(vps[1].mem)
+        new = VmbusServer(FakeHv({1: mem}))
+        nic = NetVsp(VirtualSwitch(), mac(1), "p1")
+        new.add_partition(1, mem, [nic])
+        saved.restore(new, 1, state)
+        return nic
+
+    nic = restored(copy.deepcopy(state))
+    assert (nic.version, nic.packet_filter, nic.next_tid) == (nics[1].version, nics[1].packet_filter, nics[1].next_tid)
+    assert sorted(nic.free) == sorted(nics[1].free) and nic.pending == nics[1].pending
+    assert nic.recv.size == nics[1].recv.size and nic.send_sections == nics[1].send_sections
+    bad = copy.deepcopy(state)
+    free = bad["offers"][0]["device_state"]["free"]
+    free[0] = free[1]
+    with pytest.raises(saved.VmbusRestoreError, match="receive sections"):
+        restored(bad)
