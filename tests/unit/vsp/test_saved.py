@@ -114,9 +114,9 @@ def test_the_relay_answer_carries_the_state_or_the_refusal():
 
 def test_netvsp_state_round_trips_and_a_section_given_twice_is_refused():
     from root.vsp.netvsp import NetVsp, VirtualSwitch
-    from tests.unit.vsp.test_netvsp import mac, two as two_fixture
+    from tests.unit.vsp.test_netvsp import mac, two_partitions
 
-    switch, server, vps, nics, stacks = two_fixture.__wrapped__()
+    switch, server, vps, nics, stacks = two_partitions()
     assert stacks[1].ping(vps[1], bytes([10, 0, 0, 2])) is not None
     state = saved.save(server, 1)
     nic_state = state["offers"][0]["device_state"]
