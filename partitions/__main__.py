@@ -180,6 +180,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if spec.get("cpu", "python") != "python":
             spec["cpu_state"] = migrated_registers(args.go_fd, spec["vps"])
+    if boot is not None and spec.get("cpu_state") and "regions" in spec["cpu_state"][0]:
+        from partitions.cpu import boot as cpu_boot
+        try:  # firmware's shadow RAM as saved, before any VP runs (a restored VP does not reload it)
+            cpu_boot.restore_regions(boot, spec["cpu_state"][0]["regions"])
+        except cpu_boot.BootError as e:
+            print(f"python -m partitions: {e}", file=sys.stderr)
+            return 2
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda s, f: stop.set())
     signal.signal(signal.SIGINT, lambda s, f: stop.set())

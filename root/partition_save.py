@@ -69,9 +69,6 @@ def saveable(man: dict, name: str) -> PartitionConfig:
     if pc.backend not in SAVEABLE_BACKENDS:
         raise HvstackError(f"partition {name} runs on cpu = {pc.backend!r}: saving that backend's registers is "
                            f"not built yet ({', '.join(SAVEABLE_BACKENDS)} only)")
-    if pc.firmware:
-        raise HvstackError(f"partition {name} runs firmware: its ROM shadow (0xC0000-0xFFFFF, the VP's own "
-                           "memory, not the partition's) is not saved yet")
     return pc
 
 

@@ -35,7 +35,7 @@ import threading
 import msgpack
 
 from partitions.cpu.boot import (FOUR_GIB, GDT_ENTRIES, GDT_GPA, LONG_MODE_CR0, LONG_MODE_CR4, LONG_MODE_EFER,
-                                  PML4_GPA, RESET_CS, RESET_IP, Boot)
+                                  PML4_GPA, RESET_CS, RESET_IP, Boot, saved_regions)
 from partitions.cpu.exitport import HYPERCALL_PORT, ExitPort, GuestCrash
 from partitions.vp import GuestFault
 
@@ -266,6 +266,11 @@ class KvmCpu:
         finally:
             self._boundary = False
 
+    def _regions(self) -> dict:
+        """VP 0 carries the partition's writable firmware regions (partitions/cpu/boot.py)."""
+        return {"regions": saved_regions(self.boot)} if self.port.index == 0 and any(
+            r.writable for r in self.boot.regions) else {}
+
     def cpu_state(self) -> tuple[bool, bytes]:
         """(at a boundary, KVM's register file) — asked while the VP waits at an exit.  A
         KVM_RUN with immediate_exit first completes what the last exit left (an IN's
@@ -288,7 +293,7 @@ class KvmCpu:
         _ioctl(self.vcpu, KVM_GET_VCPU_EVENTS, events)
         # (hex: a restored partition's spec, which carries it, is JSON)
         return True, msgpack.packb({"kvm_regs": regs.hex(), "kvm_sregs": sregs.hex(), "kvm_events": events.hex(),
-                                    "pending": self.port.pending_vectors()})
+                                    "pending": self.port.pending_vectors(), **self._regions()})
 
     def _restore(self, saved: dict) -> None:
         """``saved``'s register file (each part of exactly its ABI size; KVM refuses what it
