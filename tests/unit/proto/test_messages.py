@@ -104,6 +104,8 @@ EXAMPLES.update({
     mm.MigrateGo: mm.MigrateGo(1),
     mm.MigrateRunning: mm.MigrateRunning(2),
 })
+EXAMPLES[mm.MigrateAbandon] = mm.MigrateAbandon("alpha", 1)  # (root/migration_lease.py; id 69)
+EXAMPLES[mm.MigrateSwitchover] = mm.MigrateSwitchover()  # (id 68)
 
 
 # A partition's VMBus state relayed to and from the VSP (issue 13, proto/vsp_state_messages.py; ids 110–112).
