@@ -230,9 +230,12 @@ def probe(link: Link, total: int = PROBE_BYTES, max_bandwidth: float = 0.0) -> f
 
 
 def migrate(run_dir, man: dict, root, name: str, endpoint: str, server_key: str, *, max_downtime_ms: float = 30.0,
-            max_rounds: int = 10, max_bandwidth: float = 0.0, timeout_s: float = TIMEOUT_S, progress=None) -> dict:
+            max_rounds: int = 10, max_bandwidth: float = 0.0, timeout_s: float = TIMEOUT_S, progress=None,
+            on_handover=None) -> dict:
     """Move partition ``name`` of the live run in ``run_dir`` (``root``: a RootClient of it)
-    to the run listening at ``endpoint``; the figures.  ``progress(line)`` is told as it goes."""
+    to the run listening at ``endpoint``; the figures.  ``progress(line)`` is told as it goes;
+    ``on_handover()`` once the destination runs it, before it is stopped here (root/follow.py
+    records the move then, so that the source's launcher sees the record when it stops it)."""
     say = progress or (lambda line: None)
     pc = partition_save.saveable(man, name)
     if pc.backend != "python":
@@ -263,7 +266,7 @@ def migrate(run_dir, man: dict, root, name: str, endpoint: str, server_key: str,
         except (HvstackError, OSError, KeyboardInterrupt) as e:  # nothing was paused: the guest never stopped here
             raise HvstackError(f"migration of {name} failed; it runs on here: {_why(e)}") from None
         figures = _stop_and_copy(run_dir, root, link, sender, dirty, pc, pid, name, pending, mapped,
-                                 len(rounds), say)
+                                 len(rounds), say, on_handover)
     finally:
         for held in (dirty, mem, link):
             if held is not None:
@@ -302,7 +305,8 @@ def _precopy(sender, dirty, all_pages, budget, max_downtime_ms, max_rounds, say)
             return rounds, pending
 
 
-def _stop_and_copy(run_dir, root, link, sender, dirty, pc, pid, name, pending, mapped, final_round, say) -> dict:
+def _stop_and_copy(run_dir, root, link, sender, dirty, pc, pid, name, pending, mapped, final_round, say,
+                   on_handover=None) -> dict:
     paused_at = time.time_ns()
     t0 = perf_counter_ns()
     root.control(pid, "pause")
@@ -334,6 +338,11 @@ def _stop_and_copy(run_dir, root, link, sender, dirty, pc, pid, name, pending, m
                                "destination is known not to run it") from None
         raise
     t_go = perf_counter_ns()
+    if on_handover is not None:
+        try:
+            on_handover()
+        except (HvstackError, OSError) as e:  # (the partition is the destination's whatever happens here)
+            say(f"the move was not recorded in the source run: {e}")
     root.control(pid, "stop")  # its processes end (the launcher sees it finalized)
     figures = {"downtime_ms": round((running.started_at_ns - paused_at) / 1e6, 2),
                "state_ms": round((t_state - t0) / 1e6, 2), "final_pages": last["pages"],

@@ -24,7 +24,7 @@ from proto.tlb import tlb_path
 from proto.errors import HvstackError
 from proto.status import HypervisorStatus
 from proto.transport import curve_keypair, ipc_endpoint
-from root import REPO, cgroups, hostflow, migration, partition_save, prestart, servicing, zygote
+from root import REPO, cgroups, follow, hostflow, migration, partition_save, prestart, servicing, zygote
 from root.incoming import Receiver
 from root.client import ConsoleWatcher, RootClient
 from root.guest_images import disk_contents, firmware_nvram
@@ -537,6 +537,9 @@ class Run:
             "partitions": {name: {"id": pid, "console": str(self.run.path / f"console-{name}.log")}
                            for name, pid in self.partition_ids.items()},
         })
+        moved = follow.moves(self.run.path)  # partitions that live-migrated out (the migrate command's records)
+        if moved:
+            man["moved"] = moved
         man.update(changes)
         write_json(path, man)
 

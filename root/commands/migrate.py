@@ -11,9 +11,9 @@ import json
 import signal
 
 from proto.errors import HvstackError
-from root import migration
+from root import follow, migration
 from root.client import RootClient
-from root.rundir import live_run, partition_of
+from root.rundir import RunDir, checked_runs_root, live_run, partition_of
 
 NAME = "migrate"
 HELP = "live-migrate a partition of a run to another run (started with --incoming)"
@@ -34,17 +34,31 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="the summary as JSON")
 
 
-def destination(to: str, key: str | None) -> tuple[str, str]:
-    """(endpoint, server key) of DEST."""
+def destination(to: str, key: str | None) -> tuple[str, str, RunDir | None]:
+    """(endpoint, server key, run — None where this machine knows no run listening there) of DEST."""
     if to.startswith("tcp://"):
         if not key:
             raise HvstackError(f"--to {to}: a tcp endpoint needs its CURVE server key (--key)")
-        return to, key
+        return to, key, _run_listening(to)
     run, man = live_run(to)
     incoming = man.get("incoming") or {}
     if not incoming.get("endpoint"):
         raise HvstackError(f"run {run.name} waits for no migration (start it with run TOPOLOGY --incoming PARTITION)")
-    return incoming["endpoint"], key or incoming["server_key"]
+    return incoming["endpoint"], key or incoming["server_key"], run
+
+
+def _run_listening(endpoint: str) -> RunDir | None:
+    """The live run of this runs root whose incoming endpoint is ``endpoint`` (so that the
+    move's record names it and attach commands can follow the partition there)."""
+    root = checked_runs_root()
+    for d in sorted(root.iterdir()) if root is not None else ():
+        run = RunDir(d)
+        try:
+            if run.is_live() and (run.manifest().get("incoming") or {}).get("endpoint") == endpoint:
+                return run
+        except (HvstackError, OSError):
+            continue
+    return None
 
 
 def run(args) -> int:
@@ -52,8 +66,8 @@ def run(args) -> int:
             or not 0 < args.timeout <= 600:
         raise HvstackError("--max-rounds is 1..1000, --max-downtime-ms and --max-bandwidth are not negative, "
                            "--timeout is 0..600 s")
-    endpoint, key = destination(args.to, args.key)
-    src, man = live_run(args.run)
+    endpoint, key, dest = destination(args.to, args.key)
+    src, man = follow.live_partition(args.run, args.partition)
     partition_of(src, man, args.partition)
     if args.partition in man.get("stopped_partitions", []):
         raise HvstackError(f"partition {args.partition} of run {src.name} is stopped")
@@ -66,7 +80,8 @@ def run(args) -> int:
         figures = migration.migrate(src.path, man, root, args.partition, endpoint, key,
                                     max_downtime_ms=args.max_downtime_ms, max_rounds=args.max_rounds,
                                     max_bandwidth=args.max_bandwidth * 1e6, timeout_s=args.timeout,
-                                    progress=None if args.json else (lambda line: print(line, flush=True)))
+                                    progress=None if args.json else (lambda line: print(line, flush=True)),
+                                    on_handover=lambda: follow.record_move(src.path, args.partition, dest, endpoint))
     print(json.dumps(figures, indent=1) if args.json else migration.describe(figures))
     return 0
 

@@ -13,9 +13,10 @@ import psutil
 
 from proto import confine, seccomp
 from proto.status import HypervisorStatus
+from root import follow
 from root.client import RootClient
 from root.report import indent, path_rows, table
-from root.rundir import live_run, partition_names
+from root.rundir import partition_names
 from root.vsp import status as vsp_status
 
 NAME = "status"
@@ -95,17 +96,19 @@ def network_line(man: dict) -> str:
 
 
 def run(args) -> int:
-    run, man = live_run(args.run)
+    run, man = follow.live_run_following(args.run)
     with RootClient(man["endpoint"], run.secret(), server_key=man.get("server_key")) as root:
         status = root.status()
     procs = process_rows(man)
+    # Partitions that live-migrated out of this run: where each went (root/follow.py).
+    moved = {n: rec for n in man.get("partitions", {}) if (rec := follow.moved_out(run, man, n)) is not None}
     vsp = vsp_status.load(run.path)  # the VSP process's figures (issue 10), where it runs
     if args.json:
         print(json.dumps({"run": run.name, "isolation": man.get("isolation"), "seccomp": seccomp_line(man),
                           "hypervisor": {k: v for k, v in status.items() if k != "partitions"},
                           "partitions": status["partitions"], "names": man.get("partitions", {}),
                           "processes": procs, "vmbus": vsp,
-                          "worker_restarts": man.get("worker_restarts", {})}, indent=2))
+                          "worker_restarts": man.get("worker_restarts", {}), "moved": moved}, indent=2))
         return 0
     names = partition_names(man)
     st = HypervisorStatus.from_wire(status)
@@ -119,6 +122,9 @@ def run(args) -> int:
     print(f"seccomp: {seccomp_line(man)}")
     print(f"network: {network_line(man)}")
     for p in st.partitions:
+        if names.get(p.id) in moved:
+            print(f"\npartition {names[p.id]} (id {p.id}): {follow.moved_line(moved[names[p.id]])}")
+            continue
         health = " (worker unresponsive: its device accesses wait for it)" if p.unresponsive else ""
         print(f"\npartition {names.get(p.id, p.id)} (id {p.id}): {p.state}{health}, "
               f"worker {'up' if p.worker else 'missing'}, unclaimed I/O {p.unclaimed_reads}r/"
@@ -146,6 +152,8 @@ def run(args) -> int:
         prow = path_rows(p.paths)
         if prow:
             print(indent(table(["path", "count", "p50 µs", "p99 µs", "max µs"], prow)))
+    for name in sorted(set(moved) - {names.get(p.id) for p in st.partitions}):
+        print(f"\npartition {name}: {follow.moved_line(moved[name])}")
     if vsp_status.switch_line(vsp):
         print("\n" + vsp_status.switch_line(vsp))
     print()

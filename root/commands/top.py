@@ -21,10 +21,11 @@ import psutil
 from proto.exits import label as path_label
 from proto.stats import Histogram, bucket_upper
 from proto.status import HypervisorStatus
+from root import follow
 from root.client import RootClient
 from root.commands.common import complain, status_while_live
 from root.report import exit_totals, indent, path_order, table, us_value
-from root.rundir import live_run, partition_names
+from root.rundir import partition_names
 from root.vsp import status as vsp_status
 
 NAME = "top"
@@ -360,7 +361,7 @@ def render_top(s: dict) -> str:
 
 def run(args) -> int:
     """A live view of a run, as xentop and kvm_stat give one: refreshed every --interval."""
-    run, man = live_run(args.run)
+    run, man = follow.live_run_following(args.run)
     if args.interval <= 0:
         complain(NAME, "--interval must be > 0")
         return 2
