@@ -29,6 +29,9 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--listen", default="127.0.0.1", metavar="ADDRESS",
                    help="with --incoming: the address its CURVE endpoint listens on (default 127.0.0.1; "
                         "another host's side of a link, e.g. a veth between network namespaces)")
+    p.add_argument("--host", metavar="NAME",
+                   help="of a topology with [[host]] sections, run host NAME alone (what the run of the whole "
+                        "starts in each host's network namespace; root/cluster.py)")
 
 
 def run(args) -> int:
@@ -42,6 +45,8 @@ def run(args) -> int:
     except ConfigError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return ConfigError.exit_code
+    if topology.hosts or args.host:
+        return _hosts(topology, args)
     try:
         restores = _restores(topology, args.restore)
     except HvstackError as e:  # a record that does not fit: refused before anything starts
@@ -59,6 +64,32 @@ def run(args) -> int:
     out.report(the_run, the_run.final_status)
     out.print()
     out.print(f"run {the_run.run.name} ended: {reason}" if hasattr(the_run, "run") else f"run failed: {reason}")
+    return code
+
+
+def _hosts(topology, args) -> int:
+    """A topology with [[host]] sections: the whole (root/cluster.py), or one host's run."""
+    from root import cluster
+
+    if args.restore or (args.incoming and not args.host):
+        print(f"{PROG} run: --restore and --incoming are not for a topology with [[host]] sections "
+              "(migrate RUN PARTITION --to HOST moves a partition between its hosts)", file=sys.stderr)
+        return 2
+    if args.host:
+        if not topology.hosts or args.host not in {h["name"] for h in topology.hosts}:
+            print(f"{PROG} run: --host {args.host}: the topology has no such [[host]]", file=sys.stderr)
+            return 2
+        topology, incoming = cluster.host_topology(topology, args.host)
+        out = Output()
+        the_run, reason, code = execute(topology, out, args.duration, {}, incoming, args.listen)
+        out.report(the_run, the_run.final_status)
+        out.print()
+        out.print(f"run {the_run.run.name} ended: {reason}" if hasattr(the_run, "run") else f"run failed: {reason}")
+        return code
+    checked_runs_root(create=True)
+    out = Output()
+    whole, reason, code = cluster.execute(topology, out, args.duration)
+    out.print(f"run {whole.run.name} ended: {reason}" if whole is not None else f"run failed: {reason}")
     return code
 
 
