@@ -33,12 +33,15 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from proto.errors import HvstackError
 from root import REPO, hosts as hostnet, prestart
 from root.procs import describe_exit
 from root.rundir import RunDir, launcher_identity, new_run_dir, write_json
-from root.topology import Topology
+
+if TYPE_CHECKING:
+    from root.topology import Topology
 
 HOST_START_TIMEOUT_S = 60.0  # for each host's run to say it is running
 HOST_STOP_GRACE_S = 40.0  # for a host's launcher to end its run after SIGTERM

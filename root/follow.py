@@ -87,9 +87,13 @@ def _destination(rec: dict) -> RunDir:
 
 
 def where(ref: str, partition: str) -> tuple[RunDir, dict, list[dict]]:
-    """The run ``partition`` of run ``ref`` is in now, its manifest, and the moves followed."""
+    """The run ``partition`` of run ``ref`` is in now, its manifest, and the moves followed.
+    In a run of hosts (root/cluster.py), the search starts at its host's run."""
     run = find_run(ref)
     man = run.manifest()
+    if man.get("cluster"):
+        run = host_run(run, man, partition)
+        man = run.manifest()
     followed, seen = [], {(run.path, None)}
     while True:
         rec = moved_out(run, man, partition)
@@ -102,6 +106,19 @@ def where(ref: str, partition: str) -> tuple[RunDir, dict, list[dict]]:
         followed.append(rec)
         run = _destination(rec)
         man = run.manifest()
+
+
+def host_run(run: RunDir, man: dict, partition: str) -> RunDir:
+    """Of a run of hosts: the run of the host ``partition`` was placed on."""
+    from root.cluster import host_runs
+
+    placed = {p.get("name"): p.get("host") for p in man.get("config", {}).get("partitions", [])}
+    if partition not in placed:
+        raise HvstackError(f"run {run.name} has no partition {partition!r} (it has {', '.join(placed)})")
+    runs = host_runs(man)
+    if placed[partition] not in runs:
+        raise HvstackError(f"run {run.name}: host {placed[partition]} has not started its run")
+    return runs[placed[partition]]
 
 
 def _clock(at: str) -> str:
@@ -126,16 +143,20 @@ def live_partition(ref: str, partition: str) -> tuple[RunDir, dict]:
     where it went, if it moved)."""
     run, _, followed = where(ref, partition)
     say_moves(partition, followed)
-    return live_run(str(run.path)) if followed else live_run(ref)
+    return live_run(str(run.path))
 
 
 def live_run_following(ref: str) -> tuple[RunDir, dict]:
     """As :func:`root.rundir.live_run`; for a run that has ended after its partitions moved
     out (to one run), that run, saying so."""
     run = find_run(ref)
+    man = run.manifest()
+    if man.get("cluster"):
+        from root.cluster import host_runs
+        hosts = ", ".join(f"{n}: {r.name}" for n, r in host_runs(man).items())
+        raise HvstackError(f"run {run.name} is a run of hosts: name one host's run ({hosts}), or a partition")
     if run.is_live():
         return live_run(ref)
-    man = run.manifest()
     gone = {}
     for name in man.get("partitions", {}):
         if moved_out(run, man, name) is not None:

@@ -123,3 +123,20 @@ def remove_namespaces(names: list[str]) -> list[str]:
         if r.returncode != 0 and os.path.exists(f"/run/netns/{name}"):
             left.append(name)
     return left
+
+
+CLONE_NEWNET = 0x40000000
+
+
+def enter(netns: str) -> None:
+    """Move this process (its one thread: call it before any ZeroMQ context exists, whose
+    I/O threads would stay behind) into network namespace ``netns`` — how ``migrate`` runs
+    on the source host of a run of hosts, where the destination's veth address is reachable."""
+    import ctypes
+
+    fd = os.open(f"/run/netns/{netns}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+            raise HostsUnavailable(f"cannot enter network namespace {netns}: {os.strerror(ctypes.get_errno())}")
+    finally:
+        os.close(fd)

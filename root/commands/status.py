@@ -5,6 +5,8 @@ RSS and threads."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import time
@@ -14,9 +16,10 @@ import psutil
 from proto import confine, seccomp
 from proto.status import HypervisorStatus
 from root import follow
+from root.cluster import host_runs
 from root.client import RootClient
 from root.report import indent, path_rows, table
-from root.rundir import partition_names
+from root.rundir import find_run, live_run, partition_names
 from root.vsp import status as vsp_status
 
 NAME = "status"
@@ -96,7 +99,36 @@ def network_line(man: dict) -> str:
 
 
 def run(args) -> int:
+    top = find_run(args.run)
+    if top.manifest().get("cluster"):
+        return _hosts(args, *live_run(args.run))
     run, man = follow.live_run_following(args.run)
+    return show(run, man, args.json)
+
+
+def _hosts(args, top, man) -> int:
+    """A run of hosts (root/cluster.py): each host's run, as ``status`` shows a run."""
+    hosts = man["cluster"]["hosts"]
+    runs = host_runs(man)
+    if args.json:
+        out = {}
+        for name, run in runs.items():
+            with contextlib.redirect_stdout(io.StringIO()) as text:
+                show(*live_run(str(run.path)), True)
+            out[name] = {**hosts[name], "status": json.loads(text.getvalue())}
+        print(json.dumps({"run": top.name, "hosts": out}, indent=2))
+        return 0
+    for name, run in runs.items():
+        h = hosts[name]
+        print(f"host {name} (network namespace {h['netns']}, {h['address']}, {h['lps']} LPs): run {run.name}")
+        show(*live_run(str(run.path)), False)
+        print()
+    return 0
+
+
+def show(run, man, as_json: bool) -> int:
+    """One run's status, as text or JSON."""
+    args = argparse.Namespace(json=as_json)
     with RootClient(man["endpoint"], run.secret(), server_key=man.get("server_key")) as root:
         status = root.status()
     procs = process_rows(man)
@@ -121,9 +153,13 @@ def run(args) -> int:
     print(f"isolation: {level}: {confine.LEVELS.get(level, 'not recorded by this run')}")
     print(f"seccomp: {seccomp_line(man)}")
     print(f"network: {network_line(man)}")
+    waiting = (man.get("incoming") or {}).get("partitions", [])
     for p in st.partitions:
         if names.get(p.id) in moved:
             print(f"\npartition {names[p.id]} (id {p.id}): {follow.moved_line(moved[names[p.id]])}")
+            continue
+        if names.get(p.id) in waiting:
+            print(f"\npartition {names[p.id]} (id {p.id}): waits to migrate in (created, no processes)")
             continue
         health = " (worker unresponsive: its device accesses wait for it)" if p.unresponsive else ""
         print(f"\npartition {names.get(p.id, p.id)} (id {p.id}): {p.state}{health}, "
