@@ -48,21 +48,17 @@ HOST_STOP_GRACE_S = 40.0  # for a host's launcher to end its run after SIGTERM
 PR_SET_PDEATHSIG = 1
 
 
-def host_topology(topology: Topology, name: str) -> tuple[Topology, list[str]]:
-    """What host ``name`` runs: its own partitions, and those of the other hosts that fit in
-    its room (in topology order), which it waits for (their names, the second value)."""
+def host_topology(topology: Topology, name: str) -> tuple[Topology, dict, int]:
+    """What host ``name`` runs: its own partitions; every partition of the topology (name →
+    config), which it may create while it runs for a migration that brings it (another
+    host's, or one of its own coming back; root/arrivals.py); and the pages of room its pool
+    has for them (its ``memory_mb``; default: the other hosts' partitions, all at once)."""
     host = next(h for h in topology.hosts or () if h["name"] == name)
-    room = host["memory_mb"]
-    parts, incoming = [], []
-    for pc in topology.partitions:
-        if pc.host == name:
-            parts.append(pc)
-        elif room is None or pc.memory_mb <= room:
-            parts.append(pc)
-            incoming.append(pc.name)
-            room = None if room is None else room - pc.memory_mb
+    own = [pc for pc in topology.partitions if pc.host == name]
+    room_mb = host["memory_mb"] if host["memory_mb"] is not None else \
+        sum(pc.memory_mb for pc in topology.partitions if pc.host != name)
     return dataclasses.replace(topology, name=f"{topology.name}-{name}", logical_processors=host["lps"],
-                               partitions=parts, hosts=None), incoming
+                               partitions=own, hosts=None), {pc.name: pc for pc in topology.partitions}, room_mb << 8
 
 
 def host_runs(man: dict) -> dict[str, RunDir]:

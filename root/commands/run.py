@@ -79,9 +79,9 @@ def _hosts(topology, args) -> int:
         if not topology.hosts or args.host not in {h["name"] for h in topology.hosts}:
             print(f"{PROG} run: --host {args.host}: the topology has no such [[host]]", file=sys.stderr)
             return 2
-        topology, incoming = cluster.host_topology(topology, args.host)
+        topology, arrivable, room_pages = cluster.host_topology(topology, args.host)
         out = Output()
-        the_run, reason, code = execute(topology, out, args.duration, {}, incoming, args.listen)
+        the_run, reason, code = execute(topology, out, args.duration, {}, [], args.listen, arrivable, room_pages)
         out.report(the_run, the_run.final_status)
         out.print()
         out.print(f"run {the_run.run.name} ended: {reason}" if hasattr(the_run, "run") else f"run failed: {reason}")

@@ -155,6 +155,9 @@ def show(run, man, as_json: bool) -> int:
     print(f"network: {network_line(man)}")
     waiting = (man.get("incoming") or {}).get("partitions", [])
     for p in st.partitions:
+        if p.id not in names and p.state == "finalized":  # a partition that left and came back is a new one
+            print(f"\npartition id {p.id}: finalized (an earlier copy of a partition of this run)")
+            continue
         if names.get(p.id) in moved:
             print(f"\npartition {names[p.id]} (id {p.id}): {follow.moved_line(moved[names[p.id]])}")
             continue

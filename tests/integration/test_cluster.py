@@ -84,6 +84,17 @@ def test_a_partition_moves_to_another_host_and_attach_commands_follow_it():
         assert c.returncode == 0 and "alpha moved to run" in c.stderr, c.stdout + c.stderr
         assert top.launch("ctl", top.name, "resume", "alpha", timeout=30).returncode == 0
 
+        # And back: host a makes alpha anew (its first copy was stopped there) and takes it in.
+        r = top.launch("migrate", top.name, "alpha", "--to", "a", timeout=90)
+        assert r.returncode == 0 and "alpha moved to run" in r.stderr, r.stdout + r.stderr
+        back = wait_until(lambda: RESUMED.search(console(top, "a", "alpha")), 30, interval=0.2,
+                          what="alpha's resume line back on host a")
+        wait_until(lambda: any(int(e) > int(back.group(3)) for e, _ in SERIAL.findall(console(top, "a", "alpha"))),
+                   30, interval=0.2, what="alpha's serial counter to go on back on host a")
+        st = top.launch("status", top.name).stdout
+        assert re.search(r"partition alpha \(id 2\): active", st.split("\nhost b ")[0]), st
+        assert "MISMATCH" not in console(top, "a", "alpha") + console(top, "b", "alpha")
+
         pids = every_pid(top)
         top.stop()
         assert wait_until(lambda: not alive(pids), 30, what="every process of every host to exit") is True

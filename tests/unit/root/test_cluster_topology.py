@@ -38,14 +38,16 @@ memory_mb = 16
 '''
 
 
-def test_each_host_runs_its_partitions_and_waits_for_those_that_fit_its_room():
+def test_each_host_runs_its_partitions_and_has_room_for_the_others():
     t = load_topology(HOSTS, "c.toml")
     assert [h["name"] for h in t.hosts] == ["a", "b"] and t.to_dict()["hosts"][0]["lps"] == 2
-    a, incoming_a = host_topology(t, "a")
+    a, arrivable_a, room_a = host_topology(t, "a")
     assert a.logical_processors == 2 and a.hosts is None and a.name == "c-a"
-    assert [p.name for p in a.partitions] == ["alpha", "beta", "gamma"] and incoming_a == ["beta"]  # room: all
-    b, incoming_b = host_topology(t, "b")
-    assert [p.name for p in b.partitions] == ["alpha", "beta"] and incoming_b == ["alpha"]  # 8 MiB: not gamma
+    assert [p.name for p in a.partitions] == ["alpha", "gamma"] and list(arrivable_a) == ["alpha", "beta", "gamma"]
+    assert room_a == 4 << 8  # (default: every other host's partition at once)
+    b, arrivable_b, room_b = host_topology(t, "b")
+    assert [p.name for p in b.partitions] == ["beta"] and list(arrivable_b) == ["alpha", "beta", "gamma"]
+    assert room_b == 8 << 8  # its memory_mb
     # A topology without hosts is as it was.
     plain = load_topology('[[partition]]\nname = "p"\n', "p.toml")
     assert plain.hosts is None and plain.partitions[0].host is None
