@@ -5,11 +5,10 @@ Each host is a network namespace of its own (root/hosts.py ``make_cluster``: one
 host to a bridge in a namespace of its own, 10.214.0.0/24), and runs as a run of its own
 inside it — ``launch.py run TOPOLOGY --host NAME``: its hypervisor, its LPs, its workers and
 partition processes, in a sub-run directory under this run's (``hosts/NAME/RUN``, a runs
-root of its own).  A host's run also creates, suspended and without processes, the
-partitions of the other hosts that fit in its ``memory_mb`` of room (default: all of them)
-and waits for them as ``run --incoming`` does, its CURVE endpoint on its veth address:
+root of its own).  A host's run also listens for migrations (its CURVE endpoint on its veth
+address) and has ``memory_mb`` of room in its pool (default: the other hosts' partitions):
 ``migrate RUN PARTITION --to HOST`` (root/commands/migrate.py) moves a partition there over
-the veth.  Within a host the stack talks as the topology says (ipc by default: the
+the veth, the host's live run creating it when the migration begins (root/arrivals.py).  Within a host the stack talks as the topology says (ipc by default: the
 filesystem is shared, as a cluster's shared storage would be); between hosts only over
 CURVE tcp.
 
