@@ -78,6 +78,11 @@ def test_a_partition_moves_to_another_host_and_attach_commands_follow_it():
         on_a, on_b = st.stdout.split("\nhost b ")
         assert re.search(rf"partition alpha \(id \d+\): moved → {host_run(top, 'b').name}", on_a), st.stdout
         assert re.search(r"partition alpha \(id \d+\): active", on_b), st.stdout
+        t = top.launch("top", top.name, "--once", "--json", "--interval", "0.5", timeout=30)
+        assert t.returncode == 0, t.stderr
+        frame = json.loads(t.stdout)
+        by_host = {h: {p["name"]: p["state"] for p in s["partitions"]} for h, s in frame["hosts"].items()}
+        assert by_host["b"]["alpha"] == "active" and by_host["b"]["beta"] == "active", by_host
         con = top.launch("console", top.name, "alpha", "--linger", "1", stdin="", timeout=30)
         assert f"Connected to partition alpha of run {host_run(top, 'b').name}" in con.stderr, con.stderr
         c = top.launch("ctl", top.name, "pause", "alpha", timeout=30)
