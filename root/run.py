@@ -90,8 +90,8 @@ class Run:
     listen: str = "127.0.0.1"  # the address the incoming endpoint listens on
     receiver: object = None  # their root.incoming.Receiver
     # Partitions this run may create while it runs, for a migration that brings them (a host
-    # of a run of hosts: the other hosts' partitions; root/arrivals.py), and the pool's pages
-    # not yet given to a partition.
+    # of a run of hosts: every partition of the topology; root/arrivals.py), and the pool's
+    # pages not yet given to a partition.
     arrivable: dict = field(default_factory=dict)
     room_pages: int = 0  # added to the pool for them
     free_pages: list = field(default_factory=list)

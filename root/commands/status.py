@@ -128,14 +128,13 @@ def _hosts(args, top, man) -> int:
 
 def show(run, man, as_json: bool) -> int:
     """One run's status, as text or JSON."""
-    args = argparse.Namespace(json=as_json)
     with RootClient(man["endpoint"], run.secret(), server_key=man.get("server_key")) as root:
         status = root.status()
     procs = process_rows(man)
     # Partitions that live-migrated out of this run: where each went (root/follow.py).
     moved = {n: rec for n in man.get("partitions", {}) if (rec := follow.moved_out(run, man, n)) is not None}
     vsp = vsp_status.load(run.path)  # the VSP process's figures (issue 10), where it runs
-    if args.json:
+    if as_json:
         print(json.dumps({"run": run.name, "isolation": man.get("isolation"), "seccomp": seccomp_line(man),
                           "hypervisor": {k: v for k, v in status.items() if k != "partitions"},
                           "partitions": status["partitions"], "names": man.get("partitions", {}),
