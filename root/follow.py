@@ -73,8 +73,16 @@ def moved_out(run: RunDir, man: dict, partition: str) -> dict | None:
     if not recs:
         return None
     last = recs[-1]
-    back = [a for a in arrivals(man, partition) if a > last["at"]]
+    back = [a for a in arrivals(man, partition) if _time(a) > _time(last["at"])]
     return None if back else last
+
+
+def _time(at: str) -> datetime:
+    try:
+        t = datetime.fromisoformat(at)
+    except ValueError:  # (a record that is not ours: as old as can be)
+        return datetime.min.replace(tzinfo=timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
 def _destination(rec: dict) -> RunDir:
@@ -94,7 +102,7 @@ def where(ref: str, partition: str) -> tuple[RunDir, dict, list[dict]]:
     if man.get("cluster"):
         run = host_run(run, man, partition)
         man = run.manifest()
-    followed, seen = [], {(run.path, None)}
+    followed, seen = [], set()
     while True:
         rec = moved_out(run, man, partition)
         if rec is None:
