@@ -70,3 +70,29 @@ def test_bad_hosts_name_the_file_line_and_key(change, message):
 def test_a_partition_naming_a_host_needs_hosts():
     with pytest.raises(ConfigError, match=r"p.toml:3: \[\[partition\]\] #1 host: 'a': the topology has no \[\[host\]\]"):
         load_topology('[[partition]]\nname = "p"\nhost = "a"\n', "p.toml")
+
+
+def test_without_namespaces_a_run_of_hosts_says_why_and_starts_nothing(runs, tmp_path, monkeypatch, capsys):
+    from root import cluster
+    from root.cli import main
+
+    config = tmp_path / "c.toml"
+    config.write_text(HOSTS)
+    monkeypatch.setattr(cluster.hostnet, "unavailable", lambda: "network namespaces and veth pairs need root")
+    assert main(["run", str(config)]) == 2
+    assert capsys.readouterr().out.strip() == ("run failed: a topology with [[host]] sections runs each host in a "
+                                               "network namespace: network namespaces and veth pairs need root")
+    assert list(runs.iterdir()) == []  # no run directory made
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--host", "z"], "--host z: the topology has no such [[host]]"),
+    (["--incoming", "alpha"], "--restore and --incoming are not for a topology with [[host]] sections"),
+])
+def test_run_options_that_do_not_fit_hosts_are_refused(extra, message, runs, tmp_path, capsys):
+    from root.cli import main
+
+    config = tmp_path / "c.toml"
+    config.write_text(HOSTS)
+    assert main(["run", str(config), *extra]) == 2
+    assert message in capsys.readouterr().err
