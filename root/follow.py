@@ -161,8 +161,9 @@ def live_run_following(ref: str) -> tuple[RunDir, dict]:
     man = run.manifest()
     if man.get("cluster"):
         from root.cluster import host_runs
-        hosts = ", ".join(f"{n}: {r.name}" for n, r in host_runs(man).items())
-        raise HvstackError(f"run {run.name} is a run of hosts: name one host's run ({hosts}), or a partition")
+        hosts = ", ".join(f"{n}: {r.path}" for n, r in host_runs(man).items())
+        raise HvstackError(f"run {run.name} is a run of hosts: name one host's run by its directory ({hosts}), "
+                           "or a partition")
     if run.is_live():
         return live_run(ref)
     gone = {}
