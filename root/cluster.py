@@ -122,11 +122,12 @@ class Cluster:
         os.close(read)
         self._janitor_pipe = write  # (inherited by no child: os.pipe descriptors are not inheritable)
         duration = ["--duration", repr(self.duration)]
+        source = str(Path(self.topology.source).resolve())  # (each host's launcher starts in hvstack's directory)
         for name in names:
             runs_root = self.run.path / "hosts" / name
             runs_root.mkdir(mode=0o700, parents=True)
             (self.run.path / "hosts").chmod(0o700)
-            argv = placed[name].command([sys.executable, str(REPO / "launch.py"), "run", self.topology.source,
+            argv = placed[name].command([sys.executable, str(REPO / "launch.py"), "run", source,
                                          "--host", name, "--listen", placed[name].address, *duration])
             env = dict(os.environ, HVSTACK_RUN_DIR=str(runs_root))
             popen = subprocess.Popen(argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
