@@ -42,6 +42,8 @@ def figures(result: dict) -> dict[str, tuple[float, str]]:
     for name, c in (result.get("cpu") or {}).items():
         if c.get("ratio") is not None:
             out[f"{name} CPU ratio"] = (c["ratio"], "cpu")
+        if c.get("ratio_decoding") is not None:  # (since s6-irq: absent from older baselines)
+            out[f"{name} CPU ratio, decoding floor"] = (c["ratio_decoding"], "cpu")
     return out
 
 

@@ -31,6 +31,7 @@ from benchmarks.floor import FloorClient, IrqFloorClient, TimerFloorClient, star
 from benchmarks.progress import Progress
 from benchmarks.report import print_result
 from benchmarks.runs import BenchInterrupted, _interrupt, measure_stack
+from benchmarks.window import measure_stack_window
 from proto.stats import Histogram, PathStats, merge_paths
 from root.commands.common import complain
 
@@ -108,9 +109,10 @@ workloads = ["diskbench"]
 # Which floor each path is held against.
 PATHS = (("io_port", 4, "emulated port I/O"), ("cpuid", 2, "CPUID intercept"), ("hypercall", 2, "hypercall"),
          ("interrupt", "irq", "interrupt: line → handler"),
-         ("interrupt_busy", "irq", "interrupt → busy VP (posted)"),
+         ("interrupt_busy", "irqbusy", "interrupt → busy VP (posted)"),
          ("apic_timer", "timer", "APIC timer → handler"))
-HOPS = {4: 4, 2: 2, "irq": 2, "timer": 1}  # a floor key's hops (the last two one way)
+PATH_NAMES = tuple(name for name, _, _ in PATHS)
+HOPS = {4: 4, 2: 2, "irq": 2, "irqbusy": 2, "timer": 1}  # a floor key's hops (the last three one way)
 GOAL_IO_RATIO_P50 = 1.5
 # Issue 12's goals for the interrupt path (line → handler) against its floor.
 GOAL_IRQ_RATIO_P50, GOAL_IRQ_RATIO_P99 = 1.3, 3.0
@@ -124,14 +126,20 @@ def _hist(samples: list[int]) -> Histogram:
     return h
 
 
-def measure_floor(samples: int, irq_samples: int, timer_samples: int = 0) -> dict:
-    """Histograms of the 4-hop and 2-hop round trips, the one-way interrupt hops and (with
-    ``timer_samples``) the timer's one hop."""
+def measure_floor(samples: int, irq_samples: int, timer_samples: int = 0, keys=(4, 2, "irq", "irqbusy")) -> dict:
+    """Histograms of the 4-hop and 2-hop round trips, the one-way interrupt hops to an idle
+    and to a computing client and (with ``timer_samples``) the timer's one hop; ``keys``:
+    which of the first four."""
     relay, echoes, endpoint, d = start_floor(["echo", "irqecho"])
     try:
         out = {}
-        for key, client, n in ((4, FloorClient(endpoint, 4), samples), (2, FloorClient(endpoint, 2), samples),
-                               ("irq", IrqFloorClient(endpoint), irq_samples)):
+        for key, client, n in ((4, lambda: FloorClient(endpoint, 4), samples),
+                               (2, lambda: FloorClient(endpoint, 2), samples),
+                               ("irq", lambda: IrqFloorClient(endpoint), irq_samples),
+                               ("irqbusy", lambda: IrqFloorClient(endpoint, busy=True), irq_samples)):
+            if key not in keys:
+                continue
+            client = client()
             try:
                 out[key] = _hist(client.measure(n))
             finally:
@@ -151,23 +159,29 @@ def measure_floor(samples: int, irq_samples: int, timer_samples: int = 0) -> dic
     return out
 
 
-def measure_round(samples: int, slice_s: float) -> tuple[dict, dict, dict]:
-    """One round: the floors, then the stack's round trips, interrupts and disk."""
+def measure_round(samples: int, slice_s: float, only: frozenset = frozenset(PATH_NAMES)) -> tuple[dict, dict, dict]:
+    """One round: the floors, then the stack's round trips, interrupts and disk (``only``:
+    those paths and their floors; the disk goes with emulated port I/O)."""
     # The timer floor's samples take a period each: a quarter of the slice, at most 1 s.
-    timer_samples = max(1, min(1000, int(slice_s * 1e6 / APIC_TIMER_PERIOD_US / 4)))
-    floor = measure_floor(samples, max(1, int(slice_s * 100)), timer_samples)
+    timer_samples = max(1, min(1000, int(slice_s * 1e6 / APIC_TIMER_PERIOD_US / 4))) if "apic_timer" in only else 0
+    keys = {hops for name, hops, _ in PATHS if name in only}
+    floor = measure_floor(samples, max(1, int(slice_s * 100)), timer_samples, keys)
     paths: dict[str, PathStats] = {}
-    for got in (measure_stack(ROUND_TRIPS, slice_s).paths, measure_stack(INTERRUPTS, slice_s).paths):
-        merge_paths(paths, got)
-    busy = measure_stack(BUSY_INTERRUPTS, slice_s).paths
-    if "interrupt" in busy:
-        paths["interrupt_busy"] = busy["interrupt"]
-    timer = measure_stack(APIC_TIMER, slice_s).paths
-    if "apic_timer" in timer:
-        paths["apic_timer"] = timer["apic_timer"]
-    with tempfile.TemporaryDirectory(prefix="hvdisk") as d:
-        guest = measure_stack(DISK.format(image=f"{d}/bench.img"), slice_s).guest
-    return floor, paths, {k: guest.get(k, 0) for k in ("disk_bytes", "disk_exits", "disk_ns", "disk_errors")}
+    if only & {"io_port", "cpuid", "hypercall"}:
+        merge_paths(paths, {k: v for k, v in measure_stack(ROUND_TRIPS, slice_s).paths.items() if k in only})
+    # The interrupt paths over a window of steady state, as their floor (benchmarks/window.py).
+    if "interrupt" in only:
+        paths["interrupt"] = measure_stack_window(INTERRUPTS, slice_s, "interrupt")["interrupt"]
+    if "interrupt_busy" in only:
+        paths["interrupt_busy"] = measure_stack_window(BUSY_INTERRUPTS, slice_s, "interrupt")["interrupt"]
+    if "apic_timer" in only:
+        paths["apic_timer"] = measure_stack_window(APIC_TIMER, slice_s, "apic_timer")["apic_timer"]
+    disk = {}
+    if "io_port" in only:
+        with tempfile.TemporaryDirectory(prefix="hvdisk") as d:
+            guest = measure_stack(DISK.format(image=f"{d}/bench.img"), slice_s).guest
+        disk = {k: guest.get(k, 0) for k in ("disk_bytes", "disk_exits", "disk_ns", "disk_errors")}
+    return floor, paths, disk
 
 
 def run_bench(args) -> int:
@@ -185,7 +199,7 @@ def _plan(args, rounds: int, slice_s: float) -> list[tuple[str, float]]:
     per_round = 5 * slice_s + 6.0  # five stack runs (and their start-up), the floors
     plan = [(f"round {i + 1}/{rounds}: floors, round trips, interrupts, disk", per_round) for i in range(rounds)]
     if args.cpu:
-        plan += [(f"CPU per round trip: {path}", 3 * args.cpu_window + 7.0) for path in PATH_WORKLOADS]
+        plan += [(f"CPU per round trip: {path}", 4 * args.cpu_window + 9.0) for path in PATH_WORKLOADS]
     if args.experiments:
         plan.append(("experiments: spinlock, EOI, TLB", 7 * (min(3.0, args.duration / 2) + 1.5)))
     return plan
@@ -205,7 +219,9 @@ def _run_bench(args) -> int:
     try:
         for _ in range(rounds):
             progress.step()
-            round_floor, round_paths, round_disk = measure_round(max(1, args.samples // rounds), slice_s)
+            only = getattr(args, "paths", None)
+            round_floor, round_paths, round_disk = measure_round(max(1, args.samples // rounds), slice_s,
+                                                                 **({"only": frozenset(only)} if only else {}))
             # A round counts whole or not at all, so floor and stack stay alike.
             for key, h in round_floor.items():
                 floor.setdefault(key, Histogram()).merge(h)
@@ -240,7 +256,7 @@ def _run_bench(args) -> int:
         h = paths[name].total
         f = floor[hops]
         entry = {
-            "label": label, "hops": HOPS[hops], "one_way": hops in ("irq", "timer"), "samples": h.n,
+            "label": label, "hops": HOPS[hops], "one_way": hops in ("irq", "irqbusy", "timer"), "samples": h.n,
             "p50_us": h.percentile(50) / 1000, "p99_us": h.percentile(99) / 1000,
             "floor_p50_us": f.percentile(50) / 1000, "floor_p99_us": f.percentile(99) / 1000,
         }

@@ -98,11 +98,26 @@ def memory_sizes(value: str) -> list[int]:
     return _ints(value, "size", 4, 1024, " MiB")
 
 
+BENCH_PATHS = ("io_port", "cpuid", "hypercall", "interrupt", "interrupt_busy", "apic_timer")
+
+
+def path_names(value: str) -> list[str]:
+    """``--paths interrupt,apic_timer``: which paths a bench's rounds measure."""
+    names = sorted({x.strip() for x in value.split(",") if x.strip()})
+    unknown = [n for n in names if n not in BENCH_PATHS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"{value}: each path must be one of {', '.join(BENCH_PATHS)}")
+    return names
+
+
 def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--duration", type=positive_seconds, default=6.0, help="seconds of guest workloads per path kind")
     p.add_argument("--samples", type=positive_int, default=6000, help="round trips per floor")
     p.add_argument("--rounds", type=positive_int, default=3, help="floor and stack alternate this many times")
+    p.add_argument("--paths", type=path_names, metavar="PATH,PATH,…",
+                   help="measure only these paths and their floors in the rounds (a focused bench; the disk goes "
+                        f"with io_port): {', '.join(BENCH_PATHS)}")
     p.add_argument("--no-experiments", dest="experiments", action="store_false",
                    help="skip the enlightenment experiments (spinlock, EOI, TLB)")
     p.add_argument("--vmbus", action="store_true",
@@ -126,6 +141,11 @@ def arguments(p: argparse.ArgumentParser) -> None:
                         "downtime, bytes on the wire and the link's throughput, per guest size and write rate")
     p.add_argument("--migrate-sizes", type=memory_sizes, default=[16, 64, 256], metavar="MIB,MIB,…",
                    help="the guest memory sizes of --migrate in MiB (default 16,64,256)")
+    p.add_argument("--service", action="store_true",
+                   help="instead: ctl service's blackout over --service-rounds worker handovers "
+                        "(benchmarks/service_bench.py): p50 and max of each stage")
+    p.add_argument("--service-rounds", type=positive_int, default=10, metavar="N",
+                   help="the handovers of --service (default 10)")
     p.add_argument("--startup", action="store_true",
                    help="instead: launch to first banner and RSS per process kind at 1, 4 and 16 partitions")
     p.add_argument("--profile", metavar="FILE.prof", type=save_file,
@@ -143,6 +163,10 @@ def run(args) -> int:
         from benchmarks.migrate_bench import run_migrate
 
         return run_migrate(args)
+    if args.service:
+        from benchmarks.service_bench import run_service
+
+        return run_service(args)
     if args.scale or args.startup:
         from benchmarks.scale import run_scale, run_startup
 

@@ -202,15 +202,19 @@ def per_round_trip(before: dict[str, float], after: dict[str, float], round_trip
             "by_process_us": {k: round(v / n * 1e6, 1) for k, v in sorted(by_kind.items())}}
 
 
-def measure_floor_cpu(hops: int, window_s: float, timeout_s: float = 30.0, pace: float = 0.0) -> dict:
+def measure_floor_cpu(hops: int, window_s: float, timeout_s: float = 30.0, pace: float = 0.0,
+                      decode: bool = False) -> dict:
     """CPU per round trip of the floor with ``hops`` hops — relay, echo and client, each a
     process measured whole as the stack's are — over a window of ``window_s`` seconds cut
     into as many slices as the stack's, the cheapest slice the figure; with ``pace``, at
-    most that many round trips a second."""
-    relay, echoes, endpoint, d = start_floor(["echo"])
+    most that many round trips a second; ``decode``: the decoding floor (each process packs
+    and unpacks every message with msgpack: benchmarks/floor.py ``Codec``)."""
+    codec = ("decode",) if decode else ()
+    relay, echoes, endpoint, d = start_floor(["echo"], ("relay", *codec), ("", *codec))
     client = None
     try:
-        client = subprocess.Popen([sys.executable, "-m", "benchmarks.floor", "count", endpoint, str(hops), str(pace)],
+        client = subprocess.Popen([sys.executable, "-m", "benchmarks.floor", "count", endpoint, str(hops), str(pace),
+                                   *codec],
                                   cwd=REPO, stdout=subprocess.PIPE, preexec_fn=die_with_parent,
                                   start_new_session=True)
         if _client_line(client, timeout_s) != "READY":
@@ -268,10 +272,18 @@ def measure_cpu(window_s: float, progress=None, profile: str | None = None) -> d
         # wake-up the partition does not pay), so this figure favours the stack a little;
         # the goal is judged against the floor at its own pace.
         paced = measure_floor_cpu(hops, window_s, pace=stack["per_s"])
-        out[path] = {"stack": stack, "floor": floor, "floor_at_stack_pace": paced,
-                     "ratio": round(stack["cpu_us"] / floor["cpu_us"], 3) if floor["cpu_us"] else None,
-                     "ratio_at_stack_pace": round(stack["cpu_us"] / paced["cpu_us"], 3) if paced["cpu_us"] else None}
+        # The decoding floor: the relay's work plus msgpack's unpack and pack of every
+        # message in every process — the least a stack in Python does per message, so the
+        # stack's ratio to it is what its checks, dispatch and bookkeeping cost.
+        decoding = measure_floor_cpu(hops, window_s, decode=True)
+        out[path] = {"stack": stack, "floor": floor, "floor_at_stack_pace": paced, "floor_decoding": decoding,
+                     "ratio": _ratio(stack, floor), "ratio_at_stack_pace": _ratio(stack, paced),
+                     "ratio_decoding": _ratio(stack, decoding)}
     return out
+
+
+def _ratio(stack: dict, floor: dict) -> float | None:
+    return round(stack["cpu_us"] / floor["cpu_us"], 3) if floor["cpu_us"] else None
 
 
 __all__ = ["measure_cpu", "measure_stack_cpu", "measure_floor_cpu", "per_round_trip", "cpu_seconds", "run_pids",

@@ -10,12 +10,17 @@ Each hop sends a pre-built frame of the size the stack's message on that hop has
 difference between the stack and this floor is the stack's own work: decoding, checking,
 dispatching, stamping and encoding.
 
-    python -m benchmarks.floor relay ENDPOINT
-    python -m benchmarks.floor echo ENDPOINT
+    python -m benchmarks.floor relay ENDPOINT [decode]
+    python -m benchmarks.floor echo ENDPOINT [KEY [decode]]
     python -m benchmarks.floor irqecho ENDPOINT
     python -m benchmarks.floor timer ENDPOINT [PERIOD_US]
-    python -m benchmarks.floor count ENDPOINT HOPS [PACE]   (the CPU floor's client: benchmarks/cpu.py)
+    python -m benchmarks.floor count ENDPOINT HOPS [PACE [decode]]   (the CPU floor's client: benchmarks/cpu.py)
     python -m benchmarks.floor chain ENDPOINT      (with vspchain, guestchain: the synthetic NIC)
+
+``decode``: the *decoding floor* — each process also unpacks every frame it receives and
+packs every frame it sends with msgpack (:class:`Codec`), as any stack in Python must at
+least do with a message; the relay, echo and client otherwise do the same.  The stack's CPU
+per round trip against it says what its own work costs beyond that minimum.
 
 ``timer`` is the local APIC timer's floor, a server of its own: it waits as the
 hypervisor's loop does (a poll with a timeout) for a deadline a period after its client
@@ -36,6 +41,10 @@ import zmq
 from proto import messages as m
 from proto.exits import Exit
 
+# How often the busy interrupt floor's client looks at its socket: the VP's NOTIFY_POLL_NS
+# (partitions/vp.py), the interval of its preemption points' looks for a posted interrupt.
+LOOK_NS = 50_000
+
 # A stamp as perf_counter_ns gives it on a host that has been up a while: 9 bytes packed.
 _T = 10**13
 
@@ -50,6 +59,27 @@ def hop_frames() -> dict[str, bytes]:
         "cpuid_intercept": m.CpuidIntercept(1, 0x40000001, 0, (_T,)).encode(),
         "cpuid_resume": m.VpResume(1, 0, 0x31237648, 0, 0, 0, b"", (_T,) * 3, 0, (), _T, 0, Exit.CPUID.code).encode(),
     }
+
+
+class Codec:
+    """The decoding floor's work per message (``decode`` given): a received frame is
+    unpacked as ``proto.messages.decode`` unpacks it (no field checks, no message object),
+    and a frame to send is packed from its values (the pre-built frame, unpacked once), as
+    ``encode`` packs a message's fields.  Without ``decode``, frames pass as bytes."""
+
+    def __init__(self, decode: str = "") -> None:
+        self.on = decode == "decode"
+
+    def frame(self, frame: bytes):
+        """A function that gives ``frame`` to send: packed anew each time, or as it is."""
+        if not self.on:
+            return lambda: frame
+        values, pack = msgpack.unpackb(frame, use_list=False), msgpack.packb
+        return lambda: pack(values)
+
+    def received(self, frame: bytes) -> None:
+        if self.on:
+            msgpack.unpackb(frame, use_list=False, raw=False, strict_map_key=False)
 
 
 def _socket(kind: int) -> zmq.Socket:
@@ -69,15 +99,17 @@ def _send_to(sock: zmq.Socket, ident: bytes, frame: bytes) -> None:
             raise
 
 
-def relay(endpoint: str) -> None:
+def relay(endpoint: str, decode: str = "") -> None:
     f = hop_frames()
+    codec = Codec(decode)
+    received = codec.received
     sock = _socket(zmq.ROUTER)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     sock.bind(endpoint)
     print("READY", flush=True)
     roles: dict[bytes, tuple[bytes, bytes]] = {}  # identity → (kind, its echo peer's role)
     peers: dict[bytes, bytes] = {}  # echo role → identity
-    notify, resume4, resume2 = f["port_notify"], f["io_resume"], f["cpuid_resume"]
+    notify, resume4, resume2 = codec.frame(f["port_notify"]), codec.frame(f["io_resume"]), codec.frame(f["cpuid_resume"])
     # Clients waiting for each echo peer, in order (one request in flight each).  A client
     # "hop4" uses the echo "echo"; with --scale, "hop4:K" uses "echo:K" (as each partition
     # has its own worker).
@@ -95,31 +127,33 @@ def relay(endpoint: str) -> None:
             peers[frame] = ident
             pending.setdefault(target, [])
             for _ in range(early.pop(frame, 0)):
-                _send_to(sock, ident, notify)
+                _send_to(sock, ident, notify())
             continue
+        received(frame)
         kind, target = role
         if kind == b"hop4" or kind == b"irq":
             pending[target].append(ident)
             try:
-                _send_to(sock, peers[target], notify)
+                _send_to(sock, peers[target], notify())
             except KeyError:
                 early[target] = early.get(target, 0) + 1
         elif kind == b"echo":
-            _send_to(sock, pending[target].pop(0), resume4)
+            _send_to(sock, pending[target].pop(0), resume4())
         elif kind == b"irqecho":
             _send_to(sock, pending[target].pop(0), frame)
         else:
-            _send_to(sock, ident, resume2)
+            _send_to(sock, ident, resume2())
 
 
-def echo(endpoint: str, key: str = "") -> None:
-    complete = hop_frames()["access_complete"]
+def echo(endpoint: str, key: str = "", decode: str = "") -> None:
+    codec = Codec(decode)
+    complete, received = codec.frame(hop_frames()["access_complete"]), codec.received
     sock = _socket(zmq.DEALER)
     sock.connect(endpoint)
     sock.send(b"echo" + (b":" + key.encode() if key else b""))
     while True:
-        sock.recv()
-        sock.send(complete)
+        received(sock.recv())
+        sock.send(complete())
 
 
 def irqecho(endpoint: str, period_us: str = "10000") -> None:
@@ -136,11 +170,12 @@ def irqecho(endpoint: str, period_us: str = "10000") -> None:
         sock.send(m.AssertInterrupt(0x20, (perf_counter_ns(), _T)).encode())
 
 
-def start_floor(roles: list[str], server: tuple[str, ...] = ("relay",)
+def start_floor(roles: list[str], server: tuple[str, ...] = ("relay",), peer_args: tuple[str, ...] = ()
                 ) -> tuple[subprocess.Popen, list[subprocess.Popen], str, tempfile.TemporaryDirectory]:
-    """A relay (or another ``server``: ``("timer", PERIOD_US)``) and one peer per role
-    (``echo``, ``irqecho``) on an ipc endpoint in a temporary directory: (server, peers,
-    endpoint, directory); :func:`stop_floor` ends them."""
+    """A relay (or another ``server``: ``("timer", PERIOD_US)``, ``("relay", "decode")``) and
+    one peer per role (``echo``, ``irqecho``; ``peer_args`` after its endpoint) on an ipc
+    endpoint in a temporary directory: (server, peers, endpoint, directory); :func:`stop_floor`
+    ends them."""
     from root import REPO
     from root.procs import die_with_parent
 
@@ -155,7 +190,7 @@ def start_floor(roles: list[str], server: tuple[str, ...] = ("relay",)
     try:
         if relay.stdout.readline().strip() != b"READY":
             raise RuntimeError("the floor relay did not start")
-        peers = [subprocess.Popen([*cmd, role, endpoint], cwd=REPO, preexec_fn=die_with_parent,
+        peers = [subprocess.Popen([*cmd, role, endpoint, *peer_args], cwd=REPO, preexec_fn=die_with_parent,
                                   start_new_session=True) for role in roles]
         if peers:
             time.sleep(0.3)  # let the echo peers register before the first request
@@ -224,16 +259,33 @@ class IrqFloorClient:
     and this client, like the hypervisor and the VP in HLT, have been idle that long when
     the measured hops reach them."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, busy: bool = False) -> None:
         self.sock = _socket(zmq.DEALER)
         self.sock.connect(endpoint)
         self.sock.send(b"irq")
+        self.busy = busy
+
+    def _computing(self, timeout_s: float = 5.0) -> None:
+        """``busy``: the floor of an interrupt posted to a VP executing guest code — this
+        process computes (a Python loop) and looks at its socket every LOOK_NS, as
+        the VP does at its preemption points, instead of sleeping in a poll: on a shared
+        host a computing thread runs in the host's time slices, and its ZeroMQ I/O thread
+        waits for a core, which the idle client's floor did not pay."""
+        poll, deadline = self.sock.poll, perf_counter_ns() + int(timeout_s * 1e9)
+        while not poll(0):
+            look = perf_counter_ns() + LOOK_NS
+            while (now := perf_counter_ns()) < look:
+                pass
+            if now > deadline:
+                raise TimeoutError("the floor relay did not answer within 5 s")
 
     def measure(self, n: int, warmup: int = 20) -> list[int]:
         out = []
         for i in range(n + warmup):
             self.sock.send(b"x")
-            if not self.sock.poll(5000):
+            if self.busy:
+                self._computing()
+            elif not self.sock.poll(5000):
                 raise TimeoutError("the floor relay did not answer within 5 s")
             frame = self.sock.recv()
             t = perf_counter_ns()
@@ -308,15 +360,18 @@ def scale_client(endpoint: str, key: str) -> None:
     client.close()
 
 
-def counting_client(endpoint: str, hops: str, pace: str = "0") -> None:
+def counting_client(endpoint: str, hops: str, pace: str = "0", decode: str = "") -> None:
     """The CPU floor's client (a process, as the partition is, so that its ZeroMQ I/O thread
     is charged as the partition's is): ``hops``-hop round trips as fast as they come back,
     or at most ``pace`` a second (sleeping until each one's turn); each SIGUSR1 prints the
-    round trips made so far, one line."""
+    round trips made so far, one line.  ``decode``: each request packed, each answer
+    unpacked (:class:`Codec`)."""
     import signal
 
     client = FloorClient(endpoint, int(hops))
-    send, recv, poll, frame = client.sock.send, client.sock.recv, client.sock.poll, client.frame
+    codec = Codec(decode)
+    send, recv, poll, frame = client.sock.send, client.sock.recv, client.sock.poll, codec.frame(client.frame)
+    received = codec.received
     made = 0
     signal.signal(signal.SIGUSR1, lambda *_: print(made, flush=True))
     period = 1 / float(pace) if float(pace) > 0 else 0.0
@@ -327,10 +382,10 @@ def counting_client(endpoint: str, hops: str, pace: str = "0") -> None:
             turn = max(turn + period, time.perf_counter() - period)  # no catching up after a stall
             if (ahead := turn - time.perf_counter()) > 0:
                 time.sleep(ahead)
-        send(frame)
+        send(frame())
         if not poll(5000):
             raise TimeoutError("the floor relay did not answer within 5 s")
-        recv()
+        received(recv())
         made += 1
 
 

@@ -93,7 +93,8 @@ def _total(v) -> Histogram | None:
 
 
 def _floor_legend(key, h: Histogram) -> str:
-    hops = {"irq": "2 hops one way", "timer": "1 hop one way, after a timer"}.get(key, f"{key} hops")
+    hops = {"irq": "2 hops one way", "irqbusy": "2 hops one way, to a computing client",
+            "timer": "1 hop one way, after a timer"}.get(key, f"{key} hops")
     return f"floor, {hops} ({h.n} samples)"
 
 

@@ -23,12 +23,15 @@ def print_cpu(cpu: dict) -> None:
         paced = v.get("floor_at_stack_pace")
         paced_cells = ([f"{paced['cpu_us']:.1f}", f"{v['ratio_at_stack_pace']:.2f}×"]
                        if paced and v.get("ratio_at_stack_pace") is not None else ["-", "-"])
-        rows.append([path, f"{st['cpu_us']:.1f}", f"{fl['cpu_us']:.1f}", ratio, *paced_cells,
+        dec = v.get("floor_decoding")
+        dec_cells = ([f"{dec['cpu_us']:.1f}", f"{v['ratio_decoding']:.2f}×"]
+                     if dec and v.get("ratio_decoding") is not None else ["-", "-"])
+        rows.append([path, f"{st['cpu_us']:.1f}", f"{fl['cpu_us']:.1f}", ratio, *paced_cells, *dec_cells,
                      ", ".join(f"{k} {x:.0f}" for k, x in st["by_process_us"].items()),
                      ", ".join(f"{k} {x:.0f}" for k, x in fl["by_process_us"].items()),
                      f"{st['per_s']:.0f} / {fl['per_s']:.0f}"])
-    print(table(["path", "stack", "floor", "ratio", "floor at stack's pace", "ratio", "stack by process",
-                 "floor by process", "round trips/s stack / floor"], rows, "lrrrrrllr"))
+    print(table(["path", "stack", "floor", "ratio", "floor at stack's pace", "ratio", "decoding floor", "ratio",
+                 "stack by process", "floor by process", "round trips/s stack / floor"], rows, "lrrrrrrrllr"))
 
 
 def print_result(result: dict) -> None:

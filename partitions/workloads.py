@@ -411,25 +411,67 @@ def run_workloads(vp: Vp, sys) -> dict[str, int]:
             done[name] += n
             ops += n
         if ops == 0:
-            idle(vp, sys)
+            idle(vp, sys, next_due(vp, sys, deadline))
         if vp.index == 0 and sys.checkpoint is not None:
             sys.checkpoint(vp, sys)  # the kernel's state into its RAM (partitions/resume.py)
     return done
 
 
 IDLE_VECTOR = 0xEE
+# The local APIC timer's initial count is 32 bits: at HV_X64_MSR_APIC_FREQUENCY and divide
+# by 1, a one-shot reaches at most ~21 s ahead.
+APIC_TIMER_MAX_COUNT = 0xFFFFFFFF
 
 
-def idle(vp: Vp, sys) -> None:
+def _due_every(key: str, interval: float, *, vga: bool = False):
+    """When a VP-0 workload paced by :func:`_every` is next due (on any other VP: never)."""
+
+    def due(vp: Vp, sys) -> float | None:
+        if vp.index != 0 or (vga and not sys.has_vga) or sys.timers.get(key) == float("inf"):
+            return None
+        return sys.timers.get(key, 0.0) + interval
+
+    return due
+
+
+# When a workload that returned nothing next has something to do, for an idle VP's timer
+# (monotonic seconds; None: nothing until an interrupt comes).  A workload not named here
+# is polled every IDLE_S, as before: it may wait for something no interrupt announces.
+NEXT_DUE = {
+    "serial": _due_every("serial", LOG_INTERVAL_S),
+    "screen": _due_every("screen", LOG_INTERVAL_S, vga=True),
+    "disk": _due_every("disk", DISK_INTERVAL_S),
+    "timer": lambda vp, sys: None,  # its ticks are interrupts
+}
+
+
+def next_due(vp: Vp, sys, deadline: float) -> float:
+    """When this VP next has something to do: the first workload due, or the end of the
+    workloads — Linux's NOHZ idle, which programs the timer for the next event instead of
+    taking every tick.  An idle partition (``workloads = []``) sleeps to its deadline."""
+    now = time.monotonic()
+    due = deadline
+    for name in sys.workloads:
+        fn = NEXT_DUE.get(name)
+        at = fn(vp, sys) if fn is not None else now + IDLE_S
+        if at is not None and at < due:
+            due = at
+    return due
+
+
+def idle(vp: Vp, sys, until: float | None = None) -> None:
     """HLT until the next interrupt.  VP 0 of a partition with a PIC is woken by the tick;
-    any other VP arms a one-shot local APIC timer first, as a tickless kernel does."""
+    any other VP arms a one-shot local APIC timer first for ``until`` (monotonic seconds;
+    None: IDLE_S from now), as a tickless kernel does."""
     if not ((sys.has_pic or sys.timers.get("apic")) and vp.index == 0):
         if IDLE_VECTOR not in vp.handlers:  # first idle since power-on
             vp.set_handler(IDLE_VECTOR, lambda v, vector: v.write(APIC_BASE + APIC_EOI, 4, 0))
             vp.write(APIC_BASE + APIC_SVR, 4, 0x1FF)
             vp.write(APIC_BASE + APIC_TIMER_DCR, 4, 0b1011)  # divide by 1
             vp.write(APIC_BASE + APIC_LVT_TIMER, 4, IDLE_VECTOR)  # one-shot
-        vp.write(APIC_BASE + APIC_TIMER_ICR, 4, int(APIC_TIMER_HZ * IDLE_S))
+        left = IDLE_S if until is None else until - time.monotonic()
+        # At least one count: 0 would stop the timer, and the VP would wait for nothing.
+        vp.write(APIC_BASE + APIC_TIMER_ICR, 4, min(APIC_TIMER_MAX_COUNT, max(1, int(APIC_TIMER_HZ * left))))
     vp.sti()
     vp.hlt()
 # A memory-writing workload (issue 13: live migration's pre-copy), in a module of its own.

@@ -90,3 +90,24 @@ class MigrateRunning(Message):
     """Destination → source: its VPs were started at ``started_at_ns`` (wall clock)."""
 
     started_at_ns: U64
+
+
+@message(69, "migrate_abandon")
+class MigrateAbandon(Message):
+    """Source's run → destination, when the ``migrate`` command that held partition
+    ``name`` died (root/migration_lease.py): abandon its handover — unless it was told to go
+    and runs here.  ``paused_at_ns`` names the handover (its ``migrate_go``'s; 0: no go was
+    sent).  Answered by ``migrate_running`` (it runs here: the source must not) or ``ack``
+    (nothing of it runs here, nor will: a session is abandoned, a committed partition that
+    never got its go is stopped)."""
+
+    name: text(64)
+    paused_at_ns: U64
+
+
+@message(68, "migrate_switchover")
+class MigrateSwitchover(Message):
+    """Source → destination, pre-copy done, before the source pauses the partition:
+    acknowledged once the destination can take the switch-over — the processes it started
+    at the begin (in parallel with the pre-copy, no longer before it) are ready — so that
+    their start-up is never in the downtime (QEMU's switchover-ack)."""

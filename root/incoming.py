@@ -7,11 +7,13 @@ gets no connection, counted as the hypervisor's are).
 
 A migration (proto/migration_messages.py, spoken by root/migration.py):
 
-1. ``migrate_begin``: the shape and GPA map must be this partition's; its worker and
-   partition process are started ahead (each with a ``--go-fd``) and say READY, so their
-   start-up is not in the downtime;
+1. ``migrate_begin``: the shape and GPA map must be this partition's; once it is answered,
+   its worker and partition process are started (forked from the run's zygotes, each with a
+   ``--go-fd``), beside the pre-copy; ``migrate_switchover`` is answered once they say READY,
+   so their start-up is not in the downtime;
 2. ``migrate_pages`` (rounds; every page number checked against this partition's map, every
-   size against its count) written into its RAM; ``migrate_probe`` only counted;
+   size against its count) written into its RAM; ``migrate_probe`` only counted (with or
+   without a session: the source measures the link before its begin);
 3. ``migrate_state`` chunks, then ``migrate_commit``: the record is checked as a saved
    state is (version, SHA-256, every field, shape, disks), every mapped page must have
    come; then the hypervisor's state, the disks and the devices are restored and the worker
@@ -23,6 +25,10 @@ Before the commit's restore, a failure (a refused message, a source that goes si
 partition waits for another begin.  After it, the partition has a worker of the record's
 and its hypervisor state: a failure there ends the run (the source, never told to go,
 resumes the partition).  After the go the partition is this run's.
+
+``migrate_abandon`` comes from the source's *run* when its ``migrate`` command died
+(root/migration_lease.py): it is answered ``migrate_running`` if that handover's go came,
+and otherwise the handover is abandoned — a committed partition stopped, never run.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from proto.transport import Router, curve_keypair
 from root import partition_save
 from root.procs import describe_exit, spawn, stop_procs
 
+PROBE_GAP_S = 0.1  # a sessionless probe's chunks are served back to back while they come this often
 SESSION_IDLE_S = 10.0  # a source silent this long is gone: the session is abandoned
 READY_TIMEOUT_S = 20.0  # for the processes started ahead to say READY, and the worker to claim its ranges
 MAX_RECORD_BYTES = 256 << 20
@@ -86,6 +93,8 @@ class Session:
         self.pages_in = 0
         self.rounds: set[int] = set()
         self.ready = False
+        self.processes_ready = False  # the processes started at the begin said READY
+        self.failed: str | None = None  # they could not be started
         self.started = perf_counter_ns()
         self.last = time.monotonic()
 
@@ -103,6 +112,8 @@ class Receiver:
         self.done: list[dict] = []
         self.failures: list[str] = []
         self._refused_seen = 0
+        self._probing_until = 0.0  # a probe without a session: its next chunk is served at once
+        self._after_reply = None  # work that waits until the message's answer has gone
 
     def manifest(self) -> dict:
         return {"endpoint": self.endpoint, "server_key": self.server_key, "partitions": sorted(self.waiting),
@@ -121,11 +132,11 @@ class Receiver:
         supervision loop waits meanwhile: a migration's messages come back to back)."""
         served = 0
         while True:
-            if self.router.wait(0 if self.session is None else 100) \
-                    and (self.session is not None or served < MAX_IDLE_SERVED):
+            busy = self.session is not None or time.monotonic() < self._probing_until
+            if self.router.wait(100 if busy else 0) and (busy or served < MAX_IDLE_SERVED):
                 self._serve_one()
                 served += 1
-            elif self.session is None:
+            elif not busy:
                 break
             else:
                 self.run._check_procs()  # (a run process that died ends the run even now)
@@ -149,19 +160,31 @@ class Receiver:
             if self.session is not None and self.session.identity == identity:
                 self._abandon(str(e))
         self.router.send(identity, m.encode(reply))
+        then, self._after_reply = self._after_reply, None
+        if then is not None:
+            then()
 
     def _handle(self, identity: bytes, msg, size: int) -> m.Message:
         if isinstance(msg, mm.MigrateBegin):
             return self._begin(identity, msg)
+        if isinstance(msg, mm.MigrateAbandon):  # (from the source's run, not its migrate command)
+            return self._abandon_asked(msg)
+        if isinstance(msg, mm.MigrateProbe) and (self.session is None or self.session.identity != identity):
+            self._probing_until = time.monotonic() + PROBE_GAP_S  # a link measured before a begin
+            return m.Ack(msg.TYPE)
         s = self.session
         if s is None or s.identity != identity:
             raise Refusal("OUT_OF_TURN", f"{msg.NAME} without a migrate_begin on this connection")
+        if s.failed:
+            raise Refusal("INTERNAL", s.failed)
         s.last = time.monotonic()
         s.bytes_in += size
         if isinstance(msg, mm.MigratePages):
             self._pages(s, msg)
         elif isinstance(msg, mm.MigrateProbe):
             pass
+        elif isinstance(msg, mm.MigrateSwitchover):
+            self._await_ready(s)
         elif isinstance(msg, mm.MigrateState):
             self._state(s, msg)
         elif isinstance(msg, mm.MigrateCommit):
@@ -211,33 +234,52 @@ class Receiver:
         self.router.bind(identity)  # a connection that began a migration is no longer idle
         self.session = s = Session(identity, pc, pid, gpa_pages, ours)
         s.mem = GuestMemory(memory_path(self.run.run.path, pid), slat_path(self.run.run.path, pid))
+        self._after_reply = lambda: self._begun(s)  # the source's first pages come meanwhile
+        return m.Ack(msg.TYPE)
+
+    def _begun(self, s: Session) -> None:
+        """After the begin's answer: the partition's processes started (a failure refuses
+        the session's next message)."""
         try:
             self._start_ahead(s)
         except HvstackError as e:
-            raise Refusal("INTERNAL", f"partition {pc.name}: {e}") from None
-        self.run.out.print(f"partition {pc.name}: incoming migration begun")
+            s.failed = f"partition {s.pc.name}: {e}"
+        self.run.out.print(f"partition {s.pc.name}: incoming migration begun")
         self.run._manifest_update(incoming=self.manifest())
-        return m.Ack(msg.TYPE)
 
     def _start_ahead(self, s: Session) -> None:
-        """The worker and the partition process, started and confined; each waits on its
-        --go-fd after saying READY."""
+        """The worker and the partition process, started (forked from the run's zygotes where
+        it has them: their start-up runs beside the pre-copy, and may outlast it) and confined;
+        each waits on its --go-fd after saying READY.  (A servicing's successor worker starts
+        fresh for a race of its handover, root/run.py; an incoming worker has no predecessor.)"""
         run, pc = self.run, s.pc
         for role in ("worker", "partition"):
             go_read, s.go[role] = os.pipe()
             if role == "worker":
-                proc = run.spawn_worker(pc, restore=True, go_fd=go_read)
+                proc = run.spawn_worker(pc, restore=True, go_fd=go_read, forked=True)
             else:
                 args, fds = run._confinement("partition", s.pid, tlbs=True)
                 proc = spawn("partition", pc.name, "partitions",
                              ["--spec", str(run.run.path / f"partition-{pc.name}.json"), *args,
                               "--go-fd", str(go_read)],
                              run.run.path / "logs", secret=auth.peer_token(run.secret, "vp", s.pid),
-                             fds=(*fds, go_read), stdout=subprocess.PIPE)
+                             fds=(*fds, go_read), stdout=subprocess.PIPE, zygote=run.zygotes.get("partitions"))
             s.procs.append(proc)
+
+    def _await_ready(self, s: Session) -> None:
+        """The processes started at the begin said READY (at the switch-over, or at the
+        commit for a source that does not ask for one)."""
+        if s.processes_ready:
+            return
+        t0 = perf_counter_ns()
         deadline = time.monotonic() + READY_TIMEOUT_S
-        for proc in s.procs:
-            _line(proc, b"READY", deadline)
+        try:
+            for proc in s.procs:
+                _line(proc, b"READY", deadline)
+        except HvstackError as e:
+            raise Refusal("INTERNAL", f"partition {s.pc.name}: {e}") from None
+        s.processes_ready = True
+        s.took["waited_for_processes_ms"] = _ms(perf_counter_ns() - t0)
 
     def _pages(self, s: Session, msg: mm.MigratePages) -> None:
         if s.ready:
@@ -275,12 +317,15 @@ class Receiver:
     def _commit(self, s: Session, msg: mm.MigrateCommit) -> None:
         if s.ready:
             raise Refusal("OUT_OF_TURN", "a second commit")
-        missing = sum(1 for p in range(s.gpa_pages) if s.mapped[p] and not s.received[p])
+        # (0/1 bytes: the mapped pages never received, counted without a Python loop over the
+        # GPA space — this is in the downtime)
+        missing = (int.from_bytes(s.mapped, "little") & ~int.from_bytes(s.received, "little")).bit_count()
         if missing:
             raise Refusal("INVALID_FIELD", f"migrate_commit: {missing} mapped pages never came")
         if msg.total != len(s.record) or s.record_total != msg.total:
             raise Refusal("INVALID_FIELD", f"migrate_commit: {len(s.record)} bytes of the record came, "
                                            f"{msg.total} were sent")
+        self._await_ready(s)
         run, pc = self.run, s.pc
         devices = json_devices(run, pc)
         try:
@@ -305,9 +350,9 @@ class Receiver:
             t_devices = perf_counter_ns()
             os.write(s.go["worker"], b"g")
             deadline = time.monotonic() + READY_TIMEOUT_S
-            _line(s.procs[0], b"RESTORED", deadline)  # (no status asked meanwhile: it costs the hypervisor)
+            restored = _line(s.procs[0], b"RESTORED", deadline)  # (no status asked meanwhile: it costs the hypervisor)
             while True:
-                part = HypervisorStatus.from_wire(run.root.status()).partition(s.pid)
+                part = HypervisorStatus.from_wire(run.root.status(brief=True)).partition(s.pid)
                 if part is not None and part.worker and part.ranges:
                     break
                 if s.procs[0].popen.poll() is not None or time.monotonic() > deadline:
@@ -317,8 +362,8 @@ class Receiver:
             from root.run import RunEnded
             raise RunEnded(f"incoming migration of {pc.name} failed after its state was restored: {e}", 1) from None
         run.procs.extend(s.procs)
-        s.took = {"hypervisor_ms": _ms(t_hv - t0), "disks_devices_ms": _ms(t_devices - t_hv),
-                  "worker_ms": _ms(perf_counter_ns() - t_devices)}
+        s.took |= {"hypervisor_ms": _ms(t_hv - t0), "disks_devices_ms": _ms(t_devices - t_hv),
+                  "worker_ms": _ms(perf_counter_ns() - t_devices), "of_which_worker_restore_ms": _restore_ms(restored)}
 
     def _go(self, s: Session, msg: mm.MigrateGo) -> m.Message:
         if not s.ready:
@@ -337,7 +382,8 @@ class Receiver:
         figures = {"partition": pc.name, "at": datetime.now(timezone.utc).isoformat(),
                    "downtime_ms": round((started - msg.paused_at_ns) / 1e6, 2),
                    "received_bytes": s.bytes_in, "pages": s.pages_in, "rounds": len(s.rounds),
-                   "total_ms": round((perf_counter_ns() - s.started) / 1e6, 1), "commit": s.took}
+                   "total_ms": round((perf_counter_ns() - s.started) / 1e6, 1), "commit": s.took,
+                   "paused_at_ns": msg.paused_at_ns, "started_at_ns": started}
         self.done.append(figures)
         self.session = None
         run.out.print(f"partition {pc.name}: migrated in, running here ({figures['downtime_ms']:.1f} ms after the "
@@ -346,6 +392,44 @@ class Receiver:
                       f"{s.took['disks_devices_ms']} ms, worker restored and ready {s.took['worker_ms']} ms)")
         run._manifest_update(incoming=self.manifest())
         return mm.MigrateRunning(started)
+
+    def _abandon_asked(self, msg: mm.MigrateAbandon) -> m.Message:
+        """The source's run says the migrate command of ``msg.name`` died: if its go came
+        (the handover ``paused_at_ns`` names), the partition runs here and the source must
+        not run it; otherwise nothing of that handover may run here, ever."""
+        for f in self.done:
+            if msg.paused_at_ns and f["partition"] == msg.name and f["paused_at_ns"] == msg.paused_at_ns:
+                return mm.MigrateRunning(f["started_at_ns"])
+        s = self.session
+        if s is not None and s.pc.name == msg.name:
+            why = "its source's migrate command died (its run said so)"
+            if s.ready:
+                self._drop_committed(s, why)
+            else:
+                self._abandon(why)
+        return m.Ack(msg.TYPE)
+
+    def _drop_committed(self, s: Session, why: str) -> None:
+        """A committed partition never told to go: its state is restored into this run's
+        hypervisor and worker, so it cannot wait for another begin — it is stopped (as
+        ``ctl stop`` stops one), never run."""
+        self.session = None
+        try:
+            self.run.root.control(s.pid, "stop")
+        except HvstackError:
+            pass  # (its processes end below all the same)
+        for proc in s.procs:
+            if proc in self.run.procs:
+                self.run.procs.remove(proc)
+        for fd in s.go.values():
+            os.close(fd)  # the partition process, waiting on its go, sees EOF and leaves
+        stop_procs(s.procs)
+        s.mem.close()
+        del self.waiting[s.pc.name]
+        self.failures.append(f"{s.pc.name}: {why}; committed but never told to go: stopped")
+        self.run.out.print(f"partition {s.pc.name}: incoming migration dropped after its commit ({why}); "
+                           "it never ran here and is stopped")
+        self.run._manifest_update(incoming=self.manifest())
 
     def _abandon(self, why: str | None) -> None:
         s, self.session = self.session, None
@@ -362,16 +446,26 @@ class Receiver:
             self.run._manifest_update(incoming=self.manifest())
 
 
-def _line(proc, word: bytes, deadline: float) -> None:
-    """Wait for ``proc`` to say ``word`` on its stdout (HvstackError if it dies or is late)."""
+def _line(proc, word: bytes, deadline: float) -> bytes:
+    """Wait for ``proc`` to say ``word`` on its stdout, and return that line (HvstackError
+    if it dies or is late)."""
     while True:
         if proc.popen.poll() is not None:
             raise HvstackError(f"its {proc.role} {describe_exit(proc.popen.returncode)} (see {proc.log_path})")
         if time.monotonic() > deadline:
             raise HvstackError(f"its {proc.role} did not say {word.decode()} within {READY_TIMEOUT_S:.0f} s")
         if select.select([proc.popen.stdout], [], [], 0.1)[0]:
-            if proc.popen.stdout.readline().startswith(word):
-                return
+            line = proc.popen.stdout.readline()
+            if line.startswith(word):
+                return line
+
+
+def _restore_ms(line: bytes) -> float | None:
+    """The worker's ``RESTORED <µs>``, in ms."""
+    try:
+        return round(int(line.split()[1]) / 1000, 2)
+    except (ValueError, IndexError):
+        return None
 
 
 def _ms(ns: int) -> float:

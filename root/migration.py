@@ -13,8 +13,10 @@ format of proto/saved_state.py, without its memory section), and the destination
 to commit.  Only once it says it is ready is it told to go; only once it says it runs is the
 source's partition stopped.  A destination that fails or goes silent before the go leaves
 the partition running on the source (its worker thawed, the partition resumed); after the
-go the source never resumes it (it is the destination's, or, if the go's answer was lost,
-it stays paused here and the error says so).
+go this command never resumes it: if the go's answer was lost, it leaves its lease (root/
+migration_lease.py) and the source run asks the destination, resuming the partition only if
+the destination does not run it — as it does when this command dies.  The destination's
+processes start beside the pre-copy; ``migrate_switchover`` waits for them before the pause.
 
 **Dirty pages.**  Each partition has a dirty log (``dirty-ID.bin``: one byte per guest
 page, :func:`proto.memory.dirty_path`), given to its partition process and worker, whose
@@ -51,6 +53,7 @@ from proto.memory import PAGE_SHIFT, GuestMemory, dirty_path, memory_path, slat_
 from proto.messages import ErrorReply, decode, encode
 from proto.transport import Dealer
 from root import partition_save
+from root.migration_lease import Lease
 
 PAGE = 1 << PAGE_SHIFT
 ZERO_PAGE = bytes(PAGE)
@@ -243,8 +246,12 @@ def migrate(run_dir, man: dict, root, name: str, endpoint: str, server_key: str,
                            "log and its registers are not migrated yet (the Python guest only)")
     pid = man["partitions"][name]["id"]
     devices = json.loads((run_dir / f"worker-{name}.json").read_text())["devices"]
-    t_start = perf_counter_ns()
-    link = Link(endpoint, server_key, timeout_s)
+    lease = Lease(run_dir, name, endpoint, server_key)  # the source run settles it if this process dies
+    try:
+        link = Link(endpoint, server_key, timeout_s)
+    except BaseException:
+        lease.release()
+        raise
     mem = dirty = None
     try:
         try:
@@ -254,37 +261,74 @@ def migrate(run_dir, man: dict, root, name: str, endpoint: str, server_key: str,
             for first, count in runs:
                 mapped[first:first + count] = b"\x01" * count
             all_pages = [p for first, count in runs for p in range(first, first + count)]
+            # The link first, before the begin: what it measures is the link, not the migration
+            # (the total starts at the begin; the probe's bytes are not in bytes_on_wire).
+            t_probe = perf_counter_ns()
+            bandwidth = probe(link, max_bandwidth=max_bandwidth)
+            probe_bytes = link.bytes_sent
+            say(f"link to {endpoint}: {bandwidth / 1e6:.1f} MB/s (random bytes, each MiB acknowledged)")
+            t_start = perf_counter_ns()
             link.request(mm.MigrateBegin(name, msgpack.packb(partition_save.shape(pc, devices), use_bin_type=True),
                                          msgpack.packb(runs), mem.pages))
             t_setup = perf_counter_ns()
-            bandwidth = probe(link, max_bandwidth=max_bandwidth)
-            say(f"link to {endpoint}: {bandwidth / 1e6:.1f} MB/s (random bytes, each MiB acknowledged)")
             sender = PageSender(link, mem.ram, max_bandwidth)
             dirty = DirtyLog(run_dir, pid, mapped)
-            rounds, pending = _precopy(sender, dirty, all_pages, min(bandwidth, max_bandwidth or bandwidth),
-                                       max_downtime_ms, max_rounds, say)
+            budget = min(bandwidth, max_bandwidth or bandwidth)
+            rounds, pending, budget = _precopy(sender, dirty, all_pages, budget, max_downtime_ms, max_rounds, say)
+            t_precopy = perf_counter_ns()
+            switchover_ms = _switchover(link)
+            if switchover_ms > max_downtime_ms and len(rounds) < max_rounds:
+                # The destination's processes were still starting: what the guest wrote meanwhile
+                # goes now, not in the stop-and-copy.
+                rounds, pending, budget = _precopy(sender, dirty, pending, budget, max_downtime_ms, max_rounds,
+                                                   say, rounds)
+            t_switch = perf_counter_ns()
         except (HvstackError, OSError, KeyboardInterrupt) as e:  # nothing was paused: the guest never stopped here
+            lease.release()
             raise HvstackError(f"migration of {name} failed; it runs on here: {_why(e)}") from None
-        figures = _stop_and_copy(run_dir, root, link, sender, dirty, pc, pid, name, pending, mapped,
-                                 len(rounds), say, on_handover)
+        figures, t_go = _stop_and_copy(run_dir, root, link, sender, dirty, pc, pid, name, pending, mapped,
+                                       len(rounds), say, lease, on_handover)
     finally:
         for held in (dirty, mem, link):
             if held is not None:
                 held.close()
+    t_end = perf_counter_ns()
     figures.update(partition=name, destination=endpoint, memory_pages=len(all_pages),
                    link_bytes_per_s=round(bandwidth), setup_ms=round((t_setup - t_start) / 1e6, 1),
-                   total_ms=round((perf_counter_ns() - t_start) / 1e6, 1), rounds=rounds,
-                   precopy_rounds=len(rounds), bytes_on_wire=link.bytes_sent,
-                   send_once_ms=round(len(all_pages) * PAGE / bandwidth * 1000, 1))
+                   total_ms=round((t_end - t_start) / 1e6, 1), rounds=rounds,
+                   precopy_rounds=len(rounds), bytes_on_wire=link.bytes_sent - probe_bytes,
+                   probe_bytes=probe_bytes, send_once_ms=round(len(all_pages) * PAGE / bandwidth * 1000, 1),
+                   # Where the time went, in order (the probe before the total's start).
+                   phases_ms={"probe": _ms(t_start - t_probe), "begin": _ms(t_setup - t_start),
+                              "precopy": _ms(t_precopy - t_setup), "switchover_wait": switchover_ms,
+                              "precopy_after_wait": _ms(t_switch - t_precopy) - switchover_ms,
+                              "stop_and_copy": _ms(t_go - t_switch), "stop_source": _ms(t_end - t_go)})
     return figures
 
 
-def _precopy(sender, dirty, all_pages, budget, max_downtime_ms, max_rounds, say) -> tuple[list, list]:
-    """Rounds while the guest runs: every page, then those dirtied during the round before;
-    (the rounds' figures, the pages still dirty).  ``budget``: the link's bytes/s, lowered
-    to the pages' own rate as rounds measure it."""
-    dirty.harvest()  # the bulk round sends every page: marks from before it mean nothing
-    rounds, pending = [], all_pages
+def _ms(ns: int) -> float:
+    return round(ns / 1e6, 2)
+
+
+def _switchover(link: Link) -> float:
+    """Ask the destination whether it can take the switch-over (its processes started at
+    the begin are ready): the ms it took to say so."""
+    t0 = perf_counter_ns()
+    link.request(mm.MigrateSwitchover())
+    return _ms(perf_counter_ns() - t0)
+
+
+def _precopy(sender, dirty, pending, budget, max_downtime_ms, max_rounds, say,
+             rounds: list | None = None) -> tuple[list, list, float]:
+    """Rounds while the guest runs: every page (``pending``), then those dirtied during the
+    round before — or, given the ``rounds`` so far, more of them from ``pending``; (the
+    rounds' figures, the pages still dirty, the budget).  ``budget``: the link's bytes/s,
+    lowered to the pages' own rate as rounds measure it."""
+    if rounds is None:
+        dirty.harvest()  # the bulk round sends every page: marks from before it mean nothing
+        rounds = []
+    else:
+        pending = sorted(set(pending) | set(dirty.harvest()))
     t_round = time.monotonic()
     while True:
         r = sender.send(len(rounds), pending)
@@ -302,17 +346,21 @@ def _precopy(sender, dirty, all_pages, budget, max_downtime_ms, max_rounds, say)
             f"{r['ms']:.0f} ms; {len(pending)} dirtied meanwhile ({len(pending) / took * PAGE / 1e6:.2f} MB/s); "
             f"pages left {len(pending)}, estimated downtime {r['est_downtime_ms']:.1f} ms + state")
         if r["est_downtime_ms"] <= max_downtime_ms or len(rounds) >= max_rounds:
-            return rounds, pending
+            return rounds, pending, budget
 
 
 def _stop_and_copy(run_dir, root, link, sender, dirty, pc, pid, name, pending, mapped, final_round, say,
-                   on_handover=None) -> dict:
+                   lease, on_handover=None) -> tuple[dict, int]:
+    """The partition paused, its state and last pages sent, the destination committed and
+    told to go: (the figures, when it said it runs)."""
+    lease.phase("paused")  # (before the pause: a resume of a partition that runs is harmless)
     paused_at = time.time_ns()
     t0 = perf_counter_ns()
     root.control(pid, "pause")
     gone_over = False
     try:
         sections, kernel, took = partition_save.capture(run_dir, root, pc, pid, with_memory=False)
+        lease.stall("paused")
         t_state = perf_counter_ns()
         final = sorted(set(pending) | set(dirty.harvest())
                        | {p for p in hypervisor_pages(sections) if p < len(mapped) and mapped[p]})
@@ -325,17 +373,23 @@ def _stop_and_copy(run_dir, root, link, sender, dirty, pc, pid, name, pending, m
             link.pipelined(mm.MigrateState(at, len(record), record[at:at + mm.MAX_CHUNK]))
         link.request(mm.MigrateCommit(len(record)))
         t_ready = perf_counter_ns()
+        lease.phase("go", paused_at)  # before the go: a lease left from here makes the source run ask
         gone_over = True  # from the go on, the partition is the destination's
+        lease.stall("before_go")
         running = link.request(mm.MigrateGo(paused_at))
+        lease.stall("after_go")
     except BaseException as e:
         if not gone_over:
             partition_save.resume_after_failure(root, pid)
+            lease.release()
             if isinstance(e, (HvstackError, OSError, KeyboardInterrupt)):
                 raise HvstackError(f"migration of {name} failed; it runs on here: {_why(e)}") from None
         elif isinstance(e, (HvstackError, OSError, KeyboardInterrupt)):
+            # The lease stays: the source run asks the destination, and resumes the partition
+            # here only if it does not run it there (root/migration_lease.py).
             raise HvstackError(f"migration of {name}: the destination was told to run it but did not say it does "
-                               f"({_why(e)}); it stays paused here — resume it (ctl RUN resume) only if the "
-                               "destination is known not to run it") from None
+                               f"({_why(e)}); it stays paused here until the source run has asked the destination "
+                               "(its output says what it decided)") from None
         raise
     t_go = perf_counter_ns()
     if on_handover is not None:
@@ -344,6 +398,7 @@ def _stop_and_copy(run_dir, root, link, sender, dirty, pc, pid, name, pending, m
         except (HvstackError, OSError) as e:  # (the partition is the destination's whatever happens here)
             say(f"the move was not recorded in the source run: {e}")
     root.control(pid, "stop")  # its processes end (the launcher sees it finalized)
+    lease.release()
     figures = {"downtime_ms": round((running.started_at_ns - paused_at) / 1e6, 2),
                "state_ms": round((t_state - t0) / 1e6, 2), "final_pages": last["pages"],
                "final_pages_ms": round((t_pages - t_state) / 1e6, 2), "record_bytes": len(record),
@@ -353,7 +408,7 @@ def _stop_and_copy(run_dir, root, link, sender, dirty, pc, pid, name, pending, m
     say(f"stop-and-copy: paused, state taken in {figures['state_ms']:.1f} ms, {last['pages']} pages sent in "
         f"{figures['final_pages_ms']:.1f} ms, record {len(record)} bytes, destination ready in "
         f"{figures['commit_ms']:.1f} ms, running there {figures['go_ms']:.1f} ms later")
-    return figures
+    return figures, t_go
 
 
 def _why(e: BaseException) -> str:

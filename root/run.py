@@ -26,6 +26,7 @@ from proto.status import HypervisorStatus
 from proto.transport import curve_keypair, ipc_endpoint
 from root import REPO, cgroups, follow, hostflow, migration, partition_save, prestart, servicing, zygote
 from root.incoming import Receiver
+from root.migration_lease import LeaseWatcher
 from root.client import ConsoleWatcher, RootClient
 from root.guest_images import disk_contents, firmware_nvram
 from root.procs import (STOP_GRACE_S, Proc, child_env, describe_exit, die_with_parent, last_words, partition_uid,
@@ -89,6 +90,7 @@ class Run:
     incoming: list = field(default_factory=list)  # partitions that come by migration (root/incoming.py)
     listen: str = "127.0.0.1"  # the address the incoming endpoint listens on
     receiver: object = None  # their root.incoming.Receiver
+    leases: object = None  # the migrate commands' leases on this run's partitions (root/migration_lease.py)
     # Partitions this run may create while it runs, for a migration that brings them (a host
     # of a run of hosts: every partition of the topology; root/arrivals.py), and the pool's
     # pages not yet given to a partition.
@@ -169,6 +171,7 @@ class Run:
         if self.incoming or self.arrivable:
             self.receiver = Receiver(self, self.incoming, self.listen)
             self._manifest_update(incoming=self.receiver.manifest())
+        self.leases = LeaseWatcher(self)
         self._manifest_update(state="running")
 
     def worker_spec(self, pc, devices: list[dict]) -> dict:
@@ -188,7 +191,7 @@ class Run:
                 # 0 means "until stopped": the guest runs its workloads for a day.
                 "duration_s": self.duration if self.duration > 0 else UNTIL_STOPPED_S}
 
-    def spawn_worker(self, pc, restore: bool = False, go_fd: int | None = None) -> Proc:
+    def spawn_worker(self, pc, restore: bool = False, go_fd: int | None = None, forked: bool = False) -> Proc:
         """``python -m worker`` for partition ``pc`` (its spec already written), confined;
         its devices saved into ``checkpoint-NAME.bin`` when servicing asks (and at every
         completed access where a dead worker is restarted); ``restore``: a successor, which
@@ -211,7 +214,8 @@ class Run:
                      # A successor (servicing, a restart) starts fresh, as before: forked, one
                      # started ≈ 10× sooner, and a restarted partition then sometimes stalled for
                      # good (issue 12's report; servicing's timing is not start-up's to change).
-                     zygote=None if restore else self.zygotes.get("worker"))
+                     # ``forked``: an incoming migration's, which has no predecessor (root/incoming.py).
+                     zygote=None if restore and not forked else self.zygotes.get("worker"))
 
     def _confinement(self, role: str, pid: int, tlbs: bool) -> tuple[list[str], tuple[int, ...]]:
         """The arguments and descriptors that confine a worker or partition process: its
@@ -396,6 +400,7 @@ class Run:
             self._pump_console(100)
             if self.receiver is not None:
                 self.receiver.poll()
+            self.leases.poll()
             if self._stop_reason:
                 raise RunEnded(self._stop_reason, 130 if "SIGINT" in self._stop_reason else 0)
             self._check_procs()
@@ -508,6 +513,8 @@ class Run:
                 pass
         if self.receiver is not None:
             self.receiver.close()
+        if self.leases is not None:
+            self.leases.close()
         for c in (self.watcher, self.root):
             if c is not None:
                 c.close()

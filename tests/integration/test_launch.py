@@ -67,6 +67,9 @@ def test_bench_reports_each_path_beside_its_floor_as_json():
     paced = io_cpu["floor_at_stack_pace"]  # the floor held to the stack's pace: no faster
     assert paced["round_trips"] > 0 and paced["per_s"] <= io_cpu["stack"]["per_s"] * 1.1 + 20
     assert io_cpu["ratio_at_stack_pace"] == pytest.approx(io_cpu["stack"]["cpu_us"] / paced["cpu_us"], rel=0.01)
+    decoding = io_cpu["floor_decoding"]  # the floor that also packs and unpacks every message
+    assert {"client", "relay", "echo"} == set(decoding["by_process_us"]) and decoding["round_trips"] > 0
+    assert io_cpu["ratio_decoding"] == pytest.approx(io_cpu["stack"]["cpu_us"] / decoding["cpu_us"], rel=0.01)
     assert "bench: [1/" in r.stderr  # progress, as plain lines on a pipe
     io = result["paths"]["io_port"]
     assert io["hops"] == 4 and result["paths"]["cpuid"]["hops"] == 2

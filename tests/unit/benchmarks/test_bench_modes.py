@@ -202,3 +202,36 @@ def test_the_cpu_floor_can_be_held_to_a_pace():
     r = cpu.measure_floor_cpu(2, 0.8, pace=400)
     slice_s = 0.8 / cpu.SLICES
     assert 0.3 * 400 < r["per_s"] <= 400 + 2 / slice_s, r
+
+
+def test_the_decoding_floors_codec_packs_what_the_stack_packs_and_unpacks_every_frame():
+    from benchmarks.floor import Codec, hop_frames
+    from proto import messages as m
+
+    frame = hop_frames()["cpuid_resume"]
+    make = Codec("decode").frame(frame)
+    assert make() == frame and make() is not make()  # packed anew each time, the same bytes
+    assert isinstance(m.decode(make()), m.VpResume)
+    plain = Codec().frame(frame)
+    assert plain() is frame
+    with pytest.raises(Exception):
+        Codec("decode").received(b"\xc1")  # it does unpack (0xc1 is never a msgpack value)
+    Codec().received(b"\xc1")
+
+
+@pytest.mark.timeout(60)
+def test_the_decoding_floor_runs_every_process_with_its_codec():
+    r = cpu.measure_floor_cpu(4, 0.4, decode=True)
+    assert r["round_trips"] > 10 and set(r["by_process_us"]) == {"client", "relay", "echo"}
+    assert all(v > 0 for v in r["by_process_us"].values())
+
+
+def test_the_decoding_floors_ratio_is_compared_when_the_baseline_has_it(tmp_path):
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    baseline.save(result_with(1.2, 1.1), str(old))  # a baseline from before the decoding floor
+    now = result_with(1.2, 1.1)
+    now["cpu"]["io_port"]["ratio_decoding"] = 0.9
+    assert [r["figure"] for r in baseline.compare(now, str(old))["figures"]] == [
+        "io_port p50 ratio", "io_port p99 ratio", "io_port CPU ratio"]
+    baseline.save(now, str(new))
+    assert "io_port CPU ratio, decoding floor" in [r["figure"] for r in baseline.compare(now, str(new))["figures"]]

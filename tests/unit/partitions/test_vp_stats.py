@@ -122,3 +122,23 @@ def test_each_vp_stats_holds_the_round_trips_since_the_last_and_together_every_o
     for p in mine:
         assert added[p].to_wire() == mine[p].to_wire()
     assert sent[-1].counters["exits"] == 10  # the counters stay cumulative
+
+
+def test_an_interrupt_with_the_resume_is_taken_before_the_vp_stats_that_is_due():
+    """A HLT's resume carries the tick, and the stats interval has passed: the handler runs
+    first (its EOI is the next thing sent), the vp_stats after it — a tick in 25 used to
+    wait for the filing and sending of the stats."""
+    d = Dealer()
+    v = new_vp(d)
+    taken = []
+    v.set_handler(0x20, lambda vp, vector: taken.append(len(d.sent)))
+    v.if_flag = True
+    v._next_stats = 0
+    now = perf_counter_ns()
+    d.inbox.append(m.VpResume(1, 0, 0, 0, 0, 0, b"", (now - 3000, now - 2000, now - 1000), 0x20,
+                              (now - 5000, now - 4000, now - 3000, now - 2000), now + 10**9, 0,
+                              Exit.HALT.code).encode())
+    v.hlt()
+    assert taken == [1]  # only the HLT had been sent when the handler ran
+    assert [type(x) for x in d.sent] == [m.HaltIntercept, m.VpStats]
+    assert stats_sent(d)[0].paths["interrupt"]["t"]["n"] == 1

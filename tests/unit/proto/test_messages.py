@@ -104,6 +104,8 @@ EXAMPLES.update({
     mm.MigrateGo: mm.MigrateGo(1),
     mm.MigrateRunning: mm.MigrateRunning(2),
 })
+EXAMPLES[mm.MigrateAbandon] = mm.MigrateAbandon("alpha", 1)  # (root/migration_lease.py; id 69)
+EXAMPLES[mm.MigrateSwitchover] = mm.MigrateSwitchover()  # (id 68)
 
 
 # Coalesced MMIO (issue 12, proto/coalesced_mmio_messages.py; ids 80–83).

@@ -228,3 +228,52 @@ def test_every_part_of_a_multipart_message_is_read_bound_or_not(tmp_path):
         d.close()
     finally:
         router.close()
+
+
+def test_the_routers_wait_is_its_receive_bounded_by_the_timeout(tmp_path):
+    """The hypervisor's loop waits by receiving (ZMQ_RCVTIMEO) instead of zmq_poll and a
+    non-blocking receive: a wait that times out returns False after about its timeout, one
+    that finds a message keeps it for recv (asking again does not lose or skip it), and the
+    timeout follows each call."""
+    router = Router(transport.ipc_endpoint(str(tmp_path / "r.sock")))
+    dealer = zmq.Context.instance().socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    try:
+        dealer.connect(router.endpoint)
+        t0 = time.monotonic()
+        assert not router.wait(50)
+        assert 0.04 <= time.monotonic() - t0 < 2.0
+        assert not router.wait(0)
+        dealer.send(b"one")
+        dealer.send(b"two")
+        assert router.wait(3000) and router.wait(0)  # the first message, kept
+        ident, frame = router.recv()
+        assert frame == b"one"
+        assert router.wait(3000)
+        assert router.recv() == [ident, b"two"]
+        assert not router.wait(0)
+    finally:
+        dealer.close(0)
+        router.close()
+
+
+def test_a_dealers_wait_receives_and_a_look_polls(tmp_path):
+    """A VP's exit waits by receiving (the frame kept for recv_ready); its preemption point
+    looks (timeout 0) without taking anything; recv() goes through the same wait."""
+    router = Router(transport.ipc_endpoint(str(tmp_path / "r.sock")))
+    dealer = Dealer(router.endpoint)
+    try:
+        dealer.send(b"hello")
+        ident, _ = recv_one(router)
+        assert not dealer.wait(0) and not dealer.wait(30)
+        router.send(ident, b"a")
+        router.send(ident, b"b")
+        assert wait_until(lambda: dealer.wait(0), timeout=3)  # a look: nothing taken
+        assert dealer.wait(3000) and dealer.wait(0) and dealer.wait(3000)  # the same frame, kept
+        assert dealer.recv_ready() == b"a"
+        assert dealer.recv(3000) == b"b"
+        with pytest.raises(transport.PeerTimeout):
+            dealer.recv(20)
+    finally:
+        dealer.close()
+        router.close()
