@@ -36,7 +36,7 @@ def console(top, host: str, partition: str) -> str:
 
 
 def every_pid(top) -> list[int]:
-    """The top launcher, the janitor's namespaces aside, each host's launcher and processes."""
+    """The top launcher, and each host's launcher and processes."""
     pids = [top.manifest()["launcher_pid"]]
     for h in top.manifest()["cluster"]["hosts"].values():
         man = json.loads((Path(h["run"]) / "manifest.json").read_text())
