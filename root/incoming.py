@@ -204,6 +204,11 @@ class Receiver:
                 raise Refusal("CONFLICT", f"partition {self.session.pc.name} is being handed over")
             self._abandon("a new migrate_begin")
         pc = self.waiting.get(msg.name)
+        if pc is None:  # a host of a run of hosts makes it now, if it may (root/arrivals.py)
+            from root.arrivals import arrive
+            pc = arrive(self.run, msg.name)
+            if pc is not None:
+                self.waiting[pc.name] = pc
         if pc is None:
             raise Refusal("UNKNOWN_PARTITION", f"this run waits for no partition {msg.name!r} "
                                                f"(it waits for {', '.join(sorted(self.waiting)) or 'none'})")
