@@ -21,6 +21,7 @@ from proto import synic_messages as sm
 from hypervisor.coalesced_mmio import CoalescedMmio
 from hypervisor.servicing import Servicing
 from hypervisor.vp_state import PartitionStates
+from hypervisor.vsp_relay import VspRelay
 
 VP, WORKER, ROOT = ("vp",), ("worker",), ("root",)
 VSP = ("vsp",)  # the root's VMBus server (issue 10)
@@ -88,6 +89,7 @@ def build_routes(hv) -> dict[type, Route]:
         m.CoalescedMmioBatch: Route(coalesced.on_batch, VP),
         # Saving and restoring a whole partition (hypervisor/vp_state.py).
         **_partition_states(hv),
+        **_vsp_states(hv),
     }
 
 
@@ -97,3 +99,9 @@ def _partition_states(hv) -> dict[type, Route]:
             m.PartitionRestoreRequest: Route(states.on_restore_request, ROOT),
             m.VpStateRequest: Route(states.on_vp_state_request, ROOT),
             m.VpStateReply: Route(states.on_vp_state_reply, VP)}
+
+
+def _vsp_states(hv) -> dict[type, Route]:
+    """A partition's VMBus state relayed between the root and the VSP (hypervisor/vsp_relay.py)."""
+    relay = VspRelay(table=hv.table, outbox=hv.outbox, synic_ports=hv.synic_ports)
+    return {m.VspStateRequest: Route(relay.on_request, ROOT), m.VspStateReply: Route(relay.on_reply, VSP)}

@@ -28,6 +28,8 @@ import signal
 import sys
 import threading
 
+import msgpack
+
 from proto import confine
 from proto import messages as m
 from proto.memory import GuestMemory
@@ -42,6 +44,24 @@ from partitions.vp import GuestFault, Vp, VpReset, VpStopped
 log = logging.getLogger("partition")
 GO_TIMEOUT_S = 120.0  # an incoming migration's partition waits this long for its state
 VP_START_TIMEOUT_MS = 60_000  # a VP's hello waits for its start (the root's WORKER_READY_TIMEOUT_S and more)
+
+
+def migrated_registers(fd: int, vps: int) -> list:
+    """A migrated real-CPU partition's register files: msgpack after the go's "g", up to
+    the pipe's end (root/incoming.py); one per VP (the backend checks each as it restores it)."""
+    data = b""
+    while select.select([fd], [], [], GO_TIMEOUT_S)[0]:
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            break
+        data += chunk
+    try:
+        state = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except (ValueError, msgpack.UnpackException):
+        state = None
+    if not isinstance(state, list) or len(state) != vps or not all(isinstance(r, dict) for r in state):
+        raise SystemExit("python -m partitions: no register file for each VP after the go")
+    return state
 
 
 def vp_thread(spec: dict, token: str, index: int, system: kernel.System,
@@ -162,6 +182,15 @@ def main(argv: list[str] | None = None) -> int:
         if not select.select([args.go_fd], [], [], GO_TIMEOUT_S)[0] or os.read(args.go_fd, 1) != b"g":
             log.info("not needed after all: the launcher closed --go-fd")
             return 0
+        if spec.get("cpu", "python") != "python":
+            spec["cpu_state"] = migrated_registers(args.go_fd, spec["vps"])
+    if boot is not None and spec.get("cpu_state") and "regions" in spec["cpu_state"][0]:
+        from partitions.cpu import boot as cpu_boot
+        try:  # firmware's shadow RAM as saved, before any VP runs (a restored VP does not reload it)
+            cpu_boot.restore_regions(boot, spec["cpu_state"][0]["regions"])
+        except cpu_boot.BootError as e:
+            print(f"python -m partitions: {e}", file=sys.stderr)
+            return 2
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda s, f: stop.set())
     signal.signal(signal.SIGINT, lambda s, f: stop.set())

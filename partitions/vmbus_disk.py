@@ -16,6 +16,7 @@ from proto.vmbus import HV_SCSI_GUID
 
 from partitions.drivers.ata import SECTOR, AtaError
 from partitions.drivers.storvsc import BLOCK, ScsiError, Storvsc
+from partitions import vmbus_resume
 from partitions.drivers.vmbus import Vmbus, VmbusError, offered
 from partitions.vp import Vp
 
@@ -43,7 +44,10 @@ def vmbus_bus(vp: Vp, sys) -> Vmbus | None:
     state = sys.timers.get("vmbus_bus")
     if state is not None and state[0] == sys.booted_generation:
         return state[1]
-    bus = None
+    bus = vmbus_resume.resume_bus(vp, sys)  # a resumed kernel's connection, from its checkpoint
+    if bus is not None:
+        sys.timers["vmbus_bus"] = (sys.booted_generation, bus)
+        return bus
     if not offered(sys):
         sys.console(vp, f"[{sys.name}] vmbus: not offered (needs the SynIC, PostMessages, SignalEvents "
                         f"and the hypercall page)")
@@ -54,6 +58,7 @@ def vmbus_bus(vp: Vp, sys) -> Vmbus | None:
             version = bus.connect(vp)
             sys.console(vp, f"[{sys.name}] vmbus: version {version >> 16}.{version & 0xFFFF}, "
                             f"{len(bus.offers)} offer(s)")
+            vmbus_resume.remember_bus(sys, bus)
         except VmbusError as e:
             sys.console(vp, f"[{sys.name}] vmbus: {e}")
             bus = None
@@ -67,7 +72,11 @@ def bring_up(vp: Vp, sys) -> Disk | None:
         return state[1]
     disk = None
     bus = vmbus_bus(vp, sys)
-    if bus is not None:
+    sc = vmbus_resume.resume_disk(vp, sys, bus) if bus is not None else None
+    if sc is not None:  # a resumed kernel's channel and storvsc, from its checkpoint
+        disk = Disk(bus, sc)
+        sys.console(vp, f"[{sys.name}] vmbus: storvsc on channel {sc.ch.relid} resumed from the checkpoint")
+    elif bus is not None:
         try:
             scsi = [o for o in bus.offers if o["if_type"] == HV_SCSI_GUID]
             if not scsi:
@@ -79,6 +88,7 @@ def bring_up(vp: Vp, sys) -> Disk | None:
             disk = Disk(bus, sc)
             sys.console(vp, f"[{sys.name}] vmbus: storvsc protocol {sc.version >> 8}.{sc.version & 0xFF} "
                             f"on channel {ch.relid}: {sc.blocks * BLOCK >> 20} MiB")
+            vmbus_resume.remember_disk(sys, sc)
         except (VmbusError, ScsiError) as e:
             sys.console(vp, f"[{sys.name}] vmbus: {e}")
     sys.timers["vmbus_disk_state"] = (sys.booted_generation, disk)
@@ -128,6 +138,7 @@ def wl_vmbus_disk(vp: Vp, sys) -> int:
         sys.timers["vmbus_disk_state"] = (sys.booted_generation, None)
         return 0
     ok = all(vp.mem.read(gpa, size) == data for (_, _, gpa), data in zip(reqs, patterns))
+    vmbus_resume.remember_disk(sys, disk.sc)  # (its transaction id moved)
     c = vp.counters
     c["vmbus_disk_bytes"] = c.get("vmbus_disk_bytes", 0) + 2 * size * QUEUE_DEPTH
     c["vmbus_disk_ns"] = c.get("vmbus_disk_ns", 0) + time.perf_counter_ns() - t0

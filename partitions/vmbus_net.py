@@ -17,6 +17,7 @@ from proto.vmbus import HV_NIC_GUID
 
 from partitions.drivers.netvsc import NetError, Netvsc, bring_up
 from partitions.drivers.vmbus import VmbusError
+from partitions import vmbus_resume
 from partitions.vmbus_disk import vmbus_bus
 from partitions.vp import Vp
 
@@ -251,7 +252,9 @@ def _bring_up(vp: Vp, sys) -> Stack | None:
         sys.console(vp, f"[{sys.name}] vmbus_net: no synthetic NIC offered")
         return None
     try:
-        nic = bring_up(vp, bus, nics[0])
+        at = vmbus_resume.reset_nic(vp, sys, bus)  # a resumed kernel's netvsc starts its channel over
+        nic = bring_up(vp, bus, nics[0], at=at)
+        vmbus_resume.remember_nic(sys, nic)
     except (NetError, VmbusError) as e:
         sys.console(vp, f"[{sys.name}] vmbus_net: {e}")
         return None

@@ -417,3 +417,6 @@ from proto.coalesced_mmio_messages import (  # noqa: E402,F401
 )
 # Live migration between two runs (issue 13; ids 58, 59, 61–65), in a module of their own.
 from proto import migration_messages as _migration_messages  # noqa: E402,F401
+# A partition's VMBus state relayed to and from the VSP process (issue 13; ids 110–112).
+from proto.vsp_state_messages import (  # noqa: E402,F401
+    MAX_VMBUS_STATE_BYTES, VspStateQuery, VspStateReply, VspStateRequest)

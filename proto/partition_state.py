@@ -44,6 +44,7 @@ MAX_QUEUED_PER_SINT = 16
 MAX_VPS = 4096
 MAX_MEMORY_PAGES = 1 << 22  # 16 GiB of guest memory: more than any topology asks for
 MAX_DISK_BYTES = 1 << 34
+MAX_CPU_STATE_BYTES = 1 << 19  # a VP's register file; VP 0's holds firmware's shadow RAM (zlib, hex)
 # A VP's local APIC registers kept as u32s, and the scheduler's accounting kept in a record
 # (hypervisor/vp_state.py saves and restores exactly these).  Not the scheduler's virtual run
 # time: that orders a VP against the hypervisor's other VPs, and a restored VP's would starve
@@ -256,8 +257,8 @@ def check_cpu(cpu: Any) -> list:
     if not isinstance(cpu, (list, tuple)) or not 1 <= len(cpu) <= MAX_VPS:
         _fail("cpu", "missing, not a list, or not 1..4096 VPs")
     for i, blob in enumerate(cpu):
-        if type(blob) is not bytes or not 0 < len(blob) <= 4096:
-            _fail(f"cpu[{i}]", "not a register file of 1..4096 bytes")
+        if type(blob) is not bytes or not 0 < len(blob) <= MAX_CPU_STATE_BYTES:
+            _fail(f"cpu[{i}]", f"not a register file of 1..{MAX_CPU_STATE_BYTES} bytes")
     return list(cpu)
 
 
@@ -280,3 +281,13 @@ def _norm(v):
 
 class WrongShape(InvalidField):
     """A record saved from a partition of another shape (VPs, memory, devices, …)."""
+
+
+def check_vmbus(v: Any) -> dict:
+    """The VMBus section (a partition with a ``vmbus`` topology section): its own module,
+    which uses this one's checks (so imported when first needed, not at the top)."""
+    from proto.vmbus_state import check_vmbus as check
+    return check(v)
+
+
+CHECKS["vmbus"] = check_vmbus

@@ -15,7 +15,7 @@ from proto.messages import MAX_FRAME_BYTES, Message, message
 
 # The state blob, and room for the message around it, within one frame.
 MAX_STATE_BYTES = MAX_FRAME_BYTES - 4096
-MAX_VP_STATE_BYTES = 4096  # a real-CPU VP's register file, msgpack
+MAX_VP_STATE_BYTES = 1 << 19  # a real-CPU VP's register file, msgpack (VP 0's: with firmware's shadow RAM)
 @message(48, "partition_save_request")
 class PartitionSaveRequest(Message):
     """Root → hypervisor: the partition's hypervisor-side state, now.  The partition must

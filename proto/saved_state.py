@@ -50,6 +50,7 @@ SECTIONS = frozenset({"worker", "worker_access"})
 # and its disks, beside ``worker``.
 PARTITION_SECTIONS = frozenset({"shape", "hypervisor", "vps", "memory", "disks"})
 SECTIONS = SECTIONS | PARTITION_SECTIONS | {"cpu"}  # cpu: a real-CPU backend's registers
+SECTIONS = SECTIONS | {"vmbus"}  # the root's VMBus server and VSPs of the partition (proto/vmbus_state.py)
 SLOT_BYTES = 1 << 20  # one checkpoint slot: a u32 length, then the record
 _LEN = struct.Struct("<I")
 

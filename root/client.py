@@ -260,7 +260,11 @@ class ConsoleWatcher:
     def __init__(self, endpoint: str, secret: str, partitions: list[int], server_key: str | None = None) -> None:
         self.dealer = connect(endpoint, "root", 0, 0, secret=secret, server_key=server_key)
         for pid in partitions:
-            self.dealer.request(m.ConsoleSubscribe(pid))
+            self.subscribe(pid)
+
+    def subscribe(self, pid: int) -> None:
+        """Console bytes of partition ``pid`` too (one created while the run runs)."""
+        self.dealer.request(m.ConsoleSubscribe(pid))
 
     def poll(self, timeout_ms: int) -> list[tuple[int, bytes]]:
         """Console bytes that arrived within ``timeout_ms``, as (partition, data) pairs."""

@@ -51,7 +51,7 @@ from proto.errors import HvstackError, ProtocolError
 from proto.memory import PAGE_SHIFT, GuestMemory, memory_path, slat_path
 from proto.status import HypervisorStatus
 from proto.transport import Router, curve_keypair
-from root import partition_save
+from root import content_dirty, partition_save, vmbus_save
 from root.procs import describe_exit, spawn, stop_procs
 
 PROBE_GAP_S = 0.1  # a sessionless probe's chunks are served back to back while they come this often
@@ -87,6 +87,7 @@ class Session:
         self.mem = None  # the partition's RAM, written as pages come
         self.took: dict = {}  # the commit's steps, ms
         self.go: dict = {}  # role → the write end of its --go-fd
+        self.cpu_state: list | None = None  # a real CPU's register files, from the record (given with the go)
         self.record = bytearray()
         self.record_total: int | None = None
         self.bytes_in = 0
@@ -203,6 +204,11 @@ class Receiver:
                 raise Refusal("CONFLICT", f"partition {self.session.pc.name} is being handed over")
             self._abandon("a new migrate_begin")
         pc = self.waiting.get(msg.name)
+        if pc is None:  # a host of a run of hosts makes it now, if it may (root/arrivals.py)
+            from root.arrivals import arrive
+            pc = arrive(self.run, msg.name)
+            if pc is not None:
+                self.waiting[pc.name] = pc
         if pc is None:
             raise Refusal("UNKNOWN_PARTITION", f"this run waits for no partition {msg.name!r} "
                                                f"(it waits for {', '.join(sorted(self.waiting)) or 'none'})")
@@ -325,15 +331,18 @@ class Receiver:
         devices = json_devices(run, pc)
         try:
             record = saved_state.decode(bytes(s.record))
-            extra = sorted(set(record["sections"]) - RECORD_SECTIONS - {"cpu"})
+            extra = sorted(set(record["sections"]) - RECORD_SECTIONS - {"cpu", "vmbus"})
             if extra:
                 raise partition_save.RestoreRefused(f"sections {extra} in a migration's record")
             if record["partition"]["name"] != pc.name:
                 raise partition_save.RestoreRefused(f"a record of partition {record['partition']['name']!r}")
             partition_save.check_record(pc, record, devices, f"migration of {pc.name}", frozenset(RECORD_SECTIONS))
-            if pc.backend != "python":
+            if pc.backend != "python" and pc.backend not in content_dirty.BACKENDS:
                 raise partition_save.RestoreRefused(f"cpu = {pc.backend!r}: migrating its registers is not built")
-        except saved_state.SavedStateError as e:
+            s.cpu_state = partition_save.cpu_state(record)  # (checked by check_record: one per VP)
+            if pc.vmbus is not None:  # its bus to the VSP here (which changes nothing if it refuses)
+                vmbus_save.restore(run.root, run.run.path, pc, s.pid, record)
+        except (saved_state.SavedStateError, partition_save.RestoreRefused) as e:
             raise Refusal("INVALID_FIELD", f"the migrated state: {e}") from None
         # From here the partition takes the record's state: a failure ends the run.
         s.ready = True
@@ -364,7 +373,9 @@ class Receiver:
         if not s.ready:
             raise Refusal("OUT_OF_TURN", "migrate_go before a commit")
         run, pc = self.run, s.pc
-        os.write(s.go["partition"], b"g")
+        # A real CPU's registers go with the go (the partition process was started before
+        # they came): msgpack after the "g", up to the pipe's end (partitions/__main__.py).
+        os.write(s.go["partition"], b"g" + (msgpack.packb(s.cpu_state, use_bin_type=True) if s.cpu_state else b""))
         run.root.start_vps(s.pid, pc.vps)
         started = time.time_ns()
         for fd in s.go.values():

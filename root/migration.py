@@ -52,7 +52,8 @@ from proto.errors import HvstackError, PeerTimeout, Refused, TransportError
 from proto.memory import PAGE_SHIFT, GuestMemory, dirty_path, memory_path, slat_path
 from proto.messages import ErrorReply, decode, encode
 from proto.transport import Dealer
-from root import partition_save
+from root import content_dirty, partition_save
+from root.content_dirty import ShadowDirtyLog
 from root.migration_lease import Lease
 
 PAGE = 1 << PAGE_SHIFT
@@ -233,14 +234,18 @@ def probe(link: Link, total: int = PROBE_BYTES, max_bandwidth: float = 0.0) -> f
 
 
 def migrate(run_dir, man: dict, root, name: str, endpoint: str, server_key: str, *, max_downtime_ms: float = 30.0,
-            max_rounds: int = 10, max_bandwidth: float = 0.0, timeout_s: float = TIMEOUT_S, progress=None) -> dict:
+            max_rounds: int = 10, max_bandwidth: float = 0.0, timeout_s: float = TIMEOUT_S, progress=None,
+            on_handover=None) -> dict:
     """Move partition ``name`` of the live run in ``run_dir`` (``root``: a RootClient of it)
-    to the run listening at ``endpoint``; the figures.  ``progress(line)`` is told as it goes."""
+    to the run listening at ``endpoint``; the figures.  ``progress(line)`` is told as it goes;
+    ``on_handover()`` once the destination runs it, before it is stopped here (root/follow.py
+    records the move then, so that the source's launcher sees the record when it stops it)."""
     say = progress or (lambda line: None)
     pc = partition_save.saveable(man, name)
-    if pc.backend != "python":
+    if pc.backend != "python" and pc.backend not in content_dirty.BACKENDS:
         raise HvstackError(f"partition {name} runs on cpu = {pc.backend!r}: its RAM is written past the dirty "
-                           "log and its registers are not migrated yet (the Python guest only)")
+                           f"log and its registers are not migrated yet ({', '.join(('python', *content_dirty.BACKENDS))} "
+                           "only)")
     pid = man["partitions"][name]["id"]
     devices = json.loads((run_dir / f"worker-{name}.json").read_text())["devices"]
     lease = Lease(run_dir, name, endpoint, server_key)  # the source run settles it if this process dies
@@ -268,8 +273,10 @@ def migrate(run_dir, man: dict, root, name: str, endpoint: str, server_key: str,
             link.request(mm.MigrateBegin(name, msgpack.packb(partition_save.shape(pc, devices), use_bin_type=True),
                                          msgpack.packb(runs), mem.pages))
             t_setup = perf_counter_ns()
-            sender = PageSender(link, mem.ram, max_bandwidth)
-            dirty = DirtyLog(run_dir, pid, mapped)
+            # A real CPU writes RAM past the dirty log: its pages are found by comparison
+            # and sent from the copy compared (root/content_dirty.py).
+            dirty = ShadowDirtyLog(mem.ram, mapped) if pc.backend != "python" else DirtyLog(run_dir, pid, mapped)
+            sender = PageSender(link, dirty.pages if pc.backend != "python" else mem.ram, max_bandwidth)
             budget = min(bandwidth, max_bandwidth or bandwidth)
             rounds, pending, budget = _precopy(sender, dirty, all_pages, budget, max_downtime_ms, max_rounds, say)
             t_precopy = perf_counter_ns()
@@ -284,7 +291,7 @@ def migrate(run_dir, man: dict, root, name: str, endpoint: str, server_key: str,
             lease.release()
             raise HvstackError(f"migration of {name} failed; it runs on here: {_why(e)}") from None
         figures, t_go = _stop_and_copy(run_dir, root, link, sender, dirty, pc, pid, name, pending, mapped,
-                                       len(rounds), say, lease)
+                                       len(rounds), say, lease, on_handover)
     finally:
         for held in (dirty, mem, link):
             if held is not None:
@@ -347,7 +354,7 @@ def _precopy(sender, dirty, pending, budget, max_downtime_ms, max_rounds, say,
 
 
 def _stop_and_copy(run_dir, root, link, sender, dirty, pc, pid, name, pending, mapped, final_round, say,
-                   lease) -> tuple[dict, int]:
+                   lease, on_handover=None) -> tuple[dict, int]:
     """The partition paused, its state and last pages sent, the destination committed and
     told to go: (the figures, when it said it runs)."""
     lease.phase("paused")  # (before the pause: a resume of a partition that runs is harmless)
@@ -389,6 +396,11 @@ def _stop_and_copy(run_dir, root, link, sender, dirty, pc, pid, name, pending, m
                                "(its output says what it decided)") from None
         raise
     t_go = perf_counter_ns()
+    if on_handover is not None:
+        try:
+            on_handover()
+        except (HvstackError, OSError) as e:  # (the partition is the destination's whatever happens here)
+            say(f"the move was not recorded in the source run: {e}")
     root.control(pid, "stop")  # its processes end (the launcher sees it finalized)
     lease.release()
     figures = {"downtime_ms": round((running.started_at_ns - paused_at) / 1e6, 2),

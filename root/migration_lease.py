@@ -48,7 +48,7 @@ from proto import messages as m
 from proto import migration_messages as mm
 from proto.errors import HvstackError, TransportError
 from proto.transport import Dealer, nobody_listens
-from root import partition_save
+from root import follow, partition_save
 from root.rundir import write_json
 
 SUFFIX = ".lease"
@@ -191,6 +191,10 @@ class LeaseWatcher:
                     return
                 answer = None  # its launcher is gone, and its processes with it
             if isinstance(answer, mm.MigrateRunning):
+                try:  # (the command did not record the move: attach commands name the endpoint)
+                    follow.record_move(run.run.path, name, None, lease["endpoint"])
+                except OSError:
+                    pass
                 try:
                     run.root.control(pid, "stop")
                 except HvstackError:

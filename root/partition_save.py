@@ -34,10 +34,11 @@ from proto.errors import HvstackError, Refused
 from proto.memory import PAGE_SHIFT, GuestMemory, memory_path, slat_path
 from proto.saved_state import CheckpointFile
 from proto.status import QUERY_ERROR, HypervisorStatus
+from root import vmbus_save
 from root.topology import PartitionConfig
 
 SAVE_TIMEOUT_S = 5.0  # for every VP to reach an exit after the pause
-SAVEABLE_BACKENDS = ("python", "unicorn")
+SAVEABLE_BACKENDS = ("python", "unicorn", "kvm")
 PAGE = 1 << PAGE_SHIFT
 
 
@@ -65,14 +66,9 @@ def _runs(mem: GuestMemory) -> list[list[int]]:
 def saveable(man: dict, name: str) -> PartitionConfig:
     """Partition ``name``'s topology entry, refused unless its state can be saved whole."""
     pc = PartitionConfig(**next(p for p in man["config"]["partitions"] if p["name"] == name))
-    if pc.vmbus is not None:
-        raise HvstackError(f"partition {name} has VMBus devices: their channel state is not saved yet (issue 13)")
     if pc.backend not in SAVEABLE_BACKENDS:
         raise HvstackError(f"partition {name} runs on cpu = {pc.backend!r}: saving that backend's registers is "
                            f"not built yet ({', '.join(SAVEABLE_BACKENDS)} only)")
-    if pc.firmware:
-        raise HvstackError(f"partition {name} runs firmware: its ROM shadow (0xC0000-0xFFFFF, the VP's own "
-                           "memory, not the partition's) is not saved yet")
     return pc
 
 
@@ -83,15 +79,19 @@ def capture(run_dir, root, pc: PartitionConfig, pid: int, with_memory: bool = Tr
     worker_spec = json.loads((run_dir / f"worker-{pc.name}.json").read_text())
     t0 = perf_counter_ns()
     cpu = _cpu_state(root, pid) if pc.backend != "python" else None
+    # The VSP first: what it completes at its save is then in the SynIC state and the memory.
+    vmbus, vmbus_disk = vmbus_save.capture(root, run_dir, pc, pid) if pc.vmbus is not None else (None, {})
+    t_vmbus = perf_counter_ns()
     hv_state = _hypervisor_state(root, pid)
     t_hv = perf_counter_ns()
     worker = _worker_state(root, run_dir, pc.name, pid)
     t_worker = perf_counter_ns()
     memory, kernel = _memory(run_dir, pid, python_guest=cpu is None, with_pages=with_memory)
-    disks = _disks(worker_spec["devices"])
+    disks = {**_disks(worker_spec["devices"]), **vmbus_disk}
     sections = {"shape": shape(pc, worker_spec["devices"]), **hv_state, "worker": worker,
-                "memory": memory, "disks": disks, **({"cpu": cpu} if cpu is not None else {})}
-    return sections, kernel, {"hypervisor": t_hv - t0, "worker": t_worker - t_hv,
+                "memory": memory, "disks": disks, **({"cpu": cpu} if cpu is not None else {}),
+                **({"vmbus": vmbus} if vmbus is not None else {})}
+    return sections, kernel, {"hypervisor": t_hv - t0, "vmbus": t_vmbus - t0, "worker": t_worker - t_hv,
                               "memory_disk": perf_counter_ns() - t_worker}
 
 
@@ -126,7 +126,8 @@ def save(run_dir, man: dict, root, name: str, path: str, keep_running: bool) -> 
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return {"partition": name, "file": str(path), "bytes": len(data), "paused_ms": _ms(t_resumed - t0),
-            "hypervisor_ms": _ms(took["hypervisor"]), "worker_ms": _ms(took["worker"]),
+            "hypervisor_ms": _ms(took["hypervisor"]), "vmbus_ms": _ms(took["vmbus"]) if pc.vmbus is not None else None,
+            "worker_ms": _ms(took["worker"]),
             "memory_disk_ms": _ms(took["memory_disk"]), "write_ms": _ms(perf_counter_ns() - t_resumed),
             "memory_pages": sum(c for _, c in sections["memory"]["runs"]),
             "kept_running": keep_running and not was_paused, "kernel": kernel_figures(kernel)}
@@ -150,7 +151,9 @@ def resume_after_failure(root, pid: int, resume: bool = True) -> None:
 
 def describe(f: dict) -> str:
     return (f"partition {f['partition']} saved to {f['file']}: {f['bytes']} bytes ({f['memory_pages']} pages "
-            f"of memory); paused {f['paused_ms']:.1f} ms (VPs and hypervisor {f['hypervisor_ms']:.1f}, devices "
+            f"of memory); paused {f['paused_ms']:.1f} ms (VPs and hypervisor {f['hypervisor_ms']:.1f}"
+            + (f" of which the VSP's VMBus {f['vmbus_ms']:.1f}" if f.get("vmbus_ms") is not None else "")
+            + f", devices "
             f"{f['worker_ms']:.1f}, copying memory and disks {f['memory_disk_ms']:.1f}); compressed and written "
             f"after the resume in {f['write_ms']:.0f} ms; "
             + (f"its kernel at the save: {k['ticks']} ticks, disk round {k['disk_round']}, {k['exits']} exits on "
@@ -279,7 +282,7 @@ def compressed_disks(disks: dict) -> dict:
 # -- restore ---------------------------------------------------------------------------------
 
 
-def read_for(pc: PartitionConfig, path: str, devices: list[dict]) -> dict:
+def read_for(pc: PartitionConfig, path: str, devices: list[dict], base_dir=".") -> dict:
     """The record in ``path``, checked whole, and refused unless it fits ``pc`` (its shape,
     its disks) — before anything of a run starts."""
     try:
@@ -288,11 +291,11 @@ def read_for(pc: PartitionConfig, path: str, devices: list[dict]) -> dict:
         raise RestoreRefused(f"--restore {pc.name}={path}: {e.strerror}") from None
     except saved_state.SavedStateError as e:
         raise RestoreRefused(f"--restore {pc.name}={path}: {e}") from None
-    return check_record(pc, record, devices, f"--restore {pc.name}={path}")
+    return check_record(pc, record, devices, f"--restore {pc.name}={path}", base_dir=base_dir)
 
 
 def check_record(pc: PartitionConfig, record: dict, devices: list[dict], where: str,
-                 sections_needed: frozenset = saved_state.PARTITION_SECTIONS | {"worker"}) -> dict:
+                 sections_needed: frozenset = saved_state.PARTITION_SECTIONS | {"worker"}, base_dir=".") -> dict:
     """``record`` (decoded: its fields checked), refused unless it fits ``pc``: its
     sections, shape, registers and disks.  A migration's record has no ``memory`` section
     (its pages came before it)."""
@@ -325,6 +328,7 @@ def check_record(pc: PartitionConfig, record: dict, devices: list[dict], where: 
             if have != saved["sha256"]:
                 raise RestoreRefused(f"{where}: the disk image {d['image_path']} is not the "
                                      "one saved with the partition (its SHA-256 differs)")
+    vmbus_save.check(pc, record, base_dir, where)
     return record
 
 

@@ -25,7 +25,7 @@ from proto.posted import posted_path
 from proto.errors import HvstackError
 from proto.status import HypervisorStatus
 from proto.transport import curve_keypair, ipc_endpoint
-from root import REPO, cgroups, hostflow, migration, partition_save, prestart, servicing, zygote
+from root import REPO, cgroups, follow, hostflow, migration, partition_save, prestart, servicing, zygote
 from root.incoming import Receiver
 from root.migration_lease import LeaseWatcher
 from root.client import ConsoleWatcher, RootClient
@@ -36,6 +36,7 @@ from root.report import Output
 from root.rundir import GUEST_MEMORY_FILES, RunDir, launcher_identity, new_run_dir, pid_alive, write_json, write_private
 from root.topology import Topology
 from root.topology_sections import vmbus_disk_image
+from root import vmbus_save
 from root.vsp import status as vsp_status
 
 HV_READY_TIMEOUT_S = 10.0
@@ -92,6 +93,12 @@ class Run:
     listen: str = "127.0.0.1"  # the address the incoming endpoint listens on
     receiver: object = None  # their root.incoming.Receiver
     leases: object = None  # the migrate commands' leases on this run's partitions (root/migration_lease.py)
+    # Partitions this run may create while it runs, for a migration that brings them (a host
+    # of a run of hosts: every partition of the topology; root/arrivals.py), and the pool's
+    # pages not yet given to a partition.
+    arrivable: dict = field(default_factory=dict)
+    room_pages: int = 0  # added to the pool for them
+    free_pages: list = field(default_factory=list)
     zygotes: dict = field(default_factory=dict)  # module → its zygote (root/zygote.py), which forks its processes
     # On the command lines of the processes started before the run directory was (root/prestart.py) and of
     # the zygotes and their children: how `stop` knows them as this run's (root/procs.py leftovers).
@@ -107,7 +114,7 @@ class Run:
         write_private(self.run.path / "secret", self.secret)
         self._manifest_update(state="starting")
         logs = self.run.path / "logs"
-        pool_pages = hostflow.pool_pages(self.topology)
+        pool_pages = hostflow.pool_pages(self.topology) + self.room_pages
         args = ["--lps", str(self.topology.logical_processors),
                 "--memory-dir", str(self.run.path), "--pool-pages", str(pool_pages)]
         if self.topology.transport == "ipc":
@@ -121,7 +128,7 @@ class Run:
         self._start_zygotes(logs)  # their imports while the hypervisor does its own
         self.endpoint = self._await_ready(hv)
         self.root = RootClient(self.endpoint, self.secret, server_key=self.server_key)
-        free = hostflow.free_pages(pool_pages, self.run.name)
+        free = self.free_pages = hostflow.free_pages(pool_pages, self.run.name)
         for pc in self.topology.partitions:
             # Its VPs stay suspended until its worker is ready (below), so that the
             # partition process can start meanwhile.
@@ -132,6 +139,10 @@ class Run:
                                                         self.restores[pc.name])
         self._manifest_update()
         self._start_vsp(logs)
+        for name, record in self.restores.items():  # a VMBus partition's bus, before its VPs run
+            pc = next(p for p in self.topology.partitions if p.name == name)
+            if pc.vmbus is not None:
+                vmbus_save.restore(self.root, self.run.path, pc, self.partition_ids[name], record)
         self.watcher = ConsoleWatcher(self.endpoint, self.secret, list(self.partition_ids.values()),
                                       server_key=self.server_key)
         for pc in self.topology.partitions:
@@ -142,9 +153,7 @@ class Run:
             if pc.disk and pc.disk.get("contents"):
                 disk_contents(next(d for d in devices if d["type"] == "ata"), pc.disk["contents"],
                               self.topology.base_dir)
-            spec = {"endpoint": self.endpoint, "server_key": self.server_key, "partition_id": pid, "name": pc.name,
-                    "console_path": str(self.run.path / f"console-{pc.name}.log"), "devices": devices}
-            write_json(self.run.path / f"worker-{pc.name}.json", spec)
+            write_json(self.run.path / f"worker-{pc.name}.json", self.worker_spec(pc, devices))
             if pc.name in self.restores:  # its disks, and its devices for the worker to restore
                 partition_save.restore_devices(self.run.path, pid, pc, devices, self.restores[pc.name])
             if pc.name not in self.incoming:  # (an incoming partition's start when its migration begins)
@@ -156,17 +165,8 @@ class Run:
         for pc in self.topology.partitions:
             pid = self.partition_ids[pc.name]
             token = auth.peer_token(self.secret, "vp", pid)
-            spec = {"endpoint": self.endpoint, "server_key": self.server_key, "partition_id": pid, "name": pc.name,
-                    "vps": pc.vps, "memory_mb": pc.memory_mb, "workloads": pc.workloads, "vmbus": pc.vmbus,
-                    "cpu": pc.backend, "firmware": pc.firmware, "kernel": pc.kernel,
-                    "initrd": pc.initrd, "cmdline": pc.cmdline,
-                    "resume": pc.name in self.restores or pc.name in self.incoming,
-                    "cpu_state": partition_save.cpu_state(self.restores.get(pc.name)),
-                    "base_dir": str(self.topology.base_dir) if self.topology.base_dir else None,
-                    # 0 means "until stopped": the guest runs its workloads for a day.
-                    "duration_s": self.duration if self.duration > 0 else UNTIL_STOPPED_S}
             spec_path = self.run.path / f"partition-{pc.name}.json"
-            write_json(spec_path, spec)
+            write_json(spec_path, self.partition_spec(pc))
             if pc.name in self.incoming:
                 continue
             args, fds = self._confinement("partition", pid, tlbs=True)
@@ -174,11 +174,28 @@ class Run:
                                     logs, secret=token, fds=fds, zygote=self.zygotes.get("partitions")))
             self._limit_cpu(pc, self.procs[-1].pid)
         self._start_vps_as_workers_ready()
-        if self.incoming:
+        if self.incoming or self.arrivable:
             self.receiver = Receiver(self, self.incoming, self.listen)
             self._manifest_update(incoming=self.receiver.manifest())
         self.leases = LeaseWatcher(self)
         self._manifest_update(state="running")
+
+    def worker_spec(self, pc, devices: list[dict]) -> dict:
+        """What partition ``pc``'s worker reads from ``worker-NAME.json``."""
+        return {"endpoint": self.endpoint, "server_key": self.server_key, "partition_id": self.partition_ids[pc.name],
+                "name": pc.name, "console_path": str(self.run.path / f"console-{pc.name}.log"), "devices": devices}
+
+    def partition_spec(self, pc) -> dict:
+        """What partition ``pc``'s process reads from ``partition-NAME.json``."""
+        return {"endpoint": self.endpoint, "server_key": self.server_key, "partition_id": self.partition_ids[pc.name],
+                "name": pc.name, "vps": pc.vps, "memory_mb": pc.memory_mb, "workloads": pc.workloads,
+                "vmbus": pc.vmbus, "cpu": pc.backend, "firmware": pc.firmware, "kernel": pc.kernel,
+                "initrd": pc.initrd, "cmdline": pc.cmdline,
+                "resume": pc.name in self.restores or pc.name in self.incoming,
+                "cpu_state": partition_save.cpu_state(self.restores.get(pc.name)),
+                "base_dir": str(self.topology.base_dir) if self.topology.base_dir else None,
+                # 0 means "until stopped": the guest runs its workloads for a day.
+                "duration_s": self.duration if self.duration > 0 else UNTIL_STOPPED_S}
 
     def spawn_worker(self, pc, restore: bool = False, go_fd: int | None = None, forked: bool = False) -> Proc:
         """``python -m worker`` for partition ``pc`` (its spec already written), confined;
@@ -268,6 +285,9 @@ class Run:
             slat = os.open(slat_path(d, pid), os.O_RDONLY | os.O_CLOEXEC)
             fds += [ram, slat]
             fd_args.append(f"{pid}:{ram}:{slat}")
+            if os.path.exists(dirty_path(d, pid)):  # its writes into guest memory marked (live migration)
+                fds.append(os.open(dirty_path(d, pid), os.O_RDWR | os.O_CLOEXEC))
+                fd_args[-1] += f":{fds[-1]}"
             image = vmbus_disk_image(pc, d, base)
             parts.append({"id": pid, "name": pc.name, "suppress": pc.vmbus["signal_suppression"],
                           "nic": "nic" in pc.vmbus,
@@ -408,7 +428,7 @@ class Run:
                     self._stop_partition(p.id)
             self._note_unresponsive(status)
             self._service_workers(stopped)
-            if len(stopped) == len(self.partition_ids):
+            if len(stopped) == len(self.partition_ids) and not self.arrivable:  # (a host waits for arrivals)
                 raise RunEnded("every partition was stopped (ctl stop)", 0)
             if self.duration > 0:
                 vps = [vp for p in ours if p.id not in stopped for vp in p.vps]
@@ -548,17 +568,21 @@ class Run:
             "partitions": {name: {"id": pid, "console": str(self.run.path / f"console-{name}.log")}
                            for name, pid in self.partition_ids.items()},
         })
+        moved = follow.moves(self.run.path)  # partitions that live-migrated out (the migrate command's records)
+        if moved:
+            man["moved"] = moved
         man.update(changes)
         write_json(path, man)
 
 
 def execute(topology: Topology, out: Output, duration_s: float | None = None,
             restores: dict | None = None, incoming: list | None = None,
-            listen: str = "127.0.0.1") -> tuple[Run, str, int]:
+            listen: str = "127.0.0.1", arrivable: dict | None = None, room_pages: int = 0) -> tuple[Run, str, int]:
     """Start a run, supervise it, end it; returns (run, reason, exit code).  Ctrl-C and
     SIGTERM end the run the same way as a dead process does: every process goes.
     ``restores``: partition name → a saved record to start it from (``run --restore``)."""
-    run = Run(topology, out, duration_s, restores=restores or {}, incoming=incoming or [], listen=listen)
+    run = Run(topology, out, duration_s, restores=restores or {}, incoming=incoming or [], listen=listen,
+              arrivable=arrivable or {}, room_pages=room_pages)
 
     def on_signal(signum, frame):
         name = signal.Signals(signum).name

@@ -20,7 +20,7 @@ from proto.codes import HV_CHILD_ENLIGHTENED_PRIVILEGES, HV_SPIN_RETRY_NEVER, Hv
 from proto.codes import HV_STIMER_PRIVILEGES, HV_SYNIC_PRIVILEGES, HV_TSC_PAGE_PRIVILEGES
 from proto.errors import ConfigError
 from root import REPO
-from root.topology_sections import device_ports, linux_args, real_cpu, vmbus_section
+from root.topology_sections import device_ports, host_sections, linux_args, real_cpu, vmbus_section
 from worker.devices.config import CHIPSETS, DEVICE_KEYS, DEVICE_TYPES, ISA_IRQS
 
 # The default topology: two partitions on two LPs, one offered the enlightenments and one
@@ -88,6 +88,7 @@ class PartitionConfig:
     initrd: str | None = None  # with a Linux kernel (a bzImage): its initramfs
     cmdline: str | None = None  # with a Linux kernel: its command line
     on_worker_exit: str = "end"  # "end": a dead worker ends the run; "restart": a new one restores (servicing)
+    host: str | None = None  # the [[host]] it runs on (root/cluster.py); None in a topology without hosts
 
     @property
     def privileges(self) -> int:
@@ -124,6 +125,7 @@ class Topology:
     transport: str
     partitions: list[PartitionConfig]
     switch: dict | None = None  # {"external": bool}: the virtual switch's TAP port (issue 10)
+    hosts: list[dict] | None = None  # [[host]]: {"name", "lps", "memory_mb"} each (root/cluster.py)
 
     def to_dict(self) -> dict:
         return {
@@ -131,7 +133,7 @@ class Topology:
             "name": self.name, "duration_s": self.duration_s,
             "logical_processors": self.logical_processors, "transport": self.transport,
             "partitions": [p.__dict__ for p in self.partitions],
-            "switch": self.switch,
+            "switch": self.switch, "hosts": self.hosts,
         }
 
 
@@ -206,7 +208,7 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
                 raise err(table, index, key, f"expected a list of strings, got {type(v).__name__} {v!r} in it")
         return values
 
-    check_keys(data, {"run", "partition", "switch"}, "", None)
+    check_keys(data, {"run", "partition", "switch", "host"}, "", None)
     run = data.get("run", {})
     if not isinstance(run, dict):
         raise err("", None, "run", "must be a table")
@@ -238,7 +240,7 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
             raise err(t, i, None, f"must be a table, got {type(p).__name__} {p!r}")
         check_keys(p, {"name", "vps", "memory_mb", "enlightenments", "recommendations", "spin_retry",
                        "workloads", "chipset", "disk", "cpu", "device", "vmbus", "firmware", "kernel",
-                       "initrd", "cmdline", "on_worker_exit"}, t, i)
+                       "initrd", "cmdline", "on_worker_exit", "host"}, t, i)
         pname = get(p, "name", str, t, i, required=True)
         if not NAME_RE.match(pname):
             raise err(t, i, "name", f"{pname!r} must be lowercase letters, digits, - or _ (≤32)")
@@ -380,7 +382,7 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
         parts.append(PartitionConfig(pname, vps, mem, list(enl), list(rec), spin, list(wls), chipset, disk,
                                      devices, dict(cpu), vmbus, backend, firmware, kernel,
                                      *linux_args(p, t, i, kernel, base_dir, err, get),
-                                     on_worker_exit=on_worker_exit))
+                                     on_worker_exit=on_worker_exit, host=get(p, "host", str, t, i, None)))
     switch = get(data, "switch", dict, "", None, None)
     if switch is not None:
         check_keys(switch, {"external"}, "switch", None)
@@ -388,7 +390,8 @@ def load_topology(text: str, source: str, base_dir: Path | None = None) -> Topol
         if not any(p.vmbus and "nic" in p.vmbus for p in parts):
             raise err("switch", None, None, "no partition has a synthetic NIC (vmbus = { nic = {} }) to switch")
         switch = {"external": external}
-    return Topology(source, base_dir, name, duration, lps, transport, parts, switch)
+    hosts = host_sections(data.get("host"), parts, err, get)
+    return Topology(source, base_dir, name, duration, lps, transport, parts, switch, hosts)
 
 
 

@@ -130,3 +130,47 @@ def vmbus_disk_image(pc: PartitionConfig, run_dir: Path, base_dir: Path) -> Path
         return None
     image = Path(disk["image"]) if disk.get("image") else run_dir / f"vmbus-disk-{pc.name}.img"
     return image if image.is_absolute() else base_dir / image
+
+
+def host_sections(raw, parts: list, err, get) -> list[dict] | None:
+    """``[[host]]`` sections (issue 13; root/cluster.py runs them): each a hypervisor with its
+    own LPs (``lps``) and room for partitions that migrate in (``memory_mb``; default: every
+    partition of the other hosts); then every partition names one (``host = "NAME"``).
+    None where the topology has none — and then no partition may name one."""
+    t = "host"
+    if raw is None:
+        for i, pc in enumerate(parts):
+            if pc.host is not None:
+                raise err("partition", i, "host", f"{pc.host!r}: the topology has no [[host]] sections")
+        return None
+    if not isinstance(raw, list) or not raw:
+        raise err("", None, "host", "must be an array of tables ([[host]])")
+    hosts: list[dict] = []
+    for i, h in enumerate(raw):
+        if not isinstance(h, dict):
+            raise err(t, i, None, f"must be a table, got {type(h).__name__} {h!r}")
+        for k in h:
+            if k not in ("name", "lps", "memory_mb"):
+                raise err(t, i, k, "unknown key (allowed: lps, memory_mb, name)")
+        name = get(h, "name", str, t, i, required=True)
+        from root.topology import NAME_RE
+        if not NAME_RE.match(name) or len(name) > 8:
+            raise err(t, i, "name", f"{name!r} must be lowercase letters, digits, - or _ (≤8: it names a "
+                                    "network namespace's interfaces)")
+        if any(o["name"] == name for o in hosts):
+            raise err(t, i, "name", f"{name!r} is used by another host")
+        lps = get(h, "lps", int, t, i, 1)
+        if not 1 <= lps <= 64:
+            raise err(t, i, "lps", f"{lps} is outside 1..64")
+        memory = get(h, "memory_mb", int, t, i, None)
+        if memory is not None and not 0 <= memory <= 65536:
+            raise err(t, i, "memory_mb", f"{memory} is outside 0..65536")
+        hosts.append({"name": name, "lps": lps, "memory_mb": memory})
+    known = [h["name"] for h in hosts]
+    for i, pc in enumerate(parts):
+        if pc.host is None:
+            raise err("partition", i, None, f"partition {pc.name!r} names no host (host = \"NAME\"; the topology "
+                                            f"has hosts {', '.join(known)})")
+        if pc.host not in known:
+            raise err("partition", i, "host", f"unknown host {pc.host!r} (known: {', '.join(known)})")
+    return hosts

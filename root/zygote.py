@@ -150,6 +150,8 @@ def serve(module: str, control: socket.socket) -> Child | None:
             data, ancdata, _, _ = control.recvmsg(MAX_REQUEST, socket.CMSG_SPACE(MAX_FDS * 4))
         except InterruptedError:
             continue
+        except ConnectionResetError:  # closed with a request unread (a run that dismissed it early)
+            return None
         if not data:
             return None  # the launcher closed its end (or died)
         fds = array.array("i")

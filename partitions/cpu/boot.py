@@ -20,6 +20,7 @@ import dataclasses
 import mmap
 import os
 import threading
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +71,32 @@ class Region:
 
 
 _REGION_LOCK = threading.Lock()
+
+
+def saved_regions(boot: "Boot") -> dict:
+    """The writable regions' contents (firmware's shadow RAM: SeaBIOS runs from its copy at
+    0xE0000–0xFFFFF, option ROMs at 0xC0000 — memory of the partition process, not of the
+    partition's RAM file), by GPA, zlib then hex (a restored spec is JSON): VP 0 saves them
+    with its registers (issue 13)."""
+    return {f"{r.gpa:#x}": zlib.compress(bytes(r.buffer()), 1).hex() for r in boot.regions if r.writable}
+
+
+def restore_regions(boot: "Boot", saved) -> None:
+    """A restored partition's writable regions from ``saved`` (VP 0's ``regions``), each
+    checked to be exactly one of this boot's, of its size; BootError otherwise."""
+    ours = {f"{r.gpa:#x}": r for r in boot.regions if r.writable}
+    if not isinstance(saved, dict) or sorted(saved) != sorted(ours):
+        raise BootError(f"saved regions {sorted(saved) if isinstance(saved, dict) else saved!r} are not this "
+                        f"firmware's writable ones {sorted(ours)}")
+    for gpa, region in ours.items():
+        try:
+            dec = zlib.decompressobj()
+            data = dec.decompress(bytes.fromhex(saved[gpa]), region.size + 1)
+        except (TypeError, ValueError, zlib.error) as e:
+            raise BootError(f"saved region {gpa}: {e}") from None
+        if len(data) != region.size:
+            raise BootError(f"saved region {gpa}: {len(data)} bytes, expected {region.size}")
+        region.buffer()[:] = data
 
 
 @dataclass

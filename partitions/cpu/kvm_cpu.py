@@ -24,6 +24,7 @@ confined uid has no right to it; the ioctls on the open descriptor need none.
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import mmap
 import os
@@ -31,8 +32,10 @@ import signal
 import struct
 import threading
 
+import msgpack
+
 from partitions.cpu.boot import (FOUR_GIB, GDT_ENTRIES, GDT_GPA, LONG_MODE_CR0, LONG_MODE_CR4, LONG_MODE_EFER,
-                                  PML4_GPA, RESET_CS, RESET_IP, Boot)
+                                  PML4_GPA, RESET_CS, RESET_IP, Boot, saved_regions)
 from partitions.cpu.exitport import HYPERCALL_PORT, ExitPort, GuestCrash
 from partitions.vp import GuestFault
 
@@ -73,6 +76,8 @@ RFLAGS_IF = 0x200
 KICK = signal.SIGUSR1
 MAX_SLICE_NS = 100_000_000
 REGS = struct.Struct("<18Q")  # rax rbx rcx rdx rsi rdi rsp rbp r8-r15 rip rflags
+SREGS_SIZE = 312  # struct kvm_sregs
+EVENTS_SIZE = 64  # struct kvm_vcpu_events
 SEGMENT = struct.Struct("<QIHBBBBBBBBBx")  # base limit selector type present dpl db s l g avl unusable
 CPUID_ENTRY = struct.Struct("<IIIIIII12x")
 
@@ -117,12 +122,15 @@ def before_confinement(boot: Boot) -> None:
 
 
 class KvmCpu:
-    def __init__(self, port_factory, mem, boot: Boot) -> None:
+    def __init__(self, port_factory, mem, boot: Boot, saved: dict | None = None) -> None:
         if boot.kvm_fd is None:
             raise KvmError("/dev/kvm was not opened before confinement")
         self.mem = mem
         self.boot = boot
+        self.saved = saved  # a saved state to resume from (issue 13), instead of the boot's
+        self._boundary = False  # waiting at an exit between two instructions (cpu_state)
         self.port: ExitPort = port_factory(self.regs)
+        self.port.cpu_state_of = self.cpu_state
         self.counters = self.port.counters
         self.counters.update(kvm_exits=0, kvm_kicks=0, kvm_injected=0, slat_remaps=0)
         self.vm = _ioctl(boot.kvm_fd, KVM_CREATE_VM, 0)
@@ -172,7 +180,7 @@ class KvmCpu:
         for r in self.boot.regions:  # the partition's one copy, shared by its VPs
             self._region(r.gpa, r.size, ctypes.addressof(ctypes.c_char.from_buffer(r.buffer())),
                          readonly=not r.writable)
-        for gpa, data in self.boot.load:
+        for gpa, data in self.boot.load if self.saved is None else ():  # (a restored VP's RAM holds them, and more)
             self.mem.write(gpa, data)
         try:
             _ioctl(self.vm, KVM_SET_TSS_ADDR, TSS_ADDR)  # real mode on VMX needs it
@@ -247,6 +255,67 @@ class KvmCpu:
         _ioctl(self.vcpu, KVM_SET_SREGS, sregs)
         _ioctl(self.vcpu, KVM_SET_REGS, regs)
 
+    # -- save and restore (issue 13) ------------------------------------------------------------
+
+    def _at_boundary(self, exit_, *args):
+        """An exit from the run loop between KVM_RUNs (a quantum end, a HLT): a save may
+        take the registers there, not while an IN or MMIO read waits for its answer."""
+        self._boundary = True
+        try:
+            return exit_(*args)
+        finally:
+            self._boundary = False
+
+    def _regions(self) -> dict:
+        """VP 0 carries the partition's writable firmware regions (partitions/cpu/boot.py)."""
+        return {"regions": saved_regions(self.boot)} if self.port.index == 0 and any(
+            r.writable for r in self.boot.regions) else {}
+
+    def cpu_state(self) -> tuple[bool, bytes]:
+        """(at a boundary, KVM's register file) — asked while the VP waits at an exit.  A
+        KVM_RUN with immediate_exit first completes what the last exit left (an IN's
+        data into RAX, an MMIO read's into its register: KVM applies them at the next
+        entry) and returns at once, so that the registers are those of an instruction
+        boundary; then kvm_regs, kvm_sregs and kvm_vcpu_events as KVM's ABI lays them out."""
+        if not self._boundary or self.run_map is None:
+            return False, b""
+        self.run_map[1] = 1
+        try:
+            _ioctl(self.vcpu, KVM_RUN, 0)
+        except OSError as e:
+            if e.errno != errno.EINTR:
+                raise KvmError(f"KVM_RUN (immediate exit): {e}") from None
+        finally:
+            self.run_map[1] = 0
+        regs, sregs, events = bytearray(REGS.size), bytearray(SREGS_SIZE), bytearray(EVENTS_SIZE)
+        _ioctl(self.vcpu, KVM_GET_REGS, regs)
+        _ioctl(self.vcpu, KVM_GET_SREGS, sregs)
+        _ioctl(self.vcpu, KVM_GET_VCPU_EVENTS, events)
+        # (hex: a restored partition's spec, which carries it, is JSON)
+        return True, msgpack.packb({"kvm_regs": regs.hex(), "kvm_sregs": sregs.hex(), "kvm_events": events.hex(),
+                                    "pending": self.port.pending_vectors(), **self._regions()})
+
+    def _restore(self, saved: dict) -> None:
+        """``saved``'s register file (each part of exactly its ABI size; KVM refuses what it
+        cannot load, which ends the VP as a crash) and the interrupts it held."""
+        sizes = {"kvm_regs": REGS.size, "kvm_sregs": SREGS_SIZE, "kvm_events": EVENTS_SIZE}
+        try:
+            blobs = {k: bytearray.fromhex(saved[k]) for k in sizes}
+        except (TypeError, ValueError, KeyError):
+            blobs = {}
+        if any(len(blobs.get(k, b"")) != n for k, n in sizes.items()):
+            raise GuestCrash(f"saved CPU state: not a KVM register file ({sorted(saved or {})})")
+        pending = saved.get("pending", [])
+        if not isinstance(pending, list) or not all(type(v) is int and 0 <= v < 256 for v in pending):
+            raise GuestCrash(f"saved CPU state: pending = {pending!r}")
+        try:
+            _ioctl(self.vcpu, KVM_SET_SREGS, blobs["kvm_sregs"])
+            _ioctl(self.vcpu, KVM_SET_REGS, blobs["kvm_regs"])
+            _ioctl(self.vcpu, KVM_SET_VCPU_EVENTS, blobs["kvm_events"])
+        except OSError as e:
+            raise GuestCrash(f"saved CPU state: KVM refused it: {e}") from None
+        self.port.set_pending(pending)
+
     # -- registers ---------------------------------------------------------------------------
 
     def _get_regs(self) -> list[int]:
@@ -273,7 +342,10 @@ class KvmCpu:
         size = _ioctl(self.boot.kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0)
         self.run_map = mmap.mmap(self.vcpu, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self._cpuid()
-        self._reset_state()
+        if self.saved is not None:
+            self._restore(self.saved)
+        else:
+            self._reset_state()
         kicker = threading.Thread(target=self._kicker, name="kvm-kick", daemon=True)
         kicker.start()
         try:
@@ -302,7 +374,7 @@ class KvmCpu:
         while True:
             if port.stop.is_set() or port.quantum_over:
                 run[1] = 0
-                port.quantum_exit()  # raises VpStopped when stopping
+                self._at_boundary(port.quantum_exit)  # raises VpStopped when stopping
                 self._slat_changed()
             self._inject()
             self._in_run = True
@@ -327,7 +399,7 @@ class KvmCpu:
                 self._msr(reason)
             elif reason == EXIT_HLT:
                 if not port.interrupt_pending:
-                    port.halt(bool(run[13]))
+                    self._at_boundary(port.halt, bool(run[13]))
                     self._slat_changed()
             elif reason in (EXIT_INTR, EXIT_IRQ_WINDOW_OPEN):
                 pass

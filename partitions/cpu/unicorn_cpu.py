@@ -50,7 +50,7 @@ from unicorn import (UC_ARCH_X86, UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_INSN, UC_
 from unicorn import x86_const as X
 
 from partitions.cpu.boot import (FOUR_GIB, GDT_ENTRIES, GDT_GPA, LONG_MODE_CR0, LONG_MODE_CR4, LONG_MODE_EFER,
-                                  PML4_GPA, Boot)
+                                  PML4_GPA, Boot, saved_regions)
 from partitions.cpu.exitport import HYPERCALL_PORT, ExitPort, GuestCrash
 from partitions.cpu.guest_code import GuestCode
 from partitions.cpu.vectoring import CR0_PE, CannotVector, CpuState, vector
@@ -310,6 +310,11 @@ class UnicornCpu:
         regs = SAVED_REGS_64 if self.boot.long_mode else SAVED_REGS_32
         return [(name, getattr(X, f"UC_X86_REG_{name}")) for name in regs]
 
+    def _regions(self) -> dict:
+        """VP 0 carries the partition's writable firmware regions (partitions/cpu/boot.py)."""
+        return {"regions": saved_regions(self.boot)} if self.port.index == 0 and any(
+            r.writable for r in self.boot.regions) else {}
+
     def cpu_state(self) -> tuple[bool, bytes]:
         """(at a boundary, the register file) — asked while the VP waits at an exit."""
         if not self._boundary:
@@ -318,7 +323,7 @@ class UnicornCpu:
         regs = {name: uc.reg_read(reg) for name, reg in self._saved_regs()}
         return True, msgpack.packb({"regs": {k: list(v) if isinstance(v, tuple) else v for k, v in regs.items()},
                                     "efer": uc.msr_read(IA32_EFER),
-                                    "pending": self.port.pending_vectors()})
+                                    "pending": self.port.pending_vectors(), **self._regions()})
 
     def _restore(self, saved: dict) -> None:
         """The register file of ``saved`` (checked: every register of this mode, each a

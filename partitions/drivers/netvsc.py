@@ -76,6 +76,7 @@ class Netvsc:
         self.section_size = 0  # 0: no send buffer (the host refused it): frames go by page list
         self.send_free: list[int] = []
         self.section_of: dict[int, int] = {}  # transaction id → its section
+        self.gpadls: list[int] = []  # the receive and send buffers' (a close tears them down)
 
     def _next(self) -> int:
         self.tid += 1
@@ -283,11 +284,13 @@ class Netvsc:
                                                                     struct.pack("<II", 6, 30)))])
         vp.mem.write(RECV_AREA, bytes(RECV_PAGES * 4096))
         gpadl = self.bus.create_gpadl(vp, self.ch.relid, [(RECV_AREA >> 12) + i for i in range(RECV_PAGES)])
+        self.gpadls.append(gpadl)
         reply = self.request(vp, nv.NVSP_MSG1_TYPE_SEND_RECV_BUF,
                              nv.SEND_RECV_BUF.pack(gpadl, nv.NETVSC_RECEIVE_BUFFER_ID, 0))
         if nv.RECV_BUF_COMPLETE.unpack_from(reply, 4)[0] != nv.NVSP_STAT_SUCCESS:
             raise NetError("receive buffer refused")
         gpadl = self.bus.create_gpadl(vp, self.ch.relid, [(SEND_AREA >> 12) + i for i in range(SEND_PAGES)])
+        self.gpadls.append(gpadl)
         reply = self.request(vp, nv.NVSP_MSG1_TYPE_SEND_SEND_BUF,
                              nv.SEND_SEND_BUF.pack(gpadl, nv.NETVSC_SEND_BUFFER_ID, 0))
         status, size = nv.SEND_BUF_COMPLETE.unpack_from(reply, 4)
@@ -316,8 +319,8 @@ class Netvsc:
         return frames
 
 
-def bring_up(vp: Vp, bus: Vmbus, offer: dict) -> Netvsc:
-    nic = Netvsc(bus, bus.open(vp, offer))
+def bring_up(vp: Vp, bus: Vmbus, offer: dict, at: int | None = None) -> Netvsc:
+    nic = Netvsc(bus, bus.open(vp, offer, at=at))
     nic.init(vp)
     bus.on_channel_interrupt(nic.ch.relid, nic.on_interrupt)
     return nic

@@ -194,12 +194,15 @@ class Vmbus:
             raise VmbusError(f"GPADL refused: {status:#x}")
         return gpadl
 
-    def open(self, vp: Vp, offer: dict, ring_pages: int = RING_PAGES, suppress: bool = True) -> Channel:
+    def open(self, vp: Vp, offer: dict, ring_pages: int = RING_PAGES, suppress: bool = True,
+             at: int | None = None) -> Channel:
         """A GPADL over two rings' pages, then OPENCHANNEL.  ``suppress`` False: signal
-        after every ring write (the experiment)."""
+        after every ring write (the experiment).  ``at``: the rings' pages (a channel
+        opened again where it was), else the next free ones."""
         relid = offer["child_relid"]
-        base = self.next_ring_gpa
-        self.next_ring_gpa += 2 * ring_pages * 4096
+        base = self.next_ring_gpa if at is None else at
+        if at is None:
+            self.next_ring_gpa += 2 * ring_pages * 4096
         pfns = [(base >> 12) + i for i in range(2 * ring_pages)]
         to_host = Ring(PagedView(vp.mem, [p << 12 for p in pfns[:ring_pages]]), suppress)
         to_guest = Ring(PagedView(vp.mem, [p << 12 for p in pfns[ring_pages:]]), suppress)
@@ -211,4 +214,24 @@ class Vmbus:
         _, _, status = vb.OPEN_RESULT.unpack_from(self.wait_for(vp, Msg.CHANNELMSG_OPENCHANNEL_RESULT))
         if status:
             raise VmbusError(f"OPENCHANNEL refused: {status:#x}")
-        return Channel(self, relid, offer["connection_id"], to_host, to_guest)
+        ch = self.channel_at(vp, relid, offer["connection_id"], base, ring_pages, suppress)
+        ch.gpadl = gpadl
+        return ch
+
+    def close_channel(self, vp: Vp, relid: int, gpadls: list[int]) -> None:
+        """CLOSECHANNEL, then each GPADL torn down (GPADL_TEARDOWN → TORNDOWN), as Linux's
+        ``vmbus_close`` does."""
+        self.post(vp, vb.encode(Msg.CHANNELMSG_CLOSECHANNEL, vb.RELID.pack(relid)))
+        for gpadl in gpadls:
+            self.post(vp, vb.encode(Msg.CHANNELMSG_GPADL_TEARDOWN, vb.GPADL_TEARDOWN.pack(relid, gpadl)))
+            self.wait_for(vp, Msg.CHANNELMSG_GPADL_TORNDOWN)
+
+    def channel_at(self, vp: Vp, relid: int, connection_id: int, ring_gpa: int, ring_pages: int,
+                   suppress: bool = True) -> Channel:
+        """The driver's view of an open channel whose rings are at ``ring_gpa`` (``open``, or
+        a resumed kernel's: the rings' state is in its memory, the root's in its saved bus)."""
+        pages = [ring_gpa + i * 4096 for i in range(2 * ring_pages)]
+        ch = Channel(self, relid, connection_id, Ring(PagedView(vp.mem, pages[:ring_pages]), suppress),
+                     Ring(PagedView(vp.mem, pages[ring_pages:]), suppress))
+        ch.ring_gpa, ch.ring_pages, ch.suppress = ring_gpa, ring_pages, suppress
+        return ch

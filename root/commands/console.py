@@ -15,9 +15,10 @@ import time
 import tty
 
 from proto.errors import HvstackError
+from root import follow
 from root.client import ConsoleWatcher, RootClient
 from root.commands.common import complain
-from root.rundir import live_run, partition_of
+from root.rundir import partition_of
 from root.topology import CHIPSETS
 
 NAME = "console"
@@ -50,7 +51,7 @@ def console_uart(man: dict, partition: str) -> str:
 def run(args) -> int:
     """An interactive serial console, as `virsh console`: guest output to stdout, stdin to
     the console UART's receive FIFO."""
-    run, man = live_run(args.run)
+    run, man = follow.live_partition(args.run, args.partition)
     pid = partition_of(run, man, args.partition)
     if args.partition in man.get("stopped_partitions", []):
         raise HvstackError(f"partition {args.partition} of run {run.name} was stopped")

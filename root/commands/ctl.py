@@ -14,10 +14,10 @@ import time
 
 from proto.errors import HvstackError, Refused
 from proto.status import HypervisorStatus
-from root import partition_save, servicing
+from root import follow, partition_save, servicing
 from root.client import RootClient
 from root.commands.common import complain
-from root.rundir import live_run, partition_of, write_private
+from root.rundir import partition_of, write_private
 
 NAME = "ctl"
 HELP = "pause, resume, reset, stop or service a partition of a live run"
@@ -39,7 +39,7 @@ def run(args) -> int:
     if (args.action == "save") != (args.file is not None):
         complain(NAME, "save takes a FILE; no other action does")
         return 2
-    run, man = live_run(args.run)
+    run, man = follow.live_partition(args.run, args.partition)
     pid = partition_of(run, man, args.partition)
     name = args.partition
     if name in man.get("stopped_partitions", []):

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from proto.codes import HvMsr, HvRegisterName, HvStatus, HypercallCode, X86Exception, control_value
 from proto.errors import Refused
 from proto.io_messages import MAX_IO_BYTES
+from root import follow
 from root.client import RootClient
 from root.commands.common import complain
-from root.rundir import live_run
 
 NAME = "io"
 HELP = ("drive a partition from outside: instructions, memory, registers, hypercalls, interrupts, clocks "
@@ -280,7 +280,7 @@ def run_ops(client: RootClient, partition: int, vp: int, tokens: list[str]) -> l
 
 
 def run(args) -> int:
-    run, man = live_run(args.run)
+    run, man = follow.live_partition(args.run, args.partition)
     parts = man.get("partitions", {})
     if args.partition not in parts:
         complain(NAME, f"run {run.name} has no partition {args.partition!r} (it has {', '.join(parts)})")

@@ -9,8 +9,9 @@ import time
 
 from proto.errors import HvstackError
 from proto.scancodes import scancodes
+from root import follow
 from root.client import RootClient
-from root.rundir import live_run, partition_of
+from root.rundir import partition_of
 from root.topology import CHIPSETS
 
 NAME = "keys"
@@ -37,7 +38,7 @@ def has_keyboard(man: dict, partition: str) -> bool:
 
 
 def run(args) -> int:
-    run, man = live_run(args.run)
+    run, man = follow.live_partition(args.run, args.partition)
     pid = partition_of(run, man, args.partition)
     if args.partition in man.get("stopped_partitions", []):
         raise HvstackError(f"partition {args.partition} of run {run.name} was stopped: nothing typed")

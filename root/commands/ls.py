@@ -38,7 +38,9 @@ def run(args) -> int:
         if state not in ("running", "launcher died") and not args.all:
             continue
         man = rd.manifest()
-        rows.append([rd.name, state, str(man.get("launcher_pid", "")), ", ".join(man.get("partitions", {}))])
+        # (a run of hosts has no partitions of its own: its topology's)
+        parts = man.get("partitions") or {p.get("name"): p for p in man.get("config", {}).get("partitions", [])}
+        rows.append([rd.name, state, str(man.get("launcher_pid", "")), ", ".join(map(str, parts))])
     for line in pruned:
         print(line)
     if not rows:

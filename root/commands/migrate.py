@@ -2,7 +2,9 @@
 started with ``run TOPOLOGY --incoming PARTITION`` (another host's launcher) — by pre-copy
 then stop-and-copy (root/migration.py), printing its progress as it goes and a summary.
 DEST is that run's name (its manifest gives the endpoint and the CURVE server key) or a
-``tcp://`` endpoint with ``--key``."""
+``tcp://`` endpoint with ``--key``; in a run of hosts (root/cluster.py), RUN is that run
+and DEST one of its hosts.  The move is recorded in the source run (root/follow.py), so
+that attach commands naming it find the partition where it went."""
 
 from __future__ import annotations
 
@@ -11,18 +13,20 @@ import json
 import signal
 
 from proto.errors import HvstackError
-from root import migration
+from root import follow, hosts as hostnet, migration
+from root.cluster import host_runs
 from root.client import RootClient
-from root.rundir import live_run, partition_of
+from root.rundir import RunDir, checked_runs_root, find_run, live_run, partition_of
 
 NAME = "migrate"
-HELP = "live-migrate a partition of a run to another run (started with --incoming)"
+HELP = "live-migrate a partition of a run to another run (started with --incoming), or to another host of its run"
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run")
     p.add_argument("partition")
-    p.add_argument("--to", required=True, metavar="DEST", help="the destination run, or its tcp:// endpoint")
+    p.add_argument("--to", required=True, metavar="DEST",
+                   help="the destination run, or its tcp:// endpoint; in a run of [[host]]s, a host's name")
     p.add_argument("--key", help="with a tcp:// DEST: the destination's CURVE server key (its manifest's incoming)")
     p.add_argument("--max-downtime-ms", type=float, default=30.0,
                    help="stop pre-copy once the pages left would take this long to send (default 30)")
@@ -34,17 +38,53 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="the summary as JSON")
 
 
-def destination(to: str, key: str | None) -> tuple[str, str]:
-    """(endpoint, server key) of DEST."""
+def destination(to: str, key: str | None, source: str, src: RunDir) -> tuple[str, str, RunDir | None]:
+    """(endpoint, server key, run — None where this machine knows no run listening there) of DEST:
+    in a run of hosts (root/cluster.py), DEST may be one of its hosts — and then this process
+    enters the source host's network namespace, where the destination's address is."""
+    top = find_run(source).manifest()
+    if top.get("cluster") and not to.startswith("tcp://"):
+        return _host(top, to, src)
     if to.startswith("tcp://"):
         if not key:
             raise HvstackError(f"--to {to}: a tcp endpoint needs its CURVE server key (--key)")
-        return to, key
+        return to, key, _run_listening(to)
     run, man = live_run(to)
     incoming = man.get("incoming") or {}
     if not incoming.get("endpoint"):
         raise HvstackError(f"run {run.name} waits for no migration (start it with run TOPOLOGY --incoming PARTITION)")
-    return incoming["endpoint"], key or incoming["server_key"]
+    return incoming["endpoint"], key or incoming["server_key"], run
+
+
+def _host(top: dict, to: str, src: RunDir) -> tuple[str, str, RunDir]:
+    hosts = top["cluster"]["hosts"]
+    runs = host_runs(top)
+    if to not in runs:
+        raise HvstackError(f"run {top['name']} has no host {to!r} (it has {', '.join(hosts)})")
+    run, man = live_run(str(runs[to].path))
+    incoming = man.get("incoming") or {}
+    if not incoming.get("endpoint"):
+        raise HvstackError(f"host {to} (run {run.name}) has no room for a partition that migrates in")
+    here = next((n for n, r in runs.items() if r.path == src.path), None)
+    if here == to:
+        raise HvstackError(f"the partition already runs on host {to}")
+    if here is not None:
+        hostnet.enter(hosts[here]["netns"])
+    return incoming["endpoint"], incoming["server_key"], run
+
+
+def _run_listening(endpoint: str) -> RunDir | None:
+    """The live run of this runs root whose incoming endpoint is ``endpoint`` (so that the
+    move's record names it and attach commands can follow the partition there)."""
+    root = checked_runs_root()
+    for d in sorted(root.iterdir()) if root is not None else ():
+        run = RunDir(d)
+        try:
+            if run.is_live() and (run.manifest().get("incoming") or {}).get("endpoint") == endpoint:
+                return run
+        except (HvstackError, OSError):
+            continue
+    return None
 
 
 def run(args) -> int:
@@ -52,8 +92,8 @@ def run(args) -> int:
             or not 0 < args.timeout <= 600:
         raise HvstackError("--max-rounds is 1..1000, --max-downtime-ms and --max-bandwidth are not negative, "
                            "--timeout is 0..600 s")
-    endpoint, key = destination(args.to, args.key)
-    src, man = live_run(args.run)
+    src, man = follow.live_partition(args.run, args.partition)
+    endpoint, key, dest = destination(args.to, args.key, args.run, src)
     partition_of(src, man, args.partition)
     if args.partition in man.get("stopped_partitions", []):
         raise HvstackError(f"partition {args.partition} of run {src.name} is stopped")
@@ -66,7 +106,8 @@ def run(args) -> int:
         figures = migration.migrate(src.path, man, root, args.partition, endpoint, key,
                                     max_downtime_ms=args.max_downtime_ms, max_rounds=args.max_rounds,
                                     max_bandwidth=args.max_bandwidth * 1e6, timeout_s=args.timeout,
-                                    progress=None if args.json else (lambda line: print(line, flush=True)))
+                                    progress=None if args.json else (lambda line: print(line, flush=True)),
+                                    on_handover=lambda: follow.record_move(src.path, args.partition, dest, endpoint))
     print(json.dumps(figures, indent=1) if args.json else migration.describe(figures))
     return 0
 

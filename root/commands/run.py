@@ -29,6 +29,9 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--listen", default="127.0.0.1", metavar="ADDRESS",
                    help="with --incoming: the address its CURVE endpoint listens on (default 127.0.0.1; "
                         "another host's side of a link, e.g. a veth between network namespaces)")
+    p.add_argument("--host", metavar="NAME",
+                   help="of a topology with [[host]] sections, run host NAME alone (what the run of the whole "
+                        "starts in each host's network namespace; root/cluster.py)")
 
 
 def run(args) -> int:
@@ -42,6 +45,23 @@ def run(args) -> int:
     except ConfigError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return ConfigError.exit_code
+    arrivable, room_pages = {}, 0
+    if topology.hosts or args.host:
+        from root import cluster
+
+        if args.restore or (args.incoming and not args.host):
+            print(f"{PROG} run: --restore and --incoming are not for a topology with [[host]] sections "
+                  "(migrate RUN PARTITION --to HOST moves a partition between its hosts)", file=sys.stderr)
+            return 2
+        if not args.host:  # the whole: one run per host, each in its network namespace
+            checked_runs_root(create=True)
+            whole, reason, code = cluster.execute(topology, Output(), args.duration)
+            print(f"run {whole.run.name} ended: {reason}" if whole is not None else f"run failed: {reason}")
+            return code
+        if args.host not in {h["name"] for h in topology.hosts or ()}:
+            print(f"{PROG} run: --host {args.host}: the topology has no such [[host]]", file=sys.stderr)
+            return 2
+        topology, arrivable, room_pages = cluster.host_topology(topology, args.host)
     try:
         restores = _restores(topology, args.restore)
     except HvstackError as e:  # a record that does not fit: refused before anything starts
@@ -55,7 +75,8 @@ def run(args) -> int:
             return 2
     checked_runs_root(create=True)  # a runs root that is not ours: one line and status 2, nothing started
     out = Output()
-    the_run, reason, code = execute(topology, out, args.duration, restores, args.incoming, args.listen)
+    the_run, reason, code = execute(topology, out, args.duration, restores, args.incoming, args.listen,
+                                    arrivable, room_pages)
     out.report(the_run, the_run.final_status)
     out.print()
     out.print(f"run {the_run.run.name} ended: {reason}" if hasattr(the_run, "run") else f"run failed: {reason}")
@@ -80,5 +101,5 @@ def _restores(topology, specs: list[str]) -> dict:
         base = topology.base_dir or Path.cwd()
         # The devices as the worker will have them (paths do not matter to the shape; a disk
         # image the topology names is compared with the saved one).
-        records[name] = read_for(pc, path, pc.worker_devices(Path("/nonexistent-run"), base))
+        records[name] = read_for(pc, path, pc.worker_devices(Path("/nonexistent-run"), base), base_dir=base)
     return records

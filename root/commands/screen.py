@@ -6,9 +6,10 @@ import argparse
 
 from proto.errors import Refused
 
+from root import follow
 from root.client import RootClient
 from root.commands.common import complain
-from root.rundir import live_run, partition_of
+from root.rundir import partition_of
 
 NAME = "screen"
 HELP = "print a live partition's VGA text screen"
@@ -20,7 +21,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    run, man = live_run(args.run)
+    run, man = follow.live_partition(args.run, args.partition)
     pid = partition_of(run, man, args.partition)
     with RootClient(man["endpoint"], run.secret(), server_key=man.get("server_key")) as root:
         try:

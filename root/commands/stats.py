@@ -9,10 +9,11 @@ import json
 from proto.exits import EMULATED_STAGES, HANDLED_STAGES
 from proto.exits import label as path_label
 from proto.status import HypervisorStatus
+from root import follow
 from root.client import RootClient
 from root.commands.common import status_while_live
 from root.report import exit_totals, indent, path_order, path_summary, stage_rows, table
-from root.rundir import RunDir, live_run, partition_names
+from root.rundir import RunDir, partition_names
 
 NAME = "stats"
 HELP = "a live run's full statistics: percentiles, stages, exits, counters"
@@ -44,7 +45,7 @@ def run_stats(run: RunDir, man: dict, status: HypervisorStatus) -> dict:
 
 
 def run(args) -> int:
-    run, man = live_run(args.run)
+    run, man = follow.live_run_following(args.run)
     with RootClient(man["endpoint"], run.secret(), server_key=man.get("server_key")) as root:
         status = HypervisorStatus.from_wire(status_while_live(root, run))
     stats = run_stats(run, man, status)

@@ -5,6 +5,8 @@ RSS and threads."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import time
@@ -13,9 +15,11 @@ import psutil
 
 from proto import confine, seccomp
 from proto.status import HypervisorStatus
+from root import follow
+from root.cluster import host_runs
 from root.client import RootClient
 from root.report import indent, path_rows, table
-from root.rundir import live_run, partition_names
+from root.rundir import find_run, live_run, partition_names
 from root.vsp import status as vsp_status
 
 NAME = "status"
@@ -95,17 +99,47 @@ def network_line(man: dict) -> str:
 
 
 def run(args) -> int:
-    run, man = live_run(args.run)
+    top = find_run(args.run)
+    if top.manifest().get("cluster"):
+        return _hosts(args, *live_run(args.run))
+    run, man = follow.live_run_following(args.run)
+    return show(run, man, args.json)
+
+
+def _hosts(args, top, man) -> int:
+    """A run of hosts (root/cluster.py): each host's run, as ``status`` shows a run."""
+    hosts = man["cluster"]["hosts"]
+    runs = host_runs(man)
+    if args.json:
+        out = {}
+        for name, run in runs.items():
+            with contextlib.redirect_stdout(io.StringIO()) as text:
+                show(*live_run(str(run.path)), True)
+            out[name] = {**hosts[name], "status": json.loads(text.getvalue())}
+        print(json.dumps({"run": top.name, "hosts": out}, indent=2))
+        return 0
+    for name, run in runs.items():
+        h = hosts[name]
+        print(f"host {name} (network namespace {h['netns']}, {h['address']}, {h['lps']} LPs): run {run.name}")
+        show(*live_run(str(run.path)), False)
+        print()
+    return 0
+
+
+def show(run, man, as_json: bool) -> int:
+    """One run's status, as text or JSON."""
     with RootClient(man["endpoint"], run.secret(), server_key=man.get("server_key")) as root:
         status = root.status()
     procs = process_rows(man)
+    # Partitions that live-migrated out of this run: where each went (root/follow.py).
+    moved = {n: rec for n in man.get("partitions", {}) if (rec := follow.moved_out(run, man, n)) is not None}
     vsp = vsp_status.load(run.path)  # the VSP process's figures (issue 10), where it runs
-    if args.json:
+    if as_json:
         print(json.dumps({"run": run.name, "isolation": man.get("isolation"), "seccomp": seccomp_line(man),
                           "hypervisor": {k: v for k, v in status.items() if k != "partitions"},
                           "partitions": status["partitions"], "names": man.get("partitions", {}),
                           "processes": procs, "vmbus": vsp,
-                          "worker_restarts": man.get("worker_restarts", {})}, indent=2))
+                          "worker_restarts": man.get("worker_restarts", {}), "moved": moved}, indent=2))
         return 0
     names = partition_names(man)
     st = HypervisorStatus.from_wire(status)
@@ -118,7 +152,17 @@ def run(args) -> int:
     print(f"isolation: {level}: {confine.LEVELS.get(level, 'not recorded by this run')}")
     print(f"seccomp: {seccomp_line(man)}")
     print(f"network: {network_line(man)}")
+    waiting = (man.get("incoming") or {}).get("partitions", [])
     for p in st.partitions:
+        if p.id not in names and p.state == "finalized":  # a partition that left and came back is a new one
+            print(f"\npartition id {p.id}: finalized (an earlier copy of a partition of this run)")
+            continue
+        if names.get(p.id) in moved:
+            print(f"\npartition {names[p.id]} (id {p.id}): {follow.moved_line(moved[names[p.id]])}")
+            continue
+        if names.get(p.id) in waiting:
+            print(f"\npartition {names[p.id]} (id {p.id}): waits to migrate in (created, no processes)")
+            continue
         health = " (worker unresponsive: its device accesses wait for it)" if p.unresponsive else ""
         print(f"\npartition {names.get(p.id, p.id)} (id {p.id}): {p.state}{health}, "
               f"worker {'up' if p.worker else 'missing'}, unclaimed I/O {p.unclaimed_reads}r/"
@@ -146,6 +190,8 @@ def run(args) -> int:
         prow = path_rows(p.paths)
         if prow:
             print(indent(table(["path", "count", "p50 µs", "p99 µs", "max µs"], prow)))
+    for name in sorted(set(moved) - {names.get(p.id) for p in st.partitions}):
+        print(f"\npartition {name}: {follow.moved_line(moved[name])}")
     if vsp_status.switch_line(vsp):
         print("\n" + vsp_status.switch_line(vsp))
     print()

@@ -21,10 +21,12 @@ import psutil
 from proto.exits import label as path_label
 from proto.stats import Histogram, bucket_upper
 from proto.status import HypervisorStatus
+from root import follow
+from root.cluster import host_runs
 from root.client import RootClient
 from root.commands.common import complain, status_while_live
 from root.report import exit_totals, indent, path_order, table, us_value
-from root.rundir import live_run, partition_names
+from root.rundir import find_run, live_run, partition_names
 from root.vsp import status as vsp_status
 
 NAME = "top"
@@ -358,37 +360,71 @@ def render_top(s: dict) -> str:
     return "\n".join(lines)
 
 
+class Watched:
+    """One run that `top` samples: its client, its processes, its last status read."""
+
+    def __init__(self, run, man: dict) -> None:
+        self.run, self.man = run, man
+        self.root = RootClient(man["endpoint"], run.secret(), server_key=man.get("server_key"))
+        self.sampler = ProcSampler()
+        self.sampler.prime(man)
+        try:
+            self.before = HypervisorStatus.from_wire(status_while_live(self.root, run))
+        except BaseException:
+            self.root.close()
+            raise
+        self.t_before = time.monotonic()
+        self.vsp_before = vsp_status.load(run.path)  # None: the run has no VSP process
+
+    def sample(self, sort: str) -> dict:
+        after, t_after = HypervisorStatus.from_wire(status_while_live(self.root, self.run)), time.monotonic()
+        vsp_after = vsp_status.load(self.run.path)
+        man = self.run.manifest()
+        sample = top_sample(self.run.name, man, self.before, after, self.sampler.sample(man), sort,
+                            t_after - self.t_before, self.vsp_before, vsp_after)
+        self.before, self.t_before, self.vsp_before = after, t_after, vsp_after
+        return sample
+
+
 def run(args) -> int:
-    """A live view of a run, as xentop and kvm_stat give one: refreshed every --interval."""
-    run, man = live_run(args.run)
+    """A live view of a run, as xentop and kvm_stat give one: refreshed every --interval.
+    Of a run of hosts (root/cluster.py), each host's run, one after the other."""
+    top = find_run(args.run)
+    top_man = top.manifest()
+    if top_man.get("cluster"):
+        live_run(args.run)  # (an error if the run of hosts has ended)
+        runs = {name: live_run(str(r.path)) for name, r in host_runs(top_man).items()}
+    else:
+        runs = {None: follow.live_run_following(args.run)}
     if args.interval <= 0:
         complain(NAME, "--interval must be > 0")
         return 2
     clear = sys.stdout.isatty() and not args.json
-    sampler = ProcSampler()
     shown = 0
+    watched: dict = {}
     try:
-        with RootClient(man["endpoint"], run.secret(), server_key=man.get("server_key")) as root:
-            sampler.prime(man)
-            before, t_before = HypervisorStatus.from_wire(status_while_live(root, run)), time.monotonic()
-            vsp_before = vsp_status.load(run.path)  # None: the run has no VSP process
-            while True:
-                time.sleep(args.interval)
-                after, t_after = HypervisorStatus.from_wire(status_while_live(root, run)), time.monotonic()
-                vsp_after = vsp_status.load(run.path)
-                man = run.manifest()
-                sample = top_sample(run.name, man, before, after, sampler.sample(man), args.sort, t_after - t_before,
-                                    vsp_before, vsp_after)
-                text = json.dumps(sample, ensure_ascii=False) if args.json else render_top(sample)
-                sys.stdout.write((CLEAR_SCREEN if clear else "") + text + ("\n" if args.json or clear else "\n\n"))
-                sys.stdout.flush()
-                shown += 1
-                if args.once or (args.iterations and shown >= args.iterations):
-                    return 0
-                before, t_before, vsp_before = after, t_after, vsp_after
+        for host, (run, man) in runs.items():
+            watched[host] = Watched(run, man)
+        while True:
+            time.sleep(args.interval)
+            samples = {host: w.sample(args.sort) for host, w in watched.items()}
+            if None in samples:
+                text = json.dumps(samples[None], ensure_ascii=False) if args.json else render_top(samples[None])
+            elif args.json:
+                text = json.dumps({"run": top.name, "hosts": samples}, ensure_ascii=False)
+            else:
+                text = "\n\n".join(f"host {host}\n{render_top(s)}" for host, s in samples.items())
+            sys.stdout.write((CLEAR_SCREEN if clear else "") + text + ("\n" if args.json or clear else "\n\n"))
+            sys.stdout.flush()
+            shown += 1
+            if args.once or (args.iterations and shown >= args.iterations):
+                return 0
     except KeyboardInterrupt:
         return 0
     except BrokenPipeError:
         # The reader went away (`top --json | head -1`): not an error, and nothing more to flush.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        for w in watched.values():
+            w.root.close()

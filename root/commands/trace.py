@@ -19,9 +19,10 @@ import sys
 import time
 
 from proto.exits import Exit
+from root import follow
 from root.client import RootClient
 from root.commands.common import complain
-from root.rundir import live_run, partition_names, partition_of
+from root.rundir import partition_names, partition_of
 from root.trace_format import (CSV_FIELDS, TEXT_HEADER, VMBUS_REASON, TraceSummary, csv_row, event_record, text_line,
                                 vmbus_csv_row, vmbus_record, vmbus_text_line)
 from root.vsp.events import EVENTS_FILE, EventFollower
@@ -44,7 +45,8 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    run, man = live_run(args.run)
+    run, man = (follow.live_partition(args.run, args.partition) if args.partition
+                else follow.live_run_following(args.run))
     names = partition_names(man)
     only = partition_of(run, man, args.partition) if args.partition else 0
     wanted = set(args.reason or ())

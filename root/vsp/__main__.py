@@ -36,11 +36,12 @@ from root.vsp.tap import ExternalPort
 from root.vsp.storvsp import StorVsp
 
 
-def memory_fds(text: str) -> dict[int, tuple[int, int]]:
+def memory_fds(text: str) -> dict[int, tuple[int, int, int | None]]:
+    """PARTITION:RAM:SLAT[:DIRTY] each (DIRTY: its dirty log, for live migration)."""
     out = {}
     for item in filter(None, text.split(",")):
-        pid, ram, slat = (int(x) for x in item.split(":"))
-        out[pid] = (ram, slat)
+        pid, ram, slat, *dirty = (int(x) for x in item.split(":"))
+        out[pid] = (ram, slat, dirty[0] if dirty else None)
     return out
 
 
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m root.vsp")
     ap.add_argument("--spec", required=True)
     ap.add_argument("--secret-fd", type=int, required=True, help="a pipe holding the vsp's key")
-    ap.add_argument("--memory-fds", default="", help="PARTITION:RAM_FD:SLAT_FD,… for each partition served")
+    ap.add_argument("--memory-fds", default="", help="PARTITION:RAM_FD:SLAT_FD[:DIRTY_FD],… for each partition served")
     ap.add_argument("--log-level", default="INFO")
     args = ap.parse_args(argv)
     confine.set_dumpable(False)
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     disks = []
     switch = service.switch = VirtualSwitch()
     for p in spec["partitions"]:
-        ram, slat = fds[p["id"]]
+        ram, slat, dirty = fds[p["id"]]
         devices = []
         if p.get("disk"):
             disk = DiskFile(p["disk"]["image_path"], p["disk"]["size_bytes"])
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             # Hyper-V's prefix 00:15:5D, then the partition's id: unique on this switch.
             devices.append(NetVsp(switch, bytes([0x00, 0x15, 0x5D, 0, (p["id"] >> 8) & 0xFF, p["id"] & 0xFF]),
                                   p["name"]))
-        service.add_partition(p["id"], PartitionMemory(ram, slat), devices, p.get("suppress", True))
+        service.add_partition(p["id"], PartitionMemory(ram, slat, dirty), devices, p.get("suppress", True))
         logging.info("partition %d (%s): offering %s", p["id"], p["name"],
                      ", ".join(type(d).__name__ for d in devices) or "nothing")
     if spec.get("external_port"):

@@ -29,12 +29,24 @@ class ReadOnlyGpa(UnmappedGpa):
 
 
 class PartitionMemory:
-    def __init__(self, ram_fd: int, slat_fd: int) -> None:
+    def __init__(self, ram_fd: int, slat_fd: int, dirty_fd: int | None = None) -> None:
         self.ram_fd = ram_fd
         self._slat_map = mmap.mmap(slat_fd, 0, access=mmap.ACCESS_READ)
         self.slat = memoryview(self._slat_map).cast("I")
         self.pages = len(self.slat)
         self.mapped_pages = 0  # pages mapped now (GPADLs and requests in flight)
+        # The partition's dirty log (live migration: root/migration.py), a byte per page:
+        # every write of ours marks its pages after storing, as GuestMemory's do — the VSP
+        # writes rings, receive sections and read data into guest memory while pre-copy runs.
+        self._dirty = mmap.mmap(dirty_fd, 0) if dirty_fd is not None else None
+        if self._dirty is not None and len(self._dirty) < self.pages:
+            raise ValueError(f"a dirty log of {len(self._dirty)} bytes for {self.pages} pages")
+
+    def mark(self, gpa: int, n: int) -> None:
+        """Pages [gpa, gpa + n) were written (after the store)."""
+        if self._dirty is not None and n > 0:
+            first, last = gpa >> PAGE_SHIFT, (gpa + n - 1) >> PAGE_SHIFT
+            self._dirty[first:last + 1] = b"\x01" * (last + 1 - first)
 
     def check(self, pfn: int) -> None:
         if not 0 <= pfn < self.pages or self.slat[pfn] == SLAT_INVALID:
@@ -89,6 +101,7 @@ class PartitionMemory:
     def _pwrite(self, gpa: int, data) -> None:
         if os.pwrite(self.ram_fd, data, gpa) != len(data):
             raise UnmappedGpa(gpa)
+        self.mark(gpa, len(data))
 
     def map(self, pfns: list[int], writable: bool = True) -> "Mapping":
         """Map exactly ``pfns`` (each checked), contiguous runs in one mmap each; read-only
@@ -108,6 +121,8 @@ class PartitionMemory:
     def close(self) -> None:
         self.slat.release()
         self._slat_map.close()
+        if self._dirty is not None:
+            self._dirty.close()
 
 
 class Mapping:
@@ -167,6 +182,7 @@ class Mapping:
             m, off, step = self._span(gpa + i, len(data) - i)
             m[off:off + step] = data[i:i + step]
             i += step
+        self.mem.mark(gpa, len(data))
 
     def close(self) -> None:
         self.mem.mapped_pages -= self.counted

@@ -129,6 +129,7 @@ class NetVsp:
         self.pending: dict[int, int] = {}  # our transfer-page packet's transaction id → its section
         self.next_tid = 1
         self.packet_filter = 0
+        self.recv_gpadl = self.send_gpadl = -1  # the buffers' GPADL ids (-1: none), for a save
 
     # -- the channel -----------------------------------------------------------------------
 
@@ -139,6 +140,45 @@ class NetVsp:
     def close(self) -> None:
         self.channel = None
         self._reset()
+
+    # -- saved state (root/vsp/saved.py) ----------------------------------------------------
+
+    def save(self) -> dict:
+        """The protocol state, the buffers' GPADLs, and the receive sections the guest has
+        not given back (with the transfer-page packets' ids its completions will name)."""
+        return {"version": self.version, "recv_gpadl": self.recv_gpadl, "send_gpadl": self.send_gpadl,
+                "free": list(self.free), "pending": [[t, s] for t, s in self.pending.items()],
+                "next_tid": self.next_tid, "packet_filter": self.packet_filter}
+
+    def restore(self, d: dict) -> None:
+        """After open() over the restored channel: ValueError (or KeyError, TypeError) names
+        what does not fit."""
+        ints = {k: d[k] for k in ("version", "recv_gpadl", "send_gpadl", "next_tid", "packet_filter")}
+        if not all(type(v) is int and -1 <= v < 1 << 64 for v in ints.values()):
+            raise ValueError(f"not integers: {ints}")
+        if ints["version"] and ints["version"] not in nv.SUPPORTED_VERSIONS:
+            raise ValueError(f"NVSP version {ints['version']:#x} is not one this VSP speaks")
+        self.version, self.next_tid, self.packet_filter = ints["version"], ints["next_tid"], ints["packet_filter"]
+        if ints["recv_gpadl"] >= 0:
+            g = self.channel.find_gpadl(ints["recv_gpadl"])
+            if g is None or not 0 < len(g.pfns) <= MAX_RECV_PAGES:
+                raise ValueError(f"receive buffer GPADL {ints['recv_gpadl']:#x} is not one of the channel's")
+            self.recv, self.recv_gpadl = PagedView(g.mapping, [pfn << 12 for pfn in g.pfns]), ints["recv_gpadl"]
+            sections = set(range(0, self.recv.size // SECTION * SECTION, SECTION))
+            free, pending = list(d["free"]), {t: s for t, s in d["pending"]}
+            if not all(type(x) is int for x in (*free, *pending, *pending.values())) \
+                    or sorted([*free, *pending.values()]) != sorted(sections):
+                raise ValueError("the free and pending receive sections are not the buffer's sections, each once")
+            self.free, self.pending = free, pending
+        if ints["send_gpadl"] >= 0:
+            g = self.channel.find_gpadl(ints["send_gpadl"])
+            if g is None or not 0 < len(g.pfns) <= MAX_SEND_PAGES:
+                raise ValueError(f"send buffer GPADL {ints['send_gpadl']:#x} is not one of the channel's")
+            read_only = self.mem.map(g.pfns, writable=False)  # as _send_buffer maps it
+            g.mapping.close()
+            g.mapping = read_only
+            self.send_buf, self.send_gpadl = PagedView(read_only, [pfn << 12 for pfn in g.pfns]), ints["send_gpadl"]
+            self.send_sections = self.send_buf.size // SEND_SECTION
 
     def on_packets(self, channel, packets) -> None:
         self.t_in = time.perf_counter_ns()  # the batch's packets read from the ring (a stamp)
@@ -191,6 +231,7 @@ class NetVsp:
             self.stats.error("bad receive buffer")
             return nv.nvsp(nv.NVSP_MSG1_TYPE_SEND_RECV_BUF_COMPLETE, nv.RECV_BUF_COMPLETE.pack(nv.NVSP_STAT_FAIL, 0))
         self.recv = PagedView(g.mapping, [pfn << 12 for pfn in g.pfns])  # the GPADL's own mapping
+        self.recv_gpadl = gpadl
         count = self.recv.size // SECTION
         self.free = [i * SECTION for i in range(count)]
         return nv.nvsp(nv.NVSP_MSG1_TYPE_SEND_RECV_BUF_COMPLETE, nv.RECV_BUF_COMPLETE.pack(nv.NVSP_STAT_SUCCESS, 1)
@@ -215,6 +256,7 @@ class NetVsp:
         g.mapping = read_only
         self.send_buf = PagedView(read_only, [pfn << 12 for pfn in g.pfns])
         self.send_sections = self.send_buf.size // SEND_SECTION
+        self.send_gpadl = gpadl
         return nv.nvsp(nv.NVSP_MSG1_TYPE_SEND_SEND_BUF_COMPLETE,
                        nv.SEND_BUF_COMPLETE.pack(nv.NVSP_STAT_SUCCESS, SEND_SECTION))
 

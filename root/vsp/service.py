@@ -29,6 +29,7 @@ from proto.memory import page_runs as page_ranges
 from proto.vmbus import VMBUS_MESSAGE_CONNECTION_ID, VMBUS_MESSAGE_CONNECTION_ID_4, VMBUS_MESSAGE_TYPE
 
 from root.vsp.events import EVENTS_FILE, EventLog, VmbusEvents
+from root.vsp import saved
 from root.vsp.server import VmbusServer
 
 log = logging.getLogger("vsp")
@@ -194,6 +195,8 @@ class VspService:
         elif cls is GpaUnmapped:
             self.results["gpa_unmapped"] += 1
             self.server.gpa_unmapped(msg.partition, msg.pages)
+        elif cls is m.VspStateQuery:
+            self.dealer.send(saved.answer(self.server, msg).encode())
         elif cls is m.ErrorReply:
             self.results["refused"] += 1
             log.info("hypervisor refused %d: %s %s", msg.ref_type, msg.code, msg.message)

@@ -87,6 +87,19 @@ class StorVsp:
     def close(self) -> None:
         self.state = BEGIN
 
+    # -- saved state (root/vsp/saved.py): requests are never in flight at a save ------------
+
+    def save(self) -> dict:
+        return {"state": self.state, "version": self.version}
+
+    def restore(self, d: dict) -> None:
+        state, version = d["state"], d["version"]
+        if type(state) is not int or not BEGIN <= state <= READY:
+            raise ValueError(f"state {state!r} is not one of the initialisation states {BEGIN}..{READY}")
+        if type(version) is not int or not 0 <= version <= 0xFFFF or (state > VERSION) != bool(version):
+            raise ValueError(f"protocol version {version!r} does not fit state {state}")
+        self.state, self.version = state, version
+
     def on_packets(self, channel, packets) -> None:
         out = []
         for p in packets:

@@ -171,3 +171,33 @@ def test_a_real_x86_guest_on_unicorn_goes_on_from_its_saved_registers(tmp_path):
         assert "not ok" not in console
     finally:
         stopped(run)
+
+
+def test_a_firmware_partition_saved_in_its_post_boots_on_from_its_shadow_ram(tmp_path):
+    """SeaBIOS (configs/seabios.toml) saved during its POST — its code and data in its shadow
+    RAM at 0xE0000–0xFFFFF and option ROMs at 0xC0000, the partition process's memory, which
+    VP 0 saves with its registers — restored in a new run: it goes on and boots the disk's
+    boot sector, without POSTing again."""
+    pytest.importorskip("unicorn", reason="the unicorn backend needs the unicorn package")
+    from partitions.cpu.boot import seabios_missing
+    if seabios_missing():
+        pytest.skip(seabios_missing())
+    config, path = str(REPO / "configs" / "seabios.toml"), tmp_path / "bios.hvs"
+    run = start_run(config, short_run_root())
+    try:
+        wait_until(lambda: "Start SeaVGABIOS" in run.console("bios"), 60, interval=0.02, what="the VGA BIOS's start")
+        r = run.launch("ctl", run.name, "pause", "bios", timeout=30)
+        assert r.returncode == 0, r.stderr
+        r = run.launch("ctl", run.name, "save", "bios", str(path), "--paused", timeout=60)
+        assert r.returncode == 0 and "its CPU registers saved" in r.stdout, r.stdout + r.stderr
+        before = settled_console(run, "bios")
+    finally:
+        stopped(run)
+    assert "hvstack boot sector" not in before, "the BIOS booted before the pause reached it"
+    run = start_run(config, short_run_root(), extra=("--restore", f"bios={path}"))
+    try:
+        console = wait_until(lambda: "signature and checksum ok" in run.console("bios") and run.console("bios"), 60,
+                             interval=0.2, what="the restored BIOS to boot the disk")
+        assert "SeaBIOS (version" not in console, console  # went on; did not POST again
+    finally:
+        stopped(run)

@@ -22,6 +22,7 @@ class FakePort:
     def __init__(self, regs, mem, inputs=None, on_halt=None, quantum_ns=10_000_000, input_delay_s=0.0) -> None:
         self.regs = regs
         self.mem = mem
+        self.index = 0  # the BSP (ExitPort is a Vp: its index)
         self.counters: dict = {}
         self.stop = threading.Event()
         self._pending: list[int] = []

@@ -109,6 +109,14 @@ EXAMPLES[mm.MigrateAbandon] = mm.MigrateAbandon("alpha", 1)  # (root/migration_l
 EXAMPLES[mm.MigrateSwitchover] = mm.MigrateSwitchover()  # (id 68)
 
 
+# A partition's VMBus state relayed to and from the VSP (issue 13, proto/vsp_state_messages.py; ids 110–112).
+EXAMPLES.update({
+    m.VspStateRequest: m.VspStateRequest(1, "save", b""),
+    m.VspStateQuery: m.VspStateQuery(7, 1, "restore", b"\x80"),
+    m.VspStateReply: m.VspStateReply(7, 1, "", b"\x80"),
+})
+
+
 # Coalesced MMIO (issue 12, proto/coalesced_mmio_messages.py; ids 80–83).
 EXAMPLES.update({
     m.CoalescedMmioRegister: m.CoalescedMmioRegister(((0xB8000, 0x8000),)),

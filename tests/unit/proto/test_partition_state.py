@@ -107,7 +107,7 @@ def test_a_record_of_another_shape_is_refused_naming_each_difference():
 
 def test_an_unknown_section_is_still_refused():
     with pytest.raises(saved_state.UnknownSection):
-        saved_state.encode(1, "alpha", {"vmbus": {}})
+        saved_state.encode(1, "alpha", {"vmbus_channels": {}})
 
 
 def kernel_state() -> dict:

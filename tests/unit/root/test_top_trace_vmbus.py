@@ -170,7 +170,8 @@ def test_trace_follows_the_vsp_events_of_one_partition_without_asking_for_exits(
     events_path.write_text(json.dumps({"ns": 1, "partition": 1, "event": "offered", "relid": 1}) + "\n")  # before
     tracer = FakeTracer(events_path)
     man = {"endpoint": "e", "partitions": {"alpha": {"id": 1}, "beta": {"id": 2}}}
-    monkeypatch.setattr(trace, "live_run", lambda ref: (FakeRun(tmp_path), man))
+    monkeypatch.setattr(trace.follow, "live_partition", lambda ref, partition: (FakeRun(tmp_path), man))
+    monkeypatch.setattr(trace.follow, "live_run_following", lambda ref: (FakeRun(tmp_path), man))
     monkeypatch.setattr(trace, "RootClient", lambda *a, **kw: tracer)
     args = Namespace(run="r", partition="alpha", reason=["vmbus"], duration=0.5, csv=False, json=True)
     assert trace.run(args) == 0

@@ -120,3 +120,26 @@ def test_a_run_of_pages_crossing_a_foreign_page_is_refused_whole(mem):
     assert ram.read_bytes() == before
     assert vsp._pieces(GpaRange(3 * PAGE_SIZE, 0, (4, 5, 7)), 3 * PAGE_SIZE) == [(4 * PAGE_SIZE, 2 * PAGE_SIZE),
                                                                                   (7 * PAGE_SIZE, PAGE_SIZE)]
+
+
+def test_every_write_marks_the_dirty_log(tmp_path, mem):
+    """Live migration: what the VSP writes into guest memory (a ring through a GPADL's
+    mapping, a request's data by pwrite) is marked in the partition's dirty log; reads are not."""
+    _, ram, slat = mem
+    log = tmp_path / "dirty-1.bin"
+    log.write_bytes(bytes(64))
+    fds = [os.open(ram, os.O_RDWR), os.open(slat, os.O_RDONLY), os.open(log, os.O_RDWR)]
+    m = PartitionMemory(*fds)
+    try:
+        g = m.map([3, 4, 5])
+        g.write(4 * PAGE_SIZE - 2, b"abcd")  # pages 3 and 4
+        m.write_runs([(30 * PAGE_SIZE, 2 * PAGE_SIZE)], bytes(2 * PAGE_SIZE))  # 30, 31
+        m.write(40 * PAGE_SIZE + 100, b"x")
+        g.read(5 * PAGE_SIZE, 8)
+        m.read(50 * PAGE_SIZE, 8)
+        g.close()
+        assert [p for p, b in enumerate(log.read_bytes()) if b] == [3, 4, 30, 31, 40]
+    finally:
+        m.close()
+        for fd in fds:
+            os.close(fd)

@@ -23,6 +23,11 @@ def mac(pid: int) -> bytes:
 
 @pytest.fixture
 def two():
+    return two_partitions()
+
+
+def two_partitions():
+    """Two partitions' NICs on one switch, each guest's netvsc and IP layer brought up."""
     switch = VirtualSwitch()
     server = VmbusServer(None)
     vps = {p: SimVp(server, FakeMemory(pages=2048), p) for p in (1, 2)}
