@@ -35,6 +35,7 @@ def test_a_strict_hypervisor_survives_the_fuzzers_sequence(tmp_path, seed):
     s.hello(ROOT, "root")
     assert s.partition() == 1 and s.partition(vps=1) == 2
     fuzz = s.partition(vps=1)
+    fuzz_vps = list(s.hv.table.get(fuzz).vps)
     who = {"stranger": b"stranger", "vp": vp_id(fuzz), "worker": worker_id(fuzz), "root": ROOT}
     seq, rng = Sequence(seed, fuzz, [1, 2]), random.Random(seed)
     for i in range(2500):
@@ -52,7 +53,9 @@ def test_a_strict_hypervisor_survives_the_fuzzers_sequence(tmp_path, seed):
     assert s.send(ROOT, m.StatusRequest()).one(ROOT, m.StatusReply)
     assert s.hv.counters["handler_errors"] == 0
     assert s.hv.counters["out_of_turn"] > 0 and s.hv.counters["malformed"] > 0
-    handled = sum(sum(vp.exits.values()) for vp in s.hv.status().partition(fuzz).vps)
+    # Counted on the VPs themselves: the fuzzed root may have deleted the partition by now
+    # (seed 3 does since posted_descriptor_ready, id 88, changed the draws).
+    handled = sum(sum(vp.exits.values()) for vp in fuzz_vps)
     # Many of the fuzz VP's exits were in turn and went through their handlers (98 to 239 of
     # 2500 messages for seeds 1-5 since the hello became hello, challenge and proof; a new
     # message type changes the draws: with gpa_unmapped (id 90) seeds 1-6 gave 40 to 191).
