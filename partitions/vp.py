@@ -45,7 +45,7 @@ DEFAULT_QUANTUM_NS = 10_000_000
 # preemption point, instead of until the VP's next exit (up to a quantum).
 NOTIFY_POLL_NS = 50_000
 # How often a VP with a posted-interrupt descriptor (proto/posted.py) looks at it: a memory
-# load of its ON bit (~0.1 µs), so far more often than the poll above, which it still makes
+# load of its ON bit (~0.1–0.25 µs), so far more often than the poll above, which it still makes
 # every NOTIFY_POLL_NS (errors, and the interrupt_notify of a hypervisor that posts by
 # message; pyzmq's poll also lets go of the GIL for the partition's other VPs).
 POSTED_CHECK_NS = 10_000

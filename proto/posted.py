@@ -6,7 +6,7 @@ bitmap (PIR) and the outstanding-notification bit (ON).  The notifier sets the v
 bit and then ON, each with a LOCK-prefixed OR; the CPU, at its next check, clears ON and
 moves PIR into the virtual IRR (an atomic exchange of each word with 0).  hvstack does the
 same with a file the hypervisor creates and both processes map (``pi-ID.bin`` in the run
-directory, 0600): the hypervisor posts (:func:`post`), the VP reads it at its preemption
+directory, 0600): the hypervisor posts (:class:`Notifier`), the VP reads it at its preemption
 points as a memory load (:class:`VpDescriptor`), so an interrupt for a VP executing guest
 code needs no message, and no ZeroMQ I/O thread on either side to carry one.
 
