@@ -66,6 +66,13 @@ class PostedDescriptors:
         self.counters["posted_descriptor"] += 1
         return True
 
+    def untaken(self, vp) -> list[int]:
+        """The vectors posted to ``vp`` through its descriptor that it has not taken yet
+        (the hypervisor moved them into service when it posted them): a save carries them
+        as pending, or they would be lost with the VP's process."""
+        entry = self._files.get(vp.partition.id)
+        return entry[2].untaken(vp.index) if entry is not None and 0 <= vp.index < layout.MAX_VPS else []
+
     def forget(self, partition: int) -> None:
         """A deleted partition: its file unmapped, closed and removed."""
         entry = self._files.pop(partition, None)

@@ -94,7 +94,8 @@ def build_routes(hv) -> dict[type, Route]:
 
 
 def _partition_states(hv) -> dict[type, Route]:
-    states = PartitionStates(table=hv.table, outbox=hv.outbox, synic=hv.synic, interrupts=hv.interrupts)
+    states = PartitionStates(table=hv.table, outbox=hv.outbox, synic=hv.synic, interrupts=hv.interrupts,
+                             posted=hv.posted)
     return {m.PartitionSaveRequest: Route(states.on_save_request, ROOT),
             m.PartitionRestoreRequest: Route(states.on_restore_request, ROOT),
             m.VpStateRequest: Route(states.on_vp_state_request, ROOT),

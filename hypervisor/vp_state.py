@@ -34,21 +34,25 @@ from hypervisor.synic import QueuedMessage, SynicVp
 
 log = logging.getLogger("hypervisor")
 APIC_INTS, SCHED_FIELDS = ps.APIC_INTS, ps.SCHED_FIELDS  # (what is saved, and checked there)
+MAX_PENDING = 256  # pending vectors a record holds (proto/partition_state.py checks it)
 
 
 def _left(deadline: int | None, now: int) -> int | None:
     return None if deadline is None else max(0, deadline - now)
 
 
-def save(part, now: int) -> dict:
-    """``{"hypervisor": …, "vps": […]}`` of ``part``, now (perf_counter_ns)."""
+def save(part, now: int, untaken=lambda vp: []) -> dict:
+    """``{"hypervisor": …, "vps": […]}`` of ``part``, now (perf_counter_ns); ``untaken(vp)``:
+    the vectors posted to ``vp`` that it has not taken yet (hypervisor/posted.py) — in
+    service here since they were posted, so pending in the record: restored, they come with
+    the first resume instead of being lost with the source's VP process."""
     vps = []
     for vp in part.vps:
         a, s = vp.apic, vp.synic
         vps.append({
             "index": vp.index, "rflags": vp.rflags, "cr3": vp.cr3, "suspended": vp.sched.suspended,
             "assist_page": vp.assist_page,
-            "pending": [vector for vector, _ in vp.interrupts.pending],
+            "pending": ([vector for vector, _ in vp.interrupts.pending] + untaken(vp))[:MAX_PENDING],
             "apic": {**{k: getattr(a, k) for k in APIC_INTS},
                      "isr": ps.mask_to_bytes(a.isr), "irr": ps.mask_to_bytes(a.irr),
                      "auto_eoi": ps.mask_to_bytes(a.auto_eoi),
@@ -120,8 +124,9 @@ class PartitionStates:
     """The root's save and restore requests' handlers, and the VPs' answers to
     ``vp_state_query``."""
 
-    def __init__(self, *, table, outbox, synic, interrupts) -> None:
+    def __init__(self, *, table, outbox, synic, interrupts, posted=None) -> None:
         self._table = table
+        self._posted = posted  # hypervisor.posted.PostedDescriptors, or None
         self._outbox = outbox
         self._synic = synic
         self._interrupts = interrupts
@@ -183,7 +188,8 @@ class PartitionStates:
         part = self._saveable(identity, msg)
         if part is None:
             return
-        blob = msgpack.packb(save(part, perf_counter_ns()), use_bin_type=True)
+        untaken = self._posted.untaken if self._posted is not None else (lambda vp: [])
+        blob = msgpack.packb(save(part, perf_counter_ns(), untaken), use_bin_type=True)
         if len(blob) > MAX_STATE_BYTES:
             return self._outbox.error(identity, msg.TYPE, "CONFLICT",
                                       f"partition {part.id}'s state is {len(blob)} bytes, over {MAX_STATE_BYTES}")

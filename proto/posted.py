@@ -85,7 +85,7 @@ def create(path: str) -> int:
 
 class Notifier:
     """The notifier's half over a writable mapping of the whole file (the hypervisor's):
-    it only ever writes there, nothing is read back."""
+    it writes there, and reads back only what a save must carry (:meth:`untaken`)."""
 
     def __init__(self, buf) -> None:
         self.buf = buf
@@ -100,6 +100,14 @@ class Notifier:
                        *stamps, *(0,) * (SIDE_STAMPS - len(stamps)))
         fetch_or_at(self._address + base + vector // 8, 1 << (vector % 8))
         fetch_or_at(self._address + base + ON_OFFSET, ON)  # last: a reader that sees ON finds the bit
+
+    def untaken(self, vp: int) -> list[int]:
+        """The vectors VP ``vp``'s PIR holds (posted, not yet taken), highest first — read,
+        not cleared.  Read back only for a save (hypervisor/vp_state.py), where what a
+        partition wrote here can only reach its own record."""
+        pir = bytes(self.buf[region(vp):region(vp) + PIR_BYTES])
+        return [i * 8 + bit for i in range(PIR_BYTES - 1, -1, -1) if pir[i]
+                for bit in range(7, -1, -1) if pir[i] >> bit & 1]
 
     def close(self) -> None:
         """Before the mapping is closed."""

@@ -90,3 +90,21 @@ def test_a_deleted_partition_s_file_goes(tmp_path):
     assert (tmp_path / "pi-5.bin").exists()
     p.forget(5)
     assert not (tmp_path / "pi-5.bin").exists()
+
+
+def test_a_save_carries_what_was_posted_and_not_yet_taken_as_pending(two):
+    """The hypervisor put the vector in service when it posted it; a partition saved before
+    its VP took it must have it pending in the record, or the restored guest never gets it
+    (and, for an APIC vector, never EOIs it)."""
+    import msgpack
+    from tests.unit.hypervisor.fake_stack import ROOT
+    two.send(V10, m.PostedDescriptorReady(posted.LAYOUT))
+    two.send(W1, m.AssertInterrupt(0x21, stamps(2)))
+    assert two.send(ROOT, m.PartitionControl(1, "pause")).one(ROOT, m.Ack)
+    for vp in (V10, V11):  # each VP's next exit holds it off its LP; VP 0 has not looked yet
+        two.exit(vp, m.CpuidIntercept(two.seq(), 1, 0, stamps(), REGS))
+    state = msgpack.unpackb(two.send(ROOT, m.PartitionSaveRequest(1)).one(ROOT, m.PartitionState).state)
+    assert [vp["pending"] for vp in state["vps"]] == [[0x21], []]
+    d = descriptor(two, 1, 0)
+    assert [i & 0xFF for i, _ in d.take()] == [0x21]  # read for the save, not taken from the VP
+    d.close()
