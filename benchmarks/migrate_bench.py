@@ -51,7 +51,7 @@ def measure(memory_mb: int, workload: str, progress=None) -> dict:
             src.wait_for_console("alpha", "memwrite: pass 1 of", FILL_TIMEOUT_S)  # its memory filled
             time.sleep(1.0)  # and writing at its rate
             inc = dst.manifest()["incoming"]
-            r = src.launch("migrate", src.name, "alpha", "--to", inc["endpoint"], "--key", inc["server_key"], "--json",
+            r = src.launch("migrate", src.name, "alpha", "--to", inc["endpoint"], f"--key={inc['server_key']}", "--json",
                            timeout=300)
             if r.returncode != 0:
                 raise RuntimeError(f"migrate {memory_mb} MiB {workload}: {r.stderr.strip()}")

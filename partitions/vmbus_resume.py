@@ -27,8 +27,9 @@ not send again is never taken for one it did.
 
 from __future__ import annotations
 
-from proto.vmbus import HV_NIC_GUID, HV_SCSI_GUID
+from proto.vmbus import HV_NIC_GUID, HV_SCSI_GUID, VMBUS_MESSAGE_SINT
 
+from partitions.drivers import synic
 from partitions.drivers.storvsc import Storvsc
 from partitions.drivers.vmbus import Vmbus, offered
 
@@ -83,6 +84,10 @@ def resume_bus(vp, sys) -> Vmbus | None:
         offer = _saved(sys, OFFER, f"vmbus.offer.{kind}.")
         if offer is not None:
             bus.offers.append({"if_type": guid, **offer})
+    # A message the hypervisor had put in the slot by the save, whose SINT interrupt this
+    # kernel did not take before its checkpoint, is read now: nothing else would read it,
+    # and the host's later messages wait behind it (TLFS: a slot is freed only by the guest).
+    synic.take_message(vp, sys, VMBUS_MESSAGE_SINT)
     return bus
 
 

@@ -103,24 +103,32 @@ def _isr(vp: Vp, vector: int, sys) -> None:
     """The SINT's interrupt: its message first (copy out, free the slot, EOM if more are
     pending), then its event flags' handler, then the end of interrupt."""
     sint = vector - SINT_VECTOR_BASE
-    st = state(sys)
-    slot = simp_gpa(vp) + 256 * sint
-    message_type = vp.read(slot, 4)
-    if message_type:
-        header = vp.mem.read(slot, HV_MESSAGE_HEADER.size)
-        _, size, flags, _, _ = HV_MESSAGE_HEADER.unpack(header)
-        payload = vp.mem.read(slot + HV_MESSAGE_HEADER.size, min(size, 240))
-        vp.write(slot, 4, 0)  # MessageType = HvMessageTypeNone: the slot is free
-        if flags & HV_MESSAGE_FLAG_PENDING:
-            vp.wrmsr(HvMsr.HV_X64_MSR_EOM, 0)  # another waits: have it delivered
-        vp.counters["synic_messages"] = vp.counters.get("synic_messages", 0) + 1
-        handler = st.message_handlers.get(sint)
-        if handler is not None:
-            handler(vp, message_type, payload)
-    handler = st.event_handlers.get(sint)
+    take_message(vp, sys, sint)
+    handler = state(sys).event_handlers.get(sint)
     if handler is not None:
         handler(vp, sint)
     eoi(vp, sys)
+
+
+def take_message(vp: Vp, sys, sint: int) -> None:
+    """The message in ``sint``'s slot, if any, to its handler: copied out, the slot freed,
+    EOM if more are pending.  Also called by a resumed kernel (partitions/vmbus_resume.py):
+    a message left in the slot at the save whose interrupt the restored kernel never took
+    would hold every later message behind it for good."""
+    slot = simp_gpa(vp) + 256 * sint
+    message_type = vp.read(slot, 4)
+    if not message_type:
+        return
+    header = vp.mem.read(slot, HV_MESSAGE_HEADER.size)
+    _, size, flags, _, _ = HV_MESSAGE_HEADER.unpack(header)
+    payload = vp.mem.read(slot + HV_MESSAGE_HEADER.size, min(size, 240))
+    vp.write(slot, 4, 0)  # MessageType = HvMessageTypeNone: the slot is free
+    if flags & HV_MESSAGE_FLAG_PENDING:
+        vp.wrmsr(HvMsr.HV_X64_MSR_EOM, 0)  # another waits: have it delivered
+    vp.counters["synic_messages"] = vp.counters.get("synic_messages", 0) + 1
+    handler = state(sys).message_handlers.get(sint)
+    if handler is not None:
+        handler(vp, message_type, payload)
 
 
 def eoi(vp: Vp, sys) -> None:

@@ -27,7 +27,8 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("partition")
     p.add_argument("--to", required=True, metavar="DEST",
                    help="the destination run, or its tcp:// endpoint; in a run of [[host]]s, a host's name")
-    p.add_argument("--key", help="with a tcp:// DEST: the destination's CURVE server key (its manifest's incoming)")
+    p.add_argument("--key", help="with a tcp:// DEST: the destination's CURVE server key (its manifest's incoming); "
+                                  "give it as --key=KEY, since a Z85 key may begin with '-'")
     p.add_argument("--max-downtime-ms", type=float, default=30.0,
                    help="stop pre-copy once the pages left would take this long to send (default 30)")
     p.add_argument("--max-rounds", type=int, default=10, help="pre-copy rounds at most (default 10)")
@@ -47,7 +48,7 @@ def destination(to: str, key: str | None, source: str, src: RunDir) -> tuple[str
         return _host(top, to, src)
     if to.startswith("tcp://"):
         if not key:
-            raise HvstackError(f"--to {to}: a tcp endpoint needs its CURVE server key (--key)")
+            raise HvstackError(f"--to {to}: a tcp endpoint needs its CURVE server key (--key=KEY)")
         return to, key, _run_listening(to)
     run, man = live_run(to)
     incoming = man.get("incoming") or {}

@@ -58,7 +58,7 @@ def ended(*runs) -> None:
 
 def migrate(src, dst, *extra, timeout=90):
     inc = incoming(dst)
-    return src.launch("migrate", src.name, "alpha", "--to", inc["endpoint"], "--key", inc["server_key"], *extra,
+    return src.launch("migrate", src.name, "alpha", "--to", inc["endpoint"], f"--key={inc['server_key']}", *extra,
                       timeout=timeout)
 
 
@@ -198,8 +198,8 @@ def migrating_slowly(src, dst):
     begun to receive: at 2 MB/s the memory area alone (768 written pages) takes 1.5 s."""
     settled(src)
     inc = incoming(dst)
-    proc = src.launch_background("migrate", src.name, "alpha", "--to", inc["endpoint"], "--key",
-                                 inc["server_key"], "--max-bandwidth", "2", "--timeout", "5")
+    proc = src.launch_background("migrate", src.name, "alpha", "--to", inc["endpoint"], f"--key={inc['server_key']}",
+                                 "--max-bandwidth", "2", "--timeout", "5")
     wait_until(lambda: (dst.manifest().get("incoming") or {}).get("receiving") == "alpha", 30, interval=0.01,
                what="the destination to begin receiving")
     return proc

@@ -35,8 +35,8 @@ def test_a_partition_moves_between_two_namespaced_hosts_over_their_veth(hosts):
         inc = incoming(dst)
         assert inc["endpoint"].startswith(f"tcp://{second.address}:"), inc
         settled(src)
-        proc = src.launch_background("migrate", src.name, "alpha", "--to", inc["endpoint"], "--key",
-                                     inc["server_key"], prefix=tuple(first.command([])))
+        proc = src.launch_background("migrate", src.name, "alpha", "--to", inc["endpoint"], f"--key={inc['server_key']}",
+                                     prefix=tuple(first.command([])))
         out, err = proc.communicate(timeout=90)
         assert proc.returncode == 0, err
         assert f"migrated to {inc['endpoint']}" in out, out

@@ -30,7 +30,7 @@ def stalled_migrate(src, dst, point: str, *extra) -> subprocess.Popen:
     settled(src)
     inc = incoming(dst)
     proc = subprocess.Popen([sys.executable, str(REPO / "launch.py"), "migrate", src.name, "alpha", "--to",
-                             inc["endpoint"], "--key", inc["server_key"], *extra], cwd=REPO,
+                             inc["endpoint"], f"--key={inc['server_key']}", *extra], cwd=REPO,
                             env=dict(os.environ, HVSTACK_RUN_DIR=src.run_root, **{STALL_ENV: point}),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_until(lambda: proc.poll() is not None or _lease(src).get("stalled") == point, 60, interval=0.02,

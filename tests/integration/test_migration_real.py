@@ -83,7 +83,7 @@ def test_a_real_cpu_guest_migrates_and_no_page_write_is_lost(tmp_path, cpu):
     try:
         wait_until(lambda: src.console("real").count(".") >= 3, 60, interval=0.1, what="three rounds of passes")
         inc = wait_until(lambda: dst.manifest().get("incoming"), 10, what="the destination's endpoint")
-        r = src.launch("migrate", src.name, "real", "--to", inc["endpoint"], "--key", inc["server_key"], timeout=90)
+        r = src.launch("migrate", src.name, "real", "--to", inc["endpoint"], f"--key={inc['server_key']}", timeout=90)
         assert r.returncode == 0, r.stdout + r.stderr
         print(r.stdout)
         assert "X" not in src.console("real")

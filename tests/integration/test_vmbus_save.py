@@ -127,7 +127,7 @@ def test_a_vmbus_partition_migrates_with_its_bus():
     try:
         wait_until(lambda: len(rounds(src.console("alpha"))) >= 3, 60, interval=0.2, what="three verified rounds")
         inc = wait_until(lambda: dst.manifest().get("incoming"), 10, what="the destination's endpoint")
-        r = src.launch("migrate", src.name, "alpha", "--to", inc["endpoint"], "--key", inc["server_key"], timeout=90)
+        r = src.launch("migrate", src.name, "alpha", "--to", inc["endpoint"], f"--key={inc['server_key']}", timeout=90)
         assert r.returncode == 0, r.stdout + r.stderr
         print(r.stdout)
         wait_until(lambda: "resumed from the checkpoint" in dst.console("alpha"), 30, interval=0.2,
