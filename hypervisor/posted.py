@@ -8,8 +8,9 @@ real-CPU backend, a VP without the file), :meth:`Interrupts.notify` sends an
 ``interrupt_notify`` as before.  The saying is bound to that connection: a VP's successor
 (a new partition process) must say it again.
 
-``HVSTACK_POSTED_DESCRIPTOR=0`` in the hypervisor's environment turns the descriptors off
-(no files; every posted interrupt is a message): the bench's before/after.
+``HVSTACK_POSTED_DESCRIPTOR=1`` in the hypervisor's environment turns the descriptors on;
+without it there are no files and every posted interrupt is a message (see
+:func:`enabled_by_env` for why that is the default).
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ ENV = "HVSTACK_POSTED_DESCRIPTOR"
 
 
 def enabled_by_env() -> bool:
-    return os.environ.get(ENV, "1") != "0"
+    # Off unless asked for (=1): with it on, CI at 508ff17 saw three guests stall for good
+    # with an interrupt in service that never reached its handler (a console cut off
+    # mid-line: COM1's IRQ 4 held in the PIC's ISR), on a fresh boot as after a restore.
+    # The cause is not found; the message path (CI-green before) is the default meanwhile.
+    return os.environ.get(ENV, "0") == "1"
 
 
 class PostedDescriptors:

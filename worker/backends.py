@@ -28,6 +28,28 @@ from worker.devices.config import SECTOR_SIZE
 log = logging.getLogger(__name__)
 
 
+def _create(path: str, size_bytes: int, flags: int) -> int:
+    """A new image of ``size_bytes`` (sparse), which appears at ``path`` whole or not at all:
+    made under a name of its own, sized, then linked into place.  A process killed between
+    creating and sizing it (a worker started ahead for a migration and stopped when the
+    session was abandoned) otherwise left an empty image that the next worker refused.  If
+    another process linked its image first, that one is opened."""
+    tmp = f"{path}.{os.getpid()}.new"
+    fd = os.open(tmp, flags | os.O_CREAT | os.O_EXCL, 0o600)  # the guest's data: its owner's alone
+    try:
+        os.ftruncate(fd, size_bytes)  # sparse: no blocks allocated
+        os.link(tmp, path)
+    except FileExistsError:
+        os.close(fd)
+        return os.open(path, flags)
+    except BaseException:
+        os.close(fd)
+        raise
+    finally:
+        os.unlink(tmp)
+    return fd
+
+
 class DiskFile:
     """A raw disk image file; its size is the disk's capacity."""
 
@@ -35,15 +57,9 @@ class DiskFile:
         self.path = path
         flags = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
         try:
-            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)  # the guest's data: its owner's alone
-        except FileExistsError:
             fd = os.open(path, flags)
-        else:
-            try:
-                os.ftruncate(fd, size_bytes)  # sparse: no blocks allocated
-            except BaseException:
-                os.close(fd)
-                raise
+        except FileNotFoundError:
+            fd = _create(path, size_bytes, flags)
         size = os.fstat(fd).st_size
         if size == 0 or size % SECTOR_SIZE:
             os.close(fd)

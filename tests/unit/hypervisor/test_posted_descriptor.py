@@ -3,12 +3,19 @@ reads it, an interrupt for it while it executes guest code is written there, not
 
 from __future__ import annotations
 
+import pytest
+
 from proto import messages as m
 from proto import posted
 from hypervisor.posted import PostedDescriptors
 from tests.unit.hypervisor.fake_stack import REGS, Stack, stamps, vp_id, worker_id
 
 V10, V11 = vp_id(1, 0), vp_id(1, 1)
+
+
+@pytest.fixture(autouse=True)
+def descriptors_on(monkeypatch):
+    monkeypatch.setenv("HVSTACK_POSTED_DESCRIPTOR", "1")  # (off by default: hypervisor/posted.py)
 W1 = worker_id(1)
 
 

@@ -73,3 +73,28 @@ def test_the_console_log_appends_what_it_is_given_when_taken(tmp_path):
     console.write(b" world")
     console.close()  # what is still pending reaches the file
     assert path.read_bytes() == b"before\nhello world"
+
+
+def test_a_new_disk_image_appears_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A worker stopped between creating its image and sizing it (one started ahead for a
+    migration whose session was abandoned) left an empty file the next worker refused."""
+    path = tmp_path / "d.img"
+
+    def killed(fd, size):
+        raise KeyboardInterrupt  # (as a SIGTERM's exception would, between the two)
+
+    monkeypatch.setattr(backends.os, "ftruncate", killed)
+    with pytest.raises(KeyboardInterrupt):
+        DiskFile(str(path), 4096)
+    assert list(tmp_path.iterdir()) == []  # nothing at the path, no temporary left
+    monkeypatch.undo()
+    image = DiskFile(str(path), 4096)
+    try:
+        assert image.size == 4096 and sorted(p.name for p in tmp_path.iterdir()) == ["d.img"]
+    finally:
+        image.close()
+    again = DiskFile(str(path), 8192)  # an existing image is opened as it is
+    try:
+        assert again.size == 4096
+    finally:
+        again.close()
