@@ -38,16 +38,16 @@ def _create(path: str, size_bytes: int, flags: int) -> int:
     fd = os.open(tmp, flags | os.O_CREAT | os.O_EXCL, 0o600)  # the guest's data: its owner's alone
     try:
         os.ftruncate(fd, size_bytes)  # sparse: no blocks allocated
-        os.link(tmp, path)
-    except FileExistsError:
-        os.close(fd)
-        return os.open(path, flags)
-    except BaseException:
-        os.close(fd)
-        raise
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another's image came first: that one is the disk
     finally:
+        os.close(fd)
         os.unlink(tmp)
-    return fd
+    # Opened by its own name, so that the descriptor names the image (not a removed
+    # temporary) for whoever looks at the process's files.
+    return os.open(path, flags)
 
 
 class DiskFile:
