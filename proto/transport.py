@@ -299,6 +299,41 @@ class Gatekeeper:
             os.dup2(self._null, slot, inheritable=False)  # let go of the socket
 
 
+class _TimedReceive:
+    """The first frame of a message received within a timeout, held for the caller's next
+    receive: a wait *is* the receive, blocking for at most the timeout (ZMQ_RCVTIMEO), as
+    the floor's relay blocks in its receive.  A zmq_poll and then a non-blocking receive
+    cost a loop three more poll(2) calls per message (strace, 07:02 UTC) and a pyzmq poll
+    call.  A look (``timeout_ms`` 0: a VP's preemption point) polls instead, which is
+    cheaper than an empty receive's zmq.Again (~1.5 against ~6 µs)."""
+
+    def __init__(self, sock, poll_items) -> None:
+        self._sock, self._poll_items, self._recv = sock, poll_items, sock.recv
+        self.held: bytes | None = None
+        self._rcvtimeo = -1  # ZMQ_RCVTIMEO as last set (libzmq's default: block)
+
+    def wait(self, timeout_ms: int) -> bool:
+        """True when a frame is ready within ``timeout_ms`` (received into :attr:`held`,
+        unless this was a look)."""
+        if self.held is not None:
+            return True
+        if timeout_ms <= 0:
+            return bool(_zmq_poll(self._poll_items, 0))
+        if timeout_ms != self._rcvtimeo:
+            self._sock.setsockopt(_RCVTIMEO, timeout_ms)
+            self._rcvtimeo = timeout_ms
+        try:
+            self.held = self._recv(0)
+        except zmq.Again:
+            return False
+        return True
+
+    def take(self) -> bytes:
+        """The held frame, or the next one at once (after a look said one is there)."""
+        frame, self.held = self.held, None
+        return self._recv(_NOBLOCK) if frame is None else frame
+
+
 class Router:
     """The hypervisor's endpoint: ``recv`` gives ``(identity, frame)``.  A tcp endpoint
     needs the run's CURVE secret key (Z85)."""
@@ -344,8 +379,10 @@ class Router:
         self._poll_items = [(sock, _POLLIN)]
         self._recv = sock.recv
         self._send = sock.send
-        self._identity: bytes | None = None  # a message's first part, received by wait()
-        self._rcvtimeo = -1  # ZMQ_RCVTIMEO as last set (libzmq's default: block)
+        self._first = _TimedReceive(sock, self._poll_items)  # a message's first part: wait() receives it
+        # wait(timeout_ms) -> bool: a frame is ready within the timeout (its first part
+        # received already).  Bound, not wrapped: it is on every message's path.
+        self.wait = self._first.wait
         self._bound: set[bytes] = set()  # identities a good hello was said on
         self._last_src: tuple[bytes, int] | None = None  # (identity, descriptor) of the last unbound frame
 
@@ -356,33 +393,12 @@ class Router:
         connections (open now)."""
         return self._gate.counters
 
-    def wait(self, timeout_ms: int) -> bool:
-        """True when a frame is ready within ``timeout_ms`` — received already: the wait is
-        the receive of its first part, blocking for at most the timeout (ZMQ_RCVTIMEO), as
-        the floor's relay blocks in its receive.  A zmq_poll and then a non-blocking receive
-        cost the loop three more poll(2) calls per message (strace, 07:02 UTC) and a pyzmq
-        poll call."""
-        if self._identity is not None:
-            return True
-        if timeout_ms <= 0:  # a look, not a wait: an empty receive's zmq.Again costs ~6 µs, a poll ~1.5
-            return bool(_zmq_poll(self._poll_items, 0))
-        if timeout_ms != self._rcvtimeo:
-            self._sock.setsockopt(_RCVTIMEO, timeout_ms)
-            self._rcvtimeo = timeout_ms
-        try:
-            self._identity = self._recv(0)
-        except zmq.Again:
-            return False
-        return True
-
     def recv(self) -> list[bytes]:
         """Routing frame(s) then the message frame; call after :meth:`wait`, never blocks.
         A frame from a peer not yet bound also gives the descriptor it came on
         (ZMQ_SRCFD) for :meth:`bind`."""
         recv = self._recv
-        identity, self._identity = self._identity, None
-        if identity is None:
-            identity = recv(_NOBLOCK)
+        identity = self._first.take()
         # Without copy, a frame says whether more parts follow (``more``): a getsockopt
         # (ZMQ_RCVMORE) per message cost more than the frame object (1.15 against 0.7 µs).
         frame = recv(_NOBLOCK, copy=False)
@@ -486,10 +502,11 @@ class Dealer:
         self._closed = False
         # Bound methods kept as attributes: the VP hot path calls them directly.
         self.send = self._sock.send
-        self._recv = self._sock.recv
         self._poll_items = [(self._sock, _POLLIN)]
-        self._frame: bytes | None = None  # received by wait(), for recv_ready()
-        self._rcvtimeo = -1  # ZMQ_RCVTIMEO as last set (libzmq's default: block)
+        self._ready = _TimedReceive(self._sock, self._poll_items)
+        # wait(timeout_ms) -> bool: a frame is ready within the timeout (received by it);
+        # recv_ready() -> bytes: that frame.  Bound, not wrapped: a VP's every exit waits.
+        self.wait, self.recv_ready = self._ready.wait, self._ready.take
 
     def recv(self, timeout_ms: int) -> bytes:
         if self._closed:
@@ -497,32 +514,6 @@ class Dealer:
         if not self.wait(timeout_ms):
             raise PeerTimeout(f"no answer from {self.endpoint} within {timeout_ms} ms")
         return self.recv_ready()
-
-    def wait(self, timeout_ms: int) -> bool:
-        """True when a frame is ready within ``timeout_ms``.  A wait receives it (blocking
-        for at most the timeout: ZMQ_RCVTIMEO), as :meth:`Router.wait` does — a poll then a
-        receive cost more poll(2) calls per message; a look (``timeout_ms`` 0, a VP's
-        preemption point) polls, which is cheaper than an empty receive's zmq.Again."""
-        if self._frame is not None:
-            return True
-        if timeout_ms <= 0:
-            return bool(_zmq_poll(self._poll_items, 0))
-        if timeout_ms != self._rcvtimeo:
-            self._sock.setsockopt(_RCVTIMEO, timeout_ms)
-            self._rcvtimeo = timeout_ms
-        try:
-            self._frame = self._recv(0)
-        except zmq.Again:
-            return False
-        return True
-
-    def recv_ready(self) -> bytes:
-        """The frame :meth:`wait` said is there (received by it, or by this call at once)."""
-        frame = self._frame
-        if frame is None:
-            return self._recv(_NOBLOCK)
-        self._frame = None
-        return frame
 
     def request(self, msg: Message, timeout_ms: int = 5000) -> Message:
         """Send ``msg`` and return the decoded reply; an ``error_reply`` raises Refused."""
@@ -551,7 +542,7 @@ class Dealer:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._frame = None
+            self._ready.held = None
             self._sock.close(0)
 
 
