@@ -18,13 +18,11 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 from benchmarks.bench import BUSY_INTERRUPTS
 from benchmarks.cpu import cpu_seconds, process_kind, run_pids
-from benchmarks.window import WARMUP, _paths, path_since
+from benchmarks.window import path_since, paths_of, warmed_up
 from hypervisor.posted import ENV
 
 
@@ -63,40 +61,23 @@ def threads_since(before: dict, after: dict, window_s: float) -> list[dict]:
 
 def measure(descriptor: bool, window_s: float, timeout_s: float = 60.0) -> dict:
     """One run of the busy-VP topology with the descriptor on or off."""
-    from root.testrun import start_run
-
     old = os.environ.get(ENV)
     os.environ[ENV] = "1" if descriptor else "0"
     try:
-        with tempfile.TemporaryDirectory(prefix="hvposted") as d:
-            config = Path(d) / "bench.toml"
-            config.write_text(BUSY_INTERRUPTS.replace("duration_s = 3.0", "duration_s = 0"))
-            run_root = Path(d) / "runs"
-            run_root.mkdir(mode=0o700)
-            run = start_run(config, run_root, 0, timeout_s)
-            try:
-                deadline = time.monotonic() + timeout_s
-                while True:
-                    before = _paths(run.stats())
-                    if "interrupt" in before and before["interrupt"].total.n >= WARMUP:
-                        break
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"fewer than {WARMUP} interrupts within {timeout_s:g} s")
-                    time.sleep(0.05)
-                pids = run_pids(run)
-                partition = next(pid for name, pid in pids.items() if process_kind(name) == "partition")
-                cpu0, sched0 = cpu_seconds(pids), thread_sched(partition)
-                time.sleep(window_s)
-                cpu1, sched1 = cpu_seconds(pids), thread_sched(partition)
-                status = run.stats()
-            finally:
-                run.stop()
+        topology = BUSY_INTERRUPTS.replace("duration_s = 3.0", "duration_s = 0")
+        with warmed_up(topology, "interrupt", timeout_s=timeout_s) as (run, before):
+            pids = run_pids(run)
+            partition = next(pid for name, pid in pids.items() if process_kind(name) == "partition")
+            cpu0, sched0 = cpu_seconds(pids), thread_sched(partition)
+            time.sleep(window_s)
+            cpu1, sched1 = cpu_seconds(pids), thread_sched(partition)
+            status = run.stats()
     finally:
         if old is None:
             os.environ.pop(ENV, None)
         else:
             os.environ[ENV] = old
-    path = path_since(before["interrupt"], _paths(status)["interrupt"])
+    path = path_since(before["interrupt"], paths_of(status)["interrupt"])
     h = path.total
     by_kind: dict[str, float] = {}
     for name, t in cpu1.items():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from proto.stats import Histogram, PathStats, bucket_upper
@@ -46,16 +47,16 @@ def path_since(before: PathStats | None, after: PathStats) -> PathStats:
     return PathStats(histogram_since(before.total, after.total), stages)
 
 
-def _paths(status: dict) -> dict[str, PathStats]:
+def paths_of(status: dict) -> dict[str, PathStats]:
     """The first partition's paths from a status reply."""
     return {k: PathStats.from_wire(v) for k, v in status["partitions"][0]["paths"].items()}
 
 
-def measure_stack_window(topology_text: str, window_s: float, path: str, warmup: int = WARMUP,
-                         timeout_s: float = 60.0) -> dict[str, PathStats]:
-    """Run a one-partition bench topology until the stop (``duration_s = 0`` is put in its
-    place), wait for ``warmup`` samples of ``path``, and return every path's round trips
-    over the next ``window_s`` seconds."""
+@contextmanager
+def warmed_up(topology_text: str, path: str, warmup: int = WARMUP, timeout_s: float = 60.0):
+    """A run of a one-partition bench topology until the stop (``duration_s = 0`` is put
+    in its place by the caller), once its guest has reported ``warmup`` samples of
+    ``path``: ``(the run, its paths then)``; the run stops when the block ends."""
     from root.testrun import start_run
 
     with tempfile.TemporaryDirectory(prefix="hvwindow") as d:
@@ -67,14 +68,22 @@ def measure_stack_window(topology_text: str, window_s: float, path: str, warmup:
         try:
             deadline = time.monotonic() + timeout_s
             while True:
-                before = _paths(run.stats())
+                before = paths_of(run.stats())
                 if path in before and before[path].total.n >= warmup:
                     break
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{path}: fewer than {warmup} samples within {timeout_s:g} s")
                 time.sleep(0.05)
-            time.sleep(window_s)
-            after = _paths(run.stats())
+            yield run, before
         finally:
             run.stop()
+
+
+def measure_stack_window(topology_text: str, window_s: float, path: str, warmup: int = WARMUP,
+                         timeout_s: float = 60.0) -> dict[str, PathStats]:
+    """Every path's round trips over ``window_s`` seconds of a run once it is warmed up
+    (:func:`warmed_up`)."""
+    with warmed_up(topology_text, path, warmup, timeout_s) as (run, before):
+        time.sleep(window_s)
+        after = paths_of(run.stats())
     return {k: path_since(before.get(k), v) for k, v in after.items()}
