@@ -38,7 +38,8 @@ class PostedDescriptors:
         self.dir = Path(directory)
         self.enabled = enabled
         # posted_descriptor: interrupts posted through a descriptor (of posted_interrupts);
-        # posted_descriptor_refused: a VP's ready that was not taken (it keeps the messages).
+        # posted_descriptor_refused: a VP's ready that was not taken (it keeps the messages);
+        # posted_descriptor_busy: a vector whose PIR bit was still set, sent by message.
         self.counters = counters
         # partition → its file, its mapping, and the notifier that writes through it
         self._files: dict[int, tuple[io.FileIO, mmap.mmap, layout.Notifier]] = {}
@@ -64,10 +65,13 @@ class PostedDescriptors:
 
     def post(self, vp, interrupt: int, stamps: tuple) -> bool:
         """Post ``interrupt`` to ``vp`` through its descriptor; False if it does not read one
-        (the caller sends a message instead)."""
+        or while the VP has not yet taken the vector's last post (the caller sends a message
+        instead: proto/posted.py, Notifier.post)."""
         if self._readers.get((vp.partition.id, vp.index)) != vp.peer or len(stamps) > layout.SIDE_STAMPS:
             return False
-        self._files[vp.partition.id][2].post(vp.index, interrupt, stamps)
+        if not self._files[vp.partition.id][2].post(vp.index, interrupt, stamps):
+            self.counters["posted_descriptor_busy"] += 1
+            return False
         self.counters["posted_descriptor"] += 1
         return True
 

@@ -108,6 +108,7 @@ class Hypervisor:
             "posted_interrupts": 0,  # interrupts posted to running VPs (interrupt_notify or descriptor)
             "posted_descriptor": 0,  # of those, posted through the VP's descriptor instead (posted.py)
             "posted_descriptor_refused": 0,  # a VP's posted_descriptor_ready not taken
+            "posted_descriptor_busy": 0,  # a vector's PIR bit still set: sent by message (posted.py)
         }
         counters = self.counters
         self.table = PartitionTable()

@@ -25,12 +25,22 @@ is never lost), then reads the side entries of the bits it took.  A vector poste
 between the VP's exchange and its read of the side entry is taken twice, the first time
 with the second's stamps: both were posted, only the stamps are approximate.
 
+A PIR bit holds one interrupt, as an IRR bit does, but here each post is one the
+hypervisor has already taken into service (the PIC's INTA, IRR → ISR): two posts of a
+vector merged into one bit would run its handler once for two, one EOI short — the PIC's
+ISR bit (or the APIC's) held for good, and every interrupt at or below its priority gone
+with it.  (It happened: with IRQ 4's handler running, IRQ 0 is acknowledged and posted; the
+handler's non-specific EOI ends IRQ 0, the highest in service, not IRQ 4; IRQ 0 is
+acknowledged again and posted onto the untaken bit.)  So the notifier never posts onto a
+set bit (:meth:`Notifier.post` says no, and the interrupt goes by message instead).
+
 What a hostile partition can do with it: write anything into its own VPs' regions.  The
-hypervisor only ever writes there (it never reads a byte of it back), and its own local
-APIC state stays authoritative: a vector is taken (IRR → ISR, or off the PIC's queue) when
-it is posted, exactly as for a resume, and its EOI comes back as an exit as before.  So a
-forged PIR bit runs the guest's own handler for nothing in service (which the guest can do
-by calling it), a cleared one loses the guest its own interrupt; a garbage side entry is
+hypervisor writes there and reads back only the bit of a vector it is about to post (and
+the PIR for a save), and its own local APIC state stays authoritative: a vector is taken
+(IRR → ISR, or off the PIC's queue) when it is posted, exactly as for a resume, and its
+EOI comes back as an exit as before.  So a forged PIR bit runs the guest's own handler for
+nothing in service (which the guest can do by calling it) or sends its own interrupt by
+message instead, a cleared one loses the guest its own interrupt; a garbage side entry is
 clamped where the VP reads it.  The file cannot be cut short under the hypervisor's mapping
 (SIGBUS): the partition's seccomp filter refuses truncation, as for its RAM file
 (:mod:`proto.seccomp`).
@@ -91,15 +101,25 @@ class Notifier:
         self.buf = buf
         self._anchor, self._address = anchor(buf)
 
-    def post(self, vp: int, interrupt: int, stamps: tuple) -> None:
-        """The side entry of the vector, its PIR bit, then ON."""
+    def post(self, vp: int, interrupt: int, stamps: tuple) -> bool:
+        """The side entry of the vector, its PIR bit, then ON; True.  False, writing
+        nothing, while the vector's PIR bit is still set (posted, not yet taken): a second
+        post would merge into it, one handler run for two interrupts the hypervisor has put
+        in service — one EOI short for good (see the module docstring).  The caller sends
+        that one by message instead.  (Reading the bit races with nothing: the VP only
+        clears it, and this notifier is the only one that sets it — but for the partition
+        itself, whose own interrupts then go by message.)"""
         base = region(vp)
         vector = interrupt & 0xFF
+        pir_byte, pir_bit = base + vector // 8, 1 << (vector % 8)
+        if self.buf[pir_byte] & pir_bit:
+            return False
         stamps = tuple(s & _U64 for s in stamps[:SIDE_STAMPS])
         SIDE.pack_into(self.buf, base + DESCRIPTOR_SIZE + vector * SIDE.size, interrupt & 0xFFFF, len(stamps),
                        *stamps, *(0,) * (SIDE_STAMPS - len(stamps)))
-        fetch_or_at(self._address + base + vector // 8, 1 << (vector % 8))
+        fetch_or_at(self._address + pir_byte, pir_bit)
         fetch_or_at(self._address + base + ON_OFFSET, ON)  # last: a reader that sees ON finds the bit
+        return True
 
     def untaken(self, vp: int) -> list[int]:
         """The vectors VP ``vp``'s PIR holds (posted, not yet taken), highest first — read,

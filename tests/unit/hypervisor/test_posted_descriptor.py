@@ -69,14 +69,19 @@ def test_a_hlt_after_a_descriptor_post_completes_at_once(two):
 
 
 def test_a_garbage_descriptor_does_not_reach_the_hypervisor(two):
-    """The hypervisor never reads the descriptor: what the guest writes there changes nothing
-    it does."""
+    """The hypervisor reads nothing of the descriptor but a vector's PIR bit before it posts
+    it: what the guest writes there costs the guest its own prompt delivery at most (a set
+    bit: that interrupt goes by message), and nothing else."""
     two.send(V10, m.PostedDescriptorReady(posted.LAYOUT))
     d = descriptor(two, 1, 0)
     d.buf[:posted.REGION_SIZE] = b"\xff" * posted.REGION_SIZE
-    two.send(W1, m.AssertInterrupt(0x22, stamps(2)))
-    assert two.hv.counters["posted_descriptor"] == 1 and two.hv.counters["handler_errors"] == 0
-    assert (0x22 & 0xFF) in [i & 0xFF for i, _ in d.take()]
+    assert two.send(W1, m.AssertInterrupt(0x22, stamps(2))).one(V10, m.InterruptNotify).interrupt == 0x22
+    assert two.hv.counters["posted_descriptor_busy"] == 1 and two.hv.counters["handler_errors"] == 0
+    d.take()  # the guest's own bits, taken
+    two.exit(V10, m.CpuidIntercept(two.seq(), 1, 0, stamps(), REGS))
+    d.buf[:posted.REGION_SIZE] = b"\x00" * posted.DESCRIPTOR_SIZE + b"\xff" * (posted.REGION_SIZE - posted.DESCRIPTOR_SIZE)
+    assert not two.send(W1, m.AssertInterrupt(0x23, stamps(2))).to(V10)  # a garbage side entry is written over
+    assert [i & 0xFF for i, _ in d.take()] == [0x23]
     d.close()
 
 
@@ -114,4 +119,28 @@ def test_a_save_carries_what_was_posted_and_not_yet_taken_as_pending(two):
     assert [vp["pending"] for vp in state["vps"]] == [[0x21], []]
     d = descriptor(two, 1, 0)
     assert [i & 0xFF for i, _ in d.take()] == [0x21]  # read for the save, not taken from the VP
+    d.close()
+
+
+def test_a_vector_acknowledged_again_before_the_vp_took_the_first_goes_by_message(two):
+    """The lost interrupt CI saw with the descriptors on (three guests stalled for good with an
+    interrupt in service): the worker's PIC acknowledges IRQ 0 (vector 0x20) again before
+    the VP has taken the first 0x20 from its descriptor — IRQ 4's handler, running with
+    IRQ 0 posted and not yet taken, ends with a non-specific EOI, which ends IRQ 0 (the
+    highest in service), and the next tick is acknowledged.  Posted onto the untaken PIR
+    bit, the two were one: one handler run, one EOI, and an ISR bit held for good.  The
+    second goes by message; the VP takes both."""
+    two.send(V10, m.PostedDescriptorReady(posted.LAYOUT))
+    assert not two.send(W1, m.AssertInterrupt(0x20, stamps(2))).to(V10)  # the descriptor
+    second = two.send(W1, m.AssertInterrupt(0x20, stamps(2))).one(V10, m.InterruptNotify)
+    assert second.interrupt == 0x20
+    d = descriptor(two, 1, 0)
+    assert [i for i, _ in d.take()] == [0x20]
+    assert two.vp(1).interrupts.injected == 2  # two in service, two on their way
+    c = two.hv.counters
+    assert (c["posted_interrupts"], c["posted_descriptor"], c["posted_descriptor_busy"]) == (2, 1, 1)
+    # Taken, the bit is free: the next 0x20 goes through the descriptor again.
+    two.exit(V10, m.CpuidIntercept(two.seq(), 1, 0, stamps(), REGS))  # a new run (POSTED_MAX per run)
+    assert not two.send(W1, m.AssertInterrupt(0x20, stamps(2))).to(V10)
+    assert [i for i, _ in d.take()] == [0x20]
     d.close()

@@ -56,13 +56,19 @@ def test_a_vp_sees_only_its_own_region(file):
     d1.close()
 
 
-def test_a_vector_posted_twice_before_the_take_is_one_bit(file):
-    """As an IRR bit: the second post coalesces with the first (with its stamps)."""
+def test_a_vector_is_not_posted_onto_its_untaken_bit(file):
+    """Each post is an interrupt the hypervisor has put in service: a second one merged into
+    the first's PIR bit would be one handler run, one EOI, for two.  So the notifier says no
+    (the caller sends it by message) and leaves the first, stamps and all, as it was; once
+    the VP has taken it, the vector may be posted again."""
     path, buf = file
     d = posted.VpDescriptor(path, 0)
-    buf.post(0, 0x40, (1,))
-    buf.post(0, 0x40, (2,))
-    assert d.take() == [(0x40, (2,))]
+    assert buf.post(0, 0x40, (1,)) is True
+    assert buf.post(0, 0x40, (2,)) is False
+    assert buf.post(0, 0x41, (3,)) is True  # another vector, another bit
+    assert d.take() == [(0x41, (3,)), (0x40, (1,))]
+    assert buf.post(0, 0x40, (4,)) is True
+    assert d.take() == [(0x40, (4,))]
     d.close()
 
 
@@ -79,10 +85,11 @@ def test_garbage_written_by_the_guest_is_clamped_not_trusted(file):
     d.buf[posted.ON_OFFSET] = 1
     (interrupt, stamps), = d.take()
     assert interrupt & 0xFF == 0x50 and len(stamps) == posted.SIDE_STAMPS
-    # Scribbling never stops the notifier: it only ever writes.
-    d.buf[:posted.REGION_SIZE] = b"\xa5" * posted.REGION_SIZE
-    buf.post(2, 0x60, (9,))
-    assert (0x60, (9,)) in d.take()
+    # Scribbling never breaks the notifier: a PIR bit the guest set is a post refused (the
+    # hypervisor sends that interrupt by message), a clear one is posted to as ever.
+    d.buf[:posted.REGION_SIZE] = b"\xa5" * posted.REGION_SIZE  # 0x60's bit set, 0x61's clear
+    assert buf.post(2, 0x60, (9,)) is False and buf.post(2, 0x61, (9,)) is True
+    assert (0x61, (9,)) in d.take()
     d.close()
 
 
