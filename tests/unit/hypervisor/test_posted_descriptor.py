@@ -144,3 +144,43 @@ def test_a_vector_acknowledged_again_before_the_vp_took_the_first_goes_by_messag
     assert not two.send(W1, m.AssertInterrupt(0x20, stamps(2))).to(V10)
     assert [i for i, _ in d.take()] == [0x20]
     d.close()
+
+
+def test_the_pic_interleaving_that_stalled_ci_ends_with_nothing_in_service(two):
+    """The whole interleaving, with the worker's own PIC model doing the INTAs and EOIs and
+    the guest's kernel's handlers (each ends with a non-specific EOI, partitions/kernel.py):
+    every interrupt acknowledged reaches a handler, so the PIC ends with nothing in service
+    and COM1's next IRQ 4 comes through.  Before the fix the second tick merged into the
+    first's PIR bit and IRQ 4 stayed in service for good."""
+    from tests.unit.devices.support import RecordingIrqLine
+    from tests.unit.devices.test_pic8259 import NON_SPECIFIC_EOI, init_pair, lower_irq, raise_irq, wr
+    from worker.devices.pic8259 import Pic8259, Pic8259Config
+
+    pic = Pic8259(Pic8259Config(), RecordingIrqLine())
+    init_pair(pic)  # vectors 0x20-0x2F, as the guest kernel programs them
+    two.send(V10, m.PostedDescriptorReady(posted.LAYOUT))
+    d = descriptor(two, 1, 0)
+
+    def worker_raises(irq: int) -> list:
+        """The device's edge, the worker's INTA and assert_interrupt: what VP 0 is sent."""
+        raise_irq(pic, irq)
+        vector = pic.acknowledge()
+        lower_irq(pic, irq)
+        return [msg.interrupt for msg in two.send(W1, m.AssertInterrupt(vector, stamps(2))).to(V10)]
+
+    def handler_ends() -> None:
+        wr(pic, 0x20, NON_SPECIFIC_EOI)  # pic.eoi(vp, irq): the guest names no level
+
+    messages = worker_raises(4)  # COM1: posted, VP 0 takes it and runs on_serial (IF clear)
+    assert [i for i, _ in d.take()] == [0x24]
+    messages += worker_raises(0)  # a tick while on_serial runs: posted, not yet taken
+    handler_ends()  # on_serial's EOI ends IRQ 0, the highest in service, not IRQ 4
+    messages += worker_raises(0)  # the next tick, before VP 0 looked at its descriptor
+    taken = [i for i, _ in d.take()] + messages
+    assert sorted(taken) == [0x20, 0x20]  # two ticks in service, two on_tick runs
+    for _ in taken:
+        handler_ends()
+    assert pic.master.isr == 0
+    two.exit(V10, m.CpuidIntercept(two.seq(), 1, 0, stamps(), REGS))  # a new run
+    assert worker_raises(4) == [] and [i for i, _ in d.take()] == [0x24]  # COM1 goes on
+    d.close()
