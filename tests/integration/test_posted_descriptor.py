@@ -55,7 +55,9 @@ def test_a_busy_vp_takes_its_ticks_from_its_descriptor(tmp_path, monkeypatch):
     monkeypatch.setenv("HVSTACK_POSTED_DESCRIPTOR", "1")  # (off by default: hypervisor/posted.py)
     live, status = busy_run(tmp_path)
     c = status["counters"]
-    assert c["posted_descriptor"] > 0 and c["posted_descriptor"] == c["posted_interrupts"]
+    # (busy: a vector posted again before the VP took the last one, sent by message)
+    assert c["posted_descriptor"] > 0
+    assert c["posted_descriptor"] + c["posted_descriptor_busy"] == c["posted_interrupts"]
     assert c["posted_descriptor_refused"] == 0 and c["handler_errors"] == 0
 
 
