@@ -17,10 +17,10 @@ from types import SimpleNamespace
 from proto import vmbus as vb
 from proto.codes import HvMsr, HvPrivilege
 from proto.memory import UnmappedGpa
-from proto.synic_messages import HV_MESSAGE_HEADER
+from proto.synic_messages import HV_MESSAGE_HEADER, HV_TIMER_MESSAGE_PAYLOAD
 from proto.vmbus import ChannelMessage as Msg
 from hypervisor.apic import Apic
-from partitions import resume, vmbus_resume
+from partitions import resume, synic_workloads, vmbus_resume
 from partitions.drivers import synic
 from partitions.drivers.vmbus import NEEDED, Vmbus
 from partitions.kernel import HvInfo
@@ -82,6 +82,9 @@ class ResumedVp(Vp):
             self.apic.msr_eoi()
         self.msrs[msr] = value
 
+    def rdmsr(self, msr: int) -> int:
+        return self.msrs.get(msr, 0)
+
     def inject(self) -> int | None:
         """The hypervisor's next resume: the APIC's deliverable vector goes in service and
         to the VP, which takes it once IF is set (hypervisor/interrupts.py next_interrupt)."""
@@ -105,11 +108,12 @@ def resumed_kernel(vp: ResumedVp):
     return sys
 
 
-def post_to_slot(vp: ResumedVp, payload: bytes) -> None:
-    """The hypervisor's delivery of a VMBus message into SINT 2's slot (hypervisor/synic.py scan)."""
-    slot = synic.simp_gpa(vp) + 256 * vb.VMBUS_MESSAGE_SINT
-    vp.mem.write(slot, HV_MESSAGE_HEADER.pack(vb.VMBUS_MESSAGE_TYPE, len(payload), 0, 0, 0) + payload)
-    vp.apic.accept(SINT2_VECTOR)
+def post_to_slot(vp: ResumedVp, payload: bytes, sint: int = vb.VMBUS_MESSAGE_SINT,
+                 message_type: int = vb.VMBUS_MESSAGE_TYPE) -> None:
+    """The hypervisor's delivery of a message into the SINT's slot (hypervisor/synic.py scan)."""
+    slot = synic.simp_gpa(vp) + 256 * sint
+    vp.mem.write(slot, HV_MESSAGE_HEADER.pack(message_type, len(payload), 0, 0, 0) + payload)
+    vp.apic.accept(synic.SINT_VECTOR_BASE + sint)
 
 
 def test_a_sint_interrupt_taken_before_the_vmbus_driver_resumes_is_ended_and_its_message_kept():
@@ -139,3 +143,18 @@ def test_without_a_driver_the_message_stays_in_its_slot():
     post_to_slot(vp, vb.encode(Msg.CHANNELMSG_GPADL_TORNDOWN, vb.GPADL_TORNDOWN.pack(1)))
     synic.take_message(vp, sys, vb.VMBUS_MESSAGE_SINT)
     assert vp.read(synic.simp_gpa(vp) + 256 * vb.VMBUS_MESSAGE_SINT, 4) == vb.VMBUS_MESSAGE_TYPE
+
+
+def test_a_timer_message_taken_before_the_stimer_driver_is_back_reaches_it_when_it_registers():
+    vp = ResumedVp()
+    sys = resumed_kernel(vp)
+    sys.hv.privileges |= HvPrivilege.AccessSyntheticTimerMsrs
+    sys.name, sys.console = "alpha", lambda vp, line: None
+    # The restored STIMER0 expires before the workload is back: its message, and 0xD3.
+    post_to_slot(vp, HV_TIMER_MESSAGE_PAYLOAD.pack(0, 0, 5, 6), synic.STIMER_SINT, 0x80000010)
+    vp.inject()
+    vp.sti()
+    assert vp.apic.isr == 0 and vp.counters["unhandled_interrupts"] == 0
+    timer = synic_workloads._start_stimer(vp, sys, direct=False)
+    assert timer["ticks"] == 1  # the waiting message, read as the driver registered
+    assert vp.read(synic.simp_gpa(vp) + 256 * synic.STIMER_SINT, 4) == 0  # its slot free for the next
