@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from proto.errors import HvstackError
-from root import follow, hosts as hostnet, migration
+from root import follow, hosts as hostnet, migration, migration_throttle
 from root.cluster import host_runs
 from root.client import RootClient
 from root.rundir import RunDir, checked_runs_root, find_run, live_run, partition_of
@@ -42,6 +42,15 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-rounds", type=int, default=10, help="pre-copy rounds at most (default 10)")
     p.add_argument("--max-bandwidth", type=float, default=0.0, metavar="MB/S",
                    help="pace the pages to this many MB/s (QEMU's max-bandwidth; default: none)")
+    p.add_argument("--auto-converge", action="store_true",
+                   help="throttle a guest whose pre-copy does not converge (dirtying more than half of what a round "
+                        "sends, two rounds running) through its CPU cap, as QEMU's auto-converge; put back if the "
+                        "migration fails")
+    p.add_argument("--throttle-initial", type=int, default=migration_throttle.INITIAL_PCT, metavar="PCT",
+                   help=f"auto-converge's first throttle (default {migration_throttle.INITIAL_PCT}%%)")
+    p.add_argument("--throttle-increment", type=int, default=migration_throttle.INCREMENT_PCT, metavar="PCT",
+                   help=f"and each one after it (default {migration_throttle.INCREMENT_PCT}%%; at most "
+                        f"{migration_throttle.MAX_PCT}%% in all)")
     p.add_argument("--timeout", type=float, default=migration.TIMEOUT_S,
                    help="seconds to wait for each answer of the destination (default 30)")
     p.add_argument("--json", action="store_true", help="the summary as JSON")
@@ -117,6 +126,7 @@ def run(args) -> int:
             or not 0 < args.timeout <= 600:
         raise HvstackError("--max-rounds is 1..1000, --max-downtime-ms and --max-bandwidth are not negative, "
                            "--timeout is 0..600 s")
+    migration_throttle.check_steps(args.throttle_initial, args.throttle_increment)
     key = server_key(args.key, args.key_file)
     src, man = follow.live_partition(args.run, args.partition)
     endpoint, key, dest = destination(args.to, key, args.run, src)
@@ -133,7 +143,9 @@ def run(args) -> int:
                                     max_downtime_ms=args.max_downtime_ms, max_rounds=args.max_rounds,
                                     max_bandwidth=args.max_bandwidth * 1e6, timeout_s=args.timeout,
                                     progress=None if args.json else (lambda line: print(line, flush=True)),
-                                    on_handover=lambda: follow.record_move(src.path, args.partition, dest, endpoint))
+                                    on_handover=lambda: follow.record_move(src.path, args.partition, dest, endpoint),
+                                    auto_converge=(args.throttle_initial, args.throttle_increment)
+                                    if args.auto_converge else None)
     print(json.dumps(figures, indent=1) if args.json else migration.describe(figures))
     return 0
 
