@@ -30,6 +30,7 @@ from benchmarks.cpu import (cpu_seconds, per_round_trip, print_profile, process_
                             run_pids)
 from benchmarks.floor import start_floor, stop_floor
 from benchmarks.progress import Progress
+from benchmarks.saturation import compare, snapshot
 from proto.stats import Histogram, PathStats
 from root import REPO
 from root.commands.common import complain
@@ -120,9 +121,9 @@ def measure_stack(n: int, window_s: float, timeout_s: float = 120.0, profile: st
             pids = run_pids(run)
             if profile:
                 profile_from_now(pids)
-            s0, c0 = _io(run.stats()), cpu_seconds(pids)
+            s0, c0, t0 = _io(run.stats()), cpu_seconds(pids), snapshot(pids)
             time.sleep(window_s)
-            c1, s1 = cpu_seconds(pids), _io(run.stats())
+            t1, c1, s1 = snapshot(pids), cpu_seconds(pids), _io(run.stats())
             rss = _rss_mb(pids)
         finally:
             run.stop()
@@ -132,7 +133,8 @@ def measure_stack(n: int, window_s: float, timeout_s: float = 120.0, profile: st
     by_kind = per_round_trip(c0, c1, total, window_s)["by_process_us"]
     return _figures(n, total, window_s, [h.percentile(50) for _, h in per.values()],
                     [h.percentile(99) for _, h in per.values()], cpu, rss.get("hypervisor", 0.0),
-                    banners_s=round(banners_s, 2), rss_mb=rss, cpu_us_by_process=by_kind)
+                    banners_s=round(banners_s, 2), rss_mb=rss, cpu_us_by_process=by_kind,
+                    saturation=compare(t0, t1, window_s, total, process_kind))
 
 
 def measure_floor(n: int, window_s: float) -> dict:
@@ -153,9 +155,9 @@ def measure_floor(n: int, window_s: float) -> dict:
             c.send_signal(signal.SIGUSR1)
         for c in clients:
             _line(c, "{}", 10)
-        c0 = cpu_seconds(pids)
+        c0, t0 = cpu_seconds(pids), snapshot(pids)
         time.sleep(window_s)
-        c1 = cpu_seconds(pids)
+        t1, c1 = snapshot(pids), cpu_seconds(pids)
         for c in clients:  # … and ends
             c.send_signal(signal.SIGUSR1)
         got = [json.loads(_line(c, None, 10)) for c in clients]
@@ -168,8 +170,9 @@ def measure_floor(n: int, window_s: float) -> dict:
             c.stdout.close()
         stop_floor(relay, echoes, d)
     cpu = sum(c1[k] - c0[k] for k in c1 if k in c0)
-    return _figures(n, sum(g["n"] for g in got), window_s, [g["p50_ns"] for g in got], [g["p99_ns"] for g in got],
-                    cpu, rss)
+    total = sum(g["n"] for g in got)
+    return _figures(n, total, window_s, [g["p50_ns"] for g in got], [g["p99_ns"] for g in got], cpu, rss,
+                    saturation=compare(t0, t1, window_s, total, process_kind))
 
 
 def _line(proc: subprocess.Popen, expected: str | None, timeout_s: float) -> str:
@@ -256,7 +259,39 @@ def print_scale(result: dict) -> None:
     kinds = sorted({k for r in result["scale"] for k in r["stack"].get("cpu_us_by_process", {})})
     print(table(["N", *kinds], [[str(r["n"]), *(f"{r['stack'].get('cpu_us_by_process', {}).get(k, 0):.0f}" for k in kinds)]
                                for r in result["scale"]], "r" * (1 + len(kinds))))
+    print_saturation(result["scale"])
     sys.stdout.flush()
+
+
+def _sum(sat: dict, field: str) -> float:
+    return sum(k[field] for k in sat.get("by_kind", {}).values())
+
+
+def print_saturation(rows: list[dict]) -> None:
+    """Which resource runs out first: the host's cores (busy, and the run-queue wait of our
+    threads: ready, no core free), or the one loop (the hypervisor's busiest thread against
+    the relay's: 1.00 is a core of its own, all the time)."""
+    out = []
+    for r in rows:
+        st, fl = r["stack"].get("saturation"), r["floor"].get("saturation")
+        if not st or not fl:
+            continue
+        sk, fk = st["by_kind"], fl["by_kind"]
+        hv, relay = sk.get("hypervisor", {}), fk.get("relay", {})
+        out.append([str(r["n"]), f"{st.get('host_busy', 0):.2f} / {fl.get('host_busy', 0):.2f}",
+                    f"{_sum(st, 'cpu_cores'):.2f} / {_sum(fl, 'cpu_cores'):.2f}",
+                    f"{_sum(st, 'runq_cores'):.2f} / {_sum(fl, 'runq_cores'):.2f}",
+                    f"{hv.get('busiest_thread_cores', 0):.2f} / {relay.get('busiest_thread_cores', 0):.2f}",
+                    f"{hv.get('runq_cores', 0):.2f} / {relay.get('runq_cores', 0):.2f}",
+                    f"{_sum(st, 'vol_per_rt'):.1f} / {_sum(fl, 'vol_per_rt'):.1f}",
+                    f"{_sum(st, 'invol_per_rt'):.2f} / {_sum(fl, 'invol_per_rt'):.2f}"])
+    if not out:
+        return
+    print("\nwhat saturates (cores = CPU seconds per second of wall; stack / floor): the host's busy cores "
+          "(every process on it), ours, our threads' run-queue wait (ready, no core free), the hypervisor's "
+          "loop thread / the relay's, their run-queue wait, context switches per round trip:")
+    print(table(["N", "host busy", "our CPU", "our run-queue wait", "hv loop / relay thread",
+                 "hv / relay run-queue wait", "voluntary sw/rt", "involuntary sw/rt"], out, "r" * 8))
 
 
 def run_startup(args) -> int:
