@@ -166,6 +166,20 @@ class Interrupts:
 
     # -- the local APIC timers ----------------------------------------------------------------
 
+    def timer_moved(self, old: int | None, new: int | None) -> None:
+        """One VP's timer deadline went from ``old`` to ``new`` (an APIC write, every EOI
+        among them): the loop's next wake-up without a walk over every VP of every
+        partition — only when the deadline that moved may have been the earliest.
+        ``next_timer_ns`` stays at most every deadline (a wake-up too early finds nothing
+        due, and fire_timers looks again)."""
+        if old == new:
+            return
+        nxt = self.next_timer_ns
+        if old is not None and old == nxt:
+            self.timers_changed()
+        elif new is not None and (nxt is None or new < nxt):
+            self.next_timer_ns = new
+
     def timers_changed(self) -> None:
         """A timer was programmed: when the loop must next wake for one."""
         deadlines = [vp.apic.timer_deadline_ns for part in self._table for vp in part.vps
