@@ -21,8 +21,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
 
 def _thread(pid: int, tid: str) -> tuple[int, int, int, int, str] | None:
     """(on-CPU ns, run-queue ns, voluntary, involuntary switches, name) of one thread."""
