@@ -31,6 +31,7 @@ from proto import messages as m
 from proto.exits import Exit
 from proto.messages import INTERRUPT_NO_EOI
 
+from hypervisor.deadlines import after_move
 from hypervisor.scheduler import VpState
 
 # Posted-interrupt notifications sent to one VP per dispatch: a VP that does not read its
@@ -170,15 +171,10 @@ class Interrupts:
         """One VP's timer deadline went from ``old`` to ``new`` (an APIC write, every EOI
         among them): the loop's next wake-up without a walk over every VP of every
         partition — only when the deadline that moved may have been the earliest.
-        ``next_timer_ns`` stays at most every deadline (a wake-up too early finds nothing
-        due, and fire_timers looks again)."""
-        if old == new:
-            return
-        nxt = self.next_timer_ns
-        if old is not None and old == nxt:
+        (hypervisor/deadlines.py)."""
+        walk, self.next_timer_ns = after_move(self.next_timer_ns, old, new)
+        if walk:
             self.timers_changed()
-        elif new is not None and (nxt is None or new < nxt):
-            self.next_timer_ns = new
 
     def timers_changed(self) -> None:
         """A timer was programmed: when the loop must next wake for one."""
