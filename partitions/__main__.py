@@ -90,7 +90,7 @@ def vp_thread(spec: dict, token: str, index: int, system: kernel.System,
         saved = None
         if spec.get("resume"):  # restored from a saved record: the kernel state is in RAM
             saved = resume.read_state(vp)
-            resume.resume_vp(vp, saved)
+            resume.resume_vp(vp, saved, system)
         system.resume_vps[index] = vp
         while True:
             try:
