@@ -109,6 +109,7 @@ def message(type_id: int, name: str):
         cls.TYPE, cls.NAME = type_id, name
         cls.FIELD_NAMES = names
         cls.CHECKS = tuple(f.type for f in fields(cls))
+        cls.ARITY = len(names) + 1  # the wire array's length: the type, then the fields
         if len(names) == 0:
             cls._wire = lambda self: (type_id,)
         elif len(names) == 1:
@@ -127,6 +128,7 @@ def message(type_id: int, name: str):
 
 
 _PACK = msgpack.Packer(use_bin_type=True).pack
+_UNPACKB = msgpack.unpackb
 
 
 def _field_decoder(cls):
@@ -206,7 +208,7 @@ def decode(frame: bytes) -> Message:
     if len(frame) > MAX_FRAME_BYTES:
         raise MalformedMessage(f"frame of {len(frame)} bytes, at most {MAX_FRAME_BYTES}")
     try:
-        obj = msgpack.unpackb(frame, use_list=False, raw=False, strict_map_key=False)
+        obj = _UNPACKB(frame, use_list=False, raw=False, strict_map_key=False)
     except Exception as e:  # msgpack raises many kinds; all mean the same to us
         raise MalformedMessage(f"not a msgpack value: {e}") from e
     if type(obj) is not tuple or not obj:
@@ -214,8 +216,8 @@ def decode(frame: bytes) -> Message:
     cls = REGISTRY.get(obj[0]) if type(obj[0]) is int else None
     if cls is None:
         raise UnknownMessageType(f"unknown message type {obj[0]!r}")
-    checks = cls.CHECKS
-    if len(obj) != len(checks) + 1:
+    if len(obj) != cls.ARITY:
+        checks = cls.CHECKS
         have, want = len(obj) - 1, len(checks)
         what = "missing" if have < want else "extra"
         field = cls.FIELD_NAMES[have] if have < want else f"#{want}"
@@ -223,7 +225,7 @@ def decode(frame: bytes) -> Message:
     try:
         return cls.FROM_WIRE(obj)
     except FieldError as e:
-        bad = next(i for i, (c, v) in enumerate(zip(checks, obj[1:])) if _fails(c, v))
+        bad = next(i for i, (c, v) in enumerate(zip(cls.CHECKS, obj[1:])) if _fails(c, v))
         raise InvalidField(cls.NAME, cls.FIELD_NAMES[bad], str(e)) from e
 
 
