@@ -42,7 +42,6 @@ from partitions import kernel, resume
 from partitions.vp import GuestFault, Vp, VpReset, VpStopped
 
 log = logging.getLogger("partition")
-GO_TIMEOUT_S = 120.0  # an incoming migration's partition waits this long for its state
 VP_START_TIMEOUT_MS = 60_000  # a VP's hello waits for its start (the root's WORKER_READY_TIMEOUT_S and more)
 
 
@@ -50,7 +49,7 @@ def migrated_registers(fd: int, vps: int) -> list:
     """A migrated real-CPU partition's register files: msgpack after the go's "g", up to
     the pipe's end (root/incoming.py); one per VP (the backend checks each as it restores it)."""
     data = b""
-    while select.select([fd], [], [], GO_TIMEOUT_S)[0]:
+    while select.select([fd], [], [], confine.GO_TIMEOUT_S)[0]:
         chunk = os.read(fd, 1 << 16)
         if not chunk:
             break
@@ -91,7 +90,7 @@ def vp_thread(spec: dict, token: str, index: int, system: kernel.System,
         saved = None
         if spec.get("resume"):  # restored from a saved record: the kernel state is in RAM
             saved = resume.read_state(vp)
-            resume.resume_vp(vp, saved)
+            resume.resume_vp(vp, saved, system)
         system.resume_vps[index] = vp
         while True:
             try:
@@ -135,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slat-fd", type=int, help="the partition's SLAT table, open read-only")
     ap.add_argument("--dirty-fd", type=int, help="the partition's dirty log, open read-write (live migration)")
     ap.add_argument("--go-fd", type=int,
-                    help="started ahead (an incoming migration): say READY once confined, and say the VPs' "
-                         "hellos only once the launcher writes 'g' here")
+                    help="started ahead (an incoming migration): say READY once its namespaces are made, and "
+                         "connect the VPs and say their hellos only once the launcher writes 'g' here")
     ap.add_argument("--tlb-fds", help="the partition's TLB file on each LP, comma-separated")
     ap.add_argument("--posted-fd", type=int, help="the partition's posted-interrupt descriptors, open read-write")
     ap.add_argument("--uid", type=int, help="drop to this uid once connected")
@@ -173,15 +172,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"python -m partitions: {e}", file=sys.stderr)
             return 2
     # Every VP's socket connected while the run's socket can be reached; then confined.
+    # An incoming migration's partition waits for its go before its VPs connect: its
+    # start-up is not in the downtime, and they connect once its state has arrived (the
+    # hypervisor takes a restore only before, and shuts down a connection silent too long).
     sockets = confine.start_confined(args.spec, spec, spec["vps"], uid=args.uid, gid=args.gid,
-                                     namespaces=args.namespaces, log=log)
+                                     namespaces=args.namespaces, log=log,
+                                     wait_go=None if args.go_fd is None else lambda: confine.ready_go(args.go_fd))
+    if sockets is None:
+        log.info("not needed after all: the launcher closed --go-fd")
+        return 0
     if args.go_fd is not None:
-        # An incoming migration's partition: its start-up is not in the downtime; its VPs
-        # connect once its state has arrived (the hypervisor takes a restore only before).
-        print("READY", flush=True)
-        if not select.select([args.go_fd], [], [], GO_TIMEOUT_S)[0] or os.read(args.go_fd, 1) != b"g":
-            log.info("not needed after all: the launcher closed --go-fd")
-            return 0
         if spec.get("cpu", "python") != "python":
             spec["cpu_state"] = migrated_registers(args.go_fd, spec["vps"])
     if boot is not None and spec.get("cpu_state") and "regions" in spec["cpu_state"][0]:

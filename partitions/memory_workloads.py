@@ -8,7 +8,8 @@ a stamp of this pass or the one before is right.
 
 The first pass fills the area as fast as the guest runs (a guest that has touched all its
 memory, as a long-running one has); then ``memwrite`` writes 256 pages (1 MiB) a second,
-``memwrite_fast`` 4096 (16 MiB) a second.
+``memwrite_fast`` 4096 (16 MiB) a second, and ``memwrite_max`` as fast as the guest runs —
+a dirtier bound by its CPU, which is what a migration's auto-converge throttle slows.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def _area_pages(vp, sys) -> int:
     return pages
 
 
-def _memwrite(vp, sys, rate: int) -> int:
+def _memwrite(vp, sys, rate: int | None) -> int:
+    """``rate`` pages a second (None: a bounded turn's worth at every turn)."""
     if vp.index != 0:
         return 0
     now = time.monotonic()
@@ -44,7 +46,7 @@ def _memwrite(vp, sys, rate: int) -> int:
         sys.memwrite_t = now
         return 0
     filling = sys.timers.get("memwrite_pass", 1) == 1
-    due = MAX_PAGES_PER_TURN if filling else min(int((now - last) * rate), MAX_PAGES_PER_TURN)
+    due = MAX_PAGES_PER_TURN if filling or rate is None else min(int((now - last) * rate), MAX_PAGES_PER_TURN)
     if due == 0:
         return 0  # (the time accumulates until a page is due)
     sys.memwrite_t = now
@@ -84,4 +86,9 @@ def wl_memwrite_fast(vp, sys) -> int:
     return _memwrite(vp, sys, 4096)
 
 
-MEMORY_WORKLOADS = {"memwrite": wl_memwrite, "memwrite_fast": wl_memwrite_fast}
+def wl_memwrite_max(vp, sys) -> int:
+    """As many guest pages as the VP's CPU allows (a turn's worth at each turn)."""
+    return _memwrite(vp, sys, None)
+
+
+MEMORY_WORKLOADS = {"memwrite": wl_memwrite, "memwrite_fast": wl_memwrite_fast, "memwrite_max": wl_memwrite_max}

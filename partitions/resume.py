@@ -30,7 +30,7 @@ from proto import guest_state
 from proto.guest_state import KERNEL_STATE_BYTES, KERNEL_STATE_GPA
 
 from partitions import kernel
-from partitions.drivers import ata
+from partitions.drivers import ata, synic
 from partitions.drivers.serial import Serial
 
 ATA_SRST = 0x04
@@ -76,13 +76,15 @@ def read_state(vp) -> dict:
     return guest_state.decode(vp.mem.read(KERNEL_STATE_GPA, KERNEL_STATE_BYTES))
 
 
-def resume_vp(vp, state: dict) -> None:
-    """A VP's own exits and counters, from the kernel state; and its local APIC's
-    in-service interrupts ended — the restored kernel resumes at the top of its workload
-    loop, not inside the handler that was running (as the PIC is re-initialized)."""
+def resume_vp(vp, state: dict, sys) -> None:
+    """A VP's own exits and counters, from the kernel state; its SynIC's interrupt handlers
+    back before anything enables interrupts (drivers/synic.py ``resume_vp``); and its local
+    APIC's in-service interrupts ended — the restored kernel resumes at the top of its
+    workload loop, not inside the handler that was running (as the PIC is re-initialized)."""
     if vp.index >= len(state["vps"]):
         raise guest_state.GuestStateError(f"kernel state: no VP {vp.index} ({len(state['vps'])} VPs saved)")
     mine = state["vps"][vp.index]
+    synic.resume_vp(vp, sys)
     in_service = sum(bin(vp.read(APIC_BASE + APIC_ISR0 + 0x10 * i, 4)).count("1") for i in range(8))
     for _ in range(in_service):
         vp.write(APIC_BASE + APIC_EOI, 4, 0)

@@ -81,6 +81,9 @@ def _start_stimer(vp: Vp, sys, direct: bool) -> dict | bool:
         config = STIMER_ENABLE | STIMER_PERIODIC | STIMER_DIRECT | STIMER_DIRECT_VECTOR << STIMER_VECTOR_SHIFT
     else:
         synic.on_message(sys, synic.STIMER_SINT, on_timer)
+        # (a resumed kernel's SINT handler may have left a timer message in the slot for
+        # this driver: read, or the slot stays busy and the timer's messages wait behind it)
+        synic.take_message(vp, sys, synic.STIMER_SINT)
         config = STIMER_ENABLE | STIMER_PERIODIC | synic.STIMER_SINT << STIMER_SINT_SHIFT
     vp.wrmsr(STIMER0_COUNT, STIMER_PERIOD_100NS)
     vp.wrmsr(STIMER0_CONFIG, config)

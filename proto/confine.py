@@ -29,8 +29,10 @@ from __future__ import annotations
 import ctypes
 import os
 import resource
+import select
 import signal
 import tempfile
+from typing import Callable
 
 from proto.errors import ConfineError
 
@@ -273,15 +275,37 @@ def through(endpoint: str, directory: str, fd: int) -> str:
     return endpoint
 
 
+# A process started ahead waits this long for its go at most.  The launcher writes the go,
+# or closes the pipe when the process is not needed after all (an abandoned migration), and
+# the process dies with the launcher (PR_SET_PDEATHSIG); so this only bounds the wait, and
+# leaves room for a long pre-copy (256 MiB over a slow link takes minutes).
+GO_TIMEOUT_S = 600.0
+
+
+def ready_go(fd: int) -> bool:
+    """Say READY to the launcher (stdout), then wait for its go on ``fd``: True for the go,
+    False when it closed the pipe or never wrote."""
+    print("READY", flush=True)
+    if not select.select([fd], [], [], GO_TIMEOUT_S)[0]:
+        return False
+    return os.read(fd, 1) == b"g"
+
+
 def start_confined(spec_path: str, spec: dict, sockets: int, *, uid: int | None = None,
-                   gid: int | None = None, namespaces: bool = False, log=None) -> list:
+                   gid: int | None = None, namespaces: bool = False, log=None,
+                   wait_go: Callable[[], bool] | None = None) -> list | None:
     """The start-up a worker or partition process shares: connect ``sockets`` dealers to
     the run's endpoint while it can still be reached (with ``namespaces``: after hiding the
     runs root, which must happen before the first socket starts ZeroMQ's threads, through a
     descriptor of the run directory closed once connected); then drop to ``uid`` if given;
     then the seccomp filter that keeps the process off every other process (all threads).
     Over ipc, at the uids and namespaces levels, the process first leaves the network too.
-    Returns the connected, not yet hello'd, :class:`proto.transport.Dealer` objects."""
+    Returns the connected, not yet hello'd, :class:`proto.transport.Dealer` objects.
+
+    ``wait_go``: a process started ahead (of a servicing or an incoming migration) is held
+    there, after its namespaces and before its first connection: the hypervisor shuts down a
+    connection that says no hello within its deadline (proto/transport.py), and a pre-copy
+    may run far longer than that.  None is returned when it says False (not needed after all)."""
     from proto import seccomp
     from proto.transport import Dealer
 
@@ -296,6 +320,8 @@ def start_confined(spec_path: str, spec: dict, sockets: int, *, uid: int | None 
     elif offline and not leave_network() and log is not None:
         log.warning("no network namespace of its own: %s", os.strerror(ctypes.get_errno()))
     try:
+        if wait_go is not None and not wait_go():
+            return None
         dealers = [Dealer(endpoint, spec.get("server_key"), connected_within_ms=5000) for _ in range(sockets)]
     finally:
         if keep_fd is not None:

@@ -28,6 +28,10 @@ always, from the addresses in the hypervisor's saved state.  A partition process
 falsely in its own log; that only makes its own migration slower (or, by not marking,
 wrong): the destination checks every page number it is sent against its own map.
 
+**Auto-converge** (``--auto-converge``, root/migration_throttle.py): a guest that dirties
+pages faster than half the rate they go, two rounds running, is throttled through its CPU
+cap, more each time, as QEMU's cpu-throttle does; the cap is put back if it runs on here.
+
 **Downtime** is the destination's wall clock when its VPs were started minus the source's
 when it asked for the pause: from about the last guest instruction on the source (the VPs
 stop at their next exit after the pause) to about the first on the destination.
@@ -55,6 +59,7 @@ from proto.transport import Dealer
 from root import content_dirty, partition_save
 from root.content_dirty import ShadowDirtyLog
 from root.migration_lease import Lease
+from root.migration_throttle import Throttle
 
 PAGE = 1 << PAGE_SHIFT
 ZERO_PAGE = bytes(PAGE)
@@ -235,11 +240,13 @@ def probe(link: Link, total: int = PROBE_BYTES, max_bandwidth: float = 0.0) -> f
 
 def migrate(run_dir, man: dict, root, name: str, endpoint: str, server_key: str, *, max_downtime_ms: float = 30.0,
             max_rounds: int = 10, max_bandwidth: float = 0.0, timeout_s: float = TIMEOUT_S, progress=None,
-            on_handover=None) -> dict:
+            on_handover=None, auto_converge: tuple[int, int] | None = None) -> dict:
     """Move partition ``name`` of the live run in ``run_dir`` (``root``: a RootClient of it)
     to the run listening at ``endpoint``; the figures.  ``progress(line)`` is told as it goes;
     ``on_handover()`` once the destination runs it, before it is stopped here (root/follow.py
-    records the move then, so that the source's launcher sees the record when it stops it)."""
+    records the move then, so that the source's launcher sees the record when it stops it).
+    ``auto_converge``: (initial, increment) throttle percentages, to throttle a guest whose
+    pre-copy does not converge (root/migration_throttle.py); None: never."""
     say = progress or (lambda line: None)
     pc = partition_save.saveable(man, name)
     if pc.backend != "python" and pc.backend not in content_dirty.BACKENDS:
@@ -254,6 +261,7 @@ def migrate(run_dir, man: dict, root, name: str, endpoint: str, server_key: str,
     except BaseException:
         lease.release()
         raise
+    throttle = Throttle(root, pid, lease, *auto_converge) if auto_converge else None
     mem = dirty = None
     try:
         try:
@@ -278,20 +286,26 @@ def migrate(run_dir, man: dict, root, name: str, endpoint: str, server_key: str,
             dirty = ShadowDirtyLog(mem.ram, mapped) if pc.backend != "python" else DirtyLog(run_dir, pid, mapped)
             sender = PageSender(link, dirty.pages if pc.backend != "python" else mem.ram, max_bandwidth)
             budget = min(bandwidth, max_bandwidth or bandwidth)
-            rounds, pending, budget = _precopy(sender, dirty, all_pages, budget, max_downtime_ms, max_rounds, say)
+            rounds, pending, budget = _precopy(sender, dirty, all_pages, budget, max_downtime_ms, max_rounds, say,
+                                               throttle=throttle)
             t_precopy = perf_counter_ns()
             switchover_ms = _switchover(link)
             if switchover_ms > max_downtime_ms and len(rounds) < max_rounds:
                 # The destination's processes were still starting: what the guest wrote meanwhile
                 # goes now, not in the stop-and-copy.
                 rounds, pending, budget = _precopy(sender, dirty, pending, budget, max_downtime_ms, max_rounds,
-                                                   say, rounds)
+                                                   say, rounds, throttle)
             t_switch = perf_counter_ns()
         except (HvstackError, OSError, KeyboardInterrupt) as e:  # nothing was paused: the guest never stopped here
+            _unthrottle(throttle, say)
             lease.release()
             raise HvstackError(f"migration of {name} failed; it runs on here: {_why(e)}") from None
-        figures, t_go = _stop_and_copy(run_dir, root, link, sender, dirty, pc, pid, name, pending, mapped,
-                                       len(rounds), say, lease, on_handover)
+        try:
+            figures, t_go = _stop_and_copy(run_dir, root, link, sender, dirty, pc, pid, name, pending, mapped,
+                                           len(rounds), say, lease, on_handover)
+        except BaseException:
+            _unthrottle(throttle, say)  # (resumed here; or stopped here, where a cap is harmless)
+            raise
     finally:
         for held in (dirty, mem, link):
             if held is not None:
@@ -301,7 +315,7 @@ def migrate(run_dir, man: dict, root, name: str, endpoint: str, server_key: str,
                    link_bytes_per_s=round(bandwidth), setup_ms=round((t_setup - t_start) / 1e6, 1),
                    total_ms=round((t_end - t_start) / 1e6, 1), rounds=rounds,
                    precopy_rounds=len(rounds), bytes_on_wire=link.bytes_sent - probe_bytes,
-                   probe_bytes=probe_bytes, send_once_ms=round(len(all_pages) * PAGE / bandwidth * 1000, 1),
+                   probe_bytes=probe_bytes, throttle_pct=throttle.pct if throttle else 0, send_once_ms=round(len(all_pages) * PAGE / bandwidth * 1000, 1),
                    # Where the time went, in order (the probe before the total's start).
                    phases_ms={"probe": _ms(t_start - t_probe), "begin": _ms(t_setup - t_start),
                               "precopy": _ms(t_precopy - t_setup), "switchover_wait": switchover_ms,
@@ -322,12 +336,19 @@ def _switchover(link: Link) -> float:
     return _ms(perf_counter_ns() - t0)
 
 
+def _unthrottle(throttle, say) -> None:
+    why = throttle.undo() if throttle is not None else None
+    if why:
+        say(f"auto-converge: the partition's CPU cap could not be put back: {why}")
+
+
 def _precopy(sender, dirty, pending, budget, max_downtime_ms, max_rounds, say,
-             rounds: list | None = None) -> tuple[list, list, float]:
+             rounds: list | None = None, throttle: Throttle | None = None) -> tuple[list, list, float]:
     """Rounds while the guest runs: every page (``pending``), then those dirtied during the
     round before — or, given the ``rounds`` so far, more of them from ``pending``; (the
     rounds' figures, the pages still dirty, the budget).  ``budget``: the link's bytes/s,
-    lowered to the pages' own rate as rounds measure it."""
+    lowered to the pages' own rate as rounds measure it.  ``throttle``: told each round's
+    pages, to slow a guest that dirties them faster than they go (auto-converge)."""
     if rounds is None:
         dirty.harvest()  # the bulk round sends every page: marks from before it mean nothing
         rounds = []
@@ -349,6 +370,12 @@ def _precopy(sender, dirty, pending, budget, max_downtime_ms, max_rounds, say,
         say(f"round {r['round']}: sent {r['pages']} pages ({r['zero']} zero, {r['bytes']} bytes) in "
             f"{r['ms']:.0f} ms; {len(pending)} dirtied meanwhile ({len(pending) / took * PAGE / 1e6:.2f} MB/s); "
             f"pages left {len(pending)}, estimated downtime {r['est_downtime_ms']:.1f} ms + state")
+        if throttle is not None:
+            raised = throttle.after_round(r["pages"], len(pending))
+            r["throttle_pct"] = throttle.pct
+            if raised is not None:
+                say(f"auto-converge: the guest dirties pages faster than half the rate they go; throttled by "
+                    f"{raised}% (its CPU cap now {throttle.cap / 1000:.3g}% of an LP per VP)")
         if r["est_downtime_ms"] <= max_downtime_ms or len(rounds) >= max_rounds:
             return rounds, pending, budget
 
@@ -428,5 +455,6 @@ def describe(f: dict) -> str:
             f"{f['final_pages']} in the stop-and-copy; {f['bytes_on_wire']} bytes on the wire for "
             f"{f['memory_pages']} pages; link {f['link_bytes_per_s'] / 1e6:.1f} MB/s (sending the memory once: "
             f"{f['send_once_ms']:.0f} ms)"
+            + (f"; auto-converge throttled the guest by {f['throttle_pct']}%" if f.get("throttle_pct") else "")
             + (f"; its kernel at the hand-over: {k['ticks']} ticks, disk round {k['disk_round']}, "
                f"{k['console_lines']} console lines" if k else ""))

@@ -7,7 +7,8 @@ partition it holds a lease in the source run's directory (``migrate-PARTITION.le
 JSON, written whole each time): its pid and start time, the destination's endpoint and
 CURVE key, and its **phase**:
 
-- ``precopy``: the partition runs here; nothing to undo;
+- ``precopy``: the partition runs here; nothing to undo but an auto-converge throttle (the
+  lease's ``restore_cap``: the CPU cap it had, root/migration_throttle.py);
 - ``paused``: the stop-and-copy may have paused the partition and frozen its worker; no go
   has been sent (the destination may be committed, never told to run);
 - ``go``: the go may have been sent — the phase is written before it is — naming the
@@ -21,7 +22,7 @@ time, so never a later process given the same pid).  When a holder has gone and 
 lease, the launcher decides as Hyper-V and QEMU do — exactly one side runs the VM:
 
 - ``precopy`` / ``paused``: no go was sent, so the destination cannot run it: the worker is
-  thawed and the partition resumed here; the destination is told to abandon (a
+  thawed, the cap put back and the partition resumed here; the destination is told to abandon (a
   ``migrate_abandon``; best effort — it abandons a silent source by itself anyway);
 - ``go``: the destination is asked (``migrate_abandon`` with the handover's
   ``paused_at_ns``) and answers atomically: *it runs it* (``migrate_running``) → the
@@ -48,7 +49,7 @@ from proto import messages as m
 from proto import migration_messages as mm
 from proto.errors import HvstackError, TransportError
 from proto.transport import Dealer, nobody_listens
-from root import follow, partition_save
+from root import follow, migration_throttle, partition_save
 from root.rundir import write_json
 
 SUFFIX = ".lease"
@@ -71,7 +72,8 @@ def _read(path: Path) -> dict | None:
     ok = isinstance(lease, dict) and isinstance(lease.get("pid"), int) and lease.get("phase") in PHASES \
         and isinstance(lease.get("create_time"), (int, float)) and isinstance(lease.get("partition"), str) \
         and isinstance(lease.get("endpoint"), str) and isinstance(lease.get("server_key"), str) \
-        and isinstance(lease.get("paused_at_ns"), int) and 0 <= lease["paused_at_ns"] < 1 << 64
+        and isinstance(lease.get("paused_at_ns"), int) and 0 <= lease["paused_at_ns"] < 1 << 64 \
+        and (lease.get("restore_cap") is None or isinstance(lease["restore_cap"], int) and 0 <= lease["restore_cap"])
     return lease if ok else None
 
 
@@ -101,6 +103,12 @@ class Lease:
 
     def phase(self, phase: str, paused_at_ns: int = 0) -> None:
         self.data.update(phase=phase, paused_at_ns=paused_at_ns)
+        write_json(self.path, self.data)
+
+    def restore_cap(self, cap: int) -> None:
+        """The partition's CPU cap before auto-converge throttled it (root/migration_throttle.py):
+        put back by whoever resumes it here."""
+        self.data["restore_cap"] = cap
         write_json(self.path, self.data)
 
     def release(self) -> None:
@@ -173,7 +181,7 @@ class LeaseWatcher:
         holder = f"the migrate of partition {name} (pid {lease['pid']}) died in its {lease['phase']} phase"
         if lease["phase"] != "go":
             # No go was sent: the destination cannot run it.  Resume first, then tell it.
-            partition_save.resume_after_failure(run.root, pid)
+            _resume_here(run.root, pid, lease)
             outcome = "resumed here (no go was sent)"
             try:
                 self._ask(lease)  # best effort: a destination abandons a silent source by itself
@@ -201,7 +209,7 @@ class LeaseWatcher:
                     pass  # (stopped already: the command got that far)
                 outcome = "it runs at the destination: stopped here"
             else:
-                partition_save.resume_after_failure(run.root, pid)
+                _resume_here(run.root, pid, lease)
                 outcome = ("resumed here (its destination refuses connections: it is gone)" if answer is None
                            else "resumed here (the destination never got the go, and abandoned it)")
         self._next_try.pop(path.name, None)
@@ -226,6 +234,17 @@ class LeaseWatcher:
         if not isinstance(reply, (mm.MigrateRunning, m.Ack)):
             raise HvstackError(f"the destination answered {reply.NAME}")
         return reply
+
+
+def _resume_here(root, pid: int, lease: dict) -> None:
+    """The partition runs on here: its CPU cap as it was before any auto-converge throttle,
+    its worker thawed and its VPs resumed."""
+    if lease.get("restore_cap") is not None:
+        try:
+            migration_throttle.set_cap(root, pid, lease["restore_cap"])
+        except HvstackError:
+            pass  # (a cap out of range: the hypervisor refuses it, and the throttle stays)
+    partition_save.resume_after_failure(root, pid)
 
 
 def _pidfd(lease: dict) -> int | None:

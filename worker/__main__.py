@@ -20,8 +20,10 @@ with ``--each-exit``, at every completed access and interrupt taken; with ``--re
 newest record there — a successor of a serviced or dead worker — before its hello.  It opens
 the file before it is confined, as everything else, and restores once confined; it prints
 ``RESTORED <µs>`` on stdout then, for the launcher's blackout figures.  With ``--go-fd N``
-it is started ahead of the pause: it prints ``READY`` once connected and confined, and
-restores only when the launcher writes ``g`` on descriptor N (after the old worker saved).
+it is started ahead of the pause: it prints ``READY`` once its namespaces are made, and
+connects, is confined and restores only when the launcher writes ``g`` on descriptor N
+(after the old worker saved) — a connection held without a hello would be shut down by the
+hypervisor past its deadline, and a migration's pre-copy may last minutes.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import argparse
 import json
 import logging
 import os
-import select
 import signal
 import sys
 import time
@@ -45,7 +46,6 @@ from worker.chipset import Chipset
 from worker.service import Worker
 
 log = logging.getLogger("worker")
-GO_TIMEOUT_S = 60.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,14 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoint:
         checkpoints = CheckpointFile(os.open(args.checkpoint, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
     # Connected while the run's socket can still be reached; then confined; then hello.
-    [dealer] = confine.start_confined(args.spec, spec, 1, uid=args.uid, gid=args.gid,
-                                      namespaces=args.namespaces, log=log)
-    if args.go_fd is not None:
-        # Started ahead of a servicing: everything up to here costs no blackout.
-        print("READY", flush=True)
-        if not wait_go(args.go_fd):
-            log.info("not needed after all: the launcher closed --go-fd")
-            return 0
+    # Started ahead (of a servicing or a migration), it waits for its go before connecting:
+    # everything up to there costs no blackout.
+    dealers = confine.start_confined(args.spec, spec, 1, uid=args.uid, gid=args.gid, namespaces=args.namespaces,
+                                     log=log, wait_go=None if args.go_fd is None else lambda: confine.ready_go(args.go_fd))
+    if dealers is None:
+        log.info("not needed after all: the launcher closed --go-fd")
+        return 0
+    [dealer] = dealers
     if args.restore:
         t0 = time.perf_counter_ns()
         try:
@@ -115,13 +115,6 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     worker.serve()
     return 0
-
-
-def wait_go(fd: int) -> bool:
-    """Wait (at most GO_TIMEOUT_S) for the launcher's go on ``fd``; False if it gave up."""
-    if not select.select([fd], [], [], GO_TIMEOUT_S)[0]:
-        return False
-    return os.read(fd, 1) == b"g"
 
 
 def restore(chipset: Chipset, checkpoints: CheckpointFile | None, partition_id: int) -> tuple[int, dict | None]:

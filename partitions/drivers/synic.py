@@ -91,12 +91,34 @@ def setup(vp: Vp, sys, sints: tuple[int, ...] = (VMBUS_MESSAGE_SINT, STIMER_SINT
     vp.wrmsr(HvMsr.HV_X64_MSR_SIMP, simp_gpa(vp) | 1)
     vp.wrmsr(HvMsr.HV_X64_MSR_SIEFP, siefp_gpa(vp) | 1)
     for sint in sints:
-        vector = SINT_VECTOR_BASE + sint
-        vp.set_handler(vector, lambda v, vec, sys=sys: _isr(v, vec, sys))
-        vp.wrmsr(SINT0 + sint, vector)  # unmasked; no AutoEOI, no polling
+        _install(vp, sys, sint)
+        vp.wrmsr(SINT0 + sint, SINT_VECTOR_BASE + sint)  # unmasked; no AutoEOI, no polling
     vp.wrmsr(HvMsr.HV_X64_MSR_SCONTROL, 1)
     st.vps.add(vp.index)
     return True
+
+
+def _install(vp: Vp, sys, sint: int) -> None:
+    """SINT ``sint``'s entry in the VP's IDT: :func:`_isr`."""
+    vp.set_handler(SINT_VECTOR_BASE + sint, lambda v, vec, sys=sys: _isr(v, vec, sys))
+
+
+def resume_vp(vp: Vp, sys, sints: tuple[int, ...] = (VMBUS_MESSAGE_SINT, STIMER_SINT)) -> None:
+    """A resumed kernel's SINT handlers, on every VP before it enables interrupts.
+
+    The IDT is kernel code, restored with the kernel's image; the Python guest's handlers
+    are Python functions, gone with the saved process, so a resumed kernel installs them
+    again first.  The restored SynIC's SINTs are unmasked from the start: a SINT 2
+    interrupt (the restored VSP signalling a channel, a frame from another partition, a
+    vector pending at the save) reaches the VP as soon as it enables interrupts, long
+    before the VMBus driver resumes.  Taken with no handler, it was never ended: its vector
+    stayed in service in the local APIC, whose priority then held every later SINT 2
+    interrupt in the IRR for good — the resumed netvsc's GPADL_TORNDOWN sat in its slot
+    with nobody told, while the disk, which polls its ring on every timer tick, went on.
+    Taken by :func:`_isr` before a driver registered, the interrupt is ended and a message
+    stays in its slot for the driver (``vmbus_resume.resume_bus`` reads it)."""
+    for sint in sints:
+        _install(vp, sys, sint)
 
 
 def _isr(vp: Vp, vector: int, sys) -> None:
@@ -115,6 +137,9 @@ def take_message(vp: Vp, sys, sint: int) -> None:
     EOM if more are pending.  Also called by a resumed kernel (partitions/vmbus_resume.py):
     a message left in the slot at the save whose interrupt the restored kernel never took
     would hold every later message behind it for good."""
+    handler = state(sys).message_handlers.get(sint)
+    if handler is None:
+        return  # no driver yet: the message waits in its slot for the one that registers
     slot = simp_gpa(vp) + 256 * sint
     message_type = vp.read(slot, 4)
     if not message_type:
@@ -126,9 +151,7 @@ def take_message(vp: Vp, sys, sint: int) -> None:
     if flags & HV_MESSAGE_FLAG_PENDING:
         vp.wrmsr(HvMsr.HV_X64_MSR_EOM, 0)  # another waits: have it delivered
     vp.counters["synic_messages"] = vp.counters.get("synic_messages", 0) + 1
-    handler = state(sys).message_handlers.get(sint)
-    if handler is not None:
-        handler(vp, message_type, payload)
+    handler(vp, message_type, payload)
 
 
 def eoi(vp: Vp, sys) -> None:

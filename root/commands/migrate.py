@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
+import sys
+from pathlib import Path
 
 from proto.errors import HvstackError
-from root import follow, hosts as hostnet, migration
+from root import follow, hosts as hostnet, migration, migration_throttle
 from root.cluster import host_runs
 from root.client import RootClient
 from root.rundir import RunDir, checked_runs_root, find_run, live_run, partition_of
 
 NAME = "migrate"
+# Z85 (ZeroMQ RFC 32): digits, letters and these 23 symbols; a 32-byte key is 40 characters.
+_Z85_KEY = re.compile(r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
 HELP = "live-migrate a partition of a run to another run (started with --incoming), or to another host of its run"
 
 
@@ -27,13 +32,25 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("partition")
     p.add_argument("--to", required=True, metavar="DEST",
                    help="the destination run, or its tcp:// endpoint; in a run of [[host]]s, a host's name")
-    p.add_argument("--key", help="with a tcp:// DEST: the destination's CURVE server key (its manifest's incoming); "
-                                  "give it as --key=KEY, since a Z85 key may begin with '-'")
+    keys = p.add_mutually_exclusive_group()
+    keys.add_argument("--key", help="with a tcp:// DEST: the destination's CURVE server key (its manifest's incoming); "
+                                     "give it as --key=KEY, since a Z85 key may begin with '-'")
+    keys.add_argument("--key-file", metavar="FILE",
+                      help="the same key read from FILE, or from standard input for '-' (no quoting to get right)")
     p.add_argument("--max-downtime-ms", type=float, default=30.0,
                    help="stop pre-copy once the pages left would take this long to send (default 30)")
     p.add_argument("--max-rounds", type=int, default=10, help="pre-copy rounds at most (default 10)")
     p.add_argument("--max-bandwidth", type=float, default=0.0, metavar="MB/S",
                    help="pace the pages to this many MB/s (QEMU's max-bandwidth; default: none)")
+    p.add_argument("--auto-converge", action="store_true",
+                   help="throttle a guest whose pre-copy does not converge (dirtying more than half of what a round "
+                        "sends, two rounds running) through its CPU cap, as QEMU's auto-converge; put back if the "
+                        "migration fails")
+    p.add_argument("--throttle-initial", type=int, default=migration_throttle.INITIAL_PCT, metavar="PCT",
+                   help=f"auto-converge's first throttle (default {migration_throttle.INITIAL_PCT}%%)")
+    p.add_argument("--throttle-increment", type=int, default=migration_throttle.INCREMENT_PCT, metavar="PCT",
+                   help=f"and each one after it (default {migration_throttle.INCREMENT_PCT}%%; at most "
+                        f"{migration_throttle.MAX_PCT}%% in all)")
     p.add_argument("--timeout", type=float, default=migration.TIMEOUT_S,
                    help="seconds to wait for each answer of the destination (default 30)")
     p.add_argument("--json", action="store_true", help="the summary as JSON")
@@ -55,6 +72,22 @@ def destination(to: str, key: str | None, source: str, src: RunDir) -> tuple[str
     if not incoming.get("endpoint"):
         raise HvstackError(f"run {run.name} waits for no migration (start it with run TOPOLOGY --incoming PARTITION)")
     return incoming["endpoint"], key or incoming["server_key"], run
+
+
+def server_key(key: str | None, key_file: str | None) -> str | None:
+    """The destination's CURVE public key from ``--key`` or ``--key-file`` (``-``: standard
+    input), checked for the 40 Z85 characters of a Curve25519 key, so a truncated paste is
+    refused here rather than as a handshake that never completes."""
+    if key_file is not None:
+        try:
+            key = (sys.stdin.read() if key_file == "-" else Path(key_file).read_text()).strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise HvstackError(f"--key-file {key_file}: {e}") from None
+    if key is not None and not _Z85_KEY.fullmatch(key):
+        source = f"--key-file {key_file}" if key_file is not None else "--key"
+        raise HvstackError(f"{source}: a CURVE server key is 40 Z85 characters (a manifest's incoming.server_key), "
+                           f"not {key[:48]!r}")
+    return key
 
 
 def _host(top: dict, to: str, src: RunDir) -> tuple[str, str, RunDir]:
@@ -93,8 +126,10 @@ def run(args) -> int:
             or not 0 < args.timeout <= 600:
         raise HvstackError("--max-rounds is 1..1000, --max-downtime-ms and --max-bandwidth are not negative, "
                            "--timeout is 0..600 s")
+    migration_throttle.check_steps(args.throttle_initial, args.throttle_increment)
+    key = server_key(args.key, args.key_file)
     src, man = follow.live_partition(args.run, args.partition)
-    endpoint, key, dest = destination(args.to, args.key, args.run, src)
+    endpoint, key, dest = destination(args.to, key, args.run, src)
     partition_of(src, man, args.partition)
     if args.partition in man.get("stopped_partitions", []):
         raise HvstackError(f"partition {args.partition} of run {src.name} is stopped")
@@ -108,7 +143,9 @@ def run(args) -> int:
                                     max_downtime_ms=args.max_downtime_ms, max_rounds=args.max_rounds,
                                     max_bandwidth=args.max_bandwidth * 1e6, timeout_s=args.timeout,
                                     progress=None if args.json else (lambda line: print(line, flush=True)),
-                                    on_handover=lambda: follow.record_move(src.path, args.partition, dest, endpoint))
+                                    on_handover=lambda: follow.record_move(src.path, args.partition, dest, endpoint),
+                                    auto_converge=(args.throttle_initial, args.throttle_increment)
+                                    if args.auto_converge else None)
     print(json.dumps(figures, indent=1) if args.json else migration.describe(figures))
     return 0
 

@@ -25,9 +25,10 @@ CONFIG = str(REPO / "tests" / "configs" / "migrate.toml")
 pytestmark = pytest.mark.timeout(150)
 
 
-def stalled_migrate(src, dst, point: str, *extra) -> subprocess.Popen:
-    """``migrate`` held at ``point`` (its lease says ``stalled``), the workloads under way."""
-    settled(src)
+def stalled_migrate(src, dst, point: str, *extra, ready=settled) -> subprocess.Popen:
+    """``migrate`` held at ``point`` (its lease says ``stalled``), the workloads under way
+    (``ready(src)`` has seen them)."""
+    ready(src)
     inc = incoming(dst)
     proc = subprocess.Popen([sys.executable, str(REPO / "launch.py"), "migrate", src.name, "alpha", "--to",
                              inc["endpoint"], f"--key={inc['server_key']}", *extra], cwd=REPO,

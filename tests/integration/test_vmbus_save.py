@@ -78,15 +78,6 @@ def test_the_record_holds_the_bus_and_the_synthetic_disk(saved):
     assert record["sections"]["disks"]["vmbus_disk"]["size"] == 8 << 20
 
 
-# A known defect, not yet understood (issue 13's note): after a restore or a migration, the
-# resumed netvsc's GPADL_TEARDOWN is answered by the VSP ("gpadl torn down" in its events) but
-# the guest never gets the GPADL_TORNDOWN, in about one CI run in three (2e74ec0, f003a69). It
-# stays visible as an xfail until it is found; the disk's rounds are what these tests hold.
-NETVSC_TORNDOWN_LOST = pytest.mark.xfail(strict=False, reason="netvsc's GPADL_TORNDOWN after a restore is "
-                                         "sometimes lost (issue 13's note)")
-
-
-@NETVSC_TORNDOWN_LOST
 def test_a_restored_vmbus_partition_goes_on_with_its_channel(saved):
     path, _ = saved
     run = start_run(CONFIG, short_run_root(), extra=("--restore", f"alpha={path}"))
@@ -128,7 +119,6 @@ def test_a_record_whose_bus_does_not_fit_or_was_changed_is_refused(saved, tmp_pa
     assert r.returncode == 2 and "the record no VMBus section" in r.stderr, r.stderr
 
 
-@NETVSC_TORNDOWN_LOST
 def test_a_vmbus_partition_migrates_with_its_bus():
     """Live migration: the bus goes with the record, the VSP's writes into guest memory
     (rings, read data) are in the dirty log, the destination's VSP takes the bus."""
