@@ -30,6 +30,7 @@ from benchmarks.cpu import (cpu_seconds, per_round_trip, print_profile, process_
                             run_pids)
 from benchmarks.floor import start_floor, stop_floor
 from benchmarks.progress import Progress
+from benchmarks.saturation import compare, snapshot
 from proto.stats import Histogram, PathStats
 from root import REPO
 from root.commands.common import complain
@@ -120,9 +121,9 @@ def measure_stack(n: int, window_s: float, timeout_s: float = 120.0, profile: st
             pids = run_pids(run)
             if profile:
                 profile_from_now(pids)
-            s0, c0 = _io(run.stats()), cpu_seconds(pids)
+            s0, c0, t0 = _io(run.stats()), cpu_seconds(pids), snapshot(pids)
             time.sleep(window_s)
-            c1, s1 = cpu_seconds(pids), _io(run.stats())
+            t1, c1, s1 = snapshot(pids), cpu_seconds(pids), _io(run.stats())
             rss = _rss_mb(pids)
         finally:
             run.stop()
@@ -132,7 +133,8 @@ def measure_stack(n: int, window_s: float, timeout_s: float = 120.0, profile: st
     by_kind = per_round_trip(c0, c1, total, window_s)["by_process_us"]
     return _figures(n, total, window_s, [h.percentile(50) for _, h in per.values()],
                     [h.percentile(99) for _, h in per.values()], cpu, rss.get("hypervisor", 0.0),
-                    banners_s=round(banners_s, 2), rss_mb=rss, cpu_us_by_process=by_kind)
+                    banners_s=round(banners_s, 2), rss_mb=rss, cpu_us_by_process=by_kind,
+                    saturation=compare(t0, t1, window_s, total, process_kind))
 
 
 def measure_floor(n: int, window_s: float) -> dict:
@@ -153,9 +155,9 @@ def measure_floor(n: int, window_s: float) -> dict:
             c.send_signal(signal.SIGUSR1)
         for c in clients:
             _line(c, "{}", 10)
-        c0 = cpu_seconds(pids)
+        c0, t0 = cpu_seconds(pids), snapshot(pids)
         time.sleep(window_s)
-        c1 = cpu_seconds(pids)
+        t1, c1 = snapshot(pids), cpu_seconds(pids)
         for c in clients:  # … and ends
             c.send_signal(signal.SIGUSR1)
         got = [json.loads(_line(c, None, 10)) for c in clients]
@@ -168,8 +170,9 @@ def measure_floor(n: int, window_s: float) -> dict:
             c.stdout.close()
         stop_floor(relay, echoes, d)
     cpu = sum(c1[k] - c0[k] for k in c1 if k in c0)
-    return _figures(n, sum(g["n"] for g in got), window_s, [g["p50_ns"] for g in got], [g["p99_ns"] for g in got],
-                    cpu, rss)
+    total = sum(g["n"] for g in got)
+    return _figures(n, total, window_s, [g["p50_ns"] for g in got], [g["p99_ns"] for g in got], cpu, rss,
+                    saturation=compare(t0, t1, window_s, total, process_kind))
 
 
 def _line(proc: subprocess.Popen, expected: str | None, timeout_s: float) -> str:
@@ -208,7 +211,11 @@ def run_scale(args) -> int:
             progress.step()
             floor = measure_floor(n, window)
             rows.append({"n": n, "stack": stack, "floor": floor,
-                         "ratio": round(stack["per_s"] / floor["per_s"], 3) if floor["per_s"] else None})
+                         "ratio": round(stack["per_s"] / floor["per_s"], 3) if floor["per_s"] else None,
+                         # What the ratio is on a saturated host that gives both the same
+                         # cores: round trips per CPU-second, stack over floor.
+                         "ratio_per_cpu": round(floor["cpu_us_per_round_trip"] / stack["cpu_us_per_round_trip"], 3)
+                         if stack["cpu_us_per_round_trip"] else None})
     except (TimeoutError, RuntimeError, OSError) as e:
         progress.close()
         complain("bench", f"--scale: {e}")
@@ -243,20 +250,53 @@ def print_scale(result: dict) -> None:
         st, fl = r["stack"], r["floor"]
         rows.append([str(r["n"]), f"{st['per_s']:.0f}", f"{fl['per_s']:.0f}",
                      f"{r['ratio']:.2f}×" if r["ratio"] is not None else "-",
+                     f"{r['ratio_per_cpu']:.2f}×" if r.get("ratio_per_cpu") is not None else "-",
                      f"{st['p50_us_median']:.0f} / {st['p99_us_max']:.0f}", f"{fl['p50_us_median']:.0f} / {fl['p99_us_max']:.0f}",
                      f"{st['cpu_us_per_round_trip']:.0f}", f"{fl['cpu_us_per_round_trip']:.0f}",
                      f"{st['cpu_s_per_s']:.2f} / {fl['cpu_s_per_s']:.2f}",
                      f"{st['server_rss_mb']:.0f}", f"{st['banners_s']:.2f}"])
     print(f"scaling, N partitions × 1 VP of emulated port I/O beside N floor clients → 1 relay → N echoes "
           f"({result['cores']} cores, {result['window_s']:.2f} s windows, {result['started']}):")
-    print(table(["N", "stack exits/s", "floor /s", "ratio", "stack p50 / p99 µs", "floor p50 / p99 µs",
+    print(table(["N", "stack exits/s", "floor /s", "ratio", "ratio per CPU-s", "stack p50 / p99 µs", "floor p50 / p99 µs",
                  "stack CPU µs/rt", "floor CPU µs/rt", "cores busy stack / floor", "hv RSS MB",
-                 "launch → banners s"], rows, "rrrrrrrrrrr"))
+                 "launch → banners s"], rows, "r" * 12))
     print("\nwhere the stack's CPU per round trip goes (µs, by process kind):")
     kinds = sorted({k for r in result["scale"] for k in r["stack"].get("cpu_us_by_process", {})})
     print(table(["N", *kinds], [[str(r["n"]), *(f"{r['stack'].get('cpu_us_by_process', {}).get(k, 0):.0f}" for k in kinds)]
                                for r in result["scale"]], "r" * (1 + len(kinds))))
+    print_saturation(result["scale"])
     sys.stdout.flush()
+
+
+def _sum(sat: dict, field: str) -> float:
+    return sum(k[field] for k in sat.get("by_kind", {}).values())
+
+
+def print_saturation(rows: list[dict]) -> None:
+    """Which resource runs out first: the host's cores (busy, and the run-queue wait of our
+    threads: ready, no core free), or the one loop (the hypervisor's busiest thread against
+    the relay's: 1.00 is a core of its own, all the time)."""
+    out = []
+    for r in rows:
+        st, fl = r["stack"].get("saturation"), r["floor"].get("saturation")
+        if not st or not fl:
+            continue
+        sk, fk = st["by_kind"], fl["by_kind"]
+        hv, relay = sk.get("hypervisor", {}), fk.get("relay", {})
+        out.append([str(r["n"]), f"{st.get('host_busy', 0):.2f} / {fl.get('host_busy', 0):.2f}",
+                    f"{_sum(st, 'cpu_cores'):.2f} / {_sum(fl, 'cpu_cores'):.2f}",
+                    f"{_sum(st, 'runq_cores'):.2f} / {_sum(fl, 'runq_cores'):.2f}",
+                    f"{hv.get('busiest_thread_cores', 0):.2f} / {relay.get('busiest_thread_cores', 0):.2f}",
+                    f"{hv.get('runq_cores', 0):.2f} / {relay.get('runq_cores', 0):.2f}",
+                    f"{_sum(st, 'vol_per_rt'):.1f} / {_sum(fl, 'vol_per_rt'):.1f}",
+                    f"{_sum(st, 'invol_per_rt'):.2f} / {_sum(fl, 'invol_per_rt'):.2f}"])
+    if not out:
+        return
+    print("\nwhat saturates (cores = CPU seconds per second of wall; stack / floor): the host's busy cores "
+          "(every process on it), ours, our threads' run-queue wait (ready, no core free), the hypervisor's "
+          "loop thread / the relay's, their run-queue wait, context switches per round trip:")
+    print(table(["N", "host busy", "our CPU", "our run-queue wait", "hv loop / relay thread",
+                 "hv / relay run-queue wait", "voluntary sw/rt", "involuntary sw/rt"], out, "r" * 8))
 
 
 def run_startup(args) -> int:
@@ -279,7 +319,8 @@ def run_startup(args) -> int:
         print(json.dumps({"startup": rows}, indent=2), flush=True)
         return 0
     kinds = sorted({k for r in rows for k in r["rss_mb"]})
-    print("start-up and footprint (gen-1 chipset, serial workload; RSS is each kind's largest process):")
+    print(f"start-up and footprint (gen-1 chipset, serial workload; RSS is each kind's largest process; "
+          f"{bytecode_caches()}):")
     print(table(["N", "launch → first banner s", "launch → all banners s", *(f"{k} MB" for k in kinds)],
                 [[str(r["n"]), _secs(r["first_banner_s"], r), _secs(r["all_banners_s"], r),
                   *(f"{r['rss_mb'].get(k, 0):.1f}" for k in kinds)] for r in rows], "r" * (3 + len(kinds))))
@@ -294,6 +335,20 @@ def run_startup(args) -> int:
 
 
 STARTUP_TIMEOUT_S = 60.0
+
+
+def bytecode_caches() -> str:
+    """Whether the processes find their modules compiled: without ``__pycache__`` (a fresh
+    checkout run with PYTHONDONTWRITEBYTECODE=1) every process compiles every module it
+    imports from source, each start — 1.97 s of the launcher's wall clock at N = 16 on a
+    loaded host (2026-11-30 13:03 UTC), the hypervisor and each zygote the same."""
+    import importlib.util
+
+    cached = Path(importlib.util.cache_from_source(str(REPO / "hypervisor" / "service.py"))).exists()
+    if cached:
+        return "bytecode caches present"
+    why = " (PYTHONDONTWRITEBYTECODE is set)" if sys.flags.dont_write_bytecode else ""
+    return f"no bytecode caches{why}: every process compiles its modules as it starts"
 
 
 def _secs(value: float | None, r: dict) -> str:

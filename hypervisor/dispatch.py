@@ -85,7 +85,7 @@ class Dispatcher:
             vp.reset_pending = False
             # RAX: which reset this is; RBX: 0x100 | the SIPI vector an AP starts at, or 0.
             fault, rax, rbx, vp.sipi = m.FAULT_RESET, vp.partition.resets, vp.sipi, 0
-        elif not fault and (vp.interrupts or vp.apic.irr):
+        elif not fault and (vp.interrupts.pending or vp.apic.irr):  # (the list: no __bool__ call)
             interrupt, irq_stamps = next_interrupt(vp)  # (which logs it for `io irqs_apic`)
             if interrupt and self._tracers:
                 self._trace(vp.partition, vp, Exit.INTERRUPT, False, interrupt & 0xFF, 0, irq_stamps)

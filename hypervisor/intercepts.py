@@ -133,10 +133,11 @@ class Intercepts:
         vp.exits[Exit.APIC] += 1
         now = perf_counter_ns()
         if write:
+            deadline = vp.apic.timer_deadline_ns
             vp.apic.write(gpa - APIC_BASE, ctx.value, now)
             if vp.apic.ended is not None and self._synic is not None:
                 self._synic.after_eoi(part, vp)
-            self._interrupts.timers_changed()
+            self._interrupts.timer_moved(deadline, vp.apic.timer_deadline_ns)
             self._interrupts.send_ipi(part, vp)
             result = 0
         else:

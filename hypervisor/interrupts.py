@@ -31,6 +31,7 @@ from proto import messages as m
 from proto.exits import Exit
 from proto.messages import INTERRUPT_NO_EOI
 
+from hypervisor.deadlines import after_move
 from hypervisor.scheduler import VpState
 
 # Posted-interrupt notifications sent to one VP per dispatch: a VP that does not read its
@@ -165,6 +166,15 @@ class Interrupts:
         self.kick(vp)
 
     # -- the local APIC timers ----------------------------------------------------------------
+
+    def timer_moved(self, old: int | None, new: int | None) -> None:
+        """One VP's timer deadline went from ``old`` to ``new`` (an APIC write, every EOI
+        among them): the loop's next wake-up without a walk over every VP of every
+        partition — only when the deadline that moved may have been the earliest.
+        (hypervisor/deadlines.py)."""
+        walk, self.next_timer_ns = after_move(self.next_timer_ns, old, new)
+        if walk:
+            self.timers_changed()
 
     def timers_changed(self) -> None:
         """A timer was programmed: when the loop must next wake for one."""

@@ -62,6 +62,7 @@ from hypervisor.registers import VpRegisters
 from hypervisor.root_requests import RootRequests
 from hypervisor.io_requests import IoRequests
 from hypervisor.routes import build_routes
+from hypervisor.scheduler import PREEMPTED, RUNNING
 from hypervisor.synic import Synic
 from hypervisor.synic_ports import SynicPorts
 from hypervisor.telemetry import Telemetry, Tracer
@@ -225,7 +226,8 @@ class Hypervisor:
                 if is_exit:
                     vp = peer.vp
                     if vp is not None:
-                        if not vp.sched.executing:
+                        state = vp.sched.state
+                        if state is not RUNNING and state is not PREEMPTED:  # VpSched.executing, inline
                             if vp.sched.controls.stopped:
                                 # Its partition was stopped while it ran: the late exit
                                 # waits for nothing (the root is ending its thread; an
@@ -254,7 +256,9 @@ class Hypervisor:
                     # A busy loop must not starve the scheduler: a VP that overran its quantum
                     # loses its LP to the ones waiting even while messages keep coming.
                     sched.tick(now)
-                if time.monotonic_ns() >= next_housekeeping:
+                # perf_counter_ns is CLOCK_MONOTONIC, time.monotonic_ns's clock, on Linux
+                # (CPython's pymonotonic for both): the same read serves housekeeping.
+                if now >= next_housekeeping:
                     next_housekeeping = self._housekeeping()
             except Exception as e:
                 next_housekeeping = time.monotonic_ns() + HOUSEKEEPING_INTERVAL_MS * 1_000_000

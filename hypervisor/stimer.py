@@ -119,8 +119,10 @@ def wrmsr(part, vp, msr: int, value: int) -> int:
         t.config = value & CONFIG_WRITABLE
     if t.enabled and not t.direct and t.sint == 0:
         t.config &= ~STIMER_ENABLE  # TLFS: no SINT to deliver to
+    old = t.deadline_ns
     arm(part, t, perf_counter_ns())
-    vp.synic.actions.add("stimer")
+    vp.synic.stimer_moves.append((old, t.deadline_ns))
+    vp.synic.actions.add("stimer_moved")
     return OK
 
 

@@ -53,6 +53,7 @@ from proto.synic_messages import (
 )
 
 from hypervisor import stimer, tsc_page
+from hypervisor.deadlines import after_move
 from hypervisor.stimer import HV_STIMER_COUNT, StimerState
 
 HV_SYNIC_VERSION_1 = 1  # SVERSION reads this (TLFS, Linux HV_SYNIC_VERSION_1)
@@ -88,6 +89,8 @@ class SynicVp:
     actions: set = field(default_factory=set)
     # The synthetic timers STIMER0–3 (stimer.py).
     stimers: list = field(default_factory=lambda: [StimerState() for _ in range(HV_STIMER_COUNT)])
+    # (old, new) deadlines of the timers MSR writes moved, for after_wrmsr ("stimer_moved").
+    stimer_moves: list = field(default_factory=list)
     counters: dict = field(default_factory=lambda: {
         "messages_posted": 0,  # queued for a slot (by the vsp, a timer)
         "messages_delivered": 0,  # copied into a slot
@@ -293,8 +296,15 @@ class Synic:
             ram, off = self._ram(part, part.reference_tsc & PAGE_GPFN_MASK, tsc_page.HV_REFERENCE_TSC_PAGE.size)
             if ram is not None:  # a GPFN that is not RAM: nothing to publish (TLFS: inaccessible)
                 tsc_page.publish(ram, off, part)
-        if "stimer" in actions:
+        moves, s.stimer_moves = s.stimer_moves, []
+        if "stimer" in actions:  # (a restore: every timer anew)
             self.timers_changed()
+        elif "stimer_moved" in actions:  # a timer's MSR write: no walk unless it was the earliest
+            for old, new in moves:
+                walk, self.next_timer_ns = after_move(self.next_timer_ns, old, new)
+                if walk:
+                    self.timers_changed()
+                    break
 
     # -- synthetic timers (stimer.py) ------------------------------------------------------------
 

@@ -26,21 +26,20 @@ VP (and hand it memory files or device accesses of its choosing).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import secrets
+import os
 
 from proto.errors import NotAuthenticated
+from proto.sha256 import compare_digest, hmac_sha256
 
 
 def new_secret() -> str:
-    return secrets.token_hex(16)
+    return os.urandom(16).hex()  # secrets.token_hex, without importing hashlib (proto/sha256.py)
 
 
 def peer_token(secret: str, role: str, partition: int) -> str:
     """The token a peer of ``role`` for ``partition`` presents in its hello."""
     scope = "root" if role == "root" else f"{role}:{partition}"
-    return hmac.new(secret.encode(), scope.encode(), hashlib.sha256).hexdigest()[:40]
+    return hmac_sha256(secret.encode(), scope.encode()).hex()[:40]
 
 
 HELLO_LABEL = b"hvstack hello v1\0"
@@ -48,7 +47,7 @@ NONCE_BYTES = 32
 
 
 def new_nonce() -> bytes:
-    return secrets.token_bytes(NONCE_BYTES)
+    return os.urandom(NONCE_BYTES)
 
 
 def _hello_transcript(role: str, partition: int, vp: int, pid: int, session: str,
@@ -64,15 +63,15 @@ def _hello_transcript(role: str, partition: int, vp: int, pid: int, session: str
 def hello_proof(token: str, role: str, partition: int, vp: int, pid: int, session: str,
                 client_nonce: bytes, server_nonce: bytes) -> bytes:
     """The MAC a peer holding ``token`` (its key) answers a hello challenge with."""
-    return hmac.new(token.encode(), _hello_transcript(role, partition, vp, pid, session, client_nonce,
-                                                      server_nonce), hashlib.sha256).digest()
+    return hmac_sha256(token.encode(), _hello_transcript(role, partition, vp, pid, session, client_nonce,
+                                                         server_nonce))
 
 
 def proof_matches(secret: str, role: str, partition: int, vp: int, pid: int, session: str,
                   client_nonce: bytes, server_nonce: bytes, proof: bytes) -> bool:
     expected = hello_proof(peer_token(secret, role, partition), role, partition, vp, pid, session,
                            client_nonce, server_nonce)
-    return hmac.compare_digest(expected, proof)
+    return compare_digest(expected, proof)
 
 
 REPLY_LABEL = b"hvstack hello reply v1\0"
@@ -84,7 +83,7 @@ def reply_proof(token: str, role: str, partition: int, vp: int, pid: int, sessio
     tail = b"".join(len(x).to_bytes(4, "big") + x for x in (peer_name.encode("utf-8", "replace"),
                                                             hv_session.encode("utf-8", "replace")))
     transcript = _hello_transcript(role, partition, vp, pid, session, client_nonce, server_nonce)
-    return hmac.new(token.encode(), REPLY_LABEL + transcript + tail, hashlib.sha256).digest()
+    return hmac_sha256(token.encode(), REPLY_LABEL + transcript + tail)
 
 
 def check_reply(token: str, role: str, partition: int, vp: int, pid: int, session: str,
@@ -93,5 +92,5 @@ def check_reply(token: str, role: str, partition: int, vp: int, pid: int, sessio
     """The peer's side: raise :class:`NotAuthenticated` unless ``mac`` is the reply proof."""
     expected = reply_proof(token, role, partition, vp, pid, session, client_nonce, server_nonce,
                            peer_name, hv_session)
-    if not hmac.compare_digest(expected, mac):
+    if not compare_digest(expected, mac):
         raise NotAuthenticated("the hello reply does not prove the run's secret: not our hypervisor")

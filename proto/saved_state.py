@@ -29,7 +29,6 @@ Every refusal is a :class:`SavedStateError` subclass naming what is wrong.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 from datetime import datetime, timezone
@@ -38,6 +37,7 @@ from typing import Any
 import msgpack
 
 from proto.errors import HvstackError
+from proto.sha256 import sha256
 
 FORMAT = "hvstack-saved-state"
 VERSION = 1
@@ -91,7 +91,7 @@ def encode(partition_id: int, name: str, sections: dict[str, Any], sequence: int
         "sequence": sequence,
         "sections": sections,
     }, use_bin_type=True)
-    return msgpack.packb({"format": FORMAT, "version": VERSION, "sha256": hashlib.sha256(record).digest(),
+    return msgpack.packb({"format": FORMAT, "version": VERSION, "sha256": sha256(record).digest(),
                           "record": record}, use_bin_type=True)
 
 
@@ -111,7 +111,7 @@ def decode(data: bytes) -> dict:
     record, digest = envelope.get("record"), envelope.get("sha256")
     if not isinstance(record, bytes) or not isinstance(digest, bytes):
         raise MissingField("saved state: no record or no sha256")
-    if hashlib.sha256(record).digest() != digest:
+    if sha256(record).digest() != digest:
         raise Corrupt("saved state: the checksum does not match its record (changed or truncated)")
     try:
         body = msgpack.unpackb(record, raw=False, strict_map_key=True)

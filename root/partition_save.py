@@ -20,7 +20,6 @@ its partition process with ``resume``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -33,6 +32,7 @@ from proto import guest_state, messages as m, partition_state as ps, saved_state
 from proto.errors import HvstackError, Refused
 from proto.memory import PAGE_SHIFT, GuestMemory, memory_path, slat_path
 from proto.saved_state import CheckpointFile
+from proto.sha256 import sha256
 from proto.status import QUERY_ERROR, HypervisorStatus
 from root import vmbus_save
 from root.topology import PartitionConfig
@@ -283,7 +283,7 @@ def _compressed(memory: dict, disks: dict) -> tuple[dict, dict]:
 
 def compressed_disks(disks: dict) -> dict:
     """The disks section as the record holds it, from each disk's bytes."""
-    return {name: {"size": len(data), "sha256": hashlib.sha256(data).digest(), "zlib": zlib.compress(data, 1)}
+    return {name: {"size": len(data), "sha256": sha256(data).digest(), "zlib": zlib.compress(data, 1)}
             for name, data in disks.items()}
 
 
@@ -343,7 +343,7 @@ def check_record(pc: PartitionConfig, record: dict, devices: list[dict], where: 
 def _sha256(image: str) -> bytes | None:
     try:
         with open(image, "rb") as f:
-            return hashlib.sha256(f.read()).digest()
+            return sha256(f.read()).digest()
     except OSError:
         return None
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -57,7 +56,7 @@ def child_env(role: str) -> dict[str, str]:
 
 
 def new_tag() -> str:
-    return secrets.token_hex(8)
+    return os.urandom(8).hex()  # secrets.token_hex, without importing hashlib (proto/sha256.py)
 
 
 def is_run_command(argv: list[str]) -> bool:

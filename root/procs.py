@@ -27,7 +27,6 @@ handed, connects, and drops to that uid before running anything the guest contro
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import signal
 import subprocess
@@ -40,6 +39,7 @@ from pathlib import Path
 import psutil
 
 from proto import confine
+from proto.sha256 import sha256
 from root import REPO
 from root.prestart import PASSED_ON, child_env  # noqa: F401 (PASSED_ON: what a run's processes see)
 from root.zygote import ForkedPopen, Zygote, ZygoteError
@@ -75,7 +75,7 @@ def _candidates(launcher_pid: int, partition: int, role: str):
     if partition < MAX_ISOLATED_PARTITIONS:
         yield UID_BASE + (launcher_pid % (1 << 22)) * 256 + partition * 2 + worker
     for attempt in range(_CANDIDATES):
-        digest = hashlib.sha256(f"{launcher_pid}:{partition}:{role}:{attempt}".encode()).digest()
+        digest = sha256(f"{launcher_pid}:{partition}:{role}:{attempt}".encode()).digest()
         yield UID_HASHED + int.from_bytes(digest[:8], "little") % (UID_LIMIT - UID_HASHED)
 
 

@@ -26,6 +26,9 @@ def test_bench_scale_reports_each_n_beside_its_floor():
             assert 0 < fig["p50_us_median"] <= fig["p99_us_max"], row
         assert row["stack"]["server_rss_mb"] > 5 and 0 < row["stack"]["banners_s"] < 120
         assert row["ratio"] == pytest.approx(row["stack"]["per_s"] / row["floor"]["per_s"], rel=0.01)
+        # What saturates: the hypervisor's and the relay's threads were seen working.
+        assert row["stack"]["saturation"]["by_kind"]["hypervisor"]["busiest_thread_cores"] > 0, row
+        assert row["floor"]["saturation"]["by_kind"]["relay"]["busiest_thread_cores"] > 0, row
     assert "bench: [4/4] N = 2: floor" in r.stderr
 
 

@@ -235,3 +235,49 @@ def test_the_decoding_floors_ratio_is_compared_when_the_baseline_has_it(tmp_path
         "io_port p50 ratio", "io_port p99 ratio", "io_port CPU ratio"]
     baseline.save(now, str(new))
     assert "io_port CPU ratio, decoding floor" in [r["figure"] for r in baseline.compare(now, str(new))["figures"]]
+
+
+def test_saturation_is_cores_per_kind_switches_per_round_trip_and_the_busiest_thread():
+    """What saturates first (benchmarks/saturation.py): each kind's CPU and run-queue wait in
+    cores, switches per round trip, its busiest thread; the host's busy cores."""
+    from benchmarks.saturation import compare
+
+    before = {"threads": {("hypervisor:hv", "1"): (0, 0, 10, 1, "python"),
+                          ("hypervisor:hv", "2"): (0, 0, 0, 0, "ZMQbg/IO/0"),
+                          ("worker:a", "3"): (1_000_000_000, 0, 0, 0, "worker-a")},
+              "host": (100, 200)}
+    after = {"threads": {("hypervisor:hv", "1"): (1_500_000_000, 500_000_000, 2010, 101, "python"),
+                         ("hypervisor:hv", "2"): (300_000_000, 0, 1000, 0, "ZMQbg/IO/0"),
+                         ("worker:a", "3"): (1_400_000_000, 2_000_000_000, 1000, 400, "worker-a"),
+                         ("worker:b", "4"): (200_000_000, 0, 0, 0, "worker-b")},  # new: counted from 0
+             "host": (300, 400)}
+    r = compare(before, after, 2.0, 1000, lambda name: name.split(":")[0])
+    hv, worker = r["by_kind"]["hypervisor"], r["by_kind"]["worker"]
+    assert hv == {"cpu_cores": 0.9, "runq_cores": 0.25, "vol_per_rt": 3.0, "invol_per_rt": 0.1,
+                  "busiest_thread_cores": 0.75, "busiest_thread": "python"}
+    assert worker["cpu_cores"] == 0.3 and worker["runq_cores"] == 1.0 and worker["invol_per_rt"] == 0.4
+    assert worker["busiest_thread"] == "worker-a"
+    import os
+    assert r["host_busy"] == round(1.0 * os.cpu_count(), 2)
+
+
+def test_saturation_snapshots_read_this_process_threads():
+    import os
+    import threading
+
+    from benchmarks.saturation import snapshot
+
+    if not os.path.exists(f"/proc/{os.getpid()}/task"):
+        pytest.skip("no /proc: the figures are absent")
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait, name="sat-test")
+    t.start()
+    try:
+        snap = snapshot({"me": os.getpid(), "gone": 2**22 + 12345})
+    finally:
+        stop.set()
+        t.join()
+    mine = [v for k, v in snap["threads"].items() if k[0] == "me"]
+    assert len(mine) >= 2 and all(k[0] == "me" for k in snap["threads"])  # the gone one: absent
+    assert sum(v[0] for v in mine) > 0
+    assert snap["host"][1] >= snap["host"][0] > 0

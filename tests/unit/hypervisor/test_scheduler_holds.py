@@ -95,3 +95,26 @@ def test_stop_drops_the_partitions_forwards_and_timers(tmp_path):
     assert not s.hv.forwarding.pending and s.hv.interrupts.next_timer_ns is None
     assert not any(q.partition.id == 1 for q in s.hv.forwarding.pings.values())
     assert s.hv.status().scheduler.running == 0
+
+
+def test_an_apic_write_finds_the_next_timer_without_walking_every_vp(tmp_path, monkeypatch):
+    """Issue 12: every APIC write (each EOI among them) walked every VP of every partition
+    for the next timer deadline; now only a write that moved the earliest deadline does."""
+    s = Stack(tmp_path, lps=2)
+    s.hello(ROOT, "root")
+    s.partition(vps=2)
+    walks = []
+    walk = s.hv.interrupts.timers_changed
+    monkeypatch.setattr(s.hv.interrupts, "timers_changed", lambda: (walks.append(1), walk()))
+    count = 0xFEE00380  # the timer's initial count register
+    s.exit(V10, m.MmioIntercept(10, count, 4, True, 400_000_000, stamps(), REGS))
+    late = s.vp(1, 0).apic.timer_deadline_ns
+    assert s.hv.interrupts.next_timer_ns == late and not walks
+    s.exit(V11, m.MmioIntercept(11, count, 4, True, 100_000_000, stamps(), REGS))
+    early = s.vp(1, 1).apic.timer_deadline_ns
+    assert early < late and s.hv.interrupts.next_timer_ns == early and not walks
+    s.exit(V11, m.MmioIntercept(12, 0xFEE000B0, 4, True, 0, stamps(), REGS))  # an EOI: nothing moved
+    s.exit(V10, m.MmioIntercept(13, count, 4, True, 300_000_000, stamps(), REGS))  # later than the earliest
+    assert s.hv.interrupts.next_timer_ns == early and not walks
+    s.exit(V11, m.MmioIntercept(14, count, 4, True, 0, stamps(), REGS))  # the earliest stops: look again
+    assert walks and s.hv.interrupts.next_timer_ns == s.vp(1, 0).apic.timer_deadline_ns

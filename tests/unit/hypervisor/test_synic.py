@@ -546,3 +546,34 @@ def test_a_stopped_partitions_timers_stop_and_its_vps_are_not_woken(syn):
     syn.hv.synic.fire_timers(1 << 62)  # whatever was armed would expire now
     assert not syn.vp(1).apic.irr and syn.hv.synic.next_timer_ns is None
     assert post(syn) == St.HV_STATUS_INVALID_PARTITION_ID
+
+
+def test_a_stimer_write_finds_the_next_timer_without_walking_every_vp(syn, monkeypatch):
+    """Issue 12: every synthetic timer MSR write walked every timer of every VP of every
+    partition; now only a write that moved the earliest deadline does."""
+    walks = []
+    walk = syn.hv.synic.timers_changed
+    monkeypatch.setattr(syn.hv.synic, "timers_changed", lambda: (walks.append(1), walk()))
+    late, early = 0x400000B0, 0x400000B2  # STIMER0_CONFIG, STIMER1_CONFIG (COUNT is CONFIG + 1)
+    wrmsr(syn, 1, late + 1, 40_000_000)  # 4 s, periodic into SINT 3
+    wrmsr(syn, 1, late, 1 | 1 << 1 | 3 << 16)
+    assert syn.hv.synic.next_timer_ns == syn.vp(1).synic.stimers[0].deadline_ns and not walks
+    wrmsr(syn, 1, early + 1, 10_000_000, vp=1)  # 1 s, on the other VP
+    wrmsr(syn, 1, early, 1 | 1 << 1 | 3 << 16, vp=1)
+    first = syn.vp(1, 1).synic.stimers[1].deadline_ns
+    assert syn.hv.synic.next_timer_ns == first and not walks
+    wrmsr(syn, 1, late + 1, 30_000_000)  # the later one moves, still later: no walk
+    assert syn.hv.synic.next_timer_ns == first and not walks
+    wrmsr(syn, 1, early + 1, 0, vp=1)  # the earliest stops: look again
+    assert walks and syn.hv.synic.next_timer_ns == syn.vp(1).synic.stimers[0].deadline_ns
+
+
+def test_after_move_keeps_the_earliest_deadline_or_asks_for_a_walk():
+    from hypervisor.deadlines import after_move
+
+    assert after_move(100, 200, 200) == (False, 100)  # nothing moved (an EOI)
+    assert after_move(100, 200, 50) == (False, 50)  # sooner than the earliest
+    assert after_move(100, 200, 300) == (False, 100)  # a later one moved later
+    assert after_move(None, None, 70) == (False, 70)  # the first timer
+    assert after_move(100, 100, 300)[0] and after_move(100, 100, None)[0]  # the earliest moved
+    assert after_move(100, 300, None) == (False, 100)  # a later one stopped

@@ -7,6 +7,7 @@ import pytest
 
 from proto import messages as m
 from proto.errors import InvalidField, MalformedMessage, ProtocolError, UnknownMessageType
+from proto.fields import FieldError
 
 T = 1_234_567_890_123
 
@@ -289,3 +290,32 @@ def test_every_field_check_says_what_it_accepts():
     for cls in m.REGISTRY.values():
         for name, check in zip(cls.FIELD_NAMES, cls.CHECKS):
             assert hasattr(check, "spec"), f"{cls.NAME}.{name}"
+
+
+def test_the_generated_decoder_accepts_and_refuses_what_the_field_checks_do():
+    """Each message's decoder writes its common checks out inline (messages._field_decoder):
+    for every field of every message, a probe value is taken or refused (naming that field)
+    exactly as the field's own check takes or refuses it."""
+    import random
+
+    from benchmarks.fuzz_sequence import Values
+
+    values = Values(random.Random(12), [1, 2])
+    probes = [0, 1, -1, True, False, 255, 256, 0xFFFF, 0x10000, (1 << 32) - 1, 1 << 32, (1 << 64) - 1, -(1 << 63),
+              1.5, None, "", "x", b"", b"x" * 5000, (), (1,), (1, 2), (1, 2, 3), (1,) * 17, (-1,), (True,), (1.0,),
+              ((1, 2),), {}, {"a": 1}]
+    for cls in m.REGISTRY.values():
+        base = [values.well_formed(check, name) for check, name in zip(cls.CHECKS, cls.FIELD_NAMES)]
+        m.decode(m.encode(cls(*base)))  # well-formed: decodes
+        for i, (check, name) in enumerate(zip(cls.CHECKS, cls.FIELD_NAMES)):
+            for probe in probes:
+                try:
+                    want = check(probe)
+                except FieldError:
+                    want = FieldError
+                frame = msgpack.packb([cls.TYPE, *base[:i], probe, *base[i + 1:]], use_bin_type=True)
+                if want is FieldError:
+                    with pytest.raises(InvalidField, match=name):
+                        m.decode(frame)
+                else:
+                    assert getattr(m.decode(frame), name) == want, (cls.NAME, name, probe)
