@@ -52,7 +52,7 @@ def busy_run(tmp_path):
 
 
 def test_a_busy_vp_takes_its_ticks_from_its_descriptor(tmp_path, monkeypatch):
-    monkeypatch.setenv("HVSTACK_POSTED_DESCRIPTOR", "1")  # (off by default: hypervisor/posted.py)
+    monkeypatch.setenv("HVSTACK_POSTED_DESCRIPTOR", "1")  # (the default; set against the environment)
     live, status = busy_run(tmp_path)
     c = status["counters"]
     # (busy: a vector posted again before the VP took the last one, sent by message)

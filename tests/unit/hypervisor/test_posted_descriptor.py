@@ -15,7 +15,7 @@ V10, V11 = vp_id(1, 0), vp_id(1, 1)
 
 @pytest.fixture(autouse=True)
 def descriptors_on(monkeypatch):
-    monkeypatch.setenv("HVSTACK_POSTED_DESCRIPTOR", "1")  # (off by default: hypervisor/posted.py)
+    monkeypatch.setenv("HVSTACK_POSTED_DESCRIPTOR", "1")  # (the default; set against the environment)
 W1 = worker_id(1)
 
 
