@@ -8,9 +8,8 @@ real-CPU backend, a VP without the file), :meth:`Interrupts.notify` sends an
 ``interrupt_notify`` as before.  The saying is bound to that connection: a VP's successor
 (a new partition process) must say it again.
 
-``HVSTACK_POSTED_DESCRIPTOR=1`` in the hypervisor's environment turns the descriptors on;
-without it there are no files and every posted interrupt is a message (see
-:func:`enabled_by_env` for why that is the default).
+``HVSTACK_POSTED_DESCRIPTOR=0`` in the hypervisor's environment turns the descriptors off
+(no files; every posted interrupt is a message): the bench's before/after.
 """
 
 from __future__ import annotations
