@@ -50,8 +50,8 @@ NOTIFY_POLL_NS = 50_000
 # message; pyzmq's poll also lets go of the GIL for the partition's other VPs).
 POSTED_CHECK_NS = 10_000
 NEVER = 1 << 62
-# Round trips kept unfiled at most (a few hundred KB): filed in bulk at each vp_stats (every
-# STATS_INTERVAL_NS), or when this many wait — whichever comes first.
+# Round trips of one path kept unfiled at most (a few hundred KB): filed in bulk at each
+# vp_stats (every STATS_INTERVAL_NS), or when this many wait — whichever comes first.
 MAX_UNFILED = 8192
 
 # x86-64 4-level paging: a table entry's present bit and the frame address in bits 51:12.
@@ -116,10 +116,11 @@ class Vp:
         # again, whose thousands of buckets the hypervisor checked and decoded 4 times a
         # second per VP (a third of its CPU with 16 partitions).
         self._unsent: dict[str, PathStats] = {}
-        # Round trips measured since the histograms were last brought up to date, as
-        # (path, stamps): appending is all a round trip costs; they are filed in bulk when
-        # read — at every vp_stats.
-        self._unfiled: list[tuple[str, tuple]] = []
+        # Round trips measured since the histograms were last brought up to date: their
+        # stamps, in a list per path indexed by its code (proto.exits.Exit.code; a resume's
+        # ``path`` is checked to be one): appending is all a round trip costs; they are
+        # filed in bulk when read — at every vp_stats.
+        self._unfiled: list[list[tuple]] = [[] for _ in range(max(BY_CODE) + 1)]
         self.exits = 0
         self.counters = {"interrupts": 0, "handler_exits": 0, "unhandled_interrupts": 0, "resets": 0,
                          "tlb_hits": 0, "tlb_misses": 0, "tlb_walk_reads": 0, "tlb_evictions": 0}
@@ -208,9 +209,11 @@ class Vp:
         if msg.fault == m.FAULT_RESET:
             self.counters["resets"] += 1
             raise VpReset(msg.rax, msg.rbx)
-        path = BY_CODE.get(msg.path)  # the name the hypervisor counted the exit by
-        if path is not None and msg.stamps:
-            self._measured(path, msg.stamps + (t_resume,))
+        if msg.path and msg.stamps:  # (filed under the path the hypervisor counted the exit by)
+            unfiled = self._unfiled[msg.path]
+            unfiled.append(msg.stamps + (t_resume,))
+            if len(unfiled) >= MAX_UNFILED:
+                self._file()
         if self._posted_buf is not None and self._posted_buf[POSTED_ON_OFFSET] & POSTED_ON:
             # Posted before this exit and not yet seen (a HLT after a posted interrupt ends
             # at once for it: hypervisor/interrupts.py posted_this_run).
@@ -238,38 +241,36 @@ class Vp:
     def _describe(frame: bytes) -> str:
         return m.decode(frame).NAME
 
-    def _measured(self, path: str, stamps: tuple) -> None:
-        """One round trip of ``path``, filed into its histograms later (``paths``)."""
-        unfiled = self._unfiled
-        unfiled.append((path, stamps))
+    def _measured(self, path: Exit, stamps: tuple) -> None:
+        """One round trip of ``path``, filed into its histograms later (``paths``).  (An
+        exit's resume appends to its path's list itself.)"""
+        unfiled = self._unfiled[path.code]
+        unfiled.append(stamps)
         if len(unfiled) >= MAX_UNFILED:
             self._file()
 
     def _file(self) -> None:
-        by_path: dict[str, list] = {}
-        for path, stamps in self._unfiled:
-            by_path.setdefault(path, []).append(stamps)
-        self._unfiled = []
-        for path, rounds in by_path.items():
-            stats = self._unsent.get(path)
-            if stats is None:
-                stats = self._unsent[path] = PathStats()
-            stats.record_many(rounds)
+        for code, rounds in enumerate(self._unfiled):
+            if rounds:
+                path = BY_CODE[code]
+                stats = self._unsent.get(path)
+                if stats is None:
+                    stats = self._unsent[path] = PathStats()
+                stats.record_many(rounds)
+                self._unfiled[code] = []
 
     @property
     def paths(self) -> dict[str, PathStats]:
         """This VP's latency histograms by path name, every round trip measured so far (a
         copy: sent and not yet sent, merged)."""
-        if self._unfiled:
-            self._file()
+        self._file()
         return merge_paths(merge_paths({}, self._paths), self._unsent)
 
     def flush_stats(self) -> None:
         """``vp_stats``: the round trips measured since the last one, and the counters."""
         self._next_stats = perf_counter_ns() + STATS_INTERVAL_NS
         self._stats_exits = self.exits
-        if self._unfiled:
-            self._file()
+        self._file()
         unsent, self._unsent = self._unsent, {}
         paths = {p: s.to_wire() for p, s in unsent.items()}
         self._send(m.VpStats(paths, dict(self.counters, exits=self.exits)).encode())
