@@ -139,12 +139,13 @@ def _field_decoder(cls):
     half of a hot message's decoding; a value that fails one, and every other kind of
     field, goes through its check function, which raises the :class:`FieldError` (or
     normalises, as a list becomes a tuple)."""
-    namespace = {"cls": cls}
-    lines = ["def from_wire(obj):"]
+    namespace = {"cls": cls, "new": object.__new__}
+    names = [f"v{i}" for i in range(len(cls.CHECKS))]
+    # One unpacking of the array, not an index per field; then, each field's test.
+    lines = ["def from_wire(obj):", f"    _, {''.join(v + ', ' for v in names)}= obj"]
     for i, check in enumerate(cls.CHECKS):
         namespace[f"check{i}"] = check
         v, call = f"v{i}", f"v{i} = check{i}(v{i})"
-        lines.append(f"    {v} = obj[{i + 1}]")
         test = _inline_test(check, v, namespace, i)
         if test is None:
             lines.append(f"    {call}")
@@ -154,7 +155,12 @@ def _field_decoder(cls):
             head, item = test
             lines.append(f"    if {head}:\n        {call}\n    else:\n        for x in {v}:\n"
                          f"            if {item}:\n                {call}\n                break")
-    lines.append(f"    return cls({', '.join(f'v{i}' for i in range(len(cls.CHECKS)))})")
+    # The message made without calling its __init__ (a Python frame that assigns the same
+    # fields): its slots filled here.  With the unpacking above, 2,700 of VpResume's 15,900
+    # instructions (cachegrind, issue 12).
+    lines.append("    msg = new(cls)")
+    lines += [f"    msg.{name} = v{i}" for i, name in enumerate(cls.FIELD_NAMES)]
+    lines.append("    return msg")
     exec("\n".join(lines) + "\n", namespace)
     return namespace["from_wire"]
 
@@ -164,6 +170,8 @@ def _inline_test(check, v: str, namespace: dict, i: int):
     each item's test in ``x``) for stamps and registers; None: call the check."""
     kind, params = getattr(check, "spec", (None, {}))
     if kind == "uint":
+        if params["bits"] == 64:  # (msgpack gives no int above 2**64 - 1)
+            return f"type({v}) is not int or {v} < 0"
         return f"type({v}) is not int or not 0 <= {v} <= {(1 << params['bits']) - 1}"
     if kind == "bool":
         return f"type({v}) is not bool"
