@@ -18,6 +18,7 @@ from time import perf_counter_ns
 from typing import Callable
 
 from proto import messages as m
+from proto.messages import FAULT_RESET, RFLAGS_FIXED, RFLAGS_IF, VpResume, decode
 from proto.exits import BY_CODE, Exit
 from proto.codes import HvMsr, HvStatus, HypercallCode, X86Exception, control_value
 from proto.memory import UnmappedGpa
@@ -50,6 +51,7 @@ NOTIFY_POLL_NS = 50_000
 # message; pyzmq's poll also lets go of the GIL for the partition's other VPs).
 POSTED_CHECK_NS = 10_000
 NEVER = 1 << 62
+RFLAGS_FIXED_IF = RFLAGS_FIXED | RFLAGS_IF
 # Round trips of one path kept unfiled at most (a few hundred KB): filed in bulk at each
 # vp_stats (every STATS_INTERVAL_NS), or when this many wait — whichever comes first.
 MAX_UNFILED = 8192
@@ -137,6 +139,7 @@ class Vp:
         self._next_check = min(self._quantum_end, perf_counter_ns() + self._check_ns)
         self._next_poll = 0  # the next look at the connection (a poll)
         self._poll_ready = dealer.wait
+        self._stopping = stop.is_set
         self.power_on()
         if posted is not None:
             # Before any guest code: from now on the hypervisor may post here.
@@ -157,14 +160,18 @@ class Vp:
 
     def _regs(self) -> tuple[int, int]:
         """The register block saved with every exit (``proto.messages.REGS``)."""
-        return (m.RFLAGS_FIXED | (m.RFLAGS_IF if self.if_flag else 0), self.cr3)
+        return (RFLAGS_FIXED_IF if self.if_flag else RFLAGS_FIXED, self.cr3)
 
     def _next_seq(self) -> int:
         self._seq = seq = (self._seq + 1) & 0xFFFFFFFF
         return seq
 
-    def _exit(self, frame: bytes, seq: int) -> m.VpResume:
-        if self.stop.is_set():
+    def _exit(self, pack, *fields) -> m.VpResume:
+        """The exit ``pack(seq, *fields, stamps, regs)`` (an intercept message's ``pack``):
+        sent, and its resume waited for and taken."""
+        self._seq = seq = (self._seq + 1) & 0xFFFFFFFF  # (_next_seq's, inline: a call less an exit)
+        frame = pack(seq, *fields, (perf_counter_ns(),), self._regs())
+        if self._stopping():
             raise VpStopped()
         if self._coalesced_writes:
             self.coalesced.flush(self._send, self.index)
@@ -173,18 +180,18 @@ class Vp:
             # Wait as long as it takes — a HLT, a paused partition, a VP waiting for an LP —
             # but notice a stopping partition.  (If the hypervisor dies the launcher ends
             # the run, which stops this partition.)
-            if not self._dealer.wait(EXIT_TIMEOUT_MS):
+            if not self._poll_ready(EXIT_TIMEOUT_MS):
                 # A long wait (a HLT, mostly): what was measured since the last vp_stats
                 # reaches status now, not at the next exit, which may be far off.
                 if self.exits != self._stats_exits:
                     self.flush_stats()
-                while not self._dealer.wait(HALT_SLICE_MS):
-                    if self.stop.is_set():
+                while not self._poll_ready(HALT_SLICE_MS):
+                    if self._stopping():
                         raise VpStopped()
             raw = self._recv_ready()
             t_resume = perf_counter_ns()
-            msg = m.decode(raw)
-            if msg.__class__ is m.VpResume and msg.seq == seq:
+            msg = decode(raw)
+            if msg.__class__ is VpResume and msg.seq == seq:
                 break
             if msg.__class__ is m.InterruptNotify:
                 # Posted while this VP ran, read only now: it is pending all the same (the
@@ -199,14 +206,17 @@ class Vp:
                 continue
             # Anything else is a late answer to an earlier exit; it cannot be ours.
         self.exits += 1
-        self._quantum_end = msg.deadline_ns or NEVER
-        self._next_check = min(self._quantum_end, t_resume + self._check_ns)
+        # (Conditional expressions, not min() and bool(): builtin calls cost ~1,000
+        # instructions each here.)
+        self._quantum_end = quantum_end = msg.deadline_ns or NEVER
+        check = t_resume + self._check_ns
+        self._next_check = quantum_end if quantum_end < check else check
         if msg.regs:
             # The register block as the hypervisor restores it (the root may have changed it).
             rflags, self.cr3 = msg.regs
-            self.if_flag = bool(rflags & m.RFLAGS_IF)
+            self.if_flag = rflags & RFLAGS_IF != 0
         self.lp = msg.lp
-        if msg.fault == m.FAULT_RESET:
+        if msg.fault == FAULT_RESET:
             self.counters["resets"] += 1
             raise VpReset(msg.rax, msg.rbx)
         if msg.path and msg.stamps:  # (filed under the path the hypervisor counted the exit by)
@@ -339,12 +349,10 @@ class Vp:
     # -- port I/O -------------------------------------------------------------------------
 
     def _in(self, port: int, size: int) -> int:
-        seq = self._next_seq()
-        return self._exit(m.IoPortIntercept.pack(seq, port, size, False, 0, (perf_counter_ns(),), self._regs()), seq).rax
+        return self._exit(m.IoPortIntercept.pack, port, size, False, 0).rax
 
     def _out(self, port: int, size: int, value: int) -> None:
-        seq = self._next_seq()
-        self._exit(m.IoPortIntercept.pack(seq, port, size, True, value, (perf_counter_ns(),), self._regs()), seq)
+        self._exit(m.IoPortIntercept.pack, port, size, True, value)
 
     def inb(self, port: int) -> int:
         return self._in(port, 1)
@@ -367,26 +375,22 @@ class Vp:
     # -- CPUID, MSRs, hypercalls ------------------------------------------------------------
 
     def cpuid(self, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
-        seq = self._next_seq()
-        r = self._exit(m.CpuidIntercept.pack(seq, leaf, subleaf, (perf_counter_ns(),), self._regs()), seq)
+        r = self._exit(m.CpuidIntercept.pack, leaf, subleaf)
         return r.rax, r.rbx, r.rcx, r.rdx
 
     def rdmsr(self, msr: int) -> int:
-        seq = self._next_seq()
-        r = self._exit(m.MsrIntercept.pack(seq, msr, False, 0, (perf_counter_ns(),), self._regs()), seq)
+        r = self._exit(m.MsrIntercept.pack, msr, False, 0)
         return (r.rdx << 32) | r.rax
 
     def wrmsr(self, msr: int, value: int) -> None:
-        seq = self._next_seq()
-        self._exit(m.MsrIntercept.pack(seq, msr, True, value, (perf_counter_ns(),), self._regs()), seq)
+        self._exit(m.MsrIntercept.pack, msr, True, value)
         if msr == HvMsr.HV_X64_MSR_VP_ASSIST_PAGE:
             # The hypervisor overlays the page at this GPA; it writes it on this VP's behalf.
             self.assist_gpa = (value & ~0xFFF) if value & 1 else None
 
     def hypercall_raw(self, control: int, data: bytes = b"") -> tuple[int, bytes]:
         """The hypercall instruction: RCX = ``control``; returns (RAX, output block)."""
-        seq = self._next_seq()
-        r = self._exit(m.HypercallIntercept.pack(seq, control, data, (perf_counter_ns(),), self._regs()), seq)
+        r = self._exit(m.HypercallIntercept.pack, control, data)
         return r.rax, r.output
 
     def hypercall(self, code: int, data: bytes = b"", fast: bool = False, rep_count: int = 0,
@@ -403,12 +407,11 @@ class Vp:
     def hlt(self) -> None:
         """Wait for an interrupt.  Returns once one has been taken (or at once if one was
         pending); a stopping partition raises VpStopped, a reset VpReset."""
-        seq = self._next_seq()
         # No vp_stats here: every STATS_INTERVAL_NS at an exit's resume, and when a wait
         # (this one) lasts.  Sent before every HLT it was one message of every histogram
         # per timer tick — 1,000 a second with a 1 kHz APIC timer, 100 per partition with
         # the PIC's tick — each costing the hypervisor more than the tick's own exits.
-        self._exit(m.HaltIntercept.pack(seq, (perf_counter_ns(),), self._regs()), seq)
+        self._exit(m.HaltIntercept.pack)
 
     def pause(self) -> None:
         """PAUSE: a spin-loop hint, not intercepted (no pause-loop exiting here); like every
@@ -455,8 +458,7 @@ class Vp:
 
     def _quantum_over(self) -> None:
         """The scheduler's timer fired: exit, and continue once dispatched again."""
-        seq = self._next_seq()
-        self._exit(m.QuantumExit.pack(seq, (perf_counter_ns(),), self._regs()), seq)
+        self._exit(m.QuantumExit.pack)
 
     def xchg(self, gpa: int, value: int) -> int:
         """``lock xchg`` on a 32-bit word of RAM: atomic against the partition's other VPs."""
@@ -499,8 +501,7 @@ class Vp:
 
     def _mmio_read(self, gpa: int, size: int) -> int:
         """An MMIO exit for a load (what the SLAT does not map)."""
-        seq = self._next_seq()
-        return self._exit(m.MmioIntercept.pack(seq, gpa, size, False, 0, (perf_counter_ns(),), self._regs()), seq).rax
+        return self._exit(m.MmioIntercept.pack, gpa, size, False, 0).rax
 
     def _mmio_write(self, gpa: int, size: int, value: int) -> None:
         """An MMIO exit for a store — or, in a coalesced region, none: the store joins the
@@ -512,8 +513,7 @@ class Vp:
             ring.append(self._send, self.index, gpa, size, value)
             self.counters["coalesced_mmio_writes"] = self.counters.get("coalesced_mmio_writes", 0) + 1
             return
-        seq = self._next_seq()
-        self._exit(m.MmioIntercept.pack(seq, gpa, size, True, value, (perf_counter_ns(),), self._regs()), seq)
+        self._exit(m.MmioIntercept.pack, gpa, size, True, value)
 
     def write_bytes(self, gpa: int, data: bytes) -> None:
         """``rep movs`` to ``gpa``: one store per 8 bytes where it is not RAM."""
@@ -540,14 +540,12 @@ class Vp:
 
     def mov_cr3(self, value: int) -> None:
         """MOV to CR3, intercepted: the hypervisor flushes this LP's whole TLB."""
-        seq = self._next_seq()
-        self._exit(m.Cr3Intercept.pack(seq, value, (perf_counter_ns(),), self._regs()), seq)
+        self._exit(m.Cr3Intercept.pack, value)
         self.cr3 = value
 
     def invlpg(self, gva: int) -> None:
         """INVLPG, intercepted: the hypervisor flushes this LP's whole TLB."""
-        seq = self._next_seq()
-        self._exit(m.InvlpgIntercept.pack(seq, gva & 0xFFFFFFFFFFFFFFFF, (perf_counter_ns(),), self._regs()), seq)
+        self._exit(m.InvlpgIntercept.pack, gva & 0xFFFFFFFFFFFFFFFF)
 
     def translate(self, gva: int) -> int:
         """Guest virtual → guest physical: the current LP's TLB, else a page walk that
