@@ -52,6 +52,8 @@ NOTIFY_POLL_NS = 50_000
 POSTED_CHECK_NS = 10_000
 NEVER = 1 << 62
 RFLAGS_FIXED_IF = RFLAGS_FIXED | RFLAGS_IF
+_HV_STATUS = HvStatus._value2member_map_
+_SWITCH_VIRTUAL_ADDRESS_SPACE = HypercallCode.HvCallSwitchVirtualAddressSpace
 # Round trips of one path kept unfiled at most (a few hundred KB): filed in bulk at each
 # vp_stats (every STATS_INTERVAL_NS), or when this many wait — whichever comes first.
 MAX_UNFILED = 8192
@@ -397,8 +399,12 @@ class Vp:
                   rep_start: int = 0) -> tuple[HvStatus, int, bytes]:
         """Returns (status, reps completed, output)."""
         rax, out = self.hypercall_raw(control_value(code, fast, rep_count, rep_start), data)
-        status = HvStatus(rax & 0xFFFF)
-        if code == HypercallCode.HvCallSwitchVirtualAddressSpace and status == HvStatus.HV_STATUS_SUCCESS:
+        # The member by a dict lookup, not HvStatus(...)'s Python-level EnumType.__call__
+        # (~3,000 instructions a hypercall); a status it does not name raises as that does.
+        status = _HV_STATUS.get(rax & 0xFFFF)
+        if status is None:
+            status = HvStatus(rax & 0xFFFF)
+        if code == _SWITCH_VIRTUAL_ADDRESS_SPACE and status == HvStatus.HV_STATUS_SUCCESS:
             (self.cr3,) = HV_INPUT_SWITCH_VIRTUAL_ADDRESS_SPACE.unpack_from(data)  # the hypervisor loaded CR3
         return status, (rax >> 32) & 0xFFF, out
 
