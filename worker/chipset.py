@@ -57,10 +57,12 @@ class _Intr:
 
 
 class Chipset:
-    def __init__(self, devices: list[dict], console: ConsoleSink | None = None) -> None:
+    def __init__(self, devices: list[dict], console: ConsoleSink | None = None,
+                 clock: SteppableClock | None = None) -> None:
+        """``clock``: the devices' time (tests hand in one they move themselves)."""
         self.bus = PortBus()
         self.mmio = MmioBus()
-        self.clock = SteppableClock()  # `io clock_step` moves it on
+        self.clock = clock if clock is not None else SteppableClock()  # `io clock_step` moves it on
         self.console_sink = console if console is not None else NullConsole()  # every UART's
         self.devices = []
         self.by_name: dict[str, object] = {}

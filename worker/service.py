@@ -73,6 +73,7 @@ class Worker:
         # Bound once: handle() runs for every guest access.
         self._send = dealer.send
         self._bus = chipset.bus
+        self._clock_now = chipset.clock.now_ns
         self._mmio = chipset.mmio
         # Worker servicing: the checkpoint file (proto.saved_state.CheckpointFile) and the
         # partition it is for; ``frozen`` once a device_save has saved the devices for a
@@ -191,10 +192,12 @@ class Worker:
             chipset.reset_requested = ""
 
     def _feed_input(self) -> None:
-        for device, backlog in self._backlog.items():
+        for device, backlog in list(self._backlog.items()):
             if backlog:
                 feed = self.chipset.console_input if device == "console" else self.chipset.keyboard_input
                 del backlog[:feed(bytes(backlog))]
+            if not backlog:
+                del self._backlog[device]  # so that an empty ``_backlog`` means no input waits
 
     def _poll_devices(self) -> None:
         """Bring the clocked devices up to date and signal what they raised — unless the
@@ -207,6 +210,16 @@ class Worker:
             self._feed_input()
         self._deadline = self.chipset.bus.poll(self.chipset.clock.now_ns())
         self._signal_chipset()
+
+    def _after_port_access(self, port: int) -> None:
+        """:meth:`_poll_devices` after a port access: only the devices it may have moved
+        are polled (``PortBus.deadline_after``), unless input waits or the worker is frozen."""
+        if self.frozen or self._backlog:
+            return self._poll_devices()
+        self._deadline = self._bus.deadline_after(port, self._clock_now())
+        chipset = self.chipset
+        if chipset.intr or chipset.reset_requested:
+            self._signal_chipset()
 
     def serve(self) -> None:
         """Answer the hypervisor until ``running`` is cleared (SIGTERM), then close."""
@@ -271,8 +284,11 @@ class Worker:
         if chipset.intr or chipset.reset_requested:
             self._signal_chipset()
         self._send(m.AccessComplete.pack(msg.ref, value, msg.stamps + (t_in, perf_counter_ns())))
-        # After the completion: the access may have moved a device's deadline.
-        self._poll_devices()
+        # After the completion: the access may have moved its device's deadline.
+        if cls is m.PortNotify:
+            self._after_port_access(msg.port)
+        else:
+            self._poll_devices()
 
     def _handle_saved(self, msg, t_in: int) -> None:
         """:meth:`handle` with ``each_exit`` checkpoints (:meth:`_exit_checkpoint`)."""
@@ -296,7 +312,10 @@ class Worker:
             self._exit_checkpoint(([device.name] if device is not None else []) + self._pic,
                                   {"ref": msg.ref, "value": value})
         self._send(m.AccessComplete.pack(msg.ref, value, msg.stamps + (t_in, perf_counter_ns())))
-        self._poll_devices()
+        if msg.__class__ is m.PortNotify:
+            self._after_port_access(msg.port)
+        else:
+            self._poll_devices()
 
     def _handler_failed(self, frame: bytes, e: Exception) -> None:
         """A handler raised: a bug of ours (the hypervisor only sends well-formed messages).
@@ -326,6 +345,8 @@ class Worker:
                 log.warning("%s input backlog full: %d bytes dropped", msg.device, len(msg.data) - room)
             backlog += msg.data[:max(0, room)]
             self._feed_input()
+            if not self.frozen:  # what it fed may have moved a deadline (the UART's receive timeout)
+                self._deadline = self._bus.poll(self.chipset.clock.now_ns())
             self._signal_chipset()
         elif cls is m.DeviceReset:
             log.info("partition reset: devices to power-on")
