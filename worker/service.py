@@ -31,7 +31,7 @@ from proto.status import QUERY_ERROR
 
 from worker.backends import ConsoleLog
 from worker.chipset import Chipset
-from worker.devices.base import ChipsetDevice
+from worker.devices.base import ChipsetDevice, IoError, all_ones
 
 log = logging.getLogger("worker")
 
@@ -74,6 +74,7 @@ class Worker:
         self._send = dealer.send
         self._bus = chipset.bus
         self._clock_now = chipset.clock.now_ns
+        self._intr_out = chipset.intr_out  # its ``level`` read, not the ``intr`` property: 0.6k instructions a test (cachegrind)
         self._mmio = chipset.mmio
         # Worker servicing: the checkpoint file (proto.saved_state.CheckpointFile) and the
         # partition it is for; ``frozen`` once a device_save has saved the devices for a
@@ -217,8 +218,7 @@ class Worker:
         if self.frozen or self._backlog:
             return self._poll_devices()
         self._deadline = self._bus.deadline_after(port, self._clock_now())
-        chipset = self.chipset
-        if chipset.intr or chipset.reset_requested:
+        if self._intr_out.level or self.chipset.reset_requested:
             self._signal_chipset()
 
     def serve(self) -> None:
@@ -237,7 +237,7 @@ class Worker:
                 timeout = 1
             if self._deadline is not None:
                 timeout = max(0, min(timeout, -(-(self._deadline - self.chipset.clock.now_ns()) // 1_000_000)))
-            if any(self._backlog.values()):
+            if self._backlog:  # input waits (_feed_input drops a drained backlog)
                 timeout = min(timeout, 10)  # keep feeding input as the guest drains it
             if not wait(timeout):
                 if console.pending:
@@ -266,11 +266,16 @@ class Worker:
         if self.each_exit and cls in (m.PortNotify, m.MmioNotify):
             return self._handle_saved(msg, t_in)
         if cls is m.PortNotify:
+            # The bus's device view, not its guest view (read/write): one call less per
+            # access, 0.46k instructions (cachegrind).  A write's IoError is dropped, as write() does; a
+            # read's becomes all-ones, as read() does.
             if msg.write:
-                self._bus.write(msg.port, msg.size, msg.value)
+                self._bus.io_write(msg.port, msg.size, msg.value)
                 value = 0
             else:
-                value = self._bus.read(msg.port, msg.size)
+                value = self._bus.io_read(msg.port, msg.size)
+                if value.__class__ is IoError:
+                    value = all_ones(msg.size)
         elif cls is m.MmioNotify:
             if msg.write:
                 self._mmio.write(msg.gpa, msg.size, msg.value)
@@ -280,8 +285,7 @@ class Worker:
         else:
             self._control(msg)
             return
-        chipset = self.chipset
-        if chipset.intr or chipset.reset_requested:
+        if self._intr_out.level or self.chipset.reset_requested:
             self._signal_chipset()
         self._send(m.AccessComplete.pack(msg.ref, value, msg.stamps + (t_in, perf_counter_ns())))
         # After the completion: the access may have moved its device's deadline.
