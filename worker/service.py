@@ -217,7 +217,7 @@ class Worker:
         are polled (``PortBus.deadline_after``), unless input waits or the worker is frozen."""
         if self.frozen or self._backlog:
             return self._poll_devices()
-        self._deadline = self._bus.deadline_after(port, self._clock_now())
+        self._deadline = self._bus.deadline_after(port, self._clock_now)
         if self._intr_out.level or self.chipset.reset_requested:
             self._signal_chipset()
 
@@ -236,7 +236,11 @@ class Worker:
             if console.pending:
                 timeout = 1
             if self._deadline is not None:
-                timeout = max(0, min(timeout, -(-(self._deadline - self.chipset.clock.now_ns()) // 1_000_000)))
+                left = self._deadline - self._clock_now()
+                if left <= 0:  # a device is due (it fell due while a message was handled)
+                    self._poll_devices()
+                    continue
+                timeout = min(timeout, -(-left // 1_000_000))
             if self._backlog:  # input waits (_feed_input drops a drained backlog)
                 timeout = min(timeout, 10)  # keep feeding input as the guest drains it
             if not wait(timeout):

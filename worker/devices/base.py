@@ -27,7 +27,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 
 from worker.devices.state import load_state, save_state
 
@@ -256,11 +256,11 @@ class ChipsetDevice:
     def poll(self, now_ns: int) -> int | None:
         return None  # not clocked
 
-    def deadline_after_access(self, now_ns: int) -> int | None:
-        """What ``poll(now_ns)`` returns right after an access of this device's own (the
+    def deadline_after_access(self, clock: Callable[[], int]) -> int | None:
+        """What ``poll(clock())`` returns right after an access of this device's own (the
         worker asks after each one): a device whose accesses leave it current can answer
-        from its state, without catching up again."""
-        return self.poll(now_ns)
+        from its state, without reading the clock and catching up again."""
+        return self.poll(clock())
 
     def save(self) -> dict:
         return save_state(self.SAVE_VERSION, self.state)

@@ -71,18 +71,20 @@ def run(all_polled: Chipset, incremental: Chipset, seed: int, steps: int) -> int
             port = rng.choice(ports)
             write = rng.random() < 0.6
             value = rng.choice(USEFUL.get(port, [0])) if rng.random() < 0.7 else rng.getrandbits(8)
-            if rng.random() < 0.5:  # time passes; the worker wakes at each deadline on the way
-                target = all_polled.clock.now_ns() + rng.choice([1_000, 100_000, 900_000, 3_000_000])
-                while deadline is not None and deadline <= target:
-                    for c in (all_polled, incremental):
-                        c.clock.step(deadline - c.clock.now_ns())
-                    a = all_polled.bus.poll(deadline)
-                    compare(f"step {i}: at the deadline", a, incremental.bus.poll(deadline))
-                    if a is not None and a <= deadline:
-                        raise AssertionError(f"step {i}: a deadline that does not move on")
-                    deadline = a
+            target = all_polled.clock.now_ns()
+            if rng.random() < 0.5:  # time passes
+                target += rng.choice([1_000, 100_000, 900_000, 3_000_000])
+            while deadline is not None and deadline <= target:  # the worker polls when one is due
+                at = max(deadline, all_polled.clock.now_ns())
                 for c in (all_polled, incremental):
-                    c.clock.step(target - c.clock.now_ns())
+                    c.clock.step(at - c.clock.now_ns())
+                a = all_polled.bus.poll(at)
+                compare(f"step {i}: at the deadline", a, incremental.bus.poll(at))
+                if a is not None and a <= at:
+                    raise AssertionError(f"step {i}: a deadline that does not move on")
+                deadline = a
+            for c in (all_polled, incremental):
+                c.clock.step(target - c.clock.now_ns())
         now = all_polled.clock.now_ns()
         if write:
             all_polled.bus.write(port, 1, value)
@@ -90,7 +92,8 @@ def run(all_polled: Chipset, incremental: Chipset, seed: int, steps: int) -> int
         else:
             assert all_polled.bus.read(port, 1) == incremental.bus.read(port, 1), f"step {i}: in {port:#x}"
         deadline = all_polled.bus.poll(now)
-        compare(f"step {i}: {'out' if write else 'in'} {port:#x}", deadline, incremental.bus.deadline_after(port, now))
+        compare(f"step {i}: {'out' if write else 'in'} {port:#x}", deadline,
+                incremental.bus.deadline_after(port, incremental.clock.now_ns))
     return taken
 
 
@@ -152,6 +155,38 @@ def test_a_device_that_moves_another_ones_deadline_says_so(declared):
     bus.register(arm, moves=(timer,) if declared else ())
     assert bus.poll(0) is None
     bus.write(0x10, 1, 50)
-    assert bus.deadline_after(0x10, 1) == (50 if declared else None)
+    assert bus.deadline_after(0x10, lambda: 1) == (50 if declared else None)
     bus.write(0x20, 1, 70)  # the timer's own port: always its own deadline
-    assert bus.deadline_after(0x20, 2) == 70
+    assert bus.deadline_after(0x20, lambda: 2) == 70
+
+
+def test_a_deadline_that_passes_while_accesses_keep_coming_is_polled_between_them(tmp_path):
+    """The serve loop polls every device once the earliest deadline has passed, before it
+    waits for the next message: a PIT tick is raised amid a stream of UART accesses that
+    never lets the loop's wait time out (the access path re-polls only the UART)."""
+    from proto import messages as m
+    from tests.unit.worker.test_service import FakeEndpoint, port
+    from worker.backends import ConsoleLog
+    from worker.service import Worker
+
+    clock = ManualClock()
+    console = ConsoleLog(str(tmp_path / "console.log"))
+    endpoint = FakeEndpoint()
+    worker = Worker(endpoint, Chipset(CHIPSETS["gen1"], console, clock=clock), console, strict=True)
+    for ref, (address, value) in enumerate(SETUP[:13], start=1):  # the PIC, and the PIT at ~1 kHz
+        endpoint.put(port(ref, address, value=value))
+    for ref in range(100, 140):  # 40 accesses 100 us apart (4 ms), every fourth the tick's EOI
+        endpoint.put(port(ref, 0x20, value=0x20) if ref % 4 == 0 else port(ref, 0x3FF, value=ref))
+    recv = endpoint.recv_ready
+
+    def recv_later() -> bytes:
+        clock.step(100_000)
+        return recv()
+
+    endpoint.recv_ready = recv_later
+    endpoint.on_idle = lambda: setattr(worker, "running", False)
+    worker.serve()
+    kinds = [type(s) for s in endpoint.sent]
+    assert kinds.count(m.AccessComplete) == 53
+    # One as the PIT is programmed (OUT rises), then a tick a ms: none is lost to the stream.
+    assert kinds.count(m.AssertInterrupt) >= 4, kinds
