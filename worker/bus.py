@@ -86,12 +86,12 @@ class PortBus(_GuestView):
         self.devices: list[Device] = []
         self.stats = BusStats()
         self._mistake = _Mistakes("port")
-        # Deadlines (module docstring of poll): each clocked device's, as its last poll
-        # returned it, the earliest of them, and per port the clocked devices an access
-        # there may move (deadline_after).
+        # Deadlines (see poll): each clocked device's as its last poll returned it, the
+        # earliest of them, and per port the clocked devices an access there may move,
+        # each with what gives its deadline then (deadline_after).
         self._due: dict[Device, int] = {}
         self._next = NEVER
-        self._moves: dict[int, tuple[tuple[Device, object], ...]] = {}
+        self._moves: dict[int, tuple[tuple[Device, Callable], ...]] = {}
 
     def register(self, device: Device, moves: tuple[Device, ...] = ()) -> None:
         """Put ``device`` on its ports.  ``moves``: other clocked devices whose deadline an

@@ -74,7 +74,9 @@ class Worker:
         self._send = dealer.send
         self._bus = chipset.bus
         self._clock_now = chipset.clock.now_ns
-        self._intr_out = chipset.intr_out  # its ``level`` read, not the ``intr`` property: 0.6k instructions a test (cachegrind)
+        # INTR's level read here, not through the ``intr`` property: 0.6k instructions a
+        # test, two tests per access (cachegrind).
+        self._intr_out = chipset.intr_out
         self._mmio = chipset.mmio
         # Worker servicing: the checkpoint file (proto.saved_state.CheckpointFile) and the
         # partition it is for; ``frozen`` once a device_save has saved the devices for a
@@ -271,8 +273,8 @@ class Worker:
             return self._handle_saved(msg, t_in)
         if cls is m.PortNotify:
             # The bus's device view, not its guest view (read/write): one call less per
-            # access, 0.46k instructions (cachegrind).  A write's IoError is dropped, as write() does; a
-            # read's becomes all-ones, as read() does.
+            # access, 0.46k instructions (cachegrind).  A write's IoError is dropped, as
+            # write() does; a read's becomes all-ones, as read() does.
             if msg.write:
                 self._bus.io_write(msg.port, msg.size, msg.value)
                 value = 0
@@ -292,7 +294,8 @@ class Worker:
         if self._intr_out.level or self.chipset.reset_requested:
             self._signal_chipset()
         self._send(m.AccessComplete.pack(msg.ref, value, msg.stamps + (t_in, perf_counter_ns())))
-        # After the completion: the access may have moved its device's deadline.
+        # After the completion: the access may have moved its device's deadline.  (An MMIO
+        # access polls them all: it is rare, the VGA's stores come coalesced.)
         if cls is m.PortNotify:
             self._after_port_access(msg.port)
         else:
