@@ -99,7 +99,7 @@ def run(all_polled: Chipset, incremental: Chipset, seed: int, steps: int) -> int
 
 @pytest.mark.parametrize("seed", range(3))
 def test_polling_what_an_access_moved_matches_polling_every_device(monkeypatch, seed):
-    taken = run(build(monkeypatch), build(monkeypatch), seed, 3000)
+    taken = run(build(monkeypatch), build(monkeypatch), seed, 2000)
     assert taken > 10, taken  # the timers did run and interrupt
 
 
