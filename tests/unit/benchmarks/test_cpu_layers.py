@@ -70,8 +70,12 @@ def test_perf_puts_an_interpreters_work_in_python_and_system_calls_in_the_kernel
         for p in procs.values():
             p.kill()
             p.wait()
-    assert rec.error is None
+    assert rec.error is None, rec.error
     py, sysc = samples["py:spin"], samples["sys:spin"]
-    assert sum(py.values()) > 50 and sum(sysc.values()) > 50
-    assert py["Python"] > 0.6 * sum(py.values())
-    assert sysc["kernel"] > py["kernel"] and sysc["kernel"] / sum(sysc.values()) > 0.2
+    assert sum(py.values()) > 20 and sum(sysc.values()) > 20, samples
+    share = {name: {layer: c[layer] / sum(c.values()) for layer in LAYERS} for name, c in samples.items()}
+    # Relative, so a loaded host (fewer samples, more of them in the scheduler) cannot turn it:
+    # the interpreter's loop is mostly Python, and more so than the system-call loop, which
+    # spends more of its time in the kernel.
+    assert share["py:spin"]["Python"] > 0.5, samples
+    assert share["sys:spin"]["kernel"] > share["py:spin"]["kernel"], samples
