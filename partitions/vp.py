@@ -171,7 +171,7 @@ class Vp:
     def _exit(self, pack, *fields) -> m.VpResume:
         """The exit ``pack(seq, *fields, stamps, regs)`` (an intercept message's ``pack``):
         sent, and its resume waited for and taken."""
-        self._seq = seq = (self._seq + 1) & 0xFFFFFFFF  # (_next_seq's, inline: a call less an exit)
+        self._seq = seq = (self._seq + 1) & 0xFFFFFFFF  # (_next_seq's line: one call less per exit)
         frame = pack(seq, *fields, (perf_counter_ns(),), self._regs())
         if self._stopping():
             raise VpStopped()

@@ -156,8 +156,8 @@ def _field_decoder(cls):
             lines.append(f"    if {head}:\n        {call}\n    else:\n        for x in {v}:\n"
                          f"            if {item}:\n                {call}\n                break")
     # The message made without calling its __init__ (a Python frame that assigns the same
-    # fields): its slots filled here.  With the unpacking above, 2,700 of VpResume's 15,900
-    # instructions (cachegrind, issue 12).
+    # fields): its slots filled here.  With the unpacking above, this saves 2,700 of the
+    # 15,900 instructions VpResume's decoder took (cachegrind, issue 12).
     lines.append("    msg = new(cls)")
     lines += [f"    msg.{name} = v{i}" for i, name in enumerate(cls.FIELD_NAMES)]
     lines.append("    return msg")

@@ -58,8 +58,9 @@ def bucket_upper(b: int) -> int:
 # Histogram.record_many's table: from TABLE_LO up, a bucket is at least 2**TABLE_SHIFT wide and
 # starts at a multiple of it, so ``value >> TABLE_SHIFT`` alone says the bucket of a value in
 # [TABLE_LO, TABLE_HI) (1 µs to 1 ms: nearly every stage of every round trip).  A list index
-# instead of bucket_of's arithmetic: 460 against 1,400 instructions a value (cachegrind), a
-# quarter of what a VP's exit cost (issue 12).  64 Ki entries (512 KB), made on first use.
+# instead of bucket_of's arithmetic: 460 against 1,400 instructions a value (cachegrind; a
+# port I/O exit files 8 values, and cost a VP 79k instructions in all, issue 12).  64 Ki
+# entries (512 KB, in the partition process only), made on first use.
 TABLE_SHIFT = 4
 TABLE_LO = 1 << (SUB_BUCKET_BITS + TABLE_SHIFT)
 TABLE_HI = 1 << 20
