@@ -52,7 +52,7 @@ class Dispatcher:
         # than the arrival (exited() keeps it no earlier than the dispatch), so that a
         # made-up one cannot inflate an LP's busy time.
         self.sched.exited(vp.sched, min(msg.stamps[0], t_in) if msg.stamps else t_in,
-                          preempted=msg.__class__ is m.QuantumExit)
+                          msg.__class__ is m.QuantumExit)  # (preempted; positional: see exited)
 
     def resume(self, ctx, rax: int, rbx: int = 0, rcx: int = 0, rdx: int = 0, fault: int = NO_FAULT,
                output: bytes = b"", to_back: bool = False, path: int = NO_PATH) -> None:
@@ -69,7 +69,7 @@ class Dispatcher:
                                                      ctx.stamps + (perf_counter_ns(),), 0, (), 0, 0, path))
             return
         vp.next_resume = (ctx.seq, ctx.stamps, rax, rbx, rcx, rdx, fault, output, path)
-        self.sched.make_ready(vp.sched, perf_counter_ns(), to_back=to_back)
+        self.sched.make_ready(vp.sched, perf_counter_ns(), to_back)  # (positional: ~250 instructions less)
 
     def dispatched(self, s: VpSched, lp: int, quantum_ns: int) -> None:
         """The scheduler put the VP on an LP: send what it is waiting for."""

@@ -215,12 +215,10 @@ class Hypervisor:
                     counters["not_authenticated"] += 1
                     error(identity, msg.TYPE, "NOT_AUTHENTICATED", "say hello first")
                     continue
-            else:
-                peer.messages += 1
-                if route is None or peer.role not in route[1]:
-                    counters["not_permitted"] += 1
-                    error(identity, msg.TYPE, "NOT_PERMITTED", f"a {peer.role} may not send {msg.NAME}")
-                    continue
+            elif route is None or peer.role not in route[1]:
+                counters["not_permitted"] += 1
+                error(identity, msg.TYPE, "NOT_PERMITTED", f"a {peer.role} may not send {msg.NAME}")
+                continue
             handler, _, is_exit = route
             try:
                 if is_exit:
@@ -246,8 +244,11 @@ class Hypervisor:
             except Exception as e:  # one guard per message: nothing a peer sends stops the loop
                 self._handler_failed(identity, peer, msg, e)
             try:
-                # One clock read for the three checks: they run after every message.
-                now = perf_counter_ns()
+                # The timers, the scheduler's tick and housekeeping, after every message, by
+                # the clock read at its arrival (a clock read per message less: ~470
+                # instructions).  One that fell due while the handler ran fires at the next
+                # message or at once when none comes (the wait above times out at 0).
+                now = t_in
                 if interrupts.next_timer_ns is not None and now >= interrupts.next_timer_ns:
                     interrupts.fire_timers(now)
                 if synic.next_timer_ns is not None and now >= synic.next_timer_ns:
