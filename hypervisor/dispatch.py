@@ -39,7 +39,8 @@ class Dispatcher:
     def left_guest(self, vp, msg: m.Message, t_in: int) -> None:
         """Any exit, before its handler: save the VP's register block (the hypervisor's
         copy is the one that counts while the VP is off its LP) and give its logical
-        processor back."""
+        processor back.  (The loop writes out its usual case, a register block without
+        root writes: keep the two alike.)"""
         if msg.regs:
             vp.rflags, vp.cr3 = msg.regs
             if vp.regs_written:

@@ -163,6 +163,7 @@ class Hypervisor:
         router, routes, peers = self.router, self.routes, self.peers.by_identity
         counters, error = self.counters, self.outbox.error
         sched, interrupts, left_guest = self.sched, self.interrupts, self.dispatcher.left_guest
+        exited, QuantumExit = sched.exited, m.QuantumExit
         synic = self.synic
         next_housekeeping = time.monotonic_ns()
         while self.running:
@@ -237,7 +238,13 @@ class Hypervisor:
                             error(identity, msg.TYPE, "OUT_OF_TURN",
                                   f"{peer.name} is {vp.sched.state.value}, not executing guest code")
                             continue
-                        left_guest(vp, msg, t_in)
+                        # Dispatcher.left_guest(vp, msg, t_in), written out: a call less on
+                        # every exit (~700 instructions).  Keep the two alike.
+                        if msg.regs and not vp.regs_written:
+                            vp.rflags, vp.cr3 = msg.regs
+                            exited(vp.sched, min(msg.stamps[0], t_in) if msg.stamps else t_in, kind is QuantumExit)
+                        else:
+                            left_guest(vp, msg, t_in)
                         # The VP's context from its last exit, reused: a VP has one exit in
                         # flight at most (another would be out of turn, above), so nothing
                         # holds its last one any more (the pending table, a servicing's held
