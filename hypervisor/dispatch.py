@@ -26,6 +26,10 @@ from hypervisor.scheduler import Scheduler, VpSched, VpState
 
 log = logging.getLogger("hypervisor")
 
+# Module constants for the resume sent on every round trip (a global each, not a module's
+# attribute lookup).
+_pack_resume, FAULT_RESET = m.VpResume.pack, m.FAULT_RESET
+
 
 class Dispatcher:
     def __init__(self, *, lps: int, router, outbox, counters: dict, tracer) -> None:
@@ -90,13 +94,13 @@ class Dispatcher:
             interrupt, irq_stamps = next_interrupt(vp)  # (which logs it for `io irqs_apic`)
             if interrupt and self._tracers:
                 self._trace(vp.partition, vp, Exit.INTERRUPT, False, interrupt & 0xFF, 0, irq_stamps)
-        if fault and fault != m.FAULT_RESET:
+        if fault and fault != FAULT_RESET:
             vp.faults += 1
         now = perf_counter_ns()
         # The quantum is counted from the dispatch, so the VP's run ends on time however
         # long the resume takes to reach it (one host, one CLOCK_MONOTONIC).
-        frame = m.VpResume.pack(seq, fault, rax, rbx, rcx, rdx, output, stamps + (now,),
-                                interrupt, irq_stamps, now + quantum_ns, lp, path, (vp.rflags, vp.cr3))
+        frame = _pack_resume(seq, fault, rax, rbx, rcx, rdx, output, stamps + (now,),
+                             interrupt, irq_stamps, now + quantum_ns, lp, path, (vp.rflags, vp.cr3))
         if not self._router.send(vp.peer, frame):
             self._counters["unroutable_replies"] += 1
             self.sched.exited(s, perf_counter_ns())

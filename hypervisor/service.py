@@ -242,7 +242,9 @@ class Hypervisor:
                         # every exit (~700 instructions).  Keep the two alike.
                         if msg.regs and not vp.regs_written:
                             vp.rflags, vp.cr3 = msg.regs
-                            exited(vp.sched, min(msg.stamps[0], t_in) if msg.stamps else t_in, kind is QuantumExit)
+                            # (min(stamp, t_in) as Dispatcher.left_guest takes it, without a builtin's call)
+                            t_exit = msg.stamps[0] if msg.stamps else t_in
+                            exited(vp.sched, t_exit if t_exit < t_in else t_in, kind is QuantumExit)
                         else:
                             left_guest(vp, msg, t_in)
                         # The VP's context from its last exit, reused: a VP has one exit in
