@@ -253,7 +253,7 @@ class Hypervisor:
                         # list and next_resume let go of an exit once it completes).  Three
                         # stores instead of a new context: ~2.2k instructions less per exit.
                         ctx = vp.exit_context
-                        if ctx is not None and ctx.origin is identity:
+                        if ctx is not None and ctx.origin == identity:  # (==: each frame its own bytes)
                             ctx.seq, ctx.stamps, ctx.t_in = msg.seq, msg.stamps + (t_in,), t_in
                         else:
                             ctx = vp.exit_context = ExitContext(identity, peer.partition, vp, msg.seq,
