@@ -231,7 +231,8 @@ def _run_bench(args) -> int:
             done += 1
         if args.cpu:
             cpu = measure_cpu(args.cpu_window, lambda *_: progress.step(),
-                              **({"profile": args.profile} if getattr(args, "profile", None) else {}))
+                              **({"profile": args.profile} if getattr(args, "profile", None) else {}),
+                              **({"layers": True} if getattr(args, "cpu_layers", False) else {}))
         if args.experiments:
             progress.step()
             experiments = run_experiments(min(3.0, args.duration / 2))
@@ -297,6 +298,10 @@ def _run_bench(args) -> int:
     if interrupted is not None:
         complain("bench", result["partial"] + (": the results above are of those" if done else ""))
         return code
+    if getattr(args, "cpu_layers", False) and cpu is not None and not args.json:
+        from benchmarks.cpu_layers import print_layers
+
+        print_layers(cpu)
     if getattr(args, "profile", None) and cpu is not None and not args.json:
         from benchmarks.cpu import print_profile
 

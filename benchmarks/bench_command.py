@@ -151,6 +151,9 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", metavar="FILE.prof", type=save_file,
                    help="cProfile the hypervisor's loop under load — the emulated port I/O CPU run, or with "
                         "--scale the largest N — into a pstats file, and print its top functions")
+    p.add_argument("--cpu-layers", action="store_true",
+                   help="with the CPU per round trip, where each process's goes: the Python interpreter, msgpack, "
+                        "ZeroMQ, libc, the kernel (perf samples; benchmarks/cpu_layers.py)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="nothing on standard error while measuring")
     p.add_argument("--real-guests", action="store_true",
@@ -175,6 +178,15 @@ def run(args) -> int:
         complain(NAME, f"--samples {args.samples} is fewer than --rounds {args.rounds}: "
                        f"each round needs at least one round trip of each floor")
         return 2
+    if getattr(args, "cpu_layers", False):
+        from benchmarks.cpu_layers import missing
+
+        if not args.cpu:
+            complain(NAME, "--cpu-layers needs the CPU per round trip: drop --no-cpu")
+            return 2
+        if (why := missing()) is not None:
+            complain(NAME, f"--cpu-layers: {why}")
+            return 2
     from benchmarks.bench import run_bench
 
     code = run_bench(args)

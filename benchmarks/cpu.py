@@ -150,7 +150,8 @@ def print_profile(stats_file: str, top: int = 20, stream=None) -> None:
     st.strip_dirs().sort_stats("tottime").print_stats(top)
 
 
-def measure_stack_cpu(path: str, window_s: float, timeout_s: float = 60.0, profile: str | None = None) -> dict:
+def measure_stack_cpu(path: str, window_s: float, timeout_s: float = 60.0, profile: str | None = None,
+                      layers: bool = False) -> dict:
     """CPU per round trip of ``path`` (io_port, cpuid, hypercall) on the stack, by process
     kind; with ``profile``, the hypervisor's loop profiled into that file."""
     from root.testrun import start_run
@@ -172,15 +173,40 @@ def measure_stack_cpu(path: str, window_s: float, timeout_s: float = 60.0, profi
             pids = run_pids(run)
             if profile:
                 profile_from_now(pids)
-            slices = []
-            for _ in range(SLICES):
-                before, exits0 = cpu_seconds(pids), _path_exits(run.stats(), path)
-                time.sleep(window_s / SLICES)
-                exits1, after = _path_exits(run.stats(), path), cpu_seconds(pids)
-                slices.append(per_round_trip(before, after, exits1 - exits0, window_s / SLICES))
+            return measure_window(pids, lambda: _path_exits(run.stats(), path), window_s, layers)
         finally:
             run.stop()
-    return cheapest(slices)
+
+
+def measure_window(pids: dict[str, int], made, window_s: float, layers: bool = False) -> dict:
+    """CPU per round trip of the processes ``pids`` over ``window_s`` seconds cut into
+    :data:`SLICES` slices, the cheapest the figure; ``made()`` counts the round trips so far.
+    ``layers``: also where each process kind's CPU went over the whole window
+    (``benchmarks/cpu_layers.py``; perf samples it meanwhile)."""
+    recorder = None
+    if layers:
+        from benchmarks.cpu_layers import Recorder
+
+        recorder = Recorder(pids)
+        recorder.start()
+    slices, first, n_first = [], cpu_seconds(pids), made()
+    try:
+        for _ in range(SLICES):
+            before, n0 = cpu_seconds(pids), made()
+            time.sleep(window_s / SLICES)
+            n1, after = made(), cpu_seconds(pids)
+            slices.append(per_round_trip(before, after, n1 - n0, window_s / SLICES))
+    finally:
+        samples = recorder.stop() if recorder is not None else None
+    out = cheapest(slices)
+    if recorder is not None:
+        from benchmarks.cpu_layers import per_round_trip as layer_shares
+
+        whole = per_round_trip(first, after, n1 - n_first, window_s)
+        out["layers"] = layer_shares(samples, whole["by_process_us"], process_kind)
+        if recorder.error:
+            out["layers_error"] = recorder.error
+    return out
 
 
 def cheapest(slices: list[dict]) -> dict:
@@ -203,7 +229,7 @@ def per_round_trip(before: dict[str, float], after: dict[str, float], round_trip
 
 
 def measure_floor_cpu(hops: int, window_s: float, timeout_s: float = 30.0, pace: float = 0.0,
-                      decode: bool = False) -> dict:
+                      decode: bool = False, layers: bool = False) -> dict:
     """CPU per round trip of the floor with ``hops`` hops — relay, echo and client, each a
     process measured whole as the stack's are — over a window of ``window_s`` seconds cut
     into as many slices as the stack's, the cheapest slice the figure; with ``pace``, at
@@ -225,19 +251,13 @@ def measure_floor_cpu(hops: int, window_s: float, timeout_s: float = 30.0, pace:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"floor: fewer than {WARMUP_EXITS} round trips within {timeout_s:g} s")
             time.sleep(0.05)
-        slices = []
-        for _ in range(SLICES):
-            before, n0 = cpu_seconds(pids), _floor_round_trips(client)
-            time.sleep(window_s / SLICES)
-            n1, after = _floor_round_trips(client), cpu_seconds(pids)
-            slices.append(per_round_trip(before, after, n1 - n0, window_s / SLICES))
+        return measure_window(pids, lambda: _floor_round_trips(client), window_s, layers)
     finally:
         if client is not None:
             client.kill()
             client.wait()
             client.stdout.close()
         stop_floor(relay, echoes, d)
-    return cheapest(slices)
 
 
 def _client_line(client: subprocess.Popen, timeout_s: float = 10.0) -> str:
@@ -255,7 +275,7 @@ def _floor_round_trips(client: subprocess.Popen) -> int:
     return int(line)
 
 
-def measure_cpu(window_s: float, progress=None, profile: str | None = None) -> dict:
+def measure_cpu(window_s: float, progress=None, profile: str | None = None, layers: bool = False) -> dict:
     """Every intercept path's CPU per round trip beside its floor's, each over a window of
     ``window_s`` seconds; ``profile``: the hypervisor's loop of the emulated port I/O run,
     profiled into that file."""
@@ -263,8 +283,8 @@ def measure_cpu(window_s: float, progress=None, profile: str | None = None) -> d
     for i, (path, (_, hops)) in enumerate(PATH_WORKLOADS.items()):
         if progress:
             progress(f"CPU per round trip: {path}", i, len(PATH_WORKLOADS))
-        stack = measure_stack_cpu(path, window_s, profile=profile if path == "io_port" else None)
-        floor = measure_floor_cpu(hops, window_s)
+        stack = measure_stack_cpu(path, window_s, profile=profile if path == "io_port" else None, layers=layers)
+        floor = measure_floor_cpu(hops, window_s, layers=layers)
         # The same floor held to the stack's pace: CPU per round trip depends on it (a
         # process that sleeps between messages pays more for each wake-up — the 2-hop relay
         # 40 µs at 13,000 round trips a second, 60–69 at 4,000, 128 at 2,000), and the

@@ -25,6 +25,7 @@ MAX_PAGE_DATA = PAGES_PER_MESSAGE * PAGE_BYTES
 MAX_PAGE_LIST = 4 * 4096  # u32 page numbers (zero pages may be many per message)
 MAX_CHUNK = MAX_FRAME_BYTES - 8192  # a migrate_state or migrate_probe chunk
 MAX_SHAPE_BYTES = 64 * 1024
+HANDOVER_BYTES = 16  # a migrate_begin's handover token, which its migrate_abandon must carry
 
 
 @message(58, "migrate_begin")
@@ -32,12 +33,15 @@ class MigrateBegin(Message):
     """Source → destination: partition ``name`` will come, of ``shape`` (msgpack, as a
     saved state's ``shape`` section) with GPA map ``runs`` (msgpack ``[[first page,
     count], …]``) over ``gpa_pages``.  Refused (INVALID_FIELD) unless the destination waits
-    for that partition with that shape and map; a new begin starts over."""
+    for that partition with that shape and map; a new begin starts over.  ``handover``:
+    16 random bytes the source's ``migrate`` command made and keeps in its lease
+    (root/migration_lease.py), which a ``migrate_abandon`` of this handover must carry."""
 
     name: text(64)
     shape: blob(MAX_SHAPE_BYTES)
     runs: blob(MAX_SHAPE_BYTES)
     gpa_pages: U64
+    handover: blob(HANDOVER_BYTES)
 
 
 @message(59, "migrate_pages")
@@ -99,10 +103,13 @@ class MigrateAbandon(Message):
     and runs here.  ``paused_at_ns`` names the handover (its ``migrate_go``'s; 0: no go was
     sent).  Answered by ``migrate_running`` (it runs here: the source must not) or ``ack``
     (nothing of it runs here, nor will: a session is abandoned, a committed partition that
-    never got its go is stopped)."""
+    never got its go is stopped).  ``handover`` is the begin's: without it the message is
+    refused (NOT_PERMITTED) and changes nothing — the destination's key, which lets a client
+    connect, is no licence to end another's migration."""
 
     name: text(64)
     paused_at_ns: U64
+    handover: blob(HANDOVER_BYTES)
 
 
 @message(68, "migrate_switchover")

@@ -48,6 +48,7 @@ import msgpack
 from proto import auth, messages as m, partition_state as ps, saved_state
 from proto import migration_messages as mm
 from proto.errors import HvstackError, ProtocolError
+from proto.sha256 import compare_digest
 from proto.memory import PAGE_SHIFT, GuestMemory, memory_path, slat_path
 from proto.status import HypervisorStatus
 from proto.transport import Router, curve_keypair
@@ -76,8 +77,9 @@ class Refusal(HvstackError):
 class Session:
     """One source's migration of one partition, from its begin."""
 
-    def __init__(self, identity: bytes, pc, pid: int, gpa_pages: int, runs: list) -> None:
+    def __init__(self, identity: bytes, pc, pid: int, gpa_pages: int, runs: list, handover: bytes) -> None:
         self.identity, self.pc, self.pid = identity, pc, pid
+        self.handover = handover  # the begin's token, which a migrate_abandon of it must carry
         self.gpa_pages = gpa_pages
         self.mapped = bytearray(gpa_pages)
         for first, count in runs:
@@ -111,6 +113,7 @@ class Receiver:
         self.endpoint = self.router.endpoint
         self.session: Session | None = None
         self.done: list[dict] = []
+        self.done_handovers: dict[tuple[str, int], bytes] = {}  # (partition, paused_at_ns) → its begin's token
         self.failures: list[str] = []
         self._refused_seen = 0
         self._probing_until = 0.0  # a probe without a session: its next chunk is served at once
@@ -232,8 +235,10 @@ class Receiver:
         if msg.gpa_pages != gpa_pages or [list(r) for r in runs] != ours:
             raise Refusal("INVALID_FIELD", f"partition {pc.name}: the source's GPA map ({msg.gpa_pages} pages, "
                                            f"runs {runs}) is not this one's ({gpa_pages} pages, runs {ours})")
+        if len(msg.handover) != mm.HANDOVER_BYTES:
+            raise Refusal("INVALID_FIELD", f"handover is {len(msg.handover)} bytes, not {mm.HANDOVER_BYTES}")
         self.router.bind(identity)  # a connection that began a migration is no longer idle
-        self.session = s = Session(identity, pc, pid, gpa_pages, ours)
+        self.session = s = Session(identity, pc, pid, gpa_pages, ours, msg.handover)
         s.mem = GuestMemory(memory_path(self.run.run.path, pid), slat_path(self.run.run.path, pid))
         self._after_reply = lambda: self._begun(s)  # the source's first pages come meanwhile
         return m.Ack(msg.TYPE)
@@ -391,6 +396,8 @@ class Receiver:
                    "total_ms": round((perf_counter_ns() - s.started) / 1e6, 1), "commit": s.took,
                    "paused_at_ns": msg.paused_at_ns, "started_at_ns": started}
         self.done.append(figures)
+        # Kept apart from the figures, which the manifest shows: a token is not a figure.
+        self.done_handovers[(pc.name, msg.paused_at_ns)] = s.handover
         self.session = None
         run.out.print(f"partition {pc.name}: migrated in, running here ({figures['downtime_ms']:.1f} ms after the "
                       f"source paused it; {s.pages_in} pages in {len(s.rounds)} rounds, {s.bytes_in} bytes; its "
@@ -402,12 +409,21 @@ class Receiver:
     def _abandon_asked(self, msg: mm.MigrateAbandon) -> m.Message:
         """The source's run says the migrate command of ``msg.name`` died: if its go came
         (the handover ``paused_at_ns`` names), the partition runs here and the source must
-        not run it; otherwise nothing of that handover may run here, ever."""
-        for f in self.done:
-            if msg.paused_at_ns and f["partition"] == msg.name and f["paused_at_ns"] == msg.paused_at_ns:
-                return mm.MigrateRunning(f["started_at_ns"])
+        not run it; otherwise nothing of that handover may run here, ever.  Only for the
+        handover the message names by its begin's token: the destination's key lets anyone
+        who has it connect, and must not let them end another's migration."""
+        refused = Refusal("NOT_PERMITTED", f"migrate_abandon of partition {msg.name} without its handover's token")
+        done = self.done_handovers.get((msg.name, msg.paused_at_ns)) if msg.paused_at_ns else None
+        if done is not None:
+            if not compare_digest(done, msg.handover):
+                raise refused
+            for f in self.done:
+                if f["partition"] == msg.name and f["paused_at_ns"] == msg.paused_at_ns:
+                    return mm.MigrateRunning(f["started_at_ns"])
         s = self.session
         if s is not None and s.pc.name == msg.name:
+            if not compare_digest(s.handover, msg.handover):
+                raise refused  # and the migration goes on
             why = "its source's migrate command died (its run said so)"
             if s.ready:
                 self._drop_committed(s, why)

@@ -279,7 +279,7 @@ def migrate(run_dir, man: dict, root, name: str, endpoint: str, server_key: str,
             say(f"link to {endpoint}: {bandwidth / 1e6:.1f} MB/s (random bytes, each MiB acknowledged)")
             t_start = perf_counter_ns()
             link.request(mm.MigrateBegin(name, msgpack.packb(partition_save.shape(pc, devices), use_bin_type=True),
-                                         msgpack.packb(runs), mem.pages))
+                                         msgpack.packb(runs), mem.pages, lease.handover))
             t_setup = perf_counter_ns()
             # A real CPU writes RAM past the dirty log: its pages are found by comparison
             # and sent from the copy compared (root/content_dirty.py).

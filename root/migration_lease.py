@@ -73,7 +73,9 @@ def _read(path: Path) -> dict | None:
         and isinstance(lease.get("create_time"), (int, float)) and isinstance(lease.get("partition"), str) \
         and isinstance(lease.get("endpoint"), str) and isinstance(lease.get("server_key"), str) \
         and isinstance(lease.get("paused_at_ns"), int) and 0 <= lease["paused_at_ns"] < 1 << 64 \
-        and (lease.get("restore_cap") is None or isinstance(lease["restore_cap"], int) and 0 <= lease["restore_cap"])
+        and (lease.get("restore_cap") is None or isinstance(lease["restore_cap"], int) and 0 <= lease["restore_cap"]) \
+        and isinstance(lease.get("handover"), str) and len(lease["handover"]) == 2 * mm.HANDOVER_BYTES \
+        and all(c in "0123456789abcdef" for c in lease["handover"])
     return lease if ok else None
 
 
@@ -98,8 +100,15 @@ class Lease:
             raise HvstackError(f"partition {partition}: the source run has not yet settled an earlier migrate that "
                                f"died ({self.path.name}); try again in a few seconds")
         self.data = {"pid": os.getpid(), "create_time": psutil.Process().create_time(), "partition": partition,
-                     "endpoint": endpoint, "server_key": server_key, "phase": "precopy", "paused_at_ns": 0}
+                     "endpoint": endpoint, "server_key": server_key, "phase": "precopy", "paused_at_ns": 0,
+                     # The begin's handover token: only who holds it (this command, the source
+                     # run through this file) may have the destination abandon the handover.
+                     "handover": os.urandom(mm.HANDOVER_BYTES).hex()}
         write_json(self.path, self.data)
+
+    @property
+    def handover(self) -> bytes:
+        return bytes.fromhex(self.data["handover"])
 
     def phase(self, phase: str, paused_at_ns: int = 0) -> None:
         self.data.update(phase=phase, paused_at_ns=paused_at_ns)
@@ -227,7 +236,8 @@ class LeaseWatcher:
         except TransportError as e:
             raise HvstackError(str(e)) from None
         try:
-            reply = dealer.request(mm.MigrateAbandon(lease["partition"][:64], lease["paused_at_ns"]),
+            reply = dealer.request(mm.MigrateAbandon(lease["partition"][:64], lease["paused_at_ns"],
+                                                     bytes.fromhex(lease["handover"])),
                                    int(ASK_TIMEOUT_S * 1000))
         finally:
             dealer.close()

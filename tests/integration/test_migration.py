@@ -132,8 +132,21 @@ def _begin(dst, old: Dealer | None = None) -> tuple[Dealer, list]:
         old.close()
     client = Dealer(inc["endpoint"], inc["server_key"])
     client.request(mm.MigrateBegin("alpha", msgpack.packb(partition_save.shape(pc, devices)), msgpack.packb(runs),
-                                   pages), 30_000)
+                                   pages, HANDOVER), 30_000)
     return client, runs
+
+
+HANDOVER = bytes(range(16))  # _begin's handover token
+
+
+def _abandon(dst, handover: bytes) -> m.Message:
+    """A migrate_abandon of alpha's handover from another connection with the destination's key."""
+    inc = incoming(dst)
+    other = Dealer(inc["endpoint"], inc["server_key"])
+    try:
+        return other.request(mm.MigrateAbandon("alpha", 0, handover), 10_000)
+    finally:
+        other.close()
 
 
 def test_tampered_truncated_or_unmapped_input_and_a_keyless_client_are_refused():
@@ -158,6 +171,11 @@ def test_tampered_truncated_or_unmapped_input_and_a_keyless_client_are_refused()
 
         client, runs = _begin(dst)
         try:
+            # The destination's key lets a client connect; it does not let it end another's
+            # migration: an abandon without the begin's token is refused, and the session
+            # goes on (the refusal below is the session's, not "without a migrate_begin").
+            with pytest.raises(Refused, match="without its handover's token"):
+                _abandon(dst, bytes(16))
             with pytest.raises(Refused, match="not mapped"):
                 client.request(mm.MigratePages(0, (0xFFFFF).to_bytes(4, "little"), b"", b""))
             client, runs = _begin(dst, client)  # a refusal abandons the session: begin again
@@ -183,11 +201,15 @@ def test_tampered_truncated_or_unmapped_input_and_a_keyless_client_are_refused()
             client.request(mm.MigrateState(0, len(record), bytes(record[:100])))
             with pytest.raises(Refused, match="100 bytes of the record came"):  # truncated
                 client.request(mm.MigrateCommit(len(record)))
+            client, runs = _begin(dst, client)
+            assert isinstance(_abandon(dst, HANDOVER), m.Ack)  # with it (the source run's lease has it)
+            with pytest.raises(Refused, match="without a migrate_begin"):
+                client.request(mm.MigrateCommit(0))
         finally:
             client.close()
         inc = dst.manifest()["incoming"]
         assert inc["partitions"] == ["alpha"] and inc["receiving"] is None and not inc["migrations"]
-        assert len(inc["failures"]) == 5, inc["failures"]
+        assert len(inc["failures"]) == 6 and "migrate command died" in inc["failures"][-1], inc["failures"]
         assert dst.manifest()["state"] == "running"
     finally:
         ended(dst)

@@ -27,7 +27,12 @@ def test_a_lease_moves_through_its_phases_and_is_released(tmp_path):
     lease.stall("go")  # (no HVSTACK_MIGRATE_STALL: returns at once)
     lease.release()
     assert not lease_path(tmp_path, "alpha").exists()
-    Lease(tmp_path, "alpha", "tcp://127.0.0.1:1", "KEY").release()
+    again = Lease(tmp_path, "alpha", "tcp://127.0.0.1:1", "KEY")
+    # Each handover its own token (the begin's, which a migrate_abandon must carry), kept in
+    # the lease for the source run.
+    assert len(again.handover) == 16 and again.handover != lease.handover
+    assert bytes.fromhex(json.loads(lease_path(tmp_path, "alpha").read_text())["handover"]) == again.handover
+    again.release()
 
 
 def test_a_dead_holders_lease_refuses_a_new_migrate_until_settled(tmp_path):
@@ -36,7 +41,7 @@ def test_a_dead_holders_lease_refuses_a_new_migrate_until_settled(tmp_path):
     pid, created = gone.stdout.split()
     lease_path(tmp_path, "alpha").write_text(json.dumps({
         "pid": int(pid), "create_time": float(created), "partition": "alpha", "endpoint": "tcp://127.0.0.1:1",
-        "server_key": "KEY", "phase": "paused", "paused_at_ns": 0}))
+        "server_key": "KEY", "phase": "paused", "paused_at_ns": 0, "handover": "00" * 16}))
     with pytest.raises(HvstackError, match="not yet settled an earlier migrate"):
         Lease(tmp_path, "alpha", "tcp://127.0.0.1:1", "KEY")
 
