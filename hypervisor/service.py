@@ -277,8 +277,10 @@ class Hypervisor:
                     synic.fire_timers(now)
                 if wake is not None and sched.ready and now >= wake:
                     # A busy loop must not starve the scheduler: a VP that overran its quantum
-                    # loses its LP to the ones waiting even while messages keep coming.
-                    sched.tick(now)
+                    # loses its LP to the ones waiting even while messages keep coming.  (A
+                    # clock of its own: the handler may have made VPs ready after t_in, and
+                    # a dispatch before their readiness would count negative waits.)
+                    sched.tick(perf_counter_ns())
                 # perf_counter_ns is CLOCK_MONOTONIC, time.monotonic_ns's clock, on Linux
                 # (CPython's pymonotonic for both): the same read serves housekeeping.
                 if now >= next_housekeeping:
