@@ -44,6 +44,8 @@ log = logging.getLogger("hypervisor")
 WORKER_TIMEOUT_NS = 2_000_000_000
 PING_INTERVAL_NS = 1_000_000_000  # a health check of each worker this often
 LATE = 1 << 62  # an access's deadline once its lateness has been counted
+# What every emulated exit uses, as module constants (a global each, not attribute chains).
+_pack_port_notify, _pack_mmio_notify, _IO_PORT = m.PortNotify.pack, m.MmioNotify.pack, Exit.IO_PORT
 
 
 @dataclass(slots=True)
@@ -156,7 +158,7 @@ class Forwarding:
         now = perf_counter_ns()
         ctx.deadline_ns = now + WORKER_TIMEOUT_NS
         self.pending[ref] = ctx
-        frame = (m.PortNotify if kind is Exit.IO_PORT else m.MmioNotify).pack(
+        frame = (_pack_port_notify if kind is _IO_PORT else _pack_mmio_notify)(
             ref, ctx.vp.index, ctx.addr, ctx.size, ctx.write, ctx.value, ctx.stamps + (now,))
         if not self._router.send(owner, frame):
             # The worker is gone.  Nobody else may complete the access: the VP waits in its
