@@ -121,7 +121,8 @@ class Forwarding:
 
     def _notify(self, ref: int, ctx: ExitContext, kind: Exit) -> bytes:
         """The worker's notification of an access, packed without building the message
-        (every emulated exit sends one: the round trip this project measures)."""
+        (every emulated exit sends one: the round trip this project measures).  (Written
+        out in :meth:`forward`: keep the two alike.)"""
         cls = m.PortNotify if kind is Exit.IO_PORT else m.MmioNotify
         return cls.pack(ref, ctx.vp.index, ctx.addr, ctx.size, ctx.write, ctx.value, ctx.stamps + (perf_counter_ns(),))
 
@@ -147,7 +148,7 @@ class Forwarding:
             ctx.kind = kind
             ctx.partition.held.append((ctx, kind))
             return
-        # _next() and _notify(), inline: two calls less on every emulated exit (~1.4k
+        # _next() and _notify(), inline: two calls less on every emulated exit (~1k
         # instructions).
         ref = self._next_ref
         self._next_ref = ref + 1 if ref < 0xFFFFFFFF else 1

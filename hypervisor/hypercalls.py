@@ -174,7 +174,7 @@ class Hypercalls(FlushAndIpiCalls):
         if status:  # (not HV_STATUS_SUCCESS, 0)
             name = S(status).name
             self.failures[name] = self.failures.get(name, 0) + 1
-        if not reps:  # result_value(status, 0), inline: a call less per hypercall (~700 instructions)
+        if not reps:  # result_value(status, 0), inline: a call less per hypercall (~500 instructions)
             return status & 0xFFFF, out
         return result_value(status, reps), out
 

@@ -169,7 +169,7 @@ class Scheduler:
         arguments on the hot path: keywords cost a call ~250 instructions more.)"""
         state = s.state
         if state is RUNNING:
-            # _off_lp(s, now), inline: every exit comes here (a call less, ~700 instructions).
+            # _off_lp(s, now), inline: every exit comes here (a call less, ~500 instructions).
             since = s.since_ns
             if now < since:
                 now = since
@@ -256,7 +256,7 @@ class Scheduler:
                         self._run(s, lp, now)
                         return
                     # _run(s, lp, now) without a wait (it is READY for no time) nor a
-                    # limit, inline: a call less on every round trip (~700 instructions).
+                    # limit, inline: a call less on every round trip (~500 instructions).
                     # Keep it alike with _run.
                     s.state = RUNNING
                     s.since_ns = now

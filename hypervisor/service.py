@@ -239,7 +239,7 @@ class Hypervisor:
                                   f"{peer.name} is {vp.sched.state.value}, not executing guest code")
                             continue
                         # Dispatcher.left_guest(vp, msg, t_in), written out: a call less on
-                        # every exit (~700 instructions).  Keep the two alike.
+                        # every exit (~500 instructions).  Keep the two alike.
                         if msg.regs and not vp.regs_written:
                             vp.rflags, vp.cr3 = msg.regs
                             # (min(stamp, t_in) as Dispatcher.left_guest takes it, without a builtin's call)
