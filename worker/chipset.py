@@ -57,10 +57,12 @@ class _Intr:
 
 
 class Chipset:
-    def __init__(self, devices: list[dict], console: ConsoleSink | None = None) -> None:
+    def __init__(self, devices: list[dict], console: ConsoleSink | None = None,
+                 clock: SteppableClock | None = None) -> None:
+        """``clock``: the devices' time (tests hand in one they move themselves)."""
         self.bus = PortBus()
         self.mmio = MmioBus()
-        self.clock = SteppableClock()  # `io clock_step` moves it on
+        self.clock = clock if clock is not None else SteppableClock()  # `io clock_step` moves it on
         self.console_sink = console if console is not None else NullConsole()  # every UART's
         self.devices = []
         self.by_name: dict[str, object] = {}
@@ -69,7 +71,7 @@ class Chipset:
         self.vga: VgaText | None = None
         self.pic: Pic8259 | None = None
         self.tick_gate: TickGate | None = None  # PIT OUT0 → IR0 (tick_gate.py)
-        self._intr = _Intr()
+        self.intr_out = _Intr()  # the PIC's INTR pin (``intr`` is its level)
         self._backends: list[DiskFile] = []  # opened here, closed with the chipset
         self.reset_requested = ""
         self.memory = None  # proto.memory.GuestMemory, once the worker has mapped it
@@ -106,23 +108,23 @@ class Chipset:
 
     @property
     def intr(self) -> bool:
-        return self._intr.level
+        return self.intr_out.level
 
     def take_interrupts(self) -> list[tuple[int, int]]:
         """INTA while INTR is high: [(vector, ns when INTR rose)]."""
         out = []
         pic = self.pic
-        while pic is not None and self._intr.level and len(out) < 16:
-            raised = self._intr.raised_ns
+        while pic is not None and self.intr_out.level and len(out) < 16:
+            raised = self.intr_out.raised_ns
             out.append((pic.acknowledge(), raised))
             # A request still waiting keeps INTR high; it dates from now.
-            self._intr.raised_ns = perf_counter_ns()
+            self.intr_out.raised_ns = perf_counter_ns()
         return out
 
     # -- factories: a device from its config, its backend opened and its lines wired ------
 
     def _pic(self, config, _) -> Pic8259:
-        self.pic = Pic8259(config, self._intr)
+        self.pic = Pic8259(config, self.intr_out)
         return self.pic
 
     def _pit(self, config, _) -> Pit8254:

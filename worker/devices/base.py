@@ -27,7 +27,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 
 from worker.devices.state import load_state, save_state
 
@@ -256,6 +256,12 @@ class ChipsetDevice:
     def poll(self, now_ns: int) -> int | None:
         return None  # not clocked
 
+    def deadline_after_access(self, clock: Callable[[], int]) -> int | None:
+        """What ``poll(clock())`` returns right after an access of this device's own (the
+        worker asks after each one): a device whose accesses leave it current can answer
+        from its state, without reading the clock and catching up again."""
+        return self.poll(clock())
+
     def save(self) -> dict:
         return save_state(self.SAVE_VERSION, self.state)
 
@@ -268,6 +274,12 @@ class ChipsetDevice:
 
     def _check_state(self, state: Any) -> None:
         """Raise ValueError for a well-typed saved state this device cannot be in."""
+
+
+def is_clocked(device: object) -> bool:
+    """Whether ``device`` has a ``poll`` of its own (a clock it must be woken for)."""
+    poll = getattr(type(device), "poll", None)
+    return poll is not None and poll is not ChipsetDevice.poll
 
 
 class FlatWindow:

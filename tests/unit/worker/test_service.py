@@ -319,8 +319,10 @@ def test_a_frozen_worker_polls_no_device_even_when_an_access_or_a_control_messag
                                             (0x43, 0x34), (0x40, 0x9C), (0x40, 0x2E),  # 100 Hz
                                             (0x20, 0x20)], start=1):  # EOI what unmasking raised
         worker.handle(m.encode(port(ref, address, value=value)))
-    now[0] += 15_000_000  # a tick fell due: not frozen, the next access raises it
+    endpoint.sent.clear()
+    now[0] += 15_000_000  # a tick fell due: not frozen, the serve loop's poll (it is due) raises it
     worker.handle(m.encode(port(30, SCR, value=1)))
+    worker._poll_devices()
     assert any(isinstance(s, m.AssertInterrupt) for s in endpoint.sent)
     worker.handle(m.encode(port(31, 0x20, value=0x20)))  # EOI
     worker.handle(m.encode(m.DeviceSave(5, "save")))
@@ -329,6 +331,7 @@ def test_a_frozen_worker_polls_no_device_even_when_an_access_or_a_control_messag
     now[0] += 50_000_000  # five ticks fall due while frozen
     worker.handle(m.encode(port(32, SCR, value=2)))
     worker.handle(m.encode(m.WorkerQuery(6, "ping")))
+    worker._poll_devices()  # as the serve loop does when the deadline it had passes
     assert [type(s) for s in endpoint.sent] == [m.AccessComplete, m.WorkerQueryReply]
     assert worker._deadline is None
     worker.handle(m.encode(m.DeviceSave(7, "thaw")))  # the handover was given up: it runs again
