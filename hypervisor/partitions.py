@@ -55,6 +55,8 @@ class VirtualProcessor:
     regs_written: dict = field(default_factory=dict)  # root writes not yet seen by the running VP
     synic: SynicVp = field(default_factory=SynicVp)  # its SynIC registers and message queues (synic.py)
     delivered: IrqLog = field(default_factory=IrqLog)  # vectors injected, for `io irqs_apic`
+    caller: object = None  # hypercalls.VpCaller: the VP as its hypercalls' caller (made at its first)
+    exit_context: object = None  # intercepts.ExitContext of its last exit, reused for the next (service.py)
 
     def __post_init__(self) -> None:
         if self.apic is None:

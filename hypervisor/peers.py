@@ -59,7 +59,6 @@ class Peer:
     partition: Partition | None
     vp: VirtualProcessor | None
     pid: int
-    messages: int = 0
 
 
 class Peers:

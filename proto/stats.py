@@ -134,8 +134,10 @@ class Histogram:
         if not self.counts:  # the first VP's (a one-VP partition's only): a copy, in C
             self.counts = dict(other.counts)
         else:
+            mine = self.counts  # (bound once: the hypervisor merges hundreds of buckets per vp_stats)
+            get = mine.get
             for b, k in other.counts.items():
-                self.counts[b] = self.counts.get(b, 0) + k
+                mine[b] = get(b, 0) + k
         self.lo = other.lo if self.n == 0 else min(self.lo, other.lo)
         self.hi = max(self.hi, other.hi)
         self.n += other.n

@@ -329,7 +329,8 @@ class _TimedReceive:
         return True
 
     def take(self) -> bytes:
-        """The held frame, or the next one at once (after a look said one is there)."""
+        """The held frame, or the next one at once (after a look said one is there).
+        (Router.recv writes this out: keep the two alike.)"""
         frame, self.held = self.held, None
         return self._recv(_NOBLOCK) if frame is None else frame
 
@@ -398,7 +399,13 @@ class Router:
         A frame from a peer not yet bound also gives the descriptor it came on
         (ZMQ_SRCFD) for :meth:`bind`."""
         recv = self._recv
-        identity = self._first.take()
+        # _TimedReceive.take(), written out: a call less per message (~400 instructions).
+        first = self._first
+        identity = first.held
+        if identity is None:
+            identity = recv(_NOBLOCK)
+        else:
+            first.held = None
         # Without copy, a frame says whether more parts follow (``more``): a getsockopt
         # (ZMQ_RCVMORE) per message cost more than the frame object (1.15 against 0.7 µs).
         frame = recv(_NOBLOCK, copy=False)

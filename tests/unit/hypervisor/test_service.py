@@ -211,6 +211,27 @@ def test_each_vp_stats_adds_its_round_trips_and_a_bad_one_adds_nothing(two):
     assert (two.hv.status().partition(1).paths, vp.stats_buckets) == before and vp.counters == {"exits": 5}
 
 
+def test_a_vp_stats_near_the_bucket_cap_is_counted_exactly(two):
+    """The cap on a VP's histogram buckets is decided by a bound (every bucket of a
+    vp_stats new) while that is under the cap, and by the exact count near it: a delta
+    whose buckets the VP has already is taken however many it carries."""
+    from hypervisor.telemetry import MAX_VP_STATS_BUCKETS
+    from proto.stats import MAX_BUCKET, Histogram
+
+    full = Histogram({b: 1 for b in range(MAX_BUCKET + 1)}, MAX_BUCKET + 1, MAX_BUCKET + 1, 1, 1)
+    stages = MAX_VP_STATS_BUCKETS // len(full.counts) - 1  # the total and these: under the cap, twice over it
+    delta = PathStats(full, [full] * stages).to_wire()
+    held = (stages + 1) * len(full.counts)
+    assert held <= MAX_VP_STATS_BUCKETS < 2 * held
+    vp = two.vp(1)
+    for sent in (1, 2):
+        two.send(V10, m.VpStats({Exit.CPUID.value: delta}, {"exits": sent}))
+        assert two.hv.counters["malformed"] == 0 and vp.counters == {"exits": sent}
+        assert vp.stats_buckets == held == sum(len(h.counts) for st in vp.stats.values()
+                                               for h in (st.total, *st.stages))
+    assert two.hv.status().partition(1).paths["cpuid"].total.n == 2 * len(full.counts)
+
+
 def test_a_peer_that_is_gone_loses_its_subscriptions(two):
     two.hello(b"t", "root")
     two.send(b"t", m.TraceSubscribe(0))
