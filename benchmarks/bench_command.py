@@ -148,6 +148,10 @@ def arguments(p: argparse.ArgumentParser) -> None:
                    help="the handovers of --service (default 10)")
     p.add_argument("--startup", action="store_true",
                    help="instead: launch to first banner and RSS per process kind at 1, 4 and 16 partitions")
+    p.add_argument("--instructions", action="store_true",
+                   help="instead: instructions per round trip of each process's own code, driven in-process "
+                        "under cachegrind — a figure the host's load does not move (needs valgrind; "
+                        "benchmarks/instructions.py)")
     p.add_argument("--profile", metavar="FILE.prof", type=save_file,
                    help="cProfile the hypervisor's loop under load — the emulated port I/O CPU run, or with "
                         "--scale the largest N — into a pstats file, and print its top functions")
@@ -170,6 +174,10 @@ def run(args) -> int:
         from benchmarks.service_bench import run_service
 
         return run_service(args)
+    if getattr(args, "instructions", False):
+        from benchmarks.instructions import run_instructions
+
+        return run_instructions(args)
     if args.scale or args.startup:
         from benchmarks.scale import run_scale, run_startup
 
