@@ -228,11 +228,15 @@ def drive_worker(path: str, n: int, built: int) -> int:
     from proto import messages as m
     from worker.backends import ConsoleLog
     from worker.chipset import Chipset
+    from worker.devices.base import FakeClock
     from worker.devices.config import CHIPSETS
     from worker.service import Worker
 
     t = 1_700_000_000_000
-    now = [time.monotonic_ns() + 10 ** 9]  # the devices' clock, after every device's epoch
+    # The devices' time moves per frame, from a fixed start, not with the host's clock: a
+    # clocked device's deadlines then fall at the same round trips in every run (valgrind's
+    # slowness and the start's phase would move them).
+    clock = FakeClock(10 ** 12)
 
     class Endpoint:
         def __init__(self, frames) -> None:
@@ -247,7 +251,7 @@ def drive_worker(path: str, n: int, built: int) -> int:
             return bool(self.inbox)
 
         def recv_ready(self):
-            now[0] += 500_000  # the bench's pace: ~2000 round trips/s
+            clock.advance(500_000)  # the bench's pace: ~2000 round trips/s
             return self.inbox.popleft()
 
         def close(self) -> None:
@@ -257,9 +261,7 @@ def drive_worker(path: str, n: int, built: int) -> int:
                                 (t, t + 50_000, t + 90_000)) for i in range(built)]
     with tempfile.TemporaryDirectory(prefix="hvstack-instr-") as tmp:
         console = ConsoleLog(os.path.join(tmp, "console.log"))
-        chipset = Chipset(CHIPSETS["minimal"], console)
-        # a clock that moves per frame, not with valgrind's slowness (the worker reads it)
-        chipset.clock.now_ns = lambda: now[0]
+        chipset = Chipset(CHIPSETS["minimal"], console, clock=clock)
         ep = Endpoint(frames[:n])
         worker = Worker(ep, chipset, console)
         worker.serve()
@@ -301,7 +303,7 @@ def measure(n: int = N, cases=CASES, jobs: int = 2) -> dict:
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True,
                               text=True, timeout=10).stdout.strip() or "?"
     except (OSError, subprocess.SubprocessError):
         return "?"
@@ -315,6 +317,9 @@ def run_instructions(args) -> int:
         complain(NAME, f"--instructions: {why}")
         return 2
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    if getattr(args, "progress", True):
+        print(f"bench: counting instructions of {len(CASES)} cases under valgrind, two runs each "
+              f"(about 2 minutes)…", file=sys.stderr, flush=True)
     try:
         result = measure()
     except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as e:
