@@ -79,7 +79,7 @@ def drive_hypervisor(path: str, n: int, built: int) -> int:
     resumes sent to the VP."""
     # The hypervisor's in-process fake socket is the one its unit tests maintain
     # (tests/unit/hypervisor/fake_stack.py): imported, not copied.
-    sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(REPO))  # tests/ is not installed: importable from the checkout only
     from proto import messages as m
     from proto.codes import HypercallCode, control_value
     from proto.hvcall import HV_INPUT_NOTIFY_LONG_SPIN_WAIT
@@ -147,15 +147,13 @@ def drive_hypervisor(path: str, n: int, built: int) -> int:
 
 
 class _FakeZmqSocket:
-    """What ``Dealer`` calls on its socket: recv gives the next queued frame, send keeps
-    the last one."""
+    """What ``Dealer`` calls on its socket: recv gives the next queued frame, send counts."""
 
     def __init__(self, frames) -> None:
         self.recv = (lambda flags=0, nxt=iter(frames).__next__: nxt())
         self.sent = 0
-        self.send = self._send
 
-    def _send(self, frame, flags=0) -> None:
+    def send(self, frame, flags=0) -> None:
         self.sent += 1
 
     def setsockopt(self, *args) -> None:
