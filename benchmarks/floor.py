@@ -100,13 +100,19 @@ def _send_to(sock: zmq.Socket, ident: bytes, frame: bytes) -> None:
 
 
 def relay(endpoint: str, decode: str = "") -> None:
-    f = hop_frames()
-    codec = Codec(decode)
-    received = codec.received
     sock = _socket(zmq.ROUTER)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     sock.bind(endpoint)
     print("READY", flush=True)
+    serve_relay(sock, decode)
+
+
+def serve_relay(sock, decode: str = "") -> None:
+    """The relay's loop on its bound ROUTER ``sock`` — a socket of its own, so that ``bench
+    --instructions`` drives this very code on a fake one (benchmarks/instructions.py)."""
+    f = hop_frames()
+    codec = Codec(decode)
+    received = codec.received
     roles: dict[bytes, tuple[bytes, bytes]] = {}  # identity → (kind, its echo peer's role)
     peers: dict[bytes, bytes] = {}  # echo role → identity
     notify, resume4, resume2 = codec.frame(f["port_notify"]), codec.frame(f["io_resume"]), codec.frame(f["cpuid_resume"])
@@ -146,11 +152,16 @@ def relay(endpoint: str, decode: str = "") -> None:
 
 
 def echo(endpoint: str, key: str = "", decode: str = "") -> None:
-    codec = Codec(decode)
-    complete, received = codec.frame(hop_frames()["access_complete"]), codec.received
     sock = _socket(zmq.DEALER)
     sock.connect(endpoint)
     sock.send(b"echo" + (b":" + key.encode() if key else b""))
+    serve_echo(sock, decode)
+
+
+def serve_echo(sock, decode: str = "") -> None:
+    """The echo's loop on its connected DEALER ``sock`` (as :func:`serve_relay`)."""
+    codec = Codec(decode)
+    complete, received = codec.frame(hop_frames()["access_complete"]), codec.received
     while True:
         received(sock.recv())
         sock.send(complete())
@@ -366,11 +377,17 @@ def counting_client(endpoint: str, hops: str, pace: str = "0", decode: str = "")
     or at most ``pace`` a second (sleeping until each one's turn); each SIGUSR1 prints the
     round trips made so far, one line.  ``decode``: each request packed, each answer
     unpacked (:class:`Codec`)."""
+    client = FloorClient(endpoint, int(hops))
+    count_round_trips(client.sock, client.frame, pace, decode)
+
+
+def count_round_trips(sock, request: bytes, pace: str = "0", decode: str = "") -> None:
+    """The counting client's loop on its connected DEALER ``sock``, ``request`` its frame
+    (as :func:`serve_relay`)."""
     import signal
 
-    client = FloorClient(endpoint, int(hops))
     codec = Codec(decode)
-    send, recv, poll, frame = client.sock.send, client.sock.recv, client.sock.poll, codec.frame(client.frame)
+    send, recv, poll, frame = sock.send, sock.recv, sock.poll, codec.frame(request)
     received = codec.received
     made = 0
     signal.signal(signal.SIGUSR1, lambda *_: print(made, flush=True))

@@ -271,31 +271,134 @@ def drive_worker(path: str, n: int, built: int) -> int:
 DRIVERS = {"hypervisor": drive_hypervisor, "partition": drive_partition, "worker": drive_worker}
 
 
+# --- the floor's drivers: benchmarks/floor.py's own loops on a fake socket --------------------
+#
+# The floor (a relay, an echo, a client: pure pyzmq) is the stack's ratio everywhere else in
+# the bench; here its processes' loops run on a fake socket with the frames of the real floor
+# (``hop_frames()``), ``decode`` the decoding floor (``Codec``).  Each loop is the real
+# floor's function (``serve_relay``, ``serve_echo``, ``count_round_trips``), not a copy; it
+# ends when the fake socket has no frame left to give (StopIteration out of its receive).
+
+PAIRS = {"hypervisor": "relay", "partition": "client", "worker": "echo"}  # the stack's process → the floor's
+FLOOR_KINDS = tuple(PAIRS.values())
+FLOOR_CASES = [("io_port", "relay"), ("io_port", "client"), ("io_port", "echo"),
+               ("cpuid", "relay"), ("cpuid", "client")]
+# hypercall's floor is cpuid's (2 hops, the same frames), as in the CPU bench (one floor per hop count)
+FLOOR_OF = {"io_port": "io_port", "cpuid": "cpuid", "hypercall": "cpuid"}
+
+
+class _FakeFloorSocket:
+    """What the floor's loops call on their pyzmq socket: a receive gives the next queued
+    frame (StopIteration once all are taken), a send is kept, a poll finds a frame."""
+
+    def __init__(self, frames) -> None:
+        self.recv = self.recv_multipart = iter(frames).__next__
+        self.sent: list = []
+
+    def send(self, frame, flags=0) -> None:
+        self.sent.append(frame)
+
+    def send_multipart(self, parts, flags=0) -> None:
+        self.sent.append(parts)
+
+    def poll(self, timeout=None, flags=1) -> int:
+        return 1
+
+
+def _copy(b: bytes) -> bytes:
+    """A bytes object of its own, as each receive gives one (an identity's hash not cached)."""
+    return bytes(bytearray(b))
+
+
+def _run_floor(loop, frames, *args) -> _FakeFloorSocket:
+    sock = _FakeFloorSocket(frames)
+    try:
+        loop(sock, *args)
+    except StopIteration:  # every queued frame taken
+        pass
+    return sock
+
+
+def drive_relay(path: str, n: int, built: int, decode: bool = False) -> int:
+    """The floor's relay (the hypervisor's counterpart) over ``n`` round trips: for io_port a
+    client's request and the echo's answer each (relayed to the echo, answered to the
+    client), for cpuid and hypercall a request answered by the relay.  Returns the answers
+    it sent the client."""
+    from benchmarks import floor
+
+    f = floor.hop_frames()
+    client, echo = b"\x00k\x8bEg", b"\x00k\x8bEh"  # identities as a ROUTER makes them (5 bytes)
+    if path == "io_port":
+        hellos = [[_copy(echo), b"echo"], [_copy(client), b"hop4"]]
+        one, answer = [(client, f["io_intercept"]), (echo, f["access_complete"])], f["io_resume"]
+    else:
+        hellos = [[_copy(client), b"hop2"]]
+        one, answer = [(client, f["cpuid_intercept"])], f["cpuid_resume"]
+    frames = hellos + [[_copy(who), _copy(frame)] for _ in range(built) for who, frame in one]
+    sock = _run_floor(floor.serve_relay, frames[:len(hellos) + n * len(one)], "decode" if decode else "")
+    return sum(1 for who, frame in sock.sent if who == client and frame == answer)
+
+
+def drive_echo(path: str, n: int, built: int, decode: bool = False) -> int:
+    """The floor's echo (the worker's counterpart): ``n`` port_notify-sized frames answered.
+    Returns the answers it sent."""
+    if path != "io_port":
+        raise ValueError("the echo is only on the io_port path")
+    from benchmarks import floor
+
+    f = floor.hop_frames()
+    frames = [_copy(f["port_notify"]) for _ in range(built)]
+    sock = _run_floor(floor.serve_echo, frames[:n], "decode" if decode else "")
+    return sum(1 for frame in sock.sent if frame == f["access_complete"])
+
+
+def drive_client(path: str, n: int, built: int, decode: bool = False) -> int:
+    """The floor's counting client (the partition's counterpart) at its own pace: ``n``
+    requests, each answered with the resume the relay sends.  Returns the requests answered."""
+    from benchmarks import floor
+
+    f = floor.hop_frames()
+    request, answer = ((f["io_intercept"], f["io_resume"]) if path == "io_port"
+                       else (f["cpuid_intercept"], f["cpuid_resume"]))
+    frames = [_copy(answer) for _ in range(built)]
+    sock = _run_floor(floor.count_round_trips, frames[:n], request, "0", "decode" if decode else "")
+    # Its loop sends, then receives: the request after the last answer found none (the end).
+    return sum(1 for frame in sock.sent if frame == request) - 1
+
+
+DRIVERS.update(relay=drive_relay, echo=drive_echo, client=drive_client)
+
+
 # --- measuring ------------------------------------------------------------------------------
 
-def count_ir(kind: str, path: str, n: int, built: int) -> int:
-    """Instructions of one driver run under cachegrind."""
+def count_ir(kind: str, path: str, n: int, built: int, decode: bool = False) -> int:
+    """Instructions of one driver run under cachegrind (``decode``: the decoding floor's)."""
     with tempfile.TemporaryDirectory(prefix="hvstack-cg-") as tmp:
         out = os.path.join(tmp, "cachegrind.out")
         env = dict(os.environ, PYTHONHASHSEED="0")
         proc = subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=no", f"--cachegrind-out-file={out}",
                                sys.executable, "-m", "benchmarks.instructions", "drive", kind, path, str(n),
-                               str(built)],
+                               str(built), *(["--decode"] if decode else [])],
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
         if proc.returncode != 0:
-            raise RuntimeError(f"{kind} {path} N={n} under valgrind: exit {proc.returncode}: "
+            raise RuntimeError(f"{kind}{' decode' if decode else ''} {path} N={n} under valgrind: exit {proc.returncode}: "
                                f"{proc.stderr.strip().splitlines()[-5:]}")
         return parse_ir(Path(out).read_text())
 
 
-def per_round_trip(kind: str, path: str, n: int) -> float:
+def per_round_trip(kind: str, path: str, n: int, decode: bool = False) -> float:
     """(Ir at 2N − Ir at N) / N, both runs building the frames of 2N round trips."""
-    return (count_ir(kind, path, 2 * n, 2 * n) - count_ir(kind, path, n, 2 * n)) / n
+    return (count_ir(kind, path, 2 * n, 2 * n, decode) - count_ir(kind, path, n, 2 * n, decode)) / n
 
 
-def measure(n: int = N, cases=CASES, jobs: int = 2) -> dict:
+# Every case measured, (path, kind, decode): the stack's, the floor's, the decoding floor's.
+ALL_CASES = ([(path, kind, False) for path, kind in CASES]
+             + [(path, kind, decode) for decode in (False, True) for path, kind in FLOOR_CASES])
+
+
+def measure(n: int = N, cases=ALL_CASES, jobs: int = 2) -> dict:
     with ThreadPoolExecutor(jobs) as pool:  # valgrind is one thread: two runs use the 2 cores
-        futures = {case: pool.submit(per_round_trip, case[1], case[0], n) for case in cases}
+        futures = {case: pool.submit(per_round_trip, case[1], case[0], n, case[2]) for case in cases}
         return {case: f.result() for case, f in futures.items()}
 
 
@@ -307,8 +410,48 @@ def git_commit() -> str:
         return "?"
 
 
-def run_instructions(args) -> int:
+# What neither side's figure holds (both run on fake sockets), said with every table.
+LEFT_OUT = ("both sides run on fake sockets: pyzmq, libzmq and the kernel (socket calls, ZeroMQ's I/O "
+            "threads, wake-ups) are in neither figure; hypercall's floor is cpuid's (2 hops, the same frames)")
+
+
+def ratios(stack: dict[str, int], floor: dict[str, int]) -> dict[str, float]:
+    """The stack's instructions over the floor's, per process pair (``stack`` by the stack's
+    process, ``floor`` by its counterpart's: :data:`PAIRS`) and for the whole round trip."""
+    out = {kind: round(ir / floor[PAIRS[kind]], 2) for kind, ir in stack.items()}
+    out["total"] = round(sum(stack.values()) / sum(floor.values()), 2)
+    return out
+
+
+def figures(result: dict) -> dict:
+    """:func:`measure`'s counts as per-path figures (instructions per round trip): the
+    stack's by process, the floor's and the decoding floor's by theirs, and the ratios."""
+    paths = list(dict.fromkeys(p for p, _ in CASES))
+    rows = {p: {k: round(result[(p, k, False)]) for q, k in CASES if q == p} for p in paths}
+    floors = {name: {p: {PAIRS[k]: round(result[(FLOOR_OF[p], PAIRS[k], decode)]) for k in rows[p]} for p in paths}
+              for name, decode in (("floor", False), ("decoding_floor", True))}
+    return {"per_round_trip": rows, **floors,
+            "ratio": {p: ratios(rows[p], floors["floor"][p]) for p in paths},
+            "ratio_decoding": {p: ratios(rows[p], floors["decoding_floor"][p]) for p in paths}}
+
+
+def figures_table(fig: dict) -> str:
+    """A row per path and process pair, and one for the whole round trip (k instructions)."""
     from root.report import table
+
+    out = []
+    for p, stack in fig["per_round_trip"].items():
+        floor, decoding = fig["floor"][p], fig["decoding_floor"][p]
+        pairs = [(f"{k} / {PAIRS[k]}", stack[k], floor[PAIRS[k]], decoding[PAIRS[k]], k) for k in stack]
+        pairs.append(("round trip", sum(stack.values()), sum(floor.values()), sum(decoding.values()), "total"))
+        out += [[p, name, f"{s / 1000:.1f}", f"{f / 1000:.1f}", f"{d / 1000:.1f}",
+                 f"{fig['ratio'][p][key]:.2f}×", f"{fig['ratio_decoding'][p][key]:.2f}×"]
+                for name, s, f, d, key in pairs]
+    return table(["path", "process", "stack", "floor", "decoding floor", "stack / floor", "stack / decoding"],
+                 out, "llrrrrr")
+
+
+def run_instructions(args) -> int:
     from benchmarks.bench_command import NAME, complain
 
     if (why := missing()) is not None:
@@ -316,24 +459,22 @@ def run_instructions(args) -> int:
         return 2
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     if getattr(args, "progress", True):
-        print(f"bench: counting instructions of {len(CASES)} cases under valgrind, two runs each "
-              f"(about 2 minutes)…", file=sys.stderr, flush=True)
+        print(f"bench: counting instructions of {len(ALL_CASES)} cases (the stack's, the floor's, the decoding "
+              f"floor's) under valgrind, two runs each (about 4 minutes)…", file=sys.stderr, flush=True)
     try:
-        result = measure()
+        fig = figures(measure())
     except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as e:
         complain(NAME, f"--instructions: {e}")
         return 1
-    paths = list(dict.fromkeys(p for p, _ in CASES))
-    rows = {p: {k: round(result[(p, k)]) for q, k in CASES if q == p} for p in paths}
     head = {"command": "bench --instructions", "time": started, "commit": git_commit(), "n": N}
     if args.json:
-        print(json.dumps({"instructions": {**head, "per_round_trip": rows}}, indent=2), flush=True)
+        print(json.dumps({"instructions": {**head, **fig, "left_out": LEFT_OUT}}, indent=2), flush=True)
         return 0
     print(f"instructions per round trip (k), each process's code in-process under cachegrind, "
-          f"(Ir(2N) - Ir(N)) / N, N = {N}; {head['command']}, {started}, commit {head['commit']}:")
-    print(table(["path", *KINDS, "total"],
-                [[p, *(f"{rows[p][k] / 1000:.1f}" if k in rows[p] else "-" for k in KINDS),
-                  f"{sum(rows[p].values()) / 1000:.1f}"] for p in paths]))
+          f"(Ir(2N) - Ir(N)) / N, N = {N}, beside the floor's processes (benchmarks/floor.py) driven the same "
+          f"way; {head['command']}, {started}, commit {head['commit']}:")
+    print(figures_table(fig))
+    print(f"(not counted: {LEFT_OUT})")
     return 0
 
 
@@ -341,14 +482,19 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.instructions")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("drive", help="drive one process kind's real code N round trips (under valgrind)")
-    d.add_argument("kind", choices=KINDS)
+    d.add_argument("kind", choices=[*KINDS, *FLOOR_KINDS])
     d.add_argument("path", choices=["io_port", "cpuid", "hypercall"])
     d.add_argument("n", type=int)
     d.add_argument("built", type=int, nargs="?", help="round trips whose frames are built (default N)")
+    d.add_argument("--decode", action="store_true", help="the decoding floor (a floor's kind only)")
     args = p.parse_args(argv)
+    if args.decode and args.kind not in FLOOR_KINDS:
+        p.error("--decode is the decoding floor's: relay, client or echo")
     random.seed(SEED)
-    done = DRIVERS[args.kind](args.path, args.n, max(args.built or args.n, args.n))
-    print(f"{args.kind} {args.path}: {done} round trips", file=sys.stderr)
+    built = max(args.built or args.n, args.n)
+    extra = (args.decode,) if args.kind in FLOOR_KINDS else ()
+    done = DRIVERS[args.kind](args.path, args.n, built, *extra)
+    print(f"{args.kind}{' decode' if args.decode else ''} {args.path}: {done} round trips", file=sys.stderr)
     return 0 if done == args.n else 1
 
 
