@@ -13,6 +13,11 @@ hypervisor's loop (``Hypervisor.serve``), a partition's VP (``partitions.vp.Vp``
 so that start-up, imports and warm-up cancel.  Each run builds the frames of 2N round trips
 whichever N it drives, so the building (msgpack encoding, stamps) cancels too.  Each driver
 runs as ``python -m benchmarks.instructions drive KIND PATH N BUILT`` in a subprocess.
+
+The floor's processes (``benchmarks/floor.py``: relay, echo, counting client, plain and
+decoding) are driven the same way, their own loops on a fake socket with the floor's frames
+(``drive relay|echo|client PATH N BUILT [--decode]``), so each figure of the stack has its
+floor's beside it and a ratio, as the bench's other figures do.
 """
 
 from __future__ import annotations
@@ -381,8 +386,8 @@ def count_ir(kind: str, path: str, n: int, built: int, decode: bool = False) -> 
                                str(built), *(["--decode"] if decode else [])],
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
         if proc.returncode != 0:
-            raise RuntimeError(f"{kind}{' decode' if decode else ''} {path} N={n} under valgrind: exit {proc.returncode}: "
-                               f"{proc.stderr.strip().splitlines()[-5:]}")
+            raise RuntimeError(f"{kind}{' decode' if decode else ''} {path} N={n} under valgrind: "
+                               f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-5:]}")
         return parse_ir(Path(out).read_text())
 
 
