@@ -24,6 +24,7 @@ partition's interrupts only ever reach its own VPs' connections and descriptors.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from time import perf_counter_ns
 
@@ -33,6 +34,8 @@ from proto.messages import INTERRUPT_NO_EOI
 
 from hypervisor.deadlines import after_move
 from hypervisor.scheduler import VpState
+
+log = logging.getLogger("hypervisor")
 
 # Posted-interrupt notifications sent to one VP per dispatch: a VP that does not read its
 # connection (a hostile guest) has at most this many waiting there per resume.
@@ -159,6 +162,17 @@ class Interrupts:
         part = peer.partition
         if not part.vps:
             return
+        seq = msg.seq
+        if seq:  # numbered: a restarted worker's resend is taken once (proto: AssertInterrupt)
+            if seq > part.interrupt_seq:
+                part.interrupt_seq = seq
+            elif msg.resent:
+                self._counters["interrupts_resent_dropped"] += 1
+                return
+            if msg.resent:
+                self._counters["interrupts_resent"] += 1
+                log.info("partition %d: interrupt %#x (seq %d), taken by its dead worker and never "
+                         "delivered, resent by its successor", part.id, msg.vector, seq)
         # ExtINT from the PIC goes to the boot processor (virtual-wire mode, LINT0).
         vp = part.vps[0]
         part.pic_output.record(msg.vector)  # for `io irqs_pic` (irq_log.py)

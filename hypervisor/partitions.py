@@ -130,6 +130,9 @@ class Partition:
     # new worker's hello gives the partition back to it (servicing.py).
     previous_worker: bytes | None = None
     worker_rollbacks: int = 0
+    # The highest assert_interrupt ``seq`` taken from its workers: a successor's resent
+    # interrupts at or below it had arrived before its predecessor died (interrupts.py).
+    interrupt_seq: int = 0
     # Coalesced MMIO (coalesced_mmio.py): the zones its worker registered, as (start, end),
     # and what came in batches: writes, batches, batches refused, batches its worker missed.
     coalesced_zones: list = field(default_factory=list)

@@ -110,6 +110,8 @@ class Hypervisor:
             "posted_descriptor": 0,  # of those, posted through the VP's descriptor instead (posted.py)
             "posted_descriptor_refused": 0,  # a VP's posted_descriptor_ready not taken
             "posted_descriptor_busy": 0,  # a vector's PIR bit still set: sent by message (posted.py)
+            "interrupts_resent": 0,  # a restarted worker's interrupts its predecessor took: taken now
+            "interrupts_resent_dropped": 0,  # … or dropped, had they arrived (interrupts.py)
         }
         counters = self.counters
         self.table = PartitionTable()

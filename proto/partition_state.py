@@ -262,8 +262,23 @@ def check_cpu(cpu: Any) -> list:
     return list(cpu)
 
 
+def check_worker_interrupts(section: Any) -> dict:
+    """A worker checkpoint's interrupts taken (worker/service.py): how many so far and the
+    last ones as [vector, seq], which a successor sends again."""
+    section = _map(section, "worker_interrupts")
+    seq = _int(section, "seq", "worker_interrupts")
+    taken = section.get("taken")
+    if not isinstance(taken, list) or len(taken) > 256:
+        _fail("worker_interrupts.taken", "missing, not a list, or over 256 entries")
+    for i, entry in enumerate(taken):
+        if not (isinstance(entry, list) and len(entry) == 2 and all(type(v) is int for v in entry)
+                and 0 <= entry[0] <= 0xFF and 1 <= entry[1] <= seq):
+            _fail(f"worker_interrupts.taken[{i}]", f"{entry!r} is not [vector, seq 1..{seq}]")
+    return section
+
+
 CHECKS = {"cpu": check_cpu, "shape": check_shape, "hypervisor": check_hypervisor, "vps": check_vps, "memory": check_memory,
-          "disks": check_disks}
+          "disks": check_disks, "worker_interrupts": check_worker_interrupts}
 
 
 def compare_shape(saved: dict, now: dict) -> None:

@@ -45,6 +45,9 @@ VERSION = 1
 # worker completed ({"ref", "value"}), so a successor can answer its resend without doing
 # it twice.
 SECTIONS = frozenset({"worker", "worker_access"})
+# The interrupts the devices took (INTA): how many so far ({"seq"}), and the last ones as
+# [vector, seq] ({"taken"}), which a successor sends again (worker/service.py).
+SECTIONS = SECTIONS | {"worker_interrupts"}
 # A whole partition's record (``ctl save``, ``run --restore``; proto/partition_state.py
 # checks each): its shape, the hypervisor's partition-wide and per-VP state, its memory
 # and its disks, beside ``worker``.

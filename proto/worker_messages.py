@@ -81,10 +81,20 @@ class MmioNotify(Message):
 class AssertInterrupt(Message):
     """Worker → hypervisor: the chipset's interrupt controller has a vector for the
     partition's boot processor (ExtINT through LINT0: the PIC's INTA happened in the
-    worker).  ``stamps`` start when the device raised its line."""
+    worker).  ``stamps`` start when the device raised its line.
+
+    ``seq`` numbers the interrupts the partition's devices have taken (INTA), from 1,
+    across worker handovers (0: not numbered).  A successor restored from a checkpoint
+    sends again, ``resent``, the ones its predecessor took last: ZeroMQ sends in the
+    background, so a worker killed just after an INTA may have taken a vector the
+    hypervisor never got, and the guest, never given it, would never EOI it — the PIC
+    would hold that IRQ and every lower one in service for good.  The hypervisor takes a
+    resent vector only if its ``seq`` is above every one it has taken for the partition."""
 
     vector: U8
     stamps: exit_stamps  # the device's raise, the worker's INTA
+    seq: U64 = 0
+    resent: boolean = False
 
 
 @message(27, "reset_request")

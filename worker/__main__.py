@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     console = ConsoleLog(spec["console_path"])
     chipset = Chipset(spec["devices"], console)
     memory = GuestMemory(args.memory_fd, args.slat_fd, args.dirty_fd) if args.memory_fd is not None else None
-    checkpoints, sequence, last_access = None, 0, None
+    checkpoints, sequence, last_access, interrupts = None, 0, None, None
     if args.checkpoint:
         checkpoints = CheckpointFile(os.open(args.checkpoint, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
     # Connected while the run's socket can still be reached; then confined; then hello.
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.restore:
         t0 = time.perf_counter_ns()
         try:
-            sequence, last_access = restore(chipset, checkpoints, spec["partition_id"])
+            sequence, last_access, interrupts = restore(chipset, checkpoints, spec["partition_id"])
         except SavedStateError as e:
             log.error("cannot restore the devices: %s", e)
             return 1
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     worker = Worker(dealer, chipset, console)
     if checkpoints is not None:
         worker.keep_checkpoints(checkpoints, spec["partition_id"], spec["name"], sequence,
-                                each_exit=args.each_exit, last_access=last_access)
+                                each_exit=args.each_exit, last_access=last_access, interrupts=interrupts)
     worker.start(spec["partition_id"], memory)
 
     def stop(signum, frame):
@@ -117,9 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def restore(chipset: Chipset, checkpoints: CheckpointFile | None, partition_id: int) -> tuple[int, dict | None]:
+def restore(chipset: Chipset, checkpoints: CheckpointFile | None,
+            partition_id: int) -> tuple[int, dict | None, dict | None]:
     """The devices from the newest record of the checkpoint file: (its sequence, the last
-    access it holds)."""
+    access it holds, the interrupts taken last)."""
     record = checkpoints.latest() if checkpoints is not None else None
     if record is None or record["partition"]["id"] != partition_id or "worker" not in record["sections"]:
         raise SavedStateError("no saved state of this partition's devices to restore (--checkpoint)")
@@ -128,7 +129,7 @@ def restore(chipset: Chipset, checkpoints: CheckpointFile | None, partition_id: 
     except ValueError as e:
         raise SavedStateError(str(e)) from None
     log.info("devices restored from record %d of %s", record["sequence"], record["created_at"])
-    return record["sequence"], record["sections"].get("worker_access")
+    return record["sequence"], record["sections"].get("worker_access"), record["sections"].get("worker_interrupts")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,11 @@ MAX_INPUT_BACKLOG = 1 << 16
 CONSOLE_FLUSH_NS = 20_000_000
 HANDLER_ERROR_LOGS_PER_S = 5
 STARTUP_REPLY_MS = 5000
+# The interrupts taken last that every checkpoint holds for a successor to send again: a
+# vector taken and never delivered stays in the PIC's ISR until the guest's EOI, so at most
+# one per IRQ level (15) can be waiting for its assert_interrupt to arrive; the hypervisor
+# drops the ones it had (AssertInterrupt.seq).
+RESEND_TAKEN = 16
 
 
 class Endpoint(Protocol):
@@ -87,6 +92,12 @@ class Worker:
         self.frozen = False
         self.each_exit = False
         self.coalesced_writes = 0  # stores that came in coalesced MMIO batches
+        # The interrupts the devices have taken (INTA), numbered across handovers
+        # (AssertInterrupt.seq), and the last RESEND_TAKEN of them as (vector, seq): each
+        # checkpoint holds them, for a successor to send again (:meth:`_resend_taken`).
+        self.interrupt_seq = 0
+        self._taken: deque[tuple[int, int]] = deque(maxlen=RESEND_TAKEN)
+        self._resend: list[tuple[int, int]] = []
 
     def start(self, partition_id: int, memory: GuestMemory | None = None) -> None:
         """Claim the chipset's ranges in the hypervisor's intercept table and map the
@@ -108,18 +119,24 @@ class Worker:
                  ", ".join(f"{b:#x}+{c:#x}" for b, c in mmio) or "none")
 
     def keep_checkpoints(self, checkpoints: saved_state.CheckpointFile, partition_id: int, name: str,
-                         sequence: int = 0, each_exit: bool = False, last_access: dict | None = None) -> None:
+                         sequence: int = 0, each_exit: bool = False, last_access: dict | None = None,
+                         interrupts: dict | None = None) -> None:
         """Save the devices into ``checkpoints`` when the hypervisor asks (``device_save``)
         and, with ``each_exit`` (a partition restarted when its worker dies), at every
         completed access and every interrupt taken: see :meth:`_exit_checkpoint`.  Records
-        are numbered after ``sequence``; ``last_access`` is the restored record's
-        (a successor answers its resend from it)."""
+        are numbered after ``sequence``; ``last_access`` and ``interrupts`` are the
+        restored record's (a successor answers its resend from the one and sends the
+        other's taken interrupts again: :meth:`_resend_taken`)."""
         self.checkpoints = checkpoints
         self.identity = (partition_id, name)
         self.sequence = sequence
         self.each_exit = each_exit
         self._saved = self.chipset.save()  # each device's last saved value, by name
         self._last_access = last_access
+        if interrupts is not None:
+            self.interrupt_seq = interrupts["seq"]
+            self._taken.extend((vector, seq) for vector, seq in interrupts["taken"])
+            self._resend = list(self._taken)
         self._clocked = [d.name for d in self.chipset.devices if type(d).poll is not ChipsetDevice.poll]
         self._pic = [self.chipset.pic.name] if self.chipset.pic is not None else []
         if each_exit:  # with the restored access: a resend after a second death is answered too
@@ -130,11 +147,15 @@ class Worker:
         Called between messages only, so it holds the effect of every access completed so
         far and of none half done."""
         self._saved = self.chipset.save()
-        return self._write()
+        # Every interrupt taken so far reached the hypervisor before the save's answer,
+        # which follows them on this connection: a successor has none to send again.
+        return self._write(taken=())
 
-    def _write(self, completed: dict | None = None) -> int:
+    def _write(self, completed: dict | None = None, taken=None) -> int:
         self.sequence += 1
-        sections = {"worker": self._saved}
+        sections = {"worker": self._saved,
+                    "worker_interrupts": {"seq": self.interrupt_seq,
+                                          "taken": [list(t) for t in (self._taken if taken is None else taken)]}}
         if completed is not None:
             sections["worker_access"] = completed
         data = saved_state.encode(*self.identity, sections, sequence=self.sequence)
@@ -185,11 +206,14 @@ class Worker:
         chipset = self.chipset
         if chipset.intr:
             now = perf_counter_ns()
-            taken = chipset.take_interrupts()
+            first = self.interrupt_seq + 1
+            taken = [(vector, raised, seq) for seq, (vector, raised) in enumerate(chipset.take_interrupts(), first)]
+            self.interrupt_seq += len(taken)
             if self.each_exit:  # what raised it (a clocked device, or the access) and the PIC
+                self._taken.extend((vector, seq) for vector, _, seq in taken)
                 self._exit_checkpoint(self._clocked + self._pic)
-            for vector, raised in taken:
-                self.dealer.send(m.AssertInterrupt(vector, (raised, now)).encode())
+            for vector, raised, seq in taken:
+                self.dealer.send(m.AssertInterrupt(vector, (raised, now), seq).encode())
         if chipset.reset_requested:
             self.dealer.send(m.ResetRequest(chipset.reset_requested).encode())
             chipset.reset_requested = ""
@@ -201,6 +225,22 @@ class Worker:
                 del backlog[:feed(bytes(backlog))]
             if not backlog:
                 del self._backlog[device]  # so that an empty ``_backlog`` means no input waits
+
+    def _resend_taken(self) -> None:
+        """A successor's first word: the interrupts its predecessor took last, sent again
+        (``resent``) before anything it raises itself.  The predecessor saved each INTA
+        before its assert_interrupt, but ZeroMQ sends in the background: killed just after
+        one, it may have taken a vector the hypervisor never got — one the guest will never
+        EOI, which holds that IRQ and every lower one in the PIC's ISR for good (a guest
+        halted for its disk interrupt then sleeps forever).  The hypervisor takes each
+        only if it never got it (by ``seq``)."""
+        resend, self._resend = self._resend, []
+        now = perf_counter_ns()
+        for vector, seq in resend:
+            self.dealer.send(m.AssertInterrupt(vector, (now, now), seq, True).encode())
+        if resend:
+            log.info("sent again the %d interrupts its predecessor took last (seq %d-%d)",
+                     len(resend), resend[0][1], resend[-1][1])
 
     def _poll_devices(self) -> None:
         """Bring the clocked devices up to date and signal what they raised — unless the
@@ -226,6 +266,7 @@ class Worker:
     def serve(self) -> None:
         """Answer the hypervisor until ``running`` is cleared (SIGTERM), then close."""
         wait, recv, handle, console = self.dealer.wait, self.dealer.recv_ready, self.handle, self.console
+        self._resend_taken()
         self._poll_devices()
         while self._early and self.running:  # what came during start-up, in order
             frame = self._early.popleft()

@@ -19,10 +19,29 @@ CONFIG = str(REPO / "tests" / "configs" / "servicing.toml")
 pytestmark = pytest.mark.timeout(120)
 
 
-def guest(run) -> dict:
+def status(run) -> HypervisorStatus:
     man = run.manifest()
     with RootClient(man["endpoint"], run.secret(), server_key=man.get("server_key")) as root:
-        return HypervisorStatus.from_wire(root.status()).partitions[0].vps[0].guest
+        return HypervisorStatus.from_wire(root.status())
+
+
+def guest(run) -> dict:
+    return status(run).partitions[0].vps[0].guest
+
+
+def stuck(run) -> str:
+    """What a guest that does not go on is waiting for: its partition's and VP's state and
+    the ends of the worker's and the hypervisor's logs (a CI failure explains itself)."""
+    hv = status(run)
+    p = hv.partitions[0]
+    vp = p.vps[0]
+    logs = ""
+    for log in sorted((run.path / "logs").glob("*")):
+        lines = [line for line in log.read_text(errors="replace").splitlines() if " root:" not in line]
+        logs += f"\n--- {log.name}:\n" + "\n".join(lines[-15:])  # (not the root's hellos: the polls')
+    return (f"hypervisor: {hv.pending} accesses pending, counters {hv.counters}; partition {p.state}, unresponsive {p.unresponsive}, health pauses {p.health_pauses}, "
+            f"worker timeouts {p.worker_timeouts}, worker {p.worker}; VP {vp.state}, sched {vp.sched}, "
+            f"exits {vp.exits}, guest {vp.guest}{logs}")
 
 
 def worker_pid(run) -> int:
@@ -38,7 +57,10 @@ def goes_on(run, before: dict, what: str) -> dict:
         if all(now.get(k, 0) > before.get(k, 0) for k in ("disk_bytes", "exits", "ticks")):
             return now
         return None
-    return wait_until(moved, 40, interval=0.2, what=f"the guest to go on {what}")
+    try:
+        return wait_until(moved, 40, interval=0.2, what=f"the guest to go on {what}")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; {stuck(run)}") from None
 
 
 @pytest.fixture(scope="module")

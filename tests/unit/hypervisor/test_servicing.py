@@ -91,6 +91,35 @@ def test_after_a_crash_the_uncompleted_access_goes_to_the_new_worker_under_its_r
     assert resumed and resumed[0].rax == 0x55
 
 
+def test_after_a_crash_a_resent_interrupt_is_taken_once_whether_or_not_it_had_arrived(s):
+    """The dead worker took two vectors (INTA) and saved them; the first reached the
+    hypervisor, the second died with it in ZeroMQ's queue.  Its successor sends both again:
+    the one that arrived is dropped, the lost one delivered — once (a resend of it after a
+    second death is dropped in turn)."""
+    from hypervisor.scheduler import VpState
+
+    assert not s.exit(V10, m.HaltIntercept(5, stamps(), REGS))  # the guest waits for an interrupt
+    woke = s.send(W1, m.AssertInterrupt(0x20, stamps(2), 7)).one(V10, m.VpResume)
+    assert woke.interrupt == 0x20 and s.part(1).interrupt_seq == 7
+    assert not s.exit(V10, m.HaltIntercept(6, stamps(), REGS))
+    s.send(ROOT, m.PartitionControl(1, "pause"))
+    service(s, "expect_worker").one(ROOT, m.Ack)
+    start_new_worker(s)
+    service(s, "commit").one(ROOT, m.Ack)
+    assert not s.send(NEW, m.AssertInterrupt(0x20, stamps(2), 7, True)).to(V10)  # it had arrived
+    assert s.vp(1).state is VpState.HALTED and s.hv.counters["interrupts_resent_dropped"] == 1
+    lost = s.send(NEW, m.AssertInterrupt(0x2E, stamps(2), 8, True)).one(V10, m.VpResume)
+    assert (lost.seq, lost.interrupt) == (6, 0x2E) and s.hv.counters["interrupts_resent"] == 1
+    assert not s.exit(V10, m.HaltIntercept(7, stamps(), REGS))
+    assert not s.send(NEW, m.AssertInterrupt(0x2E, stamps(2), 8, True)).to(V10)
+    assert s.hv.counters["interrupts_resent_dropped"] == 2
+    # The successor's own interrupts go on from there; unnumbered ones are always taken.
+    assert s.send(NEW, m.AssertInterrupt(0x20, stamps(2), 9)).one(V10, m.VpResume).interrupt == 0x20
+    assert not s.exit(V10, m.HaltIntercept(8, stamps(), REGS))
+    assert s.send(NEW, m.AssertInterrupt(0x21, stamps(2))).one(V10, m.VpResume).interrupt == 0x21
+    assert s.part(1).interrupt_seq == 9
+
+
 def test_abort_thaws_the_old_worker_and_gives_it_the_held_accesses(s):
     s.send(ROOT, m.PartitionControl(1, "pause"))
     save = service(s, "save").one(W1, m.DeviceSave)

@@ -281,7 +281,7 @@ def test_stamps_are_bounded_by_where_the_message_is_in_its_round_trip():
     with pytest.raises(InvalidField, match="stamps"):
         m.decode(msgpack.packb([m.AccessComplete.TYPE, 1, 0, [1] * 9]))
     with pytest.raises(InvalidField, match="stamps"):
-        m.decode(msgpack.packb([m.AssertInterrupt.TYPE, 0x20, [1] * 5]))
+        m.decode(msgpack.packb([m.AssertInterrupt.TYPE, 0x20, [1] * 5, 0, False]))
     longest = m.VpResume(1, 0, 0, 0, 0, 0, b"", (1,) * 10, 0, (1,) * 6, 0, 0, 0)  # 8 + hv in, out
     assert m.decode(longest.encode()) == longest
 

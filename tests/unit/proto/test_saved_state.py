@@ -108,3 +108,18 @@ def test_the_checkpoint_file_keeps_the_newest_valid_record(tmp_path):
     with pytest.raises(ss.Corrupt):
         ss.CheckpointFile(fd).latest()
     os.close(fd)
+
+
+@pytest.mark.parametrize("section", [
+    {"seq": 2}, {"seq": -1, "taken": []}, {"seq": 2, "taken": [[0x20, 3]]}, {"seq": 2, "taken": [[0x100, 1]]},
+    {"seq": 2, "taken": [[0x20]]}, {"seq": 2, "taken": [[0x20, 0]]}, {"seq": 2, "taken": "x"},
+    {"seq": 300, "taken": [[0x20, 1]] * 257},
+])
+def test_a_bad_worker_interrupts_section_is_refused_naming_it(section):
+    """What a successor sends again as interrupts (worker/service.py): a vector and a seq
+    no later than the record's count."""
+    data = ss.encode(1, "alpha", {"worker": {}, "worker_interrupts": section})
+    with pytest.raises(ss.SavedStateError, match="worker_interrupts"):
+        ss.decode(data)
+    good = {"worker": {}, "worker_interrupts": {"seq": 2, "taken": [[0x20, 1], [0x2E, 2]]}}
+    assert ss.decode(ss.encode(1, "alpha", good))["sections"] == good

@@ -301,6 +301,48 @@ def test_each_exit_saves_before_the_completion_and_a_resend_is_not_done_twice(ma
     assert succ.chipset.bus.read(SCR, 1) == 0x44
 
 
+def test_the_interrupts_taken_are_numbered_saved_and_sent_again_by_a_successor(make_worker, tmp_path):
+    """An INTA is saved before its assert_interrupt, which ZeroMQ sends in the background:
+    a worker killed in between leaves a vector the hypervisor may never have had.  Each
+    record holds the last ones taken; a successor restored from it sends them again,
+    ``resent``, before anything else, and numbers its own after them."""
+    import os
+
+    from proto.saved_state import CheckpointFile
+    worker, endpoint = make_worker("gen1")
+    cp = CheckpointFile(os.open(tmp_path / "cp.bin", os.O_RDWR | os.O_CREAT, 0o600))
+    worker.keep_checkpoints(cp, 1, "alpha", each_exit=True)
+    for ref, (address, value) in enumerate([(0x20, 0x11), (0x21, 0x20), (0x21, 0x04), (0x21, 0x01),
+                                            (0x21, 0xEF), (MCR, 0x08)], start=1):  # IRQ4 (COM1) only
+        worker.handle(m.encode(port(ref, address, value=value)))
+    worker.handle(m.encode(port(9, IER, value=0x02)))  # THRE: IRQ4 taken
+    [irq] = [s for s in endpoint.sent if isinstance(s, m.AssertInterrupt)]
+    assert (irq.vector, irq.seq, irq.resent) == (0x24, 1, False)
+    record = cp.latest()
+    assert record["sections"]["worker_interrupts"] == {"seq": 1, "taken": [[0x24, 1]]}
+    assert record["sections"]["worker"]["pic"]["master"]["isr"] == 1 << 4  # in service: waits for its EOI
+
+    succ, out = make_worker("gen1")
+    succ.chipset.restore(record["sections"]["worker"])
+    succ.keep_checkpoints(cp, 1, "alpha", record["sequence"], each_exit=True,
+                          last_access=record["sections"]["worker_access"],
+                          interrupts=record["sections"]["worker_interrupts"])
+    assert cp.latest()["sections"]["worker_interrupts"]["taken"] == [[0x24, 1]]  # a second death resends it too
+    out.on_idle = lambda: setattr(succ, "running", False)
+    succ.serve()
+    first = out.sent[0]
+    assert isinstance(first, m.AssertInterrupt) and (first.vector, first.seq, first.resent) == (0x24, 1, True)
+    # Its own go on from its predecessor's numbers; a device_save holds none to resend
+    # (they all went before its answer, on the same connection).
+    succ.running = True
+    succ.handle(m.encode(port(20, 0x20, value=0x20)))  # the guest's EOI
+    succ.handle(m.encode(port(21, IER, value=0x00)))
+    succ.handle(m.encode(port(22, IER, value=0x02)))  # THRE again
+    assert [(s.seq, s.resent) for s in out.sent if isinstance(s, m.AssertInterrupt)] == [(1, True), (2, False)]
+    succ.handle(m.encode(m.DeviceSave(30, "save")))
+    assert cp.latest()["sections"]["worker_interrupts"] == {"seq": 2, "taken": []}
+
+
 def test_a_frozen_worker_polls_no_device_even_when_an_access_or_a_control_message_comes(make_worker, tmp_path,
                                                                                           monkeypatch):
     """Saved for a successor (device_save), the worker's devices must not run here: a PIT
