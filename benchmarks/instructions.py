@@ -470,7 +470,8 @@ def run_instructions(args) -> int:
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     if getattr(args, "progress", True):
         print(f"bench: counting instructions of {len(ALL_CASES)} cases (the stack's, the floor's, the decoding "
-              f"floor's) under valgrind, two runs each (about 4 minutes)…", file=sys.stderr, flush=True)
+              f"floor's) under valgrind, two runs each (about 3 minutes on an idle 2-core host)…",
+              file=sys.stderr, flush=True)
     try:
         fig = figures(measure())
     except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as e:
