@@ -104,12 +104,13 @@ def test_after_a_crash_a_resent_interrupt_is_taken_once_whether_or_not_it_had_ar
     assert not s.exit(V10, m.HaltIntercept(6, stamps(), REGS))
     s.send(ROOT, m.PartitionControl(1, "pause"))
     service(s, "expect_worker").one(ROOT, m.Ack)
-    start_new_worker(s)
-    service(s, "commit").one(ROOT, m.Ack)
+    start_new_worker(s)  # it serves from here, and resends first: before the root's commit
     assert not s.send(NEW, m.AssertInterrupt(0x20, stamps(2), 7, True)).to(V10)  # it had arrived
-    assert s.vp(1).state is VpState.HALTED and s.hv.counters["interrupts_resent_dropped"] == 1
-    lost = s.send(NEW, m.AssertInterrupt(0x2E, stamps(2), 8, True)).one(V10, m.VpResume)
-    assert (lost.seq, lost.interrupt) == (6, 0x2E) and s.hv.counters["interrupts_resent"] == 1
+    assert s.hv.counters["interrupts_resent_dropped"] == 1
+    assert not s.send(NEW, m.AssertInterrupt(0x2E, stamps(2), 8, True)).to(V10)  # paused: it waits
+    assert s.hv.counters["interrupts_resent"] == 1
+    lost = service(s, "commit").one(V10, m.VpResume)
+    assert (lost.seq, lost.interrupt) == (6, 0x2E)
     assert not s.exit(V10, m.HaltIntercept(7, stamps(), REGS))
     assert not s.send(NEW, m.AssertInterrupt(0x2E, stamps(2), 8, True)).to(V10)
     assert s.hv.counters["interrupts_resent_dropped"] == 2
