@@ -18,7 +18,8 @@ from time import perf_counter_ns
 from typing import Callable
 
 from proto import messages as m
-from proto.messages import FAULT_RESET, RFLAGS_FIXED, RFLAGS_IF, VpResume, decode
+from proto.messages import FAULT_RESET, RFLAGS_FIXED, RFLAGS_IF, VpResume
+from proto.from_hypervisor import decode_from_hypervisor
 from proto.exits import BY_CODE, Exit
 from proto.codes import HvMsr, HvStatus, HypercallCode, X86Exception, control_value
 from proto.memory import UnmappedGpa
@@ -192,7 +193,9 @@ class Vp:
                         raise VpStopped()
             raw = self._recv_ready()
             t_resume = perf_counter_ns()
-            msg = decode(raw)
+            # The hypervisor's resume, its fields not checked again (proto/from_hypervisor.py:
+            # ~12,000 instructions less per exit, cachegrind).
+            msg = decode_from_hypervisor(raw)
             if msg.__class__ is VpResume and msg.seq == seq:
                 break
             if msg.__class__ is m.InterruptNotify:
