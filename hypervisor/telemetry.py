@@ -21,6 +21,7 @@ from time import perf_counter_ns
 from proto import messages as m
 from proto.codes import HvPartitionState
 from proto.exits import Exit
+from proto.checked_stats import CheckedPaths, path_stats
 from proto.stats import MAX_WIRE_VALUE, PathStats, merge_paths, wire_count
 from proto.status import (CpuStatus, HypercallStatus, HypervisorStatus, InterruptStatus, PartitionStatus, TlbStatus,
                           VpStatus)
@@ -162,7 +163,11 @@ class Telemetry:
         try:
             # Every number is checked (proto.stats.wire_count), not converted: a string of
             # digits or a float would be stored as is and fail only when status is packed.
-            delta = {path_name(path): PathStats.from_wire(d) for path, d in msg.paths.items()}
+            paths = msg.paths
+            if paths.__class__ is CheckedPaths:  # checked as from_wire checks, by the decoder
+                delta = {path_name(path): path_stats(d) for path, d in paths.items()}
+            else:
+                delta = {path_name(path): PathStats.from_wire(d) for path, d in paths.items()}
             counters = {counter_name(k): wire_count(v) for k, v in msg.counters.items()}
             # The bound (every bucket of the delta new) decides while it is under the cap;
             # only near the cap are the delta's buckets looked up in the VP's (about a tenth

@@ -6,6 +6,7 @@ registers them in ``REGISTRY``) and re-exports them, so import them through it
 (``from proto import messages as m; m.VpResume``), not from here.
 """
 
+from proto.checked_stats import vp_stats_paths
 from proto.fields import U16, U32, U64, U8, blob, boolean, mapping, one_of, stamps
 from proto.messages import (
     ACCESS_SIZES,
@@ -157,5 +158,5 @@ class VpStats(Message):
     (interrupts taken, TLB hits, a workload's operations, ``exits``); sent now and then,
     never answered, so it costs the measured paths nothing."""
 
-    paths: mapping(64)
+    paths: vp_stats_paths(64)  # mapping(64), checked as the hypervisor reads it (proto/checked_stats.py)
     counters: mapping(256)
