@@ -8,9 +8,11 @@ emulates — are not a hostile peer's: a VP's and a worker's DEALER connect to t
 hypervisor's ROUTER only, and the peer proved it holds the run's secret in the hello
 (proto.auth); every value in them was either checked when the hypervisor decoded the exit
 it came from (port, size, value, the VP's stamps) or made by the hypervisor.  Checking
-them all again on arrival cost a VP ~14,000 of the ~21,500 instructions of decoding a
-VpResume (its 8 stamps, its 14 fields; cachegrind), ~1/3 of its own instructions per
-exit, and a worker about half of decoding a PortNotify.
+them all again on arrival cost a VP ~12,000 of the ~21,500 instructions of decoding an
+io_port VpResume (its 14 fields, its 8 stamps; cachegrind), and a worker ~4,500 of the
+~12,300 of decoding a PortNotify: per round trip, a VP's instructions went from 60.7k to
+50.6k (io_port), 48.5k to 40.0k (cpuid), 52.9k to 44.4k (hypercall), a worker's from
+37.4k to 32.9k (``bench --instructions``).
 
 So here the frame's shape is still checked — the size, msgpack, a non-empty array, a known
 type, the number of fields — and the message built from the values as they are; any other
