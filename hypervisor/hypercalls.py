@@ -185,7 +185,6 @@ class Hypercalls(FlushAndIpiCalls):
         a fast call whose input needs XMM registers, which this hypervisor does not offer
         (CPUID 0x40000003 EDX bit 4 is clear).  TLFS "XMM Fast Hypercall Input"."""
         # The fast bit alone: dispatch() parses the whole control value right after.
-        # (Also written out in Intercepts.run_hypercall: keep the two alike.)
         if control & FAST_BIT and len(data) > FAST_INPUT_BYTES:
             return int(X86Exception.UD)
         return int(X86Exception.NONE)

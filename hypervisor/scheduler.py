@@ -155,7 +155,7 @@ class Scheduler:
         self.window_id = 0
         self.max_running = 0
         self._order = 0
-        # LPs with a VP on them, kept as VPs go on (_run) and off (_off_lp) an LP: counted
+        # LPs with a VP on them, kept as VPs go on (_run) and off (exited) an LP: counted
         # once per dispatch, not by a walk over the LPs.
         self._running = 0
 
@@ -164,12 +164,12 @@ class Scheduler:
         return self._running
 
     def exited(self, s: VpSched, now: int, preempted: bool = False, yielded: bool = False) -> None:
-        """The VP left guest mode (RUNNING → INTERCEPT): account its run and free its LP.
-        A PREEMPTED VP's LP and run were settled when it lost the LP.  (Positional
-        arguments on the hot path: keywords cost a call ~250 instructions more.)"""
+        """The VP left guest mode (RUNNING → INTERCEPT): account its run up to ``now`` and
+        free its LP — the one place a run is accounted (preempt_overruns and remove come
+        here too).  A PREEMPTED VP's LP and run were settled when it lost the LP.
+        (Positional arguments on the hot path: keywords cost a call ~250 instructions more.)"""
         state = s.state
         if state is RUNNING:
-            # _off_lp(s, now), inline: every exit comes here (a call less, ~500 instructions).
             since = s.since_ns
             if now < since:
                 now = since
@@ -195,22 +195,6 @@ class Scheduler:
         if yielded:
             s.yields += 1
 
-    def _off_lp(self, s: VpSched, now: int) -> None:
-        """Account a RUNNING VP's run up to ``now`` and free its LP.  (Also written out in
-        :meth:`exited`: keep the two alike.)"""
-        now = max(now, s.since_ns)
-        ran = now - s.since_ns
-        s.run_ns += ran
-        if s.window_id != self.window_id:
-            self._window(s)
-        s.window_ns += ran
-        s.vruntime += ran * DEFAULT_WEIGHT / s.controls.weight
-        lp = self.lps[s.lp]
-        lp.busy_ns += ran
-        lp.vp = None
-        self._running -= 1
-        s.since_ns = now
-
     def preempt_overruns(self, now: int) -> int:
         """Take back the LP of every VP still on it ``grace_ns`` after its quantum ended
         (RUNNING → PREEMPTED), and give the LPs to ready VPs; the number taken back."""
@@ -218,7 +202,7 @@ class Scheduler:
         for lp in self.lps:
             s = lp.vp
             if s is not None and now >= s.quantum_end_ns + self.grace_ns:
-                self._off_lp(s, now)
+                self.exited(s, now)  # its run accounted, its LP freed
                 s.state = PREEMPTED
                 s.forced += 1
                 taken += 1
@@ -288,7 +272,7 @@ class Scheduler:
         if s in self.ready:
             self.ready.remove(s)
         if s.state is RUNNING:
-            self._off_lp(s, max(s.since_ns, perf_counter_ns()))
+            self.exited(s, perf_counter_ns())  # its run accounted, its LP freed
         s.state = INTERCEPT
 
     def suspend(self, s: VpSched, suspended: bool) -> None:
