@@ -19,7 +19,6 @@ from typing import Callable
 
 from proto import messages as m
 from proto.messages import FAULT_RESET, RFLAGS_FIXED, RFLAGS_IF, VpResume
-from proto.from_hypervisor import decode_from_hypervisor
 from proto.exits import BY_CODE, Exit
 from proto.codes import HvMsr, HvStatus, HypercallCode, X86Exception, control_value
 from proto.memory import UnmappedGpa
@@ -193,9 +192,7 @@ class Vp:
                         raise VpStopped()
             raw = self._recv_ready()
             t_resume = perf_counter_ns()
-            # The hypervisor's resume, its fields not checked again (proto/from_hypervisor.py:
-            # 8.5k-10.1k of a VP's 48.5k-60.7k instructions per exit less, cachegrind).
-            msg = decode_from_hypervisor(raw)
+            msg = m.decode(raw)
             if msg.__class__ is VpResume and msg.seq == seq:
                 break
             if msg.__class__ is m.InterruptNotify:

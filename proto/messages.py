@@ -24,6 +24,7 @@ from typing import ClassVar
 
 import msgpack
 
+from proto import wire_types
 from proto.exits import BY_CODE, NO_PATH
 from proto.errors import InvalidField, MalformedMessage, UnknownMessageType
 from proto.fields import (
@@ -119,6 +120,9 @@ def message(type_id: int, name: str):
             getn = operator.attrgetter(*names)
             cls._wire = lambda self: (type_id, *getn(self))
         cls.FROM_WIRE = _field_decoder(cls)
+        checked_array = wire_types.message_decoder(type_id, cls.CHECKS)
+        if checked_array is not None and cls.ARITY <= 15:  # (a fixarray: the frame's byte 1 is its type)
+            _FAST[type_id] = _fast_decoder(cls, checked_array.decode)
         cls.pack = staticmethod(_field_packer(cls, type_id))
         REGISTRY[type_id] = cls
         BY_NAME[name] = cls
@@ -127,8 +131,13 @@ def message(type_id: int, name: str):
     return wrap
 
 
-_PACK = msgpack.Packer(use_bin_type=True).pack
+_PACK = wire_types.pack
 _UNPACKB = msgpack.unpackb
+# type id → its decoder by msgspec (_fast_decoder): every message whose fields all have a
+# msgspec type (proto.wire_types) and that packs as a fixarray.
+_FAST: dict[int, object] = {}
+_FAST_GET = _FAST.get
+_FAST_ERROR = wire_types.DecodeError
 
 
 def _field_decoder(cls):
@@ -194,6 +203,23 @@ def _inline_test(check, v: str, namespace: dict, i: int):
     return None
 
 
+def _fast_decoder(cls, checked_array):
+    """``frame`` → ``cls`` by msgspec's ``checked_array`` decoder (proto.wire_types), or
+    None where a register block's length is not its count (the one test its types do not
+    make); msgspec's own refusals raise its error.  One generated function, as
+    :func:`_field_decoder`, the slots filled without calling ``__init__``."""
+    names = [f"v{i}" for i in range(len(cls.FIELD_NAMES))]
+    lines = ["def decode(frame):", f"    _, {''.join(v + ', ' for v in names)}= checked_array(frame)"]
+    for i, count in wire_types.post_checks(cls.CHECKS).items():
+        lines.append(f"    if v{i} and len(v{i}) != {count}:\n        return None")
+    lines.append("    msg = new(cls)")
+    lines += [f"    msg.{name} = v{i}" for i, name in enumerate(cls.FIELD_NAMES)]
+    lines.append("    return msg")
+    namespace = {"cls": cls, "new": object.__new__, "checked_array": checked_array}
+    exec("\n".join(lines) + "\n", namespace)
+    return namespace["decode"]
+
+
 def _field_packer(cls, type_id: int):
     """``cls.pack(field1, field2, …)``: the frame ``cls(field1, …).encode()`` gives, without
     building the message — for a hot path that only sends one (the hypervisor's resume).
@@ -217,7 +243,28 @@ def encode(msg: Message) -> bytes:
 
 
 def decode(frame: bytes) -> Message:
-    """Bytes → message, or a typed :class:`~proto.errors.ProtocolError`."""
+    """Bytes → message, or a typed :class:`~proto.errors.ProtocolError`.
+
+    A message whose fields all have a msgspec type is decoded and checked by msgspec
+    (proto.wire_types); anything that refuses, and every other message, the checked way
+    below, whose error names what is wrong."""
+    # (Byte 1 of a fixarray is its type id; of any other frame it names a decoder that
+    # refuses it, as msgspec checks the whole frame, the type included.)
+    if 1 < len(frame) <= MAX_FRAME_BYTES:
+        fast = _FAST_GET(frame[1])
+        if fast is not None:
+            try:
+                msg = fast(frame)
+            except _FAST_ERROR:
+                msg = None
+            if msg is not None:
+                return msg
+    return decode_checked(frame)
+
+
+def decode_checked(frame: bytes) -> Message:
+    """Bytes → message by msgpack and the fields' Python checks: :func:`decode`'s
+    definition, and its way for what msgspec does not take."""
     if len(frame) > MAX_FRAME_BYTES:
         raise MalformedMessage(f"frame of {len(frame)} bytes, at most {MAX_FRAME_BYTES}")
     try:

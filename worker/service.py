@@ -26,7 +26,6 @@ from typing import Protocol
 from proto import messages as m
 from proto import saved_state
 from proto.errors import PeerTimeout, ProtocolError, Refused
-from proto.from_hypervisor import decode_from_hypervisor
 from proto.memory import GuestMemory
 from proto.status import QUERY_ERROR
 
@@ -306,8 +305,7 @@ class Worker:
         ``access_complete`` (after any interrupt it raised), or a control message."""
         t_in = perf_counter_ns()
         try:
-            # The hypervisor's access, its fields not checked again (proto/from_hypervisor.py).
-            msg = decode_from_hypervisor(frame)
+            msg = m.decode(frame)
         except ProtocolError as e:
             log.error("undecodable message from the hypervisor: %s", e)
             return
