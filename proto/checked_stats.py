@@ -18,6 +18,10 @@ anything else goes through ``mapping``'s walk as before (and, in the hypervisor,
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import msgspec
+
 from proto.fields import MAX_VALUES, Check, _spec, mapping
 from proto.stats import MAX_BUCKET, MAX_STAGES, MAX_WIRE_VALUE, Histogram, PathStats, _all_ints
 
@@ -67,6 +71,42 @@ def _checked(v, max_items: int) -> bool:
     return values <= MAX_VALUES
 
 
+# The same test as _checked's, made by msgspec while it decodes (proto/wire_types.py): a
+# histogram and a path are structs whose keys must be exactly theirs, each number in its
+# range.  Decoding and checking an io_port vp_stats so costs about a third of msgpack's
+# unpacking and _checked's walk (~230 against ~720 µs).
+_Count = Annotated[int, msgspec.Meta(ge=0, lt=MAX_WIRE_VALUE)]
+_Bucket = Annotated[int, msgspec.Meta(ge=0, le=MAX_BUCKET)]
+
+
+class _WireHistogram(msgspec.Struct, forbid_unknown_fields=True):
+    c: dict[_Bucket, _Count]
+    n: _Count
+    s: _Count
+    lo: _Count
+    hi: _Count
+
+
+class _WirePath(msgspec.Struct, forbid_unknown_fields=True):
+    t: _WireHistogram
+    st: Annotated[tuple[_WireHistogram, ...], msgspec.Meta(max_length=MAX_STAGES)]
+
+
+_asdict = msgspec.structs.asdict
+
+
+def _finish(paths: dict) -> CheckedPaths | None:
+    """msgspec's decoded paths → the :class:`CheckedPaths` the check makes of the same map;
+    None (the checked way) where they hold more than ``mapping``'s MAX_VALUES values."""
+    values = 1 + 2 * len(paths)
+    out = CheckedPaths()
+    for name, p in paths.items():
+        t, st = _asdict(p.t), tuple(map(_asdict, p.st))
+        values += 4 + len(st) + 12 * (1 + len(st)) + 2 * (len(t["c"]) + sum(len(h["c"]) for h in st))
+        out[name] = {"t": t, "st": st}
+    return out if values <= MAX_VALUES else None
+
+
 def vp_stats_paths(max_items: int) -> Check:
     """``mapping(max_items)``, and a :class:`CheckedPaths` for a map of valid path stats."""
     walk = mapping(max_items)
@@ -77,7 +117,8 @@ def vp_stats_paths(max_items: int) -> Check:
         return walk(v)
 
     check.__name__ = f"vp_stats_paths{max_items}"
-    return _spec(check, "mapping", max_items=max_items)
+    wire = (Annotated[dict[str, _WirePath], msgspec.Meta(max_length=max_items)], _finish)
+    return _spec(check, "mapping", max_items=max_items, wire=wire)
 
 
 def _histogram(h: dict) -> Histogram:

@@ -206,16 +206,19 @@ def _inline_test(check, v: str, namespace: dict, i: int):
 def _fast_decoder(cls, checked_array):
     """``frame`` → ``cls`` by msgspec's ``checked_array`` decoder (proto.wire_types), or
     None where a register block's length is not its count (the one test its types do not
-    make); msgspec's own refusals raise its error.  One generated function, as
+    make) or a field's finisher says so; msgspec's own refusals raise its error.  One generated function, as
     :func:`_field_decoder`, the slots filled without calling ``__init__``."""
     names = [f"v{i}" for i in range(len(cls.FIELD_NAMES))]
     lines = ["def decode(frame):", f"    _, {''.join(v + ', ' for v in names)}= checked_array(frame)"]
     for i, count in wire_types.post_checks(cls.CHECKS).items():
         lines.append(f"    if v{i} and len(v{i}) != {count}:\n        return None")
+    namespace = {"cls": cls, "new": object.__new__, "checked_array": checked_array}
+    for i, finish in wire_types.finishers(cls.CHECKS).items():
+        namespace[f"finish{i}"] = finish
+        lines.append(f"    v{i} = finish{i}(v{i})\n    if v{i} is None:\n        return None")
     lines.append("    msg = new(cls)")
     lines += [f"    msg.{name} = v{i}" for i, name in enumerate(cls.FIELD_NAMES)]
     lines.append("    return msg")
-    namespace = {"cls": cls, "new": object.__new__, "checked_array": checked_array}
     exec("\n".join(lines) + "\n", namespace)
     return namespace["decode"]
 

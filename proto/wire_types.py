@@ -14,6 +14,12 @@ to the same answers on mutated frames of every such message.
 One test is not a type: a register block is exactly ``count`` registers *or none*.  Its
 type here is "at most ``count``", and :func:`post_checks` says which fields the decoder must
 still test for the length (a wrong one goes the checked way too).
+
+A free-form map (``mapping``) has a type for its common case only, a flat map of str to int
+(a VP's counters): any other map goes the checked way.  A check may also carry its own
+msgspec form in its spec (``wire``: the type and a function that finishes the decoded value
+into the check's, or None to send the frame the checked way): a vp_stats' histograms
+(proto/checked_stats.py).
 """
 
 from __future__ import annotations
@@ -27,8 +33,11 @@ _U64 = Annotated[int, msgspec.Meta(ge=0)]  # (msgpack has no int above 2**64 - 1
 
 def wire_type(check) -> Any:
     """The msgspec type that accepts exactly what ``check`` accepts (and decodes it to the
-    same value), or None where there is none (text, maps, ranges, …: checked in Python)."""
+    same value) — or, for a map, a common case of it —, or None where there is none (text,
+    ranges, …: checked in Python)."""
     kind, params = getattr(check, "spec", (None, {}))
+    if "wire" in params:
+        return params["wire"][0]
     if kind == "uint":
         return _U64 if params["bits"] == 64 else Annotated[int, msgspec.Meta(ge=0, lt=1 << params["bits"])]
     if kind == "bool":
@@ -45,7 +54,16 @@ def wire_type(check) -> Any:
         return Annotated[tuple[_U64, ...], msgspec.Meta(max_length=params["max_items"])]
     if kind == "registers":  # its "or none" is a post check (post_checks)
         return Annotated[tuple[_U64, ...], msgspec.Meta(max_length=params["count"])]
+    if kind == "mapping":  # (msgpack's ints are all within mapping's i64/u64)
+        return Annotated[dict[str, int], msgspec.Meta(max_length=params["max_items"])]
     return None
+
+
+def finishers(checks) -> dict[int, Any]:
+    """Field index → the function that finishes its decoded value (None: the checked way),
+    for the checks that carry their own msgspec form."""
+    return {i: c.spec[1]["wire"][1] for i, c in enumerate(checks)
+            if "wire" in getattr(c, "spec", (None, {}))[1]}
 
 
 def post_checks(checks) -> dict[int, int]:

@@ -12,6 +12,8 @@ import pytest
 
 from proto import messages as m
 from proto import wire_types
+from proto.checked_stats import CheckedPaths
+from proto.stats import MAX_BUCKET, MAX_STAGES
 from proto.errors import ProtocolError
 
 FAST = sorted(m._FAST)
@@ -30,7 +32,7 @@ ODD_VALUES = [
 def _valid(check):
     """A value ``check`` accepts (its spec's smallest)."""
     kind, params = check.spec
-    return {"uint": 0, "bool": False, "blob": b"", "stamps": (), "registers": ()}.get(
+    return {"uint": 0, "bool": False, "blob": b"", "stamps": (), "registers": (), "mapping": {}}.get(
         kind, params.get("choices", (None,))[0])
 
 
@@ -64,6 +66,7 @@ def test_msgspec_accepts_exactly_what_the_checks_accept(type_id):
     cls = m.REGISTRY[type_id]
     fast_decode = m._FAST[type_id]
     rng = random.Random(type_id)
+    maps = any(c.spec[0] == "mapping" for c in cls.CHECKS)  # msgspec's type: a common case only
     seen = 0
     for a in _arrays(cls, rng):
         frames = [msgpack.packb(a, use_bin_type=True)]
@@ -77,11 +80,64 @@ def test_msgspec_accepts_exactly_what_the_checks_accept(type_id):
             checked = _outcome(m.decode_checked, frame)
             if fast is not None:  # msgspec's yes is the checks' yes, to the same message
                 assert checked == fast and type(checked.regs if hasattr(cls, "regs") else ()) is tuple, a
-            else:  # ...and its no their no (else the checked way would take it: slower, still right)
+            elif not maps:  # ...and its no their no (else the checked way takes it: slower, still right)
                 assert isinstance(checked, tuple), (a, checked)
             assert _outcome(m.decode, frame) == checked  # decode() says what decode_checked says
             seen += 1
     assert seen > 100
+
+
+def _histogram(rng, buckets: int) -> dict:
+    c = {rng.randrange(0, MAX_BUCKET + 1): rng.randrange(1, 1000) for _ in range(buckets)}
+    return {"c": c, "n": sum(c.values()), "s": 10**9, "lo": 100, "hi": 10**6}
+
+
+def _vp_stats_arrays(rng):
+    """Real paths and counters, then each part of them wrong in each way a check looks at."""
+    good = {"io_port": {"t": _histogram(rng, 300), "st": [_histogram(rng, 200) for _ in range(7)]},
+            "cpuid": {"t": _histogram(rng, 5), "st": []}}
+    counters = {"exits": 12, "interrupts": 3}
+    yield [m.VpStats.TYPE, good, counters]
+    yield [m.VpStats.TYPE, {}, {}]
+    h = lambda **kw: {**_histogram(rng, 3), **kw}  # noqa: E731
+    for bad_histogram in (h(extra=1), {k: v for k, v in h().items() if k != "lo"}, h(n=-1), h(n=2**53),
+                          h(n=True), h(s=1.0), h(c={MAX_BUCKET + 1: 1}), h(c={-1: 1}), h(c={1: 2**53}),
+                          h(c={1: False}), h(c={"12": 1}), h(c=[]), h(c={(1,): 1}), [], None):
+        yield [m.VpStats.TYPE, {"io_port": {"t": bad_histogram, "st": []}}, counters]
+        yield [m.VpStats.TYPE, {"io_port": {"t": h(), "st": [h(), bad_histogram]}}, counters]
+    for bad_path in ({"t": h()}, {"t": h(), "st": [], "x": 0}, {"t": h(), "st": [h()] * (MAX_STAGES + 1)},
+                     {"t": h(), "st": {}}, "io_port"):
+        yield [m.VpStats.TYPE, {"io_port": bad_path}, counters]
+    yield [m.VpStats.TYPE, {1: good["cpuid"]}, counters]  # a path named by a number
+    yield [m.VpStats.TYPE, {f"p{i}": good["cpuid"] for i in range(65)}, counters]  # one path too many
+    for bad_counters in ({1: 2}, {"a": [1, 2]}, {"a": 1.5}, {"a": float("inf")}, {"a": None},
+                         {f"c{i}": i for i in range(257)}, {"a": {"b": 1}}, []):
+        yield [m.VpStats.TYPE, good, bad_counters]
+    # More values than mapping's MAX_VALUES in all (the frame itself under MAX_FRAME_BYTES).
+    full = {"c": {b: 1 for b in range(MAX_BUCKET + 1)}, "n": MAX_BUCKET + 1, "s": 1, "lo": 1, "hi": 1}
+    yield [m.VpStats.TYPE, {f"p{i}": {"t": full, "st": [full] * 7} for i in range(4)}, counters]
+    yield [m.VpStats.TYPE, {f"p{i}": {"t": full, "st": [full] * 7} for i in range(3)}, counters]
+
+
+def test_vp_stats_decodes_by_msgspec_exactly_as_the_checks_take_it():
+    fast_decode = m._FAST[m.VpStats.TYPE]
+    taken = 0
+    for a in _vp_stats_arrays(random.Random(5)):
+        frame = msgpack.packb(a, use_bin_type=True)
+        assert len(frame) <= m.MAX_FRAME_BYTES
+        try:
+            fast = fast_decode(frame)
+        except wire_types.DecodeError:
+            fast = None
+        checked = _outcome(m.decode_checked, frame)
+        if fast is not None:
+            assert fast == checked and type(fast.paths) is type(checked.paths) is CheckedPaths, a
+            taken += 1
+        elif isinstance(checked, m.VpStats):  # taken by the checks: not the common case msgspec takes
+            flat_counters = all(type(k) is str and type(v) is int for k, v in checked.counters.items())
+            assert type(checked.paths) is not CheckedPaths or not flat_counters, a
+        assert _outcome(m.decode, frame) == checked
+    assert taken == 3  # the good one, the empty one, and three full paths (four are too many values)
 
 
 def test_a_frame_with_bytes_after_the_message_is_refused_both_ways():
