@@ -112,6 +112,8 @@ class Hypervisor:
             "posted_descriptor_busy": 0,  # a vector's PIR bit still set: sent by message (posted.py)
             "interrupts_resent": 0,  # a restarted worker's interrupts its predecessor took: taken now
             "interrupts_resent_dropped": 0,  # … or dropped, had they arrived (interrupts.py)
+            "resets_resent": 0,  # a restarted worker's reset request its predecessor made: done now
+            "resets_dropped": 0,  # … or dropped, had it arrived (its seq: dispatch.py)
         }
         counters = self.counters
         self.table = PartitionTable()

@@ -263,8 +263,9 @@ def check_cpu(cpu: Any) -> list:
 
 
 def check_worker_interrupts(section: Any) -> dict:
-    """A worker checkpoint's interrupts taken (worker/service.py): how many so far and the
-    last ones as [vector, seq], which a successor sends again."""
+    """A worker checkpoint's interrupts taken (worker/service.py): how many so far, the
+    last ones as [vector, seq] and the last reset requested as [reason, seq] (or none),
+    which a successor sends again."""
     section = _map(section, "worker_interrupts")
     seq = _int(section, "seq", "worker_interrupts")
     taken = section.get("taken")
@@ -274,6 +275,10 @@ def check_worker_interrupts(section: Any) -> dict:
         if not (isinstance(entry, list) and len(entry) == 2 and all(type(v) is int for v in entry)
                 and 0 <= entry[0] <= 0xFF and 1 <= entry[1] <= seq):
             _fail(f"worker_interrupts.taken[{i}]", f"{entry!r} is not [vector, seq 1..{seq}]")
+    reset = section.get("reset")
+    if reset is not None and not (isinstance(reset, list) and len(reset) == 2 and type(reset[0]) is str
+                                  and 0 < len(reset[0]) <= 64 and type(reset[1]) is int and 1 <= reset[1] <= seq):
+        _fail("worker_interrupts.reset", f"{reset!r} is not [reason, seq 1..{seq}]")
     return section
 
 

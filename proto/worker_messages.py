@@ -99,9 +99,19 @@ class AssertInterrupt(Message):
 
 @message(27, "reset_request")
 class ResetRequest(Message):
-    """Worker → hypervisor: the chipset asked for a CPU reset (i8042 pulse, 0xFE)."""
+    """Worker → hypervisor: the chipset asked for a CPU reset (i8042 pulse, 0xFE).
+
+    ``seq`` and ``resent`` as :class:`AssertInterrupt`'s, from the same count (RESET is a
+    pin of the CPU as INTR is): a worker killed after saving the access that pulsed the
+    line, before ZeroMQ sent this, leaves a successor that answers that access from its
+    record without doing it again — the reset would be lost, and the guest, which waits
+    for it, would hang.  The successor sends it again; the hypervisor takes a numbered
+    reset only if its ``seq`` is above every one it has taken for the partition (a reset
+    redone by a successor that had to do the access again has its predecessor's seq)."""
 
     reason: text(64)
+    seq: U64 = 0
+    resent: boolean = False
 
 
 @message(28, "device_reset")

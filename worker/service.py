@@ -97,7 +97,11 @@ class Worker:
         # checkpoint holds them, for a successor to send again (:meth:`_resend_taken`).
         self.interrupt_seq = 0
         self._taken: deque[tuple[int, int]] = deque(maxlen=RESEND_TAKEN)
+        # The last reset the chipset requested as (reason, seq), from the same count
+        # (ResetRequest): each checkpoint holds it too.
+        self._reset: tuple[str, int] | None = None
         self._resend: list[tuple[int, int]] = []
+        self._resend_reset: tuple[str, int] | None = None
 
     def start(self, partition_id: int, memory: GuestMemory | None = None) -> None:
         """Claim the chipset's ranges in the hypervisor's intercept table and map the
@@ -137,6 +141,8 @@ class Worker:
             self.interrupt_seq = interrupts["seq"]
             self._taken.extend((vector, seq) for vector, seq in interrupts["taken"])
             self._resend = list(self._taken)
+            if interrupts.get("reset"):
+                self._reset = self._resend_reset = tuple(interrupts["reset"])
         self._clocked = [d.name for d in self.chipset.devices if type(d).poll is not ChipsetDevice.poll]
         self._pic = [self.chipset.pic.name] if self.chipset.pic is not None else []
         if each_exit:  # with the restored access: a resend after a second death is answered too
@@ -147,15 +153,18 @@ class Worker:
         Called between messages only, so it holds the effect of every access completed so
         far and of none half done."""
         self._saved = self.chipset.save()
-        # Every interrupt taken so far reached the hypervisor before the save's answer,
-        # which follows them on this connection: a successor has none to send again.
+        # Every interrupt taken and reset requested so far reached the hypervisor before
+        # the save's answer, which follows them on this connection: a successor has none
+        # to send again.
         return self._write(taken=())
 
     def _write(self, completed: dict | None = None, taken=None) -> int:
         self.sequence += 1
+        reset = self._reset if taken is None else None
         sections = {"worker": self._saved,
                     "worker_interrupts": {"seq": self.interrupt_seq,
-                                          "taken": [list(t) for t in (self._taken if taken is None else taken)]}}
+                                          "taken": [list(t) for t in (self._taken if taken is None else taken)],
+                                          "reset": list(reset) if reset else None}}
         if completed is not None:
             sections["worker_access"] = completed
         data = saved_state.encode(*self.identity, sections, sequence=self.sequence)
@@ -215,7 +224,10 @@ class Worker:
             for vector, raised, seq in taken:
                 self.dealer.send(m.AssertInterrupt(vector, (raised, now), seq).encode())
         if chipset.reset_requested:
-            self.dealer.send(m.ResetRequest(chipset.reset_requested).encode())
+            self.interrupt_seq += 1
+            if self.each_exit:  # saved with the access that pulsed the line (_handle_saved)
+                self._reset = (chipset.reset_requested, self.interrupt_seq)
+            self.dealer.send(m.ResetRequest(chipset.reset_requested, self.interrupt_seq).encode())
             chipset.reset_requested = ""
 
     def _feed_input(self) -> None:
@@ -232,15 +244,26 @@ class Worker:
         before its assert_interrupt, but ZeroMQ sends in the background: killed just after
         one, it may have taken a vector the hypervisor never got — one the guest will never
         EOI, which holds that IRQ and every lower one in the PIC's ISR for good (a guest
-        halted for its disk interrupt then sleeps forever).  The hypervisor takes each
-        only if it never got it (by ``seq``)."""
+        halted for its disk interrupt then sleeps forever).  The last reset its
+        predecessor requested goes again too, in its place by ``seq``: the access that
+        pulsed the line, if resent, is answered from the record, not done again.  The
+        hypervisor takes each only if it never got it (by ``seq``)."""
         resend, self._resend = self._resend, []
+        reset = last_reset = self._resend_reset
+        self._resend_reset = None
         now = perf_counter_ns()
         for vector, seq in resend:
+            if reset is not None and reset[1] < seq:
+                self.dealer.send(m.ResetRequest(reset[0], reset[1], True).encode())
+                reset = None
             self.dealer.send(m.AssertInterrupt(vector, (now, now), seq, True).encode())
+        if reset is not None:
+            self.dealer.send(m.ResetRequest(reset[0], reset[1], True).encode())
         if resend:
             log.info("sent again the %d interrupts its predecessor took last (seq %d-%d)",
                      len(resend), resend[0][1], resend[-1][1])
+        if last_reset is not None:
+            log.info("sent again the last reset its predecessor requested (seq %d)", last_reset[1])
 
     def _poll_devices(self) -> None:
         """Bring the clocked devices up to date and signal what they raised — unless the

@@ -121,6 +121,21 @@ def test_after_a_crash_a_resent_interrupt_is_taken_once_whether_or_not_it_had_ar
     assert s.part(1).interrupt_seq == 9
 
 
+def test_a_numbered_reset_request_is_done_once_whether_resent_or_redone(s):
+    """A restarted worker sends its predecessor's last reset again (resent), or pulses the
+    line again with the same seq when it had to redo the access: the hypervisor resets
+    the partition only for a seq above every one it has taken."""
+    s.send(W1, m.ResetRequest("i8042 CPU reset", 3)).one(W1, m.DeviceReset)
+    assert s.part(1).interrupt_seq == 3
+    assert not s.send(W1, m.ResetRequest("i8042 CPU reset", 3, True)).to(W1)  # it had arrived
+    assert not s.send(W1, m.ResetRequest("i8042 CPU reset", 2)).to(W1)  # redone: the same seq or older
+    assert s.hv.counters["resets_dropped"] == 2 and s.hv.counters["resets_resent"] == 0
+    s.send(W1, m.ResetRequest("i8042 CPU reset", 4, True)).one(W1, m.DeviceReset)  # lost with its worker
+    assert s.hv.counters["resets_resent"] == 1
+    assert not s.send(W1, m.AssertInterrupt(0x20, stamps(2), 4, True)).to(V10)  # one count for both pins
+    s.send(W1, m.ResetRequest("i8042 CPU reset")).one(W1, m.DeviceReset)  # unnumbered: always done
+
+
 def test_abort_thaws_the_old_worker_and_gives_it_the_held_accesses(s):
     s.send(ROOT, m.PartitionControl(1, "pause"))
     save = service(s, "save").one(W1, m.DeviceSave)

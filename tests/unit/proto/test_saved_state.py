@@ -113,7 +113,9 @@ def test_the_checkpoint_file_keeps_the_newest_valid_record(tmp_path):
 @pytest.mark.parametrize("section", [
     {"seq": 2}, {"seq": -1, "taken": []}, {"seq": 2, "taken": [[0x20, 3]]}, {"seq": 2, "taken": [[0x100, 1]]},
     {"seq": 2, "taken": [[0x20]]}, {"seq": 2, "taken": [[0x20, 0]]}, {"seq": 2, "taken": "x"},
-    {"seq": 300, "taken": [[0x20, 1]] * 257},
+    {"seq": 300, "taken": [[0x20, 1]] * 257}, {"seq": 2, "taken": [], "reset": ["i8042", 3]},
+    {"seq": 2, "taken": [], "reset": ["", 1]}, {"seq": 2, "taken": [], "reset": [1, 1]},
+    {"seq": 2, "taken": [], "reset": ["x" * 65, 1]}, {"seq": 2, "taken": [], "reset": "i8042"},
 ])
 def test_a_bad_worker_interrupts_section_is_refused_naming_it(section):
     """What a successor sends again as interrupts (worker/service.py): a vector and a seq
@@ -121,5 +123,6 @@ def test_a_bad_worker_interrupts_section_is_refused_naming_it(section):
     data = ss.encode(1, "alpha", {"worker": {}, "worker_interrupts": section})
     with pytest.raises(ss.SavedStateError, match="worker_interrupts"):
         ss.decode(data)
-    good = {"worker": {}, "worker_interrupts": {"seq": 2, "taken": [[0x20, 1], [0x2E, 2]]}}
-    assert ss.decode(ss.encode(1, "alpha", good))["sections"] == good
+    for good in ({"worker": {}, "worker_interrupts": {"seq": 2, "taken": [[0x20, 1], [0x2E, 2]]}},
+                 {"worker": {}, "worker_interrupts": {"seq": 3, "taken": [[0x20, 1]], "reset": ["i8042", 2]}}):
+        assert ss.decode(ss.encode(1, "alpha", good))["sections"] == good

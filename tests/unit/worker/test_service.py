@@ -319,7 +319,7 @@ def test_the_interrupts_taken_are_numbered_saved_and_sent_again_by_a_successor(m
     [irq] = [s for s in endpoint.sent if isinstance(s, m.AssertInterrupt)]
     assert (irq.vector, irq.seq, irq.resent) == (0x24, 1, False)
     record = cp.latest()
-    assert record["sections"]["worker_interrupts"] == {"seq": 1, "taken": [[0x24, 1]]}
+    assert record["sections"]["worker_interrupts"] == {"seq": 1, "taken": [[0x24, 1]], "reset": None}
     assert record["sections"]["worker"]["pic"]["master"]["isr"] == 1 << 4  # in service: waits for its EOI
 
     succ, out = make_worker("gen1")
@@ -340,7 +340,44 @@ def test_the_interrupts_taken_are_numbered_saved_and_sent_again_by_a_successor(m
     succ.handle(m.encode(port(22, IER, value=0x02)))  # THRE again
     assert [(s.seq, s.resent) for s in out.sent if isinstance(s, m.AssertInterrupt)] == [(1, True), (2, False)]
     succ.handle(m.encode(m.DeviceSave(30, "save")))
-    assert cp.latest()["sections"]["worker_interrupts"] == {"seq": 2, "taken": []}
+    assert cp.latest()["sections"]["worker_interrupts"] == {"seq": 2, "taken": [], "reset": None}
+
+
+def test_a_reset_request_is_numbered_saved_with_its_access_and_sent_again_by_a_successor(make_worker, tmp_path):
+    """The i8042's reset pulse (0xFE to port 0x64): the access that made it is saved with
+    the reset before its access_complete, and ZeroMQ may drop the reset_request with the
+    worker.  A successor answers that access from the record — without pulsing the line
+    again — so it sends the reset again, ``resent``, in its place among the interrupts."""
+    import os
+
+    from proto.saved_state import CheckpointFile
+    worker, endpoint = make_worker("gen1")
+    cp = CheckpointFile(os.open(tmp_path / "cp.bin", os.O_RDWR | os.O_CREAT, 0o600))
+    worker.keep_checkpoints(cp, 1, "alpha", each_exit=True)
+    worker.handle(m.encode(port(1, 0x64, value=0xFE)))
+    [reset] = [s for s in endpoint.sent if isinstance(s, m.ResetRequest)]
+    assert (reset.seq, reset.resent) == (1, False) and "i8042" in reset.reason
+    record = cp.latest()
+    assert record["sections"]["worker_interrupts"] == {"seq": 1, "taken": [], "reset": [reset.reason, 1]}
+    assert record["sections"]["worker_access"] == {"ref": 1, "value": 0}
+
+    succ, out = make_worker("gen1")
+    succ.chipset.restore(record["sections"]["worker"])
+    succ.keep_checkpoints(cp, 1, "alpha", record["sequence"], each_exit=True,
+                          last_access=record["sections"]["worker_access"],
+                          interrupts=record["sections"]["worker_interrupts"])
+    out.on_idle = lambda: setattr(succ, "running", False)
+    succ.serve()
+    assert [(type(s), s.seq, s.resent) for s in out.sent[:1]] == [(m.ResetRequest, 1, True)]
+    succ.running = True
+    succ.handle(m.encode(port(1, 0x64, value=0xFE)))  # the hypervisor's resend of the access
+    assert [s.ref for s in out.sent if isinstance(s, m.AccessComplete)] == [1]
+    assert sum(isinstance(s, m.ResetRequest) for s in out.sent) == 1  # answered from the record: no second pulse
+    # The next reset goes on from the predecessor's count; a device_save's record holds none.
+    succ.handle(m.encode(port(2, 0x64, value=0xFE)))
+    assert [(s.seq, s.resent) for s in out.sent if isinstance(s, m.ResetRequest)] == [(1, True), (2, False)]
+    succ.handle(m.encode(m.DeviceSave(30, "save")))
+    assert cp.latest()["sections"]["worker_interrupts"] == {"seq": 2, "taken": [], "reset": None}
 
 
 def test_a_frozen_worker_polls_no_device_even_when_an_access_or_a_control_message_comes(make_worker, tmp_path,
