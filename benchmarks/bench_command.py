@@ -152,6 +152,10 @@ def arguments(p: argparse.ArgumentParser) -> None:
                    help="instead: instructions per round trip of each process's own code, driven in-process "
                         "under cachegrind — a figure the host's load does not move (needs valgrind; "
                         "benchmarks/instructions.py)")
+    p.add_argument("--opcodes", action="store_true",
+                   help="instead: bytecodes per round trip of each process's own code by Python function, "
+                        "driven in-process as --instructions drives it — exact, whatever the host's load "
+                        "(benchmarks/opcodes.py)")
     p.add_argument("--profile", metavar="FILE.prof", type=save_file,
                    help="cProfile the hypervisor's loop under load — the emulated port I/O CPU run, or with "
                         "--scale the largest N — into a pstats file, and print its top functions")
@@ -178,6 +182,10 @@ def run(args) -> int:
         from benchmarks.instructions import run_instructions
 
         return run_instructions(args)
+    if getattr(args, "opcodes", False):
+        from benchmarks.opcodes import run_opcodes
+
+        return run_opcodes(args)
     if args.scale or args.startup:
         from benchmarks.scale import run_scale, run_startup
 
