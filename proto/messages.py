@@ -136,7 +136,6 @@ _UNPACKB = msgpack.unpackb
 # type id → its decoder by msgspec (_fast_decoder): every message whose fields all have a
 # msgspec type (proto.wire_types) and that packs as a fixarray.
 _FAST: dict[int, object] = {}
-_FAST_GET = _FAST.get
 _FAST_ERROR = wire_types.DecodeError
 
 
@@ -252,16 +251,15 @@ def decode(frame: bytes) -> Message:
     (proto.wire_types); anything that refuses, and every other message, the checked way
     below, whose error names what is wrong."""
     # (Byte 1 of a fixarray is its type id; of any other frame it names a decoder that
-    # refuses it, as msgspec checks the whole frame, the type included.)
-    if 1 < len(frame) <= MAX_FRAME_BYTES:
-        fast = _FAST_GET(frame[1])
-        if fast is not None:
-            try:
-                msg = fast(frame)
-            except _FAST_ERROR:
-                msg = None
-            if msg is not None:
-                return msg
+    # refuses it, as msgspec checks the whole frame, the type included.  A frame too short
+    # or of a type with no such decoder raises here: the checked way says what it is.)
+    if len(frame) <= MAX_FRAME_BYTES:
+        try:
+            msg = _FAST[frame[1]](frame)
+        except (KeyError, IndexError, _FAST_ERROR):
+            msg = None
+        if msg is not None:
+            return msg
     return decode_checked(frame)
 
 
