@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from itertools import repeat
-from operator import add, rshift, sub
+from operator import sub
 
 SUB_BUCKET_BITS = 6
 SUB_BUCKETS = 1 << SUB_BUCKET_BITS
@@ -104,18 +103,14 @@ class Histogram:
 
     def record_many(self, values: list[int]) -> None:
         """Record every value of ``values`` as :meth:`record` would, in bulk: the buckets by
-        the table through C iterators (or a comprehension, the table's or ``bucket_of``
-        inline, when a value lies outside it), counted into ``counts`` by
+        one comprehension (the table's, or ``bucket_of`` inline), counted into ``counts`` by
         ``Counter.update`` and min/max/sum in C — a fraction of a call per value."""
         if not values:
             return
-        lo, hi = min(values), max(values)
+        lo = min(values)
         if lo >= TABLE_LO:  # the usual case: every value a µs or more
             t = _table or _bucket_table()
-            if hi < TABLE_HI:  # ... and under a ms: each value's bucket by C iterators, no bytecode
-                buckets = map(t.__getitem__, map(rshift, values, repeat(TABLE_SHIFT)))
-            else:
-                buckets = [t[v >> TABLE_SHIFT] if v < TABLE_HI else bucket_of(v) for v in values]
+            buckets = [t[v >> TABLE_SHIFT] if v < TABLE_HI else bucket_of(v) for v in values]
         else:
             buckets = [((((s := v.bit_length() - SUB_BUCKET_BITS - 1) + 1) << SUB_BUCKET_BITS)
                         + (v >> s) - SUB_BUCKETS) if v >= SUB_BUCKETS else (v if v > 0 else 0)
@@ -129,7 +124,7 @@ class Histogram:
         c.update(buckets)
         if self.n == 0 or lo < self.lo:
             self.lo = lo
-        self.hi = max(self.hi, hi)
+        self.hi = max(self.hi, max(values))
         self.n += len(values)
         self.total += sum(values)
 
@@ -139,12 +134,10 @@ class Histogram:
         if not self.counts:  # the first VP's (a one-VP partition's only): a copy, in C
             self.counts = dict(other.counts)
         else:
-            # Each bucket's sum by C iterators (dict.update of (bucket, mine + theirs) pairs),
-            # no bytecode per bucket: the hypervisor merges thousands of buckets per vp_stats,
-            # and the loop this replaces cost it ~57 bytecodes per io_port round trip.
-            mine, theirs = self.counts, other.counts
-            buckets = theirs.keys()
-            mine.update(zip(buckets, map(add, map(mine.get, buckets, repeat(0)), theirs.values())))
+            mine = self.counts  # (bound once: the hypervisor merges hundreds of buckets per vp_stats)
+            get = mine.get
+            for b, k in other.counts.items():
+                mine[b] = get(b, 0) + k
         self.lo = other.lo if self.n == 0 else min(self.lo, other.lo)
         self.hi = max(self.hi, other.hi)
         self.n += other.n
