@@ -147,4 +147,4 @@ class Dispatcher:
             vp.reset_pending = vp.peer is not None
             self.wake(vp)
         if part.worker is not None:
-            self._outbox.send(part.worker, m.DeviceReset())
+            self._outbox.send(part.worker, m.DeviceReset(part.resets))

@@ -102,6 +102,8 @@ class Servicing:
         """Accesses waiting for this partition's worker go to its (new) worker: first the
         ones sent to the old worker and never completed, then the held ones, in order."""
         part.servicing = False
+        if part.resets:  # first: the new worker catches up on a reset its predecessor never took
+            self._outbox.send(part.worker, m.DeviceReset(part.resets))
         resent = self._forwarding.resend(part)
         held, part.held = part.held, []
         for ctx, kind in held:

@@ -265,7 +265,8 @@ def check_cpu(cpu: Any) -> list:
 def check_worker_interrupts(section: Any) -> dict:
     """A worker checkpoint's interrupts taken (worker/service.py): how many so far, the
     last ones as [vector, seq] and the last reset requested as [reason, seq] (or none),
-    which a successor sends again."""
+    which a successor sends again; and the partition resets its devices were put through
+    (``device_resets``), so that a successor takes each once."""
     section = _map(section, "worker_interrupts")
     seq = _int(section, "seq", "worker_interrupts")
     taken = section.get("taken")
@@ -279,6 +280,9 @@ def check_worker_interrupts(section: Any) -> dict:
     if reset is not None and not (isinstance(reset, list) and len(reset) == 2 and type(reset[0]) is str
                                   and 0 < len(reset[0]) <= 64 and type(reset[1]) is int and 1 <= reset[1] <= seq):
         _fail("worker_interrupts.reset", f"{reset!r} is not [reason, seq 1..{seq}]")
+    device_resets = section.get("device_resets", 0)
+    if type(device_resets) is not int or device_resets < 0:
+        _fail("worker_interrupts.device_resets", f"{device_resets!r} is not a count")
     return section
 
 

@@ -116,7 +116,15 @@ class ResetRequest(Message):
 
 @message(28, "device_reset")
 class DeviceReset(Message):
-    """Hypervisor → worker: the partition is being reset; put every device at power-on."""
+    """Hypervisor → worker: the partition is being reset; put every device at power-on.
+
+    ``resets``: the partition's resets so far, this one included (0: not numbered, always
+    done).  A worker puts its devices through each numbered reset once: the hypervisor sends
+    the count again to a new worker at every handover (hypervisor/servicing.py), because a
+    worker that died before taking a reset leaves a successor restored to the state before
+    it; a successor that had it in its record lets it pass."""
+
+    resets: U64 = 0
 
 
 @message(29, "worker_query")

@@ -102,6 +102,12 @@ class Worker:
         self._reset: tuple[str, int] | None = None
         self._resend: list[tuple[int, int]] = []
         self._resend_reset: tuple[str, int] | None = None
+        # The partition resets the devices have been put through (DeviceReset.resets),
+        # carried across handovers in each record, so that a successor takes a reset once.
+        self.device_resets = 0
+        # The last access completed (its ref and value), in every ``each_exit`` record: a
+        # record an interrupt or a reset wrote after it still says it was done.
+        self._completed: dict | None = None
 
     def start(self, partition_id: int, memory: GuestMemory | None = None) -> None:
         """Claim the chipset's ranges in the hypervisor's intercept table and map the
@@ -143,6 +149,7 @@ class Worker:
             self._resend = list(self._taken)
             if interrupts.get("reset"):
                 self._reset = self._resend_reset = tuple(interrupts["reset"])
+            self.device_resets = interrupts.get("device_resets", 0)
         self._clocked = [d.name for d in self.chipset.devices if type(d).poll is not ChipsetDevice.poll]
         self._pic = [self.chipset.pic.name] if self.chipset.pic is not None else []
         if each_exit:  # with the restored access: a resend after a second death is answered too
@@ -159,12 +166,22 @@ class Worker:
         return self._write(taken=())
 
     def _write(self, completed: dict | None = None, taken=None) -> int:
+        """The next record.  ``completed``: the access it completes; every later record of an
+        ``each_exit`` worker holds it too, until the next — else a worker killed after an
+        INTA's record, with that access's completion still in ZeroMQ's queue, would leave a
+        successor that does the resent access again on a state that already holds it.
+        ``taken``: the interrupts to resend (a device_save's record: none)."""
         self.sequence += 1
+        if completed is not None:
+            self._completed = completed
+        elif taken is None:
+            completed = self._completed
         reset = self._reset if taken is None else None
         sections = {"worker": self._saved,
                     "worker_interrupts": {"seq": self.interrupt_seq,
                                           "taken": [list(t) for t in (self._taken if taken is None else taken)],
-                                          "reset": list(reset) if reset else None}}
+                                          "reset": list(reset) if reset else None,
+                                          "device_resets": self.device_resets}}
         if completed is not None:
             sections["worker_access"] = completed
         data = saved_state.encode(*self.identity, sections, sequence=self.sequence)
@@ -424,8 +441,19 @@ class Worker:
                 self._deadline = self._bus.poll(self.chipset.clock.now_ns())
             self._signal_chipset()
         elif cls is m.DeviceReset:
+            if msg.resets and msg.resets <= self.device_resets:
+                # A handover's catch-up (hypervisor/servicing.py) for a reset this worker's
+                # devices were already put through (its record said so).
+                return
             log.info("partition reset: devices to power-on")
             self.chipset.reset()
+            self.device_resets = max(self.device_resets, msg.resets)
+            if self.each_exit:
+                # Every device changed, not only the ones an access or a tick touches: the
+                # record must hold their power-on state, or a successor would restore the
+                # untouched ones as they were before the reset.
+                self._saved = self.chipset.save()
+                self._write()
             self._poll_devices()
         elif cls is m.WorkerQuery:
             if msg.query == "ping":  # the hypervisor's health check: an answer is all it wants

@@ -32,10 +32,10 @@ def io(s: Stack, vp: bytes, seq: int):
     return s.exit(vp, m.IoPortIntercept(seq, COM1, 1, False, 0, stamps(), REGS))
 
 
-def start_new_worker(s: Stack) -> None:
-    assert isinstance(s.hello(NEW, "worker", 1).one(NEW), m.HelloReply)
-    assert s.send(NEW, m.InstallIntercept(((COM1, 8), (0x60, 1)), ((VGA, 0x8000),))).one(NEW, m.Ack)
-    s.send(NEW, m.MemoryRequest(1)).one(NEW, m.MemoryReply)
+def start_new_worker(s: Stack, new: bytes = NEW) -> None:
+    assert isinstance(s.hello(new, "worker", 1).one(new), m.HelloReply)
+    assert s.send(new, m.InstallIntercept(((COM1, 8), (0x60, 1)), ((VGA, 0x8000),))).one(new, m.Ack)
+    s.send(new, m.MemoryRequest(1)).one(new, m.MemoryReply)
 
 
 def test_save_needs_a_paused_partition(s):
@@ -134,6 +134,25 @@ def test_a_numbered_reset_request_is_done_once_whether_resent_or_redone(s):
     assert s.hv.counters["resets_resent"] == 1
     assert not s.send(W1, m.AssertInterrupt(0x20, stamps(2), 4, True)).to(V10)  # one count for both pins
     s.send(W1, m.ResetRequest("i8042 CPU reset")).one(W1, m.DeviceReset)  # unnumbered: always done
+
+
+def test_a_new_worker_gets_the_partition_reset_count_before_the_accesses(s):
+    """A worker that died before taking a device_reset leaves a successor restored to the
+    state before it: the commit sends the count first (a worker takes each reset once), and
+    nothing for a partition never reset."""
+    sent = io(s, V10, 1).one(W1, m.PortNotify)
+    s.send(ROOT, m.PartitionControl(1, "pause"))
+    service(s, "expect_worker").one(ROOT, m.Ack)
+    start_new_worker(s)
+    assert [type(x) for x in service(s, "commit").to(NEW)] == [m.PortNotify]  # never reset: no catch-up
+    s.send(NEW, m.AccessComplete(sent.ref, 0x55, stamps()))
+    s.send(NEW, m.ResetRequest("i8042 CPU reset", 1)).one(NEW, m.DeviceReset)
+    assert s.part(1).resets == 1
+    s.send(ROOT, m.PartitionControl(1, "pause"))
+    service(s, "expect_worker").one(ROOT, m.Ack)
+    start_new_worker(s, b"worker-3")  # (the second handover: the dead worker never took the reset)
+    first = service(s, "commit").to(b"worker-3")[0]
+    assert isinstance(first, m.DeviceReset) and first.resets == 1
 
 
 def test_abort_thaws_the_old_worker_and_gives_it_the_held_accesses(s):

@@ -116,6 +116,7 @@ def test_the_checkpoint_file_keeps_the_newest_valid_record(tmp_path):
     {"seq": 300, "taken": [[0x20, 1]] * 257}, {"seq": 2, "taken": [], "reset": ["i8042", 3]},
     {"seq": 2, "taken": [], "reset": ["", 1]}, {"seq": 2, "taken": [], "reset": [1, 1]},
     {"seq": 2, "taken": [], "reset": ["x" * 65, 1]}, {"seq": 2, "taken": [], "reset": "i8042"},
+    {"seq": 2, "taken": [], "device_resets": -1}, {"seq": 2, "taken": [], "device_resets": "1"},
 ])
 def test_a_bad_worker_interrupts_section_is_refused_naming_it(section):
     """What a successor sends again as interrupts (worker/service.py): a vector and a seq

@@ -319,7 +319,8 @@ def test_the_interrupts_taken_are_numbered_saved_and_sent_again_by_a_successor(m
     [irq] = [s for s in endpoint.sent if isinstance(s, m.AssertInterrupt)]
     assert (irq.vector, irq.seq, irq.resent) == (0x24, 1, False)
     record = cp.latest()
-    assert record["sections"]["worker_interrupts"] == {"seq": 1, "taken": [[0x24, 1]], "reset": None}
+    assert record["sections"]["worker_interrupts"] == {"seq": 1, "taken": [[0x24, 1]], "reset": None,
+                                                          "device_resets": 0}
     assert record["sections"]["worker"]["pic"]["master"]["isr"] == 1 << 4  # in service: waits for its EOI
 
     succ, out = make_worker("gen1")
@@ -340,7 +341,7 @@ def test_the_interrupts_taken_are_numbered_saved_and_sent_again_by_a_successor(m
     succ.handle(m.encode(port(22, IER, value=0x02)))  # THRE again
     assert [(s.seq, s.resent) for s in out.sent if isinstance(s, m.AssertInterrupt)] == [(1, True), (2, False)]
     succ.handle(m.encode(m.DeviceSave(30, "save")))
-    assert cp.latest()["sections"]["worker_interrupts"] == {"seq": 2, "taken": [], "reset": None}
+    assert cp.latest()["sections"]["worker_interrupts"] == {"seq": 2, "taken": [], "reset": None, "device_resets": 0}
 
 
 def test_a_reset_request_is_numbered_saved_with_its_access_and_sent_again_by_a_successor(make_worker, tmp_path):
@@ -358,7 +359,8 @@ def test_a_reset_request_is_numbered_saved_with_its_access_and_sent_again_by_a_s
     [reset] = [s for s in endpoint.sent if isinstance(s, m.ResetRequest)]
     assert (reset.seq, reset.resent) == (1, False) and "i8042" in reset.reason
     record = cp.latest()
-    assert record["sections"]["worker_interrupts"] == {"seq": 1, "taken": [], "reset": [reset.reason, 1]}
+    assert record["sections"]["worker_interrupts"] == {"seq": 1, "taken": [], "reset": [reset.reason, 1],
+                                                          "device_resets": 0}
     assert record["sections"]["worker_access"] == {"ref": 1, "value": 0}
 
     succ, out = make_worker("gen1")
@@ -377,7 +379,48 @@ def test_a_reset_request_is_numbered_saved_with_its_access_and_sent_again_by_a_s
     succ.handle(m.encode(port(2, 0x64, value=0xFE)))
     assert [(s.seq, s.resent) for s in out.sent if isinstance(s, m.ResetRequest)] == [(1, True), (2, False)]
     succ.handle(m.encode(m.DeviceSave(30, "save")))
-    assert cp.latest()["sections"]["worker_interrupts"] == {"seq": 2, "taken": [], "reset": None}
+    assert cp.latest()["sections"]["worker_interrupts"] == {"seq": 2, "taken": [], "reset": None, "device_resets": 0}
+
+
+def test_every_record_after_an_access_holds_it_until_the_next(make_worker, tmp_path):
+    """An INTA's record written after an access's completion (still in ZeroMQ's queue when
+    the worker dies) says the access was done: a successor answers its resend from the
+    record instead of doing it again on a state that already holds it."""
+    worker, endpoint, cp = checkpointed(make_worker, tmp_path, each_exit=True)
+    worker.handle(m.encode(port(41, SCR, value=0x33)))
+    worker._exit_checkpoint([])  # as an INTA's record would be (the PIC's)
+    record = cp.latest()
+    assert record["sections"]["worker_access"] == {"ref": 41, "value": 0}
+    worker.handle(m.encode(port(42, SCR, value=0x44)))
+    worker._exit_checkpoint([])
+    assert cp.latest()["sections"]["worker_access"] == {"ref": 42, "value": 0}
+    worker.handle(m.encode(m.DeviceSave(30, "save")))  # everything completed before its answer
+    assert "worker_access" not in cp.latest()["sections"]
+
+
+def test_a_numbered_device_reset_is_taken_once_and_recorded_with_every_device_at_power_on(make_worker, tmp_path):
+    """The record after a device_reset holds every device's power-on state (not only the
+    ones an access touches) and the count; a successor restored from it lets the
+    hypervisor's catch-up for that reset pass, one from an older record takes it."""
+    worker, endpoint, cp = checkpointed(make_worker, tmp_path, each_exit=True)
+    worker.handle(m.encode(port(1, SCR, value=0x77)))
+    before = cp.latest()
+    worker.handle(m.encode(m.DeviceReset(1)))
+    record = cp.latest()
+    assert record["sections"]["worker"]["com1"]["scr"] == 0  # power-on, though no access touched it since
+    assert record["sections"]["worker_interrupts"]["device_resets"] == 1
+    worker.handle(m.encode(port(2, SCR, value=0x55)))
+    worker.handle(m.encode(m.DeviceReset(1)))  # the same reset again: passed
+    assert worker.chipset.bus.read(SCR, 1) == 0x55
+    for rec, scr in ((cp.latest(), 0x55), (before, 0)):  # from the latest record, from one before the reset
+        succ, _ = make_worker()
+        succ.chipset.restore(rec["sections"]["worker"])
+        succ.keep_checkpoints(cp, 1, "alpha", rec["sequence"], each_exit=True,
+                              interrupts=rec["sections"]["worker_interrupts"])
+        succ.handle(m.encode(m.DeviceReset(1)))
+        assert succ.chipset.bus.read(SCR, 1) == scr
+    worker.handle(m.encode(m.DeviceReset()))  # unnumbered: always taken
+    assert worker.chipset.bus.read(SCR, 1) == 0
 
 
 def test_a_frozen_worker_polls_no_device_even_when_an_access_or_a_control_message_comes(make_worker, tmp_path,
