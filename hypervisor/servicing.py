@@ -100,7 +100,9 @@ class Servicing:
 
     def _release(self, part) -> None:
         """Accesses waiting for this partition's worker go to its (new) worker: first the
-        ones sent to the old worker and never completed, then the held ones, in order."""
+        ones sent to the old worker and never completed, then the held ones, in order —
+        after the partition's reset count (``device_reset``), which a worker whose devices
+        were put through that reset lets pass."""
         part.servicing = False
         if part.resets:  # first: the new worker catches up on a reset its predecessor never took
             self._outbox.send(part.worker, m.DeviceReset(part.resets))
