@@ -126,11 +126,14 @@ class Forwarding:
         cls = m.PortNotify if kind is Exit.IO_PORT else m.MmioNotify
         return cls.pack(ref, ctx.vp.index, ctx.addr, ctx.size, ctx.write, ctx.value, ctx.stamps + (perf_counter_ns(),))
 
-    def resend(self, part: Partition) -> int:
+    def resend(self, part: Partition, before_reset: bool) -> int:
         """After a worker handover: the accesses sent to the old worker that it never
-        completed (it died) go to the new one under the same references."""
+        completed (it died) go to the new one under the same references — those whose exit
+        came before the partition's last reset, or (``before_reset`` False) the others."""
         count = 0
-        for ref, ctx in [(r, c) for r, c in self.pending.items() if c.partition is part]:
+        reset_ns = part.reset_ns
+        for ref, ctx in [(r, c) for r, c in self.pending.items()
+                         if c.partition is part and (c.t_in < reset_ns) == before_reset]:
             ctx.deadline_ns = time.monotonic_ns() + WORKER_TIMEOUT_NS
             self._router.send(part.worker, self._notify(ref, ctx, ctx.kind))
             count += 1

@@ -101,6 +101,7 @@ class Partition:
     mmio: list[tuple[int, int, bytes]] = field(default_factory=list)  # (gpa, end, owner)
     cpu: CpuControls = field(default_factory=CpuControls)  # its share of the LPs, and its pause
     resets: int = 0
+    reset_ns: int = 0  # when the last reset was (perf_counter_ns): servicing orders resends by it
     # Partition-wide synthetic MSRs (TLFS: GUEST_OS_ID and HYPERCALL are per partition).
     guest_os_id: int = 0
     hypercall_msr: int = 0
@@ -142,6 +143,7 @@ class Partition:
         """The partition-wide part of a reset: the synthetic MSRs to their reset values
         (the hypercall page off), counted."""
         self.resets += 1
+        self.reset_ns = time.perf_counter_ns()
         self.guest_os_id = 0
         self.hypercall_msr = 0
         self.reference_tsc = 0

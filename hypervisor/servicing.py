@@ -100,13 +100,17 @@ class Servicing:
 
     def _release(self, part) -> None:
         """Accesses waiting for this partition's worker go to its (new) worker: first the
-        ones sent to the old worker and never completed, then the held ones, in order —
-        after the partition's reset count (``device_reset``), which a worker whose devices
-        were put through that reset lets pass."""
+        ones sent to the old worker and never completed, then the held ones, in order, with
+        the partition's reset count (``device_reset``, which a worker whose devices were put
+        through that reset lets pass) in its place among them."""
         part.servicing = False
-        if part.resets:  # first: the new worker catches up on a reset its predecessor never took
+        # An access whose exit came before the partition's last reset was sent to the old
+        # worker before its device_reset: it goes first, then the reset count (a successor
+        # restored to before that reset catches up on it), then the rest.
+        resent = self._forwarding.resend(part, before_reset=True)
+        if part.resets:
             self._outbox.send(part.worker, m.DeviceReset(part.resets))
-        resent = self._forwarding.resend(part)
+        resent += self._forwarding.resend(part, before_reset=False)
         held, part.held = part.held, []
         for ctx, kind in held:
             owner = part.port_owner.get(ctx.addr) if kind is Exit.IO_PORT else part.mmio_owner(ctx.addr)

@@ -136,23 +136,27 @@ def test_a_numbered_reset_request_is_done_once_whether_resent_or_redone(s):
     s.send(W1, m.ResetRequest("i8042 CPU reset")).one(W1, m.DeviceReset)  # unnumbered: always done
 
 
-def test_a_new_worker_gets_the_partition_reset_count_before_the_accesses(s):
+def test_a_new_worker_gets_the_partition_reset_count_in_its_place_among_the_accesses(s):
     """A worker that died before taking a device_reset leaves a successor restored to the
-    state before it: the commit sends the count first (a worker takes each reset once), and
-    nothing for a partition never reset."""
+    state before it: the commit sends the count (a worker takes each reset once) after the
+    accesses whose exits came before the reset and before the others, and nothing for a
+    partition never reset."""
     sent = io(s, V10, 1).one(W1, m.PortNotify)
     s.send(ROOT, m.PartitionControl(1, "pause"))
     service(s, "expect_worker").one(ROOT, m.Ack)
     start_new_worker(s)
     assert [type(x) for x in service(s, "commit").to(NEW)] == [m.PortNotify]  # never reset: no catch-up
     s.send(NEW, m.AccessComplete(sent.ref, 0x55, stamps()))
+    before = io(s, V11, 1).one(NEW, m.PortNotify)  # pending at the worker when the reset comes
     s.send(NEW, m.ResetRequest("i8042 CPU reset", 1)).one(NEW, m.DeviceReset)
     assert s.part(1).resets == 1
+    after = io(s, V10, 2).one(NEW, m.PortNotify)  # the rebooted guest's (its VP had not heard yet)
     s.send(ROOT, m.PartitionControl(1, "pause"))
     service(s, "expect_worker").one(ROOT, m.Ack)
-    start_new_worker(s, b"worker-3")  # (the second handover: the dead worker never took the reset)
-    first = service(s, "commit").to(b"worker-3")[0]
-    assert isinstance(first, m.DeviceReset) and first.resets == 1
+    start_new_worker(s, b"worker-3")  # (the second handover: the dead worker took neither)
+    got = service(s, "commit").to(b"worker-3")
+    assert [(type(x), getattr(x, "ref", None), getattr(x, "resets", None)) for x in got] == [
+        (m.PortNotify, before.ref, None), (m.DeviceReset, None, 1), (m.PortNotify, after.ref, None)]
 
 
 def test_abort_thaws_the_old_worker_and_gives_it_the_held_accesses(s):
