@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -50,7 +51,7 @@ def _where(code) -> str:
         rel = name
     if rel.startswith(".."):  # the standard library or a package: its module's file
         rel = os.path.basename(name)
-    return f"{rel} {code.co_qualname if hasattr(code, 'co_qualname') else code.co_name}"
+    return f"{rel} {code.co_qualname}"
 
 
 def harness(where: str) -> bool:
@@ -158,8 +159,6 @@ def main(argv: list[str]) -> int:
     c.add_argument("n", type=int)
     c.add_argument("built", type=int)
     args = p.parse_args(argv)
-    import random
-
     random.seed(SEED)
     print(json.dumps(count(args.kind, args.path, args.n, max(args.built, args.n))))
     return 0

@@ -125,12 +125,11 @@ class Dispatcher:
     def on_reset_request(self, identity: bytes, peer, msg: m.ResetRequest, t_in: int) -> None:
         part, seq = peer.partition, msg.seq
         if seq:  # numbered: a restarted worker's resend, or its redone access's, is done once
-            if seq <= part.interrupt_seq:
+            if not part.new_event(seq):
                 self._counters["resets_dropped"] += 1
                 log.info("partition %d: reset request (seq %d) from a restarted worker dropped: it "
                          "had arrived", part.id, seq)
                 return
-            part.interrupt_seq = seq
             if msg.resent:
                 self._counters["resets_resent"] += 1
         log.info("partition %d: reset requested by its chipset (%s)%s", part.id, msg.reason,

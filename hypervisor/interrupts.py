@@ -164,9 +164,7 @@ class Interrupts:
             return
         seq = msg.seq
         if seq:  # numbered: a restarted worker's resend is taken once (proto: AssertInterrupt)
-            if seq > part.interrupt_seq:
-                part.interrupt_seq = seq
-            elif msg.resent:
+            if not part.new_event(seq) and msg.resent:
                 self._counters["interrupts_resent_dropped"] += 1
                 return
             if msg.resent:

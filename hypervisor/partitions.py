@@ -131,8 +131,9 @@ class Partition:
     # new worker's hello gives the partition back to it (servicing.py).
     previous_worker: bytes | None = None
     worker_rollbacks: int = 0
-    # The highest assert_interrupt ``seq`` taken from its workers: a successor's resent
-    # interrupts at or below it had arrived before its predecessor died (interrupts.py).
+    # The highest ``seq`` of an assert_interrupt or reset_request taken from its workers (one
+    # count for the CPU's pins): a successor's resends at or below it had arrived before its
+    # predecessor died (new_event).
     interrupt_seq: int = 0
     # Coalesced MMIO (coalesced_mmio.py): the zones its worker registered, as (start, end),
     # and what came in batches: writes, batches, batches refused, batches its worker missed.
@@ -147,6 +148,15 @@ class Partition:
         self.guest_os_id = 0
         self.hypercall_msr = 0
         self.reference_tsc = 0
+
+    def new_event(self, seq: int) -> bool:
+        """A numbered event of its devices (an interrupt taken, a reset requested): True, and
+        ``seq`` the highest taken, if it is above every one taken so far; False if one at or
+        above it came already (a restarted worker's resend of what had arrived)."""
+        if seq > self.interrupt_seq:
+            self.interrupt_seq = seq
+            return True
+        return False
 
     @property
     def hypercalls_enabled(self) -> bool:

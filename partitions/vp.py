@@ -18,7 +18,7 @@ from time import perf_counter_ns
 from typing import Callable
 
 from proto import messages as m
-from proto.messages import FAULT_RESET, RFLAGS_FIXED, RFLAGS_IF, VpResume
+from proto.messages import FAULT_RESET, RFLAGS_FIXED, RFLAGS_IF, VpResume, decode
 from proto.exits import BY_CODE, Exit
 from proto.codes import HvMsr, HvStatus, HypercallCode, X86Exception, control_value
 from proto.memory import UnmappedGpa
@@ -192,7 +192,7 @@ class Vp:
                         raise VpStopped()
             raw = self._recv_ready()
             t_resume = perf_counter_ns()
-            msg = m.decode(raw)
+            msg = decode(raw)
             if msg.__class__ is VpResume and msg.seq == seq:
                 break
             if msg.__class__ is m.InterruptNotify:

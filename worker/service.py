@@ -100,8 +100,6 @@ class Worker:
         # The last reset the chipset requested as (reason, seq), from the same count
         # (ResetRequest): each checkpoint holds it too.
         self._reset: tuple[str, int] | None = None
-        self._resend: list[tuple[int, int]] = []
-        self._resend_reset: tuple[str, int] | None = None
         # The partition resets the devices have been put through (DeviceReset.resets),
         # carried across handovers in each record, so that a successor takes a reset once.
         self.device_resets = 0
@@ -146,9 +144,8 @@ class Worker:
         if interrupts is not None:
             self.interrupt_seq = interrupts["seq"]
             self._taken.extend((vector, seq) for vector, seq in interrupts["taken"])
-            self._resend = list(self._taken)
             if interrupts.get("reset"):
-                self._reset = self._resend_reset = tuple(interrupts["reset"])
+                self._reset = tuple(interrupts["reset"])
             self.device_resets = interrupts.get("device_resets", 0)
         self._clocked = [d.name for d in self.chipset.devices if type(d).poll is not ChipsetDevice.poll]
         self._pic = [self.chipset.pic.name] if self.chipset.pic is not None else []
@@ -163,27 +160,25 @@ class Worker:
         # Every interrupt taken and reset requested so far reached the hypervisor before
         # the save's answer, which follows them on this connection: a successor has none
         # to send again.
-        return self._write(taken=())
+        return self._write(save=True)
 
-    def _write(self, completed: dict | None = None, taken=None) -> int:
+    def _write(self, completed: dict | None = None, save: bool = False) -> int:
         """The next record.  ``completed``: the access it completes; every later record of an
         ``each_exit`` worker holds it too, until the next — else a worker killed after an
         INTA's record, with that access's completion still in ZeroMQ's queue, would leave a
         successor that does the resent access again on a state that already holds it.
-        ``taken``: the interrupts to resend (a device_save's record: none)."""
+        ``save``: a device_save's record, which holds nothing for a successor to send again
+        or answer (no interrupts, reset or access): all of it went before the save's answer."""
         self.sequence += 1
         if completed is not None:
             self._completed = completed
-        elif taken is None:
-            completed = self._completed
-        reset = self._reset if taken is None else None
         sections = {"worker": self._saved,
                     "worker_interrupts": {"seq": self.interrupt_seq,
-                                          "taken": [list(t) for t in (self._taken if taken is None else taken)],
-                                          "reset": list(reset) if reset else None,
+                                          "taken": [] if save else [list(t) for t in self._taken],
+                                          "reset": list(self._reset) if self._reset and not save else None,
                                           "device_resets": self.device_resets}}
-        if completed is not None:
-            sections["worker_access"] = completed
+        if self._completed is not None and not save:
+            sections["worker_access"] = self._completed
         data = saved_state.encode(*self.identity, sections, sequence=self.sequence)
         self.checkpoints.write(data)
         return len(data)
@@ -265,22 +260,19 @@ class Worker:
         predecessor requested goes again too, in its place by ``seq``: the access that
         pulsed the line, if resent, is answered from the record, not done again.  The
         hypervisor takes each only if it never got it (by ``seq``)."""
-        resend, self._resend = self._resend, []
-        reset = last_reset = self._resend_reset
-        self._resend_reset = None
+        # (Called once, as serve() starts: what ``_taken`` and ``_reset`` hold then is what
+        # keep_checkpoints restored — a worker that was not restored has none.)
         now = perf_counter_ns()
-        for vector, seq in resend:
-            if reset is not None and reset[1] < seq:
-                self.dealer.send(m.ResetRequest(reset[0], reset[1], True).encode())
-                reset = None
-            self.dealer.send(m.AssertInterrupt(vector, (now, now), seq, True).encode())
-        if reset is not None:
-            self.dealer.send(m.ResetRequest(reset[0], reset[1], True).encode())
-        if resend:
-            log.info("sent again the %d interrupts its predecessor took last (seq %d-%d)",
-                     len(resend), resend[0][1], resend[-1][1])
-        if last_reset is not None:
-            log.info("sent again the last reset its predecessor requested (seq %d)", last_reset[1])
+        events = [(seq, m.AssertInterrupt(vector, (now, now), seq, True)) for vector, seq in self._taken]
+        if self._reset is not None:
+            reason, seq = self._reset
+            events.append((seq, m.ResetRequest(reason, seq, True)))
+        for _, msg in sorted(events, key=lambda e: e[0]):
+            self.dealer.send(msg.encode())
+        if events:
+            log.info("sent again the %d interrupts and %d reset its predecessor took and requested "
+                     "last (seq %d-%d)", len(self._taken), self._reset is not None,
+                     min(e[0] for e in events), max(e[0] for e in events))
 
     def _poll_devices(self) -> None:
         """Bring the clocked devices up to date and signal what they raised — unless the
