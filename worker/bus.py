@@ -184,6 +184,22 @@ class PortBus(_GuestView):
         self._next = deadline = min(due.values(), default=NEVER)
         return None if deadline == NEVER else deadline
 
+    def poll_due(self, now_ns: int) -> int | None:
+        """:meth:`poll` for the devices whose deadline has come, the others left as their
+        last poll left them: until its deadline a device's poll changes nothing (see
+        :meth:`poll`), so the owner's timer, which fires at the earliest deadline, needs
+        only these.  A QEMU timer list's way: an expired timer runs its own device.  (The
+        gen-1 chipset's 100 Hz PIT tick polled the RTC, the UART and the PIT each time:
+        37 % of an idle worker's CPU went to the two that were not due; cProfile, 16
+        booting partitions.)"""
+        due = self._due
+        for dev, d in due.items():  # (values replaced, no key added: iteration stays valid)
+            if d <= now_ns:
+                d = dev.poll(now_ns)
+                due[dev] = NEVER if d is None else d
+        self._next = deadline = min(due.values(), default=NEVER)
+        return None if deadline == NEVER else deadline
+
     def deadline_after(self, port: int, clock: Callable[[], int]) -> int | None:
         """:meth:`poll`'s answer after an access to ``port``, re-polling only the devices
         that access may have moved (the device there when it is clocked, and its

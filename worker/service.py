@@ -286,6 +286,14 @@ class Worker:
         self._deadline = self.chipset.bus.poll(self.chipset.clock.now_ns())
         self._signal_chipset()
 
+    def _poll_due(self) -> None:
+        """The serve loop's timer: :meth:`_poll_devices` for the devices that are due
+        (``PortBus.poll_due``); a full poll where input waits or the worker is frozen."""
+        if self.frozen or self._backlog:
+            return self._poll_devices()
+        self._deadline = self.chipset.bus.poll_due(self._clock_now())
+        self._signal_chipset()
+
     def _after_port_access(self, port: int) -> None:
         """:meth:`_poll_devices` after a port access: only the devices it may have moved
         are polled (``PortBus.deadline_after``), unless input waits or the worker is frozen."""
@@ -313,7 +321,7 @@ class Worker:
             if self._deadline is not None:
                 left = self._deadline - self._clock_now()
                 if left <= 0:  # a device is due (it fell due while a message was handled)
-                    self._poll_devices()
+                    self._poll_due()
                     continue
                 timeout = min(timeout, -(-left // 1_000_000))
             if self._backlog:  # input waits (_feed_input drops a drained backlog)
@@ -321,7 +329,7 @@ class Worker:
             if not wait(timeout):
                 if console.pending:
                     self._flush_console()
-                self._poll_devices()
+                self._poll_due()
                 continue
             frame = recv()
             try:

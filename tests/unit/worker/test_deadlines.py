@@ -1,5 +1,6 @@
-"""The worker polls only the devices an access may have moved (PortBus.deadline_after), not
-every clocked device: held here against polling them all, on the gen-1 chipset plus a
+"""The worker polls only the devices an access may have moved (PortBus.deadline_after), and
+at a deadline only the devices that are due (PortBus.poll_due), not every clocked device:
+held here against polling them all, on the gen-1 chipset plus a
 second UART driven by random accesses, so an access that moves another device's deadline
 (a PIC EOI and the PIT's ticks, the RTC's periodic interrupt behind the cascade, one UART's
 interrupt and the other's timing) fails the test."""
@@ -47,7 +48,8 @@ def build(monkeypatch) -> Chipset:
 
 def run(all_polled: Chipset, incremental: Chipset, seed: int, steps: int) -> int:
     """The same accesses and time on both; after each, ``all_polled`` polls every device (the
-    worker before) and ``incremental`` what the access moved.  Returns the interrupts taken."""
+    worker before) and ``incremental`` what the access moved; at each deadline, the first
+    polls every device and the second those that are due.  Returns the interrupts taken."""
     rng = random.Random(seed)
     ports = sorted(set(p for r in all_polled.bus.ranges() for p in range(r.base, r.base + r.count)))
     taken = 0
@@ -79,7 +81,7 @@ def run(all_polled: Chipset, incremental: Chipset, seed: int, steps: int) -> int
                 for c in (all_polled, incremental):
                     c.clock.step(at - c.clock.now_ns())
                 a = all_polled.bus.poll(at)
-                compare(f"step {i}: at the deadline", a, incremental.bus.poll(at))
+                compare(f"step {i}: at the deadline", a, incremental.bus.poll_due(at))
                 if a is not None and a <= at:
                     raise AssertionError(f"step {i}: a deadline that does not move on")
                 deadline = a
@@ -109,6 +111,15 @@ def test_the_comparison_catches_a_deadline_left_unpolled(monkeypatch):
     incremental = build(monkeypatch)
     for port in range(0x3F8, 0x400):
         incremental.bus._moves.pop(port)
+    with pytest.raises(AssertionError, match="deadline"):
+        run(build(monkeypatch), incremental, 0, 3000)
+
+
+def test_the_comparison_catches_a_due_device_left_unpolled(monkeypatch):
+    """And at a deadline: a poll_due that polls nothing (the due devices' deadlines left as
+    they were) fails it."""
+    incremental = build(monkeypatch)
+    monkeypatch.setattr(incremental.bus, "poll_due", lambda now: min(incremental.bus._due.values()))
     with pytest.raises(AssertionError, match="deadline"):
         run(build(monkeypatch), incremental, 0, 3000)
 
