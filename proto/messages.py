@@ -19,7 +19,6 @@ hop and appended by that hop.  The originator derives the stages from consecutiv
 """
 
 import operator
-from dataclasses import MISSING, dataclass, fields
 from typing import ClassVar
 
 import msgpack
@@ -105,11 +104,9 @@ def message(type_id: int, name: str):
             # Ids are msgpack positive fixints, so a frame's second byte is its type (the VP
             # reads it without decoding its own frame again).
             raise RuntimeError(f"message id {type_id} is not 1..127")
-        cls = dataclass(slots=True)(cls)
-        names = tuple(f.name for f in fields(cls))
+        cls = _message_class(cls)
+        names = cls.FIELD_NAMES
         cls.TYPE, cls.NAME = type_id, name
-        cls.FIELD_NAMES = names
-        cls.CHECKS = tuple(f.type for f in fields(cls))
         cls.ARITY = len(names) + 1  # the wire array's length: the type, then the fields
         if len(names) == 0:
             cls._wire = lambda self: (type_id,)
@@ -119,16 +116,58 @@ def message(type_id: int, name: str):
         else:
             getn = operator.attrgetter(*names)
             cls._wire = lambda self: (type_id, *getn(self))
-        cls.FROM_WIRE = _field_decoder(cls)
-        checked_array = wire_types.message_decoder(type_id, cls.CHECKS)
-        if checked_array is not None and cls.ARITY <= 15:  # (a fixarray: the frame's byte 1 is its type)
-            _FAST[type_id] = _fast_decoder(cls, checked_array.decode)
-        cls.pack = staticmethod(_field_packer(cls, type_id))
+        # The generated code (decoders, packer) is made at its first use: see _UNBUILT.
+        cls.FROM_WIRE = None
+        if cls.ARITY <= 15:  # (a fixarray: the frame's byte 1 is its type)
+            _FAST[type_id] = _first_decode(type_id)
+            _UNBUILT.add(type_id)
+        cls.pack = staticmethod(_first_pack(cls))
         REGISTRY[type_id] = cls
         BY_NAME[name] = cls
         return cls
 
     return wrap
+
+
+def _message_class(cls):
+    """``cls``, its annotated fields made slots, with ``__init__`` (the fields in order, with
+    their defaults), ``__repr__`` and ``__eq__``: what ``@dataclass(slots=True)`` made, in one
+    generated source instead of three and the class built once instead of twice — 81
+    dataclasses cost ~70 ms of every process's start-up (its ``_process_class`` looks at
+    every field's type, which here is its check).  ``FIELD_NAMES``, ``CHECKS`` (each
+    field's annotation: its check, :mod:`proto.fields`) and ``DEFAULTS`` say what it has."""
+    own = cls.__dict__
+    checks = own.get("__annotations__", {})
+    names = tuple(checks)
+    defaults = {n: own[n] for n in names if n in own}
+    params = []
+    for n in names:
+        if n in defaults:
+            params.append(f"{n}=_d_{n}")
+        elif params and "=" in params[-1]:
+            raise TypeError(f"{cls.__name__}: field {n} without a default follows one with a default")
+        else:
+            params.append(n)
+    fields_of = "".join(f"self.{n}, " for n in names)
+    source = "\n".join([
+        f"def __init__(self, {', '.join(params)}):",
+        *(f"    self.{n} = {n}" for n in names), "    pass",
+        "def __repr__(self):",
+        "    return self.__class__.__qualname__ + f'(" + ", ".join(f"{n}={{self.{n}!r}}" for n in names) + ")'",
+        "def __eq__(self, other):",
+        "    if other.__class__ is self.__class__:",
+        f"        return ({fields_of}) == ({fields_of.replace('self.', 'other.')})",
+        "    return NotImplemented",
+    ])
+    namespace = {f"_d_{n}": v for n, v in defaults.items()}
+    exec(source + "\n", namespace)
+    body = {k: v for k, v in own.items() if k not in defaults and k not in ("__dict__", "__weakref__")}
+    for f in ("__init__", "__repr__", "__eq__"):
+        namespace[f].__qualname__ = f"{cls.__qualname__}.{f}"
+        body[f] = namespace[f]
+    body.update(__slots__=names, __hash__=None, __match_args__=names, FIELD_NAMES=names,
+                CHECKS=tuple(checks.values()), DEFAULTS=defaults)
+    return type(cls)(cls.__name__, cls.__bases__, body)
 
 
 _PACK = wire_types.pack
@@ -137,6 +176,47 @@ _UNPACKB = msgpack.unpackb
 # msgspec type (proto.wire_types) and that packs as a fixarray.
 _FAST: dict[int, object] = {}
 _FAST_ERROR = wire_types.DecodeError
+# Messages whose entry in _FAST is still _first_decode's.  A message's generated code is
+# made when it is first decoded or packed, not when it is defined: generating it for all
+# 81 took ~70 ms of every process's start-up (the launcher, the hypervisor, each zygote),
+# and a process uses a dozen of them.
+_UNBUILT: set[int] = set()
+
+
+def fast_decoder(type_id: int):
+    """Message ``type_id``'s decoder by msgspec (generated now if it was not yet), or None
+    if it has none (a field with no msgspec type, or too many fields for a fixarray)."""
+    if type_id in _UNBUILT:
+        _UNBUILT.discard(type_id)
+        cls = REGISTRY[type_id]
+        checked_array = wire_types.message_decoder(type_id, cls.CHECKS)
+        if checked_array is None:
+            _FAST.pop(type_id, None)  # decode() goes the checked way
+        else:
+            _FAST[type_id] = _fast_decoder(cls, checked_array.decode)
+    return _FAST.get(type_id)
+
+
+def _first_decode(type_id: int):
+    """_FAST's entry until the message's first decode, which generates its decoder."""
+    def first(frame: bytes):
+        decoder = fast_decoder(type_id)
+        return None if decoder is None else decoder(frame)  # None: the checked way
+    return first
+
+
+def _first_pack(cls):
+    """``cls.pack`` until its first call, which generates it (:func:`_field_packer`) and
+    puts it in its place."""
+    packer = None
+
+    def pack(*args, **kwargs):
+        nonlocal packer
+        if packer is None:
+            packer = _field_packer(cls, cls.TYPE)
+            cls.pack = staticmethod(packer)
+        return packer(*args, **kwargs)
+    return pack
 
 
 def _field_decoder(cls):
@@ -231,13 +311,13 @@ def _field_packer(cls, type_id: int):
     constructor's would be."""
     namespace = {"_PACK": _PACK}
     params = []
-    for i, f in enumerate(fields(cls)):
-        if f.default is MISSING:
-            params.append(f.name)
+    for i, name in enumerate(cls.FIELD_NAMES):
+        if name in cls.DEFAULTS:
+            namespace[f"default{i}"] = cls.DEFAULTS[name]
+            params.append(f"{name}=default{i}")
         else:
-            namespace[f"default{i}"] = f.default
-            params.append(f"{f.name}=default{i}")
-    values = "".join(f", {f.name}" for f in fields(cls))
+            params.append(name)
+    values = "".join(f", {name}" for name in cls.FIELD_NAMES)
     exec(f"def pack({', '.join(params)}):\n    return _PACK(({type_id}{values},))\n", namespace)
     return namespace["pack"]
 
@@ -285,8 +365,11 @@ def decode_checked(frame: bytes) -> Message:
         what = "missing" if have < want else "extra"
         field = cls.FIELD_NAMES[have] if have < want else f"#{want}"
         raise InvalidField(cls.NAME, field, f"{what} field ({have} given, {want} expected)")
+    from_wire = cls.FROM_WIRE
+    if from_wire is None:  # its first decode this way (see _UNBUILT)
+        from_wire = cls.FROM_WIRE = _field_decoder(cls)
     try:
-        return cls.FROM_WIRE(obj)
+        return from_wire(obj)
     except FieldError as e:
         bad = next(i for i, (c, v) in enumerate(zip(cls.CHECKS, obj[1:])) if _fails(c, v))
         raise InvalidField(cls.NAME, cls.FIELD_NAMES[bad], str(e)) from e

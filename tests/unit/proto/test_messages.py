@@ -322,3 +322,24 @@ def test_the_generated_decoder_accepts_and_refuses_what_the_field_checks_do():
                         m.decode(frame)
                 else:
                     assert getattr(m.decode(frame), name) == want, (cls.NAME, name, probe)
+
+
+def test_a_message_class_is_what_a_slotted_dataclass_would_be():
+    """(proto.messages._message_class builds them without dataclasses, for start-up.)"""
+    msg = m.AssertInterrupt(0x30, (1, 2), 7)
+    assert msg.resent is False  # the field's default
+    assert m.AssertInterrupt(0x30, (1, 2), 7, resent=False) == msg != m.AssertInterrupt(0x30, (1, 2), 8)
+    assert msg != (m.AssertInterrupt.TYPE, 0x30, (1, 2), 7, False) and m.Ack(1) != m.AssertInterrupt(1, (), 0)
+    assert repr(msg) == "AssertInterrupt(vector=48, stamps=(1, 2), seq=7, resent=False)"
+    assert repr(m.DeviceReset()) == "DeviceReset(resets=0)" and m.Ack.__init__.__qualname__ == "Ack.__init__"
+    with pytest.raises(AttributeError):
+        msg.extra = 1  # slots: no instance dict
+    with pytest.raises(TypeError):
+        hash(msg)  # mutable and compared by value, as a dataclass with eq
+    with pytest.raises(TypeError):
+        m.AssertInterrupt(0x30)  # a field without a default must be given
+    match msg:
+        case m.AssertInterrupt(vector, _, seq):
+            assert (vector, seq) == (0x30, 7)
+    with pytest.raises(TypeError, match="without a default"):
+        m._message_class(type("Bad", (m.Message,), {"__annotations__": {"a": int, "b": int}, "a": 1}))
