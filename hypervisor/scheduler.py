@@ -306,13 +306,18 @@ class Scheduler:
         if not self.ready:
             return None
         when = None
-        if any(s.controls.limit < FULL and not self._eligible(s) for s in self.ready):
-            when = self.window_start + WINDOW_NS
         for lp in self.lps:
             if lp.vp is not None:
                 overrun = lp.vp.quantum_end_ns + self.grace_ns
                 if when is None or overrun < when:
                     when = overrun
+        # The next window, if a ready VP waits for it — looked for only when it would come
+        # first: the loop asks at every message, and the scan is O(ready VPs) (at N = 16 on
+        # 2 LPs, 14 VPs a message: 14 % of the hypervisor's time, cProfile while 16 boot).
+        window_end = self.window_start + WINDOW_NS
+        if (when is None or window_end < when) and \
+                any(s.controls.limit < FULL and not self._eligible(s) for s in self.ready):
+            when = window_end
         return when
 
     def _window(self, s: VpSched) -> VpSched:
@@ -363,10 +368,16 @@ class Scheduler:
 
     def _pick(self) -> VpSched | None:
         best, best_key = None, None
+        window_id = self.window_id
         for s in self.ready:
-            if s.controls.paused or s.suspended or not self._eligible(s):
-                continue
             c = s.controls
+            if c.paused or s.suspended:
+                continue
+            # _eligible(s), written out: this visits every ready VP at every dispatch.
+            if s.window_id != window_id:
+                self._window(s)
+            if c.limit < FULL and s.window_ns >= c.limit * WINDOW_NS // FULL:
+                continue
             key = (0 if s.window_ns < c.reserve * WINDOW_NS // FULL else 1, s.vruntime, s.order)
             if best_key is None or key < best_key:
                 best, best_key = s, key
