@@ -64,6 +64,31 @@ def test_a_vp_running_within_its_quantum_is_never_preempted():
     assert a.run_ns == sched.quantum_ns + GRACE_NS  # its LP time ends when the LP is taken back
 
 
+def test_a_ready_vp_waiting_for_its_limit_wakes_the_scheduler_at_the_window_end():
+    """next_event_ns looks for such a VP only while some partition is capped
+    (CpuControls.capped) and when the window would end before a running VP's quantum."""
+    from hypervisor.scheduler import FULL, WINDOW_NS
+
+    sched = Scheduler(1, lambda s, lp, q: None)
+    hog = VpSched((1, 0), CpuControls(), suspended=False)
+    capped = VpSched((2, 0), CpuControls(limit=FULL // 2), suspended=False)
+    now = sched.window_start = perf_counter_ns()  # a window begins
+    sched.make_ready(hog, now)
+    capped.window_id, capped.window_ns = sched.window_id, WINDOW_NS  # its half used up
+    sched.make_ready(capped, now)
+    assert CpuControls.capped >= 1 and capped.state is VpState.READY
+    assert sched.next_event_ns(now) == hog.quantum_end_ns + GRACE_NS  # that comes first
+    sched.exited(hog, now)  # the LP is free, the capped VP still may not run
+    sched.dispatch(now)
+    assert capped.state is VpState.READY and sched.next_event_ns(now) == sched.window_start + WINDOW_NS
+    capped.controls.limit = FULL  # uncapped: nothing to wait for
+    assert sched.next_event_ns(now) is None
+    before = CpuControls.capped
+    capped.controls.limit = 1
+    assert CpuControls.capped == before + 1 and sched.next_event_ns(now) == sched.window_start + WINDOW_NS
+    capped.controls.limit = FULL
+
+
 def test_executing_guest_code_is_running_or_preempted():
     assert {st for st in VpState if st.executing} == {VpState.RUNNING, VpState.PREEMPTED}
 
