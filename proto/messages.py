@@ -104,7 +104,7 @@ def message(type_id: int, name: str):
             # Ids are msgpack positive fixints, so a frame's second byte is its type (the VP
             # reads it without decoding its own frame again).
             raise RuntimeError(f"message id {type_id} is not 1..127")
-        cls = _message_class(cls)
+        cls = _message_class(cls, type_id)
         names = cls.FIELD_NAMES
         cls.TYPE, cls.NAME = type_id, name
         cls.ARITY = len(names) + 1  # the wire array's length: the type, then the fields
@@ -116,12 +116,11 @@ def message(type_id: int, name: str):
         else:
             getn = operator.attrgetter(*names)
             cls._wire = lambda self: (type_id, *getn(self))
-        # The generated code (decoders, packer) is made at its first use: see _UNBUILT.
+        # The generated decoders are made at their first use: see _UNBUILT.
         cls.FROM_WIRE = None
         if cls.ARITY <= 15:  # (a fixarray: the frame's byte 1 is its type)
             _FAST[type_id] = _first_decode(type_id)
             _UNBUILT.add(type_id)
-        cls.pack = staticmethod(_first_pack(cls))
         REGISTRY[type_id] = cls
         BY_NAME[name] = cls
         return cls
@@ -129,13 +128,18 @@ def message(type_id: int, name: str):
     return wrap
 
 
-def _message_class(cls):
+def _message_class(cls, type_id: int):
     """``cls``, its annotated fields made slots, with ``__init__`` (the fields in order, with
-    their defaults), ``__repr__`` and ``__eq__``: what ``@dataclass(slots=True)`` made, in one
-    generated source instead of three and the class built once instead of twice — 81
-    dataclasses cost ~70 ms of every process's start-up (its ``_process_class`` looks at
-    every field's type, which here is its check).  ``FIELD_NAMES``, ``CHECKS`` (each
-    field's annotation: its check, :mod:`proto.fields`) and ``DEFAULTS`` say what it has."""
+    their defaults), ``__repr__`` and ``__eq__`` — what ``@dataclass(slots=True)`` made — and
+    ``pack``, in one generated source instead of four, the class built once instead of
+    twice: 81 dataclasses and packers cost ~80 ms of every process's start-up (dataclass's
+    ``_process_class`` looks at every field's type, which here is its check).
+    ``FIELD_NAMES``, ``CHECKS`` (each field's annotation: its check, :mod:`proto.fields`)
+    and ``DEFAULTS`` say what it has.
+
+    ``cls.pack(field1, field2, …)`` is the frame ``cls(field1, …).encode()`` gives, without
+    building the message — for a hot path that only sends one (the hypervisor's resume).
+    Its parameters are ``__init__``'s, so a call is checked as the constructor's would be."""
     own = cls.__dict__
     checks = own.get("__annotations__", {})
     names = tuple(checks)
@@ -158,13 +162,16 @@ def _message_class(cls):
         "    if other.__class__ is self.__class__:",
         f"        return ({fields_of}) == ({fields_of.replace('self.', 'other.')})",
         "    return NotImplemented",
+        f"def pack({', '.join(params)}):",
+        f"    return _PACK(({type_id}, {fields_of.replace('self.', '')}))",
     ])
     namespace = {f"_d_{n}": v for n, v in defaults.items()}
+    namespace["_PACK"] = _PACK
     exec(source + "\n", namespace)
     body = {k: v for k, v in own.items() if k not in defaults and k not in ("__dict__", "__weakref__")}
-    for f in ("__init__", "__repr__", "__eq__"):
+    for f in ("__init__", "__repr__", "__eq__", "pack"):
         namespace[f].__qualname__ = f"{cls.__qualname__}.{f}"
-        body[f] = namespace[f]
+        body[f] = namespace[f] if f != "pack" else staticmethod(namespace[f])
     body.update(__slots__=names, __hash__=None, __match_args__=names, FIELD_NAMES=names,
                 CHECKS=tuple(checks.values()), DEFAULTS=defaults)
     return type(cls)(cls.__name__, cls.__bases__, body)
@@ -203,20 +210,6 @@ def _first_decode(type_id: int):
         decoder = fast_decoder(type_id)
         return None if decoder is None else decoder(frame)  # None: the checked way
     return first
-
-
-def _first_pack(cls):
-    """``cls.pack`` until its first call, which generates it (:func:`_field_packer`) and
-    puts it in its place."""
-    packer = None
-
-    def pack(*args, **kwargs):
-        nonlocal packer
-        if packer is None:
-            packer = _field_packer(cls, cls.TYPE)
-            cls.pack = staticmethod(packer)
-        return packer(*args, **kwargs)
-    return pack
 
 
 def _field_decoder(cls):
@@ -302,24 +295,6 @@ def _fast_decoder(cls, checked_array):
     lines += _construction(cls)
     exec("\n".join(lines) + "\n", namespace)
     return namespace["decode"]
-
-
-def _field_packer(cls, type_id: int):
-    """``cls.pack(field1, field2, …)``: the frame ``cls(field1, …).encode()`` gives, without
-    building the message — for a hot path that only sends one (the hypervisor's resume).
-    Its parameters are the fields, with the same defaults, so a call is checked as the
-    constructor's would be."""
-    namespace = {"_PACK": _PACK}
-    params = []
-    for i, name in enumerate(cls.FIELD_NAMES):
-        if name in cls.DEFAULTS:
-            namespace[f"default{i}"] = cls.DEFAULTS[name]
-            params.append(f"{name}=default{i}")
-        else:
-            params.append(name)
-    values = "".join(f", {name}" for name in cls.FIELD_NAMES)
-    exec(f"def pack({', '.join(params)}):\n    return _PACK(({type_id}{values},))\n", namespace)
-    return namespace["pack"]
 
 
 def encode(msg: Message) -> bytes:

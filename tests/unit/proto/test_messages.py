@@ -332,6 +332,7 @@ def test_a_message_class_is_what_a_slotted_dataclass_would_be():
     assert msg != (m.AssertInterrupt.TYPE, 0x30, (1, 2), 7, False) and m.Ack(1) != m.AssertInterrupt(1, (), 0)
     assert repr(msg) == "AssertInterrupt(vector=48, stamps=(1, 2), seq=7, resent=False)"
     assert repr(m.DeviceReset()) == "DeviceReset(resets=0)" and m.Ack.__init__.__qualname__ == "Ack.__init__"
+    assert m.AssertInterrupt.pack(0x30, (1, 2), 7) == msg.encode() and m.DeviceReset.pack() == m.DeviceReset().encode()
     with pytest.raises(AttributeError):
         msg.extra = 1  # slots: no instance dict
     with pytest.raises(TypeError):
@@ -342,4 +343,4 @@ def test_a_message_class_is_what_a_slotted_dataclass_would_be():
         case m.AssertInterrupt(vector, _, seq):
             assert (vector, seq) == (0x30, 7)
     with pytest.raises(TypeError, match="without a default"):
-        m._message_class(type("Bad", (m.Message,), {"__annotations__": {"a": int, "b": int}, "a": 1}))
+        m._message_class(type("Bad", (m.Message,), {"__annotations__": {"a": int, "b": int}, "a": 1}), 99)
