@@ -58,6 +58,17 @@ def test_help_lists_every_command_with_its_help(capsys):
         assert f"{c.NAME} {c.HELP}" in out, c.NAME
 
 
+def test_a_command_of_roots_own_is_parsed_without_looking_for_the_plugins():
+    """(Start-up: `run` does not pay for importlib.metadata and the plugins' modules.)"""
+    from root.cli import build_parser
+
+    def subcommands(ap):
+        return set(next(a for a in ap._actions if a.dest == "cmd").choices)
+
+    assert "bench" not in subcommands(build_parser("run")) and "run" in subcommands(build_parser("run"))
+    assert {"bench", "fuzz", "run"} <= subcommands(build_parser("bench")) == subcommands(build_parser())
+
+
 @pytest.mark.parametrize("command", NAMES)
 def test_each_command_has_help(command, capsys):
     assert main([command, "--help"]) == 0
