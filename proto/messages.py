@@ -155,7 +155,7 @@ def _message_class(cls, type_id: int):
     fields_of = "".join(f"self.{n}, " for n in names)
     source = "\n".join([
         f"def __init__(self, {', '.join(params)}):",
-        *(f"    self.{n} = {n}" for n in names), "    pass",
+        *(f"    self.{n} = {n}" for n in names), "    pass",  # (a body, with no fields)
         "def __repr__(self):",
         "    return self.__class__.__qualname__ + f'(" + ", ".join(f"{n}={{self.{n}!r}}" for n in names) + ")'",
         "def __eq__(self, other):",
@@ -168,12 +168,12 @@ def _message_class(cls, type_id: int):
     namespace = {f"_d_{n}": v for n, v in defaults.items()}
     namespace["_PACK"] = _PACK
     exec(source + "\n", namespace)
+    made = {f: namespace[f] for f in ("__init__", "__repr__", "__eq__", "pack")}
+    for f, fn in made.items():
+        fn.__qualname__ = f"{cls.__qualname__}.{f}"
     body = {k: v for k, v in own.items() if k not in defaults and k not in ("__dict__", "__weakref__")}
-    for f in ("__init__", "__repr__", "__eq__", "pack"):
-        namespace[f].__qualname__ = f"{cls.__qualname__}.{f}"
-        body[f] = namespace[f] if f != "pack" else staticmethod(namespace[f])
-    body.update(__slots__=names, __hash__=None, __match_args__=names, FIELD_NAMES=names,
-                CHECKS=tuple(checks.values()), DEFAULTS=defaults)
+    body.update(made, pack=staticmethod(made["pack"]), __slots__=names, __hash__=None, __match_args__=names,
+                FIELD_NAMES=names, CHECKS=tuple(checks.values()), DEFAULTS=defaults)
     return type(cls)(cls.__name__, cls.__bases__, body)
 
 
@@ -183,10 +183,10 @@ _UNPACKB = msgpack.unpackb
 # msgspec type (proto.wire_types) and that packs as a fixarray.
 _FAST: dict[int, object] = {}
 _FAST_ERROR = wire_types.DecodeError
-# Messages whose entry in _FAST is still _first_decode's.  A message's generated code is
-# made when it is first decoded or packed, not when it is defined: generating it for all
-# 81 took ~70 ms of every process's start-up (the launcher, the hypervisor, each zygote),
-# and a process uses a dozen of them.
+# Messages whose entry in _FAST is still _first_decode's.  A message's decoders (msgspec's
+# and the checked one, FROM_WIRE) are generated at its first decode, not when it is
+# defined: generating them for all 81 took ~55 ms of every process's start-up (the
+# launcher, the hypervisor, each zygote), and a process decodes a dozen of them.
 _UNBUILT: set[int] = set()
 
 

@@ -190,8 +190,8 @@ class PortBus(_GuestView):
         :meth:`poll`), so the owner's timer, which fires at the earliest deadline, needs
         only these.  A QEMU timer list's way: an expired timer runs its own device.  (The
         gen-1 chipset's 100 Hz PIT tick polled the RTC, the UART and the PIT each time:
-        37 % of an idle worker's CPU went to the two that were not due; cProfile, 16
-        booting partitions.)"""
+        36 % of the workers' device polling went to the two that were not due; cProfile,
+        16 booting partitions.)"""
         due = self._due
         for dev, d in due.items():  # (values replaced, no key added: iteration stays valid)
             if d <= now_ns:
