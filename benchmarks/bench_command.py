@@ -148,6 +148,9 @@ def arguments(p: argparse.ArgumentParser) -> None:
                    help="the handovers of --service (default 10)")
     p.add_argument("--startup", action="store_true",
                    help="instead: launch to first banner and RSS per process kind at 1, 4 and 16 partitions")
+    p.add_argument("--startup-rounds", type=positive_int, default=1, metavar="K",
+                   help="with --startup: K launches at each N (N taken in turn), each figure their median "
+                        "and range — one launch's times move by a third with a shared host's load")
     p.add_argument("--instructions", action="store_true",
                    help="instead: instructions per round trip of each process's own code, driven in-process "
                         "under cachegrind — a figure the host's load does not move (needs valgrind; "

@@ -302,27 +302,33 @@ def print_saturation(rows: list[dict]) -> None:
 def run_startup(args) -> int:
     """Launch to first banner (and to all), RSS per process kind, at 1, 4 and 16 partitions
     of the default chipset."""
-    rows = []
     counts = [n for n in (1, 4, 16) if n <= max(args.scale_partitions)] or [1]
-    progress = Progress([(f"N = {n}", 3.0 + n * 0.4) for n in counts], enabled=args.progress)
+    rounds = args.startup_rounds
+    # N taken in turn, round after round: a shift in the host's load falls on every N alike.
+    progress = Progress([(f"N = {n}" + (f", round {k + 1}" if rounds > 1 else ""), 3.0 + n * 0.4)
+                         for k in range(rounds) for n in counts], enabled=args.progress)
+    runs: dict[int, list[dict]] = {n: [] for n in counts}
     try:
-        for n in counts:
-            progress.step()
-            rows.append(startup(n))
+        for _ in range(rounds):
+            for n in counts:
+                progress.step()
+                runs[n].append(startup(n))
     except (RuntimeError, OSError) as e:
         progress.close()
         complain("bench", f"--startup: {e}")
         return 1
     finally:
         progress.close()
+    rows = [startup_median(runs[n]) for n in counts]
     if args.json:
-        print(json.dumps({"startup": rows}, indent=2), flush=True)
+        print(json.dumps({"startup": rows, **({"rounds": runs} if rounds > 1 else {})}, indent=2), flush=True)
         return 0
     kinds = sorted({k for r in rows for k in r["rss_mb"]})
     print(f"start-up and footprint (gen-1 chipset, serial workload; RSS is each kind's largest process; "
-          f"{bytecode_caches()}):")
+          f"{bytecode_caches()}" + (f"; the median of {rounds} launches, their range in brackets" if rounds > 1
+                                    else "") + "):")
     print(table(["N", "launch → first banner s", "launch → all banners s", *(f"{k} MB" for k in kinds)],
-                [[str(r["n"]), _secs(r["first_banner_s"], r), _secs(r["all_banners_s"], r),
+                [[str(r["n"]), _secs(r["first_banner_s"], r, "first_range"), _secs(r["all_banners_s"], r, "all_range"),
                   *(f"{r['rss_mb'].get(k, 0):.1f}" for k in kinds)] for r in rows], "r" * (3 + len(kinds))))
     cpu_kinds = sorted({k for r in rows for k in r["cpu_s"]})
     print("\nCPU seconds from launch to the last banner (all processes of a kind), and each partition's exits by then:")
@@ -351,8 +357,40 @@ def bytecode_caches() -> str:
     return f"no bytecode caches{why}: every process compiles its modules as it starts"
 
 
-def _secs(value: float | None, r: dict) -> str:
-    return f"{value:.2f}" if value is not None else f"> {r['timeout_s']:g} ({r['banners']} of {r['n']})"
+def _secs(value: float | None, r: dict, spread: str = "") -> str:
+    text = f"{value:.2f}" if value is not None else f"> {r['timeout_s']:g} ({r['banners']} of {r['n']})"
+    if spread in r:
+        low, high = r[spread]
+        text += f" ({low:.2f}–{high:.2f})" if high is not None else f" ({low:.2f}–> {r['timeout_s']:g})"
+    return text
+
+
+def startup_median(runs: list[dict]) -> dict:
+    """One N's launches as one row: the median of each time (a launch that timed out counts
+    as the longest), with their range (``first_range``, ``all_range``) when there are several;
+    the median of each kind's CPU seconds and of the exits; the largest RSS of each kind."""
+    if len(runs) == 1:
+        return runs[0]
+
+    def middle(values: list) -> float | None:
+        ordered = sorted(values, key=lambda v: float("inf") if v is None else v)
+        return ordered[len(ordered) // 2]
+
+    row = dict(runs[len(runs) // 2])  # (n, timeout_s; coalesced stores are alike)
+    for key, spread in (("first_banner_s", "first_range"), ("all_banners_s", "all_range")):
+        values = [r[key] for r in runs]
+        row[key] = middle(values)
+        done = sorted(v for v in values if v is not None)
+        row[spread] = (done[0] if done else None, done[-1] if len(done) == len(values) else None)
+    row["banners"] = middle([r["banners"] for r in runs])
+    row["cpu_s"] = {k: middle([r["cpu_s"].get(k, 0.0) for r in runs]) for k in {k for r in runs for k in r["cpu_s"]}}
+    row["rss_mb"] = {k: max(r["rss_mb"].get(k, 0.0) for r in runs) for k in {k for r in runs for k in r["rss_mb"]}}
+    exits = [r["exits_per_partition"] for r in runs if "median" in r["exits_per_partition"]]
+    if exits:
+        row["exits_per_partition"] = {**exits[len(exits) // 2],
+                                      "median": middle([e["median"] for e in exits]),
+                                      "max": max(e["max"] for e in exits)}
+    return row
 
 
 def startup(n: int, timeout_s: float = STARTUP_TIMEOUT_S) -> dict:

@@ -34,14 +34,17 @@ def test_bench_scale_reports_each_n_beside_its_floor():
 
 @pytest.mark.timeout(120)
 def test_bench_startup_measures_banners_and_rss_per_process_kind():
-    r = run_launch_py("bench", "--startup", "--scale-partitions", "1", "--no-progress",
+    r = run_launch_py("bench", "--startup", "--scale-partitions", "1", "--no-progress", "--startup-rounds", "2",
                       run_root=short_run_root(), timeout=110)
     assert r.returncode == 0, r.stderr + r.stdout
     assert r.stderr == ""
     lines = r.stdout.splitlines()
-    assert lines[0].startswith("start-up and footprint") and "hypervisor MB" in lines[1]
-    n, first, every, *mbs = lines[3].split()
-    assert n == "1" and 0 < float(first) <= float(every) < 60
+    assert lines[0].startswith("start-up and footprint") and "the median of 2 launches" in lines[0]
+    assert "hypervisor MB" in lines[1]
+    # N, then each time as "median (low–high)", then the RSS of each kind
+    n, first, first_range, every, every_range, *mbs = lines[3].split()
+    low, high = map(float, first_range.strip("()").split("–"))
+    assert n == "1" and 0 < low <= float(first) <= high < 60 and float(first) <= float(every) < 60
     assert all(5 < float(mb) < 500 for mb in mbs)
 
 

@@ -281,3 +281,23 @@ def test_saturation_snapshots_read_this_process_threads():
     assert len(mine) >= 2 and all(k[0] == "me" for k in snap["threads"])  # the gone one: absent
     assert sum(v[0] for v in mine) > 0
     assert snap["host"][1] >= snap["host"][0] > 0
+
+
+def test_startup_rounds_are_reported_as_their_median_and_range():
+    from benchmarks.scale import _secs, startup_median
+
+    def launch(first, every, cpu, exits, rss):
+        return {"n": 4, "first_banner_s": first, "all_banners_s": every, "banners": 4 if every else 3,
+                "timeout_s": 60.0, "rss_mb": {"worker": rss}, "cpu_s": {"worker": cpu, "hypervisor": 0.5},
+                "exits_per_partition": {"median": exits, "max": exits + 5, "coalesced_writes": 100}}
+
+    runs = [launch(1.2, 1.5, 0.4, 120, 23.0), launch(0.9, 1.1, 0.3, 110, 24.0), launch(1.0, None, 0.9, 300, 22.0)]
+    row = startup_median(runs)
+    assert row["first_banner_s"] == 1.0 and row["first_range"] == (0.9, 1.2)
+    assert row["all_banners_s"] == 1.5 and row["all_range"] == (1.1, None)  # the timeout counts as the longest
+    assert row["cpu_s"] == {"worker": 0.4, "hypervisor": 0.5} and row["rss_mb"] == {"worker": 24.0}
+    assert row["exits_per_partition"]["median"] == 120 and row["exits_per_partition"]["max"] == 305
+    assert _secs(row["first_banner_s"], row, "first_range") == "1.00 (0.90–1.20)"
+    assert _secs(row["all_banners_s"], row, "all_range") == "1.50 (1.10–> 60)"
+    assert startup_median(runs[:1]) is runs[0]  # one launch: its own figures, no range
+    assert _secs(1.25, runs[0], "first_range") == "1.25"
