@@ -378,15 +378,9 @@ class Scheduler:
 
     def _pick(self) -> VpSched | None:
         best, best_key = None, None
-        window_id = self.window_id
         for s in self.ready:
             c = s.controls
-            if c.paused or s.suspended:
-                continue
-            # _eligible(s), written out: this visits every ready VP at every dispatch.
-            if s.window_id != window_id:
-                self._window(s)
-            if c.limit < FULL and s.window_ns >= c.limit * WINDOW_NS // FULL:
+            if c.paused or s.suspended or not self._eligible(s):
                 continue
             key = (0 if s.window_ns < c.reserve * WINDOW_NS // FULL else 1, s.vruntime, s.order)
             if best_key is None or key < best_key:

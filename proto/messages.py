@@ -144,14 +144,10 @@ def _message_class(cls, type_id: int):
     checks = own.get("__annotations__", {})
     names = tuple(checks)
     defaults = {n: own[n] for n in names if n in own}
-    params = []
-    for n in names:
-        if n in defaults:
-            params.append(f"{n}=_d_{n}")
-        elif params and "=" in params[-1]:
+    params = [f"{n}=_d_{n}" if n in defaults else n for n in names]
+    for before, n in zip(names, names[1:]):
+        if before in defaults and n not in defaults:
             raise TypeError(f"{cls.__name__}: field {n} without a default follows one with a default")
-        else:
-            params.append(n)
     fields_of = "".join(f"self.{n}, " for n in names)
     source = "\n".join([
         f"def __init__(self, {', '.join(params)}):",

@@ -177,12 +177,7 @@ class PortBus(_GuestView):
         so the owner calls this at the deadline it returns, and :meth:`deadline_after`
         after an access.  Anything else that changes a device (input, a reset, a restore,
         a clock step) is followed by this."""
-        due = self._due
-        for dev in due:
-            d = dev.poll(now_ns)
-            due[dev] = NEVER if d is None else d
-        self._next = deadline = min(due.values(), default=NEVER)
-        return None if deadline == NEVER else deadline
+        return self._poll_upto(now_ns, NEVER)
 
     def poll_due(self, now_ns: int) -> int | None:
         """:meth:`poll` for the devices whose deadline has come, the others left as their
@@ -192,9 +187,14 @@ class PortBus(_GuestView):
         gen-1 chipset's 100 Hz PIT tick polled the RTC, the UART and the PIT each time:
         36 % of the workers' device polling went to the two that were not due; cProfile,
         16 booting partitions.)"""
+        return self._poll_upto(now_ns, now_ns)
+
+    def _poll_upto(self, now_ns: int, upto: int) -> int | None:
+        """Poll every clocked device whose deadline is at or before ``upto`` (all of them:
+        NEVER); the earliest deadline, or None."""
         due = self._due
         for dev, d in due.items():  # (values replaced, no key added: iteration stays valid)
-            if d <= now_ns:
+            if d <= upto:
                 d = dev.poll(now_ns)
                 due[dev] = NEVER if d is None else d
         self._next = deadline = min(due.values(), default=NEVER)

@@ -267,31 +267,27 @@ class Worker:
         if self._reset is not None:
             reason, seq = self._reset
             events.append((seq, m.ResetRequest(reason, seq, True)))
-        for _, msg in sorted(events, key=lambda e: e[0]):
+        events.sort(key=lambda e: e[0])
+        for _, msg in events:
             self.dealer.send(msg.encode())
         if events:
             log.info("sent again the %d interrupts and %d reset its predecessor took and requested "
-                     "last (seq %d-%d)", len(self._taken), self._reset is not None,
-                     min(e[0] for e in events), max(e[0] for e in events))
+                     "last (seq %d-%d)", len(self._taken), self._reset is not None, events[0][0], events[-1][0])
 
-    def _poll_devices(self) -> None:
+    def _poll_devices(self, due_only: bool = False) -> None:
         """Bring the clocked devices up to date and signal what they raised — unless the
         worker is frozen (saved for a successor by device_save): its devices no longer run
-        here, whatever message comes (an access, a query, a reset)."""
+        here, whatever message comes (an access, a query, a reset).  ``due_only`` (the serve
+        loop's timer): only the devices whose deadline has come (``PortBus.poll_due``),
+        unless input was fed, which moves its device."""
         if self.frozen:
             self._deadline = None
             return
         if self._backlog:
             self._feed_input()
-        self._deadline = self.chipset.bus.poll(self.chipset.clock.now_ns())
-        self._signal_chipset()
-
-    def _poll_due(self) -> None:
-        """The serve loop's timer: :meth:`_poll_devices` for the devices that are due
-        (``PortBus.poll_due``); a full poll where input waits or the worker is frozen."""
-        if self.frozen or self._backlog:
-            return self._poll_devices()
-        self._deadline = self.chipset.bus.poll_due(self._clock_now())
+            due_only = False
+        bus, now = self.chipset.bus, self._clock_now()
+        self._deadline = bus.poll_due(now) if due_only else bus.poll(now)
         self._signal_chipset()
 
     def _after_port_access(self, port: int) -> None:
@@ -321,7 +317,7 @@ class Worker:
             if self._deadline is not None:
                 left = self._deadline - self._clock_now()
                 if left <= 0:  # a device is due (it fell due while a message was handled)
-                    self._poll_due()
+                    self._poll_devices(due_only=True)
                     continue
                 timeout = min(timeout, -(-left // 1_000_000))
             if self._backlog:  # input waits (_feed_input drops a drained backlog)
@@ -329,7 +325,7 @@ class Worker:
             if not wait(timeout):
                 if console.pending:
                     self._flush_console()
-                self._poll_due()
+                self._poll_devices(due_only=True)
                 continue
             frame = recv()
             try:
