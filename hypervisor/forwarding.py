@@ -46,6 +46,7 @@ PING_INTERVAL_NS = 1_000_000_000  # a health check of each worker this often
 LATE = 1 << 62  # an access's deadline once its lateness has been counted
 # What every emulated exit uses, as module constants (a global each, not attribute chains).
 _pack_port_notify, _pack_mmio_notify, _IO_PORT = m.PortNotify.pack, m.MmioNotify.pack, Exit.IO_PORT
+_IO_STRING = Exit.IO_STRING
 
 
 @dataclass(slots=True)
@@ -123,6 +124,9 @@ class Forwarding:
         """The worker's notification of an access, packed without building the message
         (every emulated exit sends one: the round trip this project measures).  (Written
         out in :meth:`forward`: keep the two alike.)"""
+        if kind is _IO_STRING:
+            return m.PortStringNotify.pack(ref, ctx.vp.index, ctx.addr, ctx.size, ctx.write, ctx.count, ctx.data,
+                                           ctx.stamps + (perf_counter_ns(),))
         cls = m.PortNotify if kind is Exit.IO_PORT else m.MmioNotify
         return cls.pack(ref, ctx.vp.index, ctx.addr, ctx.size, ctx.write, ctx.value, ctx.stamps + (perf_counter_ns(),))
 
@@ -145,7 +149,7 @@ class Forwarding:
 
     def forward(self, ctx: ExitContext, owner: bytes, kind: Exit) -> None:
         """Suspend the exit and notify the worker that owns ``ctx.addr`` (a port or a GPA);
-        ``kind`` is Exit.IO_PORT or Exit.MMIO.  While the partition's worker is being
+        ``kind`` is Exit.IO_PORT, Exit.IO_STRING or Exit.MMIO.  While the partition's worker is being
         replaced (servicing.py) the access waits in ``Partition.held``."""
         if ctx.partition.servicing:
             ctx.kind = kind
@@ -162,8 +166,12 @@ class Forwarding:
         now = perf_counter_ns()
         ctx.deadline_ns = now + WORKER_TIMEOUT_NS
         self.pending[ref] = ctx
-        frame = (_pack_port_notify if kind is _IO_PORT else _pack_mmio_notify)(
-            ref, ctx.vp.index, ctx.addr, ctx.size, ctx.write, ctx.value, ctx.stamps + (now,))
+        if kind is _IO_STRING:
+            frame = m.PortStringNotify.pack(ref, ctx.vp.index, ctx.addr, ctx.size, ctx.write, ctx.count, ctx.data,
+                                            ctx.stamps + (now,))
+        else:
+            frame = (_pack_port_notify if kind is _IO_PORT else _pack_mmio_notify)(
+                ref, ctx.vp.index, ctx.addr, ctx.size, ctx.write, ctx.value, ctx.stamps + (now,))
         if not self._router.send(owner, frame):
             # The worker is gone.  Nobody else may complete the access: the VP waits in its
             # intercept and the partition is paused (the root ends a run whose worker died).
@@ -177,8 +185,8 @@ class Forwarding:
 
     def on_access_complete(self, identity: bytes, peer, msg: m.AccessComplete, t_in: int) -> None:
         ctx = self.pending.pop(msg.ref, None)
-        if ctx is None or ctx.partition is not peer.partition:
-            if ctx is not None:  # another partition's request: not this worker's to complete
+        if ctx is None or ctx.partition is not peer.partition or ctx.kind is _IO_STRING:
+            if ctx is not None:  # another partition's request, or a string access: not completed by this
                 self.pending[msg.ref] = ctx
             self._counters["stale_completions"] += 1
             return self._outbox.error(identity, msg.TYPE, "STALE", f"no pending intercept {msg.ref}")
@@ -192,6 +200,29 @@ class Forwarding:
             self._trace(ctx.partition, ctx.vp, ctx.kind, ctx.write, ctx.addr, ctx.value if ctx.write else value,
                         ctx.stamps)
         self._resume(ctx, value, 0, 0, 0, NO_FAULT, b"", False, ctx.kind.code)  # (positional: ~250 instructions less)
+
+    def on_string_access_complete(self, identity: bytes, peer, msg: m.StringAccessComplete, t_in: int) -> None:
+        """A string access done: a read's elements go back in the resume's output.  An
+        answer that is not the access's ``count`` elements (a read's) or not empty (a
+        write's) is refused, and the access stays pending: the worker's to complete, as any.
+        (on_access_complete's checks, for the other kind.)"""
+        ctx = self.pending.get(msg.ref)
+        if ctx is None or ctx.partition is not peer.partition or ctx.kind is not _IO_STRING:
+            self._counters["stale_completions"] += 1
+            return self._outbox.error(identity, msg.TYPE, "STALE", f"no pending string access {msg.ref}")
+        want = 0 if ctx.write else ctx.count * ctx.size
+        if len(msg.data) != want:
+            return self._outbox.error(identity, msg.TYPE, "INVALID_FIELD",
+                                      f"data: {len(msg.data)} bytes for access {msg.ref}, not {want}")
+        del self.pending[msg.ref]
+        if ctx.partition.unresponsive:
+            self.answered(ctx.partition)
+        if ctx.deadline_ns == LATE:
+            log.warning("partition %d: worker completed intercept %d late; applied now", ctx.partition.id, msg.ref)
+        ctx.stamps = msg.stamps + (t_in,)
+        if self._tracers:
+            self._trace(ctx.partition, ctx.vp, ctx.kind, ctx.write, ctx.addr, ctx.count, ctx.stamps)
+        self._resume(ctx, 0, 0, 0, 0, NO_FAULT, msg.data, False, ctx.kind.code)
 
     def expire_accesses(self, now: int) -> None:
         """Accesses whose worker did not answer by their deadline (``time.monotonic_ns``):

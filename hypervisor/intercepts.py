@@ -61,7 +61,9 @@ class ExitContext:
     size = 0  # its size,
     write = False  # its direction
     value = 0  # and the value a write stores
-    kind: Exit | None = None  # forwarded: Exit.IO_PORT or Exit.MMIO
+    count = 0  # a string access (REP INS/OUTS): its elements,
+    data = b""  # and a write's bytes
+    kind: Exit | None = None  # forwarded: Exit.IO_PORT, Exit.IO_STRING or Exit.MMIO
     deadline_ns = 0  # forwarded: when the worker is presumed hung (time.monotonic_ns)
 
     def __init__(self, origin: bytes, partition: Partition | None, vp: VirtualProcessor | None, seq: int,
@@ -127,6 +129,34 @@ class Intercepts:
         if self._tracers:
             self._trace(part, vp, Exit.IO_UNCLAIMED, write, ctx.addr, ctx.value if write else result, ctx.stamps)
         self._resume(ctx, result, path=Exit.IO_UNCLAIMED.code)
+
+    # -- string port I/O: REP INS/OUTS (the IoPortIntercept message with StringOp and RepPrefix)
+
+    def io_string_intercept(self, ctx: ExitContext, msg: m.IoStringIntercept) -> None:
+        """Exit.IO_STRING: ``count`` elements of one port in one exit, forwarded to the
+        worker that claims the port (completed in Forwarding.on_string_access_complete), or
+        unclaimed: every element of a read floats high, a write's go nowhere.  An exit
+        whose ``data`` is not its ``count`` elements (a write's) or is not empty (a read's),
+        or that moves nothing, no CPU could make: #GP, and nothing reaches the device."""
+        size, count, write, data = msg.size, msg.count, msg.write, msg.data
+        part, vp = ctx.partition, ctx.vp
+        ctx.addr, ctx.size, ctx.write, ctx.count, ctx.data = msg.port, size, write, count, data
+        if count == 0 or count * size > m.HV_PAGE_SIZE or len(data) != (count * size if write else 0):
+            vp.exits[Exit.IO_STRING] += 1  # (and the fault, in the VP's ``faults``; no log line a guest could flood)
+            return self._resume(ctx, 0, fault=int(X86Exception.GP), path=Exit.IO_STRING.code)
+        owner = part.port_owner.get(msg.port)
+        if owner is None:
+            vp.exits[Exit.IO_UNCLAIMED] += 1
+            if write:
+                part.unclaimed_writes += count
+            else:
+                part.unclaimed_reads += count
+            output = b"" if write else b"\xff" * (count * size)
+            if self._tracers:
+                self._trace(part, vp, Exit.IO_UNCLAIMED, write, msg.port, count, ctx.stamps)
+            return self._resume(ctx, 0, output=output, path=Exit.IO_UNCLAIMED.code)
+        vp.exits[Exit.IO_STRING] += 1
+        self._forward(ctx, owner, Exit.IO_STRING)
 
     # -- MMIO: a load or store that is not RAM (GpaIntercept / UnmappedGpa) ---------------------
 

@@ -46,6 +46,7 @@ def build_routes(hv) -> dict[type, Route]:
         # VP exits: one handler per exit kind (intercepts.py).  The root makes its own
         # hypercalls (building partitions) the way a VP does.
         m.IoPortIntercept: Route(exits.io_port_intercept, VP, exit=True),
+        m.IoStringIntercept: Route(exits.io_string_intercept, VP, exit=True),
         m.MmioIntercept: Route(exits.mmio_intercept, VP, exit=True),
         m.CpuidIntercept: Route(exits.cpuid, VP, exit=True),
         m.MsrIntercept: Route(exits.msr, VP, exit=True),
@@ -61,6 +62,7 @@ def build_routes(hv) -> dict[type, Route]:
         # From workers.
         m.InstallIntercept: Route(fwd.on_install_intercept, WORKER),
         m.AccessComplete: Route(fwd.on_access_complete, WORKER),
+        m.StringAccessComplete: Route(fwd.on_string_access_complete, WORKER),
         m.WorkerQueryReply: Route(fwd.on_worker_query_reply, WORKER),
         m.AssertInterrupt: Route(irq.on_assert_interrupt, WORKER),
         m.ResetRequest: Route(disp.on_reset_request, WORKER),

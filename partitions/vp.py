@@ -376,6 +376,28 @@ class Vp:
     def outl(self, port: int, value: int) -> None:
         self._out(port, 4, value & 0xFFFFFFFF)
 
+    # -- string port I/O: REP OUTS / REP INS ------------------------------------------------
+
+    def outs(self, port: int, size: int, data: bytes) -> None:
+        """REP OUTSB/W/D: ``data``'s ``size``-byte elements written to ``port`` in order, in
+        one exit per page of them (Hyper-V's one intercept for a whole REP, with the
+        StringOp and RepPrefix bits; KVM's one exit to user space per pio_data page)."""
+        if len(data) % size:
+            raise ValueError(f"{len(data)} bytes are not whole {size}-byte elements")
+        for i in range(0, len(data), m.HV_PAGE_SIZE):
+            chunk = bytes(data[i:i + m.HV_PAGE_SIZE])
+            self._exit(m.IoStringIntercept.pack, port, size, True, len(chunk) // size, chunk)
+
+    def ins(self, port: int, size: int, count: int) -> bytes:
+        """REP INSB/W/D: ``count`` elements read from ``port``, in one exit per page."""
+        out = bytearray()
+        per_exit = m.HV_PAGE_SIZE // size
+        while count > 0:
+            n = count if count < per_exit else per_exit
+            out += self._exit(m.IoStringIntercept.pack, port, size, False, n, b"").output
+            count -= n
+        return bytes(out)
+
     # -- CPUID, MSRs, hypercalls ------------------------------------------------------------
 
     def cpuid(self, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:

@@ -40,6 +40,8 @@ class Exit(str, enum.Enum):
 
     # name = value, code, label, hops, stages, is_exit, is_access
     IO_PORT = "io_port", 1, "emulated port I/O (worker)", 4, EMULATED_STAGES, True, True
+    # REP INS/OUTS: one exit for up to a page of elements (code 15: the codes are the wire's).
+    IO_STRING = "io_string", 15, "emulated string port I/O (worker)", 4, EMULATED_STAGES, True, True
     IO_UNCLAIMED = "io_unclaimed", 2, "unclaimed port I/O (hv)", 2, HANDLED_STAGES, True, True
     MMIO = "mmio", 3, "emulated MMIO (worker)", 4, EMULATED_STAGES, True, True
     UNMAPPED_GPA = "unmapped_gpa", 4, "unmapped GPA (hv)", 2, HANDLED_STAGES, True, True

@@ -33,6 +33,24 @@ class IoPortIntercept(Message):
     regs: reg_block = ()  # the VP's register block at the exit (saved)
 
 
+@message(5, "io_string_intercept")
+class IoStringIntercept(Message):
+    """REP INS/OUTS — HvMessageTypeX64IoPortIntercept with AccessInfo's StringOp and
+    RepPrefix bits: ``count`` (RCX) elements of ``size`` bytes at ``port``, in one exit.  As
+    KVM's string PIO exit, the VP's own side moves the bytes: a write carries the ``count``
+    elements it read from DS:RSI in ``data``; a read's resume carries them in ``output``
+    for ES:RDI.  At most a page (KVM's pio_data page): a longer REP exits again."""
+
+    seq: U32
+    port: U16
+    size: one_of(*ACCESS_SIZES)
+    write: boolean
+    count: U16
+    data: blob(HV_PAGE_SIZE)
+    stamps: exit_stamps
+    regs: reg_block = ()  # the VP's register block at the exit (saved)
+
+
 @message(11, "cpuid_intercept")
 class CpuidIntercept(Message):
     """CPUID — HvMessageTypeX64CpuidIntercept (EAX = leaf, ECX = subleaf)."""

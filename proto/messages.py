@@ -436,6 +436,7 @@ ERROR_CODES = (
 # Defined in proto/intercept_messages.py; registered and re-exported here.
 from proto.intercept_messages import (  # noqa: E402,F401
     IoPortIntercept,
+    IoStringIntercept,
     CpuidIntercept,
     MsrIntercept,
     HypercallIntercept,
@@ -457,6 +458,8 @@ from proto.worker_messages import (  # noqa: E402,F401
     InstallIntercept,
     PortNotify,
     AccessComplete,
+    PortStringNotify,
+    StringAccessComplete,
     MmioNotify,
     AssertInterrupt,
     ResetRequest,
@@ -511,6 +514,7 @@ __all__ = [
     "ErrorReply",
     "Ack",
     "IoPortIntercept",
+    "IoStringIntercept",
     "CpuidIntercept",
     "MsrIntercept",
     "HypercallIntercept",
@@ -520,6 +524,8 @@ __all__ = [
     "InstallIntercept",
     "PortNotify",
     "AccessComplete",
+    "PortStringNotify",
+    "StringAccessComplete",
     "ConsoleOutput",
     "DeviceInput",
     "MmioIntercept",

@@ -42,7 +42,7 @@ from proto.sha256 import sha256
 FORMAT = "hvstack-saved-state"
 VERSION = 1
 # What this version knows: every device's state value by name, and the last access the
-# worker completed ({"ref", "value"}), so a successor can answer its resend without doing
+# worker completed ({"ref", "value"}, and "data": a string access's elements), so a successor can answer its resend without doing
 # it twice.
 SECTIONS = frozenset({"worker", "worker_access"})
 # The interrupts the devices took (INTA): how many so far ({"seq"}), and the last ones as
@@ -126,7 +126,10 @@ def decode(data: bytes) -> dict:
     if unknown:
         raise UnknownSection(f"saved state has sections {sorted(map(str, unknown))} this version does not know")
     if "worker_access" in body["sections"]:
-        _require(body["sections"]["worker_access"], {"ref": int, "value": int}, "worker_access")
+        access = body["sections"]["worker_access"]
+        _require(access, {"ref": int, "value": int}, "worker_access")
+        if "data" in access and type(access["data"]) is not bytes:  # a string access's elements
+            raise MissingField("saved state: worker_access.data is not a bytes")
     if "worker" in body["sections"] and not isinstance(body["sections"]["worker"], dict):
         raise MissingField("saved state: worker is not a map of device states")
     from proto.partition_state import CHECKS  # it imports this module's errors

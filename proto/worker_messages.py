@@ -64,6 +64,32 @@ class AccessComplete(Message):
     stamps: completion_stamps
 
 
+@message(6, "port_string_notify")
+class PortStringNotify(Message):
+    """Hypervisor → worker: emulate ``count`` accesses of ``size`` at ``port`` for ``vp``
+    (REP INS/OUTS; ``data``, a write's elements in order); answer with
+    ``string_access_complete`` under ``ref``."""
+
+    ref: U32
+    vp: U32
+    port: U16
+    size: one_of(*ACCESS_SIZES)
+    write: boolean
+    count: U16
+    data: blob(HV_PAGE_SIZE)
+    stamps: stamps
+
+
+@message(7, "string_access_complete")
+class StringAccessComplete(Message):
+    """Worker → hypervisor: the string access ``ref`` is done; ``data``, a read's
+    ``count`` elements (empty for a write)."""
+
+    ref: U32
+    data: blob(HV_PAGE_SIZE)
+    stamps: completion_stamps
+
+
 @message(25, "mmio_notify")
 class MmioNotify(Message):
     """Hypervisor → worker: emulate this MMIO access for ``vp``; answer with ``access_complete``."""

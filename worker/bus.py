@@ -78,7 +78,6 @@ class _GuestView:
         """The guest's ``out`` or store: dropped when nothing takes it."""
         self._take(address, size, value)
 
-
 class PortBus(_GuestView):
     def __init__(self) -> None:
         # port -> (device, the sizes its range takes, the device's counters)
@@ -118,6 +117,17 @@ class PortBus(_GuestView):
                 if moved:
                     self._moves[port] = moved
         self.devices.append(device)
+
+    def read_string(self, address: int, size: int, count: int) -> bytes:
+        """REP INS: ``count`` reads of ``address`` in order, as little-endian elements."""
+        read = self.read
+        return b"".join(read(address, size).to_bytes(size, "little") for _ in range(count))
+
+    def write_string(self, address: int, size: int, data: bytes) -> None:
+        """REP OUTS: each ``size``-byte little-endian element of ``data`` written in order."""
+        write = self.write
+        for i in range(0, len(data) - size + 1, size):
+            write(address, size, int.from_bytes(data[i:i + size], "little"))
 
     def device_at(self, port: int) -> Device | None:
         slot = self._by_port.get(port)

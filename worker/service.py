@@ -365,6 +365,8 @@ class Worker:
                 value = 0
             else:
                 value = self._mmio.read(msg.gpa, msg.size)
+        elif cls is m.PortStringNotify:
+            return self._string_access(msg, t_in)
         else:
             self._control(msg)
             return
@@ -404,6 +406,31 @@ class Worker:
             self._after_port_access(msg.port)
         else:
             self._poll_devices()
+
+    def _string_access(self, msg: m.PortStringNotify, t_in: int) -> None:
+        """REP INS/OUTS: ``count`` accesses of the port, in order, as the CPU would make them
+        one by one (a read that fails reads all-ones, a write that fails is dropped), then
+        one completion; with ``each_exit`` checkpoints, saved first, as :meth:`_handle_saved`."""
+        data = None
+        if self.each_exit:
+            last, self._last_access = self._last_access, None
+            if last is not None and last["ref"] == msg.ref and "data" in last:
+                data = last["data"]  # done and saved by our predecessor: answered from the record
+        if data is None:
+            bus = self._bus
+            if msg.write:
+                bus.write_string(msg.port, msg.size, msg.data)
+                data = b""
+            else:
+                data = bus.read_string(msg.port, msg.size, msg.count)
+            if self._intr_out.level or self.chipset.reset_requested:
+                self._signal_chipset()
+            if self.each_exit:
+                device = bus.device_at(msg.port)
+                self._exit_checkpoint(([device.name] if device is not None else []) + self._pic,
+                                      {"ref": msg.ref, "value": 0, "data": data})
+        self._send(m.StringAccessComplete.pack(msg.ref, data, msg.stamps + (t_in, perf_counter_ns())))
+        self._after_port_access(msg.port)
 
     def _handler_failed(self, frame: bytes, e: Exception) -> None:
         """A handler raised: a bug of ours (the hypervisor only sends well-formed messages).

@@ -3,9 +3,9 @@
 ``python`` (the default) runs the Python guest kernel (:mod:`partitions.kernel`) through the
 instruction-level API of :mod:`partitions.vp`.  ``unicorn`` and ``kvm`` run real x86 code —
 firmware (SeaBIOS) or a test kernel — and turn each of its exits into the same intercept
-message the Python guest sends (:mod:`partitions.cpu.exitport`): port I/O (string I/O one
-element an exit), MMIO (any GPA the SLAT does not map), RDMSR/WRMSR, CPUID, the hypercall
-page's exit, HLT and the end of a quantum.
+message the Python guest sends (:mod:`partitions.cpu.exitport`): port I/O (a REP INS/OUTS
+one intercept under KVM, an element each under unicorn), MMIO (any GPA the SLAT does not
+map), RDMSR/WRMSR, CPUID, the hypercall page's exit, HLT and the end of a quantum.
 
 Which backend a partition takes is ``cpu = "…"`` in its topology; :func:`unavailable` says
 why one cannot run on this host (checked by the topology before anything starts, and by the

@@ -129,6 +129,16 @@ class ExitPort(Vp):
         self._count_port(port)
         self._out(port, size, value & ((1 << (8 * size)) - 1))
 
+    def port_out_string(self, port: int, size: int, data: bytes) -> None:
+        """REP OUTS: every element of ``data`` in one exit (``Vp.outs``)."""
+        self._count_port(port)
+        self.outs(port, size, data)
+
+    def port_in_string(self, port: int, size: int, count: int) -> bytes:
+        """REP INS: ``count`` elements in one exit (``Vp.ins``)."""
+        self._count_port(port)
+        return self.ins(port, size, count)
+
     def mmio_read(self, gpa: int, size: int) -> int:
         return self._mmio_read(gpa, size)
 

@@ -4,8 +4,8 @@ No in-kernel irqchip: the PIC is the worker's and the local APIC the hypervisor'
 interrupt a resume brings is injected with KVM_INTERRUPT when the guest can take it (else an
 interrupt window is requested).  Exits:
 
-* KVM_EXIT_IO: port I/O; string I/O (``rep insw``) is one exit for many elements, each
-  element one intercept message; an OUT to ``HYPERCALL_PORT`` is the hypercall page's exit
+* KVM_EXIT_IO: port I/O; string I/O (``rep insw``) is one exit for many elements, and one
+  ``io_string_intercept`` for them all (Hyper-V's one intercept for a REP); an OUT to ``HYPERCALL_PORT`` is the hypercall page's exit
   (registers by KVM_GET_REGS/KVM_SET_REGS);
 * KVM_EXIT_MMIO: any GPA without a memory slot (the SLAT's holes, writes to firmware ROM);
   the slots follow the SLAT (a MapGpa/UnmapGpa is seen at the VP's next quantum end or HLT);
@@ -427,6 +427,13 @@ class KvmCpu:
         try:
             if number == HYPERCALL_PORT and direction == IO_OUT:
                 self._hypercall()
+                return
+            if count > 1:  # REP INS/OUTS: KVM's one exit is Hyper-V's one intercept (at most a page)
+                end = offset + count * size
+                if direction == IO_OUT:
+                    port.port_out_string(number, size, bytes(run[offset:end]))
+                else:
+                    run[offset:end] = port.port_in_string(number, size, count)
                 return
             for i in range(count):
                 at = offset + i * size

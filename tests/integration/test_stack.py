@@ -93,6 +93,23 @@ def test_every_stage_stamp_is_monotonic_and_the_stages_add_up(live):
         assert sum(h.total for h in st.stages) == st.total.total
 
 
+def test_the_console_fills_the_uarts_fifo_by_string_io_one_exit_for_many_bytes(live):
+    """The guest's console lines go out by REP OUTSB (partitions/drivers/serial.py): one
+    io_string exit per FIFO's worth, measured as its own path, its stages adding up."""
+    wait_until(lambda: "enlightenments:" in live.console("alpha"), 20, what="the banner")
+    with root(live) as client:
+        def measured():
+            part = client.status()["partitions"][0]
+            return part if "io_string" in part["paths"] else None
+        part = wait_until(measured, 10, what="the io_string path in status")
+    exits = part["vps"][0]["exits"]
+    st = PathStats.from_wire(part["paths"]["io_string"])
+    # The banner alone is over 60 bytes: at most 16 a string exit, so a few exits carried them.
+    assert exits["io_string"] >= 4 and st.total.n >= 4
+    assert len(st.stages) == 7 and sum(h.total for h in st.stages) == st.total.total
+    assert len(live.console("alpha")) > 16 * exits["io_string"] // 2  # many bytes per exit, not one
+
+
 @pytest.mark.timing
 def test_hypercall_and_cpuid_round_trips_are_faster_than_emulated_io(live):
     with root(live) as client:

@@ -57,6 +57,16 @@ class FakePort:
     def port_out(self, port: int, size: int, value: int) -> None:
         self.exits.append(("out", port, size, value))
 
+    def port_in_string(self, port: int, size: int, count: int) -> bytes:
+        self.exits.append(("ins", port, size, count))
+        time.sleep(self.input_delay_s)
+        values = self.inputs.get(port) or []
+        taken, self.inputs[port] = values[:count], values[count:]
+        return b"".join(v.to_bytes(size, "little") for v in taken + [0] * (count - len(taken)))
+
+    def port_out_string(self, port: int, size: int, data: bytes) -> None:
+        self.exits.append(("outs", port, size, data))
+
     def cpuid(self, leaf: int, subleaf: int):
         self.exits.append(("cpuid", leaf, subleaf))
         return (leaf + 1, 0x11, 0x22, 0x33)

@@ -481,3 +481,44 @@ def test_a_coalesced_batch_is_applied_in_order_and_answered_with_nothing(make_wo
     assert endpoint.sent == [] and worker.coalesced_writes == 2
     assert worker.chipset.screen().lines[0].startswith("Hi?")
     assert worker.chipset.device_stats().get("vga", "mmio_writes") == 2
+
+
+def string(ref: int, address: int, size: int = 1, count: int = 0, data: bytes | None = None) -> m.PortStringNotify:
+    """A REP INS (``count`` elements) or, with ``data``, a REP OUTS, as the hypervisor forwards it."""
+    if data is not None:
+        count = len(data) // size
+    return m.PortStringNotify(ref, 0, address, size, data is not None, count, data or b"", (100, 200))
+
+
+def test_rep_outs_and_rep_ins_are_each_element_in_order_and_one_completion(make_worker):
+    worker, endpoint = make_worker()
+    worker.handle(m.encode(string(1, SCR, data=b"\x11\x22\x33")))
+    assert worker.chipset.bus.read(SCR, 1) == 0x33  # the last element written is the one it holds
+    worker.handle(m.encode(string(2, SCR, count=3)))
+    outs, ins = endpoint.sent
+    assert (outs.ref, outs.data) == (1, b"")
+    assert (ins.ref, ins.data) == (2, b"\x33" * 3)
+    assert len(ins.stamps) == 4 and ins.stamps[:2] == (100, 200)
+
+
+def test_a_string_read_the_bus_refuses_is_all_ones_for_every_element(make_worker):
+    worker, endpoint = make_worker()
+    worker.handle(m.encode(string(1, COM1, size=2, count=3)))  # the UART takes bytes only
+    worker.handle(m.encode(string(2, 0x80, count=2)))  # nobody's port
+    assert [(c.ref, c.data) for c in endpoint.sent] == [(1, b"\xff" * 6), (2, b"\xff\xff")]
+
+
+def test_each_exit_saves_a_string_access_with_its_data_and_a_resend_is_answered_from_the_record(make_worker,
+                                                                                                 tmp_path):
+    worker, endpoint, cp = checkpointed(make_worker, tmp_path, each_exit=True)
+    worker.handle(m.encode(string(51, SCR, data=b"\x01\x02")))
+    worker.handle(m.encode(string(52, SCR, count=2)))
+    record = cp.latest()
+    assert record["sections"]["worker_access"] == {"ref": 52, "value": 0, "data": b"\x02\x02"}
+    succ, out = make_worker()
+    succ.chipset.restore(record["sections"]["worker"])
+    succ.keep_checkpoints(cp, 1, "alpha", record["sequence"], each_exit=True,
+                          last_access=record["sections"]["worker_access"])
+    succ.chipset.bus.write(SCR, 1, 0x77)  # were the read done again, it would read this
+    succ.handle(m.encode(string(52, SCR, count=2)))
+    assert (out.sent[-1].ref, out.sent[-1].data) == (52, b"\x02\x02")
