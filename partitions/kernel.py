@@ -25,8 +25,9 @@ from proto.codes import (
     HvRecommendation,
 )
 
+from partitions import tick
 from partitions.coalesced import CoalescedRing
-from partitions.drivers import keyboard, pic, pit, rtc, vga
+from partitions.drivers import keyboard, pic, rtc, vga
 from partitions.drivers.ata import Ata
 from partitions.drivers.serial import Serial
 from partitions.drivers.synic import SynicState
@@ -38,7 +39,6 @@ GUEST_VERSION = "0.2"
 GUEST_OS_ID = (1 << 63) | (0x48 << 48) | (0x0002 << 16)  # "H" for hvstack, version 2
 # The hypercall page: the last page of conventional memory, below the legacy hole.
 HYPERCALL_PAGE_GPA = 0x9F000
-TICK_HZ = 100
 
 
 @dataclass
@@ -72,10 +72,13 @@ class System:
     has_pic: bool = False
     has_vga: bool = False
     tick_hz: float = 0.0
-    ticks: int = 0  # periods of the tick since boot, from the clock (on_tick)
+    ticks: int = 0  # periods of the tick since boot, from the clock (partitions/tick.py)
     tick_base_ns: int = 0  # when tick 0 was, on the TSC
     tick_interrupts: int = 0  # tick interrupts taken: fewer than ``ticks`` when some were lost
     lost_ticks: int = 0
+    idle_ticks: int = 0  # periods passed with the tick stopped (partitions/tick.py)
+    tick_stopped: bool = False
+    idle_timers: dict = field(default_factory=dict)  # VP index → the time its idle one-shot is armed for
     boot_time: datetime | None = None
     typed: str = ""
     timers: dict = field(default_factory=dict)
@@ -134,24 +137,6 @@ def enable_hypercalls(vp: Vp, info: HvInfo) -> None:
 # -- interrupt handlers ---------------------------------------------------------------------
 
 
-def on_tick(vp: Vp, vector: int, sys: System) -> None:
-    """The tick counts the periods the clock says have passed, not the interrupts, as
-    Linux's tick_do_update_jiffies64 does: on a loaded host some ticks are never delivered
-    (the platform drops a tick while the last one is in service: worker/tick_gate.py), and
-    time must not run slow for it.  The TSC read does not exit."""
-    due = int((vp.rdtsc() - sys.tick_base_ns) * sys.tick_hz / 1e9)
-    sys.ticks = max(sys.ticks, due)
-    sys.tick_interrupts += 1
-    # The periods no interrupt stood for.  (Counted per interrupt as "due - ticks - 1", an
-    # interrupt a hair early — its period not yet due by the guest's clock — was taken yet
-    # its period counted lost by the next: the report once read "391 ticks (326 taken, 67
-    # lost)".)
-    sys.lost_ticks = max(0, sys.ticks - sys.tick_interrupts)
-    c = vp.counters
-    c["ticks"], c["tick_interrupts"], c["lost_ticks"] = sys.ticks, sys.tick_interrupts, sys.lost_ticks
-    pic.eoi(vp, 0)
-
-
 def on_serial(vp: Vp, vector: int, sys: System) -> None:
     sys.serial.handle_interrupt(vp)
     pic.eoi(vp, 4)
@@ -183,16 +168,13 @@ def on_spurious(vp: Vp, vector: int, sys: System) -> None:
 
 
 def start_interrupts(vp: Vp, sys: System) -> None:
-    """The PIC, its handlers, the PIT tick and the UART's and disk's interrupts — at boot and
-    again after a restore (partitions/resume.py). Tick 0 is put where ``sys.ticks`` goes on from
-    now: after a reset or a restore the count goes on from where it was, guest time having
-    stood still."""
+    """The PIC, its handlers, the PIT tick (partitions/tick.py) and the UART's and disk's
+    interrupts — at boot and again after a restore (partitions/resume.py)."""
     pic.init(vp)
-    handlers = {0: on_tick, 1: on_key, 4: on_serial, 14: on_disk, 7: on_spurious, 15: on_spurious}
+    handlers = {0: tick.on_tick, 1: on_key, 4: on_serial, 14: on_disk, 7: on_spurious, 15: on_spurious}
     for irq, fn in handlers.items():
         vp.set_handler(pic.vector(irq), lambda v, vec, fn=fn: fn(v, vec, sys))
-    sys.tick_hz = pit.start_tick(vp, TICK_HZ)
-    sys.tick_base_ns = vp.rdtsc() - int(sys.ticks * 1_000_000_000 / sys.tick_hz)
+    tick.start(vp, sys)
     for irq in (0, 1, 4, 14):
         pic.unmask(vp, irq)
     sys.ata.use_irq = True

@@ -125,6 +125,7 @@ def bsp_resume(vp, sys, state: dict) -> None:
     # The tick's own counts (kernel.on_tick) are in VP 0's counters.
     sys.tick_interrupts = vp.counters.get("tick_interrupts", 0)
     sys.lost_ticks = vp.counters.get("lost_ticks", 0)
+    sys.idle_ticks = vp.counters.get("idle_ticks", 0)
     sys.serial = Serial()
     # The UART as at boot (IER off, FIFOs cleared, then its interrupts on again): the saved
     # UART may hold IER.ETBEI set and a THRE interrupt the saved kernel was about to take,

@@ -18,6 +18,7 @@ from proto.hvcall import (
     HV_INPUT_SWITCH_VIRTUAL_ADDRESS_SPACE,
 )
 
+from partitions import tick
 from partitions.drivers import vga
 from partitions.drivers.ata import SECTOR, AtaError
 from partitions.drivers.serial import COM1, SCR
@@ -412,6 +413,8 @@ def run_workloads(vp: Vp, sys) -> dict[str, int]:
             ops += n
         if ops == 0:
             idle(vp, sys, next_due(vp, sys, deadline))
+        elif vp.index == 0 and sys.tick_stopped:
+            tick.restart(vp, sys)  # the end of NO_HZ idle: work to do (idle's docstring)
         if vp.index == 0 and sys.checkpoint is not None:
             sys.checkpoint(vp, sys)  # the kernel's state into its RAM (partitions/resume.py)
     return done
@@ -460,20 +463,43 @@ def next_due(vp: Vp, sys, deadline: float) -> float:
 
 
 def idle(vp: Vp, sys, until: float | None = None) -> None:
-    """HLT until the next interrupt.  VP 0 of a partition with a PIC is woken by the tick;
-    any other VP arms a one-shot local APIC timer first for ``until`` (monotonic seconds;
-    None: IDLE_S from now), as a tickless kernel does."""
-    if not ((sys.has_pic or sys.timers.get("apic")) and vp.index == 0):
-        if IDLE_VECTOR not in vp.handlers:  # first idle since power-on
-            vp.set_handler(IDLE_VECTOR, lambda v, vector: v.write(APIC_BASE + APIC_EOI, 4, 0))
-            vp.write(APIC_BASE + APIC_SVR, 4, 0x1FF)
-            vp.write(APIC_BASE + APIC_TIMER_DCR, 4, 0b1011)  # divide by 1
-            vp.write(APIC_BASE + APIC_LVT_TIMER, 4, IDLE_VECTOR)  # one-shot
+    """HLT until the next interrupt, tickless (Linux's NO_HZ_IDLE): a one-shot local APIC
+    timer armed for ``until`` (monotonic seconds; None: IDLE_S from now) wakes the VP —
+    armed again only for another time, as Linux leaves a stopped tick's clockevent alone when
+    the next event has not moved (an interrupt that woke the VP for nothing changes nothing)
+    — and VP 0 of a partition with a PIC stops its periodic tick (partitions/tick.py), which
+    ``run_workloads`` starts again once there is work.  VP 0 keeps its tick, and is woken by
+    it, where a workload wants the tick (``timer``) or it runs a periodic APIC timer."""
+    bsp = vp.index == 0
+    if bsp and (sys.timers.get("apic") or (sys.has_pic and "timer" in sys.workloads)):
+        vp.sti()
+        vp.hlt()
+        return
+    armed = sys.idle_timers
+    if IDLE_VECTOR not in vp.handlers:  # first idle since power-on
+        armed.pop(vp.index, None)
+
+        def expired(v: Vp, vector: int) -> None:
+            armed.pop(v.index, None)
+            v.write(APIC_BASE + APIC_EOI, 4, 0)
+
+        vp.set_handler(IDLE_VECTOR, expired)
+        vp.write(APIC_BASE + APIC_SVR, 4, 0x1FF)
+        vp.write(APIC_BASE + APIC_TIMER_DCR, 4, 0b1011)  # divide by 1
+        vp.write(APIC_BASE + APIC_LVT_TIMER, 4, IDLE_VECTOR)  # one-shot
+    if until is None or armed.get(vp.index) != until:
         left = IDLE_S if until is None else until - time.monotonic()
         # At least one count: 0 would stop the timer, and the VP would wait for nothing.
         vp.write(APIC_BASE + APIC_TIMER_ICR, 4, min(APIC_TIMER_MAX_COUNT, max(1, int(APIC_TIMER_HZ * left))))
+        armed[vp.index] = until
+    if bsp and sys.has_pic and not sys.tick_stopped:
+        tick.stop(vp, sys)
     vp.sti()
     vp.hlt()
+    if bsp and sys.has_pic:
+        tick.catch_up(vp, sys)
+
+
 # A memory-writing workload (issue 13: live migration's pre-copy), in a module of its own.
 from partitions.memory_workloads import MEMORY_WORKLOADS  # noqa: E402
 

@@ -8,6 +8,8 @@ PIT_HZ = 1193182
 CH0, MODE_CMD = 0x40, 0x43
 # Channel 0, lobyte/hibyte, mode 2 (rate generator), binary.
 CH0_LOHI_MODE2 = 0x34
+# Channel 0, lobyte/hibyte, mode 0 (interrupt on terminal count), binary.
+CH0_LOHI_MODE0 = 0x30
 
 
 def divisor_for(hz: int) -> int:
@@ -21,3 +23,9 @@ def start_tick(vp: Vp, hz: int) -> float:
     vp.outb(CH0, div & 0xFF)
     vp.outb(CH0, div >> 8)
     return PIT_HZ / div
+
+
+def stop_tick(vp: Vp) -> None:
+    """Stop channel 0: a mode 0 control word and no count (Linux's ``pit_shutdown``).  OUT
+    goes low and the counter waits for a count that never comes: no edge on IRQ0."""
+    vp.outb(MODE_CMD, CH0_LOHI_MODE0)

@@ -9,8 +9,10 @@ from types import SimpleNamespace
 from partitions import workloads as wl
 
 
-def system(names, **timers):
-    return SimpleNamespace(workloads=list(names), timers=dict(timers), has_vga=False, has_pic=False)
+def system(names, has_pic=False, **timers):
+    return SimpleNamespace(workloads=list(names), timers=dict(timers), has_vga=False, has_pic=has_pic,
+                           idle_timers={}, tick_stopped=False, ticks=0, idle_ticks=0, tick_hz=100.0,
+                           tick_base_ns=0)
 
 
 def vp(index=0):
@@ -40,6 +42,13 @@ def test_a_workload_without_a_due_time_is_polled_as_before():
 class ApicVp:
     def __init__(self, index=1):
         self.index, self.handlers, self.writes, self.halts = index, {}, [], 0
+        self.outs, self.counters, self.now = [], {}, 0
+
+    def outb(self, port, value):
+        self.outs.append((port, value))
+
+    def rdtsc(self):
+        return self.now
 
     def set_handler(self, vector, fn):
         self.handlers[vector] = fn
@@ -66,3 +75,36 @@ def test_idle_arms_one_one_shot_for_the_time_due_within_the_timers_reach():
     v = ApicVp()
     wl.idle(v, system([]))  # no time given: IDLE_S, as before
     assert [value for reg, value in v.writes if reg == wl.APIC_TIMER_ICR] == [int(wl.APIC_TIMER_HZ * wl.IDLE_S)]
+
+
+def test_a_timer_armed_for_the_same_time_is_left_alone_until_it_fires():
+    """An interrupt that woke the VP for nothing (a UART's THRE) changes nothing: no write."""
+    v, s = ApicVp(), system([])
+    until = time.monotonic() + 0.5
+    wl.idle(v, s, until)
+    wl.idle(v, s, until)
+    assert len([1 for reg, _ in v.writes if reg == wl.APIC_TIMER_ICR]) == 1 and v.halts == 2
+    v.handlers[wl.IDLE_VECTOR](v, wl.IDLE_VECTOR)  # it fired: the next idle arms it again
+    wl.idle(v, s, until)
+    assert len([1 for reg, _ in v.writes if reg == wl.APIC_TIMER_ICR]) == 2
+
+
+def test_vp_0_stops_its_pit_tick_while_idle_and_counts_the_periods_from_the_clock():
+    from partitions.drivers import pit
+    v, s = ApicVp(index=0), system(["serial"], has_pic=True)
+    v.now = 5_000_000  # half a period in
+    wl.idle(v, s, time.monotonic() + 1)
+    assert v.outs == [(pit.MODE_CMD, pit.CH0_LOHI_MODE0)] and s.tick_stopped
+    v.now = 2_035_000_000  # woken 2.03 s later: 203 periods by the clock, none of them lost
+    wl.idle(v, s, time.monotonic() + 1)  # not stopped again
+    assert len(v.outs) == 1 and (s.ticks, s.idle_ticks) == (203, 203)
+    from partitions import tick
+    tick.restart(v, s)  # run_workloads, once there is work
+    assert v.outs[1:] == [(pit.MODE_CMD, pit.CH0_LOHI_MODE2), (pit.CH0, pit.divisor_for(100) & 0xFF),
+                          (pit.CH0, pit.divisor_for(100) >> 8)] and not s.tick_stopped
+
+
+def test_vp_0_keeps_its_tick_for_the_timer_workload_and_arms_no_one_shot():
+    v, s = ApicVp(index=0), system(["timer"], has_pic=True)
+    wl.idle(v, s, time.monotonic() + 1)
+    assert v.outs == [] and v.writes == [] and v.halts == 1 and not s.tick_stopped

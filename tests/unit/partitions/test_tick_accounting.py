@@ -3,7 +3,7 @@ on_tick, as Linux's tick_do_update_jiffies64): dropped ticks do not slow its tim
 
 from __future__ import annotations
 
-from partitions import kernel
+from partitions import kernel, tick
 
 
 class Vp:
@@ -31,7 +31,7 @@ def test_a_tick_each_period_counts_one_each_and_loses_none():
     vp, s = Vp(), system()
     for i in range(1, 6):
         vp.now = 1_000_000 + i * 10_000_000 + 300_000  # a little after each boundary
-        kernel.on_tick(vp, 0x20, s)
+        tick.on_tick(vp, 0x20, s)
     assert (s.ticks, s.tick_interrupts, s.lost_ticks) == (5, 5, 0)
     assert vp.outs == [(0x20, 0x20)] * 5  # every one EOIed
 
@@ -40,7 +40,7 @@ def test_ticks_dropped_on_a_loaded_host_still_count_as_time():
     vp, s = Vp(), system()
     for period in (1, 4, 5, 9):  # interrupts taken in periods 1, 4, 5 and 9 only
         vp.now = 1_000_000 + period * 10_000_000 + 9_000_000  # and late in each
-        kernel.on_tick(vp, 0x20, s)
+        tick.on_tick(vp, 0x20, s)
     assert (s.ticks, s.tick_interrupts, s.lost_ticks) == (9, 4, 5)
     assert vp.counters == {"ticks": 9, "tick_interrupts": 4, "lost_ticks": 5}
 
@@ -48,7 +48,7 @@ def test_ticks_dropped_on_a_loaded_host_still_count_as_time():
 def test_two_interrupts_in_one_period_do_not_count_it_twice():
     vp, s = Vp(), system()
     vp.now = 1_000_000 + 10_000_000 + 100
-    kernel.on_tick(vp, 0x20, s)
+    tick.on_tick(vp, 0x20, s)
     vp.now += 5_000_000
-    kernel.on_tick(vp, 0x20, s)
+    tick.on_tick(vp, 0x20, s)
     assert (s.ticks, s.tick_interrupts) == (1, 2) and len(vp.outs) == 2
