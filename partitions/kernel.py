@@ -77,7 +77,6 @@ class System:
     tick_interrupts: int = 0  # tick interrupts taken: fewer than ``ticks`` when some were lost
     lost_ticks: int = 0
     idle_ticks: int = 0  # periods passed with the tick stopped (partitions/tick.py)
-    tick_stopped: bool = False
     idle_timers: dict = field(default_factory=dict)  # VP index → the time its idle one-shot is armed for
     boot_time: datetime | None = None
     typed: str = ""

@@ -6,10 +6,10 @@ The tick counts the periods the clock says have passed, not its interrupts (Linu
 drops a tick while the last one is in service: worker/tick_gate.py), and time must not run
 slow for it.
 
-While VP 0 has nothing to do the tick is stopped and a one-shot timer wakes it instead
-(partitions/workloads.py ``idle``), as Linux's NO_HZ_IDLE stops an idle CPU's tick
-(``tick_nohz_idle_stop_tick``) and, at the idle's end, counts the periods it slept from the
-clock (``tick_nohz_idle_exit``).  A periodic tick on an idle VP costs an interrupt, an EOI
+While VP 0 idles with nothing due for a while, the tick is stopped and a one-shot timer
+wakes it instead (partitions/workloads.py ``idle``), as Linux's NO_HZ_IDLE stops an idle
+CPU's tick (``tick_nohz_idle_stop_tick``) and, at the idle's end, starts it again and counts
+the periods it slept from the clock (``tick_nohz_idle_exit``).  A periodic tick on an idle VP costs an interrupt, an EOI
 exit and a HLT exit a period — 100 a second of work for the hypervisor and the worker
 while the guest does nothing (README, "An idle guest's tick").
 """
@@ -42,31 +42,20 @@ def start(vp, sys) -> None:
     a restore the count goes on from where it was, guest time having stood still)."""
     sys.tick_hz = pit.start_tick(vp, TICK_HZ)
     sys.tick_base_ns = vp.rdtsc() - int(sys.ticks * 1_000_000_000 / sys.tick_hz)
-    sys.tick_stopped = False
 
 
 def stop(vp, sys) -> None:
-    """No more ticks until :func:`restart`."""
+    """No more ticks until :func:`restart` (partitions/workloads.py ``idle``)."""
     pit.stop_tick(vp)
-    sys.tick_stopped = True
 
 
-def catch_up(vp, sys) -> None:
-    """With the tick stopped: the periods passed since, from the clock, as ``idle_ticks``
-    (an idle's end, so that time read after it is right without the tick's interrupt)."""
-    if not sys.tick_stopped:
-        return
+def restart(vp, sys) -> None:
+    """The tick again after an idle, and the periods it was stopped counted from the clock,
+    as ``idle_ticks`` (Linux's ``tick_nohz_idle_exit``)."""
+    pit.start_tick(vp, TICK_HZ)
     due = int((vp.rdtsc() - sys.tick_base_ns) * sys.tick_hz / 1e9)
     if due > sys.ticks:
         sys.idle_ticks += due - sys.ticks
         sys.ticks = due
         c = vp.counters
         c["ticks"], c["idle_ticks"] = sys.ticks, sys.idle_ticks
-
-
-def restart(vp, sys) -> None:
-    """The tick again, once VP 0 has work (``run_workloads``): not at every idle's end, since
-    an interrupt that wakes it for nothing (a UART's THRE) would cost a restart and a stop."""
-    catch_up(vp, sys)
-    pit.start_tick(vp, TICK_HZ)
-    sys.tick_stopped = False

@@ -30,6 +30,9 @@ from partitions.vmbus_net import wl_vmbus_net, wl_vmbus_net_stream
 
 BATCH = 200  # operations per workload turn, so every workload gets time on every VP
 IDLE_S = 0.01
+# An idle VP 0 stops its tick only for an idle at least this long (two of its periods), as
+# Linux keeps the tick for an event within the next one.
+NOHZ_MIN_S = 0.02
 LOG_INTERVAL_S = 1.0
 DISK_INTERVAL_S = 0.5
 DISK_SECTORS = 8  # 4 KiB per round
@@ -413,8 +416,6 @@ def run_workloads(vp: Vp, sys) -> dict[str, int]:
             ops += n
         if ops == 0:
             idle(vp, sys, next_due(vp, sys, deadline))
-        elif vp.index == 0 and sys.tick_stopped:
-            tick.restart(vp, sys)  # the end of NO_HZ idle: work to do (idle's docstring)
         if vp.index == 0 and sys.checkpoint is not None:
             sys.checkpoint(vp, sys)  # the kernel's state into its RAM (partitions/resume.py)
     return done
@@ -466,12 +467,18 @@ def idle(vp: Vp, sys, until: float | None = None) -> None:
     """HLT until the next interrupt, tickless (Linux's NO_HZ_IDLE): a one-shot local APIC
     timer armed for ``until`` (monotonic seconds; None: IDLE_S from now) wakes the VP —
     armed again only for another time, as Linux leaves a stopped tick's clockevent alone when
-    the next event has not moved (an interrupt that woke the VP for nothing changes nothing)
-    — and VP 0 of a partition with a PIC stops its periodic tick (partitions/tick.py), which
-    ``run_workloads`` starts again once there is work.  VP 0 keeps its tick, and is woken by
-    it, where a workload wants the tick (``timer``) or it runs a periodic APIC timer."""
+    the next event has not moved.
+
+    VP 0 of a partition with a PIC has a periodic tick (partitions/tick.py).  When the next
+    event is at least NOHZ_MIN_S away it stops the tick, sleeps until the one-shot fires —
+    other interrupts' handlers run and it sleeps again, as Linux's idle loop does while
+    nothing needs the scheduler — and starts the tick again: whatever runs outside the idle
+    loop (a driver waiting for its device in HLT) has the tick to wake it.  Nearer, or where a
+    workload wants the tick (``timer``) or VP 0 runs a periodic APIC timer, the tick wakes it."""
     bsp = vp.index == 0
-    if bsp and (sys.timers.get("apic") or (sys.has_pic and "timer" in sys.workloads)):
+    ticking = bsp and (sys.timers.get("apic") or sys.has_pic)
+    left = IDLE_S if until is None else until - time.monotonic()
+    if ticking and (sys.timers.get("apic") or "timer" in sys.workloads or left < NOHZ_MIN_S):
         vp.sti()
         vp.hlt()
         return
@@ -488,16 +495,18 @@ def idle(vp: Vp, sys, until: float | None = None) -> None:
         vp.write(APIC_BASE + APIC_TIMER_DCR, 4, 0b1011)  # divide by 1
         vp.write(APIC_BASE + APIC_LVT_TIMER, 4, IDLE_VECTOR)  # one-shot
     if until is None or armed.get(vp.index) != until:
-        left = IDLE_S if until is None else until - time.monotonic()
         # At least one count: 0 would stop the timer, and the VP would wait for nothing.
         vp.write(APIC_BASE + APIC_TIMER_ICR, 4, min(APIC_TIMER_MAX_COUNT, max(1, int(APIC_TIMER_HZ * left))))
         armed[vp.index] = until
-    if bsp and sys.has_pic and not sys.tick_stopped:
-        tick.stop(vp, sys)
-    vp.sti()
-    vp.hlt()
-    if bsp and sys.has_pic:
-        tick.catch_up(vp, sys)
+    if not ticking:
+        vp.sti()
+        vp.hlt()
+        return
+    tick.stop(vp, sys)
+    while vp.index in armed:
+        vp.sti()
+        vp.hlt()
+    tick.restart(vp, sys)
 
 
 # A memory-writing workload (issue 13: live migration's pre-copy), in a module of its own.

@@ -20,8 +20,7 @@ def start_tick(vp: Vp, hz: int) -> float:
     """Program channel 0; returns the exact rate the divisor gives."""
     div = divisor_for(hz)
     vp.outb(MODE_CMD, CH0_LOHI_MODE2)
-    vp.outb(CH0, div & 0xFF)
-    vp.outb(CH0, div >> 8)
+    vp.outs(CH0, 1, bytes((div & 0xFF, div >> 8)))  # the count, low byte then high: one REP OUTSB
     return PIT_HZ / div
 
 
