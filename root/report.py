@@ -115,8 +115,12 @@ def interrupt_line(p: PartitionStatus) -> str:
     taken = guest.get("interrupts", 0)
     per = f"; {guest.get('handler_exits', 0) / taken:.2f} exits per interrupt in handlers" if taken else ""
     ticks = f"; {guest['ticks']} timer ticks" if guest.get("ticks") else ""
-    if guest.get("lost_ticks"):  # the platform dropped ticks that fell while one was in service
-        ticks += f" ({guest.get('tick_interrupts', 0)} taken, {guest['lost_ticks']} lost)"
+    # Lost: the platform dropped ticks that fell while one was in service.  Stopped: the
+    # periods VP 0 slept with its tick stopped (NO_HZ idle, partitions/tick.py).
+    parts = [f"{guest[k]} {word}" for k, word in (("lost_ticks", "lost"), ("idle_ticks", "with the tick stopped"))
+             if guest.get(k)]
+    if parts:
+        ticks += f" ({guest.get('tick_interrupts', 0)} taken, {', '.join(parts)})"
     vectors = ", ".join(f"{k}: {v}" for k, v in sorted(by_vector.items()))
     return f"interrupts: {delivered} delivered ({vectors}){per}{ticks}"
 

@@ -55,3 +55,17 @@ def test_output_writes_to_the_stream_it_is_given_or_to_stdout_at_the_time(capsys
     assert stream.getvalue() == "         alpha | hello\n"
     Output().print("now")
     assert capsys.readouterr().out == "now\n"
+
+
+def test_the_interrupt_line_says_which_ticks_were_lost_and_which_the_idle_tick_skipped():
+    from root.report import interrupt_line
+
+    def part(**guest):
+        vp = SimpleNamespace(interrupts=SimpleNamespace(injected=5, by_vector={"0x20": 5}))
+        return SimpleNamespace(vps=[vp], guest={"interrupts": 5, "handler_exits": 5, "ticks": 300,
+                                                "tick_interrupts": 5, **guest})
+
+    assert interrupt_line(part()).endswith("; 300 timer ticks")
+    assert interrupt_line(part(lost_ticks=2, idle_ticks=293)).endswith(
+        "; 300 timer ticks (5 taken, 2 lost, 293 with the tick stopped)")
+    assert interrupt_line(part(idle_ticks=295)).endswith("; 300 timer ticks (5 taken, 295 with the tick stopped)")
