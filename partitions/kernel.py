@@ -77,6 +77,7 @@ class System:
     tick_interrupts: int = 0  # tick interrupts taken: fewer than ``ticks`` when some were lost
     lost_ticks: int = 0
     idle_ticks: int = 0  # periods passed with the tick stopped (partitions/tick.py)
+    tick_source: str = ""  # "lapic" or "pit" once the tick runs (partitions/tick.py); "": no tick
     idle_timers: dict = field(default_factory=dict)  # VP index → the time its idle one-shot is armed for
     boot_time: datetime | None = None
     typed: str = ""
@@ -174,7 +175,7 @@ def start_interrupts(vp: Vp, sys: System) -> None:
     for irq, fn in handlers.items():
         vp.set_handler(pic.vector(irq), lambda v, vec, fn=fn: fn(v, vec, sys))
     tick.start(vp, sys)
-    for irq in (0, 1, 4, 14):
+    for irq in (0, 1, 4, 14) if sys.tick_source == "pit" else (1, 4, 14):
         pic.unmask(vp, irq)
     sys.ata.use_irq = True
     sys.serial.enable_interrupts(vp)
@@ -205,7 +206,7 @@ def bsp_main(vp: Vp, sys: System) -> None:
     sys.console(vp, banner)
     sys.console(vp, f"[{sys.name}] RTC {clock}; hypercall page {'on' if sys.hv.hypercalls else 'off'}; "
                      f"recommendations: {', '.join(rec)}; spin retries: {sys.hv.spin_retry:#x}; "
-                     f"tick {sys.tick_hz:.2f} Hz" if sys.has_pic else f"[{sys.name}] RTC {clock}; no PIC: polled")
+                     f"tick {sys.tick_hz:.2f} Hz ({'PIT' if sys.tick_source == 'pit' else 'local APIC timer'})" if sys.has_pic else f"[{sys.name}] RTC {clock}; no PIC: polled")
     with sys.booted_cv:
         sys.booted_generation += 1
         sys.booted_cv.notify_all()

@@ -19,7 +19,7 @@ from proto.hvcall import (
 )
 
 from partitions import tick
-from partitions.drivers import vga
+from partitions.drivers import lapic, vga
 from partitions.drivers.ata import SECTOR, AtaError
 from partitions.drivers.serial import COM1, SCR
 from partitions.synic_workloads import SYNIC_WORKLOADS
@@ -208,10 +208,7 @@ def wl_hog(vp: Vp, sys) -> int:
 
 
 # The EOI experiment: a 1 kHz local APIC timer, and three ways to end each interrupt.
-APIC_BASE = 0xFEE00000
-APIC_EOI, APIC_SVR, APIC_LVT_TIMER, APIC_TIMER_ICR, APIC_TIMER_DCR = 0xB0, 0xF0, 0x320, 0x380, 0x3E0
 APIC_TIMER_VECTOR = 0xEF
-APIC_TIMER_HZ = 200_000_000  # HV_X64_MSR_APIC_FREQUENCY
 ASSIST_PAGE_GPA = 0x9E000
 
 
@@ -235,15 +232,13 @@ def _apic_timer(vp: Vp, sys, mode: str) -> int:
             if mode == "assist" and v.btr(ASSIST_PAGE_GPA, 0):
                 return  # the hypervisor did the EOI
             if mode == "mmio":
-                v.write(APIC_BASE + APIC_EOI, 4, 0)
+                lapic.eoi(v)
             else:
                 v.wrmsr(HvMsr.HV_X64_MSR_EOI, 0)
 
         vp.set_handler(APIC_TIMER_VECTOR, on_apic_timer)
-        vp.write(APIC_BASE + APIC_SVR, 4, 0x1FF)
-        vp.write(APIC_BASE + APIC_TIMER_DCR, 4, 0b1011)  # divide by 1
-        vp.write(APIC_BASE + APIC_LVT_TIMER, 4, APIC_TIMER_VECTOR | 1 << 17)  # periodic
-        vp.write(APIC_BASE + APIC_TIMER_ICR, 4, APIC_TIMER_HZ // 1000)
+        lapic.enable(vp)
+        lapic.periodic(vp, APIC_TIMER_VECTOR, 1000)
         sys.timers["apic"] = 1.0
         sys.console(vp, f"[{sys.name}] local APIC timer at 1 kHz, EOI by {mode}")
     return 0  # then idle: HLT until the next tick
@@ -422,9 +417,6 @@ def run_workloads(vp: Vp, sys) -> dict[str, int]:
 
 
 IDLE_VECTOR = 0xEE
-# The local APIC timer's initial count is 32 bits: at HV_X64_MSR_APIC_FREQUENCY and divide
-# by 1, a one-shot reaches at most ~21 s ahead.
-APIC_TIMER_MAX_COUNT = 0xFFFFFFFF
 
 
 def _due_every(key: str, interval: float, *, vga: bool = False):
@@ -474,11 +466,11 @@ def idle(vp: Vp, sys, until: float | None = None) -> None:
     other interrupts' handlers run and it sleeps again, as Linux's idle loop does while
     nothing needs the scheduler — and starts the tick again: whatever runs outside the idle
     loop (a driver waiting for its device in HLT) has the tick to wake it.  Nearer, or where a
-    workload wants the tick (``timer``) or VP 0 runs a periodic APIC timer, the tick wakes it."""
-    bsp = vp.index == 0
-    ticking = bsp and (sys.timers.get("apic") or sys.has_pic)
+    workload wants the PIT's tick (``timer``) or VP 0 runs a periodic APIC timer, the tick
+    wakes it."""
+    ticked = sys.tick_source if vp.index == 0 else ""
     left = IDLE_S if until is None else until - time.monotonic()
-    if ticking and (sys.timers.get("apic") or "timer" in sys.workloads or left < NOHZ_MIN_S):
+    if vp.index == 0 and (sys.timers.get("apic") or (ticked and ("timer" in sys.workloads or left < NOHZ_MIN_S))):
         vp.sti()
         vp.hlt()
         return
@@ -488,21 +480,23 @@ def idle(vp: Vp, sys, until: float | None = None) -> None:
 
         def expired(v: Vp, vector: int) -> None:
             armed.pop(v.index, None)
-            v.write(APIC_BASE + APIC_EOI, 4, 0)
+            lapic.eoi(v)
 
         vp.set_handler(IDLE_VECTOR, expired)
-        vp.write(APIC_BASE + APIC_SVR, 4, 0x1FF)
-        vp.write(APIC_BASE + APIC_TIMER_DCR, 4, 0b1011)  # divide by 1
-        vp.write(APIC_BASE + APIC_LVT_TIMER, 4, IDLE_VECTOR)  # one-shot
+        lapic.enable(vp)
+        if ticked != "lapic":
+            lapic.one_shot_mode(vp, IDLE_VECTOR)
+    if ticked:
+        tick.stop(vp, sys, IDLE_VECTOR)
+        if ticked == "lapic":
+            armed.pop(vp.index, None)  # the tick had the timer: the one-shot is armed afresh
     if until is None or armed.get(vp.index) != until:
-        # At least one count: 0 would stop the timer, and the VP would wait for nothing.
-        vp.write(APIC_BASE + APIC_TIMER_ICR, 4, min(APIC_TIMER_MAX_COUNT, max(1, int(APIC_TIMER_HZ * left))))
+        lapic.arm(vp, left)
         armed[vp.index] = until
-    if not ticking:
+    if not ticked:
         vp.sti()
         vp.hlt()
         return
-    tick.stop(vp, sys)
     while vp.index in armed:
         vp.sti()
         vp.hlt()
