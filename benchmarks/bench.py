@@ -73,7 +73,7 @@ duration_s = 3.0
 name = "bench"
 vps = 1
 memory_mb = 4
-workloads = ["compute"]
+workloads = ["compute", "timer"]  # a busy VP; "timer": its tick is the PIT's, through the worker
 """
 
 # The local APIC timer at 1 kHz, ended by the VP assist page's "no EOI required": each

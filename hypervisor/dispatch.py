@@ -18,9 +18,9 @@ import logging
 from time import perf_counter_ns
 
 from proto import messages as m
-from proto.exits import NO_PATH, Exit
+from proto.exits import NO_PATH
 
-from hypervisor.interrupts import next_interrupt
+from hypervisor.interrupts import irq_path, next_interrupt
 from hypervisor.intercepts import NO_FAULT
 from hypervisor.scheduler import Scheduler, VpSched, VpState
 
@@ -93,7 +93,7 @@ class Dispatcher:
         elif not fault and (vp.interrupts.pending or vp.apic.irr):  # (the list: no __bool__ call)
             interrupt, irq_stamps = next_interrupt(vp)  # (which logs it for `io irqs_apic`)
             if interrupt and self._tracers:
-                self._trace(vp.partition, vp, Exit.INTERRUPT, False, interrupt & 0xFF, 0, irq_stamps)
+                self._trace(vp.partition, vp, irq_path(irq_stamps), False, interrupt & 0xFF, 0, irq_stamps)
         if fault and fault != FAULT_RESET:
             vp.faults += 1
         now = perf_counter_ns()

@@ -93,6 +93,13 @@ def next_interrupt(vp) -> tuple[int, tuple]:
     return 0, ()
 
 
+def irq_path(irq_stamps: tuple) -> Exit:
+    """The measured path an injected interrupt took, by its stamps as the guest files it:
+    four from the PIC in the worker (Exit.INTERRUPT), two from the local APIC's timer
+    (Exit.APIC_TIMER); an IPI has none (traced as an interrupt, with no stages)."""
+    return Exit.APIC_TIMER if len(irq_stamps) == 2 else Exit.INTERRUPT
+
+
 def posted_this_run(vp) -> bool:
     """Interrupts were posted to ``vp`` during the run its current exit ended: a HLT then
     completes at once, since the VP may not have read them before it halted (it takes
@@ -149,7 +156,7 @@ class Interrupts:
             q.posted += 1
             self._counters["posted_interrupts"] += 1
             if self._tracer is not None and self._tracer.tracers:
-                self._tracer.trace(vp.partition, vp, Exit.INTERRUPT, False, interrupt & 0xFF, 0, irq_stamps)
+                self._tracer.trace(vp.partition, vp, irq_path(irq_stamps), False, interrupt & 0xFF, 0, irq_stamps)
             if self._posted is not None and self._posted.post(vp, interrupt, irq_stamps):
                 continue
             if not self._send(vp.peer, m.InterruptNotify(interrupt, irq_stamps).encode()):

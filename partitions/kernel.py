@@ -1,8 +1,8 @@
 """The guest kernel: boots the way an operating system does on a Hyper-V generation-1 VM.
 
 VP 0 (the bootstrap processor) detects the hypervisor by CPUID and turns on the hypercall
-page only when the partition's privilege mask offers it; brings up the PIC, the 100 Hz PIT
-tick, the serial port (interrupt-driven once the PIC is up), reads the date from the RTC,
+page only when the partition's privilege mask offers it; brings up the PIC, the 100 Hz tick
+(its local APIC timer, or the PIT: partitions/tick.py), the serial port (interrupt-driven once the PIC is up), reads the date from the RTC,
 prints its banner on COM1 and the screen, then releases the application processors.  Every
 VP then runs the topology's workloads until the run's duration is over, prints what it did,
 and halts.  Devices the partition lacks are probed and skipped, as a kernel does.

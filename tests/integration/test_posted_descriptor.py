@@ -25,7 +25,7 @@ duration_s = 0
 name = "busy"
 vps = 1
 memory_mb = 4
-workloads = ["compute"]
+workloads = ["compute", "timer"]  # "timer": the PIT's tick, through the PIC (partitions/tick.py)
 """
 TICKS = 20  # the PIC's 100 Hz tick: 0.2 s of them
 

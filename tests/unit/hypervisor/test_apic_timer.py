@@ -42,3 +42,15 @@ def test_a_timer_above_the_minimum_is_untouched():
     apic = programmed(200_000, periodic=True)  # 1 ms at 200 MHz
     assert apic.timer_deadline_ns == 1_000_000 and apic.counters["timer_clamped"] == 0
     assert apic.read(TIMER_CCR, 500_000) == 100_000
+
+
+def test_an_injected_interrupt_is_traced_under_the_path_the_guest_files_it_by():
+    """Two stamps (the APIC timer's fire, the injection) are the APIC timer's path; four
+    (the device's raise, the worker's INTA, the hypervisor's arrival, the injection) the
+    PIC's: the trace's stage names are then the right ones."""
+    from hypervisor.interrupts import irq_path
+    from proto.exits import Exit
+
+    assert irq_path((1, 2)) is Exit.APIC_TIMER
+    assert irq_path((1, 2, 3, 4)) is Exit.INTERRUPT
+    assert irq_path(()) is Exit.INTERRUPT  # an IPI: no stamps, no stages
