@@ -491,8 +491,8 @@ def idle(vp: Vp, sys, until: float | None = None) -> None:
         if ticked == "lapic":
             armed.pop(vp.index, None)  # the tick had the timer: the one-shot is armed afresh
     if until is None or armed.get(vp.index) != until:
+        armed[vp.index] = until  # (first: a fire taken with the write's own resume then counts)
         lapic.arm(vp, left)
-        armed[vp.index] = until
     if not ticked:
         vp.sti()
         vp.hlt()
