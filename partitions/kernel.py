@@ -2,10 +2,11 @@
 
 VP 0 (the bootstrap processor) detects the hypervisor by CPUID and turns on the hypercall
 page only when the partition's privilege mask offers it; brings up the PIC, the 100 Hz tick
-(its local APIC timer, or the PIT: partitions/tick.py), the serial port (interrupt-driven once the PIC is up), reads the date from the RTC,
-prints its banner on COM1 and the screen, then releases the application processors.  Every
-VP then runs the topology's workloads until the run's duration is over, prints what it did,
-and halts.  Devices the partition lacks are probed and skipped, as a kernel does.
+(its local APIC timer, or the PIT: partitions/tick.py), the serial port (interrupt-driven
+once the PIC is up), reads the date from the RTC, prints its banner on COM1 and the screen,
+then releases the application processors.  Every VP then runs the topology's workloads
+until the run's duration is over, prints what it did, and halts.  Devices the partition
+lacks are probed and skipped, as a kernel does.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ GUEST_VERSION = "0.2"
 GUEST_OS_ID = (1 << 63) | (0x48 << 48) | (0x0002 << 16)  # "H" for hvstack, version 2
 # The hypercall page: the last page of conventional memory, below the legacy hole.
 HYPERCALL_PAGE_GPA = 0x9F000
+TICK_SOURCES = {"pit": "PIT", "lapic": "local APIC timer"}  # as the banner names them
 
 
 @dataclass
@@ -206,7 +208,8 @@ def bsp_main(vp: Vp, sys: System) -> None:
     sys.console(vp, banner)
     sys.console(vp, f"[{sys.name}] RTC {clock}; hypercall page {'on' if sys.hv.hypercalls else 'off'}; "
                      f"recommendations: {', '.join(rec)}; spin retries: {sys.hv.spin_retry:#x}; "
-                     f"tick {sys.tick_hz:.2f} Hz ({'PIT' if sys.tick_source == 'pit' else 'local APIC timer'})" if sys.has_pic else f"[{sys.name}] RTC {clock}; no PIC: polled")
+                     f"tick {sys.tick_hz:.2f} Hz ({TICK_SOURCES[sys.tick_source]})" if sys.has_pic
+                else f"[{sys.name}] RTC {clock}; no PIC: polled")
     with sys.booted_cv:
         sys.booted_generation += 1
         sys.booted_cv.notify_all()

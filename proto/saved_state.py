@@ -42,8 +42,8 @@ from proto.sha256 import sha256
 FORMAT = "hvstack-saved-state"
 VERSION = 1
 # What this version knows: every device's state value by name, and the last access the
-# worker completed ({"ref", "value"}, and "data": a string access's elements), so a successor can answer its resend without doing
-# it twice.
+# worker completed ({"ref", "value"}, and "data": a string access's elements), so a
+# successor can answer its resend without doing it twice.
 SECTIONS = frozenset({"worker", "worker_access"})
 # The interrupts the devices took (INTA): how many so far ({"seq"}), and the last ones as
 # [vector, seq] ({"taken"}), which a successor sends again (worker/service.py).

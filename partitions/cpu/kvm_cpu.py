@@ -5,8 +5,8 @@ interrupt a resume brings is injected with KVM_INTERRUPT when the guest can take
 interrupt window is requested).  Exits:
 
 * KVM_EXIT_IO: port I/O; string I/O (``rep insw``) is one exit for many elements, and one
-  ``io_string_intercept`` for them all (Hyper-V's one intercept for a REP); an OUT to ``HYPERCALL_PORT`` is the hypercall page's exit
-  (registers by KVM_GET_REGS/KVM_SET_REGS);
+  ``io_string_intercept`` for them all (Hyper-V's one intercept for a REP); an OUT to
+  ``HYPERCALL_PORT`` is the hypercall page's exit (registers by KVM_GET_REGS/KVM_SET_REGS);
 * KVM_EXIT_MMIO: any GPA without a memory slot (the SLAT's holes, writes to firmware ROM);
   the slots follow the SLAT (a MapGpa/UnmapGpa is seen at the VP's next quantum end or HLT);
 * KVM_EXIT_X86_RDMSR/WRMSR: the synthetic range 0x40000000–0x400000FF, through an MSR filter

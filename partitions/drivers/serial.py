@@ -2,7 +2,8 @@
 
 Interrupt-driven transmit as Linux's 8250 driver does it: bytes go into a transmit ring;
 when the transmitter is idle the writer primes the FIFO, and each THR-empty interrupt
-refills up to 16 bytes — by one REP OUTSB, one exit, where Linux writes THR byte by byte.  Received bytes are read in the same handler.
+refills up to 16 bytes — by one REP OUTSB, one exit, where Linux writes THR byte by byte.
+Received bytes are read in the same handler.
 """
 
 from __future__ import annotations

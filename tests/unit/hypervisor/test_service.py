@@ -49,7 +49,8 @@ def test_the_route_table_routes_every_exit_kind_to_a_handler_taking_its_context(
     routes = stack.hv.routes
     assert all(isinstance(r, Route) for r in routes.values())
     exits = {cls for cls, r in routes.items() if r.exit}
-    assert exits == {m.IoPortIntercept, m.IoStringIntercept, m.MmioIntercept, m.CpuidIntercept, m.MsrIntercept, m.HypercallIntercept,
+    assert exits == {m.IoPortIntercept, m.IoStringIntercept, m.MmioIntercept, m.CpuidIntercept, m.MsrIntercept,
+                     m.HypercallIntercept,
                      m.HaltIntercept, m.QuantumExit, m.Cr3Intercept, m.InvlpgIntercept}
     assert all("vp" in routes[cls].roles for cls in exits)
     assert routes[m.Hello].roles == ()  # only before binding
