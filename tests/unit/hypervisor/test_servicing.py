@@ -200,3 +200,21 @@ def test_an_abort_after_the_new_workers_hello_gives_the_partition_back_to_the_ol
     reply = s.send(ROOT, m.StatusRequest()).one(ROOT, m.StatusReply)
     status = HypervisorStatus.from_wire(reply.status).partition(1)
     assert (status.worker_handovers, status.worker_rollbacks) == (1, 1)
+
+
+def test_string_accesses_cross_a_handover_whole_resent_and_held(s):
+    """A REP OUTSB the dead worker never completed goes to the new one under its ref with
+    its bytes; a REP INSB made during the handover is held, then sent once, whole."""
+    outs = s.exit(V10, m.IoStringIntercept(1, COM1, 1, True, 3, b"abc", stamps(), REGS)).one(W1, m.PortStringNotify)
+    s.send(ROOT, m.PartitionControl(1, "pause"))
+    service(s, "expect_worker").one(ROOT, m.Ack)
+    held = s.exit(V11, m.IoStringIntercept(2, COM1, 1, False, 4, b"", stamps(), REGS))
+    assert not held.to(W1)
+    start_new_worker(s)
+    sent = service(s, "commit")
+    again, ins = [msg for msg in sent.to(NEW) if isinstance(msg, m.PortStringNotify)]
+    assert (again.ref, again.count, again.data) == (outs.ref, 3, b"abc")
+    assert (ins.write, ins.count, ins.data) == (False, 4, b"")
+    assert s.send(NEW, m.StringAccessComplete(again.ref, b"", stamps())).one(V10, m.VpResume).output == b""
+    assert s.send(NEW, m.StringAccessComplete(ins.ref, b"wxyz", stamps())).one(V11, m.VpResume).output == b"wxyz"
+    assert not s.hv.forwarding.pending
