@@ -166,12 +166,12 @@ class Forwarding:
         now = perf_counter_ns()
         ctx.deadline_ns = now + WORKER_TIMEOUT_NS
         self.pending[ref] = ctx
-        if kind is _IO_STRING:
-            frame = m.PortStringNotify.pack(ref, ctx.vp.index, ctx.addr, ctx.size, ctx.write, ctx.count, ctx.data,
-                                            ctx.stamps + (now,))
+        if kind is _IO_PORT:  # (tested first: the port I/O round trip is the one measured)
+            frame = _pack_port_notify(ref, ctx.vp.index, ctx.addr, ctx.size, ctx.write, ctx.value, ctx.stamps + (now,))
+        elif kind is _IO_STRING:
+            frame = self._notify(ref, ctx, kind)
         else:
-            frame = (_pack_port_notify if kind is _IO_PORT else _pack_mmio_notify)(
-                ref, ctx.vp.index, ctx.addr, ctx.size, ctx.write, ctx.value, ctx.stamps + (now,))
+            frame = _pack_mmio_notify(ref, ctx.vp.index, ctx.addr, ctx.size, ctx.write, ctx.value, ctx.stamps + (now,))
         if not self._router.send(owner, frame):
             # The worker is gone.  Nobody else may complete the access: the VP waits in its
             # intercept and the partition is paused (the root ends a run whose worker died).

@@ -116,19 +116,22 @@ class Intercepts:
         ctx.vp.exits[Exit.IO_PORT] += 1
         self._forward(ctx, owner, Exit.IO_PORT)  # completed in Forwarding.on_access_complete
 
-    def io_unclaimed(self, ctx: ExitContext) -> None:
+    def io_unclaimed(self, ctx: ExitContext, count: int = 0) -> None:
         """Exit.IO_UNCLAIMED: nothing claims the port.  Reads float high, writes go nowhere
-        (Xen's null_handler, and what an ISA bus does)."""
+        (Xen's null_handler, and what an ISA bus does) — each of a string access's ``count``
+        elements alike (its read's bytes in the resume's output; traced with its count)."""
         part, vp, write = ctx.partition, ctx.vp, ctx.write
         vp.exits[Exit.IO_UNCLAIMED] += 1
         if write:
-            part.unclaimed_writes += 1
+            part.unclaimed_writes += count or 1
         else:
-            part.unclaimed_reads += 1
-        result = 0 if write else ALL_ONES[ctx.size]
+            part.unclaimed_reads += count or 1
+        result = 0 if write or count else ALL_ONES[ctx.size]
+        output = b"" if write or not count else b"\xff" * (count * ctx.size)
         if self._tracers:
-            self._trace(part, vp, Exit.IO_UNCLAIMED, write, ctx.addr, ctx.value if write else result, ctx.stamps)
-        self._resume(ctx, result, path=Exit.IO_UNCLAIMED.code)
+            traced = count or (ctx.value if write else result)
+            self._trace(part, vp, Exit.IO_UNCLAIMED, write, ctx.addr, traced, ctx.stamps)
+        self._resume(ctx, result, output=output, path=Exit.IO_UNCLAIMED.code)
 
     # -- string port I/O: REP INS/OUTS (the IoPortIntercept message with StringOp and RepPrefix)
 
@@ -146,15 +149,7 @@ class Intercepts:
             return self._resume(ctx, 0, fault=int(X86Exception.GP), path=Exit.IO_STRING.code)
         owner = part.port_owner.get(msg.port)
         if owner is None:
-            vp.exits[Exit.IO_UNCLAIMED] += 1
-            if write:
-                part.unclaimed_writes += count
-            else:
-                part.unclaimed_reads += count
-            output = b"" if write else b"\xff" * (count * size)
-            if self._tracers:
-                self._trace(part, vp, Exit.IO_UNCLAIMED, write, msg.port, count, ctx.stamps)
-            return self._resume(ctx, 0, output=output, path=Exit.IO_UNCLAIMED.code)
+            return self.io_unclaimed(ctx, count)
         vp.exits[Exit.IO_STRING] += 1
         self._forward(ctx, owner, Exit.IO_STRING)
 

@@ -36,8 +36,7 @@ def on_tick(vp, vector: int, sys) -> None:
     """The tick's interrupt: the periods due by the clock (the TSC read does not exit), then
     the EOI.  ``lost_ticks``: the periods no interrupt stood for while the tick ran (the
     periods it was stopped are ``idle_ticks``, not lost)."""
-    due = int((vp.rdtsc() - sys.tick_base_ns) * sys.tick_hz / 1e9)
-    sys.ticks = max(sys.ticks, due)
+    sys.ticks = max(sys.ticks, _due(vp, sys))
     sys.tick_interrupts += 1
     # (Counted per interrupt as "due - ticks - 1", an interrupt a hair early — its period
     # not yet due by the guest's clock — was taken yet its period counted lost by the next:
@@ -83,9 +82,14 @@ def restart(vp, sys) -> None:
         pit.start_tick(vp, TICK_HZ)
     else:
         lapic.periodic(vp, TICK_VECTOR, TICK_HZ)
-    due = int((vp.rdtsc() - sys.tick_base_ns) * sys.tick_hz / 1e9)
+    due = _due(vp, sys)
     if due > sys.ticks:
         sys.idle_ticks += due - sys.ticks
         sys.ticks = due
         c = vp.counters
         c["ticks"], c["idle_ticks"] = sys.ticks, sys.idle_ticks
+
+
+def _due(vp, sys) -> int:
+    """The tick's periods since tick 0, by the clock (the TSC read does not exit)."""
+    return int((vp.rdtsc() - sys.tick_base_ns) * sys.tick_hz / 1e9)

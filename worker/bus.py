@@ -78,6 +78,7 @@ class _GuestView:
         """The guest's ``out`` or store: dropped when nothing takes it."""
         self._take(address, size, value)
 
+
 class PortBus(_GuestView):
     def __init__(self) -> None:
         # port -> (device, the sizes its range takes, the device's counters)

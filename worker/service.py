@@ -382,10 +382,8 @@ class Worker:
 
     def _handle_saved(self, msg, t_in: int) -> None:
         """:meth:`handle` with ``each_exit`` checkpoints (:meth:`_exit_checkpoint`)."""
-        last, self._last_access = self._last_access, None  # resends come first, if at all
-        if last is not None and last["ref"] == msg.ref:
-            # The hypervisor resent an access our predecessor completed and saved, then died
-            # before its completion went out: answered from the record, not done again.
+        last = self._recorded(msg.ref)
+        if last is not None:
             value = last["value"]
         else:
             is_port = msg.__class__ is m.PortNotify
@@ -398,25 +396,35 @@ class Worker:
                 value = bus.read(port, msg.size)
             if self.chipset.intr or self.chipset.reset_requested:
                 self._signal_chipset()
-            device = bus.device_at(port)
-            self._exit_checkpoint(([device.name] if device is not None else []) + self._pic,
-                                  {"ref": msg.ref, "value": value})
+            self._save_access(bus, port, {"ref": msg.ref, "value": value})
         self._send(m.AccessComplete.pack(msg.ref, value, msg.stamps + (t_in, perf_counter_ns())))
         if msg.__class__ is m.PortNotify:
             self._after_port_access(msg.port)
         else:
             self._poll_devices()
 
+    def _recorded(self, ref: int) -> dict | None:
+        """The restored record of access ``ref``, if the hypervisor resent an access our
+        predecessor completed and saved, then died before its completion went out: it is
+        answered from the record, not done again.  Asked at the first access only (resends
+        come first, if at all)."""
+        last, self._last_access = self._last_access, None
+        return last if last is not None and last["ref"] == ref else None
+
+    def _save_access(self, bus, address: int, completed: dict) -> None:
+        """``each_exit``: the device at ``address`` and the PIC saved with the access's
+        completion, before the completion goes out."""
+        device = bus.device_at(address)
+        self._exit_checkpoint(([device.name] if device is not None else []) + self._pic, completed)
+
     def _string_access(self, msg: m.PortStringNotify, t_in: int) -> None:
         """REP INS/OUTS: ``count`` accesses of the port, in order, as the CPU would make them
         one by one (a read that fails reads all-ones, a write that fails is dropped), then
         one completion; with ``each_exit`` checkpoints, saved first, as :meth:`_handle_saved`."""
-        data = None
-        if self.each_exit:
-            last, self._last_access = self._last_access, None
-            if last is not None and last["ref"] == msg.ref and "data" in last:
-                data = last["data"]  # done and saved by our predecessor: answered from the record
-        if data is None:
+        last = self._recorded(msg.ref) if self.each_exit else None
+        if last is not None and "data" in last:
+            data = last["data"]
+        else:
             bus = self._bus
             if msg.write:
                 bus.write_string(msg.port, msg.size, msg.data)
@@ -426,9 +434,7 @@ class Worker:
             if self._intr_out.level or self.chipset.reset_requested:
                 self._signal_chipset()
             if self.each_exit:
-                device = bus.device_at(msg.port)
-                self._exit_checkpoint(([device.name] if device is not None else []) + self._pic,
-                                      {"ref": msg.ref, "value": 0, "data": data})
+                self._save_access(bus, msg.port, {"ref": msg.ref, "value": 0, "data": data})
         self._send(m.StringAccessComplete.pack(msg.ref, data, msg.stamps + (t_in, perf_counter_ns())))
         self._after_port_access(msg.port)
 
