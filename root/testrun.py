@@ -6,6 +6,7 @@ its ``hvstack_run`` fixture; nothing here needs pytest.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -177,6 +178,18 @@ class HvstackRun:
         if not tokens:
             raise ValueError("io needs at least one operation")
         return [result_line(r) for r in run_ops(self.client(), self.partition_id(partition), vp, tokens)]
+
+    @contextlib.contextmanager
+    def paused(self, partition: str | int):
+        """Hold the partition's VPs at their next exit for the ``with`` block, as ``ctl pause``
+        does, and resume them after: an ``io`` on a register the guest's workloads also use
+        (the UART's scratch register, say) then reads back what it wrote."""
+        pid = self.partition_id(partition)
+        self.client().control(pid, "pause")
+        try:
+            yield
+        finally:
+            self.client().control(pid, "resume")
 
     def console(self, partition: str) -> str:
         """What the partition's console (its first UART) has printed so far."""
