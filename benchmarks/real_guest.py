@@ -99,8 +99,9 @@ class InProcessPort:
         self.last = perf_counter_ns()
 
     interrupt_pending = property(lambda self: False)
-    quantum_over = property(lambda self: len(self.times) >= self.n)
-    quantum_left_ns = property(lambda self: 0 if self.quantum_over else 10_000_000)
+    boundary_wanted = False
+    exit_wanted = property(lambda self: len(self.times) >= self.n)
+    quantum_left_ns = property(lambda self: 0 if self.exit_wanted else 10_000_000)
 
     def _tick(self) -> None:
         """Time since the last exit: the guest's two instructions, the exit and its

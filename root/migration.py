@@ -390,7 +390,8 @@ def _stop_and_copy(run_dir, root, link, sender, dirty, pc, pid, name, pending, m
     root.control(pid, "pause")
     gone_over = False
     try:
-        sections, kernel, took = partition_save.capture(run_dir, root, pc, pid, with_memory=False)
+        sections, kernel, took = partition_save.capture(run_dir, root, pc, pid, with_memory=False,
+                                                        boundary_timeout_s=partition_save.SAVE_TIMEOUT_S)
         lease.stall("paused")
         t_state = perf_counter_ns()
         final = sorted(set(pending) | set(dirty.harvest())

@@ -38,6 +38,11 @@ from root import vmbus_save
 from root.topology import PartitionConfig
 
 SAVE_TIMEOUT_S = 5.0  # for every VP to reach an exit after the pause
+# For every VP to be between two instructions at an exit (_cpu_state).  A firmware's POST
+# offers one only at its HLTs and quantum ends (partitions/cpu/unicorn_cpu.py _after_exit):
+# 1.3–1.9 s after SeaBIOS's VGA BIOS starts on a quiet machine, over 5 s on a busy one.
+# A migration's stop-and-copy passes its own, shorter (the partition runs on at the source).
+BOUNDARY_TIMEOUT_S = 15.0
 SAVEABLE_BACKENDS = ("python", "unicorn", "kvm")
 PAGE = 1 << PAGE_SHIFT
 
@@ -72,13 +77,14 @@ def saveable(man: dict, name: str) -> PartitionConfig:
     return pc
 
 
-def capture(run_dir, root, pc: PartitionConfig, pid: int, with_memory: bool = True) -> tuple[dict, dict, dict]:
+def capture(run_dir, root, pc: PartitionConfig, pid: int, with_memory: bool = True,
+            boundary_timeout_s: float = BOUNDARY_TIMEOUT_S) -> tuple[dict, dict, dict]:
     """Everything of the paused partition ``pid`` but compression: (sections — memory's
     pages uncompressed under ``pages``, disks as their bytes —, the guest kernel's state if
     a Python guest, timings in ns).  The caller paused it and thaws its worker after."""
     worker_spec = json.loads((run_dir / f"worker-{pc.name}.json").read_text())
     t0 = perf_counter_ns()
-    cpu = _cpu_state(root, pid) if pc.backend != "python" else None
+    cpu = _cpu_state(root, pid, boundary_timeout_s) if pc.backend != "python" else None
     # The VSP first: what it completes at its save is then in the SynIC state and the memory.
     vmbus, vmbus_disk = vmbus_save.capture(root, run_dir, pc, pid) if pc.vmbus is not None else (None, {})
     t_vmbus = perf_counter_ns()
@@ -209,11 +215,13 @@ def _thaw(root, pid: int) -> None:
     root.dealer.request(m.ServiceRequest(pid, "thaw"))
 
 
-def _cpu_state(root, pid: int) -> list[bytes]:
+def _cpu_state(root, pid: int, timeout_s: float) -> list[bytes]:
     """Each VP's register file from the partition process, taken with every VP between
     two instructions: a VP held at an exit inside one (an emulator's I/O hook) has no
-    register file to resume from, so the partition runs on for a moment and is asked again."""
-    deadline = time.monotonic() + SAVE_TIMEOUT_S
+    register file to resume from, so the partition runs on for a moment and is asked again.
+    Asked, such a VP makes the instruction boundaries after its exits exits too, for a
+    moment (partitions/cpu/exitport.py ``cpu_state``): the next pause likely holds one."""
+    deadline = time.monotonic() + timeout_s
     while True:
         reply = _at_exits(root, m.VpStateRequest(pid), f"partition {pid}'s VPs did not give their CPU state",
                           deadline)
@@ -222,7 +230,7 @@ def _cpu_state(root, pid: int) -> list[bytes]:
             return [state for _, state in states]
         if time.monotonic() > deadline:
             raise HvstackError(f"partition {pid}: its VPs were not between two instructions at an exit "
-                               f"within {SAVE_TIMEOUT_S} s")
+                               f"within {timeout_s:g} s")
         root.control(pid, "resume")
         time.sleep(0.002)
         root.control(pid, "pause")

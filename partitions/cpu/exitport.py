@@ -33,6 +33,9 @@ from partitions.vp import Vp
 HYPERCALL_PORT = HYPERCALL_PAGE_PORT
 FAST_INPUT_BYTES = 16  # a fast call's input: RDX and R8 (EBX:ECX and EDI:ESI in 32-bit mode)
 CONTROL_FAST = 1 << 16
+# How long a save's wish for an instruction boundary lasts (the root pauses again after
+# 2 ms: see root/partition_save.py _cpu_state).
+BOUNDARY_WISH_NS = 50_000_000
 MAX_PORT_COUNTERS = 96  # VpStats carries at most 256 counters
 COM1_THR = 0x3F8
 MAX_PENDING = 64  # interrupts queued while the guest keeps IF clear (more are dropped, counted)
@@ -51,6 +54,8 @@ class ExitPort(Vp):
         # The backend's whole register file for a save (``cpu_state``): set by a backend
         # that can give it; None: saving this backend is not built.
         self.cpu_state_of: Callable[[], tuple[bool, bytes]] | None = None
+        # Until when a save wants an instruction boundary (perf_counter ns): see cpu_state.
+        self._boundary_until = 0
         super().__init__(*args, **kwargs)
         self.counters.update(interrupts_dropped=0, halts=0)
         self._ports_named = 0
@@ -70,7 +75,14 @@ class ExitPort(Vp):
     def cpu_state(self) -> tuple[bool, bytes]:
         if self.cpu_state_of is None:
             return False, b""  # never a boundary: the root's save says it is not built
-        return self.cpu_state_of()
+        at, state = self.cpu_state_of()
+        # Asked while the VP waits at an exit inside an instruction (an IN, an MMIO read):
+        # for a moment, every instruction boundary the backend sees after an exit is an
+        # exit too (quantum_exit), so the root's next pause finds one — a guest doing port
+        # I/O after port I/O otherwise offers none until its quantum ends or it halts.
+        # Bounded in time, so that a save given up leaves no cost behind.
+        self._boundary_until = 0 if at else perf_counter_ns() + BOUNDARY_WISH_NS
+        return at, state
 
     # -- interrupts ---------------------------------------------------------------------------
 
@@ -95,12 +107,19 @@ class ExitPort(Vp):
         return vector
 
     @property
-    def quantum_over(self) -> bool:
-        return perf_counter_ns() >= self._quantum_end
-
-    @property
     def quantum_left_ns(self) -> int:
         return self._quantum_end - perf_counter_ns()
+
+    @property
+    def boundary_wanted(self) -> bool:
+        return perf_counter_ns() < self._boundary_until
+
+    @property
+    def exit_wanted(self) -> bool:
+        """The backend's loop exits at this instruction boundary: the quantum is over, or a
+        save waits for a boundary."""
+        now = perf_counter_ns()
+        return now >= self._quantum_end or now < self._boundary_until
 
     def quantum_exit(self) -> None:
         self._quantum_over()

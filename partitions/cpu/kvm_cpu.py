@@ -372,7 +372,7 @@ class KvmCpu:
     def _loop(self) -> None:
         port, run = self.port, self.run_map
         while True:
-            if port.stop.is_set() or port.quantum_over:
+            if port.stop.is_set() or port.exit_wanted:
                 run[1] = 0
                 self._at_boundary(port.quantum_exit)  # raises VpStopped when stopping
                 self._slat_changed()

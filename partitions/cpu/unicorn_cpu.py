@@ -272,7 +272,7 @@ class UnicornCpu:
                 port.quantum_exit()  # raises VpStopped
             if port.interrupt_pending and self._if():
                 self._vector(port.take_interrupt())
-            if port.quantum_over:
+            if port.exit_wanted:
                 self._at_boundary(port.quantum_exit)
                 self._slat_changed()
                 continue
@@ -355,8 +355,14 @@ class UnicornCpu:
 
     def _after_exit(self) -> None:
         """After an exit inside a hook: back to the loop at the next block if an interrupt
-        can be taken now (the quantum is checked there anyway)."""
-        if self.port.interrupt_pending and self._if():
+        can be taken now (the quantum is checked there anyway) or a save waits for an
+        instruction boundary.  Firmware of a one-VP partition has no block hook: there a
+        save's boundary waits for a HLT or the quantum, as before.  (Stopping the emulator
+        inside the hook instead is no boundary: unicorn takes a string element again, and
+        an IN's hook has EIP where the block's translation last wrote it — measured in
+        SeaBIOS's VGA code — and a real-mode firmware's boundary can be in big real mode,
+        whose segment limits the register file does not carry.)"""
+        if self.port.boundary_wanted or (self.port.interrupt_pending and self._if()):
             self._stop_requested = True
 
     def _fault(self, fault: GuestFault, rip: int | None = None) -> None:

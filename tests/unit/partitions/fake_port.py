@@ -34,15 +34,17 @@ class FakePort:
         self.quantum_end = perf_counter_ns() + quantum_ns
         self.msrs: dict[int, int] = {}
         self.hypercalls: list[tuple[int, int, int]] = []
+        self.boundary_wanted = False  # what ExitPort.cpu_state sets when asked inside an instruction
 
     interrupt_pending = property(lambda self: bool(self._pending))
-    quantum_over = property(lambda self: perf_counter_ns() >= self.quantum_end)
+    exit_wanted = property(lambda self: self.boundary_wanted or perf_counter_ns() >= self.quantum_end)
     quantum_left_ns = property(lambda self: self.quantum_end - perf_counter_ns())
 
     def take_interrupt(self) -> int:
         return self._pending.pop(0)
 
     def quantum_exit(self) -> None:
+        self.boundary_wanted = False
         self.exits.append(("quantum",))
         if self.stop.is_set():
             raise VpStopped()

@@ -235,3 +235,90 @@ def test_two_unicorn_vps_of_a_partition_never_lose_a_locked_update(tmp_path):
     assert not errors and not any(t.is_alive() for t in threads), errors
     assert int.from_bytes(boot.regions[0].buffer()[0x8000:0x8004], "little") == 2 * n
     assert all(p.of("quantum") for p in ports)  # each gave the other its turn at quantum ends
+
+
+
+
+def test_a_save_asked_inside_rep_insw_takes_the_boundary_between_two_words(tmp_path):
+    """A string IN is interruptible between elements, as on hardware: a boundary asked
+    while one word's exit waits is taken before the next word (ECX and EDI counting the
+    words done), and every word is read once (an emu_stop in its hook would take the
+    word again)."""
+    import msgpack
+
+    if unavailable("unicorn"):
+        pytest.skip(unavailable("unicorn"))
+    code = bytes.fromhex("bf00200000b90800000066baf001fc66f36dfaf4")  # the test above's rep insw
+    words = [0x1111 * (i + 1) for i in range(8)]
+    mem = guest_memory(tmp_path)
+    boot = Boot(False, 0, CODE, load=[(CODE, code)], msr_code=[(CODE, CODE + len(code))])
+    backend, port = make("unicorn", mem, boot, inputs={0x1F0: words}, quantum_ns=60_000_000_000)
+    port_in, states = port.port_in, []
+
+    def port_in_and_ask(*args):
+        value = port_in(*args)
+        if len(port.exits) == 3:
+            port.boundary_wanted = True  # asked inside the third word's IN
+        return value
+
+    def quantum_exit():
+        states.append(backend.cpu_state())
+        FakePort.quantum_exit(port)
+
+    port.port_in, port.quantum_exit = port_in_and_ask, quantum_exit
+    run_until_stopped(backend)
+    assert [e[0] for e in port.exits] == ["in"] * 3 + ["quantum"] + ["in"] * 5 + ["halt"]
+    regs = msgpack.unpackb(states[0][1])["regs"]
+    assert states[0][0] and regs["ECX"] == 5 and regs["EDI"] == 0x2006 and regs["EIP"] == CODE + 15  # at rep insw
+    assert [mem.read_int(0x2000 + 2 * i, 2) for i in range(8)] == words
+
+# 32-bit: xor ecx,ecx; 1: inc ecx; out 0x80,al; in al,0x80; mov [0xb8000],ecx;
+# mov eax,[0xfee00030]; jmp 1b — four exits an iteration, none of them a boundary.
+EXITS_LOOP = bytes.fromhex("31c941e680e480890d00800b00a13000e0feebee")
+
+
+@pytest.mark.parametrize("asked_after", [40, 41, 42, 43])
+def test_a_save_asked_inside_an_instruction_gets_the_next_block_as_an_exit(tmp_path, asked_after):
+    """A save that finds the VP inside an instruction (an exit of a guest doing I/O after
+    I/O) asks for a boundary: the VP exits at the next basic block (a quantum exit, here
+    the loop's head) instead of running on to its quantum's end.  Every instruction ran
+    once: the exits keep the loop's order and the MMIO writes count 1, 2, 3, …"""
+    import msgpack
+
+    if unavailable("unicorn"):
+        pytest.skip(unavailable("unicorn"))
+    mem = guest_memory(tmp_path)
+    boot = Boot(False, 0, CODE, load=[(CODE, EXITS_LOOP)], msr_code=[(CODE, CODE + len(EXITS_LOOP))])
+    backend, port = make("unicorn", mem, boot, quantum_ns=60_000_000_000)
+    kinds = ["out", "in", "mmio_write", "mmio_read"]
+    states = []
+
+    def asking(exit_):
+        def exit_and_ask(*args):
+            value = exit_(*args)
+            if len(port.exits) in (asked_after, 80):
+                states.append(backend.cpu_state())
+                port.boundary_wanted = True  # what ExitPort.cpu_state does with that answer
+                if len(port.exits) == 80:
+                    port.stop.set()  # the next boundary ends the run
+            return value
+        return exit_and_ask
+
+    def quantum_exit():
+        states.append(backend.cpu_state())
+        FakePort.quantum_exit(port)  # raises VpStopped the second time
+
+    port.port_out, port.port_in = asking(port.port_out), asking(port.port_in)
+    port.mmio_read, port.mmio_write = asking(port.mmio_read), asking(port.mmio_write)
+    port.quantum_exit = quantum_exit
+    run_until_stopped(backend)
+    got = [e[0] for e in port.exits]
+    head = -(-asked_after // 4) * 4  # the loop's head after the exit asked in
+    assert got[:head] == [kinds[i % 4] for i in range(head)] and got[head] == "quantum"
+    accesses = [k for k in got if k != "quantum"]
+    assert accesses == [kinds[i % 4] for i in range(len(accesses))]
+    assert [e[3] for e in port.of("mmio_write")] == list(range(1, len(port.of("mmio_write")) + 1))
+    inside, (boundary, state) = states[0], states[1]
+    assert inside == (False, b"") and boundary
+    regs = msgpack.unpackb(state)["regs"]
+    assert regs["EIP"] == CODE + 2 and regs["ECX"] == head // 4

@@ -49,7 +49,7 @@ def test_a_tick_taken_by_the_pic_during_the_save_is_pending_in_the_record(tmp_pa
     monkeypatch.setattr(partition_save, "shape", lambda pc, devices: {})
     (tmp_path / "worker-alpha.json").write_text(json.dumps({"devices": []}))
     pc = SimpleNamespace(name="alpha", backend="kvm", vmbus=None)
-    monkeypatch.setattr(partition_save, "_cpu_state", lambda root, pid: [b""])
+    monkeypatch.setattr(partition_save, "_cpu_state", lambda root, pid, timeout_s: [b""])
     sections, _, took = partition_save.capture(tmp_path, None, pc, 1)
     in_service = sections["worker"]["pic"]["ir0_in_service"]
     assert not in_service or 0x20 in sections["vps"][0]["pending"], \
