@@ -63,6 +63,26 @@ class LiveRun:
     def launch(self, *args: str, **kw) -> subprocess.CompletedProcess:
         return run_launch_py(*args, run_root=self.run_root, **kw)
 
+    def postmortem(self, log_lines: int = 15) -> str:
+        """What a failure message needs when the run stopped answering: whether the
+        launcher still runs, each process's state and CPU time, and the end of the
+        hypervisor's log (the run's directory is gone with the test's)."""
+        lines = [f"launcher: {'running' if self.proc.poll() is None else f'exited {self.proc.returncode}'}"]
+        try:
+            procs = self.manifest().get("processes", {})
+        except (OSError, ValueError) as e:
+            procs, lines = {}, lines + [f"no manifest: {e}"]
+        for name, p in procs.items():
+            try:
+                h = psutil.Process(p["pid"])
+                t = h.cpu_times()
+                lines.append(f"{name} (pid {p['pid']}): {h.status()}, {t.user + t.system:.2f} CPU-s")
+            except psutil.Error as e:
+                lines.append(f"{name} (pid {p['pid']}): {type(e).__name__}")
+        log = self.path / "logs" / "hypervisor.log"
+        tail = log.read_text(errors="replace").splitlines()[-log_lines:] if log.exists() else ["(no log)"]
+        return "\n".join(lines + ["hypervisor.log, last lines:", *tail])
+
     def launch_background(self, *args: str, prefix: tuple = ()) -> subprocess.Popen:
         """``launch.py ARGS`` against this run's root, not waited for (text pipes)."""
         return subprocess.Popen([*prefix, sys.executable, str(REPO / "launch.py"), *args], cwd=REPO,
