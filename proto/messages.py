@@ -19,6 +19,7 @@ hop and appended by that hop.  The originator derives the stages from consecutiv
 """
 
 import operator
+import threading
 from typing import ClassVar
 
 import msgpack
@@ -184,19 +185,26 @@ _FAST_ERROR = wire_types.DecodeError
 # defined: generating them for all 81 took ~55 ms of every process's start-up (the
 # launcher, the hypervisor, each zygote), and a process decodes a dozen of them.
 _UNBUILT: set[int] = set()
+# One builder at a time: a partition's VP threads decode their first answers together, and
+# a thread that found the type already taken off _UNBUILT but _FAST still holding
+# _first_decode's entry called that entry again, and again — a RecursionError that ended
+# the partition (seen in a default run).  The entry changes before the type leaves _UNBUILT.
+_BUILDING = threading.Lock()
 
 
 def fast_decoder(type_id: int):
     """Message ``type_id``'s decoder by msgspec (generated now if it was not yet), or None
     if it has none (a field with no msgspec type, or too many fields for a fixarray)."""
     if type_id in _UNBUILT:
-        _UNBUILT.discard(type_id)
-        cls = REGISTRY[type_id]
-        checked_array = wire_types.message_decoder(type_id, cls.CHECKS)
-        if checked_array is None:
-            _FAST.pop(type_id, None)  # decode() goes the checked way
-        else:
-            _FAST[type_id] = _fast_decoder(cls, checked_array.decode)
+        with _BUILDING:
+            if type_id in _UNBUILT:
+                cls = REGISTRY[type_id]
+                checked_array = wire_types.message_decoder(type_id, cls.CHECKS)
+                if checked_array is None:
+                    _FAST.pop(type_id, None)  # decode() goes the checked way
+                else:
+                    _FAST[type_id] = _fast_decoder(cls, checked_array.decode)
+                _UNBUILT.discard(type_id)
     return _FAST.get(type_id)
 
 

@@ -192,3 +192,31 @@ print("ok", untyped)
 
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.startswith("ok"), out.stderr
+
+
+def test_threads_decoding_a_message_first_together_each_get_it():
+    """A partition's VP threads decode their first answers at once: while one builds a
+    message's decoder (slowed here), the others wait for it — they called the unbuilt
+    entry again and again, a RecursionError that ended a partition of a default run."""
+    script = """
+import threading, time
+from proto import messages as m, wire_types
+real = wire_types.message_decoder
+def slow(*args):
+    time.sleep(0.2)  # the GIL goes to the other threads meanwhile
+    return real(*args)
+wire_types.message_decoder = slow
+frame, got = m.Ack(7).encode(), []
+threads = [threading.Thread(target=lambda: got.append(m.decode(frame))) for _ in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join(10)
+assert got == [m.Ack(7)] * 4, got
+print("ok")
+"""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("ok"), out.stderr[-2000:]
