@@ -5,7 +5,7 @@
 One run of a one-VP enlightened partition with both an emulated ATA disk and a synthetic
 (VMBus) disk, whose guest runs ``vmbus_diskbench`` once (partitions/vmbus_disk.py): 64 KiB
 sequential writes at queue depth 1 and 8 and 4 KiB random writes at queue depth 1, each
-phase ending with SYNCHRONIZE CACHE, then 16 KiB of ATA PIO writes and FLUSH CACHE; the
+phase ending with SYNCHRONIZE CACHE, then 64 KiB of ATA PIO writes and FLUSH CACHE; the
 guest's counters carry the figures back.  Beside them, in the same invocation: the host's
 own write throughput on the same file system (64 KiB pwrites of the same total, then
 fsync), the 4-hop floor (benchmarks/floor.py) for the latency, and a second run with

@@ -28,7 +28,7 @@ AREA_BYTES = 32 << 20  # the part of the disk the rounds write
 ROUND_KINDS = (("sequential", SMALL), ("random", SMALL), ("sequential", BIG), ("random", BIG))
 # vmbus_diskbench's phases: requests in each
 BENCH_QD1, BENCH_QD8, BENCH_LAT = 48, 192, 200
-ATA_BENCH_BYTES = 16 * 1024
+ATA_BENCH_BYTES = 64 * 1024  # enough to time now that a sector is one REP OUTSD exit
 
 
 class Disk:
