@@ -112,7 +112,8 @@ class ExitPort(Vp):
 
     @property
     def boundary_wanted(self) -> bool:
-        return perf_counter_ns() < self._boundary_until
+        """(Asked after every exit in a hook: no clock read unless a save asked.)"""
+        return self._boundary_until != 0 and perf_counter_ns() < self._boundary_until
 
     @property
     def exit_wanted(self) -> bool:

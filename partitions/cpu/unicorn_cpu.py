@@ -357,11 +357,12 @@ class UnicornCpu:
         """After an exit inside a hook: back to the loop at the next block if an interrupt
         can be taken now (the quantum is checked there anyway) or a save waits for an
         instruction boundary.  Firmware of a one-VP partition has no block hook: there a
-        save's boundary waits for a HLT or the quantum, as before.  (Stopping the emulator
-        inside the hook instead is no boundary: unicorn takes a string element again, and
-        an IN's hook has EIP where the block's translation last wrote it — measured in
-        SeaBIOS's VGA code — and a real-mode firmware's boundary can be in big real mode,
-        whose segment limits the register file does not carry.)"""
+        save's boundary waits for a HLT or the quantum, as before.  (Tried and dropped:
+        stopping the emulator inside the hook.  Unicorn takes a string element again, an
+        IN's hook sees EIP where the block's translation last wrote it — in SeaBIOS's VGA
+        code the function's start —, and SeaBIOS saved at a clean block boundary inside its
+        VGA BIOS did not run once restored: most likely big real mode's segment limits,
+        which the register file, selectors only, does not carry.)"""
         if self.port.boundary_wanted or (self.port.interrupt_pending and self._if()):
             self._stop_requested = True
 
