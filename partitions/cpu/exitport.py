@@ -119,8 +119,7 @@ class ExitPort(Vp):
     def exit_wanted(self) -> bool:
         """The backend's loop exits at this instruction boundary: the quantum is over, or a
         save waits for a boundary."""
-        now = perf_counter_ns()
-        return now >= self._quantum_end or now < self._boundary_until
+        return perf_counter_ns() >= self._quantum_end or self.boundary_wanted
 
     def quantum_exit(self) -> None:
         self._quantum_over()

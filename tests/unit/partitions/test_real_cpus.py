@@ -322,3 +322,31 @@ def test_a_save_asked_inside_an_instruction_gets_the_next_block_as_an_exit(tmp_p
     assert inside == (False, b"") and boundary
     regs = msgpack.unpackb(state)["regs"]
     assert regs["EIP"] == CODE + 2 and regs["ECX"] == head // 4
+
+
+def test_a_save_that_finds_no_boundary_makes_the_next_ones_exits_for_a_moment(monkeypatch):
+    """ExitPort.cpu_state: the backend's answer "inside an instruction" starts the wish
+    (every boundary an exit: ``exit_wanted``) for BOUNDARY_WISH_NS; an answer at a boundary,
+    or the time running out, ends it — an abandoned save leaves no exits behind."""
+    import threading
+
+    from partitions.cpu import exitport
+    from partitions.vp import NEVER
+    from tests.unit.partitions.test_vp_preemption_point import Dealer, Ram
+
+    now = [10**12]
+    monkeypatch.setattr(exitport, "perf_counter_ns", lambda: now[0])
+    port = exitport.ExitPort(Dealer(), 0, Ram(), threading.Event(), regs=lambda: (2, 0))
+    port._quantum_end = NEVER
+    answers = [(False, b""), (True, b"regs"), (False, b"")]
+    port.cpu_state_of = lambda: answers.pop(0)
+    assert not port.boundary_wanted and not port.exit_wanted
+    assert port.cpu_state() == (False, b"")
+    assert port.boundary_wanted and port.exit_wanted
+    assert port.cpu_state() == (True, b"regs")  # the save has its boundary: the wish ends
+    assert not port.boundary_wanted and not port.exit_wanted
+    port.cpu_state()
+    now[0] += exitport.BOUNDARY_WISH_NS - 1
+    assert port.exit_wanted
+    now[0] += 1
+    assert not port.boundary_wanted and not port.exit_wanted
