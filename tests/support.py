@@ -29,6 +29,21 @@ def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "c
     raise AssertionError(f"{what} not met within {timeout} s (last: {last!r})")
 
 
+def send_or_refused(sock, frame: bytes) -> None:
+    """Send ``frame`` on a client socket whose handshake the server may refuse.
+
+    A refused handshake can take the connection's pipe away before the send (on a loaded
+    host it does), and a DEALER with no pipe blocks in ``send``: the caller sets the socket's
+    ``sndtimeo``, and a send that times out is the refusal, not a failure — the frame is
+    queued or not at all, never delivered either way."""
+    import zmq  # only the tests that speak ZeroMQ themselves pay for it
+
+    try:
+        sock.send(frame)
+    except zmq.Again:
+        pass
+
+
 def short_run_root() -> str:
     # Unix socket paths are limited to 107 bytes: pytest's tmp_path is often too deep.
     return tempfile.mkdtemp(prefix="hvt")

@@ -23,7 +23,7 @@ import zmq
 from proto import messages as m
 from proto.auth import peer_token
 from root.client import RootClient
-from tests.support import alive, short_run_root, start_run, wait_until
+from tests.support import alive, send_or_refused, short_run_root, start_run, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -67,6 +67,7 @@ def attacker_dealer(ctx: zmq.Context, run, curve: bool = True) -> zmq.Socket:
     """A raw DEALER; with CURVE (an ephemeral key) when ``curve`` and the run has a server key."""
     s = ctx.socket(zmq.DEALER)
     s.linger = 0
+    s.sndtimeo = 1000  # a refused handshake leaves no pipe, and send would block for good
     server_key = run.manifest().get("server_key")
     if curve and server_key:
         s.curve_serverkey = server_key.encode()
@@ -114,7 +115,8 @@ def test_a_client_without_curve_is_refused_and_counted(tcp_run):
     ctx = zmq.Context()
     try:
         plain = attacker_dealer(ctx, tcp_run, curve=False)
-        plain.send(m.Hello(m.PROTOCOL_VERSION, "root", 0, 0, os.getpid(), "aa", os.urandom(32)).encode())
+        # CI hung here for 120 s: the refusal came before the send (see send_or_refused).
+        send_or_refused(plain, m.Hello(m.PROTOCOL_VERSION, "root", 0, 0, os.getpid(), "aa", os.urandom(32)).encode())
         assert not plain.poll(2000), "a client without CURVE got an answer"
     finally:
         ctx.destroy(0)
