@@ -88,6 +88,17 @@ def _ints(value: str, what: str, low: int, high: int, unit: str = "") -> list[in
     return sorted(set(values))
 
 
+def scale_rounds(value: str) -> int:
+    """``--scale-rounds K``: 1..10."""
+    try:
+        k = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {value!r}") from None
+    if not 1 <= k <= 10:
+        raise argparse.ArgumentTypeError(f"{k} rounds: at least 1 and at most 10")
+    return k
+
+
 def scale_counts(value: str) -> list[int]:
     """``--scale-partitions 1,2,4``: partition counts, 1..32."""
     return _ints(value, "count", 1, 32)
@@ -136,6 +147,9 @@ def arguments(p: argparse.ArgumentParser) -> None:
                    help="instead: aggregate exits/s, latency, CPU and memory at 1 to 16 partitions beside a floor")
     p.add_argument("--scale-partitions", type=scale_counts, default=[1, 2, 4, 8, 16], metavar="N,N,…",
                    help="the partition counts of --scale (default 1,2,4,8,16)")
+    p.add_argument("--scale-rounds", type=scale_rounds, default=3, metavar="K",
+                   help="--scale: pairs of windows (stack, floor, taking turns) at each N, 1..10 (default 3); "
+                        "the pair of the median ratio is shown, with the range of all")
     p.add_argument("--migrate", action="store_true",
                    help="live migration between two runs (benchmarks/migrate_bench.py): total time, rounds, "
                         "downtime, bytes on the wire and the link's throughput, per guest size and write rate")

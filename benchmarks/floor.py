@@ -338,28 +338,31 @@ class FloorClient:
 
 def scale_client(endpoint: str, key: str) -> None:
     """One of --scale's clients (a process, as each partition is): 4-hop round trips to
-    ``echo:KEY`` until told.  The first SIGUSR1 starts the window (it answers ``{}``), the
-    second ends it: one JSON line of the window's round trips and percentiles, and exit."""
+    ``echo:KEY`` until its standard input ends.  Each SIGUSR1 starts a window (it answers
+    ``{}``) or ends the one under way: one JSON line of the window's round trips and
+    percentiles.  SIGUSR2 pauses it after the round trip under way (it answers ``PAUSED``)
+    until a line comes on its standard input: the stack's windows then have the cores.
+    (Not SIGSTOP: a round trip stopped in its poll times out when it continues.)"""
     import json
     import signal
 
     client = FloorClient(endpoint, 4, key)
     send, recv, poll, frame = client.sock.send, client.sock.recv, client.sock.poll, client.frame
-    window: dict = {"samples": None, "done": False}
+    window: dict = {"samples": None, "pause": False}
 
     def on_usr1(signum, frame_):
         if window["samples"] is None:
             window["samples"] = []
             print("{}", flush=True)
             return
-        samples = sorted(window["samples"])
+        samples, window["samples"] = sorted(window["samples"]), None
         pct = (lambda p: samples[min(len(samples) - 1, len(samples) * p // 100)] if samples else 0)
         print(json.dumps({"n": len(samples), "p50_ns": pct(50), "p99_ns": pct(99)}), flush=True)
-        window["done"] = True
 
     signal.signal(signal.SIGUSR1, on_usr1)
+    signal.signal(signal.SIGUSR2, lambda *_: window.update(pause=True))
     print("READY", flush=True)
-    while not window["done"]:
+    while True:
         t0 = perf_counter_ns()
         send(frame)
         if not poll(5000):
@@ -368,6 +371,11 @@ def scale_client(endpoint: str, key: str) -> None:
         samples = window["samples"]
         if samples is not None:
             samples.append(perf_counter_ns() - t0)
+        if window["pause"]:
+            window["pause"] = False
+            print("PAUSED", flush=True)
+            if not sys.stdin.readline():
+                break
     client.close()
 
 

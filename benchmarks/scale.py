@@ -38,7 +38,9 @@ from root.procs import die_with_parent
 from root.report import table
 
 BANNER = "hvstack guest kernel"
-WARMUP_S = 1.0
+WARMUP_S = 1.0  # after the banners, before the first window
+SETTLE_S = 0.3  # after a side is resumed, before its window
+SCALE_ROUNDS = 3  # pairs of windows at each N (bench --scale-rounds)
 
 
 def topology(n: int, workload: str = "portio", chipset: str = "minimal", lps: int | None = None) -> str:
@@ -110,69 +112,172 @@ def start_and_wait_for_banners(n: int, run_root: Path, timeout_s: float, workloa
     return run, time.monotonic() - t0
 
 
-def measure_stack(n: int, window_s: float, timeout_s: float = 120.0, profile: str | None = None) -> dict:
-    with tempfile.TemporaryDirectory(prefix="hvscale") as d:
-        run_root = Path(d) / "runs"
-        run_root.mkdir(mode=0o700)
+class StackSide:
+    """N one-VP partitions doing port I/O, started and past their banners; between its
+    windows its partitions are paused (``ctl pause``: each VP held at its next exit), so
+    that the floor's windows have the cores."""
+
+    kind = "stack"
+
+    def __init__(self, n: int, run_root: Path, timeout_s: float = 120.0, profile: str | None = None) -> None:
+        self.n = n
         with profiled(profile):
-            run, banners_s = start_and_wait_for_banners(n, run_root, timeout_s)
+            self.run, self.banners_s = start_and_wait_for_banners(n, run_root, timeout_s)
         try:
-            time.sleep(WARMUP_S)
-            pids = run_pids(run)
-            if profile:
-                profile_from_now(pids)
-            s0, c0, t0 = _io(run.stats()), cpu_seconds(pids), snapshot(pids)
-            time.sleep(window_s)
-            t1, c1, s1 = snapshot(pids), cpu_seconds(pids), _io(run.stats())
-            rss = _rss_mb(pids)
-        finally:
-            run.stop()
-    per = {pid: (s1[pid][0] - s0[pid][0], _window(s1[pid][1], s0.get(pid, (0, Histogram()))[1])) for pid in s1}
-    total = sum(k for k, _ in per.values())
-    cpu = sum(c1[k] - c0[k] for k in c1 if k in c0)
-    by_kind = per_round_trip(c0, c1, total, window_s)["by_process_us"]
-    return _figures(n, total, window_s, [h.percentile(50) for _, h in per.values()],
-                    [h.percentile(99) for _, h in per.values()], cpu, rss.get("hypervisor", 0.0),
-                    banners_s=round(banners_s, 2), rss_mb=rss, cpu_us_by_process=by_kind,
-                    saturation=compare(t0, t1, window_s, total, process_kind))
+            self.pids = run_pids(self.run)
+            self.ids = [self.run.partition_id(f"p{i}") for i in range(n)]
+        except BaseException:
+            self.run.stop()
+            raise
 
+    def pause(self) -> None:
+        for pid in self.ids:
+            self.run.client().control(pid, "pause")
 
-def measure_floor(n: int, window_s: float) -> dict:
-    relay, echoes, endpoint, d = start_floor([])
-    clients: list[subprocess.Popen] = []
-    try:
-        cmd = [sys.executable, "-m", "benchmarks.floor"]
-        echoes += [subprocess.Popen([*cmd, "echo", endpoint, str(i)], cwd=REPO, preexec_fn=die_with_parent,
-                                    start_new_session=True) for i in range(n)]
-        clients = [subprocess.Popen([*cmd, "client", endpoint, str(i)], cwd=REPO, stdout=subprocess.PIPE,
-                                    preexec_fn=die_with_parent, start_new_session=True) for i in range(n)]
-        for c in clients:
-            _line(c, "READY", 60)
-        time.sleep(WARMUP_S)
-        pids = {"relay": relay.pid, **{f"echo:{i}": p.pid for i, p in enumerate(echoes)},
-                **{f"client:{i}": p.pid for i, p in enumerate(clients)}}
-        for c in clients:  # the window starts
-            c.send_signal(signal.SIGUSR1)
-        for c in clients:
-            _line(c, "{}", 10)
-        c0, t0 = cpu_seconds(pids), snapshot(pids)
+    def resume(self) -> None:
+        for pid in self.ids:
+            self.run.client().control(pid, "resume")
+
+    def window(self, window_s: float) -> dict:
+        s0, c0, t0 = _io(self.run.stats()), cpu_seconds(self.pids), snapshot(self.pids)
         time.sleep(window_s)
-        t1, c1 = snapshot(pids), cpu_seconds(pids)
-        for c in clients:  # … and ends
-            c.send_signal(signal.SIGUSR1)
-        got = [json.loads(_line(c, None, 10)) for c in clients]
-        rss = _rss_mb(pids).get("relay", 0.0)
-    finally:
-        for c in clients:
+        t1, c1, s1 = snapshot(self.pids), cpu_seconds(self.pids), _io(self.run.stats())
+        per = {pid: (s1[pid][0] - s0[pid][0], _window(s1[pid][1], s0.get(pid, (0, Histogram()))[1])) for pid in s1}
+        total = sum(k for k, _ in per.values())
+        rss = _rss_mb(self.pids)
+        return _figures(self.n, total, window_s, [h.percentile(50) for _, h in per.values()],
+                        [h.percentile(99) for _, h in per.values()], _cpu(c0, c1), rss.get("hypervisor", 0.0),
+                        banners_s=round(self.banners_s, 2), rss_mb=rss,
+                        cpu_us_by_process=per_round_trip(c0, c1, total, window_s)["by_process_us"],
+                        saturation=compare(t0, t1, window_s, total, process_kind))
+
+    def close(self) -> None:
+        self.run.stop()
+
+
+class FloorSide:
+    """N floor clients → one relay → N echoes (benchmarks/floor.py ``scale_client``); between
+    its windows its clients are paused (each after its round trip under way), which leaves
+    the relay and the echoes waiting in their polls: the stack's windows have the cores."""
+
+    kind = "floor"
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.relay, self.echoes, endpoint, self._dir = start_floor([])
+        self.clients: list[subprocess.Popen] = []
+        try:
+            cmd = [sys.executable, "-m", "benchmarks.floor"]
+            self.echoes += [subprocess.Popen([*cmd, "echo", endpoint, str(i)], cwd=REPO, preexec_fn=die_with_parent,
+                                             start_new_session=True) for i in range(n)]
+            self.clients = [subprocess.Popen([*cmd, "client", endpoint, str(i)], cwd=REPO, stdin=subprocess.PIPE,
+                                             stdout=subprocess.PIPE, preexec_fn=die_with_parent,
+                                             start_new_session=True) for i in range(n)]
+            for c in self.clients:
+                _line(c, "READY", 60)
+        except BaseException:
+            self.close()
+            raise
+        self.pids = {"relay": self.relay.pid, **{f"echo:{i}": p.pid for i, p in enumerate(self.echoes)},
+                     **{f"client:{i}": p.pid for i, p in enumerate(self.clients)}}
+
+    def _signal(self, signum: int) -> None:
+        for c in self.clients:
+            c.send_signal(signum)
+
+    def pause(self) -> None:
+        self._signal(signal.SIGUSR2)
+        for c in self.clients:
+            _line(c, "PAUSED", 10)
+
+    def resume(self) -> None:
+        for c in self.clients:
+            c.stdin.write(b"\n")
+            c.stdin.flush()
+
+    def window(self, window_s: float) -> dict:
+        self._signal(signal.SIGUSR1)  # the window starts
+        for c in self.clients:
+            _line(c, "{}", 10)
+        c0, t0 = cpu_seconds(self.pids), snapshot(self.pids)
+        time.sleep(window_s)
+        t1, c1 = snapshot(self.pids), cpu_seconds(self.pids)
+        self._signal(signal.SIGUSR1)  # … and ends
+        got = [json.loads(_line(c, None, 10)) for c in self.clients]
+        total = sum(g["n"] for g in got)
+        return _figures(self.n, total, window_s, [g["p50_ns"] for g in got], [g["p99_ns"] for g in got],
+                        _cpu(c0, c1), _rss_mb(self.pids).get("relay", 0.0),
+                        cpu_us_by_process=per_round_trip(c0, c1, total, window_s)["by_process_us"],
+                        saturation=compare(t0, t1, window_s, total, process_kind))
+
+    def close(self) -> None:
+        for c in self.clients:
             if c.poll() is None:
                 c.kill()
             c.wait()
+            c.stdin.close()
             c.stdout.close()
-        stop_floor(relay, echoes, d)
-    cpu = sum(c1[k] - c0[k] for k in c1 if k in c0)
-    total = sum(g["n"] for g in got)
-    return _figures(n, total, window_s, [g["p50_ns"] for g in got], [g["p99_ns"] for g in got], cpu, rss,
-                    saturation=compare(t0, t1, window_s, total, process_kind))
+        stop_floor(self.relay, self.echoes, self._dir)
+
+
+def _cpu(c0: dict[str, float], c1: dict[str, float]) -> float:
+    return sum(c1[k] - c0[k] for k in c1 if k in c0)
+
+
+def measure_pair(n: int, window_s: float, rounds: int = SCALE_ROUNDS, profile: str | None = None,
+                 progress: Progress | None = None) -> dict:
+    """The stack and the floor at N, both started, measured in ``rounds`` pairs of windows
+    that take turns (the other side paused; each pair's order the reverse of the last's,
+    so a drift of the host's pace falls on both): on a shared host the pace moves by a
+    third within seconds, and two windows minutes apart compared that, not the stack.
+    The row holds the pair whose ratio is the median, and every pair's ratio."""
+    with tempfile.TemporaryDirectory(prefix="hvscale") as d:
+        run_root = Path(d) / "runs"
+        run_root.mkdir(mode=0o700)
+        stack = StackSide(n, run_root, profile=profile)
+        try:
+            floor = FloorSide(n)
+            try:
+                stack.pause()
+                floor.pause()
+                time.sleep(SETTLE_S)
+                if profile:
+                    profile_from_now(stack.pids)
+                pairs = []
+                for k in range(rounds):
+                    if progress is not None:
+                        progress.step()
+                    got = {}
+                    for side, other in ((stack, floor), (floor, stack))[::1 if k % 2 == 0 else -1]:
+                        side.resume()
+                        time.sleep(SETTLE_S + (WARMUP_S if k == 0 else 0.0))
+                        o0 = cpu_seconds(other.pids)
+                        got[side.kind] = fig = side.window(window_s)
+                        # What the paused side still took meanwhile (its timers, health checks).
+                        fig["other_side_cores"] = round(_cpu(o0, cpu_seconds(other.pids)) / window_s, 3)
+                        side.pause()
+                    pairs.append(got)
+            finally:
+                floor.close()
+        finally:
+            stack.close()
+    return _row(n, pairs)
+
+
+def _row(n: int, pairs: list[dict]) -> dict:
+    """The median pair's figures (by aggregate ratio), and every pair's ratios."""
+    def ratio(p: dict) -> float:
+        return p["stack"]["per_s"] / p["floor"]["per_s"] if p["floor"]["per_s"] else 0.0
+
+    def ratio_per_cpu(p: dict) -> float:
+        return p["floor"]["cpu_us_per_round_trip"] / p["stack"]["cpu_us_per_round_trip"] \
+            if p["stack"]["cpu_us_per_round_trip"] else 0.0
+
+    ranked = sorted(pairs, key=ratio)
+    mid = ranked[(len(ranked) - 1) // 2]
+    return {"n": n, "stack": mid["stack"], "floor": mid["floor"], "ratio": round(ratio(mid), 3),
+            "ratio_per_cpu": round(ratio_per_cpu(mid), 3),
+            "ratios": [round(ratio(p), 3) for p in pairs], "ratios_per_cpu": [round(ratio_per_cpu(p), 3) for p in pairs]}
 
 
 def _line(proc: subprocess.Popen, expected: str | None, timeout_s: float) -> str:
@@ -200,29 +305,22 @@ def _figures(n: int, round_trips: int, window_s: float, p50s: list[int], p99s: l
 
 def run_scale(args) -> int:
     window = min(3.0, max(0.5, args.duration / 3))
-    counts = args.scale_partitions
-    progress = Progress([(f"N = {n}: {what}", window + (2.0 + n * 0.3 if what == "stack" else 1.5))
-                         for n in counts for what in ("stack", "floor")], enabled=args.progress)
+    counts, rounds = args.scale_partitions, args.scale_rounds
+    progress = Progress([(f"N = {n}: round {k + 1} of {rounds}", 2 * (window + SETTLE_S) + (WARMUP_S + 2.0 + n * 0.3
+                                                                                            if k == 0 else 0.0))
+                         for n in counts for k in range(rounds)], enabled=args.progress)
     rows = []
     try:
         for n in counts:
-            progress.step()
-            stack = measure_stack(n, window, profile=args.profile if n == counts[-1] else None)
-            progress.step()
-            floor = measure_floor(n, window)
-            rows.append({"n": n, "stack": stack, "floor": floor,
-                         "ratio": round(stack["per_s"] / floor["per_s"], 3) if floor["per_s"] else None,
-                         # What the ratio is on a saturated host that gives both the same
-                         # cores: round trips per CPU-second, stack over floor.
-                         "ratio_per_cpu": round(floor["cpu_us_per_round_trip"] / stack["cpu_us_per_round_trip"], 3)
-                         if stack["cpu_us_per_round_trip"] else None})
+            rows.append(measure_pair(n, window, rounds, profile=args.profile if n == counts[-1] else None,
+                                     progress=progress))
     except (TimeoutError, RuntimeError, OSError) as e:
         progress.close()
         complain("bench", f"--scale: {e}")
         return 1
     finally:
         progress.close()
-    result = {"scale": rows, "window_s": window, "cores": psutil.cpu_count(),
+    result = {"scale": rows, "window_s": window, "rounds": rounds, "cores": psutil.cpu_count(),
               "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     if args.json:
         print(json.dumps(result, indent=2), flush=True)
@@ -249,23 +347,35 @@ def print_scale(result: dict) -> None:
     for r in result["scale"]:
         st, fl = r["stack"], r["floor"]
         rows.append([str(r["n"]), f"{st['per_s']:.0f}", f"{fl['per_s']:.0f}",
-                     f"{r['ratio']:.2f}×" if r["ratio"] is not None else "-",
-                     f"{r['ratio_per_cpu']:.2f}×" if r.get("ratio_per_cpu") is not None else "-",
+                     _spread(r["ratio"], r["ratios"]), _spread(r["ratio_per_cpu"], r["ratios_per_cpu"]),
                      f"{st['p50_us_median']:.0f} / {st['p99_us_max']:.0f}", f"{fl['p50_us_median']:.0f} / {fl['p99_us_max']:.0f}",
                      f"{st['cpu_us_per_round_trip']:.0f}", f"{fl['cpu_us_per_round_trip']:.0f}",
                      f"{st['cpu_s_per_s']:.2f} / {fl['cpu_s_per_s']:.2f}",
                      f"{st['server_rss_mb']:.0f}", f"{st['banners_s']:.2f}"])
     print(f"scaling, N partitions × 1 VP of emulated port I/O beside N floor clients → 1 relay → N echoes "
-          f"({result['cores']} cores, {result['window_s']:.2f} s windows, {result['started']}):")
+          f"({result['cores']} cores; at each N both started, then {result['rounds']} pairs of {result['window_s']:.2f} s "
+          f"windows taking turns, the other side paused; the pair of the median ratio, all pairs' range in brackets; "
+          f"{result['started']}):")
     print(table(["N", "stack exits/s", "floor /s", "ratio", "ratio per CPU-s", "stack p50 / p99 µs", "floor p50 / p99 µs",
                  "stack CPU µs/rt", "floor CPU µs/rt", "cores busy stack / floor", "hv RSS MB",
                  "launch → banners s"], rows, "r" * 12))
-    print("\nwhere the stack's CPU per round trip goes (µs, by process kind):")
+    print("\nwhere the CPU per round trip goes (µs, by process kind), the stack's beside the floor's "
+          "(its relay is the hypervisor's part, its clients the partitions', its echoes the workers'):")
     kinds = sorted({k for r in result["scale"] for k in r["stack"].get("cpu_us_by_process", {})})
-    print(table(["N", *kinds], [[str(r["n"]), *(f"{r['stack'].get('cpu_us_by_process', {}).get(k, 0):.0f}" for k in kinds)]
-                               for r in result["scale"]], "r" * (1 + len(kinds))))
+    floor_kinds = ("relay", "client", "echo")
+    print(table(["N", *kinds, *(f"floor {k}" for k in floor_kinds)],
+                [[str(r["n"]), *(f"{r['stack'].get('cpu_us_by_process', {}).get(k, 0):.0f}" for k in kinds),
+                  *(f"{r['floor'].get('cpu_us_by_process', {}).get(k, 0):.0f}" for k in floor_kinds)]
+                 for r in result["scale"]], "r" * (1 + len(kinds) + len(floor_kinds))))
     print_saturation(result["scale"])
     sys.stdout.flush()
+
+
+def _spread(value: float, values: list[float]) -> str:
+    """``0.78× (0.70–0.85)``: the median pair's ratio and the range of all pairs'."""
+    if len(values) < 2:
+        return f"{value:.2f}×"
+    return f"{value:.2f}× ({min(values):.2f}–{max(values):.2f})"
 
 
 def _sum(sat: dict, field: str) -> float:

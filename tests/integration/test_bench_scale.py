@@ -14,8 +14,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.mark.timeout(180)
 def test_bench_scale_reports_each_n_beside_its_floor():
-    r = run_launch_py("bench", "--scale", "--scale-partitions", "1,2", "--duration", "1.5", "--json",
-                      run_root=short_run_root(), timeout=170)
+    r = run_launch_py("bench", "--scale", "--scale-partitions", "1,2", "--scale-rounds", "2", "--duration", "1.5",
+                      "--json", run_root=short_run_root(), timeout=170)
     assert r.returncode == 0, r.stderr + r.stdout
     rows = json.loads(r.stdout)["scale"]
     assert [row["n"] for row in rows] == [1, 2]
@@ -26,10 +26,14 @@ def test_bench_scale_reports_each_n_beside_its_floor():
             assert 0 < fig["p50_us_median"] <= fig["p99_us_max"], row
         assert row["stack"]["server_rss_mb"] > 5 and 0 < row["stack"]["banners_s"] < 120
         assert row["ratio"] == pytest.approx(row["stack"]["per_s"] / row["floor"]["per_s"], rel=0.01)
+        # Two pairs of windows, taking turns: the row's is the lower ratio of the two.
+        assert len(row["ratios"]) == 2 and row["ratio"] == min(row["ratios"]), row
+        # The paused side took next to nothing while the other was measured.
+        assert row["stack"]["other_side_cores"] < 0.5 and row["floor"]["other_side_cores"] < 0.5, row
         # What saturates: the hypervisor's and the relay's threads were seen working.
         assert row["stack"]["saturation"]["by_kind"]["hypervisor"]["busiest_thread_cores"] > 0, row
         assert row["floor"]["saturation"]["by_kind"]["relay"]["busiest_thread_cores"] > 0, row
-    assert "bench: [4/4] N = 2: floor" in r.stderr
+    assert "bench: [4/4] N = 2: round 2 of 2" in r.stderr
 
 
 @pytest.mark.timeout(120)

@@ -13,7 +13,7 @@ import benchmarks.bench as bench
 from benchmarks import baseline, cpu
 from benchmarks.bench_command import bounded
 from benchmarks.progress import Progress
-from benchmarks.scale import _window, measure_floor as scale_floor
+from benchmarks.scale import FloorSide, _row, _window
 from proto.stats import Histogram
 from root.cli import main
 from tests.unit.root.test_bench_cli import fake_cpu, fake_round
@@ -127,9 +127,34 @@ def test_bounded_argument_types():
 
 
 @pytest.mark.timeout(60)
-def test_the_scale_floor_runs_n_clients_through_one_relay_to_n_echoes():
-    r = scale_floor(2, 0.3)
-    assert r["n"] == 2 and r["round_trips"] > 10 and r["cpu_us_per_round_trip"] > 0 and r["p50_us_median"] > 0
+def test_the_scale_floor_runs_n_clients_through_one_relay_to_n_echoes_and_pauses_between_windows():
+    floor = FloorSide(2)
+    try:
+        r = floor.window(0.3)
+        assert r["n"] == 2 and r["round_trips"] > 10 and r["cpu_us_per_round_trip"] > 0 and r["p50_us_median"] > 0
+        assert set(r["cpu_us_by_process"]) == {"relay", "client", "echo"}
+        floor.pause()  # while the stack has the cores: not one round trip, the floor's CPU about nil
+        idle = floor.window(0.3)
+        assert idle["round_trips"] == 0 and idle["cpu_s_per_s"] < 0.1, idle
+        floor.resume()
+        assert floor.window(0.3)["round_trips"] > 10
+    finally:
+        floor.close()
+    assert all(c.poll() is not None for c in floor.clients)
+
+
+def test_a_scale_row_holds_the_pair_of_the_median_ratio_and_every_pairs_ratio():
+    def side(per_s: float, cpu_us: float) -> dict:
+        return {"per_s": per_s, "cpu_us_per_round_trip": cpu_us}
+
+    pairs = [{"stack": side(900, 300), "floor": side(1000, 240)},   # 0.90
+             {"stack": side(600, 400), "floor": side(1000, 240)},   # 0.60
+             {"stack": side(750, 320), "floor": side(1000, 240)}]   # 0.75
+    row = _row(4, pairs)
+    assert row["ratio"] == 0.75 and row["stack"] is pairs[2]["stack"] and row["floor"] is pairs[2]["floor"]
+    assert row["ratios"] == [0.9, 0.6, 0.75] and row["ratio_per_cpu"] == 0.75
+    # An even count: the lower of the two middle pairs (the figure errs against the stack).
+    assert _row(4, pairs[:2])["ratio"] == 0.6
 
 
 # A process that burns CPU in a thread other than its main one, then says how much CPU it
