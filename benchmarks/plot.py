@@ -171,7 +171,8 @@ def write_plot(path: str, stack: dict[str, Histogram], floor: dict, paths: tuple
 
 def plot_scale(path: str, rows: list[dict]) -> None:
     """``bench --scale --plot``: aggregate round trips per second against N, the stack's and
-    the floor's, and the CPU per round trip of each."""
+    the floor's (the median pair's), the CPU per round trip of each, and every pair's
+    ratio beside the goal (0.8)."""
     require_matplotlib()
     import matplotlib
 
@@ -181,14 +182,20 @@ def plot_scale(path: str, rows: list[dict]) -> None:
     if not rows:
         raise ValueError("the bench measured no partition count to plot")
     ns = [r["n"] for r in rows]
-    fig, (ax, ax_cpu) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax, ax_cpu, ax_ratio) = plt.subplots(1, 3, figsize=(15, 4))
     fig.suptitle("hvstack bench --scale: N partitions × 1 VP of emulated port I/O, beside the floor", fontsize=11)
     for key, label, color in (("stack", "stack", STACK_COLOR), ("floor", "floor (N clients → relay → N echoes)",
                                                                  FLOOR_COLOR)):
         ax.plot(ns, [r[key]["per_s"] for r in rows], marker="o", color=color, label=label)
         ax_cpu.plot(ns, [r[key]["cpu_us_per_round_trip"] for r in rows], marker="o", color=color, label=label)
+    for r in rows:  # every pair of windows: the spread is the host's, the median the row's
+        ratios = r.get("ratios") or [r["ratio"]]
+        ax_ratio.scatter([r["n"]] * len(ratios), ratios, color=STACK_COLOR, alpha=0.5, s=18)
+    ax_ratio.plot(ns, [r["ratio"] for r in rows], marker="o", color=STACK_COLOR, label="stack / floor (median pair)")
+    ax_ratio.axhline(0.8, color=FLOOR_COLOR, linestyle="--", linewidth=1, label="goal 0.8")
     for a, title, ylabel in ((ax, "aggregate round trips per second", "round trips / s"),
-                             (ax_cpu, "CPU per round trip (all processes)", "µs")):
+                             (ax_cpu, "CPU per round trip (all processes)", "µs"),
+                             (ax_ratio, "stack / floor, each pair of windows", "ratio")):
         a.set_xscale("log", base=2)
         a.set_xticks(ns)
         a.set_xticklabels([str(n) for n in ns])

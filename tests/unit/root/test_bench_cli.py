@@ -68,6 +68,8 @@ def fake_cpu(window_s, progress=None):
     (["--rounds", "-3"], "argument --rounds: -3 must be at least 1"),
     (["--duration", "0"], "argument --duration: 0.0 must be more than 0 and at most 3600 seconds"),
     (["--duration", "nan"], "argument --duration: nan must be more than 0 and at most 3600 seconds"),
+    (["--scale", "--scale-rounds", "0"], "argument --scale-rounds: 0 rounds: at least 1 and at most 10"),
+    (["--scale", "--scale-rounds", "x"], "argument --scale-rounds: invalid int value: 'x'"),
 ])
 def test_bench_arguments_are_checked_before_it_starts(argv, message, rounds, capsys):
     assert main(["bench", *argv]) == 2
@@ -128,3 +130,17 @@ def test_a_signal_before_any_round_is_complete_is_one_line(rounds, capsys):
     assert main(["bench", "--no-experiments", "--no-progress"]) == 130
     out, err = capsys.readouterr()
     assert out == "" and err == "launch.py bench: stopped by SIGINT: no round was complete, nothing to report\n"
+
+
+@pytest.mark.skipif(not HAVE_MATPLOTLIB, reason="matplotlib is not installed (pip install -e '.[plot]')")
+def test_the_scale_chart_draws_every_pairs_ratio_beside_the_goal(tmp_path):
+    from benchmarks.plot import plot_scale
+
+    def side(per_s: float) -> dict:
+        return {"per_s": per_s, "cpu_us_per_round_trip": 1e6 / per_s}
+
+    rows = [{"n": n, "stack": side(800.0 * n), "floor": side(1000.0 * n), "ratio": 0.8, "ratios": [0.7, 0.8, 0.9]}
+            for n in (1, 2, 4)]
+    out = tmp_path / "scale.png"
+    plot_scale(str(out), rows)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
