@@ -229,7 +229,7 @@ def measure_pair(n: int, window_s: float, rounds: int = SCALE_ROUNDS, profile: s
     """The stack and the floor at N, both started, measured in ``rounds`` pairs of windows
     that take turns (the other side paused; each pair's order the reverse of the last's,
     so a drift of the host's pace falls on both): on a shared host the pace moves by a
-    third within seconds, and two windows minutes apart compared that, not the stack.
+    quarter within seconds, and two windows a minute apart compared that, not the stack.
     The row holds the pair whose ratio is the median, and every pair's ratio."""
     with tempfile.TemporaryDirectory(prefix="hvscale") as d:
         run_root = Path(d) / "runs"
