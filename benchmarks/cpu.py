@@ -9,7 +9,10 @@ clock (to the ns; /proc's ticks are 10 ms), over a window of steady state of the
 length, cut into :data:`SLICES` slices of which the cheapest is the figure (contention
 only ever adds CPU time).  The stack's window starts after its guests are going (a
 partition's boot, the Python imports of every process, is no round trip), the floor's
-after its client's first round trips.
+after its client's first round trips.  The stack and its floor run at once and their
+slices take turns (:func:`measure_in_turns`), the other side paused, so that both
+minimums come from the same minutes of a shared host; the paced and the decoding floors,
+and ``--cpu-layers`` (perf samples a side's whole window), are measured after, each alone.
 
 The stack runs as ``launch.py run`` (``root.testrun``), so that its processes are found by
 the run's manifest and its round trips counted from the hypervisor's status: one topology per
@@ -56,6 +59,7 @@ WARMUP_EXITS = 200  # exits of the path seen before the window starts: the guest
 # on the host only ever adds CPU time (caches, frequency, steal), so the minimum is the
 # steadiest estimate of what a round trip costs.
 SLICES = 4
+SETTLE_S = 0.2  # after a side is resumed (measure_in_turns), before its slice
 
 
 def _process_clock(pid: int) -> int:
@@ -150,32 +154,69 @@ def print_profile(stats_file: str, top: int = 20, stream=None) -> None:
     st.strip_dirs().sort_stats("tottime").print_stats(top)
 
 
+class StackCounter:
+    """A one-partition run of ``path``'s workload, past its first :data:`WARMUP_EXITS`
+    exits of that path (a ``with`` block; the run stops at its end); ``pause`` holds its VP
+    at its next exit (``ctl pause``) while the floor is measured."""
+
+    def __init__(self, path: str, timeout_s: float = 60.0, profile: str | None = None) -> None:
+        from root.testrun import start_run
+
+        workload, _ = PATH_WORKLOADS[path]
+        self.path = path
+        self._dir = tempfile.TemporaryDirectory(prefix="hvcpu")
+        try:
+            config = Path(self._dir.name) / "cpu.toml"
+            config.write_text(TOPOLOGY.format(workload=workload))
+            run_root = Path(self._dir.name) / "runs"
+            run_root.mkdir(mode=0o700)
+            with profiled(profile):
+                self.run = start_run(config, run_root, 0, timeout_s)
+        except BaseException:
+            self._dir.cleanup()
+            raise
+        try:
+            deadline = time.monotonic() + timeout_s
+            while self.made() < WARMUP_EXITS:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{path}: fewer than {WARMUP_EXITS} exits within {timeout_s:g} s")
+                time.sleep(0.05)
+            self.pids = run_pids(self.run)
+            self._id = self.run.partition_id("bench")
+            if profile:
+                profile_from_now(self.pids)
+        except BaseException:
+            self.close()
+            raise
+
+    def made(self) -> int:
+        return _path_exits(self.run.stats(), self.path)
+
+    def pause(self) -> None:
+        self.run.client().control(self._id, "pause")
+
+    def resume(self) -> None:
+        self.run.client().control(self._id, "resume")
+
+    def close(self) -> None:
+        try:
+            self.run.stop()
+        finally:
+            self._dir.cleanup()
+
+    def __enter__(self) -> StackCounter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def measure_stack_cpu(path: str, window_s: float, timeout_s: float = 60.0, profile: str | None = None,
                       layers: bool = False) -> dict:
     """CPU per round trip of ``path`` (io_port, cpuid, hypercall) on the stack, by process
     kind; with ``profile``, the hypervisor's loop profiled into that file."""
-    from root.testrun import start_run
-
-    workload, _ = PATH_WORKLOADS[path]
-    with tempfile.TemporaryDirectory(prefix="hvcpu") as d:
-        config = Path(d) / "cpu.toml"
-        config.write_text(TOPOLOGY.format(workload=workload))
-        run_root = Path(d) / "runs"
-        run_root.mkdir(mode=0o700)
-        with profiled(profile):
-            run = start_run(config, run_root, 0, timeout_s)
-        try:
-            deadline = time.monotonic() + timeout_s
-            while _path_exits(run.stats(), path) < WARMUP_EXITS:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{path}: fewer than {WARMUP_EXITS} exits within {timeout_s:g} s")
-                time.sleep(0.05)
-            pids = run_pids(run)
-            if profile:
-                profile_from_now(pids)
-            return measure_window(pids, lambda: _path_exits(run.stats(), path), window_s, layers)
-        finally:
-            run.stop()
+    with StackCounter(path, timeout_s, profile) as stack:
+        return measure_window(stack.pids, stack.made, window_s, layers)
 
 
 def measure_window(pids: dict[str, int], made, window_s: float, layers: bool = False) -> dict:
@@ -228,36 +269,90 @@ def per_round_trip(before: dict[str, float], after: dict[str, float], round_trip
             "by_process_us": {k: round(v / n * 1e6, 1) for k, v in sorted(by_kind.items())}}
 
 
+class FloorCounter:
+    """The floor with ``hops`` hops — relay, echo and counting client, each a process —
+    past its client's first :data:`WARMUP_EXITS` round trips (a ``with`` block); with
+    ``pace``, at most that many round trips a second; ``decode``: the decoding floor (each
+    process packs and unpacks every message with msgpack: benchmarks/floor.py ``Codec``).
+    ``pause`` holds the client after its round trip under way while the stack is measured."""
+
+    def __init__(self, hops: int, timeout_s: float = 30.0, pace: float = 0.0, decode: bool = False) -> None:
+        codec = ("decode",) if decode else ()
+        self.relay, self.echoes, endpoint, self._dir = start_floor(["echo"], ("relay", *codec), ("", *codec))
+        self.client = None
+        try:
+            self.client = subprocess.Popen([sys.executable, "-m", "benchmarks.floor", "count", endpoint, str(hops),
+                                            str(pace), *codec],
+                                           cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                           preexec_fn=die_with_parent, start_new_session=True)
+            if _client_line(self.client, timeout_s) != "READY":
+                raise RuntimeError("the floor's client did not start")
+            self.pids = {"relay": self.relay.pid, "echo": self.echoes[0].pid, "client": self.client.pid}
+            deadline = time.monotonic() + timeout_s
+            while self.made() < WARMUP_EXITS:  # every peer connected and warm
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"floor: fewer than {WARMUP_EXITS} round trips within {timeout_s:g} s")
+                time.sleep(0.05)
+        except BaseException:
+            self.close()
+            raise
+
+    def made(self) -> int:
+        return _floor_round_trips(self.client)
+
+    def pause(self) -> None:
+        self.client.send_signal(signal.SIGUSR2)
+        if _client_line(self.client) != "PAUSED":
+            raise RuntimeError("the floor's client did not pause")
+
+    def resume(self) -> None:
+        self.client.stdin.write(b"\n")
+        self.client.stdin.flush()
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.kill()
+            self.client.wait()
+            self.client.stdin.close()
+            self.client.stdout.close()
+        stop_floor(self.relay, self.echoes, self._dir)
+
+    def __enter__(self) -> FloorCounter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def measure_floor_cpu(hops: int, window_s: float, timeout_s: float = 30.0, pace: float = 0.0,
                       decode: bool = False, layers: bool = False) -> dict:
-    """CPU per round trip of the floor with ``hops`` hops — relay, echo and client, each a
-    process measured whole as the stack's are — over a window of ``window_s`` seconds cut
-    into as many slices as the stack's, the cheapest slice the figure; with ``pace``, at
-    most that many round trips a second; ``decode``: the decoding floor (each process packs
-    and unpacks every message with msgpack: benchmarks/floor.py ``Codec``)."""
-    codec = ("decode",) if decode else ()
-    relay, echoes, endpoint, d = start_floor(["echo"], ("relay", *codec), ("", *codec))
-    client = None
-    try:
-        client = subprocess.Popen([sys.executable, "-m", "benchmarks.floor", "count", endpoint, str(hops), str(pace),
-                                   *codec],
-                                  cwd=REPO, stdout=subprocess.PIPE, preexec_fn=die_with_parent,
-                                  start_new_session=True)
-        if _client_line(client, timeout_s) != "READY":
-            raise RuntimeError("the floor's client did not start")
-        pids = {"relay": relay.pid, "echo": echoes[0].pid, "client": client.pid}
-        deadline = time.monotonic() + timeout_s
-        while _floor_round_trips(client) < WARMUP_EXITS:  # every peer connected and warm
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"floor: fewer than {WARMUP_EXITS} round trips within {timeout_s:g} s")
-            time.sleep(0.05)
-        return measure_window(pids, lambda: _floor_round_trips(client), window_s, layers)
-    finally:
-        if client is not None:
-            client.kill()
-            client.wait()
-            client.stdout.close()
-        stop_floor(relay, echoes, d)
+    """CPU per round trip of the floor (:class:`FloorCounter`) over a window of ``window_s``
+    seconds cut into as many slices as the stack's, the cheapest slice the figure."""
+    with FloorCounter(hops, timeout_s, pace, decode) as floor:
+        return measure_window(floor.pids, floor.made, window_s, layers)
+
+
+def measure_in_turns(stack, floor, window_s: float) -> tuple[dict, dict]:
+    """The stack's and the floor's CPU per round trip over :data:`SLICES` slices each of
+    ``window_s / SLICES`` seconds, taking turns (the other paused; each pair's order the
+    reverse of the last's), the cheapest slice of each its figure: the two minimums come
+    from the same minutes of the host, not from two windows a minute apart — between which
+    the host's pace, hence both figures, moved by up to a third (s13: the port-I/O ratio
+    1.22 → 1.47× in an hour)."""
+    slice_s = window_s / SLICES
+    slices: dict[int, list[dict]] = {id(stack): [], id(floor): []}
+    stack.pause()
+    floor.pause()
+    for k in range(SLICES):
+        for side in ((stack, floor) if k % 2 == 0 else (floor, stack)):
+            side.resume()
+            time.sleep(SETTLE_S)
+            before, n0 = cpu_seconds(side.pids), side.made()
+            time.sleep(slice_s)
+            n1, after = side.made(), cpu_seconds(side.pids)
+            slices[id(side)].append(per_round_trip(before, after, n1 - n0, slice_s))
+            side.pause()
+    return cheapest(slices[id(stack)]), cheapest(slices[id(floor)])
 
 
 def _client_line(client: subprocess.Popen, timeout_s: float = 10.0) -> str:
@@ -283,8 +378,13 @@ def measure_cpu(window_s: float, progress=None, profile: str | None = None, laye
     for i, (path, (_, hops)) in enumerate(PATH_WORKLOADS.items()):
         if progress:
             progress(f"CPU per round trip: {path}", i, len(PATH_WORKLOADS))
-        stack = measure_stack_cpu(path, window_s, profile=profile if path == "io_port" else None, layers=layers)
-        floor = measure_floor_cpu(hops, window_s, layers=layers)
+        path_profile = profile if path == "io_port" else None
+        if layers:  # perf samples each side over a window of its own
+            stack = measure_stack_cpu(path, window_s, profile=path_profile, layers=True)
+            floor = measure_floor_cpu(hops, window_s, layers=True)
+        else:
+            with StackCounter(path, profile=path_profile) as stack_run, FloorCounter(hops) as floor_run:
+                stack, floor = measure_in_turns(stack_run, floor_run, window_s)
         # The same floor held to the stack's pace: CPU per round trip depends on it (a
         # process that sleeps between messages pays more for each wake-up — the 2-hop relay
         # 40 µs at 13,000 round trips a second, 60–69 at 4,000, 128 at 2,000), and the
@@ -306,5 +406,5 @@ def _ratio(stack: dict, floor: dict) -> float | None:
     return round(stack["cpu_us"] / floor["cpu_us"], 3) if floor["cpu_us"] else None
 
 
-__all__ = ["measure_cpu", "measure_stack_cpu", "measure_floor_cpu", "per_round_trip", "cpu_seconds", "run_pids",
+__all__ = ["measure_cpu", "measure_stack_cpu", "measure_floor_cpu", "measure_in_turns", "StackCounter", "FloorCounter", "per_round_trip", "cpu_seconds", "run_pids",
            "PATH_WORKLOADS"]

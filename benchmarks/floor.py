@@ -383,8 +383,9 @@ def counting_client(endpoint: str, hops: str, pace: str = "0", decode: str = "")
     """The CPU floor's client (a process, as the partition is, so that its ZeroMQ I/O thread
     is charged as the partition's is): ``hops``-hop round trips as fast as they come back,
     or at most ``pace`` a second (sleeping until each one's turn); each SIGUSR1 prints the
-    round trips made so far, one line.  ``decode``: each request packed, each answer
-    unpacked (:class:`Codec`)."""
+    round trips made so far, one line; SIGUSR2 pauses it after the round trip under way
+    (it prints ``PAUSED``) until a line comes on its standard input.  ``decode``: each
+    request packed, each answer unpacked (:class:`Codec`)."""
     client = FloorClient(endpoint, int(hops))
     count_round_trips(client.sock, client.frame, pace, decode)
 
@@ -398,7 +399,9 @@ def count_round_trips(sock, request: bytes, pace: str = "0", decode: str = "") -
     send, recv, poll, frame = sock.send, sock.recv, sock.poll, codec.frame(request)
     received = codec.received
     made = 0
+    pause = [False]  # (a list: the handler sets it, the loop tests it in one load)
     signal.signal(signal.SIGUSR1, lambda *_: print(made, flush=True))
+    signal.signal(signal.SIGUSR2, lambda *_: pause.__setitem__(0, True))
     period = 1 / float(pace) if float(pace) > 0 else 0.0
     turn = time.perf_counter()
     print("READY", flush=True)
@@ -412,6 +415,12 @@ def count_round_trips(sock, request: bytes, pace: str = "0", decode: str = "") -
             raise TimeoutError("the floor relay did not answer within 5 s")
         received(recv())
         made += 1
+        if pause[0]:
+            pause[0] = False
+            print("PAUSED", flush=True)
+            if not sys.stdin.readline():
+                return
+            turn = time.perf_counter()
 
 
 # -- the synthetic NIC's floor: partition → hv → VSP → hv → partition -------------------------

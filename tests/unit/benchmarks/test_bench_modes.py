@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 
 import pytest
 
@@ -16,6 +17,7 @@ from benchmarks.progress import Progress
 from benchmarks.scale import FloorSide, _row, _window
 from proto.stats import Histogram
 from root.cli import main
+from tests.support import wait_until
 from tests.unit.root.test_bench_cli import fake_cpu, fake_round
 
 
@@ -205,6 +207,28 @@ def test_the_cpu_floor_measures_its_client_as_a_process_over_a_window():
     # send and receive once per round trip, so neither is free.
     assert by["client"] > 0 and by["relay"] > 0 and by["echo"] < by["relay"]
     assert r["cpu_us"] == pytest.approx(sum(by.values()), abs=0.5)
+
+
+@pytest.mark.timeout(60)
+def test_the_cpu_floor_pauses_between_round_trips_and_goes_on_when_told():
+    with cpu.FloorCounter(2) as floor:
+        floor.pause()
+        held = floor.made()
+        time.sleep(0.3)
+        assert floor.made() == held  # not one round trip while the stack would be measured
+        floor.resume()
+        assert wait_until(lambda: floor.made() > held + 10, 5, what="round trips after the resume")
+
+
+@pytest.mark.timeout(60)
+def test_two_sides_measured_in_turns_each_get_every_slice_of_their_own():
+    """measure_in_turns (the bench's stack against its floor) on two floors: each side's
+    figure is the cheapest of its own SLICES slices, made while the other was paused."""
+    with cpu.FloorCounter(4) as four, cpu.FloorCounter(2) as two:
+        a, b = cpu.measure_in_turns(four, two, 0.8)
+    for r in (a, b):
+        assert len(r["slices"]) == cpu.SLICES and r["round_trips"] > 10 and r["cpu_us"] == min(r["slices"])
+    assert a["by_process_us"]["echo"] > b["by_process_us"]["echo"]  # four hops reach the echo, two do not
 
 
 def test_the_scale_topology_gives_each_partition_an_lp_and_startup_keeps_two():
